@@ -1,0 +1,140 @@
+"""Market events, candles, instrument names and timeframes shared by every part of deltafeed."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import msgspec
+
+#: Timeframes deltafeed builds, with their length in milliseconds. Each one divides the next,
+#: so any configured subset can be rolled up from its smallest member.
+TIMEFRAMES: dict[str, int] = {
+    "1s": 1_000,
+    "5s": 5_000,
+    "15s": 15_000,
+    "1m": 60_000,
+    "5m": 300_000,
+    "15m": 900_000,
+    "1h": 3_600_000,
+    "4h": 14_400_000,
+    "1d": 86_400_000,
+}
+
+
+class BadInput(ValueError):
+    """A user-facing mistake (bad name, bad flag, bad file); its message names the problem and the fix."""
+
+
+def timeframe_ms(name: str) -> int:
+    """Length of timeframe ``name`` in ms, or :class:`BadInput` naming the valid choices."""
+    try:
+        return TIMEFRAMES[name]
+    except KeyError:
+        raise BadInput(
+            f"unknown timeframe {name!r}; use one of {' '.join(TIMEFRAMES)}"
+        ) from None
+
+
+def parse_timeframes(spec: str | list[str]) -> list[str]:
+    """Parse ``"1m,5m"`` (or a list) into timeframe names sorted from shortest to longest."""
+    names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+    names = [n for n in names if n]
+    if not names:
+        raise BadInput("no timeframes given; use for example --timeframes 1m,5m")
+    for n in names:
+        timeframe_ms(n)
+    return sorted(set(names), key=TIMEFRAMES.__getitem__)
+
+
+def bucket_start(time_ms: int, tf_ms: int) -> int:
+    """Open time of the candle of length ``tf_ms`` that contains ``time_ms`` (UTC epoch aligned)."""
+    return time_ms - time_ms % tf_ms
+
+
+_SYMBOL_RE = re.compile(r"^[A-Za-z0-9._\-/]{1,40}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Instrument:
+    """An instrument named ``venue:SYMBOL``, e.g. ``binance:BTCUSDT``."""
+
+    venue: str
+    symbol: str
+
+    @classmethod
+    def parse(cls, name: str, default_venue: str | None = None) -> Instrument:
+        venue, sep, symbol = name.partition(":")
+        if not sep:
+            if default_venue is None:
+                raise BadInput(f"instrument {name!r} has no venue; write it as VENUE:SYMBOL, e.g. binance:BTCUSDT")
+            venue, symbol = default_venue, name
+        venue = venue.strip().lower()
+        symbol = symbol.strip().upper()
+        if not venue.isalnum() or not _SYMBOL_RE.match(symbol):
+            raise BadInput(f"instrument {name!r} is not a valid name; write it as VENUE:SYMBOL, e.g. binance:BTCUSDT")
+        return cls(venue, symbol)
+
+    def __str__(self) -> str:
+        return f"{self.venue}:{self.symbol}"
+
+
+class Trade(msgspec.Struct, gc=False):
+    """One trade as the venue reported it. ``time_ms`` is the venue's trade time."""
+
+    symbol: str
+    trade_id: int
+    time_ms: int
+    price: float
+    qty: float
+    buyer_maker: bool
+
+
+class Quote(msgspec.Struct, gc=False):
+    """Best bid and ask at the venue's ``time_ms``."""
+
+    symbol: str
+    time_ms: int
+    bid: float
+    ask: float
+    bid_size: float = 0.0
+    ask_size: float = 0.0
+
+
+class Candle(msgspec.Struct, gc=False):
+    """One OHLCV candle; ``open_time`` is its start in epoch ms, ``closed`` says it is final.
+
+    Mutable on purpose: the aggregator updates the open candle in place on every trade.
+    """
+
+    open_time: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    trades: int
+    closed: bool = False
+
+    def row(self) -> tuple[int, float, float, float, float, float, int]:
+        return (self.open_time, self.open, self.high, self.low, self.close, self.volume, self.trades)
+
+
+class VenueCandle(msgspec.Struct, gc=False):
+    """A candle reported by the venue itself (a kline), with its timeframe and event time."""
+
+    symbol: str
+    timeframe: str
+    event_ms: int
+    candle: Candle
+    first_trade_id: int = -1
+    last_trade_id: int = -1
+
+
+class ServerShutdown(msgspec.Struct, gc=False):
+    """The venue announced that it will close this connection soon."""
+
+    event_ms: int
+
+
+Event = Trade | Quote | VenueCandle | ServerShutdown
