@@ -138,3 +138,18 @@ class ServerShutdown(msgspec.Struct, gc=False):
 
 
 Event = Trade | Quote | VenueCandle | ServerShutdown
+
+
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d|w)$")
+_UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def parse_duration_ms(text: str) -> int:
+    """Parse ``90s``, ``15m``, ``6h``, ``2d``, ``1w`` (or ``0``) into milliseconds."""
+    t = text.strip().lower()
+    if t == "0":
+        return 0
+    m = _DURATION_RE.match(t)
+    if not m:
+        raise BadInput(f"cannot read duration {text!r}; write a number and a unit, e.g. 90s, 15m, 6h, 2d")
+    return int(float(m.group(1)) * _UNIT_MS[m.group(2)])
