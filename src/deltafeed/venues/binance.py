@@ -147,7 +147,7 @@ class StreamDecoder:
         self.replies: list[dict[str, Any]] = []
         self.last_error = ""
 
-    def decode(self, frame: bytes | str) -> Event | None:
+    def decode(self, frame: bytes | memoryview | str) -> Event | None:
         try:
             return _event(_combined.decode(frame).data)
         except msgspec.DecodeError:
@@ -156,31 +156,34 @@ class StreamDecoder:
             return _event(_raw.decode(frame))
         except msgspec.DecodeError:
             pass
-        return self._slow_path(frame)
+        self._slow_path(frame)
+        return None
 
-    def _slow_path(self, frame: bytes | str) -> None:
+    def _slow_path(self, frame: bytes | memoryview | str) -> None:
         """Classify a frame the typed decoders rejected: a control reply, or a bad frame."""
         try:
             msg = _any.decode(frame)
         except msgspec.DecodeError as exc:
-            return self._skip("malformed", f"not JSON ({exc})")
+            self._skip("malformed", f"not JSON ({exc})")
+            return
         if isinstance(msg, dict):
-            if "id" in msg and ("result" in msg or "code" in msg):
+            if "id" in msg and ("result" in msg or "code" in msg or "error" in msg):
                 self.replies.append(msg)
-                if "code" in msg:
-                    return self._skip("error_reply", f"venue refused a request: {msg}")
-                return None
+                if "code" in msg or "error" in msg:
+                    self._skip("error_reply", f"venue refused a request: {msg}")
+                return
             data = msg.get("data", msg)
             if isinstance(data, dict) and data.get("e") in ("trade", "kline", "serverShutdown"):
-                return self._skip("bad_field", f"{data.get('e')} event with a missing or non-numeric field")
+                self._skip("bad_field", f"{data.get('e')} event with a missing or non-numeric field")
+                return
             if isinstance(data, dict) and "e" in data:
-                return self._skip("unknown_event", f"unknown event type {data.get('e')!r}")
-        return self._skip("unknown_frame", f"unrecognised frame {str(frame)[:80]!r}")
+                self._skip("unknown_event", f"unknown event type {data.get('e')!r}")
+                return
+        self._skip("unknown_frame", f"unrecognised frame {str(frame)[:80]!r}")
 
     def _skip(self, kind: str, why: str) -> None:
         self.errors[kind] += 1
         self.last_error = why
-        return None
 
 
 # --- REST ---------------------------------------------------------------------------------------
@@ -198,7 +201,9 @@ def klines_query(symbol: str, interval: str, start_ms: int | None = None,
     return "/api/v3/klines?" + urlencode(params)
 
 
-_klines = msgspec.json.Decoder(list[tuple[int, float, float, float, float, float, int, float, int, float, float, str]], strict=False)
+# open time, o, h, l, c, volume, close time, quote volume, trades, taker base, taker quote, ignore
+_KlineRow = tuple[int, float, float, float, float, float, int, float, int, float, float, str]
+_klines = msgspec.json.Decoder(list[_KlineRow], strict=False)
 
 
 def decode_klines(body: bytes, interval_ms: int, now_ms: int) -> list[Candle]:

@@ -1,0 +1,214 @@
+"""Builds candles of several timeframes at once from one instrument's trades, by venue event time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from deltafeed.model import TIMEFRAMES, Candle, Trade
+
+ClosedSink = Callable[[str, Candle], None]
+"""Receives ``(timeframe, candle)`` for every candle that became final (closed, corrected or flat)."""
+RepairSink = Callable[[str, int, int], None]
+"""Receives ``(timeframe, first_open_time, last_open_time)``: candles whose trades were not all seen."""
+
+
+class _Series:
+    """State of one timeframe: the open candle and what the next candle follows on from."""
+
+    __slots__ = ("cur", "end", "last_close", "ms", "name", "next_open", "start")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.ms = TIMEFRAMES[name]
+        self.cur: Candle | None = None
+        # [start, end) of ``cur``. With no open candle start == end == next_open (or 0): every
+        # trade then rolls, and one older than next_open is recognised as late.
+        self.start = 0
+        self.end = 0
+        # Open time of the candle after the last one closed, and that candle's close: what a
+        # flat (no-trade) candle is made of. None until something closed or the series was seeded.
+        self.next_open: int | None = None
+        self.last_close: float | None = None
+
+
+class CandleBuilder:
+    """Trades in, candles out, for every configured timeframe of one instrument.
+
+    Invariants:
+    - A trade lands in the candle its venue timestamp falls in; the local clock never decides.
+    - Trade ids are consecutive per instrument (Binance guarantees it): an id at or below the last
+      one is a duplicate and never counts twice; a jump means trades were lost, so the candles they
+      belong to are reported to ``on_repair`` (and rebuilt from the venue's REST history) instead of
+      being trusted. The first trade after start-up is such a jump: what came before it is unknown.
+    - An interval without trades becomes a flat candle (volume 0, trades 0, OHLC = previous close),
+      but only across a stretch where no trade can have been missed.
+    - A candle closes when a trade or a venue candle shows time has passed its end, or when
+      :meth:`advance` is told the venue's clock has (the quiet-market timer).
+    """
+
+    def __init__(self, timeframes: list[str], on_closed: ClosedSink, on_repair: RepairSink) -> None:
+        self._series = [_Series(tf) for tf in sorted(timeframes, key=TIMEFRAMES.__getitem__)]
+        self._by_name = {s.name: s for s in self._series}
+        self._on_closed = on_closed
+        self._on_repair = on_repair
+        self.last_trade_id = -1
+        self.duplicates = 0
+        self.missed_trades = 0
+        self.late_trades = 0
+        self.gaps = 0
+
+    # --- set-up ---------------------------------------------------------------------------------
+
+    def seed(self, timeframe: str, last_closed: Candle) -> None:
+        """Continue after ``last_closed`` (from the store or REST history)."""
+        s = self._by_name[timeframe]
+        if s.cur is None and (s.next_open is None or last_closed.open_time + s.ms > s.next_open):
+            _idle(s, last_closed.open_time + s.ms, last_closed.close)
+
+    @property
+    def timeframes(self) -> list[str]:
+        return [s.name for s in self._series]
+
+    # --- trades ---------------------------------------------------------------------------------
+
+    def on_trade(self, t: Trade) -> None:
+        """Fold one trade into every timeframe's open candle (the hot path: no allocation)."""
+        tid = t.trade_id
+        if tid != self.last_trade_id + 1:
+            if tid <= self.last_trade_id:
+                self.duplicates += 1
+                return
+            self._resync(t)
+        self.last_trade_id = tid
+        ts = t.time_ms
+        p = t.price
+        q = t.qty
+        for s in self._series:
+            if not s.start <= ts < s.end and not self._roll(s, ts, p):
+                continue
+            c = s.cur
+            assert c is not None
+            if p > c.high:
+                c.high = p
+            elif p < c.low:
+                c.low = p
+            c.close = p
+            c.volume += q
+            c.trades += 1
+
+    def _roll(self, s: _Series, ts: int, price: float) -> bool:
+        """Move ``s`` to the candle holding ``ts``; False when ``ts`` is older than the open candle."""
+        b = ts - ts % s.ms
+        if b < s.start:
+            # The venue's clock went back past a candle we already moved on from: it is final here,
+            # so the venue's own record of it is fetched instead.
+            self.late_trades += 1
+            self._on_repair(s.name, b, b)
+            return False
+        self._close_until(s, b)
+        s.cur = Candle(b, price, price, price, price, 0.0, 0, False)
+        s.start = b
+        s.end = b + s.ms
+        return True
+
+    def _close_until(self, s: _Series, b: int) -> None:
+        """Close the open candle and emit flat candles for every empty interval before ``b``."""
+        c = s.cur
+        if c is not None:
+            c.closed = True
+            _idle(s, c.open_time + s.ms, c.close)
+            self._on_closed(s.name, c)
+        if s.next_open is not None and s.last_close is not None:
+            px = s.last_close
+            t = s.next_open
+            while t < b:
+                self._on_closed(s.name, Candle(t, px, px, px, px, 0.0, 0, True))
+                t += s.ms
+            _idle(s, max(t, s.next_open), px)
+
+    def _resync(self, t: Trade) -> None:
+        """Trades before ``t`` are missing: report the candles they may belong to for repair."""
+        if self.last_trade_id >= 0:
+            self.gaps += 1
+            self.missed_trades += t.trade_id - self.last_trade_id - 1
+        ts = t.time_ms
+        for s in self._series:
+            b = ts - ts % s.ms
+            first = s.cur.open_time if s.cur is not None else s.next_open
+            if first is None or first > b:
+                first = b
+            if s.cur is not None and s.cur.open_time < b:
+                c = s.cur
+                c.closed = True
+                _idle(s, None, None)
+                self._on_closed(s.name, c)
+            if s.cur is None:
+                # No flat candles across the hole: its candles come from the venue's history.
+                _idle(s, None, None)
+            self._on_repair(s.name, first, b)
+
+    # --- the venue's own candles ----------------------------------------------------------------
+
+    def on_venue_candle(self, timeframe: str, venue: Candle, last_trade_id: int) -> None:
+        """Merge a venue kline: a closed one is final; an open one is taken over when it holds
+        exactly the trades seen so far (then it also covers any we missed before start-up)."""
+        s = self._by_name.get(timeframe)
+        if s is None:
+            return
+        b = venue.open_time
+        c = s.cur
+        if venue.closed:
+            if c is not None and c.open_time == b:
+                _assign(c, venue)
+                self._close_until(s, b + s.ms)
+                return
+            behind = c.open_time > b if c is not None else (s.next_open is not None and s.next_open > b)
+            if not behind:
+                if self.last_trade_id >= 0:
+                    self._close_until(s, b)  # the venue says time is past everything before b
+                _idle(s, b + s.ms, venue.close)
+            final = Candle(b, 0.0, 0.0, 0.0, 0.0, 0.0, 0, True)
+            _assign(final, venue)
+            self._on_closed(s.name, final)
+            return
+        if last_trade_id != self.last_trade_id or last_trade_id < 0 or b < s.start:
+            return
+        if c is None or c.open_time != b:
+            self._close_until(s, b)
+            s.cur = c = Candle(b, 0.0, 0.0, 0.0, 0.0, 0.0, 0, False)
+            s.start = b
+            s.end = b + s.ms
+        _assign(c, venue)
+
+    # --- time -----------------------------------------------------------------------------------
+
+    def advance(self, now_ms: int) -> None:
+        """The venue's clock reads ``now_ms``: close candles that ended, fill quiet intervals."""
+        if self.last_trade_id < 0:
+            return
+        for s in self._series:
+            if s.cur is not None and s.end <= now_ms:
+                self._close_until(s, s.end)
+            if s.cur is None and s.next_open is not None and s.next_open + s.ms <= now_ms:
+                self._close_until(s, now_ms - now_ms % s.ms)
+
+    def open_candles(self) -> list[tuple[str, Candle]]:
+        """The candles still forming, one per timeframe at most (live objects: copy to keep)."""
+        return [(s.name, s.cur) for s in self._series if s.cur is not None]
+
+    def open_candle(self, timeframe: str) -> Candle | None:
+        return self._by_name[timeframe].cur
+
+
+def _assign(c: Candle, v: Candle) -> None:
+    """Give ``c`` the prices, volume and trade count of ``v`` (keeping its own ``closed``)."""
+    c.open, c.high, c.low, c.close = v.open, v.high, v.low, v.close
+    c.volume, c.trades = v.volume, v.trades
+
+
+def _idle(s: _Series, next_open: int | None, last_close: float | None) -> None:
+    """Leave ``s`` with no open candle, the next one to start at ``next_open``."""
+    s.cur = None
+    s.start = s.end = next_open or 0
+    s.next_open = next_open
+    s.last_close = last_close

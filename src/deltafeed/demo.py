@@ -1,0 +1,87 @@
+"""``deltafeed demo``: a replica, the engine against it, and the candles as they form, offline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from deltafeed.cli import iso, num
+from deltafeed.config import Settings
+from deltafeed.engine import Engine
+from deltafeed.replicas.binance import BinanceReplica
+
+SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+TIMEFRAMES = ["1m", "5m", "15m", "1h"]
+
+
+def _view(engine: Engine, started: float, trades_before: int) -> Group:
+    status = engine.status()
+    insts = status["instruments"]
+    assert isinstance(insts, dict)
+    table = Table(title="deltafeed demo: candles forming live (replica market clock)", expand=False)
+    for col in ("instrument", "tf", "open_time (UTC)", "open", "high", "low", "close", "volume", "trades",
+                "stored"):
+        table.add_column(col, justify="left" if col in ("instrument", "tf", "open_time (UTC)") else "right")
+    for key, st in engine.states.items():
+        for i, tf in enumerate(engine.timeframes):
+            c = st.builder.open_candle(tf)
+            recent = engine.hot.last(key, tf, 1)
+            shown = c or (recent[-1] if recent else None)
+            stored = len(engine.hot.last(key, tf, engine.settings.hot_capacity))
+            if shown is None:
+                table.add_row(key if i == 0 else "", tf, "…", "", "", "", "", "", "", str(stored))
+                continue
+            style = "bold green" if shown.close >= shown.open else "bold red"
+            table.add_row(key if i == 0 else "", tf, iso(shown.open_time), num(shown.open), num(shown.high),
+                          num(shown.low), Text(num(shown.close), style=style), num(shown.volume),
+                          str(shown.trades), str(stored))
+        table.add_section()
+    trades = sum(int(v["trades"]) for v in insts.values())
+    elapsed = max(time.monotonic() - started, 1e-9)
+    repaired = sum(int(v["repaired"]) for v in insts.values())
+    footer = Text(
+        f"venue time {iso(int(str(status['venue_time_ms'])))}   connected={status['connected']}   "
+        f"trades {trades} ({(trades - trades_before) / elapsed:,.0f}/s)   bootstrapped+repaired "
+        f"{sum(int(v['bootstrapped']) for v in insts.values())}+{repaired}   written {status['store_written']}"
+        f"   skipped frames {sum(dict(status['skipped_frames']).values()) if status['skipped_frames'] else 0}"  # type: ignore[call-overload]
+        "   Ctrl-C to stop"
+    )
+    return Group(table, footer)
+
+
+async def run_demo(stop: asyncio.Event, duration: float | None, speed: float, db: str | None) -> int:
+    """Start the replica and the engine in-process and show candles until ``stop`` or ``duration``."""
+    logging.getLogger("deltafeed").setLevel(logging.WARNING)
+    console = Console()
+    with tempfile.TemporaryDirectory(prefix="deltafeed-demo-") as tmp:
+        db_path = db or str(Path(tmp) / "demo.duckdb")
+        replica = BinanceReplica(symbols=SYMBOLS, seed=7, rate=8.0, speed=speed, history_ms=6 * 3_600_000)
+        await replica.start()
+        console.print(f"replica listening on {replica.url} (market clock x{speed:g}); store {db_path}")
+        settings = Settings(symbols=list(SYMBOLS), timeframes=TIMEFRAMES, history="6h", db=db_path,
+                            rest_url=replica.url, ws_url=replica.ws_url).validate()
+        engine = Engine(settings)
+        try:
+            await engine.start()
+            started = time.monotonic()
+            before = sum(st.trades for st in engine.states.values())
+            deadline = None if duration is None else started + duration
+            with Live(_view(engine, started, before), console=console, refresh_per_second=4) as live:
+                while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 0.25)
+                    live.update(_view(engine, started, before))
+        finally:
+            await engine.stop()
+            await replica.stop()
+        console.print(f"stopped; {engine.writer.written} candle writes to {db_path}")
+    return 0

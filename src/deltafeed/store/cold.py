@@ -1,0 +1,485 @@
+"""The cold tier: every candle ever kept, in one DuckDB file, written by upsert.
+
+DuckDB lets only one process hold a database file open for writing, and while it does no other
+process may open the file at all, not even read-only. So that ``deltafeed candles`` can read the
+file while ``deltafeed run`` keeps writing it, a :class:`ColdStore` holds the file only for the
+length of one operation: it keeps a private in-memory DuckDB instance and ``ATTACH``es the file to it
+for each operation, ``DETACH``ing it (which checkpoints the WAL into the file and drops the lock)
+right after. Attach + detach costs ~1 ms plus the checkpoint (~10-15 ms after a 500-row batch),
+against ~14 ms for creating and closing a whole DuckDB instance per batch (see ``bench/store.py``).
+Both sides retry for a short while when they find the file locked, so a reader slips in between two
+write batches, and a writer that finds a reader inside waits for it or reports :class:`StoreBusy`,
+keeping its batch for a retry.
+
+:meth:`ColdStore.session` (or ``keep_open=True``) holds the file across many operations instead:
+faster for a bulk load or a long read, at the price of locking every other process out meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import duckdb
+import numpy as np
+from msgspec.structs import astuple
+
+from deltafeed.model import BadInput, Candle
+from deltafeed.store.retention import DEFAULT_RETENTION_MS
+
+#: Version of the table layout this code writes. Bump it and add a step to ``_MIGRATIONS`` when the
+#: layout changes; a file with a newer version is refused rather than misread.
+SCHEMA_VERSION = 1
+
+#: Name under which the file is attached to the store's private in-memory DuckDB instance.
+_DB = "deltafeed_cold"
+
+_CREATE = (
+    f"""CREATE TABLE {_DB}.candles (
+        instrument VARCHAR NOT NULL,
+        timeframe VARCHAR NOT NULL,
+        open_time BIGINT NOT NULL,
+        open DOUBLE,
+        high DOUBLE,
+        low DOUBLE,
+        close DOUBLE,
+        volume DOUBLE,
+        trades BIGINT,
+        closed BOOLEAN,
+        PRIMARY KEY (instrument, timeframe, open_time)
+    )""",
+    f"CREATE TABLE {_DB}.schema_version (version INTEGER NOT NULL, applied_ms BIGINT NOT NULL)",
+)
+
+#: ``_MIGRATIONS[v]`` lists the statements that take a file from version ``v - 1`` to ``v`` (tables
+#: qualified with ``_DB``).
+_MIGRATIONS: dict[int, tuple[str, ...]] = {}
+
+_CANDLE_COLS = "open_time, open, high, low, close, volume, trades, closed"
+_ALL_COLS = f"instrument, timeframe, {_CANDLE_COLS}"
+#: Candle's fields in declaration order (as ``astuple`` yields them) with their numpy types.
+_CANDLE_DTYPES: tuple[tuple[str, type[Any]], ...] = (
+    ("open_time", np.int64),
+    ("open", np.float64),
+    ("high", np.float64),
+    ("low", np.float64),
+    ("close", np.float64),
+    ("volume", np.float64),
+    ("trades", np.int64),
+    ("closed", np.bool_),
+)
+if tuple(c for c, _ in _CANDLE_DTYPES) != Candle.__struct_fields__:  # pragma: no cover - a guard for editors
+    raise RuntimeError(
+        "Candle's fields changed; update _CANDLE_DTYPES and the candles table in store/cold.py"
+        " (with a schema migration)"
+    )
+_UPSERT = f"INSERT OR REPLACE INTO {_DB}.candles ({_ALL_COLS}) SELECT {_ALL_COLS} FROM "
+
+_PID_RE = re.compile(r"\(PID (\d+)\)")
+
+
+class StoreError(Exception):
+    """A cold-store operation failed (file locked, disk full, I/O error). Nothing was half-written:
+    a writer keeps its batch and retries later."""
+
+
+class StoreBusy(StoreError, BadInput):
+    """Another process kept the database file locked for longer than we were willing to wait."""
+
+
+def _is_lock_error(err: BaseException) -> bool:
+    msg = str(err)
+    # The first is another process's file lock; the others are this process already having the file
+    # open elsewhere (another DuckDB instance or connection), which also clears once that closes.
+    return (
+        "Could not set lock on file" in msg
+        or "Unique file handle conflict" in msg
+        or "different configuration than existing" in msg
+    )
+
+
+_PATH_LOCKS: dict[str, threading.RLock] = {}
+_PATH_LOCKS_GUARD = threading.Lock()
+
+
+def _path_lock(path: str) -> threading.RLock:
+    """One lock per database file per process: stores on the same file take turns instead of
+    spinning on DuckDB's in-process conflict error."""
+    key = os.path.realpath(path)
+    with _PATH_LOCKS_GUARD:
+        lock = _PATH_LOCKS.get(key)
+        if lock is None:
+            lock = _PATH_LOCKS[key] = threading.RLock()
+        return lock
+
+
+def _holder(err: BaseException) -> str:
+    m = _PID_RE.search(str(err))
+    return f"another process (PID {m.group(1)})" if m else "another connection"
+
+
+class ColdStore:
+    """Candles in a DuckDB file; every write is an idempotent upsert on (instrument, timeframe, open_time).
+
+    ``retention`` maps timeframe → age limit in ms (None = forever), default
+    :data:`~deltafeed.store.retention.DEFAULT_RETENTION_MS`. ``read_only`` opens an existing file
+    without ever writing it (see :meth:`open_reader`). ``lock_timeout_s`` is how long an operation
+    waits for another process to release the file before raising :class:`StoreBusy` (default 0.5 s
+    for a writer, whose caller retries anyway, and 3 s for a reader). ``keep_open`` holds the file
+    for the life of the object: fastest, but no other process can read it meanwhile.
+
+    Methods are thread-safe: one lock per file per process serialises them, so a writer may run in a
+    worker thread while the event loop thread reads, even through another ``ColdStore`` object.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        retention: dict[str, int | None] | None = None,
+        *,
+        read_only: bool = False,
+        lock_timeout_s: float | None = None,
+        keep_open: bool = False,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.read_only = read_only
+        self.retention: dict[str, int | None] = dict(DEFAULT_RETENTION_MS if retention is None else retention)
+        self.lock_timeout_s = (3.0 if read_only else 0.5) if lock_timeout_s is None else lock_timeout_s
+        memory = self.path == ":memory:"
+        self._lock = threading.RLock() if memory else _path_lock(self.path)
+        self._attached = False
+        self._depth = 0
+        self._schema_ok = False
+        self._closed = False
+        if read_only and memory:
+            raise BadInput("a read-only candle store needs a database file; pass --db PATH")
+        if read_only and not os.path.exists(self.path):
+            raise self._missing()
+        if not read_only and not memory:
+            parent = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(parent, exist_ok=True)
+        # The private instance the file is attached to; creating it costs ~13 ms, so it lives as long
+        # as the store. It holds no lock on the file while nothing is attached.
+        self._con = duckdb.connect(":memory:")
+        try:
+            # Open once now, so a bad path, a foreign file or a newer schema fail here and not at the
+            # first write; a writer also creates the tables on this first use.
+            if keep_open or memory:
+                with self._lock:
+                    self._attach()
+                    self._depth = 1
+            with self._connection() as con:
+                self._check_schema(con)
+        except BaseException:
+            self._con.close()
+            raise
+
+    @classmethod
+    def open_reader(cls, path: str | os.PathLike[str], *, timeout_s: float = 3.0) -> ColdStore:
+        """Open an existing database for reading while ``deltafeed run`` may be writing it.
+
+        Raises :class:`BadInput` when the file does not exist or is not a deltafeed database, and
+        :class:`StoreBusy` (also a ``BadInput``) when another process kept it locked for
+        ``timeout_s`` seconds.
+        """
+        return cls(path, read_only=True, lock_timeout_s=timeout_s)
+
+    # -- connections ------------------------------------------------------------------------------
+
+    def _missing(self) -> BadInput:
+        return BadInput(
+            f"no candle database at {self.path}: run `deltafeed run` first to collect candles,"
+            " or pass --db PATH to point at the file it writes"
+        )
+
+    def _attach(self) -> None:
+        """Attach the file, retrying while another process holds its lock, up to ``lock_timeout_s``."""
+        quoted = self.path.replace("'", "''")
+        sql = f"ATTACH '{quoted}' AS {_DB}" + (" (READ_ONLY)" if self.read_only else "")
+        start = time.monotonic()
+        delay = 0.002
+        while True:
+            try:
+                self._con.execute(sql).fetchall()
+                self._attached = True
+                return
+            except duckdb.Error as e:
+                if _is_lock_error(e):
+                    waited = time.monotonic() - start
+                    if waited >= self.lock_timeout_s:
+                        raise self._busy(e, waited) from e
+                    # Short sleeps: a writer's batch holds the file for ~10-30 ms, and a reader that
+                    # polls slowly would keep missing the gaps between batches.
+                    time.sleep(min(delay, self.lock_timeout_s - waited))
+                    delay = min(delay * 2, 0.01)
+                    continue
+                msg = str(e)
+                if "does not exist" in msg:
+                    raise self._missing() from e
+                if "not a valid DuckDB database" in msg:
+                    raise BadInput(
+                        f"{self.path} is not a DuckDB database; pass --db with the file `deltafeed run`"
+                        " writes (or a new path to start one)"
+                    ) from e
+                raise StoreError(f"cannot open candle database {self.path}: {msg}") from e
+
+    def _detach(self) -> None:
+        self._attached = False
+        try:
+            # Checkpoints the WAL into the file, then releases the file and its lock.
+            self._con.execute(f"DETACH DATABASE IF EXISTS {_DB}").fetchall()
+        except duckdb.Error as e:
+            raise StoreError(f"closing candle database {self.path} failed: {e}") from e
+
+    def _busy(self, err: BaseException, waited: float) -> StoreBusy:
+        who = _holder(err)
+        if self.read_only:
+            return StoreBusy(
+                f"cannot read {self.path}: {who} kept it locked for {waited:.1f}s. `deltafeed run` lets go"
+                " between write batches, so this is usually a long query or a program holding the file open"
+                " (a duckdb shell, a notebook); close that program, or retry"
+            )
+        return StoreBusy(
+            f"cannot write candles to {self.path}: {who} kept it locked for {waited:.1f}s (a reader such as"
+            " `deltafeed candles`, a duckdb shell, or a second `deltafeed run` on the same --db); the batch"
+            " is kept and retried — if this lasts, close that program"
+        )
+
+    @contextmanager
+    def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The connection with the file attached for one operation (or the session's attachment).
+
+        duckdb errors raised inside become :class:`StoreError` naming the file.
+        """
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"the candle store for {self.path} is closed")
+            own = not self._attached
+            if own:
+                self._attach()
+            try:
+                yield self._con
+            except duckdb.Error as e:
+                if _is_lock_error(e):
+                    raise self._busy(e, 0.0) from e
+                raise StoreError(f"candle database {self.path}: {e}") from e
+            finally:
+                if own:
+                    self._detach()
+
+    @contextmanager
+    def session(self) -> Iterator[ColdStore]:
+        """Keep the file attached across the operations inside the ``with`` block (reentrant).
+
+        Saves the attach and checkpoint per operation during a bulk load or a multi-query read;
+        other processes cannot open the file until the block ends.
+        """
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"the candle store for {self.path} is closed")
+            if not self._attached:
+                self._attach()
+            self._depth += 1
+            try:
+                yield self
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._attached:
+                    self._detach()
+
+    @contextmanager
+    def _transaction(self, con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+        con.begin()
+        try:
+            yield
+        except BaseException:
+            con.rollback()
+            raise
+        con.commit()
+
+    def _check_schema(self, con: duckdb.DuckDBPyConnection) -> None:
+        if self._schema_ok:
+            return
+        tables = {
+            r[0]
+            for r in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main'",
+                [_DB],
+            ).fetchall()
+        }
+        if "schema_version" not in tables:
+            if self.read_only or "candles" in tables:
+                raise BadInput(
+                    f"{self.path} is a DuckDB file but not a deltafeed candle database; pass --db with the"
+                    " file `deltafeed run` writes"
+                )
+            with self._transaction(con):
+                for stmt in _CREATE:
+                    con.execute(stmt)
+                con.execute(
+                    f"INSERT INTO {_DB}.schema_version VALUES (?, ?)",
+                    [SCHEMA_VERSION, time.time_ns() // 1_000_000],
+                )
+        else:
+            version = int(con.execute(f"SELECT max(version) FROM {_DB}.schema_version").fetchall()[0][0] or 0)
+            if version > SCHEMA_VERSION:
+                raise BadInput(
+                    f"{self.path} was written by a newer deltafeed (schema {version}; this one reads up to"
+                    f" {SCHEMA_VERSION}); upgrade deltafeed"
+                )
+            if version < SCHEMA_VERSION:
+                if self.read_only:
+                    raise BadInput(
+                        f"{self.path} uses an older layout (schema {version}); start `deltafeed run` on it"
+                        " once to upgrade it, then read it"
+                    )
+                self._migrate(con, version)
+        self._schema_ok = True
+
+    def _migrate(self, con: duckdb.DuckDBPyConnection, version: int) -> None:
+        with self._transaction(con):
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                for stmt in _MIGRATIONS[v]:
+                    con.execute(stmt)
+                con.execute(
+                    f"INSERT INTO {_DB}.schema_version VALUES (?, ?)", [v, time.time_ns() // 1_000_000]
+                )
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    def write(self, rows: Sequence[tuple[str, str, Candle]]) -> None:
+        """Upsert a batch of (instrument, timeframe, candle) in one statement.
+
+        Idempotent: a key already stored is overwritten, a key repeated in the batch keeps its last
+        occurrence, and writing the same batch twice leaves the table as after the first time. The
+        batch is applied entirely or not at all; on failure :class:`StoreError` is raised.
+        """
+        if self.read_only:
+            raise StoreError(f"the candle store for {self.path} was opened read-only; it cannot write")
+        if not rows:
+            return
+        # DuckDB's INSERT OR REPLACE keeps the FIRST of two rows with the same key in one statement,
+        # so repeated keys are reduced here to their last occurrence.
+        latest = {(r[0], r[1], r[2].open_time): r for r in rows}
+        batch: Sequence[tuple[str, str, Candle]] = rows if len(latest) == len(rows) else list(latest.values())
+        # Column arrays for DuckDB's numpy scan: the fastest bulk path measured (bench/store.py),
+        # ahead of the upsert appender, unnest() of list parameters and executemany (~500 rows/s).
+        fields = list(zip(*[astuple(r[2]) for r in batch], strict=True))
+        columns: dict[str, Any] = {
+            "instrument": np.array([r[0] for r in batch], dtype=object),
+            "timeframe": np.array([r[1] for r in batch], dtype=object),
+        }
+        for (col, dtype), values in zip(_CANDLE_DTYPES, fields, strict=True):
+            columns[col] = np.array(values, dtype=dtype)
+        name = f"_deltafeed_batch_{id(self):x}"
+        with self._connection() as con:
+            self._check_schema(con)
+            con.register(name, columns)
+            try:
+                con.execute(_UPSERT + name).fetchall()
+            finally:
+                con.unregister(name)
+
+    def apply_retention(self, now_ms: int) -> int:
+        """Delete candles whose open_time is older than their timeframe's retention before ``now_ms``.
+
+        ``now_ms`` is the venue's time, never the local clock, so a replay or a skewed machine
+        deletes exactly what the venue's calendar says. Timeframes without a retention (or absent
+        from the map) are kept. Returns the number of rows deleted.
+        """
+        if self.read_only:
+            raise StoreError(f"the candle store for {self.path} was opened read-only; it cannot delete")
+        cutoffs = [(tf, now_ms - ms) for tf, ms in self.retention.items() if ms is not None]
+        deleted = 0
+        with self._connection() as con:
+            self._check_schema(con)
+            with self._transaction(con):
+                for tf, cutoff in cutoffs:
+                    res = con.execute(
+                        f"DELETE FROM {_DB}.candles WHERE timeframe = ? AND open_time < ?", [tf, cutoff]
+                    ).fetchall()
+                    deleted += int(res[0][0])
+        return deleted
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    def last_closed(self, instrument: str, timeframe: str) -> Candle | None:
+        """The newest candle marked closed, e.g. to know where a backfill must resume."""
+        with self._connection() as con:
+            rows = con.execute(
+                f"SELECT {_CANDLE_COLS} FROM {_DB}.candles WHERE instrument = ? AND timeframe = ? AND closed"
+                " ORDER BY open_time DESC LIMIT 1",
+                [instrument, timeframe],
+            ).fetchall()
+        return Candle(*rows[0]) if rows else None
+
+    def query(
+        self,
+        instrument: str,
+        timeframe: str,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        last: int | None = None,
+    ) -> list[Candle]:
+        """Candles with ``since_ms <= open_time <= until_ms`` (either bound optional), oldest first.
+
+        With ``last``, only the newest ``last`` candles of that range, still oldest first.
+        """
+        if last is not None and last <= 0:
+            return []
+        sql = f"SELECT {_CANDLE_COLS} FROM {_DB}.candles WHERE instrument = ? AND timeframe = ?"
+        params: list[object] = [instrument, timeframe]
+        if since_ms is not None:
+            sql += " AND open_time >= ?"
+            params.append(since_ms)
+        if until_ms is not None:
+            sql += " AND open_time <= ?"
+            params.append(until_ms)
+        if last is None:
+            sql += " ORDER BY open_time"
+        else:
+            sql += " ORDER BY open_time DESC LIMIT ?"
+            params.append(last)
+        with self._connection() as con:
+            rows = con.execute(sql, params).fetchall()
+        if last is not None:
+            rows.reverse()
+        return [Candle(*r) for r in rows]
+
+    def instruments(self) -> list[tuple[str, str, int]]:
+        """(instrument, timeframe, number of candles) for every stored series, sorted."""
+        with self._connection() as con:
+            rows = con.execute(
+                f"SELECT instrument, timeframe, count(*) FROM {_DB}.candles GROUP BY ALL ORDER BY ALL"
+            ).fetchall()
+        return [(str(i), str(t), int(n)) for i, t, n in rows]
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the file (if held) and refuse further use. Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._depth = 0
+            try:
+                if self._attached:
+                    self._detach()
+            finally:
+                self._con.close()
+
+    def __enter__(self) -> ColdStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self.read_only else "read-write"
+        return f"ColdStore({self.path!r}, {mode})"

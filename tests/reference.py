@@ -1,0 +1,134 @@
+"""An independent candle builder for tests: reads a replica's tape and builds candles in plain Python.
+
+It shares no code with the simulator's numpy roll-up: prices and quantities are parsed as Decimal,
+every candle is built trade by trade, and an interval without trades after the first trade is a flat
+candle at the previous close with volume 0 (the rule deltafeed and Binance klines follow).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import NamedTuple
+
+TAPE_COLUMNS = ["symbol", "trade_id", "time_ms", "price", "qty", "is_buyer_maker"]
+
+
+class TapeRow(NamedTuple):
+    """One tape row; a tuple, so ``row[0]`` is the symbol."""
+
+    symbol: str
+    trade_id: int
+    time_ms: int
+    price: Decimal
+    qty: Decimal
+    buyer_maker: bool
+    price_text: str  # exactly as written on the tape (and sent on the wire)
+    qty_text: str
+
+
+@dataclass(slots=True)
+class RefCandle:
+    """A candle built from the tape. The float fields are the exact decimal sums converted once, so
+    they equal what a correct float-based builder or the venue's 8-decimal strings give; the exact
+    values are kept alongside."""
+
+    open_time: int
+    exact_open: Decimal
+    exact_high: Decimal
+    exact_low: Decimal
+    exact_close: Decimal
+    exact_volume: Decimal = Decimal(0)
+    trades: int = 0
+    exact_quote_volume: Decimal = Decimal(0)
+    exact_taker_base: Decimal = Decimal(0)
+    exact_taker_quote: Decimal = Decimal(0)
+    first_id: int = -1  # -1 for a candle without trades, as in Binance's kline payload
+    last_id: int = -1
+
+    @property
+    def open(self) -> float:
+        return float(self.exact_open)
+
+    @property
+    def high(self) -> float:
+        return float(self.exact_high)
+
+    @property
+    def low(self) -> float:
+        return float(self.exact_low)
+
+    @property
+    def close(self) -> float:
+        return float(self.exact_close)
+
+    @property
+    def volume(self) -> float:
+        return float(self.exact_volume)
+
+    def row(self) -> tuple[int, float, float, float, float, float, int]:
+        return (self.open_time, self.open, self.high, self.low, self.close, self.volume, self.trades)
+
+
+def read_tape(path: str | Path) -> list[TapeRow]:
+    """All rows of a tape file, in file order."""
+    with open(path, newline="", encoding="ascii") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        assert header == TAPE_COLUMNS, header
+        rows = []
+        for sym, tid, t, p, q, m in reader:
+            assert m in ("true", "false"), m
+            rows.append(TapeRow(sym, int(tid), int(t), Decimal(p), Decimal(q), m == "true", p, q))
+    return rows
+
+
+def rows_by_symbol(rows: list[TapeRow]) -> dict[str, list[TapeRow]]:
+    out: dict[str, list[TapeRow]] = {}
+    for r in rows:
+        out.setdefault(r.symbol, []).append(r)
+    return out
+
+
+def candles_from_tape(rows: list[TapeRow], tf_ms: int, until_ms: int | None = None) -> list[RefCandle]:
+    """Candles of length ``tf_ms`` (epoch aligned) for one symbol's ``rows``.
+
+    They run from the candle holding the first trade to the one holding the last trade, or to the one
+    holding ``until_ms`` if that is later.
+    """
+    if not rows:
+        return []
+    assert len({r.symbol for r in rows}) == 1, "pass the rows of one symbol"
+    rows = sorted(rows, key=lambda r: r.trade_id)
+    by_open: dict[int, list[TapeRow]] = {}
+    for r in rows:
+        by_open.setdefault(r.time_ms // tf_ms * tf_ms, []).append(r)
+    first = rows[0].time_ms // tf_ms * tf_ms
+    last = rows[-1].time_ms // tf_ms * tf_ms
+    if until_ms is not None:
+        last = max(last, until_ms // tf_ms * tf_ms)
+    out: list[RefCandle] = []
+    t = first
+    prev_close = rows[0].price
+    while t <= last:
+        trades = by_open.get(t, [])
+        if not trades:
+            out.append(RefCandle(t, prev_close, prev_close, prev_close, prev_close))
+        else:
+            c = RefCandle(t, trades[0].price, trades[0].price, trades[0].price, trades[-1].price)
+            for r in trades:
+                c.exact_high = max(c.exact_high, r.price)
+                c.exact_low = min(c.exact_low, r.price)
+                c.exact_volume += r.qty
+                c.exact_quote_volume += r.price * r.qty
+                if not r.buyer_maker:  # the buyer took liquidity: a taker buy
+                    c.exact_taker_base += r.qty
+                    c.exact_taker_quote += r.price * r.qty
+            c.trades = len(trades)
+            c.first_id, c.last_id = trades[0].trade_id, trades[-1].trade_id
+            prev_close = c.exact_close
+            out.append(c)
+        t += tf_ms
+    return out

@@ -1,0 +1,178 @@
+"""CandleBuilder: trades to candles by event time, flat candles, duplicates, gaps, venue klines."""
+
+from __future__ import annotations
+
+import random
+
+from deltafeed.candles.aggregator import CandleBuilder
+from deltafeed.candles.rollup import rollup
+from deltafeed.model import Candle, Trade
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.closed: dict[str, dict[int, Candle]] = {}
+        self.repairs: list[tuple[str, int, int]] = []
+
+    def on_closed(self, tf: str, c: Candle) -> None:
+        self.closed.setdefault(tf, {})[c.open_time] = c  # upsert, like the stores
+
+    def on_repair(self, tf: str, first: int, last: int) -> None:
+        self.repairs.append((tf, first, last))
+
+
+def make(tfs: list[str]) -> tuple[CandleBuilder, Recorder]:
+    r = Recorder()
+    return CandleBuilder(tfs, r.on_closed, r.on_repair), r
+
+
+def trades(n: int, seed: int = 3, start_ms: int = 1_700_000_000_000, quiet_every: int = 0) -> list[Trade]:
+    rng = random.Random(seed)
+    out, t, px = [], start_ms, 100.0
+    for i in range(1, n + 1):
+        t += int(rng.expovariate(1 / 700))
+        if quiet_every and i % quiet_every == 0:
+            t += 7 * 60_000  # several empty minutes
+        px = round(max(1.0, px + rng.choice((-1, 1)) * rng.random() * 0.3), 2)
+        out.append(Trade("X", i, t, px, rng.randint(1, 500) / 1000, rng.random() < 0.5))
+    return out
+
+
+def reference(ts: list[Trade], tf_ms: int) -> dict[int, tuple[float, float, float, float, float, int]]:
+    """Candles the plain way, with flat candles between the first and last bucket."""
+    out: dict[int, list[float]] = {}
+    for t in ts:
+        b = t.time_ms // tf_ms * tf_ms
+        c = out.get(b)
+        if c is None:
+            out[b] = [t.price, t.price, t.price, t.price, t.qty, 1]
+        else:
+            c[1], c[2], c[3] = max(c[1], t.price), min(c[2], t.price), t.price
+            c[4] += t.qty
+            c[5] += 1
+    keys = sorted(out)
+    prev = None
+    b = keys[0]
+    res = {}
+    while b <= keys[-1]:
+        if b in out:
+            o, h, lo, c, v, n = out[b]
+            res[b] = (o, h, lo, c, round(v, 8), int(n))
+            prev = c
+        else:
+            res[b] = (prev, prev, prev, prev, 0.0, 0)
+        b += tf_ms
+    return res
+
+
+def as_tuples(d: dict[int, Candle]) -> dict[int, tuple[float, float, float, float, float, int]]:
+    return {k: (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades) for k, c in d.items()}
+
+
+def test_candles_equal_reference_for_every_timeframe() -> None:
+    ts = trades(5000, quiet_every=700)
+    builder, rec = make(["1s", "15s", "1m", "5m", "1h"])
+    for t in ts:
+        builder.on_trade(t)
+    builder.advance(ts[-1].time_ms + 3_600_000 * 2)
+    for tf, ms in (("1s", 1000), ("15s", 15_000), ("1m", 60_000), ("5m", 300_000), ("1h", 3_600_000)):
+        got = as_tuples(rec.closed[tf])
+        want = reference(ts, ms)
+        # What came after the last trade is flat filling up to "now": compare the traded stretch.
+        assert {k: got[k] for k in want} == want, tf
+        assert all(c.closed for c in rec.closed[tf].values())
+    # The first trade ever: what came before it is unknown, so only its own candles are repaired.
+    assert [r[0] for r in rec.repairs] == ["1s", "15s", "1m", "5m", "1h"]
+
+
+def test_duplicates_never_count_twice() -> None:
+    ts = trades(300)
+    builder, rec = make(["1m"])
+    for t in ts:
+        builder.on_trade(t)
+        builder.on_trade(t)  # every trade delivered twice
+    builder.on_trade(ts[10])  # and an old one again
+    builder.advance(ts[-1].time_ms + 120_000)
+    assert builder.duplicates == 301
+    assert as_tuples(rec.closed["1m"]) | {} == {
+        k: v for k, v in reference(ts, 60_000).items()} | {
+        k: v for k, v in as_tuples(rec.closed["1m"]).items() if k > ts[-1].time_ms}
+
+
+def test_gap_in_trade_ids_reports_repairs_and_no_flat_candles_across_it() -> None:
+    ts = trades(400)
+    builder, rec = make(["1m"])
+    lost = ts[200:260]
+    for t in ts[:200] + ts[260:]:
+        builder.on_trade(t)
+    assert builder.gaps == 1 and builder.missed_trades == 60
+    first_bucket = ts[199].time_ms // 60_000 * 60_000
+    gap_bucket = ts[260].time_ms // 60_000 * 60_000
+    assert rec.repairs[-1] == ("1m", first_bucket, gap_bucket)
+    # Buckets that only the lost trades touched got no (wrong) flat candle.
+    lost_only = {t.time_ms // 60_000 * 60_000 for t in lost} - {first_bucket, gap_bucket}
+    assert not lost_only & set(rec.closed["1m"])
+
+
+def test_quiet_market_closes_by_venue_time_and_fills_flat() -> None:
+    builder, rec = make(["1m"])
+    builder.on_trade(Trade("X", 1, 60_500, 10.0, 1.0, False))
+    builder.on_trade(Trade("X", 2, 61_000, 11.0, 2.0, False))
+    builder.advance(119_999)
+    assert "1m" not in rec.closed  # not yet ended
+    builder.advance(240_000)
+    assert as_tuples(rec.closed["1m"]) == {
+        60_000: (10.0, 11.0, 10.0, 11.0, 3.0, 2),
+        120_000: (11.0, 11.0, 11.0, 11.0, 0.0, 0),
+        180_000: (11.0, 11.0, 11.0, 11.0, 0.0, 0),
+    }
+    # A trade later continues from the flat candles without repeating them.
+    builder.on_trade(Trade("X", 3, 300_100, 12.0, 1.0, True))
+    builder.advance(400_000)
+    assert as_tuples(rec.closed["1m"])[240_000] == (11.0, 11.0, 11.0, 11.0, 0.0, 0)
+    assert as_tuples(rec.closed["1m"])[300_000] == (12.0, 12.0, 12.0, 12.0, 1.0, 1)
+
+
+def test_seeded_builder_fills_flat_from_the_stored_candle_only_when_synced() -> None:
+    builder, rec = make(["1m"])
+    builder.seed("1m", Candle(0, 5.0, 5.0, 5.0, 5.0, 1.0, 1, True))
+    builder.advance(600_000)
+    assert "1m" not in rec.closed  # no trade seen yet: quiet or disconnected, nobody knows
+    builder.on_trade(Trade("X", 42, 300_100, 6.0, 1.0, False))
+    assert rec.repairs == [("1m", 60_000, 300_000)]  # the stretch since the store is fetched
+
+
+def test_closed_venue_kline_is_final_and_late_trades_are_refused() -> None:
+    builder, rec = make(["1m"])
+    builder.on_trade(Trade("X", 1, 60_500, 10.0, 1.0, False))
+    venue = Candle(60_000, 9.0, 12.0, 8.0, 10.0, 5.0, 4, True)
+    builder.on_venue_candle("1m", venue, 1)
+    assert rec.closed["1m"][60_000] == venue
+    builder.on_trade(Trade("X", 2, 60_900, 99.0, 1.0, False))  # late for a final candle
+    assert builder.late_trades == 1 and rec.closed["1m"][60_000] == venue
+    assert rec.repairs[-1] == ("1m", 60_000, 60_000)
+
+
+def test_open_venue_kline_is_adopted_only_when_it_holds_exactly_our_trades() -> None:
+    builder, _ = make(["1m"])
+    builder.on_trade(Trade("X", 10, 60_500, 10.0, 1.0, False))  # started mid-candle
+    builder.on_venue_candle("1m", Candle(60_000, 9.0, 12.0, 8.0, 10.0, 5.0, 4, False), 9)  # older
+    assert builder.open_candle("1m") == Candle(60_000, 10.0, 10.0, 10.0, 10.0, 1.0, 1, False)
+    builder.on_venue_candle("1m", Candle(60_000, 9.0, 12.0, 8.0, 10.0, 5.0, 4, False), 10)
+    assert builder.open_candle("1m") == Candle(60_000, 9.0, 12.0, 8.0, 10.0, 5.0, 4, False)
+    builder.on_trade(Trade("X", 11, 60_700, 13.0, 1.0, False))
+    assert builder.open_candle("1m") == Candle(60_000, 9.0, 13.0, 8.0, 13.0, 6.0, 5, False)
+
+
+def test_rollup_equals_direct_aggregation() -> None:
+    ts = trades(3000, seed=9)
+    b1, r1 = make(["1s", "15s"])
+    for t in ts:
+        b1.on_trade(t)
+    b1.advance(ts[-1].time_ms + 60_000)
+    secs = sorted(r1.closed["1s"].values(), key=lambda c: c.open_time)
+    rolled = {c.open_time: c for c in rollup(secs, 1000, 15_000) if c.closed}
+    direct = as_tuples(r1.closed["15s"])
+    assert {k: v for k, v in as_tuples(rolled).items() if k in direct} == {
+        k: v for k, v in direct.items() if k in rolled}
+    assert len(rolled) >= len(direct) - 1
