@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="replica + engine + live candles in the terminal, offline")
     demo.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     demo.add_argument("--speed", type=float, default=30.0, help="replica market speed (default 30x)")
-    demo.add_argument("--db", help="DuckDB file (default: a temporary one)")
+    demo.add_argument("--db", help="DuckDB file (default deltafeed-demo.duckdb, started afresh each time)")
     return ap
 
 
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("picows").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         if args.command == "run":
             return _run(args)
@@ -193,21 +194,24 @@ def write_candles(rows: list[Candle], fmt: str, title: str) -> None:
             w.writerow([iso(c.open_time), num(c.open), num(c.high), num(c.low), num(c.close), num(c.volume),
                         c.trades])
     elif fmt == "json":
+        # Rounded to the venue's 8 decimals: sums of floats carry noise past that.
         out.write(msgspec.json.encode([
-            {"open_time": iso(c.open_time), "open": c.open, "high": c.high, "low": c.low, "close": c.close,
-             "volume": c.volume, "trades": c.trades, "closed": c.closed} for c in rows
+            {"open_time": iso(c.open_time), "open": round(c.open, 8), "high": round(c.high, 8),
+             "low": round(c.low, 8), "close": round(c.close, 8), "volume": round(c.volume, 8),
+             "trades": c.trades, "closed": c.closed} for c in rows
         ]).decode() + "\n")
     else:
         from rich.console import Console
         from rich.table import Table
 
         table = Table(title=f"{title} ({len(rows)} candles)")
-        for name in ("open_time", "open", "high", "low", "close", "volume", "trades", "closed"):
+        for name in ("open_time", "open", "high", "low", "close", "volume", "trades", "state"):
             table.add_column(name, justify="right" if name != "open_time" else "left")
         for c in rows:
             table.add_row(iso(c.open_time), num(c.open), num(c.high), num(c.low), num(c.close), num(c.volume),
-                          str(c.trades), "" if c.closed else "open")
-        Console().print(table)
+                          str(c.trades), "final" if c.closed else "open")
+        # A pipe gets the whole table, not one cut to a guessed 80 columns.
+        Console(width=None if out.isatty() else 200).print(table)
 
 
 def _replica(args: argparse.Namespace) -> int:
@@ -219,6 +223,8 @@ def _replica(args: argparse.Namespace) -> int:
     for name, value in (("--rate", args.rate), ("--speed", args.speed)):
         if value <= 0:
             raise BadInput(f"{name} must be greater than 0")
+    if not 0 <= args.port <= 65535:
+        raise BadInput(f"--port {args.port} is not a TCP port; use 0 (any free port) to 65535")
     if args.weight_limit < 1:
         raise BadInput("--weight-limit must be at least 1")
     history_ms = parse_duration_ms(args.history)

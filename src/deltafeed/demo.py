@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from deltafeed.engine import Engine
 from deltafeed.replicas.binance import BinanceReplica
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+DEFAULT_DB = "deltafeed-demo.duckdb"
 TIMEFRAMES = ["1m", "5m", "15m", "1h"]
 
 
@@ -62,26 +62,31 @@ async def run_demo(stop: asyncio.Event, duration: float | None, speed: float, db
     """Start the replica and the engine in-process and show candles until ``stop`` or ``duration``."""
     logging.getLogger("deltafeed").setLevel(logging.WARNING)
     console = Console()
-    with tempfile.TemporaryDirectory(prefix="deltafeed-demo-") as tmp:
-        db_path = db or str(Path(tmp) / "demo.duckdb")
-        replica = BinanceReplica(symbols=SYMBOLS, seed=7, rate=8.0, speed=speed, history_ms=6 * 3_600_000)
-        await replica.start()
-        console.print(f"replica listening on {replica.url} (market clock x{speed:g}); store {db_path}")
-        settings = Settings(symbols=list(SYMBOLS), timeframes=TIMEFRAMES, history="6h", db=db_path,
-                            rest_url=replica.url, ws_url=replica.ws_url).validate()
-        engine = Engine(settings)
-        try:
-            await engine.start()
-            started = time.monotonic()
-            before = sum(st.trades for st in engine.states.values())
-            deadline = None if duration is None else started + duration
-            with Live(_view(engine, started, before), console=console, refresh_per_second=4) as live:
-                while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 0.25)
-                    live.update(_view(engine, started, before))
-        finally:
-            await engine.stop()
-            await replica.stop()
-        console.print(f"stopped; {engine.writer.written} candle writes to {db_path}")
+    db_path = db or DEFAULT_DB
+    if db is None:
+        # Each demo has its own simulated market: its own file starts afresh rather than mix two
+        # markets. A file named with --db is never removed.
+        for stale in (Path(db_path), Path(db_path + ".wal")):
+            stale.unlink(missing_ok=True)
+    replica = BinanceReplica(symbols=SYMBOLS, seed=7, rate=8.0, speed=speed, history_ms=6 * 3_600_000)
+    await replica.start()
+    console.print(f"replica listening on {replica.url} (market clock x{speed:g}); store {db_path}")
+    settings = Settings(symbols=list(SYMBOLS), timeframes=TIMEFRAMES, history="6h", db=db_path,
+                        rest_url=replica.url, ws_url=replica.ws_url).validate()
+    engine = Engine(settings)
+    try:
+        await engine.start()
+        started = time.monotonic()
+        before = sum(st.trades for st in engine.states.values())
+        deadline = None if duration is None else started + duration
+        with Live(_view(engine, started, before), console=console, refresh_per_second=4) as live:
+            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.25)
+                live.update(_view(engine, started, before))
+    finally:
+        await engine.stop()
+        await replica.stop()
+    console.print(f"stopped; {engine.writer.written} candle writes to {db_path}. Look at them with:\n"
+                  f"  deltafeed candles binance:BTCUSDT 1m --db {db_path} --last 20")
     return 0

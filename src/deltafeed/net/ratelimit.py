@@ -68,8 +68,11 @@ class WeightLimiter:
         if self._venue_window == self._window() and self._venue_used + weight > self.budget:
             window_ms = int(self.window_s * 1000)
             return (window_ms - self._clock.time_ms() % window_ms) / 1000 + 0.05
-        if self._tokens < weight:
-            return (weight - self._tokens) / self.rate
+        # A request heavier than the whole burst waits for a full bucket and overdraws it: the
+        # debt is paid by the next callers' waits, so the long-run pace still holds.
+        need = min(weight, self.capacity)
+        if self._tokens < need:
+            return (need - self._tokens) / self.rate
         return 0.0
 
     def observe_used(self, used: int) -> None:

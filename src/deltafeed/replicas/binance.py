@@ -287,11 +287,13 @@ class _IpWeight:
 
 
 class WeightLimiter:
-    """Binance's REQUEST_WEIGHT limit per IP, in fixed windows of one wall-clock minute."""
+    """Binance's REQUEST_WEIGHT limit per IP, in fixed windows of one wall-clock minute (tests may
+    shorten the window so a Retry-After is seconds, not a minute)."""
 
-    def __init__(self, limit: int, wall: Callable[[], float] = time.time) -> None:
+    def __init__(self, limit: int, wall: Callable[[], float] = time.time, window_s: float = 60.0) -> None:
         self.limit = limit
         self._wall = wall
+        self.window_s = window_s
         self._ips: dict[str, _IpWeight] = {}
 
     def charge(self, ip: str, weight: int) -> tuple[int, int, float]:
@@ -299,7 +301,7 @@ class WeightLimiter:
         the ban's end as epoch seconds for a 418)."""
         now = self._wall()
         st = self._ips.setdefault(ip, _IpWeight())
-        window = int(now // 60)
+        window = int(now // self.window_s)
         if window != st.window:
             st.window, st.used = window, 0
         if st.banned_until > now:
@@ -310,7 +312,7 @@ class WeightLimiter:
             return 418, st.used, st.banned_until
         st.used += weight  # the refused request counts too, as on Binance
         if st.used > self.limit:
-            st.retry_until = (window + 1) * 60.0
+            st.retry_until = (window + 1) * self.window_s
             return 429, st.used, st.retry_until
         return 200, st.used, 0.0
 
@@ -319,7 +321,7 @@ class WeightLimiter:
 
     def used(self, ip: str) -> int:
         st = self._ips.get(ip)
-        return st.used if st is not None and st.window == int(self._wall() // 60) else 0
+        return st.used if st is not None and st.window == int(self._wall() // self.window_s) else 0
 
 
 # --- the server ----------------------------------------------------------------------------------
@@ -386,6 +388,7 @@ class BinanceReplica:
         *,
         start_ms: int | None = None,
         max_send_buffer: int = MAX_SEND_BUFFER,
+        weight_window_s: float = 60.0,
     ) -> None:
         self.host = host
         self.port = port
@@ -396,7 +399,7 @@ class BinanceReplica:
         self._sim = MarketSim(
             symbols, seed=seed, rate=rate, start_ms=self._clock.start_ms, history_ms=history_ms, tape=tape
         )
-        self.limiter = WeightLimiter(weight_limit)
+        self.limiter = WeightLimiter(weight_limit, window_s=weight_window_s)
         self.stats: dict[str, int] = {
             "trades": self._sim.trades_released,
             "connections": 0,

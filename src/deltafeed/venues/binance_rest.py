@@ -13,8 +13,8 @@ class BinanceHistory:
     """Reads Binance's market-data REST API (or a replica of it) through one :class:`RestClient`."""
 
     def __init__(self, base_url: str = codec.DEFAULT_REST_URL, weight_limit: int = codec.WEIGHT_LIMIT_1M,
-                 headroom: float = 0.8) -> None:
-        self.limiter = WeightLimiter(weight_limit, 60.0, headroom)
+                 headroom: float = 0.8, window_s: float = 60.0) -> None:
+        self.limiter = WeightLimiter(weight_limit, window_s, headroom)
         self.http = RestClient(base_url, self.limiter, used_weight_header="X-MBX-USED-WEIGHT-1M")
 
     async def server_time(self) -> int:

@@ -1,0 +1,120 @@
+"""The ``deltafeed`` command as a user runs it: real processes, real signals, real files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "deltafeed"]
+
+
+def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def replica() -> Iterator[str]:
+    proc = subprocess.Popen([*CLI, "replica", "binance", "--symbols", "BTCUSDT,ETHUSDT", "--speed", "60",
+                             "--history", "30m", "--seed", "5"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    first = proc.stdout.readline().strip()
+    assert first.startswith("listening on http://127.0.0.1:")
+    yield first.removeprefix("listening on ")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert "429s=0" in out  # the engine never ran into the weight limit
+
+
+def test_run_query_while_running_and_stop_within_two_seconds(replica: str, tmp_path: Path) -> None:
+    db = str(tmp_path / "cli.duckdb")
+    ws = replica.replace("http://", "ws://")
+    run = subprocess.Popen([*CLI, "run", "--rest-url", replica, "--ws-url", ws, "--symbols", "BTCUSDT,ETHUSDT",
+                            "--timeframes", "1m,5m", "--history", "30m", "--db", db],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        rows: list[dict[str, str]] = []
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            q = cli("candles", "binance:BTCUSDT", "1m", "--db", db, "--format", "csv")  # while run writes
+            if q.returncode == 0:
+                rows = list(csv.DictReader(io.StringIO(q.stdout)))
+                if len(rows) >= 35:  # 30 minutes of history and several of streaming
+                    break
+        assert len(rows) >= 35, q.stderr
+        assert list(rows[0]) == ["open_time", "open", "high", "low", "close", "volume", "trades"]
+        assert rows[0]["open_time"].endswith("Z") and "T" in rows[0]["open_time"]
+        times = [r["open_time"] for r in rows]
+        assert times == sorted(set(times))
+    finally:
+        t0 = time.monotonic()
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=10)
+        took = time.monotonic() - t0
+    assert run.returncode == 0, err
+    assert took < 2.0, took
+    assert "Traceback" not in err
+    last = cli("candles", "binance:ETHUSDT", "5m", "--db", db, "--last", "2", "--format", "json")
+    assert last.returncode == 0 and last.stdout.count("open_time") == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["run", "--venue", "kraken"], "unknown venue"),
+        (["run", "--timeframes", "2m"], "unknown timeframe"),
+        (["run", "--history", "5x"], "cannot read duration"),
+        (["run", "--rest-url", "http://127.0.0.1:9", "--ws-url", "ws://127.0.0.1:9"], "cannot reach"),
+        (["run", "--config", "/nonexistent.toml"], "does not exist"),
+        (["candles", "binance:BTCUSDT", "1m", "--db", "/nonexistent/x.duckdb"], "no candle database"),
+        (["candles", "BTCUSDT", "1m"], "VENUE:SYMBOL"),
+        (["candles", "binance:BTCUSDT", "7m"], "unknown timeframe"),
+        (["replica", "binance", "--port", "70000"], "not a TCP port"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_usage_is_one_line_and_exit_code_2(args: list[str], needle: str, tmp_path: Path) -> None:
+    p = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert p.returncode == 2
+    assert needle in p.stderr
+    assert "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_bad_config_file_names_the_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('symbolz = ["BTCUSDT"]\n')
+    p = cli("run", "--config", str(bad))
+    assert p.returncode == 2 and "symbolz" in p.stderr and str(bad) in p.stderr
+    bad.write_text('symbols = "BTC\n')
+    p = cli("run", "--config", str(bad))
+    assert p.returncode == 2 and "not valid TOML" in p.stderr
+
+
+def test_unknown_symbol_is_refused(replica: str, tmp_path: Path) -> None:
+    p = cli("run", "--rest-url", replica, "--ws-url", replica.replace("http", "ws"), "--symbols", "NOPEUSDT",
+            "--db", str(tmp_path / "x.duckdb"))
+    assert p.returncode == 2 and "NOPEUSDT" in p.stderr and "--symbols" in p.stderr
+
+
+def test_demo_runs_offline_for_a_fixed_duration(tmp_path: Path) -> None:
+    env = {**os.environ, "COLUMNS": "160"}
+    p = subprocess.run([*CLI, "demo", "--duration", "4"], capture_output=True, text=True, timeout=60,
+                       cwd=tmp_path, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "replica listening on http://127.0.0.1:" in p.stdout
+    assert "binance:SOLUSDT" in p.stdout and "stopped;" in p.stdout
+    assert (tmp_path / "deltafeed-demo.duckdb").exists()
+    q = subprocess.run([*CLI, "candles", "binance:ETHUSDT", "1h", "--db", "deltafeed-demo.duckdb", "--format",
+                        "csv"], capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert q.returncode == 0 and len(q.stdout.splitlines()) >= 7  # header + six hours of history
