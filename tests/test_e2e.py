@@ -70,6 +70,10 @@ async def test_stored_candles_equal_the_tape_across_a_restart(tmp_path: Path, ve
                 # Covers the whole run: from history's start to the second run's streaming.
                 assert keys[0] <= min(want) + tf_ms
                 assert keys[-1] >= max(want) - 3 * max(tf_ms, 60_000)
+                # The hot tier was warmed from the store on restart and agrees with it.
+                hot = {c.open_time: c for c in second.hot.last(f"binance:{sym}", tf, 10_000) if c.closed}
+                assert min(hot) == keys[0], (sym, tf)
+                assert all(hot[c.open_time] == c for c in stored if c.open_time in hot), (sym, tf)
                 for c in stored:
                     w = want[c.open_time]
                     got = (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades)

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from deltafeed.candles.aggregator import CandleBuilder, ClosedSink, RepairSink
 from deltafeed.clock import VenueClock
@@ -48,7 +48,6 @@ class InstrumentState:
     last_trade_ms: int = 0
     repaired: int = 0
     bootstrapped: int = 0
-    stored: dict[str, int] = field(default_factory=dict)
 
 
 class Engine:
@@ -165,7 +164,11 @@ class Engine:
         now = self.venue_clock.now_ms()
         for tf in self.timeframes:
             ms = TIMEFRAMES[tf]
-            last = await asyncio.to_thread(self.cold.last_closed, str(st.instrument), tf)
+            key = str(st.instrument)
+            # Warm the hot tier from the store, so readers see history from the first second.
+            for c in await asyncio.to_thread(self.cold.query, key, tf, None, None, self.settings.hot_capacity):
+                self.hot.put(key, tf, c)
+            last = await asyncio.to_thread(self.cold.last_closed, key, tf)
             start = last.open_time + ms if last else now - self.settings.history_ms
             start -= start % ms
             if last is not None:
@@ -173,8 +176,8 @@ class Engine:
             candles = await self.history.candles(st.instrument.symbol, tf, start, now)
             closed = [c for c in candles if c.closed]
             for c in closed:
-                self.hot.put(str(st.instrument), tf, c)
-                self.writer.add(str(st.instrument), tf, c)
+                self.hot.put(key, tf, c)
+                self.writer.add(key, tf, c)
             if closed:
                 st.builder.seed(tf, closed[-1])
             st.bootstrapped += len(closed)

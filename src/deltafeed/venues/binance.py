@@ -6,7 +6,7 @@ Binance's ``web-socket-streams.md`` and ``rest-api.md``; see ../shared/PROTOCOLS
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 from urllib.parse import urlencode
 
@@ -144,7 +144,7 @@ class StreamDecoder:
 
     def __init__(self) -> None:
         self.errors: Counter[str] = Counter()
-        self.replies: list[dict[str, Any]] = []
+        self.replies: deque[dict[str, Any]] = deque(maxlen=64)  # latest control replies
         self.last_error = ""
 
     def decode(self, frame: bytes | memoryview | str) -> Event | None:
