@@ -81,3 +81,37 @@ async def test_stored_candles_equal_the_tape_across_a_restart(tmp_path: Path, ve
                     assert got == exp, (sym, tf, c.open_time)
     finally:
         store.close()
+
+
+async def test_quiet_market_gets_flat_candles_closed_by_the_venue_clock(tmp_path: Path) -> None:
+    """One trade every ~100 market seconds: most 15s and 1m intervals are empty. With no venue
+    klines, only the engine's timer (driven by the venue's clock) closes them, as flat candles."""
+    tape = tmp_path / "tape.csv"
+    replica = BinanceReplica(symbols=["SOLUSDT"], seed=3, rate=0.01, speed=60.0, history_ms=3_600_000,
+                             tape=str(tape))
+    await replica.start()
+    settings = Settings(symbols=["SOLUSDT"], timeframes=["15s", "1m"], history="1h", db=str(tmp_path / "q.duckdb"),
+                        rest_url=replica.url, ws_url=replica.ws_url, venue_klines=False).validate()
+    try:
+        engine = await run_engine(settings, 10.0)  # ten market minutes
+        end_ms = replica.clock.now_ms()
+    finally:
+        await replica.stop()
+    rows = read_tape(str(tape))
+    store = ColdStore.open_reader(settings.db)
+    try:
+        for tf in ("15s", "1m"):
+            tf_ms = TIMEFRAMES[tf]
+            want = {c.open_time: c for c in candles_from_tape(rows, tf_ms, until_ms=end_ms)}
+            stored = [c for c in store.query("binance:SOLUSDT", tf) if c.closed]
+            keys = [c.open_time for c in stored]
+            assert keys == list(range(keys[0], keys[-1] + tf_ms, tf_ms))
+            streamed = [c for c in stored if c.open_time >= end_ms - 8 * 60_000]
+            assert sum(1 for c in streamed if c.trades == 0) >= (4 if tf == "1m" else 20)  # flat ones
+            for c in stored:
+                w = want[c.open_time]
+                assert (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades) == (
+                    w.open, w.high, w.low, w.close, round(w.volume, 8), w.trades), (tf, c.open_time)
+    finally:
+        store.close()
+    assert engine.status()["connects"] == 1

@@ -26,7 +26,8 @@ log = logging.getLogger("deltafeed.engine")
 
 TICK_S = 0.2  # how often quiet candles are closed and open candles handed to the stores
 CLOSE_GRACE_MS = 2_000  # how far past its end a quiet candle waits for a late trade or venue kline
-REPAIR_SETTLE_MS = 1_000  # how long after a candle's end the venue's kline for it is trusted
+REPAIR_SETTLE_MS = 1_000
+REPORT_EVERY_S = 60.0  # how often a progress line is logged  # how long after a candle's end the venue's kline for it is trusted
 
 
 @dataclass
@@ -185,8 +186,12 @@ class Engine:
 
     async def _tick(self) -> None:
         """Close quiet candles by the venue's clock and hand open candles to the stores."""
+        next_report = time.monotonic() + REPORT_EVERY_S
         while True:
             await asyncio.sleep(TICK_S)
+            if time.monotonic() >= next_report:
+                next_report += REPORT_EVERY_S
+                self._report()
             for st in self.states.values():
                 if st.last_trade_ms:
                     self.venue_clock.observe(st.last_trade_ms)
@@ -194,6 +199,15 @@ class Engine:
             for st in self.states.values():
                 st.builder.advance(now - CLOSE_GRACE_MS)
                 self._publish_open(st)
+
+    def _report(self) -> None:
+        """One log line of progress for whoever watches the process."""
+        trades = sum(st.trades for st in self.states.values())
+        gaps = sum(st.builder.gaps for st in self.states.values())
+        repaired = sum(st.repaired for st in self.states.values())
+        log.info("%s; %d trades, %d candles written (%d pending), %d gaps, %d candles repaired, %d frames skipped",
+                 "connected" if self.ws.connected.is_set() else "DISCONNECTED", trades, self.writer.written,
+                 self.writer.pending, gaps, repaired, sum(self.decoder.errors.values()))
 
     def _publish_open(self, st: InstrumentState) -> None:
         key = str(st.instrument)
