@@ -26,8 +26,8 @@ log = logging.getLogger("deltafeed.engine")
 
 TICK_S = 0.2  # how often quiet candles are closed and open candles handed to the stores
 CLOSE_GRACE_MS = 2_000  # how far past its end a quiet candle waits for a late trade or venue kline
-REPAIR_SETTLE_MS = 1_000
-REPORT_EVERY_S = 60.0  # how often a progress line is logged  # how long after a candle's end the venue's kline for it is trusted
+REPAIR_SETTLE_MS = 1_000  # how long after a candle's end the venue's kline for it is trusted
+REPORT_EVERY_S = 60.0  # how often a progress line is logged
 
 
 @dataclass
@@ -205,8 +205,8 @@ class Engine:
         trades = sum(st.trades for st in self.states.values())
         gaps = sum(st.builder.gaps for st in self.states.values())
         repaired = sum(st.repaired for st in self.states.values())
-        log.info("%s; %d trades, %d candles written (%d pending), %d gaps, %d candles repaired, %d frames skipped",
-                 "connected" if self.ws.connected.is_set() else "DISCONNECTED", trades, self.writer.written,
+        log.info("%s; %d trades, %d candles written (%d pending), %d gaps, %d candles repaired, "
+                 "%d frames skipped", "connected" if self.ws.connected.is_set() else "DISCONNECTED", trades, self.writer.written,
                  self.writer.pending, gaps, repaired, sum(self.decoder.errors.values()))
 
     def _publish_open(self, st: InstrumentState) -> None:
