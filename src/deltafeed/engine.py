@@ -205,9 +205,10 @@ class Engine:
         trades = sum(st.trades for st in self.states.values())
         gaps = sum(st.builder.gaps for st in self.states.values())
         repaired = sum(st.repaired for st in self.states.values())
-        log.info("%s; %d trades, %d candles written (%d pending), %d gaps, %d candles repaired, "
-                 "%d frames skipped", "connected" if self.ws.connected.is_set() else "DISCONNECTED", trades, self.writer.written,
-                 self.writer.pending, gaps, repaired, sum(self.decoder.errors.values()))
+        state = "connected" if self.ws.connected.is_set() else "DISCONNECTED"
+        log.info("%s; %d trades, %d candles written (%d pending), %d gaps, %d candles repaired, %d frames skipped",
+                 state, trades, self.writer.written, self.writer.pending, gaps, repaired,
+                 sum(self.decoder.errors.values()))
 
     def _publish_open(self, st: InstrumentState) -> None:
         key = str(st.instrument)
