@@ -215,7 +215,7 @@ def write_candles(rows: list[Candle], fmt: str, title: str) -> None:
 
 
 def _replica(args: argparse.Namespace) -> int:
-    from deltafeed.replicas.binance import serve
+    from deltafeed.replicas.binance import BinanceReplica, serve
 
     symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()]
     if not symbols:
@@ -231,8 +231,9 @@ def _replica(args: argparse.Namespace) -> int:
 
     async def body(stop: asyncio.Event) -> int:
         # serve() owns SIGINT/SIGTERM while it runs and prints its summary on the way out.
-        await serve(symbols=symbols, seed=args.seed, rate=args.rate, speed=args.speed, history_ms=history_ms,
-                    weight_limit=args.weight_limit, tape=args.tape, host=args.host, port=args.port)
+        await serve(BinanceReplica(symbols=symbols, seed=args.seed, rate=args.rate, speed=args.speed,
+                                   history_ms=history_ms, weight_limit=args.weight_limit, tape=args.tape,
+                                   host=args.host, port=args.port))
         return 0
 
     return _asyncio_run(body)

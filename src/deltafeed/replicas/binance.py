@@ -1074,23 +1074,8 @@ def _depth_weight(q: Mapping[str, str]) -> int:
     return 5 if limit <= 100 else 25 if limit <= 500 else 50 if limit <= 1000 else 250
 
 
-async def serve(
-    symbols: Iterable[str] = DEFAULT_SYMBOLS,
-    seed: int = 1,
-    rate: float = 10.0,
-    speed: float = 1.0,
-    history_ms: int = 3_600_000,
-    weight_limit: int = WEIGHT_LIMIT_1M,
-    tape: str | Path | None = None,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    ping_interval: float = 20.0,
-    pong_timeout: float = 60.0,
-) -> None:
-    """Run a replica until SIGINT or SIGTERM. Prints ``listening on URL`` first, a summary last."""
-    replica = BinanceReplica(
-        symbols, seed, rate, speed, history_ms, weight_limit, tape, host, port, ping_interval, pong_timeout
-    )
+async def serve(replica: BinanceReplica) -> None:
+    """Run ``replica`` until SIGINT or SIGTERM. Prints ``listening on URL`` first, a summary last."""
     url = await replica.start()
     print(f"listening on {url}", flush=True)
     loop = asyncio.get_running_loop()
