@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -61,7 +63,8 @@ def _view(engine: Engine, started: float, trades_before: int) -> Group:
 async def run_demo(stop: asyncio.Event, duration: float | None, speed: float, db: str | None) -> int:
     """Start the replica and the engine in-process and show candles until ``stop`` or ``duration``."""
     logging.getLogger("deltafeed").setLevel(logging.WARNING)
-    console = Console()
+    # A pipe or CI log gets a table wide enough to read, not one squeezed into 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     db_path = db or DEFAULT_DB
     if db is None:
         # Each demo has its own simulated market: its own file starts afresh rather than mix two
@@ -87,6 +90,8 @@ async def run_demo(stop: asyncio.Event, duration: float | None, speed: float, db
     finally:
         await engine.stop()
         await replica.stop()
+    exe = "deltafeed" if shutil.which("deltafeed") else f"{sys.executable} -m deltafeed"
+    console.line()
     console.print(f"stopped; {engine.writer.written} candle writes to {db_path}. Look at them with:\n"
-                  f"  deltafeed candles binance:BTCUSDT 1m --db {db_path} --last 20")
+                  f"  {exe} candles binance:BTCUSDT 1m --db {db_path} --last 20")
     return 0
