@@ -28,6 +28,7 @@ TICK_S = 0.2  # how often quiet candles are closed and open candles handed to th
 CLOSE_GRACE_MS = 2_000  # how far past its end a quiet candle waits for a late trade or venue kline
 REPAIR_SETTLE_MS = 1_000  # how long after a candle's end the venue's kline for it is trusted
 REPORT_EVERY_S = 60.0  # how often a progress line is logged
+BOOTSTRAP_FLUSH_ROWS = 50_000  # bootstrap waits for the store when this many candles are pending
 
 
 @dataclass
@@ -174,15 +175,23 @@ class Engine:
             start -= start % ms
             if last is not None:
                 st.builder.seed(tf, last)
-            candles = await self.history.candles(st.instrument.symbol, tf, start, now)
-            closed = [c for c in candles if c.closed]
-            for c in closed:
-                self.hot.put(key, tf, c)
-                self.writer.add(key, tf, c)
-            if closed:
-                st.builder.seed(tf, closed[-1])
-            st.bootstrapped += len(closed)
-            log.info("%s %s: %d candles from REST history", st.instrument, tf, len(closed))
+            # Page by page, handing each to the store, so a deep history (30 days of 1s candles)
+            # never sits in memory whole.
+            span = self.history.page_span_ms(tf)
+            count = 0
+            for t in range(start, now + 1, span):
+                candles = await self.history.candles(st.instrument.symbol, tf, t, min(now, t + span - 1), now)
+                closed = [c for c in candles if c.closed]
+                for c in closed:
+                    self.hot.put(key, tf, c)
+                    self.writer.add(key, tf, c)
+                if closed:
+                    st.builder.seed(tf, closed[-1])
+                count += len(closed)
+                if self.writer.pending >= BOOTSTRAP_FLUSH_ROWS:
+                    await self.writer.flush()
+            st.bootstrapped += count
+            log.info("%s %s: %d candles from REST history", st.instrument, tf, count)
 
     async def _tick(self) -> None:
         """Close quiet candles by the venue's clock and hand open candles to the stores."""

@@ -23,12 +23,15 @@ class BinanceHistory:
     async def symbols(self) -> set[str]:
         return codec.symbols_from_exchange_info(await self.http.get("/api/v3/exchangeInfo", weight=20))
 
-    async def klines(self, symbol: str, interval: str, start_ms: int, end_ms: int) -> list[Candle]:
-        """Binance's klines of ``interval`` with open time in [start_ms, end_ms], every page."""
+    async def klines(self, symbol: str, interval: str, start_ms: int, end_ms: int,
+                     now_ms: int | None = None) -> list[Candle]:
+        """Binance's klines of ``interval`` with open time in [start_ms, end_ms], every page.
+
+        "Closed" is judged by the venue's clock (``now_ms``, else read from the venue first), never
+        ours: a kline that closes while we page is kept as open (conservative) and settled later.
+        """
         iv = codec.INTERVAL_MS[interval]
-        # Judge "closed" by the venue's clock, never ours. Read before the pages: a kline that closes
-        # while we page is kept as open (conservative) and settled later.
-        now = await self.server_time()
+        now = now_ms if now_ms is not None else await self.server_time()
         out: list[Candle] = []
         t = start_ms
         while t <= end_ms:
@@ -41,14 +44,22 @@ class BinanceHistory:
             t = page[-1].open_time + iv
         return out
 
-    async def candles(self, symbol: str, timeframe: str, start_ms: int, end_ms: int) -> list[Candle]:
+    async def candles(self, symbol: str, timeframe: str, start_ms: int, end_ms: int,
+                      now_ms: int | None = None) -> list[Candle]:
         """Candles of any deltafeed timeframe; 5s and 15s are rolled up from 1s klines."""
         if timeframe in codec.NATIVE_INTERVALS:
-            return await self.klines(symbol, timeframe, start_ms, end_ms)
+            return await self.klines(symbol, timeframe, start_ms, end_ms, now_ms)
         tf_ms = TIMEFRAMES[timeframe]
         start = start_ms - start_ms % tf_ms
-        parts = await self.klines(symbol, "1s", start, end_ms - end_ms % tf_ms + tf_ms - 1000)
+        parts = await self.klines(symbol, "1s", start, end_ms - end_ms % tf_ms + tf_ms - 1000, now_ms)
         return rollup(parts, 1000, tf_ms)
+
+    @staticmethod
+    def page_span_ms(timeframe: str) -> int:
+        """A time span whose candles of ``timeframe`` take one request (whole candles only)."""
+        tf_ms = TIMEFRAMES[timeframe]
+        page_ms = codec.KLINES_PAGE * (tf_ms if timeframe in codec.NATIVE_INTERVALS else 1000)
+        return page_ms - page_ms % tf_ms
 
     async def close(self) -> None:
         await self.http.close()
