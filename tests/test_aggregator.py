@@ -103,9 +103,13 @@ def test_gap_in_trade_ids_reports_repairs_and_no_flat_candles_across_it() -> Non
     ts = trades(400)
     builder, rec = make(["1m"])
     lost = ts[200:260]
-    for t in ts[:200] + ts[260:]:
+    for t in ts[:200] + ts[260:270]:
         builder.on_trade(t)
-    assert builder.gaps == 1 and builder.missed_trades == 60
+    assert builder.gaps == 0 and builder.held == 10  # held back: the hole may still fill
+    builder.release_held()  # the owner's timer says it will not
+    for t in ts[270:]:
+        builder.on_trade(t)
+    assert builder.gaps == 1 and builder.missed_trades == 60 and builder.held == 0
     first_bucket = ts[199].time_ms // 60_000 * 60_000
     gap_bucket = ts[260].time_ms // 60_000 * 60_000
     assert rec.repairs[-1] == ("1m", first_bucket, gap_bucket)
@@ -176,3 +180,48 @@ def test_rollup_equals_direct_aggregation() -> None:
     assert {k: v for k, v in as_tuples(rolled).items() if k in direct} == {
         k: v for k, v in direct.items() if k in rolled}
     assert len(rolled) >= len(direct) - 1
+
+
+def test_reordered_trades_are_put_back_in_order_without_a_gap() -> None:
+    ts = trades(2000, seed=5)
+    shuffled = list(ts)
+    for i in range(10, len(shuffled) - 1, 37):  # swap neighbours now and then
+        shuffled[i], shuffled[i + 1] = shuffled[i + 1], shuffled[i]
+    builder, rec = make(["1m"])
+    for t in shuffled:
+        builder.on_trade(t)
+    builder.advance(ts[-1].time_ms + 120_000)
+    assert builder.gaps == 0 and builder.duplicates == 0 and builder.held == 0
+    want = reference(ts, 60_000)
+    assert {k: v for k, v in as_tuples(rec.closed["1m"]).items() if k in want} == want
+
+
+def test_two_overlapping_connections_count_every_trade_once() -> None:
+    """A rotation: the new connection starts ahead of the old one, both deliver for a while."""
+    ts = trades(1000, seed=8)
+    builder, rec = make(["1m"])
+    for t in ts[:500]:
+        builder.on_trade(t)
+    old, new = ts[500:700], ts[520:]
+    for i in range(max(len(old), len(new))):  # interleaved, the new one ahead by 20 trades
+        if i < len(new):
+            builder.on_trade(new[i])
+        if i < len(old):
+            builder.on_trade(old[i])
+    builder.advance(ts[-1].time_ms + 120_000)
+    assert builder.gaps == 0 and builder.held == 0
+    assert builder.duplicates == len(old) + len(new) - 500
+    want = reference(ts, 60_000)
+    assert {k: v for k, v in as_tuples(rec.closed["1m"]).items() if k in want} == want
+
+
+def test_candles_closed_by_the_timer_during_a_silent_loss_are_repaired() -> None:
+    """A stalled connection looks like a quiet market: the timer closes flat candles. When the
+    next trade shows trades were lost, those flat candles are in the repair range too."""
+    builder, rec = make(["1m"])
+    builder.on_trade(Trade("X", 1, 60_500, 10.0, 1.0, False))
+    builder.advance(300_000)  # flat candles for 120_000 .. 240_000
+    assert rec.closed["1m"][180_000].trades == 0
+    builder.on_trade(Trade("X", 50, 310_000, 11.0, 1.0, False))
+    builder.release_held()
+    assert rec.repairs[-1] == ("1m", 60_000, 300_000)

@@ -17,7 +17,7 @@ import duckdb
 import pytest
 
 from deltafeed.model import BadInput, Candle
-from deltafeed.store.cold import ColdStore, StoreBusy, StoreError
+from deltafeed.store.cold import SCHEMA_VERSION, ColdStore, StoreBusy, StoreError
 from deltafeed.store.hot import HotStore
 from deltafeed.store.retention import DEFAULT_RETENTION_MS, parse_retention
 from deltafeed.store.writer import BacklogFull, BatchWriter
@@ -227,7 +227,7 @@ def test_cold_schema_version_and_reopen(tmp_path: Path) -> None:
     with ColdStore(db) as again:
         assert again.instruments() == [(BTC, "1m", 3)]
     con = duckdb.connect(str(db))
-    assert con.execute("SELECT max(version) FROM schema_version").fetchall() == [(1,)]
+    assert con.execute("SELECT max(version) FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     con.execute("INSERT INTO schema_version VALUES (99, 0)")
     con.close()
     with pytest.raises(BadInput, match="newer deltafeed"):
@@ -633,3 +633,32 @@ async def test_writer_backlog_is_bounded(tmp_path: Path) -> None:
     await w.flush()
     w.add(BTC, "1m", candle(20 * M))
     assert w.pending == 1
+
+
+def test_find_gaps_reports_holes_and_unfinished_candles(tmp_path: Path) -> None:
+    cold = ColdStore(tmp_path / "g.duckdb")
+    m = 60_000
+    cold.write([(BTC, "1m", Candle(t * m, 1, 1, 1, 1, 1, 1, t not in (5, 10))) for t in (1, 2, 3, 5, 6, 9, 10)])
+    # 4 is missing and 5 never became final: one stretch; 7-8 missing; 10 is the open one at the end.
+    assert cold.find_gaps(BTC, "1m", m, 0, 100 * m) == [(4 * m, 5 * m), (7 * m, 8 * m)]
+    assert cold.find_gaps(BTC, "1m", m, 6 * m, 100 * m) == [(7 * m, 8 * m)]
+    assert cold.find_gaps("binance:NONE", "1m", m, 0, 100 * m) == []
+
+
+def test_final_marks_round_trip_and_a_version_1_file_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "v1.duckdb"
+    con = duckdb.connect(str(path))  # a file as the first release wrote it
+    con.execute("CREATE TABLE candles (instrument VARCHAR NOT NULL, timeframe VARCHAR NOT NULL, open_time BIGINT"
+                " NOT NULL, open DOUBLE, high DOUBLE, low DOUBLE, close DOUBLE, volume DOUBLE, trades BIGINT,"
+                " closed BOOLEAN, PRIMARY KEY (instrument, timeframe, open_time))")
+    con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL, applied_ms BIGINT NOT NULL)")
+    con.execute("INSERT INTO schema_version VALUES (1, 0)")
+    con.execute("INSERT INTO candles VALUES ('binance:BTCUSDT', '1m', 60000, 1, 2, 0.5, 1.5, 3, 4, true)")
+    con.close()
+    cold = ColdStore(path)
+    assert cold.final_marks() == {}
+    cold.set_final_marks({(BTC, "1m"): 120_000, (BTC, "5m"): 0})
+    cold.set_final_marks({(BTC, "1m"): 180_000})
+    assert cold.final_marks() == {(BTC, "1m"): 180_000, (BTC, "5m"): 0}
+    assert cold.last_closed(BTC, "1m") == Candle(60_000, 1, 2, 0.5, 1.5, 3, 4, True)
+    cold.close()

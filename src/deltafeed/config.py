@@ -31,6 +31,17 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # start-up). Off, candles come from trades alone and REST repairs.
     venue_klines: bool = True
     retention: dict[str, str] = msgspec.field(default_factory=dict)
+    # Keeping the stream alive and complete (durations as in "10s", "5m", "23h").
+    stale_after: str = "10s"  # drop a connection that delivered nothing for this long
+    rotate_after: str = "23h"  # replace a connection before the venue's 24 h cut-off
+    connect_budget: int = 300  # connection attempts per 5 minutes (Binance's per-IP rule)
+    unhealthy_after: str = "60s"  # an open market silent this long makes an instrument unhealthy
+    audit_every: str = "10m"  # how often the store is checked for holes
+    audit_window: str = "1d"  # how far back each audit looks
+
+    def seconds(self, name: str) -> float:
+        """A duration setting in seconds."""
+        return parse_duration_ms(str(getattr(self, name))) / 1000
 
     def instruments(self) -> list[Instrument]:
         return [Instrument.parse(s, default_venue=self.venue) for s in self.symbols]
@@ -59,6 +70,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise BadInput(f"--ws-url {self.ws_url!r} must start with ws:// or wss://")
         if self.hot_capacity < 1:
             raise BadInput("hot_capacity must be at least 1")
+        for name in ("stale_after", "rotate_after", "unhealthy_after", "audit_every", "audit_window"):
+            if self.seconds(name) <= 0:
+                raise BadInput(f"{name} must be longer than 0, e.g. {name} = \"10s\"")
+        if self.connect_budget < 1:
+            raise BadInput("connect_budget must be at least 1 connection attempt per 5 minutes")
         for tf, text in self.retention.items():
             parse_timeframes([tf])
             if text != "forever":

@@ -36,22 +36,28 @@ class CandleBuilder:
 
     Invariants:
     - A trade lands in the candle its venue timestamp falls in; the local clock never decides.
-    - Trade ids are consecutive per instrument (Binance guarantees it): an id at or below the last
-      one is a duplicate and never counts twice; a jump means trades were lost, so the candles they
-      belong to are reported to ``on_repair`` (and rebuilt from the venue's REST history) instead of
-      being trusted. The first trade after start-up is such a jump: what came before it is unknown.
+    - Trade ids are consecutive per instrument (Binance guarantees it): an id seen before is a
+      duplicate and never counts twice. A jump holds the trade back until the hole fills (a reorder,
+      or the overlap of two connections) or the owner calls :meth:`release_held`; then the trades
+      are declared lost, and the candles they belong to are reported to ``on_repair`` (and rebuilt
+      from the venue's REST history) instead of being trusted. The first trade after start-up is
+      such a hole: what came before it is unknown.
     - An interval without trades becomes a flat candle (volume 0, trades 0, OHLC = previous close),
       but only across a stretch where no trade can have been missed.
     - A candle closes when a trade or a venue candle shows time has passed its end, or when
       :meth:`advance` is told the venue's clock has (the quiet-market timer).
     """
 
-    def __init__(self, timeframes: list[str], on_closed: ClosedSink, on_repair: RepairSink) -> None:
+    def __init__(self, timeframes: list[str], on_closed: ClosedSink, on_repair: RepairSink,
+                 hold_max: int = 256) -> None:
         self._series = [_Series(tf) for tf in sorted(timeframes, key=TIMEFRAMES.__getitem__)]
         self._by_name = {s.name: s for s in self._series}
         self._on_closed = on_closed
         self._on_repair = on_repair
         self.last_trade_id = -1
+        self.last_trade_ms = -1
+        self.hold_max = hold_max
+        self._held: dict[int, Trade] = {}
         self.duplicates = 0
         self.missed_trades = 0
         self.late_trades = 0
@@ -74,13 +80,10 @@ class CandleBuilder:
     def on_trade(self, t: Trade) -> None:
         """Fold one trade into every timeframe's open candle (the hot path: no allocation)."""
         tid = t.trade_id
-        if tid != self.last_trade_id + 1:
-            if tid <= self.last_trade_id:
-                self.duplicates += 1
-                return
-            self._resync(t)
+        if tid != self.last_trade_id + 1 and not self._out_of_sequence(t):
+            return
         self.last_trade_id = tid
-        ts = t.time_ms
+        ts = self.last_trade_ms = t.time_ms
         p = t.price
         q = t.qty
         for s in self._series:
@@ -95,6 +98,40 @@ class CandleBuilder:
             c.close = p
             c.volume += q
             c.trades += 1
+        if self._held and self.last_trade_id + 1 in self._held:
+            self.on_trade(self._held.pop(self.last_trade_id + 1))
+
+    def _out_of_sequence(self, t: Trade) -> bool:
+        """Decide about a trade whose id does not follow the last one; True to apply it now.
+
+        A repeat is dropped. A trade from beyond a hole is held back for a moment, because the
+        hole is usually a reorder (or an overlapping second connection) that fills itself; only
+        when :meth:`release_held` is called, or too many trades wait, is the hole declared lost.
+        """
+        tid = t.trade_id
+        if tid <= self.last_trade_id or tid in self._held:
+            self.duplicates += 1
+            return False
+        if self.last_trade_id < 0:
+            self._resync(t)  # the first trade seen: what came before is unknown
+            return True
+        self._held[tid] = t
+        if len(self._held) > self.hold_max:
+            self.release_held()
+        return False
+
+    def release_held(self) -> None:
+        """Declare the holes before held trades lost: report them for repair and apply the trades."""
+        while self._held:
+            t = self._held.pop(min(self._held))
+            self._resync(t)
+            self.last_trade_id = t.trade_id - 1  # the hole is written off: t now follows on
+            self.on_trade(t)  # also applies every held trade that follows it without a hole
+
+    @property
+    def held(self) -> int:
+        """Trades waiting for a hole before them to fill."""
+        return len(self._held)
 
     def _roll(self, s: _Series, ts: int, price: float) -> bool:
         """Move ``s`` to the candle holding ``ts``; False when ``ts`` is older than the open candle."""
@@ -134,7 +171,13 @@ class CandleBuilder:
         ts = t.time_ms
         for s in self._series:
             b = ts - ts % s.ms
-            first = s.cur.open_time if s.cur is not None else s.next_open
+            # The lost trades lie between the last trade seen and this one, so the candles from the
+            # one holding the last trade (even if it was closed by the timer since) up to this one
+            # are suspect. Before any trade, everything since the last known candle is.
+            if self.last_trade_ms >= 0:
+                first: int | None = self.last_trade_ms - self.last_trade_ms % s.ms
+            else:
+                first = s.cur.open_time if s.cur is not None else s.next_open
             if first is None or first > b:
                 first = b
             if s.cur is not None and s.cur.open_time < b:

@@ -1,4 +1,4 @@
-"""A WebSocket client connection that hands every text frame to a callback and reconnects."""
+"""A WebSocket client connection that hands every text frame to a callback and keeps itself alive."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
+from collections import deque
 from collections.abc import Callable
 
 import picows
@@ -13,6 +15,30 @@ import picows
 log = logging.getLogger("deltafeed.ws")
 
 FrameSink = Callable[[bytes | memoryview], None]
+
+
+class ConnectBudget:
+    """At most ``limit`` connection attempts per ``window_s`` (Binance: 300 per 5 minutes per IP).
+
+    Shared by every connection to one venue; an attempt waits rather than break the venue's rule.
+    """
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._attempts: deque[float] = deque()
+        self.waits = 0
+
+    async def acquire(self) -> None:
+        while True:
+            now = time.monotonic()
+            while self._attempts and now - self._attempts[0] >= self.window_s:
+                self._attempts.popleft()
+            if len(self._attempts) < self.limit:
+                self._attempts.append(now)
+                return
+            self.waits += 1
+            await asyncio.sleep(self.window_s - (now - self._attempts[0]))
 
 
 class _Listener(picows.WSListener):
@@ -49,23 +75,36 @@ class _Listener(picows.WSListener):
 class WsStream:
     """Keeps one WebSocket connection to ``url()`` open and feeds its text frames to ``on_frame``.
 
-    Pings from the server are answered by picows. After a drop it reconnects with exponential
-    backoff and full jitter (capped), and calls ``on_connect`` again so the owner can resubscribe
-    and check for gaps.
+    Keeping alive:
+    - the server's pings are answered by picows; when the line is idle we ping too, and a missing
+      pong drops the connection;
+    - a data watchdog drops a connection that delivered no frame for ``stale_after_s`` (a
+      half-open TCP connection or a stalled server is noticed in seconds, not minutes);
+    - after a drop it reconnects with exponential backoff and full jitter, capped at
+      ``backoff_cap_s``; the backoff starts over once a connection stayed up ``stable_after_s``;
+    - every attempt goes through the venue's :class:`ConnectBudget`;
+    - ``on_connect`` runs on every (re)connection, so the owner can resubscribe and check for gaps.
     """
 
     def __init__(self, url: Callable[[], str], on_frame: FrameSink,
                  on_connect: Callable[[WsStream], None] | None = None, name: str = "ws",
-                 backoff_base_s: float = 0.5, backoff_cap_s: float = 30.0) -> None:
+                 stale_after_s: float = 10.0, backoff_base_s: float = 0.5, backoff_cap_s: float = 30.0,
+                 stable_after_s: float = 30.0, budget: ConnectBudget | None = None) -> None:
         self.url = url
         self.on_frame = on_frame
         self.on_connect = on_connect
         self.name = name
+        self.stale_after_s = stale_after_s
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
+        self.stable_after_s = stable_after_s
+        self.budget = budget or ConnectBudget(300, 300.0)
         self.frames = 0
         self.connects = 0
+        self.attempts = 0
+        self.stale_drops = 0
         self.close_code: object = None
+        self.connected_at = 0.0  # monotonic time of the current connection, 0 when down
         self.connected = asyncio.Event()
         self._transport: picows.WSTransport | None = None
         self._stopping = False
@@ -74,6 +113,7 @@ class WsStream:
     def _on_connected(self, transport: picows.WSTransport) -> None:
         self._transport = transport
         self.connects += 1
+        self.connected_at = time.monotonic()
         self._disconnected.clear()
         self.connected.set()
         if self.on_connect is not None:
@@ -81,6 +121,7 @@ class WsStream:
 
     def _on_disconnected(self) -> None:
         self._transport = None
+        self.connected_at = 0.0
         self.connected.clear()
         self._disconnected.set()
 
@@ -88,25 +129,68 @@ class WsStream:
         if self._transport is not None:
             self._transport.send(picows.WSMsgType.TEXT, text)
 
+    def drop(self, why: str) -> None:
+        """Abandon the current connection (no close handshake); :meth:`run` reconnects."""
+        t = self._transport
+        if t is not None:
+            log.warning("%s: dropping the connection: %s", self.name, why)
+            t.disconnect()
+
+    async def _watch(self) -> None:
+        """Drop the connection when no frame arrived for ``stale_after_s`` (checked 4 times as often)."""
+        seen = self.frames
+        quiet_since = time.monotonic()
+        while True:
+            await asyncio.sleep(self.stale_after_s / 4)
+            now = time.monotonic()
+            if self.frames != seen or self._transport is None:
+                seen = self.frames
+                quiet_since = now
+            elif now - quiet_since >= self.stale_after_s:
+                self.stale_drops += 1
+                self.drop(f"no data for {now - quiet_since:.1f} s")
+                quiet_since = now
+
     async def run(self) -> None:
         """Connect, and reconnect after every drop, until :meth:`close`."""
         failures = 0
-        while not self._stopping:
-            url = self.url()
-            try:
-                await picows.ws_connect(lambda: _Listener(self), url, websocket_handshake_timeout=10)
-            except (TimeoutError, OSError, picows.WSError) as exc:
-                failures += 1
-                delay = random.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2**failures))
-                log.warning("%s: cannot connect to %s (%s); retrying in %.1f s", self.name, url, exc, delay)
+        watchdog = asyncio.create_task(self._watch())
+        try:
+            while not self._stopping:
+                await self.budget.acquire()
+                if self._stopping:
+                    break
+                url = self.url()
+                self.attempts += 1
+                try:
+                    await picows.ws_connect(
+                        lambda: _Listener(self), url, websocket_handshake_timeout=10,
+                        enable_auto_ping=True, auto_ping_idle_timeout=self.stale_after_s / 2,
+                        auto_ping_reply_timeout=self.stale_after_s / 2,
+                    )
+                except (TimeoutError, OSError, picows.WSError) as exc:
+                    failures += 1
+                    delay = self._backoff(failures)
+                    log.warning("%s: cannot connect to %s (%s); retrying in %.1f s", self.name, url, exc, delay)
+                    await asyncio.sleep(delay)
+                    continue
+                started = time.monotonic()
+                await self._disconnected.wait()
+                if self._stopping:
+                    break
+                failures = 1 if time.monotonic() - started >= self.stable_after_s else failures + 1
+                delay = self._backoff(failures)
+                log.warning("%s: connection closed (code %s); reconnecting in %.2f s", self.name,
+                            self.close_code, delay)
                 await asyncio.sleep(delay)
-                continue
-            failures = 0
-            await self._disconnected.wait()
-            if not self._stopping:
-                delay = random.uniform(0, self.backoff_base_s)
-                log.warning("%s: connection closed (code %s); reconnecting", self.name, self.close_code)
-                await asyncio.sleep(delay)
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+
+    def _backoff(self, failures: int) -> float:
+        """Full jitter: uniform over [0, min(cap, base * 2**failures)]."""
+        return random.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2 ** min(failures, 30)))
 
     async def close(self) -> None:
         self._stopping = True

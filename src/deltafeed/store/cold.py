@@ -34,12 +34,12 @@ from deltafeed.store.retention import DEFAULT_RETENTION_MS
 
 #: Version of the table layout this code writes. Bump it and add a step to ``_MIGRATIONS`` when the
 #: layout changes; a file with a newer version is refused rather than misread.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Name under which the file is attached to the store's private in-memory DuckDB instance.
 _DB = "deltafeed_cold"
 
-_CREATE = (
+_CREATE: tuple[str, ...] = (
     f"""CREATE TABLE {_DB}.candles (
         instrument VARCHAR NOT NULL,
         timeframe VARCHAR NOT NULL,
@@ -55,10 +55,19 @@ _CREATE = (
     )""",
     f"CREATE TABLE {_DB}.schema_version (version INTEGER NOT NULL, applied_ms BIGINT NOT NULL)",
 )
+# Version 2: per series, the open time before which every stored candle is known final (see
+# ``ColdStore.set_final_marks``); what lies after it is fetched again at start-up.
+_CREATE_MARKS = f"""CREATE TABLE {_DB}.final_marks (
+        instrument VARCHAR NOT NULL,
+        timeframe VARCHAR NOT NULL,
+        final_until BIGINT NOT NULL,
+        PRIMARY KEY (instrument, timeframe)
+    )"""
+_CREATE = (*_CREATE, _CREATE_MARKS)
 
 #: ``_MIGRATIONS[v]`` lists the statements that take a file from version ``v - 1`` to ``v`` (tables
 #: qualified with ``_DB``).
-_MIGRATIONS: dict[int, tuple[str, ...]] = {}
+_MIGRATIONS: dict[int, tuple[str, ...]] = {2: (_CREATE_MARKS,)}
 
 _CANDLE_COLS = "open_time, open, high, low, close, volume, trades, closed"
 _ALL_COLS = f"instrument, timeframe, {_CANDLE_COLS}"
@@ -406,7 +415,62 @@ class ColdStore:
                     deleted += int(res[0][0])
         return deleted
 
+    def set_final_marks(self, marks: dict[tuple[str, str], int]) -> None:
+        """Record, per (instrument, timeframe), that every candle before ``final_until`` is final.
+
+        The caller writes its candles first; a mark only ever covers candles already in the file.
+        """
+        if not marks:
+            return
+        with self._connection() as con:
+            self._check_schema(con)
+            with self._transaction(con):
+                con.executemany(
+                    f"INSERT OR REPLACE INTO {_DB}.final_marks VALUES (?, ?, ?)",
+                    [[i, tf, t] for (i, tf), t in marks.items()],
+                )
+
     # -- reads ------------------------------------------------------------------------------------
+
+    def final_marks(self) -> dict[tuple[str, str], int]:
+        """What :meth:`set_final_marks` recorded last, per (instrument, timeframe)."""
+        with self._connection() as con:
+            self._check_schema(con)
+            rows = con.execute(f"SELECT instrument, timeframe, final_until FROM {_DB}.final_marks").fetchall()
+        return {(str(i), str(tf)): int(t) for i, tf, t in rows}
+
+    def find_gaps(self, instrument: str, timeframe: str, tf_ms: int, since_ms: int,
+                  until_ms: int) -> list[tuple[int, int]]:
+        """Stretches of [since_ms, until_ms] whose candles are missing or not final.
+
+        Returns (first open_time, last open_time) pairs in order: holes between stored candles, and
+        candles still marked open although a later candle exists (a final one was never written).
+        The stretch before the first stored candle and after the last one is not reported.
+        """
+        with self._connection() as con:
+            self._check_schema(con)
+            rows = con.execute(
+                f"""SELECT open_time, closed, lag(open_time) OVER (ORDER BY open_time) AS prev,
+                           lead(open_time) OVER (ORDER BY open_time) AS next
+                    FROM {_DB}.candles
+                    WHERE instrument = ? AND timeframe = ? AND open_time BETWEEN ? AND ?
+                    QUALIFY (prev IS NOT NULL AND open_time - prev > ?) OR (NOT closed AND next IS NOT NULL)
+                    ORDER BY open_time""",
+                [instrument, timeframe, since_ms, until_ms, tf_ms],
+            ).fetchall()
+        gaps: list[tuple[int, int]] = []
+        for open_time, closed, prev, nxt in rows:
+            if prev is not None and open_time - prev > tf_ms:
+                gaps.append((prev + tf_ms, open_time - tf_ms))
+            if not closed and nxt is not None:
+                gaps.append((open_time, open_time))
+        merged: list[tuple[int, int]] = []
+        for a, b in sorted(gaps):
+            if merged and a <= merged[-1][1] + tf_ms:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        return merged
 
     def last_closed(self, instrument: str, timeframe: str) -> Candle | None:
         """The newest candle marked closed, e.g. to know where a backfill must resume."""
