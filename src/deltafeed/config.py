@@ -38,6 +38,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     unhealthy_after: str = "60s"  # an open market silent this long makes an instrument unhealthy
     audit_every: str = "10m"  # how often the store is checked for holes
     audit_window: str = "1d"  # how far back each audit looks
+    status_file: str | None = None  # if set, the status as JSON, rewritten every second
 
     def seconds(self, name: str) -> float:
         """A duration setting in seconds."""

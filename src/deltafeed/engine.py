@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
+
+import msgspec
 
 from deltafeed.candles.aggregator import CandleBuilder, ClosedSink, RepairSink
 from deltafeed.candles.calendar import CALENDARS, VENUE_CALENDAR, Calendar
@@ -239,6 +242,8 @@ class Engine:
         self._tasks.append(asyncio.create_task(self._mark_loop(), name="marks"))
         self._tasks.append(asyncio.create_task(self._audit_loop(), name="audit"))
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
+        if self.settings.status_file:
+            self._tasks.append(asyncio.create_task(self._status_file_loop(), name="status-file"))
 
     async def _bootstrap(self, st: InstrumentState, marks: dict[tuple[str, str], int]) -> None:
         """Fill each timeframe from where stored candles stop being known final, up to now."""
@@ -466,6 +471,25 @@ class Engine:
                     log.info("retention removed %d old candles", deleted)
             await asyncio.sleep(3600)
 
+    def write_status_file(self) -> None:
+        """Write :meth:`status` (and the recovery times) as JSON, replacing the file atomically."""
+        path = self.settings.status_file
+        if not path:
+            return
+        doc = {**self.status(), "recovery_s": list(self.recovery_s)}
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(msgspec.json.encode(doc))
+        os.replace(tmp, path)
+
+    async def _status_file_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.write_status_file()
+            except OSError as exc:
+                log.warning("cannot write the status file: %s", exc)
+
     async def stop(self) -> None:
         """Stop streaming and write everything out; meant to finish well inside 2 seconds."""
         streams = [(self.ws, self._ws_task), (self._next, self._next_task)]
@@ -488,6 +512,8 @@ class Engine:
                 await t
         await self.history.close()
         await asyncio.to_thread(self.cold.close)
+        with contextlib.suppress(OSError):
+            self.write_status_file()
 
     # --- visibility -----------------------------------------------------------------------------
 
