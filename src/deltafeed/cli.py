@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--history", default="1h", help="market history generated before start-up")
     rb.add_argument("--weight-limit", type=int, default=6000, help="REST weight per minute")
     rb.add_argument("--tape", help="write every trade to this CSV file")
+    rb.add_argument("--faults", metavar="SPEC",
+                    help="inject faults: comma list of kind=rate, rate in events per minute of wall time; "
+                         "kinds close, reset, stall, shutdown, drop, dup, reorder, garbage, http500, "
+                         "http429, slow (e.g. close=1,drop=10)")
+    rb.add_argument("--faults-seed", type=int, default=0, metavar="N",
+                    help="seed of the fault schedule (default 0): the same seed gives the same fault times")
 
     demo = sub.add_parser("demo", help="replica + engine + live candles in the terminal, offline")
     demo.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
@@ -216,6 +222,7 @@ def write_candles(rows: list[Candle], fmt: str, title: str) -> None:
 
 def _replica(args: argparse.Namespace) -> int:
     from deltafeed.replicas.binance import BinanceReplica, serve
+    from deltafeed.replicas.faults import parse_faults
 
     symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()]
     if not symbols:
@@ -228,12 +235,14 @@ def _replica(args: argparse.Namespace) -> int:
     if args.weight_limit < 1:
         raise BadInput("--weight-limit must be at least 1")
     history_ms = parse_duration_ms(args.history)
+    faults = parse_faults(args.faults) if args.faults else None
 
     async def body(stop: asyncio.Event) -> int:
         # serve() owns SIGINT/SIGTERM while it runs and prints its summary on the way out.
         await serve(BinanceReplica(symbols=symbols, seed=args.seed, rate=args.rate, speed=args.speed,
                                    history_ms=history_ms, weight_limit=args.weight_limit, tape=args.tape,
-                                   host=args.host, port=args.port))
+                                   host=args.host, port=args.port, faults=faults,
+                                   faults_seed=args.faults_seed))
         return 0
 
     return _asyncio_run(body)

@@ -15,8 +15,12 @@ Data frames bypass aiohttp's per-message send: a pump task encodes each trade on
 form (raw or combined), frames the payloads itself and writes one batch per connection and tick
 straight to the transport, always between whole frames. aiohttp still does the handshake, the
 replies to control messages and the pings. All output passes through :meth:`_Conn.send_data`,
-:meth:`_Conn.send_control` and :meth:`BinanceReplica._respond`: the places where fault injection
-will hook in.
+:meth:`_Conn.send_control` and :meth:`BinanceReplica._respond`.
+
+Fault injection (``faults=``, see :mod:`deltafeed.replicas.faults`) hooks in at those places and
+costs nothing when off: the pump hands one tick's output to :meth:`BinanceReplica._faults_before_send`
+and :meth:`BinanceReplica._faults_after_send` only when a schedule is configured, and REST requests
+consult it in :meth:`BinanceReplica._http`.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ import logging
 import math
 import signal
 import socket
+import struct
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,7 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from deltafeed.model import BadInput, Candle
+from deltafeed.replicas.faults import MESSAGE_KINDS, FaultSchedule, apply_message_fault, parse_faults
 from deltafeed.replicas.sim import Grid, KlineTable, MarketClock, MarketSim, TradeBatch
 from deltafeed.venues.binance import (
     INTERVAL_MS,
@@ -67,6 +73,7 @@ BAN_SECONDS = 120  # first auto-ban; doubles on each repeat, up to 3 days [V PRO
 MAX_BAN_SECONDS = 3 * 24 * 3600
 DEPTH_LIMIT_MAX = 5000
 _WS_CLOSE_TIMEOUT = 2.0
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
 
 
 # --- frames --------------------------------------------------------------------------------------
@@ -92,6 +99,29 @@ def text_frames(payloads: Iterable[bytes]) -> bytes:
     """Whole WebSocket text frames for ``payloads``, concatenated."""
     hdr = _text_header
     return b"".join([hdr(len(p)) + p for p in payloads])
+
+
+def split_text_frames(data: bytes) -> list[bytes]:
+    """The payloads of ``data``, whole unmasked final text frames as :func:`text_frames` builds them.
+
+    The inverse of :func:`text_frames`, for the replica's own output only (fault injection); it
+    refuses anything else rather than guess.
+    """
+    out: list[bytes] = []
+    i, end = 0, len(data)
+    while i < end:
+        if data[i] != 0x81 or i + 2 > end or data[i + 1] & 0x80:
+            raise ValueError(f"not an unmasked final text frame at byte {i}")
+        n, i = data[i + 1], i + 2
+        if n == 126:
+            n, i = int.from_bytes(data[i : i + 2], "big"), i + 2
+        elif n == 127:
+            n, i = int.from_bytes(data[i : i + 8], "big"), i + 8
+        if i + n > end:
+            raise ValueError("truncated frame")
+        out.append(data[i : i + n])
+        i += n
+    return out
 
 
 # --- fast trade encoding ----------------------------------------------------------------------
@@ -207,10 +237,12 @@ class _Conn:
         "bytes_sent",
         "closing",
         "combined",
+        "doomed",
         "frames_dropped",
         "frames_sent",
         "peer",
         "pings",
+        "stalled",
         "streams",
         "transport",
         "ws",
@@ -229,11 +261,15 @@ class _Conn:
         self.frames_dropped = 0
         self.bytes_sent = 0
         self.closing = False
+        # Faults: a stalled connection gets nothing more (no data, replies, pings or close); a doomed
+        # one has a close, reset or shutdown on its way and takes no other connection fault.
+        self.stalled = False
+        self.doomed = False
 
     def send_data(self, parts: list[bytes], frames: int, max_buffer: int, stats: dict[str, int]) -> None:
         """Write whole data frames in one call, or skip them all if the client is not reading.
 
-        Fault injection (drop, dup, reorder, garbage, stall, reset) belongs here.
+        Faults have been applied to ``parts`` before (stalled connections get no call at all).
         """
         tr = self.transport
         if self.closing or tr.is_closing():
@@ -253,7 +289,7 @@ class _Conn:
 
     async def send_control(self, body: bytes) -> None:
         """A reply to a control message, through aiohttp."""
-        if not self.closing and not self.ws.closed:
+        if not self.closing and not self.stalled and not self.ws.closed:
             await self.ws.send_str(body.decode())
 
 
@@ -370,7 +406,13 @@ def _ws_error(code: int, msg: str, request_id: Any) -> bytes:
 class BinanceReplica:
     """A Binance spot market-data server on ``host:port`` (0 = any free port), driven by a seeded
     simulator. ``rate`` is trades per market second per symbol; ``speed`` is market seconds per
-    wall second; ``history_ms`` of market is generated before start."""
+    wall second; ``history_ms`` of market is generated before start.
+
+    ``faults`` (a spec like ``"close=2,drop=30"`` or a dict of kind to events per wall minute) injects
+    faults on a schedule seeded by ``faults_seed`` and counted from :meth:`start`; a ``shutdown``
+    closes its connection ``shutdown_grace_s`` wall seconds after the event, a ``slow`` REST answer
+    comes ``slow_s`` late. :meth:`faults_injected` and ``stats["fault_<kind>"]`` count what was injected.
+    """
 
     def __init__(
         self,
@@ -389,6 +431,10 @@ class BinanceReplica:
         start_ms: int | None = None,
         max_send_buffer: int = MAX_SEND_BUFFER,
         weight_window_s: float = 60.0,
+        faults: str | Mapping[str, float] | None = None,
+        faults_seed: int = 0,
+        shutdown_grace_s: float = 3.0,
+        slow_s: float = 2.0,
     ) -> None:
         self.host = host
         self.port = port
@@ -412,8 +458,18 @@ class BinanceReplica:
             "bytes_sent": 0,
             "slow_skips": 0,
         }
+        rates = parse_faults(faults) if isinstance(faults, str) else dict(faults or {})
+        #: The fault schedule, or None when no fault is configured (the pump's fast path).
+        self.faults: FaultSchedule | None = FaultSchedule(rates, faults_seed)
+        if not self.faults.rates:
+            self.faults = None
+        else:
+            self.stats.update({f"fault_{k}": 0 for k in self.faults.rates})
+        self.shutdown_grace_s = shutdown_grace_s
+        self.slow_s = slow_s
         self._lower = {s.lower(): s for s in self._sim.symbols}
         self._conns: dict[_Conn, None] = {}
+        self._stalled: set[_Conn] = set()  # stalled connections still open
         self._streams: dict[str, _Stream] = {}
         self._templates: dict[tuple[str, str | None], _TradeTemplate] = {}
         self._runner: web.AppRunner | None = None
@@ -472,6 +528,8 @@ class BinanceReplica:
             ) from None
         self.port = sock.getsockname()[1]
         await web.SockSite(self._runner, sock).start()
+        if self.faults is not None:
+            self.faults.start()  # fault times count from here
         self._pump_task = asyncio.create_task(self._pump(), name="binance-replica-pump")
         return self.url
 
@@ -482,9 +540,13 @@ class BinanceReplica:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump_task
             self._pump_task = None
-        conns = list(self._conns)
-        for c in conns:
+        conns = []
+        for c in self._conns:
             c.closing = True
+            if c.stalled:
+                c.transport.abort()  # silent to the end: no close frame
+            else:
+                conns.append(c)
         if conns:
             await asyncio.gather(
                 *(self._close_ws(c, 1001, b"server stopping") for c in conns), return_exceptions=True
@@ -505,11 +567,22 @@ class BinanceReplica:
 
     def summary(self) -> str:
         s = self.stats
-        return (
+        line = (
             f"binance replica stopped: trades={s['trades']} connections={s['connections']} "
             f"requests={s['requests']} 429s={s['429']} 418s={s['418']} "
             f"frames_sent={s['frames_sent']} frames_dropped={s['frames_dropped']}"
         )
+        return line if self.faults is None else f"{line} {self.faults.summary()}"
+
+    def faults_injected(self) -> dict[str, int]:
+        """Faults injected so far, per configured kind (zeros included); empty without faults."""
+        return {} if self.faults is None else self.faults.counts()
+
+    def _injected(self, kind: str, conn: _Conn | None = None) -> None:
+        assert self.faults is not None
+        self.faults.record(kind)
+        self.stats[f"fault_{kind}"] += 1
+        log.debug("binance replica: injected %s%s", kind, f" on {conn.peer}" if conn is not None else "")
 
     # -- HTTP --
 
@@ -519,6 +592,10 @@ class BinanceReplica:
             return await self._ws(request)
         self.stats["requests"] += 1
         ip = request.remote or "?"
+        if self.faults is not None:
+            fault = await self._rest_fault(ip)
+            if fault is not None:
+                return fault
         route = self._routes.get(path)
         if route is None:
             return self._respond(404, b"", self.limiter.used(ip))
@@ -545,10 +622,30 @@ class BinanceReplica:
         resp.headers["X-MBX-USED-WEIGHT-1M"] = str(used)
         return resp
 
+    async def _rest_fault(self, ip: str) -> web.Response | None:
+        """Faults due on this REST request: ``slow`` delays it; ``http500`` or ``http429`` answers it
+        (one of them per request; the other stays due for the next)."""
+        f = self.faults
+        assert f is not None
+        if f.due("slow"):
+            self._injected("slow")
+            await asyncio.sleep(self.slow_s)
+        if f.due("http500"):
+            self._injected("http500")
+            # Binance's answer to an internal error: HTTP 5XX with code -1000 UNKNOWN (errors.md; the
+            # exact wording is quoted from memory [UNVERIFIED]).
+            body = error_body(-1000, "An unknown error occurred while processing the request.")
+            return self._respond(500, body, self.limiter.used(ip))
+        if f.due("http429"):
+            self._injected("http429")  # counted apart from the limiter's own 429s (stats["429"])
+            body = error_body(-1003, _ERR_WEIGHT % (self.limiter.limit, "1 MINUTE"))
+            return self._respond(429, body, self.limiter.used(ip), {"Retry-After": "1"})
+        return None
+
     def _respond(
         self, status: int, body: bytes, used: int, headers: Mapping[str, str] | None = None
     ) -> web.Response:
-        """Every REST response goes through here (fault injection: http500, http429, slow)."""
+        """Every REST response goes through here."""
         h = {"Content-Type": "application/json;charset=UTF-8", "X-MBX-USED-WEIGHT-1M": str(used)}
         if headers:
             h.update(headers)
@@ -830,11 +927,17 @@ class BinanceReplica:
                 elif msg.type == WSMsgType.BINARY:
                     await self._control(conn, msg.data.decode("utf-8", "replace"))
                 elif msg.type == WSMsgType.PING:
-                    await ws.pong(msg.data)
+                    if not conn.stalled:
+                        await ws.pong(msg.data)
                 elif msg.type == WSMsgType.PONG:
                     self._pong(conn, bytes(msg.data))
                 elif msg.type == WSMsgType.ERROR:
                     break
+            if conn.stalled:
+                # The client closed a stalled connection: it gets no close frame back (aiohttp would
+                # send one as this handler returns), the server just waits for it to hang up.
+                while not transport.is_closing():
+                    await asyncio.sleep(0.1)
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
@@ -843,6 +946,7 @@ class BinanceReplica:
             for n in list(conn.streams):
                 self._unsubscribe(conn, n)
             self._conns.pop(conn, None)
+            self._stalled.discard(conn)
             self.stats["open_connections"] -= 1
         return ws
 
@@ -866,6 +970,8 @@ class BinanceReplica:
             if conn.pings:
                 wake = min(wake, min(conn.pings.values()) + self.pong_timeout)
             await asyncio.sleep(max(0.0, wake - loop.time()))
+            if conn.stalled:
+                return  # a stalled connection gets no pings and is not closed for missing pongs
             now = loop.time()
             if conn.pings and min(conn.pings.values()) + self.pong_timeout <= now:
                 # The close code of this disconnect is not documented [UNVERIFIED]; 1008 policy violation.
@@ -1004,8 +1110,91 @@ class BinanceReplica:
                     parts, counts = out.setdefault(conn, ([], [0]))
                     parts.append(blob)
                     counts[0] += n
+        faults = self.faults
+        if faults is not None:
+            self._faults_before_send(faults, out, now)
         for conn, (parts, counts) in out.items():
             conn.send_data(parts, counts[0], self.max_send_buffer, self.stats)
+        if faults is not None:
+            self._faults_after_send(faults, out)
+
+    # -- WebSocket faults --
+
+    def _victims(self, out: dict[_Conn, tuple[list[bytes], list[int]]], frames: int) -> list[_Conn]:
+        """Connections with at least ``frames`` frames to send this tick that a fault may hit."""
+        return [
+            c
+            for c, (_, n) in out.items()
+            if n[0] >= frames and not (c.closing or c.stalled or c.doomed or c.transport.is_closing())
+        ]
+
+    def _faults_before_send(
+        self, f: FaultSchedule, out: dict[_Conn, tuple[list[bytes], list[int]]], now_ms: int
+    ) -> None:
+        """Stall, shutdown and message faults due now, applied to this tick's output."""
+        for c in self._stalled:
+            out.pop(c, None)
+        for kind in ("stall", "shutdown", *MESSAGE_KINDS):
+            if not f.pending(kind):
+                continue
+            cands = self._victims(out, MESSAGE_KINDS.get(kind, 1))
+            if not cands:
+                continue  # stays due until a connection has something to send
+            f.due(kind)
+            conn = cands[f.pick(len(cands))]
+            if kind == "stall":
+                conn.stalled = True
+                # aiohttp answers a client's close frame itself; a stalled server answers nothing.
+                conn.ws._autoclose = False
+                self._stalled.add(conn)
+                out.pop(conn)
+            elif kind == "shutdown":
+                conn.doomed = True
+                parts, counts = out[conn]
+                event = b'{"e":"serverShutdown","E":%d}' % now_ms
+                parts.append(text_frames([wrap_combined("!serverShutdown", event) if conn.combined else event]))
+                counts[0] += 1
+                self._spawn(self._shutdown_close(conn))
+            else:
+                parts, counts = out[conn]
+                payloads = split_text_frames(parts[0] if len(parts) == 1 else b"".join(parts))
+                faulty = apply_message_fault(kind, payloads, f.pick)
+                parts[:] = [text_frames(faulty)]
+                counts[0] = len(faulty)
+            self._injected(kind, conn)
+
+    def _faults_after_send(self, f: FaultSchedule, out: dict[_Conn, tuple[list[bytes], list[int]]]) -> None:
+        """Close and reset faults due now, on a connection that was just sent data."""
+        for kind in ("close", "reset"):
+            if not f.pending(kind):
+                continue
+            cands = self._victims(out, 1)
+            if not cands:
+                continue
+            f.due(kind)
+            conn = cands[f.pick(len(cands))]
+            conn.doomed = True
+            if kind == "close":
+                code = (1000, 1001)[f.pick(2)]
+                self._spawn(self._close_ws(conn, code, b""))
+            else:
+                conn.closing = True
+                sock = conn.transport.get_extra_info("socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                conn.transport.abort()
+            self._injected(kind, conn)
+
+    async def _shutdown_close(self, conn: _Conn) -> None:
+        await asyncio.sleep(self.shutdown_grace_s)
+        # The close code after a serverShutdown is not documented [UNVERIFIED]; 1001 going away.
+        await self._close_ws(conn, 1001, b"server shutdown")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _forms(self, st: _Stream) -> tuple[bool, bool]:
         raw = comb = False

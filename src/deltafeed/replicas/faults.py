@@ -1,0 +1,195 @@
+"""Fault injection for replicas: a seeded schedule of faults, and the frame-level faults themselves.
+
+A fault spec is a comma list of ``kind=rate``, rates in events per minute of wall time, e.g.
+``close=2,drop=30,http429=1``. For each kind the event times form a Poisson process (exponential
+gaps) drawn from a generator seeded by ``(seed, kind)`` and counted from the schedule's start, so a
+seed always gives the same times whatever else is configured. Which connection or frame an event hits
+is drawn from one more generator, seeded by ``(seed, "pick")``.
+
+An event that falls due while nothing can take it (no connection with data, no REST request) stays
+pending, and events that fall due meanwhile join it: a replica never saves faults up to fire them in
+a burst later. The schedule is venue-independent; each replica decides where a kind applies.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+
+from deltafeed.model import BadInput
+
+#: Faults on one WebSocket connection as a whole.
+CONNECTION_KINDS = ("close", "reset", "stall", "shutdown")
+#: Faults on the data frames of one connection, with the frames a tick's output needs for each.
+MESSAGE_KINDS: dict[str, int] = {"drop": 1, "dup": 1, "reorder": 2, "garbage": 1}
+#: Faults on REST answers.
+REST_KINDS = ("http500", "http429", "slow")
+KINDS: tuple[str, ...] = (*CONNECTION_KINDS, *MESSAGE_KINDS, *REST_KINDS)
+
+#: A text frame that is not JSON, as a proxy in front of a venue might send.
+NOT_JSON = b"<html><head><title>502 Bad Gateway</title></head><body>502 Bad Gateway</body></html>"
+
+
+def _usage() -> str:
+    return f"use kind=rate (events per minute), comma separated, with kinds {', '.join(KINDS)}"
+
+
+def _check(kind: str, rate: float, part: str) -> None:
+    if kind not in KINDS:
+        raise BadInput(f"unknown fault kind {kind!r} in --faults ({part!r}); {_usage()}")
+    if not (math.isfinite(rate) and rate >= 0):
+        raise BadInput(f"fault rate in {part!r} must be a number >= 0 (events per minute); {_usage()}")
+
+
+def parse_faults(spec: str) -> dict[str, float]:
+    """``"close=2,drop=30"`` → ``{"close": 2.0, "drop": 30.0}``; :class:`BadInput` naming the bad part.
+
+    An empty spec means no faults; a rate of 0 disables its kind.
+    """
+    rates: dict[str, float] = {}
+    for raw in spec.split(","):
+        part = raw.strip()
+        if not part:
+            continue
+        kind, sep, value = (s.strip() for s in part.partition("="))
+        _check(kind, 0.0, part)
+        if not sep:
+            raise BadInput(f"fault {part!r} in --faults has no rate; {_usage()}")
+        try:
+            rate = float(value)
+        except ValueError:
+            raise BadInput(f"fault rate {value!r} in {part!r} is not a number; {_usage()}") from None
+        _check(kind, rate, part)
+        if kind in rates:
+            raise BadInput(f"fault kind {kind!r} appears twice in --faults; give each kind once")
+        rates[kind] = rate
+    return rates
+
+
+def _rng(seed: int, name: str) -> random.Random:
+    # A str seed is hashed with SHA-512: stable across runs, processes and platforms.
+    return random.Random(f"deltafeed-faults:{seed}:{name}")
+
+
+class FaultSchedule:
+    """When each kind of fault is due, which victim it hits, and how many were injected.
+
+    ``rates`` maps kinds to events per minute of wall time (kinds with rate 0 are left out);
+    ``clock`` gives wall seconds (monotonic). The schedule counts from its creation, or from the
+    latest :meth:`start`.
+    """
+
+    def __init__(
+        self, rates: Mapping[str, float], seed: int = 0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        for kind, rate in rates.items():
+            _check(kind, float(rate), f"{kind}={rate}")
+        self.rates: dict[str, float] = {k: float(rates[k]) for k in KINDS if rates.get(k, 0) > 0}
+        self.seed = seed
+        self._clock = clock
+        #: Faults injected, per kind (the replica records them as it injects).
+        self.injected: Counter[str] = Counter()
+        #: Scheduled events that joined an already pending one of their kind, per kind.
+        self.coalesced: Counter[str] = Counter()
+        self.t0 = 0.0
+        self._gens: dict[str, random.Random] = {}
+        self._next: dict[str, float] = {}
+        self._pick = _rng(seed, "pick")
+        self.start()
+
+    def start(self) -> None:
+        """(Re)start the schedule now: event times count from this instant, generators from their seed."""
+        self.t0 = self._clock()
+        self._pick = _rng(self.seed, "pick")
+        self._gens = {k: _rng(self.seed, k) for k in self.rates}
+        self._next = {k: self.t0 + self._gap(k) for k in self.rates}
+
+    def _gap(self, kind: str) -> float:
+        return self._gens[kind].expovariate(self.rates[kind] / 60.0)
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self.rates
+
+    def pending(self, kind: str) -> bool:
+        """Whether an event of ``kind`` is due now (without taking it)."""
+        t = self._next.get(kind)
+        return t is not None and self._clock() >= t
+
+    def due(self, kind: str) -> bool:
+        """True if an event of ``kind`` is due, and take it: the schedule moves to the next event
+        still in the future (events already past join the one taken, counted in ``coalesced``)."""
+        t = self._next.get(kind)
+        if t is None:
+            return False
+        now = self._clock()
+        if now < t:
+            return False
+        t += self._gap(kind)
+        while t <= now:
+            self.coalesced[kind] += 1
+            t += self._gap(kind)
+        self._next[kind] = t
+        return True
+
+    def pick(self, n: int) -> int:
+        """A victim (or frame, or variant) among ``n``, from the schedule's own generator."""
+        return self._pick.randrange(n)
+
+    def record(self, kind: str) -> None:
+        self.injected[kind] += 1
+
+    def times(self, kind: str, horizon_s: float) -> list[float]:
+        """The event times of ``kind`` within ``horizon_s`` of the start, in seconds after it.
+
+        Drawn from a fresh generator with the same seed, so it is what :meth:`due` follows.
+        """
+        rate = self.rates.get(kind)
+        if rate is None:
+            return []
+        gen, t = _rng(self.seed, kind), 0.0
+        out: list[float] = []
+        while True:
+            t += gen.expovariate(rate / 60.0)
+            if t > horizon_s:
+                return out
+            out.append(t)
+
+    def counts(self) -> dict[str, int]:
+        """Faults injected so far, for every configured kind (zeros included)."""
+        return {k: self.injected[k] for k in self.rates}
+
+    def summary(self) -> str:
+        """``faults: close=2 drop=17`` (every configured kind), or ``faults: none``."""
+        return "faults: " + (" ".join(f"{k}={n}" for k, n in self.counts().items()) or "none")
+
+
+def apply_message_fault(kind: str, payloads: list[bytes], pick: Callable[[int], int]) -> list[bytes]:
+    """``payloads`` (one tick's data frames of one connection, in order) with fault ``kind`` applied.
+
+    drop: one frame lost. dup: one frame sent twice. reorder: two neighbouring frames swapped.
+    garbage: a malformed frame inserted before a frame (a truncated copy of it, or a text that is
+    not JSON); everything else arrives. Needs at least ``MESSAGE_KINDS[kind]`` payloads.
+    """
+    need = MESSAGE_KINDS[kind]
+    if len(payloads) < need:
+        raise ValueError(f"{kind} needs {need} frames, got {len(payloads)}")
+    out = list(payloads)
+    if kind == "drop":
+        del out[pick(len(out))]
+    elif kind == "dup":
+        i = pick(len(out))
+        out.insert(i, out[i])
+    elif kind == "reorder":
+        i = pick(len(out) - 1)
+        out[i], out[i + 1] = out[i + 1], out[i]
+    else:
+        i = pick(len(out))
+        p = out[i]
+        # Payloads are ASCII JSON, so any cut is valid UTF-8 (a text frame must be), and a strict
+        # prefix of a JSON object never parses.
+        bad = p[: max(1, len(p) // 2)] if pick(2) == 0 else NOT_JSON
+        out.insert(i, bad)
+    return out
