@@ -39,3 +39,30 @@ def test_bad_frames_are_counted_logged_once_and_skipped(tmp_path: Path, caplog: 
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 3  # once per kind, not once per frame
     assert {w.split()[1] for w in warnings} == {"malformed", "bad_field", "unknown_event"}
+
+
+def test_impossible_values_are_counted_and_skipped(tmp_path: Path) -> None:
+    settings = Settings(symbols=["BTCUSDT"], timeframes=["1m"], db=str(tmp_path / "i.duckdb"),
+                        rest_url="http://127.0.0.1:9", ws_url="ws://127.0.0.1:9").validate()
+    engine = Engine(settings)
+    t = 1_700_000_000_000
+    engine.venue_clock.observe(t)
+    engine.update_skew_bounds()
+
+    def frame(trade_id: int, time_ms: int, price: str, qty: str) -> bytes:
+        return (b'{"stream":"btcusdt@trade","data":{"e":"trade","E":%d,"s":"BTCUSDT","t":%d,"p":"%s","q":"%s",'
+                b'"T":%d,"m":true,"M":true}}' % (time_ms, trade_id, price.encode(), qty.encode(), time_ms))
+
+    engine.on_frame(frame(1, t, "100.0", "1.0"))
+    engine.on_frame(frame(2, t + 10, "-5.0", "1.0"))  # negative price
+    engine.on_frame(frame(3, t + 20, "100.0", "-1.0"))  # negative size
+    engine.on_frame(frame(4, t + 86_400_000, "100.0", "1.0"))  # a day ahead of the venue's clock
+    engine.on_frame(frame(5, t - 86_400_000, "100.0", "1.0"))  # a day behind it
+    engine.on_frame(frame(6, t + 30, "101.0", "2.0"))
+    assert engine.decoder.errors["impossible_value"] == 4
+    st = engine.states["binance:BTCUSDT"]
+    assert st.trades == 2
+    # The skipped ids are a hole: held back, then written off and repaired, never counted.
+    st.builder.release_held()
+    c = st.builder.open_candle("1m")
+    assert c is not None and c.trades == 2 and c.low == 100.0 and c.high == 101.0 and c.volume == 3.0

@@ -59,8 +59,9 @@ class VenueClock:
         self._at = self._local.monotonic()
 
     def observe(self, venue_ms: int) -> None:
-        """Record that the venue's clock read ``venue_ms`` just now (ignored if it would go back)."""
-        if venue_ms >= self.now_ms():
+        """Record that the venue's clock read ``venue_ms`` just now (ignored if it would go back;
+        the first reading always counts, however far the local clock is from it)."""
+        if self._venue_ms == 0 or venue_ms >= self.now_ms():
             self._venue_ms = venue_ms
             self._at = self._local.monotonic()
 

@@ -231,7 +231,7 @@ class Engine:
         if unknown:
             raise BadInput(f"unknown symbol(s) on {self.settings.venue} at {self.settings.rest_url}: "
                            f"{', '.join(unknown)}; check --symbols")
-        self._update_skew_bounds()
+        self.update_skew_bounds()
         self._tasks.append(asyncio.create_task(self.writer.run(), name="writer"))
         marks = await asyncio.to_thread(self.cold.final_marks)
         await asyncio.gather(*(self._bootstrap(st, marks) for st in self.states.values()))
@@ -312,7 +312,7 @@ class Engine:
                         held_last_tick.add(key)
                 else:
                     held_last_tick.discard(key)
-            self._update_skew_bounds()
+            self.update_skew_bounds()
             now = self.venue_clock.now_ms()
             for st in self.states.values():
                 st.builder.advance(now - CLOSE_GRACE_MS)
@@ -323,7 +323,8 @@ class Engine:
                 log.info("connection is %.0f s old; rotating before the venue cuts it", mono - self.ws.connected_at)
                 self._rotate()
 
-    def _update_skew_bounds(self) -> None:
+    def update_skew_bounds(self) -> None:
+        """Trades further than MAX_SKEW_MS from the venue's clock are refused as impossible."""
         now = self.venue_clock.now_ms()
         self._ts_low, self._ts_high = now - MAX_SKEW_MS, now + MAX_SKEW_MS
 
