@@ -7,12 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from reference import candles_from_tape, read_tape
-
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
 from deltafeed.replicas.binance import BinanceReplica
 from deltafeed.store.cold import ColdStore
+from reference import candles_from_tape, read_tape
 
 
 def settings_for(replica: BinanceReplica, tmp_path: Path, **kw: object) -> Settings:
