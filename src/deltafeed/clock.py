@@ -47,25 +47,43 @@ class TestClock:
 class VenueClock:
     """The venue's "now", estimated from what the venue told us.
 
-    Every server-time answer and every event time is an observation; between observations the
-    estimate runs at the local clock's pace. It never runs ahead of the venue by more than the local
-    clock's drift, so nothing that waits on it (closing a quiet candle) acts too early. A replica
-    whose market runs faster than the wall clock is still tracked, through its event times.
+    Every server-time answer and every event time is an observation. Between observations the
+    estimate runs on at the venue's pace, measured over the whole run (the slope from the first
+    observation to the latest, once they are ``baseline_s`` apart): 1.0 for a real venue, 120 for a
+    replica whose market runs 120 times fast, so a silence (a disconnect) does not leave the
+    estimate behind. The pace is never taken below the local clock's, and "now" never goes back.
     """
 
-    def __init__(self, local: Clock | None = None) -> None:
+    def __init__(self, local: Clock | None = None, baseline_s: float = 10.0) -> None:
         self._local = local or LiveClock()
+        self._baseline_s = baseline_s
+        self._first: tuple[int, float] | None = None  # (venue ms, local monotonic s)
         self._venue_ms = 0
-        self._at = self._local.monotonic()
+        self._at = 0.0
+        self._rate = 1.0
+        self._floor = 0
+
+    @property
+    def rate(self) -> float:
+        """Venue milliseconds per local millisecond."""
+        return self._rate
 
     def observe(self, venue_ms: int) -> None:
-        """Record that the venue's clock read ``venue_ms`` just now (ignored if it would go back;
-        the first reading always counts, however far the local clock is from it)."""
-        if self._venue_ms == 0 or venue_ms >= self.now_ms():
-            self._venue_ms = venue_ms
-            self._at = self._local.monotonic()
+        """Record that the venue's clock read ``venue_ms`` just now. An older reading than the
+        latest one changes nothing; the first reading always counts, however far the local clock is."""
+        mono = self._local.monotonic()
+        if self._first is None:
+            self._first = (venue_ms, mono)
+        elif venue_ms <= self._venue_ms:
+            return
+        self._venue_ms, self._at = venue_ms, mono
+        v0, m0 = self._first
+        if mono - m0 >= self._baseline_s:
+            self._rate = min(100_000.0, max(1.0, (venue_ms - v0) / ((mono - m0) * 1000)))
 
     def now_ms(self) -> int:
-        if self._venue_ms == 0:
+        if self._first is None:
             return self._local.time_ms()
-        return self._venue_ms + int((self._local.monotonic() - self._at) * 1000)
+        now = self._venue_ms + int((self._local.monotonic() - self._at) * 1000 * self._rate)
+        self._floor = max(self._floor, now)
+        return self._floor

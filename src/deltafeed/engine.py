@@ -314,8 +314,11 @@ class Engine:
                     held_last_tick.discard(key)
             self.update_skew_bounds()
             now = self.venue_clock.now_ms()
+            # At least a second of wall time for the last trades of a candle to arrive, however
+            # fast the venue's clock runs (a replica's may run 120 times as fast).
+            grace = max(CLOSE_GRACE_MS, int(1000 * self.venue_clock.rate))
             for st in self.states.values():
-                st.builder.advance(now - CLOSE_GRACE_MS)
+                st.builder.advance(now - grace)
                 self._publish_open(st)
             if self._next is not None and self._next.frames > 0:
                 await self._finish_rotation()
