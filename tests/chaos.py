@@ -87,7 +87,7 @@ async def run_chaos(tmp: Path, *, wall_s: float, speed: float = 120.0, faults_pe
         config.write_text(
             f'symbols = {json.dumps(list(SYMBOLS))}\ntimeframes = ["1m", "5m"]\nhistory = "30m"\n'
             f'db = "{db}"\nrest_url = "{replica.url}"\nws_url = "{replica.ws_url}"\n'
-            f'stale_after = "1.5s"\naudit_every = "15s"\nstatus_file = "{status}"\n'
+            f'stale_after = "1.5s"\naudit_every = "15s"\nstatus_file = "{status}"\napi = "127.0.0.1:0"\n'
         )
         return _engine(config, tmp / "engine.log"), status
 

@@ -39,7 +39,7 @@ def test_run_query_while_running_and_stop_within_two_seconds(replica: str, tmp_p
     db = str(tmp_path / "cli.duckdb")
     ws = replica.replace("http://", "ws://")
     run = subprocess.Popen([*CLI, "run", "--rest-url", replica, "--ws-url", ws, "--symbols", "BTCUSDT,ETHUSDT",
-                            "--timeframes", "1m,5m", "--history", "30m", "--db", db],
+                            "--timeframes", "1m,5m", "--history", "30m", "--db", db, "--api", "127.0.0.1:0"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
@@ -74,7 +74,10 @@ def test_run_query_while_running_and_stop_within_two_seconds(replica: str, tmp_p
         (["run", "--venue", "kraken"], "unknown venue"),
         (["run", "--timeframes", "2m"], "unknown timeframe"),
         (["run", "--history", "5x"], "cannot read duration"),
-        (["run", "--rest-url", "http://127.0.0.1:9", "--ws-url", "ws://127.0.0.1:9"], "cannot reach"),
+        (["run", "--rest-url", "http://127.0.0.1:9", "--ws-url", "ws://127.0.0.1:9", "--api", "off"], "cannot reach"),
+        (["run", "--api", "0.0.0.0:8080"], "token"),
+        (["run", "--api", "nonsense"], "HOST:PORT"),
+        (["status", "--api", "http://127.0.0.1:9"], "cannot reach"),
         (["run", "--config", "/nonexistent.toml"], "does not exist"),
         (["candles", "binance:BTCUSDT", "1m", "--db", "/nonexistent/x.duckdb"], "no candle database"),
         (["candles", "BTCUSDT", "1m"], "VENUE:SYMBOL"),
@@ -103,7 +106,7 @@ def test_bad_config_file_names_the_problem(tmp_path: Path) -> None:
 
 def test_unknown_symbol_is_refused(replica: str, tmp_path: Path) -> None:
     p = cli("run", "--rest-url", replica, "--ws-url", replica.replace("http", "ws"), "--symbols", "NOPEUSDT",
-            "--db", str(tmp_path / "x.duckdb"))
+            "--db", str(tmp_path / "x.duckdb"), "--api", "off")
     assert p.returncode == 2 and "NOPEUSDT" in p.stderr and "--symbols" in p.stderr
 
 

@@ -7,6 +7,7 @@ import asyncio
 import csv
 import datetime as dt
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -36,6 +37,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", help="DuckDB file for the cold store (default deltafeed.duckdb)")
     p.add_argument("--rest-url", help="REST base address (default Binance's market-data host)")
     p.add_argument("--ws-url", help="WebSocket base address (default Binance's market-data host)")
+    p.add_argument("--api", help="serve the HTTP/WebSocket API on HOST:PORT (default 127.0.0.1:8080; 'off' to disable)")
+    p.add_argument("--api-token", help="token for the API (or DELTAFEED_API_TOKEN); required beyond loopback")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--faults-seed", type=int, default=0, metavar="N",
                     help="seed of the fault schedule (default 0): the same seed gives the same fault times")
 
+    stat = sub.add_parser("status", help="print the streaming status of a running deltafeed")
+    stat.add_argument("--api", default="http://127.0.0.1:8080", help="the API's address (default http://127.0.0.1:8080)")
+    stat.add_argument("--api-token", help="token, if the API needs one (or DELTAFEED_API_TOKEN)")
+    stat.add_argument("--format", choices=("table", "json"), default="table")
+
     demo = sub.add_parser("demo", help="replica + engine + live candles in the terminal, offline")
     demo.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     demo.add_argument("--speed", type=float, default=30.0, help="replica market speed (default 30x)")
@@ -93,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             return _candles(args)
         if args.command == "replica":
             return _replica(args)
+        if args.command == "status":
+            return _status(args)
         if args.command == "demo":
             from deltafeed.demo import run_demo
 
@@ -130,25 +140,114 @@ def _run(args: argparse.Namespace) -> int:
         "db": args.db,
         "rest_url": args.rest_url,
         "ws_url": args.ws_url,
+        "api": args.api,
     })
+    token = args.api_token or os.environ.get("DELTAFEED_API_TOKEN") or None
+    api = parse_api_address(settings.api)
+    if api is not None:
+        from deltafeed.api.auth import check_bind
+
+        check_bind(api[0], token)  # before anything starts: exit 2 without a token beyond loopback
 
     async def body(stop: asyncio.Event) -> int:
         from deltafeed.engine import Engine
 
         engine = Engine(settings)
+        runner = None
         try:
+            if api is not None:
+                from deltafeed.api.hub import Hub
+                from deltafeed.api.server import start_api
+
+                engine.hub = Hub(snapshot=engine.snapshot, instruments=engine.instrument_names)
+                try:
+                    runner = await start_api(engine, engine.hub, api[0], api[1], token)
+                except OSError as exc:
+                    raise BadInput(f"cannot serve the API on {settings.api} ({exc.strerror or exc}); pass "
+                                   "--api HOST:PORT with a free port, or --api off") from None
             await engine.start()
         except BaseException:
             await engine.stop()
+            if runner is not None:
+                await runner.cleanup()
             raise
+        if runner is not None:
+            from deltafeed.api.server import api_url
+
+            # The first line a supervisor (or a test) can read the real port from, as the replica's.
+            log.info("serving the API on %s", api_url(runner))
         log.info("streaming %s (%s) into %s; Ctrl-C to stop",
                  ", ".join(map(str, engine.instruments)), ",".join(settings.timeframes), settings.db)
         await stop.wait()
         await engine.stop()
+        if runner is not None:
+            await runner.cleanup()
         log.info("stopped; everything written to %s", settings.db)
         return 0
 
     return _asyncio_run(body)
+
+
+def parse_api_address(text: str | None) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[::1]:8080`` for IPv6) or ``off``."""
+    if text is None or text.strip().lower() == "off":
+        return None
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise BadInput(f"--api {text!r} is not HOST:PORT; write e.g. 127.0.0.1:8080, or off")
+    return host, int(port)
+
+
+def _status(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    token = args.api_token or os.environ.get("DELTAFEED_API_TOKEN") or None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    base = args.api.rstrip("/")
+
+    async def fetch() -> tuple[dict[str, Any], dict[str, Any]]:
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as http:
+            out = []
+            for path in ("/streaming/status", "/health"):
+                async with http.get(base + path) as resp:
+                    body = await resp.json(content_type=None)
+                    if resp.status in (401, 403):
+                        raise BadInput(f"{base} refused us ({body.get('error', resp.status)}); pass --api-token "
+                                       "or set DELTAFEED_API_TOKEN")
+                    if resp.status not in (200, 503):
+                        raise BadInput(f"{base}{path} answered {resp.status}: {body}")
+                    out.append(body)
+            return out[0], out[1]
+
+    try:
+        status, health = asyncio.run(fetch())
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise BadInput(f"cannot reach deltafeed at {base} ({exc or type(exc).__name__}); is `deltafeed run` "
+                       "running with its API on? Pass --api URL") from None
+    if args.format == "json":
+        sys.stdout.write(msgspec.json.encode({"status": status, "health": health}).decode() + "\n")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"deltafeed at {base}: {health.get('status')}")
+    cols = ("instrument", "connected", "last message age (s)", "messages/s", "gaps", "backfilled")
+    for col in cols:
+        table.add_column(col, justify="left" if col == "instrument" else "right")
+    for name, st in status.get("instruments", {}).items():
+        age = st.get("last_message_age_s")
+        table.add_row(name, "yes" if st.get("connected") else "NO", "-" if age is None else f"{age:.1f}",
+                      f"{st.get('messages_per_s', 0):.1f}", str(st.get("gaps", 0)), str(st.get("repaired", 0)))
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    venues = status.get("venues", {})
+    for venue, v in venues.items():
+        console.print(f"{venue}: {v.get('connections', 0)} connection(s), {v.get('reconnects', 0)} reconnects")
+    for reason in health.get("reasons", []):
+        console.print(f"[red]unhealthy:[/red] {reason}")
+    return 0
 
 
 def _parse_time(text: str | None, flag: str) -> int | None:

@@ -39,6 +39,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     audit_every: str = "10m"  # how often the store is checked for holes
     audit_window: str = "1d"  # how far back each audit looks
     status_file: str | None = None  # if set, the status as JSON, rewritten every second
+    api: str = "127.0.0.1:8080"  # HOST:PORT of the HTTP/WebSocket API, or "off"
 
     def seconds(self, name: str) -> float:
         """A duration setting in seconds."""

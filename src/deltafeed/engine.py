@@ -8,7 +8,9 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -19,12 +21,16 @@ from deltafeed.config import Settings
 from deltafeed.model import TIMEFRAMES, BadInput, Candle, Instrument, ServerShutdown, Trade, VenueCandle
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.net.ws import ConnectBudget, WsStream
+from deltafeed.stats import EngineMetrics
 from deltafeed.store.cold import ColdStore, StoreError
 from deltafeed.store.hot import HotStore
 from deltafeed.store.retention import parse_retention
 from deltafeed.store.writer import BacklogFull, BatchWriter
 from deltafeed.venues import binance
 from deltafeed.venues.binance_rest import BinanceHistory
+
+if TYPE_CHECKING:
+    from deltafeed.api.hub import Hub
 
 log = logging.getLogger("deltafeed.engine")
 
@@ -64,7 +70,16 @@ class InstrumentState:
     # Open time up to which stored candles are known final, per timeframe, from the bootstrap;
     # once trades flow, the builder's position takes over (see Engine.final_marks).
     bootstrap_marks: dict[str, int] = field(default_factory=dict)
+    active: bool = True  # streaming; POST /streaming/stop turns it off
+    publish_trades: bool = False  # a consumer wants this instrument's trades
+    messages_per_s: float = 0.0  # trades and venue candles, smoothed over ~5 s
     _seen: int = 0
+    _published: dict[str, tuple[int, float, float]] = field(default_factory=dict)
+    _published_price_ms: int = 0
+
+    @property
+    def key(self) -> str:
+        return str(self.instrument)
 
 
 class Engine:
@@ -88,7 +103,9 @@ class Engine:
         self.venue_clock = VenueClock()
         self.hot = HotStore(settings.hot_capacity)
         self.cold = ColdStore(settings.db, parse_retention(settings.retention))
-        self.writer = BatchWriter(self.cold)
+        self.writer = BatchWriter(self.cold, on_written=self._written)
+        self.metrics = EngineMetrics()
+        self.hub: Hub | None = None  # set by the API server; receives candles, trades and prices
         self.history = BinanceHistory(settings.rest_url, settings.weight_limit)
         self.decoder = binance.StreamDecoder()
         self.states: dict[str, InstrumentState] = {}
@@ -99,12 +116,11 @@ class Engine:
                                                      self._repair_sink(inst)), calendar)
             self.states[str(inst)] = st
             self._by_symbol[inst.symbol] = st
-        kline_tfs = self.timeframes if settings.venue_klines else []
-        streams = [s for inst in self.instruments for s in binance.streams_for(inst.symbol, kline_tfs)]
+        streams = self._streams(self.states.values())
         if len(streams) > binance.MAX_STREAMS_PER_CONNECTION:
             raise BadInput(f"{len(streams)} streams exceed Binance's {binance.MAX_STREAMS_PER_CONNECTION} "
                            "per connection; collect fewer symbols or timeframes per run")
-        self._url = binance.combined_url(settings.ws_url, streams)
+        self._request_id = 0
         self.budget = ConnectBudget(settings.connect_budget, 300.0)
         self.ws = self._new_stream()
         self._ws_task: asyncio.Task[None] | None = None
@@ -126,8 +142,19 @@ class Engine:
         self.shutdown_notices = 0
         self._started = time.monotonic()
 
+    def _streams(self, states: Iterable[InstrumentState]) -> list[str]:
+        kline_tfs = self.timeframes if self.settings.venue_klines else []
+        return [s for st in states for s in binance.streams_for(st.instrument.symbol, kline_tfs)]
+
+    def _url(self) -> str:
+        """The combined-stream URL of the instruments streaming now (a reconnect resubscribes them)."""
+        streams = self._streams(st for st in self.states.values() if st.active)
+        if not streams:
+            return self.settings.ws_url.rstrip("/") + "/stream"
+        return binance.combined_url(self.settings.ws_url, streams)
+
     def _new_stream(self) -> WsStream:
-        return WsStream(lambda: self._url, self.on_frame, name=self.settings.venue,
+        return WsStream(self._url, self.on_frame, name=self.settings.venue,
                         stale_after_s=self.settings.seconds("stale_after"), budget=self.budget)
 
     # --- sinks the candle builders call ---------------------------------------------------------
@@ -136,10 +163,17 @@ class Engine:
         key = str(inst)
 
         def closed(timeframe: str, candle: Candle) -> None:
-            self.hot.put(key, timeframe, candle)
-            self._store(key, timeframe, candle)
+            self._final(key, timeframe, candle)
 
         return closed
+
+    def _final(self, key: str, timeframe: str, candle: Candle) -> None:
+        """A final candle (closed by the builder, from REST, or a correction of an earlier one):
+        to the hot tier, the store and every consumer, so all three agree."""
+        self.hot.put(key, timeframe, candle)
+        self._store(key, timeframe, candle)
+        if self.hub is not None:
+            self.hub.candle(key, timeframe, candle)
 
     def _store(self, key: str, timeframe: str, candle: Candle) -> None:
         try:
@@ -175,6 +209,8 @@ class Engine:
             st.builder.on_trade(ev)
             st.trades += 1
             st.last_trade_ms = ev.time_ms
+            if st.publish_trades and self.hub is not None:
+                self.hub.trade(st.key, ev)
             return
         if ev is None:
             self._log_decode_errors()
@@ -275,8 +311,7 @@ class Engine:
                 candles = await self.history.candles(st.instrument.symbol, tf, t, min(now, t + span - 1), now)
                 closed = [c for c in candles if c.closed]
                 for c in closed:
-                    self.hot.put(key, tf, c)
-                    self._store(key, tf, c)
+                    self._final(key, tf, c)
                 if closed:
                     st.builder.seed(tf, closed[-1])
                     st.bootstrap_marks[tf] = closed[-1].open_time + ms
@@ -298,9 +333,12 @@ class Engine:
                 next_report += REPORT_EVERY_S
                 self._report()
             for key, st in self.states.items():
-                if st.trades + st.venue_candles != st._seen:
-                    st._seen = st.trades + st.venue_candles
+                seen = st.trades + st.venue_candles
+                st.messages_per_s += ((seen - st._seen) / TICK_S - st.messages_per_s) * (TICK_S / 5.0)
+                if seen != st._seen:
+                    st._seen = seen
                     st.last_message = mono
+                st.publish_trades = self.hub is not None and self.hub.wants_trades(key)
                 if st.last_trade_ms:
                     self.venue_clock.observe(st.last_trade_ms)
                 # A trade held back for a hole before it gets one more tick for the hole to fill.
@@ -332,10 +370,30 @@ class Engine:
         self._ts_low, self._ts_high = now - MAX_SKEW_MS, now + MAX_SKEW_MS
 
     def _publish_open(self, st: InstrumentState) -> None:
-        key = str(st.instrument)
+        key = st.key
+        hub = self.hub
         for tf, c in st.builder.open_candles():
             self.hot.put(key, tf, c)
             self._store(key, tf, c)
+            if hub is not None:
+                seen = (c.open_time, c.close, c.volume)
+                if st._published.get(tf) != seen:
+                    st._published[tf] = seen
+                    hub.candle(key, tf, c)
+        if hub is not None and st.last_trade_ms != st._published_price_ms:
+            st._published_price_ms = st.last_trade_ms
+            first = st.builder.open_candles()
+            if first:
+                hub.price(key, st.last_trade_ms, first[0][1].close)
+
+    def _written(self, rows: Sequence[tuple[str, str, Candle]], seconds: float) -> None:
+        """The writer stored a batch: record how long it took, and how long after its end each
+        final candle reached the store (by the venue's clock)."""
+        self.metrics.store_write.observe(seconds)
+        now = self.venue_clock.now_ms()
+        for _, tf, c in rows:
+            if c.closed:
+                self.metrics.candle_latency.observe(max(0.0, (now - c.open_time - TIMEFRAMES[tf]) / 1000))
 
     def _report(self) -> None:
         """One log line of progress for whoever watches the process."""
@@ -391,8 +449,7 @@ class Engine:
         for c in candles:
             if not c.closed:
                 break
-            self.hot.put(key, job.timeframe, c)
-            self._store(key, job.timeframe, c)
+            self._final(key, job.timeframe, c)
             st.repaired += 1
             done = c.open_time + tf_ms
         if done <= job.last:
@@ -506,6 +563,8 @@ class Engine:
                 task.cancel()
         for st in self.states.values():
             self._publish_open(st)
+        if self.hub is not None:
+            await self.hub.close()
         marks = self.final_marks()
         await self.writer.close()
         with contextlib.suppress(StoreError):
@@ -518,6 +577,88 @@ class Engine:
         await asyncio.to_thread(self.cold.close)
         with contextlib.suppress(OSError):
             self.write_status_file()
+
+    # --- serving --------------------------------------------------------------------------------
+
+    def instrument_names(self) -> list[str]:
+        return list(self.states)
+
+    def snapshot(self, instrument: str, timeframe: str, n: int) -> list[Candle]:
+        """The last ``n`` candles of a series from the hot tier, the forming one last (copies)."""
+        st = self.states.get(instrument)
+        if st is None or timeframe not in self.timeframes or n <= 0:
+            return []
+        # The hot tier holds every closed candle and the forming one as of the last tick; the
+        # builder's forming candle is newer still.
+        out = self.hot.last(instrument, timeframe, n + 1)
+        live = st.builder.open_candle(timeframe)
+        if live is not None:
+            out = [c for c in out if c.open_time < live.open_time]
+            out.append(msgspec.structs.replace(live))
+        return out[-n:]
+
+    async def candles(self, instrument: str, timeframe: str, since_ms: int | None = None,
+                      until_ms: int | None = None, limit: int | None = None) -> list[Candle]:
+        """Candles of a series, oldest first, the forming one included: from the hot tier when it
+        covers the range, else from the cold store. ``limit`` keeps the newest ``limit``."""
+        hi = until_ms if until_ms is not None else 2**62
+        rows: list[Candle] | None = None
+        if since_ms is not None:
+            rows = self.hot.range(instrument, timeframe, since_ms, hi)  # None: the ring starts later
+        elif until_ms is None and limit is not None:
+            recent = self.hot.last(instrument, timeframe, limit)
+            rows = recent if len(recent) >= limit else None
+        if rows is None:
+            await self.writer.flush()  # so the store has everything the hot tier has
+            rows = await asyncio.to_thread(self.cold.query, instrument, timeframe, since_ms, until_ms, limit)
+        st = self.states.get(instrument)
+        live = st.builder.open_candle(timeframe) if st is not None else None
+        if live is not None and (since_ms is None or since_ms <= live.open_time) and live.open_time <= hi:
+            rows = [c for c in rows if c.open_time != live.open_time] + [msgspec.structs.replace(live)]
+        return rows[-limit:] if limit is not None else rows
+
+    @property
+    def hot_capacity(self) -> int:
+        return self.settings.hot_capacity
+
+    def _control(self, method: str, states: list[InstrumentState]) -> None:
+        streams = self._streams(states)
+        if not streams:
+            return
+        for ws in (self.ws, self._next):
+            if ws is not None and ws.connected.is_set():
+                self._request_id += 1
+                body = binance.subscribe(streams, self._request_id) if method == "SUBSCRIBE" else \
+                    binance.unsubscribe(streams, self._request_id)
+                ws.send(body)
+
+    def _pick(self, instruments: list[str] | None) -> list[InstrumentState]:
+        if instruments is None:
+            return list(self.states.values())
+        unknown = [i for i in instruments if i not in self.states]
+        if unknown:
+            raise BadInput(f"unknown instrument(s) {', '.join(unknown)}; this run collects "
+                           f"{', '.join(self.states)}")
+        return [self.states[i] for i in instruments]
+
+    async def start_streaming(self, instruments: list[str] | None = None) -> list[str]:
+        """Resume streaming the named instruments (all when None); returns those streaming now.
+        Whatever was missed meanwhile is repaired: their next trade reveals the hole."""
+        picked = [st for st in self._pick(instruments) if not st.active]
+        for st in picked:
+            st.active = True
+            self._by_symbol[st.instrument.symbol] = st
+        self._control("SUBSCRIBE", picked)
+        return [k for k, st in self.states.items() if st.active]
+
+    async def stop_streaming(self, instruments: list[str] | None = None) -> list[str]:
+        """Stop streaming the named instruments (all when None); returns those still streaming."""
+        picked = [st for st in self._pick(instruments) if st.active]
+        for st in picked:
+            st.active = False
+            self._by_symbol.pop(st.instrument.symbol, None)
+        self._control("UNSUBSCRIBE", picked)
+        return [k for k, st in self.states.items() if st.active]
 
     # --- visibility -----------------------------------------------------------------------------
 
@@ -535,7 +676,7 @@ class Engine:
         now = self.venue_clock.now_ms()
         for key, st in self.states.items():
             silent = mono - (st.last_message or self._started)
-            if silent > limit and st.calendar.is_open(now):
+            if st.active and silent > limit and st.calendar.is_open(now):
                 reasons.append(f"{key} stale: no data for {silent:.0f} s while its market is open")
         return reasons
 
@@ -568,6 +709,9 @@ class Engine:
             "healthy": not self.health(),
             "instruments": {
                 k: {
+                    "streaming": st.active,
+                    "connected": st.active and self.ws.connected.is_set(),
+                    "messages_per_s": round(st.messages_per_s, 2),
                     "trades": st.trades,
                     "last_trade_ms": st.last_trade_ms,
                     "last_message_age_s": round(mono - st.last_message, 3) if st.last_message else None,

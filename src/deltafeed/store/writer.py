@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from itertools import islice
 
 from msgspec.structs import replace as _copy
@@ -46,6 +47,7 @@ class BatchWriter:
         max_batch: int = 100_000,
         retry_min_s: float = 0.1,
         retry_max_s: float = 5.0,
+        on_written: Callable[[list[_Row], float], None] | None = None,
     ) -> None:
         if max_rows < 1 or max_pending < max_rows or max_batch < 1:
             raise ValueError("BatchWriter needs 1 <= max_rows <= max_pending and max_batch >= 1")
@@ -56,6 +58,8 @@ class BatchWriter:
         self.max_batch = max_batch
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
+        #: Called after every successful batch with its rows and how long the write took (seconds).
+        self.on_written = on_written
         #: Rows successfully written so far.
         self.written = 0
         #: Failed write attempts so far (each failed batch counts once per attempt).
@@ -117,6 +121,7 @@ class BatchWriter:
             if not self._pending:
                 return True
             rows = self._take()
+            started = time.monotonic()
             try:
                 await asyncio.to_thread(self.cold.write, rows)
             except StoreError as e:
@@ -128,6 +133,8 @@ class BatchWriter:
                 self._put_back(rows)  # a bug or a cancellation: keep the data, let the error surface
                 raise
             self.written += len(rows)
+            if self.on_written is not None:
+                self.on_written(rows, time.monotonic() - started)
             self.last_error = None
             self._retry_s = self.retry_min_s
             return True

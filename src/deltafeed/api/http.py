@@ -1,0 +1,506 @@
+"""The HTTP endpoints: health, streaming status and control, instruments, candles, the OpenAPI document.
+
+Every error is JSON, ``{"error": "..."}``, with a message that names the problem and the fix, and
+the status that fits: 400 for a bad parameter, 404 for an unknown instrument, timeframe or path,
+405 for a wrong method, 413 for a body too large, 503 when the collector cannot answer. The
+router's own errors (unknown path, wrong method, body too large) are turned into the same shape by
+:func:`error_middleware`.
+
+Candles are served from the engine's hot tier when it covers the range and from the cold store
+otherwise (``Engine.candles``). The candle still forming is included, last, and named in the
+response (``"forming"`` in JSON, the ``Deltafeed-Forming`` header in both formats), so a consumer
+that wants only final candles drops it.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import logging
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from deltafeed.cli import iso, num
+from deltafeed.model import TIMEFRAMES, BadInput, Candle, Instrument
+from deltafeed.store.cold import StoreError
+
+if TYPE_CHECKING:
+    from deltafeed.engine import Engine
+
+log = logging.getLogger("deltafeed.api.http")
+
+#: Most candles one response holds. A range holding more, asked without ``limit``, is refused (400)
+#: rather than cut silently.
+MAX_CANDLES = 100_000
+#: Largest request body accepted (the control endpoints take a short JSON list).
+MAX_BODY_BYTES = 64 * 1024
+#: Columns of a candle row, in JSON and CSV.
+COLUMNS = ("open_time", "open", "high", "low", "close", "volume", "trades")
+#: Response header naming the open times (epoch ms, comma separated) of the candles in the
+#: response that are still forming; absent when every candle in it is final.
+FORMING_HEADER = "Deltafeed-Forming"
+
+_CANDLE_PARAMS = ("since", "until", "limit", "format", "token")
+_JSON = "application/json"
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """``{"error": message}`` with ``status``."""
+    return web.Response(status=status, body=msgspec.json.encode({"error": message}), content_type=_JSON,
+                        headers=headers)
+
+
+def http_error(cls: type[web.HTTPException], message: str) -> web.HTTPException:
+    """An aiohttp HTTP exception whose body is ``{"error": message}`` (raise it from a handler)."""
+    return cls(text=msgspec.json.encode({"error": message}).decode(), content_type=_JSON)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Gives the router's and aiohttp's own errors (404, 405, 413, ...) the JSON error shape."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == _JSON:
+            raise
+        what = f"{request.method} {request.path}"
+        if isinstance(exc, web.HTTPNotFound):
+            message = f"no endpoint {what}; GET /openapi.json describes the API"
+        elif isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            message = f"{request.method} is not allowed on {request.path}; use {allowed}"
+            return error_response(405, message, {"Allow": allowed})
+        elif isinstance(exc, web.HTTPRequestEntityTooLarge):
+            message = f"{what}: the request body is larger than {MAX_BODY_BYTES} bytes; send a smaller one"
+        else:
+            message = f"{what}: {exc.text or exc.reason}"
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after", "www-authenticate")}
+        return error_response(exc.status, message, headers)
+    except StoreError as exc:  # before BadInput: a busy store (StoreBusy) is both
+        return error_response(503, f"the candle store cannot answer now ({exc}); retry shortly")
+    except BadInput as exc:
+        return error_response(400, str(exc))
+    except Exception:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            raise  # a WebSocket's handler has answered already; aiohttp deals with it
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(500, f"{request.method} {request.path} failed on the server; it was logged,"
+                                   " please report it")
+
+
+# --- parameters ---------------------------------------------------------------------------------
+
+
+def parse_time(text: str, name: str) -> int:
+    """``since``/``until``: epoch milliseconds, or an ISO-8601 time (UTC unless it says otherwise).
+
+    A ``+`` in a query string means a space, so ``...T08:00:00+01:00`` sent unescaped arrives as
+    ``...T08:00:00 01:00``; that form is read as the offset it was meant to be.
+    """
+    t = text.strip()
+    if t.lstrip("-").isdigit():
+        return int(t)
+    parsed: dt.datetime | None = None
+    for candidate in (t, _plus_back(t)):
+        try:
+            parsed = dt.datetime.fromisoformat(candidate)
+            break
+        except ValueError:
+            continue
+    if parsed is None:
+        raise http_error(web.HTTPBadRequest, f"{name}={text!r} is neither epoch milliseconds nor an ISO-8601 time;"
+                                             f" write e.g. {name}=1767225600000 or {name}=2026-01-01T00:00:00Z")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def _plus_back(t: str) -> str:
+    head, sep, tail = t.rpartition(" ")
+    return f"{head}+{tail}" if sep and "T" in head and ":" in tail else t
+
+
+def parse_limit(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_CANDLES:
+        raise http_error(web.HTTPBadRequest, f"limit={text!r} is not a whole number from 1 to {MAX_CANDLES};"
+                                             " write e.g. limit=500")
+    return n
+
+
+def parse_instrument(name: str, known: list[str]) -> str:
+    """A configured instrument's canonical name: 400 when ``name`` is malformed, 404 when not collected."""
+    try:
+        canonical = str(Instrument.parse(name))
+    except BadInput as exc:
+        raise http_error(web.HTTPBadRequest, str(exc)) from None
+    if canonical not in known:
+        raise http_error(web.HTTPNotFound, f"instrument {canonical} is not collected here; GET /instruments lists"
+                                           f" the ones that are ({', '.join(known)})")
+    return canonical
+
+
+def parse_timeframe(name: str, collected: list[str]) -> str:
+    """A collected timeframe: 400 when ``name`` is no timeframe at all, 404 when not collected."""
+    if name not in TIMEFRAMES:
+        raise http_error(web.HTTPBadRequest, f"unknown timeframe {name!r}; use one of {' '.join(collected)}")
+    if name not in collected:
+        raise http_error(web.HTTPNotFound, f"timeframe {name} is not collected here; use one of"
+                                           f" {' '.join(collected)}")
+    return name
+
+
+# --- the endpoints ------------------------------------------------------------------------------
+
+
+def _json(doc: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=msgspec.json.encode(doc), content_type=_JSON, headers=headers)
+
+
+class _Routes:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def health(self, request: web.Request) -> web.Response:
+        reasons = self.engine.health()
+        if reasons:
+            return _json({"status": "degraded", "reasons": reasons}, status=503)
+        return _json({"status": "ok"})
+
+    async def status(self, request: web.Request) -> web.Response:
+        return _json(streaming_status(self.engine))
+
+    async def instruments(self, request: web.Request) -> web.Response:
+        per = _status_instruments(self.engine.status())
+        out = []
+        for name in self.engine.instrument_names():
+            inst = Instrument.parse(name)
+            out.append({"name": name, "venue": inst.venue, "symbol": inst.symbol,
+                        "streaming": bool(per.get(name, {}).get("streaming", True))})
+        return _json({"instruments": out, "timeframes": list(self.engine.timeframes)})
+
+    async def start(self, request: web.Request) -> web.Response:
+        names = await self._control_body(request)
+        return _json({"streaming": await self.engine.start_streaming(names)})
+
+    async def stop(self, request: web.Request) -> web.Response:
+        names = await self._control_body(request)
+        return _json({"streaming": await self.engine.stop_streaming(names)})
+
+    async def _control_body(self, request: web.Request) -> list[str] | None:
+        """``{"instruments": [...]}`` (optional; absent or null = every instrument), validated."""
+        raw = await request.read()
+        if not raw.strip():
+            return None
+        usage = 'send {"instruments": ["binance:BTCUSDT", ...]}, or no body for every instrument'
+        try:
+            body = msgspec.json.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise http_error(web.HTTPBadRequest, f"the request body is not JSON ({exc}); {usage}") from None
+        if not isinstance(body, dict) or set(body) - {"instruments"}:
+            raise http_error(web.HTTPBadRequest, f"unexpected request body; {usage}")
+        names = body.get("instruments")
+        if names is None:
+            return None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise http_error(web.HTTPBadRequest, f"instruments must be a list of names; {usage}")
+        known = self.engine.instrument_names()
+        return [parse_instrument(n, known) for n in names]
+
+    async def candles(self, request: web.Request) -> web.Response:
+        # Names first, before anything is looked up with them.
+        instrument = parse_instrument(request.match_info["instrument"], self.engine.instrument_names())
+        timeframe = parse_timeframe(request.match_info["timeframe"], list(self.engine.timeframes))
+        q = request.query
+        unknown = sorted(set(q) - set(_CANDLE_PARAMS))
+        if unknown:
+            raise http_error(web.HTTPBadRequest, f"unknown parameter(s) {', '.join(unknown)}; use since, until,"
+                                                 " limit and format")
+        since = parse_time(q["since"], "since") if "since" in q else None
+        until = parse_time(q["until"], "until") if "until" in q else None
+        if since is not None and until is not None and since > until:
+            raise http_error(web.HTTPBadRequest, f"since ({iso(since)}) is after until ({iso(until)}); swap them")
+        limit = parse_limit(q["limit"]) if "limit" in q else None
+        fmt = q.get("format", "json")
+        if fmt not in ("json", "csv"):
+            raise http_error(web.HTTPBadRequest, f"format={fmt!r} is not served; use format=json or format=csv")
+        rows = await self.engine.candles(instrument, timeframe, since, until,
+                                         MAX_CANDLES + 1 if limit is None else limit)
+        if len(rows) > MAX_CANDLES:
+            raise http_error(web.HTTPBadRequest, f"{instrument} {timeframe} holds more than {MAX_CANDLES} candles"
+                                                 " in that range; narrow it with since and until, or pass"
+                                                 f" limit (up to {MAX_CANDLES}) for the newest ones")
+        forming = [c.open_time for c in rows if not c.closed]
+        headers = {FORMING_HEADER: ",".join(map(str, forming))} if forming else {}
+        if fmt == "csv":
+            return web.Response(text=candles_csv(rows), content_type="text/csv", charset="utf-8",
+                                headers=headers)
+        return _json({"instrument": instrument, "timeframe": timeframe, "columns": COLUMNS,
+                      "candles": [c.row() for c in rows], "forming": forming}, headers=headers)
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return _json(openapi_spec())
+
+    async def docs(self, request: web.Request) -> web.Response:
+        return web.Response(text=docs_html(openapi_spec()), content_type="text/html")
+
+
+def candles_csv(rows: list[Candle]) -> str:
+    """The CLI's CSV: header ``open_time,open,high,low,close,volume,trades``, ISO-8601 UTC times."""
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(COLUMNS)
+    for c in rows:
+        w.writerow([iso(c.open_time), num(c.open), num(c.high), num(c.low), num(c.close), num(c.volume), c.trades])
+    return out.getvalue()
+
+
+def _status_instruments(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    per = status.get("instruments")
+    return per if isinstance(per, dict) else {}
+
+
+#: Engine status keys that describe the venue connection (one venue per engine for now).
+_VENUE_KEYS = ("connected", "connections", "connects", "reconnects", "rotations", "stale_drops",
+               "connect_budget_waits", "rest_requests", "rest_throttled", "rest_server_errors", "rest_limiter_waits")
+
+
+def streaming_status(engine: Engine) -> dict[str, Any]:
+    """``engine.status()`` with a ``venues`` section (connections, reconnects, ...) when it has none."""
+    status = dict(engine.status())
+    if "venues" not in status:
+        venue = engine.settings.venue
+        status["venues"] = {venue: {k: status[k] for k in _VENUE_KEYS if k in status}}
+    return status
+
+
+def add_http_routes(app: web.Application, engine: Engine) -> None:
+    """Add the HTTP endpoints (see :func:`openapi_spec`) serving ``engine`` to ``app``."""
+    r = _Routes(engine)
+    app.router.add_get("/health", r.health)
+    app.router.add_get("/streaming/status", r.status)
+    app.router.add_post("/streaming/start", r.start)
+    app.router.add_post("/streaming/stop", r.stop)
+    app.router.add_get("/instruments", r.instruments)
+    app.router.add_get("/candles/{instrument}/{timeframe}", r.candles)
+    app.router.add_get("/openapi.json", r.openapi)
+    app.router.add_get("/docs", r.docs)
+
+
+# --- OpenAPI ------------------------------------------------------------------------------------
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+_READ_ERRORS = {"401": _err("Token missing or wrong (reads need it when served beyond loopback)"),
+                "403": _err("Served beyond loopback without a token configured")}
+_WRITE_ERRORS = {"400": _err("Bad body: not JSON, or not {\"instruments\": [...]}, or a malformed name"),
+                 "401": _err("Token missing or wrong"),
+                 "403": _err("No token is configured: start with --api-token or DELTAFEED_API_TOKEN"),
+                 "404": _err("An instrument this run does not collect"),
+                 "413": _err(f"Body larger than {MAX_BODY_BYTES} bytes")}
+_INSTRUMENT_LIST = {"type": "array", "items": {"type": "string"}, "examples": [["binance:BTCUSDT"]]}
+
+
+def openapi_spec() -> dict[str, Any]:
+    """The OpenAPI 3.1 description of every HTTP endpoint (the WebSocket ``/ws`` is described in text)."""
+    control_body = {
+        "required": False,
+        "description": "Instruments to act on; no body, or instruments absent or null, means all.",
+        "content": {_JSON: {"schema": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"instruments": {**_INSTRUMENT_LIST, "type": ["array", "null"]}}}}},
+    }
+    control_ok = {"description": "The instruments streaming now",
+                  "content": {_JSON: {"schema": {"type": "object", "required": ["streaming"],
+                                                 "properties": {"streaming": _INSTRUMENT_LIST}}}}}
+    secured: list[dict[str, list[str]]] = [{"bearer": []}, {"query": []}]
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "deltafeed",
+            "version": "0.1.0",
+            "description": (
+                "Candles a deltafeed collector keeps: live and complete. Errors are JSON "
+                "{\"error\": message} naming the problem and the fix. Authentication: a bearer token "
+                "(Authorization: Bearer TOKEN, or ?token=TOKEN). POST endpoints always need it; reads need it "
+                "when the server is bound beyond loopback; /health, /openapi.json and /docs never do. "
+                "Live candles stream over the WebSocket at /ws (see the README)."
+            ),
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "query": {"type": "apiKey", "in": "query", "name": "token"},
+            },
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"],
+                          "properties": {"error": {"type": "string"}}},
+                "Candles": {
+                    "type": "object",
+                    "required": ["instrument", "timeframe", "columns", "candles", "forming"],
+                    "properties": {
+                        "instrument": {"type": "string", "examples": ["binance:BTCUSDT"]},
+                        "timeframe": {"type": "string", "examples": ["1m"]},
+                        "columns": {"type": "array", "items": {"type": "string"}, "const": list(COLUMNS)},
+                        "candles": {
+                            "description": "Oldest first: [open_time epoch ms, open, high, low, close, volume, "
+                                           "trades]. Values are the stored ones, unrounded.",
+                            "type": "array",
+                            "items": {"type": "array", "minItems": 7, "maxItems": 7,
+                                      "prefixItems": [{"type": "integer"}, *[{"type": "number"}] * 5,
+                                                      {"type": "integer"}]},
+                        },
+                        "forming": {
+                            "description": "Open times of the candles in this response that are not final yet: "
+                                           "the one forming now (always the last row) and, rarely, one waiting "
+                                           "for a repair.",
+                            "type": "array", "items": {"type": "integer"},
+                        },
+                    },
+                },
+            },
+        },
+        "paths": {
+            "/health": {"get": {
+                "summary": "Health of the collector (never needs a token)",
+                "security": [],
+                "responses": {
+                    "200": {"description": "Healthy", "content": {_JSON: {"schema": {
+                        "type": "object", "properties": {"status": {"const": "ok"}}}}}},
+                    "503": {"description": "Degraded, with the reasons", "content": {_JSON: {"schema": {
+                        "type": "object", "properties": {"status": {"const": "degraded"},
+                                                         "reasons": {"type": "array", "items": {"type": "string"}}}}}}},
+                },
+            }},
+            "/streaming/status": {"get": {
+                "summary": "Counters of the collector",
+                "description": "Per instrument: streaming, connected, last_message_age_s, messages_per_s, "
+                               "trades, gaps, bootstrapped and repaired (candles fetched over REST to fill "
+                               "holes), ... Per venue (under venues): connected, connections, connects, "
+                               "reconnects, ... Plus the store's and the REST client's counters.",
+                "security": secured,
+                "responses": {
+                    "200": {"description": "Status", "content": {_JSON: {"schema": {
+                        "type": "object", "required": ["instruments", "venues"],
+                        "properties": {
+                            "instruments": {"type": "object", "additionalProperties": {"type": "object"}},
+                            "venues": {"type": "object", "additionalProperties": {"type": "object"}},
+                        }}}}},
+                    **_READ_ERRORS,
+                },
+            }},
+            "/streaming/start": {"post": {
+                "summary": "Start (resume) streaming instruments",
+                "security": secured,
+                "requestBody": control_body,
+                "responses": {"200": control_ok, **_WRITE_ERRORS},
+            }},
+            "/streaming/stop": {"post": {
+                "summary": "Stop streaming instruments (whatever is missed meanwhile is repaired after a start)",
+                "security": secured,
+                "requestBody": control_body,
+                "responses": {"200": control_ok, **_WRITE_ERRORS},
+            }},
+            "/instruments": {"get": {
+                "summary": "The instruments and timeframes this collector serves",
+                "security": secured,
+                "responses": {
+                    "200": {"description": "Instruments", "content": {_JSON: {"schema": {
+                        "type": "object", "required": ["instruments", "timeframes"],
+                        "properties": {
+                            "instruments": {"type": "array", "items": {
+                                "type": "object", "required": ["name", "venue", "symbol", "streaming"],
+                                "properties": {"name": {"type": "string"}, "venue": {"type": "string"},
+                                               "symbol": {"type": "string"}, "streaming": {"type": "boolean"}}}},
+                            "timeframes": {"type": "array", "items": {"type": "string"}},
+                        }}}}},
+                    **_READ_ERRORS,
+                },
+            }},
+            "/candles/{instrument}/{timeframe}": {"get": {
+                "summary": "Candles of one series, oldest first, the forming one included (last)",
+                "description": "From memory when the recent candles cover the range, else from the database. "
+                               f"The {FORMING_HEADER} header lists the open times of the candles not final yet. "
+                               f"At most {MAX_CANDLES} candles: a wider range without limit is refused (400).",
+                "security": secured,
+                "parameters": [
+                    {"name": "instrument", "in": "path", "required": True, "schema": {"type": "string"},
+                     "example": "binance:BTCUSDT"},
+                    {"name": "timeframe", "in": "path", "required": True,
+                     "schema": {"enum": list(TIMEFRAMES)}, "example": "1m"},
+                    {"name": "since", "in": "query", "required": False, "schema": {"type": "string"},
+                     "description": "Earliest open time: epoch ms or ISO-8601 (UTC unless an offset is given)"},
+                    {"name": "until", "in": "query", "required": False, "schema": {"type": "string"},
+                     "description": "Latest open time (inclusive): epoch ms or ISO-8601"},
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_CANDLES},
+                     "description": "Only the newest N candles of the range"},
+                    {"name": "format", "in": "query", "required": False,
+                     "schema": {"enum": ["json", "csv"], "default": "json"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Candles",
+                        "headers": {FORMING_HEADER: {"schema": {"type": "string"},
+                                                     "description": "Open times (ms) of the candles not final yet"}},
+                        "content": {
+                            _JSON: {"schema": {"$ref": "#/components/schemas/Candles"}},
+                            "text/csv": {"schema": {"type": "string"},
+                                         "example": "open_time,open,high,low,close,volume,trades\n"
+                                                    "2026-01-01T00:00:00Z,100.5,101,100,100.75,12.5,42\n"},
+                        },
+                    },
+                    "400": _err("A bad parameter (time, limit, format, malformed name, range too wide)"),
+                    **_READ_ERRORS,
+                    "404": _err("An instrument or timeframe this collector does not serve"),
+                    "503": _err("The database cannot answer now; retry"),
+                },
+            }},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics (text exposition format)",
+                "security": secured,
+                "responses": {"200": {"description": "Metrics",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}},
+                              **_READ_ERRORS},
+            }},
+            "/openapi.json": {"get": {
+                "summary": "This document", "security": [],
+                "responses": {"200": {"description": "OpenAPI 3.1",
+                                      "content": {_JSON: {"schema": {"type": "object"}}}}},
+            }},
+            "/docs": {"get": {
+                "summary": "This document as a readable page", "security": [],
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}},
+            }},
+        },
+    }
+
+
+def docs_html(spec: dict[str, Any]) -> str:
+    """A plain page listing the endpoints (no external scripts: it works offline)."""
+    from html import escape
+
+    items = []
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            params = ", ".join(p["name"] for p in op.get("parameters", []) if p["in"] == "query")
+            extra = f" <small>?{escape(params)}</small>" if params else ""
+            desc = f"<br><small>{escape(op['description'])}</small>" if "description" in op else ""
+            items.append(f"<li><code>{method.upper()} {escape(path)}</code>{extra} — "
+                         f"{escape(op['summary'])}{desc}</li>")
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>deltafeed API</title></head><body>"
+            f"<h1>deltafeed API</h1><p>{escape(spec['info']['description'])}</p><ul>{''.join(items)}</ul>"
+            "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a></p></body></html>")

@@ -1,0 +1,219 @@
+"""Prometheus metrics at ``GET /metrics``, read from the engine at scrape time.
+
+The engine keeps plain integer counters and fixed-bucket histograms (``deltafeed.stats``) that cost a
+field increment or a bisect on the hot path; nothing here runs until Prometheus scrapes. Then
+:class:`EngineCollector` reads ``engine.status()``, ``engine.health()``, the engine's histograms and
+the fan-out hub's counters, and turns them into metric families. Each server has its own
+``CollectorRegistry``, so two servers (or two tests) in one process never share or clash.
+
+Names follow Prometheus' rules: a ``deltafeed_`` prefix, base units (``_seconds``), ``_total`` on
+counters (added by prometheus-client), labels ``instrument`` (``binance:BTCUSDT``) and ``venue``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import utils as _prom_utils
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from deltafeed.stats import Histogram
+
+if TYPE_CHECKING:
+    from deltafeed.engine import Engine
+
+#: How Prometheus writes a bucket bound (``le``): "0.005", "1.0", "+Inf".
+_go_float: Callable[[float], str] = _prom_utils.floatToGoString
+
+# (status key, metric name, help) of per-instrument counters.
+_INSTRUMENT_COUNTERS = (
+    ("trades", "deltafeed_trades", "Trades received from the venue's stream"),
+    ("venue_candles", "deltafeed_venue_candles", "Candle (kline) messages received from the venue's stream"),
+    ("gaps", "deltafeed_gaps", "Holes found in the trade stream (trade ids that jumped)"),
+    ("missed_trades", "deltafeed_missed_trades", "Trades known missing from the stream, by their ids"),
+    ("duplicates", "deltafeed_duplicate_trades", "Trades received twice and counted once"),
+    ("repaired", "deltafeed_candles_backfilled", "Candles fetched again over REST to fill holes"),
+    ("bootstrapped", "deltafeed_candles_bootstrapped", "Candles fetched over REST at start-up"),
+)
+# (status key, metric name, help) of per-venue counters.
+_VENUE_COUNTERS = (
+    ("connects", "deltafeed_connects", "WebSocket connections made to the venue"),
+    ("reconnects", "deltafeed_reconnects", "WebSocket reconnections after a lost connection (rotations excluded)"),
+    ("rotations", "deltafeed_rotations", "Planned connection replacements without a gap"),
+    ("stale_drops", "deltafeed_stale_drops", "Connections dropped because they went silent"),
+    ("connect_budget_waits", "deltafeed_connect_budget_waits", "Connection attempts delayed by the venue's budget"),
+    ("rest_requests", "deltafeed_rest_requests", "REST requests sent to the venue"),
+    ("rest_throttled", "deltafeed_rest_rate_limited", "REST answers 429 or 418 (rate limited) from the venue"),
+    ("rest_limiter_waits", "deltafeed_rest_rate_limit_waits", "REST requests that waited for the rate limiter"),
+    ("rest_server_errors", "deltafeed_rest_server_errors", "REST answers 5xx from the venue"),
+)
+# (status key, metric name, help) of store and repair counters and gauges.
+_STORE_COUNTERS = (
+    ("store_written", "deltafeed_store_written_candles", "Candle rows written to the cold store"),
+    ("store_failures", "deltafeed_store_write_failures", "Failed cold store batch writes (retried)"),
+    ("store_dropped", "deltafeed_store_dropped_updates",
+     "Candle updates not queued because the store backlog was full"),
+    ("audits", "deltafeed_store_audits", "Store audits for holes"),
+    ("audit_gaps", "deltafeed_store_audit_gaps", "Holes found by store audits"),
+)
+_STORE_GAUGES = (
+    ("store_pending", "deltafeed_store_pending_candles", "Candle rows waiting to be written to the cold store"),
+    ("pending_repairs", "deltafeed_pending_repairs", "Ranges of candles waiting to be fetched again over REST"),
+)
+
+
+def _num(value: Any) -> float | None:
+    """A status value as a number, or None when absent or not numeric (bools count as 0/1)."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float):
+        return float(value)
+    return None
+
+
+def _count(value: Any) -> float:
+    """A hub attribute that may be a number or a collection (of clients)."""
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return float(len(value))
+    except TypeError:
+        return 0.0
+
+
+def histogram_family(name: str, documentation: str, hist: Histogram) -> HistogramMetricFamily:
+    """A Prometheus histogram from a :class:`deltafeed.stats.Histogram` (cumulated here, at scrape)."""
+    buckets = [(_go_float(bound), float(n)) for bound, n in hist.cumulative()]
+    return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=hist.sum)
+
+
+class EngineCollector(Collector):
+    """Reads an engine (and the API's fan-out hub) when the registry is collected; holds no state."""
+
+    def __init__(self, engine: Engine, hub: Any = None) -> None:
+        self.engine = engine
+        self.hub = hub
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # nothing to check at registration: the names are fixed and the registry is private
+
+    def collect(self) -> Iterator[Metric]:
+        engine = self.engine
+        status = engine.status()
+        reasons = engine.health()
+
+        healthy = GaugeMetricFamily("deltafeed_healthy", "1 when the collector is healthy (GET /health), else 0")
+        healthy.add_metric([], 0.0 if reasons else 1.0)
+        yield healthy
+        problems = GaugeMetricFamily("deltafeed_health_problems", "Reasons the collector is not healthy")
+        problems.add_metric([], float(len(reasons)))
+        yield problems
+
+        per = status.get("instruments")
+        instruments: dict[str, dict[str, Any]] = per if isinstance(per, dict) else {}
+        for key, name, doc in _INSTRUMENT_COUNTERS:
+            fam = CounterMetricFamily(name, doc, labels=["instrument"])
+            for inst, st in instruments.items():
+                # A counter the status view leaves out is read from the instrument's state.
+                v = _num(st[key] if key in st else getattr(engine.states.get(inst), key, None))
+                if v is not None:
+                    fam.add_metric([inst], v)
+            yield fam
+        for key, name, doc in (
+            ("last_message_age_s", "deltafeed_last_message_age_seconds", "Seconds since the last trade or kline"),
+            ("streaming", "deltafeed_streaming", "1 when the instrument is being streamed"),
+            ("connected", "deltafeed_instrument_connected", "1 when the instrument's stream is connected"),
+        ):
+            gauge = GaugeMetricFamily(name, doc, labels=["instrument"])
+            for inst, st in instruments.items():
+                v = _num(st.get(key))
+                if v is not None:
+                    gauge.add_metric([inst], v)
+            yield gauge
+
+        venues = _venues(status, engine.settings.venue)
+        connected = GaugeMetricFamily("deltafeed_connected", "1 when the venue's stream is connected",
+                                      labels=["venue"])
+        for venue, vs in venues.items():
+            v = _num(vs.get("connected"))
+            if v is not None:
+                connected.add_metric([venue], v)
+        yield connected
+        for key, name, doc in _VENUE_COUNTERS:
+            fam = CounterMetricFamily(name, doc, labels=["venue"])
+            for venue, vs in venues.items():
+                v = _num(vs.get(key))
+                if v is not None:
+                    fam.add_metric([venue], v)
+            yield fam
+        skipped = CounterMetricFamily("deltafeed_skipped_frames", "Frames from the venue skipped, by reason",
+                                      labels=["venue", "reason"])
+        kinds = status.get("skipped_frames")
+        if isinstance(kinds, dict):
+            for reason, n in kinds.items():
+                skipped.add_metric([engine.settings.venue, str(reason)], float(n))
+        yield skipped
+
+        for key, name, doc in _STORE_COUNTERS:
+            fam = CounterMetricFamily(name, doc)
+            v = _num(status.get(key))
+            if v is not None:
+                fam.add_metric([], v)
+            yield fam
+        for key, name, doc in _STORE_GAUGES:
+            gauge = GaugeMetricFamily(name, doc)
+            v = _num(status.get(key))
+            if v is not None:
+                gauge.add_metric([], v)
+            yield gauge
+
+        yield histogram_family("deltafeed_candle_latency_seconds",
+                               "From a candle's end (venue clock) to its write into the cold store",
+                               engine.metrics.candle_latency)
+        yield histogram_family("deltafeed_store_write_seconds", "Duration of one cold store batch write",
+                               engine.metrics.store_write)
+
+        hub = self.hub if self.hub is not None else getattr(engine, "hub", None)
+        clients = GaugeMetricFamily("deltafeed_api_clients", "WebSocket clients connected to the API")
+        dropped = CounterMetricFamily("deltafeed_api_messages_dropped",
+                                      "Messages to API clients dropped (conflated or lost) because a client was slow")
+        slow = CounterMetricFamily("deltafeed_api_slow_clients_disconnected",
+                                   "API clients disconnected for falling too far behind")
+        if hub is not None:
+            clients.add_metric([], _count(getattr(hub, "clients", 0)))
+            dropped.add_metric([], _count(getattr(hub, "dropped", 0)))
+            slow.add_metric([], _count(getattr(hub, "disconnected_slow", 0)))
+        yield clients
+        yield dropped
+        yield slow
+
+
+def _venues(status: dict[str, Any], venue: str) -> dict[str, dict[str, Any]]:
+    """Per-venue counters: the status' ``venues`` section, or its top-level keys (one venue)."""
+    per = status.get("venues")
+    if isinstance(per, dict):
+        return per
+    return {venue: status}
+
+
+def make_registry(engine: Engine, hub: Any = None) -> CollectorRegistry:
+    """A private registry holding only the engine's collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(EngineCollector(engine, hub))
+    return registry
+
+
+def add_metrics_route(app: web.Application, engine: Engine, hub: Any = None) -> CollectorRegistry:
+    """Serve ``GET /metrics`` (Prometheus text, or OpenMetrics when the scraper asks for it)."""
+    registry = make_registry(engine, hub)
+
+    async def metrics(request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
+
+    app.router.add_get("/metrics", metrics)
+    return registry

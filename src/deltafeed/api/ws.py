@@ -1,0 +1,230 @@
+"""WebSocket endpoints over the fan-out hub: one instrument, several, or subscribe ops.
+
+- ``/ws/{instrument}``: everything for that instrument: trades, price updates, candles of every
+  timeframe.
+- ``/ws/multi/{i1},{i2},...``: the same for several instruments.
+- ``/ws``: nothing until the client sends ops (JSON text frames):
+
+  - ``{"op":"subscribe","instrument":"binance:BTCUSDT","timeframe":"1m","snapshot":100}``: a
+    ``subscribed`` reply, the last ``snapshot`` candles (0 to 1000, default 0) as candle messages
+    oldest first, then live updates of that timeframe, with no gap and no duplicate in between.
+    Without ``timeframe``: candles of every timeframe (the snapshot per timeframe) and price updates.
+  - ``{"op":"subscribe_trades","instrument":...}``: that instrument's trades.
+  - ``{"op":"unsubscribe","instrument":...,"timeframe":...}`` and
+    ``{"op":"unsubscribe_trades","instrument":...}`` undo them (``unsubscribed`` reply).
+
+  Ops work on the path endpoints too. A bad op gets ``{"type":"error","message":...}`` naming the
+  problem and the fix, and the connection stays open.
+
+Every client also gets a heartbeat every few seconds, and a ping every :data:`PING_EVERY_S`.
+Before the upgrade, a malformed instrument name is refused with HTTP 400, an instrument not served
+here with 404, and a full server (``max_clients``) with 503, each as ``{"error": "..."}``. An
+inbound message over ``max_msg_size`` bytes closes the connection with code 1009. Authentication is
+the application's middleware's business, not this module's.
+
+Data frames are written by the hub's sender tasks straight to the transport, pre-framed and in
+batches (one write for many messages); that is why compression is off (every client must be able to
+take the same bytes). aiohttp still does the handshake, pings, pongs and close frames; they go out
+between whole frames, as everything is written from the one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import msgspec
+from aiohttp import WSMsgType, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.web_protocol import RequestHandler
+
+from deltafeed.api.hub import Client, ErrorMsg, Hub, HubFull, UnknownInstrument
+from deltafeed.model import BadInput
+
+log = logging.getLogger("deltafeed.api.ws")
+
+MAX_MSG_SIZE = 4096  # bytes of one inbound message; ops are tiny
+PING_EVERY_S = 20.0  # a client that answers no ping within half of this is dropped
+CLOSE_GRACE_S = 5.0  # how long a closed connection may take to flush before its socket is dropped
+EXAMPLE = '{"op":"subscribe","instrument":"binance:BTCUSDT","timeframe":"1m","snapshot":100}'
+OPS = ("subscribe", "unsubscribe", "subscribe_trades", "unsubscribe_trades")
+
+
+class _Op(msgspec.Struct, forbid_unknown_fields=True):
+    op: str
+    instrument: str | None = None
+    timeframe: str | None = None
+    snapshot: int = 0
+
+
+_decode_op = msgspec.json.Decoder(_Op).decode
+
+
+class WsSink:
+    """An upgraded aiohttp connection as the hub's :class:`~deltafeed.api.hub.Sink`."""
+
+    __slots__ = ("_grace_s", "_protocol", "_transport", "_writer", "_ws")
+
+    def __init__(self, ws: web.WebSocketResponse, writer: AbstractStreamWriter, transport: asyncio.Transport,
+                 protocol: RequestHandler, grace_s: float) -> None:
+        self._ws = ws
+        self._writer = writer
+        self._transport = transport
+        self._protocol = protocol
+        self._grace_s = grace_s
+
+    def write(self, data: bytes) -> None:
+        if self._ws.closed or self._transport.is_closing():
+            raise ConnectionResetError("the connection is closed")
+        self._transport.write(data)
+
+    @property
+    def paused(self) -> bool:
+        return self._protocol.writing_paused
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+    async def close(self, code: int, reason: str) -> None:
+        transport = self._transport
+        try:
+            await asyncio.wait_for(self._ws.close(code=code, message=reason.encode()[:123], drain=False),
+                                   self._grace_s)
+        finally:
+            # The close frame sits behind whatever the client has not read yet. A client that reads
+            # gets it within the grace time; one that does not loses its socket then.
+            asyncio.get_running_loop().call_later(self._grace_s, transport.abort)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _refusal(exc: BadInput) -> web.Response:
+    """400 for a malformed instrument name, 404 for one not served here."""
+    return _error(404 if isinstance(exc, UnknownInstrument) else 400, str(exc))
+
+
+class _Endpoints:
+    def __init__(self, hub: Hub, max_msg_size: int, send_buffer: int | None, close_grace_s: float) -> None:
+        self.hub = hub
+        self.max_msg_size = max_msg_size
+        self.send_buffer = send_buffer
+        self.close_grace_s = close_grace_s
+
+    async def one(self, request: web.Request) -> web.StreamResponse:
+        try:
+            name = self.hub.check_instrument(request.match_info["instrument"])
+        except BadInput as exc:
+            return _refusal(exc)
+        return await self._serve(request, [name])
+
+    async def multi(self, request: web.Request) -> web.StreamResponse:
+        raw = [n.strip() for n in request.match_info["instruments"].split(",") if n.strip()]
+        if not raw:
+            return _error(400, "no instruments given; write them as /ws/multi/binance:BTCUSDT,binance:ETHUSDT")
+        try:
+            names = list(dict.fromkeys(self.hub.check_instrument(n) for n in raw))
+        except BadInput as exc:
+            return _refusal(exc)
+        if len(names) > self.hub.max_subscriptions:
+            return _error(400, f"{len(names)} instruments exceed the {self.hub.max_subscriptions} subscriptions "
+                               "one connection may hold; split them over several connections")
+        return await self._serve(request, names)
+
+    async def ops(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, [])
+
+    async def _serve(self, request: web.Request, instruments: list[str]) -> web.StreamResponse:
+        hub = self.hub
+        ws = web.WebSocketResponse(compress=False, max_msg_size=self.max_msg_size, heartbeat=PING_EVERY_S,
+                                   timeout=self.close_grace_s)
+        if not ws.can_prepare(request).ok:
+            return _error(400, f"{request.path} is a WebSocket endpoint; connect with a WebSocket client")
+        try:
+            client = hub.open_client(f"{request.remote}:{id(ws):x}")
+        except HubFull as exc:
+            return _error(503, str(exc))
+        try:
+            # Subscribed before the handshake completes: whatever is published after the client sees
+            # its upgrade is queued for it (and sent once the sender starts).
+            for name in instruments:
+                hub.subscribe_all(client, name)
+            writer = await ws.prepare(request)
+            transport = request.transport
+            if transport is None:
+                return ws
+            if self.send_buffer:
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
+            hub.start(client, WsSink(ws, writer, transport, request.protocol, self.close_grace_s))
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    self._on_text(client, msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    hub.send(client, ErrorMsg(f"binary messages are not understood; send JSON text, e.g. {EXAMPLE}"))
+                elif msg.type == WSMsgType.ERROR:
+                    break  # aiohttp has closed it (1009 for a message too big, 1007 for bad UTF-8, ...)
+        finally:
+            await hub.detach(client)
+        return ws
+
+    def _on_text(self, c: Client, text: str) -> None:
+        """Apply one op. Synchronous on purpose: a subscription's snapshot and registration must not
+        be split by an await (see :meth:`Hub.subscribe`)."""
+        hub = self.hub
+        try:
+            op = _decode_op(text)
+        except msgspec.DecodeError as exc:
+            clip = text if len(text) <= 80 else text[:77] + "..."
+            hub.send(c, ErrorMsg(f"cannot read {clip!r} ({exc}); send JSON like {EXAMPLE}"))
+            return
+        try:
+            if op.op not in OPS:
+                raise BadInput(f"unknown op {op.op!r}; use one of {', '.join(OPS)}, e.g. {EXAMPLE}")
+            if op.instrument is None:
+                raise BadInput(f"{op.op} needs an instrument, e.g. {EXAMPLE}")
+            name = hub.check_instrument(op.instrument)
+            timeframe = None if op.timeframe is None else hub.check_timeframe(op.timeframe)
+            if op.op == "subscribe":
+                hub.subscribe(c, name, timeframe, op.snapshot)
+                return
+            if op.snapshot:
+                raise BadInput(f"snapshot only goes with subscribe, not {op.op}")
+            if op.op == "unsubscribe":
+                hub.unsubscribe(c, name, timeframe)
+                return
+            if timeframe is not None:
+                raise BadInput(f"trades have no timeframe; send {op.op} with an instrument only")
+            if op.op == "subscribe_trades":
+                hub.subscribe_trades(c, name)
+            else:
+                hub.unsubscribe(c, name, None, trades=True)
+        except BadInput as exc:
+            hub.send(c, ErrorMsg(str(exc)))
+        except Exception:
+            log.exception("op %r from %s failed", text, c.name)
+            hub.send(c, ErrorMsg("internal error while applying this op; it was logged, please report it"))
+
+
+def add_ws_routes(app: web.Application, hub: Hub, *, max_msg_size: int = MAX_MSG_SIZE,
+                  send_buffer: int | None = None, close_grace_s: float = CLOSE_GRACE_S) -> None:
+    """Serve ``/ws``, ``/ws/{instrument}`` and ``/ws/multi/{i1},{i2},...`` from ``hub`` on ``app``.
+
+    ``send_buffer`` caps each client socket's kernel send buffer (SO_SNDBUF, bytes). By default the
+    kernel sizes it, up to megabytes per client on Linux, which a client that stopped reading fills
+    before the hub even sees it fall behind; a cap makes slow clients visible sooner and bounds
+    kernel memory, at the cost of throughput to clients far away. The application's shutdown closes
+    every client with code 1001.
+    """
+    ep = _Endpoints(hub, max_msg_size, send_buffer, close_grace_s)
+    app.router.add_get("/ws", ep.ops)
+    app.router.add_get("/ws/multi/{instruments}", ep.multi)
+    app.router.add_get("/ws/{instrument}", ep.one)
+
+    async def close_clients(app: web.Application) -> None:
+        await hub.close()
+
+    app.on_shutdown.append(close_clients)

@@ -1,0 +1,404 @@
+"""A Python client for a deltafeed server: history over HTTP, live candles over WebSocket.
+
+::
+
+    from deltafeed import Client
+
+    async with Client("http://127.0.0.1:8080", token=None) as df:
+        rows = await df.fetch_ohlcv("binance:BTCUSDT", "1m", limit=500)   # [[ms, o, h, l, c, v], ...]
+        frame = df.to_dataframe(rows)                                      # needs pandas
+        async for ms, o, h, l, c, v in df.watch_ohlcv("binance:BTCUSDT", "1m"):
+            ...
+
+Rows follow ccxt's ``fetch_ohlcv``/``watch_ohlcv``: ``[open_time_ms, open, high, low, close, volume]``,
+six columns, oldest first, the forming candle included (last). :meth:`Client.fetch_candles` and
+:meth:`Client.watch_candles` give :class:`deltafeed.model.Candle` objects instead, with the number of
+trades and whether each candle is final.
+
+A watch survives the server going away: it reconnects by itself (exponential backoff with jitter) and
+resumes where it stopped, without a gap and without a duplicate. On reconnect it asks for a snapshot
+deep enough to cover the outage, computed from the last candle it yielded and the venue's clock (from
+``/streaming/status``); whatever a snapshot cannot reach (an outage longer than the server keeps in
+memory) is fetched over HTTP first. Updates of a candle older than the last one yielded are skipped,
+except a correction of a final candle already yielded (the server repaired it from the venue's
+history): that is yielded again, with ``closed`` true and the venue's values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import importlib
+import logging
+import random
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from deltafeed.model import TIMEFRAMES, Candle
+
+log = logging.getLogger("deltafeed.client")
+
+#: Most candles the server sends as a subscription's snapshot.
+MAX_SNAPSHOT = 1000
+
+_WHEN = int | str | dt.datetime
+
+
+class ApiError(Exception):
+    """The server refused a request; ``status`` is the HTTP status (or 0 for a WebSocket error message)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{message} (HTTP {status})" if status else message)
+        self.status = status
+        self.message = message
+
+
+# --- what the WebSocket sends (see deltafeed.api.hub for the server's side) ------------------------
+
+
+class _CandleData(msgspec.Struct):
+    timeframe: str
+    open_time: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    trades: int
+    closed: bool
+
+
+class _CandleMsg(msgspec.Struct, tag_field="type", tag="candle"):
+    instrument: str
+    timestamp: int
+    data: _CandleData
+
+
+class _Subscribed(msgspec.Struct, tag_field="type", tag="subscribed"):
+    op: str
+    instrument: str
+    timeframe: str | None = None
+    snapshot: int = 0
+
+
+class _Error(msgspec.Struct, tag_field="type", tag="error"):
+    message: str
+
+
+#: Candle messages, subscription replies and errors; other types (heartbeats, prices, trades) fail to
+#: decode as these and are skipped, so a newer server with new message types does not break a watch.
+_decode_ws = msgspec.json.Decoder(_CandleMsg | _Subscribed | _Error).decode
+
+
+def _ms(value: _WHEN | None, name: str) -> int | None:
+    """Epoch ms from ms, an ISO-8601 string (UTC unless it says otherwise) or a datetime."""
+    if value is None or isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{name}={value!r} is not an ISO-8601 time; write e.g. 2026-01-01T00:00:00Z") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return int(value.timestamp() * 1000)
+
+
+def _tf_ms(timeframe: str) -> int:
+    try:
+        return TIMEFRAMES[timeframe]
+    except KeyError:
+        raise ValueError(f"unknown timeframe {timeframe!r}; use one of {' '.join(TIMEFRAMES)}") from None
+
+
+def ohlcv(c: Candle) -> list[float]:
+    """A candle as a ccxt row ``[open_time_ms, open, high, low, close, volume]``."""
+    return [c.open_time, c.open, c.high, c.low, c.close, c.volume]
+
+
+class Client:
+    """An asyncio client of one deltafeed server (``base_url`` like ``http://127.0.0.1:8080``).
+
+    Use it as ``async with Client(...) as df:``, or call :meth:`close` when done. ``token`` is the
+    server's API token, sent as a bearer header (needed for the POST endpoints, and for everything
+    when the server is reachable beyond its own machine). ``timeout_s`` bounds each HTTP request;
+    ``reconnect_max_s`` is the longest wait between two reconnection attempts of a watch.
+    """
+
+    def __init__(self, base_url: str, token: str | None = None, *, timeout_s: float = 30.0,
+                 reconnect_max_s: float = 5.0) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url {base_url!r} must start with http:// or https://, e.g. http://127.0.0.1:8080")
+        self.base_url = base_url.rstrip("/")
+        self.token = token or None
+        self.timeout_s = timeout_s
+        self.reconnect_max_s = reconnect_max_s
+        #: Times a watch lost its connection and subscribed again.
+        self.reconnects = 0
+        #: Candles resumed watches fetched over HTTP, where the snapshot could not reach back.
+        self.resumed_over_http = 0
+        self._session: aiohttp.ClientSession | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Client:
+        self._http()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+            self._session = aiohttp.ClientSession(headers=headers,
+                                                  timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+        return self._session
+
+    # --- HTTP -----------------------------------------------------------------------------------
+
+    async def _request(self, method: str, path: str, *, params: dict[str, str] | None = None,
+                       json: object = None, ok: tuple[int, ...] = (200,)) -> Any:
+        async with self._http().request(method, self.base_url + path, params=params, json=json) as resp:
+            body = await resp.read()
+            try:
+                doc = msgspec.json.decode(body)
+            except msgspec.DecodeError:
+                doc = None
+            if resp.status not in ok:
+                message = doc.get("error") if isinstance(doc, dict) else None
+                raise ApiError(resp.status, str(message or body[:200].decode(errors="replace") or resp.reason))
+            return doc
+
+    async def fetch_candles(self, instrument: str, timeframe: str, since: _WHEN | None = None,
+                            until: _WHEN | None = None, limit: int | None = None) -> list[Candle]:
+        """Candles of one series, oldest first, the forming one included (last, ``closed`` False).
+
+        ``since``/``until`` bound the open times (inclusive; epoch ms, ISO-8601 or datetime). As in
+        ccxt, ``limit`` with ``since`` means the first ``limit`` candles from ``since``; ``limit``
+        alone (or with ``until``) means the newest ``limit``.
+        """
+        tf_ms = _tf_ms(timeframe)
+        lo, hi = _ms(since, "since"), _ms(until, "until")
+        if limit is not None and lo is not None and hi is None:
+            # The server keeps the newest `limit` of a range; a range of exactly `limit` candle
+            # slots starting at `since` makes that the first `limit` from `since`.
+            first = -(-lo // tf_ms) * tf_ms
+            hi = first + limit * tf_ms - 1
+        params = {"format": "json"}
+        for key, value in (("since", lo), ("until", hi), ("limit", limit)):
+            if value is not None:
+                params[key] = str(value)
+        doc = await self._request("GET", f"/candles/{instrument}/{timeframe}", params=params)
+        forming = set(doc.get("forming", ()))
+        return [Candle(int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5]), int(r[6]),
+                       int(r[0]) not in forming) for r in doc["candles"]]
+
+    async def fetch_ohlcv(self, instrument: str, timeframe: str, since: _WHEN | None = None,
+                          until: _WHEN | None = None, limit: int | None = None) -> list[list[float]]:
+        """Like ccxt's ``fetch_ohlcv``: ``[[open_time_ms, open, high, low, close, volume], ...]``.
+
+        Oldest first, the forming candle included (last); see :meth:`fetch_candles` for the bounds.
+        """
+        return [ohlcv(c) for c in await self.fetch_candles(instrument, timeframe, since, until, limit)]
+
+    async def status(self) -> dict[str, Any]:
+        """The server's ``/streaming/status``: counters per instrument and per venue."""
+        doc: dict[str, Any] = await self._request("GET", "/streaming/status")
+        return doc
+
+    async def health(self) -> dict[str, Any]:
+        """``{"status": "ok"}``, or ``{"status": "degraded", "reasons": [...]}`` (not an error)."""
+        doc: dict[str, Any] = await self._request("GET", "/health", ok=(200, 503))
+        return doc
+
+    async def instruments(self) -> dict[str, Any]:
+        """``{"instruments": [{"name", "venue", "symbol", "streaming"}, ...], "timeframes": [...]}``."""
+        doc: dict[str, Any] = await self._request("GET", "/instruments")
+        return doc
+
+    async def start_streaming(self, instruments: list[str] | None = None) -> list[str]:
+        """Start streaming ``instruments`` (all when None); returns those streaming now. Needs the token."""
+        body = None if instruments is None else {"instruments": instruments}
+        doc = await self._request("POST", "/streaming/start", json=body)
+        return list(doc["streaming"])
+
+    async def stop_streaming(self, instruments: list[str] | None = None) -> list[str]:
+        """Stop streaming ``instruments`` (all when None); returns those still streaming. Needs the token."""
+        body = None if instruments is None else {"instruments": instruments}
+        doc = await self._request("POST", "/streaming/stop", json=body)
+        return list(doc["streaming"])
+
+    # --- WebSocket ------------------------------------------------------------------------------
+
+    async def watch_ohlcv(self, instrument: str, timeframe: str, *, snapshot: int = 1) -> AsyncIterator[list[float]]:
+        """Every update of the series as a ccxt row ``[open_time_ms, open, high, low, close, volume]``.
+
+        The forming candle comes again each time it changes; a row with a newer open time means the
+        previous candle is final (its last row was its final state). The first ``snapshot`` rows are
+        the newest candles the server holds (default 1: the forming one). Reconnects by itself; see
+        the module docstring.
+        """
+        async for c in self.watch_candles(instrument, timeframe, snapshot=snapshot):
+            yield ohlcv(c)
+
+    async def watch_candles(self, instrument: str, timeframe: str, *, snapshot: int = 1,
+                            closed_only: bool = False) -> AsyncIterator[Candle]:
+        """Every update of the series as a :class:`Candle` (``closed`` tells a final one), in order.
+
+        With ``closed_only``, only final candles: each open time once, consecutive, with no gap
+        across reconnections; a final candle comes again only as a correction (the server repaired it
+        from the venue's history). ``snapshot`` (0 to 1000) is how many of the newest candles to start
+        with. Raises :class:`ApiError` for what retrying cannot fix (a bad name, a refused token).
+        """
+        tf_ms = _tf_ms(timeframe)
+        if not 0 <= snapshot <= MAX_SNAPSHOT:
+            raise ValueError(f"snapshot must be between 0 and {MAX_SNAPSHOT}, got {snapshot}")
+        seen = _Progress()  # the newest candle yielded, and the final ones (for corrections)
+        delay = 0.0
+        subscribed_before = False
+        while True:
+            try:
+                last = seen.last
+                want = snapshot if last is None else await self._resume_depth(last, tf_ms)
+                async with self._http().ws_connect(self.base_url + "/ws", heartbeat=10.0,
+                                                   timeout=aiohttp.ClientWSTimeout(ws_close=2.0)) as ws:
+                    await ws.send_str(msgspec.json.encode({"op": "subscribe", "instrument": instrument,
+                                                           "timeframe": timeframe, "snapshot": want}).decode())
+                    first = True
+                    while True:
+                        msg = await ws.receive(timeout=30.0)
+                        if msg.type != aiohttp.WSMsgType.TEXT:
+                            break  # closed (the server going away, or too slow a reader): reconnect
+                        try:
+                            m = _decode_ws(msg.data)
+                        except msgspec.ValidationError:
+                            continue  # heartbeats, prices, ...: not for a candle watch
+                        if type(m) is _Error:
+                            raise ApiError(0, m.message)
+                        if type(m) is _Subscribed:
+                            delay = 0.0  # a working connection: the next outage starts from short waits
+                            if subscribed_before:
+                                self.reconnects += 1
+                            subscribed_before = True
+                            continue
+                        if type(m) is not _CandleMsg or m.data.timeframe != timeframe:
+                            continue
+                        d = m.data
+                        c = Candle(d.open_time, d.open, d.high, d.low, d.close, d.volume, d.trades, d.closed)
+                        if first:
+                            first = False
+                            # The snapshot should reach back to `last`; when the outage outlasted
+                            # what the server keeps in memory, the rest comes over HTTP.
+                            need = None if last is None else last.open_time + (tf_ms if last.closed else 0)
+                            if need is not None and c.open_time > need:
+                                missed = await self.fetch_candles(instrument, timeframe, need, c.open_time - 1)
+                                log.debug("resuming %s %s: %d candles over HTTP", instrument, timeframe, len(missed))
+                                self.resumed_over_http += len(missed)
+                                for h in missed:
+                                    if seen.take(h) and (h.closed or not closed_only):
+                                        yield h
+                        if seen.take(c) and (c.closed or not closed_only):
+                            yield c
+            except ApiError:
+                raise
+            except aiohttp.WSServerHandshakeError as exc:
+                if exc.status in (400, 401, 403, 404):
+                    raise ApiError(exc.status, f"the server refused the WebSocket: {exc.message}") from None
+                log.info("WebSocket refused (%s); retrying", exc.status)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                log.info("lost %s (%s); reconnecting", self.base_url, exc or type(exc).__name__)
+            # Exponential backoff with full jitter, reset once a subscription succeeds.
+            delay = min(self.reconnect_max_s, max(0.1, delay * 2))
+            await asyncio.sleep(random.uniform(0, delay))
+
+    async def _resume_depth(self, last: Candle, tf_ms: int) -> int:
+        """How many candles a snapshot needs to reach back to ``last``: the candles between it and
+        the venue's clock now, plus two for the one forming and rounding."""
+        try:
+            now = int((await self.status())["venue_time_ms"])
+        except (ApiError, KeyError, TypeError, ValueError):
+            return MAX_SNAPSHOT  # no venue clock to go by: as deep as the server goes, HTTP for the rest
+        return max(2, min(MAX_SNAPSHOT, (now - last.open_time) // tf_ms + 2))
+
+    # --- pandas ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def to_dataframe(rows: Sequence[Sequence[float] | Candle]) -> Any:
+        """See :func:`to_dataframe`."""
+        return to_dataframe(rows)
+
+
+class _Progress:
+    """What a watch has yielded: the newest candle, and recent final candles by open time."""
+
+    KEEP = 4096
+
+    def __init__(self) -> None:
+        self.last: Candle | None = None
+        self.finals: dict[int, Candle] = {}
+
+    def take(self, c: Candle) -> bool:
+        """Record ``c`` and say whether it is news: a later candle, an update of the forming one,
+        or a correction of a final candle yielded before (a repair on the server's side)."""
+        if _newer(c, self.last):
+            self.last = c
+        elif c.closed and self.finals.get(c.open_time, c) != c:
+            if self.last is not None and c.open_time == self.last.open_time:
+                self.last = c
+        else:
+            return False
+        if c.closed:
+            self.finals[c.open_time] = c
+            if len(self.finals) > self.KEEP:
+                del self.finals[next(iter(self.finals))]
+        return True
+
+
+def _newer(c: Candle, last: Candle | None) -> bool:
+    """True when ``c`` is news after ``last``: a later candle, or a change of the same one that is
+    not already final."""
+    if last is None or c.open_time > last.open_time:
+        return True
+    return c.open_time == last.open_time and not last.closed
+
+
+def to_dataframe(rows: Sequence[Sequence[float] | Candle]) -> Any:
+    """A pandas DataFrame of candles, indexed by open time (UTC timestamps, named ``open_time``).
+
+    ``rows`` are ccxt rows (6 columns), rows with ``trades`` (7 columns, as the HTTP API sends), or
+    :class:`Candle` objects (which add ``trades`` and ``closed``). Needs pandas:
+    ``pip install 'deltafeed[pandas]'``.
+    """
+    try:
+        # Imported by name: pandas is optional, and typed here as Any (no pandas-stubs needed).
+        pd: Any = importlib.import_module("pandas")
+    except ImportError:
+        raise ImportError("to_dataframe needs pandas; install it with pip install 'deltafeed[pandas]'"
+                          " (or pip install pandas)") from None
+    columns = ["open", "high", "low", "close", "volume"]
+    records: list[Sequence[Any]]
+    if rows and isinstance(rows[0], Candle):
+        columns += ["trades", "closed"]
+        records = [(c.open_time, c.open, c.high, c.low, c.close, c.volume, c.trades, c.closed)
+                   for c in rows if isinstance(c, Candle)]
+    else:
+        records = [r for r in rows if not isinstance(r, Candle)]
+        width = len(records[0]) if records else 6
+        if width not in (6, 7):
+            raise ValueError(f"rows have {width} columns; expected [ms, open, high, low, close, volume(, trades)]")
+        if width == 7:
+            columns.append("trades")
+    frame = pd.DataFrame.from_records(records, columns=["open_time", *columns])
+    frame["open_time"] = pd.to_datetime(frame["open_time"].astype("int64"), unit="ms", utc=True)
+    return frame.set_index("open_time")
