@@ -245,7 +245,7 @@ class _Routes:
             return web.Response(text=candles_csv(rows), content_type="text/csv", charset="utf-8",
                                 headers=headers)
         return _json({"instrument": instrument, "timeframe": timeframe, "columns": COLUMNS,
-                      "candles": [c.row() for c in rows], "forming": forming}, headers=headers)
+                      "candles": [_json_row(c) for c in rows], "forming": forming}, headers=headers)
 
     async def openapi(self, request: web.Request) -> web.Response:
         return _json(openapi_spec())
@@ -504,3 +504,9 @@ def docs_html(spec: dict[str, Any]) -> str:
     return ("<!doctype html><html><head><meta charset='utf-8'><title>deltafeed API</title></head><body>"
             f"<h1>deltafeed API</h1><p>{escape(spec['info']['description'])}</p><ul>{''.join(items)}</ul>"
             "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a></p></body></html>")
+
+
+def _json_row(c: Candle) -> list[float | int]:
+    """``[open_time_ms, o, h, l, c, volume, trades]``, volume at the venue's 8 decimals (sums of
+    floats carry noise past that, as in ``deltafeed candles --format json``)."""
+    return [c.open_time, c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades]
