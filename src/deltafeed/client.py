@@ -38,6 +38,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from deltafeed.api.hub import CandleMsg, ErrorMsg, Subscribed  # the server's own message types
 from deltafeed.model import TIMEFRAMES, Candle
 
 log = logging.getLogger("deltafeed.client")
@@ -60,38 +61,9 @@ class ApiError(Exception):
 # --- what the WebSocket sends (see deltafeed.api.hub for the server's side) ------------------------
 
 
-class _CandleData(msgspec.Struct):
-    timeframe: str
-    open_time: int
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: float
-    trades: int
-    closed: bool
-
-
-class _CandleMsg(msgspec.Struct, tag_field="type", tag="candle"):
-    instrument: str
-    timestamp: int
-    data: _CandleData
-
-
-class _Subscribed(msgspec.Struct, tag_field="type", tag="subscribed"):
-    op: str
-    instrument: str
-    timeframe: str | None = None
-    snapshot: int = 0
-
-
-class _Error(msgspec.Struct, tag_field="type", tag="error"):
-    message: str
-
-
 #: Candle messages, subscription replies and errors; other types (heartbeats, prices, trades) fail to
 #: decode as these and are skipped, so a newer server with new message types does not break a watch.
-_decode_ws = msgspec.json.Decoder(_CandleMsg | _Subscribed | _Error).decode
+_decode_ws = msgspec.json.Decoder(CandleMsg | Subscribed | ErrorMsg).decode
 
 
 def _ms(value: _WHEN | None, name: str) -> int | None:
@@ -284,15 +256,15 @@ class Client:
                             m = _decode_ws(msg.data)
                         except msgspec.ValidationError:
                             continue  # heartbeats, prices, ...: not for a candle watch
-                        if type(m) is _Error:
+                        if type(m) is ErrorMsg:
                             raise ApiError(0, m.message)
-                        if type(m) is _Subscribed:
+                        if type(m) is Subscribed:
                             delay = 0.0  # a working connection: the next outage starts from short waits
                             if subscribed_before:
                                 self.reconnects += 1
                             subscribed_before = True
                             continue
-                        if type(m) is not _CandleMsg or m.data.timeframe != timeframe:
+                        if type(m) is not CandleMsg or m.data.timeframe != timeframe:
                             continue
                         d = m.data
                         c = Candle(d.open_time, d.open, d.high, d.low, d.close, d.volume, d.trades, d.closed)

@@ -52,6 +52,7 @@ import msgspec
 
 from deltafeed.clock import Clock, LiveClock
 from deltafeed.model import TIMEFRAMES, BadInput, Candle, Instrument, Trade
+from deltafeed.net.frames import text_frame
 
 log = logging.getLogger("deltafeed.api.hub")
 
@@ -151,22 +152,6 @@ class ErrorMsg(msgspec.Struct, tag_field="type", tag="error"):
 ServerMessage = CandleMsg | TradeMsg | PriceMsg | HeartbeatMsg | Subscribed | Unsubscribed | ErrorMsg
 
 _encode = msgspec.json.Encoder().encode
-_HEADERS: dict[int, bytes] = {}
-
-
-def text_frame(payload: bytes) -> bytes:
-    """``payload`` as one unmasked, final WebSocket text frame (what a server sends)."""
-    n = len(payload)
-    h = _HEADERS.get(n)
-    if h is None:
-        if n < 126:
-            h = bytes((0x81, n))
-        elif n < 65536:
-            h = b"\x81\x7e" + n.to_bytes(2, "big")
-        else:
-            return b"\x81\x7f" + n.to_bytes(8, "big") + payload
-        _HEADERS[n] = h
-    return h + payload
 
 
 def encode_frame(msg: msgspec.Struct) -> bytes:

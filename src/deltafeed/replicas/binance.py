@@ -45,6 +45,7 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from deltafeed.model import BadInput, Candle
+from deltafeed.net.frames import text_header
 from deltafeed.replicas.faults import MESSAGE_KINDS, FaultSchedule, apply_message_fault, parse_faults
 from deltafeed.replicas.sim import Grid, KlineTable, MarketClock, MarketSim, TradeBatch
 from deltafeed.venues.binance import (
@@ -78,26 +79,11 @@ _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST,
 
 # --- frames --------------------------------------------------------------------------------------
 
-_HEADERS: dict[int, bytes] = {}
-
-
-def _text_header(n: int) -> bytes:
-    """Header of an unmasked, final text frame (server to client) carrying ``n`` bytes."""
-    h = _HEADERS.get(n)
-    if h is None:
-        if n < 126:
-            h = bytes((0x81, n))
-        elif n < 65536:
-            h = b"\x81\x7e" + n.to_bytes(2, "big")
-        else:
-            return b"\x81\x7f" + n.to_bytes(8, "big")
-        _HEADERS[n] = h
-    return h
 
 
 def text_frames(payloads: Iterable[bytes]) -> bytes:
     """Whole WebSocket text frames for ``payloads``, concatenated."""
-    hdr = _text_header
+    hdr = text_header
     return b"".join([hdr(len(p)) + p for p in payloads])
 
 
