@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import msgspec
 
 from deltafeed import config
-from deltafeed.model import BadInput, Candle, Instrument, parse_duration_ms, parse_timeframes
+from deltafeed.model import BadInput, Candle, Instrument, parse_duration_ms, parse_timeframes, time_ms
 
 log = logging.getLogger("deltafeed")
 
@@ -254,12 +254,9 @@ def _parse_time(text: str | None, flag: str) -> int | None:
     if text is None:
         return None
     try:
-        t = dt.datetime.fromisoformat(text)
+        return time_ms(text)
     except ValueError:
         raise BadInput(f"{flag} {text!r} is not an ISO-8601 time; write e.g. 2026-11-21T08:00:00Z") from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.UTC)
-    return int(t.timestamp() * 1000)
 
 
 def iso(ms: int) -> str:

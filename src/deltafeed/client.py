@@ -39,7 +39,7 @@ import aiohttp
 import msgspec
 
 from deltafeed.api.hub import CandleMsg, ErrorMsg, Subscribed  # the server's own message types
-from deltafeed.model import TIMEFRAMES, Candle
+from deltafeed.model import Candle, time_ms, timeframe_ms
 
 log = logging.getLogger("deltafeed.client")
 
@@ -70,21 +70,10 @@ def _ms(value: _WHEN | None, name: str) -> int | None:
     """Epoch ms from ms, an ISO-8601 string (UTC unless it says otherwise) or a datetime."""
     if value is None or isinstance(value, int):
         return value
-    if isinstance(value, str):
-        try:
-            value = dt.datetime.fromisoformat(value)
-        except ValueError:
-            raise ValueError(f"{name}={value!r} is not an ISO-8601 time; write e.g. 2026-01-01T00:00:00Z") from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return int(value.timestamp() * 1000)
-
-
-def _tf_ms(timeframe: str) -> int:
     try:
-        return TIMEFRAMES[timeframe]
-    except KeyError:
-        raise ValueError(f"unknown timeframe {timeframe!r}; use one of {' '.join(TIMEFRAMES)}") from None
+        return time_ms(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not an ISO-8601 time; write e.g. 2026-01-01T00:00:00Z") from None
 
 
 def ohlcv(c: Candle) -> list[float]:
@@ -160,7 +149,7 @@ class Client:
         ccxt, ``limit`` with ``since`` means the first ``limit`` candles from ``since``; ``limit``
         alone (or with ``until``) means the newest ``limit``.
         """
-        tf_ms = _tf_ms(timeframe)
+        tf_ms = timeframe_ms(timeframe)
         lo, hi = _ms(since, "since"), _ms(until, "until")
         if limit is not None and lo is not None and hi is None:
             # The server keeps the newest `limit` of a range; a range of exactly `limit` candle
@@ -233,7 +222,7 @@ class Client:
         from the venue's history). ``snapshot`` (0 to 1000) is how many of the newest candles to start
         with. Raises :class:`ApiError` for what retrying cannot fix (a bad name, a refused token).
         """
-        tf_ms = _tf_ms(timeframe)
+        tf_ms = timeframe_ms(timeframe)
         if not 0 <= snapshot <= MAX_SNAPSHOT:
             raise ValueError(f"snapshot must be between 0 and {MAX_SNAPSHOT}, got {snapshot}")
         seen = _Progress()  # the newest candle yielded, and the final ones (for corrections)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass
 
@@ -45,6 +46,17 @@ def parse_timeframes(spec: str | list[str]) -> list[str]:
     for n in names:
         timeframe_ms(n)
     return sorted(set(names), key=TIMEFRAMES.__getitem__)
+
+
+def time_ms(value: str | dt.datetime) -> int:
+    """Epoch milliseconds of an ISO-8601 time or a datetime, UTC unless it says otherwise.
+
+    Raises ValueError for text that is not ISO-8601; callers word the error for their users.
+    """
+    t = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return int(t.timestamp() * 1000)
 
 
 def bucket_start(time_ms: int, tf_ms: int) -> int:

@@ -14,8 +14,8 @@ that wants only final candles drops it.
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import datetime as dt
 import io
 import logging
 from typing import TYPE_CHECKING, Any
@@ -25,7 +25,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from deltafeed.cli import iso, num
-from deltafeed.model import TIMEFRAMES, BadInput, Candle, Instrument
+from deltafeed.model import TIMEFRAMES, BadInput, Candle, Instrument, time_ms
 from deltafeed.store.cold import StoreError
 
 if TYPE_CHECKING:
@@ -106,19 +106,11 @@ def parse_time(text: str, name: str) -> int:
     t = text.strip()
     if t.lstrip("-").isdigit():
         return int(t)
-    parsed: dt.datetime | None = None
     for candidate in (t, _plus_back(t)):
-        try:
-            parsed = dt.datetime.fromisoformat(candidate)
-            break
-        except ValueError:
-            continue
-    if parsed is None:
-        raise http_error(web.HTTPBadRequest, f"{name}={text!r} is neither epoch milliseconds nor an ISO-8601 time;"
-                                             f" write e.g. {name}=1767225600000 or {name}=2026-01-01T00:00:00Z")
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.UTC)
-    return int(parsed.timestamp() * 1000)
+        with contextlib.suppress(ValueError):
+            return time_ms(candidate)
+    raise http_error(web.HTTPBadRequest, f"{name}={text!r} is neither epoch milliseconds nor an ISO-8601 time;"
+                                         f" write e.g. {name}=1767225600000 or {name}=2026-01-01T00:00:00Z")
 
 
 def _plus_back(t: str) -> str:
