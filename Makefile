@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint services bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,11 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
-test: lint
+# PostgreSQL and Redis for the storage tests: started when they are down (see scripts/services.sh).
+services:
+	bash scripts/services.sh
+
+test: lint services
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 bench: $(BIN)/.installed

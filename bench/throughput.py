@@ -23,6 +23,7 @@ from pathlib import Path
 
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
+from deltafeed.feeds.binance import BinanceFeed
 
 TIMEFRAMES = ["1s", "1m", "5m", "15m", "1h"]
 SAMPLE_EVERY = 64  # time one frame in 64: timing every frame would cost more than the frame
@@ -47,8 +48,10 @@ async def main() -> None:
                         db=str(Path(tmp.name) / "bench.duckdb"), rest_url=url,
                         ws_url=url.replace("http://", "ws://")).validate()
     engine = Engine(settings)
+    feed = engine.feeds["binance"]
+    assert isinstance(feed, BinanceFeed)
     latencies: list[int] = []
-    inner = engine.on_frame
+    inner = feed.on_frame
     count = 0
 
     def timed(frame: bytes | memoryview) -> None:
@@ -61,7 +64,7 @@ async def main() -> None:
         inner(frame)
         latencies.append(time.perf_counter_ns() - t0)
 
-    engine.ws.on_frame = timed
+    feed.ws.on_frame = timed
     try:
         await engine.start()
         st = next(iter(engine.states.values()))

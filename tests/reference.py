@@ -3,6 +3,9 @@
 It shares no code with the simulator's numpy roll-up: prices and quantities are parsed as Decimal,
 every candle is built trade by trade, and an interval without trades after the first trade is a flat
 candle at the previous close with volume 0 (the rule deltafeed and Binance klines follow).
+
+Quote tapes (forex) get the same treatment: :func:`quote_candles_from_tape` builds BID, ASK or MID
+candles quote by quote in Decimal, asking the market calendar only when flat candles are allowed.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import csv
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 TAPE_COLUMNS = ["symbol", "trade_id", "time_ms", "price", "qty", "is_buyer_maker"]
 
@@ -130,5 +133,84 @@ def candles_from_tape(rows: list[TapeRow], tf_ms: int, until_ms: int | None = No
             c.first_id, c.last_id = trades[0].trade_id, trades[-1].trade_id
             prev_close = c.exact_close
             out.append(c)
+        t += tf_ms
+    return out
+
+
+# --- quote tapes (forex) --------------------------------------------------------------------------
+
+QUOTE_TAPE_COLUMNS = ["symbol", "time_ms", "bid", "ask"]
+
+
+class QuoteRow(NamedTuple):
+    """One quote tape row: best bid and ask at ``time_ms``, exactly as written."""
+
+    symbol: str
+    time_ms: int
+    bid: Decimal
+    ask: Decimal
+
+
+class _Closes(Protocol):
+    """The one thing the reference asks of a market calendar."""
+
+    def next_close(self, time_ms: int) -> int: ...
+
+
+def read_quote_tape(path: str | Path) -> list[QuoteRow]:
+    """All rows of a quote tape (``symbol,time_ms,bid,ask``), in file order, prices as Decimal."""
+    with open(path, newline="", encoding="ascii") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        assert header == QUOTE_TAPE_COLUMNS, header
+        return [QuoteRow(sym, int(t), Decimal(b), Decimal(a)) for sym, t, b, a in reader]
+
+
+def quote_candles_from_tape(rows: list[QuoteRow], tf_ms: int, side: str, calendar: _Closes,
+                            until_ms: int | None = None) -> list[RefCandle]:
+    """Candles of length ``tf_ms`` (epoch aligned) of one symbol's quotes, priced by ``side``.
+
+    The rules, written out plainly: quotes are taken in file order; one with bid <= 0, ask <= 0 or
+    ask < bid is skipped, and so is one older than the last quote taken. ``side`` is ``mid``
+    ((bid + ask) / 2, exact in Decimal), ``bid`` or ``ask``. volume = trades = the number of quotes.
+    An interval without quotes after a quote is a flat candle at the previous close only if it ends by
+    the calendar's first close after the last quote before it; so nothing is made while the market is
+    closed, and the first candle after a reopening starts from its first quote. Flat candles after the
+    last quote run up to those that end by ``until_ms`` (what a timer at that time closes).
+    """
+    assert side in ("mid", "bid", "ask"), side
+    taken: list[tuple[int, Decimal]] = []
+    for r in rows:
+        if r.bid <= 0 or r.ask <= 0 or r.ask < r.bid:
+            continue
+        if taken and r.time_ms < taken[-1][0]:
+            continue
+        price = (r.bid + r.ask) / 2 if side == "mid" else r.bid if side == "bid" else r.ask
+        taken.append((r.time_ms, price))
+    if not taken:
+        return []
+    assert len({r.symbol for r in rows}) == 1, "pass the rows of one symbol"
+    by_open: dict[int, list[tuple[int, Decimal]]] = {}
+    for t, p in taken:
+        by_open.setdefault(t // tf_ms * tf_ms, []).append((t, p))
+    last = taken[-1][0] // tf_ms * tf_ms
+    if until_ms is not None:
+        last = max(last, until_ms // tf_ms * tf_ms - tf_ms)
+    out: list[RefCandle] = []
+    t = taken[0][0] // tf_ms * tf_ms
+    prev_close = taken[0][1]
+    prev_time = taken[0][0]
+    while t <= last:
+        quotes = by_open.get(t)
+        if quotes:
+            c = RefCandle(t, quotes[0][1], quotes[0][1], quotes[0][1], quotes[-1][1])
+            c.exact_high = max(p for _, p in quotes)
+            c.exact_low = min(p for _, p in quotes)
+            c.exact_volume = Decimal(len(quotes))
+            c.trades = len(quotes)
+            out.append(c)
+            prev_close, prev_time = c.exact_close, quotes[-1][0]
+        elif t + tf_ms <= calendar.next_close(prev_time):
+            out.append(RefCandle(t, prev_close, prev_close, prev_close, prev_close))
         t += tf_ms
     return out

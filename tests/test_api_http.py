@@ -93,8 +93,7 @@ async def call(method: str, url: str, *, token: str | None = None, **kwargs: Any
 
 async def stored(engine: Engine, instrument: str, timeframe: str, **kw: Any) -> list[Candle]:
     await engine.writer.flush()
-    return await asyncio.to_thread(engine.cold.query, instrument, timeframe, kw.get("since"), kw.get("until"),
-                                   kw.get("last"))
+    return await engine.cold.query(instrument, timeframe, kw.get("since"), kw.get("until"), kw.get("last"))
 
 
 # --- health, status, instruments ----------------------------------------------------------------
@@ -151,7 +150,7 @@ async def test_instruments(served: Served) -> None:
     status, body, _ = await call("GET", served.url + "/instruments")
     assert status == 200
     assert body == {
-        "instruments": [{"name": f"binance:{s}", "venue": "binance", "symbol": s, "streaming": True}
+        "instruments": [{"name": f"binance:{s}", "venue": "binance", "symbol": s, "price": "trade", "streaming": True}
                         for s in SYMBOLS],
         "timeframes": ["15s", "1m", "5m"],
     }
@@ -365,6 +364,10 @@ async def test_metrics(served: Served) -> None:
         assert counts == sorted(counts)  # cumulative
         assert samples(name, "_count")[()] == counts[-1] > 0
     assert samples("deltafeed_store_write_seconds", "_sum")[()] > 0
+    assert samples("deltafeed_store_up") == {(): 1.0}
+    assert samples("deltafeed_store_spool_pending_candles") == {(): 0.0}
+    assert samples("deltafeed_store_spooled_candles", "_total") == {(): 0.0}
+    assert samples("deltafeed_hot_redis_up") == {}  # no --hot: no sample, rather than a misleading 0
     assert "deltafeed_api_clients" in families and "deltafeed_api_messages_dropped" in families
     assert "deltafeed_api_slow_clients_disconnected" in families
     if served.hub is not None:

@@ -115,9 +115,14 @@ def test_demo_runs_offline_for_a_fixed_duration(tmp_path: Path) -> None:
     p = subprocess.run([*CLI, "demo", "--duration", "4"], capture_output=True, text=True, timeout=60,
                        cwd=tmp_path, env=env)
     assert p.returncode == 0, p.stderr
-    assert "replica listening on http://127.0.0.1:" in p.stdout
-    assert "binance:SOLUSDT" in p.stdout and "stopped;" in p.stdout
+    assert "replicas: binance on http://127.0.0.1:" in p.stdout and "oanda on http://127.0.0.1:" in p.stdout
+    assert "binance:SOLUSDT" in p.stdout and "oanda:EUR_USD" in p.stdout and "stopped;" in p.stdout
     assert (tmp_path / "deltafeed-demo.duckdb").exists()
     q = subprocess.run([*CLI, "candles", "binance:ETHUSDT", "1h", "--db", "deltafeed-demo.duckdb", "--format",
                         "csv"], capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert q.returncode == 0 and len(q.stdout.splitlines()) >= 7  # header + six hours of history
+    for price in ("mid", "bid"):  # forex: quote-built candles, mid kept; bid was not asked for
+        r = subprocess.run([*CLI, "candles", "oanda:USD_JPY", "1h", "--price", price, "--db", "deltafeed-demo.duckdb",
+                            "--format", "csv"], capture_output=True, text=True, timeout=30, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert len(r.stdout.splitlines()) >= (7 if price == "mid" else 1)

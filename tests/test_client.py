@@ -85,7 +85,7 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Coll
 
 async def stored(engine: Engine, instrument: str, timeframe: str) -> dict[int, Candle]:
     await engine.writer.flush()
-    rows = await asyncio.to_thread(engine.cold.query, instrument, timeframe)
+    rows = await engine.cold.query(instrument, timeframe)
     return {c.open_time: c for c in rows}
 
 

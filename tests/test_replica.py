@@ -525,7 +525,7 @@ async def test_ws_slow_client_is_skipped_not_buffered(make_replica: MakeReplica)
 
 async def test_serve_prints_its_url_first_and_exits_cleanly_on_sigterm(http: aiohttp.ClientSession) -> None:
     code = (
-        "import asyncio; from deltafeed.replicas.binance import BinanceReplica, serve; "
+        "import asyncio; from deltafeed.replicas.binance import BinanceReplica; from deltafeed.replicas.server import serve; "
         "asyncio.run(serve(BinanceReplica(symbols=['BTCUSDT'], history_ms=60_000, rate=5.0)))"
     )
     proc = await asyncio.create_subprocess_exec(

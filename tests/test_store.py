@@ -17,7 +17,7 @@ import duckdb
 import pytest
 
 from deltafeed.model import BadInput, Candle
-from deltafeed.store.cold import SCHEMA_VERSION, ColdStore, StoreBusy, StoreError
+from deltafeed.store.cold import SCHEMA_VERSION, ColdStore, DuckDBTier, StoreBusy, StoreError
 from deltafeed.store.hot import HotStore
 from deltafeed.store.retention import DEFAULT_RETENTION_MS, parse_retention
 from deltafeed.store.writer import BacklogFull, BatchWriter
@@ -430,12 +430,12 @@ _WRITER_PROC = textwrap.dedent(
     """
     import asyncio, json, sys, time
     from deltafeed.model import Candle
-    from deltafeed.store.cold import ColdStore
+    from deltafeed.store.cold import ColdStore, DuckDBTier
     from deltafeed.store.writer import BatchWriter
 
     async def main(path, seconds):
         cold = ColdStore(path, lock_timeout_s=0.2)
-        w = BatchWriter(cold, max_rows=200, max_delay_s=0.02, retry_min_s=0.01, retry_max_s=0.2)
+        w = BatchWriter(DuckDBTier(cold), max_rows=200, max_delay_s=0.02, retry_min_s=0.01, retry_max_s=0.2)
         task = asyncio.create_task(w.run())
         print("writing", flush=True)
         n = 0
@@ -509,7 +509,7 @@ class RecordingStore(ColdStore):
 
 async def test_writer_conflates_keeps_first_arrival_order_and_copies(tmp_path: Path) -> None:
     cold = RecordingStore(tmp_path / "c.duckdb")
-    w = BatchWriter(cold, max_rows=100, max_delay_s=60)
+    w = BatchWriter(DuckDBTier(cold), max_rows=100, max_delay_s=60)
     live = candle(2 * M, close=1.0, closed=False)
     w.add(BTC, "1m", live)
     w.add(ETH, "1m", candle(0))
@@ -529,7 +529,7 @@ async def test_writer_conflates_keeps_first_arrival_order_and_copies(tmp_path: P
 
 async def test_writer_run_flushes_on_max_rows_and_on_delay(tmp_path: Path) -> None:
     cold = RecordingStore(tmp_path / "c.duckdb")
-    w = BatchWriter(cold, max_rows=50, max_delay_s=0.3)
+    w = BatchWriter(DuckDBTier(cold), max_rows=50, max_delay_s=0.3)
     task = asyncio.create_task(w.run())
     for i in range(50):
         w.add(BTC, "1m", candle(i * M))
@@ -550,7 +550,7 @@ async def test_writer_run_flushes_on_max_rows_and_on_delay(tmp_path: Path) -> No
 async def test_writer_close_flushes_everything(tmp_path: Path) -> None:
     db = tmp_path / "c.duckdb"
     cold = ColdStore(db)
-    w = BatchWriter(cold, max_rows=1000, max_delay_s=60)
+    w = BatchWriter(DuckDBTier(cold), max_rows=1000, max_delay_s=60)
     task = asyncio.create_task(w.run())
     for i in range(300):
         w.add(BTC, "1m", candle(i * M))
@@ -570,7 +570,7 @@ async def test_writer_keeps_and_retries_a_batch_while_the_file_is_locked(
     db = tmp_path / "c.duckdb"
     # Each attempt waits 0.3 s for the lock, so most of the time a batch is in flight.
     cold = RecordingStore(db, lock_timeout_s=0.3)
-    w = BatchWriter(cold, max_rows=10, max_delay_s=0.05, retry_min_s=0.01, retry_max_s=0.02)
+    w = BatchWriter(DuckDBTier(cold), max_rows=10, max_delay_s=0.05, retry_min_s=0.01, retry_max_s=0.02)
     h = await asyncio.to_thread(Holder, db, "ro")
     holder_factory.append(h)
     task = asyncio.create_task(w.run())
@@ -608,7 +608,7 @@ async def test_writer_flush_raises_after_its_retry_window(
 ) -> None:
     db = tmp_path / "c.duckdb"
     cold = ColdStore(db, lock_timeout_s=0.02)
-    w = BatchWriter(cold, retry_min_s=0.02)
+    w = BatchWriter(DuckDBTier(cold), retry_min_s=0.02)
     h = await asyncio.to_thread(Holder, db, "rw")
     holder_factory.append(h)
     w.add(BTC, "1m", candle(0))
@@ -623,7 +623,7 @@ async def test_writer_flush_raises_after_its_retry_window(
 async def test_writer_backlog_is_bounded(tmp_path: Path) -> None:
     db = tmp_path / "c.duckdb"
     cold = ColdStore(db, lock_timeout_s=0.02)
-    w = BatchWriter(cold, max_rows=5, max_pending=20)
+    w = BatchWriter(DuckDBTier(cold), max_rows=5, max_pending=20)
     for i in range(20):
         w.add(BTC, "1m", candle(i * M))
     w.add(BTC, "1m", candle(19 * M, close=5.0))  # an update of a pending candle still fits

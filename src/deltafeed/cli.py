@@ -16,7 +16,15 @@ from typing import Any, NoReturn
 import msgspec
 
 from deltafeed import config
-from deltafeed.model import BadInput, Candle, Instrument, parse_duration_ms, parse_timeframes, time_ms
+from deltafeed.model import (
+    PRICE_SIDES,
+    BadInput,
+    Candle,
+    canonical_series,
+    parse_duration_ms,
+    parse_timeframes,
+    time_ms,
+)
 
 log = logging.getLogger("deltafeed")
 
@@ -30,13 +38,21 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML file with settings; flags override it")
-    p.add_argument("--venue", help="venue to collect from (binance)")
+    p.add_argument("--venue", help="default venue of the symbols: binance or oanda (symbols may say VENUE:SYMBOL)")
     p.add_argument("--symbols", help="comma list, e.g. BTCUSDT,ETHUSDT (or binance:BTCUSDT)")
     p.add_argument("--timeframes", help="comma list of 1s 5s 15s 1m 5m 15m 1h 4h 1d (default 1m,5m,15m,1h)")
     p.add_argument("--history", help="how far back to bootstrap when nothing is stored (default 1d)")
-    p.add_argument("--db", help="DuckDB file for the cold store (default deltafeed.duckdb)")
+    p.add_argument("--db", help="cold store: a DuckDB file (default deltafeed.duckdb) or postgresql://USER@HOST:PORT/DB"
+                                " (or DELTAFEED_DB; passwords from PGPASSWORD or ~/.pgpass)")
+    p.add_argument("--db-schema", help="PostgreSQL schema for deltafeed's tables (default deltafeed)")
+    p.add_argument("--hot", help="mirror the hot tier into Redis, e.g. redis://127.0.0.1:6379/0 (or DELTAFEED_HOT)")
+    p.add_argument("--spool", help="file where batches wait while the cold store is down (default: auto; 'off')")
+    p.add_argument("--rollup-from", help="derive longer timeframes from this one (e.g. 1m) instead of from trades")
     p.add_argument("--rest-url", help="REST base address (default Binance's market-data host)")
     p.add_argument("--ws-url", help="WebSocket base address (default Binance's market-data host)")
+    p.add_argument("--stream-url", help="OANDA pricing-stream base address (default OANDA's practice host); the "
+                                        "token comes from OANDA_TOKEN, the account from OANDA_ACCOUNT")
+    p.add_argument("--prices", help="forex: which price candles to keep, comma list of mid,bid,ask (default mid)")
     p.add_argument("--api", help="serve the HTTP/WebSocket API on HOST:PORT (default 127.0.0.1:8080; 'off' to disable)")
     p.add_argument("--api-token", help="token for the API (or DELTAFEED_API_TOKEN); required beyond loopback")
 
@@ -52,11 +68,33 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("candles", help="print stored candles")
     q.add_argument("instrument", help="VENUE:SYMBOL, e.g. binance:BTCUSDT")
     q.add_argument("timeframe", help="1s 5s 15s 1m 5m 15m 1h 4h 1d")
-    q.add_argument("--db", default="deltafeed.duckdb", help="DuckDB file (default deltafeed.duckdb)")
+    q.add_argument("--db", help="DuckDB file (default deltafeed.duckdb) or postgresql:// URL (or DELTAFEED_DB)")
+    q.add_argument("--db-schema", default="deltafeed", help="PostgreSQL schema (default deltafeed)")
+    q.add_argument("--hot", help="read recent candles from this Redis (redis://...) first (or DELTAFEED_HOT)")
+    q.add_argument("--hot-prefix", default="deltafeed", help="Redis key prefix (default deltafeed)")
     q.add_argument("--since", help="ISO-8601 time, UTC unless it says otherwise")
     q.add_argument("--until", help="ISO-8601 time, UTC unless it says otherwise")
     q.add_argument("--last", type=int, help="only the newest N candles")
+    q.add_argument("--price", choices=PRICE_SIDES, help="forex: mid (default), bid or ask candles")
     q.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+    bf = sub.add_parser("backfill", help="fill forex candle history from Dukascopy tick files")
+    bf.add_argument("instrument", help="the series to fill, e.g. oanda:EUR_USD (the Dukascopy name EURUSD is derived)")
+    bf.add_argument("--source", default="dukascopy", help="where the ticks come from: dukascopy (the default)")
+    bf.add_argument("--since", required=True, metavar="ISO",
+                    help="ISO-8601 start, UTC unless it says otherwise; rounded down to the longest timeframe")
+    bf.add_argument("--until", required=True, metavar="ISO",
+                    help="ISO-8601 end (exclusive), rounded down to the longest timeframe: only whole candles")
+    bf.add_argument("--timeframes", default="1m,5m,15m,1h", help="comma list of 1s 5s 15s 1m 5m 15m 1h 4h 1d "
+                                                                 "(default 1m,5m,15m,1h)")
+    bf.add_argument("--prices", default="mid", help="which price candles to build, comma list of mid,bid,ask "
+                                                    "(default mid)")
+    bf.add_argument("--db", help="DuckDB file (default deltafeed.duckdb) or postgresql:// URL (or DELTAFEED_DB)")
+    bf.add_argument("--db-schema", default="deltafeed", help="PostgreSQL schema (default deltafeed)")
+    bf.add_argument("--url", help="base address of the tick files (default https://datafeed.dukascopy.com/datafeed)")
+    bf.add_argument("--rps", type=float, default=10.0,
+                    help="requests per second (default 10, what Dukascopy tolerates; raise it for a replica)")
+    bf.add_argument("--retries", type=int, default=5, help="retries of a failed request (default 5)")
 
     rep = sub.add_parser("replica", help="run a local replica of a venue")
     rsub = rep.add_subparsers(dest="venue", required=True, parser_class=_Parser)
@@ -75,6 +113,80 @@ def build_parser() -> argparse.ArgumentParser:
                          "kinds close, reset, stall, shutdown, drop, dup, reorder, garbage, http500, "
                          "http429, slow (e.g. close=1,drop=10)")
     rb.add_argument("--faults-seed", type=int, default=0, metavar="N",
+                    help="seed of the fault schedule (default 0): the same seed gives the same fault times")
+    rd = rsub.add_parser("dukascopy", help="Dukascopy tick history: .bi5 hour files from a seeded FX quote market")
+    rd.add_argument("--host", default="127.0.0.1")
+    rd.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    rd.add_argument("--symbols", default="EURUSD,USDJPY,GBPUSD", help="Dukascopy names, e.g. EURUSD,USDJPY")
+    rd.add_argument("--seed", type=int, default=1)
+    rd.add_argument("--rate", type=float, default=2.0, help="quotes per second of open market time, per symbol")
+    rd.add_argument("--speed", type=float, default=1.0, help="market seconds per wall second")
+    rd.add_argument("--start", metavar="ISO", help="market time at start-up (default now), e.g. 2026-01-09T12:00:00Z")
+    rd.add_argument("--history", default="7d", help="market history before --start that hour files cover")
+    rd.add_argument("--faults", metavar="SPEC",
+                    help="inject faults: comma list of kind=rate, rate in events per minute of wall time; "
+                         "kinds http500, http429, slow (e.g. http500=2)")
+    rd.add_argument("--faults-seed", type=int, default=0, metavar="N",
+                    help="seed of the fault schedule (default 0): the same seed gives the same fault times")
+
+    ro = rsub.add_parser("oanda", help="OANDA v20 market data: REST candles and the pricing stream on one port")
+    ro.add_argument("--host", default="127.0.0.1")
+    ro.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    ro.add_argument("--symbols", default="EUR_USD,USD_JPY,GBP_USD", help="OANDA names, e.g. EUR_USD,USD_JPY")
+    ro.add_argument("--seed", type=int, default=1)
+    ro.add_argument("--rate", type=float, default=2.0, help="quotes per second of open market time, per instrument")
+    ro.add_argument("--speed", type=float, default=1.0, help="market seconds per wall second")
+    ro.add_argument("--start", metavar="ISO", help="market time at start-up (default now; the FX market is closed "
+                                                   "at weekends), e.g. 2026-01-09T20:00:00Z, a Friday afternoon")
+    ro.add_argument("--history", default="1d", help="market history generated before --start")
+    ro.add_argument("--token", default="deltafeed-oanda-dev-token",
+                    help="the bearer token every request must carry (default deltafeed-oanda-dev-token)")
+    ro.add_argument("--tape", help="write every quote to this CSV file (symbol,time_ms,bid,ask)")
+    ro.add_argument("--faults", metavar="SPEC",
+                    help="inject faults: comma list of kind=rate, rate in events per minute of wall time; kinds "
+                         "close, reset, stall, drop, dup, reorder, garbage (stream), http500, http429, slow (REST)")
+    ro.add_argument("--faults-seed", type=int, default=0, metavar="N",
+                    help="seed of the fault schedule (default 0): the same seed gives the same fault times")
+
+    rf = rsub.add_parser("finnhub", help="Finnhub: trades WebSocket and REST candles on one port")
+    rf.add_argument("--host", default="127.0.0.1")
+    rf.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    rf.add_argument("--symbols", default="OANDA:EUR_USD,BINANCE:BTCUSDT,AAPL",
+                    help="Finnhub names: OANDA:AAA_BBB (forex), EXCHANGE:PAIR (crypto), TICKER (US stock)")
+    rf.add_argument("--seed", type=int, default=1)
+    rf.add_argument("--rate", type=float, default=2.0,
+                    help="trades (or forex price updates) per second of open market time, per symbol")
+    rf.add_argument("--speed", type=float, default=1.0, help="market seconds per wall second")
+    rf.add_argument("--start", metavar="ISO", help="market time at start-up (default now; stocks trade 09:30-16:00 "
+                                                   "New York on weekdays), e.g. 2026-03-04T15:00:00Z")
+    rf.add_argument("--history", default="1d", help="market history generated before --start")
+    rf.add_argument("--token", help="the API key every request must carry (default: any non-empty key)")
+    rf.add_argument("--tape", help="write every streamed item to this CSV file (symbol,time_ms,price,volume)")
+    rf.add_argument("--faults", metavar="SPEC",
+                    help="inject faults: comma list of kind=rate, rate in events per minute of wall time; kinds "
+                         "close, reset, stall, garbage (WebSocket), http500, http429, slow (REST)")
+    rf.add_argument("--faults-seed", type=int, default=0, metavar="N",
+                    help="seed of the fault schedule (default 0): the same seed gives the same fault times")
+
+    ri = rsub.add_parser("ig", help="IG Markets: REST login and prices, Lightstreamer TLCP over WebSocket, one port")
+    ri.add_argument("--host", default="127.0.0.1")
+    ri.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    ri.add_argument("--symbols", default="CS.D.EURUSD.CFD.IP,CS.D.USDJPY.CFD.IP,CS.D.GBPUSD.CFD.IP", metavar="EPICS",
+                    help="IG FX epics, CS.D.<BASE><QUOTE>.<product>.IP (CS.D.EURUSD.CFD.IP is the pair EUR_USD)")
+    ri.add_argument("--seed", type=int, default=1)
+    ri.add_argument("--rate", type=float, default=2.0, help="quotes per second of open market time, per epic")
+    ri.add_argument("--speed", type=float, default=1.0, help="market seconds per wall second")
+    ri.add_argument("--start", metavar="ISO", help="market time at start-up (default now; the FX market is closed "
+                                                   "at weekends), e.g. 2026-01-09T20:00:00Z, a Friday afternoon")
+    ri.add_argument("--history", default="1d", help="market history generated before --start")
+    ri.add_argument("--api-key", help="the X-IG-API-KEY logins must carry (default: any non-empty key)")
+    ri.add_argument("--username", help="the login identifier (default: any non-empty one)")
+    ri.add_argument("--password", help="the login password (default: any non-empty one)")
+    ri.add_argument("--tape", help="write every quote to this CSV file (symbol,time_ms,bid,ask; symbol = the epic)")
+    ri.add_argument("--faults", metavar="SPEC",
+                    help="inject faults: comma list of kind=rate, rate in events per minute of wall time; kinds "
+                         "close, reset, stall (streaming sessions), http500, http429, slow (REST)")
+    ri.add_argument("--faults-seed", type=int, default=0, metavar="N",
                     help="seed of the fault schedule (default 0): the same seed gives the same fault times")
 
     stat = sub.add_parser("status", help="print the streaming status of a running deltafeed")
@@ -99,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "candles":
             return _candles(args)
+        if args.command == "backfill":
+            return _backfill(args)
         if args.command == "replica":
             return _replica(args)
         if args.command == "status":
@@ -137,8 +251,14 @@ def _run(args: argparse.Namespace) -> int:
         "symbols": args.symbols.split(",") if args.symbols else None,
         "timeframes": args.timeframes.split(",") if args.timeframes else None,
         "history": args.history,
-        "db": args.db,
+        "db": args.db or os.environ.get("DELTAFEED_DB"),
+        "db_schema": args.db_schema,
+        "hot": args.hot or os.environ.get("DELTAFEED_HOT"),
+        "spool": args.spool,
+        "rollup_from": args.rollup_from,
         "rest_url": args.rest_url,
+        "stream_url": args.stream_url,
+        "prices": args.prices.split(",") if args.prices else None,
         "ws_url": args.ws_url,
         "api": args.api,
     })
@@ -177,12 +297,12 @@ def _run(args: argparse.Namespace) -> int:
             # The first line a supervisor (or a test) can read the real port from, as the replica's.
             log.info("serving the API on %s", api_url(runner))
         log.info("streaming %s (%s) into %s; Ctrl-C to stop",
-                 ", ".join(map(str, engine.instruments)), ",".join(settings.timeframes), settings.db)
+                 ", ".join(map(str, engine.instruments)), ",".join(settings.timeframes), engine.cold.name)
         await stop.wait()
         await engine.stop()
         if runner is not None:
             await runner.cleanup()
-        log.info("stopped; everything written to %s", settings.db)
+        log.info("stopped; everything written to %s", engine.cold.name)
         return 0
 
     return _asyncio_run(body)
@@ -270,19 +390,44 @@ def num(x: float) -> str:
 
 
 def _candles(args: argparse.Namespace) -> int:
-    from deltafeed.store.cold import ColdStore
+    from deltafeed.store.base import StoreError, open_cold
+    from deltafeed.store.reader import read_candles
+    from deltafeed.store.redis_hot import RedisHot
 
-    inst = str(Instrument.parse(args.instrument))
+    inst = canonical_series(args.instrument if args.price is None else f"{args.instrument}@{args.price}")
     tf = parse_timeframes([args.timeframe])[0]
     since = _parse_time(args.since, "--since")
     until = _parse_time(args.until, "--until")
     if args.last is not None and args.last < 1:
         raise BadInput("--last must be at least 1")
-    store = ColdStore.open_reader(args.db)
+    db = args.db or os.environ.get("DELTAFEED_DB") or "deltafeed.duckdb"
+    hot_url = args.hot or os.environ.get("DELTAFEED_HOT")
+    if hot_url is not None and not hot_url.startswith(("redis://", "rediss://", "unix://")):
+        raise BadInput("--hot is not a Redis URL; write it like redis://127.0.0.1:6379/0")
+
+    async def read() -> list[Candle]:
+        cold = await open_cold(db, read_only=True, schema=args.db_schema)
+        hot = None
+        try:
+            if hot_url is not None:
+                hot = RedisHot(hot_url, prefix=args.hot_prefix)
+                await hot.open(warn=False)
+                try:
+                    if hot.degraded is None:
+                        return await read_candles(hot, cold, inst, tf, since, until, args.last)
+                    log.warning("Redis %s unavailable (%s); reading %s alone", hot.name, hot.degraded, cold.name)
+                except StoreError as exc:
+                    log.warning("Redis unavailable (%s); reading %s alone", exc, cold.name)
+            return await read_candles(None, cold, inst, tf, since, until, args.last)
+        finally:
+            if hot is not None:
+                await hot.close()
+            await cold.close()
+
     try:
-        rows = store.query(inst, tf, since, until, args.last)
-    finally:
-        store.close()
+        rows = asyncio.run(read())
+    except StoreError as exc:
+        raise BadInput(f"cannot read candles: {exc}") from None
     write_candles(rows, args.format, f"{inst} {tf}")
     return 0
 
@@ -316,33 +461,180 @@ def write_candles(rows: list[Candle], fmt: str, title: str) -> None:
         Console(width=None if out.isatty() else 200).print(table)
 
 
-def _replica(args: argparse.Namespace) -> int:
-    from deltafeed.replicas.binance import BinanceReplica, serve
-    from deltafeed.replicas.faults import parse_faults
+def _backfill(args: argparse.Namespace) -> int:
+    from deltafeed.backfill import BackfillProgress, backfill, plan_backfill
+    from deltafeed.store.base import StoreError
+    from deltafeed.venues.dukascopy import DEFAULT_BASE_URL
 
-    symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()]
-    if not symbols:
-        raise BadInput("--symbols is empty; give at least one, e.g. BTCUSDT")
-    for name, value in (("--rate", args.rate), ("--speed", args.speed)):
-        if value <= 0:
-            raise BadInput(f"{name} must be greater than 0")
-    if not 0 <= args.port <= 65535:
-        raise BadInput(f"--port {args.port} is not a TCP port; use 0 (any free port) to 65535")
-    if args.weight_limit < 1:
-        raise BadInput("--weight-limit must be at least 1")
-    history_ms = parse_duration_ms(args.history)
-    faults = parse_faults(args.faults) if args.faults else None
+    since = _parse_time(args.since, "--since")
+    until = _parse_time(args.until, "--until")
+    assert since is not None and until is not None  # required by the parser
+    # Checked before anything is opened: a bad request is one line and exit 2, with no file created.
+    plan = plan_backfill(args.instrument, since, until, source=args.source, timeframes=args.timeframes,
+                         prices=args.prices)
+    if not args.rps > 0:
+        raise BadInput("--rps must be greater than 0")
+    if args.retries < 0:
+        raise BadInput("--retries must not be negative")
+    db = args.db or os.environ.get("DELTAFEED_DB") or "deltafeed.duckdb"
+    title = f"{plan.instrument} {','.join(plan.timeframes)}"
+    # Progress on stderr: a rich bar on a terminal, a plain line per 10 % of the hours on a pipe (from
+    # the first quote on, so a source that fails or has nothing says one line only).
+    last: list[BackfillProgress] = []
+    printed = [0]  # tenths of the hours last printed
+    bar: Any = None
+    task: Any = None
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("hours, {task.fields[quotes]:,} quotes, {task.fields[candles]:,} candles written"),
+                       TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+        task = bar.add_task(title, total=plan.hours, quotes=0, candles=0)
+
+    def progress(p: BackfillProgress) -> None:
+        tenth = 10 * p.hours_done // max(1, p.hours_total)
+        if bar is not None:
+            bar.update(task, completed=p.hours_done, total=p.hours_total, quotes=p.quotes,
+                       candles=p.candles_written)
+        elif p.quotes and tenth > printed[0]:
+            printed[0] = tenth
+            print(f"deltafeed backfill: {title}: {p.hours_done}/{p.hours_total} hours, {p.quotes} quotes, "
+                  f"{p.candles_written} candles written", file=sys.stderr, flush=True)
+        last[:] = [p]
 
     async def body(stop: asyncio.Event) -> int:
-        # serve() owns SIGINT/SIGTERM while it runs and prints its summary on the way out.
-        await serve(BinanceReplica(symbols=symbols, seed=args.seed, rate=args.rate, speed=args.speed,
-                                   history_ms=history_ms, weight_limit=args.weight_limit, tape=args.tape,
-                                   host=args.host, port=args.port, faults=faults,
-                                   faults_seed=args.faults_seed))
+        job = asyncio.ensure_future(backfill(
+            args.instrument, since, until, source=args.source, timeframes=plan.timeframes, prices=plan.sides,
+            db=db, db_schema=args.db_schema, url=args.url or DEFAULT_BASE_URL, requests_per_s=args.rps,
+            retries=args.retries, progress=progress))
+        stopped = asyncio.ensure_future(stop.wait())
+        if bar is not None:
+            bar.start()
+        try:
+            await asyncio.wait({job, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not job.done():
+                job.cancel()
+                await asyncio.gather(job, return_exceptions=True)
+            if bar is not None:
+                bar.stop()
+        if job.cancelled():
+            print(f"deltafeed backfill: interrupted after {last[-1].hours_done if last else 0} of {plan.hours} "
+                  "hours; the candles written so far are kept, run the same command again to finish",
+                  file=sys.stderr)
+            return 130
+        try:
+            result = job.result()
+        except StoreError as exc:
+            raise BadInput(f"cannot write candles: {exc}") from None
+        print(result.summary(), flush=True)
         return 0
 
     return _asyncio_run(body)
 
+
+def _replica_args(args: argparse.Namespace, example: str) -> tuple[list[str], int]:
+    """The options every replica shares, checked: (symbols, history in ms)."""
+    symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()]
+    if not symbols:
+        raise BadInput(f"--symbols is empty; give at least one, e.g. {example}")
+    for name, value in (("--rate", args.rate), ("--speed", args.speed)):
+        if not value > 0:
+            raise BadInput(f"{name} must be greater than 0")
+    if not 0 <= args.port <= 65535:
+        raise BadInput(f"--port {args.port} is not a TCP port; use 0 (any free port) to 65535")
+    return symbols, parse_duration_ms(args.history)
+
+
+def _serve(make: Callable[[], Any], serve: Callable[[Any], Coroutine[Any, Any, None]] | None = None) -> int:
+    """Run the replica ``make()`` builds until SIGINT/SIGTERM (its ``serve`` prints the summary)."""
+    from deltafeed.replicas.server import serve as serve_replica
+
+    async def body(stop: asyncio.Event) -> int:
+        # serve() owns SIGINT/SIGTERM while it runs and prints its summary on the way out.
+        await (serve or serve_replica)(make())
+        return 0
+
+    return _asyncio_run(body)
+
+
+def _replica(args: argparse.Namespace) -> int:
+    if args.venue == "ig":
+        return _replica_ig(args)
+    if args.venue == "finnhub":
+        return _replica_finnhub(args)
+    if args.venue == "oanda":
+        return _replica_oanda(args)
+    if args.venue == "dukascopy":
+        return _replica_dukascopy(args)
+    from deltafeed.replicas.binance import BinanceReplica
+    from deltafeed.replicas.faults import parse_faults
+
+    symbols, history_ms = _replica_args(args, "BTCUSDT")
+    if args.weight_limit < 1:
+        raise BadInput("--weight-limit must be at least 1")
+    faults = parse_faults(args.faults) if args.faults else None
+    return _serve(lambda: BinanceReplica(symbols=symbols, seed=args.seed, rate=args.rate, speed=args.speed,
+                                         history_ms=history_ms, weight_limit=args.weight_limit, tape=args.tape,
+                                         host=args.host, port=args.port, faults=faults,
+                                         faults_seed=args.faults_seed))
+
+
+def _replica_dukascopy(args: argparse.Namespace) -> int:
+    from deltafeed.replicas.dukascopy import DukascopyReplica, check_faults, serve
+
+    symbols, history_ms = _replica_args(args, "EURUSD")
+    start_ms = _parse_time(args.start, "--start")
+    faults = check_faults(args.faults) if args.faults else None
+    # Built before the loop starts, so a bad symbol is a one-line error, not a traceback.
+    replica = DukascopyReplica(symbols=symbols, seed=args.seed, rate=args.rate, speed=args.speed,
+                               history_ms=history_ms, start_ms=start_ms, host=args.host, port=args.port,
+                               faults=faults, faults_seed=args.faults_seed)
+    return _serve(lambda: replica, serve)
+
+
+def _replica_oanda(args: argparse.Namespace) -> int:
+    from deltafeed.replicas.oanda import OandaReplica, check_faults
+
+    symbols, history_ms = _replica_args(args, "EUR_USD")
+    start_ms = _parse_time(args.start, "--start")
+    faults = check_faults(args.faults) if args.faults else None
+    # Built before the loop starts, so a bad value is a one-line error, not a traceback.
+    replica = OandaReplica(symbols=symbols, seed=args.seed, rate=args.rate, speed=args.speed, history_ms=history_ms,
+                           start_ms=start_ms, token=args.token, tape=args.tape, host=args.host, port=args.port,
+                           faults=faults, faults_seed=args.faults_seed)
+    return _serve(lambda: replica)
+
+
+def _replica_finnhub(args: argparse.Namespace) -> int:
+    from deltafeed.replicas.finnhub import FinnhubReplica, check_faults
+
+    symbols, history_ms = _replica_args(args, "BINANCE:BTCUSDT")
+    start_ms = _parse_time(args.start, "--start")
+    faults = check_faults(args.faults) if args.faults else None
+    if args.token is not None and not args.token:
+        raise BadInput("--token is empty; give a key, or leave it out to accept any key")
+    # Built before the loop starts, so a bad value is a one-line error, not a traceback.
+    replica = FinnhubReplica(symbols=symbols, seed=args.seed, rate=args.rate, speed=args.speed,
+                             history_ms=history_ms, start_ms=start_ms, tape=args.tape, host=args.host,
+                             port=args.port, token=args.token, faults=faults, faults_seed=args.faults_seed)
+    return _serve(lambda: replica)
+
+
+def _replica_ig(args: argparse.Namespace) -> int:
+    from deltafeed.replicas.ig import IGReplica, check_faults
+
+    epics, history_ms = _replica_args(args, "CS.D.EURUSD.CFD.IP")
+    start_ms = _parse_time(args.start, "--start")
+    faults = check_faults(args.faults) if args.faults else None
+    # Built before the loop starts, so a bad epic or value is a one-line error, not a traceback.
+    replica = IGReplica(epics=epics, seed=args.seed, rate=args.rate, speed=args.speed, history_ms=history_ms,
+                        start_ms=start_ms, tape=args.tape, host=args.host, port=args.port, api_key=args.api_key,
+                        username=args.username, password=args.password, faults=faults, faults_seed=args.faults_seed)
+    return _serve(lambda: replica)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -2,17 +2,53 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
 import msgspec
 
-from deltafeed.model import BadInput, Instrument, parse_duration_ms, parse_timeframes
+from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Instrument, parse_duration_ms, parse_timeframes
+from deltafeed.store.base import is_postgres, redact
 from deltafeed.venues import binance
 
-VENUES = ("binance",)
+VENUES = ("binance", "oanda", "finnhub", "ig")
+#: Each venue's public addresses, used when the settings name none.
+DEFAULT_URLS = {
+    "binance": {"rest_url": binance.DEFAULT_REST_URL, "ws_url": binance.DEFAULT_WS_URL},
+    "oanda": {"rest_url": "https://api-fxpractice.oanda.com", "stream_url": "https://stream-fxpractice.oanda.com"},
+    "finnhub": {"rest_url": "https://finnhub.io/api/v1", "ws_url": "wss://ws.finnhub.io"},
+    "ig": {"rest_url": "https://demo-api.ig.com/gateway/deal", "stream_url": "https://demo-apd.marketdatasystems.com"},
+}
+
+
+class VenueSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One venue's addresses and options (a ``[venues.NAME]`` table; the top-level keys describe
+    the run's default ``venue``)."""
+
+    rest_url: str | None = None
+    ws_url: str | None = None  # WebSocket venues (binance)
+    stream_url: str | None = None  # streaming-HTTP venues (oanda)
+    account: str | None = None  # OANDA account id (else OANDA_ACCOUNT)
+    weight_limit: int = binance.WEIGHT_LIMIT_1M
+    # Quote-built (forex) venues: which price candles to keep, of mid, bid and ask.
+    prices: list[str] = msgspec.field(default_factory=lambda: ["mid"])
+    holidays: list[str] = msgspec.field(default_factory=list)  # extra closed days (YYYY-MM-DD, New York)
+
+    def url(self, venue: str, name: str) -> str:
+        value = getattr(self, name)
+        return str(value) if value else DEFAULT_URLS.get(venue, {}).get(name, "")
+
+_SCHEMA_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 DEFAULT_TIMEFRAMES = ["1m", "5m", "15m", "1h"]
+
+
+class FailoverSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A logical instrument served from ``primary`` and, while it is stale, from ``standby``."""
+
+    primary: str
+    standby: str
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -22,9 +58,37 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     symbols: list[str] = msgspec.field(default_factory=lambda: ["BTCUSDT", "ETHUSDT"])
     timeframes: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_TIMEFRAMES))
     history: str = "1d"
+    # The cold tier: a DuckDB file (embedded, the default) or a postgresql:// URL. A password is
+    # better given by PGPASSWORD or ~/.pgpass than in the URL; it is never logged either way.
     db: str = "deltafeed.duckdb"
-    rest_url: str = binance.DEFAULT_REST_URL
-    ws_url: str = binance.DEFAULT_WS_URL
+    db_schema: str = "deltafeed"  # PostgreSQL schema holding deltafeed's tables
+    # Where batches the cold tier could not take wait on disk until it is back ("off": keep them in
+    # memory). "auto": <db>.spool beside a DuckDB file, deltafeed.spool in the working directory for
+    # PostgreSQL.
+    spool: str = "auto"
+    # The Redis mirror of the hot tier (redis://host:6379/0), for other processes and programs; None
+    # keeps the hot tier in this process only.
+    hot: str | None = None
+    hot_prefix: str = "deltafeed"  # Redis key prefix (see the README's key layout)
+    # Derive longer timeframes from this one instead of aggregating every trade into each (None:
+    # every timeframe from trades); ``rollups`` overrides it per instrument (a timeframe or "off").
+    rollup_from: str | None = None
+    rollups: dict[str, str] = msgspec.field(default_factory=dict)
+    # Addresses of the default venue; other venues' go in ``venues`` (defaults: the venue's own).
+    rest_url: str | None = None
+    ws_url: str | None = None
+    stream_url: str | None = None
+    account: str | None = None
+    prices: list[str] | None = None
+    venues: dict[str, VenueSettings] = msgspec.field(default_factory=dict)
+    # Quote-built instruments: which price candles to keep per instrument (``"oanda:EUR_USD" =
+    # ["mid", "bid"]``), over the venue's ``prices``.
+    instrument_prices: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    # Logical instruments with a primary and a standby source (``[failover."fx:EUR_USD"]``): when
+    # the active source is silent for ``failover_after`` while its market is open and the other
+    # is live, candles continue from the other one.
+    failover: dict[str, FailoverSettings] = msgspec.field(default_factory=dict)
+    failover_after: str = "5s"
     hot_capacity: int = 1000
     weight_limit: int = binance.WEIGHT_LIMIT_1M
     # Merge the venue's own kline streams (final candles sooner; the forming candle complete after
@@ -40,6 +104,46 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     audit_window: str = "1d"  # how far back each audit looks
     status_file: str | None = None  # if set, the status as JSON, rewritten every second
     api: str = "127.0.0.1:8080"  # HOST:PORT of the HTTP/WebSocket API, or "off"
+
+    def venue_settings(self, venue: str) -> VenueSettings:
+        """``venue``'s settings: its ``[venues.NAME]`` table, with the top-level keys for the
+        default venue, and the venue's public addresses for whatever neither names."""
+        vs = msgspec.structs.replace(self.venues.get(venue, VenueSettings()))
+        if venue == self.venue:
+            for name in ("rest_url", "ws_url", "stream_url", "account", "prices"):
+                value = getattr(self, name)
+                if value:
+                    setattr(vs, name, value)
+            vs.weight_limit = self.weight_limit
+        for name in ("rest_url", "ws_url", "stream_url"):
+            setattr(vs, name, vs.url(venue, name) or None)
+        return vs
+
+    def prices_for(self, instrument: Instrument) -> list[str]:
+        """The price sides kept for a quote-built ``instrument``."""
+        own = self.instrument_prices.get(str(instrument), self.instrument_prices.get(instrument.symbol))
+        return list(own) if own else list(self.venue_settings(instrument.venue).prices)
+
+    def venues_used(self) -> list[str]:
+        """The venues of the configured instruments, in order of first mention."""
+        return list(dict.fromkeys(i.venue for i in self.instruments()))
+
+    def spool_path(self) -> str | None:
+        """The spool file this run uses, or None when spooling is off."""
+        if self.spool.strip().lower() == "off":
+            return None
+        if self.spool != "auto":
+            return self.spool
+        if self.db == ":memory:":
+            return None  # nothing outlives the process anyway
+        return "deltafeed.spool" if is_postgres(self.db) else f"{self.db}.spool"
+
+    def rollup_base(self, instrument: Instrument) -> str | None:
+        """The timeframe ``instrument``'s longer timeframes are derived from, or None."""
+        base = self.rollups.get(str(instrument), self.rollups.get(instrument.symbol, self.rollup_from))
+        if base is None or base.strip().lower() == "off":
+            return None
+        return base.strip()
 
     def seconds(self, name: str) -> float:
         """A duration setting in seconds."""
@@ -58,18 +162,33 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise BadInput(f"unknown venue {self.venue!r}; this version supports: {', '.join(VENUES)}")
         if not self.symbols:
             raise BadInput("no symbols to collect; pass --symbols BTCUSDT,ETHUSDT or set symbols in the config")
-        for inst in self.instruments():
-            if inst.venue != self.venue:
-                raise BadInput(f"instrument {inst} is not on venue {self.venue!r}; one venue per run for now")
+        for venue in [*self.venues, *self.venues_used()]:
+            if venue not in VENUES:
+                raise BadInput(f"unknown venue {venue!r}; this version supports: {', '.join(VENUES)}")
         self.timeframes = parse_timeframes(self.timeframes)
         self.history_ms  # noqa: B018 - parses, raising BadInput
-        for url, flag in ((self.rest_url, "--rest-url"), (self.ws_url, "--ws-url")):
-            if "://" not in url:
-                raise BadInput(f"{flag} {url!r} is not a URL; write it like http://127.0.0.1:9001")
-        if not self.rest_url.startswith(("http://", "https://")):
-            raise BadInput(f"--rest-url {self.rest_url!r} must start with http:// or https://")
-        if not self.ws_url.startswith(("ws://", "wss://")):
-            raise BadInput(f"--ws-url {self.ws_url!r} must start with ws:// or wss://")
+        for venue in self.venues_used():
+            vs = self.venue_settings(venue)
+            checks = [(vs.rest_url, "--rest-url", ("http://", "https://"))]
+            if venue in ("binance", "finnhub"):
+                checks.append((vs.ws_url, "--ws-url", ("ws://", "wss://")))
+            else:
+                checks.append((vs.stream_url, "--stream-url", ("http://", "https://")))
+            for url, flag, schemes in checks:
+                if not url or "://" not in url:
+                    raise BadInput(f"{flag} {url!r} of {venue} is not a URL; write it like {schemes[0]}127.0.0.1:9001")
+                if not url.startswith(schemes):
+                    raise BadInput(f"{flag} {url!r} of {venue} must start with {' or '.join(schemes)}")
+            for side in vs.prices:
+                if side not in PRICE_SIDES:
+                    raise BadInput(f"prices of {venue}: {side!r} is not one of {', '.join(PRICE_SIDES)}")
+        names = {str(i) for i in self.instruments()} | {i.symbol for i in self.instruments()}
+        for who, sides in self.instrument_prices.items():
+            if who not in names:
+                raise BadInput(f"instrument_prices names {who!r}, which this run does not collect")
+            bad = [p for p in sides if p not in PRICE_SIDES] or ([] if sides else ["(none)"])
+            if bad:
+                raise BadInput(f"instrument_prices for {who}: {', '.join(bad)}; use some of {', '.join(PRICE_SIDES)}")
         if self.hot_capacity < 1:
             raise BadInput("hot_capacity must be at least 1")
         for name in ("stale_after", "rotate_after", "unhealthy_after", "audit_every", "audit_window"):
@@ -77,6 +196,41 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 raise BadInput(f"{name} must be longer than 0, e.g. {name} = \"10s\"")
         if self.connect_budget < 1:
             raise BadInput("connect_budget must be at least 1 connection attempt per 5 minutes")
+        if is_postgres(self.db) and self.db.startswith("postgres://"):
+            self.db = "postgresql://" + self.db[len("postgres://"):]
+        if not _SCHEMA_RE.fullmatch(self.db_schema):
+            raise BadInput(f"db_schema {self.db_schema!r} must be a plain identifier (letters, digits, _)")
+        if self.hot is not None and not self.hot.startswith(("redis://", "rediss://", "unix://")):
+            raise BadInput(f"--hot {redact(self.hot)!r} is not a Redis URL; write it like redis://127.0.0.1:6379/0")
+        if not self.hot_prefix or any(ch in self.hot_prefix for ch in " {}"):
+            raise BadInput(f"hot_prefix {self.hot_prefix!r} must be a non-empty word, e.g. deltafeed")
+        names = {str(i) for i in self.instruments()} | {i.symbol for i in self.instruments()}
+        for who in self.rollups:
+            if who not in names:
+                raise BadInput(f"rollups names {who!r}, which this run does not collect; use one of its symbols")
+        for inst in self.instruments():
+            base = self.rollup_base(inst)
+            if base is None:
+                continue
+            if base not in TIMEFRAMES:
+                raise BadInput(f"rollup base {base!r} for {inst} is not a timeframe; use one of {' '.join(TIMEFRAMES)}")
+            if base not in self.timeframes:
+                raise BadInput(f"rollups from {base} for {inst} need {base} among the timeframes; add it to "
+                               "--timeframes")
+        collected = {str(i) for i in self.instruments()}
+        for name, fo in self.failover.items():
+            logical = str(Instrument.parse(name))
+            if logical in collected:
+                raise BadInput(f"failover {name!r} is also a collected instrument; name the logical one apart, "
+                               "e.g. fx:EUR_USD")
+            for role, source in (("primary", fo.primary), ("standby", fo.standby)):
+                if str(Instrument.parse(source, default_venue=self.venue)) not in collected:
+                    raise BadInput(f"failover {name}: {role} {source!r} is not among the symbols; add it to --symbols")
+            if str(Instrument.parse(fo.primary, default_venue=self.venue)) == str(
+                    Instrument.parse(fo.standby, default_venue=self.venue)):
+                raise BadInput(f"failover {name}: primary and standby are the same instrument")
+        if self.seconds("failover_after") <= 0:
+            raise BadInput('failover_after must be longer than 0, e.g. failover_after = "5s"')
         for tf, text in self.retention.items():
             parse_timeframes([tf])
             if text != "forever":

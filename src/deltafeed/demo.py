@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import sys
 import time
@@ -15,12 +16,26 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from deltafeed.candles.calendar import FxCalendar
 from deltafeed.cli import iso, num
-from deltafeed.config import Settings
+from deltafeed.config import Settings, VenueSettings
 from deltafeed.engine import Engine
 from deltafeed.replicas.binance import BinanceReplica
+from deltafeed.replicas.oanda import DEFAULT_ACCOUNT, DEV_TOKEN, OandaReplica
+
+_HOUR_MS = 3_600_000
+
+
+def _fx_start(now_ms: int) -> int:
+    """Now, or when the FX market is closed or about to close (a weekend), the last moment it was
+    open with six open hours of history before it and two more ahead."""
+    cal, t = FxCalendar(), now_ms
+    while not (cal.is_open(t - _HOUR_MS * 6) and cal.is_open(t) and cal.next_close(t) >= t + 2 * _HOUR_MS):
+        t -= _HOUR_MS
+    return t
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+FX_SYMBOLS = ("EUR_USD", "USD_JPY")
 DEFAULT_DB = "deltafeed-demo.duckdb"
 TIMEFRAMES = ["1m", "5m", "15m", "1h"]
 
@@ -29,13 +44,13 @@ def _view(engine: Engine, started: float, trades_before: int) -> Group:
     status = engine.status()
     insts = status["instruments"]
     assert isinstance(insts, dict)
-    table = Table(title="deltafeed demo: candles forming live (replica market clock)", expand=False)
+    table = Table(title="deltafeed demo: crypto from trades, forex from quotes (mid), forming live", expand=False)
     for col in ("instrument", "tf", "open_time (UTC)", "open", "high", "low", "close", "volume", "trades",
                 "stored"):
         table.add_column(col, justify="left" if col in ("instrument", "tf", "open_time (UTC)") else "right")
     for key, st in engine.states.items():
         for i, tf in enumerate(engine.timeframes):
-            c = st.builder.open_candle(tf)
+            c = st.open_candle(tf)
             recent = engine.hot.last(key, tf, 1)
             shown = c or (recent[-1] if recent else None)
             stored = len(engine.hot.last(key, tf, engine.settings.hot_capacity))
@@ -73,9 +88,17 @@ async def run_demo(stop: asyncio.Event, duration: float | None, speed: float, db
             stale.unlink(missing_ok=True)
     replica = BinanceReplica(symbols=SYMBOLS, seed=7, rate=8.0, speed=speed, history_ms=6 * 3_600_000)
     await replica.start()
-    console.print(f"replica listening on {replica.url} (market clock x{speed:g}); store {db_path}")
-    settings = Settings(symbols=list(SYMBOLS), timeframes=TIMEFRAMES, history="6h", db=db_path,
-                        rest_url=replica.url, ws_url=replica.ws_url).validate()
+    fx = OandaReplica(symbols=FX_SYMBOLS, seed=7, rate=4.0, speed=speed, history_ms=6 * 3_600_000,
+                      start_ms=_fx_start(int(time.time() * 1000)))
+    await fx.start()
+    os.environ["OANDA_TOKEN"] = DEV_TOKEN  # the replica's, for this process only
+    os.environ["OANDA_ACCOUNT"] = DEFAULT_ACCOUNT
+    console.print(f"replicas: binance on {replica.url}, oanda on {fx.url} (market clocks x{speed:g}); "
+                  f"store {db_path}")
+    settings = Settings(symbols=[f"binance:{s}" for s in SYMBOLS] + [f"oanda:{s}" for s in FX_SYMBOLS],
+                        timeframes=TIMEFRAMES, history="6h", db=db_path,
+                        venues={"binance": VenueSettings(rest_url=replica.url, ws_url=replica.ws_url),
+                                "oanda": VenueSettings(rest_url=fx.url, stream_url=fx.url)}).validate()
     engine = Engine(settings)
     try:
         await engine.start()
@@ -90,8 +113,10 @@ async def run_demo(stop: asyncio.Event, duration: float | None, speed: float, db
     finally:
         await engine.stop()
         await replica.stop()
+        await fx.stop()
     exe = "deltafeed" if shutil.which("deltafeed") else f"{sys.executable} -m deltafeed"
     console.line()
     console.print(f"stopped; {engine.writer.written} candle writes to {db_path}. Look at them with:\n"
-                  f"  {exe} candles binance:BTCUSDT 1m --db {db_path} --last 20")
+                  f"  {exe} candles binance:BTCUSDT 1m --db {db_path} --last 20\n"
+                  f"  {exe} candles oanda:EUR_USD 1m --db {db_path} --last 20   (forex: mid; --price bid|ask)")
     return 0

@@ -7,47 +7,53 @@ import contextlib
 import logging
 import os
 import time
-from collections import deque
-from collections.abc import Iterable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import msgspec
 
 from deltafeed.candles.aggregator import CandleBuilder, ClosedSink, RepairSink
-from deltafeed.candles.calendar import CALENDARS, VENUE_CALENDAR, Calendar
+from deltafeed.candles.calendar import Calendar, calendar_for
+from deltafeed.candles.rollup import RollupBuilder
 from deltafeed.clock import VenueClock
 from deltafeed.config import Settings
-from deltafeed.model import TIMEFRAMES, BadInput, Candle, Instrument, ServerShutdown, Trade, VenueCandle
+from deltafeed.feeds.base import Feed, make_feed
+from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle, Instrument, Trade, series_key
 from deltafeed.net.http import VenueError, VenueUnreachable
-from deltafeed.net.ws import ConnectBudget, WsStream
 from deltafeed.stats import EngineMetrics
-from deltafeed.store.cold import ColdStore, StoreError
+from deltafeed.store.base import ColdTier, StoreError, Unopened, open_cold, redact
 from deltafeed.store.hot import HotStore
+from deltafeed.store.reader import MemoryHot, read_candles
+from deltafeed.store.redis_hot import RedisHot
 from deltafeed.store.retention import parse_retention
+from deltafeed.store.spool import Spool
 from deltafeed.store.writer import BacklogFull, BatchWriter
-from deltafeed.venues import binance
-from deltafeed.venues.binance_rest import BinanceHistory
 
 if TYPE_CHECKING:
     from deltafeed.api.hub import Hub
 
 log = logging.getLogger("deltafeed.engine")
 
+#: Per-venue counters the status also gives summed over every venue.
+_VENUE_SUMS = ("connections", "connects", "reconnects", "rotations", "stale_drops", "connect_budget_waits",
+               "frames", "rest_requests", "rest_throttled", "rest_server_errors", "rest_limiter_waits")
+
 TICK_S = 0.2  # how often quiet candles are closed and open candles handed to the stores
 CLOSE_GRACE_MS = 2_000  # how far past its end a quiet candle waits for a late trade or venue kline
 REPAIR_SETTLE_MS = 1_000  # how long after a candle's end the venue's kline for it is trusted
+EMPTY_SETTLE_MS = 60_000  # how long after a range's end a venue's "no candle there" is trusted
 REPORT_EVERY_S = 60.0  # how often a progress line is logged
 BOOTSTRAP_FLUSH_ROWS = 50_000  # bootstrap waits for the store when this many candles are pending
 MARK_EVERY_S = 2.0  # how often the "final until" marks are written (after the candles they cover)
-MAX_SKEW_MS = 15 * 60_000  # a trade time further than this from the venue's clock is impossible
 
 
 @dataclass
 class _Repair:
     """Candles of one series to fetch again over REST, once the venue has closed them."""
 
-    instrument: Instrument
+    key: str  # the series (see InstrumentState.key)
     timeframe: str
     first: int  # open time of the first candle to fetch
     last: int  # open time of the last one
@@ -55,12 +61,28 @@ class _Repair:
 
 
 @dataclass
+class _Failover:
+    """A logical series (``fx:EUR_USD``) fed by whichever of two source series is active."""
+
+    key: str
+    sources: tuple[str, str]  # (primary, standby) series keys
+    active: int = 0  # index into ``sources``
+    switches: list[dict[str, object]] = field(default_factory=list)
+
+
+@dataclass
 class InstrumentState:
-    """Per-instrument counters the status view and the API read."""
+    """One candle series (an instrument, and for quote-built instruments one price side): its
+    builders and the counters the status view and the API read."""
 
     instrument: Instrument
     builder: CandleBuilder
     calendar: Calendar
+    feed: Feed
+    price: str = "trade"  # "trade" for trade-built candles, else mid, bid or ask
+    # Longer timeframes derived from the builder's base candles instead of from trades (rollups).
+    rollup: RollupBuilder | None = None
+    rolling: bool = False  # the rollup is seeded and takes base candles (not during the bootstrap)
     trades: int = 0
     venue_candles: int = 0
     last_trade_ms: int = 0
@@ -79,7 +101,18 @@ class InstrumentState:
 
     @property
     def key(self) -> str:
-        return str(self.instrument)
+        return series_key(str(self.instrument), self.price)
+
+    def open_candle(self, timeframe: str) -> Candle | None:
+        """The forming candle of ``timeframe``, built from trades or rolled up from the base."""
+        if self.rollup is not None and timeframe in self.rollup.timeframes:
+            return self.rollup.open_candle(timeframe)
+        return self.builder.open_candle(timeframe)
+
+    def open_candles(self) -> list[tuple[str, Candle]]:
+        """Every forming candle, shortest timeframe first."""
+        out = self.builder.open_candles()
+        return out if self.rollup is None else out + self.rollup.open_candles()
 
 
 class Engine:
@@ -100,68 +133,80 @@ class Engine:
         self.settings = settings
         self.instruments = settings.instruments()
         self.timeframes = settings.timeframes
-        self.venue_clock = VenueClock()
+        self.retention = parse_retention(settings.retention)
         self.hot = HotStore(settings.hot_capacity)
-        self.cold = ColdStore(settings.db, parse_retention(settings.retention))
-        self.writer = BatchWriter(self.cold, on_written=self._written)
+        # The cold tier opens in start() (PostgreSQL needs the loop); until then every call says so.
+        self.cold: ColdTier = Unopened(redact(settings.db))
+        spool_path = settings.spool_path()
+        self.spool = Spool(spool_path) if spool_path else None
+        self.writer = BatchWriter(self.cold, spool=self.spool, on_written=self._written)
+        self.redis: RedisHot | None = None
+        if settings.hot:
+            self.redis = RedisHot(settings.hot, capacity=settings.hot_capacity, retention=self.retention,
+                                  prefix=settings.hot_prefix, refill=self._hot_contents)
         self.metrics = EngineMetrics()
         self.hub: Hub | None = None  # set by the API server; receives candles, trades and prices
-        self.history = BinanceHistory(settings.rest_url, settings.weight_limit)
-        self.decoder = binance.StreamDecoder()
+        # One feed per venue (its connection, decoder and REST history); one state per series.
+        self.feeds: dict[str, Feed] = {}
         self.states: dict[str, InstrumentState] = {}
-        self._by_symbol: dict[str, InstrumentState] = {}
-        calendar = CALENDARS[VENUE_CALENDAR[settings.venue]]
         for inst in self.instruments:
-            st = InstrumentState(inst, CandleBuilder(self.timeframes, self._closed_sink(inst),
-                                                     self._repair_sink(inst)), calendar)
-            self.states[str(inst)] = st
-            self._by_symbol[inst.symbol] = st
-        streams = self._streams(self.states.values())
-        if len(streams) > binance.MAX_STREAMS_PER_CONNECTION:
-            raise BadInput(f"{len(streams)} streams exceed Binance's {binance.MAX_STREAMS_PER_CONNECTION} "
-                           "per connection; collect fewer symbols or timeframes per run")
-        self._request_id = 0
-        self.budget = ConnectBudget(settings.connect_budget, 300.0)
-        self.ws = self._new_stream()
-        self._ws_task: asyncio.Task[None] | None = None
-        self._next: WsStream | None = None  # the replacement during a rotation
-        self._next_task: asyncio.Task[None] | None = None
-        self.rotations = 0
-        self.past_connects = 0  # connections made by streams already rotated away
+            feed = self.feeds.get(inst.venue)
+            if feed is None:
+                feed = self.feeds[inst.venue] = make_feed(inst.venue, settings, self._publish_trade)
+            vs = settings.venue_settings(inst.venue)
+            cal_name = feed.calendar_name(inst.symbol)
+            calendar = calendar_for(cal_name, holidays=(vs.holidays or None) if cal_name == "fx" else None)
+            base = settings.rollup_base(inst)
+            derived = [tf for tf in self.timeframes if base is not None and TIMEFRAMES[tf] > TIMEFRAMES[base]]
+            built = [tf for tf in self.timeframes if tf not in derived]
+            for side in feed.sides(settings.prices_for(inst)):
+                key = series_key(str(inst), side)
+                st = InstrumentState(inst, CandleBuilder(built, self._closed_sink(key), self._repair_sink(key),
+                                                         calendar=calendar), calendar, feed, side)
+                if base is not None and derived:
+                    st.rollup = RollupBuilder(base, derived, self._closed_sink(key), on_stale=self._stale_sink(key))
+                self.states[key] = st
+                feed.add(st)
+        self.failovers: dict[str, _Failover] = {}
+        self._failover_of: dict[str, _Failover] = {}  # source series key -> its failover
+        for name, fo in settings.failover.items():
+            logical = str(Instrument.parse(name))
+            primary = str(Instrument.parse(fo.primary, default_venue=settings.venue))
+            standby = str(Instrument.parse(fo.standby, default_venue=settings.venue))
+            for side in ("trade", *PRICE_SIDES):
+                pair = (series_key(primary, side), series_key(standby, side))
+                if all(k in self.states for k in pair):
+                    f = self.failovers[series_key(logical, side)] = _Failover(series_key(logical, side), pair)
+                    self._failover_of[pair[0]] = self._failover_of[pair[1]] = f
+            if not any(f.sources[0].startswith(primary) for f in self.failovers.values()):
+                raise BadInput(f"failover {name}: {primary} and {standby} have no price side in common; give them "
+                               "the same prices")
         self._repairs: deque[_Repair] = deque()
         self._repair_inflight: _Repair | None = None
         self._repair_wakeup = asyncio.Event()
         self.recovery_s: deque[float] = deque(maxlen=10_000)  # hole found -> candles repaired
         self._tasks: list[asyncio.Task[None]] = []
-        self._logged_error_kinds: set[str] = set()
-        self._ts_low = 0
-        self._ts_high = 2**62
         self.store_dropped = 0
         self.audits = 0
         self.audit_gaps = 0
-        self.shutdown_notices = 0
         self._started = time.monotonic()
 
-    def _streams(self, states: Iterable[InstrumentState]) -> list[str]:
-        kline_tfs = self.timeframes if self.settings.venue_klines else []
-        return [s for st in states for s in binance.streams_for(st.instrument.symbol, kline_tfs)]
+    def now_ms(self) -> int:
+        """The latest of the venues' clocks (retention and latency figures)."""
+        return max(f.clock.now_ms() for f in self.feeds.values())
 
-    def _url(self) -> str:
-        """The combined-stream URL of the instruments streaming now (a reconnect resubscribes them)."""
-        streams = self._streams(st for st in self.states.values() if st.active)
-        if not streams:
-            return self.settings.ws_url.rstrip("/") + "/stream"
-        return binance.combined_url(self.settings.ws_url, streams)
+    @property
+    def venue_clock(self) -> VenueClock:
+        """The clock of the run's first venue."""
+        return next(iter(self.feeds.values())).clock
 
-    def _new_stream(self) -> WsStream:
-        return WsStream(self._url, self.on_frame, name=self.settings.venue,
-                        stale_after_s=self.settings.seconds("stale_after"), budget=self.budget)
+    def _publish_trade(self, st: InstrumentState, trade: Trade) -> None:
+        if self.hub is not None:
+            self.hub.trade(st.key, trade)
 
     # --- sinks the candle builders call ---------------------------------------------------------
 
-    def _closed_sink(self, inst: Instrument) -> ClosedSink:
-        key = str(inst)
-
+    def _closed_sink(self, key: str) -> ClosedSink:
         def closed(timeframe: str, candle: Candle) -> None:
             self._final(key, timeframe, candle)
 
@@ -169,11 +214,30 @@ class Engine:
 
     def _final(self, key: str, timeframe: str, candle: Candle) -> None:
         """A final candle (closed by the builder, from REST, or a correction of an earlier one):
-        to the hot tier, the store and every consumer, so all three agree."""
+        to the hot tier, the store and every consumer, so all three agree; and on to the rollup
+        and the logical series it feeds."""
+        self._put(key, timeframe, candle)
+        st = self.states[key]
+        rollup = st.rollup
+        if rollup is not None and st.rolling and timeframe == rollup.base:
+            rollup.on_base(candle)
+        f = self._failover_of.get(key)
+        if f is not None and f.sources[f.active] == key:
+            self._put(f.key, timeframe, candle)
+
+    def _put(self, key: str, timeframe: str, candle: Candle, *, publish: bool = True) -> None:
+        """A candle of series ``key`` to the hot tier, the store and (``publish``) every consumer."""
         self.hot.put(key, timeframe, candle)
+        if self.redis is not None:
+            self.redis.put(key, timeframe, candle)
         self._store(key, timeframe, candle)
-        if self.hub is not None:
+        if publish and self.hub is not None:
             self.hub.candle(key, timeframe, candle)
+
+    def _hot_contents(self) -> Iterable[tuple[str, str, list[Candle]]]:
+        """Everything the memory hot tier holds, to re-fill Redis after an outage."""
+        for key, tf in self.hot.keys():  # noqa: SIM118 - a HotStore, not a dict
+            yield key, tf, self.hot.last(key, tf, self.settings.hot_capacity)
 
     def _store(self, key: str, timeframe: str, candle: Candle) -> None:
         try:
@@ -185,94 +249,48 @@ class Engine:
                 log.error("cold store is not keeping up: %s", exc)
             self.store_dropped += 1
 
-    def _repair_sink(self, inst: Instrument) -> RepairSink:
+    def _stale_sink(self, key: str) -> Callable[[str, int], None]:
+        """A derived candle the rollup cannot vouch for (a part it never saw whole): fetch it."""
+        repair = self._repair_sink(key)
+
+        def stale(timeframe: str, open_time: int) -> None:
+            repair(timeframe, open_time, open_time)
+
+        return stale
+
+    def _repair_sink(self, key: str) -> RepairSink:
         def repair(timeframe: str, first: int, last: int) -> None:
-            self._repairs.append(_Repair(inst, timeframe, first, last))
+            self._repairs.append(_Repair(key, timeframe, first, last))
             self._repair_wakeup.set()
 
         return repair
 
-    # --- the stream -----------------------------------------------------------------------------
-
-    def on_frame(self, frame: bytes | memoryview) -> None:
-        """Decode one frame and fold it in (the hot path: no await, no log, no allocation to spare)."""
-        ev = self.decoder.decode(frame)
-        if type(ev) is Trade:
-            st = self._by_symbol.get(ev.symbol)
-            if st is None:
-                return
-            if ev.price <= 0 or ev.qty <= 0 or not self._ts_low <= ev.time_ms <= self._ts_high:
-                self.decoder.errors["impossible_value"] += 1
-                self.decoder.last_error = f"impossible trade {ev}"
-                self._log_decode_errors()
-                return
-            st.builder.on_trade(ev)
-            st.trades += 1
-            st.last_trade_ms = ev.time_ms
-            if st.publish_trades and self.hub is not None:
-                self.hub.trade(st.key, ev)
-            return
-        if ev is None:
-            self._log_decode_errors()
-        elif type(ev) is VenueCandle:
-            st = self._by_symbol.get(ev.symbol)
-            if st is not None:
-                self.venue_clock.observe(ev.event_ms)
-                st.venue_candles += 1
-                st.builder.on_venue_candle(ev.timeframe, ev.candle, ev.last_trade_id)
-        elif type(ev) is ServerShutdown:
-            self.shutdown_notices += 1
-            log.warning("%s announced a server shutdown; moving to a new connection", self.settings.venue)
-            self._rotate()
-
-    def _log_decode_errors(self) -> None:
-        for kind in self.decoder.errors.keys() - self._logged_error_kinds:
-            self._logged_error_kinds.add(kind)
-            log.warning("skipping %s frames (first: %s); counted in status", kind, self.decoder.last_error)
-
-    # --- rotation -------------------------------------------------------------------------------
-
-    def _rotate(self) -> None:
-        """Open a second connection; the first is closed once the second delivers (see _tick)."""
-        if self._next is not None:
-            return
-        self._next = self._new_stream()
-        self._next_task = asyncio.create_task(self._next.run(), name="ws-next")
-
-    async def _finish_rotation(self) -> None:
-        assert self._next is not None and self._next_task is not None
-        old, old_task = self.ws, self._ws_task
-        self.ws, self._ws_task = self._next, self._next_task
-        self._next = self._next_task = None
-        self.rotations += 1
-        self.past_connects += old.connects
-        await old.close()
-        if old_task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await old_task
-        log.info("rotated to a new %s connection without a gap", self.settings.venue)
-
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Check the venue and the symbols, bootstrap and audit history, then start streaming."""
-        try:
-            self.venue_clock.observe(await self.history.server_time())
-            known = await self.history.symbols()
-        except VenueUnreachable as exc:
-            raise BadInput(f"{exc}; check --rest-url and that the venue (or replica) is running") from None
-        except VenueError as exc:
-            raise BadInput(f"the venue refused our first request ({exc}); check --rest-url") from None
-        unknown = [i.symbol for i in self.instruments if i.symbol not in known]
-        if unknown:
-            raise BadInput(f"unknown symbol(s) on {self.settings.venue} at {self.settings.rest_url}: "
-                           f"{', '.join(unknown)}; check --symbols")
-        self.update_skew_bounds()
+        """Check the venues and the symbols, bootstrap and audit history, then start streaming."""
+        for feed in self.feeds.values():
+            await feed.check()
+        self.cold = await open_cold(self.settings.db, self.retention, schema=self.settings.db_schema)
+        self.writer.cold = self.cold
+        if self.redis is not None:
+            await self.redis.open()
+            self._tasks.append(asyncio.create_task(self.redis.run(), name="redis"))
         self._tasks.append(asyncio.create_task(self.writer.run(), name="writer"))
-        marks = await asyncio.to_thread(self.cold.final_marks)
+        if self.writer.spooled_pending:
+            log.info("replaying %d candles spooled by an earlier run into %s", self.writer.spooled_pending,
+                     self.cold.name)
+            await self.writer.flush(retry_for_s=30.0)
+        marks = await self.cold.final_marks()
         await asyncio.gather(*(self._bootstrap(st, marks) for st in self.states.values()))
+        for f in self.failovers.values():
+            # The logical series starts as the primary's recent history (what the hot tier holds).
+            for tf in self.timeframes:
+                for c in self.hot.last(f.sources[0], tf, self.settings.hot_capacity):
+                    self._put(f.key, tf, c)
         await self._audit()
-        self._ws_task = asyncio.create_task(self.ws.run(), name="ws")
+        for feed in self.feeds.values():
+            feed.start()
         self._tasks.append(asyncio.create_task(self._tick(), name="tick"))
         self._tasks.append(asyncio.create_task(self._repair_loop(), name="repairs"))
         self._tasks.append(asyncio.create_task(self._mark_loop(), name="marks"))
@@ -283,14 +301,16 @@ class Engine:
 
     async def _bootstrap(self, st: InstrumentState, marks: dict[tuple[str, str], int]) -> None:
         """Fill each timeframe from where stored candles stop being known final, up to now."""
-        now = self.venue_clock.now_ms()
-        key = str(st.instrument)
+        now = st.feed.clock.now_ms()
+        key = st.key
         for tf in self.timeframes:
             ms = TIMEFRAMES[tf]
             # Warm the hot tier from the store, so readers see history from the first second.
-            for c in await asyncio.to_thread(self.cold.query, key, tf, None, None, self.settings.hot_capacity):
+            for c in await self.cold.query(key, tf, None, None, self.settings.hot_capacity):
                 self.hot.put(key, tf, c)
-            last = await asyncio.to_thread(self.cold.last_closed, key, tf)
+                if self.redis is not None:
+                    self.redis.put(key, tf, c)
+            last = await self.cold.last_closed(key, tf)
             start = last.open_time + ms if last else now - self.settings.history_ms
             mark = marks.get((key, tf))
             if last is not None and mark is not None and mark < start:
@@ -300,31 +320,46 @@ class Engine:
                          (start - mark) // ms)
                 start = mark
             start -= start % ms
-            if last is not None:
+            built = tf in st.builder.timeframes
+            if last is not None and built:
                 st.builder.seed(tf, last)
             st.bootstrap_marks[tf] = start
             # Page by page, handing each to the store, so a deep history (30 days of 1s candles)
             # never sits in memory whole.
-            span = self.history.page_span_ms(tf)
+            span = st.feed.page_span_ms(tf)
             count = 0
             for t in range(start, now + 1, span):
-                candles = await self.history.candles(st.instrument.symbol, tf, t, min(now, t + span - 1), now)
+                try:
+                    candles = await st.feed.candles(st, tf, t, min(now, t + span - 1), now)
+                except VenueError as exc:
+                    # E.g. IG's weekly allowance is spent: stream now, fetch the rest when it can be.
+                    log.warning("%s %s: history from %d deferred (%s); it is fetched as a repair", key, tf, t, exc)
+                    if t <= now - now % ms - ms:
+                        self._repair_sink(key)(tf, t, now - now % ms - ms)
+                    break
                 closed = [c for c in candles if c.closed]
                 for c in closed:
                     self._final(key, tf, c)
-                if closed:
+                if closed and built:
                     st.builder.seed(tf, closed[-1])
                     st.bootstrap_marks[tf] = closed[-1].open_time + ms
                 count += len(closed)
                 if self.writer.pending >= BOOTSTRAP_FLUSH_ROWS:
                     await self.writer.flush()
             st.bootstrapped += count
-            log.info("%s %s: %d candles from REST history", st.instrument, tf, count)
+            log.info("%s %s: %d candles from REST history", key, tf, count)
+        if st.rollup is not None:
+            # The derived candles forming now start before the stream: give the rollup the final
+            # base candles of their current and previous buckets, so they are whole at once.
+            longest = max(TIMEFRAMES[tf] for tf in st.rollup.timeframes)
+            await self.writer.flush()
+            since = now - now % longest - longest
+            st.rollup.seed(await self.cold.query(key, st.rollup.base, since, None))
+            st.rolling = True
 
     async def _tick(self) -> None:
         """Every TICK_S: settle held trades, close quiet candles, publish open candles, rotate."""
         next_report = time.monotonic() + REPORT_EVERY_S
-        rotate_after = self.settings.seconds("rotate_after")
         held_last_tick: set[str] = set()
         while True:
             await asyncio.sleep(TICK_S)
@@ -339,8 +374,6 @@ class Engine:
                     st._seen = seen
                     st.last_message = mono
                 st.publish_trades = self.hub is not None and self.hub.wants_trades(key)
-                if st.last_trade_ms:
-                    self.venue_clock.observe(st.last_trade_ms)
                 # A trade held back for a hole before it gets one more tick for the hole to fill.
                 if st.builder.held:
                     if key in held_last_tick:
@@ -350,39 +383,68 @@ class Engine:
                         held_last_tick.add(key)
                 else:
                     held_last_tick.discard(key)
-            self.update_skew_bounds()
-            now = self.venue_clock.now_ms()
-            # At least a second of wall time for the last trades of a candle to arrive, however
-            # fast the venue's clock runs (a replica's may run 120 times as fast).
-            grace = max(CLOSE_GRACE_MS, int(1000 * self.venue_clock.rate))
+            for feed in self.feeds.values():
+                await feed.tick(mono)  # learns the venue's time, rotates connections
+            for f in self.failovers.values():
+                self._check_failover(f, mono)
             for st in self.states.values():
-                st.builder.advance(now - grace)
+                clock = st.feed.clock
+                # At least a second of wall time for the last trades of a candle to arrive, however
+                # fast the venue's clock runs (a replica's may run 120 times as fast).
+                st.builder.advance(clock.now_ms() - max(CLOSE_GRACE_MS, int(1000 * clock.rate)))
                 self._publish_open(st)
-            if self._next is not None and self._next.frames > 0:
-                await self._finish_rotation()
-            elif self._next is None and self.ws.connected_at and mono - self.ws.connected_at > rotate_after:
-                log.info("connection is %.0f s old; rotating before the venue cuts it", mono - self.ws.connected_at)
-                self._rotate()
 
-    def update_skew_bounds(self) -> None:
-        """Trades further than MAX_SKEW_MS from the venue's clock are refused as impossible."""
-        now = self.venue_clock.now_ms()
-        self._ts_low, self._ts_high = now - MAX_SKEW_MS, now + MAX_SKEW_MS
+    def _check_failover(self, f: _Failover, mono: float) -> None:
+        """Switch ``f`` to its other source when the active one went silent while its market is open
+        and the other one is live."""
+        limit = self.settings.seconds("failover_after")
+        act, other = self.states[f.sources[f.active]], self.states[f.sources[1 - f.active]]
+        silent = mono - (act.last_message or self._started)
+        if silent <= limit or not act.calendar.is_open(act.feed.clock.now_ms()):
+            return
+        if not other.last_message or mono - other.last_message > limit:
+            return  # both silent: nothing better to switch to
+        # The logical series continues from the candles holding the old source's last data: those
+        # (and everything after) come whole from the new source, so there is no hole and nothing
+        # the silent source made up (flat candles by the timer) stays.
+        since = act.last_trade_ms or other.feed.clock.now_ms()
+        spanning = {tf: since - since % TIMEFRAMES[tf] for tf in self.timeframes}
+        f.active = 1 - f.active
+        for tf, first in spanning.items():
+            held = self.hot.range(other.key, tf, first, 2**62)
+            if held is None:
+                held = [c for c in self.hot.last(other.key, tf, self.settings.hot_capacity) if c.open_time >= first]
+            for c in held:
+                self._put(f.key, tf, c)
+            live = other.open_candle(tf)
+            if live is not None:
+                self._put(f.key, tf, live)
+        f.switches.append({"at_ms": other.feed.clock.now_ms(), "from": act.key, "to": other.key, "since_ms": since,
+                           "spanning": spanning, "silent_s": round(silent, 3)})
+        log.warning("%s: %s silent for %.1f s; candles continue from %s (the candles holding %d are spanning)",
+                    f.key, act.key, silent, other.key, since)
 
     def _publish_open(self, st: InstrumentState) -> None:
         key = st.key
         hub = self.hub
-        for tf, c in st.builder.open_candles():
-            self.hot.put(key, tf, c)
-            self._store(key, tf, c)
-            if hub is not None:
-                seen = (c.open_time, c.close, c.volume)
-                if st._published.get(tf) != seen:
-                    st._published[tf] = seen
-                    hub.candle(key, tf, c)
+        rollup = st.rollup
+        if rollup is not None and st.rolling:
+            forming = st.builder.open_candle(rollup.base)
+            if forming is not None:
+                rollup.on_base(forming)
+        f = self._failover_of.get(key)
+        keys = (key, f.key) if f is not None and f.sources[f.active] == key else (key,)
+        for tf, c in st.open_candles():
+            # Consumers hear of a forming candle only when it changed since the last tick.
+            seen = (c.open_time, c.close, c.volume)
+            fresh = st._published.get(tf) != seen
+            if fresh:
+                st._published[tf] = seen
+            for k in keys:
+                self._put(k, tf, c, publish=fresh)
         if hub is not None and st.last_trade_ms != st._published_price_ms:
             st._published_price_ms = st.last_trade_ms
-            first = st.builder.open_candles()
+            first = st.open_candles()
             if first:
                 hub.price(key, st.last_trade_ms, first[0][1].close)
 
@@ -390,7 +452,7 @@ class Engine:
         """The writer stored a batch: record how long it took, and how long after its end each
         final candle reached the store (by the venue's clock)."""
         self.metrics.store_write.observe(seconds)
-        now = self.venue_clock.now_ms()
+        now = self.now_ms()
         for _, tf, c in rows:
             if c.closed:
                 self.metrics.candle_latency.observe(max(0.0, (now - c.open_time - TIMEFRAMES[tf]) / 1000))
@@ -400,10 +462,10 @@ class Engine:
         trades = sum(st.trades for st in self.states.values())
         gaps = sum(st.builder.gaps for st in self.states.values())
         repaired = sum(st.repaired for st in self.states.values())
-        state = "connected" if self.ws.connected.is_set() else "DISCONNECTED"
+        state = ", ".join(f"{v} {'connected' if f.connected() else 'DISCONNECTED'}" for v, f in self.feeds.items())
         log.info("%s; %d trades, %d candles written (%d pending), %d gaps, %d candles repaired, %d frames skipped",
                  state, trades, self.writer.written, self.writer.pending, gaps, repaired,
-                 sum(self.decoder.errors.values()))
+                 sum(sum(f.errors.values()) for f in self.feeds.values()))
 
     # --- repairs, marks and audits --------------------------------------------------------------
 
@@ -428,32 +490,36 @@ class Engine:
     async def _repair(self, job: _Repair) -> _Repair | None:
         """Repair what of ``job`` is ready; returns what is left to do (``job`` itself if nothing was)."""
         tf_ms = TIMEFRAMES[job.timeframe]
-        st = self.states[str(job.instrument)]
+        st = self.states[job.key]
         # Ready: the venue's clock is past the candle's end and our builder has moved on from it.
-        ready_until = self.venue_clock.now_ms() - REPAIR_SETTLE_MS
+        ready_until = st.feed.clock.now_ms() - REPAIR_SETTLE_MS
         ready_until -= ready_until % tf_ms
-        open_c = st.builder.open_candle(job.timeframe)
+        open_c = st.open_candle(job.timeframe)
         limit = min(job.last, ready_until - tf_ms)
         if open_c is not None:
             limit = min(limit, open_c.open_time - tf_ms)
         if limit < job.first:
             return job
         try:
-            candles = await self.history.candles(job.instrument.symbol, job.timeframe, job.first, limit)
+            candles = await st.feed.candles(st, job.timeframe, job.first, limit)
         except (VenueError, VenueUnreachable) as exc:
-            log.warning("repair of %s %s failed (%s); will retry", job.instrument, job.timeframe, exc)
+            log.warning("repair of %s %s failed (%s); will retry", job.key, job.timeframe, exc)
             await asyncio.sleep(1.0)
             return job
-        key = str(job.instrument)
         done = job.first
         for c in candles:
             if not c.closed:
                 break
-            self._final(key, job.timeframe, c)
+            self._final(job.key, job.timeframe, c)
             st.repaired += 1
             done = c.open_time + tf_ms
+        if st.feed.omits_empty and (not candles or candles[-1].closed) and \
+                limit + tf_ms <= st.feed.clock.now_ms() - EMPTY_SETTLE_MS:
+            # The venue has no candle for an interval without prices: once the range is well over
+            # by its clock (ours may run a little ahead of it), its answer covers the range.
+            done = max(done, limit + tf_ms)
         if done <= job.last:
-            return _Repair(job.instrument, job.timeframe, done, job.last, job.found)
+            return _Repair(job.key, job.timeframe, done, job.last, job.found)
         self.recovery_s.append(time.monotonic() - job.found)
         return None
 
@@ -478,16 +544,22 @@ class Engine:
         if self._repair_inflight is not None:
             waiting.append(self._repair_inflight)
         for job in waiting:
-            k = (str(job.instrument), job.timeframe)
-            if k in marks:
-                marks[k] = min(marks[k], job.first)
+            key = job.key
+            rollup = self.states[key].rollup
+            pulled = [job.timeframe]
+            if rollup is not None and job.timeframe == rollup.base:
+                pulled += rollup.timeframes  # a derived candle is final only once its parts are
+            for tf in pulled:
+                k = (key, tf)
+                if k in marks:
+                    marks[k] = min(marks[k], job.first - job.first % TIMEFRAMES[tf])
         return marks
 
     async def _write_marks(self) -> None:
         """Write the candles handed over so far, then the marks that vouch for them."""
         marks = self.final_marks()
         await self.writer.flush()
-        await asyncio.to_thread(self.cold.set_final_marks, marks)
+        await self.cold.set_final_marks(marks)
 
     async def _mark_loop(self) -> None:
         while True:
@@ -499,17 +571,17 @@ class Engine:
 
     async def _audit(self) -> None:
         """Check the stored series for holes and unfinished candles; each becomes a repair."""
-        now = self.venue_clock.now_ms()
-        since = now - int(self.settings.seconds("audit_window") * 1000)
         self.audits += 1
         for key, st in self.states.items():
+            now = st.feed.clock.now_ms()
+            since = now - int(self.settings.seconds("audit_window") * 1000)
             for tf in self.timeframes:
                 ms = TIMEFRAMES[tf]
-                for first, last in await asyncio.to_thread(self.cold.find_gaps, key, tf, ms, since, now):
+                for first, last in await self.cold.find_gaps(key, tf, ms, since, now):
                     if st.calendar.open_between(first, last + ms):
                         self.audit_gaps += 1
                         log.warning("audit: %s %s has a hole from %d to %d; fetching it", key, tf, first, last)
-                        self._repair_sink(st.instrument)(tf, first, last)
+                        self._repair_sink(key)(tf, first, last)
 
     async def _audit_loop(self) -> None:
         every = self.settings.seconds("audit_every")
@@ -521,15 +593,26 @@ class Engine:
             except StoreError as exc:
                 log.warning("store audit postponed: %s", exc)
 
+    async def apply_retention(self, now_ms: int) -> dict[str, int]:
+        """Drop what each tier keeps past its timeframe's retention, by the venue's ``now_ms``;
+        returns how many candles each tier removed (a tier that is down is skipped and says so)."""
+        removed = {"memory": self.hot.apply_retention(now_ms, self.retention)}
+        try:
+            removed["cold"] = await self.cold.apply_retention(now_ms)
+        except StoreError as exc:
+            log.warning("retention in the cold store postponed: %s", exc)
+        if self.redis is not None:
+            try:
+                removed["redis"] = await self.redis.apply_retention(now_ms)
+            except StoreError as exc:
+                log.warning("retention in Redis postponed: %s", exc)
+        return removed
+
     async def _retention_loop(self) -> None:
         while True:
-            try:
-                deleted = await asyncio.to_thread(self.cold.apply_retention, self.venue_clock.now_ms())
-            except StoreError as exc:
-                log.warning("retention postponed: %s", exc)
-            else:
-                if deleted:
-                    log.info("retention removed %d old candles", deleted)
+            removed = await self.apply_retention(self.now_ms())
+            if any(removed.values()):
+                log.info("retention removed old candles: %s", ", ".join(f"{n} from {k}" for k, n in removed.items()))
             await asyncio.sleep(3600)
 
     def write_status_file(self) -> None:
@@ -553,45 +636,48 @@ class Engine:
 
     async def stop(self) -> None:
         """Stop streaming and write everything out; meant to finish well inside 2 seconds."""
-        streams = [(self.ws, self._ws_task), (self._next, self._next_task)]
-        await asyncio.gather(*(s.close() for s, _ in streams if s is not None))
+        await asyncio.gather(*(feed.stop() for feed in self.feeds.values()))
         for t in self._tasks:
             if t.get_name() != "writer":
                 t.cancel()
-        for _, task in streams:
-            if task is not None:
-                task.cancel()
         for st in self.states.values():
             self._publish_open(st)
         if self.hub is not None:
             await self.hub.close()
         marks = self.final_marks()
-        await self.writer.close()
-        with contextlib.suppress(StoreError):
-            await asyncio.to_thread(self.cold.set_final_marks, marks)
-        for t in [*self._tasks, *(task for _, task in streams if task is not None)]:
+        # With a spool, what the store still refuses after a second waits on disk for the next run.
+        await self.writer.close(retry_for_s=1.0 if self.spool is not None else 10.0)
+        if not self.writer.spooled_pending and not self.writer.pending:
+            with contextlib.suppress(StoreError):
+                await self.cold.set_final_marks(marks)
+        if self.redis is not None:
+            await self.redis.close()
+        for t in self._tasks:
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        await self.history.close()
-        await asyncio.to_thread(self.cold.close)
+        await self.cold.close()
+        if self.spool is not None:
+            self.spool.close()
         with contextlib.suppress(OSError):
             self.write_status_file()
 
     # --- serving --------------------------------------------------------------------------------
 
     def instrument_names(self) -> list[str]:
-        return list(self.states)
+        return [*self.states, *self.failovers]
 
     def snapshot(self, instrument: str, timeframe: str, n: int) -> list[Candle]:
         """The last ``n`` candles of a series from the hot tier, the forming one last (copies)."""
+        if instrument in self.failovers and timeframe in self.timeframes and n > 0:
+            return self.hot.last(instrument, timeframe, n)  # the active source's candles, forming one last
         st = self.states.get(instrument)
         if st is None or timeframe not in self.timeframes or n <= 0:
             return []
         # The hot tier holds every closed candle and the forming one as of the last tick; the
         # builder's forming candle is newer still.
         out = self.hot.last(instrument, timeframe, n + 1)
-        live = st.builder.open_candle(timeframe)
+        live = st.open_candle(timeframe)
         if live is not None:
             out = [c for c in out if c.open_time < live.open_time]
             out.append(msgspec.structs.replace(live))
@@ -599,20 +685,18 @@ class Engine:
 
     async def candles(self, instrument: str, timeframe: str, since_ms: int | None = None,
                       until_ms: int | None = None, limit: int | None = None) -> list[Candle]:
-        """Candles of a series, oldest first, the forming one included: from the hot tier when it
-        covers the range, else from the cold store. ``limit`` keeps the newest ``limit``."""
+        """Candles of a series, oldest first, the forming one included: from the hot tier as far
+        as it reaches, older ones from the cold store (see :func:`read_candles`). ``limit`` keeps
+        the newest ``limit``."""
         hi = until_ms if until_ms is not None else 2**62
-        rows: list[Candle] | None = None
-        if since_ms is not None:
-            rows = self.hot.range(instrument, timeframe, since_ms, hi)  # None: the ring starts later
-        elif until_ms is None and limit is not None:
-            recent = self.hot.last(instrument, timeframe, limit)
-            rows = recent if len(recent) >= limit else None
-        if rows is None:
-            await self.writer.flush()  # so the store has everything the hot tier has
-            rows = await asyncio.to_thread(self.cold.query, instrument, timeframe, since_ms, until_ms, limit)
+        if self.writer.pending:
+            # Candles older than the hot tier may still be on their way to the cold tier (a deep
+            # bootstrap); a store that is down answers without them rather than making us wait.
+            with contextlib.suppress(StoreError):
+                await self.writer.flush(retry_for_s=0.0)
+        rows = await read_candles(MemoryHot(self.hot), self.cold, instrument, timeframe, since_ms, until_ms, limit)
         st = self.states.get(instrument)
-        live = st.builder.open_candle(timeframe) if st is not None else None
+        live = st.open_candle(timeframe) if st is not None else None
         if live is not None and (since_ms is None or since_ms <= live.open_time) and live.open_time <= hi:
             rows = [c for c in rows if c.open_time != live.open_time] + [msgspec.structs.replace(live)]
         return rows[-limit:] if limit is not None else rows
@@ -621,16 +705,14 @@ class Engine:
     def hot_capacity(self) -> int:
         return self.settings.hot_capacity
 
-    def _control(self, method: str, states: list[InstrumentState]) -> None:
-        streams = self._streams(states)
-        if not streams:
-            return
-        for ws in (self.ws, self._next):
-            if ws is not None and ws.connected.is_set():
-                self._request_id += 1
-                body = binance.subscribe(streams, self._request_id) if method == "SUBSCRIBE" else \
-                    binance.unsubscribe(streams, self._request_id)
-                ws.send(body)
+    def _control(self, active: bool, states: list[InstrumentState]) -> None:
+        for feed in self.feeds.values():
+            mine = [st for st in states if st.feed is feed]
+            for st in mine:
+                st.active = active
+                feed.activate(st, active)
+            if mine:
+                feed.control(active, mine)
 
     def _pick(self, instruments: list[str] | None) -> list[InstrumentState]:
         if instruments is None:
@@ -644,37 +726,33 @@ class Engine:
     async def start_streaming(self, instruments: list[str] | None = None) -> list[str]:
         """Resume streaming the named instruments (all when None); returns those streaming now.
         Whatever was missed meanwhile is repaired: their next trade reveals the hole."""
-        picked = [st for st in self._pick(instruments) if not st.active]
-        for st in picked:
-            st.active = True
-            self._by_symbol[st.instrument.symbol] = st
-        self._control("SUBSCRIBE", picked)
+        self._control(True, [st for st in self._pick(instruments) if not st.active])
         return [k for k, st in self.states.items() if st.active]
 
     async def stop_streaming(self, instruments: list[str] | None = None) -> list[str]:
         """Stop streaming the named instruments (all when None); returns those still streaming."""
-        picked = [st for st in self._pick(instruments) if st.active]
-        for st in picked:
-            st.active = False
-            self._by_symbol.pop(st.instrument.symbol, None)
-        self._control("UNSUBSCRIBE", picked)
+        self._control(False, [st for st in self._pick(instruments) if st.active])
         return [k for k, st in self.states.items() if st.active]
 
     # --- visibility -----------------------------------------------------------------------------
 
     def health(self) -> list[str]:
         """Reasons the collector is not healthy; empty when it is."""
-        reasons = []
-        if not self.ws.connected.is_set():
-            reasons.append(f"{self.settings.venue} disconnected")
+        reasons = [f"{venue} disconnected" for venue, feed in self.feeds.items() if not feed.connected()]
         if self.writer.last_error is not None:
-            reasons.append(f"store failing: {self.writer.last_error}")
+            spooled = self.writer.spooled_pending
+            where = f"; {spooled} candles spooled at {self.spool.path}, replayed when it is back" \
+                if spooled and self.spool is not None else ""
+            reasons.append(f"cold store {self.cold.name} failing: {self.writer.last_error}{where}")
+        if self.redis is not None and self.redis.degraded is not None:
+            reasons.append(f"hot tier {self.redis.name} unreachable ({self.redis.degraded}); serving from memory,"
+                           " Redis is re-filled when it is back")
         if self.store_dropped:
             reasons.append(f"store backlog full: {self.store_dropped} candle updates not queued")
         limit = self.settings.seconds("unhealthy_after")
         mono = time.monotonic()
-        now = self.venue_clock.now_ms()
         for key, st in self.states.items():
+            now = st.feed.clock.now_ms()
             silent = mono - (st.last_message or self._started)
             if st.active and silent > limit and st.calendar.is_open(now):
                 reasons.append(f"{key} stale: no data for {silent:.0f} s while its market is open")
@@ -683,34 +761,50 @@ class Engine:
     def status(self) -> dict[str, object]:
         """A snapshot of counters for the terminal view, the API and the chaos benchmark."""
         mono = time.monotonic()
-        connects = self.past_connects + self.ws.connects + (self._next.connects if self._next else 0)
+        venues = {venue: feed.status() for venue, feed in self.feeds.items()}
+        totals: dict[str, object] = {}
+        for key in _VENUE_SUMS:
+            totals[key] = sum(int(v.get(key, 0)) for v in venues.values())
+        skipped: Counter[str] = Counter()
+        for v in venues.values():
+            skipped.update(v.get("skipped_frames", {}))
         return {
-            "venue_time_ms": self.venue_clock.now_ms(),
-            "connected": self.ws.connected.is_set(),
-            "connections": 1 + (self._next is not None and self._next.connected.is_set()),
-            "connects": connects,
-            "reconnects": max(0, connects - 1 - self.rotations),
-            "rotations": self.rotations,
-            "stale_drops": self.ws.stale_drops + (self._next.stale_drops if self._next else 0),
-            "connect_budget_waits": self.budget.waits,
-            "frames": self.ws.frames,
-            "skipped_frames": dict(self.decoder.errors),
-            "rest_requests": self.history.http.requests,
-            "rest_throttled": self.history.http.throttled,
-            "rest_server_errors": self.history.http.server_errors,
-            "rest_limiter_waits": self.history.limiter.waits,
+            "venue_time_ms": self.now_ms(),
+            "connected": all(feed.connected() for feed in self.feeds.values()),
+            **totals,
+            "skipped_frames": dict(skipped),
+            "venues": venues,
             "store_pending": self.writer.pending,
             "store_written": self.writer.written,
             "store_failures": self.writer.failures,
             "store_dropped": self.store_dropped,
+            "store": self.cold.name,
+            "store_spooled": self.writer.spooled,
+            "store_spool_pending": self.writer.spooled_pending,
+            "store_replayed": self.writer.replayed,
+            "store_up": self.writer.last_error is None,
+            "hot_up": None if self.redis is None else self.redis.degraded is None,
+            "hot_written": None if self.redis is None else self.redis.written,
+            "hot_failures": None if self.redis is None else self.redis.failures,
+            "hot_refills": None if self.redis is None else self.redis.refills,
+            "hot": None if self.redis is None else {
+                "name": self.redis.name, "degraded": self.redis.degraded, "written": self.redis.written,
+                "failures": self.redis.failures, "refills": self.redis.refills, "pending": self.redis.pending},
             "pending_repairs": len(self._repairs) + (self._repair_inflight is not None),
             "audits": self.audits,
             "audit_gaps": self.audit_gaps,
             "healthy": not self.health(),
+            "failover": {
+                f.key: {"active": f.sources[f.active], "primary": f.sources[0], "standby": f.sources[1],
+                        "on_standby": f.active == 1, "switches": len(f.switches), "history": f.switches[-20:]}
+                for f in self.failovers.values()
+            },
             "instruments": {
                 k: {
                     "streaming": st.active,
-                    "connected": st.active and self.ws.connected.is_set(),
+                    "venue": st.instrument.venue,
+                    "price": st.price,
+                    "connected": st.active and st.feed.connected(),
                     "messages_per_s": round(st.messages_per_s, 2),
                     "trades": st.trades,
                     "last_trade_ms": st.last_trade_ms,

@@ -64,7 +64,7 @@ def bucket_start(time_ms: int, tf_ms: int) -> int:
     return time_ms - time_ms % tf_ms
 
 
-_SYMBOL_RE = re.compile(r"^[A-Za-z0-9._\-/]{1,40}$")
+_SYMBOL_RE = re.compile(r"^[A-Za-z0-9._\-/:]{1,40}$")  # ":" for Finnhub's EXCHANGE:SYMBOL
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +89,32 @@ class Instrument:
 
     def __str__(self) -> str:
         return f"{self.venue}:{self.symbol}"
+
+
+#: The price candles of a quote-built (forex) instrument: mid = (bid + ask) / 2, the default.
+PRICE_SIDES = ("mid", "bid", "ask")
+
+
+def series_key(instrument: str, price: str | None = None) -> str:
+    """The name a candle series is stored and served under.
+
+    Trade-built candles and quote-built MID candles use the instrument's name (``oanda:EUR_USD``);
+    BID and ASK candles append the side (``oanda:EUR_USD@bid``), so every store keeps one key
+    layout for all of them.
+    """
+    if price is None or price == "mid" or price == "trade":
+        return instrument
+    if price not in PRICE_SIDES:
+        raise BadInput(f"unknown price {price!r}; use one of {', '.join(PRICE_SIDES)}")
+    return f"{instrument}@{price}"
+
+
+def canonical_series(name: str) -> str:
+    """The canonical series key of ``name`` (``oanda:eur_usd@BID`` → ``oanda:EUR_USD@bid``);
+    :class:`BadInput` when it is malformed."""
+    inst, sep, price = name.partition("@")
+    canonical = str(Instrument.parse(inst))
+    return series_key(canonical, price.strip().lower()) if sep else canonical
 
 
 class Trade(msgspec.Struct, gc=False):

@@ -25,8 +25,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from deltafeed.cli import iso, num
-from deltafeed.model import TIMEFRAMES, BadInput, Candle, Instrument, time_ms
-from deltafeed.store.cold import StoreError
+from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle, Instrument, canonical_series, time_ms
+from deltafeed.store.base import StoreError
 
 if TYPE_CHECKING:
     from deltafeed.engine import Engine
@@ -44,7 +44,7 @@ COLUMNS = ("open_time", "open", "high", "low", "close", "volume", "trades")
 #: response that are still forming; absent when every candle in it is final.
 FORMING_HEADER = "Deltafeed-Forming"
 
-_CANDLE_PARAMS = ("since", "until", "limit", "format", "token")
+_CANDLE_PARAMS = ("since", "until", "limit", "format", "price", "token")
 _JSON = "application/json"
 
 # --- errors -------------------------------------------------------------------------------------
@@ -132,7 +132,7 @@ def parse_limit(text: str) -> int:
 def parse_instrument(name: str, known: list[str]) -> str:
     """A configured instrument's canonical name: 400 when ``name`` is malformed, 404 when not collected."""
     try:
-        canonical = str(Instrument.parse(name))
+        canonical = canonical_series(name)
     except BadInput as exc:
         raise http_error(web.HTTPBadRequest, str(exc)) from None
     if canonical not in known:
@@ -175,8 +175,10 @@ class _Routes:
         per = _status_instruments(self.engine.status())
         out = []
         for name in self.engine.instrument_names():
-            inst = Instrument.parse(name)
+            base, _, price = name.partition("@")
+            inst = Instrument.parse(base)
             out.append({"name": name, "venue": inst.venue, "symbol": inst.symbol,
+                        "price": per.get(name, {}).get("price", price or None),
                         "streaming": bool(per.get(name, {}).get("streaming", True))})
         return _json({"instruments": out, "timeframes": list(self.engine.timeframes)})
 
@@ -210,13 +212,18 @@ class _Routes:
 
     async def candles(self, request: web.Request) -> web.Response:
         # Names first, before anything is looked up with them.
-        instrument = parse_instrument(request.match_info["instrument"], self.engine.instrument_names())
-        timeframe = parse_timeframe(request.match_info["timeframe"], list(self.engine.timeframes))
         q = request.query
+        name = request.match_info["instrument"]
+        if "price" in q:  # a forex instrument's BID or ASK candles: the same as NAME@bid
+            if q["price"] not in PRICE_SIDES:
+                raise http_error(web.HTTPBadRequest, f"price={q['price']!r}; use one of {', '.join(PRICE_SIDES)}")
+            name = f"{name.partition('@')[0]}@{q['price']}"
+        instrument = parse_instrument(name, self.engine.instrument_names())
+        timeframe = parse_timeframe(request.match_info["timeframe"], list(self.engine.timeframes))
         unknown = sorted(set(q) - set(_CANDLE_PARAMS))
         if unknown:
             raise http_error(web.HTTPBadRequest, f"unknown parameter(s) {', '.join(unknown)}; use since, until,"
-                                                 " limit and format")
+                                                 " limit, format and price")
         since = parse_time(q["since"], "since") if "since" in q else None
         until = parse_time(q["until"], "until") if "until" in q else None
         if since is not None and until is not None and since > until:
@@ -416,7 +423,9 @@ def openapi_spec() -> dict[str, Any]:
                             "instruments": {"type": "array", "items": {
                                 "type": "object", "required": ["name", "venue", "symbol", "streaming"],
                                 "properties": {"name": {"type": "string"}, "venue": {"type": "string"},
-                                               "symbol": {"type": "string"}, "streaming": {"type": "boolean"}}}},
+                                               "symbol": {"type": "string"}, "streaming": {"type": "boolean"},
+                                               "price": {"type": ["string", "null"],
+                                                         "description": "trade, or mid/bid/ask for forex"}}}},
                             "timeframes": {"type": "array", "items": {"type": "string"}},
                         }}}}},
                     **_READ_ERRORS,

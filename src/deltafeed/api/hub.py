@@ -51,7 +51,7 @@ from typing import Protocol
 import msgspec
 
 from deltafeed.clock import Clock, LiveClock
-from deltafeed.model import TIMEFRAMES, BadInput, Candle, Instrument, Trade
+from deltafeed.model import TIMEFRAMES, BadInput, Candle, Trade, canonical_series
 from deltafeed.net.frames import text_frame
 
 log = logging.getLogger("deltafeed.api.hub")
@@ -395,7 +395,7 @@ class Hub:
 
         The error is a :class:`LookupError` too when the name is well formed but not served.
         """
-        canonical = str(Instrument.parse(name))
+        canonical = canonical_series(name)
         active = self._instruments()
         if canonical not in active:
             some = ", ".join(active[:10]) + (f" ({len(active)} in all)" if len(active) > 10 else "")

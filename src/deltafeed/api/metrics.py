@@ -57,12 +57,20 @@ _STORE_COUNTERS = (
     ("store_failures", "deltafeed_store_write_failures", "Failed cold store batch writes (retried)"),
     ("store_dropped", "deltafeed_store_dropped_updates",
      "Candle updates not queued because the store backlog was full"),
+    ("store_spooled", "deltafeed_store_spooled_candles", "Candle rows spooled to disk while the cold store failed"),
+    ("store_replayed", "deltafeed_store_replayed_candles", "Candle rows replayed from the spool into the cold store"),
+    ("hot_written", "deltafeed_hot_redis_written_candles", "Candle writes to the Redis hot tier"),
+    ("hot_failures", "deltafeed_hot_redis_failures", "Failed writes to the Redis hot tier (it is re-filled)"),
+    ("hot_refills", "deltafeed_hot_redis_refills", "Times the Redis hot tier was re-filled from memory"),
     ("audits", "deltafeed_store_audits", "Store audits for holes"),
     ("audit_gaps", "deltafeed_store_audit_gaps", "Holes found by store audits"),
 )
 _STORE_GAUGES = (
     ("store_pending", "deltafeed_store_pending_candles", "Candle rows waiting to be written to the cold store"),
     ("pending_repairs", "deltafeed_pending_repairs", "Ranges of candles waiting to be fetched again over REST"),
+    ("store_spool_pending", "deltafeed_store_spool_pending_candles", "Candle rows in the spool, not yet replayed"),
+    ("store_up", "deltafeed_store_up", "1 when the last cold store write succeeded, else 0"),
+    ("hot_up", "deltafeed_hot_redis_up", "1 when the Redis hot tier is reachable, else 0 (absent without --hot)"),
 )
 
 
@@ -134,6 +142,20 @@ class EngineCollector(Collector):
                 if v is not None:
                     gauge.add_metric([inst], v)
             yield gauge
+
+        failover = status.get("failover")
+        if isinstance(failover, dict):
+            switches = CounterMetricFamily("deltafeed_failover_switches",
+                                           "Switches of a logical instrument between its sources",
+                                           labels=["instrument"])
+            standby = GaugeMetricFamily("deltafeed_failover_on_standby",
+                                        "1 while a logical instrument is served from its standby source",
+                                        labels=["instrument"])
+            for name, fo in failover.items():
+                switches.add_metric([name], float(fo["switches"]))
+                standby.add_metric([name], float(fo["on_standby"]))
+            yield switches
+            yield standby
 
         venues = _venues(status, engine.settings.venue)
         connected = GaugeMetricFamily("deltafeed_connected", "1 when the venue's stream is connected",

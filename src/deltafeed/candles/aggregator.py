@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from deltafeed.candles.calendar import AlwaysOpen, Calendar
 from deltafeed.model import TIMEFRAMES, Candle, Trade
 
 ClosedSink = Callable[[str, Candle], None]
@@ -43,13 +44,17 @@ class CandleBuilder:
       from the venue's REST history) instead of being trusted. The first trade after start-up is
       such a hole: what came before it is unknown.
     - An interval without trades becomes a flat candle (volume 0, trades 0, OHLC = previous close),
-      but only across a stretch where no trade can have been missed.
+      but only across a stretch where no trade can have been missed, and only while the market stays
+      open (``calendar``): an interval is flat only if it ends no later than the first close after the
+      last trade. A closed market is not a quiet one, so nothing is made over a weekend or a holiday,
+      an interval straddling the close (a 4h or 1d candle) exists only if it had trades, and the first
+      candle after the reopening starts from its first trade, not from the close before the weekend.
     - A candle closes when a trade or a venue candle shows time has passed its end, or when
       :meth:`advance` is told the venue's clock has (the quiet-market timer).
     """
 
     def __init__(self, timeframes: list[str], on_closed: ClosedSink, on_repair: RepairSink,
-                 hold_max: int = 256) -> None:
+                 hold_max: int = 256, calendar: Calendar | None = None) -> None:
         self._series = [_Series(tf) for tf in sorted(timeframes, key=TIMEFRAMES.__getitem__)]
         self._by_name = {s.name: s for s in self._series}
         self._on_closed = on_closed
@@ -62,6 +67,9 @@ class CandleBuilder:
         self.missed_trades = 0
         self.late_trades = 0
         self.gaps = 0
+        self.calendar: Calendar = calendar if calendar is not None else AlwaysOpen()
+        self._limit_at = -1  # the trade time _limit was computed for
+        self._limit = 0
 
     # --- set-up ---------------------------------------------------------------------------------
 
@@ -83,7 +91,7 @@ class CandleBuilder:
         if tid != self.last_trade_id + 1 and not self._out_of_sequence(t):
             return
         self.last_trade_id = tid
-        ts = self.last_trade_ms = t.time_ms
+        ts = t.time_ms
         p = t.price
         q = t.qty
         for s in self._series:
@@ -98,6 +106,8 @@ class CandleBuilder:
             c.close = p
             c.volume += q
             c.trades += 1
+        # Only now: while the candles rolled above, the last trade was the one before (flat limit).
+        self.last_trade_ms = ts
         if self._held and self.last_trade_id + 1 in self._held:
             self.on_trade(self._held.pop(self.last_trade_id + 1))
 
@@ -158,10 +168,22 @@ class CandleBuilder:
         if s.next_open is not None and s.last_close is not None:
             px = s.last_close
             t = s.next_open
-            while t < b:
+            limit = self._flat_limit() - s.ms
+            while t < b and t <= limit:
                 self._on_closed(s.name, Candle(t, px, px, px, px, 0.0, 0, True))
                 t += s.ms
             _idle(s, max(t, s.next_open), px)
+
+    def _flat_limit(self) -> int:
+        """Flat candles must end by this time: the first close of the market after the last trade.
+
+        Cached per last trade, so a quiet weekend's timer ticks and each roll cost one comparison.
+        """
+        p = max(self.last_trade_ms, 0)
+        if p != self._limit_at:
+            self._limit_at = p
+            self._limit = self.calendar.next_close(p)
+        return self._limit
 
     def _resync(self, t: Trade) -> None:
         """Trades before ``t`` are missing: report the candles they may belong to for repair."""
@@ -226,7 +248,8 @@ class CandleBuilder:
     # --- time -----------------------------------------------------------------------------------
 
     def advance(self, now_ms: int) -> None:
-        """The venue's clock reads ``now_ms``: close candles that ended, fill quiet intervals."""
+        """The venue's clock reads ``now_ms``: close candles that ended, fill quiet intervals (only
+        while the market stays open since the last trade; see the class notes)."""
         if self.last_trade_id < 0:
             return
         for s in self._series:

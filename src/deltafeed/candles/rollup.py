@@ -1,10 +1,48 @@
-"""Derives candles of a longer timeframe from consecutive candles of a shorter one."""
+"""Derives candles of longer timeframes from consecutive candles of a shorter (base) one.
+
+Aggregating every trade into every timeframe costs one update per trade per timeframe. A longer
+candle is fully determined by the base candles it spans, so it can be derived from them instead:
+``open`` of the first part with trades, ``high``/``low`` over the parts with trades, ``close`` of the
+last part, ``volume`` and ``trades`` summed. A part without trades is a flat placeholder at the
+previous close; it adds nothing to the open, high or low of a candle that has trades, and a bucket
+of only such parts is itself flat at the previous close -- exactly what :class:`CandleBuilder` makes
+from the trades. :func:`rollup` does this for a finished list; :class:`RollupBuilder` does it live.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 
-from deltafeed.model import Candle
+from deltafeed.candles.aggregator import ClosedSink
+from deltafeed.model import TIMEFRAMES, BadInput, Candle
+
+StaleSink = Callable[[str, int], None]
+"""Receives ``(timeframe, bucket_open_time)``: a derived candle that can no longer be derived here
+(its parts are no longer kept, or never all arrived) and must be fetched from the venue instead."""
+
+
+def _append(c: Candle, p: Candle) -> None:
+    """Fold part ``p`` into ``c``; ``p`` must come after every part already folded into ``c``.
+
+    The one definition of the fold, shared by :func:`rollup` and :class:`RollupBuilder`. Volume is
+    summed part by part, so it equals a trade-by-trade sum only up to float rounding.
+    """
+    if p.trades:
+        if c.trades:
+            if p.high > c.high:
+                c.high = p.high
+            if p.low < c.low:
+                c.low = p.low
+        else:  # the first part with trades sets the open; flat parts before it do not count
+            c.open, c.high, c.low = p.open, p.high, p.low
+    c.close = p.close
+    c.volume += p.volume
+    c.trades += p.trades
+
+
+def _start(open_time: int, p: Candle) -> Candle:
+    """A new (not closed) candle opening at ``open_time`` holding just part ``p``."""
+    return Candle(open_time, p.open, p.high, p.low, p.close, p.volume, p.trades, False)
 
 
 def rollup(parts: Iterable[Candle], part_ms: int, tf_ms: int) -> list[Candle]:
@@ -24,20 +62,302 @@ def rollup(parts: Iterable[Candle], part_ms: int, tf_ms: int) -> list[Candle]:
         if cur is None or b != cur.open_time:
             if cur is not None:
                 out.append(cur)
-            cur = Candle(b, p.open, p.high, p.low, p.close, p.volume, p.trades, False)
+            cur = _start(b, p)
             complete = p.closed
         else:
-            if p.trades:
-                if cur.trades:
-                    cur.high = max(cur.high, p.high)
-                    cur.low = min(cur.low, p.low)
-                else:  # the first part with trades sets the open
-                    cur.open, cur.high, cur.low = p.open, p.high, p.low
-            cur.close = p.close
-            cur.volume += p.volume
-            cur.trades += p.trades
+            _append(cur, p)
             complete = complete and p.closed
         cur.closed = complete and p.open_time + part_ms == b + tf_ms
     if cur is not None:
         out.append(cur)
     return out
+
+
+def _length(name: str, lengths: Mapping[str, int]) -> int:
+    try:
+        return lengths[name]
+    except KeyError:
+        raise BadInput(f"unknown timeframe {name!r}; use one of {' '.join(lengths)}") from None
+
+
+class _Bucket:
+    """The parts of one derived candle and their fold.
+
+    ``agg`` is the fold of the final parts up to index ``hi``, kept up to date incrementally while
+    final parts arrive in order (the normal case: one ``_append`` per part). A final part that lands
+    before ``hi`` or replaces one already folded (a correction) sets ``dirty`` instead, and the fold is
+    redone from ``parts`` once, the next time it is needed. The forming base part is kept apart and
+    folded in on demand: it changes every few hundred ms and must never force a refold.
+    """
+
+    __slots__ = ("agg", "dirty", "emitted", "finals", "forming", "forming_i", "hi", "open_time", "parts")
+
+    def __init__(self, open_time: int, n: int) -> None:
+        self.open_time = open_time
+        self.parts: list[Candle | None] = [None] * n  # final parts only
+        self.finals = 0  # parts not None
+        self.agg: Candle | None = None
+        self.hi = -1
+        self.dirty = False
+        self.forming: Candle | None = None
+        self.forming_i = -1
+        self.emitted = False  # handed to on_final (or, when seeded, known to the caller already)
+
+
+class _Series:
+    """One derived timeframe: the bucket the base is in and the one before it, nothing older."""
+
+    __slots__ = ("cur", "ms", "n", "name", "prev", "reported")
+
+    def __init__(self, name: str, ms: int, n: int) -> None:
+        self.name = name
+        self.ms = ms
+        self.n = n  # base parts per bucket
+        self.cur: _Bucket | None = None
+        self.prev: _Bucket | None = None  # always cur.open_time - ms when set
+        self.reported: int | None = None  # the last bucket handed to on_stale (no repeats in a row)
+
+
+class RollupBuilder:
+    """Base candles in, derived candles of longer timeframes out, for one instrument.
+
+    Feed it what :class:`CandleBuilder` produces for the base timeframe, in the order it produces it:
+    the forming candle from ``open_candles()`` every tick, and every final candle from ``on_closed``
+    (closed ones, flat ones, and corrections of earlier ones, e.g. from a repair). Buckets are epoch
+    aligned (``open_time - open_time % tf_ms``), as :data:`TIMEFRAMES` are.
+
+    - A derived candle is final once every one of its parts is final; that implies the base has
+      moved past its end. It goes to ``on_final`` then, and again whenever a final part of it is
+      replaced by a different one while it is still kept (the stores upsert).
+    - Only the current and the previous bucket of each timeframe are kept (at most ``2 * tf/base``
+      parts each), so memory is bounded whatever the timeframe. A final part for an older bucket,
+      and a bucket dropped before all its parts were final (a hole, or start-up without
+      :meth:`seed`), cannot be derived here any more: they go to ``on_stale`` so the owner fetches
+      that candle from the venue, and are counted in ``stale_parts`` / ``incomplete``.
+    - Cost per base update is O(number of derived timeframes); a refold of a bucket's parts happens
+      only when a part already folded changes (counted in ``refolds``).
+    """
+
+    def __init__(self, base: str, derived: Iterable[str], on_final: ClosedSink,
+                 on_stale: StaleSink | None = None, lengths: Mapping[str, int] = TIMEFRAMES) -> None:
+        """``lengths`` maps timeframe names to ms (the deltafeed timeframes unless given).
+
+        Raises ValueError (a :class:`~deltafeed.model.BadInput` for an unknown name) when a derived
+        timeframe is not longer than the base or not a whole multiple of it.
+        """
+        base_ms = _length(base, lengths)
+        if base_ms <= 0:
+            raise ValueError(f"base timeframe {base} must have a positive length, got {base_ms} ms")
+        self.base = base
+        self._base_ms = base_ms
+        series: list[_Series] = []
+        for name in derived:
+            ms = _length(name, lengths)
+            if ms <= base_ms:
+                raise ValueError(f"cannot derive {name} from {base}: it must be longer than the base timeframe")
+            if ms % base_ms:
+                raise ValueError(f"cannot derive {name} ({ms} ms) from {base} ({base_ms} ms): "
+                                 "it is not a whole multiple of the base timeframe")
+            if any(s.name == name for s in series):
+                raise ValueError(f"timeframe {name} is given twice")
+            series.append(_Series(name, ms, ms // base_ms))
+        self._series = sorted(series, key=lambda s: s.ms)
+        self._by_name = {s.name: s for s in self._series}
+        self._on_final = on_final
+        self._on_stale = on_stale
+        self._seeding = False
+        self.stale_parts = 0  # final parts for buckets no longer kept (reported via on_stale)
+        self.incomplete = 0  # buckets dropped before all their parts were final (reported via on_stale)
+        self.corrections = 0  # derived candles emitted again because a part of them changed
+        self.refolds = 0  # buckets folded again from their parts
+
+    @property
+    def timeframes(self) -> list[str]:
+        """The derived timeframes, shortest first."""
+        return [s.name for s in self._series]
+
+    @property
+    def held_parts(self) -> int:
+        """Final base parts kept in memory over all timeframes (bounded by 2 buckets each)."""
+        return sum(b.finals for s in self._series for b in (s.cur, s.prev) if b is not None)
+
+    # --- input ----------------------------------------------------------------------------------
+
+    def seed(self, parts: Iterable[Candle]) -> None:
+        """Load final base candles already stored (e.g. since the start of the current day), so the
+        forming derived candles are whole from the first second after start-up.
+
+        Seeded history is known to the caller, so nothing is emitted or reported while seeding:
+        buckets it completes count as emitted (a later correction of them is emitted), buckets it
+        passes are dropped quietly, and a seeded part never replaces a final part already held.
+        Parts that are not final are ignored. Call it before the first live update, oldest first.
+        """
+        self._seeding = True
+        try:
+            for p in parts:
+                if p.closed:
+                    self.on_base(p)
+        finally:
+            self._seeding = False
+
+    def on_base(self, candle: Candle) -> None:
+        """Fold one base candle update into every derived timeframe.
+
+        ``candle.closed`` False: the forming base candle (may be a live object: it is copied).
+        True: a final one -- the next in line, a flat one, or a correction of one already seen.
+        """
+        t = candle.open_time
+        base_ms = self._base_ms
+        if t % base_ms:
+            raise ValueError(f"base candle open time {t} is not aligned to {self.base}")
+        p = Candle(t, candle.open, candle.high, candle.low, candle.close, candle.volume, candle.trades,
+                   candle.closed)
+        final = p.closed
+        for s in self._series:
+            b = t - t % s.ms
+            bk = s.cur
+            if bk is None or b > bk.open_time:
+                bk = self._move(s, b)
+            elif b != bk.open_time:
+                if b != bk.open_time - s.ms:
+                    if final:  # a forming update this old carries no news; its final will come
+                        self._stale_part(s, b)
+                    continue
+                bk = s.prev
+                if bk is None:
+                    bk = s.prev = _Bucket(b, s.n)
+            i = (t - b) // base_ms
+            if final:
+                self._final_part(s, bk, i, p)
+            elif bk.parts[i] is None:  # a forming update of a part already final is stale
+                bk.forming = p
+                bk.forming_i = i
+
+    def _move(self, s: _Series, b: int) -> _Bucket:
+        """The base reached bucket ``b`` (later than the current one): keep the one before it only."""
+        cur = s.cur
+        if cur is not None and b == cur.open_time + s.ms:
+            self._drop(s, s.prev)
+            s.prev = cur
+        else:
+            self._drop(s, s.prev)
+            self._drop(s, cur)
+            s.prev = None
+        bk = s.cur = _Bucket(b, s.n)
+        return bk
+
+    def _drop(self, s: _Series, bk: _Bucket | None) -> None:
+        if bk is not None and not bk.emitted and not self._seeding:
+            self.incomplete += 1
+            self._report(s, bk.open_time)
+
+    def _stale_part(self, s: _Series, b: int) -> None:
+        if not self._seeding:
+            self.stale_parts += 1
+            self._report(s, b)
+
+    def _report(self, s: _Series, b: int) -> None:
+        # Many parts of one old bucket (a repaired hour of minutes) make one report, not sixty.
+        if s.reported != b:
+            s.reported = b
+            if self._on_stale is not None:
+                self._on_stale(s.name, b)
+
+    def _final_part(self, s: _Series, bk: _Bucket, i: int, p: Candle) -> None:
+        old = bk.parts[i]
+        if old is not None and (self._seeding or old == p):
+            return  # a repeat changes nothing; seeded history never overrides live data
+        bk.parts[i] = p
+        if bk.forming is not None and bk.forming_i <= i:
+            bk.forming = None
+        if old is None:
+            bk.finals += 1
+            if i > bk.hi and not bk.dirty:
+                if bk.agg is None:
+                    bk.agg = _start(bk.open_time, p)
+                else:
+                    _append(bk.agg, p)
+                bk.hi = i
+            else:
+                bk.dirty = True  # landed before parts already folded: the order of the fold changes
+        else:
+            bk.dirty = True  # a correction of a part already folded
+        if bk.finals == s.n:
+            if bk.emitted and not self._seeding:
+                self.corrections += 1
+            self._emit(s, bk)
+
+    def _emit(self, s: _Series, bk: _Bucket) -> None:
+        if bk.dirty:
+            self._refold(bk)
+        a = bk.agg
+        assert a is not None
+        bk.emitted = True
+        bk.forming = None
+        if not self._seeding:
+            self._on_final(s.name, Candle(bk.open_time, a.open, a.high, a.low, a.close, a.volume, a.trades, True))
+
+    def _refold(self, bk: _Bucket) -> None:
+        agg: Candle | None = None
+        hi = -1
+        for i, p in enumerate(bk.parts):
+            if p is not None:
+                if agg is None:
+                    agg = _start(bk.open_time, p)
+                else:
+                    _append(agg, p)
+                hi = i
+        bk.agg, bk.hi, bk.dirty = agg, hi, False
+        self.refolds += 1
+
+    # --- output ---------------------------------------------------------------------------------
+
+    def open_candles(self) -> list[tuple[str, Candle]]:
+        """The derived candles still forming, one per timeframe at most (fresh objects).
+
+        Like :meth:`CandleBuilder.open_candles`, a timeframe is listed once its current bucket has
+        trades (or a forming base part): a bucket of flat parts only, so far, is not a forming candle
+        there either -- it becomes a flat final candle when it ends.
+        """
+        out: list[tuple[str, Candle]] = []
+        for s in self._series:
+            bk = s.cur
+            if bk is None or bk.finals == s.n:
+                continue
+            c = self._forming(bk)
+            if c is not None and (c.trades or bk.forming is not None):
+                out.append((s.name, c))
+        return out
+
+    def open_candle(self, timeframe: str) -> Candle | None:
+        """The forming candle of ``timeframe``, as listed by :meth:`open_candles`, or None."""
+        s = self._by_name[timeframe]
+        bk = s.cur
+        if bk is None or bk.finals == s.n:
+            return None
+        c = self._forming(bk)
+        return c if c is not None and (c.trades or bk.forming is not None) else None
+
+    def _forming(self, bk: _Bucket) -> Candle | None:
+        """Fold of the final parts so far plus the forming part: one copy and one append, normally."""
+        if bk.dirty:
+            self._refold(bk)
+        f = bk.forming
+        if f is not None and bk.forming_i < bk.hi:  # rare: a forming part before final ones
+            c: Candle | None = None
+            for i, p in enumerate(bk.parts):
+                q = f if i == bk.forming_i else p
+                if q is not None:
+                    if c is None:
+                        c = _start(bk.open_time, q)
+                    else:
+                        _append(c, q)
+            return c
+        a = bk.agg
+        c = None if a is None else Candle(bk.open_time, a.open, a.high, a.low, a.close, a.volume, a.trades, False)
+        if f is not None:
+            if c is None:
+                c = _start(bk.open_time, f)
+            else:
+                _append(c, f)
+        return c

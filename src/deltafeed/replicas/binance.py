@@ -30,10 +30,8 @@ import contextlib
 import json
 import logging
 import math
-import signal
 import socket
 import struct
-import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -44,9 +42,10 @@ import msgspec
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from deltafeed.model import BadInput, Candle
+from deltafeed.model import Candle
 from deltafeed.net.frames import text_header
 from deltafeed.replicas.faults import MESSAGE_KINDS, FaultSchedule, apply_message_fault, parse_faults
+from deltafeed.replicas.server import ReplicaBase, listen
 from deltafeed.replicas.sim import Grid, KlineTable, MarketClock, MarketSim, TradeBatch
 from deltafeed.venues.binance import (
     INTERVAL_MS,
@@ -389,7 +388,7 @@ def _ws_error(code: int, msg: str, request_id: Any) -> bytes:
     return b'{"error":%s,"id":%s}' % (error_body(code, msg), msgspec.json.encode(request_id))
 
 
-class BinanceReplica:
+class BinanceReplica(ReplicaBase):
     """A Binance spot market-data server on ``host:port`` (0 = any free port), driven by a seeded
     simulator. ``rate`` is trades per market second per symbol; ``speed`` is market seconds per
     wall second; ``history_ms`` of market is generated before start.
@@ -484,36 +483,17 @@ class BinanceReplica:
     @property
     def url(self) -> str:
         """``http://HOST:PORT`` (the real port once started)."""
-        return f"http://{self._netloc()}"
+        return f"http://{self.netloc}"
 
     @property
     def ws_url(self) -> str:
         """``ws://HOST:PORT``; append ``/ws/<stream>`` or ``/stream?streams=...``."""
-        return f"ws://{self._netloc()}"
+        return f"ws://{self.netloc}"
 
-    def _netloc(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     async def start(self) -> str:
         """Bind, start serving and pumping; returns the base URL."""
-        app = web.Application()
-        app.router.add_route("GET", "/{tail:.*}", self._http)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.port))
-        except OSError as e:
-            sock.close()
-            await self._runner.cleanup()
-            self._runner = None
-            raise BadInput(
-                f"cannot listen on {self._netloc()}: {e.strerror or e}; "
-                "choose another --host/--port (port 0 picks a free one)"
-            ) from None
-        self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
+        self._runner, self.port = await listen(self._http, self.host, self.port)
         if self.faults is not None:
             self.faults.start()  # fault times count from here
         self._pump_task = asyncio.create_task(self._pump(), name="binance-replica-pump")
@@ -544,13 +524,6 @@ class BinanceReplica:
             self._runner = None
         self._sim.close()
 
-    async def __aenter__(self) -> BinanceReplica:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
     def summary(self) -> str:
         s = self.stats
         line = (
@@ -559,10 +532,6 @@ class BinanceReplica:
             f"frames_sent={s['frames_sent']} frames_dropped={s['frames_dropped']}"
         )
         return line if self.faults is None else f"{line} {self.faults.summary()}"
-
-    def faults_injected(self) -> dict[str, int]:
-        """Faults injected so far, per configured kind (zeros included); empty without faults."""
-        return {} if self.faults is None else self.faults.counts()
 
     def _injected(self, kind: str, conn: _Conn | None = None) -> None:
         assert self.faults is not None
@@ -1249,21 +1218,3 @@ def _depth_weight(q: Mapping[str, str]) -> int:
     return 5 if limit <= 100 else 25 if limit <= 500 else 50 if limit <= 1000 else 250
 
 
-async def serve(replica: BinanceReplica) -> None:
-    """Run ``replica`` until SIGINT or SIGTERM. Prints ``listening on URL`` first, a summary last."""
-    url = await replica.start()
-    print(f"listening on {url}", flush=True)
-    loop = asyncio.get_running_loop()
-    done = asyncio.Event()
-    sigs = (signal.SIGINT, signal.SIGTERM)
-    for s in sigs:
-        with contextlib.suppress(NotImplementedError):  # Windows
-            loop.add_signal_handler(s, done.set)
-    try:
-        await done.wait()
-    finally:
-        for s in sigs:
-            with contextlib.suppress(NotImplementedError):
-                loop.remove_signal_handler(s)
-        await replica.stop()
-        print(replica.summary(), file=sys.stdout, flush=True)

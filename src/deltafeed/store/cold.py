@@ -17,6 +17,7 @@ faster for a bulk load or a long read, at the price of locking every other proce
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import threading
@@ -30,6 +31,7 @@ import numpy as np
 from msgspec.structs import astuple
 
 from deltafeed.model import BadInput, Candle
+from deltafeed.store.base import Row, StoreBusy, StoreError, gaps_from_rows
 from deltafeed.store.retention import DEFAULT_RETENTION_MS
 
 #: Version of the table layout this code writes. Bump it and add a step to ``_MIGRATIONS`` when the
@@ -90,15 +92,6 @@ if tuple(c for c, _ in _CANDLE_DTYPES) != Candle.__struct_fields__:  # pragma: n
 _UPSERT = f"INSERT OR REPLACE INTO {_DB}.candles ({_ALL_COLS}) SELECT {_ALL_COLS} FROM "
 
 _PID_RE = re.compile(r"\(PID (\d+)\)")
-
-
-class StoreError(Exception):
-    """A cold-store operation failed (file locked, disk full, I/O error). Nothing was half-written:
-    a writer keeps its batch and retries later."""
-
-
-class StoreBusy(StoreError, BadInput):
-    """Another process kept the database file locked for longer than we were willing to wait."""
 
 
 def _is_lock_error(err: BaseException) -> bool:
@@ -458,19 +451,7 @@ class ColdStore:
                     ORDER BY open_time""",
                 [instrument, timeframe, since_ms, until_ms, tf_ms],
             ).fetchall()
-        gaps: list[tuple[int, int]] = []
-        for open_time, closed, prev, nxt in rows:
-            if prev is not None and open_time - prev > tf_ms:
-                gaps.append((prev + tf_ms, open_time - tf_ms))
-            if not closed and nxt is not None:
-                gaps.append((open_time, open_time))
-        merged: list[tuple[int, int]] = []
-        for a, b in sorted(gaps):
-            if merged and a <= merged[-1][1] + tf_ms:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-            else:
-                merged.append((a, b))
-        return merged
+        return gaps_from_rows(rows, tf_ms)
 
     def last_closed(self, instrument: str, timeframe: str) -> Candle | None:
         """The newest candle marked closed, e.g. to know where a backfill must resume."""
@@ -547,3 +528,49 @@ class ColdStore:
     def __repr__(self) -> str:
         mode = "read-only" if self.read_only else "read-write"
         return f"ColdStore({self.path!r}, {mode})"
+
+
+class DuckDBTier:
+    """A :class:`ColdStore` behind the async :class:`~deltafeed.store.base.ColdTier` interface: every
+    call runs in a worker thread, so the event loop never waits on DuckDB."""
+
+    def __init__(self, store: ColdStore) -> None:
+        self.store = store
+        self.name = store.path
+        self.retention = store.retention
+
+    @classmethod
+    async def open(cls, path: str, retention: dict[str, int | None] | None = None, *,
+                   read_only: bool = False) -> DuckDBTier:
+        if read_only:
+            return cls(await asyncio.to_thread(ColdStore.open_reader, path))
+        return cls(await asyncio.to_thread(ColdStore, path, retention))
+
+    async def write(self, rows: Sequence[Row]) -> None:
+        await asyncio.to_thread(self.store.write, rows)
+
+    async def query(self, instrument: str, timeframe: str, since_ms: int | None = None,
+                    until_ms: int | None = None, last: int | None = None) -> list[Candle]:
+        return await asyncio.to_thread(self.store.query, instrument, timeframe, since_ms, until_ms, last)
+
+    async def last_closed(self, instrument: str, timeframe: str) -> Candle | None:
+        return await asyncio.to_thread(self.store.last_closed, instrument, timeframe)
+
+    async def find_gaps(self, instrument: str, timeframe: str, tf_ms: int, since_ms: int,
+                        until_ms: int) -> list[tuple[int, int]]:
+        return await asyncio.to_thread(self.store.find_gaps, instrument, timeframe, tf_ms, since_ms, until_ms)
+
+    async def final_marks(self) -> dict[tuple[str, str], int]:
+        return await asyncio.to_thread(self.store.final_marks)
+
+    async def set_final_marks(self, marks: dict[tuple[str, str], int]) -> None:
+        await asyncio.to_thread(self.store.set_final_marks, marks)
+
+    async def apply_retention(self, now_ms: int) -> int:
+        return await asyncio.to_thread(self.store.apply_retention, now_ms)
+
+    async def instruments(self) -> list[tuple[str, str, int]]:
+        return await asyncio.to_thread(self.store.instruments)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.store.close)

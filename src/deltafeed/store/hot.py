@@ -71,6 +71,15 @@ class _Ring:
         hi = bisect_right(self.times, until_ms, lo)
         return self.candles[lo:hi]
 
+    def drop_before(self, cutoff: int) -> int:
+        """Remove every candle with open_time < ``cutoff``; returns how many were in the ring."""
+        off = self._off()
+        i = bisect_left(self.times, cutoff, off)
+        if i > off:  # the stale prefix before ``off`` goes too
+            del self.times[:i]
+            del self.candles[:i]
+        return i - off
+
     def __len__(self) -> int:
         return len(self.times) - self._off()
 
@@ -123,6 +132,21 @@ class HotStore:
         if until_ms < since_ms:
             return []
         return ring.between(since_ms, until_ms)
+
+    def apply_retention(self, now_ms: int, retention: dict[str, int | None]) -> int:
+        """Drop candles with ``open_time < now_ms - retention[timeframe]`` (the venue's clock); returns
+        how many. Timeframes kept forever (None) or absent from ``retention`` are left alone.
+
+        Memory must not serve what the cold tier has already deleted by age, or a read would show
+        candles that a re-read a moment later (from the store) no longer has. A series that empties
+        stays known to :meth:`keys`.
+        """
+        removed = 0
+        for (_, timeframe), ring in self._rings.items():
+            ret = retention.get(timeframe)
+            if ret is not None:
+                removed += ring.drop_before(now_ms - ret)
+        return removed
 
     def keys(self) -> list[tuple[str, str]]:
         """Every (instrument, timeframe) that has received a candle."""

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Make sure the local PostgreSQL (127.0.0.1:5432, database "test") and Redis (127.0.0.1:6379) that the
+# storage tests and the README's examples use are running; start whichever is down. Idempotent.
+# On a machine without them installed, use compose.yaml instead (see the README).
+set -euo pipefail
+
+pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
+redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
+
+if ! pg_up; then
+    if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+        echo "services: starting PostgreSQL"
+        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+    fi
+    for _ in $(seq 1 60); do pg_up && break; sleep 0.5; done
+    pg_up || { echo "services: PostgreSQL is not running on 127.0.0.1:5432 and could not be started" >&2; exit 1; }
+fi
+if ! psql -h 127.0.0.1 -U postgres -d test -tAc 'select 1' >/dev/null 2>&1; then
+    psql -h 127.0.0.1 -U postgres -d postgres -tAc 'create database test' >/dev/null
+fi
+
+if ! redis_up; then
+    echo "services: starting Redis"
+    mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+        --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
+    for _ in $(seq 1 40); do redis_up && break; sleep 0.25; done
+    redis_up || { echo "services: Redis is not running on 127.0.0.1:6379 and could not be started" >&2; exit 1; }
+fi
+echo "services: PostgreSQL and Redis are up"

@@ -1,0 +1,199 @@
+"""Finnhub's live side for the engine: one WebSocket per API key (Finnhub allows no more), one
+subscribe message per symbol, trade messages of several items folded into the symbols' builders.
+
+Finnhub items carry no ids, so each symbol's builder is fed synthetic consecutive ids, and every
+(re)connection skips one: the candles a disconnection may touch are fetched again from Finnhub's
+candle history once complete, as OANDA's are. A price update (volume 0, how Finnhub sends forex)
+counts as one, so forex candles have volume = number of updates, the FX convention; trades keep
+their volume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from deltafeed.clock import VenueClock
+from deltafeed.feeds.base import SkipLog
+from deltafeed.model import BadInput, Candle, Trade
+from deltafeed.net.http import VenueError, VenueUnreachable
+from deltafeed.net.ws import ConnectBudget, WsStream
+from deltafeed.venues import finnhub
+from deltafeed.venues.finnhub_rest import FinnhubHistory
+from deltafeed.venues.oanda import http_date_ms
+
+if TYPE_CHECKING:
+    from deltafeed.config import VenueSettings
+    from deltafeed.engine import InstrumentState
+
+log = logging.getLogger("deltafeed.finnhub")
+
+TOKEN_ENV = "FINNHUB_TOKEN"
+
+
+class FinnhubFeed:
+    """Streams Finnhub trades and price updates of its instruments into their builders."""
+
+    venue = "finnhub"
+    omits_empty = True  # Finnhub has no candle for an interval without prices
+
+    def __init__(self, vs: VenueSettings, *, stale_after_s: float) -> None:
+        token = os.environ.get(TOKEN_ENV, "").strip()
+        if not token:
+            raise BadInput(f"Finnhub needs an API key: set {TOKEN_ENV} (never put it on the command line)")
+        self.rest_url = vs.rest_url or finnhub.DEFAULT_REST_URL
+        self.ws_base = vs.ws_url or vs.stream_url or finnhub.DEFAULT_WS_URL
+        self._token = token
+        self.clock = VenueClock()
+        self.history = FinnhubHistory(self.rest_url, token)
+        self.decoder = finnhub.StreamDecoder()
+        self.states: list[InstrumentState] = []
+        self._by_symbol: dict[str, InstrumentState] = {}
+        self._next_id: dict[str, int] = {}
+        self.out_of_order = 0
+        self._skips = SkipLog(log, "messages")
+        # One connection per key is Finnhub's rule, so one stream (and a budget of one a second).
+        self.ws = WsStream(lambda: finnhub.stream_url(self.ws_base, self._token), self.on_frame,
+                           on_connect=self._on_connect, name="finnhub", stale_after_s=stale_after_s,
+                           budget=ConnectBudget(60, 60.0))
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:  # the stream URL carries the key
+        return f"<FinnhubFeed {finnhub.redact(self.ws_base)} {len(self.states)} instruments>"
+
+    @property
+    def errors(self) -> Counter[str]:
+        return self.decoder.errors
+
+    def sides(self, wanted: list[str]) -> list[str]:
+        return ["trade"]
+
+    def calendar_name(self, symbol: str) -> str:
+        """forex symbols follow the FX week; crypto and (for now) stocks are always expected."""
+        return "fx" if finnhub.symbol_kind(symbol) == "forex" else "crypto"
+
+    def add(self, st: InstrumentState) -> None:
+        if len(self.states) >= finnhub.MAX_SYMBOLS:
+            raise BadInput(f"Finnhub streams at most {finnhub.MAX_SYMBOLS} symbols per key; collect fewer")
+        bad = [tf for tf in st.builder.timeframes if tf not in finnhub.RESOLUTION]
+        if bad:
+            raise BadInput(f"Finnhub has no {', '.join(bad)} candles; use 1m 5m 15m 1h 1d for Finnhub instruments")
+        self.states.append(st)
+        self._by_symbol[st.instrument.symbol] = st
+        self._next_id[st.instrument.symbol] = 1
+
+    async def check(self) -> None:
+        # Finnhub has no time endpoint and no symbol list for every exchange: the venue's time is
+        # learned from the stream; the history endpoint answering proves the key and the address.
+        st = self.states[0]
+        try:
+            await self.history.get(finnhub.candle_path(finnhub.symbol_kind(st.instrument.symbol),
+                                                       st.instrument.symbol, "D", 0, 86_400))
+            date_ms = http_date_ms(self.history.last_date)
+            if date_ms is not None:
+                self.clock.observe(date_ms)
+        except VenueUnreachable as exc:
+            raise BadInput(f"{exc}; check --rest-url and that Finnhub (or its replica) is running") from None
+        except VenueError as exc:
+            if exc.status in (401, 403):
+                raise BadInput(f"Finnhub refused the key ({exc.status}); check {TOKEN_ENV}") from None
+
+    def _on_connect(self, ws: WsStream) -> None:
+        # Whatever traded while we were away is unknown: skip an id so each symbol's next trade
+        # reveals the hole; then subscribe (Finnhub remembers nothing across connections).
+        for sym in self._next_id:
+            self._next_id[sym] += 1
+        for st in self.states:
+            if st.active:
+                ws.send(finnhub.subscribe(st.instrument.symbol))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.ws.run(), name="finnhub-ws")
+
+    def connected(self) -> bool:
+        return self.ws.connected.is_set()
+
+    async def tick(self, mono: float) -> None:
+        for st in self.states:
+            if st.last_trade_ms:
+                self.clock.observe(st.last_trade_ms)
+
+    def activate(self, st: InstrumentState, active: bool) -> None:
+        return None  # routing follows ``st.active``
+
+    def control(self, subscribe: bool, states: list[InstrumentState]) -> None:
+        for st in states:
+            self.ws.send((finnhub.subscribe if subscribe else finnhub.unsubscribe)(st.instrument.symbol))
+
+    def page_span_ms(self, timeframe: str) -> int:
+        return self.history.page_span_ms(timeframe)
+
+    async def candles(self, st: InstrumentState, timeframe: str, start_ms: int, end_ms: int,
+                      now_ms: int | None = None) -> list[Candle]:
+        return await self.history.candles(st.instrument.symbol, timeframe, start_ms, end_ms,
+                                          now_ms if now_ms is not None else self.clock.now_ms())
+
+    async def stop(self) -> None:
+        await self.ws.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self.history.close()
+
+    # --- frames ---------------------------------------------------------------------------------
+
+    def on_frame(self, frame: bytes | memoryview) -> None:
+        ev = self.decoder.decode(frame)
+        if type(ev) is list:
+            for t in ev:
+                st = self._by_symbol.get(t.symbol)
+                if st is None or not st.active:
+                    continue
+                if t.price <= 0 or t.qty < 0:
+                    self._skip("impossible_value", f"impossible price {t}")
+                    continue
+                if t.time_ms < st.last_trade_ms:
+                    self.out_of_order += 1  # no ids: an older item cannot be placed in built candles
+                    continue
+                tid = self._next_id[t.symbol]
+                self._next_id[t.symbol] = tid + 1
+                st.builder.on_trade(Trade(t.symbol, tid, t.time_ms, t.price, t.qty or 1.0, t.buyer_maker))
+                st.trades += 1
+                st.last_trade_ms = t.time_ms
+                self.clock.observe(t.time_ms)
+        elif ev is None:
+            self._log_errors()
+
+    def _skip(self, kind: str, why: str) -> None:
+        self.decoder.errors[kind] += 1
+        self.decoder.last_error = why
+        self._log_errors()
+
+    def _log_errors(self) -> None:
+        self._skips.report(self.decoder.errors, self.decoder.last_error)
+
+    # --- visibility -----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        s = self.ws
+        return {
+            "connected": s.connected.is_set(),
+            "connections": int(s.connected.is_set()),
+            "connects": s.connects,
+            "reconnects": max(0, s.connects - 1),
+            "rotations": 0,
+            "stale_drops": s.stale_drops,
+            "connect_budget_waits": s.budget.waits,
+            "frames": s.frames,
+            "out_of_order": self.out_of_order,
+            "skipped_frames": dict(self.decoder.errors),
+            "rest_requests": int(self.history.stats.get("requests", 0)),
+            "rest_throttled": int(self.history.stats.get("throttled", 0)),
+            "rest_server_errors": int(self.history.stats.get("server_errors", 0)),
+            "rest_limiter_waits": int(self.history.stats.get("limiter_waits", 0)),
+        }

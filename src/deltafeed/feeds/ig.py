@@ -1,0 +1,185 @@
+"""IG's live side for the engine: a REST session, and Lightstreamer (TLCP) sessions from a pool that
+never opens more than the account's limit; ``MARKET:<epic>`` items become quotes (MID, BID and ASK
+candles), closed ``CHART:<epic>:1MINUTE`` candles are IG's own final BID and ASK minutes.
+
+A dropped streaming session is a hole for its epics, repaired from ``GET /prices`` within the
+weekly allowance (see :mod:`deltafeed.feeds.quotes`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from deltafeed.clock import VenueClock
+from deltafeed.feeds.base import SkipLog
+from deltafeed.feeds.quotes import QuoteRouter
+from deltafeed.model import BadInput, Candle
+from deltafeed.net.http import VenueError, VenueUnreachable
+from deltafeed.net.tlcp_pool import TlcpPool, TlcpSession
+from deltafeed.venues import ig
+from deltafeed.venues.ig_rest import IGHistory, IGSession
+from deltafeed.venues.oanda import http_date_ms
+
+if TYPE_CHECKING:
+    from deltafeed.config import VenueSettings
+    from deltafeed.engine import InstrumentState
+
+log = logging.getLogger("deltafeed.ig")
+
+CREDENTIAL_ENVS = ("IG_API_KEY", "IG_USERNAME", "IG_PASSWORD")
+DEFAULT_REST_URL = "https://demo-api.ig.com/gateway/deal"
+
+
+class IGFeed:
+    """Streams IG prices and one-minute charts of its epics into their price sides' builders."""
+
+    venue = "ig"
+    omits_empty = True  # IG has no price row for an interval without prices
+
+    def __init__(self, vs: VenueSettings, *, stale_after_s: float, max_connections: int = 40) -> None:
+        creds = [os.environ.get(name, "").strip() for name in CREDENTIAL_ENVS]
+        missing = [name for name, value in zip(CREDENTIAL_ENVS, creds, strict=True) if not value]
+        if missing:
+            raise BadInput(f"IG needs credentials: set {', '.join(missing)} (never put them on the command line)")
+        self.rest_url = vs.rest_url or DEFAULT_REST_URL
+        self.session = IGSession(self.rest_url, *creds)
+        self.history = IGHistory(self.session)
+        self.clock = VenueClock()
+        self.decoder = ig.IGDecoder()
+        self.states: list[InstrumentState] = []
+        self.router = QuoteRouter()
+        self._epics: dict[str, list[InstrumentState]] = {}
+        self.max_connections = max_connections
+        self.stale_after_s = stale_after_s
+        self.pool: TlcpPool | None = None
+        self.chart_candles = 0
+        self._skips = SkipLog(log, "updates")
+
+    def __repr__(self) -> str:
+        return f"<IGFeed {self.rest_url} {len(self._epics)} epics>"
+
+    @property
+    def errors(self) -> Counter[str]:
+        return self.decoder.errors
+
+    def calendar_name(self, symbol: str) -> str:
+        return "fx"
+
+    def sides(self, wanted: list[str]) -> list[str]:
+        return [p for p in ("mid", "bid", "ask") if p in wanted]
+
+    def add(self, st: InstrumentState) -> None:
+        bad = [tf for tf in st.builder.timeframes if tf not in ("1m", "5m", "15m", "1h", "4h", "1d")]
+        if bad:
+            raise BadInput(f"IG has no {', '.join(bad)} price history; use 1m 5m 15m 1h 4h 1d for IG epics")
+        ig.check_epic(st.instrument.symbol)
+        self.states.append(st)
+        self.router.add(st)
+        self._epics.setdefault(st.instrument.symbol, []).append(st)
+
+    async def check(self) -> None:
+        try:
+            await self.session.login()
+        except VenueUnreachable as exc:
+            raise BadInput(f"{exc}; check --rest-url and that IG (or its replica) is running") from None
+        except VenueError as exc:
+            raise BadInput(f"IG refused the login ({exc.status}); check {', '.join(CREDENTIAL_ENVS)}") from None
+        date_ms = http_date_ms(self.session.last_date)
+        if date_ms is not None:
+            self.clock.observe(date_ms)
+        if not self.session.lightstreamer_endpoint:
+            raise BadInput("IG's login answer named no Lightstreamer endpoint; check --rest-url")
+
+    def start(self) -> None:
+        self.pool = TlcpPool(self.session.lightstreamer_endpoint, self.session.account_id,
+                             self.session.ls_password_fresh, max_connections=self.max_connections,
+                             on_update=self.on_update, on_disconnect=self._on_disconnect, name="ig",
+                             # A session silent for two keepalives is dropped: stale_after in all.
+                             keepalive_ms=max(500, int(self.stale_after_s * 500)))
+        epics = list(self._epics)
+        asyncio.get_running_loop().create_task(self._subscribe(epics), name="ig-subscribe")
+
+    async def _subscribe(self, epics: list[str]) -> None:
+        assert self.pool is not None
+        await self.pool.subscribe([ig.market_item(e) for e in epics], ig.MARKET_FIELDS)
+        await self.pool.subscribe([ig.chart_item(e) for e in epics], ig.CHART_FIELDS)
+
+    def _on_disconnect(self, session: TlcpSession, why: str) -> None:
+        # What was quoted on that session's items meanwhile is unknown: a hole for those epics.
+        self.router.gap({ig.parse_item(item)[1] for item in session.items})
+
+    def connected(self) -> bool:
+        return self.pool is not None and bool(self.pool.sessions) and all(s.connected for s in self.pool.sessions)
+
+    async def tick(self, mono: float) -> None:
+        return None
+
+    def activate(self, st: InstrumentState, active: bool) -> None:
+        return None  # routing follows ``st.active``
+
+    def control(self, subscribe: bool, states: list[InstrumentState]) -> None:
+        return None  # items stay subscribed; inactive series simply ignore their updates
+
+    def page_span_ms(self, timeframe: str) -> int:
+        return self.history.page_span_ms(timeframe)
+
+    async def candles(self, st: InstrumentState, timeframe: str, start_ms: int, end_ms: int,
+                      now_ms: int | None = None) -> list[Candle]:
+        return await self.history.candles(st.instrument.symbol, timeframe, start_ms, end_ms,
+                                          now_ms if now_ms is not None else self.clock.now_ms(), side=st.price)
+
+    async def stop(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+        await self.history.close()
+
+    # --- updates --------------------------------------------------------------------------------
+
+    def on_update(self, item: str, fields: dict[str, str | None]) -> None:
+        kind, epic, _ = ig.parse_item(item)
+        if kind == "MARKET":
+            q = self.decoder.market_quote(epic, fields, self.clock.now_ms())
+            if q is not None and self.router.quote(epic, q.time_ms, q.bid, q.ask):
+                self.clock.observe(q.time_ms)
+            elif q is None:
+                self._log_errors()
+            return
+        candles = self.decoder.chart_candles(epic, fields)
+        for st in self._epics.get(epic, ()):
+            c = candles.get(st.price)
+            if c is not None and c.closed and st.active and "1m" in st.builder.timeframes:
+                self.chart_candles += 1
+                st.venue_candles += 1
+                st.builder.on_venue_candle("1m", c, -1)  # IG's own final minute, merged as a closed kline
+
+    def _log_errors(self) -> None:
+        self._skips.report(self.decoder.errors, self.decoder.last_error)
+
+    # --- visibility -----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        pool = dict(self.pool.stats) if self.pool is not None else {}
+        return {
+            "connected": self.connected(),
+            "connections": int(pool.get("connected", 0)),
+            "connects": int(pool.get("connects", 0)),
+            "reconnects": max(0, int(pool.get("connects", 0)) - int(pool.get("sessions", 0))),
+            "rotations": 0,
+            "stale_drops": int(pool.get("stale_drops", 0)),
+            "connect_budget_waits": int(pool.get("gate_waits", 0)),
+            "frames": int(pool.get("updates", 0)),
+            "max_open_connections": int(pool.get("max_open_connections", 0)),
+            "chart_candles": self.chart_candles,
+            "out_of_order": self.router.out_of_order,
+            "refused": self.router.refused,
+            "allowance": list(self.history.allowance),
+            "skipped_frames": dict(self.decoder.errors),
+            "rest_requests": self.session.requests,
+            "rest_throttled": self.session.throttled,
+            "rest_server_errors": self.session.server_errors,
+            "rest_limiter_waits": self.session.limiter.waits,
+        }

@@ -1,0 +1,72 @@
+"""Quotes (bid/ask, no ids) into the candle builders of an instrument's price sides, for every
+quote-built venue (OANDA, IG).
+
+Quotes carry no ids, so each instrument gets synthetic consecutive ids: :meth:`QuoteRouter.gap`
+skips one, which the builders see as a hole, so the candles a disconnection may touch are fetched
+again from the venue's history once complete, exactly as a Binance trade-id hole is repaired. The
+first quote after start-up is such a hole too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from deltafeed.model import Trade
+
+if TYPE_CHECKING:
+    from deltafeed.engine import InstrumentState
+
+
+class _Series:
+    """The price sides of one instrument, and where its quotes stand."""
+
+    __slots__ = ("last_ms", "next_id", "states")
+
+    def __init__(self) -> None:
+        self.states: list[InstrumentState] = []
+        self.next_id = 1
+        self.last_ms = -1  # time of the last quote applied
+
+
+class QuoteRouter:
+    """Routes a venue's quotes to the builders of its instruments' price sides."""
+
+    def __init__(self) -> None:
+        self._series: dict[str, _Series] = {}
+        self.refused = 0  # impossible prices (bid <= 0, ask < bid, NaN)
+        self.out_of_order = 0  # older than the last quote: cannot be placed in candles already built
+
+    def add(self, st: InstrumentState) -> None:
+        self._series.setdefault(st.instrument.symbol, _Series()).states.append(st)
+
+    def gap(self, symbols: Iterable[str] | None = None) -> None:
+        """The stream of ``symbols`` (all when None) broke: what was quoted meanwhile is unknown."""
+        for sym in self._series if symbols is None else symbols:
+            series = self._series.get(sym)
+            if series is not None:
+                series.next_id += 1
+
+    def quote(self, symbol: str, time_ms: int, bid: float, ask: float) -> bool:
+        """Fold one quote into its instrument's price sides; False when it was refused or unknown."""
+        series = self._series.get(symbol)
+        if series is None:
+            return False
+        if not 0 < bid <= ask < float("inf"):
+            self.refused += 1
+            return False
+        # Two quotes may share a time and prices (no ids), so a repeat is a quote.
+        if time_ms < series.last_ms:
+            self.out_of_order += 1
+            return False
+        series.last_ms = time_ms
+        tid = series.next_id
+        series.next_id = tid + 1
+        for st in series.states:
+            if not st.active:
+                continue
+            price = (bid + ask) * 0.5 if st.price == "mid" else bid if st.price == "bid" else ask
+            st.builder.on_trade(Trade(symbol, tid, time_ms, price, 1.0, False))
+            st.trades += 1
+            st.last_trade_ms = time_ms
+        return True

@@ -1,0 +1,837 @@
+"""A local OANDA v20 server: REST candles and the chunked HTTP pricing stream on one port, seeded quotes.
+
+Speaks what ``api-fxtrade.oanda.com`` and ``stream-fxtrade.oanda.com`` speak for market data (see
+../shared/PROTOCOLS.md section 5); clients point both hosts at :attr:`OandaReplica.url`:
+
+* ``GET /v3/accounts/{accountID}/pricing/stream?instruments=A,B[&snapshot=false]``: HTTP chunked JSON
+  lines. First (unless ``snapshot=false``) the last price of each instrument, then one PRICE line
+  per simulated quote as the market clock passes it, in time order, and a HEARTBEAT line every
+  ``heartbeat_s`` (5) wall seconds. While the FX market is closed there are no PRICE lines; the
+  heartbeats go on. Every quote is sent: there is no conflation to OANDA's 4 prices/s/instrument, so
+  a ``rate`` above 4 sends more than OANDA would.
+* ``GET /v3/instruments/{instrument}/candles``: candles built from the same quotes (volume = number of
+  quotes, no candle for an interval without quotes, ``complete`` false for the candle still forming
+  by the market clock), with ``price``, ``granularity``, ``count``, ``from``, ``to``, ``includeFirst``.
+* ``GET /v3/accounts`` and ``GET /v3/accounts/{accountID}/instruments``, enough to check names.
+
+Every request needs ``Authorization: Bearer <token>``; errors are OANDA's ``{"errorMessage": ...}``.
+``Accept-Datetime-Format: UNIX`` switches every time to unix seconds, as on OANDA. The ``Date``
+header carries the market clock (OANDA has no time endpoint; clients may read the venue's time there).
+
+Deviations, all documented where they are made: candles are aligned to the epoch in UTC, so D opens
+at 00:00 UTC and H2 to H12 on multiples of their length, not at OANDA's default 17:00
+America/New_York (``dailyAlignment=0&alignmentTimezone=UTC`` asks for exactly that; other
+alignments, ``smooth=true`` and the W and M granularities are refused with 400); mid prices are
+``(bid + ask) / 2`` per quote, exact, so with one decimal more than bid and ask; any account ID
+is accepted; candles exist only from the start of the replica's ``history``.
+
+Limits, per client IP, as on OANDA: 120 REST requests per sliding second (more → 429), 20 open
+streams (the 21st → 429; OANDA only says "rejected" [UNVERIFIED]), 2 new TCP connections per sliding
+second (the first request on an excess connection → 429 and the connection is closed; OANDA only
+says "rejected" [UNVERIFIED]). Stream requests do not count as REST requests: OANDA serves them from
+another host.
+
+Quotes come from :class:`~deltafeed.replicas.quotes.QuoteSim` on a
+:class:`~deltafeed.replicas.sim.MarketClock` that may run faster than the wall clock and start at any
+instant (e.g. a Friday afternoon, to cross a weekend). A pump task releases quotes every
+:data:`TICK_SECONDS`, encodes each once, and writes one HTTP chunk per stream and tick straight to
+the transport (skipping a client more than ``max_send_buffer`` bytes behind, counted), so a slow
+client never blocks the others. Faults (``faults=``, :mod:`deltafeed.replicas.faults`) hook in there
+and in REST handling, and cost nothing when off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import email.utils
+import logging
+import re
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+from aiohttp import web
+
+from deltafeed.model import BadInput
+from deltafeed.replicas.faults import CONNECTION_KINDS, MESSAGE_KINDS, FaultSchedule, apply_message_fault, parse_faults
+from deltafeed.replicas.quotes import (
+    LIQUIDITY,
+    ORIGIN_MS,
+    QuoteBatch,
+    QuoteCandles,
+    QuoteMarket,
+    QuoteSim,
+    SessionCalendar,
+)
+from deltafeed.replicas.server import ReplicaBase, listen
+from deltafeed.replicas.sim import MarketClock
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SYMBOLS = ("EUR_USD", "USD_JPY", "GBP_USD")
+#: The token every request must carry unless another is configured (a local replica's, not a secret).
+DEV_TOKEN = "deltafeed-oanda-dev-token"
+DEFAULT_ACCOUNT = "101-001-0000000-001"
+#: OANDA's fixed-length granularities; all are multiples of 5 s and aligned to the epoch here.
+GRANULARITIES: dict[str, int] = {
+    "S5": 5_000, "S10": 10_000, "S15": 15_000, "S30": 30_000,
+    "M1": 60_000, "M2": 120_000, "M4": 240_000, "M5": 300_000, "M10": 600_000, "M15": 900_000, "M30": 1_800_000,
+    "H1": 3_600_000, "H2": 7_200_000, "H3": 10_800_000, "H4": 14_400_000, "H6": 21_600_000,
+    "H8": 28_800_000, "H12": 43_200_000, "D": 86_400_000,
+}  # fmt: skip
+DEFAULT_COUNT = 500
+MAX_COUNT = 5000
+REST_LIMIT_PER_S = 120
+MAX_STREAMS = 20
+NEW_CONNECTIONS_PER_S = 2
+HEARTBEAT_S = 5.0  # [3P] per PROTOCOLS.md; officially unverified
+TICK_SECONDS = 0.02  # pump period (wall)
+MAX_SEND_BUFFER = 8 * 1024 * 1024
+#: Fault kinds that mean something here: ``shutdown`` (a Binance serverShutdown event) does not.
+FAULT_KINDS = tuple(k for k in (*CONNECTION_KINDS, *MESSAGE_KINDS, "http500", "http429", "slow") if k != "shutdown")
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
+
+_STREAM_RE = re.compile(r"^/v3/accounts/([^/]+)/pricing/stream$")
+_CANDLES_RE = re.compile(r"^/v3/instruments/([^/]+)/candles$")
+_INSTRUMENTS_RE = re.compile(r"^/v3/accounts/([^/]+)/instruments$")
+#: OANDA's 429 wording is not documented [UNVERIFIED].
+_RATE_ERROR = "Rate limit violation. Allowed: %d requests per second."
+_UNIX_RE = re.compile(r"^(\d{1,12})(?:\.(\d{1,9}))?$")
+
+
+# --- times ----------------------------------------------------------------------------------------
+
+
+class _TimeFormat:
+    """Formats epoch ms as OANDA does, RFC3339 with nanoseconds or unix seconds with 9 decimals;
+    caches the per-second prefix, which is most of the cost."""
+
+    def __init__(self, unix: bool) -> None:
+        self.unix = unix
+        self._sec = -1
+        self._prefix = ""
+
+    def __call__(self, ms: int) -> str:
+        sec, milli = divmod(ms, 1000)
+        if sec != self._sec:
+            self._sec = sec
+            self._prefix = str(sec) if self.unix else time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return f"{self._prefix}.{milli:03d}000000" if self.unix else f"{self._prefix}.{milli:03d}000000Z"
+
+
+def rfc3339(ms: int) -> str:
+    """``2016-10-27T08:38:45.664000000Z``: OANDA's time format, nanoseconds always written."""
+    return _TimeFormat(False)(ms)
+
+
+def parse_time(text: str) -> int:
+    """Epoch ms of an OANDA time parameter: RFC3339 (UTC if no offset) or unix seconds with an
+    optional fraction; sub-millisecond digits are dropped. ValueError if neither."""
+    m = _UNIX_RE.match(text)
+    if m:
+        frac = (m.group(2) or "").ljust(3, "0")[:3]
+        return int(m.group(1)) * 1000 + int(frac)
+    t = dt.datetime.fromisoformat(text.strip())
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return int(t.timestamp() * 1000)
+
+
+# --- encoding -------------------------------------------------------------------------------------
+
+
+def _price_template(symbol: str) -> str:
+    # Field order as in oandapyV20's fixture [C], with the newer ``tradeable`` flag after ``status``.
+    level = '{"price":"%s","liquidity":' + str(LIQUIDITY) + "}"
+    return (
+        '{"type":"PRICE","instrument":"' + symbol + '","time":"%s","status":"%s","tradeable":%s,'
+        '"bids":[' + level + "," + level + '],"asks":[' + level + "," + level + "],"
+        '"closeoutBid":"%s","closeoutAsk":"%s"}'
+    )
+
+
+def price_lines(batch: QuoteBatch, fmt_time: Callable[[int], str], tradeable: bool = True) -> list[bytes]:
+    """PRICE lines (without newlines) for ``batch``: a second level two points behind the best one and
+    closeout prices four points out, as in OANDA's fixture."""
+    spec = batch.spec
+    tmpl = _price_template(spec.symbol)
+    status, flag = ("tradeable", "true") if tradeable else ("non-tradeable", "false")
+    b, a = batch.bid, batch.ask
+    cols = zip(
+        batch.times.tolist(),
+        spec.prices(b),
+        spec.prices(b - 2),
+        spec.prices(a),
+        spec.prices(a + 2),
+        spec.prices(b - 4),
+        spec.prices(a + 4),
+        strict=True,
+    )
+    return [(tmpl % (fmt_time(t), status, flag, b1, b2, a1, a2, cb, ca)).encode() for t, b1, b2, a1, a2, cb, ca in cols]
+
+
+def _error(message: str) -> bytes:
+    return msgspec.json.encode({"errorMessage": message})
+
+
+class _Reject(Exception):
+    """An OANDA error answer: HTTP ``status`` with ``{"errorMessage": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _invalid(name: str, why: str = "") -> _Reject:
+    return _Reject(400, f"Invalid value specified for '{name}'" + (f". {why}" if why else ""))
+
+
+# --- limits ---------------------------------------------------------------------------------------
+
+
+class SlidingLimit:
+    """At most ``limit`` events per ``window_s`` sliding wall seconds, per key (client IP)."""
+
+    def __init__(self, limit: int, window_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._clock = clock
+        self._events: dict[str, deque[float]] = {}
+
+    def allow(self, key: str) -> bool:
+        """Record an event for ``key`` and return True, or return False (not recorded) over the limit."""
+        now = self._clock()
+        q = self._events.setdefault(key, deque())
+        while q and q[0] <= now - self.window_s:
+            q.popleft()
+        if len(q) >= self.limit:
+            return False
+        q.append(now)
+        return True
+
+
+# --- streams ---------------------------------------------------------------------------------------
+
+
+class _Stream:
+    """One open pricing stream: its instruments, time format, transport and counters."""
+
+    __slots__ = (
+        "bytes_sent",
+        "done",
+        "doomed",
+        "end",
+        "fmt",
+        "instruments",
+        "ip",
+        "lines_dropped",
+        "lines_sent",
+        "next_heartbeat",
+        "stalled",
+        "transport",
+    )
+
+    def __init__(
+        self, transport: asyncio.Transport, instruments: list[str], unix: bool, ip: str, next_heartbeat: float
+    ) -> None:
+        self.transport = transport
+        self.instruments = instruments
+        self.fmt = _TimeFormat(unix)
+        self.ip = ip
+        self.next_heartbeat = next_heartbeat
+        self.done = asyncio.Event()
+        self.end = "eof"  # how the handler ends the response: "eof" (terminating chunk) or "abort"
+        self.lines_sent = 0
+        self.lines_dropped = 0
+        self.bytes_sent = 0
+        # A stalled stream gets nothing more; a doomed one has a close or reset on its way.
+        self.stalled = False
+        self.doomed = False
+
+    @property
+    def unix(self) -> bool:
+        return self.fmt.unix
+
+    def finish(self, end: str) -> None:
+        self.end = end
+        self.done.set()
+
+    def write_chunk(self, lines: list[bytes], max_buffer: int, stats: dict[str, int]) -> None:
+        """One HTTP chunk holding ``lines``, or nothing (counted) if the client is too far behind."""
+        tr = self.transport
+        if self.done.is_set() or tr.is_closing():
+            return
+        if tr.get_write_buffer_size() > max_buffer:
+            self.lines_dropped += len(lines)
+            stats["lines_dropped"] += len(lines)
+            stats["slow_skips"] += 1
+            return
+        body = b"\n".join(lines) + b"\n"
+        blob = b"%x\r\n%s\r\n" % (len(body), body)
+        tr.write(blob)
+        self.lines_sent += len(lines)
+        self.bytes_sent += len(blob)
+        stats["bytes_sent"] += len(blob)
+
+
+# --- the server ------------------------------------------------------------------------------------
+
+
+class OandaReplica(ReplicaBase):
+    """An OANDA v20 market-data server on ``host:port`` (0 = any free port), driven by seeded quotes.
+
+    ``rate`` is quotes per market second per instrument while the FX market is open; ``speed`` is
+    market seconds per wall second; the market clock starts at ``start_ms`` (default now) and
+    ``history_ms`` of market before it is released at construction. Pass ``clock`` to drive the
+    market clock yourself (``speed`` and ``start_ms`` are then ignored). ``heartbeat_s``,
+    ``rest_limit``, ``max_streams`` and ``new_connections_per_s`` default to OANDA's values; tests
+    shorten or widen them.
+
+    ``faults`` (a spec like ``"close=2,drop=30"`` or a dict of kind to events per wall minute) injects
+    faults on a schedule seeded by ``faults_seed`` and counted from :meth:`start`: ``close`` ends a
+    stream with its terminating chunk and closes the connection, ``reset`` sends a TCP RST, ``stall``
+    stops all output (heartbeats too) on a stream, ``drop``/``dup``/``reorder``/``garbage`` hit the
+    PRICE lines of one stream's chunk, ``http500``/``http429``/``slow`` hit REST answers (``slow``
+    delays one by ``slow_s``).
+    """
+
+    def __init__(
+        self,
+        symbols: Iterable[str] = DEFAULT_SYMBOLS,
+        seed: int = 1,
+        rate: float = 2.0,
+        speed: float = 1.0,
+        history_ms: int = 86_400_000,
+        tape: str | Path | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        start_ms: int | None = None,
+        clock: MarketClock | None = None,
+        token: str = DEV_TOKEN,
+        account_id: str = DEFAULT_ACCOUNT,
+        heartbeat_s: float = HEARTBEAT_S,
+        rest_limit: int = REST_LIMIT_PER_S,
+        max_streams: int = MAX_STREAMS,
+        new_connections_per_s: int = NEW_CONNECTIONS_PER_S,
+        max_send_buffer: int = MAX_SEND_BUFFER,
+        faults: str | Mapping[str, float] | None = None,
+        faults_seed: int = 0,
+        slow_s: float = 2.0,
+        calendar: SessionCalendar | None = None,
+    ) -> None:
+        if not token:
+            raise BadInput("the token must not be empty; give --token T or leave the default")
+        if not heartbeat_s > 0:
+            raise BadInput(f"heartbeat interval must be positive, got {heartbeat_s}")
+        for name, v in (("rest_limit", rest_limit), ("max_streams", max_streams),
+                        ("new_connections_per_s", new_connections_per_s)):
+            if v < 1:
+                raise BadInput(f"{name} must be at least 1, got {v}")
+        self.host = host
+        self.port = port
+        self.token = token
+        self.account_id = account_id
+        self.heartbeat_s = float(heartbeat_s)
+        self.max_streams = max_streams
+        self.max_send_buffer = max_send_buffer
+        self.slow_s = slow_s
+        self._clock = clock if clock is not None else MarketClock(speed, start_ms)
+        if self._clock.start_ms - history_ms < ORIGIN_MS:
+            raise BadInput("the simulated market starts on 2000-01-01; choose a later --start or a shorter --history")
+        self._sim = QuoteSim(symbols, seed=seed, rate=rate, calendar=calendar)
+        self._market = QuoteMarket(self._sim, self._clock.start_ms, history_ms, tape)
+        self.rest_limiter = SlidingLimit(rest_limit)
+        self.connection_limiter = SlidingLimit(new_connections_per_s)
+        self.stats: dict[str, int] = {
+            "quotes": self._market.quotes_released,
+            "connections": 0,
+            "rejected_connections": 0,
+            "requests": 0,
+            "stream_requests": 0,
+            "streams": 0,
+            "open_streams": 0,
+            "rejected_streams": 0,
+            "400": 0,
+            "401": 0,
+            "404": 0,
+            "429": 0,
+            "price_lines": 0,
+            "heartbeats": 0,
+            "lines_dropped": 0,
+            "slow_skips": 0,
+            "bytes_sent": 0,
+        }
+        rates = check_faults(faults) if isinstance(faults, str) else dict(faults or {})
+        if rates.get("shutdown", 0) > 0:
+            raise BadInput(f"fault kind 'shutdown' does not apply to OANDA; use {', '.join(FAULT_KINDS)}")
+        #: The fault schedule, or None when no fault is configured (the pump's fast path).
+        self.faults: FaultSchedule | None = FaultSchedule(rates, faults_seed)
+        if not self.faults.rates:
+            self.faults = None
+        else:
+            self.stats.update({f"fault_{k}": 0 for k in self.faults.rates})
+        self._streams: dict[_Stream, None] = {}
+        self._tcp: dict[Any, bool] = {}  # connection (aiohttp protocol) -> admitted
+        self._request_id = 0
+        self._runner: web.AppRunner | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+
+    # -- public surface --
+
+    @property
+    def sim(self) -> QuoteSim:
+        return self._sim
+
+    @property
+    def market(self) -> QuoteMarket:
+        return self._market
+
+    @property
+    def clock(self) -> MarketClock:
+        return self._clock
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT`` (the real port once started), for both the REST and the stream host."""
+        return f"http://{self.netloc}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The Authorization header a client needs."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    async def start(self) -> str:
+        """Bind, start serving and pumping; returns the base URL."""
+        self._runner, self.port = await listen(self._http, self.host, self.port, shutdown_timeout=2.0)
+        if self.faults is not None:
+            self.faults.start()  # fault times count from here
+        self._pump_task = asyncio.create_task(self._pump(), name="oanda-replica-pump")
+        return self.url
+
+    async def stop(self) -> None:
+        """End every stream (terminating chunk; stalled ones are cut), stop the server, close the tape."""
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump_task
+            self._pump_task = None
+        for s in list(self._streams):
+            if s.stalled:
+                s.transport.abort()
+                s.finish("abort")
+            else:
+                s.finish("eof")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        self._market.close()
+
+    def summary(self) -> str:
+        s = self.stats
+        line = (
+            f"oanda replica stopped: quotes={s['quotes']} connections={s['connections']} "
+            f"requests={s['requests']} streams={s['streams']} 429s={s['429']} "
+            f"rejected_connections={s['rejected_connections']} rejected_streams={s['rejected_streams']} "
+            f"price_lines={s['price_lines']} heartbeats={s['heartbeats']} lines_dropped={s['lines_dropped']}"
+        )
+        return line if self.faults is None else f"{line} {self.faults.summary()}"
+
+    def _injected(self, kind: str) -> None:
+        assert self.faults is not None
+        self.faults.record(kind)
+        self.stats[f"fault_{kind}"] += 1
+        log.debug("oanda replica: injected %s", kind)
+
+    # -- HTTP --
+
+    def _respond(self, status: int, body: bytes, counted: bool = True) -> web.Response:
+        """Every non-stream answer goes through here (``counted``: in ``stats`` by status; injected
+        faults are counted as faults instead)."""
+        self._request_id += 1
+        if counted and status in (400, 401, 404, 429):
+            self.stats[str(status)] += 1
+        return web.Response(status=status, body=body, headers=self._headers("application/json"))
+
+    def _headers(self, content_type: str) -> dict[str, str]:
+        # ``Date`` is the market clock's, as a real server's Date is its own clock: a client that reads
+        # the venue's time from it (OANDA has no time endpoint) sees the replica's market time.
+        date = email.utils.formatdate(self._clock.now_ms() / 1000, usegmt=True)
+        return {"Content-Type": content_type, "RequestID": str(self._request_id), "Date": date}
+
+    def _admit_connection(self, request: web.Request, ip: str) -> bool:
+        """Whether this request's TCP connection is within the new-connections-per-second limit
+        (decided once, on the connection's first request)."""
+        proto = request.protocol
+        admitted = self._tcp.get(proto)
+        if admitted is None:
+            # Forget closed connections (aiohttp clears a protocol's transport when it is lost).
+            for p in [p for p in self._tcp if getattr(p, "transport", None) is None]:
+                del self._tcp[p]
+            admitted = self.connection_limiter.allow(ip)
+            self._tcp[proto] = admitted
+            self.stats["connections" if admitted else "rejected_connections"] += 1
+        return admitted
+
+    async def _http(self, request: web.Request) -> web.StreamResponse:
+        ip = request.remote or "?"
+        path = request.path
+        if not self._admit_connection(request, ip):
+            resp = self._respond(429, _error("Too many new connections per second; retry later"))
+            resp.force_close()
+            return resp
+        if request.headers.get("Authorization", "") != f"Bearer {self.token}":
+            return self._respond(401, _error("Insufficient authorization to perform request."))
+        m = _STREAM_RE.match(path)
+        if m:
+            self.stats["stream_requests"] += 1
+            return await self._stream(request, ip)
+        self.stats["requests"] += 1
+        if not self.rest_limiter.allow(ip):
+            return self._respond(429, _error(_RATE_ERROR % self.rest_limiter.limit))
+        if self.faults is not None:
+            fault = await self._rest_fault()
+            if fault is not None:
+                return fault
+        self._tick()  # so that "now" and the forming candle include every quote up to this instant
+        unix = request.headers.get("Accept-Datetime-Format", "RFC3339").upper() == "UNIX"
+        try:
+            if (m := _CANDLES_RE.match(path)) is not None:
+                body = self._candles(m.group(1), request.query, _TimeFormat(unix))
+            elif (m := _INSTRUMENTS_RE.match(path)) is not None:
+                body = self._instruments(request.query)
+            elif path == "/v3/accounts":
+                body = msgspec.json.encode({"accounts": [{"id": self.account_id, "tags": []}]})
+            else:
+                raise _Reject(404, "The requested resource was not found")
+        except _Reject as e:
+            return self._respond(e.status, _error(e.message))
+        return self._respond(200, body)
+
+    async def _rest_fault(self) -> web.Response | None:
+        """Faults due on this REST request: ``slow`` delays it; ``http500`` or ``http429`` answers it."""
+        f = self.faults
+        assert f is not None
+        if f.due("slow"):
+            self._injected("slow")
+            await asyncio.sleep(self.slow_s)
+        if f.due("http500"):
+            self._injected("http500")
+            # OANDA's wording for an internal error is not documented [UNVERIFIED].
+            return self._respond(500, _error("An unexpected error has occurred"), counted=False)
+        if f.due("http429"):
+            self._injected("http429")
+            return self._respond(429, _error(_RATE_ERROR % self.rest_limiter.limit), counted=False)
+        return None
+
+    def _instrument(self, name: str, param: str) -> str:
+        if name not in self._sim.specs:
+            raise _invalid(param, f"Unknown instrument {name!r}")
+        return name
+
+    def _instruments(self, q: Mapping[str, str]) -> bytes:
+        names = list(self._sim.specs)
+        if q.get("instruments"):
+            names = [self._instrument(n, "instruments") for n in q["instruments"].split(",")]
+        out = []
+        for n in names:
+            spec = self._sim.specs[n]
+            out.append({
+                "name": n,
+                "type": spec.kind,
+                "displayName": f"{spec.base}/{spec.quote}",
+                "pipLocation": spec.pip_location,
+                "displayPrecision": spec.decimals,
+                "tradeUnitsPrecision": 0,
+                "minimumTradeSize": "1",
+                "maximumTrailingStopDistance": f"{10.0 ** (spec.pip_location + 4):.{spec.decimals}f}",
+                "minimumTrailingStopDistance": f"{5 * 10.0**spec.pip_location:.{spec.decimals}f}",
+                "maximumPositionSize": "0",
+                "maximumOrderUnits": "100000000",
+                "marginRate": "0.05" if spec.kind == "METAL" else "0.0333",
+            })
+        return msgspec.json.encode({"instruments": out, "lastTransactionID": "1"})
+
+    def _candles(self, instrument: str, q: Mapping[str, str], fmt_time: _TimeFormat) -> bytes:
+        symbol = self._instrument(instrument, "instrument")
+        price = q.get("price", "M")
+        if not price or any(c not in "MBA" for c in price) or len(set(price)) != len(price):
+            raise _invalid("price", "Use any of M, B, A, e.g. MBA")
+        gran = q.get("granularity", "S5")
+        if gran in ("W", "M"):
+            raise _invalid("granularity", "The replica serves fixed-length granularities only, not W or M")
+        g = GRANULARITIES.get(gran)
+        if g is None:
+            raise _invalid("granularity")
+        if q.get("smooth", "false").lower() != "false":
+            raise _invalid("smooth", "The replica does not serve smoothed candles")
+        # Candles are aligned to UTC midnight; say so rather than serve another alignment silently.
+        if q.get("dailyAlignment", "0") != "0" or q.get("alignmentTimezone", "UTC") not in ("UTC", "Etc/UTC"):
+            raise _invalid("dailyAlignment", "The replica aligns candles to 00:00 UTC only (dailyAlignment=0, "
+                                             "alignmentTimezone=UTC)")
+        include_first = q.get("includeFirst", "true").lower()
+        if include_first not in ("true", "false"):
+            raise _invalid("includeFirst")
+        count: int | None = None
+        if "count" in q:
+            c = q["count"]
+            if not (c.isascii() and c.isdigit() and len(c) <= 9) or int(c) < 1:
+                raise _invalid("count")
+            count = int(c)
+            if count > MAX_COUNT:
+                raise _Reject(400, "Maximum value for 'count' exceeded")
+        start = self._time_param(q, "from")
+        end = self._time_param(q, "to")
+        now = self._clock.now_ms()
+        for name, t in (("from", start), ("to", end)):
+            if t is not None and t > now:
+                raise _invalid(name, "Time is in the future")
+        if start is not None and end is not None:
+            if count is not None:
+                raise _Reject(400, "'count' cannot be specified when both 'from' and 'to' are")  # wording [UNVERIFIED]
+            if end < start:
+                raise _invalid("to", "Time must be after 'from'")
+            # Whether OANDA counts intervals or returned candles here is not documented [UNVERIFIED];
+            # intervals is the stricter reading, so a client tested here works there.
+            if -(-end // g) - start // g > MAX_COUNT:
+                raise _Reject(400, "Maximum value for 'count' exceeded")
+        lo = None
+        if start is not None:
+            lo = start - start % g  # includeFirst: the candle covering ``from`` is included
+            if include_first == "false":
+                lo += g
+        table = self._market.candles(
+            symbol, g, lo, end, MAX_COUNT if end is not None and start is not None else count or DEFAULT_COUNT,
+            start is not None, now,
+        )
+        return msgspec.json.encode({"instrument": symbol, "granularity": gran,
+                                    "candles": _candle_objects(table, price, fmt_time)})
+
+    @staticmethod
+    def _time_param(q: Mapping[str, str], name: str) -> int | None:
+        v = q.get(name)
+        if v is None:
+            return None
+        try:
+            return parse_time(v)
+        except ValueError:
+            raise _invalid(name) from None
+
+    # -- the pricing stream --
+
+    async def _stream(self, request: web.Request, ip: str) -> web.StreamResponse:
+        q = request.query
+        names = [n for n in q.get("instruments", "").split(",") if n]
+        if not names:
+            return self._respond(400, _error("Invalid value specified for 'instruments'"))
+        try:
+            instruments = list(dict.fromkeys(self._instrument(n, "instruments") for n in names))
+        except _Reject as e:
+            return self._respond(e.status, _error(e.message))
+        snapshot = q.get("snapshot", "true").lower()
+        if snapshot not in ("true", "false"):
+            return self._respond(400, _error("Invalid value specified for 'snapshot'"))
+        if sum(1 for s in self._streams if s.ip == ip) >= self.max_streams:
+            self.stats["rejected_streams"] += 1
+            return self._respond(429, _error(f"Too many active streams; at most {self.max_streams} per client"))
+        unix = request.headers.get("Accept-Datetime-Format", "RFC3339").upper() == "UNIX"
+        self._request_id += 1
+        # OANDA's stream content type is not documented [UNVERIFIED]; clients read lines regardless.
+        resp = web.StreamResponse(status=200, headers=self._headers("application/octet-stream"))
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)  # sends the headers: from here on chunks go straight to the transport
+        transport = request.transport
+        if transport is None:
+            return resp
+        conn = _Stream(transport, instruments, unix, ip, time.monotonic() + self.heartbeat_s)
+        self._tick()  # release up to now, so the snapshot is current and nothing is sent twice
+        if snapshot == "true":
+            lines = self._snapshot(conn)
+            if lines:
+                conn.write_chunk(lines, self.max_send_buffer, self.stats)
+                self.stats["price_lines"] += len(lines)
+        self._streams[conn] = None
+        self.stats["streams"] += 1
+        self.stats["open_streams"] += 1
+        try:
+            await conn.done.wait()
+        finally:
+            self._streams.pop(conn, None)
+            self.stats["open_streams"] -= 1
+        if conn.end != "eof" and not transport.is_closing():
+            transport.abort()
+        resp.force_close()  # a stream's connection is not reused
+        return resp  # aiohttp writes the terminating chunk
+
+    def _snapshot(self, conn: _Stream) -> list[bytes]:
+        """The last price of each instrument; ``non-tradeable`` while the market is closed."""
+        tradeable = self._sim.calendar.is_open(self._clock.now_ms())
+        out: list[bytes] = []
+        for sym in conn.instruments:
+            last = self._market.last_quote(sym)
+            if last is not None:
+                t, b, a = last
+                batch = QuoteBatch(self._sim.specs[sym], np.array([t]), np.array([b]), np.array([a]))
+                out += price_lines(batch, conn.fmt, tradeable)
+        return out
+
+    # -- the pump --
+
+    async def _pump(self) -> None:
+        while True:
+            try:
+                self._tick()
+            except Exception:  # keep serving; a broken tick is a bug to see in the log, not a dead replica
+                log.exception("oanda replica: pump tick failed")
+            await asyncio.sleep(TICK_SECONDS)
+
+    def _tick(self) -> None:
+        """Release quotes up to the market clock's now and send them, and due heartbeats, to every stream."""
+        now = self._clock.now_ms()
+        batches = self._market.advance_to(now)
+        self.stats["quotes"] = self._market.quotes_released
+        if not self._streams:
+            return
+        wall = time.monotonic()
+        encoded: dict[tuple[str, bool], tuple[Any, list[bytes]]] = {}
+        out: dict[_Stream, tuple[list[bytes], list[bytes]]] = {}
+        for conn in list(self._streams):
+            if conn.done.is_set():
+                continue
+            if conn.transport.is_closing():  # the client went away (a stalled stream's too)
+                conn.finish("abort")
+                continue
+            if conn.stalled:
+                continue
+            prices = self._conn_lines(conn, batches, encoded)
+            beat: list[bytes] = []
+            if wall >= conn.next_heartbeat:
+                beat = [b'{"type":"HEARTBEAT","time":"%s"}' % conn.fmt(now).encode()]
+                conn.next_heartbeat += self.heartbeat_s
+                if conn.next_heartbeat <= wall:
+                    conn.next_heartbeat = wall + self.heartbeat_s
+            if prices or beat:
+                out[conn] = (prices, beat)
+        faults = self.faults
+        if faults is not None:
+            self._faults_before_send(faults, out)
+        for conn, (prices, beat) in out.items():
+            conn.write_chunk(prices + beat, self.max_send_buffer, self.stats)
+            self.stats["price_lines"] += len(prices)
+            self.stats["heartbeats"] += len(beat)
+        if faults is not None:
+            self._faults_after_send(faults, out)
+
+    def _conn_lines(
+        self,
+        conn: _Stream,
+        batches: dict[str, QuoteBatch],
+        encoded: dict[tuple[str, bool], tuple[Any, list[bytes]]],
+    ) -> list[bytes]:
+        """This tick's PRICE lines for one stream, merged across its instruments in time order."""
+        parts: list[tuple[Any, list[bytes]]] = []
+        for sym in conn.instruments:
+            b = batches.get(sym)
+            if b is None:
+                continue
+            key = (sym, conn.unix)
+            enc = encoded.get(key)
+            if enc is None:
+                enc = encoded[key] = (b.times, price_lines(b, _TimeFormat(conn.unix)))
+            parts.append(enc)
+        if not parts:
+            return []
+        if len(parts) == 1:
+            return list(parts[0][1])
+        order = np.argsort(np.concatenate([p[0] for p in parts]), kind="stable")
+        lines = [line for p in parts for line in p[1]]
+        return [lines[i] for i in order.tolist()]
+
+    # -- stream faults --
+
+    def _victims(self, out: dict[_Stream, tuple[list[bytes], list[bytes]]], prices: int) -> list[_Stream]:
+        return [
+            c for c, (p, b) in out.items()
+            if len(p) >= prices and (p or b) and not (c.stalled or c.doomed or c.transport.is_closing())
+        ]  # fmt: skip
+
+    def _faults_before_send(self, f: FaultSchedule, out: dict[_Stream, tuple[list[bytes], list[bytes]]]) -> None:
+        """Stall and line faults due now, applied to this tick's output."""
+        for kind in ("stall", *MESSAGE_KINDS):
+            if not f.pending(kind):
+                continue
+            cands = self._victims(out, MESSAGE_KINDS.get(kind, 0))
+            if not cands:
+                continue  # stays due until a stream has something to send
+            f.due(kind)
+            conn = cands[f.pick(len(cands))]
+            if kind == "stall":
+                conn.stalled = True
+                out.pop(conn)
+            else:
+                prices, beat = out[conn]
+                out[conn] = (apply_message_fault(kind, prices, f.pick), beat)
+            self._injected(kind)
+
+    def _faults_after_send(self, f: FaultSchedule, out: dict[_Stream, tuple[list[bytes], list[bytes]]]) -> None:
+        """Close and reset faults due now, on a stream that was just sent something."""
+        for kind in ("close", "reset"):
+            if not f.pending(kind):
+                continue
+            cands = self._victims(out, 0)
+            if not cands:
+                continue
+            f.due(kind)
+            conn = cands[f.pick(len(cands))]
+            conn.doomed = True
+            if kind == "close":
+                conn.finish("eof")
+            else:
+                sock = conn.transport.get_extra_info("socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                conn.transport.abort()
+                conn.finish("abort")
+            self._injected(kind)
+
+
+def _candle_objects(table: QuoteCandles, price: str, fmt_time: Callable[[int], str]) -> list[dict[str, Any]]:
+    """OANDA candlestick objects: complete, volume, time, then mid/bid/ask as ``price`` asks."""
+    spec = table.spec
+    sides = [("mid", "M"), ("bid", "B"), ("ask", "A")]
+    cols: list[tuple[str, list[str], list[str], list[str], list[str]]] = []
+    for side, letter in sides:
+        if letter in price:
+            o, h, lo, c = table.ohlc[side]
+            fmt = spec.mid_prices if side == "mid" else spec.prices
+            cols.append((side, fmt(o), fmt(h), fmt(lo), fmt(c)))
+    out: list[dict[str, Any]] = []
+    for i, (t, v, done) in enumerate(
+        zip(table.open_time.tolist(), table.volume.tolist(), table.complete.tolist(), strict=True)
+    ):
+        obj: dict[str, Any] = {"complete": done, "volume": v, "time": fmt_time(t)}
+        for side, so, sh, sl, sc in cols:
+            obj[side] = {"o": so[i], "h": sh[i], "l": sl[i], "c": sc[i]}
+        out.append(obj)
+    return out
+
+
+
+
+def check_faults(spec: str) -> dict[str, float]:
+    """``parse_faults`` for this replica: ``shutdown`` is refused, as it has no OANDA meaning."""
+    rates = parse_faults(spec)
+    if rates.get("shutdown", 0) > 0:
+        raise BadInput(f"fault kind 'shutdown' does not apply to OANDA; use {', '.join(FAULT_KINDS)}")
+    return rates
+

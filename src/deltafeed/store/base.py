@@ -1,0 +1,184 @@
+"""What every cold tier offers the engine (an async interface), the errors tiers raise, and how a
+``--db`` target picks its tier.
+
+Two cold tiers implement :class:`ColdTier`: the embedded DuckDB file (:class:`~deltafeed.store.cold.DuckDBTier`,
+the default) and PostgreSQL, with TimescaleDB when installed (:class:`~deltafeed.store.postgres.PostgresStore`).
+Every write is an idempotent upsert keyed by (instrument, timeframe, open_time), so a batch written
+twice (a replayed spool, a retry after a timeout) leaves the store as after the first time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from deltafeed.model import BadInput, Candle
+
+Row = tuple[str, str, Candle]
+"""One candle to store: (instrument, timeframe, candle)."""
+
+
+class StoreError(Exception):
+    """A store operation failed (file locked, server down, disk full). Nothing was half-written: the
+    caller keeps its batch (or spools it) and retries later."""
+
+
+class StoreBusy(StoreError, BadInput):
+    """Another process kept the database locked for longer than we were willing to wait."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached at all (server down, connection refused or lost)."""
+
+
+class ColdTier(Protocol):
+    """All history, kept per timeframe for as long as ``retention`` says.
+
+    Implementations are used from one event loop. A method that fails raises :class:`StoreError`
+    (or a subclass); any other exception is a bug.
+    """
+
+    #: Where the data lives, safe to log and show (never a password).
+    name: str
+    #: timeframe -> age limit in ms (None keeps forever).
+    retention: dict[str, int | None]
+
+    async def write(self, rows: Sequence[Row]) -> None:
+        """Upsert a batch atomically; a key repeated inside the batch keeps its last occurrence."""
+        ...
+
+    async def query(self, instrument: str, timeframe: str, since_ms: int | None = None,
+                    until_ms: int | None = None, last: int | None = None) -> list[Candle]:
+        """Candles with ``since_ms <= open_time <= until_ms`` (bounds optional), oldest first; with
+        ``last``, only the newest ``last`` of them (still oldest first)."""
+        ...
+
+    async def last_closed(self, instrument: str, timeframe: str) -> Candle | None:
+        """The newest candle marked closed."""
+        ...
+
+    async def find_gaps(self, instrument: str, timeframe: str, tf_ms: int, since_ms: int,
+                        until_ms: int) -> list[tuple[int, int]]:
+        """(first, last) open times of holes between stored candles in [since, until], and of
+        candles still open although a later one exists; merged and in order."""
+        ...
+
+    async def final_marks(self) -> dict[tuple[str, str], int]:
+        """Per (instrument, timeframe), the open time before which every stored candle is final."""
+        ...
+
+    async def set_final_marks(self, marks: dict[tuple[str, str], int]) -> None:
+        """Record final marks (the caller has written the candles they vouch for)."""
+        ...
+
+    async def apply_retention(self, now_ms: int) -> int:
+        """Delete every candle older than its timeframe's retention before ``now_ms`` (the venue's
+        clock); returns how many were deleted."""
+        ...
+
+    async def instruments(self) -> list[tuple[str, str, int]]:
+        """(instrument, timeframe, candle count) of every stored series, sorted."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and files; safe to call twice."""
+        ...
+
+
+class Unopened:
+    """The cold tier of an engine that has not started yet: every call says so."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.retention: dict[str, int | None] = {}
+
+    def _fail(self) -> StoreUnavailable:
+        return StoreUnavailable(f"the cold store {self.name} is not open yet (the engine has not started)")
+
+    async def write(self, rows: Sequence[Row]) -> None:
+        raise self._fail()
+
+    async def query(self, instrument: str, timeframe: str, since_ms: int | None = None,
+                    until_ms: int | None = None, last: int | None = None) -> list[Candle]:
+        raise self._fail()
+
+    async def last_closed(self, instrument: str, timeframe: str) -> Candle | None:
+        raise self._fail()
+
+    async def find_gaps(self, instrument: str, timeframe: str, tf_ms: int, since_ms: int,
+                        until_ms: int) -> list[tuple[int, int]]:
+        raise self._fail()
+
+    async def final_marks(self) -> dict[tuple[str, str], int]:
+        raise self._fail()
+
+    async def set_final_marks(self, marks: dict[tuple[str, str], int]) -> None:
+        raise self._fail()
+
+    async def apply_retention(self, now_ms: int) -> int:
+        raise self._fail()
+
+    async def instruments(self) -> list[tuple[str, str, int]]:
+        raise self._fail()
+
+    async def close(self) -> None:
+        return None
+
+
+def gaps_from_rows(rows: Iterable[Sequence[Any]], tf_ms: int) -> list[tuple[int, int]]:
+    """Turn the rows of a tier's gap query, (open_time, closed, previous open_time, next open_time)
+    for every candle after a hole or still open before a later one, into merged (first, last)
+    stretches of open times to fetch again."""
+    gaps: list[tuple[int, int]] = []
+    for open_time, closed, prev, nxt in rows:
+        if prev is not None and open_time - prev > tf_ms:
+            gaps.append((prev + tf_ms, open_time - tf_ms))
+        if not closed and nxt is not None:
+            gaps.append((open_time, open_time))
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(gaps):
+        if merged and a <= merged[-1][1] + tf_ms:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def is_postgres(target: str) -> bool:
+    """Whether a ``--db`` value names a PostgreSQL server rather than a DuckDB file."""
+    return target.startswith(("postgresql://", "postgres://"))
+
+
+def redact(url: str) -> str:
+    """``url`` with any password (in the user part or a ``password=`` parameter) replaced by
+    ``***``, for logs, status and errors."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = parts.netloc
+    if password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.split(':', 1)[0]}:***@{host}"
+    query = re.sub(r"(?i)(^|&)(password|pass|pwd)=[^&]*", r"\1\2=***", parts.query)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+async def open_cold(target: str, retention: dict[str, int | None] | None = None, *,
+                    read_only: bool = False, schema: str = "deltafeed") -> ColdTier:
+    """The cold tier ``target`` names: a ``postgresql://`` URL (tables in ``schema``) or a DuckDB
+    file path (``read_only`` opens an existing file for reading while a run may write it).
+
+    Raises :class:`BadInput` (one line naming the fix) when it cannot be opened.
+    """
+    if is_postgres(target):
+        from deltafeed.store.postgres import PostgresStore
+
+        store: ColdTier = await PostgresStore.open(target, retention, schema=schema)
+        return store
+    from deltafeed.store.cold import DuckDBTier
+
+    return await DuckDBTier.open(target, retention, read_only=read_only)

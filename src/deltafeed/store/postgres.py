@@ -1,0 +1,866 @@
+"""The PostgreSQL cold tier: every candle kept, in a PostgreSQL server (TimescaleDB when it is there), written by
+idempotent upsert over an asyncpg connection pool.
+
+Layout, inside one schema (``deltafeed`` unless ``--db``'s caller picks another), so the tables can be
+queried directly::
+
+    <schema>.candles_<tf>        one table per timeframe: candles_1s candles_5s ... candles_4h candles_1d
+        instrument   text              'binance:BTCUSDT'
+        open_time    bigint            candle start, epoch milliseconds (UTC)
+        open, high, low, close, volume   double precision
+        trades       bigint
+        closed       boolean           false while the candle may still change
+        PRIMARY KEY (instrument, open_time)
+    <schema>.final_marks         (instrument, timeframe, final_until bigint): before final_until every
+                                 stored candle of that series is final
+    <schema>.schema_migrations   (version, description, applied_at): the migrations applied
+
+    e.g.  SELECT to_timestamp(open_time / 1000.0) AS t, close FROM deltafeed.candles_1m
+          WHERE instrument = 'binance:BTCUSDT' ORDER BY open_time DESC LIMIT 10;
+
+Without TimescaleDB each ``candles_<tf>`` is natively range-partitioned on ``open_time`` into fixed
+windows aligned to the epoch, named ``candles_<tf>_p<window start ms>`` (``_n<ms>`` before 1970) and
+created the first time a write needs them. Widths (:data:`PARTITION_MS`) keep a partition at a few
+thousand to ~100k candles per instrument and let the default retention drop whole partitions:
+
+    1s 5s 15s: 1 day    1m: 7 days    5m 15m: 30 days    1h 4h: 365 days    1d: 3650 days
+
+With TimescaleDB (detected at the first open of a schema, see :attr:`PostgresStore.timescale`) each
+``candles_<tf>`` is instead a hypertable on the integer ``open_time`` with chunks of the same widths,
+compressed (segmented by instrument) once older than two chunks, and given a server-side retention
+policy per timeframe. deltafeed still computes its rollups itself (no continuous aggregates). This
+TimescaleDB path has not yet run against a real TimescaleDB; the native one is what the tests cover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from itertools import starmap
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit
+
+import asyncpg  # type: ignore[import-untyped]
+import numpy as np
+from msgspec.structs import astuple
+
+from deltafeed.model import TIMEFRAMES, BadInput, Candle
+from deltafeed.store.base import Row, StoreError, StoreUnavailable, gaps_from_rows, redact
+from deltafeed.store.retention import DEFAULT_RETENTION_MS
+
+log = logging.getLogger("deltafeed.store.postgres")
+
+_DAY_MS = 86_400_000
+
+#: Width of one partition (or TimescaleDB chunk) per timeframe, in ms; see the module docstring.
+PARTITION_MS: dict[str, int] = {
+    "1s": _DAY_MS,
+    "5s": _DAY_MS,
+    "15s": _DAY_MS,
+    "1m": 7 * _DAY_MS,
+    "5m": 30 * _DAY_MS,
+    "15m": 30 * _DAY_MS,
+    "1h": 365 * _DAY_MS,
+    "4h": 365 * _DAY_MS,
+    "1d": 3650 * _DAY_MS,
+}
+if set(PARTITION_MS) != set(TIMEFRAMES):  # pragma: no cover - a guard for editors
+    raise RuntimeError("TIMEFRAMES changed; give every timeframe a width in PARTITION_MS (store/postgres.py)")
+
+#: Batches of at least this many candles (per timeframe) go through COPY into a staging table, smaller ones
+#: through one ``INSERT ... SELECT FROM unnest(...)``. Measured with ``bench/storage_pg.py``: unnest costs
+#: less up to about 1-2k rows (no staging round trips), COPY wins above that.
+COPY_THRESHOLD = 2000
+
+_CANDLE_COLS = ("open_time", "open", "high", "low", "close", "volume", "trades", "closed")
+if Candle.__struct_fields__ != _CANDLE_COLS:  # pragma: no cover - a guard for editors
+    raise RuntimeError("Candle's fields changed; update _CANDLE_COLS, the tables and a migration in store/postgres.py")
+_COLS = ("instrument", *_CANDLE_COLS)
+_SELECT = ", ".join(_CANDLE_COLS)
+_COLUMN_DDL = """instrument text NOT NULL,
+        open_time bigint NOT NULL,
+        open double precision NOT NULL,
+        high double precision NOT NULL,
+        low double precision NOT NULL,
+        close double precision NOT NULL,
+        volume double precision NOT NULL,
+        trades bigint NOT NULL,
+        closed boolean NOT NULL"""
+_UNNEST = (
+    "unnest($1::text[], $2::bigint[], $3::float8[], $4::float8[], $5::float8[], $6::float8[], $7::float8[],"
+    " $8::bigint[], $9::bool[])"
+)
+# Rewriting an unchanged row would only leave a dead tuple behind (a replayed spool rewrites thousands).
+_ON_CONFLICT = (
+    "ON CONFLICT (instrument, open_time) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _CANDLE_COLS[1:])
+    + " WHERE (" + ", ".join(f"c.{c}" for c in _CANDLE_COLS[1:]) + ") IS DISTINCT FROM ("
+    + ", ".join(f"EXCLUDED.{c}" for c in _CANDLE_COLS[1:]) + ")"
+)
+_STAGE = "deltafeed_stage"
+
+#: Reads that may return more candles than this go through a binary COPY parsed with numpy, smaller ones
+#: through an ordinary prepared query (see :meth:`PostgresStore.query`).
+COPY_READ_ROWS = 2000
+#: One row of ``COPY (SELECT <Candle's fields>) TO STDOUT (FORMAT binary)``: a field count, then each
+#: field's length and big-endian value. Fixed-width because every column is NOT NULL.
+_COPY_ROW = np.dtype([
+    ("nfields", ">i2"),
+    ("len0", ">i4"), ("open_time", ">i8"),
+    ("len1", ">i4"), ("open", ">f8"),
+    ("len2", ">i4"), ("high", ">f8"),
+    ("len3", ">i4"), ("low", ">f8"),
+    ("len4", ">i4"), ("close", ">f8"),
+    ("len5", ">i4"), ("volume", ">f8"),
+    ("len6", ">i4"), ("trades", ">i8"),
+    ("len7", ">i4"), ("closed", "?"),
+])
+_COPY_LENGTHS = (8, 8, 8, 8, 8, 8, 8, 1)
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+
+# Lower-case only, so the name never needs quoting and means the same to psql users; pg_* is reserved.
+_SCHEMA_RE = re.compile(r"^(?!pg_)[a-z_][a-z0-9_]{0,62}$")
+_BOUND_RE = re.compile(r"FROM \('?(-?\d+)'?\) TO \('?(-?\d+)'?\)")
+
+T = TypeVar("T")
+
+
+def _table(schema: str, tf: str) -> str:
+    return f"{schema}.candles_{tf}"
+
+
+def _partition_name(tf: str, start: int) -> str:
+    return f"candles_{tf}_p{start}" if start >= 0 else f"candles_{tf}_n{-start}"
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    """``text`` as an SQL string literal, for the one statement that takes no parameters (COPY). An
+    E'' literal reads backslashes the same way whatever standard_conforming_strings says."""
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+class _CopyReader:
+    """Candles out of a binary ``COPY (SELECT <Candle's fields>) TO STDOUT`` stream, decoded while it
+    arrives (the server needs ~20 ms to send 43,200 rows; decoding them as they come instead of after
+    saves most of the ~10 ms that numpy and Candle construction take). Rows go through numpy, so no
+    per-row Python object other than the Candle itself is made.
+
+    Raises ValueError when the data is not laid out as expected (a column type changed without this
+    reader being updated) rather than returning garbage.
+    """
+
+    #: Decode once this much has arrived (asyncpg hands over a few kB at a time).
+    BATCH_BYTES = 64 * 1024
+
+    def __init__(self) -> None:
+        self.candles: list[Candle] = []
+        self._buf = bytearray()
+        self._header_done = False
+
+    async def feed(self, chunk: bytes) -> None:
+        """The sink given to asyncpg's ``copy_from_query``."""
+        self._buf += chunk
+        if len(self._buf) >= self.BATCH_BYTES:
+            self._decode()
+
+    def finish(self) -> list[Candle]:
+        """Decode what is left, check the trailer, and return every candle in stream order."""
+        self._decode()
+        if not self._header_done or bytes(self._buf) != b"\xff\xff":
+            raise ValueError("binary COPY data without its header or trailer, or with a partial row")
+        return self.candles
+
+    def _decode(self) -> None:
+        buf = self._buf
+        if not self._header_done:
+            if len(buf) < 19:
+                return
+            if not buf.startswith(_COPY_SIGNATURE):
+                raise ValueError("binary COPY data without its header")
+            start = 19 + int.from_bytes(buf[15:19], "big")  # signature, flags, header extension length
+            if len(buf) < start:
+                return
+            del buf[:start]
+            self._header_done = True
+        n = len(buf) // _COPY_ROW.itemsize  # a partial row or the 2-byte trailer stays in the buffer
+        if not n:
+            return
+        rows = np.frombuffer(bytes(buf[: n * _COPY_ROW.itemsize]), dtype=_COPY_ROW)
+        if not (rows["nfields"] == len(_COPY_LENGTHS)).all() or any(
+            not (rows[f"len{i}"] == size).all() for i, size in enumerate(_COPY_LENGTHS)
+        ):
+            raise ValueError("binary COPY rows do not have Candle's column types")
+        self.candles.extend(map(Candle, *(rows[c].tolist() for c in _CANDLE_COLS)))
+        del buf[: n * _COPY_ROW.itemsize]
+
+
+def _secrets(url: str) -> list[str]:
+    try:
+        parts = urlsplit(url)
+        found = [parts.password or ""] + [v for k, v in parse_qsl(parts.query) if k.lower() == "password"]
+    except ValueError:
+        return []
+    return [s for s in found if s]
+
+
+# -- migrations -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a migration needs to know about the database it changes."""
+
+    schema: str
+    #: The candle tables are TimescaleDB hypertables (else natively partitioned tables).
+    timescale: bool
+    #: Schema holding TimescaleDB's functions (when ``timescale``).
+    ts_schema: str = "public"
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the layout: ``apply`` runs inside the transaction that holds the migration lock."""
+
+    version: int
+    description: str
+    apply: Callable[[Any, Layout], Awaitable[None]]
+
+
+def sql_migration(version: int, description: str, *statements: str, per_timeframe: bool = False) -> Migration:
+    """A migration made of SQL statements with ``{schema}`` (and, with ``per_timeframe``, ``{table}``:
+    run once per candle table) placeholders (write a literal brace twice), e.g. to add migration 2::
+
+        sql_migration(2, "index on close", "CREATE INDEX ON {table} (close)", per_timeframe=True)
+    """
+
+    async def apply(con: Any, layout: Layout) -> None:
+        tables = [_table(layout.schema, tf) for tf in TIMEFRAMES] if per_timeframe else [""]
+        for table in tables:
+            for stmt in statements:
+                await con.execute(stmt.format(schema=layout.schema, table=table))
+
+    return Migration(version, description, apply)
+
+
+async def _v1_initial(con: Any, layout: Layout) -> None:
+    s = layout.schema
+    partitioned = "" if layout.timescale else " PARTITION BY RANGE (open_time)"
+    for tf in TIMEFRAMES:
+        await con.execute(
+            f"CREATE TABLE {_table(s, tf)} ({_COLUMN_DDL}, PRIMARY KEY (instrument, open_time)){partitioned}"
+        )
+    await con.execute(
+        f"""CREATE TABLE {s}.final_marks (
+            instrument text NOT NULL,
+            timeframe text NOT NULL,
+            final_until bigint NOT NULL,
+            PRIMARY KEY (instrument, timeframe))"""
+    )
+    if layout.timescale:
+        await _timescale_create(con, layout)
+
+
+#: The layout's history, oldest first; versions count up from 1. Append a step (for instance with
+#: :func:`sql_migration`) to change the layout: every database is brought up to the last version at open,
+#: and a database at a newer version than the last one here is refused.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "candles_<tf> per timeframe (partitioned or hypertables), final_marks", _v1_initial),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+if [m.version for m in MIGRATIONS] != list(range(1, len(MIGRATIONS) + 1)):  # pragma: no cover
+    raise RuntimeError("MIGRATIONS must be numbered 1, 2, 3, ... in order (store/postgres.py)")
+
+
+# -- TimescaleDB (untested here: no TimescaleDB on the development machines) ------------------------
+#
+# Facts from TimescaleDB 2.x documentation: create_hypertable(relation, time_column_name,
+# chunk_time_interval => <integer for an integer column>, if_not_exists => true) converts an empty plain
+# table (a natively partitioned one cannot be converted, hence the layout choice at the first open);
+# policies on an integer time column need set_integer_now_func(hypertable, func); compression is enabled
+# with ALTER TABLE ... SET (timescaledb.compress, timescaledb.compress_segmentby = ...) and scheduled by
+# add_compression_policy(hypertable, compress_after => <integer>); add_retention_policy(hypertable,
+# drop_after => <integer>) schedules drop_chunks, and drop_chunks(hypertable, older_than => <integer>)
+# drops the chunks whose whole range lies before the cutoff.
+
+
+async def _timescale_try_enable(con: Any, target: str) -> str | None:
+    """TimescaleDB's schema when the extension is (or can now be) enabled in this database, else None."""
+    ext = await con.fetchval("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'timescaledb'")
+    if ext is not None:
+        return str(ext)
+    if not await con.fetchval("SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')"):
+        return None
+    try:
+        async with con.transaction():  # a savepoint: failing here leaves the open's transaction usable
+            await con.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    except asyncpg.PostgresError as e:
+        log.warning("TimescaleDB is installed at %s but cannot be enabled (%s); using native partitions",
+                    target, str(e).splitlines()[0])
+        return None
+    ext = await con.fetchval("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'timescaledb'")
+    return None if ext is None else str(ext)
+
+
+async def _timescale_create(con: Any, layout: Layout) -> None:
+    s, ts = layout.schema, layout.ts_schema
+    await con.execute(
+        f"CREATE FUNCTION {s}.now_ms() RETURNS bigint LANGUAGE sql STABLE"
+        " AS $$ SELECT (extract(epoch FROM now()) * 1000)::bigint $$"
+    )
+    for tf, width in PARTITION_MS.items():
+        table = _table(s, tf)
+        await con.execute(
+            f"SELECT {ts}.create_hypertable($1::regclass, 'open_time', chunk_time_interval => $2::bigint,"
+            " if_not_exists => true)",
+            table, width,
+        )
+        await con.execute(f"SELECT {ts}.set_integer_now_func($1::regclass, $2::regproc)", table, f"{s}.now_ms")
+        await con.execute(
+            f"ALTER TABLE {table} SET (timescaledb.compress, timescaledb.compress_segmentby = 'instrument',"
+            " timescaledb.compress_orderby = 'open_time')"
+        )
+        await con.execute(
+            f"SELECT {ts}.add_compression_policy($1::regclass, compress_after => $2::bigint, if_not_exists => true)",
+            table, 2 * width,
+        )
+
+
+async def _timescale_set_retention(con: Any, layout: Layout, retention: dict[str, int | None]) -> None:
+    """Make each hypertable's server-side retention policy match ``retention`` (the last opener's)."""
+    ts = layout.ts_schema
+    for tf in TIMEFRAMES:
+        table = _table(layout.schema, tf)
+        await con.execute(f"SELECT {ts}.remove_retention_policy($1::regclass, if_exists => true)", table)
+        ms = retention.get(tf)
+        if ms is not None:
+            await con.execute(f"SELECT {ts}.add_retention_policy($1::regclass, drop_after => $2::bigint)", table, ms)
+
+
+async def _timescale_expire(con: Any, layout: Layout, tf: str, cutoff: int) -> int:
+    table = _table(layout.schema, tf)
+    async with con.transaction():
+        n = int(await con.fetchval(f"SELECT count(*) FROM {table} WHERE open_time < $1", cutoff))
+        if n:
+            await con.execute(f"SELECT {layout.ts_schema}.drop_chunks($1::regclass, older_than => $2::bigint)",
+                              table, cutoff)
+            await con.execute(f"DELETE FROM {table} WHERE open_time < $1", cutoff)
+    return n
+
+
+# -- errors -----------------------------------------------------------------------------------------
+
+#: Failures that mean "the server cannot be reached", as opposed to a statement that failed.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,  # pool closed, connection closed; its ValueError subclasses are handled first
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+#: Failures of a pooled connection that died while the server may be fine again (a restart since its
+#: last use): worth one immediate retry on a fresh connection.
+_STALE: tuple[type[BaseException], ...] = (
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    ConnectionResetError,
+    BrokenPipeError,
+)
+
+
+def _first_line(e: BaseException, secrets: Iterable[str] = ()) -> str:
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else ""
+    for s in secrets:
+        text = text.replace(s, "***")
+    return text or type(e).__name__
+
+
+def _why_unreachable(e: BaseException, timeout_s: float, secrets: Iterable[str] = ()) -> str:
+    if isinstance(e, TimeoutError):
+        return f"no answer within {timeout_s:g}s"
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror.lower()
+    return _first_line(e, secrets)
+
+
+def _open_error(e: BaseException, target: str, url: str, timeout_s: float) -> BadInput:
+    """One line naming why ``open`` failed and what to do about it (never the password)."""
+    secrets = _secrets(url)
+    msg = _first_line(e, secrets)
+    if isinstance(e, asyncpg.InvalidCatalogNameError):
+        db = urlsplit(url).path.lstrip("/") or "postgres"
+        return BadInput(f"PostgreSQL at {target}: {msg}; create it (createdb {db}) or fix the database in --db")
+    if isinstance(e, asyncpg.InvalidAuthorizationSpecificationError):  # includes a wrong password
+        return BadInput(f"PostgreSQL at {target} refused the login: {msg}; fix the user or password in --db")
+    if isinstance(e, asyncpg.InsufficientPrivilegeError):
+        return BadInput(f"PostgreSQL at {target}: {msg}; grant the user CREATE on the database, or connect"
+                        " as the owner of the deltafeed schema")
+    if isinstance(e, asyncpg.CannotConnectNowError):
+        return BadInput(f"PostgreSQL at {target} is starting up or shutting down ({msg}); retry in a moment")
+    if isinstance(e, asyncpg.TooManyConnectionsError):
+        return BadInput(f"PostgreSQL at {target}: {msg}; raise max_connections or stop idle clients")
+    if isinstance(e, ValueError):  # asyncpg's ClientConfigurationError, or an unparseable URL
+        return BadInput(f"--db {target} is not a usable PostgreSQL URL ({msg}); write it as"
+                        " postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
+    if isinstance(e, socket.gaierror):
+        return BadInput(f"cannot reach PostgreSQL at {target}: unknown host; fix the host in --db")
+    if isinstance(e, _UNAVAILABLE):
+        return BadInput(f"cannot reach PostgreSQL at {target}: {_why_unreachable(e, timeout_s, secrets)};"
+                        " start the server or fix --db")
+    return BadInput(f"cannot open the candle store at {target}: {msg}")
+
+
+# -- the store --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Partition:
+    name: str
+    lo: int
+    hi: int
+
+
+async def _no_reset(con: Any) -> None:
+    """Pool release hook: deltafeed leaves no session state behind (transaction-scoped locks, no
+    LISTEN, no SET), so asyncpg's default reset query would only cost a round trip per operation."""
+
+
+class PostgresStore:
+    """Candles in PostgreSQL behind the async :class:`~deltafeed.store.base.ColdTier` interface.
+
+    Open it with :meth:`open`. Every method may run concurrently with the others (a pool of
+    ``pool_size`` connections); each raises :class:`StoreUnavailable` when the server cannot be reached
+    and :class:`StoreError` when a statement fails. The pool reconnects by itself: once the server is
+    back, the next call works on the same object.
+    """
+
+    name: str
+    retention: dict[str, int | None]
+    #: The candle tables are TimescaleDB hypertables (else natively partitioned tables).
+    timescale: bool
+
+    def __init__(self, pool: Any, url: str, schema: str, retention: dict[str, int | None], *,
+                 command_timeout_s: float, connect_timeout_s: float) -> None:
+        """Use :meth:`open`, which also checks the server and brings the schema up to date."""
+        self._pool = pool
+        self._secrets = _secrets(url)
+        self.schema = schema
+        self.name = f"{redact(url)} (schema {schema})"
+        self.retention = retention
+        self.timescale = False
+        self._layout = Layout(schema, False)
+        self._command_timeout_s = command_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        #: timeframe -> start (ms) of every partition known to exist.
+        self._partitions: dict[str, set[int]] = {tf: set() for tf in TIMEFRAMES}
+        self._closed = False
+        self._upsert_sql = {tf: f"INSERT INTO {_table(schema, tf)} AS c ({', '.join(_COLS)}) SELECT * FROM {_UNNEST} "
+                            + _ON_CONFLICT for tf in TIMEFRAMES}
+        self._stage_sql = {tf: f"INSERT INTO {_table(schema, tf)} AS c ({', '.join(_COLS)}) SELECT * FROM {_STAGE} "
+                           + _ON_CONFLICT for tf in TIMEFRAMES}
+        self._query_sql: dict[tuple[str, bool, bool, bool], str] = {}
+
+    @classmethod
+    async def open(cls, url: str, retention: dict[str, int | None] | None = None, *, schema: str = "deltafeed",
+                   pool_size: int = 4, command_timeout_s: float = 30.0,
+                   connect_timeout_s: float = 5.0) -> PostgresStore:
+        """Connect to ``url``, create or migrate ``schema``, and return the store.
+
+        ``command_timeout_s`` bounds each statement and ``connect_timeout_s`` each connection attempt, so a
+        server that stops answering turns into :class:`StoreUnavailable` rather than a hang. Raises
+        :class:`BadInput` (one line naming the fix, never the password) when the server cannot be
+        reached, refuses the login, lacks the database, or holds a schema written by a newer deltafeed.
+        """
+        target = redact(url)
+        if not _SCHEMA_RE.match(schema):
+            raise BadInput(f"PostgreSQL schema name {schema!r} is not usable; use lower-case letters, digits and _,"
+                           " not starting with a digit or pg_ (at most 63 characters)")
+        if pool_size < 1:
+            raise BadInput(f"PostgreSQL pool size must be at least 1, not {pool_size}")
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+            if parts.scheme not in ("postgresql", "postgres"):
+                raise ValueError(f"scheme {parts.scheme!r} is not postgresql://")
+        except ValueError as e:
+            raise _open_error(e, target, url, connect_timeout_s) from None
+        pool = asyncpg.create_pool(
+            url,
+            min_size=0,  # no background reconnect loop (and its log lines) while the server is down
+            max_size=pool_size,
+            command_timeout=command_timeout_s,
+            timeout=connect_timeout_s,
+            statement_cache_size=1024,
+            reset=_no_reset,
+            server_settings={"application_name": "deltafeed", "jit": "off"},
+        )
+        try:
+            await pool
+            store = cls(pool, url, schema, dict(DEFAULT_RETENTION_MS if retention is None else retention),
+                        command_timeout_s=command_timeout_s, connect_timeout_s=connect_timeout_s)
+            await store._setup()
+        except BadInput:
+            pool.terminate()
+            raise
+        except Exception as e:
+            pool.terminate()
+            raise _open_error(e, target, url, connect_timeout_s) from None
+        return store
+
+    async def _setup(self) -> None:
+        """Create or migrate the schema under a transaction-scoped advisory lock, so two processes
+        starting together neither race nor both apply a migration; then learn the layout."""
+        s = self.schema
+        async with self._pool.acquire(timeout=self._command_timeout_s) as con, con.transaction():
+            await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"deltafeed.migrate.{s}")
+            if not await con.fetchval("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", s):
+                await con.execute(f"CREATE SCHEMA {s}")
+            await con.execute(
+                f"""CREATE TABLE IF NOT EXISTS {s}.schema_migrations (
+                    version int PRIMARY KEY,
+                    description text NOT NULL,
+                    applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            version = int(await con.fetchval(f"SELECT coalesce(max(version), 0) FROM {s}.schema_migrations"))
+            if version > SCHEMA_VERSION:
+                raise BadInput(
+                    f"the candle store at {self.name} was written by a newer deltafeed (schema {version}; this one"
+                    f" knows up to {SCHEMA_VERSION}); upgrade deltafeed"
+                )
+            ts_schema = await _timescale_try_enable(con, self.name) if version == 0 else await con.fetchval(
+                "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'timescaledb'")
+            if version == 0:
+                timescale = ts_schema is not None
+            else:
+                # A natively partitioned table has relkind 'p'; a hypertable is a plain table ('r').
+                kind = await con.fetchval(
+                    "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                    " WHERE n.nspname = $1 AND c.relname = 'candles_1m'", s)
+                timescale = kind == "r" and ts_schema is not None
+            self._layout = Layout(s, timescale, str(ts_schema) if timescale else "public")
+            self.timescale = timescale
+            for m in MIGRATIONS[version:]:
+                await m.apply(con, self._layout)
+                await con.execute(f"INSERT INTO {s}.schema_migrations (version, description) VALUES ($1, $2)",
+                                  m.version, m.description)
+                log.info("candle store %s: applied migration %d (%s)", self.name, m.version, m.description)
+            if timescale:
+                await _timescale_set_retention(con, self._layout, self.retention)
+        if not self.timescale:
+            await self._load_partitions()
+
+    # -- running statements ---------------------------------------------------------------------
+
+    async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``fn`` translating failures into StoreError/StoreUnavailable; retry once at once when a
+        pooled connection turns out to have died (the server restarted since it was last used)."""
+        for attempt in range(2):
+            try:
+                return await fn()
+            except StoreError:
+                raise
+            except Exception as e:
+                err = self._translate(what, e)
+                if err is None:
+                    raise
+                if isinstance(err, StoreUnavailable) and not self._closed:
+                    # Every idle connection of the pool is as dead as this one: replace them all.
+                    await self._pool.expire_connections()
+                    if attempt == 0 and isinstance(e, _STALE):
+                        continue
+                raise err from e
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _translate(self, what: str, e: Exception) -> StoreError | None:
+        if self._closed:
+            return StoreUnavailable(f"the candle store at {self.name} is closed")
+        if isinstance(e, asyncpg.InterfaceError) and isinstance(e, ValueError):
+            return StoreError(f"{what} at {self.name}: a value was refused: {_first_line(e, self._secrets)}")
+        if isinstance(e, _UNAVAILABLE):
+            why = _why_unreachable(e, self._command_timeout_s, self._secrets)
+            return StoreUnavailable(f"PostgreSQL at {self.name} is unavailable ({what}: {why})")
+        if isinstance(e, asyncpg.PostgresError):
+            return StoreError(f"{what} at {self.name} failed: {_first_line(e, self._secrets)}")
+        return None
+
+    # -- partitions -----------------------------------------------------------------------------
+
+    async def _list_partitions(self, con: Any, tf: str | None = None) -> dict[str, list[_Partition]]:
+        rows = await con.fetch(
+            """SELECT p.relname AS parent, c.relname AS name, pg_get_expr(c.relpartbound, c.oid) AS bound
+               FROM pg_inherits i
+               JOIN pg_class c ON c.oid = i.inhrelid
+               JOIN pg_class p ON p.oid = i.inhparent
+               JOIN pg_namespace n ON n.oid = p.relnamespace
+               WHERE n.nspname = $1 AND p.relname = ANY($2::text[])""",
+            self.schema, [f"candles_{t}" for t in TIMEFRAMES if tf is None or t == tf],
+        )
+        out: dict[str, list[_Partition]] = {t: [] for t in TIMEFRAMES}
+        for r in rows:
+            m = _BOUND_RE.search(r["bound"] or "")
+            if m:
+                out[str(r["parent"])[len("candles_"):]].append(_Partition(str(r["name"]), int(m[1]), int(m[2])))
+        return out
+
+    async def _load_partitions(self) -> None:
+        async with self._pool.acquire(timeout=self._command_timeout_s) as con:
+            found = await self._list_partitions(con)
+        self._partitions = {tf: {p.lo for p in parts} for tf, parts in found.items()}
+
+    async def _ensure_partitions(self, needed: dict[str, set[int]]) -> None:
+        """Create the partitions a write is about to need, each in its own short transaction (creating
+        one locks its parent table exclusively for a moment), before the write's transaction."""
+        missing = sorted((tf, start) for tf, starts in needed.items() for start in starts - self._partitions[tf])
+        for tf, start in missing:
+            name = _partition_name(tf, start)
+            # DDL takes no parameters: the bounds are integers computed here, the names fixed.
+            sql = (f"CREATE TABLE IF NOT EXISTS {self.schema}.{name} PARTITION OF {_table(self.schema, tf)}"
+                   f" FOR VALUES FROM ({start:d}) TO ({start + PARTITION_MS[tf]:d})")
+            for attempt in range(2):
+                try:
+                    await self._pool.execute(sql)
+                    break
+                except (asyncpg.UniqueViolationError, asyncpg.DuplicateTableError, asyncpg.DuplicateObjectError):
+                    # Another process created it between our IF NOT EXISTS check and the insert into the
+                    # catalog; the second attempt then finds it.
+                    if attempt:
+                        raise
+            self._partitions[tf].add(start)
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    async def write(self, rows: Sequence[Row]) -> None:
+        """Upsert a batch atomically (all timeframes in one transaction); a key repeated inside the batch
+        keeps its last occurrence, and writing a batch twice leaves the tables as after the first time."""
+        if not rows:
+            return
+        latest = {(r[0], r[1], r[2].open_time): r for r in rows}
+        groups: dict[str, list[Row]] = {}
+        for r in latest.values() if len(latest) != len(rows) else rows:
+            groups.setdefault(r[1], []).append(r)
+        unknown = [tf for tf in groups if tf not in TIMEFRAMES]
+        if unknown:
+            raise StoreError(f"cannot store timeframe {unknown[0]!r} at {self.name}; it stores {' '.join(TIMEFRAMES)}")
+        batches: list[tuple[str, list[str], list[tuple[Any, ...]]]] = []
+        needed: dict[str, set[int]] = {}
+        for tf, group in groups.items():
+            fields = list(zip(*[astuple(r[2]) for r in group], strict=True))
+            batches.append((tf, [r[0] for r in group], fields))
+            width = PARTITION_MS[tf]
+            needed[tf] = {t - t % width for t in fields[0]}
+
+        async def run() -> None:
+            for attempt in range(2):
+                if not self.timescale:
+                    await self._ensure_partitions(needed)
+                try:
+                    await self._write_once(batches)
+                    return
+                except asyncpg.CheckViolationError as e:
+                    # Another process's retention dropped a partition this one still had cached.
+                    if attempt or "no partition of relation" not in str(e):
+                        raise
+                    await self._load_partitions()
+
+        await self._call("write", run)
+
+    async def _write_once(self, batches: list[tuple[str, list[str], list[tuple[Any, ...]]]]) -> None:
+        async with self._pool.acquire(timeout=self._command_timeout_s) as con, con.transaction():
+            staged = False
+            for tf, instruments, fields in batches:
+                if len(instruments) < COPY_THRESHOLD:
+                    await con.execute(self._upsert_sql[tf], instruments, *fields)
+                    continue
+                # COPY is the fastest way in but cannot upsert: copy into a temporary staging table,
+                # then upsert from it in one statement. ON COMMIT DELETE ROWS empties it for the next use.
+                if not staged:
+                    await con.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ({_COLUMN_DDL}) ON COMMIT DELETE ROWS")
+                else:
+                    await con.execute(f"TRUNCATE {_STAGE}")
+                staged = True
+                await con.copy_records_to_table(_STAGE, records=zip(instruments, *fields, strict=True), columns=_COLS)
+                await con.execute(self._stage_sql[tf])
+
+    async def set_final_marks(self, marks: dict[tuple[str, str], int]) -> None:
+        """Record, per (instrument, timeframe), that every candle before ``final_until`` is final."""
+        if not marks:
+            return
+        keys = list(marks)
+        sql = (f"INSERT INTO {self.schema}.final_marks AS m (instrument, timeframe, final_until)"
+               " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])"
+               " ON CONFLICT (instrument, timeframe) DO UPDATE SET final_until = EXCLUDED.final_until")
+        await self._call("set_final_marks", lambda: self._pool.execute(
+            sql, [k[0] for k in keys], [k[1] for k in keys], [marks[k] for k in keys]))
+
+    async def apply_retention(self, now_ms: int) -> int:
+        """Delete every candle whose open_time is older than its timeframe's retention before ``now_ms``
+        (the venue's clock) and return how many went.
+
+        Whole partitions below the cutoff are dropped (their rows counted first), then the expired rows
+        of the partition straddling it are deleted, so exactly the expired candles go. Each timeframe is
+        its own transaction, so the parent table is locked only for the drop of its partitions.
+        """
+        cutoffs = [(tf, now_ms - ms) for tf, ms in self.retention.items() if ms is not None and tf in TIMEFRAMES]
+
+        async def run() -> int:
+            removed = 0
+            for tf, cutoff in cutoffs:
+                async with self._pool.acquire(timeout=self._command_timeout_s) as con:
+                    if self.timescale:
+                        removed += await _timescale_expire(con, self._layout, tf, cutoff)
+                        continue
+                    removed += await self._drop_expired_partitions(con, tf, cutoff)
+                    status = await con.execute(f"DELETE FROM {_table(self.schema, tf)} WHERE open_time < $1", cutoff)
+                    removed += int(status.split()[-1])
+            return removed
+
+        return await self._call("apply_retention", run)
+
+    async def _drop_expired_partitions(self, con: Any, tf: str, cutoff: int) -> int:
+        if not any(p.hi <= cutoff for p in (await self._list_partitions(con, tf))[tf]):
+            return 0
+        removed = 0
+        async with con.transaction():
+            # Lock the parent first (as writers do) and list again under the lock: another process may
+            # have dropped or added partitions meanwhile.
+            await con.execute(f"LOCK TABLE {_table(self.schema, tf)} IN ACCESS EXCLUSIVE MODE")
+            expired = [p for p in (await self._list_partitions(con, tf))[tf] if p.hi <= cutoff]
+            for p in expired:
+                qualified = f"{self.schema}.{_quote_ident(p.name)}"
+                removed += int(await con.fetchval(f"SELECT count(*) FROM {qualified}"))
+                await con.execute(f"DROP TABLE {qualified}")
+        self._partitions[tf] -= {p.lo for p in expired}
+        return removed
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def query(self, instrument: str, timeframe: str, since_ms: int | None = None,
+                    until_ms: int | None = None, last: int | None = None) -> list[Candle]:
+        """Candles with ``since_ms <= open_time <= until_ms`` (bounds optional), oldest first; with
+        ``last``, only the newest ``last`` of them (still oldest first).
+
+        Up to :data:`COPY_READ_ROWS` candles come from a prepared query as asyncpg records (~1 ms for
+        1000). A read that may be larger comes as a binary ``COPY (SELECT ...)`` decoded with numpy while
+        it arrives (:class:`_CopyReader`). For 43,200 candles both cost ~30 ms of client CPU in a quiet
+        process, but records are objects the garbage collector tracks: in a process holding millions of
+        objects (a running service) allocating them triggers full collections, which pushed the record
+        path's p99 to ~190 ms where the COPY path stays near its median (bench/storage_pg.py).
+        ``array_agg`` column arrays were slower still (the server spends ~30 ms more building them).
+        """
+        if timeframe not in TIMEFRAMES or (last is not None and last <= 0):
+            return []
+        most = last
+        if since_ms is not None and until_ms is not None:
+            span = max(0, (until_ms - since_ms) // TIMEFRAMES[timeframe] + 1)  # candles are aligned to their tf
+            most = span if most is None else min(most, span)
+        if most is not None and most <= COPY_READ_ROWS:
+            return await self._query_records(instrument, timeframe, since_ms, until_ms, last)
+        conds = [f"instrument = {_literal(instrument)}"]
+        if since_ms is not None:
+            conds.append(f"open_time >= {int(since_ms):d}")
+        if until_ms is not None:
+            conds.append(f"open_time <= {int(until_ms):d}")
+        order = "ORDER BY open_time" if last is None else f"ORDER BY open_time DESC LIMIT {int(last):d}"
+        sql = f"SELECT {_SELECT} FROM {_table(self.schema, timeframe)} WHERE {' AND '.join(conds)} {order}"
+
+        async def run() -> list[Candle]:
+            reader = _CopyReader()  # a fresh one per attempt: a retry starts the stream over
+            async with self._pool.acquire(timeout=self._command_timeout_s) as con:
+                await con.copy_from_query(sql, output=reader.feed, format="binary")
+            try:
+                return reader.finish()
+            except ValueError as e:
+                raise StoreError(f"query at {self.name}: {e}") from None
+
+        candles = await self._call("query", run)
+        if last is not None:
+            candles.reverse()
+        return candles
+
+    async def _query_records(self, instrument: str, timeframe: str, since_ms: int | None, until_ms: int | None,
+                             last: int | None) -> list[Candle]:
+        key = (timeframe, since_ms is not None, until_ms is not None, last is not None)
+        sql = self._query_sql.get(key)
+        if sql is None:
+            sql = f"SELECT {_SELECT} FROM {_table(self.schema, timeframe)} WHERE instrument = $1"
+            n = 1
+            for present, cond in ((key[1], "open_time >= "), (key[2], "open_time <= ")):
+                if present:
+                    n += 1
+                    sql += f" AND {cond}${n}"
+            sql += f" ORDER BY open_time DESC LIMIT ${n + 1}" if last is not None else " ORDER BY open_time"
+            self._query_sql[key] = sql
+        params = [p for p in (since_ms, until_ms, last) if p is not None]
+        rows = await self._call("query", lambda: self._pool.fetch(sql, instrument, *params))
+        return list(starmap(Candle, reversed(rows) if last is not None else rows))
+
+    async def last_closed(self, instrument: str, timeframe: str) -> Candle | None:
+        """The newest candle marked closed."""
+        if timeframe not in TIMEFRAMES:
+            return None
+        sql = (f"SELECT {_SELECT} FROM {_table(self.schema, timeframe)} WHERE instrument = $1 AND closed"
+               " ORDER BY open_time DESC LIMIT 1")
+        row = await self._call("last_closed", lambda: self._pool.fetchrow(sql, instrument))
+        return None if row is None else Candle(*row)
+
+    async def find_gaps(self, instrument: str, timeframe: str, tf_ms: int, since_ms: int,
+                        until_ms: int) -> list[tuple[int, int]]:
+        """Stretches of [since_ms, until_ms] whose candles are missing or not final, exactly as the DuckDB
+        tier computes them: (first, last) open times of holes between stored candles, and of candles
+        still open although a later one exists; merged, in order. The stretch before the first stored
+        candle and after the last one is not reported."""
+        if timeframe not in TIMEFRAMES:
+            return []
+        sql = f"""SELECT open_time, closed, prev, next FROM (
+                    SELECT open_time, closed, lag(open_time) OVER w AS prev, lead(open_time) OVER w AS next
+                    FROM {_table(self.schema, timeframe)}
+                    WHERE instrument = $1 AND open_time BETWEEN $2 AND $3
+                    WINDOW w AS (ORDER BY open_time)) s
+                  WHERE (prev IS NOT NULL AND open_time - prev > $4::bigint) OR (NOT closed AND next IS NOT NULL)
+                  ORDER BY open_time"""
+        rows = await self._call("find_gaps", lambda: self._pool.fetch(sql, instrument, since_ms, until_ms, tf_ms))
+        return gaps_from_rows(rows, tf_ms)
+
+    async def final_marks(self) -> dict[tuple[str, str], int]:
+        """What :meth:`set_final_marks` recorded, per (instrument, timeframe)."""
+        rows = await self._call("final_marks", lambda: self._pool.fetch(
+            f"SELECT instrument, timeframe, final_until FROM {self.schema}.final_marks"))
+        return {(str(i), str(tf)): int(t) for i, tf, t in rows}
+
+    async def instruments(self) -> list[tuple[str, str, int]]:
+        """(instrument, timeframe, candle count) of every stored series, sorted (by code point, as the
+        DuckDB tier sorts, whatever the database's collation)."""
+        sql = " UNION ALL ".join(
+            f"SELECT instrument, '{tf}' AS timeframe, count(*) FROM {_table(self.schema, tf)} GROUP BY instrument"
+            for tf in TIMEFRAMES
+        )
+        rows = await self._call("instruments", lambda: self._pool.fetch(sql))
+        return sorted((str(i), str(tf), int(n)) for i, tf, n in rows)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the pool's connections (waiting a moment for operations in flight); safe twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await asyncio.wait_for(self._pool.close(), timeout=min(self._command_timeout_s, 5.0))
+        except Exception:  # a hung server or a timeout: drop the sockets instead
+            self._pool.terminate()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.name!r}, timescale={self.timescale})"

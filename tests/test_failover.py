@@ -1,0 +1,131 @@
+"""A logical instrument with a primary and a standby source: when the primary goes silent, candles
+continue from the standby without a hole; before the switch they equal the primary's tape, from the
+spanning candle on the standby's."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from deltafeed.config import FailoverSettings, Settings
+from deltafeed.engine import Engine
+from deltafeed.model import BadInput
+from deltafeed.replicas.binance import BinanceReplica
+from deltafeed.store.base import open_cold
+from reference import candles_from_tape, read_tape
+
+
+async def test_candles_continue_from_the_standby_when_the_primary_goes_silent(tmp_path: Path) -> None:
+    tape = tmp_path / "tape.csv"
+    replica = BinanceReplica(symbols=["BTCUSDT", "ETHUSDT"], seed=9, rate=4.0, speed=60.0, history_ms=3_600_000,
+                             tape=str(tape))
+    await replica.start()
+    settings = Settings(symbols=["BTCUSDT", "ETHUSDT"], timeframes=["1m", "5m"], history="1h",
+                        db=str(tmp_path / "f.duckdb"), rest_url=replica.url, ws_url=replica.ws_url,
+                        failover={"x:LOGICAL": FailoverSettings(primary="BTCUSDT", standby="ETHUSDT")},
+                        failover_after="1s").validate()
+    engine = Engine(settings)
+    try:
+        await engine.start()
+        await asyncio.sleep(4.0)
+        before = engine.status()["failover"]
+        await engine.stop_streaming(["binance:BTCUSDT"])  # the primary falls silent
+        await asyncio.sleep(6.0)
+        after = engine.status()["failover"]
+        served = await engine.candles("x:LOGICAL", "1m", limit=500)
+        await engine.stop()
+    finally:
+        await replica.stop()
+    assert isinstance(before, dict) and isinstance(after, dict)
+    assert before["x:LOGICAL"]["switches"] == 0 and before["x:LOGICAL"]["active"] == "binance:BTCUSDT"
+    info = after["x:LOGICAL"]
+    assert info["switches"] == 1 and info["active"] == "binance:ETHUSDT" and info["on_standby"]
+    switch = info["history"][0]
+    rows = read_tape(str(tape))
+    cold = await open_cold(settings.db, read_only=True)
+    try:
+        for tf, tf_ms in (("1m", 60_000), ("5m", 300_000)):
+            spanning = switch["spanning"][tf]
+            logical = [c for c in await cold.query("x:LOGICAL", tf) if c.closed]
+            keys = [c.open_time for c in logical]
+            assert keys == list(range(keys[0], keys[-1] + tf_ms, tf_ms)), (tf, "a hole in the logical series")
+            assert keys[0] < spanning <= keys[-1], (tf, "the switch is inside the stored span")
+            primary = {c.open_time: c for c in candles_from_tape([r for r in rows if r[0] == "BTCUSDT"], tf_ms)}
+            standby = {c.open_time: c for c in candles_from_tape([r for r in rows if r[0] == "ETHUSDT"], tf_ms)}
+            for c in logical:
+                w = primary[c.open_time] if c.open_time < spanning else standby[c.open_time]
+                assert (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades) == (
+                    w.open, w.high, w.low, w.close, round(w.volume, 8), w.trades), (tf, c.open_time, c.open_time < spanning)
+    finally:
+        await cold.close()
+    assert served and served[-1].open_time >= switch["spanning"]["1m"]  # the API serves the logical series
+    after_switch = [c for c in served if c.open_time > switch["spanning"]["1m"]]
+    assert len(after_switch) >= 3  # minutes from the standby alone
+
+
+def test_failover_settings_are_checked() -> None:
+    with pytest.raises(BadInput, match="not among the symbols"):
+        Settings(symbols=["BTCUSDT"], failover={"x:L": FailoverSettings(primary="BTCUSDT", standby="ETHUSDT")},
+                 ).validate()
+    with pytest.raises(BadInput, match="also a collected instrument"):
+        Settings(symbols=["BTCUSDT", "ETHUSDT"],
+                 failover={"binance:BTCUSDT": FailoverSettings(primary="BTCUSDT", standby="ETHUSDT")}).validate()
+
+
+async def test_oanda_killed_mid_run_continues_from_ig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The primary venue's server dies: the logical EUR/USD continues from IG without a hole; before
+    the spanning candle it equals OANDA's tape, from it on IG's."""
+    from deltafeed.candles.calendar import FxCalendar
+    from deltafeed.config import VenueSettings
+    from deltafeed.replicas.ig import IGReplica
+    from deltafeed.replicas.oanda import DEFAULT_ACCOUNT, DEV_TOKEN, OandaReplica
+    from reference import quote_candles_from_tape, read_quote_tape
+
+    for name, value in (("OANDA_TOKEN", DEV_TOKEN), ("OANDA_ACCOUNT", DEFAULT_ACCOUNT), ("IG_API_KEY", "k"),
+                        ("IG_USERNAME", "u"), ("IG_PASSWORD", "p")):
+        monkeypatch.setenv(name, value)
+    start = 1_794_582_000_000  # Friday 10:00 New York: the FX market is open
+    fx_tape, ig_tape = tmp_path / "oanda.csv", tmp_path / "ig.csv"
+    primary = OandaReplica(symbols=["EUR_USD"], seed=1, rate=2.0, speed=60.0, history_ms=3_600_000, start_ms=start,
+                           tape=str(fx_tape))
+    standby = IGReplica(epics=["CS.D.EURUSD.CFD.IP"], seed=2, rate=2.0, speed=60.0, history_ms=3_600_000,
+                        start_ms=start, tape=str(ig_tape))
+    await primary.start()
+    await standby.start()
+    settings = Settings(symbols=["oanda:EUR_USD", "ig:CS.D.EURUSD.CFD.IP"], timeframes=["1m"], history="1h",
+                        db=str(tmp_path / "fo.duckdb"), stale_after="3s", failover_after="2s",
+                        venues={"oanda": VenueSettings(rest_url=primary.url, stream_url=primary.url, prices=["bid"]),
+                                "ig": VenueSettings(rest_url=standby.rest_url, prices=["bid"])},
+                        failover={"fx:EUR_USD": FailoverSettings(primary="oanda:EUR_USD",
+                                                                 standby="ig:CS.D.EURUSD.CFD.IP")}).validate()
+    engine = Engine(settings)
+    try:
+        await engine.start()
+        await asyncio.sleep(5.0)
+        await primary.stop()  # killed: its stream and REST are gone
+        await asyncio.sleep(8.0)
+        status = engine.status()
+        await engine.stop()
+    finally:
+        await standby.stop()
+    info = status["failover"]["fx:EUR_USD@bid"]  # type: ignore[index]
+    assert info["switches"] == 1 and info["active"] == "ig:CS.D.EURUSD.CFD.IP@bid", info
+    spanning = info["history"][0]["spanning"]["1m"]
+    cal = FxCalendar()
+    want_primary = {c.open_time: c for c in quote_candles_from_tape(read_quote_tape(fx_tape), 60_000, "bid", cal)}
+    want_standby = {c.open_time: c for c in quote_candles_from_tape(read_quote_tape(ig_tape), 60_000, "bid", cal)}
+    cold = await open_cold(settings.db, read_only=True)
+    try:
+        logical = [c for c in await cold.query("fx:EUR_USD@bid", "1m") if c.closed]
+    finally:
+        await cold.close()
+    keys = [c.open_time for c in logical]
+    assert keys == list(range(keys[0], keys[-1] + 60_000, 60_000)), "a hole in the logical series"
+    assert keys[0] < spanning < keys[-1]
+    assert sum(1 for k in keys if k > spanning) >= 3  # minutes from the standby alone
+    for c in logical:
+        w = want_primary[c.open_time] if c.open_time < spanning else want_standby[c.open_time]
+        assert (c.open, c.high, c.low, c.close, c.trades) == (w.open, w.high, w.low, w.close, w.trades), (
+            c.open_time, c.open_time < spanning)

@@ -1,0 +1,78 @@
+"""End to end for Finnhub: the engine against the Finnhub replica (forex price updates and crypto
+trades on one connection per key) with faults; stored candles equal candles computed from the tape."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from deltafeed.config import Settings
+from deltafeed.engine import Engine
+from deltafeed.replicas.finnhub import FinnhubReplica
+from deltafeed.store.base import open_cold
+
+FRIDAY_10H_NY = 1_794_582_000_000  # Friday 2026-11-13 10:00 America/New_York: FX open
+SYMBOLS = ["OANDA:EUR_USD", "BINANCE:BTCUSDT"]
+FAULTS = {"close": 6.0, "reset": 3.0, "stall": 3.0, "garbage": 6.0, "http500": 6.0}
+
+
+def tape_candles(path: Path, symbol: str, tf_ms: int) -> dict[int, tuple[float, float, float, float, float]]:
+    """(open, high, low, close, volume) per interval from the tape, in Decimal; a price update
+    (volume 0) counts as one, as deltafeed counts forex updates."""
+    out: dict[int, list[Decimal]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["symbol"] != symbol:
+                continue
+            t, p, v = int(row["time_ms"]), Decimal(row["price"]), Decimal(row["volume"])
+            b = t - t % tf_ms
+            c = out.get(b)
+            if c is None:
+                out[b] = [p, p, p, p, v or Decimal(1)]
+            else:
+                c[1], c[2], c[3] = max(c[1], p), min(c[2], p), p
+                c[4] += v or Decimal(1)
+    return {b: (float(o), float(h), float(lo), float(c), float(v)) for b, (o, h, lo, c, v) in out.items()}
+
+
+async def test_finnhub_forex_and_crypto_with_faults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINNHUB_TOKEN", "test-key")
+    tape = tmp_path / "finnhub.csv"
+    replica = FinnhubReplica(symbols=SYMBOLS, seed=5, rate=2.0, speed=60.0, history_ms=3_600_000,
+                             start_ms=FRIDAY_10H_NY, tape=str(tape), calls_per_minute=600, faults=FAULTS,
+                             faults_seed=2)
+    await replica.start()
+    settings = Settings(venue="finnhub", symbols=[f"finnhub:{s}" for s in SYMBOLS], timeframes=["1m", "5m"],
+                        history="1h", db=str(tmp_path / "fh.duckdb"), rest_url=replica.rest_url,
+                        ws_url=replica.ws_url, stale_after="2s").validate()
+    engine = Engine(settings)
+    try:
+        await engine.start()
+        await asyncio.sleep(14.0)
+        await asyncio.sleep(3.0)  # repairs settle
+        end_ms = replica.clock.now_ms()
+        await engine.stop()
+        injected = replica.faults_injected()
+    finally:
+        await replica.stop()
+    assert sum(injected.values()) >= 2, injected
+    assert engine.status()["connects"] >= 2
+    cold = await open_cold(settings.db, read_only=True)
+    try:
+        for sym in SYMBOLS:
+            for tf, tf_ms in (("1m", 60_000), ("5m", 300_000)):
+                want = tape_candles(tape, sym, tf_ms)
+                stored = [c for c in await cold.query(f"finnhub:{sym}", tf)
+                          if c.closed and c.open_time + tf_ms <= end_ms - 3 * tf_ms]
+                assert len(stored) >= 10, (sym, tf)
+                keys = [c.open_time for c in stored]
+                assert keys == list(range(keys[0], keys[-1] + tf_ms, tf_ms)), (sym, tf, "hole or duplicate")
+                for c in stored:
+                    assert (c.open, c.high, c.low, c.close, c.volume) == pytest.approx(want[c.open_time], rel=1e-9), (
+                        sym, tf, c.open_time)
+    finally:
+        await cold.close()
