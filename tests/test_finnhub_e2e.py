@@ -14,6 +14,7 @@ from deltafeed.config import Settings
 from deltafeed.engine import Engine
 from deltafeed.replicas.finnhub import FinnhubReplica
 from deltafeed.store.base import open_cold
+from settle import end_storm
 
 FRIDAY_10H_NY = 1_794_582_000_000  # Friday 2026-11-13 10:00 America/New_York: FX open
 SYMBOLS = ["OANDA:EUR_USD", "BINANCE:BTCUSDT"]
@@ -53,10 +54,9 @@ async def test_finnhub_forex_and_crypto_with_faults(tmp_path: Path, monkeypatch:
     try:
         await engine.start()
         await asyncio.sleep(14.0)
-        await asyncio.sleep(3.0)  # repairs settle
+        injected = await end_storm(replica, engine, quiet_s=3.0)
         end_ms = replica.clock.now_ms()
         await engine.stop()
-        injected = replica.faults_injected()
     finally:
         await replica.stop()
     assert sum(injected.values()) >= 2, injected

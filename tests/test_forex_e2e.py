@@ -17,6 +17,7 @@ from deltafeed.replicas.binance import BinanceReplica
 from deltafeed.replicas.oanda import DEFAULT_ACCOUNT, DEV_TOKEN, OandaReplica
 from deltafeed.store.base import open_cold
 from reference import quote_candles_from_tape, read_quote_tape
+from settle import end_storm
 
 SYMBOLS = ["EUR_USD", "USD_JPY"]
 FRIDAY_16H_NY = 1_794_603_600_000  # Friday 2026-11-13 16:00 America/New_York (21:00 UTC)
@@ -44,10 +45,9 @@ async def test_forex_across_a_weekend_with_faults(tmp_path: Path, monkeypatch: p
         await engine.start()
         while replica.clock.now_ms() < FRIDAY_16H_NY + 50 * HOUR:
             await asyncio.sleep(0.5)
-        await asyncio.sleep(3.0)  # the last repairs
+        injected = await end_storm(replica, engine, quiet_s=4.0)
         end_ms = replica.clock.now_ms()
         await engine.stop()
-        injected = replica.faults_injected()
     finally:
         await replica.stop()
 

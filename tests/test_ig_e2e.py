@@ -16,6 +16,7 @@ from deltafeed.model import series_key
 from deltafeed.replicas.ig import IGReplica
 from deltafeed.store.base import open_cold
 from reference import quote_candles_from_tape, read_quote_tape
+from settle import end_storm
 
 EPICS = ["CS.D.EURUSD.CFD.IP"]  # one epic: IG's REST allows 30 requests a minute, and repairs take turns
 FRIDAY_10H_NY = 1_794_582_000_000  # Friday 2026-11-13 10:00 America/New_York: FX open
@@ -36,12 +37,8 @@ async def test_ig_quotes_and_charts_with_faults(tmp_path: Path, monkeypatch: pyt
     try:
         await engine.start()
         await asyncio.sleep(12.0)
-        injected = replica.faults_injected()
-        replica.faults = None  # the storm is over; IG's REST is paced at 30 requests a minute, so
-        for _ in range(240):  # let the repairs it caused finish
-            await asyncio.sleep(0.5)
-            if engine.status()["pending_repairs"] == 0:
-                break
+        # The storm is over; IG's REST is paced at 30 requests a minute, so the repairs it caused take a while.
+        injected = await end_storm(replica, engine, quiet_s=4.0, timeout_s=150.0)
         end_ms = replica.clock.now_ms()
         live = engine.feeds["ig"].status()
         await engine.stop()

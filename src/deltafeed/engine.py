@@ -260,6 +260,7 @@ class Engine:
 
     def _repair_sink(self, key: str) -> RepairSink:
         def repair(timeframe: str, first: int, last: int) -> None:
+            log.debug("repair queued: %s %s %d..%d", key, timeframe, first, last)
             self._repairs.append(_Repair(key, timeframe, first, last))
             self._repair_wakeup.set()
 
@@ -506,6 +507,8 @@ class Engine:
             log.warning("repair of %s %s failed (%s); will retry", job.key, job.timeframe, exc)
             await asyncio.sleep(1.0)
             return job
+        log.debug("repair %s %s %d..%d: %d candles from %d", job.key, job.timeframe, job.first, limit,
+                  len(candles), candles[0].open_time if candles else -1)
         done = job.first
         for c in candles:
             if not c.closed:
