@@ -5,13 +5,23 @@ spanning candle on the standby's."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
+from deltafeed.api.http import SWITCH_HEADER
+from deltafeed.api.hub import Hub
+from deltafeed.api.server import api_url, start_api, stop_api
+from deltafeed.cli import iso
+from deltafeed.client import Client
 from deltafeed.config import FailoverSettings, Settings
 from deltafeed.engine import Engine
-from deltafeed.model import BadInput
+from deltafeed.model import BadInput, time_ms
 from deltafeed.replicas.binance import BinanceReplica
 from deltafeed.store.base import open_cold
 from reference import candles_from_tape, read_tape
@@ -27,16 +37,39 @@ async def test_candles_continue_from_the_standby_when_the_primary_goes_silent(tm
                         failover={"x:LOGICAL": FailoverSettings(primary="BTCUSDT", standby="ETHUSDT")},
                         failover_after="1s").validate()
     engine = Engine(settings)
+    runner = None
     try:
         await engine.start()
-        await asyncio.sleep(4.0)
-        before = engine.status()["failover"]
-        await engine.stop_streaming(["binance:BTCUSDT"])  # the primary falls silent
-        await asyncio.sleep(6.0)
-        after = engine.status()["failover"]
-        served = await engine.candles("x:LOGICAL", "1m", limit=500)
+        hub = Hub(snapshot=engine.snapshot, instruments=engine.instrument_names)
+        runner = await start_api(engine, hub, "127.0.0.1", 0, None)
+        async with aiohttp.ClientSession() as http, http.ws_connect(api_url(runner) + "/ws") as ws:
+            await ws.send_json({"op": "subscribe", "instrument": "x:LOGICAL", "timeframe": "1m", "snapshot": 0})
+            ws_switches: list[dict[str, Any]] = []
+
+            async def watch() -> None:  # a consumer of the logical series, all along
+                async for msg in ws:
+                    if (doc := msg.json())["type"] == "switch":
+                        ws_switches.append(doc)
+
+            watcher = asyncio.create_task(watch())
+            await asyncio.sleep(4.0)
+            before = engine.status()["failover"]
+            await engine.stop_streaming(["binance:BTCUSDT"])  # the primary falls silent
+            await asyncio.sleep(6.0)
+            after = engine.status()["failover"]
+            served = await engine.candles("x:LOGICAL", "1m", limit=500)
+            watcher.cancel()
+        async with Client(api_url(runner)) as client:
+            api_switches = await client.fetch_switches("x:LOGICAL")
+            async with aiohttp.ClientSession() as http, http.get(api_url(runner) + "/candles/x:LOGICAL/1m") as r:
+                api_candles = await r.json()
+                switch_header = r.headers.get(SWITCH_HEADER)
+        await stop_api(runner)
+        runner = None
         await engine.stop()
     finally:
+        if runner is not None:
+            await stop_api(runner)
         await replica.stop()
     assert isinstance(before, dict) and isinstance(after, dict)
     assert before["x:LOGICAL"]["switches"] == 0 and before["x:LOGICAL"]["active"] == "binance:BTCUSDT"
@@ -63,6 +96,35 @@ async def test_candles_continue_from_the_standby_when_the_primary_goes_silent(tm
     assert served and served[-1].open_time >= switch["spanning"]["1m"]  # the API serves the logical series
     after_switch = [c for c in served if c.open_time > switch["spanning"]["1m"]]
     assert len(after_switch) >= 3  # minutes from the standby alone
+
+    # The spanning candle is marked wherever the series is read: the switch is kept in the store...
+    cold = await open_cold(settings.db, read_only=True)
+    try:
+        kept = await cold.switches("x:LOGICAL")
+    finally:
+        await cold.close()
+    assert [(w.since_ms, w.source_from, w.source_to) for w in kept] == [
+        (switch["since_ms"], "binance:BTCUSDT", "binance:ETHUSDT")]
+    assert kept[0].spanning(60_000) == switch["spanning"]["1m"]
+    # ... the HTTP API names it beside the candles and lists the switches ...
+    assert [w["open_time"] for w in api_candles["switches"]] == [switch["spanning"]["1m"]]
+    assert api_candles["switches"][0]["from"] == "binance:BTCUSDT" and api_candles["switches"][0]["to"] == "binance:ETHUSDT"
+    assert switch_header == str(switch["spanning"]["1m"])
+    assert [(w["since_ms"], w["spanning"]["5m"]) for w in api_switches] == [(switch["since_ms"], switch["spanning"]["5m"])]
+    # ... the WebSocket tells the watchers of the logical series when it happens ...
+    assert [(m["instrument"], m["data"]["from"], m["data"]["to"], m["data"]["spanning"]["1m"]) for m in ws_switches] == [
+        ("x:LOGICAL", "binance:BTCUSDT", "binance:ETHUSDT", switch["spanning"]["1m"])]
+    # ... and `deltafeed candles` marks it.
+    out = subprocess.run([sys.executable, "-m", "deltafeed", "candles", "x:LOGICAL", "1m", "--db", settings.db,
+                          "--format", "json"], capture_output=True, text=True, check=True)
+    marked = [c for c in json.loads(out.stdout) if "switch" in c]
+    assert [(time_ms(c["open_time"]), c["switch"]) for c in marked] == [
+        (switch["spanning"]["1m"], "binance:BTCUSDT -> binance:ETHUSDT")]
+    out = subprocess.run([sys.executable, "-m", "deltafeed", "candles", "x:LOGICAL", "1m", "--db", settings.db,
+                          "--format", "csv"], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines()[0] == "open_time,open,high,low,close,volume,trades"  # columns unchanged
+    assert out.stderr.splitlines() == [f"note: the candle at {iso(switch['spanning']['1m'])} spans a failover"
+                                       " switch (binance:BTCUSDT -> binance:ETHUSDT)"]
 
 
 def test_failover_settings_are_checked() -> None:
@@ -119,8 +181,11 @@ async def test_oanda_killed_mid_run_continues_from_ig(tmp_path: Path, monkeypatc
     cold = await open_cold(settings.db, read_only=True)
     try:
         logical = [c for c in await cold.query("fx:EUR_USD@bid", "1m") if c.closed]
+        kept = await cold.switches("fx:EUR_USD@bid")
     finally:
         await cold.close()
+    assert [(w.spanning(60_000), w.source_from, w.source_to) for w in kept] == [
+        (spanning, "oanda:EUR_USD@bid", "ig:CS.D.EURUSD.CFD.IP@bid")]  # the spanning candle is marked
     keys = [c.open_time for c in logical]
     assert keys == list(range(keys[0], keys[-1] + 60_000, 60_000)), "a hole in the logical series"
     assert keys[0] < spanning < keys[-1]

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import deltafeed.store.postgres as pgmod
-from deltafeed.model import BadInput, Candle
+from deltafeed.model import BadInput, Candle, Switch
 from deltafeed.store.base import StoreError, StoreUnavailable
 from deltafeed.store.cold import ColdStore
 from deltafeed.store.postgres import PARTITION_MS, SCHEMA_VERSION, PostgresStore
@@ -326,6 +326,19 @@ async def test_final_marks(store: PostgresStore) -> None:
     await store.set_final_marks({(BTC, "1m"): T0 + M})
     await store.set_final_marks({})
     assert await store.final_marks() == {(BTC, "1m"): T0 + M, (ETH, "5m"): T0 + 5 * M}
+
+
+async def test_switches_round_trip_and_idempotent(store: PostgresStore) -> None:
+    assert await store.switches("fx:EUR_USD") == []
+    a = Switch("fx:EUR_USD", T0 + 5 * S, T0 + M, "oanda:EUR_USD", "ig:CS.D.EURUSD.CFD.IP")
+    b = Switch("fx:EUR_USD", T0 + H, T0 + H + M, "ig:CS.D.EURUSD.CFD.IP", "oanda:EUR_USD")
+    await store.record_switches([b, a])
+    await store.record_switches([a])
+    await store.record_switches([])
+    await store.record_switches([Switch("fx:GBP_USD", T0, T0, "x", "y")])
+    assert await store.switches("fx:EUR_USD") == [a, b]
+    assert await store.switches("fx:EUR_USD", T0 + M, None) == [b]
+    assert await store.switches("fx:EUR_USD", None, T0 + 5 * S) == [a]
 
 
 # -- retention ----------------------------------------------------------------------------------

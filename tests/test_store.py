@@ -16,7 +16,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from deltafeed.model import BadInput, Candle
+from deltafeed.model import BadInput, Candle, Switch
 from deltafeed.store.cold import SCHEMA_VERSION, ColdStore, DuckDBTier, StoreBusy, StoreError
 from deltafeed.store.hot import HotStore
 from deltafeed.store.retention import DEFAULT_RETENTION_MS, parse_retention
@@ -661,4 +661,15 @@ def test_final_marks_round_trip_and_a_version_1_file_is_migrated(tmp_path: Path)
     cold.set_final_marks({(BTC, "1m"): 180_000})
     assert cold.final_marks() == {(BTC, "1m"): 180_000, (BTC, "5m"): 0}
     assert cold.last_closed(BTC, "1m") == Candle(60_000, 1, 2, 0.5, 1.5, 3, 4, True)
+    # Versions 2 and 3 came with it: the switches of logical instruments are kept too.
+    assert cold.switches("fx:EUR_USD") == []
+    a = Switch("fx:EUR_USD", 125_000, 190_000, "oanda:EUR_USD", "ig:CS.D.EURUSD.CFD.IP")
+    b = Switch("fx:EUR_USD", 400_000, 460_000, "ig:CS.D.EURUSD.CFD.IP", "oanda:EUR_USD")
+    cold.record_switches([b, a])
+    cold.record_switches([a])  # again: nothing doubles
+    cold.record_switches([Switch("fx:GBP_USD", 1, 2, "x", "y")])
+    assert cold.switches("fx:EUR_USD") == [a, b]
+    assert cold.switches("fx:EUR_USD", 200_000, None) == [b]
+    assert cold.switches("fx:EUR_USD", None, 125_000) == [a]
+    assert a.spanning(60_000) == 120_000 and a.spanning(300_000) == 0
     cold.close()

@@ -18,8 +18,10 @@ import msgspec
 from deltafeed import config
 from deltafeed.model import (
     PRICE_SIDES,
+    TIMEFRAMES,
     BadInput,
     Candle,
+    Switch,
     canonical_series,
     parse_duration_ms,
     parse_timeframes,
@@ -390,7 +392,7 @@ def num(x: float) -> str:
 
 
 def _candles(args: argparse.Namespace) -> int:
-    from deltafeed.store.base import StoreError, open_cold
+    from deltafeed.store.base import ColdTier, StoreError, open_cold
     from deltafeed.store.reader import read_candles
     from deltafeed.store.redis_hot import RedisHot
 
@@ -405,48 +407,70 @@ def _candles(args: argparse.Namespace) -> int:
     if hot_url is not None and not hot_url.startswith(("redis://", "rediss://", "unix://")):
         raise BadInput("--hot is not a Redis URL; write it like redis://127.0.0.1:6379/0")
 
-    async def read() -> list[Candle]:
+    async def rows_of(hot: RedisHot | None, cold: ColdTier) -> list[Candle]:
+        if hot is not None:
+            try:
+                if hot.degraded is None:
+                    return await read_candles(hot, cold, inst, tf, since, until, args.last)
+                log.warning("Redis %s unavailable (%s); reading %s alone", hot.name, hot.degraded, cold.name)
+            except StoreError as exc:
+                log.warning("Redis unavailable (%s); reading %s alone", exc, cold.name)
+        return await read_candles(None, cold, inst, tf, since, until, args.last)
+
+    async def read() -> tuple[list[Candle], list[Switch]]:
         cold = await open_cold(db, read_only=True, schema=args.db_schema)
         hot = None
         try:
             if hot_url is not None:
                 hot = RedisHot(hot_url, prefix=args.hot_prefix)
                 await hot.open(warn=False)
-                try:
-                    if hot.degraded is None:
-                        return await read_candles(hot, cold, inst, tf, since, until, args.last)
-                    log.warning("Redis %s unavailable (%s); reading %s alone", hot.name, hot.degraded, cold.name)
-                except StoreError as exc:
-                    log.warning("Redis unavailable (%s); reading %s alone", exc, cold.name)
-            return await read_candles(None, cold, inst, tf, since, until, args.last)
+            rows = await rows_of(hot, cold)
+            switches = await cold.switches(inst, rows[0].open_time, rows[-1].open_time + tf_ms - 1) if rows else []
+            return rows, switches
         finally:
             if hot is not None:
                 await hot.close()
             await cold.close()
 
+    tf_ms = TIMEFRAMES[tf]
     try:
-        rows = asyncio.run(read())
+        rows, switches = asyncio.run(read())
     except StoreError as exc:
         raise BadInput(f"cannot read candles: {exc}") from None
-    write_candles(rows, args.format, f"{inst} {tf}")
+    write_candles(rows, args.format, f"{inst} {tf}", {w.spanning(tf_ms): w for w in switches})
     return 0
 
 
-def write_candles(rows: list[Candle], fmt: str, title: str) -> None:
+def write_candles(rows: list[Candle], fmt: str, title: str, spanning: dict[int, Switch] | None = None) -> None:
+    """Candles to stdout as CSV, JSON or a table. A candle of a logical instrument that spans a
+    failover switch (``spanning``: open time -> switch) is marked: a ``switch`` field in JSON, its
+    state in the table, and a note on stderr beside the CSV, whose columns stay fixed."""
     out = sys.stdout
+    spanning = spanning or {}
+
+    def moved(t: int) -> str | None:
+        w = spanning.get(t)
+        return None if w is None else f"{w.source_from} -> {w.source_to}"
+
     if fmt == "csv":
         w = csv.writer(out, lineterminator="\n")
         w.writerow(["open_time", "open", "high", "low", "close", "volume", "trades"])
         for c in rows:
             w.writerow([iso(c.open_time), num(c.open), num(c.high), num(c.low), num(c.close), num(c.volume),
                         c.trades])
+        for t in sorted(spanning):
+            print(f"note: the candle at {iso(t)} spans a failover switch ({moved(t)})", file=sys.stderr)
     elif fmt == "json":
         # Rounded to the venue's 8 decimals: sums of floats carry noise past that.
-        out.write(msgspec.json.encode([
-            {"open_time": iso(c.open_time), "open": round(c.open, 8), "high": round(c.high, 8),
-             "low": round(c.low, 8), "close": round(c.close, 8), "volume": round(c.volume, 8),
-             "trades": c.trades, "closed": c.closed} for c in rows
-        ]).decode() + "\n")
+        docs: list[dict[str, Any]] = []
+        for c in rows:
+            doc: dict[str, Any] = {"open_time": iso(c.open_time), "open": round(c.open, 8),
+                                   "high": round(c.high, 8), "low": round(c.low, 8), "close": round(c.close, 8),
+                                   "volume": round(c.volume, 8), "trades": c.trades, "closed": c.closed}
+            if c.open_time in spanning:
+                doc["switch"] = moved(c.open_time)
+            docs.append(doc)
+        out.write(msgspec.json.encode(docs).decode() + "\n")
     else:
         from rich.console import Console
         from rich.table import Table
@@ -455,8 +479,11 @@ def write_candles(rows: list[Candle], fmt: str, title: str) -> None:
         for name in ("open_time", "open", "high", "low", "close", "volume", "trades", "state"):
             table.add_column(name, justify="right" if name != "open_time" else "left")
         for c in rows:
+            state = "final" if c.closed else "open"
+            if c.open_time in spanning:
+                state += f", switch {moved(c.open_time)}"
             table.add_row(iso(c.open_time), num(c.open), num(c.high), num(c.low), num(c.close), num(c.volume),
-                          str(c.trades), "final" if c.closed else "open")
+                          str(c.trades), state)
         # A pipe gets the whole table, not one cut to a guessed 80 columns.
         Console(width=None if out.isatty() else 200).print(table)
 

@@ -173,6 +173,12 @@ class Client:
         """
         return [ohlcv(c) for c in await self.fetch_candles(instrument, timeframe, since, until, limit)]
 
+    async def fetch_switches(self, instrument: str) -> list[dict[str, Any]]:
+        """Failover switches of a logical instrument, oldest first: ``{"since_ms", "at_ms", "from",
+        "to", "spanning": {timeframe: open time of the candle that spans the switch}}``."""
+        doc = await self._request("GET", f"/switches/{instrument}")
+        return list(doc["switches"])
+
     async def status(self) -> dict[str, Any]:
         """The server's ``/streaming/status``: counters per instrument and per venue."""
         doc: dict[str, Any] = await self._request("GET", "/streaming/status")

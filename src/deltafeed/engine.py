@@ -10,17 +10,18 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from deltafeed.api.hub import SwitchData
 from deltafeed.candles.aggregator import CandleBuilder, ClosedSink, RepairSink
 from deltafeed.candles.calendar import Calendar, calendar_for
 from deltafeed.candles.rollup import RollupBuilder
 from deltafeed.clock import VenueClock
 from deltafeed.config import Settings
 from deltafeed.feeds.base import Feed, make_feed
-from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle, Instrument, Trade, series_key
+from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle, Instrument, Switch, Trade, series_key
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.stats import EngineMetrics
 from deltafeed.store.base import ColdTier, StoreError, Unopened, open_cold, redact
@@ -67,7 +68,9 @@ class _Failover:
     key: str
     sources: tuple[str, str]  # (primary, standby) series keys
     active: int = 0  # index into ``sources``
-    switches: list[dict[str, object]] = field(default_factory=list)
+    switches: list[Switch] = field(default_factory=list)  # this run's, oldest first
+    silent_s: list[float] = field(default_factory=list)  # how long the old source was silent, per switch
+    unsaved: list[Switch] = field(default_factory=list)  # not yet in the cold store
 
 
 @dataclass
@@ -420,8 +423,12 @@ class Engine:
             live = other.open_candle(tf)
             if live is not None:
                 self._put(f.key, tf, live)
-        f.switches.append({"at_ms": other.feed.clock.now_ms(), "from": act.key, "to": other.key, "since_ms": since,
-                           "spanning": spanning, "silent_s": round(silent, 3)})
+        switch = Switch(f.key, since, other.feed.clock.now_ms(), act.key, other.key)
+        f.switches.append(switch)
+        f.unsaved.append(switch)
+        f.silent_s.append(round(silent, 3))
+        if self.hub is not None:
+            self.hub.switch(f.key, switch.at_ms, SwitchData(since, act.key, other.key, spanning))
         log.warning("%s: %s silent for %.1f s; candles continue from %s (the candles holding %d are spanning)",
                     f.key, act.key, silent, other.key, since)
 
@@ -563,6 +570,13 @@ class Engine:
         marks = self.final_marks()
         await self.writer.flush()
         await self.cold.set_final_marks(marks)
+        await self._save_switches()
+
+    async def _save_switches(self) -> None:
+        for f in self.failovers.values():
+            if f.unsaved:
+                await self.cold.record_switches(f.unsaved)
+                f.unsaved.clear()
 
     async def _mark_loop(self) -> None:
         while True:
@@ -653,6 +667,8 @@ class Engine:
         if not self.writer.spooled_pending and not self.writer.pending:
             with contextlib.suppress(StoreError):
                 await self.cold.set_final_marks(marks)
+        with contextlib.suppress(StoreError):
+            await self._save_switches()
         if self.redis is not None:
             await self.redis.close()
         for t in self._tasks:
@@ -685,6 +701,28 @@ class Engine:
             out = [c for c in out if c.open_time < live.open_time]
             out.append(msgspec.structs.replace(live))
         return out[-n:]
+
+    def switch_doc(self, w: Switch, silent_s: float | None = None) -> dict[str, Any]:
+        """A switch as the status view and the API show it, with each timeframe's spanning candle."""
+        doc: dict[str, Any] = {"since_ms": w.since_ms, "at_ms": w.at_ms, "from": w.source_from, "to": w.source_to,
+                               "spanning": {tf: w.spanning(TIMEFRAMES[tf]) for tf in self.timeframes}}
+        if silent_s is not None:
+            doc["silent_s"] = silent_s
+        return doc
+
+    async def switches(self, instrument: str, since_ms: int | None = None,
+                       until_ms: int | None = None) -> list[Switch]:
+        """Failover switches of a logical instrument with ``since_ms`` in the bounds, oldest first:
+        from the cold store (every run's) and this run's not yet saved; [] for any other series."""
+        f = self.failovers.get(instrument)
+        if f is None:
+            return []
+        lo, hi = since_ms if since_ms is not None else -(2**62), until_ms if until_ms is not None else 2**62
+        found = {w.since_ms: w for w in f.switches if lo <= w.since_ms <= hi}
+        with contextlib.suppress(StoreError):  # a store that is down: this run's switches still show
+            for w in await self.cold.switches(instrument, since_ms, until_ms):
+                found.setdefault(w.since_ms, w)
+        return [found[k] for k in sorted(found)]
 
     async def candles(self, instrument: str, timeframe: str, since_ms: int | None = None,
                       until_ms: int | None = None, limit: int | None = None) -> list[Candle]:
@@ -799,7 +837,9 @@ class Engine:
             "healthy": not self.health(),
             "failover": {
                 f.key: {"active": f.sources[f.active], "primary": f.sources[0], "standby": f.sources[1],
-                        "on_standby": f.active == 1, "switches": len(f.switches), "history": f.switches[-20:]}
+                        "on_standby": f.active == 1, "switches": len(f.switches),
+                        "history": [self.switch_doc(w, silent) for w, silent in
+                                    list(zip(f.switches, f.silent_s, strict=True))[-20:]]}
                 for f in self.failovers.values()
             },
             "instruments": {

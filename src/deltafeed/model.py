@@ -139,6 +139,25 @@ class Quote(msgspec.Struct, gc=False):
     ask_size: float = 0.0
 
 
+class Switch(msgspec.Struct, frozen=True):
+    """A logical instrument's move from one source to another (failover).
+
+    The old source's data ends at ``since_ms``; the candle of each timeframe holding it, and every
+    later one, come from ``source_to``. That candle spans the switch: before it the series is the
+    old source's, from it on the new one's.
+    """
+
+    instrument: str
+    since_ms: int  # the old source's last data, by the venue's clock
+    at_ms: int  # when the switch was made, by the new source's clock
+    source_from: str
+    source_to: str
+
+    def spanning(self, tf_ms: int) -> int:
+        """Open time of the candle of a ``tf_ms`` timeframe that spans the switch."""
+        return self.since_ms - self.since_ms % tf_ms
+
+
 class Candle(msgspec.Struct, gc=False):
     """One OHLCV candle; ``open_time`` is its start in epoch ms, ``closed`` says it is final.
 

@@ -43,6 +43,9 @@ COLUMNS = ("open_time", "open", "high", "low", "close", "volume", "trades")
 #: Response header naming the open times (epoch ms, comma separated) of the candles in the
 #: response that are still forming; absent when every candle in it is final.
 FORMING_HEADER = "Deltafeed-Forming"
+#: Response header naming the open times of the candles in the response that span a failover
+#: switch of a logical instrument (see ``model.Switch``); absent when none does.
+SWITCH_HEADER = "Deltafeed-Switch"
 
 _CANDLE_PARAMS = ("since", "until", "limit", "format", "price", "token")
 _JSON = "application/json"
@@ -240,11 +243,32 @@ class _Routes:
                                                  f" limit (up to {MAX_CANDLES}) for the newest ones")
         forming = [c.open_time for c in rows if not c.closed]
         headers = {FORMING_HEADER: ",".join(map(str, forming))} if forming else {}
+        switches = await self._spanning(instrument, timeframe, rows)
+        if switches:
+            headers[SWITCH_HEADER] = ",".join(str(w["open_time"]) for w in switches)
         if fmt == "csv":
             return web.Response(text=candles_csv(rows), content_type="text/csv", charset="utf-8",
                                 headers=headers)
         return _json({"instrument": instrument, "timeframe": timeframe, "columns": COLUMNS,
-                      "candles": [_json_row(c) for c in rows], "forming": forming}, headers=headers)
+                      "candles": [_json_row(c) for c in rows], "forming": forming, "switches": switches},
+                     headers=headers)
+
+    async def _spanning(self, instrument: str, timeframe: str, rows: list[Candle]) -> list[dict[str, Any]]:
+        """The candles of ``rows`` that span a failover switch, with the switch."""
+        if not rows:
+            return []
+        tf_ms = TIMEFRAMES[timeframe]
+        found = await self.engine.switches(instrument, rows[0].open_time, rows[-1].open_time + tf_ms - 1)
+        return [{"open_time": w.spanning(tf_ms), "since_ms": w.since_ms, "at_ms": w.at_ms, "from": w.source_from,
+                 "to": w.source_to} for w in found]
+
+    async def switches(self, request: web.Request) -> web.Response:
+        instrument = parse_instrument(request.match_info["instrument"], self.engine.instrument_names())
+        if instrument not in self.engine.failovers:
+            raise http_error(web.HTTPNotFound, f"{instrument} is not a logical instrument (it has no failover"
+                                               " sources); switches exist only for those under [failover]")
+        found = await self.engine.switches(instrument)
+        return _json({"instrument": instrument, "switches": [self.engine.switch_doc(w) for w in found]})
 
     async def openapi(self, request: web.Request) -> web.Response:
         return _json(openapi_spec())
@@ -291,6 +315,7 @@ def add_http_routes(app: web.Application, engine: Engine) -> None:
     app.router.add_post("/streaming/stop", r.stop)
     app.router.add_get("/instruments", r.instruments)
     app.router.add_get("/candles/{instrument}/{timeframe}", r.candles)
+    app.router.add_get("/switches/{instrument}", r.switches)
     app.router.add_get("/openapi.json", r.openapi)
     app.router.add_get("/docs", r.docs)
 
@@ -349,7 +374,7 @@ def openapi_spec() -> dict[str, Any]:
                           "properties": {"error": {"type": "string"}}},
                 "Candles": {
                     "type": "object",
-                    "required": ["instrument", "timeframe", "columns", "candles", "forming"],
+                    "required": ["instrument", "timeframe", "columns", "candles", "forming", "switches"],
                     "properties": {
                         "instrument": {"type": "string", "examples": ["binance:BTCUSDT"]},
                         "timeframe": {"type": "string", "examples": ["1m"]},
@@ -368,6 +393,23 @@ def openapi_spec() -> dict[str, Any]:
                                            "for a repair.",
                             "type": "array", "items": {"type": "integer"},
                         },
+                        "switches": {
+                            "description": "For a logical instrument (one with a primary and a standby source): "
+                                           "the candles in this response that span a failover switch, i.e. hold "
+                                           "the old source's last data; from them on the series comes from the "
+                                           "new source. Empty otherwise.",
+                            "type": "array", "items": {"$ref": "#/components/schemas/SpanningCandle"},
+                        },
+                    },
+                },
+                "SpanningCandle": {
+                    "type": "object", "required": ["open_time", "since_ms", "at_ms", "from", "to"],
+                    "properties": {
+                        "open_time": {"type": "integer", "description": "The spanning candle's open time (ms)"},
+                        "since_ms": {"type": "integer", "description": "The old source's last data (ms)"},
+                        "at_ms": {"type": "integer", "description": "When the switch was made (ms)"},
+                        "from": {"type": "string", "examples": ["oanda:EUR_USD"]},
+                        "to": {"type": "string", "examples": ["ig:CS.D.EURUSD.CFD.IP"]},
                     },
                 },
             },
@@ -456,7 +498,10 @@ def openapi_spec() -> dict[str, Any]:
                     "200": {
                         "description": "Candles",
                         "headers": {FORMING_HEADER: {"schema": {"type": "string"},
-                                                     "description": "Open times (ms) of the candles not final yet"}},
+                                                     "description": "Open times (ms) of the candles not final yet"},
+                                    SWITCH_HEADER: {"schema": {"type": "string"},
+                                                    "description": "Open times (ms) of the candles that span a "
+                                                                   "failover switch"}},
                         "content": {
                             _JSON: {"schema": {"$ref": "#/components/schemas/Candles"}},
                             "text/csv": {"schema": {"type": "string"},
@@ -468,6 +513,32 @@ def openapi_spec() -> dict[str, Any]:
                     **_READ_ERRORS,
                     "404": _err("An instrument or timeframe this collector does not serve"),
                     "503": _err("The database cannot answer now; retry"),
+                },
+            }},
+            "/switches/{instrument}": {"get": {
+                "summary": "Failover switches of a logical instrument, oldest first",
+                "description": "Each switch names the source the series left and the one it continues from, the "
+                               "old source's last data (since_ms), and per timeframe the open time of the "
+                               "candle that spans the switch.",
+                "security": secured,
+                "parameters": [{"name": "instrument", "in": "path", "required": True, "schema": {"type": "string"},
+                                "example": "fx:EUR_USD"}],
+                "responses": {
+                    "200": {"description": "Switches", "content": {_JSON: {"schema": {
+                        "type": "object", "required": ["instrument", "switches"],
+                        "properties": {
+                            "instrument": {"type": "string"},
+                            "switches": {"type": "array", "items": {
+                                "type": "object", "required": ["since_ms", "at_ms", "from", "to", "spanning"],
+                                "properties": {
+                                    "since_ms": {"type": "integer"}, "at_ms": {"type": "integer"},
+                                    "from": {"type": "string"}, "to": {"type": "string"},
+                                    "spanning": {"type": "object", "additionalProperties": {"type": "integer"},
+                                                 "description": "timeframe -> open time of its spanning candle"},
+                                }}},
+                        }}}}},
+                    **_READ_ERRORS,
+                    "404": _err("Not a logical instrument of this collector"),
                 },
             }},
             "/metrics": {"get": {

@@ -129,6 +129,23 @@ class HeartbeatMsg(msgspec.Struct, tag_field="type", tag="heartbeat"):
     data: HeartbeatData
 
 
+class SwitchData(msgspec.Struct):
+    since_ms: int  # the old source's last data
+    source_from: str = msgspec.field(name="from")
+    source_to: str = msgspec.field(name="to")
+    spanning: dict[str, int] = msgspec.field(default_factory=dict)  # timeframe -> spanning candle's open time
+
+
+class SwitchMsg(msgspec.Struct, tag_field="type", tag="switch"):
+    """A logical instrument moved to its other source (failover); sent to every client watching its
+    candles. ``timestamp`` is when, by the venue's clock; the candles from each timeframe's spanning
+    one on follow from the new source."""
+
+    instrument: str
+    timestamp: int
+    data: SwitchData
+
+
 class Subscribed(msgspec.Struct, tag_field="type", tag="subscribed"):
     """The answer to a subscribe op; ``snapshot`` candle messages follow it, then live data."""
 
@@ -149,7 +166,7 @@ class ErrorMsg(msgspec.Struct, tag_field="type", tag="error"):
 
 
 #: Everything a consumer may receive, for ``msgspec.json.Decoder(ServerMessage)``.
-ServerMessage = CandleMsg | TradeMsg | PriceMsg | HeartbeatMsg | Subscribed | Unsubscribed | ErrorMsg
+ServerMessage = CandleMsg | TradeMsg | PriceMsg | HeartbeatMsg | SwitchMsg | Subscribed | Unsubscribed | ErrorMsg
 
 _encode = msgspec.json.Encoder().encode
 
@@ -320,6 +337,14 @@ class Hub:
         if clients is None:
             return
         self._fanout(clients, _candle_frame(instrument, timeframe, candle), (instrument, timeframe, candle.open_time))
+
+    def switch(self, instrument: str, at_ms: int, data: SwitchData) -> None:
+        """A failover switch of ``instrument``, to every client watching any of its timeframes."""
+        by_tf = self._candle_routes.get(instrument)
+        if by_tf is None:
+            return
+        clients = tuple({c: None for group in by_tf.values() for c in group})
+        self._fanout(clients, text_frame(_encode(SwitchMsg(instrument, at_ms, data))), None)
 
     def trade(self, instrument: str, trade: Trade) -> None:
         """One trade (the engine calls this only while :meth:`wants_trades` says so)."""

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from deltafeed.model import BadInput, Candle
+from deltafeed.model import BadInput, Candle, Switch
 
 Row = tuple[str, str, Candle]
 """One candle to store: (instrument, timeframe, candle)."""
@@ -73,6 +73,15 @@ class ColdTier(Protocol):
         """Record final marks (the caller has written the candles they vouch for)."""
         ...
 
+    async def record_switches(self, switches: Sequence[Switch]) -> None:
+        """Keep failover switches (idempotent: one per instrument and ``since_ms``)."""
+        ...
+
+    async def switches(self, instrument: str, since_ms: int | None = None,
+                       until_ms: int | None = None) -> list[Switch]:
+        """The switches of ``instrument`` with ``since_ms <= switch.since_ms <= until_ms``, oldest first."""
+        ...
+
     async def apply_retention(self, now_ms: int) -> int:
         """Delete every candle older than its timeframe's retention before ``now_ms`` (the venue's
         clock); returns how many were deleted."""
@@ -115,6 +124,13 @@ class Unopened:
         raise self._fail()
 
     async def set_final_marks(self, marks: dict[tuple[str, str], int]) -> None:
+        raise self._fail()
+
+    async def record_switches(self, switches: Sequence[Switch]) -> None:
+        raise self._fail()
+
+    async def switches(self, instrument: str, since_ms: int | None = None,
+                       until_ms: int | None = None) -> list[Switch]:
         raise self._fail()
 
     async def apply_retention(self, now_ms: int) -> int:

@@ -30,13 +30,13 @@ import duckdb
 import numpy as np
 from msgspec.structs import astuple
 
-from deltafeed.model import BadInput, Candle
+from deltafeed.model import BadInput, Candle, Switch
 from deltafeed.store.base import Row, StoreBusy, StoreError, gaps_from_rows
 from deltafeed.store.retention import DEFAULT_RETENTION_MS
 
 #: Version of the table layout this code writes. Bump it and add a step to ``_MIGRATIONS`` when the
 #: layout changes; a file with a newer version is refused rather than misread.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Name under which the file is attached to the store's private in-memory DuckDB instance.
 _DB = "deltafeed_cold"
@@ -65,11 +65,20 @@ _CREATE_MARKS = f"""CREATE TABLE {_DB}.final_marks (
         final_until BIGINT NOT NULL,
         PRIMARY KEY (instrument, timeframe)
     )"""
-_CREATE = (*_CREATE, _CREATE_MARKS)
+# Version 3: the failover switches of logical instruments (see ``model.Switch``).
+_CREATE_SWITCHES = f"""CREATE TABLE {_DB}.switches (
+        instrument VARCHAR NOT NULL,
+        since_ms BIGINT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        source_from VARCHAR NOT NULL,
+        source_to VARCHAR NOT NULL,
+        PRIMARY KEY (instrument, since_ms)
+    )"""
+_CREATE = (*_CREATE, _CREATE_MARKS, _CREATE_SWITCHES)
 
 #: ``_MIGRATIONS[v]`` lists the statements that take a file from version ``v - 1`` to ``v`` (tables
 #: qualified with ``_DB``).
-_MIGRATIONS: dict[int, tuple[str, ...]] = {2: (_CREATE_MARKS,)}
+_MIGRATIONS: dict[int, tuple[str, ...]] = {2: (_CREATE_MARKS,), 3: (_CREATE_SWITCHES,)}
 
 _CANDLE_COLS = "open_time, open, high, low, close, volume, trades, closed"
 _ALL_COLS = f"instrument, timeframe, {_CANDLE_COLS}"
@@ -423,7 +432,30 @@ class ColdStore:
                     [[i, tf, t] for (i, tf), t in marks.items()],
                 )
 
+    def record_switches(self, switches: Sequence[Switch]) -> None:
+        """Keep failover switches; one per (instrument, since_ms), so recording twice changes nothing."""
+        if not switches:
+            return
+        with self._connection() as con:
+            self._check_schema(con)
+            with self._transaction(con):
+                con.executemany(
+                    f"INSERT OR REPLACE INTO {_DB}.switches VALUES (?, ?, ?, ?, ?)",
+                    [[w.instrument, w.since_ms, w.at_ms, w.source_from, w.source_to] for w in switches],
+                )
+
     # -- reads ------------------------------------------------------------------------------------
+
+    def switches(self, instrument: str, since_ms: int | None = None, until_ms: int | None = None) -> list[Switch]:
+        """The switches of ``instrument`` with ``since_ms`` in the bounds given, oldest first."""
+        with self._connection() as con:
+            self._check_schema(con)
+            rows = con.execute(
+                f"SELECT instrument, since_ms, at_ms, source_from, source_to FROM {_DB}.switches"
+                " WHERE instrument = ? AND since_ms >= ? AND since_ms <= ? ORDER BY since_ms",
+                [instrument, -(2**62) if since_ms is None else since_ms, 2**62 if until_ms is None else until_ms],
+            ).fetchall()
+        return [Switch(str(i), int(s), int(a), str(f), str(t)) for i, s, a, f, t in rows]
 
     def final_marks(self) -> dict[tuple[str, str], int]:
         """What :meth:`set_final_marks` recorded last, per (instrument, timeframe)."""
@@ -565,6 +597,13 @@ class DuckDBTier:
 
     async def set_final_marks(self, marks: dict[tuple[str, str], int]) -> None:
         await asyncio.to_thread(self.store.set_final_marks, marks)
+
+    async def record_switches(self, switches: Sequence[Switch]) -> None:
+        await asyncio.to_thread(self.store.record_switches, switches)
+
+    async def switches(self, instrument: str, since_ms: int | None = None,
+                       until_ms: int | None = None) -> list[Switch]:
+        return await asyncio.to_thread(self.store.switches, instrument, since_ms, until_ms)
 
     async def apply_retention(self, now_ms: int) -> int:
         return await asyncio.to_thread(self.store.apply_retention, now_ms)

@@ -13,6 +13,8 @@ queried directly::
         PRIMARY KEY (instrument, open_time)
     <schema>.final_marks         (instrument, timeframe, final_until bigint): before final_until every
                                  stored candle of that series is final
+    <schema>.switches            (instrument, since_ms, at_ms, source_from, source_to): a logical
+                                 instrument's failover switches (see ``model.Switch``)
     <schema>.schema_migrations   (version, description, applied_at): the migrations applied
 
     e.g.  SELECT to_timestamp(open_time / 1000.0) AS t, close FROM deltafeed.candles_1m
@@ -48,7 +50,7 @@ import asyncpg  # type: ignore[import-untyped]
 import numpy as np
 from msgspec.structs import astuple
 
-from deltafeed.model import TIMEFRAMES, BadInput, Candle
+from deltafeed.model import TIMEFRAMES, BadInput, Candle, Switch
 from deltafeed.store.base import Row, StoreError, StoreUnavailable, gaps_from_rows, redact
 from deltafeed.store.retention import DEFAULT_RETENTION_MS
 
@@ -273,6 +275,14 @@ async def _v1_initial(con: Any, layout: Layout) -> None:
 #: and a database at a newer version than the last one here is refused.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "candles_<tf> per timeframe (partitioned or hypertables), final_marks", _v1_initial),
+    sql_migration(2, "switches: failover switches of logical instruments",
+                  """CREATE TABLE {schema}.switches (
+                      instrument text NOT NULL,
+                      since_ms bigint NOT NULL,
+                      at_ms bigint NOT NULL,
+                      source_from text NOT NULL,
+                      source_to text NOT NULL,
+                      PRIMARY KEY (instrument, since_ms))"""),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 if [m.version for m in MIGRATIONS] != list(range(1, len(MIGRATIONS) + 1)):  # pragma: no cover
@@ -833,6 +843,27 @@ class PostgresStore:
                   ORDER BY open_time"""
         rows = await self._call("find_gaps", lambda: self._pool.fetch(sql, instrument, since_ms, until_ms, tf_ms))
         return gaps_from_rows(rows, tf_ms)
+
+    async def record_switches(self, switches: Sequence[Switch]) -> None:
+        """Keep failover switches; one per (instrument, since_ms), so recording twice changes nothing."""
+        if not switches:
+            return
+        sql = (f"INSERT INTO {self.schema}.switches (instrument, since_ms, at_ms, source_from, source_to)"
+               " SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[])"
+               " ON CONFLICT (instrument, since_ms) DO UPDATE SET at_ms = EXCLUDED.at_ms,"
+               " source_from = EXCLUDED.source_from, source_to = EXCLUDED.source_to")
+        await self._call("record_switches", lambda: self._pool.execute(
+            sql, [w.instrument for w in switches], [w.since_ms for w in switches], [w.at_ms for w in switches],
+            [w.source_from for w in switches], [w.source_to for w in switches]))
+
+    async def switches(self, instrument: str, since_ms: int | None = None,
+                       until_ms: int | None = None) -> list[Switch]:
+        """The switches of ``instrument`` with ``since_ms`` in the bounds given, oldest first."""
+        rows = await self._call("switches", lambda: self._pool.fetch(
+            f"SELECT instrument, since_ms, at_ms, source_from, source_to FROM {self.schema}.switches"
+            " WHERE instrument = $1 AND since_ms BETWEEN $2 AND $3 ORDER BY since_ms",
+            instrument, -(2**62) if since_ms is None else since_ms, 2**62 if until_ms is None else until_ms))
+        return [Switch(str(r[0]), int(r[1]), int(r[2]), str(r[3]), str(r[4])) for r in rows]
 
     async def final_marks(self) -> dict[tuple[str, str], int]:
         """What :meth:`set_final_marks` recorded, per (instrument, timeframe)."""
