@@ -18,6 +18,7 @@ from deltafeed.candles.calendar import (
     AlwaysOpen,
     Calendar,
     FxCalendar,
+    UsEquityCalendar,
     calendar_for,
 )
 from deltafeed.model import BadInput, Candle, Trade, time_ms
@@ -144,7 +145,7 @@ def test_always_open_and_registry() -> None:
     assert VENUE_CALENDAR["binance"] == "crypto"
     assert calendar_for("fx") is CALENDARS["fx"] and isinstance(CALENDARS["fx"], FxCalendar)
     custom = calendar_for("fx", holidays=["07-03"])  # a Friday in 2026
-    assert isinstance(custom, FxCalendar) and custom.holidays == ["07-03"]
+    assert isinstance(custom, FxCalendar) and custom.holidays == ["01-01", "07-03", "12-25"]  # added to the defaults
     assert custom.is_open(utc("2026-07-02T12:00")) and not custom.is_open(utc("2026-07-03T12:00"))
     assert CALENDARS["fx"].is_open(utc("2026-07-03T12:00"))  # the shared one is untouched
     assert calendar_for("crypto") is CALENDARS["crypto"]
@@ -155,6 +156,45 @@ def test_always_open_and_registry() -> None:
     for bad in ("12/25", "13-01", "2026-02-30", "christmas"):
         with pytest.raises(BadInput, match="cannot read holiday"):
             FxCalendar([bad])
+
+
+# --- US stock exchanges ----------------------------------------------------------------------------
+
+
+def test_us_equity_sessions_follow_new_york_time_across_the_dst_switch() -> None:
+    cal = UsEquityCalendar()
+    # Friday 6 March 2026 is EST (09:30 = 14:30 UTC, 16:00 = 21:00 UTC); Monday 9 March is EDT (13:30, 20:00).
+    assert not cal.is_open(utc("2026-03-06T14:29:59.999")) and cal.is_open(utc("2026-03-06T14:30"))
+    assert cal.next_close(utc("2026-03-06T15:00")) == utc("2026-03-06T21:00")
+    assert cal.next_open(utc("2026-03-06T21:00")) == utc("2026-03-09T13:30")  # the weekend and the switch
+    assert cal.next_close(utc("2026-03-09T13:30")) == utc("2026-03-09T20:00")
+    # Every weekday a session of its own: the night between is closed.
+    assert cal.next_open(utc("2026-03-10T20:00")) == utc("2026-03-11T13:30")
+    assert not cal.open_between(utc("2026-03-10T20:00"), utc("2026-03-11T13:30"))
+    assert cal.open_between(utc("2026-03-10T20:00"), utc("2026-03-11T13:31"))
+    assert not cal.is_open(utc("2026-03-07T16:00")) and not cal.is_open(utc("2026-03-08T16:00"))  # Sat, Sun
+
+
+def test_us_equity_holidays_are_closed_and_more_can_be_added() -> None:
+    cal = UsEquityCalendar()
+    # Thanksgiving, Thursday 26 November 2026: Wednesday's close is followed by Friday's open.
+    assert cal.next_open(utc("2026-11-25T21:00")) == utc("2026-11-27T14:30")
+    assert not cal.is_open(utc("2026-11-26T15:00"))
+    assert not cal.is_open(utc("2026-07-03T15:00"))  # Independence Day observed (the 4th is a Saturday)
+    extra = calendar_for("us_equity", holidays=["2026-11-27"])
+    assert isinstance(extra, UsEquityCalendar) and extra.next_open(utc("2026-11-25T21:00")) == utc("2026-11-30T14:30")
+    assert CALENDARS["us_equity"].is_open(utc("2026-11-27T15:00"))  # the shared one is untouched
+
+
+def test_finnhub_symbols_get_their_market_calendar(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deltafeed.config import VenueSettings
+    from deltafeed.feeds.finnhub import FinnhubFeed
+
+    monkeypatch.setenv("FINNHUB_TOKEN", "k")
+    feed = FinnhubFeed(VenueSettings(), stale_after_s=10.0)
+    assert {s: feed.calendar_name(s) for s in ("OANDA:EUR_USD", "BINANCE:BTCUSDT", "AAPL", "BRK.B", "BMW.DE")} == {
+        "OANDA:EUR_USD": "fx", "BINANCE:BTCUSDT": "crypto", "AAPL": "us_equity", "BRK.B": "us_equity",
+        "BMW.DE": "crypto"}
 
 
 # --- CandleBuilder with the FX calendar ----------------------------------------------------------

@@ -76,3 +76,45 @@ async def test_finnhub_forex_and_crypto_with_faults(tmp_path: Path, monkeypatch:
                         sym, tf, c.open_time)
     finally:
         await cold.close()
+
+
+THURSDAY_15H_NY = 1_794_513_600_000  # Thursday 2026-11-12 15:00 America/New_York (EST, 20:00 UTC)
+
+
+async def test_a_stock_overnight_is_closed_not_a_gap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AAPL across Thursday's close and Friday's open: the night is the exchange's closure, so the
+    audit finds no hole, no candle is made up for it, and the candles on both sides equal the tape."""
+    monkeypatch.setenv("FINNHUB_TOKEN", "test-key")
+    tape = tmp_path / "stock.csv"
+    friday_open = THURSDAY_15H_NY + 18 * 3_600_000 + 30 * 60_000  # Friday 09:30 New York
+    replica = FinnhubReplica(symbols=["AAPL"], seed=3, rate=1.0, speed=60.0, history_ms=18 * 3_600_000 + 40 * 60_000,
+                             start_ms=friday_open + 10 * 60_000, tape=str(tape), calls_per_minute=600)
+    await replica.start()
+    settings = Settings(venue="finnhub", symbols=["finnhub:AAPL"], timeframes=["1m", "1h"], history="1d",
+                        db=str(tmp_path / "st.duckdb"), rest_url=replica.rest_url, ws_url=replica.ws_url,
+                        stale_after="3s").validate()
+    engine = Engine(settings)
+    try:
+        await engine.start()
+        await asyncio.sleep(4.0)
+        status = engine.status()
+        end_ms = replica.clock.now_ms()
+        await engine.stop()
+    finally:
+        await replica.stop()
+    assert engine.audit_gaps == 0 and status["audit_gaps"] == 0
+    cold = await open_cold(settings.db, read_only=True)
+    try:
+        stored = [c for c in await cold.query("finnhub:AAPL", "1m") if c.closed and c.open_time + 60_000 <= end_ms - 60_000]
+    finally:
+        await cold.close()
+    thursday_close = THURSDAY_15H_NY + 3_600_000
+    keys = [c.open_time for c in stored]
+    assert keys[0] <= THURSDAY_15H_NY and keys[-1] >= friday_open + 5 * 60_000
+    assert not [k for k in keys if thursday_close <= k < friday_open], "a candle while the exchange was closed"
+    session = [k for k in keys if k < thursday_close] + [k for k in keys if k >= friday_open]
+    assert session == keys and keys == [k for k in range(keys[0], keys[-1] + 60_000, 60_000)
+                                         if not thursday_close <= k < friday_open], "a hole inside a session"
+    want = tape_candles(tape, "AAPL", 60_000)
+    for c in stored:
+        assert (c.open, c.high, c.low, c.close, c.volume) == pytest.approx(want[c.open_time], rel=1e-9), c.open_time

@@ -158,7 +158,7 @@ class Engine:
                 feed = self.feeds[inst.venue] = make_feed(inst.venue, settings, self._publish_trade)
             vs = settings.venue_settings(inst.venue)
             cal_name = feed.calendar_name(inst.symbol)
-            calendar = calendar_for(cal_name, holidays=(vs.holidays or None) if cal_name == "fx" else None)
+            calendar = calendar_for(cal_name, holidays=(vs.holidays or None) if cal_name != "crypto" else None)
             base = settings.rollup_base(inst)
             derived = [tf for tf in self.timeframes if base is not None and TIMEFRAMES[tf] > TIMEFRAMES[base]]
             built = [tf for tf in self.timeframes if tf not in derived]
@@ -292,7 +292,11 @@ class Engine:
             for tf in self.timeframes:
                 for c in self.hot.last(f.sources[0], tf, self.settings.hot_capacity):
                     self._put(f.key, tf, c)
-        await self._audit()
+        try:
+            await self.writer.flush()  # the audit reads the store: the bootstrap's candles first
+            await self._audit()
+        except StoreError as exc:
+            log.warning("store audit postponed: %s", exc)
         for feed in self.feeds.values():
             feed.start()
         self._tasks.append(asyncio.create_task(self._tick(), name="tick"))

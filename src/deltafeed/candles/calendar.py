@@ -1,5 +1,9 @@
 """Market calendars: when a venue is expected to trade, so that a closed market is not a gap.
 
+``crypto`` never closes; ``fx`` is the forex week (Sunday 17:00 to Friday 17:00 New York);
+``us_equity`` is the US stock exchanges' regular sessions (09:30 to 16:00 New York, Monday to
+Friday). The last two are :class:`WeeklyCalendar` schedules with holidays.
+
 Two things depend on them: the engine does not call a silent closed market stale nor a hole over a
 weekend missing, and the candle builders make flat (no-print) candles only while the market is open,
 so a weekend never fills with copies of Friday's close.
@@ -62,6 +66,16 @@ class AlwaysOpen:
 
 #: Holidays every FX calendar gets unless told otherwise: ``MM-DD`` repeats every year.
 DEFAULT_FX_HOLIDAYS: tuple[str, ...] = ("12-25", "01-01")
+#: Full-day closures of the US stock exchanges (NYSE and Nasdaq publish the same list), 2026 and
+#: 2027, as observed: a holiday on a Saturday closes the Friday before, on a Sunday the Monday after.
+#: The dates move every year, so later years need ``holidays`` from the exchanges' own calendars.
+#: Early closes (13:00 on some eves) are not modelled: those afternoons count as open.
+DEFAULT_US_EQUITY_HOLIDAYS: tuple[str, ...] = (
+    "2026-01-01", "2026-01-19", "2026-02-16", "2026-04-03", "2026-05-25", "2026-06-19", "2026-07-03",
+    "2026-09-07", "2026-11-26", "2026-12-25",
+    "2027-01-01", "2027-01-18", "2027-02-15", "2027-03-26", "2027-05-31", "2027-06-18", "2027-07-05",
+    "2027-09-06", "2027-11-25", "2027-12-24",
+)
 
 _NY = ZoneInfo("America/New_York")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -76,10 +90,11 @@ _ANCHOR_DATE = dt.date(1970, 1, 3)
 _CACHE_WEEKS = 4096
 
 
-def _ny_ms(day: dt.date, hour: int) -> int:
-    """Epoch ms of ``hour``:00 on ``day`` in New York. 00:00 and 17:00 exist exactly once on every
-    day (the US switches daylight saving at 02:00), so this never meets a skipped or doubled hour."""
-    local = dt.datetime(day.year, day.month, day.day, hour, tzinfo=_NY)
+def _ny_ms(day: dt.date, hour: int, minute: int = 0) -> int:
+    """Epoch ms of ``hour:minute`` on ``day`` in New York. Every time a calendar here uses (00:00,
+    09:30, 16:00, 17:00) exists exactly once on every day (the US switches daylight saving at 02:00),
+    so this never meets a skipped or doubled hour."""
+    local = dt.datetime(day.year, day.month, day.day, hour, minute, tzinfo=_NY)
     return (local - _EPOCH) // _MS
 
 
@@ -102,24 +117,34 @@ def _parse_holiday(h: str | dt.date) -> tuple[int, int, int]:
         ) from None
 
 
-class FxCalendar:
-    """The forex week: open Sunday 17:00 to Friday 17:00 America/New_York, minus holidays.
+#: A session's edge: (day of the week, 0 Monday ... 6 Sunday; hour; minute), New York time.
+Edge = tuple[int, int, int]
+MON, TUE, WED, THU, FRI, SUN = 0, 1, 2, 3, 4, 6
 
-    Times are worked out in the New York zone, so the weekly open and close are 22:00 UTC under EST
-    and 21:00 UTC under EDT, switching on the US dates only (Europe switching a few weeks apart moves
-    nothing). A holiday closes its whole New York calendar day, 00:00 to 24:00 local time: a Friday
-    holiday ends the week at Thursday midnight, a Sunday one delays the open to Monday 00:00. Holidays
-    are ``MM-DD`` (every year), ``YYYY-MM-DD`` or :class:`datetime.date` (one date).
+
+class WeeklyCalendar:
+    """Sessions that repeat every week in New York time, minus holidays.
+
+    Times are worked out in the New York zone, so an FX week opens at 22:00 UTC under EST and 21:00
+    UTC under EDT, switching on the US dates only (Europe switching a few weeks apart moves nothing).
+    A session runs from one edge to the next (the FX week is one session, Sunday 17:00 to Friday
+    17:00; a stock exchange's week is five). Sessions lie between Sunday and Friday. A holiday closes
+    its whole New York calendar day, 00:00 to 24:00 local time: a Friday holiday ends the FX week at
+    Thursday midnight, a Sunday one delays its open to Monday 00:00. Holidays are ``MM-DD`` (every
+    year), ``YYYY-MM-DD`` or :class:`datetime.date` (one date).
 
     Speed: the open intervals of each week are computed once and cached, and the constant stretch
-    (an open session, or a closure) the last answer fell in is kept, so :meth:`is_open` on a clock
-    that moves forward costs two comparisons. Safe to share between threads (the GIL makes each
-    cache read and write whole), which is why ``CALENDARS["fx"]`` can be one shared instance.
+    (a session, or a closure) the last answer fell in is kept, so :meth:`is_open` on a clock that
+    moves forward costs two comparisons. Safe to share between threads (the GIL makes each cache
+    read and write whole), which is why ``CALENDARS`` holds one shared instance of each.
     """
 
-    name = "fx"
-
-    def __init__(self, holidays: Iterable[str | dt.date] = DEFAULT_FX_HOLIDAYS) -> None:
+    def __init__(self, name: str, sessions: Iterable[tuple[Edge, Edge]], holidays: Iterable[str | dt.date]) -> None:
+        self.name = name
+        self._sessions = tuple(sessions)
+        for edges in self._sessions:
+            if any(day == 5 for day, _, _ in edges):
+                raise ValueError("sessions lie between Sunday and Friday")
         parsed = [_parse_holiday(h) for h in holidays]
         self._yearly = frozenset((m, d) for y, m, d in parsed if y == 0)
         self._dates = frozenset(dt.date(y, m, d) for y, m, d in parsed if y != 0)
@@ -187,8 +212,12 @@ class FxCalendar:
         if ivs is not None:
             return ivs
         saturday = _ANCHOR_DATE + dt.timedelta(weeks=k)
-        sunday = saturday + dt.timedelta(days=1)
-        pieces = [(_ny_ms(sunday, 17), _ny_ms(saturday + dt.timedelta(days=6), 17))]
+
+        def at(edge: Edge) -> int:  # the week runs Saturday (0 days after it) to Friday (6)
+            day, hour, minute = edge
+            return _ny_ms(saturday + dt.timedelta(days=(day - 5) % 7), hour, minute)
+
+        pieces = sorted((at(a), at(b)) for a, b in self._sessions)
         for i in range(1, 7):  # Sunday to Friday
             day = saturday + dt.timedelta(days=i)
             if not self.is_holiday(day):
@@ -201,12 +230,34 @@ class FxCalendar:
         return ivs
 
 
-CALENDARS: dict[str, Calendar] = {"crypto": AlwaysOpen(), "fx": FxCalendar()}
+class FxCalendar(WeeklyCalendar):
+    """The forex week: open Sunday 17:00 to Friday 17:00 America/New_York, minus holidays."""
+
+    default_holidays = DEFAULT_FX_HOLIDAYS
+
+    def __init__(self, holidays: Iterable[str | dt.date] = DEFAULT_FX_HOLIDAYS) -> None:
+        super().__init__("fx", [((SUN, 17, 0), (FRI, 17, 0))], holidays)
+
+
+class UsEquityCalendar(WeeklyCalendar):
+    """US stock exchanges' regular sessions: 09:30 to 16:00 America/New_York, Monday to Friday,
+    minus holidays (:data:`DEFAULT_US_EQUITY_HOLIDAYS` unless told otherwise). Pre- and post-market
+    trades still make candles; they are just not expected, so their absence is no gap."""
+
+    default_holidays = DEFAULT_US_EQUITY_HOLIDAYS
+
+    def __init__(self, holidays: Iterable[str | dt.date] = DEFAULT_US_EQUITY_HOLIDAYS) -> None:
+        super().__init__("us_equity", [((d, 9, 30), (d, 16, 0)) for d in (MON, TUE, WED, THU, FRI)], holidays)
+
+
+_WEEKLY: dict[str, type[FxCalendar] | type[UsEquityCalendar]] = {"fx": FxCalendar, "us_equity": UsEquityCalendar}
+CALENDARS: dict[str, Calendar] = {"crypto": AlwaysOpen(), "fx": FxCalendar(), "us_equity": UsEquityCalendar()}
 VENUE_CALENDAR = {"binance": "crypto", "oanda": "fx", "dukascopy": "fx"}
 
 
 def calendar_for(name: str, holidays: Iterable[str | dt.date] | None = None) -> Calendar:
-    """The calendar called ``name``; with ``holidays``, a new FX calendar closed on those days.
+    """The calendar called ``name``; with ``holidays``, a new one of that kind closed on those days
+    as well as on its default holidays.
 
     Without holidays the shared instance is returned (its week cache is shared too, which is the point).
     """
@@ -214,6 +265,7 @@ def calendar_for(name: str, holidays: Iterable[str | dt.date] | None = None) -> 
         raise BadInput(f"unknown calendar {name!r}; use one of {', '.join(CALENDARS)}")
     if holidays is None:
         return CALENDARS[name]
-    if name != "fx":
-        raise BadInput(f"calendar {name!r} has no holidays; holidays apply to the fx calendar only")
-    return FxCalendar(holidays)
+    kind = _WEEKLY.get(name)
+    if kind is None:
+        raise BadInput(f"calendar {name!r} has no holidays; holidays apply to the {' and '.join(_WEEKLY)} calendars")
+    return kind([*kind.default_holidays, *holidays])

@@ -73,8 +73,12 @@ class FinnhubFeed:
         return ["trade"]
 
     def calendar_name(self, symbol: str) -> str:
-        """forex symbols follow the FX week; crypto and (for now) stocks are always expected."""
-        return "fx" if finnhub.symbol_kind(symbol) == "forex" else "crypto"
+        """Forex follows the FX week, US stocks their exchanges' regular sessions, crypto never closes."""
+        kind = finnhub.symbol_kind(symbol)
+        suffix = symbol.rpartition(".")[2] if "." in symbol else ""
+        if kind == "stock" and len(suffix) >= 2:  # BRK.B is a US share class; BMW.DE, 7203.T are not US
+            return "crypto"  # no calendar for other countries' exchanges yet: always expected
+        return {"forex": "fx", "stock": "us_equity"}.get(kind, "crypto")
 
     def add(self, st: InstrumentState) -> None:
         if len(self.states) >= finnhub.MAX_SYMBOLS:

@@ -22,8 +22,9 @@ Semantics chosen, each [UNVERIFIED] against the real venue unless marked:
   :class:`~deltafeed.replicas.sim.MarketSim` for ``PAIR`` with non-alphanumerics removed (``COINBASE:BTC-USD``
   → ``BTCUSD``), around the clock, ``v`` the traded quantity (5 decimals). A bare ticker (``AAPL``) is a US
   stock: MarketSim trades (from 100.00, the simulator's default start price) in whole shares (at least 1),
-  released only during regular hours, Monday to Friday 09:30-16:00 America/New_York (DST-aware, no
-  holidays), so nights and weekends are silent. Two symbols of one pair on two exchanges get the same trades.
+  released only during regular sessions, :class:`~deltafeed.candles.calendar.UsEquityCalendar` (Monday to
+  Friday 09:30-16:00 America/New_York, DST-aware, exchange holidays closed), so nights, weekends and holidays
+  are silent. Two symbols of one pair on two exchanges get the same trades.
 * **Candles** (``t`` = interval start in UNIX seconds, aligned to the epoch in UTC: D at 00:00 UTC, W on
   Mondays, M on the 1st): o/h/l/c of the prices sent in the interval; ``v`` the summed volume, except for
   forex, whose price updates have no volume, where ``v`` is the *number* of updates (a tick volume, like
@@ -56,9 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import email.utils
-import functools
 import json
 import logging
 import math
@@ -70,13 +69,13 @@ from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from zoneinfo import ZoneInfo
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
 from aiohttp import WSMsgType, web
 
+from deltafeed.candles.calendar import UsEquityCalendar
 from deltafeed.model import BadInput
 from deltafeed.net.frames import text_frame
 from deltafeed.replicas.faults import FaultSchedule, apply_message_fault, parse_faults
@@ -104,7 +103,6 @@ _WEEK_OFFSET_MS = 345_600_000  # 1970-01-05, the first Monday
 _WS_CLOSE_TIMEOUT = 2.0
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
 _PING = b'{"type":"ping"}'
-_NY = ZoneInfo("America/New_York")
 _DAY_MS = 86_400_000
 
 
@@ -125,16 +123,7 @@ def _check_rates(rates: dict[str, float]) -> dict[str, float]:
 # --- US stock hours -----------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4096)
-def us_session(day: int) -> tuple[int, int]:
-    """Regular session ``[open, close)`` in epoch ms of UTC day ``day`` (days since 1970-01-01): 09:30-16:00
-    America/New_York on weekdays, (0, 0) at weekends. That session always lies inside the same UTC date."""
-    d = dt.date(1970, 1, 1) + dt.timedelta(days=day)
-    if d.weekday() >= 5:
-        return (0, 0)
-    o = dt.datetime(d.year, d.month, d.day, 9, 30, tzinfo=_NY)
-    c = dt.datetime(d.year, d.month, d.day, 16, 0, tzinfo=_NY)
-    return int(o.timestamp()) * 1000, int(c.timestamp()) * 1000
+_US_EQUITY = UsEquityCalendar()  # this module's own: a calendar caches its last answer
 
 
 def us_market_open(times: I64) -> npt.NDArray[np.bool_]:
@@ -142,8 +131,11 @@ def us_market_open(times: I64) -> npt.NDArray[np.bool_]:
     days = times // _DAY_MS
     mask = np.zeros(len(times), np.bool_)
     for d in np.unique(days).tolist():
-        o, c = us_session(int(d))
-        mask |= (days == d) & (times >= o) & (times < c)
+        t, day_end = d * _DAY_MS, (d + 1) * _DAY_MS
+        while (t := _US_EQUITY.next_open(t)) < day_end:
+            close = min(_US_EQUITY.next_close(t), day_end)
+            mask |= (times >= t) & (times < close)
+            t = close
     return mask
 
 
