@@ -77,3 +77,43 @@ async def test_ig_quotes_and_charts_with_faults(tmp_path: Path, monkeypatch: pyt
                             assert (c.high, c.low) == pytest.approx((w.high, w.low), rel=1e-12), (epic, tf, c.open_time)
     finally:
         await cold.close()
+
+
+async def test_price_sides_of_an_epic_share_one_history_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every IG price row holds bid and ask and costs allowance once: bootstrapping MID, BID and ASK
+    spends what one side would, and each side's candles equal the tape's."""
+    for name in ("IG_API_KEY", "IG_USERNAME", "IG_PASSWORD"):
+        monkeypatch.setenv(name, "test")
+    tape = tmp_path / "ig.csv"
+    replica = IGReplica(epics=EPICS, seed=6, rate=2.0, speed=1.0, history_ms=3_600_000, start_ms=FRIDAY_10H_NY,
+                        tape=str(tape))
+    await replica.start()
+    settings = Settings(venue="ig", symbols=EPICS, timeframes=["1m"], prices=["mid", "bid", "ask"], history="1h",
+                        db=str(tmp_path / "ig.duckdb"), rest_url=replica.rest_url, stream_url=replica.url).validate()
+    engine = Engine(settings)
+    try:
+        await engine.start()  # returns once the bootstrap is stored
+        feed = engine.feeds["ig"]
+        assert isinstance(feed, IGFeed)
+        status = feed.status()
+        await engine.stop()
+    finally:
+        await replica.stop()
+    remaining, total, _ = status["allowance"]
+    assert total is not None and remaining is not None
+    # One point per minute of the hour (plus the one-point probe that learns the allowance), not three.
+    assert total - remaining <= 62, status
+    assert status["rest_shared_answers"] >= 2, status
+    rows = [r for r in read_quote_tape(tape) if r.symbol == EPICS[0]]
+    cold = await open_cold(settings.db, read_only=True)
+    try:
+        for side in ("bid", "ask"):
+            want = {c.open_time: c for c in quote_candles_from_tape(rows, 60_000, side, FxCalendar())}
+            stored = [c for c in await cold.query(series_key(f"ig:{EPICS[0]}", side), "1m") if c.closed]
+            assert len(stored) >= 55, (side, len(stored))
+            for c in stored:
+                w = want[c.open_time]
+                assert (c.open, c.high, c.low, c.close, c.volume) == pytest.approx(
+                    (w.open, w.high, w.low, w.close, w.volume), rel=1e-12), (side, c.open_time)
+    finally:
+        await cold.close()

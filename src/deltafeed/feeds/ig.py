@@ -3,14 +3,18 @@ never opens more than the account's limit; ``MARKET:<epic>`` items become quotes
 candles), closed ``CHART:<epic>:1MINUTE`` candles are IG's own final BID and ASK minutes.
 
 A dropped streaming session is a hole for its epics, repaired from ``GET /prices`` within the
-weekly allowance (see :mod:`deltafeed.feeds.quotes`).
+weekly allowance (see :mod:`deltafeed.feeds.quotes`). Every row IG returns holds bid and ask, and
+costs allowance once however many sides are kept, so the price sides of one epic asking for the same
+range (at bootstrap, or after one hole) share one answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +35,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("deltafeed.ig")
 
 CREDENTIAL_ENVS = ("IG_API_KEY", "IG_USERNAME", "IG_PASSWORD")
+#: How long (wall seconds) one history answer serves the other price sides of its epic: long enough
+#: for siblings asking in the same bootstrap or repair round, short enough to not serve stale
+#: ``closed`` flags.
+SHARED_ANSWER_S = 10.0
 DEFAULT_REST_URL = "https://demo-api.ig.com/gateway/deal"
 
 
@@ -56,6 +64,9 @@ class IGFeed:
         self.max_connections = max_connections
         self.stale_after_s = stale_after_s
         self.pool: TlcpPool | None = None
+        # (epic, timeframe, start, end) -> (when asked, the request answering every side)
+        self._answers: dict[tuple[str, str, int, int], tuple[float, asyncio.Task[dict[str, list[Candle]]]]] = {}
+        self.shared_answers = 0  # history requests saved by sharing an answer between price sides
         self.chart_candles = 0
         self._skips = SkipLog(log, "updates")
 
@@ -129,10 +140,35 @@ class IGFeed:
 
     async def candles(self, st: InstrumentState, timeframe: str, start_ms: int, end_ms: int,
                       now_ms: int | None = None) -> list[Candle]:
-        return await self.history.candles(st.instrument.symbol, timeframe, start_ms, end_ms,
-                                          now_ms if now_ms is not None else self.clock.now_ms(), side=st.price)
+        epic = st.instrument.symbol
+        now = now_ms if now_ms is not None else self.clock.now_ms()
+        if len(self._epics.get(epic, ())) < 2:
+            return await self.history.candles(epic, timeframe, start_ms, end_ms, now, side=st.price)
+        mono = time.monotonic()
+        for k in [k for k, (t0, task) in self._answers.items() if mono - t0 > SHARED_ANSWER_S and task.done()]:
+            del self._answers[k]
+        key = (epic, timeframe, start_ms, end_ms)
+        entry = self._answers.get(key)
+        if entry is None:
+            task = asyncio.ensure_future(self.history.candles_all_sides(epic, timeframe, start_ms, end_ms, now))
+            entry = self._answers[key] = (mono, task)
+        else:
+            self.shared_answers += 1
+        try:
+            # Shielded: one side giving up (cancelled) does not take the answer from the others.
+            answer = await asyncio.shield(entry[1])
+        except Exception:
+            if self._answers.get(key) is entry:
+                del self._answers[key]  # a failure is not shared with later retries
+            raise
+        return list(answer[st.price])
 
     async def stop(self) -> None:
+        for _, task in self._answers.values():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._answers.clear()
         if self.pool is not None:
             await self.pool.close()
         await self.history.close()
@@ -179,6 +215,7 @@ class IGFeed:
             "allowance": list(self.history.allowance),
             "skipped_frames": dict(self.decoder.errors),
             "rest_requests": self.session.requests,
+            "rest_shared_answers": self.shared_answers,
             "rest_throttled": self.session.throttled,
             "rest_server_errors": self.session.server_errors,
             "rest_limiter_waits": self.session.limiter.waits,
