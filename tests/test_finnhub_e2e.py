@@ -118,3 +118,43 @@ async def test_a_stock_overnight_is_closed_not_a_gap(tmp_path: Path, monkeypatch
     want = tape_candles(tape, "AAPL", 60_000)
     for c in stored:
         assert (c.open, c.high, c.low, c.close, c.volume) == pytest.approx(want[c.open_time], rel=1e-9), c.open_time
+
+
+async def test_quiet_minutes_are_asked_about_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finnhub has no candle for a minute without trades: the audit asks about such a hole once, and
+    once the answer is in and the hole is still there, it is a quiet minute, not asked about again."""
+    monkeypatch.setenv("FINNHUB_TOKEN", "test-key")
+    tape = tmp_path / "quiet.csv"
+    replica = FinnhubReplica(symbols=["BINANCE:BTCUSDT"], seed=8, rate=0.004, speed=600.0, history_ms=3_600_000,
+                             start_ms=FRIDAY_10H_NY, tape=str(tape), calls_per_minute=600)
+    await replica.start()
+    settings = Settings(venue="finnhub", symbols=["finnhub:BINANCE:BTCUSDT"], timeframes=["1m"], history="1h",
+                        db=str(tmp_path / "q.duckdb"), rest_url=replica.rest_url, ws_url=replica.ws_url,
+                        audit_every="1s", stale_after="30s").validate()
+    engine = Engine(settings)
+    try:
+        await engine.start()
+        holes = engine.audit_gaps  # found by the start-up audit in the hour of history
+        # The repairs answer nothing; later audits see the holes again, and once a hole is five market
+        # minutes old (QUIET_SETTLE_MS: 0.5 s here) and was answered empty, it is a quiet stretch.
+        await asyncio.sleep(4.0)
+        quiet = engine.status()["quiet_holes"]
+        audits, gaps = engine.audits, engine.audit_gaps
+        await asyncio.sleep(3.0)
+        assert engine.audits >= audits + 2
+        end_ms = replica.clock.now_ms()
+        await engine.stop()
+    finally:
+        await replica.stop()
+    minutes_traded = {int(row.split(",")[1]) // 60_000 * 60_000 for row in tape.read_text().splitlines()[1:]}
+    assert holes >= 5 and len(minutes_traded) < 30  # a quiet market: most minutes of the hour had no trade
+    assert engine.audit_gaps == gaps  # each hole asked about once, not at every audit
+    cold = await open_cold(settings.db, read_only=True)
+    try:
+        left = await cold.find_gaps("finnhub:BINANCE:BTCUSDT", "1m", 60_000, 0, end_ms)
+    finally:
+        await cold.close()
+    # Every hole still there is a quiet stretch of the tape; those older than five market minutes
+    # when last audited are known as such (at least the history's).
+    assert 5 <= quiet <= len(left)
+    assert not [t for first, last in left for t in range(first, last + 1, 60_000) if t in minutes_traded]

@@ -45,6 +45,7 @@ TICK_S = 0.2  # how often quiet candles are closed and open candles handed to th
 CLOSE_GRACE_MS = 2_000  # how far past its end a quiet candle waits for a late trade or venue kline
 REPAIR_SETTLE_MS = 1_000  # how long after a candle's end the venue's kline for it is trusted
 EMPTY_SETTLE_MS = 60_000  # how long after a range's end a venue's "no candle there" is trusted
+QUIET_SETTLE_MS = 300_000  # how old a hole must be for an empty answer to make it a quiet stretch for good
 REPORT_EVERY_S = 60.0  # how often a progress line is logged
 BOOTSTRAP_FLUSH_ROWS = 50_000  # bootstrap waits for the store when this many candles are pending
 MARK_EVERY_S = 2.0  # how often the "final until" marks are written (after the candles they cover)
@@ -192,6 +193,10 @@ class Engine:
         self.store_dropped = 0
         self.audits = 0
         self.audit_gaps = 0
+        # Holes an audit asked a venue without empty candles (``omits_empty``) to fill, and those it
+        # answered with nothing: a quiet interval, not a loss, so later audits leave it alone.
+        self._asked: set[tuple[str, str, int, int]] = set()
+        self._quiet: set[tuple[str, str, int, int]] = set()
         self._started = time.monotonic()
 
     def now_ms(self) -> int:
@@ -591,18 +596,43 @@ class Engine:
                 log.warning("cannot write to the store yet (%s); candles stay queued and are retried", exc)
 
     async def _audit(self) -> None:
-        """Check the stored series for holes and unfinished candles; each becomes a repair."""
+        """Check the stored series for holes and unfinished candles; each becomes a repair.
+
+        A venue that has no candle for an interval without prices leaves holes in a quiet market:
+        a hole it was asked to fill, whose repair is over, and that is still there is such a quiet
+        stretch, and is not asked about again."""
         self.audits += 1
         for key, st in self.states.items():
             now = st.feed.clock.now_ms()
             since = now - int(self.settings.seconds("audit_window") * 1000)
+            holes: set[tuple[str, str, int, int]] = set()
             for tf in self.timeframes:
                 ms = TIMEFRAMES[tf]
                 for first, last in await self.cold.find_gaps(key, tf, ms, since, now):
-                    if st.calendar.open_between(first, last + ms):
-                        self.audit_gaps += 1
-                        log.warning("audit: %s %s has a hole from %d to %d; fetching it", key, tf, first, last)
-                        self._repair_sink(key)(tf, first, last)
+                    if not st.calendar.open_between(first, last + ms):
+                        continue
+                    hole = (key, tf, first, last)
+                    holes.add(hole)
+                    if hole in self._quiet or (hole not in self._asked and self._repairing(key, tf, first, last)):
+                        continue  # known quiet, or already being fetched
+                    if hole in self._asked:
+                        if not self._repairing(key, tf, first, last):  # answered, with nothing
+                            self._asked.discard(hole)
+                            self._quiet.add(hole)
+                        continue
+                    self.audit_gaps += 1
+                    log.warning("audit: %s %s has a hole from %d to %d; fetching it", key, tf, first, last)
+                    self._repair_sink(key)(tf, first, last)
+                    if st.feed.omits_empty and last + ms <= now - QUIET_SETTLE_MS:
+                        self._asked.add(hole)
+            # Only what is still a hole is remembered (one filled since, or out of the window, is not).
+            for known in (self._asked, self._quiet):
+                known.difference_update([h for h in known if h[0] == key and h not in holes])
+
+    def _repairing(self, key: str, timeframe: str, first: int, last: int) -> bool:
+        """Whether a repair waiting or under way touches [first, last] of the series."""
+        jobs = [*self._repairs, *([self._repair_inflight] if self._repair_inflight is not None else [])]
+        return any(j.key == key and j.timeframe == timeframe and j.first <= last and first <= j.last for j in jobs)
 
     async def _audit_loop(self) -> None:
         every = self.settings.seconds("audit_every")
@@ -838,6 +868,7 @@ class Engine:
             "pending_repairs": len(self._repairs) + (self._repair_inflight is not None),
             "audits": self.audits,
             "audit_gaps": self.audit_gaps,
+            "quiet_holes": len(self._quiet),
             "healthy": not self.health(),
             "failover": {
                 f.key: {"active": f.sources[f.active], "primary": f.sources[0], "standby": f.sources[1],
