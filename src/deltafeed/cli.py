@@ -59,6 +59,29 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-token", help="token for the API (or DELTAFEED_API_TOKEN); required beyond loopback")
 
 
+def _add_replica_args(p: argparse.ArgumentParser, *, symbols: str, symbols_help: str | None = None,
+                      symbols_metavar: str | None = None, rate: float = 2.0, rate_help: str, start_help: str | None,
+                      history: str, history_help: str = "market history generated before --start",
+                      tape_help: str | None, fault_kinds: str) -> None:
+    """The options every ``replica`` sub-command has, with its own defaults and help texts; a help of None
+    leaves out --start or --tape (a replica without it). ``fault_kinds`` lists the kinds it injects."""
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    p.add_argument("--symbols", default=symbols, metavar=symbols_metavar, help=symbols_help)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--rate", type=float, default=rate, help=rate_help)
+    p.add_argument("--speed", type=float, default=1.0, help="market seconds per wall second")
+    if start_help is not None:
+        p.add_argument("--start", metavar="ISO", help=start_help)
+    p.add_argument("--history", default=history, help=history_help)
+    if tape_help is not None:
+        p.add_argument("--tape", help=tape_help)
+    p.add_argument("--faults", metavar="SPEC", help="inject faults: comma list of kind=rate, rate in events per "
+                                                    f"minute of wall time; kinds {fault_kinds}")
+    p.add_argument("--faults-seed", type=int, default=0, metavar="N",
+                   help="seed of the fault schedule (default 0): the same seed gives the same fault times")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="deltafeed", description="Complete local candle history: bootstrap, stream, store, serve.")
     ap.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -100,96 +123,53 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("replica", help="run a local replica of a venue")
     rsub = rep.add_subparsers(dest="venue", required=True, parser_class=_Parser)
+    fx_start = ("market time at start-up (default now; the FX market is closed at weekends), e.g. "
+                "2026-01-09T20:00:00Z, a Friday afternoon")
     rb = rsub.add_parser("binance", help="Binance spot market data: REST and WebSocket on one port")
-    rb.add_argument("--host", default="127.0.0.1")
-    rb.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    rb.add_argument("--symbols", default="BTCUSDT,ETHUSDT,SOLUSDT")
-    rb.add_argument("--seed", type=int, default=1)
-    rb.add_argument("--rate", type=float, default=10.0, help="trades per second of market time, per symbol")
-    rb.add_argument("--speed", type=float, default=1.0, help="market seconds per wall second")
-    rb.add_argument("--history", default="1h", help="market history generated before start-up")
+    _add_replica_args(rb, symbols="BTCUSDT,ETHUSDT,SOLUSDT", rate=10.0,
+                      rate_help="trades per second of market time, per symbol", start_help=None,
+                      history="1h", history_help="market history generated before start-up",
+                      tape_help="write every trade to this CSV file",
+                      fault_kinds="close, reset, stall, shutdown, drop, dup, reorder, garbage, http500, http429, slow "
+                                  "(e.g. close=1,drop=10)")
     rb.add_argument("--weight-limit", type=int, default=6000, help="REST weight per minute")
-    rb.add_argument("--tape", help="write every trade to this CSV file")
-    rb.add_argument("--faults", metavar="SPEC",
-                    help="inject faults: comma list of kind=rate, rate in events per minute of wall time; "
-                         "kinds close, reset, stall, shutdown, drop, dup, reorder, garbage, http500, "
-                         "http429, slow (e.g. close=1,drop=10)")
-    rb.add_argument("--faults-seed", type=int, default=0, metavar="N",
-                    help="seed of the fault schedule (default 0): the same seed gives the same fault times")
     rd = rsub.add_parser("dukascopy", help="Dukascopy tick history: .bi5 hour files from a seeded FX quote market")
-    rd.add_argument("--host", default="127.0.0.1")
-    rd.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    rd.add_argument("--symbols", default="EURUSD,USDJPY,GBPUSD", help="Dukascopy names, e.g. EURUSD,USDJPY")
-    rd.add_argument("--seed", type=int, default=1)
-    rd.add_argument("--rate", type=float, default=2.0, help="quotes per second of open market time, per symbol")
-    rd.add_argument("--speed", type=float, default=1.0, help="market seconds per wall second")
-    rd.add_argument("--start", metavar="ISO", help="market time at start-up (default now), e.g. 2026-01-09T12:00:00Z")
-    rd.add_argument("--history", default="7d", help="market history before --start that hour files cover")
-    rd.add_argument("--faults", metavar="SPEC",
-                    help="inject faults: comma list of kind=rate, rate in events per minute of wall time; "
-                         "kinds http500, http429, slow (e.g. http500=2)")
-    rd.add_argument("--faults-seed", type=int, default=0, metavar="N",
-                    help="seed of the fault schedule (default 0): the same seed gives the same fault times")
+    _add_replica_args(rd, symbols="EURUSD,USDJPY,GBPUSD", symbols_help="Dukascopy names, e.g. EURUSD,USDJPY",
+                      rate_help="quotes per second of open market time, per symbol",
+                      start_help="market time at start-up (default now), e.g. 2026-01-09T12:00:00Z",
+                      history="7d", history_help="market history before --start that hour files cover",
+                      tape_help=None, fault_kinds="http500, http429, slow (e.g. http500=2)")
 
     ro = rsub.add_parser("oanda", help="OANDA v20 market data: REST candles and the pricing stream on one port")
-    ro.add_argument("--host", default="127.0.0.1")
-    ro.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    ro.add_argument("--symbols", default="EUR_USD,USD_JPY,GBP_USD", help="OANDA names, e.g. EUR_USD,USD_JPY")
-    ro.add_argument("--seed", type=int, default=1)
-    ro.add_argument("--rate", type=float, default=2.0, help="quotes per second of open market time, per instrument")
-    ro.add_argument("--speed", type=float, default=1.0, help="market seconds per wall second")
-    ro.add_argument("--start", metavar="ISO", help="market time at start-up (default now; the FX market is closed "
-                                                   "at weekends), e.g. 2026-01-09T20:00:00Z, a Friday afternoon")
-    ro.add_argument("--history", default="1d", help="market history generated before --start")
+    _add_replica_args(ro, symbols="EUR_USD,USD_JPY,GBP_USD", symbols_help="OANDA names, e.g. EUR_USD,USD_JPY",
+                      rate_help="quotes per second of open market time, per instrument", start_help=fx_start,
+                      history="1d", tape_help="write every quote to this CSV file (symbol,time_ms,bid,ask)",
+                      fault_kinds="close, reset, stall, drop, dup, reorder, garbage (stream), http500, http429, slow "
+                                  "(REST)")
     ro.add_argument("--token", default="deltafeed-oanda-dev-token",
                     help="the bearer token every request must carry (default deltafeed-oanda-dev-token)")
-    ro.add_argument("--tape", help="write every quote to this CSV file (symbol,time_ms,bid,ask)")
-    ro.add_argument("--faults", metavar="SPEC",
-                    help="inject faults: comma list of kind=rate, rate in events per minute of wall time; kinds "
-                         "close, reset, stall, drop, dup, reorder, garbage (stream), http500, http429, slow (REST)")
-    ro.add_argument("--faults-seed", type=int, default=0, metavar="N",
-                    help="seed of the fault schedule (default 0): the same seed gives the same fault times")
 
     rf = rsub.add_parser("finnhub", help="Finnhub: trades WebSocket and REST candles on one port")
-    rf.add_argument("--host", default="127.0.0.1")
-    rf.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    rf.add_argument("--symbols", default="OANDA:EUR_USD,BINANCE:BTCUSDT,AAPL",
-                    help="Finnhub names: OANDA:AAA_BBB (forex), EXCHANGE:PAIR (crypto), TICKER (US stock)")
-    rf.add_argument("--seed", type=int, default=1)
-    rf.add_argument("--rate", type=float, default=2.0,
-                    help="trades (or forex price updates) per second of open market time, per symbol")
-    rf.add_argument("--speed", type=float, default=1.0, help="market seconds per wall second")
-    rf.add_argument("--start", metavar="ISO", help="market time at start-up (default now; stocks trade 09:30-16:00 "
-                                                   "New York on weekdays), e.g. 2026-03-04T15:00:00Z")
-    rf.add_argument("--history", default="1d", help="market history generated before --start")
+    _add_replica_args(rf, symbols="OANDA:EUR_USD,BINANCE:BTCUSDT,AAPL",
+                      symbols_help="Finnhub names: OANDA:AAA_BBB (forex), EXCHANGE:PAIR (crypto), TICKER (US stock)",
+                      rate_help="trades (or forex price updates) per second of open market time, per symbol",
+                      start_help="market time at start-up (default now; stocks trade 09:30-16:00 New York on "
+                                 "weekdays), e.g. 2026-03-04T15:00:00Z",
+                      history="1d",
+                      tape_help="write every streamed item to this CSV file (symbol,time_ms,price,volume)",
+                      fault_kinds="close, reset, stall, garbage (WebSocket), http500, http429, slow (REST)")
     rf.add_argument("--token", help="the API key every request must carry (default: any non-empty key)")
-    rf.add_argument("--tape", help="write every streamed item to this CSV file (symbol,time_ms,price,volume)")
-    rf.add_argument("--faults", metavar="SPEC",
-                    help="inject faults: comma list of kind=rate, rate in events per minute of wall time; kinds "
-                         "close, reset, stall, garbage (WebSocket), http500, http429, slow (REST)")
-    rf.add_argument("--faults-seed", type=int, default=0, metavar="N",
-                    help="seed of the fault schedule (default 0): the same seed gives the same fault times")
 
     ri = rsub.add_parser("ig", help="IG Markets: REST login and prices, Lightstreamer TLCP over WebSocket, one port")
-    ri.add_argument("--host", default="127.0.0.1")
-    ri.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    ri.add_argument("--symbols", default="CS.D.EURUSD.CFD.IP,CS.D.USDJPY.CFD.IP,CS.D.GBPUSD.CFD.IP", metavar="EPICS",
-                    help="IG FX epics, CS.D.<BASE><QUOTE>.<product>.IP (CS.D.EURUSD.CFD.IP is the pair EUR_USD)")
-    ri.add_argument("--seed", type=int, default=1)
-    ri.add_argument("--rate", type=float, default=2.0, help="quotes per second of open market time, per epic")
-    ri.add_argument("--speed", type=float, default=1.0, help="market seconds per wall second")
-    ri.add_argument("--start", metavar="ISO", help="market time at start-up (default now; the FX market is closed "
-                                                   "at weekends), e.g. 2026-01-09T20:00:00Z, a Friday afternoon")
-    ri.add_argument("--history", default="1d", help="market history generated before --start")
+    _add_replica_args(ri, symbols="CS.D.EURUSD.CFD.IP,CS.D.USDJPY.CFD.IP,CS.D.GBPUSD.CFD.IP", symbols_metavar="EPICS",
+                      symbols_help="IG FX epics, CS.D.<BASE><QUOTE>.<product>.IP "
+                                   "(CS.D.EURUSD.CFD.IP is the pair EUR_USD)",
+                      rate_help="quotes per second of open market time, per epic", start_help=fx_start, history="1d",
+                      tape_help="write every quote to this CSV file (symbol,time_ms,bid,ask; symbol = the epic)",
+                      fault_kinds="close, reset, stall (streaming sessions), http500, http429, slow (REST)")
     ri.add_argument("--api-key", help="the X-IG-API-KEY logins must carry (default: any non-empty key)")
     ri.add_argument("--username", help="the login identifier (default: any non-empty one)")
     ri.add_argument("--password", help="the login password (default: any non-empty one)")
-    ri.add_argument("--tape", help="write every quote to this CSV file (symbol,time_ms,bid,ask; symbol = the epic)")
-    ri.add_argument("--faults", metavar="SPEC",
-                    help="inject faults: comma list of kind=rate, rate in events per minute of wall time; kinds "
-                         "close, reset, stall (streaming sessions), http500, http429, slow (REST)")
-    ri.add_argument("--faults-seed", type=int, default=0, metavar="N",
-                    help="seed of the fault schedule (default 0): the same seed gives the same fault times")
 
     stat = sub.add_parser("status", help="print the streaming status of a running deltafeed")
     stat.add_argument("--api", default="http://127.0.0.1:8080", help="the API's address (default http://127.0.0.1:8080)")

@@ -45,7 +45,7 @@ from aiohttp import WSMsgType, web
 from deltafeed.model import Candle
 from deltafeed.net.frames import text_header
 from deltafeed.replicas.faults import MESSAGE_KINDS, FaultSchedule, apply_message_fault, parse_faults
-from deltafeed.replicas.server import ReplicaBase, listen
+from deltafeed.replicas.server import ReplicaBase
 from deltafeed.replicas.sim import Grid, KlineTable, MarketClock, MarketSim, TradeBatch
 from deltafeed.venues.binance import (
     INTERVAL_MS,
@@ -399,6 +399,9 @@ class BinanceReplica(ReplicaBase):
     comes ``slow_s`` late. :meth:`faults_injected` and ``stats["fault_<kind>"]`` count what was injected.
     """
 
+    venue = "binance"
+    _log = log
+
     def __init__(
         self,
         symbols: Iterable[str] = DEFAULT_SYMBOLS,
@@ -443,13 +446,7 @@ class BinanceReplica(ReplicaBase):
             "bytes_sent": 0,
             "slow_skips": 0,
         }
-        rates = parse_faults(faults) if isinstance(faults, str) else dict(faults or {})
-        #: The fault schedule, or None when no fault is configured (the pump's fast path).
-        self.faults: FaultSchedule | None = FaultSchedule(rates, faults_seed)
-        if not self.faults.rates:
-            self.faults = None
-        else:
-            self.stats.update({f"fault_{k}": 0 for k in self.faults.rates})
+        self._setup_faults(parse_faults(faults) if isinstance(faults, str) else dict(faults or {}), faults_seed)
         self.shutdown_grace_s = shutdown_grace_s
         self.slow_s = slow_s
         self._lower = {s.lower(): s for s in self._sim.symbols}
@@ -457,8 +454,6 @@ class BinanceReplica(ReplicaBase):
         self._stalled: set[_Conn] = set()  # stalled connections still open
         self._streams: dict[str, _Stream] = {}
         self._templates: dict[tuple[str, str | None], _TradeTemplate] = {}
-        self._runner: web.AppRunner | None = None
-        self._pump_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._routes: dict[
             str, tuple[Callable[[web.Request], web.Response], Callable[[Mapping[str, str]], int]]
@@ -477,35 +472,13 @@ class BinanceReplica(ReplicaBase):
         return self._sim
 
     @property
-    def clock(self) -> MarketClock:
-        return self._clock
-
-    @property
-    def url(self) -> str:
-        """``http://HOST:PORT`` (the real port once started)."""
-        return f"http://{self.netloc}"
-
-    @property
     def ws_url(self) -> str:
         """``ws://HOST:PORT``; append ``/ws/<stream>`` or ``/stream?streams=...``."""
         return f"ws://{self.netloc}"
 
-
-    async def start(self) -> str:
-        """Bind, start serving and pumping; returns the base URL."""
-        self._runner, self.port = await listen(self._http, self.host, self.port)
-        if self.faults is not None:
-            self.faults.start()  # fault times count from here
-        self._pump_task = asyncio.create_task(self._pump(), name="binance-replica-pump")
-        return self.url
-
     async def stop(self) -> None:
         """Close every connection (1001 going away), stop the server and close the tape."""
-        if self._pump_task is not None:
-            self._pump_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump_task
-            self._pump_task = None
+        await self._stop_pump()
         conns = []
         for c in self._conns:
             c.closing = True
@@ -519,9 +492,7 @@ class BinanceReplica(ReplicaBase):
             )
         for t in list(self._tasks):
             t.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._stop_server()
         self._sim.close()
 
     def summary(self) -> str:
@@ -532,12 +503,6 @@ class BinanceReplica(ReplicaBase):
             f"frames_sent={s['frames_sent']} frames_dropped={s['frames_dropped']}"
         )
         return line if self.faults is None else f"{line} {self.faults.summary()}"
-
-    def _injected(self, kind: str, conn: _Conn | None = None) -> None:
-        assert self.faults is not None
-        self.faults.record(kind)
-        self.stats[f"fault_{kind}"] += 1
-        log.debug("binance replica: injected %s%s", kind, f" on {conn.peer}" if conn is not None else "")
 
     # -- HTTP --
 
@@ -1116,7 +1081,7 @@ class BinanceReplica(ReplicaBase):
                 faulty = apply_message_fault(kind, payloads, f.pick)
                 parts[:] = [text_frames(faulty)]
                 counts[0] = len(faulty)
-            self._injected(kind, conn)
+            self._injected(kind, conn.peer)
 
     def _faults_after_send(self, f: FaultSchedule, out: dict[_Conn, tuple[list[bytes], list[int]]]) -> None:
         """Close and reset faults due now, on a connection that was just sent data."""
@@ -1139,7 +1104,7 @@ class BinanceReplica(ReplicaBase):
                     with contextlib.suppress(OSError):
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
                 conn.transport.abort()
-            self._injected(kind, conn)
+            self._injected(kind, conn.peer)
 
     async def _shutdown_close(self, conn: _Conn) -> None:
         await asyncio.sleep(self.shutdown_grace_s)

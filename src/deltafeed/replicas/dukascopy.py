@@ -38,7 +38,7 @@ from aiohttp import web
 from deltafeed.model import BadInput, Quote
 from deltafeed.replicas.faults import REST_KINDS, FaultSchedule, parse_faults
 from deltafeed.replicas.quotes import QuoteSim, SessionCalendar
-from deltafeed.replicas.server import ReplicaBase, listen
+from deltafeed.replicas.server import ReplicaBase
 from deltafeed.replicas.server import serve as serve_replica
 from deltafeed.replicas.sim import MarketClock
 from deltafeed.venues import dukascopy as codec
@@ -76,6 +76,10 @@ class DukascopyReplica(ReplicaBase):
     hour files by kind, quotes and bytes served, and injected faults (``fault_<kind>``).
     """
 
+    venue = "dukascopy"
+    _log = log
+    pumps = False
+
     def __init__(
         self,
         symbols: Iterable[str] = DEFAULT_SYMBOLS,
@@ -110,14 +114,9 @@ class DukascopyReplica(ReplicaBase):
         if source is None:
             source = QuoteSim(list(self.symbols.values()), seed=seed, rate=rate, calendar=calendar)
         self._source = source
-        #: The fault schedule, or None when no fault is configured. A ready schedule may be passed
-        #: instead of rates (tests drive one by a hand-moved clock).
-        self.faults: FaultSchedule | None = (
-            faults if isinstance(faults, FaultSchedule) else FaultSchedule(check_faults(faults), faults_seed)
-        )
-        check_faults(self.faults.rates)
-        if not self.faults.rates:
-            self.faults = None
+        # A ready schedule may be passed instead of rates (tests drive one by a hand-moved clock).
+        schedule = faults if isinstance(faults, FaultSchedule) else FaultSchedule(check_faults(faults), faults_seed)
+        check_faults(schedule.rates)
         self.stats: dict[str, int] = {
             "requests": 0,
             "hours": 0,  # hour files with quotes
@@ -127,20 +126,14 @@ class DukascopyReplica(ReplicaBase):
             "bytes_sent": 0,
             "cache_hits": 0,
         }
-        if self.faults is not None:
-            self.stats.update({f"fault_{k}": 0 for k in self.faults.rates})
+        self._setup_faults(schedule)
         self._cache: OrderedDict[tuple[str, int], tuple[bytes, int]] = OrderedDict()
         self._inflight: dict[tuple[str, int], asyncio.Future[tuple[bytes, int]]] = {}
         # Quote generation and LZMA run off the event loop, one hour at a time: other requests (cached
         # hours, 404s) are answered meanwhile, and the quote source is never called concurrently.
         self._executor: ThreadPoolExecutor | None = None
-        self._runner: web.AppRunner | None = None
 
     # -- public surface --
-
-    @property
-    def clock(self) -> MarketClock:
-        return self._clock
 
     @property
     def url(self) -> str:
@@ -159,16 +152,13 @@ class DukascopyReplica(ReplicaBase):
 
     async def start(self) -> str:
         """Bind and start serving; returns :attr:`url`."""
-        self._runner, self.port = await listen(self._http, self.host, self.port)
+        url = await super().start()
+        # Set before any request can run: nothing is awaited between binding and here.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="dukascopy-replica")
-        if self.faults is not None:
-            self.faults.start()  # fault times count from here
-        return self.url
+        return url
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._stop_server()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -264,12 +254,6 @@ class DukascopyReplica(ReplicaBase):
                 status=429, text="429 Too Many Requests", content_type="text/html", headers={"Retry-After": "1"}
             )
         return None
-
-    def _injected(self, kind: str) -> None:
-        assert self.faults is not None
-        self.faults.record(kind)
-        self.stats[f"fault_{kind}"] += 1
-        log.debug("dukascopy replica: injected %s", kind)
 
 
 async def serve(replica: DukascopyReplica) -> None:

@@ -80,7 +80,7 @@ from deltafeed.model import BadInput
 from deltafeed.net.frames import text_frame
 from deltafeed.replicas.faults import FaultSchedule, apply_message_fault, parse_faults
 from deltafeed.replicas.quotes import PairSpec, QuoteSim
-from deltafeed.replicas.server import ReplicaBase, listen
+from deltafeed.replicas.server import ReplicaBase
 from deltafeed.replicas.sim import MarketClock, MarketSim, TradeBatch
 from deltafeed.venues import finnhub as codec
 
@@ -347,6 +347,10 @@ class FinnhubReplica(ReplicaBase):
     protocol, the semantics and the faults (``faults=`` spec or mapping, schedule seeded by ``faults_seed``).
     """
 
+    venue = "finnhub"
+    _log = log
+    shutdown_timeout = 2.0
+
     def __init__(
         self,
         symbols: Iterable[str] = DEFAULT_SYMBOLS,
@@ -435,29 +439,13 @@ class FinnhubReplica(ReplicaBase):
             "client_errors": 0, "frames_dropped": 0, "slow_skips": 0, "bytes_sent": 0,
         }  # fmt: skip
         rates = check_faults(faults) if isinstance(faults, str) else _check_rates(dict(faults or {}))
-        #: The fault schedule, or None when no fault is configured (the pump's fast path).
-        self.faults: FaultSchedule | None = FaultSchedule(rates, faults_seed)
-        if not self.faults.rates:
-            self.faults = None
-        else:
-            self.stats.update({f"fault_{k}": 0 for k in self.faults.rates})
+        self._setup_faults(rates, faults_seed)
         self._conns: dict[_Conn, None] = {}
         self._by_token: dict[str, _Conn] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._runner: web.AppRunner | None = None
-        self._pump_task: asyncio.Task[None] | None = None
         self._advance(self._clock.start_ms)  # the history: minute rows and tape
 
     # -- public surface --
-
-    @property
-    def clock(self) -> MarketClock:
-        return self._clock
-
-    @property
-    def url(self) -> str:
-        """``http://HOST:PORT`` (the real port once started)."""
-        return f"http://{self.netloc}"
 
     @property
     def rest_url(self) -> str:
@@ -469,22 +457,9 @@ class FinnhubReplica(ReplicaBase):
         """``ws://HOST:PORT``; append ``?token=KEY`` (see :func:`deltafeed.venues.finnhub.stream_url`)."""
         return f"ws://{self.netloc}"
 
-
-    async def start(self) -> str:
-        """Bind, start serving and pumping; returns the base URL."""
-        self._runner, self.port = await listen(self._http, self.host, self.port, shutdown_timeout=2.0)
-        if self.faults is not None:
-            self.faults.start()  # fault times count from here
-        self._pump_task = asyncio.create_task(self._pump(), name="finnhub-replica-pump")
-        return self.url
-
     async def stop(self) -> None:
         """Close every connection (1001 going away; stalled ones are cut), stop the server, close the tape."""
-        if self._pump_task is not None:
-            self._pump_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump_task
-            self._pump_task = None
+        await self._stop_pump()
         closing = []
         for c in list(self._conns):
             if c.stalled:
@@ -496,9 +471,7 @@ class FinnhubReplica(ReplicaBase):
             await asyncio.gather(*closing, return_exceptions=True)
         for t in list(self._tasks):
             t.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._stop_server()
         if self._tape is not None:
             self._tape.close()
             self._tape = None
@@ -512,12 +485,6 @@ class FinnhubReplica(ReplicaBase):
             f"frames_dropped={s['frames_dropped']}"
         )
         return line if self.faults is None else f"{line} {self.faults.summary()}"
-
-    def _injected(self, kind: str) -> None:
-        assert self.faults is not None
-        self.faults.record(kind)
-        self.stats[f"fault_{kind}"] += 1
-        log.debug("finnhub replica: injected %s", kind)
 
     # -- the market --
 

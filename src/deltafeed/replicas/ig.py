@@ -118,7 +118,7 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from deltafeed.model import BadInput
-from deltafeed.replicas.faults import FaultSchedule, parse_faults
+from deltafeed.replicas.faults import parse_faults
 from deltafeed.replicas.quotes import (
     ORIGIN_MS,
     PairSpec,
@@ -128,7 +128,7 @@ from deltafeed.replicas.quotes import (
     QuoteTapeWriter,
     SessionCalendar,
 )
-from deltafeed.replicas.server import ReplicaBase, listen
+from deltafeed.replicas.server import ReplicaBase
 from deltafeed.replicas.sim import MarketClock
 
 _UK = zoneinfo.ZoneInfo("Europe/London")
@@ -424,9 +424,14 @@ class IGReplica(ReplicaBase):
     of market before it is released (and taped) at construction. Pass ``clock`` to drive the market
     clock yourself (``speed`` and ``start_ms`` are then ignored). ``api_key``, ``username`` and
     ``password`` of None accept any non-empty value. ``keepalive_ms`` is wall time; ``allowance``
-    is historical-price points per account per ``allowance_period_s`` wall seconds. See the module
-    docstring for the protocol and the faults.
+    is historical-price points per account per ``allowance_period_s`` wall seconds. :attr:`url` is both
+    the REST base and the lightstreamerEndpoint. See the module docstring for the protocol and the faults.
     """
+
+    venue = "ig"
+    _log = log
+    shutdown_timeout = 2.0
+    http_method = "*"  # every method, not only GET: IG logs in with POST and out with DELETE
 
     def __init__(
         self,
@@ -531,14 +536,7 @@ class IGReplica(ReplicaBase):
         bad = [k for k, v in rates.items() if v > 0 and k not in FAULT_KINDS]
         if bad:
             raise BadInput(f"fault kind {bad[0]!r} does not apply to IG; use {', '.join(FAULT_KINDS)}")
-        #: The fault schedule, or None when no fault is configured (the pump's fast path).
-        self.faults: FaultSchedule | None = FaultSchedule(rates, faults_seed)
-        if not self.faults.rates:
-            self.faults = None
-        else:
-            self.stats.update({f"fault_{k}": 0 for k in self.faults.rates})
-        self._runner: web.AppRunner | None = None
-        self._pump_task: asyncio.Task[None] | None = None
+        self._setup_faults(rates, faults_seed)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- public surface --
@@ -552,15 +550,6 @@ class IGReplica(ReplicaBase):
         return self._market
 
     @property
-    def clock(self) -> MarketClock:
-        return self._clock
-
-    @property
-    def url(self) -> str:
-        """``http://HOST:PORT`` (the real port once started): the REST base and the lightstreamerEndpoint."""
-        return f"http://{self.netloc}"
-
-    @property
     def rest_url(self) -> str:
         """The REST base as IG spells it (``.../gateway/deal``); :attr:`url` works as well."""
         return self.url + REST_PREFIX
@@ -570,27 +559,12 @@ class IGReplica(ReplicaBase):
         """``ws://HOST:PORT/lightstreamer``."""
         return "ws" + self.url.removeprefix("http") + "/lightstreamer"
 
-    async def start(self) -> str:
-        """Bind, start serving and pumping; returns :attr:`url`."""
-        # Every method, not only GET: IG logs in with POST and out with DELETE.
-        self._runner, self.port = await listen(self._http, self.host, self.port, shutdown_timeout=2.0, method="*")
-        if self.faults is not None:
-            self.faults.start()  # fault times count from here
-        self._pump_task = asyncio.create_task(self._pump(), name="ig-replica-pump")
-        return self.url
-
     async def stop(self) -> None:
         """Close every session's socket, stop the server, close the tape."""
-        if self._pump_task is not None:
-            self._pump_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump_task
-            self._pump_task = None
+        await self._stop_pump()
         for conn in list(self._conns):
             conn.abort()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._stop_server()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -614,12 +588,6 @@ class IGReplica(ReplicaBase):
         if t0 is None or time.monotonic() >= t0 + self.allowance_period_s:
             return self.allowance
         return self.allowance - self._allowance_used
-
-    def _injected(self, kind: str) -> None:
-        assert self.faults is not None
-        self.faults.record(kind)
-        self.stats[f"fault_{kind}"] += 1
-        log.debug("ig replica: injected %s", kind)
 
     # -- HTTP --
 

@@ -71,7 +71,7 @@ from deltafeed.replicas.quotes import (
     QuoteSim,
     SessionCalendar,
 )
-from deltafeed.replicas.server import ReplicaBase, listen
+from deltafeed.replicas.server import ReplicaBase
 from deltafeed.replicas.sim import MarketClock
 
 log = logging.getLogger(__name__)
@@ -304,6 +304,10 @@ class OandaReplica(ReplicaBase):
     delays one by ``slow_s``).
     """
 
+    venue = "oanda"
+    _log = log
+    shutdown_timeout = 2.0
+
     def __init__(
         self,
         symbols: Iterable[str] = DEFAULT_SYMBOLS,
@@ -374,17 +378,10 @@ class OandaReplica(ReplicaBase):
         rates = check_faults(faults) if isinstance(faults, str) else dict(faults or {})
         if rates.get("shutdown", 0) > 0:
             raise BadInput(f"fault kind 'shutdown' does not apply to OANDA; use {', '.join(FAULT_KINDS)}")
-        #: The fault schedule, or None when no fault is configured (the pump's fast path).
-        self.faults: FaultSchedule | None = FaultSchedule(rates, faults_seed)
-        if not self.faults.rates:
-            self.faults = None
-        else:
-            self.stats.update({f"fault_{k}": 0 for k in self.faults.rates})
+        self._setup_faults(rates, faults_seed)
         self._streams: dict[_Stream, None] = {}
         self._tcp: dict[Any, bool] = {}  # connection (aiohttp protocol) -> admitted
         self._request_id = 0
-        self._runner: web.AppRunner | None = None
-        self._pump_task: asyncio.Task[None] | None = None
 
     # -- public surface --
 
@@ -397,43 +394,20 @@ class OandaReplica(ReplicaBase):
         return self._market
 
     @property
-    def clock(self) -> MarketClock:
-        return self._clock
-
-    @property
-    def url(self) -> str:
-        """``http://HOST:PORT`` (the real port once started), for both the REST and the stream host."""
-        return f"http://{self.netloc}"
-
-    @property
     def headers(self) -> dict[str, str]:
         """The Authorization header a client needs."""
         return {"Authorization": f"Bearer {self.token}"}
 
-    async def start(self) -> str:
-        """Bind, start serving and pumping; returns the base URL."""
-        self._runner, self.port = await listen(self._http, self.host, self.port, shutdown_timeout=2.0)
-        if self.faults is not None:
-            self.faults.start()  # fault times count from here
-        self._pump_task = asyncio.create_task(self._pump(), name="oanda-replica-pump")
-        return self.url
-
     async def stop(self) -> None:
         """End every stream (terminating chunk; stalled ones are cut), stop the server, close the tape."""
-        if self._pump_task is not None:
-            self._pump_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump_task
-            self._pump_task = None
+        await self._stop_pump()
         for s in list(self._streams):
             if s.stalled:
                 s.transport.abort()
                 s.finish("abort")
             else:
                 s.finish("eof")
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._stop_server()
         self._market.close()
 
     def summary(self) -> str:
@@ -445,12 +419,6 @@ class OandaReplica(ReplicaBase):
             f"price_lines={s['price_lines']} heartbeats={s['heartbeats']} lines_dropped={s['lines_dropped']}"
         )
         return line if self.faults is None else f"{line} {self.faults.summary()}"
-
-    def _injected(self, kind: str) -> None:
-        assert self.faults is not None
-        self.faults.record(kind)
-        self.stats[f"fault_{kind}"] += 1
-        log.debug("oanda replica: injected %s", kind)
 
     # -- HTTP --
 

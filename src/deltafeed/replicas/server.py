@@ -1,21 +1,27 @@
-"""What every replica shares: binding its aiohttp app to HOST:PORT, and running until a signal."""
+"""What every replica shares: binding its aiohttp app to HOST:PORT, the lifecycle and fault bookkeeping of
+:class:`ReplicaBase`, and running until a signal."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Protocol, Self
+from collections.abc import Awaitable, Callable, Mapping
+from typing import ClassVar, Protocol, Self
 
 from aiohttp import web
 
 from deltafeed.model import BadInput
 from deltafeed.replicas.faults import FaultSchedule
+from deltafeed.replicas.sim import MarketClock
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Seconds a stopping server waits for requests still open (aiohttp's default).
+DEFAULT_SHUTDOWN_TIMEOUT = 60.0
 
 
 def netloc(host: str, port: int) -> str:
@@ -23,7 +29,7 @@ def netloc(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def listen(handler: Handler, host: str, port: int, *, shutdown_timeout: float = 60.0,
+async def listen(handler: Handler, host: str, port: int, *, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
                  method: str = "GET") -> tuple[web.AppRunner, int]:
     """Serve every ``method`` request (``"*"``: any) with ``handler`` on ``host:port`` (0 = a free
     port); returns the runner and the bound port. A port that cannot be bound is :class:`BadInput`
@@ -47,21 +53,89 @@ async def listen(handler: Handler, host: str, port: int, *, shutdown_timeout: fl
 
 
 class ReplicaBase:
-    """What every replica does alike: run as an async context manager, and count injected faults."""
+    """What every replica does alike: its fault schedule, serving (and pumping) from :meth:`start`,
+    running as an async context manager, and counting injected faults.
 
+    A subclass sets ``host``, ``port``, ``_clock`` and ``stats`` in ``__init__``, then calls
+    :meth:`_setup_faults`; it defines :meth:`_http` (every request), :meth:`_pump` unless ``pumps`` is
+    False, and :meth:`stop`, which begins with :meth:`_stop_pump` and calls :meth:`_stop_server`.
+    """
+
+    #: Names the pump task (``<venue>-replica-pump``) and the fault log lines (``<venue> replica: ...``).
+    venue: ClassVar[str]
+    #: The replica module's logger: injected faults are logged there, at debug.
+    _log: ClassVar[logging.Logger]
+    #: Whether :meth:`start` runs :meth:`_pump` as a task (until :meth:`_stop_pump`).
+    pumps: ClassVar[bool] = True
+    #: :func:`listen`'s ``shutdown_timeout`` and ``method``.
+    shutdown_timeout: ClassVar[float] = DEFAULT_SHUTDOWN_TIMEOUT
+    http_method: ClassVar[str] = "GET"
+
+    #: The fault schedule, or None when no fault is configured (the pump's fast path); setting it to
+    #: None ends fault injection.
     faults: FaultSchedule | None
+    stats: dict[str, int]
     host: str
     port: int  # the real one once started
+    _clock: MarketClock
+    _runner: web.AppRunner | None = None
+    _pump_task: asyncio.Task[None] | None = None
+
+    def _setup_faults(self, faults: Mapping[str, float] | FaultSchedule, seed: int = 0) -> None:
+        """Set :attr:`faults` from checked rates (a schedule seeded by ``seed``) or a ready schedule: None
+        when no kind has a rate, else the schedule, with a zero ``stats["fault_<kind>"]`` per kind."""
+        schedule = faults if isinstance(faults, FaultSchedule) else FaultSchedule(faults, seed)
+        if not schedule.rates:
+            self.faults = None
+        else:
+            self.faults = schedule
+            self.stats.update({f"fault_{k}": 0 for k in schedule.rates})
 
     @property
     def netloc(self) -> str:
         return netloc(self.host, self.port)
 
-    async def start(self) -> str:
+    @property
+    def clock(self) -> MarketClock:
+        return self._clock
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT`` (the real port once started)."""
+        return f"http://{self.netloc}"
+
+    async def _http(self, request: web.Request) -> web.StreamResponse:
         raise NotImplementedError
+
+    async def _pump(self) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> str:
+        """Bind, start serving and pumping; returns :attr:`url`."""
+        self._runner, self.port = await listen(self._http, self.host, self.port,
+                                               shutdown_timeout=self.shutdown_timeout, method=self.http_method)
+        if self.faults is not None:
+            self.faults.start()  # fault times count from here
+        if self.pumps:
+            self._pump_task = asyncio.create_task(self._pump(), name=f"{self.venue}-replica-pump")
+        return self.url
 
     async def stop(self) -> None:
         raise NotImplementedError
+
+    async def _stop_pump(self) -> None:
+        """Cancel the pump task and wait for it to end (nothing to do if it is not running)."""
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump_task
+            self._pump_task = None
+
+    async def _stop_server(self) -> None:
+        """Stop listening and close the server's connections (nothing to do if it is not running)."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -73,6 +147,13 @@ class ReplicaBase:
     def faults_injected(self) -> dict[str, int]:
         """Faults injected so far, per configured kind (zeros included); empty without faults."""
         return {} if self.faults is None else self.faults.counts()
+
+    def _injected(self, kind: str, peer: str | None = None) -> None:
+        """Count an injected fault of ``kind`` (in the schedule and ``stats``) and log it, naming the ``peer`` hit."""
+        if self.faults is not None:  # None when injection was ended while this fault was under way
+            self.faults.record(kind)
+        self.stats[f"fault_{kind}"] += 1
+        self._log.debug("%s replica: injected %s%s", self.venue, kind, f" on {peer}" if peer is not None else "")
 
 
 class Replica(Protocol):
