@@ -341,9 +341,12 @@ class Engine:
             # never sits in memory whole.
             span = st.feed.page_span_ms(tf)
             count = 0
-            for t in range(start, now + 1, span):
+            # Up to the last closed candle: the forming one comes from the stream. (Every price side
+            # of an instrument then asks for the same ranges, which a feed may answer once.)
+            last_open = now - now % ms - ms
+            for t in range(start, last_open + 1, span):
                 try:
-                    candles = await st.feed.candles(st, tf, t, min(now, t + span - 1), now)
+                    candles = await st.feed.candles(st, tf, t, min(last_open + ms - 1, t + span - 1), now)
                 except VenueError as exc:
                     # E.g. IG's weekly allowance is spent: stream now, fetch the rest when it can be.
                     log.warning("%s %s: history from %d deferred (%s); it is fetched as a repair", key, tf, t, exc)

@@ -64,8 +64,8 @@ class IGFeed:
         self.max_connections = max_connections
         self.stale_after_s = stale_after_s
         self.pool: TlcpPool | None = None
-        # (epic, timeframe, start, end) -> (when asked, the request answering every side)
-        self._answers: dict[tuple[str, str, int, int], tuple[float, asyncio.Task[dict[str, list[Candle]]]]] = {}
+        # (epic, timeframe, start) -> (when asked, up to which open time, the request answering every side)
+        self._answers: dict[tuple[str, str, int], tuple[float, int, asyncio.Task[dict[str, list[Candle]]]]] = {}
         self.shared_answers = 0  # history requests saved by sharing an answer between price sides
         self.chart_candles = 0
         self._skips = SkipLog(log, "updates")
@@ -145,26 +145,26 @@ class IGFeed:
         if len(self._epics.get(epic, ())) < 2:
             return await self.history.candles(epic, timeframe, start_ms, end_ms, now, side=st.price)
         mono = time.monotonic()
-        for k in [k for k, (t0, task) in self._answers.items() if mono - t0 > SHARED_ANSWER_S and task.done()]:
+        for k in [k for k, (t0, _, task) in self._answers.items() if mono - t0 > SHARED_ANSWER_S and task.done()]:
             del self._answers[k]
-        key = (epic, timeframe, start_ms, end_ms)
+        key = (epic, timeframe, start_ms)
         entry = self._answers.get(key)
-        if entry is None:
+        if entry is None or entry[1] < end_ms:  # none yet, or one for a shorter range
             task = asyncio.ensure_future(self.history.candles_all_sides(epic, timeframe, start_ms, end_ms, now))
-            entry = self._answers[key] = (mono, task)
+            entry = self._answers[key] = (mono, end_ms, task)
         else:
             self.shared_answers += 1
         try:
             # Shielded: one side giving up (cancelled) does not take the answer from the others.
-            answer = await asyncio.shield(entry[1])
+            answer = await asyncio.shield(entry[2])
         except Exception:
             if self._answers.get(key) is entry:
                 del self._answers[key]  # a failure is not shared with later retries
             raise
-        return list(answer[st.price])
+        return [c for c in answer[st.price] if c.open_time <= end_ms]
 
     async def stop(self) -> None:
-        for _, task in self._answers.values():
+        for _, _, task in self._answers.values():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
