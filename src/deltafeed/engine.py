@@ -616,12 +616,11 @@ class Engine:
                         continue
                     hole = (key, tf, first, last)
                     holes.add(hole)
-                    if hole in self._quiet or (hole not in self._asked and self._repairing(key, tf, first, last)):
-                        continue  # known quiet, or already being fetched
-                    if hole in self._asked:
-                        if not self._repairing(key, tf, first, last):  # answered, with nothing
-                            self._asked.discard(hole)
-                            self._quiet.add(hole)
+                    if hole in self._quiet or self._repairing(key, tf, first, last):
+                        continue  # known quiet, or being fetched now
+                    if hole in self._asked:  # asked, answered, and still there: nothing to fetch
+                        self._asked.discard(hole)
+                        self._quiet.add(hole)
                         continue
                     self.audit_gaps += 1
                     log.warning("audit: %s %s has a hole from %d to %d; fetching it", key, tf, first, last)
