@@ -142,6 +142,53 @@ async def test_unpublished_hours_make_no_candles_and_cut_the_ones_around_them(tm
         await cold.close()
 
 
+async def test_no_flat_candle_follows_a_missing_hour_before_a_quote_does(tmp_path: Path, monkeypatch: Any) -> None:
+    # Tuesday, market open: quotes at 10:00, 11:00 missing, 12:00 served empty, 13:00 missing, a quote at 14:05.
+    # The candle builders learn of the break only from the 14:05 quote, so nothing they make after 11:00 and
+    # before it may be written: the 12:00 hour touches no missing hour, yet its quotes are unknown too.
+    from deltafeed.model import Quote
+    from deltafeed.venues import dukascopy_history
+
+    day = ms("2026-01-06T00:00")
+    served = {day + 10 * H: [Quote("EURUSD", day + 10 * H + 30_000, 1.1, 1.1002),
+                             Quote("EURUSD", day + 10 * H + 20 * 60_000, 1.1004, 1.1006)],
+              day + 12 * H: [], day + 14 * H: [Quote("EURUSD", day + 14 * H + 5 * 60_000, 1.2, 1.2002)],
+              day + 15 * H: []}
+
+    class Source:
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            self.missing: list[tuple[str, int]] = []
+            self.hours = self.empty_hours = 0
+
+        async def quotes(self, symbol: str, start: int, end: int, progress: Any = None) -> Any:
+            hours = range(start, end, H)
+            progress(0, len(hours))
+            for done, hour in enumerate(hours, 1):
+                self.hours += 1
+                if hour not in served:
+                    self.missing.append((symbol, hour))
+                progress(done, len(hours))
+                if served.get(hour):
+                    yield served[hour]
+
+        async def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(dukascopy_history, "DukascopyHistory", Source)
+    db = str(tmp_path / "fx.duckdb")
+    result = await backfill("oanda:EUR_USD", day + 10 * H, day + 16 * H, timeframes="1m,1h", prices="mid,bid", db=db)
+    assert result.missing_hours == [day + 11 * H, day + 13 * H] and result.skipped == 0 and result.quotes == 3
+    cold = await open_cold(db, read_only=True)
+    try:
+        for key in ("oanda:EUR_USD", "oanda:EUR_USD@bid"):
+            one = [c.open_time for c in await cold.query(key, "1m")]
+            assert one == [*range(day + 10 * H, day + 11 * H, 60_000), *range(day + 14 * H + 300_000, day + 16 * H, 60_000)]
+            hour = await cold.query(key, "1h")
+            assert [(c.open_time, c.trades) for c in hour] == [(day + 10 * H, 2), (day + 14 * H, 1), (day + 15 * H, 0)]
+    finally:
+        await cold.close()
+
+
 async def test_a_source_without_the_instrument_or_unreachable_is_a_source_error(tmp_path: Path) -> None:
     db = str(tmp_path / "fx.duckdb")
     async with replica() as rep:

@@ -3,10 +3,11 @@
 ``deltafeed run`` bootstraps over the venue's REST candles, which reach back only so far (OANDA
 serves 5000 candles a request and little second-level history). Dukascopy publishes every tick
 since the 2000s as one file per hour, so :func:`backfill` reads those ticks and builds the candles
-itself, with the same :class:`~deltafeed.candles.quotes.QuoteCandleBuilder` and FX calendar the live
-engine uses, under the series name the live feed writes (``oanda:EUR_USD``, ``oanda:EUR_USD@bid``),
-so the history joins the live series. Prices and quote counts are Dukascopy's, not OANDA's: close,
-not identical (volume counts Dukascopy ticks).
+itself, by the live engine's mechanism (a :class:`~deltafeed.feeds.quotes.QuoteRouter` feeding one
+:class:`~deltafeed.candles.aggregator.CandleBuilder` per price side) and with its FX calendar, under
+the series name the live feed writes (``oanda:EUR_USD``, ``oanda:EUR_USD@bid``), so the history
+joins the live series. Prices and quote counts are Dukascopy's, not OANDA's: close, not identical
+(volume counts Dukascopy ticks).
 
 The range is cut to whole candles of the longest timeframe: ``since`` and ``until`` are both rounded
 down to its boundary, and every candle written ends by ``until`` and is marked closed. Candles are
@@ -30,8 +31,9 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-from deltafeed.candles.calendar import VENUE_CALENDAR, calendar_for
-from deltafeed.candles.quotes import QuoteCandleBuilder
+from deltafeed.candles.aggregator import CandleBuilder
+from deltafeed.candles.calendar import VENUE_CALENDAR, Calendar, calendar_for
+from deltafeed.feeds.quotes import QuoteRouter
 from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle, Instrument, Quote, parse_timeframes, series_key
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.store.base import ColdTier, Row, StoreBusy, open_cold
@@ -199,17 +201,33 @@ async def backfill(
         if progress is not None:
             progress(BackfillProgress(done_hours[0], done_hours[1], result.quotes, result.candles_written))
 
-    def closed(side: str, timeframe: str, candle: Candle) -> None:
+    def closed(side: str, timeframe: str, candle: Candle, last_quote_ms: int) -> None:
         start = candle.open_time
+        end = start + tf_ms[timeframe]
+        if candle.trades == 0:
+            # A flat candle after a missing hour that no quote followed yet: a silent stream, not a
+            # quiet market (the builder learns of the break only from the next quote), so not made.
+            i = bisect.bisect_right(missing, last_quote_ms)
+            if i < len(missing) and missing[i] < end:
+                return
         i = bisect.bisect_right(missing, start - HOUR_MS)  # first missing hour ending after the candle opens
-        if i < len(missing) and missing[i] < start + tf_ms[timeframe]:
+        if i < len(missing) and missing[i] < end:
             result.skipped += 1  # some of its quotes were never seen
             return
         candle.closed = True
         rows.append((keys[side], timeframe, candle))
         counts.append((side, timeframe))
 
-    builder = QuoteCandleBuilder(list(plan.timeframes), plan.sides, on_closed=closed, calendar=calendar_for("fx"))
+    calendar = calendar_for("fx")
+    router = QuoteRouter()
+    inst = Instrument.parse(plan.instrument)
+    sides = [_Side(inst, side, plan.timeframes, calendar, closed) for side in plan.sides]
+    for st in sides:
+        router.add(st)
+
+    def advance(now_ms: int) -> None:
+        for st in sides:
+            st.builder.advance(now_ms)
 
     cold = await open_cold(db, schema=db_schema) if isinstance(db, str) else db
     hist = DukascopyHistory(url, concurrency=concurrency, requests_per_s=requests_per_s, retries=retries)
@@ -226,9 +244,10 @@ async def backfill(
             n_seen[0] = len(hist.missing)
             hour = first_hour + (done - 1) * HOUR_MS
             if hour in seen_missing:
-                # Quotes unseen, not a quiet market: close what ended before it, then no flat candles across it.
-                builder.advance(hour)
-                builder.gap()
+                # Quotes unseen, not a quiet market: close what ended before it, then a break (no flat
+                # candles across it: the next quote shows it to the builders; closed() drops those before).
+                advance(hour)
+                router.gap()
                 missing.append(hour)
         report()
 
@@ -262,10 +281,10 @@ async def backfill(
             stream = cast(AsyncGenerator[list[Quote], None],
                           hist.quotes(plan.symbol, plan.since_ms, plan.until_ms, progress=hour_done))
             async with contextlib.aclosing(stream):
+                route, symbol = router.quote, inst.symbol
                 async for quotes in stream:
-                    on_quote = builder.on_quote
                     for q in quotes:
-                        on_quote(q)
+                        route(symbol, q.time_ms, q.bid, q.ask)
                     result.quotes += len(quotes)
                     report()
                     await flush(False)
@@ -280,7 +299,7 @@ async def backfill(
             raise SourceError(f"{plan.source}: {e}") from None
         except codec.Bi5Error as e:
             raise SourceError(f"{plan.source} served a file that is not tick data: {e}") from None
-        builder.advance(plan.until_ms)  # every candle ends by until: all of them close here
+        advance(plan.until_ms)  # every candle ends by until: all of them close here
         await flush(True)
         if writing is not None:
             await writing
@@ -293,10 +312,37 @@ async def backfill(
             await cold.close()
     result.hours = hist.hours
     result.empty_hours = hist.empty_hours
-    result.refused = builder.refused
-    result.out_of_order = builder.out_of_order
+    result.refused = router.refused
+    result.out_of_order = router.out_of_order
     result.seconds = time.monotonic() - t0
     return result
+
+
+class _Side:
+    """One price side of the backfilled instrument: its builder, fed by the :class:`QuoteRouter`
+    (a :class:`~deltafeed.feeds.quotes.QuoteSide`). ``closed(side, timeframe, candle, last_quote_ms)``
+    gets every final candle with the time of the quote before it."""
+
+    __slots__ = ("_closed", "active", "builder", "instrument", "last_trade_ms", "price", "trades")
+
+    def __init__(self, instrument: Instrument, price: str, timeframes: Sequence[str], calendar: Calendar,
+                 closed: Callable[[str, str, Candle, int], None]) -> None:
+        self.instrument = instrument
+        self.price = price
+        self.active = True
+        self.trades = 0
+        self.last_trade_ms = -1
+        self._closed = closed
+        # hold_max=0: the quote after a break is applied at once (the live engine's tick releases it);
+        # its candles' repair reports are moot here, the missing hour's candles are skipped instead.
+        self.builder = CandleBuilder(list(timeframes), self._on_closed, _no_repair, hold_max=0, calendar=calendar)
+
+    def _on_closed(self, timeframe: str, candle: Candle) -> None:
+        self._closed(self.price, timeframe, candle, self.builder.last_trade_ms)
+
+
+def _no_repair(timeframe: str, first: int, last: int) -> None:
+    """Nothing is repaired: candles touching a missing hour are not written (see the module notes)."""
 
 
 def _parse_prices(prices: str | Sequence[str]) -> tuple[str, ...]:

@@ -1,5 +1,10 @@
-"""Quotes (bid/ask, no ids) into the candle builders of an instrument's price sides, for every
-quote-built venue (OANDA, IG).
+"""Quotes (bid/ask, no ids) into the candle builders of an instrument's price sides: for every
+quote-built venue (OANDA, IG) and for the tick-history backfill (:mod:`deltafeed.backfill`).
+
+Each quote becomes one trade per price side (mid = (bid + ask) / 2, bid, ask; quantity 1, so a
+candle's volume and trade count are its number of quotes) in that side's ordinary
+:class:`~deltafeed.candles.aggregator.CandleBuilder`, which applies the market calendar: no flat
+candles over a weekend or holiday.
 
 Quotes carry no ids, so each instrument gets synthetic consecutive ids: :meth:`QuoteRouter.gap`
 skips one, which the builders see as a hole, so the candles a disconnection may touch are fetched
@@ -10,12 +15,35 @@ first quote after start-up is such a hole too.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from deltafeed.model import Trade
 
 if TYPE_CHECKING:
-    from deltafeed.engine import InstrumentState
+    from deltafeed.candles.aggregator import CandleBuilder
+    from deltafeed.model import Instrument
+
+
+class QuoteSide(Protocol):
+    """One price side of one instrument, as the router feeds it (the engine's
+    :class:`~deltafeed.engine.InstrumentState` is one)."""
+
+    @property
+    def instrument(self) -> Instrument: ...
+
+    @property
+    def price(self) -> str:  # mid, bid or ask
+        ...
+
+    @property
+    def active(self) -> bool:  # False: its quotes are not applied
+        ...
+
+    @property
+    def builder(self) -> CandleBuilder: ...
+
+    trades: int  # quotes applied
+    last_trade_ms: int  # time of the last quote applied
 
 
 class _Series:
@@ -24,9 +52,12 @@ class _Series:
     __slots__ = ("last_ms", "next_id", "states")
 
     def __init__(self) -> None:
-        self.states: list[InstrumentState] = []
+        self.states: list[QuoteSide] = []
         self.next_id = 1
         self.last_ms = -1  # time of the last quote applied
+
+
+_INF = float("inf")
 
 
 class QuoteRouter:
@@ -37,7 +68,7 @@ class QuoteRouter:
         self.refused = 0  # impossible prices (bid <= 0, ask < bid, NaN)
         self.out_of_order = 0  # older than the last quote: cannot be placed in candles already built
 
-    def add(self, st: InstrumentState) -> None:
+    def add(self, st: QuoteSide) -> None:
         self._series.setdefault(st.instrument.symbol, _Series()).states.append(st)
 
     def gap(self, symbols: Iterable[str] | None = None) -> None:
@@ -52,7 +83,7 @@ class QuoteRouter:
         series = self._series.get(symbol)
         if series is None:
             return False
-        if not 0 < bid <= ask < float("inf"):
+        if not 0 < bid <= ask < _INF:  # also false for NaN
             self.refused += 1
             return False
         # Two quotes may share a time and prices (no ids), so a repeat is a quote.
@@ -65,7 +96,8 @@ class QuoteRouter:
         for st in series.states:
             if not st.active:
                 continue
-            price = (bid + ask) * 0.5 if st.price == "mid" else bid if st.price == "bid" else ask
+            side = st.price
+            price = (bid + ask) * 0.5 if side == "mid" else bid if side == "bid" else ask
             st.builder.on_trade(Trade(symbol, tid, time_ms, price, 1.0, False))
             st.trades += 1
             st.last_trade_ms = time_ms
