@@ -27,7 +27,8 @@ async def test_ig_quotes_and_charts_with_faults(tmp_path: Path, monkeypatch: pyt
         monkeypatch.setenv(name, "test")
     tape = tmp_path / "ig.csv"
     replica = IGReplica(epics=EPICS, seed=4, rate=2.0, speed=60.0, history_ms=3_600_000, start_ms=FRIDAY_10H_NY,
-                        tape=str(tape), faults={"close": 6.0, "reset": 3.0, "stall": 3.0, "http500": 6.0},
+                        tape=str(tape), faults={"close": 6.0, "reset": 3.0, "stall": 3.0, "overflow": 20.0,
+                                                "http500": 6.0},
                         faults_seed=1)
     await replica.start()
     settings = Settings(venue="ig", symbols=EPICS, timeframes=["1m", "5m"], prices=["mid", "bid"], history="1h",
@@ -48,6 +49,9 @@ async def test_ig_quotes_and_charts_with_faults(tmp_path: Path, monkeypatch: pyt
     assert isinstance(feed, IGFeed)
     status = feed.status()
     assert sum(injected.values()) >= 2, injected
+    # Quotes IG said it dropped (OV) are a hole like a disconnection: repaired, so the candles below hold.
+    assert injected["overflow"] >= 1 and replica.stats["overflow_lost"] > 0, (injected, replica.stats)
+    assert status["lost_quotes"] == replica.stats["overflow_lost"], status
     assert 0 < live["max_open_connections"] <= 40 and live["connects"] >= 2, live
     remaining, total, _ = status["allowance"]
     assert total == 10_000 and remaining is not None and 0 < remaining <= total, status

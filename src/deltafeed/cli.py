@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(CS.D.EURUSD.CFD.IP is the pair EUR_USD)",
                       rate_help="quotes per second of open market time, per epic", start_help=fx_start, history="1d",
                       tape_help="write every quote to this CSV file (symbol,time_ms,bid,ask; symbol = the epic)",
-                      fault_kinds="close, reset, stall (streaming sessions), http500, http429, slow (REST)")
+                      fault_kinds="close, reset, stall, overflow (streaming sessions), http500, http429, slow (REST)")
     ri.add_argument("--api-key", help="the X-IG-API-KEY logins must carry (default: any non-empty key)")
     ri.add_argument("--username", help="the login identifier (default: any non-empty one)")
     ri.add_argument("--password", help="the login password (default: any non-empty one)")

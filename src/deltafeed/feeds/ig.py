@@ -67,6 +67,7 @@ class IGFeed:
         # (epic, timeframe, start) -> (when asked, up to which open time, the request answering every side)
         self._answers: dict[tuple[str, str, int], tuple[float, int, asyncio.Task[dict[str, list[Candle]]]]] = {}
         self.shared_answers = 0  # history requests saved by sharing an answer between price sides
+        self.lost_quotes = 0  # MARKET updates IG said it dropped (OV): each such break is repaired
         self.chart_candles = 0
         self._skips = SkipLog(log, "updates")
 
@@ -108,7 +109,8 @@ class IGFeed:
     def start(self) -> None:
         self.pool = TlcpPool(self.session.lightstreamer_endpoint, self.session.account_id,
                              self.session.ls_password_fresh, max_connections=self.max_connections,
-                             on_update=self.on_update, on_disconnect=self._on_disconnect, name="ig",
+                             on_update=self.on_update, on_disconnect=self._on_disconnect, on_lost=self._on_lost,
+                             name="ig",
                              # A session silent for two keepalives is dropped: stale_after in all.
                              keepalive_ms=max(500, int(self.stale_after_s * 500)))
         epics = list(self._epics)
@@ -122,6 +124,14 @@ class IGFeed:
     def _on_disconnect(self, session: TlcpSession, why: str) -> None:
         # What was quoted on that session's items meanwhile is unknown: a hole for those epics.
         self.router.gap({ig.parse_item(item)[1] for item in session.items})
+
+    def _on_lost(self, item: str, n: int) -> None:
+        # IG dropped quotes of a MARKET item (we read too slowly): a hole, like a disconnection. Lost
+        # CHART updates need nothing: the quote-built minute stands until IG's next final one.
+        kind, epic, _ = ig.parse_item(item)
+        if kind == "MARKET":
+            self.lost_quotes += n
+            self.router.gap([epic])
 
     def connected(self) -> bool:
         return self.pool is not None and bool(self.pool.sessions) and all(s.connected for s in self.pool.sessions)
@@ -216,6 +226,7 @@ class IGFeed:
             "skipped_frames": dict(self.decoder.errors),
             "rest_requests": self.session.requests,
             "rest_shared_answers": self.shared_answers,
+            "lost_quotes": self.lost_quotes,
             "rest_throttled": self.session.throttled,
             "rest_server_errors": self.session.server_errors,
             "rest_limiter_waits": self.session.limiter.waits,

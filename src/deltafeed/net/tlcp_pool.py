@@ -37,7 +37,8 @@ Semantics of one session:
 - **Callbacks** run in the event loop and must not raise (an exception ends the session's task, and is
   logged): ``on_update(item, fields)`` with the item's full current values by field name (MERGE's
   unchanged fields filled in, null as None); ``on_connect(session)`` after each CONOK, when its items are
-  being (re)subscribed; ``on_disconnect(session, why)`` after each lost connection.
+  being (re)subscribed; ``on_disconnect(session, why)`` after each lost connection; ``on_lost(item,
+  n)`` when the server says (``OV``) it dropped ``n`` updates of the item, so its data has a hole.
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ class TlcpSession:
     def __init__(self, url: str, user: str | None, password: Password, on_update: UpdateSink, *,
                  on_connect: Callable[[TlcpSession], None] | None = None,
                  on_disconnect: Callable[[TlcpSession, str], None] | None = None,
+                 on_lost: Callable[[str, int], None] | None = None,
                  name: str = "tlcp", adapter_set: str | None = None, keepalive_ms: int = 5000,
                  connect_timeout_s: float = 10.0, backoff_base_s: float = 0.5, backoff_cap_s: float = 30.0,
                  stable_after_s: float = 30.0, gate: ConnectionGate | None = None,
@@ -144,6 +146,7 @@ class TlcpSession:
         self.on_update = on_update
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
+        self.on_lost = on_lost
         self.name = name
         self.adapter_set = adapter_set
         self.keepalive_ms = keepalive_ms
@@ -419,6 +422,8 @@ class TlcpSession:
             self.lost_updates += ev.lost
             sub = self._by_sub.get(ev.sub_id)
             log.warning("%s: the server dropped %d updates of %s", self.name, ev.lost, sub.item if sub else ev.sub_id)
+            if sub is not None and self.on_lost is not None:
+                self.on_lost(sub.item, ev.lost)
         elif isinstance(ev, tlcp.ClearSnapshot):
             self._state.clear(ev.sub_id, ev.item)
         elif isinstance(ev, tlcp.Unsub):
@@ -499,6 +504,7 @@ class TlcpPool:
                  items_per_session: int = 40, on_update: UpdateSink,
                  on_connect: Callable[[TlcpSession], None] | None = None,
                  on_disconnect: Callable[[TlcpSession, str], None] | None = None,
+                 on_lost: Callable[[str, int], None] | None = None,
                  adapter_set: str | None = None, keepalive_ms: int = 5000, budget: ConnectBudget | None = None,
                  backoff_base_s: float = 0.5, backoff_cap_s: float = 30.0, stable_after_s: float = 30.0,
                  connect_timeout_s: float = 10.0, name: str = "ig", strict: bool = False) -> None:
@@ -512,6 +518,7 @@ class TlcpPool:
         self.on_update = on_update
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
+        self.on_lost = on_lost
         self.gate = ConnectionGate(max_connections)
         self.budget = budget or ConnectBudget(10, 1.0)
         self.adapter_set = adapter_set
@@ -537,7 +544,8 @@ class TlcpPool:
             self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         self._made += 1
         s = TlcpSession(self.url, self.user, self._password, self.on_update, on_connect=self.on_connect,
-                        on_disconnect=self.on_disconnect, name=f"{self.name}-{self._made}", gate=self.gate,
+                        on_disconnect=self.on_disconnect, on_lost=self.on_lost, name=f"{self.name}-{self._made}",
+                        gate=self.gate,
                         budget=self.budget, http=self._http, adapter_set=self.adapter_set,
                         keepalive_ms=self.keepalive_ms, backoff_base_s=self.backoff_base_s,
                         backoff_cap_s=self.backoff_cap_s, stable_after_s=self.stable_after_s,

@@ -28,41 +28,46 @@ MESSAGE_KINDS: dict[str, int] = {"drop": 1, "dup": 1, "reorder": 2, "garbage": 1
 #: Faults on REST answers.
 REST_KINDS = ("http500", "http429", "slow")
 KINDS: tuple[str, ...] = (*CONNECTION_KINDS, *MESSAGE_KINDS, *REST_KINDS)
+#: Faults on one item of a streaming session, which only a replica that has items takes (IG:
+#: Lightstreamer's ``OV``, updates withheld from a client too slow for them); see ``parse_faults(extra=)``.
+ITEM_KINDS = ("overflow",)
 
 #: A text frame that is not JSON, as a proxy in front of a venue might send.
 NOT_JSON = b"<html><head><title>502 Bad Gateway</title></head><body>502 Bad Gateway</body></html>"
 
 
-def _usage() -> str:
-    return f"use kind=rate (events per minute), comma separated, with kinds {', '.join(KINDS)}"
+def _usage(kinds: tuple[str, ...] = KINDS) -> str:
+    return f"use kind=rate (events per minute), comma separated, with kinds {', '.join(kinds)}"
 
 
-def _check(kind: str, rate: float, part: str) -> None:
-    if kind not in KINDS:
-        raise BadInput(f"unknown fault kind {kind!r} in --faults ({part!r}); {_usage()}")
+def _check(kind: str, rate: float, part: str, kinds: tuple[str, ...]) -> None:
+    if kind not in kinds:
+        raise BadInput(f"unknown fault kind {kind!r} in --faults ({part!r}); {_usage(kinds)}")
     if not (math.isfinite(rate) and rate >= 0):
-        raise BadInput(f"fault rate in {part!r} must be a number >= 0 (events per minute); {_usage()}")
+        raise BadInput(f"fault rate in {part!r} must be a number >= 0 (events per minute); {_usage(kinds)}")
 
 
-def parse_faults(spec: str) -> dict[str, float]:
+def parse_faults(spec: str, extra: tuple[str, ...] = ()) -> dict[str, float]:
     """``"close=2,drop=30"`` → ``{"close": 2.0, "drop": 30.0}``; :class:`BadInput` naming the bad part.
 
-    An empty spec means no faults; a rate of 0 disables its kind.
+    An empty spec means no faults; a rate of 0 disables its kind. ``extra`` names kinds only the
+    calling replica knows (IG's ``overflow``), beside the shared :data:`KINDS`.
     """
+    kinds = (*KINDS, *extra)
     rates: dict[str, float] = {}
     for raw in spec.split(","):
         part = raw.strip()
         if not part:
             continue
         kind, sep, value = (s.strip() for s in part.partition("="))
-        _check(kind, 0.0, part)
+        _check(kind, 0.0, part, kinds)
         if not sep:
-            raise BadInput(f"fault {part!r} in --faults has no rate; {_usage()}")
+            raise BadInput(f"fault {part!r} in --faults has no rate; {_usage(kinds)}")
         try:
             rate = float(value)
         except ValueError:
-            raise BadInput(f"fault rate {value!r} in {part!r} is not a number; {_usage()}") from None
-        _check(kind, rate, part)
+            raise BadInput(f"fault rate {value!r} in {part!r} is not a number; {_usage(kinds)}") from None
+        _check(kind, rate, part, kinds)
         if kind in rates:
             raise BadInput(f"fault kind {kind!r} appears twice in --faults; give each kind once")
         rates[kind] = rate
@@ -85,9 +90,10 @@ class FaultSchedule:
     def __init__(
         self, rates: Mapping[str, float], seed: int = 0, clock: Callable[[], float] = time.monotonic
     ) -> None:
+        every = (*KINDS, *ITEM_KINDS)
         for kind, rate in rates.items():
-            _check(kind, float(rate), f"{kind}={rate}")
-        self.rates: dict[str, float] = {k: float(rates[k]) for k in KINDS if rates.get(k, 0) > 0}
+            _check(kind, float(rate), f"{kind}={rate}", every)
+        self.rates: dict[str, float] = {k: float(rates[k]) for k in every if rates.get(k, 0) > 0}
         self.seed = seed
         self._clock = clock
         #: Faults injected, per kind (the replica records them as it injects).

@@ -82,7 +82,10 @@ a real server would conflate MERGE updates instead).
 
 Faults (``faults=``, :mod:`deltafeed.replicas.faults`): ``close`` ends a session with
 ``END,48,...`` (which the official client answers with a new session) and closes the socket,
-``reset`` sends a TCP RST, ``stall`` silences a session for good (no PROBE either), ``http500`` and
+``reset`` sends a TCP RST, ``stall`` silences a session for good (no PROBE either), ``overflow``
+withholds one subscribed ``MARKET`` item's updates from its session for ``OVERFLOW_S`` and then says
+so with ``OV,<subId>,<item>,<lost>`` (what Lightstreamer sends a client too slow for its updates;
+the next update of the item carries all its fields, as the client's copy is stale), ``http500`` and
 ``slow`` hit REST answers, and ``http429`` answers IG's rate-limit refusal, 403
 ``error.public-api.exceeded-api-key-allowance`` (IG does not use 429). ``drop``, ``dup``,
 ``reorder``, ``garbage`` and ``shutdown`` are refused: a lost or repeated MERGE delta would corrupt
@@ -118,7 +121,7 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from deltafeed.model import BadInput
-from deltafeed.replicas.faults import parse_faults
+from deltafeed.replicas.faults import ITEM_KINDS, parse_faults
 from deltafeed.replicas.quotes import (
     ORIGIN_MS,
     PairSpec,
@@ -158,7 +161,8 @@ DEFAULT_PAGE_SIZE = 20
 ALLOWANCE_ERROR = "error.public-api.exceeded-account-historical-data-allowance"
 RATE_ERROR = "error.public-api.exceeded-api-key-allowance"
 #: Fault kinds with an IG meaning (see the module docstring for the refused ones).
-FAULT_KINDS = ("close", "reset", "stall", "http500", "http429", "slow")
+FAULT_KINDS = ("close", "reset", "stall", "overflow", "http500", "http429", "slow")
+OVERFLOW_S = 0.5  # how long (wall) an ``overflow`` fault withholds one MARKET item's updates from a session
 _MINUTE = 60_000
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
 
@@ -504,6 +508,8 @@ class IGReplica(ReplicaBase):
             self._market.tape = writer
         self._open = self._sim.calendar.is_open(self._market.released_ms)
         self._items: dict[str, _Item] = {}
+        # An ``overflow`` fault under way: (subscription, item index, wall time it ends, updates withheld).
+        self._overflow: tuple[_Sub, int, float, int] | None = None
         self._logins: dict[str, _Login] = {}  # cst -> login
         self._conns: dict[_Conn, None] = {}
         self._sessions: Counter[str] = Counter()  # account -> live TLCP sessions
@@ -527,6 +533,7 @@ class IGReplica(ReplicaBase):
             "rejected_sessions": 0,
             "subscriptions": 0,
             "u_lines": 0,
+            "overflow_lost": 0,  # updates withheld by overflow faults (announced with OV)
             "probes": 0,
             "lines": 0,
             "bytes_sent": 0,
@@ -1117,6 +1124,11 @@ class IGReplica(ReplicaBase):
                     continue
                 bodies: dict[tuple[str, ...], str] = {}
                 for sub, idx in subs:
+                    ov = self._overflow
+                    if ov is not None and ov[0] is sub and ov[1] == idx:
+                        self._overflow = (sub, idx, ov[2], ov[3] + 1)  # withheld: the client falls behind
+                        sub.primed[idx - 1] = False  # its next update is a whole one
+                        continue
                     if sub.primed[idx - 1]:
                         body = bodies.get(sub.fields)
                         if body is None:
@@ -1126,6 +1138,12 @@ class IGReplica(ReplicaBase):
                         sub.primed[idx - 1] = True
                     out.setdefault(sub.conn, []).append((t, seq, f"U,{sub.id},{idx},{body}"))
                     seq += 1
+        ov = self._overflow
+        if ov is not None and time.monotonic() >= ov[2]:
+            self._overflow = None
+            if ov[3] and not (ov[0].conn.stalled or ov[0].conn.closing):
+                out.setdefault(ov[0].conn, []).append((now, seq, f"OV,{ov[0].id},{ov[1]},{ov[3]}"))
+                self.stats["overflow_lost"] += ov[3]
         for conn, lines in out.items():
             lines.sort()
             self.stats["u_lines"] += len(lines)
@@ -1157,6 +1175,14 @@ class IGReplica(ReplicaBase):
             else:
                 conn.stalled = True
             self._injected(kind)
+        if f.pending("overflow") and self._overflow is None:
+            market = [(sub, idx) for item in self._items.values() if item.kind == "MARKET"
+                      for sub, idx in item.subs.items() if sub.conn.live and not sub.conn.stalled]
+            if market:  # else it stays due until a MARKET item is subscribed
+                f.due("overflow")
+                sub, idx = market[f.pick(len(market))]
+                self._overflow = (sub, idx, wall + OVERFLOW_S, 0)
+                self._injected("overflow")
 
 
 def _state_event(tr: tuple[int, bool]) -> tuple[int, dict[str, str | None]]:
@@ -1184,7 +1210,7 @@ def _price_rows(spec: PairSpec, opens: Any, volume: Any, ohlc: Mapping[str, tupl
 
 def check_faults(spec: str) -> dict[str, float]:
     """``parse_faults`` for this replica: only :data:`FAULT_KINDS` have an IG meaning."""
-    rates = parse_faults(spec)
+    rates = parse_faults(spec, extra=ITEM_KINDS)
     for kind, rate in rates.items():
         if rate > 0 and kind not in FAULT_KINDS:
             why = ("IG has no such event" if kind == "shutdown" else
