@@ -45,7 +45,7 @@ from aiohttp import WSMsgType, web
 from deltafeed.model import Candle
 from deltafeed.net.frames import text_header
 from deltafeed.replicas.faults import MESSAGE_KINDS, FaultSchedule, apply_message_fault, parse_faults
-from deltafeed.replicas.server import ReplicaBase
+from deltafeed.replicas.server import ReplicaBase, close_ws
 from deltafeed.replicas.sim import Grid, KlineTable, MarketClock, MarketSim, TradeBatch
 from deltafeed.venues.binance import (
     INTERVAL_MS,
@@ -400,6 +400,7 @@ class BinanceReplica(ReplicaBase):
     """
 
     venue = "binance"
+    tick_s = TICK_SECONDS
     _log = log
 
     def __init__(
@@ -871,14 +872,7 @@ class BinanceReplica(ReplicaBase):
         return ws
 
     async def _close_ws(self, conn: _Conn, code: int, message: bytes) -> None:
-        conn.closing = True
-        try:
-            await asyncio.wait_for(conn.ws.close(code=code, message=message), _WS_CLOSE_TIMEOUT + 1)
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            if not conn.transport.is_closing():
-                conn.transport.abort()
+        await close_ws(conn, code, message, _WS_CLOSE_TIMEOUT + 1)
 
     async def _keepalive(self, conn: _Conn) -> None:
         """Ping every ``ping_interval``; close if a ping stays unanswered for ``pong_timeout``."""
@@ -998,14 +992,6 @@ class BinanceReplica(ReplicaBase):
                 del self._streams[name]
 
     # -- the data pump --
-
-    async def _pump(self) -> None:
-        while True:
-            try:
-                self._tick()
-            except Exception:  # keep serving; a broken tick is a bug to see in the log, not a dead replica
-                log.exception("binance replica: pump tick failed")
-            await asyncio.sleep(TICK_SECONDS)
 
     def _tick(self) -> None:
         """Advance the market to now and push what happened to every subscriber."""

@@ -80,7 +80,7 @@ from deltafeed.model import BadInput
 from deltafeed.net.frames import text_frame
 from deltafeed.replicas.faults import FaultSchedule, apply_message_fault, parse_faults
 from deltafeed.replicas.quotes import PairSpec, QuoteSim
-from deltafeed.replicas.server import ReplicaBase
+from deltafeed.replicas.server import ReplicaBase, close_ws
 from deltafeed.replicas.sim import MarketClock, MarketSim, TradeBatch
 from deltafeed.venues import finnhub as codec
 
@@ -348,6 +348,7 @@ class FinnhubReplica(ReplicaBase):
     """
 
     venue = "finnhub"
+    tick_s = TICK_SECONDS
     _log = log
     shutdown_timeout = 2.0
 
@@ -684,14 +685,7 @@ class FinnhubReplica(ReplicaBase):
         return ws
 
     async def _close_ws(self, conn: _Conn, code: int, message: bytes) -> None:
-        conn.closing = True
-        try:
-            await asyncio.wait_for(conn.ws.close(code=code, message=message), _WS_CLOSE_TIMEOUT + 1)
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            if not conn.transport.is_closing():
-                conn.transport.abort()
+        await close_ws(conn, code, message, _WS_CLOSE_TIMEOUT + 1)
 
     def _control(self, conn: _Conn, text: str) -> None:
         """A client message: subscribe or unsubscribe; anything else gets an error message [UNVERIFIED]."""
@@ -722,14 +716,6 @@ class FinnhubReplica(ReplicaBase):
         conn.subs[symbol] = None
 
     # -- the pump --
-
-    async def _pump(self) -> None:
-        while True:
-            try:
-                self._tick()
-            except Exception:  # keep serving; a broken tick is a bug to see in the log, not a dead replica
-                log.exception("finnhub replica: pump tick failed")
-            await asyncio.sleep(TICK_SECONDS)
 
     def _tick(self) -> None:
         """Release items up to the market clock's now and send them, and due pings, to every subscriber."""

@@ -305,6 +305,7 @@ class OandaReplica(ReplicaBase):
     """
 
     venue = "oanda"
+    tick_s = TICK_SECONDS
     _log = log
     shutdown_timeout = 2.0
 
@@ -653,14 +654,6 @@ class OandaReplica(ReplicaBase):
         return out
 
     # -- the pump --
-
-    async def _pump(self) -> None:
-        while True:
-            try:
-                self._tick()
-            except Exception:  # keep serving; a broken tick is a bug to see in the log, not a dead replica
-                log.exception("oanda replica: pump tick failed")
-            await asyncio.sleep(TICK_SECONDS)
 
     def _tick(self) -> None:
         """Release quotes up to the market clock's now and send them, and due heartbeats, to every stream."""

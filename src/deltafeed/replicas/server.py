@@ -52,6 +52,28 @@ async def listen(handler: Handler, host: str, port: int, *, shutdown_timeout: fl
     return runner, bound
 
 
+class _WsConn(Protocol):
+    closing: bool
+
+    @property
+    def ws(self) -> web.WebSocketResponse: ...
+
+    @property
+    def transport(self) -> asyncio.Transport: ...
+
+
+async def close_ws(conn: _WsConn, code: int, message: bytes, timeout_s: float) -> None:
+    """Close a replica's WebSocket with ``code``; a client that does not answer within ``timeout_s`` is cut."""
+    conn.closing = True
+    try:
+        await asyncio.wait_for(conn.ws.close(code=code, message=message), timeout_s)
+    except (TimeoutError, ConnectionError):
+        pass
+    finally:
+        if not conn.transport.is_closing():
+            conn.transport.abort()
+
+
 class ReplicaBase:
     """What every replica does alike: its fault schedule, serving (and pumping) from :meth:`start`,
     running as an async context manager, and counting injected faults.
@@ -107,7 +129,20 @@ class ReplicaBase:
     async def _http(self, request: web.Request) -> web.StreamResponse:
         raise NotImplementedError
 
+    #: Wall seconds between two :meth:`_tick` calls of the pump.
+    tick_s: ClassVar[float] = 0.02
+
     async def _pump(self) -> None:
+        """Call :meth:`_tick` every ``tick_s`` until cancelled; a tick that raises is logged, not fatal."""
+        while True:
+            try:
+                self._tick()
+            except Exception:  # keep serving; a broken tick is a bug to see in the log, not a dead replica
+                self._log.exception("%s replica: pump tick failed", self.venue)
+            await asyncio.sleep(self.tick_s)
+
+    def _tick(self) -> None:
+        """Release the market up to its clock's now and send what happened (a pumping replica's own)."""
         raise NotImplementedError
 
     async def start(self) -> str:
