@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import msgspec
+
 from deltafeed.candles.aggregator import CandleBuilder
 from deltafeed.candles.rollup import rollup
 from deltafeed.model import Candle, Trade
@@ -151,9 +153,9 @@ def test_closed_venue_kline_is_final_and_late_trades_are_refused() -> None:
     builder.on_trade(Trade("X", 1, 60_500, 10.0, 1.0, False))
     venue = Candle(60_000, 9.0, 12.0, 8.0, 10.0, 5.0, 4, True)
     builder.on_venue_candle("1m", venue, 1)
-    assert rec.closed["1m"][60_000] == venue
+    assert rec.closed["1m"][60_000] == msgspec.structs.replace(venue, final=True)  # the venue's own
     builder.on_trade(Trade("X", 2, 60_900, 99.0, 1.0, False))  # late for a final candle
-    assert builder.late_trades == 1 and rec.closed["1m"][60_000] == venue
+    assert builder.late_trades == 1 and rec.closed["1m"][60_000] == msgspec.structs.replace(venue, final=True)
     assert rec.repairs[-1] == ("1m", 60_000, 60_000)
 
 
@@ -225,3 +227,84 @@ def test_candles_closed_by_the_timer_during_a_silent_loss_are_repaired() -> None
     builder.on_trade(Trade("X", 50, 310_000, 11.0, 1.0, False))
     builder.release_held()
     assert rec.repairs[-1] == ("1m", 60_000, 300_000)
+
+
+# --- closed means true: what the builder vouches for ------------------------------------------------------------
+
+
+def test_a_trade_that_follows_on_by_id_vouches_for_the_candle_it_closes() -> None:
+    builder, rec = make(["1m"])
+    builder.on_trade(Trade("X", 1, 60_500, 10.0, 1.0, False))  # the first trade: what came before is unknown
+    builder.on_trade(Trade("X", 2, 121_000, 11.0, 1.0, False))
+    builder.on_trade(Trade("X", 3, 185_000, 12.0, 1.0, False))
+    assert not rec.closed["1m"][60_000].final  # holds the first trade: its repair vouches for it
+    assert rec.closed["1m"][120_000].final and rec.closed["1m"][120_000].closed
+
+
+def test_the_timer_never_vouches_and_the_next_trade_in_sequence_does() -> None:
+    builder, rec = make(["1m"])
+    for i, t in enumerate((60_500, 121_000, 130_000), start=1):
+        builder.on_trade(Trade("X", i, t, 10.0, 1.0, False))
+    builder.advance(300_000)  # the venue's clock moved on, no trade came: the timer closes 2m, 3m, 4m
+    assert [rec.closed["1m"][t].state for t in (120_000, 180_000, 240_000)] == ["provisional"] * 3
+    builder.on_trade(Trade("X", 4, 301_000, 10.5, 1.0, False))  # id 4 follows 3: nothing traded between
+    assert [rec.closed["1m"][t].state for t in (120_000, 180_000, 240_000)] == ["final"] * 3
+    assert builder.vouched_late == 3 and not rec.repairs[1:]
+
+
+def test_a_hole_after_the_timer_leaves_its_candles_to_the_repair() -> None:
+    builder, rec = make(["1m"])
+    for i, t in enumerate((60_500, 121_000, 130_000), start=1):
+        builder.on_trade(Trade("X", i, t, 10.0, 1.0, False))
+    builder.advance(300_000)
+    builder.on_trade(Trade("X", 9, 301_000, 10.5, 1.0, False))  # ids 4..8 never came
+    builder.release_held()
+    assert not any(rec.closed["1m"][t].final for t in (120_000, 180_000, 240_000))
+    assert ("1m", 120_000, 300_000) in rec.repairs
+
+
+def test_a_late_trade_in_a_timer_closed_candle_is_repaired_not_vouched_for() -> None:
+    builder, rec = make(["1m"])
+    builder.on_trade(Trade("X", 1, 60_500, 10.0, 1.0, False))
+    builder.on_trade(Trade("X", 2, 121_000, 10.0, 1.0, False))
+    builder.advance(200_000)  # closes 2m (provisional) and the flat 3m
+    builder.on_trade(Trade("X", 3, 179_000, 11.0, 1.0, False))  # in sequence, but inside the closed 2m
+    builder.on_trade(Trade("X", 4, 250_000, 11.0, 1.0, False))
+    assert not rec.closed["1m"][120_000].final and ("1m", 120_000, 120_000) in rec.repairs
+
+
+def test_an_id_far_ahead_is_a_suspect_and_cannot_freeze_the_series() -> None:
+    builder, rec = make(["15s"])
+    ts = trades(400)
+    for t in ts[:100]:
+        builder.on_trade(t)
+    builder.on_trade(Trade("X", 10**12, ts[100].time_ms, 1.0, 1.0, False))  # one poisoned frame
+    for t in ts[100:]:
+        builder.on_trade(t)
+    builder.release_held()
+    assert builder.duplicates == 0 and builder.gaps == 0 and builder.last_trade_id == 400
+    assert builder.suspect_trades == 1
+    ref = reference(ts, 15_000)
+    got = {b: (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades) for b, c in rec.closed["15s"].items()}
+    assert all(got[b] == ref[b] for b in got)
+
+
+def test_a_jump_that_later_ids_confirm_is_a_hole() -> None:
+    builder, _rec = make(["1m"])
+    builder.on_trade(Trade("X", 1, 60_500, 10.0, 1.0, False))
+    far = 5_000_000
+    for k in range(3):
+        builder.on_trade(Trade("X", far + k, 70_000 + k, 10.0, 1.0, False))
+    assert builder.last_trade_id == far + 2 and builder.gaps == 1 and builder.suspect_trades == 0
+    builder.on_trade(Trade("X", far + 3, 70_500, 10.0, 1.0, False))
+    assert builder.duplicates == 0
+
+
+def test_without_venue_ids_nothing_the_builder_makes_is_final() -> None:
+    r = Recorder()
+    builder = CandleBuilder(["1m"], r.on_closed, r.on_repair, vouch=False)
+    ts = trades(300)
+    for t in ts:
+        builder.on_trade(t)
+    builder.advance(ts[-1].time_ms + 300_000)
+    assert r.closed["1m"] and not any(c.final for c in r.closed["1m"].values())

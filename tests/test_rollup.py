@@ -63,6 +63,7 @@ class Run:
 
     def __init__(self) -> None:
         self.base_finals: list[Candle] = []
+        self.provisional: dict[int, Candle] = {}
         self.base = CandleBuilder(["1m"], self._base_closed, lambda tf, a, b: None)
         self.direct_final: dict[str, dict[int, Candle]] = {tf: {} for tf in DERIVED}
         self.direct = CandleBuilder(DERIVED, lambda tf, c: self.direct_final[tf].__setitem__(c.open_time, c),
@@ -78,9 +79,14 @@ class Run:
         return self.roll
 
     def _base_closed(self, tf: str, c: Candle) -> None:
+        # As the engine does: a provisional candle the builder vouches for later (same values, now
+        # final) is only a change of state for the roll-up.
+        old = self.provisional.pop(c.open_time, None)
+        if not c.final:
+            self.provisional[c.open_time] = c
         self.base_finals.append(c)
         if self.roll is not None:
-            self.roll.on_base(c)
+            self.roll.on_base(c, vouched_only=old is not None and old.row() == c.row())
 
     def tick(self, trades: list[Trade], now: int) -> None:
         for t in trades:
@@ -104,7 +110,10 @@ class Run:
     def derived(self) -> dict[str, dict[int, Candle]]:
         out: dict[str, dict[int, Candle]] = {tf: {} for tf in DERIVED}
         for tf, c in self.emitted:
-            assert c.open_time not in out[tf], f"{tf} {c.open_time} emitted twice without a correction"
+            seen = out[tf].get(c.open_time)
+            # Again only when it became final (a provisional part vouched for later).
+            assert seen is None or (not seen.final and c.final and seen.row() == c.row()), \
+                f"{tf} {c.open_time} emitted twice without a correction"
             out[tf][c.open_time] = c
         return out
 

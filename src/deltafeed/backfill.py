@@ -214,7 +214,7 @@ async def backfill(
         if i < len(missing) and missing[i] < end:
             result.skipped += 1  # some of its quotes were never seen
             return
-        candle.closed = True
+        candle.closed = candle.final = True  # built from the venue's whole tick history
         rows.append((keys[side], timeframe, candle))
         counts.append((side, timeframe))
 
@@ -335,7 +335,8 @@ class _Side:
         self._closed = closed
         # hold_max=0: the quote after a break is applied at once (the live engine's tick releases it);
         # its candles' repair reports are moot here, the missing hour's candles are skipped instead.
-        self.builder = CandleBuilder(list(timeframes), self._on_closed, _no_repair, hold_max=0, calendar=calendar)
+        self.builder = CandleBuilder(list(timeframes), self._on_closed, _no_repair, hold_max=0, calendar=calendar,
+                                     vouch=False)  # final by construction: see closed() in backfill()
 
     def _on_closed(self, timeframe: str, candle: Candle) -> None:
         self._closed(self.price, timeframe, candle, self.builder.last_trade_ms)

@@ -102,6 +102,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     unhealthy_after: str = "60s"  # an open market silent this long makes an instrument unhealthy
     audit_every: str = "10m"  # how often the store is checked for holes
     audit_window: str = "1d"  # how far back each audit looks
+    stop_grace: str = "10s"  # on SIGINT/SIGTERM, how long repairs under way may take before the exit
+    reconcile_every: str | None = None  # how often id-less venues' candles are reconciled (venue default)
     status_file: str | None = None  # if set, the status as JSON, rewritten every second
     api: str = "127.0.0.1:8080"  # HOST:PORT of the HTTP/WebSocket API, or "off"
 
@@ -194,6 +196,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         for name in ("stale_after", "rotate_after", "unhealthy_after", "audit_every", "audit_window"):
             if self.seconds(name) <= 0:
                 raise BadInput(f"{name} must be longer than 0, e.g. {name} = \"10s\"")
+        self.seconds("stop_grace")  # "0" is allowed: exit without waiting for repairs
+        if self.reconcile_every is not None and self.seconds("reconcile_every") <= 0:
+            raise BadInput('reconcile_every must be longer than 0, e.g. reconcile_every = "30s"')
         if self.connect_budget < 1:
             raise BadInput("connect_budget must be at least 1 connection attempt per 5 minutes")
         if is_postgres(self.db) and self.db.startswith("postgres://"):

@@ -49,6 +49,7 @@ QUIET_SETTLE_MS = 300_000  # how old a hole must be for an empty answer to make 
 REPORT_EVERY_S = 60.0  # how often a progress line is logged
 BOOTSTRAP_FLUSH_ROWS = 50_000  # bootstrap waits for the store when this many candles are pending
 MARK_EVERY_S = 2.0  # how often the "final until" marks are written (after the candles they cover)
+PROVISIONAL_MAX = 50_000  # provisional candles remembered per series and timeframe (the store keeps all)
 
 
 @dataclass
@@ -60,6 +61,7 @@ class _Repair:
     first: int  # open time of the first candle to fetch
     last: int  # open time of the last one
     found: float = field(default_factory=time.monotonic)  # when the hole was found
+    reconcile: bool = False  # a check of provisional candles, not a known hole
 
 
 @dataclass
@@ -93,6 +95,12 @@ class InstrumentState:
     last_message: float = 0.0  # monotonic time of the latest trade or kline
     repaired: int = 0
     bootstrapped: int = 0
+    reconciled: int = 0  # provisional candles checked against the venue's history (made final)
+    corrected: int = 0  # of those, how many the venue's history changed
+    unconfirmed: int = 0  # provisional candles with prices that the venue's history has no candle for
+    # Closed candles not yet final, per timeframe, by open time (copies): what reconciliation checks,
+    # what a later vouch promotes, and where the final mark stops.
+    provisional: dict[str, dict[int, Candle]] = field(default_factory=dict)
     # Open time up to which stored candles are known final, per timeframe, from the bootstrap;
     # once trades flow, the builder's position takes over (see Engine.final_marks).
     bootstrap_marks: dict[str, int] = field(default_factory=dict)
@@ -166,7 +174,8 @@ class Engine:
             for side in feed.sides(settings.prices_for(inst)):
                 key = series_key(str(inst), side)
                 st = InstrumentState(inst, CandleBuilder(built, self._closed_sink(key), self._repair_sink(key),
-                                                         calendar=calendar), calendar, feed, side)
+                                                         calendar=calendar, vouch=feed.sequenced),
+                                     calendar, feed, side)
                 if base is not None and derived:
                     st.rollup = RollupBuilder(base, derived, self._closed_sink(key), on_stale=self._stale_sink(key))
                 self.states[key] = st
@@ -221,17 +230,45 @@ class Engine:
         return closed
 
     def _final(self, key: str, timeframe: str, candle: Candle) -> None:
-        """A final candle (closed by the builder, from REST, or a correction of an earlier one):
-        to the hot tier, the store and every consumer, so all three agree; and on to the rollup
-        and the logical series it feeds."""
-        self._put(key, timeframe, candle)
+        """A closed candle, final or provisional (closed by the builder, from REST, a correction of
+        an earlier one, or one vouched for later): to the hot tier, the store and every consumer,
+        so all three agree; and on to the rollup and the logical series it feeds. Provisional ones
+        are remembered until they are final (see :meth:`_reconcile_due` and :meth:`final_marks`)."""
         st = self.states[key]
+        prov = st.provisional.get(timeframe)
+        if prov is None:
+            prov = st.provisional[timeframe] = {}
+        if candle.final:
+            old = prov.pop(candle.open_time, None)
+        else:
+            old = None
+            if candle.open_time not in prov and len(prov) >= PROVISIONAL_MAX:
+                # Forgotten here, still provisional in the store: the audit finds it there.
+                del prov[min(prov)]
+            prov[candle.open_time] = msgspec.structs.replace(candle)
+        self._put(key, timeframe, candle)
         rollup = st.rollup
         if rollup is not None and st.rolling and timeframe == rollup.base:
-            rollup.on_base(candle)
+            vouched = old is not None and old.row() == candle.row()
+            rollup.on_base(candle, vouched_only=vouched)
+            if candle.final:
+                self._promote_derived(st, candle.open_time)
         f = self._failover_of.get(key)
         if f is not None and f.sources[f.active] == key:
             self._put(f.key, timeframe, candle)
+
+    def _promote_derived(self, st: InstrumentState, base_open: int) -> None:
+        """A base candle became final: each provisional derived candle holding it whose parts are
+        now all final becomes final too (the rollup does this for the buckets it still keeps)."""
+        rollup = st.rollup
+        assert rollup is not None
+        base = st.provisional.get(rollup.base, {})
+        for tf in rollup.timeframes:
+            ms = TIMEFRAMES[tf]
+            b = base_open - base_open % ms
+            c = st.provisional.get(tf, {}).get(b)
+            if c is not None and not any(b <= t < b + ms for t in base):
+                self._final(st.key, tf, msgspec.structs.replace(c, final=True))
 
     def _put(self, key: str, timeframe: str, candle: Candle, *, publish: bool = True) -> None:
         """A candle of series ``key`` to the hot tier, the store and (``publish``) every consumer."""
@@ -306,6 +343,12 @@ class Engine:
             feed.start()
         self._tasks.append(asyncio.create_task(self._tick(), name="tick"))
         self._tasks.append(asyncio.create_task(self._repair_loop(), name="repairs"))
+        for feed in self.feeds.values():
+            every = self.settings.seconds("reconcile_every") if self.settings.reconcile_every else \
+                feed.reconcile_every_s
+            if not feed.sequenced and every > 0:
+                self._tasks.append(asyncio.create_task(self._reconcile_loop(feed, every),
+                                                       name=f"reconcile-{feed.venue}"))
         self._tasks.append(asyncio.create_task(self._mark_loop(), name="marks"))
         self._tasks.append(asyncio.create_task(self._audit_loop(), name="audit"))
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
@@ -355,6 +398,7 @@ class Engine:
                     break
                 closed = [c for c in candles if c.closed]
                 for c in closed:
+                    c.final = True  # the venue's own history
                     self._final(key, tf, c)
                 if closed and built:
                     st.builder.seed(tf, closed[-1])
@@ -507,17 +551,24 @@ class Engine:
                 if again is job:  # not ready yet: look again shortly
                     await asyncio.sleep(0.1)
 
-    async def _repair(self, job: _Repair) -> _Repair | None:
-        """Repair what of ``job`` is ready; returns what is left to do (``job`` itself if nothing was)."""
+    def _ready_until(self, job: _Repair) -> int:
+        """Open time of the last candle of ``job`` that can be fetched now: the venue's clock is
+        past its end and our builder has moved on from it (below ``job.first`` when none can)."""
         tf_ms = TIMEFRAMES[job.timeframe]
         st = self.states[job.key]
-        # Ready: the venue's clock is past the candle's end and our builder has moved on from it.
         ready_until = st.feed.clock.now_ms() - REPAIR_SETTLE_MS
         ready_until -= ready_until % tf_ms
         open_c = st.open_candle(job.timeframe)
         limit = min(job.last, ready_until - tf_ms)
         if open_c is not None:
             limit = min(limit, open_c.open_time - tf_ms)
+        return limit
+
+    async def _repair(self, job: _Repair) -> _Repair | None:
+        """Repair what of ``job`` is ready; returns what is left to do (``job`` itself if nothing was)."""
+        tf_ms = TIMEFRAMES[job.timeframe]
+        st = self.states[job.key]
+        limit = self._ready_until(job)
         if limit < job.first:
             return job
         try:
@@ -529,29 +580,94 @@ class Engine:
         log.debug("repair %s %s %d..%d: %d candles from %d", job.key, job.timeframe, job.first, limit,
                   len(candles), candles[0].open_time if candles else -1)
         done = job.first
+        prov = st.provisional.get(job.timeframe, {})
         for c in candles:
             if not c.closed:
                 break
+            c.final = True  # the venue's own history
+            old = prov.get(c.open_time)
+            if old is not None:
+                st.reconciled += 1
+                if not _same(old, c):
+                    st.corrected += 1
             self._final(job.key, job.timeframe, c)
-            st.repaired += 1
+            if old is None or not job.reconcile:
+                st.repaired += 1
             done = c.open_time + tf_ms
         if st.feed.omits_empty and (not candles or candles[-1].closed) and \
                 limit + tf_ms <= st.feed.clock.now_ms() - EMPTY_SETTLE_MS:
             # The venue has no candle for an interval without prices: once the range is well over
-            # by its clock (ours may run a little ahead of it), its answer covers the range.
+            # by its clock (ours may run a little ahead of it), its answer covers the range. Our
+            # flat candles there are confirmed; one with prices the venue does not know stays
+            # provisional (counted), and is not asked about again.
+            answered = {c.open_time for c in candles}
+            for t in [t for t in prov if job.first <= t <= limit and t not in answered]:
+                c = prov[t]
+                if c.trades == 0:
+                    st.reconciled += 1
+                    self._final(job.key, job.timeframe, msgspec.structs.replace(c, final=True))
+                else:
+                    st.unconfirmed += 1
+                    del prov[t]
             done = max(done, limit + tf_ms)
         if done <= job.last:
-            return _Repair(job.key, job.timeframe, done, job.last, job.found)
-        self.recovery_s.append(time.monotonic() - job.found)
+            return _Repair(job.key, job.timeframe, done, job.last, job.found, job.reconcile)
+        if not job.reconcile:
+            self.recovery_s.append(time.monotonic() - job.found)
         return None
+
+    async def _reconcile_loop(self, feed: Feed, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            self._reconcile_due(feed)
+
+    def _reconcile_due(self, feed: Feed) -> int:
+        """Queue a reconciliation with the venue's history for each series of ``feed`` holding closed
+        provisional candles the venue has settled: one request per series and timeframe covers them
+        all, under the feed's rate limiter like every repair. Returns how many were queued."""
+        now = feed.clock.now_ms() - REPAIR_SETTLE_MS
+        queued = 0
+        for key, st in self.states.items():
+            if st.feed is not feed:
+                continue
+            derived = st.rollup.timeframes if st.rollup is not None else ()
+            for tf, prov in st.provisional.items():
+                if not prov or tf in derived:  # a derived candle is final once its parts are
+                    continue
+                ms = TIMEFRAMES[tf]
+                due = [t for t in prov if t + ms <= now]
+                if not due:
+                    continue
+                first, last = min(due), max(due)
+                if self._repairing(key, tf, first, last):
+                    continue
+                self._repairs.append(_Repair(key, tf, first, last, reconcile=True))
+                queued += 1
+        if queued:
+            self._repair_wakeup.set()
+        return queued
+
+    async def _grace(self, seconds: float) -> None:
+        """Give repairs and reconciliations that can make progress now up to ``seconds`` to finish
+        (the stop grace); what is left stays provisional in the store for the next run."""
+        for feed in self.feeds.values():
+            if not feed.sequenced:
+                self._reconcile_due(feed)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            jobs = [*self._repairs, *([self._repair_inflight] if self._repair_inflight is not None else [])]
+            if not any(self._ready_until(j) >= j.first for j in jobs):
+                return
+            await asyncio.sleep(0.05)
+        log.info("stop grace of %.0f s over: %d repairs left for the next run", seconds, len(self._repairs))
 
     def final_marks(self) -> dict[tuple[str, str], int]:
         """Per series, the open time before which every candle handed to the store is final.
 
-        A candle is final when it came from the venue (REST, a closed kline) or was built from an
-        unbroken run of trades that continued past it. So the mark is the candle holding the last
-        trade, pulled back to the first candle still waiting for a repair; before any trade it is
-        where the bootstrap got to.
+        A candle is final when it came from the venue (REST, a closed kline, a reconciliation) or
+        the builder vouched for it. So the mark is the candle holding the last trade, pulled back to
+        the first provisional candle and the first candle still waiting for a repair; before any
+        trade it is where the bootstrap got to.
         """
         marks: dict[tuple[str, str], int] = {}
         for key, st in self.states.items():
@@ -562,6 +678,9 @@ class Engine:
                     marks[(key, tf)] = b.last_trade_ms - b.last_trade_ms % ms
                 elif tf in st.bootstrap_marks:
                     marks[(key, tf)] = st.bootstrap_marks[tf]
+                prov = st.provisional.get(tf)
+                if prov and (key, tf) in marks:
+                    marks[(key, tf)] = min(marks[(key, tf)], min(prov))
         waiting = list(self._repairs)
         if self._repair_inflight is not None:
             waiting.append(self._repair_inflight)
@@ -688,7 +807,10 @@ class Engine:
                 log.warning("cannot write the status file: %s", exc)
 
     async def stop(self) -> None:
-        """Stop streaming and write everything out; meant to finish well inside 2 seconds."""
+        """Let repairs under way finish (at most ``stop_grace``), stop streaming and write
+        everything out (meant to take well under 2 seconds after the grace)."""
+        if any(t.get_name() == "repairs" and not t.done() for t in self._tasks):
+            await self._grace(self.settings.seconds("stop_grace"))
         await asyncio.gather(*(feed.stop() for feed in self.feeds.values()))
         for t in self._tasks:
             if t.get_name() != "writer":
@@ -868,6 +990,9 @@ class Engine:
                 "name": self.redis.name, "degraded": self.redis.degraded, "written": self.redis.written,
                 "failures": self.redis.failures, "refills": self.redis.refills, "pending": self.redis.pending},
             "pending_repairs": len(self._repairs) + (self._repair_inflight is not None),
+            "provisional": sum(len(p) for st in self.states.values() for p in st.provisional.values()),
+            "reconciled": sum(st.reconciled for st in self.states.values()),
+            "corrected": sum(st.corrected for st in self.states.values()),
             "audits": self.audits,
             "audit_gaps": self.audit_gaps,
             "quiet_holes": len(self._quiet),
@@ -896,7 +1021,19 @@ class Engine:
                     "held": st.builder.held,
                     "bootstrapped": st.bootstrapped,
                     "repaired": st.repaired,
+                    "provisional": sum(len(p) for p in st.provisional.values()),
+                    "vouched_late": st.builder.vouched_late,
+                    "suspect_trades": st.builder.suspect_trades,
+                    "reconciled": st.reconciled,
+                    "corrected": st.corrected,
+                    "unconfirmed": st.unconfirmed,
                 }
                 for k, st in self.states.items()
             },
         }
+
+
+def _same(a: Candle, b: Candle) -> bool:
+    """Whether two candles hold the same prices, volume (to the venues' 8 decimals) and trades."""
+    return (a.open, a.high, a.low, a.close, a.trades) == (b.open, b.high, b.low, b.close, b.trades) and \
+        round(a.volume, 8) == round(b.volume, 8)

@@ -8,7 +8,8 @@ from deltafeed.candles.calendar import AlwaysOpen, Calendar
 from deltafeed.model import TIMEFRAMES, Candle, Trade
 
 ClosedSink = Callable[[str, Candle], None]
-"""Receives ``(timeframe, candle)`` for every candle that became final (closed, corrected or flat)."""
+"""Receives ``(timeframe, candle)`` for every candle that closed (``final`` when the builder can
+vouch for it, else provisional), and again for a provisional one the builder later vouches for."""
 RepairSink = Callable[[str, int, int], None]
 """Receives ``(timeframe, first_open_time, last_open_time)``: candles whose trades were not all seen."""
 
@@ -51,10 +52,22 @@ class CandleBuilder:
       candle after the reopening starts from its first trade, not from the close before the weekend.
     - A candle closes when a trade or a venue candle shows time has passed its end, or when
       :meth:`advance` is told the venue's clock has (the quiet-market timer).
+    - Closed means true: a candle is handed on ``final`` only when the builder can vouch for it.
+      With ``vouch`` (the trade ids are the venue's own consecutive sequence) that is a candle a
+      trade with the next id closed, or a flat candle between two consecutive ids, opening after
+      the last hole. A venue's closed candle is final. The timer never vouches: what it closes is
+      provisional, and becomes final (handed on again) when the next trade follows on by id and
+      lies past it; a hole instead sends it to ``on_repair``. Without ``vouch`` (synthetic ids of
+      quotes) nothing the builder makes is final: the owner reconciles it with the venue's history.
+    - A trade id far beyond what the venue can have traded since the last trade (more than
+      ``max_jump`` ids ahead) is a suspect, not a hole: it is set aside, and only when
+      ``confirm_jump`` trades continue from it does it become a real jump (a hole, repaired); a
+      lone outlier never moves the continuity cursor.
     """
 
     def __init__(self, timeframes: list[str], on_closed: ClosedSink, on_repair: RepairSink,
-                 hold_max: int = 256, calendar: Calendar | None = None) -> None:
+                 hold_max: int = 256, calendar: Calendar | None = None, vouch: bool = True,
+                 max_jump: int = 1_000_000, confirm_jump: int = 3, unvouched_max: int = 100_000) -> None:
         self._series = [_Series(tf) for tf in sorted(timeframes, key=TIMEFRAMES.__getitem__)]
         self._by_name = {s.name: s for s in self._series}
         self._on_closed = on_closed
@@ -70,6 +83,20 @@ class CandleBuilder:
         self.calendar: Calendar = calendar if calendar is not None else AlwaysOpen()
         self._limit_at = -1  # the trade time _limit was computed for
         self._limit = 0
+        self.vouch = vouch
+        # Candles opening at or before this time may miss trades from before the last hole (or
+        # start-up): the builder never vouches for them; their repair does.
+        self._hole_ms = 2**62
+        # Provisional candles closed since the last trade (by the timer, or around a venue candle),
+        # oldest first: vouched for when the next trade follows on by id.
+        self._unvouched: list[tuple[_Series, Candle]] = []
+        self.unvouched_max = unvouched_max
+        self.vouched_late = 0  # provisional candles later vouched for
+        # Suspect trade ids: far ahead of the last id (see the class notes).
+        self.max_jump = max_jump
+        self.confirm_jump = confirm_jump
+        self._suspects: dict[int, Trade] = {}
+        self.suspect_trades = 0
 
     # --- set-up ---------------------------------------------------------------------------------
 
@@ -92,6 +119,8 @@ class CandleBuilder:
             return
         self.last_trade_id = tid
         ts = t.time_ms
+        if self._unvouched:
+            self._vouch_until(ts)
         p = t.price
         q = t.qty
         for s in self._series:
@@ -125,9 +154,37 @@ class CandleBuilder:
         if self.last_trade_id < 0:
             self._resync(t)  # the first trade seen: what came before is unknown
             return True
+        if tid - self.last_trade_id > self.max_jump:
+            return self._suspect(t)
         self._held[tid] = t
         if len(self._held) > self.hold_max:
             self.release_held()
+        return False
+
+    def _suspect(self, t: Trade) -> bool:
+        """A trade id too far ahead to be believed on its own: keep it aside until ``confirm_jump``
+        trades follow on from it (a real jump: True, apply it as a hole), else it stays a suspect."""
+        tid = t.trade_id
+        run = 1
+        while tid - run in self._suspects:
+            run += 1
+        self._suspects[tid] = t
+        self.suspect_trades += 1
+        if run < self.confirm_jump:
+            if len(self._suspects) > 4 * self.confirm_jump:  # outliers pile up: forget the oldest
+                del self._suspects[min(self._suspects)]
+            return False
+        # Confirmed: the venue's ids really jumped. Everything up to the first of the run is a hole.
+        first = self._suspects.pop(tid - run + 1)
+        rest = [self._suspects.pop(i) for i in range(tid - run + 2, tid + 1)]
+        self._suspects.clear()
+        self.suspect_trades -= run
+        self.release_held()  # trades before the jump first, in order
+        self._resync(first)
+        self.last_trade_id = first.trade_id - 1
+        self.on_trade(first)
+        for r in rest:
+            self.on_trade(r)
         return False
 
     def release_held(self) -> None:
@@ -150,29 +207,58 @@ class CandleBuilder:
             # The venue's clock went back past a candle we already moved on from: it is final here,
             # so the venue's own record of it is fetched instead.
             self.late_trades += 1
+            if self._unvouched:  # its repair decides it now
+                self._unvouched = [(u, c) for u, c in self._unvouched if u is not s or c.open_time != b]
             self._on_repair(s.name, b, b)
             return False
-        self._close_until(s, b)
+        self._close_until(s, b, self.vouch)
         s.cur = Candle(b, price, price, price, price, 0.0, 0, False)
         s.start = b
         s.end = b + s.ms
         return True
 
-    def _close_until(self, s: _Series, b: int) -> None:
-        """Close the open candle and emit flat candles for every empty interval before ``b``."""
+    def _close_until(self, s: _Series, b: int, vouched: bool) -> None:
+        """Close the open candle and emit flat candles for every empty interval before ``b``;
+        ``vouched``: a trade that follows on by id shows time has passed them (else the timer)."""
         c = s.cur
         if c is not None:
             c.closed = True
             _idle(s, c.open_time + s.ms, c.close)
-            self._on_closed(s.name, c)
+            self._emit(s, c, vouched)
         if s.next_open is not None and s.last_close is not None:
             px = s.last_close
             t = s.next_open
             limit = self._flat_limit() - s.ms
             while t < b and t <= limit:
-                self._on_closed(s.name, Candle(t, px, px, px, px, 0.0, 0, True))
+                self._emit(s, Candle(t, px, px, px, px, 0.0, 0, True), vouched)
                 t += s.ms
             _idle(s, max(t, s.next_open), px)
+
+    def _emit(self, s: _Series, c: Candle, vouched: bool) -> None:
+        """Hand on a closed candle: final when vouched for and clear of the last hole, else
+        provisional (and, for a venue with real ids, remembered until the next trade vouches)."""
+        if vouched and c.open_time > self._hole_ms:
+            c.final = True
+        elif self.vouch and c.open_time > self._hole_ms:
+            if len(self._unvouched) >= self.unvouched_max:
+                # A very long silence: the oldest can no longer wait to be vouched for; fetch it.
+                old_s, old = self._unvouched.pop(0)
+                self._on_repair(old_s.name, old.open_time, old.open_time)
+            self._unvouched.append((s, c))
+        self._on_closed(s.name, c)
+
+    def _vouch_until(self, ts: int) -> None:
+        """A trade at ``ts`` followed on by id: the provisional candles that ended by then had every
+        trade (a later trade inside one of them is late, and gets it repaired instead)."""
+        keep: list[tuple[_Series, Candle]] = []
+        for s, c in self._unvouched:
+            if c.open_time + s.ms <= ts:
+                self.vouched_late += 1
+                self._on_closed(s.name, Candle(c.open_time, c.open, c.high, c.low, c.close, c.volume, c.trades,
+                                               True, True))
+            else:
+                keep.append((s, c))
+        self._unvouched = keep
 
     def _flat_limit(self) -> int:
         """Flat candles must end by this time: the first close of the market after the last trade.
@@ -191,6 +277,9 @@ class CandleBuilder:
             self.gaps += 1
             self.missed_trades += t.trade_id - self.last_trade_id - 1
         ts = t.time_ms
+        # The candles a hole may touch are the repair's now: never vouched for by the builder.
+        self._unvouched.clear()
+        self._hole_ms = ts
         for s in self._series:
             b = ts - ts % s.ms
             # The lost trades lie between the last trade seen and this one, so the candles from the
@@ -206,7 +295,7 @@ class CandleBuilder:
                 c = s.cur
                 c.closed = True
                 _idle(s, None, None)
-                self._on_closed(s.name, c)
+                self._on_closed(s.name, c)  # provisional: the repair below brings its final version
             if s.cur is None:
                 # No flat candles across the hole: its candles come from the venue's history.
                 _idle(s, None, None)
@@ -225,21 +314,23 @@ class CandleBuilder:
         if venue.closed:
             if c is not None and c.open_time == b:
                 _assign(c, venue)
-                self._close_until(s, b + s.ms)
+                c.closed = c.final = True  # the venue's own closed candle
+                _idle(s, b + s.ms, c.close)
+                self._on_closed(s.name, c)
                 return
             behind = c.open_time > b if c is not None else (s.next_open is not None and s.next_open > b)
             if not behind:
                 if self.last_trade_id >= 0:
-                    self._close_until(s, b)  # the venue says time is past everything before b
+                    self._close_until(s, b, False)  # the venue says time is past everything before b
                 _idle(s, b + s.ms, venue.close)
-            final = Candle(b, 0.0, 0.0, 0.0, 0.0, 0.0, 0, True)
+            final = Candle(b, 0.0, 0.0, 0.0, 0.0, 0.0, 0, True, True)
             _assign(final, venue)
             self._on_closed(s.name, final)
             return
         if last_trade_id != self.last_trade_id or last_trade_id < 0 or b < s.start:
             return
         if c is None or c.open_time != b:
-            self._close_until(s, b)
+            self._close_until(s, b, False)
             s.cur = c = Candle(b, 0.0, 0.0, 0.0, 0.0, 0.0, 0, False)
             s.start = b
             s.end = b + s.ms
@@ -254,9 +345,9 @@ class CandleBuilder:
             return
         for s in self._series:
             if s.cur is not None and s.end <= now_ms:
-                self._close_until(s, s.end)
+                self._close_until(s, s.end, False)
             if s.cur is None and s.next_open is not None and s.next_open + s.ms <= now_ms:
-                self._close_until(s, now_ms - now_ms % s.ms)
+                self._close_until(s, now_ms - now_ms % s.ms, False)
 
     def open_candles(self) -> list[tuple[str, Candle]]:
         """The candles still forming, one per timeframe at most (live objects: copy to keep)."""

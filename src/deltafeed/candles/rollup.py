@@ -50,24 +50,27 @@ def rollup(parts: Iterable[Candle], part_ms: int, tf_ms: int) -> list[Candle]:
 
     Parts without trades are flat placeholders at the previous close: they add nothing to the
     open, high or low of a candle that has trades, exactly as if it were built from the trades.
-    A derived candle is closed only when its last part is closed and ends where it ends.
+    A derived candle is closed only when its last part is closed and ends where it ends, and final
+    only when it is closed and every part of it is final.
     """
     if tf_ms % part_ms:
         raise ValueError(f"{tf_ms} ms candles cannot be built from {part_ms} ms ones")
     out: list[Candle] = []
     cur: Candle | None = None
-    complete = True
+    complete = verified = True
     for p in parts:
         b = p.open_time - p.open_time % tf_ms
         if cur is None or b != cur.open_time:
             if cur is not None:
                 out.append(cur)
             cur = _start(b, p)
-            complete = p.closed
+            complete, verified = p.closed, p.final
         else:
             _append(cur, p)
             complete = complete and p.closed
+            verified = verified and p.final
         cur.closed = complete and p.open_time + part_ms == b + tf_ms
+        cur.final = cur.closed and verified and (p.open_time - b) // part_ms + 1 == tf_ms // part_ms
     if cur is not None:
         out.append(cur)
     return out
@@ -90,12 +93,14 @@ class _Bucket:
     folded in on demand: it changes every few hundred ms and must never force a refold.
     """
 
-    __slots__ = ("agg", "dirty", "emitted", "finals", "forming", "forming_i", "hi", "open_time", "parts")
+    __slots__ = ("agg", "dirty", "emitted", "finals", "forming", "forming_i", "hi", "open_time", "parts",
+                 "verified")
 
     def __init__(self, open_time: int, n: int) -> None:
         self.open_time = open_time
-        self.parts: list[Candle | None] = [None] * n  # final parts only
+        self.parts: list[Candle | None] = [None] * n  # closed parts only (final or provisional)
         self.finals = 0  # parts not None
+        self.verified = 0  # parts that are final (the derived candle is final when all n are)
         self.agg: Candle | None = None
         self.hi = -1
         self.dirty = False
@@ -126,9 +131,10 @@ class RollupBuilder:
     (closed ones, flat ones, and corrections of earlier ones, e.g. from a repair). Buckets are epoch
     aligned (``open_time - open_time % tf_ms``), as :data:`TIMEFRAMES` are.
 
-    - A derived candle is final once every one of its parts is final; that implies the base has
-      moved past its end. It goes to ``on_final`` then, and again whenever a final part of it is
-      replaced by a different one while it is still kept (the stores upsert).
+    - A derived candle is closed once every one of its parts is closed; that implies the base has
+      moved past its end. It goes to ``on_final`` then, and again whenever a closed part of it is
+      replaced by a different one while it is still kept (the stores upsert). It is final when every
+      part is final; a provisional part vouched for later makes it go out again, final.
     - Only the current and the previous bucket of each timeframe are kept (at most ``2 * tf/base``
       parts each), so memory is bounded whatever the timeframe. A final part for an older bucket,
       and a bucket dropped before all its parts were final (a hole, or start-up without
@@ -200,31 +206,37 @@ class RollupBuilder:
         finally:
             self._seeding = False
 
-    def on_base(self, candle: Candle) -> None:
+    def on_base(self, candle: Candle, vouched_only: bool = False) -> None:
         """Fold one base candle update into every derived timeframe.
 
         ``candle.closed`` False: the forming base candle (may be a live object: it is copied).
-        True: a final one -- the next in line, a flat one, or a correction of one already seen.
+        True: a closed one -- the next in line, a flat one, or a correction of one already seen.
+        ``vouched_only``: a provisional part seen before, now final with the same values; a bucket
+        no longer kept then needs nothing (the owner promotes that derived candle itself).
         """
         t = candle.open_time
         base_ms = self._base_ms
         if t % base_ms:
             raise ValueError(f"base candle open time {t} is not aligned to {self.base}")
         p = Candle(t, candle.open, candle.high, candle.low, candle.close, candle.volume, candle.trades,
-                   candle.closed)
-        final = p.closed
+                   candle.closed, candle.final)
+        final = p.closed  # a part that will not change any more (until corrected or vouched for)
         for s in self._series:
             b = t - t % s.ms
             bk = s.cur
             if bk is None or b > bk.open_time:
+                if vouched_only:
+                    continue
                 bk = self._move(s, b)
             elif b != bk.open_time:
                 if b != bk.open_time - s.ms:
-                    if final:  # a forming update this old carries no news; its final will come
+                    if final and not vouched_only:  # a forming update this old carries no news
                         self._stale_part(s, b)
                     continue
                 bk = s.prev
                 if bk is None:
+                    if vouched_only:
+                        continue
                     bk = s.prev = _Bucket(b, s.n)
             i = (t - b) // base_ms
             if final:
@@ -268,6 +280,12 @@ class RollupBuilder:
         if old is not None and (self._seeding or old == p):
             return  # a repeat changes nothing; seeded history never overrides live data
         bk.parts[i] = p
+        bk.verified += p.final - (old is not None and old.final)
+        if old is not None and old.row() == p.row():
+            # Only its state changed (a provisional part vouched for): same fold, maybe a new state.
+            if bk.finals == s.n and bk.verified == s.n and bk.emitted and not self._seeding:
+                self._emit(s, bk)  # its last provisional part: the derived candle is final now
+            return
         if bk.forming is not None and bk.forming_i <= i:
             bk.forming = None
         if old is None:
@@ -295,7 +313,8 @@ class RollupBuilder:
         bk.emitted = True
         bk.forming = None
         if not self._seeding:
-            self._on_final(s.name, Candle(bk.open_time, a.open, a.high, a.low, a.close, a.volume, a.trades, True))
+            self._on_final(s.name, Candle(bk.open_time, a.open, a.high, a.low, a.close, a.volume, a.trades, True,
+                                          bk.verified == s.n))
 
     def _refold(self, bk: _Bucket) -> None:
         agg: Candle | None = None

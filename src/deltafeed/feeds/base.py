@@ -27,6 +27,13 @@ class Feed(Protocol):
     #: True when the venue's history has no candle for an interval without prices (OANDA): a
     #: REST answer then covers its whole range, whatever candles it holds.
     omits_empty: bool
+    #: True when trade ids are the venue's own consecutive sequence (Binance): the candle builder
+    #: then vouches for what an unbroken run covers. False (quotes, Finnhub): every candle the
+    #: stream builds stays provisional until reconciled with the venue's history.
+    sequenced: bool
+    #: How often (wall seconds) closed provisional candles are reconciled with the venue's history;
+    #: 0 for a sequenced venue.
+    reconcile_every_s: float
 
     @property
     def errors(self) -> Counter[str]:

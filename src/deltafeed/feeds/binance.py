@@ -40,6 +40,9 @@ class BinanceFeed:
     #: Binance's klines cover every interval, quiet ones too: a REST answer is complete up to its
     #: last closed candle.
     omits_empty = False
+    #: Trade ids are the venue's consecutive sequence: a candle an unbroken run covers is final.
+    sequenced = True
+    reconcile_every_s = 0.0  # never needed: ids, closed klines and repairs make candles final
 
     def __init__(self, vs: VenueSettings, *, venue_klines: bool, stale_after_s: float, rotate_after_s: float,
                  connect_budget: int, on_trade: Callable[[InstrumentState, Trade], None]) -> None:

@@ -47,6 +47,8 @@ class IGFeed:
 
     venue = "ig"
     omits_empty = True  # IG has no price row for an interval without prices
+    sequenced = False  # no ids: closed candles are provisional until reconciled with history
+    reconcile_every_s = 60.0  # how often closed candles are checked against the venue's history
 
     def __init__(self, vs: VenueSettings, *, stale_after_s: float, max_connections: int = 40) -> None:
         creds = [os.environ.get(name, "").strip() for name in CREDENTIAL_ENVS]

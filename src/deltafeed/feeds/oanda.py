@@ -35,6 +35,8 @@ class OandaFeed:
 
     venue = "oanda"
     omits_empty = True  # OANDA has no candle for an interval without prices
+    sequenced = False  # no ids: closed candles are provisional until reconciled with history
+    reconcile_every_s = 5.0  # how often closed candles are checked against the venue's history
 
     def __init__(self, vs: VenueSettings, *, stale_after_s: float) -> None:
         token = os.environ.get(TOKEN_ENV, "").strip()
