@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import deltafeed.store.postgres as pgmod
-from deltafeed.model import BadInput, Candle, Switch
+from deltafeed.model import BadInput, Candle, Switch, state_flags
 from deltafeed.store.base import StoreError, StoreUnavailable
 from deltafeed.store.cold import ColdStore
 from deltafeed.store.postgres import PARTITION_MS, SCHEMA_VERSION, PostgresStore
@@ -284,9 +284,11 @@ async def test_large_reads_use_binary_copy_with_the_same_result(store: PostgresS
         return reader.finish()
 
     header = pgmod._COPY_SIGNATURE + bytes(8)
-    row = np.array([(8, 8, T0, 8, 1.0, 8, 2.0, 8, 0.5, 8, 1.5, 8, 9.0, 8, 4, 1, True)], dtype=pgmod._COPY_ROW)
+    row = np.array([(9, 8, T0, 8, 1.0, 8, 2.0, 8, 0.5, 8, 1.5, 8, 9.0, 8, 4, 1, True, 1, True)],
+                   dtype=pgmod._COPY_ROW)
     for step in (1, 7, 91, 10**6):  # rows split anywhere between chunks
-        assert await read(header + row.tobytes() * 3 + b"\xff\xff", step) == [Candle(T0, 1.0, 2.0, 0.5, 1.5, 9.0, 4, True)] * 3
+        assert await read(header + row.tobytes() * 3 + b"\xff\xff", step) == [
+            Candle(T0, 1.0, 2.0, 0.5, 1.5, 9.0, 4, True, True)] * 3
     row["nfields"] = 7
     with pytest.raises(ValueError, match="column types"):
         await read(header + row.tobytes() + b"\xff\xff", 10**6)
@@ -510,3 +512,128 @@ async def test_outage_then_recovery_on_the_same_store(private_pg: PrivatePostgre
         assert len(await st.query(BTC, "1m")) == 151
     finally:
         await st.close()
+
+
+# -- candle states: forming, provisional, final -------------------------------------------------
+
+
+def state_candle(t: int, state: str, close: float = 100.0) -> Candle:
+    closed, final = state_flags(state)
+    return Candle(t, close - 1, close + 1, close - 2, close, 1.0, 3, closed, final)
+
+
+def state_rows() -> list[tuple[str, str, Candle]]:
+    """BTC 1m with every state, runs of provisional candles and a hole; ETH 1m all provisional; BTC 5m."""
+    states = {0: "final", 1: "final", 2: "provisional", 3: "provisional", 4: "final", 5: "provisional",
+              8: "provisional", 9: "final", 10: "provisional", 11: "provisional", 12: "forming"}
+    rows = [(BTC, "1m", state_candle(T0 + k * M, s, 100.0 + k)) for k, s in states.items()]
+    rows += [(ETH, "1m", state_candle(T0 + k * M, "provisional")) for k in range(20)]
+    rows += [(BTC, "5m", state_candle(T0 + k * 5 * M, "final" if k % 2 else "provisional")) for k in range(6)]
+    return rows
+
+
+@pytest.mark.parametrize("threshold", [10**9, 1], ids=["unnest", "copy"])
+async def test_states_round_trip_and_an_upsert_makes_a_candle_final(store: PostgresStore, threshold: int,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pgmod, "COPY_THRESHOLD", threshold)
+    rows = [(BTC, "1m", state_candle(T0 + k * M, s)) for k, s in enumerate(("final", "provisional", "forming"))]
+    await store.write(rows)
+    for read_rows in (10**9, -1):  # records, then binary COPY
+        monkeypatch.setattr(pgmod, "COPY_READ_ROWS", read_rows)
+        back = await store.query(BTC, "1m")
+        assert back == [c for _, _, c in rows]
+        assert [c.state for c in back] == ["final", "provisional", "forming"]
+        assert [type(c.final) for c in back] == [bool] * 3
+    await store.write([(BTC, "1m", state_candle(T0 + M, "final", close=7.0))])
+    assert [c.state for c in await store.query(BTC, "1m")] == ["final", "final", "forming"]
+    assert await store.query(BTC, "1m", T0 + M, T0 + M) == [state_candle(T0 + M, "final", close=7.0)]
+    # the column as any SQL client sees it
+    assert await store._pool.fetchval(f"SELECT final FROM {store.schema}.candles_1m WHERE open_time = $1",
+                                      T0 + M) is True
+
+
+@pytest.mark.parametrize("read_path", ["records", "copy"])
+async def test_final_only_and_provisional_match_duckdb(store: PostgresStore, tmp_path: Path, read_path: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pgmod, "COPY_READ_ROWS", 10**9 if read_path == "records" else -1)
+    rows = state_rows()
+    duck = ColdStore(tmp_path / "s.duckdb")
+    try:
+        duck.write(rows)
+        await store.write(rows)
+        assert [(c.open_time - T0) // M for c in await store.query(BTC, "1m", final_only=True)] == [0, 1, 4, 9]
+        assert [(c.open_time - T0) // M for c in await store.query(BTC, "1m", last=2, final_only=True)] == [4, 9]
+        assert await store.provisional(BTC, "1m", T0, T0 + DAY) == [
+            (T0 + 2 * M, T0 + 3 * M), (T0 + 5 * M, T0 + 8 * M), (T0 + 10 * M, T0 + 11 * M)]
+        for inst, tf in ((BTC, "1m"), (ETH, "1m"), (BTC, "5m"), (ETH, "5m")):
+            for since, until, last in ((None, None, None), (T0 + 2 * M, T0 + 9 * M, None), (None, None, 1),
+                                       (None, T0 + 8 * M, 2), (T0 + 5 * M, None, 100)):
+                assert await store.query(inst, tf, since, until, last, final_only=True) == duck.query(
+                    inst, tf, since, until, last, final_only=True), (inst, tf, since, until, last)
+                assert await store.query(inst, tf, since, until, last) == duck.query(inst, tf, since, until, last)
+            for lo, hi in ((T0, T0 + DAY), (T0 + 3 * M, T0 + 10 * M), (T0 + 12 * M, T0 + DAY), (T0 + 9 * M, T0 + 9 * M)):
+                assert await store.provisional(inst, tf, lo, hi) == duck.provisional(inst, tf, lo, hi), (inst, tf, lo, hi)
+        assert await store.provisional(BTC, "2m", T0, T0 + DAY) == []
+    finally:
+        duck.close()
+
+
+async def _schema_at_migration_2(name: str) -> None:
+    """A schema as deltafeed left it before candles had ``final`` (migrations 1 and 2 applied), with
+    candles and final marks, built by hand from that layout."""
+    con = await asyncpg.connect(PG_URL)
+    try:
+        await con.execute(f"CREATE SCHEMA {name}")
+        await con.execute(f"CREATE TABLE {name}.schema_migrations (version int PRIMARY KEY, description text NOT NULL,"
+                          " applied_at timestamptz NOT NULL DEFAULT now())")
+        for tf in PARTITION_MS:
+            await con.execute(
+                f"CREATE TABLE {name}.candles_{tf} (instrument text NOT NULL, open_time bigint NOT NULL,"
+                " open double precision NOT NULL, high double precision NOT NULL, low double precision NOT NULL,"
+                " close double precision NOT NULL, volume double precision NOT NULL, trades bigint NOT NULL,"
+                " closed boolean NOT NULL, PRIMARY KEY (instrument, open_time)) PARTITION BY RANGE (open_time)")
+        for tf in ("1m", "5m"):
+            await con.execute(f"CREATE TABLE {name}.candles_{tf}_p{T0} PARTITION OF {name}.candles_{tf}"
+                              f" FOR VALUES FROM ({T0}) TO ({T0 + PARTITION_MS[tf]})")
+        await con.execute(f"CREATE TABLE {name}.final_marks (instrument text NOT NULL, timeframe text NOT NULL,"
+                          " final_until bigint NOT NULL, PRIMARY KEY (instrument, timeframe))")
+        await con.execute(f"CREATE TABLE {name}.switches (instrument text NOT NULL, since_ms bigint NOT NULL,"
+                          " at_ms bigint NOT NULL, source_from text NOT NULL, source_to text NOT NULL,"
+                          " PRIMARY KEY (instrument, since_ms))")
+        await con.execute(f"INSERT INTO {name}.schema_migrations (version, description) VALUES (1, 'v1'), (2, 'v2')")
+        # BTC 1m: 0-7 closed, 8 open, marked final before 5; ETH 5m: closed, open, closed, closed, marked
+        # before 10 (so the open one behind the mark stays forming); ETH 1m: no mark
+        await con.execute(f"INSERT INTO {name}.final_marks VALUES ($1, '1m', $2), ($3, '5m', $4)",
+                          BTC, T0 + 5 * M, ETH, T0 + 10 * M)
+        await con.executemany(f"INSERT INTO {name}.candles_1m VALUES ($1, $2, 1, 2, 0.5, 1.5, 3, 4, $3)",
+                              [(BTC, T0 + k * M, k < 8) for k in range(9)] + [(ETH, T0 + k * M, True) for k in range(3)])
+        await con.executemany(f"INSERT INTO {name}.candles_5m VALUES ($1, $2, 1, 2, 0.5, 1.5, 3, 4, $3)",
+                              [(ETH, T0 + k * 5 * M, k != 1) for k in range(4)])
+    finally:
+        await con.close()
+
+
+async def test_migration_3_makes_candles_behind_the_mark_final_and_the_rest_provisional(
+        schema: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    await _schema_at_migration_2(schema)
+    st = await PostgresStore.open(PG_URL, schema=schema)
+    try:
+        versions = await st._pool.fetch(f"SELECT version FROM {schema}.schema_migrations ORDER BY 1")
+        assert [v[0] for v in versions] == [1, 2, 3] and SCHEMA_VERSION == 3
+        assert [c.state for c in await st.query(BTC, "1m")] == ["final"] * 5 + ["provisional"] * 3 + ["forming"]
+        assert [c.state for c in await st.query(ETH, "5m")] == ["final", "forming", "provisional", "provisional"]
+        assert [c.state for c in await st.query(ETH, "1m")] == ["provisional"] * 3
+        assert await st.provisional(BTC, "1m", T0, T0 + DAY) == [(T0 + 5 * M, T0 + 7 * M)]
+        assert len(await st.query(BTC, "1m", final_only=True)) == 5
+        # The migrated tables take writes on both paths, including partitions created after it.
+        for threshold in (10**9, 1):
+            monkeypatch.setattr(pgmod, "COPY_THRESHOLD", threshold)
+            await st.write([(BTC, "1m", state_candle(T0 + 6 * M, "final")),
+                            (BTC, "1m", state_candle(T0 + PARTITION_MS["1m"], "provisional"))])
+        assert await st.provisional(BTC, "1m", T0, T0 + 2 * PARTITION_MS["1m"]) == [
+            (T0 + 5 * M, T0 + 5 * M), (T0 + 7 * M, T0 + 7 * M), (T0 + PARTITION_MS["1m"], T0 + PARTITION_MS["1m"])]
+    finally:
+        await st.close()
+    again = await PostgresStore.open(PG_URL, schema=schema)  # reopening applies nothing twice
+    assert len(await again._pool.fetch(f"SELECT version FROM {schema}.schema_migrations")) == 3
+    await again.close()

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from deltafeed.model import BadInput, Candle
-from deltafeed.store.base import StoreUnavailable
+from deltafeed.model import BadInput, Candle, state_flags
+from deltafeed.store.base import StoreError, StoreUnavailable
 from deltafeed.store.hot import HotStore
 from deltafeed.store.redis_hot import RedisHot
 from redis_server import PrivateRedis, free_port
@@ -252,14 +252,14 @@ async def test_key_layout_and_updates_as_another_program_sees_them(make_hot: Mak
     inst_back, _, tf_back = key.removeprefix(f"{prefix}:candles:").rpartition(":")
     assert (inst_back, tf_back) == (BTC, "1m")
     assert await raw.hgetall(f"{prefix}:meta") == {
-        b"layout": b"1", b"member": b"open_time,open,high,low,close,volume,trades,closed"}
+        b"layout": b"1", b"member": b"open_time,open,high,low,close,volume,trades,closed,final"}
 
     members = await raw.zrange(key, 0, -1, withscores=True)
     assert [json.loads(m) for m, _ in members] == [
-        [T0, 100.5, 101.0, 99.5, 100.8, 13.0, 43, True],
-        [T0 + M, c2.open, c2.high, c2.low, c2.close, c2.volume, 3, False]]
+        [T0, 100.5, 101.0, 99.5, 100.8, 13.0, 43, True, False],
+        [T0 + M, c2.open, c2.high, c2.low, c2.close, c2.volume, 3, False, False]]
     assert [s for _, s in members] == [T0, T0 + M]
-    assert members[0][0] == b"[1700000040000,100.5,101.0,99.5,100.8,13.0,43,true]"
+    assert members[0][0] == b"[1700000040000,100.5,101.0,99.5,100.8,13.0,43,true,false]"
 
     got = []
     while len(got) < 3:
@@ -268,9 +268,9 @@ async def test_key_layout_and_updates_as_another_program_sees_them(make_hot: Mak
         assert msg["channel"] == f"{prefix}:updates:{BTC}:1m".encode()
         got.append(json.loads(msg["data"]))
     assert got == [
-        [T0, 100.5, 101.0, 99.5, 100.75, 12.5, 42, False],
-        [T0, 100.5, 101.0, 99.5, 100.8, 13.0, 43, True],
-        [T0 + M, c2.open, c2.high, c2.low, c2.close, c2.volume, 3, False]]
+        [T0, 100.5, 101.0, 99.5, 100.75, 12.5, 42, False, False],
+        [T0, 100.5, 101.0, 99.5, 100.8, 13.0, 43, True, False],
+        [T0 + M, c2.open, c2.high, c2.low, c2.close, c2.volume, 3, False, False]]
     assert await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1) is None
     await pubsub.aclose()
 
@@ -338,7 +338,7 @@ async def test_no_torn_reads(make_hot: MakeHot, raw: Redis, prefix: str) -> None
             at_score = await raw.zrangebyscore(key, T0, T0)
             assert len(at_score) == 1, at_score
             k = json.loads(at_score[0])[6]
-            assert json.loads(at_score[0]) == [T0, *version(k).row()[1:], False]
+            assert json.loads(at_score[0]) == [T0, *version(k).row()[1:], False, False]
             reads += 1
         return reads
 
@@ -568,3 +568,63 @@ if __name__ == "__main__":
     except ImportError:  # pragma: no cover
         pass
     asyncio.run(_measure(*sys.argv[1:2]))
+
+
+# -- candle states -------------------------------------------------------------------------------
+
+
+async def test_states_round_trip_and_provisional_becomes_final_in_place(make_hot: MakeHot, raw: Redis,
+                                                                        prefix: str) -> None:
+    pubsub = raw.pubsub()
+    await pubsub.subscribe(f"{prefix}:updates:{BTC}:1m")
+    assert (await pubsub.get_message(timeout=1))["type"] == "subscribe"
+    hot = await make_hot(retention=FOREVER)
+    key = f"{prefix}:candles:{BTC}:1m"
+    rows = [Candle(T0 + k * M, 1.0, 2.0, 0.5, 1.5, 3.0, 4, *state_flags(s))
+            for k, s in enumerate(("final", "provisional", "forming"))]
+    for c in rows:
+        hot.put(BTC, "1m", c)
+    await written(hot, 3)
+    back = await hot.last(BTC, "1m", 10)
+    assert back == rows and [c.state for c in back] == ["final", "provisional", "forming"]
+    assert await hot.range(BTC, "1m", T0, T0 + 2 * M) == rows
+    assert await raw.zrange(key, 1, 1) == [b"[1700000100000,1.0,2.0,0.5,1.5,3.0,4,true,false]"]
+    verified = Candle(T0 + M, 1.0, 2.0, 0.5, 1.5, 3.0, 4, True, True)  # the same values, now vouched for
+    hot.put(BTC, "1m", verified)
+    await written(hot, 4)
+    assert await raw.zcount(key, T0 + M, T0 + M) == 1 and await raw.zcard(key) == 3
+    assert [c.state for c in await hot.last(BTC, "1m", 10)] == ["final", "final", "forming"]
+    got = []
+    while len(got) < 4:
+        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
+        assert msg is not None, f"only {len(got)} updates published"
+        got.append(json.loads(msg["data"]))
+    assert [m[7:] for m in got] == [[True, True], [True, False], [False, False], [True, True]]
+    assert got[-1][0] == T0 + M  # a provisional candle that becomes final is published again
+    await pubsub.aclose()
+
+
+async def test_members_of_the_previous_layout_read_as_not_final(raw: Redis, prefix: str, make_hot: MakeHot) -> None:
+    """Members an older deltafeed wrote (8 fields, no ``final``) beside current ones; a write replaces them."""
+    key = f"{prefix}:candles:{ETH}:5m"
+    await raw.zadd(key, {"[1700000100000,1,2,0.5,1.5,10,4,true]": T0 + M,
+                         "[1700000400000,2,3,1,2,5,1,true,true]": T0 + 6 * M,
+                         "[1700000700000,2,3,1,2,5,1,false]": T0 + 11 * M})
+    hot = await make_hot(run=False)
+    old = await hot.last(ETH, "5m", 5)
+    assert old == [Candle(T0 + M, 1.0, 2.0, 0.5, 1.5, 10.0, 4, True, False),
+                   Candle(T0 + 6 * M, 2.0, 3.0, 1.0, 2.0, 5.0, 1, True, True),
+                   Candle(T0 + 11 * M, 2.0, 3.0, 1.0, 2.0, 5.0, 1, False, False)]
+    assert [c.state for c in old] == ["provisional", "final", "forming"]
+    assert await hot.last(ETH, "5m", 1) == old[-1:]
+    await raw.zadd(key, {"[1700001000000,2,3,1,2,5,1]": T0 + 16 * M})  # neither width: not a candle
+    with pytest.raises(StoreError, match="not a candle"):
+        await hot.last(ETH, "5m", 5)
+    await raw.zremrangebyscore(key, T0 + 16 * M, T0 + 16 * M)
+    task = asyncio.create_task(hot.run())
+    hot.put(ETH, "5m", Candle(T0 + M, 1.0, 2.0, 0.5, 1.5, 10.0, 4, True, True))
+    await written(hot, 1)
+    assert await raw.zrangebyscore(key, T0 + M, T0 + M) == [b"[1700000100000,1.0,2.0,0.5,1.5,10.0,4,true,true]"]
+    assert [c.state for c in await hot.last(ETH, "5m", 5)] == ["final", "final", "forming"]
+    await hot.close()
+    await task

@@ -47,10 +47,12 @@ def env() -> dict[str, str]:
     return e
 
 
-def record(rows: Sequence[Row]) -> bytes:
-    """One record built by hand from the documented format (not with the spool's own code)."""
+def record(rows: Sequence[Row], *, legacy: bool = False) -> bytes:
+    """One record built by hand from the documented format (not with the spool's own code); ``legacy``
+    writes rows as deltafeed did before candles had ``final`` (10 fields)."""
     payload = msgspec.msgpack.encode(
-        [[i, tf, c.open_time, c.open, c.high, c.low, c.close, c.volume, c.trades, c.closed] for i, tf, c in rows]
+        [[i, tf, c.open_time, c.open, c.high, c.low, c.close, c.volume, c.trades, c.closed,
+          *(() if legacy else (c.final,))] for i, tf, c in rows]
     )
     return struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
 
@@ -497,3 +499,47 @@ def test_writer_keeps_batches_in_memory_while_the_spool_disk_is_full(tmp_path: P
     assert out["after_pending"] == 0 and out["after_spooled"] == 300  # with space again, close spooled them
     with Spool(path) as s:
         assert (s.rows, s.torn) == (300, 0)
+
+
+# -- candle states ---------------------------------------------------------------------------------
+
+
+def test_states_round_trip_and_a_spool_from_before_final_replays_as_not_final(tmp_path: Path) -> None:
+    final = Candle(0, 1.0, 2.0, 0.5, 1.5, 3.0, 4, True, True)
+    provisional = Candle(M, 1.0, 2.0, 0.5, 1.5, 3.0, 4, True, False)
+    forming = Candle(2 * M, 1.0, 2.0, 0.5, 1.5, 3.0, 4, False, False)
+    rows: list[Row] = [(BTC, "1m", final), (BTC, "1m", provisional), (BTC, "1m", forming)]
+    path = tmp_path / "s.spool"
+    with Spool(path) as s:
+        s.append(rows)
+    assert path.read_bytes() == b"DFSPOOL\x01" + record(rows)
+    with Spool(path) as s:
+        back = s.peek()
+        assert back == rows and [c.state for _, _, c in back or []] == ["final", "provisional", "forming"]
+
+    # A spool an older deltafeed left behind (rows of 10 fields), then a record of this version after it.
+    old = tmp_path / "old.spool"
+    old.write_bytes(b"DFSPOOL\x01" + record(rows, legacy=True))
+    with Spool(old) as s:
+        assert (s.batches, s.rows, s.torn) == (1, 3, 0)
+        s.append([(ETH, "5m", final)])
+        legacy = s.peek()
+        assert [c.state for _, _, c in legacy or []] == ["provisional", "provisional", "forming"]
+        assert legacy == [(i, tf, Candle(*msgspec.structs.astuple(c)[:8])) for i, tf, c in rows]
+        s.commit()
+        assert s.peek() == [(ETH, "5m", final)]
+        s.commit()
+
+
+async def test_replay_of_a_legacy_spool_writes_provisional_candles(tmp_path: Path) -> None:
+    """A legacy spool's closed candles reach the store as provisional (not final): nothing vouched
+    for them, so a start-up repair may fetch them again; a later final write wins as usual."""
+    db, spool = tmp_path / "c.duckdb", tmp_path / "c.spool"
+    spool.write_bytes(b"DFSPOOL\x01" + record(batch(3), legacy=True))
+    cold = DuckDBTier(ColdStore(db))
+    writer = BatchWriter(cold, spool=Spool(spool))
+    await writer.flush(retry_for_s=5.0)
+    assert [c.state for c in await cold.query(BTC, "1m")] == ["provisional"] * 3
+    assert await cold.provisional(BTC, "1m", 0, 10 * M) == [(0, 2 * M)]
+    await writer.close()
+    await cold.close()

@@ -16,9 +16,10 @@ from typing import Any
 import duckdb
 import pytest
 
-from deltafeed.model import BadInput, Candle, Switch
+from deltafeed.model import BadInput, Candle, Switch, state_flags
 from deltafeed.store.cold import SCHEMA_VERSION, ColdStore, DuckDBTier, StoreBusy, StoreError
 from deltafeed.store.hot import HotStore
+from deltafeed.store.reader import read_candles
 from deltafeed.store.retention import DEFAULT_RETENTION_MS, parse_retention
 from deltafeed.store.writer import BacklogFull, BatchWriter
 
@@ -674,3 +675,155 @@ def test_final_marks_round_trip_and_a_version_1_file_is_migrated(tmp_path: Path)
     assert cold.switches("fx:EUR_USD", None, 125_000) == [a]
     assert a.spanning(60_000) == 120_000 and a.spanning(300_000) == 0
     cold.close()
+
+
+# -- candle states: forming, provisional, final -----------------------------------------------------
+
+
+def state_candle(t: int, state: str, close: float = 100.0) -> Candle:
+    closed, final = state_flags(state)
+    return Candle(t, close - 1, close + 1, close - 2, close, 1.0, 3, closed, final)
+
+
+def test_hot_copies_keep_the_state() -> None:
+    hot = HotStore(capacity=10)
+    for k, state in enumerate(("final", "provisional", "forming")):
+        hot.put(BTC, "1m", state_candle(k * M, state))
+    assert [c.state for c in hot.last(BTC, "1m", 10)] == ["final", "provisional", "forming"]
+    hot.put(BTC, "1m", state_candle(M, "final", close=5.0))  # a provisional candle made final, in place
+    assert [(c.state, c.close) for c in hot.last(BTC, "1m", 10)][1] == ("final", 5.0)
+
+
+def test_cold_keeps_the_state_and_an_upsert_makes_a_candle_final(tmp_path: Path) -> None:
+    cold = ColdStore(tmp_path / "s.duckdb")
+    rows = [state_candle(k * M, s) for k, s in enumerate(("final", "provisional", "provisional", "final", "forming"))]
+    cold.write([(BTC, "1m", c) for c in rows])
+    back = cold.query(BTC, "1m")
+    assert back == rows and [c.state for c in back] == ["final", "provisional", "provisional", "final", "forming"]
+    assert [type(c.final) for c in back] == [bool] * 5
+    cold.write([(BTC, "1m", state_candle(M, "final", close=7.0))])  # verified (and corrected)
+    assert [c.state for c in cold.query(BTC, "1m")] == ["final", "final", "provisional", "final", "forming"]
+    assert cold.query(BTC, "1m", M, M) == [state_candle(M, "final", close=7.0)]
+    cold.close()
+    reader = ColdStore.open_reader(tmp_path / "s.duckdb")  # what another process reads
+    assert [c.state for c in reader.query(BTC, "1m")] == ["final", "final", "provisional", "final", "forming"]
+    reader.close()
+
+
+def test_cold_final_only_queries_and_provisional_runs(tmp_path: Path) -> None:
+    cold = ColdStore(tmp_path / "p.duckdb")
+    # minutes: 0-1 final, 2-3 provisional, 4 final, 5 provisional, (6-7 missing), 8 provisional, 9 final,
+    # 10-11 provisional, 12 forming; another series and timeframe around them
+    states = {0: "final", 1: "final", 2: "provisional", 3: "provisional", 4: "final", 5: "provisional",
+              8: "provisional", 9: "final", 10: "provisional", 11: "provisional", 12: "forming"}
+    cold.write([(BTC, "1m", state_candle(k * M, s)) for k, s in states.items()])
+    cold.write([(ETH, "1m", state_candle(k * M, "provisional")) for k in range(20)])
+    cold.write([(BTC, "5m", state_candle(k * 5 * M, "provisional")) for k in range(3)])
+    finals = [k for k, s in states.items() if s == "final"]
+    assert [c.open_time // M for c in cold.query(BTC, "1m", final_only=True)] == finals
+    assert [c.open_time // M for c in cold.query(BTC, "1m", last=2, final_only=True)] == [4, 9]
+    assert [c.open_time // M for c in cold.query(BTC, "1m", until_ms=8 * M, last=2, final_only=True)] == [1, 4]
+    assert [c.open_time // M for c in cold.query(BTC, "1m", 2 * M, 8 * M, final_only=True)] == [4]
+    assert cold.query(ETH, "1m", final_only=True) == []
+    runs = cold.provisional(BTC, "1m", 0, 100 * M)
+    assert runs == [(2 * M, 3 * M), (5 * M, 8 * M), (10 * M, 11 * M)]  # the hole 6-7 does not split 5..8
+    assert cold.provisional(BTC, "1m", 3 * M, 10 * M) == [(3 * M, 3 * M), (5 * M, 8 * M), (10 * M, 10 * M)]
+    assert cold.provisional(BTC, "1m", 12 * M, 100 * M) == []
+    assert cold.provisional(ETH, "1m", 0, 100 * M) == [(0, 19 * M)]
+    assert cold.provisional(BTC, "5m", 0, 100 * M) == [(0, 10 * M)]
+    assert cold.provisional("binance:NONE", "1m", 0, 100 * M) == []
+    cold.close()
+
+
+def _old_file(path: Path, version: int) -> None:
+    """A DuckDB file with the layout of schema ``version`` (1 to 3): candles without ``final``."""
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE candles (instrument VARCHAR NOT NULL, timeframe VARCHAR NOT NULL, open_time BIGINT"
+                " NOT NULL, open DOUBLE, high DOUBLE, low DOUBLE, close DOUBLE, volume DOUBLE, trades BIGINT,"
+                " closed BOOLEAN, PRIMARY KEY (instrument, timeframe, open_time))")
+    con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL, applied_ms BIGINT NOT NULL)")
+    con.execute("INSERT INTO schema_version VALUES (?, 0)", [version])
+    if version >= 2:
+        con.execute("CREATE TABLE final_marks (instrument VARCHAR NOT NULL, timeframe VARCHAR NOT NULL,"
+                    " final_until BIGINT NOT NULL, PRIMARY KEY (instrument, timeframe))")
+        con.execute("INSERT INTO final_marks VALUES (?, '1m', ?), (?, '5m', ?)", [BTC, 5 * M, ETH, 10 * M])
+    if version >= 3:
+        con.execute("CREATE TABLE switches (instrument VARCHAR NOT NULL, since_ms BIGINT NOT NULL, at_ms BIGINT"
+                    " NOT NULL, source_from VARCHAR NOT NULL, source_to VARCHAR NOT NULL,"
+                    " PRIMARY KEY (instrument, since_ms))")
+    # BTC 1m: 0-7 closed, 8 open; ETH 5m: 0, 5, 10, 15 closed, and one still open before the mark;
+    # ETH 1m has no mark at all
+    for k in range(9):
+        con.execute("INSERT INTO candles VALUES (?, '1m', ?, 1, 2, 0.5, 1.5, 3, 4, ?)", [BTC, k * M, k < 8])
+    for k, closed in ((0, True), (1, False), (2, True), (3, True)):
+        con.execute("INSERT INTO candles VALUES (?, '5m', ?, 1, 2, 0.5, 1.5, 3, 4, ?)", [ETH, k * 5 * M, closed])
+    for k in range(3):
+        con.execute("INSERT INTO candles VALUES (?, '1m', ?, 1, 2, 0.5, 1.5, 3, 4, true)", [ETH, k * M])
+    con.close()
+
+
+@pytest.mark.parametrize("version", [3, 1])
+def test_an_older_file_is_migrated_final_behind_the_mark_provisional_after(tmp_path: Path, version: int) -> None:
+    path = tmp_path / f"v{version}.duckdb"
+    _old_file(path, version)
+    with pytest.raises(BadInput, match="older layout"):
+        ColdStore.open_reader(path)  # a reader never migrates
+    cold = ColdStore(path)
+    btc = [c.state for c in cold.query(BTC, "1m")]
+    eth5 = [c.state for c in cold.query(ETH, "5m")]
+    if version >= 2:
+        assert btc == ["final"] * 5 + ["provisional"] * 3 + ["forming"]
+        assert eth5 == ["final", "forming", "provisional", "provisional"]
+        assert cold.provisional(BTC, "1m", 0, DAY) == [(5 * M, 7 * M)]
+    else:  # no final marks yet: nothing was vouched for
+        assert btc == ["provisional"] * 8 + ["forming"]
+    assert [c.state for c in cold.query(ETH, "1m")] == ["provisional"] * 3
+    cold.write([(BTC, "1m", state_candle(6 * M, "final"))])  # a repair after the upgrade
+    assert cold.provisional(BTC, "1m", 0, DAY) == ([(5 * M, 5 * M), (7 * M, 7 * M)] if version >= 2
+                                                   else [(0, 5 * M), (7 * M, 7 * M)])
+    cold.close()
+    con = duckdb.connect(str(path), read_only=True)
+    assert con.execute("SELECT max(version) FROM schema_version").fetchall() == [(SCHEMA_VERSION,)] == [(4,)]
+    con.close()
+    reader = ColdStore.open_reader(path)
+    assert len(reader.query(BTC, "1m", final_only=True)) == (6 if version >= 2 else 1)
+    reader.close()
+
+
+class _Ring:
+    """A memory hot tier for :func:`read_candles`."""
+
+    def __init__(self, candles: list[Candle]) -> None:
+        self.hot = HotStore(capacity=len(candles))
+        for c in candles:
+            self.hot.put(BTC, "1m", c)
+
+    async def last(self, instrument: str, timeframe: str, n: int) -> list[Candle]:
+        return self.hot.last(instrument, timeframe, n)
+
+    async def range(self, instrument: str, timeframe: str, since_ms: int, until_ms: int) -> list[Candle] | None:
+        return self.hot.range(instrument, timeframe, since_ms, until_ms)
+
+
+async def test_read_candles_final_only_across_hot_and_cold(tmp_path: Path) -> None:
+    def state(k: int) -> str:
+        return "forming" if k == 29 else "provisional" if k % 3 == 0 else "final"
+
+    every = [state_candle(k * M, state(k)) for k in range(30)]
+    cold = DuckDBTier(ColdStore(tmp_path / "r.duckdb"))
+    await cold.write([(BTC, "1m", c) for c in every[:25]])
+    hot = _Ring(every[20:])  # the hot tier holds 20..29 (20-24 both)
+    finals = [c for c in every if c.final]
+
+    async def read(**kw: Any) -> list[int]:
+        return [c.open_time // M for c in await read_candles(hot, cold, BTC, "1m", final_only=True, **kw)]
+
+    assert await read() == [c.open_time // M for c in finals]
+    assert await read(limit=3) == [25, 26, 28]  # from the hot tier alone
+    assert await read(limit=8) == [16, 17, 19, 20, 22, 23, 25, 26, 28][-8:]  # across the boundary
+    assert await read(since_ms=21 * M) == [22, 23, 25, 26, 28]  # the hot tier covers the range
+    assert await read(since_ms=10 * M, until_ms=20 * M) == [10, 11, 13, 14, 16, 17, 19, 20]
+    assert await read(until_ms=5 * M, limit=2) == [4, 5]
+    plain = await read_candles(hot, cold, BTC, "1m", limit=3)
+    assert [c.state for c in plain] == ["provisional", "final", "forming"]
+    await cold.close()

@@ -883,17 +883,21 @@ class Engine:
         return [found[k] for k in sorted(found)]
 
     async def candles(self, instrument: str, timeframe: str, since_ms: int | None = None,
-                      until_ms: int | None = None, limit: int | None = None) -> list[Candle]:
+                      until_ms: int | None = None, limit: int | None = None, *,
+                      final_only: bool = False) -> list[Candle]:
         """Candles of a series, oldest first, the forming one included: from the hot tier as far
         as it reaches, older ones from the cold store (see :func:`read_candles`). ``limit`` keeps
-        the newest ``limit``."""
+        the newest ``limit``. ``final_only`` keeps only final candles (``limit`` counts those)."""
         hi = until_ms if until_ms is not None else 2**62
         if self.writer.pending:
             # Candles older than the hot tier may still be on their way to the cold tier (a deep
             # bootstrap); a store that is down answers without them rather than making us wait.
             with contextlib.suppress(StoreError):
                 await self.writer.flush(retry_for_s=0.0)
-        rows = await read_candles(MemoryHot(self.hot), self.cold, instrument, timeframe, since_ms, until_ms, limit)
+        rows = await read_candles(MemoryHot(self.hot), self.cold, instrument, timeframe, since_ms, until_ms, limit,
+                                  final_only=final_only)
+        if final_only:
+            return rows  # the builder's live candle is forming: never final
         st = self.states.get(instrument)
         live = st.open_candle(timeframe) if st is not None else None
         if live is not None and (since_ms is None or since_ms <= live.open_time) and live.open_time <= hi:

@@ -50,9 +50,18 @@ class ColdTier(Protocol):
         ...
 
     async def query(self, instrument: str, timeframe: str, since_ms: int | None = None,
-                    until_ms: int | None = None, last: int | None = None) -> list[Candle]:
+                    until_ms: int | None = None, last: int | None = None, *,
+                    final_only: bool = False) -> list[Candle]:
         """Candles with ``since_ms <= open_time <= until_ms`` (bounds optional), oldest first; with
-        ``last``, only the newest ``last`` of them (still oldest first)."""
+        ``last``, only the newest ``last`` of them (still oldest first). With ``final_only``, only
+        final candles (``last`` then means the newest ``last`` final ones)."""
+        ...
+
+    async def provisional(self, instrument: str, timeframe: str, since_ms: int,
+                          until_ms: int) -> list[tuple[int, int]]:
+        """Runs of provisional candles (closed but not final) with ``since_ms <= open_time <=
+        until_ms``: (first open_time, last open_time) of each run of consecutive stored candles that
+        are all provisional (a final or forming candle ends a run; a hole does not), in order."""
         ...
 
     async def last_closed(self, instrument: str, timeframe: str) -> Candle | None:
@@ -110,7 +119,12 @@ class Unopened:
         raise self._fail()
 
     async def query(self, instrument: str, timeframe: str, since_ms: int | None = None,
-                    until_ms: int | None = None, last: int | None = None) -> list[Candle]:
+                    until_ms: int | None = None, last: int | None = None, *,
+                    final_only: bool = False) -> list[Candle]:
+        raise self._fail()
+
+    async def provisional(self, instrument: str, timeframe: str, since_ms: int,
+                          until_ms: int) -> list[tuple[int, int]]:
         raise self._fail()
 
     async def last_closed(self, instrument: str, timeframe: str) -> Candle | None:

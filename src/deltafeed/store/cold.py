@@ -36,7 +36,7 @@ from deltafeed.store.retention import DEFAULT_RETENTION_MS
 
 #: Version of the table layout this code writes. Bump it and add a step to ``_MIGRATIONS`` when the
 #: layout changes; a file with a newer version is refused rather than misread.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Name under which the file is attached to the store's private in-memory DuckDB instance.
 _DB = "deltafeed_cold"
@@ -53,6 +53,7 @@ _CREATE: tuple[str, ...] = (
         volume DOUBLE,
         trades BIGINT,
         closed BOOLEAN,
+        final BOOLEAN NOT NULL DEFAULT false,
         PRIMARY KEY (instrument, timeframe, open_time)
     )""",
     f"CREATE TABLE {_DB}.schema_version (version INTEGER NOT NULL, applied_ms BIGINT NOT NULL)",
@@ -75,12 +76,20 @@ _CREATE_SWITCHES = f"""CREATE TABLE {_DB}.switches (
         PRIMARY KEY (instrument, since_ms)
     )"""
 _CREATE = (*_CREATE, _CREATE_MARKS, _CREATE_SWITCHES)
+# Version 4: ``final`` (deltafeed vouches for the candle; see ``model.Candle``). Candles stored before
+# it existed are final when closed and behind their series' final mark, provisional otherwise.
+_ADD_FINAL = (
+    f"ALTER TABLE {_DB}.candles ADD COLUMN final BOOLEAN NOT NULL DEFAULT false",
+    f"""UPDATE {_DB}.candles AS c SET final = true FROM {_DB}.final_marks AS m
+        WHERE m.instrument = c.instrument AND m.timeframe = c.timeframe AND c.closed
+          AND c.open_time < m.final_until""",
+)
 
 #: ``_MIGRATIONS[v]`` lists the statements that take a file from version ``v - 1`` to ``v`` (tables
 #: qualified with ``_DB``).
-_MIGRATIONS: dict[int, tuple[str, ...]] = {2: (_CREATE_MARKS,), 3: (_CREATE_SWITCHES,)}
+_MIGRATIONS: dict[int, tuple[str, ...]] = {2: (_CREATE_MARKS,), 3: (_CREATE_SWITCHES,), 4: _ADD_FINAL}
 
-_CANDLE_COLS = "open_time, open, high, low, close, volume, trades, closed"
+_CANDLE_COLS = "open_time, open, high, low, close, volume, trades, closed, final"
 _ALL_COLS = f"instrument, timeframe, {_CANDLE_COLS}"
 #: Candle's fields in declaration order (as ``astuple`` yields them) with their numpy types.
 _CANDLE_DTYPES: tuple[tuple[str, type[Any]], ...] = (
@@ -92,12 +101,22 @@ _CANDLE_DTYPES: tuple[tuple[str, type[Any]], ...] = (
     ("volume", np.float64),
     ("trades", np.int64),
     ("closed", np.bool_),
+    ("final", np.bool_),
 )
-if tuple(c for c, _ in _CANDLE_DTYPES) != Candle.__struct_fields__[:8]:  # pragma: no cover - a guard for editors
+if tuple(c for c, _ in _CANDLE_DTYPES) != Candle.__struct_fields__:  # pragma: no cover - a guard for editors
     raise RuntimeError(
         "Candle's fields changed; update _CANDLE_DTYPES and the candles table in store/cold.py"
         " (with a schema migration)"
     )
+# Gaps and islands: among a series' candles in open-time order, a run of provisional ones keeps the
+# difference between its row number in the series and its row number among the provisional ones.
+_PROVISIONAL = f"""SELECT min(open_time), max(open_time) FROM (
+        SELECT open_time, closed AND NOT final AS prov,
+               row_number() OVER (ORDER BY open_time)
+               - row_number() OVER (PARTITION BY closed AND NOT final ORDER BY open_time) AS run
+        FROM {_DB}.candles
+        WHERE instrument = ? AND timeframe = ? AND open_time BETWEEN ? AND ?) AS s
+    WHERE prov GROUP BY run ORDER BY 1"""
 _UPSERT = f"INSERT OR REPLACE INTO {_DB}.candles ({_ALL_COLS}) SELECT {_ALL_COLS} FROM "
 
 _PID_RE = re.compile(r"\(PID (\d+)\)")
@@ -380,7 +399,7 @@ class ColdStore:
         batch: Sequence[tuple[str, str, Candle]] = rows if len(latest) == len(rows) else list(latest.values())
         # Column arrays for DuckDB's numpy scan: the fastest bulk path measured (bench/store.py),
         # ahead of the upsert appender, unnest() of list parameters and executemany (~500 rows/s).
-        fields = list(zip(*[astuple(r[2])[:8] for r in batch], strict=True))
+        fields = list(zip(*[astuple(r[2]) for r in batch], strict=True))
         columns: dict[str, Any] = {
             "instrument": np.array([r[0] for r in batch], dtype=object),
             "timeframe": np.array([r[1] for r in batch], dtype=object),
@@ -485,6 +504,15 @@ class ColdStore:
             ).fetchall()
         return gaps_from_rows(rows, tf_ms)
 
+    def provisional(self, instrument: str, timeframe: str, since_ms: int, until_ms: int) -> list[tuple[int, int]]:
+        """Runs of provisional candles (closed, not final) with open times in [since_ms, until_ms]:
+        (first open_time, last open_time) of each stretch of stored candles, in order, that holds no
+        final or forming candle in between (a hole between stored candles does not split a run)."""
+        with self._connection() as con:
+            self._check_schema(con)
+            rows = con.execute(_PROVISIONAL, [instrument, timeframe, since_ms, until_ms]).fetchall()
+        return [(int(a), int(b)) for a, b in rows]
+
     def last_closed(self, instrument: str, timeframe: str) -> Candle | None:
         """The newest candle marked closed, e.g. to know where a backfill must resume."""
         with self._connection() as con:
@@ -502,14 +530,19 @@ class ColdStore:
         since_ms: int | None = None,
         until_ms: int | None = None,
         last: int | None = None,
+        *,
+        final_only: bool = False,
     ) -> list[Candle]:
         """Candles with ``since_ms <= open_time <= until_ms`` (either bound optional), oldest first.
 
-        With ``last``, only the newest ``last`` candles of that range, still oldest first.
+        With ``last``, only the newest ``last`` candles of that range, still oldest first. With
+        ``final_only``, only the final candles (``last`` then counts final ones).
         """
         if last is not None and last <= 0:
             return []
         sql = f"SELECT {_CANDLE_COLS} FROM {_DB}.candles WHERE instrument = ? AND timeframe = ?"
+        if final_only:
+            sql += " AND final"
         params: list[object] = [instrument, timeframe]
         if since_ms is not None:
             sql += " AND open_time >= ?"
@@ -582,8 +615,14 @@ class DuckDBTier:
         await asyncio.to_thread(self.store.write, rows)
 
     async def query(self, instrument: str, timeframe: str, since_ms: int | None = None,
-                    until_ms: int | None = None, last: int | None = None) -> list[Candle]:
-        return await asyncio.to_thread(self.store.query, instrument, timeframe, since_ms, until_ms, last)
+                    until_ms: int | None = None, last: int | None = None, *,
+                    final_only: bool = False) -> list[Candle]:
+        return await asyncio.to_thread(self.store.query, instrument, timeframe, since_ms, until_ms, last,
+                                       final_only=final_only)
+
+    async def provisional(self, instrument: str, timeframe: str, since_ms: int,
+                          until_ms: int) -> list[tuple[int, int]]:
+        return await asyncio.to_thread(self.store.provisional, instrument, timeframe, since_ms, until_ms)
 
     async def last_closed(self, instrument: str, timeframe: str) -> Candle | None:
         return await asyncio.to_thread(self.store.last_closed, instrument, timeframe)

@@ -9,7 +9,10 @@ queried directly::
         open_time    bigint            candle start, epoch milliseconds (UTC)
         open, high, low, close, volume   double precision
         trades       bigint
-        closed       boolean           false while the candle may still change
+        closed       boolean           true once its interval is over
+        final        boolean           deltafeed vouches for it (implies closed); closed and not final
+                                       is provisional (migration 3; earlier candles are final when
+                                       closed and behind their series' final mark)
         PRIMARY KEY (instrument, open_time)
     <schema>.final_marks         (instrument, timeframe, final_until bigint): before final_until every
                                  stored candle of that series is final
@@ -78,12 +81,13 @@ if set(PARTITION_MS) != set(TIMEFRAMES):  # pragma: no cover - a guard for edito
 #: less up to about 1-2k rows (no staging round trips), COPY wins above that.
 COPY_THRESHOLD = 2000
 
-_CANDLE_COLS = ("open_time", "open", "high", "low", "close", "volume", "trades", "closed")
-if Candle.__struct_fields__[:8] != _CANDLE_COLS:  # pragma: no cover - a guard for editors
+_CANDLE_COLS = ("open_time", "open", "high", "low", "close", "volume", "trades", "closed", "final")
+if Candle.__struct_fields__ != _CANDLE_COLS:  # pragma: no cover - a guard for editors
     raise RuntimeError("Candle's fields changed; update _CANDLE_COLS, the tables and a migration in store/postgres.py")
 _COLS = ("instrument", *_CANDLE_COLS)
 _SELECT = ", ".join(_CANDLE_COLS)
-_COLUMN_DDL = """instrument text NOT NULL,
+#: The candle tables' columns as migration 1 created them (``final`` came with migration 3).
+_V1_COLUMN_DDL = """instrument text NOT NULL,
         open_time bigint NOT NULL,
         open double precision NOT NULL,
         high double precision NOT NULL,
@@ -92,9 +96,12 @@ _COLUMN_DDL = """instrument text NOT NULL,
         volume double precision NOT NULL,
         trades bigint NOT NULL,
         closed boolean NOT NULL"""
+#: The candle tables' columns now (the staging table of COPY writes has them too).
+_COLUMN_DDL = _V1_COLUMN_DDL + """,
+        final boolean NOT NULL DEFAULT false"""
 _UNNEST = (
     "unnest($1::text[], $2::bigint[], $3::float8[], $4::float8[], $5::float8[], $6::float8[], $7::float8[],"
-    " $8::bigint[], $9::bool[])"
+    " $8::bigint[], $9::bool[], $10::bool[])"
 )
 # Rewriting an unchanged row would only leave a dead tuple behind (a replayed spool rewrites thousands).
 _ON_CONFLICT = (
@@ -120,8 +127,9 @@ _COPY_ROW = np.dtype([
     ("len5", ">i4"), ("volume", ">f8"),
     ("len6", ">i4"), ("trades", ">i8"),
     ("len7", ">i4"), ("closed", "?"),
+    ("len8", ">i4"), ("final", "?"),
 ])
-_COPY_LENGTHS = (8, 8, 8, 8, 8, 8, 8, 1)
+_COPY_LENGTHS = (8, 8, 8, 8, 8, 8, 8, 1, 1)
 _COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 
 # Lower-case only, so the name never needs quoting and means the same to psql users; pg_* is reserved.
@@ -257,7 +265,7 @@ async def _v1_initial(con: Any, layout: Layout) -> None:
     partitioned = "" if layout.timescale else " PARTITION BY RANGE (open_time)"
     for tf in TIMEFRAMES:
         await con.execute(
-            f"CREATE TABLE {_table(s, tf)} ({_COLUMN_DDL}, PRIMARY KEY (instrument, open_time)){partitioned}"
+            f"CREATE TABLE {_table(s, tf)} ({_V1_COLUMN_DDL}, PRIMARY KEY (instrument, open_time)){partitioned}"
         )
     await con.execute(
         f"""CREATE TABLE {s}.final_marks (
@@ -268,6 +276,20 @@ async def _v1_initial(con: Any, layout: Layout) -> None:
     )
     if layout.timescale:
         await _timescale_create(con, layout)
+
+
+async def _v3_final(con: Any, layout: Layout) -> None:
+    """``final`` on every candle table: true for the closed candles behind their series' final mark
+    (what deltafeed vouched for so far), false for the rest (provisional, or forming)."""
+    for tf in TIMEFRAMES:
+        table = _table(layout.schema, tf)
+        # A constant default: PostgreSQL 11+ adds the column without rewriting the table.
+        await con.execute(f"ALTER TABLE {table} ADD COLUMN final boolean NOT NULL DEFAULT false")
+        await con.execute(
+            f"UPDATE {table} AS c SET final = true FROM {layout.schema}.final_marks AS m"
+            " WHERE m.instrument = c.instrument AND m.timeframe = $1 AND c.closed AND c.open_time < m.final_until",
+            tf,
+        )
 
 
 #: The layout's history, oldest first; versions count up from 1. Append a step (for instance with
@@ -283,6 +305,8 @@ MIGRATIONS: tuple[Migration, ...] = (
                       source_from text NOT NULL,
                       source_to text NOT NULL,
                       PRIMARY KEY (instrument, since_ms))"""),
+    Migration(3, "final on candles_<tf>: closed candles behind the final mark are final, the rest provisional",
+              _v3_final),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 if [m.version for m in MIGRATIONS] != list(range(1, len(MIGRATIONS) + 1)):  # pragma: no cover
@@ -481,7 +505,7 @@ class PostgresStore:
                             + _ON_CONFLICT for tf in TIMEFRAMES}
         self._stage_sql = {tf: f"INSERT INTO {_table(schema, tf)} AS c ({', '.join(_COLS)}) SELECT * FROM {_STAGE} "
                            + _ON_CONFLICT for tf in TIMEFRAMES}
-        self._query_sql: dict[tuple[str, bool, bool, bool], str] = {}
+        self._query_sql: dict[tuple[str, bool, bool, bool, bool], str] = {}
 
     @classmethod
     async def open(cls, url: str, retention: dict[str, int | None] | None = None, *, schema: str = "deltafeed",
@@ -667,7 +691,7 @@ class PostgresStore:
         batches: list[tuple[str, list[str], list[tuple[Any, ...]]]] = []
         needed: dict[str, set[int]] = {}
         for tf, group in groups.items():
-            fields = list(zip(*[astuple(r[2])[:8] for r in group], strict=True))
+            fields = list(zip(*[astuple(r[2]) for r in group], strict=True))
             batches.append((tf, [r[0] for r in group], fields))
             width = PARTITION_MS[tf]
             needed[tf] = {t - t % width for t in fields[0]}
@@ -758,9 +782,11 @@ class PostgresStore:
     # -- reads ----------------------------------------------------------------------------------
 
     async def query(self, instrument: str, timeframe: str, since_ms: int | None = None,
-                    until_ms: int | None = None, last: int | None = None) -> list[Candle]:
+                    until_ms: int | None = None, last: int | None = None, *,
+                    final_only: bool = False) -> list[Candle]:
         """Candles with ``since_ms <= open_time <= until_ms`` (bounds optional), oldest first; with
-        ``last``, only the newest ``last`` of them (still oldest first).
+        ``last``, only the newest ``last`` of them (still oldest first). With ``final_only``, only
+        final candles (``last`` then counts final ones).
 
         Up to :data:`COPY_READ_ROWS` candles come from a prepared query as asyncpg records (~1 ms for
         1000). A read that may be larger comes as a binary ``COPY (SELECT ...)`` decoded with numpy while
@@ -777,8 +803,10 @@ class PostgresStore:
             span = max(0, (until_ms - since_ms) // TIMEFRAMES[timeframe] + 1)  # candles are aligned to their tf
             most = span if most is None else min(most, span)
         if most is not None and most <= COPY_READ_ROWS:
-            return await self._query_records(instrument, timeframe, since_ms, until_ms, last)
+            return await self._query_records(instrument, timeframe, since_ms, until_ms, last, final_only)
         conds = [f"instrument = {_literal(instrument)}"]
+        if final_only:
+            conds.append("final")
         if since_ms is not None:
             conds.append(f"open_time >= {int(since_ms):d}")
         if until_ms is not None:
@@ -801,11 +829,13 @@ class PostgresStore:
         return candles
 
     async def _query_records(self, instrument: str, timeframe: str, since_ms: int | None, until_ms: int | None,
-                             last: int | None) -> list[Candle]:
-        key = (timeframe, since_ms is not None, until_ms is not None, last is not None)
+                             last: int | None, final_only: bool) -> list[Candle]:
+        key = (timeframe, since_ms is not None, until_ms is not None, last is not None, final_only)
         sql = self._query_sql.get(key)
         if sql is None:
             sql = f"SELECT {_SELECT} FROM {_table(self.schema, timeframe)} WHERE instrument = $1"
+            if final_only:
+                sql += " AND final"
             n = 1
             for present, cond in ((key[1], "open_time >= "), (key[2], "open_time <= ")):
                 if present:
@@ -825,6 +855,25 @@ class PostgresStore:
                " ORDER BY open_time DESC LIMIT 1")
         row = await self._call("last_closed", lambda: self._pool.fetchrow(sql, instrument))
         return None if row is None else Candle(*row)
+
+    async def provisional(self, instrument: str, timeframe: str, since_ms: int,
+                          until_ms: int) -> list[tuple[int, int]]:
+        """Runs of provisional candles (closed, not final) in [since_ms, until_ms], exactly as the DuckDB
+        tier computes them: (first, last) open times of each stretch of stored candles holding no final
+        or forming candle, in order."""
+        if timeframe not in TIMEFRAMES:
+            return []
+        # Gaps and islands: a run of provisional candles keeps the difference between its row numbers
+        # in the series and among the provisional candles.
+        sql = f"""SELECT min(open_time), max(open_time) FROM (
+                    SELECT open_time, closed AND NOT final AS prov,
+                           row_number() OVER (ORDER BY open_time)
+                           - row_number() OVER (PARTITION BY closed AND NOT final ORDER BY open_time) AS run
+                    FROM {_table(self.schema, timeframe)}
+                    WHERE instrument = $1 AND open_time BETWEEN $2 AND $3) s
+                  WHERE prov GROUP BY run ORDER BY 1"""
+        rows = await self._call("provisional", lambda: self._pool.fetch(sql, instrument, since_ms, until_ms))
+        return [(int(a), int(b)) for a, b in rows]
 
     async def find_gaps(self, instrument: str, timeframe: str, tf_ms: int, since_ms: int,
                         until_ms: int) -> list[tuple[int, int]]:

@@ -12,7 +12,8 @@ File format (``PATH``, little-endian)::
     record   4 bytes   payload length n (unsigned, > 0)
              4 bytes   CRC-32 (zlib) of the payload
              n bytes   payload: a msgpack array of rows, each the array
-                       [instrument, timeframe, open_time, open, high, low, close, volume, trades, closed]
+                       [instrument, timeframe, open_time, open, high, low, close, volume, trades, closed, final]
+                       (rows written before ``final`` existed end at ``closed`` and replay as not final)
     record   ...
 
 An empty file is an empty spool; records are only ever appended, each written and fsync'ed before
@@ -55,31 +56,52 @@ from deltafeed.store.base import Row, StoreError
 
 log = logging.getLogger("deltafeed.spool")
 
-#: File header: magic and format version. Bump the version when the record or row layout changes,
-#: so an old spool is refused with a clear message instead of misread.
+#: File header: magic and format version. Bump the version when the record or row layout changes
+#: in a way older rows cannot be read with, so an old spool is refused with a clear message instead
+#: of misread. (Appending a row field with a default, as ``final`` was, needs no bump: older rows
+#: simply lack it.)
 MAGIC = b"DFSPOOL\x01"
 _RECORD = struct.Struct("<II")  # payload length, CRC-32 of the payload
 #: Largest payload accepted (far above a writer batch: 100,000 rows are ~10 MB); keeps every length
 #: readable by one pread and rejects absurd lengths early.
 MAX_PAYLOAD = 1 << 30
 
-_SpoolRow = tuple[str, str, int, float, float, float, float, float, int, bool]
+
+
+class _SpoolRow(msgspec.Struct, array_like=True, gc=False):
+    """One row as stored; ``final`` is absent from rows written before it existed (read as False)."""
+
+    instrument: str
+    timeframe: str
+    open_time: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    trades: int
+    closed: bool
+    final: bool = False
+
+
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(list[_SpoolRow])
-if Candle.__struct_fields__[:8] != ("open_time", "open", "high", "low", "close", "volume", "trades", "closed"):
+if _SpoolRow.__struct_fields__[2:] != Candle.__struct_fields__:
     raise RuntimeError(  # pragma: no cover - a guard for editors
-        "Candle's fields changed; update _SpoolRow and bump the version byte of MAGIC in store/spool.py"
+        "Candle's fields changed; update _SpoolRow (a new field last, with a default, keeps old spools"
+        " readable; anything else needs a new version byte in MAGIC) in store/spool.py"
     )
 
 
 def encode_rows(rows: Sequence[Row]) -> bytes:
     """The payload of one record: rows as compact msgpack arrays (no field names)."""
-    return _ENCODER.encode([(i, tf, *astuple(c)[:8]) for i, tf, c in rows])
+    return _ENCODER.encode([(i, tf, *astuple(c)) for i, tf, c in rows])
 
 
 def decode_rows(payload: bytes) -> list[Row]:
     """Rows back from :func:`encode_rows`; raises ``msgspec.ValidationError`` or ``DecodeError``."""
-    return [(r[0], r[1], Candle(*r[2:])) for r in _DECODER.decode(payload)]
+    return [(r.instrument, r.timeframe, Candle(r.open_time, r.open, r.high, r.low, r.close, r.volume, r.trades,
+                                                r.closed, r.final)) for r in _DECODER.decode(payload)]
 
 
 def _count_rows(payload: bytes) -> int:
