@@ -101,6 +101,7 @@ class InstrumentState:
     # Closed candles not yet final, per timeframe, by open time (copies): what reconciliation checks,
     # what a later vouch promotes, and where the final mark stops.
     provisional: dict[str, dict[int, Candle]] = field(default_factory=dict)
+    unconfirmed_at: set[tuple[str, int]] = field(default_factory=set)  # (timeframe, open time), not asked again
     # Open time up to which stored candles are known final, per timeframe, from the bootstrap;
     # once trades flow, the builder's position takes over (see Engine.final_marks).
     bootstrap_marks: dict[str, int] = field(default_factory=dict)
@@ -608,6 +609,7 @@ class Engine:
                     self._final(job.key, job.timeframe, msgspec.structs.replace(c, final=True))
                 else:
                     st.unconfirmed += 1
+                    st.unconfirmed_at.add((job.timeframe, t))
                     del prov[t]
             done = max(done, limit + tf_ms)
         if done <= job.last:
@@ -746,9 +748,21 @@ class Engine:
                     self._repair_sink(key)(tf, first, last)
                     if st.feed.omits_empty and last + ms <= now - QUIET_SETTLE_MS:
                         self._asked.add(hole)
+                await self._audit_provisional(st, tf, since, now)
             # Only what is still a hole is remembered (one filled since, or out of the window, is not).
             for known in (self._asked, self._quiet):
                 known.difference_update([h for h in known if h[0] == key and h not in holes])
+
+    async def _audit_provisional(self, st: InstrumentState, tf: str, since: int, now: int) -> None:
+        """Stored provisional candles this run is not following (left by an earlier run, by a stop
+        during an outage, or forgotten past PROVISIONAL_MAX) are fetched from the venue's history."""
+        ms = TIMEFRAMES[tf]
+        live = st.provisional.get(tf, {})
+        for first, last in await self.cold.provisional(st.key, tf, since, now - ms - REPAIR_SETTLE_MS):
+            if first in live or (tf, first) in st.unconfirmed_at or self._repairing(st.key, tf, first, last):
+                continue
+            self._repairs.append(_Repair(st.key, tf, first, last, reconcile=True))
+            self._repair_wakeup.set()
 
     def _repairing(self, key: str, timeframe: str, first: int, last: int) -> bool:
         """Whether a repair waiting or under way touches [first, last] of the series."""
