@@ -102,6 +102,9 @@ class InstrumentState:
     # what a later vouch promotes, and where the final mark stops.
     provisional: dict[str, dict[int, Candle]] = field(default_factory=dict)
     unconfirmed_at: set[tuple[str, int]] = field(default_factory=set)  # (timeframe, open time), not asked again
+    # Candles verified in themselves but after a hole still waiting for its repair, per timeframe:
+    # provisional until the hole is repaired, so that the final candles of a series never skip one.
+    held: dict[str, dict[int, Candle]] = field(default_factory=dict)
     # Open time up to which stored candles are known final, per timeframe, from the bootstrap;
     # once trades flow, the builder's position takes over (see Engine.final_marks).
     bootstrap_marks: dict[str, int] = field(default_factory=dict)
@@ -197,6 +200,7 @@ class Engine:
                                "the same prices")
         self._repairs: deque[_Repair] = deque()
         self._repair_inflight: _Repair | None = None
+        self._applying: _Repair | None = None  # the repair whose candles are being handed on
         self._repair_wakeup = asyncio.Event()
         self.recovery_s: deque[float] = deque(maxlen=10_000)  # hole found -> candles repaired
         self._tasks: list[asyncio.Task[None]] = []
@@ -239,7 +243,15 @@ class Engine:
         prov = st.provisional.get(timeframe)
         if prov is None:
             prov = st.provisional[timeframe] = {}
+        if candle.final and (self._repairs or self._repair_inflight is not None):
+            hole = self._hole_start(key, timeframe)
+            if hole is not None and candle.open_time > hole:
+                st.held.setdefault(timeframe, {})[candle.open_time] = candle
+                candle = msgspec.structs.replace(candle, final=False)
         if candle.final:
+            held = st.held.get(timeframe)
+            if held:
+                held.pop(candle.open_time, None)
             old = prov.pop(candle.open_time, None)
         else:
             old = None
@@ -549,8 +561,35 @@ class Engine:
                 self._repair_inflight = None
             if again is not None:
                 self._repairs.append(again)
-                if again is job:  # not ready yet: look again shortly
-                    await asyncio.sleep(0.1)
+            if again is not job and not job.reconcile:
+                self._release_held(job.key, job.timeframe)
+            if again is job:  # not ready yet: look again shortly
+                await asyncio.sleep(0.1)
+
+    def _hole_start(self, key: str, timeframe: str) -> int | None:
+        """Open time of the first candle of a series still waiting for a hole's repair (not counting
+        the repair whose candles are being handed on now), or None."""
+        jobs = [*self._repairs, *([self._repair_inflight] if self._repair_inflight is not None else [])]
+        firsts = [j.first for j in jobs
+                  if j.key == key and j.timeframe == timeframe and not j.reconcile and j is not self._applying]
+        return min(firsts) if firsts else None
+
+    def _release_held(self, key: str, timeframe: str) -> None:
+        """A repair of the series made progress: the candles held behind its hole that no hole
+        precedes any more are final now, and go out again as such."""
+        st = self.states[key]
+        held = st.held.get(timeframe)
+        if not held:
+            return
+        hole = self._hole_start(key, timeframe)
+        prov = st.provisional.get(timeframe, {})
+        for t in sorted(held):
+            if hole is not None and t > hole:
+                break
+            c = held.pop(t)
+            now = prov.get(t)
+            if now is not None and now.row() == c.row():  # not replaced meanwhile
+                self._final(key, timeframe, c)
 
     def _ready_until(self, job: _Repair) -> int:
         """Open time of the last candle of ``job`` that can be fetched now: the venue's clock is
@@ -567,7 +606,6 @@ class Engine:
 
     async def _repair(self, job: _Repair) -> _Repair | None:
         """Repair what of ``job`` is ready; returns what is left to do (``job`` itself if nothing was)."""
-        tf_ms = TIMEFRAMES[job.timeframe]
         st = self.states[job.key]
         limit = self._ready_until(job)
         if limit < job.first:
@@ -575,11 +613,30 @@ class Engine:
         try:
             candles = await st.feed.candles(st, job.timeframe, job.first, limit)
         except (VenueError, VenueUnreachable) as exc:
+            if job.reconcile:  # asked again at the next reconciliation or audit, not in a loop
+                log.debug("reconciliation of %s %s failed (%s)", job.key, job.timeframe, exc)
+                return None
             log.warning("repair of %s %s failed (%s); will retry", job.key, job.timeframe, exc)
             await asyncio.sleep(1.0)
             return job
         log.debug("repair %s %s %d..%d: %d candles from %d", job.key, job.timeframe, job.first, limit,
                   len(candles), candles[0].open_time if candles else -1)
+        self._applying = job
+        try:
+            done = self._apply_history(job, candles, limit)
+        finally:
+            self._applying = None
+        if done <= job.last:
+            return _Repair(job.key, job.timeframe, done, job.last, job.found, job.reconcile)
+        if not job.reconcile:
+            self.recovery_s.append(time.monotonic() - job.found)
+        return None
+
+    def _apply_history(self, job: _Repair, candles: list[Candle], limit: int) -> int:
+        """Hand on the venue's candles for ``job`` up to ``limit``; returns the open time up to
+        which the job is done."""
+        st = self.states[job.key]
+        tf_ms = TIMEFRAMES[job.timeframe]
         done = job.first
         prov = st.provisional.get(job.timeframe, {})
         for c in candles:
@@ -612,11 +669,7 @@ class Engine:
                     st.unconfirmed_at.add((job.timeframe, t))
                     del prov[t]
             done = max(done, limit + tf_ms)
-        if done <= job.last:
-            return _Repair(job.key, job.timeframe, done, job.last, job.found, job.reconcile)
-        if not job.reconcile:
-            self.recovery_s.append(time.monotonic() - job.found)
-        return None
+        return done
 
     async def _reconcile_loop(self, feed: Feed, every_s: float) -> None:
         while True:
