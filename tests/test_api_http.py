@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -196,7 +197,7 @@ async def test_candles_json_equal_the_store(served: Served) -> None:
     status, doc, headers = await call("GET", served.url + f"/candles/{BTC}/1m")
     assert status == 200
     assert doc["instrument"] == BTC and doc["timeframe"] == "1m"
-    assert doc["columns"] == ["open_time", "open", "high", "low", "close", "volume", "trades"]
+    assert doc["columns"] == ["open_time", "open", "high", "low", "close", "volume", "trades", "state"]
     rows = doc["candles"]
     assert len(rows) >= 60  # the hour of history, and what streamed since
     times = [r[0] for r in rows]
@@ -204,11 +205,13 @@ async def test_candles_json_equal_the_store(served: Served) -> None:
     # The forming candle is the last row, and named as such.
     assert doc["forming"] == [times[-1]]
     assert headers[FORMING_HEADER] == str(times[-1])
+    assert rows[-1][7] == "forming"
     db = {c.open_time: c for c in await stored(engine, BTC, "1m")}
     for r in rows[:-1]:
         c = db[r[0]]
         assert c.closed
-        assert r == [c.open_time, c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades]
+        assert r == [c.open_time, c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades, c.state]
+    assert doc["provisional"] == [r[0] for r in rows if r[7] == "provisional"]
 
 
 async def test_candles_range_and_limit(served: Served) -> None:
@@ -244,7 +247,7 @@ async def test_candles_from_the_cold_store(served: Served) -> None:
     db = {c.open_time: c for c in await stored(engine, BTC, "15s", since=since)}
     for r in rows[:-1]:
         c = db[r[0]]
-        assert r == [c.open_time, c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades]
+        assert r == [c.open_time, c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades, c.state]
 
 
 async def test_candles_csv_like_the_cli(served: Served) -> None:
@@ -255,15 +258,66 @@ async def test_candles_csv_like_the_cli(served: Served) -> None:
     status, text, headers = await call("GET", url, params={**final, "format": "csv"})
     assert status == 200 and headers["Content-Type"].startswith("text/csv")
     lines = list(csv.reader(io.StringIO(text)))
-    assert lines[0] == ["open_time", "open", "high", "low", "close", "volume", "trades"]
+    assert lines[0] == ["open_time", "open", "high", "low", "close", "volume", "trades", "state"]
     assert len(lines) > 5
-    assert lines[1:] == [[iso(r[0]), num(r[1]), num(r[2]), num(r[3]), num(r[4]), num(r[5]), str(r[6])]
+    assert lines[1:] == [[iso(r[0]), num(r[1]), num(r[2]), num(r[3]), num(r[4]), num(r[5]), str(r[6]), r[7]]
                          for r in doc["candles"]]
     assert FORMING_HEADER not in headers
     # Unbounded, the forming candle is the last row, and the header names it.
     _, text, headers = await call("GET", url, params={"format": "csv"})
     last = list(csv.reader(io.StringIO(text)))[-1]
     assert iso(int(headers[FORMING_HEADER])) == last[0]
+    assert last[-1] == "forming"
+
+
+async def test_candle_states_and_final_only(served: Served) -> None:
+    """Every row carries its state, as stored in the hot tier and in the database alike; final=true
+    keeps only the final ones, and limit then counts those. (The states are set here, on a stretch of
+    15s candles that spans the hot tier's oldest candle, so the test does not depend on when the
+    engine declares candles final.)"""
+    engine = served.engine
+    url = served.url + f"/candles/{BTC}/15s"
+    oldest_hot = engine.hot.last(BTC, "15s", 1_000)[0].open_time
+    since, until = oldest_hot - 30 * 15_000, oldest_hot + 30 * 15_000
+    await engine.writer.flush()
+    cold = await engine.cold.query(BTC, "15s", since, until)
+    hot = engine.hot.range(BTC, "15s", oldest_hot, until) or []
+    assert len(cold) > 30 and len(hot) == 31
+
+    def restated(c: Candle) -> Candle:
+        k = (c.open_time - since) // 15_000
+        return msgspec.structs.replace(c, closed=True, final=k % 3 != 0)
+
+    await engine.cold.write([(BTC, "15s", restated(c)) for c in cold])
+    for c in hot:
+        engine.hot.put(BTC, "15s", restated(c))
+    bounds = {"since": str(since), "until": str(until)}
+    status, doc, headers = await call("GET", url, params=bounds)
+    assert status == 200 and len(doc["candles"]) == 61
+    states = [r[7] for r in doc["candles"]]
+    assert states == ["provisional" if k % 3 == 0 else "final" for k in range(61)]
+    assert doc["provisional"] == [r[0] for r in doc["candles"] if r[7] == "provisional"]
+    assert doc["forming"] == [] and FORMING_HEADER not in headers
+
+    status, finals, _ = await call("GET", url, params={**bounds, "final": "true"})
+    assert status == 200 and finals["provisional"] == [] and finals["forming"] == []
+    assert finals["candles"] == [r for r in doc["candles"] if r[7] == "final"]
+    _, newest, _ = await call("GET", url, params={**bounds, "final": "true", "limit": "25"})
+    assert newest["candles"] == finals["candles"][-25:]  # the newest 25 final ones, across both tiers
+    _, older, _ = await call("GET", url, params={"until": str(oldest_hot - 1), "final": "1", "limit": "5"})
+    assert older["candles"] == [r for r in finals["candles"] if r[0] < oldest_hot][-5:]  # the database alone
+    _, plain, _ = await call("GET", url, params={**bounds, "final": "false"})
+    assert plain["candles"] == doc["candles"]
+    status, text, headers = await call("GET", url, params={**bounds, "final": "true", "format": "csv"})
+    lines = list(csv.reader(io.StringIO(text)))
+    assert lines[0][-1] == "state" and {line[-1] for line in lines[1:]} == {"final"}
+    assert [line[0] for line in lines[1:]] == [iso(r[0]) for r in finals["candles"]]
+
+    # Unbounded, with final=true the forming candle is left out too.
+    _, everything, headers = await call("GET", url, params={"final": "true", "limit": "3"})
+    assert FORMING_HEADER not in headers and {r[7] for r in everything["candles"]} <= {"final"}
+    status, err, _ = await call("GET", url, params={"final": "abc"})
+    assert status == 400 and "final='abc'" in err["error"] and "final=true" in err["error"]
 
 
 @pytest.mark.parametrize(("path", "status", "needle"), [

@@ -23,7 +23,7 @@ from aiohttp import WSMsgType, web
 
 from deltafeed.api.hub import Hub
 from deltafeed.api.ws import add_ws_routes
-from deltafeed.model import Candle, Trade
+from deltafeed.model import Candle, Trade, state_flags
 from deltafeed.store.hot import HotStore
 
 BTC, ETH, SOL = "binance:BTCUSDT", "binance:ETHUSDT", "binance:SOLUSDT"
@@ -125,12 +125,12 @@ async def test_instrument_endpoint_sends_trades_prices_and_candles_in_the_docume
     assert await recv(ws) == {"type": "price_update", "instrument": BTC, "timestamp": T0 + 200,
                               "data": {"price": 42001.0}}
     candle_data = {"timeframe": "1m", "open_time": T0, "open": 42000.5, "high": 42001.0, "low": 42000.5,
-                   "close": 42001.0, "volume": 0.75, "trades": 2, "closed": False}
+                   "close": 42001.0, "volume": 0.75, "trades": 2, "closed": False, "state": "forming"}
     assert await recv(ws) == {"type": "candle", "instrument": BTC, "timestamp": T0, "data": candle_data}
     hour = await recv(ws)
     assert hour["timestamp"] == T0 - 40_000 and hour["data"]["timeframe"] == "1h" and hour["data"]["trades"] == 300
     assert await recv(ws) == {"type": "candle", "instrument": BTC, "timestamp": T0,
-                              "data": {**candle_data, "closed": True}}
+                              "data": {**candle_data, "closed": True, "state": "provisional"}}
     await ws.close()
     await until(lambda: hub.clients == 0)
     assert not hub.wants_trades(BTC)
@@ -599,3 +599,81 @@ async def test_a_client_lagging_too_long_is_disconnected_even_with_room_in_its_q
         assert "s behind (limit 0.5 s)" in str(msg.extra), msg.extra
         assert 0 < got < 8000
         task.cancel()
+
+
+# --- candle states and final-only subscriptions -------------------------------------------------------
+
+
+def stated(open_time: int, state: str, price: float = 100.0, trades: int = 1) -> Candle:
+    return Candle(open_time, price, price + 1, price - 1, price + 0.5, 2.5, trades, *state_flags(state))
+
+
+async def test_final_only_subscription_gets_final_candles_and_their_republishing(
+        serve: Serve, session: aiohttp.ClientSession) -> None:
+    market = Market([BTC, ETH])
+    hub = market.hub()
+    m = 60_000
+    # 0-3 final, 4-5 provisional, 6 final, 7 provisional, 8 forming
+    states = ["final"] * 4 + ["provisional", "provisional", "final", "provisional", "forming"]
+    for i, st in enumerate(states):
+        market.hot.put(BTC, "1m", stated(T0 + i * m, st, 100.0 + i))
+    url = await serve(hub)
+    finals = await session.ws_connect(f"{url}/ws")
+    every = await session.ws_connect(f"{url}/ws")
+
+    await finals.send_str(json.dumps({"op": "subscribe", "instrument": BTC, "timeframe": "1m", "snapshot": 3,
+                                      "final": True}))
+    assert await recv(finals) == {"type": "subscribed", "op": "subscribe", "instrument": BTC, "timeframe": "1m",
+                                  "snapshot": 3, "final": True}
+    snap = [await recv(finals) for _ in range(3)]  # the newest three final candles, past provisional ones
+    assert [((x["timestamp"] - T0) // m, x["data"]["state"], x["data"]["closed"]) for x in snap] == [
+        (2, "final", True), (3, "final", True), (6, "final", True)]
+    await every.send_str(json.dumps({"op": "subscribe", "instrument": BTC, "timeframe": "1m", "snapshot": 4}))
+    assert await recv(every) == {"type": "subscribed", "op": "subscribe", "instrument": BTC, "timeframe": "1m",
+                                 "snapshot": 4}  # no "final" key on an ordinary subscription
+    assert [x["data"]["state"] for x in [await recv(every) for _ in range(4)]] == [
+        "provisional", "final", "provisional", "forming"]
+
+    market.candle(hub, BTC, "1m", stated(T0 + 8 * m, "forming", 108.0, trades=2))  # an update: not final
+    market.candle(hub, BTC, "1m", stated(T0 + 8 * m, "provisional", 108.0, trades=3))  # the timer closed it
+    market.candle(hub, BTC, "1m", stated(T0 + 4 * m, "final", 104.5))  # a provisional one verified (repaired)
+    market.candle(hub, BTC, "1m", stated(T0 + 8 * m, "final", 108.0, trades=3))  # verified as it was
+    market.candle(hub, BTC, "1m", stated(T0 + 2 * m, "final", 99.0))  # a correction of a final one
+    market.candle(hub, BTC, "5m", stated(T0, "final"))  # another timeframe: not subscribed
+    market.candle(hub, BTC, "1m", stated(T0 + 9 * m, "forming", 109.0))
+
+    got = [await recv(finals) for _ in range(3)]
+    assert [((x["timestamp"] - T0) // m, x["data"]["state"], x["data"]["open"]) for x in got] == [
+        (4, "final", 104.5), (8, "final", 108.0), (2, "final", 99.0)]
+    with pytest.raises(TimeoutError):
+        await finals.receive(timeout=0.3)  # nothing else: no forming or provisional update
+    got = [await recv(every) for _ in range(6)]
+    assert [((x["timestamp"] - T0) // m, x["data"]["state"]) for x in got] == [
+        (8, "forming"), (8, "provisional"), (4, "final"), (8, "final"), (2, "final"), (9, "forming")]
+
+    # Subscribed both ways to one series: each message once. Unsubscribe ends both.
+    await every.send_str(json.dumps({"op": "subscribe", "instrument": BTC, "timeframe": "1m", "final": True}))
+    assert (await recv(every))["final"] is True
+    market.candle(hub, BTC, "1m", stated(T0 + 9 * m, "final", 109.0))
+    assert (await recv(every))["data"]["state"] == "final"
+    market.candle(hub, BTC, "1m", stated(T0 + 10 * m, "forming", 110.0))
+    assert (await recv(every))["timestamp"] == T0 + 10 * m  # not the 9th twice
+    await every.send_str(json.dumps({"op": "unsubscribe", "instrument": BTC, "timeframe": "1m"}))
+    assert (await recv(every))["type"] == "unsubscribed"
+    market.candle(hub, BTC, "1m", stated(T0 + 10 * m, "final", 110.0))
+    assert [(await recv(finals))["timestamp"] for _ in range(2)] == [T0 + 9 * m, T0 + 10 * m]
+    with pytest.raises(TimeoutError):
+        await every.receive(timeout=0.3)
+
+    # Every timeframe, final only: no price updates either.
+    await finals.send_str(json.dumps({"op": "subscribe", "instrument": ETH, "final": True}))
+    assert (await recv(finals))["snapshot"] == 0
+    hub.price(ETH, T0, 2000.0)
+    market.candle(hub, ETH, "5m", stated(T0, "provisional"))
+    market.candle(hub, ETH, "15s", stated(T0, "final"))
+    x = await recv(finals)
+    assert (x["type"], x["data"]["timeframe"], x["data"]["state"]) == ("candle", "15s", "final")
+    await finals.send_str(json.dumps({"op": "unsubscribe", "instrument": ETH, "final": True}))
+    assert "final only goes with subscribe" in (await recv(finals))["message"]
+    await finals.send_str(json.dumps({"op": "subscribe", "instrument": ETH, "final": "yes"}))
+    assert (await recv(finals))["type"] == "error"

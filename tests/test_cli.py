@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
+
+from deltafeed.model import Candle, state_flags
+from deltafeed.store.cold import ColdStore
+from deltafeed.store.redis_hot import RedisHot
 
 CLI = [sys.executable, "-m", "deltafeed"]
 
@@ -52,7 +60,8 @@ def test_run_query_while_running_and_stop_within_two_seconds(replica: str, tmp_p
                 if len(rows) >= 35:  # 30 minutes of history and several of streaming
                     break
         assert len(rows) >= 35, q.stderr
-        assert list(rows[0]) == ["open_time", "open", "high", "low", "close", "volume", "trades"]
+        assert list(rows[0]) == ["open_time", "open", "high", "low", "close", "volume", "trades", "state"]
+        assert {r["state"] for r in rows} <= {"forming", "provisional", "final"}
         assert rows[0]["open_time"].endswith("Z") and "T" in rows[0]["open_time"]
         times = [r["open_time"] for r in rows]
         assert times == sorted(set(times))
@@ -126,3 +135,68 @@ def test_demo_runs_offline_for_a_fixed_duration(tmp_path: Path) -> None:
                             "--format", "csv"], capture_output=True, text=True, timeout=30, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         assert len(r.stdout.splitlines()) >= (7 if price == "mid" else 1)
+
+
+def test_candles_show_each_state_and_final_only(tmp_path: Path) -> None:
+    """A DuckDB file with candles in every state (and, with --hot, newer ones in Redis): each read
+    format shows the state; --final-only keeps the final ones, --last then counting those."""
+    m, t0 = 60_000, 1_767_225_600_000  # 2026-01-01T00:00:00Z
+    states = ["final", "final", "provisional", "final", "provisional", "provisional", "final", "forming"]
+
+    def candle(k: int) -> Candle:
+        return Candle(t0 + k * m, 100.0 + k, 101.0 + k, 99.0 + k, 100.5 + k, 1.25, 3 + k, *state_flags(states[k]))
+
+    db = tmp_path / "states.duckdb"
+    store = ColdStore(db)
+    store.write([("binance:BTCUSDT", "1m", candle(k)) for k in range(6)])
+    store.close()
+
+    q = cli("candles", "binance:BTCUSDT", "1m", "--db", str(db), "--format", "csv")
+    assert q.returncode == 0, q.stderr
+    rows = list(csv.DictReader(io.StringIO(q.stdout)))
+    assert q.stdout.splitlines()[0] == "open_time,open,high,low,close,volume,trades,state"
+    assert [r["state"] for r in rows] == states[:6]
+    assert rows[2] == {"open_time": "2026-01-01T00:02:00Z", "open": "102", "high": "103", "low": "101",
+                       "close": "102.5", "volume": "1.25", "trades": "5", "state": "provisional"}
+    q = cli("candles", "binance:BTCUSDT", "1m", "--db", str(db), "--format", "json")
+    docs = json.loads(q.stdout)
+    assert [(d["closed"], d["state"]) for d in docs] == [(True, s) for s in states[:6]]
+    q = cli("candles", "binance:BTCUSDT", "1m", "--db", str(db), "--format", "csv", "--final-only")
+    assert [r["open_time"][14:16] for r in csv.DictReader(io.StringIO(q.stdout))] == ["00", "01", "03"]
+    q = cli("candles", "binance:BTCUSDT", "1m", "--db", str(db), "--format", "json", "--final-only", "--last", "2")
+    assert [(d["open_time"], d["state"]) for d in json.loads(q.stdout)] == [
+        ("2026-01-01T00:01:00Z", "final"), ("2026-01-01T00:03:00Z", "final")]
+    q = subprocess.run([*CLI, "candles", "binance:BTCUSDT", "1m", "--db", str(db)], capture_output=True, text=True,
+                       timeout=30, env={**os.environ, "COLUMNS": "200"})
+    assert q.returncode == 0 and q.stdout.count("provisional") == 3 and q.stdout.count("final") == 3
+
+    # Newer candles from Redis (the hot tier), in all three states, joined to the file's.
+    prefix = f"dfcli{uuid.uuid4().hex[:8]}"
+
+    async def fill() -> None:
+        hot = RedisHot("redis://127.0.0.1:6379/0", prefix=prefix, retention={"1m": None})
+        await hot.open(warn=False)
+        if hot.degraded is not None:
+            pytest.skip(f"no Redis at 127.0.0.1:6379 ({hot.degraded})")
+        for k in range(4, 8):
+            hot.put("binance:BTCUSDT", "1m", candle(k))
+        await hot.close()
+
+    async def clean() -> None:
+        raw = Redis.from_url("redis://127.0.0.1:6379/0")
+        keys = [k async for k in raw.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await raw.delete(*keys)
+        await raw.aclose()
+
+    asyncio.run(fill())
+    try:
+        hot_args = ["--db", str(db), "--hot", "redis://127.0.0.1:6379/0", "--hot-prefix", prefix, "--format", "csv"]
+        q = cli("candles", "binance:BTCUSDT", "1m", *hot_args)
+        assert q.returncode == 0, q.stderr
+        assert [r["state"] for r in csv.DictReader(io.StringIO(q.stdout))] == states
+        q = cli("candles", "binance:BTCUSDT", "1m", *hot_args, "--final-only", "--last", "3")
+        assert [(r["open_time"][14:16], r["state"]) for r in csv.DictReader(io.StringIO(q.stdout))] == [
+            ("01", "final"), ("03", "final"), ("06", "final")]
+    finally:
+        asyncio.run(clean())

@@ -22,7 +22,7 @@ from deltafeed.api.server import api_url, start_api, stop_api
 from deltafeed.client import ApiError, to_dataframe
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
-from deltafeed.model import Candle
+from deltafeed.model import Candle, state_flags
 from deltafeed.replicas.binance import BinanceReplica
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -154,8 +154,9 @@ async def test_to_dataframe(served: Collector, monkeypatch: pytest.MonkeyPatch) 
     assert frame.index[0] == pd.Timestamp(int(rows[0][0]), unit="ms", tz="UTC")
     assert frame["close"].tolist() == [r[4] for r in rows]
     full = to_dataframe(candles)
-    assert list(full.columns) == ["open", "high", "low", "close", "volume", "trades", "closed"]
+    assert list(full.columns) == ["open", "high", "low", "close", "volume", "trades", "closed", "state"]
     assert not full["closed"].iloc[-1]
+    assert full["state"].iloc[-1] == "forming" and set(full["state"]) <= {"forming", "provisional", "final"}
     monkeypatch.setitem(sys.modules, "pandas", None)  # as if pandas were not installed
     with pytest.raises(ImportError, match=r"deltafeed\[pandas\]"):
         to_dataframe(rows)
@@ -269,3 +270,98 @@ async def test_watch_resumes_without_gap_after_the_api_restarts(tmp_path: Path, 
 def same(a: Candle, b: Candle) -> bool:
     """Equal candles, volume at the venue's 8 decimals (the API rounds float-sum noise away)."""
     return msgspec.structs.replace(a, volume=round(a.volume, 8)) == msgspec.structs.replace(b, volume=round(b.volume, 8))
+
+
+# --- candle states ------------------------------------------------------------------------------
+
+ETH = "binance:ETHUSDT"
+
+
+async def test_fetch_states_and_final_only(served: Collector) -> None:
+    """States as stored, and final=True. A stretch of old ETH 1m candles is given known states here
+    (in both tiers), so the answer does not depend on when the engine declares candles final."""
+    engine = served.engine
+    db = await stored(engine, ETH, "1m")
+    old = sorted(db)[2:14]
+    restated = [msgspec.structs.replace(db[t], closed=True, final=k % 4 != 1) for k, t in enumerate(old)]
+    await engine.cold.write([(ETH, "1m", c) for c in restated])
+    for c in restated:
+        engine.hot.put(ETH, "1m", c)
+    async with Client(served.url) as df:
+        candles = await df.fetch_candles(ETH, "1m", since=old[0], until=old[-1])
+        finals = await df.fetch_candles(ETH, "1m", since=old[0], until=old[-1], final=True)
+        newest = await df.fetch_candles(ETH, "1m", until=old[-1], limit=4, final=True)
+        rows = await df.fetch_ohlcv(ETH, "1m", since=old[0], until=old[-1], final=True)
+        everything = await df.fetch_candles(ETH, "1m")
+    assert [c.state for c in candles] == ["provisional" if k % 4 == 1 else "final" for k in range(12)]
+    assert all(same(c, r) for c, r in zip(candles, restated, strict=True))
+    assert finals == [c for c in candles if c.final] and len(finals) == 9
+    assert newest == finals[-4:]
+    assert rows == [[c.open_time, c.open, c.high, c.low, c.close, c.volume] for c in finals]
+    db = await stored(engine, ETH, "1m")
+    assert all(c.state == db[c.open_time].state for c in everything[:-1])
+    assert everything[-1].state == "forming"
+    frame = to_dataframe(candles)
+    assert frame["state"].tolist() == [c.state for c in candles]
+    # The HTTP API's own rows (with trades and state) make a frame too.
+    assert list(to_dataframe([[c.open_time, c.open, c.high, c.low, c.close, c.volume, c.trades, c.state]
+                              for c in candles]).columns) == ["open", "high", "low", "close", "volume", "trades",
+                                                              "state"]
+
+
+async def test_watches_with_final_only_and_closed_only(served: Collector) -> None:
+    """The server publishes a series (5m: one the engine does not collect, so only this test writes it)
+    the way the engine does: updates, a candle closed provisional, one made final later, after newer
+    ones, and a correction. A final-only watch gets each final candle, including the one re-published
+    final; closed_only gets each candle once as it closes (and the correction); a plain watch every
+    update."""
+    hub = served.engine.hub
+    assert hub is not None
+    t = 1_700_000_100_000 - 1_700_000_100_000 % 300_000
+
+    def c(k: int, state: str, price: float = 100.0) -> Candle:
+        return Candle(t + k * 300_000, price, price + 1, price - 1, price + 0.5, 2.0, 5, *state_flags(state))
+
+    got: dict[str, list[Candle]] = {"final": [], "closed": [], "plain": []}
+
+    async def watch(df: Client, name: str, **kw: bool) -> None:
+        async for candle in df.watch_candles(BTC, "5m", snapshot=0, **kw):
+            got[name].append(candle)
+
+    async with Client(served.url) as df:
+        tasks = [asyncio.create_task(watch(df, "final", final_only=True)),
+                 asyncio.create_task(watch(df, "closed", closed_only=True)),
+                 asyncio.create_task(watch(df, "plain"))]
+        try:
+            async with asyncio.timeout(10):  # all three subscribed
+                while len(hub._candle_routes.get(BTC, {}).get("5m", ())) < 2 \
+                        or len(hub._final_routes.get(BTC, {}).get("5m", ())) < 1:
+                    await asyncio.sleep(0.02)
+            published = [c(0, "forming"), c(0, "provisional"), c(0, "final"),  # verified with the same values
+                         c(1, "forming"), c(1, "provisional"), c(2, "forming"), c(2, "final"),
+                         c(1, "final"),  # made final after a newer one
+                         c(0, "final", 99.0),  # a correction
+                         c(2, "final"),  # the same again: no news
+                         c(3, "forming"), c(3, "final")]
+            for x in published:
+                hub.candle(BTC, "5m", x)
+                await asyncio.sleep(0.01)
+            async with asyncio.timeout(10):
+                while len(got["final"]) < 5 or len(got["closed"]) < 5 or len(got["plain"]) < 9:
+                    await asyncio.sleep(0.02)
+            await asyncio.sleep(0.2)  # nothing more comes
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def seen(name: str) -> list[tuple[int, str, float]]:
+        return [((x.open_time - t) // 300_000, x.state, x.open) for x in got[name]]
+
+    assert seen("final") == [(0, "final", 100.0), (2, "final", 100.0), (1, "final", 100.0), (0, "final", 99.0),
+                             (3, "final", 100.0)]
+    assert seen("closed") == [(0, "provisional", 100.0), (1, "provisional", 100.0), (2, "final", 100.0),
+                              (0, "final", 99.0), (3, "final", 100.0)]
+    assert seen("plain") == [(0, "forming", 100.0), (0, "provisional", 100.0), (1, "forming", 100.0),
+                             (1, "provisional", 100.0), (2, "forming", 100.0), (2, "final", 100.0),
+                             (0, "final", 99.0), (3, "forming", 100.0), (3, "final", 100.0)]

@@ -122,7 +122,7 @@ async def test_candles_continue_from_the_standby_when_the_primary_goes_silent(tm
         (switch["spanning"]["1m"], "binance:BTCUSDT -> binance:ETHUSDT")]
     out = subprocess.run([sys.executable, "-m", "deltafeed", "candles", "x:LOGICAL", "1m", "--db", settings.db,
                           "--format", "csv"], capture_output=True, text=True, check=True)
-    assert out.stdout.splitlines()[0] == "open_time,open,high,low,close,volume,trades"  # columns unchanged
+    assert out.stdout.splitlines()[0] == "open_time,open,high,low,close,volume,trades,state"  # no switch column
     assert out.stderr.splitlines() == [f"note: the candle at {iso(switch['spanning']['1m'])} spans a failover"
                                        " switch (binance:BTCUSDT -> binance:ETHUSDT)"]
 

@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--last", type=int, help="only the newest N candles")
     q.add_argument("--price", choices=PRICE_SIDES, help="forex: mid (default), bid or ask candles")
     q.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    q.add_argument("--final-only", action="store_true",
+                   help="only final candles (verified), no provisional or forming ones; --last counts those")
 
     bf = sub.add_parser("backfill", help="fill forex candle history from Dukascopy tick files")
     bf.add_argument("instrument", help="the series to fill, e.g. oanda:EUR_USD (the Dukascopy name EURUSD is derived)")
@@ -391,11 +393,12 @@ def _candles(args: argparse.Namespace) -> int:
         if hot is not None:
             try:
                 if hot.degraded is None:
-                    return await read_candles(hot, cold, inst, tf, since, until, args.last)
+                    return await read_candles(hot, cold, inst, tf, since, until, args.last,
+                                              final_only=args.final_only)
                 log.warning("Redis %s unavailable (%s); reading %s alone", hot.name, hot.degraded, cold.name)
             except StoreError as exc:
                 log.warning("Redis unavailable (%s); reading %s alone", exc, cold.name)
-        return await read_candles(None, cold, inst, tf, since, until, args.last)
+        return await read_candles(None, cold, inst, tf, since, until, args.last, final_only=args.final_only)
 
     async def read() -> tuple[list[Candle], list[Switch]]:
         cold = await open_cold(db, read_only=True, schema=args.db_schema)
@@ -421,10 +424,15 @@ def _candles(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The CSV columns of ``deltafeed candles`` (``state`` is forming, provisional or final).
+CSV_COLUMNS = ("open_time", "open", "high", "low", "close", "volume", "trades", "state")
+
+
 def write_candles(rows: list[Candle], fmt: str, title: str, spanning: dict[int, Switch] | None = None) -> None:
-    """Candles to stdout as CSV, JSON or a table. A candle of a logical instrument that spans a
-    failover switch (``spanning``: open time -> switch) is marked: a ``switch`` field in JSON, its
-    state in the table, and a note on stderr beside the CSV, whose columns stay fixed."""
+    """Candles to stdout as CSV, JSON or a table, each with its state (forming, provisional or final).
+    A candle of a logical instrument that spans a failover switch (``spanning``: open time -> switch)
+    is marked: a ``switch`` field in JSON, its state in the table, and a note on stderr beside the
+    CSV, whose columns stay fixed."""
     out = sys.stdout
     spanning = spanning or {}
 
@@ -434,10 +442,10 @@ def write_candles(rows: list[Candle], fmt: str, title: str, spanning: dict[int, 
 
     if fmt == "csv":
         w = csv.writer(out, lineterminator="\n")
-        w.writerow(["open_time", "open", "high", "low", "close", "volume", "trades"])
+        w.writerow(CSV_COLUMNS)
         for c in rows:
             w.writerow([iso(c.open_time), num(c.open), num(c.high), num(c.low), num(c.close), num(c.volume),
-                        c.trades])
+                        c.trades, c.state])
         for t in sorted(spanning):
             print(f"note: the candle at {iso(t)} spans a failover switch ({moved(t)})", file=sys.stderr)
     elif fmt == "json":
@@ -446,7 +454,8 @@ def write_candles(rows: list[Candle], fmt: str, title: str, spanning: dict[int, 
         for c in rows:
             doc: dict[str, Any] = {"open_time": iso(c.open_time), "open": round(c.open, 8),
                                    "high": round(c.high, 8), "low": round(c.low, 8), "close": round(c.close, 8),
-                                   "volume": round(c.volume, 8), "trades": c.trades, "closed": c.closed}
+                                   "volume": round(c.volume, 8), "trades": c.trades, "closed": c.closed,
+                                   "state": c.state}
             if c.open_time in spanning:
                 doc["switch"] = moved(c.open_time)
             docs.append(doc)
@@ -459,7 +468,7 @@ def write_candles(rows: list[Candle], fmt: str, title: str, spanning: dict[int, 
         for name in ("open_time", "open", "high", "low", "close", "volume", "trades", "state"):
             table.add_column(name, justify="right" if name != "open_time" else "left")
         for c in rows:
-            state = "final" if c.closed else "open"
+            state = c.state
             if c.open_time in spanning:
                 state += f", switch {moved(c.open_time)}"
             table.add_row(iso(c.open_time), num(c.open), num(c.high), num(c.low), num(c.close), num(c.volume),

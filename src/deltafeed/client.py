@@ -13,15 +13,18 @@
 Rows follow ccxt's ``fetch_ohlcv``/``watch_ohlcv``: ``[open_time_ms, open, high, low, close, volume]``,
 six columns, oldest first, the forming candle included (last). :meth:`Client.fetch_candles` and
 :meth:`Client.watch_candles` give :class:`deltafeed.model.Candle` objects instead, with the number of
-trades and whether each candle is final.
+trades and the candle's state: ``closed`` (its interval is over) and ``final`` (deltafeed vouches
+for it), which ``Candle.state`` names ``forming``, ``provisional`` or ``final``. ``final=True`` on the
+fetches and ``final_only=True`` on the watches give only final candles.
 
 A watch survives the server going away: it reconnects by itself (exponential backoff with jitter) and
 resumes where it stopped, without a gap and without a duplicate. On reconnect it asks for a snapshot
 deep enough to cover the outage, computed from the last candle it yielded and the venue's clock (from
 ``/streaming/status``); whatever a snapshot cannot reach (an outage longer than the server keeps in
 memory) is fetched over HTTP first. Updates of a candle older than the last one yielded are skipped,
-except a correction of a final candle already yielded (the server repaired it from the venue's
-history): that is yielded again, with ``closed`` true and the venue's values.
+except a correction (the server repaired the candle from the venue's history: new values), which is
+yielded again with its new values and state; and, for a ``final_only`` watch, a candle that becomes
+final after newer ones came.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import aiohttp
 import msgspec
 
 from deltafeed.api.hub import CandleMsg, ErrorMsg, Subscribed  # the server's own message types
-from deltafeed.model import Candle, time_ms, timeframe_ms
+from deltafeed.model import FINAL, FORMING, PROVISIONAL, Candle, time_ms, timeframe_ms
 
 log = logging.getLogger("deltafeed.client")
 
@@ -74,6 +77,18 @@ def _ms(value: _WHEN | None, name: str) -> int | None:
         return time_ms(value)
     except ValueError:
         raise ValueError(f"{name}={value!r} is not an ISO-8601 time; write e.g. 2026-01-01T00:00:00Z") from None
+
+
+def _flags(state: object, closed: bool) -> tuple[bool, bool]:
+    """(closed, final) from a state sent by the server. A server from before states existed sends
+    none; its closed candles were its final ones."""
+    if state == FINAL:
+        return True, True
+    if state == PROVISIONAL:
+        return True, False
+    if state == FORMING:
+        return False, False
+    return closed, closed
 
 
 def ohlcv(c: Candle) -> list[float]:
@@ -142,12 +157,15 @@ class Client:
             return doc
 
     async def fetch_candles(self, instrument: str, timeframe: str, since: _WHEN | None = None,
-                            until: _WHEN | None = None, limit: int | None = None) -> list[Candle]:
-        """Candles of one series, oldest first, the forming one included (last, ``closed`` False).
+                            until: _WHEN | None = None, limit: int | None = None, *,
+                            final: bool = False) -> list[Candle]:
+        """Candles of one series, oldest first, the forming one included (last, ``closed`` False),
+        each with its state (``closed``, ``final``; ``Candle.state``).
 
         ``since``/``until`` bound the open times (inclusive; epoch ms, ISO-8601 or datetime). As in
         ccxt, ``limit`` with ``since`` means the first ``limit`` candles from ``since``; ``limit``
-        alone (or with ``until``) means the newest ``limit``.
+        alone (or with ``until``) means the newest ``limit``. ``final=True`` gives only final
+        candles (``limit`` then counts those).
         """
         tf_ms = timeframe_ms(timeframe)
         lo, hi = _ms(since, "since"), _ms(until, "until")
@@ -160,18 +178,22 @@ class Client:
         for key, value in (("since", lo), ("until", hi), ("limit", limit)):
             if value is not None:
                 params[key] = str(value)
+        if final:
+            params["final"] = "true"
         doc = await self._request("GET", f"/candles/{instrument}/{timeframe}", params=params)
         forming = set(doc.get("forming", ()))
         return [Candle(int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5]), int(r[6]),
-                       int(r[0]) not in forming) for r in doc["candles"]]
+                       *_flags(r[7] if len(r) > 7 else None, int(r[0]) not in forming)) for r in doc["candles"]]
 
     async def fetch_ohlcv(self, instrument: str, timeframe: str, since: _WHEN | None = None,
-                          until: _WHEN | None = None, limit: int | None = None) -> list[list[float]]:
+                          until: _WHEN | None = None, limit: int | None = None, *,
+                          final: bool = False) -> list[list[float]]:
         """Like ccxt's ``fetch_ohlcv``: ``[[open_time_ms, open, high, low, close, volume], ...]``.
 
         Oldest first, the forming candle included (last); see :meth:`fetch_candles` for the bounds.
+        ``final=True``: only final candles (no provisional one, no forming one).
         """
-        return [ohlcv(c) for c in await self.fetch_candles(instrument, timeframe, since, until, limit)]
+        return [ohlcv(c) for c in await self.fetch_candles(instrument, timeframe, since, until, limit, final=final)]
 
     async def fetch_switches(self, instrument: str) -> list[dict[str, Any]]:
         """Failover switches of a logical instrument, oldest first: ``{"since_ms", "at_ms", "from",
@@ -208,30 +230,48 @@ class Client:
 
     # --- WebSocket ------------------------------------------------------------------------------
 
-    async def watch_ohlcv(self, instrument: str, timeframe: str, *, snapshot: int = 1) -> AsyncIterator[list[float]]:
+    async def watch_ohlcv(self, instrument: str, timeframe: str, *, snapshot: int = 1,
+                          final_only: bool = False) -> AsyncIterator[list[float]]:
         """Every update of the series as a ccxt row ``[open_time_ms, open, high, low, close, volume]``.
 
         The forming candle comes again each time it changes; a row with a newer open time means the
-        previous candle is final (its last row was its final state). The first ``snapshot`` rows are
-        the newest candles the server holds (default 1: the forming one). Reconnects by itself; see
-        the module docstring.
+        previous candle's interval is over (its last row was its closing state; a row for it may
+        still come if it is corrected). The first ``snapshot`` rows are the newest
+        candles the server holds (default 1: the forming one). ``final_only``: rows of final candles
+        only (see :meth:`watch_candles`). Reconnects by itself; see the module docstring.
         """
-        async for c in self.watch_candles(instrument, timeframe, snapshot=snapshot):
+        async for c in self.watch_candles(instrument, timeframe, snapshot=snapshot, final_only=final_only):
             yield ohlcv(c)
 
     async def watch_candles(self, instrument: str, timeframe: str, *, snapshot: int = 1,
-                            closed_only: bool = False) -> AsyncIterator[Candle]:
-        """Every update of the series as a :class:`Candle` (``closed`` tells a final one), in order.
+                            closed_only: bool = False, final_only: bool = False) -> AsyncIterator[Candle]:
+        """Every update of the series as a :class:`Candle`, in order, with its state (``closed``,
+        ``final``; ``Candle.state`` is ``forming``, ``provisional`` or ``final``).
 
-        With ``closed_only``, only final candles: each open time once, consecutive, with no gap
-        across reconnections; a final candle comes again only as a correction (the server repaired it
-        from the venue's history). ``snapshot`` (0 to 1000) is how many of the newest candles to start
-        with. Raises :class:`ApiError` for what retrying cannot fix (a bad name, a refused token).
+        Without a filter, every update: the forming candle each time it changes, then its closing
+        state. With ``closed_only``, only candles whose interval is over: each open time once as it
+        closes, whatever its state (provisional or final), consecutive, with no gap across
+        reconnections. With ``final_only`` (which implies ``closed_only``), only final candles: the
+        server sends nothing else (a final-only subscription), so a provisional candle comes once it
+        becomes final, possibly after newer ones. In all three, an older candle comes again only
+        when its values change (a correction from the venue's history); a provisional candle that
+        becomes final with the same values is not repeated (watch with ``final_only`` to follow
+        verification). A candle that becomes final while a ``final_only`` watch is reconnecting
+        comes with the resumed snapshot when it is among the newest final ones; otherwise
+        :meth:`fetch_candles` with ``final=True`` has it.
+
+        ``snapshot`` (0 to 1000) is how many of the newest candles (final ones, with ``final_only``)
+        to start with. Raises :class:`ApiError` for what retrying cannot fix (a bad name, a refused
+        token).
         """
         tf_ms = timeframe_ms(timeframe)
         if not 0 <= snapshot <= MAX_SNAPSHOT:
             raise ValueError(f"snapshot must be between 0 and {MAX_SNAPSHOT}, got {snapshot}")
-        seen = _Progress()  # the newest candle yielded, and the final ones (for corrections)
+        seen = _Progress()  # the newest candle yielded, and the closed ones (to recognise corrections)
+
+        def wanted(c: Candle) -> bool:
+            return c.final if final_only else c.closed or not closed_only
+
         delay = 0.0
         subscribed_before = False
         while True:
@@ -240,8 +280,11 @@ class Client:
                 want = snapshot if last is None else await self._resume_depth(last, tf_ms)
                 async with self._http().ws_connect(self.base_url + "/ws", heartbeat=10.0,
                                                    timeout=aiohttp.ClientWSTimeout(ws_close=2.0)) as ws:
-                    await ws.send_str(msgspec.json.encode({"op": "subscribe", "instrument": instrument,
-                                                           "timeframe": timeframe, "snapshot": want}).decode())
+                    op: dict[str, Any] = {"op": "subscribe", "instrument": instrument, "timeframe": timeframe,
+                                          "snapshot": want}
+                    if final_only:
+                        op["final"] = True
+                    await ws.send_str(msgspec.json.encode(op).decode())
                     first = True
                     while True:
                         msg = await ws.receive(timeout=30.0)
@@ -262,20 +305,22 @@ class Client:
                         if type(m) is not CandleMsg or m.data.timeframe != timeframe:
                             continue
                         d = m.data
-                        c = Candle(d.open_time, d.open, d.high, d.low, d.close, d.volume, d.trades, d.closed)
+                        c = Candle(d.open_time, d.open, d.high, d.low, d.close, d.volume, d.trades,
+                                   *_flags(d.state, d.closed))
                         if first:
                             first = False
                             # The snapshot should reach back to `last`; when the outage outlasted
                             # what the server keeps in memory, the rest comes over HTTP.
                             need = None if last is None else last.open_time + (tf_ms if last.closed else 0)
                             if need is not None and c.open_time > need:
-                                missed = await self.fetch_candles(instrument, timeframe, need, c.open_time - 1)
+                                missed = await self.fetch_candles(instrument, timeframe, need, c.open_time - 1,
+                                                                  final=final_only)
                                 log.debug("resuming %s %s: %d candles over HTTP", instrument, timeframe, len(missed))
                                 self.resumed_over_http += len(missed)
                                 for h in missed:
-                                    if seen.take(h) and (h.closed or not closed_only):
+                                    if wanted(h) and seen.take(h):
                                         yield h
-                        if seen.take(c) and (c.closed or not closed_only):
+                        if wanted(c) and seen.take(c):
                             yield c
             except ApiError:
                 raise
@@ -307,34 +352,45 @@ class Client:
 
 
 class _Progress:
-    """What a watch has yielded: the newest candle, and recent final candles by open time."""
+    """What a watch has yielded: the first open time, the newest candle, and recent closed candles
+    by open time."""
 
     KEEP = 4096
 
     def __init__(self) -> None:
+        self.first: int | None = None
         self.last: Candle | None = None
-        self.finals: dict[int, Candle] = {}
+        self.closed: dict[int, Candle] = {}
 
     def take(self, c: Candle) -> bool:
-        """Record ``c`` and say whether it is news: a later candle, an update of the forming one,
-        or a correction of a final candle yielded before (a repair on the server's side)."""
+        """Record ``c`` and say whether it is news: a later candle, an update of the forming one, or
+        a closed candle since the watch began whose values differ from what was yielded for it (a
+        correction) or that was never yielded (for a final-only watch, a candle that was
+        provisional when it went by). A closed candle that only changes state (a provisional one
+        made final with the same values) is recorded but is not news."""
         if _newer(c, self.last):
             self.last = c
-        elif c.closed and self.finals.get(c.open_time, c) != c:
+        elif c.closed and self.first is not None and c.open_time >= self.first:
+            old = self.closed.get(c.open_time)
             if self.last is not None and c.open_time == self.last.open_time:
                 self.last = c
+            if old is not None and old.row() == c.row():
+                self.closed[c.open_time] = c
+                return False
         else:
             return False
+        if self.first is None:
+            self.first = c.open_time
         if c.closed:
-            self.finals[c.open_time] = c
-            if len(self.finals) > self.KEEP:
-                del self.finals[next(iter(self.finals))]
+            self.closed[c.open_time] = c
+            if len(self.closed) > self.KEEP:
+                del self.closed[next(iter(self.closed))]
         return True
 
 
 def _newer(c: Candle, last: Candle | None) -> bool:
-    """True when ``c`` is news after ``last``: a later candle, or a change of the same one that is
-    not already final."""
+    """True when ``c`` is news after ``last``: a later candle, or a change of the same one while it
+    is still forming."""
     if last is None or c.open_time > last.open_time:
         return True
     return c.open_time == last.open_time and not last.closed
@@ -343,8 +399,9 @@ def _newer(c: Candle, last: Candle | None) -> bool:
 def to_dataframe(rows: Sequence[Sequence[float] | Candle]) -> Any:
     """A pandas DataFrame of candles, indexed by open time (UTC timestamps, named ``open_time``).
 
-    ``rows`` are ccxt rows (6 columns), rows with ``trades`` (7 columns, as the HTTP API sends), or
-    :class:`Candle` objects (which add ``trades`` and ``closed``). Needs pandas:
+    ``rows`` are ccxt rows (6 columns), rows with ``trades`` (7 columns), rows with ``trades`` and
+    ``state`` (8 columns, as the HTTP API sends them), or :class:`Candle` objects (which add
+    ``trades``, ``closed`` and ``state``: forming, provisional or final). Needs pandas:
     ``pip install 'deltafeed[pandas]'``.
     """
     try:
@@ -356,16 +413,16 @@ def to_dataframe(rows: Sequence[Sequence[float] | Candle]) -> Any:
     columns = ["open", "high", "low", "close", "volume"]
     records: list[Sequence[Any]]
     if rows and isinstance(rows[0], Candle):
-        columns += ["trades", "closed"]
-        records = [(c.open_time, c.open, c.high, c.low, c.close, c.volume, c.trades, c.closed)
+        columns += ["trades", "closed", "state"]
+        records = [(c.open_time, c.open, c.high, c.low, c.close, c.volume, c.trades, c.closed, c.state)
                    for c in rows if isinstance(c, Candle)]
     else:
         records = [r for r in rows if not isinstance(r, Candle)]
         width = len(records[0]) if records else 6
-        if width not in (6, 7):
-            raise ValueError(f"rows have {width} columns; expected [ms, open, high, low, close, volume(, trades)]")
-        if width == 7:
-            columns.append("trades")
+        if width not in (6, 7, 8):
+            raise ValueError(f"rows have {width} columns; expected [ms, open, high, low, close, volume(, trades"
+                             "(, state))]")
+        columns += ["trades", "state"][: width - 6]
     frame = pd.DataFrame.from_records(records, columns=["open_time", *columns])
     frame["open_time"] = pd.to_datetime(frame["open_time"].astype("int64"), unit="ms", utc=True)
     return frame.set_index("open_time")

@@ -7,9 +7,11 @@ router's own errors (unknown path, wrong method, body too large) are turned into
 :func:`error_middleware`.
 
 Candles are served from the engine's hot tier when it covers the range and from the cold store
-otherwise (``Engine.candles``). The candle still forming is included, last, and named in the
-response (``"forming"`` in JSON, the ``Deltafeed-Forming`` header in both formats), so a consumer
-that wants only final candles drops it.
+otherwise (``Engine.candles``). Every candle carries its state: ``forming`` (its interval is not
+over), ``provisional`` (closed, but deltafeed does not vouch for it yet: it may still be repaired) or
+``final``. The candle still forming is included, last, and also named in the response
+(``"forming"`` in JSON, the ``Deltafeed-Forming`` header in both formats); ``final=true`` returns
+only final candles.
 """
 
 from __future__ import annotations
@@ -38,16 +40,16 @@ log = logging.getLogger("deltafeed.api.http")
 MAX_CANDLES = 100_000
 #: Largest request body accepted (the control endpoints take a short JSON list).
 MAX_BODY_BYTES = 64 * 1024
-#: Columns of a candle row, in JSON and CSV.
-COLUMNS = ("open_time", "open", "high", "low", "close", "volume", "trades")
+#: Columns of a candle row, in JSON and CSV (``state``: forming, provisional or final).
+COLUMNS = ("open_time", "open", "high", "low", "close", "volume", "trades", "state")
 #: Response header naming the open times (epoch ms, comma separated) of the candles in the
-#: response that are still forming; absent when every candle in it is final.
+#: response that are still forming; absent when none is (the state column tells provisional ones).
 FORMING_HEADER = "Deltafeed-Forming"
 #: Response header naming the open times of the candles in the response that span a failover
 #: switch of a logical instrument (see ``model.Switch``); absent when none does.
 SWITCH_HEADER = "Deltafeed-Switch"
 
-_CANDLE_PARAMS = ("since", "until", "limit", "format", "price", "token")
+_CANDLE_PARAMS = ("since", "until", "limit", "format", "price", "final", "token")
 _JSON = "application/json"
 
 # --- errors -------------------------------------------------------------------------------------
@@ -130,6 +132,16 @@ def parse_limit(text: str) -> int:
         raise http_error(web.HTTPBadRequest, f"limit={text!r} is not a whole number from 1 to {MAX_CANDLES};"
                                              " write e.g. limit=500")
     return n
+
+
+def parse_bool(text: str, name: str) -> bool:
+    """A boolean query parameter: ``true``/``false`` (also ``1``/``0``, any case)."""
+    value = text.strip().lower()
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0"):
+        return False
+    raise http_error(web.HTTPBadRequest, f"{name}={text!r} is not a boolean; write {name}=true or {name}=false")
 
 
 def parse_instrument(name: str, known: list[str]) -> str:
@@ -226,7 +238,7 @@ class _Routes:
         unknown = sorted(set(q) - set(_CANDLE_PARAMS))
         if unknown:
             raise http_error(web.HTTPBadRequest, f"unknown parameter(s) {', '.join(unknown)}; use since, until,"
-                                                 " limit, format and price")
+                                                 " limit, format, price and final")
         since = parse_time(q["since"], "since") if "since" in q else None
         until = parse_time(q["until"], "until") if "until" in q else None
         if since is not None and until is not None and since > until:
@@ -235,13 +247,15 @@ class _Routes:
         fmt = q.get("format", "json")
         if fmt not in ("json", "csv"):
             raise http_error(web.HTTPBadRequest, f"format={fmt!r} is not served; use format=json or format=csv")
+        final_only = parse_bool(q["final"], "final") if "final" in q else False
         rows = await self.engine.candles(instrument, timeframe, since, until,
-                                         MAX_CANDLES + 1 if limit is None else limit)
+                                         MAX_CANDLES + 1 if limit is None else limit, final_only=final_only)
         if len(rows) > MAX_CANDLES:
             raise http_error(web.HTTPBadRequest, f"{instrument} {timeframe} holds more than {MAX_CANDLES} candles"
                                                  " in that range; narrow it with since and until, or pass"
                                                  f" limit (up to {MAX_CANDLES}) for the newest ones")
         forming = [c.open_time for c in rows if not c.closed]
+        provisional = [c.open_time for c in rows if c.closed and not c.final]
         headers = {FORMING_HEADER: ",".join(map(str, forming))} if forming else {}
         switches = await self._spanning(instrument, timeframe, rows)
         if switches:
@@ -250,7 +264,8 @@ class _Routes:
             return web.Response(text=candles_csv(rows), content_type="text/csv", charset="utf-8",
                                 headers=headers)
         return _json({"instrument": instrument, "timeframe": timeframe, "columns": COLUMNS,
-                      "candles": [_json_row(c) for c in rows], "forming": forming, "switches": switches},
+                      "candles": [_json_row(c) for c in rows], "forming": forming, "provisional": provisional,
+                      "switches": switches},
                      headers=headers)
 
     async def _spanning(self, instrument: str, timeframe: str, rows: list[Candle]) -> list[dict[str, Any]]:
@@ -278,12 +293,13 @@ class _Routes:
 
 
 def candles_csv(rows: list[Candle]) -> str:
-    """The CLI's CSV: header ``open_time,open,high,low,close,volume,trades``, ISO-8601 UTC times."""
+    """The CLI's CSV: header ``open_time,open,high,low,close,volume,trades,state``, ISO-8601 UTC times."""
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(COLUMNS)
     for c in rows:
-        w.writerow([iso(c.open_time), num(c.open), num(c.high), num(c.low), num(c.close), num(c.volume), c.trades])
+        w.writerow([iso(c.open_time), num(c.open), num(c.high), num(c.low), num(c.close), num(c.volume), c.trades,
+                    c.state])
     return out.getvalue()
 
 
@@ -374,23 +390,32 @@ def openapi_spec() -> dict[str, Any]:
                           "properties": {"error": {"type": "string"}}},
                 "Candles": {
                     "type": "object",
-                    "required": ["instrument", "timeframe", "columns", "candles", "forming", "switches"],
+                    "required": ["instrument", "timeframe", "columns", "candles", "forming", "provisional",
+                                 "switches"],
                     "properties": {
                         "instrument": {"type": "string", "examples": ["binance:BTCUSDT"]},
                         "timeframe": {"type": "string", "examples": ["1m"]},
                         "columns": {"type": "array", "items": {"type": "string"}, "const": list(COLUMNS)},
                         "candles": {
                             "description": "Oldest first: [open_time epoch ms, open, high, low, close, volume, "
-                                           "trades]. Values are the stored ones, unrounded.",
+                                           "trades, state]. Values are the stored ones, unrounded (volume at 8 "
+                                           "decimals). state is forming (its interval is not over), provisional "
+                                           "(closed, but not yet verified: it may still be repaired and is then "
+                                           "published again) or final (deltafeed vouches for it).",
                             "type": "array",
-                            "items": {"type": "array", "minItems": 7, "maxItems": 7,
+                            "items": {"type": "array", "minItems": 8, "maxItems": 8,
                                       "prefixItems": [{"type": "integer"}, *[{"type": "number"}] * 5,
-                                                      {"type": "integer"}]},
+                                                      {"type": "integer"}, {"$ref": "#/components/schemas/State"}]},
                         },
                         "forming": {
-                            "description": "Open times of the candles in this response that are not final yet: "
-                                           "the one forming now (always the last row) and, rarely, one waiting "
-                                           "for a repair.",
+                            "description": "Open times of the candles in this response still forming (their "
+                                           "interval is not over): the newest one, last, when the range reaches "
+                                           "now; and, rarely, one the venue never closed, waiting for a repair.",
+                            "type": "array", "items": {"type": "integer"},
+                        },
+                        "provisional": {
+                            "description": "Open times of the provisional candles in this response (closed but "
+                                           "not verified yet). Empty with final=true.",
                             "type": "array", "items": {"type": "integer"},
                         },
                         "switches": {
@@ -402,6 +427,10 @@ def openapi_spec() -> dict[str, Any]:
                         },
                     },
                 },
+                "State": {"enum": ["forming", "provisional", "final"],
+                          "description": "forming: the interval is not over; provisional: closed, not verified "
+                                         "yet (built while the stream was down or behind a hole, or waiting for "
+                                         "a repair); final: deltafeed vouches for it."},
                 "SpanningCandle": {
                     "type": "object", "required": ["open_time", "since_ms", "at_ms", "from", "to"],
                     "properties": {
@@ -474,10 +503,13 @@ def openapi_spec() -> dict[str, Any]:
                 },
             }},
             "/candles/{instrument}/{timeframe}": {"get": {
-                "summary": "Candles of one series, oldest first, the forming one included (last)",
+                "summary": "Candles of one series, oldest first, the forming one included (last), each with its "
+                           "state",
                 "description": "From memory when the recent candles cover the range, else from the database. "
-                               f"The {FORMING_HEADER} header lists the open times of the candles not final yet. "
-                               f"At most {MAX_CANDLES} candles: a wider range without limit is refused (400).",
+                               "Each candle's state is forming, provisional or final; final=true returns only "
+                               f"final ones. The {FORMING_HEADER} header lists the open times of the candles "
+                               f"still forming. At most {MAX_CANDLES} candles: a wider range without limit is "
+                               "refused (400).",
                 "security": secured,
                 "parameters": [
                     {"name": "instrument", "in": "path", "required": True, "schema": {"type": "string"},
@@ -490,7 +522,12 @@ def openapi_spec() -> dict[str, Any]:
                      "description": "Latest open time (inclusive): epoch ms or ISO-8601"},
                     {"name": "limit", "in": "query", "required": False,
                      "schema": {"type": "integer", "minimum": 1, "maximum": MAX_CANDLES},
-                     "description": "Only the newest N candles of the range"},
+                     "description": "Only the newest N candles of the range (with final=true, the newest N "
+                                    "final ones)"},
+                    {"name": "final", "in": "query", "required": False,
+                     "schema": {"type": "boolean", "default": False},
+                     "description": "true: only final (verified) candles, neither provisional nor forming "
+                                    "ones"},
                     {"name": "format", "in": "query", "required": False,
                      "schema": {"enum": ["json", "csv"], "default": "json"}},
                 ],
@@ -505,11 +542,11 @@ def openapi_spec() -> dict[str, Any]:
                         "content": {
                             _JSON: {"schema": {"$ref": "#/components/schemas/Candles"}},
                             "text/csv": {"schema": {"type": "string"},
-                                         "example": "open_time,open,high,low,close,volume,trades\n"
-                                                    "2026-01-01T00:00:00Z,100.5,101,100,100.75,12.5,42\n"},
+                                         "example": "open_time,open,high,low,close,volume,trades,state\n"
+                                                    "2026-01-01T00:00:00Z,100.5,101,100,100.75,12.5,42,final\n"},
                         },
                     },
-                    "400": _err("A bad parameter (time, limit, format, malformed name, range too wide)"),
+                    "400": _err("A bad parameter (time, limit, format, final, malformed name, range too wide)"),
                     **_READ_ERRORS,
                     "404": _err("An instrument or timeframe this collector does not serve"),
                     "503": _err("The database cannot answer now; retry"),
@@ -578,7 +615,7 @@ def docs_html(spec: dict[str, Any]) -> str:
             "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a></p></body></html>")
 
 
-def _json_row(c: Candle) -> list[float | int]:
-    """``[open_time_ms, o, h, l, c, volume, trades]``, volume at the venue's 8 decimals (sums of
+def _json_row(c: Candle) -> list[float | int | str]:
+    """``[open_time_ms, o, h, l, c, volume, trades, state]``, volume at the venue's 8 decimals (sums of
     floats carry noise past that, as in ``deltafeed candles --format json``)."""
-    return [c.open_time, c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades]
+    return [c.open_time, c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades, c.state]

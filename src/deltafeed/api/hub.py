@@ -30,6 +30,11 @@ Independently of the queue, a client whose oldest queued message has waited more
 is disconnected the same way (checked every second). Conflation alone could otherwise keep a
 client that barely reads connected forever, looking at data minutes old.
 
+A candle subscription may be *final-only*: that client gets a candle only when it is final (deltafeed
+vouches for it), including a final candle published again as a correction, and never a forming or
+provisional one; its snapshot holds the newest final candles. A client subscribed to the same
+series both ways gets each message once.
+
 Snapshots and live data meet without a gap or a duplicate: :meth:`Hub.subscribe` takes the snapshot
 and registers the subscription in one synchronous step, so no producer call can fall between them,
 as long as ``snapshot()`` reflects every :meth:`Hub.candle` call made before it (the engine feeds both
@@ -57,6 +62,8 @@ from deltafeed.net.frames import text_frame
 log = logging.getLogger("deltafeed.api.hub")
 
 MAX_SNAPSHOT = 1000  # candles per timeframe a subscription may ask for
+# A final-only snapshot of N looks at most this many times N candles back for N final ones.
+_FINAL_SNAPSHOT_REACH = 64
 BATCH_BYTES = 256 * 1024  # most bytes written to one client at once, before looking at flow control
 LAG_CHECK_S = 1.0  # how often the lag rule is checked (and heartbeats considered)
 CLOSE_WAIT_S = 5.0  # how long a sender may take to close its connection before it is cancelled
@@ -78,7 +85,10 @@ class CandleData(msgspec.Struct, gc=False):
     close: float
     volume: float
     trades: int
-    closed: bool
+    closed: bool  # its interval is over
+    #: ``forming``, ``provisional`` or ``final`` (see ``model.Candle.state``); always sent. The default
+    #: only lets a client read a server from before states existed.
+    state: str = ""
 
 
 class TradeData(msgspec.Struct, gc=False):
@@ -146,13 +156,15 @@ class SwitchMsg(msgspec.Struct, tag_field="type", tag="switch"):
     data: SwitchData
 
 
-class Subscribed(msgspec.Struct, tag_field="type", tag="subscribed"):
-    """The answer to a subscribe op; ``snapshot`` candle messages follow it, then live data."""
+class Subscribed(msgspec.Struct, tag_field="type", tag="subscribed", omit_defaults=True):
+    """The answer to a subscribe op; ``snapshot`` candle messages follow it, then live data.
+    ``final`` is sent (true) only for a final-only subscription."""
 
     op: str
     instrument: str
-    timeframe: str | None = None
-    snapshot: int = 0
+    timeframe: str | None
+    snapshot: int
+    final: bool = False
 
 
 class Unsubscribed(msgspec.Struct, tag_field="type", tag="unsubscribed"):
@@ -177,7 +189,7 @@ def encode_frame(msg: msgspec.Struct) -> bytes:
 
 
 def _candle_frame(instrument: str, timeframe: str, c: Candle) -> bytes:
-    data = CandleData(timeframe, c.open_time, c.open, c.high, c.low, c.close, c.volume, c.trades, c.closed)
+    data = CandleData(timeframe, c.open_time, c.open, c.high, c.low, c.close, c.volume, c.trades, c.closed, c.state)
     return text_frame(_encode(CandleMsg(instrument, c.open_time, data)))
 
 
@@ -203,9 +215,11 @@ class Sink(Protocol):
 
 # A subscription: (kind, instrument, timeframe) with kind "all" (candles of every timeframe,
 # prices and trades: the path endpoints), "candles" (one timeframe, or every one plus prices when
-# timeframe is None) or "trades".
+# timeframe is None), "final" (final candles only, of one timeframe or every one; no prices) or
+# "trades".
 Sub = tuple[str, str, str | None]
-# A route: ("c", instrument, timeframe), ("p", instrument) or ("t", instrument).
+# A route: ("c", instrument, timeframe), ("f", instrument, timeframe) (final candles only),
+# ("p", instrument) or ("t", instrument).
 Route = tuple[str, ...]
 
 
@@ -304,6 +318,8 @@ class Hub:
         # client tuples are replaced, never mutated: a fan-out loop may disconnect a client while
         # it iterates, and subscriptions change rarely compared with messages.
         self._candle_routes: dict[str, dict[str, tuple[Client, ...]]] = {}
+        # Clients of final candles only (never also in _candle_routes for the same series).
+        self._final_routes: dict[str, dict[str, tuple[Client, ...]]] = {}
         self._price_routes: dict[str, tuple[Client, ...]] = {}
         self._trade_routes: dict[str, tuple[Client, ...]] = {}
         self._clients: dict[Client, None] = {}
@@ -329,21 +345,29 @@ class Hub:
     # --- producer side: synchronous, never awaits ------------------------------------------------
 
     def candle(self, instrument: str, timeframe: str, candle: Candle) -> None:
-        """An open candle's update or a closed candle."""
+        """An open candle's update, a closed candle, or one published again (made final, corrected);
+        final-only clients get it only when it is final."""
         by_tf = self._candle_routes.get(instrument)
-        if by_tf is None:
+        clients = None if by_tf is None else by_tf.get(timeframe)
+        finals = None
+        if candle.final:
+            f_tf = self._final_routes.get(instrument)
+            finals = None if f_tf is None else f_tf.get(timeframe)
+        if clients is None and finals is None:
             return
-        clients = by_tf.get(timeframe)
-        if clients is None:
-            return
-        self._fanout(clients, _candle_frame(instrument, timeframe, candle), (instrument, timeframe, candle.open_time))
+        frame = _candle_frame(instrument, timeframe, candle)
+        key = (instrument, timeframe, candle.open_time)
+        if clients is not None:
+            self._fanout(clients, frame, key)
+        if finals is not None:
+            self._fanout(finals, frame, key)
 
     def switch(self, instrument: str, at_ms: int, data: SwitchData) -> None:
         """A failover switch of ``instrument``, to every client watching any of its timeframes."""
-        by_tf = self._candle_routes.get(instrument)
-        if by_tf is None:
+        groups = [*self._candle_routes.get(instrument, {}).values(), *self._final_routes.get(instrument, {}).values()]
+        if not groups:
             return
-        clients = tuple({c: None for group in by_tf.values() for c in group})
+        clients = tuple({c: None for group in groups for c in group})
         self._fanout(clients, text_frame(_encode(SwitchMsg(instrument, at_ms, data))), None)
 
     def trade(self, instrument: str, trade: Trade) -> None:
@@ -473,17 +497,22 @@ class Hub:
         """Everything for ``instrument``: trades, prices, candles of every timeframe (no snapshot)."""
         self._add_sub(c, ("all", instrument, None))
 
-    def subscribe(self, c: Client, instrument: str, timeframe: str | None, snapshot: int = 0) -> int:
+    def subscribe(self, c: Client, instrument: str, timeframe: str | None, snapshot: int = 0, *,
+                  final: bool = False) -> int:
         """Candles of ``timeframe`` (all timeframes and prices if None), after the last ``snapshot``.
 
         Queues the ``subscribed`` reply, then the snapshot's candles oldest first (per timeframe),
         and registers the subscription, all in one synchronous step: the first live update follows
         the last snapshot candle with nothing lost or repeated in between. Returns the number of
         snapshot candles.
+
+        ``final``: final candles only (no prices either): the snapshot is the newest ``snapshot``
+        final candles, and live, a candle is sent each time it is published final (made final, or
+        corrected), never while forming or provisional.
         """
         if not 0 <= snapshot <= MAX_SNAPSHOT:
             raise BadInput(f"snapshot must be between 0 and {MAX_SNAPSHOT}, got {snapshot}")
-        sub: Sub = ("candles", instrument, timeframe)
+        sub: Sub = ("final" if final else "candles", instrument, timeframe)
         self._check_new_sub(c, sub)
         if snapshot and c.sent < c.snapshot_until:
             # At most one snapshot queued per client: asking again and again without reading must
@@ -492,8 +521,10 @@ class Hub:
         frames: list[bytes] = []
         if snapshot:
             for tf in TIMEFRAMES if timeframe is None else (timeframe,):
-                frames.extend(_candle_frame(instrument, tf, cd) for cd in self._snapshot(instrument, tf, snapshot))
-        self.send(c, Subscribed("subscribe", instrument, timeframe, len(frames)))
+                candles = self._final_snapshot(instrument, tf, snapshot) if final else \
+                    self._snapshot(instrument, tf, snapshot)
+                frames.extend(_candle_frame(instrument, tf, cd) for cd in candles)
+        self.send(c, Subscribed("subscribe", instrument, timeframe, len(frames), final))
         if frames:
             # One queue entry however long: a deep snapshot must not count as a full queue.
             self._push(c, b"".join(frames))
@@ -501,19 +532,32 @@ class Hub:
         self._add_sub(c, sub)
         return len(frames)
 
+    def _final_snapshot(self, instrument: str, timeframe: str, n: int) -> list[Candle]:
+        """The newest ``n`` final candles the snapshot source holds (reaching further back while
+        provisional ones are in the way)."""
+        want = n
+        while True:
+            got = self._snapshot(instrument, timeframe, want)
+            finals = [cd for cd in got if cd.final]
+            if len(finals) >= n or len(got) < want or want >= _FINAL_SNAPSHOT_REACH * n:
+                return finals[-n:]
+            want *= 4
+
     def subscribe_trades(self, c: Client, instrument: str) -> None:
         sub: Sub = ("trades", instrument, None)
         self._check_new_sub(c, sub)
-        self.send(c, Subscribed("subscribe_trades", instrument))
+        self.send(c, Subscribed("subscribe_trades", instrument, None, 0))
         self._add_sub(c, sub)
 
     def unsubscribe(self, c: Client, instrument: str, timeframe: str | None, trades: bool = False) -> None:
-        """Remove one subscription made before (its exact instrument, timeframe and kind)."""
-        sub: Sub = ("trades", instrument, None) if trades else ("candles", instrument, timeframe)
-        if sub not in c.subs:
+        """Remove a subscription made before (its exact instrument and timeframe; for candles, the
+        final-only one as well as the other)."""
+        subs: list[Sub] = [("trades", instrument, None)] if trades else [
+            ("candles", instrument, timeframe), ("final", instrument, timeframe)]
+        if not c.subs.intersection(subs):
             what = "trades" if trades else f"candles {timeframe or '(all timeframes)'}"
             raise BadInput(f"not subscribed to {instrument} {what}; subscriptions: {self.describe(c) or 'none'}")
-        c.subs.discard(sub)
+        c.subs.difference_update(subs)
         self._reroute(c)
         self.send(c, Unsubscribed("unsubscribe_trades" if trades else "unsubscribe", instrument, timeframe))
 
@@ -540,6 +584,8 @@ class Hub:
         new: set[Route] = set()
         if not c.closing:
             for kind, inst, tf in c.subs:
+                if kind == "final":
+                    continue
                 if kind != "trades":
                     if tf is None:
                         new.update(("c", inst, t) for t in TIMEFRAMES)
@@ -548,6 +594,10 @@ class Hub:
                         new.add(("c", inst, tf))
                 if kind != "candles":
                     new.add(("t", inst))
+            for kind, inst, tf in c.subs:
+                if kind == "final":  # unless every update of that series comes anyway
+                    tfs = TIMEFRAMES if tf is None else (tf,)
+                    new.update(("f", inst, t) for t in tfs if ("c", inst, t) not in new)
         for r in new - c.routes:
             self._route(r, c, add=True)
         for r in c.routes - new:
@@ -556,8 +606,9 @@ class Hub:
 
     def _route(self, r: Route, c: Client, *, add: bool) -> None:
         table: dict[str, tuple[Client, ...]]
-        if r[0] == "c":
-            table = self._candle_routes.setdefault(r[1], {})
+        by_instrument = self._candle_routes if r[0] == "c" else self._final_routes
+        if r[0] in ("c", "f"):
+            table = by_instrument.setdefault(r[1], {})
             key = r[2]
         else:
             table = self._price_routes if r[0] == "p" else self._trade_routes
@@ -568,8 +619,8 @@ class Hub:
             table[key] = now
         else:
             table.pop(key, None)
-        if r[0] == "c" and not table:
-            del self._candle_routes[r[1]]
+        if r[0] in ("c", "f") and not table:
+            del by_instrument[r[1]]
 
     # --- disconnecting --------------------------------------------------------------------------
 

@@ -9,6 +9,10 @@
     ``subscribed`` reply, the last ``snapshot`` candles (0 to 1000, default 0) as candle messages
     oldest first, then live updates of that timeframe, with no gap and no duplicate in between.
     Without ``timeframe``: candles of every timeframe (the snapshot per timeframe) and price updates.
+    With ``"final":true``: final candles only: the snapshot is the newest final ones, and live, a
+    candle comes each time it is published final (when it becomes final, or is corrected), never
+    while forming or provisional; no price updates. Each candle message's ``data`` has ``closed``
+    (its interval is over) and ``state`` (``forming``, ``provisional`` or ``final``).
   - ``{"op":"subscribe_trades","instrument":...}``: that instrument's trades.
   - ``{"op":"unsubscribe","instrument":...,"timeframe":...}`` and
     ``{"op":"unsubscribe_trades","instrument":...}`` undo them (``unsubscribed`` reply).
@@ -56,6 +60,7 @@ class _Op(msgspec.Struct, forbid_unknown_fields=True):
     instrument: str | None = None
     timeframe: str | None = None
     snapshot: int = 0
+    final: bool = False
 
 
 _decode_op = msgspec.json.Decoder(_Op).decode
@@ -189,10 +194,12 @@ class _Endpoints:
             name = hub.check_instrument(op.instrument)
             timeframe = None if op.timeframe is None else hub.check_timeframe(op.timeframe)
             if op.op == "subscribe":
-                hub.subscribe(c, name, timeframe, op.snapshot)
+                hub.subscribe(c, name, timeframe, op.snapshot, final=op.final)
                 return
             if op.snapshot:
                 raise BadInput(f"snapshot only goes with subscribe, not {op.op}")
+            if op.final:
+                raise BadInput(f"final only goes with subscribe, not {op.op} (unsubscribe ends either kind)")
             if op.op == "unsubscribe":
                 hub.unsubscribe(c, name, timeframe)
                 return

@@ -280,7 +280,10 @@ async def _v1_initial(con: Any, layout: Layout) -> None:
 
 async def _v3_final(con: Any, layout: Layout) -> None:
     """``final`` on every candle table: true for the closed candles behind their series' final mark
-    (what deltafeed vouched for so far), false for the rest (provisional, or forming)."""
+    (what deltafeed vouched for so far), false for the rest (provisional, or forming).
+
+    On TimescaleDB (untested here) a compressed hypertable takes a NOT NULL column with a default
+    from TimescaleDB 2.6 on, and the UPDATE of compressed chunks needs 2.11 or later."""
     for tf in TIMEFRAMES:
         table = _table(layout.schema, tf)
         # A constant default: PostgreSQL 11+ adds the column without rewriting the table.
