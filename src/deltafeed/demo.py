@@ -45,22 +45,24 @@ def _view(engine: Engine, started: float, trades_before: int) -> Group:
     insts = status["instruments"]
     assert isinstance(insts, dict)
     table = Table(title="deltafeed demo: crypto from trades, forex from quotes (mid), forming live", expand=False)
-    for col in ("instrument", "tf", "open_time (UTC)", "open", "high", "low", "close", "volume", "trades",
-                "stored"):
-        table.add_column(col, justify="left" if col in ("instrument", "tf", "open_time (UTC)") else "right")
+    for col in ("instrument", "tf", "open_time (UTC)", "state", "open", "high", "low", "close", "volume", "trades",
+                "stored", "final"):
+        table.add_column(col, justify="left" if col in ("instrument", "tf", "open_time (UTC)", "state") else "right")
     for key, st in engine.states.items():
         for i, tf in enumerate(engine.timeframes):
             c = st.open_candle(tf)
             recent = engine.hot.last(key, tf, 1)
             shown = c or (recent[-1] if recent else None)
-            stored = len(engine.hot.last(key, tf, engine.settings.hot_capacity))
+            held = engine.hot.last(key, tf, engine.settings.hot_capacity)
+            stored = len(held)
+            finals = sum(1 for h in held if h.final)
             if shown is None:
-                table.add_row(key if i == 0 else "", tf, "…", "", "", "", "", "", "", str(stored))
+                table.add_row(key if i == 0 else "", tf, "…", "", "", "", "", "", "", "", str(stored), str(finals))
                 continue
             style = "bold green" if shown.close >= shown.open else "bold red"
-            table.add_row(key if i == 0 else "", tf, iso(shown.open_time), num(shown.open), num(shown.high),
-                          num(shown.low), Text(num(shown.close), style=style), num(shown.volume),
-                          str(shown.trades), str(stored))
+            table.add_row(key if i == 0 else "", tf, iso(shown.open_time), shown.state, num(shown.open),
+                          num(shown.high), num(shown.low), Text(num(shown.close), style=style), num(shown.volume),
+                          str(shown.trades), str(stored), str(finals))
         table.add_section()
     trades = sum(int(v["trades"]) for v in insts.values())
     elapsed = max(time.monotonic() - started, 1e-9)
@@ -69,6 +71,7 @@ def _view(engine: Engine, started: float, trades_before: int) -> Group:
         f"venue time {iso(int(str(status['venue_time_ms'])))}   connected={status['connected']}   "
         f"trades {trades} ({(trades - trades_before) / elapsed:,.0f}/s)   bootstrapped+repaired "
         f"{sum(int(v['bootstrapped']) for v in insts.values())}+{repaired}   written {status['store_written']}"
+        f"   provisional {status['provisional']}   reconciled {status['reconciled']} (corrected {status['corrected']})"
         f"   skipped frames {sum(dict(status['skipped_frames']).values()) if status['skipped_frames'] else 0}"  # type: ignore[call-overload]
         "   Ctrl-C to stop"
     )

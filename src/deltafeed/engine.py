@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from collections import Counter, deque
@@ -1105,6 +1106,8 @@ class Engine:
 
 
 def _same(a: Candle, b: Candle) -> bool:
-    """Whether two candles hold the same prices, volume (to the venues' 8 decimals) and trades."""
-    return (a.open, a.high, a.low, a.close, a.trades) == (b.open, b.high, b.low, b.close, b.trades) and \
-        round(a.volume, 8) == round(b.volume, 8)
+    """Whether two candles hold the same prices (to float noise), volume (to the venues' 8
+    decimals) and trades: what a reconciliation counts as a correction when it is not so."""
+    return a.trades == b.trades and round(a.volume, 8) == round(b.volume, 8) and all(
+        math.isclose(x, y, rel_tol=1e-12) for x, y in ((a.open, b.open), (a.high, b.high), (a.low, b.low),
+                                                      (a.close, b.close)))

@@ -97,7 +97,10 @@ class QuoteRouter:
             if not st.active:
                 continue
             side = st.price
-            price = (bid + ask) * 0.5 if side == "mid" else bid if side == "bid" else ask
+            # Rounded to 10 decimals: the mid of two decimal prices has at most one digit more than
+            # they do, so this is the double nearest the venue's own mid (1.222415, not
+            # 1.2224149999999998), and candles compare equal with the venue's history.
+            price = round((bid + ask) * 0.5, 10) if side == "mid" else bid if side == "bid" else ask
             st.builder.on_trade(Trade(symbol, tid, time_ms, price, 1.0, False))
             st.trades += 1
             st.last_trade_ms = time_ms
