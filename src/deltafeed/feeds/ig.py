@@ -223,6 +223,7 @@ class IGFeed:
             "max_open_connections": int(pool.get("max_open_connections", 0)),
             "chart_candles": self.chart_candles,
             "out_of_order": self.router.out_of_order,
+            "repeated_quotes": self.router.repeated,
             "refused": self.router.refused,
             "allowance": list(self.history.allowance),
             "skipped_frames": dict(self.decoder.errors),

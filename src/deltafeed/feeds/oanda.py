@@ -169,6 +169,7 @@ class OandaFeed:
             "frames": s.frames,
             "heartbeats": self.heartbeats,
             "out_of_order": self.router.out_of_order,
+            "repeated_quotes": self.router.repeated,
             "refused": self.router.refused,
             "skipped_frames": dict(self.decoder.errors),
             "rest_requests": self.history.http.requests,

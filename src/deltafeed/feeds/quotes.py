@@ -49,12 +49,13 @@ class QuoteSide(Protocol):
 class _Series:
     """The price sides of one instrument, and where its quotes stand."""
 
-    __slots__ = ("last_ms", "next_id", "states")
+    __slots__ = ("last", "last_ms", "next_id", "states")
 
     def __init__(self) -> None:
         self.states: list[QuoteSide] = []
         self.next_id = 1
         self.last_ms = -1  # time of the last quote applied
+        self.last: tuple[int, float, float] = (-1, 0.0, 0.0)  # time, bid and ask of the last quote
 
 
 _INF = float("inf")
@@ -67,6 +68,9 @@ class QuoteRouter:
         self._series: dict[str, _Series] = {}
         self.refused = 0  # impossible prices (bid <= 0, ask < bid, NaN)
         self.out_of_order = 0  # older than the last quote: cannot be placed in candles already built
+        # The same time and prices as the quote before: applied (a venue may repeat itself), but
+        # suspect; like every candle of an id-less venue, its candle is reconciled before it is final.
+        self.repeated = 0
 
     def add(self, st: QuoteSide) -> None:
         self._series.setdefault(st.instrument.symbol, _Series()).states.append(st)
@@ -91,6 +95,10 @@ class QuoteRouter:
             self.out_of_order += 1
             return False
         series.last_ms = time_ms
+        line = (time_ms, bid, ask)
+        if line == series.last:
+            self.repeated += 1
+        series.last = line
         tid = series.next_id
         series.next_id = tid + 1
         for st in series.states:
