@@ -73,9 +73,9 @@ async def test_forex_across_a_weekend_with_faults(tmp_path: Path, monkeypatch: p
                     assert not [c for c in stored if weekend[0] <= c.open_time < weekend[1]], "a weekend candle"
                     for c in stored:
                         w = want.get(c.open_time)
-                        assert w is not None, (key, tf, c.open_time)
+                        assert w is not None, (key, tf, c.open_time, c.state)
                         assert (c.open, c.high, c.low, c.close, c.trades, c.volume) == pytest.approx(
-                            (w.open, w.high, w.low, w.close, w.trades, w.volume), rel=1e-12), (key, tf, c.open_time)
+                            (w.open, w.high, w.low, w.close, w.trades, w.volume), rel=1e-12), (key, tf, c.open_time, c.state)
                     # Every candle of the tape inside the stored span is stored: nothing missing.
                     first, last = stored[0].open_time, stored[-1].open_time
                     missing = [t for t in want if first <= t <= last and t not in {c.open_time for c in stored}]

@@ -539,7 +539,9 @@ class FinnhubReplica(ReplicaBase):
         if not len(rows):
             return {"s": "no_data"}
         opens, ends = interval_bounds(resolution, rows["t"])
-        sel = (opens >= from_ms) & (opens <= to_ms) & (ends <= self._clock.now_ms())
+        # Only candles whose every item is out (released): one due by the clock but not yet pumped
+        # would otherwise be served short.
+        sel = (opens >= from_ms) & (opens <= to_ms) & (ends <= min(self._clock.now_ms(), self._released_ms + 1))
         rows, opens = rows[sel], opens[sel]
         if not len(rows):
             return {"s": "no_data"}

@@ -578,9 +578,11 @@ class OandaReplica(ReplicaBase):
             lo = start - start % g  # includeFirst: the candle covering ``from`` is included
             if include_first == "false":
                 lo += g
+        # Complete only up to what the market has released: quotes due by the clock but not yet out
+        # (the pump runs in ticks) would otherwise be missing from a candle called complete.
         table = self._market.candles(
             symbol, g, lo, end, MAX_COUNT if end is not None and start is not None else count or DEFAULT_COUNT,
-            start is not None, now,
+            start is not None, min(now, self._market.released_ms + 1),
         )
         return msgspec.json.encode({"instrument": symbol, "granularity": gran,
                                     "candles": _candle_objects(table, price, fmt_time)})
