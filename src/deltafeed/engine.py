@@ -383,7 +383,12 @@ class Engine:
             last = await self.cold.last_closed(key, tf)
             start = last.open_time + ms if last else now - self.settings.history_ms
             mark = marks.get((key, tf))
-            if last is not None and mark is not None and mark < start:
+            if last is not None and mark is None:
+                # Candles but no mark: the run that stored them died before vouching for any (a
+                # kill -9 during its bootstrap, whose deferred history may never have come).
+                log.info("%s %s: stored candles were never confirmed; fetching the history again", key, tf)
+                start = now - self.settings.history_ms
+            elif last is not None and mark is not None and mark < start:
                 # The previous run ended without vouching for these (a kill -9, a crash, a store
                 # outage): fetch them again rather than trust them.
                 log.info("%s %s: re-fetching %d candles the last run did not confirm", key, tf,
