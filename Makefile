@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint services bench clean
+.PHONY: demo test test-fast lint services bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ services:
 
 test: lint services
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+# The everyday subset (under 3 minutes): everything but the end-to-end runs marked slow.
+test-fast: lint services
+	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/throughput.py

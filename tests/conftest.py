@@ -12,6 +12,17 @@ from deltafeed.replicas.binance import BinanceReplica
 
 MakeReplica = Callable[..., Awaitable[BinanceReplica]]
 
+#: Modules of end-to-end runs (an engine against replicas over compressed time, chaos, outages):
+#: marked ``slow``, so ``pytest -m "not slow"`` (``make test-fast``) is the everyday subset.
+SLOW_MODULES = {"test_chaos", "test_closed_means_true", "test_e2e", "test_finnhub_e2e", "test_forex_e2e",
+                "test_ig_e2e", "test_tiers_e2e", "test_failover", "test_resilience", "test_poison"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 async def make_replica(tmp_path: Any) -> AsyncIterator[MakeReplica]:
