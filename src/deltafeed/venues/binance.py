@@ -257,8 +257,8 @@ def decode_klines(body: bytes, interval_ms: int, now_ms: int) -> list[Candle]:
     """Decode a klines body; a kline is closed when the venue's ``now_ms`` has passed its end.
 
     Raises :class:`BadAnswer` for a body that is not a klines list, and for a row with an impossible
-    value (a price not finite and above zero, a negative or non-finite volume): a page is taken whole or not at all, since a row left out
-    would look like a candle the venue does not have.
+    value (a price not finite and above zero, a negative or non-finite volume): a page is taken whole
+    or not at all, since a row left out would look like a candle the venue does not have.
     """
     try:
         rows = _klines.decode(body)

@@ -292,7 +292,8 @@ def decode_candles(body: bytes) -> list[Candle]:
 
     ``open_time`` is ``t`` in ms, ``volume`` is ``v``, ``trades`` 0 (unknown), ``closed`` False (set by the
     caller from the venue's now). :class:`BadCandles` for any other shape, e.g. ``{"error": …}``, and for a
-    candle with an impossible value (a price not finite and above zero, a negative volume): a page is taken whole or not at all.
+    candle with an impossible value (a price not finite and above zero, a negative volume): a page is
+    taken whole or not at all.
     """
     try:
         b = _candles.decode(body)
