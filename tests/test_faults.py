@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -338,6 +339,38 @@ async def test_garbage_inserts_an_undecodable_frame(make_replica: MakeReplica, h
     assert set(decoder.errors) == {"malformed"}
     assert 1 <= decoder.errors["malformed"] <= assert_counted(replica, "garbage")
     assert ids == list(range(ids[0], ids[-1] + 1)), "the real frames all arrive, in order"
+
+
+async def test_poison_sends_a_nan_trade_with_the_next_trades_id(make_replica: MakeReplica,
+                                                                 http: aiohttp.ClientSession) -> None:
+    """Each poison is a copy of the next real trade (same id) with ``"p":"NaN"``, sent just before it.
+    The decoder refuses it as an impossible value, so every real trade still arrives, once, in order."""
+    replica = await make_replica(symbols=["BTCUSDT"], rate=200.0, history_ms=0, faults={"poison": FAST}, faults_seed=2)
+    raw: list[bytes] = []
+    async with http.ws_connect(replica.ws_url + "/ws/btcusdt@trade") as ws:
+        deadline = time.monotonic() + 1.5
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = await ws.receive(timeout=left)
+            except TimeoutError:
+                break
+            raw.append(msg.data.encode())
+    poisoned = [i for i, f in enumerate(raw) if b'"p":"NaN"' in f]
+    assert 1 <= len(poisoned) <= assert_counted(replica, "poison")
+    for i in poisoned:  # the real trade of the same id follows at once
+        assert raw[i].replace(b'"p":"NaN"', b"") == re.sub(rb'"p":"[^"]*"', b"", raw[i + 1])
+    decoder = StreamDecoder()
+    events = [decoder.decode(f) for f in raw]
+    ids = [e.trade_id for e in events if isinstance(e, Trade)]
+    assert decoder.errors == {"impossible_value": len(poisoned)}
+    assert ids == list(range(ids[0], ids[-1] + 1)), "every real trade, once, in order"
+
+
+def test_poison_needs_the_replicas_maker() -> None:
+    with pytest.raises(ValueError, match="poison maker"):
+        apply_message_fault("poison", [b"x"], lambda n: 0)
+    assert apply_message_fault("poison", [b"a", b"b"], lambda n: 0, lambda p, pick: None) == [b"a", b"b"]
+    assert apply_message_fault("poison", [b"a", b"b"], lambda n: 1, lambda p, pick: [b"!" + p]) == [b"a", b"!b", b"b"]
 
 
 # --- REST ----------------------------------------------------------------------------------------
