@@ -660,6 +660,18 @@ class TlcpPool:
         return out
 
     @property
+    def skipped_lines(self) -> Counter[str]:
+        """Server lines the sessions' decoders skipped as malformed, by kind (``tlcp_SUBCMD``), and the
+        protocol errors that rebuilt a session (``tlcp_protocol_error``), for the feed's status."""
+        out: Counter[str] = Counter()
+        for s in self.sessions:
+            for kind, n in s.decoder.errors.items():
+                out[f"tlcp_{kind}"] += n
+            if s.errors["protocol_error"]:
+                out["tlcp_protocol_error"] += s.errors["protocol_error"]
+        return out
+
+    @property
     def stats(self) -> Mapping[str, int]:
         total: Counter[str] = Counter()
         for s in self.sessions:
