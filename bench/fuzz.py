@@ -36,6 +36,7 @@ import os
 import random
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -462,6 +463,7 @@ def run_atheris(name: str, count: int, seed: int) -> None:
             res.peak_mib, res.start_mib = round(_rss_mib(), 1), round(base, 1)
             sys.stdout.write(json.dumps(asdict(res)) + "\n")
             sys.stdout.flush()
+            shutil.rmtree(corpus, ignore_errors=True)
             os._exit(0)
 
     def custom(data: bytes, max_size: int, libfuzzer_seed: int) -> bytes:
