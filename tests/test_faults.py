@@ -472,3 +472,39 @@ async def test_cli_reports_injected_faults_on_exit(http: aiohttp.ClientSession) 
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_every_replicas_poison_is_refused_by_its_decoder() -> None:
+    """The OANDA, Finnhub and IG poison makers, fed real frames of their replicas' formats: each
+    poison is a counted skip in the venue's decoder, and the real frame still decodes."""
+    from deltafeed.replicas import finnhub as fh_replica
+    from deltafeed.replicas import ig as ig_replica
+    from deltafeed.replicas import oanda as oanda_replica
+    from deltafeed.venues import finnhub, oanda, tlcp
+
+    line = (b'{"type":"PRICE","instrument":"EUR_USD","time":"2026-11-13T15:00:00.123000000Z","status":"tradeable",'
+            b'"tradeable":true,"bids":[{"price":"1.09274","liquidity":10000000},{"price":"1.09272","liquidity":10000000}],'
+            b'"asks":[{"price":"1.09287","liquidity":10000000}],"closeoutBid":"1.09270","closeoutAsk":"1.09291"}')
+    poison = oanda_replica.poison_price(line, lambda n: 0)
+    assert poison is not None and len(poison) == 1
+    dec = oanda.PriceDecoder()
+    assert dec.decode(poison[0]) is None and dec.errors == {"impossible_value": 1}
+    assert dec.decode(line) is not None
+    assert oanda_replica.poison_price(b'{"type":"HEARTBEAT","time":"x"}', lambda n: 0) is None
+
+    msg = b'{"data":[{"p":7296.89,"s":"BINANCE:BTCUSDT","t":1575526691134,"v":0.011467},{"p":7297.5,"s":"BINANCE:BTCUSDT","t":1575526691135,"v":1}],"type":"trade"}'
+    fdec = finnhub.StreamDecoder()
+    for variant, kind in ((0, "malformed"), (1, "impossible_value")):
+        bad = fh_replica.poison_message(msg, lambda n, v=variant: v)
+        assert bad is not None and len(bad) == 1
+        assert fdec.decode(bad[0]) is None and fdec.errors[kind] == 1, (bad, fdec.errors)
+    assert b"1e400" in fh_replica.poison_message(msg, lambda n: 1)[0]  # type: ignore[index]
+    assert fh_replica.poison_message(b'{"type":"ping"}', lambda n: 0) is None
+    assert fdec.decode(msg) is not None
+
+    tdec = tlcp.LineDecoder()
+    for variant in (0, 1):
+        evs = tdec.feed(ig_replica.poison_line(3, lambda n, v=variant: v) + "\r\n")
+        assert len(evs) == 1 and isinstance(evs[0], tlcp.Malformed), evs
+    assert tdec.errors == {"SUBCMD": 1, "SUBOK": 1}
+    assert "SUBCMD" in tlcp.STATELESS_KINDS and "SUBOK" not in tlcp.STATELESS_KINDS
