@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -340,6 +341,38 @@ async def test_garbage_inserts_an_undecodable_frame(make_replica: MakeReplica, h
     assert ids == list(range(ids[0], ids[-1] + 1)), "the real frames all arrive, in order"
 
 
+async def test_poison_sends_a_nan_trade_with_the_next_trades_id(make_replica: MakeReplica,
+                                                                 http: aiohttp.ClientSession) -> None:
+    """Each poison is a copy of the next real trade (same id) with ``"p":"NaN"``, sent just before it.
+    The decoder refuses it as an impossible value, so every real trade still arrives, once, in order."""
+    replica = await make_replica(symbols=["BTCUSDT"], rate=200.0, history_ms=0, faults={"poison": FAST}, faults_seed=2)
+    raw: list[bytes] = []
+    async with http.ws_connect(replica.ws_url + "/ws/btcusdt@trade") as ws:
+        deadline = time.monotonic() + 1.5
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = await ws.receive(timeout=left)
+            except TimeoutError:
+                break
+            raw.append(msg.data.encode())
+    poisoned = [i for i, f in enumerate(raw) if b'"p":"NaN"' in f]
+    assert 1 <= len(poisoned) <= assert_counted(replica, "poison")
+    for i in poisoned:  # the real trade of the same id follows at once
+        assert raw[i].replace(b'"p":"NaN"', b"") == re.sub(rb'"p":"[^"]*"', b"", raw[i + 1])
+    decoder = StreamDecoder()
+    events = [decoder.decode(f) for f in raw]
+    ids = [e.trade_id for e in events if isinstance(e, Trade)]
+    assert decoder.errors == {"impossible_value": len(poisoned)}
+    assert ids == list(range(ids[0], ids[-1] + 1)), "every real trade, once, in order"
+
+
+def test_poison_needs_the_replicas_maker() -> None:
+    with pytest.raises(ValueError, match="poison maker"):
+        apply_message_fault("poison", [b"x"], lambda n: 0)
+    assert apply_message_fault("poison", [b"a", b"b"], lambda n: 0, lambda p, pick: None) == [b"a", b"b"]
+    assert apply_message_fault("poison", [b"a", b"b"], lambda n: 1, lambda p, pick: [b"!" + p]) == [b"a", b"!b", b"b"]
+
+
 # --- REST ----------------------------------------------------------------------------------------
 
 
@@ -439,3 +472,39 @@ async def test_cli_reports_injected_faults_on_exit(http: aiohttp.ClientSession) 
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_every_replicas_poison_is_refused_by_its_decoder() -> None:
+    """The OANDA, Finnhub and IG poison makers, fed real frames of their replicas' formats: each
+    poison is a counted skip in the venue's decoder, and the real frame still decodes."""
+    from deltafeed.replicas import finnhub as fh_replica
+    from deltafeed.replicas import ig as ig_replica
+    from deltafeed.replicas import oanda as oanda_replica
+    from deltafeed.venues import finnhub, oanda, tlcp
+
+    line = (b'{"type":"PRICE","instrument":"EUR_USD","time":"2026-11-13T15:00:00.123000000Z","status":"tradeable",'
+            b'"tradeable":true,"bids":[{"price":"1.09274","liquidity":10000000},{"price":"1.09272","liquidity":10000000}],'
+            b'"asks":[{"price":"1.09287","liquidity":10000000}],"closeoutBid":"1.09270","closeoutAsk":"1.09291"}')
+    poison = oanda_replica.poison_price(line, lambda n: 0)
+    assert poison is not None and len(poison) == 1
+    dec = oanda.PriceDecoder()
+    assert dec.decode(poison[0]) is None and dec.errors == {"impossible_value": 1}
+    assert dec.decode(line) is not None
+    assert oanda_replica.poison_price(b'{"type":"HEARTBEAT","time":"x"}', lambda n: 0) is None
+
+    msg = b'{"data":[{"p":7296.89,"s":"BINANCE:BTCUSDT","t":1575526691134,"v":0.011467},{"p":7297.5,"s":"BINANCE:BTCUSDT","t":1575526691135,"v":1}],"type":"trade"}'
+    fdec = finnhub.StreamDecoder()
+    for variant, kind in ((0, "malformed"), (1, "impossible_value")):
+        bad = fh_replica.poison_message(msg, lambda n, v=variant: v)
+        assert bad is not None and len(bad) == 1
+        assert fdec.decode(bad[0]) is None and fdec.errors[kind] == 1, (bad, fdec.errors)
+    assert b"1e400" in fh_replica.poison_message(msg, lambda n: 1)[0]  # type: ignore[index]
+    assert fh_replica.poison_message(b'{"type":"ping"}', lambda n: 0) is None
+    assert fdec.decode(msg) is not None
+
+    tdec = tlcp.LineDecoder()
+    for variant in (0, 1):
+        evs = tdec.feed(ig_replica.poison_line(3, lambda n, v=variant: v) + "\r\n")
+        assert len(evs) == 1 and isinstance(evs[0], tlcp.Malformed), evs
+    assert tdec.errors == {"SUBCMD": 1, "SUBOK": 1}
+    assert "SUBCMD" in tlcp.STATELESS_KINDS and "SUBOK" not in tlcp.STATELESS_KINDS

@@ -126,10 +126,26 @@ def test_decode_ping_error_and_bad_frames_are_counted_and_skipped() -> None:
     frame = (b'{"data":[{"p":"7296.89","s":"X","t":1,"v":1},{"p":1.5,"s":"X","v":1},{"p":2.5,"s":"X","t":2,"v":-1},'
              b'{"p":0,"s":"X","t":3,"v":1},{"p":3.5,"s":"X","t":4,"v":2}],"type":"trade"}')
     assert d.decode(frame) == [Trade("X", 0, 4, 3.5, 2.0, False)]
-    assert d.errors["bad_field"] == 4
+    assert d.errors["bad_field"] == 2 and d.errors["impossible_value"] == 2
     assert d.decode(b'{"data":[{"p":-1,"s":"X","t":1,"v":1}],"type":"trade"}') is None
     assert d.decode(b'{"data":[],"type":"trade"}') is None
-    assert d.decode(b'{"data":{},"type":"trade"}') is None and d.errors["bad_field"] == 6
+    assert d.decode(b'{"data":{},"type":"trade"}') is None and d.errors["bad_field"] == 3
+    assert d.errors["impossible_value"] == 3
+
+
+def test_poison_frames_are_counted_never_raised() -> None:
+    """The frames that used to escape the decoder and force a reconnect: a truncated message of an
+    unknown type, and a price beyond float range (which costs its item only)."""
+    d = codec.StreamDecoder()
+    assert d.decode(b'{"type":"news",') is None and d.errors == {"malformed": 1}
+    frame = b'{"data":[{"p":1e400,"s":"X","t":1,"v":1},{"p":2.5,"s":"X","t":2,"v":1e400},{"p":3.5,"s":"X","t":3,"v":1}],"type":"trade"}'
+    assert d.decode(frame) == [Trade("X", 0, 3, 3.5, 1.0, False)]
+    assert d.errors["impossible_value"] == 2
+    assert d.decode(b'{"data":[{"p":1,"s":"X","t":99999999999999999999,"v":1}],"type":"trade"}') is None
+    assert d.errors["bad_field"] == 1
+    assert d.decode(b"[" * 100_000) is None and d.errors["malformed"] == 2
+    assert d.decode(b"\xff\xfe") is None and d.errors["malformed"] == 3
+    assert not d.errors["decoder_bug"]
 
 
 def test_control_messages_urls_and_resolutions() -> None:

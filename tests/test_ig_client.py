@@ -122,11 +122,36 @@ def test_transcript_lines_decode_into_events() -> None:
 def test_unknown_and_malformed_lines_are_counted_and_skipped() -> None:
     d = t.LineDecoder()
     evs = d.feed("MSGDONE,*,1,\r\nMPNREG,devid,adapter\r\nU,1\r\nU,x,1,a\r\nSUBOK,1\r\nCONOK,sid,lots,5000,*\r\nPROBE\r\n")
-    assert evs == [t.Probe()]
+    assert [type(e) for e in evs] == [t.Malformed] * 4 + [t.Probe]
+    assert [e.kind for e in evs if isinstance(e, t.Malformed)] == ["U", "U", "SUBOK", "CONOK"]
     assert d.unknown == Counter({"MSGDONE": 1, "MPNREG": 1})
     assert d.errors == Counter({"U": 2, "SUBOK": 1, "CONOK": 1})
     assert "CONOK" in d.last_error
     assert d.lines == 7
+
+
+@pytest.mark.parametrize("line", [
+    "SUBCMD,1", "SUBCMD,1,1,4,9,2", "SUBOK,1,1,60000000", "SUBOK,1,60000000,4", "SUBOK,-1,1,4", "EOS,1", "OV,1,1",
+    "CS", "UNSUB", "REQERR", "REQERR,x,1,m", "CONOK", "CONOK,,1,1", "END,x", "ERROR", "CONERR", "LOOP,x", "SYNC",
+    "CONF,1", "U,1,1", "U,1," + "9" * 5000 + ",a", "U,\u0661,1,a", "U,1,99999999999999999999,a", "OV,1,1,-3"])
+def test_poison_lines_are_counted_never_raised(line: str) -> None:
+    """``SUBCMD,1`` used to raise TypeError (and end IG streaming); ``SUBOK,1,1,60000000`` made
+    ItemState allocate 60 million fields. Every such line is one counted Malformed event now."""
+    d = t.LineDecoder()
+    evs = d.feed(line + "\r\nPROBE\r\n")
+    assert len(evs) == 2 and isinstance(evs[0], t.Malformed) and evs[1] == t.Probe(), evs
+    assert sum(d.errors.values()) == 1 and not d.errors["decoder_bug"]
+
+
+def test_item_state_allocates_items_when_updated_and_refuses_huge_shapes() -> None:
+    s = t.ItemState()
+    s.open(1, t.MAX_ITEMS, 3)  # costs nothing per item until one is updated
+    assert s.values(1, t.MAX_ITEMS) == [None, None, None] and s.values(1, t.MAX_ITEMS + 1) is None
+    assert s.apply(t.Update(1, 7, "a|b|c")) == ["a", "b", "c"]
+    with pytest.raises(ValueError):
+        s.open(2, 1, t.MAX_FIELDS + 1)
+    with pytest.raises(t.BadUpdate):
+        s.apply(t.Update(1, 7, "^" + "9" * 5000))
 
 
 def _applied(lines: list[str], fields: int = 4, items: int = 2) -> list[list[str | None]]:
@@ -227,7 +252,14 @@ def test_market_quote_skips_what_is_not_a_tradeable_price_and_counts_it() -> Non
     assert dec.market_quote("E", _market(time_="12:30"), now) is None
     assert dec.market_quote("E", _market(time_="25:00:00"), now) is None
     assert dec.market_quote("E", _market(time_=None), now) is None
-    assert dec.errors["bad_field"] == 6
+    assert dec.errors["bad_field"] == 5 and dec.errors["impossible_value"] == 1
+    for bid in ("NaN", "inf", "1e400", "0", "-0"):
+        assert dec.market_quote("E", _market(bid=bid), now) is None
+    assert dec.errors["impossible_value"] == 6
+    assert dec.market_quote("E", _market(time_="12:30:4\u0665"), now) is None  # not an ASCII digit
+    assert dec.chart_candles("E", _chart(BID_LOW="nan")).keys() == {"ask"}
+    assert dec.chart_candles("E", _chart(UTM="9" * 5000)) == {}
+    assert dec.errors["impossible_value"] == 7 and not dec.errors["decoder_bug"]
 
 
 def _chart(**over: str | None) -> dict[str, str | None]:

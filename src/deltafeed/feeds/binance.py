@@ -190,9 +190,11 @@ class BinanceFeed:
             st = self.by_symbol.get(ev.symbol)
             if st is None:
                 return
-            if ev.price <= 0 or ev.qty <= 0 or not self._ts_low <= ev.time_ms <= self._ts_high:
+            # Prices and quantities were checked by the decoder (finite, above zero); the time
+            # needs the venue's clock.
+            if not self._ts_low <= ev.time_ms <= self._ts_high:
                 self.decoder.errors["impossible_value"] += 1
-                self.decoder.last_error = f"impossible trade {ev}"
+                self.decoder.last_error = f"trade time far from the venue's clock: {ev}"
                 self._log_decode_errors()
                 return
             st.builder.on_trade(ev)

@@ -154,14 +154,11 @@ class FinnhubFeed:
     # --- frames ---------------------------------------------------------------------------------
 
     def on_frame(self, frame: bytes | memoryview) -> None:
-        ev = self.decoder.decode(frame)
+        ev = self.decoder.decode(frame)  # prices and volumes checked there (finite, possible)
         if type(ev) is list:
             for t in ev:
                 st = self._by_symbol.get(t.symbol)
                 if st is None or not st.active:
-                    continue
-                if t.price <= 0 or t.qty < 0:
-                    self._skip("impossible_value", f"impossible price {t}")
                     continue
                 if t.time_ms < st.last_trade_ms:
                     self.out_of_order += 1  # no ids: an older item cannot be placed in built candles
@@ -174,11 +171,6 @@ class FinnhubFeed:
                 self.clock.observe(t.time_ms)
         elif ev is None:
             self._log_errors()
-
-    def _skip(self, kind: str, why: str) -> None:
-        self.decoder.errors[kind] += 1
-        self.decoder.last_error = why
-        self._log_errors()
 
     def _log_errors(self) -> None:
         self._skips.report(self.decoder.errors, self.decoder.last_error)

@@ -78,7 +78,10 @@ class IGFeed:
 
     @property
     def errors(self) -> Counter[str]:
-        return self.decoder.errors
+        """Updates the IG decoder skipped, and the Lightstreamer lines the sessions skipped (``tlcp_*``)."""
+        if self.pool is None:
+            return self.decoder.errors
+        return self.decoder.errors + self.pool.skipped_lines
 
     def calendar_name(self, symbol: str) -> str:
         return "fx"
@@ -226,7 +229,7 @@ class IGFeed:
             "repeated_quotes": self.router.repeated,
             "refused": self.router.refused,
             "allowance": list(self.history.allowance),
-            "skipped_frames": dict(self.decoder.errors),
+            "skipped_frames": dict(self.errors),
             "rest_requests": self.session.requests,
             "rest_shared_answers": self.shared_answers,
             "lost_quotes": self.lost_quotes,

@@ -29,13 +29,19 @@ Semantics of one session:
   connections.
 - **Liveness**: any line (PROBE included) is a sign of life; none for twice the keepalive CONOK
   granted drops the connection (``stale_drops``).
+- **Protocol errors**: a malformed line that carried state (an update, a SUBOK, a CONOK: any kind not in
+  :data:`~deltafeed.venues.tlcp.STATELESS_KINDS`), an update that does not fit its item, or a SUBOK for
+  another shape than the subscription asked, leaves the session's values wrong or unknown: the session is
+  rebuilt, like after a drop (``drops["protocol error"]``). So is any exception raised while serving a
+  line: a session never ends for what a server sends. Harmless malformed lines (``SUBCMD,1``: this
+  client makes no COMMAND subscription) are counted by the decoder and skipped.
 - **Reconnect**: after a drop, END, ERROR or a failed connect, with exponential backoff and full jitter
   capped at ``backoff_cap_s``, through the shared :class:`~deltafeed.net.ws.ConnectBudget`; the backoff
   starts over once a connection stayed up ``stable_after_s``. LOOP rebinds the same session on a new
   socket (``bind_session``: subscriptions and values go on); if the bind is refused, a new session is
   created.
-- **Callbacks** run in the event loop and must not raise (an exception ends the session's task, and is
-  logged): ``on_update(item, fields)`` with the item's full current values by field name (MERGE's
+- **Callbacks** run in the event loop and must not raise (an exception rebuilds the session, and is
+  logged with its traceback): ``on_update(item, fields)`` with the item's full current values by field name (MERGE's
   unchanged fields filled in, null as None); ``on_connect(session)`` after each CONOK, when its items are
   being (re)subscribed; ``on_disconnect(session, why)`` after each lost connection; ``on_lost(item,
   n)`` when the server says (``OV``) it dropped ``n`` updates of the item, so its data has a hole.
@@ -126,6 +132,23 @@ class _Dropped(Exception):
 
 class _Refused(_Dropped):
     """CONERR: the server refused the session."""
+
+
+class _ProtocolError(_Dropped):
+    """The server said something that leaves the session's state wrong or unknown (a malformed update
+    or SUBOK, an update that does not fit its item, a SUBOK for another shape than asked): the session
+    is rebuilt, and its items' hole is reported through ``on_disconnect``."""
+
+
+#: The largest WebSocket message a session accepts. A snapshot of 40 items of a dozen fields is a few
+#: tens of KiB; a larger message is not TLCP from a sane server, and reading it whole would let the
+#: server decide how much memory the client takes. aiohttp fails such a message, which drops the connection.
+MAX_MESSAGE_BYTES = 8 << 20
+#: A LOOP asks for a rebind after its delay; a longer one than this is taken as this (a server cannot
+#: park a session for hours).
+MAX_LOOP_DELAY_MS = 30_000
+#: The keepalive a CONOK may grant is kept within these bounds (ms), so the watchdog stays meaningful.
+KEEPALIVE_BOUNDS_MS = (100, 120_000)
 
 
 class TlcpSession:
@@ -308,11 +331,20 @@ class TlcpSession:
                     why = "closed"
                 except _Loop as lp:
                     why = "loop"
-                    delay = lp.delay_ms / 1000
+                    delay = min(max(lp.delay_ms, 0), MAX_LOOP_DELAY_MS) / 1000
+                except _ProtocolError as exc:
+                    why = f"protocol error: {exc}"
+                    self.errors["protocol_error"] += 1
+                    self.last_error = f"{self.name}: {why[:200]}"
                 except _Dropped as exc:
                     why = str(exc)
                 except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
                     why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                except Exception as exc:  # never end streaming: rebuild the session (see the module docstring)
+                    why = f"protocol error: {type(exc).__name__}: {exc}"
+                    self.errors["protocol_error"] += 1
+                    self.last_error = f"{self.name}: {why[:200]}"
+                    log.exception("%s: unexpected error while serving the session; rebuilding it", self.name)
                 finally:
                     was_up = self._ready
                     await self._close_ws()
@@ -343,7 +375,7 @@ class TlcpSession:
         assert self._http is not None
         self.attempts += 1
         ws = await asyncio.wait_for(
-            self._http.ws_connect(self.url, protocols=(tlcp.PROTOCOL,), autoping=True, max_msg_size=0,
+            self._http.ws_connect(self.url, protocols=(tlcp.PROTOCOL,), autoping=True, max_msg_size=MAX_MESSAGE_BYTES,
                                   timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0)),
             self.connect_timeout_s)
         self._ws = ws
@@ -380,7 +412,8 @@ class TlcpSession:
 
     async def _on_conok(self, ev: tlcp.Conok, bind: str | None) -> None:
         self._request_limit = ev.request_limit
-        self.watchdog_s = max(ev.keepalive_ms, 100) * 2 / 1000
+        low, high = KEEPALIVE_BOUNDS_MS
+        self.watchdog_s = min(max(ev.keepalive_ms, low), high) * 2 / 1000
         rebound = bind is not None and ev.session_id == bind
         self.session_id = ev.session_id
         self._ready = True
@@ -408,16 +441,26 @@ class TlcpSession:
             try:
                 values = self._state.apply(ev)
             except tlcp.BadUpdate as exc:
+                # Not applied, so the item's values (MERGE: the next update's unchanged fields) are wrong.
                 self.errors["bad_update"] += 1
-                self.last_error = f"{self.name}: {exc}"
-                return
+                raise _ProtocolError(str(exc)) from None
             self.updates += 1
             self.on_update(sub.item, dict(zip(sub.fields, values, strict=False)))
-        elif isinstance(ev, tlcp.Subok | tlcp.Subcmd):
-            self._state.open(ev.sub_id, ev.num_items, ev.num_fields)
+        elif isinstance(ev, tlcp.Malformed):
+            if ev.kind not in tlcp.STATELESS_KINDS:
+                raise _ProtocolError(ev.reason)
+        elif isinstance(ev, tlcp.Subok):
             sub = self._by_sub.get(ev.sub_id)
-            if sub is not None:
-                sub.active = True
+            if sub is None or sub.removed:
+                self.errors["unknown_sub"] += 1  # a SUBOK racing an unsubscribe, or for no request of ours
+                return
+            if (ev.num_items, ev.num_fields) != (1, len(sub.fields)):
+                raise _ProtocolError(f"SUBOK of {sub.item} for {ev.num_items} items of {ev.num_fields} fields; "
+                                     f"1 item of {len(sub.fields)} fields was asked")
+            self._state.open(ev.sub_id, ev.num_items, ev.num_fields)
+            sub.active = True
+        elif isinstance(ev, tlcp.Subcmd):
+            self.errors["unexpected_subcmd"] += 1  # this client makes no COMMAND-mode subscription
         elif isinstance(ev, tlcp.Overflow):
             self.lost_updates += ev.lost
             sub = self._by_sub.get(ev.sub_id)
@@ -614,6 +657,18 @@ class TlcpPool:
         out: dict[str, tuple[int, str]] = {}
         for s in self.sessions:
             out.update(s.failed)
+        return out
+
+    @property
+    def skipped_lines(self) -> Counter[str]:
+        """Server lines the sessions' decoders skipped as malformed, by kind (``tlcp_SUBCMD``), and the
+        protocol errors that rebuilt a session (``tlcp_protocol_error``), for the feed's status."""
+        out: Counter[str] = Counter()
+        for s in self.sessions:
+            for kind, n in s.decoder.errors.items():
+                out[f"tlcp_{kind}"] += n
+            if s.errors["protocol_error"]:
+                out["tlcp_protocol_error"] += s.errors["protocol_error"]
         return out
 
     @property

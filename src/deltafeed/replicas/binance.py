@@ -30,6 +30,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 import socket
 import struct
 import time
@@ -107,6 +108,19 @@ def split_text_frames(data: bytes) -> list[bytes]:
         out.append(data[i : i + n])
         i += n
     return out
+
+
+_PRICE_FIELD = re.compile(rb'"p":"[^"]*"')
+
+
+def poison_trade(payload: bytes, pick: Callable[[int], int]) -> list[bytes] | None:
+    """The ``poison`` fault's frame for a trade payload (raw or combined): the same trade, same id, with
+    ``"p":"NaN"``. Sent just before the real trade, it takes the real trade's id in a client that does
+    not refuse a NaN price, and the real trade is then dropped there as a duplicate. None for a payload
+    that is not a trade."""
+    if b'"e":"trade"' not in payload:
+        return None
+    return [_PRICE_FIELD.sub(b'"p":"NaN"', payload, count=1)]
 
 
 # --- fast trade encoding ----------------------------------------------------------------------
@@ -396,7 +410,9 @@ class BinanceReplica(ReplicaBase):
     ``faults`` (a spec like ``"close=2,drop=30"`` or a dict of kind to events per wall minute) injects
     faults on a schedule seeded by ``faults_seed`` and counted from :meth:`start`; a ``shutdown``
     closes its connection ``shutdown_grace_s`` wall seconds after the event, a ``slow`` REST answer
-    comes ``slow_s`` late. :meth:`faults_injected` and ``stats["fault_<kind>"]`` count what was injected.
+    comes ``slow_s`` late, a ``poison`` sends a trade with ``"p":"NaN"`` and the id of the real trade
+    that follows it (:func:`poison_trade`). :meth:`faults_injected` and ``stats["fault_<kind>"]`` count
+    what was injected.
     """
 
     venue = "binance"
@@ -1064,9 +1080,11 @@ class BinanceReplica(ReplicaBase):
             else:
                 parts, counts = out[conn]
                 payloads = split_text_frames(parts[0] if len(parts) == 1 else b"".join(parts))
-                faulty = apply_message_fault(kind, payloads, f.pick)
+                faulty = apply_message_fault(kind, payloads, f.pick, poison_trade)
                 parts[:] = [text_frames(faulty)]
                 counts[0] = len(faulty)
+                if kind == "poison" and len(faulty) == len(payloads):
+                    continue  # no trade this tick to poison (klines only): taken, not injected
             self._injected(kind, conn.peer)
 
     def _faults_after_send(self, f: FaultSchedule, out: dict[_Conn, tuple[list[bytes], list[int]]]) -> None:

@@ -24,7 +24,8 @@ from deltafeed.model import BadInput
 #: Faults on one WebSocket connection as a whole.
 CONNECTION_KINDS = ("close", "reset", "stall", "shutdown")
 #: Faults on the data frames of one connection, with the frames a tick's output needs for each.
-MESSAGE_KINDS: dict[str, int] = {"drop": 1, "dup": 1, "reorder": 2, "garbage": 1}
+#: ``poison`` needs the replica's own poison maker (see :func:`apply_message_fault`).
+MESSAGE_KINDS: dict[str, int] = {"drop": 1, "dup": 1, "reorder": 2, "garbage": 1, "poison": 1}
 #: Faults on REST answers.
 REST_KINDS = ("http500", "http429", "slow")
 KINDS: tuple[str, ...] = (*CONNECTION_KINDS, *MESSAGE_KINDS, *REST_KINDS)
@@ -172,12 +173,22 @@ class FaultSchedule:
         return "faults: " + (" ".join(f"{k}={n}" for k, n in self.counts().items()) or "none")
 
 
-def apply_message_fault(kind: str, payloads: list[bytes], pick: Callable[[int], int]) -> list[bytes]:
+#: ``poison(payload, pick)``: the frames that poison ``payload`` (to be sent just before it), or None
+#: when the payload carries nothing to poison (a kline, a heartbeat).
+Poison = Callable[[bytes, Callable[[int], int]], list[bytes] | None]
+
+
+def apply_message_fault(kind: str, payloads: list[bytes], pick: Callable[[int], int],
+                        poison: Poison | None = None) -> list[bytes]:
     """``payloads`` (one tick's data frames of one connection, in order) with fault ``kind`` applied.
 
     drop: one frame lost. dup: one frame sent twice. reorder: two neighbouring frames swapped.
     garbage: a malformed frame inserted before a frame (a truncated copy of it, or a text that is
-    not JSON); everything else arrives. Needs at least ``MESSAGE_KINDS[kind]`` payloads.
+    not JSON); everything else arrives. poison: frames that a careless client would take for data
+    inserted before the first frame (from a random one on) that ``poison`` can poison: a trade with a
+    NaN price and the id of the real trade after it, a price of 1e400, a truncated message of an
+    unknown type; everything else arrives, and the payloads are unchanged if none can be poisoned.
+    Needs at least ``MESSAGE_KINDS[kind]`` payloads.
     """
     need = MESSAGE_KINDS[kind]
     if len(payloads) < need:
@@ -191,6 +202,16 @@ def apply_message_fault(kind: str, payloads: list[bytes], pick: Callable[[int], 
     elif kind == "reorder":
         i = pick(len(out) - 1)
         out[i], out[i + 1] = out[i + 1], out[i]
+    elif kind == "poison":
+        if poison is None:
+            raise ValueError("the poison fault needs the replica's poison maker")
+        start = pick(len(out))
+        for k in range(len(out)):
+            i = (start + k) % len(out)
+            frames = poison(out[i], pick)
+            if frames:
+                out[i:i] = frames
+                break
     else:
         i = pick(len(out))
         p = out[i]

@@ -45,7 +45,9 @@ Semantics chosen, each [UNVERIFIED] against the real venue unless marked:
   either, 429 ``{"error":"API limit reached. Please try again later. Remaining Limit: 0"}`` (wording
   [3P finnhubio/Finnhub-API#466]) with ``Retry-After`` (header [UNVERIFIED]). Refused calls are not counted.
 * **Faults** (``faults=``): ``close`` (close frame 1000 or 1001), ``reset`` (TCP RST), ``stall`` (no more
-  output, no ping, no close reply) and ``garbage`` (a malformed frame before a message) on the WebSocket;
+  output, no ping, no close reply), ``garbage`` (a malformed frame before a message) and ``poison`` (before a
+  trade message, the fragment ``{"type":"news",`` or a message whose one trade has ``"p":1e400``:
+  :func:`poison_message`) on the WebSocket;
   ``http500``, ``http429`` (Retry-After 1) and ``slow`` on REST. ``drop``, ``dup`` and ``reorder`` are refused:
   Finnhub items carry no id or sequence, so a client cannot detect them and a test of them proves nothing.
 
@@ -65,7 +67,7 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -95,7 +97,7 @@ TICK_SECONDS = 0.02  # pump period (wall)
 #: how many; a bound keeps a busy tick from building one huge frame.
 MAX_ITEMS = 100
 MAX_SEND_BUFFER = 8 * 1024 * 1024
-FAULT_KINDS = ("close", "reset", "stall", "garbage", "http500", "http429", "slow")
+FAULT_KINDS = ("close", "reset", "stall", "garbage", "poison", "http500", "http429", "slow")
 TAPE_HEADER = "symbol,time_ms,price,volume\n"
 RATE_ERROR = "API limit reached. Please try again later. Remaining Limit: 0"
 MINUTE_MS = 60_000
@@ -104,6 +106,24 @@ _WS_CLOSE_TIMEOUT = 2.0
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
 _PING = b'{"type":"ping"}'
 _DAY_MS = 86_400_000
+
+
+_POISON_PRICE = 7.25e7  # a sentinel price, replaced by 1e400 in the encoded poison
+
+
+def poison_message(payload: bytes, pick: Callable[[int], int]) -> list[bytes] | None:
+    """The ``poison`` fault's frame before a trade message: the fragment ``{"type":"news",`` (a message of
+    an unknown type, cut short), or a trade message holding one trade, a copy of the message's first, with
+    a price of ``1e400`` (beyond a double). Only that one trade, so a client that drops the impossible
+    price is left with nothing extra. None for a payload that is not a trade message."""
+    if not payload.startswith(b'{"data":'):
+        return None
+    if pick(2) == 0:
+        return [b'{"type":"news",']
+    first = msgspec.json.decode(payload)["data"][0]
+    first["p"] = _POISON_PRICE
+    bad = msgspec.json.encode({"data": [first], "type": "trade"})
+    return [bad.replace(msgspec.json.encode(_POISON_PRICE), b"1e400", 1)]
 
 
 def check_faults(spec: str) -> dict[str, float]:
@@ -764,7 +784,7 @@ class FinnhubReplica(ReplicaBase):
 
     def _faults_before_send(self, f: FaultSchedule, out: dict[_Conn, tuple[list[bytes], int]]) -> None:
         """Stall and garbage faults due now, applied to this tick's output."""
-        for kind in ("stall", "garbage"):
+        for kind in ("stall", "garbage", "poison"):
             if not f.pending(kind):
                 continue
             cands = self._victims(out)
@@ -778,7 +798,10 @@ class FinnhubReplica(ReplicaBase):
                 del out[conn]
             else:
                 data, count = out[conn]
-                out[conn] = (apply_message_fault("garbage", data, f.pick), count)
+                faulty = apply_message_fault(kind, data, f.pick, poison_message)
+                out[conn] = (faulty, count)
+                if kind == "poison" and len(faulty) == len(data):
+                    continue  # no trade message this tick to poison (pings only): taken, not injected
             self._injected(kind)
 
     def _faults_after_send(self, f: FaultSchedule, out: dict[_Conn, tuple[list[bytes], int]]) -> None:

@@ -86,7 +86,8 @@ Faults (``faults=``, :mod:`deltafeed.replicas.faults`): ``close`` ends a session
 withholds one subscribed ``MARKET`` item's updates from its session for ``OVERFLOW_S`` and then says
 so with ``OV,<subId>,<item>,<lost>`` (what Lightstreamer sends a client too slow for its updates;
 the next update of the item carries all its fields, as the client's copy is stale), ``http500`` and
-``slow`` hit REST answers, and ``http429`` answers IG's rate-limit refusal, 403
+``slow`` hit REST answers, ``poison`` sends a malformed line inside a live session (:func:`poison_line`:
+``SUBCMD,1``, or a SUBOK claiming 60 million fields), and ``http429`` answers IG's rate-limit refusal, 403
 ``error.public-api.exceeded-api-key-allowance`` (IG does not use 429). ``drop``, ``dup``,
 ``reorder``, ``garbage`` and ``shutdown`` are refused: a lost or repeated MERGE delta would corrupt
 the client's item state in a way a Lightstreamer server never does, and quotes have no sequence
@@ -111,7 +112,7 @@ import struct
 import time
 import zoneinfo
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote
@@ -161,7 +162,7 @@ DEFAULT_PAGE_SIZE = 20
 ALLOWANCE_ERROR = "error.public-api.exceeded-account-historical-data-allowance"
 RATE_ERROR = "error.public-api.exceeded-api-key-allowance"
 #: Fault kinds with an IG meaning (see the module docstring for the refused ones).
-FAULT_KINDS = ("close", "reset", "stall", "overflow", "http500", "http429", "slow")
+FAULT_KINDS = ("close", "reset", "stall", "overflow", "poison", "http500", "http429", "slow")
 OVERFLOW_S = 0.5  # how long (wall) an ``overflow`` fault withholds one MARKET item's updates from a session
 _MINUTE = 60_000
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
@@ -1175,6 +1176,14 @@ class IGReplica(ReplicaBase):
             else:
                 conn.stalled = True
             self._injected(kind)
+        if f.pending("poison"):
+            subs = [sub for item in self._items.values() for sub in item.subs
+                    if sub.conn.live and not sub.conn.stalled and not sub.conn.closing]
+            if subs:  # else it stays due until an item is subscribed
+                f.due("poison")
+                sub = subs[f.pick(len(subs))]
+                sub.conn.send([poison_line(sub.id, f.pick)], self.stats, self.max_send_buffer)
+                self._injected("poison")
         if f.pending("overflow") and self._overflow is None:
             market = [(sub, idx) for item in self._items.values() if item.kind == "MARKET"
                       for sub, idx in item.subs.items() if sub.conn.live and not sub.conn.stalled]
@@ -1183,6 +1192,14 @@ class IGReplica(ReplicaBase):
                 sub, idx = market[f.pick(len(market))]
                 self._overflow = (sub, idx, wall + OVERFLOW_S, 0)
                 self._injected("overflow")
+
+
+def poison_line(sub_id: int, pick: Callable[[int], int]) -> str:
+    """The ``poison`` fault's line for a live session with subscription ``sub_id``: ``SUBCMD,1`` (a
+    COMMAND-mode subscription cut short, which the client never asked for: harmless once refused), or a
+    SUBOK of that subscription for 60 million fields (a client that believes it allocates them, and then
+    refuses every update of the item as not fitting)."""
+    return "SUBCMD,1" if pick(2) == 0 else f"SUBOK,{sub_id},1,60000000"
 
 
 def _state_event(tr: tuple[int, bool]) -> tuple[int, dict[str, str | None]]:

@@ -158,6 +158,16 @@ def _price_template(symbol: str) -> str:
     )
 
 
+_BID_PRICE = re.compile(rb'"bids":\[\{"price":"[^"]*"')
+
+
+def poison_price(line: bytes, pick: Callable[[int], int]) -> list[bytes] | None:
+    """The ``poison`` fault's line for a PRICE line: the same price with a bid of ``"NaN"``, sent just
+    before the real one. None for a line without a bid."""
+    bad = _BID_PRICE.sub(b'"bids":[{"price":"NaN"', line, count=1)
+    return [bad] if bad != line else None
+
+
 def price_lines(batch: QuoteBatch, fmt_time: Callable[[int], str], tradeable: bool = True) -> list[bytes]:
     """PRICE lines (without newlines) for ``batch``: a second level two points behind the best one and
     closeout prices four points out, as in OANDA's fixture."""
@@ -300,8 +310,9 @@ class OandaReplica(ReplicaBase):
     faults on a schedule seeded by ``faults_seed`` and counted from :meth:`start`: ``close`` ends a
     stream with its terminating chunk and closes the connection, ``reset`` sends a TCP RST, ``stall``
     stops all output (heartbeats too) on a stream, ``drop``/``dup``/``reorder``/``garbage`` hit the
-    PRICE lines of one stream's chunk, ``http500``/``http429``/``slow`` hit REST answers (``slow``
-    delays one by ``slow_s``).
+    PRICE lines of one stream's chunk, ``poison`` sends a copy of a PRICE line with a NaN bid before it
+    (:func:`poison_price`), ``http500``/``http429``/``slow`` hit REST answers (``slow`` delays one by
+    ``slow_s``).
     """
 
     venue = "oanda"
@@ -742,7 +753,10 @@ class OandaReplica(ReplicaBase):
                 out.pop(conn)
             else:
                 prices, beat = out[conn]
-                out[conn] = (apply_message_fault(kind, prices, f.pick), beat)
+                faulty = apply_message_fault(kind, prices, f.pick, poison_price)
+                out[conn] = (faulty, beat)
+                if kind == "poison" and len(faulty) == len(prices):
+                    continue  # nothing to poison this tick: taken, not injected
             self._injected(kind)
 
     def _faults_after_send(self, f: FaultSchedule, out: dict[_Stream, tuple[list[bytes], list[bytes]]]) -> None:

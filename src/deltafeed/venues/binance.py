@@ -6,13 +6,25 @@ Binance's ``web-socket-streams.md`` and ``rest-api.md``; see ../shared/PROTOCOLS
 
 from __future__ import annotations
 
-from collections import Counter, deque
-from typing import Any
+from collections import deque
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import msgspec
 
 from deltafeed.model import Candle, Event, ServerShutdown, Trade, VenueCandle
+from deltafeed.venues.checks import (
+    ANY_JSON,
+    BAD_FIELD,
+    IMPOSSIBLE,
+    INF,
+    JSON_ERRORS,
+    MALFORMED,
+    MAX_INT64,
+    Skips,
+    price_ok,
+    size_ok,
+)
 
 VENUE = "binance"
 
@@ -73,40 +85,46 @@ def list_subscriptions(request_id: int) -> bytes:
 # --- decoding stream frames ---------------------------------------------------------------------
 
 
+#: Ids, counts and epoch times: int64, not negative (a larger one could not be stored).
+_N = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT64)]
+#: A kline's first and last trade id: -1 when it has no trade.
+_TradeId = Annotated[int, msgspec.Meta(ge=-1, le=MAX_INT64)]
+
+
 class _TradeMsg(msgspec.Struct, tag="trade", tag_field="e"):
-    E: int
+    E: _N
     s: str
-    t: int
+    t: _N
     p: float
     q: float
-    T: int
+    T: _N
     m: bool
 
 
 class _K(msgspec.Struct):
-    t: int
-    T: int
+    t: _N
+    T: _N
     s: str
     i: str
-    f: int
-    L: int
+    f: _TradeId
+    L: _TradeId
     o: float
     c: float
     h: float
     l: float  # noqa: E741 - Binance's field name
     v: float
-    n: int
+    n: _N
     x: bool
 
 
 class _KlineMsg(msgspec.Struct, tag="kline", tag_field="e"):
-    E: int
+    E: _N
     s: str
     k: _K
 
 
 class _ShutdownMsg(msgspec.Struct, tag="serverShutdown", tag_field="e"):
-    E: int
+    E: _N
 
 
 _Payload = _TradeMsg | _KlineMsg | _ShutdownMsg
@@ -120,70 +138,94 @@ class _Combined(msgspec.Struct):
 # strict=False lets msgspec read Binance's decimal strings ("0.001") straight into floats.
 _combined = msgspec.json.Decoder(_Combined, strict=False)
 _raw = msgspec.json.Decoder(_Payload, strict=False)
-_any = msgspec.json.Decoder()
 
 
-def _event(p: _TradeMsg | _KlineMsg | _ShutdownMsg) -> Event:
-    if type(p) is _TradeMsg:
-        return Trade(p.s, p.t, p.T, p.p, p.q, p.m)
-    if type(p) is _KlineMsg:
-        k = p.k
-        candle = Candle(k.t, k.o, k.h, k.l, k.c, k.v, k.n, k.x)
-        return VenueCandle(k.s, k.i, p.E, candle, k.f, k.L)
-    assert type(p) is _ShutdownMsg
-    return ServerShutdown(p.E)
-
-
-class StreamDecoder:
+class StreamDecoder(Skips):
     """Turns WebSocket text frames into model events; counts and skips what it cannot use.
 
     ``decode`` returns an event, or None for a frame that carries none (a reply to SUBSCRIBE, an
-    unknown event, a malformed frame). ``errors`` counts the skipped frames by kind, and
+    unknown event, a malformed frame). It never raises. ``errors`` counts the skipped frames by
+    kind: ``malformed`` (not JSON), ``bad_field`` (a trade, kline or shutdown event with a missing,
+    mistyped or out-of-range field), ``impossible_value`` (a price that is not finite and above
+    zero, a quantity that is not finite and above zero, a volume that is not finite and not
+    negative), ``error_reply``,
+    ``unknown_event``, ``unknown_frame`` and ``decoder_bug`` (see :mod:`deltafeed.venues.checks`).
     ``last_error`` describes the latest one for the caller's (rate-limited) log.
+
+    An impossible price must be refused here, not downstream: a ``"p":"NaN"`` trade carrying the id
+    of the next real trade would otherwise take that id in the candle builder, and the real trade
+    would then be dropped as its duplicate.
     """
 
     def __init__(self) -> None:
-        self.errors: Counter[str] = Counter()
+        super().__init__()
         self.replies: deque[dict[str, Any]] = deque(maxlen=64)  # latest control replies
-        self.last_error = ""
 
     def decode(self, frame: bytes | memoryview | str) -> Event | None:
         try:
-            return _event(_combined.decode(frame).data)
-        except msgspec.DecodeError:
-            pass
-        try:
-            return _event(_raw.decode(frame))
-        except msgspec.DecodeError:
-            pass
-        self._slow_path(frame)
+            try:
+                return self._checked(_combined.decode(frame).data, frame)
+            except JSON_ERRORS:
+                pass
+            try:
+                return self._checked(_raw.decode(frame), frame)
+            except JSON_ERRORS:
+                pass
+            self._slow_path(frame)
+        except Exception as exc:  # never let a frame end the stream: see checks.DECODER_BUG
+            self._bug(exc, frame)
         return None
+
+    def _checked(self, p: _Payload, frame: bytes | memoryview | str) -> Event | None:
+        """The event of a typed payload, or None (counted) when a value in it is impossible."""
+        if type(p) is _TradeMsg:
+            if price_ok(p.p) and 0.0 < p.q < INF:
+                return Trade(p.s, p.t, p.T, p.p, p.q, p.m)
+            self._skip(IMPOSSIBLE, f"trade {p.t} of {p.s[:20]} with price {p.p!r} and quantity {p.q!r}")
+            return None
+        if type(p) is _KlineMsg:
+            k = p.k
+            if (price_ok(k.o) and price_ok(k.h) and price_ok(k.l) and price_ok(k.c) and size_ok(k.v)):
+                return VenueCandle(k.s, k.i, p.E, Candle(k.t, k.o, k.h, k.l, k.c, k.v, k.n, k.x), k.f, k.L)
+            self._skip(IMPOSSIBLE, f"kline {k.i[:8]} {k.t} of {k.s[:20]} with o={k.o!r} h={k.h!r} l={k.l!r} "
+                       f"c={k.c!r} v={k.v!r}")
+            return None
+        assert type(p) is _ShutdownMsg
+        return ServerShutdown(p.E)
 
     def _slow_path(self, frame: bytes | memoryview | str) -> None:
         """Classify a frame the typed decoders rejected: a control reply, or a bad frame."""
         try:
-            msg = _any.decode(frame)
-        except msgspec.DecodeError as exc:
-            self._skip("malformed", f"not JSON ({exc})")
+            msg = ANY_JSON.decode(frame)
+        except JSON_ERRORS as exc:
+            self._skip(MALFORMED, f"not JSON ({exc})")
             return
         if isinstance(msg, dict):
             if "id" in msg and ("result" in msg or "code" in msg or "error" in msg):
                 self.replies.append(msg)
                 if "code" in msg or "error" in msg:
-                    self._skip("error_reply", f"venue refused a request: {msg}")
+                    self._skip("error_reply", f"venue refused a request: {str(msg)[:200]}")
                 return
             data = msg.get("data", msg)
-            if isinstance(data, dict) and data.get("e") in ("trade", "kline", "serverShutdown"):
-                self._skip("bad_field", f"{data.get('e')} event with a missing or non-numeric field")
-                return
             if isinstance(data, dict) and "e" in data:
-                self._skip("unknown_event", f"unknown event type {data.get('e')!r}")
+                e = data["e"]
+                if isinstance(e, str) and e in ("trade", "kline", "serverShutdown"):
+                    try:  # a number beyond float range (1e400) is read as an infinity here
+                        payload = msgspec.convert(data, _Payload, strict=False)
+                    except msgspec.ValidationError as exc:
+                        self._skip(BAD_FIELD, f"{e} event with a missing, mistyped or out-of-range field ({exc})")
+                        return
+                    if self._checked(payload, frame) is not None:  # the typed decoders would have taken it
+                        self._skip(BAD_FIELD, f"{e} event that decodes only without its wrapper")
+                else:
+                    self._skip("unknown_event", f"unknown event type {str(e)[:40]!r}")
                 return
-        self._skip("unknown_frame", f"unrecognised frame {str(frame)[:80]!r}")
+        self._skip("unknown_frame", f"unrecognised frame {_text(frame)[:80]!r}")
 
-    def _skip(self, kind: str, why: str) -> None:
-        self.errors[kind] += 1
-        self.last_error = why
+
+def _text(frame: bytes | memoryview | str) -> str:
+    """A frame as text for an error message (undecodable bytes replaced)."""
+    return frame if isinstance(frame, str) else bytes(frame[:200]).decode("utf-8", "replace")
 
 
 # --- REST ---------------------------------------------------------------------------------------
@@ -201,21 +243,38 @@ def klines_query(symbol: str, interval: str, start_ms: int | None = None,
     return "/api/v3/klines?" + urlencode(params)
 
 
+class BadAnswer(ValueError):
+    """A REST body that is not what the endpoint answers, or holds an impossible value; the history
+    client turns it into a :class:`~deltafeed.net.http.VenueError` (the request failed, and is retried)."""
+
+
 # open time, o, h, l, c, volume, close time, quote volume, trades, taker base, taker quote, ignore
-_KlineRow = tuple[int, float, float, float, float, float, int, float, int, float, float, str]
+_KlineRow = tuple[_N, float, float, float, float, float, int, float, _N, float, float, str]
 _klines = msgspec.json.Decoder(list[_KlineRow], strict=False)
 
 
 def decode_klines(body: bytes, interval_ms: int, now_ms: int) -> list[Candle]:
-    """Decode a klines body; a kline is closed when the venue's ``now_ms`` has passed its end."""
-    return [
-        Candle(r[0], r[1], r[2], r[3], r[4], r[5], r[8], r[0] + interval_ms <= now_ms)
-        for r in _klines.decode(body)
-    ]
+    """Decode a klines body; a kline is closed when the venue's ``now_ms`` has passed its end.
+
+    Raises :class:`BadAnswer` for a body that is not a klines list, and for a row with an impossible
+    value (a price not finite and above zero, a negative or non-finite volume): a page is taken whole
+    or not at all, since a row left out would look like a candle the venue does not have.
+    """
+    try:
+        rows = _klines.decode(body)
+    except JSON_ERRORS as exc:
+        raise BadAnswer(f"not a Binance klines body ({exc}): {body[:120]!r}") from None
+    out = []
+    for r in rows:
+        o, h, lo, c, v = r[1], r[2], r[3], r[4], r[5]
+        if not (price_ok(o) and price_ok(h) and price_ok(lo) and price_ok(c) and size_ok(v)):
+            raise BadAnswer(f"kline at {r[0]} has an impossible value: o={o!r} h={h!r} l={lo!r} c={c!r} v={v!r}")
+        out.append(Candle(r[0], o, h, lo, c, v, r[8], r[0] + interval_ms <= now_ms))
+    return out
 
 
 class ServerTime(msgspec.Struct):
-    serverTime: int
+    serverTime: _N
 
 
 class ErrorBody(msgspec.Struct):
@@ -224,19 +283,36 @@ class ErrorBody(msgspec.Struct):
 
 
 def decode_server_time(body: bytes) -> int:
-    return msgspec.json.decode(body, type=ServerTime).serverTime
+    """The ``serverTime`` of a ``/api/v3/time`` body; :class:`BadAnswer` for any other body."""
+    try:
+        return msgspec.json.decode(body, type=ServerTime).serverTime
+    except JSON_ERRORS as exc:
+        raise BadAnswer(f"not a Binance time body ({exc}): {body[:120]!r}") from None
 
 
 def decode_error(body: bytes) -> ErrorBody | None:
     try:
         return msgspec.json.decode(body, type=ErrorBody)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except JSON_ERRORS:
         return None
 
 
+class _Symbol(msgspec.Struct):
+    symbol: str
+    status: str = "TRADING"
+
+
+class _ExchangeInfo(msgspec.Struct):
+    symbols: list[_Symbol] = []
+
+
 def symbols_from_exchange_info(body: bytes) -> set[str]:
-    info = msgspec.json.decode(body)
-    return {s["symbol"] for s in info.get("symbols", []) if s.get("status", "TRADING") == "TRADING"}
+    """Symbols TRADING in an ``/api/v3/exchangeInfo`` body; :class:`BadAnswer` for any other body."""
+    try:
+        info = msgspec.json.decode(body, type=_ExchangeInfo)
+    except JSON_ERRORS as exc:
+        raise BadAnswer(f"not a Binance exchangeInfo body ({exc}): {body[:120]!r}") from None
+    return {s.symbol for s in info.symbols if s.status == "TRADING"}
 
 
 # --- encoding (used by the replica) -------------------------------------------------------------

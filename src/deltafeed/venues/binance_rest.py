@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from deltafeed.candles.rollup import rollup
 from deltafeed.model import TIMEFRAMES, Candle
-from deltafeed.net.http import RestClient
+from deltafeed.net.http import RestClient, VenueError
 from deltafeed.net.ratelimit import WeightLimiter
 from deltafeed.venues import binance as codec
 
@@ -17,11 +17,22 @@ class BinanceHistory:
         self.limiter = WeightLimiter(weight_limit, window_s, headroom)
         self.http = RestClient(base_url, self.limiter, used_weight_header="X-MBX-USED-WEIGHT-1M")
 
+    async def _get(self, path: str, weight: int) -> tuple[bytes, str]:
+        return await self.http.get(path, weight=weight), self.http.base_url + path
+
     async def server_time(self) -> int:
-        return codec.decode_server_time(await self.http.get("/api/v3/time", weight=1))
+        body, url = await self._get("/api/v3/time", 1)
+        try:
+            return codec.decode_server_time(body)
+        except codec.BadAnswer as exc:
+            raise VenueError(200, str(exc).encode(), url) from None
 
     async def symbols(self) -> set[str]:
-        return codec.symbols_from_exchange_info(await self.http.get("/api/v3/exchangeInfo", weight=20))
+        body, url = await self._get("/api/v3/exchangeInfo", 20)
+        try:
+            return codec.symbols_from_exchange_info(body)
+        except codec.BadAnswer as exc:
+            raise VenueError(200, str(exc).encode(), url) from None
 
     async def klines(self, symbol: str, interval: str, start_ms: int, end_ms: int,
                      now_ms: int | None = None) -> list[Candle]:
@@ -36,8 +47,11 @@ class BinanceHistory:
         t = start_ms
         while t <= end_ms:
             path = codec.klines_query(symbol, interval, t, end_ms, codec.KLINES_PAGE)
-            body = await self.http.get(path, weight=codec.KLINES_WEIGHT)
-            page = codec.decode_klines(body, iv, now)
+            body, url = await self._get(path, codec.KLINES_WEIGHT)
+            try:
+                page = codec.decode_klines(body, iv, now)
+            except codec.BadAnswer as exc:  # a failed request: the caller retries it later
+                raise VenueError(200, str(exc).encode(), url) from None
             out += page
             if len(page) < codec.KLINES_PAGE:
                 break

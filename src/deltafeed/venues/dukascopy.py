@@ -20,11 +20,13 @@ from __future__ import annotations
 import datetime as dt
 import lzma
 import re
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 
 from deltafeed.model import BadInput, Quote
+from deltafeed.venues.checks import IMPOSSIBLE
 
 VENUE = "dukascopy"
 DEFAULT_BASE_URL = "https://datafeed.dukascopy.com/datafeed"
@@ -41,6 +43,15 @@ VOLUME_UNIT = 1_000_000.0
 _SCALE_OVERRIDES: dict[str, int] = {"XAUUSD": 1_000, "XAGUSD": 1_000}
 _PAIR_RE = re.compile(r"^[A-Z]{6}$")
 _PATH_RE = re.compile(r"^/?([A-Z0-9]+)/(\d{4})/(\d{2})/(\d{2})/(\d{2})h_ticks\.bi5$")
+
+
+#: The most ticks an hour file may hold; a body that decompresses to more is refused, not read. The
+#: busiest hours Dukascopy publishes (EURUSD around a US payrolls release) hold some tens of thousands
+#: of ticks; 200,000 (55 a second for the whole hour) leaves a wide margin. It bounds what a body can
+#: make the decoder allocate: 4 MB decompressed and some 30 MB of quotes, where an LZMA body of a few
+#: KiB could otherwise expand to hundreds of MiB (2 million quotes from 6 KiB).
+MAX_TICKS_PER_HOUR = 200_000
+MAX_HOUR_BYTES = MAX_TICKS_PER_HOUR * 20
 
 
 class Bi5Error(ValueError):
@@ -128,10 +139,17 @@ def decode_records(body: bytes, hour_start_ms: int, symbol: str) -> np.ndarray:
     """
     if not body:
         return np.empty(0, RECORD)
+    dec = lzma.LZMADecompressor(format=lzma.FORMAT_AUTO)
     try:
-        raw = lzma.decompress(body, format=lzma.FORMAT_AUTO)
+        # At most one byte past the bound: enough to know the body holds too much, without reading it.
+        raw = dec.decompress(body, max_length=MAX_HOUR_BYTES + 1)
     except lzma.LZMAError as e:
         raise Bi5Error(f"{_hour_name(symbol, hour_start_ms)}: body is not an LZMA stream ({e})") from None
+    if len(raw) > MAX_HOUR_BYTES:
+        raise Bi5Error(f"{_hour_name(symbol, hour_start_ms)}: body decompresses to more than {MAX_HOUR_BYTES} "
+                       f"bytes ({MAX_TICKS_PER_HOUR} ticks, the most an hour file may hold); refused")
+    if not dec.eof:  # bytes after the end of the stream are ignored, as lzma.decompress ignores them
+        raise Bi5Error(f"{_hour_name(symbol, hour_start_ms)}: the LZMA stream is truncated")
     if len(raw) % RECORD_SIZE:
         raise Bi5Error(
             f"{_hour_name(symbol, hour_start_ms)}: {len(raw)} bytes decompressed, "
@@ -143,17 +161,30 @@ def decode_records(body: bytes, hour_start_ms: int, symbol: str) -> np.ndarray:
     return rec
 
 
-def decode_bi5(body: bytes, hour_start_ms: int, symbol: str) -> list[Quote]:
+def decode_bi5(body: bytes, hour_start_ms: int, symbol: str, skipped: Counter[str] | None = None) -> list[Quote]:
     """The quotes of one hour file, in file order, named ``symbol`` as given (either naming works).
 
     ``price / scale`` with exact integers gives the double nearest the decimal price, so 1.08123
     decodes to the same float as the literal ``1.08123``. Sizes are converted from Dukascopy's
     millions to units and rounded to whole units, which removes float32 noise
     (float32(1.12) * 1e6 = 1120000.0047...) and keeps every size Dukascopy can actually publish.
+
+    A tick with an impossible value (a zero price, a size that is NaN, infinite or negative) is left
+    out and counted in ``skipped["impossible_value"]``; the rest of the hour is kept. A body that is not
+    a tick file raises :class:`Bi5Error` (see :func:`decode_records`).
     """
     rec = decode_records(body, hour_start_ms, symbol)
     if not len(rec):
         return []
+    ask_vol, bid_vol = rec["ask_vol"], rec["bid_vol"]
+    good = ((rec["ask"] > 0) & (rec["bid"] > 0) & np.isfinite(ask_vol) & np.isfinite(bid_vol)
+            & (ask_vol >= 0) & (bid_vol >= 0))
+    if not good.all():
+        if skipped is not None:
+            skipped[IMPOSSIBLE] += int((~good).sum())
+        rec = rec[good]
+        if not len(rec):
+            return []
     scale = float(price_scale(symbol))
     times = (rec["ms"].astype(np.int64) + hour_start_ms).tolist()
     bids = (rec["bid"] / scale).tolist()

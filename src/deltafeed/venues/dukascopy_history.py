@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 
 from deltafeed.model import Quote
@@ -57,6 +57,8 @@ class DukascopyHistory:
         self.hours = 0  # hour files fetched (including empty and missing ones)
         self.empty_hours = 0
         self.quotes_read = 0
+        #: Ticks left out of the hours read, by kind (``impossible_value``: a zero price, a bad size).
+        self.skipped: Counter[str] = Counter()
 
     async def quotes(
         self, symbol: str, start_ms: int, end_ms: int, progress: Progress | None = None
@@ -125,7 +127,7 @@ class DukascopyHistory:
         if not body:
             self.empty_hours += 1
             return []
-        quotes = codec.decode_bi5(body, hour, symbol)
+        quotes = codec.decode_bi5(body, hour, symbol, self.skipped)
         if hour < start_ms or hour + codec.HOUR_MS > end_ms:
             quotes = [q for q in quotes if start_ms <= q.time_ms < end_ms]
         self.quotes_read += len(quotes)

@@ -16,9 +16,11 @@ Semantics chosen here, and why:
   volume does not; :attr:`StreamDecoder.price_updates` counts them. ``buyer_maker`` is unknown and False.
 - **Bad items, not bad messages.** A trade message with one malformed item loses that item only (counted
   as ``bad_field``); the other items of the message are still returned.
-- **Errors are counted, never raised**: ``malformed`` (not JSON, not an object), ``bad_field`` (a trade
-  item with a missing, mistyped or out-of-range field), ``unknown_type``, ``error_message`` (the venue's
-  ``{"type":"error","msg":...}``, whose text is kept in ``last_error``).
+- **Errors are counted, never raised**: ``malformed`` (not JSON, truncated, not an object), ``bad_field`` (a
+  trade item with a missing, mistyped or out-of-range field), ``impossible_value`` (a trade item whose price is
+  not finite and above zero, or whose volume is not finite and not negative: ``"p":1e400`` is one),
+  ``unknown_type``, ``error_message`` (the venue's ``{"type":"error","msg":...}``, whose text is kept in
+  ``last_error``), and ``decoder_bug`` (see :mod:`deltafeed.venues.checks`).
 - **Candles**: column arrays ``{c,h,l,o,s,t,v}``; ``t`` is UNIX seconds and becomes ms; ``volume`` is
   ``v``; ``trades`` is 0 because Finnhub does not say how many trades a candle holds; ``closed`` is left
   False for the caller, which knows the venue's now (Finnhub sends no completeness flag).
@@ -28,13 +30,23 @@ Semantics chosen here, and why:
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import msgspec
 
 from deltafeed.model import TIMEFRAMES, BadInput, Candle, Trade
+from deltafeed.venues.checks import (
+    ANY_JSON,
+    BAD_FIELD,
+    IMPOSSIBLE,
+    JSON_ERRORS,
+    MALFORMED,
+    MAX_INT64,
+    Skips,
+    price_ok,
+    size_ok,
+)
 
 VENUE = "finnhub"
 
@@ -141,10 +153,10 @@ PING = Ping()
 
 
 class _Item(msgspec.Struct, gc=False):
-    p: Annotated[float, msgspec.Meta(gt=0)]
+    p: float
     s: Annotated[str, msgspec.Meta(min_length=1)]
-    t: Annotated[int, msgspec.Meta(ge=0)]
-    v: Annotated[float, msgspec.Meta(ge=0)]
+    t: Annotated[int, msgspec.Meta(ge=0, le=MAX_INT64)]
+    v: float
     c: list[Any] | None = None
 
 
@@ -162,77 +174,94 @@ class _ErrorMsg(msgspec.Struct, tag="error", tag_field="type"):
 
 _Msg = _TradeMsg | _PingMsg | _ErrorMsg
 _typed = msgspec.json.Decoder(_Msg)
-_any = msgspec.json.Decoder()
 
 
-class StreamDecoder:
+class StreamDecoder(Skips):
     """Turns Finnhub WebSocket text frames into trades; counts and skips what it cannot use.
 
     ``decode`` returns a non-empty list of :class:`~deltafeed.model.Trade` for a trade message, :data:`PING`
     for a ping, and None for anything else (an error message, an unknown type, a malformed frame, a trade
-    message without a usable item). ``errors`` counts skipped frames and items by kind; ``last_error``
-    describes the latest one for the caller's (rate-limited) log.
+    message without a usable item). It never raises. ``errors`` counts skipped frames and items by kind
+    (see the module docstring, and ``impossible_value`` for an item whose price is not finite and above zero
+    or whose volume is not finite and not negative, ``1e400`` included); ``last_error`` describes the latest
+    one for the caller's (rate-limited) log.
     """
 
     def __init__(self) -> None:
-        self.errors: Counter[str] = Counter()
-        self.last_error = ""
+        super().__init__()
         self.trades = 0  # items with v > 0
         self.price_updates = 0  # items with v == 0
         self.pings = 0
 
     def decode(self, frame: bytes | memoryview | str) -> list[Trade] | Ping | None:
         try:
-            msg = _typed.decode(frame)
-        except msgspec.ValidationError:
-            return self._slow_path(frame)
-        except msgspec.DecodeError as exc:
-            self._skip("malformed", f"not JSON ({exc})")
-            return None
-        if type(msg) is _TradeMsg:
-            return self._trades(msg.data)
-        if type(msg) is _PingMsg:
-            self.pings += 1
-            return PING
-        assert type(msg) is _ErrorMsg
-        self._skip("error_message", f"Finnhub sent an error: {msg.msg[:200]}")
+            try:
+                msg = _typed.decode(frame)
+            except msgspec.ValidationError:
+                return self._slow_path(frame)
+            except JSON_ERRORS as exc:
+                self._skip(MALFORMED, f"not JSON ({exc})")
+                return None
+            if type(msg) is _TradeMsg:
+                return self._trades(msg.data)
+            if type(msg) is _PingMsg:
+                self.pings += 1
+                return PING
+            assert type(msg) is _ErrorMsg
+            self._skip("error_message", f"Finnhub sent an error: {msg.msg[:200]}")
+        except Exception as exc:  # never let a frame end the stream: see checks.DECODER_BUG
+            self._bug(exc, frame)
         return None
 
     def _trades(self, items: list[_Item]) -> list[Trade] | None:
-        out = [Trade(i.s, 0, i.t, i.p, i.v, False) for i in items]
-        zero = sum(1 for i in items if i.v == 0)
+        out = []
+        for i in items:
+            if price_ok(i.p) and size_ok(i.v):
+                out.append(Trade(i.s, 0, i.t, i.p, i.v, False))
+            else:
+                self._skip(IMPOSSIBLE, f"trade item of {i.s[:20]} with price {i.p!r} and volume {i.v!r}")
+        zero = sum(1 for t in out if t.qty == 0)
         self.price_updates += zero
         self.trades += len(out) - zero
         return out or None
 
     def _slow_path(self, frame: bytes | memoryview | str) -> list[Trade] | None:
-        """A frame the typed decoder rejected: a trade message with bad items, an unknown type, or junk."""
-        msg = _any.decode(frame)  # it parsed once already, so this cannot raise DecodeError
+        """A frame the typed decoder rejected: a trade message with bad items, an unknown type, or junk.
+
+        The typed decoder checks types before it reaches the end of the text, so a frame it rejected may
+        still be truncated (``{"type":"news",``): that is ``malformed`` here, never an exception.
+        """
+        try:
+            msg = ANY_JSON.decode(frame)
+        except JSON_ERRORS as exc:
+            self._skip(MALFORMED, f"not JSON ({exc})")
+            return None
         if not isinstance(msg, dict):
-            self._skip("malformed", f"not a JSON object: {str(frame)[:80]!r}")
+            self._skip(MALFORMED, f"not a JSON object: {_text(frame)[:80]!r}")
             return None
         kind = msg.get("type")
         if kind == "trade":
             data = msg.get("data")
             if not isinstance(data, list):
-                self._skip("bad_field", "trade message without a data list")
+                self._skip(BAD_FIELD, "trade message without a data list")
                 return None
             good: list[_Item] = []
             for raw in data:
                 try:
                     good.append(msgspec.convert(raw, _Item))
                 except msgspec.ValidationError as exc:
-                    self._skip("bad_field", f"trade item skipped ({exc}): {str(raw)[:80]}")
+                    self._skip(BAD_FIELD, f"trade item skipped ({exc}): {str(raw)[:80]}")
             return self._trades(good)
         if kind in ("ping", "error"):  # only a wrong field type (e.g. a numeric msg) gets here
-            self._skip("bad_field", f"{kind} message with a bad field: {str(frame)[:80]!r}")
+            self._skip(BAD_FIELD, f"{kind} message with a bad field: {_text(frame)[:80]!r}")
             return None
-        self._skip("unknown_type", f"unknown message type {kind!r}")
+        self._skip("unknown_type", f"unknown message type {str(kind)[:40]!r}")
         return None
 
-    def _skip(self, kind: str, why: str) -> None:
-        self.errors[kind] += 1
-        self.last_error = why
+
+def _text(frame: bytes | memoryview | str) -> str:
+    """A frame as text for an error message (undecodable bytes replaced)."""
+    return frame if isinstance(frame, str) else bytes(frame[:200]).decode("utf-8", "replace")
 
 
 # --- candles --------------------------------------------------------------------------------------
@@ -242,9 +271,12 @@ class BadCandles(ValueError):
     """A candles body that does not have the promised shape (columns of unequal length, no status)."""
 
 
+_Secs = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT64 // 1000)]
+
+
 class _Candles(msgspec.Struct):
     s: str
-    t: list[int] = []
+    t: list[_Secs] = []
     o: list[float] = []
     h: list[float] = []
     l: list[float] = []  # noqa: E741 - Finnhub's field name
@@ -259,24 +291,28 @@ def decode_candles(body: bytes) -> list[Candle]:
     """Candles of a ``/{kind}/candle`` body, in the venue's order; ``no_data`` gives [].
 
     ``open_time`` is ``t`` in ms, ``volume`` is ``v``, ``trades`` 0 (unknown), ``closed`` False (set by the
-    caller from the venue's now). :class:`BadCandles` for any other shape, e.g. ``{"error": …}``.
+    caller from the venue's now). :class:`BadCandles` for any other shape, e.g. ``{"error": …}``, and for a
+    candle with an impossible value (a price not finite and above zero, a negative volume): a page is
+    taken whole or not at all.
     """
     try:
         b = _candles.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except JSON_ERRORS as exc:
         raise BadCandles(f"not a Finnhub candles body ({exc}): {body[:120]!r}") from None
     if b.s == "no_data":
         return []
     if b.s != "ok":
-        raise BadCandles(f"candles status {b.s!r}, expected 'ok' or 'no_data': {body[:120]!r}")
+        raise BadCandles(f"candles status {b.s[:40]!r}, expected 'ok' or 'no_data': {body[:120]!r}")
     n = len(b.t)
     if not all(len(col) == n for col in (b.o, b.h, b.l, b.c, b.v)):
         raise BadCandles(f"candle columns differ in length (t={n}, o={len(b.o)}, h={len(b.h)}, l={len(b.l)}, "
                          f"c={len(b.c)}, v={len(b.v)})")
-    return [
-        Candle(t * 1000, o, h, lo, c, v, 0, False)
-        for t, o, h, lo, c, v in zip(b.t, b.o, b.h, b.l, b.c, b.v, strict=True)
-    ]
+    out = []
+    for t, o, h, lo, c, v in zip(b.t, b.o, b.h, b.l, b.c, b.v, strict=True):
+        if not (price_ok(o) and price_ok(h) and price_ok(lo) and price_ok(c) and size_ok(v)):
+            raise BadCandles(f"candle at {t} has an impossible value: o={o!r} h={h!r} l={lo!r} c={c!r} v={v!r}")
+        out.append(Candle(t * 1000, o, h, lo, c, v, 0, False))
+    return out
 
 
 class _Error(msgspec.Struct):
@@ -287,5 +323,5 @@ def decode_error(body: bytes) -> str | None:
     """The text of Finnhub's ``{"error": "..."}`` body, or None for any other body."""
     try:
         return msgspec.json.decode(body, type=_Error).error
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except JSON_ERRORS:
         return None

@@ -43,6 +43,7 @@ from collections.abc import Mapping
 from zoneinfo import ZoneInfo
 
 from deltafeed.model import BadInput, Candle, Quote
+from deltafeed.venues.checks import BAD_FIELD, DECODER_BUG, IMPOSSIBLE, price_ok
 
 VENUE = "ig"
 
@@ -180,23 +181,30 @@ class _TimeCache:
 # --- decoding -----------------------------------------------------------------------------------
 
 
-def _price(text: str | None) -> float:
-    """A positive finite price, or NaN."""
-    if not text:
-        return math.nan
+def _price(text: str | None) -> float | None:
+    """The number in a price field; None when there is none (null, empty, not a number). Whether it is a
+    possible price is the caller's check (:func:`~deltafeed.venues.checks.price_ok`)."""
+    if not text or len(text) > 40:
+        return None
     try:
-        v = float(text)
+        return float(text)
     except ValueError:
-        return math.nan
-    return v if 0.0 < v < math.inf else math.nan
+        return None
+
+
+#: UTM, an epoch time in ms, is refused beyond the year 5000 (and before 1970): a time a store could not
+#: hold, or no time at all.
+MAX_UTM_MS = 95_617_584_000_000
 
 
 class IGDecoder:
     """Turns IG MARKET and CHART field dicts into :class:`Quote` and :class:`Candle`; counts what it skips.
 
     ``errors`` counts skipped values by kind: ``not_tradeable`` (see the module docstring), ``bad_field``
-    (a missing, null or unreadable price or time). ``last_error`` describes the latest for a rate-limited
-    log. Never raises for bad values. ``tz`` is the zone UPDATE_TIME is read in (UK time by default).
+    (a missing, null or unreadable price or time), ``impossible_value`` (a price that is not finite and
+    above zero) and ``decoder_bug`` (see :mod:`deltafeed.venues.checks`). ``last_error`` describes the
+    latest for a rate-limited log. Never raises. ``tz`` is the zone UPDATE_TIME is read in (UK time by
+    default).
     """
 
     def __init__(self, tz: str | dt.tzinfo = UK) -> None:
@@ -211,14 +219,24 @@ class IGDecoder:
         ``now_ms`` is the venue's now (e.g. :class:`~deltafeed.clock.VenueClock`); it only supplies the date
         of UPDATE_TIME.
         """
+        try:
+            return self._market_quote(epic, fields, now_ms)
+        except Exception as exc:  # never let an update end the stream: see checks.DECODER_BUG
+            self._skip(DECODER_BUG, f"{epic} MARKET: decoder error {type(exc).__name__}: {str(exc)[:120]}")
+            return None
+
+    def _market_quote(self, epic: str, fields: Mapping[str, str | None], now_ms: int) -> Quote | None:
         state = fields.get("MARKET_STATE")
         if state != "TRADEABLE":
-            self._skip("not_tradeable", f"{epic} is {state or 'in no known state'}, not TRADEABLE")
+            self._skip("not_tradeable", f"{epic} is {(state or 'in no known state')[:40]}, not TRADEABLE")
             return None
         bid, ask = _price(fields.get("BID")), _price(fields.get("OFFER"))
-        if bid != bid or ask != ask:  # NaN
-            self._skip("bad_field", f"{epic} MARKET without a usable BID/OFFER ({fields.get('BID')!r}, "
-                       f"{fields.get('OFFER')!r})")
+        if bid is None or ask is None:
+            self._skip(BAD_FIELD, f"{epic} MARKET without a BID/OFFER number ({str(fields.get('BID'))[:40]!r}, "
+                       f"{str(fields.get('OFFER'))[:40]!r})")
+            return None
+        if not (price_ok(bid) and price_ok(ask)):
+            self._skip(IMPOSSIBLE, f"{epic} MARKET with an impossible BID/OFFER ({bid!r}, {ask!r})")
             return None
         text = fields.get("UPDATE_TIME")
         try:
@@ -226,37 +244,44 @@ class IGDecoder:
                 raise ValueError("no UPDATE_TIME")
             t = self._times.ms(text, now_ms)
         except ValueError as exc:
-            self._skip("bad_field", f"{epic} MARKET with a bad UPDATE_TIME: {exc}")
+            self._skip(BAD_FIELD, f"{epic} MARKET with a bad UPDATE_TIME: {str(exc)[:80]}")
             return None
         return Quote(epic, t, bid, ask)
 
     def chart_candles(self, epic: str, fields: Mapping[str, str | None]) -> dict[str, Candle]:
         """The bid and ask candles of a CHART:<epic>:1MINUTE item's current values (see the module docstring).
 
-        A side whose OHLC is incomplete is left out (counted as ``bad_field``); no UTM gives ``{}``.
+        A side whose OHLC is incomplete is left out (counted as ``bad_field``), and one with an impossible
+        price (``impossible_value``); no UTM gives ``{}``.
         """
-        utm = fields.get("UTM")
         try:
-            if utm is None:
-                raise ValueError("no UTM")
-            t = int(utm)
-        except ValueError as exc:
-            self._skip("bad_field", f"{epic} CHART with a bad UTM {utm!r}: {exc}")
+            return self._chart_candles(epic, fields)
+        except Exception as exc:  # never let an update end the stream: see checks.DECODER_BUG
+            self._skip(DECODER_BUG, f"{epic} CHART: decoder error {type(exc).__name__}: {str(exc)[:120]}")
+            return {}
+
+    def _chart_candles(self, epic: str, fields: Mapping[str, str | None]) -> dict[str, Candle]:
+        utm = fields.get("UTM")
+        t = _count(utm, MAX_UTM_MS)
+        if t is None:
+            self._skip(BAD_FIELD, f"{epic} CHART with a bad UTM {str(utm)[:40]!r}")
             return {}
         t -= t % MINUTE_MS
         closed = fields.get("CONS_END") == "1"
         ticks_text = fields.get("CONS_TICK_COUNT")
-        try:
-            ticks = int(ticks_text) if ticks_text else 0
-        except ValueError:
+        ticks = _count(ticks_text, 2**31 - 1) if ticks_text else 0
+        if ticks is None:
             ticks = 0
-            self._skip("bad_field", f"{epic} CHART with a bad CONS_TICK_COUNT {ticks_text!r}; taken as 0")
+            self._skip(BAD_FIELD, f"{epic} CHART with a bad CONS_TICK_COUNT {str(ticks_text)[:40]!r}; taken as 0")
         out: dict[str, Candle] = {}
         for side, fo, fh, fl, fc in _SIDES:
             o, h, lo, c = (_price(fields.get(fo)), _price(fields.get(fh)), _price(fields.get(fl)),
                            _price(fields.get(fc)))
-            if o != o or h != h or lo != lo or c != c:
-                self._skip("bad_field", f"{epic} CHART without usable {fo[:3]} prices")
+            if o is None or h is None or lo is None or c is None:
+                self._skip(BAD_FIELD, f"{epic} CHART without usable {fo[:3]} prices")
+                continue
+            if not (price_ok(o) and price_ok(h) and price_ok(lo) and price_ok(c)):
+                self._skip(IMPOSSIBLE, f"{epic} CHART with an impossible {fo[:3]} price ({o!r}, {h!r}, {lo!r}, {c!r})")
                 continue
             out[side] = Candle(t, o, h, lo, c, float(ticks), ticks, closed)
         return out
@@ -264,3 +289,12 @@ class IGDecoder:
     def _skip(self, kind: str, why: str) -> None:
         self.errors[kind] += 1
         self.last_error = why
+
+
+def _count(text: str | None, high: int) -> int | None:
+    """A decimal integer field within [0, high], or None (ASCII digits only: ``int()`` would also take
+    other scripts' digits, and a field of thousands of digits)."""
+    if not text or len(text) > 19 or not (text.isascii() and text.isdecimal()):
+        return None
+    v = int(text)
+    return v if v <= high else None

@@ -37,7 +37,7 @@ import datetime as dt
 import email.utils
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -48,6 +48,7 @@ from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.net.ratelimit import WeightLimiter
 from deltafeed.venues import ig as codec
+from deltafeed.venues.checks import MAX_INT64, price_ok, size_ok
 
 log = logging.getLogger("deltafeed.ig")
 
@@ -154,7 +155,7 @@ def error_code(body: bytes) -> str:
     """IG's ``errorCode`` of an error body, or "" when it has none."""
     try:
         return msgspec.json.decode(body, type=_Error).errorCode
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, RecursionError):
         return ""
 
 
@@ -263,7 +264,7 @@ class IGSession:
             raise VenueError(status, b"the login answer has no CST / X-SECURITY-TOKEN headers", url)
         try:
             info = msgspec.json.decode(data, type=_Login)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, RecursionError):
             raise VenueError(status, b"the login answer is not IG's session JSON", url) from None
         self._cst, self._xst = cst, xst
         self._logged_in_at = self._clock.monotonic()
@@ -355,10 +356,16 @@ class _Row(msgspec.Struct, gc=False):
     lastTradedVolume: float | None = None
 
 
+#: Allowance points, and the seconds to its reset: IG's resets weekly, so ten years is a bound no real
+#: answer reaches and every reset time computed from it stays a date.
+_Points = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT64)]
+_ExpirySeconds = Annotated[int, msgspec.Meta(ge=0, le=10 * 366 * 86_400)]
+
+
 class _Allow(msgspec.Struct):
-    remainingAllowance: int
-    totalAllowance: int
-    allowanceExpiry: int
+    remainingAllowance: _Points
+    totalAllowance: _Points
+    allowanceExpiry: _ExpirySeconds
 
 
 class _PageData(msgspec.Struct):
@@ -382,11 +389,63 @@ class _Prices(msgspec.Struct):
 _prices = msgspec.json.Decoder(_Prices)
 
 
+class BadPrices(ValueError):
+    """An IG prices answer that is not one (not JSON, a missing field), or a row that cannot be placed (no
+    or a bad ``snapshotTimeUTC``, off deltafeed's grid) or holds an impossible price (not finite and above
+    zero) or volume (negative). :class:`IGHistory` turns it into a :class:`VenueError`: the request failed,
+    and the engine asks again later. A page is taken whole or not at all, since IG has no row for an
+    interval without prices and a row left out would look like such an interval."""
+
+
+def decode_prices(body: bytes) -> _Prices:
+    """The decoded ``GET /prices`` answer; :class:`BadPrices` for any other body."""
+    try:
+        return _prices.decode(body)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise BadPrices(f"not an IG prices answer ({exc}): {body[:120]!r}") from None
+
+
 def _utc_ms(text: str) -> int:
     t = dt.datetime.fromisoformat(text)
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.UTC)
     return int(t.timestamp() * 1000)
+
+
+def take_rows(rows: list[_Row], t0: int, t1: int, tf: int, now: int, sides: tuple[str, ...],
+              out: dict[str, list[Candle]]) -> int:
+    """Append the rows with open time in [t0, t1) to ``out`` (one list per side in ``sides``), in time
+    order, without repeats; ``closed`` when the interval ended by ``now``. Returns the rows skipped (outside
+    the window, repeated, or without the prices of a side asked for); :class:`BadPrices` for a row that
+    cannot be placed or holds an impossible value."""
+    skipped = 0
+    for r in rows:
+        if r.snapshotTimeUTC is None:
+            raise BadPrices("a price row without snapshotTimeUTC (ask VERSION 3)")
+        try:
+            ot = _utc_ms(r.snapshotTimeUTC)
+        except (ValueError, OverflowError):
+            raise BadPrices(f"bad snapshotTimeUTC {r.snapshotTimeUTC[:40]!r}") from None
+        if not t0 <= ot < t1 or (out[sides[0]] and ot <= out[sides[0]][-1].open_time):
+            skipped += 1
+            continue
+        if ot % tf:
+            raise BadPrices(f"candle at {r.snapshotTimeUTC[:40]} is not on the UTC {tf} ms grid that deltafeed "
+                            "buckets by; build this timeframe from a shorter one")
+        ohlc = {s: _side(r, s) for s in sides}
+        if any(v is None for v in ohlc.values()):
+            skipped += 1
+            continue
+        vol = r.lastTradedVolume or 0.0
+        if not size_ok(vol) or vol > MAX_INT64:
+            raise BadPrices(f"candle at {r.snapshotTimeUTC[:40]} has an impossible volume {vol!r}")
+        closed = ot + tf <= now
+        for s, v in ohlc.items():
+            assert v is not None
+            if not (price_ok(v[0]) and price_ok(v[1]) and price_ok(v[2]) and price_ok(v[3])):
+                raise BadPrices(f"candle at {r.snapshotTimeUTC[:40]} has an impossible {s} price {v!r}")
+            out[s].append(Candle(ot, v[0], v[1], v[2], v[3], vol, int(vol), closed))
+    return skipped
 
 
 def _side(row: _Row, side: str) -> tuple[float, float, float, float] | None:
@@ -525,10 +584,9 @@ class IGHistory:
                 raise spent from None
             raise
         try:
-            doc = _prices.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise VenueError(200, f"not an IG prices answer ({exc}): {body[:120]!r}".encode(),
-                             sess.rest_url + path) from None
+            doc = decode_prices(body)
+        except BadPrices as exc:
+            raise VenueError(200, str(exc).encode(), sess.rest_url + path) from None
         allow = doc.metadata.allowance if doc.metadata is not None and doc.metadata.allowance else doc.allowance
         self.points += len(doc.prices)
         if allow is not None:
@@ -543,33 +601,15 @@ class IGHistory:
 
     def _take(self, rows: list[_Row], t0: int, t1: int, tf: int, now_ms: int | None, sides: tuple[str, ...],
               out: dict[str, list[Candle]]) -> None:
-        """Append the rows with open time in [t0, t1) to ``out``, in time order, without repeats."""
+        """:func:`take_rows` with the venue's now (the answer's ``Date`` when not given); a bad row is a
+        :class:`VenueError`."""
         now = now_ms
         if now is None:
             now = _http_date_ms(self.session.last_date) or self.session.clock.time_ms()
-        for r in rows:
-            if r.snapshotTimeUTC is None:
-                raise VenueError(200, b"a price row without snapshotTimeUTC (ask VERSION 3)", self.session.rest_url)
-            try:
-                ot = _utc_ms(r.snapshotTimeUTC)
-            except ValueError:
-                raise VenueError(200, f"bad snapshotTimeUTC {r.snapshotTimeUTC[:40]!r}".encode(),
-                                 self.session.rest_url) from None
-            if not t0 <= ot < t1 or (out[sides[0]] and ot <= out[sides[0]][-1].open_time):
-                self.skipped_rows += 1
-                continue
-            if ot % tf:
-                raise VenueError(200, f"candle at {r.snapshotTimeUTC} is not on the UTC {tf} ms grid that deltafeed "
-                                 "buckets by; build this timeframe from a shorter one".encode(), self.session.rest_url)
-            ohlc = {s: _side(r, s) for s in sides}
-            if any(v is None for v in ohlc.values()):
-                self.skipped_rows += 1
-                continue
-            vol = r.lastTradedVolume or 0.0
-            closed = ot + tf <= now
-            for s, v in ohlc.items():
-                assert v is not None
-                out[s].append(Candle(ot, v[0], v[1], v[2], v[3], vol, int(vol), closed))
+        try:
+            self.skipped_rows += take_rows(rows, t0, t1, tf, now, sides, out)
+        except BadPrices as exc:
+            raise VenueError(200, str(exc).encode(), self.session.rest_url) from None
 
     @property
     def stats(self) -> Mapping[str, Any]:

@@ -28,12 +28,23 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import re
-from collections import Counter
+from typing import Annotated
 from urllib.parse import quote, urlencode
 
 import msgspec
 
 from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle, Quote
+from deltafeed.venues.checks import (
+    ANY_JSON,
+    BAD_FIELD,
+    IMPOSSIBLE,
+    JSON_ERRORS,
+    MALFORMED,
+    MAX_INT64,
+    Skips,
+    price_ok,
+    size_ok,
+)
 
 VENUE = "oanda"
 
@@ -244,72 +255,88 @@ class _Heartbeat(msgspec.Struct, tag="HEARTBEAT", tag_field="type", gc=False):
 
 
 _line = msgspec.json.Decoder(_Price | _Heartbeat)
-_any = msgspec.json.Decoder()
-_INF = float("inf")
-_NAN = float("nan")
 
 
-class PriceDecoder:
+class PriceDecoder(Skips):
     """Turns pricing-stream lines into :class:`Quote` and :class:`Heartbeat`; counts and skips the rest.
 
     ``decode`` returns None for a line that carries nothing usable; ``errors`` counts those by kind:
     ``malformed`` (not a JSON object), ``unknown_type`` (a ``type`` other than PRICE/HEARTBEAT),
-    ``bad_field`` (a field missing or of the wrong type, a bad time), ``empty_book`` (a tradeable
-    PRICE without bids or asks) and ``not_tradeable`` (see the module docstring). ``last_error``
-    describes the latest one for the caller's rate-limited log. Never raises.
+    ``bad_field`` (a field missing or of the wrong type, a bad time, a price that is not a number),
+    ``impossible_value`` (a best bid or ask that is not finite and above zero, a liquidity that is not
+    finite and not negative), ``empty_book`` (a tradeable PRICE without bids or asks),
+    ``not_tradeable`` (see the module docstring) and ``decoder_bug`` (see
+    :mod:`deltafeed.venues.checks`). ``last_error`` describes the latest one for the caller's
+    rate-limited log. Never raises.
     """
-
-    def __init__(self) -> None:
-        self.errors: Counter[str] = Counter()
-        self.last_error = ""
 
     def decode(self, line: bytes | memoryview) -> Quote | Heartbeat | None:
         try:
+            return self._decode(line)
+        except Exception as exc:  # never let a line end the stream: see checks.DECODER_BUG
+            self._bug(exc, bytes(line[:80]))
+            return None
+
+    def _decode(self, line: bytes | memoryview) -> Quote | Heartbeat | None:
+        try:
             msg = _line.decode(line)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except JSON_ERRORS:
             self._slow_path(line)
             return None
+        return self._message(msg)
+
+    def _message(self, msg: _Price | _Heartbeat) -> Quote | Heartbeat | None:
         try:
             t = time_ms(msg.time)
         except ValueError as exc:
-            self._skip("bad_field", str(exc))
+            self._skip(BAD_FIELD, str(exc))
             return None
         if type(msg) is _Heartbeat:
             return Heartbeat(t)
         assert type(msg) is _Price
         if msg.tradeable is False or (msg.tradeable is None and msg.status not in (None, "tradeable")):
-            self._skip("not_tradeable", f"{msg.instrument} is not tradeable ({msg.status or 'tradeable: false'})")
+            self._skip("not_tradeable", f"{msg.instrument[:20]} is not tradeable "
+                       f"({(msg.status or 'tradeable: false')[:40]})")
             return None
         if not msg.bids or not msg.asks:
-            self._skip("empty_book", f"{msg.instrument} PRICE without bids or asks")
+            self._skip("empty_book", f"{msg.instrument[:20]} PRICE without bids or asks")
             return None
         b, a = msg.bids[0], msg.asks[0]
         try:
             bid, ask = float(b.price), float(a.price)
         except ValueError:
-            bid = ask = _NAN
-        if not (0.0 < bid < _INF and 0.0 < ask < _INF):  # also refuses NaN
-            self._skip("bad_field", f"{msg.instrument} PRICE with a bad price ({b.price!r}, {a.price!r})")
+            self._skip(BAD_FIELD, f"{msg.instrument[:20]} PRICE with a price that is not a number "
+                       f"({b.price[:30]!r}, {a.price[:30]!r})")
+            return None
+        if not (price_ok(bid) and price_ok(ask) and size_ok(b.liquidity) and size_ok(a.liquidity)):
+            self._skip(IMPOSSIBLE, f"{msg.instrument[:20]} PRICE with an impossible value (bid {b.price[:30]!r} "
+                       f"ask {a.price[:30]!r}, liquidity {b.liquidity!r} {a.liquidity!r})")
             return None
         return Quote(msg.instrument, t, bid, ask, b.liquidity, a.liquidity)
 
     def _slow_path(self, line: bytes | memoryview) -> None:
         """Classify a line the typed decoder rejected."""
         try:
-            msg = _any.decode(line)
-        except msgspec.DecodeError as exc:
-            self._skip("malformed", f"not JSON ({exc}): {bytes(line[:80])!r}")
+            msg = ANY_JSON.decode(line)
+        except JSON_ERRORS as exc:
+            self._skip(MALFORMED, f"not JSON ({exc}): {bytes(line[:80])!r}")
             return
         if not isinstance(msg, dict):
-            self._skip("malformed", f"not a JSON object: {bytes(line[:80])!r}")
-        elif msg.get("type") in ("PRICE", "HEARTBEAT"):
-            self._skip("bad_field", f"{msg['type']} line with a missing or mistyped field: {bytes(line[:120])!r}")
+            self._skip(MALFORMED, f"not a JSON object: {bytes(line[:80])!r}")
+            return
+        kind = msg.get("type")
+        if kind == "PRICE":
+            try:  # a liquidity beyond float range (1e400) is read as an infinity here, and refused
+                price = msgspec.convert(msg, _Price)
+            except msgspec.ValidationError:
+                pass
+            else:
+                if self._message(price) is None:
+                    return  # counted there
+        if kind in ("PRICE", "HEARTBEAT"):
+            self._skip(BAD_FIELD, f"{kind} line with a missing or mistyped field: {bytes(line[:120])!r}")
         else:
-            self._skip("unknown_type", f"unknown line type {msg.get('type')!r}")
-
-    def _skip(self, kind: str, why: str) -> None:
-        self.errors[kind] += 1
-        self.last_error = why
+            self._skip("unknown_type", f"unknown line type {str(kind)[:40]!r}")
 
 
 # --- candles ------------------------------------------------------------------------------------
@@ -328,7 +355,7 @@ class _OHLC(msgspec.Struct, gc=False):
 
 class _Candle(msgspec.Struct, gc=False):
     time: str
-    volume: int
+    volume: Annotated[int, msgspec.Meta(ge=0, le=MAX_INT64)]
     complete: bool
     mid: _OHLC | None = None
     bid: _OHLC | None = None
@@ -347,7 +374,8 @@ _candles = msgspec.json.Decoder(_Candles, strict=False)
 def decode_candles_all(body: bytes, sides: str | list[str] | tuple[str, ...] = PRICE_SIDES) -> dict[str, list[Candle]]:
     """Candles of every side in ``sides`` from one body (``price=MBA`` gives all three), oldest first.
 
-    Raises :class:`BadCandles` when the body is not a candles answer or a candle lacks a side asked for.
+    Raises :class:`BadCandles` when the body is not a candles answer, a candle lacks a side asked for or
+    holds an impossible value (a price not finite and above zero): a page is taken whole or not at all.
     """
     names = [sides] if isinstance(sides, str) else list(sides)
     for s in names:
@@ -355,7 +383,7 @@ def decode_candles_all(body: bytes, sides: str | list[str] | tuple[str, ...] = P
             raise BadInput(f"unknown price side {s!r}; use {', '.join(PRICE_SIDES)}")
     try:
         rows = _candles.decode(body).candles
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except JSON_ERRORS as exc:
         raise BadCandles(f"not an OANDA candles body ({exc}): {body[:120]!r}") from None
     out: dict[str, list[Candle]] = {s: [] for s in names}
     for r in rows:
@@ -366,7 +394,10 @@ def decode_candles_all(body: bytes, sides: str | list[str] | tuple[str, ...] = P
         for s in names:
             p = getattr(r, s)
             if p is None:
-                raise BadCandles(f"candle at {r.time} has no {s!r} prices (request price={price_letters(names)})")
+                raise BadCandles(f"candle at {r.time[:40]} has no {s!r} prices (request price={price_letters(names)})")
+            if not (price_ok(p.o) and price_ok(p.h) and price_ok(p.l) and price_ok(p.c)):
+                raise BadCandles(f"candle at {r.time[:40]} has an impossible {s} price: o={p.o!r} h={p.h!r} "
+                                 f"l={p.l!r} c={p.c!r}")
             out[s].append(Candle(t, p.o, p.h, p.l, p.c, float(r.volume), r.volume, r.complete))
     return out
 
@@ -392,7 +423,7 @@ def decode_instruments(body: bytes) -> set[str]:
     """Instrument names (``EUR_USD``) of a ``/v3/accounts/{id}/instruments`` answer."""
     try:
         return {i.name for i in msgspec.json.decode(body, type=_Instruments).instruments}
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except JSON_ERRORS as exc:
         raise BadCandles(f"not an OANDA instruments body ({exc})") from None
 
 

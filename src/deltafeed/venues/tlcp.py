@@ -31,6 +31,8 @@ from urllib.parse import quote, unquote
 
 import msgspec
 
+from deltafeed.venues.checks import DECODER_BUG
+
 #: The WebSocket subprotocol of TLCP 2.5 (the Haxe HEAD and the 2.2.3 Python wheel both speak it).
 PROTOCOL = "TLCP-2.5.0.lightstreamer.com"
 
@@ -320,26 +322,73 @@ class Info(msgspec.Struct, gc=False):
     value: str
 
 
+class Malformed(msgspec.Struct, gc=False):
+    """A line of a known ``kind`` that does not parse (a missing or non-numeric field, a number out of
+    range); already counted in :attr:`LineDecoder.errors`. Returned rather than dropped so that a session
+    can tell a lost line that carried state (an update, a SUBOK) from a harmless one: see
+    :data:`STATELESS_KINDS`."""
+
+    kind: str
+    reason: str
+
+
 Event = (Wsok | Conok | Conerr | End | Error | Reqok | Reqerr | Subok | Subcmd | Unsub | Update | EndOfSnapshot
-         | ClearSnapshot | Overflow | Conf | Probe | Noop | Sync | Loop | Info)
+         | ClearSnapshot | Overflow | Conf | Probe | Noop | Sync | Loop | Info | Malformed)
+
+#: Line kinds a client can lose without losing state: information and keepalives, acknowledgements it
+#: did not ask for, COMMAND-mode subscriptions it never makes. Any other malformed line (``U``,
+#: ``SUBOK``, ``EOS``, ``CONOK``, ...) leaves a session's view of its items wrong or unknown.
+STATELESS_KINDS = frozenset({"WSOK", "PROBE", "NOOP", "SYNC", "CONF", "REQOK", "SUBCMD", "SERVNAME", "CLIENTIP",
+                             "CONS", "PROG"})
+
+#: Bounds on what a server line may make a client allocate. A subscription's items and fields travel
+#: as space-separated names in one control request, which CONOK's request limit bounds (50,000 bytes
+#: by the vendor's default): at two bytes a name, no subscription can hold more than 25,000 of either.
+#: A SUBOK claiming more is refused as malformed, so ``SUBOK,1,1,60000000`` (20 bytes) cannot make
+#: :class:`ItemState` allocate 60 million fields.
+MAX_ITEMS = 25_000
+MAX_FIELDS = 25_000
+#: Digits of an integer field: int64's 19 (a longer one is refused before ``int()`` sees it).
+_MAX_DIGITS = 19
 
 _PROBE = Probe()
 _NOOP = Noop()
 _WSOK = Wsok()
 
 
+def _int(text: str, low: int = 0, high: int = 2**63 - 1) -> int:
+    """A decimal integer field within [low, high]; ValueError otherwise (ASCII digits only, at most 19)."""
+    body = text[1:] if text[:1] == "-" else text
+    if not (0 < len(body) <= _MAX_DIGITS and body.isascii() and body.isdecimal()):
+        raise ValueError(f"not an integer: {text[:30]!r}")
+    v = int(text)
+    if not low <= v <= high:
+        raise ValueError(f"{v} is outside {low}..{high}")
+    return v
+
+
+def _args(args: list[str], n: int) -> list[str]:
+    """The first ``n`` arguments; ValueError when there are fewer."""
+    if len(args) < n:
+        raise ValueError(f"{len(args)} fields, {n} expected")
+    return args[:n]
+
+
 def _code_msg(args: list[str]) -> tuple[int, str]:
     """``<code>,<message>`` (the message percent-encoded, possibly with commas of its own)."""
-    return int(args[0]), unquote(",".join(args[1:])) if len(args) > 1 else ""
+    return _int(_args(args, 1)[0], -(2**31), 2**31), unquote(",".join(args[1:])) if len(args) > 1 else ""
 
 
 class LineDecoder:
-    """Turns server lines into events; counts and skips what it cannot use.
+    """Turns server lines into events; counts and skips what it cannot use. Never raises.
 
     ``feed(message)`` returns the events of one WebSocket message, ``decode(line)`` of one line (without
     CRLF). Lines of a kind this client does not use (``MSGDONE``, ``MPN…``) are counted in ``unknown`` by
-    their first word and skipped; a known line that does not parse (a missing or non-numeric field) is
-    counted in ``errors`` by its kind and skipped, with ``last_error`` describing it. Never raises.
+    their first word and skipped. A known line that does not parse (a missing or non-numeric field, a
+    number outside its range: item and field counts beyond :data:`MAX_ITEMS` / :data:`MAX_FIELDS`, a
+    negative id) is counted in ``errors`` by its kind, described in ``last_error``, and returned as
+    :class:`Malformed` so that the session can judge what it lost. An exception the decoder did not
+    expect is counted as ``decoder_bug`` and the line skipped, so that no line can end a stream.
     """
 
     def __init__(self) -> None:
@@ -349,7 +398,11 @@ class LineDecoder:
         self.lines = 0
 
     def feed(self, message: str | bytes) -> list[Event]:
-        text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+        try:
+            text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+        except Exception as exc:  # pragma: no cover - bytes.decode with "replace" does not raise
+            self._bad(DECODER_BUG, f"{type(exc).__name__}: {exc}")
+            return []
         out: list[Event] = []
         decode = self.decode
         for line in text.split("\r\n"):
@@ -361,46 +414,50 @@ class LineDecoder:
 
     def decode(self, line: str) -> Event | None:
         self.lines += 1
-        if line[:2] == "U,":  # the hot path: sub and item as ints, the values kept raw
-            p = line.split(",", 3)
-            try:
-                return Update(int(p[1]), int(p[2]), p[3])
-            except (ValueError, IndexError):
-                self._bad("U", line)
-                return None
-        if line == "PROBE":
-            return _PROBE
-        kind, _, rest = line.partition(",")
-        args = rest.split(",") if rest else []
+        kind = "U"
         try:
-            return self._other(kind, args, line)
-        except (ValueError, IndexError):
-            self._bad(kind, line)
-            return None
+            if line[:2] == "U,":  # the hot path: sub and item as ints, the values kept raw
+                p = line.split(",", 3)
+                return Update(_int(p[1], 1), _int(p[2], 1, MAX_ITEMS), p[3])
+            if line == "PROBE":
+                return _PROBE
+            kind, _, rest = line.partition(",")
+            return self._other(kind, rest.split(",") if rest else [], line)
+        except (ValueError, IndexError) as exc:
+            return self._bad(kind, line, exc)
+        except Exception as exc:  # see checks.DECODER_BUG: counted, never raised
+            return self._bad(DECODER_BUG, line, exc)
 
     def _other(self, kind: str, args: list[str], line: str) -> Event | None:
         if kind == "EOS":
-            return EndOfSnapshot(int(args[0]), int(args[1]))
+            sub, item = _args(args, 2)
+            return EndOfSnapshot(_int(sub, 1), _int(item, 1, MAX_ITEMS))
         if kind == "OV":
-            return Overflow(int(args[0]), int(args[1]), int(args[2]))
+            sub, item, lost = _args(args, 3)
+            return Overflow(_int(sub, 1), _int(item, 1, MAX_ITEMS), _int(lost))
         if kind == "CS":
-            return ClearSnapshot(int(args[0]), int(args[1]))
+            sub, item = _args(args, 2)
+            return ClearSnapshot(_int(sub, 1), _int(item, 1, MAX_ITEMS))
         if kind == "SUBOK":
-            return Subok(int(args[0]), int(args[1]), int(args[2]))
+            sub, items, fields = _args(args, 3)
+            return Subok(_int(sub, 1), _int(items, 1, MAX_ITEMS), _int(fields, 1, MAX_FIELDS))
         if kind == "UNSUB":
-            return Unsub(int(args[0]))
+            return Unsub(_int(_args(args, 1)[0], 1))
         if kind == "REQOK":
-            return Reqok(int(args[0]) if args else None)
+            return Reqok(_int(args[0], 1) if args else None)
         if kind == "REQERR":
             code, msg = _code_msg(args[1:])
-            return Reqerr(int(args[0]), code, msg)
+            return Reqerr(_int(_args(args, 1)[0], 1), code, msg)
         if kind == "NOOP":
             return _NOOP
         if kind == "SYNC":
-            return Sync(int(args[0]))
+            return Sync(_int(_args(args, 1)[0]))
         if kind == "CONOK":
+            session, limit, keepalive = _args(args, 3)
+            if not session:
+                raise ValueError("no session id")
             link = args[3] if len(args) > 3 else "*"
-            return Conok(args[0], int(args[1]), int(args[2]), None if link == "*" else unquote(link))
+            return Conok(session, _int(limit, 1), _int(keepalive), None if link == "*" else unquote(link))
         if kind == "WSOK":
             return _WSOK
         if kind == "CONERR":
@@ -410,19 +467,25 @@ class LineDecoder:
         if kind == "ERROR":
             return Error(*_code_msg(args))
         if kind == "LOOP":
-            return Loop(int(args[0]) if args else 0)
+            return Loop(_int(args[0]) if args else 0)
         if kind == "CONF":
-            return Conf(int(args[0]), args[1], args[2] == "filtered")
+            sub, freq, filtered = _args(args, 3)
+            return Conf(_int(sub, 1), freq, filtered == "filtered")
         if kind == "SUBCMD":
-            return Subcmd(*(int(a) for a in args[:5]))
+            sub, items, fields, key, command = _args(args, 5)
+            n_fields = _int(fields, 1, MAX_FIELDS)
+            return Subcmd(_int(sub, 1), _int(items, 1, MAX_ITEMS), n_fields, _int(key, 1, n_fields),
+                          _int(command, 1, n_fields))
         if kind in ("SERVNAME", "CLIENTIP", "CONS", "PROG"):
             return Info(kind, unquote(",".join(args)))
         self.unknown[kind[:20]] += 1
         return None
 
-    def _bad(self, kind: str, line: str) -> None:
+    def _bad(self, kind: str, line: str, exc: BaseException | None = None) -> Malformed:
         self.errors[kind[:20]] += 1
-        self.last_error = f"malformed {kind[:20]} line: {line[:120]!r}"
+        why = f" ({exc})" if exc is not None else ""
+        self.last_error = f"malformed {kind[:20]} line{why[:80]}: {line[:120]!r}"
+        return Malformed(kind[:20], self.last_error)
 
 
 # --- item state ---------------------------------------------------------------------------------
@@ -440,45 +503,57 @@ class ItemState:
     """The current field values of every item of every subscription, kept up to date by ``U`` lines.
 
     A subscription is known from its SUBOK (or SUBCMD) on; its items start with every field null, as in
-    the vendor's client. :meth:`apply` decodes an update against the item's current values and returns
-    the new values as a fresh list (the previous one is never changed, so a caller may keep it); a bad
-    update raises :class:`BadUpdate` and leaves the state as it was. CS clears an item back to nulls;
-    UNSUB forgets the subscription.
+    the vendor's client. An item's values are allocated at its first update, not at SUBOK, so what a
+    SUBOK costs does not grow with the item count it claims. :meth:`apply` decodes an update against the
+    item's current values and returns the new values as a fresh list (the previous one is never changed,
+    so a caller may keep it); a bad update raises :class:`BadUpdate` and leaves the state as it was. CS
+    clears an item back to nulls; UNSUB forgets the subscription.
     """
 
     def __init__(self) -> None:
-        self._subs: dict[int, list[FieldValues]] = {}
-        self._num_fields: dict[int, int] = {}
+        self._subs: dict[int, dict[int, FieldValues]] = {}  # sub -> 0-based item -> values
+        self._shape: dict[int, tuple[int, int]] = {}  # sub -> (items, fields)
 
     def open(self, sub_id: int, num_items: int, num_fields: int) -> None:
-        """Start (or restart) a subscription of ``num_items`` items of ``num_fields`` fields."""
-        self._num_fields[sub_id] = num_fields
-        self._subs[sub_id] = [[None] * num_fields for _ in range(num_items)]
+        """Start (or restart) a subscription of ``num_items`` items of ``num_fields`` fields (ValueError
+        beyond :data:`MAX_ITEMS` / :data:`MAX_FIELDS`)."""
+        if not (1 <= num_items <= MAX_ITEMS and 1 <= num_fields <= MAX_FIELDS):
+            raise ValueError(f"a subscription of {num_items} items of {num_fields} fields is out of bounds")
+        self._shape[sub_id] = (num_items, num_fields)
+        self._subs[sub_id] = {}
 
     def close(self, sub_id: int) -> None:
         self._subs.pop(sub_id, None)
-        self._num_fields.pop(sub_id, None)
+        self._shape.pop(sub_id, None)
 
     def clear(self, sub_id: int, item: int) -> None:
         items = self._subs.get(sub_id)
-        if items is not None and 1 <= item <= len(items):
-            items[item - 1] = [None] * self._num_fields[sub_id]
+        if items is not None:
+            items.pop(item - 1, None)
 
     def values(self, sub_id: int, item: int) -> FieldValues | None:
         """The current values of an item, or None for an unknown one."""
         items = self._subs.get(sub_id)
-        return items[item - 1] if items is not None and 1 <= item <= len(items) else None
+        if items is None:
+            return None
+        num_items, num_fields = self._shape[sub_id]
+        if not 1 <= item <= num_items:
+            return None
+        got = items.get(item - 1)
+        empty: FieldValues = [None] * num_fields
+        return got if got is not None else empty
 
     def apply(self, update: Update) -> FieldValues:
         items = self._subs.get(update.sub_id)
         if items is None:
             raise BadUpdate(f"update for subscription {update.sub_id}, which is not active")
+        num_items, n = self._shape[update.sub_id]
         idx = update.item - 1
-        if not 0 <= idx < len(items):
+        if not 0 <= idx < num_items:
             raise BadUpdate(f"update for item {update.item} of subscription {update.sub_id}, "
-                            f"which has {len(items)} items")
-        new = items[idx].copy()
-        n = len(new)
+                            f"which has {num_items} items")
+        old = items.get(idx)
+        new: FieldValues = old.copy() if old is not None else [None] * n
         i = 0
         for tok in update.values.split("|"):
             if not tok:  # unchanged
@@ -486,7 +561,7 @@ class ItemState:
                 continue
             c = tok[0]
             if c == "^":
-                if tok[1:].isdecimal():
+                if 1 < len(tok) <= 7 and tok[1:].isascii() and tok[1:].isdecimal():
                     i += int(tok[1:])
                     continue
                 raise BadUpdate(f"unsupported value encoding {tok[:10]!r} (JSON patch and TLCP-diff are not "
