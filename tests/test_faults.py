@@ -24,7 +24,7 @@ import pytest
 
 from conftest import MakeReplica
 from deltafeed.model import BadInput, ServerShutdown, Trade
-from deltafeed.replicas.binance import BinanceReplica, split_text_frames, text_frames
+from deltafeed.replicas.binance import FAR_AHEAD, BinanceReplica, split_text_frames, text_frames
 from deltafeed.replicas.faults import KINDS, NOT_JSON, FaultSchedule, apply_message_fault, parse_faults
 from deltafeed.venues.binance import StreamDecoder
 
@@ -341,10 +341,11 @@ async def test_garbage_inserts_an_undecodable_frame(make_replica: MakeReplica, h
     assert ids == list(range(ids[0], ids[-1] + 1)), "the real frames all arrive, in order"
 
 
-async def test_poison_sends_a_nan_trade_with_the_next_trades_id(make_replica: MakeReplica,
+async def test_poison_sends_a_nan_trade_or_an_id_far_ahead(make_replica: MakeReplica,
                                                                  http: aiohttp.ClientSession) -> None:
-    """Each poison is a copy of the next real trade (same id) with ``"p":"NaN"``, sent just before it.
-    The decoder refuses it as an impossible value, so every real trade still arrives, once, in order."""
+    """Each poison is a copy of the next real trade, sent just before it: with ``"p":"NaN"`` (the decoder
+    refuses it as an impossible value) or with its id far ahead (the candle builder's business, see
+    test_aggregator and test_poison_e2e). Every real trade still arrives, once, in order."""
     replica = await make_replica(symbols=["BTCUSDT"], rate=200.0, history_ms=0, faults={"poison": FAST}, faults_seed=2)
     raw: list[bytes] = []
     async with http.ws_connect(replica.ws_url + "/ws/btcusdt@trade") as ws:
@@ -356,12 +357,15 @@ async def test_poison_sends_a_nan_trade_with_the_next_trades_id(make_replica: Ma
                 break
             raw.append(msg.data.encode())
     poisoned = [i for i, f in enumerate(raw) if b'"p":"NaN"' in f]
-    assert 1 <= len(poisoned) <= assert_counted(replica, "poison")
-    for i in poisoned:  # the real trade of the same id follows at once
-        assert raw[i].replace(b'"p":"NaN"', b"") == re.sub(rb'"p":"[^"]*"', b"", raw[i + 1])
     decoder = StreamDecoder()
     events = [decoder.decode(f) for f in raw]
-    ids = [e.trade_id for e in events if isinstance(e, Trade)]
+    trades = [e for e in events if isinstance(e, Trade)]
+    far = [t for t in trades if t.trade_id >= FAR_AHEAD]  # the other kind: an id far ahead
+    assert poisoned and far and len(poisoned) + len(far) <= assert_counted(replica, "poison")
+    for i in poisoned:  # the real trade of the same id follows at once
+        assert raw[i].replace(b'"p":"NaN"', b"") == re.sub(rb'"p":"[^"]*"', b"", raw[i + 1])
+    ids = [t.trade_id for t in trades if t.trade_id < FAR_AHEAD]
+    assert all(t.trade_id - FAR_AHEAD in ids for t in far), "a copy of a real trade, its id moved far ahead"
     assert decoder.errors == {"impossible_value": len(poisoned)}
     assert ids == list(range(ids[0], ids[-1] + 1)), "every real trade, once, in order"
 

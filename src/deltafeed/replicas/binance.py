@@ -113,14 +113,23 @@ def split_text_frames(data: bytes) -> list[bytes]:
 _PRICE_FIELD = re.compile(rb'"p":"[^"]*"')
 
 
+_ID_FIELD = re.compile(rb'"t":(\d+)')
+FAR_AHEAD = 10**12  # how far ahead of the real id the second kind of poison puts its trade
+
+
 def poison_trade(payload: bytes, pick: Callable[[int], int]) -> list[bytes] | None:
-    """The ``poison`` fault's frame for a trade payload (raw or combined): the same trade, same id, with
-    ``"p":"NaN"``. Sent just before the real trade, it takes the real trade's id in a client that does
-    not refuse a NaN price, and the real trade is then dropped there as a duplicate. None for a payload
-    that is not a trade."""
+    """The ``poison`` fault's frame for a trade payload (raw or combined), one of two kinds at random:
+    - the same trade, same id, with ``"p":"NaN"``: sent just before the real trade, it takes the
+      real trade's id in a client that does not refuse a NaN price, and the real trade is then
+      dropped there as a duplicate;
+    - the same trade with an id ``FAR_AHEAD`` beyond its own: a client that trusts any id moves its
+      continuity cursor there, and every later real trade looks like a duplicate.
+    None for a payload that is not a trade."""
     if b'"e":"trade"' not in payload:
         return None
-    return [_PRICE_FIELD.sub(b'"p":"NaN"', payload, count=1)]
+    if pick(2) == 0:
+        return [_PRICE_FIELD.sub(b'"p":"NaN"', payload, count=1)]
+    return [_ID_FIELD.sub(lambda m: b'"t":%d' % (int(m.group(1)) + FAR_AHEAD), payload, count=1)]
 
 
 # --- fast trade encoding ----------------------------------------------------------------------
