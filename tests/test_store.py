@@ -221,7 +221,7 @@ def test_cold_retention_uses_the_given_now(tmp_path: Path) -> None:
 
 
 def test_cold_schema_version_and_reopen(tmp_path: Path) -> None:
-    db = tmp_path / "deep" / "dir" / "c.duckdb"
+    db = tmp_path / "c.duckdb"
     with ColdStore(db) as cold:
         cold.write(series(3))
     with ColdStore(db) as again:

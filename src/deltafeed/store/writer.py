@@ -114,6 +114,9 @@ class BatchWriter:
         self.last_error: StoreError | None = None
         self._store_error: StoreError | None = None  # the store's own last failure, for messages
         self._pending: dict[_Key, Row] = {}
+        # Rows of the batch being written or spooled right now (one at a time, under _flush_lock):
+        # out of _pending but still only in memory (see ``in_memory``).
+        self._in_flight = 0
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._flush_lock = asyncio.Lock()
@@ -126,8 +129,13 @@ class BatchWriter:
 
     @property
     def pending(self) -> int:
-        """Distinct candles waiting in memory."""
+        """Distinct candles waiting in memory (not counting a batch being written right now)."""
         return len(self._pending)
+
+    @property
+    def in_memory(self) -> int:
+        """Candles only in memory: those :attr:`pending` and the batch being written or spooled now."""
+        return len(self._pending) + self._in_flight
 
     @property
     def spooled_pending(self) -> int:
@@ -175,19 +183,24 @@ class BatchWriter:
         if len(self._pending) <= self.max_batch:
             rows = list(self._pending.values())
             self._pending = {}
-            return rows
-        keys = list(islice(self._pending, self.max_batch))
-        return [self._pending.pop(k) for k in keys]
+        else:
+            keys = list(islice(self._pending, self.max_batch))
+            rows = [self._pending.pop(k) for k in keys]
+        # In flight until it is written (_written), spooled (_append) or put back (_put_back).
+        self._in_flight = len(rows)
+        return rows
 
     def _put_back(self, rows: list[Row]) -> None:
         """Return a failed batch to the front; a newer pending update of the same candle still wins."""
         merged: dict[_Key, Row] = {(r[0], r[1], r[2].open_time): r for r in rows}
         merged.update(self._pending)
         self._pending = merged
+        self._in_flight = 0
 
     # -- one step each (callers hold _flush_lock) -------------------------------------------------
 
     def _written(self, rows: list[Row], started: float) -> None:
+        self._in_flight = 0
         self.written += len(rows)
         self.last_error = self._store_error = None
         self._store_retry.ok()
@@ -214,6 +227,7 @@ class BatchWriter:
             # are written twice, which the idempotent upsert makes harmless.
             self._put_back(rows)
             raise
+        self._in_flight = 0
         self.spooled += len(rows)
         self._spool_retry.ok()
         return None
@@ -372,7 +386,8 @@ class BatchWriter:
         :class:`StoreError` if that could not finish in time; the rows stay pending or spooled.
         """
         deadline = time.monotonic() + retry_for_s
-        while self._pending or self._spooling():
+        # A batch in flight (run() writing it now) counts: _write_once waits for it under the lock.
+        while self._pending or self._spooling() or self._in_flight:
             if await self._write_once():
                 continue
             remaining = deadline - time.monotonic()

@@ -1,0 +1,164 @@
+"""End to end: the disk under the DuckDB file (and its spool) fills up during the bootstrap.
+
+A real filesystem that really fills: a small tmpfs mounted for the test (needs root, as in CI), most
+of it taken by a ballast file. The engine against the Binance replica must not crash: start-up
+waits, ``GET /health`` says the disk holding the database is full, the candles wait in memory
+within the bound, and once the ballast is deleted everything is written and equals the tape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+import deltafeed.engine as engine_module
+from deltafeed.api.server import api_url, start_api
+from deltafeed.config import Settings
+from deltafeed.engine import Engine
+from deltafeed.model import TIMEFRAMES
+from deltafeed.replicas.binance import BinanceReplica
+from deltafeed.store.base import StoreError
+from deltafeed.store.cold import ColdStore
+from reference import candles_from_tape, read_tape
+
+SYMBOLS = ["BTCUSDT", "ETHUSDT"]
+FLUSH_ROWS = 2_000  # the bootstrap's back-pressure point, low enough for a few hours of 1s history
+PAGE = 1_000  # candles per REST page: the most the bootstrap adds past the back-pressure point
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MB tmpfs, unmounted afterwards."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {p.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def fill(path: Path, leave: int) -> None:
+    """Take all but ``leave`` bytes of the filesystem holding ``path`` with the file ``path``."""
+    st = os.statvfs(path.parent)
+    free = st.f_bavail * st.f_frsize
+    assert free > leave
+    with open(path, "wb") as f:
+        f.write(b"\0" * (free - leave))
+
+
+async def health(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, Any]]:
+    async with http.get(url + "/health") as resp:
+        return resp.status, await resp.json()
+
+
+async def test_a_disk_that_fills_during_the_bootstrap_degrades_then_catches_up(
+        tmp_path: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(engine_module, "BOOTSTRAP_FLUSH_ROWS", FLUSH_ROWS)
+    caplog.set_level(logging.INFO)
+    tape = tmp_path / "tape.csv"  # on the big disk
+    replica = BinanceReplica(symbols=SYMBOLS, seed=17, rate=2.0, speed=60.0, history_ms=3 * 3_600_000, tape=str(tape))
+    await replica.start()
+    db = small_disk / "candles.duckdb"
+    # The spool is the default one, beside the database: on the same disk, so it is full too.
+    settings = Settings(symbols=SYMBOLS, timeframes=["1s", "1m"], history="3h", db=str(db), rest_url=replica.url,
+                        ws_url=replica.ws_url, api="off").validate()
+    engine = Engine(settings)
+    assert engine.spool is not None and Path(engine.spool.path).parent == small_disk
+    ballast = small_disk / "ballast"
+    # Room for the new database and a few batches; 3 hours of 1s candles need about 5 MB.
+    fill(ballast, leave=1_500_000)
+    runner = await start_api(engine, None, "127.0.0.1", 0, None)
+    url = api_url(runner)
+    starting = asyncio.ensure_future(engine.start())
+    try:
+        async with aiohttp.ClientSession() as http:
+            # The disk fills during the bootstrap: start-up waits and /health says why.
+            reasons: list[str] = []
+            for _ in range(300):
+                await asyncio.sleep(0.1)
+                assert not starting.done(), "the bootstrap finished although the disk is full"
+                status, doc = await health(http, url)
+                reasons = doc.get("reasons", [])
+                if any("start-up waits" in r for r in reasons):
+                    break
+            assert status == 503, doc
+            store = [r for r in reasons if r.startswith(f"cold store {db} failing")]
+            assert len(store) == 1, reasons
+            assert "the disk is full (No space left on device)" in store[0], store[0]
+            assert "free space on it or pass --db with a path on another disk" in store[0]
+            # The spool beside it is full too: the candles are kept in memory, and it says so.
+            assert "spool failed too" in store[0] and f"spool {engine.spool.path}" in store[0], store[0]
+            waits = [r for r in reasons if r.startswith("start-up waits for the cold store")]
+            assert len(waits) == 1 and "No space left on device" in waits[0], reasons
+            assert all("\n" not in r for r in reasons)
+            assert engine.writer.written > 0  # the disk really filled part of the way through
+            # Memory stays bounded while the disk is full: each series' bootstrap stops fetching at
+            # the back-pressure point (one page past it at most), and nothing is dropped.
+            bound = FLUSH_ROWS + len(SYMBOLS) * PAGE
+            seen = [engine.writer.in_memory]
+            for _ in range(30):
+                await asyncio.sleep(0.1)
+                seen.append(engine.writer.in_memory)
+            await asyncio.sleep(1.0)
+            seen.append(engine.writer.in_memory)
+            assert min(seen) > 0 and max(seen) <= bound, seen
+            assert seen[-1] == seen[-2], seen  # settled: waiting, not fetching
+            assert not starting.done()
+            assert engine.writer.failures >= 2 and engine.writer.spool_failures >= 1
+            assert engine.status()["store_up"] is False
+            assert engine.store_dropped == 0
+
+            # Space returns: the waiting candles are written, start-up goes on, streaming starts.
+            ballast.unlink()
+            await asyncio.wait_for(starting, 60.0)
+            await asyncio.sleep(6.0)  # six market minutes of streaming
+            status, doc = await health(http, url)
+            assert status == 200, doc
+            assert engine.store_wait is None and engine.writer.last_error is None
+    except BaseException:
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        with contextlib.suppress(StoreError):  # the disk may still be full: do not hide the failure
+            await engine.stop()
+        raise
+    else:
+        await engine.stop()
+    finally:
+        await runner.cleanup()
+        await replica.stop()
+
+    assert engine.writer.in_memory == 0 and engine.writer.spooled_pending == 0
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    assert any("start-up waits for the cold store" in r.getMessage() for r in caplog.records)
+    assert any("works again; start-up goes on" in r.getMessage() for r in caplog.records)
+    # Everything reached the store, and equals candles computed from the tape.
+    rows = read_tape(str(tape))
+    with ColdStore.open_reader(db) as store:
+        for sym in SYMBOLS:
+            sym_rows = [r for r in rows if r[0] == sym]
+            for tf in ("1s", "1m"):
+                tf_ms = TIMEFRAMES[tf]
+                stored = [c for c in store.query(f"binance:{sym}", tf) if c.closed]
+                want = {c.open_time: c for c in candles_from_tape(sym_rows, tf_ms)}
+                keys = [c.open_time for c in stored]
+                assert keys == list(range(keys[0], keys[-1] + tf_ms, tf_ms)), (sym, tf, "hole or duplicate")
+                # Back to the start of the 3 hours (the engine's "now" is a little after the replica's).
+                assert keys[0] <= min(want) + 120_000, (sym, tf, "history does not reach back")
+                assert keys[-1] >= max(want) - 3 * max(tf_ms, 60_000), (sym, tf, "streaming did not reach the store")
+                for c in stored:
+                    w = want[c.open_time]
+                    got = (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades)
+                    exp = (w.open, w.high, w.low, w.close, round(w.volume, 8), w.trades)
+                    assert got == exp, (sym, tf, c.open_time, got, exp)
