@@ -63,19 +63,24 @@ async def health(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, 
         return resp.status, await resp.json()
 
 
+@pytest.mark.parametrize("spool_room", [False, True], ids=["spool-on-the-full-disk", "spool-on-another-disk"])
 async def test_a_disk_that_fills_during_the_bootstrap_degrades_then_catches_up(
-        tmp_path: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        spool_room: bool) -> None:
+    """The spool is either the default one, beside the database on the same disk (full too: the
+    candles wait in memory), or on another disk with room (they wait there)."""
     monkeypatch.setattr(engine_module, "BOOTSTRAP_FLUSH_ROWS", FLUSH_ROWS)
+    caplog.set_level(logging.DEBUG, logger="deltafeed.engine")
     caplog.set_level(logging.INFO)
     tape = tmp_path / "tape.csv"  # on the big disk
     replica = BinanceReplica(symbols=SYMBOLS, seed=17, rate=2.0, speed=60.0, history_ms=3 * 3_600_000, tape=str(tape))
     await replica.start()
     db = small_disk / "candles.duckdb"
-    # The spool is the default one, beside the database: on the same disk, so it is full too.
     settings = Settings(symbols=SYMBOLS, timeframes=["1s", "1m"], history="3h", db=str(db), rest_url=replica.url,
-                        ws_url=replica.ws_url, api="off").validate()
+                        ws_url=replica.ws_url, api="off", spool=str(tmp_path / "s.spool") if spool_room else "auto"
+                        ).validate()
     engine = Engine(settings)
-    assert engine.spool is not None and Path(engine.spool.path).parent == small_disk
+    assert engine.spool is not None and (Path(engine.spool.path).parent == small_disk) is not spool_room
     ballast = small_disk / "ballast"
     # Room for the new database and a few batches; 3 hours of 1s candles need about 5 MB.
     fill(ballast, leave=1_500_000)
@@ -98,25 +103,39 @@ async def test_a_disk_that_fills_during_the_bootstrap_degrades_then_catches_up(
             assert len(store) == 1, reasons
             assert "the disk is full (No space left on device)" in store[0], store[0]
             assert "free space on it or pass --db with a path on another disk" in store[0]
-            # The spool beside it is full too: the candles are kept in memory, and it says so.
-            assert "spool failed too" in store[0] and f"spool {engine.spool.path}" in store[0], store[0]
+            spool = [r for r in reasons if r.startswith(f"spool {engine.spool.path} failing")]
+            if spool_room:
+                assert not spool, reasons
+            else:
+                assert "spool" not in store[0], store[0]  # the database's problem names the database
+                # The spool beside it is full too: the candles are kept in memory, and it says so apart.
+                assert len(spool) == 1 and "No space left on device" in spool[0], reasons
+                assert spool[0].endswith("candles wait in memory"), spool[0]
             waits = [r for r in reasons if r.startswith("start-up waits for the cold store")]
             assert len(waits) == 1 and "No space left on device" in waits[0], reasons
             assert all("\n" not in r for r in reasons)
             assert engine.writer.written > 0  # the disk really filled part of the way through
             # Memory stays bounded while the disk is full: each series' bootstrap stops fetching at
-            # the back-pressure point (one page past it at most), and nothing is dropped.
+            # the back-pressure point (one page past it at most), and nothing is dropped. With room
+            # in the spool it goes on through the spool, until it needs to read the store.
             bound = FLUSH_ROWS + len(SYMBOLS) * PAGE
-            seen = [engine.writer.in_memory]
-            for _ in range(30):
+            seen: list[tuple[int, int, int]] = []
+            for _ in range(100):
+                w = engine.writer
+                seen.append((w.in_memory, w.spooled_pending, w.written))
+                if len(seen) > 15 and len(set(seen[-15:])) == 1:
+                    break  # settled for 1.5 s: waiting, not fetching
                 await asyncio.sleep(0.1)
-                seen.append(engine.writer.in_memory)
-            await asyncio.sleep(1.0)
-            seen.append(engine.writer.in_memory)
-            assert min(seen) > 0 and max(seen) <= bound, seen
-            assert seen[-1] == seen[-2], seen  # settled: waiting, not fetching
+            assert len(set(seen[-15:])) == 1, seen
+            assert max(m for m, _, _ in seen) <= bound, seen
             assert not starting.done()
-            assert engine.writer.failures >= 2 and engine.writer.spool_failures >= 1
+            assert engine.writer.failures >= 2
+            if spool_room:
+                # What the store refused waits in the spool, and health says where.
+                assert engine.writer.spooled_pending > 0 and engine.writer.spool_failures == 0
+                assert f"candles spooled at {engine.spool.path}, replayed when it is back" in store[0], store[0]
+            else:
+                assert seen[-1][0] > 0 and engine.writer.spooled_pending == 0 and engine.writer.spool_failures >= 1
             assert engine.status()["store_up"] is False
             assert engine.store_dropped == 0
 

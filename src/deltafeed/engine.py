@@ -872,11 +872,15 @@ class Engine:
         if self.store_wait is not None:
             reasons.append(f"start-up waits for the cold store {self.cold.name} to {self.store_wait}; streaming"
                            " starts once it works again")
-        if self.writer.last_error is not None:
+        # The store's failures and the spool's apart, each naming its own file.
+        if self.writer.store_error is not None:
             spooled = self.writer.spooled_pending
             where = f"; {spooled} candles spooled at {self.spool.path}, replayed when it is back" \
                 if spooled and self.spool is not None else ""
-            reasons.append(f"cold store {self.cold.name} failing: {self.writer.last_error}{where}")
+            reasons.append(f"cold store {self.cold.name} failing: {self.writer.store_error}{where}")
+        if self.writer.spool_error is not None and self.spool is not None:
+            reasons.append(f"spool {self.spool.path} failing: {self.writer.spool_error}; {self.writer.in_memory}"
+                           " candles wait in memory")
         if self.redis is not None and self.redis.degraded is not None:
             reasons.append(f"hot tier {self.redis.name} unreachable ({self.redis.degraded}); serving from memory,"
                            " Redis is re-filled when it is back")
@@ -915,7 +919,7 @@ class Engine:
             "store_spooled": self.writer.spooled,
             "store_spool_pending": self.writer.spooled_pending,
             "store_replayed": self.writer.replayed,
-            "store_up": self.writer.last_error is None,
+            "store_up": self.writer.store_error is None,
             "hot_up": None if self.redis is None else self.redis.degraded is None,
             "hot_written": None if self.redis is None else self.redis.written,
             "hot_failures": None if self.redis is None else self.redis.failures,

@@ -113,6 +113,10 @@ class BatchWriter:
         #: The most recent failure, or None once a write has succeeded since.
         self.last_error: StoreError | None = None
         self._store_error: StoreError | None = None  # the store's own last failure, for messages
+        #: The spool's most recent failure (append, read, commit), or None once it has worked since
+        #: or the store takes candles directly again: the spool's problems apart from the store's
+        #: (see :attr:`store_error`).
+        self.spool_error: StoreError | None = None
         self._pending: dict[_Key, Row] = {}
         # Rows of the batch being written or spooled right now (one at a time, under _flush_lock):
         # out of _pending but still only in memory (see ``in_memory``).
@@ -136,6 +140,12 @@ class BatchWriter:
     def in_memory(self) -> int:
         """Candles only in memory: those :attr:`pending` and the batch being written or spooled now."""
         return len(self._pending) + self._in_flight
+
+    @property
+    def store_error(self) -> StoreError | None:
+        """The store's own most recent failure, or None once a write has succeeded since (unlike
+        :attr:`last_error`, never a failure of the spool)."""
+        return self._store_error
 
     @property
     def spooled_pending(self) -> int:
@@ -203,6 +213,8 @@ class BatchWriter:
         self._in_flight = 0
         self.written += len(rows)
         self.last_error = self._store_error = None
+        if not self._spooling():
+            self.spool_error = None  # nothing waits for the spool any more: its failure is moot
         self._store_retry.ok()
         if self.on_written is not None:
             self.on_written(rows, time.monotonic() - started)
@@ -220,6 +232,7 @@ class BatchWriter:
         except StoreError as e:
             self._put_back(rows)
             self.spool_failures += 1
+            self.spool_error = e
             self._spool_retry.failed()
             return e
         except BaseException:
@@ -229,6 +242,7 @@ class BatchWriter:
             raise
         self._in_flight = 0
         self.spooled += len(rows)
+        self.spool_error = None
         self._spool_retry.ok()
         return None
 
@@ -267,7 +281,7 @@ class BatchWriter:
             rows = await asyncio.to_thread(spool.peek, self.max_batch)
         except StoreError as e:
             self.spool_failures += 1
-            self.last_error = e
+            self.last_error = self.spool_error = e
             self._store_retry.failed()
             return False
         if rows is None:
@@ -283,9 +297,10 @@ class BatchWriter:
         except StoreError as e:
             # The rows are in the store but will be replayed again (harmless); count them then.
             self.spool_failures += 1
-            self.last_error = e
+            self.last_error = self.spool_error = e
             self._store_retry.failed()
             return False
+        self.spool_error = None
         self.replayed += len(rows)
         self._written(rows, started)
         if not spool.batches:
