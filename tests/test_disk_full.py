@@ -1,9 +1,11 @@
-"""End to end: the disk under the DuckDB file (and its spool) fills up during the bootstrap.
+"""End to end: the disk under the DuckDB file (and its spool) fills up during the bootstrap, or is
+read-only.
 
 A real filesystem that really fills: a small tmpfs mounted for the test (needs root, as in CI), most
 of it taken by a ballast file. The engine against the Binance replica must not crash: start-up
 waits, ``GET /health`` says the disk holding the database is full, the candles wait in memory
 within the bound, and once the ballast is deleted everything is written and equals the tape.
+``deltafeed run`` itself stops on SIGTERM while it waits, in one line.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,18 +39,34 @@ FLUSH_ROWS = 2_000  # the bootstrap's back-pressure point, low enough for a few 
 PAGE = 1_000  # candles per REST page: the most the bootstrap adds past the back-pressure point
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """An 8 MB tmpfs, unmounted afterwards."""
-    mnt = tmp_path / "disk"
+CLI = [sys.executable, "-m", "deltafeed"]
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def mount_tmpfs(mnt: Path, options: str) -> Iterator[Path]:
     mnt.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True, text=True)
     if p.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {p.stderr.strip()}")
     try:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MB tmpfs, unmounted afterwards."""
+    yield from mount_tmpfs(tmp_path / "disk", "size=8m")
+
+
+@pytest.fixture
+def read_only_disk(tmp_path: Path) -> Iterator[Path]:
+    yield from mount_tmpfs(tmp_path / "ro", "size=1m,ro")
+
+
+def cli_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 def fill(path: Path, leave: int) -> None:
@@ -111,8 +131,9 @@ async def test_a_disk_that_fills_during_the_bootstrap_degrades_then_catches_up(
                 # The spool beside it is full too: the candles are kept in memory, and it says so apart.
                 assert len(spool) == 1 and "No space left on device" in spool[0], reasons
                 assert spool[0].endswith("candles wait in memory"), spool[0]
-            waits = [r for r in reasons if r.startswith("start-up waits for the cold store")]
-            assert len(waits) == 1 and "No space left on device" in waits[0], reasons
+            # Start-up says what it waits for (the store's own reason above says why).
+            waits = [r for r in reasons if r.startswith(f"start-up waits for the cold store {db} to ")]
+            assert len(waits) == 1 and waits[0].endswith("; streaming starts once it works again"), reasons
             assert all("\n" not in r for r in reasons)
             assert engine.writer.written > 0  # the disk really filled part of the way through
             # Memory stays bounded while the disk is full: each series' bootstrap stops fetching at
@@ -181,3 +202,71 @@ async def test_a_disk_that_fills_during_the_bootstrap_degrades_then_catches_up(
                     got = (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades)
                     exp = (w.open, w.high, w.low, w.close, round(w.volume, 8), w.trades)
                     assert got == exp, (sym, tf, c.open_time, got, exp)
+
+
+def test_run_on_a_read_only_disk_names_the_database_not_its_spool(tmp_path: Path, read_only_disk: Path) -> None:
+    db = read_only_disk / "x.duckdb"
+    p = subprocess.run([*CLI, "run", "--symbols", "BTCUSDT", "--rest-url", "http://127.0.0.1:9", "--ws-url",
+                        "ws://127.0.0.1:9", "--api", "off", "--db", str(db)], capture_output=True, text=True,
+                       timeout=30, env=cli_env(), cwd=tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    # Before: "cannot open spool .../x.duckdb.spool: Read-only file system; pass --spool with a
+    # writable file path", for a problem of the database.
+    assert p.stderr.startswith(f"deltafeed run: --db {db}: cannot create the database in {read_only_disk} (a "
+                               "read-only file system); pass --db with a path in a writable directory"), p.stderr
+    assert "spool" not in p.stderr
+
+
+async def test_run_stops_on_sigterm_while_start_up_waits_for_a_full_disk(tmp_path: Path, small_disk: Path) -> None:
+    """``deltafeed run`` as a user runs it: /health tells why start-up waits; SIGTERM stops it at
+    once, with one line saying what could not be kept; the file is intact for the next run."""
+    replica = BinanceReplica(symbols=SYMBOLS, seed=23, rate=2.0, speed=60.0, history_ms=8 * 3_600_000)
+    await replica.start()
+    db = small_disk / "candles.duckdb"
+    fill(small_disk / "ballast", leave=1_500_000)
+    # 8 hours of 1s candles of two symbols: more than the bootstrap keeps in memory (50,000), and
+    # more than the disk holds.
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "run", "--symbols", ",".join(SYMBOLS), "--timeframes", "1s,1m", "--history", "8h", "--db", str(db),
+        "--rest-url", replica.url, "--ws-url", replica.ws_url, "--api", "127.0.0.1:0", env=cli_env(), cwd=tmp_path,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr is not None
+    lines: list[str] = []
+    try:
+        url = ""
+        while not url:
+            line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
+            assert line, lines
+            lines.append(line)
+            if "serving the API on " in line:
+                url = line.split("serving the API on ")[1].strip()
+        async with aiohttp.ClientSession() as http:
+            reasons: list[str] = []
+            for _ in range(300):
+                await asyncio.sleep(0.1)
+                status, doc = await health(http, url)
+                reasons = doc.get("reasons", [])
+                if any(r.startswith("start-up waits for the cold store") for r in reasons):
+                    break
+            assert status == 503 and any("the disk is full (No space left on device)" in r for r in reasons), reasons
+        proc.send_signal(signal.SIGTERM)
+        rest = await asyncio.wait_for(proc.stderr.read(), 10)
+        code = await asyncio.wait_for(proc.wait(), 5)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await replica.stop()
+    err = "".join(lines) + rest.decode()
+    assert "Traceback" not in err, err
+    assert "start-up waits for the cold store" in err and "stopping during start-up" in err
+    # What was in memory could not be kept (the spool is on the same full disk): said in one line,
+    # exit 1. The marks were not moved, so the next run fetches those candles again.
+    lost = [ln for ln in err.splitlines() if "ERROR" in ln]
+    assert code == 1 and len(lost) == 1 and "ERROR deltafeed: stopped: cannot write the candle database" in lost[0]
+    assert f"and the spool {db}.spool failed too, so" in lost[0] and "candles are lost when this process ends" in lost[0]
+    assert lost[0].count("No space left on device") == 2, lost[0]  # the database's and the spool's, once each
+    (small_disk / "ballast").unlink()
+    q = subprocess.run([*CLI, "candles", "binance:BTCUSDT", "1s", "--db", str(db), "--format", "csv"],
+                       capture_output=True, text=True, timeout=30, env=cli_env())
+    assert q.returncode == 0 and len(q.stdout.splitlines()) > 100, q.stderr

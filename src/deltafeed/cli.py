@@ -266,7 +266,7 @@ def _run(args: argparse.Namespace) -> int:
             try:
                 await engine.stop()
             except StoreError as exc:
-                log.error("stopped, but candles were lost: %s", exc)
+                log.error("stopped: %s", exc)
                 return 1
             finally:
                 if runner is not None:

@@ -194,9 +194,10 @@ class Engine:
         self.recovery_s: deque[float] = deque(maxlen=10_000)  # hole found -> candles repaired
         self._tasks: list[asyncio.Task[None]] = []
         self.store_dropped = 0
-        #: What start-up is waiting for the cold store to do, and its error (a full disk, a server
-        #: down); None while it is not waiting.
+        #: What start-up is waiting for the cold store to do while it fails (a full disk, a server
+        #: down), e.g. "read the final marks"; None while it is not waiting.
         self.store_wait: str | None = None
+        self._store_wait_error: StoreError | None = None
         self.audits = 0
         self.audit_gaps = 0
         # Holes an audit asked a venue without empty candles (``omits_empty``) to fill, and those it
@@ -387,12 +388,12 @@ class Engine:
     def _waiting(self, what: str, exc: StoreError) -> None:
         if self.store_wait is None:
             log.warning("start-up waits for the cold store %s to %s: %s", self.cold.name, what, exc)
-        self.store_wait = f"{what}: {exc}"
+        self.store_wait, self._store_wait_error = what, exc
 
     def _resumed(self) -> None:
         if self.store_wait is not None:
             log.info("the cold store %s works again; start-up goes on", self.cold.name)
-            self.store_wait = None
+            self.store_wait = self._store_wait_error = None
 
     async def _patiently(self, what: str, op: Callable[[], Awaitable[_T]]) -> _T:
         """``op()``, a store operation start-up cannot go on without, retried while the store fails
@@ -870,7 +871,9 @@ class Engine:
         """Reasons the collector is not healthy; empty when it is."""
         reasons = [f"{venue} disconnected" for venue, feed in self.feeds.items() if not feed.connected()]
         if self.store_wait is not None:
-            reasons.append(f"start-up waits for the cold store {self.cold.name} to {self.store_wait}; streaming"
+            # Why, unless the store's own reason below says it already.
+            why = f" ({self._store_wait_error})" if self.writer.store_error is None else ""
+            reasons.append(f"start-up waits for the cold store {self.cold.name} to {self.store_wait}{why}; streaming"
                            " starts once it works again")
         # The store's failures and the spool's apart, each naming its own file.
         if self.writer.store_error is not None:

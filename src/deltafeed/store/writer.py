@@ -434,8 +434,8 @@ class BatchWriter:
                     err = await self._append(spool, self._take())
                     if err is not None:
                         raise StoreError(
-                            f"{e}; and the spool {spool.path} failed too, so {self.pending} candles are lost"
-                            f" when this process ends: {err}"
+                            f"{self._store_error or e}; and the spool {spool.path} failed too, so {self.pending}"
+                            f" candles are lost when this process ends: {err}"
                         ) from err
             log.warning("cold store %s still failing at close (%s): %d candles are kept in the spool %s"
                         " and written at the next start", self.cold.name, e, spool.rows, spool.path)
