@@ -28,7 +28,7 @@ import deltafeed.engine as engine_module
 from deltafeed.api.server import api_url, start_api
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
-from deltafeed.model import TIMEFRAMES
+from deltafeed.model import TIMEFRAMES, Candle
 from deltafeed.replicas.binance import BinanceReplica
 from deltafeed.store.base import StoreError
 from deltafeed.store.cold import ColdStore
@@ -40,6 +40,7 @@ PAGE = 1_000  # candles per REST page: the most the bootstrap adds past the back
 
 
 CLI = [sys.executable, "-m", "deltafeed"]
+A_CANDLE = Candle(60_000, 1.0, 2.0, 0.5, 1.5, 3.0, 4, True)
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
@@ -215,6 +216,25 @@ def test_run_on_a_read_only_disk_names_the_database_not_its_spool(tmp_path: Path
     assert p.stderr.startswith(f"deltafeed run: --db {db}: cannot create the database in {read_only_disk} (a "
                                "read-only file system); pass --db with a path in a writable directory"), p.stderr
     assert "spool" not in p.stderr
+
+
+def test_run_on_an_existing_database_on_a_disk_now_read_only_names_the_database(
+        tmp_path: Path, small_disk: Path) -> None:
+    db = small_disk / "x.duckdb"
+    with ColdStore(db) as store:
+        store.write([("binance:BTCUSDT", "1m", A_CANDLE)])
+    (small_disk / "x.duckdb.spool").touch()  # the previous run's (empty) spool
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    p = subprocess.run([*CLI, "run", "--symbols", "BTCUSDT", "--rest-url", "http://127.0.0.1:9", "--ws-url",
+                        "ws://127.0.0.1:9", "--api", "off", "--db", str(db)], capture_output=True, text=True,
+                       timeout=30, env=cli_env(), cwd=tmp_path)
+    # Before: "cannot open spool .../x.duckdb.spool: Read-only file system; pass --spool with a writable file path".
+    assert p.returncode == 2 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert p.stderr.startswith(f"deltafeed run: --db {db}: cannot write the database (a read-only file system)")
+    assert "spool" not in p.stderr
+    q = subprocess.run([*CLI, "candles", "binance:BTCUSDT", "1m", "--db", str(db), "--format", "csv"],
+                       capture_output=True, text=True, timeout=30, env=cli_env())
+    assert q.returncode == 0 and len(q.stdout.splitlines()) == 2, q.stderr  # reading it still works
 
 
 async def test_run_stops_on_sigterm_while_start_up_waits_for_a_full_disk(tmp_path: Path, small_disk: Path) -> None:

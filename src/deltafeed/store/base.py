@@ -230,12 +230,17 @@ def check_db(target: str, *, write: bool = True) -> str:
     if os.path.isdir(target):
         raise BadInput(f"--db {target} is a directory; pass a file path such as"
                        f" {os.path.join(target, 'deltafeed.duckdb')}")
-    if write and not os.path.exists(target):
+    if write:
+        # Checked here, before the spool beside the database would fail for the same reason.
         parent = os.path.dirname(os.path.abspath(target))
-        if not os.access(parent, os.W_OK):
+        if not os.path.exists(target) and not os.access(parent, os.W_OK):
             why = "a read-only file system" if _read_only_fs(parent) else "permission denied"
             raise BadInput(f"--db {target}: cannot create the database in {parent} ({why}); pass --db with a path"
                            " in a writable directory")
+        if os.path.exists(target) and not os.access(target, os.W_OK):
+            why = "a read-only file system" if _read_only_fs(target) else "permission denied"
+            raise BadInput(f"--db {target}: cannot write the database ({why}); pass --db with a writable file, or"
+                           " read it with `deltafeed candles`")
     return target
 
 
