@@ -324,6 +324,8 @@ class BatchWriter:
         """One unit of work towards an empty writer: replay the spool's head while it holds anything,
         else write a batch of pending rows. False if the store (or the spool) failed."""
         async with self._flush_lock:
+            # Holding the lock, no batch can be in flight: whoever took one has finished with it.
+            assert not self._in_flight, "a batch left in flight"
             if self._spooling():
                 return await self._replay()
             if self._pending:
