@@ -148,6 +148,19 @@ def test_seeded_builder_fills_flat_from_the_stored_candle_only_when_synced() -> 
     assert rec.repairs == [("1m", 60_000, 300_000)]  # the stretch since the store is fetched
 
 
+def test_a_closed_venue_kline_before_any_trade_leaves_the_stretch_since_the_store_to_repair() -> None:
+    # A long start-up (a deep history, a store that was full): the stream's first message is the
+    # venue's kline of a candle well after the last stored one, before any trade.
+    builder, rec = make(["1m"])
+    builder.seed("1m", Candle(0, 5.0, 5.0, 5.0, 5.0, 1.0, 1, True))
+    venue = Candle(600_000, 6.0, 6.0, 6.0, 6.0, 1.0, 1, True)
+    builder.on_venue_candle("1m", venue, -1)
+    assert rec.closed["1m"] == {600_000: venue}
+    assert rec.repairs == [("1m", 60_000, 540_000)]  # nobody knows what happened in between
+    builder.on_trade(Trade("X", 42, 660_100, 6.0, 1.0, False))
+    assert rec.repairs[1:] == [("1m", 660_000, 660_000)]  # and the candle the stream joined in
+
+
 def test_closed_venue_kline_is_final_and_late_trades_are_refused() -> None:
     builder, rec = make(["1m"])
     builder.on_trade(Trade("X", 1, 60_500, 10.0, 1.0, False))

@@ -103,6 +103,57 @@ def test_bad_usage_is_one_line_and_exit_code_2(args: list[str], needle: str, tmp
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 
+#: Each command that takes --db, with what it needs besides; nothing listens on port 9, so a run or
+#: backfill that got past its --db would fail on the venue instead.
+DB_COMMANDS = {
+    "run": ["run", "--symbols", "BTCUSDT", "--rest-url", "http://127.0.0.1:9", "--ws-url", "ws://127.0.0.1:9",
+            "--api", "off"],
+    "candles": ["candles", "binance:BTCUSDT", "1m"],
+    "backfill": ["backfill", "oanda:EUR_USD", "--since", "2026-01-05T00:00:00Z", "--until", "2026-01-05T01:00:00Z",
+                 "--url", "http://127.0.0.1:9"],
+}
+
+
+def one_line_error(p: subprocess.CompletedProcess[str]) -> str:
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    return p.stderr.strip()
+
+
+@pytest.mark.parametrize("db", ["foo://x", "mysql://u:secret@db.example/candles", "http://example.com/x.duckdb"])
+@pytest.mark.parametrize("command", list(DB_COMMANDS))
+def test_db_of_an_unsupported_kind_is_refused_and_nothing_is_created(command: str, db: str, tmp_path: Path) -> None:
+    p = subprocess.run([*CLI, *DB_COMMANDS[command], "--db", db], capture_output=True, text=True, timeout=30,
+                       cwd=tmp_path)
+    err = one_line_error(p)
+    scheme = db.split("://")[0]
+    assert err.startswith(f"deltafeed {command}: --db ") and f"{scheme}:// databases are not supported" in err
+    assert "pass a DuckDB file path" in err and "postgresql://" in err and "secret" not in err
+    assert list(tmp_path.iterdir()) == []  # before: a directory "foo:" holding a DuckDB file "x" and its spool
+
+
+@pytest.mark.parametrize("command", list(DB_COMMANDS))
+def test_db_in_a_missing_directory_names_it_and_creates_nothing(command: str, tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such"
+    p = subprocess.run([*CLI, *DB_COMMANDS[command], "--db", str(missing / "x.duckdb")], capture_output=True,
+                       text=True, timeout=30, cwd=tmp_path)
+    err = one_line_error(p)
+    assert f"the directory {missing} does not exist" in err, err
+    assert "spool" not in err  # the database's problem, not the spool that would sit beside it
+    if command != "candles":  # a writer can be pointed at a new directory; a reader needs the file
+        assert f"create it first (mkdir -p {missing})" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_with_a_spool_in_a_missing_directory_names_it(tmp_path: Path) -> None:
+    spool = tmp_path / "gone" / "x.spool"
+    p = subprocess.run([*CLI, *DB_COMMANDS["run"], "--db", str(tmp_path / "x.duckdb"), "--spool", str(spool)],
+                       capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    err = one_line_error(p)
+    assert f"--spool {spool}: the directory {spool.parent} does not exist" in err and "--spool off" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_config_file_names_the_problem(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('symbolz = ["BTCUSDT"]\n')

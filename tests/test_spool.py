@@ -196,6 +196,16 @@ def test_a_foreign_file_or_another_format_is_refused_untouched(tmp_path: Path) -
         Spool(future)
 
 
+def test_a_spool_in_a_missing_directory_is_refused_and_nothing_is_created(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such"
+    with pytest.raises(BadInput) as info:
+        Spool(missing / "c.spool")
+    msg = str(info.value)
+    assert msg.startswith(f"cannot open spool {missing / 'c.spool'}: the directory {missing} does not exist")
+    assert f"mkdir -p {missing}" in msg and "--spool" in msg
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_second_opener_is_refused_in_this_process_and_another(tmp_path: Path) -> None:
     path = tmp_path / "s.spool"
     first = Spool(path)

@@ -16,7 +16,9 @@ from typing import Any
 import duckdb
 import pytest
 
+from deltafeed.config import Settings
 from deltafeed.model import BadInput, Candle, Switch, state_flags
+from deltafeed.store.base import check_db, is_postgres, open_cold
 from deltafeed.store.cold import SCHEMA_VERSION, ColdStore, DuckDBTier, StoreBusy, StoreError
 from deltafeed.store.hot import HotStore
 from deltafeed.store.reader import read_candles
@@ -222,7 +224,7 @@ def test_cold_retention_uses_the_given_now(tmp_path: Path) -> None:
 
 
 def test_cold_schema_version_and_reopen(tmp_path: Path) -> None:
-    db = tmp_path / "deep" / "dir" / "c.duckdb"
+    db = tmp_path / "c.duckdb"
     with ColdStore(db) as cold:
         cold.write(series(3))
     with ColdStore(db) as again:
@@ -293,6 +295,100 @@ def test_keep_open_locks_other_processes_out(tmp_path: Path) -> None:
     assert probe.returncode != 0 and "lock" in probe.stderr
     held.close()
     assert len(ColdStore.open_reader(db).query(BTC, "1m")) == 2
+
+
+# -- what --db may name ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["foo://x", "mysql://u:secret@db.example/candles", "http://example.com/x.duckdb",
+                                 "HTTPS://example.com/x", "sqlite:///x.db", "duckdb://x.duckdb",
+                                 "postgresql+asyncpg://u@h/db"])
+async def test_a_url_of_another_kind_is_refused_before_anything_is_created(
+        url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    scheme = url.split("://")[0].lower()
+    for attempt in (lambda: check_db(url), lambda: Settings(db=url).validate()):
+        with pytest.raises(BadInput) as info:
+            attempt()
+        msg = str(info.value)
+        assert f"{scheme}:// databases are not supported" in msg and "postgresql://" in msg and "file path" in msg
+        assert "secret" not in msg  # a password in the URL is never shown
+    for read_only in (False, True):
+        with pytest.raises(BadInput, match="not supported"):
+            await open_cold(url, read_only=read_only)
+    assert list(tmp_path.iterdir()) == []  # no directory "foo:" or file "x.duckdb" made of the URL
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@h:5432/db", "postgres://u@h/db", "PostgreSQL://u@h/db"])
+def test_postgres_urls_are_accepted_and_spelled_postgresql(url: str) -> None:
+    assert is_postgres(url)
+    want = "postgresql://" + url.split("://", 1)[1]
+    assert check_db(url) == want
+    assert Settings(db=url).validate().db == want
+
+
+@pytest.mark.parametrize("path", ["odd:name.duckdb", "c://x.duckdb", "a.b+c-d:x.duckdb", "data/x.duckdb", ":memory:"])
+def test_only_a_scheme_and_two_slashes_make_a_url(path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "c:").mkdir()  # c://x.duckdb is the file x.duckdb in the directory c:
+    assert not is_postgres(path)
+    assert check_db(path) == path
+
+
+def test_a_windows_path_is_refused_with_the_fix_on_posix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    # DuckDB would open C:/data/x.duckdb (a backslash is a separator to it), the spool C:\data\x.duckdb.spool.
+    with pytest.raises(BadInput, match=r"write the path with / instead of \\"):
+        check_db("C:\\data\\x.duckdb")
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_database_in_a_missing_directory_is_an_error_and_nothing_is_created(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such"
+    db = missing / "c.duckdb"
+    for attempt in (lambda: check_db(str(db)), lambda: ColdStore(db), lambda: Settings(db=str(db)).validate()):
+        with pytest.raises(BadInput) as info:
+            attempt()
+        assert f"the directory {missing} does not exist" in str(info.value)
+        assert f"mkdir -p {missing}" in str(info.value) and "--db" in str(info.value)
+    with pytest.raises(BadInput, match=f"the directory {missing} does not exist"):
+        await open_cold(str(db))
+    # A reader is told the same, without the advice to create a directory that would hold nothing.
+    with pytest.raises(BadInput) as info:
+        await open_cold(str(db), read_only=True)
+    assert f"no candle database at {db}: the directory {missing} does not exist" in str(info.value)
+    assert "mkdir" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_database_path_that_is_a_directory_or_under_a_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="is a directory; pass a file path such as"):
+        check_db(str(tmp_path))
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(BadInput, match=f"{afile} is not a directory"):
+        check_db(str(afile / "c.duckdb"))
+    with pytest.raises(BadInput, match=f"{afile} is not a directory"):
+        ColdStore(afile / "c.duckdb")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_an_explicit_spool_in_a_missing_directory_is_an_error(tmp_path: Path) -> None:
+    db, spool = tmp_path / "c.duckdb", tmp_path / "gone" / "c.spool"
+    with pytest.raises(BadInput) as info:
+        Settings(db=str(db), spool=str(spool)).validate()
+    assert str(info.value).startswith(f"--spool {spool}: the directory {spool.parent} does not exist")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_database_is_checked_before_the_spool_beside_it(tmp_path: Path) -> None:
+    # With the default spool (beside the database), a bad --db is reported as the database's
+    # problem, not as a spool that cannot be opened.
+    db = tmp_path / "missing" / "c.duckdb"
+    with pytest.raises(BadInput) as info:
+        Settings(db=str(db)).validate()
+    assert str(info.value).startswith(f"--db {db}: the directory") and "spool" not in str(info.value)
 
 
 def test_reader_missing_file_names_path_and_fix(tmp_path: Path) -> None:

@@ -255,13 +255,30 @@ def _run(args: argparse.Namespace) -> int:
 
     async def body(stop: asyncio.Event) -> int:
         from deltafeed.engine import Engine
+        from deltafeed.store.base import StoreError
 
-        engine = Engine(settings)
+        try:
+            engine = Engine(settings)  # opens the spool
+        except StoreError as exc:  # e.g. a corrupt spool: the message names it and the fix
+            raise BadInput(str(exc)) from None
         runner = None
+
+        async def shut_down() -> int:
+            """Stop the engine and the API; 1 (with one line saying so) if candles could not be kept."""
+            try:
+                await engine.stop()
+            except StoreError as exc:
+                log.error("stopped: %s", exc)
+                return 1
+            finally:
+                if runner is not None:
+                    await runner.cleanup()
+            return 0
+
         try:
             if api is not None:
                 from deltafeed.api.hub import Hub
-                from deltafeed.api.server import start_api
+                from deltafeed.api.server import api_url, start_api
 
                 engine.hub = Hub(snapshot=engine.snapshot, instruments=engine.instrument_names)
                 try:
@@ -269,25 +286,41 @@ def _run(args: argparse.Namespace) -> int:
                 except OSError as exc:
                     raise BadInput(f"cannot serve the API on {settings.api} ({exc.strerror or exc}); pass "
                                    "--api HOST:PORT with a free port, or --api off") from None
-            await engine.start()
+                # The first line a supervisor (or a test) can read the real port from, as the replica's;
+                # /health answers during start-up too (a bootstrap waiting for a full disk says so).
+                log.info("serving the API on %s", api_url(runner))
+            # Start-up can wait long (a deep history, a cold store that fails): Ctrl-C still stops it.
+            starting = asyncio.ensure_future(engine.start())
+            stopping = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+                if not starting.done():
+                    starting.cancel()
+                    await asyncio.gather(starting, return_exceptions=True)
+            if starting.cancelled():
+                log.info("stopping during start-up")
+                code = await shut_down()
+                log.info("stopped during start-up")
+                return code
+            try:
+                starting.result()
+            except StoreError as exc:
+                raise BadInput(f"cannot start: {exc}") from None
         except BaseException:
-            await engine.stop()
-            if runner is not None:
-                await runner.cleanup()
+            await shut_down()
             raise
-        if runner is not None:
-            from deltafeed.api.server import api_url
-
-            # The first line a supervisor (or a test) can read the real port from, as the replica's.
-            log.info("serving the API on %s", api_url(runner))
         log.info("streaming %s (%s) into %s; Ctrl-C to stop",
                  ", ".join(map(str, engine.instruments)), ",".join(settings.timeframes), engine.cold.name)
         await stop.wait()
-        await engine.stop()
-        if runner is not None:
-            await runner.cleanup()
-        log.info("stopped; everything written to %s", engine.cold.name)
-        return 0
+        code = await shut_down()
+        if code == 0 and engine.spool is not None and engine.spool.rows:
+            log.warning("stopped; %d candles wait in the spool %s and are written to %s at the next start",
+                        engine.spool.rows, engine.spool.path, engine.cold.name)
+        elif code == 0:
+            log.info("stopped; everything written to %s", engine.cold.name)
+        return code
 
     return _asyncio_run(body)
 

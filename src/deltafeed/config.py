@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 
 from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Instrument, parse_duration_ms, parse_timeframes
-from deltafeed.store.base import is_postgres, redact
+from deltafeed.store.base import check_db, is_postgres, missing_dir, redact
 from deltafeed.venues import binance
 
 VENUES = ("binance", "oanda", "finnhub", "ig")
@@ -201,8 +201,15 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise BadInput('reconcile_every must be longer than 0, e.g. reconcile_every = "30s"')
         if self.connect_budget < 1:
             raise BadInput("connect_budget must be at least 1 connection attempt per 5 minutes")
-        if is_postgres(self.db) and self.db.startswith("postgres://"):
-            self.db = "postgresql://" + self.db[len("postgres://"):]
+        # The database first: with the spool beside it, a bad --db would otherwise surface as a spool error.
+        self.db = check_db(self.db)
+        spool = self.spool_path()
+        if spool is not None and self.spool != "auto":
+            missing = missing_dir(spool)
+            if missing is not None:
+                problem, create = missing
+                raise BadInput(f"--spool {spool}: {problem}; {create + ' or ' if create else ''}pass --spool with a"
+                               " path in an existing directory (or --spool off)")
         if not _SCHEMA_RE.fullmatch(self.db_schema):
             raise BadInput(f"db_schema {self.db_schema!r} must be a plain identifier (letters, digits, _)")
         if self.hot is not None and not self.hot.startswith(("redis://", "rediss://", "unix://")):

@@ -9,9 +9,10 @@ import math
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from deltafeed.api.hub import Hub
 
 log = logging.getLogger("deltafeed.engine")
+
+_T = TypeVar("_T")
 
 #: Per-venue counters the status also gives summed over every venue.
 _VENUE_SUMS = ("connections", "connects", "reconnects", "rotations", "stale_drops", "connect_budget_waits",
@@ -206,6 +209,10 @@ class Engine:
         self.recovery_s: deque[float] = deque(maxlen=10_000)  # hole found -> candles repaired
         self._tasks: list[asyncio.Task[None]] = []
         self.store_dropped = 0
+        #: What start-up is waiting for the cold store to do while it fails (a full disk, a server
+        #: down), e.g. "read the final marks"; None while it is not waiting.
+        self.store_wait: str | None = None
+        self._store_wait_error: StoreError | None = None
         self.audits = 0
         self.audit_gaps = 0
         # Holes an audit asked a venue without empty candles (``omits_empty``) to fill, and those it
@@ -340,8 +347,12 @@ class Engine:
         if self.writer.spooled_pending:
             log.info("replaying %d candles spooled by an earlier run into %s", self.writer.spooled_pending,
                      self.cold.name)
-            await self.writer.flush(retry_for_s=30.0)
-        marks = await self.cold.final_marks()
+            try:
+                await self.writer.flush(retry_for_s=30.0)
+            except StoreError as exc:
+                # They are safe in the spool, and the writer replays it before anything newer.
+                log.warning("spool replay postponed, the cold store fails: %s", exc)
+        marks = await self._patiently("read the final marks", self.cold.final_marks)
         await asyncio.gather(*(self._bootstrap(st, marks) for st in self.states.values()))
         for f in self.failovers.values():
             # The logical series starts as the primary's recent history (what the hot tier holds).
@@ -376,11 +387,12 @@ class Engine:
         for tf in self.timeframes:
             ms = TIMEFRAMES[tf]
             # Warm the hot tier from the store, so readers see history from the first second.
-            for c in await self.cold.query(key, tf, None, None, self.settings.hot_capacity):
+            recent = partial(self.cold.query, key, tf, None, None, self.settings.hot_capacity)
+            for c in await self._patiently(f"read {key} {tf}", recent):
                 self.hot.put(key, tf, c)
                 if self.redis is not None:
                     self.redis.put(key, tf, c)
-            last = await self.cold.last_closed(key, tf)
+            last = await self._patiently(f"read {key} {tf}", partial(self.cold.last_closed, key, tf))
             start = last.open_time + ms if last else now - self.settings.history_ms
             mark = marks.get((key, tf))
             if last is not None and mark is None:
@@ -423,18 +435,54 @@ class Engine:
                     st.builder.seed(tf, closed[-1])
                     st.bootstrap_marks[tf] = closed[-1].open_time + ms
                 count += len(closed)
-                if self.writer.pending >= BOOTSTRAP_FLUSH_ROWS:
-                    await self.writer.flush()
+                await self._make_room()
             st.bootstrapped += count
             log.info("%s %s: %d candles from REST history", key, tf, count)
         if st.rollup is not None:
             # The derived candles forming now start before the stream: give the rollup the final
             # base candles of their current and previous buckets, so they are whole at once.
             longest = max(TIMEFRAMES[tf] for tf in st.rollup.timeframes)
-            await self.writer.flush()
+            await self._patiently("write the bootstrap's candles", self.writer.flush)
             since = now - now % longest - longest
-            st.rollup.seed(await self.cold.query(key, st.rollup.base, since, None))
+            base = partial(self.cold.query, key, st.rollup.base, since, None)
+            st.rollup.seed(await self._patiently(f"read {key} {st.rollup.base}", base))
             st.rolling = True
+
+    def _waiting(self, what: str, exc: StoreError) -> None:
+        if self.store_wait is None:
+            log.warning("start-up waits for the cold store %s to %s: %s", self.cold.name, what, exc)
+        self.store_wait, self._store_wait_error = what, exc
+
+    def _resumed(self) -> None:
+        if self.store_wait is not None:
+            log.info("the cold store %s works again; start-up goes on", self.cold.name)
+            self.store_wait = self._store_wait_error = None
+
+    async def _patiently(self, what: str, op: Callable[[], Awaitable[_T]]) -> _T:
+        """``op()``, a store operation start-up cannot go on without, retried while the store fails
+        (a full disk, a server restarting): start-up waits, :meth:`health` says why, nothing is lost."""
+        delay = 0.2
+        while True:
+            try:
+                result = await op()
+            except StoreError as exc:
+                self._waiting(what, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._resumed()
+            return result
+
+    async def _make_room(self) -> None:
+        """Bootstrap back-pressure: while BOOTSTRAP_FLUSH_ROWS candles wait in memory, write them (or
+        let the writer spool them). While neither the store nor the spool takes them (a full disk),
+        wait, so that memory stays bounded however deep the history."""
+        while self.writer.in_memory >= BOOTSTRAP_FLUSH_ROWS:
+            try:
+                await self.writer.flush(retry_for_s=2.0)
+            except StoreError as exc:
+                self._waiting("write the bootstrap's candles", exc)
+        self._resumed()
 
     async def _tick(self) -> None:
         """Every TICK_S: settle held trades, close quiet candles, publish open candles, rotate."""
@@ -761,7 +809,8 @@ class Engine:
         """Write the candles handed over so far, then the marks that vouch for them."""
         marks = self.final_marks()
         await self.writer.flush()
-        await self.cold.set_final_marks(marks)
+        if not self.store_dropped:  # candles were dropped: the marks stay put, the next run fetches them
+            await self.cold.set_final_marks(marks)
         await self._save_switches()
 
     async def _save_switches(self) -> None:
@@ -894,8 +943,12 @@ class Engine:
             await self.hub.close()
         marks = self.final_marks()
         # With a spool, what the store still refuses after a second waits on disk for the next run.
-        await self.writer.close(retry_for_s=1.0 if self.spool is not None else 10.0)
-        if not self.writer.spooled_pending and not self.writer.pending:
+        lost: StoreError | None = None
+        try:
+            await self.writer.close(retry_for_s=1.0 if self.spool is not None else 10.0)
+        except StoreError as exc:
+            lost = exc  # candles nothing could keep: raised once everything else is released
+        if not self.writer.spooled_pending and not self.writer.pending and not self.store_dropped:
             with contextlib.suppress(StoreError):
                 await self.cold.set_final_marks(marks)
         with contextlib.suppress(StoreError):
@@ -911,6 +964,8 @@ class Engine:
             self.spool.close()
         with contextlib.suppress(OSError):
             self.write_status_file()
+        if lost is not None:
+            raise lost
 
     # --- serving --------------------------------------------------------------------------------
 
@@ -1015,11 +1070,20 @@ class Engine:
     def health(self) -> list[str]:
         """Reasons the collector is not healthy; empty when it is."""
         reasons = [f"{venue} disconnected" for venue, feed in self.feeds.items() if not feed.connected()]
-        if self.writer.last_error is not None:
+        if self.store_wait is not None:
+            # Why, unless the store's own reason below says it already.
+            why = f" ({self._store_wait_error})" if self.writer.store_error is None else ""
+            reasons.append(f"start-up waits for the cold store {self.cold.name} to {self.store_wait}{why}; streaming"
+                           " starts once it works again")
+        # The store's failures and the spool's apart, each naming its own file.
+        if self.writer.store_error is not None:
             spooled = self.writer.spooled_pending
             where = f"; {spooled} candles spooled at {self.spool.path}, replayed when it is back" \
                 if spooled and self.spool is not None else ""
-            reasons.append(f"cold store {self.cold.name} failing: {self.writer.last_error}{where}")
+            reasons.append(f"cold store {self.cold.name} failing: {self.writer.store_error}{where}")
+        if self.writer.spool_error is not None and self.spool is not None:
+            reasons.append(f"spool {self.spool.path} failing: {self.writer.spool_error}; {self.writer.in_memory}"
+                           " candles wait in memory")
         if self.redis is not None and self.redis.degraded is not None:
             reasons.append(f"hot tier {self.redis.name} unreachable ({self.redis.degraded}); serving from memory,"
                            " Redis is re-filled when it is back")
@@ -1058,7 +1122,7 @@ class Engine:
             "store_spooled": self.writer.spooled,
             "store_spool_pending": self.writer.spooled_pending,
             "store_replayed": self.writer.replayed,
-            "store_up": self.writer.last_error is None,
+            "store_up": self.writer.store_error is None,
             "hot_up": None if self.redis is None else self.redis.degraded is None,
             "hot_written": None if self.redis is None else self.redis.written,
             "hot_failures": None if self.redis is None else self.redis.failures,

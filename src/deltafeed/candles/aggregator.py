@@ -322,6 +322,10 @@ class CandleBuilder:
             if not behind:
                 if self.last_trade_id >= 0:
                     self._close_until(s, b, False)  # the venue says time is past everything before b
+                elif s.next_open is not None and s.next_open < b:
+                    # No trade seen yet: what lies between the last known candle and this one is
+                    # unknown (a long start-up); moving past it must not hide it.
+                    self._on_repair(s.name, s.next_open, b - s.ms)
                 _idle(s, b + s.ms, venue.close)
             final = Candle(b, 0.0, 0.0, 0.0, 0.0, 0.0, 0, True, True)
             _assign(final, venue)

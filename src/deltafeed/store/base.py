@@ -9,7 +9,9 @@ twice (a replayed spool, a retry after a timeout) leaves the store as after the 
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -176,9 +178,91 @@ def gaps_from_rows(rows: Iterable[Sequence[Any]], tf_ms: int) -> list[tuple[int,
     return merged
 
 
+#: A ``--db`` value that starts like this is a URL; anything else (``C:\\x.duckdb``, ``a:b``) is a file
+#: path. One-letter schemes are left to paths: ``c://x`` is a drive letter, not a protocol.
+_URL_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def db_scheme(target: str) -> str | None:
+    """The URL scheme of a ``--db`` value (lower case), or None for a file path."""
+    m = _URL_RE.match(target)
+    return m.group(1).lower() if m else None
+
+
 def is_postgres(target: str) -> bool:
     """Whether a ``--db`` value names a PostgreSQL server rather than a DuckDB file."""
-    return target.startswith(("postgresql://", "postgres://"))
+    return db_scheme(target) in _POSTGRES_SCHEMES
+
+
+def missing_dir(path: str) -> tuple[str, str] | None:
+    """Whether the directory that is to hold the file ``path`` is missing (or not a directory): then
+    (the problem, naming the directory; the fix, as "create it first (mkdir -p DIR)" or "" when
+    creating it would not help), else None. Creates nothing."""
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        mode = os.stat(parent).st_mode
+    except FileNotFoundError:
+        return f"the directory {parent} does not exist", f"create it first (mkdir -p {parent})"
+    except OSError as e:
+        return f"the directory {parent} cannot be used ({e.strerror or e})", ""
+    if not stat.S_ISDIR(mode):
+        return f"{parent} is not a directory", ""
+    return None
+
+
+def check_db(target: str, *, write: bool = True) -> str:
+    """Check a ``--db`` value before anything is opened or created, raising :class:`BadInput` (one line
+    naming the fix) for a URL of an unsupported kind or a file whose directory is missing; returns the
+    target, a ``postgres://`` URL spelled ``postgresql://``. ``write``: the file may be created, so
+    its directory must also be writable."""
+    if not target.strip():
+        raise BadInput("--db is empty; pass a DuckDB file path (e.g. deltafeed.duckdb) or a postgresql:// URL")
+    scheme = db_scheme(target)
+    if scheme is not None:
+        if scheme not in _POSTGRES_SCHEMES:
+            raise BadInput(
+                f"--db {redact(target)}: {scheme}:// databases are not supported; pass a DuckDB file path"
+                " (e.g. deltafeed.duckdb) or a postgresql://USER@HOST:PORT/DB URL"
+            )
+        return "postgresql://" + target[len(scheme) + 3:]
+    if target == ":memory:":
+        return target
+    if "\\" in target and os.sep == "/":
+        # DuckDB takes a backslash for a separator everywhere: the file it opened would not be this path.
+        raise BadInput(f"--db {target}: write the path with / instead of \\ (DuckDB reads a backslash as a"
+                       " directory separator, this system does not)")
+    missing = missing_dir(target)
+    if missing is not None:
+        problem, create = missing
+        if not write:
+            raise BadInput(f"no candle database at {target}: {problem}; pass --db with the file `deltafeed run`"
+                           " writes")
+        fix = f"{create} or pass --db with a path in an existing directory" if create else \
+            "pass --db with a path in a directory"
+        raise BadInput(f"--db {target}: {problem}; {fix}")
+    if os.path.isdir(target):
+        raise BadInput(f"--db {target} is a directory; pass a file path such as"
+                       f" {os.path.join(target, 'deltafeed.duckdb')}")
+    if write:
+        # Checked here, before the spool beside the database would fail for the same reason.
+        parent = os.path.dirname(os.path.abspath(target))
+        if not os.path.exists(target) and not os.access(parent, os.W_OK):
+            why = "a read-only file system" if _read_only_fs(parent) else "permission denied"
+            raise BadInput(f"--db {target}: cannot create the database in {parent} ({why}); pass --db with a path"
+                           " in a writable directory")
+        if os.path.exists(target) and not os.access(target, os.W_OK):
+            why = "a read-only file system" if _read_only_fs(target) else "permission denied"
+            raise BadInput(f"--db {target}: cannot write the database ({why}); pass --db with a writable file, or"
+                           " read it with `deltafeed candles`")
+    return target
+
+
+def _read_only_fs(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def redact(url: str) -> str:
@@ -202,8 +286,10 @@ async def open_cold(target: str, retention: dict[str, int | None] | None = None,
     """The cold tier ``target`` names: a ``postgresql://`` URL (tables in ``schema``) or a DuckDB
     file path (``read_only`` opens an existing file for reading while a run may write it).
 
-    Raises :class:`BadInput` (one line naming the fix) when it cannot be opened.
+    Raises :class:`BadInput` (one line naming the fix) when it cannot be opened; an unsupported URL
+    or a missing directory is refused before anything is created.
     """
+    target = check_db(target, write=not read_only)
     if is_postgres(target):
         from deltafeed.store.postgres import PostgresStore
 

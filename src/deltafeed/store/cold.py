@@ -18,6 +18,7 @@ faster for a bulk load or a long read, at the price of locking every other proce
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import threading
@@ -31,7 +32,7 @@ import numpy as np
 from msgspec.structs import astuple
 
 from deltafeed.model import BadInput, Candle, Switch
-from deltafeed.store.base import Row, StoreBusy, StoreError, gaps_from_rows
+from deltafeed.store.base import Row, StoreBusy, StoreError, gaps_from_rows, missing_dir
 from deltafeed.store.retention import DEFAULT_RETENTION_MS
 
 #: Version of the table layout this code writes. Bump it and add a step to ``_MIGRATIONS`` when the
@@ -120,6 +121,8 @@ _PROVISIONAL = f"""SELECT min(open_time), max(open_time) FROM (
 _UPSERT = f"INSERT OR REPLACE INTO {_DB}.candles ({_ALL_COLS}) SELECT {_ALL_COLS} FROM "
 
 _PID_RE = re.compile(r"\(PID (\d+)\)")
+#: How the OS words a write refused for want of room (ENOSPC; EFBIG past a file-size limit).
+_DISK_FULL = (os.strerror(errno.ENOSPC), os.strerror(errno.EFBIG), os.strerror(errno.EDQUOT))
 
 
 def _is_lock_error(err: BaseException) -> bool:
@@ -191,8 +194,11 @@ class ColdStore:
         if read_only and not os.path.exists(self.path):
             raise self._missing()
         if not read_only and not memory:
-            parent = os.path.dirname(os.path.abspath(self.path))
-            os.makedirs(parent, exist_ok=True)
+            missing = missing_dir(self.path)  # never created silently: a typo in --db is an error
+            if missing is not None:
+                problem, create = missing
+                raise BadInput(f"cannot create the candle database {self.path}: {problem}; "
+                               f"{create + ' or ' if create else ''}pass --db with a path in an existing directory")
         # The private instance the file is attached to; creating it costs ~13 ms, so it lives as long
         # as the store. It holds no lock on the file while nothing is attached.
         self._con = duckdb.connect(":memory:")
@@ -222,10 +228,25 @@ class ColdStore:
     # -- connections ------------------------------------------------------------------------------
 
     def _missing(self) -> BadInput:
+        missing = missing_dir(self.path)
+        if missing is not None:
+            return BadInput(f"no candle database at {self.path}: {missing[0]}; pass --db with the file"
+                            " `deltafeed run` writes")
         return BadInput(
             f"no candle database at {self.path}: run `deltafeed run` first to collect candles,"
             " or pass --db PATH to point at the file it writes"
         )
+
+    def _failed(self, doing: str, err: duckdb.Error) -> StoreError:
+        """A DuckDB error as one line naming the file; a full disk says so and what to do."""
+        msg = " ".join(str(err).split())
+        for cause in _DISK_FULL:
+            if cause in msg:
+                return StoreError(
+                    f"cannot {doing} the candle database {self.path}: the disk is full ({cause}); free space"
+                    " on it or pass --db with a path on another disk"
+                )
+        return StoreError(f"cannot {doing} the candle database {self.path}: {msg}")
 
     def _attach(self) -> None:
         """Attach the file, retrying while another process holds its lock, up to ``lock_timeout_s``."""
@@ -256,7 +277,7 @@ class ColdStore:
                         f"{self.path} is not a DuckDB database; pass --db with the file `deltafeed run`"
                         " writes (or a new path to start one)"
                     ) from e
-                raise StoreError(f"cannot open candle database {self.path}: {msg}") from e
+                raise self._failed("open", e) from e
 
     def _detach(self) -> None:
         self._attached = False
@@ -264,7 +285,8 @@ class ColdStore:
             # Checkpoints the WAL into the file, then releases the file and its lock.
             self._con.execute(f"DETACH DATABASE IF EXISTS {_DB}").fetchall()
         except duckdb.Error as e:
-            raise StoreError(f"closing candle database {self.path} failed: {e}") from e
+            # DETACH checkpoints the WAL into the file: where a full disk usually shows first.
+            raise self._failed("write", e) from e
 
     def _busy(self, err: BaseException, waited: float) -> StoreBusy:
         who = _holder(err)
@@ -297,7 +319,7 @@ class ColdStore:
             except duckdb.Error as e:
                 if _is_lock_error(e):
                     raise self._busy(e, 0.0) from e
-                raise StoreError(f"candle database {self.path}: {e}") from e
+                raise self._failed("use", e) from e
             finally:
                 if own:
                     self._detach()

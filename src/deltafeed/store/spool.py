@@ -52,7 +52,7 @@ import msgspec
 from msgspec.structs import astuple
 
 from deltafeed.model import BadInput, Candle
-from deltafeed.store.base import Row, StoreError
+from deltafeed.store.base import Row, StoreError, missing_dir
 
 log = logging.getLogger("deltafeed.spool")
 
@@ -199,8 +199,12 @@ class Spool:
 
     def _open(self) -> int:
         directory = os.path.dirname(self.path)
+        missing = missing_dir(self.path)  # never created silently: a typo in --spool is an error
+        if missing is not None:
+            problem, create = missing
+            raise BadInput(f"cannot open spool {self.path}: {problem}; {create + ' or ' if create else ''}pass --spool"
+                           " with a path in an existing directory (or --spool off)")
         try:
-            os.makedirs(directory, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             _sync_dir(directory)  # the file entry itself must survive a crash
         except OSError as e:

@@ -113,7 +113,14 @@ class BatchWriter:
         #: The most recent failure, or None once a write has succeeded since.
         self.last_error: StoreError | None = None
         self._store_error: StoreError | None = None  # the store's own last failure, for messages
+        #: The spool's most recent failure (append, read, commit), or None once it has worked since
+        #: or the store takes candles directly again: the spool's problems apart from the store's
+        #: (see :attr:`store_error`).
+        self.spool_error: StoreError | None = None
         self._pending: dict[_Key, Row] = {}
+        # Rows of the batch being written or spooled right now (one at a time, under _flush_lock):
+        # out of _pending but still only in memory (see ``in_memory``).
+        self._in_flight = 0
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._flush_lock = asyncio.Lock()
@@ -126,8 +133,19 @@ class BatchWriter:
 
     @property
     def pending(self) -> int:
-        """Distinct candles waiting in memory."""
+        """Distinct candles waiting in memory (not counting a batch being written right now)."""
         return len(self._pending)
+
+    @property
+    def in_memory(self) -> int:
+        """Candles only in memory: those :attr:`pending` and the batch being written or spooled now."""
+        return len(self._pending) + self._in_flight
+
+    @property
+    def store_error(self) -> StoreError | None:
+        """The store's own most recent failure, or None once a write has succeeded since (unlike
+        :attr:`last_error`, never a failure of the spool)."""
+        return self._store_error
 
     @property
     def spooled_pending(self) -> int:
@@ -175,21 +193,28 @@ class BatchWriter:
         if len(self._pending) <= self.max_batch:
             rows = list(self._pending.values())
             self._pending = {}
-            return rows
-        keys = list(islice(self._pending, self.max_batch))
-        return [self._pending.pop(k) for k in keys]
+        else:
+            keys = list(islice(self._pending, self.max_batch))
+            rows = [self._pending.pop(k) for k in keys]
+        # In flight until it is written (_written), spooled (_append) or put back (_put_back).
+        self._in_flight = len(rows)
+        return rows
 
     def _put_back(self, rows: list[Row]) -> None:
         """Return a failed batch to the front; a newer pending update of the same candle still wins."""
         merged: dict[_Key, Row] = {(r[0], r[1], r[2].open_time): r for r in rows}
         merged.update(self._pending)
         self._pending = merged
+        self._in_flight = 0
 
     # -- one step each (callers hold _flush_lock) -------------------------------------------------
 
     def _written(self, rows: list[Row], started: float) -> None:
+        self._in_flight = 0
         self.written += len(rows)
         self.last_error = self._store_error = None
+        if not self._spooling():
+            self.spool_error = None  # nothing waits for the spool any more: its failure is moot
         self._store_retry.ok()
         if self.on_written is not None:
             self.on_written(rows, time.monotonic() - started)
@@ -207,6 +232,7 @@ class BatchWriter:
         except StoreError as e:
             self._put_back(rows)
             self.spool_failures += 1
+            self.spool_error = e
             self._spool_retry.failed()
             return e
         except BaseException:
@@ -214,7 +240,9 @@ class BatchWriter:
             # are written twice, which the idempotent upsert makes harmless.
             self._put_back(rows)
             raise
+        self._in_flight = 0
         self.spooled += len(rows)
+        self.spool_error = None
         self._spool_retry.ok()
         return None
 
@@ -253,7 +281,7 @@ class BatchWriter:
             rows = await asyncio.to_thread(spool.peek, self.max_batch)
         except StoreError as e:
             self.spool_failures += 1
-            self.last_error = e
+            self.last_error = self.spool_error = e
             self._store_retry.failed()
             return False
         if rows is None:
@@ -269,9 +297,10 @@ class BatchWriter:
         except StoreError as e:
             # The rows are in the store but will be replayed again (harmless); count them then.
             self.spool_failures += 1
-            self.last_error = e
+            self.last_error = self.spool_error = e
             self._store_retry.failed()
             return False
+        self.spool_error = None
         self.replayed += len(rows)
         self._written(rows, started)
         if not spool.batches:
@@ -295,6 +324,8 @@ class BatchWriter:
         """One unit of work towards an empty writer: replay the spool's head while it holds anything,
         else write a batch of pending rows. False if the store (or the spool) failed."""
         async with self._flush_lock:
+            # Holding the lock, no batch can be in flight: whoever took one has finished with it.
+            assert not self._in_flight, "a batch left in flight"
             if self._spooling():
                 return await self._replay()
             if self._pending:
@@ -372,7 +403,8 @@ class BatchWriter:
         :class:`StoreError` if that could not finish in time; the rows stay pending or spooled.
         """
         deadline = time.monotonic() + retry_for_s
-        while self._pending or self._spooling():
+        # A batch in flight (run() writing it now) counts: _write_once waits for it under the lock.
+        while self._pending or self._spooling() or self._in_flight:
             if await self._write_once():
                 continue
             remaining = deadline - time.monotonic()
@@ -404,8 +436,8 @@ class BatchWriter:
                     err = await self._append(spool, self._take())
                     if err is not None:
                         raise StoreError(
-                            f"{e}; and the spool {spool.path} failed too, so {self.pending} candles are lost"
-                            f" when this process ends: {err}"
+                            f"{self._store_error or e}; and the spool {spool.path} failed too, so {self.pending}"
+                            f" candles are lost when this process ends: {err}"
                         ) from err
             log.warning("cold store %s still failing at close (%s): %d candles are kept in the spool %s"
                         " and written at the next start", self.cold.name, e, spool.rows, spool.path)
