@@ -155,7 +155,7 @@ def test_a_closed_venue_kline_before_any_trade_leaves_the_stretch_since_the_stor
     builder.seed("1m", Candle(0, 5.0, 5.0, 5.0, 5.0, 1.0, 1, True))
     venue = Candle(600_000, 6.0, 6.0, 6.0, 6.0, 1.0, 1, True)
     builder.on_venue_candle("1m", venue, -1)
-    assert rec.closed["1m"] == {600_000: venue}
+    assert rec.closed["1m"] == {600_000: msgspec.structs.replace(venue, final=True)}  # the venue's own
     assert rec.repairs == [("1m", 60_000, 540_000)]  # nobody knows what happened in between
     builder.on_trade(Trade("X", 42, 660_100, 6.0, 1.0, False))
     assert rec.repairs[1:] == [("1m", 660_000, 660_000)]  # and the candle the stream joined in
