@@ -487,7 +487,7 @@ async def test_beyond_loopback_every_endpoint_needs_the_token(served: Served, ca
 
 @pytest.mark.parametrize("token", ["", " ", "\t\n", "two words", "tab\tin", "naïve"])
 async def test_start_api_refuses_a_blank_or_unsendable_token(served: Served, token: str) -> None:
-    with pytest.raises(BadInput, match="is blank|holds spaces, control or non-ASCII"):
+    with pytest.raises(BadInput, match=r"is blank|holds spaces, control or non-ASCII"):
         await start_api(served.engine, None, "127.0.0.1", 0, token)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,9 +52,12 @@ HEADER_TIMEOUT_S = 5.0
 #: clients and proxies in front (aiohttp 15 s, nginx upstream and cloud load balancers 60 s), so that
 #: they, not this server, close idle connections, and never send a request into one being closed.
 IDLE_TIMEOUT_S = 75.0
-#: Most connections served at once, by default; lowered to half the process's file descriptor limit
-#: (``ulimit -n``) when that is smaller, so the rest of the process always keeps the other half.
+#: Most connections served at once, by default; lowered when the process's file descriptor limit
+#: (``ulimit -n``) is small, see :func:`default_max_connections`.
 MAX_CONNECTIONS = 1000
+#: Connections the kernel queues for the server before it accepts them; also the most a loop
+#: accepts in one go, before the guard can close those beyond the cap.
+BACKLOG = 128
 #: Longest path and query accepted (RFC 9112 asks servers to take request lines of 8000 bytes).
 MAX_URL_BYTES = 8000
 #: Longest request header (name and value) accepted, and most headers in one request.
@@ -64,7 +68,10 @@ _JSON = "application/json"
 
 
 def default_max_connections() -> int:
-    """:data:`MAX_CONNECTIONS`, or half the soft ``RLIMIT_NOFILE`` when that is smaller."""
+    """:data:`MAX_CONNECTIONS`, or less when the soft ``RLIMIT_NOFILE`` is small: (limit −
+    :data:`BACKLOG`) / 2, so that with a burst of just-accepted sockets on top of the connections
+    held, the store, the databases and the venues still keep as many descriptors as the API holds
+    (``ulimit -n 1024``: 448 connections; 256: 64)."""
     try:
         import resource
 
@@ -73,7 +80,7 @@ def default_max_connections() -> int:
         return MAX_CONNECTIONS
     if soft == resource.RLIM_INFINITY or soft <= 0:
         return MAX_CONNECTIONS
-    return max(1, min(MAX_CONNECTIONS, soft // 2))
+    return max(1, min(MAX_CONNECTIONS, (soft - BACKLOG) // 2))
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +108,7 @@ class ApiLimits:
 
 
 class _State(enum.Enum):
+    PENDING = "pending"  # accepted; the loop has not made the connection yet (no peer address)
     HEAD = "head"  # waiting for a request's headers
     BUSY = "busy"  # a request (or a WebSocket) is being handled
     IDLE = "idle"  # kept alive between requests
@@ -116,8 +124,28 @@ def _canned(status: int, reason: str, message: str, retry_after: int | None = No
     return head.encode("ascii") + body
 
 
+def peer_key(peername: object) -> str:
+    """Whose connection it is, for fair eviction: the IPv4 address, or the /64 of an IPv6 one (one
+    host usually has a whole /64 to pick addresses from)."""
+    host = peername[0] if isinstance(peername, tuple) and peername else str(peername)
+    try:
+        addr = ipaddress.ip_address(str(host).split("%", 1)[0])
+    except ValueError:
+        return str(host)
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)
+
+
 class ConnectionGuard:
     """Tracks every connection of one API server; see the module docstring for the rules.
+
+    Eviction is fair between peers: beyond the cap, a connection waiting for headers or idle is
+    closed from the peer address holding the most such connections (waiting for headers first,
+    oldest first); when no peer holds more than one, the oldest of all goes. An attacker at one
+    address thus only ever evicts its own connections, never those of the clients it competes with.
 
     Counters (read by ``/metrics``): ``accepted``, ``refused`` (beyond the cap with every connection
     busy), ``evicted`` (closed to make room for a new one), ``header_timeouts`` and ``bad_requests``
@@ -127,10 +155,15 @@ class ConnectionGuard:
     def __init__(self, limits: ApiLimits | None = None) -> None:
         self.limits = limits or ApiLimits()
         self.max_connections = self.limits.connection_cap()
+        self._pending: dict[GuardedConnection, None] = {}
         # Insertion order is the order of eviction: the longest waiting for headers, the longest idle.
         self._head: dict[GuardedConnection, None] = {}
         self._idle: dict[GuardedConnection, None] = {}
         self._busy: set[GuardedConnection] = set()
+        # The evictable connections (head or idle) of each peer, and the peers by how many they hold.
+        self._of_peer: dict[str, dict[GuardedConnection, None]] = {}
+        self._peers_holding: dict[int, dict[str, None]] = {}
+        self._most = 0  # the most evictable connections one peer holds
         self._loop: asyncio.AbstractEventLoop | None = None
         self.accepted = 0
         self.refused = 0
@@ -145,12 +178,18 @@ class ConnectionGuard:
 
     @property
     def connections(self) -> int:
-        """Connections open now (waiting for headers, busy or idle)."""
+        """Connections open now (just accepted, waiting for headers, busy or idle): at most
+        ``max_connections`` plus :data:`BACKLOG` just accepted and not judged yet."""
+        return len(self._pending) + self.established
+
+    @property
+    def established(self) -> int:
+        """Connections the guard has admitted (at most ``max_connections``)."""
         return len(self._head) + len(self._idle) + len(self._busy)
 
     @property
     def waiting_for_headers(self) -> int:
-        return len(self._head)
+        return len(self._pending) + len(self._head)
 
     # --- the protocol factory (one call per accepted connection) --------------------------------
 
@@ -171,31 +210,74 @@ class ConnectionGuard:
         }
 
         def make() -> asyncio.BaseProtocol:
-            # Counted here, not in connection_made: a loop may accept many sockets (and call this for
-            # each) before it makes the first connection.
-            if self.connections >= self.max_connections and not self._evict_one():
+            # Room is made when the loop makes the connection, and its peer is known (see made()).
+            # Until then it is pending; more than a backlog's worth of those at the cap are refused
+            # here, so that a flood of connects cannot hold descriptors the guard has not seen yet.
+            if len(self._pending) >= BACKLOG and self.connections >= self.max_connections:
                 self.refused += 1
                 return _Refusal(self._refusal)
             self.accepted += 1
             conn = GuardedConnection(server, self, loop=loop, **kwargs)
-            self._head[conn] = None
+            self._pending[conn] = None
+            # Also ends a connection the loop never makes (it is forgotten then).
             conn._timer = loop.call_later(self.limits.header_timeout_s, self._header_timeout, conn)
             return conn
 
         return make
 
-    # --- state changes ------------------------------------------------------------------------------
+    # --- bookkeeping ---------------------------------------------------------------------------------
 
-    def _evict_one(self) -> bool:
-        """Close the connection that has waited longest for headers, else the longest idle one."""
-        for pool in (self._head, self._idle):
-            for conn in pool:
-                self.evicted += 1
-                self._end(conn, abort=True)
-                return True
-        return False
+    def _hold(self, conn: GuardedConnection) -> None:
+        """``conn`` (of ``conn._peer``) may be evicted from now on."""
+        held = self._of_peer.setdefault(conn._peer, {})
+        n = len(held)
+        if n:
+            self._unrank(conn._peer, n)
+        held[conn] = None
+        self._peers_holding.setdefault(n + 1, {})[conn._peer] = None
+        self._most = max(self._most, n + 1)
+
+    def _release(self, conn: GuardedConnection) -> None:
+        """``conn`` may no longer be evicted (busy, or gone)."""
+        held = self._of_peer.get(conn._peer)
+        if held is None or conn not in held:
+            return
+        n = len(held)
+        self._unrank(conn._peer, n)
+        del held[conn]
+        if held:
+            self._peers_holding.setdefault(n - 1, {})[conn._peer] = None
+        else:
+            del self._of_peer[conn._peer]
+        if n == self._most and n not in self._peers_holding:
+            self._most = n - 1
+
+    def _unrank(self, peer: str, n: int) -> None:
+        peers = self._peers_holding[n]
+        del peers[peer]
+        if not peers:
+            del self._peers_holding[n]
+
+    def _make_room(self, newcomer: GuardedConnection) -> bool:
+        """Close one connection other than ``newcomer``, waiting for headers or idle, fairly (see
+        the class docstring); False when every other one is busy."""
+        victim: GuardedConnection | None = None
+        if self._most >= 2:
+            top = self._peers_holding[self._most]
+            peer = newcomer._peer if newcomer._peer in top else next(iter(top))
+            held = [c for c in self._of_peer[peer] if c is not newcomer]  # at least one: it holds 2+
+            victim = next((c for c in held if c._state is _State.HEAD), held[0])
+        else:
+            victim = next((c for c in self._head if c is not newcomer), None) or next(iter(self._idle), None)
+        if victim is None:
+            return False
+        self.evicted += 1
+        self._end(victim, abort=True)
+        return True
 
     def _forget(self, conn: GuardedConnection) -> None:
+        self._release(conn)
+        self._pending.pop(conn, None)
         self._head.pop(conn, None)
         self._idle.pop(conn, None)
         self._busy.discard(conn)
@@ -219,16 +301,40 @@ class ConnectionGuard:
 
     def _header_timeout(self, conn: GuardedConnection) -> None:
         conn._timer = None
+        if conn._state is _State.PENDING:  # the loop never made it: nothing to close
+            self._forget(conn)
+            return
         if conn._state is not _State.HEAD:
             return
         self.header_timeouts += 1
         # Part of a request came: tell why it is cut. Nothing came (an idle pre-connection): just close.
         self._end(conn, abort=not conn._partial, farewell=self._timeout_body)
 
+    # --- state changes (called by the connections and the middleware) -----------------------------
+
+    def made(self, conn: GuardedConnection, peername: object) -> bool:
+        """The loop has made ``conn``: it waits for its first request's headers. Beyond the cap
+        another connection makes room; False when none can (``conn`` is to be refused)."""
+        if conn._state is not _State.PENDING:
+            return True
+        del self._pending[conn]
+        conn._peer = peer_key(peername)
+        conn._state = _State.HEAD
+        self._head[conn] = None
+        self._hold(conn)
+        while self.established > self.max_connections:
+            if not self._make_room(conn):
+                self.refused += 1
+                self._end(conn, abort=False, farewell=self._refusal)
+                return False
+        return True
+
     def request_started(self, conn: GuardedConnection) -> None:
         """The connection's request has been parsed and is being handled."""
         if conn._state is _State.GONE:
             return
+        self._release(conn)
+        self._pending.pop(conn, None)
         self._head.pop(conn, None)
         self._idle.pop(conn, None)
         if conn._timer is not None:
@@ -245,6 +351,7 @@ class ConnectionGuard:
         conn._state = _State.IDLE
         conn._partial = False
         self._idle[conn] = None
+        self._hold(conn)
 
     def data_arrived(self, conn: GuardedConnection) -> None:
         """Bytes came on a connection that is not handling a request: a request head is coming."""
@@ -276,19 +383,23 @@ class GuardedConnection(RequestHandler):
     """aiohttp's connection handler, reporting to a :class:`ConnectionGuard`, with JSON for the
     requests that cannot be parsed (:meth:`handle_error`)."""
 
-    __slots__ = ("_guard", "_partial", "_state", "_timer")
+    __slots__ = ("_guard", "_partial", "_peer", "_state", "_timer")
 
     def __init__(self, manager: web.Server, guard: ConnectionGuard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
-        self._state = _State.HEAD
+        self._state = _State.PENDING
+        self._peer = ""  # whose it is (peer_key), known once made
         self._partial = False  # some of a request head has arrived
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if self._state is _State.GONE and self.transport is not None:  # evicted between its accept and now
-            self.transport.abort()
+        if self._state is _State.GONE:  # its header deadline passed before the loop made it
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        self._guard.made(self, transport.get_extra_info("peername"))  # may close it: no room
 
     def data_received(self, data: bytes) -> None:
         if self._state is not _State.BUSY and data:

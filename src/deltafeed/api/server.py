@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from deltafeed.api.auth import RedactingAccessLogger, check_bind, check_token, token_middleware
-from deltafeed.api.guard import ApiLimits, ConnectionGuard
+from deltafeed.api.guard import BACKLOG, ApiLimits, ConnectionGuard
 from deltafeed.api.http import MAX_BODY_BYTES, add_http_routes, error_middleware
 from deltafeed.api.metrics import add_metrics_route
 
@@ -33,8 +33,6 @@ log = logging.getLogger("deltafeed.api")
 #: How long a stop waits for requests in flight (a candle query, a WebSocket's goodbye) before it
 #: cancels them.
 SHUTDOWN_TIMEOUT_S = 2.0
-#: Connections the kernel may hold for the server before it accepts them (a burst of connects).
-BACKLOG = 512
 #: Where an application keeps its connection guard.
 GUARD = web.AppKey("guard", ConnectionGuard)
 
