@@ -94,6 +94,40 @@ def test_bad_usage_is_one_line_and_exit_code_2(args: list[str], needle: str, tmp
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 
+@pytest.mark.parametrize(("args", "env", "config", "needle"), [
+    (["--api-token", ""], {}, "", "--api-token is blank"),
+    (["--api-token", "   "], {}, "", "--api-token is blank"),
+    (["--api-token", "two words"], {}, "", "--api-token holds spaces"),
+    ([], {"DELTAFEED_API_TOKEN": ""}, "", "DELTAFEED_API_TOKEN is blank"),
+    ([], {"DELTAFEED_API_TOKEN": " \t"}, "", "DELTAFEED_API_TOKEN is blank"),
+    ([], {}, 'api_token = ""\n', "api_token in the config file is blank"),
+    (["--api-token", "fine"], {}, 'api_token = " "\n', "api_token in the config file is blank"),
+    (["--api", "0.0.0.0:0", "--api-token", ""], {}, "", "--api-token is blank"),
+    (["--api", "off"], {"DELTAFEED_API_TOKEN": ""}, "", "DELTAFEED_API_TOKEN is blank"),
+], ids=["flag-empty", "flag-spaces", "flag-inner-space", "env-empty", "env-blank", "config-empty",
+        "config-blank-under-a-flag", "wide-bind", "api-off"])
+def test_a_blank_api_token_is_refused_wherever_it_comes_from(
+        args: list[str], env: dict[str, str], config: str, needle: str, tmp_path: Path) -> None:
+    """A blank token would otherwise mean "no token": the API open to reads on loopback, or (before)
+    quietly unprotected. One line, exit code 2, before anything starts."""
+    conf = tmp_path / "c.toml"
+    conf.write_text(config)
+    environ = {k: v for k, v in os.environ.items() if k != "DELTAFEED_API_TOKEN"} | env
+    p = subprocess.run([*CLI, "run", "--config", str(conf), "--rest-url", "http://127.0.0.1:9", "--ws-url",
+                        "ws://127.0.0.1:9", "--db", str(tmp_path / "x.duckdb"), *args],
+                       capture_output=True, text=True, timeout=30, env=environ)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in p.stderr, p.stderr
+    assert not (tmp_path / "x.duckdb").exists()  # refused before anything started
+
+
+def test_status_refuses_a_blank_token_too(tmp_path: Path) -> None:
+    p = subprocess.run([*CLI, "status", "--api", "http://127.0.0.1:9", "--api-token", ""],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "--api-token is blank" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
 def test_bad_config_file_names_the_problem(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('symbolz = ["BTCUSDT"]\n')
