@@ -122,6 +122,29 @@ def test_a_blank_api_token_is_refused_wherever_it_comes_from(
     assert not (tmp_path / "x.duckdb").exists()  # refused before anything started
 
 
+@pytest.mark.parametrize(("limit", "cap"), [((256, 4096), 1000), ((256, 256), 64)], ids=["raised", "hard-256"])
+def test_run_raises_its_descriptor_limit_and_sizes_the_api_cap_by_it(
+        limit: tuple[int, int], cap: int, tmp_path: Path) -> None:
+    """A soft ``ulimit -n`` of 256 is raised towards the hard one, and the API's default cap follows:
+    1000 connections when there is room, (256 - 128) / 2 when the hard limit is 256 too."""
+    import resource
+
+    run = subprocess.Popen([*CLI, "run", "--rest-url", "http://127.0.0.1:9", "--ws-url", "ws://127.0.0.1:9",
+                            "--db", str(tmp_path / "x.duckdb"), "--api", "127.0.0.1:0"],
+                           stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, limit))
+    assert run.stderr is not None
+    lines: list[str] = []
+    try:  # the API starts before the engine (whose venue is unreachable: no matter here)
+        while not lines or "API listening on" not in lines[-1]:
+            lines.append(run.stderr.readline())
+            assert lines[-1] and len(lines) < 20, lines
+    finally:
+        run.kill()
+        run.communicate(timeout=10)
+    assert f"(at most {cap} connections, headers within 5 s)" in lines[-1], lines
+
+
 def test_status_refuses_a_blank_token_too(tmp_path: Path) -> None:
     p = subprocess.run([*CLI, "status", "--api", "http://127.0.0.1:9", "--api-token", ""],
                        capture_output=True, text=True, timeout=30)

@@ -253,6 +253,7 @@ def _run(args: argparse.Namespace) -> int:
         from deltafeed.api.guard import ApiLimits
 
         check_bind(api[0], token)  # before anything starts: exit 2 without a token beyond loopback
+        raise_fd_limit()  # before the limits: the default connection cap follows it
         limits = ApiLimits(header_timeout_s=settings.seconds("api_header_timeout"),
                            idle_timeout_s=settings.seconds("api_idle_timeout"),
                            max_connections=settings.api_max_connections)
@@ -294,6 +295,26 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     return _asyncio_run(body)
+
+
+#: The soft file descriptor limit ``run`` asks for (never above the hard limit).
+FD_LIMIT = 65536
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft ``RLIMIT_NOFILE`` towards the hard one (at most :data:`FD_LIMIT`), as servers
+    do: a default soft limit of 1024 is soon short for the API's connections plus the store, the
+    databases and the venues. Where the hard limit is lower, the API's default cap shrinks instead."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = FD_LIMIT if hard == resource.RLIM_INFINITY else min(hard, FD_LIMIT)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            log.debug("raised the file descriptor limit from %d to %d", soft, want)
+    except (ImportError, OSError, ValueError) as exc:  # pragma: no cover - Windows, or not allowed
+        log.debug("cannot raise the file descriptor limit: %s", exc)
 
 
 def api_token(flag: str | None, configured: str | None = None) -> str | None:
