@@ -415,22 +415,21 @@ ROUTES = [("GET", "/health", 200), ("HEAD", "/health", 200), ("GET", "/streaming
 async def test_with_a_token_every_endpoint_needs_it_on_loopback_too(served: Served) -> None:
     """Loopback, token configured: no endpoint answers without it, not even /health or an unknown path."""
     url = served.url
-    try:
-        for method, path, ok in ROUTES:
-            status, doc, headers = await call(method, url + path, token=None)
-            assert status == 401, (method, path, status)
-            assert headers["Content-Type"].startswith("application/json") and headers["WWW-Authenticate"]
-            if method != "HEAD":
-                assert "needs the API token" in doc["error"] and "Authorization: Bearer" in doc["error"], doc
-            for wrong in ("wrong", TOKEN + "x", TOKEN[:-1], "ü" * 5):
-                status, doc, _ = await call(method, url + path, headers={"Authorization": f"Bearer {wrong}"},
-                                            token=None)
-                assert status == 401, (method, path, wrong)
-            assert (await call(method, url + path, headers={"Authorization": f"Basic {TOKEN}"}, token=None))[0] == 401
-            assert (await call(method, url + path, headers={"Authorization": "Bearer"}, token=None))[0] == 401
-            assert (await call(method, url + path))[0] == ok, (method, path)
-    finally:
-        assert (await call("POST", url + "/streaming/start"))[0] == 200
+    for method, path, ok in ROUTES:
+        kw: dict[str, Any] = {"json": {"instruments": []}} if method == "POST" else {}  # stops nothing
+        status, doc, headers = await call(method, url + path, token=None, **kw)
+        assert status == 401, (method, path, status)
+        assert headers["Content-Type"].startswith("application/json") and headers["WWW-Authenticate"]
+        if method != "HEAD":
+            assert "needs the API token" in doc["error"] and "Authorization: Bearer" in doc["error"], doc
+        for wrong in ("wrong", TOKEN + "x", TOKEN[:-1], "ü" * 5):
+            status, doc, _ = await call(method, url + path, headers={"Authorization": f"Bearer {wrong}"},
+                                        token=None, **kw)
+            assert status == 401, (method, path, wrong)
+        assert (await call(method, url + path, headers={"Authorization": f"Basic {TOKEN}"}, token=None, **kw))[0] == 401
+        assert (await call(method, url + path, headers={"Authorization": "Bearer"}, token=None, **kw))[0] == 401
+        assert (await call(method, url + path, **kw))[0] == ok, (method, path)
+    assert served.engine.status()["instruments"][BTC]["streaming"] is True
 
 
 async def test_the_query_token_is_taken_on_get_never_on_post(served: Served) -> None:

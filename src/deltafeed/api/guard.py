@@ -15,11 +15,19 @@ of the API goes through a :class:`ConnectionGuard`, which knows what each one is
   own (a POST body must arrive within ``header_timeout_s`` too; WebSockets answer pings).
 - *idle*: kept alive between requests; closed by aiohttp after ``idle_timeout_s``.
 
-At most ``max_connections`` are open at once. A connection beyond that takes the place of the one
-that has waited longest for its headers, else of the one idle longest, which is closed at once; only
-when every connection is busy is the new one refused, with a 503 ``{"error": ...}``. An attacker's
-half-open connections therefore never lock out a client that sends a whole request, and never take
-more descriptors than the cap. Evictions, refusals and header timeouts are counted for ``/metrics``.
+At most ``max_connections`` are admitted at once. Beyond that, a new connection takes the place of
+one waiting for its headers or idle, taken from the peer address holding the most of those (waiting
+for headers first, oldest first), which is closed at once; only when every other connection is busy
+is the new one refused, with a 503 ``{"error": ...}``. An attacker's half-open connections therefore
+never lock out a client that sends a whole request from another address, and never take more
+descriptors than the cap (plus a :data:`BACKLOG` of sockets just accepted and not judged yet).
+Admissions, evictions, refusals, header timeouts and unparseable requests are counted for
+``/metrics``.
+
+A request aiohttp cannot parse is answered ``{"error": ...}`` too (:meth:`GuardedConnection.
+handle_error`): 400 for a path and query over :data:`MAX_URL_BYTES` or a malformed request, 431 for
+a header over :data:`MAX_HEADER_BYTES` or more than :data:`MAX_HEADERS` headers. It is logged on one
+line at debug level, never with its bytes (a URL may hold a ``?token=``), nor with a stack.
 """
 
 from __future__ import annotations

@@ -362,7 +362,8 @@ def _err(description: str) -> dict[str, Any]:
             "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
-_READ_ERRORS = {"401": _err("Token missing or wrong (every request needs it when one is configured)")}
+_READ_ERRORS = {"400": _err("A query parameter given twice, a malformed name, or a request too long to parse"),
+                "401": _err("Token missing or wrong (every request needs it when one is configured)")}
 _WRITE_ERRORS = {"400": _err("Bad body: not JSON, or not {\"instruments\": [...]}, or a malformed name"),
                  "401": _err("Token missing or wrong, or sent as ?token= (POST takes it only as a header)"),
                  "403": _err("No token is configured: start with --api-token or DELTAFEED_API_TOKEN"),
@@ -545,8 +546,8 @@ def openapi_spec() -> dict[str, Any]:
                                                     "2026-01-01T00:00:00Z,100.5,101,100,100.75,12.5,42\n"},
                         },
                     },
-                    "400": _err("A bad parameter (time, limit, format, malformed name, range too wide)"),
                     **_READ_ERRORS,
+                    "400": _err("A bad parameter (time, limit, format, malformed name, range too wide)"),
                     "404": _err("An instrument or timeframe this collector does not serve"),
                     "503": _err("The database cannot answer now; retry"),
                 },

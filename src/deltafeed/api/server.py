@@ -8,7 +8,9 @@ Typical use, next to a running engine::
     await stop_api(runner)
 
 The engine is not owned: stopping the API leaves it collecting, and the API can be started again
-(with a new ``Hub``: see :func:`stop_api`).
+(with a new ``Hub``: see :func:`stop_api`). Every connection goes through the application's
+:class:`~deltafeed.api.guard.ConnectionGuard` (header deadline, connection cap, JSON for requests
+aiohttp cannot parse); every request through the token check (:mod:`deltafeed.api.auth`).
 """
 
 from __future__ import annotations
