@@ -273,8 +273,9 @@ class ConnectionGuard:
         if self._most >= 2:
             top = self._peers_holding[self._most]
             peer = newcomer._peer if newcomer._peer in top else next(iter(top))
-            held = [c for c in self._of_peer[peer] if c is not newcomer]  # at least one: it holds 2+
-            victim = next((c for c in held if c._state is _State.HEAD), held[0])
+            held = self._of_peer[peer]  # two or more: one at least is not the newcomer
+            victim = next((c for c in held if c is not newcomer and c._state is _State.HEAD), None) \
+                or next(c for c in held if c is not newcomer)
         else:
             victim = next((c for c in self._head if c is not newcomer), None) or next(iter(self._idle), None)
         if victim is None:
@@ -410,7 +411,10 @@ class GuardedConnection(RequestHandler):
         self._guard.made(self, transport.get_extra_info("peername"))  # may close it: no room
 
     def data_received(self, data: bytes) -> None:
-        if self._state is not _State.BUSY and data:
+        state = self._state
+        if state is not _State.BUSY and data:
+            if state is _State.GONE:
+                return  # evicted, timed out or refused: being closed, nothing more is served
             self._guard.data_arrived(self)
         super().data_received(data)
 
