@@ -441,6 +441,19 @@ async def test_no_websocket_op_can_break_the_connection(serve: Any) -> None:
         assert msg["type"] == "subscribed", msg
         _, text = await get(s, api.url + "/metrics")
         assert metric(text, "deltafeed_api_bad_ws_ops_total") == len(frames)
+    # What the WebSocket protocol itself says ends a connection does, with its code, and is counted.
+    async with aiohttp.ClientSession(headers=AUTH) as s:
+        for frame, code in ((b"\xff\xfe not UTF-8", 1007), (b"x" * 5000, 1009)):
+            async with s.ws_connect(api.url + "/ws") as ws:
+                await ws.send_frame(frame, aiohttp.WSMsgType.TEXT)
+                msg = await ws.receive(timeout=5)
+                while msg.type == aiohttp.WSMsgType.TEXT:  # a heartbeat may come first
+                    msg = await ws.receive(timeout=5)
+                assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == code, msg
+    async with asyncio.timeout(5):
+        while api.hub.bad_ops < len(frames) + 2 or api.hub.clients:
+            await asyncio.sleep(0.02)
+    assert api.hub.bad_ops == len(frames) + 2
 
 
 # --- under attack ------------------------------------------------------------------------------------

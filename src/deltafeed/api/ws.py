@@ -167,7 +167,10 @@ class _Endpoints:
                 elif msg.type == WSMsgType.BINARY:
                     self._refuse(client, f"binary messages are not understood; send JSON text, e.g. {EXAMPLE}")
                 elif msg.type == WSMsgType.ERROR:
-                    break  # aiohttp has closed it (1009 for a message too big, 1007 for bad UTF-8, ...)
+                    # A frame the protocol says ends the connection: aiohttp has closed it with the
+                    # reason (1009 for a message too big, 1007 for text that is not UTF-8, ...).
+                    hub.bad_ops += 1
+                    break
         finally:
             await hub.detach(client)
         return ws
