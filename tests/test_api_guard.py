@@ -378,6 +378,22 @@ async def test_malformed_query_values_are_400_naming_the_parameter(
     assert "failed" not in caplog.text  # no 500 was logged
 
 
+async def test_a_body_that_cannot_be_read_is_a_400(serve: Any, engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    api = await serve()
+    caplog.set_level(logging.ERROR)
+    async with aiohttp.ClientSession(headers=AUTH) as s:
+        # (br: refused before the body when the Brotli module is missing, unreadable when it is there)
+        for encoding in ("gzip", "deflate", "br"):
+            async with s.post(api.url + "/streaming/stop", data=b'{"instruments": []}',
+                              headers={"Content-Encoding": encoding}) as r:
+                doc = await r.json()
+                assert r.status == 400, (encoding, doc)
+                assert "the request body cannot be read" in doc["error"] \
+                    or "Content-Encoding cannot be decoded here" in doc["error"], (encoding, doc)
+    assert "Traceback" not in caplog.text and "failed" not in caplog.text
+    assert engine.status()["instruments"][BTC]["streaming"] is True
+
+
 async def test_unknown_paths_and_wrong_methods_are_json_too(serve: Any) -> None:
     api = await serve()
     async with aiohttp.ClientSession(headers=AUTH) as s:

@@ -43,10 +43,16 @@ from typing import Any, cast
 import msgspec
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, HttpProcessingError, LineTooLong
+from aiohttp.http_exceptions import (
+    BadHttpMessage,
+    BadHttpMethod,
+    ContentEncodingError,
+    HttpProcessingError,
+    LineTooLong,
+)
 from aiohttp.log import access_logger
 from aiohttp.typedefs import Handler, Middleware
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from aiohttp.web_request import BaseRequest
 
 from deltafeed.model import BadInput
@@ -422,6 +428,15 @@ class GuardedConnection(RequestHandler):
         self._guard._forget(self)
         super().connection_lost(exc)
 
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """aiohttp's own error log, but a request body that cannot be read (bad gzip, bad chunks)
+        is the client's mistake, answered 400 already: one debug line, not a stack."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, RequestPayloadError):
+            log.debug("a request body could not be read: %s", str(exc).strip().splitlines()[-1:])
+            return
+        super().log_exception(*args, **kw)
+
     def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         """aiohttp's answer to a request it could not parse or a handler that failed, as
@@ -452,6 +467,9 @@ class GuardedConnection(RequestHandler):
         if isinstance(exc, BadHttpMethod) and "HTTPS" in exc.message:
             return 400, ("this port speaks plain HTTP, not HTTPS; connect with http:// (or put a TLS proxy"
                          " in front)")
+        if isinstance(exc, ContentEncodingError):
+            return 400, ("the request body's Content-Encoding cannot be decoded here; send the body plain (or as"
+                         " gzip or deflate)")
         if isinstance(exc, HttpProcessingError):
             first = (exc.message or "").strip().splitlines()
             what = first[0].rstrip(":") if first else type(exc).__name__

@@ -25,6 +25,7 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from deltafeed.api.guard import HEADER_TIMEOUT_S
 from deltafeed.cli import iso, num
 from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle, Instrument, canonical_series, time_ms
 from deltafeed.store.base import StoreError
@@ -90,6 +91,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = f"{what}: {exc.text or exc.reason}"
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after", "www-authenticate")}
         return error_response(exc.status, message, headers)
+    except web.RequestPayloadError as exc:  # a body that cannot be read: bad chunks, bad gzip, cut short
+        cause = exc.__cause__ or exc
+        detail = (str(getattr(cause, "message", "")) or str(cause)).strip().splitlines()
+        resp = error_response(400, f"{request.method} {request.path}: the request body cannot be read"
+                                   f" ({detail[0].rstrip(':') if detail else 'malformed'}); send it whole, as plain"
+                                   " JSON (or valid gzip or deflate with the Content-Encoding saying so)")
+        resp.force_close()  # the rest of that body cannot be skipped reliably: no next request on it
+        return resp
     except StoreError as exc:  # before BadInput: a busy store (StoreBusy) is both
         return error_response(503, f"the candle store cannot answer now ({exc}); retry shortly")
     except BadInput as exc:
@@ -337,7 +346,7 @@ def streaming_status(engine: Engine) -> dict[str, Any]:
     return status
 
 
-def add_http_routes(app: web.Application, engine: Engine, body_timeout_s: float = 5.0) -> None:
+def add_http_routes(app: web.Application, engine: Engine, body_timeout_s: float = HEADER_TIMEOUT_S) -> None:
     """Add the HTTP endpoints (see :func:`openapi_spec`) serving ``engine`` to ``app``.
 
     ``body_timeout_s`` bounds the wait for a POST's body: a client trickling it holds a connection.
