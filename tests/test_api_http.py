@@ -80,8 +80,8 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
         await replica.stop()
 
 
-async def call(method: str, url: str, *, token: str | None = None, **kwargs: Any) -> tuple[int, Any, dict[str, str]]:
-    """(status, body as JSON or text, headers)."""
+async def call(method: str, url: str, *, token: str | None = TOKEN, **kwargs: Any) -> tuple[int, Any, dict[str, str]]:
+    """(status, body as JSON or text, headers); with the test token unless ``token`` says otherwise."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     headers.update(kwargs.pop("headers", {}))
     async with aiohttp.ClientSession() as s, s.request(method, url, headers=headers, **kwargs) as r:
@@ -103,8 +103,7 @@ async def stored(engine: Engine, instrument: str, timeframe: str, **kw: Any) -> 
 async def test_health_ok(served: Served) -> None:
     status, body, _ = await call("GET", served.url + "/health")
     assert (status, body) == (200, {"status": "ok"})
-    # HEAD works too, and /health needs no token even where reads do (see the auth tests).
-    assert (await call("HEAD", served.url + "/health"))[0] == 200
+    assert (await call("HEAD", served.url + "/health"))[0] == 200  # HEAD works too
 
 
 async def test_health_degraded_when_the_venue_is_gone(tmp_path: Path) -> None:
@@ -358,7 +357,7 @@ async def test_method_not_allowed(served: Served) -> None:
 async def test_openapi_describes_every_http_endpoint(served: Served) -> None:
     status, spec, _ = await call("GET", served.url + "/openapi.json")
     assert status == 200 and spec["openapi"] == "3.1.0"
-    app = build_app(served.engine, None, TOKEN, False)
+    app = build_app(served.engine, None, TOKEN)
     routes = {(r.resource.canonical, r.method.lower()) for r in app.router.routes()
               if r.resource is not None and r.method != "HEAD"}
     documented = {(p, m) for p, ops in spec["paths"].items() for m in ops}
@@ -447,10 +446,10 @@ async def test_loopback_without_token_reads_open_posts_refused(served: Served) -
     runner = await start_api(served.engine, None, "127.0.0.1", 0, None)
     url = api_url(runner)
     try:
-        for path in ("/instruments", "/streaming/status", f"/candles/{BTC}/1m?limit=1", "/metrics"):
-            assert (await call("GET", url + path))[0] == 200, path
+        for path in ("/instruments", "/streaming/status", f"/candles/{BTC}/1m?limit=1", "/metrics", "/health"):
+            assert (await call("GET", url + path, token=None))[0] == 200, path
         for path in ("/streaming/stop", "/streaming/start"):
-            status, doc, _ = await call("POST", url + path)
+            status, doc, _ = await call("POST", url + path, token=None)
             assert status == 403
             assert "--api-token" in doc["error"] and "DELTAFEED_API_TOKEN" in doc["error"]
             # A token does not help when none is configured.
@@ -460,42 +459,89 @@ async def test_loopback_without_token_reads_open_posts_refused(served: Served) -
     assert served.engine.status()["instruments"][BTC]["streaming"] is True
 
 
-async def test_loopback_with_token_posts_need_it(served: Served) -> None:
+#: Every HTTP route, with what it answers given the token (the WebSocket is tested on its own).
+ROUTES = [("GET", "/health", 200), ("HEAD", "/health", 200), ("GET", "/streaming/status", 200),
+          ("GET", "/instruments", 200), ("GET", f"/candles/{BTC}/1m?limit=1", 200), ("GET", "/metrics", 200),
+          ("GET", "/openapi.json", 200), ("GET", "/docs", 200), ("GET", "/nowhere", 404),
+          ("POST", "/streaming/start", 200), ("POST", "/streaming/stop", 200), ("DELETE", "/health", 405)]
+
+
+async def test_with_a_token_every_endpoint_needs_it_on_loopback_too(served: Served) -> None:
+    """Loopback, token configured: no endpoint answers without it, not even /health or an unknown path."""
     url = served.url
-    assert (await call("GET", url + "/instruments"))[0] == 200  # reads open on loopback
-    status, doc, headers = await call("POST", url + "/streaming/start")
-    assert status == 401 and "Authorization: Bearer" in doc["error"]
-    assert headers["WWW-Authenticate"].startswith("Bearer")
-    status, doc, _ = await call("POST", url + "/streaming/start", token="wrong")
-    assert status == 401 and "wrong" in doc["error"]
-    assert (await call("GET", url + "/instruments", token="wrong"))[0] == 401  # a wrong token is never ignored
-    status, _, _ = await call("POST", url + "/streaming/start", headers={"Authorization": f"Basic {TOKEN}"})
-    assert status == 401
-    assert (await call("POST", url + "/streaming/start", token=TOKEN))[0] == 200
-    assert (await call("POST", url + "/streaming/start", params={"token": TOKEN}))[0] == 200
+    for method, path, ok in ROUTES:
+        kw: dict[str, Any] = {"json": {"instruments": []}} if method == "POST" else {}  # stops nothing
+        status, doc, headers = await call(method, url + path, token=None, **kw)
+        assert status == 401, (method, path, status)
+        assert headers["Content-Type"].startswith("application/json") and headers["WWW-Authenticate"]
+        if method != "HEAD":
+            assert "needs the API token" in doc["error"] and "Authorization: Bearer" in doc["error"], doc
+        for wrong in ("wrong", TOKEN + "x", TOKEN[:-1], "ü" * 5):
+            status, doc, _ = await call(method, url + path, headers={"Authorization": f"Bearer {wrong}"},
+                                        token=None, **kw)
+            assert status == 401, (method, path, wrong)
+        assert (await call(method, url + path, headers={"Authorization": f"Basic {TOKEN}"}, token=None, **kw))[0] == 401
+        assert (await call(method, url + path, headers={"Authorization": "Bearer"}, token=None, **kw))[0] == 401
+        assert (await call(method, url + path, **kw))[0] == ok, (method, path)
+    assert served.engine.status()["instruments"][BTC]["streaming"] is True
 
 
-async def test_beyond_loopback_reads_need_the_token(served: Served, caplog: pytest.LogCaptureFixture) -> None:
-    """Bound to every interface (reached here over loopback): every read needs the token."""
+async def test_the_query_token_is_taken_on_get_never_on_post(served: Served) -> None:
+    url = served.url
+    assert (await call("GET", url + "/instruments", params={"token": TOKEN}, token=None))[0] == 200
+    assert (await call("HEAD", url + "/health", params={"token": TOKEN}, token=None))[0] == 200
+    assert (await call("GET", url + "/instruments", params={"token": "nope"}, token=None))[0] == 401
+    # POST: even the right token is refused in the query, alone or next to the right header.
+    for token in (None, TOKEN):
+        status, doc, _ = await call("POST", url + "/streaming/stop", params={"token": TOKEN}, token=token)
+        assert status == 401, token
+        assert "never takes the token from the query string" in doc["error"]
+        assert "Authorization: Bearer TOKEN" in doc["error"]
+    assert served.engine.status()["instruments"][BTC]["streaming"] is True  # nothing was stopped
+
+
+@pytest.mark.skipif(not HAVE_WS, reason="deltafeed.api.ws is not written yet")
+async def test_websocket_handshake_needs_the_token(served: Served) -> None:
+    async with aiohttp.ClientSession() as s:
+        for kwargs in ({}, {"params": {"token": "wrong"}}, {"headers": {"Authorization": "Bearer wrong"}}):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+                await s.ws_connect(served.url + f"/ws/{BTC}", **kwargs)
+            assert info.value.status == 401, kwargs
+        clients = served.hub.clients
+        for kwargs in ({"params": {"token": TOKEN}}, {"headers": {"Authorization": f"Bearer {TOKEN}"}}):
+            async with s.ws_connect(served.url + f"/ws/{BTC}", **kwargs) as ws:
+                assert (await ws.receive_json(timeout=5))["instrument"] == BTC
+                assert served.hub.clients == clients + 1
+
+
+async def test_beyond_loopback_every_endpoint_needs_the_token(served: Served, caplog: pytest.LogCaptureFixture) -> None:
+    """Bound to every interface (reached here over loopback): as on loopback, and the log keeps the token."""
     runner = await start_api(served.engine, None, "0.0.0.0", 0, TOKEN)
     port = api_url(runner).rsplit(":", 1)[1]
     url = f"http://127.0.0.1:{port}"
-    caplog.set_level(logging.INFO, logger="aiohttp.access")
+    caplog.set_level(logging.DEBUG)
     try:
-        for path in ("/instruments", "/streaming/status", f"/candles/{BTC}/1m", "/metrics", "/ws"):
-            status, doc, _ = await call("GET", url + path)
+        for path in ("/instruments", "/streaming/status", f"/candles/{BTC}/1m", "/metrics", "/ws", "/health",
+                     "/openapi.json", "/docs", "/nowhere"):
+            status, doc, _ = await call("GET", url + path, token=None)
             assert status == 401, path
             assert "needs the API token" in doc["error"]
             assert (await call("GET", url + path, token="nope"))[0] == 401
-        for path in ("/health", "/openapi.json", "/docs"):
-            assert (await call("GET", url + path))[0] == 200, path  # always open
-        assert (await call("GET", url + "/instruments", token=TOKEN))[0] == 200
-        assert (await call("GET", url + f"/candles/{BTC}/1m", params={"limit": "1", "token": TOKEN}))[0] == 200
-        assert (await call("GET", url + "/nowhere"))[0] == 401  # not even whether a path exists
+        assert (await call("GET", url + "/instruments"))[0] == 200
+        assert (await call("GET", url + f"/candles/{BTC}/1m", params={"limit": "1", "token": TOKEN}, token=None))[0] == 200
+        assert (await call("GET", url + f"/candles/{BTC}/1m", params={"limit": "x", "token": TOKEN}, token=None))[0] == 400
+        long_path = f"/candles/{BTC}/1m?token={TOKEN}&pad=" + "x" * 9000  # over the limit: the guard answers
+        assert (await call("GET", url + long_path, token=None))[0] == 400
     finally:
         await stop_api(runner)
     assert "/candles/" in caplog.text  # the access log is on ...
-    assert TOKEN not in caplog.text  # ... and never shows the token
+    assert TOKEN not in caplog.text  # ... and never shows the token, nor does any other line
+
+
+@pytest.mark.parametrize("token", ["", " ", "\t\n", "two words", "tab\tin", "naïve"])
+async def test_start_api_refuses_a_blank_or_unsendable_token(served: Served, token: str) -> None:
+    with pytest.raises(BadInput, match=r"is blank|holds spaces, control or non-ASCII"):
+        await start_api(served.engine, None, "127.0.0.1", 0, token)
 
 
 async def test_check_bind() -> None:
@@ -524,7 +570,7 @@ async def test_start_api_on_a_busy_port(served: Served) -> None:
 
 @pytest.mark.skipif(not HAVE_WS, reason="deltafeed.api.ws is not written yet")
 async def test_ws_endpoint_is_served_with_a_hub(served: Served) -> None:
-    async with aiohttp.ClientSession() as s, s.ws_connect(served.url + "/ws") as ws:
+    async with aiohttp.ClientSession() as s, s.ws_connect(served.url + "/ws", params={"token": TOKEN}) as ws:
         await ws.send_json({"op": "subscribe", "instrument": BTC, "timeframe": "1m", "snapshot": 2})
         first = await ws.receive_json(timeout=5)
         assert first["type"] == "subscribed" and first["snapshot"] == 2
@@ -537,6 +583,6 @@ async def test_ws_endpoint_is_served_with_a_hub(served: Served) -> None:
 
 
 async def test_build_app_without_hub_has_no_ws(served: Served) -> None:
-    app = build_app(served.engine, None, None, False)
+    app = build_app(served.engine, None, None)
     assert not any(r.resource is not None and r.resource.canonical.startswith("/ws") for r in app.router.routes())
     assert isinstance(app, web.Application)

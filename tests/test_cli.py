@@ -154,6 +154,63 @@ def test_run_with_a_spool_in_a_missing_directory_names_it(tmp_path: Path) -> Non
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(("args", "env", "config", "needle"), [
+    (["--api-token", ""], {}, "", "--api-token is blank"),
+    (["--api-token", "   "], {}, "", "--api-token is blank"),
+    (["--api-token", "two words"], {}, "", "--api-token holds spaces"),
+    ([], {"DELTAFEED_API_TOKEN": ""}, "", "DELTAFEED_API_TOKEN is blank"),
+    ([], {"DELTAFEED_API_TOKEN": " \t"}, "", "DELTAFEED_API_TOKEN is blank"),
+    ([], {}, 'api_token = ""\n', "api_token in the config file is blank"),
+    (["--api-token", "fine"], {}, 'api_token = " "\n', "api_token in the config file is blank"),
+    (["--api", "0.0.0.0:0", "--api-token", ""], {}, "", "--api-token is blank"),
+    (["--api", "off"], {"DELTAFEED_API_TOKEN": ""}, "", "DELTAFEED_API_TOKEN is blank"),
+], ids=["flag-empty", "flag-spaces", "flag-inner-space", "env-empty", "env-blank", "config-empty",
+        "config-blank-under-a-flag", "wide-bind", "api-off"])
+def test_a_blank_api_token_is_refused_wherever_it_comes_from(
+        args: list[str], env: dict[str, str], config: str, needle: str, tmp_path: Path) -> None:
+    """A blank token would otherwise mean "no token": the API open to reads on loopback, or (before)
+    quietly unprotected. One line, exit code 2, before anything starts."""
+    conf = tmp_path / "c.toml"
+    conf.write_text(config)
+    environ = {k: v for k, v in os.environ.items() if k != "DELTAFEED_API_TOKEN"} | env
+    p = subprocess.run([*CLI, "run", "--config", str(conf), "--rest-url", "http://127.0.0.1:9", "--ws-url",
+                        "ws://127.0.0.1:9", "--db", str(tmp_path / "x.duckdb"), *args],
+                       capture_output=True, text=True, timeout=30, env=environ)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in p.stderr, p.stderr
+    assert not (tmp_path / "x.duckdb").exists()  # refused before anything started
+
+
+@pytest.mark.parametrize(("limit", "cap"), [((256, 4096), 1000), ((256, 256), 64)], ids=["raised", "hard-256"])
+def test_run_raises_its_descriptor_limit_and_sizes_the_api_cap_by_it(
+        limit: tuple[int, int], cap: int, tmp_path: Path) -> None:
+    """A soft ``ulimit -n`` of 256 is raised towards the hard one, and the API's default cap follows:
+    1000 connections when there is room, (256 - 128) / 2 when the hard limit is 256 too."""
+    import resource
+
+    run = subprocess.Popen([*CLI, "run", "--rest-url", "http://127.0.0.1:9", "--ws-url", "ws://127.0.0.1:9",
+                            "--db", str(tmp_path / "x.duckdb"), "--api", "127.0.0.1:0"],
+                           stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, limit))
+    assert run.stderr is not None
+    lines: list[str] = []
+    try:  # the API starts before the engine (whose venue is unreachable: no matter here)
+        while not lines or "API listening on" not in lines[-1]:
+            lines.append(run.stderr.readline())
+            assert lines[-1] and len(lines) < 20, lines
+    finally:
+        run.kill()
+        run.communicate(timeout=10)
+    assert f"(at most {cap} connections, headers within 5 s)" in lines[-1], lines
+
+
+def test_status_refuses_a_blank_token_too(tmp_path: Path) -> None:
+    p = subprocess.run([*CLI, "status", "--api", "http://127.0.0.1:9", "--api-token", ""],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "--api-token is blank" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
 def test_bad_config_file_names_the_problem(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('symbolz = ["BTCUSDT"]\n')

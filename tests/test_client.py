@@ -93,7 +93,7 @@ async def stored(engine: Engine, instrument: str, timeframe: str) -> dict[int, C
 
 
 async def test_fetch_ohlcv_equals_the_store(served: Collector) -> None:
-    async with Client(served.url) as df:
+    async with Client(served.url, token=TOKEN) as df:
         rows = await df.fetch_ohlcv(BTC, "1m")
         candles = await df.fetch_candles(BTC, "1m")
     db = await stored(served.engine, BTC, "1m")
@@ -109,7 +109,7 @@ async def test_fetch_ohlcv_equals_the_store(served: Collector) -> None:
 
 
 async def test_fetch_ohlcv_since_and_limit_like_ccxt(served: Collector) -> None:
-    async with Client(served.url) as df:
+    async with Client(served.url, token=TOKEN) as df:
         full = await df.fetch_ohlcv(BTC, "1m")
         since = int(full[3][0])
         first5 = await df.fetch_ohlcv(BTC, "1m", since=since, limit=5)  # ccxt: the first 5 from since
@@ -137,15 +137,19 @@ async def test_status_health_instruments_and_control(served: Collector) -> None:
         with pytest.raises(ApiError) as err:
             await anonymous.stop_streaming()
         assert err.value.status == 401 and "Authorization: Bearer" in err.value.message
+        with pytest.raises(ApiError) as err:  # with a token configured, reads need it too
+            await anonymous.fetch_ohlcv(BTC, "1m")
+        assert err.value.status == 401 and "needs the API token" in err.value.message
+    async with Client(served.url, token=TOKEN) as df:
         with pytest.raises(ApiError) as err:
-            await anonymous.fetch_ohlcv("binance:XRPUSDT", "1m")
+            await df.fetch_ohlcv("binance:XRPUSDT", "1m")
         assert err.value.status == 404 and "not collected here" in err.value.message
 
 
 async def test_to_dataframe(served: Collector, monkeypatch: pytest.MonkeyPatch) -> None:
     import pandas as pd
 
-    async with Client(served.url) as df:
+    async with Client(served.url, token=TOKEN) as df:
         rows = await df.fetch_ohlcv(BTC, "1m", limit=10)
         candles = await df.fetch_candles(BTC, "1m", limit=10)
     frame = Client.to_dataframe(rows)
@@ -175,7 +179,7 @@ async def test_import_deltafeed_stays_cheap() -> None:
 
 async def test_watch_ohlcv_receives_updates(served: Collector) -> None:
     rows: list[list[float]] = []
-    async with Client(served.url) as df:
+    async with Client(served.url, token=TOKEN) as df:
         async with asyncio.timeout(20):
             async for row in df.watch_ohlcv(BTC, "15s", snapshot=3):
                 rows.append(row)
@@ -190,7 +194,7 @@ async def test_watch_ohlcv_receives_updates(served: Collector) -> None:
 
 
 async def test_watch_errors_are_raised_not_retried(served: Collector) -> None:
-    async with Client(served.url, reconnect_max_s=0.1) as df:
+    async with Client(served.url, token=TOKEN, reconnect_max_s=0.1) as df:
         with pytest.raises(ApiError, match="not served here"):
             async with asyncio.timeout(10):
                 async for _ in df.watch_candles("binance:XRPUSDT", "1m"):
@@ -198,7 +202,7 @@ async def test_watch_errors_are_raised_not_retried(served: Collector) -> None:
         with pytest.raises(ValueError, match="unknown timeframe"):
             async for _ in df.watch_candles(BTC, "7m"):
                 pass
-    # Served beyond loopback, reads need the token: the WebSocket handshake is refused.
+    # Without the token the WebSocket handshake is refused (here served beyond loopback).
     runner = await start_api(served.engine, None, "0.0.0.0", 0, TOKEN)
     port = api_url(runner).rsplit(":", 1)[1]
     try:

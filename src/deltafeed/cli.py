@@ -56,7 +56,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                                         "token comes from OANDA_TOKEN, the account from OANDA_ACCOUNT")
     p.add_argument("--prices", help="forex: which price candles to keep, comma list of mid,bid,ask (default mid)")
     p.add_argument("--api", help="serve the HTTP/WebSocket API on HOST:PORT (default 127.0.0.1:8080; 'off' to disable)")
-    p.add_argument("--api-token", help="token for the API (or DELTAFEED_API_TOKEN); required beyond loopback")
+    p.add_argument("--api-token", help="token every API request must carry (or DELTAFEED_API_TOKEN, or api_token in"
+                                       " the config); required beyond loopback")
 
 
 def _add_replica_args(p: argparse.ArgumentParser, *, symbols: str, symbols_help: str | None = None,
@@ -246,12 +247,18 @@ def _run(args: argparse.Namespace) -> int:
         "ws_url": args.ws_url,
         "api": args.api,
     })
-    token = args.api_token or os.environ.get("DELTAFEED_API_TOKEN") or None
+    token = api_token(args.api_token, settings.api_token)
     api = parse_api_address(settings.api)
+    limits = None
     if api is not None:
         from deltafeed.api.auth import check_bind
+        from deltafeed.api.guard import ApiLimits
 
         check_bind(api[0], token)  # before anything starts: exit 2 without a token beyond loopback
+        raise_fd_limit()  # before the limits: the default connection cap follows it
+        limits = ApiLimits(header_timeout_s=settings.seconds("api_header_timeout"),
+                           idle_timeout_s=settings.seconds("api_idle_timeout"),
+                           max_connections=settings.api_max_connections)
 
     async def body(stop: asyncio.Event) -> int:
         from deltafeed.engine import Engine
@@ -282,7 +289,7 @@ def _run(args: argparse.Namespace) -> int:
 
                 engine.hub = Hub(snapshot=engine.snapshot, instruments=engine.instrument_names)
                 try:
-                    runner = await start_api(engine, engine.hub, api[0], api[1], token)
+                    runner = await start_api(engine, engine.hub, api[0], api[1], token, limits)
                 except OSError as exc:
                     raise BadInput(f"cannot serve the API on {settings.api} ({exc.strerror or exc}); pass "
                                    "--api HOST:PORT with a free port, or --api off") from None
@@ -325,6 +332,43 @@ def _run(args: argparse.Namespace) -> int:
     return _asyncio_run(body)
 
 
+#: The soft file descriptor limit ``run`` asks for (never above the hard limit).
+FD_LIMIT = 65536
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft ``RLIMIT_NOFILE`` towards the hard one (at most :data:`FD_LIMIT`), as servers
+    do: a default soft limit of 1024 is soon short for the API's connections plus the store, the
+    databases and the venues. Where the hard limit is lower, the API's default cap shrinks instead."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = FD_LIMIT if hard == resource.RLIM_INFINITY else min(hard, FD_LIMIT)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            log.debug("raised the file descriptor limit from %d to %d", soft, want)
+    except (ImportError, OSError, ValueError) as exc:  # pragma: no cover - Windows, or not allowed
+        log.debug("cannot raise the file descriptor limit: %s", exc)
+
+
+def api_token(flag: str | None, configured: str | None = None) -> str | None:
+    """The API token: ``--api-token``, else ``DELTAFEED_API_TOKEN``, else the config's ``api_token``.
+
+    A blank one (empty or spaces), wherever it comes from, is :class:`BadInput` (exit 2) rather than
+    quietly meaning "no token": whoever set it meant to protect the API.
+    """
+    from deltafeed.api.auth import TOKEN_ENV, check_token
+
+    check_token(configured, "api_token in the config file")
+    if flag is not None:
+        return check_token(flag, "--api-token")
+    env = os.environ.get(TOKEN_ENV)
+    if env is not None:
+        return check_token(env, TOKEN_ENV)
+    return configured
+
+
 def parse_api_address(text: str | None) -> tuple[str, int] | None:
     """``HOST:PORT`` (``[::1]:8080`` for IPv6) or ``off``."""
     if text is None or text.strip().lower() == "off":
@@ -339,7 +383,7 @@ def parse_api_address(text: str | None) -> tuple[str, int] | None:
 def _status(args: argparse.Namespace) -> int:
     import aiohttp
 
-    token = args.api_token or os.environ.get("DELTAFEED_API_TOKEN") or None
+    token = api_token(args.api_token)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     base = args.api.rstrip("/")
 

@@ -100,8 +100,8 @@ class Client:
     """An asyncio client of one deltafeed server (``base_url`` like ``http://127.0.0.1:8080``).
 
     Use it as ``async with Client(...) as df:``, or call :meth:`close` when done. ``token`` is the
-    server's API token, sent as a bearer header (needed for the POST endpoints, and for everything
-    when the server is reachable beyond its own machine). ``timeout_s`` bounds each HTTP request;
+    server's API token, sent as a bearer header (needed for every request, WebSockets included,
+    when the server has one; the POST endpoints need one). ``timeout_s`` bounds each HTTP request;
     ``reconnect_max_s`` is the longest wait between two reconnection attempts of a watch.
     """
 

@@ -106,6 +106,13 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     reconcile_every: str | None = None  # how often id-less venues' candles are reconciled (venue default)
     status_file: str | None = None  # if set, the status as JSON, rewritten every second
     api: str = "127.0.0.1:8080"  # HOST:PORT of the HTTP/WebSocket API, or "off"
+    # The token every API request must carry; --api-token and DELTAFEED_API_TOKEN override it (and
+    # keep it out of a file others may read). Required to serve beyond loopback; blank is refused.
+    api_token: str | None = None
+    # The API's connection limits (see the README's Security paragraph).
+    api_header_timeout: str = "5s"  # a request's headers (and a POST's body) must arrive within this
+    api_idle_timeout: str = "75s"  # a kept-alive connection with no request for this long is closed
+    api_max_connections: int | None = None  # default 1000, or half of `ulimit -n` when that is smaller
 
     def venue_settings(self, venue: str) -> VenueSettings:
         """``venue``'s settings: its ``[venues.NAME]`` table, with the top-level keys for the
@@ -193,12 +200,16 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 raise BadInput(f"instrument_prices for {who}: {', '.join(bad)}; use some of {', '.join(PRICE_SIDES)}")
         if self.hot_capacity < 1:
             raise BadInput("hot_capacity must be at least 1")
-        for name in ("stale_after", "rotate_after", "unhealthy_after", "audit_every", "audit_window"):
+        for name in ("stale_after", "rotate_after", "unhealthy_after", "audit_every", "audit_window",
+                     "api_header_timeout", "api_idle_timeout"):
             if self.seconds(name) <= 0:
                 raise BadInput(f"{name} must be longer than 0, e.g. {name} = \"10s\"")
         self.seconds("stop_grace")  # "0" is allowed: exit without waiting for repairs
         if self.reconcile_every is not None and self.seconds("reconcile_every") <= 0:
             raise BadInput('reconcile_every must be longer than 0, e.g. reconcile_every = "30s"')
+        if self.api_max_connections is not None and self.api_max_connections < 1:
+            raise BadInput("api_max_connections must be at least 1; leave it out for the default (1000, or half"
+                           " of the file descriptor limit when that is smaller)")
         if self.connect_budget < 1:
             raise BadInput("connect_budget must be at least 1 connection attempt per 5 minutes")
         # The database first: with the spool beside it, a bad --db would otherwise surface as a spool error.

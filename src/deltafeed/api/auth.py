@@ -1,20 +1,22 @@
 """Who may use the API: a bearer token checked in one middleware, and a refusal to bind wide open.
 
-The rules, in order:
+The rules:
 
-- ``/health``, ``/openapi.json`` and ``/docs`` are always open: a load balancer or an orchestrator
-  probes health without credentials, and the API's description holds no data.
-- A request that changes the collector (any method but GET, HEAD and OPTIONS: the ``POST
-  /streaming/...`` endpoints) always needs the token, even on loopback; with no token configured it
-  is refused with 403 telling how to configure one.
-- A read needs the token only when ``require_for_reads`` is set, which the server does when it is
-  bound beyond loopback (where :func:`check_bind` insists on a token).
-- When a token is configured, a token that is presented is always checked, so a wrong one is a 401
-  rather than silently ignored.
+- With a token configured, every request needs it: reads, ``POST``, WebSocket handshakes,
+  ``/health``, ``/metrics``, ``/openapi.json`` and ``/docs`` alike, on loopback as anywhere else,
+  and unknown paths too (a 401 tells nothing about which paths exist). A probe sends it like any
+  client (Kubernetes: ``httpHeaders``; Docker: ``curl -H``).
+- Without a token only loopback may be served (:func:`check_bind`); reads are open there, and a
+  request that changes the collector (any method but GET, HEAD and OPTIONS: the ``POST
+  /streaming/...`` endpoints) is refused with 403 telling how to configure one.
+- A blank token (empty or whitespace) is refused where it is configured (:func:`check_token`),
+  rather than silently meaning "no token".
 
-The token travels as ``Authorization: Bearer <token>``, or as ``?token=<token>`` for browsers, whose
-WebSocket API cannot set headers. It is compared with :func:`hmac.compare_digest`, and never logged:
-:class:`RedactingAccessLogger` writes the path without its query string.
+The token travels as ``Authorization: Bearer <token>``. A GET (a browser's WebSocket, which cannot
+set headers) may carry it as ``?token=<token>`` instead; any other method never may, even a correct
+one, since URLs end up in logs and histories: such a request is a 401. The token is compared with
+:func:`hmac.compare_digest`, and never logged: :class:`RedactingAccessLogger` writes the path
+without its query string, and the guard's log lines never show a request's bytes.
 """
 
 from __future__ import annotations
@@ -29,17 +31,32 @@ from aiohttp.typedefs import Handler, Middleware
 
 from deltafeed.model import BadInput
 
-#: Paths that never need a token.
-OPEN_PATHS = frozenset({"/health", "/openapi.json", "/docs"})
 #: Methods that only read.
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Methods that may carry the token as ``?token=`` (a browser's WebSocket handshake is a GET).
+QUERY_TOKEN_METHODS = frozenset({"GET", "HEAD"})
 #: Environment variable holding the token (read by the command line, named in error messages).
 TOKEN_ENV = "DELTAFEED_API_TOKEN"
+_HOW = "send the header 'Authorization: Bearer TOKEN' (or ?token=TOKEN on a GET, e.g. a browser's WebSocket)"
 
 
 def _refuse(status: int, message: str) -> web.Response:
     headers = {"WWW-Authenticate": 'Bearer realm="deltafeed"'} if status == 401 else None
     return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def check_token(token: str | None, source: str = "the API token") -> str | None:
+    """``token`` if usable (None stays None); :class:`BadInput` naming ``source`` when it is blank
+    or holds characters an ``Authorization`` header cannot carry (spaces, controls, non-ASCII)."""
+    if token is None:
+        return None
+    if not token.strip():
+        raise BadInput(f"{source} is blank; give it a token (e.g. the output of `openssl rand -hex 32`), or"
+                       " remove it to serve loopback only, without one")
+    if not all("!" <= ch <= "~" for ch in token):
+        raise BadInput(f"{source} holds spaces, control or non-ASCII characters, which a client cannot send"
+                       " in an Authorization header; use letters, digits and punctuation only")
+    return token
 
 
 def presented_token(request: web.Request) -> str | None:
@@ -58,32 +75,30 @@ def token_matches(presented: str, token: str) -> bool:
     return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), token.encode("utf-8"))
 
 
-def token_middleware(token: str | None, require_for_reads: bool) -> Middleware:
+def token_middleware(token: str | None) -> Middleware:
     """An aiohttp middleware enforcing the rules in this module's docstring.
 
-    ``token`` None (or empty) means none is configured: reads are open (the server refuses to bind
-    beyond loopback in that case, see :func:`check_bind`) and every write is refused with 403.
+    ``token`` None means none is configured: reads are open (the server refuses to bind beyond
+    loopback in that case, see :func:`check_bind`) and every write is refused with 403.
     """
-    token = token or None
+    token = check_token(token)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in OPEN_PATHS:
-            return await handler(request)
         write = request.method not in READ_METHODS
         what = f"{request.method} {request.path}"
         if token is None:
-            if write or require_for_reads:
-                why = "changes the collector" if write else "is served beyond loopback"
-                return _refuse(403, f"{what} {why} and needs an API token, but none is configured;"
-                                    f" start deltafeed with --api-token TOKEN or set {TOKEN_ENV}")
+            if write:
+                return _refuse(403, f"{what} changes the collector and needs an API token, but none is"
+                                    f" configured; start deltafeed with --api-token TOKEN or set {TOKEN_ENV}")
             return await handler(request)  # reads on loopback without a token: open
+        if "token" in request.query and request.method not in QUERY_TOKEN_METHODS:
+            return _refuse(401, f"{what}: a {request.method} never takes the token from the query string"
+                                " (URLs end up in logs and histories); drop ?token= and send the header"
+                                " 'Authorization: Bearer TOKEN'")
         presented = presented_token(request)
         if presented is None:
-            if write or require_for_reads:
-                return _refuse(401, f"{what} needs the API token; send the header 'Authorization: Bearer TOKEN'"
-                                    " (or ?token=TOKEN where headers cannot be set, e.g. a browser's WebSocket)")
-            return await handler(request)
+            return _refuse(401, f"{what} needs the API token; {_HOW}")
         if not token_matches(presented, token):
             return _refuse(401, f"{what}: the API token is wrong; send the one given to --api-token"
                                 f" or {TOKEN_ENV} as 'Authorization: Bearer TOKEN'")

@@ -2,9 +2,10 @@
 
 Every error is JSON, ``{"error": "..."}``, with a message that names the problem and the fix, and
 the status that fits: 400 for a bad parameter, 404 for an unknown instrument, timeframe or path,
-405 for a wrong method, 413 for a body too large, 503 when the collector cannot answer. The
-router's own errors (unknown path, wrong method, body too large) are turned into the same shape by
-:func:`error_middleware`.
+405 for a wrong method, 408 for a body that does not arrive, 413 for a body too large, 503 when the
+collector cannot answer. The router's own errors (unknown path, wrong method, body too large) are
+turned into the same shape by :func:`error_middleware`; requests too malformed to reach it (a path
+or header too long) by the connection guard (:mod:`deltafeed.api.guard`).
 
 Candles are served from the engine's hot tier when it covers the range and from the cold store
 otherwise (``Engine.candles``). Every candle carries its state: ``forming`` (its interval is not
@@ -16,7 +17,7 @@ only final candles.
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import csv
 import io
 import logging
@@ -26,6 +27,7 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from deltafeed.api.guard import HEADER_TIMEOUT_S
 from deltafeed.cli import iso, num
 from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle, Instrument, canonical_series, time_ms
 from deltafeed.store.base import StoreError
@@ -68,7 +70,11 @@ def http_error(cls: type[web.HTTPException], message: str) -> web.HTTPException:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Gives the router's and aiohttp's own errors (404, 405, 413, ...) the JSON error shape."""
+    """Gives the router's and aiohttp's own errors (404, 405, 413, ...) the JSON error shape, and
+    refuses a query parameter given twice (which one would count is a guess)."""
+    repeated = sorted({k for k in request.query if len(request.query.getall(k)) > 1})
+    if repeated:
+        return error_response(400, f"query parameter(s) {', '.join(repeated)} given more than once; give each once")
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -87,6 +93,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = f"{what}: {exc.text or exc.reason}"
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after", "www-authenticate")}
         return error_response(exc.status, message, headers)
+    except web.RequestPayloadError as exc:  # a body that cannot be read: bad chunks, bad gzip, cut short
+        cause = exc.__cause__ or exc
+        detail = (str(getattr(cause, "message", "")) or str(cause)).strip().splitlines()
+        resp = error_response(400, f"{request.method} {request.path}: the request body cannot be read"
+                                   f" ({detail[0].rstrip(':') if detail else 'malformed'}); send it whole, as plain"
+                                   " JSON (or valid gzip or deflate with the Content-Encoding saying so)")
+        resp.force_close()  # the rest of that body cannot be skipped reliably: no next request on it
+        return resp
     except StoreError as exc:  # before BadInput: a busy store (StoreBusy) is both
         return error_response(503, f"the candle store cannot answer now ({exc}); retry shortly")
     except BadInput as exc:
@@ -102,20 +116,43 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 # --- parameters ---------------------------------------------------------------------------------
 
 
+#: The times ``since`` and ``until`` may name: the years 1 to 9999, as ISO-8601 can write them.
+MIN_TIME_MS = -62_135_596_800_000
+MAX_TIME_MS = 253_402_300_799_999
+
+
+def _is_integer(text: str) -> bool:
+    """An optional ``-`` and ASCII digits only (``str.isdigit`` also takes ``²`` and ``١``, which
+    ``int`` then refuses or reads as digits; ``int`` alone takes ``1_000`` and spaces)."""
+    digits = text[1:] if text.startswith("-") else text
+    return digits.isascii() and digits.isdigit()
+
+
 def parse_time(text: str, name: str) -> int:
     """``since``/``until``: epoch milliseconds, or an ISO-8601 time (UTC unless it says otherwise).
 
     A ``+`` in a query string means a space, so ``...T08:00:00+01:00`` sent unescaped arrives as
-    ``...T08:00:00 01:00``; that form is read as the offset it was meant to be.
+    ``...T08:00:00 01:00``; that form is read as the offset it was meant to be. Anything else, or a
+    time outside the years 1 to 9999, is a 400 naming the parameter.
     """
     t = text.strip()
-    if t.lstrip("-").isdigit():
-        return int(t)
-    for candidate in (t, _plus_back(t)):
-        with contextlib.suppress(ValueError):
-            return time_ms(candidate)
-    raise http_error(web.HTTPBadRequest, f"{name}={text!r} is neither epoch milliseconds nor an ISO-8601 time;"
-                                         f" write e.g. {name}=1767225600000 or {name}=2026-01-01T00:00:00Z")
+    ms: int | None = None
+    if _is_integer(t):
+        ms = int(t)
+    else:
+        for candidate in (t, _plus_back(t)):
+            try:
+                ms = time_ms(candidate)
+                break
+            except (ValueError, OverflowError):
+                continue
+    if ms is None:
+        raise http_error(web.HTTPBadRequest, f"{name}={text!r} is neither epoch milliseconds nor an ISO-8601 time;"
+                                             f" write e.g. {name}=1767225600000 or {name}=2026-01-01T00:00:00Z")
+    if not MIN_TIME_MS <= ms <= MAX_TIME_MS:
+        raise http_error(web.HTTPBadRequest, f"{name}={text!r} is outside the years 1 to 9999; write a time"
+                                             f" between {MIN_TIME_MS} and {MAX_TIME_MS} (epoch ms)")
+    return ms
 
 
 def _plus_back(t: str) -> str:
@@ -124,10 +161,7 @@ def _plus_back(t: str) -> str:
 
 
 def parse_limit(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
+    n = int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else 0
     if not 1 <= n <= MAX_CANDLES:
         raise http_error(web.HTTPBadRequest, f"limit={text!r} is not a whole number from 1 to {MAX_CANDLES};"
                                              " write e.g. limit=500")
@@ -174,8 +208,9 @@ def _json(doc: object, status: int = 200, headers: dict[str, str] | None = None)
 
 
 class _Routes:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, body_timeout_s: float) -> None:
         self.engine = engine
+        self.body_timeout_s = body_timeout_s
 
     async def health(self, request: web.Request) -> web.Response:
         reasons = self.engine.health()
@@ -207,7 +242,12 @@ class _Routes:
 
     async def _control_body(self, request: web.Request) -> list[str] | None:
         """``{"instruments": [...]}`` (optional; absent or null = every instrument), validated."""
-        raw = await request.read()
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                raw = await request.read()
+        except TimeoutError:
+            raise http_error(web.HTTPRequestTimeout, "the request body did not arrive within"
+                                                     f" {self.body_timeout_s:g} s; send it with the request") from None
         if not raw.strip():
             return None
         usage = 'send {"instruments": ["binance:BTCUSDT", ...]}, or no body for every instrument'
@@ -322,9 +362,12 @@ def streaming_status(engine: Engine) -> dict[str, Any]:
     return status
 
 
-def add_http_routes(app: web.Application, engine: Engine) -> None:
-    """Add the HTTP endpoints (see :func:`openapi_spec`) serving ``engine`` to ``app``."""
-    r = _Routes(engine)
+def add_http_routes(app: web.Application, engine: Engine, body_timeout_s: float = HEADER_TIMEOUT_S) -> None:
+    """Add the HTTP endpoints (see :func:`openapi_spec`) serving ``engine`` to ``app``.
+
+    ``body_timeout_s`` bounds the wait for a POST's body: a client trickling it holds a connection.
+    """
+    r = _Routes(engine, body_timeout_s)
     app.router.add_get("/health", r.health)
     app.router.add_get("/streaming/status", r.status)
     app.router.add_post("/streaming/start", r.start)
@@ -344,12 +387,13 @@ def _err(description: str) -> dict[str, Any]:
             "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
-_READ_ERRORS = {"401": _err("Token missing or wrong (reads need it when served beyond loopback)"),
-                "403": _err("Served beyond loopback without a token configured")}
+_READ_ERRORS = {"400": _err("A query parameter given twice, a malformed name, or a request too long to parse"),
+                "401": _err("Token missing or wrong (every request needs it when one is configured)")}
 _WRITE_ERRORS = {"400": _err("Bad body: not JSON, or not {\"instruments\": [...]}, or a malformed name"),
-                 "401": _err("Token missing or wrong"),
+                 "401": _err("Token missing or wrong, or sent as ?token= (POST takes it only as a header)"),
                  "403": _err("No token is configured: start with --api-token or DELTAFEED_API_TOKEN"),
                  "404": _err("An instrument this run does not collect"),
+                 "408": _err("The body did not arrive in time"),
                  "413": _err(f"Body larger than {MAX_BODY_BYTES} bytes")}
 _INSTRUMENT_LIST = {"type": "array", "items": {"type": "string"}, "examples": [["binance:BTCUSDT"]]}
 
@@ -375,8 +419,9 @@ def openapi_spec() -> dict[str, Any]:
             "description": (
                 "Candles a deltafeed collector keeps: live and complete. Errors are JSON "
                 "{\"error\": message} naming the problem and the fix. Authentication: a bearer token "
-                "(Authorization: Bearer TOKEN, or ?token=TOKEN). POST endpoints always need it; reads need it "
-                "when the server is bound beyond loopback; /health, /openapi.json and /docs never do. "
+                "(Authorization: Bearer TOKEN, or ?token=TOKEN on a GET such as a browser's WebSocket). With a "
+                "token configured every endpoint needs it; without one only loopback is served, reads are open "
+                "and POST endpoints are refused (403). "
                 "Live candles stream over the WebSocket at /ws (see the README)."
             ),
         },
@@ -445,14 +490,15 @@ def openapi_spec() -> dict[str, Any]:
         },
         "paths": {
             "/health": {"get": {
-                "summary": "Health of the collector (never needs a token)",
-                "security": [],
+                "summary": "Health of the collector",
+                "security": secured,
                 "responses": {
                     "200": {"description": "Healthy", "content": {_JSON: {"schema": {
                         "type": "object", "properties": {"status": {"const": "ok"}}}}}},
                     "503": {"description": "Degraded, with the reasons", "content": {_JSON: {"schema": {
                         "type": "object", "properties": {"status": {"const": "degraded"},
                                                          "reasons": {"type": "array", "items": {"type": "string"}}}}}}},
+                    **_READ_ERRORS,
                 },
             }},
             "/streaming/status": {"get": {
@@ -546,8 +592,8 @@ def openapi_spec() -> dict[str, Any]:
                                                     "2026-01-01T00:00:00Z,100.5,101,100,100.75,12.5,42,final\n"},
                         },
                     },
-                    "400": _err("A bad parameter (time, limit, format, final, malformed name, range too wide)"),
                     **_READ_ERRORS,
+                    "400": _err("A bad parameter (time, limit, format, final, malformed name, range too wide)"),
                     "404": _err("An instrument or timeframe this collector does not serve"),
                     "503": _err("The database cannot answer now; retry"),
                 },
@@ -586,13 +632,15 @@ def openapi_spec() -> dict[str, Any]:
                               **_READ_ERRORS},
             }},
             "/openapi.json": {"get": {
-                "summary": "This document", "security": [],
+                "summary": "This document", "security": secured,
                 "responses": {"200": {"description": "OpenAPI 3.1",
-                                      "content": {_JSON: {"schema": {"type": "object"}}}}},
+                                      "content": {_JSON: {"schema": {"type": "object"}}}},
+                              **_READ_ERRORS},
             }},
             "/docs": {"get": {
-                "summary": "This document as a readable page", "security": [],
-                "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}},
+                "summary": "This document as a readable page", "security": secured,
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}},
+                              **_READ_ERRORS},
             }},
         },
     }

@@ -284,7 +284,7 @@ class Hub:
     timeframes collected (subscriptions to others are refused). Counters: ``dropped`` (messages a slow
     client did not get: conflated away, skipped heartbeats, or queued when it was disconnected),
     ``conflated`` (the first kind alone), ``disconnected_slow``, ``delivered`` (queue entries written
-    to sockets; a snapshot counts as one).
+    to sockets; a snapshot counts as one), ``bad_ops`` (ops the endpoints refused).
     """
 
     def __init__(
@@ -332,6 +332,7 @@ class Hub:
         self.conflated = 0
         self.disconnected_slow = 0
         self.delivered = 0
+        self.bad_ops = 0  # ops refused by the WebSocket endpoints (counted there)
 
     @property
     def clients(self) -> int:

@@ -2,9 +2,10 @@
 
 The engine keeps plain integer counters and fixed-bucket histograms (``deltafeed.stats``) that cost a
 field increment or a bisect on the hot path; nothing here runs until Prometheus scrapes. Then
-:class:`EngineCollector` reads ``engine.status()``, ``engine.health()``, the engine's histograms and
-the fan-out hub's counters, and turns them into metric families. Each server has its own
-``CollectorRegistry``, so two servers (or two tests) in one process never share or clash.
+:class:`EngineCollector` reads ``engine.status()``, ``engine.health()``, the engine's histograms, the
+fan-out hub's counters and the API's connection guard's, and turns them into metric families. Each
+server has its own ``CollectorRegistry``, so two servers (or two tests) in one process never share
+or clash.
 
 Names follow Prometheus' rules: a ``deltafeed_`` prefix, base units (``_seconds``), ``_total`` on
 counters (added by prometheus-client), labels ``instrument`` (``binance:BTCUSDT``) and ``venue``.
@@ -24,6 +25,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from deltafeed.stats import Histogram
 
 if TYPE_CHECKING:
+    from deltafeed.api.guard import ConnectionGuard
     from deltafeed.engine import Engine
 
 #: How Prometheus writes a bucket bound (``le``): "0.005", "1.0", "+Inf".
@@ -102,9 +104,10 @@ def histogram_family(name: str, documentation: str, hist: Histogram) -> Histogra
 class EngineCollector(Collector):
     """Reads an engine (and the API's fan-out hub) when the registry is collected; holds no state."""
 
-    def __init__(self, engine: Engine, hub: Any = None) -> None:
+    def __init__(self, engine: Engine, hub: Any = None, guard: ConnectionGuard | None = None) -> None:
         self.engine = engine
         self.hub = hub
+        self.guard = guard
 
     def describe(self) -> Iterable[Metric]:
         return []  # nothing to check at registration: the names are fixed and the registry is private
@@ -209,9 +212,46 @@ class EngineCollector(Collector):
             clients.add_metric([], _count(getattr(hub, "clients", 0)))
             dropped.add_metric([], _count(getattr(hub, "dropped", 0)))
             slow.add_metric([], _count(getattr(hub, "disconnected_slow", 0)))
+        bad_ops = CounterMetricFamily("deltafeed_api_bad_ws_ops",
+                                      "WebSocket ops refused (unreadable or invalid), each answered with an error")
+        if hub is not None:
+            bad_ops.add_metric([], _count(getattr(hub, "bad_ops", 0)))
         yield clients
         yield dropped
         yield slow
+        yield bad_ops
+        yield from self._guard_metrics()
+
+    def _guard_metrics(self) -> Iterator[Metric]:
+        """The API's connections: how many, and those refused, evicted, timed out or unparseable."""
+        guard = self.guard
+        if guard is None:
+            return
+        gauges = (
+            ("deltafeed_api_connections", "HTTP and WebSocket connections open to the API", guard.connections),
+            ("deltafeed_api_connections_waiting_for_headers", "API connections whose request headers are not"
+             " complete yet", guard.waiting_for_headers),
+            ("deltafeed_api_max_connections", "Most connections the API serves at once", guard.max_connections),
+        )
+        for name, doc, value in gauges:
+            gauge = GaugeMetricFamily(name, doc)
+            gauge.add_metric([], float(value))
+            yield gauge
+        counters = (
+            ("deltafeed_api_connections_accepted", "Connections the API accepted", guard.accepted),
+            ("deltafeed_api_connections_refused", "Connections refused (503) because every allowed connection"
+             " was busy", guard.refused),
+            ("deltafeed_api_connections_evicted", "Connections closed to make room for a new one (waiting for"
+             " headers, or idle)", guard.evicted),
+            ("deltafeed_api_header_timeouts", "Connections closed because a request's headers took too long",
+             guard.header_timeouts),
+            ("deltafeed_api_bad_requests", "Requests too malformed to parse (answered 400 or 431)",
+             guard.bad_requests),
+        )
+        for name, doc, value in counters:
+            fam = CounterMetricFamily(name, doc)
+            fam.add_metric([], float(value))
+            yield fam
 
 
 def _venues(status: dict[str, Any], venue: str) -> dict[str, dict[str, Any]]:
@@ -222,16 +262,17 @@ def _venues(status: dict[str, Any], venue: str) -> dict[str, dict[str, Any]]:
     return {venue: status}
 
 
-def make_registry(engine: Engine, hub: Any = None) -> CollectorRegistry:
+def make_registry(engine: Engine, hub: Any = None, guard: ConnectionGuard | None = None) -> CollectorRegistry:
     """A private registry holding only the engine's collector."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(EngineCollector(engine, hub))
+    registry.register(EngineCollector(engine, hub, guard))
     return registry
 
 
-def add_metrics_route(app: web.Application, engine: Engine, hub: Any = None) -> CollectorRegistry:
+def add_metrics_route(app: web.Application, engine: Engine, hub: Any = None,
+                      guard: ConnectionGuard | None = None) -> CollectorRegistry:
     """Serve ``GET /metrics`` (Prometheus text, or OpenMetrics when the scraper asks for it)."""
-    registry = make_registry(engine, hub)
+    registry = make_registry(engine, hub, guard)
 
     async def metrics(request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))

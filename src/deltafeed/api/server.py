@@ -8,17 +8,21 @@ Typical use, next to a running engine::
     await stop_api(runner)
 
 The engine is not owned: stopping the API leaves it collecting, and the API can be started again
-(with a new ``Hub``: see :func:`stop_api`).
+(with a new ``Hub``: see :func:`stop_api`). Every connection goes through the application's
+:class:`~deltafeed.api.guard.ConnectionGuard` (header deadline, connection cap, JSON for requests
+aiohttp cannot parse); every request through the token check (:mod:`deltafeed.api.auth`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from deltafeed.api.auth import RedactingAccessLogger, check_bind, is_loopback, token_middleware
+from deltafeed.api.auth import RedactingAccessLogger, check_bind, check_token, token_middleware
+from deltafeed.api.guard import BACKLOG, ApiLimits, ConnectionGuard
 from deltafeed.api.http import MAX_BODY_BYTES, add_http_routes, error_middleware
 from deltafeed.api.metrics import add_metrics_route
 
@@ -31,18 +35,25 @@ log = logging.getLogger("deltafeed.api")
 #: How long a stop waits for requests in flight (a candle query, a WebSocket's goodbye) before it
 #: cancels them.
 SHUTDOWN_TIMEOUT_S = 2.0
+#: Where an application keeps its connection guard.
+GUARD = web.AppKey("guard", ConnectionGuard)
 
 
-def build_app(engine: Engine, hub: Hub | None, token: str | None, require_for_reads: bool) -> web.Application:
-    """The application: JSON errors, the token check, HTTP routes, ``/metrics`` and (with a hub) ``/ws``.
+def build_app(engine: Engine, hub: Hub | None, token: str | None, limits: ApiLimits | None = None
+              ) -> web.Application:
+    """The application: the connection guard's bookkeeping, JSON errors, the token check, HTTP
+    routes, ``/metrics`` and (with a hub) ``/ws``.
 
     With ``hub`` None there is no WebSocket endpoint. The hub is attached to the engine when the
-    application starts, so that the engine hands it candles, trades and prices.
+    application starts, so that the engine hands it candles, trades and prices. The guard
+    (``app[GUARD]``) takes effect when the application is served by :func:`start_api`.
     """
-    app = web.Application(middlewares=[error_middleware, token_middleware(token, require_for_reads)],
+    guard = ConnectionGuard(limits)
+    app = web.Application(middlewares=[guard.middleware(), error_middleware, token_middleware(token)],
                           client_max_size=MAX_BODY_BYTES)
-    add_http_routes(app, engine)
-    add_metrics_route(app, engine, hub)
+    app[GUARD] = guard
+    add_http_routes(app, engine, body_timeout_s=guard.limits.header_timeout_s)
+    add_metrics_route(app, engine, hub, guard)
     if hub is not None:
         from deltafeed.api.ws import add_ws_routes  # the fan-out's endpoints
 
@@ -55,18 +66,46 @@ def build_app(engine: Engine, hub: Hub | None, token: str | None, require_for_re
     return app
 
 
-async def start_api(engine: Engine, hub: Hub | None, host: str, port: int, token: str | None) -> web.AppRunner:
+class GuardedSite(web.BaseSite):
+    """A TCP site whose connections go through the application's :class:`ConnectionGuard`."""
+
+    __slots__ = ("_guard", "_host", "_port")
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, guard: ConnectionGuard) -> None:
+        super().__init__(runner, backlog=BACKLOG)
+        self._host = host
+        self._port = port
+        self._guard = guard
+
+    @property
+    def name(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host or "0.0.0.0"
+        return f"http://{host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        if server is None:
+            raise RuntimeError("the runner is not set up; call runner.setup() first")
+        factory = self._guard.protocol_factory(server, RedactingAccessLogger)
+        self._server = await asyncio.get_running_loop().create_server(
+            factory, self._host or None, self._port, backlog=self._backlog)
+
+
+async def start_api(engine: Engine, hub: Hub | None, host: str, port: int, token: str | None,
+                    limits: ApiLimits | None = None) -> web.AppRunner:
     """Serve the API on ``host:port`` (port 0 picks a free one); :func:`api_url` tells where.
 
-    Binding beyond loopback needs a token (:class:`~deltafeed.model.BadInput` otherwise), and then
-    reads need it too; on loopback only the POST endpoints do.
+    With ``token`` every request needs it. Without, only loopback may be served
+    (:class:`~deltafeed.model.BadInput` otherwise), its reads open and its POSTs refused; a blank
+    token is refused too. ``limits`` bound connections (see :mod:`deltafeed.api.guard`).
     """
-    token = token or None
+    token = check_token(token)
     check_bind(host, token)
-    app = build_app(engine, hub, token, require_for_reads=not is_loopback(host))
+    app = build_app(engine, hub, token, limits)
     runner = web.AppRunner(app, access_log_class=RedactingAccessLogger, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = GuardedSite(runner, host, port, app[GUARD])
     try:
         await site.start()
     except OSError as exc:
@@ -75,8 +114,16 @@ async def start_api(engine: Engine, hub: Hub | None, host: str, port: int, token
 
         raise BadInput(f"cannot serve the API on {host}:{port} ({exc.strerror or exc}); pass --api HOST:PORT"
                        " with a free port (or --api off), or stop the program using it") from None
-    log.info("API listening on %s%s", api_url(runner), "" if token else " (no token: POST endpoints refused)")
+    guard = app[GUARD]
+    log.info("API listening on %s%s (at most %d connections, headers within %g s)", api_url(runner),
+             "" if token else " (no token: POST endpoints refused)", guard.max_connections,
+             guard.limits.header_timeout_s)
     return runner
+
+
+def api_guard(runner: web.AppRunner) -> ConnectionGuard:
+    """The connection guard of a server started by :func:`start_api` (its counters, its limits)."""
+    return runner.app[GUARD]
 
 
 def api_url(runner: web.AppRunner) -> str:

@@ -17,8 +17,9 @@
   - ``{"op":"unsubscribe","instrument":...,"timeframe":...}`` and
     ``{"op":"unsubscribe_trades","instrument":...}`` undo them (``unsubscribed`` reply).
 
-  Ops work on the path endpoints too. A bad op gets ``{"type":"error","message":...}`` naming the
-  problem and the fix, and the connection stays open.
+  Ops work on the path endpoints too. A bad op, whatever its bytes, gets
+  ``{"type":"error","message":...}`` naming the problem and the fix, is counted (``hub.bad_ops``,
+  ``deltafeed_api_bad_ws_ops_total``), and the connection stays open.
 
 Every client also gets a heartbeat every few seconds, and a ping every :data:`PING_EVERY_S`.
 Before the upgrade, a malformed instrument name is refused with HTTP 400, an instrument not served
@@ -169,40 +170,68 @@ class _Endpoints:
                 if msg.type == WSMsgType.TEXT:
                     self._on_text(client, msg.data)
                 elif msg.type == WSMsgType.BINARY:
-                    hub.send(client, ErrorMsg(f"binary messages are not understood; send JSON text, e.g. {EXAMPLE}"))
+                    self._refuse(client, f"binary messages are not understood; send JSON text, e.g. {EXAMPLE}")
                 elif msg.type == WSMsgType.ERROR:
-                    break  # aiohttp has closed it (1009 for a message too big, 1007 for bad UTF-8, ...)
+                    # A frame the protocol says ends the connection: aiohttp has closed it with the
+                    # reason (1009 for a message too big, 1007 for text that is not UTF-8, ...).
+                    hub.bad_ops += 1
+                    break
         finally:
             await hub.detach(client)
         return ws
 
-    def _on_text(self, c: Client, text: str) -> None:
-        """Apply one op. Synchronous on purpose: a subscription's snapshot and registration must not
-        be split by an await (see :meth:`Hub.subscribe`)."""
+    def _on_text(self, c: Client, text: object) -> None:
+        """Apply one op, or answer why not. Synchronous on purpose: a subscription's snapshot and
+        registration must not be split by an await (see :meth:`Hub.subscribe`).
+
+        Whatever the client sends, this returns: a refused op is counted (``hub.bad_ops``) and
+        answered with an error message, and the connection stays open.
+        """
+        try:
+            problem = self._apply(c, text)
+        except Exception:
+            log.exception("op %s from %s failed", _clip(text), c.name)
+            problem = "internal error while applying this op; it was logged, please report it"
+        if problem is not None:
+            self._refuse(c, problem)
+
+    def _refuse(self, c: Client, problem: str) -> None:
+        """Count a refused op and tell the client why (never raises: a reply that cannot be queued is
+        logged and dropped, the connection stays)."""
         hub = self.hub
+        hub.bad_ops += 1
+        try:
+            # Surrogates cannot be encoded; a message naming the input must never fail on it.
+            hub.send(c, ErrorMsg(problem.encode("utf-8", "replace").decode("utf-8")))
+        except Exception:
+            log.exception("cannot send an error reply to %s", c.name)
+
+    def _apply(self, c: Client, text: object) -> str | None:
+        """Apply the op in ``text``; None when applied, else the problem and its fix."""
+        if not isinstance(text, str):
+            return f"cannot read this message; send JSON text like {EXAMPLE}"
         try:
             op = _decode_op(text)
         except msgspec.DecodeError as exc:
-            clip = text if len(text) <= 80 else text[:77] + "..."
-            hub.send(c, ErrorMsg(f"cannot read {clip!r} ({exc}); send JSON like {EXAMPLE}"))
-            return
+            return f"cannot read {_clip(text)} ({exc}); send JSON like {EXAMPLE}"
+        hub = self.hub
         try:
             if op.op not in OPS:
-                raise BadInput(f"unknown op {op.op!r}; use one of {', '.join(OPS)}, e.g. {EXAMPLE}")
+                raise BadInput(f"unknown op {_clip(op.op)}; use one of {', '.join(OPS)}, e.g. {EXAMPLE}")
             if op.instrument is None:
                 raise BadInput(f"{op.op} needs an instrument, e.g. {EXAMPLE}")
             name = hub.check_instrument(op.instrument)
             timeframe = None if op.timeframe is None else hub.check_timeframe(op.timeframe)
             if op.op == "subscribe":
                 hub.subscribe(c, name, timeframe, op.snapshot, final=op.final)
-                return
+                return None
             if op.snapshot:
                 raise BadInput(f"snapshot only goes with subscribe, not {op.op}")
             if op.final:
                 raise BadInput(f"final only goes with subscribe, not {op.op} (unsubscribe ends either kind)")
             if op.op == "unsubscribe":
                 hub.unsubscribe(c, name, timeframe)
-                return
+                return None
             if timeframe is not None:
                 raise BadInput(f"trades have no timeframe; send {op.op} with an instrument only")
             if op.op == "subscribe_trades":
@@ -210,10 +239,14 @@ class _Endpoints:
             else:
                 hub.unsubscribe(c, name, None, trades=True)
         except BadInput as exc:
-            hub.send(c, ErrorMsg(str(exc)))
-        except Exception:
-            log.exception("op %r from %s failed", text, c.name)
-            hub.send(c, ErrorMsg("internal error while applying this op; it was logged, please report it"))
+            return str(exc)
+        return None
+
+
+def _clip(text: object, most: int = 80) -> str:
+    """``repr(text)``, cut to about ``most`` characters (errors and logs quote what was sent)."""
+    r = repr(text)
+    return r if len(r) <= most else r[:most - 4] + "...'"
 
 
 def add_ws_routes(app: web.Application, hub: Hub, *, max_msg_size: int = MAX_MSG_SIZE,
