@@ -58,7 +58,9 @@ async def attack(port: int, n: int, source: str, seconds: float, reopen_after: f
 
     announcer = asyncio.create_task(announce())
     await asyncio.gather(*(one() for _ in range(n)))
-    announcer.cancel()
+    if not announcer.done():  # some connections never started (the target ran out of descriptors)
+        announcer.cancel()
+        print("ready", flush=True)
     return stats
 
 

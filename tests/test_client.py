@@ -291,7 +291,7 @@ async def test_fetch_states_and_final_only(served: Collector) -> None:
     await engine.cold.write([(ETH, "1m", c) for c in restated])
     for c in restated:
         engine.hot.put(ETH, "1m", c)
-    async with Client(served.url) as df:
+    async with Client(served.url, token=TOKEN) as df:
         candles = await df.fetch_candles(ETH, "1m", since=old[0], until=old[-1])
         finals = await df.fetch_candles(ETH, "1m", since=old[0], until=old[-1], final=True)
         newest = await df.fetch_candles(ETH, "1m", until=old[-1], limit=4, final=True)
@@ -332,7 +332,7 @@ async def test_watches_with_final_only_and_closed_only(served: Collector) -> Non
         async for candle in df.watch_candles(BTC, "5m", snapshot=0, **kw):
             got[name].append(candle)
 
-    async with Client(served.url) as df:
+    async with Client(served.url, token=TOKEN) as df:
         tasks = [asyncio.create_task(watch(df, "final", final_only=True)),
                  asyncio.create_task(watch(df, "closed", closed_only=True)),
                  asyncio.create_task(watch(df, "plain"))]
