@@ -11,10 +11,10 @@ within the bound, and once the ballast is deleted everything is written and equa
 from __future__ import annotations
 
 import asyncio
-import re
 import contextlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
