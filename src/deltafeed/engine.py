@@ -698,7 +698,7 @@ class Engine:
                 break
             c.final = True  # the venue's own history
             old = prov.get(c.open_time)
-            if old is not None:
+            if old is not None and job.reconcile:
                 st.reconciled += 1
                 if not _same(old, c):
                     st.corrected += 1
