@@ -7,7 +7,8 @@ candles still forming; the engines' reconciled, corrected, repaired and gap coun
 median/p99 (from a hole found to the candles repaired); and the engines' exit codes.
 
     python bench/chaos.py [--venue binance|oanda] [--minutes 10] [--speed 120] [--faults-per-minute 6]
-                          [--seed 1] [--faults-seed N] [--rate 2] [--workdir DIR] [--tiers]
+                          [--faults close=1,drop=20] [--seed 1] [--faults-seed N] [--rate 2] [--workdir DIR]
+                          [--tiers]
 
 With ``--tiers`` the engine writes a private PostgreSQL and mirrors into a private Redis, and each
 of them is stopped for a tenth of the run (PostgreSQL from 20%, Redis from 60%) and started again.
@@ -29,7 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from chaos import SYMBOLS, VENUES, ChaosResult, run_chaos
+from chaos import FX_PRICES, SYMBOLS, VENUES, ChaosResult, run_chaos
+from deltafeed.replicas.faults import parse_faults
 from pg_server import PrivatePostgres
 from redis_server import PrivateRedis
 
@@ -45,12 +47,15 @@ def report(r: ChaosResult, args: argparse.Namespace) -> None:
           f"hours stored (30 min of history included), {len(SYMBOLS[args.venue])} instruments, {r.series} series x "
           f"timeframe, seed {args.seed}, faults seed {args.faults_seed if args.faults_seed is not None else args.seed}")
     print(f"exit codes {r.exit_codes} (one kill -9 at half time, then SIGTERM at the end); first engine started in "
-          f"{r.startup_s:.1f} s; settled {r.settled_s:.1f} s after the faults stopped")
+          f"{r.startup_s:.1f} s; stopped {r.settled_s:.1f} s after the faults did "
+          f"({'streaming again' if r.caught_up else 'NOT streaming again yet'})")
     print(f"faults injected ({sum(r.faults.values())}): " + ", ".join(f"{k}={n}" for k, n in r.faults.items()))
     print(f"final candles compared with the tape {r.final_compared}: mismatched {r.final_mismatched}")
     print(f"provisional left {r.provisional_left} ({r.provisional_differ} of them unlike the tape)  forming "
           f"{r.forming}  final marks {r.behind_ms / 60000:.1f} market minutes behind the end")
-    print(f"reconciled {r.total('reconciled')}  corrected {r.total('corrected')}  unconfirmed "
+    sides = "" if args.venue == "binance" else " (" + ", ".join(
+        f"{p.upper()} {r.per_instrument_total('corrected', price=p)}" for p in FX_PRICES) + ")"
+    print(f"reconciled {r.total('reconciled')}  corrected {r.total('corrected')}{sides}  unconfirmed "
           f"{r.per_instrument_total('unconfirmed')}  repaired {r.per_instrument_total('repaired')}  bootstrapped "
           f"{r.per_instrument_total('bootstrapped')}  gaps {r.per_instrument_total('gaps')} "
           f"(+{r.total('audit_gaps')} by audit)  duplicates suppressed {r.per_instrument_total('duplicates')}  "
@@ -87,6 +92,8 @@ async def main() -> int:
     ap.add_argument("--minutes", type=float, default=10.0, help="wall minutes of faults")
     ap.add_argument("--speed", type=float, default=120.0, help="market seconds per wall second")
     ap.add_argument("--faults-per-minute", type=float, default=6.0, help="per fault kind")
+    ap.add_argument("--faults", default="", metavar="SPEC",
+                    help="per-kind rates over --faults-per-minute, e.g. close=1,stall=1,drop=20 (0 leaves one out)")
     ap.add_argument("--rate", type=float, default=2.0, help="trades or quotes per market second per instrument")
     ap.add_argument("--seed", type=int, default=1, help="the market's seed")
     ap.add_argument("--faults-seed", type=int, default=None, help="the fault schedule's seed (default --seed)")
@@ -107,7 +114,8 @@ async def main() -> int:
     try:
         r = await run_chaos(work, venue=args.venue, wall_s=wall, speed=args.speed,
                             faults_per_minute=args.faults_per_minute, kill_at_s=wall / 2, seed=args.seed,
-                            faults_seed=args.faults_seed, rate=args.rate, db=pg.url if pg else None,
+                            faults_seed=args.faults_seed, rate=args.rate, fault_rates=parse_faults(args.faults),
+                            db=pg.url if pg else None,
                             hot=redis.url if redis else None, events=events)
     finally:
         if pg is not None:

@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ HISTORY_MS = 30 * 60_000
 #: for up to 70 market hours (35 wall minutes at x120).
 WEDNESDAY_UTC = 1_794_355_200_000
 STARTUP_TIMEOUT_S = 60.0  # wall seconds the first engine may take to start (a loaded machine is slow)
-CAUGHT_UP_MS = 120_000  # market ms: a series whose last trade is this recent streams again
+CAUGHT_UP_S = 3.0  # wall seconds the engine must stream without a break before it is stopped
 
 
 @dataclass
@@ -75,15 +75,18 @@ class ChaosResult:
     tape_rows: int = 0  # trades or quotes on the tape, history included
     startup_s: float = 0.0  # wall seconds from the first engine's launch to its first status file
     settled_s: float = 0.0  # wall seconds from the faults' end to the SIGTERM
+    caught_up: bool = False  # the engine streamed again before the SIGTERM (else max_settle_s ran out)
     workdir: Path | None = None  # where the tape, the store and engine.log are
 
     def total(self, key: str) -> int:
         """A top-level status counter, summed over the engine processes."""
         return sum(int(s.get(key, 0) or 0) for s in self.statuses)
 
-    def per_instrument_total(self, key: str) -> int:
-        """A per-series status counter, summed over every series and engine process."""
-        return sum(int(i.get(key, 0)) for s in self.statuses for i in s.get("instruments", {}).values())
+    def per_instrument_total(self, key: str, price: str | None = None) -> int:
+        """A per-series status counter, summed over every series (of one ``price`` side: trade, mid,
+        bid, ask; None for all) and engine process."""
+        return sum(int(i.get(key, 0)) for s in self.statuses for i in s.get("instruments", {}).values()
+                   if price is None or i.get("price") == price)
 
     def streamed(self) -> int:
         """Trades or quotes the engines took from their streams (a quote counted once, not per price side)."""
@@ -126,29 +129,36 @@ async def _first_status_ms(status: Path, proc: subprocess.Popen[bytes], now_ms: 
     return now_ms()
 
 
-def _caught_up(doc: dict[str, Any], now_ms: int, within_ms: int) -> bool:
-    """Whether a status says the engine streams again: connected, every series' last trade or
-    quote within ``within_ms`` of the venue's ``now_ms``, and no repair waiting."""
-    instruments = doc.get("instruments", {}).values()
-    return bool(doc.get("connected")) and not doc.get("pending_repairs") and all(
-        now_ms - int(i.get("last_trade_ms", 0)) <= within_ms for i in instruments)
+def _streaming(doc: dict[str, Any]) -> bool:
+    """Whether a status says the engine streams: connected, every series took a trade or quote
+    within the last second, and no repair is waiting."""
+    instruments = list(doc.get("instruments", {}).values())
+    ages = [i.get("last_message_age_s") for i in instruments]
+    return bool(doc.get("connected")) and not doc.get("pending_repairs") and bool(ages) and all(
+        a is not None and a <= 1.0 for a in ages)
 
 
-async def _settle(status: Path, now_ms: Callable[[], int], min_s: float, max_s: float) -> float:
-    """Wait at least ``min_s`` and at most ``max_s`` wall seconds, until the engine's status file says
-    it has caught up (a stream in its reconnect backoff may take up to 30 s to come back); returns the
-    seconds waited."""
+async def _settle(status: Path, min_s: float, max_s: float) -> tuple[float, bool]:
+    """Wait at least ``min_s`` and at most ``max_s`` wall seconds, until the engine's status file has
+    said for CAUGHT_UP_S in a row that it streams (a stream in its reconnect backoff may take up to
+    30 s to come back, and a reconnect's first lines alone do not count); returns the seconds waited
+    and whether it did catch up."""
     started = time.monotonic()
     await asyncio.sleep(min_s)
+    since: float | None = None
     while time.monotonic() - started < max_s:
         try:
             doc = json.loads(status.read_text())
         except (OSError, ValueError):
             doc = {}
-        if _caught_up(doc, now_ms(), CAUGHT_UP_MS):
-            break
+        if not _streaming(doc):
+            since = None
+        elif since is None:
+            since = time.monotonic()
+        elif time.monotonic() - since >= CAUGHT_UP_S:
+            return time.monotonic() - started, True
         await asyncio.sleep(0.25)
-    return time.monotonic() - started
+    return time.monotonic() - started, False
 
 
 def _fields(c: Candle | RefCandle) -> tuple[float, float, float, float, float, int]:
@@ -158,7 +168,7 @@ def _fields(c: Candle | RefCandle) -> tuple[float, float, float, float, float, i
 async def run_chaos(tmp: Path, *, venue: str = "binance", wall_s: float, speed: float = 120.0,
                     faults_per_minute: float = 6.0, kill_at_s: float | None = None, seed: int = 1,
                     faults_seed: int | None = None, rate: float = 2.0, settle_s: float = 8.0,
-                    max_settle_s: float = 45.0,
+                    max_settle_s: float = 45.0, fault_rates: Mapping[str, float] | None = None,
                     db: str | None = None, hot: str | None = None,
                     events: list[tuple[float, Callable[[], None]]] | None = None) -> ChaosResult:
     """Run the engine ``wall_s`` seconds against a faulty ``venue`` replica; see the module docstring.
@@ -167,7 +177,8 @@ async def run_chaos(tmp: Path, *, venue: str = "binance", wall_s: float, speed: 
     later and started again, the faults stop at ``wall_s``, then the engine gets at least
     ``settle_s`` and at most ``max_settle_s`` to catch up (streaming again, no repair waiting)
     before its SIGTERM. ``seed`` seeds the market, ``faults_seed`` (default ``seed``) the fault
-    schedule, each kind ``faults_per_minute`` times per wall minute (faults start with the replica).
+    schedule, each kind ``faults_per_minute`` times per wall minute (faults start with the replica)
+    unless ``fault_rates`` gives its own rate (0 leaves a kind out).
     ``db`` is the cold store (default a DuckDB file in ``tmp``), ``hot`` an optional Redis URL, and
     ``events`` (wall seconds, function) run in a worker thread at their time. Everything (tape,
     store, engine.log, status files) is left in ``tmp``.
@@ -178,7 +189,8 @@ async def run_chaos(tmp: Path, *, venue: str = "binance", wall_s: float, speed: 
     tape = tmp / "tape.csv"
     db = db or str(tmp / "chaos.duckdb")
     fseed = seed if faults_seed is None else faults_seed
-    faults = {k: faults_per_minute for k in VENUE_FAULT_KINDS[venue]}
+    faults = {k: faults_per_minute for k in VENUE_FAULT_KINDS[venue]} | dict(fault_rates or {})
+    faults = {k: rate for k, rate in faults.items() if rate > 0}
     replica: BinanceReplica | OandaReplica
     env = dict(os.environ)
     if venue == "binance":
@@ -244,7 +256,7 @@ async def run_chaos(tmp: Path, *, venue: str = "binance", wall_s: float, speed: 
         await scheduled
         injected = replica.faults_injected()
         replica.faults = None  # the storm is over: let the engine finish its repairs
-        settled_s = await _settle(status, replica.clock.now_ms, settle_s, max(settle_s, max_settle_s))
+        settled_s, caught_up = await _settle(status, settle_s, max(settle_s, max_settle_s))
         proc.send_signal(signal.SIGTERM)
         exit_codes.append(await _wait_exit(proc, 20))  # within the stop grace (10 s) and the write-out
         collect(status)
@@ -255,7 +267,7 @@ async def run_chaos(tmp: Path, *, venue: str = "binance", wall_s: float, speed: 
         await replica.stop()
 
     result = ChaosResult(venue=venue, faults=injected, statuses=statuses, exit_codes=exit_codes, workdir=tmp,
-                         startup_s=startup_s, settled_s=settled_s)
+                         startup_s=startup_s, settled_s=settled_s, caught_up=caught_up)
     # The first engine asked for its history at a venue time between its launch and its first
     # status file (written once it has started): its series must start `history` before that.
     history_from = (launch_ms - HISTORY_MS, (end_ms if ready_ms is None else ready_ms) - HISTORY_MS)

@@ -23,6 +23,7 @@ def _check_window(r: ChaosResult, *, market_ms: int, compared: int) -> None:
     """What both venues must show: the right exits, faults of every kind, the whole stored window
     consecutive and every final candle equal to the tape, and nearly everything final at the end."""
     assert r.exit_codes == [-9, 0]  # killed once, stopped cleanly at the end
+    assert r.caught_up, f"not streaming again {r.settled_s:.0f} s after the faults stopped"
     assert set(r.faults) == set(VENUE_FAULT_KINDS[r.venue])
     assert all(n >= 1 for n in r.faults.values()), r.faults
     assert not r.problems, "\n".join(r.problems[:20])
@@ -62,7 +63,9 @@ async def test_oanda_final_candles_equal_the_quote_tape_through_faults_and_a_kil
     # Drop, dup and reorder changed candles the stream built; reconciliation caught them.
     assert all(r.faults[k] >= 1 for k in ("drop", "dup", "reorder")), r.faults
     assert r.total("reconciled") > 0
-    assert r.total("corrected") > 0
+    # BID, not MID: a MID candle the stream built is "corrected" by its last bit alone, since the
+    # stream's float (bid + ask) / 2 is not the venue's exact decimal mid for about a third of quotes.
+    assert r.per_instrument_total("corrected", price="bid") > 0
     assert r.total("reconnects") >= 2  # close, reset and stall ended streams, and they came back
 
 
