@@ -1,10 +1,21 @@
 """A chaos run, shared by tests/test_chaos.py and bench/chaos.py.
 
-The engine runs as a real process (`deltafeed run`) against a Binance replica that injects every
-fault kind; the engine is killed with SIGKILL once and started again; optional ``events`` (stopping
-and starting a private PostgreSQL or Redis) happen at given times; at the end the replica stops
-injecting, the engine settles and stops, and every stored 1m and 5m candle up to the engine's
-"final" marks is compared, field by field, with candles computed from the replica's tape.
+The engine runs as a real process (``deltafeed run``) against a venue replica that injects every
+fault kind it knows: Binance (trades with ids) or OANDA (quotes without ids, MID and BID candles,
+reconciled with the venue's history). The engine is killed with SIGKILL once and started again;
+optional ``events`` (stopping and starting a private PostgreSQL or Redis) happen at given times; at
+the end the replica stops injecting, the engine settles (until its status file says it streams
+again with no repair waiting, within limits) and is stopped with SIGTERM.
+
+Then the whole stored window is checked, not only what lies before the engine's final marks, because
+"final" is a promise made candle by candle:
+
+* every stored candle marked final equals, field by field (open, high, low, close, volume to 8
+  decimals, trades), the candle computed independently from the replica's tape
+  (tests/reference.py); each one that does not is a mismatch;
+* closed candles that are not final (provisional) and candles still forming are counted;
+* each stored series is consecutive from its first candle to its last (no hole while the market is
+  open, no duplicate), and starts where the engine's history should.
 """
 
 from __future__ import annotations
@@ -16,45 +27,84 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deltafeed.model import TIMEFRAMES
+from deltafeed.candles.calendar import AlwaysOpen, Calendar, FxCalendar
+from deltafeed.model import TIMEFRAMES, Candle, series_key
 from deltafeed.replicas.binance import BinanceReplica
 from deltafeed.replicas.faults import KINDS
+from deltafeed.replicas.oanda import DEFAULT_ACCOUNT, DEV_TOKEN, FAULT_KINDS, OandaReplica
 from deltafeed.store.base import open_cold
-from reference import candles_from_tape, read_tape
+from reference import RefCandle, candles_from_tape, quote_candles_from_tape, read_quote_tape, read_tape
 
-SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+VENUES = ("binance", "oanda")
+SYMBOLS: dict[str, tuple[str, ...]] = {"binance": ("BTCUSDT", "ETHUSDT", "SOLUSDT"),
+                                       "oanda": ("EUR_USD", "USD_JPY", "GBP_USD")}
+#: Every fault kind each replica can inject (OANDA has no ``shutdown`` event).
+VENUE_FAULT_KINDS: dict[str, tuple[str, ...]] = {"binance": KINDS, "oanda": FAULT_KINDS}
+FX_PRICES = ("mid", "bid")  # the OANDA run keeps MID and BID candles of every instrument
 TIMEFRAMES_COMPARED = ("1m", "5m")
+HISTORY_MS = 30 * 60_000
+#: 2026-11-11 00:00 UTC, a Wednesday: the FX market is open from Sunday 17:00 to Friday 17:00
+#: New York, so the run (and the 30 minutes of history before it) stays inside one trading week
+#: for up to 70 market hours (35 wall minutes at x120).
+WEDNESDAY_UTC = 1_794_355_200_000
+STARTUP_TIMEOUT_S = 60.0  # wall seconds the first engine may take to start (a loaded machine is slow)
+CAUGHT_UP_S = 3.0  # wall seconds the engine must stream without a break before it is stopped
 
 
 @dataclass
 class ChaosResult:
+    venue: str
     faults: dict[str, int]
     statuses: list[dict[str, Any]]  # the last status of every engine process, in order
-    compared: int = 0  # candles compared with the tape
-    mismatches: list[str] = field(default_factory=list)
-    market_ms: int = 0  # market time the run covered (first compared candle to the last)
-    behind_ms: int = 0  # how far the final marks trail the market's end, at most
+    final_compared: int = 0  # stored final candles compared with the tape
+    final_mismatched: int = 0  # of those, how many differ from it (must be 0)
+    provisional_left: int = 0  # stored closed candles that are not final at the end
+    provisional_differ: int = 0  # of those, how many differ from the tape (fine: nobody vouched for them)
+    forming: int = 0  # stored candles not closed (the stop leaves the newest ones forming)
+    series: int = 0  # (series, timeframe) pairs checked
+    mismatches: list[str] = field(default_factory=list)  # final candles unlike the tape
+    problems: list[str] = field(default_factory=list)  # holes, duplicates, late or missing history
+    market_ms: int = 0  # market time the stored window covers (first stored candle to the last), at most
+    behind_ms: int = 0  # how far the stored final marks trail the market's end, at most
     exit_codes: list[int] = field(default_factory=list)
+    tape_rows: int = 0  # trades or quotes on the tape, history included
+    startup_s: float = 0.0  # wall seconds from the first engine's launch to its first status file
+    settled_s: float = 0.0  # wall seconds from the faults' end to the SIGTERM
+    caught_up: bool = False  # the engine streamed again before the SIGTERM (else max_settle_s ran out)
+    workdir: Path | None = None  # where the tape, the store and engine.log are
 
     def total(self, key: str) -> int:
-        return sum(int(s.get(key, 0)) for s in self.statuses)
+        """A top-level status counter, summed over the engine processes."""
+        return sum(int(s.get(key, 0) or 0) for s in self.statuses)
 
-    def per_instrument_total(self, key: str) -> int:
-        return sum(int(i.get(key, 0)) for s in self.statuses for i in s.get("instruments", {}).values())
+    def per_instrument_total(self, key: str, price: str | None = None) -> int:
+        """A per-series status counter, summed over every series (of one ``price`` side: trade, mid,
+        bid, ask; None for all) and engine process."""
+        return sum(int(i.get(key, 0)) for s in self.statuses for i in s.get("instruments", {}).values()
+                   if price is None or i.get("price") == price)
+
+    def streamed(self) -> int:
+        """Trades or quotes the engines took from their streams (a quote counted once, not per price side)."""
+        return sum(int(i.get("trades", 0)) for s in self.statuses for i in s.get("instruments", {}).values()
+                   if i.get("price") in ("trade", "mid"))
 
     def recovery_s(self) -> list[float]:
         return sorted(x for s in self.statuses for x in s.get("recovery_s", []))
 
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches and not self.problems
 
-def _engine(config: Path, log: Path) -> subprocess.Popen[bytes]:
+
+def _engine(config: Path, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     out = open(log, "ab")  # noqa: SIM115 - handed to the child, closed with it
     return subprocess.Popen([sys.executable, "-m", "deltafeed", "run", "--config", str(config)],
-                            stdout=out, stderr=subprocess.STDOUT)
+                            stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 async def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:
@@ -67,21 +117,96 @@ async def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:
     return proc.returncode
 
 
-async def run_chaos(tmp: Path, *, wall_s: float, speed: float = 120.0, faults_per_minute: float = 6.0,
-                    kill_at_s: float | None = None, seed: int = 1, rate: float = 2.0,
-                    settle_s: float = 8.0, db: str | None = None, hot: str | None = None,
-                    events: list[tuple[float, Callable[[], None]]] | None = None) -> ChaosResult:
-    """Run the engine ``wall_s`` seconds against a faulty replica; see the module docstring.
+async def _first_status_ms(status: Path, proc: subprocess.Popen[bytes], now_ms: Callable[[], int],
+                           timeout_s: float) -> int | None:
+    """The venue's time when the engine's first status file appears (the engine has started), or
+    None if it exits or takes longer than ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not status.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return None
+        await asyncio.sleep(0.05)
+    return now_ms()
 
+
+def _streaming(doc: dict[str, Any]) -> bool:
+    """Whether a status says the engine streams: connected, every series took a trade or quote
+    within the last second, and no repair is waiting."""
+    instruments = list(doc.get("instruments", {}).values())
+    ages = [i.get("last_message_age_s") for i in instruments]
+    return bool(doc.get("connected")) and not doc.get("pending_repairs") and bool(ages) and all(
+        a is not None and a <= 1.0 for a in ages)
+
+
+async def _settle(status: Path, min_s: float, max_s: float) -> tuple[float, bool]:
+    """Wait at least ``min_s`` and at most ``max_s`` wall seconds, until the engine's status file has
+    said for CAUGHT_UP_S in a row that it streams (a stream in its reconnect backoff may take up to
+    30 s to come back, and a reconnect's first lines alone do not count); returns the seconds waited
+    and whether it did catch up."""
+    started = time.monotonic()
+    await asyncio.sleep(min_s)
+    since: float | None = None
+    while time.monotonic() - started < max_s:
+        try:
+            doc = json.loads(status.read_text())
+        except (OSError, ValueError):
+            doc = {}
+        if not _streaming(doc):
+            since = None
+        elif since is None:
+            since = time.monotonic()
+        elif time.monotonic() - since >= CAUGHT_UP_S:
+            return time.monotonic() - started, True
+        await asyncio.sleep(0.25)
+    return time.monotonic() - started, False
+
+
+def _fields(c: Candle | RefCandle) -> tuple[float, float, float, float, float, int]:
+    return (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades)
+
+
+async def run_chaos(tmp: Path, *, venue: str = "binance", wall_s: float, speed: float = 120.0,
+                    faults_per_minute: float = 6.0, kill_at_s: float | None = None, seed: int = 1,
+                    faults_seed: int | None = None, rate: float = 2.0, settle_s: float = 8.0,
+                    max_settle_s: float = 45.0, fault_rates: Mapping[str, float] | None = None,
+                    db: str | None = None, hot: str | None = None,
+                    events: list[tuple[float, Callable[[], None]]] | None = None) -> ChaosResult:
+    """Run the engine ``wall_s`` seconds against a faulty ``venue`` replica; see the module docstring.
+
+    Times count from the first engine's start (its first status file): it is killed ``kill_at_s``
+    later and started again, the faults stop at ``wall_s``, then the engine gets at least
+    ``settle_s`` and at most ``max_settle_s`` to catch up (streaming again, no repair waiting)
+    before its SIGTERM. ``seed`` seeds the market, ``faults_seed`` (default ``seed``) the fault
+    schedule, each kind ``faults_per_minute`` times per wall minute (faults start with the replica)
+    unless ``fault_rates`` gives its own rate (0 leaves a kind out).
     ``db`` is the cold store (default a DuckDB file in ``tmp``), ``hot`` an optional Redis URL, and
-    ``events`` (wall seconds from the start, function) run in a worker thread at their time.
+    ``events`` (wall seconds, function) run in a worker thread at their time. Everything (tape,
+    store, engine.log, status files) is left in ``tmp``.
     """
+    if venue not in VENUES:
+        raise ValueError(f"venue must be one of {', '.join(VENUES)}, not {venue!r}")
+    symbols = SYMBOLS[venue]
     tape = tmp / "tape.csv"
     db = db or str(tmp / "chaos.duckdb")
-    replica = BinanceReplica(symbols=SYMBOLS, seed=seed, rate=rate, speed=speed, history_ms=30 * 60_000,
-                             tape=str(tape), faults={k: faults_per_minute for k in KINDS}, faults_seed=seed,
-                             shutdown_grace_s=1.0, slow_s=1.0)
-    await replica.start()
+    fseed = seed if faults_seed is None else faults_seed
+    faults = {k: faults_per_minute for k in VENUE_FAULT_KINDS[venue]} | dict(fault_rates or {})
+    faults = {k: rate for k, rate in faults.items() if rate > 0}
+    replica: BinanceReplica | OandaReplica
+    env = dict(os.environ)
+    if venue == "binance":
+        replica = BinanceReplica(symbols=symbols, seed=seed, rate=rate, speed=speed, history_ms=HISTORY_MS,
+                                 tape=str(tape), faults=faults, faults_seed=fseed, shutdown_grace_s=1.0, slow_s=1.0)
+    else:
+        replica = OandaReplica(symbols=symbols, seed=seed, rate=rate, speed=speed, history_ms=HISTORY_MS,
+                               tape=str(tape), start_ms=WEDNESDAY_UTC, heartbeat_s=0.5, faults=faults,
+                               faults_seed=fseed, slow_s=1.0)
+        env.update(OANDA_TOKEN=DEV_TOKEN, OANDA_ACCOUNT=DEFAULT_ACCOUNT)
+    await replica.start()  # the replica's addresses are known from here on
+    if isinstance(replica, BinanceReplica):
+        venue_lines = [f'rest_url = "{replica.url}"', f'ws_url = "{replica.ws_url}"']
+    else:
+        venue_lines = ['venue = "oanda"', f'rest_url = "{replica.url}"', f'stream_url = "{replica.url}"',
+                       f"prices = {json.dumps(list(FX_PRICES))}"]
     statuses: list[dict[str, Any]] = []
     exit_codes: list[int] = []
     runs = 0
@@ -91,14 +216,14 @@ async def run_chaos(tmp: Path, *, wall_s: float, speed: float = 120.0, faults_pe
         runs += 1
         status = tmp / f"status-{runs}.json"
         config = tmp / f"engine-{runs}.toml"
-        lines = [f"symbols = {json.dumps(list(SYMBOLS))}", 'timeframes = ["1m", "5m"]', 'history = "30m"',
-                 f'db = "{db}"', f'spool = "{tmp / "chaos.spool"}"', f'rest_url = "{replica.url}"',
-                 f'ws_url = "{replica.ws_url}"', 'stale_after = "1.5s"', 'audit_every = "15s"',
+        lines = [*venue_lines, f"symbols = {json.dumps(list(symbols))}",
+                 f"timeframes = {json.dumps(list(TIMEFRAMES_COMPARED))}", 'history = "30m"',
+                 f'db = "{db}"', f'spool = "{tmp / "chaos.spool"}"', 'stale_after = "1.5s"', 'audit_every = "15s"',
                  f'status_file = "{status}"', 'api = "127.0.0.1:0"']
         if hot:
             lines.append(f'hot = "{hot}"')
         config.write_text("\n".join(lines) + "\n")
-        return _engine(config, tmp / "engine.log"), status
+        return _engine(config, tmp / "engine.log", env), status
 
     def collect(status: Path) -> None:
         if status.exists():
@@ -111,9 +236,15 @@ async def run_chaos(tmp: Path, *, wall_s: float, speed: float = 120.0, faults_pe
 
     scheduled: asyncio.Task[None] | None = None
     try:
-        t0 = time.monotonic()
-        scheduled = asyncio.create_task(timeline(t0))
+        launch_ms = replica.clock.now_ms()
+        launched = time.monotonic()
         proc, status = start_engine()
+        # The schedule counts from the first engine's start, however long a loaded machine takes to
+        # get there: the kill then always hits an engine that is streaming.
+        ready_ms = await _first_status_ms(status, proc, replica.clock.now_ms, STARTUP_TIMEOUT_S)
+        t0 = time.monotonic()
+        startup_s = t0 - launched
+        scheduled = asyncio.create_task(timeline(t0))
         if kill_at_s is not None:
             await asyncio.sleep(kill_at_s)
             os.kill(proc.pid, signal.SIGKILL)  # no chance to flush anything
@@ -123,11 +254,11 @@ async def run_chaos(tmp: Path, *, wall_s: float, speed: float = 120.0, faults_pe
             proc, status = start_engine()
         await asyncio.sleep(max(0.0, wall_s - (time.monotonic() - t0)))
         await scheduled
-        faults = replica.faults_injected()
+        injected = replica.faults_injected()
         replica.faults = None  # the storm is over: let the engine finish its repairs
-        await asyncio.sleep(settle_s)
+        settled_s, caught_up = await _settle(status, settle_s, max(settle_s, max_settle_s))
         proc.send_signal(signal.SIGTERM)
-        exit_codes.append(await _wait_exit(proc, 10))
+        exit_codes.append(await _wait_exit(proc, 20))  # within the stop grace (10 s) and the write-out
         collect(status)
         end_ms = replica.clock.now_ms()
     finally:
@@ -135,37 +266,82 @@ async def run_chaos(tmp: Path, *, wall_s: float, speed: float = 120.0, faults_pe
             scheduled.cancel()
         await replica.stop()
 
-    result = ChaosResult(faults=faults, statuses=statuses, exit_codes=exit_codes)
-    rows = read_tape(str(tape))
+    result = ChaosResult(venue=venue, faults=injected, statuses=statuses, exit_codes=exit_codes, workdir=tmp,
+                         startup_s=startup_s, settled_s=settled_s, caught_up=caught_up)
+    # The first engine asked for its history at a venue time between its launch and its first
+    # status file (written once it has started): its series must start `history` before that.
+    history_from = (launch_ms - HISTORY_MS, (end_ms if ready_ms is None else ready_ms) - HISTORY_MS)
+    await compare_window(result, db, tape, end_ms, history_from)
+    return result
+
+
+def _references(venue: str, tape: Path) -> tuple[dict[tuple[str, str], tuple[list[RefCandle], Calendar]], int]:
+    """Per (series key, timeframe), the candles computed from the tape and the series' calendar;
+    and how many rows the tape holds."""
+    out: dict[tuple[str, str], tuple[list[RefCandle], Calendar]] = {}
+    if venue == "binance":
+        trades = read_tape(tape)
+        for sym in SYMBOLS[venue]:
+            rows = [r for r in trades if r.symbol == sym]
+            for tf in TIMEFRAMES_COMPARED:
+                out[(f"binance:{sym}", tf)] = (candles_from_tape(rows, TIMEFRAMES[tf]), AlwaysOpen())
+        return out, len(trades)
+    quotes = read_quote_tape(tape)
+    fx = FxCalendar()
+    for sym in SYMBOLS[venue]:
+        qrows = [r for r in quotes if r.symbol == sym]
+        for side in FX_PRICES:
+            for tf in TIMEFRAMES_COMPARED:
+                out[(series_key(f"oanda:{sym}", side), tf)] = (
+                    quote_candles_from_tape(qrows, TIMEFRAMES[tf], side, fx), fx)
+    return out, len(quotes)
+
+
+async def compare_window(result: ChaosResult, db: str, tape: Path, end_ms: int, history_from: tuple[int, int]) -> None:
+    """Check the whole stored window of every series against the tape (see the module docstring);
+    each series must start in the candle holding a time of ``history_from`` (a range of venue times)."""
+    refs, result.tape_rows = _references(result.venue, tape)
     store = await open_cold(db, read_only=True)
     try:
         marks = await store.final_marks()
-        for sym in SYMBOLS:
-            key = f"binance:{sym}"
-            sym_rows = [r for r in rows if r[0] == sym]
-            for tf in TIMEFRAMES_COMPARED:
-                tf_ms = TIMEFRAMES[tf]
-                mark = marks.get((key, tf), 0)
-                result.behind_ms = max(result.behind_ms, end_ms - mark)
-                want = {c.open_time: c for c in candles_from_tape(sym_rows, tf_ms)}
-                stored = [c for c in await store.query(key, tf) if c.open_time < mark]
-                keys = [c.open_time for c in stored]
-                if not keys:
-                    result.mismatches.append(f"{key} {tf}: nothing stored before the mark {mark}")
-                    continue
-                missing = sorted(set(range(keys[0], mark, tf_ms)) - set(keys))
-                if missing:
-                    result.mismatches.append(f"{key} {tf}: {len(missing)} candles missing, first {missing[0]}")
-                if keys[0] > min(want) + tf_ms:
-                    result.mismatches.append(f"{key} {tf}: history starts late at {keys[0]}")
-                result.market_ms = max(result.market_ms, mark - keys[0])
-                for c in stored:
-                    w = want.get(c.open_time)
-                    got = (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades, c.closed)
-                    exp = None if w is None else (w.open, w.high, w.low, w.close, round(w.volume, 8), w.trades, True)
-                    result.compared += 1
-                    if got != exp:
-                        result.mismatches.append(f"{key} {tf} {c.open_time}: stored {got} != tape {exp}")
+        for (key, tf), (ref, calendar) in refs.items():
+            result.series += 1
+            tf_ms = TIMEFRAMES[tf]
+            result.behind_ms = max(result.behind_ms, end_ms - marks.get((key, tf), 0))
+            want = {c.open_time: c for c in ref}
+            stored = await store.query(key, tf)
+            if not stored:
+                result.problems.append(f"{key} {tf}: nothing stored")
+                continue
+            if not want:
+                result.problems.append(f"{key} {tf}: nothing on the tape")
+                continue
+            keys = [c.open_time for c in stored]
+            if len(set(keys)) != len(keys) or keys != sorted(keys):
+                result.problems.append(f"{key} {tf}: duplicate or unordered open times")
+            have = set(keys)
+            # A hole is a candle the market was open for (or the tape has) that is not stored.
+            missing = [t for t in range(keys[0], keys[-1] + 1, tf_ms)
+                       if t not in have and (t in want or calendar.open_between(t, t + tf_ms))]
+            if missing:
+                result.problems.append(f"{key} {tf}: {len(missing)} candles missing, first {missing[0]}")
+            lo, hi = (t - t % tf_ms for t in history_from)
+            if not lo <= keys[0] <= hi:
+                result.problems.append(f"{key} {tf}: history starts at {keys[0]}, not between {lo} and {hi}")
+            result.market_ms = max(result.market_ms, keys[-1] + tf_ms - keys[0])
+            for c in stored:
+                w = want.get(c.open_time)
+                same = w is not None and _fields(c) == _fields(w)
+                if not c.closed:
+                    result.forming += 1
+                elif not c.final:
+                    result.provisional_left += 1
+                    result.provisional_differ += not same
+                else:
+                    result.final_compared += 1
+                    if not same:
+                        result.final_mismatched += 1
+                        result.mismatches.append(f"{key} {tf} {c.open_time}: final {_fields(c)} != tape "
+                                                 f"{None if w is None else _fields(w)}")
     finally:
         await store.close()
-    return result
