@@ -116,9 +116,9 @@ async def test_oanda_drop_dup_reorder_final_candles_equal_the_quote_tape(tmp_pat
     monkeypatch.setenv("OANDA_TOKEN", DEV_TOKEN)
     monkeypatch.setenv("OANDA_ACCOUNT", DEFAULT_ACCOUNT)
     tape = tmp_path / "quotes.csv"
-    wednesday_noon = 1_794_225_600_000  # 2026-11-11 12:00 UTC: the FX market is open
+    monday_noon = 1_794_225_600_000  # 2026-11-09 12:00 UTC: the FX market is open
     replica = OandaReplica(symbols=["EUR_USD"], seed=5, rate=3.0, speed=30.0, history_ms=1_800_000, tape=str(tape),
-                           start_ms=wednesday_noon, heartbeat_s=0.5,
+                           start_ms=monday_noon, heartbeat_s=0.5,
                            faults={"drop": 20.0, "dup": 20.0, "reorder": 20.0}, faults_seed=4)
     await replica.start()
     db = str(tmp_path / "fx.duckdb")
