@@ -254,10 +254,10 @@ class Engine:
         if candle.final and (self._repairs or self._repair_inflight is not None):
             hole = self._hole_start(key, timeframe)
             if hole is not None and candle.open_time > hole:
-                held = st.held.setdefault(timeframe, {})
-                if candle.open_time not in held and len(held) >= PROVISIONAL_MAX:
-                    del held[min(held)]  # stays provisional in the store: the audit fetches it
-                held[candle.open_time] = candle
+                waiting = st.held.setdefault(timeframe, {})
+                if candle.open_time not in waiting and len(waiting) >= PROVISIONAL_MAX:
+                    del waiting[min(waiting)]  # stays provisional in the store: the audit fetches it
+                waiting[candle.open_time] = candle
                 candle = msgspec.structs.replace(candle, final=False)
         if candle.final:
             held = st.held.get(timeframe)
