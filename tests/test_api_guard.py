@@ -140,6 +140,7 @@ async def get(session: aiohttp.ClientSession, url: str, **kw: Any) -> tuple[int,
 # --- deadlines -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over 3 s: not in the everyday subset
 async def test_headers_must_arrive_within_the_header_timeout(serve: Any) -> None:
     api = await serve(header_timeout_s=1.0)
     t0 = time.monotonic()
@@ -505,6 +506,7 @@ class Slowloris:
             await self.proc.wait()
 
 
+@pytest.mark.slow  # over 3 s: not in the everyday subset
 async def test_a_slowloris_starves_neither_the_store_nor_clients_with_whole_requests(
         serve: Any, engine: Engine) -> None:
     """1000 half-open connections held (re-opened half a second after each cut) against a cap of 100:
@@ -622,6 +624,7 @@ async def _run_under_attack(tmp_path: Path, replica: BinanceReplica, config: str
             await proc.wait()
 
 
+@pytest.mark.slow  # over 3 s: not in the everyday subset
 async def test_the_process_keeps_its_descriptors_under_attack(tmp_path: Path, replica: BinanceReplica) -> None:
     """With ``ulimit -n 256`` the default cap is 64 connections: 1000 half-open ones do not take the
     descriptors the store and the venue need, and a client with a whole request is answered."""
@@ -633,6 +636,7 @@ async def test_the_process_keeps_its_descriptors_under_attack(tmp_path: Path, re
     assert "Too many open files" not in err and "Traceback" not in err, err[-3000:]
 
 
+@pytest.mark.slow  # over 3 s: not in the everyday subset
 async def test_without_the_cap_the_same_attack_starves_the_process(tmp_path: Path, replica: BinanceReplica) -> None:
     """The control of the test above: with the cap lifted (as aiohttp alone would serve), the same
     attack takes every descriptor and clients go unanswered (and the store, if it opens its file

@@ -106,6 +106,7 @@ async def test_health_ok(served: Served) -> None:
     assert (await call("HEAD", served.url + "/health"))[0] == 200  # HEAD works too
 
 
+@pytest.mark.slow  # over 3 s: not in the everyday subset
 async def test_health_degraded_when_the_venue_is_gone(tmp_path: Path) -> None:
     replica = BinanceReplica(symbols=["BTCUSDT"], seed=2, rate=2.0, speed=60.0, history_ms=600_000)
     await replica.start()

@@ -461,6 +461,7 @@ def _small_receive_buffer(addr_info: Any) -> socket.socket:
     return sock
 
 
+@pytest.mark.slow  # over 3 s: not in the everyday subset
 async def test_200_clients_20_never_read_the_others_get_everything_fast(serve: Serve) -> None:
     """180 clients get every message with p99 latency under 50 ms while 20 never read; the producer's
     calls stay short; the 20 are conflated, then disconnected with 1008 once conflation is not enough."""

@@ -43,6 +43,7 @@ def replica() -> Iterator[str]:
     assert "429s=0" in out  # the engine never ran into the weight limit
 
 
+@pytest.mark.slow  # over 3 s: not in the everyday subset
 def test_run_query_while_running_and_stop_within_two_seconds(replica: str, tmp_path: Path) -> None:
     db = str(tmp_path / "cli.duckdb")
     ws = replica.replace("http://", "ws://")
@@ -227,6 +228,7 @@ def test_unknown_symbol_is_refused(replica: str, tmp_path: Path) -> None:
     assert p.returncode == 2 and "NOPEUSDT" in p.stderr and "--symbols" in p.stderr
 
 
+@pytest.mark.slow  # over 3 s: not in the everyday subset
 def test_demo_runs_offline_for_a_fixed_duration(tmp_path: Path) -> None:
     env = {**os.environ, "COLUMNS": "160"}
     p = subprocess.run([*CLI, "demo", "--duration", "4"], capture_output=True, text=True, timeout=60,

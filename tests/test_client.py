@@ -217,6 +217,7 @@ async def test_watch_errors_are_raised_not_retried(served: Collector) -> None:
 
 
 @pytest.mark.parametrize("hot_capacity", [1000, 6], ids=["snapshot-covers-outage", "http-fills-the-rest"])
+@pytest.mark.slow  # over 3 s: not in the everyday subset
 async def test_watch_resumes_without_gap_after_the_api_restarts(tmp_path: Path, hot_capacity: int) -> None:
     """The API server (not the engine) stops for 3 s, 12 market candles of 15s, and starts again on
     the same port. With a hot tier of 6 candles the snapshot cannot reach back: HTTP fills the rest."""

@@ -187,6 +187,7 @@ def test_decode_candles() -> None:
 # --- REST history against the replica ---------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over 3 s: not in the everyday subset
 async def test_history_candles_equal_the_tape(make: Make, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(finnhub_rest, "PAGE_INTERVALS", 200)  # 1440 one-minute candles take 8 pages
     r = await make(history_ms=2 * D1, calls_per_minute=100_000)
@@ -214,6 +215,7 @@ async def test_history_candles_equal_the_tape(make: Make, monkeypatch: pytest.Mo
     assert {v for s, _, _, v in rows if s == "OANDA:EUR_USD"} == {"0"}
 
 
+@pytest.mark.slow  # over 3 s: not in the everyday subset
 async def test_history_paces_under_a_small_limit_and_handles_429(make: Make,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """10 calls per 2 s: the paced client gets no 429; a client that ignores the limit gets 429s, pauses as

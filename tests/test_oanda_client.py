@@ -639,6 +639,7 @@ async def test_server_time_symbols_and_page_span() -> None:
 # --- against the OANDA replica ----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over 3 s: not in the everyday subset
 async def test_history_and_stream_against_the_oanda_replica() -> None:
     from deltafeed.replicas.oanda import DEFAULT_ACCOUNT, DEV_TOKEN, OandaReplica
 

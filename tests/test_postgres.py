@@ -298,6 +298,7 @@ async def test_large_reads_use_binary_copy_with_the_same_result(store: PostgresS
         await read(header + row.tobytes()[:50], 10**6)
 
 
+@pytest.mark.slow  # over 3 s: not in the everyday subset
 async def test_find_gaps_matches_duckdb(store: PostgresStore, tmp_path: Path) -> None:
     rows = gappy_rows()
     duck = ColdStore(tmp_path / "c.duckdb")

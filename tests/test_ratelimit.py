@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from deltafeed.clock import TestClock
 from deltafeed.net.ratelimit import WeightLimiter
 from deltafeed.replicas.binance import BinanceReplica
@@ -11,6 +13,7 @@ from deltafeed.venues.binance_rest import BinanceHistory
 from reference import candles_from_tape, read_tape
 
 
+@pytest.mark.slow  # over 3 s: not in the everyday subset
 async def test_bootstrap_is_paced_under_the_limit(tmp_path) -> None:  # type: ignore[no-untyped-def]
     tape = tmp_path / "tape.csv"
     # 40 weight per 2 s window; 1s klines over 3 h are 11 pages (weight 2 each) plus server time.
@@ -37,6 +40,7 @@ async def test_bootstrap_is_paced_under_the_limit(tmp_path) -> None:  # type: ig
             w.open, w.high, w.low, w.close, round(w.volume, 8), w.trades)
 
 
+@pytest.mark.slow  # over 3 s: not in the everyday subset
 async def test_a_429_is_waited_out_without_a_ban() -> None:
     # The client believes in Binance's 6000 but the venue allows 10 per 2 s: it runs into 429s.
     async with BinanceReplica(symbols=["BTCUSDT"], rate=2.0, history_ms=3_600_000, weight_limit=10,

@@ -384,6 +384,7 @@ async def test_session_transcript_and_market_updates_match_the_tape(make: Make) 
     assert any(x.endswith("|^3") for x in updates)  # a bid alone changed
 
 
+@pytest.mark.slow  # over 3 s: not in the everyday subset
 async def test_market_state_closes_over_the_weekend_without_price_updates(make: Make) -> None:
     # Friday 16:00 New York (EST) at 50,000x: Friday's close (22:00 UTC) is 72 ms of wall time away,
     # Sunday's open (21:00 UTC, EDT by then) 3.4 s.

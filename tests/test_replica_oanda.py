@@ -301,6 +301,7 @@ async def test_stream_lines_are_oanda_prices_matching_the_tape_with_heartbeats(m
         assert (oanda_ms(x["time"]), x["bids"][0]["price"], x["asks"][0]["price"]) in by_symbol(tape, x["instrument"])
 
 
+@pytest.mark.slow  # over 3 s: not in the everyday subset
 async def test_weekend_stops_prices_but_not_heartbeats(make: Make) -> None:
     # Friday 13:00 New York (EST) at 20,000x: Friday's close is 0.7 s of wall time away (room for a
     # loaded machine to connect first), Sunday's open (EDT by then: the US switched at 02:00 that

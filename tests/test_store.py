@@ -552,6 +552,7 @@ _WRITER_PROC = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # over 3 s: not in the everyday subset
 def test_reader_process_and_writer_process_share_the_file(tmp_path: Path) -> None:
     db = tmp_path / "live.duckdb"
     ColdStore(db).close()  # the file exists before the reader's first look
