@@ -70,7 +70,7 @@ def rollup(parts: Iterable[Candle], part_ms: int, tf_ms: int) -> list[Candle]:
             complete = complete and p.closed
             verified = verified and p.final
         cur.closed = complete and p.open_time + part_ms == b + tf_ms
-        cur.final = cur.closed and verified and (p.open_time - b) // part_ms + 1 == tf_ms // part_ms
+        cur.final = cur.closed and verified
     if cur is not None:
         out.append(cur)
     return out
