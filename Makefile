@@ -16,6 +16,7 @@ demo: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
 # PostgreSQL and Redis for the storage tests: started when they are down (see scripts/services.sh).

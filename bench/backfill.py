@@ -23,18 +23,30 @@ TIMEFRAMES = "1m,5m,15m,1h"
 
 
 async def main(runs: int) -> None:
-    async with DukascopyReplica(["EURUSD"], seed=3, rate=2.0, start_ms=time_ms("2026-01-09T06:00"),
-                                history_ms=7 * 86_400_000) as replica:
+    async with DukascopyReplica(
+        ["EURUSD"], seed=3, rate=2.0, start_ms=time_ms("2026-01-09T06:00"), history_ms=7 * 86_400_000
+    ) as replica:
         for prices in ("mid", "mid,bid,ask"):
             rates = []
             for _ in range(runs):
                 with tempfile.TemporaryDirectory() as tmp:
-                    r = await backfill("oanda:EUR_USD", SINCE, UNTIL, timeframes=TIMEFRAMES, prices=prices,
-                                       db=str(Path(tmp) / "fx.duckdb"), url=replica.url, requests_per_s=1000,
-                                       concurrency=4)
+                    r = await backfill(
+                        "oanda:EUR_USD",
+                        SINCE,
+                        UNTIL,
+                        timeframes=TIMEFRAMES,
+                        prices=prices,
+                        db=str(Path(tmp) / "fx.duckdb"),
+                        url=replica.url,
+                        requests_per_s=1000,
+                        concurrency=4,
+                    )
                 rates.append(r.quotes / r.seconds)
-                print(f"  {prices:12} {r.quotes:,} quotes -> {sum(r.candles.values()):,} candles in {r.seconds:.3f} s: "
-                      f"{rates[-1]:,.0f} quotes/s", flush=True)
+                print(
+                    f"  {prices:12} {r.quotes:,} quotes -> {sum(r.candles.values()):,} candles in {r.seconds:.3f} s: "
+                    f"{rates[-1]:,.0f} quotes/s",
+                    flush=True,
+                )
             print(f"prices={prices}: median {statistics.median(rates):,.0f} quotes/s over {runs} runs", flush=True)
 
 

@@ -167,8 +167,13 @@ def _pct(values: list[int], q: float) -> float:
 
 
 async def run_round(n: int, procs: int, seconds: float, rates: list[float], send_buffer: int) -> None:
-    hub = Hub(snapshot=lambda i, tf, k: [], instruments=lambda: [INST], queue_max=BACKLOG * 4,
-              max_clients=n + 10, max_lag_s=30.0)
+    hub = Hub(
+        snapshot=lambda i, tf, k: [],
+        instruments=lambda: [INST],
+        queue_max=BACKLOG * 4,
+        max_clients=n + 10,
+        max_lag_s=30.0,
+    )
     app = web.Application()
     add_ws_routes(app, hub, send_buffer=send_buffer or None)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
@@ -180,8 +185,11 @@ async def run_round(n: int, procs: int, seconds: float, rates: list[float], send
     results: Queue[Any] = ctx.Queue()
     progress = ctx.Array("q", procs, lock=False)  # frames each client process received so far
     shares = [n // procs + (i < n % procs) for i in range(procs)]
-    children = [ctx.Process(target=client_process, args=(url, k, results, progress, i), daemon=True)
-                for i, k in enumerate(shares) if k]
+    children = [
+        ctx.Process(target=client_process, args=(url, k, results, progress, i), daemon=True)
+        for i, k in enumerate(shares)
+        if k
+    ]
 
     async def caught_up() -> None:
         """Until the clients have received everything the hub has written (and it has no backlog)."""
@@ -218,8 +226,10 @@ async def run_round(n: int, procs: int, seconds: float, rates: list[float], send
     codes: collections.Counter[int] = collections.Counter()
     for r in reports:
         codes.update(r[4])
-    print(f"{n} clients ({len(children)} client process(es)); hub: dropped {hub.dropped}, slow-disconnected "
-          f"{hub.disconnected_slow}; close codes {dict(sorted(codes.items()))}")
+    print(
+        f"{n} clients ({len(children)} client process(es)); hub: dropped {hub.dropped}, slow-disconnected "
+        f"{hub.disconnected_slow}; close codes {dict(sorted(codes.items()))}"
+    )
     for name, per_client, t0, t1, server_cpu in phases:
         buckets: collections.Counter[int] = collections.Counter()
         for r in reports:
@@ -232,8 +242,11 @@ async def run_round(n: int, procs: int, seconds: float, rates: list[float], send
         else:
             head = f"steady {name} ({per_client:,.0f}/client)"
             latency = f"latency p50 {_pct(lat, 0.5):5.1f} ms p99 {_pct(lat, 0.99):5.1f} ms"
-        print(f"  {head:<33} delivered {delivered:>10,.0f} msgs/s ({delivered / n:>7,.0f} per client)  {latency:<34}"
-              f"  CPU server {server_cpu:4.0%} clients {client_cpu:4.0%}", flush=True)
+        print(
+            f"  {head:<33} delivered {delivered:>10,.0f} msgs/s ({delivered / n:>7,.0f} per client)  {latency:<34}"
+            f"  CPU server {server_cpu:4.0%} clients {client_cpu:4.0%}",
+            flush=True,
+        )
 
 
 async def main() -> None:
@@ -241,14 +254,19 @@ async def main() -> None:
     ap.add_argument("--clients", default="100,1000", help="client counts to measure, comma separated")
     ap.add_argument("--procs", type=int, default=1, help=f"client processes (the machine has {os.cpu_count()} cores)")
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each phase")
-    ap.add_argument("--rates", default="100000,500000",
-                    help="steady phases: messages per second delivered in all (split over the clients)")
+    ap.add_argument(
+        "--rates",
+        default="100000,500000",
+        help="steady phases: messages per second delivered in all (split over the clients)",
+    )
     ap.add_argument("--send-buffer", type=int, default=SEND_BUFFER, help="SO_SNDBUF per client (0: the kernel's)")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
-    print(f"fan-out of trades (~130-byte JSON) to N WebSocket clients in {args.procs} other process(es); "
-          f"{args.seconds:g} s per phase, {os.cpu_count()} cores")
+    print(
+        f"fan-out of trades (~130-byte JSON) to N WebSocket clients in {args.procs} other process(es); "
+        f"{args.seconds:g} s per phase, {os.cpu_count()} cores"
+    )
     for n in (int(x) for x in args.clients.split(",")):
         await run_round(n, args.procs, args.seconds, [float(r) for r in args.rates.split(",")], args.send_buffer)
 

@@ -42,16 +42,22 @@ def lines(n: int) -> list[bytes]:
 
 def run(prices: list[str], data: list[bytes], windows: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(venue="oanda", symbols=["EUR_USD"], timeframes=["1m", "5m", "15m", "1h"], prices=prices,
-                            db=str(Path(tmp) / "b.duckdb"), rest_url="http://127.0.0.1:9",
-                            stream_url="http://127.0.0.1:9").validate()
+        settings = Settings(
+            venue="oanda",
+            symbols=["EUR_USD"],
+            timeframes=["1m", "5m", "15m", "1h"],
+            prices=prices,
+            db=str(Path(tmp) / "b.duckdb"),
+            rest_url="http://127.0.0.1:9",
+            stream_url="http://127.0.0.1:9",
+        ).validate()
         engine = Engine(settings)
         feed = engine.feeds["oanda"]
         assert isinstance(feed, OandaFeed)
         size = len(data) // windows
         rates = []
         for w in range(windows):
-            chunk = data[w * size:(w + 1) * size]
+            chunk = data[w * size : (w + 1) * size]
             t0 = time.perf_counter()
             for line in chunk:
                 feed.on_line(line)

@@ -35,8 +35,16 @@ START = 1_780_000_000_000 - 1_780_000_000_000 % (86_400_000)
 
 
 def series(instrument: str, n: int, salt: float = 0.0) -> list[Row]:
-    return [(instrument, "1m", Candle(START + i * M, 100.0 + salt + i % 7, 101.0 + i % 5, 99.0, 100.5 + salt,
-                                      3.0 + i % 11, 7 + i % 3, True)) for i in range(n)]
+    return [
+        (
+            instrument,
+            "1m",
+            Candle(
+                START + i * M, 100.0 + salt + i % 7, 101.0 + i % 5, 99.0, 100.5 + salt, 3.0 + i % 11, 7 + i % 3, True
+            ),
+        )
+        for i in range(n)
+    ]
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -74,13 +82,12 @@ async def bench_cold(tier: ColdTier, label: str, instruments: int, repeat: int) 
     rows = [r for k in range(instruments) for r in series(f"bench:B{k}", MONTH)]
     t = time.perf_counter()
     for i in range(0, len(rows), 50_000):
-        await tier.write(rows[i:i + 50_000])
+        await tier.write(rows[i : i + 50_000])
     res.boot = len(rows) / (time.perf_counter() - t)
     # Live: batches of 500 updates (the write-behind's size), each candle changed.
     rates = []
     for k in range(5):
-        batch = [(f"bench:B{j % instruments}", "1m", c) for j, (_, _, c) in
-                 enumerate(series("x", 500, salt=k + 1))]
+        batch = [(f"bench:B{j % instruments}", "1m", c) for j, (_, _, c) in enumerate(series("x", 500, salt=k + 1))]
         t = time.perf_counter()
         await tier.write(batch)
         rates.append(len(batch) / (time.perf_counter() - t))
@@ -88,8 +95,9 @@ async def bench_cold(tier: ColdTier, label: str, instruments: int, repeat: int) 
     res.last1000 = await latencies(lambda: tier.query("bench:B0", "1m", last=1000), repeat)
     got = await tier.query("bench:B0", "1m", START, START + (MONTH - 1) * M)
     assert len(got) == MONTH, len(got)
-    res.month = await latencies(lambda: tier.query("bench:B0", "1m", START, START + (MONTH - 1) * M),
-                                max(10, repeat // 5))
+    res.month = await latencies(
+        lambda: tier.query("bench:B0", "1m", START, START + (MONTH - 1) * M), max(10, repeat // 5)
+    )
     return res
 
 
@@ -145,8 +153,9 @@ async def bench_redis(instruments: int, repeat: int, prefix: str) -> Result:
         rates.append(len(upd) / (time.perf_counter() - t))
     res.live = statistics.median(rates)
     res.last1000 = await latencies(lambda: hot.last("bench:B0", "1m", 1000), repeat)
-    res.month = await latencies(lambda: hot.range("bench:B0", "1m", START, START + (MONTH - 1) * M),
-                                max(10, repeat // 5))
+    res.month = await latencies(
+        lambda: hot.range("bench:B0", "1m", START, START + (MONTH - 1) * M), max(10, repeat // 5)
+    )
     flusher.cancel()
     await hot.close()
     return res
@@ -181,14 +190,20 @@ async def main(quick: bool) -> None:
             con = await asyncpg.connect(PG)
             await con.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
             await con.close()
-    print(f"\n{instruments} instruments x 30 days of 1m ({instruments * MONTH:,} candles) per tier; "
-          f"reads of one series, {repeat} repeats (43,200-candle reads: {max(10, repeat // 5)})\n")
-    print(f"{'tier':<24} {'bootstrap rows/s':>17} {'live upsert rows/s':>19} "
-          f"{'last 1000 ms p50 / p99':>24} {'30d of 1m ms p50 / p99':>24}")
+    print(
+        f"\n{instruments} instruments x 30 days of 1m ({instruments * MONTH:,} candles) per tier; "
+        f"reads of one series, {repeat} repeats (43,200-candle reads: {max(10, repeat // 5)})\n"
+    )
+    print(
+        f"{'tier':<24} {'bootstrap rows/s':>17} {'live upsert rows/s':>19} "
+        f"{'last 1000 ms p50 / p99':>24} {'30d of 1m ms p50 / p99':>24}"
+    )
     for res in results:
         print(f"{res.tier:<24} {res.boot:17,.0f} {res.live:19,.0f} {ms(res.last1000):>24} {ms(res.month):>24}")
-    print("\nbootstrap: batches of 50,000 (cold tiers; PostgreSQL takes them through COPY), puts then one"
-          " pipelined flush (Redis);\nlive: batches of 500 changed candles (the write-behind's size).")
+    print(
+        "\nbootstrap: batches of 50,000 (cold tiers; PostgreSQL takes them through COPY), puts then one"
+        " pipelined flush (Redis);\nlive: batches of 500 changed candles (the write-behind's size)."
+    )
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ Row = tuple[str, str, Candle]
 
 
 def rows_1m(n: int, instrument: str, start: int = 0, salt: float = 0.0) -> list[Row]:
-    return [(instrument, "1m", Candle(start + i * M, 100.0 + salt, 101.0, 99.0, 100.5, 3.0 + i, 7, True))
-            for i in range(n)]
+    return [
+        (instrument, "1m", Candle(start + i * M, 100.0 + salt, 101.0, 99.0, 100.5, 3.0 + i, 7, True)) for i in range(n)
+    ]
 
 
 def pct(ts: list[float], q: float) -> float:
@@ -62,8 +63,10 @@ async def main(url: str, heap: int) -> None:
                     rows2 = rows_1m(n, inst, base, salt=1.0)
                     upd += await timed(lambda rows2=rows2: store.write(rows2), 1)
                 res[path] = (n / statistics.median(new), n / statistics.median(upd))
-            print(f"{n:>7} {res['unnest'][0]:>12,.0f} {res['COPY'][0]:>12,.0f} {res['unnest'][1]:>12,.0f}"
-                  f" {res['COPY'][1]:>12,.0f}")
+            print(
+                f"{n:>7} {res['unnest'][0]:>12,.0f} {res['COPY'][0]:>12,.0f} {res['unnest'][1]:>12,.0f}"
+                f" {res['COPY'][1]:>12,.0f}"
+            )
         pgmod.COPY_THRESHOLD = 2000
 
         # Reads: 3 instruments x 60 days of 1m candles; read 30 days (43,200) of one of them.
@@ -97,8 +100,10 @@ async def main(url: str, heap: int) -> None:
         ):
             await timed(fn, 5)  # warm the statement cache and the buffers
             ts = [t * 1e3 for t in await timed(fn, repeat)]
-            print(f"{label:>26}: p50 {statistics.median(ts):7.2f}  p99 {pct(ts, 0.99):7.2f}  max {max(ts):7.2f}"
-                  f"  (n={repeat})")
+            print(
+                f"{label:>26}: p50 {statistics.median(ts):7.2f}  p99 {pct(ts, 0.99):7.2f}  max {max(ts):7.2f}"
+                f"  (n={repeat})"
+            )
         del junk
     finally:
         await store._pool.execute(f"DROP SCHEMA {schema} CASCADE")
@@ -109,8 +114,12 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/test")
     ap.add_argument("--uvloop", action="store_true", help="run on uvloop (as deltafeed run does)")
-    ap.add_argument("--heap", type=int, default=2_000_000,
-                    help="GC-tracked objects kept alive during the reads (a service's heap; 0 for none)")
+    ap.add_argument(
+        "--heap",
+        type=int,
+        default=2_000_000,
+        help="GC-tracked objects kept alive during the reads (a service's heap; 0 for none)",
+    )
     args = ap.parse_args()
     if args.uvloop:
         import uvloop

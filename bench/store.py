@@ -142,9 +142,7 @@ def bench_paths(tmp: str, repeat: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument(
-        "--rows", type=int, default=1_000_000, help="existing rows for the per-batch/read figures"
-    )
+    ap.add_argument("--rows", type=int, default=1_000_000, help="existing rows for the per-batch/read figures")
     ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--skip-paths", action="store_true", help="skip the raw duckdb path comparison")
     args = ap.parse_args()
@@ -160,17 +158,13 @@ def main() -> None:
         cold = ColdStore(path)
         new_batches = iter([make_rows(10_000, instruments=10, start=k * 100_000 * M) for k in range(repeat)])
         same_batches = iter([make_rows(10_000, instruments=10, salt=float(k)) for k in range(repeat)])
-        held_batches = iter(
-            [make_rows(10_000, instruments=10, start=(k + 50) * 100_000 * M) for k in range(repeat)]
-        )
+        held_batches = iter([make_rows(10_000, instruments=10, start=(k + 50) * 100_000 * M) for k in range(repeat)])
         new = timed(lambda: cold.write(next(new_batches)), repeat)
         same = timed(lambda: cold.write(next(same_batches)), repeat)
         with cold.session():
             held = timed(lambda: cold.write(next(held_batches)), repeat)
         cold.close()
-        print(
-            "\nColdStore.write, bulk upsert of 10k candles (median rows/s, Candle objects to rows on disk):"
-        )
+        print("\nColdStore.write, bulk upsert of 10k candles (median rows/s, Candle objects to rows on disk):")
         print(f"  new keys, attach+checkpoint+detach      {10_000 / statistics.median(new):>10,.0f} rows/s")
         print(f"  existing keys, attach+checkpoint+detach {10_000 / statistics.median(same):>10,.0f} rows/s")
         print(f"  new keys, file held in a session        {10_000 / statistics.median(held):>10,.0f} rows/s")
@@ -224,12 +218,8 @@ def main() -> None:
             f"  duckdb.connect(file, read_only) + close"
             f" {med_ms(timed(lambda: duckdb.connect(path, read_only=True).close(), repeat))}"
         )
-        print(
-            f"  ATTACH + DETACH (read-write)           {med_ms(timed(lambda: attach_detach(False), repeat))}"
-        )
-        print(
-            f"  ATTACH + DETACH (read-only)            {med_ms(timed(lambda: attach_detach(True), repeat))}"
-        )
+        print(f"  ATTACH + DETACH (read-write)           {med_ms(timed(lambda: attach_detach(False), repeat))}")
+        print(f"  ATTACH + DETACH (read-only)            {med_ms(timed(lambda: attach_detach(True), repeat))}")
         memory = timed(lambda: duckdb.connect().close(), repeat)
         print(f"  duckdb.connect(':memory:') + close     {med_ms(memory)}")
         print(

@@ -37,16 +37,35 @@ async def main() -> None:
     args = ap.parse_args()
 
     replica = subprocess.Popen(
-        [sys.executable, "-m", "deltafeed", "replica", "binance", "--symbols", "BTCUSDT", "--rate",
-         str(args.rate), "--history", "1m", "--port", "0"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "deltafeed",
+            "replica",
+            "binance",
+            "--symbols",
+            "BTCUSDT",
+            "--rate",
+            str(args.rate),
+            "--history",
+            "1m",
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert replica.stdout is not None
     url = replica.stdout.readline().strip().removeprefix("listening on ")
     tmp = tempfile.TemporaryDirectory()
-    settings = Settings(symbols=["BTCUSDT"], timeframes=TIMEFRAMES, history="1m",
-                        db=str(Path(tmp.name) / "bench.duckdb"), rest_url=url,
-                        ws_url=url.replace("http://", "ws://")).validate()
+    settings = Settings(
+        symbols=["BTCUSDT"],
+        timeframes=TIMEFRAMES,
+        history="1m",
+        db=str(Path(tmp.name) / "bench.duckdb"),
+        rest_url=url,
+        ws_url=url.replace("http://", "ws://"),
+    ).validate()
     engine = Engine(settings)
     feed = engine.feeds["binance"]
     assert isinstance(feed, BinanceFeed)
@@ -89,12 +108,16 @@ async def main() -> None:
     assert isinstance(inst, dict)
     s = inst["binance:BTCUSDT"]
     print(f"timeframes            {','.join(TIMEFRAMES)} (one symbol, replica rate {args.rate:,.0f}/s)")
-    print(f"trades/s into candles median {statistics.median(rates):,.0f}  "
-          f"(windows: {', '.join(f'{r:,.0f}' for r in rates)})")
+    print(
+        f"trades/s into candles median {statistics.median(rates):,.0f}  "
+        f"(windows: {', '.join(f'{r:,.0f}' for r in rates)})"
+    )
     print(f"frame->candle latency p50 {p50:.2f} us  p99 {p99:.2f} us  ({len(lat)} samples)")
     print(f"peak RSS              {rss_mb:.0f} MiB")
-    print(f"trades {s['trades']:,}  gaps {s['gaps']}  duplicates {s['duplicates']}  "
-          f"skipped frames {status['skipped_frames']}  cpu count {os.cpu_count()}")
+    print(
+        f"trades {s['trades']:,}  gaps {s['gaps']}  duplicates {s['duplicates']}  "
+        f"skipped frames {status['skipped_frames']}  cpu count {os.cpu_count()}"
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,10 @@ from deltafeed.store.base import open_cold
 from reference import RefCandle, candles_from_tape, quote_candles_from_tape, read_quote_tape, read_tape
 
 VENUES = ("binance", "oanda")
-SYMBOLS: dict[str, tuple[str, ...]] = {"binance": ("BTCUSDT", "ETHUSDT", "SOLUSDT"),
-                                       "oanda": ("EUR_USD", "USD_JPY", "GBP_USD")}
+SYMBOLS: dict[str, tuple[str, ...]] = {
+    "binance": ("BTCUSDT", "ETHUSDT", "SOLUSDT"),
+    "oanda": ("EUR_USD", "USD_JPY", "GBP_USD"),
+}
 #: Every fault kind each replica can inject (OANDA has no ``shutdown`` event).
 VENUE_FAULT_KINDS: dict[str, tuple[str, ...]] = {"binance": KINDS, "oanda": FAULT_KINDS}
 FX_PRICES = ("mid", "bid")  # the OANDA run keeps MID and BID candles of every instrument
@@ -85,13 +87,21 @@ class ChaosResult:
     def per_instrument_total(self, key: str, price: str | None = None) -> int:
         """A per-series status counter, summed over every series (of one ``price`` side: trade, mid,
         bid, ask; None for all) and engine process."""
-        return sum(int(i.get(key, 0)) for s in self.statuses for i in s.get("instruments", {}).values()
-                   if price is None or i.get("price") == price)
+        return sum(
+            int(i.get(key, 0))
+            for s in self.statuses
+            for i in s.get("instruments", {}).values()
+            if price is None or i.get("price") == price
+        )
 
     def streamed(self) -> int:
         """Trades or quotes the engines took from their streams (a quote counted once, not per price side)."""
-        return sum(int(i.get("trades", 0)) for s in self.statuses for i in s.get("instruments", {}).values()
-                   if i.get("price") in ("trade", "mid"))
+        return sum(
+            int(i.get("trades", 0))
+            for s in self.statuses
+            for i in s.get("instruments", {}).values()
+            if i.get("price") in ("trade", "mid")
+        )
 
     def recovery_s(self) -> list[float]:
         return sorted(x for s in self.statuses for x in s.get("recovery_s", []))
@@ -103,8 +113,12 @@ class ChaosResult:
 
 def _engine(config: Path, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     out = open(log, "ab")  # noqa: SIM115 - handed to the child, closed with it
-    return subprocess.Popen([sys.executable, "-m", "deltafeed", "run", "--config", str(config)],
-                            stdout=out, stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "deltafeed", "run", "--config", str(config)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
 
 
 async def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:
@@ -117,8 +131,9 @@ async def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:
     return proc.returncode
 
 
-async def _first_status_ms(status: Path, proc: subprocess.Popen[bytes], now_ms: Callable[[], int],
-                           timeout_s: float) -> int | None:
+async def _first_status_ms(
+    status: Path, proc: subprocess.Popen[bytes], now_ms: Callable[[], int], timeout_s: float
+) -> int | None:
     """The venue's time when the engine's first status file appears (the engine has started), or
     None if it exits or takes longer than ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
@@ -134,8 +149,12 @@ def _streaming(doc: dict[str, Any]) -> bool:
     within the last second, and no repair is waiting."""
     instruments = list(doc.get("instruments", {}).values())
     ages = [i.get("last_message_age_s") for i in instruments]
-    return bool(doc.get("connected")) and not doc.get("pending_repairs") and bool(ages) and all(
-        a is not None and a <= 1.0 for a in ages)
+    return (
+        bool(doc.get("connected"))
+        and not doc.get("pending_repairs")
+        and bool(ages)
+        and all(a is not None and a <= 1.0 for a in ages)
+    )
 
 
 async def _settle(status: Path, min_s: float, max_s: float) -> tuple[float, bool]:
@@ -165,12 +184,24 @@ def _fields(c: Candle | RefCandle) -> tuple[float, float, float, float, float, i
     return (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades)
 
 
-async def run_chaos(tmp: Path, *, venue: str = "binance", wall_s: float, speed: float = 120.0,
-                    faults_per_minute: float = 6.0, kill_at_s: float | None = None, seed: int = 1,
-                    faults_seed: int | None = None, rate: float = 2.0, settle_s: float = 8.0,
-                    max_settle_s: float = 45.0, fault_rates: Mapping[str, float] | None = None,
-                    db: str | None = None, hot: str | None = None,
-                    events: list[tuple[float, Callable[[], None]]] | None = None) -> ChaosResult:
+async def run_chaos(
+    tmp: Path,
+    *,
+    venue: str = "binance",
+    wall_s: float,
+    speed: float = 120.0,
+    faults_per_minute: float = 6.0,
+    kill_at_s: float | None = None,
+    seed: int = 1,
+    faults_seed: int | None = None,
+    rate: float = 2.0,
+    settle_s: float = 8.0,
+    max_settle_s: float = 45.0,
+    fault_rates: Mapping[str, float] | None = None,
+    db: str | None = None,
+    hot: str | None = None,
+    events: list[tuple[float, Callable[[], None]]] | None = None,
+) -> ChaosResult:
     """Run the engine ``wall_s`` seconds against a faulty ``venue`` replica; see the module docstring.
 
     Times count from the first engine's start (its first status file): it is killed ``kill_at_s``
@@ -194,19 +225,43 @@ async def run_chaos(tmp: Path, *, venue: str = "binance", wall_s: float, speed: 
     replica: BinanceReplica | OandaReplica
     env = dict(os.environ)
     if venue == "binance":
-        replica = BinanceReplica(symbols=symbols, seed=seed, rate=rate, speed=speed, history_ms=HISTORY_MS,
-                                 tape=str(tape), faults=faults, faults_seed=fseed, shutdown_grace_s=1.0, slow_s=1.0)
+        replica = BinanceReplica(
+            symbols=symbols,
+            seed=seed,
+            rate=rate,
+            speed=speed,
+            history_ms=HISTORY_MS,
+            tape=str(tape),
+            faults=faults,
+            faults_seed=fseed,
+            shutdown_grace_s=1.0,
+            slow_s=1.0,
+        )
     else:
-        replica = OandaReplica(symbols=symbols, seed=seed, rate=rate, speed=speed, history_ms=HISTORY_MS,
-                               tape=str(tape), start_ms=WEDNESDAY_UTC, heartbeat_s=0.5, faults=faults,
-                               faults_seed=fseed, slow_s=1.0)
+        replica = OandaReplica(
+            symbols=symbols,
+            seed=seed,
+            rate=rate,
+            speed=speed,
+            history_ms=HISTORY_MS,
+            tape=str(tape),
+            start_ms=WEDNESDAY_UTC,
+            heartbeat_s=0.5,
+            faults=faults,
+            faults_seed=fseed,
+            slow_s=1.0,
+        )
         env.update(OANDA_TOKEN=DEV_TOKEN, OANDA_ACCOUNT=DEFAULT_ACCOUNT)
     await replica.start()  # the replica's addresses are known from here on
     if isinstance(replica, BinanceReplica):
         venue_lines = [f'rest_url = "{replica.url}"', f'ws_url = "{replica.ws_url}"']
     else:
-        venue_lines = ['venue = "oanda"', f'rest_url = "{replica.url}"', f'stream_url = "{replica.url}"',
-                       f"prices = {json.dumps(list(FX_PRICES))}"]
+        venue_lines = [
+            'venue = "oanda"',
+            f'rest_url = "{replica.url}"',
+            f'stream_url = "{replica.url}"',
+            f"prices = {json.dumps(list(FX_PRICES))}",
+        ]
     statuses: list[dict[str, Any]] = []
     exit_codes: list[int] = []
     runs = 0
@@ -216,10 +271,18 @@ async def run_chaos(tmp: Path, *, venue: str = "binance", wall_s: float, speed: 
         runs += 1
         status = tmp / f"status-{runs}.json"
         config = tmp / f"engine-{runs}.toml"
-        lines = [*venue_lines, f"symbols = {json.dumps(list(symbols))}",
-                 f"timeframes = {json.dumps(list(TIMEFRAMES_COMPARED))}", 'history = "30m"',
-                 f'db = "{db}"', f'spool = "{tmp / "chaos.spool"}"', 'stale_after = "1.5s"', 'audit_every = "15s"',
-                 f'status_file = "{status}"', 'api = "127.0.0.1:0"']
+        lines = [
+            *venue_lines,
+            f"symbols = {json.dumps(list(symbols))}",
+            f"timeframes = {json.dumps(list(TIMEFRAMES_COMPARED))}",
+            'history = "30m"',
+            f'db = "{db}"',
+            f'spool = "{tmp / "chaos.spool"}"',
+            'stale_after = "1.5s"',
+            'audit_every = "15s"',
+            f'status_file = "{status}"',
+            'api = "127.0.0.1:0"',
+        ]
         if hot:
             lines.append(f'hot = "{hot}"')
         config.write_text("\n".join(lines) + "\n")
@@ -266,8 +329,16 @@ async def run_chaos(tmp: Path, *, venue: str = "binance", wall_s: float, speed: 
             scheduled.cancel()
         await replica.stop()
 
-    result = ChaosResult(venue=venue, faults=injected, statuses=statuses, exit_codes=exit_codes, workdir=tmp,
-                         startup_s=startup_s, settled_s=settled_s, caught_up=caught_up)
+    result = ChaosResult(
+        venue=venue,
+        faults=injected,
+        statuses=statuses,
+        exit_codes=exit_codes,
+        workdir=tmp,
+        startup_s=startup_s,
+        settled_s=settled_s,
+        caught_up=caught_up,
+    )
     # The first engine asked for its history at a venue time between its launch and its first
     # status file (written once it has started): its series must start `history` before that.
     history_from = (launch_ms - HISTORY_MS, (end_ms if ready_ms is None else ready_ms) - HISTORY_MS)
@@ -293,7 +364,9 @@ def _references(venue: str, tape: Path) -> tuple[dict[tuple[str, str], tuple[lis
         for side in FX_PRICES:
             for tf in TIMEFRAMES_COMPARED:
                 out[(series_key(f"oanda:{sym}", side), tf)] = (
-                    quote_candles_from_tape(qrows, TIMEFRAMES[tf], side, fx), fx)
+                    quote_candles_from_tape(qrows, TIMEFRAMES[tf], side, fx),
+                    fx,
+                )
     return out, len(quotes)
 
 
@@ -321,8 +394,11 @@ async def compare_window(result: ChaosResult, db: str, tape: Path, end_ms: int, 
                 result.problems.append(f"{key} {tf}: duplicate or unordered open times")
             have = set(keys)
             # A hole is a candle the market was open for (or the tape has) that is not stored.
-            missing = [t for t in range(keys[0], keys[-1] + 1, tf_ms)
-                       if t not in have and (t in want or calendar.open_between(t, t + tf_ms))]
+            missing = [
+                t
+                for t in range(keys[0], keys[-1] + 1, tf_ms)
+                if t not in have and (t in want or calendar.open_between(t, t + tf_ms))
+            ]
             if missing:
                 result.problems.append(f"{key} {tf}: {len(missing)} candles missing, first {missing[0]}")
             lo, hi = (t - t % tf_ms for t in history_from)
@@ -341,7 +417,8 @@ async def compare_window(result: ChaosResult, db: str, tape: Path, end_ms: int, 
                     result.final_compared += 1
                     if not same:
                         result.final_mismatched += 1
-                        result.mismatches.append(f"{key} {tf} {c.open_time}: final {_fields(c)} != tape "
-                                                 f"{None if w is None else _fields(w)}")
+                        result.mismatches.append(
+                            f"{key} {tf} {c.open_time}: final {_fields(c)} != tape {None if w is None else _fields(w)}"
+                        )
     finally:
         await store.close()

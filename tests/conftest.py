@@ -14,9 +14,19 @@ MakeReplica = Callable[..., Awaitable[BinanceReplica]]
 
 #: Modules of end-to-end runs (an engine against replicas over compressed time, chaos, outages):
 #: marked ``slow``, so ``pytest -m "not slow"`` (``make test-fast``) is the everyday subset.
-SLOW_MODULES = {"test_chaos", "test_closed_means_true", "test_e2e", "test_finnhub_e2e", "test_forex_e2e",
-                "test_ig_e2e", "test_tiers_e2e", "test_failover", "test_resilience", "test_poison_e2e",
-                "test_disk_full"}
+SLOW_MODULES = {
+    "test_chaos",
+    "test_closed_means_true",
+    "test_e2e",
+    "test_finnhub_e2e",
+    "test_forex_e2e",
+    "test_ig_e2e",
+    "test_tiers_e2e",
+    "test_failover",
+    "test_resilience",
+    "test_poison_e2e",
+    "test_disk_full",
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -96,8 +96,20 @@ def _template_dir(bindir: Path) -> Path:
             if owner:
                 os.chown(base, *owner)
             data = base / "data"
-            _run(bindir, "initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
-                 "--no-sync", "--locale=C")
+            _run(
+                bindir,
+                "initdb",
+                "-D",
+                str(data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--locale=C",
+            )
             atexit.register(shutil.rmtree, base, True)
             _template = data
         return _template
@@ -142,8 +154,22 @@ class PrivatePostgres:
             f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off"
             " -c synchronous_commit=off -c full_page_writes=off -c max_connections=50 -c shared_buffers=32MB"
         )
-        res = _run(self.bindir, "pg_ctl", "-D", str(self.data), "-l", str(self.logfile), "-o", options,
-                   "-w", "-t", str(int(timeout_s)), "start", check=False, timeout=timeout_s + 10)
+        res = _run(
+            self.bindir,
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.logfile),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            str(int(timeout_s)),
+            "start",
+            check=False,
+            timeout=timeout_s + 10,
+        )
         if res.returncode != 0:
             raise RuntimeError(f"PostgreSQL on port {self.port} did not start: {res.stderr.strip()}\n{self.log()}")
         self.running = True
@@ -180,8 +206,9 @@ class PrivatePostgres:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.cleanup()
 
     def __repr__(self) -> str:

@@ -166,8 +166,9 @@ def read_quote_tape(path: str | Path) -> list[QuoteRow]:
         return [QuoteRow(sym, int(t), Decimal(b), Decimal(a)) for sym, t, b, a in reader]
 
 
-def quote_candles_from_tape(rows: list[QuoteRow], tf_ms: int, side: str, calendar: _Closes,
-                            until_ms: int | None = None) -> list[RefCandle]:
+def quote_candles_from_tape(
+    rows: list[QuoteRow], tf_ms: int, side: str, calendar: _Closes, until_ms: int | None = None
+) -> list[RefCandle]:
     """Candles of length ``tf_ms`` (epoch aligned) of one symbol's quotes, priced by ``side``.
 
     The rules, written out plainly: quotes are taken in file order; one with bid <= 0, ask <= 0 or

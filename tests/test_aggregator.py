@@ -96,9 +96,9 @@ def test_duplicates_never_count_twice() -> None:
     builder.on_trade(ts[10])  # and an old one again
     builder.advance(ts[-1].time_ms + 120_000)
     assert builder.duplicates == 301
-    assert as_tuples(rec.closed["1m"]) | {} == {
-        k: v for k, v in reference(ts, 60_000).items()} | {
-        k: v for k, v in as_tuples(rec.closed["1m"]).items() if k > ts[-1].time_ms}
+    assert as_tuples(rec.closed["1m"]) | {} == {k: v for k, v in reference(ts, 60_000).items()} | {
+        k: v for k, v in as_tuples(rec.closed["1m"]).items() if k > ts[-1].time_ms
+    }
 
 
 def test_gap_in_trade_ids_reports_repairs_and_no_flat_candles_across_it() -> None:
@@ -193,7 +193,8 @@ def test_rollup_equals_direct_aggregation() -> None:
     rolled = {c.open_time: c for c in rollup(secs, 1000, 15_000) if c.closed}
     direct = as_tuples(r1.closed["15s"])
     assert {k: v for k, v in as_tuples(rolled).items() if k in direct} == {
-        k: v for k, v in direct.items() if k in rolled}
+        k: v for k, v in direct.items() if k in rolled
+    }
     assert len(rolled) >= len(direct) - 1
 
 

@@ -49,8 +49,14 @@ async def engine(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Engi
     tmp = tmp_path_factory.mktemp("guard")
     replica = BinanceReplica(symbols=["BTCUSDT"], seed=3, rate=4.0, speed=60.0, history_ms=1_800_000)
     await replica.start()
-    settings = Settings(symbols=["BTCUSDT"], timeframes=["15s", "1m"], history="20m", db=str(tmp / "g.duckdb"),
-                        rest_url=replica.url, ws_url=replica.ws_url).validate()
+    settings = Settings(
+        symbols=["BTCUSDT"],
+        timeframes=["15s", "1m"],
+        history="20m",
+        db=str(tmp / "g.duckdb"),
+        rest_url=replica.url,
+        ws_url=replica.ws_url,
+    ).validate()
     eng = Engine(settings)
     await eng.start()
     try:
@@ -95,8 +101,9 @@ async def serve(engine: Engine) -> AsyncIterator[Any]:
 ATTACKER = "127.0.0.2"
 
 
-async def connect(port: int, send: bytes = b"", source: str = "127.0.0.1"
-                  ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def connect(
+    port: int, send: bytes = b"", source: str = "127.0.0.1"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     if send:
         writer.write(send)
@@ -197,8 +204,10 @@ async def test_idle_connections_are_closed_after_the_idle_timeout(serve: Any) ->
 
 async def test_a_post_body_must_arrive_in_time(serve: Any, engine: Engine) -> None:
     api = await serve(header_timeout_s=1.0)
-    head = (f"POST /streaming/stop HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
-            "Content-Type: application/json\r\nContent-Length: 40\r\n\r\n").encode()
+    head = (
+        f"POST /streaming/stop HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 40\r\n\r\n"
+    ).encode()
     reader, writer = await connect(api.port, head + b'{"instru')
     t0 = time.monotonic()
     status, _, doc = await reply(reader, timeout=4)
@@ -315,24 +324,54 @@ async def test_the_default_cap_leaves_the_rest_of_the_process_as_many_descriptor
 # --- every error is JSON -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("request_bytes", "status", "needle"), [
-    (b"GET /" + b"a" * (MAX_URL_BYTES + 10) + b" HTTP/1.1\r\nHost: x\r\n\r\n", 400,
-     f"path and query are longer than {MAX_URL_BYTES} bytes"),
-    (b"GET /candles/binance:BTCUSDT/1m?token=" + TOKEN.encode() + b"&x=" + b"a" * MAX_URL_BYTES + b" HTTP/1.1\r\n\r\n",
-     400, "path and query are longer"),
-    (b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * (MAX_HEADER_BYTES + 10) + b"\r\n\r\n", 431,
-     f"header is longer than {MAX_HEADER_BYTES} bytes"),
-    (b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(150)) + b"\r\n", 431,
-     "more than 100 headers"),
-    (b"GARBAGE\r\n\r\n", 400, "malformed HTTP request"),
-    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(64)) + b"\r\n\r\n", 400, "not HTTPS"),
-    (b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400, "malformed HTTP request"),
-    (b"POST /streaming/stop HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "malformed"),
-    (b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n", 400, "malformed HTTP request"),
-], ids=["long-path", "long-path-with-token", "long-header", "many-headers", "garbage", "tls", "bad-length",
-        "bad-chunk", "bad-version"])
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "needle"),
+    [
+        (
+            b"GET /" + b"a" * (MAX_URL_BYTES + 10) + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+            400,
+            f"path and query are longer than {MAX_URL_BYTES} bytes",
+        ),
+        (
+            b"GET /candles/binance:BTCUSDT/1m?token="
+            + TOKEN.encode()
+            + b"&x="
+            + b"a" * MAX_URL_BYTES
+            + b" HTTP/1.1\r\n\r\n",
+            400,
+            "path and query are longer",
+        ),
+        (
+            b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * (MAX_HEADER_BYTES + 10) + b"\r\n\r\n",
+            431,
+            f"header is longer than {MAX_HEADER_BYTES} bytes",
+        ),
+        (
+            b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(150)) + b"\r\n",
+            431,
+            "more than 100 headers",
+        ),
+        (b"GARBAGE\r\n\r\n", 400, "malformed HTTP request"),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(64)) + b"\r\n\r\n", 400, "not HTTPS"),
+        (b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400, "malformed HTTP request"),
+        (b"POST /streaming/stop HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "malformed"),
+        (b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n", 400, "malformed HTTP request"),
+    ],
+    ids=[
+        "long-path",
+        "long-path-with-token",
+        "long-header",
+        "many-headers",
+        "garbage",
+        "tls",
+        "bad-length",
+        "bad-chunk",
+        "bad-version",
+    ],
+)
 async def test_requests_aiohttp_cannot_parse_get_json_errors(
-        serve: Any, caplog: pytest.LogCaptureFixture, request_bytes: bytes, status: int, needle: str) -> None:
+    serve: Any, caplog: pytest.LogCaptureFixture, request_bytes: bytes, status: int, needle: str
+) -> None:
     api = await serve()
     caplog.set_level(logging.DEBUG)
     reader, writer = await connect(api.port, request_bytes)
@@ -345,32 +384,36 @@ async def test_requests_aiohttp_cannot_parse_get_json_errors(
     assert "Traceback" not in caplog.text and TOKEN not in caplog.text  # no stack, no token in the logs
 
 
-@pytest.mark.parametrize(("query", "needle"), [
-    ("since=²", "since='²' is neither epoch milliseconds nor an ISO-8601 time"),
-    ("since=%C2%B2", "since='²' is neither"),
-    ("until=%D9%A1%D9%A2", "until='١٢' is neither"),  # Arabic-Indic digits: int() would read 12
-    ("since=1_000", "since='1_000' is neither"),
-    ("since=%201000", None),  # a leading space is fine: it is stripped
-    ("since=99999999999999999999999", "since='99999999999999999999999' is outside the years 1 to 9999"),
-    ("until=-99999999999999999999", "is outside the years 1 to 9999"),
-    ("since=9999-12-31T23:59:59-01:00", "is outside the years 1 to 9999"),
-    ("since=%00", "since='\\x00' is neither"),
-    ("since=1&since=2", "since given more than once"),
-    ("limit=abc", "limit='abc' is not a whole number from 1 to 100000"),
-    ("limit=²", "limit='²' is not a whole number"),
-    ("limit=%D9%A1", "limit='١' is not a whole number"),
-    ("limit=1_0", "limit='1_0' is not a whole number"),
-    ("limit=99999999999999999999", "is not a whole number from 1 to 100000"),
-    ("limit=", "limit='' is not a whole number"),
-    ("format=%FF", "is not served; use format=json or format=csv"),
-    ("price=%FF", "use one of"),
-], ids=lambda v: str(v)[:30])
+@pytest.mark.parametrize(
+    ("query", "needle"),
+    [
+        ("since=²", "since='²' is neither epoch milliseconds nor an ISO-8601 time"),
+        ("since=%C2%B2", "since='²' is neither"),
+        ("until=%D9%A1%D9%A2", "until='١٢' is neither"),  # Arabic-Indic digits: int() would read 12
+        ("since=1_000", "since='1_000' is neither"),
+        ("since=%201000", None),  # a leading space is fine: it is stripped
+        ("since=99999999999999999999999", "since='99999999999999999999999' is outside the years 1 to 9999"),
+        ("until=-99999999999999999999", "is outside the years 1 to 9999"),
+        ("since=9999-12-31T23:59:59-01:00", "is outside the years 1 to 9999"),
+        ("since=%00", "since='\\x00' is neither"),
+        ("since=1&since=2", "since given more than once"),
+        ("limit=abc", "limit='abc' is not a whole number from 1 to 100000"),
+        ("limit=²", "limit='²' is not a whole number"),
+        ("limit=%D9%A1", "limit='١' is not a whole number"),
+        ("limit=1_0", "limit='1_0' is not a whole number"),
+        ("limit=99999999999999999999", "is not a whole number from 1 to 100000"),
+        ("limit=", "limit='' is not a whole number"),
+        ("format=%FF", "is not served; use format=json or format=csv"),
+        ("price=%FF", "use one of"),
+    ],
+    ids=lambda v: str(v)[:30],
+)
 async def test_malformed_query_values_are_400_naming_the_parameter(
-        serve: Any, caplog: pytest.LogCaptureFixture, query: str, needle: str | None) -> None:
+    serve: Any, caplog: pytest.LogCaptureFixture, query: str, needle: str | None
+) -> None:
     api = await serve()
     caplog.set_level(logging.ERROR)
-    async with aiohttp.ClientSession(headers=AUTH) as s, \
-            s.get(f"{api.url}/candles/{BTC}/1m?{query}") as r:
+    async with aiohttp.ClientSession(headers=AUTH) as s, s.get(f"{api.url}/candles/{BTC}/1m?{query}") as r:
         doc = await r.json()
         if needle is None:
             assert r.status == 200, doc
@@ -380,18 +423,23 @@ async def test_malformed_query_values_are_400_naming_the_parameter(
     assert "failed" not in caplog.text  # no 500 was logged
 
 
-async def test_a_body_that_cannot_be_read_is_a_400(serve: Any, engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_body_that_cannot_be_read_is_a_400(
+    serve: Any, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
     api = await serve()
     caplog.set_level(logging.ERROR)
     async with aiohttp.ClientSession(headers=AUTH) as s:
         # (br: refused before the body when the Brotli module is missing, unreadable when it is there)
         for encoding in ("gzip", "deflate", "br"):
-            async with s.post(api.url + "/streaming/stop", data=b'{"instruments": []}',
-                              headers={"Content-Encoding": encoding}) as r:
+            async with s.post(
+                api.url + "/streaming/stop", data=b'{"instruments": []}', headers={"Content-Encoding": encoding}
+            ) as r:
                 doc = await r.json()
                 assert r.status == 400, (encoding, doc)
-                assert "the request body cannot be read" in doc["error"] \
-                    or "Content-Encoding cannot be decoded here" in doc["error"], (encoding, doc)
+                assert (
+                    "the request body cannot be read" in doc["error"]
+                    or "Content-Encoding cannot be decoded here" in doc["error"]
+                ), (encoding, doc)
     assert "Traceback" not in caplog.text and "failed" not in caplog.text
     assert engine.status()["instruments"][BTC]["streaming"] is True
 
@@ -399,9 +447,14 @@ async def test_a_body_that_cannot_be_read_is_a_400(serve: Any, engine: Engine, c
 async def test_unknown_paths_and_wrong_methods_are_json_too(serve: Any) -> None:
     api = await serve()
     async with aiohttp.ClientSession(headers=AUTH) as s:
-        for method, path, status in [("GET", "/nowhere", 404), ("GET", "/candles", 404), ("PUT", "/health", 405),
-                                     ("POST", "/instruments", 405), ("GET", "/%FF%FE", 404),
-                                     ("GET", "/candles/" + "A" * 1000 + "/1m", 400)]:
+        for method, path, status in [
+            ("GET", "/nowhere", 404),
+            ("GET", "/candles", 404),
+            ("PUT", "/health", 405),
+            ("POST", "/instruments", 405),
+            ("GET", "/%FF%FE", 404),
+            ("GET", "/candles/" + "A" * 1000 + "/1m", 400),
+        ]:
             async with s.request(method, api.url + path) as r:
                 assert r.status == status, (method, path)
                 assert r.content_type == "application/json"
@@ -415,16 +468,34 @@ def _fuzz_frames(rng: random.Random) -> list[str | bytes]:
     """Text and binary frames no client should send: broken JSON, wrong types, huge numbers, deep
     nesting, escapes of lone surrogates and NULs, random bytes."""
     fixed: list[str | bytes] = [
-        "", " ", "null", "0", "[]", "{}", '"op"', "[" * 1000, "{" * 1000, '{"op":' * 500,
-        '{"op": "\\ud800"}', '{"op": "subscribe", "instrument": "\\udfff"}', '{"op": "sub\\u0000scribe"}',
-        '{"op": "subscribe", "instrument": "binance:\\u0000BTCUSDT"}', '{"op": "subscribe", "snapshot": 1e999}',
+        "",
+        " ",
+        "null",
+        "0",
+        "[]",
+        "{}",
+        '"op"',
+        "[" * 1000,
+        "{" * 1000,
+        '{"op":' * 500,
+        '{"op": "\\ud800"}',
+        '{"op": "subscribe", "instrument": "\\udfff"}',
+        '{"op": "sub\\u0000scribe"}',
+        '{"op": "subscribe", "instrument": "binance:\\u0000BTCUSDT"}',
+        '{"op": "subscribe", "snapshot": 1e999}',
         '{"op": "subscribe", "instrument": "binance:BTCUSDT", "snapshot": 99999999999999999999999}',
         '{"op": "subscribe", "instrument": "binance:BTCUSDT", "snapshot": 1.5}',
         '{"op": "subscribe", "instrument": "binance:BTCUSDT", "timeframe": "\\ud83d"}',
         '{"op": "subscribe", "instrument": ' + '"' + "A" * 3000 + '"}',
-        '{"op": "unsubscribe_trades", "instrument": "binance:BTCUSDT"}', '{"op": ["subscribe"]}',
-        '{"op": "subscribe", "instrument": {"$gt": ""}}', '{"op": "subscribe", "op": "subscribe"}',
-        "\x00\x01\x02", "\u202e{\"op\":\"subscribe\"}", b"", b"\x00" * 100, b'{"op":"subscribe"}',
+        '{"op": "unsubscribe_trades", "instrument": "binance:BTCUSDT"}',
+        '{"op": ["subscribe"]}',
+        '{"op": "subscribe", "instrument": {"$gt": ""}}',
+        '{"op": "subscribe", "op": "subscribe"}',
+        "\x00\x01\x02",
+        '\u202e{"op":"subscribe"}',
+        b"",
+        b"\x00" * 100,
+        b'{"op":"subscribe"}',
     ]
     alphabet = '{}[]":,\\ 0123456789eE.-+abcdefnulltrueop"subscribeinstrument\u00e9\U0001f600'
     for _ in range(150):
@@ -482,13 +553,24 @@ class Slowloris:
     from :data:`ATTACKER`; ``await start()`` returns once it holds every connection once."""
 
     def __init__(self, port: int, connections: int, seconds: float, reopen_after: float = 0.5) -> None:
-        self.args = ["--port", str(port), "--connections", str(connections), "--source", ATTACKER,
-                     "--seconds", str(seconds), "--reopen-after", str(reopen_after)]
+        self.args = [
+            "--port",
+            str(port),
+            "--connections",
+            str(connections),
+            "--source",
+            ATTACKER,
+            "--seconds",
+            str(seconds),
+            "--reopen-after",
+            str(reopen_after),
+        ]
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(Path(__file__).with_name("slowloris.py")), *self.args, stdout=asyncio.subprocess.PIPE)
+            sys.executable, str(Path(__file__).with_name("slowloris.py")), *self.args, stdout=asyncio.subprocess.PIPE
+        )
         assert self.proc.stdout is not None
         assert await asyncio.wait_for(self.proc.stdout.readline(), 20) == b"ready\n"
 
@@ -508,7 +590,8 @@ class Slowloris:
 
 @pytest.mark.slow  # over 3 s: not in the everyday subset
 async def test_a_slowloris_starves_neither_the_store_nor_clients_with_whole_requests(
-        serve: Any, engine: Engine) -> None:
+    serve: Any, engine: Engine
+) -> None:
     """1000 half-open connections held (re-opened half a second after each cut) against a cap of 100:
     every request a client sends whole is answered within a second, the engine keeps writing
     candles to the store, and the server never admits more than 100 connections."""
@@ -526,8 +609,9 @@ async def test_a_slowloris_starves_neither_the_store_nor_clients_with_whole_requ
             # A new connection each time (no keep-alive), as a client arriving during the attack.
             async with aiohttp.ClientSession(headers=AUTH, connector=aiohttp.TCPConnector(force_close=True)) as s:
                 t0 = time.monotonic()
-                status, doc = await get(s, f"{api.url}/candles/{BTC}/15s", params={"limit": "3"},
-                                        timeout=aiohttp.ClientTimeout(total=5))
+                status, doc = await get(
+                    s, f"{api.url}/candles/{BTC}/15s", params={"limit": "3"}, timeout=aiohttp.ClientTimeout(total=5)
+                )
                 latencies.append(time.monotonic() - t0)
                 assert status == 200 and len(doc["candles"]) == 3, doc
             most = max(most, api.guard.connections)
@@ -565,8 +649,9 @@ async def replica() -> AsyncIterator[BinanceReplica]:
     await r.stop()
 
 
-async def _run_under_attack(tmp_path: Path, replica: BinanceReplica, config: str
-                            ) -> tuple[list[int], list[float], dict[str, int], str]:
+async def _run_under_attack(
+    tmp_path: Path, replica: BinanceReplica, config: str
+) -> tuple[list[int], list[float], dict[str, int], str]:
     """``deltafeed run`` limited to 256 file descriptors and attacked by 1000 half-open connections
     for four seconds: (/metrics statuses during the attack, store rows written as it reported them,
     the attacker's counts, the run's stderr)."""
@@ -578,11 +663,32 @@ async def _run_under_attack(tmp_path: Path, replica: BinanceReplica, config: str
 
     src = str(Path(__file__).parents[1] / "src")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "deltafeed", "run", "--config", str(conf), "--rest-url", replica.url,
-        "--ws-url", replica.ws_url, "--symbols", "BTCUSDT", "--timeframes", "15s,1m", "--history", "10m",
-        "--db", str(tmp_path / "run.duckdb"), "--api", "127.0.0.1:0", "--api-token", TOKEN,
-        stderr=asyncio.subprocess.PIPE, preexec_fn=few_descriptors,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])})
+        sys.executable,
+        "-m",
+        "deltafeed",
+        "run",
+        "--config",
+        str(conf),
+        "--rest-url",
+        replica.url,
+        "--ws-url",
+        replica.ws_url,
+        "--symbols",
+        "BTCUSDT",
+        "--timeframes",
+        "15s,1m",
+        "--history",
+        "10m",
+        "--db",
+        str(tmp_path / "run.duckdb"),
+        "--api",
+        "127.0.0.1:0",
+        "--api-token",
+        TOKEN,
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=few_descriptors,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])},
+    )
     assert proc.stderr is not None
     err = b""
     attacker: Slowloris | None = None
@@ -601,8 +707,11 @@ async def _run_under_attack(tmp_path: Path, replica: BinanceReplica, config: str
         t_end = time.monotonic() + 4.0
         while time.monotonic() < t_end:
             try:
-                async with aiohttp.ClientSession(headers=AUTH, connector=aiohttp.TCPConnector(force_close=True),
-                                                 timeout=aiohttp.ClientTimeout(total=2)) as s:
+                async with aiohttp.ClientSession(
+                    headers=AUTH,
+                    connector=aiohttp.TCPConnector(force_close=True),
+                    timeout=aiohttp.ClientTimeout(total=2),
+                ) as s:
                     status, text = await get(s, url + "/metrics")
                     statuses.append(status)
                     rows.append(metric(text, "deltafeed_store_written_candles_total"))

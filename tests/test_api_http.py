@@ -56,12 +56,20 @@ def make_hub(engine: Engine) -> Any:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Served]:
     tmp = tmp_path_factory.mktemp("api")
-    replica = BinanceReplica(symbols=SYMBOLS, seed=5, rate=4.0, speed=60.0, history_ms=2 * 3_600_000,
-                             tape=str(tmp / "tape.csv"))
+    replica = BinanceReplica(
+        symbols=SYMBOLS, seed=5, rate=4.0, speed=60.0, history_ms=2 * 3_600_000, tape=str(tmp / "tape.csv")
+    )
     await replica.start()
     # A small hot tier, so that an hour of 15s candles (240) reaches past it into the cold store.
-    settings = Settings(symbols=SYMBOLS, timeframes=["15s", "1m", "5m"], history="1h", db=str(tmp / "api.duckdb"),
-                        rest_url=replica.url, ws_url=replica.ws_url, hot_capacity=100).validate()
+    settings = Settings(
+        symbols=SYMBOLS,
+        timeframes=["15s", "1m", "5m"],
+        history="1h",
+        db=str(tmp / "api.duckdb"),
+        rest_url=replica.url,
+        ws_url=replica.ws_url,
+        hot_capacity=100,
+    ).validate()
     engine = Engine(settings)
     await engine.start()
     hub = make_hub(engine)
@@ -70,8 +78,10 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
         # Streaming for a few market minutes, so that every counter has moved, and the candles that
         # were forming when streaming began repaired (so the store no longer changes under a test).
         async with asyncio.timeout(20):
-            while not all(st.trades > 20 and st.repaired > 0 for st in engine.states.values()) \
-                    or engine.status()["pending_repairs"]:
+            while (
+                not all(st.trades > 20 and st.repaired > 0 for st in engine.states.values())
+                or engine.status()["pending_repairs"]
+            ):
                 await asyncio.sleep(0.05)
         yield Served(replica, engine, hub, api_url(runner))
     finally:
@@ -110,8 +120,14 @@ async def test_health_ok(served: Served) -> None:
 async def test_health_degraded_when_the_venue_is_gone(tmp_path: Path) -> None:
     replica = BinanceReplica(symbols=["BTCUSDT"], seed=2, rate=2.0, speed=60.0, history_ms=600_000)
     await replica.start()
-    settings = Settings(symbols=["BTCUSDT"], timeframes=["1m"], history="10m", db=str(tmp_path / "h.duckdb"),
-                        rest_url=replica.url, ws_url=replica.ws_url).validate()
+    settings = Settings(
+        symbols=["BTCUSDT"],
+        timeframes=["1m"],
+        history="10m",
+        db=str(tmp_path / "h.duckdb"),
+        rest_url=replica.url,
+        ws_url=replica.ws_url,
+    ).validate()
     engine = Engine(settings)
     await engine.start()
     runner = await start_api(engine, None, "127.0.0.1", 0, None)
@@ -151,15 +167,19 @@ async def test_instruments(served: Served) -> None:
     status, body, _ = await call("GET", served.url + "/instruments")
     assert status == 200
     assert body == {
-        "instruments": [{"name": f"binance:{s}", "venue": "binance", "symbol": s, "price": "trade", "streaming": True}
-                        for s in SYMBOLS],
+        "instruments": [
+            {"name": f"binance:{s}", "venue": "binance", "symbol": s, "price": "trade", "streaming": True}
+            for s in SYMBOLS
+        ],
         "timeframes": ["15s", "1m", "5m"],
     }
 
 
 async def test_stop_and_start_streaming(served: Served) -> None:
     url = served.url
-    status, body, _ = await call("POST", url + "/streaming/stop", token=TOKEN, json={"instruments": ["binance:ethusdt"]})
+    status, body, _ = await call(
+        "POST", url + "/streaming/stop", token=TOKEN, json={"instruments": ["binance:ethusdt"]}
+    )
     assert (status, body) == (200, {"streaming": [BTC]})
     _, inst, _ = await call("GET", url + "/instruments")
     assert [i["streaming"] for i in inst["instruments"]] == [True, False]
@@ -170,14 +190,18 @@ async def test_stop_and_start_streaming(served: Served) -> None:
     assert (status, body) == (200, {"streaming": [BTC, "binance:ETHUSDT"]})
 
 
-@pytest.mark.parametrize(("body", "status", "needle"), [
-    (b"{not json", 400, "not JSON"),
-    (b'["binance:BTCUSDT"]', 400, "unexpected request body"),
-    (b'{"instruments": ["binance:BTCUSDT"], "extra": 1}', 400, "unexpected request body"),
-    (b'{"instruments": "binance:BTCUSDT"}', 400, "must be a list"),
-    (b'{"instruments": ["BTCUSDT"]}', 400, "VENUE:SYMBOL"),
-    (b'{"instruments": ["binance:XRPUSDT"]}', 404, "not collected here"),
-], ids=["not-json", "not-object", "extra-key", "not-list", "no-venue", "unknown"])
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        (b"{not json", 400, "not JSON"),
+        (b'["binance:BTCUSDT"]', 400, "unexpected request body"),
+        (b'{"instruments": ["binance:BTCUSDT"], "extra": 1}', 400, "unexpected request body"),
+        (b'{"instruments": "binance:BTCUSDT"}', 400, "must be a list"),
+        (b'{"instruments": ["BTCUSDT"]}', 400, "VENUE:SYMBOL"),
+        (b'{"instruments": ["binance:XRPUSDT"]}', 404, "not collected here"),
+    ],
+    ids=["not-json", "not-object", "extra-key", "not-list", "no-venue", "unknown"],
+)
 async def test_control_bad_bodies(served: Served, body: bytes, status: int, needle: str) -> None:
     got, doc, _ = await call("POST", served.url + "/streaming/stop", token=TOKEN, data=body)
     assert got == status and needle in doc["error"], doc
@@ -260,8 +284,9 @@ async def test_candles_csv_like_the_cli(served: Served) -> None:
     lines = list(csv.reader(io.StringIO(text)))
     assert lines[0] == ["open_time", "open", "high", "low", "close", "volume", "trades", "state"]
     assert len(lines) > 5
-    assert lines[1:] == [[iso(r[0]), num(r[1]), num(r[2]), num(r[3]), num(r[4]), num(r[5]), str(r[6]), r[7]]
-                         for r in doc["candles"]]
+    assert lines[1:] == [
+        [iso(r[0]), num(r[1]), num(r[2]), num(r[3]), num(r[4]), num(r[5]), str(r[6]), r[7]] for r in doc["candles"]
+    ]
     assert FORMING_HEADER not in headers
     # Unbounded, the forming candle is the last row, and the header names it.
     _, text, headers = await call("GET", url, params={"format": "csv"})
@@ -320,23 +345,27 @@ async def test_candle_states_and_final_only(served: Served) -> None:
     assert status == 400 and "final='abc'" in err["error"] and "final=true" in err["error"]
 
 
-@pytest.mark.parametrize(("path", "status", "needle"), [
-    (f"/candles/{BTC}/1m?since=yesterday", 400, "neither epoch milliseconds nor an ISO-8601"),
-    (f"/candles/{BTC}/1m?until=2026-13-01", 400, "neither epoch milliseconds nor an ISO-8601"),
-    (f"/candles/{BTC}/1m?since=2000&until=1000", 400, "is after until"),
-    (f"/candles/{BTC}/1m?limit=0", 400, "limit='0'"),
-    (f"/candles/{BTC}/1m?limit=ten", 400, "limit='ten'"),
-    (f"/candles/{BTC}/1m?limit=100001", 400, "from 1 to 100000"),
-    (f"/candles/{BTC}/1m?format=xml", 400, "format=json or format=csv"),
-    (f"/candles/{BTC}/1m?limt=5", 400, "unknown parameter(s) limt"),
-    ("/candles/binance:XRPUSDT/1m", 404, "not collected here"),
-    ("/candles/BTCUSDT/1m", 400, "has no venue"),
-    ("/candles/binance:BTC$USDT/1m", 400, "is not a valid name"),
-    (f"/candles/{BTC}/7m", 400, "unknown timeframe '7m'"),
-    (f"/candles/{BTC}/1h", 404, "timeframe 1h is not collected here"),
-    ("/nowhere", 404, "no endpoint GET /nowhere"),
-    (f"/candles/{BTC}", 404, "no endpoint"),
-], ids=lambda v: str(v)[:40])
+@pytest.mark.parametrize(
+    ("path", "status", "needle"),
+    [
+        (f"/candles/{BTC}/1m?since=yesterday", 400, "neither epoch milliseconds nor an ISO-8601"),
+        (f"/candles/{BTC}/1m?until=2026-13-01", 400, "neither epoch milliseconds nor an ISO-8601"),
+        (f"/candles/{BTC}/1m?since=2000&until=1000", 400, "is after until"),
+        (f"/candles/{BTC}/1m?limit=0", 400, "limit='0'"),
+        (f"/candles/{BTC}/1m?limit=ten", 400, "limit='ten'"),
+        (f"/candles/{BTC}/1m?limit=100001", 400, "from 1 to 100000"),
+        (f"/candles/{BTC}/1m?format=xml", 400, "format=json or format=csv"),
+        (f"/candles/{BTC}/1m?limt=5", 400, "unknown parameter(s) limt"),
+        ("/candles/binance:XRPUSDT/1m", 404, "not collected here"),
+        ("/candles/BTCUSDT/1m", 400, "has no venue"),
+        ("/candles/binance:BTC$USDT/1m", 400, "is not a valid name"),
+        (f"/candles/{BTC}/7m", 400, "unknown timeframe '7m'"),
+        (f"/candles/{BTC}/1h", 404, "timeframe 1h is not collected here"),
+        ("/nowhere", 404, "no endpoint GET /nowhere"),
+        (f"/candles/{BTC}", 404, "no endpoint"),
+    ],
+    ids=lambda v: str(v)[:40],
+)
 async def test_candles_errors(served: Served, path: str, status: int, needle: str) -> None:
     got, doc, headers = await call("GET", served.url + path)
     assert got == status, doc
@@ -359,8 +388,11 @@ async def test_openapi_describes_every_http_endpoint(served: Served) -> None:
     status, spec, _ = await call("GET", served.url + "/openapi.json")
     assert status == 200 and spec["openapi"] == "3.1.0"
     app = build_app(served.engine, None, TOKEN)
-    routes = {(r.resource.canonical, r.method.lower()) for r in app.router.routes()
-              if r.resource is not None and r.method != "HEAD"}
+    routes = {
+        (r.resource.canonical, r.method.lower())
+        for r in app.router.routes()
+        if r.resource is not None and r.method != "HEAD"
+    }
     documented = {(p, m) for p, ops in spec["paths"].items() for m in ops}
     assert routes == documented
     for ops in spec["paths"].values():
@@ -392,8 +424,7 @@ async def test_metrics(served: Served) -> None:
     assert all(name.startswith("deltafeed_") for name in families), sorted(families)  # a private registry
 
     def samples(name: str, suffix: str = "") -> dict[tuple[tuple[str, str], ...], float]:
-        return {tuple(sorted(s.labels.items())): s.value for s in families[name].samples
-                if s.name == name + suffix}
+        return {tuple(sorted(s.labels.items())): s.value for s in families[name].samples if s.name == name + suffix}
 
     trades = samples("deltafeed_trades", "_total")
     assert families["deltafeed_trades"].type == "counter"
@@ -402,8 +433,12 @@ async def test_metrics(served: Served) -> None:
     assert all(v > 0 for v in samples("deltafeed_venue_candles", "_total").values())
     for name in ("deltafeed_gaps", "deltafeed_candles_backfilled", "deltafeed_candles_bootstrapped"):
         assert families[name].type == "counter" and len(samples(name, "_total")) == 2
-    for name in ("deltafeed_reconnects", "deltafeed_connects", "deltafeed_rest_rate_limited",
-                 "deltafeed_rest_rate_limit_waits"):
+    for name in (
+        "deltafeed_reconnects",
+        "deltafeed_connects",
+        "deltafeed_rest_rate_limited",
+        "deltafeed_rest_rate_limit_waits",
+    ):
         assert families[name].type == "counter"
         assert list(samples(name, "_total")) == [(("venue", "binance"),)]
     assert samples("deltafeed_connects", "_total")[(("venue", "binance"),)] >= 1
@@ -461,10 +496,20 @@ async def test_loopback_without_token_reads_open_posts_refused(served: Served) -
 
 
 #: Every HTTP route, with what it answers given the token (the WebSocket is tested on its own).
-ROUTES = [("GET", "/health", 200), ("HEAD", "/health", 200), ("GET", "/streaming/status", 200),
-          ("GET", "/instruments", 200), ("GET", f"/candles/{BTC}/1m?limit=1", 200), ("GET", "/metrics", 200),
-          ("GET", "/openapi.json", 200), ("GET", "/docs", 200), ("GET", "/nowhere", 404),
-          ("POST", "/streaming/start", 200), ("POST", "/streaming/stop", 200), ("DELETE", "/health", 405)]
+ROUTES = [
+    ("GET", "/health", 200),
+    ("HEAD", "/health", 200),
+    ("GET", "/streaming/status", 200),
+    ("GET", "/instruments", 200),
+    ("GET", f"/candles/{BTC}/1m?limit=1", 200),
+    ("GET", "/metrics", 200),
+    ("GET", "/openapi.json", 200),
+    ("GET", "/docs", 200),
+    ("GET", "/nowhere", 404),
+    ("POST", "/streaming/start", 200),
+    ("POST", "/streaming/stop", 200),
+    ("DELETE", "/health", 405),
+]
 
 
 async def test_with_a_token_every_endpoint_needs_it_on_loopback_too(served: Served) -> None:
@@ -478,8 +523,9 @@ async def test_with_a_token_every_endpoint_needs_it_on_loopback_too(served: Serv
         if method != "HEAD":
             assert "needs the API token" in doc["error"] and "Authorization: Bearer" in doc["error"], doc
         for wrong in ("wrong", TOKEN + "x", TOKEN[:-1], "ü" * 5):
-            status, doc, _ = await call(method, url + path, headers={"Authorization": f"Bearer {wrong}"},
-                                        token=None, **kw)
+            status, doc, _ = await call(
+                method, url + path, headers={"Authorization": f"Bearer {wrong}"}, token=None, **kw
+            )
             assert status == 401, (method, path, wrong)
         assert (await call(method, url + path, headers={"Authorization": f"Basic {TOKEN}"}, token=None, **kw))[0] == 401
         assert (await call(method, url + path, headers={"Authorization": "Bearer"}, token=None, **kw))[0] == 401
@@ -522,15 +568,28 @@ async def test_beyond_loopback_every_endpoint_needs_the_token(served: Served, ca
     url = f"http://127.0.0.1:{port}"
     caplog.set_level(logging.DEBUG)
     try:
-        for path in ("/instruments", "/streaming/status", f"/candles/{BTC}/1m", "/metrics", "/ws", "/health",
-                     "/openapi.json", "/docs", "/nowhere"):
+        for path in (
+            "/instruments",
+            "/streaming/status",
+            f"/candles/{BTC}/1m",
+            "/metrics",
+            "/ws",
+            "/health",
+            "/openapi.json",
+            "/docs",
+            "/nowhere",
+        ):
             status, doc, _ = await call("GET", url + path, token=None)
             assert status == 401, path
             assert "needs the API token" in doc["error"]
             assert (await call("GET", url + path, token="nope"))[0] == 401
         assert (await call("GET", url + "/instruments"))[0] == 200
-        assert (await call("GET", url + f"/candles/{BTC}/1m", params={"limit": "1", "token": TOKEN}, token=None))[0] == 200
-        assert (await call("GET", url + f"/candles/{BTC}/1m", params={"limit": "x", "token": TOKEN}, token=None))[0] == 400
+        assert (await call("GET", url + f"/candles/{BTC}/1m", params={"limit": "1", "token": TOKEN}, token=None))[
+            0
+        ] == 200
+        assert (await call("GET", url + f"/candles/{BTC}/1m", params={"limit": "x", "token": TOKEN}, token=None))[
+            0
+        ] == 400
         long_path = f"/candles/{BTC}/1m?token={TOKEN}&pad=" + "x" * 9000  # over the limit: the guard answers
         assert (await call("GET", url + long_path, token=None))[0] == 400
     finally:

@@ -103,7 +103,8 @@ def candle(open_time: int, price: float = 100.0, trades: int = 1, closed: bool =
 
 
 async def test_instrument_endpoint_sends_trades_prices_and_candles_in_the_documented_format(
-        serve: Serve, session: aiohttp.ClientSession) -> None:
+    serve: Serve, session: aiohttp.ClientSession
+) -> None:
     market = Market([BTC, ETH])
     hub = market.hub()
     url = await serve(hub)
@@ -120,24 +121,45 @@ async def test_instrument_endpoint_sends_trades_prices_and_candles_in_the_docume
     market.candle(hub, BTC, "1m", Candle(T0, 42000.5, 42001.0, 42000.5, 42001.0, 0.75, 2, True))
 
     first = await ws.receive(timeout=3)
-    assert first.data == ('{"type":"trade","instrument":"binance:BTCUSDT","timestamp":1700000040123,'
-                          '"data":{"id":7,"price":42000.5,"qty":0.25,"buyer_maker":true}}')
-    assert await recv(ws) == {"type": "price_update", "instrument": BTC, "timestamp": T0 + 200,
-                              "data": {"price": 42001.0}}
-    candle_data = {"timeframe": "1m", "open_time": T0, "open": 42000.5, "high": 42001.0, "low": 42000.5,
-                   "close": 42001.0, "volume": 0.75, "trades": 2, "closed": False, "state": "forming"}
+    assert first.data == (
+        '{"type":"trade","instrument":"binance:BTCUSDT","timestamp":1700000040123,'
+        '"data":{"id":7,"price":42000.5,"qty":0.25,"buyer_maker":true}}'
+    )
+    assert await recv(ws) == {
+        "type": "price_update",
+        "instrument": BTC,
+        "timestamp": T0 + 200,
+        "data": {"price": 42001.0},
+    }
+    candle_data = {
+        "timeframe": "1m",
+        "open_time": T0,
+        "open": 42000.5,
+        "high": 42001.0,
+        "low": 42000.5,
+        "close": 42001.0,
+        "volume": 0.75,
+        "trades": 2,
+        "closed": False,
+        "state": "forming",
+    }
     assert await recv(ws) == {"type": "candle", "instrument": BTC, "timestamp": T0, "data": candle_data}
     hour = await recv(ws)
     assert hour["timestamp"] == T0 - 40_000 and hour["data"]["timeframe"] == "1h" and hour["data"]["trades"] == 300
-    assert await recv(ws) == {"type": "candle", "instrument": BTC, "timestamp": T0,
-                              "data": {**candle_data, "closed": True, "state": "provisional"}}
+    assert await recv(ws) == {
+        "type": "candle",
+        "instrument": BTC,
+        "timestamp": T0,
+        "data": {**candle_data, "closed": True, "state": "provisional"},
+    }
     await ws.close()
     await until(lambda: hub.clients == 0)
     assert not hub.wants_trades(BTC)
 
 
 async def test_multi_endpoint_serves_each_named_instrument_and_no_other(
-        serve: Serve, session: aiohttp.ClientSession) -> None:
+    serve: Serve, session: aiohttp.ClientSession
+) -> None:
     market = Market([BTC, ETH, SOL])
     hub = market.hub()
     url = await serve(hub)
@@ -151,7 +173,8 @@ async def test_multi_endpoint_serves_each_named_instrument_and_no_other(
 
 
 async def test_subscribe_ops_snapshot_then_live_trades_and_unsubscribe(
-        serve: Serve, session: aiohttp.ClientSession) -> None:
+    serve: Serve, session: aiohttp.ClientSession
+) -> None:
     market = Market([BTC, ETH])
     hub = market.hub()
     for i in range(5):  # four closed 1m candles and a forming one
@@ -163,11 +186,19 @@ async def test_subscribe_ops_snapshot_then_live_trades_and_unsubscribe(
     ws = await session.ws_connect(f"{url}/ws")
 
     await ws.send_str(json.dumps({"op": "subscribe", "instrument": BTC, "timeframe": "1m", "snapshot": 3}))
-    assert await recv(ws) == {"type": "subscribed", "op": "subscribe", "instrument": BTC, "timeframe": "1m",
-                              "snapshot": 3}
+    assert await recv(ws) == {
+        "type": "subscribed",
+        "op": "subscribe",
+        "instrument": BTC,
+        "timeframe": "1m",
+        "snapshot": 3,
+    }
     snap = [await recv(ws) for _ in range(3)]
     assert [(m["timestamp"], m["data"]["closed"]) for m in snap] == [
-        (T0 + 120_000, True), (T0 + 180_000, True), (T0 + 240_000, False)]
+        (T0 + 120_000, True),
+        (T0 + 180_000, True),
+        (T0 + 240_000, False),
+    ]
     assert all(m["type"] == "candle" and m["data"]["timeframe"] == "1m" for m in snap)
     assert not hub.wants_trades(BTC)  # candles only
     hub.price(BTC, T0, 1.0)  # price updates come with "every timeframe" subscriptions only
@@ -182,15 +213,24 @@ async def test_subscribe_ops_snapshot_then_live_trades_and_unsubscribe(
     assert reply == {"type": "subscribed", "op": "subscribe", "instrument": ETH, "timeframe": None, "snapshot": 4}
     snap = [await recv(ws) for _ in range(4)]
     assert [(m["data"]["timeframe"], m["timestamp"]) for m in snap] == [
-        ("1m", T0 + 60_000), ("1m", T0 + 120_000), ("5m", T0 + 300_000), ("5m", T0 + 600_000)]
+        ("1m", T0 + 60_000),
+        ("1m", T0 + 120_000),
+        ("5m", T0 + 300_000),
+        ("5m", T0 + 600_000),
+    ]
     hub.price(ETH, T0 + 5, 2001.0)
     market.candle(hub, ETH, "1h", candle(T0))
     assert (await recv(ws))["type"] == "price_update"
     assert (await recv(ws))["data"]["timeframe"] == "1h"
 
     await ws.send_str(json.dumps({"op": "subscribe_trades", "instrument": BTC}))
-    assert await recv(ws) == {"type": "subscribed", "op": "subscribe_trades", "instrument": BTC,
-                              "timeframe": None, "snapshot": 0}
+    assert await recv(ws) == {
+        "type": "subscribed",
+        "op": "subscribe_trades",
+        "instrument": BTC,
+        "timeframe": None,
+        "snapshot": 0,
+    }
     assert hub.wants_trades(BTC)
     hub.trade(BTC, Trade("BTCUSDT", 1, T0, 100.0, 1.0, False))
     assert (await recv(ws))["data"]["id"] == 1
@@ -241,7 +281,8 @@ async def test_producer_calls_cost_almost_nothing_when_nobody_listens() -> None:
 
 
 async def test_bad_paths_and_a_full_server_are_refused_before_the_upgrade(
-        serve: Serve, session: aiohttp.ClientSession) -> None:
+    serve: Serve, session: aiohttp.ClientSession
+) -> None:
     market = Market([BTC, ETH])
     hub = market.hub(max_clients=2, max_subscriptions=1)
     url = await serve(hub)
@@ -265,8 +306,12 @@ async def test_bad_paths_and_a_full_server_are_refused_before_the_upgrade(
     with pytest.raises(aiohttp.WSServerHandshakeError) as info:
         await session.ws_connect(f"{url}/ws")
     assert info.value.status == 503
-    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
-               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    upgrade = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
     async with session.get(f"{url}/ws", headers=upgrade) as r:
         assert r.status == 503 and "too many clients (2)" in (await r.json())["error"]
     assert hub.clients == 2
@@ -276,7 +321,8 @@ async def test_bad_paths_and_a_full_server_are_refused_before_the_upgrade(
 
 
 async def test_bad_ops_get_error_replies_and_the_connection_survives(
-        serve: Serve, session: aiohttp.ClientSession) -> None:
+    serve: Serve, session: aiohttp.ClientSession
+) -> None:
     market = Market([BTC, ETH, SOL])
     hub = market.hub(max_subscriptions=2, timeframes=lambda: ["1m", "5m"])
     url = await serve(hub)
@@ -303,16 +349,26 @@ async def test_bad_ops_get_error_replies_and_the_connection_survives(
     assert "not collected here; use one of 1m 5m" in await error_for(
         '{"op": "subscribe", "instrument": "binance:BTCUSDT", "timeframe": "1h"}'
     )
-    assert "unknown timeframe '2m'" in await error_for('{"op": "subscribe", "instrument": "binance:BTCUSDT", "timeframe": "2m"}')
-    assert "between 0 and 1000" in await error_for('{"op": "subscribe", "instrument": "binance:BTCUSDT", "snapshot": 5000}')
-    assert "between 0 and 1000" in await error_for('{"op": "subscribe", "instrument": "binance:BTCUSDT", "snapshot": -1}')
-    assert "trades have no timeframe" in await error_for('{"op": "subscribe_trades", "instrument": "binance:BTCUSDT", "timeframe": "1m"}')
+    assert "unknown timeframe '2m'" in await error_for(
+        '{"op": "subscribe", "instrument": "binance:BTCUSDT", "timeframe": "2m"}'
+    )
+    assert "between 0 and 1000" in await error_for(
+        '{"op": "subscribe", "instrument": "binance:BTCUSDT", "snapshot": 5000}'
+    )
+    assert "between 0 and 1000" in await error_for(
+        '{"op": "subscribe", "instrument": "binance:BTCUSDT", "snapshot": -1}'
+    )
+    assert "trades have no timeframe" in await error_for(
+        '{"op": "subscribe_trades", "instrument": "binance:BTCUSDT", "timeframe": "1m"}'
+    )
     assert "not subscribed" in await error_for('{"op": "unsubscribe", "instrument": "binance:BTCUSDT"}')
     assert "binary messages" in await error_for(b'{"op": "subscribe"}')
 
     await ws.send_str('{"op": "subscribe", "instrument": "binance:BTCUSDT", "timeframe": "1m"}')
     assert (await recv(ws))["type"] == "subscribed"
-    assert "already subscribed" in await error_for('{"op": "subscribe", "instrument": "binance:BTCUSDT", "timeframe": "1m"}')
+    assert "already subscribed" in await error_for(
+        '{"op": "subscribe", "instrument": "binance:BTCUSDT", "timeframe": "1m"}'
+    )
     await ws.send_str('{"op": "subscribe_trades", "instrument": "binance:ETHUSDT"}')
     assert (await recv(ws))["type"] == "subscribed"
     assert "too many subscriptions" in await error_for('{"op": "subscribe", "instrument": "binance:SOLUSDT"}')
@@ -346,14 +402,15 @@ async def test_snapshots_asked_for_without_reading_do_not_pile_up(serve: Serve) 
             m = await recv(ws)
             kinds.append(m["type"] if m["type"] != "error" else m["message"].split(";")[0])
         # The first is written, the second waits in the queue, the next ones are refused.
-        assert kinds == (["subscribed"] + ["candle"] * 4000) * 2 + [
-            "the previous snapshot is still waiting to be sent"] * 2
+        assert (
+            kinds
+            == (["subscribed"] + ["candle"] * 4000) * 2 + ["the previous snapshot is still waiting to be sent"] * 2
+        )
         await ws.send_str(json.dumps({"op": "subscribe", "instrument": SOL, "timeframe": "1h", "snapshot": 2}))
         assert (await recv(ws))["snapshot"] == 2  # once read, snapshots are served again
 
 
-async def test_shutdown_closes_every_client_with_1001_and_the_hub_serves_again(
-        session: aiohttp.ClientSession) -> None:
+async def test_shutdown_closes_every_client_with_1001_and_the_hub_serves_again(session: aiohttp.ClientSession) -> None:
     market = Market([BTC])
     hub = market.hub()
     for _ in range(2):  # the API may be stopped and started again around the same hub
@@ -433,7 +490,7 @@ async def test_snapshot_then_live_has_no_gap_and_no_duplicate(serve: Serve, sess
         # The snapshot's last candle is a state the producer published, and everything after it
         # follows exactly: the right next update, then every one after, in order.
         k = history.index(snap[-1])
-        assert live == history[k + 1:]
+        assert live == history[k + 1 :]
         closed = [s[0] for s in seen if s[2]]
         assert closed == list(range(closed[0], closed[0] + 1000 * len(closed), 1000)), "gap or duplicate"
         starts.add(k)
@@ -472,8 +529,7 @@ async def test_200_clients_20_never_read_the_others_get_everything_fast(serve: S
     # slow clients can still read their close frame after the run.
     url = await serve(hub, send_buffer=16384, close_grace_s=30.0)
     fast_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-    slow_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0,
-                                                                          socket_factory=_small_receive_buffer))
+    slow_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, socket_factory=_small_receive_buffer))
     try:
         path = f"/ws/multi/{BTC},{ETH}"
         fast = await asyncio.gather(*(fast_session.ws_connect(url + path) for _ in range(180)))
@@ -544,10 +600,12 @@ async def test_200_clients_20_never_read_the_others_get_everything_fast(serve: S
         latencies.sort()
         p99 = latencies[int(len(latencies) * 0.99)]
         calls.sort()
-        print(f"\n{sent} messages to 180 readers: latency p50 {latencies[len(latencies) // 2] * 1e3:.1f} ms, "
-              f"p99 {p99 * 1e3:.1f} ms, max {latencies[-1] * 1e3:.1f} ms; producer call p99 "
-              f"{calls[int(len(calls) * 0.99)] * 1e6:.0f} us, max {calls[-1] * 1e6:.0f} us; "
-              f"dropped {hub.dropped} (conflated {hub.conflated})")
+        print(
+            f"\n{sent} messages to 180 readers: latency p50 {latencies[len(latencies) // 2] * 1e3:.1f} ms, "
+            f"p99 {p99 * 1e3:.1f} ms, max {latencies[-1] * 1e3:.1f} ms; producer call p99 "
+            f"{calls[int(len(calls) * 0.99)] * 1e6:.0f} us, max {calls[-1] * 1e6:.0f} us; "
+            f"dropped {hub.dropped} (conflated {hub.conflated})"
+        )
         # A bound against stalls only (the machine may be shared); bench/fanout.py measures the latency.
         assert p99 < 0.5
         assert calls[-1] < 0.1
@@ -611,7 +669,8 @@ def stated(open_time: int, state: str, price: float = 100.0, trades: int = 1) ->
 
 
 async def test_final_only_subscription_gets_final_candles_and_their_republishing(
-        serve: Serve, session: aiohttp.ClientSession) -> None:
+    serve: Serve, session: aiohttp.ClientSession
+) -> None:
     market = Market([BTC, ETH])
     hub = market.hub()
     m = 60_000
@@ -623,18 +682,37 @@ async def test_final_only_subscription_gets_final_candles_and_their_republishing
     finals = await session.ws_connect(f"{url}/ws")
     every = await session.ws_connect(f"{url}/ws")
 
-    await finals.send_str(json.dumps({"op": "subscribe", "instrument": BTC, "timeframe": "1m", "snapshot": 3,
-                                      "final": True}))
-    assert await recv(finals) == {"type": "subscribed", "op": "subscribe", "instrument": BTC, "timeframe": "1m",
-                                  "snapshot": 3, "final": True}
+    await finals.send_str(
+        json.dumps({"op": "subscribe", "instrument": BTC, "timeframe": "1m", "snapshot": 3, "final": True})
+    )
+    assert await recv(finals) == {
+        "type": "subscribed",
+        "op": "subscribe",
+        "instrument": BTC,
+        "timeframe": "1m",
+        "snapshot": 3,
+        "final": True,
+    }
     snap = [await recv(finals) for _ in range(3)]  # the newest three final candles, past provisional ones
     assert [((x["timestamp"] - T0) // m, x["data"]["state"], x["data"]["closed"]) for x in snap] == [
-        (2, "final", True), (3, "final", True), (6, "final", True)]
+        (2, "final", True),
+        (3, "final", True),
+        (6, "final", True),
+    ]
     await every.send_str(json.dumps({"op": "subscribe", "instrument": BTC, "timeframe": "1m", "snapshot": 4}))
-    assert await recv(every) == {"type": "subscribed", "op": "subscribe", "instrument": BTC, "timeframe": "1m",
-                                 "snapshot": 4}  # no "final" key on an ordinary subscription
+    assert await recv(every) == {
+        "type": "subscribed",
+        "op": "subscribe",
+        "instrument": BTC,
+        "timeframe": "1m",
+        "snapshot": 4,
+    }  # no "final" key on an ordinary subscription
     assert [x["data"]["state"] for x in [await recv(every) for _ in range(4)]] == [
-        "provisional", "final", "provisional", "forming"]
+        "provisional",
+        "final",
+        "provisional",
+        "forming",
+    ]
 
     market.candle(hub, BTC, "1m", stated(T0 + 8 * m, "forming", 108.0, trades=2))  # an update: not final
     market.candle(hub, BTC, "1m", stated(T0 + 8 * m, "provisional", 108.0, trades=3))  # the timer closed it
@@ -646,12 +724,21 @@ async def test_final_only_subscription_gets_final_candles_and_their_republishing
 
     got = [await recv(finals) for _ in range(3)]
     assert [((x["timestamp"] - T0) // m, x["data"]["state"], x["data"]["open"]) for x in got] == [
-        (4, "final", 104.5), (8, "final", 108.0), (2, "final", 99.0)]
+        (4, "final", 104.5),
+        (8, "final", 108.0),
+        (2, "final", 99.0),
+    ]
     with pytest.raises(TimeoutError):
         await finals.receive(timeout=0.3)  # nothing else: no forming or provisional update
     got = [await recv(every) for _ in range(6)]
     assert [((x["timestamp"] - T0) // m, x["data"]["state"]) for x in got] == [
-        (8, "forming"), (8, "provisional"), (4, "final"), (8, "final"), (2, "final"), (9, "forming")]
+        (8, "forming"),
+        (8, "provisional"),
+        (4, "final"),
+        (8, "final"),
+        (2, "final"),
+        (9, "forming"),
+    ]
 
     # Subscribed both ways to one series: each message once. Unsubscribe ends both.
     await every.send_str(json.dumps({"op": "subscribe", "instrument": BTC, "timeframe": "1m", "final": True}))

@@ -75,14 +75,36 @@ async def test_backfill_across_a_weekend_equals_the_reference_and_is_idempotent(
     seen: list[BackfillProgress] = []
     async with replica() as rep:
         # since/until off the hour: rounded down to 1h, the longest timeframe.
-        first = await backfill("oanda:EUR_USD", since + 17 * 60_000, until + 59 * 60_000, timeframes="1m,5m,1h",
-                               prices="mid,bid", db=db, url=rep.url, requests_per_s=1000, batch_rows=500,
-                               progress=seen.append)
-        second = await backfill("oanda:EUR_USD", since, until, timeframes=["5m", "1h", "1m"], prices=["bid", "mid"],
-                                db=db, url=rep.url, requests_per_s=1000)
+        first = await backfill(
+            "oanda:EUR_USD",
+            since + 17 * 60_000,
+            until + 59 * 60_000,
+            timeframes="1m,5m,1h",
+            prices="mid,bid",
+            db=db,
+            url=rep.url,
+            requests_per_s=1000,
+            batch_rows=500,
+            progress=seen.append,
+        )
+        second = await backfill(
+            "oanda:EUR_USD",
+            since,
+            until,
+            timeframes=["5m", "1h", "1m"],
+            prices=["bid", "mid"],
+            db=db,
+            url=rep.url,
+            requests_per_s=1000,
+        )
     p = first.plan
-    assert (p.since_ms, p.until_ms, p.timeframes, p.sides, p.symbol) == (since, until, ("1m", "5m", "1h"),
-                                                                         ("mid", "bid"), "EURUSD")
+    assert (p.since_ms, p.until_ms, p.timeframes, p.sides, p.symbol) == (
+        since,
+        until,
+        ("1m", "5m", "1h"),
+        ("mid", "bid"),
+        "EURUSD",
+    )
     assert first.hours == 62 and first.empty_hours == 48 and first.missing_hours == []
     assert first.quotes == len(rows) and first.skipped == 0
     assert seen[0] == BackfillProgress(0, 62, 0, 0)
@@ -123,8 +145,9 @@ async def test_unpublished_hours_make_no_candles_and_cut_the_ones_around_them(tm
     since, until = ms("2026-01-12T00:00"), ms("2026-01-12T08:00")
     db = str(tmp_path / "fx.duckdb")
     async with replica() as rep:
-        result = await backfill("oanda:EUR_USD", since, until, timeframes="1s,1m,4h", db=db, url=rep.url,
-                                requests_per_s=1000)
+        result = await backfill(
+            "oanda:EUR_USD", since, until, timeframes="1s,1m,4h", db=db, url=rep.url, requests_per_s=1000
+        )
     assert result.missing_hours == [START, START + H]
     assert result.hours == 8 and result.skipped == 1  # the 04:00-08:00 4h candle
     assert "missing_hours=2" in result.summary() and "skipped_incomplete=1" in result.summary()
@@ -137,7 +160,9 @@ async def test_unpublished_hours_make_no_candles_and_cut_the_ones_around_them(tm
             check_equal(await cold.query("oanda:EUR_USD", tf), want, "mid", tf)
             assert want[-1].open_time + TIMEFRAMES[tf] == START
         four = await cold.query("oanda:EUR_USD", "4h")
-        assert [c.open_time for c in four] == [since] and four[0].trades == sum(1 for r in rows if r.time_ms < since + 4 * H)
+        assert [c.open_time for c in four] == [since] and four[0].trades == sum(
+            1 for r in rows if r.time_ms < since + 4 * H
+        )
     finally:
         await cold.close()
 
@@ -150,10 +175,15 @@ async def test_no_flat_candle_follows_a_missing_hour_before_a_quote_does(tmp_pat
     from deltafeed.venues import dukascopy_history
 
     day = ms("2026-01-06T00:00")
-    served = {day + 10 * H: [Quote("EURUSD", day + 10 * H + 30_000, 1.1, 1.1002),
-                             Quote("EURUSD", day + 10 * H + 20 * 60_000, 1.1004, 1.1006)],
-              day + 12 * H: [], day + 14 * H: [Quote("EURUSD", day + 14 * H + 5 * 60_000, 1.2, 1.2002)],
-              day + 15 * H: []}
+    served = {
+        day + 10 * H: [
+            Quote("EURUSD", day + 10 * H + 30_000, 1.1, 1.1002),
+            Quote("EURUSD", day + 10 * H + 20 * 60_000, 1.1004, 1.1006),
+        ],
+        day + 12 * H: [],
+        day + 14 * H: [Quote("EURUSD", day + 14 * H + 5 * 60_000, 1.2, 1.2002)],
+        day + 15 * H: [],
+    }
 
     class Source:
         def __init__(self, *args: Any, **kw: Any) -> None:
@@ -182,7 +212,10 @@ async def test_no_flat_candle_follows_a_missing_hour_before_a_quote_does(tmp_pat
     try:
         for key in ("oanda:EUR_USD", "oanda:EUR_USD@bid"):
             one = [c.open_time for c in await cold.query(key, "1m")]
-            assert one == [*range(day + 10 * H, day + 11 * H, 60_000), *range(day + 14 * H + 300_000, day + 16 * H, 60_000)]
+            assert one == [
+                *range(day + 10 * H, day + 11 * H, 60_000),
+                *range(day + 14 * H + 300_000, day + 16 * H, 60_000),
+            ]
             hour = await cold.query(key, "1h")
             assert [(c.open_time, c.trades) for c in hour] == [(day + 10 * H, 2), (day + 14 * H, 1), (day + 15 * H, 0)]
     finally:
@@ -195,8 +228,9 @@ async def test_a_source_without_the_instrument_or_unreachable_is_a_source_error(
         with pytest.raises(SourceError, match="no tick files for GBPUSD"):
             await backfill("oanda:GBP_USD", START - 6 * H, START, db=db, url=rep.url, requests_per_s=1000)
     with pytest.raises(SourceError, match="cannot reach"):
-        await backfill("oanda:EUR_USD", START - 6 * H, START, db=db, url=f"http://127.0.0.1:{free_port()}/datafeed",
-                       retries=0)
+        await backfill(
+            "oanda:EUR_USD", START - 6 * H, START, db=db, url=f"http://127.0.0.1:{free_port()}/datafeed", retries=0
+        )
 
 
 def free_port() -> int:
@@ -213,9 +247,26 @@ async def test_cli_backfills_and_prints_one_summary_line(tmp_path: Path) -> None
     db = str(tmp_path / "cli.duckdb")
     async with replica() as rep:
         proc = await asyncio.create_subprocess_exec(
-            *CLI, "backfill", "oanda:EUR_USD", "--since", "2026-01-09T18:00:00Z", "--until", "2026-01-12T02:00Z",
-            "--timeframes", "1m,15m", "--prices", "bid", "--db", db, "--url", rep.url, "--rps", "1000",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            *CLI,
+            "backfill",
+            "oanda:EUR_USD",
+            "--since",
+            "2026-01-09T18:00:00Z",
+            "--until",
+            "2026-01-12T02:00Z",
+            "--timeframes",
+            "1m,15m",
+            "--prices",
+            "bid",
+            "--db",
+            db,
+            "--url",
+            rep.url,
+            "--rps",
+            "1000",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
     lines = out.decode().splitlines()
@@ -229,7 +280,9 @@ async def test_cli_backfills_and_prints_one_summary_line(tmp_path: Path) -> None
     # Friday 18:00-22:00 and Sunday 22:00-Monday 02:00; a 1m series starts at its first quote, which at
     # this rate may come a minute late.
     assert 8 * 60 - 2 <= n1 <= 8 * 60 and n15 == 8 * 4
-    assert lines[0].startswith("backfilled oanda:EUR_USD from dukascopy EURUSD 2026-01-09T18:00:00Z..2026-01-12T02:00:00Z")
+    assert lines[0].startswith(
+        "backfilled oanda:EUR_USD from dukascopy EURUSD 2026-01-09T18:00:00Z..2026-01-12T02:00:00Z"
+    )
     assert "hours=56 empty_hours=48 missing_hours=0" in lines[0]
     assert f"candles={n1 + n15} (bid 1m={n1} 15m={n15})" in lines[0]
     # On a pipe, progress is a few plain lines on stderr, not a bar.
@@ -251,8 +304,12 @@ async def test_cli_backfills_and_prints_one_summary_line(tmp_path: Path) -> None
     ],
 )
 def test_cli_bad_usage_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
-    opts = {"--instrument": "oanda:EUR_USD", "--since": "2026-01-09T00:00Z", "--until": "2026-01-09T06:00Z",
-            "--db": str(tmp_path / "bad.duckdb")}
+    opts = {
+        "--instrument": "oanda:EUR_USD",
+        "--since": "2026-01-09T00:00Z",
+        "--until": "2026-01-09T06:00Z",
+        "--db": str(tmp_path / "bad.duckdb"),
+    }
     for flag, value in zip(args[::2], args[1::2], strict=True):
         opts[flag] = f"http://127.0.0.1:{free_port()}/datafeed" if value == "UNREACHABLE" else value
     argv = [opts.pop("--instrument"), *(x for kv in opts.items() for x in kv)]
@@ -268,10 +325,15 @@ def test_cli_bad_usage_is_one_line_and_exit_2(tmp_path: Path, args: list[str], m
 def test_result_summary_names_every_side_and_timeframe() -> None:
     from deltafeed.backfill import plan_backfill
 
-    plan = plan_backfill("oanda:usd_jpy", ms("2026-01-05T10:30"), ms("2026-01-06T00:00"), timeframes="1h,4h",
-                         prices="ask,mid")
-    assert (plan.instrument, plan.symbol, plan.since_ms, plan.sides) == ("oanda:USD_JPY", "USDJPY",
-                                                                         ms("2026-01-05T08:00"), ("mid", "ask"))
+    plan = plan_backfill(
+        "oanda:usd_jpy", ms("2026-01-05T10:30"), ms("2026-01-06T00:00"), timeframes="1h,4h", prices="ask,mid"
+    )
+    assert (plan.instrument, plan.symbol, plan.since_ms, plan.sides) == (
+        "oanda:USD_JPY",
+        "USDJPY",
+        ms("2026-01-05T08:00"),
+        ("mid", "ask"),
+    )
     r = BackfillResult(plan, hours=16, quotes=5, candles={("mid", "1h"): 3, ("ask", "4h"): 1}, seconds=1.25)
     assert r.summary() == (
         "backfilled oanda:USD_JPY from dukascopy USDJPY 2026-01-05T08:00:00Z..2026-01-06T00:00:00Z: hours=16 "

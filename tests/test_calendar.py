@@ -193,8 +193,12 @@ def test_finnhub_symbols_get_their_market_calendar(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("FINNHUB_TOKEN", "k")
     feed = FinnhubFeed(VenueSettings(), stale_after_s=10.0)
     assert {s: feed.calendar_name(s) for s in ("OANDA:EUR_USD", "BINANCE:BTCUSDT", "AAPL", "BRK.B", "BMW.DE")} == {
-        "OANDA:EUR_USD": "fx", "BINANCE:BTCUSDT": "crypto", "AAPL": "us_equity", "BRK.B": "us_equity",
-        "BMW.DE": "crypto"}
+        "OANDA:EUR_USD": "fx",
+        "BINANCE:BTCUSDT": "crypto",
+        "AAPL": "us_equity",
+        "BRK.B": "us_equity",
+        "BMW.DE": "crypto",
+    }
 
 
 # --- CandleBuilder with the FX calendar ----------------------------------------------------------
@@ -233,9 +237,11 @@ def run_week(trades: list[Trade], cal: Calendar | None, until: int) -> tuple[Can
 
 def test_trades_across_the_weekly_close_make_no_flats_while_closed() -> None:
     close, reopen = utc("2026-03-06T22:00"), utc("2026-03-08T21:00")  # EST Friday, EDT Sunday
-    trades = [Trade("X", 1, utc("2026-03-06T15:30"), 10.0, 1.0, False),
-              Trade("X", 2, utc("2026-03-06T21:58:30"), 11.0, 2.0, False),
-              Trade("X", 3, reopen + 5_000, 12.0, 3.0, False)]
+    trades = [
+        Trade("X", 1, utc("2026-03-06T15:30"), 10.0, 1.0, False),
+        Trade("X", 2, utc("2026-03-06T21:58:30"), 11.0, 2.0, False),
+        Trade("X", 3, reopen + 5_000, 12.0, 3.0, False),
+    ]
     b, rec = run_week(trades, FxCalendar(), utc("2026-03-08T23:00"))
     m1 = rec.closed["1m"]
     assert m1[close - 60_000].row() == (close - 60_000, 11.0, 11.0, 11.0, 11.0, 0.0, 0)  # 21:59 flat: ends at 17:00

@@ -53,8 +53,7 @@ async def test_load_markets_and_fetch_ohlcv_equal_the_tape(replica: BinanceRepli
     finally:
         await ex.close()
     ref = {
-        c.open_time: c
-        for c in candles_from_tape(rows_by_symbol(read_tape(replica.sim.tape.path))["SOLUSDT"], MINUTE)
+        c.open_time: c for c in candles_from_tape(rows_by_symbol(read_tape(replica.sim.tape.path))["SOLUSDT"], MINUTE)
     }
     closed = [c for c in got if c[0] + MINUTE <= now]
     assert len(closed) >= 3 * 60 - 1

@@ -40,8 +40,9 @@ def _check_window(r: ChaosResult, *, market_ms: int, compared: int) -> None:
 @pytest.mark.timeout(180)
 async def test_binance_final_candles_equal_the_tape_through_faults_and_a_kill(tmp_path: Path) -> None:
     # 60 wall seconds at x120 is two market hours of streaming (plus 30 minutes of history).
-    r = await run_chaos(tmp_path, venue="binance", wall_s=60.0, speed=120.0, faults_per_minute=7.0,
-                        kill_at_s=28.0, seed=4)
+    r = await run_chaos(
+        tmp_path, venue="binance", wall_s=60.0, speed=120.0, faults_per_minute=7.0, kill_at_s=28.0, seed=4
+    )
     _check_window(r, market_ms=2 * 3_600_000, compared=len(SYMBOLS["binance"]) * (120 + 24))
     assert sum(r.faults.values()) >= 50, r.faults
     # The faults were noticed and dealt with, not dodged.
@@ -55,8 +56,9 @@ async def test_binance_final_candles_equal_the_tape_through_faults_and_a_kill(tm
 @pytest.mark.timeout(180)
 async def test_oanda_final_candles_equal_the_quote_tape_through_faults_and_a_kill(tmp_path: Path) -> None:
     # 50 wall seconds at x120, from a Wednesday: 100 market minutes of MID and BID quotes.
-    r = await run_chaos(tmp_path, venue="oanda", wall_s=50.0, speed=120.0, faults_per_minute=7.0,
-                        kill_at_s=23.0, seed=5)
+    r = await run_chaos(
+        tmp_path, venue="oanda", wall_s=50.0, speed=120.0, faults_per_minute=7.0, kill_at_s=23.0, seed=5
+    )
     series = len(SYMBOLS["oanda"]) * len(FX_PRICES)
     assert r.series == series * len(TIMEFRAMES_COMPARED)
     _check_window(r, market_ms=100 * 60_000, compared=series * (100 + 20))
@@ -79,8 +81,16 @@ async def test_the_window_check_catches_a_wrong_final_candle_a_hole_and_a_late_s
         w.writerow(TAPE_COLUMNS)
         for i in range(180):  # 30 minutes, a trade every 10 s per symbol
             for n, sym in enumerate(SYMBOLS["binance"]):
-                w.writerow([sym, i + 1, t0 + i * 10_000 + n, f"{100 + (i * 7 + n) % 13}.50000000", "0.10000000",
-                            "true" if i % 2 else "false"])
+                w.writerow(
+                    [
+                        sym,
+                        i + 1,
+                        t0 + i * 10_000 + n,
+                        f"{100 + (i * 7 + n) % 13}.50000000",
+                        "0.10000000",
+                        "true" if i % 2 else "false",
+                    ]
+                )
     rows = read_tape(tape)
 
     async def store(db: str, change: dict[tuple[str, str, int], Candle | None]) -> ChaosResult:
@@ -93,8 +103,17 @@ async def test_the_window_check_catches_a_wrong_final_candle_a_hole_and_a_late_s
                     refs = candles_from_tape([r for r in rows if r.symbol == sym], TIMEFRAMES[tf])
                     for i, c in enumerate(refs):
                         last = i == len(refs) - 1  # the newest candle is still forming
-                        candle: Candle | None = Candle(c.open_time, c.open, c.high, c.low, c.close, c.volume,
-                                                       c.trades, closed=not last, final=not last)
+                        candle: Candle | None = Candle(
+                            c.open_time,
+                            c.open,
+                            c.high,
+                            c.low,
+                            c.close,
+                            c.volume,
+                            c.trades,
+                            closed=not last,
+                            final=not last,
+                        )
                         candle = change.get((f"binance:{sym}", tf, c.open_time), candle)
                         if candle is not None:
                             out.append((f"binance:{sym}", tf, candle))
@@ -113,8 +132,15 @@ async def test_the_window_check_catches_a_wrong_final_candle_a_hole_and_a_late_s
     stored = {c.open_time: c for c in await _query(str(tmp_path / "clean.duckdb"), key, "1m")}
     off = msgspec.structs.replace(stored[t0 + 600_000], close=stored[t0 + 600_000].close + 0.01)
     unsure = msgspec.structs.replace(stored[t0 + 720_000], high=stored[t0 + 720_000].high + 1, final=False)
-    bad = await store(str(tmp_path / "bad.duckdb"), {(key, "1m", t0 + 600_000): off, (key, "1m", t0 + 720_000): unsure,
-                       (key, "1m", t0 + 900_000): None, ("binance:BTCUSDT", "5m", t0): None})
+    bad = await store(
+        str(tmp_path / "bad.duckdb"),
+        {
+            (key, "1m", t0 + 600_000): off,
+            (key, "1m", t0 + 720_000): unsure,
+            (key, "1m", t0 + 900_000): None,
+            ("binance:BTCUSDT", "5m", t0): None,
+        },
+    )
     assert bad.final_mismatched == 1 and f"{key} 1m {t0 + 600_000}" in bad.mismatches[0], bad.mismatches
     assert bad.provisional_left == 1 and bad.provisional_differ == 1
     assert any(p.startswith(f"{key} 1m: 1 candles missing, first {t0 + 900_000}") for p in bad.problems), bad.problems

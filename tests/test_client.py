@@ -46,12 +46,19 @@ def new_hub(engine: Engine) -> Hub:
 @asynccontextmanager
 async def collector(tmp: Path, hot_capacity: int = 1000) -> AsyncIterator[Collector]:
     """Replica (60x market speed) + engine (15s, 1m) + API on a free loopback port."""
-    replica = BinanceReplica(symbols=["BTCUSDT", "ETHUSDT"], seed=9, rate=4.0, speed=60.0, history_ms=3_600_000,
-                             tape=str(tmp / "tape.csv"))
+    replica = BinanceReplica(
+        symbols=["BTCUSDT", "ETHUSDT"], seed=9, rate=4.0, speed=60.0, history_ms=3_600_000, tape=str(tmp / "tape.csv")
+    )
     await replica.start()
-    settings = Settings(symbols=["BTCUSDT", "ETHUSDT"], timeframes=["15s", "1m"], history="30m",
-                        db=str(tmp / "c.duckdb"), rest_url=replica.url, ws_url=replica.ws_url,
-                        hot_capacity=hot_capacity).validate()
+    settings = Settings(
+        symbols=["BTCUSDT", "ETHUSDT"],
+        timeframes=["15s", "1m"],
+        history="30m",
+        db=str(tmp / "c.duckdb"),
+        rest_url=replica.url,
+        ws_url=replica.ws_url,
+        hot_capacity=hot_capacity,
+    ).validate()
     engine = Engine(settings)
     await engine.start()
     await settled(engine)
@@ -72,8 +79,7 @@ async def settled(engine: Engine) -> None:
     but not the live feed (an engine matter): a watch started that early could see a gap there.
     """
     async with asyncio.timeout(20):
-        while not (all(st.repaired > 0 for st in engine.states.values())
-                   and engine.status()["pending_repairs"] == 0):
+        while not (all(st.repaired > 0 for st in engine.states.values()) and engine.status()["pending_repairs"] == 0):
             await asyncio.sleep(0.05)
 
 
@@ -168,8 +174,10 @@ async def test_to_dataframe(served: Collector, monkeypatch: pytest.MonkeyPatch) 
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_import_deltafeed_stays_cheap() -> None:
-    code = ("import sys, deltafeed; assert 'aiohttp' not in sys.modules and 'deltafeed.client' not in sys.modules;"
-            " from deltafeed import Client; assert Client.__module__ == 'deltafeed.client'")
+    code = (
+        "import sys, deltafeed; assert 'aiohttp' not in sys.modules and 'deltafeed.client' not in sys.modules;"
+        " from deltafeed import Client; assert Client.__module__ == 'deltafeed.client'"
+    )
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
     assert await proc.wait() == 0
 
@@ -274,7 +282,9 @@ async def test_watch_resumes_without_gap_after_the_api_restarts(tmp_path: Path, 
 
 def same(a: Candle, b: Candle) -> bool:
     """Equal candles, volume at the venue's 8 decimals (the API rounds float-sum noise away)."""
-    return msgspec.structs.replace(a, volume=round(a.volume, 8)) == msgspec.structs.replace(b, volume=round(b.volume, 8))
+    return msgspec.structs.replace(a, volume=round(a.volume, 8)) == msgspec.structs.replace(
+        b, volume=round(b.volume, 8)
+    )
 
 
 # --- candle states ------------------------------------------------------------------------------
@@ -309,9 +319,11 @@ async def test_fetch_states_and_final_only(served: Collector) -> None:
     frame = to_dataframe(candles)
     assert frame["state"].tolist() == [c.state for c in candles]
     # The HTTP API's own rows (with trades and state) make a frame too.
-    assert list(to_dataframe([[c.open_time, c.open, c.high, c.low, c.close, c.volume, c.trades, c.state]
-                              for c in candles]).columns) == ["open", "high", "low", "close", "volume", "trades",
-                                                              "state"]
+    assert list(
+        to_dataframe(
+            [[c.open_time, c.open, c.high, c.low, c.close, c.volume, c.trades, c.state] for c in candles]
+        ).columns
+    ) == ["open", "high", "low", "close", "volume", "trades", "state"]
 
 
 async def test_watches_with_final_only_and_closed_only(served: Collector) -> None:
@@ -334,20 +346,32 @@ async def test_watches_with_final_only_and_closed_only(served: Collector) -> Non
             got[name].append(candle)
 
     async with Client(served.url, token=TOKEN) as df:
-        tasks = [asyncio.create_task(watch(df, "final", final_only=True)),
-                 asyncio.create_task(watch(df, "closed", closed_only=True)),
-                 asyncio.create_task(watch(df, "plain"))]
+        tasks = [
+            asyncio.create_task(watch(df, "final", final_only=True)),
+            asyncio.create_task(watch(df, "closed", closed_only=True)),
+            asyncio.create_task(watch(df, "plain")),
+        ]
         try:
             async with asyncio.timeout(10):  # all three subscribed
-                while len(hub._candle_routes.get(BTC, {}).get("5m", ())) < 2 \
-                        or len(hub._final_routes.get(BTC, {}).get("5m", ())) < 1:
+                while (
+                    len(hub._candle_routes.get(BTC, {}).get("5m", ())) < 2
+                    or len(hub._final_routes.get(BTC, {}).get("5m", ())) < 1
+                ):
                     await asyncio.sleep(0.02)
-            published = [c(0, "forming"), c(0, "provisional"), c(0, "final"),  # verified with the same values
-                         c(1, "forming"), c(1, "provisional"), c(2, "forming"), c(2, "final"),
-                         c(1, "final"),  # made final after a newer one
-                         c(0, "final", 99.0),  # a correction
-                         c(2, "final"),  # the same again: no news
-                         c(3, "forming"), c(3, "final")]
+            published = [
+                c(0, "forming"),
+                c(0, "provisional"),
+                c(0, "final"),  # verified with the same values
+                c(1, "forming"),
+                c(1, "provisional"),
+                c(2, "forming"),
+                c(2, "final"),
+                c(1, "final"),  # made final after a newer one
+                c(0, "final", 99.0),  # a correction
+                c(2, "final"),  # the same again: no news
+                c(3, "forming"),
+                c(3, "final"),
+            ]
             for x in published:
                 hub.candle(BTC, "5m", x)
                 await asyncio.sleep(0.01)
@@ -363,10 +387,28 @@ async def test_watches_with_final_only_and_closed_only(served: Collector) -> Non
     def seen(name: str) -> list[tuple[int, str, float]]:
         return [((x.open_time - t) // 300_000, x.state, x.open) for x in got[name]]
 
-    assert seen("final") == [(0, "final", 100.0), (2, "final", 100.0), (1, "final", 100.0), (0, "final", 99.0),
-                             (3, "final", 100.0)]
-    assert seen("closed") == [(0, "provisional", 100.0), (1, "provisional", 100.0), (2, "final", 100.0),
-                              (0, "final", 99.0), (3, "final", 100.0)]
-    assert seen("plain") == [(0, "forming", 100.0), (0, "provisional", 100.0), (1, "forming", 100.0),
-                             (1, "provisional", 100.0), (2, "forming", 100.0), (2, "final", 100.0),
-                             (0, "final", 99.0), (3, "forming", 100.0), (3, "final", 100.0)]
+    assert seen("final") == [
+        (0, "final", 100.0),
+        (2, "final", 100.0),
+        (1, "final", 100.0),
+        (0, "final", 99.0),
+        (3, "final", 100.0),
+    ]
+    assert seen("closed") == [
+        (0, "provisional", 100.0),
+        (1, "provisional", 100.0),
+        (2, "final", 100.0),
+        (0, "final", 99.0),
+        (3, "final", 100.0),
+    ]
+    assert seen("plain") == [
+        (0, "forming", 100.0),
+        (0, "provisional", 100.0),
+        (1, "forming", 100.0),
+        (1, "provisional", 100.0),
+        (2, "forming", 100.0),
+        (2, "final", 100.0),
+        (0, "final", 99.0),
+        (3, "forming", 100.0),
+        (3, "final", 100.0),
+    ]

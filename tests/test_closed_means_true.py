@@ -44,9 +44,31 @@ async def _stored(db: str, key: str, tf: str) -> list[Candle]:
 
 def _start_replica(tmp: Path) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "deltafeed", "replica", "binance", "--port", "0", "--symbols", "BTCUSDT",
-         "--seed", "21", "--rate", "3", "--speed", "30", "--history", "20m", "--tape", str(tmp / "tape.csv")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "deltafeed",
+            "replica",
+            "binance",
+            "--port",
+            "0",
+            "--symbols",
+            "BTCUSDT",
+            "--seed",
+            "21",
+            "--rate",
+            "3",
+            "--speed",
+            "30",
+            "--history",
+            "20m",
+            "--tape",
+            str(tmp / "tape.csv"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.startswith("listening on "), line
@@ -57,9 +79,18 @@ def _start_replica(tmp: Path) -> tuple[subprocess.Popen[str], str]:
 async def test_outage_candles_stay_provisional_until_the_venue_is_back(tmp_path: Path, venue_klines: bool) -> None:
     replica, url = _start_replica(tmp_path)
     db = str(tmp_path / "outage.duckdb")
-    settings = Settings(symbols=["BTCUSDT"], timeframes=list(TFS), history="20m", db=db, rest_url=url,
-                        ws_url=url.replace("http", "ws"), venue_klines=venue_klines, stale_after="1.5s",
-                        stop_grace="1s", api="off").validate()
+    settings = Settings(
+        symbols=["BTCUSDT"],
+        timeframes=list(TFS),
+        history="20m",
+        db=db,
+        rest_url=url,
+        ws_url=url.replace("http", "ws"),
+        venue_klines=venue_klines,
+        stale_after="1.5s",
+        stop_grace="1s",
+        api="off",
+    ).validate()
     key = "binance:BTCUSDT"
     try:
         engine = Engine(settings)
@@ -111,20 +142,40 @@ async def test_outage_candles_stay_provisional_until_the_venue_is_back(tmp_path:
     assert end_status["bootstrapped"] > 0  # the outage was fetched again from the venue's history
 
 
-async def test_oanda_drop_dup_reorder_final_candles_equal_the_quote_tape(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_oanda_drop_dup_reorder_final_candles_equal_the_quote_tape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("OANDA_TOKEN", DEV_TOKEN)
     monkeypatch.setenv("OANDA_ACCOUNT", DEFAULT_ACCOUNT)
     tape = tmp_path / "quotes.csv"
     monday_noon = 1_794_225_600_000  # 2026-11-09 12:00 UTC: the FX market is open
-    replica = OandaReplica(symbols=["EUR_USD"], seed=5, rate=3.0, speed=30.0, history_ms=1_800_000, tape=str(tape),
-                           start_ms=monday_noon, heartbeat_s=0.5,
-                           faults={"drop": 20.0, "dup": 20.0, "reorder": 20.0}, faults_seed=4)
+    replica = OandaReplica(
+        symbols=["EUR_USD"],
+        seed=5,
+        rate=3.0,
+        speed=30.0,
+        history_ms=1_800_000,
+        tape=str(tape),
+        start_ms=monday_noon,
+        heartbeat_s=0.5,
+        faults={"drop": 20.0, "dup": 20.0, "reorder": 20.0},
+        faults_seed=4,
+    )
     await replica.start()
     db = str(tmp_path / "fx.duckdb")
-    settings = Settings(venue="oanda", symbols=["EUR_USD"], timeframes=["15s", "1m"], prices=["mid", "bid"],
-                        history="30m", db=db, rest_url=replica.url, stream_url=replica.url, stale_after="3s",
-                        reconcile_every="1s", api="off").validate()
+    settings = Settings(
+        venue="oanda",
+        symbols=["EUR_USD"],
+        timeframes=["15s", "1m"],
+        prices=["mid", "bid"],
+        history="30m",
+        db=db,
+        rest_url=replica.url,
+        stream_url=replica.url,
+        stale_after="3s",
+        reconcile_every="1s",
+        api="off",
+    ).validate()
     engine = Engine(settings)
     try:
         await engine.start()
@@ -146,6 +197,9 @@ async def test_oanda_drop_dup_reorder_final_candles_equal_the_quote_tape(tmp_pat
             stored = await _stored(db, key, tf)
             finals = [c for c in stored if c.final]
             assert len(finals) >= 0.8 * len(stored), (key, tf, len(finals), len(stored))
-            bad = [(c, want.get(c.open_time)) for c in finals
-                   if c.open_time not in want or _fields(c) != _fields(want[c.open_time])]
+            bad = [
+                (c, want.get(c.open_time))
+                for c in finals
+                if c.open_time not in want or _fields(c) != _fields(want[c.open_time])
+            ]
             assert not bad, (key, tf, bad[:3])

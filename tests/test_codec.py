@@ -8,10 +8,14 @@ import pytest
 from deltafeed.model import Candle, ServerShutdown, Trade, VenueCandle
 from deltafeed.venues import binance as b
 
-DOC_TRADE = b'{"e":"trade","E":1672515782136,"s":"BNBBTC","t":12345,"p":"0.001","q":"100","T":1672515782136,"m":true,"M":true}'
-DOC_KLINE = (b'{"e":"kline","E":1672515782136,"s":"BNBBTC","k":{"t":1672515780000,"T":1672515839999,"s":"BNBBTC",'
-             b'"i":"1m","f":100,"L":200,"o":"0.0010","c":"0.0020","h":"0.0025","l":"0.0015","v":"1000","n":100,'
-             b'"x":false,"q":"1.0000","V":"500","Q":"0.500","B":"123456"}}')
+DOC_TRADE = (
+    b'{"e":"trade","E":1672515782136,"s":"BNBBTC","t":12345,"p":"0.001","q":"100","T":1672515782136,"m":true,"M":true}'
+)
+DOC_KLINE = (
+    b'{"e":"kline","E":1672515782136,"s":"BNBBTC","k":{"t":1672515780000,"T":1672515839999,"s":"BNBBTC",'
+    b'"i":"1m","f":100,"L":200,"o":"0.0010","c":"0.0020","h":"0.0025","l":"0.0015","v":"1000","n":100,'
+    b'"x":false,"q":"1.0000","V":"500","Q":"0.500","B":"123456"}}'
+)
 DOC_SHUTDOWN_RAW = b'{"e":"serverShutdown","E":1770123456789}'
 DOC_SHUTDOWN_COMBINED = b'{"stream":"!serverShutdown","data":{"e":"serverShutdown","E":1770123456789}}'
 DOC_KLINE_ROW = b'[[1499040000000,"0.01634790","0.80000000","0.01575800","0.01577100","148976.11427815",1499644799999,"2434.19055334",308,"1756.87402397","28.46694368","0"]]'
@@ -33,7 +37,12 @@ def test_kline() -> None:
     ev = b.StreamDecoder().decode(b'{"stream":"bnbbtc@kline_1m","data":' + DOC_KLINE + b"}")
     assert isinstance(ev, VenueCandle)
     assert (ev.symbol, ev.timeframe, ev.event_ms, ev.first_trade_id, ev.last_trade_id) == (
-        "BNBBTC", "1m", 1672515782136, 100, 200)
+        "BNBBTC",
+        "1m",
+        1672515782136,
+        100,
+        200,
+    )
     assert ev.candle == Candle(1672515780000, 0.001, 0.0025, 0.0015, 0.002, 1000.0, 100, False)
 
 
@@ -73,16 +82,28 @@ def test_bad_frames_are_counted_and_skipped(frame: bytes, kind: str) -> None:
 
 def test_subscribe_messages_match_the_docs() -> None:
     assert msgspec.json.decode(b.subscribe(["btcusdt@aggTrade", "btcusdt@depth"], 1)) == {
-        "method": "SUBSCRIBE", "params": ["btcusdt@aggTrade", "btcusdt@depth"], "id": 1}
+        "method": "SUBSCRIBE",
+        "params": ["btcusdt@aggTrade", "btcusdt@depth"],
+        "id": 1,
+    }
     assert msgspec.json.decode(b.unsubscribe(["btcusdt@depth"], 312)) == {
-        "method": "UNSUBSCRIBE", "params": ["btcusdt@depth"], "id": 312}
+        "method": "UNSUBSCRIBE",
+        "params": ["btcusdt@depth"],
+        "id": 312,
+    }
     assert msgspec.json.decode(b.list_subscriptions(3)) == {"method": "LIST_SUBSCRIPTIONS", "id": 3}
 
 
 def test_streams_and_urls() -> None:
     assert b.streams_for("BTCUSDT", ["5s", "1m", "5m"]) == ["btcusdt@trade", "btcusdt@kline_1m", "btcusdt@kline_5m"]
-    assert b.combined_url("ws://127.0.0.1:9001/", ["a@trade", "b@trade"]) == "ws://127.0.0.1:9001/stream?streams=a@trade/b@trade"
-    assert b.klines_query("btcusdt", "1m", 5, 10) == "/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime=5&endTime=10&limit=1000"
+    assert (
+        b.combined_url("ws://127.0.0.1:9001/", ["a@trade", "b@trade"])
+        == "ws://127.0.0.1:9001/stream?streams=a@trade/b@trade"
+    )
+    assert (
+        b.klines_query("btcusdt", "1m", 5, 10)
+        == "/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime=5&endTime=10&limit=1000"
+    )
 
 
 def test_kline_rows_from_the_docs() -> None:

@@ -87,8 +87,12 @@ async def health(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, 
 
 @pytest.mark.parametrize("spool_room", [False, True], ids=["spool-on-the-full-disk", "spool-on-another-disk"])
 async def test_a_disk_that_fills_during_the_bootstrap_degrades_then_catches_up(
-        tmp_path: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-        spool_room: bool) -> None:
+    tmp_path: Path,
+    small_disk: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    spool_room: bool,
+) -> None:
     """The spool is either the default one, beside the database on the same disk (full too: the
     candles wait in memory), or on another disk with room (they wait there)."""
     monkeypatch.setattr(engine_module, "BOOTSTRAP_FLUSH_ROWS", FLUSH_ROWS)
@@ -98,9 +102,16 @@ async def test_a_disk_that_fills_during_the_bootstrap_degrades_then_catches_up(
     replica = BinanceReplica(symbols=SYMBOLS, seed=17, rate=2.0, speed=60.0, history_ms=3 * 3_600_000, tape=str(tape))
     await replica.start()
     db = small_disk / "candles.duckdb"
-    settings = Settings(symbols=SYMBOLS, timeframes=["1s", "1m"], history="3h", db=str(db), rest_url=replica.url,
-                        ws_url=replica.ws_url, api="off", spool=str(tmp_path / "s.spool") if spool_room else "auto"
-                        ).validate()
+    settings = Settings(
+        symbols=SYMBOLS,
+        timeframes=["1s", "1m"],
+        history="3h",
+        db=str(db),
+        rest_url=replica.url,
+        ws_url=replica.ws_url,
+        api="off",
+        spool=str(tmp_path / "s.spool") if spool_room else "auto",
+    ).validate()
     engine = Engine(settings)
     assert engine.spool is not None and (Path(engine.spool.path).parent == small_disk) is not spool_room
     ballast = small_disk / "ballast"
@@ -208,33 +219,77 @@ async def test_a_disk_that_fills_during_the_bootstrap_degrades_then_catches_up(
 
 def test_run_on_a_read_only_disk_names_the_database_not_its_spool(tmp_path: Path, read_only_disk: Path) -> None:
     db = read_only_disk / "x.duckdb"
-    p = subprocess.run([*CLI, "run", "--symbols", "BTCUSDT", "--rest-url", "http://127.0.0.1:9", "--ws-url",
-                        "ws://127.0.0.1:9", "--api", "off", "--db", str(db)], capture_output=True, text=True,
-                       timeout=30, env=cli_env(), cwd=tmp_path)
+    p = subprocess.run(
+        [
+            *CLI,
+            "run",
+            "--symbols",
+            "BTCUSDT",
+            "--rest-url",
+            "http://127.0.0.1:9",
+            "--ws-url",
+            "ws://127.0.0.1:9",
+            "--api",
+            "off",
+            "--db",
+            str(db),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=cli_env(),
+        cwd=tmp_path,
+    )
     assert p.returncode == 2 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     # Before: "cannot open spool .../x.duckdb.spool: Read-only file system; pass --spool with a
     # writable file path", for a problem of the database.
-    assert p.stderr.startswith(f"deltafeed run: --db {db}: cannot create the database in {read_only_disk} (a "
-                               "read-only file system); pass --db with a path in a writable directory"), p.stderr
+    assert p.stderr.startswith(
+        f"deltafeed run: --db {db}: cannot create the database in {read_only_disk} (a "
+        "read-only file system); pass --db with a path in a writable directory"
+    ), p.stderr
     assert "spool" not in p.stderr
 
 
 def test_run_on_an_existing_database_on_a_disk_now_read_only_names_the_database(
-        tmp_path: Path, small_disk: Path) -> None:
+    tmp_path: Path, small_disk: Path
+) -> None:
     db = small_disk / "x.duckdb"
     with ColdStore(db) as store:
         store.write([("binance:BTCUSDT", "1m", A_CANDLE)])
     (small_disk / "x.duckdb.spool").touch()  # the previous run's (empty) spool
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
-    p = subprocess.run([*CLI, "run", "--symbols", "BTCUSDT", "--rest-url", "http://127.0.0.1:9", "--ws-url",
-                        "ws://127.0.0.1:9", "--api", "off", "--db", str(db)], capture_output=True, text=True,
-                       timeout=30, env=cli_env(), cwd=tmp_path)
+    p = subprocess.run(
+        [
+            *CLI,
+            "run",
+            "--symbols",
+            "BTCUSDT",
+            "--rest-url",
+            "http://127.0.0.1:9",
+            "--ws-url",
+            "ws://127.0.0.1:9",
+            "--api",
+            "off",
+            "--db",
+            str(db),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=cli_env(),
+        cwd=tmp_path,
+    )
     # Before: "cannot open spool .../x.duckdb.spool: Read-only file system; pass --spool with a writable file path".
     assert p.returncode == 2 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert p.stderr.startswith(f"deltafeed run: --db {db}: cannot write the database (a read-only file system)")
     assert "spool" not in p.stderr
-    q = subprocess.run([*CLI, "candles", "binance:BTCUSDT", "1m", "--db", str(db), "--format", "csv"],
-                       capture_output=True, text=True, timeout=30, env=cli_env())
+    q = subprocess.run(
+        [*CLI, "candles", "binance:BTCUSDT", "1m", "--db", str(db), "--format", "csv"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=cli_env(),
+    )
     assert q.returncode == 0 and len(q.stdout.splitlines()) == 2, q.stderr  # reading it still works
 
 
@@ -248,9 +303,27 @@ async def test_run_stops_on_sigterm_while_start_up_waits_for_a_full_disk(tmp_pat
     # 8 hours of 1s candles of two symbols: more than the bootstrap keeps in memory (50,000), and
     # more than the disk holds.
     proc = await asyncio.create_subprocess_exec(
-        *CLI, "run", "--symbols", ",".join(SYMBOLS), "--timeframes", "1s,1m", "--history", "8h", "--db", str(db),
-        "--rest-url", replica.url, "--ws-url", replica.ws_url, "--api", "127.0.0.1:0", env=cli_env(), cwd=tmp_path,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        *CLI,
+        "run",
+        "--symbols",
+        ",".join(SYMBOLS),
+        "--timeframes",
+        "1s,1m",
+        "--history",
+        "8h",
+        "--db",
+        str(db),
+        "--rest-url",
+        replica.url,
+        "--ws-url",
+        replica.ws_url,
+        "--api",
+        "127.0.0.1:0",
+        env=cli_env(),
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     assert proc.stderr is not None
     lines: list[str] = []
     try:
@@ -285,11 +358,21 @@ async def test_run_stops_on_sigterm_while_start_up_waits_for_a_full_disk(tmp_pat
     # exit 1. The marks were not moved, so the next run fetches those candles again.
     lost = [ln for ln in err.splitlines() if "ERROR" in ln]
     # The store's last error was a write or, once a checkpoint failed, any use of the file.
-    assert code == 1 and len(lost) == 1 and re.search(
-        r"ERROR deltafeed: stopped: cannot (write|use) the candle database", lost[0]), lost[0]
-    assert f"and the spool {db}.spool failed too, so" in lost[0] and "candles are lost when this process ends" in lost[0]
+    assert (
+        code == 1
+        and len(lost) == 1
+        and re.search(r"ERROR deltafeed: stopped: cannot (write|use) the candle database", lost[0])
+    ), lost[0]
+    assert (
+        f"and the spool {db}.spool failed too, so" in lost[0] and "candles are lost when this process ends" in lost[0]
+    )
     assert lost[0].count("No space left on device") == 2, lost[0]  # the database's and the spool's, once each
     (small_disk / "ballast").unlink()
-    q = subprocess.run([*CLI, "candles", "binance:BTCUSDT", "1s", "--db", str(db), "--format", "csv"],
-                       capture_output=True, text=True, timeout=30, env=cli_env())
+    q = subprocess.run(
+        [*CLI, "candles", "binance:BTCUSDT", "1s", "--db", str(db), "--format", "csv"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=cli_env(),
+    )
     assert q.returncode == 0 and len(q.stdout.splitlines()) > 100, q.stderr

@@ -89,8 +89,14 @@ def test_encode_writes_the_documented_records() -> None:
 
 def test_round_trip_is_exact_at_the_pairs_scale() -> None:
     quotes = [
-        Quote("GBP_USD", HOUR + i * 997, round(1.25 + i * 1e-5, 5), round(1.25012 + i * 2e-5, 5),
-              float(100_000 * (i % 7)), 1_234_567.0)
+        Quote(
+            "GBP_USD",
+            HOUR + i * 997,
+            round(1.25 + i * 1e-5, 5),
+            round(1.25012 + i * 2e-5, 5),
+            float(100_000 * (i % 7)),
+            1_234_567.0,
+        )
         for i in range(3000)
     ]
     assert decode_bi5(encode_bi5(quotes, HOUR, "GBPUSD"), HOUR, "GBP_USD") == quotes

@@ -32,12 +32,18 @@ async def test_stored_candles_equal_the_tape_across_a_restart(tmp_path: Path, ve
     from our own aggregation of trades (plus REST for the ones the stream could not vouch for).
     15s has no Binance kline either way, so it always tests the aggregator and the 1s roll-up."""
     tape = tmp_path / "tape.csv"
-    replica = BinanceReplica(symbols=SYMBOLS, seed=11, rate=4.0, speed=60.0, history_ms=2 * 3_600_000,
-                             tape=str(tape))
+    replica = BinanceReplica(symbols=SYMBOLS, seed=11, rate=4.0, speed=60.0, history_ms=2 * 3_600_000, tape=str(tape))
     await replica.start()
     db = str(tmp_path / "e2e.duckdb")
-    settings = Settings(symbols=SYMBOLS, timeframes=["15s", "1m", "5m"], history="2h", db=db,
-                        rest_url=replica.url, ws_url=replica.ws_url, venue_klines=venue_klines).validate()
+    settings = Settings(
+        symbols=SYMBOLS,
+        timeframes=["15s", "1m", "5m"],
+        history="2h",
+        db=db,
+        rest_url=replica.url,
+        ws_url=replica.ws_url,
+        venue_klines=venue_klines,
+    ).validate()
     try:
         first = await run_engine(settings, 6.0)  # six market minutes of streaming
         await asyncio.sleep(4.0)  # four market minutes pass while nothing runs
@@ -87,11 +93,17 @@ async def test_quiet_market_gets_flat_candles_closed_by_the_venue_clock(tmp_path
     """One trade every ~100 market seconds: most 15s and 1m intervals are empty. With no venue
     klines, only the engine's timer (driven by the venue's clock) closes them, as flat candles."""
     tape = tmp_path / "tape.csv"
-    replica = BinanceReplica(symbols=["SOLUSDT"], seed=3, rate=0.01, speed=60.0, history_ms=3_600_000,
-                             tape=str(tape))
+    replica = BinanceReplica(symbols=["SOLUSDT"], seed=3, rate=0.01, speed=60.0, history_ms=3_600_000, tape=str(tape))
     await replica.start()
-    settings = Settings(symbols=["SOLUSDT"], timeframes=["15s", "1m"], history="1h", db=str(tmp_path / "q.duckdb"),
-                        rest_url=replica.url, ws_url=replica.ws_url, venue_klines=False).validate()
+    settings = Settings(
+        symbols=["SOLUSDT"],
+        timeframes=["15s", "1m"],
+        history="1h",
+        db=str(tmp_path / "q.duckdb"),
+        rest_url=replica.url,
+        ws_url=replica.ws_url,
+        venue_klines=False,
+    ).validate()
     try:
         engine = await run_engine(settings, 10.0)  # ten market minutes
         end_ms = replica.clock.now_ms()
@@ -111,7 +123,13 @@ async def test_quiet_market_gets_flat_candles_closed_by_the_venue_clock(tmp_path
             for c in stored:
                 w = want[c.open_time]
                 assert (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades) == (
-                    w.open, w.high, w.low, w.close, round(w.volume, 8), w.trades), (tf, c.open_time)
+                    w.open,
+                    w.high,
+                    w.low,
+                    w.close,
+                    round(w.volume, 8),
+                    w.trades,
+                ), (tf, c.open_time)
     finally:
         store.close()
     assert engine.status()["connects"] == 1

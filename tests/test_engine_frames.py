@@ -18,8 +18,13 @@ def trade_frame(trade_id: int, time_ms: int, price: float) -> bytes:
 
 
 def test_bad_frames_are_counted_logged_once_and_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    settings = Settings(symbols=["BTCUSDT"], timeframes=["1m"], db=str(tmp_path / "f.duckdb"),
-                        rest_url="http://127.0.0.1:9", ws_url="ws://127.0.0.1:9").validate()
+    settings = Settings(
+        symbols=["BTCUSDT"],
+        timeframes=["1m"],
+        db=str(tmp_path / "f.duckdb"),
+        rest_url="http://127.0.0.1:9",
+        ws_url="ws://127.0.0.1:9",
+    ).validate()
     engine = Engine(settings)
     feed = engine.feeds["binance"]
     assert isinstance(feed, BinanceFeed)
@@ -45,8 +50,13 @@ def test_bad_frames_are_counted_logged_once_and_skipped(tmp_path: Path, caplog: 
 
 
 def test_impossible_values_are_counted_and_skipped(tmp_path: Path) -> None:
-    settings = Settings(symbols=["BTCUSDT"], timeframes=["1m"], db=str(tmp_path / "i.duckdb"),
-                        rest_url="http://127.0.0.1:9", ws_url="ws://127.0.0.1:9").validate()
+    settings = Settings(
+        symbols=["BTCUSDT"],
+        timeframes=["1m"],
+        db=str(tmp_path / "i.duckdb"),
+        rest_url="http://127.0.0.1:9",
+        ws_url="ws://127.0.0.1:9",
+    ).validate()
     engine = Engine(settings)
     feed = engine.feeds["binance"]
     assert isinstance(feed, BinanceFeed)
@@ -55,8 +65,10 @@ def test_impossible_values_are_counted_and_skipped(tmp_path: Path) -> None:
     feed.update_skew_bounds()
 
     def frame(trade_id: int, time_ms: int, price: str, qty: str) -> bytes:
-        return (b'{"stream":"btcusdt@trade","data":{"e":"trade","E":%d,"s":"BTCUSDT","t":%d,"p":"%s","q":"%s",'
-                b'"T":%d,"m":true,"M":true}}' % (time_ms, trade_id, price.encode(), qty.encode(), time_ms))
+        return (
+            b'{"stream":"btcusdt@trade","data":{"e":"trade","E":%d,"s":"BTCUSDT","t":%d,"p":"%s","q":"%s",'
+            b'"T":%d,"m":true,"M":true}}' % (time_ms, trade_id, price.encode(), qty.encode(), time_ms)
+        )
 
     feed.on_frame(frame(1, t, "100.0", "1.0"))
     feed.on_frame(frame(2, t + 10, "-5.0", "1.0"))  # negative price

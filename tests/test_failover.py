@@ -29,13 +29,20 @@ from reference import candles_from_tape, read_tape
 
 async def test_candles_continue_from_the_standby_when_the_primary_goes_silent(tmp_path: Path) -> None:
     tape = tmp_path / "tape.csv"
-    replica = BinanceReplica(symbols=["BTCUSDT", "ETHUSDT"], seed=9, rate=4.0, speed=60.0, history_ms=3_600_000,
-                             tape=str(tape))
+    replica = BinanceReplica(
+        symbols=["BTCUSDT", "ETHUSDT"], seed=9, rate=4.0, speed=60.0, history_ms=3_600_000, tape=str(tape)
+    )
     await replica.start()
-    settings = Settings(symbols=["BTCUSDT", "ETHUSDT"], timeframes=["1m", "5m"], history="1h",
-                        db=str(tmp_path / "f.duckdb"), rest_url=replica.url, ws_url=replica.ws_url,
-                        failover={"x:LOGICAL": FailoverSettings(primary="BTCUSDT", standby="ETHUSDT")},
-                        failover_after="1s").validate()
+    settings = Settings(
+        symbols=["BTCUSDT", "ETHUSDT"],
+        timeframes=["1m", "5m"],
+        history="1h",
+        db=str(tmp_path / "f.duckdb"),
+        rest_url=replica.url,
+        ws_url=replica.ws_url,
+        failover={"x:LOGICAL": FailoverSettings(primary="BTCUSDT", standby="ETHUSDT")},
+        failover_after="1s",
+    ).validate()
     engine = Engine(settings)
     runner = None
     try:
@@ -90,7 +97,13 @@ async def test_candles_continue_from_the_standby_when_the_primary_goes_silent(tm
             for c in logical:
                 w = primary[c.open_time] if c.open_time < spanning else standby[c.open_time]
                 assert (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades) == (
-                    w.open, w.high, w.low, w.close, round(w.volume, 8), w.trades), (tf, c.open_time, c.open_time < spanning)
+                    w.open,
+                    w.high,
+                    w.low,
+                    w.close,
+                    round(w.volume, 8),
+                    w.trades,
+                ), (tf, c.open_time, c.open_time < spanning)
     finally:
         await cold.close()
     assert served and served[-1].open_time >= switch["spanning"]["1m"]  # the API serves the logical series
@@ -104,36 +117,58 @@ async def test_candles_continue_from_the_standby_when_the_primary_goes_silent(tm
     finally:
         await cold.close()
     assert [(w.since_ms, w.source_from, w.source_to) for w in kept] == [
-        (switch["since_ms"], "binance:BTCUSDT", "binance:ETHUSDT")]
+        (switch["since_ms"], "binance:BTCUSDT", "binance:ETHUSDT")
+    ]
     assert kept[0].spanning(60_000) == switch["spanning"]["1m"]
     # ... the HTTP API names it beside the candles and lists the switches ...
     assert [w["open_time"] for w in api_candles["switches"]] == [switch["spanning"]["1m"]]
-    assert api_candles["switches"][0]["from"] == "binance:BTCUSDT" and api_candles["switches"][0]["to"] == "binance:ETHUSDT"
+    assert (
+        api_candles["switches"][0]["from"] == "binance:BTCUSDT"
+        and api_candles["switches"][0]["to"] == "binance:ETHUSDT"
+    )
     assert switch_header == str(switch["spanning"]["1m"])
-    assert [(w["since_ms"], w["spanning"]["5m"]) for w in api_switches] == [(switch["since_ms"], switch["spanning"]["5m"])]
+    assert [(w["since_ms"], w["spanning"]["5m"]) for w in api_switches] == [
+        (switch["since_ms"], switch["spanning"]["5m"])
+    ]
     # ... the WebSocket tells the watchers of the logical series when it happens ...
-    assert [(m["instrument"], m["data"]["from"], m["data"]["to"], m["data"]["spanning"]["1m"]) for m in ws_switches] == [
-        ("x:LOGICAL", "binance:BTCUSDT", "binance:ETHUSDT", switch["spanning"]["1m"])]
+    assert [
+        (m["instrument"], m["data"]["from"], m["data"]["to"], m["data"]["spanning"]["1m"]) for m in ws_switches
+    ] == [("x:LOGICAL", "binance:BTCUSDT", "binance:ETHUSDT", switch["spanning"]["1m"])]
     # ... and `deltafeed candles` marks it.
-    out = subprocess.run([sys.executable, "-m", "deltafeed", "candles", "x:LOGICAL", "1m", "--db", settings.db,
-                          "--format", "json"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "deltafeed", "candles", "x:LOGICAL", "1m", "--db", settings.db, "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     marked = [c for c in json.loads(out.stdout) if "switch" in c]
     assert [(time_ms(c["open_time"]), c["switch"]) for c in marked] == [
-        (switch["spanning"]["1m"], "binance:BTCUSDT -> binance:ETHUSDT")]
-    out = subprocess.run([sys.executable, "-m", "deltafeed", "candles", "x:LOGICAL", "1m", "--db", settings.db,
-                          "--format", "csv"], capture_output=True, text=True, check=True)
+        (switch["spanning"]["1m"], "binance:BTCUSDT -> binance:ETHUSDT")
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "deltafeed", "candles", "x:LOGICAL", "1m", "--db", settings.db, "--format", "csv"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.splitlines()[0] == "open_time,open,high,low,close,volume,trades,state"  # no switch column
-    assert out.stderr.splitlines() == [f"note: the candle at {iso(switch['spanning']['1m'])} spans a failover"
-                                       " switch (binance:BTCUSDT -> binance:ETHUSDT)"]
+    assert out.stderr.splitlines() == [
+        f"note: the candle at {iso(switch['spanning']['1m'])} spans a failover"
+        " switch (binance:BTCUSDT -> binance:ETHUSDT)"
+    ]
 
 
 def test_failover_settings_are_checked() -> None:
     with pytest.raises(BadInput, match="not among the symbols"):
-        Settings(symbols=["BTCUSDT"], failover={"x:L": FailoverSettings(primary="BTCUSDT", standby="ETHUSDT")},
-                 ).validate()
+        Settings(
+            symbols=["BTCUSDT"],
+            failover={"x:L": FailoverSettings(primary="BTCUSDT", standby="ETHUSDT")},
+        ).validate()
     with pytest.raises(BadInput, match="also a collected instrument"):
-        Settings(symbols=["BTCUSDT", "ETHUSDT"],
-                 failover={"binance:BTCUSDT": FailoverSettings(primary="BTCUSDT", standby="ETHUSDT")}).validate()
+        Settings(
+            symbols=["BTCUSDT", "ETHUSDT"],
+            failover={"binance:BTCUSDT": FailoverSettings(primary="BTCUSDT", standby="ETHUSDT")},
+        ).validate()
 
 
 async def test_oanda_killed_mid_run_continues_from_ig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,23 +180,43 @@ async def test_oanda_killed_mid_run_continues_from_ig(tmp_path: Path, monkeypatc
     from deltafeed.replicas.oanda import DEFAULT_ACCOUNT, DEV_TOKEN, OandaReplica
     from reference import quote_candles_from_tape, read_quote_tape
 
-    for name, value in (("OANDA_TOKEN", DEV_TOKEN), ("OANDA_ACCOUNT", DEFAULT_ACCOUNT), ("IG_API_KEY", "k"),
-                        ("IG_USERNAME", "u"), ("IG_PASSWORD", "p")):
+    for name, value in (
+        ("OANDA_TOKEN", DEV_TOKEN),
+        ("OANDA_ACCOUNT", DEFAULT_ACCOUNT),
+        ("IG_API_KEY", "k"),
+        ("IG_USERNAME", "u"),
+        ("IG_PASSWORD", "p"),
+    ):
         monkeypatch.setenv(name, value)
     start = 1_794_582_000_000  # Friday 10:00 New York: the FX market is open
     fx_tape, ig_tape = tmp_path / "oanda.csv", tmp_path / "ig.csv"
-    primary = OandaReplica(symbols=["EUR_USD"], seed=1, rate=2.0, speed=60.0, history_ms=3_600_000, start_ms=start,
-                           tape=str(fx_tape))
-    standby = IGReplica(epics=["CS.D.EURUSD.CFD.IP"], seed=2, rate=2.0, speed=60.0, history_ms=3_600_000,
-                        start_ms=start, tape=str(ig_tape))
+    primary = OandaReplica(
+        symbols=["EUR_USD"], seed=1, rate=2.0, speed=60.0, history_ms=3_600_000, start_ms=start, tape=str(fx_tape)
+    )
+    standby = IGReplica(
+        epics=["CS.D.EURUSD.CFD.IP"],
+        seed=2,
+        rate=2.0,
+        speed=60.0,
+        history_ms=3_600_000,
+        start_ms=start,
+        tape=str(ig_tape),
+    )
     await primary.start()
     await standby.start()
-    settings = Settings(symbols=["oanda:EUR_USD", "ig:CS.D.EURUSD.CFD.IP"], timeframes=["1m"], history="1h",
-                        db=str(tmp_path / "fo.duckdb"), stale_after="3s", failover_after="2s",
-                        venues={"oanda": VenueSettings(rest_url=primary.url, stream_url=primary.url, prices=["bid"]),
-                                "ig": VenueSettings(rest_url=standby.rest_url, prices=["bid"])},
-                        failover={"fx:EUR_USD": FailoverSettings(primary="oanda:EUR_USD",
-                                                                 standby="ig:CS.D.EURUSD.CFD.IP")}).validate()
+    settings = Settings(
+        symbols=["oanda:EUR_USD", "ig:CS.D.EURUSD.CFD.IP"],
+        timeframes=["1m"],
+        history="1h",
+        db=str(tmp_path / "fo.duckdb"),
+        stale_after="3s",
+        failover_after="2s",
+        venues={
+            "oanda": VenueSettings(rest_url=primary.url, stream_url=primary.url, prices=["bid"]),
+            "ig": VenueSettings(rest_url=standby.rest_url, prices=["bid"]),
+        },
+        failover={"fx:EUR_USD": FailoverSettings(primary="oanda:EUR_USD", standby="ig:CS.D.EURUSD.CFD.IP")},
+    ).validate()
     engine = Engine(settings)
     try:
         await engine.start()
@@ -185,7 +240,8 @@ async def test_oanda_killed_mid_run_continues_from_ig(tmp_path: Path, monkeypatc
     finally:
         await cold.close()
     assert [(w.spanning(60_000), w.source_from, w.source_to) for w in kept] == [
-        (spanning, "oanda:EUR_USD@bid", "ig:CS.D.EURUSD.CFD.IP@bid")]  # the spanning candle is marked
+        (spanning, "oanda:EUR_USD@bid", "ig:CS.D.EURUSD.CFD.IP@bid")
+    ]  # the spanning candle is marked
     keys = [c.open_time for c in logical]
     assert keys == list(range(keys[0], keys[-1] + 60_000, 60_000)), "a hole in the logical series"
     assert keys[0] < spanning < keys[-1]
@@ -193,4 +249,6 @@ async def test_oanda_killed_mid_run_continues_from_ig(tmp_path: Path, monkeypatc
     for c in logical:
         w = want_primary[c.open_time] if c.open_time < spanning else want_standby[c.open_time]
         assert (c.open, c.high, c.low, c.close, c.trades) == (w.open, w.high, w.low, w.close, w.trades), (
-            c.open_time, c.open_time < spanning)
+            c.open_time,
+            c.open_time < spanning,
+        )

@@ -293,11 +293,14 @@ async def test_shutdown_event_then_close_after_the_grace(
             assert event is not None and not decoder.errors
             return shutdown_at, event, after, msg, time.monotonic()
 
-    (t_raw, ev_raw, after_raw, close_raw, end_raw), (t_comb, ev_comb, after_comb, close_comb, end_comb) = (
-        await asyncio.gather(watch("/ws/btcusdt@trade"), watch("/stream?streams=btcusdt@trade"))
-    )
-    for t, ev, after, close, end in ((t_raw, ev_raw, after_raw, close_raw, end_raw),
-                                     (t_comb, ev_comb, after_comb, close_comb, end_comb)):
+    (
+        (t_raw, ev_raw, after_raw, close_raw, end_raw),
+        (t_comb, ev_comb, after_comb, close_comb, end_comb),
+    ) = await asyncio.gather(watch("/ws/btcusdt@trade"), watch("/stream?streams=btcusdt@trade"))
+    for t, ev, after, close, end in (
+        (t_raw, ev_raw, after_raw, close_raw, end_raw),
+        (t_comb, ev_comb, after_comb, close_comb, end_comb),
+    ):
         assert close.type == aiohttp.WSMsgType.CLOSE and close.data == 1001
         assert 0.45 <= end - t < 1.5, "closed after the grace, not at once"
         assert after > 0, "data keeps flowing during the grace"
@@ -341,8 +344,9 @@ async def test_garbage_inserts_an_undecodable_frame(make_replica: MakeReplica, h
     assert ids == list(range(ids[0], ids[-1] + 1)), "the real frames all arrive, in order"
 
 
-async def test_poison_sends_a_nan_trade_or_an_id_far_ahead(make_replica: MakeReplica,
-                                                                 http: aiohttp.ClientSession) -> None:
+async def test_poison_sends_a_nan_trade_or_an_id_far_ahead(
+    make_replica: MakeReplica, http: aiohttp.ClientSession
+) -> None:
     """Each poison is a copy of the next real trade, sent just before it: with ``"p":"NaN"`` (the decoder
     refuses it as an impossible value) or with its id far ahead (the candle builder's business, see
     test_aggregator and test_poison_e2e). Every real trade still arrives, once, in order."""
@@ -486,9 +490,11 @@ def test_every_replicas_poison_is_refused_by_its_decoder() -> None:
     from deltafeed.replicas import oanda as oanda_replica
     from deltafeed.venues import finnhub, oanda, tlcp
 
-    line = (b'{"type":"PRICE","instrument":"EUR_USD","time":"2026-11-13T15:00:00.123000000Z","status":"tradeable",'
-            b'"tradeable":true,"bids":[{"price":"1.09274","liquidity":10000000},{"price":"1.09272","liquidity":10000000}],'
-            b'"asks":[{"price":"1.09287","liquidity":10000000}],"closeoutBid":"1.09270","closeoutAsk":"1.09291"}')
+    line = (
+        b'{"type":"PRICE","instrument":"EUR_USD","time":"2026-11-13T15:00:00.123000000Z","status":"tradeable",'
+        b'"tradeable":true,"bids":[{"price":"1.09274","liquidity":10000000},{"price":"1.09272","liquidity":10000000}],'
+        b'"asks":[{"price":"1.09287","liquidity":10000000}],"closeoutBid":"1.09270","closeoutAsk":"1.09291"}'
+    )
     poison = oanda_replica.poison_price(line, lambda n: 0)
     assert poison is not None and len(poison) == 1
     dec = oanda.PriceDecoder()

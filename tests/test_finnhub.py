@@ -70,7 +70,9 @@ def read_tape(path: str | Path) -> list[Row]:
     return [(s, int(t), p, v) for s, t, p, v in rows[1:]]
 
 
-def ref_candles(rows: list[Row], symbol: str, tf: int, lo: int, hi: int, now: int, count: bool) -> list[tuple[Any, ...]]:
+def ref_candles(
+    rows: list[Row], symbol: str, tf: int, lo: int, hi: int, now: int, count: bool
+) -> list[tuple[Any, ...]]:
     """Candles with open time in [lo, hi], complete by ``now``: o/h/l/c of the prices, volume summed (or
     the number of prices, for forex price updates)."""
     groups: dict[int, list[tuple[Decimal, Decimal]]] = {}
@@ -101,9 +103,11 @@ def test_decode_the_documented_sample() -> None:
 
 
 def test_decode_several_items_conditions_and_price_updates() -> None:
-    frame = (b'{"data":[{"c":["1","12"],"p":261.74,"s":"AAPL","t":1582641000123,"v":100},'
-             b'{"p":1.08495,"s":"OANDA:EUR_USD","t":1582641000200,"v":0},'
-             b'{"p":261.75,"s":"AAPL","t":1582641000300,"v":5}],"type":"trade"}')
+    frame = (
+        b'{"data":[{"c":["1","12"],"p":261.74,"s":"AAPL","t":1582641000123,"v":100},'
+        b'{"p":1.08495,"s":"OANDA:EUR_USD","t":1582641000200,"v":0},'
+        b'{"p":261.75,"s":"AAPL","t":1582641000300,"v":5}],"type":"trade"}'
+    )
     d = codec.StreamDecoder()
     assert d.decode(frame) == [
         Trade("AAPL", 0, 1582641000123, 261.74, 100.0, False),
@@ -123,8 +127,10 @@ def test_decode_ping_error_and_bad_frames_are_counted_and_skipped() -> None:
     assert d.errors["malformed"] == 4
     assert d.decode(b'{"type":"news","data":[]}') is None and d.errors["unknown_type"] == 1
     # One bad item costs that item only: a string price, a missing time, a negative volume, a zero price.
-    frame = (b'{"data":[{"p":"7296.89","s":"X","t":1,"v":1},{"p":1.5,"s":"X","v":1},{"p":2.5,"s":"X","t":2,"v":-1},'
-             b'{"p":0,"s":"X","t":3,"v":1},{"p":3.5,"s":"X","t":4,"v":2}],"type":"trade"}')
+    frame = (
+        b'{"data":[{"p":"7296.89","s":"X","t":1,"v":1},{"p":1.5,"s":"X","v":1},{"p":2.5,"s":"X","t":2,"v":-1},'
+        b'{"p":0,"s":"X","t":3,"v":1},{"p":3.5,"s":"X","t":4,"v":2}],"type":"trade"}'
+    )
     assert d.decode(frame) == [Trade("X", 0, 4, 3.5, 2.0, False)]
     assert d.errors["bad_field"] == 2 and d.errors["impossible_value"] == 2
     assert d.decode(b'{"data":[{"p":-1,"s":"X","t":1,"v":1}],"type":"trade"}') is None
@@ -157,12 +163,31 @@ def test_control_messages_urls_and_resolutions() -> None:
     for tf in ("1s", "5s", "15s", "4h", "2m"):
         with pytest.raises(BadInput):
             codec.resolution(tf)
-    kinds = {s: codec.symbol_kind(s) for s in ("OANDA:EUR_USD", "FXCM:EUR/USD", "IC MARKETS:1", "BINANCE:BTCUSDT",
-                                                "COINBASE:BTC-USD", "AAPL", "BMW.DE")}
-    assert kinds == {"OANDA:EUR_USD": "forex", "FXCM:EUR/USD": "forex", "IC MARKETS:1": "forex",
-                     "BINANCE:BTCUSDT": "crypto", "COINBASE:BTC-USD": "crypto", "AAPL": "stock", "BMW.DE": "stock"}
-    assert (codec.candle_path("forex", "OANDA:EUR_USD", "D", 1572651390, 1575243390)
-            == "/forex/candle?symbol=OANDA%3AEUR_USD&resolution=D&from=1572651390&to=1575243390")
+    kinds = {
+        s: codec.symbol_kind(s)
+        for s in (
+            "OANDA:EUR_USD",
+            "FXCM:EUR/USD",
+            "IC MARKETS:1",
+            "BINANCE:BTCUSDT",
+            "COINBASE:BTC-USD",
+            "AAPL",
+            "BMW.DE",
+        )
+    }
+    assert kinds == {
+        "OANDA:EUR_USD": "forex",
+        "FXCM:EUR/USD": "forex",
+        "IC MARKETS:1": "forex",
+        "BINANCE:BTCUSDT": "crypto",
+        "COINBASE:BTC-USD": "crypto",
+        "AAPL": "stock",
+        "BMW.DE": "stock",
+    }
+    assert (
+        codec.candle_path("forex", "OANDA:EUR_USD", "D", 1572651390, 1575243390)
+        == "/forex/candle?symbol=OANDA%3AEUR_USD&resolution=D&from=1572651390&to=1575243390"
+    )
     with pytest.raises(BadInput):
         codec.candle_path("bond", "X", "1", 0, 1)
     with pytest.raises(BadInput):
@@ -170,15 +195,21 @@ def test_control_messages_urls_and_resolutions() -> None:
 
 
 def test_decode_candles() -> None:
-    body = (b'{"c":[1.10713,1.10288],"h":[1.10733,1.10805],"l":[1.10583,1.10109],"o":[1.10658,1.10713],'
-            b'"s":"ok","t":[1568667600,1568754000],"v":[75789,96035]}')
+    body = (
+        b'{"c":[1.10713,1.10288],"h":[1.10733,1.10805],"l":[1.10583,1.10109],"o":[1.10658,1.10713],'
+        b'"s":"ok","t":[1568667600,1568754000],"v":[75789,96035]}'
+    )
     assert codec.decode_candles(body) == [
         Candle(1568667600000, 1.10658, 1.10733, 1.10583, 1.10713, 75789.0, 0, False),
         Candle(1568754000000, 1.10713, 1.10805, 1.10109, 1.10288, 96035.0, 0, False),
     ]
     assert codec.decode_candles(b'{"s":"no_data"}') == []
-    for bad in (b'{"error":"You don\'t have access to this resource."}', b'{"s":"ok","t":[1],"o":[1]}',
-                b'{"s":"weird"}', b"nope"):
+    for bad in (
+        b'{"error":"You don\'t have access to this resource."}',
+        b'{"s":"ok","t":[1],"o":[1]}',
+        b'{"s":"weird"}',
+        b"nope",
+    ):
         with pytest.raises(codec.BadCandles):
             codec.decode_candles(bad)
     assert codec.decode_error(b'{"error":"Invalid API key"}') == "Invalid API key"
@@ -193,9 +224,13 @@ async def test_history_candles_equal_the_tape(make: Make, monkeypatch: pytest.Mo
     r = await make(history_ms=2 * D1, calls_per_minute=100_000)
     h = FinnhubHistory(r.rest_url, "key", calls_per_minute=100_000)
     now = r.clock.now_ms()
-    cases = [("OANDA:EUR_USD", "1m", M1, START - D1), ("BINANCE:BTCUSDT", "5m", M5, START - D1),
-             ("AAPL", "1h", H1, START - 2 * D1), ("BINANCE:BTCUSDT", "1d", D1, START - 2 * D1),
-             ("AAPL", "1m", M1, START - D1)]
+    cases = [
+        ("OANDA:EUR_USD", "1m", M1, START - D1),
+        ("BINANCE:BTCUSDT", "5m", M5, START - D1),
+        ("AAPL", "1h", H1, START - 2 * D1),
+        ("BINANCE:BTCUSDT", "1d", D1, START - 2 * D1),
+        ("AAPL", "1m", M1, START - D1),
+    ]
     try:
         got = [await h.candles(sym, tf, lo, START - 1, now_ms=now) for sym, tf, _, lo in cases]
     finally:
@@ -216,8 +251,7 @@ async def test_history_candles_equal_the_tape(make: Make, monkeypatch: pytest.Mo
 
 
 @pytest.mark.slow  # over 3 s: not in the everyday subset
-async def test_history_paces_under_a_small_limit_and_handles_429(make: Make,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_history_paces_under_a_small_limit_and_handles_429(make: Make, monkeypatch: pytest.MonkeyPatch) -> None:
     """10 calls per 2 s: the paced client gets no 429; a client that ignores the limit gets 429s, pauses as
     Retry-After says, and ends with the same candles."""
     monkeypatch.setattr(finnhub_rest, "PAGE_INTERVALS", 10)
@@ -242,11 +276,16 @@ async def test_history_paces_under_a_small_limit_and_handles_429(make: Make,
 
 async def test_history_survives_injected_429_and_500(make: Make) -> None:
     # The seed whose first http429 and http500 both fall in the first second: deterministic, no flake.
-    seed = next(s for s in range(10_000)
-                if (t := FaultSchedule({"http429": 6, "http500": 6}, s)).times("http429", 1.0)
-                and t.times("http500", 1.0) and len(t.times("http429", 30)) <= 3)
-    r = await make(symbols=["AAPL"], history_ms=D1, faults={"http429": 6, "http500": 6}, faults_seed=seed,
-                   calls_per_minute=10_000)
+    seed = next(
+        s
+        for s in range(10_000)
+        if (t := FaultSchedule({"http429": 6, "http500": 6}, s)).times("http429", 1.0)
+        and t.times("http500", 1.0)
+        and len(t.times("http429", 30)) <= 3
+    )
+    r = await make(
+        symbols=["AAPL"], history_ms=D1, faults={"http429": 6, "http500": 6}, faults_seed=seed, calls_per_minute=10_000
+    )
     await asyncio.sleep(1.05)
     h = FinnhubHistory(r.rest_url, "key", calls_per_minute=10_000)
     try:
@@ -254,8 +293,7 @@ async def test_history_survives_injected_429_and_500(make: Make) -> None:
     finally:
         await h.close()
     assert h.throttled >= 1 and h.server_errors >= 1 and r.faults_injected()["http429"] >= 1
-    want = ref_candles(read_tape(r.tape_path or ""), "AAPL", 900_000, START - D1, START - 1,
-                       r.clock.now_ms(), False)
+    want = ref_candles(read_tape(r.tape_path or ""), "AAPL", 900_000, START - D1, START - 1, r.clock.now_ms(), False)
     assert as_rows(got) == want and want
 
 
@@ -370,8 +408,14 @@ async def test_one_connection_per_key(make: Make) -> None:
 
 
 async def test_symbol_cap_and_unsubscribe(make: Make) -> None:
-    r = await make(symbols=["BINANCE:BTCUSDT", "BINANCE:ETHUSDT", "BINANCE:SOLUSDT"], history_ms=M1, speed=20.0,
-                   rate=5.0, max_symbols=2, ping_s=60)
+    r = await make(
+        symbols=["BINANCE:BTCUSDT", "BINANCE:ETHUSDT", "BINANCE:SOLUSDT"],
+        history_ms=M1,
+        speed=20.0,
+        rate=5.0,
+        max_symbols=2,
+        ping_s=60,
+    )
     async with aiohttp.ClientSession() as http, http.ws_connect(codec.stream_url(r.ws_url, "k")) as ws:
 
         async def symbols_for(seconds: float) -> tuple[set[str], list[str]]:
@@ -403,8 +447,11 @@ async def test_symbol_cap_and_unsubscribe(make: Make) -> None:
 
 async def test_ws_faults_garbage_and_close(make: Make) -> None:
     rates = {"garbage": 120, "close": 30}
-    seed = next(s for s in range(10_000) if (t := FaultSchedule(rates, s)).times("garbage", 0.5)
-                and 0.7 < min(t.times("close", 1.5), default=9) < 1.5)
+    seed = next(
+        s
+        for s in range(10_000)
+        if (t := FaultSchedule(rates, s)).times("garbage", 0.5) and 0.7 < min(t.times("close", 1.5), default=9) < 1.5
+    )
     r = await make(symbols=["BINANCE:BTCUSDT"], history_ms=M1, speed=20.0, rate=5.0, faults=rates, faults_seed=seed)
     dec = codec.StreamDecoder()
     trades = 0
@@ -426,8 +473,13 @@ CLI = [sys.executable, "-m", "deltafeed", "replica", "finnhub"]
 
 @pytest.mark.parametrize(
     ("args", "needle"),
-    [(["--faults", "reorder=1"], "reorder"), (["--symbols", "FXCM:EUR/USD"], "OANDA pairs"),
-     (["--start", "Friday"], "--start"), (["--token", ""], "--token"), (["--rate", "0"], "--rate")],
+    [
+        (["--faults", "reorder=1"], "reorder"),
+        (["--symbols", "FXCM:EUR/USD"], "OANDA pairs"),
+        (["--start", "Friday"], "--start"),
+        (["--token", ""], "--token"),
+        (["--rate", "0"], "--rate"),
+    ],
 )
 def test_cli_bad_usage_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
     p = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=30)
@@ -436,8 +488,21 @@ def test_cli_bad_usage_is_one_line_and_exit_2(args: list[str], needle: str) -> N
 
 
 def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
-    proc = subprocess.Popen([*CLI, "--start", "2026-03-04T15:00:00Z", "--history", "2h", "--token", "t0k",
-                             "--tape", str(tmp_path / "t.csv")], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "--start",
+            "2026-03-04T15:00:00Z",
+            "--history",
+            "2h",
+            "--token",
+            "t0k",
+            "--tape",
+            str(tmp_path / "t.csv"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     try:
         first = proc.stdout.readline().strip()

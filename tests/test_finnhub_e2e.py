@@ -43,13 +43,29 @@ def tape_candles(path: Path, symbol: str, tf_ms: int) -> dict[int, tuple[float, 
 async def test_finnhub_forex_and_crypto_with_faults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FINNHUB_TOKEN", "test-key")
     tape = tmp_path / "finnhub.csv"
-    replica = FinnhubReplica(symbols=SYMBOLS, seed=5, rate=2.0, speed=60.0, history_ms=3_600_000,
-                             start_ms=FRIDAY_10H_NY, tape=str(tape), calls_per_minute=600, faults=FAULTS,
-                             faults_seed=2)
+    replica = FinnhubReplica(
+        symbols=SYMBOLS,
+        seed=5,
+        rate=2.0,
+        speed=60.0,
+        history_ms=3_600_000,
+        start_ms=FRIDAY_10H_NY,
+        tape=str(tape),
+        calls_per_minute=600,
+        faults=FAULTS,
+        faults_seed=2,
+    )
     await replica.start()
-    settings = Settings(venue="finnhub", symbols=[f"finnhub:{s}" for s in SYMBOLS], timeframes=["1m", "5m"],
-                        history="1h", db=str(tmp_path / "fh.duckdb"), rest_url=replica.rest_url,
-                        ws_url=replica.ws_url, stale_after="2s").validate()
+    settings = Settings(
+        venue="finnhub",
+        symbols=[f"finnhub:{s}" for s in SYMBOLS],
+        timeframes=["1m", "5m"],
+        history="1h",
+        db=str(tmp_path / "fh.duckdb"),
+        rest_url=replica.rest_url,
+        ws_url=replica.ws_url,
+        stale_after="2s",
+    ).validate()
     engine = Engine(settings)
     try:
         await engine.start()
@@ -66,14 +82,20 @@ async def test_finnhub_forex_and_crypto_with_faults(tmp_path: Path, monkeypatch:
         for sym in SYMBOLS:
             for tf, tf_ms in (("1m", 60_000), ("5m", 300_000)):
                 want = tape_candles(tape, sym, tf_ms)
-                stored = [c for c in await cold.query(f"finnhub:{sym}", tf)
-                          if c.closed and c.open_time + tf_ms <= end_ms - 3 * tf_ms]
+                stored = [
+                    c
+                    for c in await cold.query(f"finnhub:{sym}", tf)
+                    if c.closed and c.open_time + tf_ms <= end_ms - 3 * tf_ms
+                ]
                 assert len(stored) >= 10, (sym, tf)
                 keys = [c.open_time for c in stored]
                 assert keys == list(range(keys[0], keys[-1] + tf_ms, tf_ms)), (sym, tf, "hole or duplicate")
                 for c in stored:
                     assert (c.open, c.high, c.low, c.close, c.volume) == pytest.approx(want[c.open_time], rel=1e-9), (
-                        sym, tf, c.open_time)
+                        sym,
+                        tf,
+                        c.open_time,
+                    )
     finally:
         await cold.close()
 
@@ -87,12 +109,27 @@ async def test_a_stock_overnight_is_closed_not_a_gap(tmp_path: Path, monkeypatch
     monkeypatch.setenv("FINNHUB_TOKEN", "test-key")
     tape = tmp_path / "stock.csv"
     friday_open = THURSDAY_15H_NY + 18 * 3_600_000 + 30 * 60_000  # Friday 09:30 New York
-    replica = FinnhubReplica(symbols=["AAPL"], seed=3, rate=1.0, speed=60.0, history_ms=18 * 3_600_000 + 40 * 60_000,
-                             start_ms=friday_open + 10 * 60_000, tape=str(tape), calls_per_minute=600)
+    replica = FinnhubReplica(
+        symbols=["AAPL"],
+        seed=3,
+        rate=1.0,
+        speed=60.0,
+        history_ms=18 * 3_600_000 + 40 * 60_000,
+        start_ms=friday_open + 10 * 60_000,
+        tape=str(tape),
+        calls_per_minute=600,
+    )
     await replica.start()
-    settings = Settings(venue="finnhub", symbols=["finnhub:AAPL"], timeframes=["1m", "1h"], history="1d",
-                        db=str(tmp_path / "st.duckdb"), rest_url=replica.rest_url, ws_url=replica.ws_url,
-                        stale_after="3s").validate()
+    settings = Settings(
+        venue="finnhub",
+        symbols=["finnhub:AAPL"],
+        timeframes=["1m", "1h"],
+        history="1d",
+        db=str(tmp_path / "st.duckdb"),
+        rest_url=replica.rest_url,
+        ws_url=replica.ws_url,
+        stale_after="3s",
+    ).validate()
     engine = Engine(settings)
     try:
         await engine.start()
@@ -105,7 +142,9 @@ async def test_a_stock_overnight_is_closed_not_a_gap(tmp_path: Path, monkeypatch
     assert engine.audit_gaps == 0 and status["audit_gaps"] == 0
     cold = await open_cold(settings.db, read_only=True)
     try:
-        stored = [c for c in await cold.query("finnhub:AAPL", "1m") if c.closed and c.open_time + 60_000 <= end_ms - 60_000]
+        stored = [
+            c for c in await cold.query("finnhub:AAPL", "1m") if c.closed and c.open_time + 60_000 <= end_ms - 60_000
+        ]
     finally:
         await cold.close()
     thursday_close = THURSDAY_15H_NY + 3_600_000
@@ -113,8 +152,9 @@ async def test_a_stock_overnight_is_closed_not_a_gap(tmp_path: Path, monkeypatch
     assert keys[0] <= THURSDAY_15H_NY and keys[-1] >= friday_open + 5 * 60_000
     assert not [k for k in keys if thursday_close <= k < friday_open], "a candle while the exchange was closed"
     session = [k for k in keys if k < thursday_close] + [k for k in keys if k >= friday_open]
-    assert session == keys and keys == [k for k in range(keys[0], keys[-1] + 60_000, 60_000)
-                                         if not thursday_close <= k < friday_open], "a hole inside a session"
+    assert session == keys and keys == [
+        k for k in range(keys[0], keys[-1] + 60_000, 60_000) if not thursday_close <= k < friday_open
+    ], "a hole inside a session"
     want = tape_candles(tape, "AAPL", 60_000)
     for c in stored:
         assert (c.open, c.high, c.low, c.close, c.volume) == pytest.approx(want[c.open_time], rel=1e-9), c.open_time
@@ -125,12 +165,28 @@ async def test_quiet_minutes_are_asked_about_once(tmp_path: Path, monkeypatch: p
     once the answer is in and the hole is still there, it is a quiet minute, not asked about again."""
     monkeypatch.setenv("FINNHUB_TOKEN", "test-key")
     tape = tmp_path / "quiet.csv"
-    replica = FinnhubReplica(symbols=["BINANCE:BTCUSDT"], seed=8, rate=0.004, speed=600.0, history_ms=3_600_000,
-                             start_ms=FRIDAY_10H_NY, tape=str(tape), calls_per_minute=600)
+    replica = FinnhubReplica(
+        symbols=["BINANCE:BTCUSDT"],
+        seed=8,
+        rate=0.004,
+        speed=600.0,
+        history_ms=3_600_000,
+        start_ms=FRIDAY_10H_NY,
+        tape=str(tape),
+        calls_per_minute=600,
+    )
     await replica.start()
-    settings = Settings(venue="finnhub", symbols=["finnhub:BINANCE:BTCUSDT"], timeframes=["1m"], history="1h",
-                        db=str(tmp_path / "q.duckdb"), rest_url=replica.rest_url, ws_url=replica.ws_url,
-                        audit_every="1s", stale_after="30s").validate()
+    settings = Settings(
+        venue="finnhub",
+        symbols=["finnhub:BINANCE:BTCUSDT"],
+        timeframes=["1m"],
+        history="1h",
+        db=str(tmp_path / "q.duckdb"),
+        rest_url=replica.rest_url,
+        ws_url=replica.ws_url,
+        audit_every="1s",
+        stale_after="30s",
+    ).validate()
     engine = Engine(settings)
     try:
         await engine.start()

@@ -33,13 +33,30 @@ async def test_forex_across_a_weekend_with_faults(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("OANDA_ACCOUNT", DEFAULT_ACCOUNT)
     tape = tmp_path / "quotes.csv"
     # 50 market hours (Friday 16:00 to Sunday 18:00 New York) in about 20 wall seconds.
-    replica = OandaReplica(symbols=SYMBOLS, seed=7, rate=2.0, speed=9000.0, history_ms=HOUR, tape=str(tape),
-                           start_ms=FRIDAY_16H_NY, heartbeat_s=0.5,
-                           faults=FAULTS, faults_seed=3)
+    replica = OandaReplica(
+        symbols=SYMBOLS,
+        seed=7,
+        rate=2.0,
+        speed=9000.0,
+        history_ms=HOUR,
+        tape=str(tape),
+        start_ms=FRIDAY_16H_NY,
+        heartbeat_s=0.5,
+        faults=FAULTS,
+        faults_seed=3,
+    )
     await replica.start()
-    settings = Settings(venue="oanda", symbols=SYMBOLS, timeframes=["1m", "5m"], prices=["mid", "bid"],
-                        history="1h", db=str(tmp_path / "fx.duckdb"), rest_url=replica.url,
-                        stream_url=replica.url, stale_after="3s").validate()
+    settings = Settings(
+        venue="oanda",
+        symbols=SYMBOLS,
+        timeframes=["1m", "5m"],
+        prices=["mid", "bid"],
+        history="1h",
+        db=str(tmp_path / "fx.duckdb"),
+        rest_url=replica.url,
+        stream_url=replica.url,
+        stale_after="3s",
+    ).validate()
     engine = Engine(settings)
     try:
         await engine.start()
@@ -75,7 +92,8 @@ async def test_forex_across_a_weekend_with_faults(tmp_path: Path, monkeypatch: p
                         w = want.get(c.open_time)
                         assert w is not None, (key, tf, c.open_time, c.state)
                         assert (c.open, c.high, c.low, c.close, c.trades, c.volume) == pytest.approx(
-                            (w.open, w.high, w.low, w.close, w.trades, w.volume), rel=1e-12), (key, tf, c.open_time, c.state)
+                            (w.open, w.high, w.low, w.close, w.trades, w.volume), rel=1e-12
+                        ), (key, tf, c.open_time, c.state)
                     # Every candle of the tape inside the stored span is stored: nothing missing.
                     first, last = stored[0].open_time, stored[-1].open_time
                     missing = [t for t in want if first <= t <= last and t not in {c.open_time for c in stored}]
@@ -92,16 +110,22 @@ async def test_oanda_and_binance_side_by_side(tmp_path: Path, monkeypatch: pytes
     """One engine, two venues: each with its own feed and clock, one store, one status."""
     monkeypatch.setenv("OANDA_TOKEN", DEV_TOKEN)
     monkeypatch.setenv("OANDA_ACCOUNT", DEFAULT_ACCOUNT)
-    fx = OandaReplica(symbols=["EUR_USD"], seed=2, rate=4.0, speed=60.0, history_ms=HOUR,
-                      start_ms=FRIDAY_16H_NY - 3 * HOUR)
+    fx = OandaReplica(
+        symbols=["EUR_USD"], seed=2, rate=4.0, speed=60.0, history_ms=HOUR, start_ms=FRIDAY_16H_NY - 3 * HOUR
+    )
     crypto = BinanceReplica(symbols=["BTCUSDT"], seed=2, rate=4.0, speed=60.0, history_ms=HOUR)
     await fx.start()
     await crypto.start()
-    settings = Settings(symbols=["binance:BTCUSDT", "oanda:EUR_USD"], timeframes=["1m"], history="1h",
-                        db=str(tmp_path / "both.duckdb"),
-                        venues={"binance": VenueSettings(rest_url=crypto.url, ws_url=crypto.ws_url),
-                                "oanda": VenueSettings(rest_url=fx.url, stream_url=fx.url, prices=["mid", "ask"])},
-                        ).validate()
+    settings = Settings(
+        symbols=["binance:BTCUSDT", "oanda:EUR_USD"],
+        timeframes=["1m"],
+        history="1h",
+        db=str(tmp_path / "both.duckdb"),
+        venues={
+            "binance": VenueSettings(rest_url=crypto.url, ws_url=crypto.ws_url),
+            "oanda": VenueSettings(rest_url=fx.url, stream_url=fx.url, prices=["mid", "ask"]),
+        },
+    ).validate()
     engine = Engine(settings)
     try:
         await engine.start()
@@ -129,12 +153,22 @@ async def test_oanda_and_binance_side_by_side(tmp_path: Path, monkeypatch: pytes
 def test_price_sides_are_configured_per_instrument(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OANDA_TOKEN", DEV_TOKEN)
     monkeypatch.setenv("OANDA_ACCOUNT", DEFAULT_ACCOUNT)
-    settings = Settings(venue="oanda", symbols=["EUR_USD", "USD_JPY", "GBP_USD"], timeframes=["1m"], db=":memory:",
-                        prices=["mid", "ask"], instrument_prices={"USD_JPY": ["bid"], "oanda:GBP_USD": ["ask", "mid"]}
-                        ).validate()
+    settings = Settings(
+        venue="oanda",
+        symbols=["EUR_USD", "USD_JPY", "GBP_USD"],
+        timeframes=["1m"],
+        db=":memory:",
+        prices=["mid", "ask"],
+        instrument_prices={"USD_JPY": ["bid"], "oanda:GBP_USD": ["ask", "mid"]},
+    ).validate()
     engine = Engine(settings)
-    assert sorted(engine.states) == ["oanda:EUR_USD", "oanda:EUR_USD@ask", "oanda:GBP_USD", "oanda:GBP_USD@ask",
-                                     "oanda:USD_JPY@bid"]
+    assert sorted(engine.states) == [
+        "oanda:EUR_USD",
+        "oanda:EUR_USD@ask",
+        "oanda:GBP_USD",
+        "oanda:GBP_USD@ask",
+        "oanda:USD_JPY@bid",
+    ]
     with pytest.raises(BadInput, match="does not collect"):
         Settings(venue="oanda", symbols=["EUR_USD"], instrument_prices={"AUD_USD": ["bid"]}).validate()
     with pytest.raises(BadInput, match="use some of mid, bid, ask"):

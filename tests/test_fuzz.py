@@ -42,14 +42,16 @@ def test_the_mutator_is_reproducible_and_makes_poison() -> None:
     assert any(len(x) < len(seeds[0]) and seeds[0].startswith(x) for x in first)  # truncations too
 
 
-def test_the_bench_cli_runs_and_fails_on_an_escape(capsys: pytest.CaptureFixture[str],
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_bench_cli_runs_and_fails_on_an_escape(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert fuzz.main(["--count", "50", "--in-process", "--targets", "tlcp_stream"]) == 0
     assert "tlcp_stream" in capsys.readouterr().out
 
     def broken() -> fuzz.Target:
         def run(data: bytes) -> None:
             raise TypeError("a decoder that raises")
+
         return fuzz.Target(seeds=[b"x"], run=run)
 
     monkeypatch.setitem(fuzz.TARGETS, "broken", broken)

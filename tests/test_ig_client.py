@@ -56,7 +56,9 @@ async def serve(app: web.Application) -> AsyncIterator[str]:
 # --- TLCP requests ------------------------------------------------------------------------------
 
 # Verbatim from PROTOCOLS.md section 4 (the vendor's TestSubscribe_WS transcript).
-DOC_CREATE = "create_session\r\nLS_adapter_set=TEST&LS_cid=mgQkwtwdysogQz2BJ4Ji%20kOj2Bg&LS_send_sync=false&LS_cause=api"
+DOC_CREATE = (
+    "create_session\r\nLS_adapter_set=TEST&LS_cid=mgQkwtwdysogQz2BJ4Ji%20kOj2Bg&LS_send_sync=false&LS_cause=api"
+)
 DOC_ADD = "control\r\nLS_reqId=1&LS_op=add&LS_subId=1&LS_mode=DISTINCT&LS_group=item&LS_schema=f1%20f2&LS_snapshot=false&LS_ack=false"
 DOC_DELETE = "control\r\nLS_reqId=2&LS_subId=1&LS_op=delete&LS_ack=false"
 # From the vendor's MPN test transcript (same repository): data adapter and max frequency in their places.
@@ -68,26 +70,44 @@ def test_requests_encode_exactly_as_the_vendor_transcripts() -> None:
     assert t.create_session(adapter_set="TEST", cid="mgQkwtwdysogQz2BJ4Ji kOj2Bg", cause="api") == DOC_CREATE
     assert t.control(t.subscribe_params(1, 1, "DISTINCT", ["item"], ["f1", "f2"], snapshot=False)) == DOC_ADD
     assert t.control(t.unsubscribe_params(2, 1)) == DOC_DELETE
-    assert t.control(t.subscribe_params(2, 1, "MERGE", ["DEV-devid"], ["status", "status_timestamp"],
-                                        data_adapter="adapter", max_frequency="unfiltered")) == VENDOR_ADD_ADAPTER
+    assert (
+        t.control(
+            t.subscribe_params(
+                2,
+                1,
+                "MERGE",
+                ["DEV-devid"],
+                ["status", "status_timestamp"],
+                data_adapter="adapter",
+                max_frequency="unfiltered",
+            )
+        )
+        == VENDOR_ADD_ADAPTER
+    )
 
 
 def test_create_session_carries_ig_credentials_percent_encoded_password_last() -> None:
     req = t.create_session("ABC123", "CST-a+b/c=|XST-d&e%f", keepalive_ms=5000)
     name, query = req.split("\r\n")
     assert name == "create_session"
-    assert query == ("LS_keepalive_millis=5000&LS_user=ABC123&LS_cid=v%20Wntytg4pkpW37AM3P4hwLri8M4OD6Ah6e"
-                     "&LS_send_sync=false&LS_password=CST-a%2Bb%2Fc%3D%7CXST-d%26e%25f")
+    assert query == (
+        "LS_keepalive_millis=5000&LS_user=ABC123&LS_cid=v%20Wntytg4pkpW37AM3P4hwLri8M4OD6Ah6e"
+        "&LS_send_sync=false&LS_password=CST-a%2Bb%2Fc%3D%7CXST-d%26e%25f"
+    )
     # what a server reads back is the password itself (a literal '+' must not turn into a space)
     assert parse_qs(query)["LS_password"] == ["CST-a+b/c=|XST-d&e%f"]
-    assert t.bind_session("S1", keepalive_ms=100, cause="loop") == \
-        "bind_session\r\nLS_session=S1&LS_keepalive_millis=100&LS_send_sync=false&LS_cause=loop"
+    assert (
+        t.bind_session("S1", keepalive_ms=100, cause="loop")
+        == "bind_session\r\nLS_session=S1&LS_keepalive_millis=100&LS_send_sync=false&LS_cause=loop"
+    )
     assert t.ws_url("https://demo-apd.marketdatasystems.com") == "wss://demo-apd.marketdatasystems.com/lightstreamer"
     assert t.ws_url("http://127.0.0.1:8080/") == "ws://127.0.0.1:8080/lightstreamer"
 
 
 def test_control_batches_keep_every_message_within_the_request_limit() -> None:
-    queries = [t.subscribe_params(i, i, "MERGE", [f"MARKET:CS.D.PAIR{i}.CFD.IP"], ig.MARKET_FIELDS) for i in range(1, 30)]
+    queries = [
+        t.subscribe_params(i, i, "MERGE", [f"MARKET:CS.D.PAIR{i}.CFD.IP"], ig.MARKET_FIELDS) for i in range(1, 30)
+    ]
     msgs = t.control_batches(queries, 400)
     assert len(msgs) > 1
     assert all(len(m.encode()) <= 400 for m in msgs)
@@ -103,25 +123,53 @@ def test_control_batches_keep_every_message_within_the_request_limit() -> None:
 def test_transcript_lines_decode_into_events() -> None:
     d = t.LineDecoder()
     evs = d.feed("WSOK\r\nCONOK,sid,70000,5000,*\r\nSUBOK,1,1,2\r\nU,1,1,a|b\r\nEOS,1,1\r\nCS,1,1\r\nOV,1,1,33\r\n")
-    assert evs == [t.Wsok(), t.Conok("sid", 70000, 5000, None), t.Subok(1, 1, 2), t.Update(1, 1, "a|b"),
-                   t.EndOfSnapshot(1, 1), t.ClearSnapshot(1, 1), t.Overflow(1, 1, 33)]
+    assert evs == [
+        t.Wsok(),
+        t.Conok("sid", 70000, 5000, None),
+        t.Subok(1, 1, 2),
+        t.Update(1, 1, "a|b"),
+        t.EndOfSnapshot(1, 1),
+        t.ClearSnapshot(1, 1),
+        t.Overflow(1, 1, 33),
+    ]
     assert d.feed(b"UNSUB,1\r\nPROBE\r\nNOOP\r\nSYNC,12\r\nLOOP,0\r\nREQOK,3\r\nREQOK\r\n") == [
-        t.Unsub(1), t.Probe(), t.Noop(), t.Sync(12), t.Loop(0), t.Reqok(3), t.Reqok(None)]
-    assert d.feed("REQERR,4,19,Bad%20item%2C%20really\r\nERROR,65,Bad%20request\r\nEND,31,Closed%20by%20admin\r\n"
-                  "CONERR,1,User/password%20check%20failed\r\n") == [
-        t.Reqerr(4, 19, "Bad item, really"), t.Error(65, "Bad request"), t.End(31, "Closed by admin"),
-        t.Conerr(1, "User/password check failed")]
-    assert d.feed("SERVNAME,Lightstreamer%20HTTP%20Server\r\nCLIENTIP,127.0.0.1\r\nCONS,unlimited\r\n"
-                  "CONF,2,unlimited,filtered\r\nSUBCMD,3,1,4,1,2\r\nPROG,5\r\nCONOK,S2,50000,100,push.example.com\r\n") == [
-        t.Info("SERVNAME", "Lightstreamer HTTP Server"), t.Info("CLIENTIP", "127.0.0.1"), t.Info("CONS", "unlimited"),
-        t.Conf(2, "unlimited", True), t.Subcmd(3, 1, 4, 1, 2), t.Info("PROG", "5"),
-        t.Conok("S2", 50000, 100, "push.example.com")]
+        t.Unsub(1),
+        t.Probe(),
+        t.Noop(),
+        t.Sync(12),
+        t.Loop(0),
+        t.Reqok(3),
+        t.Reqok(None),
+    ]
+    assert d.feed(
+        "REQERR,4,19,Bad%20item%2C%20really\r\nERROR,65,Bad%20request\r\nEND,31,Closed%20by%20admin\r\n"
+        "CONERR,1,User/password%20check%20failed\r\n"
+    ) == [
+        t.Reqerr(4, 19, "Bad item, really"),
+        t.Error(65, "Bad request"),
+        t.End(31, "Closed by admin"),
+        t.Conerr(1, "User/password check failed"),
+    ]
+    assert d.feed(
+        "SERVNAME,Lightstreamer%20HTTP%20Server\r\nCLIENTIP,127.0.0.1\r\nCONS,unlimited\r\n"
+        "CONF,2,unlimited,filtered\r\nSUBCMD,3,1,4,1,2\r\nPROG,5\r\nCONOK,S2,50000,100,push.example.com\r\n"
+    ) == [
+        t.Info("SERVNAME", "Lightstreamer HTTP Server"),
+        t.Info("CLIENTIP", "127.0.0.1"),
+        t.Info("CONS", "unlimited"),
+        t.Conf(2, "unlimited", True),
+        t.Subcmd(3, 1, 4, 1, 2),
+        t.Info("PROG", "5"),
+        t.Conok("S2", 50000, 100, "push.example.com"),
+    ]
     assert not d.errors and not d.unknown
 
 
 def test_unknown_and_malformed_lines_are_counted_and_skipped() -> None:
     d = t.LineDecoder()
-    evs = d.feed("MSGDONE,*,1,\r\nMPNREG,devid,adapter\r\nU,1\r\nU,x,1,a\r\nSUBOK,1\r\nCONOK,sid,lots,5000,*\r\nPROBE\r\n")
+    evs = d.feed(
+        "MSGDONE,*,1,\r\nMPNREG,devid,adapter\r\nU,1\r\nU,x,1,a\r\nSUBOK,1\r\nCONOK,sid,lots,5000,*\r\nPROBE\r\n"
+    )
     assert [type(e) for e in evs] == [t.Malformed] * 4 + [t.Probe]
     assert [e.kind for e in evs if isinstance(e, t.Malformed)] == ["U", "U", "SUBOK", "CONOK"]
     assert d.unknown == Counter({"MSGDONE": 1, "MPNREG": 1})
@@ -130,10 +178,35 @@ def test_unknown_and_malformed_lines_are_counted_and_skipped() -> None:
     assert d.lines == 7
 
 
-@pytest.mark.parametrize("line", [
-    "SUBCMD,1", "SUBCMD,1,1,4,9,2", "SUBOK,1,1,60000000", "SUBOK,1,60000000,4", "SUBOK,-1,1,4", "EOS,1", "OV,1,1",
-    "CS", "UNSUB", "REQERR", "REQERR,x,1,m", "CONOK", "CONOK,,1,1", "END,x", "ERROR", "CONERR", "LOOP,x", "SYNC",
-    "CONF,1", "U,1,1", "U,1," + "9" * 5000 + ",a", "U,\u0661,1,a", "U,1,99999999999999999999,a", "OV,1,1,-3"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "SUBCMD,1",
+        "SUBCMD,1,1,4,9,2",
+        "SUBOK,1,1,60000000",
+        "SUBOK,1,60000000,4",
+        "SUBOK,-1,1,4",
+        "EOS,1",
+        "OV,1,1",
+        "CS",
+        "UNSUB",
+        "REQERR",
+        "REQERR,x,1,m",
+        "CONOK",
+        "CONOK,,1,1",
+        "END,x",
+        "ERROR",
+        "CONERR",
+        "LOOP,x",
+        "SYNC",
+        "CONF,1",
+        "U,1,1",
+        "U,1," + "9" * 5000 + ",a",
+        "U,\u0661,1,a",
+        "U,1,99999999999999999999,a",
+        "OV,1,1,-3",
+    ],
+)
 def test_poison_lines_are_counted_never_raised(line: str) -> None:
     """``SUBCMD,1`` used to raise TypeError (and end IG streaming); ``SUBOK,1,1,60000000`` made
     ItemState allocate 60 million fields. Every such line is one counted Malformed event now."""
@@ -171,16 +244,22 @@ def test_update_compression_rules_from_the_vendor_tests() -> None:
 
 
 def test_null_empty_skip_and_percent_decoding() -> None:
-    got = _applied(["U,1,1,1.1|1.2|12:00:00|TRADEABLE",
-                    "U,1,1,#|$|^2",            # null, empty, two unchanged
-                    "U,1,1,^3|CLOSED",         # skip three, then one
-                    "U,1,1,%23|%24|%5E1|a%7Cb%25c%20d",  # '#', '$', '^' and '|' as content
-                    "U,1,1,^4"])
-    assert got == [["1.1", "1.2", "12:00:00", "TRADEABLE"],
-                   [None, "", "12:00:00", "TRADEABLE"],
-                   [None, "", "12:00:00", "CLOSED"],
-                   ["#", "$", "^1", "a|b%c d"],
-                   ["#", "$", "^1", "a|b%c d"]]
+    got = _applied(
+        [
+            "U,1,1,1.1|1.2|12:00:00|TRADEABLE",
+            "U,1,1,#|$|^2",  # null, empty, two unchanged
+            "U,1,1,^3|CLOSED",  # skip three, then one
+            "U,1,1,%23|%24|%5E1|a%7Cb%25c%20d",  # '#', '$', '^' and '|' as content
+            "U,1,1,^4",
+        ]
+    )
+    assert got == [
+        ["1.1", "1.2", "12:00:00", "TRADEABLE"],
+        [None, "", "12:00:00", "TRADEABLE"],
+        [None, "", "12:00:00", "CLOSED"],
+        ["#", "$", "^1", "a|b%c d"],
+        ["#", "$", "^1", "a|b%c d"],
+    ]
     assert got[0] is not got[1]  # every update is a new list: a caller may keep the old one
 
 
@@ -206,8 +285,12 @@ def test_bad_updates_raise_and_leave_the_state_unchanged() -> None:
 # --- IG fields ----------------------------------------------------------------------------------
 
 
-def _market(bid: str | None = "1.0912", offer: str | None = "1.0914", time_: str | None = "12:30:45",
-            state: str | None = "TRADEABLE") -> dict[str, str | None]:
+def _market(
+    bid: str | None = "1.0912",
+    offer: str | None = "1.0914",
+    time_: str | None = "12:30:45",
+    state: str | None = "TRADEABLE",
+) -> dict[str, str | None]:
     return {"BID": bid, "OFFER": offer, "UPDATE_TIME": time_, "MARKET_STATE": state}
 
 
@@ -225,8 +308,9 @@ def test_market_quote_reads_update_time_as_uk_time_on_the_venue_date() -> None:
     second = dec.market_quote("E", _market(time_="01:30:00"), now_ms=ms(2024, 10, 27, 1, 30, 3))
     assert first is not None and first.time_ms == ms(2024, 10, 27, 0, 30)
     assert second is not None and second.time_ms == ms(2024, 10, 27, 1, 30)
-    assert ig.IGDecoder(tz="UTC").market_quote("E", _market(), now_ms=ms(2024, 7, 1, 12, 31)) == \
-        Quote("E", ms(2024, 7, 1, 12, 30, 45), 1.0912, 1.0914)
+    assert ig.IGDecoder(tz="UTC").market_quote("E", _market(), now_ms=ms(2024, 7, 1, 12, 31)) == Quote(
+        "E", ms(2024, 7, 1, 12, 30, 45), 1.0912, 1.0914
+    )
     assert not dec.errors
 
 
@@ -264,9 +348,18 @@ def test_market_quote_skips_what_is_not_a_tradeable_price_and_counts_it() -> Non
 
 def _chart(**over: str | None) -> dict[str, str | None]:
     f: dict[str, str | None] = {
-        "BID_OPEN": "1.1", "BID_HIGH": "1.3", "BID_LOW": "1.0", "BID_CLOSE": "1.2",
-        "OFR_OPEN": "1.15", "OFR_HIGH": "1.35", "OFR_LOW": "1.05", "OFR_CLOSE": "1.25",
-        "UTM": str(ms(2024, 7, 1, 11, 30) + 17_123), "CONS_END": "0", "CONS_TICK_COUNT": "42"}
+        "BID_OPEN": "1.1",
+        "BID_HIGH": "1.3",
+        "BID_LOW": "1.0",
+        "BID_CLOSE": "1.2",
+        "OFR_OPEN": "1.15",
+        "OFR_HIGH": "1.35",
+        "OFR_LOW": "1.05",
+        "OFR_CLOSE": "1.25",
+        "UTM": str(ms(2024, 7, 1, 11, 30) + 17_123),
+        "CONS_END": "0",
+        "CONS_TICK_COUNT": "42",
+    }
     f.update(over)
     return f
 
@@ -275,8 +368,10 @@ def test_chart_candles_bid_and_ask_with_utm_floored_and_cons_end() -> None:
     dec = ig.IGDecoder()
     got = dec.chart_candles("E", _chart())
     t0 = ms(2024, 7, 1, 11, 30)
-    assert got == {"bid": Candle(t0, 1.1, 1.3, 1.0, 1.2, 42.0, 42, False),
-                   "ask": Candle(t0, 1.15, 1.35, 1.05, 1.25, 42.0, 42, False)}
+    assert got == {
+        "bid": Candle(t0, 1.1, 1.3, 1.0, 1.2, 42.0, 42, False),
+        "ask": Candle(t0, 1.15, 1.35, 1.05, 1.25, 42.0, 42, False),
+    }
     assert set(got) == {"bid", "ask"}  # no mid: see ig's docstring
     closed = dec.chart_candles("E", _chart(CONS_END="1", CONS_TICK_COUNT=None))
     assert closed["bid"].closed and closed["ask"].closed and closed["bid"].trades == 0
@@ -346,9 +441,14 @@ class FakeIGRest:
             return web.json_response({"errorCode": "error.security.invalid-details"}, status=401)
         self.logins += 1
         self.cst, self.xst = f"cst-{self.logins}-0123456789abcdef", f"xst-{self.logins}-fedcba9876543210"
-        return web.json_response({"currentAccountId": "ABC123", "clientId": "1",
-                                  "lightstreamerEndpoint": "https://demo-apd.marketdatasystems.com"},
-                                 headers={"CST": self.cst, "X-SECURITY-TOKEN": self.xst})
+        return web.json_response(
+            {
+                "currentAccountId": "ABC123",
+                "clientId": "1",
+                "lightstreamerEndpoint": "https://demo-apd.marketdatasystems.com",
+            },
+            headers={"CST": self.cst, "X-SECURITY-TOKEN": self.xst},
+        )
 
     def expire_tokens(self) -> None:
         self.cst = self.xst = "expired"
@@ -372,18 +472,27 @@ class FakeIGRest:
         size = min(int(q["pageSize"]) or len(rows) or 1, self.page_cap)
         number = int(q.get("pageNumber", "1"))
         pages = max(1, -(-len(rows) // size))
-        page = rows[(number - 1) * size:number * size]
+        page = rows[(number - 1) * size : number * size]
         if self.refuse_allowance or len(page) > self.remaining:
             self.statuses.append(403)
-            return web.json_response({"errorCode": "error.public-api.exceeded-account-historical-data-allowance"},
-                                     status=403)
+            return web.json_response(
+                {"errorCode": "error.public-api.exceeded-account-historical-data-allowance"}, status=403
+            )
         self.remaining -= len(page)
         self.statuses.append(200)
-        meta: dict[str, Any] = {"size": len(page), "pageData": {"pageSize": size, "pageNumber": number, "totalPages": pages}}
+        meta: dict[str, Any] = {
+            "size": len(page),
+            "pageData": {"pageSize": size, "pageNumber": number, "totalPages": pages},
+        }
         if self.report_allowance:
-            meta["allowance"] = {"remainingAllowance": self.remaining, "totalAllowance": self.total,
-                                 "allowanceExpiry": self.expiry_s}
-        return web.json_response({"prices": [self.row(m) for m in page], "instrumentType": "CURRENCIES", "metadata": meta})
+            meta["allowance"] = {
+                "remainingAllowance": self.remaining,
+                "totalAllowance": self.total,
+                "allowanceExpiry": self.expiry_s,
+            }
+        return web.json_response(
+            {"prices": [self.row(m) for m in page], "instrumentType": "CURRENCIES", "metadata": meta}
+        )
 
     @staticmethod
     def row(m: int) -> dict[str, Any]:
@@ -394,9 +503,15 @@ class FakeIGRest:
             return {"bid": round(x, 5), "ask": round(x + 0.0002, 5), "lastTraded": None}
 
         utc = dt.datetime.fromtimestamp(m / 1000, UTC)
-        return {"snapshotTime": utc.strftime("%Y/%m/%d %H:%M:%S"), "snapshotTimeUTC": utc.strftime("%Y-%m-%dT%H:%M:%S"),
-                "openPrice": p(bid), "closePrice": p(bid + 0.0001), "highPrice": p(bid + 0.0005),
-                "lowPrice": p(bid - 0.0005), "lastTradedVolume": 7}
+        return {
+            "snapshotTime": utc.strftime("%Y/%m/%d %H:%M:%S"),
+            "snapshotTimeUTC": utc.strftime("%Y-%m-%dT%H:%M:%S"),
+            "openPrice": p(bid),
+            "closePrice": p(bid + 0.0001),
+            "highPrice": p(bid + 0.0005),
+            "lowPrice": p(bid - 0.0005),
+            "lastTradedVolume": 7,
+        }
 
 
 @contextlib.asynccontextmanager
@@ -466,11 +581,14 @@ async def test_candles_mid_bid_ask_with_the_allowance_tracked() -> None:
     async with ig_rest(fake) as (_, hist):
         assert hist.allowance == (None, None, None)
         before = int(time.time() * 1000)
-        mid = await hist.candles("CS.D.EURUSD.CFD.IP", "1m", ms(2024, 7, 1, 12), ms(2024, 7, 1, 12, 9),
-                                 now_ms=ms(2024, 7, 1, 12, 9, 30))
+        mid = await hist.candles(
+            "CS.D.EURUSD.CFD.IP", "1m", ms(2024, 7, 1, 12), ms(2024, 7, 1, 12, 9), now_ms=ms(2024, 7, 1, 12, 9, 30)
+        )
         # the first request is a one-point probe (the allowance is unknown); the rest is one request
         assert [(q["from"], q["to"], q["pageSize"]) for q in fake.prices] == [
-            ("2024-07-01T11:59:59", "2024-07-01T12:00:59", "1"), ("2024-07-01T12:00:59", "2024-07-01T12:09:59", "9")]
+            ("2024-07-01T11:59:59", "2024-07-01T12:00:59", "1"),
+            ("2024-07-01T12:00:59", "2024-07-01T12:09:59", "9"),
+        ]
         assert [c.open_time for c in mid] == [ms(2024, 7, 1, 12, m) for m in (0, 1, 2, 4, 5, 6, 7, 8, 9)]
         row = FakeIGRest.row(ms(2024, 7, 1, 12, 4))
         c = mid[3]
@@ -560,8 +678,9 @@ class FakeLS:
     sending one MARKET update per subscription every ``pump_s``: a full snapshot, then BID alone
     (``<bid>|^2|``) so the client must fill in the unchanged fields. Counts concurrent connections."""
 
-    def __init__(self, user: str = "ABC123", password: str = "CST-c|XST-x", keepalive_ms: int = 150,
-                 pump_s: float = 0.02) -> None:
+    def __init__(
+        self, user: str = "ABC123", password: str = "CST-c|XST-x", keepalive_ms: int = 150, pump_s: float = 0.02
+    ) -> None:
         self.user, self.password = user, password
         self.keepalive_ms = keepalive_ms
         self.pump_s = pump_s
@@ -707,9 +826,18 @@ class Sink:
 
 def _pool(url: str, sink: Sink, password: str | Callable[[], Awaitable[str]] = "CST-c|XST-x", **kw: Any) -> TlcpPool:
     kw.setdefault("keepalive_ms", 150)
-    return TlcpPool(url, "ABC123", password, on_update=sink.on_update, on_connect=sink.on_connect,
-                    on_disconnect=sink.on_disconnect, budget=ConnectBudget(1000, 1.0), backoff_base_s=0.02,
-                    backoff_cap_s=0.1, **kw)
+    return TlcpPool(
+        url,
+        "ABC123",
+        password,
+        on_update=sink.on_update,
+        on_connect=sink.on_connect,
+        on_disconnect=sink.on_disconnect,
+        budget=ConnectBudget(1000, 1.0),
+        backoff_base_s=0.02,
+        backoff_cap_s=0.1,
+        **kw,
+    )
 
 
 EPICS = [f"CS.D.PAIR{i:03d}.CFD.IP" for i in range(100)]
@@ -848,8 +976,19 @@ async def test_sessions_sharing_a_gate_wait_for_a_free_connection() -> None:
     sink = Sink()
     gate = ConnectionGate(2)
     async with serve(fake.app()) as url:
-        sessions = [TlcpSession(url, "ABC123", "CST-c|XST-x", sink.on_update, name=f"s{i}", gate=gate,
-                                keepalive_ms=150, backoff_base_s=0.02) for i in range(3)]
+        sessions = [
+            TlcpSession(
+                url,
+                "ABC123",
+                "CST-c|XST-x",
+                sink.on_update,
+                name=f"s{i}",
+                gate=gate,
+                keepalive_ms=150,
+                backoff_base_s=0.02,
+            )
+            for i in range(3)
+        ]
         try:
             for i, s in enumerate(sessions):
                 await s.subscribe([ITEMS[i]], ig.MARKET_FIELDS)
@@ -895,9 +1034,19 @@ async def test_history_and_streaming_against_the_ig_replica(tmp_path: Any) -> No
 
     eur, jpy = "CS.D.EURUSD.CFD.IP", "CS.D.USDJPY.CFD.IP"
     start = ms(2026, 3, 4, 10, 2, 30)  # a Wednesday: the FX market is open
-    r = IGReplica(epics=(eur, jpy), rate=5.0, speed=60.0, history_ms=3_600_000, start_ms=start,
-                  tape=str(tmp_path / "tape.csv"), api_key=API_KEY, username=USER, password=PASSWORD,
-                  max_connections=2, keepalive_ms=200)
+    r = IGReplica(
+        epics=(eur, jpy),
+        rate=5.0,
+        speed=60.0,
+        history_ms=3_600_000,
+        start_ms=start,
+        tape=str(tmp_path / "tape.csv"),
+        api_key=API_KEY,
+        username=USER,
+        password=PASSWORD,
+        max_connections=2,
+        keepalive_ms=200,
+    )
     await r.start()
     session = IGSession(r.rest_url, API_KEY, USER, PASSWORD, rate_per_minute=6000)
     hist = IGHistory(session)
@@ -923,9 +1072,17 @@ async def test_history_and_streaming_against_the_ig_replica(tmp_path: Any) -> No
         assert len(got["bid"]) >= 18 and hist.allowance[0] == r.allowance - r.stats["allowance_used"]
         account, _ = await session.ls_credentials()
         assert account == r.account_id and session.lightstreamer_endpoint == r.url
-        pool = TlcpPool(session.lightstreamer_endpoint, account, session.ls_password_fresh, max_connections=2,
-                        items_per_session=2, on_update=on_update, keepalive_ms=200,
-                        budget=ConnectBudget(100, 1.0), backoff_base_s=0.05)
+        pool = TlcpPool(
+            session.lightstreamer_endpoint,
+            account,
+            session.ls_password_fresh,
+            max_connections=2,
+            items_per_session=2,
+            on_update=on_update,
+            keepalive_ms=200,
+            budget=ConnectBudget(100, 1.0),
+            backoff_base_s=0.05,
+        )
         await pool.subscribe([ig.market_item(eur), ig.market_item(jpy)], ig.MARKET_FIELDS)
         await pool.subscribe([ig.chart_item(eur)], ig.CHART_FIELDS)
         await until(lambda: len(quotes) >= 50 and len(charts) >= 2, 10.0)
@@ -949,9 +1106,12 @@ async def test_history_and_streaming_against_the_ig_replica(tmp_path: Any) -> No
 
     for c in got["bid"]:
         assert (c.open, c.high, c.low, c.close, c.trades) == expected(c.open_time)
-    assert [c.open_time for c in got["bid"]] == [m for m in sorted(minutes) if start - 20 * 60_000 <= m and m + 60_000 <= now]
+    assert [c.open_time for c in got["bid"]] == [
+        m for m in sorted(minutes) if start - 20 * 60_000 <= m and m + 60_000 <= now
+    ]
     assert [(c.open_time, c.close) for c in got["mid"]] == [
-        (m, pytest.approx((minutes[m][-1][1] + minutes[m][-1][2]) / 2)) for m in (c.open_time for c in got["bid"])]
+        (m, pytest.approx((minutes[m][-1][1] + minutes[m][-1][2]) / 2)) for m in (c.open_time for c in got["bid"])
+    ]
     seen = {(t // 1000, b, a) for t, b, a in tape}
     assert all((q.time_ms // 1000, q.bid, q.ask) in seen for q in quotes)
     for c in charts:

@@ -26,14 +26,29 @@ async def test_ig_quotes_and_charts_with_faults(tmp_path: Path, monkeypatch: pyt
     for name in ("IG_API_KEY", "IG_USERNAME", "IG_PASSWORD"):
         monkeypatch.setenv(name, "test")
     tape = tmp_path / "ig.csv"
-    replica = IGReplica(epics=EPICS, seed=4, rate=2.0, speed=60.0, history_ms=3_600_000, start_ms=FRIDAY_10H_NY,
-                        tape=str(tape), faults={"close": 6.0, "reset": 3.0, "stall": 3.0, "overflow": 20.0,
-                                                "http500": 6.0},
-                        faults_seed=1)
+    replica = IGReplica(
+        epics=EPICS,
+        seed=4,
+        rate=2.0,
+        speed=60.0,
+        history_ms=3_600_000,
+        start_ms=FRIDAY_10H_NY,
+        tape=str(tape),
+        faults={"close": 6.0, "reset": 3.0, "stall": 3.0, "overflow": 20.0, "http500": 6.0},
+        faults_seed=1,
+    )
     await replica.start()
-    settings = Settings(venue="ig", symbols=EPICS, timeframes=["1m", "5m"], prices=["mid", "bid"], history="1h",
-                        db=str(tmp_path / "ig.duckdb"), rest_url=replica.rest_url, stream_url=replica.url,
-                        stale_after="3s").validate()
+    settings = Settings(
+        venue="ig",
+        symbols=EPICS,
+        timeframes=["1m", "5m"],
+        prices=["mid", "bid"],
+        history="1h",
+        db=str(tmp_path / "ig.duckdb"),
+        rest_url=replica.rest_url,
+        stream_url=replica.url,
+        stale_after="3s",
+    ).validate()
     engine = Engine(settings)
     try:
         await engine.start()
@@ -62,17 +77,26 @@ async def test_ig_quotes_and_charts_with_faults(tmp_path: Path, monkeypatch: pyt
         for epic in EPICS:
             for side in ("mid", "bid"):
                 for tf, tf_ms in (("1m", 60_000), ("5m", 300_000)):
-                    want = {c.open_time: c for c in quote_candles_from_tape([r for r in rows if r.symbol == epic],
-                                                                            tf_ms, side, calendar)}
-                    stored = [c for c in await cold.query(series_key(f"ig:{epic}", side), tf)
-                              if c.closed and c.open_time + tf_ms <= end_ms - 3 * tf_ms]
+                    want = {
+                        c.open_time: c
+                        for c in quote_candles_from_tape([r for r in rows if r.symbol == epic], tf_ms, side, calendar)
+                    }
+                    stored = [
+                        c
+                        for c in await cold.query(series_key(f"ig:{epic}", side), tf)
+                        if c.closed and c.open_time + tf_ms <= end_ms - 3 * tf_ms
+                    ]
                     assert len(stored) >= 12, (epic, side, tf, len(stored), [c.open_time for c in stored][:3], end_ms)
                     keys = [c.open_time for c in stored]
                     assert keys == list(range(keys[0], keys[-1] + tf_ms, tf_ms)), (epic, side, tf)
                     for c in stored:
                         w = want[c.open_time]
                         assert (c.open, c.close, c.volume) == pytest.approx((w.open, w.close, w.volume), rel=1e-12), (
-                            epic, side, tf, c.open_time)
+                            epic,
+                            side,
+                            tf,
+                            c.open_time,
+                        )
                         if side == "mid":
                             # IG's history has bid and ask OHLC only: a mid high (low) from it is the
                             # mean of the two highs (lows), a bound on the mid's own, not the value.
@@ -89,11 +113,20 @@ async def test_price_sides_of_an_epic_share_one_history_answer(tmp_path: Path, m
     for name in ("IG_API_KEY", "IG_USERNAME", "IG_PASSWORD"):
         monkeypatch.setenv(name, "test")
     tape = tmp_path / "ig.csv"
-    replica = IGReplica(epics=EPICS, seed=6, rate=2.0, speed=1.0, history_ms=3_600_000, start_ms=FRIDAY_10H_NY,
-                        tape=str(tape))
+    replica = IGReplica(
+        epics=EPICS, seed=6, rate=2.0, speed=1.0, history_ms=3_600_000, start_ms=FRIDAY_10H_NY, tape=str(tape)
+    )
     await replica.start()
-    settings = Settings(venue="ig", symbols=EPICS, timeframes=["1m"], prices=["mid", "bid", "ask"], history="1h",
-                        db=str(tmp_path / "ig.duckdb"), rest_url=replica.rest_url, stream_url=replica.url).validate()
+    settings = Settings(
+        venue="ig",
+        symbols=EPICS,
+        timeframes=["1m"],
+        prices=["mid", "bid", "ask"],
+        history="1h",
+        db=str(tmp_path / "ig.duckdb"),
+        rest_url=replica.rest_url,
+        stream_url=replica.url,
+    ).validate()
     engine = Engine(settings)
     try:
         await engine.start()  # returns once the bootstrap is stored
@@ -118,6 +151,7 @@ async def test_price_sides_of_an_epic_share_one_history_answer(tmp_path: Path, m
             for c in stored:
                 w = want[c.open_time]
                 assert (c.open, c.high, c.low, c.close, c.volume) == pytest.approx(
-                    (w.open, w.high, w.low, w.close, w.volume), rel=1e-12), (side, c.open_time)
+                    (w.open, w.high, w.low, w.close, w.volume), rel=1e-12
+                ), (side, c.open_time)
     finally:
         await cold.close()

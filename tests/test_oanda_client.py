@@ -26,10 +26,12 @@ from deltafeed.venues import oanda as o
 from deltafeed.venues.oanda_rest import OandaHistory
 
 # Verbatim from PROTOCOLS.md section 5 (oandapyV20 fixtures); the PRICE line joined onto one line.
-DOC_PRICE = (b'{"type":"PRICE","instrument":"EUR_USD","time":"2016-10-27T08:38:45.664613867Z","status":"tradeable",'
-             b'"bids":[{"price":"1.09177","liquidity":10000000},{"price":"1.09175","liquidity":10000000}],'
-             b'"asks":[{"price":"1.09188","liquidity":10000000},{"price":"1.09190","liquidity":10000000}],'
-             b'"closeoutBid":"1.09173","closeoutAsk":"1.09192"}')
+DOC_PRICE = (
+    b'{"type":"PRICE","instrument":"EUR_USD","time":"2016-10-27T08:38:45.664613867Z","status":"tradeable",'
+    b'"bids":[{"price":"1.09177","liquidity":10000000},{"price":"1.09175","liquidity":10000000}],'
+    b'"asks":[{"price":"1.09188","liquidity":10000000},{"price":"1.09190","liquidity":10000000}],'
+    b'"closeoutBid":"1.09173","closeoutAsk":"1.09192"}'
+)
 DOC_HEARTBEAT = b'{"type":"HEARTBEAT","time":"2016-10-27T08:38:44.327443673Z"}'
 DOC_CANDLES = b'{"instrument":"DE30_EUR","granularity":"M5","candles":[{"complete":true,"volume":132,"time":"2016-10-17T19:35:00.000000000Z","mid":{"o":"10503.8","h":"10508.0","l":"10503.8","c":"10506.0"}}]}'
 
@@ -72,25 +74,39 @@ def test_times_are_truncated_to_the_millisecond_never_rounded_into_the_next_minu
     assert isinstance(q, Quote) and q.time_ms == ms(2016, 10, 27, 8, 38, 59, 999)
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("2016-10-27T08:38:45.664613867Z", ms(2016, 10, 27, 8, 38, 45, 664)),
-    ("2016-10-27T08:38:45Z", ms(2016, 10, 27, 8, 38, 45)),
-    ("2016-10-27T08:38:45.5Z", ms(2016, 10, 27, 8, 38, 45, 500)),
-    ("2016-10-27T08:38:45.012345Z", ms(2016, 10, 27, 8, 38, 45, 12)),
-    ("2024-02-29T23:59:59.999000000Z", ms(2024, 2, 29, 23, 59, 59, 999)),
-    ("1477557525.664613867", ms(2016, 10, 27, 8, 38, 45, 664)),  # Accept-Datetime-Format: UNIX
-    ("1477557525", ms(2016, 10, 27, 8, 38, 45)),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2016-10-27T08:38:45.664613867Z", ms(2016, 10, 27, 8, 38, 45, 664)),
+        ("2016-10-27T08:38:45Z", ms(2016, 10, 27, 8, 38, 45)),
+        ("2016-10-27T08:38:45.5Z", ms(2016, 10, 27, 8, 38, 45, 500)),
+        ("2016-10-27T08:38:45.012345Z", ms(2016, 10, 27, 8, 38, 45, 12)),
+        ("2024-02-29T23:59:59.999000000Z", ms(2024, 2, 29, 23, 59, 59, 999)),
+        ("1477557525.664613867", ms(2016, 10, 27, 8, 38, 45, 664)),  # Accept-Datetime-Format: UNIX
+        ("1477557525", ms(2016, 10, 27, 8, 38, 45)),
+    ],
+)
 def test_time_forms(text: str, expected: int) -> None:
     assert o.time_ms(text) == expected
 
 
-@pytest.mark.parametrize("text", [
-    "2016-10-27T08:38:45.664613867", "2016-10-27 08:38:45.664613867Z", "2016-10-27T24:00:00.000000000Z",
-    "2016-10-27T08:60:00.000000000Z", "2016-13-01T08:38:45.664613867Z", "2016-10-27T08:38:4x.664613867Z",
-    "2016-10-27T08:38:+5.664613867Z", "2016-10-27T08:38:45.66461386xZ", "2016-10-27T08:38:45.1_3456789Z",
-    "2016-10-27T08:38:61.000000000Z", "", "yesterday",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2016-10-27T08:38:45.664613867",
+        "2016-10-27 08:38:45.664613867Z",
+        "2016-10-27T24:00:00.000000000Z",
+        "2016-10-27T08:60:00.000000000Z",
+        "2016-13-01T08:38:45.664613867Z",
+        "2016-10-27T08:38:4x.664613867Z",
+        "2016-10-27T08:38:+5.664613867Z",
+        "2016-10-27T08:38:45.66461386xZ",
+        "2016-10-27T08:38:45.1_3456789Z",
+        "2016-10-27T08:38:61.000000000Z",
+        "",
+        "yesterday",
+    ],
+)
 def test_bad_times_raise(text: str) -> None:
     with pytest.raises(ValueError):
         o.time_ms(text)
@@ -108,27 +124,33 @@ def _price(**fields: Any) -> bytes:
     return msgspec.json.encode(msg)
 
 
-@pytest.mark.parametrize(("line", "kind"), [
-    (b"{not json", "malformed"),
-    (b"[1,2,3]", "malformed"),
-    (b"", "malformed"),
-    (b'{"type":"PRICE","instrument":"EUR_USD"}', "bad_field"),
-    (b'{"type":"HEARTBEAT"}', "bad_field"),
-    (b'{"type":"HEARTBEAT","time":"noon"}', "bad_field"),
-    (_price(bids=[{"price": "abc", "liquidity": 1}]), "bad_field"),
-    (_price(asks=[{"price": "NaN", "liquidity": 1}]), "impossible_value"),
-    (_price(asks=[{"price": "1e400", "liquidity": 1}]), "impossible_value"),
-    (_price(bids=[{"price": "-0", "liquidity": 1}]), "impossible_value"),
-    (_price(bids=[{"price": "1.1", "liquidity": -5}]), "impossible_value"),
-    (_price(bids=[{"price": "1.1", "liquidity": 1}]).replace(b'"liquidity":1', b'"liquidity":1e400'), "impossible_value"),
-    (b'{"type":"PRICE",' + b"[" * 100_000, "malformed"),
-    (_price(asks="1.0"), "bad_field"),
-    (b'{"type":"MARKET_ORDER","time":"2016-10-27T08:38:44.327443673Z"}', "unknown_type"),
-    (b'{"errorMessage":"Invalid value specified for instruments"}', "unknown_type"),
-    (_price(tradeable=False), "not_tradeable"),
-    (_price(status="non-tradeable"), "not_tradeable"),
-    (_price(bids=[]), "empty_book"),
-])
+@pytest.mark.parametrize(
+    ("line", "kind"),
+    [
+        (b"{not json", "malformed"),
+        (b"[1,2,3]", "malformed"),
+        (b"", "malformed"),
+        (b'{"type":"PRICE","instrument":"EUR_USD"}', "bad_field"),
+        (b'{"type":"HEARTBEAT"}', "bad_field"),
+        (b'{"type":"HEARTBEAT","time":"noon"}', "bad_field"),
+        (_price(bids=[{"price": "abc", "liquidity": 1}]), "bad_field"),
+        (_price(asks=[{"price": "NaN", "liquidity": 1}]), "impossible_value"),
+        (_price(asks=[{"price": "1e400", "liquidity": 1}]), "impossible_value"),
+        (_price(bids=[{"price": "-0", "liquidity": 1}]), "impossible_value"),
+        (_price(bids=[{"price": "1.1", "liquidity": -5}]), "impossible_value"),
+        (
+            _price(bids=[{"price": "1.1", "liquidity": 1}]).replace(b'"liquidity":1', b'"liquidity":1e400'),
+            "impossible_value",
+        ),
+        (b'{"type":"PRICE",' + b"[" * 100_000, "malformed"),
+        (_price(asks="1.0"), "bad_field"),
+        (b'{"type":"MARKET_ORDER","time":"2016-10-27T08:38:44.327443673Z"}', "unknown_type"),
+        (b'{"errorMessage":"Invalid value specified for instruments"}', "unknown_type"),
+        (_price(tradeable=False), "not_tradeable"),
+        (_price(status="non-tradeable"), "not_tradeable"),
+        (_price(bids=[]), "empty_book"),
+    ],
+)
 def test_bad_lines_are_counted_by_kind_and_skipped(line: bytes, kind: str) -> None:
     d = o.PriceDecoder()
     assert d.decode(line) is None
@@ -157,32 +179,46 @@ def test_doc_candles_body_field_by_field() -> None:
         o.decode_candles(DOC_CANDLES, "bid")
 
 
-MBA_BODY = (b'{"instrument":"EUR_USD","granularity":"M1","candles":['
-            b'{"complete":true,"volume":7,"time":"2016-10-17T19:35:00.000000000Z",'
-            b'"bid":{"o":"1.10001","h":"1.10011","l":"1.09991","c":"1.10005"},'
-            b'"mid":{"o":"1.10006","h":"1.10016","l":"1.09996","c":"1.10010"},'
-            b'"ask":{"o":"1.10011","h":"1.10021","l":"1.10001","c":"1.10015"}},'
-            b'{"complete":false,"volume":2,"time":"2016-10-17T19:36:00.000000000Z",'
-            b'"bid":{"o":"1.1","h":"1.2","l":"1.0","c":"1.1"},"mid":{"o":"2.1","h":"2.2","l":"2.0","c":"2.1"},'
-            b'"ask":{"o":"3.1","h":"3.2","l":"3.0","c":"3.1"}}]}')
+MBA_BODY = (
+    b'{"instrument":"EUR_USD","granularity":"M1","candles":['
+    b'{"complete":true,"volume":7,"time":"2016-10-17T19:35:00.000000000Z",'
+    b'"bid":{"o":"1.10001","h":"1.10011","l":"1.09991","c":"1.10005"},'
+    b'"mid":{"o":"1.10006","h":"1.10016","l":"1.09996","c":"1.10010"},'
+    b'"ask":{"o":"1.10011","h":"1.10021","l":"1.10001","c":"1.10015"}},'
+    b'{"complete":false,"volume":2,"time":"2016-10-17T19:36:00.000000000Z",'
+    b'"bid":{"o":"1.1","h":"1.2","l":"1.0","c":"1.1"},"mid":{"o":"2.1","h":"2.2","l":"2.0","c":"2.1"},'
+    b'"ask":{"o":"3.1","h":"3.2","l":"3.0","c":"3.1"}}]}'
+)
 
 
 def test_candles_of_every_side_from_one_mba_body() -> None:
     t = ms(2016, 10, 17, 19, 35)
     all_sides = o.decode_candles_all(MBA_BODY)
     assert all_sides == {
-        "mid": [Candle(t, 1.10006, 1.10016, 1.09996, 1.10010, 7.0, 7, True),
-                Candle(t + 60_000, 2.1, 2.2, 2.0, 2.1, 2.0, 2, False)],
-        "bid": [Candle(t, 1.10001, 1.10011, 1.09991, 1.10005, 7.0, 7, True),
-                Candle(t + 60_000, 1.1, 1.2, 1.0, 1.1, 2.0, 2, False)],
-        "ask": [Candle(t, 1.10011, 1.10021, 1.10001, 1.10015, 7.0, 7, True),
-                Candle(t + 60_000, 3.1, 3.2, 3.0, 3.1, 2.0, 2, False)],
+        "mid": [
+            Candle(t, 1.10006, 1.10016, 1.09996, 1.10010, 7.0, 7, True),
+            Candle(t + 60_000, 2.1, 2.2, 2.0, 2.1, 2.0, 2, False),
+        ],
+        "bid": [
+            Candle(t, 1.10001, 1.10011, 1.09991, 1.10005, 7.0, 7, True),
+            Candle(t + 60_000, 1.1, 1.2, 1.0, 1.1, 2.0, 2, False),
+        ],
+        "ask": [
+            Candle(t, 1.10011, 1.10021, 1.10001, 1.10015, 7.0, 7, True),
+            Candle(t + 60_000, 3.1, 3.2, 3.0, 3.1, 2.0, 2, False),
+        ],
     }
     assert o.decode_candles(MBA_BODY, "ask") == all_sides["ask"]
 
 
-@pytest.mark.parametrize("body", [b"{}", b"not json", b'{"candles":[{"time":"x","volume":1,"complete":true,'
-                                                       b'"mid":{"o":"1","h":"1","l":"1","c":"1"}}]}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{}",
+        b"not json",
+        b'{"candles":[{"time":"x","volume":1,"complete":true,"mid":{"o":"1","h":"1","l":"1","c":"1"}}]}',
+    ],
+)
 def test_bad_candle_bodies_raise(body: bytes) -> None:
     with pytest.raises(o.BadCandles):
         o.decode_candles(body)
@@ -190,7 +226,15 @@ def test_bad_candle_bodies_raise(body: bytes) -> None:
 
 def test_granularities() -> None:
     assert [o.granularity(tf) for tf in ("5s", "15s", "1m", "5m", "15m", "1h", "4h", "1d")] == [
-        "S5", "S15", "M1", "M5", "M15", "H1", "H4", "D"]
+        "S5",
+        "S15",
+        "M1",
+        "M5",
+        "M15",
+        "H1",
+        "H4",
+        "D",
+    ]
     with pytest.raises(BadInput, match="finest is 5s"):
         o.granularity("1s")
     with pytest.raises(BadInput, match="unknown timeframe"):
@@ -198,15 +242,22 @@ def test_granularities() -> None:
 
 
 def test_urls() -> None:
-    assert (o.stream_url("https://stream-fxtrade.oanda.com/", "101-004-1234567-001", ["EUR_USD", "usd_jpy"])
-            == "https://stream-fxtrade.oanda.com/v3/accounts/101-004-1234567-001/pricing/stream"
-               "?instruments=EUR_USD,USD_JPY")
+    assert (
+        o.stream_url("https://stream-fxtrade.oanda.com/", "101-004-1234567-001", ["EUR_USD", "usd_jpy"])
+        == "https://stream-fxtrade.oanda.com/v3/accounts/101-004-1234567-001/pricing/stream"
+        "?instruments=EUR_USD,USD_JPY"
+    )
     path = o.candles_path("EUR_USD", "D", ms(2016, 10, 17), 5000, "MBA")
     split = urlsplit(path)
     assert split.path == "/v3/instruments/EUR_USD/candles"
     assert parse_qs(split.query) == {
-        "price": ["MBA"], "granularity": ["D"], "from": ["2016-10-17T00:00:00.000000000Z"], "count": ["5000"],
-        "dailyAlignment": ["0"], "alignmentTimezone": ["UTC"]}
+        "price": ["MBA"],
+        "granularity": ["D"],
+        "from": ["2016-10-17T00:00:00.000000000Z"],
+        "count": ["5000"],
+        "dailyAlignment": ["0"],
+        "alignmentTimezone": ["UTC"],
+    }
     with pytest.raises(ValueError):
         o.candles_path("EUR_USD", "M1", 0, 5001)
 
@@ -271,7 +322,9 @@ FAST = ConnectBudget(100, 1.0)  # tests that are not about the connection budget
 
 async def test_lines_split_across_chunks_and_many_per_chunk_then_reconnect_after_the_server_ends() -> None:
     pieces = [
-        DOC_HEARTBEAT[:10], DOC_HEARTBEAT[10:30], DOC_HEARTBEAT[30:] + b"\n" + DOC_PRICE[:50],  # split 3 ways
+        DOC_HEARTBEAT[:10],
+        DOC_HEARTBEAT[10:30],
+        DOC_HEARTBEAT[30:] + b"\n" + DOC_PRICE[:50],  # split 3 ways
         DOC_PRICE[50:] + b"\r\n" + DOC_HEARTBEAT + b"\n\n" + DOC_PRICE + b"\n" + DOC_HEARTBEAT[:5],  # 3 lines
         DOC_HEARTBEAT[5:] + b"\n",
     ]
@@ -284,10 +337,15 @@ async def test_lines_split_across_chunks_and_many_per_chunk_then_reconnect_after
     got: list[bytes] = []
     events: list[str] = []
     async with serve({STREAM_PATH: handler}) as base:
-        stream = LineStream(lambda: o.stream_url(base, "acc-1", ["EUR_USD"]), got.append,
-                            headers=o.auth_headers(TOKEN), budget=FAST, backoff_base_s=0.01,
-                            on_connect=lambda s: events.append("up"),
-                            on_disconnect=lambda s, why: events.append(f"down: {why}"))
+        stream = LineStream(
+            lambda: o.stream_url(base, "acc-1", ["EUR_USD"]),
+            got.append,
+            headers=o.auth_headers(TOKEN),
+            budget=FAST,
+            backoff_base_s=0.01,
+            on_connect=lambda s: events.append("up"),
+            on_disconnect=lambda s, why: events.append(f"down: {why}"),
+        )
         task = asyncio.create_task(stream.run())
         await until(lambda: stream.connects >= 2 and len(got) >= 6)
         await stream.close()
@@ -308,7 +366,9 @@ async def test_heartbeats_alone_keep_a_connection_alive() -> None:
 
     lines: list[bytes] = []
     async with serve({STREAM_PATH: handler}) as base:
-        stream = LineStream(lambda: o.stream_url(base, "acc-1", ["EUR_USD"]), lines.append, stale_after_s=0.4, budget=FAST)
+        stream = LineStream(
+            lambda: o.stream_url(base, "acc-1", ["EUR_USD"]), lines.append, stale_after_s=0.4, budget=FAST
+        )
         task = asyncio.create_task(stream.run())
         await asyncio.sleep(1.5)
         assert stream.connected.is_set()
@@ -331,8 +391,14 @@ async def test_a_silent_server_is_dropped_and_reconnected() -> None:
 
     reasons: list[str] = []
     async with serve({STREAM_PATH: handler}) as base:
-        stream = LineStream(lambda: o.stream_url(base, "acc-1", ["EUR_USD"]), lambda line: None, stale_after_s=0.5, budget=FAST,
-                            backoff_base_s=0.01, on_disconnect=lambda s, why: reasons.append(why))
+        stream = LineStream(
+            lambda: o.stream_url(base, "acc-1", ["EUR_USD"]),
+            lambda line: None,
+            stale_after_s=0.5,
+            budget=FAST,
+            backoff_base_s=0.01,
+            on_disconnect=lambda s, why: reasons.append(why),
+        )
         task = asyncio.create_task(stream.run())
         await until(lambda: len(connections) >= 3)
         await stream.close()
@@ -344,17 +410,24 @@ async def test_a_silent_server_is_dropped_and_reconnected() -> None:
 
 
 async def test_401_stops_with_one_error_line_naming_the_variable_never_the_token(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     calls: list[int] = []
 
     async def handler(request: web.Request) -> web.StreamResponse:
         calls.append(1)  # a proxy that echoes the credentials back must not leak them either
-        return web.json_response({"errorMessage": f"Insufficient authorization: {request.headers['Authorization']}"},
-                                 status=401)
+        return web.json_response(
+            {"errorMessage": f"Insufficient authorization: {request.headers['Authorization']}"}, status=401
+        )
 
     async with serve({STREAM_PATH: handler}) as base:
-        stream = LineStream(lambda: o.stream_url(base, "acc-1", ["EUR_USD"]), lambda line: None, headers=o.auth_headers(TOKEN),
-                            budget=FAST, backoff_base_s=0.01)
+        stream = LineStream(
+            lambda: o.stream_url(base, "acc-1", ["EUR_USD"]),
+            lambda line: None,
+            headers=o.auth_headers(TOKEN),
+            budget=FAST,
+            backoff_base_s=0.01,
+        )
         with caplog.at_level(logging.WARNING, logger="deltafeed.lines"), pytest.raises(StreamUnauthorized) as err:
             await asyncio.wait_for(stream.run(), 5)
     assert calls == [1]
@@ -378,7 +451,9 @@ async def test_5xx_and_429_back_off_and_honour_retry_after() -> None:
 
     got: list[bytes] = []
     async with serve({STREAM_PATH: handler}) as base:
-        stream = LineStream(lambda: o.stream_url(base, "acc-1", ["EUR_USD"]), got.append, budget=FAST, backoff_base_s=0.01)
+        stream = LineStream(
+            lambda: o.stream_url(base, "acc-1", ["EUR_USD"]), got.append, budget=FAST, backoff_base_s=0.01
+        )
         task = asyncio.create_task(stream.run())
         await until(lambda: len(got) >= 3)
         await stream.close()
@@ -390,8 +465,9 @@ async def test_5xx_and_429_back_off_and_honour_retry_after() -> None:
 
 
 async def test_close_interrupts_a_long_backoff_and_an_open_connection() -> None:
-    stream = LineStream(lambda: "http://127.0.0.1:9/nothing", lambda line: None, budget=FAST,
-                        backoff_base_s=30.0, backoff_cap_s=30.0)
+    stream = LineStream(
+        lambda: "http://127.0.0.1:9/nothing", lambda line: None, budget=FAST, backoff_base_s=30.0, backoff_cap_s=30.0
+    )
     task = asyncio.create_task(stream.run())
     await until(lambda: stream.attempts >= 1)
     await asyncio.sleep(0.1)
@@ -421,8 +497,13 @@ async def test_new_connections_wait_for_the_budget() -> None:
         return await chunked(request, [DOC_HEARTBEAT + b"\n"], pause=0)  # ends at once: reconnect
 
     async with serve({STREAM_PATH: handler}) as base:
-        stream = LineStream(lambda: o.stream_url(base, "acc-1", ["EUR_USD"]), lambda line: None, budget=ConnectBudget(2, 0.5),
-                            backoff_base_s=0.001, backoff_cap_s=0.001)
+        stream = LineStream(
+            lambda: o.stream_url(base, "acc-1", ["EUR_USD"]),
+            lambda line: None,
+            budget=ConnectBudget(2, 0.5),
+            backoff_base_s=0.001,
+            backoff_cap_s=0.001,
+        )
         task = asyncio.create_task(stream.run())
         await until(lambda: len(connections) >= 5)
         await stream.close()
@@ -444,10 +525,10 @@ GRAN_MS = {"S5": 5_000, "M1": 60_000, "H4": 14_400_000, "D": 86_400_000}
 class CandleVenue:
     """Serves M1 (and S5) candles over a time range with a hole, as OANDA does: no candle without prices."""
 
-    def __init__(self, first: int, minutes: int, hole: tuple[int, int] | None = None,
-                 now_open: bool = True) -> None:
-        self.times = [first + i * 60_000 for i in range(minutes)
-                      if hole is None or not hole[0] <= first + i * 60_000 < hole[1]]
+    def __init__(self, first: int, minutes: int, hole: tuple[int, int] | None = None, now_open: bool = True) -> None:
+        self.times = [
+            first + i * 60_000 for i in range(minutes) if hole is None or not hole[0] <= first + i * 60_000 < hole[1]
+        ]
         self.now_open = now_open  # the newest candle is still forming
         self.queries: list[dict[str, str]] = []
         self.auth: list[str | None] = []
@@ -461,8 +542,16 @@ class CandleVenue:
 
     def expected(self, t: int, side: str = "M") -> Candle:
         v = self.ohlc(t, side)
-        return Candle(t, float(v["o"]), float(v["h"]), float(v["l"]), float(v["c"]), float(t // 60_000 % 50 + 1),
-                      t // 60_000 % 50 + 1, t != self.times[-1] or not self.now_open)
+        return Candle(
+            t,
+            float(v["o"]),
+            float(v["h"]),
+            float(v["l"]),
+            float(v["c"]),
+            float(t // 60_000 % 50 + 1),
+            t // 60_000 % 50 + 1,
+            t != self.times[-1] or not self.now_open,
+        )
 
     async def candles(self, request: web.Request) -> web.StreamResponse:
         q = dict(request.query)
@@ -481,28 +570,37 @@ class CandleVenue:
         elif "from" in q:
             start = (dt.datetime.fromisoformat(q["from"]) - EPOCH) // dt.timedelta(milliseconds=1)
             if self.now_open and start > self.times[-1] + 59_999:
-                return web.json_response({"errorMessage": "Invalid value specified for 'from'. Time is in the future"},
-                                         status=400)
+                return web.json_response(
+                    {"errorMessage": "Invalid value specified for 'from'. Time is in the future"}, status=400
+                )
             i = bisect.bisect_left(self.times, start)
-            times = self.times[i:i + count]
+            times = self.times[i : i + count]
         else:
             times = self.times[-count:]
         sides = {"M": "mid", "B": "bid", "A": "ask"}
         out = []
         for t in times:
-            c: dict[str, Any] = {"complete": t != self.times[-1] or not self.now_open,
-                                 "volume": t // 60_000 % 50 + 1, "time": _fmt_time(t + self.shift_ms)}
+            c: dict[str, Any] = {
+                "complete": t != self.times[-1] or not self.now_open,
+                "volume": t // 60_000 % 50 + 1,
+                "time": _fmt_time(t + self.shift_ms),
+            }
             for letter in q.get("price", "M"):
                 c[sides[letter]] = self.ohlc(t, letter)
             out.append(c)
-        return web.Response(body=msgspec.json.encode({"instrument": request.match_info["instrument"],
-                                                      "granularity": gran, "candles": out}),
-                            content_type="application/json", headers={"Date": "Mon, 17 Oct 2016 19:35:08 GMT"})
+        return web.Response(
+            body=msgspec.json.encode(
+                {"instrument": request.match_info["instrument"], "granularity": gran, "candles": out}
+            ),
+            content_type="application/json",
+            headers={"Date": "Mon, 17 Oct 2016 19:35:08 GMT"},
+        )
 
     async def instruments(self, request: web.Request) -> web.StreamResponse:
         self.auth.append(request.headers.get("Authorization"))
-        return web.json_response({"instruments": [{"name": "EUR_USD", "type": "CURRENCY"},
-                                                  {"name": "XAU_USD", "type": "METAL"}]})
+        return web.json_response(
+            {"instruments": [{"name": "EUR_USD", "type": "CURRENCY"}, {"name": "XAU_USD", "type": "METAL"}]}
+        )
 
     def routes(self, with_instruments: bool = True) -> dict[str, Handler]:
         r: dict[str, Handler] = {"/v3/instruments/{instrument}/candles": self.candles}
@@ -644,8 +742,9 @@ async def test_history_and_stream_against_the_oanda_replica() -> None:
     from deltafeed.replicas.oanda import DEFAULT_ACCOUNT, DEV_TOKEN, OandaReplica
 
     start = ms(2024, 3, 13, 12)  # a Wednesday noon: the FX market is open
-    replica = OandaReplica(["EUR_USD", "USD_JPY"], seed=7, rate=2.0, speed=30.0, history_ms=8 * 3_600_000,
-                           start_ms=start, heartbeat_s=0.3)
+    replica = OandaReplica(
+        ["EUR_USD", "USD_JPY"], seed=7, rate=2.0, speed=30.0, history_ms=8 * 3_600_000, start_ms=start, heartbeat_s=0.3
+    )
     await replica.start()
     h = OandaHistory(replica.url, DEV_TOKEN, DEFAULT_ACCOUNT)
     dec = o.PriceDecoder()
@@ -659,8 +758,12 @@ async def test_history_and_stream_against_the_oanda_replica() -> None:
         elif isinstance(ev, o.Heartbeat):
             beats.append(ev)
 
-    stream = LineStream(lambda: o.stream_url(replica.url, DEFAULT_ACCOUNT, ["EUR_USD", "USD_JPY"], snapshot=False),
-                        on_line, headers=o.auth_headers(DEV_TOKEN), name="oanda")
+    stream = LineStream(
+        lambda: o.stream_url(replica.url, DEFAULT_ACCOUNT, ["EUR_USD", "USD_JPY"], snapshot=False),
+        on_line,
+        headers=o.auth_headers(DEV_TOKEN),
+        name="oanda",
+    )
     task: asyncio.Task[None] | None = None
     try:
         assert {"EUR_USD", "USD_JPY"} <= await h.symbols() and h.symbols_source == "account"
@@ -669,12 +772,15 @@ async def test_history_and_stream_against_the_oanda_replica() -> None:
         # 7.5 hours of 5s candles: 5400 intervals, two pages, every one present at 2 quotes per second.
         s5 = await h.candles("EUR_USD", "5s", start - 27_000_000, start - 1, now)
         assert [c.open_time for c in s5] == list(range(start - 27_000_000, start, 5_000))
-        assert all(c.closed and c.trades > 0 and c.low <= min(c.open, c.close) <= max(c.open, c.close) <= c.high
-                   for c in s5)
+        assert all(
+            c.closed and c.trades > 0 and c.low <= min(c.open, c.close) <= max(c.open, c.close) <= c.high for c in s5
+        )
         sides = await h.candles_all_sides("USD_JPY", "15m", start - 8 * 3_600_000, start - 1, now)
         assert [c.open_time for c in sides["mid"]] == list(range(start - 8 * 3_600_000, start, 900_000))
-        assert all(b.close < a.close and b.trades == m.trades == a.trades
-                   for b, m, a in zip(sides["bid"], sides["mid"], sides["ask"], strict=True))
+        assert all(
+            b.close < a.close and b.trades == m.trades == a.trades
+            for b, m, a in zip(sides["bid"], sides["mid"], sides["ask"], strict=True)
+        )
 
         task = asyncio.create_task(stream.run())
         await asyncio.wait_for(stream.connected.wait(), 5)

@@ -36,11 +36,26 @@ async def test_binance_nan_trade_with_the_next_id_poisons_nothing(tmp_path: Path
     """Trades only (no venue klines to paper over a wrong candle), so every candle is our own."""
     symbols = ["BTCUSDT", "ETHUSDT"]
     tape = tmp_path / "tape.csv"
-    replica = BinanceReplica(symbols=symbols, seed=13, rate=4.0, speed=60.0, history_ms=3_600_000, tape=str(tape),
-                             faults=POISON, faults_seed=3)
+    replica = BinanceReplica(
+        symbols=symbols,
+        seed=13,
+        rate=4.0,
+        speed=60.0,
+        history_ms=3_600_000,
+        tape=str(tape),
+        faults=POISON,
+        faults_seed=3,
+    )
     await replica.start()
-    settings = Settings(symbols=symbols, timeframes=["15s", "1m"], history="1h", db=str(tmp_path / "p.duckdb"),
-                        rest_url=replica.url, ws_url=replica.ws_url, venue_klines=False).validate()
+    settings = Settings(
+        symbols=symbols,
+        timeframes=["15s", "1m"],
+        history="1h",
+        db=str(tmp_path / "p.duckdb"),
+        rest_url=replica.url,
+        ws_url=replica.ws_url,
+        venue_klines=False,
+    ).validate()
     engine = Engine(settings)
     try:
         await engine.start()
@@ -70,36 +85,68 @@ async def test_binance_nan_trade_with_the_next_id_poisons_nothing(tmp_path: Path
             for tf in ("15s", "1m"):
                 tf_ms = TIMEFRAMES[tf]
                 want = {c.open_time: c for c in candles_from_tape([r for r in rows if r.symbol == sym], tf_ms)}
-                stored = [c for c in await cold.query(f"binance:{sym}", tf)
-                          if c.closed and c.open_time + tf_ms <= end_ms - 2 * tf_ms]
+                stored = [
+                    c
+                    for c in await cold.query(f"binance:{sym}", tf)
+                    if c.closed and c.open_time + tf_ms <= end_ms - 2 * tf_ms
+                ]
                 assert len(stored) >= 60, (sym, tf, len(stored))
                 keys = [c.open_time for c in stored]
                 assert keys == list(range(keys[0], keys[-1] + tf_ms, tf_ms)), (sym, tf, "hole or duplicate")
                 for c in stored:
                     w = want[c.open_time]
                     assert (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades) == (
-                        w.open, w.high, w.low, w.close, round(w.volume, 8), w.trades), (sym, tf, c.open_time)
+                        w.open,
+                        w.high,
+                        w.low,
+                        w.close,
+                        round(w.volume, 8),
+                        w.trades,
+                    ), (sym, tf, c.open_time)
                 # Over the whole stored window, whatever the marks: every final candle equals the tape.
                 for c in await cold.query(f"binance:{sym}", tf, final_only=True):
                     w = want[c.open_time]
                     assert (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades) == (
-                        w.open, w.high, w.low, w.close, round(w.volume, 8), w.trades), (sym, tf, c.open_time)
+                        w.open,
+                        w.high,
+                        w.low,
+                        w.close,
+                        round(w.volume, 8),
+                        w.trades,
+                    ), (sym, tf, c.open_time)
     finally:
         await cold.close()
 
 
-async def test_finnhub_news_fragment_and_1e400_price_end_nothing(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_finnhub_news_fragment_and_1e400_price_end_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FINNHUB_TOKEN", "test-key")
     symbols = ["OANDA:EUR_USD", "BINANCE:BTCUSDT"]
     tape = tmp_path / "finnhub.csv"
-    replica = FinnhubReplica(symbols=symbols, seed=9, rate=2.0, speed=60.0, history_ms=3_600_000,
-                             start_ms=FRIDAY_10H_NY, tape=str(tape), calls_per_minute=600, faults=POISON,
-                             faults_seed=4)
+    replica = FinnhubReplica(
+        symbols=symbols,
+        seed=9,
+        rate=2.0,
+        speed=60.0,
+        history_ms=3_600_000,
+        start_ms=FRIDAY_10H_NY,
+        tape=str(tape),
+        calls_per_minute=600,
+        faults=POISON,
+        faults_seed=4,
+    )
     await replica.start()
-    settings = Settings(venue="finnhub", symbols=[f"finnhub:{s}" for s in symbols], timeframes=["1m", "5m"],
-                        history="1h", db=str(tmp_path / "fh.duckdb"), rest_url=replica.rest_url,
-                        ws_url=replica.ws_url, stale_after="3s").validate()
+    settings = Settings(
+        venue="finnhub",
+        symbols=[f"finnhub:{s}" for s in symbols],
+        timeframes=["1m", "5m"],
+        history="1h",
+        db=str(tmp_path / "fh.duckdb"),
+        rest_url=replica.rest_url,
+        ws_url=replica.ws_url,
+        stale_after="3s",
+    ).validate()
     engine = Engine(settings)
     try:
         await engine.start()
@@ -116,8 +163,11 @@ async def test_finnhub_news_fragment_and_1e400_price_end_nothing(tmp_path: Path,
     assert injected["poison"] >= 5, injected
     assert status["connects"] == 1, "a poison frame must not force a reconnect"
     # Each poison is one frame: a fragment (malformed) or one trade of 1e400 (impossible_value).
-    assert set(skipped) <= {"malformed", "impossible_value"} and skipped.get("malformed") and skipped.get(
-        "impossible_value"), skipped
+    assert (
+        set(skipped) <= {"malformed", "impossible_value"}
+        and skipped.get("malformed")
+        and skipped.get("impossible_value")
+    ), skipped
     assert sum(skipped.values()) == injected["poison"], (skipped, injected)
     for key, st in engine.states.items():
         assert st.trades > trades_after[key], key
@@ -126,20 +176,27 @@ async def test_finnhub_news_fragment_and_1e400_price_end_nothing(tmp_path: Path,
         for sym in symbols:
             for tf, tf_ms in (("1m", 60_000), ("5m", 300_000)):
                 want = tape_candles(tape, sym, tf_ms)
-                stored = [c for c in await cold.query(f"finnhub:{sym}", tf)
-                          if c.closed and c.open_time + tf_ms <= end_ms - 2 * tf_ms]
+                stored = [
+                    c
+                    for c in await cold.query(f"finnhub:{sym}", tf)
+                    if c.closed and c.open_time + tf_ms <= end_ms - 2 * tf_ms
+                ]
                 assert len(stored) >= 10, (sym, tf)
                 keys = [c.open_time for c in stored]
                 assert keys == list(range(keys[0], keys[-1] + tf_ms, tf_ms)), (sym, tf, "hole or duplicate")
                 for c in stored:
                     assert (c.open, c.high, c.low, c.close, c.volume) == pytest.approx(want[c.open_time], rel=1e-9), (
-                        sym, tf, c.open_time)
+                        sym,
+                        tf,
+                        c.open_time,
+                    )
     finally:
         await cold.close()
 
 
-async def test_ig_malformed_tlcp_lines_in_a_live_session_end_nothing(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_ig_malformed_tlcp_lines_in_a_live_session_end_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``SUBCMD,1`` (a COMMAND subscription this client never makes) is counted and skipped, the session
     goes on; a SUBOK claiming 60 million fields breaks the item's state, so the session is rebuilt (with
     backoff) and the hole repaired from IG's history. Streaming never stops."""
@@ -147,12 +204,29 @@ async def test_ig_malformed_tlcp_lines_in_a_live_session_end_nothing(tmp_path: P
         monkeypatch.setenv(name, "test")
     epic = "CS.D.EURUSD.CFD.IP"
     tape = tmp_path / "ig.csv"
-    replica = IGReplica(epics=[epic], seed=4, rate=2.0, speed=60.0, history_ms=3_600_000, start_ms=FRIDAY_10H_NY,
-                        tape=str(tape), faults={"poison": 20.0}, faults_seed=5)
+    replica = IGReplica(
+        epics=[epic],
+        seed=4,
+        rate=2.0,
+        speed=60.0,
+        history_ms=3_600_000,
+        start_ms=FRIDAY_10H_NY,
+        tape=str(tape),
+        faults={"poison": 20.0},
+        faults_seed=5,
+    )
     await replica.start()
-    settings = Settings(venue="ig", symbols=[epic], timeframes=["1m", "5m"], prices=["mid", "bid"], history="1h",
-                        db=str(tmp_path / "ig.duckdb"), rest_url=replica.rest_url, stream_url=replica.url,
-                        stale_after="3s").validate()
+    settings = Settings(
+        venue="ig",
+        symbols=[epic],
+        timeframes=["1m", "5m"],
+        prices=["mid", "bid"],
+        history="1h",
+        db=str(tmp_path / "ig.duckdb"),
+        rest_url=replica.rest_url,
+        stream_url=replica.url,
+        stale_after="3s",
+    ).validate()
     engine = Engine(settings)
     try:
         await engine.start()
@@ -181,15 +255,21 @@ async def test_ig_malformed_tlcp_lines_in_a_live_session_end_nothing(tmp_path: P
         for side in ("mid", "bid"):
             for tf, tf_ms in (("1m", 60_000), ("5m", 300_000)):
                 want = {c.open_time: c for c in quote_candles_from_tape(rows, tf_ms, side, FxCalendar())}
-                stored = [c for c in await cold.query(series_key(f"ig:{epic}", side), tf)
-                          if c.closed and c.open_time + tf_ms <= end_ms - 3 * tf_ms]
+                stored = [
+                    c
+                    for c in await cold.query(series_key(f"ig:{epic}", side), tf)
+                    if c.closed and c.open_time + tf_ms <= end_ms - 3 * tf_ms
+                ]
                 assert len(stored) >= 12, (side, tf, len(stored))
                 keys = [c.open_time for c in stored]
                 assert keys == list(range(keys[0], keys[-1] + tf_ms, tf_ms)), (side, tf)
                 for c in stored:
                     w = want[c.open_time]
                     assert (c.open, c.close, c.volume) == pytest.approx((w.open, w.close, w.volume), rel=1e-12), (
-                        side, tf, c.open_time)
+                        side,
+                        tf,
+                        c.open_time,
+                    )
                     if side == "mid":  # IG's history has no mid high/low: see test_ig_e2e
                         assert c.high >= w.high - 1e-12 and c.low <= w.low + 1e-12, (tf, c.open_time)
                     else:

@@ -103,7 +103,8 @@ async def partitions(st: PostgresStore, tf: str) -> list[str]:
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
         " JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace n ON n.oid = p.relnamespace"
         " WHERE n.nspname = $1 AND p.relname = $2 ORDER BY c.relname",
-        st.schema, f"candles_{tf}",
+        st.schema,
+        f"candles_{tf}",
     )
     return [r[0] for r in rows]
 
@@ -138,11 +139,18 @@ async def test_write_is_idempotent_and_updates(store: PostgresStore) -> None:
 
 
 @pytest.mark.parametrize("threshold", [10**9, 1], ids=["unnest", "copy"])
-async def test_same_key_twice_in_one_batch_last_wins(store: PostgresStore, threshold: int,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_same_key_twice_in_one_batch_last_wins(
+    store: PostgresStore, threshold: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(pgmod, "COPY_THRESHOLD", threshold)
-    await store.write([(BTC, "1m", candle(T0, close=1.0)), (BTC, "1m", candle(T0 + M)),
-                       (BTC, "1m", candle(T0, close=2.0)), (BTC, "5m", candle(T0, close=5.0))])
+    await store.write(
+        [
+            (BTC, "1m", candle(T0, close=1.0)),
+            (BTC, "1m", candle(T0 + M)),
+            (BTC, "1m", candle(T0, close=2.0)),
+            (BTC, "5m", candle(T0, close=5.0)),
+        ]
+    )
     assert [c.close for c in await store.query(BTC, "1m")] == [2.0, 100.0]
     assert [c.close for c in await store.query(BTC, "5m")] == [5.0]
 
@@ -152,8 +160,12 @@ async def test_copy_and_unnest_paths_give_identical_tables(monkeypatch: pytest.M
     stores = [await PostgresStore.open(PG_URL, schema=n, pool_size=1) for n in names]
     try:
         existing = series(100, start=T0 - 50 * M) + series(10, inst=ETH, tf="1h", step=H)
-        batch = (series(3000) + series(2500, inst=ETH, tf="5m", step=5 * M) + series(40, tf="1h", step=H)
-                 + [(BTC, "1m", candle(T0 + 5 * M, close=-1.0, closed=False))])  # a repeat: the last one wins
+        batch = (
+            series(3000)
+            + series(2500, inst=ETH, tf="5m", step=5 * M)
+            + series(40, tf="1h", step=H)
+            + [(BTC, "1m", candle(T0 + 5 * M, close=-1.0, closed=False))]
+        )  # a repeat: the last one wins
         for st, threshold in zip(stores, (10**9, pgmod.COPY_THRESHOLD), strict=True):
             monkeypatch.setattr(pgmod, "COPY_THRESHOLD", threshold)
             await st.write(existing)
@@ -186,7 +198,8 @@ async def test_partitions_are_created_on_demand(store: PostgresStore) -> None:
     week = PARTITION_MS["1m"]
     await store.write([(BTC, "1m", candle(T0 - M)), (BTC, "1m", candle(T0)), (BTC, "1m", candle(T0 + 2 * week))])
     assert await partitions(store, "1m") == sorted(
-        [f"candles_1m_p{T0 - week}", f"candles_1m_p{T0}", f"candles_1m_p{T0 + 2 * week}"])
+        [f"candles_1m_p{T0 - week}", f"candles_1m_p{T0}", f"candles_1m_p{T0 + 2 * week}"]
+    )
     await store.write([(BTC, "1s", candle(-5 * S))])  # before 1970
     assert await partitions(store, "1s") == [f"candles_1s_n{DAY}"]
     assert [c.open_time for c in await store.query(BTC, "1s")] == [-5 * S]
@@ -198,8 +211,12 @@ async def test_two_stores_race_for_partitions_and_survive_a_dropped_one(schema: 
     b = await PostgresStore.open(PG_URL, schema=schema)
     try:
         # both create the same new partitions at the same moment
-        await asyncio.gather(*(st.write(series(20, inst=inst, step=DAY, start=T0 + k * M))
-                               for k, (st, inst) in enumerate(((a, BTC), (b, ETH), (a, "x:A"), (b, "x:B")))))
+        await asyncio.gather(
+            *(
+                st.write(series(20, inst=inst, step=DAY, start=T0 + k * M))
+                for k, (st, inst) in enumerate(((a, BTC), (b, ETH), (a, "x:A"), (b, "x:B")))
+            )
+        )
         assert await a.instruments() == [(BTC, "1m", 20), (ETH, "1m", 20), ("x:A", "1m", 20), ("x:B", "1m", 20)]
         # a's retention drops a partition b still has in its cache; b's next write there recreates it
         a.retention = {"1m": 7 * DAY}
@@ -225,8 +242,9 @@ def gappy_rows() -> list[tuple[str, str, Candle]]:
 
 
 @pytest.mark.parametrize("read_path", ["records", "copy"])
-async def test_reads_match_duckdb(store: PostgresStore, tmp_path: Path, read_path: str,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_reads_match_duckdb(
+    store: PostgresStore, tmp_path: Path, read_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(pgmod, "COPY_READ_ROWS", 10**9 if read_path == "records" else -1)
     rows = gappy_rows()
     duck = ColdStore(tmp_path / "c.duckdb")
@@ -234,9 +252,17 @@ async def test_reads_match_duckdb(store: PostgresStore, tmp_path: Path, read_pat
         duck.write(rows)
         await store.write(rows)
         for inst, tf in ((BTC, "1m"), (ETH, "1m"), (BTC, "5m"), (ETH, "5m"), (BTC, "1h")):
-            for since, until, last in ((None, None, None), (T0 + 5 * M, T0 + 13 * M, None), (T0 + 6 * M, None, None),
-                                       (None, T0 + 2 * M, None), (None, None, 3), (T0, T0 + 22 * M, 2),
-                                       (None, None, 0), (None, None, 1000), (T0 + 9 * M, T0 + 11 * M, None)):
+            for since, until, last in (
+                (None, None, None),
+                (T0 + 5 * M, T0 + 13 * M, None),
+                (T0 + 6 * M, None, None),
+                (None, T0 + 2 * M, None),
+                (None, None, 3),
+                (T0, T0 + 22 * M, 2),
+                (None, None, 0),
+                (None, None, 1000),
+                (T0 + 9 * M, T0 + 11 * M, None),
+            ):
                 assert await store.query(inst, tf, since, until, last) == duck.query(inst, tf, since, until, last)
             assert await store.last_closed(inst, tf) == duck.last_closed(inst, tf)
         assert await store.instruments() == duck.instruments()
@@ -256,14 +282,21 @@ async def test_query_bounds_and_last(store: PostgresStore) -> None:
     assert await store.last_closed(ETH, "1m") is None
 
 
-async def test_large_reads_use_binary_copy_with_the_same_result(store: PostgresStore,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_large_reads_use_binary_copy_with_the_same_result(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     odd = "we'ird\\x:B$1'--"  # quotes and a backslash must survive the inlined literal of the COPY path
     rows = series(5000, inst=odd) + series(3000, inst=BTC)
     rows[17] = (odd, "1m", Candle(T0 + 17 * M, 0.1 + 0.2, 1e300, -5e-324, 1.0, 1e-9, 2**62, False))
     await store.write(rows)
-    cases = [(None, None, None), (T0 + 100 * M, None, None), (None, T0 + 4000 * M, None), (None, None, 3000),
-             (T0 + 10 * M, T0 + 4990 * M, 4500), (T0, T0 + 4999 * M, None)]
+    cases = [
+        (None, None, None),
+        (T0 + 100 * M, None, None),
+        (None, T0 + 4000 * M, None),
+        (None, None, 3000),
+        (T0 + 10 * M, T0 + 4990 * M, 4500),
+        (T0, T0 + 4999 * M, None),
+    ]
     for since, until, last in cases:
         copied = await store.query(odd, "1m", since, until, last)  # > COPY_READ_ROWS: the COPY path
         monkeypatch.setattr(pgmod, "COPY_READ_ROWS", 10**9)
@@ -280,15 +313,16 @@ async def test_large_reads_use_binary_copy_with_the_same_result(store: PostgresS
     async def read(data: bytes, step: int) -> list[Candle]:
         reader = pgmod._CopyReader()
         for k in range(0, len(data), step):
-            await reader.feed(data[k:k + step])
+            await reader.feed(data[k : k + step])
         return reader.finish()
 
     header = pgmod._COPY_SIGNATURE + bytes(8)
-    row = np.array([(9, 8, T0, 8, 1.0, 8, 2.0, 8, 0.5, 8, 1.5, 8, 9.0, 8, 4, 1, True, 1, True)],
-                   dtype=pgmod._COPY_ROW)
+    row = np.array([(9, 8, T0, 8, 1.0, 8, 2.0, 8, 0.5, 8, 1.5, 8, 9.0, 8, 4, 1, True, 1, True)], dtype=pgmod._COPY_ROW)
     for step in (1, 7, 91, 10**6):  # rows split anywhere between chunks
-        assert await read(header + row.tobytes() * 3 + b"\xff\xff", step) == [
-            Candle(T0, 1.0, 2.0, 0.5, 1.5, 9.0, 4, True, True)] * 3
+        assert (
+            await read(header + row.tobytes() * 3 + b"\xff\xff", step)
+            == [Candle(T0, 1.0, 2.0, 0.5, 1.5, 9.0, 4, True, True)] * 3
+        )
     row["nfields"] = 7
     with pytest.raises(ValueError, match="column types"):
         await read(header + row.tobytes() + b"\xff\xff", 10**6)
@@ -307,8 +341,12 @@ async def test_find_gaps_matches_duckdb(store: PostgresStore, tmp_path: Path) ->
         await store.write(rows)
         # the expected answer spelled out once, so the comparison below cannot pass vacuously
         assert await store.find_gaps(BTC, "1m", M, T0, T0 + 60 * M) == [
-            (T0 + a * M, T0 + b * M) for a, b in ((3, 4), (6, 6), (9, 11), (14, 19), (21, 21), (24, 39), (41, 43), (45, 48))]
-        bounds = [T0 + k * M for k in (-5, 0, 1, 2, 3, 5, 6, 7, 9, 12, 13, 19, 21, 22, 29, 30, 31, 40, 43, 44, 47, 48, 49, 55)]
+            (T0 + a * M, T0 + b * M)
+            for a, b in ((3, 4), (6, 6), (9, 11), (14, 19), (21, 21), (24, 39), (41, 43), (45, 48))
+        ]
+        bounds = [
+            T0 + k * M for k in (-5, 0, 1, 2, 3, 5, 6, 7, 9, 12, 13, 19, 21, 22, 29, 30, 31, 40, 43, 44, 47, 48, 49, 55)
+        ]
         checked = 0
         for inst, tf, tf_ms in ((BTC, "1m", M), (ETH, "1m", M), (BTC, "5m", 5 * M), (ETH, "5m", 5 * M)):
             for since in bounds:
@@ -396,10 +434,13 @@ async def test_migrations_reopen_is_a_noop_and_newer_is_refused(schema: str) -> 
     assert [r["version"] for r in applied] == list(range(1, SCHEMA_VERSION + 1))
     await st.close()
     again = await PostgresStore.open(PG_URL, schema=schema)
-    assert await again._pool.fetch(f"SELECT version, description, applied_at FROM {schema}.schema_migrations") == applied
+    assert (
+        await again._pool.fetch(f"SELECT version, description, applied_at FROM {schema}.schema_migrations") == applied
+    )
     assert await again.instruments() == [(BTC, "1m", 3)]
-    await again._pool.execute(f"INSERT INTO {schema}.schema_migrations (version, description) VALUES ($1, 'future')",
-                              SCHEMA_VERSION + 1)
+    await again._pool.execute(
+        f"INSERT INTO {schema}.schema_migrations (version, description) VALUES ($1, 'future')", SCHEMA_VERSION + 1
+    )
     await again.close()
     with pytest.raises(BadInput, match=r"newer deltafeed.*upgrade") as info:
         await PostgresStore.open(PG_URL, schema=schema)
@@ -410,8 +451,13 @@ async def test_a_new_migration_is_applied_once_at_the_next_open(schema: str, mon
     st = await PostgresStore.open(PG_URL, schema=schema)
     await st.write(series(3))
     await st.close()
-    step = pgmod.sql_migration(SCHEMA_VERSION + 1, "index on close", "CREATE INDEX ON {table} (close)",
-                               "COMMENT ON SCHEMA {schema} IS 'deltafeed candles'", per_timeframe=True)
+    step = pgmod.sql_migration(
+        SCHEMA_VERSION + 1,
+        "index on close",
+        "CREATE INDEX ON {table} (close)",
+        "COMMENT ON SCHEMA {schema} IS 'deltafeed candles'",
+        per_timeframe=True,
+    )
     monkeypatch.setattr(pgmod, "MIGRATIONS", (*pgmod.MIGRATIONS, step))
     monkeypatch.setattr(pgmod, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     for _ in range(2):
@@ -421,7 +467,9 @@ async def test_a_new_migration_is_applied_once_at_the_next_open(schema: str, mon
         assert len(versions) == SCHEMA_VERSION + 1
         indexed = await st._pool.fetchval(
             "SELECT count(*) FROM pg_indexes WHERE schemaname = $1 AND indexdef LIKE '%(close)'"
-            " AND tablename LIKE 'candles\\_%' AND tablename NOT LIKE '%\\_p%'", schema)
+            " AND tablename LIKE 'candles\\_%' AND tablename NOT LIKE '%\\_p%'",
+            schema,
+        )
         assert indexed == len(PARTITION_MS)
         assert await st.query(BTC, "1m") == [c for _, _, c in series(3)]
         await st.close()
@@ -448,12 +496,17 @@ def _free_port() -> int:
 @pytest.mark.parametrize(
     ("url", "words"),
     [
-        (f"postgresql://u:s3cret@127.0.0.1:{_free_port()}/test", ["cannot reach", "connection refused", "start the server"]),
+        (
+            f"postgresql://u:s3cret@127.0.0.1:{_free_port()}/test",
+            ["cannot reach", "connection refused", "start the server"],
+        ),
         ("postgresql://u:s3cret@127.0.0.1:notaport/test", ["not a usable PostgreSQL URL", "postgresql://USER"]),
         ("mysql://u:s3cret@127.0.0.1:5432/test", ["not a usable PostgreSQL URL"]),
         (PG_URL.rsplit("/", 1)[0] + "/no_such_db_deltafeed", ["does not exist", "createdb no_such_db_deltafeed"]),
-        ("postgresql://no_such_role_deltafeed:s3cret@" + urlsplit(PG_URL).netloc.split("@")[-1] + "/test",
-         ["refused the login", "no_such_role_deltafeed", "fix the user or password"]),
+        (
+            "postgresql://no_such_role_deltafeed:s3cret@" + urlsplit(PG_URL).netloc.split("@")[-1] + "/test",
+            ["refused the login", "no_such_role_deltafeed", "fix the user or password"],
+        ),
     ],
     ids=["refused", "bad-port", "scheme", "no-database", "no-role"],
 )
@@ -525,8 +578,19 @@ def state_candle(t: int, state: str, close: float = 100.0) -> Candle:
 
 def state_rows() -> list[tuple[str, str, Candle]]:
     """BTC 1m with every state, runs of provisional candles and a hole; ETH 1m all provisional; BTC 5m."""
-    states = {0: "final", 1: "final", 2: "provisional", 3: "provisional", 4: "final", 5: "provisional",
-              8: "provisional", 9: "final", 10: "provisional", 11: "provisional", 12: "forming"}
+    states = {
+        0: "final",
+        1: "final",
+        2: "provisional",
+        3: "provisional",
+        4: "final",
+        5: "provisional",
+        8: "provisional",
+        9: "final",
+        10: "provisional",
+        11: "provisional",
+        12: "forming",
+    }
     rows = [(BTC, "1m", state_candle(T0 + k * M, s, 100.0 + k)) for k, s in states.items()]
     rows += [(ETH, "1m", state_candle(T0 + k * M, "provisional")) for k in range(20)]
     rows += [(BTC, "5m", state_candle(T0 + k * 5 * M, "final" if k % 2 else "provisional")) for k in range(6)]
@@ -534,8 +598,9 @@ def state_rows() -> list[tuple[str, str, Candle]]:
 
 
 @pytest.mark.parametrize("threshold", [10**9, 1], ids=["unnest", "copy"])
-async def test_states_round_trip_and_an_upsert_makes_a_candle_final(store: PostgresStore, threshold: int,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_states_round_trip_and_an_upsert_makes_a_candle_final(
+    store: PostgresStore, threshold: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(pgmod, "COPY_THRESHOLD", threshold)
     rows = [(BTC, "1m", state_candle(T0 + k * M, s)) for k, s in enumerate(("final", "provisional", "forming"))]
     await store.write(rows)
@@ -549,13 +614,15 @@ async def test_states_round_trip_and_an_upsert_makes_a_candle_final(store: Postg
     assert [c.state for c in await store.query(BTC, "1m")] == ["final", "final", "forming"]
     assert await store.query(BTC, "1m", T0 + M, T0 + M) == [state_candle(T0 + M, "final", close=7.0)]
     # the column as any SQL client sees it
-    assert await store._pool.fetchval(f"SELECT final FROM {store.schema}.candles_1m WHERE open_time = $1",
-                                      T0 + M) is True
+    assert (
+        await store._pool.fetchval(f"SELECT final FROM {store.schema}.candles_1m WHERE open_time = $1", T0 + M) is True
+    )
 
 
 @pytest.mark.parametrize("read_path", ["records", "copy"])
-async def test_final_only_and_provisional_match_duckdb(store: PostgresStore, tmp_path: Path, read_path: str,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_final_only_and_provisional_match_duckdb(
+    store: PostgresStore, tmp_path: Path, read_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(pgmod, "COPY_READ_ROWS", 10**9 if read_path == "records" else -1)
     rows = state_rows()
     duck = ColdStore(tmp_path / "s.duckdb")
@@ -565,15 +632,34 @@ async def test_final_only_and_provisional_match_duckdb(store: PostgresStore, tmp
         assert [(c.open_time - T0) // M for c in await store.query(BTC, "1m", final_only=True)] == [0, 1, 4, 9]
         assert [(c.open_time - T0) // M for c in await store.query(BTC, "1m", last=2, final_only=True)] == [4, 9]
         assert await store.provisional(BTC, "1m", T0, T0 + DAY) == [
-            (T0 + 2 * M, T0 + 3 * M), (T0 + 5 * M, T0 + 8 * M), (T0 + 10 * M, T0 + 11 * M)]
+            (T0 + 2 * M, T0 + 3 * M),
+            (T0 + 5 * M, T0 + 8 * M),
+            (T0 + 10 * M, T0 + 11 * M),
+        ]
         for inst, tf in ((BTC, "1m"), (ETH, "1m"), (BTC, "5m"), (ETH, "5m")):
-            for since, until, last in ((None, None, None), (T0 + 2 * M, T0 + 9 * M, None), (None, None, 1),
-                                       (None, T0 + 8 * M, 2), (T0 + 5 * M, None, 100)):
+            for since, until, last in (
+                (None, None, None),
+                (T0 + 2 * M, T0 + 9 * M, None),
+                (None, None, 1),
+                (None, T0 + 8 * M, 2),
+                (T0 + 5 * M, None, 100),
+            ):
                 assert await store.query(inst, tf, since, until, last, final_only=True) == duck.query(
-                    inst, tf, since, until, last, final_only=True), (inst, tf, since, until, last)
+                    inst, tf, since, until, last, final_only=True
+                ), (inst, tf, since, until, last)
                 assert await store.query(inst, tf, since, until, last) == duck.query(inst, tf, since, until, last)
-            for lo, hi in ((T0, T0 + DAY), (T0 + 3 * M, T0 + 10 * M), (T0 + 12 * M, T0 + DAY), (T0 + 9 * M, T0 + 9 * M)):
-                assert await store.provisional(inst, tf, lo, hi) == duck.provisional(inst, tf, lo, hi), (inst, tf, lo, hi)
+            for lo, hi in (
+                (T0, T0 + DAY),
+                (T0 + 3 * M, T0 + 10 * M),
+                (T0 + 12 * M, T0 + DAY),
+                (T0 + 9 * M, T0 + 9 * M),
+            ):
+                assert await store.provisional(inst, tf, lo, hi) == duck.provisional(inst, tf, lo, hi), (
+                    inst,
+                    tf,
+                    lo,
+                    hi,
+                )
         assert await store.provisional(BTC, "2m", T0, T0 + DAY) == []
     finally:
         duck.close()
@@ -585,37 +671,52 @@ async def _schema_at_migration_2(name: str) -> None:
     con = await asyncpg.connect(PG_URL)
     try:
         await con.execute(f"CREATE SCHEMA {name}")
-        await con.execute(f"CREATE TABLE {name}.schema_migrations (version int PRIMARY KEY, description text NOT NULL,"
-                          " applied_at timestamptz NOT NULL DEFAULT now())")
+        await con.execute(
+            f"CREATE TABLE {name}.schema_migrations (version int PRIMARY KEY, description text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
         for tf in PARTITION_MS:
             await con.execute(
                 f"CREATE TABLE {name}.candles_{tf} (instrument text NOT NULL, open_time bigint NOT NULL,"
                 " open double precision NOT NULL, high double precision NOT NULL, low double precision NOT NULL,"
                 " close double precision NOT NULL, volume double precision NOT NULL, trades bigint NOT NULL,"
-                " closed boolean NOT NULL, PRIMARY KEY (instrument, open_time)) PARTITION BY RANGE (open_time)")
+                " closed boolean NOT NULL, PRIMARY KEY (instrument, open_time)) PARTITION BY RANGE (open_time)"
+            )
         for tf in ("1m", "5m"):
-            await con.execute(f"CREATE TABLE {name}.candles_{tf}_p{T0} PARTITION OF {name}.candles_{tf}"
-                              f" FOR VALUES FROM ({T0}) TO ({T0 + PARTITION_MS[tf]})")
-        await con.execute(f"CREATE TABLE {name}.final_marks (instrument text NOT NULL, timeframe text NOT NULL,"
-                          " final_until bigint NOT NULL, PRIMARY KEY (instrument, timeframe))")
-        await con.execute(f"CREATE TABLE {name}.switches (instrument text NOT NULL, since_ms bigint NOT NULL,"
-                          " at_ms bigint NOT NULL, source_from text NOT NULL, source_to text NOT NULL,"
-                          " PRIMARY KEY (instrument, since_ms))")
+            await con.execute(
+                f"CREATE TABLE {name}.candles_{tf}_p{T0} PARTITION OF {name}.candles_{tf}"
+                f" FOR VALUES FROM ({T0}) TO ({T0 + PARTITION_MS[tf]})"
+            )
+        await con.execute(
+            f"CREATE TABLE {name}.final_marks (instrument text NOT NULL, timeframe text NOT NULL,"
+            " final_until bigint NOT NULL, PRIMARY KEY (instrument, timeframe))"
+        )
+        await con.execute(
+            f"CREATE TABLE {name}.switches (instrument text NOT NULL, since_ms bigint NOT NULL,"
+            " at_ms bigint NOT NULL, source_from text NOT NULL, source_to text NOT NULL,"
+            " PRIMARY KEY (instrument, since_ms))"
+        )
         await con.execute(f"INSERT INTO {name}.schema_migrations (version, description) VALUES (1, 'v1'), (2, 'v2')")
         # BTC 1m: 0-7 closed, 8 open, marked final before 5; ETH 5m: closed, open, closed, closed, marked
         # before 10 (so the open one behind the mark stays forming); ETH 1m: no mark
-        await con.execute(f"INSERT INTO {name}.final_marks VALUES ($1, '1m', $2), ($3, '5m', $4)",
-                          BTC, T0 + 5 * M, ETH, T0 + 10 * M)
-        await con.executemany(f"INSERT INTO {name}.candles_1m VALUES ($1, $2, 1, 2, 0.5, 1.5, 3, 4, $3)",
-                              [(BTC, T0 + k * M, k < 8) for k in range(9)] + [(ETH, T0 + k * M, True) for k in range(3)])
-        await con.executemany(f"INSERT INTO {name}.candles_5m VALUES ($1, $2, 1, 2, 0.5, 1.5, 3, 4, $3)",
-                              [(ETH, T0 + k * 5 * M, k != 1) for k in range(4)])
+        await con.execute(
+            f"INSERT INTO {name}.final_marks VALUES ($1, '1m', $2), ($3, '5m', $4)", BTC, T0 + 5 * M, ETH, T0 + 10 * M
+        )
+        await con.executemany(
+            f"INSERT INTO {name}.candles_1m VALUES ($1, $2, 1, 2, 0.5, 1.5, 3, 4, $3)",
+            [(BTC, T0 + k * M, k < 8) for k in range(9)] + [(ETH, T0 + k * M, True) for k in range(3)],
+        )
+        await con.executemany(
+            f"INSERT INTO {name}.candles_5m VALUES ($1, $2, 1, 2, 0.5, 1.5, 3, 4, $3)",
+            [(ETH, T0 + k * 5 * M, k != 1) for k in range(4)],
+        )
     finally:
         await con.close()
 
 
 async def test_migration_3_makes_candles_behind_the_mark_final_and_the_rest_provisional(
-        schema: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await _schema_at_migration_2(schema)
     st = await PostgresStore.open(PG_URL, schema=schema)
     try:
@@ -629,10 +730,17 @@ async def test_migration_3_makes_candles_behind_the_mark_final_and_the_rest_prov
         # The migrated tables take writes on both paths, including partitions created after it.
         for threshold in (10**9, 1):
             monkeypatch.setattr(pgmod, "COPY_THRESHOLD", threshold)
-            await st.write([(BTC, "1m", state_candle(T0 + 6 * M, "final")),
-                            (BTC, "1m", state_candle(T0 + PARTITION_MS["1m"], "provisional"))])
+            await st.write(
+                [
+                    (BTC, "1m", state_candle(T0 + 6 * M, "final")),
+                    (BTC, "1m", state_candle(T0 + PARTITION_MS["1m"], "provisional")),
+                ]
+            )
         assert await st.provisional(BTC, "1m", T0, T0 + 2 * PARTITION_MS["1m"]) == [
-            (T0 + 5 * M, T0 + 5 * M), (T0 + 7 * M, T0 + 7 * M), (T0 + PARTITION_MS["1m"], T0 + PARTITION_MS["1m"])]
+            (T0 + 5 * M, T0 + 5 * M),
+            (T0 + 7 * M, T0 + 7 * M),
+            (T0 + PARTITION_MS["1m"], T0 + PARTITION_MS["1m"]),
+        ]
     finally:
         await st.close()
     again = await PostgresStore.open(PG_URL, schema=schema)  # reopening applies nothing twice

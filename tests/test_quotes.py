@@ -45,15 +45,21 @@ class Fx:
     (upserted, like the stores) and reports for repair. ``hold_max=0`` as in the backfill: the quote
     after a break is applied at once, where the live engine releases it on its next tick."""
 
-    def __init__(self, tfs: list[str], sides: Sequence[str] = ("mid", "bid", "ask"),
-                 calendar: FxCalendar | None = None, hold_max: int = 0) -> None:
+    def __init__(
+        self,
+        tfs: list[str],
+        sides: Sequence[str] = ("mid", "bid", "ask"),
+        calendar: FxCalendar | None = None,
+        hold_max: int = 0,
+    ) -> None:
         self.router = QuoteRouter()
         self.closed: dict[tuple[str, str], dict[int, Candle]] = {}
         self.repairs: dict[str, list[tuple[str, int, int]]] = {s: [] for s in sides}
         self.sides: dict[str, Side] = {}
         for price in sides:
-            builder = CandleBuilder(tfs, self._closed_sink(price), self._repair_sink(price), hold_max=hold_max,
-                                    calendar=calendar)
+            builder = CandleBuilder(
+                tfs, self._closed_sink(price), self._repair_sink(price), hold_max=hold_max, calendar=calendar
+            )
             st: QuoteSide = self.sides.setdefault(price, Side(price, builder))  # Side is a QuoteSide
             self.router.add(st)
 
@@ -301,7 +307,11 @@ def test_any_subset_of_sides_works_and_an_inactive_side_gets_nothing() -> None:
     assert fx.builder("bid").timeframes == ["1m", "5m"]
     fx.quote(1_000, 1.0, 1.5)
     assert [(s, tf, c.close) for s in fx.sides for tf, c in fx.builder(s).open_candles()] == [
-        ("ask", "1m", 1.5), ("ask", "5m", 1.5), ("bid", "1m", 1.0), ("bid", "5m", 1.0)]
+        ("ask", "1m", 1.5),
+        ("ask", "5m", 1.5),
+        ("bid", "1m", 1.0),
+        ("bid", "5m", 1.0),
+    ]
     one = Fx(["1m"], ("ask",))
     one.quote(1_000, 1.0, 1.5)
     assert one.builder("ask").open_candles() == [("1m", Candle(0, 1.5, 1.5, 1.5, 1.5, 1.0, 1, False))]

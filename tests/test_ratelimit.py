@@ -17,8 +17,9 @@ from reference import candles_from_tape, read_tape
 async def test_bootstrap_is_paced_under_the_limit(tmp_path) -> None:  # type: ignore[no-untyped-def]
     tape = tmp_path / "tape.csv"
     # 40 weight per 2 s window; 1s klines over 3 h are 11 pages (weight 2 each) plus server time.
-    async with BinanceReplica(symbols=["BTCUSDT"], rate=2.0, history_ms=3 * 3_600_000, weight_limit=40,
-                              weight_window_s=2.0, tape=str(tape)) as replica:
+    async with BinanceReplica(
+        symbols=["BTCUSDT"], rate=2.0, history_ms=3 * 3_600_000, weight_limit=40, weight_window_s=2.0, tape=str(tape)
+    ) as replica:
         hist = BinanceHistory(replica.url, weight_limit=40, window_s=2.0)
         try:
             now = await hist.server_time()
@@ -37,14 +38,21 @@ async def test_bootstrap_is_paced_under_the_limit(tmp_path) -> None:  # type: ig
     for c in closed:
         w = want[c.open_time]
         assert (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades) == (
-            w.open, w.high, w.low, w.close, round(w.volume, 8), w.trades)
+            w.open,
+            w.high,
+            w.low,
+            w.close,
+            round(w.volume, 8),
+            w.trades,
+        )
 
 
 @pytest.mark.slow  # over 3 s: not in the everyday subset
 async def test_a_429_is_waited_out_without_a_ban() -> None:
     # The client believes in Binance's 6000 but the venue allows 10 per 2 s: it runs into 429s.
-    async with BinanceReplica(symbols=["BTCUSDT"], rate=2.0, history_ms=3_600_000, weight_limit=10,
-                              weight_window_s=2.0) as replica:
+    async with BinanceReplica(
+        symbols=["BTCUSDT"], rate=2.0, history_ms=3_600_000, weight_limit=10, weight_window_s=2.0
+    ) as replica:
         hist = BinanceHistory(replica.url)
         try:
             now = await hist.server_time()

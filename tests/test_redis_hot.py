@@ -225,8 +225,7 @@ def test_bad_settings_are_bad_input() -> None:
 # -- the layout as another program sees it ----------------------------------------------------
 
 
-async def test_key_layout_and_updates_as_another_program_sees_them(make_hot: MakeHot, raw: Redis,
-                                                                   prefix: str) -> None:
+async def test_key_layout_and_updates_as_another_program_sees_them(make_hot: MakeHot, raw: Redis, prefix: str) -> None:
     pubsub = raw.pubsub()
     await pubsub.psubscribe(f"{prefix}:updates:*")
     assert (await pubsub.get_message(timeout=1))["type"] == "psubscribe"
@@ -252,12 +251,15 @@ async def test_key_layout_and_updates_as_another_program_sees_them(make_hot: Mak
     inst_back, _, tf_back = key.removeprefix(f"{prefix}:candles:").rpartition(":")
     assert (inst_back, tf_back) == (BTC, "1m")
     assert await raw.hgetall(f"{prefix}:meta") == {
-        b"layout": b"1", b"member": b"open_time,open,high,low,close,volume,trades,closed,final"}
+        b"layout": b"1",
+        b"member": b"open_time,open,high,low,close,volume,trades,closed,final",
+    }
 
     members = await raw.zrange(key, 0, -1, withscores=True)
     assert [json.loads(m) for m, _ in members] == [
         [T0, 100.5, 101.0, 99.5, 100.8, 13.0, 43, True, False],
-        [T0 + M, c2.open, c2.high, c2.low, c2.close, c2.volume, 3, False, False]]
+        [T0 + M, c2.open, c2.high, c2.low, c2.close, c2.volume, 3, False, False],
+    ]
     assert [s for _, s in members] == [T0, T0 + M]
     assert members[0][0] == b"[1700000040000,100.5,101.0,99.5,100.8,13.0,43,true,false]"
 
@@ -270,7 +272,8 @@ async def test_key_layout_and_updates_as_another_program_sees_them(make_hot: Mak
     assert got == [
         [T0, 100.5, 101.0, 99.5, 100.75, 12.5, 42, False, False],
         [T0, 100.5, 101.0, 99.5, 100.8, 13.0, 43, True, False],
-        [T0 + M, c2.open, c2.high, c2.low, c2.close, c2.volume, 3, False, False]]
+        [T0 + M, c2.open, c2.high, c2.low, c2.close, c2.volume, 3, False, False],
+    ]
     assert await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1) is None
     await pubsub.aclose()
 
@@ -278,10 +281,14 @@ async def test_key_layout_and_updates_as_another_program_sees_them(make_hot: Mak
 async def test_another_program_can_write_a_series_we_read(raw: Redis, prefix: str, make_hot: MakeHot) -> None:
     """Members written by hand per the documented layout (ints where floats go) read back as Candles."""
     key = f"{prefix}:candles:{ETH}:5m"
-    await raw.zadd(key, {"[1700000100000,1,2,0.5,1.5,10,4,true]": T0 + M, "[1700000400000,2,3,1,2,5,1,false]": T0 + 6 * M})
+    await raw.zadd(
+        key, {"[1700000100000,1,2,0.5,1.5,10,4,true]": T0 + M, "[1700000400000,2,3,1,2,5,1,false]": T0 + 6 * M}
+    )
     hot = await make_hot(run=False)
-    assert await hot.last(ETH, "5m", 5) == [Candle(T0 + M, 1.0, 2.0, 0.5, 1.5, 10.0, 4, True),
-                                            Candle(T0 + 6 * M, 2.0, 3.0, 1.0, 2.0, 5.0, 1, False)]
+    assert await hot.last(ETH, "5m", 5) == [
+        Candle(T0 + M, 1.0, 2.0, 0.5, 1.5, 10.0, 4, True),
+        Candle(T0 + 6 * M, 2.0, 3.0, 1.0, 2.0, 5.0, 1, False),
+    ]
 
 
 # -- range: the same answers as the memory rings -----------------------------------------------
@@ -540,16 +547,20 @@ async def _measure(url: str = SHARED, n: int = 1000, rounds: int = 3000) -> None
         for k in range(n):
             hot.put(BTC, "1m", Candle(T0 + k * M, 27000.12 + k, 27100.5, 26950.25, 27050.75, 12.34567891, 321, True))
         await written(hot, n)
-        for label, read in (("last(1000)", lambda: hot.last(BTC, "1m", n)),
-                            ("last(1)", lambda: hot.last(BTC, "1m", 1)),
-                            ("range(100)", lambda: hot.range(BTC, "1m", T0 + (n - 100) * M, T0 + n * M))):
+        for label, read in (
+            ("last(1000)", lambda: hot.last(BTC, "1m", n)),
+            ("last(1)", lambda: hot.last(BTC, "1m", 1)),
+            ("range(100)", lambda: hot.range(BTC, "1m", T0 + (n - 100) * M, T0 + n * M)),
+        ):
             times = []
             for _ in range(rounds):
                 t = time.perf_counter()
                 await read()
                 times.append(time.perf_counter() - t)
             times.sort()
-            print(f"{label:11} p50 {times[len(times) // 2] * 1e6:7.0f} us  p99 {times[int(len(times) * 0.99)] * 1e6:7.0f} us")
+            print(
+                f"{label:11} p50 {times[len(times) // 2] * 1e6:7.0f} us  p99 {times[int(len(times) * 0.99)] * 1e6:7.0f} us"
+            )
     finally:
         await hot.close()
         await task
@@ -573,15 +584,18 @@ if __name__ == "__main__":
 # -- candle states -------------------------------------------------------------------------------
 
 
-async def test_states_round_trip_and_provisional_becomes_final_in_place(make_hot: MakeHot, raw: Redis,
-                                                                        prefix: str) -> None:
+async def test_states_round_trip_and_provisional_becomes_final_in_place(
+    make_hot: MakeHot, raw: Redis, prefix: str
+) -> None:
     pubsub = raw.pubsub()
     await pubsub.subscribe(f"{prefix}:updates:{BTC}:1m")
     assert (await pubsub.get_message(timeout=1))["type"] == "subscribe"
     hot = await make_hot(retention=FOREVER)
     key = f"{prefix}:candles:{BTC}:1m"
-    rows = [Candle(T0 + k * M, 1.0, 2.0, 0.5, 1.5, 3.0, 4, *state_flags(s))
-            for k, s in enumerate(("final", "provisional", "forming"))]
+    rows = [
+        Candle(T0 + k * M, 1.0, 2.0, 0.5, 1.5, 3.0, 4, *state_flags(s))
+        for k, s in enumerate(("final", "provisional", "forming"))
+    ]
     for c in rows:
         hot.put(BTC, "1m", c)
     await written(hot, 3)
@@ -607,14 +621,21 @@ async def test_states_round_trip_and_provisional_becomes_final_in_place(make_hot
 async def test_members_of_the_previous_layout_read_as_not_final(raw: Redis, prefix: str, make_hot: MakeHot) -> None:
     """Members an older deltafeed wrote (8 fields, no ``final``) beside current ones; a write replaces them."""
     key = f"{prefix}:candles:{ETH}:5m"
-    await raw.zadd(key, {"[1700000100000,1,2,0.5,1.5,10,4,true]": T0 + M,
-                         "[1700000400000,2,3,1,2,5,1,true,true]": T0 + 6 * M,
-                         "[1700000700000,2,3,1,2,5,1,false]": T0 + 11 * M})
+    await raw.zadd(
+        key,
+        {
+            "[1700000100000,1,2,0.5,1.5,10,4,true]": T0 + M,
+            "[1700000400000,2,3,1,2,5,1,true,true]": T0 + 6 * M,
+            "[1700000700000,2,3,1,2,5,1,false]": T0 + 11 * M,
+        },
+    )
     hot = await make_hot(run=False)
     old = await hot.last(ETH, "5m", 5)
-    assert old == [Candle(T0 + M, 1.0, 2.0, 0.5, 1.5, 10.0, 4, True, False),
-                   Candle(T0 + 6 * M, 2.0, 3.0, 1.0, 2.0, 5.0, 1, True, True),
-                   Candle(T0 + 11 * M, 2.0, 3.0, 1.0, 2.0, 5.0, 1, False, False)]
+    assert old == [
+        Candle(T0 + M, 1.0, 2.0, 0.5, 1.5, 10.0, 4, True, False),
+        Candle(T0 + 6 * M, 2.0, 3.0, 1.0, 2.0, 5.0, 1, True, True),
+        Candle(T0 + 11 * M, 2.0, 3.0, 1.0, 2.0, 5.0, 1, False, False),
+    ]
     assert [c.state for c in old] == ["provisional", "final", "forming"]
     assert await hot.last(ETH, "5m", 1) == old[-1:]
     await raw.zadd(key, {"[1700001000000,2,3,1,2,5,1]": T0 + 16 * M})  # neither width: not a candle

@@ -192,9 +192,7 @@ def test_sim_weekly_and_monthly_klines_are_calendar_aligned() -> None:
 async def test_rest_klines_page_through_history_equal_to_the_tape(
     make_replica: MakeReplica, http: aiohttp.ClientSession
 ) -> None:
-    replica = await make_replica(
-        symbols=["BTCUSDT", "SOLUSDT"], seed=3, rate=2.0, speed=30.0, history_ms=5 * 3_600_000
-    )
+    replica = await make_replica(symbols=["BTCUSDT", "SOLUSDT"], seed=3, rate=2.0, speed=30.0, history_ms=5 * 3_600_000)
     cutoff = await server_time(http, replica)
     got: dict[tuple[str, int], list[list[Any]]] = {}
     for sym in ("BTCUSDT", "SOLUSDT"):
@@ -215,14 +213,10 @@ async def test_rest_klines_page_through_history_equal_to_the_tape(
         assert rows[-1][6] >= cutoff - 1, "the last page ends with the candle still open"
 
 
-async def test_rest_klines_of_a_quiet_market_are_flat(
-    make_replica: MakeReplica, http: aiohttp.ClientSession
-) -> None:
+async def test_rest_klines_of_a_quiet_market_are_flat(make_replica: MakeReplica, http: aiohttp.ClientSession) -> None:
     # One trade per ~200 s: most minutes have none and must come back flat, at the previous close.
     replica = await make_replica(symbols=["ETHUSDT"], seed=9, rate=0.005, history_ms=4 * 3_600_000)
-    status, rows, _ = await get(
-        http, replica.url + "/api/v3/klines", symbol="ETHUSDT", interval="1m", limit=1000
-    )
+    status, rows, _ = await get(http, replica.url + "/api/v3/klines", symbol="ETHUSDT", interval="1m", limit=1000)
     assert status == 200
     cutoff = await server_time(http, replica)
     tape = read_tape(replica.sim.tape.path)  # type: ignore[union-attr]
@@ -238,9 +232,7 @@ async def test_rest_klines_of_a_quiet_market_are_flat(
     assert flat > len(rows) // 2
 
 
-async def test_rest_klines_selection_and_errors(
-    make_replica: MakeReplica, http: aiohttp.ClientSession
-) -> None:
+async def test_rest_klines_selection_and_errors(make_replica: MakeReplica, http: aiohttp.ClientSession) -> None:
     replica = await make_replica(symbols=["BTCUSDT"], rate=5.0, history_ms=3_600_000)
     url = replica.url + "/api/v3/klines"
     now = await server_time(http, replica)
@@ -296,9 +288,7 @@ async def test_rest_klines_selection_and_errors(
 # --- request weight ----------------------------------------------------------------------------
 
 
-async def test_weight_limit_gives_429_then_418(
-    make_replica: MakeReplica, http: aiohttp.ClientSession
-) -> None:
+async def test_weight_limit_gives_429_then_418(make_replica: MakeReplica, http: aiohttp.ClientSession) -> None:
     replica = await make_replica(symbols=["BTCUSDT"], history_ms=60_000, weight_limit=10)
     if 60 - time.time() % 60 < 3:  # the window is the wall-clock minute; do not straddle its end
         await asyncio.sleep(60 - time.time() % 60 + 0.05)
@@ -344,12 +334,8 @@ def test_weight_limiter_bans_double_on_repeat() -> None:
 # --- WebSocket ---------------------------------------------------------------------------------
 
 
-async def test_ws_combined_trades_equal_the_tape(
-    make_replica: MakeReplica, http: aiohttp.ClientSession
-) -> None:
-    replica = await make_replica(
-        symbols=["BTCUSDT", "ETHUSDT", "SOLUSDT"], rate=50.0, speed=10.0, history_ms=60_000
-    )
+async def test_ws_combined_trades_equal_the_tape(make_replica: MakeReplica, http: aiohttp.ClientSession) -> None:
+    replica = await make_replica(symbols=["BTCUSDT", "ETHUSDT", "SOLUSDT"], rate=50.0, speed=10.0, history_ms=60_000)
     async with (
         http.ws_connect(replica.ws_url + "/stream?streams=btcusdt@trade/ethusdt@trade") as ws,
         http.ws_connect(replica.ws_url + "/ws/solusdt@trade") as raw,
@@ -427,9 +413,7 @@ async def test_ws_control_messages(make_replica: MakeReplica, http: aiohttp.Clie
         assert m["stream"] == "ethusdt@trade"
 
 
-async def test_ws_closed_klines_equal_tape_candles(
-    make_replica: MakeReplica, http: aiohttp.ClientSession
-) -> None:
+async def test_ws_closed_klines_equal_tape_candles(make_replica: MakeReplica, http: aiohttp.ClientSession) -> None:
     # One trade per market second on average: many 1s candles are empty and must be pushed flat.
     replica = await make_replica(symbols=["BTCUSDT"], rate=1.0, speed=20.0, history_ms=60_000)
     async with http.ws_connect(replica.ws_url + "/stream?streams=btcusdt@kline_1s/btcusdt@kline_1m") as ws:
@@ -466,9 +450,7 @@ async def test_ws_closed_klines_equal_tape_candles(
     assert any(m["stream"] == "btcusdt@kline_1m" and not m["data"]["k"]["x"] for m in msgs)
 
 
-async def test_ws_server_pings_and_drops_silent_clients(
-    make_replica: MakeReplica, http: aiohttp.ClientSession
-) -> None:
+async def test_ws_server_pings_and_drops_silent_clients(make_replica: MakeReplica, http: aiohttp.ClientSession) -> None:
     replica = await make_replica(symbols=["BTCUSDT"], history_ms=60_000, ping_interval=0.1, pong_timeout=0.3)
     async with (
         http.ws_connect(replica.ws_url + "/ws", autoping=False) as silent,

@@ -33,8 +33,21 @@ from deltafeed.replicas.sim import MarketClock
 EUR, JPY, GBP = "CS.D.EURUSD.CFD.IP", "CS.D.USDJPY.CFD.IP", "CS.D.GBPUSD.CFD.IP"
 M1, H1 = 60_000, 3_600_000
 KEY = "test-key"
-CHART_SCHEMA = ("UTM", "BID_OPEN", "BID_HIGH", "BID_LOW", "BID_CLOSE", "OFR_OPEN", "OFR_HIGH", "OFR_LOW", "OFR_CLOSE",
-                "CONS_TICK_COUNT", "CONS_END", "LTV", "LTP_OPEN")
+CHART_SCHEMA = (
+    "UTM",
+    "BID_OPEN",
+    "BID_HIGH",
+    "BID_LOW",
+    "BID_CLOSE",
+    "OFR_OPEN",
+    "OFR_HIGH",
+    "OFR_LOW",
+    "OFR_CLOSE",
+    "CONS_TICK_COUNT",
+    "CONS_END",
+    "LTV",
+    "LTP_OPEN",
+)
 
 
 def ms(text: str) -> int:
@@ -89,8 +102,12 @@ def ref_rows(tape: list[tuple[int, str, str]], g: int) -> dict[int, dict[str, An
     out = {}
     for k, qs in groups.items():
         row: dict[str, Any] = {"lastTradedVolume": len(qs)}
-        for name, pick in (("openPrice", lambda xs: xs[0]), ("closePrice", lambda xs: xs[-1]),
-                           ("highPrice", max), ("lowPrice", min)):
+        for name, pick in (
+            ("openPrice", lambda xs: xs[0]),
+            ("closePrice", lambda xs: xs[-1]),
+            ("highPrice", max),
+            ("lowPrice", min),
+        ):
             row[name] = {"bid": pick([q[0] for q in qs]), "ask": pick([q[1] for q in qs]), "lastTraded": None}
         out[k] = row
     return out
@@ -121,21 +138,30 @@ def tape_of(r: IGReplica, epic: str) -> list[tuple[int, str, str]]:
     return read_tape(Path(r.market.tape.path), epic)
 
 
-async def login(http: aiohttp.ClientSession, r: IGReplica, ident: str = "me", pw: str = "secret",
-                key: str = KEY) -> tuple[int, dict[str, str], Any]:
+async def login(
+    http: aiohttp.ClientSession, r: IGReplica, ident: str = "me", pw: str = "secret", key: str = KEY
+) -> tuple[int, dict[str, str], Any]:
     """POST /session: (status, the headers later requests need, body)."""
-    async with http.post(r.rest_url + "/session", json={"identifier": ident, "password": pw},
-                         headers={"X-IG-API-KEY": key, "VERSION": "2"}) as resp:
+    async with http.post(
+        r.rest_url + "/session",
+        json={"identifier": ident, "password": pw},
+        headers={"X-IG-API-KEY": key, "VERSION": "2"},
+    ) as resp:
         body = await resp.json()
-        h = {"CST": resp.headers.get("CST", ""), "X-SECURITY-TOKEN": resp.headers.get("X-SECURITY-TOKEN", ""),
-             "X-IG-API-KEY": key}
+        h = {
+            "CST": resp.headers.get("CST", ""),
+            "X-SECURITY-TOKEN": resp.headers.get("X-SECURITY-TOKEN", ""),
+            "X-IG-API-KEY": key,
+        }
         return resp.status, h, body
 
 
-async def prices(http: aiohttp.ClientSession, r: IGReplica, h: dict[str, str], epic: str = EUR,
-                 **params: Any) -> tuple[int, Any]:
-    async with http.get(f"{r.rest_url}/prices/{epic}", params={k: str(v) for k, v in params.items()},
-                        headers={**h, "VERSION": "3"}) as resp:
+async def prices(
+    http: aiohttp.ClientSession, r: IGReplica, h: dict[str, str], epic: str = EUR, **params: Any
+) -> tuple[int, Any]:
+    async with http.get(
+        f"{r.rest_url}/prices/{epic}", params={k: str(v) for k, v in params.items()}, headers={**h, "VERSION": "3"}
+    ) as resp:
         return resp.status, json.loads(await resp.read(), parse_float=Decimal)
 
 
@@ -222,10 +248,27 @@ class Tlcp:
         self.state[key] = values
         return key[0], key[1], values
 
-    async def subscribe(self, req: int, sub: int, mode: str, items: list[str], fields: tuple[str, ...],
-                        snapshot: bool = True, ack: bool = False) -> None:
-        await self.send("control", LS_reqId=req, LS_op="add", LS_subId=sub, LS_mode=mode, LS_group=" ".join(items),
-                        LS_schema=" ".join(fields), LS_snapshot=str(snapshot).lower(), LS_ack=str(ack).lower())
+    async def subscribe(
+        self,
+        req: int,
+        sub: int,
+        mode: str,
+        items: list[str],
+        fields: tuple[str, ...],
+        snapshot: bool = True,
+        ack: bool = False,
+    ) -> None:
+        await self.send(
+            "control",
+            LS_reqId=req,
+            LS_op="add",
+            LS_subId=sub,
+            LS_mode=mode,
+            LS_group=" ".join(items),
+            LS_schema=" ".join(fields),
+            LS_snapshot=str(snapshot).lower(),
+            LS_ack=str(ack).lower(),
+        )
 
 
 async def connect(http: aiohttp.ClientSession, r: IGReplica, h: dict[str, str], **extra: Any) -> tuple[Tlcp, str]:
@@ -235,8 +278,14 @@ async def connect(http: aiohttp.ClientSession, r: IGReplica, h: dict[str, str], 
     c = Tlcp(ws)
     await c.send("wsok")
     assert await c.line() == "WSOK"
-    params = {"LS_user": r.account_id, "LS_password": f"CST-{h['CST']}|XST-{h['X-SECURITY-TOKEN']}",
-              "LS_cid": "mgQkwtwdysogQz2BJ4Ji kOj2Bg", "LS_send_sync": "false", "LS_cause": "api", **extra}
+    params = {
+        "LS_user": r.account_id,
+        "LS_password": f"CST-{h['CST']}|XST-{h['X-SECURITY-TOKEN']}",
+        "LS_cid": "mgQkwtwdysogQz2BJ4Ji kOj2Bg",
+        "LS_send_sync": "false",
+        "LS_cause": "api",
+        **extra,
+    }
     await c.send("create_session", **params)
     first = await c.line()
     assert first is not None
@@ -287,8 +336,9 @@ async def test_prices_equal_candles_built_from_the_tape_and_spend_the_allowance(
                 assert x["snapshotTime"] == x["snapshotTimeUTC"].replace("-", "/").replace("T", " ")
                 assert {k: x[k] for k in ref[t]} == ref[t], t
 
-        status, b = await prices(http, r, h, resolution="MINUTE", **{"from": "2026-03-04T08:00:00",
-                                                                     "to": "2026-03-04T10:05:00"}, pageSize=0)
+        status, b = await prices(
+            http, r, h, resolution="MINUTE", **{"from": "2026-03-04T08:00:00", "to": "2026-03-04T10:05:00"}, pageSize=0
+        )
         assert status == 200 and b["instrumentType"] == "CURRENCIES"
         check(b["prices"], M1, ms("2026-03-04T08:00"), ms("2026-03-04T10:05"))
         assert len(b["prices"]) == 122  # 08:00 .. 10:01; 10:02 is still forming
@@ -301,8 +351,15 @@ async def test_prices_equal_candles_built_from_the_tape_and_spend_the_allowance(
         check(b["prices"], H1, ms("2026-03-04T08:00"), ms("2026-03-04T09:00"))
         assert len(b["prices"]) == 2 and b["metadata"]["allowance"]["remainingAllowance"] == 176
 
-        status, b = await prices(http, r, h, resolution="MINUTE_5", pageSize=5, pageNumber=2,
-                                 **{"from": "2026-03-04T09:00:00", "to": "2026-03-04T10:00:00"})
+        status, b = await prices(
+            http,
+            r,
+            h,
+            resolution="MINUTE_5",
+            pageSize=5,
+            pageNumber=2,
+            **{"from": "2026-03-04T09:00:00", "to": "2026-03-04T10:00:00"},
+        )
         assert b["metadata"]["pageData"] == {"pageSize": 5, "pageNumber": 2, "totalPages": 3}
         check(b["prices"], 300_000, ms("2026-03-04T09:25"), ms("2026-03-04T09:45"))
         assert b["metadata"]["allowance"]["remainingAllowance"] == 171
@@ -312,8 +369,12 @@ async def test_prices_equal_candles_built_from_the_tape_and_spend_the_allowance(
         check(b["prices"], M1, ms("2026-03-04T10:02"), ms("2026-03-04T10:02"))
         assert len(b["prices"]) == 1
 
-        big: dict[str, Any] = {"resolution": "MINUTE", "from": "2026-03-04T08:00:00", "to": "2026-03-04T10:05:00",
-                               "pageSize": 0}
+        big: dict[str, Any] = {
+            "resolution": "MINUTE",
+            "from": "2026-03-04T08:00:00",
+            "to": "2026-03-04T10:05:00",
+            "pageSize": 0,
+        }
         status, b = await prices(http, r, h, **big)
         assert status == 200 and b["metadata"]["allowance"]["remainingAllowance"] == 300 - 122 - 2 - 5 - 1 - 123
         status, b = await prices(http, r, h, **big)  # 123 more than the 47 left: refused whole, free
@@ -472,8 +533,9 @@ async def test_probe_when_silent_for_the_keepalive(make: Make) -> None:
     r = await make(speed=1, start_ms=WEDNESDAY, history_ms=M1, keepalive_ms=150)
     async with aiohttp.ClientSession() as http:
         _, h, _ = await login(http, r)
-        (a, conok_a), (b, conok_b) = await asyncio.gather(connect(http, r, h),
-                                                          connect(http, r, h, LS_keepalive_millis=400))
+        (a, conok_a), (b, conok_b) = await asyncio.gather(
+            connect(http, r, h), connect(http, r, h, LS_keepalive_millis=400)
+        )
         assert conok_a.split(",")[3] == "150" and conok_b.split(",")[3] == "400"
         t0 = time.monotonic()
         got_a, got_b = await asyncio.gather(a.collect(1.3), b.collect(1.3))
@@ -605,8 +667,11 @@ def test_cli_bad_usage_is_one_line_and_exit_2(args: list[str], needle: str) -> N
 
 def test_cli_serves_until_sigterm_and_prints_a_summary(tmp_path: Path) -> None:
     tape = tmp_path / "t.csv"
-    proc = subprocess.Popen([*CLI, "--start", "2026-03-04T10:00:00Z", "--history", "10m", "--speed", "10",
-                             "--tape", str(tape)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, "--start", "2026-03-04T10:00:00Z", "--history", "10m", "--speed", "10", "--tape", str(tape)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     try:
         first = proc.stdout.readline().strip()
@@ -615,10 +680,16 @@ def test_cli_serves_until_sigterm_and_prints_a_summary(tmp_path: Path) -> None:
 
         async def fetch() -> tuple[int, Any]:
             async with aiohttp.ClientSession() as http:
-                async with http.post(url + "/gateway/deal/session", json={"identifier": "a", "password": "b"},
-                                     headers={"X-IG-API-KEY": "k"}) as resp:
-                    h = {"CST": resp.headers["CST"], "X-SECURITY-TOKEN": resp.headers["X-SECURITY-TOKEN"],
-                         "X-IG-API-KEY": "k"}
+                async with http.post(
+                    url + "/gateway/deal/session",
+                    json={"identifier": "a", "password": "b"},
+                    headers={"X-IG-API-KEY": "k"},
+                ) as resp:
+                    h = {
+                        "CST": resp.headers["CST"],
+                        "X-SECURITY-TOKEN": resp.headers["X-SECURITY-TOKEN"],
+                        "X-IG-API-KEY": "k",
+                    }
                 async with http.get(url + f"/gateway/deal/prices/{JPY}", params={"max": "3"}, headers=h) as resp:
                     return resp.status, await resp.json()
 

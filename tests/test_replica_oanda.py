@@ -125,8 +125,12 @@ async def candles(http: aiohttp.ClientSession, r: OandaReplica, instrument: str,
 
 
 async def read_stream(
-    http: aiohttp.ClientSession, r: OandaReplica, instruments: str, stop: Callable[[list[dict[str, Any]]], bool],
-    timeout: float, **params: str,
+    http: aiohttp.ClientSession,
+    r: OandaReplica,
+    instruments: str,
+    stop: Callable[[list[dict[str, Any]]], bool],
+    timeout: float,
+    **params: str,
 ) -> list[dict[str, Any]]:
     """Lines of a pricing stream until ``stop(lines)`` or ``timeout`` seconds."""
     lines: list[dict[str, Any]] = []
@@ -147,8 +151,11 @@ async def read_stream(
 
 
 def price_rows(lines: list[dict[str, Any]], symbol: str) -> list[tuple[int, str, str]]:
-    return [(oanda_ms(x["time"]), x["bids"][0]["price"], x["asks"][0]["price"])
-            for x in lines if x["type"] == "PRICE" and x["instrument"] == symbol]
+    return [
+        (oanda_ms(x["time"]), x["bids"][0]["price"], x["asks"][0]["price"])
+        for x in lines
+        if x["type"] == "PRICE" and x["instrument"] == symbol
+    ]
 
 
 # --- the quote simulator -----------------------------------------------------------------------------
@@ -362,15 +369,28 @@ async def test_candles_equal_candles_built_from_the_tape(make: Make) -> None:
         _, body = await candles(http, r, "EUR_USD", granularity="S5", count=3)
         assert [set(c) for c in body["candles"]] == [{"complete", "volume", "time", "mid"}] * 3
         _, body = await candles(http, r, "EUR_USD", count=2, price="BA")
-        assert body["granularity"] == "S5" and {"bid", "ask"} <= set(body["candles"][0]) and "mid" not in body["candles"][0]
+        assert (
+            body["granularity"] == "S5"
+            and {"bid", "ask"} <= set(body["candles"][0])
+            and "mid" not in body["candles"][0]
+        )
         # from (inclusive: the candle covering it is included), to (exclusive), count, includeFirst.
         ref1 = ref_candles(rows, M1, now, 5)
         opens = [oanda_ms(c["time"]) for c in ref1]
         a, b = opens[20], opens[50]
-        _, body = await candles(http, r, "EUR_USD", price="MBA", granularity="M1", **{"from": rfc(a + 1234), "to": rfc(b)})
+        _, body = await candles(
+            http, r, "EUR_USD", price="MBA", granularity="M1", **{"from": rfc(a + 1234), "to": rfc(b)}
+        )
         assert body["candles"] == ref1[20:50]
-        _, body = await candles(http, r, "EUR_USD", price="MBA", granularity="M1", includeFirst="false",
-                                **{"from": f"{a // 1000}.123", "to": f"{b // 1000}"})
+        _, body = await candles(
+            http,
+            r,
+            "EUR_USD",
+            price="MBA",
+            granularity="M1",
+            includeFirst="false",
+            **{"from": f"{a // 1000}.123", "to": f"{b // 1000}"},
+        )
         assert body["candles"] == ref1[21:50]
         _, body = await candles(http, r, "EUR_USD", price="MBA", granularity="M1", count=7, **{"from": rfc(a)})
         assert body["candles"] == ref1[20:27]
@@ -396,8 +416,9 @@ async def test_candles_equal_candles_built_from_the_tape(make: Make) -> None:
             assert resp.headers["Date"] == "Wed, 04 Mar 2026 10:05:00 GMT"
         # Unix times both ways.
         params = {"count": "1", "granularity": "M1", "to": f"{boundary // 1000}"}
-        async with http.get(f"{r.url}/v3/instruments/EUR_USD/candles", params=params,
-                            headers={"Accept-Datetime-Format": "UNIX"}) as resp:
+        async with http.get(
+            f"{r.url}/v3/instruments/EUR_USD/candles", params=params, headers={"Accept-Datetime-Format": "UNIX"}
+        ) as resp:
             c = (await resp.json())["candles"][0]
         assert c["time"] == f"{(boundary - M1) // 1000}.000000000"
 
@@ -405,8 +426,7 @@ async def test_candles_equal_candles_built_from_the_tape(make: Make) -> None:
 async def test_no_candles_over_the_weekend(make: Make) -> None:
     close, reopen = ms("2026-03-06T22:00"), ms("2026-03-08T21:00")
     now = ms("2026-03-09T01:00:00.001")  # Monday
-    r = await make(clock=MarketClock(1.0, now, monotonic=Mono()), rate=0.2, history_ms=4 * 24 * H1,
-                   symbols=["GBP_USD"])
+    r = await make(clock=MarketClock(1.0, now, monotonic=Mono()), rate=0.2, history_ms=4 * 24 * H1, symbols=["GBP_USD"])
     rows = by_symbol(read_tape(Path(r.market.tape.path)), "GBP_USD")  # type: ignore[union-attr]
     async with aiohttp.ClientSession(headers=r.headers) as http:
         for gran, g in (("M15", M15), ("H1", H1)):
@@ -416,7 +436,9 @@ async def test_no_candles_over_the_weekend(make: Make) -> None:
             assert not [t for t in opens if close <= t < reopen]
             assert any(t < close for t in opens) and any(t >= reopen for t in opens)
         # The hour of the Sunday open has a candle; the one before it has none.
-        _, body = await candles(http, r, "GBP_USD", granularity="H1", **{"from": rfc(reopen - H1), "to": rfc(reopen + H1)})
+        _, body = await candles(
+            http, r, "GBP_USD", granularity="H1", **{"from": rfc(reopen - H1), "to": rfc(reopen + H1)}
+        )
         assert [c["time"] for c in body["candles"]] == [rfc(reopen)]
 
 
@@ -425,8 +447,12 @@ async def test_no_candles_over_the_weekend(make: Make) -> None:
 
 async def test_every_request_needs_the_token(make: Make) -> None:
     r = await make(start_ms=WEDNESDAY, history_ms=M1, token="s3cret")
-    paths = ["/v3/instruments/EUR_USD/candles", f"/v3/accounts/{r.account_id}/instruments",
-             f"/v3/accounts/{r.account_id}/pricing/stream?instruments=EUR_USD", "/v3/accounts"]
+    paths = [
+        "/v3/instruments/EUR_USD/candles",
+        f"/v3/accounts/{r.account_id}/instruments",
+        f"/v3/accounts/{r.account_id}/pricing/stream?instruments=EUR_USD",
+        "/v3/accounts",
+    ]
     async with aiohttp.ClientSession() as http:
         for path in paths:
             for headers in ({}, {"Authorization": f"Bearer {DEV_TOKEN}"}, {"Authorization": "s3cret"}):
@@ -540,8 +566,9 @@ async def test_at_most_two_new_connections_per_second(make: Make) -> None:
 
 async def test_faults_hit_rest_and_streams(make: Make) -> None:
     # Rates of 600,000 a minute: each kind is due at once, and again every 0.1 ms.
-    r = await make(start_ms=WEDNESDAY, history_ms=M1, speed=30, rate=4, heartbeat_s=0.1,
-                   faults="http500=600000,close=600000")
+    r = await make(
+        start_ms=WEDNESDAY, history_ms=M1, speed=30, rate=4, heartbeat_s=0.1, faults="http500=600000,close=600000"
+    )
     async with aiohttp.ClientSession(headers=r.headers) as http:
         status, body = await candles(http, r, "EUR_USD")
         assert status == 500 and "errorMessage" in body
@@ -549,7 +576,9 @@ async def test_faults_hit_rest_and_streams(make: Make) -> None:
         async with http.get(url) as resp:
             assert resp.status == 200
             lines = await asyncio.wait_for(resp.content.read(), 3.0)  # ends: the close fault
-        assert lines.endswith(b"\n") and all(json.loads(x)["type"] in ("PRICE", "HEARTBEAT") for x in lines.splitlines())
+        assert lines.endswith(b"\n") and all(
+            json.loads(x)["type"] in ("PRICE", "HEARTBEAT") for x in lines.splitlines()
+        )
     assert r.faults_injected()["close"] >= 1 and r.faults_injected()["http500"] >= 1
 
 
@@ -610,8 +639,11 @@ def test_cli_bad_usage_is_one_line_and_exit_2(args: list[str], needle: str) -> N
 
 def test_cli_serves_until_sigterm_and_prints_a_summary(tmp_path: Path) -> None:
     tape = tmp_path / "t.csv"
-    proc = subprocess.Popen([*CLI, "--start", "2026-03-04T10:00:00Z", "--history", "10m", "--speed", "10",
-                             "--tape", str(tape)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, "--start", "2026-03-04T10:00:00Z", "--history", "10m", "--speed", "10", "--tape", str(tape)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     try:
         first = proc.stdout.readline().strip()

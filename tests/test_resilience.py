@@ -15,8 +15,14 @@ from reference import candles_from_tape, read_tape
 
 
 def settings_for(replica: BinanceReplica, tmp_path: Path, **kw: object) -> Settings:
-    base: dict[str, object] = {"symbols": ["BTCUSDT", "ETHUSDT"], "timeframes": ["1m", "5m"], "history": "30m",
-                               "db": str(tmp_path / "r.duckdb"), "rest_url": replica.url, "ws_url": replica.ws_url}
+    base: dict[str, object] = {
+        "symbols": ["BTCUSDT", "ETHUSDT"],
+        "timeframes": ["1m", "5m"],
+        "history": "30m",
+        "db": str(tmp_path / "r.duckdb"),
+        "rest_url": replica.url,
+        "ws_url": replica.ws_url,
+    }
     base.update(kw)
     return Settings(**base).validate()  # type: ignore[arg-type]
 
@@ -34,7 +40,13 @@ def assert_store_equals_tape(db: str, tape: Path, symbols: list[str], until_ms: 
             for c in stored:
                 w = want[c.open_time]
                 assert (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades) == (
-                    w.open, w.high, w.low, w.close, round(w.volume, 8), w.trades), (sym, c.open_time)
+                    w.open,
+                    w.high,
+                    w.low,
+                    w.close,
+                    round(w.volume, 8),
+                    w.trades,
+                ), (sym, c.open_time)
                 n += 1
     finally:
         store.close()
@@ -42,8 +54,15 @@ def assert_store_equals_tape(db: str, tape: Path, symbols: list[str], until_ms: 
 
 
 async def test_server_shutdowns_rotate_the_connection_without_a_gap(tmp_path: Path) -> None:
-    async with BinanceReplica(symbols=["BTCUSDT", "ETHUSDT"], rate=5.0, speed=30.0, history_ms=1_800_000,
-                              faults={"shutdown": 20.0}, faults_seed=3, shutdown_grace_s=2.0) as replica:
+    async with BinanceReplica(
+        symbols=["BTCUSDT", "ETHUSDT"],
+        rate=5.0,
+        speed=30.0,
+        history_ms=1_800_000,
+        faults={"shutdown": 20.0},
+        faults_seed=3,
+        shutdown_grace_s=2.0,
+    ) as replica:
         engine = Engine(settings_for(replica, tmp_path))
         await engine.start()
         await asyncio.sleep(12.0)
@@ -59,16 +78,24 @@ async def test_server_shutdowns_rotate_the_connection_without_a_gap(tmp_path: Pa
 
 async def test_a_store_locked_by_another_process_loses_nothing(tmp_path: Path) -> None:
     tape = tmp_path / "tape.csv"
-    async with BinanceReplica(symbols=["BTCUSDT"], rate=4.0, speed=60.0, history_ms=1_800_000,
-                              tape=str(tape)) as replica:
+    async with BinanceReplica(
+        symbols=["BTCUSDT"], rate=4.0, speed=60.0, history_ms=1_800_000, tape=str(tape)
+    ) as replica:
         settings = settings_for(replica, tmp_path, symbols=["BTCUSDT"])
         engine = Engine(settings)
         await engine.start()
         await asyncio.sleep(2.0)
         # Another program opens the database file for writing and holds it for 4 seconds.
-        holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]);"
-                                   " print('held', flush=True); time.sleep(4)", settings.db],
-                                  stdout=subprocess.PIPE, text=True)
+        holder = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); time.sleep(4)",
+                settings.db,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         reasons: list[str] = []
         for _ in range(30):
@@ -86,8 +113,7 @@ async def test_a_store_locked_by_another_process_loses_nothing(tmp_path: Path) -
 
 async def test_an_instrument_silent_while_its_market_is_open_is_unhealthy(tmp_path: Path) -> None:
     async with BinanceReplica(symbols=["BTCUSDT"], rate=0.0005, speed=1.0, history_ms=3_600_000) as replica:
-        engine = Engine(settings_for(replica, tmp_path, symbols=["BTCUSDT"], venue_klines=False,
-                                     unhealthy_after="1s"))
+        engine = Engine(settings_for(replica, tmp_path, symbols=["BTCUSDT"], venue_klines=False, unhealthy_after="1s"))
         await engine.start()
         try:
             await asyncio.sleep(0.5)

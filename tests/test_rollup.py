@@ -52,7 +52,14 @@ def market() -> tuple[Trade, ...]:
 def same(got: Candle, want: Candle) -> None:
     """Field by field: everything exact but the volume (summed in a different order, see above)."""
     assert (got.open_time, got.open, got.high, got.low, got.close, got.trades, got.closed) == (
-        want.open_time, want.open, want.high, want.low, want.close, want.trades, want.closed)
+        want.open_time,
+        want.open,
+        want.high,
+        want.low,
+        want.close,
+        want.trades,
+        want.closed,
+    )
     assert got.volume == pytest.approx(want.volume, rel=1e-12, abs=0.0)
 
 
@@ -66,16 +73,18 @@ class Run:
         self.provisional: dict[int, Candle] = {}
         self.base = CandleBuilder(["1m"], self._base_closed, lambda tf, a, b: None)
         self.direct_final: dict[str, dict[int, Candle]] = {tf: {} for tf in DERIVED}
-        self.direct = CandleBuilder(DERIVED, lambda tf, c: self.direct_final[tf].__setitem__(c.open_time, c),
-                                    lambda tf, a, b: None)
+        self.direct = CandleBuilder(
+            DERIVED, lambda tf, c: self.direct_final[tf].__setitem__(c.open_time, c), lambda tf, a, b: None
+        )
         self.roll: RollupBuilder | None = None
         self.emitted: list[tuple[str, Candle]] = []
         self.stale: list[tuple[str, int]] = []
         self.open_checks = 0
 
     def attach(self) -> RollupBuilder:
-        self.roll = RollupBuilder("1m", DERIVED, lambda tf, c: self.emitted.append((tf, c)),
-                                  lambda tf, b: self.stale.append((tf, b)))
+        self.roll = RollupBuilder(
+            "1m", DERIVED, lambda tf, c: self.emitted.append((tf, c)), lambda tf, b: self.stale.append((tf, b))
+        )
         return self.roll
 
     def _base_closed(self, tf: str, c: Candle) -> None:
@@ -112,8 +121,9 @@ class Run:
         for tf, c in self.emitted:
             seen = out[tf].get(c.open_time)
             # Again only when it became final (a provisional part vouched for later).
-            assert seen is None or (not seen.final and c.final and seen.row() == c.row()), \
+            assert seen is None or (not seen.final and c.final and seen.row() == c.row()), (
                 f"{tf} {c.open_time} emitted twice without a correction"
+            )
             out[tf][c.open_time] = c
         return out
 
@@ -193,8 +203,19 @@ def test_first_bucket_seen_only_in_part_is_reported_stale() -> None:
 
 
 def test_derived_finals_equal_the_independent_tape_reference() -> None:
-    rows = [TapeRow(t.symbol, t.trade_id, t.time_ms, Decimal(fmt(t.price)), Decimal(fmt(t.qty)), t.buyer_maker,
-                    fmt(t.price), fmt(t.qty)) for t in market()]
+    rows = [
+        TapeRow(
+            t.symbol,
+            t.trade_id,
+            t.time_ms,
+            Decimal(fmt(t.price)),
+            Decimal(fmt(t.qty)),
+            t.buyer_maker,
+            fmt(t.price),
+            fmt(t.qty),
+        )
+        for t in market()
+    ]
     got = full_run().derived()
     for tf in DERIVED:
         ref = {c.open_time: c for c in candles_from_tape(rows, TIMEFRAMES[tf])}
@@ -241,12 +262,18 @@ class Sink:
         self.stale: list[tuple[str, int]] = []
 
     def builder(self, derived: list[str]) -> RollupBuilder:
-        return RollupBuilder("1m", derived, lambda tf, c: self.final.append((tf, c)),
-                             lambda tf, b: self.stale.append((tf, b)))
+        return RollupBuilder(
+            "1m", derived, lambda tf, c: self.final.append((tf, c)), lambda tf, b: self.stale.append((tf, b))
+        )
 
 
-BUCKET0 = [m(0, 10, 12, 9, 11, 1.0, 3), flat(1, 11), m(2, 11, 15, 10, 14, 2.0, 4), m(3, 14, 14, 8, 9, 0.5, 1),
-           m(4, 9, 10, 9, 10, 0.25, 2)]
+BUCKET0 = [
+    m(0, 10, 12, 9, 11, 1.0, 3),
+    flat(1, 11),
+    m(2, 11, 15, 10, 14, 2.0, 4),
+    m(3, 14, 14, 8, 9, 0.5, 1),
+    m(4, 9, 10, 9, 10, 0.25, 2),
+]
 
 
 def test_correction_of_a_final_part_emits_the_derived_candle_again() -> None:
@@ -320,9 +347,11 @@ def test_forming_fold_flat_parts_and_corrections_in_the_current_bucket() -> None
     assert sink.final == [("5m", Candle(0, 7, 9.5, 5, 9, 2.25, 5, True))]
     for i in range(5, 15):
         roll.on_base(flat(i, 9))
-    assert sink.final[1:] == [("5m", Candle(5 * M, 9, 9, 9, 9, 0.0, 0, True)),  # flat at the previous close
-                              ("5m", Candle(10 * M, 9, 9, 9, 9, 0.0, 0, True)),
-                              ("15m", Candle(0, 7, 9.5, 5, 9, 2.25, 5, True))]
+    assert sink.final[1:] == [
+        ("5m", Candle(5 * M, 9, 9, 9, 9, 0.0, 0, True)),  # flat at the previous close
+        ("5m", Candle(10 * M, 9, 9, 9, 9, 0.0, 0, True)),
+        ("15m", Candle(0, 7, 9.5, 5, 9, 2.25, 5, True)),
+    ]
 
 
 def test_bad_timeframes_and_candles_are_refused() -> None:

@@ -51,8 +51,22 @@ def record(rows: Sequence[Row], *, legacy: bool = False) -> bytes:
     """One record built by hand from the documented format (not with the spool's own code); ``legacy``
     writes rows as deltafeed did before candles had ``final`` (10 fields)."""
     payload = msgspec.msgpack.encode(
-        [[i, tf, c.open_time, c.open, c.high, c.low, c.close, c.volume, c.trades, c.closed,
-          *(() if legacy else (c.final,))] for i, tf, c in rows]
+        [
+            [
+                i,
+                tf,
+                c.open_time,
+                c.open,
+                c.high,
+                c.low,
+                c.close,
+                c.volume,
+                c.trades,
+                c.closed,
+                *(() if legacy else (c.final,)),
+            ]
+            for i, tf, c in rows
+        ]
     )
     return struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
 
@@ -211,12 +225,13 @@ def test_a_second_opener_is_refused_in_this_process_and_another(tmp_path: Path) 
     first = Spool(path)
     with pytest.raises(BadInput) as info:
         Spool(path)
-    assert str(info.value) == (
-        f"spool {path} is in use by another deltafeed run; give each run its own --spool"
-    )
+    assert str(info.value) == (f"spool {path} is in use by another deltafeed run; give each run its own --spool")
     other = subprocess.run(
         [sys.executable, "-c", "import sys; from deltafeed.store.spool import Spool; Spool(sys.argv[1])", str(path)],
-        capture_output=True, text=True, env=env(), timeout=60,
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=60,
     )
     assert other.returncode != 0 and "is in use by another deltafeed run" in other.stderr
     first.close()
@@ -295,8 +310,13 @@ class Holder:
     """Another process holding the database file open, so our writes fail with StoreBusy."""
 
     def __init__(self, path: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=env())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _HOLDER, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env(),
+        )
         assert self.proc.stdout is not None
         assert self.proc.stdout.readline().strip() == "holding"
 
@@ -350,8 +370,16 @@ async def test_writer_spools_an_outage_in_order_and_drains_it_when_the_store_is_
     store = RecordingStore(db, lock_timeout_s=0.05)
     spool = Spool(tmp_path / "c.spool")
     seen: list[int] = []
-    w = BatchWriter(DuckDBTier(store), max_rows=50, max_delay_s=0.02, max_pending=200, retry_min_s=0.02,
-                    retry_max_s=0.1, spool=spool, on_written=lambda rows, _s: seen.append(len(rows)))
+    w = BatchWriter(
+        DuckDBTier(store),
+        max_rows=50,
+        max_delay_s=0.02,
+        max_pending=200,
+        retry_min_s=0.02,
+        retry_max_s=0.1,
+        spool=spool,
+        on_written=lambda rows, _s: seen.append(len(rows)),
+    )
     h = await asyncio.to_thread(Holder, db)
     holders.append(h)
     task = asyncio.create_task(w.run())
@@ -403,8 +431,9 @@ async def test_writer_closed_during_an_outage_leaves_its_batches_to_the_next_run
     store_a, spool_a = ColdStore(db, lock_timeout_s=0.05), Spool(path)
     h = await asyncio.to_thread(Holder, db)
     holders.append(h)
-    a = BatchWriter(DuckDBTier(store_a), max_rows=100, max_delay_s=60, retry_min_s=0.02, retry_max_s=0.05,
-                    spool=spool_a)
+    a = BatchWriter(
+        DuckDBTier(store_a), max_rows=100, max_delay_s=60, retry_min_s=0.02, retry_max_s=0.05, spool=spool_a
+    )
     task = asyncio.create_task(a.run())
     for t in range(100):  # max_rows: written at once, fails, spooled
         a.add(BTC, "1m", candle(t * M, close=1.0))
@@ -435,9 +464,7 @@ async def test_writer_closed_during_an_outage_leaves_its_batches_to_the_next_run
         await task
     assert b.replayed == b.written == 200 and b.spooled == 0
     assert [len(x) for x in store_b.batches] == [200]  # both batches in one write
-    assert {c.open_time // M: c.close for _, _, c in stored(db)} == {
-        t: 1.0 if t < 50 else 2.0 for t in range(150)
-    }
+    assert {c.open_time // M: c.close for _, _, c in stored(db)} == {t: 1.0 if t < 50 else 2.0 for t in range(150)}
     assert path.stat().st_size == 0
     spool_b.close()
 
@@ -497,8 +524,9 @@ _DISK_FULL = textwrap.dedent(
 
 def test_writer_keeps_batches_in_memory_while_the_spool_disk_is_full(tmp_path: Path) -> None:
     db, path = tmp_path / "c.duckdb", tmp_path / "c.spool"
-    proc = subprocess.run([sys.executable, "-c", _DISK_FULL, str(db), str(path)], capture_output=True,
-                          text=True, env=env(), timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", _DISK_FULL, str(db), str(path)], capture_output=True, text=True, env=env(), timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "read-only" in out["flush"] and "spool failed too" in out["flush"] and "File too large" in out["flush"]

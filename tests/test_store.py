@@ -300,11 +300,21 @@ def test_keep_open_locks_other_processes_out(tmp_path: Path) -> None:
 # -- what --db may name ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", ["foo://x", "mysql://u:secret@db.example/candles", "http://example.com/x.duckdb",
-                                 "HTTPS://example.com/x", "sqlite:///x.db", "duckdb://x.duckdb",
-                                 "postgresql+asyncpg://u@h/db"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "foo://x",
+        "mysql://u:secret@db.example/candles",
+        "http://example.com/x.duckdb",
+        "HTTPS://example.com/x",
+        "sqlite:///x.db",
+        "duckdb://x.duckdb",
+        "postgresql+asyncpg://u@h/db",
+    ],
+)
 async def test_a_url_of_another_kind_is_refused_before_anything_is_created(
-        url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     scheme = url.split("://")[0].lower()
     for attempt in (lambda: check_db(url), lambda: Settings(db=url).validate()):
@@ -395,9 +405,7 @@ def test_reader_missing_file_names_path_and_fix(tmp_path: Path) -> None:
     missing = tmp_path / "nope.duckdb"
     with pytest.raises(BadInput) as info:
         ColdStore.open_reader(missing)
-    assert (
-        str(missing) in str(info.value) and "deltafeed run" in str(info.value) and "--db" in str(info.value)
-    )
+    assert str(missing) in str(info.value) and "deltafeed run" in str(info.value) and "--db" in str(info.value)
     assert not missing.exists()
 
 
@@ -702,9 +710,7 @@ async def test_writer_keeps_and_retries_a_batch_while_the_file_is_locked(
     assert [c.close for c in cold.query(BTC, "1m")][3] == 33.0
 
 
-async def test_writer_flush_raises_after_its_retry_window(
-    tmp_path: Path, holder_factory: list[Holder]
-) -> None:
+async def test_writer_flush_raises_after_its_retry_window(tmp_path: Path, holder_factory: list[Holder]) -> None:
     db = tmp_path / "c.duckdb"
     cold = ColdStore(db, lock_timeout_s=0.02)
     w = BatchWriter(DuckDBTier(cold), retry_min_s=0.02)
@@ -747,9 +753,11 @@ def test_find_gaps_reports_holes_and_unfinished_candles(tmp_path: Path) -> None:
 def test_final_marks_round_trip_and_a_version_1_file_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "v1.duckdb"
     con = duckdb.connect(str(path))  # a file as the first release wrote it
-    con.execute("CREATE TABLE candles (instrument VARCHAR NOT NULL, timeframe VARCHAR NOT NULL, open_time BIGINT"
-                " NOT NULL, open DOUBLE, high DOUBLE, low DOUBLE, close DOUBLE, volume DOUBLE, trades BIGINT,"
-                " closed BOOLEAN, PRIMARY KEY (instrument, timeframe, open_time))")
+    con.execute(
+        "CREATE TABLE candles (instrument VARCHAR NOT NULL, timeframe VARCHAR NOT NULL, open_time BIGINT"
+        " NOT NULL, open DOUBLE, high DOUBLE, low DOUBLE, close DOUBLE, volume DOUBLE, trades BIGINT,"
+        " closed BOOLEAN, PRIMARY KEY (instrument, timeframe, open_time))"
+    )
     con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL, applied_ms BIGINT NOT NULL)")
     con.execute("INSERT INTO schema_version VALUES (1, 0)")
     con.execute("INSERT INTO candles VALUES ('binance:BTCUSDT', '1m', 60000, 1, 2, 0.5, 1.5, 3, 4, true)")
@@ -811,8 +819,19 @@ def test_cold_final_only_queries_and_provisional_runs(tmp_path: Path) -> None:
     cold = ColdStore(tmp_path / "p.duckdb")
     # minutes: 0-1 final, 2-3 provisional, 4 final, 5 provisional, (6-7 missing), 8 provisional, 9 final,
     # 10-11 provisional, 12 forming; another series and timeframe around them
-    states = {0: "final", 1: "final", 2: "provisional", 3: "provisional", 4: "final", 5: "provisional",
-              8: "provisional", 9: "final", 10: "provisional", 11: "provisional", 12: "forming"}
+    states = {
+        0: "final",
+        1: "final",
+        2: "provisional",
+        3: "provisional",
+        4: "final",
+        5: "provisional",
+        8: "provisional",
+        9: "final",
+        10: "provisional",
+        11: "provisional",
+        12: "forming",
+    }
     cold.write([(BTC, "1m", state_candle(k * M, s)) for k, s in states.items()])
     cold.write([(ETH, "1m", state_candle(k * M, "provisional")) for k in range(20)])
     cold.write([(BTC, "5m", state_candle(k * 5 * M, "provisional")) for k in range(3)])
@@ -835,19 +854,25 @@ def test_cold_final_only_queries_and_provisional_runs(tmp_path: Path) -> None:
 def _old_file(path: Path, version: int) -> None:
     """A DuckDB file with the layout of schema ``version`` (1 to 3): candles without ``final``."""
     con = duckdb.connect(str(path))
-    con.execute("CREATE TABLE candles (instrument VARCHAR NOT NULL, timeframe VARCHAR NOT NULL, open_time BIGINT"
-                " NOT NULL, open DOUBLE, high DOUBLE, low DOUBLE, close DOUBLE, volume DOUBLE, trades BIGINT,"
-                " closed BOOLEAN, PRIMARY KEY (instrument, timeframe, open_time))")
+    con.execute(
+        "CREATE TABLE candles (instrument VARCHAR NOT NULL, timeframe VARCHAR NOT NULL, open_time BIGINT"
+        " NOT NULL, open DOUBLE, high DOUBLE, low DOUBLE, close DOUBLE, volume DOUBLE, trades BIGINT,"
+        " closed BOOLEAN, PRIMARY KEY (instrument, timeframe, open_time))"
+    )
     con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL, applied_ms BIGINT NOT NULL)")
     con.execute("INSERT INTO schema_version VALUES (?, 0)", [version])
     if version >= 2:
-        con.execute("CREATE TABLE final_marks (instrument VARCHAR NOT NULL, timeframe VARCHAR NOT NULL,"
-                    " final_until BIGINT NOT NULL, PRIMARY KEY (instrument, timeframe))")
+        con.execute(
+            "CREATE TABLE final_marks (instrument VARCHAR NOT NULL, timeframe VARCHAR NOT NULL,"
+            " final_until BIGINT NOT NULL, PRIMARY KEY (instrument, timeframe))"
+        )
         con.execute("INSERT INTO final_marks VALUES (?, '1m', ?), (?, '5m', ?)", [BTC, 5 * M, ETH, 10 * M])
     if version >= 3:
-        con.execute("CREATE TABLE switches (instrument VARCHAR NOT NULL, since_ms BIGINT NOT NULL, at_ms BIGINT"
-                    " NOT NULL, source_from VARCHAR NOT NULL, source_to VARCHAR NOT NULL,"
-                    " PRIMARY KEY (instrument, since_ms))")
+        con.execute(
+            "CREATE TABLE switches (instrument VARCHAR NOT NULL, since_ms BIGINT NOT NULL, at_ms BIGINT"
+            " NOT NULL, source_from VARCHAR NOT NULL, source_to VARCHAR NOT NULL,"
+            " PRIMARY KEY (instrument, since_ms))"
+        )
     # BTC 1m: 0-7 closed, 8 open; ETH 5m: 0, 5, 10, 15 closed, and one still open before the mark;
     # ETH 1m has no mark at all
     for k in range(9):
@@ -876,8 +901,9 @@ def test_an_older_file_is_migrated_final_behind_the_mark_provisional_after(tmp_p
         assert btc == ["provisional"] * 8 + ["forming"]
     assert [c.state for c in cold.query(ETH, "1m")] == ["provisional"] * 3
     cold.write([(BTC, "1m", state_candle(6 * M, "final"))])  # a repair after the upgrade
-    assert cold.provisional(BTC, "1m", 0, DAY) == ([(5 * M, 5 * M), (7 * M, 7 * M)] if version >= 2
-                                                   else [(0, 5 * M), (7 * M, 7 * M)])
+    assert cold.provisional(BTC, "1m", 0, DAY) == (
+        [(5 * M, 5 * M), (7 * M, 7 * M)] if version >= 2 else [(0, 5 * M), (7 * M, 7 * M)]
+    )
     cold.close()
     con = duckdb.connect(str(path), read_only=True)
     assert con.execute("SELECT max(version) FROM schema_version").fetchall() == [(SCHEMA_VERSION,)] == [(4,)]

@@ -86,8 +86,9 @@ async def stored(db: str, schema: str, instrument: str, timeframe: str) -> list[
         await cold.close()
 
 
-def assert_equal_to_tape(candles: list[Candle], tape: Path, symbol: str, timeframe: str,
-                         until_ms: int | None = None) -> int:
+def assert_equal_to_tape(
+    candles: list[Candle], tape: Path, symbol: str, timeframe: str, until_ms: int | None = None
+) -> int:
     """Every closed candle equals the tape's, field by field; none missing or repeated inside."""
     tf_ms = TIMEFRAMES[timeframe]
     rows = [r for r in read_tape(str(tape)) if r[0] == symbol]
@@ -109,9 +110,18 @@ async def test_postgres_and_redis_equal_the_tape_across_a_restart(tmp_path: Path
     tape = tmp_path / "tape.csv"
     replica = BinanceReplica(symbols=SYMBOLS, seed=21, rate=4.0, speed=60.0, history_ms=2 * 3_600_000, tape=str(tape))
     await replica.start()
-    settings = Settings(symbols=SYMBOLS, timeframes=["15s", "1m", "5m"], history="2h", db=PG, db_schema=schema,
-                        hot=REDIS, hot_prefix=prefix, spool=str(tmp_path / "spool"), rest_url=replica.url,
-                        ws_url=replica.ws_url).validate()
+    settings = Settings(
+        symbols=SYMBOLS,
+        timeframes=["15s", "1m", "5m"],
+        history="2h",
+        db=PG,
+        db_schema=schema,
+        hot=REDIS,
+        hot_prefix=prefix,
+        spool=str(tmp_path / "spool"),
+        rest_url=replica.url,
+        ws_url=replica.ws_url,
+    ).validate()
     try:
         first = await run_engine(settings, 6.0)
         await asyncio.sleep(3.0)  # three market minutes pass while nothing runs
@@ -147,8 +157,15 @@ async def test_rollups_equal_direct_aggregation(tmp_path: Path) -> None:
     tape = tmp_path / "tape.csv"
     replica = BinanceReplica(symbols=SYMBOLS, seed=5, rate=4.0, speed=120.0, history_ms=3_600_000, tape=str(tape))
     await replica.start()
-    settings = Settings(symbols=SYMBOLS, timeframes=["1m", "5m", "15m"], history="1h", db=str(tmp_path / "r.duckdb"),
-                        rollup_from="1m", rest_url=replica.url, ws_url=replica.ws_url).validate()
+    settings = Settings(
+        symbols=SYMBOLS,
+        timeframes=["1m", "5m", "15m"],
+        history="1h",
+        db=str(tmp_path / "r.duckdb"),
+        rollup_from="1m",
+        rest_url=replica.url,
+        ws_url=replica.ws_url,
+    ).validate()
     try:
         engine = Engine(settings)
         await engine.start()
@@ -174,8 +191,9 @@ async def test_rollups_equal_direct_aggregation(tmp_path: Path) -> None:
             assert live, (sym, tf, "nothing rolled up while streaming")
 
 
-async def test_postgres_outage_mid_run_loses_nothing_and_doubles_nothing(tmp_path: Path,
-                                                                        private_pg: PrivatePostgres) -> None:
+async def test_postgres_outage_mid_run_loses_nothing_and_doubles_nothing(
+    tmp_path: Path, private_pg: PrivatePostgres
+) -> None:
     """PostgreSQL stops for six market minutes while the engine streams: batches go to the spool,
     /health says so, and once it is back the spool is replayed in order; the stored history then
     equals the tape with no hole and no duplicate."""
@@ -183,8 +201,15 @@ async def test_postgres_outage_mid_run_loses_nothing_and_doubles_nothing(tmp_pat
     replica = BinanceReplica(symbols=SYMBOLS, seed=8, rate=4.0, speed=60.0, history_ms=3_600_000, tape=str(tape))
     await replica.start()
     spool = tmp_path / "outage.spool"
-    settings = Settings(symbols=SYMBOLS, timeframes=["1m", "5m"], history="1h", db=private_pg.url,
-                        spool=str(spool), rest_url=replica.url, ws_url=replica.ws_url).validate()
+    settings = Settings(
+        symbols=SYMBOLS,
+        timeframes=["1m", "5m"],
+        history="1h",
+        db=private_pg.url,
+        spool=str(spool),
+        rest_url=replica.url,
+        ws_url=replica.ws_url,
+    ).validate()
     try:
         engine = Engine(settings)
         await engine.start()
@@ -212,7 +237,8 @@ async def test_postgres_outage_mid_run_loses_nothing_and_doubles_nothing(tmp_pat
     con = await asyncpg.connect(private_pg.url)
     try:  # the primary key forbids duplicates; check the count anyway, against distinct keys
         n, distinct = await con.fetchrow(
-            "SELECT count(*), count(DISTINCT (instrument, open_time)) FROM deltafeed.candles_1m")
+            "SELECT count(*), count(DISTINCT (instrument, open_time)) FROM deltafeed.candles_1m"
+        )
     finally:
         await con.close()
     assert n == distinct > 0
@@ -224,8 +250,15 @@ async def test_redis_outage_mid_run_serves_from_memory_and_refills(tmp_path: Pat
     await replica.start()
     server = PrivateRedis()
     server.start()
-    settings = Settings(symbols=SYMBOLS, timeframes=["1m", "5m"], history="1h", db=str(tmp_path / "o.duckdb"),
-                        hot=server.url, rest_url=replica.url, ws_url=replica.ws_url).validate()
+    settings = Settings(
+        symbols=SYMBOLS,
+        timeframes=["1m", "5m"],
+        history="1h",
+        db=str(tmp_path / "o.duckdb"),
+        hot=server.url,
+        rest_url=replica.url,
+        ws_url=replica.ws_url,
+    ).validate()
     try:
         engine = Engine(settings)
         await engine.start()
@@ -263,8 +296,9 @@ async def test_redis_outage_mid_run_serves_from_memory_and_refills(tmp_path: Pat
         assert_equal_to_tape(await stored(settings.db, "deltafeed", f"binance:{sym}", "1m"), tape, sym, "1m")
 
 
-async def test_retention_drops_exactly_the_expired_candles_in_every_tier(tmp_path: Path, schema: str,
-                                                                         prefix: str) -> None:
+async def test_retention_drops_exactly_the_expired_candles_in_every_tier(
+    tmp_path: Path, schema: str, prefix: str
+) -> None:
     """The same candles in every tier; one driven 'now'; each tier keeps exactly those younger than
     their timeframe's retention (1d kept forever)."""
     from deltafeed.store.hot import HotStore
@@ -277,10 +311,13 @@ async def test_retention_drops_exactly_the_expired_candles_in_every_tier(tmp_pat
         "1h": [now - 15 * day + i * 3_600_000 for i in range(0, 15 * 24)],
         "1d": [now - 400 * day + i * day for i in range(400)],
     }
-    rows = [("binance:BTCUSDT", tf, Candle(t, 1.0, 2.0, 0.5, 1.5, 3.0, 4, True)) for tf, ts in series.items()
-            for t in ts]
-    expect = {tf: [t for t in ts if retention[tf] is None or t >= now - retention[tf]]  # type: ignore[operator]
-              for tf, ts in series.items()}
+    rows = [
+        ("binance:BTCUSDT", tf, Candle(t, 1.0, 2.0, 0.5, 1.5, 3.0, 4, True)) for tf, ts in series.items() for t in ts
+    ]
+    expect = {
+        tf: [t for t in ts if retention[tf] is None or t >= now - retention[tf]]  # type: ignore[operator]
+        for tf, ts in series.items()
+    }
     memory = HotStore(capacity=10_000)
     for inst, tf, c in rows:
         memory.put(inst, tf, c)
@@ -320,16 +357,21 @@ async def test_retention_drops_exactly_the_expired_candles_in_every_tier(tmp_pat
         await duck.close()
 
 
-async def test_cli_reads_recent_candles_from_redis_and_older_from_postgres(tmp_path: Path, schema: str,
-                                                                          prefix: str) -> None:
+async def test_cli_reads_recent_candles_from_redis_and_older_from_postgres(
+    tmp_path: Path, schema: str, prefix: str
+) -> None:
     """`deltafeed candles` joins the two tiers at the hot tier's oldest candle: nothing missing,
     nothing twice, and for the overlap the hot tier's (fresher) version wins."""
     inst = "binance:BTCUSDT"
     base = 1_790_000_000_000 - 1_790_000_000_000 % 60_000
-    cold_rows = [(inst, "1m", Candle(base + i * 60_000, 100.0 + i, 101.0 + i, 99.0 + i, 100.5 + i, 1.0, 3, True))
-                 for i in range(150)]
-    hot_rows = [(inst, "1m", Candle(base + i * 60_000, 100.0 + i, 101.0 + i, 99.0 + i, 100.25 + i, 2.0, 5, True))
-                for i in range(100, 200)]
+    cold_rows = [
+        (inst, "1m", Candle(base + i * 60_000, 100.0 + i, 101.0 + i, 99.0 + i, 100.5 + i, 1.0, 3, True))
+        for i in range(150)
+    ]
+    hot_rows = [
+        (inst, "1m", Candle(base + i * 60_000, 100.0 + i, 101.0 + i, 99.0 + i, 100.25 + i, 2.0, 5, True))
+        for i in range(100, 200)
+    ]
     pg = await open_cold(PG, schema=schema)
     hot = RedisHot(REDIS, prefix=prefix)
     await hot.open()
@@ -351,9 +393,26 @@ async def test_cli_reads_recent_candles_from_redis_and_older_from_postgres(tmp_p
 
     async def cli(*extra: str, hot: str = REDIS) -> list[dict[str, object]]:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "deltafeed", "candles", inst, "1m", "--db", PG, "--db-schema", schema,
-            "--hot", hot, "--hot-prefix", prefix, "--format", "json", *extra,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "deltafeed",
+            "candles",
+            inst,
+            "1m",
+            "--db",
+            PG,
+            "--db-schema",
+            schema,
+            "--hot",
+            hot,
+            "--hot-prefix",
+            prefix,
+            "--format",
+            "json",
+            *extra,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()
         errors.append(err.decode())
@@ -373,8 +432,13 @@ async def test_cli_reads_recent_candles_from_redis_and_older_from_postgres(tmp_p
 
 
 def test_rollups_are_configured_per_instrument() -> None:
-    settings = Settings(symbols=["BTCUSDT", "ETHUSDT", "SOLUSDT"], timeframes=["1m", "5m", "1h"], rollup_from="1m",
-                        rollups={"ETHUSDT": "off", "binance:SOLUSDT": "5m"}, db=":memory:").validate()
+    settings = Settings(
+        symbols=["BTCUSDT", "ETHUSDT", "SOLUSDT"],
+        timeframes=["1m", "5m", "1h"],
+        rollup_from="1m",
+        rollups={"ETHUSDT": "off", "binance:SOLUSDT": "5m"},
+        db=":memory:",
+    ).validate()
     engine = Engine(settings)
     btc, eth, sol = (engine.states[f"binance:{s}"] for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT"))
     assert btc.builder.timeframes == ["1m"] and btc.rollup is not None and btc.rollup.timeframes == ["5m", "1h"]
@@ -390,8 +454,15 @@ async def test_engine_reads_across_the_hot_and_cold_boundary(tmp_path: Path) -> 
     """A hot tier of 20 candles and two hours of history: a range reaching back past the ring comes
     back whole, the older part from the cold tier and the newer from memory, without a duplicate."""
     async with BinanceReplica(symbols=["BTCUSDT"], seed=2, rate=2.0, speed=60.0, history_ms=2 * 3_600_000) as replica:
-        settings = Settings(symbols=["BTCUSDT"], timeframes=["1m"], history="2h", hot_capacity=20,
-                            db=str(tmp_path / "b.duckdb"), rest_url=replica.url, ws_url=replica.ws_url).validate()
+        settings = Settings(
+            symbols=["BTCUSDT"],
+            timeframes=["1m"],
+            history="2h",
+            hot_capacity=20,
+            db=str(tmp_path / "b.duckdb"),
+            rest_url=replica.url,
+            ws_url=replica.ws_url,
+        ).validate()
         engine = Engine(settings)
         await engine.start()
         try:
@@ -413,13 +484,21 @@ async def test_engine_reads_across_the_hot_and_cold_boundary(tmp_path: Path) -> 
 
 
 async def test_a_run_stopped_during_an_outage_leaves_a_spool_the_next_run_replays(
-        tmp_path: Path, private_pg: PrivatePostgres) -> None:
+    tmp_path: Path, private_pg: PrivatePostgres
+) -> None:
     tape = tmp_path / "tape.csv"
     replica = BinanceReplica(symbols=["BTCUSDT"], seed=13, rate=4.0, speed=60.0, history_ms=3_600_000, tape=str(tape))
     await replica.start()
     spool = tmp_path / "restart.spool"
-    settings = Settings(symbols=["BTCUSDT"], timeframes=["1m", "5m"], history="1h", db=private_pg.url,
-                        spool=str(spool), rest_url=replica.url, ws_url=replica.ws_url).validate()
+    settings = Settings(
+        symbols=["BTCUSDT"],
+        timeframes=["1m", "5m"],
+        history="1h",
+        db=private_pg.url,
+        spool=str(spool),
+        rest_url=replica.url,
+        ws_url=replica.ws_url,
+    ).validate()
     try:
         first = Engine(settings)
         await first.start()

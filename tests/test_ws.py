@@ -38,7 +38,8 @@ async def silent_server() -> AsyncIterator[tuple[str, list[float]]]:
 
 
 async def test_a_silent_connection_is_dropped_and_replaced_within_seconds(
-        silent_server: tuple[str, list[float]]) -> None:
+    silent_server: tuple[str, list[float]],
+) -> None:
     url, connections = silent_server
     frames: list[bytes] = []
     stream = WsStream(lambda: url, lambda f: frames.append(bytes(f)), stale_after_s=1.0, backoff_base_s=0.05)
@@ -68,8 +69,7 @@ async def test_connect_budget_spreads_attempts_over_its_window() -> None:
 
 
 async def test_an_unreachable_venue_is_retried_with_backoff_not_hammered() -> None:
-    stream = WsStream(lambda: "ws://127.0.0.1:9/nothing", lambda f: None, backoff_base_s=0.1,
-                      backoff_cap_s=0.4)
+    stream = WsStream(lambda: "ws://127.0.0.1:9/nothing", lambda f: None, backoff_base_s=0.1, backoff_cap_s=0.4)
     task = asyncio.create_task(stream.run())
     await asyncio.sleep(2.0)
     await stream.close()

@@ -240,7 +240,7 @@ async def backfill(
         done_hours[:] = [done, total]
         if done:
             # hist.missing grows as fetches finish (out of order); this hour is final by now.
-            seen_missing.update(h for _, h in hist.missing[n_seen[0]:])
+            seen_missing.update(h for _, h in hist.missing[n_seen[0] :])
             n_seen[0] = len(hist.missing)
             hour = first_hour + (done - 1) * HOUR_MS
             if hour in seen_missing:
@@ -278,8 +278,10 @@ async def backfill(
     try:
         try:
             # An async generator: closed at once when a write fails, so the fetches in flight stop.
-            stream = cast(AsyncGenerator[list[Quote], None],
-                          hist.quotes(plan.symbol, plan.since_ms, plan.until_ms, progress=hour_done))
+            stream = cast(
+                AsyncGenerator[list[Quote], None],
+                hist.quotes(plan.symbol, plan.since_ms, plan.until_ms, progress=hour_done),
+            )
             async with contextlib.aclosing(stream):
                 route, symbol = router.quote, inst.symbol
                 async for quotes in stream:
@@ -325,8 +327,14 @@ class _Side:
 
     __slots__ = ("_closed", "active", "builder", "instrument", "last_trade_ms", "price", "trades")
 
-    def __init__(self, instrument: Instrument, price: str, timeframes: Sequence[str], calendar: Calendar,
-                 closed: Callable[[str, str, Candle, int], None]) -> None:
+    def __init__(
+        self,
+        instrument: Instrument,
+        price: str,
+        timeframes: Sequence[str],
+        calendar: Calendar,
+        closed: Callable[[str, str, Candle, int], None],
+    ) -> None:
         self.instrument = instrument
         self.price = price
         self.active = True
@@ -335,8 +343,9 @@ class _Side:
         self._closed = closed
         # hold_max=0: the quote after a break is applied at once (the live engine's tick releases it);
         # its candles' repair reports are moot here, the missing hour's candles are skipped instead.
-        self.builder = CandleBuilder(list(timeframes), self._on_closed, _no_repair, hold_max=0, calendar=calendar,
-                                     vouch=False)  # final by construction: see closed() in backfill()
+        self.builder = CandleBuilder(
+            list(timeframes), self._on_closed, _no_repair, hold_max=0, calendar=calendar, vouch=False
+        )  # final by construction: see closed() in backfill()
 
     def _on_closed(self, timeframe: str, candle: Candle) -> None:
         self._closed(self.price, timeframe, candle, self.builder.last_trade_ms)

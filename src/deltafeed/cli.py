@@ -44,26 +44,45 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--symbols", help="comma list, e.g. BTCUSDT,ETHUSDT (or binance:BTCUSDT)")
     p.add_argument("--timeframes", help="comma list of 1s 5s 15s 1m 5m 15m 1h 4h 1d (default 1m,5m,15m,1h)")
     p.add_argument("--history", help="how far back to bootstrap when nothing is stored (default 1d)")
-    p.add_argument("--db", help="cold store: a DuckDB file (default deltafeed.duckdb) or postgresql://USER@HOST:PORT/DB"
-                                " (or DELTAFEED_DB; passwords from PGPASSWORD or ~/.pgpass)")
+    p.add_argument(
+        "--db",
+        help="cold store: a DuckDB file (default deltafeed.duckdb) or postgresql://USER@HOST:PORT/DB"
+        " (or DELTAFEED_DB; passwords from PGPASSWORD or ~/.pgpass)",
+    )
     p.add_argument("--db-schema", help="PostgreSQL schema for deltafeed's tables (default deltafeed)")
     p.add_argument("--hot", help="mirror the hot tier into Redis, e.g. redis://127.0.0.1:6379/0 (or DELTAFEED_HOT)")
     p.add_argument("--spool", help="file where batches wait while the cold store is down (default: auto; 'off')")
     p.add_argument("--rollup-from", help="derive longer timeframes from this one (e.g. 1m) instead of from trades")
     p.add_argument("--rest-url", help="REST base address (default Binance's market-data host)")
     p.add_argument("--ws-url", help="WebSocket base address (default Binance's market-data host)")
-    p.add_argument("--stream-url", help="OANDA pricing-stream base address (default OANDA's practice host); the "
-                                        "token comes from OANDA_TOKEN, the account from OANDA_ACCOUNT")
+    p.add_argument(
+        "--stream-url",
+        help="OANDA pricing-stream base address (default OANDA's practice host); the "
+        "token comes from OANDA_TOKEN, the account from OANDA_ACCOUNT",
+    )
     p.add_argument("--prices", help="forex: which price candles to keep, comma list of mid,bid,ask (default mid)")
     p.add_argument("--api", help="serve the HTTP/WebSocket API on HOST:PORT (default 127.0.0.1:8080; 'off' to disable)")
-    p.add_argument("--api-token", help="token every API request must carry (or DELTAFEED_API_TOKEN, or api_token in"
-                                       " the config); required beyond loopback")
+    p.add_argument(
+        "--api-token",
+        help="token every API request must carry (or DELTAFEED_API_TOKEN, or api_token in"
+        " the config); required beyond loopback",
+    )
 
 
-def _add_replica_args(p: argparse.ArgumentParser, *, symbols: str, symbols_help: str | None = None,
-                      symbols_metavar: str | None = None, rate: float = 2.0, rate_help: str, start_help: str | None,
-                      history: str, history_help: str = "market history generated before --start",
-                      tape_help: str | None, fault_kinds: str) -> None:
+def _add_replica_args(
+    p: argparse.ArgumentParser,
+    *,
+    symbols: str,
+    symbols_help: str | None = None,
+    symbols_metavar: str | None = None,
+    rate: float = 2.0,
+    rate_help: str,
+    start_help: str | None,
+    history: str,
+    history_help: str = "market history generated before --start",
+    tape_help: str | None,
+    fault_kinds: str,
+) -> None:
     """The options every ``replica`` sub-command has, with its own defaults and help texts; a help of None
     leaves out --start or --tape (a replica without it). ``fault_kinds`` lists the kinds it injects."""
     p.add_argument("--host", default="127.0.0.1")
@@ -77,10 +96,18 @@ def _add_replica_args(p: argparse.ArgumentParser, *, symbols: str, symbols_help:
     p.add_argument("--history", default=history, help=history_help)
     if tape_help is not None:
         p.add_argument("--tape", help=tape_help)
-    p.add_argument("--faults", metavar="SPEC", help="inject faults: comma list of kind=rate, rate in events per "
-                                                    f"minute of wall time; kinds {fault_kinds}")
-    p.add_argument("--faults-seed", type=int, default=0, metavar="N",
-                   help="seed of the fault schedule (default 0): the same seed gives the same fault times")
+    p.add_argument(
+        "--faults",
+        metavar="SPEC",
+        help=f"inject faults: comma list of kind=rate, rate in events per minute of wall time; kinds {fault_kinds}",
+    )
+    p.add_argument(
+        "--faults-seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seed of the fault schedule (default 0): the same seed gives the same fault times",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,79 +130,128 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--last", type=int, help="only the newest N candles")
     q.add_argument("--price", choices=PRICE_SIDES, help="forex: mid (default), bid or ask candles")
     q.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    q.add_argument("--final-only", action="store_true",
-                   help="only final candles (verified), no provisional or forming ones; --last counts those")
+    q.add_argument(
+        "--final-only",
+        action="store_true",
+        help="only final candles (verified), no provisional or forming ones; --last counts those",
+    )
 
     bf = sub.add_parser("backfill", help="fill forex candle history from Dukascopy tick files")
     bf.add_argument("instrument", help="the series to fill, e.g. oanda:EUR_USD (the Dukascopy name EURUSD is derived)")
     bf.add_argument("--source", default="dukascopy", help="where the ticks come from: dukascopy (the default)")
-    bf.add_argument("--since", required=True, metavar="ISO",
-                    help="ISO-8601 start, UTC unless it says otherwise; rounded down to the longest timeframe")
-    bf.add_argument("--until", required=True, metavar="ISO",
-                    help="ISO-8601 end (exclusive), rounded down to the longest timeframe: only whole candles")
-    bf.add_argument("--timeframes", default="1m,5m,15m,1h", help="comma list of 1s 5s 15s 1m 5m 15m 1h 4h 1d "
-                                                                 "(default 1m,5m,15m,1h)")
-    bf.add_argument("--prices", default="mid", help="which price candles to build, comma list of mid,bid,ask "
-                                                    "(default mid)")
+    bf.add_argument(
+        "--since",
+        required=True,
+        metavar="ISO",
+        help="ISO-8601 start, UTC unless it says otherwise; rounded down to the longest timeframe",
+    )
+    bf.add_argument(
+        "--until",
+        required=True,
+        metavar="ISO",
+        help="ISO-8601 end (exclusive), rounded down to the longest timeframe: only whole candles",
+    )
+    bf.add_argument(
+        "--timeframes", default="1m,5m,15m,1h", help="comma list of 1s 5s 15s 1m 5m 15m 1h 4h 1d (default 1m,5m,15m,1h)"
+    )
+    bf.add_argument(
+        "--prices", default="mid", help="which price candles to build, comma list of mid,bid,ask (default mid)"
+    )
     bf.add_argument("--db", help="DuckDB file (default deltafeed.duckdb) or postgresql:// URL (or DELTAFEED_DB)")
     bf.add_argument("--db-schema", default="deltafeed", help="PostgreSQL schema (default deltafeed)")
     bf.add_argument("--url", help="base address of the tick files (default https://datafeed.dukascopy.com/datafeed)")
-    bf.add_argument("--rps", type=float, default=10.0,
-                    help="requests per second (default 10, what Dukascopy tolerates; raise it for a replica)")
+    bf.add_argument(
+        "--rps",
+        type=float,
+        default=10.0,
+        help="requests per second (default 10, what Dukascopy tolerates; raise it for a replica)",
+    )
     bf.add_argument("--retries", type=int, default=5, help="retries of a failed request (default 5)")
 
     rep = sub.add_parser("replica", help="run a local replica of a venue")
     rsub = rep.add_subparsers(dest="venue", required=True, parser_class=_Parser)
-    fx_start = ("market time at start-up (default now; the FX market is closed at weekends), e.g. "
-                "2026-01-09T20:00:00Z, a Friday afternoon")
+    fx_start = (
+        "market time at start-up (default now; the FX market is closed at weekends), e.g. "
+        "2026-01-09T20:00:00Z, a Friday afternoon"
+    )
     rb = rsub.add_parser("binance", help="Binance spot market data: REST and WebSocket on one port")
-    _add_replica_args(rb, symbols="BTCUSDT,ETHUSDT,SOLUSDT", rate=10.0,
-                      rate_help="trades per second of market time, per symbol", start_help=None,
-                      history="1h", history_help="market history generated before start-up",
-                      tape_help="write every trade to this CSV file",
-                      fault_kinds="close, reset, stall, shutdown, drop, dup, reorder, garbage, http500, http429, slow "
-                                  "(e.g. close=1,drop=10)")
+    _add_replica_args(
+        rb,
+        symbols="BTCUSDT,ETHUSDT,SOLUSDT",
+        rate=10.0,
+        rate_help="trades per second of market time, per symbol",
+        start_help=None,
+        history="1h",
+        history_help="market history generated before start-up",
+        tape_help="write every trade to this CSV file",
+        fault_kinds="close, reset, stall, shutdown, drop, dup, reorder, garbage, http500, http429, slow "
+        "(e.g. close=1,drop=10)",
+    )
     rb.add_argument("--weight-limit", type=int, default=6000, help="REST weight per minute")
     rd = rsub.add_parser("dukascopy", help="Dukascopy tick history: .bi5 hour files from a seeded FX quote market")
-    _add_replica_args(rd, symbols="EURUSD,USDJPY,GBPUSD", symbols_help="Dukascopy names, e.g. EURUSD,USDJPY",
-                      rate_help="quotes per second of open market time, per symbol",
-                      start_help="market time at start-up (default now), e.g. 2026-01-09T12:00:00Z",
-                      history="7d", history_help="market history before --start that hour files cover",
-                      tape_help=None, fault_kinds="http500, http429, slow (e.g. http500=2)")
+    _add_replica_args(
+        rd,
+        symbols="EURUSD,USDJPY,GBPUSD",
+        symbols_help="Dukascopy names, e.g. EURUSD,USDJPY",
+        rate_help="quotes per second of open market time, per symbol",
+        start_help="market time at start-up (default now), e.g. 2026-01-09T12:00:00Z",
+        history="7d",
+        history_help="market history before --start that hour files cover",
+        tape_help=None,
+        fault_kinds="http500, http429, slow (e.g. http500=2)",
+    )
 
     ro = rsub.add_parser("oanda", help="OANDA v20 market data: REST candles and the pricing stream on one port")
-    _add_replica_args(ro, symbols="EUR_USD,USD_JPY,GBP_USD", symbols_help="OANDA names, e.g. EUR_USD,USD_JPY",
-                      rate_help="quotes per second of open market time, per instrument", start_help=fx_start,
-                      history="1d", tape_help="write every quote to this CSV file (symbol,time_ms,bid,ask)",
-                      fault_kinds="close, reset, stall, drop, dup, reorder, garbage (stream), http500, http429, slow "
-                                  "(REST)")
-    ro.add_argument("--token", default="deltafeed-oanda-dev-token",
-                    help="the bearer token every request must carry (default deltafeed-oanda-dev-token)")
+    _add_replica_args(
+        ro,
+        symbols="EUR_USD,USD_JPY,GBP_USD",
+        symbols_help="OANDA names, e.g. EUR_USD,USD_JPY",
+        rate_help="quotes per second of open market time, per instrument",
+        start_help=fx_start,
+        history="1d",
+        tape_help="write every quote to this CSV file (symbol,time_ms,bid,ask)",
+        fault_kinds="close, reset, stall, drop, dup, reorder, garbage (stream), http500, http429, slow (REST)",
+    )
+    ro.add_argument(
+        "--token",
+        default="deltafeed-oanda-dev-token",
+        help="the bearer token every request must carry (default deltafeed-oanda-dev-token)",
+    )
 
     rf = rsub.add_parser("finnhub", help="Finnhub: trades WebSocket and REST candles on one port")
-    _add_replica_args(rf, symbols="OANDA:EUR_USD,BINANCE:BTCUSDT,AAPL",
-                      symbols_help="Finnhub names: OANDA:AAA_BBB (forex), EXCHANGE:PAIR (crypto), TICKER (US stock)",
-                      rate_help="trades (or forex price updates) per second of open market time, per symbol",
-                      start_help="market time at start-up (default now; stocks trade 09:30-16:00 New York on "
-                                 "weekdays), e.g. 2026-03-04T15:00:00Z",
-                      history="1d",
-                      tape_help="write every streamed item to this CSV file (symbol,time_ms,price,volume)",
-                      fault_kinds="close, reset, stall, garbage (WebSocket), http500, http429, slow (REST)")
+    _add_replica_args(
+        rf,
+        symbols="OANDA:EUR_USD,BINANCE:BTCUSDT,AAPL",
+        symbols_help="Finnhub names: OANDA:AAA_BBB (forex), EXCHANGE:PAIR (crypto), TICKER (US stock)",
+        rate_help="trades (or forex price updates) per second of open market time, per symbol",
+        start_help="market time at start-up (default now; stocks trade 09:30-16:00 New York on "
+        "weekdays), e.g. 2026-03-04T15:00:00Z",
+        history="1d",
+        tape_help="write every streamed item to this CSV file (symbol,time_ms,price,volume)",
+        fault_kinds="close, reset, stall, garbage (WebSocket), http500, http429, slow (REST)",
+    )
     rf.add_argument("--token", help="the API key every request must carry (default: any non-empty key)")
 
     ri = rsub.add_parser("ig", help="IG Markets: REST login and prices, Lightstreamer TLCP over WebSocket, one port")
-    _add_replica_args(ri, symbols="CS.D.EURUSD.CFD.IP,CS.D.USDJPY.CFD.IP,CS.D.GBPUSD.CFD.IP", symbols_metavar="EPICS",
-                      symbols_help="IG FX epics, CS.D.<BASE><QUOTE>.<product>.IP "
-                                   "(CS.D.EURUSD.CFD.IP is the pair EUR_USD)",
-                      rate_help="quotes per second of open market time, per epic", start_help=fx_start, history="1d",
-                      tape_help="write every quote to this CSV file (symbol,time_ms,bid,ask; symbol = the epic)",
-                      fault_kinds="close, reset, stall, overflow (streaming sessions), http500, http429, slow (REST)")
+    _add_replica_args(
+        ri,
+        symbols="CS.D.EURUSD.CFD.IP,CS.D.USDJPY.CFD.IP,CS.D.GBPUSD.CFD.IP",
+        symbols_metavar="EPICS",
+        symbols_help="IG FX epics, CS.D.<BASE><QUOTE>.<product>.IP (CS.D.EURUSD.CFD.IP is the pair EUR_USD)",
+        rate_help="quotes per second of open market time, per epic",
+        start_help=fx_start,
+        history="1d",
+        tape_help="write every quote to this CSV file (symbol,time_ms,bid,ask; symbol = the epic)",
+        fault_kinds="close, reset, stall, overflow (streaming sessions), http500, http429, slow (REST)",
+    )
     ri.add_argument("--api-key", help="the X-IG-API-KEY logins must carry (default: any non-empty key)")
     ri.add_argument("--username", help="the login identifier (default: any non-empty one)")
     ri.add_argument("--password", help="the login password (default: any non-empty one)")
 
     stat = sub.add_parser("status", help="print the streaming status of a running deltafeed")
-    stat.add_argument("--api", default="http://127.0.0.1:8080", help="the API's address (default http://127.0.0.1:8080)")
+    stat.add_argument(
+        "--api", default="http://127.0.0.1:8080", help="the API's address (default http://127.0.0.1:8080)"
+    )
     stat.add_argument("--api-token", help="token, if the API needs one (or DELTAFEED_API_TOKEN)")
     stat.add_argument("--format", choices=("table", "json"), default="table")
 
@@ -188,8 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     logging.getLogger("picows").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         if args.command == "run":
@@ -231,22 +310,25 @@ def _asyncio_run(body: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> i
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = config.load(args.config, {
-        "venue": args.venue,
-        "symbols": args.symbols.split(",") if args.symbols else None,
-        "timeframes": args.timeframes.split(",") if args.timeframes else None,
-        "history": args.history,
-        "db": args.db or os.environ.get("DELTAFEED_DB"),
-        "db_schema": args.db_schema,
-        "hot": args.hot or os.environ.get("DELTAFEED_HOT"),
-        "spool": args.spool,
-        "rollup_from": args.rollup_from,
-        "rest_url": args.rest_url,
-        "stream_url": args.stream_url,
-        "prices": args.prices.split(",") if args.prices else None,
-        "ws_url": args.ws_url,
-        "api": args.api,
-    })
+    settings = config.load(
+        args.config,
+        {
+            "venue": args.venue,
+            "symbols": args.symbols.split(",") if args.symbols else None,
+            "timeframes": args.timeframes.split(",") if args.timeframes else None,
+            "history": args.history,
+            "db": args.db or os.environ.get("DELTAFEED_DB"),
+            "db_schema": args.db_schema,
+            "hot": args.hot or os.environ.get("DELTAFEED_HOT"),
+            "spool": args.spool,
+            "rollup_from": args.rollup_from,
+            "rest_url": args.rest_url,
+            "stream_url": args.stream_url,
+            "prices": args.prices.split(",") if args.prices else None,
+            "ws_url": args.ws_url,
+            "api": args.api,
+        },
+    )
     token = api_token(args.api_token, settings.api_token)
     api = parse_api_address(settings.api)
     limits = None
@@ -256,9 +338,11 @@ def _run(args: argparse.Namespace) -> int:
 
         check_bind(api[0], token)  # before anything starts: exit 2 without a token beyond loopback
         raise_fd_limit()  # before the limits: the default connection cap follows it
-        limits = ApiLimits(header_timeout_s=settings.seconds("api_header_timeout"),
-                           idle_timeout_s=settings.seconds("api_idle_timeout"),
-                           max_connections=settings.api_max_connections)
+        limits = ApiLimits(
+            header_timeout_s=settings.seconds("api_header_timeout"),
+            idle_timeout_s=settings.seconds("api_idle_timeout"),
+            max_connections=settings.api_max_connections,
+        )
 
     async def body(stop: asyncio.Event) -> int:
         from deltafeed.engine import Engine
@@ -291,8 +375,10 @@ def _run(args: argparse.Namespace) -> int:
                 try:
                     runner = await start_api(engine, engine.hub, api[0], api[1], token, limits)
                 except OSError as exc:
-                    raise BadInput(f"cannot serve the API on {settings.api} ({exc.strerror or exc}); pass "
-                                   "--api HOST:PORT with a free port, or --api off") from None
+                    raise BadInput(
+                        f"cannot serve the API on {settings.api} ({exc.strerror or exc}); pass "
+                        "--api HOST:PORT with a free port, or --api off"
+                    ) from None
                 # The first line a supervisor (or a test) can read the real port from, as the replica's;
                 # /health answers during start-up too (a bootstrap waiting for a full disk says so).
                 log.info("serving the API on %s", api_url(runner))
@@ -318,13 +404,21 @@ def _run(args: argparse.Namespace) -> int:
         except BaseException:
             await shut_down()
             raise
-        log.info("streaming %s (%s) into %s; Ctrl-C to stop",
-                 ", ".join(map(str, engine.instruments)), ",".join(settings.timeframes), engine.cold.name)
+        log.info(
+            "streaming %s (%s) into %s; Ctrl-C to stop",
+            ", ".join(map(str, engine.instruments)),
+            ",".join(settings.timeframes),
+            engine.cold.name,
+        )
         await stop.wait()
         code = await shut_down()
         if code == 0 and engine.spool is not None and engine.spool.rows:
-            log.warning("stopped; %d candles wait in the spool %s and are written to %s at the next start",
-                        engine.spool.rows, engine.spool.path, engine.cold.name)
+            log.warning(
+                "stopped; %d candles wait in the spool %s and are written to %s at the next start",
+                engine.spool.rows,
+                engine.spool.path,
+                engine.cold.name,
+            )
         elif code == 0:
             log.info("stopped; everything written to %s", engine.cold.name)
         return code
@@ -395,8 +489,10 @@ def _status(args: argparse.Namespace) -> int:
                 async with http.get(base + path) as resp:
                     body = await resp.json(content_type=None)
                     if resp.status in (401, 403):
-                        raise BadInput(f"{base} refused us ({body.get('error', resp.status)}); pass --api-token "
-                                       "or set DELTAFEED_API_TOKEN")
+                        raise BadInput(
+                            f"{base} refused us ({body.get('error', resp.status)}); pass --api-token "
+                            "or set DELTAFEED_API_TOKEN"
+                        )
                     if resp.status not in (200, 503):
                         raise BadInput(f"{base}{path} answered {resp.status}: {body}")
                     out.append(body)
@@ -405,8 +501,10 @@ def _status(args: argparse.Namespace) -> int:
     try:
         status, health = asyncio.run(fetch())
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise BadInput(f"cannot reach deltafeed at {base} ({exc or type(exc).__name__}); is `deltafeed run` "
-                       "running with its API on? Pass --api URL") from None
+        raise BadInput(
+            f"cannot reach deltafeed at {base} ({exc or type(exc).__name__}); is `deltafeed run` "
+            "running with its API on? Pass --api URL"
+        ) from None
     if args.format == "json":
         sys.stdout.write(msgspec.json.encode({"status": status, "health": health}).decode() + "\n")
         return 0
@@ -419,8 +517,14 @@ def _status(args: argparse.Namespace) -> int:
         table.add_column(col, justify="left" if col == "instrument" else "right")
     for name, st in status.get("instruments", {}).items():
         age = st.get("last_message_age_s")
-        table.add_row(name, "yes" if st.get("connected") else "NO", "-" if age is None else f"{age:.1f}",
-                      f"{st.get('messages_per_s', 0):.1f}", str(st.get("gaps", 0)), str(st.get("repaired", 0)))
+        table.add_row(
+            name,
+            "yes" if st.get("connected") else "NO",
+            "-" if age is None else f"{age:.1f}",
+            f"{st.get('messages_per_s', 0):.1f}",
+            str(st.get("gaps", 0)),
+            str(st.get("repaired", 0)),
+        )
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(table)
     venues = status.get("venues", {})
@@ -470,8 +574,7 @@ def _candles(args: argparse.Namespace) -> int:
         if hot is not None:
             try:
                 if hot.degraded is None:
-                    return await read_candles(hot, cold, inst, tf, since, until, args.last,
-                                              final_only=args.final_only)
+                    return await read_candles(hot, cold, inst, tf, since, until, args.last, final_only=args.final_only)
                 log.warning("Redis %s unavailable (%s); reading %s alone", hot.name, hot.degraded, cold.name)
             except StoreError as exc:
                 log.warning("Redis unavailable (%s); reading %s alone", exc, cold.name)
@@ -521,18 +624,26 @@ def write_candles(rows: list[Candle], fmt: str, title: str, spanning: dict[int, 
         w = csv.writer(out, lineterminator="\n")
         w.writerow(CSV_COLUMNS)
         for c in rows:
-            w.writerow([iso(c.open_time), num(c.open), num(c.high), num(c.low), num(c.close), num(c.volume),
-                        c.trades, c.state])
+            w.writerow(
+                [iso(c.open_time), num(c.open), num(c.high), num(c.low), num(c.close), num(c.volume), c.trades, c.state]
+            )
         for t in sorted(spanning):
             print(f"note: the candle at {iso(t)} spans a failover switch ({moved(t)})", file=sys.stderr)
     elif fmt == "json":
         # Rounded to the venue's 8 decimals: sums of floats carry noise past that.
         docs: list[dict[str, Any]] = []
         for c in rows:
-            doc: dict[str, Any] = {"open_time": iso(c.open_time), "open": round(c.open, 8),
-                                   "high": round(c.high, 8), "low": round(c.low, 8), "close": round(c.close, 8),
-                                   "volume": round(c.volume, 8), "trades": c.trades, "closed": c.closed,
-                                   "state": c.state}
+            doc: dict[str, Any] = {
+                "open_time": iso(c.open_time),
+                "open": round(c.open, 8),
+                "high": round(c.high, 8),
+                "low": round(c.low, 8),
+                "close": round(c.close, 8),
+                "volume": round(c.volume, 8),
+                "trades": c.trades,
+                "closed": c.closed,
+                "state": c.state,
+            }
             if c.open_time in spanning:
                 doc["switch"] = moved(c.open_time)
             docs.append(doc)
@@ -548,8 +659,16 @@ def write_candles(rows: list[Candle], fmt: str, title: str, spanning: dict[int, 
             state = c.state
             if c.open_time in spanning:
                 state += f", switch {moved(c.open_time)}"
-            table.add_row(iso(c.open_time), num(c.open), num(c.high), num(c.low), num(c.close), num(c.volume),
-                          str(c.trades), state)
+            table.add_row(
+                iso(c.open_time),
+                num(c.open),
+                num(c.high),
+                num(c.low),
+                num(c.close),
+                num(c.volume),
+                str(c.trades),
+                state,
+            )
         # A pipe gets the whole table, not one cut to a guessed 80 columns.
         Console(width=None if out.isatty() else 200).print(table)
 
@@ -563,8 +682,9 @@ def _backfill(args: argparse.Namespace) -> int:
     until = _parse_time(args.until, "--until")
     assert since is not None and until is not None  # required by the parser
     # Checked before anything is opened: a bad request is one line and exit 2, with no file created.
-    plan = plan_backfill(args.instrument, since, until, source=args.source, timeframes=args.timeframes,
-                         prices=args.prices)
+    plan = plan_backfill(
+        args.instrument, since, until, source=args.source, timeframes=args.timeframes, prices=args.prices
+    )
     if not args.rps > 0:
         raise BadInput("--rps must be greater than 0")
     if args.retries < 0:
@@ -581,27 +701,48 @@ def _backfill(args: argparse.Namespace) -> int:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("hours, {task.fields[quotes]:,} quotes, {task.fields[candles]:,} candles written"),
-                       TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("hours, {task.fields[quotes]:,} quotes, {task.fields[candles]:,} candles written"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
         task = bar.add_task(title, total=plan.hours, quotes=0, candles=0)
 
     def progress(p: BackfillProgress) -> None:
         tenth = 10 * p.hours_done // max(1, p.hours_total)
         if bar is not None:
-            bar.update(task, completed=p.hours_done, total=p.hours_total, quotes=p.quotes,
-                       candles=p.candles_written)
+            bar.update(task, completed=p.hours_done, total=p.hours_total, quotes=p.quotes, candles=p.candles_written)
         elif p.quotes and tenth > printed[0]:
             printed[0] = tenth
-            print(f"deltafeed backfill: {title}: {p.hours_done}/{p.hours_total} hours, {p.quotes} quotes, "
-                  f"{p.candles_written} candles written", file=sys.stderr, flush=True)
+            print(
+                f"deltafeed backfill: {title}: {p.hours_done}/{p.hours_total} hours, {p.quotes} quotes, "
+                f"{p.candles_written} candles written",
+                file=sys.stderr,
+                flush=True,
+            )
         last[:] = [p]
 
     async def body(stop: asyncio.Event) -> int:
-        job = asyncio.ensure_future(backfill(
-            args.instrument, since, until, source=args.source, timeframes=plan.timeframes, prices=plan.sides,
-            db=db, db_schema=args.db_schema, url=args.url or DEFAULT_BASE_URL, requests_per_s=args.rps,
-            retries=args.retries, progress=progress))
+        job = asyncio.ensure_future(
+            backfill(
+                args.instrument,
+                since,
+                until,
+                source=args.source,
+                timeframes=plan.timeframes,
+                prices=plan.sides,
+                db=db,
+                db_schema=args.db_schema,
+                url=args.url or DEFAULT_BASE_URL,
+                requests_per_s=args.rps,
+                retries=args.retries,
+                progress=progress,
+            )
+        )
         stopped = asyncio.ensure_future(stop.wait())
         if bar is not None:
             bar.start()
@@ -615,9 +756,11 @@ def _backfill(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.stop()
         if job.cancelled():
-            print(f"deltafeed backfill: interrupted after {last[-1].hours_done if last else 0} of {plan.hours} "
-                  "hours; the candles written so far are kept, run the same command again to finish",
-                  file=sys.stderr)
+            print(
+                f"deltafeed backfill: interrupted after {last[-1].hours_done if last else 0} of {plan.hours} "
+                "hours; the candles written so far are kept, run the same command again to finish",
+                file=sys.stderr,
+            )
             return 130
         try:
             result = job.result()
@@ -670,10 +813,21 @@ def _replica(args: argparse.Namespace) -> int:
     if args.weight_limit < 1:
         raise BadInput("--weight-limit must be at least 1")
     faults = parse_faults(args.faults) if args.faults else None
-    return _serve(lambda: BinanceReplica(symbols=symbols, seed=args.seed, rate=args.rate, speed=args.speed,
-                                         history_ms=history_ms, weight_limit=args.weight_limit, tape=args.tape,
-                                         host=args.host, port=args.port, faults=faults,
-                                         faults_seed=args.faults_seed))
+    return _serve(
+        lambda: BinanceReplica(
+            symbols=symbols,
+            seed=args.seed,
+            rate=args.rate,
+            speed=args.speed,
+            history_ms=history_ms,
+            weight_limit=args.weight_limit,
+            tape=args.tape,
+            host=args.host,
+            port=args.port,
+            faults=faults,
+            faults_seed=args.faults_seed,
+        )
+    )
 
 
 def _replica_dukascopy(args: argparse.Namespace) -> int:
@@ -683,9 +837,18 @@ def _replica_dukascopy(args: argparse.Namespace) -> int:
     start_ms = _parse_time(args.start, "--start")
     faults = check_faults(args.faults) if args.faults else None
     # Built before the loop starts, so a bad symbol is a one-line error, not a traceback.
-    replica = DukascopyReplica(symbols=symbols, seed=args.seed, rate=args.rate, speed=args.speed,
-                               history_ms=history_ms, start_ms=start_ms, host=args.host, port=args.port,
-                               faults=faults, faults_seed=args.faults_seed)
+    replica = DukascopyReplica(
+        symbols=symbols,
+        seed=args.seed,
+        rate=args.rate,
+        speed=args.speed,
+        history_ms=history_ms,
+        start_ms=start_ms,
+        host=args.host,
+        port=args.port,
+        faults=faults,
+        faults_seed=args.faults_seed,
+    )
     return _serve(lambda: replica, serve)
 
 
@@ -696,9 +859,20 @@ def _replica_oanda(args: argparse.Namespace) -> int:
     start_ms = _parse_time(args.start, "--start")
     faults = check_faults(args.faults) if args.faults else None
     # Built before the loop starts, so a bad value is a one-line error, not a traceback.
-    replica = OandaReplica(symbols=symbols, seed=args.seed, rate=args.rate, speed=args.speed, history_ms=history_ms,
-                           start_ms=start_ms, token=args.token, tape=args.tape, host=args.host, port=args.port,
-                           faults=faults, faults_seed=args.faults_seed)
+    replica = OandaReplica(
+        symbols=symbols,
+        seed=args.seed,
+        rate=args.rate,
+        speed=args.speed,
+        history_ms=history_ms,
+        start_ms=start_ms,
+        token=args.token,
+        tape=args.tape,
+        host=args.host,
+        port=args.port,
+        faults=faults,
+        faults_seed=args.faults_seed,
+    )
     return _serve(lambda: replica)
 
 
@@ -711,9 +885,20 @@ def _replica_finnhub(args: argparse.Namespace) -> int:
     if args.token is not None and not args.token:
         raise BadInput("--token is empty; give a key, or leave it out to accept any key")
     # Built before the loop starts, so a bad value is a one-line error, not a traceback.
-    replica = FinnhubReplica(symbols=symbols, seed=args.seed, rate=args.rate, speed=args.speed,
-                             history_ms=history_ms, start_ms=start_ms, tape=args.tape, host=args.host,
-                             port=args.port, token=args.token, faults=faults, faults_seed=args.faults_seed)
+    replica = FinnhubReplica(
+        symbols=symbols,
+        seed=args.seed,
+        rate=args.rate,
+        speed=args.speed,
+        history_ms=history_ms,
+        start_ms=start_ms,
+        tape=args.tape,
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        faults=faults,
+        faults_seed=args.faults_seed,
+    )
     return _serve(lambda: replica)
 
 
@@ -724,10 +909,24 @@ def _replica_ig(args: argparse.Namespace) -> int:
     start_ms = _parse_time(args.start, "--start")
     faults = check_faults(args.faults) if args.faults else None
     # Built before the loop starts, so a bad epic or value is a one-line error, not a traceback.
-    replica = IGReplica(epics=epics, seed=args.seed, rate=args.rate, speed=args.speed, history_ms=history_ms,
-                        start_ms=start_ms, tape=args.tape, host=args.host, port=args.port, api_key=args.api_key,
-                        username=args.username, password=args.password, faults=faults, faults_seed=args.faults_seed)
+    replica = IGReplica(
+        epics=epics,
+        seed=args.seed,
+        rate=args.rate,
+        speed=args.speed,
+        history_ms=history_ms,
+        start_ms=start_ms,
+        tape=args.tape,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        username=args.username,
+        password=args.password,
+        faults=faults,
+        faults_seed=args.faults_seed,
+    )
     return _serve(lambda: replica)
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

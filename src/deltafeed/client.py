@@ -105,8 +105,9 @@ class Client:
     ``reconnect_max_s`` is the longest wait between two reconnection attempts of a watch.
     """
 
-    def __init__(self, base_url: str, token: str | None = None, *, timeout_s: float = 30.0,
-                 reconnect_max_s: float = 5.0) -> None:
+    def __init__(
+        self, base_url: str, token: str | None = None, *, timeout_s: float = 30.0, reconnect_max_s: float = 5.0
+    ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url {base_url!r} must start with http:// or https://, e.g. http://127.0.0.1:8080")
         self.base_url = base_url.rstrip("/")
@@ -125,8 +126,9 @@ class Client:
         self._http()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.close()
 
     async def close(self) -> None:
@@ -137,14 +139,20 @@ class Client:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-            self._session = aiohttp.ClientSession(headers=headers,
-                                                  timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+            self._session = aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout_s))
         return self._session
 
     # --- HTTP -----------------------------------------------------------------------------------
 
-    async def _request(self, method: str, path: str, *, params: dict[str, str] | None = None,
-                       json: object = None, ok: tuple[int, ...] = (200,)) -> Any:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        json: object = None,
+        ok: tuple[int, ...] = (200,),
+    ) -> Any:
         async with self._http().request(method, self.base_url + path, params=params, json=json) as resp:
             body = await resp.read()
             try:
@@ -156,9 +164,16 @@ class Client:
                 raise ApiError(resp.status, str(message or body[:200].decode(errors="replace") or resp.reason))
             return doc
 
-    async def fetch_candles(self, instrument: str, timeframe: str, since: _WHEN | None = None,
-                            until: _WHEN | None = None, limit: int | None = None, *,
-                            final: bool = False) -> list[Candle]:
+    async def fetch_candles(
+        self,
+        instrument: str,
+        timeframe: str,
+        since: _WHEN | None = None,
+        until: _WHEN | None = None,
+        limit: int | None = None,
+        *,
+        final: bool = False,
+    ) -> list[Candle]:
         """Candles of one series, oldest first, the forming one included (last, ``closed`` False),
         each with its state (``closed``, ``final``; ``Candle.state``).
 
@@ -182,12 +197,30 @@ class Client:
             params["final"] = "true"
         doc = await self._request("GET", f"/candles/{instrument}/{timeframe}", params=params)
         forming = set(doc.get("forming", ()))
-        return [Candle(int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5]), int(r[6]),
-                       *_flags(r[7] if len(r) > 7 else None, int(r[0]) not in forming)) for r in doc["candles"]]
+        return [
+            Candle(
+                int(r[0]),
+                float(r[1]),
+                float(r[2]),
+                float(r[3]),
+                float(r[4]),
+                float(r[5]),
+                int(r[6]),
+                *_flags(r[7] if len(r) > 7 else None, int(r[0]) not in forming),
+            )
+            for r in doc["candles"]
+        ]
 
-    async def fetch_ohlcv(self, instrument: str, timeframe: str, since: _WHEN | None = None,
-                          until: _WHEN | None = None, limit: int | None = None, *,
-                          final: bool = False) -> list[list[float]]:
+    async def fetch_ohlcv(
+        self,
+        instrument: str,
+        timeframe: str,
+        since: _WHEN | None = None,
+        until: _WHEN | None = None,
+        limit: int | None = None,
+        *,
+        final: bool = False,
+    ) -> list[list[float]]:
         """Like ccxt's ``fetch_ohlcv``: ``[[open_time_ms, open, high, low, close, volume], ...]``.
 
         Oldest first, the forming candle included (last); see :meth:`fetch_candles` for the bounds.
@@ -230,8 +263,9 @@ class Client:
 
     # --- WebSocket ------------------------------------------------------------------------------
 
-    async def watch_ohlcv(self, instrument: str, timeframe: str, *, snapshot: int = 1,
-                          final_only: bool = False) -> AsyncIterator[list[float]]:
+    async def watch_ohlcv(
+        self, instrument: str, timeframe: str, *, snapshot: int = 1, final_only: bool = False
+    ) -> AsyncIterator[list[float]]:
         """Every update of the series as a ccxt row ``[open_time_ms, open, high, low, close, volume]``.
 
         The forming candle comes again each time it changes; a row with a newer open time means the
@@ -243,8 +277,9 @@ class Client:
         async for c in self.watch_candles(instrument, timeframe, snapshot=snapshot, final_only=final_only):
             yield ohlcv(c)
 
-    async def watch_candles(self, instrument: str, timeframe: str, *, snapshot: int = 1,
-                            closed_only: bool = False, final_only: bool = False) -> AsyncIterator[Candle]:
+    async def watch_candles(
+        self, instrument: str, timeframe: str, *, snapshot: int = 1, closed_only: bool = False, final_only: bool = False
+    ) -> AsyncIterator[Candle]:
         """Every update of the series as a :class:`Candle`, in order, with its state (``closed``,
         ``final``; ``Candle.state`` is ``forming``, ``provisional`` or ``final``).
 
@@ -278,10 +313,15 @@ class Client:
             try:
                 last = seen.last
                 want = snapshot if last is None else await self._resume_depth(last, tf_ms)
-                async with self._http().ws_connect(self.base_url + "/ws", heartbeat=10.0,
-                                                   timeout=aiohttp.ClientWSTimeout(ws_close=2.0)) as ws:
-                    op: dict[str, Any] = {"op": "subscribe", "instrument": instrument, "timeframe": timeframe,
-                                          "snapshot": want}
+                async with self._http().ws_connect(
+                    self.base_url + "/ws", heartbeat=10.0, timeout=aiohttp.ClientWSTimeout(ws_close=2.0)
+                ) as ws:
+                    op: dict[str, Any] = {
+                        "op": "subscribe",
+                        "instrument": instrument,
+                        "timeframe": timeframe,
+                        "snapshot": want,
+                    }
                     if final_only:
                         op["final"] = True
                     await ws.send_str(msgspec.json.encode(op).decode())
@@ -305,16 +345,18 @@ class Client:
                         if type(m) is not CandleMsg or m.data.timeframe != timeframe:
                             continue
                         d = m.data
-                        c = Candle(d.open_time, d.open, d.high, d.low, d.close, d.volume, d.trades,
-                                   *_flags(d.state, d.closed))
+                        c = Candle(
+                            d.open_time, d.open, d.high, d.low, d.close, d.volume, d.trades, *_flags(d.state, d.closed)
+                        )
                         if first:
                             first = False
                             # The snapshot should reach back to `last`; when the outage outlasted
                             # what the server keeps in memory, the rest comes over HTTP.
                             need = None if last is None else last.open_time + (tf_ms if last.closed else 0)
                             if need is not None and c.open_time > need:
-                                missed = await self.fetch_candles(instrument, timeframe, need, c.open_time - 1,
-                                                                  final=final_only)
+                                missed = await self.fetch_candles(
+                                    instrument, timeframe, need, c.open_time - 1, final=final_only
+                                )
                                 log.debug("resuming %s %s: %d candles over HTTP", instrument, timeframe, len(missed))
                                 self.resumed_over_http += len(missed)
                                 for h in missed:
@@ -408,20 +450,25 @@ def to_dataframe(rows: Sequence[Sequence[float] | Candle]) -> Any:
         # Imported by name: pandas is optional, and typed here as Any (no pandas-stubs needed).
         pd: Any = importlib.import_module("pandas")
     except ImportError:
-        raise ImportError("to_dataframe needs pandas; install it with pip install 'deltafeed[pandas]'"
-                          " (or pip install pandas)") from None
+        raise ImportError(
+            "to_dataframe needs pandas; install it with pip install 'deltafeed[pandas]' (or pip install pandas)"
+        ) from None
     columns = ["open", "high", "low", "close", "volume"]
     records: list[Sequence[Any]]
     if rows and isinstance(rows[0], Candle):
         columns += ["trades", "closed", "state"]
-        records = [(c.open_time, c.open, c.high, c.low, c.close, c.volume, c.trades, c.closed, c.state)
-                   for c in rows if isinstance(c, Candle)]
+        records = [
+            (c.open_time, c.open, c.high, c.low, c.close, c.volume, c.trades, c.closed, c.state)
+            for c in rows
+            if isinstance(c, Candle)
+        ]
     else:
         records = [r for r in rows if not isinstance(r, Candle)]
         width = len(records[0]) if records else 6
         if width not in (6, 7, 8):
-            raise ValueError(f"rows have {width} columns; expected [ms, open, high, low, close, volume(, trades"
-                             "(, state))]")
+            raise ValueError(
+                f"rows have {width} columns; expected [ms, open, high, low, close, volume(, trades(, state))]"
+            )
         columns += ["trades", "state"][: width - 6]
     frame = pd.DataFrame.from_records(records, columns=["open_time", *columns])
     frame["open_time"] = pd.to_datetime(frame["open_time"].astype("int64"), unit="ms", utc=True)

@@ -39,6 +39,7 @@ class VenueSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         value = getattr(self, name)
         return str(value) if value else DEFAULT_URLS.get(venue, {}).get(name, "")
 
+
 _SCHEMA_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 DEFAULT_TIMEFRAMES = ["1m", "5m", "15m", "1h"]
@@ -200,16 +201,25 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 raise BadInput(f"instrument_prices for {who}: {', '.join(bad)}; use some of {', '.join(PRICE_SIDES)}")
         if self.hot_capacity < 1:
             raise BadInput("hot_capacity must be at least 1")
-        for name in ("stale_after", "rotate_after", "unhealthy_after", "audit_every", "audit_window",
-                     "api_header_timeout", "api_idle_timeout"):
+        for name in (
+            "stale_after",
+            "rotate_after",
+            "unhealthy_after",
+            "audit_every",
+            "audit_window",
+            "api_header_timeout",
+            "api_idle_timeout",
+        ):
             if self.seconds(name) <= 0:
-                raise BadInput(f"{name} must be longer than 0, e.g. {name} = \"10s\"")
+                raise BadInput(f'{name} must be longer than 0, e.g. {name} = "10s"')
         self.seconds("stop_grace")  # "0" is allowed: exit without waiting for repairs
         if self.reconcile_every is not None and self.seconds("reconcile_every") <= 0:
             raise BadInput('reconcile_every must be longer than 0, e.g. reconcile_every = "30s"')
         if self.api_max_connections is not None and self.api_max_connections < 1:
-            raise BadInput("api_max_connections must be at least 1; leave it out for the default (1000, or half"
-                           " of the file descriptor limit when that is smaller)")
+            raise BadInput(
+                "api_max_connections must be at least 1; leave it out for the default (1000, or half"
+                " of the file descriptor limit when that is smaller)"
+            )
         if self.connect_budget < 1:
             raise BadInput("connect_budget must be at least 1 connection attempt per 5 minutes")
         # The database first: with the spool beside it, a bad --db would otherwise surface as a spool error.
@@ -219,8 +229,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             missing = missing_dir(spool)
             if missing is not None:
                 problem, create = missing
-                raise BadInput(f"--spool {spool}: {problem}; {create + ' or ' if create else ''}pass --spool with a"
-                               " path in an existing directory (or --spool off)")
+                raise BadInput(
+                    f"--spool {spool}: {problem}; {create + ' or ' if create else ''}pass --spool with a"
+                    " path in an existing directory (or --spool off)"
+                )
         if not _SCHEMA_RE.fullmatch(self.db_schema):
             raise BadInput(f"db_schema {self.db_schema!r} must be a plain identifier (letters, digits, _)")
         if self.hot is not None and not self.hot.startswith(("redis://", "rediss://", "unix://")):
@@ -238,19 +250,22 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             if base not in TIMEFRAMES:
                 raise BadInput(f"rollup base {base!r} for {inst} is not a timeframe; use one of {' '.join(TIMEFRAMES)}")
             if base not in self.timeframes:
-                raise BadInput(f"rollups from {base} for {inst} need {base} among the timeframes; add it to "
-                               "--timeframes")
+                raise BadInput(
+                    f"rollups from {base} for {inst} need {base} among the timeframes; add it to --timeframes"
+                )
         collected = {str(i) for i in self.instruments()}
         for name, fo in self.failover.items():
             logical = str(Instrument.parse(name))
             if logical in collected:
-                raise BadInput(f"failover {name!r} is also a collected instrument; name the logical one apart, "
-                               "e.g. fx:EUR_USD")
+                raise BadInput(
+                    f"failover {name!r} is also a collected instrument; name the logical one apart, e.g. fx:EUR_USD"
+                )
             for role, source in (("primary", fo.primary), ("standby", fo.standby)):
                 if str(Instrument.parse(source, default_venue=self.venue)) not in collected:
                     raise BadInput(f"failover {name}: {role} {source!r} is not among the symbols; add it to --symbols")
             if str(Instrument.parse(fo.primary, default_venue=self.venue)) == str(
-                    Instrument.parse(fo.standby, default_venue=self.venue)):
+                Instrument.parse(fo.standby, default_venue=self.venue)
+            ):
                 raise BadInput(f"failover {name}: primary and standby are the same instrument")
         if self.seconds("failover_after") <= 0:
             raise BadInput('failover_after must be longer than 0, e.g. failover_after = "5s"')

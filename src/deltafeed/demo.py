@@ -34,6 +34,7 @@ def _fx_start(now_ms: int) -> int:
         t -= _HOUR_MS
     return t
 
+
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 FX_SYMBOLS = ("EUR_USD", "USD_JPY")
 DEFAULT_DB = "deltafeed-demo.duckdb"
@@ -45,8 +46,20 @@ def _view(engine: Engine, started: float, trades_before: int) -> Group:
     insts = status["instruments"]
     assert isinstance(insts, dict)
     table = Table(title="deltafeed demo: crypto from trades, forex from quotes (mid), forming live", expand=False)
-    for col in ("instrument", "tf", "open_time (UTC)", "state", "open", "high", "low", "close", "volume", "trades",
-                "stored", "final"):
+    for col in (
+        "instrument",
+        "tf",
+        "open_time (UTC)",
+        "state",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "trades",
+        "stored",
+        "final",
+    ):
         table.add_column(col, justify="left" if col in ("instrument", "tf", "open_time (UTC)", "state") else "right")
     for key, st in engine.states.items():
         for i, tf in enumerate(engine.timeframes):
@@ -60,9 +73,20 @@ def _view(engine: Engine, started: float, trades_before: int) -> Group:
                 table.add_row(key if i == 0 else "", tf, "…", "", "", "", "", "", "", "", str(stored), str(finals))
                 continue
             style = "bold green" if shown.close >= shown.open else "bold red"
-            table.add_row(key if i == 0 else "", tf, iso(shown.open_time), shown.state, num(shown.open),
-                          num(shown.high), num(shown.low), Text(num(shown.close), style=style), num(shown.volume),
-                          str(shown.trades), str(stored), str(finals))
+            table.add_row(
+                key if i == 0 else "",
+                tf,
+                iso(shown.open_time),
+                shown.state,
+                num(shown.open),
+                num(shown.high),
+                num(shown.low),
+                Text(num(shown.close), style=style),
+                num(shown.volume),
+                str(shown.trades),
+                str(stored),
+                str(finals),
+            )
         table.add_section()
     trades = sum(int(v["trades"]) for v in insts.values())
     elapsed = max(time.monotonic() - started, 1e-9)
@@ -91,17 +115,28 @@ async def run_demo(stop: asyncio.Event, duration: float | None, speed: float, db
             stale.unlink(missing_ok=True)
     replica = BinanceReplica(symbols=SYMBOLS, seed=7, rate=8.0, speed=speed, history_ms=6 * 3_600_000)
     await replica.start()
-    fx = OandaReplica(symbols=FX_SYMBOLS, seed=7, rate=4.0, speed=speed, history_ms=6 * 3_600_000,
-                      start_ms=_fx_start(int(time.time() * 1000)))
+    fx = OandaReplica(
+        symbols=FX_SYMBOLS,
+        seed=7,
+        rate=4.0,
+        speed=speed,
+        history_ms=6 * 3_600_000,
+        start_ms=_fx_start(int(time.time() * 1000)),
+    )
     await fx.start()
     os.environ["OANDA_TOKEN"] = DEV_TOKEN  # the replica's, for this process only
     os.environ["OANDA_ACCOUNT"] = DEFAULT_ACCOUNT
-    console.print(f"replicas: binance on {replica.url}, oanda on {fx.url} (market clocks x{speed:g}); "
-                  f"store {db_path}")
-    settings = Settings(symbols=[f"binance:{s}" for s in SYMBOLS] + [f"oanda:{s}" for s in FX_SYMBOLS],
-                        timeframes=TIMEFRAMES, history="6h", db=db_path,
-                        venues={"binance": VenueSettings(rest_url=replica.url, ws_url=replica.ws_url),
-                                "oanda": VenueSettings(rest_url=fx.url, stream_url=fx.url)}).validate()
+    console.print(f"replicas: binance on {replica.url}, oanda on {fx.url} (market clocks x{speed:g}); store {db_path}")
+    settings = Settings(
+        symbols=[f"binance:{s}" for s in SYMBOLS] + [f"oanda:{s}" for s in FX_SYMBOLS],
+        timeframes=TIMEFRAMES,
+        history="6h",
+        db=db_path,
+        venues={
+            "binance": VenueSettings(rest_url=replica.url, ws_url=replica.ws_url),
+            "oanda": VenueSettings(rest_url=fx.url, stream_url=fx.url),
+        },
+    ).validate()
     engine = Engine(settings)
     try:
         await engine.start()
@@ -119,7 +154,9 @@ async def run_demo(stop: asyncio.Event, duration: float | None, speed: float, db
         await fx.stop()
     exe = "deltafeed" if shutil.which("deltafeed") else f"{sys.executable} -m deltafeed"
     console.line()
-    console.print(f"stopped; {engine.writer.written} candle writes to {db_path}. Look at them with:\n"
-                  f"  {exe} candles binance:BTCUSDT 1m --db {db_path} --last 20\n"
-                  f"  {exe} candles oanda:EUR_USD 1m --db {db_path} --last 20   (forex: mid; --price bid|ask)")
+    console.print(
+        f"stopped; {engine.writer.written} candle writes to {db_path}. Look at them with:\n"
+        f"  {exe} candles binance:BTCUSDT 1m --db {db_path} --last 20\n"
+        f"  {exe} candles oanda:EUR_USD 1m --db {db_path} --last 20   (forex: mid; --price bid|ask)"
+    )
     return 0

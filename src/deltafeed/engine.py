@@ -42,8 +42,19 @@ log = logging.getLogger("deltafeed.engine")
 _T = TypeVar("_T")
 
 #: Per-venue counters the status also gives summed over every venue.
-_VENUE_SUMS = ("connections", "connects", "reconnects", "rotations", "stale_drops", "connect_budget_waits",
-               "frames", "rest_requests", "rest_throttled", "rest_server_errors", "rest_limiter_waits")
+_VENUE_SUMS = (
+    "connections",
+    "connects",
+    "reconnects",
+    "rotations",
+    "stale_drops",
+    "connect_budget_waits",
+    "frames",
+    "rest_requests",
+    "rest_throttled",
+    "rest_server_errors",
+    "rest_limiter_waits",
+)
 
 TICK_S = 0.2  # how often quiet candles are closed and open candles handed to the stores
 CLOSE_GRACE_MS = 2_000  # how far past its end a quiet candle waits for a late trade or venue kline
@@ -162,8 +173,13 @@ class Engine:
         self.writer = BatchWriter(self.cold, spool=self.spool, on_written=self._written)
         self.redis: RedisHot | None = None
         if settings.hot:
-            self.redis = RedisHot(settings.hot, capacity=settings.hot_capacity, retention=self.retention,
-                                  prefix=settings.hot_prefix, refill=self._hot_contents)
+            self.redis = RedisHot(
+                settings.hot,
+                capacity=settings.hot_capacity,
+                retention=self.retention,
+                prefix=settings.hot_prefix,
+                refill=self._hot_contents,
+            )
         self.metrics = EngineMetrics()
         self.hub: Hub | None = None  # set by the API server; receives candles, trades and prices
         # One feed per venue (its connection, decoder and REST history); one state per series.
@@ -181,9 +197,15 @@ class Engine:
             built = [tf for tf in self.timeframes if tf not in derived]
             for side in feed.sides(settings.prices_for(inst)):
                 key = series_key(str(inst), side)
-                st = InstrumentState(inst, CandleBuilder(built, self._closed_sink(key), self._repair_sink(key),
-                                                         calendar=calendar, vouch=feed.sequenced),
-                                     calendar, feed, side)
+                st = InstrumentState(
+                    inst,
+                    CandleBuilder(
+                        built, self._closed_sink(key), self._repair_sink(key), calendar=calendar, vouch=feed.sequenced
+                    ),
+                    calendar,
+                    feed,
+                    side,
+                )
                 if base is not None and derived:
                     st.rollup = RollupBuilder(base, derived, self._closed_sink(key), on_stale=self._stale_sink(key))
                 self.states[key] = st
@@ -200,8 +222,9 @@ class Engine:
                     f = self.failovers[series_key(logical, side)] = _Failover(series_key(logical, side), pair)
                     self._failover_of[pair[0]] = self._failover_of[pair[1]] = f
             if not any(f.sources[0].startswith(primary) for f in self.failovers.values()):
-                raise BadInput(f"failover {name}: {primary} and {standby} have no price side in common; give them "
-                               "the same prices")
+                raise BadInput(
+                    f"failover {name}: {primary} and {standby} have no price side in common; give them the same prices"
+                )
         self._repairs: deque[_Repair] = deque()
         self._repair_inflight: _Repair | None = None
         self._applying: _Repair | None = None  # the repair whose candles are being handed on
@@ -348,8 +371,9 @@ class Engine:
             self._tasks.append(asyncio.create_task(self.redis.run(), name="redis"))
         self._tasks.append(asyncio.create_task(self.writer.run(), name="writer"))
         if self.writer.spooled_pending:
-            log.info("replaying %d candles spooled by an earlier run into %s", self.writer.spooled_pending,
-                     self.cold.name)
+            log.info(
+                "replaying %d candles spooled by an earlier run into %s", self.writer.spooled_pending, self.cold.name
+            )
             try:
                 await self.writer.flush(retry_for_s=30.0)
             except StoreError as exc:
@@ -372,11 +396,13 @@ class Engine:
         self._tasks.append(asyncio.create_task(self._tick(), name="tick"))
         self._tasks.append(asyncio.create_task(self._repair_loop(), name="repairs"))
         for feed in self.feeds.values():
-            every = self.settings.seconds("reconcile_every") if self.settings.reconcile_every else \
-                feed.reconcile_every_s
+            every = (
+                self.settings.seconds("reconcile_every") if self.settings.reconcile_every else feed.reconcile_every_s
+            )
             if not feed.sequenced and every > 0:
-                self._tasks.append(asyncio.create_task(self._reconcile_loop(feed, every),
-                                                       name=f"reconcile-{feed.venue}"))
+                self._tasks.append(
+                    asyncio.create_task(self._reconcile_loop(feed, every), name=f"reconcile-{feed.venue}")
+                )
         self._tasks.append(asyncio.create_task(self._mark_loop(), name="marks"))
         self._tasks.append(asyncio.create_task(self._audit_loop(), name="audit"))
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
@@ -406,8 +432,7 @@ class Engine:
             elif last is not None and mark is not None and mark < start:
                 # The previous run ended without vouching for these (a kill -9, a crash, a store
                 # outage): fetch them again rather than trust them.
-                log.info("%s %s: re-fetching %d candles the last run did not confirm", key, tf,
-                         (start - mark) // ms)
+                log.info("%s %s: re-fetching %d candles the last run did not confirm", key, tf, (start - mark) // ms)
                 start = mark
             start -= start % ms
             built = tf in st.builder.timeframes
@@ -555,8 +580,14 @@ class Engine:
         f.silent_s.append(round(silent, 3))
         if self.hub is not None:
             self.hub.switch(f.key, switch.at_ms, SwitchData(since, act.key, other.key, spanning))
-        log.warning("%s: %s silent for %.1f s; candles continue from %s (the candles holding %d are spanning)",
-                    f.key, act.key, silent, other.key, since)
+        log.warning(
+            "%s: %s silent for %.1f s; candles continue from %s (the candles holding %d are spanning)",
+            f.key,
+            act.key,
+            silent,
+            other.key,
+            since,
+        )
 
     def _publish_open(self, st: InstrumentState) -> None:
         key = st.key
@@ -597,9 +628,16 @@ class Engine:
         gaps = sum(st.builder.gaps for st in self.states.values())
         repaired = sum(st.repaired for st in self.states.values())
         state = ", ".join(f"{v} {'connected' if f.connected() else 'DISCONNECTED'}" for v, f in self.feeds.items())
-        log.info("%s; %d trades, %d candles written (%d pending), %d gaps, %d candles repaired, %d frames skipped",
-                 state, trades, self.writer.written, self.writer.pending, gaps, repaired,
-                 sum(sum(f.errors.values()) for f in self.feeds.values()))
+        log.info(
+            "%s; %d trades, %d candles written (%d pending), %d gaps, %d candles repaired, %d frames skipped",
+            state,
+            trades,
+            self.writer.written,
+            self.writer.pending,
+            gaps,
+            repaired,
+            sum(sum(f.errors.values()) for f in self.feeds.values()),
+        )
 
     # --- repairs, marks and audits --------------------------------------------------------------
 
@@ -627,8 +665,11 @@ class Engine:
         """Open time of the first candle of a series still waiting for a hole's repair (not counting
         the repair whose candles are being handed on now), or None."""
         jobs = [*self._repairs, *([self._repair_inflight] if self._repair_inflight is not None else [])]
-        firsts = [j.first for j in jobs
-                  if j.key == key and j.timeframe == timeframe and not j.reconcile and j is not self._applying]
+        firsts = [
+            j.first
+            for j in jobs
+            if j.key == key and j.timeframe == timeframe and not j.reconcile and j is not self._applying
+        ]
         return min(firsts) if firsts else None
 
     def _release_held(self, key: str, timeframe: str) -> None:
@@ -676,8 +717,15 @@ class Engine:
             log.warning("repair of %s %s failed (%s); will retry", job.key, job.timeframe, exc)
             await asyncio.sleep(1.0)
             return job
-        log.debug("repair %s %s %d..%d: %d candles from %d", job.key, job.timeframe, job.first, limit,
-                  len(candles), candles[0].open_time if candles else -1)
+        log.debug(
+            "repair %s %s %d..%d: %d candles from %d",
+            job.key,
+            job.timeframe,
+            job.first,
+            limit,
+            len(candles),
+            candles[0].open_time if candles else -1,
+        )
         self._applying = job
         try:
             done = self._apply_history(job, candles, limit)
@@ -709,8 +757,11 @@ class Engine:
             if old is None or not job.reconcile:
                 st.repaired += 1
             done = c.open_time + tf_ms
-        if st.feed.omits_empty and (not candles or candles[-1].closed) and \
-                limit + tf_ms <= st.feed.clock.now_ms() - EMPTY_SETTLE_MS:
+        if (
+            st.feed.omits_empty
+            and (not candles or candles[-1].closed)
+            and limit + tf_ms <= st.feed.clock.now_ms() - EMPTY_SETTLE_MS
+        ):
             # The venue has no candle for an interval without prices: once the range is well over
             # by its clock (ours may run a little ahead of it), its answer covers the range. Our
             # flat candles there are confirmed; one with prices the venue does not know stays
@@ -993,14 +1044,18 @@ class Engine:
 
     def switch_doc(self, w: Switch, silent_s: float | None = None) -> dict[str, Any]:
         """A switch as the status view and the API show it, with each timeframe's spanning candle."""
-        doc: dict[str, Any] = {"since_ms": w.since_ms, "at_ms": w.at_ms, "from": w.source_from, "to": w.source_to,
-                               "spanning": {tf: w.spanning(TIMEFRAMES[tf]) for tf in self.timeframes}}
+        doc: dict[str, Any] = {
+            "since_ms": w.since_ms,
+            "at_ms": w.at_ms,
+            "from": w.source_from,
+            "to": w.source_to,
+            "spanning": {tf: w.spanning(TIMEFRAMES[tf]) for tf in self.timeframes},
+        }
         if silent_s is not None:
             doc["silent_s"] = silent_s
         return doc
 
-    async def switches(self, instrument: str, since_ms: int | None = None,
-                       until_ms: int | None = None) -> list[Switch]:
+    async def switches(self, instrument: str, since_ms: int | None = None, until_ms: int | None = None) -> list[Switch]:
         """Failover switches of a logical instrument with ``since_ms`` in the bounds, oldest first:
         from the cold store (every run's) and this run's not yet saved; [] for any other series."""
         f = self.failovers.get(instrument)
@@ -1013,9 +1068,16 @@ class Engine:
                 found.setdefault(w.since_ms, w)
         return [found[k] for k in sorted(found)]
 
-    async def candles(self, instrument: str, timeframe: str, since_ms: int | None = None,
-                      until_ms: int | None = None, limit: int | None = None, *,
-                      final_only: bool = False) -> list[Candle]:
+    async def candles(
+        self,
+        instrument: str,
+        timeframe: str,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        limit: int | None = None,
+        *,
+        final_only: bool = False,
+    ) -> list[Candle]:
         """Candles of a series, oldest first, the forming one included: from the hot tier as far
         as it reaches, older ones from the cold store (see :func:`read_candles`). ``limit`` keeps
         the newest ``limit``. ``final_only`` keeps only final candles (``limit`` counts those)."""
@@ -1025,8 +1087,9 @@ class Engine:
             # bootstrap); a store that is down answers without them rather than making us wait.
             with contextlib.suppress(StoreError):
                 await self.writer.flush(retry_for_s=0.0)
-        rows = await read_candles(MemoryHot(self.hot), self.cold, instrument, timeframe, since_ms, until_ms, limit,
-                                  final_only=final_only)
+        rows = await read_candles(
+            MemoryHot(self.hot), self.cold, instrument, timeframe, since_ms, until_ms, limit, final_only=final_only
+        )
         if final_only:
             return rows  # the builder's live candle is forming: never final
         st = self.states.get(instrument)
@@ -1053,8 +1116,7 @@ class Engine:
             return list(self.states.values())
         unknown = [i for i in instruments if i not in self.states]
         if unknown:
-            raise BadInput(f"unknown instrument(s) {', '.join(unknown)}; this run collects "
-                           f"{', '.join(self.states)}")
+            raise BadInput(f"unknown instrument(s) {', '.join(unknown)}; this run collects {', '.join(self.states)}")
         return [self.states[i] for i in instruments]
 
     async def start_streaming(self, instruments: list[str] | None = None) -> list[str]:
@@ -1076,20 +1138,29 @@ class Engine:
         if self.store_wait is not None:
             # Why, unless the store's own reason below says it already.
             why = f" ({self._store_wait_error})" if self.writer.store_error is None else ""
-            reasons.append(f"start-up waits for the cold store {self.cold.name} to {self.store_wait}{why}; streaming"
-                           " starts once it works again")
+            reasons.append(
+                f"start-up waits for the cold store {self.cold.name} to {self.store_wait}{why}; streaming"
+                " starts once it works again"
+            )
         # The store's failures and the spool's apart, each naming its own file.
         if self.writer.store_error is not None:
             spooled = self.writer.spooled_pending
-            where = f"; {spooled} candles spooled at {self.spool.path}, replayed when it is back" \
-                if spooled and self.spool is not None else ""
+            where = (
+                f"; {spooled} candles spooled at {self.spool.path}, replayed when it is back"
+                if spooled and self.spool is not None
+                else ""
+            )
             reasons.append(f"cold store {self.cold.name} failing: {self.writer.store_error}{where}")
         if self.writer.spool_error is not None and self.spool is not None:
-            reasons.append(f"spool {self.spool.path} failing: {self.writer.spool_error}; {self.writer.in_memory}"
-                           " candles wait in memory")
+            reasons.append(
+                f"spool {self.spool.path} failing: {self.writer.spool_error}; {self.writer.in_memory}"
+                " candles wait in memory"
+            )
         if self.redis is not None and self.redis.degraded is not None:
-            reasons.append(f"hot tier {self.redis.name} unreachable ({self.redis.degraded}); serving from memory,"
-                           " Redis is re-filled when it is back")
+            reasons.append(
+                f"hot tier {self.redis.name} unreachable ({self.redis.degraded}); serving from memory,"
+                " Redis is re-filled when it is back"
+            )
         if self.store_dropped:
             reasons.append(f"store backlog full: {self.store_dropped} candle updates not queued")
         limit = self.settings.seconds("unhealthy_after")
@@ -1130,9 +1201,16 @@ class Engine:
             "hot_written": None if self.redis is None else self.redis.written,
             "hot_failures": None if self.redis is None else self.redis.failures,
             "hot_refills": None if self.redis is None else self.redis.refills,
-            "hot": None if self.redis is None else {
-                "name": self.redis.name, "degraded": self.redis.degraded, "written": self.redis.written,
-                "failures": self.redis.failures, "refills": self.redis.refills, "pending": self.redis.pending},
+            "hot": None
+            if self.redis is None
+            else {
+                "name": self.redis.name,
+                "degraded": self.redis.degraded,
+                "written": self.redis.written,
+                "failures": self.redis.failures,
+                "refills": self.redis.refills,
+                "pending": self.redis.pending,
+            },
             "pending_repairs": len(self._repairs) + (self._repair_inflight is not None),
             "provisional": sum(len(p) for st in self.states.values() for p in st.provisional.values()),
             "reconciled": sum(st.reconciled for st in self.states.values()),
@@ -1142,10 +1220,16 @@ class Engine:
             "quiet_holes": len(self._quiet),
             "healthy": not self.health(),
             "failover": {
-                f.key: {"active": f.sources[f.active], "primary": f.sources[0], "standby": f.sources[1],
-                        "on_standby": f.active == 1, "switches": len(f.switches),
-                        "history": [self.switch_doc(w, silent) for w, silent in
-                                    list(zip(f.switches, f.silent_s, strict=True))[-20:]]}
+                f.key: {
+                    "active": f.sources[f.active],
+                    "primary": f.sources[0],
+                    "standby": f.sources[1],
+                    "on_standby": f.active == 1,
+                    "switches": len(f.switches),
+                    "history": [
+                        self.switch_doc(w, silent) for w, silent in list(zip(f.switches, f.silent_s, strict=True))[-20:]
+                    ],
+                }
                 for f in self.failovers.values()
             },
             "instruments": {
@@ -1180,6 +1264,11 @@ class Engine:
 def _same(a: Candle, b: Candle) -> bool:
     """Whether two candles hold the same prices (to float noise), volume (to the venues' 8
     decimals) and trades: what a reconciliation counts as a correction when it is not so."""
-    return a.trades == b.trades and round(a.volume, 8) == round(b.volume, 8) and all(
-        math.isclose(x, y, rel_tol=1e-12) for x, y in ((a.open, b.open), (a.high, b.high), (a.low, b.low),
-                                                      (a.close, b.close)))
+    return (
+        a.trades == b.trades
+        and round(a.volume, 8) == round(b.volume, 8)
+        and all(
+            math.isclose(x, y, rel_tol=1e-12)
+            for x, y in ((a.open, b.open), (a.high, b.high), (a.low, b.low), (a.close, b.close))
+        )
+    )

@@ -32,9 +32,7 @@ def timeframe_ms(name: str) -> int:
     try:
         return TIMEFRAMES[name]
     except KeyError:
-        raise BadInput(
-            f"unknown timeframe {name!r}; use one of {' '.join(TIMEFRAMES)}"
-        ) from None
+        raise BadInput(f"unknown timeframe {name!r}; use one of {' '.join(TIMEFRAMES)}") from None
 
 
 def parse_timeframes(spec: str | list[str]) -> list[str]:

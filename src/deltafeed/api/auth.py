@@ -51,11 +51,15 @@ def check_token(token: str | None, source: str = "the API token") -> str | None:
     if token is None:
         return None
     if not token.strip():
-        raise BadInput(f"{source} is blank; give it a token (e.g. the output of `openssl rand -hex 32`), or"
-                       " remove it to serve loopback only, without one")
+        raise BadInput(
+            f"{source} is blank; give it a token (e.g. the output of `openssl rand -hex 32`), or"
+            " remove it to serve loopback only, without one"
+        )
     if not all("!" <= ch <= "~" for ch in token):
-        raise BadInput(f"{source} holds spaces, control or non-ASCII characters, which a client cannot send"
-                       " in an Authorization header; use letters, digits and punctuation only")
+        raise BadInput(
+            f"{source} holds spaces, control or non-ASCII characters, which a client cannot send"
+            " in an Authorization header; use letters, digits and punctuation only"
+        )
     return token
 
 
@@ -89,19 +93,28 @@ def token_middleware(token: str | None) -> Middleware:
         what = f"{request.method} {request.path}"
         if token is None:
             if write:
-                return _refuse(403, f"{what} changes the collector and needs an API token, but none is"
-                                    f" configured; start deltafeed with --api-token TOKEN or set {TOKEN_ENV}")
+                return _refuse(
+                    403,
+                    f"{what} changes the collector and needs an API token, but none is"
+                    f" configured; start deltafeed with --api-token TOKEN or set {TOKEN_ENV}",
+                )
             return await handler(request)  # reads on loopback without a token: open
         if "token" in request.query and request.method not in QUERY_TOKEN_METHODS:
-            return _refuse(401, f"{what}: a {request.method} never takes the token from the query string"
-                                " (URLs end up in logs and histories); drop ?token= and send the header"
-                                " 'Authorization: Bearer TOKEN'")
+            return _refuse(
+                401,
+                f"{what}: a {request.method} never takes the token from the query string"
+                " (URLs end up in logs and histories); drop ?token= and send the header"
+                " 'Authorization: Bearer TOKEN'",
+            )
         presented = presented_token(request)
         if presented is None:
             return _refuse(401, f"{what} needs the API token; {_HOW}")
         if not token_matches(presented, token):
-            return _refuse(401, f"{what}: the API token is wrong; send the one given to --api-token"
-                                f" or {TOKEN_ENV} as 'Authorization: Bearer TOKEN'")
+            return _refuse(
+                401,
+                f"{what}: the API token is wrong; send the one given to --api-token"
+                f" or {TOKEN_ENV} as 'Authorization: Bearer TOKEN'",
+            )
         return await handler(request)
 
     return middleware
@@ -121,8 +134,10 @@ def is_loopback(host: str) -> bool:
 def check_bind(host: str, token: str | None) -> None:
     """Refuse to serve beyond loopback without a token (:class:`BadInput` naming the fix)."""
     if not token and not is_loopback(host):
-        raise BadInput(f"binding {host or '0.0.0.0'} needs a token: pass --api-token or set {TOKEN_ENV}"
-                       " (or bind 127.0.0.1 to serve this machine only)")
+        raise BadInput(
+            f"binding {host or '0.0.0.0'} needs a token: pass --api-token or set {TOKEN_ENV}"
+            " (or bind 127.0.0.1 to serve this machine only)"
+        )
 
 
 class RedactingAccessLogger(AbstractAccessLogger):
@@ -131,5 +146,12 @@ class RedactingAccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         if not self.logger.isEnabledFor(logging.INFO):
             return
-        self.logger.info('%s "%s %s" %d %s %.1fms', request.remote, request.method, request.path,
-                         response.status, response.body_length, time * 1000)
+        self.logger.info(
+            '%s "%s %s" %d %s %.1fms',
+            request.remote,
+            request.method,
+            request.path,
+            response.status,
+            response.body_length,
+            time * 1000,
+        )

@@ -108,14 +108,18 @@ class ApiLimits:
 
     def __post_init__(self) -> None:
         if not self.header_timeout_s > 0:
-            raise BadInput(f"api_header_timeout must be longer than 0 (got {self.header_timeout_s} s),"
-                           ' e.g. api_header_timeout = "5s"')
+            raise BadInput(
+                f"api_header_timeout must be longer than 0 (got {self.header_timeout_s} s),"
+                ' e.g. api_header_timeout = "5s"'
+            )
         if not self.idle_timeout_s > 0:
-            raise BadInput(f"api_idle_timeout must be longer than 0 (got {self.idle_timeout_s} s),"
-                           ' e.g. api_idle_timeout = "75s"')
+            raise BadInput(
+                f'api_idle_timeout must be longer than 0 (got {self.idle_timeout_s} s), e.g. api_idle_timeout = "75s"'
+            )
         if self.max_connections is not None and self.max_connections < 1:
-            raise BadInput(f"api_max_connections must be at least 1 (got {self.max_connections}); leave it out"
-                           " for the default")
+            raise BadInput(
+                f"api_max_connections must be at least 1 (got {self.max_connections}); leave it out for the default"
+            )
 
     def connection_cap(self) -> int:
         return self.max_connections if self.max_connections is not None else default_max_connections()
@@ -133,8 +137,10 @@ def _canned(status: int, reason: str, message: str, retry_after: int | None = No
     """A whole HTTP/1.1 response with a JSON error body, for writing straight to a transport."""
     body = msgspec.json.encode({"error": message})
     extra = f"Retry-After: {retry_after}\r\n" if retry_after is not None else ""
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {_JSON}\r\nContent-Length: {len(body)}\r\n"
-            f"{extra}Connection: close\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {_JSON}\r\nContent-Length: {len(body)}\r\n"
+        f"{extra}Connection: close\r\n\r\n"
+    )
     return head.encode("ascii") + body
 
 
@@ -184,11 +190,20 @@ class ConnectionGuard:
         self.evicted = 0
         self.header_timeouts = 0
         self.bad_requests = 0
-        self._timeout_body = _canned(408, "Request Timeout", f"the request's headers did not arrive within"
-                                     f" {self.limits.header_timeout_s:g} s; send the whole request at once")
-        self._refusal = _canned(503, "Service Unavailable", "the API is serving as many connections as it may"
-                                f" ({self.max_connections}), all of them busy; retry in a moment (its operator"
-                                " can raise api_max_connections)", retry_after=1)
+        self._timeout_body = _canned(
+            408,
+            "Request Timeout",
+            f"the request's headers did not arrive within"
+            f" {self.limits.header_timeout_s:g} s; send the whole request at once",
+        )
+        self._refusal = _canned(
+            503,
+            "Service Unavailable",
+            "the API is serving as many connections as it may"
+            f" ({self.max_connections}), all of them busy; retry in a moment (its operator"
+            " can raise api_max_connections)",
+            retry_after=1,
+        )
 
     @property
     def connections(self) -> int:
@@ -207,8 +222,9 @@ class ConnectionGuard:
 
     # --- the protocol factory (one call per accepted connection) --------------------------------
 
-    def protocol_factory(self, server: web.Server, access_log_class: type[AbstractAccessLogger]
-                         ) -> Callable[[], asyncio.BaseProtocol]:
+    def protocol_factory(
+        self, server: web.Server, access_log_class: type[AbstractAccessLogger]
+    ) -> Callable[[], asyncio.BaseProtocol]:
         """What ``loop.create_server`` calls for each accepted socket: a :class:`GuardedConnection`
         serving ``server`` (the runner's aiohttp server), or a refusal when there is no room."""
         loop = self._loop = asyncio.get_running_loop()
@@ -280,8 +296,9 @@ class ConnectionGuard:
             top = self._peers_holding[self._most]
             peer = newcomer._peer if newcomer._peer in top else next(iter(top))
             held = self._of_peer[peer]  # two or more: one at least is not the newcomer
-            victim = next((c for c in held if c is not newcomer and c._state is _State.HEAD), None) \
-                or next(c for c in held if c is not newcomer)
+            victim = next((c for c in held if c is not newcomer and c._state is _State.HEAD), None) or next(
+                c for c in held if c is not newcomer
+            )
         else:
             victim = next((c for c in self._head if c is not newcomer), None) or next(iter(self._idle), None)
         if victim is None:
@@ -437,8 +454,9 @@ class GuardedConnection(RequestHandler):
             return
         super().log_exception(*args, **kw)
 
-    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
         """aiohttp's answer to a request it could not parse or a handler that failed, as
         ``{"error": ...}`` naming the problem and the fix; the connection is closed after it."""
         self._guard.request_started(self)
@@ -459,17 +477,20 @@ class GuardedConnection(RequestHandler):
         if isinstance(exc, LineTooLong):
             limit = exc.args[1] if len(exc.args) > 1 else None
             if limit == self.max_line_size:
-                return 400, (f"the request's path and query are longer than {self.max_line_size} bytes; shorten"
-                             " them (e.g. fewer instruments per /ws/multi/ connection)")
+                return 400, (
+                    f"the request's path and query are longer than {self.max_line_size} bytes; shorten"
+                    " them (e.g. fewer instruments per /ws/multi/ connection)"
+                )
             return 431, f"a request header is longer than {self.max_field_size} bytes; send shorter headers"
         if isinstance(exc, BadHttpMessage) and "too many headers" in exc.message.lower():
             return 431, f"the request has more than {self.max_headers} headers; send fewer"
         if isinstance(exc, BadHttpMethod) and "HTTPS" in exc.message:
-            return 400, ("this port speaks plain HTTP, not HTTPS; connect with http:// (or put a TLS proxy"
-                         " in front)")
+            return 400, ("this port speaks plain HTTP, not HTTPS; connect with http:// (or put a TLS proxy in front)")
         if isinstance(exc, ContentEncodingError):
-            return 400, ("the request body's Content-Encoding cannot be decoded here; send the body plain (or as"
-                         " gzip or deflate)")
+            return 400, (
+                "the request body's Content-Encoding cannot be decoded here; send the body plain (or as"
+                " gzip or deflate)"
+            )
         if isinstance(exc, HttpProcessingError):
             first = (exc.message or "").strip().splitlines()
             what = first[0].rstrip(":") if first else type(exc).__name__

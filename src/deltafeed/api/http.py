@@ -59,8 +59,9 @@ _JSON = "application/json"
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     """``{"error": message}`` with ``status``."""
-    return web.Response(status=status, body=msgspec.json.encode({"error": message}), content_type=_JSON,
-                        headers=headers)
+    return web.Response(
+        status=status, body=msgspec.json.encode({"error": message}), content_type=_JSON, headers=headers
+    )
 
 
 def http_error(cls: type[web.HTTPException], message: str) -> web.HTTPException:
@@ -96,9 +97,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.RequestPayloadError as exc:  # a body that cannot be read: bad chunks, bad gzip, cut short
         cause = exc.__cause__ or exc
         detail = (str(getattr(cause, "message", "")) or str(cause)).strip().splitlines()
-        resp = error_response(400, f"{request.method} {request.path}: the request body cannot be read"
-                                   f" ({detail[0].rstrip(':') if detail else 'malformed'}); send it whole, as plain"
-                                   " JSON (or valid gzip or deflate with the Content-Encoding saying so)")
+        resp = error_response(
+            400,
+            f"{request.method} {request.path}: the request body cannot be read"
+            f" ({detail[0].rstrip(':') if detail else 'malformed'}); send it whole, as plain"
+            " JSON (or valid gzip or deflate with the Content-Encoding saying so)",
+        )
         resp.force_close()  # the rest of that body cannot be skipped reliably: no next request on it
         return resp
     except StoreError as exc:  # before BadInput: a busy store (StoreBusy) is both
@@ -109,8 +113,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if request.headers.get("Upgrade", "").lower() == "websocket":
             raise  # a WebSocket's handler has answered already; aiohttp deals with it
         log.exception("%s %s failed", request.method, request.path)
-        return error_response(500, f"{request.method} {request.path} failed on the server; it was logged,"
-                                   " please report it")
+        return error_response(
+            500, f"{request.method} {request.path} failed on the server; it was logged, please report it"
+        )
 
 
 # --- parameters ---------------------------------------------------------------------------------
@@ -147,11 +152,17 @@ def parse_time(text: str, name: str) -> int:
             except (ValueError, OverflowError):
                 continue
     if ms is None:
-        raise http_error(web.HTTPBadRequest, f"{name}={text!r} is neither epoch milliseconds nor an ISO-8601 time;"
-                                             f" write e.g. {name}=1767225600000 or {name}=2026-01-01T00:00:00Z")
+        raise http_error(
+            web.HTTPBadRequest,
+            f"{name}={text!r} is neither epoch milliseconds nor an ISO-8601 time;"
+            f" write e.g. {name}=1767225600000 or {name}=2026-01-01T00:00:00Z",
+        )
     if not MIN_TIME_MS <= ms <= MAX_TIME_MS:
-        raise http_error(web.HTTPBadRequest, f"{name}={text!r} is outside the years 1 to 9999; write a time"
-                                             f" between {MIN_TIME_MS} and {MAX_TIME_MS} (epoch ms)")
+        raise http_error(
+            web.HTTPBadRequest,
+            f"{name}={text!r} is outside the years 1 to 9999; write a time"
+            f" between {MIN_TIME_MS} and {MAX_TIME_MS} (epoch ms)",
+        )
     return ms
 
 
@@ -163,8 +174,9 @@ def _plus_back(t: str) -> str:
 def parse_limit(text: str) -> int:
     n = int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else 0
     if not 1 <= n <= MAX_CANDLES:
-        raise http_error(web.HTTPBadRequest, f"limit={text!r} is not a whole number from 1 to {MAX_CANDLES};"
-                                             " write e.g. limit=500")
+        raise http_error(
+            web.HTTPBadRequest, f"limit={text!r} is not a whole number from 1 to {MAX_CANDLES}; write e.g. limit=500"
+        )
     return n
 
 
@@ -185,8 +197,11 @@ def parse_instrument(name: str, known: list[str]) -> str:
     except BadInput as exc:
         raise http_error(web.HTTPBadRequest, str(exc)) from None
     if canonical not in known:
-        raise http_error(web.HTTPNotFound, f"instrument {canonical} is not collected here; GET /instruments lists"
-                                           f" the ones that are ({', '.join(known)})")
+        raise http_error(
+            web.HTTPNotFound,
+            f"instrument {canonical} is not collected here; GET /instruments lists"
+            f" the ones that are ({', '.join(known)})",
+        )
     return canonical
 
 
@@ -195,8 +210,7 @@ def parse_timeframe(name: str, collected: list[str]) -> str:
     if name not in TIMEFRAMES:
         raise http_error(web.HTTPBadRequest, f"unknown timeframe {name!r}; use one of {' '.join(collected)}")
     if name not in collected:
-        raise http_error(web.HTTPNotFound, f"timeframe {name} is not collected here; use one of"
-                                           f" {' '.join(collected)}")
+        raise http_error(web.HTTPNotFound, f"timeframe {name} is not collected here; use one of {' '.join(collected)}")
     return name
 
 
@@ -227,9 +241,15 @@ class _Routes:
         for name in self.engine.instrument_names():
             base, _, price = name.partition("@")
             inst = Instrument.parse(base)
-            out.append({"name": name, "venue": inst.venue, "symbol": inst.symbol,
-                        "price": per.get(name, {}).get("price", price or None),
-                        "streaming": bool(per.get(name, {}).get("streaming", True))})
+            out.append(
+                {
+                    "name": name,
+                    "venue": inst.venue,
+                    "symbol": inst.symbol,
+                    "price": per.get(name, {}).get("price", price or None),
+                    "streaming": bool(per.get(name, {}).get("streaming", True)),
+                }
+            )
         return _json({"instruments": out, "timeframes": list(self.engine.timeframes)})
 
     async def start(self, request: web.Request) -> web.Response:
@@ -246,8 +266,10 @@ class _Routes:
             async with asyncio.timeout(self.body_timeout_s):
                 raw = await request.read()
         except TimeoutError:
-            raise http_error(web.HTTPRequestTimeout, "the request body did not arrive within"
-                                                     f" {self.body_timeout_s:g} s; send it with the request") from None
+            raise http_error(
+                web.HTTPRequestTimeout,
+                f"the request body did not arrive within {self.body_timeout_s:g} s; send it with the request",
+            ) from None
         if not raw.strip():
             return None
         usage = 'send {"instruments": ["binance:BTCUSDT", ...]}, or no body for every instrument'
@@ -277,8 +299,10 @@ class _Routes:
         timeframe = parse_timeframe(request.match_info["timeframe"], list(self.engine.timeframes))
         unknown = sorted(set(q) - set(_CANDLE_PARAMS))
         if unknown:
-            raise http_error(web.HTTPBadRequest, f"unknown parameter(s) {', '.join(unknown)}; use since, until,"
-                                                 " limit, format, price and final")
+            raise http_error(
+                web.HTTPBadRequest,
+                f"unknown parameter(s) {', '.join(unknown)}; use since, until, limit, format, price and final",
+            )
         since = parse_time(q["since"], "since") if "since" in q else None
         until = parse_time(q["until"], "until") if "until" in q else None
         if since is not None and until is not None and since > until:
@@ -288,12 +312,16 @@ class _Routes:
         if fmt not in ("json", "csv"):
             raise http_error(web.HTTPBadRequest, f"format={fmt!r} is not served; use format=json or format=csv")
         final_only = parse_bool(q["final"], "final") if "final" in q else False
-        rows = await self.engine.candles(instrument, timeframe, since, until,
-                                         MAX_CANDLES + 1 if limit is None else limit, final_only=final_only)
+        rows = await self.engine.candles(
+            instrument, timeframe, since, until, MAX_CANDLES + 1 if limit is None else limit, final_only=final_only
+        )
         if len(rows) > MAX_CANDLES:
-            raise http_error(web.HTTPBadRequest, f"{instrument} {timeframe} holds more than {MAX_CANDLES} candles"
-                                                 " in that range; narrow it with since and until, or pass"
-                                                 f" limit (up to {MAX_CANDLES}) for the newest ones")
+            raise http_error(
+                web.HTTPBadRequest,
+                f"{instrument} {timeframe} holds more than {MAX_CANDLES} candles"
+                " in that range; narrow it with since and until, or pass"
+                f" limit (up to {MAX_CANDLES}) for the newest ones",
+            )
         forming = [c.open_time for c in rows if not c.closed]
         provisional = [c.open_time for c in rows if c.closed and not c.final]
         headers = {FORMING_HEADER: ",".join(map(str, forming))} if forming else {}
@@ -301,12 +329,19 @@ class _Routes:
         if switches:
             headers[SWITCH_HEADER] = ",".join(str(w["open_time"]) for w in switches)
         if fmt == "csv":
-            return web.Response(text=candles_csv(rows), content_type="text/csv", charset="utf-8",
-                                headers=headers)
-        return _json({"instrument": instrument, "timeframe": timeframe, "columns": COLUMNS,
-                      "candles": [_json_row(c) for c in rows], "forming": forming, "provisional": provisional,
-                      "switches": switches},
-                     headers=headers)
+            return web.Response(text=candles_csv(rows), content_type="text/csv", charset="utf-8", headers=headers)
+        return _json(
+            {
+                "instrument": instrument,
+                "timeframe": timeframe,
+                "columns": COLUMNS,
+                "candles": [_json_row(c) for c in rows],
+                "forming": forming,
+                "provisional": provisional,
+                "switches": switches,
+            },
+            headers=headers,
+        )
 
     async def _spanning(self, instrument: str, timeframe: str, rows: list[Candle]) -> list[dict[str, Any]]:
         """The candles of ``rows`` that span a failover switch, with the switch."""
@@ -314,14 +349,25 @@ class _Routes:
             return []
         tf_ms = TIMEFRAMES[timeframe]
         found = await self.engine.switches(instrument, rows[0].open_time, rows[-1].open_time + tf_ms - 1)
-        return [{"open_time": w.spanning(tf_ms), "since_ms": w.since_ms, "at_ms": w.at_ms, "from": w.source_from,
-                 "to": w.source_to} for w in found]
+        return [
+            {
+                "open_time": w.spanning(tf_ms),
+                "since_ms": w.since_ms,
+                "at_ms": w.at_ms,
+                "from": w.source_from,
+                "to": w.source_to,
+            }
+            for w in found
+        ]
 
     async def switches(self, request: web.Request) -> web.Response:
         instrument = parse_instrument(request.match_info["instrument"], self.engine.instrument_names())
         if instrument not in self.engine.failovers:
-            raise http_error(web.HTTPNotFound, f"{instrument} is not a logical instrument (it has no failover"
-                                               " sources); switches exist only for those under [failover]")
+            raise http_error(
+                web.HTTPNotFound,
+                f"{instrument} is not a logical instrument (it has no failover"
+                " sources); switches exist only for those under [failover]",
+            )
         found = await self.engine.switches(instrument)
         return _json({"instrument": instrument, "switches": [self.engine.switch_doc(w) for w in found]})
 
@@ -338,8 +384,9 @@ def candles_csv(rows: list[Candle]) -> str:
     w = csv.writer(out, lineterminator="\n")
     w.writerow(COLUMNS)
     for c in rows:
-        w.writerow([iso(c.open_time), num(c.open), num(c.high), num(c.low), num(c.close), num(c.volume), c.trades,
-                    c.state])
+        w.writerow(
+            [iso(c.open_time), num(c.open), num(c.high), num(c.low), num(c.close), num(c.volume), c.trades, c.state]
+        )
     return out.getvalue()
 
 
@@ -349,8 +396,19 @@ def _status_instruments(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 #: Engine status keys that describe the venue connection (one venue per engine for now).
-_VENUE_KEYS = ("connected", "connections", "connects", "reconnects", "rotations", "stale_drops",
-               "connect_budget_waits", "rest_requests", "rest_throttled", "rest_server_errors", "rest_limiter_waits")
+_VENUE_KEYS = (
+    "connected",
+    "connections",
+    "connects",
+    "reconnects",
+    "rotations",
+    "stale_drops",
+    "connect_budget_waits",
+    "rest_requests",
+    "rest_throttled",
+    "rest_server_errors",
+    "rest_limiter_waits",
+)
 
 
 def streaming_status(engine: Engine) -> dict[str, Any]:
@@ -383,18 +441,21 @@ def add_http_routes(app: web.Application, engine: Engine, body_timeout_s: float 
 
 
 def _err(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {"description": description, "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
-_READ_ERRORS = {"400": _err("A query parameter given twice, a malformed name, or a request too long to parse"),
-                "401": _err("Token missing or wrong (every request needs it when one is configured)")}
-_WRITE_ERRORS = {"400": _err("Bad body: not JSON, or not {\"instruments\": [...]}, or a malformed name"),
-                 "401": _err("Token missing or wrong, or sent as ?token= (POST takes it only as a header)"),
-                 "403": _err("No token is configured: start with --api-token or DELTAFEED_API_TOKEN"),
-                 "404": _err("An instrument this run does not collect"),
-                 "408": _err("The body did not arrive in time"),
-                 "413": _err(f"Body larger than {MAX_BODY_BYTES} bytes")}
+_READ_ERRORS = {
+    "400": _err("A query parameter given twice, a malformed name, or a request too long to parse"),
+    "401": _err("Token missing or wrong (every request needs it when one is configured)"),
+}
+_WRITE_ERRORS = {
+    "400": _err('Bad body: not JSON, or not {"instruments": [...]}, or a malformed name'),
+    "401": _err("Token missing or wrong, or sent as ?token= (POST takes it only as a header)"),
+    "403": _err("No token is configured: start with --api-token or DELTAFEED_API_TOKEN"),
+    "404": _err("An instrument this run does not collect"),
+    "408": _err("The body did not arrive in time"),
+    "413": _err(f"Body larger than {MAX_BODY_BYTES} bytes"),
+}
 _INSTRUMENT_LIST = {"type": "array", "items": {"type": "string"}, "examples": [["binance:BTCUSDT"]]}
 
 
@@ -403,13 +464,24 @@ def openapi_spec() -> dict[str, Any]:
     control_body = {
         "required": False,
         "description": "Instruments to act on; no body, or instruments absent or null, means all.",
-        "content": {_JSON: {"schema": {
-            "type": "object", "additionalProperties": False,
-            "properties": {"instruments": {**_INSTRUMENT_LIST, "type": ["array", "null"]}}}}},
+        "content": {
+            _JSON: {
+                "schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"instruments": {**_INSTRUMENT_LIST, "type": ["array", "null"]}},
+                }
+            }
+        },
     }
-    control_ok = {"description": "The instruments streaming now",
-                  "content": {_JSON: {"schema": {"type": "object", "required": ["streaming"],
-                                                 "properties": {"streaming": _INSTRUMENT_LIST}}}}}
+    control_ok = {
+        "description": "The instruments streaming now",
+        "content": {
+            _JSON: {
+                "schema": {"type": "object", "required": ["streaming"], "properties": {"streaming": _INSTRUMENT_LIST}}
+            }
+        },
+    }
     secured: list[dict[str, list[str]]] = [{"bearer": []}, {"query": []}]
     return {
         "openapi": "3.1.0",
@@ -418,7 +490,7 @@ def openapi_spec() -> dict[str, Any]:
             "version": "0.1.0",
             "description": (
                 "Candles a deltafeed collector keeps: live and complete. Errors are JSON "
-                "{\"error\": message} naming the problem and the fix. Authentication: a bearer token "
+                '{"error": message} naming the problem and the fix. Authentication: a bearer token '
                 "(Authorization: Bearer TOKEN, or ?token=TOKEN on a GET such as a browser's WebSocket). With a "
                 "token configured every endpoint needs it; without one only loopback is served, reads are open "
                 "and POST endpoints are refused (403). "
@@ -431,53 +503,65 @@ def openapi_spec() -> dict[str, Any]:
                 "query": {"type": "apiKey", "in": "query", "name": "token"},
             },
             "schemas": {
-                "Error": {"type": "object", "required": ["error"],
-                          "properties": {"error": {"type": "string"}}},
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
                 "Candles": {
                     "type": "object",
-                    "required": ["instrument", "timeframe", "columns", "candles", "forming", "provisional",
-                                 "switches"],
+                    "required": ["instrument", "timeframe", "columns", "candles", "forming", "provisional", "switches"],
                     "properties": {
                         "instrument": {"type": "string", "examples": ["binance:BTCUSDT"]},
                         "timeframe": {"type": "string", "examples": ["1m"]},
                         "columns": {"type": "array", "items": {"type": "string"}, "const": list(COLUMNS)},
                         "candles": {
                             "description": "Oldest first: [open_time epoch ms, open, high, low, close, volume, "
-                                           "trades, state]. Values are the stored ones, unrounded (volume at 8 "
-                                           "decimals). state is forming (its interval is not over), provisional "
-                                           "(closed, but not yet verified: it may still be repaired and is then "
-                                           "published again) or final (deltafeed vouches for it).",
+                            "trades, state]. Values are the stored ones, unrounded (volume at 8 "
+                            "decimals). state is forming (its interval is not over), provisional "
+                            "(closed, but not yet verified: it may still be repaired and is then "
+                            "published again) or final (deltafeed vouches for it).",
                             "type": "array",
-                            "items": {"type": "array", "minItems": 8, "maxItems": 8,
-                                      "prefixItems": [{"type": "integer"}, *[{"type": "number"}] * 5,
-                                                      {"type": "integer"}, {"$ref": "#/components/schemas/State"}]},
+                            "items": {
+                                "type": "array",
+                                "minItems": 8,
+                                "maxItems": 8,
+                                "prefixItems": [
+                                    {"type": "integer"},
+                                    *[{"type": "number"}] * 5,
+                                    {"type": "integer"},
+                                    {"$ref": "#/components/schemas/State"},
+                                ],
+                            },
                         },
                         "forming": {
                             "description": "Open times of the candles in this response still forming (their "
-                                           "interval is not over): the newest one, last, when the range reaches "
-                                           "now; and, rarely, one the venue never closed, waiting for a repair.",
-                            "type": "array", "items": {"type": "integer"},
+                            "interval is not over): the newest one, last, when the range reaches "
+                            "now; and, rarely, one the venue never closed, waiting for a repair.",
+                            "type": "array",
+                            "items": {"type": "integer"},
                         },
                         "provisional": {
                             "description": "Open times of the provisional candles in this response (closed but "
-                                           "not verified yet). Empty with final=true.",
-                            "type": "array", "items": {"type": "integer"},
+                            "not verified yet). Empty with final=true.",
+                            "type": "array",
+                            "items": {"type": "integer"},
                         },
                         "switches": {
                             "description": "For a logical instrument (one with a primary and a standby source): "
-                                           "the candles in this response that span a failover switch, i.e. hold "
-                                           "the old source's last data; from them on the series comes from the "
-                                           "new source. Empty otherwise.",
-                            "type": "array", "items": {"$ref": "#/components/schemas/SpanningCandle"},
+                            "the candles in this response that span a failover switch, i.e. hold "
+                            "the old source's last data; from them on the series comes from the "
+                            "new source. Empty otherwise.",
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/SpanningCandle"},
                         },
                     },
                 },
-                "State": {"enum": ["forming", "provisional", "final"],
-                          "description": "forming: the interval is not over; provisional: closed, not verified "
-                                         "yet (built while the stream was down or behind a hole, or waiting for "
-                                         "a repair); final: deltafeed vouches for it."},
+                "State": {
+                    "enum": ["forming", "provisional", "final"],
+                    "description": "forming: the interval is not over; provisional: closed, not verified "
+                    "yet (built while the stream was down or behind a hole, or waiting for "
+                    "a repair); final: deltafeed vouches for it.",
+                },
                 "SpanningCandle": {
-                    "type": "object", "required": ["open_time", "since_ms", "at_ms", "from", "to"],
+                    "type": "object",
+                    "required": ["open_time", "since_ms", "at_ms", "from", "to"],
                     "properties": {
                         "open_time": {"type": "integer", "description": "The spanning candle's open time (ms)"},
                         "since_ms": {"type": "integer", "description": "The old source's last data (ms)"},
@@ -489,159 +573,296 @@ def openapi_spec() -> dict[str, Any]:
             },
         },
         "paths": {
-            "/health": {"get": {
-                "summary": "Health of the collector",
-                "security": secured,
-                "responses": {
-                    "200": {"description": "Healthy", "content": {_JSON: {"schema": {
-                        "type": "object", "properties": {"status": {"const": "ok"}}}}}},
-                    "503": {"description": "Degraded, with the reasons", "content": {_JSON: {"schema": {
-                        "type": "object", "properties": {"status": {"const": "degraded"},
-                                                         "reasons": {"type": "array", "items": {"type": "string"}}}}}}},
-                    **_READ_ERRORS,
-                },
-            }},
-            "/streaming/status": {"get": {
-                "summary": "Counters of the collector",
-                "description": "Per instrument: streaming, connected, last_message_age_s, messages_per_s, "
-                               "trades, gaps, bootstrapped and repaired (candles fetched over REST to fill "
-                               "holes), ... Per venue (under venues): connected, connections, connects, "
-                               "reconnects, ... Plus the store's and the REST client's counters.",
-                "security": secured,
-                "responses": {
-                    "200": {"description": "Status", "content": {_JSON: {"schema": {
-                        "type": "object", "required": ["instruments", "venues"],
-                        "properties": {
-                            "instruments": {"type": "object", "additionalProperties": {"type": "object"}},
-                            "venues": {"type": "object", "additionalProperties": {"type": "object"}},
-                        }}}}},
-                    **_READ_ERRORS,
-                },
-            }},
-            "/streaming/start": {"post": {
-                "summary": "Start (resume) streaming instruments",
-                "security": secured,
-                "requestBody": control_body,
-                "responses": {"200": control_ok, **_WRITE_ERRORS},
-            }},
-            "/streaming/stop": {"post": {
-                "summary": "Stop streaming instruments (whatever is missed meanwhile is repaired after a start)",
-                "security": secured,
-                "requestBody": control_body,
-                "responses": {"200": control_ok, **_WRITE_ERRORS},
-            }},
-            "/instruments": {"get": {
-                "summary": "The instruments and timeframes this collector serves",
-                "security": secured,
-                "responses": {
-                    "200": {"description": "Instruments", "content": {_JSON: {"schema": {
-                        "type": "object", "required": ["instruments", "timeframes"],
-                        "properties": {
-                            "instruments": {"type": "array", "items": {
-                                "type": "object", "required": ["name", "venue", "symbol", "streaming"],
-                                "properties": {"name": {"type": "string"}, "venue": {"type": "string"},
-                                               "symbol": {"type": "string"}, "streaming": {"type": "boolean"},
-                                               "price": {"type": ["string", "null"],
-                                                         "description": "trade, or mid/bid/ask for forex"}}}},
-                            "timeframes": {"type": "array", "items": {"type": "string"}},
-                        }}}}},
-                    **_READ_ERRORS,
-                },
-            }},
-            "/candles/{instrument}/{timeframe}": {"get": {
-                "summary": "Candles of one series, oldest first, the forming one included (last), each with its "
-                           "state",
-                "description": "From memory when the recent candles cover the range, else from the database. "
-                               "Each candle's state is forming, provisional or final; final=true returns only "
-                               f"final ones. The {FORMING_HEADER} header lists the open times of the candles "
-                               f"still forming. At most {MAX_CANDLES} candles: a wider range without limit is "
-                               "refused (400).",
-                "security": secured,
-                "parameters": [
-                    {"name": "instrument", "in": "path", "required": True, "schema": {"type": "string"},
-                     "example": "binance:BTCUSDT"},
-                    {"name": "timeframe", "in": "path", "required": True,
-                     "schema": {"enum": list(TIMEFRAMES)}, "example": "1m"},
-                    {"name": "since", "in": "query", "required": False, "schema": {"type": "string"},
-                     "description": "Earliest open time: epoch ms or ISO-8601 (UTC unless an offset is given)"},
-                    {"name": "until", "in": "query", "required": False, "schema": {"type": "string"},
-                     "description": "Latest open time (inclusive): epoch ms or ISO-8601"},
-                    {"name": "limit", "in": "query", "required": False,
-                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_CANDLES},
-                     "description": "Only the newest N candles of the range (with final=true, the newest N "
-                                    "final ones)"},
-                    {"name": "final", "in": "query", "required": False,
-                     "schema": {"type": "boolean", "default": False},
-                     "description": "true: only final (verified) candles, neither provisional nor forming "
-                                    "ones"},
-                    {"name": "format", "in": "query", "required": False,
-                     "schema": {"enum": ["json", "csv"], "default": "json"}},
-                ],
-                "responses": {
-                    "200": {
-                        "description": "Candles",
-                        "headers": {FORMING_HEADER: {"schema": {"type": "string"},
-                                                     "description": "Open times (ms) of the candles not final yet"},
-                                    SWITCH_HEADER: {"schema": {"type": "string"},
-                                                    "description": "Open times (ms) of the candles that span a "
-                                                                   "failover switch"}},
-                        "content": {
-                            _JSON: {"schema": {"$ref": "#/components/schemas/Candles"}},
-                            "text/csv": {"schema": {"type": "string"},
-                                         "example": "open_time,open,high,low,close,volume,trades,state\n"
-                                                    "2026-01-01T00:00:00Z,100.5,101,100,100.75,12.5,42,final\n"},
+            "/health": {
+                "get": {
+                    "summary": "Health of the collector",
+                    "security": secured,
+                    "responses": {
+                        "200": {
+                            "description": "Healthy",
+                            "content": {
+                                _JSON: {"schema": {"type": "object", "properties": {"status": {"const": "ok"}}}}
+                            },
                         },
+                        "503": {
+                            "description": "Degraded, with the reasons",
+                            "content": {
+                                _JSON: {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "status": {"const": "degraded"},
+                                            "reasons": {"type": "array", "items": {"type": "string"}},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **_READ_ERRORS,
                     },
-                    **_READ_ERRORS,
-                    "400": _err("A bad parameter (time, limit, format, final, malformed name, range too wide)"),
-                    "404": _err("An instrument or timeframe this collector does not serve"),
-                    "503": _err("The database cannot answer now; retry"),
-                },
-            }},
-            "/switches/{instrument}": {"get": {
-                "summary": "Failover switches of a logical instrument, oldest first",
-                "description": "Each switch names the source the series left and the one it continues from, the "
-                               "old source's last data (since_ms), and per timeframe the open time of the "
-                               "candle that spans the switch.",
-                "security": secured,
-                "parameters": [{"name": "instrument", "in": "path", "required": True, "schema": {"type": "string"},
-                                "example": "fx:EUR_USD"}],
-                "responses": {
-                    "200": {"description": "Switches", "content": {_JSON: {"schema": {
-                        "type": "object", "required": ["instrument", "switches"],
-                        "properties": {
-                            "instrument": {"type": "string"},
-                            "switches": {"type": "array", "items": {
-                                "type": "object", "required": ["since_ms", "at_ms", "from", "to", "spanning"],
-                                "properties": {
-                                    "since_ms": {"type": "integer"}, "at_ms": {"type": "integer"},
-                                    "from": {"type": "string"}, "to": {"type": "string"},
-                                    "spanning": {"type": "object", "additionalProperties": {"type": "integer"},
-                                                 "description": "timeframe -> open time of its spanning candle"},
-                                }}},
-                        }}}}},
-                    **_READ_ERRORS,
-                    "404": _err("Not a logical instrument of this collector"),
-                },
-            }},
-            "/metrics": {"get": {
-                "summary": "Prometheus metrics (text exposition format)",
-                "security": secured,
-                "responses": {"200": {"description": "Metrics",
-                                      "content": {"text/plain": {"schema": {"type": "string"}}}},
-                              **_READ_ERRORS},
-            }},
-            "/openapi.json": {"get": {
-                "summary": "This document", "security": secured,
-                "responses": {"200": {"description": "OpenAPI 3.1",
-                                      "content": {_JSON: {"schema": {"type": "object"}}}},
-                              **_READ_ERRORS},
-            }},
-            "/docs": {"get": {
-                "summary": "This document as a readable page", "security": secured,
-                "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}},
-                              **_READ_ERRORS},
-            }},
+                }
+            },
+            "/streaming/status": {
+                "get": {
+                    "summary": "Counters of the collector",
+                    "description": "Per instrument: streaming, connected, last_message_age_s, messages_per_s, "
+                    "trades, gaps, bootstrapped and repaired (candles fetched over REST to fill "
+                    "holes), ... Per venue (under venues): connected, connections, connects, "
+                    "reconnects, ... Plus the store's and the REST client's counters.",
+                    "security": secured,
+                    "responses": {
+                        "200": {
+                            "description": "Status",
+                            "content": {
+                                _JSON: {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["instruments", "venues"],
+                                        "properties": {
+                                            "instruments": {
+                                                "type": "object",
+                                                "additionalProperties": {"type": "object"},
+                                            },
+                                            "venues": {"type": "object", "additionalProperties": {"type": "object"}},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **_READ_ERRORS,
+                    },
+                }
+            },
+            "/streaming/start": {
+                "post": {
+                    "summary": "Start (resume) streaming instruments",
+                    "security": secured,
+                    "requestBody": control_body,
+                    "responses": {"200": control_ok, **_WRITE_ERRORS},
+                }
+            },
+            "/streaming/stop": {
+                "post": {
+                    "summary": "Stop streaming instruments (whatever is missed meanwhile is repaired after a start)",
+                    "security": secured,
+                    "requestBody": control_body,
+                    "responses": {"200": control_ok, **_WRITE_ERRORS},
+                }
+            },
+            "/instruments": {
+                "get": {
+                    "summary": "The instruments and timeframes this collector serves",
+                    "security": secured,
+                    "responses": {
+                        "200": {
+                            "description": "Instruments",
+                            "content": {
+                                _JSON: {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["instruments", "timeframes"],
+                                        "properties": {
+                                            "instruments": {
+                                                "type": "array",
+                                                "items": {
+                                                    "type": "object",
+                                                    "required": ["name", "venue", "symbol", "streaming"],
+                                                    "properties": {
+                                                        "name": {"type": "string"},
+                                                        "venue": {"type": "string"},
+                                                        "symbol": {"type": "string"},
+                                                        "streaming": {"type": "boolean"},
+                                                        "price": {
+                                                            "type": ["string", "null"],
+                                                            "description": "trade, or mid/bid/ask for forex",
+                                                        },
+                                                    },
+                                                },
+                                            },
+                                            "timeframes": {"type": "array", "items": {"type": "string"}},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **_READ_ERRORS,
+                    },
+                }
+            },
+            "/candles/{instrument}/{timeframe}": {
+                "get": {
+                    "summary": "Candles of one series, oldest first, the forming one included (last), each with its "
+                    "state",
+                    "description": "From memory when the recent candles cover the range, else from the database. "
+                    "Each candle's state is forming, provisional or final; final=true returns only "
+                    f"final ones. The {FORMING_HEADER} header lists the open times of the candles "
+                    f"still forming. At most {MAX_CANDLES} candles: a wider range without limit is "
+                    "refused (400).",
+                    "security": secured,
+                    "parameters": [
+                        {
+                            "name": "instrument",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                            "example": "binance:BTCUSDT",
+                        },
+                        {
+                            "name": "timeframe",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"enum": list(TIMEFRAMES)},
+                            "example": "1m",
+                        },
+                        {
+                            "name": "since",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string"},
+                            "description": "Earliest open time: epoch ms or ISO-8601 (UTC unless an offset is given)",
+                        },
+                        {
+                            "name": "until",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string"},
+                            "description": "Latest open time (inclusive): epoch ms or ISO-8601",
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_CANDLES},
+                            "description": "Only the newest N candles of the range (with final=true, the newest N "
+                            "final ones)",
+                        },
+                        {
+                            "name": "final",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "boolean", "default": False},
+                            "description": "true: only final (verified) candles, neither provisional nor forming ones",
+                        },
+                        {
+                            "name": "format",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"enum": ["json", "csv"], "default": "json"},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "Candles",
+                            "headers": {
+                                FORMING_HEADER: {
+                                    "schema": {"type": "string"},
+                                    "description": "Open times (ms) of the candles not final yet",
+                                },
+                                SWITCH_HEADER: {
+                                    "schema": {"type": "string"},
+                                    "description": "Open times (ms) of the candles that span a failover switch",
+                                },
+                            },
+                            "content": {
+                                _JSON: {"schema": {"$ref": "#/components/schemas/Candles"}},
+                                "text/csv": {
+                                    "schema": {"type": "string"},
+                                    "example": "open_time,open,high,low,close,volume,trades,state\n"
+                                    "2026-01-01T00:00:00Z,100.5,101,100,100.75,12.5,42,final\n",
+                                },
+                            },
+                        },
+                        **_READ_ERRORS,
+                        "400": _err("A bad parameter (time, limit, format, final, malformed name, range too wide)"),
+                        "404": _err("An instrument or timeframe this collector does not serve"),
+                        "503": _err("The database cannot answer now; retry"),
+                    },
+                }
+            },
+            "/switches/{instrument}": {
+                "get": {
+                    "summary": "Failover switches of a logical instrument, oldest first",
+                    "description": "Each switch names the source the series left and the one it continues from, the "
+                    "old source's last data (since_ms), and per timeframe the open time of the "
+                    "candle that spans the switch.",
+                    "security": secured,
+                    "parameters": [
+                        {
+                            "name": "instrument",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                            "example": "fx:EUR_USD",
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "Switches",
+                            "content": {
+                                _JSON: {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["instrument", "switches"],
+                                        "properties": {
+                                            "instrument": {"type": "string"},
+                                            "switches": {
+                                                "type": "array",
+                                                "items": {
+                                                    "type": "object",
+                                                    "required": ["since_ms", "at_ms", "from", "to", "spanning"],
+                                                    "properties": {
+                                                        "since_ms": {"type": "integer"},
+                                                        "at_ms": {"type": "integer"},
+                                                        "from": {"type": "string"},
+                                                        "to": {"type": "string"},
+                                                        "spanning": {
+                                                            "type": "object",
+                                                            "additionalProperties": {"type": "integer"},
+                                                            "description": "timeframe -> its spanning candle",
+                                                        },
+                                                    },
+                                                },
+                                            },
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **_READ_ERRORS,
+                        "404": _err("Not a logical instrument of this collector"),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (text exposition format)",
+                    "security": secured,
+                    "responses": {
+                        "200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                        **_READ_ERRORS,
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "security": secured,
+                    "responses": {
+                        "200": {"description": "OpenAPI 3.1", "content": {_JSON: {"schema": {"type": "object"}}}},
+                        **_READ_ERRORS,
+                    },
+                }
+            },
+            "/docs": {
+                "get": {
+                    "summary": "This document as a readable page",
+                    "security": secured,
+                    "responses": {
+                        "200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}},
+                        **_READ_ERRORS,
+                    },
+                }
+            },
         },
     }
 
@@ -656,11 +877,14 @@ def docs_html(spec: dict[str, Any]) -> str:
             params = ", ".join(p["name"] for p in op.get("parameters", []) if p["in"] == "query")
             extra = f" <small>?{escape(params)}</small>" if params else ""
             desc = f"<br><small>{escape(op['description'])}</small>" if "description" in op else ""
-            items.append(f"<li><code>{method.upper()} {escape(path)}</code>{extra} — "
-                         f"{escape(op['summary'])}{desc}</li>")
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>deltafeed API</title></head><body>"
-            f"<h1>deltafeed API</h1><p>{escape(spec['info']['description'])}</p><ul>{''.join(items)}</ul>"
-            "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a></p></body></html>")
+            items.append(
+                f"<li><code>{method.upper()} {escape(path)}</code>{extra} — {escape(op['summary'])}{desc}</li>"
+            )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>deltafeed API</title></head><body>"
+        f"<h1>deltafeed API</h1><p>{escape(spec['info']['description'])}</p><ul>{''.join(items)}</ul>"
+        "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a></p></body></html>"
+    )
 
 
 def _json_row(c: Candle) -> list[float | int | str]:

@@ -239,8 +239,27 @@ _HEARTBEAT_KEY = ("heartbeat",)
 class Client:
     """One consumer: its subscriptions, its bounded queue, its state of flow and its sender task."""
 
-    __slots__ = ("blocked", "close_code", "close_reason", "closing", "conflated", "dirty", "gone", "kill", "name",
-                 "pending", "queue", "routes", "sent", "sink", "slow", "snapshot_until", "subs", "task", "waiter")
+    __slots__ = (
+        "blocked",
+        "close_code",
+        "close_reason",
+        "closing",
+        "conflated",
+        "dirty",
+        "gone",
+        "kill",
+        "name",
+        "pending",
+        "queue",
+        "routes",
+        "sent",
+        "sink",
+        "slow",
+        "snapshot_until",
+        "subs",
+        "task",
+        "waiter",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -430,8 +449,13 @@ class Hub:
             if key is _HEARTBEAT_KEY:
                 self.dropped += 1
                 return
-        self._kick(c, CLOSE_POLICY, f"too slow: {len(c.queue)} messages waiting, {c.conflated} updates conflated; "
-                   "read faster or subscribe to less", slow=True)
+        self._kick(
+            c,
+            CLOSE_POLICY,
+            f"too slow: {len(c.queue)} messages waiting, {c.conflated} updates conflated; "
+            "read faster or subscribe to less",
+            slow=True,
+        )
 
     def _push(self, c: Client, frame: bytes) -> None:
         """Queue a message for one client (replies, snapshots): never conflated."""
@@ -498,8 +522,9 @@ class Hub:
         """Everything for ``instrument``: trades, prices, candles of every timeframe (no snapshot)."""
         self._add_sub(c, ("all", instrument, None))
 
-    def subscribe(self, c: Client, instrument: str, timeframe: str | None, snapshot: int = 0, *,
-                  final: bool = False) -> int:
+    def subscribe(
+        self, c: Client, instrument: str, timeframe: str | None, snapshot: int = 0, *, final: bool = False
+    ) -> int:
         """Candles of ``timeframe`` (all timeframes and prices if None), after the last ``snapshot``.
 
         Queues the ``subscribed`` reply, then the snapshot's candles oldest first (per timeframe),
@@ -522,8 +547,11 @@ class Hub:
         frames: list[bytes] = []
         if snapshot:
             for tf in TIMEFRAMES if timeframe is None else (timeframe,):
-                candles = self._final_snapshot(instrument, tf, snapshot) if final else \
-                    self._snapshot(instrument, tf, snapshot)
+                candles = (
+                    self._final_snapshot(instrument, tf, snapshot)
+                    if final
+                    else self._snapshot(instrument, tf, snapshot)
+                )
                 frames.extend(_candle_frame(instrument, tf, cd) for cd in candles)
         self.send(c, Subscribed("subscribe", instrument, timeframe, len(frames), final))
         if frames:
@@ -553,8 +581,11 @@ class Hub:
     def unsubscribe(self, c: Client, instrument: str, timeframe: str | None, trades: bool = False) -> None:
         """Remove a subscription made before (its exact instrument and timeframe; for candles, the
         final-only one as well as the other)."""
-        subs: list[Sub] = [("trades", instrument, None)] if trades else [
-            ("candles", instrument, timeframe), ("final", instrument, timeframe)]
+        subs: list[Sub] = (
+            [("trades", instrument, None)]
+            if trades
+            else [("candles", instrument, timeframe), ("final", instrument, timeframe)]
+        )
         if not c.subs.intersection(subs):
             what = "trades" if trades else f"candles {timeframe or '(all timeframes)'}"
             raise BadInput(f"not subscribed to {instrument} {what}; subscriptions: {self.describe(c) or 'none'}")
@@ -568,11 +599,15 @@ class Hub:
 
     def _check_new_sub(self, c: Client, sub: Sub) -> None:
         if sub in c.subs:
-            raise BadInput(f"already subscribed to {sub[1]} {sub[0]} {sub[2] or ''}".rstrip()
-                           + "; unsubscribe first to subscribe again")
+            raise BadInput(
+                f"already subscribed to {sub[1]} {sub[0]} {sub[2] or ''}".rstrip()
+                + "; unsubscribe first to subscribe again"
+            )
         if len(c.subs) >= self.max_subscriptions:
-            raise BadInput(f"too many subscriptions (at most {self.max_subscriptions} per connection); "
-                           "unsubscribe from some, or open another connection")
+            raise BadInput(
+                f"too many subscriptions (at most {self.max_subscriptions} per connection); "
+                "unsubscribe from some, or open another connection"
+            )
 
     def _add_sub(self, c: Client, sub: Sub) -> None:
         if c.closing:
@@ -783,8 +818,13 @@ class Hub:
         for c in list(self._clients):
             q = c.queue
             if q and now - q[0].queued > limit:
-                self._kick(c, CLOSE_POLICY, f"too slow: {now - q[0].queued:.1f} s behind (limit {limit:g} s), "
-                           f"{c.conflated} updates conflated; read faster or subscribe to less", slow=True)
+                self._kick(
+                    c,
+                    CLOSE_POLICY,
+                    f"too slow: {now - q[0].queued:.1f} s behind (limit {limit:g} s), "
+                    f"{c.conflated} updates conflated; read faster or subscribe to less",
+                    slow=True,
+                )
 
     def heartbeat(self) -> None:
         """Queue one heartbeat for every client (the ticker calls this every ``heartbeat_s``)."""

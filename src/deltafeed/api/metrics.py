@@ -57,8 +57,11 @@ _VENUE_COUNTERS = (
 _STORE_COUNTERS = (
     ("store_written", "deltafeed_store_written_candles", "Candle rows written to the cold store"),
     ("store_failures", "deltafeed_store_write_failures", "Failed cold store batch writes (retried)"),
-    ("store_dropped", "deltafeed_store_dropped_updates",
-     "Candle updates not queued because the store backlog was full"),
+    (
+        "store_dropped",
+        "deltafeed_store_dropped_updates",
+        "Candle updates not queued because the store backlog was full",
+    ),
     ("store_spooled", "deltafeed_store_spooled_candles", "Candle rows spooled to disk while the cold store failed"),
     ("store_replayed", "deltafeed_store_replayed_candles", "Candle rows replayed from the spool into the cold store"),
     ("hot_written", "deltafeed_hot_redis_written_candles", "Candle writes to the Redis hot tier"),
@@ -148,12 +151,16 @@ class EngineCollector(Collector):
 
         failover = status.get("failover")
         if isinstance(failover, dict):
-            switches = CounterMetricFamily("deltafeed_failover_switches",
-                                           "Switches of a logical instrument between its sources",
-                                           labels=["instrument"])
-            standby = GaugeMetricFamily("deltafeed_failover_on_standby",
-                                        "1 while a logical instrument is served from its standby source",
-                                        labels=["instrument"])
+            switches = CounterMetricFamily(
+                "deltafeed_failover_switches",
+                "Switches of a logical instrument between its sources",
+                labels=["instrument"],
+            )
+            standby = GaugeMetricFamily(
+                "deltafeed_failover_on_standby",
+                "1 while a logical instrument is served from its standby source",
+                labels=["instrument"],
+            )
             for name, fo in failover.items():
                 switches.add_metric([name], float(fo["switches"]))
                 standby.add_metric([name], float(fo["on_standby"]))
@@ -161,8 +168,7 @@ class EngineCollector(Collector):
             yield standby
 
         venues = _venues(status, engine.settings.venue)
-        connected = GaugeMetricFamily("deltafeed_connected", "1 when the venue's stream is connected",
-                                      labels=["venue"])
+        connected = GaugeMetricFamily("deltafeed_connected", "1 when the venue's stream is connected", labels=["venue"])
         for venue, vs in venues.items():
             v = _num(vs.get("connected"))
             if v is not None:
@@ -175,8 +181,9 @@ class EngineCollector(Collector):
                 if v is not None:
                     fam.add_metric([venue], v)
             yield fam
-        skipped = CounterMetricFamily("deltafeed_skipped_frames", "Frames from the venue skipped, by reason",
-                                      labels=["venue", "reason"])
+        skipped = CounterMetricFamily(
+            "deltafeed_skipped_frames", "Frames from the venue skipped, by reason", labels=["venue", "reason"]
+        )
         kinds = status.get("skipped_frames")
         if isinstance(kinds, dict):
             for reason, n in kinds.items():
@@ -196,24 +203,31 @@ class EngineCollector(Collector):
                 gauge.add_metric([], v)
             yield gauge
 
-        yield histogram_family("deltafeed_candle_latency_seconds",
-                               "From a candle's end (venue clock) to its write into the cold store",
-                               engine.metrics.candle_latency)
-        yield histogram_family("deltafeed_store_write_seconds", "Duration of one cold store batch write",
-                               engine.metrics.store_write)
+        yield histogram_family(
+            "deltafeed_candle_latency_seconds",
+            "From a candle's end (venue clock) to its write into the cold store",
+            engine.metrics.candle_latency,
+        )
+        yield histogram_family(
+            "deltafeed_store_write_seconds", "Duration of one cold store batch write", engine.metrics.store_write
+        )
 
         hub = self.hub if self.hub is not None else getattr(engine, "hub", None)
         clients = GaugeMetricFamily("deltafeed_api_clients", "WebSocket clients connected to the API")
-        dropped = CounterMetricFamily("deltafeed_api_messages_dropped",
-                                      "Messages to API clients dropped (conflated or lost) because a client was slow")
-        slow = CounterMetricFamily("deltafeed_api_slow_clients_disconnected",
-                                   "API clients disconnected for falling too far behind")
+        dropped = CounterMetricFamily(
+            "deltafeed_api_messages_dropped",
+            "Messages to API clients dropped (conflated or lost) because a client was slow",
+        )
+        slow = CounterMetricFamily(
+            "deltafeed_api_slow_clients_disconnected", "API clients disconnected for falling too far behind"
+        )
         if hub is not None:
             clients.add_metric([], _count(getattr(hub, "clients", 0)))
             dropped.add_metric([], _count(getattr(hub, "dropped", 0)))
             slow.add_metric([], _count(getattr(hub, "disconnected_slow", 0)))
-        bad_ops = CounterMetricFamily("deltafeed_api_bad_ws_ops",
-                                      "WebSocket ops refused (unreadable or invalid), each answered with an error")
+        bad_ops = CounterMetricFamily(
+            "deltafeed_api_bad_ws_ops", "WebSocket ops refused (unreadable or invalid), each answered with an error"
+        )
         if hub is not None:
             bad_ops.add_metric([], _count(getattr(hub, "bad_ops", 0)))
         yield clients
@@ -229,8 +243,11 @@ class EngineCollector(Collector):
             return
         gauges = (
             ("deltafeed_api_connections", "HTTP and WebSocket connections open to the API", guard.connections),
-            ("deltafeed_api_connections_waiting_for_headers", "API connections whose request headers are not"
-             " complete yet", guard.waiting_for_headers),
+            (
+                "deltafeed_api_connections_waiting_for_headers",
+                "API connections whose request headers are not complete yet",
+                guard.waiting_for_headers,
+            ),
             ("deltafeed_api_max_connections", "Most connections the API serves at once", guard.max_connections),
         )
         for name, doc, value in gauges:
@@ -239,14 +256,22 @@ class EngineCollector(Collector):
             yield gauge
         counters = (
             ("deltafeed_api_connections_accepted", "Connections the API accepted", guard.accepted),
-            ("deltafeed_api_connections_refused", "Connections refused (503) because every allowed connection"
-             " was busy", guard.refused),
-            ("deltafeed_api_connections_evicted", "Connections closed to make room for a new one (waiting for"
-             " headers, or idle)", guard.evicted),
-            ("deltafeed_api_header_timeouts", "Connections closed because a request's headers took too long",
-             guard.header_timeouts),
-            ("deltafeed_api_bad_requests", "Requests too malformed to parse (answered 400 or 431)",
-             guard.bad_requests),
+            (
+                "deltafeed_api_connections_refused",
+                "Connections refused (503) because every allowed connection was busy",
+                guard.refused,
+            ),
+            (
+                "deltafeed_api_connections_evicted",
+                "Connections closed to make room for a new one (waiting for headers, or idle)",
+                guard.evicted,
+            ),
+            (
+                "deltafeed_api_header_timeouts",
+                "Connections closed because a request's headers took too long",
+                guard.header_timeouts,
+            ),
+            ("deltafeed_api_bad_requests", "Requests too malformed to parse (answered 400 or 431)", guard.bad_requests),
         )
         for name, doc, value in counters:
             fam = CounterMetricFamily(name, doc)
@@ -269,8 +294,9 @@ def make_registry(engine: Engine, hub: Any = None, guard: ConnectionGuard | None
     return registry
 
 
-def add_metrics_route(app: web.Application, engine: Engine, hub: Any = None,
-                      guard: ConnectionGuard | None = None) -> CollectorRegistry:
+def add_metrics_route(
+    app: web.Application, engine: Engine, hub: Any = None, guard: ConnectionGuard | None = None
+) -> CollectorRegistry:
     """Serve ``GET /metrics`` (Prometheus text, or OpenMetrics when the scraper asks for it)."""
     registry = make_registry(engine, hub, guard)
 

@@ -39,8 +39,7 @@ SHUTDOWN_TIMEOUT_S = 2.0
 GUARD = web.AppKey("guard", ConnectionGuard)
 
 
-def build_app(engine: Engine, hub: Hub | None, token: str | None, limits: ApiLimits | None = None
-              ) -> web.Application:
+def build_app(engine: Engine, hub: Hub | None, token: str | None, limits: ApiLimits | None = None) -> web.Application:
     """The application: the connection guard's bookkeeping, JSON errors, the token check, HTTP
     routes, ``/metrics`` and (with a hub) ``/ws``.
 
@@ -49,8 +48,9 @@ def build_app(engine: Engine, hub: Hub | None, token: str | None, limits: ApiLim
     (``app[GUARD]``) takes effect when the application is served by :func:`start_api`.
     """
     guard = ConnectionGuard(limits)
-    app = web.Application(middlewares=[guard.middleware(), error_middleware, token_middleware(token)],
-                          client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[guard.middleware(), error_middleware, token_middleware(token)], client_max_size=MAX_BODY_BYTES
+    )
     app[GUARD] = guard
     add_http_routes(app, engine, body_timeout_s=guard.limits.header_timeout_s)
     add_metrics_route(app, engine, hub, guard)
@@ -89,11 +89,13 @@ class GuardedSite(web.BaseSite):
             raise RuntimeError("the runner is not set up; call runner.setup() first")
         factory = self._guard.protocol_factory(server, RedactingAccessLogger)
         self._server = await asyncio.get_running_loop().create_server(
-            factory, self._host or None, self._port, backlog=self._backlog)
+            factory, self._host or None, self._port, backlog=self._backlog
+        )
 
 
-async def start_api(engine: Engine, hub: Hub | None, host: str, port: int, token: str | None,
-                    limits: ApiLimits | None = None) -> web.AppRunner:
+async def start_api(
+    engine: Engine, hub: Hub | None, host: str, port: int, token: str | None, limits: ApiLimits | None = None
+) -> web.AppRunner:
     """Serve the API on ``host:port`` (port 0 picks a free one); :func:`api_url` tells where.
 
     With ``token`` every request needs it. Without, only loopback may be served
@@ -112,12 +114,18 @@ async def start_api(engine: Engine, hub: Hub | None, host: str, port: int, token
         await runner.cleanup()
         from deltafeed.model import BadInput
 
-        raise BadInput(f"cannot serve the API on {host}:{port} ({exc.strerror or exc}); pass --api HOST:PORT"
-                       " with a free port (or --api off), or stop the program using it") from None
+        raise BadInput(
+            f"cannot serve the API on {host}:{port} ({exc.strerror or exc}); pass --api HOST:PORT"
+            " with a free port (or --api off), or stop the program using it"
+        ) from None
     guard = app[GUARD]
-    log.info("API listening on %s%s (at most %d connections, headers within %g s)", api_url(runner),
-             "" if token else " (no token: POST endpoints refused)", guard.max_connections,
-             guard.limits.header_timeout_s)
+    log.info(
+        "API listening on %s%s (at most %d connections, headers within %g s)",
+        api_url(runner),
+        "" if token else " (no token: POST endpoints refused)",
+        guard.max_connections,
+        guard.limits.header_timeout_s,
+    )
     return runner
 
 

@@ -72,8 +72,14 @@ class WsSink:
 
     __slots__ = ("_grace_s", "_protocol", "_transport", "_writer", "_ws")
 
-    def __init__(self, ws: web.WebSocketResponse, writer: AbstractStreamWriter, transport: asyncio.Transport,
-                 protocol: RequestHandler, grace_s: float) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        writer: AbstractStreamWriter,
+        transport: asyncio.Transport,
+        protocol: RequestHandler,
+        grace_s: float,
+    ) -> None:
         self._ws = ws
         self._writer = writer
         self._transport = transport
@@ -95,8 +101,7 @@ class WsSink:
     async def close(self, code: int, reason: str) -> None:
         transport = self._transport
         try:
-            await asyncio.wait_for(self._ws.close(code=code, message=reason.encode()[:123], drain=False),
-                                   self._grace_s)
+            await asyncio.wait_for(self._ws.close(code=code, message=reason.encode()[:123], drain=False), self._grace_s)
         finally:
             # The close frame sits behind whatever the client has not read yet. A client that reads
             # gets it within the grace time; one that does not loses its socket then.
@@ -135,8 +140,11 @@ class _Endpoints:
         except BadInput as exc:
             return _refusal(exc)
         if len(names) > self.hub.max_subscriptions:
-            return _error(400, f"{len(names)} instruments exceed the {self.hub.max_subscriptions} subscriptions "
-                               "one connection may hold; split them over several connections")
+            return _error(
+                400,
+                f"{len(names)} instruments exceed the {self.hub.max_subscriptions} subscriptions "
+                "one connection may hold; split them over several connections",
+            )
         return await self._serve(request, names)
 
     async def ops(self, request: web.Request) -> web.StreamResponse:
@@ -144,8 +152,9 @@ class _Endpoints:
 
     async def _serve(self, request: web.Request, instruments: list[str]) -> web.StreamResponse:
         hub = self.hub
-        ws = web.WebSocketResponse(compress=False, max_msg_size=self.max_msg_size, heartbeat=PING_EVERY_S,
-                                   timeout=self.close_grace_s)
+        ws = web.WebSocketResponse(
+            compress=False, max_msg_size=self.max_msg_size, heartbeat=PING_EVERY_S, timeout=self.close_grace_s
+        )
         if not ws.can_prepare(request).ok:
             return _error(400, f"{request.path} is a WebSocket endpoint; connect with a WebSocket client")
         try:
@@ -246,11 +255,17 @@ class _Endpoints:
 def _clip(text: object, most: int = 80) -> str:
     """``repr(text)``, cut to about ``most`` characters (errors and logs quote what was sent)."""
     r = repr(text)
-    return r if len(r) <= most else r[:most - 4] + "...'"
+    return r if len(r) <= most else r[: most - 4] + "...'"
 
 
-def add_ws_routes(app: web.Application, hub: Hub, *, max_msg_size: int = MAX_MSG_SIZE,
-                  send_buffer: int | None = None, close_grace_s: float = CLOSE_GRACE_S) -> None:
+def add_ws_routes(
+    app: web.Application,
+    hub: Hub,
+    *,
+    max_msg_size: int = MAX_MSG_SIZE,
+    send_buffer: int | None = None,
+    close_grace_s: float = CLOSE_GRACE_S,
+) -> None:
     """Serve ``/ws``, ``/ws/{instrument}`` and ``/ws/multi/{i1},{i2},...`` from ``hub`` on ``app``.
 
     ``send_buffer`` caps each client socket's kernel send buffer (SO_SNDBUF, bytes). By default the

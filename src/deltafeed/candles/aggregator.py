@@ -65,9 +65,18 @@ class CandleBuilder:
       lone outlier never moves the continuity cursor.
     """
 
-    def __init__(self, timeframes: list[str], on_closed: ClosedSink, on_repair: RepairSink,
-                 hold_max: int = 256, calendar: Calendar | None = None, vouch: bool = True,
-                 max_jump: int = 1_000_000, confirm_jump: int = 3, unvouched_max: int = 100_000) -> None:
+    def __init__(
+        self,
+        timeframes: list[str],
+        on_closed: ClosedSink,
+        on_repair: RepairSink,
+        hold_max: int = 256,
+        calendar: Calendar | None = None,
+        vouch: bool = True,
+        max_jump: int = 1_000_000,
+        confirm_jump: int = 3,
+        unvouched_max: int = 100_000,
+    ) -> None:
         self._series = [_Series(tf) for tf in sorted(timeframes, key=TIMEFRAMES.__getitem__)]
         self._by_name = {s.name: s for s in self._series}
         self._on_closed = on_closed
@@ -254,8 +263,9 @@ class CandleBuilder:
         for s, c in self._unvouched:
             if c.open_time + s.ms <= ts:
                 self.vouched_late += 1
-                self._on_closed(s.name, Candle(c.open_time, c.open, c.high, c.low, c.close, c.volume, c.trades,
-                                               True, True))
+                self._on_closed(
+                    s.name, Candle(c.open_time, c.open, c.high, c.low, c.close, c.volume, c.trades, True, True)
+                )
             else:
                 keep.append((s, c))
         self._unvouched = keep

@@ -93,8 +93,7 @@ class _Bucket:
     folded in on demand: it changes every few hundred ms and must never force a refold.
     """
 
-    __slots__ = ("agg", "dirty", "emitted", "finals", "forming", "forming_i", "hi", "open_time", "parts",
-                 "verified")
+    __slots__ = ("agg", "dirty", "emitted", "finals", "forming", "forming_i", "hi", "open_time", "parts", "verified")
 
     def __init__(self, open_time: int, n: int) -> None:
         self.open_time = open_time
@@ -144,8 +143,14 @@ class RollupBuilder:
       only when a part already folded changes (counted in ``refolds``).
     """
 
-    def __init__(self, base: str, derived: Iterable[str], on_final: ClosedSink,
-                 on_stale: StaleSink | None = None, lengths: Mapping[str, int] = TIMEFRAMES) -> None:
+    def __init__(
+        self,
+        base: str,
+        derived: Iterable[str],
+        on_final: ClosedSink,
+        on_stale: StaleSink | None = None,
+        lengths: Mapping[str, int] = TIMEFRAMES,
+    ) -> None:
         """``lengths`` maps timeframe names to ms (the deltafeed timeframes unless given).
 
         Raises ValueError (a :class:`~deltafeed.model.BadInput` for an unknown name) when a derived
@@ -162,8 +167,10 @@ class RollupBuilder:
             if ms <= base_ms:
                 raise ValueError(f"cannot derive {name} from {base}: it must be longer than the base timeframe")
             if ms % base_ms:
-                raise ValueError(f"cannot derive {name} ({ms} ms) from {base} ({base_ms} ms): "
-                                 "it is not a whole multiple of the base timeframe")
+                raise ValueError(
+                    f"cannot derive {name} ({ms} ms) from {base} ({base_ms} ms): "
+                    "it is not a whole multiple of the base timeframe"
+                )
             if any(s.name == name for s in series):
                 raise ValueError(f"timeframe {name} is given twice")
             series.append(_Series(name, ms, ms // base_ms))
@@ -218,8 +225,17 @@ class RollupBuilder:
         base_ms = self._base_ms
         if t % base_ms:
             raise ValueError(f"base candle open time {t} is not aligned to {self.base}")
-        p = Candle(t, candle.open, candle.high, candle.low, candle.close, candle.volume, candle.trades,
-                   candle.closed, candle.final)
+        p = Candle(
+            t,
+            candle.open,
+            candle.high,
+            candle.low,
+            candle.close,
+            candle.volume,
+            candle.trades,
+            candle.closed,
+            candle.final,
+        )
         final = p.closed  # a part that will not change any more (until corrected or vouched for)
         for s in self._series:
             b = t - t % s.ms
@@ -313,8 +329,10 @@ class RollupBuilder:
         bk.emitted = True
         bk.forming = None
         if not self._seeding:
-            self._on_final(s.name, Candle(bk.open_time, a.open, a.high, a.low, a.close, a.volume, a.trades, True,
-                                          bk.verified == s.n))
+            self._on_final(
+                s.name,
+                Candle(bk.open_time, a.open, a.high, a.low, a.close, a.volume, a.trades, True, bk.verified == s.n),
+            )
 
     def _refold(self, bk: _Bucket) -> None:
         agg: Candle | None = None

@@ -65,8 +65,7 @@ class Feed(Protocol):
         """Called every engine tick: learn the venue's time, keep connections fresh."""
         ...
 
-    def connected(self) -> bool:
-        ...
+    def connected(self) -> bool: ...
 
     def activate(self, st: InstrumentState, active: bool) -> None:
         """Route (or stop routing) events to ``st``."""
@@ -76,19 +75,17 @@ class Feed(Protocol):
         """Subscribe to or unsubscribe from ``states`` on the live connection."""
         ...
 
-    def page_span_ms(self, timeframe: str) -> int:
-        ...
+    def page_span_ms(self, timeframe: str) -> int: ...
 
-    async def candles(self, st: InstrumentState, timeframe: str, start_ms: int, end_ms: int,
-                      now_ms: int | None = None) -> list[Candle]:
+    async def candles(
+        self, st: InstrumentState, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
+    ) -> list[Candle]:
         """``st``'s candles from the venue's history, ``closed`` as the venue says."""
         ...
 
-    async def stop(self) -> None:
-        ...
+    async def stop(self) -> None: ...
 
-    def status(self) -> dict[str, Any]:
-        ...
+    def status(self) -> dict[str, Any]: ...
 
 
 TradeSink = Callable[["InstrumentState", Trade], None]
@@ -115,9 +112,14 @@ def make_feed(venue: str, settings: Settings, on_trade: TradeSink) -> Feed:
     if venue == "binance":
         from deltafeed.feeds.binance import BinanceFeed
 
-        return BinanceFeed(vs, venue_klines=settings.venue_klines, stale_after_s=settings.seconds("stale_after"),
-                           rotate_after_s=settings.seconds("rotate_after"),
-                           connect_budget=settings.connect_budget, on_trade=on_trade)
+        return BinanceFeed(
+            vs,
+            venue_klines=settings.venue_klines,
+            stale_after_s=settings.seconds("stale_after"),
+            rotate_after_s=settings.seconds("rotate_after"),
+            connect_budget=settings.connect_budget,
+            on_trade=on_trade,
+        )
     if venue == "oanda":
         from deltafeed.feeds.oanda import OandaFeed
 

@@ -44,8 +44,16 @@ class BinanceFeed:
     sequenced = True
     reconcile_every_s = 0.0  # never needed: ids, closed klines and repairs make candles final
 
-    def __init__(self, vs: VenueSettings, *, venue_klines: bool, stale_after_s: float, rotate_after_s: float,
-                 connect_budget: int, on_trade: Callable[[InstrumentState, Trade], None]) -> None:
+    def __init__(
+        self,
+        vs: VenueSettings,
+        *,
+        venue_klines: bool,
+        stale_after_s: float,
+        rotate_after_s: float,
+        connect_budget: int,
+        on_trade: Callable[[InstrumentState, Trade], None],
+    ) -> None:
         self.settings = vs
         self.rest_url = vs.rest_url or binance.DEFAULT_REST_URL
         self.ws_url = vs.ws_url or binance.DEFAULT_WS_URL
@@ -86,23 +94,28 @@ class BinanceFeed:
         self.by_symbol[st.instrument.symbol] = st
         streams = self._streams(self.states)
         if len(streams) > binance.MAX_STREAMS_PER_CONNECTION:
-            raise BadInput(f"{len(streams)} streams exceed Binance's {binance.MAX_STREAMS_PER_CONNECTION} "
-                           "per connection; collect fewer symbols or timeframes per run")
+            raise BadInput(
+                f"{len(streams)} streams exceed Binance's {binance.MAX_STREAMS_PER_CONNECTION} "
+                "per connection; collect fewer symbols or timeframes per run"
+            )
 
     def page_span_ms(self, timeframe: str) -> int:
         return self.history.page_span_ms(timeframe)
 
-    async def candles(self, st: InstrumentState, timeframe: str, start_ms: int, end_ms: int,
-                      now_ms: int | None = None) -> list[Candle]:
+    async def candles(
+        self, st: InstrumentState, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
+    ) -> list[Candle]:
         return await self.history.candles(st.instrument.symbol, timeframe, start_ms, end_ms, now_ms)
 
     # --- connection -----------------------------------------------------------------------------
 
     def _streams(self, states: Iterable[InstrumentState]) -> list[str]:
         # Derived timeframes need no kline stream: they are rolled up from the base's candles.
-        return [s for st in states
-                for s in binance.streams_for(st.instrument.symbol,
-                                             st.builder.timeframes if self.venue_klines else [])]
+        return [
+            s
+            for st in states
+            for s in binance.streams_for(st.instrument.symbol, st.builder.timeframes if self.venue_klines else [])
+        ]
 
     def _url(self) -> str:
         """The combined-stream URL of the instruments streaming now (a reconnect resubscribes them)."""
@@ -112,8 +125,7 @@ class BinanceFeed:
         return binance.combined_url(self.ws_url, streams)
 
     def _new_stream(self) -> WsStream:
-        return WsStream(self._url, self.on_frame, name=self.venue, stale_after_s=self.stale_after_s,
-                        budget=self.budget)
+        return WsStream(self._url, self.on_frame, name=self.venue, stale_after_s=self.stale_after_s, budget=self.budget)
 
     async def check(self) -> None:
         """Read the venue's time and check every symbol exists; :class:`BadInput` naming the fix."""
@@ -126,8 +138,9 @@ class BinanceFeed:
             raise BadInput(f"the venue refused our first request ({exc}); check --rest-url") from None
         unknown = [st.instrument.symbol for st in self.states if st.instrument.symbol not in known]
         if unknown:
-            raise BadInput(f"unknown symbol(s) on binance at {self.rest_url}: {', '.join(sorted(set(unknown)))}; "
-                           "check --symbols")
+            raise BadInput(
+                f"unknown symbol(s) on binance at {self.rest_url}: {', '.join(sorted(set(unknown)))}; check --symbols"
+            )
         self.update_skew_bounds()
 
     def connected(self) -> bool:
@@ -161,8 +174,11 @@ class BinanceFeed:
         for ws in (self.ws, self._next):
             if ws is not None and ws.connected.is_set():
                 self._request_id += 1
-                body = (binance.subscribe(streams, self._request_id) if subscribe
-                        else binance.unsubscribe(streams, self._request_id))
+                body = (
+                    binance.subscribe(streams, self._request_id)
+                    if subscribe
+                    else binance.unsubscribe(streams, self._request_id)
+                )
                 ws.send(body)
 
     def activate(self, st: InstrumentState, active: bool) -> None:

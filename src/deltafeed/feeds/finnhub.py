@@ -59,9 +59,14 @@ class FinnhubFeed:
         self.out_of_order = 0
         self._skips = SkipLog(log, "messages")
         # One connection per key is Finnhub's rule, so one stream (and a budget of one a second).
-        self.ws = WsStream(lambda: finnhub.stream_url(self.ws_base, self._token), self.on_frame,
-                           on_connect=self._on_connect, name="finnhub", stale_after_s=stale_after_s,
-                           budget=ConnectBudget(60, 60.0))
+        self.ws = WsStream(
+            lambda: finnhub.stream_url(self.ws_base, self._token),
+            self.on_frame,
+            on_connect=self._on_connect,
+            name="finnhub",
+            stale_after_s=stale_after_s,
+            budget=ConnectBudget(60, 60.0),
+        )
         self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:  # the stream URL carries the key
@@ -97,8 +102,9 @@ class FinnhubFeed:
         # learned from the stream; the history endpoint answering proves the key and the address.
         st = self.states[0]
         try:
-            await self.history.get(finnhub.candle_path(finnhub.symbol_kind(st.instrument.symbol),
-                                                       st.instrument.symbol, "D", 0, 86_400))
+            await self.history.get(
+                finnhub.candle_path(finnhub.symbol_kind(st.instrument.symbol), st.instrument.symbol, "D", 0, 86_400)
+            )
             date_ms = http_date_ms(self.history.last_date)
             if date_ms is not None:
                 self.clock.observe(date_ms)
@@ -138,10 +144,12 @@ class FinnhubFeed:
     def page_span_ms(self, timeframe: str) -> int:
         return self.history.page_span_ms(timeframe)
 
-    async def candles(self, st: InstrumentState, timeframe: str, start_ms: int, end_ms: int,
-                      now_ms: int | None = None) -> list[Candle]:
-        return await self.history.candles(st.instrument.symbol, timeframe, start_ms, end_ms,
-                                          now_ms if now_ms is not None else self.clock.now_ms())
+    async def candles(
+        self, st: InstrumentState, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
+    ) -> list[Candle]:
+        return await self.history.candles(
+            st.instrument.symbol, timeframe, start_ms, end_ms, now_ms if now_ms is not None else self.clock.now_ms()
+        )
 
     async def stop(self) -> None:
         await self.ws.close()

@@ -112,12 +112,18 @@ class IGFeed:
             raise BadInput("IG's login answer named no Lightstreamer endpoint; check --rest-url")
 
     def start(self) -> None:
-        self.pool = TlcpPool(self.session.lightstreamer_endpoint, self.session.account_id,
-                             self.session.ls_password_fresh, max_connections=self.max_connections,
-                             on_update=self.on_update, on_disconnect=self._on_disconnect, on_lost=self._on_lost,
-                             name="ig",
-                             # A session silent for two keepalives is dropped: stale_after in all.
-                             keepalive_ms=max(500, int(self.stale_after_s * 500)))
+        self.pool = TlcpPool(
+            self.session.lightstreamer_endpoint,
+            self.session.account_id,
+            self.session.ls_password_fresh,
+            max_connections=self.max_connections,
+            on_update=self.on_update,
+            on_disconnect=self._on_disconnect,
+            on_lost=self._on_lost,
+            name="ig",
+            # A session silent for two keepalives is dropped: stale_after in all.
+            keepalive_ms=max(500, int(self.stale_after_s * 500)),
+        )
         epics = list(self._epics)
         asyncio.get_running_loop().create_task(self._subscribe(epics), name="ig-subscribe")
 
@@ -153,8 +159,9 @@ class IGFeed:
     def page_span_ms(self, timeframe: str) -> int:
         return self.history.page_span_ms(timeframe)
 
-    async def candles(self, st: InstrumentState, timeframe: str, start_ms: int, end_ms: int,
-                      now_ms: int | None = None) -> list[Candle]:
+    async def candles(
+        self, st: InstrumentState, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
+    ) -> list[Candle]:
         epic = st.instrument.symbol
         now = now_ms if now_ms is not None else self.clock.now_ms()
         if len(self._epics.get(epic, ())) < 2:

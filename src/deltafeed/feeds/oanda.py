@@ -54,8 +54,14 @@ class OandaFeed:
         self.router = QuoteRouter()
         self.heartbeats = 0
         self._skips = SkipLog(log, "lines")
-        self.stream = LineStream(self._url, self.on_line, headers=oanda.auth_headers(token), name="oanda",
-                                 stale_after_s=stale_after_s, on_disconnect=self._on_disconnect)
+        self.stream = LineStream(
+            self._url,
+            self.on_line,
+            headers=oanda.auth_headers(token),
+            name="oanda",
+            stale_after_s=stale_after_s,
+            on_disconnect=self._on_disconnect,
+        )
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -78,8 +84,9 @@ class OandaFeed:
         symbols = sorted({st.instrument.symbol for st in self.states if st.active})
         # No snapshot: after a reconnect the last price would come again, counted twice; what was
         # missed is repaired from the candle history anyway.
-        return oanda.stream_url(self.stream_url, self.account, symbols or [self.states[0].instrument.symbol],
-                                snapshot=False)
+        return oanda.stream_url(
+            self.stream_url, self.account, symbols or [self.states[0].instrument.symbol], snapshot=False
+        )
 
     async def check(self) -> None:
         try:
@@ -88,12 +95,15 @@ class OandaFeed:
         except VenueUnreachable as exc:
             raise BadInput(f"{exc}; check --rest-url and that OANDA (or its replica) is running") from None
         except VenueError as exc:
-            raise BadInput(f"OANDA refused our first request ({exc}); check {TOKEN_ENV}, the account and "
-                           "--rest-url") from None
+            raise BadInput(
+                f"OANDA refused our first request ({exc}); check {TOKEN_ENV}, the account and --rest-url"
+            ) from None
         unknown = sorted({st.instrument.symbol for st in self.states} - known)
         if unknown:
-            raise BadInput(f"unknown instrument(s) on oanda at {self.rest_url}: {', '.join(unknown)}; "
-                           "OANDA writes them like EUR_USD")
+            raise BadInput(
+                f"unknown instrument(s) on oanda at {self.rest_url}: {', '.join(unknown)}; "
+                "OANDA writes them like EUR_USD"
+            )
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="oanda-stream")
@@ -121,8 +131,9 @@ class OandaFeed:
     def page_span_ms(self, timeframe: str) -> int:
         return self.history.page_span_ms(timeframe)
 
-    async def candles(self, st: InstrumentState, timeframe: str, start_ms: int, end_ms: int,
-                      now_ms: int | None = None) -> list[Candle]:
+    async def candles(
+        self, st: InstrumentState, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
+    ) -> list[Candle]:
         return await self.history.candles(st.instrument.symbol, timeframe, start_ms, end_ms, now_ms, side=st.price)
 
     async def stop(self) -> None:

@@ -35,8 +35,14 @@ class RestClient:
     :class:`VenueError` at once.
     """
 
-    def __init__(self, base_url: str, limiter: WeightLimiter, used_weight_header: str | None = None,
-                 timeout_s: float = 10.0, retries: int = 5) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        limiter: WeightLimiter,
+        used_weight_header: str | None = None,
+        timeout_s: float = 10.0,
+        retries: int = 5,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.limiter = limiter
         self.used_weight_header = used_weight_header
@@ -79,8 +85,7 @@ class RestClient:
             if status in (429, 418):
                 self.throttled += 1
                 retry_after = _retry_after(headers.get("Retry-After"))
-                log.warning("%s answered %d; waiting %.1f s as Retry-After asks", self.base_url, status,
-                            retry_after)
+                log.warning("%s answered %d; waiting %.1f s as Retry-After asks", self.base_url, status, retry_after)
                 self.limiter.penalize(retry_after)
                 continue
             if status >= 500 and attempt < self.retries:

@@ -63,13 +63,24 @@ class LineStream:
       drop of a connected stream, so the owner can mark a possible gap each time.
     """
 
-    def __init__(self, url_fn: Callable[[], str], on_line: LineSink, *, headers: Mapping[str, str] | None = None,
-                 name: str = "lines", stale_after_s: float = 10.0, budget: ConnectBudget | None = None,
-                 on_connect: Callable[[LineStream], None] | None = None,
-                 on_disconnect: Callable[[LineStream, str], None] | None = None,
-                 backoff_base_s: float = 0.5, backoff_cap_s: float = 30.0, stable_after_s: float = 30.0,
-                 connect_timeout_s: float = 10.0, max_line_bytes: int = 1 << 20,
-                 auth_hint: str = "set OANDA_TOKEN to a valid OANDA v20 token") -> None:
+    def __init__(
+        self,
+        url_fn: Callable[[], str],
+        on_line: LineSink,
+        *,
+        headers: Mapping[str, str] | None = None,
+        name: str = "lines",
+        stale_after_s: float = 10.0,
+        budget: ConnectBudget | None = None,
+        on_connect: Callable[[LineStream], None] | None = None,
+        on_disconnect: Callable[[LineStream, str], None] | None = None,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 30.0,
+        stable_after_s: float = 30.0,
+        connect_timeout_s: float = 10.0,
+        max_line_bytes: int = 1 << 20,
+        auth_hint: str = "set OANDA_TOKEN to a valid OANDA v20 token",
+    ) -> None:
         self.url_fn = url_fn
         self.on_line = on_line
         self.name = name
@@ -150,8 +161,10 @@ class LineStream:
                     if self._stopping:
                         break
                     if status in _FATAL:
-                        msg = (f"{self.name}: {_short(url)} refused the credentials ({why}); {self.auth_hint}. "
-                               "Not retrying.")
+                        msg = (
+                            f"{self.name}: {_short(url)} refused the credentials ({why}); {self.auth_hint}. "
+                            "Not retrying."
+                        )
                         log.error("%s", msg)
                         self.error = StreamUnauthorized(status or 0, msg)
                         raise self.error
@@ -165,8 +178,7 @@ class LineStream:
             self._running = False
             self._done.set()
 
-    async def _attempt(self, session: aiohttp.ClientSession,
-                       url: str) -> tuple[str, float | None, int | None, float]:
+    async def _attempt(self, session: aiohttp.ClientSession, url: str) -> tuple[str, float | None, int | None, float]:
         """One request: (why it ended, seconds it was connected or None, refused status, Retry-After s)."""
         loop = asyncio.get_running_loop()
         self._drop_reason = ""
@@ -211,8 +223,9 @@ class LineStream:
         up_s = time.monotonic() - self.connected_at if self.connected_at else None
         return why, up_s, status, retry_after
 
-    async def _read(self, content: aiohttp.StreamReader, deadline: asyncio.Timeout,
-                    loop: asyncio.AbstractEventLoop) -> None:
+    async def _read(
+        self, content: aiohttp.StreamReader, deadline: asyncio.Timeout, loop: asyncio.AbstractEventLoop
+    ) -> None:
         """Cut the body into lines until it ends; every chunk that completes a line pushes the deadline."""
         on_line = self.on_line
         stale = self.stale_after_s

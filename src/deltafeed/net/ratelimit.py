@@ -20,9 +20,15 @@ class WeightLimiter:
     - Penalty: on 429/418 every caller waits the venue's ``Retry-After`` before trying again.
     """
 
-    def __init__(self, limit: int, window_s: float = 60.0, headroom: float = 0.8,
-                 burst_fraction: float = 0.05, clock: Clock | None = None,
-                 sleep: Sleep = asyncio.sleep) -> None:
+    def __init__(
+        self,
+        limit: int,
+        window_s: float = 60.0,
+        headroom: float = 0.8,
+        burst_fraction: float = 0.05,
+        clock: Clock | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
         if limit <= 0:
             raise ValueError("limit must be positive")
         self.limit = limit

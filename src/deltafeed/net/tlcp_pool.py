@@ -154,15 +154,28 @@ KEEPALIVE_BOUNDS_MS = (100, 120_000)
 class TlcpSession:
     """One TLCP session on one WebSocket, kept alive and resubscribed; see the module docstring."""
 
-    def __init__(self, url: str, user: str | None, password: Password, on_update: UpdateSink, *,
-                 on_connect: Callable[[TlcpSession], None] | None = None,
-                 on_disconnect: Callable[[TlcpSession, str], None] | None = None,
-                 on_lost: Callable[[str, int], None] | None = None,
-                 name: str = "tlcp", adapter_set: str | None = None, keepalive_ms: int = 5000,
-                 connect_timeout_s: float = 10.0, backoff_base_s: float = 0.5, backoff_cap_s: float = 30.0,
-                 stable_after_s: float = 30.0, gate: ConnectionGate | None = None,
-                 budget: ConnectBudget | None = None, http: aiohttp.ClientSession | None = None,
-                 cid: str = tlcp.DEFAULT_CID) -> None:
+    def __init__(
+        self,
+        url: str,
+        user: str | None,
+        password: Password,
+        on_update: UpdateSink,
+        *,
+        on_connect: Callable[[TlcpSession], None] | None = None,
+        on_disconnect: Callable[[TlcpSession, str], None] | None = None,
+        on_lost: Callable[[str, int], None] | None = None,
+        name: str = "tlcp",
+        adapter_set: str | None = None,
+        keepalive_ms: int = 5000,
+        connect_timeout_s: float = 10.0,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 30.0,
+        stable_after_s: float = 30.0,
+        gate: ConnectionGate | None = None,
+        budget: ConnectBudget | None = None,
+        http: aiohttp.ClientSession | None = None,
+        cid: str = tlcp.DEFAULT_CID,
+    ) -> None:
         self.url = tlcp.ws_url(url)
         self.user = user
         self._password = password
@@ -231,8 +244,14 @@ class TlcpSession:
     def __len__(self) -> int:
         return len(self._subs)
 
-    async def subscribe(self, items: Iterable[str], fields: Sequence[str], mode: str = "MERGE",
-                        snapshot: bool = True, data_adapter: str | None = None) -> None:
+    async def subscribe(
+        self,
+        items: Iterable[str],
+        fields: Sequence[str],
+        mode: str = "MERGE",
+        snapshot: bool = True,
+        data_adapter: str | None = None,
+    ) -> None:
         """Add ``items`` (one subscription each, all with ``fields``); sent now if connected, else on
         the next CONOK. Items already held are left as they are."""
         new = []
@@ -269,8 +288,17 @@ class TlcpSession:
             sub.sub_id, sub.req_id, sub.conn, sub.active = self._next_sub, self._req_id(), self._conn, False
             self._by_sub[sub.sub_id] = sub
             self._by_req[sub.req_id] = sub
-            queries.append(tlcp.subscribe_params(sub.req_id, sub.sub_id, sub.mode, (sub.item,), sub.fields,
-                                                 snapshot=sub.snapshot, data_adapter=sub.data_adapter))
+            queries.append(
+                tlcp.subscribe_params(
+                    sub.req_id,
+                    sub.sub_id,
+                    sub.mode,
+                    (sub.item,),
+                    sub.fields,
+                    snapshot=sub.snapshot,
+                    data_adapter=sub.data_adapter,
+                )
+            )
         await self._send_control(queries)
 
     async def _send_control(self, queries: Sequence[str]) -> None:
@@ -317,8 +345,9 @@ class TlcpSession:
                         failures += 1
                         delay = self._backoff(failures)
                         self.drops["no password"] += 1
-                        log.warning("%s: cannot get the password (%s); retrying in %.2f s", self.name,
-                                    type(exc).__name__, delay)
+                        log.warning(
+                            "%s: cannot get the password (%s); retrying in %.2f s", self.name, type(exc).__name__, delay
+                        )
                         continue
                     await self.budget.acquire()
                 await self.gate.acquire()
@@ -375,9 +404,15 @@ class TlcpSession:
         assert self._http is not None
         self.attempts += 1
         ws = await asyncio.wait_for(
-            self._http.ws_connect(self.url, protocols=(tlcp.PROTOCOL,), autoping=True, max_msg_size=MAX_MESSAGE_BYTES,
-                                  timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0)),
-            self.connect_timeout_s)
+            self._http.ws_connect(
+                self.url,
+                protocols=(tlcp.PROTOCOL,),
+                autoping=True,
+                max_msg_size=MAX_MESSAGE_BYTES,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),
+            ),
+            self.connect_timeout_s,
+        )
         self._ws = ws
         self.gate.opened()
         if ws.protocol != tlcp.PROTOCOL:
@@ -387,9 +422,16 @@ class TlcpSession:
         if bind is not None:
             await ws.send_str(tlcp.bind_session(bind, keepalive_ms=self.keepalive_ms, cause="loop"))
         else:
-            await ws.send_str(tlcp.create_session(
-                self.user, password, cid=self.cid, adapter_set=self.adapter_set, keepalive_ms=self.keepalive_ms,
-                old_session=self.session_id))
+            await ws.send_str(
+                tlcp.create_session(
+                    self.user,
+                    password,
+                    cid=self.cid,
+                    adapter_set=self.adapter_set,
+                    keepalive_ms=self.keepalive_ms,
+                    old_session=self.session_id,
+                )
+            )
         timeout = self.connect_timeout_s
         while True:
             try:
@@ -455,8 +497,10 @@ class TlcpSession:
                 self.errors["unknown_sub"] += 1  # a SUBOK racing an unsubscribe, or for no request of ours
                 return
             if (ev.num_items, ev.num_fields) != (1, len(sub.fields)):
-                raise _ProtocolError(f"SUBOK of {sub.item} for {ev.num_items} items of {ev.num_fields} fields; "
-                                     f"1 item of {len(sub.fields)} fields was asked")
+                raise _ProtocolError(
+                    f"SUBOK of {sub.item} for {ev.num_items} items of {ev.num_fields} fields; "
+                    f"1 item of {len(sub.fields)} fields was asked"
+                )
             self._state.open(ev.sub_id, ev.num_items, ev.num_fields)
             sub.active = True
         elif isinstance(ev, tlcp.Subcmd):
@@ -478,8 +522,14 @@ class TlcpSession:
             if sub is not None:
                 sub.failed = (ev.code, ev.message)
                 self._by_sub.pop(sub.sub_id, None)
-            log.warning("%s: request %d (%s) refused: %d %s", self.name, ev.req_id, sub.item if sub else "?",
-                        ev.code, ev.message)
+            log.warning(
+                "%s: request %d (%s) refused: %d %s",
+                self.name,
+                ev.req_id,
+                sub.item if sub else "?",
+                ev.code,
+                ev.message,
+            )
         elif isinstance(ev, tlcp.Conerr):
             self.conerr[str(ev.code)] += 1
             raise _Refused(f"CONERR {ev.code}: {ev.message}")
@@ -521,11 +571,20 @@ class TlcpSession:
 
     @property
     def stats(self) -> dict[str, int]:
-        return {"attempts": self.attempts, "connects": self.connects, "binds": self.binds, "updates": self.updates,
-                "lost_updates": self.lost_updates, "stale_drops": self.stale_drops, "refused": self.refused,
-                "conerr": sum(self.conerr.values()), "drops": sum(self.drops.values()),
-                "bad_lines": sum(self._decoder.errors.values()), "unknown_lines": sum(self._decoder.unknown.values()),
-                **{k: v for k, v in self.errors.items()}}
+        return {
+            "attempts": self.attempts,
+            "connects": self.connects,
+            "binds": self.binds,
+            "updates": self.updates,
+            "lost_updates": self.lost_updates,
+            "stale_drops": self.stale_drops,
+            "refused": self.refused,
+            "conerr": sum(self.conerr.values()),
+            "drops": sum(self.drops.values()),
+            "bad_lines": sum(self._decoder.errors.values()),
+            "unknown_lines": sum(self._decoder.unknown.values()),
+            **{k: v for k, v in self.errors.items()},
+        }
 
 
 class PoolFull(BadInput):
@@ -543,14 +602,28 @@ class TlcpPool:
     closed; items are never moved between sessions (a move would open a gap in their stream).
     """
 
-    def __init__(self, url: str, user: str | None, password: Password, *, max_connections: int = 40,
-                 items_per_session: int = 40, on_update: UpdateSink,
-                 on_connect: Callable[[TlcpSession], None] | None = None,
-                 on_disconnect: Callable[[TlcpSession, str], None] | None = None,
-                 on_lost: Callable[[str, int], None] | None = None,
-                 adapter_set: str | None = None, keepalive_ms: int = 5000, budget: ConnectBudget | None = None,
-                 backoff_base_s: float = 0.5, backoff_cap_s: float = 30.0, stable_after_s: float = 30.0,
-                 connect_timeout_s: float = 10.0, name: str = "ig", strict: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        user: str | None,
+        password: Password,
+        *,
+        max_connections: int = 40,
+        items_per_session: int = 40,
+        on_update: UpdateSink,
+        on_connect: Callable[[TlcpSession], None] | None = None,
+        on_disconnect: Callable[[TlcpSession, str], None] | None = None,
+        on_lost: Callable[[str, int], None] | None = None,
+        adapter_set: str | None = None,
+        keepalive_ms: int = 5000,
+        budget: ConnectBudget | None = None,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 30.0,
+        stable_after_s: float = 30.0,
+        connect_timeout_s: float = 10.0,
+        name: str = "ig",
+        strict: bool = False,
+    ) -> None:
         if items_per_session < 1:
             raise ValueError("items_per_session must be at least 1")
         self.url = url
@@ -586,13 +659,25 @@ class TlcpPool:
         if self._http is None:
             self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         self._made += 1
-        s = TlcpSession(self.url, self.user, self._password, self.on_update, on_connect=self.on_connect,
-                        on_disconnect=self.on_disconnect, on_lost=self.on_lost, name=f"{self.name}-{self._made}",
-                        gate=self.gate,
-                        budget=self.budget, http=self._http, adapter_set=self.adapter_set,
-                        keepalive_ms=self.keepalive_ms, backoff_base_s=self.backoff_base_s,
-                        backoff_cap_s=self.backoff_cap_s, stable_after_s=self.stable_after_s,
-                        connect_timeout_s=self.connect_timeout_s)
+        s = TlcpSession(
+            self.url,
+            self.user,
+            self._password,
+            self.on_update,
+            on_connect=self.on_connect,
+            on_disconnect=self.on_disconnect,
+            on_lost=self.on_lost,
+            name=f"{self.name}-{self._made}",
+            gate=self.gate,
+            budget=self.budget,
+            http=self._http,
+            adapter_set=self.adapter_set,
+            keepalive_ms=self.keepalive_ms,
+            backoff_base_s=self.backoff_base_s,
+            backoff_cap_s=self.backoff_cap_s,
+            stable_after_s=self.stable_after_s,
+            connect_timeout_s=self.connect_timeout_s,
+        )
         self.sessions.append(s)
         s.start()
         return s
@@ -607,21 +692,33 @@ class TlcpPool:
         self.over_capacity += 1
         if not self._warned:
             self._warned = True
-            log.warning("%s: %d sessions of %d items are full; more items go to the least loaded session "
-                        "(raise items_per_session, or subscribe fewer items)", self.name, self.max_connections,
-                        self.items_per_session)
+            log.warning(
+                "%s: %d sessions of %d items are full; more items go to the least loaded session "
+                "(raise items_per_session, or subscribe fewer items)",
+                self.name,
+                self.max_connections,
+                self.items_per_session,
+            )
         return min(self.sessions, key=lambda s: len(s) + pending[id(s)])
 
-    async def subscribe(self, items: Iterable[str], fields: Sequence[str], mode: str = "MERGE",
-                        snapshot: bool = True, data_adapter: str | None = None) -> None:
+    async def subscribe(
+        self,
+        items: Iterable[str],
+        fields: Sequence[str],
+        mode: str = "MERGE",
+        snapshot: bool = True,
+        data_adapter: str | None = None,
+    ) -> None:
         """Subscribe ``items`` (each its own subscription with ``fields``); items already held are kept."""
         new = [item for item in dict.fromkeys(items) if item not in self._where]
         if self.strict:
             free = sum(max(0, self.items_per_session - len(s)) for s in self.sessions)
             free += (self.max_connections - len(self.sessions)) * self.items_per_session
             if len(new) > free:
-                raise PoolFull(f"{len(new)} items do not fit: {free} places are left in {self.max_connections} "
-                               f"connections of {self.items_per_session} items")
+                raise PoolFull(
+                    f"{len(new)} items do not fit: {free} places are left in {self.max_connections} "
+                    f"connections of {self.items_per_session} items"
+                )
         pending: Counter[int] = Counter()
         batches: dict[int, tuple[TlcpSession, list[str]]] = {}
         for item in new:
@@ -676,9 +773,16 @@ class TlcpPool:
         total: Counter[str] = Counter()
         for s in self.sessions:
             total.update(s.stats)
-        return {**total, "sessions": len(self.sessions), "connected": sum(s.connected for s in self.sessions),
-                "open_connections": self.gate.open, "max_open_connections": self.gate.max_open,
-                "gate_waits": self.gate.waits, "over_capacity": self.over_capacity, "items": len(self._where)}
+        return {
+            **total,
+            "sessions": len(self.sessions),
+            "connected": sum(s.connected for s in self.sessions),
+            "open_connections": self.gate.open,
+            "max_open_connections": self.gate.max_open,
+            "gate_waits": self.gate.waits,
+            "over_capacity": self.over_capacity,
+            "items": len(self._where),
+        }
 
     async def close(self) -> None:
         sessions, self.sessions = self.sessions, []

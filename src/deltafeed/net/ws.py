@@ -86,10 +86,18 @@ class WsStream:
     - ``on_connect`` runs on every (re)connection, so the owner can resubscribe and check for gaps.
     """
 
-    def __init__(self, url: Callable[[], str], on_frame: FrameSink,
-                 on_connect: Callable[[WsStream], None] | None = None, name: str = "ws",
-                 stale_after_s: float = 10.0, backoff_base_s: float = 0.5, backoff_cap_s: float = 30.0,
-                 stable_after_s: float = 30.0, budget: ConnectBudget | None = None) -> None:
+    def __init__(
+        self,
+        url: Callable[[], str],
+        on_frame: FrameSink,
+        on_connect: Callable[[WsStream], None] | None = None,
+        name: str = "ws",
+        stale_after_s: float = 10.0,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 30.0,
+        stable_after_s: float = 30.0,
+        budget: ConnectBudget | None = None,
+    ) -> None:
         self.url = url
         self.on_frame = on_frame
         self.on_connect = on_connect
@@ -164,8 +172,11 @@ class WsStream:
                 self.attempts += 1
                 try:
                     await picows.ws_connect(
-                        lambda: _Listener(self), url, websocket_handshake_timeout=10,
-                        enable_auto_ping=True, auto_ping_idle_timeout=self.stale_after_s / 2,
+                        lambda: _Listener(self),
+                        url,
+                        websocket_handshake_timeout=10,
+                        enable_auto_ping=True,
+                        auto_ping_idle_timeout=self.stale_after_s / 2,
                         auto_ping_reply_timeout=self.stale_after_s / 2,
                     )
                 except (TimeoutError, OSError, picows.WSError) as exc:
@@ -180,8 +191,9 @@ class WsStream:
                     break
                 failures = 1 if time.monotonic() - started >= self.stable_after_s else failures + 1
                 delay = self._backoff(failures)
-                log.warning("%s: connection closed (code %s); reconnecting in %.2f s", self.name,
-                            self.close_code, delay)
+                log.warning(
+                    "%s: connection closed (code %s); reconnecting in %.2f s", self.name, self.close_code, delay
+                )
                 await asyncio.sleep(delay)
         finally:
             watchdog.cancel()

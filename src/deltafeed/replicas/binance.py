@@ -80,7 +80,6 @@ _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST,
 # --- frames --------------------------------------------------------------------------------------
 
 
-
 def text_frames(payloads: Iterable[bytes]) -> bytes:
     """Whole WebSocket text frames for ``payloads``, concatenated."""
     hdr = text_header
@@ -154,9 +153,7 @@ class _TradeTemplate:
         with contextlib.suppress(ValueError, TypeError):
             self._derive()
 
-    def _codec(
-        self, trade_id: int, time_ms: int, price: float, qty: float, maker: bool, event_ms: int
-    ) -> bytes:
+    def _codec(self, trade_id: int, time_ms: int, price: float, qty: float, maker: bool, event_ms: int) -> bytes:
         raw = encode_trade(self.symbol, trade_id, time_ms, price, qty, maker, event_ms)
         return raw if self.stream is None else wrap_combined(self.stream, raw)
 
@@ -213,8 +210,7 @@ class _TradeTemplate:
             ]
         mk = self.maker
         return [
-            tmpl % (event_ms, i, p, q, t, mk[m])
-            for i, t, p, q, m in zip(ids, times, prices, qtys, makers, strict=True)
+            tmpl % (event_ms, i, p, q, t, mk[m]) for i, t, p, q, m in zip(ids, times, prices, qtys, makers, strict=True)
         ]
 
 
@@ -256,9 +252,7 @@ class _Conn:
         "ws",
     )
 
-    def __init__(
-        self, ws: web.WebSocketResponse, transport: asyncio.Transport, combined: bool, peer: str
-    ) -> None:
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, combined: bool, peer: str) -> None:
         self.ws = ws
         self.transport = transport
         self.combined = combined
@@ -376,8 +370,7 @@ _ERR_WEIGHT = (
     "Please use WebSocket Streams for live updates to avoid polling the API."
 )
 _ERR_BANNED = (
-    "Way too much request weight used; IP banned until %s. "
-    "Please use WebSocket Streams for live updates to avoid bans."
+    "Way too much request weight used; IP banned until %s. Please use WebSocket Streams for live updates to avoid bans."
 )
 _METHODS = "SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS, SET_PROPERTY, GET_PROPERTY"
 
@@ -398,9 +391,7 @@ def _int_param(q: Mapping[str, str], name: str) -> int | None:
     if v is None or v == "":
         return None
     if not (v.isascii() and v.isdigit() and len(v) <= 20):
-        raise _BadRequest(
-            -1100, f"Illegal characters found in parameter '{name}'; legal range is '{_INT_RULE}'."
-        )
+        raise _BadRequest(-1100, f"Illegal characters found in parameter '{name}'; legal range is '{_INT_RULE}'.")
     return int(v)
 
 
@@ -481,9 +472,7 @@ class BinanceReplica(ReplicaBase):
         self._streams: dict[str, _Stream] = {}
         self._templates: dict[tuple[str, str | None], _TradeTemplate] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._routes: dict[
-            str, tuple[Callable[[web.Request], web.Response], Callable[[Mapping[str, str]], int]]
-        ] = {
+        self._routes: dict[str, tuple[Callable[[web.Request], web.Response], Callable[[Mapping[str, str]], int]]] = {
             "/api/v3/ping": (self._ping, lambda q: 1),
             "/api/v3/time": (self._time, lambda q: 1),
             "/api/v3/exchangeInfo": (self._exchange_info, lambda q: 20),
@@ -513,9 +502,7 @@ class BinanceReplica(ReplicaBase):
             else:
                 conns.append(c)
         if conns:
-            await asyncio.gather(
-                *(self._close_ws(c, 1001, b"server stopping") for c in conns), return_exceptions=True
-            )
+            await asyncio.gather(*(self._close_ws(c, 1001, b"server stopping") for c in conns), return_exceptions=True)
         for t in list(self._tasks):
             t.cancel()
         await self._stop_server()
@@ -588,9 +575,7 @@ class BinanceReplica(ReplicaBase):
             return self._respond(429, body, self.limiter.used(ip), {"Retry-After": "1"})
         return None
 
-    def _respond(
-        self, status: int, body: bytes, used: int, headers: Mapping[str, str] | None = None
-    ) -> web.Response:
+    def _respond(self, status: int, body: bytes, used: int, headers: Mapping[str, str] | None = None) -> web.Response:
         """Every REST response goes through here."""
         h = {"Content-Type": "application/json;charset=UTF-8", "X-MBX-USED-WEIGHT-1M": str(used)}
         if headers:
@@ -764,13 +749,8 @@ class BinanceReplica(ReplicaBase):
         if tz not in ("0", "+0", "-0", "00:00", "+00:00", "-00:00", "0:00", "+0:00"):
             # Only UTC klines are simulated.
             raise _BadRequest(-1130, "Data sent for parameter 'timeZone' is not valid.")
-        table = self._sim.kline_table(
-            symbol, _interval_grid(interval), start, end, limit, self._clock.now_ms()
-        )
-        rows = [
-            kline_row(c, ex[5], ex[0], ex[1], ex[2])
-            for c, ex in zip(table.candles(), table.extras(), strict=True)
-        ]
+        table = self._sim.kline_table(symbol, _interval_grid(interval), start, end, limit, self._clock.now_ms())
+        rows = [kline_row(c, ex[5], ex[0], ex[1], ex[2]) for c, ex in zip(table.candles(), table.extras(), strict=True)]
         return self._ok(msgspec.json.encode(rows))
 
     def _depth(self, request: web.Request) -> web.Response:
@@ -792,12 +772,8 @@ class BinanceReplica(ReplicaBase):
 
         book = {
             "lastUpdateId": max(last_id, 0),
-            "bids": [
-                [fmt(p), s] for p, s in zip((bid_t / spec.price_scale).tolist(), qty(bid_t), strict=True)
-            ],
-            "asks": [
-                [fmt(p), s] for p, s in zip((ask_t / spec.price_scale).tolist(), qty(ask_t), strict=True)
-            ],
+            "bids": [[fmt(p), s] for p, s in zip((bid_t / spec.price_scale).tolist(), qty(bid_t), strict=True)],
+            "asks": [[fmt(p), s] for p, s in zip((ask_t / spec.price_scale).tolist(), qty(ask_t), strict=True)],
         }
         return self._ok(msgspec.json.encode(book))
 
@@ -824,9 +800,7 @@ class BinanceReplica(ReplicaBase):
             return None
         kind, symbol, iv = k
         if kind == "trade":
-            return _Stream(
-                name, kind, symbol, raw=self._template(symbol, None), combined=self._template(symbol, name)
-            )
+            return _Stream(name, kind, symbol, raw=self._template(symbol, None), combined=self._template(symbol, name))
         # Binance pushes kline updates every 1000 ms for 1s klines, every 2000 ms otherwise.
         return _Stream(name, kind, symbol, iv, _interval_grid(iv), 1.0 if iv == "1s" else 2.0)
 
@@ -950,9 +924,7 @@ class BinanceReplica(ReplicaBase):
             or (isinstance(rid, int) and not isinstance(rid, bool) and -(2**63) <= rid < 2**63)
             or (isinstance(rid, str) and len(rid) <= 36 and rid.isascii() and rid.isalnum())
         ):
-            await conn.send_control(
-                _ws_error(2, "Invalid request: request ID must be an unsigned integer", None)
-            )
+            await conn.send_control(_ws_error(2, "Invalid request: request ID must be an unsigned integer", None))
             return
         method = msg.get("method")
         if method is None:
@@ -977,9 +949,7 @@ class BinanceReplica(ReplicaBase):
         elif method in ("SET_PROPERTY", "GET_PROPERTY"):
             reply = self._property(conn, method, params, rid)
         else:
-            reply = _ws_error(
-                2, f"Invalid request: unknown variant `{method}`, expected one of {_METHODS}", rid
-            )
+            reply = _ws_error(2, f"Invalid request: unknown variant `{method}`, expected one of {_METHODS}", rid)
         await conn.send_control(reply)
 
     def _property(self, conn: _Conn, method: str, params: Any, rid: Any) -> bytes:
@@ -1194,5 +1164,3 @@ def _depth_limit(q: Mapping[str, str]) -> int:
 def _depth_weight(q: Mapping[str, str]) -> int:
     limit = _depth_limit(q)
     return 5 if limit <= 100 else 25 if limit <= 500 else 50 if limit <= 1000 else 250
-
-

@@ -262,8 +262,11 @@ async def serve(replica: DukascopyReplica) -> None:
     The first line names the server's root, as the other replicas' do; the data lives under
     :attr:`DukascopyReplica.url` (root + ``/datafeed``).
     """
+
     def banner(url: str) -> list[str]:
-        return [f"listening on {url.removesuffix(PREFIX.rstrip('/'))}",
-                f"tick files under {url}/SYMBOL/YYYY/MM/DD/HHh_ticks.bi5 (month zero-based)"]
+        return [
+            f"listening on {url.removesuffix(PREFIX.rstrip('/'))}",
+            f"tick files under {url}/SYMBOL/YYYY/MM/DD/HHh_ticks.bi5 (month zero-based)",
+        ]
 
     await serve_replica(replica, banner)

@@ -88,9 +88,7 @@ class FaultSchedule:
     latest :meth:`start`.
     """
 
-    def __init__(
-        self, rates: Mapping[str, float], seed: int = 0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, rates: Mapping[str, float], seed: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
         every = (*KINDS, *ITEM_KINDS)
         for kind, rate in rates.items():
             _check(kind, float(rate), f"{kind}={rate}", every)
@@ -178,8 +176,9 @@ class FaultSchedule:
 Poison = Callable[[bytes, Callable[[int], int]], list[bytes] | None]
 
 
-def apply_message_fault(kind: str, payloads: list[bytes], pick: Callable[[int], int],
-                        poison: Poison | None = None) -> list[bytes]:
+def apply_message_fault(
+    kind: str, payloads: list[bytes], pick: Callable[[int], int], poison: Poison | None = None
+) -> list[bytes]:
     """``payloads`` (one tick's data frames of one connection, in order) with fault ``kind`` applied.
 
     drop: one frame lost. dup: one frame sent twice. reorder: two neighbouring frames swapped.

@@ -134,8 +134,11 @@ def check_faults(spec: str) -> dict[str, float]:
 def _check_rates(rates: dict[str, float]) -> dict[str, float]:
     for kind, rate in rates.items():
         if rate > 0 and kind not in FAULT_KINDS:
-            why = ("Finnhub trades carry no id or sequence, so a client cannot detect it"
-                   if kind in ("drop", "dup", "reorder") else "Finnhub has no such event")
+            why = (
+                "Finnhub trades carry no id or sequence, so a client cannot detect it"
+                if kind in ("drop", "dup", "reorder")
+                else "Finnhub has no such event"
+            )
             raise BadInput(f"fault kind {kind!r} does not apply to Finnhub ({why}); use {', '.join(FAULT_KINDS)}")
     return rates
 
@@ -161,8 +164,17 @@ def us_market_open(times: I64) -> npt.NDArray[np.bool_]:
 
 # --- instruments, minute rows, candles ----------------------------------------------------------------
 
-_ROW = np.dtype([("t", np.int64), ("o", np.int64), ("h", np.int64), ("l", np.int64), ("c", np.int64),
-                 ("v", np.int64), ("n", np.int64)])
+_ROW = np.dtype(
+    [
+        ("t", np.int64),
+        ("o", np.int64),
+        ("h", np.int64),
+        ("l", np.int64),
+        ("c", np.int64),
+        ("v", np.int64),
+        ("n", np.int64),
+    ]
+)
 
 
 class _Minutes:
@@ -271,9 +283,14 @@ class _TradeSim(MarketSim):
         bs, self.pending = self.pending, []
         if len(bs) == 1:
             return bs[0]
-        return TradeBatch(bs[0].spec, bs[0].first_id, np.concatenate([b.times for b in bs]),
-                          np.concatenate([b.ticks for b in bs]), np.concatenate([b.lots for b in bs]),
-                          np.concatenate([b.maker for b in bs]))
+        return TradeBatch(
+            bs[0].spec,
+            bs[0].first_id,
+            np.concatenate([b.times for b in bs]),
+            np.concatenate([b.ticks for b in bs]),
+            np.concatenate([b.lots for b in bs]),
+            np.concatenate([b.maker for b in bs]),
+        )
 
 
 def _check_symbol(s: str) -> str:
@@ -320,8 +337,9 @@ class _Conn:
 
     __slots__ = ("closing", "doomed", "next_ping", "peer", "stalled", "subs", "token", "transport", "ws")
 
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, token: str, peer: str,
-                 next_ping: float) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, transport: asyncio.Transport, token: str, peer: str, next_ping: float
+    ) -> None:
         self.ws = ws
         self.transport = transport
         self.token = token
@@ -401,8 +419,11 @@ class FinnhubReplica(ReplicaBase):
             raise BadInput(f"rate must be a positive number per second, got {rate}")
         if history_ms < 0:
             raise BadInput(f"history must not be negative, got {history_ms} ms")
-        for name, v in (("max_symbols", max_symbols), ("calls_per_minute", calls_per_minute),
-                        ("calls_per_second", calls_per_second)):
+        for name, v in (
+            ("max_symbols", max_symbols),
+            ("calls_per_minute", calls_per_minute),
+            ("calls_per_second", calls_per_second),
+        ):
             if v < 1:
                 raise BadInput(f"{name} must be at least 1, got {v}")
         if not ping_s > 0 or not window_s > 0:
@@ -585,13 +606,16 @@ class FinnhubReplica(ReplicaBase):
     def _token_ok(self, token: str) -> bool:
         return bool(token) and (self.token is None or token == self.token)
 
-    def _respond(self, status: int, body: bytes, headers: Mapping[str, str] | None = None,
-                 counted: bool = True) -> web.Response:
+    def _respond(
+        self, status: int, body: bytes, headers: Mapping[str, str] | None = None, counted: bool = True
+    ) -> web.Response:
         if counted and str(status) in self.stats:
             self.stats[str(status)] += 1
         # Date from the market clock: the one clock a client can read off Finnhub, as on the real one.
-        h = {"Content-Type": "application/json; charset=utf-8",
-             "Date": email.utils.formatdate(self.clock.now_ms() / 1000, usegmt=True)}
+        h = {
+            "Content-Type": "application/json; charset=utf-8",
+            "Date": email.utils.formatdate(self.clock.now_ms() / 1000, usegmt=True),
+        }
         if headers:
             h.update(headers)
         return web.Response(status=status, body=body, headers=h)
@@ -673,8 +697,11 @@ class FinnhubReplica(ReplicaBase):
         if token in self._by_token:
             # One connection per key [V]; which one Finnhub drops, and how, is [UNVERIFIED]: keep the first.
             self.stats["refused_connections"] += 1
-            conn.write([_error("Only one connection per API key is allowed; close the other one first")],
-                       self.max_send_buffer, self.stats)
+            conn.write(
+                [_error("Only one connection per API key is allowed; close the other one first")],
+                self.max_send_buffer,
+                self.stats,
+            )
             await self._close_ws(conn, 1008, b"one connection per API key")
             return ws
         self._by_token[token] = conn
@@ -730,8 +757,11 @@ class FinnhubReplica(ReplicaBase):
             return
         if len(conn.subs) >= self.max_symbols:
             self.stats["symbol_cap_errors"] += 1
-            conn.write([_error(f"Subscribing to {symbol} would exceed the limit of {self.max_symbols} symbols")],
-                       self.max_send_buffer, self.stats)  # wording [UNVERIFIED]
+            conn.write(
+                [_error(f"Subscribing to {symbol} would exceed the limit of {self.max_symbols} symbols")],
+                self.max_send_buffer,
+                self.stats,
+            )  # wording [UNVERIFIED]
             return
         if symbol not in self.instruments:
             self.stats["unknown_subscriptions"] += 1

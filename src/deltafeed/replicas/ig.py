@@ -168,13 +168,55 @@ _MINUTE = 60_000
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
 
 #: Item fields as IG names them (PROTOCOLS.md section 4); the ones the replica does not simulate are null.
-MARKET_FIELDS = ("MID_OPEN", "HIGH", "LOW", "CHANGE", "CHANGE_PCT", "UPDATE_TIME", "MARKET_DELAY", "MARKET_STATE",
-                 "BID", "OFFER")
-CHART_FIELDS = ("LTV", "TTV", "UTM", "DAY_OPEN_MID", "DAY_NET_CHG_MID", "DAY_PERC_CHG_MID", "DAY_HIGH", "DAY_LOW",
-                "OFR_OPEN", "OFR_HIGH", "OFR_LOW", "OFR_CLOSE", "BID_OPEN", "BID_HIGH", "BID_LOW", "BID_CLOSE",
-                "LTP_OPEN", "LTP_HIGH", "LTP_LOW", "LTP_CLOSE", "CONS_END", "CONS_TICK_COUNT")
-TICK_FIELDS = ("BID", "OFR", "LTP", "LTV", "TTV", "UTM", "DAY_OPEN_MID", "DAY_NET_CHG_MID", "DAY_PERC_CHG_MID",
-               "DAY_HIGH", "DAY_LOW")
+MARKET_FIELDS = (
+    "MID_OPEN",
+    "HIGH",
+    "LOW",
+    "CHANGE",
+    "CHANGE_PCT",
+    "UPDATE_TIME",
+    "MARKET_DELAY",
+    "MARKET_STATE",
+    "BID",
+    "OFFER",
+)
+CHART_FIELDS = (
+    "LTV",
+    "TTV",
+    "UTM",
+    "DAY_OPEN_MID",
+    "DAY_NET_CHG_MID",
+    "DAY_PERC_CHG_MID",
+    "DAY_HIGH",
+    "DAY_LOW",
+    "OFR_OPEN",
+    "OFR_HIGH",
+    "OFR_LOW",
+    "OFR_CLOSE",
+    "BID_OPEN",
+    "BID_HIGH",
+    "BID_LOW",
+    "BID_CLOSE",
+    "LTP_OPEN",
+    "LTP_HIGH",
+    "LTP_LOW",
+    "LTP_CLOSE",
+    "CONS_END",
+    "CONS_TICK_COUNT",
+)
+TICK_FIELDS = (
+    "BID",
+    "OFR",
+    "LTP",
+    "LTV",
+    "TTV",
+    "UTM",
+    "DAY_OPEN_MID",
+    "DAY_NET_CHG_MID",
+    "DAY_PERC_CHG_MID",
+    "DAY_HIGH",
+    "DAY_LOW",
+)
 _KIND_FIELDS = {"MARKET": MARKET_FIELDS, "1MINUTE": CHART_FIELDS, "TICK": TICK_FIELDS}
 _KIND_MODE = {"MARKET": "MERGE", "1MINUTE": "MERGE", "TICK": "DISTINCT"}
 
@@ -286,8 +328,22 @@ class _Item:
     first subscriber rebuilds it from the market, so idle items cost nothing per quote.
     """
 
-    __slots__ = ("ask", "bid", "epic", "fields", "final", "fresh", "kind", "minute", "n", "name", "spec", "subs",
-                 "symbol", "values")
+    __slots__ = (
+        "ask",
+        "bid",
+        "epic",
+        "fields",
+        "final",
+        "fresh",
+        "kind",
+        "minute",
+        "n",
+        "name",
+        "spec",
+        "subs",
+        "symbol",
+        "values",
+    )
 
     def __init__(self, name: str, kind: str, epic: str, spec: PairSpec) -> None:
         self.name = name
@@ -467,8 +523,10 @@ class IGReplica(ReplicaBase):
     ) -> None:
         for name, value in (("api_key", api_key), ("username", username), ("password", password)):
             if value is not None and not value:
-                raise BadInput(f"the {name.replace('_', ' ')} must not be empty (--{name.replace('_', '-')}); leave it"
-                               " out to accept any")
+                raise BadInput(
+                    f"the {name.replace('_', ' ')} must not be empty (--{name.replace('_', '-')}); leave it"
+                    " out to accept any"
+                )
         if max_connections < 1:
             raise BadInput(f"max_connections must be at least 1, got {max_connections}")
         if keepalive_ms < MIN_KEEPALIVE_MS:
@@ -504,8 +562,9 @@ class IGReplica(ReplicaBase):
             # The history is released at construction, before a tape can be swapped in: write it now
             # (the simulator gives the same quotes for any slicing), then let the market tape the rest.
             writer = _EpicTape(tape, {p: e for e, p in self.epics.items()})
-            writer.write([self._sim.batch(s, self._market.origin_ms, self._market.released_ms + 1)
-                          for s in self._sim.specs])
+            writer.write(
+                [self._sim.batch(s, self._market.origin_ms, self._market.released_ms + 1) for s in self._sim.specs]
+            )
             self._market.tape = writer
         self._open = self._sim.calendar.is_open(self._market.released_ms)
         self._items: dict[str, _Item] = {}
@@ -599,19 +658,23 @@ class IGReplica(ReplicaBase):
 
     # -- HTTP --
 
-    def _respond(self, status: int, body: Any, headers: Mapping[str, str] | None = None,
-                 counted: bool = True) -> web.Response:
+    def _respond(
+        self, status: int, body: Any, headers: Mapping[str, str] | None = None, counted: bool = True
+    ) -> web.Response:
         if counted and str(status) in self.stats:
             self.stats[str(status)] += 1
         # Date from the market clock: what a client reads the venue's time from (IG has no time endpoint).
-        h = {"Content-Type": "application/json; charset=UTF-8",
-             "Date": email.utils.formatdate(self.clock.now_ms() / 1000, usegmt=True), **(headers or {})}
+        h = {
+            "Content-Type": "application/json; charset=UTF-8",
+            "Date": email.utils.formatdate(self.clock.now_ms() / 1000, usegmt=True),
+            **(headers or {}),
+        }
         return web.Response(status=status, body=msgspec.json.encode(body), headers=h)
 
     async def _http(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         if path.startswith(REST_PREFIX + "/"):
-            path = path[len(REST_PREFIX):]
+            path = path[len(REST_PREFIX) :]
         if path == "/lightstreamer" and request.method == "GET":
             return await self._lightstreamer(request)
         self.stats["requests"] += 1
@@ -665,8 +728,7 @@ class IGReplica(ReplicaBase):
             "currentAccountId": self.account_id,
             "timezoneOffset": 0,
             "lightstreamerEndpoint": self.url,
-            "accounts": [{"accountId": self.account_id, "accountName": "CFD", "preferred": True,
-                          "accountType": "CFD"}],
+            "accounts": [{"accountId": self.account_id, "accountName": "CFD", "preferred": True, "accountType": "CFD"}],
             "dealingEnabled": False,
             "hasActiveDemoAccounts": True,
             "hasActiveLiveAccounts": False,
@@ -754,14 +816,21 @@ class IGReplica(ReplicaBase):
         self._allowance_used += n
         self.stats["allowance_used"] += n
         self.stats["rows"] += n
-        rows = _price_rows(table.spec, table.open_time[lo_i:hi_i], table.volume[lo_i:hi_i],
-                           {s: tuple(x[lo_i:hi_i] for x in table.ohlc[s]) for s in ("bid", "ask")})
+        rows = _price_rows(
+            table.spec,
+            table.open_time[lo_i:hi_i],
+            table.volume[lo_i:hi_i],
+            {s: tuple(x[lo_i:hi_i] for x in table.ohlc[s]) for s in ("bid", "ask")},
+        )
         return {
             "prices": rows,
             "instrumentType": "CURRENCIES",
             "metadata": {
-                "allowance": {"remainingAllowance": self.allowance - self._allowance_used,
-                              "totalAllowance": self.allowance, "allowanceExpiry": int(expiry)},
+                "allowance": {
+                    "remainingAllowance": self.allowance - self._allowance_used,
+                    "totalAllowance": self.allowance,
+                    "allowanceExpiry": int(expiry),
+                },
                 "size": n,
                 "pageData": {"pageSize": page_size, "pageNumber": page_number, "totalPages": pages},
             },
@@ -850,21 +919,26 @@ class IGReplica(ReplicaBase):
             elif name == "create_session":
                 self._create_session(conn, params)
             elif name == "bind_session":
-                conn.close_after([f"CONERR,20,{_tlcp_message('session not found: the replica has no recovery')}"],
-                                 self.stats)
+                conn.close_after(
+                    [f"CONERR,20,{_tlcp_message('session not found: the replica has no recovery')}"], self.stats
+                )
             elif name == "control":
                 self._control(conn, params)
             elif name == "heartbeat":
                 if "LS_reqId" in params and params.get("LS_ack") != "false":
                     conn.send([f"REQOK,{params['LS_reqId']}"], self.stats, self.max_send_buffer)
             else:
-                conn.send([f"ERROR,65,{_tlcp_message(f'unsupported request {name}')}"], self.stats,
-                          self.max_send_buffer)
+                conn.send(
+                    [f"ERROR,65,{_tlcp_message(f'unsupported request {name}')}"], self.stats, self.max_send_buffer
+                )
 
     def _create_session(self, conn: _Conn, p: Mapping[str, str]) -> None:
         if conn.session_id is not None:
-            conn.send([f"ERROR,65,{_tlcp_message('a session already runs on this connection')}"], self.stats,
-                      self.max_send_buffer)
+            conn.send(
+                [f"ERROR,65,{_tlcp_message('a session already runs on this connection')}"],
+                self.stats,
+                self.max_send_buffer,
+            )
             return
         password = p.get("LS_password", "")
         cst, _, xst = password.partition("|")
@@ -891,8 +965,16 @@ class IGReplica(ReplicaBase):
         self.stats["sessions"] += 1
         self.stats["open_sessions"] += 1
         self.stats["max_concurrent_sessions"] = max(self.stats["max_concurrent_sessions"], self.stats["open_sessions"])
-        conn.send([f"CONOK,{conn.session_id},{REQUEST_LIMIT},{keepalive},*", "SERVNAME,deltafeed IG replica",
-                   f"CLIENTIP,{conn.ip}", "CONS,unlimited"], self.stats, self.max_send_buffer)
+        conn.send(
+            [
+                f"CONOK,{conn.session_id},{REQUEST_LIMIT},{keepalive},*",
+                "SERVNAME,deltafeed IG replica",
+                f"CLIENTIP,{conn.ip}",
+                "CONS,unlimited",
+            ],
+            self.stats,
+            self.max_send_buffer,
+        )
 
     def _control(self, conn: _Conn, p: Mapping[str, str]) -> None:
         req_id = p.get("LS_reqId", "")
@@ -902,8 +984,11 @@ class IGReplica(ReplicaBase):
             conn.send([f"ERROR,65,{_tlcp_message('LS_reqId missing')}"], self.stats, self.max_send_buffer)
             return
         if conn.session_id is None:
-            conn.send([f"REQERR,{req_id},20,{_tlcp_message('no session on this connection')}"], self.stats,
-                      self.max_send_buffer)
+            conn.send(
+                [f"REQERR,{req_id},20,{_tlcp_message('no session on this connection')}"],
+                self.stats,
+                self.max_send_buffer,
+            )
             return
         if op == "add":
             self._add(conn, req_id, ack, p)
@@ -911,8 +996,9 @@ class IGReplica(ReplicaBase):
             sid = p.get("LS_subId", "")
             sub = conn.subs.pop(int(sid), None) if sid.isdigit() else None
             if sub is None:
-                conn.send([f"REQERR,{req_id},19,{_tlcp_message('subscription not found')}"], self.stats,
-                          self.max_send_buffer)
+                conn.send(
+                    [f"REQERR,{req_id},19,{_tlcp_message('subscription not found')}"], self.stats, self.max_send_buffer
+                )
                 return
             self._unsubscribe(sub)
             conn.send([f"REQOK,{req_id}"] * ack + [f"UNSUB,{sub.id}"], self.stats, self.max_send_buffer)
@@ -923,8 +1009,9 @@ class IGReplica(ReplicaBase):
             if ack:
                 conn.send([f"REQOK,{req_id}"], self.stats, self.max_send_buffer)
         else:
-            conn.send([f"REQERR,{req_id},32,{_tlcp_message(f'unsupported LS_op {op!r}')}"], self.stats,
-                      self.max_send_buffer)
+            conn.send(
+                [f"REQERR,{req_id},32,{_tlcp_message(f'unsupported LS_op {op!r}')}"], self.stats, self.max_send_buffer
+            )
 
     def _item(self, name: str) -> _Item | None:
         item = self._items.get(name)
@@ -964,8 +1051,11 @@ class IGReplica(ReplicaBase):
         for n in names:
             item = self._item(n)
             if item is None:
-                return refuse(21, f"unknown item {n} (served: MARKET:<epic>, CHART:<epic>:1MINUTE, "
-                                  f"CHART:<epic>:TICK for {', '.join(self.epics)})")
+                return refuse(
+                    21,
+                    f"unknown item {n} (served: MARKET:<epic>, CHART:<epic>:1MINUTE, "
+                    f"CHART:<epic>:TICK for {', '.join(self.epics)})",
+                )
             items.append(item)
         for item in items:
             wrong = [f for f in fields if f not in item.fields]
@@ -1048,8 +1138,9 @@ class IGReplica(ReplicaBase):
             t = int(nxt)
             out.append((t, is_open))
 
-    def _events(self, item: _Item, batch: QuoteBatch | None, transitions: list[tuple[int, bool]],
-                now: int) -> list[tuple[int, dict[str, str | None]]]:
+    def _events(
+        self, item: _Item, batch: QuoteBatch | None, transitions: list[tuple[int, bool]], now: int
+    ) -> list[tuple[int, dict[str, str | None]]]:
         """The item's updates for this tick, in market time: (time, new values of some fields)."""
         events: list[tuple[int, dict[str, str | None]]] = []
         times: list[int] = []
@@ -1067,8 +1158,10 @@ class IGReplica(ReplicaBase):
                 events.append((t, {"BID": price(b), "OFFER": price(a), "UPDATE_TIME": self._update_time(t)}))
             events += [_state_event(tr) for tr in transitions[k:]]
         elif item.kind == "TICK":
-            events = [(t, {"BID": price(b), "OFR": price(a), "UTM": str(t)})
-                      for t, b, a in zip(times, bids, asks, strict=True)]
+            events = [
+                (t, {"BID": price(b), "OFR": price(a), "UTM": str(t)})
+                for t, b, a in zip(times, bids, asks, strict=True)
+            ]
         else:
             for t, b, a in zip(times, bids, asks, strict=True):
                 m = t - t % _MINUTE
@@ -1177,16 +1270,25 @@ class IGReplica(ReplicaBase):
                 conn.stalled = True
             self._injected(kind)
         if f.pending("poison"):
-            subs = [sub for item in self._items.values() for sub in item.subs
-                    if sub.conn.live and not sub.conn.stalled and not sub.conn.closing]
+            subs = [
+                sub
+                for item in self._items.values()
+                for sub in item.subs
+                if sub.conn.live and not sub.conn.stalled and not sub.conn.closing
+            ]
             if subs:  # else it stays due until an item is subscribed
                 f.due("poison")
                 sub = subs[f.pick(len(subs))]
                 sub.conn.send([poison_line(sub.id, f.pick)], self.stats, self.max_send_buffer)
                 self._injected("poison")
         if f.pending("overflow") and self._overflow is None:
-            market = [(sub, idx) for item in self._items.values() if item.kind == "MARKET"
-                      for sub, idx in item.subs.items() if sub.conn.live and not sub.conn.stalled]
+            market = [
+                (sub, idx)
+                for item in self._items.values()
+                if item.kind == "MARKET"
+                for sub, idx in item.subs.items()
+                if sub.conn.live and not sub.conn.stalled
+            ]
             if market:  # else it stays due until a MARKET item is subscribed
                 f.due("overflow")
                 sub, idx = market[f.pick(len(market))]
@@ -1230,7 +1332,10 @@ def check_faults(spec: str) -> dict[str, float]:
     rates = parse_faults(spec, extra=ITEM_KINDS)
     for kind, rate in rates.items():
         if rate > 0 and kind not in FAULT_KINDS:
-            why = ("IG has no such event" if kind == "shutdown" else
-                   "a lost or repeated MERGE delta would corrupt the client's state, which Lightstreamer never does")
+            why = (
+                "IG has no such event"
+                if kind == "shutdown"
+                else "a lost or repeated MERGE delta would corrupt the client's state, which Lightstreamer never does"
+            )
             raise BadInput(f"fault kind {kind!r} does not apply to IG ({why}); use {', '.join(FAULT_KINDS)}")
     return rates

@@ -349,8 +349,11 @@ class OandaReplica(ReplicaBase):
             raise BadInput("the token must not be empty; give --token T or leave the default")
         if not heartbeat_s > 0:
             raise BadInput(f"heartbeat interval must be positive, got {heartbeat_s}")
-        for name, v in (("rest_limit", rest_limit), ("max_streams", max_streams),
-                        ("new_connections_per_s", new_connections_per_s)):
+        for name, v in (
+            ("rest_limit", rest_limit),
+            ("max_streams", max_streams),
+            ("new_connections_per_s", new_connections_per_s),
+        ):
             if v < 1:
                 raise BadInput(f"{name} must be at least 1, got {v}")
         self.host = host
@@ -525,20 +528,22 @@ class OandaReplica(ReplicaBase):
         out = []
         for n in names:
             spec = self._sim.specs[n]
-            out.append({
-                "name": n,
-                "type": spec.kind,
-                "displayName": f"{spec.base}/{spec.quote}",
-                "pipLocation": spec.pip_location,
-                "displayPrecision": spec.decimals,
-                "tradeUnitsPrecision": 0,
-                "minimumTradeSize": "1",
-                "maximumTrailingStopDistance": f"{10.0 ** (spec.pip_location + 4):.{spec.decimals}f}",
-                "minimumTrailingStopDistance": f"{5 * 10.0**spec.pip_location:.{spec.decimals}f}",
-                "maximumPositionSize": "0",
-                "maximumOrderUnits": "100000000",
-                "marginRate": "0.05" if spec.kind == "METAL" else "0.0333",
-            })
+            out.append(
+                {
+                    "name": n,
+                    "type": spec.kind,
+                    "displayName": f"{spec.base}/{spec.quote}",
+                    "pipLocation": spec.pip_location,
+                    "displayPrecision": spec.decimals,
+                    "tradeUnitsPrecision": 0,
+                    "minimumTradeSize": "1",
+                    "maximumTrailingStopDistance": f"{10.0 ** (spec.pip_location + 4):.{spec.decimals}f}",
+                    "minimumTrailingStopDistance": f"{5 * 10.0**spec.pip_location:.{spec.decimals}f}",
+                    "maximumPositionSize": "0",
+                    "maximumOrderUnits": "100000000",
+                    "marginRate": "0.05" if spec.kind == "METAL" else "0.0333",
+                }
+            )
         return msgspec.json.encode({"instruments": out, "lastTransactionID": "1"})
 
     def _candles(self, instrument: str, q: Mapping[str, str], fmt_time: _TimeFormat) -> bytes:
@@ -556,8 +561,10 @@ class OandaReplica(ReplicaBase):
             raise _invalid("smooth", "The replica does not serve smoothed candles")
         # Candles are aligned to UTC midnight; say so rather than serve another alignment silently.
         if q.get("dailyAlignment", "0") != "0" or q.get("alignmentTimezone", "UTC") not in ("UTC", "Etc/UTC"):
-            raise _invalid("dailyAlignment", "The replica aligns candles to 00:00 UTC only (dailyAlignment=0, "
-                                             "alignmentTimezone=UTC)")
+            raise _invalid(
+                "dailyAlignment",
+                "The replica aligns candles to 00:00 UTC only (dailyAlignment=0, alignmentTimezone=UTC)",
+            )
         include_first = q.get("includeFirst", "true").lower()
         if include_first not in ("true", "false"):
             raise _invalid("includeFirst")
@@ -592,11 +599,17 @@ class OandaReplica(ReplicaBase):
         # Complete only up to what the market has released: quotes due by the clock but not yet out
         # (the pump runs in ticks) would otherwise be missing from a candle called complete.
         table = self._market.candles(
-            symbol, g, lo, end, MAX_COUNT if end is not None and start is not None else count or DEFAULT_COUNT,
-            start is not None, min(now, self._market.released_ms + 1),
+            symbol,
+            g,
+            lo,
+            end,
+            MAX_COUNT if end is not None and start is not None else count or DEFAULT_COUNT,
+            start is not None,
+            min(now, self._market.released_ms + 1),
         )
-        return msgspec.json.encode({"instrument": symbol, "granularity": gran,
-                                    "candles": _candle_objects(table, price, fmt_time)})
+        return msgspec.json.encode(
+            {"instrument": symbol, "granularity": gran, "candles": _candle_objects(table, price, fmt_time)}
+        )
 
     @staticmethod
     def _time_param(q: Mapping[str, str], name: str) -> int | None:
@@ -803,12 +816,9 @@ def _candle_objects(table: QuoteCandles, price: str, fmt_time: Callable[[int], s
     return out
 
 
-
-
 def check_faults(spec: str) -> dict[str, float]:
     """``parse_faults`` for this replica: ``shutdown`` is refused, as it has no OANDA meaning."""
     rates = parse_faults(spec)
     if rates.get("shutdown", 0) > 0:
         raise BadInput(f"fault kind 'shutdown' does not apply to OANDA; use {', '.join(FAULT_KINDS)}")
     return rates
-

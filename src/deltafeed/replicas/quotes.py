@@ -121,8 +121,15 @@ class PairSpec:
         """The spec of ``EUR_USD`` and the like; any ``AAA_BBB`` is accepted (unknown pairs start at 1)."""
         sym = symbol.strip().upper()
         base, sep, quote = sym.partition("_")
-        if not (sep and len(base) == 3 and len(quote) == 3 and base.isalpha() and quote.isalpha() and base.isascii()
-                and quote.isascii()):
+        if not (
+            sep
+            and len(base) == 3
+            and len(quote) == 3
+            and base.isalpha()
+            and quote.isalpha()
+            and base.isascii()
+            and quote.isascii()
+        ):
             raise BadInput(f"instrument {symbol!r} is not an OANDA pair name; write it like EUR_USD")
         known = _KNOWN.get(sym)
         if known is not None:
@@ -645,4 +652,3 @@ class QuoteMarket:
     def close(self) -> None:
         if self.tape is not None:
             self.tape.close()
-

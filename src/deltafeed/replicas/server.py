@@ -29,8 +29,9 @@ def netloc(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def listen(handler: Handler, host: str, port: int, *, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
-                 method: str = "GET") -> tuple[web.AppRunner, int]:
+async def listen(
+    handler: Handler, host: str, port: int, *, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, method: str = "GET"
+) -> tuple[web.AppRunner, int]:
     """Serve every ``method`` request (``"*"``: any) with ``handler`` on ``host:port`` (0 = a free
     port); returns the runner and the bound port. A port that cannot be bound is :class:`BadInput`
     naming the fix."""
@@ -45,8 +46,10 @@ async def listen(handler: Handler, host: str, port: int, *, shutdown_timeout: fl
     except OSError as e:
         sock.close()
         await runner.cleanup()
-        raise BadInput(f"cannot listen on {netloc(host, port)}: {e.strerror or e}; choose another --host/--port"
-                       " (port 0 picks a free one)") from None
+        raise BadInput(
+            f"cannot listen on {netloc(host, port)}: {e.strerror or e}; choose another --host/--port"
+            " (port 0 picks a free one)"
+        ) from None
     bound: int = sock.getsockname()[1]
     await web.SockSite(runner, sock).start()
     return runner, bound
@@ -147,8 +150,9 @@ class ReplicaBase:
 
     async def start(self) -> str:
         """Bind, start serving and pumping; returns :attr:`url`."""
-        self._runner, self.port = await listen(self._http, self.host, self.port,
-                                               shutdown_timeout=self.shutdown_timeout, method=self.http_method)
+        self._runner, self.port = await listen(
+            self._http, self.host, self.port, shutdown_timeout=self.shutdown_timeout, method=self.http_method
+        )
         if self.faults is not None:
             self.faults.start()  # fault times count from here
         if self.pumps:

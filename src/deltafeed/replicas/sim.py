@@ -86,9 +86,7 @@ class SymbolSpec:
     def for_symbol(cls, symbol: str) -> SymbolSpec:
         sym = symbol.strip().upper()
         if not sym.isalnum() or not 2 <= len(sym) <= 20:
-            raise BadInput(
-                f"symbol {symbol!r} is not valid for the simulator; use letters and digits, e.g. BTCUSDT"
-            )
+            raise BadInput(f"symbol {symbol!r} is not valid for the simulator; use letters and digits, e.g. BTCUSDT")
         price, decimals = KNOWN_SYMBOLS.get(sym, DEFAULT_SYMBOL)
         quote = next((q for q in _QUOTES if sym.endswith(q) and len(sym) > len(q)), sym[-3:])
         return cls(sym, sym[: len(sym) - len(quote)], quote, decimals, int(price.replace(".", "")))
@@ -318,9 +316,7 @@ class Grid:
     @classmethod
     def for_ms(cls, interval_ms: int) -> Grid:
         if interval_ms <= 0 or interval_ms % 1000:
-            raise ValueError(
-                f"kline interval must be a positive whole number of seconds, got {interval_ms} ms"
-            )
+            raise ValueError(f"kline interval must be a positive whole number of seconds, got {interval_ms} ms")
         # Binance's weekly klines open on Monday 00:00 UTC; 1970-01-05 was the first Monday.
         # 3d klines are taken as aligned to the epoch like the shorter ones [UNVERIFIED].
         return cls(interval_ms, 345_600_000 if interval_ms == 604_800_000 else 0)

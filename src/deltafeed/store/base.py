@@ -51,16 +51,22 @@ class ColdTier(Protocol):
         """Upsert a batch atomically; a key repeated inside the batch keeps its last occurrence."""
         ...
 
-    async def query(self, instrument: str, timeframe: str, since_ms: int | None = None,
-                    until_ms: int | None = None, last: int | None = None, *,
-                    final_only: bool = False) -> list[Candle]:
+    async def query(
+        self,
+        instrument: str,
+        timeframe: str,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        last: int | None = None,
+        *,
+        final_only: bool = False,
+    ) -> list[Candle]:
         """Candles with ``since_ms <= open_time <= until_ms`` (bounds optional), oldest first; with
         ``last``, only the newest ``last`` of them (still oldest first). With ``final_only``, only
         final candles (``last`` then means the newest ``last`` final ones)."""
         ...
 
-    async def provisional(self, instrument: str, timeframe: str, since_ms: int,
-                          until_ms: int) -> list[tuple[int, int]]:
+    async def provisional(self, instrument: str, timeframe: str, since_ms: int, until_ms: int) -> list[tuple[int, int]]:
         """Runs of provisional candles (closed but not final) with ``since_ms <= open_time <=
         until_ms``: (first open_time, last open_time) of each run of consecutive stored candles that
         are all provisional (a final or forming candle ends a run; a hole does not), in order."""
@@ -70,8 +76,9 @@ class ColdTier(Protocol):
         """The newest candle marked closed."""
         ...
 
-    async def find_gaps(self, instrument: str, timeframe: str, tf_ms: int, since_ms: int,
-                        until_ms: int) -> list[tuple[int, int]]:
+    async def find_gaps(
+        self, instrument: str, timeframe: str, tf_ms: int, since_ms: int, until_ms: int
+    ) -> list[tuple[int, int]]:
         """(first, last) open times of holes between stored candles in [since, until], and of
         candles still open although a later one exists; merged and in order."""
         ...
@@ -88,8 +95,7 @@ class ColdTier(Protocol):
         """Keep failover switches (idempotent: one per instrument and ``since_ms``)."""
         ...
 
-    async def switches(self, instrument: str, since_ms: int | None = None,
-                       until_ms: int | None = None) -> list[Switch]:
+    async def switches(self, instrument: str, since_ms: int | None = None, until_ms: int | None = None) -> list[Switch]:
         """The switches of ``instrument`` with ``since_ms <= switch.since_ms <= until_ms``, oldest first."""
         ...
 
@@ -120,20 +126,27 @@ class Unopened:
     async def write(self, rows: Sequence[Row]) -> None:
         raise self._fail()
 
-    async def query(self, instrument: str, timeframe: str, since_ms: int | None = None,
-                    until_ms: int | None = None, last: int | None = None, *,
-                    final_only: bool = False) -> list[Candle]:
+    async def query(
+        self,
+        instrument: str,
+        timeframe: str,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        last: int | None = None,
+        *,
+        final_only: bool = False,
+    ) -> list[Candle]:
         raise self._fail()
 
-    async def provisional(self, instrument: str, timeframe: str, since_ms: int,
-                          until_ms: int) -> list[tuple[int, int]]:
+    async def provisional(self, instrument: str, timeframe: str, since_ms: int, until_ms: int) -> list[tuple[int, int]]:
         raise self._fail()
 
     async def last_closed(self, instrument: str, timeframe: str) -> Candle | None:
         raise self._fail()
 
-    async def find_gaps(self, instrument: str, timeframe: str, tf_ms: int, since_ms: int,
-                        until_ms: int) -> list[tuple[int, int]]:
+    async def find_gaps(
+        self, instrument: str, timeframe: str, tf_ms: int, since_ms: int, until_ms: int
+    ) -> list[tuple[int, int]]:
         raise self._fail()
 
     async def final_marks(self) -> dict[tuple[str, str], int]:
@@ -145,8 +158,7 @@ class Unopened:
     async def record_switches(self, switches: Sequence[Switch]) -> None:
         raise self._fail()
 
-    async def switches(self, instrument: str, since_ms: int | None = None,
-                       until_ms: int | None = None) -> list[Switch]:
+    async def switches(self, instrument: str, since_ms: int | None = None, until_ms: int | None = None) -> list[Switch]:
         raise self._fail()
 
     async def apply_retention(self, now_ms: int) -> int:
@@ -225,36 +237,45 @@ def check_db(target: str, *, write: bool = True) -> str:
                 f"--db {redact(target)}: {scheme}:// databases are not supported; pass a DuckDB file path"
                 " (e.g. deltafeed.duckdb) or a postgresql://USER@HOST:PORT/DB URL"
             )
-        return "postgresql://" + target[len(scheme) + 3:]
+        return "postgresql://" + target[len(scheme) + 3 :]
     if target == ":memory:":
         return target
     if "\\" in target and os.sep == "/":
         # DuckDB takes a backslash for a separator everywhere: the file it opened would not be this path.
-        raise BadInput(f"--db {target}: write the path with / instead of \\ (DuckDB reads a backslash as a"
-                       " directory separator, this system does not)")
+        raise BadInput(
+            f"--db {target}: write the path with / instead of \\ (DuckDB reads a backslash as a"
+            " directory separator, this system does not)"
+        )
     missing = missing_dir(target)
     if missing is not None:
         problem, create = missing
         if not write:
-            raise BadInput(f"no candle database at {target}: {problem}; pass --db with the file `deltafeed run`"
-                           " writes")
-        fix = f"{create} or pass --db with a path in an existing directory" if create else \
-            "pass --db with a path in a directory"
+            raise BadInput(f"no candle database at {target}: {problem}; pass --db with the file `deltafeed run` writes")
+        fix = (
+            f"{create} or pass --db with a path in an existing directory"
+            if create
+            else "pass --db with a path in a directory"
+        )
         raise BadInput(f"--db {target}: {problem}; {fix}")
     if os.path.isdir(target):
-        raise BadInput(f"--db {target} is a directory; pass a file path such as"
-                       f" {os.path.join(target, 'deltafeed.duckdb')}")
+        raise BadInput(
+            f"--db {target} is a directory; pass a file path such as {os.path.join(target, 'deltafeed.duckdb')}"
+        )
     if write:
         # Checked here, before the spool beside the database would fail for the same reason.
         parent = os.path.dirname(os.path.abspath(target))
         if not os.path.exists(target) and not os.access(parent, os.W_OK):
             why = "a read-only file system" if _read_only_fs(parent) else "permission denied"
-            raise BadInput(f"--db {target}: cannot create the database in {parent} ({why}); pass --db with a path"
-                           " in a writable directory")
+            raise BadInput(
+                f"--db {target}: cannot create the database in {parent} ({why}); pass --db with a path"
+                " in a writable directory"
+            )
         if os.path.exists(target) and not os.access(target, os.W_OK):
             why = "a read-only file system" if _read_only_fs(target) else "permission denied"
-            raise BadInput(f"--db {target}: cannot write the database ({why}); pass --db with a writable file, or"
-                           " read it with `deltafeed candles`")
+            raise BadInput(
+                f"--db {target}: cannot write the database ({why}); pass --db with a writable file, or"
+                " read it with `deltafeed candles`"
+            )
     return target
 
 
@@ -281,8 +302,9 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-async def open_cold(target: str, retention: dict[str, int | None] | None = None, *,
-                    read_only: bool = False, schema: str = "deltafeed") -> ColdTier:
+async def open_cold(
+    target: str, retention: dict[str, int | None] | None = None, *, read_only: bool = False, schema: str = "deltafeed"
+) -> ColdTier:
     """The cold tier ``target`` names: a ``postgresql://`` URL (tables in ``schema``) or a DuckDB
     file path (``read_only`` opens an existing file for reading while a run may write it).
 

@@ -197,8 +197,10 @@ class ColdStore:
             missing = missing_dir(self.path)  # never created silently: a typo in --db is an error
             if missing is not None:
                 problem, create = missing
-                raise BadInput(f"cannot create the candle database {self.path}: {problem}; "
-                               f"{create + ' or ' if create else ''}pass --db with a path in an existing directory")
+                raise BadInput(
+                    f"cannot create the candle database {self.path}: {problem}; "
+                    f"{create + ' or ' if create else ''}pass --db with a path in an existing directory"
+                )
         # The private instance the file is attached to; creating it costs ~13 ms, so it lives as long
         # as the store. It holds no lock on the file while nothing is attached.
         self._con = duckdb.connect(":memory:")
@@ -230,8 +232,9 @@ class ColdStore:
     def _missing(self) -> BadInput:
         missing = missing_dir(self.path)
         if missing is not None:
-            return BadInput(f"no candle database at {self.path}: {missing[0]}; pass --db with the file"
-                            " `deltafeed run` writes")
+            return BadInput(
+                f"no candle database at {self.path}: {missing[0]}; pass --db with the file `deltafeed run` writes"
+            )
         return BadInput(
             f"no candle database at {self.path}: run `deltafeed run` first to collect candles,"
             " or pass --db PATH to point at the file it writes"
@@ -398,9 +401,7 @@ class ColdStore:
             for v in range(version + 1, SCHEMA_VERSION + 1):
                 for stmt in _MIGRATIONS[v]:
                     con.execute(stmt)
-                con.execute(
-                    f"INSERT INTO {_DB}.schema_version VALUES (?, ?)", [v, time.time_ns() // 1_000_000]
-                )
+                con.execute(f"INSERT INTO {_DB}.schema_version VALUES (?, ?)", [v, time.time_ns() // 1_000_000])
 
     # -- writes -----------------------------------------------------------------------------------
 
@@ -505,8 +506,9 @@ class ColdStore:
             rows = con.execute(f"SELECT instrument, timeframe, final_until FROM {_DB}.final_marks").fetchall()
         return {(str(i), str(tf)): int(t) for i, tf, t in rows}
 
-    def find_gaps(self, instrument: str, timeframe: str, tf_ms: int, since_ms: int,
-                  until_ms: int) -> list[tuple[int, int]]:
+    def find_gaps(
+        self, instrument: str, timeframe: str, tf_ms: int, since_ms: int, until_ms: int
+    ) -> list[tuple[int, int]]:
         """Stretches of [since_ms, until_ms] whose candles are missing or not final.
 
         Returns (first open_time, last open_time) pairs in order: holes between stored candles, and
@@ -627,8 +629,9 @@ class DuckDBTier:
         self.retention = store.retention
 
     @classmethod
-    async def open(cls, path: str, retention: dict[str, int | None] | None = None, *,
-                   read_only: bool = False) -> DuckDBTier:
+    async def open(
+        cls, path: str, retention: dict[str, int | None] | None = None, *, read_only: bool = False
+    ) -> DuckDBTier:
         if read_only:
             return cls(await asyncio.to_thread(ColdStore.open_reader, path))
         return cls(await asyncio.to_thread(ColdStore, path, retention))
@@ -636,21 +639,29 @@ class DuckDBTier:
     async def write(self, rows: Sequence[Row]) -> None:
         await asyncio.to_thread(self.store.write, rows)
 
-    async def query(self, instrument: str, timeframe: str, since_ms: int | None = None,
-                    until_ms: int | None = None, last: int | None = None, *,
-                    final_only: bool = False) -> list[Candle]:
-        return await asyncio.to_thread(self.store.query, instrument, timeframe, since_ms, until_ms, last,
-                                       final_only=final_only)
+    async def query(
+        self,
+        instrument: str,
+        timeframe: str,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        last: int | None = None,
+        *,
+        final_only: bool = False,
+    ) -> list[Candle]:
+        return await asyncio.to_thread(
+            self.store.query, instrument, timeframe, since_ms, until_ms, last, final_only=final_only
+        )
 
-    async def provisional(self, instrument: str, timeframe: str, since_ms: int,
-                          until_ms: int) -> list[tuple[int, int]]:
+    async def provisional(self, instrument: str, timeframe: str, since_ms: int, until_ms: int) -> list[tuple[int, int]]:
         return await asyncio.to_thread(self.store.provisional, instrument, timeframe, since_ms, until_ms)
 
     async def last_closed(self, instrument: str, timeframe: str) -> Candle | None:
         return await asyncio.to_thread(self.store.last_closed, instrument, timeframe)
 
-    async def find_gaps(self, instrument: str, timeframe: str, tf_ms: int, since_ms: int,
-                        until_ms: int) -> list[tuple[int, int]]:
+    async def find_gaps(
+        self, instrument: str, timeframe: str, tf_ms: int, since_ms: int, until_ms: int
+    ) -> list[tuple[int, int]]:
         return await asyncio.to_thread(self.store.find_gaps, instrument, timeframe, tf_ms, since_ms, until_ms)
 
     async def final_marks(self) -> dict[tuple[str, str], int]:
@@ -662,8 +673,7 @@ class DuckDBTier:
     async def record_switches(self, switches: Sequence[Switch]) -> None:
         await asyncio.to_thread(self.store.record_switches, switches)
 
-    async def switches(self, instrument: str, since_ms: int | None = None,
-                       until_ms: int | None = None) -> list[Switch]:
+    async def switches(self, instrument: str, since_ms: int | None = None, until_ms: int | None = None) -> list[Switch]:
         return await asyncio.to_thread(self.store.switches, instrument, since_ms, until_ms)
 
     async def apply_retention(self, now_ms: int) -> int:

@@ -97,8 +97,11 @@ _V1_COLUMN_DDL = """instrument text NOT NULL,
         trades bigint NOT NULL,
         closed boolean NOT NULL"""
 #: The candle tables' columns now (the staging table of COPY writes has them too).
-_COLUMN_DDL = _V1_COLUMN_DDL + """,
+_COLUMN_DDL = (
+    _V1_COLUMN_DDL
+    + """,
         final boolean NOT NULL DEFAULT false"""
+)
 _UNNEST = (
     "unnest($1::text[], $2::bigint[], $3::float8[], $4::float8[], $5::float8[], $6::float8[], $7::float8[],"
     " $8::bigint[], $9::bool[], $10::bool[])"
@@ -107,8 +110,11 @@ _UNNEST = (
 _ON_CONFLICT = (
     "ON CONFLICT (instrument, open_time) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in _CANDLE_COLS[1:])
-    + " WHERE (" + ", ".join(f"c.{c}" for c in _CANDLE_COLS[1:]) + ") IS DISTINCT FROM ("
-    + ", ".join(f"EXCLUDED.{c}" for c in _CANDLE_COLS[1:]) + ")"
+    + " WHERE ("
+    + ", ".join(f"c.{c}" for c in _CANDLE_COLS[1:])
+    + ") IS DISTINCT FROM ("
+    + ", ".join(f"EXCLUDED.{c}" for c in _CANDLE_COLS[1:])
+    + ")"
 )
 _STAGE = "deltafeed_stage"
 
@@ -117,18 +123,29 @@ _STAGE = "deltafeed_stage"
 COPY_READ_ROWS = 2000
 #: One row of ``COPY (SELECT <Candle's fields>) TO STDOUT (FORMAT binary)``: a field count, then each
 #: field's length and big-endian value. Fixed-width because every column is NOT NULL.
-_COPY_ROW = np.dtype([
-    ("nfields", ">i2"),
-    ("len0", ">i4"), ("open_time", ">i8"),
-    ("len1", ">i4"), ("open", ">f8"),
-    ("len2", ">i4"), ("high", ">f8"),
-    ("len3", ">i4"), ("low", ">f8"),
-    ("len4", ">i4"), ("close", ">f8"),
-    ("len5", ">i4"), ("volume", ">f8"),
-    ("len6", ">i4"), ("trades", ">i8"),
-    ("len7", ">i4"), ("closed", "?"),
-    ("len8", ">i4"), ("final", "?"),
-])
+_COPY_ROW = np.dtype(
+    [
+        ("nfields", ">i2"),
+        ("len0", ">i4"),
+        ("open_time", ">i8"),
+        ("len1", ">i4"),
+        ("open", ">f8"),
+        ("len2", ">i4"),
+        ("high", ">f8"),
+        ("len3", ">i4"),
+        ("low", ">f8"),
+        ("len4", ">i4"),
+        ("close", ">f8"),
+        ("len5", ">i4"),
+        ("volume", ">f8"),
+        ("len6", ">i4"),
+        ("trades", ">i8"),
+        ("len7", ">i4"),
+        ("closed", "?"),
+        ("len8", ">i4"),
+        ("final", "?"),
+    ]
+)
 _COPY_LENGTHS = (8, 8, 8, 8, 8, 8, 8, 1, 1)
 _COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 
@@ -300,16 +317,20 @@ async def _v3_final(con: Any, layout: Layout) -> None:
 #: and a database at a newer version than the last one here is refused.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "candles_<tf> per timeframe (partitioned or hypertables), final_marks", _v1_initial),
-    sql_migration(2, "switches: failover switches of logical instruments",
-                  """CREATE TABLE {schema}.switches (
+    sql_migration(
+        2,
+        "switches: failover switches of logical instruments",
+        """CREATE TABLE {schema}.switches (
                       instrument text NOT NULL,
                       since_ms bigint NOT NULL,
                       at_ms bigint NOT NULL,
                       source_from text NOT NULL,
                       source_to text NOT NULL,
-                      PRIMARY KEY (instrument, since_ms))"""),
-    Migration(3, "final on candles_<tf>: closed candles behind the final mark are final, the rest provisional",
-              _v3_final),
+                      PRIMARY KEY (instrument, since_ms))""",
+    ),
+    Migration(
+        3, "final on candles_<tf>: closed candles behind the final mark are final, the rest provisional", _v3_final
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 if [m.version for m in MIGRATIONS] != list(range(1, len(MIGRATIONS) + 1)):  # pragma: no cover
@@ -339,8 +360,11 @@ async def _timescale_try_enable(con: Any, target: str) -> str | None:
         async with con.transaction():  # a savepoint: failing here leaves the open's transaction usable
             await con.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
     except asyncpg.PostgresError as e:
-        log.warning("TimescaleDB is installed at %s but cannot be enabled (%s); using native partitions",
-                    target, str(e).splitlines()[0])
+        log.warning(
+            "TimescaleDB is installed at %s but cannot be enabled (%s); using native partitions",
+            target,
+            str(e).splitlines()[0],
+        )
         return None
     ext = await con.fetchval("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'timescaledb'")
     return None if ext is None else str(ext)
@@ -357,7 +381,8 @@ async def _timescale_create(con: Any, layout: Layout) -> None:
         await con.execute(
             f"SELECT {ts}.create_hypertable($1::regclass, 'open_time', chunk_time_interval => $2::bigint,"
             " if_not_exists => true)",
-            table, width,
+            table,
+            width,
         )
         await con.execute(f"SELECT {ts}.set_integer_now_func($1::regclass, $2::regproc)", table, f"{s}.now_ms")
         await con.execute(
@@ -366,7 +391,8 @@ async def _timescale_create(con: Any, layout: Layout) -> None:
         )
         await con.execute(
             f"SELECT {ts}.add_compression_policy($1::regclass, compress_after => $2::bigint, if_not_exists => true)",
-            table, 2 * width,
+            table,
+            2 * width,
         )
 
 
@@ -386,8 +412,9 @@ async def _timescale_expire(con: Any, layout: Layout, tf: str, cutoff: int) -> i
     async with con.transaction():
         n = int(await con.fetchval(f"SELECT count(*) FROM {table} WHERE open_time < $1", cutoff))
         if n:
-            await con.execute(f"SELECT {layout.ts_schema}.drop_chunks($1::regclass, older_than => $2::bigint)",
-                              table, cutoff)
+            await con.execute(
+                f"SELECT {layout.ts_schema}.drop_chunks($1::regclass, older_than => $2::bigint)", table, cutoff
+            )
             await con.execute(f"DELETE FROM {table} WHERE open_time < $1", cutoff)
     return n
 
@@ -443,20 +470,26 @@ def _open_error(e: BaseException, target: str, url: str, timeout_s: float) -> Ba
     if isinstance(e, asyncpg.InvalidAuthorizationSpecificationError):  # includes a wrong password
         return BadInput(f"PostgreSQL at {target} refused the login: {msg}; fix the user or password in --db")
     if isinstance(e, asyncpg.InsufficientPrivilegeError):
-        return BadInput(f"PostgreSQL at {target}: {msg}; grant the user CREATE on the database, or connect"
-                        " as the owner of the deltafeed schema")
+        return BadInput(
+            f"PostgreSQL at {target}: {msg}; grant the user CREATE on the database, or connect"
+            " as the owner of the deltafeed schema"
+        )
     if isinstance(e, asyncpg.CannotConnectNowError):
         return BadInput(f"PostgreSQL at {target} is starting up or shutting down ({msg}); retry in a moment")
     if isinstance(e, asyncpg.TooManyConnectionsError):
         return BadInput(f"PostgreSQL at {target}: {msg}; raise max_connections or stop idle clients")
     if isinstance(e, ValueError):  # asyncpg's ClientConfigurationError, or an unparseable URL
-        return BadInput(f"--db {target} is not a usable PostgreSQL URL ({msg}); write it as"
-                        " postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
+        return BadInput(
+            f"--db {target} is not a usable PostgreSQL URL ({msg}); write it as"
+            " postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+        )
     if isinstance(e, socket.gaierror):
         return BadInput(f"cannot reach PostgreSQL at {target}: unknown host; fix the host in --db")
     if isinstance(e, _UNAVAILABLE):
-        return BadInput(f"cannot reach PostgreSQL at {target}: {_why_unreachable(e, timeout_s, secrets)};"
-                        " start the server or fix --db")
+        return BadInput(
+            f"cannot reach PostgreSQL at {target}: {_why_unreachable(e, timeout_s, secrets)};"
+            " start the server or fix --db"
+        )
     return BadInput(f"cannot open the candle store at {target}: {msg}")
 
 
@@ -489,8 +522,16 @@ class PostgresStore:
     #: The candle tables are TimescaleDB hypertables (else natively partitioned tables).
     timescale: bool
 
-    def __init__(self, pool: Any, url: str, schema: str, retention: dict[str, int | None], *,
-                 command_timeout_s: float, connect_timeout_s: float) -> None:
+    def __init__(
+        self,
+        pool: Any,
+        url: str,
+        schema: str,
+        retention: dict[str, int | None],
+        *,
+        command_timeout_s: float,
+        connect_timeout_s: float,
+    ) -> None:
         """Use :meth:`open`, which also checks the server and brings the schema up to date."""
         self._pool = pool
         self._secrets = _secrets(url)
@@ -504,16 +545,27 @@ class PostgresStore:
         #: timeframe -> start (ms) of every partition known to exist.
         self._partitions: dict[str, set[int]] = {tf: set() for tf in TIMEFRAMES}
         self._closed = False
-        self._upsert_sql = {tf: f"INSERT INTO {_table(schema, tf)} AS c ({', '.join(_COLS)}) SELECT * FROM {_UNNEST} "
-                            + _ON_CONFLICT for tf in TIMEFRAMES}
-        self._stage_sql = {tf: f"INSERT INTO {_table(schema, tf)} AS c ({', '.join(_COLS)}) SELECT * FROM {_STAGE} "
-                           + _ON_CONFLICT for tf in TIMEFRAMES}
+        self._upsert_sql = {
+            tf: f"INSERT INTO {_table(schema, tf)} AS c ({', '.join(_COLS)}) SELECT * FROM {_UNNEST} " + _ON_CONFLICT
+            for tf in TIMEFRAMES
+        }
+        self._stage_sql = {
+            tf: f"INSERT INTO {_table(schema, tf)} AS c ({', '.join(_COLS)}) SELECT * FROM {_STAGE} " + _ON_CONFLICT
+            for tf in TIMEFRAMES
+        }
         self._query_sql: dict[tuple[str, bool, bool, bool, bool], str] = {}
 
     @classmethod
-    async def open(cls, url: str, retention: dict[str, int | None] | None = None, *, schema: str = "deltafeed",
-                   pool_size: int = 4, command_timeout_s: float = 30.0,
-                   connect_timeout_s: float = 5.0) -> PostgresStore:
+    async def open(
+        cls,
+        url: str,
+        retention: dict[str, int | None] | None = None,
+        *,
+        schema: str = "deltafeed",
+        pool_size: int = 4,
+        command_timeout_s: float = 30.0,
+        connect_timeout_s: float = 5.0,
+    ) -> PostgresStore:
         """Connect to ``url``, create or migrate ``schema``, and return the store.
 
         ``command_timeout_s`` bounds each statement and ``connect_timeout_s`` each connection attempt, so a
@@ -523,8 +575,10 @@ class PostgresStore:
         """
         target = redact(url)
         if not _SCHEMA_RE.match(schema):
-            raise BadInput(f"PostgreSQL schema name {schema!r} is not usable; use lower-case letters, digits and _,"
-                           " not starting with a digit or pg_ (at most 63 characters)")
+            raise BadInput(
+                f"PostgreSQL schema name {schema!r} is not usable; use lower-case letters, digits and _,"
+                " not starting with a digit or pg_ (at most 63 characters)"
+            )
         if pool_size < 1:
             raise BadInput(f"PostgreSQL pool size must be at least 1, not {pool_size}")
         try:
@@ -546,8 +600,14 @@ class PostgresStore:
         )
         try:
             await pool
-            store = cls(pool, url, schema, dict(DEFAULT_RETENTION_MS if retention is None else retention),
-                        command_timeout_s=command_timeout_s, connect_timeout_s=connect_timeout_s)
+            store = cls(
+                pool,
+                url,
+                schema,
+                dict(DEFAULT_RETENTION_MS if retention is None else retention),
+                command_timeout_s=command_timeout_s,
+                connect_timeout_s=connect_timeout_s,
+            )
             await store._setup()
         except BadInput:
             pool.terminate()
@@ -577,22 +637,32 @@ class PostgresStore:
                     f"the candle store at {self.name} was written by a newer deltafeed (schema {version}; this one"
                     f" knows up to {SCHEMA_VERSION}); upgrade deltafeed"
                 )
-            ts_schema = await _timescale_try_enable(con, self.name) if version == 0 else await con.fetchval(
-                "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'timescaledb'")
+            ts_schema = (
+                await _timescale_try_enable(con, self.name)
+                if version == 0
+                else await con.fetchval(
+                    "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'timescaledb'"
+                )
+            )
             if version == 0:
                 timescale = ts_schema is not None
             else:
                 # A natively partitioned table has relkind 'p'; a hypertable is a plain table ('r').
                 kind = await con.fetchval(
                     "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                    " WHERE n.nspname = $1 AND c.relname = 'candles_1m'", s)
+                    " WHERE n.nspname = $1 AND c.relname = 'candles_1m'",
+                    s,
+                )
                 timescale = kind == "r" and ts_schema is not None
             self._layout = Layout(s, timescale, str(ts_schema) if timescale else "public")
             self.timescale = timescale
             for m in MIGRATIONS[version:]:
                 await m.apply(con, self._layout)
-                await con.execute(f"INSERT INTO {s}.schema_migrations (version, description) VALUES ($1, $2)",
-                                  m.version, m.description)
+                await con.execute(
+                    f"INSERT INTO {s}.schema_migrations (version, description) VALUES ($1, $2)",
+                    m.version,
+                    m.description,
+                )
                 log.info("candle store %s: applied migration %d (%s)", self.name, m.version, m.description)
             if timescale:
                 await _timescale_set_retention(con, self._layout, self.retention)
@@ -643,13 +713,14 @@ class PostgresStore:
                JOIN pg_class p ON p.oid = i.inhparent
                JOIN pg_namespace n ON n.oid = p.relnamespace
                WHERE n.nspname = $1 AND p.relname = ANY($2::text[])""",
-            self.schema, [f"candles_{t}" for t in TIMEFRAMES if tf is None or t == tf],
+            self.schema,
+            [f"candles_{t}" for t in TIMEFRAMES if tf is None or t == tf],
         )
         out: dict[str, list[_Partition]] = {t: [] for t in TIMEFRAMES}
         for r in rows:
             m = _BOUND_RE.search(r["bound"] or "")
             if m:
-                out[str(r["parent"])[len("candles_"):]].append(_Partition(str(r["name"]), int(m[1]), int(m[2])))
+                out[str(r["parent"])[len("candles_") :]].append(_Partition(str(r["name"]), int(m[1]), int(m[2])))
         return out
 
     async def _load_partitions(self) -> None:
@@ -664,8 +735,10 @@ class PostgresStore:
         for tf, start in missing:
             name = _partition_name(tf, start)
             # DDL takes no parameters: the bounds are integers computed here, the names fixed.
-            sql = (f"CREATE TABLE IF NOT EXISTS {self.schema}.{name} PARTITION OF {_table(self.schema, tf)}"
-                   f" FOR VALUES FROM ({start:d}) TO ({start + PARTITION_MS[tf]:d})")
+            sql = (
+                f"CREATE TABLE IF NOT EXISTS {self.schema}.{name} PARTITION OF {_table(self.schema, tf)}"
+                f" FOR VALUES FROM ({start:d}) TO ({start + PARTITION_MS[tf]:d})"
+            )
             for attempt in range(2):
                 try:
                     await self._pool.execute(sql)
@@ -736,11 +809,15 @@ class PostgresStore:
         if not marks:
             return
         keys = list(marks)
-        sql = (f"INSERT INTO {self.schema}.final_marks AS m (instrument, timeframe, final_until)"
-               " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])"
-               " ON CONFLICT (instrument, timeframe) DO UPDATE SET final_until = EXCLUDED.final_until")
-        await self._call("set_final_marks", lambda: self._pool.execute(
-            sql, [k[0] for k in keys], [k[1] for k in keys], [marks[k] for k in keys]))
+        sql = (
+            f"INSERT INTO {self.schema}.final_marks AS m (instrument, timeframe, final_until)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])"
+            " ON CONFLICT (instrument, timeframe) DO UPDATE SET final_until = EXCLUDED.final_until"
+        )
+        await self._call(
+            "set_final_marks",
+            lambda: self._pool.execute(sql, [k[0] for k in keys], [k[1] for k in keys], [marks[k] for k in keys]),
+        )
 
     async def apply_retention(self, now_ms: int) -> int:
         """Delete every candle whose open_time is older than its timeframe's retention before ``now_ms``
@@ -784,9 +861,16 @@ class PostgresStore:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    async def query(self, instrument: str, timeframe: str, since_ms: int | None = None,
-                    until_ms: int | None = None, last: int | None = None, *,
-                    final_only: bool = False) -> list[Candle]:
+    async def query(
+        self,
+        instrument: str,
+        timeframe: str,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        last: int | None = None,
+        *,
+        final_only: bool = False,
+    ) -> list[Candle]:
         """Candles with ``since_ms <= open_time <= until_ms`` (bounds optional), oldest first; with
         ``last``, only the newest ``last`` of them (still oldest first). With ``final_only``, only
         final candles (``last`` then counts final ones).
@@ -831,8 +915,15 @@ class PostgresStore:
             candles.reverse()
         return candles
 
-    async def _query_records(self, instrument: str, timeframe: str, since_ms: int | None, until_ms: int | None,
-                             last: int | None, final_only: bool) -> list[Candle]:
+    async def _query_records(
+        self,
+        instrument: str,
+        timeframe: str,
+        since_ms: int | None,
+        until_ms: int | None,
+        last: int | None,
+        final_only: bool,
+    ) -> list[Candle]:
         key = (timeframe, since_ms is not None, until_ms is not None, last is not None, final_only)
         sql = self._query_sql.get(key)
         if sql is None:
@@ -854,13 +945,14 @@ class PostgresStore:
         """The newest candle marked closed."""
         if timeframe not in TIMEFRAMES:
             return None
-        sql = (f"SELECT {_SELECT} FROM {_table(self.schema, timeframe)} WHERE instrument = $1 AND closed"
-               " ORDER BY open_time DESC LIMIT 1")
+        sql = (
+            f"SELECT {_SELECT} FROM {_table(self.schema, timeframe)} WHERE instrument = $1 AND closed"
+            " ORDER BY open_time DESC LIMIT 1"
+        )
         row = await self._call("last_closed", lambda: self._pool.fetchrow(sql, instrument))
         return None if row is None else Candle(*row)
 
-    async def provisional(self, instrument: str, timeframe: str, since_ms: int,
-                          until_ms: int) -> list[tuple[int, int]]:
+    async def provisional(self, instrument: str, timeframe: str, since_ms: int, until_ms: int) -> list[tuple[int, int]]:
         """Runs of provisional candles (closed, not final) in [since_ms, until_ms], exactly as the DuckDB
         tier computes them: (first, last) open times of each stretch of stored candles holding no final
         or forming candle, in order."""
@@ -878,8 +970,9 @@ class PostgresStore:
         rows = await self._call("provisional", lambda: self._pool.fetch(sql, instrument, since_ms, until_ms))
         return [(int(a), int(b)) for a, b in rows]
 
-    async def find_gaps(self, instrument: str, timeframe: str, tf_ms: int, since_ms: int,
-                        until_ms: int) -> list[tuple[int, int]]:
+    async def find_gaps(
+        self, instrument: str, timeframe: str, tf_ms: int, since_ms: int, until_ms: int
+    ) -> list[tuple[int, int]]:
         """Stretches of [since_ms, until_ms] whose candles are missing or not final, exactly as the DuckDB
         tier computes them: (first, last) open times of holes between stored candles, and of candles
         still open although a later one exists; merged, in order. The stretch before the first stored
@@ -900,27 +993,44 @@ class PostgresStore:
         """Keep failover switches; one per (instrument, since_ms), so recording twice changes nothing."""
         if not switches:
             return
-        sql = (f"INSERT INTO {self.schema}.switches (instrument, since_ms, at_ms, source_from, source_to)"
-               " SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[])"
-               " ON CONFLICT (instrument, since_ms) DO UPDATE SET at_ms = EXCLUDED.at_ms,"
-               " source_from = EXCLUDED.source_from, source_to = EXCLUDED.source_to")
-        await self._call("record_switches", lambda: self._pool.execute(
-            sql, [w.instrument for w in switches], [w.since_ms for w in switches], [w.at_ms for w in switches],
-            [w.source_from for w in switches], [w.source_to for w in switches]))
+        sql = (
+            f"INSERT INTO {self.schema}.switches (instrument, since_ms, at_ms, source_from, source_to)"
+            " SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[])"
+            " ON CONFLICT (instrument, since_ms) DO UPDATE SET at_ms = EXCLUDED.at_ms,"
+            " source_from = EXCLUDED.source_from, source_to = EXCLUDED.source_to"
+        )
+        await self._call(
+            "record_switches",
+            lambda: self._pool.execute(
+                sql,
+                [w.instrument for w in switches],
+                [w.since_ms for w in switches],
+                [w.at_ms for w in switches],
+                [w.source_from for w in switches],
+                [w.source_to for w in switches],
+            ),
+        )
 
-    async def switches(self, instrument: str, since_ms: int | None = None,
-                       until_ms: int | None = None) -> list[Switch]:
+    async def switches(self, instrument: str, since_ms: int | None = None, until_ms: int | None = None) -> list[Switch]:
         """The switches of ``instrument`` with ``since_ms`` in the bounds given, oldest first."""
-        rows = await self._call("switches", lambda: self._pool.fetch(
-            f"SELECT instrument, since_ms, at_ms, source_from, source_to FROM {self.schema}.switches"
-            " WHERE instrument = $1 AND since_ms BETWEEN $2 AND $3 ORDER BY since_ms",
-            instrument, -(2**62) if since_ms is None else since_ms, 2**62 if until_ms is None else until_ms))
+        rows = await self._call(
+            "switches",
+            lambda: self._pool.fetch(
+                f"SELECT instrument, since_ms, at_ms, source_from, source_to FROM {self.schema}.switches"
+                " WHERE instrument = $1 AND since_ms BETWEEN $2 AND $3 ORDER BY since_ms",
+                instrument,
+                -(2**62) if since_ms is None else since_ms,
+                2**62 if until_ms is None else until_ms,
+            ),
+        )
         return [Switch(str(r[0]), int(r[1]), int(r[2]), str(r[3]), str(r[4])) for r in rows]
 
     async def final_marks(self) -> dict[tuple[str, str], int]:
         """What :meth:`set_final_marks` recorded, per (instrument, timeframe)."""
-        rows = await self._call("final_marks", lambda: self._pool.fetch(
-            f"SELECT instrument, timeframe, final_until FROM {self.schema}.final_marks"))
+        rows = await self._call(
+            "final_marks",
+            lambda: self._pool.fetch(f"SELECT instrument, timeframe, final_until FROM {self.schema}.final_marks"),
+        )
         return {(str(i), str(tf)): int(t) for i, tf, t in rows}
 
     async def instruments(self) -> list[tuple[str, str, int]]:

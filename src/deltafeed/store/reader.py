@@ -20,11 +20,9 @@ _END = 2**62
 class HotReader(Protocol):
     """What the read path asks of a hot tier (the memory rings or their Redis mirror)."""
 
-    async def last(self, instrument: str, timeframe: str, n: int) -> list[Candle]:
-        ...
+    async def last(self, instrument: str, timeframe: str, n: int) -> list[Candle]: ...
 
-    async def range(self, instrument: str, timeframe: str, since_ms: int, until_ms: int) -> list[Candle] | None:
-        ...
+    async def range(self, instrument: str, timeframe: str, since_ms: int, until_ms: int) -> list[Candle] | None: ...
 
 
 class MemoryHot:
@@ -40,9 +38,17 @@ class MemoryHot:
         return self.hot.range(instrument, timeframe, since_ms, until_ms)
 
 
-async def read_candles(hot: HotReader | None, cold: ColdTier | None, instrument: str, timeframe: str,
-                       since_ms: int | None = None, until_ms: int | None = None,
-                       limit: int | None = None, *, final_only: bool = False) -> list[Candle]:
+async def read_candles(
+    hot: HotReader | None,
+    cold: ColdTier | None,
+    instrument: str,
+    timeframe: str,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    limit: int | None = None,
+    *,
+    final_only: bool = False,
+) -> list[Candle]:
     """Candles with ``since_ms <= open_time <= until_ms`` (bounds optional), oldest first; with
     ``limit``, the newest ``limit`` of them. With ``final_only``, only final candles (``limit`` then
     counts final ones: the newest ``limit`` final candles of the range).

@@ -176,8 +176,15 @@ class RedisHot:
     #: Seconds :meth:`close` spends at most on the final flush.
     CLOSE_TIMEOUT = 2.0
 
-    def __init__(self, url: str, *, capacity: int = 1000, retention: dict[str, int | None] | None = None,
-                 prefix: str = "deltafeed", refill: Refill | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        capacity: int = 1000,
+        retention: dict[str, int | None] | None = None,
+        prefix: str = "deltafeed",
+        refill: Refill | None = None,
+    ) -> None:
         self.name = redact(url)
         if capacity < 1:
             raise BadInput(f"Redis hot tier capacity must be at least 1, got {capacity}")
@@ -192,11 +199,17 @@ class RedisHot:
             # No retries inside redis-py: a failed command must surface at once so the tier degrades
             # and probes on its own schedule instead of stalling the flusher for seconds.
             self._client: Redis = Redis.from_url(
-                url, socket_timeout=self.TIMEOUT, socket_connect_timeout=self.CONNECT_TIMEOUT,
-                retry=Retry(NoBackoff(), 0), decode_responses=False)
+                url,
+                socket_timeout=self.TIMEOUT,
+                socket_connect_timeout=self.CONNECT_TIMEOUT,
+                retry=Retry(NoBackoff(), 0),
+                decode_responses=False,
+            )
         except ValueError as exc:
-            raise BadInput(f"cannot use Redis URL {self.name!r} ({exc}); write it like redis://127.0.0.1:6379/0"
-                           " (or rediss://HOST:PORT/DB, unix:///path/redis.sock)") from None
+            raise BadInput(
+                f"cannot use Redis URL {self.name!r} ({exc}); write it like redis://127.0.0.1:6379/0"
+                " (or rediss://HOST:PORT/DB, unix:///path/redis.sock)"
+            ) from None
         self._series_key = f"{prefix}:series"
         self._meta_key = f"{prefix}:meta"
         self._names: dict[tuple[str, str], tuple[str, str, str, int]] = {}
@@ -246,8 +259,12 @@ class RedisHot:
         ``warn=False`` leaves reporting that (``degraded``) to the caller, e.g. a one-off reader.
         """
         if not await self._sync() and warn:
-            log.warning("Redis hot tier %s unreachable (%s); serving from memory, retrying every %.0f s",
-                        self.name, self.degraded, self.PROBE_INTERVAL)
+            log.warning(
+                "Redis hot tier %s unreachable (%s); serving from memory, retrying every %.0f s",
+                self.name,
+                self.degraded,
+                self.PROBE_INTERVAL,
+            )
 
     async def run(self) -> None:
         """Write dirty candles as soon as there are any, and recover from outages; run it as a task."""
@@ -315,8 +332,12 @@ class RedisHot:
                 return False
             self.refills += 1
         if self.down_since is not None:
-            log.warning("Redis hot tier %s is back after %.1f s; rewrote %d candles from memory",
-                        self.name, time.monotonic() - self.down_since, n)
+            log.warning(
+                "Redis hot tier %s is back after %.1f s; rewrote %d candles from memory",
+                self.name,
+                time.monotonic() - self.down_since,
+                n,
+            )
         self._need_sync = False
         self.degraded = None
         self.down_since = None
@@ -358,8 +379,12 @@ class RedisHot:
         if self.degraded is None:
             self.down_since = time.monotonic()
             if not self._need_sync:  # open() reports its own first failure
-                log.warning("Redis hot tier %s unavailable (%s); serving from memory, retrying every %.0f s",
-                            self.name, reason, self.PROBE_INTERVAL)
+                log.warning(
+                    "Redis hot tier %s unavailable (%s); serving from memory, retrying every %.0f s",
+                    self.name,
+                    reason,
+                    self.PROBE_INTERVAL,
+                )
         if self.degraded is None or answered:  # a probe failing during an outage is no news
             self.failures += 1
         self.degraded = reason
@@ -367,8 +392,7 @@ class RedisHot:
         self._accepting = False
         self._need_sync = True
         self._meta_written = False
-        self._probe_delay = (min(self._probe_delay * 2, self.MAX_PROBE_INTERVAL) if answered
-                             else self.PROBE_INTERVAL)
+        self._probe_delay = min(self._probe_delay * 2, self.MAX_PROBE_INTERVAL) if answered else self.PROBE_INTERVAL
         with contextlib.suppress(Exception):  # drop every pooled connection: after a restart all are dead
             await self._client.connection_pool.disconnect()
 
@@ -414,8 +438,11 @@ class RedisHot:
         if names is None:
             ret = self.retention.get(timeframe)
             names = self._names[(instrument, timeframe)] = (
-                f"{self.prefix}:candles:{instrument}:{timeframe}", f"{instrument}|{timeframe}",
-                f"{self.prefix}:updates:{instrument}:{timeframe}", -1 if ret is None else ret)
+                f"{self.prefix}:candles:{instrument}:{timeframe}",
+                f"{instrument}|{timeframe}",
+                f"{self.prefix}:updates:{instrument}:{timeframe}",
+                -1 if ret is None else ret,
+            )
         return names
 
     # -- reading ------------------------------------------------------------------------------
@@ -440,8 +467,10 @@ class RedisHot:
         except msgspec.DecodeError:
             pass
         try:  # members of the previous width (8 fields, no ``final``) among them: the slower way
-            return [Candle(m.open_time, m.open, m.high, m.low, m.close, m.volume, m.trades, m.closed, m.final)
-                    for m in _decode_any(joined)]
+            return [
+                Candle(m.open_time, m.open, m.high, m.low, m.close, m.volume, m.trades, m.closed, m.final)
+                for m in _decode_any(joined)
+            ]
         except msgspec.DecodeError as exc:
             raise StoreError(f"Redis {self.name}: key {key} holds a member that is not a candle ({exc})") from None
 

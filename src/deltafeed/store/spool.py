@@ -67,7 +67,6 @@ _RECORD = struct.Struct("<II")  # payload length, CRC-32 of the payload
 MAX_PAYLOAD = 1 << 30
 
 
-
 class _SpoolRow(msgspec.Struct, array_like=True, gc=False):
     """One row as stored; ``final`` is absent from rows written before it existed (read as False)."""
 
@@ -100,8 +99,14 @@ def encode_rows(rows: Sequence[Row]) -> bytes:
 
 def decode_rows(payload: bytes) -> list[Row]:
     """Rows back from :func:`encode_rows`; raises ``msgspec.ValidationError`` or ``DecodeError``."""
-    return [(r.instrument, r.timeframe, Candle(r.open_time, r.open, r.high, r.low, r.close, r.volume, r.trades,
-                                                r.closed, r.final)) for r in _DECODER.decode(payload)]
+    return [
+        (
+            r.instrument,
+            r.timeframe,
+            Candle(r.open_time, r.open, r.high, r.low, r.close, r.volume, r.trades, r.closed, r.final),
+        )
+        for r in _DECODER.decode(payload)
+    ]
 
 
 def _count_rows(payload: bytes) -> int:
@@ -202,8 +207,10 @@ class Spool:
         missing = missing_dir(self.path)  # never created silently: a typo in --spool is an error
         if missing is not None:
             problem, create = missing
-            raise BadInput(f"cannot open spool {self.path}: {problem}; {create + ' or ' if create else ''}pass --spool"
-                           " with a path in an existing directory (or --spool off)")
+            raise BadInput(
+                f"cannot open spool {self.path}: {problem}; {create + ' or ' if create else ''}pass --spool"
+                " with a path in an existing directory (or --spool off)"
+            )
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             _sync_dir(directory)  # the file entry itself must survive a crash
@@ -278,8 +285,9 @@ class Spool:
                         " spool (the file was left untouched)"
                     )
         if pos > size:
-            log.warning("spool position %d is past the end of %s (%d bytes); replaying it from its start",
-                        pos, self.path, size)
+            log.warning(
+                "spool position %d is past the end of %s (%d bytes); replaying it from its start", pos, self.path, size
+            )
             pos = 0
         offset = max(pos, len(MAGIC))
         while offset < size:
@@ -331,8 +339,12 @@ class Spool:
         _sync(self._fd)
         self.torn += 1
         self.torn_bytes += size - offset
-        log.warning("spool %s: cut a torn last record (%d bytes at byte %d) left by a crash during an append",
-                    self.path, size - offset, offset)
+        log.warning(
+            "spool %s: cut a torn last record (%d bytes at byte %d) left by a crash during an append",
+            self.path,
+            size - offset,
+            offset,
+        )
 
     def _reset(self) -> None:
         """Everything is in the store: position to 0 first, then truncate (see the module docstring)."""

@@ -264,8 +264,12 @@ class BatchWriter:
                     f"{e}; the spool failed too, so the candles are kept in memory: {spool_error}"
                 )
             elif was_empty:
-                log.warning("cold store %s is failing (%s); spooling candles to %s until it is back",
-                            self.cold.name, e, self.spool.path)
+                log.warning(
+                    "cold store %s is failing (%s); spooling candles to %s until it is back",
+                    self.cold.name,
+                    e,
+                    self.spool.path,
+                )
             return False
         except BaseException:
             self._put_back(rows)  # a bug or a cancellation: keep the data, let the error surface
@@ -304,8 +308,12 @@ class BatchWriter:
         self.replayed += len(rows)
         self._written(rows, started)
         if not spool.batches:
-            log.info("spool %s is drained (%d candles replayed); writing %s directly again",
-                     spool.path, self.replayed, self.cold.name)
+            log.info(
+                "spool %s is drained (%d candles replayed); writing %s directly again",
+                spool.path,
+                self.replayed,
+                self.cold.name,
+            )
         return True
 
     async def _spool_one(self) -> bool:
@@ -439,5 +447,11 @@ class BatchWriter:
                             f"{self._store_error or e}; and the spool {spool.path} failed too, so {self.pending}"
                             f" candles are lost when this process ends: {err}"
                         ) from err
-            log.warning("cold store %s still failing at close (%s): %d candles are kept in the spool %s"
-                        " and written at the next start", self.cold.name, e, spool.rows, spool.path)
+            log.warning(
+                "cold store %s still failing at close (%s): %d candles are kept in the spool %s"
+                " and written at the next start",
+                self.cold.name,
+                e,
+                spool.rows,
+                spool.path,
+            )

@@ -185,10 +185,12 @@ class StreamDecoder(Skips):
             return None
         if type(p) is _KlineMsg:
             k = p.k
-            if (price_ok(k.o) and price_ok(k.h) and price_ok(k.l) and price_ok(k.c) and size_ok(k.v)):
+            if price_ok(k.o) and price_ok(k.h) and price_ok(k.l) and price_ok(k.c) and size_ok(k.v):
                 return VenueCandle(k.s, k.i, p.E, Candle(k.t, k.o, k.h, k.l, k.c, k.v, k.n, k.x), k.f, k.L)
-            self._skip(IMPOSSIBLE, f"kline {k.i[:8]} {k.t} of {k.s[:20]} with o={k.o!r} h={k.h!r} l={k.l!r} "
-                       f"c={k.c!r} v={k.v!r}")
+            self._skip(
+                IMPOSSIBLE,
+                f"kline {k.i[:8]} {k.t} of {k.s[:20]} with o={k.o!r} h={k.h!r} l={k.l!r} c={k.c!r} v={k.v!r}",
+            )
             return None
         assert type(p) is _ShutdownMsg
         return ServerShutdown(p.E)
@@ -231,8 +233,9 @@ def _text(frame: bytes | memoryview | str) -> str:
 # --- REST ---------------------------------------------------------------------------------------
 
 
-def klines_query(symbol: str, interval: str, start_ms: int | None = None,
-                 end_ms: int | None = None, limit: int = KLINES_PAGE) -> str:
+def klines_query(
+    symbol: str, interval: str, start_ms: int | None = None, end_ms: int | None = None, limit: int = KLINES_PAGE
+) -> str:
     """Path and query of a ``GET /api/v3/klines`` request."""
     params: dict[str, str | int] = {"symbol": symbol.upper(), "interval": interval}
     if start_ms is not None:
@@ -323,28 +326,60 @@ def fmt(x: float) -> str:
     return f"{x:.8f}"
 
 
-def encode_trade(symbol: str, trade_id: int, time_ms: int, price: float, qty: float,
-                 buyer_maker: bool, event_ms: int | None = None) -> bytes:
+def encode_trade(
+    symbol: str, trade_id: int, time_ms: int, price: float, qty: float, buyer_maker: bool, event_ms: int | None = None
+) -> bytes:
     """A raw ``trade`` payload as Binance sends it."""
-    return (
-        b'{"e":"trade","E":%d,"s":"%s","t":%d,"p":"%s","q":"%s","T":%d,"m":%s,"M":true}'
-        % (event_ms if event_ms is not None else time_ms, symbol.encode(), trade_id,
-           fmt(price).encode(), fmt(qty).encode(), time_ms, b"true" if buyer_maker else b"false")
+    return b'{"e":"trade","E":%d,"s":"%s","t":%d,"p":"%s","q":"%s","T":%d,"m":%s,"M":true}' % (
+        event_ms if event_ms is not None else time_ms,
+        symbol.encode(),
+        trade_id,
+        fmt(price).encode(),
+        fmt(qty).encode(),
+        time_ms,
+        b"true" if buyer_maker else b"false",
     )
 
 
-def kline_payload(symbol: str, interval: str, event_ms: int, c: Candle, first_id: int,
-                  last_id: int, quote_volume: float = 0.0, taker_base: float = 0.0,
-                  taker_quote: float = 0.0) -> bytes:
+def kline_payload(
+    symbol: str,
+    interval: str,
+    event_ms: int,
+    c: Candle,
+    first_id: int,
+    last_id: int,
+    quote_volume: float = 0.0,
+    taker_base: float = 0.0,
+    taker_quote: float = 0.0,
+) -> bytes:
     """A raw ``kline`` payload as Binance sends it."""
     close_time = c.open_time + INTERVAL_MS[interval] - 1
-    return msgspec.json.encode({
-        "e": "kline", "E": event_ms, "s": symbol,
-        "k": {"t": c.open_time, "T": close_time, "s": symbol, "i": interval, "f": first_id, "L": last_id,
-              "o": fmt(c.open), "c": fmt(c.close), "h": fmt(c.high), "l": fmt(c.low), "v": fmt(c.volume),
-              "n": c.trades, "x": c.closed, "q": fmt(quote_volume), "V": fmt(taker_base),
-              "Q": fmt(taker_quote), "B": "0"},
-    })
+    return msgspec.json.encode(
+        {
+            "e": "kline",
+            "E": event_ms,
+            "s": symbol,
+            "k": {
+                "t": c.open_time,
+                "T": close_time,
+                "s": symbol,
+                "i": interval,
+                "f": first_id,
+                "L": last_id,
+                "o": fmt(c.open),
+                "c": fmt(c.close),
+                "h": fmt(c.high),
+                "l": fmt(c.low),
+                "v": fmt(c.volume),
+                "n": c.trades,
+                "x": c.closed,
+                "q": fmt(quote_volume),
+                "V": fmt(taker_base),
+                "Q": fmt(taker_quote),
+                "B": "0",
+            },
+        }
+    )
 
 
 def wrap_combined(stream: str, payload: bytes) -> bytes:
@@ -352,12 +387,24 @@ def wrap_combined(stream: str, payload: bytes) -> bytes:
     return b'{"stream":"%s","data":%s}' % (stream.encode(), payload)
 
 
-def kline_row(c: Candle, interval_ms: int, quote_volume: float = 0.0, taker_base: float = 0.0,
-              taker_quote: float = 0.0) -> list[Any]:
+def kline_row(
+    c: Candle, interval_ms: int, quote_volume: float = 0.0, taker_base: float = 0.0, taker_quote: float = 0.0
+) -> list[Any]:
     """One row of a ``/api/v3/klines`` body."""
-    return [c.open_time, fmt(c.open), fmt(c.high), fmt(c.low), fmt(c.close), fmt(c.volume),
-            c.open_time + interval_ms - 1, fmt(quote_volume), c.trades, fmt(taker_base),
-            fmt(taker_quote), "0"]
+    return [
+        c.open_time,
+        fmt(c.open),
+        fmt(c.high),
+        fmt(c.low),
+        fmt(c.close),
+        fmt(c.volume),
+        c.open_time + interval_ms - 1,
+        fmt(quote_volume),
+        c.trades,
+        fmt(taker_base),
+        fmt(taker_quote),
+        "0",
+    ]
 
 
 def error_body(code: int, msg: str) -> bytes:

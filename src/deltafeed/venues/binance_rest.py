@@ -12,8 +12,13 @@ from deltafeed.venues import binance as codec
 class BinanceHistory:
     """Reads Binance's market-data REST API (or a replica of it) through one :class:`RestClient`."""
 
-    def __init__(self, base_url: str = codec.DEFAULT_REST_URL, weight_limit: int = codec.WEIGHT_LIMIT_1M,
-                 headroom: float = 0.8, window_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        base_url: str = codec.DEFAULT_REST_URL,
+        weight_limit: int = codec.WEIGHT_LIMIT_1M,
+        headroom: float = 0.8,
+        window_s: float = 60.0,
+    ) -> None:
         self.limiter = WeightLimiter(weight_limit, window_s, headroom)
         self.http = RestClient(base_url, self.limiter, used_weight_header="X-MBX-USED-WEIGHT-1M")
 
@@ -34,8 +39,9 @@ class BinanceHistory:
         except codec.BadAnswer as exc:
             raise VenueError(200, str(exc).encode(), url) from None
 
-    async def klines(self, symbol: str, interval: str, start_ms: int, end_ms: int,
-                     now_ms: int | None = None) -> list[Candle]:
+    async def klines(
+        self, symbol: str, interval: str, start_ms: int, end_ms: int, now_ms: int | None = None
+    ) -> list[Candle]:
         """Binance's klines of ``interval`` with open time in [start_ms, end_ms], every page.
 
         "Closed" is judged by the venue's clock (``now_ms``, else read from the venue first), never
@@ -58,8 +64,9 @@ class BinanceHistory:
             t = page[-1].open_time + iv
         return out
 
-    async def candles(self, symbol: str, timeframe: str, start_ms: int, end_ms: int,
-                      now_ms: int | None = None) -> list[Candle]:
+    async def candles(
+        self, symbol: str, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
+    ) -> list[Candle]:
         """Candles of any deltafeed timeframe; 5s and 15s are rolled up from 1s klines."""
         if timeframe in codec.NATIVE_INTERVALS:
             return await self.klines(symbol, timeframe, start_ms, end_ms, now_ms)

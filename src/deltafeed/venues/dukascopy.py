@@ -146,8 +146,10 @@ def decode_records(body: bytes, hour_start_ms: int, symbol: str) -> np.ndarray:
     except lzma.LZMAError as e:
         raise Bi5Error(f"{_hour_name(symbol, hour_start_ms)}: body is not an LZMA stream ({e})") from None
     if len(raw) > MAX_HOUR_BYTES:
-        raise Bi5Error(f"{_hour_name(symbol, hour_start_ms)}: body decompresses to more than {MAX_HOUR_BYTES} "
-                       f"bytes ({MAX_TICKS_PER_HOUR} ticks, the most an hour file may hold); refused")
+        raise Bi5Error(
+            f"{_hour_name(symbol, hour_start_ms)}: body decompresses to more than {MAX_HOUR_BYTES} "
+            f"bytes ({MAX_TICKS_PER_HOUR} ticks, the most an hour file may hold); refused"
+        )
     if not dec.eof:  # bytes after the end of the stream are ignored, as lzma.decompress ignores them
         raise Bi5Error(f"{_hour_name(symbol, hour_start_ms)}: the LZMA stream is truncated")
     if len(raw) % RECORD_SIZE:
@@ -177,8 +179,14 @@ def decode_bi5(body: bytes, hour_start_ms: int, symbol: str, skipped: Counter[st
     if not len(rec):
         return []
     ask_vol, bid_vol = rec["ask_vol"], rec["bid_vol"]
-    good = ((rec["ask"] > 0) & (rec["bid"] > 0) & np.isfinite(ask_vol) & np.isfinite(bid_vol)
-            & (ask_vol >= 0) & (bid_vol >= 0))
+    good = (
+        (rec["ask"] > 0)
+        & (rec["bid"] > 0)
+        & np.isfinite(ask_vol)
+        & np.isfinite(bid_vol)
+        & (ask_vol >= 0)
+        & (bid_vol >= 0)
+    )
     if not good.all():
         if skipped is not None:
             skipped[IMPOSSIBLE] += int((~good).sum())
@@ -192,8 +200,7 @@ def decode_bi5(body: bytes, hour_start_ms: int, symbol: str, skipped: Counter[st
     bid_sizes = np.rint(rec["bid_vol"].astype(np.float64) * VOLUME_UNIT).tolist()
     ask_sizes = np.rint(rec["ask_vol"].astype(np.float64) * VOLUME_UNIT).tolist()
     return [
-        Quote(symbol, t, b, a, bs, az)
-        for t, b, a, bs, az in zip(times, bids, asks, bid_sizes, ask_sizes, strict=True)
+        Quote(symbol, t, b, a, bs, az) for t, b, a, bs, az in zip(times, bids, asks, bid_sizes, ask_sizes, strict=True)
     ]
 
 

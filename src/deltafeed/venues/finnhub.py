@@ -82,8 +82,10 @@ def resolution(timeframe: str) -> str:
         return RESOLUTION[timeframe]
     except KeyError:
         if timeframe in TIMEFRAMES:
-            raise BadInput(f"Finnhub has no {timeframe} candles (its resolutions are 1, 5, 15, 30, 60 minutes, "
-                           f"D, W, M); use one of {' '.join(RESOLUTION)}") from None
+            raise BadInput(
+                f"Finnhub has no {timeframe} candles (its resolutions are 1, 5, 15, 30, 60 minutes, "
+                f"D, W, M); use one of {' '.join(RESOLUTION)}"
+            ) from None
         raise BadInput(f"unknown timeframe {timeframe!r}; use one of {' '.join(RESOLUTION)}") from None
 
 
@@ -305,8 +307,10 @@ def decode_candles(body: bytes) -> list[Candle]:
         raise BadCandles(f"candles status {b.s[:40]!r}, expected 'ok' or 'no_data': {body[:120]!r}")
     n = len(b.t)
     if not all(len(col) == n for col in (b.o, b.h, b.l, b.c, b.v)):
-        raise BadCandles(f"candle columns differ in length (t={n}, o={len(b.o)}, h={len(b.h)}, l={len(b.l)}, "
-                         f"c={len(b.c)}, v={len(b.v)})")
+        raise BadCandles(
+            f"candle columns differ in length (t={n}, o={len(b.o)}, h={len(b.h)}, l={len(b.l)}, "
+            f"c={len(b.c)}, v={len(b.v)})"
+        )
     out = []
     for t, o, h, lo, c, v in zip(b.t, b.o, b.h, b.l, b.c, b.v, strict=True):
         if not (price_ok(o) and price_ok(h) and price_ok(lo) and price_ok(c) and size_ok(v)):

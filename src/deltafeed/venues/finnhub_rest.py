@@ -55,12 +55,20 @@ class FinnhubHistory:
     to ``max_throttled`` times in a row. Other 4xx raise :class:`VenueError` at once.
     """
 
-    def __init__(self, rest_url: str = codec.DEFAULT_REST_URL, token: str = "",
-                 calls_per_minute: int = codec.CALLS_PER_MINUTE, *,
-                 calls_per_second: int = codec.CALLS_PER_SECOND, window_s: float = 60.0,
-                 timeout_s: float = 10.0, retries: int = 5, max_throttled: int = 10,
-                 throttle_pause_s: float = THROTTLE_PAUSE_S,
-                 auth_hint: str = "set FINNHUB_TOKEN to a valid Finnhub API key") -> None:
+    def __init__(
+        self,
+        rest_url: str = codec.DEFAULT_REST_URL,
+        token: str = "",
+        calls_per_minute: int = codec.CALLS_PER_MINUTE,
+        *,
+        calls_per_second: int = codec.CALLS_PER_SECOND,
+        window_s: float = 60.0,
+        timeout_s: float = 10.0,
+        retries: int = 5,
+        max_throttled: int = 10,
+        throttle_pause_s: float = THROTTLE_PAUSE_S,
+        auth_hint: str = "set FINNHUB_TOKEN to a valid Finnhub API key",
+    ) -> None:
         if calls_per_minute < 1 or calls_per_second < 1:
             raise ValueError("calls_per_minute and calls_per_second must be at least 1")
         self.rest_url = rest_url.rstrip("/")
@@ -84,8 +92,7 @@ class FinnhubHistory:
 
     async def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout,
-                                                  headers={codec.TOKEN_HEADER: self._token})
+            self._session = aiohttp.ClientSession(timeout=self._timeout, headers={codec.TOKEN_HEADER: self._token})
         return self._session
 
     async def get(self, path: str) -> bytes:
@@ -122,8 +129,12 @@ class FinnhubHistory:
                     raise VenueError(429, body, url)
                 pause = self._pause(retry_after, throttled_in_row)
                 self.paused_s += pause
-                log.warning("%s answered 429 (%s); pausing %.1f s", self.rest_url,
-                            (codec.decode_error(body) or "rate limit")[:120], pause)
+                log.warning(
+                    "%s answered 429 (%s); pausing %.1f s",
+                    self.rest_url,
+                    (codec.decode_error(body) or "rate limit")[:120],
+                    pause,
+                )
                 self.minute.penalize(pause)
                 continue
             if status >= 500 and failures < self.retries:
@@ -149,12 +160,17 @@ class FinnhubHistory:
         if status == 401:
             return VenueError(401, f"the API key was refused; {self.auth_hint}".encode(), url)
         if status == 403:
-            return VenueError(403, f"Finnhub denied access ({text or 'no reason given'}); candles of forex "
-                                   "symbols need a premium plan".encode(), url)
+            return VenueError(
+                403,
+                f"Finnhub denied access ({text or 'no reason given'}); candles of forex "
+                "symbols need a premium plan".encode(),
+                url,
+            )
         return VenueError(status, (text or "").encode() or body, url)
 
-    async def candles(self, symbol: str, timeframe: str, start_ms: int, end_ms: int,
-                      now_ms: int | None = None) -> list[Candle]:
+    async def candles(
+        self, symbol: str, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
+    ) -> list[Candle]:
         """Finnhub's candles of ``symbol`` with open time in [start_ms, end_ms], oldest first, every page.
 
         Finnhub omits intervals without prices (nights, weekends for stocks and forex), so the list has
@@ -179,8 +195,11 @@ class FinnhubHistory:
                 raise VenueError(200, str(exc).encode(), self.rest_url + path) from None
             for c in sorted(page, key=lambda c: c.open_time):
                 if c.open_time % tf_ms:
-                    raise VenueError(200, f"candle at {c.open_time} is not on the UTC {timeframe} grid".encode(),
-                                     self.rest_url + path)
+                    raise VenueError(
+                        200,
+                        f"candle at {c.open_time} is not on the UTC {timeframe} grid".encode(),
+                        self.rest_url + path,
+                    )
                 # Whether Finnhub's ``to`` is inclusive is not documented [UNVERIFIED]: keep this page's own.
                 if t <= c.open_time < page_end and (not out or c.open_time > out[-1].open_time):
                     c.closed = c.open_time + tf_ms <= now
@@ -196,8 +215,13 @@ class FinnhubHistory:
 
     @property
     def stats(self) -> Mapping[str, int | float]:
-        return {"requests": self.requests, "throttled": self.throttled, "server_errors": self.server_errors,
-                "limiter_waits": self.minute.waits + self.second.waits, "paused_s": round(self.paused_s, 3)}
+        return {
+            "requests": self.requests,
+            "throttled": self.throttled,
+            "server_errors": self.server_errors,
+            "limiter_waits": self.minute.waits + self.second.waits,
+            "paused_s": round(self.paused_s, 3),
+        }
 
     async def close(self) -> None:
         if self._session is not None:

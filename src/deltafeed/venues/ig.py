@@ -58,16 +58,29 @@ MARKET_FIELDS = ("BID", "OFFER", "UPDATE_TIME", "MARKET_STATE")
 MARKET_MODE = "MERGE"
 
 #: CHART:<epic>:1MINUTE (MERGE): bid and offer OHLC, the candle's time, completeness and tick count.
-CHART_FIELDS = ("BID_OPEN", "BID_HIGH", "BID_LOW", "BID_CLOSE", "OFR_OPEN", "OFR_HIGH", "OFR_LOW", "OFR_CLOSE",
-                "UTM", "CONS_END", "CONS_TICK_COUNT")
+CHART_FIELDS = (
+    "BID_OPEN",
+    "BID_HIGH",
+    "BID_LOW",
+    "BID_CLOSE",
+    "OFR_OPEN",
+    "OFR_HIGH",
+    "OFR_LOW",
+    "OFR_CLOSE",
+    "UTM",
+    "CONS_END",
+    "CONS_TICK_COUNT",
+)
 CHART_MODE = "MERGE"
 CHART_SCALE = "1MINUTE"
 MINUTE_MS = 60_000
 
 MARKET_STATES = ("CLOSED", "OFFLINE", "TRADEABLE", "EDIT", "AUCTION", "AUCTION_NO_EDIT", "SUSPENDED")
 
-_SIDES = (("bid", "BID_OPEN", "BID_HIGH", "BID_LOW", "BID_CLOSE"),
-          ("ask", "OFR_OPEN", "OFR_HIGH", "OFR_LOW", "OFR_CLOSE"))
+_SIDES = (
+    ("bid", "BID_OPEN", "BID_HIGH", "BID_LOW", "BID_CLOSE"),
+    ("ask", "OFR_OPEN", "OFR_HIGH", "OFR_LOW", "OFR_CLOSE"),
+)
 
 
 # --- epics and items ----------------------------------------------------------------------------
@@ -232,8 +245,11 @@ class IGDecoder:
             return None
         bid, ask = _price(fields.get("BID")), _price(fields.get("OFFER"))
         if bid is None or ask is None:
-            self._skip(BAD_FIELD, f"{epic} MARKET without a BID/OFFER number ({str(fields.get('BID'))[:40]!r}, "
-                       f"{str(fields.get('OFFER'))[:40]!r})")
+            self._skip(
+                BAD_FIELD,
+                f"{epic} MARKET without a BID/OFFER number ({str(fields.get('BID'))[:40]!r}, "
+                f"{str(fields.get('OFFER'))[:40]!r})",
+            )
             return None
         if not (price_ok(bid) and price_ok(ask)):
             self._skip(IMPOSSIBLE, f"{epic} MARKET with an impossible BID/OFFER ({bid!r}, {ask!r})")
@@ -275,8 +291,12 @@ class IGDecoder:
             self._skip(BAD_FIELD, f"{epic} CHART with a bad CONS_TICK_COUNT {str(ticks_text)[:40]!r}; taken as 0")
         out: dict[str, Candle] = {}
         for side, fo, fh, fl, fc in _SIDES:
-            o, h, lo, c = (_price(fields.get(fo)), _price(fields.get(fh)), _price(fields.get(fl)),
-                           _price(fields.get(fc)))
+            o, h, lo, c = (
+                _price(fields.get(fo)),
+                _price(fields.get(fh)),
+                _price(fields.get(fl)),
+                _price(fields.get(fc)),
+            )
             if o is None or h is None or lo is None or c is None:
                 self._skip(BAD_FIELD, f"{epic} CHART without usable {fo[:3]} prices")
                 continue

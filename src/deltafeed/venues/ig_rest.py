@@ -76,8 +76,9 @@ def ig_time(ms: int) -> str:
 
 
 def _iso(ms: int | None) -> str:
-    return "an unknown time" if ms is None else dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime(
-        "%Y-%m-%d %H:%M UTC")
+    return (
+        "an unknown time" if ms is None else dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    )
 
 
 # --- the allowance ------------------------------------------------------------------------------
@@ -92,8 +93,17 @@ class AllowanceSpent(VenueError):
     can store the part it got and defer the rest.
     """
 
-    def __init__(self, message: str, url: str, *, needed: int, remaining: int | None, total: int | None,
-                 resets_at_ms: int | None, sent: bool) -> None:
+    def __init__(
+        self,
+        message: str,
+        url: str,
+        *,
+        needed: int,
+        remaining: int | None,
+        total: int | None,
+        resets_at_ms: int | None,
+        sent: bool,
+    ) -> None:
         super().__init__(403, message.encode(), url)
         self.args = (message,)
         self.needed = needed
@@ -166,9 +176,20 @@ class IGSession:
     are kept and refreshed.
     """
 
-    def __init__(self, rest_url: str, api_key: str, username: str, password: str, *,
-                 clock: Clock | None = None, timeout_s: float = 10.0, refresh_after_s: float = 5 * 3600.0,
-                 rate_per_minute: int = 30, throttle_wait_s: float = 10.0, retries: int = 3) -> None:
+    def __init__(
+        self,
+        rest_url: str,
+        api_key: str,
+        username: str,
+        password: str,
+        *,
+        clock: Clock | None = None,
+        timeout_s: float = 10.0,
+        refresh_after_s: float = 5 * 3600.0,
+        rate_per_minute: int = 30,
+        throttle_wait_s: float = 10.0,
+        retries: int = 3,
+    ) -> None:
         self.rest_url = rest_url.rstrip("/")
         self._api_key = api_key
         self._username = username
@@ -184,8 +205,9 @@ class IGSession:
         self.refresh_after_s = refresh_after_s
         self.throttle_wait_s = throttle_wait_s
         self.retries = retries
-        self.limiter = WeightLimiter(max(1, rate_per_minute), window_s=60.0, headroom=1.0, burst_fraction=0.2,
-                                     clock=self._clock)
+        self.limiter = WeightLimiter(
+            max(1, rate_per_minute), window_s=60.0, headroom=1.0, burst_fraction=0.2, clock=self._clock
+        )
         self.allowance = Allowance()
         self.lightstreamer_endpoint = ""
         self.account_id = ""
@@ -273,8 +295,13 @@ class IGSession:
         self.logins += 1
         log.info("logged in to IG %s as account %s", self.rest_url, self.account_id or "?")
 
-    async def _send(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None,
-                    ) -> tuple[int, Mapping[str, str], bytes]:
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None = None,
+    ) -> tuple[int, Mapping[str, str], bytes]:
         """One request with the pacing and the retries of throttling, 5xx and connection errors."""
         http = await self._client()
         backoff = 0.25
@@ -295,8 +322,9 @@ class IGSession:
             self.last_date = resp_headers.get("Date", self.last_date)
             if status == 403 and attempt < self.retries and error_code(data) in _THROTTLE_ERRORS:
                 self.throttled += 1
-                log.warning("IG throttled %s (%s); waiting %.0f s", self.rest_url, error_code(data),
-                            self.throttle_wait_s)
+                log.warning(
+                    "IG throttled %s (%s); waiting %.0f s", self.rest_url, error_code(data), self.throttle_wait_s
+                )
                 self.limiter.penalize(self.throttle_wait_s)
                 continue
             if status >= 500 and attempt < self.retries:
@@ -328,8 +356,13 @@ class IGSession:
 
     @property
     def stats(self) -> Mapping[str, int | float]:
-        return {"requests": self.requests, "logins": self.logins, "throttled": self.throttled,
-                "server_errors": self.server_errors, "limiter_waits": self.limiter.waits}
+        return {
+            "requests": self.requests,
+            "logins": self.logins,
+            "throttled": self.throttled,
+            "server_errors": self.server_errors,
+            "limiter_waits": self.limiter.waits,
+        }
 
     async def close(self) -> None:
         if self._http is not None:
@@ -412,8 +445,9 @@ def _utc_ms(text: str) -> int:
     return int(t.timestamp() * 1000)
 
 
-def take_rows(rows: list[_Row], t0: int, t1: int, tf: int, now: int, sides: tuple[str, ...],
-              out: dict[str, list[Candle]]) -> int:
+def take_rows(
+    rows: list[_Row], t0: int, t1: int, tf: int, now: int, sides: tuple[str, ...], out: dict[str, list[Candle]]
+) -> int:
     """Append the rows with open time in [t0, t1) to ``out`` (one list per side in ``sides``), in time
     order, without repeats; ``closed`` when the interval ended by ``now``. Returns the rows skipped (outside
     the window, repeated, or without the prices of a side asked for); :class:`BadPrices` for a row that
@@ -430,8 +464,10 @@ def take_rows(rows: list[_Row], t0: int, t1: int, tf: int, now: int, sides: tupl
             skipped += 1
             continue
         if ot % tf:
-            raise BadPrices(f"candle at {r.snapshotTimeUTC[:40]} is not on the UTC {tf} ms grid that deltafeed "
-                            "buckets by; build this timeframe from a shorter one")
+            raise BadPrices(
+                f"candle at {r.snapshotTimeUTC[:40]} is not on the UTC {tf} ms grid that deltafeed "
+                "buckets by; build this timeframe from a shorter one"
+            )
         ohlc = {s: _side(r, s) for s in sides}
         if any(v is None for v in ohlc.values()):
             skipped += 1
@@ -490,8 +526,9 @@ class IGHistory:
         a = self.session.allowance
         return a.remaining, a.total, a.resets_at_ms
 
-    async def candles(self, epic: str, timeframe: str, start_ms: int, end_ms: int,
-                      now_ms: int | None = None, side: str = "mid") -> list[Candle]:
+    async def candles(
+        self, epic: str, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None, side: str = "mid"
+    ) -> list[Candle]:
         """Candles of one price side with open time in [start_ms, end_ms], oldest first.
 
         ``closed`` is True for a candle whose interval has ended by ``now_ms`` (the venue's now: the
@@ -503,8 +540,9 @@ class IGHistory:
             raise BadInput(f"unknown price side {side!r}; use {', '.join(PRICE_SIDES)}")
         return (await self._pages(epic, timeframe, start_ms, end_ms, now_ms, (side,)))[side]
 
-    async def candles_all_sides(self, epic: str, timeframe: str, start_ms: int, end_ms: int,
-                                now_ms: int | None = None) -> dict[str, list[Candle]]:
+    async def candles_all_sides(
+        self, epic: str, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
+    ) -> dict[str, list[Candle]]:
         """Mid, bid and ask candles from the same requests (the allowance is spent once); see :meth:`candles`."""
         return await self._pages(epic, timeframe, start_ms, end_ms, now_ms, PRICE_SIDES)
 
@@ -520,13 +558,20 @@ class IGHistory:
         exc = AllowanceSpent(
             f"IG's historical-data allowance is spent: the next request may return {needed} points and "
             f"{a.remaining} of {a.total} remain; it resets at {_iso(a.resets_at_ms)}{wait}; "
-            f"resume from {_iso(resume_ms)}", url,
-            needed=needed, remaining=a.remaining, total=a.total, resets_at_ms=a.resets_at_ms, sent=False)
+            f"resume from {_iso(resume_ms)}",
+            url,
+            needed=needed,
+            remaining=a.remaining,
+            total=a.total,
+            resets_at_ms=a.resets_at_ms,
+            sent=False,
+        )
         exc.candles, exc.resume_ms = out, resume_ms
         return exc
 
-    async def _pages(self, epic: str, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None,
-                     sides: tuple[str, ...]) -> dict[str, list[Candle]]:
+    async def _pages(
+        self, epic: str, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None, sides: tuple[str, ...]
+    ) -> dict[str, list[Candle]]:
         """Time windows of at most ``page_points`` intervals, each asked with ``pageSize`` equal to its
         interval count (one page; further ``pageNumber``\\ s are fetched if IG pages it anyway).
 
@@ -555,8 +600,14 @@ class IGHistory:
                 needed = count - got
                 if a.remaining is not None and a.known(sess.clock.time_ms()) and needed > a.remaining:
                     raise self._refuse(base, needed, out, t)
-                params = {"resolution": res, "from": ig_time(t - 1000), "to": ig_time(window_end - 1000),
-                          "max": count, "pageSize": count, "pageNumber": page}
+                params = {
+                    "resolution": res,
+                    "from": ig_time(t - 1000),
+                    "to": ig_time(window_end - 1000),
+                    "max": count,
+                    "pageSize": count,
+                    "pageNumber": page,
+                }
                 path = f"/prices/{quote(epic, safe='')}?{urlencode(params)}"
                 rows, meta_page = await self._fetch(path, needed, out, t)
                 got += len(rows)
@@ -567,8 +618,13 @@ class IGHistory:
             t = window_end
         return out
 
-    async def _fetch(self, path: str, needed: int, out: dict[str, list[Candle]], resume_ms: int,
-                     ) -> tuple[list[_Row], _PageData | None]:
+    async def _fetch(
+        self,
+        path: str,
+        needed: int,
+        out: dict[str, list[Candle]],
+        resume_ms: int,
+    ) -> tuple[list[_Row], _PageData | None]:
         sess = self.session
         a = sess.allowance
         try:
@@ -579,7 +635,13 @@ class IGHistory:
                 spent = AllowanceSpent(
                     f"IG refused {exc.url.split('?')[0]}: the account's historical-data allowance is exceeded "
                     f"({ALLOWANCE_ERROR}); it resets at {_iso(a.resets_at_ms)}; resume from {_iso(resume_ms)}",
-                    exc.url, needed=needed, remaining=0, total=a.total, resets_at_ms=a.resets_at_ms, sent=True)
+                    exc.url,
+                    needed=needed,
+                    remaining=0,
+                    total=a.total,
+                    resets_at_ms=a.resets_at_ms,
+                    sent=True,
+                )
                 spent.candles, spent.resume_ms = out, resume_ms
                 raise spent from None
             raise
@@ -595,12 +657,21 @@ class IGHistory:
             a.spend(len(doc.prices))
             if a.remaining is None and not a.unreported:
                 a.unreported = True
-                log.warning("%s answers prices without metadata.allowance; the allowance cannot be tracked",
-                            sess.rest_url)
+                log.warning(
+                    "%s answers prices without metadata.allowance; the allowance cannot be tracked", sess.rest_url
+                )
         return doc.prices, doc.metadata.pageData if doc.metadata is not None else None
 
-    def _take(self, rows: list[_Row], t0: int, t1: int, tf: int, now_ms: int | None, sides: tuple[str, ...],
-              out: dict[str, list[Candle]]) -> None:
+    def _take(
+        self,
+        rows: list[_Row],
+        t0: int,
+        t1: int,
+        tf: int,
+        now_ms: int | None,
+        sides: tuple[str, ...],
+        out: dict[str, list[Candle]],
+    ) -> None:
         """:func:`take_rows` with the venue's now (the answer's ``Date`` when not given); a bad row is a
         :class:`VenueError`."""
         now = now_ms
@@ -614,8 +685,14 @@ class IGHistory:
     @property
     def stats(self) -> Mapping[str, Any]:
         remaining, total, resets = self.allowance
-        return {**self.session.stats, "points": self.points, "skipped_rows": self.skipped_rows,
-                "allowance_remaining": remaining, "allowance_total": total, "allowance_resets_at_ms": resets}
+        return {
+            **self.session.stats,
+            "points": self.points,
+            "skipped_rows": self.skipped_rows,
+            "allowance_remaining": remaining,
+            "allowance_total": total,
+            "allowance_resets_at_ms": resets,
+        }
 
     async def close(self) -> None:
         await self.session.close()
@@ -631,4 +708,3 @@ def _http_date_ms(value: str | None) -> int | None:
             t = t.replace(tzinfo=dt.UTC)
         return int(t.timestamp()) * 1000
     return None
-

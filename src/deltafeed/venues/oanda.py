@@ -76,8 +76,9 @@ def granularity(timeframe: str) -> str:
         return GRANULARITY[timeframe]
     except KeyError:
         if timeframe in TIMEFRAMES:
-            raise BadInput(f"OANDA has no {timeframe} candles (its finest is 5s); use one of "
-                           f"{' '.join(GRANULARITY)}") from None
+            raise BadInput(
+                f"OANDA has no {timeframe} candles (its finest is 5s); use one of {' '.join(GRANULARITY)}"
+            ) from None
         raise BadInput(f"unknown timeframe {timeframe!r}; use one of {' '.join(GRANULARITY)}") from None
 
 
@@ -201,8 +202,9 @@ def stream_url(stream_base: str, account: str, instruments: list[str], snapshot:
     return url if snapshot else url + "&snapshot=false"
 
 
-def candles_path(instrument: str, granularity_name: str, from_ms: int | None = None,
-                 count: int = CANDLES_PAGE, price: str = "M") -> str:
+def candles_path(
+    instrument: str, granularity_name: str, from_ms: int | None = None, count: int = CANDLES_PAGE, price: str = "M"
+) -> str:
     """Path and query of ``GET /v3/instruments/{instrument}/candles`` (``from`` + ``count``, UTC-aligned).
 
     Without ``from`` OANDA answers the newest ``count`` candles. Never sends ``to``: OANDA refuses
@@ -295,8 +297,9 @@ class PriceDecoder(Skips):
             return Heartbeat(t)
         assert type(msg) is _Price
         if msg.tradeable is False or (msg.tradeable is None and msg.status not in (None, "tradeable")):
-            self._skip("not_tradeable", f"{msg.instrument[:20]} is not tradeable "
-                       f"({(msg.status or 'tradeable: false')[:40]})")
+            self._skip(
+                "not_tradeable", f"{msg.instrument[:20]} is not tradeable ({(msg.status or 'tradeable: false')[:40]})"
+            )
             return None
         if not msg.bids or not msg.asks:
             self._skip("empty_book", f"{msg.instrument[:20]} PRICE without bids or asks")
@@ -305,12 +308,17 @@ class PriceDecoder(Skips):
         try:
             bid, ask = float(b.price), float(a.price)
         except ValueError:
-            self._skip(BAD_FIELD, f"{msg.instrument[:20]} PRICE with a price that is not a number "
-                       f"({b.price[:30]!r}, {a.price[:30]!r})")
+            self._skip(
+                BAD_FIELD,
+                f"{msg.instrument[:20]} PRICE with a price that is not a number ({b.price[:30]!r}, {a.price[:30]!r})",
+            )
             return None
         if not (price_ok(bid) and price_ok(ask) and size_ok(b.liquidity) and size_ok(a.liquidity)):
-            self._skip(IMPOSSIBLE, f"{msg.instrument[:20]} PRICE with an impossible value (bid {b.price[:30]!r} "
-                       f"ask {a.price[:30]!r}, liquidity {b.liquidity!r} {a.liquidity!r})")
+            self._skip(
+                IMPOSSIBLE,
+                f"{msg.instrument[:20]} PRICE with an impossible value (bid {b.price[:30]!r} "
+                f"ask {a.price[:30]!r}, liquidity {b.liquidity!r} {a.liquidity!r})",
+            )
             return None
         return Quote(msg.instrument, t, bid, ask, b.liquidity, a.liquidity)
 
@@ -396,8 +404,9 @@ def decode_candles_all(body: bytes, sides: str | list[str] | tuple[str, ...] = P
             if p is None:
                 raise BadCandles(f"candle at {r.time[:40]} has no {s!r} prices (request price={price_letters(names)})")
             if not (price_ok(p.o) and price_ok(p.h) and price_ok(p.l) and price_ok(p.c)):
-                raise BadCandles(f"candle at {r.time[:40]} has an impossible {s} price: o={p.o!r} h={p.h!r} "
-                                 f"l={p.l!r} c={p.c!r}")
+                raise BadCandles(
+                    f"candle at {r.time[:40]} has an impossible {s} price: o={p.o!r} h={p.h!r} l={p.l!r} c={p.c!r}"
+                )
             out[s].append(Candle(t, p.o, p.h, p.l, p.c, float(r.volume), r.volume, r.complete))
     return out
 
@@ -430,10 +439,37 @@ def decode_instruments(body: bytes) -> set[str]:
 #: Used by :meth:`OandaHistory.symbols` when the account's instrument list cannot be read (no account
 #: given, or a server without that endpoint): the FX majors and their common crosses, plus gold and
 #: silver. Every OANDA account offers these.
-FALLBACK_INSTRUMENTS = frozenset({
-    "EUR_USD", "GBP_USD", "USD_JPY", "USD_CHF", "USD_CAD", "AUD_USD", "NZD_USD",
-    "EUR_GBP", "EUR_JPY", "EUR_CHF", "EUR_CAD", "EUR_AUD", "EUR_NZD",
-    "GBP_JPY", "GBP_CHF", "GBP_CAD", "GBP_AUD", "GBP_NZD",
-    "AUD_JPY", "AUD_CHF", "AUD_CAD", "AUD_NZD", "NZD_JPY", "NZD_CHF", "NZD_CAD",
-    "CAD_JPY", "CAD_CHF", "CHF_JPY", "XAU_USD", "XAG_USD",
-})
+FALLBACK_INSTRUMENTS = frozenset(
+    {
+        "EUR_USD",
+        "GBP_USD",
+        "USD_JPY",
+        "USD_CHF",
+        "USD_CAD",
+        "AUD_USD",
+        "NZD_USD",
+        "EUR_GBP",
+        "EUR_JPY",
+        "EUR_CHF",
+        "EUR_CAD",
+        "EUR_AUD",
+        "EUR_NZD",
+        "GBP_JPY",
+        "GBP_CHF",
+        "GBP_CAD",
+        "GBP_AUD",
+        "GBP_NZD",
+        "AUD_JPY",
+        "AUD_CHF",
+        "AUD_CAD",
+        "AUD_NZD",
+        "NZD_JPY",
+        "NZD_CHF",
+        "NZD_CAD",
+        "CAD_JPY",
+        "CAD_CHF",
+        "CHF_JPY",
+        "XAU_USD",
+        "XAG_USD",
+    }
+)

@@ -34,8 +34,15 @@ class _BearerRestClient(RestClient):
     - the latest response's ``Date`` header is kept in ``last_date`` (OANDA has no time endpoint).
     """
 
-    def __init__(self, base_url: str, limiter: WeightLimiter, token: str, budget: ConnectBudget,
-                 timeout_s: float = 10.0, max_connections: int = 8) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        limiter: WeightLimiter,
+        token: str,
+        budget: ConnectBudget,
+        timeout_s: float = 10.0,
+        max_connections: int = 8,
+    ) -> None:
         super().__init__(base_url, limiter, timeout_s=timeout_s)
         self._headers = codec.auth_headers(token)
         self._budget = budget
@@ -52,17 +59,25 @@ class _BearerRestClient(RestClient):
             trace.on_connection_create_start.append(self._on_new_connection)
             trace.on_request_end.append(self._on_request_end)
             self._session = aiohttp.ClientSession(
-                timeout=self._timeout, headers=self._headers, trace_configs=[trace],
-                connector=aiohttp.TCPConnector(limit_per_host=self._max_connections))
+                timeout=self._timeout,
+                headers=self._headers,
+                trace_configs=[trace],
+                connector=aiohttp.TCPConnector(limit_per_host=self._max_connections),
+            )
         return self._session
 
-    async def _on_new_connection(self, session: aiohttp.ClientSession, ctx: types.SimpleNamespace,
-                                 params: aiohttp.TraceConnectionCreateStartParams) -> None:
+    async def _on_new_connection(
+        self,
+        session: aiohttp.ClientSession,
+        ctx: types.SimpleNamespace,
+        params: aiohttp.TraceConnectionCreateStartParams,
+    ) -> None:
         self.new_connections += 1
         await self._budget.acquire()
 
-    async def _on_request_end(self, session: aiohttp.ClientSession, ctx: types.SimpleNamespace,
-                              params: aiohttp.TraceRequestEndParams) -> None:
+    async def _on_request_end(
+        self, session: aiohttp.ClientSession, ctx: types.SimpleNamespace, params: aiohttp.TraceRequestEndParams
+    ) -> None:
         self.last_date = params.response.headers.get("Date", self.last_date)
 
 
@@ -74,9 +89,17 @@ class OandaHistory:
     and retry. ``account`` is needed for :meth:`symbols` only; without it the fallback list is used.
     """
 
-    def __init__(self, rest_url: str = codec.DEFAULT_REST_URL, token: str = "", account: str = "",
-                 rate_per_s: float = 100.0, *, time_instrument: str = "EUR_USD",
-                 budget: ConnectBudget | None = None, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        rest_url: str = codec.DEFAULT_REST_URL,
+        token: str = "",
+        account: str = "",
+        rate_per_s: float = 100.0,
+        *,
+        time_instrument: str = "EUR_USD",
+        budget: ConnectBudget | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
         self.account = account
         self.time_instrument = time_instrument
         # headroom=1: ``rate_per_s`` is already the pace we want; a burst of a tenth of a second.
@@ -111,8 +134,7 @@ class OandaHistory:
             raise VenueError(200, str(exc).encode(), self.http.base_url) from None
         now = codec.venue_now_ms(codec.http_date_ms(self.http.last_date), candles[-1] if candles else None)
         if now is None:
-            raise VenueError(200, b"no Date header and no candle: cannot tell the venue's time",
-                             self.http.base_url)
+            raise VenueError(200, b"no Date header and no candle: cannot tell the venue's time", self.http.base_url)
         return now
 
     async def symbols(self) -> set[str]:
@@ -128,8 +150,11 @@ class OandaHistory:
             except VenueError as exc:
                 if exc.status not in (404, 405):
                     raise
-                log.info("%s has no instruments endpoint (%d); using the built-in instrument list",
-                         self.http.base_url, exc.status)
+                log.info(
+                    "%s has no instruments endpoint (%d); using the built-in instrument list",
+                    self.http.base_url,
+                    exc.status,
+                )
             except codec.BadCandles as exc:
                 raise VenueError(200, str(exc).encode(), self.http.base_url) from None
             else:
@@ -138,8 +163,9 @@ class OandaHistory:
         self.symbols_source = "fallback"
         return set(codec.FALLBACK_INSTRUMENTS)
 
-    async def candles(self, symbol: str, timeframe: str, start_ms: int, end_ms: int,
-                      now_ms: int | None = None, side: str = "mid") -> list[Candle]:
+    async def candles(
+        self, symbol: str, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None, side: str = "mid"
+    ) -> list[Candle]:
         """OANDA's candles of one price side with open time in [start_ms, end_ms], every page.
 
         ``closed`` is OANDA's ``complete``: the venue judges it, so ``now_ms`` only clips the range (no
@@ -148,13 +174,15 @@ class OandaHistory:
         """
         return (await self._pages(symbol, timeframe, start_ms, end_ms, now_ms, (side,)))[side]
 
-    async def candles_all_sides(self, symbol: str, timeframe: str, start_ms: int, end_ms: int,
-                                now_ms: int | None = None) -> dict[str, list[Candle]]:
+    async def candles_all_sides(
+        self, symbol: str, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
+    ) -> dict[str, list[Candle]]:
         """Mid, bid and ask candles (``price=MBA``) in one request per page; see :meth:`candles`."""
         return await self._pages(symbol, timeframe, start_ms, end_ms, now_ms, PRICE_SIDES)
 
-    async def _pages(self, symbol: str, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None,
-                     sides: tuple[str, ...]) -> dict[str, list[Candle]]:
+    async def _pages(
+        self, symbol: str, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None, sides: tuple[str, ...]
+    ) -> dict[str, list[Candle]]:
         """Pages of ``from`` + ``count``: each asks for exactly the intervals left (at most 5000).
 
         OANDA counts candles, not intervals, so a page over a weekend returns candles past ``end_ms``;
@@ -195,9 +223,13 @@ class OandaHistory:
 
     @property
     def stats(self) -> Mapping[str, int | float]:
-        return {"requests": self.http.requests, "throttled": self.http.throttled,
-                "server_errors": self.http.server_errors, "limiter_waits": self.limiter.waits,
-                "new_connections": self.http.new_connections}
+        return {
+            "requests": self.http.requests,
+            "throttled": self.http.throttled,
+            "server_errors": self.http.server_errors,
+            "limiter_waits": self.limiter.waits,
+            "new_connections": self.http.new_connections,
+        }
 
     async def close(self) -> None:
         await self.http.close()
@@ -211,7 +243,11 @@ def _check_alignment(page: list[Candle], tf_ms: int, from_ms: int, url: str) -> 
     """
     for c in page:
         if c.open_time % tf_ms:
-            raise VenueError(200, f"candle at {c.open_time} is not on the UTC {tf_ms} ms grid; the server "
-                             "ignored dailyAlignment=0&alignmentTimezone=UTC".encode(), url)
+            raise VenueError(
+                200,
+                f"candle at {c.open_time} is not on the UTC {tf_ms} ms grid; the server "
+                "ignored dailyAlignment=0&alignmentTimezone=UTC".encode(),
+                url,
+            )
         if c.open_time < from_ms:
             raise VenueError(200, f"candle at {c.open_time} is before from={from_ms}".encode(), url)

@@ -79,10 +79,19 @@ def wsok() -> str:
     return "wsok"
 
 
-def create_session(user: str | None = None, password: str | None = None, *, cid: str = DEFAULT_CID,
-                   adapter_set: str | None = None, keepalive_ms: int | None = None,
-                   inactivity_ms: int | None = None, max_bandwidth: float | None = None,
-                   old_session: str | None = None, send_sync: bool = False, cause: str | None = None) -> str:
+def create_session(
+    user: str | None = None,
+    password: str | None = None,
+    *,
+    cid: str = DEFAULT_CID,
+    adapter_set: str | None = None,
+    keepalive_ms: int | None = None,
+    inactivity_ms: int | None = None,
+    max_bandwidth: float | None = None,
+    old_session: str | None = None,
+    send_sync: bool = False,
+    cause: str | None = None,
+) -> str:
     """``create_session`` with the vendor client's parameter order (the password last).
 
     ``send_sync=False`` asks the server not to send ``SYNC`` lines: deltafeed takes event time from the
@@ -90,35 +99,54 @@ def create_session(user: str | None = None, password: str | None = None, *, cid:
     server may choose another and says which in CONOK. ``old_session`` names the session this one
     replaces, so the server can end it at once instead of waiting for it to time out.
     """
-    return "create_session\r\n" + _query((
-        ("LS_keepalive_millis", keepalive_ms),
-        ("LS_inactivity_millis", inactivity_ms),
-        ("LS_requested_max_bandwidth", None if max_bandwidth is None else f"{max_bandwidth:g}"),
-        ("LS_adapter_set", adapter_set),
-        ("LS_user", user),
-        ("LS_cid", cid),
-        ("LS_old_session", old_session),
-        ("LS_send_sync", None if send_sync else "false"),
-        ("LS_cause", cause),
-        ("LS_password", password),
-    ))
+    return "create_session\r\n" + _query(
+        (
+            ("LS_keepalive_millis", keepalive_ms),
+            ("LS_inactivity_millis", inactivity_ms),
+            ("LS_requested_max_bandwidth", None if max_bandwidth is None else f"{max_bandwidth:g}"),
+            ("LS_adapter_set", adapter_set),
+            ("LS_user", user),
+            ("LS_cid", cid),
+            ("LS_old_session", old_session),
+            ("LS_send_sync", None if send_sync else "false"),
+            ("LS_cause", cause),
+            ("LS_password", password),
+        )
+    )
 
 
-def bind_session(session_id: str, *, keepalive_ms: int | None = None, inactivity_ms: int | None = None,
-                 send_sync: bool = False, cause: str | None = None) -> str:
+def bind_session(
+    session_id: str,
+    *,
+    keepalive_ms: int | None = None,
+    inactivity_ms: int | None = None,
+    send_sync: bool = False,
+    cause: str | None = None,
+) -> str:
     """``bind_session`` on a new WebSocket (after ``LOOP``): the session and its subscriptions go on."""
-    return "bind_session\r\n" + _query((
-        ("LS_session", session_id),
-        ("LS_keepalive_millis", keepalive_ms),
-        ("LS_inactivity_millis", inactivity_ms),
-        ("LS_send_sync", None if send_sync else "false"),
-        ("LS_cause", cause),
-    ))
+    return "bind_session\r\n" + _query(
+        (
+            ("LS_session", session_id),
+            ("LS_keepalive_millis", keepalive_ms),
+            ("LS_inactivity_millis", inactivity_ms),
+            ("LS_send_sync", None if send_sync else "false"),
+            ("LS_cause", cause),
+        )
+    )
 
 
-def subscribe_params(req_id: int, sub_id: int, mode: str, items: Sequence[str], fields: Sequence[str], *,
-                     snapshot: bool | int = True, data_adapter: str | None = None,
-                     max_frequency: str | float | None = None, ack: bool = False) -> str:
+def subscribe_params(
+    req_id: int,
+    sub_id: int,
+    mode: str,
+    items: Sequence[str],
+    fields: Sequence[str],
+    *,
+    snapshot: bool | int = True,
+    data_adapter: str | None = None,
+    max_frequency: str | float | None = None,
+    ack: bool = False,
+) -> str:
     """The query line of ``control`` ``LS_op=add`` (without the ``control`` line; see :func:`control`).
 
     ``items`` and ``fields`` become the space-separated ``LS_group`` and ``LS_schema``. ``snapshot`` is
@@ -132,11 +160,20 @@ def subscribe_params(req_id: int, sub_id: int, mode: str, items: Sequence[str], 
         raise ValueError("a subscription needs at least one item and one field")
     snap = _bool(snapshot) if isinstance(snapshot, bool) else str(int(snapshot))
     freq = max_frequency if max_frequency is None or isinstance(max_frequency, str) else f"{max_frequency:g}"
-    return _query((
-        ("LS_reqId", req_id), ("LS_op", "add"), ("LS_subId", sub_id), ("LS_mode", mode),
-        ("LS_group", " ".join(items)), ("LS_schema", " ".join(fields)), ("LS_data_adapter", data_adapter),
-        ("LS_snapshot", snap), ("LS_requested_max_frequency", freq), ("LS_ack", _bool(ack)),
-    ))
+    return _query(
+        (
+            ("LS_reqId", req_id),
+            ("LS_op", "add"),
+            ("LS_subId", sub_id),
+            ("LS_mode", mode),
+            ("LS_group", " ".join(items)),
+            ("LS_schema", " ".join(fields)),
+            ("LS_data_adapter", data_adapter),
+            ("LS_snapshot", snap),
+            ("LS_requested_max_frequency", freq),
+            ("LS_ack", _bool(ack)),
+        )
+    )
 
 
 def unsubscribe_params(req_id: int, sub_id: int, *, ack: bool = False) -> str:
@@ -332,14 +369,36 @@ class Malformed(msgspec.Struct, gc=False):
     reason: str
 
 
-Event = (Wsok | Conok | Conerr | End | Error | Reqok | Reqerr | Subok | Subcmd | Unsub | Update | EndOfSnapshot
-         | ClearSnapshot | Overflow | Conf | Probe | Noop | Sync | Loop | Info | Malformed)
+Event = (
+    Wsok
+    | Conok
+    | Conerr
+    | End
+    | Error
+    | Reqok
+    | Reqerr
+    | Subok
+    | Subcmd
+    | Unsub
+    | Update
+    | EndOfSnapshot
+    | ClearSnapshot
+    | Overflow
+    | Conf
+    | Probe
+    | Noop
+    | Sync
+    | Loop
+    | Info
+    | Malformed
+)
 
 #: Line kinds a client can lose without losing state: information and keepalives, acknowledgements it
 #: did not ask for, COMMAND-mode subscriptions it never makes. Any other malformed line (``U``,
 #: ``SUBOK``, ``EOS``, ``CONOK``, ...) leaves a session's view of its items wrong or unknown.
-STATELESS_KINDS = frozenset({"WSOK", "PROBE", "NOOP", "SYNC", "CONF", "REQOK", "SUBCMD", "SERVNAME", "CLIENTIP",
-                             "CONS", "PROG"})
+STATELESS_KINDS = frozenset(
+    {"WSOK", "PROBE", "NOOP", "SYNC", "CONF", "REQOK", "SUBCMD", "SERVNAME", "CLIENTIP", "CONS", "PROG"}
+)
 
 #: Bounds on what a server line may make a client allocate. A subscription's items and fields travel
 #: as space-separated names in one control request, which CONOK's request limit bounds (50,000 bytes
@@ -474,8 +533,9 @@ class LineDecoder:
         if kind == "SUBCMD":
             sub, items, fields, key, command = _args(args, 5)
             n_fields = _int(fields, 1, MAX_FIELDS)
-            return Subcmd(_int(sub, 1), _int(items, 1, MAX_ITEMS), n_fields, _int(key, 1, n_fields),
-                          _int(command, 1, n_fields))
+            return Subcmd(
+                _int(sub, 1), _int(items, 1, MAX_ITEMS), n_fields, _int(key, 1, n_fields), _int(command, 1, n_fields)
+            )
         if kind in ("SERVNAME", "CLIENTIP", "CONS", "PROG"):
             return Info(kind, unquote(",".join(args)))
         self.unknown[kind[:20]] += 1
@@ -550,8 +610,9 @@ class ItemState:
         num_items, n = self._shape[update.sub_id]
         idx = update.item - 1
         if not 0 <= idx < num_items:
-            raise BadUpdate(f"update for item {update.item} of subscription {update.sub_id}, "
-                            f"which has {num_items} items")
+            raise BadUpdate(
+                f"update for item {update.item} of subscription {update.sub_id}, which has {num_items} items"
+            )
         old = items.get(idx)
         new: FieldValues = old.copy() if old is not None else [None] * n
         i = 0
@@ -564,8 +625,10 @@ class ItemState:
                 if 1 < len(tok) <= 7 and tok[1:].isascii() and tok[1:].isdecimal():
                     i += int(tok[1:])
                     continue
-                raise BadUpdate(f"unsupported value encoding {tok[:10]!r} (JSON patch and TLCP-diff are not "
-                                "requested by this client)")
+                raise BadUpdate(
+                    f"unsupported value encoding {tok[:10]!r} (JSON patch and TLCP-diff are not "
+                    "requested by this client)"
+                )
             if i >= n:
                 i += 1
                 break
@@ -579,7 +642,9 @@ class ItemState:
                 new[i] = tok
             i += 1
         if i != n:
-            raise BadUpdate(f"update of subscription {update.sub_id} item {update.item} carries {i} fields, "
-                            f"not {n}: {update.values[:80]!r}")
+            raise BadUpdate(
+                f"update of subscription {update.sub_id} item {update.item} carries {i} fields, "
+                f"not {n}: {update.values[:80]!r}"
+            )
         items[idx] = new
         return new
