@@ -16,7 +16,7 @@ from pathlib import Path
 
 from deltafeed.backfill import backfill
 from deltafeed.model import time_ms
-from deltafeed.replicas.dukascopy import DukascopyReplica
+from deltafeed.venues.dukascopy.replica import DukascopyReplica
 
 SINCE, UNTIL = time_ms("2026-01-06T00:00"), time_ms("2026-01-07T00:00")  # a Tuesday: the market is open all day
 TIMEFRAMES = "1m,5m,15m,1h"

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
-from deltafeed.feeds.oanda import OandaFeed
-from deltafeed.replicas.oanda import DEFAULT_ACCOUNT, DEV_TOKEN
-from deltafeed.venues.oanda import rfc3339
+from deltafeed.venues.oanda.codec import rfc3339
+from deltafeed.venues.oanda.feed import OandaFeed
+from deltafeed.venues.oanda.replica import DEFAULT_ACCOUNT, DEV_TOKEN
 
 START = 1_794_560_400_000  # a Friday, 04:00 New York: the FX market is open
 

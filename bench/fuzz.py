@@ -71,7 +71,7 @@ class Target:
 
 
 def _binance_stream() -> Target:
-    from deltafeed.venues import binance
+    from deltafeed.venues.binance import codec as binance
 
     trade = (
         b'{"e":"trade","E":1672515782136,"s":"BNBBTC","t":12345,"p":"0.001","q":"100","T":1672515782136,'
@@ -100,7 +100,7 @@ def _binance_stream() -> Target:
 
 
 def _oanda_pricing() -> Target:
-    from deltafeed.venues import oanda
+    from deltafeed.venues.oanda import codec as oanda
 
     price = (
         b'{"type":"PRICE","time":"2016-10-27T08:38:45.664613867Z",'
@@ -123,7 +123,7 @@ def _oanda_pricing() -> Target:
 
 
 def _finnhub_stream() -> Target:
-    from deltafeed.venues import finnhub
+    from deltafeed.venues.finnhub import codec as finnhub
 
     trades = (
         b'{"data":[{"c":["1","8","24","12"],"p":7296.89,"s":"BINANCE:BTCUSDT","t":1575526691134,"v":0.011467},'
@@ -147,7 +147,8 @@ def _finnhub_stream() -> Target:
 def _tlcp_stream() -> Target:
     """TLCP lines through the decoder, the item state and IG's MARKET/CHART decoding, as a session
     holding subscription 1 (a MARKET item) and 2 (a CHART item) applies them."""
-    from deltafeed.venues import ig, tlcp
+    from deltafeed.venues.ig import codec as ig
+    from deltafeed.venues.ig import tlcp
 
     dec = tlcp.LineDecoder()
     igd = ig.IGDecoder(tz="UTC")
@@ -198,7 +199,7 @@ def _tlcp_stream() -> Target:
 
 
 def _ig_rest() -> Target:
-    from deltafeed.venues import ig_rest
+    from deltafeed.venues.ig import rest as ig_rest
 
     row = (
         '{"snapshotTime":"2026/11/13 10:00:00","snapshotTimeUTC":"2026-11-13T15:00:00",'
@@ -232,7 +233,7 @@ def _ig_rest() -> Target:
 
 def _dukascopy_bi5() -> Target:
     from deltafeed.model import Quote
-    from deltafeed.venues import dukascopy
+    from deltafeed.venues.dukascopy import codec as dukascopy
 
     quotes = [Quote("EURUSD", HOUR + i * 7_919, 1.08 + i * 1e-5, 1.0802 + i * 1e-5, 1.5e6, 2.25e6) for i in range(60)]
     body = dukascopy.encode_bi5(quotes, HOUR, "EURUSD")
@@ -263,7 +264,7 @@ def _bomb(size: int) -> bytes:
 
 
 def _binance_rest() -> Target:
-    from deltafeed.venues import binance
+    from deltafeed.venues.binance import codec as binance
 
     klines = (
         b'[[1499040000000,"0.01634790","0.80000000","0.01575800","0.01577100","148976.11427815",1499644799999,'
@@ -299,7 +300,7 @@ def _binance_rest() -> Target:
 
 
 def _oanda_candles() -> Target:
-    from deltafeed.venues import oanda
+    from deltafeed.venues.oanda import codec as oanda
 
     body = (
         b'{"instrument":"EUR_USD","granularity":"M1","candles":[{"complete":true,"volume":12,'
@@ -328,7 +329,7 @@ def _oanda_candles() -> Target:
 
 
 def _finnhub_candles() -> Target:
-    from deltafeed.venues import finnhub
+    from deltafeed.venues.finnhub import codec as finnhub
 
     body = (
         b'{"c":[217.68,221.03,219.89],"h":[222.49,221.5,220.94],"l":[217.19,217.1402,218.83],'

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
-from deltafeed.feeds.binance import BinanceFeed
+from deltafeed.venues.binance.feed import BinanceFeed
 
 TIMEFRAMES = ["1s", "1m", "5m", "15m", "1h"]
 SAMPLE_EVERY = 64  # time one frame in 64: timing every frame would cost more than the frame

@@ -34,10 +34,10 @@ from typing import Any
 
 from deltafeed.candles.calendar import AlwaysOpen, Calendar, FxCalendar
 from deltafeed.model import TIMEFRAMES, Candle, series_key
-from deltafeed.replicas.binance import BinanceReplica
 from deltafeed.replicas.faults import KINDS
-from deltafeed.replicas.oanda import DEFAULT_ACCOUNT, DEV_TOKEN, FAULT_KINDS, OandaReplica
 from deltafeed.store.base import open_cold
+from deltafeed.venues.binance.replica import BinanceReplica
+from deltafeed.venues.oanda.replica import DEFAULT_ACCOUNT, DEV_TOKEN, FAULT_KINDS, OandaReplica
 from reference import RefCandle, candles_from_tape, quote_candles_from_tape, read_quote_tape, read_tape
 
 VENUES = ("binance", "oanda")

@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from deltafeed.replicas.binance import BinanceReplica
+from deltafeed.venues.binance.replica import BinanceReplica
 
 MakeReplica = Callable[..., Awaitable[BinanceReplica]]
 

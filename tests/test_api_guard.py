@@ -32,7 +32,7 @@ from deltafeed.api.hub import Hub
 from deltafeed.api.server import api_guard, api_url, start_api, stop_api
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
-from deltafeed.replicas.binance import BinanceReplica
+from deltafeed.venues.binance.replica import BinanceReplica
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

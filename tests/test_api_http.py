@@ -27,7 +27,7 @@ from deltafeed.cli import iso, num
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
 from deltafeed.model import BadInput, Candle
-from deltafeed.replicas.binance import BinanceReplica
+from deltafeed.venues.binance.replica import BinanceReplica
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

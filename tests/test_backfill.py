@@ -20,9 +20,9 @@ import pytest
 from deltafeed.backfill import BackfillProgress, BackfillResult, SourceError, backfill
 from deltafeed.candles.calendar import FxCalendar
 from deltafeed.model import TIMEFRAMES, Candle, series_key
-from deltafeed.replicas.dukascopy import DukascopyReplica
 from deltafeed.replicas.quotes import QuoteSim, QuoteTapeWriter
 from deltafeed.store.base import open_cold
+from deltafeed.venues.dukascopy.replica import DukascopyReplica
 from reference import RefCandle, quote_candles_from_tape, read_quote_tape
 
 CLI = [sys.executable, "-m", "deltafeed"]
@@ -172,7 +172,7 @@ async def test_no_flat_candle_follows_a_missing_hour_before_a_quote_does(tmp_pat
     # The candle builders learn of the break only from the 14:05 quote, so nothing they make after 11:00 and
     # before it may be written: the 12:00 hour touches no missing hour, yet its quotes are unknown too.
     from deltafeed.model import Quote
-    from deltafeed.venues import dukascopy_history
+    from deltafeed.venues.dukascopy import rest as dukascopy_history
 
     day = ms("2026-01-06T00:00")
     served = {

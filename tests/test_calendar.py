@@ -188,7 +188,7 @@ def test_us_equity_holidays_are_closed_and_more_can_be_added() -> None:
 
 def test_finnhub_symbols_get_their_market_calendar(monkeypatch: pytest.MonkeyPatch) -> None:
     from deltafeed.config import VenueSettings
-    from deltafeed.feeds.finnhub import FinnhubFeed
+    from deltafeed.venues.finnhub.feed import FinnhubFeed
 
     monkeypatch.setenv("FINNHUB_TOKEN", "k")
     feed = FinnhubFeed(VenueSettings(), stale_after_s=10.0)

@@ -9,7 +9,7 @@ import ccxt.pro as ccxtpro
 import pytest
 
 from conftest import MakeReplica
-from deltafeed.replicas.binance import BinanceReplica
+from deltafeed.venues.binance.replica import BinanceReplica
 from reference import candles_from_tape, read_tape, rows_by_symbol
 
 MINUTE = 60_000

@@ -23,7 +23,7 @@ from deltafeed.client import ApiError, to_dataframe
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
 from deltafeed.model import Candle, state_flags
-from deltafeed.replicas.binance import BinanceReplica
+from deltafeed.venues.binance.replica import BinanceReplica
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -23,8 +23,8 @@ from deltafeed.candles.calendar import FxCalendar
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
 from deltafeed.model import TIMEFRAMES, Candle, series_key
-from deltafeed.replicas.oanda import DEFAULT_ACCOUNT, DEV_TOKEN, OandaReplica
 from deltafeed.store.base import open_cold
+from deltafeed.venues.oanda.replica import DEFAULT_ACCOUNT, DEV_TOKEN, OandaReplica
 from reference import candles_from_tape, quote_candles_from_tape, read_quote_tape, read_tape
 
 TFS = ("15s", "1m")

@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 from deltafeed.model import Candle, ServerShutdown, Trade, VenueCandle
-from deltafeed.venues import binance as b
+from deltafeed.venues.binance import codec as b
 
 DOC_TRADE = (
     b'{"e":"trade","E":1672515782136,"s":"BNBBTC","t":12345,"p":"0.001","q":"100","T":1672515782136,"m":true,"M":true}'

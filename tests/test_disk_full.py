@@ -30,9 +30,9 @@ from deltafeed.api.server import api_url, start_api
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
 from deltafeed.model import TIMEFRAMES, Candle
-from deltafeed.replicas.binance import BinanceReplica
 from deltafeed.store.base import StoreError
 from deltafeed.store.cold import ColdStore
+from deltafeed.venues.binance.replica import BinanceReplica
 from reference import candles_from_tape, read_tape
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]

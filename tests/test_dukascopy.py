@@ -21,10 +21,9 @@ import pytest
 
 from deltafeed.model import BadInput, Quote
 from deltafeed.net.http import VenueError
-from deltafeed.replicas.dukascopy import DukascopyReplica
 from deltafeed.replicas.faults import FaultSchedule
 from deltafeed.replicas.quotes import QuoteSim
-from deltafeed.venues.dukascopy import (
+from deltafeed.venues.dukascopy.codec import (
     Bi5Error,
     decode_bi5,
     dukascopy_symbol,
@@ -34,7 +33,8 @@ from deltafeed.venues.dukascopy import (
     price_scale,
     tick_path,
 )
-from deltafeed.venues.dukascopy_history import DukascopyHistory
+from deltafeed.venues.dukascopy.replica import DukascopyReplica
+from deltafeed.venues.dukascopy.rest import DukascopyHistory
 
 H = 3_600_000
 astuple = msgspec.structs.astuple

@@ -11,8 +11,8 @@ import pytest
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
 from deltafeed.model import TIMEFRAMES
-from deltafeed.replicas.binance import BinanceReplica
 from deltafeed.store.cold import ColdStore
+from deltafeed.venues.binance.replica import BinanceReplica
 from reference import candles_from_tape, read_tape
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]

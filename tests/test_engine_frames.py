@@ -9,8 +9,8 @@ import pytest
 
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
-from deltafeed.feeds.binance import BinanceFeed
-from deltafeed.venues import binance
+from deltafeed.venues.binance import codec as binance
+from deltafeed.venues.binance.feed import BinanceFeed
 
 
 def trade_frame(trade_id: int, time_ms: int, price: float) -> bytes:

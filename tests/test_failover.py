@@ -22,8 +22,8 @@ from deltafeed.client import Client
 from deltafeed.config import FailoverSettings, Settings
 from deltafeed.engine import Engine
 from deltafeed.model import BadInput, time_ms
-from deltafeed.replicas.binance import BinanceReplica
 from deltafeed.store.base import open_cold
+from deltafeed.venues.binance.replica import BinanceReplica
 from reference import candles_from_tape, read_tape
 
 
@@ -176,8 +176,8 @@ async def test_oanda_killed_mid_run_continues_from_ig(tmp_path: Path, monkeypatc
     the spanning candle it equals OANDA's tape, from it on IG's."""
     from deltafeed.candles.calendar import FxCalendar
     from deltafeed.config import VenueSettings
-    from deltafeed.replicas.ig import IGReplica
-    from deltafeed.replicas.oanda import DEFAULT_ACCOUNT, DEV_TOKEN, OandaReplica
+    from deltafeed.venues.ig.replica import IGReplica
+    from deltafeed.venues.oanda.replica import DEFAULT_ACCOUNT, DEV_TOKEN, OandaReplica
     from reference import quote_candles_from_tape, read_quote_tape
 
     for name, value in (

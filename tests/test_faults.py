@@ -24,9 +24,9 @@ import pytest
 
 from conftest import MakeReplica
 from deltafeed.model import BadInput, ServerShutdown, Trade
-from deltafeed.replicas.binance import FAR_AHEAD, BinanceReplica, split_text_frames, text_frames
 from deltafeed.replicas.faults import KINDS, NOT_JSON, FaultSchedule, apply_message_fault, parse_faults
-from deltafeed.venues.binance import StreamDecoder
+from deltafeed.venues.binance.codec import StreamDecoder
+from deltafeed.venues.binance.replica import FAR_AHEAD, BinanceReplica, split_text_frames, text_frames
 
 FAST = 600.0  # events per minute
 HANDSHAKE = (
@@ -485,10 +485,12 @@ async def test_cli_reports_injected_faults_on_exit(http: aiohttp.ClientSession) 
 def test_every_replicas_poison_is_refused_by_its_decoder() -> None:
     """The OANDA, Finnhub and IG poison makers, fed real frames of their replicas' formats: each
     poison is a counted skip in the venue's decoder, and the real frame still decodes."""
-    from deltafeed.replicas import finnhub as fh_replica
-    from deltafeed.replicas import ig as ig_replica
-    from deltafeed.replicas import oanda as oanda_replica
-    from deltafeed.venues import finnhub, oanda, tlcp
+    from deltafeed.venues.finnhub import codec as finnhub
+    from deltafeed.venues.finnhub import replica as fh_replica
+    from deltafeed.venues.ig import replica as ig_replica
+    from deltafeed.venues.ig import tlcp
+    from deltafeed.venues.oanda import codec as oanda
+    from deltafeed.venues.oanda import replica as oanda_replica
 
     line = (
         b'{"type":"PRICE","instrument":"EUR_USD","time":"2026-11-13T15:00:00.123000000Z","status":"tradeable",'

@@ -28,11 +28,11 @@ import pytest
 from deltafeed.model import BadInput, Candle, Trade
 from deltafeed.net.http import VenueError
 from deltafeed.replicas.faults import FaultSchedule
-from deltafeed.replicas.finnhub import MAX_ITEMS, TAPE_HEADER, FinnhubReplica, check_faults
 from deltafeed.replicas.quotes import QuoteSim
-from deltafeed.venues import finnhub as codec
-from deltafeed.venues import finnhub_rest
-from deltafeed.venues.finnhub_rest import FinnhubHistory
+from deltafeed.venues.finnhub import codec as codec
+from deltafeed.venues.finnhub import rest as finnhub_rest
+from deltafeed.venues.finnhub.replica import MAX_ITEMS, TAPE_HEADER, FinnhubReplica, check_faults
+from deltafeed.venues.finnhub.rest import FinnhubHistory
 
 M1, M5, H1, D1 = 60_000, 300_000, 3_600_000, 86_400_000
 # Wednesday 2026-03-04 15:00 UTC = 10:00 in New York (EST): US stocks in session, FX market open.

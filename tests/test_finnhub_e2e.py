@@ -12,8 +12,8 @@ import pytest
 
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
-from deltafeed.replicas.finnhub import FinnhubReplica
 from deltafeed.store.base import open_cold
+from deltafeed.venues.finnhub.replica import FinnhubReplica
 from settle import end_storm
 
 FRIDAY_10H_NY = 1_794_582_000_000  # Friday 2026-11-13 10:00 America/New_York: FX open

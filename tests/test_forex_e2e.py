@@ -13,9 +13,9 @@ from deltafeed.candles.calendar import FxCalendar
 from deltafeed.config import Settings, VenueSettings
 from deltafeed.engine import Engine
 from deltafeed.model import TIMEFRAMES, BadInput, series_key
-from deltafeed.replicas.binance import BinanceReplica
-from deltafeed.replicas.oanda import DEFAULT_ACCOUNT, DEV_TOKEN, OandaReplica
 from deltafeed.store.base import open_cold
+from deltafeed.venues.binance.replica import BinanceReplica
+from deltafeed.venues.oanda.replica import DEFAULT_ACCOUNT, DEV_TOKEN, OandaReplica
 from reference import quote_candles_from_tape, read_quote_tape
 from settle import end_storm
 

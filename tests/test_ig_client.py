@@ -20,11 +20,11 @@ from aiohttp import web
 
 from deltafeed.model import BadInput, Candle, Quote
 from deltafeed.net.http import VenueError
-from deltafeed.net.tlcp_pool import ConnectionGate, PoolFull, TlcpPool, TlcpSession
 from deltafeed.net.ws import ConnectBudget
-from deltafeed.venues import ig
-from deltafeed.venues import tlcp as t
-from deltafeed.venues.ig_rest import AllowanceSpent, IGHistory, IGSession
+from deltafeed.venues.ig import codec as ig
+from deltafeed.venues.ig import tlcp as t
+from deltafeed.venues.ig.pool import ConnectionGate, PoolFull, TlcpPool, TlcpSession
+from deltafeed.venues.ig.rest import AllowanceSpent, IGHistory, IGSession
 
 UTC = dt.UTC
 
@@ -1030,7 +1030,7 @@ async def test_strict_pool_refuses_items_that_do_not_fit_before_subscribing_any(
 async def test_history_and_streaming_against_the_ig_replica(tmp_path: Any) -> None:
     """IGSession → IGHistory (bid candles equal the replica's tape) → TlcpPool with the session's
     credentials (quotes and closed CHART candles equal the tape), within the replica's session limit."""
-    from deltafeed.replicas.ig import IGReplica
+    from deltafeed.venues.ig.replica import IGReplica
 
     eur, jpy = "CS.D.EURUSD.CFD.IP", "CS.D.USDJPY.CFD.IP"
     start = ms(2026, 3, 4, 10, 2, 30)  # a Wednesday: the FX market is open

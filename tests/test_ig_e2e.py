@@ -11,10 +11,10 @@ import pytest
 from deltafeed.candles.calendar import FxCalendar
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
-from deltafeed.feeds.ig import IGFeed
 from deltafeed.model import series_key
-from deltafeed.replicas.ig import IGReplica
 from deltafeed.store.base import open_cold
+from deltafeed.venues.ig.feed import IGFeed
+from deltafeed.venues.ig.replica import IGReplica
 from reference import quote_candles_from_tape, read_quote_tape
 from settle import end_storm
 

@@ -22,8 +22,8 @@ from deltafeed.model import BadInput, Candle, Quote
 from deltafeed.net.http import VenueError
 from deltafeed.net.lines import LineStream, StreamUnauthorized
 from deltafeed.net.ws import ConnectBudget
-from deltafeed.venues import oanda as o
-from deltafeed.venues.oanda_rest import OandaHistory
+from deltafeed.venues.oanda import codec as o
+from deltafeed.venues.oanda.rest import OandaHistory
 
 # Verbatim from PROTOCOLS.md section 5 (oandapyV20 fixtures); the PRICE line joined onto one line.
 DOC_PRICE = (
@@ -739,7 +739,7 @@ async def test_server_time_symbols_and_page_span() -> None:
 
 @pytest.mark.slow  # over 3 s: not in the everyday subset
 async def test_history_and_stream_against_the_oanda_replica() -> None:
-    from deltafeed.replicas.oanda import DEFAULT_ACCOUNT, DEV_TOKEN, OandaReplica
+    from deltafeed.venues.oanda.replica import DEFAULT_ACCOUNT, DEV_TOKEN, OandaReplica
 
     start = ms(2024, 3, 13, 12)  # a Wednesday noon: the FX market is open
     replica = OandaReplica(

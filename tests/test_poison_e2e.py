@@ -19,12 +19,12 @@ import pytest
 from deltafeed.candles.calendar import FxCalendar
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
-from deltafeed.feeds.ig import IGFeed
 from deltafeed.model import TIMEFRAMES, series_key
-from deltafeed.replicas.binance import BinanceReplica
-from deltafeed.replicas.finnhub import FinnhubReplica
-from deltafeed.replicas.ig import IGReplica
 from deltafeed.store.base import open_cold
+from deltafeed.venues.binance.replica import BinanceReplica
+from deltafeed.venues.finnhub.replica import FinnhubReplica
+from deltafeed.venues.ig.feed import IGFeed
+from deltafeed.venues.ig.replica import IGReplica
 from reference import candles_from_tape, quote_candles_from_tape, read_quote_tape, read_tape
 from settle import end_storm
 from test_finnhub_e2e import FRIDAY_10H_NY, tape_candles

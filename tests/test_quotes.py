@@ -15,7 +15,7 @@ import pytest
 from deltafeed.backfill import plan_backfill
 from deltafeed.candles.aggregator import CandleBuilder, ClosedSink, RepairSink
 from deltafeed.candles.calendar import FxCalendar
-from deltafeed.feeds.quotes import QuoteRouter, QuoteSide
+from deltafeed.candles.quotes import QuoteRouter, QuoteSide
 from deltafeed.model import BadInput, Candle, Instrument, time_ms
 from reference import QUOTE_TAPE_COLUMNS, quote_candles_from_tape, read_quote_tape
 

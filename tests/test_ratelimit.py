@@ -8,8 +8,8 @@ import pytest
 
 from deltafeed.clock import TestClock
 from deltafeed.net.ratelimit import WeightLimiter
-from deltafeed.replicas.binance import BinanceReplica
-from deltafeed.venues.binance_rest import BinanceHistory
+from deltafeed.venues.binance.replica import BinanceReplica
+from deltafeed.venues.binance.rest import BinanceHistory
 from reference import candles_from_tape, read_tape
 
 

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 from conftest import MakeReplica
-from deltafeed.replicas.binance import BinanceReplica, WeightLimiter
 from deltafeed.replicas.sim import MarketSim
-from deltafeed.venues.binance import fmt
+from deltafeed.venues.binance.codec import fmt
+from deltafeed.venues.binance.replica import BinanceReplica, WeightLimiter
 from reference import RefCandle, TapeRow, candles_from_tape, read_tape, rows_by_symbol
 
 MINUTE, FIVE = 60_000, 300_000
@@ -507,7 +507,7 @@ async def test_ws_slow_client_is_skipped_not_buffered(make_replica: MakeReplica)
 
 async def test_serve_prints_its_url_first_and_exits_cleanly_on_sigterm(http: aiohttp.ClientSession) -> None:
     code = (
-        "import asyncio; from deltafeed.replicas.binance import BinanceReplica; from deltafeed.replicas.server import serve; "
+        "import asyncio; from deltafeed.venues.binance.replica import BinanceReplica; from deltafeed.replicas.server import serve; "
         "asyncio.run(serve(BinanceReplica(symbols=['BTCUSDT'], history_ms=60_000, rate=5.0)))"
     )
     proc = await asyncio.create_subprocess_exec(
@@ -539,8 +539,8 @@ async def test_serve_prints_its_url_first_and_exits_cleanly_on_sigterm(http: aio
 
 
 def test_trade_template_matches_the_codec_and_frames_parse_back() -> None:
-    from deltafeed.replicas.binance import _TradeTemplate, text_frames
-    from deltafeed.venues.binance import encode_trade, wrap_combined
+    from deltafeed.venues.binance.codec import encode_trade, wrap_combined
+    from deltafeed.venues.binance.replica import _TradeTemplate, text_frames
 
     sim = MarketSim(["SOLUSDT"], seed=2, rate=50, start_ms=1_700_000_000_000, history_ms=60_000)
     batch = sim.advance_to(1_700_000_010_000)["SOLUSDT"]

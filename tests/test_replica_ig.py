@@ -26,9 +26,9 @@ from urllib.parse import quote, unquote
 import aiohttp
 import pytest
 
-from deltafeed.replicas.ig import ALLOWANCE_ERROR, RATE_ERROR, TLCP_PROTOCOL, IGReplica, encode_fields, epic_pair
 from deltafeed.replicas.quotes import QUOTE_TAPE_HEADER
 from deltafeed.replicas.sim import MarketClock
+from deltafeed.venues.ig.replica import ALLOWANCE_ERROR, RATE_ERROR, TLCP_PROTOCOL, IGReplica, encode_fields, epic_pair
 
 EUR, JPY, GBP = "CS.D.EURUSD.CFD.IP", "CS.D.USDJPY.CFD.IP", "CS.D.GBPUSD.CFD.IP"
 M1, H1 = 60_000, 3_600_000

@@ -27,9 +27,9 @@ import aiohttp
 import numpy as np
 import pytest
 
-from deltafeed.replicas.oanda import DEV_TOKEN, OandaReplica
 from deltafeed.replicas.quotes import QUOTE_TAPE_HEADER, QuoteSim, QuoteTapeWriter
 from deltafeed.replicas.sim import MarketClock
+from deltafeed.venues.oanda.replica import DEV_TOKEN, OandaReplica
 
 S5, M1, M5, M15, H1 = 5_000, 60_000, 300_000, 900_000, 3_600_000
 TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")

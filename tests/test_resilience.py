@@ -9,8 +9,8 @@ from pathlib import Path
 
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
-from deltafeed.replicas.binance import BinanceReplica
 from deltafeed.store.cold import ColdStore
+from deltafeed.venues.binance.replica import BinanceReplica
 from reference import candles_from_tape, read_tape
 
 

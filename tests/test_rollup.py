@@ -20,7 +20,7 @@ from deltafeed.candles.aggregator import CandleBuilder
 from deltafeed.candles.rollup import RollupBuilder
 from deltafeed.model import TIMEFRAMES, BadInput, Candle, Trade
 from deltafeed.replicas.sim import MarketSim
-from deltafeed.venues.binance import fmt
+from deltafeed.venues.binance.codec import fmt
 from reference import TapeRow, candles_from_tape
 
 M = 60_000

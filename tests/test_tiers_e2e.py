@@ -20,11 +20,11 @@ import redis.asyncio as aioredis
 
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
-from deltafeed.feeds.binance import BinanceFeed
 from deltafeed.model import TIMEFRAMES, BadInput, Candle
-from deltafeed.replicas.binance import BinanceReplica
 from deltafeed.store.base import open_cold
 from deltafeed.store.redis_hot import RedisHot
+from deltafeed.venues.binance.feed import BinanceFeed
+from deltafeed.venues.binance.replica import BinanceReplica
 from pg_server import PrivatePostgres
 from redis_server import PrivateRedis
 from reference import candles_from_tape, read_tape

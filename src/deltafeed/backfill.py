@@ -3,7 +3,7 @@
 ``deltafeed run`` bootstraps over the venue's REST candles, which reach back only so far (OANDA
 serves 5000 candles a request and little second-level history). Dukascopy publishes every tick
 since the 2000s as one file per hour, so :func:`backfill` reads those ticks and builds the candles
-itself, by the live engine's mechanism (a :class:`~deltafeed.feeds.quotes.QuoteRouter` feeding one
+itself, by the live engine's mechanism (a :class:`~deltafeed.candles.quotes.QuoteRouter` feeding one
 :class:`~deltafeed.candles.aggregator.CandleBuilder` per price side) and with its FX calendar, under
 the series name the live feed writes (``oanda:EUR_USD``, ``oanda:EUR_USD@bid``), so the history
 joins the live series. Prices and quote counts are Dukascopy's, not OANDA's: close, not identical
@@ -33,11 +33,11 @@ from typing import cast
 
 from deltafeed.candles.aggregator import CandleBuilder
 from deltafeed.candles.calendar import VENUE_CALENDAR, Calendar, calendar_for
-from deltafeed.feeds.quotes import QuoteRouter
+from deltafeed.candles.quotes import QuoteRouter
 from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle, Instrument, Quote, parse_timeframes, series_key
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.store.base import ColdTier, Row, StoreBusy, open_cold
-from deltafeed.venues import dukascopy as codec
+from deltafeed.venues.dukascopy import codec as codec
 
 SOURCES = ("dukascopy",)
 DEFAULT_TIMEFRAMES = ("1m", "5m", "15m", "1h")
@@ -183,7 +183,7 @@ async def backfill(
     when the source cannot be reached or serves no data for the range, and
     :class:`~deltafeed.store.base.StoreError` when the store fails.
     """
-    from deltafeed.venues.dukascopy_history import DukascopyHistory
+    from deltafeed.venues.dukascopy.rest import DukascopyHistory
 
     plan = plan_backfill(instrument, since_ms, until_ms, source=source, timeframes=timeframes, prices=prices)
     if batch_rows < 1:
@@ -322,7 +322,7 @@ async def backfill(
 
 class _Side:
     """One price side of the backfilled instrument: its builder, fed by the :class:`QuoteRouter`
-    (a :class:`~deltafeed.feeds.quotes.QuoteSide`). ``closed(side, timeframe, candle, last_quote_ms)``
+    (a :class:`~deltafeed.candles.quotes.QuoteSide`). ``closed(side, timeframe, candle, last_quote_ms)``
     gets every final candle with the time of the quote before it."""
 
     __slots__ = ("_closed", "active", "builder", "instrument", "last_trade_ms", "price", "trades")

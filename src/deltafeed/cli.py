@@ -676,7 +676,7 @@ def write_candles(rows: list[Candle], fmt: str, title: str, spanning: dict[int, 
 def _backfill(args: argparse.Namespace) -> int:
     from deltafeed.backfill import BackfillProgress, backfill, plan_backfill
     from deltafeed.store.base import StoreError
-    from deltafeed.venues.dukascopy import DEFAULT_BASE_URL
+    from deltafeed.venues.dukascopy.codec import DEFAULT_BASE_URL
 
     since = _parse_time(args.since, "--since")
     until = _parse_time(args.until, "--until")
@@ -806,8 +806,8 @@ def _replica(args: argparse.Namespace) -> int:
         return _replica_oanda(args)
     if args.venue == "dukascopy":
         return _replica_dukascopy(args)
-    from deltafeed.replicas.binance import BinanceReplica
     from deltafeed.replicas.faults import parse_faults
+    from deltafeed.venues.binance.replica import BinanceReplica
 
     symbols, history_ms = _replica_args(args, "BTCUSDT")
     if args.weight_limit < 1:
@@ -831,7 +831,7 @@ def _replica(args: argparse.Namespace) -> int:
 
 
 def _replica_dukascopy(args: argparse.Namespace) -> int:
-    from deltafeed.replicas.dukascopy import DukascopyReplica, check_faults, serve
+    from deltafeed.venues.dukascopy.replica import DukascopyReplica, check_faults, serve
 
     symbols, history_ms = _replica_args(args, "EURUSD")
     start_ms = _parse_time(args.start, "--start")
@@ -853,7 +853,7 @@ def _replica_dukascopy(args: argparse.Namespace) -> int:
 
 
 def _replica_oanda(args: argparse.Namespace) -> int:
-    from deltafeed.replicas.oanda import OandaReplica, check_faults
+    from deltafeed.venues.oanda.replica import OandaReplica, check_faults
 
     symbols, history_ms = _replica_args(args, "EUR_USD")
     start_ms = _parse_time(args.start, "--start")
@@ -877,7 +877,7 @@ def _replica_oanda(args: argparse.Namespace) -> int:
 
 
 def _replica_finnhub(args: argparse.Namespace) -> int:
-    from deltafeed.replicas.finnhub import FinnhubReplica, check_faults
+    from deltafeed.venues.finnhub.replica import FinnhubReplica, check_faults
 
     symbols, history_ms = _replica_args(args, "BINANCE:BTCUSDT")
     start_ms = _parse_time(args.start, "--start")
@@ -903,7 +903,7 @@ def _replica_finnhub(args: argparse.Namespace) -> int:
 
 
 def _replica_ig(args: argparse.Namespace) -> int:
-    from deltafeed.replicas.ig import IGReplica, check_faults
+    from deltafeed.venues.ig.replica import IGReplica, check_faults
 
     epics, history_ms = _replica_args(args, "CS.D.EURUSD.CFD.IP")
     start_ms = _parse_time(args.start, "--start")

@@ -10,7 +10,7 @@ import msgspec
 
 from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Instrument, parse_duration_ms, parse_timeframes
 from deltafeed.store.base import check_db, is_postgres, missing_dir, redact
-from deltafeed.venues import binance
+from deltafeed.venues.binance import codec as binance
 
 VENUES = ("binance", "oanda", "finnhub", "ig")
 #: Each venue's public addresses, used when the settings name none.

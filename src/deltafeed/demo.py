@@ -20,8 +20,8 @@ from deltafeed.candles.calendar import FxCalendar
 from deltafeed.cli import iso, num
 from deltafeed.config import Settings, VenueSettings
 from deltafeed.engine import Engine
-from deltafeed.replicas.binance import BinanceReplica
-from deltafeed.replicas.oanda import DEFAULT_ACCOUNT, DEV_TOKEN, OandaReplica
+from deltafeed.venues.binance.replica import BinanceReplica
+from deltafeed.venues.oanda.replica import DEFAULT_ACCOUNT, DEV_TOKEN, OandaReplica
 
 _HOUR_MS = 3_600_000
 

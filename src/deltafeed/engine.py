@@ -22,7 +22,6 @@ from deltafeed.candles.calendar import Calendar, calendar_for
 from deltafeed.candles.rollup import RollupBuilder
 from deltafeed.clock import VenueClock
 from deltafeed.config import Settings
-from deltafeed.feeds.base import Feed, make_feed
 from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle, Instrument, Switch, Trade, series_key
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.stats import EngineMetrics
@@ -33,6 +32,7 @@ from deltafeed.store.redis_hot import RedisHot
 from deltafeed.store.retention import parse_retention
 from deltafeed.store.spool import Spool
 from deltafeed.store.writer import BacklogFull, BatchWriter
+from deltafeed.venues.base import Feed, make_feed
 
 if TYPE_CHECKING:
     from deltafeed.api.hub import Hub

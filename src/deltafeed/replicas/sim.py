@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from deltafeed.model import BadInput, Candle, Trade
-from deltafeed.venues.binance import fmt
+from deltafeed.venues.binance.codec import fmt
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]

@@ -17,7 +17,7 @@ from deltafeed.net.http import RestClient, VenueError
 from deltafeed.net.lines import PROCESS_BUDGET
 from deltafeed.net.ratelimit import WeightLimiter
 from deltafeed.net.ws import ConnectBudget
-from deltafeed.venues import oanda as codec
+from deltafeed.venues.oanda import codec as codec
 
 log = logging.getLogger("deltafeed.oanda")
 

@@ -1,6 +1,6 @@
 """OANDA's live side for the engine: one chunked-HTTP pricing stream for every OANDA instrument of a
 run, whose quotes become BID, ASK and MID candles (volume = number of quotes, the FX convention);
-a reconnect is a hole the history repairs (see :mod:`deltafeed.feeds.quotes`)."""
+a reconnect is a hole the history repairs (see :mod:`deltafeed.candles.quotes`)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import os
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from deltafeed.candles.quotes import QuoteRouter
 from deltafeed.clock import VenueClock
-from deltafeed.feeds.base import SkipLog
-from deltafeed.feeds.quotes import QuoteRouter
 from deltafeed.model import BadInput, Candle, Quote
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.net.lines import LineStream, StreamUnauthorized
-from deltafeed.venues import oanda
-from deltafeed.venues.oanda_rest import OandaHistory
+from deltafeed.venues.base import SkipLog
+from deltafeed.venues.oanda import codec as oanda
+from deltafeed.venues.oanda.rest import OandaHistory
 
 if TYPE_CHECKING:
     from deltafeed.config import VenueSettings

@@ -109,7 +109,7 @@ def symbol_kind(symbol: str) -> str:
 def candle_path(kind: str, symbol: str, resolution: str, from_s: int, to_s: int) -> str:
     """Path and query of ``GET /{kind}/candle``, relative to the REST base (``…/api/v1``).
 
-    The token is not part of it: :class:`~deltafeed.venues.finnhub_rest.FinnhubHistory` sends it in
+    The token is not part of it: :class:`~deltafeed.venues.finnhub.rest.FinnhubHistory` sends it in
     the ``X-Finnhub-Token`` header, so no URL that may be logged carries it.
     """
     if kind not in KINDS:

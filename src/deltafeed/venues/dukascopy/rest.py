@@ -1,6 +1,6 @@
 """Dukascopy tick history over HTTP: every quote of a time range, one hour file at a time, in time order.
 
-Dukascopy has no API beyond static hour files (see :mod:`deltafeed.venues.dukascopy`), so a range
+Dukascopy has no API beyond static hour files (see :mod:`deltafeed.venues.dukascopy.codec`), so a range
 of N hours is N GETs. Latency dominates, so up to ``concurrency`` hours are fetched ahead while the
 caller consumes the current one; results still come out strictly in time order, which is what a
 candle builder needs. Retries on 5xx, 429 (honouring ``Retry-After``) and connection errors are
@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from deltafeed.model import Quote
 from deltafeed.net.http import RestClient, VenueError
 from deltafeed.net.ratelimit import WeightLimiter
-from deltafeed.venues import dukascopy as codec
+from deltafeed.venues.dukascopy import codec as codec
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ _TAIL_HOURS = 2
 
 
 class DukascopyHistory:
-    """Reads Dukascopy's tick files (or a :class:`~deltafeed.replicas.dukascopy.DukascopyReplica`'s).
+    """Reads Dukascopy's tick files (or a :class:`~deltafeed.venues.dukascopy.replica.DukascopyReplica`'s).
 
     ``base_url`` is the ``.../datafeed`` prefix that hour paths are appended to.
     """

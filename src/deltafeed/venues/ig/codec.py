@@ -1,7 +1,7 @@
 """IG Markets streaming codec: item names and schemas, and MARKET / CHART:1MINUTE values → deltafeed events.
 
 Sans-I/O and clock-free: the caller passes the venue's "now" where a value needs it. The values arrive as
-full field dicts (``{"BID": "1.0912", ...}``) from :class:`~deltafeed.venues.tlcp.ItemState`, so the MERGE
+full field dicts (``{"BID": "1.0912", ...}``) from :class:`~deltafeed.venues.ig.tlcp.ItemState`, so the MERGE
 mode's "unchanged" fields are already filled in. Facts from ../shared/PROTOCOLS.md section 4.
 
 Semantics chosen here, and why:

@@ -1,7 +1,7 @@
 """Lightstreamer TLCP 2.5 client codec over WebSocket: requests to send, server lines to events, item state.
 
-Sans-I/O: nothing here opens a socket or reads a clock. :mod:`deltafeed.net.tlcp_pool` does the I/O, the IG
-codec (:mod:`deltafeed.venues.ig`) gives the fields a meaning. Facts from ../shared/PROTOCOLS.md section 4
+Sans-I/O: nothing here opens a socket or reads a clock. :mod:`deltafeed.venues.ig.pool` does the I/O, the IG
+codec (:mod:`deltafeed.venues.ig.codec`) gives the fields a meaning. Facts from ../shared/PROTOCOLS.md section 4
 (the vendor's Haxe client: ``ClientMachine.hx``, ``ParseTools.hx`` and its WebSocket test transcripts).
 
 Requests (client → server) are text messages whose first line is the request name and whose second line

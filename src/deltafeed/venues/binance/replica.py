@@ -48,7 +48,7 @@ from deltafeed.net.frames import text_header
 from deltafeed.replicas.faults import MESSAGE_KINDS, FaultSchedule, apply_message_fault, parse_faults
 from deltafeed.replicas.server import ReplicaBase, close_ws
 from deltafeed.replicas.sim import Grid, KlineTable, MarketClock, MarketSim, TradeBatch
-from deltafeed.venues.binance import (
+from deltafeed.venues.binance.codec import (
     INTERVAL_MS,
     KLINES_PAGE,
     KLINES_WEIGHT,

@@ -3,7 +3,7 @@ never opens more than the account's limit; ``MARKET:<epic>`` items become quotes
 candles), closed ``CHART:<epic>:1MINUTE`` candles are IG's own final BID and ASK minutes.
 
 A dropped streaming session is a hole for its epics, repaired from ``GET /prices`` within the
-weekly allowance (see :mod:`deltafeed.feeds.quotes`). Every row IG returns holds bid and ask, and
+weekly allowance (see :mod:`deltafeed.candles.quotes`). Every row IG returns holds bid and ask, and
 costs allowance once however many sides are kept, so the price sides of one epic asking for the same
 range (at bootstrap, or after one hole) share one answer.
 """
@@ -18,15 +18,15 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from deltafeed.candles.quotes import QuoteRouter
 from deltafeed.clock import VenueClock
-from deltafeed.feeds.base import SkipLog
-from deltafeed.feeds.quotes import QuoteRouter
 from deltafeed.model import BadInput, Candle
 from deltafeed.net.http import VenueError, VenueUnreachable
-from deltafeed.net.tlcp_pool import TlcpPool, TlcpSession
-from deltafeed.venues import ig
-from deltafeed.venues.ig_rest import IGHistory, IGSession
-from deltafeed.venues.oanda import http_date_ms
+from deltafeed.venues.base import SkipLog
+from deltafeed.venues.ig import codec as ig
+from deltafeed.venues.ig.pool import TlcpPool, TlcpSession
+from deltafeed.venues.ig.rest import IGHistory, IGSession
+from deltafeed.venues.oanda.codec import http_date_ms
 
 if TYPE_CHECKING:
     from deltafeed.config import VenueSettings

@@ -110,7 +110,7 @@ def make_feed(venue: str, settings: Settings, on_trade: TradeSink) -> Feed:
     """The feed for ``venue`` with the run's settings."""
     vs = settings.venue_settings(venue)
     if venue == "binance":
-        from deltafeed.feeds.binance import BinanceFeed
+        from deltafeed.venues.binance.feed import BinanceFeed
 
         return BinanceFeed(
             vs,
@@ -121,15 +121,15 @@ def make_feed(venue: str, settings: Settings, on_trade: TradeSink) -> Feed:
             on_trade=on_trade,
         )
     if venue == "oanda":
-        from deltafeed.feeds.oanda import OandaFeed
+        from deltafeed.venues.oanda.feed import OandaFeed
 
         return OandaFeed(vs, stale_after_s=settings.seconds("stale_after"))
     if venue == "ig":
-        from deltafeed.feeds.ig import IGFeed
+        from deltafeed.venues.ig.feed import IGFeed
 
         return IGFeed(vs, stale_after_s=settings.seconds("stale_after"))
     if venue == "finnhub":
-        from deltafeed.feeds.finnhub import FinnhubFeed
+        from deltafeed.venues.finnhub.feed import FinnhubFeed
 
         return FinnhubFeed(vs, stale_after_s=settings.seconds("stale_after"))
     raise BadInput(f"unknown venue {venue!r}")

@@ -30,7 +30,7 @@ Semantics of one session:
 - **Liveness**: any line (PROBE included) is a sign of life; none for twice the keepalive CONOK
   granted drops the connection (``stale_drops``).
 - **Protocol errors**: a malformed line that carried state (an update, a SUBOK, a CONOK: any kind not in
-  :data:`~deltafeed.venues.tlcp.STATELESS_KINDS`), an update that does not fit its item, or a SUBOK for
+  :data:`~deltafeed.venues.ig.tlcp.STATELESS_KINDS`), an update that does not fit its item, or a SUBOK for
   another shape than the subscription asked, leaves the session's values wrong or unknown: the session is
   rebuilt, like after a drop (``drops["protocol error"]``). So is any exception raised while serving a
   line: a session never ends for what a server sends. Harmless malformed lines (``SUBCMD,1``: this
@@ -62,7 +62,7 @@ import aiohttp
 
 from deltafeed.model import BadInput
 from deltafeed.net.ws import ConnectBudget
-from deltafeed.venues import tlcp
+from deltafeed.venues.ig import tlcp
 
 log = logging.getLogger("deltafeed.tlcp")
 

@@ -6,7 +6,7 @@ from deltafeed.candles.rollup import rollup
 from deltafeed.model import TIMEFRAMES, Candle
 from deltafeed.net.http import RestClient, VenueError
 from deltafeed.net.ratelimit import WeightLimiter
-from deltafeed.venues import binance as codec
+from deltafeed.venues.binance import codec as codec
 
 
 class BinanceHistory:

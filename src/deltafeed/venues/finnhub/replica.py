@@ -84,7 +84,7 @@ from deltafeed.replicas.faults import FaultSchedule, apply_message_fault, parse_
 from deltafeed.replicas.quotes import PairSpec, QuoteSim
 from deltafeed.replicas.server import ReplicaBase, close_ws
 from deltafeed.replicas.sim import MarketClock, MarketSim, TradeBatch
-from deltafeed.venues import finnhub as codec
+from deltafeed.venues.finnhub import codec as codec
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from deltafeed.clock import VenueClock
-from deltafeed.feeds.base import SkipLog
 from deltafeed.model import BadInput, Candle, ServerShutdown, Trade, VenueCandle
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.net.ws import ConnectBudget, WsStream
-from deltafeed.venues import binance
-from deltafeed.venues.binance_rest import BinanceHistory
+from deltafeed.venues.base import SkipLog
+from deltafeed.venues.binance import codec as binance
+from deltafeed.venues.binance.rest import BinanceHistory
 
 if TYPE_CHECKING:
     from deltafeed.config import VenueSettings

@@ -47,8 +47,8 @@ from deltafeed.clock import Clock, LiveClock
 from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.net.ratelimit import WeightLimiter
-from deltafeed.venues import ig as codec
 from deltafeed.venues.checks import MAX_INT64, price_ok, size_ok
+from deltafeed.venues.ig import codec as codec
 
 log = logging.getLogger("deltafeed.ig")
 

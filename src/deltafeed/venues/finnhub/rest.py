@@ -23,7 +23,7 @@ import aiohttp
 from deltafeed.model import TIMEFRAMES, Candle
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.net.ratelimit import WeightLimiter
-from deltafeed.venues import finnhub as codec
+from deltafeed.venues.finnhub import codec as codec
 
 log = logging.getLogger("deltafeed.finnhub")
 

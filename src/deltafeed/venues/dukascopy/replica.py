@@ -2,7 +2,7 @@
 
 Serves ``GET /datafeed/{SYMBOL}/{YYYY}/{MM}/{DD}/{HH}h_ticks.bi5`` (zero-based month) as
 ``datafeed.dukascopy.com`` does (see ../shared/PROTOCOLS.md section 8 and
-:mod:`deltafeed.venues.dukascopy`), so :class:`~deltafeed.venues.dukascopy_history.DukascopyHistory`
+:mod:`deltafeed.venues.dukascopy.codec`), so :class:`~deltafeed.venues.dukascopy.rest.DukascopyHistory`
 and third-party downloaders work with only the base URL changed.
 
 Quotes come from :class:`~deltafeed.replicas.quotes.QuoteSim`, which is deterministic however it is
@@ -41,7 +41,7 @@ from deltafeed.replicas.quotes import QuoteSim, SessionCalendar
 from deltafeed.replicas.server import ReplicaBase
 from deltafeed.replicas.server import serve as serve_replica
 from deltafeed.replicas.sim import MarketClock
-from deltafeed.venues import dukascopy as codec
+from deltafeed.venues.dukascopy import codec as codec
 
 log = logging.getLogger(__name__)
 
