@@ -17,7 +17,7 @@ Two engines make the inputs:
   so a mutation that reaches new code is kept and mutated further. Peak memory is the process's peak
   RSS above what it held after start-up.
 - ``seeded``: the structure-aware mutator alone, from a seeded generator: reproducible to the input
-  (``--seed``), no native code, and fast to start. The test suite runs it (tests/test_fuzz.py). Each
+  (``--seed``), no native code, and fast to start. The test suite runs it (tests/unit/test_fuzz.py). Each
   target also runs in its own process; peak memory as for atheris.
 
 ``--in-process`` runs the targets in this process instead and measures peak memory with tracemalloc

@@ -1,4 +1,4 @@
-"""A chaos run, shared by tests/test_chaos.py and bench/chaos.py.
+"""A chaos run, shared by tests/e2e/test_chaos.py and bench/chaos.py.
 
 The engine runs as a real process (``deltafeed run``) against a venue replica that injects every
 fault kind it knows: Binance (trades with ids) or OANDA (quotes without ids, MID and BID candles,

@@ -12,26 +12,12 @@ from deltafeed.venues.binance.replica import BinanceReplica
 
 MakeReplica = Callable[..., Awaitable[BinanceReplica]]
 
-#: Modules of end-to-end runs (an engine against replicas over compressed time, chaos, outages):
-#: marked ``slow``, so ``pytest -m "not slow"`` (``make test-fast``) is the everyday subset.
-SLOW_MODULES = {
-    "test_chaos",
-    "test_closed_means_true",
-    "test_e2e",
-    "test_finnhub_e2e",
-    "test_forex_e2e",
-    "test_ig_e2e",
-    "test_tiers_e2e",
-    "test_failover",
-    "test_resilience",
-    "test_poison_e2e",
-    "test_disk_full",
-}
-
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under ``tests/e2e`` (an engine against replicas over compressed time, chaos,
+    outages) is marked ``slow``, so ``pytest -m "not slow"`` (``make test-fast``) is the everyday subset."""
     for item in items:
-        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+        if "e2e" in item.path.parts:
             item.add_marker(pytest.mark.slow)
 
 

@@ -30,7 +30,7 @@ from deltafeed.store.writer import BatchWriter
 M = 60_000
 BTC = "binance:BTCUSDT"
 ETH = "binance:ETHUSDT"
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def candle(t: int, close: float = 100.0, closed: bool = True) -> Candle:

@@ -29,7 +29,7 @@ M = 60_000
 DAY = 86_400_000
 BTC = "binance:BTCUSDT"
 ETH = "binance:ETHUSDT"
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def candle(t: int, close: float = 100.0, closed: bool = True, volume: float = 1.0) -> Candle:

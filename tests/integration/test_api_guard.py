@@ -569,7 +569,7 @@ class Slowloris:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(Path(__file__).with_name("slowloris.py")), *self.args, stdout=asyncio.subprocess.PIPE
+            sys.executable, str(Path(__file__).parents[1] / "slowloris.py"), *self.args, stdout=asyncio.subprocess.PIPE
         )
         assert self.proc.stdout is not None
         assert await asyncio.wait_for(self.proc.stdout.readline(), 20) == b"ready\n"
@@ -661,7 +661,7 @@ async def _run_under_attack(
     def few_descriptors() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 
-    src = str(Path(__file__).parents[1] / "src")
+    src = str(Path(__file__).parents[2] / "src")
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

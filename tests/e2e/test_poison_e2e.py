@@ -15,6 +15,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from test_finnhub_e2e import FRIDAY_10H_NY, tape_candles
 
 from deltafeed.candles.calendar import FxCalendar
 from deltafeed.config import Settings
@@ -27,7 +28,6 @@ from deltafeed.venues.ig.feed import IGFeed
 from deltafeed.venues.ig.replica import IGReplica
 from reference import candles_from_tape, quote_candles_from_tape, read_quote_tape, read_tape
 from settle import end_storm
-from test_finnhub_e2e import FRIDAY_10H_NY, tape_candles
 
 POISON = {"poison": 40.0}  # per wall minute: a dozen or more in each run
 

@@ -42,7 +42,7 @@ PAGE = 1_000  # candles per REST page: the most the bootstrap adds past the back
 
 CLI = [sys.executable, "-m", "deltafeed"]
 A_CANDLE = Candle(60_000, 1.0, 2.0, 0.5, 1.5, 3.0, 4, True)
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def mount_tmpfs(mnt: Path, options: str) -> Iterator[Path]:
