@@ -32,19 +32,35 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from deltafeed.candles.aggregator import CandleBuilder
-from deltafeed.candles.calendar import VENUE_CALENDAR, Calendar, calendar_for
+from deltafeed.candles.calendar import Calendar, calendar_for
 from deltafeed.candles.quotes import QuoteRouter
 from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle, Instrument, Quote, parse_timeframes, series_key
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.store.base import ColdTier, Row, StoreBusy, open_cold
-from deltafeed.venues.dukascopy import codec as codec
+from deltafeed.venues import registry
+from deltafeed.venues.base import TickSource
 
-SOURCES = ("dukascopy",)
 DEFAULT_TIMEFRAMES = ("1m", "5m", "15m", "1h")
 DEFAULT_BATCH_ROWS = 20_000
-HOUR_MS = codec.HOUR_MS
 #: How long a write keeps retrying while another process holds the DuckDB file.
 _BUSY_RETRY_S = 30.0
+
+
+def sources() -> list[str]:
+    """The venues whose tick history can fill candles (``--source``)."""
+    return [v.name for v in registry.venues() if v.tick_source() is not None]
+
+
+def tick_source(name: str | None) -> tuple[str, TickSource]:
+    """The tick source ``name`` (None: the first there is) and its name; :class:`BadInput` otherwise."""
+    known = sources()
+    if name is None and known:
+        name = known[0]
+    if name not in known:
+        raise BadInput(f"unknown source {name!r}; use {', '.join(known)}")
+    ticks = registry.get(name).tick_source()
+    assert ticks is not None
+    return name, ticks
 
 
 class SourceError(BadInput):
@@ -62,11 +78,12 @@ class BackfillPlan:
     until_ms: int  # rounded down to the longest timeframe; exclusive
     timeframes: tuple[str, ...]  # shortest first
     sides: tuple[str, ...]  # in PRICE_SIDES order
+    file_ms: int = 3_600_000  # the span of one of the source's files
 
     @property
     def hours(self) -> int:
         """Hour files the range covers."""
-        return len(range(codec.hour_floor(self.since_ms), self.until_ms, HOUR_MS))
+        return len(range(self.since_ms - self.since_ms % self.file_ms, self.until_ms, self.file_ms))
 
     def key(self, side: str) -> str:
         return series_key(self.instrument, side)
@@ -124,23 +141,21 @@ def plan_backfill(
     since_ms: int,
     until_ms: int,
     *,
-    source: str = "dukascopy",
+    source: str | None = None,
     timeframes: str | Sequence[str] = DEFAULT_TIMEFRAMES,
     prices: str | Sequence[str] = ("mid",),
 ) -> BackfillPlan:
     """Check a request and round its range to whole candles; :class:`BadInput` naming the fix otherwise."""
-    if source not in SOURCES:
-        raise BadInput(f"unknown source {source!r}; use {', '.join(SOURCES)}")
+    source, ticks = tick_source(source)
     name, at, _ = instrument.partition("@")
     if at:
         raise BadInput(f"name the instrument without a price side ({instrument!r}); choose sides with --prices")
     if ":" not in name:
         raise BadInput(f"instrument {instrument!r} has no venue; name the series to fill, e.g. oanda:EUR_USD")
     inst = Instrument.parse(name)
-    if VENUE_CALENDAR.get(inst.venue) == "crypto":
+    if registry.get(inst.venue).calendar_name(inst.symbol) == "crypto":
         raise BadInput(f"{inst} is not a forex series; backfill fills forex candles from quotes, e.g. oanda:EUR_USD")
-    symbol = codec.dukascopy_symbol(inst.symbol)
-    codec.price_scale(symbol)  # BadInput for an instrument whose files we cannot decode
+    symbol = ticks.symbol(inst.symbol)
     tfs = tuple(parse_timeframes(list(timeframes) if not isinstance(timeframes, str) else timeframes))
     sides = _parse_prices(prices)
     if since_ms >= until_ms:
@@ -152,7 +167,7 @@ def plan_backfill(
             f"{_iso(since_ms)}..{_iso(until_ms)} holds no whole {tfs[-1]} candle (both ends are rounded down to "
             f"{tfs[-1]} boundaries); widen the range or leave {tfs[-1]} out of the timeframes"
         )
-    return BackfillPlan(str(inst), source, symbol, since_r, until_r, tfs, sides)
+    return BackfillPlan(str(inst), source, symbol, since_r, until_r, tfs, sides, ticks.file_ms)
 
 
 async def backfill(
@@ -160,12 +175,12 @@ async def backfill(
     since_ms: int,
     until_ms: int,
     *,
-    source: str = "dukascopy",
+    source: str | None = None,
     timeframes: str | Sequence[str] = DEFAULT_TIMEFRAMES,
     prices: str | Sequence[str] = ("mid",),
     db: str | ColdTier = "deltafeed.duckdb",
     db_schema: str = "deltafeed",
-    url: str = codec.DEFAULT_BASE_URL,
+    url: str | None = None,
     concurrency: int = 4,
     requests_per_s: float = 10.0,
     retries: int = 5,
@@ -183,11 +198,10 @@ async def backfill(
     when the source cannot be reached or serves no data for the range, and
     :class:`~deltafeed.store.base.StoreError` when the store fails.
     """
-    from deltafeed.venues.dukascopy.rest import DukascopyHistory
-
     plan = plan_backfill(instrument, since_ms, until_ms, source=source, timeframes=timeframes, prices=prices)
     if batch_rows < 1:
         raise BadInput("batch_rows must be at least 1")
+    HOUR_MS = plan.file_ms
     t0 = time.monotonic()
     result = BackfillResult(plan, candles={(s, tf): 0 for s in plan.sides for tf in plan.timeframes})
     keys = {s: plan.key(s) for s in plan.sides}
@@ -230,8 +244,11 @@ async def backfill(
             st.builder.advance(now_ms)
 
     cold = await open_cold(db, schema=db_schema) if isinstance(db, str) else db
-    hist = DukascopyHistory(url, concurrency=concurrency, requests_per_s=requests_per_s, retries=retries)
-    first_hour = codec.hour_floor(plan.since_ms)
+    ticks = tick_source(plan.source)[1]
+    hist = ticks.history(
+        url or ticks.default_url, concurrency=concurrency, requests_per_s=requests_per_s, retries=retries
+    )
+    first_hour = plan.since_ms - plan.since_ms % HOUR_MS
     seen_missing: set[int] = set()
     n_seen = [0]  # entries of hist.missing already in seen_missing
     writing: asyncio.Task[None] | None = None
@@ -299,7 +316,7 @@ async def backfill(
                     f" ({e.url}): an instrument it does not carry, or a range in the future"
                 ) from None
             raise SourceError(f"{plan.source}: {e}") from None
-        except codec.Bi5Error as e:
+        except ticks.decode_error as e:
             raise SourceError(f"{plan.source} served a file that is not tick data: {e}") from None
         advance(plan.until_ms)  # every candle ends by until: all of them close here
         await flush(True)

@@ -5,40 +5,16 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Instrument, parse_duration_ms, parse_timeframes
 from deltafeed.store.base import check_db, is_postgres, missing_dir, redact
-from deltafeed.venues.binance import codec as binance
+from deltafeed.venues import registry
+from deltafeed.venues.base import VenueSettings
 
-VENUES = ("binance", "oanda", "finnhub", "ig")
-#: Each venue's public addresses, used when the settings name none.
-DEFAULT_URLS = {
-    "binance": {"rest_url": binance.DEFAULT_REST_URL, "ws_url": binance.DEFAULT_WS_URL},
-    "oanda": {"rest_url": "https://api-fxpractice.oanda.com", "stream_url": "https://stream-fxpractice.oanda.com"},
-    "finnhub": {"rest_url": "https://finnhub.io/api/v1", "ws_url": "wss://ws.finnhub.io"},
-    "ig": {"rest_url": "https://demo-api.ig.com/gateway/deal", "stream_url": "https://demo-apd.marketdatasystems.com"},
-}
-
-
-class VenueSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """One venue's addresses and options (a ``[venues.NAME]`` table; the top-level keys describe
-    the run's default ``venue``)."""
-
-    rest_url: str | None = None
-    ws_url: str | None = None  # WebSocket venues (binance)
-    stream_url: str | None = None  # streaming-HTTP venues (oanda)
-    account: str | None = None  # OANDA account id (else OANDA_ACCOUNT)
-    weight_limit: int = binance.WEIGHT_LIMIT_1M
-    # Quote-built (forex) venues: which price candles to keep, of mid, bid and ask.
-    prices: list[str] = msgspec.field(default_factory=lambda: ["mid"])
-    holidays: list[str] = msgspec.field(default_factory=list)  # extra closed days (YYYY-MM-DD, New York)
-
-    def url(self, venue: str, name: str) -> str:
-        value = getattr(self, name)
-        return str(value) if value else DEFAULT_URLS.get(venue, {}).get(name, "")
-
+__all__ = ["FailoverSettings", "Settings", "VenueSettings", "load"]
 
 _SCHEMA_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -55,7 +31,7 @@ class FailoverSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Everything a run needs. Field names are the config file's keys."""
 
-    venue: str = "binance"
+    venue: str = msgspec.field(default_factory=registry.default_name)  # the registry's default venue
     symbols: list[str] = msgspec.field(default_factory=lambda: ["BTCUSDT", "ETHUSDT"])
     timeframes: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_TIMEFRAMES))
     history: str = "1d"
@@ -81,7 +57,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     stream_url: str | None = None
     account: str | None = None
     prices: list[str] | None = None
-    venues: dict[str, VenueSettings] = msgspec.field(default_factory=dict)
+    # ``[venues.NAME]`` tables, each checked against its venue's own settings type (or, from Python,
+    # that type's instances).
+    venues: dict[str, Any] = msgspec.field(default_factory=dict)
     # Quote-built instruments: which price candles to keep per instrument (``"oanda:EUR_USD" =
     # ["mid", "bid"]``), over the venue's ``prices``.
     instrument_prices: dict[str, list[str]] = msgspec.field(default_factory=dict)
@@ -91,7 +69,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     failover: dict[str, FailoverSettings] = msgspec.field(default_factory=dict)
     failover_after: str = "5s"
     hot_capacity: int = 1000
-    weight_limit: int = binance.WEIGHT_LIMIT_1M
+    weight_limit: int | None = None  # the default venue's REST budget, where it has one (Binance: 6000)
     # Merge the venue's own kline streams (final candles sooner; the forming candle complete after
     # start-up). Off, candles come from trades alone and REST repairs.
     venue_klines: bool = True
@@ -116,18 +94,22 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     api_max_connections: int | None = None  # default 1000, or half of `ulimit -n` when that is smaller
 
     def venue_settings(self, venue: str) -> VenueSettings:
-        """``venue``'s settings: its ``[venues.NAME]`` table, with the top-level keys for the
-        default venue, and the venue's public addresses for whatever neither names."""
-        vs = msgspec.structs.replace(self.venues.get(venue, VenueSettings()))
+        """``venue``'s settings, of its own type: its ``[venues.NAME]`` table, with the top-level keys
+        for the default venue, and the venue's public addresses for whatever neither names."""
+        v = registry.get(venue)
+        own = self.venues.get(venue)
+        data = msgspec.to_builtins(own) if isinstance(own, msgspec.Struct) else dict(own or {})
+        data = {k: val for k, val in data.items() if val is not None}
         if venue == self.venue:
-            for name in ("rest_url", "ws_url", "stream_url", "account", "prices"):
+            names = set(v.settings_type.__struct_fields__)
+            for name in ("rest_url", "ws_url", "stream_url", "account", "prices", "weight_limit"):
                 value = getattr(self, name)
-                if value:
-                    setattr(vs, name, value)
-            vs.weight_limit = self.weight_limit
-        for name in ("rest_url", "ws_url", "stream_url"):
-            setattr(vs, name, vs.url(venue, name) or None)
-        return vs
+                if value and name in names:
+                    data[name] = value
+        try:
+            return msgspec.convert(data, v.settings_type)
+        except msgspec.ValidationError as exc:
+            raise BadInput(f"settings of venue {venue}: {exc}; see the README's configuration section") from None
 
     def prices_for(self, instrument: Instrument) -> list[str]:
         """The price sides kept for a quote-built ``instrument``."""
@@ -168,22 +150,19 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def validate(self) -> Settings:
         """Check every value, raising :class:`BadInput` with the fix; returns self."""
-        if self.venue not in VENUES:
-            raise BadInput(f"unknown venue {self.venue!r}; this version supports: {', '.join(VENUES)}")
+        registry.get(self.venue)  # BadInput naming the known venues
         if not self.symbols:
             raise BadInput("no symbols to collect; pass --symbols BTCUSDT,ETHUSDT or set symbols in the config")
         for venue in [*self.venues, *self.venues_used()]:
-            if venue not in VENUES:
-                raise BadInput(f"unknown venue {venue!r}; this version supports: {', '.join(VENUES)}")
+            registry.get(venue)
         self.timeframes = parse_timeframes(self.timeframes)
         self.history_ms  # noqa: B018 - parses, raising BadInput
         for venue in self.venues_used():
             vs = self.venue_settings(venue)
-            checks = [(vs.rest_url, "--rest-url", ("http://", "https://"))]
-            if venue in ("binance", "finnhub"):
-                checks.append((vs.ws_url, "--ws-url", ("ws://", "wss://")))
-            else:
-                checks.append((vs.stream_url, "--stream-url", ("http://", "https://")))
+            checks = [
+                (getattr(vs, name), "--" + name.replace("_", "-"), schemes)
+                for name, schemes in registry.get(venue).urls.items()
+            ]
             for url, flag, schemes in checks:
                 if not url or "://" not in url:
                     raise BadInput(f"{flag} {url!r} of {venue} is not a URL; write it like {schemes[0]}127.0.0.1:9001")

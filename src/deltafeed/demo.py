@@ -18,9 +18,11 @@ from rich.text import Text
 
 from deltafeed.candles.calendar import FxCalendar
 from deltafeed.cli import iso, num
-from deltafeed.config import Settings, VenueSettings
+from deltafeed.config import Settings
 from deltafeed.engine import Engine
+from deltafeed.venues.binance import VENUE as BINANCE
 from deltafeed.venues.binance.replica import BinanceReplica
+from deltafeed.venues.oanda import VENUE as OANDA
 from deltafeed.venues.oanda.replica import DEFAULT_ACCOUNT, DEV_TOKEN, OandaReplica
 
 _HOUR_MS = 3_600_000
@@ -128,13 +130,13 @@ async def run_demo(stop: asyncio.Event, duration: float | None, speed: float, db
     os.environ["OANDA_ACCOUNT"] = DEFAULT_ACCOUNT
     console.print(f"replicas: binance on {replica.url}, oanda on {fx.url} (market clocks x{speed:g}); store {db_path}")
     settings = Settings(
-        symbols=[f"binance:{s}" for s in SYMBOLS] + [f"oanda:{s}" for s in FX_SYMBOLS],
+        symbols=[f"{BINANCE.name}:{s}" for s in SYMBOLS] + [f"{OANDA.name}:{s}" for s in FX_SYMBOLS],
         timeframes=TIMEFRAMES,
         history="6h",
         db=db_path,
         venues={
-            "binance": VenueSettings(rest_url=replica.url, ws_url=replica.ws_url),
-            "oanda": VenueSettings(rest_url=fx.url, stream_url=fx.url),
+            BINANCE.name: {"rest_url": replica.url, "ws_url": replica.ws_url},
+            OANDA.name: {"rest_url": fx.url, "stream_url": fx.url},
         },
     ).validate()
     engine = Engine(settings)

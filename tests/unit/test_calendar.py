@@ -14,7 +14,6 @@ from deltafeed.candles.aggregator import CandleBuilder
 from deltafeed.candles.calendar import (
     CALENDARS,
     NEVER_MS,
-    VENUE_CALENDAR,
     AlwaysOpen,
     Calendar,
     FxCalendar,
@@ -22,6 +21,7 @@ from deltafeed.candles.calendar import (
     calendar_for,
 )
 from deltafeed.model import BadInput, Candle, Trade, time_ms
+from deltafeed.venues import registry
 
 NY = ZoneInfo("America/New_York")
 
@@ -141,8 +141,8 @@ def test_fx_calendar_agrees_with_the_rule_at_random_moments() -> None:
 def test_always_open_and_registry() -> None:
     cal = AlwaysOpen()
     assert cal.is_open(0) and cal.next_close(123) == NEVER_MS and cal.next_open(123) == 123
-    assert VENUE_CALENDAR["oanda"] == VENUE_CALENDAR["dukascopy"] == "fx"
-    assert VENUE_CALENDAR["binance"] == "crypto"
+    assert registry.get("oanda").calendar_name("EUR_USD") == registry.get("dukascopy").calendar_name("EURUSD") == "fx"
+    assert registry.get("binance").calendar_name("BTCUSDT") == "crypto"
     assert calendar_for("fx") is CALENDARS["fx"] and isinstance(CALENDARS["fx"], FxCalendar)
     custom = calendar_for("fx", holidays=["07-03"])  # a Friday in 2026
     assert isinstance(custom, FxCalendar) and custom.holidays == ["01-01", "07-03", "12-25"]  # added to the defaults
@@ -187,11 +187,11 @@ def test_us_equity_holidays_are_closed_and_more_can_be_added() -> None:
 
 
 def test_finnhub_symbols_get_their_market_calendar(monkeypatch: pytest.MonkeyPatch) -> None:
-    from deltafeed.config import VenueSettings
+    from deltafeed.venues.finnhub import FinnhubSettings
     from deltafeed.venues.finnhub.feed import FinnhubFeed
 
     monkeypatch.setenv("FINNHUB_TOKEN", "k")
-    feed = FinnhubFeed(VenueSettings(), stale_after_s=10.0)
+    feed = FinnhubFeed(FinnhubSettings(), stale_after_s=10.0)
     assert {s: feed.calendar_name(s) for s in ("OANDA:EUR_USD", "BINANCE:BTCUSDT", "AAPL", "BRK.B", "BMW.DE")} == {
         "OANDA:EUR_USD": "fx",
         "BINANCE:BTCUSDT": "crypto",

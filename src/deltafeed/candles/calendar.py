@@ -268,7 +268,6 @@ class UsEquityCalendar(WeeklyCalendar):
 
 _WEEKLY: dict[str, type[FxCalendar] | type[UsEquityCalendar]] = {"fx": FxCalendar, "us_equity": UsEquityCalendar}
 CALENDARS: dict[str, Calendar] = {"crypto": AlwaysOpen(), "fx": FxCalendar(), "us_equity": UsEquityCalendar()}
-VENUE_CALENDAR = {"binance": "crypto", "oanda": "fx", "dukascopy": "fx"}
 
 
 def calendar_for(name: str, holidays: Iterable[str | dt.date] | None = None) -> Calendar:

@@ -1,4 +1,4 @@
-"""What the engine asks of a venue's live side (a feed), and which feed serves which venue.
+"""What deltafeed asks of a venue: its declaration (:class:`Venue`), its settings, and its live side (a feed).
 
 A feed owns everything venue-specific: the streaming connection(s), the decoder, the REST history
 client and the venue's clock. It folds events into the candle builders of its series
@@ -8,13 +8,16 @@ else (stores, repairs, marks, audits, serving) is the engine's and is the same f
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
+
 from deltafeed.clock import VenueClock
-from deltafeed.model import BadInput, Candle, Trade
+from deltafeed.model import BadInput, Candle, Quote, Trade
 
 if TYPE_CHECKING:
     from deltafeed.config import Settings
@@ -41,12 +44,11 @@ class Feed(Protocol):
         ...
 
     def calendar_name(self, symbol: str) -> str:
-        """The market calendar ``symbol`` follows on this venue (see ``candles/calendar.py``)."""
+        """The market calendar ``symbol`` follows on this venue (its :class:`Venue` answers)."""
         ...
 
     def sides(self, wanted: list[str]) -> list[str]:
-        """The price sides to build for an instrument whose settings ask for ``wanted``: ["trade"]
-        for a trade-built venue, else ``wanted`` (some of mid, bid, ask)."""
+        """The price sides to build for an instrument whose settings ask for ``wanted`` (its :class:`Venue` answers)."""
         ...
 
     def add(self, st: InstrumentState) -> None:
@@ -107,29 +109,127 @@ class SkipLog:
 
 
 def make_feed(venue: str, settings: Settings, on_trade: TradeSink) -> Feed:
-    """The feed for ``venue`` with the run's settings."""
-    vs = settings.venue_settings(venue)
-    if venue == "binance":
-        from deltafeed.venues.binance.feed import BinanceFeed
+    """The feed for ``venue`` with the run's settings (the registry's :class:`Venue` makes it)."""
+    from deltafeed.venues import registry
 
-        return BinanceFeed(
-            vs,
-            venue_klines=settings.venue_klines,
-            stale_after_s=settings.seconds("stale_after"),
-            rotate_after_s=settings.seconds("rotate_after"),
-            connect_budget=settings.connect_budget,
-            on_trade=on_trade,
-        )
-    if venue == "oanda":
-        from deltafeed.venues.oanda.feed import OandaFeed
+    return registry.get(venue).make_feed(settings, on_trade)
 
-        return OandaFeed(vs, stale_after_s=settings.seconds("stale_after"))
-    if venue == "ig":
-        from deltafeed.venues.ig.feed import IGFeed
 
-        return IGFeed(vs, stale_after_s=settings.seconds("stale_after"))
-    if venue == "finnhub":
-        from deltafeed.venues.finnhub.feed import FinnhubFeed
+class TickHistory(Protocol):
+    """Quotes of a range read from a tick-history source, one file (a fixed span) at a time."""
 
-        return FinnhubFeed(vs, stale_after_s=settings.seconds("stale_after"))
-    raise BadInput(f"unknown venue {venue!r}")
+    hours: int  # files fetched, including empty and missing ones
+    empty_hours: int
+    missing: list[tuple[str, int]]  # (symbol, file start) of every file the source does not have
+
+    def quotes(
+        self, symbol: str, start_ms: int, end_ms: int, *, progress: Callable[[int, int], None] | None = None
+    ) -> AsyncIterator[list[Quote]]:
+        """The quotes of ``[start_ms, end_ms)`` in time order, a file's worth at a time."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class TickSource(Protocol):
+    """A venue's tick history as :mod:`deltafeed.backfill` reads it."""
+
+    file_ms: int  # the span of one file; missing files are whole spans
+    default_url: str
+    decode_error: type[Exception]  # what a file that is not tick data raises
+
+    def symbol(self, symbol: str) -> str:
+        """The source's name for an instrument's ``symbol``; :class:`BadInput` when it has none."""
+        ...
+
+    def history(self, url: str, *, concurrency: int, requests_per_s: float, retries: int) -> TickHistory: ...
+
+
+class VenueSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The settings every venue has (a ``[venues.NAME]`` table; the top-level keys describe the
+    run's default ``venue``). A venue with more subclasses it and names the subclass in its
+    :class:`Venue`; its addresses default to the venue's public ones."""
+
+    rest_url: str | None = None
+    ws_url: str | None = None  # WebSocket venues
+    stream_url: str | None = None  # streaming-HTTP venues
+    # Quote-built (forex) venues: which price candles to keep, of mid, bid and ask.
+    prices: list[str] = msgspec.field(default_factory=lambda: ["mid"])
+    holidays: list[str] = msgspec.field(default_factory=list)  # extra closed days (YYYY-MM-DD, New York)
+
+
+#: The URL schemes a setting of each kind of address accepts.
+HTTP_SCHEMES = ("http://", "https://")
+WS_SCHEMES = ("ws://", "wss://")
+
+
+class Venue:
+    """One venue, declared once in its package's ``__init__.py`` as ``VENUE``: what the rest of
+    deltafeed (config, CLI, engine, calendars, backfill, docs) needs to know about it. Everything it
+    answers with is the venue's own; nothing outside ``venues/<name>/`` names a venue.
+
+    Subclass it, set the class attributes, and override the methods the venue supports: a live
+    venue makes a feed, a venue with a replica adds its options and builds it, a tick-history
+    source (Dukascopy) offers :meth:`backfill_source`.
+    """
+
+    #: The name used in settings, symbols (``NAME:SYMBOL``) and on the command line.
+    name: str = ""
+    #: One line for ``--help`` and the docs.
+    description: str = ""
+    #: The venue of symbols that name none, when settings name no ``venue`` (one venue says so).
+    default: bool = False
+    #: The type of its ``[venues.NAME]`` settings (defaults carry its public addresses).
+    settings_type: type[VenueSettings] = VenueSettings
+    #: The address settings it uses and the schemes each accepts, e.g. {"rest_url": HTTP_SCHEMES}.
+    urls: dict[str, tuple[str, ...]] = {}  # noqa: RUF012 - read-only by convention
+    #: Quote-built (bid/ask, candles per price side) rather than trade-built.
+    quotes: bool = False
+    #: The timeframes its history can serve (None: every deltafeed timeframe).
+    timeframes: tuple[str, ...] | None = None
+    #: True when its history has no candle for an interval without prices: a REST answer then covers
+    #: its whole range, whatever candles it holds.
+    omits_empty: bool = False
+    #: How its candles become final. True: trade ids are the venue's consecutive sequence, so the
+    #: candle builder vouches for what an unbroken run covers. False: every candle the stream builds
+    #: stays provisional until reconciled with the venue's history, every ``reconcile_every_s``.
+    sequenced: bool = False
+    reconcile_every_s: float = 0.0
+
+    def calendar_name(self, symbol: str) -> str:
+        """The market calendar ``symbol`` follows on this venue (see ``candles/calendar.py``)."""
+        return "crypto"
+
+    def sides(self, wanted: list[str]) -> list[str]:
+        """The price sides to build for an instrument whose settings ask for ``wanted``: ["trade"]
+        for a trade-built venue, else ``wanted`` (some of mid, bid, ask) in the usual order."""
+        if not self.quotes:
+            return ["trade"]
+        return [p for p in ("mid", "bid", "ask") if p in wanted]
+
+    def make_feed(self, settings: Settings, on_trade: TradeSink) -> Feed:
+        """Its live side, with the run's settings; :class:`BadInput` when it has none."""
+        raise BadInput(f"{self.name} is a history source, not a live venue; collect from another venue")
+
+    # The replica: ``deltafeed replica NAME`` is generated from these.
+    replica_help: str | None = None  # None: the venue has no replica
+
+    def add_replica_args(self, parser: argparse.ArgumentParser) -> None:
+        """Add the replica's options to ``deltafeed replica NAME``'s parser."""
+
+    def make_replica(self, args: argparse.Namespace) -> Any:
+        """Build (not start) the replica the parsed options describe; :class:`BadInput` for a bad value."""
+        raise BadInput(f"{self.name} has no replica")
+
+    async def serve_replica(self, replica: Any) -> None:
+        """Run ``replica`` until SIGINT/SIGTERM, printing its summary on the way out."""
+        from deltafeed.replicas.server import serve
+
+        await serve(replica)
+
+    def tick_source(self) -> TickSource | None:
+        """Where ``deltafeed backfill --source NAME`` reads this venue's tick history, or None."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"<Venue {self.name}>"

@@ -1,0 +1,93 @@
+"""Binance spot market data: trades and klines over WebSocket, klines over REST, ids in sequence."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from deltafeed.model import BadInput
+from deltafeed.venues.base import HTTP_SCHEMES, WS_SCHEMES, Venue, VenueSettings
+from deltafeed.venues.binance import codec
+
+if TYPE_CHECKING:
+    from deltafeed.config import Settings
+    from deltafeed.venues.base import Feed, TradeSink
+
+
+class BinanceSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
+    """``[venues.binance]``: its public market-data hosts by default, and the REST weight budget."""
+
+    rest_url: str | None = codec.DEFAULT_REST_URL
+    ws_url: str | None = codec.DEFAULT_WS_URL
+    weight_limit: int = codec.WEIGHT_LIMIT_1M  # REQUEST_WEIGHT per minute per IP
+
+
+class Binance(Venue):
+    name = "binance"
+    description = "Binance spot market data: REST and WebSocket"
+    default = True  # the venue of symbols that name none
+    settings_type = BinanceSettings
+    urls = {"rest_url": HTTP_SCHEMES, "ws_url": WS_SCHEMES}  # noqa: RUF012
+    omits_empty = False  # its klines cover every interval, quiet ones too
+    sequenced = True  # trade ids are the venue's consecutive sequence
+    reconcile_every_s = 0.0  # never needed: ids, closed klines and repairs make candles final
+
+    def make_feed(self, settings: Settings, on_trade: TradeSink) -> Feed:
+        from deltafeed.venues.binance.feed import BinanceFeed
+
+        vs = settings.venue_settings(self.name)
+        assert isinstance(vs, BinanceSettings)  # its settings_type
+        return BinanceFeed(
+            vs,
+            venue_klines=settings.venue_klines,
+            stale_after_s=settings.seconds("stale_after"),
+            rotate_after_s=settings.seconds("rotate_after"),
+            connect_budget=settings.connect_budget,
+            on_trade=on_trade,
+        )
+
+    replica_help = "Binance spot market data: REST and WebSocket on one port"
+
+    def add_replica_args(self, parser: argparse.ArgumentParser) -> None:
+        from deltafeed.replicas.cli import add_common_args
+
+        add_common_args(
+            parser,
+            symbols="BTCUSDT,ETHUSDT,SOLUSDT",
+            rate=10.0,
+            rate_help="trades per second of market time, per symbol",
+            start_help=None,
+            history="1h",
+            history_help="market history generated before start-up",
+            tape_help="write every trade to this CSV file",
+            fault_kinds="close, reset, stall, shutdown, drop, dup, reorder, garbage, http500, http429, slow "
+            "(e.g. close=1,drop=10)",
+        )
+        parser.add_argument("--weight-limit", type=int, default=6000, help="REST weight per minute")
+
+    def make_replica(self, args: argparse.Namespace) -> Any:
+        from deltafeed.replicas.cli import common
+        from deltafeed.replicas.faults import parse_faults
+        from deltafeed.venues.binance.replica import BinanceReplica
+
+        symbols, history_ms = common(args, "BTCUSDT")
+        if args.weight_limit < 1:
+            raise BadInput("--weight-limit must be at least 1")
+        faults = parse_faults(args.faults) if args.faults else None
+        return BinanceReplica(
+            symbols=symbols,
+            seed=args.seed,
+            rate=args.rate,
+            speed=args.speed,
+            history_ms=history_ms,
+            weight_limit=args.weight_limit,
+            tape=args.tape,
+            host=args.host,
+            port=args.port,
+            faults=faults,
+            faults_seed=args.faults_seed,
+        )
+
+
+VENUE = Binance()
+__all__ = ["VENUE", "Binance", "BinanceSettings"]

@@ -16,11 +16,11 @@ from deltafeed.model import BadInput, Candle, ServerShutdown, Trade, VenueCandle
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.net.ws import ConnectBudget, WsStream
 from deltafeed.venues.base import SkipLog
+from deltafeed.venues.binance import VENUE, BinanceSettings
 from deltafeed.venues.binance import codec as binance
 from deltafeed.venues.binance.rest import BinanceHistory
 
 if TYPE_CHECKING:
-    from deltafeed.config import VenueSettings
     from deltafeed.engine import InstrumentState
 
 log = logging.getLogger("deltafeed.binance")
@@ -36,17 +36,14 @@ class BinanceFeed:
     older than ``rotate_after`` is replaced by a second one that takes over once it delivers.
     """
 
-    venue = "binance"
-    #: Binance's klines cover every interval, quiet ones too: a REST answer is complete up to its
-    #: last closed candle.
-    omits_empty = False
-    #: Trade ids are the venue's consecutive sequence: a candle an unbroken run covers is final.
-    sequenced = True
-    reconcile_every_s = 0.0  # never needed: ids, closed klines and repairs make candles final
+    venue = VENUE.name
+    omits_empty = VENUE.omits_empty
+    sequenced = VENUE.sequenced
+    reconcile_every_s = VENUE.reconcile_every_s
 
     def __init__(
         self,
-        vs: VenueSettings,
+        vs: BinanceSettings,
         *,
         venue_klines: bool,
         stale_after_s: float,
@@ -84,10 +81,10 @@ class BinanceFeed:
         return self.decoder.errors
 
     def calendar_name(self, symbol: str) -> str:
-        return "crypto"
+        return VENUE.calendar_name(symbol)
 
     def sides(self, wanted: list[str]) -> list[str]:
-        return ["trade"]
+        return VENUE.sides(wanted)
 
     def add(self, st: InstrumentState) -> None:
         self.states.append(st)

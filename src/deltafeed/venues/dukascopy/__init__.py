@@ -1,0 +1,92 @@
+"""Dukascopy: free forex tick history as one ``.bi5`` file per instrument and hour (a history source)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from deltafeed.venues.base import HTTP_SCHEMES, TickHistory, TickSource, Venue, VenueSettings
+from deltafeed.venues.dukascopy import codec
+
+
+class DukascopySettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
+    """``[venues.dukascopy]``: the public tick-file host by default."""
+
+    rest_url: str | None = codec.DEFAULT_BASE_URL
+
+
+class _Ticks:
+    """Dukascopy's hour files as a :class:`~deltafeed.venues.base.TickSource`."""
+
+    file_ms = codec.HOUR_MS
+    default_url = codec.DEFAULT_BASE_URL
+    decode_error: type[Exception] = codec.Bi5Error
+
+    def symbol(self, symbol: str) -> str:
+        name = codec.dukascopy_symbol(symbol)
+        codec.price_scale(name)  # BadInput for an instrument whose files we cannot decode
+        return name
+
+    def history(self, url: str, *, concurrency: int, requests_per_s: float, retries: int) -> TickHistory:
+        from deltafeed.venues.dukascopy.rest import DukascopyHistory
+
+        return DukascopyHistory(url, concurrency=concurrency, requests_per_s=requests_per_s, retries=retries)
+
+
+class Dukascopy(Venue):
+    name = "dukascopy"
+    description = "Dukascopy tick history: .bi5 hour files (forex), a history source for backfill"
+    settings_type = DukascopySettings
+    urls = {"rest_url": HTTP_SCHEMES}  # noqa: RUF012
+    quotes = True
+
+    def calendar_name(self, symbol: str) -> str:
+        return "fx"
+
+    def tick_source(self) -> TickSource:
+        return _Ticks()
+
+    replica_help = "Dukascopy tick history: .bi5 hour files from a seeded FX quote market"
+
+    def add_replica_args(self, parser: argparse.ArgumentParser) -> None:
+        from deltafeed.replicas.cli import add_common_args
+
+        add_common_args(
+            parser,
+            symbols="EURUSD,USDJPY,GBPUSD",
+            symbols_help="Dukascopy names, e.g. EURUSD,USDJPY",
+            rate_help="quotes per second of open market time, per symbol",
+            start_help="market time at start-up (default now), e.g. 2026-01-09T12:00:00Z",
+            history="7d",
+            history_help="market history before --start that hour files cover",
+            tape_help=None,
+            fault_kinds="http500, http429, slow (e.g. http500=2)",
+        )
+
+    def make_replica(self, args: argparse.Namespace) -> Any:
+        from deltafeed.replicas.cli import common, start_ms
+        from deltafeed.venues.dukascopy.replica import DukascopyReplica, check_faults
+
+        symbols, history_ms = common(args, "EURUSD")
+        start = start_ms(args)
+        faults = check_faults(args.faults) if args.faults else None
+        return DukascopyReplica(
+            symbols=symbols,
+            seed=args.seed,
+            rate=args.rate,
+            speed=args.speed,
+            history_ms=history_ms,
+            start_ms=start,
+            host=args.host,
+            port=args.port,
+            faults=faults,
+            faults_seed=args.faults_seed,
+        )
+
+    async def serve_replica(self, replica: Any) -> None:
+        from deltafeed.venues.dukascopy.replica import serve
+
+        await serve(replica)
+
+
+VENUE = Dukascopy()

@@ -1,0 +1,90 @@
+"""Finnhub: trades (and forex price updates) over WebSocket, candles over REST; no trade ids."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from deltafeed.model import BadInput
+from deltafeed.venues.base import HTTP_SCHEMES, WS_SCHEMES, Venue, VenueSettings
+from deltafeed.venues.finnhub import codec
+
+if TYPE_CHECKING:
+    from deltafeed.config import Settings
+    from deltafeed.venues.base import Feed, TradeSink
+
+
+class FinnhubSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
+    """``[venues.finnhub]``: Finnhub's public hosts by default (the key comes from FINNHUB_TOKEN)."""
+
+    rest_url: str | None = codec.DEFAULT_REST_URL
+    ws_url: str | None = codec.DEFAULT_WS_URL
+
+
+class Finnhub(Venue):
+    name = "finnhub"
+    description = "Finnhub: trades WebSocket and REST candles (forex, crypto, US stocks)"
+    settings_type = FinnhubSettings
+    urls = {"rest_url": HTTP_SCHEMES, "ws_url": WS_SCHEMES}  # noqa: RUF012
+    timeframes = tuple(codec.RESOLUTION)
+    omits_empty = True  # no candle for an interval without prices
+    sequenced = False  # no ids: closed candles are provisional until reconciled with history
+    reconcile_every_s = 60.0
+
+    def calendar_name(self, symbol: str) -> str:
+        """Forex follows the FX week, US stocks their exchanges' regular sessions, crypto never closes."""
+        kind = codec.symbol_kind(symbol)
+        suffix = symbol.rpartition(".")[2] if "." in symbol else ""
+        if kind == "stock" and len(suffix) >= 2:  # BRK.B is a US share class; BMW.DE, 7203.T are not US
+            return "crypto"  # no calendar for other countries' exchanges yet: always expected
+        return {"forex": "fx", "stock": "us_equity"}.get(kind, "crypto")
+
+    def make_feed(self, settings: Settings, on_trade: TradeSink) -> Feed:
+        from deltafeed.venues.finnhub.feed import FinnhubFeed
+
+        return FinnhubFeed(settings.venue_settings(self.name), stale_after_s=settings.seconds("stale_after"))
+
+    replica_help = "Finnhub: trades WebSocket and REST candles on one port"
+
+    def add_replica_args(self, parser: argparse.ArgumentParser) -> None:
+        from deltafeed.replicas.cli import add_common_args
+
+        add_common_args(
+            parser,
+            symbols="OANDA:EUR_USD,BINANCE:BTCUSDT,AAPL",
+            symbols_help="Finnhub names: OANDA:AAA_BBB (forex), EXCHANGE:PAIR (crypto), TICKER (US stock)",
+            rate_help="trades (or forex price updates) per second of open market time, per symbol",
+            start_help="market time at start-up (default now; stocks trade 09:30-16:00 New York on "
+            "weekdays), e.g. 2026-03-04T15:00:00Z",
+            history="1d",
+            tape_help="write every streamed item to this CSV file (symbol,time_ms,price,volume)",
+            fault_kinds="close, reset, stall, garbage (WebSocket), http500, http429, slow (REST)",
+        )
+        parser.add_argument("--token", help="the API key every request must carry (default: any non-empty key)")
+
+    def make_replica(self, args: argparse.Namespace) -> Any:
+        from deltafeed.replicas.cli import common, start_ms
+        from deltafeed.venues.finnhub.replica import FinnhubReplica, check_faults
+
+        symbols, history_ms = common(args, "BINANCE:BTCUSDT")
+        start = start_ms(args)
+        faults = check_faults(args.faults) if args.faults else None
+        if args.token is not None and not args.token:
+            raise BadInput("--token is empty; give a key, or leave it out to accept any key")
+        return FinnhubReplica(
+            symbols=symbols,
+            seed=args.seed,
+            rate=args.rate,
+            speed=args.speed,
+            history_ms=history_ms,
+            start_ms=start,
+            tape=args.tape,
+            host=args.host,
+            port=args.port,
+            token=args.token,
+            faults=faults,
+            faults_seed=args.faults_seed,
+        )
+
+
+VENUE = Finnhub()

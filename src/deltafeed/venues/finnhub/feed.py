@@ -22,13 +22,14 @@ from deltafeed.model import BadInput, Candle, Trade
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.net.ws import ConnectBudget, WsStream
 from deltafeed.venues.base import SkipLog
+from deltafeed.venues.finnhub import VENUE
 from deltafeed.venues.finnhub import codec as finnhub
 from deltafeed.venues.finnhub.rest import FinnhubHistory
 from deltafeed.venues.oanda.codec import http_date_ms
 
 if TYPE_CHECKING:
-    from deltafeed.config import VenueSettings
     from deltafeed.engine import InstrumentState
+    from deltafeed.venues.base import VenueSettings
 
 log = logging.getLogger("deltafeed.finnhub")
 
@@ -38,10 +39,10 @@ TOKEN_ENV = "FINNHUB_TOKEN"
 class FinnhubFeed:
     """Streams Finnhub trades and price updates of its instruments into their builders."""
 
-    venue = "finnhub"
-    omits_empty = True  # Finnhub has no candle for an interval without prices
-    sequenced = False  # no ids: closed candles are provisional until reconciled with history
-    reconcile_every_s = 60.0  # how often closed candles are checked against the venue's history
+    venue = VENUE.name
+    omits_empty = VENUE.omits_empty
+    sequenced = VENUE.sequenced
+    reconcile_every_s = VENUE.reconcile_every_s
 
     def __init__(self, vs: VenueSettings, *, stale_after_s: float) -> None:
         token = os.environ.get(TOKEN_ENV, "").strip()
@@ -77,15 +78,10 @@ class FinnhubFeed:
         return self.decoder.errors
 
     def sides(self, wanted: list[str]) -> list[str]:
-        return ["trade"]
+        return VENUE.sides(wanted)
 
     def calendar_name(self, symbol: str) -> str:
-        """Forex follows the FX week, US stocks their exchanges' regular sessions, crypto never closes."""
-        kind = finnhub.symbol_kind(symbol)
-        suffix = symbol.rpartition(".")[2] if "." in symbol else ""
-        if kind == "stock" and len(suffix) >= 2:  # BRK.B is a US share class; BMW.DE, 7203.T are not US
-            return "crypto"  # no calendar for other countries' exchanges yet: always expected
-        return {"forex": "fx", "stock": "us_equity"}.get(kind, "crypto")
+        return VENUE.calendar_name(symbol)
 
     def add(self, st: InstrumentState) -> None:
         if len(self.states) >= finnhub.MAX_SYMBOLS:

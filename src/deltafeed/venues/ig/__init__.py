@@ -1,0 +1,87 @@
+"""IG Markets: REST login and price history, Lightstreamer TLCP over WebSocket (forex CFDs)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from deltafeed.venues.base import HTTP_SCHEMES, Venue, VenueSettings
+
+if TYPE_CHECKING:
+    from deltafeed.config import Settings
+    from deltafeed.venues.base import Feed, TradeSink
+
+
+class IGSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
+    """``[venues.ig]``: IG's demo hosts by default (credentials come from IG_API_KEY, IG_USERNAME,
+    IG_PASSWORD; the streaming address from the login answer)."""
+
+    rest_url: str | None = "https://demo-api.ig.com/gateway/deal"
+    stream_url: str | None = "https://demo-apd.marketdatasystems.com"
+
+
+class IG(Venue):
+    name = "ig"
+    description = "IG Markets: REST prices and Lightstreamer streaming (forex)"
+    settings_type = IGSettings
+    urls = {"rest_url": HTTP_SCHEMES, "stream_url": HTTP_SCHEMES}  # noqa: RUF012
+    quotes = True
+    timeframes = ("1m", "5m", "15m", "1h", "4h", "1d")
+    omits_empty = True  # no price row for an interval without prices
+    sequenced = False  # no ids: closed candles are provisional until reconciled with history
+    reconcile_every_s = 60.0
+
+    def calendar_name(self, symbol: str) -> str:
+        return "fx"
+
+    def make_feed(self, settings: Settings, on_trade: TradeSink) -> Feed:
+        from deltafeed.venues.ig.feed import IGFeed
+
+        return IGFeed(settings.venue_settings(self.name), stale_after_s=settings.seconds("stale_after"))
+
+    replica_help = "IG Markets: REST login and prices, Lightstreamer TLCP over WebSocket, one port"
+
+    def add_replica_args(self, parser: argparse.ArgumentParser) -> None:
+        from deltafeed.replicas.cli import FX_START_HELP, add_common_args
+
+        add_common_args(
+            parser,
+            symbols="CS.D.EURUSD.CFD.IP,CS.D.USDJPY.CFD.IP,CS.D.GBPUSD.CFD.IP",
+            symbols_metavar="EPICS",
+            symbols_help="IG FX epics, CS.D.<BASE><QUOTE>.<product>.IP (CS.D.EURUSD.CFD.IP is the pair EUR_USD)",
+            rate_help="quotes per second of open market time, per epic",
+            start_help=FX_START_HELP,
+            history="1d",
+            tape_help="write every quote to this CSV file (symbol,time_ms,bid,ask; symbol = the epic)",
+            fault_kinds="close, reset, stall, overflow (streaming sessions), http500, http429, slow (REST)",
+        )
+        parser.add_argument("--api-key", help="the X-IG-API-KEY logins must carry (default: any non-empty key)")
+        parser.add_argument("--username", help="the login identifier (default: any non-empty one)")
+        parser.add_argument("--password", help="the login password (default: any non-empty one)")
+
+    def make_replica(self, args: argparse.Namespace) -> Any:
+        from deltafeed.replicas.cli import common, start_ms
+        from deltafeed.venues.ig.replica import IGReplica, check_faults
+
+        epics, history_ms = common(args, "CS.D.EURUSD.CFD.IP")
+        start = start_ms(args)
+        faults = check_faults(args.faults) if args.faults else None
+        return IGReplica(
+            epics=epics,
+            seed=args.seed,
+            rate=args.rate,
+            speed=args.speed,
+            history_ms=history_ms,
+            start_ms=start,
+            tape=args.tape,
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key,
+            username=args.username,
+            password=args.password,
+            faults=faults,
+            faults_seed=args.faults_seed,
+        )
+
+
+VENUE = IG()

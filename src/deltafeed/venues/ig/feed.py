@@ -23,14 +23,15 @@ from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.venues.base import SkipLog
+from deltafeed.venues.ig import VENUE
 from deltafeed.venues.ig import codec as ig
 from deltafeed.venues.ig.pool import TlcpPool, TlcpSession
 from deltafeed.venues.ig.rest import IGHistory, IGSession
 from deltafeed.venues.oanda.codec import http_date_ms
 
 if TYPE_CHECKING:
-    from deltafeed.config import VenueSettings
     from deltafeed.engine import InstrumentState
+    from deltafeed.venues.base import VenueSettings
 
 log = logging.getLogger("deltafeed.ig")
 
@@ -45,10 +46,10 @@ DEFAULT_REST_URL = "https://demo-api.ig.com/gateway/deal"
 class IGFeed:
     """Streams IG prices and one-minute charts of its epics into their price sides' builders."""
 
-    venue = "ig"
-    omits_empty = True  # IG has no price row for an interval without prices
-    sequenced = False  # no ids: closed candles are provisional until reconciled with history
-    reconcile_every_s = 60.0  # how often closed candles are checked against the venue's history
+    venue = VENUE.name
+    omits_empty = VENUE.omits_empty
+    sequenced = VENUE.sequenced
+    reconcile_every_s = VENUE.reconcile_every_s
 
     def __init__(self, vs: VenueSettings, *, stale_after_s: float, max_connections: int = 40) -> None:
         creds = [os.environ.get(name, "").strip() for name in CREDENTIAL_ENVS]
@@ -84,10 +85,10 @@ class IGFeed:
         return self.decoder.errors + self.pool.skipped_lines
 
     def calendar_name(self, symbol: str) -> str:
-        return "fx"
+        return VENUE.calendar_name(symbol)
 
     def sides(self, wanted: list[str]) -> list[str]:
-        return [p for p in ("mid", "bid", "ask") if p in wanted]
+        return VENUE.sides(wanted)
 
     def add(self, st: InstrumentState) -> None:
         bad = [tf for tf in st.builder.timeframes if tf not in ("1m", "5m", "15m", "1h", "4h", "1d")]

@@ -1,0 +1,89 @@
+"""OANDA v20: bid/ask prices over a chunked HTTP stream, candles per price side over REST."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from deltafeed.venues.base import HTTP_SCHEMES, Venue, VenueSettings
+from deltafeed.venues.oanda import codec
+
+if TYPE_CHECKING:
+    from deltafeed.config import Settings
+    from deltafeed.venues.base import Feed, TradeSink
+
+
+class OandaSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
+    """``[venues.oanda]``: the practice hosts by default, and the account (else OANDA_ACCOUNT)."""
+
+    rest_url: str | None = codec.PRACTICE_REST_URL
+    stream_url: str | None = codec.PRACTICE_STREAM_URL
+    account: str | None = None
+
+
+class Oanda(Venue):
+    name = "oanda"
+    description = "OANDA v20: REST candles and the HTTP pricing stream (forex)"
+    settings_type = OandaSettings
+    urls = {"rest_url": HTTP_SCHEMES, "stream_url": HTTP_SCHEMES}  # noqa: RUF012
+    quotes = True
+    timeframes = tuple(codec.GRANULARITY)
+    omits_empty = True  # no candle for an interval without prices
+    sequenced = False  # no ids: closed candles are provisional until reconciled with history
+    reconcile_every_s = 5.0
+
+    def calendar_name(self, symbol: str) -> str:
+        return "fx"
+
+    def make_feed(self, settings: Settings, on_trade: TradeSink) -> Feed:
+        from deltafeed.venues.oanda.feed import OandaFeed
+
+        vs = settings.venue_settings(self.name)
+        assert isinstance(vs, OandaSettings)  # its settings_type
+        return OandaFeed(vs, stale_after_s=settings.seconds("stale_after"))
+
+    replica_help = "OANDA v20 market data: REST candles and the pricing stream on one port"
+
+    def add_replica_args(self, parser: argparse.ArgumentParser) -> None:
+        from deltafeed.replicas.cli import FX_START_HELP, add_common_args
+
+        add_common_args(
+            parser,
+            symbols="EUR_USD,USD_JPY,GBP_USD",
+            symbols_help="OANDA names, e.g. EUR_USD,USD_JPY",
+            rate_help="quotes per second of open market time, per instrument",
+            start_help=FX_START_HELP,
+            history="1d",
+            tape_help="write every quote to this CSV file (symbol,time_ms,bid,ask)",
+            fault_kinds="close, reset, stall, drop, dup, reorder, garbage (stream), http500, http429, slow (REST)",
+        )
+        parser.add_argument(
+            "--token",
+            default="deltafeed-oanda-dev-token",
+            help="the bearer token every request must carry (default deltafeed-oanda-dev-token)",
+        )
+
+    def make_replica(self, args: argparse.Namespace) -> Any:
+        from deltafeed.replicas.cli import common, start_ms
+        from deltafeed.venues.oanda.replica import OandaReplica, check_faults
+
+        symbols, history_ms = common(args, "EUR_USD")
+        start = start_ms(args)
+        faults = check_faults(args.faults) if args.faults else None
+        return OandaReplica(
+            symbols=symbols,
+            seed=args.seed,
+            rate=args.rate,
+            speed=args.speed,
+            history_ms=history_ms,
+            start_ms=start,
+            token=args.token,
+            tape=args.tape,
+            host=args.host,
+            port=args.port,
+            faults=faults,
+            faults_seed=args.faults_seed,
+        )
+
+
+VENUE = Oanda()

@@ -17,11 +17,11 @@ from deltafeed.model import BadInput, Candle, Quote
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.net.lines import LineStream, StreamUnauthorized
 from deltafeed.venues.base import SkipLog
+from deltafeed.venues.oanda import VENUE, OandaSettings
 from deltafeed.venues.oanda import codec as oanda
 from deltafeed.venues.oanda.rest import OandaHistory
 
 if TYPE_CHECKING:
-    from deltafeed.config import VenueSettings
     from deltafeed.engine import InstrumentState
 
 log = logging.getLogger("deltafeed.oanda")
@@ -33,12 +33,12 @@ ACCOUNT_ENV = "OANDA_ACCOUNT"
 class OandaFeed:
     """Streams OANDA prices of its instruments into their price sides' builders."""
 
-    venue = "oanda"
-    omits_empty = True  # OANDA has no candle for an interval without prices
-    sequenced = False  # no ids: closed candles are provisional until reconciled with history
-    reconcile_every_s = 5.0  # how often closed candles are checked against the venue's history
+    venue = VENUE.name
+    omits_empty = VENUE.omits_empty
+    sequenced = VENUE.sequenced
+    reconcile_every_s = VENUE.reconcile_every_s
 
-    def __init__(self, vs: VenueSettings, *, stale_after_s: float) -> None:
+    def __init__(self, vs: OandaSettings, *, stale_after_s: float) -> None:
         token = os.environ.get(TOKEN_ENV, "").strip()
         if not token:
             raise BadInput(f"OANDA needs an API token: set {TOKEN_ENV} (never put it on the command line)")
@@ -69,10 +69,10 @@ class OandaFeed:
         return self.decoder.errors
 
     def calendar_name(self, symbol: str) -> str:
-        return "fx"
+        return VENUE.calendar_name(symbol)
 
     def sides(self, wanted: list[str]) -> list[str]:
-        return [p for p in ("mid", "bid", "ask") if p in wanted]
+        return VENUE.sides(wanted)
 
     def add(self, st: InstrumentState) -> None:
         if "1s" in st.builder.timeframes:
