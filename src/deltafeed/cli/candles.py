@@ -36,7 +36,8 @@ def add_parser(sub: Subcommands) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from deltafeed.store.base import ColdTier, StoreError, open_cold
+    from deltafeed.store.base import ColdTier, StoreError
+    from deltafeed.store.open import open_cold
     from deltafeed.store.reader import read_candles
     from deltafeed.store.redis_hot import RedisHot
 
