@@ -23,8 +23,9 @@ import asyncpg  # type: ignore[import-untyped]
 import redis.asyncio as aioredis
 
 from deltafeed.model import Candle
-from deltafeed.store.base import ColdTier, Row, open_cold
+from deltafeed.store.base import ColdTier, Row
 from deltafeed.store.hot import HotStore
+from deltafeed.store.open import open_cold
 from deltafeed.store.redis_hot import RedisHot
 
 PG = os.environ.get("DELTAFEED_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")

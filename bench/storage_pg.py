@@ -15,7 +15,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 
-import deltafeed.store.postgres as pgmod
+import deltafeed.store.postgres.store as pgmod
 from deltafeed.model import Candle
 from deltafeed.store.postgres import PostgresStore
 

@@ -17,9 +17,9 @@ from rich.table import Table
 from rich.text import Text
 
 from deltafeed.candles.calendar import FxCalendar
-from deltafeed.cli import iso, num
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
+from deltafeed.fmt import iso, num
 from deltafeed.venues.binance import VENUE as BINANCE
 from deltafeed.venues.binance.replica import BinanceReplica
 from deltafeed.venues.oanda import VENUE as OANDA

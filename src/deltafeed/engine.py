@@ -25,8 +25,9 @@ from deltafeed.config import Settings
 from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle, Instrument, Switch, Trade, series_key
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.stats import EngineMetrics
-from deltafeed.store.base import ColdTier, StoreError, Unopened, open_cold, redact
+from deltafeed.store.base import ColdTier, StoreError, Unopened, redact
 from deltafeed.store.hot import HotStore
+from deltafeed.store.open import open_cold
 from deltafeed.store.reader import MemoryHot, read_candles
 from deltafeed.store.redis_hot import RedisHot
 from deltafeed.store.retention import parse_retention

@@ -17,10 +17,10 @@ import pytest
 from deltafeed.api.http import SWITCH_HEADER
 from deltafeed.api.hub import Hub
 from deltafeed.api.server import api_url, start_api, stop_api
-from deltafeed.cli import iso
 from deltafeed.client import Client
 from deltafeed.config import FailoverSettings, Settings
 from deltafeed.engine import Engine
+from deltafeed.fmt import iso
 from deltafeed.model import BadInput, time_ms
 from deltafeed.store.base import open_cold
 from deltafeed.venues.binance.replica import BinanceReplica

@@ -23,9 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from deltafeed.api.auth import check_bind, is_loopback
 from deltafeed.api.http import FORMING_HEADER, MAX_BODY_BYTES
 from deltafeed.api.server import api_url, build_app, start_api, stop_api
-from deltafeed.cli import iso, num
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
+from deltafeed.fmt import iso, num
 from deltafeed.model import BadInput, Candle
 from deltafeed.venues.binance.replica import BinanceReplica
 

@@ -22,7 +22,9 @@ import asyncpg
 import numpy as np
 import pytest
 
-import deltafeed.store.postgres as pgmod
+import deltafeed.store.postgres.copy as pgcopy
+import deltafeed.store.postgres.schema as pgschema
+import deltafeed.store.postgres.store as pgstore
 from deltafeed.model import BadInput, Candle, Switch, state_flags
 from deltafeed.store.base import StoreError, StoreUnavailable
 from deltafeed.store.cold import ColdStore
@@ -142,7 +144,7 @@ async def test_write_is_idempotent_and_updates(store: PostgresStore) -> None:
 async def test_same_key_twice_in_one_batch_last_wins(
     store: PostgresStore, threshold: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pgmod, "COPY_THRESHOLD", threshold)
+    monkeypatch.setattr(pgstore, "COPY_THRESHOLD", threshold)
     await store.write(
         [
             (BTC, "1m", candle(T0, close=1.0)),
@@ -166,8 +168,8 @@ async def test_copy_and_unnest_paths_give_identical_tables(monkeypatch: pytest.M
             + series(40, tf="1h", step=H)
             + [(BTC, "1m", candle(T0 + 5 * M, close=-1.0, closed=False))]
         )  # a repeat: the last one wins
-        for st, threshold in zip(stores, (10**9, pgmod.COPY_THRESHOLD), strict=True):
-            monkeypatch.setattr(pgmod, "COPY_THRESHOLD", threshold)
+        for st, threshold in zip(stores, (10**9, pgstore.COPY_THRESHOLD), strict=True):
+            monkeypatch.setattr(pgstore, "COPY_THRESHOLD", threshold)
             await st.write(existing)
             await st.write(batch)
         for tf in ("1m", "5m", "1h"):
@@ -245,7 +247,7 @@ def gappy_rows() -> list[tuple[str, str, Candle]]:
 async def test_reads_match_duckdb(
     store: PostgresStore, tmp_path: Path, read_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pgmod, "COPY_READ_ROWS", 10**9 if read_path == "records" else -1)
+    monkeypatch.setattr(pgstore, "COPY_READ_ROWS", 10**9 if read_path == "records" else -1)
     rows = gappy_rows()
     duck = ColdStore(tmp_path / "c.duckdb")
     try:
@@ -299,7 +301,7 @@ async def test_large_reads_use_binary_copy_with_the_same_result(
     ]
     for since, until, last in cases:
         copied = await store.query(odd, "1m", since, until, last)  # > COPY_READ_ROWS: the COPY path
-        monkeypatch.setattr(pgmod, "COPY_READ_ROWS", 10**9)
+        monkeypatch.setattr(pgstore, "COPY_READ_ROWS", 10**9)
         assert await store.query(odd, "1m", since, until, last) == copied, (since, until, last)
         monkeypatch.undo()
     everything = await store.query(odd, "1m")
@@ -311,13 +313,13 @@ async def test_large_reads_use_binary_copy_with_the_same_result(
 
     # data that is not laid out as expected is refused, not misread
     async def read(data: bytes, step: int) -> list[Candle]:
-        reader = pgmod._CopyReader()
+        reader = pgcopy.CopyReader()
         for k in range(0, len(data), step):
             await reader.feed(data[k : k + step])
         return reader.finish()
 
-    header = pgmod._COPY_SIGNATURE + bytes(8)
-    row = np.array([(9, 8, T0, 8, 1.0, 8, 2.0, 8, 0.5, 8, 1.5, 8, 9.0, 8, 4, 1, True, 1, True)], dtype=pgmod._COPY_ROW)
+    header = pgcopy.COPY_SIGNATURE + bytes(8)
+    row = np.array([(9, 8, T0, 8, 1.0, 8, 2.0, 8, 0.5, 8, 1.5, 8, 9.0, 8, 4, 1, True, 1, True)], dtype=pgcopy.COPY_ROW)
     for step in (1, 7, 91, 10**6):  # rows split anywhere between chunks
         assert (
             await read(header + row.tobytes() * 3 + b"\xff\xff", step)
@@ -451,15 +453,15 @@ async def test_a_new_migration_is_applied_once_at_the_next_open(schema: str, mon
     st = await PostgresStore.open(PG_URL, schema=schema)
     await st.write(series(3))
     await st.close()
-    step = pgmod.sql_migration(
+    step = pgschema.sql_migration(
         SCHEMA_VERSION + 1,
         "index on close",
         "CREATE INDEX ON {table} (close)",
         "COMMENT ON SCHEMA {schema} IS 'deltafeed candles'",
         per_timeframe=True,
     )
-    monkeypatch.setattr(pgmod, "MIGRATIONS", (*pgmod.MIGRATIONS, step))
-    monkeypatch.setattr(pgmod, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setattr(pgschema, "MIGRATIONS", (*pgschema.MIGRATIONS, step))
+    monkeypatch.setattr(pgschema, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     for _ in range(2):
         st = await PostgresStore.open(PG_URL, schema=schema)
         versions = await st._pool.fetch(f"SELECT version, description FROM {schema}.schema_migrations ORDER BY 1")
@@ -601,11 +603,11 @@ def state_rows() -> list[tuple[str, str, Candle]]:
 async def test_states_round_trip_and_an_upsert_makes_a_candle_final(
     store: PostgresStore, threshold: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pgmod, "COPY_THRESHOLD", threshold)
+    monkeypatch.setattr(pgstore, "COPY_THRESHOLD", threshold)
     rows = [(BTC, "1m", state_candle(T0 + k * M, s)) for k, s in enumerate(("final", "provisional", "forming"))]
     await store.write(rows)
     for read_rows in (10**9, -1):  # records, then binary COPY
-        monkeypatch.setattr(pgmod, "COPY_READ_ROWS", read_rows)
+        monkeypatch.setattr(pgstore, "COPY_READ_ROWS", read_rows)
         back = await store.query(BTC, "1m")
         assert back == [c for _, _, c in rows]
         assert [c.state for c in back] == ["final", "provisional", "forming"]
@@ -623,7 +625,7 @@ async def test_states_round_trip_and_an_upsert_makes_a_candle_final(
 async def test_final_only_and_provisional_match_duckdb(
     store: PostgresStore, tmp_path: Path, read_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pgmod, "COPY_READ_ROWS", 10**9 if read_path == "records" else -1)
+    monkeypatch.setattr(pgstore, "COPY_READ_ROWS", 10**9 if read_path == "records" else -1)
     rows = state_rows()
     duck = ColdStore(tmp_path / "s.duckdb")
     try:
@@ -729,7 +731,7 @@ async def test_migration_3_makes_candles_behind_the_mark_final_and_the_rest_prov
         assert len(await st.query(BTC, "1m", final_only=True)) == 5
         # The migrated tables take writes on both paths, including partitions created after it.
         for threshold in (10**9, 1):
-            monkeypatch.setattr(pgmod, "COPY_THRESHOLD", threshold)
+            monkeypatch.setattr(pgstore, "COPY_THRESHOLD", threshold)
             await st.write(
                 [
                     (BTC, "1m", state_candle(T0 + 6 * M, "final")),

@@ -18,9 +18,9 @@ import pytest
 
 from deltafeed.config import Settings
 from deltafeed.model import BadInput, Candle, Switch, state_flags
-from deltafeed.store.base import check_db, is_postgres, open_cold
 from deltafeed.store.cold import SCHEMA_VERSION, ColdStore, DuckDBTier, StoreBusy, StoreError
 from deltafeed.store.hot import HotStore
+from deltafeed.store.open import check_db, is_postgres, open_cold
 from deltafeed.store.reader import read_candles
 from deltafeed.store.retention import DEFAULT_RETENTION_MS, parse_retention
 from deltafeed.store.writer import BacklogFull, BatchWriter
@@ -335,6 +335,33 @@ def test_postgres_urls_are_accepted_and_spelled_postgresql(url: str) -> None:
     want = "postgresql://" + url.split("://", 1)[1]
     assert check_db(url) == want
     assert Settings(db=url).validate().db == want
+
+
+async def test_a_registered_scheme_opens_through_its_opener(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """register_scheme() is all a new tier needs: check_db() accepts its URLs in either spelling
+    (rewritten to the first), and open_cold() hands them to its opener with the options it was given."""
+    import deltafeed.store.open as opening
+
+    monkeypatch.setattr(opening, "_SCHEMES", dict(opening._SCHEMES))  # the registration ends with the test
+    calls: list[tuple[str, bool, str]] = []
+
+    async def open_file(target: str, retention: Any, *, read_only: bool, schema: str) -> Any:
+        calls.append((target, read_only, schema))
+        return await DuckDBTier.open(str(tmp_path / target.split("://", 1)[1]), retention, read_only=read_only)
+
+    opening.register_scheme(("filetest://", "ft://"), open_file)
+    assert check_db("FT://a.duckdb") == "filetest://a.duckdb"
+    assert opening.store_kind("ft://a.duckdb") == "filetest" and not is_postgres("ft://a.duckdb")
+    tier = await open_cold("ft://a.duckdb", schema="s1")
+    try:
+        await tier.write([(BTC, "1m", candle(0))])
+        assert [c.open_time for c in await tier.query(BTC, "1m")] == [0]
+    finally:
+        await tier.close()
+    assert calls == [("filetest://a.duckdb", False, "s1")]
+    assert (tmp_path / "a.duckdb").exists()
+    with pytest.raises(ValueError):
+        opening.register_scheme(("not a prefix",), open_file)
 
 
 @pytest.mark.parametrize("path", ["odd:name.duckdb", "c://x.duckdb", "a.b+c-d:x.duckdb", "data/x.duckdb", ":memory:"])

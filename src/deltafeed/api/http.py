@@ -28,7 +28,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from deltafeed.api.guard import HEADER_TIMEOUT_S
-from deltafeed.cli import iso, num
+from deltafeed.fmt import iso, num
 from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle, Instrument, canonical_series, time_ms
 from deltafeed.store.base import StoreError
 

@@ -1,8 +1,7 @@
-"""What every cold tier offers the engine (an async interface), the errors tiers raise, and how a
-``--db`` target picks its tier.
+"""What every cold tier offers the engine (an async interface), the errors tiers raise, and the
+helpers tiers share.
 
-Two cold tiers implement :class:`ColdTier`: the embedded DuckDB file (:class:`~deltafeed.store.cold.DuckDBTier`,
-the default) and PostgreSQL, with TimescaleDB when installed (:class:`~deltafeed.store.postgres.PostgresStore`).
+Which tier a ``--db`` target names, and opening it, is :mod:`deltafeed.store.open`'s business.
 Every write is an idempotent upsert keyed by (instrument, timeframe, open_time), so a batch written
 twice (a replayed spool, a retry after a timeout) leaves the store as after the first time.
 """
@@ -13,7 +12,7 @@ import os
 import re
 import stat
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from deltafeed.model import BadInput, Candle, Switch
@@ -190,23 +189,6 @@ def gaps_from_rows(rows: Iterable[Sequence[Any]], tf_ms: int) -> list[tuple[int,
     return merged
 
 
-#: A ``--db`` value that starts like this is a URL; anything else (``C:\\x.duckdb``, ``a:b``) is a file
-#: path. One-letter schemes are left to paths: ``c://x`` is a drive letter, not a protocol.
-_URL_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
-_POSTGRES_SCHEMES = ("postgresql", "postgres")
-
-
-def db_scheme(target: str) -> str | None:
-    """The URL scheme of a ``--db`` value (lower case), or None for a file path."""
-    m = _URL_RE.match(target)
-    return m.group(1).lower() if m else None
-
-
-def is_postgres(target: str) -> bool:
-    """Whether a ``--db`` value names a PostgreSQL server rather than a DuckDB file."""
-    return db_scheme(target) in _POSTGRES_SCHEMES
-
-
 def missing_dir(path: str) -> tuple[str, str] | None:
     """Whether the directory that is to hold the file ``path`` is missing (or not a directory): then
     (the problem, naming the directory; the fix, as "create it first (mkdir -p DIR)" or "" when
@@ -223,63 +205,8 @@ def missing_dir(path: str) -> tuple[str, str] | None:
     return None
 
 
-def check_db(target: str, *, write: bool = True) -> str:
-    """Check a ``--db`` value before anything is opened or created, raising :class:`BadInput` (one line
-    naming the fix) for a URL of an unsupported kind or a file whose directory is missing; returns the
-    target, a ``postgres://`` URL spelled ``postgresql://``. ``write``: the file may be created, so
-    its directory must also be writable."""
-    if not target.strip():
-        raise BadInput("--db is empty; pass a DuckDB file path (e.g. deltafeed.duckdb) or a postgresql:// URL")
-    scheme = db_scheme(target)
-    if scheme is not None:
-        if scheme not in _POSTGRES_SCHEMES:
-            raise BadInput(
-                f"--db {redact(target)}: {scheme}:// databases are not supported; pass a DuckDB file path"
-                " (e.g. deltafeed.duckdb) or a postgresql://USER@HOST:PORT/DB URL"
-            )
-        return "postgresql://" + target[len(scheme) + 3 :]
-    if target == ":memory:":
-        return target
-    if "\\" in target and os.sep == "/":
-        # DuckDB takes a backslash for a separator everywhere: the file it opened would not be this path.
-        raise BadInput(
-            f"--db {target}: write the path with / instead of \\ (DuckDB reads a backslash as a"
-            " directory separator, this system does not)"
-        )
-    missing = missing_dir(target)
-    if missing is not None:
-        problem, create = missing
-        if not write:
-            raise BadInput(f"no candle database at {target}: {problem}; pass --db with the file `deltafeed run` writes")
-        fix = (
-            f"{create} or pass --db with a path in an existing directory"
-            if create
-            else "pass --db with a path in a directory"
-        )
-        raise BadInput(f"--db {target}: {problem}; {fix}")
-    if os.path.isdir(target):
-        raise BadInput(
-            f"--db {target} is a directory; pass a file path such as {os.path.join(target, 'deltafeed.duckdb')}"
-        )
-    if write:
-        # Checked here, before the spool beside the database would fail for the same reason.
-        parent = os.path.dirname(os.path.abspath(target))
-        if not os.path.exists(target) and not os.access(parent, os.W_OK):
-            why = "a read-only file system" if _read_only_fs(parent) else "permission denied"
-            raise BadInput(
-                f"--db {target}: cannot create the database in {parent} ({why}); pass --db with a path"
-                " in a writable directory"
-            )
-        if os.path.exists(target) and not os.access(target, os.W_OK):
-            why = "a read-only file system" if _read_only_fs(target) else "permission denied"
-            raise BadInput(
-                f"--db {target}: cannot write the database ({why}); pass --db with a writable file, or"
-                " read it with `deltafeed candles`"
-            )
-    return target
-
-
-def _read_only_fs(path: str) -> bool:
+def read_only_fs(path: str) -> bool:
+    """Whether ``path`` lies on a file system mounted read-only (False when that cannot be told)."""
     try:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError:
@@ -302,21 +229,21 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-async def open_cold(
-    target: str, retention: dict[str, int | None] | None = None, *, read_only: bool = False, schema: str = "deltafeed"
-) -> ColdTier:
-    """The cold tier ``target`` names: a ``postgresql://`` URL (tables in ``schema``) or a DuckDB
-    file path (``read_only`` opens an existing file for reading while a run may write it).
+# Opening a tier by its ``--db`` value lives in deltafeed.store.open (a registry of URL schemes, so this
+# module names no implementation); these names are re-exported for the callers that have always
+# imported them from here. Looked up on first use: store.open imports this module.
+_FROM_OPEN = ("check_db", "db_scheme", "is_postgres", "open_cold")
 
-    Raises :class:`BadInput` (one line naming the fix) when it cannot be opened; an unsupported URL
-    or a missing directory is refused before anything is created.
-    """
-    target = check_db(target, write=not read_only)
-    if is_postgres(target):
-        from deltafeed.store.postgres import PostgresStore
+if TYPE_CHECKING:
+    from deltafeed.store.open import check_db as check_db
+    from deltafeed.store.open import db_scheme as db_scheme
+    from deltafeed.store.open import is_postgres as is_postgres
+    from deltafeed.store.open import open_cold as open_cold
+else:
 
-        store: ColdTier = await PostgresStore.open(target, retention, schema=schema)
-        return store
-    from deltafeed.store.cold import DuckDBTier
+    def __getattr__(name: str) -> Any:
+        if name in _FROM_OPEN:
+            from deltafeed.store import open as opening
 
-    return await DuckDBTier.open(target, retention, read_only=read_only)
+            return getattr(opening, name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

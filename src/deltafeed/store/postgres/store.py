@@ -1,41 +1,5 @@
-"""The PostgreSQL cold tier: every candle kept, in a PostgreSQL server (TimescaleDB when it is there), written by
-idempotent upsert over an asyncpg connection pool.
-
-Layout, inside one schema (``deltafeed`` unless ``--db``'s caller picks another), so the tables can be
-queried directly::
-
-    <schema>.candles_<tf>        one table per timeframe: candles_1s candles_5s ... candles_4h candles_1d
-        instrument   text              'binance:BTCUSDT'
-        open_time    bigint            candle start, epoch milliseconds (UTC)
-        open, high, low, close, volume   double precision
-        trades       bigint
-        closed       boolean           true once its interval is over
-        final        boolean           deltafeed vouches for it (implies closed); closed and not final
-                                       is provisional (migration 3; earlier candles are final when
-                                       closed and behind their series' final mark)
-        PRIMARY KEY (instrument, open_time)
-    <schema>.final_marks         (instrument, timeframe, final_until bigint): before final_until every
-                                 stored candle of that series is final
-    <schema>.switches            (instrument, since_ms, at_ms, source_from, source_to): a logical
-                                 instrument's failover switches (see ``model.Switch``)
-    <schema>.schema_migrations   (version, description, applied_at): the migrations applied
-
-    e.g.  SELECT to_timestamp(open_time / 1000.0) AS t, close FROM deltafeed.candles_1m
-          WHERE instrument = 'binance:BTCUSDT' ORDER BY open_time DESC LIMIT 10;
-
-Without TimescaleDB each ``candles_<tf>`` is natively range-partitioned on ``open_time`` into fixed
-windows aligned to the epoch, named ``candles_<tf>_p<window start ms>`` (``_n<ms>`` before 1970) and
-created the first time a write needs them. Widths (:data:`PARTITION_MS`) keep a partition at a few
-thousand to ~100k candles per instrument and let the default retention drop whole partitions:
-
-    1s 5s 15s: 1 day    1m: 7 days    5m 15m: 30 days    1h 4h: 365 days    1d: 3650 days
-
-With TimescaleDB (detected at the first open of a schema, see :attr:`PostgresStore.timescale`) each
-``candles_<tf>`` is instead a hypertable on the integer ``open_time`` with chunks of the same widths,
-compressed (segmented by instrument) once older than two chunks, and given a server-side retention
-policy per timeframe. deltafeed still computes its rollups itself (no continuous aggregates). This
-TimescaleDB path has not yet run against a real TimescaleDB; the native one is what the tests cover.
-"""
+"""The PostgreSQL cold tier itself: :class:`PostgresStore`, idempotent upserts (unnest or COPY) and reads
+(prepared queries or binary COPY) over an asyncpg pool, with failures turned into one-line errors."""
 
 from __future__ import annotations
 
@@ -50,58 +14,34 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg  # type: ignore[import-untyped]
-import numpy as np
 from msgspec.structs import astuple
 
 from deltafeed.model import TIMEFRAMES, BadInput, Candle, Switch
 from deltafeed.store.base import Row, StoreError, StoreUnavailable, gaps_from_rows, redact
+from deltafeed.store.postgres.copy import CopyReader, sql_literal
+from deltafeed.store.postgres.schema import (
+    CANDLE_COLS,
+    COLS,
+    COLUMN_DDL,
+    PARTITION_MS,
+    SCHEMA_RE,
+    Layout,
+    candle_table,
+    migrate,
+    partition_name,
+    timescale_expire,
+    timescale_set_retention,
+)
 from deltafeed.store.retention import DEFAULT_RETENTION_MS
 
 log = logging.getLogger("deltafeed.store.postgres")
-
-_DAY_MS = 86_400_000
-
-#: Width of one partition (or TimescaleDB chunk) per timeframe, in ms; see the module docstring.
-PARTITION_MS: dict[str, int] = {
-    "1s": _DAY_MS,
-    "5s": _DAY_MS,
-    "15s": _DAY_MS,
-    "1m": 7 * _DAY_MS,
-    "5m": 30 * _DAY_MS,
-    "15m": 30 * _DAY_MS,
-    "1h": 365 * _DAY_MS,
-    "4h": 365 * _DAY_MS,
-    "1d": 3650 * _DAY_MS,
-}
-if set(PARTITION_MS) != set(TIMEFRAMES):  # pragma: no cover - a guard for editors
-    raise RuntimeError("TIMEFRAMES changed; give every timeframe a width in PARTITION_MS (store/postgres.py)")
 
 #: Batches of at least this many candles (per timeframe) go through COPY into a staging table, smaller ones
 #: through one ``INSERT ... SELECT FROM unnest(...)``. Measured with ``bench/storage_pg.py``: unnest costs
 #: less up to about 1-2k rows (no staging round trips), COPY wins above that.
 COPY_THRESHOLD = 2000
 
-_CANDLE_COLS = ("open_time", "open", "high", "low", "close", "volume", "trades", "closed", "final")
-if Candle.__struct_fields__ != _CANDLE_COLS:  # pragma: no cover - a guard for editors
-    raise RuntimeError("Candle's fields changed; update _CANDLE_COLS, the tables and a migration in store/postgres.py")
-_COLS = ("instrument", *_CANDLE_COLS)
-_SELECT = ", ".join(_CANDLE_COLS)
-#: The candle tables' columns as migration 1 created them (``final`` came with migration 3).
-_V1_COLUMN_DDL = """instrument text NOT NULL,
-        open_time bigint NOT NULL,
-        open double precision NOT NULL,
-        high double precision NOT NULL,
-        low double precision NOT NULL,
-        close double precision NOT NULL,
-        volume double precision NOT NULL,
-        trades bigint NOT NULL,
-        closed boolean NOT NULL"""
-#: The candle tables' columns now (the staging table of COPY writes has them too).
-_COLUMN_DDL = (
-    _V1_COLUMN_DDL
-    + """,
-        final boolean NOT NULL DEFAULT false"""
-)
+_SELECT = ", ".join(CANDLE_COLS)
 _UNNEST = (
     "unnest($1::text[], $2::bigint[], $3::float8[], $4::float8[], $5::float8[], $6::float8[], $7::float8[],"
     " $8::bigint[], $9::bool[], $10::bool[])"
@@ -109,11 +49,11 @@ _UNNEST = (
 # Rewriting an unchanged row would only leave a dead tuple behind (a replayed spool rewrites thousands).
 _ON_CONFLICT = (
     "ON CONFLICT (instrument, open_time) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _CANDLE_COLS[1:])
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in CANDLE_COLS[1:])
     + " WHERE ("
-    + ", ".join(f"c.{c}" for c in _CANDLE_COLS[1:])
+    + ", ".join(f"c.{c}" for c in CANDLE_COLS[1:])
     + ") IS DISTINCT FROM ("
-    + ", ".join(f"EXCLUDED.{c}" for c in _CANDLE_COLS[1:])
+    + ", ".join(f"EXCLUDED.{c}" for c in CANDLE_COLS[1:])
     + ")"
 )
 _STAGE = "deltafeed_stage"
@@ -121,112 +61,13 @@ _STAGE = "deltafeed_stage"
 #: Reads that may return more candles than this go through a binary COPY parsed with numpy, smaller ones
 #: through an ordinary prepared query (see :meth:`PostgresStore.query`).
 COPY_READ_ROWS = 2000
-#: One row of ``COPY (SELECT <Candle's fields>) TO STDOUT (FORMAT binary)``: a field count, then each
-#: field's length and big-endian value. Fixed-width because every column is NOT NULL.
-_COPY_ROW = np.dtype(
-    [
-        ("nfields", ">i2"),
-        ("len0", ">i4"),
-        ("open_time", ">i8"),
-        ("len1", ">i4"),
-        ("open", ">f8"),
-        ("len2", ">i4"),
-        ("high", ">f8"),
-        ("len3", ">i4"),
-        ("low", ">f8"),
-        ("len4", ">i4"),
-        ("close", ">f8"),
-        ("len5", ">i4"),
-        ("volume", ">f8"),
-        ("len6", ">i4"),
-        ("trades", ">i8"),
-        ("len7", ">i4"),
-        ("closed", "?"),
-        ("len8", ">i4"),
-        ("final", "?"),
-    ]
-)
-_COPY_LENGTHS = (8, 8, 8, 8, 8, 8, 8, 1, 1)
-_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
-
-# Lower-case only, so the name never needs quoting and means the same to psql users; pg_* is reserved.
-_SCHEMA_RE = re.compile(r"^(?!pg_)[a-z_][a-z0-9_]{0,62}$")
 _BOUND_RE = re.compile(r"FROM \('?(-?\d+)'?\) TO \('?(-?\d+)'?\)")
 
 T = TypeVar("T")
 
 
-def _table(schema: str, tf: str) -> str:
-    return f"{schema}.candles_{tf}"
-
-
-def _partition_name(tf: str, start: int) -> str:
-    return f"candles_{tf}_p{start}" if start >= 0 else f"candles_{tf}_n{-start}"
-
-
 def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def _literal(text: str) -> str:
-    """``text`` as an SQL string literal, for the one statement that takes no parameters (COPY). An
-    E'' literal reads backslashes the same way whatever standard_conforming_strings says."""
-    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-class _CopyReader:
-    """Candles out of a binary ``COPY (SELECT <Candle's fields>) TO STDOUT`` stream, decoded while it
-    arrives (the server needs ~20 ms to send 43,200 rows; decoding them as they come instead of after
-    saves most of the ~10 ms that numpy and Candle construction take). Rows go through numpy, so no
-    per-row Python object other than the Candle itself is made.
-
-    Raises ValueError when the data is not laid out as expected (a column type changed without this
-    reader being updated) rather than returning garbage.
-    """
-
-    #: Decode once this much has arrived (asyncpg hands over a few kB at a time).
-    BATCH_BYTES = 64 * 1024
-
-    def __init__(self) -> None:
-        self.candles: list[Candle] = []
-        self._buf = bytearray()
-        self._header_done = False
-
-    async def feed(self, chunk: bytes) -> None:
-        """The sink given to asyncpg's ``copy_from_query``."""
-        self._buf += chunk
-        if len(self._buf) >= self.BATCH_BYTES:
-            self._decode()
-
-    def finish(self) -> list[Candle]:
-        """Decode what is left, check the trailer, and return every candle in stream order."""
-        self._decode()
-        if not self._header_done or bytes(self._buf) != b"\xff\xff":
-            raise ValueError("binary COPY data without its header or trailer, or with a partial row")
-        return self.candles
-
-    def _decode(self) -> None:
-        buf = self._buf
-        if not self._header_done:
-            if len(buf) < 19:
-                return
-            if not buf.startswith(_COPY_SIGNATURE):
-                raise ValueError("binary COPY data without its header")
-            start = 19 + int.from_bytes(buf[15:19], "big")  # signature, flags, header extension length
-            if len(buf) < start:
-                return
-            del buf[:start]
-            self._header_done = True
-        n = len(buf) // _COPY_ROW.itemsize  # a partial row or the 2-byte trailer stays in the buffer
-        if not n:
-            return
-        rows = np.frombuffer(bytes(buf[: n * _COPY_ROW.itemsize]), dtype=_COPY_ROW)
-        if not (rows["nfields"] == len(_COPY_LENGTHS)).all() or any(
-            not (rows[f"len{i}"] == size).all() for i, size in enumerate(_COPY_LENGTHS)
-        ):
-            raise ValueError("binary COPY rows do not have Candle's column types")
-        self.candles.extend(map(Candle, *(rows[c].tolist() for c in _CANDLE_COLS)))
-        del buf[: n * _COPY_ROW.itemsize]
 
 
 def _secrets(url: str) -> list[str]:
@@ -237,189 +78,6 @@ def _secrets(url: str) -> list[str]:
         return []
     return [s for s in found if s]
 
-
-# -- migrations -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Layout:
-    """What a migration needs to know about the database it changes."""
-
-    schema: str
-    #: The candle tables are TimescaleDB hypertables (else natively partitioned tables).
-    timescale: bool
-    #: Schema holding TimescaleDB's functions (when ``timescale``).
-    ts_schema: str = "public"
-
-
-@dataclass(frozen=True)
-class Migration:
-    """One step of the layout: ``apply`` runs inside the transaction that holds the migration lock."""
-
-    version: int
-    description: str
-    apply: Callable[[Any, Layout], Awaitable[None]]
-
-
-def sql_migration(version: int, description: str, *statements: str, per_timeframe: bool = False) -> Migration:
-    """A migration made of SQL statements with ``{schema}`` (and, with ``per_timeframe``, ``{table}``:
-    run once per candle table) placeholders (write a literal brace twice), e.g. to add migration 2::
-
-        sql_migration(2, "index on close", "CREATE INDEX ON {table} (close)", per_timeframe=True)
-    """
-
-    async def apply(con: Any, layout: Layout) -> None:
-        tables = [_table(layout.schema, tf) for tf in TIMEFRAMES] if per_timeframe else [""]
-        for table in tables:
-            for stmt in statements:
-                await con.execute(stmt.format(schema=layout.schema, table=table))
-
-    return Migration(version, description, apply)
-
-
-async def _v1_initial(con: Any, layout: Layout) -> None:
-    s = layout.schema
-    partitioned = "" if layout.timescale else " PARTITION BY RANGE (open_time)"
-    for tf in TIMEFRAMES:
-        await con.execute(
-            f"CREATE TABLE {_table(s, tf)} ({_V1_COLUMN_DDL}, PRIMARY KEY (instrument, open_time)){partitioned}"
-        )
-    await con.execute(
-        f"""CREATE TABLE {s}.final_marks (
-            instrument text NOT NULL,
-            timeframe text NOT NULL,
-            final_until bigint NOT NULL,
-            PRIMARY KEY (instrument, timeframe))"""
-    )
-    if layout.timescale:
-        await _timescale_create(con, layout)
-
-
-async def _v3_final(con: Any, layout: Layout) -> None:
-    """``final`` on every candle table: true for the closed candles behind their series' final mark
-    (what deltafeed vouched for so far), false for the rest (provisional, or forming).
-
-    On TimescaleDB (untested here) a compressed hypertable takes a NOT NULL column with a default
-    from TimescaleDB 2.6 on, and the UPDATE of compressed chunks needs 2.11 or later."""
-    for tf in TIMEFRAMES:
-        table = _table(layout.schema, tf)
-        # A constant default: PostgreSQL 11+ adds the column without rewriting the table.
-        await con.execute(f"ALTER TABLE {table} ADD COLUMN final boolean NOT NULL DEFAULT false")
-        await con.execute(
-            f"UPDATE {table} AS c SET final = true FROM {layout.schema}.final_marks AS m"
-            " WHERE m.instrument = c.instrument AND m.timeframe = $1 AND c.closed AND c.open_time < m.final_until",
-            tf,
-        )
-
-
-#: The layout's history, oldest first; versions count up from 1. Append a step (for instance with
-#: :func:`sql_migration`) to change the layout: every database is brought up to the last version at open,
-#: and a database at a newer version than the last one here is refused.
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "candles_<tf> per timeframe (partitioned or hypertables), final_marks", _v1_initial),
-    sql_migration(
-        2,
-        "switches: failover switches of logical instruments",
-        """CREATE TABLE {schema}.switches (
-                      instrument text NOT NULL,
-                      since_ms bigint NOT NULL,
-                      at_ms bigint NOT NULL,
-                      source_from text NOT NULL,
-                      source_to text NOT NULL,
-                      PRIMARY KEY (instrument, since_ms))""",
-    ),
-    Migration(
-        3, "final on candles_<tf>: closed candles behind the final mark are final, the rest provisional", _v3_final
-    ),
-)
-SCHEMA_VERSION = MIGRATIONS[-1].version
-if [m.version for m in MIGRATIONS] != list(range(1, len(MIGRATIONS) + 1)):  # pragma: no cover
-    raise RuntimeError("MIGRATIONS must be numbered 1, 2, 3, ... in order (store/postgres.py)")
-
-
-# -- TimescaleDB (untested here: no TimescaleDB on the development machines) ------------------------
-#
-# Facts from TimescaleDB 2.x documentation: create_hypertable(relation, time_column_name,
-# chunk_time_interval => <integer for an integer column>, if_not_exists => true) converts an empty plain
-# table (a natively partitioned one cannot be converted, hence the layout choice at the first open);
-# policies on an integer time column need set_integer_now_func(hypertable, func); compression is enabled
-# with ALTER TABLE ... SET (timescaledb.compress, timescaledb.compress_segmentby = ...) and scheduled by
-# add_compression_policy(hypertable, compress_after => <integer>); add_retention_policy(hypertable,
-# drop_after => <integer>) schedules drop_chunks, and drop_chunks(hypertable, older_than => <integer>)
-# drops the chunks whose whole range lies before the cutoff.
-
-
-async def _timescale_try_enable(con: Any, target: str) -> str | None:
-    """TimescaleDB's schema when the extension is (or can now be) enabled in this database, else None."""
-    ext = await con.fetchval("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'timescaledb'")
-    if ext is not None:
-        return str(ext)
-    if not await con.fetchval("SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')"):
-        return None
-    try:
-        async with con.transaction():  # a savepoint: failing here leaves the open's transaction usable
-            await con.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-    except asyncpg.PostgresError as e:
-        log.warning(
-            "TimescaleDB is installed at %s but cannot be enabled (%s); using native partitions",
-            target,
-            str(e).splitlines()[0],
-        )
-        return None
-    ext = await con.fetchval("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'timescaledb'")
-    return None if ext is None else str(ext)
-
-
-async def _timescale_create(con: Any, layout: Layout) -> None:
-    s, ts = layout.schema, layout.ts_schema
-    await con.execute(
-        f"CREATE FUNCTION {s}.now_ms() RETURNS bigint LANGUAGE sql STABLE"
-        " AS $$ SELECT (extract(epoch FROM now()) * 1000)::bigint $$"
-    )
-    for tf, width in PARTITION_MS.items():
-        table = _table(s, tf)
-        await con.execute(
-            f"SELECT {ts}.create_hypertable($1::regclass, 'open_time', chunk_time_interval => $2::bigint,"
-            " if_not_exists => true)",
-            table,
-            width,
-        )
-        await con.execute(f"SELECT {ts}.set_integer_now_func($1::regclass, $2::regproc)", table, f"{s}.now_ms")
-        await con.execute(
-            f"ALTER TABLE {table} SET (timescaledb.compress, timescaledb.compress_segmentby = 'instrument',"
-            " timescaledb.compress_orderby = 'open_time')"
-        )
-        await con.execute(
-            f"SELECT {ts}.add_compression_policy($1::regclass, compress_after => $2::bigint, if_not_exists => true)",
-            table,
-            2 * width,
-        )
-
-
-async def _timescale_set_retention(con: Any, layout: Layout, retention: dict[str, int | None]) -> None:
-    """Make each hypertable's server-side retention policy match ``retention`` (the last opener's)."""
-    ts = layout.ts_schema
-    for tf in TIMEFRAMES:
-        table = _table(layout.schema, tf)
-        await con.execute(f"SELECT {ts}.remove_retention_policy($1::regclass, if_exists => true)", table)
-        ms = retention.get(tf)
-        if ms is not None:
-            await con.execute(f"SELECT {ts}.add_retention_policy($1::regclass, drop_after => $2::bigint)", table, ms)
-
-
-async def _timescale_expire(con: Any, layout: Layout, tf: str, cutoff: int) -> int:
-    table = _table(layout.schema, tf)
-    async with con.transaction():
-        n = int(await con.fetchval(f"SELECT count(*) FROM {table} WHERE open_time < $1", cutoff))
-        if n:
-            await con.execute(
-                f"SELECT {layout.ts_schema}.drop_chunks($1::regclass, older_than => $2::bigint)", table, cutoff
-            )
-            await con.execute(f"DELETE FROM {table} WHERE open_time < $1", cutoff)
-    return n
-
-
-# -- errors -----------------------------------------------------------------------------------------
 
 #: Failures that mean "the server cannot be reached", as opposed to a statement that failed.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -546,11 +204,13 @@ class PostgresStore:
         self._partitions: dict[str, set[int]] = {tf: set() for tf in TIMEFRAMES}
         self._closed = False
         self._upsert_sql = {
-            tf: f"INSERT INTO {_table(schema, tf)} AS c ({', '.join(_COLS)}) SELECT * FROM {_UNNEST} " + _ON_CONFLICT
+            tf: f"INSERT INTO {candle_table(schema, tf)} AS c ({', '.join(COLS)}) SELECT * FROM {_UNNEST} "
+            + _ON_CONFLICT
             for tf in TIMEFRAMES
         }
         self._stage_sql = {
-            tf: f"INSERT INTO {_table(schema, tf)} AS c ({', '.join(_COLS)}) SELECT * FROM {_STAGE} " + _ON_CONFLICT
+            tf: f"INSERT INTO {candle_table(schema, tf)} AS c ({', '.join(COLS)}) SELECT * FROM {_STAGE} "
+            + _ON_CONFLICT
             for tf in TIMEFRAMES
         }
         self._query_sql: dict[tuple[str, bool, bool, bool, bool], str] = {}
@@ -574,7 +234,7 @@ class PostgresStore:
         reached, refuses the login, lacks the database, or holds a schema written by a newer deltafeed.
         """
         target = redact(url)
-        if not _SCHEMA_RE.match(schema):
+        if not SCHEMA_RE.match(schema):
             raise BadInput(
                 f"PostgreSQL schema name {schema!r} is not usable; use lower-case letters, digits and _,"
                 " not starting with a digit or pg_ (at most 63 characters)"
@@ -618,54 +278,13 @@ class PostgresStore:
         return store
 
     async def _setup(self) -> None:
-        """Create or migrate the schema under a transaction-scoped advisory lock, so two processes
-        starting together neither race nor both apply a migration; then learn the layout."""
-        s = self.schema
+        """Bring the schema up to date (see :func:`~deltafeed.store.postgres.schema.migrate`), then learn
+        the layout: the TimescaleDB retention policies, or the native partitions."""
         async with self._pool.acquire(timeout=self._command_timeout_s) as con, con.transaction():
-            await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"deltafeed.migrate.{s}")
-            if not await con.fetchval("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", s):
-                await con.execute(f"CREATE SCHEMA {s}")
-            await con.execute(
-                f"""CREATE TABLE IF NOT EXISTS {s}.schema_migrations (
-                    version int PRIMARY KEY,
-                    description text NOT NULL,
-                    applied_at timestamptz NOT NULL DEFAULT now())"""
-            )
-            version = int(await con.fetchval(f"SELECT coalesce(max(version), 0) FROM {s}.schema_migrations"))
-            if version > SCHEMA_VERSION:
-                raise BadInput(
-                    f"the candle store at {self.name} was written by a newer deltafeed (schema {version}; this one"
-                    f" knows up to {SCHEMA_VERSION}); upgrade deltafeed"
-                )
-            ts_schema = (
-                await _timescale_try_enable(con, self.name)
-                if version == 0
-                else await con.fetchval(
-                    "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'timescaledb'"
-                )
-            )
-            if version == 0:
-                timescale = ts_schema is not None
-            else:
-                # A natively partitioned table has relkind 'p'; a hypertable is a plain table ('r').
-                kind = await con.fetchval(
-                    "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                    " WHERE n.nspname = $1 AND c.relname = 'candles_1m'",
-                    s,
-                )
-                timescale = kind == "r" and ts_schema is not None
-            self._layout = Layout(s, timescale, str(ts_schema) if timescale else "public")
-            self.timescale = timescale
-            for m in MIGRATIONS[version:]:
-                await m.apply(con, self._layout)
-                await con.execute(
-                    f"INSERT INTO {s}.schema_migrations (version, description) VALUES ($1, $2)",
-                    m.version,
-                    m.description,
-                )
-                log.info("candle store %s: applied migration %d (%s)", self.name, m.version, m.description)
-            if timescale:
-                await _timescale_set_retention(con, self._layout, self.retention)
+            self._layout = await migrate(con, self.schema, self.name)
+            self.timescale = self._layout.timescale
+            if self.timescale:
+                await timescale_set_retention(con, self._layout, self.retention)
         if not self.timescale:
             await self._load_partitions()
 
@@ -733,10 +352,10 @@ class PostgresStore:
         one locks its parent table exclusively for a moment), before the write's transaction."""
         missing = sorted((tf, start) for tf, starts in needed.items() for start in starts - self._partitions[tf])
         for tf, start in missing:
-            name = _partition_name(tf, start)
+            name = partition_name(tf, start)
             # DDL takes no parameters: the bounds are integers computed here, the names fixed.
             sql = (
-                f"CREATE TABLE IF NOT EXISTS {self.schema}.{name} PARTITION OF {_table(self.schema, tf)}"
+                f"CREATE TABLE IF NOT EXISTS {self.schema}.{name} PARTITION OF {candle_table(self.schema, tf)}"
                 f" FOR VALUES FROM ({start:d}) TO ({start + PARTITION_MS[tf]:d})"
             )
             for attempt in range(2):
@@ -797,11 +416,11 @@ class PostgresStore:
                 # COPY is the fastest way in but cannot upsert: copy into a temporary staging table,
                 # then upsert from it in one statement. ON COMMIT DELETE ROWS empties it for the next use.
                 if not staged:
-                    await con.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ({_COLUMN_DDL}) ON COMMIT DELETE ROWS")
+                    await con.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ({COLUMN_DDL}) ON COMMIT DELETE ROWS")
                 else:
                     await con.execute(f"TRUNCATE {_STAGE}")
                 staged = True
-                await con.copy_records_to_table(_STAGE, records=zip(instruments, *fields, strict=True), columns=_COLS)
+                await con.copy_records_to_table(_STAGE, records=zip(instruments, *fields, strict=True), columns=COLS)
                 await con.execute(self._stage_sql[tf])
 
     async def set_final_marks(self, marks: dict[tuple[str, str], int]) -> None:
@@ -834,10 +453,12 @@ class PostgresStore:
             for tf, cutoff in cutoffs:
                 async with self._pool.acquire(timeout=self._command_timeout_s) as con:
                     if self.timescale:
-                        removed += await _timescale_expire(con, self._layout, tf, cutoff)
+                        removed += await timescale_expire(con, self._layout, tf, cutoff)
                         continue
                     removed += await self._drop_expired_partitions(con, tf, cutoff)
-                    status = await con.execute(f"DELETE FROM {_table(self.schema, tf)} WHERE open_time < $1", cutoff)
+                    status = await con.execute(
+                        f"DELETE FROM {candle_table(self.schema, tf)} WHERE open_time < $1", cutoff
+                    )
                     removed += int(status.split()[-1])
             return removed
 
@@ -850,7 +471,7 @@ class PostgresStore:
         async with con.transaction():
             # Lock the parent first (as writers do) and list again under the lock: another process may
             # have dropped or added partitions meanwhile.
-            await con.execute(f"LOCK TABLE {_table(self.schema, tf)} IN ACCESS EXCLUSIVE MODE")
+            await con.execute(f"LOCK TABLE {candle_table(self.schema, tf)} IN ACCESS EXCLUSIVE MODE")
             expired = [p for p in (await self._list_partitions(con, tf))[tf] if p.hi <= cutoff]
             for p in expired:
                 qualified = f"{self.schema}.{_quote_ident(p.name)}"
@@ -877,7 +498,7 @@ class PostgresStore:
 
         Up to :data:`COPY_READ_ROWS` candles come from a prepared query as asyncpg records (~1 ms for
         1000). A read that may be larger comes as a binary ``COPY (SELECT ...)`` decoded with numpy while
-        it arrives (:class:`_CopyReader`). For 43,200 candles both cost ~30 ms of client CPU in a quiet
+        it arrives (:class:`CopyReader`). For 43,200 candles both cost ~30 ms of client CPU in a quiet
         process, but records are objects the garbage collector tracks: in a process holding millions of
         objects (a running service) allocating them triggers full collections, which pushed the record
         path's p99 to ~190 ms where the COPY path stays near its median (bench/storage_pg.py).
@@ -891,7 +512,7 @@ class PostgresStore:
             most = span if most is None else min(most, span)
         if most is not None and most <= COPY_READ_ROWS:
             return await self._query_records(instrument, timeframe, since_ms, until_ms, last, final_only)
-        conds = [f"instrument = {_literal(instrument)}"]
+        conds = [f"instrument = {sql_literal(instrument)}"]
         if final_only:
             conds.append("final")
         if since_ms is not None:
@@ -899,10 +520,10 @@ class PostgresStore:
         if until_ms is not None:
             conds.append(f"open_time <= {int(until_ms):d}")
         order = "ORDER BY open_time" if last is None else f"ORDER BY open_time DESC LIMIT {int(last):d}"
-        sql = f"SELECT {_SELECT} FROM {_table(self.schema, timeframe)} WHERE {' AND '.join(conds)} {order}"
+        sql = f"SELECT {_SELECT} FROM {candle_table(self.schema, timeframe)} WHERE {' AND '.join(conds)} {order}"
 
         async def run() -> list[Candle]:
-            reader = _CopyReader()  # a fresh one per attempt: a retry starts the stream over
+            reader = CopyReader()  # a fresh one per attempt: a retry starts the stream over
             async with self._pool.acquire(timeout=self._command_timeout_s) as con:
                 await con.copy_from_query(sql, output=reader.feed, format="binary")
             try:
@@ -927,7 +548,7 @@ class PostgresStore:
         key = (timeframe, since_ms is not None, until_ms is not None, last is not None, final_only)
         sql = self._query_sql.get(key)
         if sql is None:
-            sql = f"SELECT {_SELECT} FROM {_table(self.schema, timeframe)} WHERE instrument = $1"
+            sql = f"SELECT {_SELECT} FROM {candle_table(self.schema, timeframe)} WHERE instrument = $1"
             if final_only:
                 sql += " AND final"
             n = 1
@@ -946,7 +567,7 @@ class PostgresStore:
         if timeframe not in TIMEFRAMES:
             return None
         sql = (
-            f"SELECT {_SELECT} FROM {_table(self.schema, timeframe)} WHERE instrument = $1 AND closed"
+            f"SELECT {_SELECT} FROM {candle_table(self.schema, timeframe)} WHERE instrument = $1 AND closed"
             " ORDER BY open_time DESC LIMIT 1"
         )
         row = await self._call("last_closed", lambda: self._pool.fetchrow(sql, instrument))
@@ -964,7 +585,7 @@ class PostgresStore:
                     SELECT open_time, closed AND NOT final AS prov,
                            row_number() OVER (ORDER BY open_time)
                            - row_number() OVER (PARTITION BY closed AND NOT final ORDER BY open_time) AS run
-                    FROM {_table(self.schema, timeframe)}
+                    FROM {candle_table(self.schema, timeframe)}
                     WHERE instrument = $1 AND open_time BETWEEN $2 AND $3) s
                   WHERE prov GROUP BY run ORDER BY 1"""
         rows = await self._call("provisional", lambda: self._pool.fetch(sql, instrument, since_ms, until_ms))
@@ -981,7 +602,7 @@ class PostgresStore:
             return []
         sql = f"""SELECT open_time, closed, prev, next FROM (
                     SELECT open_time, closed, lag(open_time) OVER w AS prev, lead(open_time) OVER w AS next
-                    FROM {_table(self.schema, timeframe)}
+                    FROM {candle_table(self.schema, timeframe)}
                     WHERE instrument = $1 AND open_time BETWEEN $2 AND $3
                     WINDOW w AS (ORDER BY open_time)) s
                   WHERE (prev IS NOT NULL AND open_time - prev > $4::bigint) OR (NOT closed AND next IS NOT NULL)
@@ -1037,7 +658,7 @@ class PostgresStore:
         """(instrument, timeframe, candle count) of every stored series, sorted (by code point, as the
         DuckDB tier sorts, whatever the database's collation)."""
         sql = " UNION ALL ".join(
-            f"SELECT instrument, '{tf}' AS timeframe, count(*) FROM {_table(self.schema, tf)} GROUP BY instrument"
+            f"SELECT instrument, '{tf}' AS timeframe, count(*) FROM {candle_table(self.schema, tf)} GROUP BY instrument"
             for tf in TIMEFRAMES
         )
         rows = await self._call("instruments", lambda: self._pool.fetch(sql))

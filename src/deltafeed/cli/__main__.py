@@ -1,0 +1,3 @@
+from deltafeed.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""``deltafeed candles``: print stored candles, from Redis (recent) and the cold store."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+
+from deltafeed.cli import Subcommands, _parse_time
+from deltafeed.fmt import write_candles
+from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle, Switch, canonical_series, parse_timeframes
+
+log = logging.getLogger("deltafeed")
+
+
+def add_parser(sub: Subcommands) -> None:
+    """The ``candles`` sub-command and its options."""
+    q = sub.add_parser("candles", help="print stored candles")
+    q.add_argument("instrument", help="VENUE:SYMBOL, e.g. binance:BTCUSDT")
+    q.add_argument("timeframe", help="1s 5s 15s 1m 5m 15m 1h 4h 1d")
+    q.add_argument("--db", help="DuckDB file (default deltafeed.duckdb) or postgresql:// URL (or DELTAFEED_DB)")
+    q.add_argument("--db-schema", default="deltafeed", help="PostgreSQL schema (default deltafeed)")
+    q.add_argument("--hot", help="read recent candles from this Redis (redis://...) first (or DELTAFEED_HOT)")
+    q.add_argument("--hot-prefix", default="deltafeed", help="Redis key prefix (default deltafeed)")
+    q.add_argument("--since", help="ISO-8601 time, UTC unless it says otherwise")
+    q.add_argument("--until", help="ISO-8601 time, UTC unless it says otherwise")
+    q.add_argument("--last", type=int, help="only the newest N candles")
+    q.add_argument("--price", choices=PRICE_SIDES, help="forex: mid (default), bid or ask candles")
+    q.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    q.add_argument(
+        "--final-only",
+        action="store_true",
+        help="only final candles (verified), no provisional or forming ones; --last counts those",
+    )
+
+
+def command(args: argparse.Namespace) -> int:
+    from deltafeed.store.base import ColdTier, StoreError
+    from deltafeed.store.open import open_cold
+    from deltafeed.store.reader import read_candles
+    from deltafeed.store.redis_hot import RedisHot
+
+    inst = canonical_series(args.instrument if args.price is None else f"{args.instrument}@{args.price}")
+    tf = parse_timeframes([args.timeframe])[0]
+    since = _parse_time(args.since, "--since")
+    until = _parse_time(args.until, "--until")
+    if args.last is not None and args.last < 1:
+        raise BadInput("--last must be at least 1")
+    db = args.db or os.environ.get("DELTAFEED_DB") or "deltafeed.duckdb"
+    hot_url = args.hot or os.environ.get("DELTAFEED_HOT")
+    if hot_url is not None and not hot_url.startswith(("redis://", "rediss://", "unix://")):
+        raise BadInput("--hot is not a Redis URL; write it like redis://127.0.0.1:6379/0")
+
+    async def rows_of(hot: RedisHot | None, cold: ColdTier) -> list[Candle]:
+        if hot is not None:
+            try:
+                if hot.degraded is None:
+                    return await read_candles(hot, cold, inst, tf, since, until, args.last, final_only=args.final_only)
+                log.warning("Redis %s unavailable (%s); reading %s alone", hot.name, hot.degraded, cold.name)
+            except StoreError as exc:
+                log.warning("Redis unavailable (%s); reading %s alone", exc, cold.name)
+        return await read_candles(None, cold, inst, tf, since, until, args.last, final_only=args.final_only)
+
+    async def read() -> tuple[list[Candle], list[Switch]]:
+        cold = await open_cold(db, read_only=True, schema=args.db_schema)
+        hot = None
+        try:
+            if hot_url is not None:
+                hot = RedisHot(hot_url, prefix=args.hot_prefix)
+                await hot.open(warn=False)
+            rows = await rows_of(hot, cold)
+            switches = await cold.switches(inst, rows[0].open_time, rows[-1].open_time + tf_ms - 1) if rows else []
+            return rows, switches
+        finally:
+            if hot is not None:
+                await hot.close()
+            await cold.close()
+
+    tf_ms = TIMEFRAMES[tf]
+    try:
+        rows, switches = asyncio.run(read())
+    except StoreError as exc:
+        raise BadInput(f"cannot read candles: {exc}") from None
+    write_candles(rows, args.format, f"{inst} {tf}", {w.spanning(tf_ms): w for w in switches})
+    return 0

@@ -1,0 +1,85 @@
+"""``deltafeed status``: print the streaming status of a running deltafeed, read from its API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+import msgspec
+
+from deltafeed.cli import Subcommands
+from deltafeed.cli.run import api_token
+from deltafeed.model import BadInput
+
+
+def add_parser(sub: Subcommands) -> None:
+    """The ``status`` sub-command and its options."""
+    stat = sub.add_parser("status", help="print the streaming status of a running deltafeed")
+    stat.add_argument(
+        "--api", default="http://127.0.0.1:8080", help="the API's address (default http://127.0.0.1:8080)"
+    )
+    stat.add_argument("--api-token", help="token, if the API needs one (or DELTAFEED_API_TOKEN)")
+    stat.add_argument("--format", choices=("table", "json"), default="table")
+
+
+def command(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    token = api_token(args.api_token)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    base = args.api.rstrip("/")
+
+    async def fetch() -> tuple[dict[str, Any], dict[str, Any]]:
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as http:
+            out = []
+            for path in ("/streaming/status", "/health"):
+                async with http.get(base + path) as resp:
+                    body = await resp.json(content_type=None)
+                    if resp.status in (401, 403):
+                        raise BadInput(
+                            f"{base} refused us ({body.get('error', resp.status)}); pass --api-token "
+                            "or set DELTAFEED_API_TOKEN"
+                        )
+                    if resp.status not in (200, 503):
+                        raise BadInput(f"{base}{path} answered {resp.status}: {body}")
+                    out.append(body)
+            return out[0], out[1]
+
+    try:
+        status, health = asyncio.run(fetch())
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise BadInput(
+            f"cannot reach deltafeed at {base} ({exc or type(exc).__name__}); is `deltafeed run` "
+            "running with its API on? Pass --api URL"
+        ) from None
+    if args.format == "json":
+        sys.stdout.write(msgspec.json.encode({"status": status, "health": health}).decode() + "\n")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"deltafeed at {base}: {health.get('status')}")
+    cols = ("instrument", "connected", "last message age (s)", "messages/s", "gaps", "backfilled")
+    for col in cols:
+        table.add_column(col, justify="left" if col == "instrument" else "right")
+    for name, st in status.get("instruments", {}).items():
+        age = st.get("last_message_age_s")
+        table.add_row(
+            name,
+            "yes" if st.get("connected") else "NO",
+            "-" if age is None else f"{age:.1f}",
+            f"{st.get('messages_per_s', 0):.1f}",
+            str(st.get("gaps", 0)),
+            str(st.get("repaired", 0)),
+        )
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    venues = status.get("venues", {})
+    for venue, v in venues.items():
+        console.print(f"{venue}: {v.get('connections', 0)} connection(s), {v.get('reconnects', 0)} reconnects")
+    for reason in health.get("reasons", []):
+        console.print(f"[red]unhealthy:[/red] {reason}")
+    return 0

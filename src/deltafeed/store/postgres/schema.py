@@ -1,0 +1,298 @@
+"""The PostgreSQL tier's layout (tables, partition widths, names) and its numbered migrations, applied
+under an advisory lock when a store opens; the layout itself is described in :mod:`deltafeed.store.postgres`."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+
+from deltafeed.model import TIMEFRAMES, BadInput, Candle
+
+log = logging.getLogger("deltafeed.store.postgres")
+
+_DAY_MS = 86_400_000
+
+#: Width of one partition (or TimescaleDB chunk) per timeframe, in ms; see :mod:`deltafeed.store.postgres`.
+PARTITION_MS: dict[str, int] = {
+    "1s": _DAY_MS,
+    "5s": _DAY_MS,
+    "15s": _DAY_MS,
+    "1m": 7 * _DAY_MS,
+    "5m": 30 * _DAY_MS,
+    "15m": 30 * _DAY_MS,
+    "1h": 365 * _DAY_MS,
+    "4h": 365 * _DAY_MS,
+    "1d": 3650 * _DAY_MS,
+}
+if set(PARTITION_MS) != set(TIMEFRAMES):  # pragma: no cover - a guard for editors
+    raise RuntimeError("TIMEFRAMES changed; give every timeframe a width in PARTITION_MS (store/postgres/schema.py)")
+
+CANDLE_COLS = ("open_time", "open", "high", "low", "close", "volume", "trades", "closed", "final")
+if Candle.__struct_fields__ != CANDLE_COLS:  # pragma: no cover - a guard for editors
+    raise RuntimeError("Candle's fields changed; update CANDLE_COLS, the tables and a migration (store/postgres)")
+COLS = ("instrument", *CANDLE_COLS)
+#: The candle tables' columns as migration 1 created them (``final`` came with migration 3).
+_V1_COLUMN_DDL = """instrument text NOT NULL,
+        open_time bigint NOT NULL,
+        open double precision NOT NULL,
+        high double precision NOT NULL,
+        low double precision NOT NULL,
+        close double precision NOT NULL,
+        volume double precision NOT NULL,
+        trades bigint NOT NULL,
+        closed boolean NOT NULL"""
+#: The candle tables' columns now (the staging table of COPY writes has them too).
+COLUMN_DDL = (
+    _V1_COLUMN_DDL
+    + """,
+        final boolean NOT NULL DEFAULT false"""
+)
+
+# Lower-case only, so the name never needs quoting and means the same to psql users; pg_* is reserved.
+SCHEMA_RE = re.compile(r"^(?!pg_)[a-z_][a-z0-9_]{0,62}$")
+
+
+def candle_table(schema: str, tf: str) -> str:
+    """The qualified name of the candle table of timeframe ``tf``."""
+    return f"{schema}.candles_{tf}"
+
+
+def partition_name(tf: str, start: int) -> str:
+    """The name of ``tf``'s native partition starting at ``start`` ms (``_n`` for before 1970)."""
+    return f"candles_{tf}_p{start}" if start >= 0 else f"candles_{tf}_n{-start}"
+
+
+# -- migrations -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a migration needs to know about the database it changes."""
+
+    schema: str
+    #: The candle tables are TimescaleDB hypertables (else natively partitioned tables).
+    timescale: bool
+    #: Schema holding TimescaleDB's functions (when ``timescale``).
+    ts_schema: str = "public"
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the layout: ``apply`` runs inside the transaction that holds the migration lock."""
+
+    version: int
+    description: str
+    apply: Callable[[Any, Layout], Awaitable[None]]
+
+
+def sql_migration(version: int, description: str, *statements: str, per_timeframe: bool = False) -> Migration:
+    """A migration made of SQL statements with ``{schema}`` (and, with ``per_timeframe``, ``{table}``:
+    run once per candle table) placeholders (write a literal brace twice), e.g. to add migration 2::
+
+        sql_migration(2, "index on close", "CREATE INDEX ON {table} (close)", per_timeframe=True)
+    """
+
+    async def apply(con: Any, layout: Layout) -> None:
+        tables = [candle_table(layout.schema, tf) for tf in TIMEFRAMES] if per_timeframe else [""]
+        for table in tables:
+            for stmt in statements:
+                await con.execute(stmt.format(schema=layout.schema, table=table))
+
+    return Migration(version, description, apply)
+
+
+async def _v1_initial(con: Any, layout: Layout) -> None:
+    s = layout.schema
+    partitioned = "" if layout.timescale else " PARTITION BY RANGE (open_time)"
+    for tf in TIMEFRAMES:
+        await con.execute(
+            f"CREATE TABLE {candle_table(s, tf)} ({_V1_COLUMN_DDL}, PRIMARY KEY (instrument, open_time)){partitioned}"
+        )
+    await con.execute(
+        f"""CREATE TABLE {s}.final_marks (
+            instrument text NOT NULL,
+            timeframe text NOT NULL,
+            final_until bigint NOT NULL,
+            PRIMARY KEY (instrument, timeframe))"""
+    )
+    if layout.timescale:
+        await _timescale_create(con, layout)
+
+
+async def _v3_final(con: Any, layout: Layout) -> None:
+    """``final`` on every candle table: true for the closed candles behind their series' final mark
+    (what deltafeed vouched for so far), false for the rest (provisional, or forming).
+
+    On TimescaleDB (untested here) a compressed hypertable takes a NOT NULL column with a default
+    from TimescaleDB 2.6 on, and the UPDATE of compressed chunks needs 2.11 or later."""
+    for tf in TIMEFRAMES:
+        table = candle_table(layout.schema, tf)
+        # A constant default: PostgreSQL 11+ adds the column without rewriting the table.
+        await con.execute(f"ALTER TABLE {table} ADD COLUMN final boolean NOT NULL DEFAULT false")
+        await con.execute(
+            f"UPDATE {table} AS c SET final = true FROM {layout.schema}.final_marks AS m"
+            " WHERE m.instrument = c.instrument AND m.timeframe = $1 AND c.closed AND c.open_time < m.final_until",
+            tf,
+        )
+
+
+#: The layout's history, oldest first; versions count up from 1. Append a step (for instance with
+#: :func:`sql_migration`) to change the layout: every database is brought up to the last version at open,
+#: and a database at a newer version than the last one here is refused.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "candles_<tf> per timeframe (partitioned or hypertables), final_marks", _v1_initial),
+    sql_migration(
+        2,
+        "switches: failover switches of logical instruments",
+        """CREATE TABLE {schema}.switches (
+                      instrument text NOT NULL,
+                      since_ms bigint NOT NULL,
+                      at_ms bigint NOT NULL,
+                      source_from text NOT NULL,
+                      source_to text NOT NULL,
+                      PRIMARY KEY (instrument, since_ms))""",
+    ),
+    Migration(
+        3, "final on candles_<tf>: closed candles behind the final mark are final, the rest provisional", _v3_final
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+if [m.version for m in MIGRATIONS] != list(range(1, len(MIGRATIONS) + 1)):  # pragma: no cover
+    raise RuntimeError("MIGRATIONS must be numbered 1, 2, 3, ... in order (store/postgres/schema.py)")
+
+
+async def migrate(con: Any, schema: str, name: str) -> Layout:
+    """Create or migrate ``schema`` on ``con``, inside the caller's transaction, under a
+    transaction-scoped advisory lock, so two processes starting together neither race nor both apply
+    a migration; returns the layout found (or chosen, for a new schema). ``name`` names the store in
+    messages. Raises :class:`BadInput` for a schema written by a newer deltafeed."""
+    s = schema
+    await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"deltafeed.migrate.{s}")
+    if not await con.fetchval("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", s):
+        await con.execute(f"CREATE SCHEMA {s}")
+    await con.execute(
+        f"""CREATE TABLE IF NOT EXISTS {s}.schema_migrations (
+            version int PRIMARY KEY,
+            description text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now())"""
+    )
+    version = int(await con.fetchval(f"SELECT coalesce(max(version), 0) FROM {s}.schema_migrations"))
+    if version > SCHEMA_VERSION:
+        raise BadInput(
+            f"the candle store at {name} was written by a newer deltafeed (schema {version}; this one"
+            f" knows up to {SCHEMA_VERSION}); upgrade deltafeed"
+        )
+    ts_schema = (
+        await _timescale_try_enable(con, name)
+        if version == 0
+        else await con.fetchval(
+            "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'timescaledb'"
+        )
+    )
+    if version == 0:
+        timescale = ts_schema is not None
+    else:
+        # A natively partitioned table has relkind 'p'; a hypertable is a plain table ('r').
+        kind = await con.fetchval(
+            "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = $1 AND c.relname = 'candles_1m'",
+            s,
+        )
+        timescale = kind == "r" and ts_schema is not None
+    layout = Layout(s, timescale, str(ts_schema) if timescale else "public")
+    for m in MIGRATIONS[version:]:
+        await m.apply(con, layout)
+        await con.execute(
+            f"INSERT INTO {s}.schema_migrations (version, description) VALUES ($1, $2)",
+            m.version,
+            m.description,
+        )
+        log.info("candle store %s: applied migration %d (%s)", name, m.version, m.description)
+    return layout
+
+
+# -- TimescaleDB (untested here: no TimescaleDB on the development machines) ------------------------
+#
+# Facts from TimescaleDB 2.x documentation: create_hypertable(relation, time_column_name,
+# chunk_time_interval => <integer for an integer column>, if_not_exists => true) converts an empty plain
+# table (a natively partitioned one cannot be converted, hence the layout choice at the first open);
+# policies on an integer time column need set_integer_now_func(hypertable, func); compression is enabled
+# with ALTER TABLE ... SET (timescaledb.compress, timescaledb.compress_segmentby = ...) and scheduled by
+# add_compression_policy(hypertable, compress_after => <integer>); add_retention_policy(hypertable,
+# drop_after => <integer>) schedules drop_chunks, and drop_chunks(hypertable, older_than => <integer>)
+# drops the chunks whose whole range lies before the cutoff.
+
+
+async def _timescale_try_enable(con: Any, target: str) -> str | None:
+    """TimescaleDB's schema when the extension is (or can now be) enabled in this database, else None."""
+    ext = await con.fetchval("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'timescaledb'")
+    if ext is not None:
+        return str(ext)
+    if not await con.fetchval("SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')"):
+        return None
+    try:
+        async with con.transaction():  # a savepoint: failing here leaves the open's transaction usable
+            await con.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    except asyncpg.PostgresError as e:
+        log.warning(
+            "TimescaleDB is installed at %s but cannot be enabled (%s); using native partitions",
+            target,
+            str(e).splitlines()[0],
+        )
+        return None
+    ext = await con.fetchval("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'timescaledb'")
+    return None if ext is None else str(ext)
+
+
+async def _timescale_create(con: Any, layout: Layout) -> None:
+    s, ts = layout.schema, layout.ts_schema
+    await con.execute(
+        f"CREATE FUNCTION {s}.now_ms() RETURNS bigint LANGUAGE sql STABLE"
+        " AS $$ SELECT (extract(epoch FROM now()) * 1000)::bigint $$"
+    )
+    for tf, width in PARTITION_MS.items():
+        table = candle_table(s, tf)
+        await con.execute(
+            f"SELECT {ts}.create_hypertable($1::regclass, 'open_time', chunk_time_interval => $2::bigint,"
+            " if_not_exists => true)",
+            table,
+            width,
+        )
+        await con.execute(f"SELECT {ts}.set_integer_now_func($1::regclass, $2::regproc)", table, f"{s}.now_ms")
+        await con.execute(
+            f"ALTER TABLE {table} SET (timescaledb.compress, timescaledb.compress_segmentby = 'instrument',"
+            " timescaledb.compress_orderby = 'open_time')"
+        )
+        await con.execute(
+            f"SELECT {ts}.add_compression_policy($1::regclass, compress_after => $2::bigint, if_not_exists => true)",
+            table,
+            2 * width,
+        )
+
+
+async def timescale_set_retention(con: Any, layout: Layout, retention: dict[str, int | None]) -> None:
+    """Make each hypertable's server-side retention policy match ``retention`` (the last opener's)."""
+    ts = layout.ts_schema
+    for tf in TIMEFRAMES:
+        table = candle_table(layout.schema, tf)
+        await con.execute(f"SELECT {ts}.remove_retention_policy($1::regclass, if_exists => true)", table)
+        ms = retention.get(tf)
+        if ms is not None:
+            await con.execute(f"SELECT {ts}.add_retention_policy($1::regclass, drop_after => $2::bigint)", table, ms)
+
+
+async def timescale_expire(con: Any, layout: Layout, tf: str, cutoff: int) -> int:
+    table = candle_table(layout.schema, tf)
+    async with con.transaction():
+        n = int(await con.fetchval(f"SELECT count(*) FROM {table} WHERE open_time < $1", cutoff))
+        if n:
+            await con.execute(
+                f"SELECT {layout.ts_schema}.drop_chunks($1::regclass, older_than => $2::bigint)", table, cutoff
+            )
+            await con.execute(f"DELETE FROM {table} WHERE open_time < $1", cutoff)
+    return n
