@@ -61,7 +61,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from deltafeed.model import BadInput
-from deltafeed.net.ws import ConnectBudget
+from deltafeed.net.reconnect import ConnectBudget
 from deltafeed.venues.ig import tlcp
 
 log = logging.getLogger("deltafeed.tlcp")

@@ -16,7 +16,7 @@ from deltafeed.model import PRICE_SIDES, TIMEFRAMES, Candle
 from deltafeed.net.http import RestClient, VenueError
 from deltafeed.net.lines import PROCESS_BUDGET
 from deltafeed.net.ratelimit import WeightLimiter
-from deltafeed.net.ws import ConnectBudget
+from deltafeed.net.reconnect import ConnectBudget
 from deltafeed.venues.oanda import codec as codec
 
 log = logging.getLogger("deltafeed.oanda")
