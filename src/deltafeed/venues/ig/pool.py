@@ -622,6 +622,8 @@ class TlcpPool:
         connect_timeout_s: float = 10.0,
         name: str = "ig",
         strict: bool = False,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         if items_per_session < 1:
             raise ValueError("items_per_session must be at least 1")
@@ -636,6 +638,8 @@ class TlcpPool:
         self.on_lost = on_lost
         self.gate = ConnectionGate(max_connections)
         self.budget = budget or ConnectBudget(10, 1.0)
+        self.clock = clock  # handed to every session's reconnect policy (None: the live clock)
+        self.rng = rng
         self.adapter_set = adapter_set
         self.keepalive_ms = keepalive_ms
         self.backoff_base_s = backoff_base_s
@@ -676,6 +680,8 @@ class TlcpPool:
             backoff_cap_s=self.backoff_cap_s,
             stable_after_s=self.stable_after_s,
             connect_timeout_s=self.connect_timeout_s,
+            clock=self.clock,
+            rng=self.rng,
         )
         self.sessions.append(s)
         s.start()
