@@ -29,11 +29,9 @@ final after newer ones came.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import importlib
 import logging
-import random
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any
@@ -43,6 +41,7 @@ import msgspec
 
 from deltafeed.api.hub import CandleMsg, ErrorMsg, Subscribed  # the server's own message types
 from deltafeed.model import FINAL, FORMING, PROVISIONAL, Candle, time_ms, timeframe_ms
+from deltafeed.net.reconnect import Backoff
 
 log = logging.getLogger("deltafeed.client")
 
@@ -307,7 +306,8 @@ class Client:
         def wanted(c: Candle) -> bool:
             return c.final if final_only else c.closed or not closed_only
 
-        delay = 0.0
+        # The first retry within 0.1 s, doubling up to reconnect_max_s, full jitter.
+        backoff = Backoff(0.05, self.reconnect_max_s)
         subscribed_before = False
         while True:
             try:
@@ -337,7 +337,7 @@ class Client:
                         if type(m) is ErrorMsg:
                             raise ApiError(0, m.message)
                         if type(m) is Subscribed:
-                            delay = 0.0  # a working connection: the next outage starts from short waits
+                            backoff.reset()  # a working connection: the next outage starts from short waits
                             if subscribed_before:
                                 self.reconnects += 1
                             subscribed_before = True
@@ -373,8 +373,7 @@ class Client:
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 log.info("lost %s (%s); reconnecting", self.base_url, exc or type(exc).__name__)
             # Exponential backoff with full jitter, reset once a subscription succeeds.
-            delay = min(self.reconnect_max_s, max(0.1, delay * 2))
-            await asyncio.sleep(random.uniform(0, delay))
+            await backoff.sleep(backoff.failed())
 
     async def _resume_depth(self, last: Candle, tf_ms: int) -> int:
         """How many candles a snapshot needs to reach back to ``last``: the candles between it and

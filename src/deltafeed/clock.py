@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
+import asyncio
+import heapq
+import itertools
 import time
 from typing import Protocol
 
 
 class Clock(Protocol):
-    """Anything that tells the time in epoch milliseconds and monotonic seconds."""
+    """Anything that tells the time and can wait.
 
-    def time_ms(self) -> int: ...
+    Code that waits (reconnect backoff, transports, the batch writer) takes a ``Clock`` instead of
+    calling :mod:`time` and :func:`asyncio.sleep`, so a test can drive time with a :class:`TestClock`.
+    """
 
-    def monotonic(self) -> float: ...
+    def time(self) -> float:
+        """Seconds since the epoch (wall clock)."""
+        ...
+
+    def time_ms(self) -> int:
+        """Milliseconds since the epoch (wall clock)."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back (for intervals)."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Return after ``seconds`` of this clock's time have passed."""
+        ...
 
 
 class LiveClock:
-    """The machine's clock."""
+    """The machine's clock; :meth:`sleep` is :func:`asyncio.sleep`."""
+
+    def time(self) -> float:
+        return time.time()
 
     def time_ms(self) -> int:
         return time.time_ns() // 1_000_000
@@ -23,15 +45,34 @@ class LiveClock:
     def monotonic(self) -> float:
         return time.monotonic()
 
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+#: The clock used wherever none is injected.
+LIVE = LiveClock()
+
 
 class TestClock:
-    """A clock that moves only when a test calls :meth:`advance`."""
+    """A clock that moves only when a test calls :meth:`advance`.
+
+    :meth:`sleep` parks the caller until the clock has been advanced past its wake-up time; sleepers
+    wake in wake-up order (ties in the order they went to sleep), each seeing the clock at its own
+    wake-up time, so a loop that sleeps again on waking is stepped correctly through a long
+    :meth:`advance`. No real time passes.
+    """
 
     __test__ = False  # not a pytest test class
 
     def __init__(self, start_ms: int = 0) -> None:
         self._ms = start_ms
         self._mono = 0.0
+        self._seq = itertools.count()
+        # (wake-up monotonic time, sequence, future) — a heap, earliest first
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+
+    def time(self) -> float:
+        return self._ms / 1000
 
     def time_ms(self) -> int:
         return self._ms
@@ -39,9 +80,60 @@ class TestClock:
     def monotonic(self) -> float:
         return self._mono
 
-    def advance(self, seconds: float) -> None:
-        self._ms += int(seconds * 1000)
+    @property
+    def sleepers(self) -> int:
+        """How many callers are parked in :meth:`sleep` (cancelled ones not counted)."""
+        return sum(1 for _, _, f in self._sleepers if not f.done())
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)  # still a scheduling point, as asyncio.sleep(0) is
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self._mono + seconds, next(self._seq), fut))
+        await fut
+
+    def _step(self, seconds: float) -> None:
+        self._ms += round(seconds * 1000)
         self._mono += seconds
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward by ``seconds`` and wake every sleeper due by then (synchronous: the
+        woken tasks run at the next scheduling point). Use :meth:`advance_async` to let each woken
+        sleeper run, and possibly sleep again, before time moves on."""
+        target = self._mono + seconds
+        while self._sleepers and self._sleepers[0][0] <= target:
+            at, _, fut = heapq.heappop(self._sleepers)
+            if at > self._mono:
+                self._step(at - self._mono)
+            if not fut.done():
+                fut.set_result(None)
+        if target > self._mono:
+            self._step(target - self._mono)
+
+    async def advance_async(self, seconds: float) -> None:
+        """Move time forward by ``seconds`` one wake-up at a time, letting the woken tasks run
+        (and sleep again) at each step, so loops see every intermediate time."""
+        target = self._mono + seconds
+        while True:
+            await _settle()
+            while self._sleepers and self._sleepers[0][2].done():
+                heapq.heappop(self._sleepers)  # cancelled sleepers
+            if not self._sleepers or self._sleepers[0][0] > target:
+                break
+            at, _, fut = heapq.heappop(self._sleepers)
+            if at > self._mono:
+                self._step(at - self._mono)
+            fut.set_result(None)
+        if target > self._mono:
+            self._step(target - self._mono)
+        await _settle()
+
+
+async def _settle(rounds: int = 20) -> None:
+    """Let ready tasks run: a few passes through the event loop."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
 
 
 class VenueClock:

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from deltafeed.model import BadInput, Candle, Quote
 from deltafeed.net.http import VenueError
-from deltafeed.net.ws import ConnectBudget
+from deltafeed.net.reconnect import ConnectBudget
 from deltafeed.venues.ig import codec as ig
 from deltafeed.venues.ig import tlcp as t
 from deltafeed.venues.ig.pool import ConnectionGate, PoolFull, TlcpPool, TlcpSession

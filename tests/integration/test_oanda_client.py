@@ -21,7 +21,7 @@ from aiohttp import web
 from deltafeed.model import BadInput, Candle, Quote
 from deltafeed.net.http import VenueError
 from deltafeed.net.lines import LineStream, StreamUnauthorized
-from deltafeed.net.ws import ConnectBudget
+from deltafeed.net.reconnect import ConnectBudget
 from deltafeed.venues.oanda import codec as o
 from deltafeed.venues.oanda.rest import OandaHistory
 

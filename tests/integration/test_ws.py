@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from deltafeed.net.ws import ConnectBudget, WsStream
+from deltafeed.net.reconnect import ConnectBudget
+from deltafeed.net.ws import WsStream
 
 
 @pytest.fixture

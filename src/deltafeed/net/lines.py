@@ -12,13 +12,13 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 
 import aiohttp
 
-from deltafeed.net.ws import ConnectBudget
+from deltafeed.clock import LIVE, Clock
+from deltafeed.net.reconnect import Backoff, ConnectBudget, retry_after_s, sleep_unless
 
 log = logging.getLogger("deltafeed.lines")
 
@@ -53,9 +53,10 @@ class LineStream:
     - Liveness: any line, HEARTBEAT included, is a sign of life; no line for ``stale_after_s`` (also
       while waiting for the answer's headers) drops the connection (``stale_drops``). A line longer than
       ``max_line_bytes`` drops it too.
-    - Reconnect: after any drop or end of the body, with exponential backoff and full jitter (capped at
-      ``backoff_cap_s``); the backoff starts over once a connection stayed up ``stable_after_s``. A 429
-      waits at least its ``Retry-After``; 5xx and other answers back off the same way.
+    - Reconnect: after any drop or end of the body, by the :class:`~deltafeed.net.reconnect.Backoff`
+      policy (exponential, full jitter, capped at ``backoff_cap_s``, starting over once a connection
+      stayed up ``stable_after_s``). A 429 waits at least its ``Retry-After``; 5xx and other answers
+      back off the same way. ``clock`` and ``rng`` drive the waiting and the jitter.
     - Credentials: 401 or 403 logs one error line (naming ``auth_hint``, never the token) and
       :meth:`run` raises :class:`StreamUnauthorized` instead of retrying forever.
     - Every attempt first waits for ``budget`` (default :data:`PROCESS_BUDGET`, 2 per second).
@@ -80,6 +81,8 @@ class LineStream:
         connect_timeout_s: float = 10.0,
         max_line_bytes: int = 1 << 20,
         auth_hint: str = "set OANDA_TOKEN to a valid OANDA v20 token",
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.url_fn = url_fn
         self.on_line = on_line
@@ -94,6 +97,8 @@ class LineStream:
         self.connect_timeout_s = connect_timeout_s
         self.max_line_bytes = max_line_bytes
         self.auth_hint = auth_hint
+        self.clock: Clock = clock or LIVE
+        self.backoff = Backoff(backoff_base_s, backoff_cap_s, stable_after_s, rng=rng, clock=self.clock)
         self._headers = dict(headers or {})
         self._secrets = _secrets(self._headers)
         # counters, as WsStream's
@@ -145,7 +150,7 @@ class LineStream:
         """Connect, and reconnect after every drop, until :meth:`close` (or a 401/403, which raises)."""
         self._running = True
         self._done.clear()
-        failures = 0
+        backoff = self.backoff
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s)
         try:
             async with aiohttp.ClientSession(headers=self._headers, timeout=timeout) as session:
@@ -168,8 +173,9 @@ class LineStream:
                         log.error("%s", msg)
                         self.error = StreamUnauthorized(status or 0, msg)
                         raise self.error
-                    failures = 1 if up_s is not None and up_s >= self.stable_after_s else failures + 1
-                    delay = max(self._backoff(failures), retry_after)
+                    if up_s is not None and up_s >= self.stable_after_s:
+                        backoff.reset()  # it was up long enough: this drop counts as the first
+                    delay = backoff.failed(retry_after)
                     log.warning("%s: %s; reconnecting in %.2f s", self.name, why, delay)
                     await self._sleep(delay)
         finally:
@@ -197,7 +203,7 @@ class LineStream:
                             body = await resp.content.read(300)
                             why = f"HTTP {status} {self._redact(body.decode(errors='replace')).strip()}"
                             if status == 429:
-                                retry_after = _retry_after(resp.headers.get("Retry-After"))
+                                retry_after = retry_after_s(resp.headers.get("Retry-After"))
                         else:
                             self._connected()
                             await self._read(resp.content, deadline, loop)
@@ -220,7 +226,7 @@ class LineStream:
             why = "closed" if self._stopping else f"{type(exc).__name__}: {self._redact(str(exc))}"
         except _LineTooLong:
             why = f"a line longer than {self.max_line_bytes} bytes"
-        up_s = time.monotonic() - self.connected_at if self.connected_at else None
+        up_s = self.clock.monotonic() - self.connected_at if self.connected_at else None
         return why, up_s, status, retry_after
 
     async def _read(
@@ -265,7 +271,7 @@ class LineStream:
 
     def _connected(self) -> None:
         self.connects += 1
-        self.connected_at = time.monotonic()
+        self.connected_at = self.clock.monotonic()
         self.connected.set()
         if self.on_connect is not None:
             self.on_connect(self)
@@ -277,14 +283,9 @@ class LineStream:
         if self.on_disconnect is not None:
             self.on_disconnect(self, why)
 
-    def _backoff(self, failures: int) -> float:
-        """Full jitter: uniform over [0, min(cap, base * 2**failures)]."""
-        return random.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2 ** min(failures, 30)))
-
     async def _sleep(self, delay: float) -> None:
         """Sleep ``delay`` s, or less if :meth:`close` is called meanwhile."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), delay)
+        await sleep_unless(self.clock, delay, self._stop)
 
     def _redact(self, text: str) -> str:
         for s in self._secrets:
@@ -307,10 +308,3 @@ def _secrets(headers: Mapping[str, str]) -> list[str]:
 def _short(url: str) -> str:
     """The URL without its query (the instrument list can be long)."""
     return url.partition("?")[0]
-
-
-def _retry_after(value: str | None) -> float:
-    try:
-        return max(0.0, float(value)) if value is not None else 1.0
-    except ValueError:
-        return 1.0

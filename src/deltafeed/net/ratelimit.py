@@ -27,7 +27,7 @@ class WeightLimiter:
         headroom: float = 0.8,
         burst_fraction: float = 0.05,
         clock: Clock | None = None,
-        sleep: Sleep = asyncio.sleep,
+        sleep: Sleep | None = None,
     ) -> None:
         if limit <= 0:
             raise ValueError("limit must be positive")
@@ -37,7 +37,7 @@ class WeightLimiter:
         self.rate = self.budget / window_s  # weight per second
         self.capacity = max(1.0, self.budget * burst_fraction)
         self._clock = clock or LiveClock()
-        self._sleep = sleep
+        self._sleep = sleep or self._clock.sleep  # waits on the clock that measures the pace
         self._tokens = self.capacity
         self._stamp = self._clock.monotonic()
         self._blocked_until = 0.0

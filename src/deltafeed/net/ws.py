@@ -6,39 +6,16 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
-from collections import deque
 from collections.abc import Callable
 
 import picows
 
+from deltafeed.clock import LIVE, Clock
+from deltafeed.net.reconnect import Backoff, ConnectBudget, Watchdog
+
 log = logging.getLogger("deltafeed.ws")
 
 FrameSink = Callable[[bytes | memoryview], None]
-
-
-class ConnectBudget:
-    """At most ``limit`` connection attempts per ``window_s`` (Binance: 300 per 5 minutes per IP).
-
-    Shared by every connection to one venue; an attempt waits rather than break the venue's rule.
-    """
-
-    def __init__(self, limit: int, window_s: float) -> None:
-        self.limit = limit
-        self.window_s = window_s
-        self._attempts: deque[float] = deque()
-        self.waits = 0
-
-    async def acquire(self) -> None:
-        while True:
-            now = time.monotonic()
-            while self._attempts and now - self._attempts[0] >= self.window_s:
-                self._attempts.popleft()
-            if len(self._attempts) < self.limit:
-                self._attempts.append(now)
-                return
-            self.waits += 1
-            await asyncio.sleep(self.window_s - (now - self._attempts[0]))
 
 
 class _Listener(picows.WSListener):
@@ -80,9 +57,10 @@ class WsStream:
       pong drops the connection;
     - a data watchdog drops a connection that delivered no frame for ``stale_after_s`` (a
       half-open TCP connection or a stalled server is noticed in seconds, not minutes);
-    - after a drop it reconnects with exponential backoff and full jitter, capped at
-      ``backoff_cap_s``; the backoff starts over once a connection stayed up ``stable_after_s``;
-    - every attempt goes through the venue's :class:`ConnectBudget`;
+    - after a drop it reconnects by the :class:`~deltafeed.net.reconnect.Backoff` policy
+      (exponential, full jitter, capped at ``backoff_cap_s``, starting over once a connection
+      stayed up ``stable_after_s``); ``rng`` seeds its jitter and ``clock`` does its waiting;
+    - every attempt goes through the venue's :class:`~deltafeed.net.reconnect.ConnectBudget`;
     - ``on_connect`` runs on every (re)connection, so the owner can resubscribe and check for gaps.
     """
 
@@ -97,6 +75,9 @@ class WsStream:
         backoff_cap_s: float = 30.0,
         stable_after_s: float = 30.0,
         budget: ConnectBudget | None = None,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.url = url
         self.on_frame = on_frame
@@ -107,6 +88,8 @@ class WsStream:
         self.backoff_cap_s = backoff_cap_s
         self.stable_after_s = stable_after_s
         self.budget = budget or ConnectBudget(300, 300.0)
+        self.clock: Clock = clock or LIVE
+        self.backoff = Backoff(backoff_base_s, backoff_cap_s, stable_after_s, rng=rng, clock=self.clock)
         self.frames = 0
         self.connects = 0
         self.attempts = 0
@@ -121,7 +104,7 @@ class WsStream:
     def _on_connected(self, transport: picows.WSTransport) -> None:
         self._transport = transport
         self.connects += 1
-        self.connected_at = time.monotonic()
+        self.connected_at = self.clock.monotonic()
         self._disconnected.clear()
         self.connected.set()
         if self.on_connect is not None:
@@ -144,25 +127,17 @@ class WsStream:
             log.warning("%s: dropping the connection: %s", self.name, why)
             t.disconnect()
 
-    async def _watch(self) -> None:
-        """Drop the connection when no frame arrived for ``stale_after_s`` (checked 4 times as often)."""
-        seen = self.frames
-        quiet_since = time.monotonic()
-        while True:
-            await asyncio.sleep(self.stale_after_s / 4)
-            now = time.monotonic()
-            if self.frames != seen or self._transport is None:
-                seen = self.frames
-                quiet_since = now
-            elif now - quiet_since >= self.stale_after_s:
-                self.stale_drops += 1
-                self.drop(f"no data for {now - quiet_since:.1f} s")
-                quiet_since = now
+    def _stale(self, quiet_s: float) -> None:
+        self.stale_drops += 1
+        self.drop(f"no data for {quiet_s:.1f} s")
 
     async def run(self) -> None:
         """Connect, and reconnect after every drop, until :meth:`close`."""
-        failures = 0
-        watchdog = asyncio.create_task(self._watch())
+        backoff = self.backoff
+        dog = Watchdog(
+            self.stale_after_s, lambda: self.frames, lambda: self._transport is not None, self._stale, self.clock
+        )
+        watchdog = asyncio.create_task(dog.run())
         try:
             while not self._stopping:
                 await self.budget.acquire()
@@ -180,29 +155,23 @@ class WsStream:
                         auto_ping_reply_timeout=self.stale_after_s / 2,
                     )
                 except (TimeoutError, OSError, picows.WSError) as exc:
-                    failures += 1
-                    delay = self._backoff(failures)
+                    delay = backoff.failed()
                     log.warning("%s: cannot connect to %s (%s); retrying in %.1f s", self.name, url, exc, delay)
-                    await asyncio.sleep(delay)
+                    await backoff.sleep(delay)
                     continue
-                started = time.monotonic()
+                backoff.connected()
                 await self._disconnected.wait()
                 if self._stopping:
                     break
-                failures = 1 if time.monotonic() - started >= self.stable_after_s else failures + 1
-                delay = self._backoff(failures)
+                delay = backoff.dropped()
                 log.warning(
                     "%s: connection closed (code %s); reconnecting in %.2f s", self.name, self.close_code, delay
                 )
-                await asyncio.sleep(delay)
+                await backoff.sleep(delay)
         finally:
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog
-
-    def _backoff(self, failures: int) -> float:
-        """Full jitter: uniform over [0, min(cap, base * 2**failures)]."""
-        return random.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2 ** min(failures, 30)))
 
     async def close(self) -> None:
         self._stopping = True

@@ -47,7 +47,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import time
 from collections.abc import Callable, Iterable
 from itertools import islice, starmap
 from typing import Any
@@ -61,7 +60,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from deltafeed.clock import LIVE, Clock
 from deltafeed.model import TIMEFRAMES, BadInput, Candle
+from deltafeed.net.reconnect import Backoff, sleep_unless
 from deltafeed.store.base import StoreError, StoreUnavailable, redact
 from deltafeed.store.retention import DEFAULT_RETENTION_MS
 
@@ -184,8 +185,10 @@ class RedisHot:
         retention: dict[str, int | None] | None = None,
         prefix: str = "deltafeed",
         refill: Refill | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.name = redact(url)
+        self.clock: Clock = clock or LIVE
         if capacity < 1:
             raise BadInput(f"Redis hot tier capacity must be at least 1, got {capacity}")
         self.capacity = capacity
@@ -216,7 +219,7 @@ class RedisHot:
 
         #: Why the mirror is incomplete (Redis unreachable, a write refused), or None when in sync.
         self.degraded: str | None = None
-        #: ``time.monotonic()`` when the tier became degraded, or None.
+        #: ``self.clock.monotonic()`` when the tier became degraded, or None.
         self.down_since: float | None = None
         #: Candles written to Redis (flushes and refills).
         self.written = 0
@@ -230,6 +233,9 @@ class RedisHot:
         self._accepting = True  # False while degraded: the refill will bring memory's contents anyway
         self._need_sync = True
         self._meta_written = False
+        # The reconnect policy without jitter: the probe interval is a promise made in the log line
+        # ("retrying every 1 s"); only a Redis that answers but rejects doubles it (from 2 s).
+        self._probe = Backoff(self.PROBE_INTERVAL, self.MAX_PROBE_INTERVAL, jitter=False, clock=self.clock)
         self._probe_delay = self.PROBE_INTERVAL
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -283,8 +289,7 @@ class RedisHot:
             self._task = None
 
     async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+        await sleep_unless(self.clock, seconds, self._stop)
 
     async def _flush(self) -> bool:
         """Write (up to ``FLUSH_MAX`` of) the dirty candles in one pipeline; False if that failed."""
@@ -335,12 +340,13 @@ class RedisHot:
             log.warning(
                 "Redis hot tier %s is back after %.1f s; rewrote %d candles from memory",
                 self.name,
-                time.monotonic() - self.down_since,
+                self.clock.monotonic() - self.down_since,
                 n,
             )
         self._need_sync = False
         self.degraded = None
         self.down_since = None
+        self._probe.reset()
         self._probe_delay = self.PROBE_INTERVAL
         if self._dirty:
             self._wake.set()
@@ -377,7 +383,7 @@ class RedisHot:
         if not isinstance(exc, RedisError | OSError):
             log.error("Redis hot tier %s: unexpected error, degrading", self.name, exc_info=exc)
         if self.degraded is None:
-            self.down_since = time.monotonic()
+            self.down_since = self.clock.monotonic()
             if not self._need_sync:  # open() reports its own first failure
                 log.warning(
                     "Redis hot tier %s unavailable (%s); serving from memory, retrying every %.0f s",
@@ -392,7 +398,11 @@ class RedisHot:
         self._accepting = False
         self._need_sync = True
         self._meta_written = False
-        self._probe_delay = min(self._probe_delay * 2, self.MAX_PROBE_INTERVAL) if answered else self.PROBE_INTERVAL
+        if answered:
+            self._probe_delay = self._probe.failed()
+        else:
+            self._probe.reset()
+            self._probe_delay = self.PROBE_INTERVAL
         with contextlib.suppress(Exception):  # drop every pooled connection: after a restart all are dead
             await self._client.connection_pool.disconnect()
 

@@ -4,15 +4,15 @@ store outages in a durable on-disk spool."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from collections.abc import Callable
 from itertools import islice
 
 from msgspec.structs import replace as _copy
 
+from deltafeed.clock import LIVE, Clock
 from deltafeed.model import Candle
+from deltafeed.net.reconnect import Backoff, sleep_unless
 from deltafeed.store.base import ColdTier, Row, StoreError
 from deltafeed.store.spool import Spool
 
@@ -25,27 +25,6 @@ class BacklogFull(StoreError):
     """The writer holds ``max_pending`` candles it could not write; refusing more instead of growing."""
 
 
-class _Backoff:
-    """Retry delay doubling from ``low`` to ``high`` after each failure, back to ``low`` on success."""
-
-    def __init__(self, low: float, high: float) -> None:
-        self.low = low
-        self.high = high
-        self.delay = low
-        #: Monotonic time before which the failed operation is not tried again by run().
-        self.until = 0.0
-
-    def failed(self) -> float:
-        delay = self.delay
-        self.delay = min(self.delay * 2, self.high)
-        self.until = time.monotonic() + delay
-        return delay
-
-    def ok(self) -> None:
-        self.delay = self.low
-        self.until = 0.0
-
-
 class BatchWriter:
     """Collect candle updates and upsert them into a :class:`~deltafeed.store.base.ColdTier` in batches.
 
@@ -56,8 +35,10 @@ class BatchWriter:
     :class:`BacklogFull` rather than growing without end or dropping silently.
 
     :meth:`run` flushes once ``max_rows`` candles are pending, or ``max_delay_s`` after the previous
-    flush, whichever comes first. A write that fails with :class:`StoreError` is retried after a
-    backoff that doubles from ``retry_min_s`` up to ``retry_max_s``. Where the failed batch waits
+    flush, whichever comes first. A write that fails with :class:`StoreError` is retried after the
+    :class:`~deltafeed.net.reconnect.Backoff` policy's delay: full jitter under a ceiling that
+    doubles from ``retry_min_s`` up to ``retry_max_s``. ``clock`` (default the live one) does all
+    timing and waiting, so tests can drive it. Where the failed batch waits
     meanwhile depends on ``spool``:
 
     * Without a spool, it stays in memory ahead of newer data (bounded by ``max_pending``).
@@ -84,6 +65,7 @@ class BatchWriter:
         retry_max_s: float = 5.0,
         spool: Spool | None = None,
         on_written: Callable[[list[Row], float], None] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if max_rows < 1 or max_pending < max_rows or max_batch < 1:
             raise ValueError("BatchWriter needs 1 <= max_rows <= max_pending and max_batch >= 1")
@@ -126,8 +108,10 @@ class BatchWriter:
         self._flush_lock = asyncio.Lock()
         self._closed = False
         self._running = False
-        self._store_retry = _Backoff(retry_min_s, retry_max_s)
-        self._spool_retry = _Backoff(retry_min_s, retry_max_s)
+        self.clock: Clock = clock or LIVE
+        # The first failure's ceiling is retry_min_s (the policy's is base * 2**failures).
+        self._store_retry = Backoff(retry_min_s / 2, retry_max_s, clock=self.clock)
+        self._spool_retry = Backoff(retry_min_s / 2, retry_max_s, clock=self.clock)
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -215,9 +199,9 @@ class BatchWriter:
         self.last_error = self._store_error = None
         if not self._spooling():
             self.spool_error = None  # nothing waits for the spool any more: its failure is moot
-        self._store_retry.ok()
+        self._store_retry.reset()
         if self.on_written is not None:
-            self.on_written(rows, time.monotonic() - started)
+            self.on_written(rows, self.clock.monotonic() - started)
 
     def _store_failed(self, err: StoreError) -> None:
         self.failures += 1
@@ -243,13 +227,13 @@ class BatchWriter:
         self._in_flight = 0
         self.spooled += len(rows)
         self.spool_error = None
-        self._spool_retry.ok()
+        self._spool_retry.reset()
         return None
 
     async def _write_direct(self) -> bool:
         """Write the oldest pending batch to the store; on failure spool it (or keep it in memory)."""
         rows = self._take()
-        started = time.monotonic()
+        started = self.clock.monotonic()
         try:
             await self.cold.write(rows)
         except StoreError as e:
@@ -290,7 +274,7 @@ class BatchWriter:
             return False
         if rows is None:
             return True
-        started = time.monotonic()
+        started = self.clock.monotonic()
         try:
             await self.cold.write(rows)
         except StoreError as e:
@@ -341,8 +325,7 @@ class BatchWriter:
             return True
 
     async def _sleep_unless_stopped(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+        await sleep_unless(self.clock, seconds, self._stop)
 
     # -- background -------------------------------------------------------------------------------
 
@@ -367,21 +350,20 @@ class BatchWriter:
             raise RuntimeError("BatchWriter.run() is already running")
         self._running = True
         try:
-            next_flush = time.monotonic() + self.max_delay_s
+            next_flush = self.clock.monotonic() + self.max_delay_s
             while not self._stop.is_set():
-                now = time.monotonic()
+                now = self.clock.monotonic()
                 due, wakeable = self._next_due(now, next_flush)
                 if due > now:
                     if wakeable:
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._wake.wait(), due - now)
+                        await sleep_unless(self.clock, due - now, self._wake)
                     else:
                         # Sleep through a backoff even if rows pile up; only close() cuts it short.
                         await self._sleep_unless_stopped(due - now)
                 self._wake.clear()
                 if self._stop.is_set():
                     break
-                now = time.monotonic()
+                now = self.clock.monotonic()
                 if self._pending and (len(self._pending) >= self.max_rows or now >= next_flush):
                     async with self._flush_lock:
                         if self._spooling():
@@ -395,7 +377,7 @@ class BatchWriter:
                     next_flush = now if not ok else now + self.max_delay_s
                 elif now >= next_flush:
                     next_flush = now + self.max_delay_s
-                if self._spooling() and time.monotonic() >= self._store_retry.until and not self._stop.is_set():
+                if self._spooling() and self.clock.monotonic() >= self._store_retry.until and not self._stop.is_set():
                     async with self._flush_lock:
                         if self._spooling():
                             await self._replay()
@@ -410,16 +392,16 @@ class BatchWriter:
         The spool goes first (it is older), then the rows in memory. Raises the last
         :class:`StoreError` if that could not finish in time; the rows stay pending or spooled.
         """
-        deadline = time.monotonic() + retry_for_s
+        deadline = self.clock.monotonic() + retry_for_s
         # A batch in flight (run() writing it now) counts: _write_once waits for it under the lock.
         while self._pending or self._spooling() or self._in_flight:
             if await self._write_once():
                 continue
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.clock.monotonic()
             if remaining <= 0:
                 assert self.last_error is not None
                 raise self.last_error
-            await asyncio.sleep(min(max(self._store_retry.until - time.monotonic(), 0.0), remaining))
+            await self.clock.sleep(min(max(self._store_retry.until - self.clock.monotonic(), 0.0), remaining))
 
     async def close(self, retry_for_s: float = 10.0) -> None:
         """Stop accepting candles, stop :meth:`run`, and write what is pending (see :meth:`flush`).

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle, ServerShutdown, Trade, VenueCandle
 from deltafeed.net.http import VenueError, VenueUnreachable
-from deltafeed.net.ws import ConnectBudget, WsStream
+from deltafeed.net.reconnect import ConnectBudget
+from deltafeed.net.ws import WsStream
 from deltafeed.venues.base import SkipLog
 from deltafeed.venues.binance import VENUE, BinanceSettings
 from deltafeed.venues.binance import codec as binance

@@ -6,22 +6,19 @@ that its burst plus a full window's refill stays within the limit, so even a sli
 sees one call too many: the goal is zero 429s. A 429 still happens when another program uses the same key;
 then every caller pauses (``Retry-After`` when sent, else a doubling pause) and the call is retried.
 
-The API key travels only in the ``X-Finnhub-Token`` header of the HTTP session (Finnhub also accepts
+The API key travels only in the ``X-Finnhub-Token`` header the client's auth hook adds (Finnhub also accepts
 ``token=`` in the query, which would put it in every URL, log line and exception): no URL, ``repr`` or
 error built here contains it. A 401 becomes a :class:`VenueError` naming where the key comes from instead.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Mapping
 
-import aiohttp
-
 from deltafeed.model import TIMEFRAMES, Candle
-from deltafeed.net.http import VenueError, VenueUnreachable
+from deltafeed.net.http import Response, RestClient, VenueError, header_auth
 from deltafeed.net.ratelimit import WeightLimiter
 from deltafeed.venues.finnhub import codec as codec
 
@@ -72,78 +69,68 @@ class FinnhubHistory:
         if calls_per_minute < 1 or calls_per_second < 1:
             raise ValueError("calls_per_minute and calls_per_second must be at least 1")
         self.rest_url = rest_url.rstrip("/")
-        self._token = token
         self.minute = paced_limiter(calls_per_minute, window_s)
         self.second = paced_limiter(calls_per_second, 1.0)
         self.retries = retries
         self.max_throttled = max_throttled
         self.throttle_pause_s = throttle_pause_s
         self.auth_hint = auth_hint
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
-        self.requests = 0
         self.last_date: str | None = None  # the latest answer's Date header
-        self.throttled = 0  # 429 answers received
-        self.server_errors = 0
         self.paused_s = 0.0  # total pause ordered by 429s
+        self.http = RestClient(
+            self.rest_url,
+            # the per-second limiter last: it decides the spacing on the wire
+            (self.minute, self.second),
+            timeout_s=timeout_s,
+            retries=retries,
+            auth=header_auth({codec.TOKEN_HEADER: token}),
+            on_response=self._on_response,
+            throttle=self._throttle,
+            max_throttled=max_throttled,
+            on_throttle=self._on_throttle,
+            error=self._error_of,
+        )
+
+    @property
+    def requests(self) -> int:
+        return self.http.requests
+
+    @property
+    def throttled(self) -> int:
+        """429 answers received."""
+        return self.http.throttled
+
+    @property
+    def server_errors(self) -> int:
+        return self.http.server_errors
 
     def __repr__(self) -> str:  # the token stays out
         return f"<FinnhubHistory {self.rest_url}>"
 
-    async def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, headers={codec.TOKEN_HEADER: self._token})
-        return self._session
-
     async def get(self, path: str) -> bytes:
         """The body of ``GET rest_url + path`` (a 200), paced; see the class docstring for retries."""
-        url = self.rest_url + path
-        session = await self._client()
-        backoff = 0.25
-        failures = 0
-        throttled_in_row = 0
-        while True:
-            await self.minute.acquire()
-            await self.second.acquire()  # last: it decides the spacing on the wire
-            self.requests += 1
-            try:
-                async with session.get(url) as resp:
-                    body = await resp.read()
-                    status = resp.status
-                    retry_after: str | None = resp.headers.get("Retry-After")
-                    # Finnhub has no time endpoint: its answers' Date header is the venue's clock.
-                    self.last_date = resp.headers.get("Date", self.last_date)
-            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-                failures += 1
-                if failures > self.retries:
-                    raise VenueUnreachable(f"cannot reach {self.rest_url}: {exc or type(exc).__name__}") from None
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            if status == 200:
-                return body
-            if status == 429:
-                self.throttled += 1
-                throttled_in_row += 1
-                if throttled_in_row > self.max_throttled:
-                    raise VenueError(429, body, url)
-                pause = self._pause(retry_after, throttled_in_row)
-                self.paused_s += pause
-                log.warning(
-                    "%s answered 429 (%s); pausing %.1f s",
-                    self.rest_url,
-                    (codec.decode_error(body) or "rate limit")[:120],
-                    pause,
-                )
-                self.minute.penalize(pause)
-                continue
-            if status >= 500 and failures < self.retries:
-                failures += 1
-                self.server_errors += 1
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            raise self._error(status, body, url)
+        return await self.http.get(path)
+
+    def _on_response(self, resp: Response) -> None:
+        # Finnhub has no time endpoint: its answers' Date header is the venue's clock.
+        self.last_date = resp.headers.get("Date", self.last_date)
+
+    def _throttle(self, resp: Response, in_row: int) -> float | None:
+        return self._pause(resp.headers.get("Retry-After"), in_row) if resp.status == 429 else None
+
+    def _on_throttle(self, resp: Response, pause: float) -> None:
+        self.paused_s += pause
+        log.warning(
+            "%s answered 429 (%s); pausing %.1f s",
+            self.rest_url,
+            (codec.decode_error(resp.body) or "rate limit")[:120],
+            pause,
+        )
+
+    def _error_of(self, resp: Response) -> VenueError:
+        if resp.status == 429:  # still throttled after max_throttled pauses
+            return VenueError(429, resp.body, resp.url)
+        return self._error(resp.status, resp.body, resp.url)
 
     def _pause(self, retry_after: str | None, in_row: int) -> float:
         if retry_after is not None:
@@ -224,6 +211,4 @@ class FinnhubHistory:
         }
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.http.close()

@@ -35,8 +35,9 @@ Semantics of one session:
   rebuilt, like after a drop (``drops["protocol error"]``). So is any exception raised while serving a
   line: a session never ends for what a server sends. Harmless malformed lines (``SUBCMD,1``: this
   client makes no COMMAND subscription) are counted by the decoder and skipped.
-- **Reconnect**: after a drop, END, ERROR or a failed connect, with exponential backoff and full jitter
-  capped at ``backoff_cap_s``, through the shared :class:`~deltafeed.net.ws.ConnectBudget`; the backoff
+- **Reconnect**: after a drop, END, ERROR or a failed connect, by the :class:`~deltafeed.net.reconnect.Backoff`
+  policy (exponential, full jitter, capped at ``backoff_cap_s``), through the shared
+  :class:`~deltafeed.net.reconnect.ConnectBudget`; the backoff
   starts over once a connection stayed up ``stable_after_s``. LOOP rebinds the same session on a new
   socket (``bind_session``: subscriptions and values go on); if the bind is refused, a new session is
   created.
@@ -53,15 +54,15 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
 
+from deltafeed.clock import LIVE, Clock
 from deltafeed.model import BadInput
-from deltafeed.net.ws import ConnectBudget
+from deltafeed.net.reconnect import Backoff, ConnectBudget
 from deltafeed.venues.ig import tlcp
 
 log = logging.getLogger("deltafeed.tlcp")
@@ -175,6 +176,8 @@ class TlcpSession:
         budget: ConnectBudget | None = None,
         http: aiohttp.ClientSession | None = None,
         cid: str = tlcp.DEFAULT_CID,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.url = tlcp.ws_url(url)
         self.user = user
@@ -192,6 +195,8 @@ class TlcpSession:
         self.stable_after_s = stable_after_s
         self.gate = gate or ConnectionGate(1)
         self.budget = budget or ConnectBudget(10, 1.0)
+        self.clock: Clock = clock or LIVE
+        self.backoff = Backoff(backoff_base_s, backoff_cap_s, stable_after_s, rng=rng, clock=self.clock)
         self.cid = cid
         self._http = http
         self._own_http = http is None
@@ -330,20 +335,19 @@ class TlcpSession:
         """Connect, and reconnect after every drop, until :meth:`close`."""
         if self._http is None:
             self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        failures = 0
+        backoff = self.backoff
         bind: str | None = None
         delay = 0.0
         try:
             while not self._stopping:
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    await backoff.sleep(delay)
                 password: str | None = None
                 if bind is None:
                     try:  # before taking a connection slot: fetching fresh tokens may take a while
                         password = await self._get_password()
                     except Exception as exc:  # a REST login that failed: retry later, never stop streaming
-                        failures += 1
-                        delay = self._backoff(failures)
+                        delay = backoff.failed()
                         self.drops["no password"] += 1
                         log.warning(
                             "%s: cannot get the password (%s); retrying in %.2f s", self.name, type(exc).__name__, delay
@@ -351,7 +355,7 @@ class TlcpSession:
                         continue
                     await self.budget.acquire()
                 await self.gate.acquire()
-                started = time.monotonic()
+                backoff.connected()  # a connection that stays up stable_after_s resets the backoff
                 why = ""
                 try:
                     if self._stopping:
@@ -387,17 +391,12 @@ class TlcpSession:
                 self.drops[why.split(":")[0][:40]] += 1
                 if was_up and self.on_disconnect is not None:
                     self.on_disconnect(self, why)
-                failures = 1 if time.monotonic() - started >= self.stable_after_s else failures + 1
-                delay = self._backoff(failures)
+                delay = backoff.dropped()
                 log.warning("%s: %s; reconnecting in %.2f s", self.name, why, delay)
         finally:
             if self._own_http and self._http is not None:
                 await self._http.close()
                 self._http = None
-
-    def _backoff(self, failures: int) -> float:
-        """Full jitter: uniform over [0, min(cap, base * 2**failures)]."""
-        return random.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2 ** min(failures, 30)))
 
     async def _connection(self, bind: str | None, password: str | None) -> None:
         """One WebSocket: open, create (or bind) the session, serve lines until it ends (raises why)."""
@@ -623,6 +622,8 @@ class TlcpPool:
         connect_timeout_s: float = 10.0,
         name: str = "ig",
         strict: bool = False,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         if items_per_session < 1:
             raise ValueError("items_per_session must be at least 1")
@@ -637,6 +638,8 @@ class TlcpPool:
         self.on_lost = on_lost
         self.gate = ConnectionGate(max_connections)
         self.budget = budget or ConnectBudget(10, 1.0)
+        self.clock = clock  # handed to every session's reconnect policy (None: the live clock)
+        self.rng = rng
         self.adapter_set = adapter_set
         self.keepalive_ms = keepalive_ms
         self.backoff_base_s = backoff_base_s
@@ -677,6 +680,8 @@ class TlcpPool:
             backoff_cap_s=self.backoff_cap_s,
             stable_after_s=self.stable_after_s,
             connect_timeout_s=self.connect_timeout_s,
+            clock=self.clock,
+            rng=self.rng,
         )
         self.sessions.append(s)
         s.start()

@@ -40,12 +40,11 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-import aiohttp
 import msgspec
 
 from deltafeed.clock import Clock, LiveClock
 from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle
-from deltafeed.net.http import VenueError, VenueUnreachable
+from deltafeed.net.http import Request, Response, RestClient, VenueError
 from deltafeed.net.ratelimit import WeightLimiter
 from deltafeed.venues.checks import MAX_INT64, price_ok, size_ok
 from deltafeed.venues.ig import codec as codec
@@ -200,22 +199,28 @@ class IGSession:
         self._generation = 0  # bumped at every login, so concurrent 401s log in once
         self._lock = asyncio.Lock()
         self._clock = clock or LiveClock()
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._http: aiohttp.ClientSession | None = None
         self.refresh_after_s = refresh_after_s
         self.throttle_wait_s = throttle_wait_s
         self.retries = retries
         self.limiter = WeightLimiter(
             max(1, rate_per_minute), window_s=60.0, headroom=1.0, burst_fraction=0.2, clock=self._clock
         )
+        # Retries wait on the live clock, as the limiter does (``clock`` only tells the time).
+        self.http = RestClient(
+            self.rest_url,
+            self.limiter,
+            timeout_s=timeout_s,
+            retries=retries,
+            auth=self._auth,
+            on_response=self._on_response,
+            throttle=self._throttle,
+            on_throttle=self._on_throttle,
+        )
         self.allowance = Allowance()
         self.lightstreamer_endpoint = ""
         self.account_id = ""
         self.last_date: str | None = None
         self.logins = 0
-        self.requests = 0
-        self.throttled = 0
-        self.server_errors = 0
 
     def __repr__(self) -> str:
         return f"<IGSession {self.rest_url} account={self.account_id or '-'}>"
@@ -241,17 +246,37 @@ class IGSession:
         await self.ensure()
         return self.ls_password
 
-    def _headers(self, version: int) -> dict[str, str]:
-        h = {"X-IG-API-KEY": self._api_key, "VERSION": str(version), "Accept": "application/json; charset=UTF-8"}
-        if self._cst:
-            h["CST"] = self._cst
-            h["X-SECURITY-TOKEN"] = self._xst
-        return h
+    @property
+    def requests(self) -> int:
+        return self.http.requests
 
-    async def _client(self) -> aiohttp.ClientSession:
-        if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession(timeout=self._timeout)
-        return self._http
+    @property
+    def throttled(self) -> int:
+        return self.http.throttled
+
+    @property
+    def server_errors(self) -> int:
+        return self.http.server_errors
+
+    def _auth(self, req: Request) -> None:
+        """The API key on every request; the session tokens on every one but the login itself."""
+        req.headers["X-IG-API-KEY"] = self._api_key
+        req.headers.setdefault("Accept", "application/json; charset=UTF-8")
+        if self._cst and not (req.method == "POST" and req.url == self.rest_url + "/session"):
+            req.headers["CST"] = self._cst
+            req.headers["X-SECURITY-TOKEN"] = self._xst
+
+    def _on_response(self, resp: Response) -> None:
+        self.last_date = resp.headers.get("Date", self.last_date)
+
+    def _throttle(self, resp: Response, in_row: int) -> float | None:
+        """IG says "slow down" with a 403 and an allowance error code: wait ``throttle_wait_s``."""
+        if resp.status == 403 and error_code(resp.body) in _THROTTLE_ERRORS:
+            return self.throttle_wait_s
+        return None
+
+    def _on_throttle(self, resp: Response, pause: float) -> None:
+        log.warning("IG throttled %s (%s); waiting %.0f s", self.rest_url, error_code(resp.body), pause)
 
     async def ensure(self) -> None:
         """Log in unless the tokens are present and younger than ``refresh_after_s``."""
@@ -273,11 +298,9 @@ class IGSession:
     async def _login(self) -> None:
         url = self.rest_url + "/session"
         body = msgspec.json.encode({"identifier": self._username, "password": self._password})
-        headers = self._headers(2)
-        headers.pop("CST", None)
-        headers.pop("X-SECURITY-TOKEN", None)
-        headers["Content-Type"] = "application/json; charset=UTF-8"
-        status, resp_headers, data = await self._send("POST", url, headers, body)
+        headers = {"VERSION": "2", "Content-Type": "application/json; charset=UTF-8"}
+        resp = await self.http.send("POST", "/session", headers=headers, body=body)
+        status, resp_headers, data = resp.status, resp.headers, resp.body
         if status != 200:
             code = error_code(data) or data[:200].decode(errors="replace")
             raise VenueError(status, f"IG refused the login ({code}); {_LOGIN_HINT}".encode(), url)
@@ -295,46 +318,6 @@ class IGSession:
         self.logins += 1
         log.info("logged in to IG %s as account %s", self.rest_url, self.account_id or "?")
 
-    async def _send(
-        self,
-        method: str,
-        url: str,
-        headers: Mapping[str, str],
-        body: bytes | None = None,
-    ) -> tuple[int, Mapping[str, str], bytes]:
-        """One request with the pacing and the retries of throttling, 5xx and connection errors."""
-        http = await self._client()
-        backoff = 0.25
-        for attempt in range(self.retries + 1):
-            await self.limiter.acquire()
-            self.requests += 1
-            try:
-                async with http.request(method, url, headers=headers, data=body) as resp:
-                    data = await resp.read()
-                    status = resp.status
-                    resp_headers: Mapping[str, str] = resp.headers
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                if attempt == self.retries:
-                    raise VenueUnreachable(f"cannot reach {self.rest_url}: {type(exc).__name__}") from None
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            self.last_date = resp_headers.get("Date", self.last_date)
-            if status == 403 and attempt < self.retries and error_code(data) in _THROTTLE_ERRORS:
-                self.throttled += 1
-                log.warning(
-                    "IG throttled %s (%s); waiting %.0f s", self.rest_url, error_code(data), self.throttle_wait_s
-                )
-                self.limiter.penalize(self.throttle_wait_s)
-                continue
-            if status >= 500 and attempt < self.retries:
-                self.server_errors += 1
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            return status, resp_headers, data
-        raise VenueUnreachable(f"{self.rest_url} kept refusing after {self.retries + 1} attempts")
-
     async def get(self, path: str, version: int) -> bytes:
         """The body of ``GET rest_url + path`` (logged in, fresh tokens); VenueError for other than 200.
 
@@ -344,7 +327,8 @@ class IGSession:
         await self.ensure()
         for attempt in range(2):
             generation = self._generation
-            status, _, data = await self._send("GET", url, self._headers(version))
+            resp = await self.http.send("GET", path, headers={"VERSION": str(version)})
+            status, data = resp.status, resp.body
             if status == 200:
                 return data
             if status == 401 and attempt == 0:
@@ -365,9 +349,7 @@ class IGSession:
         }
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        await self.http.close()
 
 
 # --- price history ------------------------------------------------------------------------------

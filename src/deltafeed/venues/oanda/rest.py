@@ -13,10 +13,10 @@ from collections.abc import Mapping
 import aiohttp
 
 from deltafeed.model import PRICE_SIDES, TIMEFRAMES, Candle
-from deltafeed.net.http import RestClient, VenueError
+from deltafeed.net.http import Response, RestClient, VenueError, header_auth
 from deltafeed.net.lines import PROCESS_BUDGET
 from deltafeed.net.ratelimit import WeightLimiter
-from deltafeed.net.ws import ConnectBudget
+from deltafeed.net.reconnect import ConnectBudget
 from deltafeed.venues.oanda import codec as codec
 
 log = logging.getLogger("deltafeed.oanda")
@@ -24,47 +24,24 @@ log = logging.getLogger("deltafeed.oanda")
 _TOKEN_HINT = b"the access token was refused; set OANDA_TOKEN to a valid OANDA v20 token"
 
 
-class _BearerRestClient(RestClient):
-    """:class:`RestClient` whose session sends the Bearer token and obeys OANDA's connection rules.
+class _Connections:
+    """OANDA's connection rule as a :class:`RestClient` transport: each *new* TCP connection first
+    waits for the shared :class:`ConnectBudget` (OANDA rejects more than 2 new connections per
+    second; kept-alive connections are reused and cost nothing)."""
 
-    RestClient has no per-session headers, so this overrides its session factory (``_client``):
-    - every request carries ``Authorization: Bearer …`` (set on the session, never in a URL);
-    - each *new* TCP connection first waits for the shared :class:`ConnectBudget` (OANDA rejects more
-      than 2 new connections per second; kept-alive connections are reused and cost nothing);
-    - the latest response's ``Date`` header is kept in ``last_date`` (OANDA has no time endpoint).
-    """
-
-    def __init__(
-        self,
-        base_url: str,
-        limiter: WeightLimiter,
-        token: str,
-        budget: ConnectBudget,
-        timeout_s: float = 10.0,
-        max_connections: int = 8,
-    ) -> None:
-        super().__init__(base_url, limiter, timeout_s=timeout_s)
-        self._headers = codec.auth_headers(token)
-        self._budget = budget
-        self._max_connections = max_connections
-        self.last_date: str | None = None
+    def __init__(self, budget: ConnectBudget, max_connections: int) -> None:
+        self.budget = budget
+        self.max_connections = max_connections
         self.new_connections = 0
 
-    def __repr__(self) -> str:  # keep the headers (the token) out of any repr
-        return f"<OANDA RestClient {self.base_url}>"
-
-    async def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            trace = aiohttp.TraceConfig()
-            trace.on_connection_create_start.append(self._on_new_connection)
-            trace.on_request_end.append(self._on_request_end)
-            self._session = aiohttp.ClientSession(
-                timeout=self._timeout,
-                headers=self._headers,
-                trace_configs=[trace],
-                connector=aiohttp.TCPConnector(limit_per_host=self._max_connections),
-            )
-        return self._session
+    def __call__(self, timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
+        trace = aiohttp.TraceConfig()
+        trace.on_connection_create_start.append(self._on_new_connection)
+        return aiohttp.ClientSession(
+            timeout=timeout,
+            trace_configs=[trace],
+            connector=aiohttp.TCPConnector(limit_per_host=self.max_connections),
+        )
 
     async def _on_new_connection(
         self,
@@ -73,12 +50,7 @@ class _BearerRestClient(RestClient):
         params: aiohttp.TraceConnectionCreateStartParams,
     ) -> None:
         self.new_connections += 1
-        await self._budget.acquire()
-
-    async def _on_request_end(
-        self, session: aiohttp.ClientSession, ctx: types.SimpleNamespace, params: aiohttp.TraceRequestEndParams
-    ) -> None:
-        self.last_date = params.response.headers.get("Date", self.last_date)
+        await self.budget.acquire()
 
 
 class OandaHistory:
@@ -104,8 +76,21 @@ class OandaHistory:
         self.time_instrument = time_instrument
         # headroom=1: ``rate_per_s`` is already the pace we want; a burst of a tenth of a second.
         self.limiter = WeightLimiter(max(1, round(rate_per_s)), window_s=1.0, headroom=1.0, burst_fraction=0.1)
-        self.http = _BearerRestClient(rest_url, self.limiter, token, budget or PROCESS_BUDGET, timeout_s)
+        self.connections = _Connections(budget or PROCESS_BUDGET, max_connections=8)
+        self.last_date: str | None = None  # the latest answer's Date header (OANDA has no time endpoint)
+        # The token travels in the Authorization header the auth hook adds; never in a URL.
+        self.http = RestClient(
+            rest_url,
+            self.limiter,
+            timeout_s=timeout_s,
+            auth=header_auth(codec.auth_headers(token)),
+            on_response=self._on_response,
+            transport=self.connections,
+        )
         self.symbols_source = ""  # "account" or "fallback", after symbols()
+
+    def _on_response(self, resp: Response) -> None:
+        self.last_date = resp.headers.get("Date", self.last_date)
 
     def __repr__(self) -> str:
         return f"<OandaHistory {self.http.base_url} account={self.account or '-'}>"
@@ -126,13 +111,13 @@ class OandaHistory:
         with the newest candle (see :func:`oanda.venue_now_ms`): while the market is open the forming
         candle bounds now to 5 s and ``Date`` refines it; at the weekend ``Date`` alone tells the time.
         """
-        self.http.last_date = None
+        self.last_date = None
         body = await self._get(codec.candles_path(self.time_instrument, "S5", None, 1, "M"))
         try:
             candles = codec.decode_candles(body, "mid")
         except codec.BadCandles as exc:
             raise VenueError(200, str(exc).encode(), self.http.base_url) from None
-        now = codec.venue_now_ms(codec.http_date_ms(self.http.last_date), candles[-1] if candles else None)
+        now = codec.venue_now_ms(codec.http_date_ms(self.last_date), candles[-1] if candles else None)
         if now is None:
             raise VenueError(200, b"no Date header and no candle: cannot tell the venue's time", self.http.base_url)
         return now
@@ -228,7 +213,7 @@ class OandaHistory:
             "throttled": self.http.throttled,
             "server_errors": self.http.server_errors,
             "limiter_waits": self.limiter.waits,
-            "new_connections": self.http.new_connections,
+            "new_connections": self.connections.new_connections,
         }
 
     async def close(self) -> None:
