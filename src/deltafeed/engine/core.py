@@ -148,10 +148,12 @@ class Engine:
 
     @property
     def audits(self) -> int:
+        """Store audits run so far."""
         return self.completeness.audits
 
     @property
     def audit_gaps(self) -> int:
+        """Holes the audits found (each fetched as a repair)."""
         return self.completeness.audit_gaps
 
     @property
@@ -266,6 +268,7 @@ class Engine:
     # --- serving --------------------------------------------------------------------------------
 
     def instrument_names(self) -> list[str]:
+        """Every series served: the collected ones, then the logical (failover) ones."""
         return [*self.states, *self.failovers]
 
     def snapshot(self, instrument: str, timeframe: str, n: int) -> list[Candle]:
