@@ -34,7 +34,17 @@ from typing import cast
 from deltafeed.candles.aggregator import CandleBuilder
 from deltafeed.candles.calendar import Calendar, calendar_for
 from deltafeed.candles.quotes import QuoteRouter
-from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle, Instrument, Quote, parse_timeframes, series_key
+from deltafeed.model import (
+    PRICE_SIDES,
+    TIMEFRAMES,
+    BadInput,
+    Candle,
+    Instrument,
+    Quote,
+    Trade,
+    parse_timeframes,
+    series_key,
+)
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.store.base import ColdTier, Row, StoreBusy, open_cold
 from deltafeed.venues import registry
@@ -363,6 +373,12 @@ class _Side:
         self.builder = CandleBuilder(
             list(timeframes), self._on_closed, _no_repair, hold_max=0, calendar=calendar, vouch=False
         )  # final by construction: see closed() in backfill()
+
+    def on_trade(self, trade: Trade) -> None:
+        """One quote of this side from the router: into the builder, counted."""
+        self.builder.on_trade(trade)
+        self.trades += 1
+        self.last_trade_ms = trade.time_ms
 
     def _on_closed(self, timeframe: str, candle: Candle) -> None:
         self._closed(self.price, timeframe, candle, self.builder.last_trade_ms)

@@ -39,7 +39,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from deltafeed.api.hub import CandleMsg, ErrorMsg, Subscribed  # the server's own message types
+from deltafeed.api.protocol import CandleMsg, ErrorMsg, Subscribed  # the server's own message types
 from deltafeed.model import FINAL, FORMING, PROVISIONAL, Candle, time_ms, timeframe_ms
 from deltafeed.net.reconnect import Backoff
 

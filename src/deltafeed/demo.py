@@ -44,9 +44,8 @@ TIMEFRAMES = ["1m", "5m", "15m", "1h"]
 
 
 def _view(engine: Engine, started: float, trades_before: int) -> Group:
-    status = engine.status()
-    insts = status["instruments"]
-    assert isinstance(insts, dict)
+    status = engine.report()
+    insts = status.instruments
     table = Table(title="deltafeed demo: crypto from trades, forex from quotes (mid), forming live", expand=False)
     for col in (
         "instrument",
@@ -90,15 +89,15 @@ def _view(engine: Engine, started: float, trades_before: int) -> Group:
                 str(finals),
             )
         table.add_section()
-    trades = sum(int(v["trades"]) for v in insts.values())
+    trades = sum(v.trades for v in insts.values())
     elapsed = max(time.monotonic() - started, 1e-9)
-    repaired = sum(int(v["repaired"]) for v in insts.values())
+    repaired = sum(v.repaired for v in insts.values())
     footer = Text(
-        f"venue time {iso(int(str(status['venue_time_ms'])))}   connected={status['connected']}   "
+        f"venue time {iso(status.venue_time_ms)}   connected={status.connected}   "
         f"trades {trades} ({(trades - trades_before) / elapsed:,.0f}/s)   bootstrapped+repaired "
-        f"{sum(int(v['bootstrapped']) for v in insts.values())}+{repaired}   written {status['store_written']}"
-        f"   provisional {status['provisional']}   reconciled {status['reconciled']} (corrected {status['corrected']})"
-        f"   skipped frames {sum(dict(status['skipped_frames']).values()) if status['skipped_frames'] else 0}"  # type: ignore[call-overload]
+        f"{sum(v.bootstrapped for v in insts.values())}+{repaired}   written {status.store_written}"
+        f"   provisional {status.provisional}   reconciled {status.reconciled} (corrected {status.corrected})"
+        f"   skipped frames {sum(status.skipped_frames.values())}"
         "   Ctrl-C to stop"
     )
     return Group(table, footer)

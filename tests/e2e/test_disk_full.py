@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-import deltafeed.engine as engine_module
+import deltafeed.engine.bootstrap as engine_module
 from deltafeed.api.server import api_url, start_api
 from deltafeed.config import Settings
 from deltafeed.engine import Engine

@@ -16,7 +16,7 @@ from deltafeed.backfill import plan_backfill
 from deltafeed.candles.aggregator import CandleBuilder, ClosedSink, RepairSink
 from deltafeed.candles.calendar import FxCalendar
 from deltafeed.candles.quotes import QuoteRouter, QuoteSide
-from deltafeed.model import BadInput, Candle, Instrument, time_ms
+from deltafeed.model import BadInput, Candle, Instrument, Trade, time_ms
 from reference import QUOTE_TAPE_COLUMNS, quote_candles_from_tape, read_quote_tape
 
 MIN = 60_000
@@ -29,7 +29,7 @@ EUR_USD = Instrument.parse("oanda:EUR_USD")
 
 
 class Side:
-    """One price side as the router feeds it (a QuoteSide, like the engine's InstrumentState)."""
+    """One price side as the router feeds it (a QuoteSide, like deltafeed.series.Series)."""
 
     def __init__(self, price: str, builder: CandleBuilder) -> None:
         self.instrument = EUR_USD
@@ -38,6 +38,11 @@ class Side:
         self.builder = builder
         self.trades = 0
         self.last_trade_ms = 0
+
+    def on_trade(self, trade: Trade) -> None:
+        self.builder.on_trade(trade)
+        self.trades += 1
+        self.last_trade_ms = trade.time_ms
 
 
 class Fx:

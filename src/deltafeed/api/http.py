@@ -33,7 +33,8 @@ from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle, Instrumen
 from deltafeed.store.base import StoreError
 
 if TYPE_CHECKING:
-    from deltafeed.engine import Engine
+    from deltafeed.engine.status import EngineStatus
+    from deltafeed.engine.view import EngineView
 
 log = logging.getLogger("deltafeed.api.http")
 
@@ -222,7 +223,7 @@ def _json(doc: object, status: int = 200, headers: dict[str, str] | None = None)
 
 
 class _Routes:
-    def __init__(self, engine: Engine, body_timeout_s: float) -> None:
+    def __init__(self, engine: EngineView, body_timeout_s: float) -> None:
         self.engine = engine
         self.body_timeout_s = body_timeout_s
 
@@ -236,18 +237,19 @@ class _Routes:
         return _json(streaming_status(self.engine))
 
     async def instruments(self, request: web.Request) -> web.Response:
-        per = _status_instruments(self.engine.status())
+        per = self.engine.report().instruments
         out = []
         for name in self.engine.instrument_names():
             base, _, price = name.partition("@")
             inst = Instrument.parse(base)
+            st = per.get(name)  # None for a logical (failover) series
             out.append(
                 {
                     "name": name,
                     "venue": inst.venue,
                     "symbol": inst.symbol,
-                    "price": per.get(name, {}).get("price", price or None),
-                    "streaming": bool(per.get(name, {}).get("streaming", True)),
+                    "price": st.price if st is not None else price or None,
+                    "streaming": st.streaming if st is not None else True,
                 }
             )
         return _json({"instruments": out, "timeframes": list(self.engine.timeframes)})
@@ -390,37 +392,12 @@ def candles_csv(rows: list[Candle]) -> str:
     return out.getvalue()
 
 
-def _status_instruments(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    per = status.get("instruments")
-    return per if isinstance(per, dict) else {}
+def streaming_status(engine: EngineView) -> EngineStatus:
+    """What ``GET /streaming/status`` sends: the engine's status, ``venues`` section included."""
+    return engine.report()
 
 
-#: Engine status keys that describe the venue connection (one venue per engine for now).
-_VENUE_KEYS = (
-    "connected",
-    "connections",
-    "connects",
-    "reconnects",
-    "rotations",
-    "stale_drops",
-    "connect_budget_waits",
-    "rest_requests",
-    "rest_throttled",
-    "rest_server_errors",
-    "rest_limiter_waits",
-)
-
-
-def streaming_status(engine: Engine) -> dict[str, Any]:
-    """``engine.status()`` with a ``venues`` section (connections, reconnects, ...) when it has none."""
-    status = dict(engine.status())
-    if "venues" not in status:
-        venue = engine.settings.venue
-        status["venues"] = {venue: {k: status[k] for k in _VENUE_KEYS if k in status}}
-    return status
-
-
-def add_http_routes(app: web.Application, engine: Engine, body_timeout_s: float = HEADER_TIMEOUT_S) -> None:
+def add_http_routes(app: web.Application, engine: EngineView, body_timeout_s: float = HEADER_TIMEOUT_S) -> None:
     """Add the HTTP endpoints (see :func:`openapi_spec`) serving ``engine`` to ``app``.
 
     ``body_timeout_s`` bounds the wait for a POST's body: a client trickling it holds a connection.

@@ -55,6 +55,20 @@ from typing import Protocol
 
 import msgspec
 
+from deltafeed.api.protocol import (
+    CandleData,
+    CandleMsg,
+    HeartbeatData,
+    HeartbeatMsg,
+    PriceData,
+    PriceMsg,
+    Subscribed,
+    SwitchData,
+    SwitchMsg,
+    TradeData,
+    TradeMsg,
+    Unsubscribed,
+)
 from deltafeed.clock import Clock, LiveClock
 from deltafeed.model import TIMEFRAMES, BadInput, Candle, Trade, canonical_series
 from deltafeed.net.frames import text_frame
@@ -71,114 +85,6 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 
-
-# --- wire format ---------------------------------------------------------------------------------
-# Every message is {"type", "instrument", "timestamp", "data"}; the tag field puts "type" first.
-
-
-class CandleData(msgspec.Struct, gc=False):
-    timeframe: str
-    open_time: int
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: float
-    trades: int
-    closed: bool  # its interval is over
-    #: ``forming``, ``provisional`` or ``final`` (see ``model.Candle.state``); always sent. The default
-    #: only lets a client read a server from before states existed.
-    state: str = ""
-
-
-class TradeData(msgspec.Struct, gc=False):
-    id: int
-    price: float
-    qty: float
-    buyer_maker: bool
-
-
-class PriceData(msgspec.Struct, gc=False):
-    price: float
-
-
-class HeartbeatData(msgspec.Struct):
-    clients: int
-    instruments: list[str]
-
-
-class CandleMsg(msgspec.Struct, tag_field="type", tag="candle", gc=False):
-    """An open candle's update, or a closed candle; ``timestamp`` is its open time."""
-
-    instrument: str
-    timestamp: int
-    data: CandleData
-
-
-class TradeMsg(msgspec.Struct, tag_field="type", tag="trade", gc=False):
-    """One trade; ``timestamp`` is the venue's trade time."""
-
-    instrument: str
-    timestamp: int
-    data: TradeData
-
-
-class PriceMsg(msgspec.Struct, tag_field="type", tag="price_update", gc=False):
-    """The latest price (at most one per instrument and engine tick)."""
-
-    instrument: str
-    timestamp: int
-    data: PriceData
-
-
-class HeartbeatMsg(msgspec.Struct, tag_field="type", tag="heartbeat"):
-    """Sent to every client every ``heartbeat_s``; ``timestamp`` is the server's wall clock."""
-
-    instrument: None
-    timestamp: int
-    data: HeartbeatData
-
-
-class SwitchData(msgspec.Struct):
-    since_ms: int  # the old source's last data
-    source_from: str = msgspec.field(name="from")
-    source_to: str = msgspec.field(name="to")
-    spanning: dict[str, int] = msgspec.field(default_factory=dict)  # timeframe -> spanning candle's open time
-
-
-class SwitchMsg(msgspec.Struct, tag_field="type", tag="switch"):
-    """A logical instrument moved to its other source (failover); sent to every client watching its
-    candles. ``timestamp`` is when, by the venue's clock; the candles from each timeframe's spanning
-    one on follow from the new source."""
-
-    instrument: str
-    timestamp: int
-    data: SwitchData
-
-
-class Subscribed(msgspec.Struct, tag_field="type", tag="subscribed", omit_defaults=True):
-    """The answer to a subscribe op; ``snapshot`` candle messages follow it, then live data.
-    ``final`` is sent (true) only for a final-only subscription."""
-
-    op: str
-    instrument: str
-    timeframe: str | None
-    snapshot: int
-    final: bool = False
-
-
-class Unsubscribed(msgspec.Struct, tag_field="type", tag="unsubscribed"):
-    op: str
-    instrument: str
-    timeframe: str | None = None
-
-
-class ErrorMsg(msgspec.Struct, tag_field="type", tag="error"):
-    message: str
-
-
-#: Everything a consumer may receive, for ``msgspec.json.Decoder(ServerMessage)``.
-ServerMessage = CandleMsg | TradeMsg | PriceMsg | HeartbeatMsg | SwitchMsg | Subscribed | Unsubscribed | ErrorMsg
 
 _encode = msgspec.json.Encoder().encode
 

@@ -2,7 +2,7 @@
 
 The engine keeps plain integer counters and fixed-bucket histograms (``deltafeed.stats``) that cost a
 field increment or a bisect on the hot path; nothing here runs until Prometheus scrapes. Then
-:class:`EngineCollector` reads ``engine.status()``, ``engine.health()``, the engine's histograms, the
+:class:`EngineCollector` reads ``engine.report()``, ``engine.health()``, the engine's histograms, the
 fan-out hub's counters and the API's connection guard's, and turns them into metric families. Each
 server has its own ``CollectorRegistry``, so two servers (or two tests) in one process never share
 or clash.
@@ -26,7 +26,8 @@ from deltafeed.stats import Histogram
 
 if TYPE_CHECKING:
     from deltafeed.api.guard import ConnectionGuard
-    from deltafeed.engine import Engine
+    from deltafeed.engine.status import FeedStatus
+    from deltafeed.engine.view import EngineView
 
 #: How Prometheus writes a bucket bound (``le``): "0.005", "1.0", "+Inf".
 _go_float: Callable[[float], str] = _prom_utils.floatToGoString
@@ -107,7 +108,7 @@ def histogram_family(name: str, documentation: str, hist: Histogram) -> Histogra
 class EngineCollector(Collector):
     """Reads an engine (and the API's fan-out hub) when the registry is collected; holds no state."""
 
-    def __init__(self, engine: Engine, hub: Any = None, guard: ConnectionGuard | None = None) -> None:
+    def __init__(self, engine: EngineView, hub: Any = None, guard: ConnectionGuard | None = None) -> None:
         self.engine = engine
         self.hub = hub
         self.guard = guard
@@ -117,7 +118,7 @@ class EngineCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         engine = self.engine
-        status = engine.status()
+        status = engine.report()
         reasons = engine.health()
 
         healthy = GaugeMetricFamily("deltafeed_healthy", "1 when the collector is healthy (GET /health), else 0")
@@ -127,13 +128,12 @@ class EngineCollector(Collector):
         problems.add_metric([], float(len(reasons)))
         yield problems
 
-        per = status.get("instruments")
-        instruments: dict[str, dict[str, Any]] = per if isinstance(per, dict) else {}
+        instruments = status.instruments
         for key, name, doc in _INSTRUMENT_COUNTERS:
             fam = CounterMetricFamily(name, doc, labels=["instrument"])
             for inst, st in instruments.items():
-                # A counter the status view leaves out is read from the instrument's state.
-                v = _num(st[key] if key in st else getattr(engine.states.get(inst), key, None))
+                # A counter the status leaves out is read from the series itself.
+                v = _num(getattr(st, key) if hasattr(st, key) else getattr(engine.states.get(inst), key, None))
                 if v is not None:
                     fam.add_metric([inst], v)
             yield fam
@@ -144,61 +144,55 @@ class EngineCollector(Collector):
         ):
             gauge = GaugeMetricFamily(name, doc, labels=["instrument"])
             for inst, st in instruments.items():
-                v = _num(st.get(key))
+                v = _num(getattr(st, key))
                 if v is not None:
                     gauge.add_metric([inst], v)
             yield gauge
 
-        failover = status.get("failover")
-        if isinstance(failover, dict):
-            switches = CounterMetricFamily(
-                "deltafeed_failover_switches",
-                "Switches of a logical instrument between its sources",
-                labels=["instrument"],
-            )
-            standby = GaugeMetricFamily(
-                "deltafeed_failover_on_standby",
-                "1 while a logical instrument is served from its standby source",
-                labels=["instrument"],
-            )
-            for name, fo in failover.items():
-                switches.add_metric([name], float(fo["switches"]))
-                standby.add_metric([name], float(fo["on_standby"]))
-            yield switches
-            yield standby
+        switches = CounterMetricFamily(
+            "deltafeed_failover_switches",
+            "Switches of a logical instrument between its sources",
+            labels=["instrument"],
+        )
+        standby = GaugeMetricFamily(
+            "deltafeed_failover_on_standby",
+            "1 while a logical instrument is served from its standby source",
+            labels=["instrument"],
+        )
+        for name, fo in status.failover.items():
+            switches.add_metric([name], float(fo.switches))
+            standby.add_metric([name], float(fo.on_standby))
+        yield switches
+        yield standby
 
-        venues = _venues(status, engine.settings.venue)
+        venues: dict[str, FeedStatus] = status.venues
         connected = GaugeMetricFamily("deltafeed_connected", "1 when the venue's stream is connected", labels=["venue"])
         for venue, vs in venues.items():
-            v = _num(vs.get("connected"))
-            if v is not None:
-                connected.add_metric([venue], v)
+            connected.add_metric([venue], float(vs.connected))
         yield connected
         for key, name, doc in _VENUE_COUNTERS:
             fam = CounterMetricFamily(name, doc, labels=["venue"])
             for venue, vs in venues.items():
-                v = _num(vs.get(key))
+                v = _num(getattr(vs, key))
                 if v is not None:
                     fam.add_metric([venue], v)
             yield fam
         skipped = CounterMetricFamily(
             "deltafeed_skipped_frames", "Frames from the venue skipped, by reason", labels=["venue", "reason"]
         )
-        kinds = status.get("skipped_frames")
-        if isinstance(kinds, dict):
-            for reason, n in kinds.items():
-                skipped.add_metric([engine.settings.venue, str(reason)], float(n))
+        for reason, n in status.skipped_frames.items():
+            skipped.add_metric([engine.settings.venue, str(reason)], float(n))
         yield skipped
 
         for key, name, doc in _STORE_COUNTERS:
             fam = CounterMetricFamily(name, doc)
-            v = _num(status.get(key))
+            v = _num(getattr(status, key))
             if v is not None:
                 fam.add_metric([], v)
             yield fam
         for key, name, doc in _STORE_GAUGES:
             gauge = GaugeMetricFamily(name, doc)
-            v = _num(status.get(key))
+            v = _num(getattr(status, key))
             if v is not None:
                 gauge.add_metric([], v)
             yield gauge
@@ -279,15 +273,7 @@ class EngineCollector(Collector):
             yield fam
 
 
-def _venues(status: dict[str, Any], venue: str) -> dict[str, dict[str, Any]]:
-    """Per-venue counters: the status' ``venues`` section, or its top-level keys (one venue)."""
-    per = status.get("venues")
-    if isinstance(per, dict):
-        return per
-    return {venue: status}
-
-
-def make_registry(engine: Engine, hub: Any = None, guard: ConnectionGuard | None = None) -> CollectorRegistry:
+def make_registry(engine: EngineView, hub: Any = None, guard: ConnectionGuard | None = None) -> CollectorRegistry:
     """A private registry holding only the engine's collector."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(EngineCollector(engine, hub, guard))
@@ -295,7 +281,7 @@ def make_registry(engine: Engine, hub: Any = None, guard: ConnectionGuard | None
 
 
 def add_metrics_route(
-    app: web.Application, engine: Engine, hub: Any = None, guard: ConnectionGuard | None = None
+    app: web.Application, engine: EngineView, hub: Any = None, guard: ConnectionGuard | None = None
 ) -> CollectorRegistry:
     """Serve ``GET /metrics`` (Prometheus text, or OpenMetrics when the scraper asks for it)."""
     registry = make_registry(engine, hub, guard)

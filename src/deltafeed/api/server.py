@@ -28,7 +28,7 @@ from deltafeed.api.metrics import add_metrics_route
 
 if TYPE_CHECKING:
     from deltafeed.api.hub import Hub
-    from deltafeed.engine import Engine
+    from deltafeed.engine.view import EngineView
 
 log = logging.getLogger("deltafeed.api")
 
@@ -39,7 +39,9 @@ SHUTDOWN_TIMEOUT_S = 2.0
 GUARD = web.AppKey("guard", ConnectionGuard)
 
 
-def build_app(engine: Engine, hub: Hub | None, token: str | None, limits: ApiLimits | None = None) -> web.Application:
+def build_app(
+    engine: EngineView, hub: Hub | None, token: str | None, limits: ApiLimits | None = None
+) -> web.Application:
     """The application: the connection guard's bookkeeping, JSON errors, the token check, HTTP
     routes, ``/metrics`` and (with a hub) ``/ws``.
 
@@ -94,7 +96,7 @@ class GuardedSite(web.BaseSite):
 
 
 async def start_api(
-    engine: Engine, hub: Hub | None, host: str, port: int, token: str | None, limits: ApiLimits | None = None
+    engine: EngineView, hub: Hub | None, host: str, port: int, token: str | None, limits: ApiLimits | None = None
 ) -> web.AppRunner:
     """Serve the API on ``host:port`` (port 0 picks a free one); :func:`api_url` tells where.
 

@@ -44,7 +44,8 @@ from aiohttp import WSMsgType, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_protocol import RequestHandler
 
-from deltafeed.api.hub import Client, ErrorMsg, Hub, HubFull, UnknownInstrument
+from deltafeed.api.hub import Client, Hub, HubFull, UnknownInstrument
+from deltafeed.api.protocol import ErrorMsg
 from deltafeed.model import BadInput
 
 log = logging.getLogger("deltafeed.api.ws")

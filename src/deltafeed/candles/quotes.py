@@ -20,13 +20,12 @@ from typing import TYPE_CHECKING, Protocol
 from deltafeed.model import Trade
 
 if TYPE_CHECKING:
-    from deltafeed.candles.aggregator import CandleBuilder
     from deltafeed.model import Instrument
 
 
 class QuoteSide(Protocol):
     """One price side of one instrument, as the router feeds it (the engine's
-    :class:`~deltafeed.engine.InstrumentState` is one)."""
+    :class:`~deltafeed.series.Series` is one)."""
 
     @property
     def instrument(self) -> Instrument: ...
@@ -39,11 +38,9 @@ class QuoteSide(Protocol):
     def active(self) -> bool:  # False: its quotes are not applied
         ...
 
-    @property
-    def builder(self) -> CandleBuilder: ...
-
-    trades: int  # quotes applied
-    last_trade_ms: int  # time of the last quote applied
+    def on_trade(self, trade: Trade) -> None:
+        """Fold one quote, as a trade of this side's price, into the side's candles."""
+        ...
 
 
 class _Series:
@@ -109,7 +106,5 @@ class QuoteRouter:
             # they do, so this is the double nearest the venue's own mid (1.222415, not
             # 1.2224149999999998), and candles compare equal with the venue's history.
             price = round((bid + ask) * 0.5, 10) if side == "mid" else bid if side == "bid" else ask
-            st.builder.on_trade(Trade(symbol, tid, time_ms, price, 1.0, False))
-            st.trades += 1
-            st.last_trade_ms = time_ms
+            st.on_trade(Trade(symbol, tid, time_ms, price, 1.0, False))
         return True

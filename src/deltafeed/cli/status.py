@@ -61,25 +61,27 @@ def command(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from deltafeed.engine.status import EngineStatus
+
+    report = msgspec.convert(status, EngineStatus)  # the schema the server sends
     table = Table(title=f"deltafeed at {base}: {health.get('status')}")
     cols = ("instrument", "connected", "last message age (s)", "messages/s", "gaps", "backfilled")
     for col in cols:
         table.add_column(col, justify="left" if col == "instrument" else "right")
-    for name, st in status.get("instruments", {}).items():
-        age = st.get("last_message_age_s")
+    for name, st in report.instruments.items():
+        age = st.last_message_age_s
         table.add_row(
             name,
-            "yes" if st.get("connected") else "NO",
+            "yes" if st.connected else "NO",
             "-" if age is None else f"{age:.1f}",
-            f"{st.get('messages_per_s', 0):.1f}",
-            str(st.get("gaps", 0)),
-            str(st.get("repaired", 0)),
+            f"{st.messages_per_s:.1f}",
+            str(st.gaps),
+            str(st.repaired),
         )
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(table)
-    venues = status.get("venues", {})
-    for venue, v in venues.items():
-        console.print(f"{venue}: {v.get('connections', 0)} connection(s), {v.get('reconnects', 0)} reconnects")
+    for venue, v in report.venues.items():
+        console.print(f"{venue}: {v.connections} connection(s), {v.reconnects} reconnects")
     for reason in health.get("reasons", []):
         console.print(f"[red]unhealthy:[/red] {reason}")
     return 0

@@ -2,7 +2,7 @@
 
 A feed owns everything venue-specific: the streaming connection(s), the decoder, the REST history
 client and the venue's clock. It folds events into the candle builders of its series
-(:class:`~deltafeed.engine.InstrumentState`) and answers the engine's history requests. Everything
+(:class:`~deltafeed.series.Series`) and answers the engine's history requests. Everything
 else (stores, repairs, marks, audits, serving) is the engine's and is the same for every venue.
 """
 
@@ -21,7 +21,41 @@ from deltafeed.model import BadInput, Candle, Quote, Trade
 
 if TYPE_CHECKING:
     from deltafeed.config import Settings
-    from deltafeed.engine import InstrumentState
+    from deltafeed.series import Series
+
+
+class FeedStatus(msgspec.Struct, omit_defaults=True):
+    """A feed's counters, as ``venues.<venue>`` of the engine's status (the one schema the HTTP
+    status, the metrics, the status file and ``deltafeed status`` read). The fields after
+    ``rest_limiter_waits`` are only some venues'; those a venue leaves at None are not sent."""
+
+    connected: bool
+    connections: int  # live connections (two while a rotation overlaps)
+    connects: int
+    reconnects: int  # connects after a lost connection (rotations excluded)
+    rotations: int  # planned replacements without a gap
+    stale_drops: int  # connections dropped for going silent
+    connect_budget_waits: int
+    frames: int
+    skipped_frames: dict[str, int]  # frames or lines skipped, by kind
+    rest_requests: int
+    rest_throttled: int
+    rest_server_errors: int
+    rest_limiter_waits: int
+    heartbeats: int | None = None  # OANDA
+    out_of_order: int | None = None  # id-less venues: items older than the last one applied
+    repeated_quotes: int | None = None  # quote venues
+    refused: int | None = None  # quote venues: impossible prices
+    max_open_connections: int | None = None  # IG
+    chart_candles: int | None = None  # IG
+    allowance: list[int | None] | None = None  # IG: the weekly history allowance
+    rest_shared_answers: int | None = None  # IG
+    lost_quotes: int | None = None  # IG
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values (what a feed's ``status()`` gives)."""
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        return out
 
 
 class Feed(Protocol):
@@ -51,7 +85,7 @@ class Feed(Protocol):
         """The price sides to build for an instrument whose settings ask for ``wanted`` (its :class:`Venue` answers)."""
         ...
 
-    def add(self, st: InstrumentState) -> None:
+    def add(self, st: Series) -> None:
         """Take a series to stream (before :meth:`check`)."""
         ...
 
@@ -69,28 +103,34 @@ class Feed(Protocol):
 
     def connected(self) -> bool: ...
 
-    def activate(self, st: InstrumentState, active: bool) -> None:
+    def activate(self, st: Series, active: bool) -> None:
         """Route (or stop routing) events to ``st``."""
         ...
 
-    def control(self, subscribe: bool, states: list[InstrumentState]) -> None:
+    def control(self, subscribe: bool, states: list[Series]) -> None:
         """Subscribe to or unsubscribe from ``states`` on the live connection."""
         ...
 
     def page_span_ms(self, timeframe: str) -> int: ...
 
     async def candles(
-        self, st: InstrumentState, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
+        self, st: Series, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
     ) -> list[Candle]:
         """``st``'s candles from the venue's history, ``closed`` as the venue says."""
         ...
 
     async def stop(self) -> None: ...
 
-    def status(self) -> dict[str, Any]: ...
+    def report(self) -> FeedStatus:
+        """The feed's counters (see :class:`FeedStatus`)."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """:meth:`report` as plain values."""
+        ...
 
 
-TradeSink = Callable[["InstrumentState", Trade], None]
+TradeSink = Callable[["Series", Trade], None]
 
 
 class SkipLog:

@@ -16,13 +16,13 @@ from deltafeed.model import BadInput, Candle, ServerShutdown, Trade, VenueCandle
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.net.reconnect import ConnectBudget
 from deltafeed.net.ws import WsStream
-from deltafeed.venues.base import SkipLog
+from deltafeed.venues.base import FeedStatus, SkipLog
 from deltafeed.venues.binance import VENUE, BinanceSettings
 from deltafeed.venues.binance import codec as binance
 from deltafeed.venues.binance.rest import BinanceHistory
 
 if TYPE_CHECKING:
-    from deltafeed.engine import InstrumentState
+    from deltafeed.series import Series
 
 log = logging.getLogger("deltafeed.binance")
 
@@ -50,7 +50,7 @@ class BinanceFeed:
         stale_after_s: float,
         rotate_after_s: float,
         connect_budget: int,
-        on_trade: Callable[[InstrumentState, Trade], None],
+        on_trade: Callable[[Series, Trade], None],
     ) -> None:
         self.settings = vs
         self.rest_url = vs.rest_url or binance.DEFAULT_REST_URL
@@ -58,8 +58,8 @@ class BinanceFeed:
         self.clock = VenueClock()
         self.history = BinanceHistory(self.rest_url, vs.weight_limit)
         self.decoder = binance.StreamDecoder()
-        self.states: list[InstrumentState] = []
-        self.by_symbol: dict[str, InstrumentState] = {}
+        self.states: list[Series] = []
+        self.by_symbol: dict[str, Series] = {}
         self.venue_klines = venue_klines
         self.rotate_after_s = rotate_after_s
         self.stale_after_s = stale_after_s
@@ -87,7 +87,7 @@ class BinanceFeed:
     def sides(self, wanted: list[str]) -> list[str]:
         return VENUE.sides(wanted)
 
-    def add(self, st: InstrumentState) -> None:
+    def add(self, st: Series) -> None:
         self.states.append(st)
         self.by_symbol[st.instrument.symbol] = st
         streams = self._streams(self.states)
@@ -101,13 +101,13 @@ class BinanceFeed:
         return self.history.page_span_ms(timeframe)
 
     async def candles(
-        self, st: InstrumentState, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
+        self, st: Series, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
     ) -> list[Candle]:
         return await self.history.candles(st.instrument.symbol, timeframe, start_ms, end_ms, now_ms)
 
     # --- connection -----------------------------------------------------------------------------
 
-    def _streams(self, states: Iterable[InstrumentState]) -> list[str]:
+    def _streams(self, states: Iterable[Series]) -> list[str]:
         # Derived timeframes need no kline stream: they are rolled up from the base's candles.
         return [
             s
@@ -164,7 +164,7 @@ class BinanceFeed:
             log.info("connection is %.0f s old; rotating before the venue cuts it", mono - self.ws.connected_at)
             self._rotate()
 
-    def control(self, subscribe: bool, states: list[InstrumentState]) -> None:
+    def control(self, subscribe: bool, states: list[Series]) -> None:
         """Subscribe or unsubscribe ``states`` on the live connection(s)."""
         streams = self._streams(states)
         if not streams:
@@ -179,7 +179,7 @@ class BinanceFeed:
                 )
                 ws.send(body)
 
-    def activate(self, st: InstrumentState, active: bool) -> None:
+    def activate(self, st: Series, active: bool) -> None:
         if active:
             self.by_symbol[st.instrument.symbol] = st
         else:
@@ -211,9 +211,7 @@ class BinanceFeed:
                 self.decoder.last_error = f"trade time far from the venue's clock: {ev}"
                 self._log_decode_errors()
                 return
-            st.builder.on_trade(ev)
-            st.trades += 1
-            st.last_trade_ms = ev.time_ms
+            st.on_trade(ev)
             if st.publish_trades:
                 self._on_trade(st, ev)
             return
@@ -223,8 +221,7 @@ class BinanceFeed:
             st = self.by_symbol.get(ev.symbol)
             if st is not None:
                 self.clock.observe(ev.event_ms)
-                st.venue_candles += 1
-                st.builder.on_venue_candle(ev.timeframe, ev.candle, ev.last_trade_id)
+                st.on_venue_candle(ev.timeframe, ev.candle, ev.last_trade_id)
         elif type(ev) is ServerShutdown:
             self.shutdown_notices += 1
             log.warning("binance announced a server shutdown; moving to a new connection")
@@ -257,20 +254,23 @@ class BinanceFeed:
 
     # --- visibility -----------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def report(self) -> FeedStatus:
         connects = self.past_connects + self.ws.connects + (self._next.connects if self._next else 0)
-        return {
-            "connected": self.ws.connected.is_set(),
-            "connections": 1 + (self._next is not None and self._next.connected.is_set()),
-            "connects": connects,
-            "reconnects": max(0, connects - 1 - self.rotations),
-            "rotations": self.rotations,
-            "stale_drops": self.ws.stale_drops + (self._next.stale_drops if self._next else 0),
-            "connect_budget_waits": self.budget.waits,
-            "frames": self.ws.frames,
-            "skipped_frames": dict(self.decoder.errors),
-            "rest_requests": self.history.http.requests,
-            "rest_throttled": self.history.http.throttled,
-            "rest_server_errors": self.history.http.server_errors,
-            "rest_limiter_waits": self.history.limiter.waits,
-        }
+        return FeedStatus(
+            connected=self.ws.connected.is_set(),
+            connections=1 + (self._next is not None and self._next.connected.is_set()),
+            connects=connects,
+            reconnects=max(0, connects - 1 - self.rotations),
+            rotations=self.rotations,
+            stale_drops=self.ws.stale_drops + (self._next.stale_drops if self._next else 0),
+            connect_budget_waits=self.budget.waits,
+            frames=self.ws.frames,
+            skipped_frames=dict(self.decoder.errors),
+            rest_requests=self.history.http.requests,
+            rest_throttled=self.history.http.throttled,
+            rest_server_errors=self.history.http.server_errors,
+            rest_limiter_waits=self.history.limiter.waits,
+        )
+
+    def status(self) -> dict[str, Any]:
+        return self.report().as_dict()

@@ -22,14 +22,14 @@ from deltafeed.model import BadInput, Candle, Trade
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.net.reconnect import ConnectBudget
 from deltafeed.net.ws import WsStream
-from deltafeed.venues.base import SkipLog
+from deltafeed.venues.base import FeedStatus, SkipLog
 from deltafeed.venues.finnhub import VENUE
 from deltafeed.venues.finnhub import codec as finnhub
 from deltafeed.venues.finnhub.rest import FinnhubHistory
 from deltafeed.venues.oanda.codec import http_date_ms
 
 if TYPE_CHECKING:
-    from deltafeed.engine import InstrumentState
+    from deltafeed.series import Series
     from deltafeed.venues.base import VenueSettings
 
 log = logging.getLogger("deltafeed.finnhub")
@@ -55,8 +55,8 @@ class FinnhubFeed:
         self.clock = VenueClock()
         self.history = FinnhubHistory(self.rest_url, token)
         self.decoder = finnhub.StreamDecoder()
-        self.states: list[InstrumentState] = []
-        self._by_symbol: dict[str, InstrumentState] = {}
+        self.states: list[Series] = []
+        self._by_symbol: dict[str, Series] = {}
         self._next_id: dict[str, int] = {}
         self.out_of_order = 0
         self._skips = SkipLog(log, "messages")
@@ -84,7 +84,7 @@ class FinnhubFeed:
     def calendar_name(self, symbol: str) -> str:
         return VENUE.calendar_name(symbol)
 
-    def add(self, st: InstrumentState) -> None:
+    def add(self, st: Series) -> None:
         if len(self.states) >= finnhub.MAX_SYMBOLS:
             raise BadInput(f"Finnhub streams at most {finnhub.MAX_SYMBOLS} symbols per key; collect fewer")
         bad = [tf for tf in st.builder.timeframes if tf not in finnhub.RESOLUTION]
@@ -131,10 +131,10 @@ class FinnhubFeed:
             if st.last_trade_ms:
                 self.clock.observe(st.last_trade_ms)
 
-    def activate(self, st: InstrumentState, active: bool) -> None:
+    def activate(self, st: Series, active: bool) -> None:
         return None  # routing follows ``st.active``
 
-    def control(self, subscribe: bool, states: list[InstrumentState]) -> None:
+    def control(self, subscribe: bool, states: list[Series]) -> None:
         for st in states:
             self.ws.send((finnhub.subscribe if subscribe else finnhub.unsubscribe)(st.instrument.symbol))
 
@@ -142,7 +142,7 @@ class FinnhubFeed:
         return self.history.page_span_ms(timeframe)
 
     async def candles(
-        self, st: InstrumentState, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
+        self, st: Series, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
     ) -> list[Candle]:
         return await self.history.candles(
             st.instrument.symbol, timeframe, start_ms, end_ms, now_ms if now_ms is not None else self.clock.now_ms()
@@ -170,9 +170,7 @@ class FinnhubFeed:
                     continue
                 tid = self._next_id[t.symbol]
                 self._next_id[t.symbol] = tid + 1
-                st.builder.on_trade(Trade(t.symbol, tid, t.time_ms, t.price, t.qty or 1.0, t.buyer_maker))
-                st.trades += 1
-                st.last_trade_ms = t.time_ms
+                st.on_trade(Trade(t.symbol, tid, t.time_ms, t.price, t.qty or 1.0, t.buyer_maker))
                 self.clock.observe(t.time_ms)
         elif ev is None:
             self._log_errors()
@@ -182,21 +180,24 @@ class FinnhubFeed:
 
     # --- visibility -----------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def report(self) -> FeedStatus:
         s = self.ws
-        return {
-            "connected": s.connected.is_set(),
-            "connections": int(s.connected.is_set()),
-            "connects": s.connects,
-            "reconnects": max(0, s.connects - 1),
-            "rotations": 0,
-            "stale_drops": s.stale_drops,
-            "connect_budget_waits": s.budget.waits,
-            "frames": s.frames,
-            "out_of_order": self.out_of_order,
-            "skipped_frames": dict(self.decoder.errors),
-            "rest_requests": int(self.history.stats.get("requests", 0)),
-            "rest_throttled": int(self.history.stats.get("throttled", 0)),
-            "rest_server_errors": int(self.history.stats.get("server_errors", 0)),
-            "rest_limiter_waits": int(self.history.stats.get("limiter_waits", 0)),
-        }
+        return FeedStatus(
+            connected=s.connected.is_set(),
+            connections=int(s.connected.is_set()),
+            connects=s.connects,
+            reconnects=max(0, s.connects - 1),
+            rotations=0,
+            stale_drops=s.stale_drops,
+            connect_budget_waits=s.budget.waits,
+            frames=s.frames,
+            out_of_order=self.out_of_order,
+            skipped_frames=dict(self.decoder.errors),
+            rest_requests=int(self.history.stats.get("requests", 0)),
+            rest_throttled=int(self.history.stats.get("throttled", 0)),
+            rest_server_errors=int(self.history.stats.get("server_errors", 0)),
+            rest_limiter_waits=int(self.history.stats.get("limiter_waits", 0)),
+        )
+
+    def status(self) -> dict[str, Any]:
+        return self.report().as_dict()

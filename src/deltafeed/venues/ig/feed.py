@@ -22,7 +22,7 @@ from deltafeed.candles.quotes import QuoteRouter
 from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle
 from deltafeed.net.http import VenueError, VenueUnreachable
-from deltafeed.venues.base import SkipLog
+from deltafeed.venues.base import FeedStatus, SkipLog
 from deltafeed.venues.ig import VENUE
 from deltafeed.venues.ig import codec as ig
 from deltafeed.venues.ig.pool import TlcpPool, TlcpSession
@@ -30,7 +30,7 @@ from deltafeed.venues.ig.rest import IGHistory, IGSession
 from deltafeed.venues.oanda.codec import http_date_ms
 
 if TYPE_CHECKING:
-    from deltafeed.engine import InstrumentState
+    from deltafeed.series import Series
     from deltafeed.venues.base import VenueSettings
 
 log = logging.getLogger("deltafeed.ig")
@@ -61,9 +61,9 @@ class IGFeed:
         self.history = IGHistory(self.session)
         self.clock = VenueClock()
         self.decoder = ig.IGDecoder()
-        self.states: list[InstrumentState] = []
+        self.states: list[Series] = []
         self.router = QuoteRouter()
-        self._epics: dict[str, list[InstrumentState]] = {}
+        self._epics: dict[str, list[Series]] = {}
         self.max_connections = max_connections
         self.stale_after_s = stale_after_s
         self.pool: TlcpPool | None = None
@@ -90,7 +90,7 @@ class IGFeed:
     def sides(self, wanted: list[str]) -> list[str]:
         return VENUE.sides(wanted)
 
-    def add(self, st: InstrumentState) -> None:
+    def add(self, st: Series) -> None:
         bad = [tf for tf in st.builder.timeframes if tf not in ("1m", "5m", "15m", "1h", "4h", "1d")]
         if bad:
             raise BadInput(f"IG has no {', '.join(bad)} price history; use 1m 5m 15m 1h 4h 1d for IG epics")
@@ -151,17 +151,17 @@ class IGFeed:
     async def tick(self, mono: float) -> None:
         return None
 
-    def activate(self, st: InstrumentState, active: bool) -> None:
+    def activate(self, st: Series, active: bool) -> None:
         return None  # routing follows ``st.active``
 
-    def control(self, subscribe: bool, states: list[InstrumentState]) -> None:
+    def control(self, subscribe: bool, states: list[Series]) -> None:
         return None  # items stay subscribed; inactive series simply ignore their updates
 
     def page_span_ms(self, timeframe: str) -> int:
         return self.history.page_span_ms(timeframe)
 
     async def candles(
-        self, st: InstrumentState, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
+        self, st: Series, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
     ) -> list[Candle]:
         epic = st.instrument.symbol
         now = now_ms if now_ms is not None else self.clock.now_ms()
@@ -212,36 +212,38 @@ class IGFeed:
             c = candles.get(st.price)
             if c is not None and c.closed and st.active and "1m" in st.builder.timeframes:
                 self.chart_candles += 1
-                st.venue_candles += 1
-                st.builder.on_venue_candle("1m", c, -1)  # IG's own final minute, merged as a closed kline
+                st.on_venue_candle("1m", c, -1)  # IG's own final minute, merged as a closed kline
 
     def _log_errors(self) -> None:
         self._skips.report(self.decoder.errors, self.decoder.last_error)
 
     # --- visibility -----------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def report(self) -> FeedStatus:
         pool = dict(self.pool.stats) if self.pool is not None else {}
-        return {
-            "connected": self.connected(),
-            "connections": int(pool.get("connected", 0)),
-            "connects": int(pool.get("connects", 0)),
-            "reconnects": max(0, int(pool.get("connects", 0)) - int(pool.get("sessions", 0))),
-            "rotations": 0,
-            "stale_drops": int(pool.get("stale_drops", 0)),
-            "connect_budget_waits": int(pool.get("gate_waits", 0)),
-            "frames": int(pool.get("updates", 0)),
-            "max_open_connections": int(pool.get("max_open_connections", 0)),
-            "chart_candles": self.chart_candles,
-            "out_of_order": self.router.out_of_order,
-            "repeated_quotes": self.router.repeated,
-            "refused": self.router.refused,
-            "allowance": list(self.history.allowance),
-            "skipped_frames": dict(self.errors),
-            "rest_requests": self.session.requests,
-            "rest_shared_answers": self.shared_answers,
-            "lost_quotes": self.lost_quotes,
-            "rest_throttled": self.session.throttled,
-            "rest_server_errors": self.session.server_errors,
-            "rest_limiter_waits": self.session.limiter.waits,
-        }
+        return FeedStatus(
+            connected=self.connected(),
+            connections=int(pool.get("connected", 0)),
+            connects=int(pool.get("connects", 0)),
+            reconnects=max(0, int(pool.get("connects", 0)) - int(pool.get("sessions", 0))),
+            rotations=0,
+            stale_drops=int(pool.get("stale_drops", 0)),
+            connect_budget_waits=int(pool.get("gate_waits", 0)),
+            frames=int(pool.get("updates", 0)),
+            max_open_connections=int(pool.get("max_open_connections", 0)),
+            chart_candles=self.chart_candles,
+            out_of_order=self.router.out_of_order,
+            repeated_quotes=self.router.repeated,
+            refused=self.router.refused,
+            allowance=list(self.history.allowance),
+            skipped_frames=dict(self.errors),
+            rest_requests=self.session.requests,
+            rest_shared_answers=self.shared_answers,
+            lost_quotes=self.lost_quotes,
+            rest_throttled=self.session.throttled,
+            rest_server_errors=self.session.server_errors,
+            rest_limiter_waits=self.session.limiter.waits,
+        )
+
+    def status(self) -> dict[str, Any]:
+        return self.report().as_dict()

@@ -16,13 +16,13 @@ from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle, Quote
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.net.lines import LineStream, StreamUnauthorized
-from deltafeed.venues.base import SkipLog
+from deltafeed.venues.base import FeedStatus, SkipLog
 from deltafeed.venues.oanda import VENUE, OandaSettings
 from deltafeed.venues.oanda import codec as oanda
 from deltafeed.venues.oanda.rest import OandaHistory
 
 if TYPE_CHECKING:
-    from deltafeed.engine import InstrumentState
+    from deltafeed.series import Series
 
 log = logging.getLogger("deltafeed.oanda")
 
@@ -50,7 +50,7 @@ class OandaFeed:
         self.clock = VenueClock()
         self.history = OandaHistory(self.rest_url, token, self.account)
         self.decoder = oanda.PriceDecoder()
-        self.states: list[InstrumentState] = []
+        self.states: list[Series] = []
         self.router = QuoteRouter()
         self.heartbeats = 0
         self._skips = SkipLog(log, "lines")
@@ -74,7 +74,7 @@ class OandaFeed:
     def sides(self, wanted: list[str]) -> list[str]:
         return VENUE.sides(wanted)
 
-    def add(self, st: InstrumentState) -> None:
+    def add(self, st: Series) -> None:
         if "1s" in st.builder.timeframes:
             raise BadInput("OANDA's finest candles are 5 seconds: drop 1s from --timeframes for OANDA instruments")
         self.states.append(st)
@@ -120,10 +120,10 @@ class OandaFeed:
     async def tick(self, mono: float) -> None:
         return None
 
-    def activate(self, st: InstrumentState, active: bool) -> None:
+    def activate(self, st: Series, active: bool) -> None:
         return None  # routing follows ``st.active``; the stream's URL is rebuilt by control()
 
-    def control(self, subscribe: bool, states: list[InstrumentState]) -> None:
+    def control(self, subscribe: bool, states: list[Series]) -> None:
         # OANDA fixes the instruments per stream: reconnect with the new list (the hole is repaired).
         if self.stream.connected.is_set():
             self.stream.drop("instruments changed")
@@ -132,7 +132,7 @@ class OandaFeed:
         return self.history.page_span_ms(timeframe)
 
     async def candles(
-        self, st: InstrumentState, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
+        self, st: Series, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
     ) -> list[Candle]:
         return await self.history.candles(st.instrument.symbol, timeframe, start_ms, end_ms, now_ms, side=st.price)
 
@@ -167,24 +167,27 @@ class OandaFeed:
 
     # --- visibility -----------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def report(self) -> FeedStatus:
         s = self.stream
-        return {
-            "connected": s.connected.is_set(),
-            "connections": int(s.connected.is_set()),
-            "connects": s.connects,
-            "reconnects": max(0, s.connects - 1),
-            "rotations": 0,
-            "stale_drops": s.stale_drops,
-            "connect_budget_waits": 0,
-            "frames": s.frames,
-            "heartbeats": self.heartbeats,
-            "out_of_order": self.router.out_of_order,
-            "repeated_quotes": self.router.repeated,
-            "refused": self.router.refused,
-            "skipped_frames": dict(self.decoder.errors),
-            "rest_requests": self.history.http.requests,
-            "rest_throttled": self.history.http.throttled,
-            "rest_server_errors": self.history.http.server_errors,
-            "rest_limiter_waits": self.history.limiter.waits,
-        }
+        return FeedStatus(
+            connected=s.connected.is_set(),
+            connections=int(s.connected.is_set()),
+            connects=s.connects,
+            reconnects=max(0, s.connects - 1),
+            rotations=0,
+            stale_drops=s.stale_drops,
+            connect_budget_waits=0,
+            frames=s.frames,
+            heartbeats=self.heartbeats,
+            out_of_order=self.router.out_of_order,
+            repeated_quotes=self.router.repeated,
+            refused=self.router.refused,
+            skipped_frames=dict(self.decoder.errors),
+            rest_requests=self.history.http.requests,
+            rest_throttled=self.history.http.throttled,
+            rest_server_errors=self.history.http.server_errors,
+            rest_limiter_waits=self.history.limiter.waits,
+        )
+
+    def status(self) -> dict[str, Any]:
+        return self.report().as_dict()

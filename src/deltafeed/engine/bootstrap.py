@@ -1,0 +1,139 @@
+"""Start-up: each series filled from where its stored candles stop being known final up to now,
+over REST and page by page; and start-up's patience with a cold store that fails meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TYPE_CHECKING, TypeVar
+
+from deltafeed.model import TIMEFRAMES
+from deltafeed.net.http import VenueError
+from deltafeed.store.base import StoreError
+
+if TYPE_CHECKING:
+    from deltafeed.engine.core import Engine
+    from deltafeed.series import Series
+
+log = logging.getLogger("deltafeed.engine")
+
+_T = TypeVar("_T")
+
+BOOTSTRAP_FLUSH_ROWS = 50_000  # bootstrap waits for the store when this many candles are pending
+
+
+class Bootstrap:
+    """Fills the history of an engine's series at start-up."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        #: What start-up is waiting for the cold store to do while it fails (a full disk, a server
+        #: down), e.g. "read the final marks"; None while it is not waiting.
+        self.waiting_for: str | None = None
+        self.wait_error: StoreError | None = None
+
+    async def series(self, st: Series, marks: dict[tuple[str, str], int]) -> None:
+        """Fill each timeframe from where stored candles stop being known final, up to now."""
+        now = st.feed.clock.now_ms()
+        key = st.key
+        for tf in self.engine.timeframes:
+            ms = TIMEFRAMES[tf]
+            # Warm the hot tier from the store, so readers see history from the first second.
+            recent = partial(self.engine.cold.query, key, tf, None, None, self.engine.settings.hot_capacity)
+            for c in await self.patiently(f"read {key} {tf}", recent):
+                self.engine.hot.put(key, tf, c)
+                if self.engine.redis is not None:
+                    self.engine.redis.put(key, tf, c)
+            last = await self.patiently(f"read {key} {tf}", partial(self.engine.cold.last_closed, key, tf))
+            start = last.open_time + ms if last else now - self.engine.settings.history_ms
+            mark = marks.get((key, tf))
+            if last is not None and mark is None:
+                # Candles but no mark: the run that stored them died before vouching for any (a
+                # kill -9 during its bootstrap, whose deferred history may never have come).
+                log.info("%s %s: stored candles were never confirmed; fetching the history again", key, tf)
+                start = now - self.engine.settings.history_ms
+            elif last is not None and mark is not None and mark < start:
+                # The previous run ended without vouching for these (a kill -9, a crash, a store
+                # outage): fetch them again rather than trust them.
+                log.info("%s %s: re-fetching %d candles the last run did not confirm", key, tf, (start - mark) // ms)
+                start = mark
+            start -= start % ms
+            built = tf in st.builder.timeframes
+            if last is not None and built:
+                st.builder.seed(tf, last)
+            st.bootstrap_marks[tf] = start
+            # Page by page, handing each to the store, so a deep history (30 days of 1s candles)
+            # never sits in memory whole.
+            span = st.feed.page_span_ms(tf)
+            count = 0
+            # Up to the last closed candle: the forming one comes from the stream. (Every price side
+            # of an instrument then asks for the same ranges, which a feed may answer once.)
+            last_open = now - now % ms - ms
+            for t in range(start, last_open + 1, span):
+                try:
+                    candles = await st.feed.candles(st, tf, t, min(last_open + ms - 1, t + span - 1), now)
+                except VenueError as exc:
+                    # E.g. IG's weekly allowance is spent: stream now, fetch the rest when it can be.
+                    log.warning("%s %s: history from %d deferred (%s); it is fetched as a repair", key, tf, t, exc)
+                    if t <= now - now % ms - ms:
+                        self.engine.completeness.repair_sink(key)(tf, t, now - now % ms - ms)
+                    break
+                closed = [c for c in candles if c.closed]
+                for c in closed:
+                    c.final = True  # the venue's own history
+                    self.engine.publisher.final(key, tf, c)
+                if closed and built:
+                    st.builder.seed(tf, closed[-1])
+                    st.bootstrap_marks[tf] = closed[-1].open_time + ms
+                count += len(closed)
+                await self._make_room()
+            st.bootstrapped += count
+            log.info("%s %s: %d candles from REST history", key, tf, count)
+        if st.rollup is not None:
+            # The derived candles forming now start before the stream: give the rollup the final
+            # base candles of their current and previous buckets, so they are whole at once.
+            longest = max(TIMEFRAMES[tf] for tf in st.rollup.timeframes)
+            await self.patiently("write the bootstrap's candles", self.engine.writer.flush)
+            since = now - now % longest - longest
+            base = partial(self.engine.cold.query, key, st.rollup.base, since, None)
+            st.rollup.seed(await self.patiently(f"read {key} {st.rollup.base}", base))
+            st.rolling = True
+
+    def _waiting(self, what: str, exc: StoreError) -> None:
+        if self.waiting_for is None:
+            log.warning("start-up waits for the cold store %s to %s: %s", self.engine.cold.name, what, exc)
+        self.waiting_for, self.wait_error = what, exc
+
+    def _resumed(self) -> None:
+        if self.waiting_for is not None:
+            log.info("the cold store %s works again; start-up goes on", self.engine.cold.name)
+            self.waiting_for = self.wait_error = None
+
+    async def patiently(self, what: str, op: Callable[[], Awaitable[_T]]) -> _T:
+        """``op()``, a store operation start-up cannot go on without, retried while the store fails
+        (a full disk, a server restarting): start-up waits, the engine's health says why, nothing is
+        lost."""
+        delay = 0.2
+        while True:
+            try:
+                result = await op()
+            except StoreError as exc:
+                self._waiting(what, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._resumed()
+            return result
+
+    async def _make_room(self) -> None:
+        """Bootstrap back-pressure: while BOOTSTRAP_FLUSH_ROWS candles wait in memory, write them (or
+        let the writer spool them). While neither the store nor the spool takes them (a full disk),
+        wait, so that memory stays bounded however deep the history."""
+        while self.engine.writer.in_memory >= BOOTSTRAP_FLUSH_ROWS:
+            try:
+                await self.engine.writer.flush(retry_for_s=2.0)
+            except StoreError as exc:
+                self._waiting("write the bootstrap's candles", exc)
+        self._resumed()

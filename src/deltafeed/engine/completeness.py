@@ -1,0 +1,406 @@
+"""Makes sure the stored candles are whole and final: repairs of what the stream could not vouch
+for, reconciliation of provisional candles with the venue's history, audits of the store for holes
+(and quiet stretches that are not), and the "final until" marks that say how far stored candles can
+be trusted. These share one queue of repairs, which is why they live together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from deltafeed.candles.aggregator import RepairSink
+from deltafeed.model import TIMEFRAMES, Candle
+from deltafeed.net.http import VenueError, VenueUnreachable
+from deltafeed.store.base import StoreError
+
+if TYPE_CHECKING:
+    from deltafeed.engine.core import Engine
+    from deltafeed.series import Series
+    from deltafeed.venues.base import Feed
+
+log = logging.getLogger("deltafeed.engine")
+
+REPAIR_SETTLE_MS = 1_000  # how long after a candle's end the venue's kline for it is trusted
+EMPTY_SETTLE_MS = 60_000  # how long after a range's end a venue's "no candle there" is trusted
+QUIET_SETTLE_MS = 300_000  # how old a hole must be for an empty answer to make it a quiet stretch for good
+MARK_EVERY_S = 2.0  # how often the "final until" marks are written (after the candles they cover)
+
+
+@dataclass
+class Repair:
+    """Candles of one series to fetch again over REST, once the venue has closed them."""
+
+    key: str  # the series (see Series.key)
+    timeframe: str
+    first: int  # open time of the first candle to fetch
+    last: int  # open time of the last one
+    found: float = field(default_factory=time.monotonic)  # when the hole was found
+    reconcile: bool = False  # a check of provisional candles, not a known hole
+
+
+class Completeness:
+    """The queue of repairs and reconciliations, the store audits and the final marks of one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.repairs: deque[Repair] = deque()
+        self.inflight: Repair | None = None  # the repair being fetched now
+        self._applying: Repair | None = None  # the repair whose candles are being handed on
+        self._wakeup = asyncio.Event()
+        self.recovery_s: deque[float] = deque(maxlen=10_000)  # hole found -> candles repaired
+        self.audits = 0
+        self.audit_gaps = 0
+        # Holes an audit asked a venue without empty candles (``omits_empty``) to fill, and those it
+        # answered with nothing: a quiet interval, not a loss, so later audits leave it alone.
+        self._asked: set[tuple[str, str, int, int]] = set()
+        self._quiet: set[tuple[str, str, int, int]] = set()
+
+    @property
+    def pending(self) -> int:
+        """Repairs and reconciliations waiting or under way."""
+        return len(self.repairs) + (self.inflight is not None)
+
+    @property
+    def quiet_holes(self) -> int:
+        """Holes in the store known to be quiet stretches of the market, not losses."""
+        return len(self._quiet)
+
+    def busy(self) -> bool:
+        """Whether any repair or reconciliation is waiting or under way."""
+        return bool(self.repairs) or self.inflight is not None
+
+    def repair_sink(self, key: str) -> RepairSink:
+        """What the builders of series ``key`` call with candles they could not vouch for."""
+
+        def repair(timeframe: str, first: int, last: int) -> None:
+            log.debug("repair queued: %s %s %d..%d", key, timeframe, first, last)
+            self.repairs.append(Repair(key, timeframe, first, last))
+            self._wakeup.set()
+
+        return repair
+
+    def stale_sink(self, key: str) -> Callable[[str, int], None]:
+        """A derived candle the rollup cannot vouch for (a part it never saw whole): fetch it."""
+        repair = self.repair_sink(key)
+
+        def stale(timeframe: str, open_time: int) -> None:
+            repair(timeframe, open_time, open_time)
+
+        return stale
+
+    async def repair_loop(self) -> None:
+        """Fetch from REST every candle a builder could not vouch for, once the venue closed it."""
+        while True:
+            if not self.repairs:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            job = self.repairs.popleft()
+            self.inflight = job
+            try:
+                again = await self._repair(job)
+            finally:
+                self.inflight = None
+            if again is not None:
+                self.repairs.append(again)
+            if again is not job and not job.reconcile:
+                self.release_held(job.key, job.timeframe)
+            if again is job:  # not ready yet: look again shortly
+                await asyncio.sleep(0.1)
+
+    def hole_start(self, key: str, timeframe: str) -> int | None:
+        """Open time of the first candle of a series still waiting for a hole's repair (not counting
+        the repair whose candles are being handed on now), or None."""
+        jobs = [*self.repairs, *([self.inflight] if self.inflight is not None else [])]
+        firsts = [
+            j.first
+            for j in jobs
+            if j.key == key and j.timeframe == timeframe and not j.reconcile and j is not self._applying
+        ]
+        return min(firsts) if firsts else None
+
+    def release_held(self, key: str, timeframe: str) -> None:
+        """A repair of the series made progress: the candles held behind its hole that no hole
+        precedes any more are final now, and go out again as such."""
+        st = self.engine.states[key]
+        held = st.held.get(timeframe)
+        if not held:
+            return
+        hole = self.hole_start(key, timeframe)
+        prov = st.provisional.get(timeframe, {})
+        for t in sorted(held):
+            if hole is not None and t > hole:
+                break
+            c = held.pop(t)
+            now = prov.get(t)
+            if now is not None and now.row() == c.row():  # not replaced meanwhile
+                self.engine.publisher.final(key, timeframe, c)
+
+    def ready_until(self, job: Repair) -> int:
+        """Open time of the last candle of ``job`` that can be fetched now: the venue's clock is
+        past its end and our builder has moved on from it (below ``job.first`` when none can)."""
+        tf_ms = TIMEFRAMES[job.timeframe]
+        st = self.engine.states[job.key]
+        ready_until = st.feed.clock.now_ms() - REPAIR_SETTLE_MS
+        ready_until -= ready_until % tf_ms
+        open_c = st.open_candle(job.timeframe)
+        limit = min(job.last, ready_until - tf_ms)
+        if open_c is not None:
+            limit = min(limit, open_c.open_time - tf_ms)
+        return limit
+
+    async def _repair(self, job: Repair) -> Repair | None:
+        """Repair what of ``job`` is ready; returns what is left to do (``job`` itself if nothing was)."""
+        st = self.engine.states[job.key]
+        limit = self.ready_until(job)
+        if limit < job.first:
+            return job
+        try:
+            candles = await st.feed.candles(st, job.timeframe, job.first, limit)
+        except (VenueError, VenueUnreachable) as exc:
+            if job.reconcile:  # asked again at the next reconciliation or audit, not in a loop
+                log.debug("reconciliation of %s %s failed (%s)", job.key, job.timeframe, exc)
+                return None
+            log.warning("repair of %s %s failed (%s); will retry", job.key, job.timeframe, exc)
+            await asyncio.sleep(1.0)
+            return job
+        log.debug(
+            "repair %s %s %d..%d: %d candles from %d",
+            job.key,
+            job.timeframe,
+            job.first,
+            limit,
+            len(candles),
+            candles[0].open_time if candles else -1,
+        )
+        self._applying = job
+        try:
+            done = self._apply_history(job, candles, limit)
+        finally:
+            self._applying = None
+        if done <= job.last:
+            return Repair(job.key, job.timeframe, done, job.last, job.found, job.reconcile)
+        if not job.reconcile:
+            self.recovery_s.append(time.monotonic() - job.found)
+        return None
+
+    def _apply_history(self, job: Repair, candles: list[Candle], limit: int) -> int:
+        """Hand on the venue's candles for ``job`` up to ``limit``; returns the open time up to
+        which the job is done."""
+        st = self.engine.states[job.key]
+        tf_ms = TIMEFRAMES[job.timeframe]
+        done = job.first
+        prov = st.provisional.get(job.timeframe, {})
+        for c in candles:
+            if not c.closed:
+                break
+            c.final = True  # the venue's own history
+            old = prov.get(c.open_time)
+            if old is not None and job.reconcile:
+                st.reconciled += 1
+                if not _same(old, c):
+                    st.corrected += 1
+            self.engine.publisher.final(job.key, job.timeframe, c)
+            if old is None or not job.reconcile:
+                st.repaired += 1
+            done = c.open_time + tf_ms
+        if (
+            st.feed.omits_empty
+            and (not candles or candles[-1].closed)
+            and limit + tf_ms <= st.feed.clock.now_ms() - EMPTY_SETTLE_MS
+        ):
+            # The venue has no candle for an interval without prices: once the range is well over
+            # by its clock (ours may run a little ahead of it), its answer covers the range. Our
+            # flat candles there are confirmed; one with prices the venue does not know stays
+            # provisional (counted), and is not asked about again.
+            answered = {c.open_time for c in candles}
+            for t in [t for t in prov if job.first <= t <= limit and t not in answered]:
+                c = prov[t]
+                if c.trades == 0:
+                    st.reconciled += 1
+                    self.engine.publisher.final(job.key, job.timeframe, msgspec.structs.replace(c, final=True))
+                else:
+                    st.unconfirmed += 1
+                    st.unconfirmed_at.add((job.timeframe, t))
+                    del prov[t]
+            done = max(done, limit + tf_ms)
+        return done
+
+    async def reconcile_loop(self, feed: Feed, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            self.reconcile_due(feed)
+
+    def reconcile_due(self, feed: Feed) -> int:
+        """Queue a reconciliation with the venue's history for each series of ``feed`` holding closed
+        provisional candles the venue has settled: one request per series and timeframe covers them
+        all, under the feed's rate limiter like every repair. Returns how many were queued."""
+        now = feed.clock.now_ms() - REPAIR_SETTLE_MS
+        queued = 0
+        for key, st in self.engine.states.items():
+            if st.feed is not feed:
+                continue
+            derived = st.rollup.timeframes if st.rollup is not None else ()
+            for tf, prov in st.provisional.items():
+                if not prov or tf in derived:  # a derived candle is final once its parts are
+                    continue
+                ms = TIMEFRAMES[tf]
+                due = [t for t in prov if t + ms <= now]
+                if not due:
+                    continue
+                first, last = min(due), max(due)
+                if self.repairing(key, tf, first, last):
+                    continue
+                self.repairs.append(Repair(key, tf, first, last, reconcile=True))
+                queued += 1
+        if queued:
+            self._wakeup.set()
+        return queued
+
+    async def grace(self, seconds: float) -> None:
+        """Give repairs and reconciliations that can make progress now up to ``seconds`` to finish
+        (the stop grace); what is left stays provisional in the store for the next run."""
+        for feed in self.engine.feeds.values():
+            if not feed.sequenced:
+                self.reconcile_due(feed)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            jobs = [*self.repairs, *([self.inflight] if self.inflight is not None else [])]
+            if not any(self.ready_until(j) >= j.first for j in jobs):
+                return
+            await asyncio.sleep(0.05)
+        log.info("stop grace of %.0f s over: %d repairs left for the next run", seconds, len(self.repairs))
+
+    def final_marks(self) -> dict[tuple[str, str], int]:
+        """Per series, the open time before which every candle handed to the store is final.
+
+        A candle is final when it came from the venue (REST, a closed kline, a reconciliation) or
+        the builder vouched for it. So the mark is the candle holding the last trade, pulled back to
+        the first provisional candle and the first candle still waiting for a repair; before any
+        trade it is where the bootstrap got to.
+        """
+        marks: dict[tuple[str, str], int] = {}
+        for key, st in self.engine.states.items():
+            b = st.builder
+            for tf in self.engine.timeframes:
+                ms = TIMEFRAMES[tf]
+                if b.last_trade_ms >= 0:
+                    marks[(key, tf)] = b.last_trade_ms - b.last_trade_ms % ms
+                elif tf in st.bootstrap_marks:
+                    marks[(key, tf)] = st.bootstrap_marks[tf]
+                prov = st.provisional.get(tf)
+                if prov and (key, tf) in marks:
+                    marks[(key, tf)] = min(marks[(key, tf)], min(prov))
+        waiting = list(self.repairs)
+        if self.inflight is not None:
+            waiting.append(self.inflight)
+        for job in waiting:
+            key = job.key
+            rollup = self.engine.states[key].rollup
+            pulled = [job.timeframe]
+            if rollup is not None and job.timeframe == rollup.base:
+                pulled += rollup.timeframes  # a derived candle is final only once its parts are
+            for tf in pulled:
+                k = (key, tf)
+                if k in marks:
+                    marks[k] = min(marks[k], job.first - job.first % TIMEFRAMES[tf])
+        return marks
+
+    async def write_marks(self) -> None:
+        """Write the candles handed over so far, then the marks that vouch for them."""
+        marks = self.final_marks()
+        await self.engine.writer.flush()
+        if (
+            not self.engine.publisher.store_dropped
+        ):  # candles were dropped: the marks stay put, the next run fetches them
+            await self.engine.cold.set_final_marks(marks)
+        await self.engine.failover.save()
+
+    async def mark_loop(self) -> None:
+        while True:
+            await asyncio.sleep(MARK_EVERY_S)
+            try:
+                await self.write_marks()
+            except StoreError as exc:
+                log.warning("cannot write to the store yet (%s); candles stay queued and are retried", exc)
+
+    async def audit(self) -> None:
+        """Check the stored series for holes and unfinished candles; each becomes a repair.
+
+        A venue that has no candle for an interval without prices leaves holes in a quiet market:
+        a hole it was asked to fill, whose repair is over, and that is still there is such a quiet
+        stretch, and is not asked about again."""
+        self.audits += 1
+        for key, st in self.engine.states.items():
+            now = st.feed.clock.now_ms()
+            since = now - int(self.engine.settings.seconds("audit_window") * 1000)
+            holes: set[tuple[str, str, int, int]] = set()
+            for tf in self.engine.timeframes:
+                ms = TIMEFRAMES[tf]
+                for first, last in await self.engine.cold.find_gaps(key, tf, ms, since, now):
+                    if not st.calendar.open_between(first, last + ms):
+                        continue
+                    hole = (key, tf, first, last)
+                    holes.add(hole)
+                    if hole in self._quiet or self.repairing(key, tf, first, last):
+                        continue  # known quiet, or being fetched now
+                    if hole in self._asked:  # asked, answered, and still there: nothing to fetch
+                        self._asked.discard(hole)
+                        self._quiet.add(hole)
+                        continue
+                    self.audit_gaps += 1
+                    log.warning("audit: %s %s has a hole from %d to %d; fetching it", key, tf, first, last)
+                    self.repair_sink(key)(tf, first, last)
+                    if st.feed.omits_empty and last + ms <= now - QUIET_SETTLE_MS:
+                        self._asked.add(hole)
+                await self._audit_provisional(st, tf, since, now)
+            # Only what is still a hole is remembered (one filled since, or out of the window, is not).
+            for known in (self._asked, self._quiet):
+                known.difference_update([h for h in known if h[0] == key and h not in holes])
+
+    async def _audit_provisional(self, st: Series, tf: str, since: int, now: int) -> None:
+        """Stored provisional candles this run is not following (left by an earlier run, by a stop
+        during an outage, or forgotten past PROVISIONAL_MAX) are fetched from the venue's history."""
+        ms = TIMEFRAMES[tf]
+        live = st.provisional.get(tf, {})
+        for first, last in await self.engine.cold.provisional(st.key, tf, since, now - ms - REPAIR_SETTLE_MS):
+            if first in live or (tf, first) in st.unconfirmed_at or self.repairing(st.key, tf, first, last):
+                continue
+            self.repairs.append(Repair(st.key, tf, first, last, reconcile=True))
+            self._wakeup.set()
+
+    def repairing(self, key: str, timeframe: str, first: int, last: int) -> bool:
+        """Whether a repair waiting or under way touches [first, last] of the series."""
+        jobs = [*self.repairs, *([self.inflight] if self.inflight is not None else [])]
+        return any(j.key == key and j.timeframe == timeframe and j.first <= last and first <= j.last for j in jobs)
+
+    async def audit_loop(self) -> None:
+        every = self.engine.settings.seconds("audit_every")
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.engine.writer.flush()
+                await self.audit()
+            except StoreError as exc:
+                log.warning("store audit postponed: %s", exc)
+
+
+def _same(a: Candle, b: Candle) -> bool:
+    """Whether two candles hold the same prices (to float noise), volume (to the venues' 8
+    decimals) and trades: what a reconciliation counts as a correction when it is not so."""
+    return (
+        a.trades == b.trades
+        and round(a.volume, 8) == round(b.volume, 8)
+        and all(
+            math.isclose(x, y, rel_tol=1e-12)
+            for x, y in ((a.open, b.open), (a.high, b.high), (a.low, b.low), (a.close, b.close))
+        )
+    )

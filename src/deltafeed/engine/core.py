@@ -1,0 +1,454 @@
+"""The engine's wiring and lifecycle: one series per instrument and price side, the stores, and the
+parts that keep them (bootstrap, publishing, completeness, failover); start, tick, stop; and what
+the API reads (the engine is a :class:`~deltafeed.engine.view.EngineView`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import deque
+from typing import Any
+
+import msgspec
+
+from deltafeed.api.protocol import LiveSink
+from deltafeed.candles.aggregator import CandleBuilder
+from deltafeed.candles.calendar import calendar_for
+from deltafeed.candles.rollup import RollupBuilder
+from deltafeed.clock import VenueClock
+from deltafeed.config import Settings
+from deltafeed.engine import status as status_view
+from deltafeed.engine.bootstrap import Bootstrap
+from deltafeed.engine.completeness import Completeness
+from deltafeed.engine.failover import FailoverPair, Failovers
+from deltafeed.engine.publish import Publisher
+from deltafeed.engine.status import EngineStatus, SwitchDoc
+from deltafeed.model import TIMEFRAMES, BadInput, Candle, Switch, series_key
+from deltafeed.series import Series
+from deltafeed.stats import EngineMetrics
+from deltafeed.store.base import ColdTier, StoreError, Unopened, redact
+from deltafeed.store.hot import HotStore
+from deltafeed.store.open import open_cold
+from deltafeed.store.reader import MemoryHot, read_candles
+from deltafeed.store.redis_hot import RedisHot
+from deltafeed.store.retention import parse_retention
+from deltafeed.store.spool import Spool
+from deltafeed.store.writer import BatchWriter
+from deltafeed.venues.base import Feed, make_feed
+
+log = logging.getLogger("deltafeed.engine")
+
+TICK_S = 0.2  # how often quiet candles are closed and open candles handed to the stores
+CLOSE_GRACE_MS = 2_000  # how far past its end a quiet candle waits for a late trade or venue kline
+REPORT_EVERY_S = 60.0  # how often a progress line is logged
+
+
+class Engine:
+    """Collects candles for every configured instrument of one venue, and never loses one.
+
+    Start-up: read the venue's time, check the symbols, fill history over REST from the point
+    where stored candles stop being known final (the mark written while running; otherwise the last
+    closed candle, or ``history`` back), audit the store for holes, then stream.
+
+    While streaming, candles whose trades were not all seen (the one forming when the stream
+    started, every one a trade-id hole touches, every one an audit finds missing) are fetched again
+    over REST once the venue has closed them, under the same rate limiter as the bootstrap. The
+    connection is watched (no data for ``stale_after`` drops it), rebuilt with backoff, and
+    replaced without a gap before the venue's 24 h cut-off or when it announces a shutdown.
+
+    The jobs are split into parts that hold a reference to the engine and share its series and
+    stores: :attr:`publisher` (candles to the tiers and consumers), :attr:`completeness` (repairs,
+    reconciliation, audits, final marks), :attr:`failover` (logical series) and :attr:`bootstrap`.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.instruments = settings.instruments()
+        self.timeframes = settings.timeframes
+        self.retention = parse_retention(settings.retention)
+        self.hot = HotStore(settings.hot_capacity)
+        self.started = time.monotonic()
+        self.publisher = Publisher(self)
+        self.completeness = Completeness(self)
+        self.bootstrap = Bootstrap(self)
+        # The cold tier opens in start() (PostgreSQL needs the loop); until then every call says so.
+        self.cold: ColdTier = Unopened(redact(settings.db))
+        spool_path = settings.spool_path()
+        self.spool = Spool(spool_path) if spool_path else None
+        self.writer = BatchWriter(self.cold, spool=self.spool, on_written=self.publisher.written)
+        self.redis: RedisHot | None = None
+        if settings.hot:
+            self.redis = RedisHot(
+                settings.hot,
+                capacity=settings.hot_capacity,
+                retention=self.retention,
+                prefix=settings.hot_prefix,
+                refill=self.publisher.hot_contents,
+            )
+        self.metrics = EngineMetrics()
+        self.hub: LiveSink | None = None  # set by the API server; receives candles, trades and prices
+        # One feed per venue (its connection, decoder and REST history); one state per series.
+        self.feeds: dict[str, Feed] = {}
+        self.states: dict[str, Series] = {}
+        for inst in self.instruments:
+            feed = self.feeds.get(inst.venue)
+            if feed is None:
+                feed = self.feeds[inst.venue] = make_feed(inst.venue, settings, self.publisher.trade)
+            vs = settings.venue_settings(inst.venue)
+            cal_name = feed.calendar_name(inst.symbol)
+            calendar = calendar_for(cal_name, holidays=(vs.holidays or None) if cal_name != "crypto" else None)
+            base = settings.rollup_base(inst)
+            derived = [tf for tf in self.timeframes if base is not None and TIMEFRAMES[tf] > TIMEFRAMES[base]]
+            built = [tf for tf in self.timeframes if tf not in derived]
+            for side in feed.sides(settings.prices_for(inst)):
+                key = series_key(str(inst), side)
+                closed = self.publisher.closed_sink(key)
+                repair = self.completeness.repair_sink(key)
+                st = Series(
+                    inst,
+                    CandleBuilder(built, closed, repair, calendar=calendar, vouch=feed.sequenced),
+                    calendar,
+                    feed,
+                    side,
+                )
+                if base is not None and derived:
+                    st.rollup = RollupBuilder(base, derived, closed, on_stale=self.completeness.stale_sink(key))
+                self.states[key] = st
+                feed.add(st)
+        self.failover = Failovers(self)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def now_ms(self) -> int:
+        """The latest of the venues' clocks (retention and latency figures)."""
+        return max(f.clock.now_ms() for f in self.feeds.values())
+
+    @property
+    def venue_clock(self) -> VenueClock:
+        """The clock of the run's first venue."""
+        return next(iter(self.feeds.values())).clock
+
+    # --- the parts' figures, by their old names ---------------------------------------------------
+
+    @property
+    def failovers(self) -> dict[str, FailoverPair]:
+        """The logical series of this run, by key."""
+        return self.failover.pairs
+
+    @property
+    def store_wait(self) -> str | None:
+        """What start-up waits for the failing cold store to do, or None."""
+        return self.bootstrap.waiting_for
+
+    @property
+    def store_dropped(self) -> int:
+        """Candle updates the store's full backlog could not take."""
+        return self.publisher.store_dropped
+
+    @property
+    def audits(self) -> int:
+        """Store audits run so far."""
+        return self.completeness.audits
+
+    @property
+    def audit_gaps(self) -> int:
+        """Holes the audits found (each fetched as a repair)."""
+        return self.completeness.audit_gaps
+
+    @property
+    def recovery_s(self) -> deque[float]:
+        """Seconds from a hole found to its candles repaired, the latest 10 000."""
+        return self.completeness.recovery_s
+
+    def final_marks(self) -> dict[tuple[str, str], int]:
+        """See :meth:`Completeness.final_marks`."""
+        return self.completeness.final_marks()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check the venues and the symbols, bootstrap and audit history, then start streaming."""
+        for feed in self.feeds.values():
+            await feed.check()
+        self.cold = await open_cold(self.settings.db, self.retention, schema=self.settings.db_schema)
+        self.writer.cold = self.cold
+        if self.redis is not None:
+            await self.redis.open()
+            self._tasks.append(asyncio.create_task(self.redis.run(), name="redis"))
+        self._tasks.append(asyncio.create_task(self.writer.run(), name="writer"))
+        if self.writer.spooled_pending:
+            log.info(
+                "replaying %d candles spooled by an earlier run into %s", self.writer.spooled_pending, self.cold.name
+            )
+            try:
+                await self.writer.flush(retry_for_s=30.0)
+            except StoreError as exc:
+                # They are safe in the spool, and the writer replays it before anything newer.
+                log.warning("spool replay postponed, the cold store fails: %s", exc)
+        marks = await self.bootstrap.patiently("read the final marks", self.cold.final_marks)
+        await asyncio.gather(*(self.bootstrap.series(st, marks) for st in self.states.values()))
+        self.failover.seed()
+        try:
+            await self.writer.flush()  # the audit reads the store: the bootstrap's candles first
+            await self.completeness.audit()
+        except StoreError as exc:
+            log.warning("store audit postponed: %s", exc)
+        for feed in self.feeds.values():
+            feed.start()
+        self._tasks.append(asyncio.create_task(self._tick(), name="tick"))
+        self._tasks.append(asyncio.create_task(self.completeness.repair_loop(), name="repairs"))
+        for feed in self.feeds.values():
+            every = (
+                self.settings.seconds("reconcile_every") if self.settings.reconcile_every else feed.reconcile_every_s
+            )
+            if not feed.sequenced and every > 0:
+                self._tasks.append(
+                    asyncio.create_task(self.completeness.reconcile_loop(feed, every), name=f"reconcile-{feed.venue}")
+                )
+        self._tasks.append(asyncio.create_task(self.completeness.mark_loop(), name="marks"))
+        self._tasks.append(asyncio.create_task(self.completeness.audit_loop(), name="audit"))
+        self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
+        if self.settings.status_file:
+            self._tasks.append(asyncio.create_task(self._status_file_loop(), name="status-file"))
+
+    async def _tick(self) -> None:
+        """Every TICK_S: settle held trades, close quiet candles, publish open candles, rotate."""
+        next_report = time.monotonic() + REPORT_EVERY_S
+        held_last_tick: set[str] = set()
+        while True:
+            await asyncio.sleep(TICK_S)
+            mono = time.monotonic()
+            if mono >= next_report:
+                next_report += REPORT_EVERY_S
+                self._report()
+            for key, st in self.states.items():
+                seen = st.trades + st.venue_candles
+                st.messages_per_s += ((seen - st._seen) / TICK_S - st.messages_per_s) * (TICK_S / 5.0)
+                if seen != st._seen:
+                    st._seen = seen
+                    st.last_message = mono
+                st.publish_trades = self.hub is not None and self.hub.wants_trades(key)
+                # A trade held back for a hole before it gets one more tick for the hole to fill.
+                if st.builder.held:
+                    if key in held_last_tick:
+                        st.builder.release_held()
+                        held_last_tick.discard(key)
+                    else:
+                        held_last_tick.add(key)
+                else:
+                    held_last_tick.discard(key)
+            for feed in self.feeds.values():
+                await feed.tick(mono)  # learns the venue's time, rotates connections
+            self.failover.check(mono)
+            for st in self.states.values():
+                clock = st.feed.clock
+                # At least a second of wall time for the last trades of a candle to arrive, however
+                # fast the venue's clock runs (a replica's may run 120 times as fast).
+                st.builder.advance(clock.now_ms() - max(CLOSE_GRACE_MS, int(1000 * clock.rate)))
+                self.publisher.open(st)
+
+    def _report(self) -> None:
+        """One log line of progress for whoever watches the process."""
+        trades = sum(st.trades for st in self.states.values())
+        gaps = sum(st.builder.gaps for st in self.states.values())
+        repaired = sum(st.repaired for st in self.states.values())
+        state = ", ".join(f"{v} {'connected' if f.connected() else 'DISCONNECTED'}" for v, f in self.feeds.items())
+        log.info(
+            "%s; %d trades, %d candles written (%d pending), %d gaps, %d candles repaired, %d frames skipped",
+            state,
+            trades,
+            self.writer.written,
+            self.writer.pending,
+            gaps,
+            repaired,
+            sum(sum(f.errors.values()) for f in self.feeds.values()),
+        )
+
+    # --- serving --------------------------------------------------------------------------------
+
+    def instrument_names(self) -> list[str]:
+        """Every series served: the collected ones, then the logical (failover) ones."""
+        return [*self.states, *self.failovers]
+
+    def snapshot(self, instrument: str, timeframe: str, n: int) -> list[Candle]:
+        """The last ``n`` candles of a series from the hot tier, the forming one last (copies)."""
+        if instrument in self.failovers and timeframe in self.timeframes and n > 0:
+            return self.hot.last(instrument, timeframe, n)  # the active source's candles, forming one last
+        st = self.states.get(instrument)
+        if st is None or timeframe not in self.timeframes or n <= 0:
+            return []
+        # The hot tier holds every closed candle and the forming one as of the last tick; the
+        # builder's forming candle is newer still.
+        out = self.hot.last(instrument, timeframe, n + 1)
+        live = st.open_candle(timeframe)
+        if live is not None:
+            out = [c for c in out if c.open_time < live.open_time]
+            out.append(msgspec.structs.replace(live))
+        return out[-n:]
+
+    def switch_doc(self, w: Switch, silent_s: float | None = None) -> SwitchDoc:
+        """A switch as the status view and the API show it (see :meth:`Failovers.switch_doc`)."""
+        return self.failover.switch_doc(w, silent_s)
+
+    async def switches(self, instrument: str, since_ms: int | None = None, until_ms: int | None = None) -> list[Switch]:
+        """Failover switches of a logical instrument (see :meth:`Failovers.switches`)."""
+        return await self.failover.switches(instrument, since_ms, until_ms)
+
+    async def candles(
+        self,
+        instrument: str,
+        timeframe: str,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        limit: int | None = None,
+        *,
+        final_only: bool = False,
+    ) -> list[Candle]:
+        """Candles of a series, oldest first, the forming one included: from the hot tier as far
+        as it reaches, older ones from the cold store (see :func:`read_candles`). ``limit`` keeps
+        the newest ``limit``. ``final_only`` keeps only final candles (``limit`` counts those)."""
+        hi = until_ms if until_ms is not None else 2**62
+        if self.writer.pending:
+            # Candles older than the hot tier may still be on their way to the cold tier (a deep
+            # bootstrap); a store that is down answers without them rather than making us wait.
+            with contextlib.suppress(StoreError):
+                await self.writer.flush(retry_for_s=0.0)
+        rows = await read_candles(
+            MemoryHot(self.hot), self.cold, instrument, timeframe, since_ms, until_ms, limit, final_only=final_only
+        )
+        if final_only:
+            return rows  # the builder's live candle is forming: never final
+        st = self.states.get(instrument)
+        live = st.open_candle(timeframe) if st is not None else None
+        if live is not None and (since_ms is None or since_ms <= live.open_time) and live.open_time <= hi:
+            rows = [c for c in rows if c.open_time != live.open_time] + [msgspec.structs.replace(live)]
+        return rows[-limit:] if limit is not None else rows
+
+    @property
+    def hot_capacity(self) -> int:
+        return self.settings.hot_capacity
+
+    def _control(self, active: bool, states: list[Series]) -> None:
+        for feed in self.feeds.values():
+            mine = [st for st in states if st.feed is feed]
+            for st in mine:
+                st.active = active
+                feed.activate(st, active)
+            if mine:
+                feed.control(active, mine)
+
+    def _pick(self, instruments: list[str] | None) -> list[Series]:
+        if instruments is None:
+            return list(self.states.values())
+        unknown = [i for i in instruments if i not in self.states]
+        if unknown:
+            raise BadInput(f"unknown instrument(s) {', '.join(unknown)}; this run collects {', '.join(self.states)}")
+        return [self.states[i] for i in instruments]
+
+    async def start_streaming(self, instruments: list[str] | None = None) -> list[str]:
+        """Resume streaming the named instruments (all when None); returns those streaming now.
+        Whatever was missed meanwhile is repaired: their next trade reveals the hole."""
+        self._control(True, [st for st in self._pick(instruments) if not st.active])
+        return [k for k, st in self.states.items() if st.active]
+
+    async def stop_streaming(self, instruments: list[str] | None = None) -> list[str]:
+        """Stop streaming the named instruments (all when None); returns those still streaming."""
+        self._control(False, [st for st in self._pick(instruments) if st.active])
+        return [k for k, st in self.states.items() if st.active]
+
+    async def apply_retention(self, now_ms: int) -> dict[str, int]:
+        """Drop what each tier keeps past its timeframe's retention, by the venue's ``now_ms``;
+        returns how many candles each tier removed (a tier that is down is skipped and says so)."""
+        removed = {"memory": self.hot.apply_retention(now_ms, self.retention)}
+        try:
+            removed["cold"] = await self.cold.apply_retention(now_ms)
+        except StoreError as exc:
+            log.warning("retention in the cold store postponed: %s", exc)
+        if self.redis is not None:
+            try:
+                removed["redis"] = await self.redis.apply_retention(now_ms)
+            except StoreError as exc:
+                log.warning("retention in Redis postponed: %s", exc)
+        return removed
+
+    async def _retention_loop(self) -> None:
+        while True:
+            removed = await self.apply_retention(self.now_ms())
+            if any(removed.values()):
+                log.info("retention removed old candles: %s", ", ".join(f"{n} from {k}" for k, n in removed.items()))
+            await asyncio.sleep(3600)
+
+    def write_status_file(self) -> None:
+        """Write :meth:`status` (and the recovery times) as JSON, replacing the file atomically."""
+        path = self.settings.status_file
+        if not path:
+            return
+        doc = status_view.StatusFile(**msgspec.structs.asdict(self.report()), recovery_s=list(self.recovery_s))
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(msgspec.json.encode(doc))
+        os.replace(tmp, path)
+
+    async def _status_file_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.write_status_file()
+            except OSError as exc:
+                log.warning("cannot write the status file: %s", exc)
+
+    async def stop(self) -> None:
+        """Let repairs under way finish (at most ``stop_grace``), stop streaming and write
+        everything out (meant to take well under 2 seconds after the grace)."""
+        if any(t.get_name() == "repairs" and not t.done() for t in self._tasks):
+            await self.completeness.grace(self.settings.seconds("stop_grace"))
+        await asyncio.gather(*(feed.stop() for feed in self.feeds.values()))
+        for t in self._tasks:
+            if t.get_name() != "writer":
+                t.cancel()
+        for st in self.states.values():
+            self.publisher.open(st)
+        if self.hub is not None:
+            await self.hub.close()
+        marks = self.final_marks()
+        # With a spool, what the store still refuses after a second waits on disk for the next run.
+        lost: StoreError | None = None
+        try:
+            await self.writer.close(retry_for_s=1.0 if self.spool is not None else 10.0)
+        except StoreError as exc:
+            lost = exc  # candles nothing could keep: raised once everything else is released
+        if not self.writer.spooled_pending and not self.writer.pending and not self.store_dropped:
+            with contextlib.suppress(StoreError):
+                await self.cold.set_final_marks(marks)
+        with contextlib.suppress(StoreError):
+            await self.failover.save()
+        if self.redis is not None:
+            await self.redis.close()
+        for t in self._tasks:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await self.cold.close()
+        if self.spool is not None:
+            self.spool.close()
+        with contextlib.suppress(OSError):
+            self.write_status_file()
+        if lost is not None:
+            raise lost
+
+    # --- visibility -----------------------------------------------------------------------------
+
+    def health(self) -> list[str]:
+        """Reasons the collector is not healthy; empty when it is."""
+        return status_view.health(self)
+
+    def report(self) -> EngineStatus:
+        """A snapshot of counters for the terminal view, the API, the metrics and the status file."""
+        return status_view.engine_status(self)
+
+    def status(self) -> dict[str, Any]:
+        """:meth:`report` as plain JSON-ready values (what ``GET /streaming/status`` sends)."""
+        out: dict[str, Any] = msgspec.to_builtins(self.report())
+        return out

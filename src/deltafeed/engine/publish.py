@@ -1,0 +1,162 @@
+"""Hands every candle of the engine on to the hot tier, the cold store and the API's consumers,
+the same candle to all three, so they agree; and remembers which closed candles are not final yet."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from deltafeed.candles.aggregator import ClosedSink
+from deltafeed.model import TIMEFRAMES, Candle, Trade
+from deltafeed.store.writer import BacklogFull
+
+if TYPE_CHECKING:
+    from deltafeed.engine.core import Engine
+    from deltafeed.series import Series
+
+log = logging.getLogger("deltafeed.engine")
+
+PROVISIONAL_MAX = 50_000  # provisional candles remembered per series and timeframe (the store keeps all)
+
+
+class Publisher:
+    """The engine's outlet: where closed and forming candles, trades and prices go."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        #: Candle updates the store's backlog had no room for (memory's bound was reached).
+        self.store_dropped = 0
+
+    def closed_sink(self, key: str) -> ClosedSink:
+        """What the builders of series ``key`` call with each candle they close."""
+
+        def closed(timeframe: str, candle: Candle) -> None:
+            self.final(key, timeframe, candle)
+
+        return closed
+
+    def trade(self, st: Series, trade: Trade) -> None:
+        """A trade of a series some consumer wants (the feeds call this)."""
+        hub = self.engine.hub
+        if hub is not None:
+            hub.trade(st.key, trade)
+
+    def final(self, key: str, timeframe: str, candle: Candle) -> None:
+        """A closed candle, final or provisional (closed by the builder, from REST, a correction of
+        an earlier one, or one vouched for later): to the hot tier, the store and every consumer,
+        so all three agree; and on to the rollup and the logical series it feeds. Provisional ones
+        are remembered until they are final (see :meth:`Completeness.reconcile_due` and
+        :meth:`Completeness.final_marks`)."""
+        e = self.engine
+        st = e.states[key]
+        prov = st.provisional.get(timeframe)
+        if prov is None:
+            prov = st.provisional[timeframe] = {}
+        if candle.final and e.completeness.busy():
+            hole = e.completeness.hole_start(key, timeframe)
+            if hole is not None and candle.open_time > hole:
+                waiting = st.held.setdefault(timeframe, {})
+                if candle.open_time not in waiting and len(waiting) >= PROVISIONAL_MAX:
+                    del waiting[min(waiting)]  # stays provisional in the store: the audit fetches it
+                waiting[candle.open_time] = candle
+                candle = msgspec.structs.replace(candle, final=False)
+        if candle.final:
+            held = st.held.get(timeframe)
+            if held:
+                held.pop(candle.open_time, None)
+            old = prov.pop(candle.open_time, None)
+        else:
+            old = None
+            if candle.open_time not in prov and len(prov) >= PROVISIONAL_MAX:
+                # Forgotten here, still provisional in the store: the audit finds it there.
+                del prov[min(prov)]
+            prov[candle.open_time] = msgspec.structs.replace(candle)
+        self.put(key, timeframe, candle)
+        rollup = st.rollup
+        if rollup is not None and st.rolling and timeframe == rollup.base:
+            vouched = old is not None and old.row() == candle.row()
+            rollup.on_base(candle, vouched_only=vouched)
+            if candle.final:
+                self._promote_derived(st, candle.open_time)
+        logical = e.failover.logical_of(key)
+        if logical is not None:
+            self.put(logical, timeframe, candle)
+
+    def _promote_derived(self, st: Series, base_open: int) -> None:
+        """A base candle became final: each provisional derived candle holding it whose parts are
+        now all final becomes final too (the rollup does this for the buckets it still keeps)."""
+        rollup = st.rollup
+        assert rollup is not None
+        base = st.provisional.get(rollup.base, {})
+        for tf in rollup.timeframes:
+            ms = TIMEFRAMES[tf]
+            b = base_open - base_open % ms
+            c = st.provisional.get(tf, {}).get(b)
+            if c is not None and not any(b <= t < b + ms for t in base):
+                self.final(st.key, tf, msgspec.structs.replace(c, final=True))
+
+    def put(self, key: str, timeframe: str, candle: Candle, *, publish: bool = True) -> None:
+        """A candle of series ``key`` to the hot tier, the store and (``publish``) every consumer."""
+        e = self.engine
+        e.hot.put(key, timeframe, candle)
+        if e.redis is not None:
+            e.redis.put(key, timeframe, candle)
+        self._store(key, timeframe, candle)
+        if publish and e.hub is not None:
+            e.hub.candle(key, timeframe, candle)
+
+    def _store(self, key: str, timeframe: str, candle: Candle) -> None:
+        try:
+            self.engine.writer.add(key, timeframe, candle)
+        except BacklogFull as exc:
+            # Memory's bound is reached: say so loudly, keep streaming into the hot tier. Nothing is
+            # lost for good: the final marks stop moving, so a restart fetches these candles again.
+            if not self.store_dropped:
+                log.error("cold store is not keeping up: %s", exc)
+            self.store_dropped += 1
+
+    def hot_contents(self) -> Iterable[tuple[str, str, list[Candle]]]:
+        """Everything the memory hot tier holds, to re-fill Redis after an outage."""
+        e = self.engine
+        for key, tf in e.hot.keys():  # noqa: SIM118 - a HotStore, not a dict
+            yield key, tf, e.hot.last(key, tf, e.settings.hot_capacity)
+
+    def open(self, st: Series) -> None:
+        """The forming candles of a series (as of this tick) to every tier, to consumers when they
+        changed since the last tick, and its latest price."""
+        e = self.engine
+        key = st.key
+        hub = e.hub
+        rollup = st.rollup
+        if rollup is not None and st.rolling:
+            forming = st.builder.open_candle(rollup.base)
+            if forming is not None:
+                rollup.on_base(forming)
+        logical = e.failover.logical_of(key)
+        keys = (key, logical) if logical is not None else (key,)
+        for tf, c in st.open_candles():
+            # Consumers hear of a forming candle only when it changed since the last tick.
+            seen = (c.open_time, c.close, c.volume)
+            fresh = st._published.get(tf) != seen
+            if fresh:
+                st._published[tf] = seen
+            for k in keys:
+                self.put(k, tf, c, publish=fresh)
+        if hub is not None and st.last_trade_ms != st._published_price_ms:
+            st._published_price_ms = st.last_trade_ms
+            first = st.open_candles()
+            if first:
+                hub.price(key, st.last_trade_ms, first[0][1].close)
+
+    def written(self, rows: Sequence[tuple[str, str, Candle]], seconds: float) -> None:
+        """The writer stored a batch: record how long it took, and how long after its end each
+        final candle reached the store (by the venue's clock)."""
+        e = self.engine
+        e.metrics.store_write.observe(seconds)
+        now = e.now_ms()
+        for _, tf, c in rows:
+            if c.closed:
+                e.metrics.candle_latency.observe(max(0.0, (now - c.open_time - TIMEFRAMES[tf]) / 1000))

@@ -1,0 +1,95 @@
+"""One candle series (an instrument, and for quote-built instruments one price side): its builders
+and the counters the status and the API read.
+
+Feeds fold what the venue sends into a series through its methods (:meth:`Series.on_trade`,
+:meth:`Series.on_venue_candle`), which feed the builder and keep the counters in step with it; the
+engine owns everything else about the series (what is provisional, held or marked final).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from deltafeed.model import Candle, Instrument, Trade, series_key
+
+if TYPE_CHECKING:
+    from deltafeed.candles.aggregator import CandleBuilder
+    from deltafeed.candles.calendar import Calendar
+    from deltafeed.candles.rollup import RollupBuilder
+    from deltafeed.venues.base import Feed
+
+
+@dataclass
+class Series:
+    """One candle series: its builders and the counters the status view and the API read."""
+
+    instrument: Instrument
+    builder: CandleBuilder
+    calendar: Calendar
+    feed: Feed
+    price: str = "trade"  # "trade" for trade-built candles, else mid, bid or ask
+    # Longer timeframes derived from the builder's base candles instead of from trades (rollups).
+    rollup: RollupBuilder | None = None
+    rolling: bool = False  # the rollup is seeded and takes base candles (not during the bootstrap)
+    trades: int = 0
+    venue_candles: int = 0
+    last_trade_ms: int = 0
+    last_message: float = 0.0  # monotonic time of the latest trade or kline
+    repaired: int = 0
+    bootstrapped: int = 0
+    reconciled: int = 0  # provisional candles checked against the venue's history (made final)
+    corrected: int = 0  # of those, how many the venue's history changed
+    unconfirmed: int = 0  # provisional candles with prices that the venue's history has no candle for
+    # Closed candles not yet final, per timeframe, by open time (copies): what reconciliation checks,
+    # what a later vouch promotes, and where the final mark stops.
+    provisional: dict[str, dict[int, Candle]] = field(default_factory=dict)
+    unconfirmed_at: set[tuple[str, int]] = field(default_factory=set)  # (timeframe, open time), not asked again
+    # Candles verified in themselves but after a hole still waiting for its repair, per timeframe:
+    # provisional until the hole is repaired, so that the final candles of a series never skip one.
+    held: dict[str, dict[int, Candle]] = field(default_factory=dict)
+    # Open time up to which stored candles are known final, per timeframe, from the bootstrap;
+    # once trades flow, the builder's position takes over (see Completeness.final_marks).
+    bootstrap_marks: dict[str, int] = field(default_factory=dict)
+    active: bool = True  # streaming; POST /streaming/stop turns it off
+    publish_trades: bool = False  # a consumer wants this instrument's trades
+    messages_per_s: float = 0.0  # trades and venue candles, smoothed over ~5 s
+    _seen: int = 0
+    _published: dict[str, tuple[int, float, float]] = field(default_factory=dict)
+    _published_price_ms: int = 0
+
+    @property
+    def key(self) -> str:
+        return series_key(str(self.instrument), self.price)
+
+    @property
+    def timeframes(self) -> list[str]:
+        """The timeframes built from trades (the rollup's derived ones are not among them)."""
+        return self.builder.timeframes
+
+    def on_trade(self, trade: Trade) -> None:
+        """A trade (or a quote as one) of this series from the stream: into the builder, counted."""
+        self.builder.on_trade(trade)
+        self.trades += 1
+        self.last_trade_ms = trade.time_ms
+
+    def on_venue_candle(self, timeframe: str, candle: Candle, last_trade_id: int) -> None:
+        """The venue's own closed candle (a kline, IG's minute chart), merged by the builder;
+        ``last_trade_id`` is the last trade it holds (-1 when the venue gives none)."""
+        self.venue_candles += 1
+        self.builder.on_venue_candle(timeframe, candle, last_trade_id)
+
+    def open_candle(self, timeframe: str) -> Candle | None:
+        """The forming candle of ``timeframe``, built from trades or rolled up from the base."""
+        if self.rollup is not None and timeframe in self.rollup.timeframes:
+            return self.rollup.open_candle(timeframe)
+        return self.builder.open_candle(timeframe)
+
+    def open_candles(self) -> list[tuple[str, Candle]]:
+        """Every forming candle, shortest timeframe first."""
+        out = self.builder.open_candles()
+        return out if self.rollup is None else out + self.rollup.open_candles()
+
+
+#: The name the series had when it lived in the engine; old imports keep working.
+InstrumentState = Series
