@@ -29,9 +29,10 @@ from deltafeed.clock import VenueClock
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
 from deltafeed.model import TIMEFRAMES, Candle, Trade
+from deltafeed.series import Series
 from deltafeed.store.cold import ColdStore
 from deltafeed.venues import registry
-from deltafeed.venues.base import HTTP_SCHEMES, WS_SCHEMES, Venue, VenueSettings
+from deltafeed.venues.base import HTTP_SCHEMES, WS_SCHEMES, FeedStatus, Venue, VenueSettings
 from reference import TapeRow, candles_from_tape
 
 NAME = "toyx"
@@ -137,7 +138,7 @@ class ToyFeed:
         assert vs.rest_url and vs.ws_url
         self.rest_url, self.ws_url = vs.rest_url, vs.ws_url
         self.clock = VenueClock()
-        self.states: list[Any] = []
+        self.states: list[Series] = []
         self._errors: Counter[str] = Counter()
         self._http: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
@@ -153,7 +154,7 @@ class ToyFeed:
     def sides(self, wanted: list[str]) -> list[str]:
         return VENUE.sides(wanted)
 
-    def add(self, st: Any) -> None:
+    def add(self, st: Series) -> None:
         self.states.append(st)
 
     def session(self) -> aiohttp.ClientSession:
@@ -181,7 +182,7 @@ class ToyFeed:
                     continue
                 for st in self.states:
                     if st.active and st.instrument.symbol == trade.symbol:
-                        feed_trade(st, trade)
+                        st.on_trade(trade)
                 self.clock.observe(trade.time_ms)
         self._connected = False
 
@@ -216,19 +217,16 @@ class ToyFeed:
         if self._http is not None:
             await self._http.close()
 
+    def report(self) -> FeedStatus:
+        up = int(self._connected)
+        return FeedStatus(
+            connected=self._connected, connections=up, connects=1, reconnects=0, rotations=0, stale_drops=0,
+            connect_budget_waits=0, frames=0, skipped_frames=dict(self._errors), rest_requests=0,
+            rest_throttled=0, rest_server_errors=0, rest_limiter_waits=0,
+        )  # fmt: skip
+
     def status(self) -> dict[str, Any]:
-        return {"connected": self._connected, "connects": 1, "skipped_frames": dict(self._errors)}
-
-
-def feed_trade(st: Any, trade: Trade) -> None:
-    """Hand ``trade`` to the series (its ``on_trade`` method where the series has one)."""
-    on_trade = getattr(st, "on_trade", None)
-    if on_trade is not None:
-        on_trade(trade)
-        return
-    st.builder.on_trade(trade)
-    st.trades += 1
-    st.last_trade_ms = trade.time_ms
+        return self.report().as_dict()
 
 
 class ToySettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
