@@ -37,13 +37,14 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 from deltafeed.candles.calendar import FxCalendar
 from deltafeed.model import BadInput, Candle, Quote
+from deltafeed.replicas.tape import QUOTE_COLUMNS, TapeWriter
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -432,43 +433,29 @@ class QuoteSim:
 
 # --- tape ---------------------------------------------------------------------------------------------
 
-QUOTE_TAPE_HEADER = "symbol,time_ms,bid,ask\n"
+QUOTE_TAPE_HEADER = ",".join(QUOTE_COLUMNS) + "\n"
 
 
 class QuoteTapeWriter:
-    """Writes every released quote as a CSV row ``symbol,time_ms,bid,ask``, prices formatted exactly
-    as the replica serves them; flushes after each write."""
+    """Writes every released quote as a CSV row ``symbol,time_ms,bid,ask`` (a shared quote
+    :class:`~deltafeed.replicas.tape.TapeWriter`), prices formatted exactly as the replica serves them;
+    flushes after each write."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._f: IO[str] | None = open(self.path, "w", encoding="ascii", newline="")  # noqa: SIM115
-        self._f.write(QUOTE_TAPE_HEADER)
-        self._f.flush()
-        self.rows = 0
+        self._w = TapeWriter.quotes(path)
+        self.path = self._w.path
+
+    @property
+    def rows(self) -> int:
+        return self._w.rows
 
     def write(self, batches: Iterable[QuoteBatch]) -> None:
-        f = self._f
-        if f is None:
-            return
         for b in batches:
-            if not len(b):
-                continue
-            sym = b.symbol
-            f.write(
-                "".join(
-                    [
-                        f"{sym},{t},{bp},{ap}\n"
-                        for t, bp, ap in zip(b.times.tolist(), b.spec.prices(b.bid), b.spec.prices(b.ask), strict=True)
-                    ]
-                )
-            )
-            self.rows += len(b)
-        f.flush()
+            if len(b):
+                self._w.write(b.symbol, b.times.tolist(), b.spec.prices(b.bid), b.spec.prices(b.ask))
 
     def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        self._w.close()
 
 
 # --- released quotes and candles -------------------------------------------------------------------

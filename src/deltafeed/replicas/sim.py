@@ -25,12 +25,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from deltafeed.model import BadInput, Candle, Trade
+from deltafeed.replicas.tape import TRADE_COLUMNS, TapeWriter
 from deltafeed.venues.binance.codec import fmt
 
 I64 = npt.NDArray[np.int64]
@@ -427,47 +428,38 @@ def _empty_table() -> KlineTable:
 # --- tape ----------------------------------------------------------------------------------------
 
 
-TAPE_HEADER = "symbol,trade_id,time_ms,price,qty,is_buyer_maker\n"
+#: The Binance tape's columns: the shared trade columns, then who was the maker.
+TAPE_COLUMNS: tuple[str, ...] = (*TRADE_COLUMNS, "is_buyer_maker")
+TAPE_HEADER = ",".join(TAPE_COLUMNS) + "\n"
 
 
-class TapeWriter:
-    """Writes every released trade as a CSV row, flushing after each batch."""
+class TradeTape:
+    """Writes every released trade as a CSV row of :data:`TAPE_COLUMNS` (a shared :class:`TapeWriter`),
+    prices and quantities as the Binance replica sends them; flushes after each batch."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._f: IO[str] | None = open(self.path, "w", encoding="ascii", newline="")  # noqa: SIM115
-        self._f.write(TAPE_HEADER)
-        self._f.flush()
-        self.rows = 0
+        self._w = TapeWriter.trades(path, extra=("is_buyer_maker",))
+        self.path = self._w.path
+
+    @property
+    def rows(self) -> int:
+        return self._w.rows
 
     def write(self, batches: Iterable[TradeBatch]) -> None:
-        f = self._f
-        if f is None:
+        if self._w.closed:
             return
         for b in batches:
-            sym = b.symbol
-            f.write(
-                "".join(
-                    [
-                        f"{sym},{i},{t},{fmt(p)},{fmt(q)},{'true' if m else 'false'}\n"
-                        for i, t, p, q, m in zip(
-                            range(b.first_id, b.last_id + 1),
-                            b.times.tolist(),
-                            b.prices().tolist(),
-                            b.qtys().tolist(),
-                            b.maker.tolist(),
-                            strict=True,
-                        )
-                    ]
-                )
+            self._w.write(
+                b.symbol,
+                range(b.first_id, b.last_id + 1),
+                b.times.tolist(),
+                [fmt(p) for p in b.prices().tolist()],
+                [fmt(q) for q in b.qtys().tolist()],
+                ["true" if m else "false" for m in b.maker.tolist()],
             )
-            self.rows += len(b)
-        f.flush()
 
     def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        self._w.close()
 
 
 # --- the simulator -------------------------------------------------------------------------------
@@ -509,7 +501,7 @@ class MarketSim:
         self._last_ticks = {s: spec.start_ticks for s, spec in self.specs.items()}
         self.released_ms = self.origin_ms - 1
         self.trades_released = 0
-        self.tape = TapeWriter(tape) if tape is not None else None
+        self.tape = TradeTape(tape) if tape is not None else None
         self.advance_to(self.start_ms)
 
     @property

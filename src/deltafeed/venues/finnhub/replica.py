@@ -51,8 +51,10 @@ Semantics chosen, each [UNVERIFIED] against the real venue unless marked:
   ``http500``, ``http429`` (Retry-After 1) and ``slow`` on REST. ``drop``, ``dup`` and ``reorder`` are refused:
   Finnhub items carry no id or sequence, so a client cannot detect them and a test of them proves nothing.
 
-The tape (``tape=``) is CSV ``symbol,time_ms,price,volume`` of every item the market releases, with price and
-volume written exactly as the stream writes them; it includes the history released at construction.
+The tape (``tape=``) is CSV ``symbol,trade_id,time_ms,price,qty`` (the shared trade tape columns) of every
+item the market releases, with price and volume (``qty``) written exactly as the stream writes them; it includes
+the history released at construction. Finnhub items carry no id, so ``trade_id`` is the replica's own count of
+the symbol's items, from 1.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -84,6 +86,7 @@ from deltafeed.replicas.faults import FaultSchedule, apply_message_fault, parse_
 from deltafeed.replicas.quotes import PairSpec, QuoteSim
 from deltafeed.replicas.server import ReplicaBase, close_ws
 from deltafeed.replicas.sim import MarketClock, MarketSim, TradeBatch
+from deltafeed.replicas.tape import TRADE_COLUMNS, TapeWriter
 from deltafeed.venues.finnhub import codec as codec
 
 log = logging.getLogger(__name__)
@@ -98,7 +101,7 @@ TICK_SECONDS = 0.02  # pump period (wall)
 MAX_ITEMS = 100
 MAX_SEND_BUFFER = 8 * 1024 * 1024
 FAULT_KINDS = ("close", "reset", "stall", "garbage", "poison", "http500", "http429", "slow")
-TAPE_HEADER = "symbol,time_ms,price,volume\n"
+TAPE_HEADER = ",".join(TRADE_COLUMNS) + "\n"
 RATE_ERROR = "API limit reached. Please try again later. Remaining Limit: 0"
 MINUTE_MS = 60_000
 _WEEK_OFFSET_MS = 345_600_000  # 1970-01-05, the first Monday
@@ -468,12 +471,11 @@ class FinnhubReplica(ReplicaBase):
         self._sims = sims
         self._origin_ms = self._clock.start_ms - history_ms
         self._released_ms = self._origin_ms - 1
-        self._tape: IO[str] | None = None
+        self._tape = TapeWriter.trades(tape) if tape is not None else None
         #: Where the tape is written (None without one); complete once :meth:`stop` has closed it.
-        self.tape_path = Path(tape) if tape is not None else None
-        if tape is not None:
-            self._tape = open(tape, "w", encoding="ascii", newline="")  # noqa: SIM115
-            self._tape.write(TAPE_HEADER)
+        self.tape_path = self._tape.path if self._tape is not None else None
+        #: Items released so far per symbol: the tape's trade ids continue from here.
+        self._item_ids: dict[str, int] = dict.fromkeys(self.instruments, 0)
         self.stats: dict[str, int] = {
             "items": 0, "trades": 0, "price_updates": 0, "connections": 0, "open_connections": 0,
             "refused_connections": 0, "requests": 0, "401": 0, "404": 0, "422": 0, "429": 0,
@@ -516,7 +518,6 @@ class FinnhubReplica(ReplicaBase):
         await self._stop_server()
         if self._tape is not None:
             self._tape.close()
-            self._tape = None
 
     def summary(self) -> str:
         s = self.stats
@@ -555,7 +556,6 @@ class FinnhubReplica(ReplicaBase):
             if len(items.times):
                 out[name] = items
         self._released_ms = now
-        rows: list[str] = []
         for name, items in out.items():
             inst = self.instruments[name]
             forex = inst.kind == "forex"
@@ -563,12 +563,11 @@ class FinnhubReplica(ReplicaBase):
             n = len(items.times)
             self.stats["items"] += n
             self.stats["price_updates" if forex else "trades"] += n
+            first = self._item_ids[name] + 1
+            self._item_ids[name] += n
             if self._tape is not None:
                 prices, vols = inst.strings(items)
-                rows += [f"{name},{t},{p},{v}\n" for t, p, v in zip(items.times.tolist(), prices, vols, strict=True)]
-        if rows and self._tape is not None:
-            self._tape.write("".join(rows))
-            self._tape.flush()
+                self._tape.write(name, range(first, first + n), items.times.tolist(), prices, vols)
         return out
 
     def candles(self, symbol: str, resolution: str, from_ms: int, to_ms: int) -> dict[str, Any]:
