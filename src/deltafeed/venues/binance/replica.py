@@ -46,6 +46,7 @@ from aiohttp import WSMsgType, web
 from deltafeed.model import Candle
 from deltafeed.net.frames import text_header
 from deltafeed.replicas.faults import MESSAGE_KINDS, FaultSchedule, apply_message_fault, parse_faults
+from deltafeed.replicas.options import ReplicaOptions, options_from
 from deltafeed.replicas.server import ReplicaBase, close_ws
 from deltafeed.replicas.sim import Grid, KlineTable, MarketClock, MarketSim, TradeBatch
 from deltafeed.venues.binance.codec import (
@@ -440,15 +441,23 @@ class BinanceReplica(ReplicaBase):
         faults_seed: int = 0,
         shutdown_grace_s: float = 3.0,
         slow_s: float = 2.0,
+        options: ReplicaOptions | None = None,
     ) -> None:
-        self.host = host
-        self.port = port
+        rates = parse_faults(faults) if isinstance(faults, str) else dict(faults or {})
+        o = options_from(
+            options, host=host, port=port, symbols=symbols, seed=seed, rate=rate, speed=speed, start_ms=start_ms,
+            history_ms=history_ms, tape=tape, faults=rates, faults_seed=faults_seed,
+        )  # fmt: skip
+        assert o.symbols is not None and o.rate is not None and o.history_ms is not None  # resolved
+        self.options = o
+        self.host = o.host
+        self.port = o.port
         self.ping_interval = ping_interval
         self.pong_timeout = pong_timeout
         self.max_send_buffer = max_send_buffer
-        self._clock = MarketClock(speed, start_ms)
+        self._clock = MarketClock(o.speed, o.start_ms)
         self._sim = MarketSim(
-            symbols, seed=seed, rate=rate, start_ms=self._clock.start_ms, history_ms=history_ms, tape=tape
+            o.symbols, seed=o.seed, rate=o.rate, start_ms=self._clock.start_ms, history_ms=o.history_ms, tape=o.tape
         )
         self.limiter = WeightLimiter(weight_limit, window_s=weight_window_s)
         self.stats: dict[str, int] = {
@@ -463,7 +472,7 @@ class BinanceReplica(ReplicaBase):
             "bytes_sent": 0,
             "slow_skips": 0,
         }
-        self._setup_faults(parse_faults(faults) if isinstance(faults, str) else dict(faults or {}), faults_seed)
+        self._setup_faults(dict(o.faults), o.faults_seed)
         self.shutdown_grace_s = shutdown_grace_s
         self.slow_s = slow_s
         self._lower = {s.lower(): s for s in self._sim.symbols}

@@ -83,6 +83,7 @@ from deltafeed.candles.calendar import UsEquityCalendar
 from deltafeed.model import BadInput
 from deltafeed.net.frames import text_frame
 from deltafeed.replicas.faults import FaultSchedule, apply_message_fault, parse_faults
+from deltafeed.replicas.options import ReplicaOptions, options_from
 from deltafeed.replicas.quotes import PairSpec, QuoteSim
 from deltafeed.replicas.server import ReplicaBase, close_ws
 from deltafeed.replicas.sim import MarketClock, MarketSim, TradeBatch
@@ -415,7 +416,16 @@ class FinnhubReplica(ReplicaBase):
         faults: str | Mapping[str, float] | None = None,
         faults_seed: int = 0,
         slow_s: float = 2.0,
+        options: ReplicaOptions | None = None,
     ) -> None:
+        kw_rates = check_faults(faults) if isinstance(faults, str) else dict(faults or {})
+        o = options_from(
+            options, host=host, port=port, symbols=symbols, seed=seed, rate=rate, speed=speed, start_ms=start_ms,
+            history_ms=history_ms, tape=tape, faults=kw_rates, faults_seed=faults_seed,
+        )  # fmt: skip
+        assert o.symbols is not None and o.rate is not None and o.history_ms is not None  # resolved
+        self.options = o
+        rate, history_ms, seed = o.rate, o.history_ms, o.seed
         if token is not None and not token:
             raise BadInput("the token must not be empty; give --token KEY, or none to accept any key")
         if not (math.isfinite(rate) and rate > 0):
@@ -431,21 +441,21 @@ class FinnhubReplica(ReplicaBase):
                 raise BadInput(f"{name} must be at least 1, got {v}")
         if not ping_s > 0 or not window_s > 0:
             raise BadInput("ping_s and window_s must be positive")
-        self.host = host
-        self.port = port
+        self.host = o.host
+        self.port = o.port
         self.token = token
         self.max_symbols = max_symbols
         self.ping_s = float(ping_s)
         self.max_send_buffer = max_send_buffer
         self.slow_s = slow_s
-        self._clock = MarketClock(speed, start_ms)
+        self._clock = MarketClock(o.speed, o.start_ms)
         self.minute_limit = _Window(calls_per_minute, window_s)
         self.second_limit = _Window(calls_per_second, 1.0)
 
         self.instruments: dict[str, _Instrument] = {}
         pairs: dict[str, str] = {}  # QuoteSim pair -> Finnhub symbol
         sims: dict[str, _TradeSim] = {}
-        for raw in symbols:
+        for raw in o.symbols:
             name = _check_symbol(raw)
             if name in self.instruments:
                 continue
@@ -471,7 +481,7 @@ class FinnhubReplica(ReplicaBase):
         self._sims = sims
         self._origin_ms = self._clock.start_ms - history_ms
         self._released_ms = self._origin_ms - 1
-        self._tape = TapeWriter.trades(tape) if tape is not None else None
+        self._tape = TapeWriter.trades(o.tape) if o.tape is not None else None
         #: Where the tape is written (None without one); complete once :meth:`stop` has closed it.
         self.tape_path = self._tape.path if self._tape is not None else None
         #: Items released so far per symbol: the tape's trade ids continue from here.
@@ -482,8 +492,7 @@ class FinnhubReplica(ReplicaBase):
             "messages": 0, "items_sent": 0, "pings": 0, "symbol_cap_errors": 0, "unknown_subscriptions": 0,
             "client_errors": 0, "frames_dropped": 0, "slow_skips": 0, "bytes_sent": 0,
         }  # fmt: skip
-        rates = check_faults(faults) if isinstance(faults, str) else _check_rates(dict(faults or {}))
-        self._setup_faults(rates, faults_seed)
+        self._setup_faults(_check_rates(dict(o.faults)), o.faults_seed)
         self._conns: dict[_Conn, None] = {}
         self._by_token: dict[str, _Conn] = {}
         self._tasks: set[asyncio.Task[None]] = set()

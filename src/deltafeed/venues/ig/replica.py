@@ -123,6 +123,7 @@ from aiohttp import WSMsgType, web
 
 from deltafeed.model import BadInput
 from deltafeed.replicas.faults import ITEM_KINDS, parse_faults
+from deltafeed.replicas.options import ReplicaOptions, options_from
 from deltafeed.replicas.quotes import (
     ORIGIN_MS,
     PairSpec,
@@ -520,7 +521,16 @@ class IGReplica(ReplicaBase):
         slow_s: float = 2.0,
         clock: MarketClock | None = None,
         calendar: SessionCalendar | None = None,
+        options: ReplicaOptions | None = None,
     ) -> None:
+        # IG's symbols are epics: ``options.symbols`` are epics here.
+        rates = check_faults(faults) if isinstance(faults, str) else dict(faults or {})
+        o = options_from(
+            options, host=host, port=port, symbols=epics, seed=seed, rate=rate, speed=speed, start_ms=start_ms,
+            history_ms=history_ms, tape=tape, faults=rates, faults_seed=faults_seed,
+        )  # fmt: skip
+        assert o.symbols is not None and o.rate is not None and o.history_ms is not None  # resolved
+        self.options = o
         for name, value in (("api_key", api_key), ("username", username), ("password", password)):
             if value is not None and not value:
                 raise BadInput(
@@ -534,15 +544,15 @@ class IGReplica(ReplicaBase):
         if allowance < 0 or not allowance_period_s > 0:
             raise BadInput("the allowance must not be negative and its period must be positive")
         self.epics: dict[str, str] = {}  # epic -> pair
-        for e in epics:
+        for e in o.symbols:
             epic = e.strip().upper()
             self.epics[epic] = epic_pair(epic)
         if not self.epics:
             raise BadInput("no epics to serve; give at least one, e.g. CS.D.EURUSD.CFD.IP")
         if len(set(self.epics.values())) != len(self.epics):
             raise BadInput("two epics name the same pair; give each pair once")
-        self.host = host
-        self.port = port
+        self.host = o.host
+        self.port = o.port
         self.api_key = api_key
         self.username = username
         self.password = password
@@ -553,15 +563,15 @@ class IGReplica(ReplicaBase):
         self.allowance_period_s = float(allowance_period_s)
         self.max_send_buffer = max_send_buffer
         self.slow_s = slow_s
-        self._clock = clock if clock is not None else MarketClock(speed, start_ms)
-        if self._clock.start_ms - history_ms < ORIGIN_MS:
+        self._clock = clock if clock is not None else MarketClock(o.speed, o.start_ms)
+        if self._clock.start_ms - o.history_ms < ORIGIN_MS:
             raise BadInput("the simulated market starts on 2000-01-01; choose a later --start or a shorter --history")
-        self._sim = QuoteSim(self.epics.values(), seed=seed, rate=rate, calendar=calendar)
-        self._market = QuoteMarket(self._sim, self._clock.start_ms, history_ms)
-        if tape is not None:
+        self._sim = QuoteSim(self.epics.values(), seed=o.seed, rate=o.rate, calendar=calendar)
+        self._market = QuoteMarket(self._sim, self._clock.start_ms, o.history_ms)
+        if o.tape is not None:
             # The history is released at construction, before a tape can be swapped in: write it now
             # (the simulator gives the same quotes for any slicing), then let the market tape the rest.
-            writer = _EpicTape(tape, {p: e for e, p in self.epics.items()})
+            writer = _EpicTape(o.tape, {p: e for e, p in self.epics.items()})
             writer.write(
                 [self._sim.batch(s, self._market.origin_ms, self._market.released_ms + 1) for s in self._sim.specs]
             )
@@ -599,11 +609,11 @@ class IGReplica(ReplicaBase):
             "bytes_sent": 0,
             "slow_disconnects": 0,
         }
-        rates = check_faults(faults) if isinstance(faults, str) else dict(faults or {})
+        rates = dict(o.faults)
         bad = [k for k, v in rates.items() if v > 0 and k not in FAULT_KINDS]
         if bad:
             raise BadInput(f"fault kind {bad[0]!r} does not apply to IG; use {', '.join(FAULT_KINDS)}")
-        self._setup_faults(rates, faults_seed)
+        self._setup_faults(rates, o.faults_seed)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- public surface --

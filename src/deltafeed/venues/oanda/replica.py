@@ -62,6 +62,7 @@ from aiohttp import web
 
 from deltafeed.model import BadInput
 from deltafeed.replicas.faults import CONNECTION_KINDS, MESSAGE_KINDS, FaultSchedule, apply_message_fault, parse_faults
+from deltafeed.replicas.options import ReplicaOptions, options_from
 from deltafeed.replicas.quotes import (
     LIQUIDITY,
     ORIGIN_MS,
@@ -344,7 +345,15 @@ class OandaReplica(ReplicaBase):
         faults_seed: int = 0,
         slow_s: float = 2.0,
         calendar: SessionCalendar | None = None,
+        options: ReplicaOptions | None = None,
     ) -> None:
+        rates = check_faults(faults) if isinstance(faults, str) else dict(faults or {})
+        o = options_from(
+            options, host=host, port=port, symbols=symbols, seed=seed, rate=rate, speed=speed, start_ms=start_ms,
+            history_ms=history_ms, tape=tape, faults=rates, faults_seed=faults_seed,
+        )  # fmt: skip
+        assert o.symbols is not None and o.rate is not None and o.history_ms is not None  # resolved
+        self.options = o
         if not token:
             raise BadInput("the token must not be empty; give --token T or leave the default")
         if not heartbeat_s > 0:
@@ -356,19 +365,19 @@ class OandaReplica(ReplicaBase):
         ):
             if v < 1:
                 raise BadInput(f"{name} must be at least 1, got {v}")
-        self.host = host
-        self.port = port
+        self.host = o.host
+        self.port = o.port
         self.token = token
         self.account_id = account_id
         self.heartbeat_s = float(heartbeat_s)
         self.max_streams = max_streams
         self.max_send_buffer = max_send_buffer
         self.slow_s = slow_s
-        self._clock = clock if clock is not None else MarketClock(speed, start_ms)
-        if self._clock.start_ms - history_ms < ORIGIN_MS:
+        self._clock = clock if clock is not None else MarketClock(o.speed, o.start_ms)
+        if self._clock.start_ms - o.history_ms < ORIGIN_MS:
             raise BadInput("the simulated market starts on 2000-01-01; choose a later --start or a shorter --history")
-        self._sim = QuoteSim(symbols, seed=seed, rate=rate, calendar=calendar)
-        self._market = QuoteMarket(self._sim, self._clock.start_ms, history_ms, tape)
+        self._sim = QuoteSim(o.symbols, seed=o.seed, rate=o.rate, calendar=calendar)
+        self._market = QuoteMarket(self._sim, self._clock.start_ms, o.history_ms, o.tape)
         self.rest_limiter = SlidingLimit(rest_limit)
         self.connection_limiter = SlidingLimit(new_connections_per_s)
         self.stats: dict[str, int] = {
@@ -390,10 +399,10 @@ class OandaReplica(ReplicaBase):
             "slow_skips": 0,
             "bytes_sent": 0,
         }
-        rates = check_faults(faults) if isinstance(faults, str) else dict(faults or {})
+        rates = dict(o.faults)
         if rates.get("shutdown", 0) > 0:
             raise BadInput(f"fault kind 'shutdown' does not apply to OANDA; use {', '.join(FAULT_KINDS)}")
-        self._setup_faults(rates, faults_seed)
+        self._setup_faults(rates, o.faults_seed)
         self._streams: dict[_Stream, None] = {}
         self._tcp: dict[Any, bool] = {}  # connection (aiohttp protocol) -> admitted
         self._request_id = 0
