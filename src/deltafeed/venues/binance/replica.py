@@ -31,8 +31,6 @@ import json
 import logging
 import math
 import re
-import socket
-import struct
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -45,7 +43,14 @@ from aiohttp import WSMsgType, web
 
 from deltafeed.model import Candle
 from deltafeed.net.frames import text_header
-from deltafeed.replicas.faults import MESSAGE_KINDS, FaultSchedule, apply_message_fault, parse_faults
+from deltafeed.replicas.faults import (
+    MESSAGE_KINDS,
+    FaultSchedule,
+    apply_message_fault,
+    inject_connection_faults,
+    parse_faults,
+    reset_transport,
+)
 from deltafeed.replicas.options import ReplicaOptions, options_from
 from deltafeed.replicas.server import ReplicaBase, close_ws
 from deltafeed.replicas.sim import Grid, KlineTable, MarketClock, MarketSim, TradeBatch
@@ -75,7 +80,6 @@ BAN_SECONDS = 120  # first auto-ban; doubles on each repeat, up to 3 days [V PRO
 MAX_BAN_SECONDS = 3 * 24 * 3600
 DEPTH_LIMIT_MAX = 5000
 _WS_CLOSE_TIMEOUT = 2.0
-_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
 
 
 # --- frames --------------------------------------------------------------------------------------
@@ -1077,26 +1081,18 @@ class BinanceReplica(ReplicaBase):
 
     def _faults_after_send(self, f: FaultSchedule, out: dict[_Conn, tuple[list[bytes], list[int]]]) -> None:
         """Close and reset faults due now, on a connection that was just sent data."""
-        for kind in ("close", "reset"):
-            if not f.pending(kind):
-                continue
-            cands = self._victims(out, 1)
-            if not cands:
-                continue
-            f.due(kind)
-            conn = cands[f.pick(len(cands))]
+
+        def close(conn: _Conn) -> None:
             conn.doomed = True
-            if kind == "close":
-                code = (1000, 1001)[f.pick(2)]
-                self._spawn(self._close_ws(conn, code, b""))
-            else:
-                conn.closing = True
-                sock = conn.transport.get_extra_info("socket")
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-                conn.transport.abort()
-            self._injected(kind, conn.peer)
+            self._spawn(self._close_ws(conn, (1000, 1001)[f.pick(2)], b""))
+
+        def reset(conn: _Conn) -> None:
+            conn.doomed = conn.closing = True
+            reset_transport(conn.transport)
+
+        inject_connection_faults(
+            f, lambda: self._victims(out, 1), {"close": close, "reset": reset}, lambda k, c: self._injected(k, c.peer)
+        )
 
     async def _shutdown_close(self, conn: _Conn) -> None:
         await asyncio.sleep(self.shutdown_grace_s)

@@ -60,13 +60,10 @@ the symbol's items, from 1.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import json
 import logging
 import math
-import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
@@ -82,7 +79,13 @@ from aiohttp import WSMsgType, web
 from deltafeed.candles.calendar import UsEquityCalendar
 from deltafeed.model import BadInput
 from deltafeed.net.frames import text_frame
-from deltafeed.replicas.faults import FaultSchedule, apply_message_fault, parse_faults
+from deltafeed.replicas.faults import (
+    FaultSchedule,
+    apply_message_fault,
+    inject_connection_faults,
+    parse_faults,
+    reset_transport,
+)
 from deltafeed.replicas.options import ReplicaOptions, options_from
 from deltafeed.replicas.quotes import PairSpec, QuoteSim
 from deltafeed.replicas.server import ReplicaBase, close_ws
@@ -107,7 +110,6 @@ RATE_ERROR = "API limit reached. Please try again later. Remaining Limit: 0"
 MINUTE_MS = 60_000
 _WEEK_OFFSET_MS = 345_600_000  # 1970-01-05, the first Monday
 _WS_CLOSE_TIMEOUT = 2.0
-_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
 _PING = b'{"type":"ping"}'
 _DAY_MS = 86_400_000
 
@@ -844,25 +846,18 @@ class FinnhubReplica(ReplicaBase):
 
     def _faults_after_send(self, f: FaultSchedule, out: dict[_Conn, tuple[list[bytes], int]]) -> None:
         """Close and reset faults due now, on a connection that was just sent something."""
-        for kind in ("close", "reset"):
-            if not f.pending(kind):
-                continue
-            cands = self._victims(out)
-            if not cands:
-                continue
-            f.due(kind)
-            conn = cands[f.pick(len(cands))]
+
+        def close(conn: _Conn) -> None:
             conn.doomed = True
-            if kind == "close":
-                self._spawn(self._close_ws(conn, (1000, 1001)[f.pick(2)], b""))
-            else:
-                conn.closing = True
-                sock = conn.transport.get_extra_info("socket")
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-                conn.transport.abort()
-            self._injected(kind)
+            self._spawn(self._close_ws(conn, (1000, 1001)[f.pick(2)], b""))
+
+        def reset(conn: _Conn) -> None:
+            conn.doomed = conn.closing = True
+            reset_transport(conn.transport)
+
+        inject_connection_faults(
+            f, lambda: self._victims(out), {"close": close, "reset": reset}, lambda k, _: self._injected(k)
+        )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

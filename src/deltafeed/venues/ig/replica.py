@@ -100,15 +100,12 @@ The tape (``tape=``) is :class:`~deltafeed.replicas.quotes.QuoteTapeWriter`'s CS
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import email.utils
 import logging
 import re
 import secrets
-import socket
-import struct
 import time
 import zoneinfo
 from collections import Counter, deque
@@ -122,7 +119,7 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from deltafeed.model import BadInput
-from deltafeed.replicas.faults import ITEM_KINDS, parse_faults
+from deltafeed.replicas.faults import ITEM_KINDS, inject_connection_faults, parse_faults, reset_transport
 from deltafeed.replicas.options import ReplicaOptions, options_from
 from deltafeed.replicas.quotes import (
     ORIGIN_MS,
@@ -166,7 +163,6 @@ RATE_ERROR = "error.public-api.exceeded-api-key-allowance"
 FAULT_KINDS = ("close", "reset", "stall", "overflow", "poison", "http500", "http429", "slow")
 OVERFLOW_S = 0.5  # how long (wall) an ``overflow`` fault withholds one MARKET item's updates from a session
 _MINUTE = 60_000
-_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
 
 #: Item fields as IG names them (PROTOCOLS.md section 4); the ones the replica does not simulate are null.
 MARKET_FIELDS = (
@@ -445,11 +441,9 @@ class _Conn:
         if tr is None or tr.is_closing():
             return
         if reset:
-            sock = tr.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-        tr.abort()
+            reset_transport(tr)
+        else:
+            tr.abort()
 
     async def writer(self) -> None:
         while True:
@@ -1263,22 +1257,21 @@ class IGReplica(ReplicaBase):
         f = self.faults
         if f is None:
             return
-        for kind in ("close", "reset", "stall"):
-            if not f.pending(kind):
-                continue
-            cands = [c for c in self._conns if c.live and not c.stalled]
-            if not cands:
-                continue  # stays due until a session exists
-            f.due(kind)
-            conn = cands[f.pick(len(cands))]
-            if kind == "close":
-                # 48: the session reached its maximum duration; the official client opens a new one.
-                conn.close_after([f"END,48,{_tlcp_message('session closed by the replica (fault)')}"], self.stats)
-            elif kind == "reset":
-                conn.abort(reset=True)
-            else:
-                conn.stalled = True
-            self._injected(kind)
+
+        def close(conn: _Conn) -> None:
+            # 48: the session reached its maximum duration; the official client opens a new one.
+            conn.close_after([f"END,48,{_tlcp_message('session closed by the replica (fault)')}"], self.stats)
+
+        def stall(conn: _Conn) -> None:
+            conn.stalled = True
+
+        # A kind with no live session stays due until one exists.
+        inject_connection_faults(
+            f,
+            lambda: [c for c in self._conns if c.live and not c.stalled],
+            {"close": close, "reset": lambda c: c.abort(reset=True), "stall": stall},
+            lambda k, _: self._injected(k),
+        )
         if f.pending("poison"):
             subs = [
                 sub

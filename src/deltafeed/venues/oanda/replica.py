@@ -43,13 +43,10 @@ and in REST handling, and cost nothing when off.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import email.utils
 import logging
 import re
-import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -61,7 +58,15 @@ import numpy as np
 from aiohttp import web
 
 from deltafeed.model import BadInput
-from deltafeed.replicas.faults import CONNECTION_KINDS, MESSAGE_KINDS, FaultSchedule, apply_message_fault, parse_faults
+from deltafeed.replicas.faults import (
+    CONNECTION_KINDS,
+    MESSAGE_KINDS,
+    FaultSchedule,
+    apply_message_fault,
+    inject_connection_faults,
+    parse_faults,
+    reset_transport,
+)
 from deltafeed.replicas.options import ReplicaOptions, options_from
 from deltafeed.replicas.quotes import (
     LIQUIDITY,
@@ -98,7 +103,6 @@ TICK_SECONDS = 0.02  # pump period (wall)
 MAX_SEND_BUFFER = 8 * 1024 * 1024
 #: Fault kinds that mean something here: ``shutdown`` (a Binance serverShutdown event) does not.
 FAULT_KINDS = tuple(k for k in (*CONNECTION_KINDS, *MESSAGE_KINDS, "http500", "http429", "slow") if k != "shutdown")
-_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
 
 _STREAM_RE = re.compile(r"^/v3/accounts/([^/]+)/pricing/stream$")
 _CANDLES_RE = re.compile(r"^/v3/instruments/([^/]+)/candles$")
@@ -783,25 +787,19 @@ class OandaReplica(ReplicaBase):
 
     def _faults_after_send(self, f: FaultSchedule, out: dict[_Stream, tuple[list[bytes], list[bytes]]]) -> None:
         """Close and reset faults due now, on a stream that was just sent something."""
-        for kind in ("close", "reset"):
-            if not f.pending(kind):
-                continue
-            cands = self._victims(out, 0)
-            if not cands:
-                continue
-            f.due(kind)
-            conn = cands[f.pick(len(cands))]
+
+        def close(conn: _Stream) -> None:
             conn.doomed = True
-            if kind == "close":
-                conn.finish("eof")
-            else:
-                sock = conn.transport.get_extra_info("socket")
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-                conn.transport.abort()
-                conn.finish("abort")
-            self._injected(kind)
+            conn.finish("eof")
+
+        def reset(conn: _Stream) -> None:
+            conn.doomed = True
+            reset_transport(conn.transport)
+            conn.finish("abort")
+
+        inject_connection_faults(
+            f, lambda: self._victims(out, 0), {"close": close, "reset": reset}, lambda k, _: self._injected(k)
+        )
 
 
 def _candle_objects(table: QuoteCandles, price: str, fmt_time: Callable[[int], str]) -> list[dict[str, Any]]:
