@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from deltafeed.model import BadInput, Candle, Trade
+from deltafeed.replicas.table import GrowableTable, bucket_starts
 from deltafeed.replicas.tape import TRADE_COLUMNS, TapeWriter
 from deltafeed.venues.binance.codec import fmt
 
@@ -255,19 +256,25 @@ _SEC_DTYPE = np.dtype([
 ])  # fmt: skip
 
 
-class _Seconds:
-    """One row per second that has trades; grows by doubling. Quote volumes are in ticks x lots, so
-    every field is an exact integer and merging a second split across two batches changes nothing."""
+def _merge_second(last: Any, first: Any) -> None:
+    last["h"] = max(last["h"], first["h"])
+    last["l"] = min(last["l"], first["l"])
+    last["c"] = first["c"]
+    for k in ("v", "n", "q", "tv", "tq"):
+        last[k] += first[k]
+    last["L"] = first["L"]
+
+
+class _Seconds(GrowableTable):
+    """One row per second that has trades (a :class:`GrowableTable`). Quote volumes are in ticks x lots,
+    so every field is an exact integer and merging a second split across two batches changes nothing."""
 
     def __init__(self) -> None:
-        self.rows: npt.NDArray[Any] = np.zeros(1024, _SEC_DTYPE)
-        self.n = 0
+        super().__init__(_SEC_DTYPE)
 
     def append(self, b: TradeBatch) -> None:
         sec = b.times - b.times % 1000
-        starts = np.flatnonzero(np.diff(sec)) + 1
-        starts = np.concatenate([np.zeros(1, np.int64), starts])
-        ends = np.append(starts[1:], len(sec))
+        starts, ends = bucket_starts(sec)
         notional = b.ticks * b.lots  # exact: at most ~1e11 per trade
         taker = ~b.maker
         add = np.add.reduceat
@@ -284,26 +291,7 @@ class _Seconds:
         new["tq"] = add(notional * taker, starts)
         new["f"] = b.first_id + starts
         new["L"] = b.first_id + ends - 1
-        if self.n and self.rows["t"][self.n - 1] == new["t"][0]:
-            # The batch continues the second the previous batch ended in: merge into that row.
-            last, first = self.rows[self.n - 1], new[0]
-            last["h"] = max(last["h"], first["h"])
-            last["l"] = min(last["l"], first["l"])
-            last["c"] = first["c"]
-            for k in ("v", "n", "q", "tv", "tq"):
-                last[k] += first[k]
-            last["L"] = first["L"]
-            new = new[1:]
-        need = self.n + len(new)
-        if need > len(self.rows):
-            grown = np.zeros(max(need, 2 * len(self.rows)), _SEC_DTYPE)
-            grown[: self.n] = self.rows[: self.n]
-            self.rows = grown
-        self.rows[self.n : need] = new
-        self.n = need
-
-    def view(self) -> npt.NDArray[Any]:
-        return self.rows[: self.n]
+        self.add_buckets(new, _merge_second)
 
 
 class Grid:
@@ -531,8 +519,7 @@ class MarketSim:
         return self._last[symbol], self._last_ticks[symbol] / self.specs[symbol].price_scale
 
     def first_trade_ms(self, symbol: str) -> int | None:
-        secs = self._secs[symbol]
-        return int(secs.rows["t"][0]) if secs.n else None
+        return self._secs[symbol].first_t()
 
     def kline_table(
         self,

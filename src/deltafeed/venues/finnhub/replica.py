@@ -90,6 +90,7 @@ from deltafeed.replicas.options import ReplicaOptions, options_from
 from deltafeed.replicas.quotes import PairSpec, QuoteSim
 from deltafeed.replicas.server import ReplicaBase, close_ws
 from deltafeed.replicas.sim import MarketClock, MarketSim, TradeBatch
+from deltafeed.replicas.table import GrowableTable, bucket_starts
 from deltafeed.replicas.tape import TRADE_COLUMNS, TapeWriter
 from deltafeed.venues.finnhub import codec as codec
 
@@ -183,20 +184,27 @@ _ROW = np.dtype(
 )
 
 
-class _Minutes:
-    """One row per minute with prices: o/h/l/c as integers of the instrument's price scale, summed integer
-    volume and the count. Finnhub's finest resolution is a minute, so every candle is an exact roll-up."""
+def _merge_minute(last: Any, first: Any) -> None:
+    last["h"] = max(last["h"], first["h"])
+    last["l"] = min(last["l"], first["l"])
+    last["c"] = first["c"]
+    last["v"] += first["v"]
+    last["n"] += first["n"]
+
+
+class _Minutes(GrowableTable):
+    """One row per minute with prices (a :class:`GrowableTable`): o/h/l/c as integers of the instrument's
+    price scale, summed integer volume and the count. Finnhub's finest resolution is a minute, so every
+    candle is an exact roll-up."""
 
     def __init__(self) -> None:
-        self.rows: npt.NDArray[Any] = np.zeros(256, _ROW)
-        self.n = 0
+        super().__init__(_ROW, 256)
 
     def append(self, times: I64, prices: I64, volumes: I64) -> None:
         if not len(times):
             return
         m = times - times % MINUTE_MS
-        starts = np.concatenate([[0], np.flatnonzero(np.diff(m)) + 1]).astype(np.int64)
-        ends = np.append(starts[1:], len(m))
+        starts, ends = bucket_starts(m)
         new = np.empty(len(starts), _ROW)
         new["t"] = m[starts]
         new["o"] = prices[starts]
@@ -205,24 +213,7 @@ class _Minutes:
         new["c"] = prices[ends - 1]
         new["v"] = np.add.reduceat(volumes, starts)
         new["n"] = ends - starts
-        if self.n and self.rows["t"][self.n - 1] == new["t"][0]:
-            last, first = self.rows[self.n - 1], new[0]
-            last["h"] = max(last["h"], first["h"])
-            last["l"] = min(last["l"], first["l"])
-            last["c"] = first["c"]
-            last["v"] += first["v"]
-            last["n"] += first["n"]
-            new = new[1:]
-        need = self.n + len(new)
-        if need > len(self.rows):
-            grown = np.zeros(max(need, 2 * len(self.rows)), _ROW)
-            grown[: self.n] = self.rows[: self.n]
-            self.rows = grown
-        self.rows[self.n : need] = new
-        self.n = need
-
-    def view(self) -> npt.NDArray[Any]:
-        return self.rows[: self.n]
+        self.add_buckets(new, _merge_minute)
 
 
 def interval_bounds(resolution: str, t: I64) -> tuple[I64, I64]:
