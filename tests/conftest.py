@@ -8,9 +8,18 @@ from typing import Any
 import aiohttp
 import pytest
 
+import deltafeed.replicas.pytest_plugin as replica_plugin
 from deltafeed.venues.binance.replica import BinanceReplica
 
 MakeReplica = Callable[..., Awaitable[BinanceReplica]]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Load the ``deltafeed_replica`` plugin unless its ``pytest11`` entry point already did (an install
+    made before the entry point existed does not have it); registered under the entry point's name, so
+    the two ways never register it twice."""
+    if not config.pluginmanager.is_registered(replica_plugin):
+        config.pluginmanager.register(replica_plugin, "deltafeed")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -16,7 +16,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
-TAPE_COLUMNS = ["symbol", "trade_id", "time_ms", "price", "qty", "is_buyer_maker"]
+#: The leading columns of every trade venue's tape (``deltafeed.replicas.tape.TRADE_COLUMNS``, written
+#: out here so a change there shows up as a test failure).
+TRADE_TAPE_COLUMNS = ["symbol", "trade_id", "time_ms", "price", "qty"]
+#: The Binance tape: the trade columns, then who was the maker.
+TAPE_COLUMNS = [*TRADE_TAPE_COLUMNS, "is_buyer_maker"]
 
 
 class TapeRow(NamedTuple):
@@ -85,6 +89,32 @@ def read_tape(path: str | Path) -> list[TapeRow]:
         for sym, tid, t, p, q, m in reader:
             assert m in ("true", "false"), m
             rows.append(TapeRow(sym, int(tid), int(t), Decimal(p), Decimal(q), m == "true", p, q))
+    return rows
+
+
+class TradeTapeRow(NamedTuple):
+    """One row of any trade venue's tape: the shared columns, exactly as written, and the extra ones."""
+
+    symbol: str
+    trade_id: int
+    time_ms: int
+    price: str
+    qty: str
+    extra: tuple[str, ...]
+
+
+def read_trade_tape(path: str | Path, extra: list[str] | None = None) -> list[TradeTapeRow]:
+    """All rows of a trade tape whose header is :data:`TRADE_TAPE_COLUMNS` then ``extra`` (default none),
+    in file order; the trade ids of each symbol must run 1, 2, 3, ... without gaps."""
+    with open(path, newline="", encoding="ascii") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        assert header == [*TRADE_TAPE_COLUMNS, *(extra or [])], header
+        rows = [TradeTapeRow(r[0], int(r[1]), int(r[2]), r[3], r[4], tuple(r[5:])) for r in reader]
+    last: dict[str, int] = {}
+    for r in rows:
+        assert r.trade_id == last.get(r.symbol, 0) + 1, r
+        last[r.symbol] = r.trade_id
     return rows
 
 

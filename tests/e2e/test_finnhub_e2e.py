@@ -29,7 +29,7 @@ def tape_candles(path: Path, symbol: str, tf_ms: int) -> dict[int, tuple[float, 
         for row in csv.DictReader(f):
             if row["symbol"] != symbol:
                 continue
-            t, p, v = int(row["time_ms"]), Decimal(row["price"]), Decimal(row["volume"])
+            t, p, v = int(row["time_ms"]), Decimal(row["price"]), Decimal(row["qty"])
             b = t - t % tf_ms
             c = out.get(b)
             if c is None:
@@ -202,7 +202,7 @@ async def test_quiet_minutes_are_asked_about_once(tmp_path: Path, monkeypatch: p
         await engine.stop()
     finally:
         await replica.stop()
-    minutes_traded = {int(row.split(",")[1]) // 60_000 * 60_000 for row in tape.read_text().splitlines()[1:]}
+    minutes_traded = {int(row.split(",")[2]) // 60_000 * 60_000 for row in tape.read_text().splitlines()[1:]}
     assert holes >= 5 and len(minutes_traded) < 30  # a quiet market: most minutes of the hour had no trade
     assert engine.audit_gaps == gaps  # each hole asked about once, not at every audit
     cold = await open_cold(settings.db, read_only=True)

@@ -8,7 +8,6 @@ zoneinfo, forex prices checked against the quote simulator's bid and ask.
 from __future__ import annotations
 
 import asyncio
-import csv
 import datetime as dt
 import json
 import re
@@ -33,6 +32,7 @@ from deltafeed.venues.finnhub import codec as codec
 from deltafeed.venues.finnhub import rest as finnhub_rest
 from deltafeed.venues.finnhub.replica import MAX_ITEMS, TAPE_HEADER, FinnhubReplica, check_faults
 from deltafeed.venues.finnhub.rest import FinnhubHistory
+from reference import read_trade_tape
 
 M1, M5, H1, D1 = 60_000, 300_000, 3_600_000, 86_400_000
 # Wednesday 2026-03-04 15:00 UTC = 10:00 in New York (EST): US stocks in session, FX market open.
@@ -64,10 +64,10 @@ async def make(tmp_path: Path) -> AsyncIterator[Make]:
 
 
 def read_tape(path: str | Path) -> list[Row]:
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    assert rows[0] == TAPE_HEADER.strip().split(",")
-    return [(s, int(t), p, v) for s, t, p, v in rows[1:]]
+    """(symbol, time, price text, volume text) of every tape row; the header is the shared trade columns
+    (``TAPE_HEADER`` is them) and each symbol's trade ids count 1, 2, 3, ... (checked by read_trade_tape)."""
+    assert Path(path).read_text().splitlines()[0] == TAPE_HEADER.strip()
+    return [(r.symbol, r.time_ms, r.price, r.qty) for r in read_trade_tape(path)]
 
 
 def ref_candles(

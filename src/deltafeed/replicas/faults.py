@@ -13,11 +13,16 @@ a burst later. The schedule is venue-independent; each replica decides where a k
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import random
+import socket
+import struct
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 from deltafeed.model import BadInput
 
@@ -32,6 +37,11 @@ KINDS: tuple[str, ...] = (*CONNECTION_KINDS, *MESSAGE_KINDS, *REST_KINDS)
 #: Faults on one item of a streaming session, which only a replica that has items takes (IG:
 #: Lightstreamer's ``OV``, updates withheld from a client too slow for them); see ``parse_faults(extra=)``.
 ITEM_KINDS = ("overflow",)
+
+#: SO_LINGER on with a 0 s timeout: closing the socket sends a TCP RST instead of a FIN.
+LINGER_RESET = struct.pack("ii", 1, 0)
+
+_V = TypeVar("_V")
 
 #: A text frame that is not JSON, as a proxy in front of a venue might send.
 NOT_JSON = b"<html><head><title>502 Bad Gateway</title></head><body>502 Bad Gateway</body></html>"
@@ -219,3 +229,47 @@ def apply_message_fault(
         bad = p[: max(1, len(p) // 2)] if pick(2) == 0 else NOT_JSON
         out.insert(i, bad)
     return out
+
+
+# --- connection faults ----------------------------------------------------------------------------
+
+
+def reset_transport(transport: asyncio.Transport | None) -> None:
+    """Drop a connection so the peer gets a TCP RST (the ``reset`` fault): linger 0, then abort.
+
+    Nothing happens to a transport that is None or already closing.
+    """
+    if transport is None or transport.is_closing():
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):  # a socket the peer already closed
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+    transport.abort()
+
+
+def inject_connection_faults(
+    schedule: FaultSchedule,
+    victims: Callable[[], Sequence[_V]],
+    actions: Mapping[str, Callable[[_V], None]],
+    injected: Callable[[str, _V], None],
+) -> None:
+    """Inject every connection fault of ``actions`` (kind -> what it does to a victim, e.g. ``close``,
+    ``reset``, ``stall``) that is due now, in the mapping's order: one victim each, picked among
+    ``victims()`` (asked again for each kind, since a victim of the previous one is no candidate any
+    more); ``injected(kind, victim)`` is called after the action, to count and log it.
+
+    A kind that is due while there is no candidate stays due (see the module docstring). The
+    schedule's draws come in a fixed order (take the event, pick the victim, then the action's own
+    picks), so a seed gives the same faults on the same connections.
+    """
+    for kind, act in actions.items():
+        if not schedule.pending(kind):
+            continue
+        cands = victims()
+        if not cands:
+            continue
+        schedule.due(kind)
+        victim = cands[schedule.pick(len(cands))]
+        act(victim)
+        injected(kind, victim)

@@ -37,13 +37,15 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 from deltafeed.candles.calendar import FxCalendar
 from deltafeed.model import BadInput, Candle, Quote
+from deltafeed.replicas.table import GrowableTable, bucket_starts
+from deltafeed.replicas.tape import QUOTE_COLUMNS, TapeWriter
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -432,43 +434,29 @@ class QuoteSim:
 
 # --- tape ---------------------------------------------------------------------------------------------
 
-QUOTE_TAPE_HEADER = "symbol,time_ms,bid,ask\n"
+QUOTE_TAPE_HEADER = ",".join(QUOTE_COLUMNS) + "\n"
 
 
 class QuoteTapeWriter:
-    """Writes every released quote as a CSV row ``symbol,time_ms,bid,ask``, prices formatted exactly
-    as the replica serves them; flushes after each write."""
+    """Writes every released quote as a CSV row ``symbol,time_ms,bid,ask`` (a shared quote
+    :class:`~deltafeed.replicas.tape.TapeWriter`), prices formatted exactly as the replica serves them;
+    flushes after each write."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._f: IO[str] | None = open(self.path, "w", encoding="ascii", newline="")  # noqa: SIM115
-        self._f.write(QUOTE_TAPE_HEADER)
-        self._f.flush()
-        self.rows = 0
+        self._w = TapeWriter.quotes(path)
+        self.path = self._w.path
+
+    @property
+    def rows(self) -> int:
+        return self._w.rows
 
     def write(self, batches: Iterable[QuoteBatch]) -> None:
-        f = self._f
-        if f is None:
-            return
         for b in batches:
-            if not len(b):
-                continue
-            sym = b.symbol
-            f.write(
-                "".join(
-                    [
-                        f"{sym},{t},{bp},{ap}\n"
-                        for t, bp, ap in zip(b.times.tolist(), b.spec.prices(b.bid), b.spec.prices(b.ask), strict=True)
-                    ]
-                )
-            )
-            self.rows += len(b)
-        f.flush()
+            if len(b):
+                self._w.write(b.symbol, b.times.tolist(), b.spec.prices(b.bid), b.spec.prices(b.ask))
 
     def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        self._w.close()
 
 
 # --- released quotes and candles -------------------------------------------------------------------
@@ -482,20 +470,26 @@ _ROW_DTYPE = np.dtype([
 _SIDES = {"b": "bid", "a": "ask", "m": "mid"}
 
 
-class _Rows:
-    """One row per 5 s that has quotes; ``m*`` hold bid + ask (twice the mid) so every field is an
-    exact integer and a 5 s split across two batches merges without loss. Grows by doubling."""
+def _merge_row(last: Any, first: Any) -> None:
+    last["n"] += first["n"]
+    for p in "bam":
+        last[p + "h"] = max(last[p + "h"], first[p + "h"])
+        last[p + "l"] = min(last[p + "l"], first[p + "l"])
+        last[p + "c"] = first[p + "c"]
+
+
+class _Rows(GrowableTable):
+    """One row per 5 s that has quotes (a :class:`GrowableTable`); ``m*`` hold bid + ask (twice the
+    mid) so every field is an exact integer and a 5 s split across two batches merges without loss."""
 
     def __init__(self) -> None:
-        self.rows: npt.NDArray[Any] = np.zeros(1024, _ROW_DTYPE)
-        self.n = 0
+        super().__init__(_ROW_DTYPE)
 
     def append(self, b: QuoteBatch) -> None:
         if not len(b):
             return
         t5 = b.times - b.times % ROW_MS
-        starts = np.concatenate([[0], np.flatnonzero(np.diff(t5)) + 1]).astype(np.int64)
-        ends = np.append(starts[1:], len(t5))
+        starts, ends = bucket_starts(t5)
         m = b.bid + b.ask
         new = np.empty(len(starts), _ROW_DTYPE)
         new["t"] = t5[starts]
@@ -505,24 +499,7 @@ class _Rows:
             new[p + "h"] = np.maximum.reduceat(arr, starts)
             new[p + "l"] = np.minimum.reduceat(arr, starts)
             new[p + "c"] = arr[ends - 1]
-        if self.n and self.rows["t"][self.n - 1] == new["t"][0]:
-            last, first = self.rows[self.n - 1], new[0]
-            last["n"] += first["n"]
-            for p in "bam":
-                last[p + "h"] = max(last[p + "h"], first[p + "h"])
-                last[p + "l"] = min(last[p + "l"], first[p + "l"])
-                last[p + "c"] = first[p + "c"]
-            new = new[1:]
-        need = self.n + len(new)
-        if need > len(self.rows):
-            grown = np.zeros(max(need, 2 * len(self.rows)), _ROW_DTYPE)
-            grown[: self.n] = self.rows[: self.n]
-            self.rows = grown
-        self.rows[self.n : need] = new
-        self.n = need
-
-    def view(self) -> npt.NDArray[Any]:
-        return self.rows[: self.n]
+        self.add_buckets(new, _merge_row)
 
 
 @dataclass(slots=True)

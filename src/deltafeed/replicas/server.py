@@ -81,6 +81,10 @@ class ReplicaBase:
     """What every replica does alike: its fault schedule, serving (and pumping) from :meth:`start`,
     running as an async context manager, and counting injected faults.
 
+    Every subclass's constructor takes ``options=``
+    :class:`~deltafeed.replicas.options.ReplicaOptions` (the options all replicas share) beside its
+    venue-specific extras, and still the same options as keywords.
+
     A subclass sets ``host``, ``port``, ``_clock`` and ``stats`` in ``__init__``, then calls
     :meth:`_setup_faults`; it defines :meth:`_http` (every request), :meth:`_pump` unless ``pumps`` is
     False, and :meth:`stop`, which begins with :meth:`_stop_pump` and calls :meth:`_stop_server`.

@@ -25,12 +25,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from deltafeed.model import BadInput, Candle, Trade
+from deltafeed.replicas.table import GrowableTable, bucket_starts
+from deltafeed.replicas.tape import TRADE_COLUMNS, TapeWriter
 from deltafeed.venues.binance.codec import fmt
 
 I64 = npt.NDArray[np.int64]
@@ -254,19 +256,25 @@ _SEC_DTYPE = np.dtype([
 ])  # fmt: skip
 
 
-class _Seconds:
-    """One row per second that has trades; grows by doubling. Quote volumes are in ticks x lots, so
-    every field is an exact integer and merging a second split across two batches changes nothing."""
+def _merge_second(last: Any, first: Any) -> None:
+    last["h"] = max(last["h"], first["h"])
+    last["l"] = min(last["l"], first["l"])
+    last["c"] = first["c"]
+    for k in ("v", "n", "q", "tv", "tq"):
+        last[k] += first[k]
+    last["L"] = first["L"]
+
+
+class _Seconds(GrowableTable):
+    """One row per second that has trades (a :class:`GrowableTable`). Quote volumes are in ticks x lots,
+    so every field is an exact integer and merging a second split across two batches changes nothing."""
 
     def __init__(self) -> None:
-        self.rows: npt.NDArray[Any] = np.zeros(1024, _SEC_DTYPE)
-        self.n = 0
+        super().__init__(_SEC_DTYPE)
 
     def append(self, b: TradeBatch) -> None:
         sec = b.times - b.times % 1000
-        starts = np.flatnonzero(np.diff(sec)) + 1
-        starts = np.concatenate([np.zeros(1, np.int64), starts])
-        ends = np.append(starts[1:], len(sec))
+        starts, ends = bucket_starts(sec)
         notional = b.ticks * b.lots  # exact: at most ~1e11 per trade
         taker = ~b.maker
         add = np.add.reduceat
@@ -283,26 +291,7 @@ class _Seconds:
         new["tq"] = add(notional * taker, starts)
         new["f"] = b.first_id + starts
         new["L"] = b.first_id + ends - 1
-        if self.n and self.rows["t"][self.n - 1] == new["t"][0]:
-            # The batch continues the second the previous batch ended in: merge into that row.
-            last, first = self.rows[self.n - 1], new[0]
-            last["h"] = max(last["h"], first["h"])
-            last["l"] = min(last["l"], first["l"])
-            last["c"] = first["c"]
-            for k in ("v", "n", "q", "tv", "tq"):
-                last[k] += first[k]
-            last["L"] = first["L"]
-            new = new[1:]
-        need = self.n + len(new)
-        if need > len(self.rows):
-            grown = np.zeros(max(need, 2 * len(self.rows)), _SEC_DTYPE)
-            grown[: self.n] = self.rows[: self.n]
-            self.rows = grown
-        self.rows[self.n : need] = new
-        self.n = need
-
-    def view(self) -> npt.NDArray[Any]:
-        return self.rows[: self.n]
+        self.add_buckets(new, _merge_second)
 
 
 class Grid:
@@ -427,47 +416,38 @@ def _empty_table() -> KlineTable:
 # --- tape ----------------------------------------------------------------------------------------
 
 
-TAPE_HEADER = "symbol,trade_id,time_ms,price,qty,is_buyer_maker\n"
+#: The Binance tape's columns: the shared trade columns, then who was the maker.
+TAPE_COLUMNS: tuple[str, ...] = (*TRADE_COLUMNS, "is_buyer_maker")
+TAPE_HEADER = ",".join(TAPE_COLUMNS) + "\n"
 
 
-class TapeWriter:
-    """Writes every released trade as a CSV row, flushing after each batch."""
+class TradeTape:
+    """Writes every released trade as a CSV row of :data:`TAPE_COLUMNS` (a shared :class:`TapeWriter`),
+    prices and quantities as the Binance replica sends them; flushes after each batch."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._f: IO[str] | None = open(self.path, "w", encoding="ascii", newline="")  # noqa: SIM115
-        self._f.write(TAPE_HEADER)
-        self._f.flush()
-        self.rows = 0
+        self._w = TapeWriter.trades(path, extra=("is_buyer_maker",))
+        self.path = self._w.path
+
+    @property
+    def rows(self) -> int:
+        return self._w.rows
 
     def write(self, batches: Iterable[TradeBatch]) -> None:
-        f = self._f
-        if f is None:
+        if self._w.closed:
             return
         for b in batches:
-            sym = b.symbol
-            f.write(
-                "".join(
-                    [
-                        f"{sym},{i},{t},{fmt(p)},{fmt(q)},{'true' if m else 'false'}\n"
-                        for i, t, p, q, m in zip(
-                            range(b.first_id, b.last_id + 1),
-                            b.times.tolist(),
-                            b.prices().tolist(),
-                            b.qtys().tolist(),
-                            b.maker.tolist(),
-                            strict=True,
-                        )
-                    ]
-                )
+            self._w.write(
+                b.symbol,
+                range(b.first_id, b.last_id + 1),
+                b.times.tolist(),
+                [fmt(p) for p in b.prices().tolist()],
+                [fmt(q) for q in b.qtys().tolist()],
+                ["true" if m else "false" for m in b.maker.tolist()],
             )
-            self.rows += len(b)
-        f.flush()
 
     def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        self._w.close()
 
 
 # --- the simulator -------------------------------------------------------------------------------
@@ -509,7 +489,7 @@ class MarketSim:
         self._last_ticks = {s: spec.start_ticks for s, spec in self.specs.items()}
         self.released_ms = self.origin_ms - 1
         self.trades_released = 0
-        self.tape = TapeWriter(tape) if tape is not None else None
+        self.tape = TradeTape(tape) if tape is not None else None
         self.advance_to(self.start_ms)
 
     @property
@@ -539,8 +519,7 @@ class MarketSim:
         return self._last[symbol], self._last_ticks[symbol] / self.specs[symbol].price_scale
 
     def first_trade_ms(self, symbol: str) -> int | None:
-        secs = self._secs[symbol]
-        return int(secs.rows["t"][0]) if secs.n else None
+        return self._secs[symbol].first_t()
 
     def kline_table(
         self,

@@ -31,8 +31,6 @@ import json
 import logging
 import math
 import re
-import socket
-import struct
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -45,7 +43,15 @@ from aiohttp import WSMsgType, web
 
 from deltafeed.model import Candle
 from deltafeed.net.frames import text_header
-from deltafeed.replicas.faults import MESSAGE_KINDS, FaultSchedule, apply_message_fault, parse_faults
+from deltafeed.replicas.faults import (
+    MESSAGE_KINDS,
+    FaultSchedule,
+    apply_message_fault,
+    inject_connection_faults,
+    parse_faults,
+    reset_transport,
+)
+from deltafeed.replicas.options import ReplicaOptions, options_from
 from deltafeed.replicas.server import ReplicaBase, close_ws
 from deltafeed.replicas.sim import Grid, KlineTable, MarketClock, MarketSim, TradeBatch
 from deltafeed.venues.binance.codec import (
@@ -74,7 +80,6 @@ BAN_SECONDS = 120  # first auto-ban; doubles on each repeat, up to 3 days [V PRO
 MAX_BAN_SECONDS = 3 * 24 * 3600
 DEPTH_LIMIT_MAX = 5000
 _WS_CLOSE_TIMEOUT = 2.0
-_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
 
 
 # --- frames --------------------------------------------------------------------------------------
@@ -440,15 +445,23 @@ class BinanceReplica(ReplicaBase):
         faults_seed: int = 0,
         shutdown_grace_s: float = 3.0,
         slow_s: float = 2.0,
+        options: ReplicaOptions | None = None,
     ) -> None:
-        self.host = host
-        self.port = port
+        rates = parse_faults(faults) if isinstance(faults, str) else dict(faults or {})
+        o = options_from(
+            options, host=host, port=port, symbols=symbols, seed=seed, rate=rate, speed=speed, start_ms=start_ms,
+            history_ms=history_ms, tape=tape, faults=rates, faults_seed=faults_seed,
+        )  # fmt: skip
+        assert o.symbols is not None and o.rate is not None and o.history_ms is not None  # resolved
+        self.options = o
+        self.host = o.host
+        self.port = o.port
         self.ping_interval = ping_interval
         self.pong_timeout = pong_timeout
         self.max_send_buffer = max_send_buffer
-        self._clock = MarketClock(speed, start_ms)
+        self._clock = MarketClock(o.speed, o.start_ms)
         self._sim = MarketSim(
-            symbols, seed=seed, rate=rate, start_ms=self._clock.start_ms, history_ms=history_ms, tape=tape
+            o.symbols, seed=o.seed, rate=o.rate, start_ms=self._clock.start_ms, history_ms=o.history_ms, tape=o.tape
         )
         self.limiter = WeightLimiter(weight_limit, window_s=weight_window_s)
         self.stats: dict[str, int] = {
@@ -463,7 +476,7 @@ class BinanceReplica(ReplicaBase):
             "bytes_sent": 0,
             "slow_skips": 0,
         }
-        self._setup_faults(parse_faults(faults) if isinstance(faults, str) else dict(faults or {}), faults_seed)
+        self._setup_faults(dict(o.faults), o.faults_seed)
         self.shutdown_grace_s = shutdown_grace_s
         self.slow_s = slow_s
         self._lower = {s.lower(): s for s in self._sim.symbols}
@@ -1068,26 +1081,18 @@ class BinanceReplica(ReplicaBase):
 
     def _faults_after_send(self, f: FaultSchedule, out: dict[_Conn, tuple[list[bytes], list[int]]]) -> None:
         """Close and reset faults due now, on a connection that was just sent data."""
-        for kind in ("close", "reset"):
-            if not f.pending(kind):
-                continue
-            cands = self._victims(out, 1)
-            if not cands:
-                continue
-            f.due(kind)
-            conn = cands[f.pick(len(cands))]
+
+        def close(conn: _Conn) -> None:
             conn.doomed = True
-            if kind == "close":
-                code = (1000, 1001)[f.pick(2)]
-                self._spawn(self._close_ws(conn, code, b""))
-            else:
-                conn.closing = True
-                sock = conn.transport.get_extra_info("socket")
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-                conn.transport.abort()
-            self._injected(kind, conn.peer)
+            self._spawn(self._close_ws(conn, (1000, 1001)[f.pick(2)], b""))
+
+        def reset(conn: _Conn) -> None:
+            conn.doomed = conn.closing = True
+            reset_transport(conn.transport)
+
+        inject_connection_faults(
+            f, lambda: self._victims(out, 1), {"close": close, "reset": reset}, lambda k, c: self._injected(k, c.peer)
+        )
 
     async def _shutdown_close(self, conn: _Conn) -> None:
         await asyncio.sleep(self.shutdown_grace_s)

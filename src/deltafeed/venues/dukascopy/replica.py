@@ -20,6 +20,11 @@ What each hour answers, judged by the market clock:
   market was closed (weekend, holiday) holds no quotes and so is an empty body, as at Dukascopy;
 - an unknown symbol, or a path that is not an hour file: 404.
 
+The tape (``tape=``, optional) is the shared quote tape (:mod:`deltafeed.replicas.tape`:
+``symbol,time_ms,bid,ask``, Dukascopy symbol names, prices at the file's precision) of every quote the
+replica serves: each hour's quotes are written once, when the hour is first built, so hours appear in
+the order clients first asked for them, and an hour never asked for is not on the tape.
+
 Faults (``faults=``, see :mod:`deltafeed.replicas.faults`): only the REST kinds apply (``http500``,
 ``http429``, ``slow``); the WebSocket kinds are refused, since this server has no connections to hit.
 """
@@ -31,16 +36,19 @@ import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Protocol
 
 from aiohttp import web
 
 from deltafeed.model import BadInput, Quote
 from deltafeed.replicas.faults import REST_KINDS, FaultSchedule, parse_faults
+from deltafeed.replicas.options import ReplicaOptions, options_from
 from deltafeed.replicas.quotes import QuoteSim, SessionCalendar
 from deltafeed.replicas.server import ReplicaBase
 from deltafeed.replicas.server import serve as serve_replica
 from deltafeed.replicas.sim import MarketClock
+from deltafeed.replicas.tape import TapeWriter
 from deltafeed.venues.dukascopy import codec as codec
 
 log = logging.getLogger(__name__)
@@ -96,27 +104,40 @@ class DukascopyReplica(ReplicaBase):
         slow_s: float = 2.0,
         calendar: SessionCalendar | None = None,
         source: QuoteSource | None = None,
+        tape: str | Path | None = None,
+        options: ReplicaOptions | None = None,
     ) -> None:
-        if history_ms < 0:
-            raise BadInput(f"history must not be negative, got {history_ms} ms")
+        # A ready schedule may be passed instead of rates (tests drive one by a hand-moved clock).
+        ready = faults if isinstance(faults, FaultSchedule) else None
+        rates = check_faults(None if isinstance(faults, FaultSchedule) else faults)
+        o = options_from(
+            options, host=host, port=port, symbols=symbols, seed=seed, rate=rate, speed=speed, start_ms=start_ms,
+            history_ms=history_ms, tape=tape, faults=rates, faults_seed=faults_seed,
+        )  # fmt: skip
+        self.options = o
+        assert o.symbols is not None and o.rate is not None and o.history_ms is not None  # resolved
+        if o.history_ms < 0:
+            raise BadInput(f"history must not be negative, got {o.history_ms} ms")
         self.symbols: dict[str, str] = {}  # Dukascopy name -> OANDA name (QuoteSim's)
-        for s in symbols:
+        for s in o.symbols:
             name = codec.dukascopy_symbol(s)
             codec.price_scale(name)  # a symbol we cannot encode is refused at start-up, not per request
             self.symbols[name] = codec.oanda_symbol(name)
         if not self.symbols:
             raise BadInput("no symbols; give at least one, e.g. EURUSD")
-        self.host = host
-        self.port = port
+        self.host = o.host
+        self.port = o.port
         self.slow_s = slow_s
-        self._clock = MarketClock(speed, start_ms)
-        self.origin_ms = self._clock.start_ms - history_ms
+        self._clock = MarketClock(o.speed, o.start_ms)
+        self.origin_ms = self._clock.start_ms - o.history_ms
         if source is None:
-            source = QuoteSim(list(self.symbols.values()), seed=seed, rate=rate, calendar=calendar)
+            source = QuoteSim(list(self.symbols.values()), seed=o.seed, rate=o.rate, calendar=calendar)
         self._source = source
-        # A ready schedule may be passed instead of rates (tests drive one by a hand-moved clock).
-        schedule = faults if isinstance(faults, FaultSchedule) else FaultSchedule(check_faults(faults), faults_seed)
+        schedule = ready if ready is not None else FaultSchedule(check_faults(o.faults), o.faults_seed)
         check_faults(schedule.rates)
+        #: The quote tape (None without one); written from the worker thread, closed by :meth:`stop`.
+        self.tape = TapeWriter.quotes(o.tape) if o.tape is not None else None
+        self._taped: set[tuple[str, int]] = set()  # hours already on the tape (touched by the worker only)
         self.stats: dict[str, int] = {
             "requests": 0,
             "hours": 0,  # hour files with quotes
@@ -157,11 +178,19 @@ class DukascopyReplica(ReplicaBase):
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="dukascopy-replica")
         return url
 
+    @property
+    def tape_path(self) -> Path | None:
+        """Where the tape is written (None without one); complete once :meth:`stop` has closed it."""
+        return self.tape.path if self.tape is not None else None
+
     async def stop(self) -> None:
+        """Stop serving, drop pending builds and close the tape (a build still running writes nothing more)."""
         await self._stop_server()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+        if self.tape is not None:
+            self.tape.close()
 
     def summary(self) -> str:
         s = self.stats
@@ -213,7 +242,7 @@ class DukascopyReplica(ReplicaBase):
         fut = self._inflight.get(key)
         if fut is None:
             loop = asyncio.get_running_loop()
-            fut = loop.run_in_executor(self._executor, self._build, symbol, hour)
+            fut = loop.run_in_executor(self._executor, self._build, symbol, hour, True)
             self._inflight[key] = fut
             try:
                 out = await asyncio.shield(fut)  # a cancelled first requester must not cancel the build
@@ -225,11 +254,22 @@ class DukascopyReplica(ReplicaBase):
             return out
         return await asyncio.shield(fut)
 
-    def _build(self, symbol: str, hour: int) -> tuple[bytes, int]:
-        """The file of a complete hour: a pure function of (seed, symbol, hour), so cacheable."""
+    def _build(self, symbol: str, hour: int, served: bool = False) -> tuple[bytes, int]:
+        """The file of a complete hour: a pure function of (seed, symbol, hour), so cacheable. A ``served``
+        hour goes on the tape (:meth:`hour_file`'s do not: they are not served)."""
         lo = max(hour, self.origin_ms)
         end = hour + codec.HOUR_MS
         quotes = self._source.quotes(self.symbols[symbol], lo, end) if lo < end else []
+        if served and self.tape is not None and (symbol, hour) not in self._taped:
+            # An hour evicted from the cache and built again is on the tape already.
+            self._taped.add((symbol, hour))
+            decimals = len(str(codec.price_scale(symbol))) - 1
+            self.tape.write(
+                symbol,
+                [q.time_ms for q in quotes],
+                [f"{q.bid:.{decimals}f}" for q in quotes],
+                [f"{q.ask:.{decimals}f}" for q in quotes],
+            )
         return codec.encode_bi5(quotes, hour, symbol), len(quotes)
 
     def _not_found(self) -> web.Response:

@@ -51,26 +51,25 @@ Semantics chosen, each [UNVERIFIED] against the real venue unless marked:
   ``http500``, ``http429`` (Retry-After 1) and ``slow`` on REST. ``drop``, ``dup`` and ``reorder`` are refused:
   Finnhub items carry no id or sequence, so a client cannot detect them and a test of them proves nothing.
 
-The tape (``tape=``) is CSV ``symbol,time_ms,price,volume`` of every item the market releases, with price and
-volume written exactly as the stream writes them; it includes the history released at construction.
+The tape (``tape=``) is CSV ``symbol,trade_id,time_ms,price,qty`` (the shared trade tape columns) of every
+item the market releases, with price and volume (``qty``) written exactly as the stream writes them; it includes
+the history released at construction. Finnhub items carry no id, so ``trade_id`` is the replica's own count of
+the symbol's items, from 1.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import json
 import logging
 import math
-import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -80,10 +79,19 @@ from aiohttp import WSMsgType, web
 from deltafeed.candles.calendar import UsEquityCalendar
 from deltafeed.model import BadInput
 from deltafeed.net.frames import text_frame
-from deltafeed.replicas.faults import FaultSchedule, apply_message_fault, parse_faults
+from deltafeed.replicas.faults import (
+    FaultSchedule,
+    apply_message_fault,
+    inject_connection_faults,
+    parse_faults,
+    reset_transport,
+)
+from deltafeed.replicas.options import ReplicaOptions, options_from
 from deltafeed.replicas.quotes import PairSpec, QuoteSim
 from deltafeed.replicas.server import ReplicaBase, close_ws
 from deltafeed.replicas.sim import MarketClock, MarketSim, TradeBatch
+from deltafeed.replicas.table import GrowableTable, bucket_starts
+from deltafeed.replicas.tape import TRADE_COLUMNS, TapeWriter
 from deltafeed.venues.finnhub import codec as codec
 
 log = logging.getLogger(__name__)
@@ -98,12 +106,11 @@ TICK_SECONDS = 0.02  # pump period (wall)
 MAX_ITEMS = 100
 MAX_SEND_BUFFER = 8 * 1024 * 1024
 FAULT_KINDS = ("close", "reset", "stall", "garbage", "poison", "http500", "http429", "slow")
-TAPE_HEADER = "symbol,time_ms,price,volume\n"
+TAPE_HEADER = ",".join(TRADE_COLUMNS) + "\n"
 RATE_ERROR = "API limit reached. Please try again later. Remaining Limit: 0"
 MINUTE_MS = 60_000
 _WEEK_OFFSET_MS = 345_600_000  # 1970-01-05, the first Monday
 _WS_CLOSE_TIMEOUT = 2.0
-_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
 _PING = b'{"type":"ping"}'
 _DAY_MS = 86_400_000
 
@@ -177,20 +184,27 @@ _ROW = np.dtype(
 )
 
 
-class _Minutes:
-    """One row per minute with prices: o/h/l/c as integers of the instrument's price scale, summed integer
-    volume and the count. Finnhub's finest resolution is a minute, so every candle is an exact roll-up."""
+def _merge_minute(last: Any, first: Any) -> None:
+    last["h"] = max(last["h"], first["h"])
+    last["l"] = min(last["l"], first["l"])
+    last["c"] = first["c"]
+    last["v"] += first["v"]
+    last["n"] += first["n"]
+
+
+class _Minutes(GrowableTable):
+    """One row per minute with prices (a :class:`GrowableTable`): o/h/l/c as integers of the instrument's
+    price scale, summed integer volume and the count. Finnhub's finest resolution is a minute, so every
+    candle is an exact roll-up."""
 
     def __init__(self) -> None:
-        self.rows: npt.NDArray[Any] = np.zeros(256, _ROW)
-        self.n = 0
+        super().__init__(_ROW, 256)
 
     def append(self, times: I64, prices: I64, volumes: I64) -> None:
         if not len(times):
             return
         m = times - times % MINUTE_MS
-        starts = np.concatenate([[0], np.flatnonzero(np.diff(m)) + 1]).astype(np.int64)
-        ends = np.append(starts[1:], len(m))
+        starts, ends = bucket_starts(m)
         new = np.empty(len(starts), _ROW)
         new["t"] = m[starts]
         new["o"] = prices[starts]
@@ -199,24 +213,7 @@ class _Minutes:
         new["c"] = prices[ends - 1]
         new["v"] = np.add.reduceat(volumes, starts)
         new["n"] = ends - starts
-        if self.n and self.rows["t"][self.n - 1] == new["t"][0]:
-            last, first = self.rows[self.n - 1], new[0]
-            last["h"] = max(last["h"], first["h"])
-            last["l"] = min(last["l"], first["l"])
-            last["c"] = first["c"]
-            last["v"] += first["v"]
-            last["n"] += first["n"]
-            new = new[1:]
-        need = self.n + len(new)
-        if need > len(self.rows):
-            grown = np.zeros(max(need, 2 * len(self.rows)), _ROW)
-            grown[: self.n] = self.rows[: self.n]
-            self.rows = grown
-        self.rows[self.n : need] = new
-        self.n = need
-
-    def view(self) -> npt.NDArray[Any]:
-        return self.rows[: self.n]
+        self.add_buckets(new, _merge_minute)
 
 
 def interval_bounds(resolution: str, t: I64) -> tuple[I64, I64]:
@@ -412,7 +409,16 @@ class FinnhubReplica(ReplicaBase):
         faults: str | Mapping[str, float] | None = None,
         faults_seed: int = 0,
         slow_s: float = 2.0,
+        options: ReplicaOptions | None = None,
     ) -> None:
+        kw_rates = check_faults(faults) if isinstance(faults, str) else dict(faults or {})
+        o = options_from(
+            options, host=host, port=port, symbols=symbols, seed=seed, rate=rate, speed=speed, start_ms=start_ms,
+            history_ms=history_ms, tape=tape, faults=kw_rates, faults_seed=faults_seed,
+        )  # fmt: skip
+        assert o.symbols is not None and o.rate is not None and o.history_ms is not None  # resolved
+        self.options = o
+        rate, history_ms, seed = o.rate, o.history_ms, o.seed
         if token is not None and not token:
             raise BadInput("the token must not be empty; give --token KEY, or none to accept any key")
         if not (math.isfinite(rate) and rate > 0):
@@ -428,21 +434,21 @@ class FinnhubReplica(ReplicaBase):
                 raise BadInput(f"{name} must be at least 1, got {v}")
         if not ping_s > 0 or not window_s > 0:
             raise BadInput("ping_s and window_s must be positive")
-        self.host = host
-        self.port = port
+        self.host = o.host
+        self.port = o.port
         self.token = token
         self.max_symbols = max_symbols
         self.ping_s = float(ping_s)
         self.max_send_buffer = max_send_buffer
         self.slow_s = slow_s
-        self._clock = MarketClock(speed, start_ms)
+        self._clock = MarketClock(o.speed, o.start_ms)
         self.minute_limit = _Window(calls_per_minute, window_s)
         self.second_limit = _Window(calls_per_second, 1.0)
 
         self.instruments: dict[str, _Instrument] = {}
         pairs: dict[str, str] = {}  # QuoteSim pair -> Finnhub symbol
         sims: dict[str, _TradeSim] = {}
-        for raw in symbols:
+        for raw in o.symbols:
             name = _check_symbol(raw)
             if name in self.instruments:
                 continue
@@ -468,20 +474,18 @@ class FinnhubReplica(ReplicaBase):
         self._sims = sims
         self._origin_ms = self._clock.start_ms - history_ms
         self._released_ms = self._origin_ms - 1
-        self._tape: IO[str] | None = None
+        self._tape = TapeWriter.trades(o.tape) if o.tape is not None else None
         #: Where the tape is written (None without one); complete once :meth:`stop` has closed it.
-        self.tape_path = Path(tape) if tape is not None else None
-        if tape is not None:
-            self._tape = open(tape, "w", encoding="ascii", newline="")  # noqa: SIM115
-            self._tape.write(TAPE_HEADER)
+        self.tape_path = self._tape.path if self._tape is not None else None
+        #: Items released so far per symbol: the tape's trade ids continue from here.
+        self._item_ids: dict[str, int] = dict.fromkeys(self.instruments, 0)
         self.stats: dict[str, int] = {
             "items": 0, "trades": 0, "price_updates": 0, "connections": 0, "open_connections": 0,
             "refused_connections": 0, "requests": 0, "401": 0, "404": 0, "422": 0, "429": 0,
             "messages": 0, "items_sent": 0, "pings": 0, "symbol_cap_errors": 0, "unknown_subscriptions": 0,
             "client_errors": 0, "frames_dropped": 0, "slow_skips": 0, "bytes_sent": 0,
         }  # fmt: skip
-        rates = check_faults(faults) if isinstance(faults, str) else _check_rates(dict(faults or {}))
-        self._setup_faults(rates, faults_seed)
+        self._setup_faults(_check_rates(dict(o.faults)), o.faults_seed)
         self._conns: dict[_Conn, None] = {}
         self._by_token: dict[str, _Conn] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -516,7 +520,6 @@ class FinnhubReplica(ReplicaBase):
         await self._stop_server()
         if self._tape is not None:
             self._tape.close()
-            self._tape = None
 
     def summary(self) -> str:
         s = self.stats
@@ -555,7 +558,6 @@ class FinnhubReplica(ReplicaBase):
             if len(items.times):
                 out[name] = items
         self._released_ms = now
-        rows: list[str] = []
         for name, items in out.items():
             inst = self.instruments[name]
             forex = inst.kind == "forex"
@@ -563,12 +565,11 @@ class FinnhubReplica(ReplicaBase):
             n = len(items.times)
             self.stats["items"] += n
             self.stats["price_updates" if forex else "trades"] += n
+            first = self._item_ids[name] + 1
+            self._item_ids[name] += n
             if self._tape is not None:
                 prices, vols = inst.strings(items)
-                rows += [f"{name},{t},{p},{v}\n" for t, p, v in zip(items.times.tolist(), prices, vols, strict=True)]
-        if rows and self._tape is not None:
-            self._tape.write("".join(rows))
-            self._tape.flush()
+                self._tape.write(name, range(first, first + n), items.times.tolist(), prices, vols)
         return out
 
     def candles(self, symbol: str, resolution: str, from_ms: int, to_ms: int) -> dict[str, Any]:
@@ -836,25 +837,18 @@ class FinnhubReplica(ReplicaBase):
 
     def _faults_after_send(self, f: FaultSchedule, out: dict[_Conn, tuple[list[bytes], int]]) -> None:
         """Close and reset faults due now, on a connection that was just sent something."""
-        for kind in ("close", "reset"):
-            if not f.pending(kind):
-                continue
-            cands = self._victims(out)
-            if not cands:
-                continue
-            f.due(kind)
-            conn = cands[f.pick(len(cands))]
+
+        def close(conn: _Conn) -> None:
             conn.doomed = True
-            if kind == "close":
-                self._spawn(self._close_ws(conn, (1000, 1001)[f.pick(2)], b""))
-            else:
-                conn.closing = True
-                sock = conn.transport.get_extra_info("socket")
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-                conn.transport.abort()
-            self._injected(kind)
+            self._spawn(self._close_ws(conn, (1000, 1001)[f.pick(2)], b""))
+
+        def reset(conn: _Conn) -> None:
+            conn.doomed = conn.closing = True
+            reset_transport(conn.transport)
+
+        inject_connection_faults(
+            f, lambda: self._victims(out), {"close": close, "reset": reset}, lambda k, _: self._injected(k)
+        )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

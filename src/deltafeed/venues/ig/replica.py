@@ -100,15 +100,12 @@ The tape (``tape=``) is :class:`~deltafeed.replicas.quotes.QuoteTapeWriter`'s CS
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import email.utils
 import logging
 import re
 import secrets
-import socket
-import struct
 import time
 import zoneinfo
 from collections import Counter, deque
@@ -122,7 +119,8 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from deltafeed.model import BadInput
-from deltafeed.replicas.faults import ITEM_KINDS, parse_faults
+from deltafeed.replicas.faults import ITEM_KINDS, inject_connection_faults, parse_faults, reset_transport
+from deltafeed.replicas.options import ReplicaOptions, options_from
 from deltafeed.replicas.quotes import (
     ORIGIN_MS,
     PairSpec,
@@ -165,7 +163,6 @@ RATE_ERROR = "error.public-api.exceeded-api-key-allowance"
 FAULT_KINDS = ("close", "reset", "stall", "overflow", "poison", "http500", "http429", "slow")
 OVERFLOW_S = 0.5  # how long (wall) an ``overflow`` fault withholds one MARKET item's updates from a session
 _MINUTE = 60_000
-_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
 
 #: Item fields as IG names them (PROTOCOLS.md section 4); the ones the replica does not simulate are null.
 MARKET_FIELDS = (
@@ -444,11 +441,9 @@ class _Conn:
         if tr is None or tr.is_closing():
             return
         if reset:
-            sock = tr.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-        tr.abort()
+            reset_transport(tr)
+        else:
+            tr.abort()
 
     async def writer(self) -> None:
         while True:
@@ -520,7 +515,16 @@ class IGReplica(ReplicaBase):
         slow_s: float = 2.0,
         clock: MarketClock | None = None,
         calendar: SessionCalendar | None = None,
+        options: ReplicaOptions | None = None,
     ) -> None:
+        # IG's symbols are epics: ``options.symbols`` are epics here.
+        rates = check_faults(faults) if isinstance(faults, str) else dict(faults or {})
+        o = options_from(
+            options, host=host, port=port, symbols=epics, seed=seed, rate=rate, speed=speed, start_ms=start_ms,
+            history_ms=history_ms, tape=tape, faults=rates, faults_seed=faults_seed,
+        )  # fmt: skip
+        assert o.symbols is not None and o.rate is not None and o.history_ms is not None  # resolved
+        self.options = o
         for name, value in (("api_key", api_key), ("username", username), ("password", password)):
             if value is not None and not value:
                 raise BadInput(
@@ -534,15 +538,15 @@ class IGReplica(ReplicaBase):
         if allowance < 0 or not allowance_period_s > 0:
             raise BadInput("the allowance must not be negative and its period must be positive")
         self.epics: dict[str, str] = {}  # epic -> pair
-        for e in epics:
+        for e in o.symbols:
             epic = e.strip().upper()
             self.epics[epic] = epic_pair(epic)
         if not self.epics:
             raise BadInput("no epics to serve; give at least one, e.g. CS.D.EURUSD.CFD.IP")
         if len(set(self.epics.values())) != len(self.epics):
             raise BadInput("two epics name the same pair; give each pair once")
-        self.host = host
-        self.port = port
+        self.host = o.host
+        self.port = o.port
         self.api_key = api_key
         self.username = username
         self.password = password
@@ -553,15 +557,15 @@ class IGReplica(ReplicaBase):
         self.allowance_period_s = float(allowance_period_s)
         self.max_send_buffer = max_send_buffer
         self.slow_s = slow_s
-        self._clock = clock if clock is not None else MarketClock(speed, start_ms)
-        if self._clock.start_ms - history_ms < ORIGIN_MS:
+        self._clock = clock if clock is not None else MarketClock(o.speed, o.start_ms)
+        if self._clock.start_ms - o.history_ms < ORIGIN_MS:
             raise BadInput("the simulated market starts on 2000-01-01; choose a later --start or a shorter --history")
-        self._sim = QuoteSim(self.epics.values(), seed=seed, rate=rate, calendar=calendar)
-        self._market = QuoteMarket(self._sim, self._clock.start_ms, history_ms)
-        if tape is not None:
+        self._sim = QuoteSim(self.epics.values(), seed=o.seed, rate=o.rate, calendar=calendar)
+        self._market = QuoteMarket(self._sim, self._clock.start_ms, o.history_ms)
+        if o.tape is not None:
             # The history is released at construction, before a tape can be swapped in: write it now
             # (the simulator gives the same quotes for any slicing), then let the market tape the rest.
-            writer = _EpicTape(tape, {p: e for e, p in self.epics.items()})
+            writer = _EpicTape(o.tape, {p: e for e, p in self.epics.items()})
             writer.write(
                 [self._sim.batch(s, self._market.origin_ms, self._market.released_ms + 1) for s in self._sim.specs]
             )
@@ -599,11 +603,11 @@ class IGReplica(ReplicaBase):
             "bytes_sent": 0,
             "slow_disconnects": 0,
         }
-        rates = check_faults(faults) if isinstance(faults, str) else dict(faults or {})
+        rates = dict(o.faults)
         bad = [k for k, v in rates.items() if v > 0 and k not in FAULT_KINDS]
         if bad:
             raise BadInput(f"fault kind {bad[0]!r} does not apply to IG; use {', '.join(FAULT_KINDS)}")
-        self._setup_faults(rates, faults_seed)
+        self._setup_faults(rates, o.faults_seed)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- public surface --
@@ -1253,22 +1257,21 @@ class IGReplica(ReplicaBase):
         f = self.faults
         if f is None:
             return
-        for kind in ("close", "reset", "stall"):
-            if not f.pending(kind):
-                continue
-            cands = [c for c in self._conns if c.live and not c.stalled]
-            if not cands:
-                continue  # stays due until a session exists
-            f.due(kind)
-            conn = cands[f.pick(len(cands))]
-            if kind == "close":
-                # 48: the session reached its maximum duration; the official client opens a new one.
-                conn.close_after([f"END,48,{_tlcp_message('session closed by the replica (fault)')}"], self.stats)
-            elif kind == "reset":
-                conn.abort(reset=True)
-            else:
-                conn.stalled = True
-            self._injected(kind)
+
+        def close(conn: _Conn) -> None:
+            # 48: the session reached its maximum duration; the official client opens a new one.
+            conn.close_after([f"END,48,{_tlcp_message('session closed by the replica (fault)')}"], self.stats)
+
+        def stall(conn: _Conn) -> None:
+            conn.stalled = True
+
+        # A kind with no live session stays due until one exists.
+        inject_connection_faults(
+            f,
+            lambda: [c for c in self._conns if c.live and not c.stalled],
+            {"close": close, "reset": lambda c: c.abort(reset=True), "stall": stall},
+            lambda k, _: self._injected(k),
+        )
         if f.pending("poison"):
             subs = [
                 sub

@@ -43,13 +43,10 @@ and in REST handling, and cost nothing when off.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import email.utils
 import logging
 import re
-import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -61,7 +58,16 @@ import numpy as np
 from aiohttp import web
 
 from deltafeed.model import BadInput
-from deltafeed.replicas.faults import CONNECTION_KINDS, MESSAGE_KINDS, FaultSchedule, apply_message_fault, parse_faults
+from deltafeed.replicas.faults import (
+    CONNECTION_KINDS,
+    MESSAGE_KINDS,
+    FaultSchedule,
+    apply_message_fault,
+    inject_connection_faults,
+    parse_faults,
+    reset_transport,
+)
+from deltafeed.replicas.options import ReplicaOptions, options_from
 from deltafeed.replicas.quotes import (
     LIQUIDITY,
     ORIGIN_MS,
@@ -97,7 +103,6 @@ TICK_SECONDS = 0.02  # pump period (wall)
 MAX_SEND_BUFFER = 8 * 1024 * 1024
 #: Fault kinds that mean something here: ``shutdown`` (a Binance serverShutdown event) does not.
 FAULT_KINDS = tuple(k for k in (*CONNECTION_KINDS, *MESSAGE_KINDS, "http500", "http429", "slow") if k != "shutdown")
-_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
 
 _STREAM_RE = re.compile(r"^/v3/accounts/([^/]+)/pricing/stream$")
 _CANDLES_RE = re.compile(r"^/v3/instruments/([^/]+)/candles$")
@@ -344,7 +349,15 @@ class OandaReplica(ReplicaBase):
         faults_seed: int = 0,
         slow_s: float = 2.0,
         calendar: SessionCalendar | None = None,
+        options: ReplicaOptions | None = None,
     ) -> None:
+        rates = check_faults(faults) if isinstance(faults, str) else dict(faults or {})
+        o = options_from(
+            options, host=host, port=port, symbols=symbols, seed=seed, rate=rate, speed=speed, start_ms=start_ms,
+            history_ms=history_ms, tape=tape, faults=rates, faults_seed=faults_seed,
+        )  # fmt: skip
+        assert o.symbols is not None and o.rate is not None and o.history_ms is not None  # resolved
+        self.options = o
         if not token:
             raise BadInput("the token must not be empty; give --token T or leave the default")
         if not heartbeat_s > 0:
@@ -356,19 +369,19 @@ class OandaReplica(ReplicaBase):
         ):
             if v < 1:
                 raise BadInput(f"{name} must be at least 1, got {v}")
-        self.host = host
-        self.port = port
+        self.host = o.host
+        self.port = o.port
         self.token = token
         self.account_id = account_id
         self.heartbeat_s = float(heartbeat_s)
         self.max_streams = max_streams
         self.max_send_buffer = max_send_buffer
         self.slow_s = slow_s
-        self._clock = clock if clock is not None else MarketClock(speed, start_ms)
-        if self._clock.start_ms - history_ms < ORIGIN_MS:
+        self._clock = clock if clock is not None else MarketClock(o.speed, o.start_ms)
+        if self._clock.start_ms - o.history_ms < ORIGIN_MS:
             raise BadInput("the simulated market starts on 2000-01-01; choose a later --start or a shorter --history")
-        self._sim = QuoteSim(symbols, seed=seed, rate=rate, calendar=calendar)
-        self._market = QuoteMarket(self._sim, self._clock.start_ms, history_ms, tape)
+        self._sim = QuoteSim(o.symbols, seed=o.seed, rate=o.rate, calendar=calendar)
+        self._market = QuoteMarket(self._sim, self._clock.start_ms, o.history_ms, o.tape)
         self.rest_limiter = SlidingLimit(rest_limit)
         self.connection_limiter = SlidingLimit(new_connections_per_s)
         self.stats: dict[str, int] = {
@@ -390,10 +403,10 @@ class OandaReplica(ReplicaBase):
             "slow_skips": 0,
             "bytes_sent": 0,
         }
-        rates = check_faults(faults) if isinstance(faults, str) else dict(faults or {})
+        rates = dict(o.faults)
         if rates.get("shutdown", 0) > 0:
             raise BadInput(f"fault kind 'shutdown' does not apply to OANDA; use {', '.join(FAULT_KINDS)}")
-        self._setup_faults(rates, faults_seed)
+        self._setup_faults(rates, o.faults_seed)
         self._streams: dict[_Stream, None] = {}
         self._tcp: dict[Any, bool] = {}  # connection (aiohttp protocol) -> admitted
         self._request_id = 0
@@ -774,25 +787,19 @@ class OandaReplica(ReplicaBase):
 
     def _faults_after_send(self, f: FaultSchedule, out: dict[_Stream, tuple[list[bytes], list[bytes]]]) -> None:
         """Close and reset faults due now, on a stream that was just sent something."""
-        for kind in ("close", "reset"):
-            if not f.pending(kind):
-                continue
-            cands = self._victims(out, 0)
-            if not cands:
-                continue
-            f.due(kind)
-            conn = cands[f.pick(len(cands))]
+
+        def close(conn: _Stream) -> None:
             conn.doomed = True
-            if kind == "close":
-                conn.finish("eof")
-            else:
-                sock = conn.transport.get_extra_info("socket")
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-                conn.transport.abort()
-                conn.finish("abort")
-            self._injected(kind)
+            conn.finish("eof")
+
+        def reset(conn: _Stream) -> None:
+            conn.doomed = True
+            reset_transport(conn.transport)
+            conn.finish("abort")
+
+        inject_connection_faults(
+            f, lambda: self._victims(out, 0), {"close": close, "reset": reset}, lambda k, _: self._injected(k)
+        )
 
 
 def _candle_objects(table: QuoteCandles, price: str, fmt_time: Callable[[int], str]) -> list[dict[str, Any]]:

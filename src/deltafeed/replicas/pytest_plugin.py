@@ -1,0 +1,93 @@
+"""A pytest plugin: the ``deltafeed_replica`` fixture starts any venue's replica for a test and stops it after.
+
+Registered under the ``pytest11`` entry point (``deltafeed``), so any project that installs deltafeed
+can write::
+
+    async def test_my_client(deltafeed_replica):
+        replica = await deltafeed_replica("binance", symbols=["BTCUSDT"], tape=tmp_path / "t.csv")
+        ...  # replica.url, replica.ws_url, replica.rest_url (as the venue has them)
+
+The replica listens on a free loopback port. Keyword arguments naming a
+:class:`~deltafeed.replicas.options.ReplicaOptions` field (``symbols``, ``seed``, ``rate``, ``speed``,
+``start_ms``, ``history_ms``, ``tape``, ``faults``, ``faults_seed``, ``host``) go into the options; the
+others are the venue's extras (``token=``, ``calendar=``, ...). A fault spec may be given as a string.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+import pytest
+
+from deltafeed.replicas.faults import ITEM_KINDS, parse_faults
+from deltafeed.replicas.options import ReplicaOptions
+from deltafeed.replicas.server import ReplicaBase
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _async_fixture(fn: _F) -> _F:
+    """``pytest_asyncio.fixture`` (which strict-mode projects need for an async fixture), else ``pytest.fixture``."""
+    try:
+        import pytest_asyncio
+    except ImportError:  # pragma: no cover - without pytest-asyncio nothing could await the factory anyway
+        return cast(_F, pytest.fixture(fn))
+    return cast(_F, pytest_asyncio.fixture(fn))
+
+
+#: ``await deltafeed_replica(venue, **kwargs)``: a started replica of ``venue``.
+StartReplica = Callable[..., Awaitable[ReplicaBase]]
+
+_OPTION_FIELDS = frozenset(f.name for f in dataclasses.fields(ReplicaOptions)) - {"port"}
+
+
+def replica_class(venue: str) -> type[ReplicaBase]:
+    """The replica class of ``venue``: the single :class:`ReplicaBase` subclass defined in
+    ``deltafeed.venues.<venue>.replica``. A venue without one is a :class:`LookupError` naming the fix."""
+    try:
+        module = importlib.import_module(f"deltafeed.venues.{venue}.replica")
+    except ModuleNotFoundError:
+        raise LookupError(f"no replica for venue {venue!r}; use binance, dukascopy, finnhub, ig or oanda") from None
+    found = [
+        c
+        for _, c in inspect.getmembers(module, inspect.isclass)
+        if issubclass(c, ReplicaBase) and c is not ReplicaBase and c.__module__ == module.__name__
+    ]
+    if len(found) != 1:
+        raise LookupError(f"{module.__name__} defines {len(found)} replica classes, expected exactly one")
+    return found[0]
+
+
+def build_replica(venue: str, **kwargs: Any) -> ReplicaBase:
+    """An unstarted replica of ``venue`` on a free loopback port, the shared options taken from ``kwargs``
+    (see the module docstring) and the rest passed to its constructor as extras."""
+    opts = {k: kwargs.pop(k) for k in list(kwargs) if k in _OPTION_FIELDS}
+    if isinstance(opts.get("faults"), str):
+        opts["faults"] = parse_faults(opts["faults"], extra=ITEM_KINDS)
+    opts.setdefault("host", "127.0.0.1")
+    options = ReplicaOptions(port=0, **opts).check()
+    # Every replica constructor takes ``options=`` (ReplicaBase itself declares no constructor).
+    make: Callable[..., ReplicaBase] = replica_class(venue)
+    return make(options=options, **kwargs)
+
+
+@_async_fixture
+async def deltafeed_replica() -> AsyncIterator[StartReplica]:
+    """An async factory: ``await deltafeed_replica("binance", symbols=[...], tape=..., **extras)`` starts
+    the venue's replica on a free loopback port and returns it; every replica started is stopped after
+    the test, tapes closed."""
+    started: list[ReplicaBase] = []
+
+    async def start(venue: str, **kwargs: Any) -> ReplicaBase:
+        replica = build_replica(venue, **kwargs)
+        await replica.start()
+        started.append(replica)
+        return replica
+
+    yield start
+    for replica in reversed(started):
+        await replica.stop()
