@@ -1,4 +1,4 @@
-"""The command-line options every ``deltafeed replica NAME`` has, and their checks.
+"""The command-line options every ``deltafeed replica NAME`` has (checked by ``ReplicaOptions.from_args``).
 
 Each venue adds its replica's own options and defaults in its :class:`~deltafeed.venues.base.Venue`;
 the CLI generates one sub-command per venue that has a replica.
@@ -7,8 +7,6 @@ the CLI generates one sub-command per venue that has a replica.
 from __future__ import annotations
 
 import argparse
-
-from deltafeed.model import BadInput, parse_duration_ms, time_ms
 
 FX_START_HELP = (
     "market time at start-up (default now; the FX market is closed at weekends), e.g. "
@@ -55,27 +53,3 @@ def add_common_args(
         metavar="N",
         help="seed of the fault schedule (default 0): the same seed gives the same fault times",
     )
-
-
-def common(args: argparse.Namespace, example: str) -> tuple[list[str], int]:
-    """The options every replica shares, checked: (symbols, history in ms)."""
-    symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()]
-    if not symbols:
-        raise BadInput(f"--symbols is empty; give at least one, e.g. {example}")
-    for name, value in (("--rate", args.rate), ("--speed", args.speed)):
-        if not value > 0:
-            raise BadInput(f"{name} must be greater than 0")
-    if not 0 <= args.port <= 65535:
-        raise BadInput(f"--port {args.port} is not a TCP port; use 0 (any free port) to 65535")
-    return symbols, parse_duration_ms(args.history)
-
-
-def start_ms(args: argparse.Namespace) -> int | None:
-    """``--start`` in ms, or None (now)."""
-    text = getattr(args, "start", None)
-    if text is None:
-        return None
-    try:
-        return time_ms(text)
-    except ValueError:
-        raise BadInput(f"--start {text!r} is not an ISO-8601 time; write e.g. 2026-11-21T08:00:00Z") from None

@@ -16,8 +16,6 @@ others are the venue's extras (``token=``, ``calendar=``, ...). A fault spec may
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar, cast
 
@@ -46,20 +44,15 @@ _OPTION_FIELDS = frozenset(f.name for f in dataclasses.fields(ReplicaOptions)) -
 
 
 def replica_class(venue: str) -> type[ReplicaBase]:
-    """The replica class of ``venue``: the single :class:`ReplicaBase` subclass defined in
-    ``deltafeed.venues.<venue>.replica``. A venue without one is a :class:`LookupError` naming the fix."""
-    try:
-        module = importlib.import_module(f"deltafeed.venues.{venue}.replica")
-    except ModuleNotFoundError:
-        raise LookupError(f"no replica for venue {venue!r}; use binance, dukascopy, finnhub, ig or oanda") from None
-    found = [
-        c
-        for _, c in inspect.getmembers(module, inspect.isclass)
-        if issubclass(c, ReplicaBase) and c is not ReplicaBase and c.__module__ == module.__name__
-    ]
-    if len(found) != 1:
-        raise LookupError(f"{module.__name__} defines {len(found)} replica classes, expected exactly one")
-    return found[0]
+    """The replica class of the registered venue ``venue``; a venue without one is a
+    :class:`LookupError` naming those that have one."""
+    from deltafeed.venues import registry
+
+    known = [v.name for v in registry.venues() if v.replica_class() is not None]
+    cls = registry.get(venue).replica_class() if venue in registry.names() else None
+    if cls is None:
+        raise LookupError(f"no replica for venue {venue!r}; use {', '.join(known)}")
+    return cls
 
 
 def build_replica(venue: str, **kwargs: Any) -> ReplicaBase:

@@ -21,6 +21,7 @@ from deltafeed.model import BadInput, Candle, Quote, Trade
 
 if TYPE_CHECKING:
     from deltafeed.config import Settings
+    from deltafeed.replicas.server import ReplicaBase
     from deltafeed.series import Series
 
 
@@ -257,9 +258,28 @@ class Venue:
     def add_replica_args(self, parser: argparse.ArgumentParser) -> None:
         """Add the replica's options to ``deltafeed replica NAME``'s parser."""
 
-    def make_replica(self, args: argparse.Namespace) -> Any:
+    #: A symbol for the example in ``--symbols`` errors.
+    replica_example: str = "ABC"
+
+    def replica_class(self) -> type[ReplicaBase] | None:
+        """Its replica's class (a :class:`~deltafeed.replicas.server.ReplicaBase` taking ``options=``
+        and its own extras), or None; the CLI and the pytest plugin build replicas from it."""
+        return None
+
+    def replica_extras(self, args: argparse.Namespace) -> dict[str, Any]:
+        """The replica's own constructor arguments from its parsed options, checked (:class:`BadInput`)."""
+        return {}
+
+    def make_replica(self, args: argparse.Namespace) -> ReplicaBase:
         """Build (not start) the replica the parsed options describe; :class:`BadInput` for a bad value."""
-        raise BadInput(f"{self.name} has no replica")
+        from deltafeed.replicas.options import ReplicaOptions
+
+        cls = self.replica_class()
+        if cls is None:
+            raise BadInput(f"{self.name} has no replica")
+        extras = self.replica_extras(args)
+        make: Callable[..., ReplicaBase] = cls
+        return make(options=ReplicaOptions.from_args(args, self.replica_example), **extras)
 
     async def serve_replica(self, replica: Any) -> None:
         """Run ``replica`` until SIGINT/SIGTERM, printing its summary on the way out."""

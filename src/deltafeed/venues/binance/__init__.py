@@ -11,6 +11,7 @@ from deltafeed.venues.binance import codec
 
 if TYPE_CHECKING:
     from deltafeed.config import Settings
+    from deltafeed.replicas.server import ReplicaBase
     from deltafeed.venues.base import Feed, TradeSink
 
 
@@ -65,28 +66,17 @@ class Binance(Venue):
         )
         parser.add_argument("--weight-limit", type=int, default=6000, help="REST weight per minute")
 
-    def make_replica(self, args: argparse.Namespace) -> Any:
-        from deltafeed.replicas.cli import common
-        from deltafeed.replicas.faults import parse_faults
+    replica_example = "BTCUSDT"
+
+    def replica_class(self) -> type[ReplicaBase]:
         from deltafeed.venues.binance.replica import BinanceReplica
 
-        symbols, history_ms = common(args, "BTCUSDT")
+        return BinanceReplica
+
+    def replica_extras(self, args: argparse.Namespace) -> dict[str, Any]:
         if args.weight_limit < 1:
             raise BadInput("--weight-limit must be at least 1")
-        faults = parse_faults(args.faults) if args.faults else None
-        return BinanceReplica(
-            symbols=symbols,
-            seed=args.seed,
-            rate=args.rate,
-            speed=args.speed,
-            history_ms=history_ms,
-            weight_limit=args.weight_limit,
-            tape=args.tape,
-            host=args.host,
-            port=args.port,
-            faults=faults,
-            faults_seed=args.faults_seed,
-        )
+        return {"weight_limit": args.weight_limit}
 
 
 VENUE = Binance()

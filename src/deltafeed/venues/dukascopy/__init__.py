@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING
 
 from deltafeed.venues.base import HTTP_SCHEMES, TickHistory, TickSource, Venue, VenueSettings
 from deltafeed.venues.dukascopy import codec
+
+if TYPE_CHECKING:
+    from deltafeed.replicas.server import ReplicaBase
 
 
 class DukascopySettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
@@ -59,33 +62,21 @@ class Dukascopy(Venue):
             start_help="market time at start-up (default now), e.g. 2026-01-09T12:00:00Z",
             history="7d",
             history_help="market history before --start that hour files cover",
-            tape_help=None,
+            tape_help="write every quote it serves to this CSV file (symbol,time_ms,bid,ask)",
             fault_kinds="http500, http429, slow (e.g. http500=2)",
         )
 
-    def make_replica(self, args: argparse.Namespace) -> Any:
-        from deltafeed.replicas.cli import common, start_ms
-        from deltafeed.venues.dukascopy.replica import DukascopyReplica, check_faults
+    replica_example = "EURUSD"
 
-        symbols, history_ms = common(args, "EURUSD")
-        start = start_ms(args)
-        faults = check_faults(args.faults) if args.faults else None
-        return DukascopyReplica(
-            symbols=symbols,
-            seed=args.seed,
-            rate=args.rate,
-            speed=args.speed,
-            history_ms=history_ms,
-            start_ms=start,
-            host=args.host,
-            port=args.port,
-            faults=faults,
-            faults_seed=args.faults_seed,
-        )
+    def replica_class(self) -> type[ReplicaBase]:
+        from deltafeed.venues.dukascopy.replica import DukascopyReplica
 
-    async def serve_replica(self, replica: Any) -> None:
-        from deltafeed.venues.dukascopy.replica import serve
+        return DukascopyReplica
 
+    async def serve_replica(self, replica: ReplicaBase) -> None:
+        from deltafeed.venues.dukascopy.replica import DukascopyReplica, serve
+
+        assert isinstance(replica, DukascopyReplica)
         await serve(replica)
 
 

@@ -11,6 +11,7 @@ from deltafeed.venues.finnhub import codec
 
 if TYPE_CHECKING:
     from deltafeed.config import Settings
+    from deltafeed.replicas.server import ReplicaBase
     from deltafeed.venues.base import Feed, TradeSink
 
 
@@ -62,29 +63,17 @@ class Finnhub(Venue):
         )
         parser.add_argument("--token", help="the API key every request must carry (default: any non-empty key)")
 
-    def make_replica(self, args: argparse.Namespace) -> Any:
-        from deltafeed.replicas.cli import common, start_ms
-        from deltafeed.venues.finnhub.replica import FinnhubReplica, check_faults
+    replica_example = "BINANCE:BTCUSDT"
 
-        symbols, history_ms = common(args, "BINANCE:BTCUSDT")
-        start = start_ms(args)
-        faults = check_faults(args.faults) if args.faults else None
+    def replica_class(self) -> type[ReplicaBase]:
+        from deltafeed.venues.finnhub.replica import FinnhubReplica
+
+        return FinnhubReplica
+
+    def replica_extras(self, args: argparse.Namespace) -> dict[str, Any]:
         if args.token is not None and not args.token:
             raise BadInput("--token is empty; give a key, or leave it out to accept any key")
-        return FinnhubReplica(
-            symbols=symbols,
-            seed=args.seed,
-            rate=args.rate,
-            speed=args.speed,
-            history_ms=history_ms,
-            start_ms=start,
-            tape=args.tape,
-            host=args.host,
-            port=args.port,
-            token=args.token,
-            faults=faults,
-            faults_seed=args.faults_seed,
-        )
+        return {"token": args.token}
 
 
 VENUE = Finnhub()

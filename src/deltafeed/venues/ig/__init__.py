@@ -9,6 +9,7 @@ from deltafeed.venues.base import HTTP_SCHEMES, Venue, VenueSettings
 
 if TYPE_CHECKING:
     from deltafeed.config import Settings
+    from deltafeed.replicas.server import ReplicaBase
     from deltafeed.venues.base import Feed, TradeSink
 
 
@@ -59,29 +60,15 @@ class IG(Venue):
         parser.add_argument("--username", help="the login identifier (default: any non-empty one)")
         parser.add_argument("--password", help="the login password (default: any non-empty one)")
 
-    def make_replica(self, args: argparse.Namespace) -> Any:
-        from deltafeed.replicas.cli import common, start_ms
-        from deltafeed.venues.ig.replica import IGReplica, check_faults
+    replica_example = "CS.D.EURUSD.CFD.IP"
 
-        epics, history_ms = common(args, "CS.D.EURUSD.CFD.IP")
-        start = start_ms(args)
-        faults = check_faults(args.faults) if args.faults else None
-        return IGReplica(
-            epics=epics,
-            seed=args.seed,
-            rate=args.rate,
-            speed=args.speed,
-            history_ms=history_ms,
-            start_ms=start,
-            tape=args.tape,
-            host=args.host,
-            port=args.port,
-            api_key=args.api_key,
-            username=args.username,
-            password=args.password,
-            faults=faults,
-            faults_seed=args.faults_seed,
-        )
+    def replica_class(self) -> type[ReplicaBase]:
+        from deltafeed.venues.ig.replica import IGReplica
+
+        return IGReplica
+
+    def replica_extras(self, args: argparse.Namespace) -> dict[str, Any]:
+        return {"api_key": args.api_key, "username": args.username, "password": args.password}
 
 
 VENUE = IG()

@@ -10,6 +10,7 @@ from deltafeed.venues.oanda import codec
 
 if TYPE_CHECKING:
     from deltafeed.config import Settings
+    from deltafeed.replicas.server import ReplicaBase
     from deltafeed.venues.base import Feed, TradeSink
 
 
@@ -63,27 +64,15 @@ class Oanda(Venue):
             help="the bearer token every request must carry (default deltafeed-oanda-dev-token)",
         )
 
-    def make_replica(self, args: argparse.Namespace) -> Any:
-        from deltafeed.replicas.cli import common, start_ms
-        from deltafeed.venues.oanda.replica import OandaReplica, check_faults
+    replica_example = "EUR_USD"
 
-        symbols, history_ms = common(args, "EUR_USD")
-        start = start_ms(args)
-        faults = check_faults(args.faults) if args.faults else None
-        return OandaReplica(
-            symbols=symbols,
-            seed=args.seed,
-            rate=args.rate,
-            speed=args.speed,
-            history_ms=history_ms,
-            start_ms=start,
-            token=args.token,
-            tape=args.tape,
-            host=args.host,
-            port=args.port,
-            faults=faults,
-            faults_seed=args.faults_seed,
-        )
+    def replica_class(self) -> type[ReplicaBase]:
+        from deltafeed.venues.oanda.replica import OandaReplica
+
+        return OandaReplica
+
+    def replica_extras(self, args: argparse.Namespace) -> dict[str, Any]:
+        return {"token": args.token}
 
 
 VENUE = Oanda()
