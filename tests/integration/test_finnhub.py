@@ -8,7 +8,6 @@ zoneinfo, forex prices checked against the quote simulator's bid and ask.
 from __future__ import annotations
 
 import asyncio
-import csv
 import datetime as dt
 import json
 import re
@@ -33,6 +32,7 @@ from deltafeed.venues.finnhub import codec as codec
 from deltafeed.venues.finnhub import rest as finnhub_rest
 from deltafeed.venues.finnhub.replica import MAX_ITEMS, TAPE_HEADER, FinnhubReplica, check_faults
 from deltafeed.venues.finnhub.rest import FinnhubHistory
+from helpers import read_text_tape
 
 M1, M5, H1, D1 = 60_000, 300_000, 3_600_000, 86_400_000
 # Wednesday 2026-03-04 15:00 UTC = 10:00 in New York (EST): US stocks in session, FX market open.
@@ -61,13 +61,6 @@ async def make(tmp_path: Path) -> AsyncIterator[Make]:
     yield make
     for r in started:
         await r.stop()
-
-
-def read_tape(path: str | Path) -> list[Row]:
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    assert rows[0] == TAPE_HEADER.strip().split(",")
-    return [(s, int(t), p, v) for s, t, p, v in rows[1:]]
 
 
 def ref_candles(
@@ -235,7 +228,7 @@ async def test_history_candles_equal_the_tape(make: Make, monkeypatch: pytest.Mo
         got = [await h.candles(sym, tf, lo, START - 1, now_ms=now) for sym, tf, _, lo in cases]
     finally:
         await h.close()
-    rows = read_tape(r.tape_path or "")
+    rows = read_text_tape(r.tape_path or "", TAPE_HEADER)
     for (sym, tf, tf_ms, lo), candles in zip(cases, got, strict=True):
         want = ref_candles(rows, sym, tf_ms, lo, START - 1, now, sym.startswith("OANDA:"))
         assert want, (sym, tf)
@@ -293,7 +286,9 @@ async def test_history_survives_injected_429_and_500(make: Make) -> None:
     finally:
         await h.close()
     assert h.throttled >= 1 and h.server_errors >= 1 and r.faults_injected()["http429"] >= 1
-    want = ref_candles(read_tape(r.tape_path or ""), "AAPL", 900_000, START - D1, START - 1, r.clock.now_ms(), False)
+    want = ref_candles(
+        read_text_tape(r.tape_path or "", TAPE_HEADER), "AAPL", 900_000, START - D1, START - 1, r.clock.now_ms(), False
+    )
     assert as_rows(got) == want and want
 
 
@@ -368,7 +363,7 @@ async def test_ws_messages_match_the_tape(make: Make) -> None:
                 got[s].append((int(t), p, v))
     assert not dec.errors and pings >= 3 and batched > 0
     await r.stop()  # closes the tape
-    tape = read_tape(r.tape_path or "")
+    tape = read_text_tape(r.tape_path or "", TAPE_HEADER)
     for s in symbols:
         rows = [(t, p, v) for sym, t, p, v in tape if sym == s]
         n = len(got[s])

@@ -25,19 +25,9 @@ from deltafeed.venues.ig import codec as ig
 from deltafeed.venues.ig import tlcp as t
 from deltafeed.venues.ig.pool import ConnectionGate, PoolFull, TlcpPool, TlcpSession
 from deltafeed.venues.ig.rest import AllowanceSpent, IGHistory, IGSession
+from helpers import ms, until
 
 UTC = dt.UTC
-
-
-def ms(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> int:
-    return int(dt.datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp()) * 1000
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager

@@ -24,6 +24,7 @@ from deltafeed.net.lines import LineStream, StreamUnauthorized
 from deltafeed.net.ws import ConnectBudget
 from deltafeed.venues.oanda import codec as o
 from deltafeed.venues.oanda.rest import OandaHistory
+from helpers import ms, until
 
 # Verbatim from PROTOCOLS.md section 5 (oandapyV20 fixtures); the PRICE line joined onto one line.
 DOC_PRICE = (
@@ -38,12 +39,6 @@ DOC_CANDLES = b'{"instrument":"DE30_EUR","granularity":"M5","candles":[{"complet
 TOKEN = "s3cr3t-0123456789abcdef-token"
 UTC = dt.UTC
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def ms(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, milli: int = 0) -> int:
-    """Epoch ms of a UTC date and time, computed with datetime (independently of the codec)."""
-    t = dt.datetime(year, month, day, hour, minute, second, milli * 1000, tzinfo=UTC)
-    return (t - EPOCH) // dt.timedelta(milliseconds=1)
 
 
 # --- codec: stream lines ------------------------------------------------------------------------
@@ -293,13 +288,6 @@ async def serve(routes: dict[str, Handler]) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 async def chunked(request: web.Request, pieces: list[bytes], pause: float = 0.03) -> web.StreamResponse:
