@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from deltafeed.model import BadInput, Candle, Quote
-from deltafeed.net.http import VenueError
+from deltafeed.net.http import VenueError, http_date_ms
 from deltafeed.net.lines import LineStream, StreamUnauthorized
 from deltafeed.net.ws import ConnectBudget
 from deltafeed.venues.oanda import codec as o
@@ -265,8 +265,8 @@ def test_venue_now_from_date_header_and_newest_candle() -> None:
     assert o.venue_now_ms(ms(2026, 1, 1), Candle(t, 1, 1, 1, 1, 1, 1, True)) == ms(2026, 1, 1)  # weekend
     assert o.venue_now_ms(t, Candle(t, 1, 1, 1, 1, 1, 1, True)) == t + 5000  # Date before the candle's end
     assert o.venue_now_ms(None, None) is None
-    assert o.http_date_ms("Mon, 17 Oct 2016 19:35:08 GMT") == ms(2016, 10, 17, 19, 35, 8)
-    assert o.http_date_ms("garbage") is None
+    assert http_date_ms("Mon, 17 Oct 2016 19:35:08 GMT") == ms(2016, 10, 17, 19, 35, 8)
+    assert http_date_ms("garbage") is None
 
 
 # --- small servers --------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import email.utils
 import logging
 
 import aiohttp
@@ -107,3 +109,18 @@ def _retry_after(value: str | None) -> float:
         return max(0.0, float(value)) if value is not None else 1.0
     except ValueError:
         return 1.0
+
+
+def http_date_ms(value: str | None) -> int | None:
+    """Epoch ms of an HTTP ``Date`` header (second resolution), or None when absent or unreadable.
+
+    Venues that stamp no time on their data tell the time this way; a header without a zone is UTC."""
+    if not value:
+        return None
+    try:
+        t = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return int(t.timestamp()) * 1000

@@ -47,7 +47,7 @@ from deltafeed.model import Candle
 from deltafeed.net.frames import text_header
 from deltafeed.replicas.faults import MESSAGE_KINDS, FaultSchedule, apply_message_fault, parse_faults
 from deltafeed.replicas.server import ReplicaBase, close_ws
-from deltafeed.replicas.sim import Grid, KlineTable, MarketClock, MarketSim, TradeBatch
+from deltafeed.replicas.sim import Grid, KlineTable, MarketClock, MarketSim, TradeBatch, fmt
 from deltafeed.venues.binance.codec import (
     INTERVAL_MS,
     KLINES_PAGE,
@@ -56,7 +56,6 @@ from deltafeed.venues.binance.codec import (
     WEIGHT_LIMIT_1M,
     encode_trade,
     error_body,
-    fmt,
     kline_payload,
     kline_row,
     wrap_combined,
