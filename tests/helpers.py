@@ -1,5 +1,5 @@
 """Small helpers the tests share: UTC times as epoch ms, polling a condition, model candles, free ports,
-text tapes of the replicas and a short engine run.
+small aiohttp servers, text tapes of the replicas and a short engine run.
 
 Each was written several times across the test files; one documented version lives here so a fix
 reaches every test. ``tests/`` is on ``sys.path`` (see ``conftest.py``), so ``from helpers import ms``
@@ -10,13 +10,16 @@ test beyond the model and the engine, so a test's reference values never come fr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import datetime as dt
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, overload
+
+from aiohttp import web
 
 from deltafeed.model import Candle
 
@@ -96,6 +99,20 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: web.Application, shutdown_timeout: float = 0.1) -> AsyncIterator[str]:
+    """Serve an aiohttp ``app`` on a free loopback port for the ``async with`` block; yields its base
+    URL (``http://127.0.0.1:<port>``). A short ``shutdown_timeout`` keeps a test's teardown quick when
+    a handler is still holding a connection open."""
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 def read_text_tape(path: str | Path, header: str | Sequence[str]) -> list[TextRow]:

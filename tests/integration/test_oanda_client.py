@@ -24,7 +24,7 @@ from deltafeed.net.lines import LineStream, StreamUnauthorized
 from deltafeed.net.ws import ConnectBudget
 from deltafeed.venues.oanda import codec as o
 from deltafeed.venues.oanda.rest import OandaHistory
-from helpers import ms, until
+from helpers import ms, serve_app, until
 
 # Verbatim from PROTOCOLS.md section 5 (oandapyV20 fixtures); the PRICE line joined onto one line.
 DOC_PRICE = (
@@ -279,15 +279,8 @@ async def serve(routes: dict[str, Handler]) -> AsyncIterator[str]:
     app = web.Application()
     for path, handler in routes.items():
         app.router.add_get(path, handler)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as url:
+        yield url
 
 
 async def chunked(request: web.Request, pieces: list[bytes], pause: float = 0.03) -> web.StreamResponse:
