@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from urllib.parse import quote, unquote
 import aiohttp
 import pytest
 
+from conftest import StartReplica
 from deltafeed.replicas.quotes import QUOTE_TAPE_HEADER
 from deltafeed.replicas.sim import MarketClock
 from deltafeed.venues.ig.replica import ALLOWANCE_ERROR, RATE_ERROR, TLCP_PROTOCOL, IGReplica, encode_fields, epic_pair
@@ -110,20 +111,13 @@ Make = Callable[..., Awaitable[IGReplica]]
 
 
 @pytest.fixture
-async def make(tmp_path: Path) -> AsyncIterator[Make]:
+def make(replicas: StartReplica) -> Make:
     """``await make(**kwargs)`` starts a replica with a tape in tmp_path; all are stopped after the test."""
-    started: list[IGReplica] = []
 
     async def make(**kwargs: Any) -> IGReplica:
-        kwargs.setdefault("tape", str(tmp_path / f"tape{len(started)}.csv"))
-        r = IGReplica(**kwargs)
-        await r.start()
-        started.append(r)
-        return r
+        return await replicas(IGReplica, **kwargs)
 
-    yield make
-    for r in started:
-        await r.stop()
+    return make
 
 
 def tape_of(r: IGReplica, epic: str) -> list[tuple[int, str, str]]:

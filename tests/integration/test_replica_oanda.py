@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+from conftest import StartReplica
 from deltafeed.replicas.quotes import QUOTE_TAPE_HEADER, QuoteSim, QuoteTapeWriter
 from deltafeed.replicas.sim import MarketClock
 from deltafeed.venues.oanda.replica import DEV_TOKEN, OandaReplica
@@ -81,21 +82,15 @@ Make = Callable[..., Awaitable[OandaReplica]]
 
 
 @pytest.fixture
-async def make(tmp_path: Path) -> AsyncIterator[Make]:
-    """``await make(**kwargs)`` starts a replica with a tape in tmp_path; all are stopped after the test."""
-    started: list[OandaReplica] = []
+def make(replicas: StartReplica) -> Make:
+    """``await make(**kwargs)`` starts a replica (accepting 1000 new connections a second unless told)
+    with a tape in tmp_path; all are stopped after the test."""
 
     async def make(**kwargs: Any) -> OandaReplica:
-        kwargs.setdefault("tape", str(tmp_path / f"tape{len(started)}.csv"))
         kwargs.setdefault("new_connections_per_s", 1000)
-        r = OandaReplica(**kwargs)
-        await r.start()
-        started.append(r)
-        return r
+        return await replicas(OandaReplica, **kwargs)
 
-    yield make
-    for r in started:
-        await r.stop()
+    return make
 
 
 async def get(http: aiohttp.ClientSession, url: str, **params: Any) -> tuple[int, Any]:
