@@ -1,15 +1,33 @@
-"""Fixtures: Binance replicas started in-process on free loopback ports, stopped after the test."""
+"""Fixtures: venue replicas started in-process on free loopback ports, stopped after the test."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import pytest
 
 import deltafeed.replicas.pytest_plugin as replica_plugin
 from deltafeed.venues.binance.replica import BinanceReplica
+
+
+class Startable(Protocol):
+    """What the fixtures ask of a replica: it starts and stops."""
+
+    async def start(self) -> object: ...
+
+    async def stop(self) -> None: ...
+
+
+R = TypeVar("R", bound=Startable)
+
+
+class StartReplica(Protocol):
+    """``await replicas(IGReplica, **kwargs)``: the type of the :func:`replicas` fixture."""
+
+    async def __call__(self, cls: type[R], /, **kwargs: Any) -> R: ...
+
 
 MakeReplica = Callable[..., Awaitable[BinanceReplica]]
 
@@ -31,20 +49,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-async def make_replica(tmp_path: Any) -> AsyncIterator[MakeReplica]:
-    """``await make_replica(**kwargs)`` starts a replica (with a tape in tmp_path unless given)."""
-    started: list[BinanceReplica] = []
+async def replicas(tmp_path: Any) -> AsyncIterator[StartReplica]:
+    """``await replicas(SomeReplica, **kwargs)`` starts a replica of any venue, with a tape of its own in
+    tmp_path unless ``tape`` is given; every replica started is stopped after the test, in start order."""
+    started: list[Startable] = []
 
-    async def make(**kwargs: Any) -> BinanceReplica:
+    async def start(cls: type[R], /, **kwargs: Any) -> R:
         kwargs.setdefault("tape", str(tmp_path / f"tape{len(started)}.csv"))
-        replica = BinanceReplica(**kwargs)
+        replica = cls(**kwargs)
         await replica.start()
         started.append(replica)
         return replica
 
-    yield make
+    yield start
     for replica in started:
         await replica.stop()
+
+
+@pytest.fixture
+def make_replica(replicas: StartReplica) -> MakeReplica:
+    """``await make_replica(**kwargs)`` starts a Binance replica (with a tape in tmp_path unless given)."""
+
+    async def make(**kwargs: Any) -> BinanceReplica:
+        return await replicas(BinanceReplica, **kwargs)
+
+    return make
 
 
 @pytest.fixture

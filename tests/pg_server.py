@@ -22,12 +22,13 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
 from pathlib import Path
 from types import TracebackType
+
+from helpers import free_port
 
 _template_lock = threading.Lock()
 _template: Path | None = None
@@ -55,12 +56,6 @@ def available() -> bool:
         except KeyError:
             return False
     return True
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _owner() -> tuple[int, int] | None:
@@ -128,7 +123,7 @@ class PrivatePostgres:
         if found is None:
             raise RuntimeError("no PostgreSQL binaries found (set PG_BINDIR to the directory holding pg_ctl)")
         self.bindir = found
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.base = Path(tempfile.mkdtemp(prefix="deltafeed-pg-"))
         os.chmod(self.base, 0o755)
         self.data = self.base / "data"

@@ -11,12 +11,7 @@ import tempfile
 import time
 from types import TracebackType
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from helpers import free_port
 
 
 class PrivateRedis:

@@ -9,21 +9,13 @@ from pathlib import Path
 import pytest
 
 from deltafeed.config import Settings
-from deltafeed.engine import Engine
 from deltafeed.model import TIMEFRAMES
 from deltafeed.store.cold import ColdStore
 from deltafeed.venues.binance.replica import BinanceReplica
+from helpers import run_engine
 from reference import candles_from_tape, read_tape
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
-
-
-async def run_engine(settings: Settings, seconds: float) -> Engine:
-    engine = Engine(settings)
-    await engine.start()
-    await asyncio.sleep(seconds)
-    await engine.stop()
-    return engine
 
 
 @pytest.mark.parametrize("venue_klines", [True, False], ids=["with-kline-streams", "trades-only"])

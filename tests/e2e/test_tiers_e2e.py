@@ -25,6 +25,7 @@ from deltafeed.store.base import open_cold
 from deltafeed.store.redis_hot import RedisHot
 from deltafeed.venues.binance.feed import BinanceFeed
 from deltafeed.venues.binance.replica import BinanceReplica
+from helpers import run_engine
 from pg_server import PrivatePostgres
 from redis_server import PrivateRedis
 from reference import candles_from_tape, read_tape
@@ -68,14 +69,6 @@ def private_pg() -> Iterator[PrivatePostgres]:
         yield server
     finally:
         server.cleanup()
-
-
-async def run_engine(settings: Settings, seconds: float) -> Engine:
-    engine = Engine(settings)
-    await engine.start()
-    await asyncio.sleep(seconds)
-    await engine.stop()
-    return engine
 
 
 async def stored(db: str, schema: str, instrument: str, timeframe: str) -> list[Candle]:

@@ -25,6 +25,7 @@ from deltafeed.api.hub import Hub
 from deltafeed.api.ws import add_ws_routes
 from deltafeed.model import Candle, Trade, state_flags
 from deltafeed.store.hot import HotStore
+from helpers import until
 
 BTC, ETH, SOL = "binance:BTCUSDT", "binance:ETHUSDT", "binance:SOLUSDT"
 T0 = 1_700_000_040_000  # a minute boundary (and so a boundary of 1s, 5s, 15s, 1m)
@@ -88,13 +89,6 @@ async def recv(ws: aiohttp.ClientWebSocketResponse, timeout: float = 3.0) -> dic
     return doc
 
 
-async def until(cond: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
 def candle(open_time: int, price: float = 100.0, trades: int = 1, closed: bool = False) -> Candle:
     return Candle(open_time, price, price + 1, price - 1, price + 0.5, 2.5, trades, closed)
 
@@ -153,7 +147,7 @@ async def test_instrument_endpoint_sends_trades_prices_and_candles_in_the_docume
         "data": {**candle_data, "closed": True, "state": "provisional"},
     }
     await ws.close()
-    await until(lambda: hub.clients == 0)
+    await until(lambda: hub.clients == 0, timeout=3.0)
     assert not hub.wants_trades(BTC)
 
 
@@ -316,7 +310,7 @@ async def test_bad_paths_and_a_full_server_are_refused_before_the_upgrade(
         assert r.status == 503 and "too many clients (2)" in (await r.json())["error"]
     assert hub.clients == 2
     await keep[0].close()
-    await until(lambda: hub.clients == 1)
+    await until(lambda: hub.clients == 1, timeout=3.0)
     await session.ws_connect(f"{url}/ws")  # room again
 
 
@@ -379,7 +373,7 @@ async def test_bad_ops_get_error_replies_and_the_connection_survives(
     await ws.send_str(json.dumps({"op": "subscribe", "pad": "x" * 5000}))  # over max_msg_size (4096)
     msg = await ws.receive(timeout=3)
     assert msg.type == WSMsgType.CLOSE and msg.data == 1009
-    await until(lambda: hub.clients == 0)
+    await until(lambda: hub.clients == 0, timeout=3.0)
     assert not hub.wants_trades(ETH)
 
 
@@ -627,7 +621,7 @@ async def test_200_clients_20_never_read_the_others_get_everything_fast(serve: S
     finally:
         await fast_session.close()
         await slow_session.close()
-    await until(lambda: hub.clients == 0)
+    await until(lambda: hub.clients == 0, timeout=3.0)
 
 
 async def test_a_client_lagging_too_long_is_disconnected_even_with_room_in_its_queue(serve: Serve) -> None:
@@ -651,7 +645,7 @@ async def test_a_client_lagging_too_long_is_disconnected_even_with_room_in_its_q
                 await asyncio.sleep(0.01)
         await until(lambda: hub.disconnected_slow == 1, timeout=4)
         assert received > 0  # the reader is served on
-        await until(lambda: received == 8000)
+        await until(lambda: received == 8000, timeout=3.0)
         got = 0
         while (msg := await sleeper.receive(timeout=5)).type == WSMsgType.TEXT:
             got += 1

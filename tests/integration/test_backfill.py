@@ -8,8 +8,6 @@ what the replica encodes into its hour files (test_dukascopy checks that link by
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +21,7 @@ from deltafeed.model import TIMEFRAMES, Candle, series_key
 from deltafeed.replicas.quotes import QuoteSim, QuoteTapeWriter
 from deltafeed.store.base import open_cold
 from deltafeed.venues.dukascopy.replica import DukascopyReplica
+from helpers import free_port, ms
 from reference import RefCandle, quote_candles_from_tape, read_quote_tape
 
 CLI = [sys.executable, "-m", "deltafeed"]
@@ -30,10 +29,6 @@ H = 3_600_000
 SEED = 11
 # 0.05 quotes a second: about 3 a minute, so one minute in twenty is empty and becomes a flat candle.
 RATE = 0.05
-
-
-def ms(text: str) -> int:
-    return int(dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC).timestamp() * 1000)
 
 
 # The replica's clock stands at Monday 2026-01-12 06:00 UTC (the 06:00 hour is not published yet);
@@ -231,13 +226,6 @@ async def test_a_source_without_the_instrument_or_unreachable_is_a_source_error(
         await backfill(
             "oanda:EUR_USD", START - 6 * H, START, db=db, url=f"http://127.0.0.1:{free_port()}/datafeed", retries=0
         )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 # --- the command --------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from deltafeed.config import Settings
 from deltafeed.engine import Engine
 from deltafeed.model import Candle, state_flags
 from deltafeed.venues.binance.replica import BinanceReplica
+from helpers import until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -243,21 +244,18 @@ async def test_watch_resumes_without_gap_after_the_api_restarts(tmp_path: Path, 
             async for candle in df.watch_candles(BTC, "15s", snapshot=0):
                 every.append(candle)
 
-        async def until(n: int) -> None:
-            async with asyncio.timeout(30):
-                while len(closed) < n:
-                    await asyncio.sleep(0.05)
-
         async with Client(c.url, token=TOKEN, reconnect_max_s=0.5) as df:
             tasks = [asyncio.create_task(watch(df)), asyncio.create_task(count_all(df))]
             try:
-                await until(6)
+                await until(lambda: len(closed) >= 6, timeout=30, what="6 closed candles", interval=0.05)
                 await stop_api(c.runner)
                 at_stop = len(closed)
                 await asyncio.sleep(3.0)
                 restarted_at = c.engine.venue_clock.now_ms()
                 c.runner = await start_api(c.engine, new_hub(c.engine), "127.0.0.1", port, TOKEN)
-                await until(at_stop + 20)
+                await until(
+                    lambda: len(closed) >= at_stop + 20, timeout=30, what="20 more closed candles", interval=0.05
+                )
             finally:
                 for t in tasks:
                     t.cancel()

@@ -8,7 +8,6 @@ straight from the quote simulator it serves.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import itertools
 import lzma
 import struct
@@ -35,13 +34,10 @@ from deltafeed.venues.dukascopy.codec import (
 )
 from deltafeed.venues.dukascopy.replica import DukascopyReplica
 from deltafeed.venues.dukascopy.rest import DukascopyHistory
+from helpers import ms
 
 H = 3_600_000
 astuple = msgspec.structs.astuple
-
-
-def ms(text: str) -> int:
-    return int(dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC).timestamp() * 1000)
 
 
 HOUR = ms("2026-01-05T10:00")  # a Monday

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -27,6 +26,7 @@ from deltafeed.model import BadInput, ServerShutdown, Trade
 from deltafeed.replicas.faults import KINDS, NOT_JSON, FaultSchedule, apply_message_fault, parse_faults
 from deltafeed.venues.binance.codec import StreamDecoder
 from deltafeed.venues.binance.replica import FAR_AHEAD, BinanceReplica, split_text_frames, text_frames
+from helpers import until
 
 FAST = 600.0  # events per minute
 HANDSHAKE = (
@@ -36,13 +36,6 @@ HANDSHAKE = (
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out waiting"
-        await asyncio.sleep(0.01)
 
 
 class RawWs:
@@ -232,7 +225,7 @@ async def test_close_sends_a_clean_close_frame_then_ends(
         assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data in (1000, 1001), msg
         assert (await ws.receive(timeout=5)).type == aiohttp.WSMsgType.CLOSED and ws.closed
     assert assert_counted(replica, "close") == 1  # one connection, closed once
-    await wait_for(lambda: replica.stats["open_connections"] == 0)
+    await until(lambda: replica.stats["open_connections"] == 0)
 
 
 async def test_reset_ends_the_tcp_connection_without_a_close_frame(make_replica: MakeReplica) -> None:
@@ -244,7 +237,7 @@ async def test_reset_ends_the_tcp_connection_without_a_close_frame(make_replica:
     ws.close()
     assert all(op == 0x1 for op, _ in ws.frames())  # text frames only: no close frame
     assert assert_counted(replica, "reset") == 1
-    await wait_for(lambda: replica.stats["open_connections"] == 0)
+    await until(lambda: replica.stats["open_connections"] == 0)
 
 
 async def test_stall_goes_silent_keeps_the_socket_open_and_sends_no_pings(make_replica: MakeReplica) -> None:
@@ -253,7 +246,7 @@ async def test_stall_goes_silent_keeps_the_socket_open_and_sends_no_pings(make_r
         symbols=["BTCUSDT"], rate=200.0, history_ms=0, faults={"stall": FAST}, ping_interval=0.3, pong_timeout=0.5
     )
     ws = await RawWs.connect(replica, "/ws/btcusdt@trade")
-    await wait_for(lambda: replica.faults_injected()["stall"] == 1)
+    await until(lambda: replica.faults_injected()["stall"] == 1)
     with pytest.raises(TimeoutError):  # frames in flight when the stall began
         while await ws.read(0.2):
             pass
@@ -266,7 +259,7 @@ async def test_stall_goes_silent_keeps_the_socket_open_and_sends_no_pings(make_r
     assert replica.stats["open_connections"] == 1
     assert replica.faults_injected()["stall"] == 1  # one connection, and it cannot be stalled twice
     ws.close()  # the client noticed and hangs up: the replica lets go
-    await wait_for(lambda: replica.stats["open_connections"] == 0)
+    await until(lambda: replica.stats["open_connections"] == 0)
 
 
 async def test_shutdown_event_then_close_after_the_grace(
@@ -393,7 +386,7 @@ async def rest(http: aiohttp.ClientSession, url: str) -> tuple[int, Any, Any, fl
 async def test_http500_answers_one_request(make_replica: MakeReplica, http: aiohttp.ClientSession) -> None:
     replica = await make_replica(symbols=["BTCUSDT"], history_ms=60_000, faults={"http500": 120.0})
     assert replica.faults is not None
-    await wait_for(lambda: replica.faults is not None and replica.faults.pending("http500"))
+    await until(lambda: replica.faults is not None and replica.faults.pending("http500"))
     status, body, headers, _ = await rest(http, replica.url + "/api/v3/time")
     assert status == 500 and body["code"] == -1000 and "X-MBX-USED-WEIGHT-1M" in headers
     if not replica.faults.pending("http500"):  # the event was taken: the next request is served
@@ -407,7 +400,7 @@ async def test_http429_has_retry_after_and_is_counted_apart(
 ) -> None:
     replica = await make_replica(symbols=["BTCUSDT"], history_ms=600_000, faults={"http429": 120.0})
     assert replica.faults is not None
-    await wait_for(lambda: replica.faults is not None and replica.faults.pending("http429"))
+    await until(lambda: replica.faults is not None and replica.faults.pending("http429"))
     url = replica.url + "/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=5"
     status, body, headers, _ = await rest(http, url)
     assert status == 429 and headers["Retry-After"] == "1" and "X-MBX-USED-WEIGHT-1M" in headers
@@ -423,7 +416,7 @@ async def test_http429_has_retry_after_and_is_counted_apart(
 async def test_slow_delays_one_answer(make_replica: MakeReplica, http: aiohttp.ClientSession) -> None:
     replica = await make_replica(symbols=["BTCUSDT"], history_ms=600_000, faults={"slow": 120.0}, slow_s=0.5)
     assert replica.faults is not None
-    await wait_for(lambda: replica.faults is not None and replica.faults.pending("slow"))
+    await until(lambda: replica.faults is not None and replica.faults.pending("slow"))
     url = replica.url + "/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=3"
     status, rows, _, took = await rest(http, url)
     assert status == 200 and len(rows) == 3 and took >= 0.5

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import pytest
 
+from conftest import StartReplica
 from deltafeed.model import BadInput, Candle, Trade
 from deltafeed.net.http import VenueError
 from deltafeed.replicas.faults import FaultSchedule
@@ -46,21 +47,15 @@ Row = tuple[str, int, str, str]
 
 
 @pytest.fixture
-async def make(tmp_path: Path) -> AsyncIterator[Make]:
-    """``await make(**kwargs)`` starts a replica with a tape in tmp_path; all are stopped after the test."""
-    started: list[FinnhubReplica] = []
+def make(replicas: StartReplica) -> Make:
+    """``await make(**kwargs)`` starts a replica (market time START unless given) with a tape in
+    tmp_path; all are stopped after the test."""
 
     async def make(**kwargs: Any) -> FinnhubReplica:
-        kwargs.setdefault("tape", str(tmp_path / f"tape{len(started)}.csv"))
         kwargs.setdefault("start_ms", START)
-        r = FinnhubReplica(**kwargs)
-        await r.start()
-        started.append(r)
-        return r
+        return await replicas(FinnhubReplica, **kwargs)
 
-    yield make
-    for r in started:
-        await r.stop()
+    return make
 
 
 def read_tape(path: str | Path) -> list[Row]:

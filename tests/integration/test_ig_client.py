@@ -25,32 +25,9 @@ from deltafeed.venues.ig import codec as ig
 from deltafeed.venues.ig import tlcp as t
 from deltafeed.venues.ig.pool import ConnectionGate, PoolFull, TlcpPool, TlcpSession
 from deltafeed.venues.ig.rest import AllowanceSpent, IGHistory, IGSession
+from helpers import ms, serve_app, until
 
 UTC = dt.UTC
-
-
-def ms(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> int:
-    return int(dt.datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp()) * 1000
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
-@contextlib.asynccontextmanager
-async def serve(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
 
 
 # --- TLCP requests ------------------------------------------------------------------------------
@@ -516,7 +493,7 @@ class FakeIGRest:
 
 @contextlib.asynccontextmanager
 async def ig_rest(fake: FakeIGRest, **kw: Any) -> AsyncIterator[tuple[IGSession, IGHistory]]:
-    async with serve(fake.app()) as url:
+    async with serve_app(fake.app()) as url:
         session = IGSession(url, API_KEY, USER, PASSWORD, rate_per_minute=6000, **kw)
         hist = IGHistory(session)
         try:
@@ -559,7 +536,7 @@ async def test_tokens_are_refreshed_when_old_and_on_401() -> None:
 async def test_refused_login_and_errors_never_carry_secrets(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     fake = FakeIGRest()
-    async with serve(fake.app()) as url:
+    async with serve_app(fake.app()) as url:
         bad = IGSession(url, API_KEY, USER, "wrong-" + PASSWORD, rate_per_minute=6000)
         with pytest.raises(VenueError) as exc:
             await bad.login()
@@ -847,7 +824,7 @@ ITEMS = [ig.market_item(e) for e in EPICS]
 async def test_pool_packs_100_items_into_at_most_40_connections_and_survives_drops() -> None:
     fake = FakeLS()
     sink = Sink()
-    async with serve(fake.app()) as url:
+    async with serve_app(fake.app()) as url:
         pool = _pool(url, sink, max_connections=40, items_per_session=2)  # 100 items would need 50 sessions
         try:
             await pool.subscribe(ITEMS, ig.MARKET_FIELDS)
@@ -887,7 +864,7 @@ async def test_pool_packs_100_items_into_at_most_40_connections_and_survives_dro
 async def test_pool_never_opens_more_than_the_limit_while_everything_reconnects() -> None:
     fake = FakeLS()
     sink = Sink()
-    async with serve(fake.app()) as url:
+    async with serve_app(fake.app()) as url:
         pool = _pool(url, sink, max_connections=5, items_per_session=4)
         try:
             await pool.subscribe(ITEMS[:30], ig.MARKET_FIELDS)
@@ -907,7 +884,7 @@ async def test_pool_never_opens_more_than_the_limit_while_everything_reconnects(
 async def test_a_silent_connection_is_dropped_by_the_watchdog_and_resubscribed() -> None:
     fake = FakeLS(keepalive_ms=100)
     sink = Sink()
-    async with serve(fake.app()) as url:
+    async with serve_app(fake.app()) as url:
         pool = _pool(url, sink, max_connections=1, items_per_session=10, keepalive_ms=100)
         try:
             await pool.subscribe(ITEMS[:3], ig.MARKET_FIELDS)
@@ -926,7 +903,7 @@ async def test_a_silent_connection_is_dropped_by_the_watchdog_and_resubscribed()
 async def test_loop_rebinds_the_same_session_without_resubscribing() -> None:
     fake = FakeLS()
     sink = Sink()
-    async with serve(fake.app()) as url:
+    async with serve_app(fake.app()) as url:
         pool = _pool(url, sink, max_connections=1, items_per_session=10)
         try:
             await pool.subscribe(ITEMS[:2], ig.MARKET_FIELDS)
@@ -956,7 +933,7 @@ async def test_conerr_retries_with_a_fresh_password_and_reqerr_marks_the_item() 
             raise VenueError(503, b"IG is down", "http://ig/session")
         return "CST-old|XST-old" if len(calls) == 2 else fake.password
 
-    async with serve(fake.app()) as url:
+    async with serve_app(fake.app()) as url:
         pool = _pool(url, sink, password=password, max_connections=2, items_per_session=10)
         try:
             await pool.subscribe([ITEMS[0], "MARKET:BAD.EPIC", ITEMS[1]], ig.MARKET_FIELDS)
@@ -975,7 +952,7 @@ async def test_sessions_sharing_a_gate_wait_for_a_free_connection() -> None:
     fake = FakeLS()
     sink = Sink()
     gate = ConnectionGate(2)
-    async with serve(fake.app()) as url:
+    async with serve_app(fake.app()) as url:
         sessions = [
             TlcpSession(
                 url,
@@ -1010,7 +987,7 @@ async def test_sessions_sharing_a_gate_wait_for_a_free_connection() -> None:
 async def test_strict_pool_refuses_items_that_do_not_fit_before_subscribing_any() -> None:
     fake = FakeLS()
     sink = Sink()
-    async with serve(fake.app()) as url:
+    async with serve_app(fake.app()) as url:
         pool = _pool(url, sink, max_connections=2, items_per_session=3, strict=True)
         try:
             await pool.subscribe(ITEMS[:4], ig.MARKET_FIELDS)

@@ -19,11 +19,12 @@ import pytest
 from aiohttp import web
 
 from deltafeed.model import BadInput, Candle, Quote
-from deltafeed.net.http import VenueError
+from deltafeed.net.http import VenueError, http_date_ms
 from deltafeed.net.lines import LineStream, StreamUnauthorized
 from deltafeed.net.reconnect import ConnectBudget
 from deltafeed.venues.oanda import codec as o
 from deltafeed.venues.oanda.rest import OandaHistory
+from helpers import ms, serve_app, until
 
 # Verbatim from PROTOCOLS.md section 5 (oandapyV20 fixtures); the PRICE line joined onto one line.
 DOC_PRICE = (
@@ -38,12 +39,6 @@ DOC_CANDLES = b'{"instrument":"DE30_EUR","granularity":"M5","candles":[{"complet
 TOKEN = "s3cr3t-0123456789abcdef-token"
 UTC = dt.UTC
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def ms(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, milli: int = 0) -> int:
-    """Epoch ms of a UTC date and time, computed with datetime (independently of the codec)."""
-    t = dt.datetime(year, month, day, hour, minute, second, milli * 1000, tzinfo=UTC)
-    return (t - EPOCH) // dt.timedelta(milliseconds=1)
 
 
 # --- codec: stream lines ------------------------------------------------------------------------
@@ -270,8 +265,8 @@ def test_venue_now_from_date_header_and_newest_candle() -> None:
     assert o.venue_now_ms(ms(2026, 1, 1), Candle(t, 1, 1, 1, 1, 1, 1, True)) == ms(2026, 1, 1)  # weekend
     assert o.venue_now_ms(t, Candle(t, 1, 1, 1, 1, 1, 1, True)) == t + 5000  # Date before the candle's end
     assert o.venue_now_ms(None, None) is None
-    assert o.http_date_ms("Mon, 17 Oct 2016 19:35:08 GMT") == ms(2016, 10, 17, 19, 35, 8)
-    assert o.http_date_ms("garbage") is None
+    assert http_date_ms("Mon, 17 Oct 2016 19:35:08 GMT") == ms(2016, 10, 17, 19, 35, 8)
+    assert http_date_ms("garbage") is None
 
 
 # --- small servers --------------------------------------------------------------------------------
@@ -284,22 +279,8 @@ async def serve(routes: dict[str, Handler]) -> AsyncIterator[str]:
     app = web.Application()
     for path, handler in routes.items():
         app.router.add_get(path, handler)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
+    async with serve_app(app) as url:
+        yield url
 
 
 async def chunked(request: web.Request, pieces: list[bytes], pause: float = 0.03) -> web.StreamResponse:

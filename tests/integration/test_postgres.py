@@ -29,6 +29,7 @@ from deltafeed.model import BadInput, Candle, Switch, state_flags
 from deltafeed.store.base import StoreError, StoreUnavailable
 from deltafeed.store.cold import ColdStore
 from deltafeed.store.postgres import PARTITION_MS, SCHEMA_VERSION, PostgresStore
+from helpers import candle, free_port
 from pg_server import PrivatePostgres, available
 
 PG_URL = os.environ.get("DELTAFEED_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -51,10 +52,6 @@ def _server_up() -> bool:
 
 
 pytestmark = pytest.mark.skipif(not _server_up(), reason=f"no PostgreSQL at {PG_URL} (set DELTAFEED_TEST_PG)")
-
-
-def candle(t: int, close: float = 100.0, closed: bool = True, volume: float = 1.0, trades: int = 3) -> Candle:
-    return Candle(t, close - 1, close + 1, close - 2, close, volume, trades, closed)
 
 
 def series(n: int, inst: str = BTC, tf: str = "1m", step: int = M, start: int = T0) -> list[tuple[str, str, Candle]]:
@@ -489,17 +486,11 @@ async def test_concurrent_opens_of_a_fresh_schema_both_succeed(schema: str) -> N
             await st.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.parametrize(
     ("url", "words"),
     [
         (
-            f"postgresql://u:s3cret@127.0.0.1:{_free_port()}/test",
+            f"postgresql://u:s3cret@127.0.0.1:{free_port()}/test",
             ["cannot reach", "connection refused", "start the server"],
         ),
         ("postgresql://u:s3cret@127.0.0.1:notaport/test", ["not a usable PostgreSQL URL", "postgresql://USER"]),

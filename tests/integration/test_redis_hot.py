@@ -21,6 +21,7 @@ from deltafeed.model import BadInput, Candle, state_flags
 from deltafeed.store.base import StoreError, StoreUnavailable
 from deltafeed.store.hot import HotStore
 from deltafeed.store.redis_hot import RedisHot
+from helpers import until
 from redis_server import PrivateRedis, free_port
 
 SHARED = "redis://127.0.0.1:6379/0"
@@ -33,14 +34,6 @@ FOREVER: dict[str, int | None] = {"1m": None, "5m": None, "1d": None}
 
 def candle(t: int, close: float = 100.0, closed: bool = True, trades: int = 3) -> Candle:
     return Candle(t, close - 0.5, close + 1.25, close - 2.125, close, close * 0.001 + 1e-8, trades, closed)
-
-
-async def until(pred: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.002)
 
 
 @pytest.fixture

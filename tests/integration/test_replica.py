@@ -22,8 +22,7 @@ import numpy as np
 import pytest
 
 from conftest import MakeReplica
-from deltafeed.replicas.sim import MarketSim
-from deltafeed.venues.binance.codec import fmt
+from deltafeed.replicas.sim import MarketSim, fmt
 from deltafeed.venues.binance.replica import BinanceReplica, WeightLimiter
 from reference import RefCandle, TapeRow, candles_from_tape, read_tape, rows_by_symbol
 

@@ -9,7 +9,6 @@ arithmetic, and every streamed update is decoded with TLCP's compression rules a
 from __future__ import annotations
 
 import asyncio
-import csv
 import datetime as dt
 import json
 import signal
@@ -17,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,11 @@ from urllib.parse import quote, unquote
 import aiohttp
 import pytest
 
+from conftest import StartReplica
 from deltafeed.replicas.quotes import QUOTE_TAPE_HEADER
 from deltafeed.replicas.sim import MarketClock
 from deltafeed.venues.ig.replica import ALLOWANCE_ERROR, RATE_ERROR, TLCP_PROTOCOL, IGReplica, encode_fields, epic_pair
+from helpers import by_symbol, ms, read_text_tape
 
 EUR, JPY, GBP = "CS.D.EURUSD.CFD.IP", "CS.D.USDJPY.CFD.IP", "CS.D.GBPUSD.CFD.IP"
 M1, H1 = 60_000, 3_600_000
@@ -48,10 +49,6 @@ CHART_SCHEMA = (
     "LTV",
     "LTP_OPEN",
 )
-
-
-def ms(text: str) -> int:
-    return int(dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC).timestamp() * 1000)
 
 
 def hms(t: int) -> str:
@@ -85,13 +82,10 @@ class Gate:
 
 
 def read_tape(path: Path, epic: str) -> list[tuple[int, str, str]]:
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    assert rows[0] == QUOTE_TAPE_HEADER.strip().split(",")
-    assert {r[0] for r in rows[1:]} <= {EUR, JPY, GBP}  # epics, not pair names
-    out = [(int(t), b, a) for s, t, b, a in rows[1:] if s == epic]
-    assert out == sorted(out, key=lambda r: r[0])
-    return out
+    """One epic's ``(time_ms, bid, ask)`` rows of the tape, after checking every row names an epic."""
+    rows = read_text_tape(path, QUOTE_TAPE_HEADER)
+    assert {r[0] for r in rows} <= {EUR, JPY, GBP}  # epics, not pair names
+    return by_symbol(rows, epic)
 
 
 def ref_rows(tape: list[tuple[int, str, str]], g: int) -> dict[int, dict[str, Any]]:
@@ -117,20 +111,13 @@ Make = Callable[..., Awaitable[IGReplica]]
 
 
 @pytest.fixture
-async def make(tmp_path: Path) -> AsyncIterator[Make]:
+def make(replicas: StartReplica) -> Make:
     """``await make(**kwargs)`` starts a replica with a tape in tmp_path; all are stopped after the test."""
-    started: list[IGReplica] = []
 
     async def make(**kwargs: Any) -> IGReplica:
-        kwargs.setdefault("tape", str(tmp_path / f"tape{len(started)}.csv"))
-        r = IGReplica(**kwargs)
-        await r.start()
-        started.append(r)
-        return r
+        return await replicas(IGReplica, **kwargs)
 
-    yield make
-    for r in started:
-        await r.stop()
+    return make
 
 
 def tape_of(r: IGReplica, epic: str) -> list[tuple[int, str, str]]:

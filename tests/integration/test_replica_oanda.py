@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import datetime as dt
 import itertools
 import json
@@ -18,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -27,17 +26,15 @@ import aiohttp
 import numpy as np
 import pytest
 
+from conftest import StartReplica
 from deltafeed.replicas.quotes import QUOTE_TAPE_HEADER, QuoteSim, QuoteTapeWriter
 from deltafeed.replicas.sim import MarketClock
 from deltafeed.venues.oanda.replica import DEV_TOKEN, OandaReplica
+from helpers import by_symbol, ms, read_text_tape
 
 S5, M1, M5, M15, H1 = 5_000, 60_000, 300_000, 900_000, 3_600_000
 TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
 DECIMALS = {"EUR_USD": 5, "GBP_USD": 5, "USD_JPY": 3}
-
-
-def ms(text: str) -> int:
-    return int(dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC).timestamp() * 1000)
 
 
 def rfc(t: int) -> str:
@@ -60,19 +57,6 @@ class Mono:
 
     def __call__(self) -> float:
         return self.t
-
-
-def read_tape(path: Path) -> list[tuple[str, int, str, str]]:
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    assert rows[0] == QUOTE_TAPE_HEADER.strip().split(",")
-    return [(s, int(t), b, a) for s, t, b, a in rows[1:]]
-
-
-def by_symbol(rows: list[tuple[str, int, str, str]], symbol: str) -> list[tuple[int, str, str]]:
-    out = [(t, b, a) for s, t, b, a in rows if s == symbol]
-    assert out == sorted(out, key=lambda r: r[0])
-    return out
 
 
 def ref_candles(rows: list[tuple[int, str, str]], g: int, now: int, decimals: int) -> list[dict[str, Any]]:
@@ -98,21 +82,15 @@ Make = Callable[..., Awaitable[OandaReplica]]
 
 
 @pytest.fixture
-async def make(tmp_path: Path) -> AsyncIterator[Make]:
-    """``await make(**kwargs)`` starts a replica with a tape in tmp_path; all are stopped after the test."""
-    started: list[OandaReplica] = []
+def make(replicas: StartReplica) -> Make:
+    """``await make(**kwargs)`` starts a replica (accepting 1000 new connections a second unless told)
+    with a tape in tmp_path; all are stopped after the test."""
 
     async def make(**kwargs: Any) -> OandaReplica:
-        kwargs.setdefault("tape", str(tmp_path / f"tape{len(started)}.csv"))
         kwargs.setdefault("new_connections_per_s", 1000)
-        r = OandaReplica(**kwargs)
-        await r.start()
-        started.append(r)
-        return r
+        return await replicas(OandaReplica, **kwargs)
 
-    yield make
-    for r in started:
-        await r.stop()
+    return make
 
 
 async def get(http: aiohttp.ClientSession, url: str, **params: Any) -> tuple[int, Any]:
@@ -249,7 +227,7 @@ def test_tape_rows_are_prices_as_served(tmp_path: Path) -> None:
     tape.close()
     text = path.read_text()
     assert text.startswith("symbol,time_ms,bid,ask\n")
-    rows = read_tape(path)
+    rows = read_text_tape(path, QUOTE_TAPE_HEADER)
     assert len(rows) == tape.rows == sum(map(len, batches))
     for b in batches:
         mine = [(t, bid, ask) for s, t, bid, ask in rows if s == b.symbol]
@@ -295,7 +273,7 @@ async def test_stream_lines_are_oanda_prices_matching_the_tape_with_heartbeats(m
     assert 4 <= len(beats) <= 7 and all(set(b) == {"type", "time"} and TIME_RE.match(b["time"]) for b in beats)
     gaps = np.diff([oanda_ms(b["time"]) for b in beats])
     assert np.all((gaps > 3_500) & (gaps < 6_500)), gaps
-    tape = read_tape(Path(r.market.tape.path))  # type: ignore[union-attr]
+    tape = read_text_tape(Path(r.market.tape.path), QUOTE_TAPE_HEADER)  # type: ignore[union-attr]
     for sym in ("EUR_USD", "USD_JPY"):
         got, taped = price_rows(lines, sym), by_symbol(tape, sym)
         assert len(got) > 50
@@ -348,7 +326,7 @@ async def test_candles_equal_candles_built_from_the_tape(make: Make) -> None:
     r = await make(clock=clock, rate=1, history_ms=3 * H1)
     now = WEDNESDAY
     async with aiohttp.ClientSession(headers=r.headers) as http:
-        tape = read_tape(Path(r.market.tape.path))  # type: ignore[union-attr]
+        tape = read_text_tape(Path(r.market.tape.path), QUOTE_TAPE_HEADER)  # type: ignore[union-attr]
         for sym in ("EUR_USD", "USD_JPY"):
             rows = by_symbol(tape, sym)
             for gran, g in (("S5", S5), ("M1", M1), ("M5", M5), ("H1", H1), ("D", 86_400_000)):
@@ -402,7 +380,7 @@ async def test_candles_equal_candles_built_from_the_tape(make: Make) -> None:
         mono.t += 65
         now += 65_000
         _, body = await candles(http, r, "EUR_USD", price="MBA", granularity="M1", **{"from": ref1[-1]["time"]})
-        rows = by_symbol(read_tape(Path(r.market.tape.path)), "EUR_USD")  # type: ignore[union-attr]
+        rows = by_symbol(read_text_tape(Path(r.market.tape.path), QUOTE_TAPE_HEADER), "EUR_USD")  # type: ignore[union-attr]
         ref2 = ref_candles(rows, M1, now, 5)
         assert body["candles"] == ref2[len(ref1) - 1 :] and len(body["candles"]) == 2
         assert body["candles"][0]["complete"] is True and body["candles"][1]["complete"] is False
@@ -427,7 +405,7 @@ async def test_no_candles_over_the_weekend(make: Make) -> None:
     close, reopen = ms("2026-03-06T22:00"), ms("2026-03-08T21:00")
     now = ms("2026-03-09T01:00:00.001")  # Monday
     r = await make(clock=MarketClock(1.0, now, monotonic=Mono()), rate=0.2, history_ms=4 * 24 * H1, symbols=["GBP_USD"])
-    rows = by_symbol(read_tape(Path(r.market.tape.path)), "GBP_USD")  # type: ignore[union-attr]
+    rows = by_symbol(read_text_tape(Path(r.market.tape.path), QUOTE_TAPE_HEADER), "GBP_USD")  # type: ignore[union-attr]
     async with aiohttp.ClientSession(headers=r.headers) as http:
         for gran, g in (("M15", M15), ("H1", H1)):
             _, body = await candles(http, r, "GBP_USD", price="MBA", granularity=gran, count=5000)
@@ -661,4 +639,4 @@ def test_cli_serves_until_sigterm_and_prints_a_summary(tmp_path: Path) -> None:
         out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 0
     assert "oanda replica stopped: quotes=" in out and "requests=1 " in out
-    assert read_tape(tape)
+    assert read_text_tape(tape, QUOTE_TAPE_HEADER)

@@ -12,9 +12,8 @@ import struct
 import subprocess
 import sys
 import textwrap
-import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from deltafeed.store.base import Row, StoreBusy, StoreError
 from deltafeed.store.cold import ColdStore, DuckDBTier
 from deltafeed.store.spool import Spool
 from deltafeed.store.writer import BatchWriter
+from helpers import candle, until
 
 M = 60_000
 BTC = "binance:BTCUSDT"
@@ -33,12 +33,8 @@ ETH = "binance:ETHUSDT"
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
-def candle(t: int, close: float = 100.0, closed: bool = True) -> Candle:
-    return Candle(t, close - 1, close + 1, close - 2, close, 1.5, 3, closed)
-
-
 def batch(n: int, start: int = 0, close: float = 100.0, inst: str = BTC) -> list[Row]:
-    return [(inst, "1m", candle((start + i) * M, close)) for i in range(n)]
+    return [(inst, "1m", candle((start + i) * M, close, volume=1.5)) for i in range(n)]
 
 
 def env() -> dict[str, str]:
@@ -77,13 +73,6 @@ def stored(db: Path) -> list[tuple[str, str, Candle]]:
         return [(i, tf, c) for i, tf, _ in reader.instruments() for c in reader.query(i, tf)]
     finally:
         reader.close()
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 # -- the spool on its own -------------------------------------------------------------------------
@@ -357,9 +346,9 @@ def rounds(w: BatchWriter, r: int) -> int:
     50 new ones (so memory would grow without the spool). Returns the rows added."""
     for inst in (BTC, ETH, "binance:SOLUSDT", "binance:XRPUSDT"):
         for t in range(10):
-            w.add(inst, "1m", candle(t * M, close=float(r)))
+            w.add(inst, "1m", candle(t * M, close=float(r), volume=1.5))
     for t in range(50):
-        w.add(BTC, "1m", candle((100 + 50 * r + t) * M, close=float(r)))
+        w.add(BTC, "1m", candle((100 + 50 * r + t) * M, close=float(r), volume=1.5))
     return 90
 
 
@@ -388,7 +377,7 @@ async def test_writer_spools_an_outage_in_order_and_drains_it_when_the_store_is_
         added += rounds(w, r)
         await asyncio.sleep(0.1)
         most_in_memory = max(most_in_memory, w.pending)
-    await wait_until(lambda: w.pending == 0)
+    await until(lambda: w.pending == 0, timeout=10.0)
     assert most_in_memory <= 90  # batches left memory for the disk as they came
     assert w.written == 0 and w.failures >= 1 and isinstance(w.last_error, StoreBusy)
     assert w.spooled + w.conflated == added and spool.rows == w.spooled_pending == w.spooled and spool.batches >= 5
@@ -401,7 +390,7 @@ async def test_writer_spools_an_outage_in_order_and_drains_it_when_the_store_is_
     for r in range(5, 8):  # ...while newer updates keep coming: they must queue behind the spool
         added += rounds(w, r)
         await asyncio.sleep(0.01)
-    await wait_until(lambda: w.pending == 0 and w.spooled_pending == 0)
+    await until(lambda: w.pending == 0 and w.spooled_pending == 0, timeout=10.0)
     await w.close()
     await task
 
@@ -436,10 +425,10 @@ async def test_writer_closed_during_an_outage_leaves_its_batches_to_the_next_run
     )
     task = asyncio.create_task(a.run())
     for t in range(100):  # max_rows: written at once, fails, spooled
-        a.add(BTC, "1m", candle(t * M, close=1.0))
-    await wait_until(lambda: spool_a.rows == 100)
+        a.add(BTC, "1m", candle(t * M, close=1.0, volume=1.5))
+    await until(lambda: spool_a.rows == 100, timeout=10.0)
     for t in range(50, 150):  # still in memory at close
-        a.add(BTC, "1m", candle(t * M, close=2.0))
+        a.add(BTC, "1m", candle(t * M, close=2.0, volume=1.5))
     assert a.pending == 100
     with caplog.at_level(logging.WARNING, logger="deltafeed.writer"):
         await a.close(retry_for_s=0.15)  # the store is still down: no raise, the data is on disk
@@ -459,7 +448,7 @@ async def test_writer_closed_during_an_outage_leaves_its_batches_to_the_next_run
         await b.flush()
     else:
         task = asyncio.create_task(b.run())  # replays the previous run's spool on start
-        await wait_until(lambda: b.spooled_pending == 0)
+        await until(lambda: b.spooled_pending == 0, timeout=10.0)
         await b.close()
         await task
     assert b.replayed == b.written == 200 and b.spooled == 0
@@ -476,7 +465,7 @@ async def test_writer_without_a_spool_still_raises_at_close_and_keeps_its_rows(
     cold = DuckDBTier(ColdStore(db, lock_timeout_s=0.05))
     holders.append(await asyncio.to_thread(Holder, db))
     w = BatchWriter(cold, retry_min_s=0.02)
-    w.add(BTC, "1m", candle(0))
+    w.add(BTC, "1m", candle(0, volume=1.5))
     with pytest.raises(StoreBusy):
         await w.close(retry_for_s=0.15)
     assert w.pending == 1 and w.spooled_pending == 0 and w.degraded is not None

@@ -24,16 +24,13 @@ from deltafeed.store.open import check_db, is_postgres, open_cold
 from deltafeed.store.reader import read_candles
 from deltafeed.store.retention import DEFAULT_RETENTION_MS, parse_retention
 from deltafeed.store.writer import BacklogFull, BatchWriter
+from helpers import candle
 
 M = 60_000
 DAY = 86_400_000
 BTC = "binance:BTCUSDT"
 ETH = "binance:ETHUSDT"
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-def candle(t: int, close: float = 100.0, closed: bool = True, volume: float = 1.0) -> Candle:
-    return Candle(t, close - 1, close + 1, close - 2, close, volume, 3, closed)
 
 
 # -- retention ------------------------------------------------------------------------------------

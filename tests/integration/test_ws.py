@@ -12,6 +12,7 @@ from aiohttp import web
 
 from deltafeed.net.reconnect import ConnectBudget
 from deltafeed.net.ws import WsStream
+from helpers import serve_app
 
 
 @pytest.fixture
@@ -29,13 +30,8 @@ async def silent_server() -> AsyncIterator[tuple[str, list[float]]]:
 
     app = web.Application()
     app.router.add_get("/ws", handler)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"ws://127.0.0.1:{port}/ws", connections
-    await runner.cleanup()
+    async with serve_app(app) as url:
+        yield url.replace("http://", "ws://", 1) + "/ws", connections
 
 
 async def test_a_silent_connection_is_dropped_and_replaced_within_seconds(

@@ -19,8 +19,7 @@ import pytest
 from deltafeed.candles.aggregator import CandleBuilder
 from deltafeed.candles.rollup import RollupBuilder
 from deltafeed.model import TIMEFRAMES, BadInput, Candle, Trade
-from deltafeed.replicas.sim import MarketSim
-from deltafeed.venues.binance.codec import fmt
+from deltafeed.replicas.sim import MarketSim, fmt
 from reference import TapeRow, candles_from_tape
 
 M = 60_000

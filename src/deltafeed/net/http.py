@@ -20,6 +20,8 @@ the query parameters ``auth`` added.
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -265,5 +267,21 @@ __all__ = [
     "VenueError",
     "VenueUnreachable",
     "header_auth",
+    "http_date_ms",
     "throttle_429",
 ]
+
+
+def http_date_ms(value: str | None) -> int | None:
+    """Epoch ms of an HTTP ``Date`` header (second resolution), or None when absent or unreadable.
+
+    Venues that stamp no time on their data tell the time this way; a header without a zone is UTC."""
+    if not value:
+        return None
+    try:
+        t = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return int(t.timestamp()) * 1000

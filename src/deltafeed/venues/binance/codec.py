@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 import msgspec
 
 from deltafeed.model import Candle, Event, ServerShutdown, Trade, VenueCandle
+from deltafeed.replicas.sim import fmt
 from deltafeed.venues.checks import (
     ANY_JSON,
     BAD_FIELD,
@@ -319,11 +320,6 @@ def symbols_from_exchange_info(body: bytes) -> set[str]:
 
 
 # --- encoding (used by the replica) -------------------------------------------------------------
-
-
-def fmt(x: float) -> str:
-    """Binance's decimal string with 8 places."""
-    return f"{x:.8f}"
 
 
 def encode_trade(

@@ -53,7 +53,7 @@ from deltafeed.replicas.faults import (
 )
 from deltafeed.replicas.options import ReplicaOptions, options_from
 from deltafeed.replicas.server import ReplicaBase, close_ws
-from deltafeed.replicas.sim import Grid, KlineTable, MarketClock, MarketSim, TradeBatch
+from deltafeed.replicas.sim import Grid, KlineTable, MarketClock, MarketSim, TradeBatch, fmt
 from deltafeed.venues.binance.codec import (
     INTERVAL_MS,
     KLINES_PAGE,
@@ -62,7 +62,6 @@ from deltafeed.venues.binance.codec import (
     WEIGHT_LIMIT_1M,
     encode_trade,
     error_body,
-    fmt,
     kline_payload,
     kline_row,
     wrap_combined,

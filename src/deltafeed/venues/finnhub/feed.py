@@ -19,14 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle, Trade
-from deltafeed.net.http import VenueError, VenueUnreachable
+from deltafeed.net.http import VenueError, VenueUnreachable, http_date_ms
 from deltafeed.net.reconnect import ConnectBudget
 from deltafeed.net.ws import WsStream
 from deltafeed.venues.base import FeedStatus, SkipLog
 from deltafeed.venues.finnhub import VENUE
 from deltafeed.venues.finnhub import codec as finnhub
 from deltafeed.venues.finnhub.rest import FinnhubHistory
-from deltafeed.venues.oanda.codec import http_date_ms
 
 if TYPE_CHECKING:
     from deltafeed.series import Series

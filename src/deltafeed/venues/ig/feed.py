@@ -21,13 +21,12 @@ from typing import TYPE_CHECKING, Any
 from deltafeed.candles.quotes import QuoteRouter
 from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle
-from deltafeed.net.http import VenueError, VenueUnreachable
+from deltafeed.net.http import VenueError, VenueUnreachable, http_date_ms
 from deltafeed.venues.base import FeedStatus, SkipLog
 from deltafeed.venues.ig import VENUE
 from deltafeed.venues.ig import codec as ig
 from deltafeed.venues.ig.pool import TlcpPool, TlcpSession
 from deltafeed.venues.ig.rest import IGHistory, IGSession
-from deltafeed.venues.oanda.codec import http_date_ms
 
 if TYPE_CHECKING:
     from deltafeed.series import Series

@@ -32,9 +32,7 @@ Facts from ../shared/PROTOCOLS.md section 4. Choices made here, and why:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import email.utils
 import logging
 from collections.abc import Mapping
 from typing import Annotated, Any
@@ -44,7 +42,7 @@ import msgspec
 
 from deltafeed.clock import Clock, LiveClock
 from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle
-from deltafeed.net.http import Request, Response, RestClient, VenueError
+from deltafeed.net.http import Request, Response, RestClient, VenueError, http_date_ms
 from deltafeed.net.ratelimit import WeightLimiter
 from deltafeed.venues.checks import MAX_INT64, price_ok, size_ok
 from deltafeed.venues.ig import codec as codec
@@ -658,7 +656,7 @@ class IGHistory:
         :class:`VenueError`."""
         now = now_ms
         if now is None:
-            now = _http_date_ms(self.session.last_date) or self.session.clock.time_ms()
+            now = http_date_ms(self.session.last_date) or self.session.clock.time_ms()
         try:
             self.skipped_rows += take_rows(rows, t0, t1, tf, now, sides, out)
         except BadPrices as exc:
@@ -678,15 +676,3 @@ class IGHistory:
 
     async def close(self) -> None:
         await self.session.close()
-
-
-def _http_date_ms(value: str | None) -> int | None:
-    """Epoch ms of an HTTP ``Date`` header, None when absent or unreadable."""
-    if not value:
-        return None
-    with contextlib.suppress(TypeError, ValueError):
-        t = email.utils.parsedate_to_datetime(value)
-        if t.tzinfo is None:
-            t = t.replace(tzinfo=dt.UTC)
-        return int(t.timestamp()) * 1000
-    return None

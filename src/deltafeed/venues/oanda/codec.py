@@ -26,7 +26,6 @@ Semantics chosen here, and why:
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import re
 from typing import Annotated
 from urllib.parse import quote, urlencode
@@ -155,19 +154,6 @@ def rfc3339(ms: int) -> str:
     """OANDA's RFC 3339 form of epoch ms (nine fraction digits), for the ``from`` parameter."""
     t = dt.datetime.fromtimestamp(ms // 1000, dt.UTC)
     return f"{t:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}000000Z"
-
-
-def http_date_ms(value: str | None) -> int | None:
-    """Epoch ms of an HTTP ``Date`` header (second resolution), or None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        t = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.UTC)
-    return int(t.timestamp()) * 1000
 
 
 def venue_now_ms(date_ms: int | None, newest: Candle | None, granularity_ms: int = 5_000) -> int | None:

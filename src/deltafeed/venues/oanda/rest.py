@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import aiohttp
 
 from deltafeed.model import PRICE_SIDES, TIMEFRAMES, Candle
-from deltafeed.net.http import Response, RestClient, VenueError, header_auth
+from deltafeed.net.http import Response, RestClient, VenueError, header_auth, http_date_ms
 from deltafeed.net.lines import PROCESS_BUDGET
 from deltafeed.net.ratelimit import WeightLimiter
 from deltafeed.net.reconnect import ConnectBudget
@@ -117,7 +117,7 @@ class OandaHistory:
             candles = codec.decode_candles(body, "mid")
         except codec.BadCandles as exc:
             raise VenueError(200, str(exc).encode(), self.http.base_url) from None
-        now = codec.venue_now_ms(codec.http_date_ms(self.last_date), candles[-1] if candles else None)
+        now = codec.venue_now_ms(http_date_ms(self.last_date), candles[-1] if candles else None)
         if now is None:
             raise VenueError(200, b"no Date header and no candle: cannot tell the venue's time", self.http.base_url)
         return now
