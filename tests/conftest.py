@@ -8,7 +8,7 @@ from typing import Any, Protocol, TypeVar
 import aiohttp
 import pytest
 
-import deltafeed.replicas.pytest_plugin as replica_plugin
+import deltafeed.pytest_plugin as replica_plugin
 from deltafeed.venues.binance.replica import BinanceReplica
 
 

@@ -236,3 +236,9 @@ def parse_duration_ms(text: str) -> int:
     if not m:
         raise BadInput(f"cannot read duration {text!r}; write a number and a unit, e.g. 90s, 15m, 6h, 2d")
     return int(float(m.group(1)) * _UNIT_MS[m.group(2)])
+
+
+def fmt(x: float) -> str:
+    """A price or quantity as decimal text with 8 places, as Binance writes them: a replica's tape
+    and its wire use this one function, so a trade's text on the tape is exactly its text on the wire."""
+    return f"{x:.8f}"

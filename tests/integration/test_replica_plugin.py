@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 
 from deltafeed.model import BadInput
+from deltafeed.pytest_plugin import StartReplica, replica_class
 from deltafeed.replicas.options import ReplicaOptions
-from deltafeed.replicas.pytest_plugin import StartReplica, replica_class
 from deltafeed.venues.binance.replica import BinanceReplica
 from deltafeed.venues.dukascopy import codec as dukascopy_codec
 from reference import QUOTE_TAPE_COLUMNS, TRADE_TAPE_COLUMNS, read_quote_tape, read_trade_tape

@@ -225,9 +225,7 @@ FORBIDDEN = [
 
 # Rules that fail before other branches of this restructuring are merged; the lead removes a mark
 # once its violation is gone (strict=False, so a fixed rule simply passes).
-KNOWN: dict[tuple[str, str], str] = {
-    ("api", "cli"): "deltafeed.api.http → deltafeed.cli (iso, num): moving to a formatting module on another branch",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def _param(importer: str, imported: str, why: str) -> object:
@@ -256,11 +254,7 @@ def test_each_venue_package_stands_alone() -> None:
 
 
 # As above, for cycles that other branches of this restructuring remove: the lead empties it after merging.
-NO_CYCLES_XFAIL = (
-    "api ↔ cli (deltafeed.api.http → deltafeed.cli) and cli ↔ demo (deltafeed.demo → deltafeed.cli): iso and num"
-    " move to a formatting module; venues.base ↔ venues.<name> (make_feed imports each venue's feed): the venue"
-    " registry replaces it"
-)
+NO_CYCLES_XFAIL = ""
 
 
 @pytest.mark.xfail(bool(NO_CYCLES_XFAIL), reason=NO_CYCLES_XFAIL, strict=False)

@@ -37,7 +37,8 @@ from deltafeed.store.redis_hot import RedisHot
 from deltafeed.store.retention import parse_retention
 from deltafeed.store.spool import Spool
 from deltafeed.store.writer import BatchWriter
-from deltafeed.venues.base import Feed, make_feed
+from deltafeed.venues.base import Feed
+from deltafeed.venues.registry import make_feed
 
 log = logging.getLogger("deltafeed.engine")
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from deltafeed.model import BadInput, Candle, Trade
+from deltafeed.model import BadInput, Candle, Trade, fmt
 from deltafeed.replicas.table import GrowableTable, bucket_starts
 from deltafeed.replicas.tape import TRADE_COLUMNS, TapeWriter
 
@@ -57,13 +57,6 @@ KNOWN_SYMBOLS: dict[str, tuple[str, int]] = {
 }
 DEFAULT_SYMBOL = ("100.00", 2)
 _QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "BTC", "ETH", "BNB", "EUR", "TRY", "BRL", "JPY")
-
-
-def fmt(x: float) -> str:
-    """A price or quantity as decimal text with 8 places, as Binance writes them: the tape and the
-    replica's wire use this one function, so a trade's text on the tape is exactly its text on the wire.
-    (It lives here, below the venues, because the simulator writes the tape.)"""
-    return f"{x:.8f}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,13 +149,6 @@ class SkipLog:
             self._log.warning("skipping %s %s (first: %s); counted in status", kind, self._what, first)
 
 
-def make_feed(venue: str, settings: Settings, on_trade: TradeSink) -> Feed:
-    """The feed for ``venue`` with the run's settings (the registry's :class:`Venue` makes it)."""
-    from deltafeed.venues import registry
-
-    return registry.get(venue).make_feed(settings, on_trade)
-
-
 class TickHistory(Protocol):
     """Quotes of a range read from a tick-history source, one file (a fixed span) at a time."""
 

@@ -18,9 +18,14 @@ import importlib
 import logging
 import pkgutil
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 from deltafeed.model import BadInput
 from deltafeed.venues.base import Venue
+
+if TYPE_CHECKING:
+    from deltafeed.config import Settings
+    from deltafeed.venues.base import Feed, TradeSink
 
 log = logging.getLogger("deltafeed.venues")
 
@@ -73,6 +78,11 @@ def default_name() -> str:
 def venues() -> list[Venue]:
     """Every known venue, by name."""
     return [_venues[n] for n in names()]
+
+
+def make_feed(venue: str, settings: Settings, on_trade: TradeSink) -> Feed:
+    """The feed for ``venue`` with the run's settings (its :class:`Venue` makes it)."""
+    return get(venue).make_feed(settings, on_trade)
 
 
 def _load() -> None:

@@ -12,8 +12,7 @@ from urllib.parse import urlencode
 
 import msgspec
 
-from deltafeed.model import Candle, Event, ServerShutdown, Trade, VenueCandle
-from deltafeed.replicas.sim import fmt
+from deltafeed.model import Candle, Event, ServerShutdown, Trade, VenueCandle, fmt
 from deltafeed.venues.checks import (
     ANY_JSON,
     BAD_FIELD,

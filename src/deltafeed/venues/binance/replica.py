@@ -41,7 +41,7 @@ import msgspec
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from deltafeed.model import Candle
+from deltafeed.model import Candle, fmt
 from deltafeed.net.frames import text_header
 from deltafeed.replicas.faults import (
     MESSAGE_KINDS,
@@ -53,7 +53,7 @@ from deltafeed.replicas.faults import (
 )
 from deltafeed.replicas.options import ReplicaOptions, options_from
 from deltafeed.replicas.server import ReplicaBase, close_ws
-from deltafeed.replicas.sim import Grid, KlineTable, MarketClock, MarketSim, TradeBatch, fmt
+from deltafeed.replicas.sim import Grid, KlineTable, MarketClock, MarketSim, TradeBatch
 from deltafeed.venues.binance.codec import (
     INTERVAL_MS,
     KLINES_PAGE,
