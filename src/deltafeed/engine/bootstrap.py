@@ -3,7 +3,6 @@ over REST and page by page; and start-up's patience with a cold store that fails
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from deltafeed.model import TIMEFRAMES
 from deltafeed.net.http import VenueError
+from deltafeed.net.reconnect import Backoff
 from deltafeed.store.base import StoreError
 
 if TYPE_CHECKING:
@@ -115,14 +115,13 @@ class Bootstrap:
         """``op()``, a store operation start-up cannot go on without, retried while the store fails
         (a full disk, a server restarting): start-up waits, the engine's health says why, nothing is
         lost."""
-        delay = 0.2
+        backoff = Backoff(0.1, 5.0, jitter=False, clock=self.engine.clock)  # 0.2 s, 0.4 s, ... 5 s
         while True:
             try:
                 result = await op()
             except StoreError as exc:
                 self._waiting(what, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await backoff.sleep(backoff.failed())
                 continue
             self._resumed()
             return result

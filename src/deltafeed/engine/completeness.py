@@ -8,10 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -42,7 +41,7 @@ class Repair:
     timeframe: str
     first: int  # open time of the first candle to fetch
     last: int  # open time of the last one
-    found: float = field(default_factory=time.monotonic)  # when the hole was found
+    found: float  # when the hole was found (the engine clock's monotonic time)
     reconcile: bool = False  # a check of provisional candles, not a known hole
 
 
@@ -82,7 +81,7 @@ class Completeness:
 
         def repair(timeframe: str, first: int, last: int) -> None:
             log.debug("repair queued: %s %s %d..%d", key, timeframe, first, last)
-            self.repairs.append(Repair(key, timeframe, first, last))
+            self.repairs.append(Repair(key, timeframe, first, last, self.engine.clock.monotonic()))
             self._wakeup.set()
 
         return repair
@@ -114,7 +113,7 @@ class Completeness:
             if again is not job and not job.reconcile:
                 self.release_held(job.key, job.timeframe)
             if again is job:  # not ready yet: look again shortly
-                await asyncio.sleep(0.1)
+                await self.engine.clock.sleep(0.1)
 
     def hole_start(self, key: str, timeframe: str) -> int | None:
         """Open time of the first candle of a series still waiting for a hole's repair (not counting
@@ -170,7 +169,7 @@ class Completeness:
                 log.debug("reconciliation of %s %s failed (%s)", job.key, job.timeframe, exc)
                 return None
             log.warning("repair of %s %s failed (%s); will retry", job.key, job.timeframe, exc)
-            await asyncio.sleep(1.0)
+            await self.engine.clock.sleep(1.0)
             return job
         log.debug(
             "repair %s %s %d..%d: %d candles from %d",
@@ -189,7 +188,7 @@ class Completeness:
         if done <= job.last:
             return Repair(job.key, job.timeframe, done, job.last, job.found, job.reconcile)
         if not job.reconcile:
-            self.recovery_s.append(time.monotonic() - job.found)
+            self.recovery_s.append(self.engine.clock.monotonic() - job.found)
         return None
 
     def _apply_history(self, job: Repair, candles: list[Candle], limit: int) -> int:
@@ -236,7 +235,7 @@ class Completeness:
 
     async def reconcile_loop(self, feed: Feed, every_s: float) -> None:
         while True:
-            await asyncio.sleep(every_s)
+            await self.engine.clock.sleep(every_s)
             self.reconcile_due(feed)
 
     def reconcile_due(self, feed: Feed) -> int:
@@ -259,7 +258,7 @@ class Completeness:
                 first, last = min(due), max(due)
                 if self.repairing(key, tf, first, last):
                     continue
-                self.repairs.append(Repair(key, tf, first, last, reconcile=True))
+                self.repairs.append(Repair(key, tf, first, last, self.engine.clock.monotonic(), reconcile=True))
                 queued += 1
         if queued:
             self._wakeup.set()
@@ -271,12 +270,12 @@ class Completeness:
         for feed in self.engine.feeds.values():
             if not feed.sequenced:
                 self.reconcile_due(feed)
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        deadline = self.engine.clock.monotonic() + seconds
+        while self.engine.clock.monotonic() < deadline:
             jobs = [*self.repairs, *([self.inflight] if self.inflight is not None else [])]
             if not any(self.ready_until(j) >= j.first for j in jobs):
                 return
-            await asyncio.sleep(0.05)
+            await self.engine.clock.sleep(0.05)
         log.info("stop grace of %.0f s over: %d repairs left for the next run", seconds, len(self.repairs))
 
     def final_marks(self) -> dict[tuple[str, str], int]:
@@ -326,7 +325,7 @@ class Completeness:
 
     async def mark_loop(self) -> None:
         while True:
-            await asyncio.sleep(MARK_EVERY_S)
+            await self.engine.clock.sleep(MARK_EVERY_S)
             try:
                 await self.write_marks()
             except StoreError as exc:
@@ -374,7 +373,7 @@ class Completeness:
         for first, last in await self.engine.cold.provisional(st.key, tf, since, now - ms - REPAIR_SETTLE_MS):
             if first in live or (tf, first) in st.unconfirmed_at or self.repairing(st.key, tf, first, last):
                 continue
-            self.repairs.append(Repair(st.key, tf, first, last, reconcile=True))
+            self.repairs.append(Repair(st.key, tf, first, last, self.engine.clock.monotonic(), reconcile=True))
             self._wakeup.set()
 
     def repairing(self, key: str, timeframe: str, first: int, last: int) -> bool:
@@ -385,7 +384,7 @@ class Completeness:
     async def audit_loop(self) -> None:
         every = self.engine.settings.seconds("audit_every")
         while True:
-            await asyncio.sleep(every)
+            await self.engine.clock.sleep(every)
             try:
                 await self.engine.writer.flush()
                 await self.audit()

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections import deque
 from typing import Any
 
@@ -18,7 +17,7 @@ from deltafeed.api.protocol import LiveSink
 from deltafeed.candles.aggregator import CandleBuilder
 from deltafeed.candles.calendar import calendar_for
 from deltafeed.candles.rollup import RollupBuilder
-from deltafeed.clock import VenueClock
+from deltafeed.clock import LIVE, Clock, VenueClock
 from deltafeed.config import Settings
 from deltafeed.engine import status as status_view
 from deltafeed.engine.bootstrap import Bootstrap
@@ -65,13 +64,15 @@ class Engine:
     reconciliation, audits, final marks), :attr:`failover` (logical series) and :attr:`bootstrap`.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock = LIVE) -> None:
         self.settings = settings
+        #: What every engine loop waits on and measures with (a TestClock in tests that drive time).
+        self.clock = clock
         self.instruments = settings.instruments()
         self.timeframes = settings.timeframes
         self.retention = parse_retention(settings.retention)
         self.hot = HotStore(settings.hot_capacity)
-        self.started = time.monotonic()
+        self.started = clock.monotonic()
         self.publisher = Publisher(self)
         self.completeness = Completeness(self)
         self.bootstrap = Bootstrap(self)
@@ -216,11 +217,11 @@ class Engine:
 
     async def _tick(self) -> None:
         """Every TICK_S: settle held trades, close quiet candles, publish open candles, rotate."""
-        next_report = time.monotonic() + REPORT_EVERY_S
+        next_report = self.clock.monotonic() + REPORT_EVERY_S
         held_last_tick: set[str] = set()
         while True:
-            await asyncio.sleep(TICK_S)
-            mono = time.monotonic()
+            await self.clock.sleep(TICK_S)
+            mono = self.clock.monotonic()
             if mono >= next_report:
                 next_report += REPORT_EVERY_S
                 self._report()
@@ -379,7 +380,7 @@ class Engine:
             removed = await self.apply_retention(self.now_ms())
             if any(removed.values()):
                 log.info("retention removed old candles: %s", ", ".join(f"{n} from {k}" for k, n in removed.items()))
-            await asyncio.sleep(3600)
+            await self.clock.sleep(3600)
 
     def write_status_file(self) -> None:
         """Write :meth:`status` (and the recovery times) as JSON, replacing the file atomically."""
@@ -394,7 +395,7 @@ class Engine:
 
     async def _status_file_loop(self) -> None:
         while True:
-            await asyncio.sleep(1.0)
+            await self.clock.sleep(1.0)
             try:
                 self.write_status_file()
             except OSError as exc:

@@ -7,7 +7,6 @@ document the engine built as a dict before.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -151,7 +150,7 @@ def switch_doc(w: Switch, timeframes: list[str], silent_s: float | None = None) 
 
 def engine_status(e: Engine) -> EngineStatus:
     """The status of ``e`` now."""
-    mono = time.monotonic()
+    mono = e.clock.monotonic()
     venues = {venue: feed.report() for venue, feed in e.feeds.items()}
 
     def total(key: str) -> int:
@@ -275,7 +274,7 @@ def health(e: Engine) -> list[str]:
     if e.store_dropped:
         reasons.append(f"store backlog full: {e.store_dropped} candle updates not queued")
     limit = e.settings.seconds("unhealthy_after")
-    mono = time.monotonic()
+    mono = e.clock.monotonic()
     for key, st in e.states.items():
         now = st.feed.clock.now_ms()
         silent = mono - (st.last_message or e.started)
