@@ -58,7 +58,7 @@ class Finnhub(Venue):
             start_help="market time at start-up (default now; stocks trade 09:30-16:00 New York on "
             "weekdays), e.g. 2026-03-04T15:00:00Z",
             history="1d",
-            tape_help="write every streamed item to this CSV file (symbol,time_ms,price,volume)",
+            tape_help="write every streamed item to this CSV file (symbol,trade_id,time_ms,price,qty)",
             fault_kinds="close, reset, stall, garbage (WebSocket), http500, http429, slow (REST)",
         )
         parser.add_argument("--token", help="the API key every request must carry (default: any non-empty key)")
