@@ -1,5 +1,8 @@
 """Fuzz every venue decoder: valid frames mutated, and random bytes; no exception may escape.
 
+The targets are the venues' own (``Venue.fuzz_targets()``, with their seeds in
+``venues/<name>/samples.py``), found through the registry; tests/contract runs a taste of each.
+
 Each decoder (target) is run over ``--count`` inputs. Most are mutations of real, valid frames and
 bodies (the venues' documented examples and what the replicas send): bit flips, byte changes,
 truncations, deleted or repeated spans, splices of two seeds, numbers swapped for NaN, 1e400, -0 or
