@@ -1,5 +1,8 @@
 """Fuzz every venue decoder: valid frames mutated, and random bytes; no exception may escape.
 
+The targets are the venues' own (``Venue.fuzz_targets()``, with their seeds in
+``venues/<name>/samples.py``), found through the registry; tests/contract runs a taste of each.
+
 Each decoder (target) is run over ``--count`` inputs. Most are mutations of real, valid frames and
 bodies (the venues' documented examples and what the replicas send): bit flips, byte changes,
 truncations, deleted or repeated spans, splices of two seeds, numbers swapped for NaN, 1e400, -0 or
@@ -30,8 +33,8 @@ Two engines make the inputs:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import lzma
 import os
 import random
 import re
@@ -42,322 +45,40 @@ import sys
 import time
 import traceback
 import tracemalloc
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-HOUR = 1_794_582_000_000 - 1_794_582_000_000 % 3_600_000  # an hour of Friday 2026-11-13
-NOW_MS = HOUR + 1_800_000
-
+from deltafeed.venues import registry
+from deltafeed.venues.base import FuzzTarget, Venue
 
 # --- targets ----------------------------------------------------------------------------------------
 
 
-@dataclass
-class Target:
-    """One decoder under test: its seed inputs, how to feed it one input, which exceptions it declares
-    (a REST body or file decoder refuses a bad input by raising one), and where it counts skips."""
+@dataclass(kw_only=True)
+class Target(FuzzTarget):
+    """A target made here rather than by a venue (a test's own): its name is its key in TARGETS."""
 
-    seeds: list[bytes]
-    run: Callable[[bytes], object]
-    declared: tuple[type[BaseException], ...] = ()
-    skips: Callable[[], Counter[str]] = Counter
-    #: A structure-aware step before the decoder (bi5: compress the mutated records), or None.
-    prepare: Callable[[bytes], bytes] | None = None
-    #: Inputs fed once, before the seeds, but not mutated (too costly to repeat: the bi5 bomb).
-    once: list[bytes] = field(default_factory=list)
+    name: str = ""
 
 
-def _binance_stream() -> Target:
-    from deltafeed.venues.binance import codec as binance
+def _venue_targets(venues: list[Venue]) -> dict[str, Callable[[], FuzzTarget]]:
+    """The venues' fuzz targets (``Venue.fuzz_targets``, seeds in ``venues/<name>/samples.py``), by
+    name; each call of a value builds the target afresh, with its own decoders."""
 
-    trade = (
-        b'{"e":"trade","E":1672515782136,"s":"BNBBTC","t":12345,"p":"0.001","q":"100","T":1672515782136,'
-        b'"m":true,"M":true}'
-    )
-    kline = (
-        b'{"e":"kline","E":1672515782136,"s":"BNBBTC","k":{"t":1672515780000,"T":1672515839999,"s":"BNBBTC",'
-        b'"i":"1m","f":100,"L":200,"o":"0.0010","c":"0.0020","h":"0.0025","l":"0.0015","v":"1000","n":100,'
-        b'"x":false,"q":"1.0000","V":"500","Q":"0.500","B":"123456"}}'
-    )
-    dec = binance.StreamDecoder()
-    return Target(
-        seeds=[
-            trade,
-            binance.wrap_combined("bnbbtc@trade", trade),
-            kline,
-            binance.wrap_combined("bnbbtc@kline_1m", kline),
-            b'{"e":"serverShutdown","E":1770123456789}',
-            b'{"result":null,"id":1}',
-            b'{"code":2,"msg":"Invalid request","id":3}',
-            trade.replace(b'"p":"0.001"', b'"p":"NaN"'),
-        ],
-        run=dec.decode,
-        skips=lambda: dec.errors,
-    )
+    def build(venue: Venue, name: str) -> FuzzTarget:
+        return next(t for t in venue.fuzz_targets() if t.name == name)
+
+    out: dict[str, Callable[[], FuzzTarget]] = {}
+    for venue in venues:
+        for target in venue.fuzz_targets():
+            if target.name in out:
+                raise ValueError(f"two fuzz targets named {target.name!r} (one is {venue.name}'s)")
+            out[target.name] = functools.partial(build, venue, target.name)
+    return out
 
 
-def _oanda_pricing() -> Target:
-    from deltafeed.venues.oanda import codec as oanda
-
-    price = (
-        b'{"type":"PRICE","time":"2016-10-27T08:38:45.664613867Z",'
-        b'"bids":[{"price":"1.09274","liquidity":10000000},'
-        b'{"price":"1.09273","liquidity":10000000}],"asks":[{"price":"1.09287","liquidity":10000000}],'
-        b'"closeoutBid":"1.09274","closeoutAsk":"1.09287","status":"tradeable","tradeable":true,'
-        b'"instrument":"EUR_USD"}'
-    )
-    dec = oanda.PriceDecoder()
-    return Target(
-        seeds=[
-            price,
-            b'{"type":"HEARTBEAT","time":"2016-10-27T08:38:44.327443673Z"}',
-            b'{"type":"HEARTBEAT","time":"1477557524.327443673"}',
-            price.replace(b'"tradeable":true', b'"tradeable":false'),
-        ],
-        run=dec.decode,
-        skips=lambda: dec.errors,
-    )
-
-
-def _finnhub_stream() -> Target:
-    from deltafeed.venues.finnhub import codec as finnhub
-
-    trades = (
-        b'{"data":[{"c":["1","8","24","12"],"p":7296.89,"s":"BINANCE:BTCUSDT","t":1575526691134,"v":0.011467},'
-        b'{"p":1.08495,"s":"OANDA:EUR_USD","t":1582641000200,"v":0},{"p":261.75,"s":"AAPL","t":1582641000300,'
-        b'"v":5}],"type":"trade"}'
-    )
-    dec = finnhub.StreamDecoder()
-    return Target(
-        seeds=[
-            trades,
-            b'{"type":"ping"}',
-            b'{"type":"error","msg":"Subscribing to too many symbols"}',
-            b'{"type":"news",',
-            trades.replace(b'"p":7296.89', b'"p":1e400'),
-        ],
-        run=dec.decode,
-        skips=lambda: dec.errors,
-    )
-
-
-def _tlcp_stream() -> Target:
-    """TLCP lines through the decoder, the item state and IG's MARKET/CHART decoding, as a session
-    holding subscription 1 (a MARKET item) and 2 (a CHART item) applies them."""
-    from deltafeed.venues.ig import codec as ig
-    from deltafeed.venues.ig import tlcp
-
-    dec = tlcp.LineDecoder()
-    igd = ig.IGDecoder(tz="UTC")
-    skips: Counter[str] = Counter()
-
-    def run(data: bytes) -> None:
-        state = tlcp.ItemState()
-        state.open(1, 1, len(ig.MARKET_FIELDS))
-        state.open(2, 1, len(ig.CHART_FIELDS))
-        for ev in dec.feed(data):
-            t = type(ev)
-            if t is tlcp.Subok or t is tlcp.Subcmd:
-                state.open(ev.sub_id, ev.num_items, ev.num_fields)  # type: ignore[union-attr]
-            elif t is tlcp.ClearSnapshot:
-                state.clear(ev.sub_id, ev.item)  # type: ignore[union-attr]
-            elif t is tlcp.Unsub:
-                state.close(ev.sub_id)  # type: ignore[union-attr]
-            elif t is tlcp.Update:
-                assert isinstance(ev, tlcp.Update)
-                try:
-                    values = state.apply(ev)
-                except tlcp.BadUpdate:
-                    skips["bad_update"] += 1
-                    continue
-                if ev.sub_id == 1 and len(values) == len(ig.MARKET_FIELDS):
-                    igd.market_quote("CS.D.EURUSD.CFD.IP", dict(zip(ig.MARKET_FIELDS, values, strict=True)), NOW_MS)
-                elif ev.sub_id == 2 and len(values) == len(ig.CHART_FIELDS):
-                    igd.chart_candles("CS.D.EURUSD.CFD.IP", dict(zip(ig.CHART_FIELDS, values, strict=True)))
-
-    session = (
-        b"WSOK\r\nCONOK,S1a2b3c,50000,5000,*\r\nSERVNAME,Lightstreamer%20HTTP%20Server\r\nCLIENTIP,127.0.0.1\r\n"
-        b"CONS,unlimited\r\nSUBOK,1,1,4\r\nSUBOK,2,1,11\r\nCONF,1,unlimited,filtered\r\n"
-        b"U,1,1,1.09274|1.09287|10:00:01|TRADEABLE\r\nEOS,1,1\r\nU,1,1,1.09275||10:00:02|\r\nU,1,1,^2|10:00:03|\r\n"
-        b"U,2,1,1.1|1.3|1.0|1.2|1.15|1.35|1.05|1.25|" + str(NOW_MS).encode() + b"|0|42\r\n"
-        b"U,2,1,||||||||^2|1|43\r\nPROBE\r\nOV,1,1,3\r\nCS,1,1\r\nSYNC,12\r\nLOOP,0\r\n"
-    )
-    return Target(
-        seeds=[
-            session,
-            b"REQERR,4,19,Bad%20item%2C%20really\r\nEND,31,Closed%20by%20admin\r\nUNSUB,1\r\n",
-            b"CONERR,1,User/password%20check%20failed\r\n",
-            b"SUBCMD,3,1,4,1,2\r\nSUBCMD,1\r\nPROBE\r\n",
-            b"SUBOK,1,1,60000000\r\nU,1,1,%23|%24|%5E1|a%7Cb%25c%20d\r\nREQOK,3\r\nNOOP\r\n",
-        ],
-        run=run,
-        skips=lambda: dec.errors + igd.errors + skips,
-    )
-
-
-def _ig_rest() -> Target:
-    from deltafeed.venues.ig import rest as ig_rest
-
-    row = (
-        '{"snapshotTime":"2026/11/13 10:00:00","snapshotTimeUTC":"2026-11-13T15:00:00",'
-        '"openPrice":{"bid":1.0912,"ask":1.0914,"lastTraded":null},"closePrice":{"bid":1.0913,"ask":1.0915,"lastTraded":null},'
-        '"highPrice":{"bid":1.0915,"ask":1.0917,"lastTraded":null},"lowPrice":{"bid":1.0910,"ask":1.0912,"lastTraded":null},'
-        '"lastTradedVolume":42}'
-    )
-    body = (
-        '{"prices":[' + row + "," + row.replace("15:00:00", "15:01:00") + '],"instrumentType":"CURRENCIES",'
-        '"metadata":{"allowance":{"remainingAllowance":9998,"totalAllowance":10000,"allowanceExpiry":604800},'
-        '"size":2,"pageData":{"pageSize":2,"pageNumber":1,"totalPages":1}}}'
-    ).encode()
-    t0 = 1_794_585_600_000  # 2026-11-13 15:00 UTC
-
-    def run(data: bytes) -> None:
-        ig_rest.error_code(data)
-        doc = ig_rest.decode_prices(data)
-        out: dict[str, list[Any]] = {"mid": [], "bid": [], "ask": []}
-        ig_rest.take_rows(doc.prices, t0, t0 + 5 * 60_000, 60_000, t0 + 10 * 60_000, ("mid", "bid", "ask"), out)
-
-    return Target(
-        seeds=[
-            body,
-            b'{"errorCode":"error.public-api.exceeded-account-historical-data-allowance"}',
-            b'{"prices":[],"allowance":{"remainingAllowance":0,"totalAllowance":10000,"allowanceExpiry":1}}',
-        ],
-        run=run,
-        declared=(ig_rest.BadPrices,),
-    )
-
-
-def _dukascopy_bi5() -> Target:
-    from deltafeed.model import Quote
-    from deltafeed.venues.dukascopy import codec as dukascopy
-
-    quotes = [Quote("EURUSD", HOUR + i * 7_919, 1.08 + i * 1e-5, 1.0802 + i * 1e-5, 1.5e6, 2.25e6) for i in range(60)]
-    body = dukascopy.encode_bi5(quotes, HOUR, "EURUSD")
-    skipped: Counter[str] = Counter()
-    bomb = _bomb(2_000_000 * dukascopy.RECORD_SIZE)  # 2 million ticks in 6 KiB
-
-    def prepare(records: bytes) -> bytes:
-        """Mutated records compressed again: reaches the record checks, which bytes flipped in an
-        LZMA stream rarely do."""
-        return lzma.compress(records, format=lzma.FORMAT_ALONE, preset=0)
-
-    return Target(
-        seeds=[body, lzma.decompress(body)[:400], b""],
-        run=lambda data: dukascopy.decode_bi5(data, HOUR, "EURUSD", skipped),
-        declared=(dukascopy.Bi5Error,),
-        skips=lambda: skipped,
-        prepare=prepare,
-        once=[bomb],
-    )
-
-
-def _bomb(size: int) -> bytes:
-    """An LZMA body of ``size`` zero bytes, made a MiB at a time (the fuzzer's own memory stays small)."""
-    comp = lzma.LZMACompressor(format=lzma.FORMAT_ALONE, preset=0)
-    chunk = bytes(1 << 20)
-    parts = [comp.compress(chunk[: min(len(chunk), size - done)]) for done in range(0, size, len(chunk))]
-    return b"".join(parts) + comp.flush()
-
-
-def _binance_rest() -> Target:
-    from deltafeed.venues.binance import codec as binance
-
-    klines = (
-        b'[[1499040000000,"0.01634790","0.80000000","0.01575800","0.01577100","148976.11427815",1499644799999,'
-        b'"2434.19055334",308,"1756.87402397","28.46694368","0"],[1499040060000,"0.01634790","0.80000000",'
-        b'"0.01575800","0.01577100","0.0",1499644859999,"0",0,"0","0","0"]]'
-    )
-
-    refused: Counter[str] = Counter()  # the decoders' declared errors, by decoder (each input goes to three)
-
-    def run(data: bytes) -> None:
-        for what, decode in (
-            ("klines", lambda: binance.decode_klines(data, 60_000, NOW_MS)),
-            ("time", lambda: binance.decode_server_time(data)),
-            ("exchange_info", lambda: binance.symbols_from_exchange_info(data)),
-        ):
-            try:
-                decode()
-            except binance.BadAnswer:
-                refused[f"refused_{what}"] += 1
-        binance.decode_error(data)
-
-    return Target(
-        seeds=[
-            klines,
-            b'{"serverTime":1499827319559}',
-            b'{"code":-1121,"msg":"Invalid symbol."}',
-            b'{"timezone":"UTC","symbols":[{"symbol":"BTCUSDT","status":"TRADING"},'
-            b'{"symbol":"ETHUSDT","status":"BREAK"}]}',
-        ],
-        run=run,
-        skips=lambda: refused,
-    )
-
-
-def _oanda_candles() -> Target:
-    from deltafeed.venues.oanda import codec as oanda
-
-    body = (
-        b'{"instrument":"EUR_USD","granularity":"M1","candles":[{"complete":true,"volume":12,'
-        b'"time":"2016-10-17T15:16:00.000000000Z","mid":{"o":"1.09700","h":"1.09707","l":"1.09695","c":"1.09703"},'
-        b'"bid":{"o":"1.09693","h":"1.09700","l":"1.09688","c":"1.09696"},"ask":{"o":"1.09707","h":"1.09714",'
-        b'"l":"1.09702","c":"1.09710"}},{"complete":false,"volume":3,"time":"2016-10-17T15:17:00.000000000Z",'
-        b'"mid":{"o":"1.09703","h":"1.09703","l":"1.09701","c":"1.09702"},"bid":{"o":"1.09696","h":"1.09696",'
-        b'"l":"1.09694","c":"1.09695"},"ask":{"o":"1.09710","h":"1.09710","l":"1.09708","c":"1.09709"}}]}'
-    )
-
-    refused: Counter[str] = Counter()
-
-    def run(data: bytes) -> None:
-        try:
-            oanda.decode_candles_all(data)
-        except oanda.BadCandles:
-            refused["refused_candles"] += 1
-        oanda.decode_instruments(data)  # its BadCandles is the target's declared error
-
-    return Target(
-        seeds=[body, b'{"instruments":[{"name":"EUR_USD","type":"CURRENCY"},{"name":"XAU_USD"}]}'],
-        run=run,
-        declared=(oanda.BadCandles,),
-        skips=lambda: refused,
-    )
-
-
-def _finnhub_candles() -> Target:
-    from deltafeed.venues.finnhub import codec as finnhub
-
-    body = (
-        b'{"c":[217.68,221.03,219.89],"h":[222.49,221.5,220.94],"l":[217.19,217.1402,218.83],'
-        b'"o":[221.03,218.55,220],"s":"ok","t":[1569297600,1569384000,1569470400],"v":[33463820,24018876,20730608]}'
-    )
-
-    def run(data: bytes) -> None:
-        finnhub.decode_error(data)
-        finnhub.decode_candles(data)
-
-    return Target(
-        seeds=[body, b'{"s":"no_data"}', b'{"error":"You don\'t have access to this resource."}'],
-        run=run,
-        declared=(finnhub.BadCandles,),
-    )
-
-
-TARGETS: dict[str, Callable[[], Target]] = {
-    "binance_stream": _binance_stream,
-    "oanda_pricing": _oanda_pricing,
-    "finnhub_stream": _finnhub_stream,
-    "tlcp_stream": _tlcp_stream,
-    "ig_rest_prices": _ig_rest,
-    "dukascopy_bi5": _dukascopy_bi5,
-    "binance_rest": _binance_rest,
-    "oanda_candles": _oanda_candles,
-    "finnhub_candles": _finnhub_candles,
-}
+TARGETS: dict[str, Callable[[], FuzzTarget]] = _venue_targets(registry.venues())
 
 
 # --- the structure-aware mutator ----------------------------------------------------------------------
@@ -505,7 +226,7 @@ class Result:
 class _Runner:
     """Feeds inputs to one target and counts what happens."""
 
-    def __init__(self, name: str, target: Target, engine: str) -> None:
+    def __init__(self, name: str, target: FuzzTarget, engine: str) -> None:
         self.target = target
         self.result = Result(name, engine)
 
@@ -567,8 +288,13 @@ def run_atheris(name: str, count: int, seed: int) -> None:
     """
     import atheris  # type: ignore[import-untyped]
 
+    # TARGETS imported deltafeed uninstrumented: this process imports it afresh, instrumented.
+    for module in [m for m in sys.modules if m == "deltafeed" or m.startswith("deltafeed.")]:
+        del sys.modules[module]
     with atheris.instrument_imports(include=["deltafeed"]):
-        target = TARGETS[name]()
+        from deltafeed.venues import registry as instrumented
+
+        target = _venue_targets(instrumented.venues())[name]()
     runner = _Runner(name, target, "atheris")
     mut = Mutator(target.seeds, random.Random(f"deltafeed-fuzz:{seed}:{name}"))
     prepare = target.prepare

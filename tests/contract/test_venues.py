@@ -4,16 +4,21 @@ these tests by existing.
 - its declaration is consistent (name, settings with its public addresses, calendars, sides, finality);
 - its replica starts from its own command-line defaults on a real loopback socket and answers;
 - ``deltafeed replica NAME`` refuses a bad option in one line with exit code 2, never a traceback;
-- a third-party package adds a venue through the ``deltafeed.venues`` entry-point group.
+- a third-party package adds a venue through the ``deltafeed.venues`` entry-point group;
+- its decoders come with samples (``Venue.fuzz_targets``): a live venue or tick source has some, every
+  seed decodes cleanly but those marked bad (which are refused), and mutated seeds never make a
+  decoder raise anything it does not declare.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import aiohttp
@@ -23,12 +28,19 @@ import pytest
 from deltafeed.candles.calendar import CALENDARS
 from deltafeed.model import TIMEFRAMES
 from deltafeed.venues import registry
-from deltafeed.venues.base import Venue, VenueSettings
+from deltafeed.venues.base import FuzzTarget, Venue, VenueSettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import fuzz  # bench/fuzz.py, for its mutator
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 VENUES = registry.venues()
 LIVE = [v for v in VENUES if type(v).make_feed is not Venue.make_feed]
 WITH_REPLICA = [v for v in VENUES if v.replica_help is not None]
+WITH_DECODERS = [v for v in VENUES if v in LIVE or v.tick_source() is not None]
+#: Mutated inputs per fuzz target: a taste of bench/fuzz.py (tests/unit/test_fuzz.py runs more).
+MUTATIONS = 300
 
 
 def ids(venues: list[Venue]) -> list[str]:
@@ -152,3 +164,66 @@ def test_a_pip_installed_venue_is_found_through_its_entry_point(tmp_path: Path) 
     names, url = proc.stdout.strip().splitlines()
     assert "toyep" in names and "binance" in names
     assert url == "https://toyep.example"
+
+
+@pytest.mark.parametrize("venue", VENUES, ids=ids(VENUES))
+def test_a_venue_with_decoders_has_fuzz_targets(venue: Venue) -> None:
+    targets = venue.fuzz_targets()
+    if venue in WITH_DECODERS:
+        assert targets, f"{venue.name} decodes a stream or files but declares no fuzz_targets()"
+    names = [t.name for t in targets]
+    assert len(set(names)) == len(names) and all(n.isidentifier() for n in names), names
+    for t in targets:
+        assert t.seeds and all(isinstance(s, bytes) for s in t.seeds), t.name
+        assert set(t.bad_seeds) <= set(t.seeds), f"{t.name}: a bad seed that is no seed"
+
+
+def test_fuzz_target_names_are_unique_across_venues() -> None:
+    names = [t.name for v in VENUES for t in v.fuzz_targets()]
+    assert len(set(names)) == len(names), names
+
+
+def _outcome(target: FuzzTarget, data: bytes) -> tuple[str | None, Counter[str]]:
+    """Feed ``data``: the declared error it raised (or None), and the skips it added, by kind."""
+    before = Counter(target.skips())
+    try:
+        target.run(data)
+        raised = None
+    except target.declared as exc:
+        raised = type(exc).__name__
+    return raised, target.skips() - before
+
+
+@pytest.mark.parametrize("venue", WITH_DECODERS, ids=ids(WITH_DECODERS))
+def test_every_seed_decodes_and_every_bad_seed_is_refused(venue: Venue) -> None:
+    for target in venue.fuzz_targets():
+        for i, seed in enumerate(target.seeds):
+            raised, skipped = _outcome(target, seed)
+            where = f"{target.name} seed {i} {seed[:80]!r}: raised {raised}, skipped {dict(skipped)}"
+            if seed in target.bad_seeds:
+                assert raised or skipped, where
+                continue
+            if target.several_decoders:  # the decoders it is not meant for refuse it, nothing more
+                assert all(k.startswith("refused_") for k in skipped), where
+            else:
+                assert raised is None and not skipped, where
+        assert target.skips().get("decoder_bug", 0) == 0, target.name
+
+
+@pytest.mark.parametrize("venue", WITH_DECODERS, ids=ids(WITH_DECODERS))
+def test_mutated_seeds_raise_nothing_undeclared(venue: Venue) -> None:
+    """A few hundred inputs per target from bench/fuzz.py's mutator, seeded: an escape fails here
+    reproducibly (bench/fuzz.py runs millions)."""
+    for target in venue.fuzz_targets():
+        mutator = fuzz.Mutator(target.seeds, random.Random(f"contract:{target.name}"))
+        for _ in range(MUTATIONS):
+            data = mutator.next()
+            if target.prepare is not None and mutator.rng.random() < 0.5:
+                data = target.prepare(data)
+            try:
+                target.run(data)
+            except target.declared:
+                pass
+            except Exception as exc:
+                raise AssertionError(f"{target.name}: {type(exc).__name__} escaped for input {data[:300]!r}") from exc
+        assert target.skips().get("decoder_bug", 0) == 0, (target.name, target.skips())

@@ -12,6 +12,7 @@ import argparse
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -179,6 +180,40 @@ class TickSource(Protocol):
     def history(self, url: str, *, concurrency: int, requests_per_s: float, retries: int) -> TickHistory: ...
 
 
+#: The time the decoder samples decode against: an hour of Friday 2026-11-13, and half past it.
+SAMPLE_HOUR_MS = 1_794_582_000_000 - 1_794_582_000_000 % 3_600_000
+SAMPLE_NOW_MS = SAMPLE_HOUR_MS + 1_800_000
+
+
+@dataclass(kw_only=True)
+class FuzzTarget:
+    """One of a venue's decoders with its samples, as ``bench/fuzz.py`` and the contract suite feed it.
+
+    ``run`` feeds one input to the target's decoder(s), built with the target and shared by its
+    inputs; whatever the input, it raises nothing but ``declared`` (a REST body or file decoder
+    refuses a bad input by raising one). ``skips`` gives the decoder's error Counter: inputs (frames,
+    lines) skipped, by kind; a ``decoder_bug`` is one its safety net caught, which is a bug.
+    """
+
+    #: The target's name on the bench's command line, e.g. ``binance_stream``.
+    name: str
+    #: Verbatim inputs (the venue's documented frames and bodies), the ones the mutator starts from.
+    seeds: list[bytes]
+    run: Callable[[bytes], object]
+    declared: tuple[type[BaseException], ...] = ()
+    skips: Callable[[], Counter[str]] = Counter
+    #: The seeds that are bad on purpose (a NaN price, a cut frame, an error reply): each one is
+    #: refused, with a declared error or counted in ``skips``. Every other seed decodes cleanly.
+    bad_seeds: list[bytes] = field(default_factory=list)
+    #: ``run`` feeds every input to several decoders, each seed meant for one of them: the others
+    #: refusing it (their declared error, or a skip kind named ``refused_<decoder>``) is no skip.
+    several_decoders: bool = False
+    #: A structure-aware step before the decoder (bi5: compress the mutated records), or None.
+    prepare: Callable[[bytes], bytes] | None = None
+    #: Inputs fed once, before the seeds, but not mutated (too costly to repeat: the bi5 bomb).
+    once: list[bytes] = field(default_factory=list)
+
+
 class VenueSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The settings every venue has (a ``[venues.NAME]`` table; the top-level keys describe the
     run's default ``venue``). A venue with more subclasses it and names the subclass in its
@@ -279,6 +314,11 @@ class Venue:
         from deltafeed.replicas.server import serve
 
         await serve(replica)
+
+    def fuzz_targets(self) -> list[FuzzTarget]:
+        """Its decoders with their samples (fresh decoders on every call), for ``bench/fuzz.py`` and
+        the contract suite; a live venue and a tick-history source have at least one."""
+        return []
 
     def tick_source(self) -> TickSource | None:
         """Where ``deltafeed backfill --source NAME`` reads this venue's tick history, or None."""

@@ -12,7 +12,7 @@ from deltafeed.venues.binance import codec
 if TYPE_CHECKING:
     from deltafeed.config import Settings
     from deltafeed.replicas.server import ReplicaBase
-    from deltafeed.venues.base import Feed, TradeSink
+    from deltafeed.venues.base import Feed, FuzzTarget, TradeSink
 
 
 class BinanceSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
@@ -77,6 +77,11 @@ class Binance(Venue):
         if args.weight_limit < 1:
             raise BadInput("--weight-limit must be at least 1")
         return {"weight_limit": args.weight_limit}
+
+    def fuzz_targets(self) -> list[FuzzTarget]:
+        from deltafeed.venues.binance.samples import fuzz_targets
+
+        return fuzz_targets()
 
 
 VENUE = Binance()

@@ -10,6 +10,7 @@ from deltafeed.venues.dukascopy import codec
 
 if TYPE_CHECKING:
     from deltafeed.replicas.server import ReplicaBase
+    from deltafeed.venues.base import FuzzTarget
 
 
 class DukascopySettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
@@ -78,6 +79,11 @@ class Dukascopy(Venue):
 
         assert isinstance(replica, DukascopyReplica)
         await serve(replica)
+
+    def fuzz_targets(self) -> list[FuzzTarget]:
+        from deltafeed.venues.dukascopy.samples import fuzz_targets
+
+        return fuzz_targets()
 
 
 VENUE = Dukascopy()

@@ -12,7 +12,7 @@ from deltafeed.venues.finnhub import codec
 if TYPE_CHECKING:
     from deltafeed.config import Settings
     from deltafeed.replicas.server import ReplicaBase
-    from deltafeed.venues.base import Feed, TradeSink
+    from deltafeed.venues.base import Feed, FuzzTarget, TradeSink
 
 
 class FinnhubSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
@@ -74,6 +74,11 @@ class Finnhub(Venue):
         if args.token is not None and not args.token:
             raise BadInput("--token is empty; give a key, or leave it out to accept any key")
         return {"token": args.token}
+
+    def fuzz_targets(self) -> list[FuzzTarget]:
+        from deltafeed.venues.finnhub.samples import fuzz_targets
+
+        return fuzz_targets()
 
 
 VENUE = Finnhub()

@@ -10,7 +10,7 @@ from deltafeed.venues.base import HTTP_SCHEMES, Venue, VenueSettings
 if TYPE_CHECKING:
     from deltafeed.config import Settings
     from deltafeed.replicas.server import ReplicaBase
-    from deltafeed.venues.base import Feed, TradeSink
+    from deltafeed.venues.base import Feed, FuzzTarget, TradeSink
 
 
 class IGSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
@@ -69,6 +69,11 @@ class IG(Venue):
 
     def replica_extras(self, args: argparse.Namespace) -> dict[str, Any]:
         return {"api_key": args.api_key, "username": args.username, "password": args.password}
+
+    def fuzz_targets(self) -> list[FuzzTarget]:
+        from deltafeed.venues.ig.samples import fuzz_targets
+
+        return fuzz_targets()
 
 
 VENUE = IG()

@@ -11,7 +11,7 @@ from deltafeed.venues.oanda import codec
 if TYPE_CHECKING:
     from deltafeed.config import Settings
     from deltafeed.replicas.server import ReplicaBase
-    from deltafeed.venues.base import Feed, TradeSink
+    from deltafeed.venues.base import Feed, FuzzTarget, TradeSink
 
 
 class OandaSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
@@ -73,6 +73,11 @@ class Oanda(Venue):
 
     def replica_extras(self, args: argparse.Namespace) -> dict[str, Any]:
         return {"token": args.token}
+
+    def fuzz_targets(self) -> list[FuzzTarget]:
+        from deltafeed.venues.oanda.samples import fuzz_targets
+
+        return fuzz_targets()
 
 
 VENUE = Oanda()
