@@ -30,7 +30,7 @@ from deltafeed.model import TIMEFRAMES
 from deltafeed.venues import registry
 from deltafeed.venues.base import FuzzTarget, Venue, VenueSettings
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+sys.path.append(str(Path(__file__).resolve().parents[2] / "bench"))  # last: tests/chaos.py must win over bench/chaos.py
 
 import fuzz  # bench/fuzz.py, for its mutator
 
