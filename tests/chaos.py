@@ -35,18 +35,49 @@ from typing import Any
 from deltafeed.candles.calendar import AlwaysOpen, Calendar, FxCalendar
 from deltafeed.model import TIMEFRAMES, Candle, series_key
 from deltafeed.replicas.faults import KINDS
+from deltafeed.replicas.options import ReplicaOptions
+from deltafeed.replicas.server import ReplicaBase
 from deltafeed.store.base import open_cold
 from deltafeed.venues.binance.replica import BinanceReplica
 from deltafeed.venues.oanda.replica import DEFAULT_ACCOUNT, DEV_TOKEN, FAULT_KINDS, OandaReplica
 from reference import RefCandle, candles_from_tape, quote_candles_from_tape, read_quote_tape, read_tape
 
-VENUES = ("binance", "oanda")
-SYMBOLS: dict[str, tuple[str, ...]] = {
-    "binance": ("BTCUSDT", "ETHUSDT", "SOLUSDT"),
-    "oanda": ("EUR_USD", "USD_JPY", "GBP_USD"),
-}
-#: Every fault kind each replica can inject (OANDA has no ``shutdown`` event).
-VENUE_FAULT_KINDS: dict[str, tuple[str, ...]] = {"binance": KINDS, "oanda": FAULT_KINDS}
+
+@dataclass(frozen=True, kw_only=True)
+class ChaosVenue:
+    """What the chaos run needs to know of a venue: its replica, the engine settings that point at
+    it, and how to read its tape. A venue's own test module registers one with :func:`register`."""
+
+    name: str
+    symbols: tuple[str, ...]  # as the venue (and its tape) spells them
+    fault_kinds: tuple[str, ...]  # every fault kind its replica can inject
+    #: Builds (not starts) the replica from the shared options (symbols, seed, rate, speed, history,
+    #: tape, faults); venue-specific extras are the profile's own.
+    make_replica: Callable[[ReplicaOptions], ReplicaBase]
+    #: The engine's config lines for the venue, once the replica is started (its addresses known).
+    config_lines: Callable[[ReplicaBase], list[str]]
+    env: Mapping[str, str] = field(default_factory=dict)  # e.g. the venue's dev credentials
+    quotes: bool = False  # a quote venue: MID and BID candles from a quote tape
+    calendar: Calendar = field(default_factory=AlwaysOpen)
+    start_ms: int | None = None  # the market's start time (None: now)
+
+
+PROFILES: dict[str, ChaosVenue] = {}
+
+
+def register(profile: ChaosVenue) -> ChaosVenue:
+    PROFILES[profile.name] = profile
+    return profile
+
+
+def _binance_replica(o: ReplicaOptions) -> ReplicaBase:
+    return BinanceReplica(options=o, shutdown_grace_s=1.0, slow_s=1.0)
+
+
+def _oanda_replica(o: ReplicaOptions) -> ReplicaBase:
+    return OandaReplica(options=o, heartbeat_s=0.5, slow_s=1.0)
+
+
 FX_PRICES = ("mid", "bid")  # the OANDA run keeps MID and BID candles of every instrument
 TIMEFRAMES_COMPARED = ("1m", "5m")
 HISTORY_MS = 30 * 60_000
@@ -56,6 +87,38 @@ HISTORY_MS = 30 * 60_000
 WEDNESDAY_UTC = 1_794_355_200_000
 STARTUP_TIMEOUT_S = 60.0  # wall seconds the first engine may take to start (a loaded machine is slow)
 CAUGHT_UP_S = 3.0  # wall seconds the engine must stream without a break before it is stopped
+
+register(
+    ChaosVenue(
+        name="binance",
+        symbols=("BTCUSDT", "ETHUSDT", "SOLUSDT"),
+        fault_kinds=KINDS,
+        make_replica=_binance_replica,
+        config_lines=lambda r: [f'rest_url = "{r.url}"', f'ws_url = "{r.ws_url}"'],  # type: ignore[attr-defined]
+    )
+)
+register(
+    ChaosVenue(
+        name="oanda",
+        symbols=("EUR_USD", "USD_JPY", "GBP_USD"),
+        fault_kinds=FAULT_KINDS,  # no ``shutdown`` event
+        make_replica=_oanda_replica,
+        config_lines=lambda r: [
+            'venue = "oanda"',
+            f'rest_url = "{r.url}"',
+            f'stream_url = "{r.url}"',
+            f"prices = {json.dumps(list(FX_PRICES))}",
+        ],
+        env={"OANDA_TOKEN": DEV_TOKEN, "OANDA_ACCOUNT": DEFAULT_ACCOUNT},
+        quotes=True,
+        calendar=FxCalendar(),
+        start_ms=WEDNESDAY_UTC,
+    )
+)
+#: Kept for the callers that index by venue name.
+SYMBOLS = {name: p.symbols for name, p in PROFILES.items()}
+VENUE_FAULT_KINDS = {name: p.fault_kinds for name, p in PROFILES.items()}
+VENUES = tuple(PROFILES)
 
 
 @dataclass
@@ -214,54 +277,31 @@ async def run_chaos(
     ``events`` (wall seconds, function) run in a worker thread at their time. Everything (tape,
     store, engine.log, status files) is left in ``tmp``.
     """
-    if venue not in VENUES:
-        raise ValueError(f"venue must be one of {', '.join(VENUES)}, not {venue!r}")
-    symbols = SYMBOLS[venue]
+    if venue not in PROFILES:
+        raise ValueError(f"venue must be one of {', '.join(PROFILES)}, not {venue!r}")
+    profile = PROFILES[venue]
+    symbols = profile.symbols
     tape = tmp / "tape.csv"
     db = db or str(tmp / "chaos.duckdb")
     fseed = seed if faults_seed is None else faults_seed
-    faults = {k: faults_per_minute for k in VENUE_FAULT_KINDS[venue]} | dict(fault_rates or {})
+    faults = {k: faults_per_minute for k in profile.fault_kinds} | dict(fault_rates or {})
     faults = {k: rate for k, rate in faults.items() if rate > 0}
-    replica: BinanceReplica | OandaReplica
-    env = dict(os.environ)
-    if venue == "binance":
-        replica = BinanceReplica(
+    env = dict(os.environ) | dict(profile.env)
+    replica = profile.make_replica(
+        ReplicaOptions(
             symbols=symbols,
             seed=seed,
             rate=rate,
             speed=speed,
             history_ms=HISTORY_MS,
-            tape=str(tape),
+            tape=tape,
+            start_ms=profile.start_ms,
             faults=faults,
             faults_seed=fseed,
-            shutdown_grace_s=1.0,
-            slow_s=1.0,
         )
-    else:
-        replica = OandaReplica(
-            symbols=symbols,
-            seed=seed,
-            rate=rate,
-            speed=speed,
-            history_ms=HISTORY_MS,
-            tape=str(tape),
-            start_ms=WEDNESDAY_UTC,
-            heartbeat_s=0.5,
-            faults=faults,
-            faults_seed=fseed,
-            slow_s=1.0,
-        )
-        env.update(OANDA_TOKEN=DEV_TOKEN, OANDA_ACCOUNT=DEFAULT_ACCOUNT)
+    )
     await replica.start()  # the replica's addresses are known from here on
-    if isinstance(replica, BinanceReplica):
-        venue_lines = [f'rest_url = "{replica.url}"', f'ws_url = "{replica.ws_url}"']
-    else:
-        venue_lines = [
-            'venue = "oanda"',
-            f'rest_url = "{replica.url}"',
-            f'stream_url = "{replica.url}"',
-            f"prices = {json.dumps(list(FX_PRICES))}",
-        ]
+    venue_lines = profile.config_lines(replica)
     statuses: list[dict[str, Any]] = []
     exit_codes: list[int] = []
     runs = 0
@@ -272,6 +312,7 @@ async def run_chaos(
         status = tmp / f"status-{runs}.json"
         config = tmp / f"engine-{runs}.toml"
         lines = [
+            *([] if any(v.startswith("venue =") for v in venue_lines) else [f'venue = "{venue}"']),
             *venue_lines,
             f"symbols = {json.dumps(list(symbols))}",
             f"timeframes = {json.dumps(list(TIMEFRAMES_COMPARED))}",
@@ -349,23 +390,24 @@ async def run_chaos(
 def _references(venue: str, tape: Path) -> tuple[dict[tuple[str, str], tuple[list[RefCandle], Calendar]], int]:
     """Per (series key, timeframe), the candles computed from the tape and the series' calendar;
     and how many rows the tape holds."""
+    profile = PROFILES[venue]
     out: dict[tuple[str, str], tuple[list[RefCandle], Calendar]] = {}
-    if venue == "binance":
+    if not profile.quotes:
         trades = read_tape(tape)
-        for sym in SYMBOLS[venue]:
+        for sym in profile.symbols:
             rows = [r for r in trades if r.symbol == sym]
             for tf in TIMEFRAMES_COMPARED:
-                out[(f"binance:{sym}", tf)] = (candles_from_tape(rows, TIMEFRAMES[tf]), AlwaysOpen())
+                out[(f"{venue}:{sym}", tf)] = (candles_from_tape(rows, TIMEFRAMES[tf]), profile.calendar)
         return out, len(trades)
     quotes = read_quote_tape(tape)
-    fx = FxCalendar()
-    for sym in SYMBOLS[venue]:
+    cal = profile.calendar
+    for sym in profile.symbols:
         qrows = [r for r in quotes if r.symbol == sym]
         for side in FX_PRICES:
             for tf in TIMEFRAMES_COMPARED:
-                out[(series_key(f"oanda:{sym}", side), tf)] = (
-                    quote_candles_from_tape(qrows, TIMEFRAMES[tf], side, fx),
-                    fx,
+                out[(series_key(f"{venue}:{sym}", side), tf)] = (
+                    quote_candles_from_tape(qrows, TIMEFRAMES[tf], side, cal),
+                    cal,
                 )
     return out, len(quotes)
 

@@ -53,6 +53,14 @@ class FeedStatus(msgspec.Struct, omit_defaults=True):
     allowance: list[int | None] | None = None  # IG: the weekly history allowance
     rest_shared_answers: int | None = None  # IG
     lost_quotes: int | None = None  # IG
+    sequence_gaps: int | None = None  # venues with a per-connection message sequence (Coinbase)
+    #: Per timeframe, the oldest candle open time (ms) the venue's history still serves, for venues
+    #: whose history is capped (Hyperliquid's newest 5000 candles, Kraken's 720 OHLC rows).
+    history_from: dict[str, int] | None = None
+    #: The venue's error frames, by kind (Coinbase ``error``, Bybit ``success:false``, Kraken ``error``).
+    venue_errors: dict[str, int] | None = None
+    #: Subscriptions the venue refused: symbol -> its reason (the other symbols keep streaming).
+    refused_symbols: dict[str, str] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (what a feed's ``status()`` gives)."""

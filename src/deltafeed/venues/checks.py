@@ -19,7 +19,9 @@ Skip kinds shared by the decoders (each decoder's docstring lists its own as wel
 
 from __future__ import annotations
 
+import difflib
 from collections import Counter
+from collections.abc import Iterable
 
 import msgspec
 
@@ -70,3 +72,30 @@ class Skips:
     def _bug(self, exc: BaseException, what: object) -> None:
         """Count an exception the decoder did not expect (see the module docstring)."""
         self._skip(DECODER_BUG, f"decoder error {type(exc).__name__}: {str(exc)[:120]} on {str(what)[:80]!r}")
+
+
+def near_matches(symbol: str, known: Iterable[str], n: int = 3) -> list[str]:
+    """Up to ``n`` of a venue's ``known`` symbols that look like ``symbol`` (a typo, another
+    separator or case, a base asset alone), best first, for the one-line "unknown symbol" error."""
+    names = list(known)
+    squash = {k.upper().replace("/", "").replace("-", "").replace("_", ""): k for k in names}
+    want = symbol.upper().replace("/", "").replace("-", "").replace("_", "")
+    out = [squash[want]] if want in squash and squash[want] != symbol else []
+    out += [squash[m] for m in difflib.get_close_matches(want, list(squash), n=n, cutoff=0.6)]
+    out += [k for k in names if want and k.upper().startswith(want)]
+    seen: list[str] = []
+    for k in out:
+        if k not in seen and k != symbol:
+            seen.append(k)
+    return seen[:n]
+
+
+def unknown_symbols_message(venue: str, where: str, unknown: Iterable[str], known: Iterable[str]) -> str:
+    """The one line a feed's ``check()`` raises (as ``BadInput``) for symbols the venue does not list:
+    each with its near matches, and the fix."""
+    names = list(known)
+    parts = []
+    for s in sorted(set(unknown)):
+        near = near_matches(s, names)
+        parts.append(f"{s} (did you mean {', '.join(near)}?)" if near else s)
+    return f"unknown symbol(s) on {venue} at {where}: {'; '.join(parts)}; check --symbols"

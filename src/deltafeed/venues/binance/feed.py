@@ -20,6 +20,7 @@ from deltafeed.venues.base import FeedStatus, SkipLog
 from deltafeed.venues.binance import VENUE, BinanceSettings
 from deltafeed.venues.binance import codec as binance
 from deltafeed.venues.binance.rest import BinanceHistory
+from deltafeed.venues.checks import unknown_symbols_message
 
 if TYPE_CHECKING:
     from deltafeed.series import Series
@@ -136,9 +137,7 @@ class BinanceFeed:
             raise BadInput(f"the venue refused our first request ({exc}); check --rest-url") from None
         unknown = [st.instrument.symbol for st in self.states if st.instrument.symbol not in known]
         if unknown:
-            raise BadInput(
-                f"unknown symbol(s) on binance at {self.rest_url}: {', '.join(sorted(set(unknown)))}; check --symbols"
-            )
+            raise BadInput(unknown_symbols_message("binance", self.rest_url, unknown, known))
         self.update_skew_bounds()
 
     def connected(self) -> bool:
