@@ -10,6 +10,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -20,10 +21,8 @@ from deltafeed.candles.calendar import FxCalendar
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
 from deltafeed.fmt import iso, num
-from deltafeed.venues.binance import VENUE as BINANCE
-from deltafeed.venues.binance.replica import BinanceReplica
-from deltafeed.venues.oanda import VENUE as OANDA
-from deltafeed.venues.oanda.replica import DEFAULT_ACCOUNT, DEV_TOKEN, OandaReplica
+from deltafeed.replicas.server import ReplicaBase
+from deltafeed.venues import registry
 
 _HOUR_MS = 3_600_000
 
@@ -37,8 +36,11 @@ def _fx_start(now_ms: int) -> int:
     return t
 
 
-SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
-FX_SYMBOLS = ("EUR_USD", "USD_JPY")
+#: What the demo streams: (venue, symbols as the venue spells them, trades or quotes per market second).
+DEMO_VENUES: tuple[tuple[str, tuple[str, ...], float], ...] = (
+    ("binance", ("BTCUSDT", "ETHUSDT", "SOLUSDT"), 8.0),
+    ("oanda", ("EUR_USD", "USD_JPY"), 4.0),
+)
 DEFAULT_DB = "deltafeed-demo.duckdb"
 TIMEFRAMES = ["1m", "5m", "15m", "1h"]
 
@@ -114,29 +116,33 @@ async def run_demo(stop: asyncio.Event, duration: float | None, speed: float, db
         # markets. A file named with --db is never removed.
         for stale in (Path(db_path), Path(db_path + ".wal")):
             stale.unlink(missing_ok=True)
-    replica = BinanceReplica(symbols=SYMBOLS, seed=7, rate=8.0, speed=speed, history_ms=6 * 3_600_000)
-    await replica.start()
-    fx = OandaReplica(
-        symbols=FX_SYMBOLS,
-        seed=7,
-        rate=4.0,
-        speed=speed,
-        history_ms=6 * 3_600_000,
-        start_ms=_fx_start(int(time.time() * 1000)),
+    now_ms = int(time.time() * 1000)
+    replicas: dict[str, ReplicaBase] = {}
+    venues: dict[str, dict[str, Any]] = {}
+    symbols: list[str] = []
+    for name, syms, rate in DEMO_VENUES:
+        venue = registry.get(name)
+        # Forex opens Sunday evening and closes Friday evening: its market starts where it is open.
+        start_ms = _fx_start(now_ms) if venue.calendar_name(syms[0]) == "fx" else None
+        replica = venue.build_replica(
+            symbols=syms, seed=7, rate=rate, speed=speed, history_ms=6 * _HOUR_MS, start_ms=start_ms
+        )
+        replicas[name] = replica
+        await replica.start()
+        venues[name] = venue.replica_settings(replica)
+        os.environ.update(venue.replica_env(replica))  # the replica's dev credentials, this process only
+        symbols += [f"{name}:{s}" for s in syms]
+    console.print(
+        "replicas: "
+        + ", ".join(f"{name} on {r.url}" for name, r in replicas.items())
+        + f" (market clocks x{speed:g}); store {db_path}"
     )
-    await fx.start()
-    os.environ["OANDA_TOKEN"] = DEV_TOKEN  # the replica's, for this process only
-    os.environ["OANDA_ACCOUNT"] = DEFAULT_ACCOUNT
-    console.print(f"replicas: binance on {replica.url}, oanda on {fx.url} (market clocks x{speed:g}); store {db_path}")
     settings = Settings(
-        symbols=[f"{BINANCE.name}:{s}" for s in SYMBOLS] + [f"{OANDA.name}:{s}" for s in FX_SYMBOLS],
+        symbols=symbols,
         timeframes=TIMEFRAMES,
         history="6h",
         db=db_path,
-        venues={
-            BINANCE.name: {"rest_url": replica.url, "ws_url": replica.ws_url},
-            OANDA.name: {"rest_url": fx.url, "stream_url": fx.url},
-        },
+        venues=venues,
     ).validate()
     engine = Engine(settings)
     try:
@@ -151,13 +157,16 @@ async def run_demo(stop: asyncio.Event, duration: float | None, speed: float, db
                 live.update(_view(engine, started, before))
     finally:
         await engine.stop()
-        await replica.stop()
-        await fx.stop()
+        for replica in replicas.values():
+            await replica.stop()
     exe = "deltafeed" if shutil.which("deltafeed") else f"{sys.executable} -m deltafeed"
     console.line()
-    console.print(
-        f"stopped; {engine.writer.written} candle writes to {db_path}. Look at them with:\n"
-        f"  {exe} candles binance:BTCUSDT 1m --db {db_path} --last 20\n"
-        f"  {exe} candles oanda:EUR_USD 1m --db {db_path} --last 20   (forex: mid; --price bid|ask)"
-    )
+    lines = [f"stopped; {engine.writer.written} candle writes to {db_path}. Look at them with:"]
+    for name, syms, _ in DEMO_VENUES:
+        quotes = registry.get(name).quotes
+        lines.append(
+            f"  {exe} candles {name}:{syms[0]} 1m --db {db_path} --last 20"
+            + ("   (mid; --price bid|ask)" if quotes else "")
+        )
+    console.print("\n".join(lines))
     return 0

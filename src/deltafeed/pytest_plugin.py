@@ -15,14 +15,12 @@ others are the venue's extras (``token=``, ``calendar=``, ...). A fault spec may
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 import pytest
 
 from deltafeed.replicas.faults import ITEM_KINDS, parse_faults
-from deltafeed.replicas.options import ReplicaOptions
 from deltafeed.replicas.server import ReplicaBase
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -40,8 +38,6 @@ def _async_fixture(fn: _F) -> _F:
 #: ``await deltafeed_replica(venue, **kwargs)``: a started replica of ``venue``.
 StartReplica = Callable[..., Awaitable[ReplicaBase]]
 
-_OPTION_FIELDS = frozenset(f.name for f in dataclasses.fields(ReplicaOptions)) - {"port"}
-
 
 def replica_class(venue: str) -> type[ReplicaBase]:
     """The replica class of the registered venue ``venue``; a venue without one is a
@@ -58,14 +54,14 @@ def replica_class(venue: str) -> type[ReplicaBase]:
 def build_replica(venue: str, **kwargs: Any) -> ReplicaBase:
     """An unstarted replica of ``venue`` on a free loopback port, the shared options taken from ``kwargs``
     (see the module docstring) and the rest passed to its constructor as extras."""
-    opts = {k: kwargs.pop(k) for k in list(kwargs) if k in _OPTION_FIELDS}
-    if isinstance(opts.get("faults"), str):
-        opts["faults"] = parse_faults(opts["faults"], extra=ITEM_KINDS)
-    opts.setdefault("host", "127.0.0.1")
-    options = ReplicaOptions(port=0, **opts).check()
-    # Every replica constructor takes ``options=`` (ReplicaBase itself declares no constructor).
-    make: Callable[..., ReplicaBase] = replica_class(venue)
-    return make(options=options, **kwargs)
+    from deltafeed.venues import registry
+
+    replica_class(venue)  # a venue without a replica: the LookupError naming those with one
+    if isinstance(kwargs.get("faults"), str):
+        kwargs["faults"] = parse_faults(kwargs["faults"], extra=ITEM_KINDS)
+    kwargs.setdefault("host", "127.0.0.1")
+    kwargs["port"] = 0
+    return registry.get(venue).build_replica(**kwargs)
 
 
 @_async_fixture

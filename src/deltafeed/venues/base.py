@@ -317,6 +317,31 @@ class Venue:
         make: Callable[..., ReplicaBase] = cls
         return make(options=ReplicaOptions.from_args(args, self.replica_example), **extras)
 
+    def replica_settings(self, replica: ReplicaBase) -> dict[str, Any]:
+        """The ``[venues.NAME]`` settings that point a feed at the started ``replica``: each address
+        setting of :attr:`urls` from the replica's attribute of that name, else its base URL."""
+        return {key: getattr(replica, key, None) or replica.url for key in self.urls}
+
+    def replica_env(self, replica: ReplicaBase) -> dict[str, str]:
+        """The environment (credentials) a feed needs for ``replica``: the replica's development ones."""
+        return {}
+
+    def build_replica(self, **options: Any) -> ReplicaBase:
+        """An unstarted replica on a free loopback port from :class:`ReplicaOptions` fields (``symbols``,
+        ``seed``, ``rate``, ``speed``, ``history_ms``, ``start_ms``, ``tape``, ``faults``, ...) and the
+        replica's own extras (the keywords that are not options); :class:`BadInput` for a bad value."""
+        import dataclasses
+
+        from deltafeed.replicas.options import ReplicaOptions
+
+        cls = self.replica_class()
+        if cls is None:
+            raise BadInput(f"{self.name} has no replica")
+        fields = {f.name for f in dataclasses.fields(ReplicaOptions)}
+        opts = {k: options.pop(k) for k in list(options) if k in fields}
+        make: Callable[..., ReplicaBase] = cls
+        return make(options=ReplicaOptions(**opts).check(self.replica_example), **options)
+
     async def serve_replica(self, replica: Any) -> None:
         """Run ``replica`` until SIGINT/SIGTERM, printing its summary on the way out."""
         from deltafeed.replicas.server import serve

@@ -75,6 +75,11 @@ class Finnhub(Venue):
             raise BadInput("--token is empty; give a key, or leave it out to accept any key")
         return {"token": args.token}
 
+    def replica_env(self, replica: ReplicaBase) -> dict[str, str]:
+        from deltafeed.venues.finnhub.feed import TOKEN_ENV
+
+        return {TOKEN_ENV: getattr(replica, "token", None) or "deltafeed-dev-key"}  # None: any key passes
+
     def fuzz_targets(self) -> list[FuzzTarget]:
         from deltafeed.venues.finnhub.samples import fuzz_targets
 

@@ -70,6 +70,17 @@ class IG(Venue):
     def replica_extras(self, args: argparse.Namespace) -> dict[str, Any]:
         return {"api_key": args.api_key, "username": args.username, "password": args.password}
 
+    def replica_env(self, replica: ReplicaBase) -> dict[str, str]:
+        from deltafeed.venues.ig.feed import CREDENTIAL_ENVS
+
+        # The replica's own credentials, or any non-empty ones where it accepts any (None).
+        own = (
+            getattr(replica, "api_key", None),
+            getattr(replica, "username", None),
+            getattr(replica, "password", None),
+        )
+        return {env: value or "deltafeed-dev" for env, value in zip(CREDENTIAL_ENVS, own, strict=True)}
+
     def fuzz_targets(self) -> list[FuzzTarget]:
         from deltafeed.venues.ig.samples import fuzz_targets
 

@@ -74,6 +74,12 @@ class Oanda(Venue):
     def replica_extras(self, args: argparse.Namespace) -> dict[str, Any]:
         return {"token": args.token}
 
+    def replica_env(self, replica: ReplicaBase) -> dict[str, str]:
+        from deltafeed.venues.oanda.feed import ACCOUNT_ENV, TOKEN_ENV
+        from deltafeed.venues.oanda.replica import DEFAULT_ACCOUNT, DEV_TOKEN
+
+        return {TOKEN_ENV: getattr(replica, "token", None) or DEV_TOKEN, ACCOUNT_ENV: DEFAULT_ACCOUNT}
+
     def fuzz_targets(self) -> list[FuzzTarget]:
         from deltafeed.venues.oanda.samples import fuzz_targets
 
