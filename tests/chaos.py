@@ -38,9 +38,18 @@ from deltafeed.replicas.faults import KINDS
 from deltafeed.replicas.options import ReplicaOptions
 from deltafeed.replicas.server import ReplicaBase
 from deltafeed.store.base import open_cold
+from deltafeed.venues import registry
 from deltafeed.venues.binance.replica import BinanceReplica
 from deltafeed.venues.oanda.replica import DEFAULT_ACCOUNT, DEV_TOKEN, FAULT_KINDS, OandaReplica
-from reference import RefCandle, candles_from_tape, quote_candles_from_tape, read_quote_tape, read_tape
+from reference import (
+    RefCandle,
+    TapeRow,
+    candles_from_tape,
+    quote_candles_from_tape,
+    read_quote_tape,
+    read_tape,
+    read_venue_tape,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +69,8 @@ class ChaosVenue:
     quotes: bool = False  # a quote venue: MID and BID candles from a quote tape
     calendar: Calendar = field(default_factory=AlwaysOpen)
     start_ms: int | None = None  # the market's start time (None: now)
+    #: Reads its tape (a trade venue's): any venue's shared columns by default.
+    read_tape: Callable[[Path], list[TapeRow]] = read_venue_tape
 
 
 PROFILES: dict[str, ChaosVenue] = {}
@@ -94,6 +105,7 @@ register(
         symbols=("BTCUSDT", "ETHUSDT", "SOLUSDT"),
         fault_kinds=KINDS,
         make_replica=_binance_replica,
+        read_tape=read_tape,  # with its maker column
         config_lines=lambda r: [f'rest_url = "{r.url}"', f'ws_url = "{r.ws_url}"'],  # type: ignore[attr-defined]
     )
 )
@@ -243,8 +255,11 @@ async def _settle(status: Path, min_s: float, max_s: float) -> tuple[float, bool
     return time.monotonic() - started, False
 
 
-def _fields(c: Candle | RefCandle) -> tuple[float, float, float, float, float, int]:
-    return (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades)
+def candle_fields(venue: str, c: Candle | RefCandle) -> tuple[float, ...]:
+    """What is compared of a candle: open, high, low, close, volume to 8 decimals, and the number of
+    trades where the venue's history gives it (``Venue.history_trades``)."""
+    ohlcv = (c.open, c.high, c.low, c.close, round(c.volume, 8))
+    return (*ohlcv, c.trades) if registry.get(venue).history_trades else ohlcv
 
 
 async def run_chaos(
@@ -393,7 +408,7 @@ def _references(venue: str, tape: Path) -> tuple[dict[tuple[str, str], tuple[lis
     profile = PROFILES[venue]
     out: dict[tuple[str, str], tuple[list[RefCandle], Calendar]] = {}
     if not profile.quotes:
-        trades = read_tape(tape)
+        trades = profile.read_tape(tape)
         for sym in profile.symbols:
             rows = [r for r in trades if r.symbol == sym]
             for tf in TIMEFRAMES_COMPARED:
@@ -449,7 +464,7 @@ async def compare_window(result: ChaosResult, db: str, tape: Path, end_ms: int, 
             result.market_ms = max(result.market_ms, keys[-1] + tf_ms - keys[0])
             for c in stored:
                 w = want.get(c.open_time)
-                same = w is not None and _fields(c) == _fields(w)
+                same = w is not None and candle_fields(result.venue, c) == candle_fields(result.venue, w)
                 if not c.closed:
                     result.forming += 1
                 elif not c.final:
@@ -460,7 +475,7 @@ async def compare_window(result: ChaosResult, db: str, tape: Path, end_ms: int, 
                     if not same:
                         result.final_mismatched += 1
                         result.mismatches.append(
-                            f"{key} {tf} {c.open_time}: final {_fields(c)} != tape {None if w is None else _fields(w)}"
+                            f"{key} {tf} {c.open_time}: final {candle_fields(result.venue, c)} != tape {None if w is None else candle_fields(result.venue, w)}"
                         )
     finally:
         await store.close()

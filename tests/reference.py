@@ -92,6 +92,27 @@ def read_tape(path: str | Path) -> list[TapeRow]:
     return rows
 
 
+def read_venue_tape(path: str | Path) -> list[TapeRow]:
+    """All rows of any trade venue's tape (its header starts with :data:`TRADE_TAPE_COLUMNS`), in file
+    order, which is the venue's trade order. Venues whose ids are not a per-symbol counter (Bybit's
+    UUIDs, Hyperliquid's tids shared by every coin) are read alike: ``trade_id`` is each row's
+    position among its symbol's rows (1, 2, 3, ...) and the venue's own id is only checked unique;
+    ``buyer_maker`` is False (no venue but Binance tapes it)."""
+    with open(path, newline="", encoding="ascii") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        assert header[: len(TRADE_TAPE_COLUMNS)] == TRADE_TAPE_COLUMNS, header
+        rows = []
+        seen: dict[str, set[str]] = {}
+        for r in reader:
+            sym, tid, t, p, q = r[:5]
+            ids = seen.setdefault(sym, set())
+            assert tid not in ids, f"trade id {tid} of {sym} twice on the tape"
+            ids.add(tid)
+            rows.append(TapeRow(sym, len(ids), int(t), Decimal(p), Decimal(q), False, p, q))
+    return rows
+
+
 class TradeTapeRow(NamedTuple):
     """One row of any trade venue's tape: the shared columns, exactly as written, and the extra ones."""
 

@@ -272,6 +272,10 @@ class Venue:
     #: stays provisional until reconciled with the venue's history, every ``reconcile_every_s``.
     sequenced: bool = False
     reconcile_every_s: float = 0.0
+    #: Whether its history's candles carry their number of trades. False (Finnhub, and venues whose
+    #: REST candles have no count): a candle from history, or corrected by it, has ``trades`` 0, so a
+    #: comparison with the venue's tape leaves the count out.
+    history_trades: bool = True
 
     def calendar_name(self, symbol: str) -> str:
         """The market calendar ``symbol`` follows on this venue (see ``candles/calendar.py``)."""

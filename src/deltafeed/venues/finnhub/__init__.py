@@ -31,6 +31,7 @@ class Finnhub(Venue):
     omits_empty = True  # no candle for an interval without prices
     sequenced = False  # no ids: closed candles are provisional until reconciled with history
     reconcile_every_s = 60.0
+    history_trades = False  # its REST candles have no trade count
 
     def calendar_name(self, symbol: str) -> str:
         """Forex follows the FX week, US stocks their exchanges' regular sessions, crypto never closes."""

@@ -1,0 +1,108 @@
+"""One process, five crypto venues, each on its own feed against its own replica: every final 1m and 5m
+candle of every instrument equals the candles computed from that venue's tape, and a logical
+instrument fails over from one venue to another (Coinbase to Kraken) without a hole.
+
+The venues are found through the registry and pointed at their replicas with
+``Venue.replica_settings``, as a user's own test would."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from chaos import candle_fields
+from deltafeed.config import FailoverSettings, Settings
+from deltafeed.engine import Engine
+from deltafeed.model import TIMEFRAMES, Instrument
+from deltafeed.replicas.server import ReplicaBase
+from deltafeed.store.base import open_cold
+from deltafeed.venues import registry
+from reference import candles_from_tape, read_venue_tape
+
+#: The issue's own mix: each venue's BTC market as that venue spells it.
+MIXED = ["binance:BTCUSDT", "coinbase:BTC-USD", "bybit:BTCUSDT", "hyperliquid:BTC", "kraken:BTC/USD"]
+PRIMARY, STANDBY = "coinbase:BTC-USD", "kraken:BTC/USD"
+LOGICAL = "x:BTCUSD"
+
+
+@pytest.mark.timeout(150)
+async def test_five_venues_in_one_process_equal_their_tapes_and_fail_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    instruments = [Instrument.parse(s) for s in MIXED]
+    replicas: dict[str, ReplicaBase] = {}
+    venues: dict[str, dict[str, object]] = {}
+    try:
+        for inst in instruments:
+            venue = registry.get(inst.venue)
+            replica = venue.build_replica(
+                symbols=[inst.symbol],
+                seed=21,
+                rate=3.0,
+                speed=60.0,
+                history_ms=30 * 60_000,
+                tape=tmp_path / f"{inst.venue}.csv",
+            )
+            await replica.start()
+            replicas[inst.venue] = replica
+            venues[inst.venue] = venue.replica_settings(replica)
+            for k, v in venue.replica_env(replica).items():
+                monkeypatch.setenv(k, v)
+        settings = Settings(
+            symbols=MIXED,
+            timeframes=["1m", "5m"],
+            history="30m",
+            db=str(tmp_path / "mixed.duckdb"),
+            venues=venues,
+            failover={LOGICAL: FailoverSettings(primary=PRIMARY, standby=STANDBY)},
+            failover_after="1s",
+        ).validate()
+        engine = Engine(settings)
+        await engine.start()
+        try:
+            await asyncio.sleep(12.0)  # 12 market minutes on every venue
+            status = engine.status()
+            before = status["failover"][LOGICAL]
+            # Each venue streams on its own feed.
+            assert set(status["venues"]) >= {i.venue for i in instruments}, status["venues"].keys()
+            for inst in instruments:
+                assert status["venues"][inst.venue]["connected"], inst.venue
+                assert status["instruments"][str(inst)]["trades"] > 0, inst
+            await engine.stop_streaming([PRIMARY])  # the primary falls silent
+            await asyncio.sleep(6.0)
+            after = engine.status()["failover"][LOGICAL]
+        finally:
+            await engine.stop()
+    finally:
+        for replica in replicas.values():
+            await replica.stop()
+
+    assert before["active"] == PRIMARY and before["switches"] == 0
+    assert after["active"] == STANDBY and after["switches"] == 1 and after["on_standby"]
+
+    cold = await open_cold(settings.db, read_only=True)
+    try:
+        compared = 0
+        for inst in instruments:
+            rows = [r for r in read_venue_tape(tmp_path / f"{inst.venue}.csv") if r.symbol == inst.symbol]
+            assert rows, f"{inst}: nothing on the tape"
+            for tf in ("1m", "5m"):
+                want = {c.open_time: c for c in candles_from_tape(rows, TIMEFRAMES[tf])}
+                stored = await cold.query(str(inst), tf)
+                keys = [c.open_time for c in stored]
+                assert keys == list(range(keys[0], keys[-1] + TIMEFRAMES[tf], TIMEFRAMES[tf])), (inst, tf, "a hole")
+                finals = [c for c in stored if c.final]
+                assert len(finals) >= (25 if tf == "1m" else 5), (inst, tf, len(finals))
+                for c in finals:
+                    assert c.open_time in want and candle_fields(inst.venue, c) == candle_fields(
+                        inst.venue, want[c.open_time]
+                    ), (inst, tf, c)
+                compared += len(finals)
+        logical = [c for c in await cold.query(LOGICAL, "1m") if c.closed]
+        keys = [c.open_time for c in logical]
+        assert keys == list(range(keys[0], keys[-1] + 60_000, 60_000)), "a hole in the logical series"
+    finally:
+        await cold.close()
+    assert compared >= len(instruments) * 30
