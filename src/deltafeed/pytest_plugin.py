@@ -20,7 +20,7 @@ from typing import Any, TypeVar, cast
 
 import pytest
 
-from deltafeed.replicas.faults import ITEM_KINDS, parse_faults
+from deltafeed.replicas.faults import parse_faults
 from deltafeed.replicas.server import ReplicaBase
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -58,7 +58,7 @@ def build_replica(venue: str, **kwargs: Any) -> ReplicaBase:
 
     replica_class(venue)  # a venue without a replica: the LookupError naming those with one
     if isinstance(kwargs.get("faults"), str):
-        kwargs["faults"] = parse_faults(kwargs["faults"], extra=ITEM_KINDS)
+        kwargs["faults"] = parse_faults(kwargs["faults"])
     kwargs.setdefault("host", "127.0.0.1")
     kwargs["port"] = 0
     return registry.get(venue).build_replica(**kwargs)

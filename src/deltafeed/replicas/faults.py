@@ -34,9 +34,16 @@ MESSAGE_KINDS: dict[str, int] = {"drop": 1, "dup": 1, "reorder": 2, "garbage": 1
 #: Faults on REST answers.
 REST_KINDS = ("http500", "http429", "slow")
 KINDS: tuple[str, ...] = (*CONNECTION_KINDS, *MESSAGE_KINDS, *REST_KINDS)
-#: Faults on one item of a streaming session, which only a replica that has items takes (IG:
-#: Lightstreamer's ``OV``, updates withheld from a client too slow for them); see ``parse_faults(extra=)``.
-ITEM_KINDS = ("overflow",)
+#: Faults only some replicas can inject, with what each does. Every parser accepts them; a replica
+#: refuses, with its own message, a kind it cannot inject.
+VENUE_KINDS: dict[str, str] = {
+    "overflow": "updates of one item withheld from a client too slow for them (Lightstreamer's OV, IG)",
+    "seqgap": "a sequence number skipped on a sequenced channel, nothing else lost",
+    "noheartbeat": "heartbeats stop while the connection stays up",
+    "silence": "the connection stays open and answers pings but sends no data",
+}
+#: Every kind a fault spec may name.
+ALL_KINDS: tuple[str, ...] = (*KINDS, *VENUE_KINDS)
 
 #: SO_LINGER on with a 0 s timeout: closing the socket sends a TCP RST instead of a FIN.
 LINGER_RESET = struct.pack("ii", 1, 0)
@@ -58,13 +65,13 @@ def _check(kind: str, rate: float, part: str, kinds: tuple[str, ...]) -> None:
         raise BadInput(f"fault rate in {part!r} must be a number >= 0 (events per minute); {_usage(kinds)}")
 
 
-def parse_faults(spec: str, extra: tuple[str, ...] = ()) -> dict[str, float]:
+def parse_faults(spec: str) -> dict[str, float]:
     """``"close=2,drop=30"`` → ``{"close": 2.0, "drop": 30.0}``; :class:`BadInput` naming the bad part.
 
-    An empty spec means no faults; a rate of 0 disables its kind. ``extra`` names kinds only the
-    calling replica knows (IG's ``overflow``), beside the shared :data:`KINDS`.
+    An empty spec means no faults; a rate of 0 disables its kind. Kinds are checked against
+    :data:`ALL_KINDS`; which of them a replica injects is the replica's check.
     """
-    kinds = (*KINDS, *extra)
+    kinds = ALL_KINDS
     rates: dict[str, float] = {}
     for raw in spec.split(","):
         part = raw.strip()
@@ -99,7 +106,7 @@ class FaultSchedule:
     """
 
     def __init__(self, rates: Mapping[str, float], seed: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
-        every = (*KINDS, *ITEM_KINDS)
+        every = ALL_KINDS
         for kind, rate in rates.items():
             _check(kind, float(rate), f"{kind}={rate}", every)
         self.rates: dict[str, float] = {k: float(rates[k]) for k in every if rates.get(k, 0) > 0}

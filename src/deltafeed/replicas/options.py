@@ -15,7 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from deltafeed.model import BadInput, parse_duration_ms, time_ms
-from deltafeed.replicas.faults import ITEM_KINDS, parse_faults
+from deltafeed.replicas.faults import parse_faults
 
 
 def _frozen(rates: Mapping[str, float]) -> Mapping[str, float]:
@@ -111,7 +111,7 @@ class ReplicaOptions:
             start_ms=start_ms,
             history_ms=parse_duration_ms(history) if history is not None else None,
             tape=Path(tape) if tape else None,
-            faults=parse_faults(spec, extra=ITEM_KINDS) if spec else {},
+            faults=parse_faults(spec) if spec else {},
             faults_seed=getattr(args, "faults_seed", 0),
         ).check(example)
 

@@ -15,7 +15,7 @@ from typing import ClassVar, Protocol, Self
 from aiohttp import web
 
 from deltafeed.model import BadInput
-from deltafeed.replicas.faults import FaultSchedule
+from deltafeed.replicas.faults import KINDS, FaultSchedule
 from deltafeed.replicas.sim import MarketClock
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -99,6 +99,8 @@ class ReplicaBase:
     #: :func:`listen`'s ``shutdown_timeout`` and ``method``.
     shutdown_timeout: ClassVar[float] = DEFAULT_SHUTDOWN_TIMEOUT
     http_method: ClassVar[str] = "GET"
+    #: The fault kinds this replica injects; :meth:`_setup_faults` refuses the others by name.
+    fault_kinds: ClassVar[tuple[str, ...]] = KINDS
 
     #: The fault schedule, or None when no fault is configured (the pump's fast path); setting it to
     #: None ends fault injection.
@@ -114,6 +116,11 @@ class ReplicaBase:
         """Set :attr:`faults` from checked rates (a schedule seeded by ``seed``) or a ready schedule: None
         when no kind has a rate, else the schedule, with a zero ``stats["fault_<kind>"]`` per kind."""
         schedule = faults if isinstance(faults, FaultSchedule) else FaultSchedule(faults, seed)
+        bad = [k for k in schedule.rates if k not in self.fault_kinds]
+        if bad:
+            raise BadInput(
+                f"fault kind {bad[0]!r} does not apply to {type(self).__name__}; use {', '.join(self.fault_kinds)}"
+            )
         if not schedule.rates:
             self.faults = None
         else:

@@ -84,6 +84,8 @@ class DukascopyReplica(ReplicaBase):
     hour files by kind, quotes and bytes served, and injected faults (``fault_<kind>``).
     """
 
+    fault_kinds = REST_KINDS
+
     venue = "dukascopy"
     _log = log
     pumps = False

@@ -382,6 +382,8 @@ class FinnhubReplica(ReplicaBase):
     protocol, the semantics and the faults (``faults=`` spec or mapping, schedule seeded by ``faults_seed``).
     """
 
+    fault_kinds = FAULT_KINDS
+
     venue = "finnhub"
     tick_s = TICK_SECONDS
     _log = log

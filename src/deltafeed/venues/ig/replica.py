@@ -119,7 +119,7 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from deltafeed.model import BadInput
-from deltafeed.replicas.faults import ITEM_KINDS, inject_connection_faults, parse_faults, reset_transport
+from deltafeed.replicas.faults import inject_connection_faults, parse_faults, reset_transport
 from deltafeed.replicas.options import ReplicaOptions, options_from
 from deltafeed.replicas.quotes import (
     ORIGIN_MS,
@@ -483,6 +483,8 @@ class IGReplica(ReplicaBase):
     is historical-price points per account per ``allowance_period_s`` wall seconds. :attr:`url` is both
     the REST base and the lightstreamerEndpoint. See the module docstring for the protocol and the faults.
     """
+
+    fault_kinds = FAULT_KINDS
 
     venue = "ig"
     _log = log
@@ -1332,7 +1334,7 @@ def _price_rows(spec: PairSpec, opens: Any, volume: Any, ohlc: Mapping[str, tupl
 
 def check_faults(spec: str) -> dict[str, float]:
     """``parse_faults`` for this replica: only :data:`FAULT_KINDS` have an IG meaning."""
-    rates = parse_faults(spec, extra=ITEM_KINDS)
+    rates = parse_faults(spec)
     for kind, rate in rates.items():
         if rate > 0 and kind not in FAULT_KINDS:
             why = (

@@ -320,6 +320,8 @@ class OandaReplica(ReplicaBase):
     ``slow_s``).
     """
 
+    fault_kinds = FAULT_KINDS
+
     venue = "oanda"
     tick_s = TICK_SECONDS
     _log = log
