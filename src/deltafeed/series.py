@@ -73,6 +73,11 @@ class Series:
         self.trades += 1
         self.last_trade_ms = trade.time_ms
 
+    def on_loss(self, since_ms: int, until_ms: int) -> None:
+        """The feed may have lost data of this series between ``since_ms`` and ``until_ms`` (venue
+        times) without a trade id showing it: the builder has those candles repaired from history."""
+        self.builder.suspect(since_ms, until_ms)
+
     def on_venue_candle(self, timeframe: str, candle: Candle, last_trade_id: int) -> None:
         """The venue's own closed candle (a kline, IG's minute chart), merged by the builder;
         ``last_trade_id`` is the last trade it holds (-1 when the venue gives none)."""

@@ -311,6 +311,19 @@ class CandleBuilder:
                 _idle(s, None, None)
             self._on_repair(s.name, first, b)
 
+    def suspect(self, since_ms: int, until_ms: int) -> None:
+        """Trades between ``since_ms`` and ``until_ms`` may have been lost without a gap in the ids
+        showing it yet (the venue's message sequence broke): the candles of that span, up to the one
+        forming, are reported for repair and never vouched for by the builder."""
+        self._unvouched = [(s, c) for s, c in self._unvouched if c.open_time + s.ms <= since_ms]
+        self._hole_ms = max(self._hole_ms, until_ms)
+        for s in self._series:
+            first = since_ms - since_ms % s.ms
+            last = max(first, until_ms - until_ms % s.ms)
+            if s.cur is not None:
+                last = max(last, s.cur.open_time)
+            self._on_repair(s.name, first, last)
+
     # --- the venue's own candles ----------------------------------------------------------------
 
     def on_venue_candle(self, timeframe: str, venue: Candle, last_trade_id: int) -> None:
