@@ -322,3 +322,18 @@ def test_without_venue_ids_nothing_the_builder_makes_is_final() -> None:
         builder.on_trade(t)
     builder.advance(ts[-1].time_ms + 300_000)
     assert r.closed["1m"] and not any(c.final for c in r.closed["1m"].values())
+
+
+def test_suspect_span_is_repaired_and_never_vouched_for() -> None:
+    """A feed that lost messages without an id jump showing it (a sequence break) has the span's
+    candles repaired, up to the one forming, and the builder vouches for none of them."""
+    closed: list[tuple[str, Candle]] = []
+    repairs: list[tuple[str, int, int]] = []
+    b = CandleBuilder(["1m", "5m"], lambda tf, c: closed.append((tf, c)), lambda *r: repairs.append(r))
+    b.on_trade(Trade("X", 1, 60_000, 1.0, 1.0, False))
+    repairs.clear()
+    b.on_trade(Trade("X", 2, 130_000, 1.0, 1.0, False))
+    b.suspect(125_000, 170_000)
+    assert ("1m", 120_000, 120_000) in repairs and ("5m", 0, 0) in repairs
+    b.on_trade(Trade("X", 3, 190_000, 1.0, 1.0, False))  # follows on by id, but inside the suspect span
+    assert not any(c.final and c.open_time >= 120_000 for tf, c in closed if tf == "1m")

@@ -131,8 +131,8 @@ class _Envelope(msgspec.Struct):
 class _TradeItem(msgspec.Struct):
     trade_id: str
     product_id: str
-    price: float
-    size: float
+    price: str  # decimal strings, read with float(): "1e400" is then an infinity, refused as impossible
+    size: str
     side: str
     time: str
 
@@ -265,11 +265,12 @@ class StreamDecoder(Skips):
                 ts = iso_ms(x.time)
                 if x.side not in ("BUY", "SELL"):
                     raise ValueError(f"trade side {x.side[:20]!r}")
-                if not (price_ok(x.price) and price_ok(x.size)):
-                    self._skip(IMPOSSIBLE, f"trade {tid} of {x.product_id[:20]} with price {x.price!r} size {x.size!r}")
+                price, size = float(x.price), float(x.size)
+                if not (price_ok(price) and price_ok(size)):
+                    self._skip(IMPOSSIBLE, f"trade {tid} of {x.product_id[:20]} with price {price!r} size {size!r}")
                     continue
                 # ``side`` is the maker's: a BUY maker means the buyer was the maker.
-                out.append(Trade(x.product_id, tid, ts, x.price, x.size, x.side == "BUY"))
+                out.append(Trade(x.product_id, tid, ts, price, size, x.side == "BUY"))
         out.sort(key=lambda tr: tr.trade_id)
         return Message("market_trades", env.sequence_num, t, trades=out, snapshot=snapshot)
 
