@@ -176,9 +176,10 @@ class CoinbaseReplica(ReplicaBase):
     """A Coinbase Advanced Trade public market-data server on ``host:port`` (see the module docstring).
 
     ``rate`` is trades per market second per product, ``speed`` market seconds per wall second;
-    ``faults`` as in :mod:`deltafeed.replicas.faults`, of :data:`FAULT_KINDS`: ``seqgap`` skips one
-    ``sequence_num`` on a connection (nothing else lost), ``noheartbeat`` stops a connection's
-    heartbeats for good while its data goes on.
+    ``refuse`` names products listed over REST whose subscriptions are refused with an error frame (a
+    delisting between the check and the subscription); ``faults`` as in :mod:`deltafeed.replicas.faults`,
+    of :data:`FAULT_KINDS`: ``seqgap`` skips one ``sequence_num`` on a connection (nothing else lost),
+    ``noheartbeat`` stops a connection's heartbeats for good while its data goes on.
     """
 
     venue = "coinbase"
@@ -207,6 +208,7 @@ class CoinbaseReplica(ReplicaBase):
         candles_s: float = 1.0,
         idle_close_s: float = 75.0,
         slow_s: float = 1.0,
+        refuse: Iterable[str] = (),
         options: ReplicaOptions | None = None,
     ) -> None:
         rates = parse_faults(faults) if isinstance(faults, str) else dict(faults or {})
@@ -229,6 +231,7 @@ class CoinbaseReplica(ReplicaBase):
         self.candles_s = candles_s
         self.idle_close_s = idle_close_s
         self.slow_s = slow_s
+        self.refuse = set(refuse)  # products listed over REST whose subscriptions are refused (delisted)
         self.stats: dict[str, int] = {"connections": 0, "open_connections": 0, "requests": 0, "429": 0, "frames": 0}
         self._setup_faults(dict(o.faults), o.faults_seed)
         self._conns: dict[_Conn, None] = {}
@@ -456,8 +459,8 @@ class CoinbaseReplica(ReplicaBase):
         if channel != "heartbeats" and not ids:
             conn.write([codec.error_frame(f"Failure to subscribe: {channel} needs product_ids")])
             return
-        bad = [p for p in ids if p not in self._sim.recent]
-        good = [p for p in ids if p in self._sim.recent]
+        bad = [p for p in ids if p not in self._sim.recent or p in self.refuse]
+        good = [p for p in ids if p not in bad]
         out: list[bytes] = []
         for p in bad:
             out.append(codec.error_frame(f"Failure to subscribe: {p[:40]} is not a valid product"))
