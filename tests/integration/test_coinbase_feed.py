@@ -8,6 +8,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from deltafeed.config import Settings
@@ -59,3 +60,11 @@ async def test_a_refused_subscription_is_one_line_and_the_others_stream(
     assert st["instruments"]["coinbase:BTC-USD"]["trades"] > 100
     # Skipped sequence numbers and stopped heartbeats were noticed, not dodged.
     assert cb["sequence_gaps"] >= 1 and cb["reconnects"] >= 1, cb
+
+
+async def test_the_replica_closes_a_connection_that_never_subscribes() -> None:
+    replica = CoinbaseReplica(symbols=["BTC-USD"], rate=1.0, history_ms=60_000, subscribe_deadline_s=0.5)
+    async with replica, aiohttp.ClientSession() as http, http.ws_connect(replica.ws_url) as ws:
+        async with asyncio.timeout(5):
+            msg = await ws.receive()
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)

@@ -10,7 +10,8 @@ and the ``/v2`` currency endpoints ccxt reads) and ``advanced-trade-ws.coinbase.
   subscription a ``snapshot`` of recent trades; ``candles`` (5-minute buckets) every second; one
   ``sequence_num`` counter per connection across every channel, from 0; ``{"type":"error","message":...}``
   for a refused request. A connection with data subscriptions but no ``heartbeats`` one is closed after
-  ``idle_close_s`` without a frame (the venue's "channels close within 60-90 s").
+  ``idle_close_s`` without a frame (the venue's "channels close within 60-90 s"), and one that sent no
+  subscribe within ``subscribe_deadline_s`` (5 s, the Exchange feed's documented rule).
 - REST candles newest first, intervals without trades left out, a span of more than 349 candles rejected
   with the venue's 400; 10 requests a second per IP (burst 15), then 429.
 
@@ -139,6 +140,8 @@ class _Conn:
     stalled: bool = False
     doomed: bool = False
     quiet: bool = False  # noheartbeat: heartbeats stopped, data goes on
+    opened: float = 0.0  # monotonic time of the connection
+    subscribed: bool = False  # sent a subscribe (the first must come within subscribe_deadline_s)
 
     def frame(self, channel: str, now_ms: int, events: bytes) -> bytes:
         body = codec.envelope(channel, self.seq, now_ms, events)
@@ -207,6 +210,7 @@ class CoinbaseReplica(ReplicaBase):
         heartbeat_s: float = 1.0,
         candles_s: float = 1.0,
         idle_close_s: float = 75.0,
+        subscribe_deadline_s: float = 5.0,
         slow_s: float = 1.0,
         refuse: Iterable[str] = (),
         options: ReplicaOptions | None = None,
@@ -230,6 +234,7 @@ class CoinbaseReplica(ReplicaBase):
         self.heartbeat_s = heartbeat_s
         self.candles_s = candles_s
         self.idle_close_s = idle_close_s
+        self.subscribe_deadline_s = subscribe_deadline_s
         self.slow_s = slow_s
         self.refuse = set(refuse)  # products listed over REST whose subscriptions are refused (delisted)
         self.stats: dict[str, int] = {"connections": 0, "open_connections": 0, "requests": 0, "429": 0, "frames": 0}
@@ -414,7 +419,8 @@ class CoinbaseReplica(ReplicaBase):
         transport = request.transport
         if transport is None:
             return ws
-        conn = _Conn(ws, transport, f"{request.remote}:{id(ws) % 100000}", last_sent=time.monotonic())
+        opened = time.monotonic()
+        conn = _Conn(ws, transport, f"{request.remote}:{id(ws) % 100000}", last_sent=opened, opened=opened)
         self._conns[conn] = None
         self.stats["connections"] += 1
         self.stats["open_connections"] += 1
@@ -464,6 +470,7 @@ class CoinbaseReplica(ReplicaBase):
         out: list[bytes] = []
         for p in bad:
             out.append(codec.error_frame(f"Failure to subscribe: {p[:40]} is not a valid product"))
+        conn.subscribed = True
         have = conn.subs.setdefault(channel, set()) if kind == "subscribe" else conn.subs.get(channel, set())
         new = [p for p in good if p not in have]
         if kind == "subscribe":
@@ -536,6 +543,9 @@ class CoinbaseReplica(ReplicaBase):
             elif "heartbeats" not in c.subs and c.subs and wall - c.last_sent > self.idle_close_s and not c.doomed:
                 c.doomed = True
                 self._spawn(self._close(c, 1000))  # the venue closes channels left without updates
+            if not c.subscribed and wall - c.opened > self.subscribe_deadline_s and not c.doomed:
+                c.doomed = True
+                self._spawn(self._close(c, 1000))  # no subscribe within the deadline [UNVERIFIED for AT]
         f = self.faults
         if f is not None:
             self._faults_before_send(f, out)
