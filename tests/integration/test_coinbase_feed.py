@@ -48,7 +48,13 @@ async def test_a_refused_subscription_is_one_line_and_the_others_stream(
         engine = Engine(_settings(tmp_path, replica, ["BTC-USD", "ETH-USD"]))
         await engine.start()
         try:
-            await asyncio.sleep(8.0)
+            await asyncio.sleep(6.0)
+            # Streaming stopped and started again over the same connection (unsubscribe, subscribe).
+            await engine.stop_streaming(["coinbase:BTC-USD"])
+            await asyncio.sleep(0.5)
+            before = engine.status()["instruments"]["coinbase:BTC-USD"]["trades"]
+            await engine.start_streaming(["coinbase:BTC-USD"])
+            await asyncio.sleep(2.5)
             st = engine.status()
         finally:
             await engine.stop()
@@ -57,7 +63,7 @@ async def test_a_refused_subscription_is_one_line_and_the_others_stream(
     assert cb["skipped_frames"].get("error_frame", 0) >= 1 and cb["venue_errors"]
     lines = [r.getMessage() for r in caplog.records if "refused the subscription" in r.getMessage()]
     assert len(lines) == 1 and "ETH-USD" in lines[0], lines
-    assert st["instruments"]["coinbase:BTC-USD"]["trades"] > 100
+    assert st["instruments"]["coinbase:BTC-USD"]["trades"] > before > 100
     # Skipped sequence numbers and stopped heartbeats were noticed, not dodged.
     assert cb["sequence_gaps"] >= 1 and cb["reconnects"] >= 1, cb
 

@@ -141,9 +141,6 @@ class CoinbaseFeed:
     def connected(self) -> bool:
         return self.ws.connected.is_set()
 
-    def _products(self, states: list[Series]) -> list[str]:
-        return [st.instrument.symbol for st in states if st.instrument.symbol not in self.refused]
-
     def _on_connect(self, ws: WsStream) -> None:
         # A new connection starts its own sequence; whatever traded while we were away may be lost.
         now = self.clock.now_ms()
@@ -156,15 +153,15 @@ class CoinbaseFeed:
         self._send(ws, True, [st for st in self.states if st.active])
 
     def _send(self, ws: WsStream, subscribe: bool, states: list[Series]) -> None:
-        products = self._products(states)
-        if not products:
+        """(Un)subscribe ``states``: one message per channel, all their products in it."""
+        states = [st for st in states if st.instrument.symbol not in self.refused]
+        if not states:
             return
         make = coinbase.subscribe if subscribe else coinbase.unsubscribe
-        ws.send(make("market_trades", products))
-        if self.venue_candles:
-            with5m = [p for p in products if "5m" in self.by_symbol[p].builder.timeframes]
-            if with5m:
-                ws.send(make("candles", with5m))
+        ws.send(make("market_trades", [st.instrument.symbol for st in states]))
+        with5m = [st.instrument.symbol for st in states if "5m" in st.builder.timeframes]
+        if self.venue_candles and with5m:
+            ws.send(make("candles", with5m))
 
     def control(self, subscribe: bool, states: list[Series]) -> None:
         if self.ws.connected.is_set():
