@@ -36,7 +36,7 @@ register(
 async def test_coinbase_final_candles_equal_the_tape_through_faults_and_a_kill(tmp_path: Path) -> None:
     # 50 wall seconds at x120: 100 market minutes of streaming after 30 minutes of history.
     r = await run_chaos(
-        tmp_path, venue="coinbase", wall_s=50.0, speed=120.0, faults_per_minute=4.0, kill_at_s=24.0, seed=7
+        tmp_path, venue="coinbase", wall_s=50.0, speed=120.0, faults_per_minute=5.0, kill_at_s=24.0, seed=7
     )
     gaps = sum(int(s.get("venues", {}).get("coinbase", {}).get("sequence_gaps") or 0) for s in r.statuses)
     print(
