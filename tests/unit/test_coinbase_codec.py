@@ -139,3 +139,7 @@ def test_rest_time_products_and_paths() -> None:
     assert codec.candles_path("BTC-USD", "ONE_MINUTE", 60, 120) == (
         "/api/v3/brokerage/market/products/BTC-USD/candles?start=60&end=120&granularity=ONE_MINUTE"
     )
+
+
+def test_time_as_integers_too() -> None:
+    assert codec.decode_time(b'{"iso":"x","epochSeconds":1685572150,"epochMillis":1685572150000}') == 1685572150000

@@ -380,9 +380,9 @@ def decode_candles(body: bytes, granularity_s: int, now_ms: int) -> list[Candle]
 
 
 class _Time(msgspec.Struct):
-    iso: str
-    epochSeconds: str  # the venue's field names
-    epochMillis: str
+    epochMillis: str | int  # the venue's field names; strings on the wire, integers in the SDK's types
+    iso: str = ""
+    epochSeconds: str | int = ""
 
 
 def decode_time(body: bytes) -> int:
