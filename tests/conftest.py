@@ -38,6 +38,25 @@ def pytest_configure(config: pytest.Config) -> None:
     the two ways never register it twice."""
     if not config.pluginmanager.is_registered(replica_plugin):
         config.pluginmanager.register(replica_plugin, "deltafeed")
+    _import_everything()
+
+
+def _import_everything() -> None:
+    """Import every deltafeed module once, before any test runs.
+
+    The ``pytest11`` entry point makes pytest rewrite deltafeed's modules as they are first imported,
+    and CPython 3.11's compiler can fail that with "SystemError: AST constructor recursion depth
+    mismatch" when the first import happens deep in a running test (a venue's feed imported lazily
+    by the engine). Compiling everything here, on a shallow stack, keeps compiling out of the tests.
+    """
+    import importlib
+    import pkgutil
+
+    import deltafeed
+
+    for mod in pkgutil.walk_packages(deltafeed.__path__, "deltafeed."):
+        if not mod.name.endswith(".__main__"):  # that one runs the CLI
+            importlib.import_module(mod.name)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

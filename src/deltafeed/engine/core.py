@@ -406,10 +406,12 @@ class Engine:
         everything out (meant to take well under 2 seconds after the grace)."""
         if any(t.get_name() == "repairs" and not t.done() for t in self._tasks):
             await self.completeness.grace(self.settings.seconds("stop_grace"))
-        await asyncio.gather(*(feed.stop() for feed in self.feeds.values()))
+        # The engine's own tasks end first: a tick running during a feed's stop could open a new
+        # connection (a rotation), whose frames would then reach a closed writer.
         for t in self._tasks:
             if t.get_name() != "writer":
                 t.cancel()
+        await asyncio.gather(*(feed.stop() for feed in self.feeds.values()))
         for st in self.states.values():
             self.publisher.open(st)
         if self.hub is not None:
