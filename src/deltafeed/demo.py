@@ -39,6 +39,7 @@ def _fx_start(now_ms: int) -> int:
 #: What the demo streams: (venue, symbols as the venue spells them, trades or quotes per market second).
 DEMO_VENUES: tuple[tuple[str, tuple[str, ...], float], ...] = (
     ("binance", ("BTCUSDT", "ETHUSDT", "SOLUSDT"), 8.0),
+    ("coinbase", ("BTC-USD", "ETH-USD"), 6.0),
     ("oanda", ("EUR_USD", "USD_JPY"), 4.0),
 )
 DEFAULT_DB = "deltafeed-demo.duckdb"
