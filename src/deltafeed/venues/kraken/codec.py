@@ -9,6 +9,7 @@ to the other.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
@@ -183,6 +184,8 @@ class StreamDecoder(Skips):
         self.venue_errors: dict[str, int] = {}
         self.heartbeats = 0
         self.acks = 0
+        #: The venue's time of its latest answer (``time_out`` of an ack or a pong), ms; 0 before one.
+        self.server_ms = 0
 
     def decode(self, frame: bytes | memoryview | str) -> list[Event]:
         try:
@@ -213,6 +216,12 @@ class StreamDecoder(Skips):
             # ``side`` is the taker's: a taker buy means the buyer was not the maker.
             out.append(Trade(t.symbol, t.trade_id, ms, t.price, t.qty, t.side == "sell"))
         return out
+
+    def _server_time(self, msg: dict[str, Any]) -> None:
+        t = msg.get("time_out")
+        if isinstance(t, str):
+            with contextlib.suppress(ValueError):
+                self.server_ms = rfc3339_ms(t)
 
     def _ohlc(self, msg: _OhlcMsg) -> list[Event]:
         out: list[Event] = []
@@ -247,6 +256,7 @@ class StreamDecoder(Skips):
         if "method" in msg and "success" in msg:
             if msg["success"] is True:
                 self.acks += 1
+                self._server_time(msg)
                 return []
             error = str(msg.get("error", "?"))[:200]
             symbol = msg.get("symbol")
@@ -258,6 +268,7 @@ class StreamDecoder(Skips):
             return []
         if msg.get("method") == "pong":
             self.acks += 1
+            self._server_time(msg)
             return []
         channel = msg.get("channel")
         if channel in ("status", "instrument", "book"):

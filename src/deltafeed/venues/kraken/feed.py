@@ -80,6 +80,7 @@ class KrakenFeed:
         self._skips = SkipLog(log, "frames")
         self._last_id: dict[str, int] = {}
         self.refused_symbols: dict[str, str] = {}
+        self._server_ms = 0
         self._ts_low = 0
         self._ts_high = 2**62
 
@@ -183,6 +184,11 @@ class KrakenFeed:
         if not events:
             if self.decoder.refusals:
                 self._refused()
+            if self.decoder.server_ms > self._server_ms:
+                # An ack's time_out: the venue's clock, before a (re)subscription's snapshot comes.
+                self._server_ms = self.decoder.server_ms
+                self.clock.observe(self._server_ms)
+                self.update_skew_bounds()
             self._skips.report(self.decoder.errors, self.decoder.last_error)
             return
         for ev in events:

@@ -58,11 +58,6 @@ _WS_CLOSE_TIMEOUT = 2.0
 I64 = npt.NDArray[np.int64]
 
 
-def _now_text() -> str:
-    t = time.time_ns() // 1000
-    return kraken.ms_rfc3339(t // 1000)[:-4] + f"{t % 1000:03d}Z"
-
-
 class _Trades:
     """Every released trade of one pair as growing columns (Kraken id, time, price ticks, lots, maker)."""
 
@@ -454,14 +449,18 @@ class KrakenReplica(ReplicaBase):
             self.stats["open_connections"] -= 1
         return ws
 
+    def _now_text(self) -> str:
+        """The venue's time as its answers' ``time_in``/``time_out`` give it."""
+        return kraken.ms_rfc3339(self._clock.now_ms())
+
     def _reply(self, conn: _Conn, body: dict[str, Any], time_in: str, req_id: Any) -> None:
-        body = body | {"time_in": time_in, "time_out": _now_text()}
+        body = body | {"time_in": time_in, "time_out": self._now_text()}
         if req_id is not None:
             body["req_id"] = req_id
         conn.write([msgspec.json.encode(body)])
 
     def _control(self, conn: _Conn, text: str) -> None:
-        time_in = _now_text()
+        time_in = self._now_text()
         try:
             msg = json.loads(text)
         except ValueError:

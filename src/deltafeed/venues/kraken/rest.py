@@ -38,6 +38,9 @@ class KrakenHistory:
         self.throttled = 0  # 200 answers with a rate-limit error (the client counts 429s itself)
         self.venue_errors: dict[str, int] = {}
         self.requests = 0
+        #: The last OHLC answer, by (pair, timeframe, venue time asked at): a bootstrap asks for
+        #: several pages at one venue time, and one answer holds all 720 rows.
+        self._ohlc_cache: tuple[tuple[str, str, int], list[Candle]] | None = None
 
     async def _result(self, path: str) -> bytes:
         """A 200 body whose error array is empty; rate-limit errors are waited out and retried."""
@@ -120,19 +123,35 @@ class KrakenHistory:
     async def candles(
         self, pair: str, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
     ) -> list[Candle]:
-        """Candles of ``timeframe`` with open time in [start_ms, end_ms]: from OHLC when its newest
-        720 rows reach back to ``start_ms``, else built from trades. "Closed" by the venue's clock."""
+        """Candles of ``timeframe`` with open time in [start_ms, end_ms], "closed" by the venue's clock:
+        what lies within OHLC's newest 720 rows comes from OHLC (one call, kept for the other pages
+        asked at the same venue time), what lies before them is built from trades."""
         tf_ms = TIMEFRAMES[timeframe]
         now = now_ms if now_ms is not None else await self.server_time()
         start = start_ms - start_ms % tf_ms
-        # A margin of two rows: the venue's window may have moved on since our clock last heard it.
-        if timeframe in codec.OHLC_INTERVALS and start >= self.ohlc_from(timeframe, now) + 2 * tf_ms:
-            rows = await self.ohlc(pair, timeframe, now)
-            if rows and rows[0].open_time <= start:
-                return [c for c in rows if start <= c.open_time <= end_ms]
-        stop = end_ms - end_ms % tf_ms + tf_ms
+        end = min(end_ms - end_ms % tf_ms + tf_ms, now - now % tf_ms + tf_ms)  # exclusive
+        out: list[Candle] = []
+        split = start
+        if timeframe in codec.OHLC_INTERVALS:
+            # A margin of two rows: the venue's window may have moved on since our clock last heard it.
+            split = max(start, self.ohlc_from(timeframe, now) + 2 * tf_ms)
+            if split < end:
+                rows = await self._ohlc_cached(pair, timeframe, now)
+                if rows and rows[0].open_time <= split:
+                    out = [c for c in rows if split <= c.open_time < end]
+                else:
+                    split = end  # the window moved more than expected: trades for all of it
+            if split <= start:
+                return out
+        stop = min(split, end)
         trades, _ = await self.trades(pair, start, min(stop, now))
-        return build_candles(trades, tf_ms, start, min(stop, now), now)
+        return build_candles(trades, tf_ms, start, stop, now) + out
+
+    async def _ohlc_cached(self, pair: str, timeframe: str, now_ms: int) -> list[Candle]:
+        key = (pair, timeframe, now_ms)
+        if self._ohlc_cache is None or self._ohlc_cache[0] != key:
+            self._ohlc_cache = (key, await self.ohlc(pair, timeframe, now_ms))
+        return self._ohlc_cache[1]
 
     @staticmethod
     def ohlc_from(timeframe: str, now_ms: int) -> int:
