@@ -75,13 +75,16 @@ def test_a_price_beyond_float_range_refuses_that_trade_only() -> None:
     assert dec.errors == {"impossible_value": 1}
 
 
-def test_rest_ohlc_rows_and_the_forming_one() -> None:
-    now = 1688671260_000 + 30_000  # the second row is forming
-    rows = kraken.decode_ohlc(samples.OHLC_BODY, 60_000, now)
+def test_rest_ohlc_rows_are_closed_as_its_last_says_else_by_the_clock() -> None:
+    rows = kraken.decode_ohlc(samples.OHLC_BODY, 60_000)  # "last" (1688672160) is past both rows
     assert [(c.open_time, c.close, c.volume, c.trades, c.closed) for c in rows] == [
         (1688671200_000, 30305.7, 3.39243896, 23, True),
-        (1688671260_000, 30300.0, 4.42996871, 18, False),
+        (1688671260_000, 30300.0, 4.42996871, 18, True),
     ]
+    forming = samples.OHLC_BODY.replace(b'"last":1688672160', b'"last":1688671200')
+    assert [c.closed for c in kraken.decode_ohlc(forming, 60_000)] == [True, False]
+    no_last = samples.OHLC_BODY.replace(b',"last":1688672160', b"")
+    assert [c.closed for c in kraken.decode_ohlc(no_last, 60_000, 1688671290_000)] == [True, False]
 
 
 def test_rest_trades_with_nanosecond_last_and_exact_times() -> None:

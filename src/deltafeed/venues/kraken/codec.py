@@ -388,21 +388,25 @@ def _pair_rows(raw: msgspec.Raw, what: str, decoder: msgspec.json.Decoder[Any] =
     return res[keys[0]], res.get("last")
 
 
-def decode_ohlc(body: bytes, interval_ms: int, now_ms: int) -> list[Candle]:
-    """``/0/public/OHLC`` rows ``[time s, open, high, low, close, vwap, volume, count]``; a row is
-    closed when the venue's ``now_ms`` has passed its end. :class:`BadAnswer` for a bad body or
-    an impossible value (a page is taken whole or not at all); :class:`KrakenError` for errors."""
-    rows, _ = _pair_rows(_result(body), "OHLC")
+def decode_ohlc(body: bytes, interval_ms: int, now_ms: int | None = None) -> list[Candle]:
+    """``/0/public/OHLC`` rows ``[time s, open, high, low, close, vwap, volume, count]``. A row is
+    closed when the venue says it is committed (its time is at most ``last``, "the since of the next
+    poll for committed data"), else, without a ``last``, when ``now_ms`` has passed its end.
+    :class:`BadAnswer` for a bad body or an impossible value (a page is taken whole or not at all);
+    :class:`KrakenError` for errors."""
+    rows, last = _pair_rows(_result(body), "OHLC")
     try:
         typed = msgspec.convert(rows, list[_OhlcRow], strict=False)
     except msgspec.ValidationError as exc:
         raise BadAnswer(f"bad OHLC row ({exc})") from None
+    committed = last * 1000 if isinstance(last, int) and not isinstance(last, bool) else None
     out = []
     for t, o, h, lo, c, _vwap, v, n in typed:
         if not (price_ok(o) and price_ok(h) and price_ok(lo) and price_ok(c) and size_ok(v)) or t < 0:
             raise BadAnswer(f"OHLC row at {t} has an impossible value: o={o!r} h={h!r} l={lo!r} c={c!r} v={v!r}")
         ms = t * 1000
-        out.append(Candle(ms, o, h, lo, c, v, n, ms + interval_ms <= now_ms))
+        closed = ms <= committed if committed is not None else now_ms is not None and ms + interval_ms <= now_ms
+        out.append(Candle(ms, o, h, lo, c, v, n, closed))
     return out
 
 

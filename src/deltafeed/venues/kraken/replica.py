@@ -87,7 +87,8 @@ class _Trades:
         """Each trade's time in ns, made unique: 100 ns per trade sharing the same millisecond."""
         _, times, *_ = self.cols()
         rank = np.arange(len(times), dtype=np.int64) - np.searchsorted(times, times, side="left")
-        return times * 1_000_000 + np.minimum(rank, 9999) * 100
+        out: I64 = times * 1_000_000 + np.minimum(rank, 9999) * 100
+        return out
 
 
 @dataclass(eq=False)

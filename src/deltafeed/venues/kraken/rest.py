@@ -90,20 +90,21 @@ class KrakenHistory:
         except (codec.BadAnswer, codec.KrakenError) as exc:
             raise self._bad(path, exc) from None
 
-    async def ohlc(self, pair: str, timeframe: str, now_ms: int) -> list[Candle]:
-        """The newest rows (at most 720) of a native interval; the last one is forming."""
+    async def ohlc(self, pair: str, timeframe: str) -> list[Candle]:
+        """The newest rows (at most 720) of a native interval, closed as the venue's ``last`` says."""
         path = codec.ohlc_query(pair, codec.OHLC_INTERVALS[timeframe])
         body = await self._result(path)
         try:
-            return codec.decode_ohlc(body, TIMEFRAMES[timeframe], now_ms)
+            return codec.decode_ohlc(body, TIMEFRAMES[timeframe])
         except (codec.BadAnswer, codec.KrakenError) as exc:
             raise self._bad(path, exc) from None
 
-    async def trades(self, pair: str, start_ms: int, end_ms: int) -> tuple[list[Trade], bool]:
-        """Trades with time in [start_ms, end_ms), paged by ``last``; and whether the pages reached
-        the venue's present (a page shorter than 1000) rather than stopping past ``end_ms``."""
+    async def trades(self, pair: str, start_ms: int, end_ms: int) -> tuple[list[Trade], int]:
+        """Trades with time in [start_ms, end_ms), paged by ``last``; and the time of the latest
+        trade the pages held (-1 for none): every candle ending by then is whole."""
         since = start_ms * 1_000_000 - 1
         out: list[Trade] = []
+        latest = -1
         while True:
             path = codec.trades_query(pair, since)
             body = await self._result(path)
@@ -112,10 +113,10 @@ class KrakenHistory:
             except (codec.BadAnswer, codec.KrakenError) as exc:
                 raise self._bad(path, exc) from None
             out += [t for t in page if start_ms <= t.time_ms < end_ms]
-            if len(page) < codec.TRADES_PAGE:
-                return out, True
-            if page[-1].time_ms >= end_ms:
-                return out, False
+            if page:
+                latest = max(latest, page[-1].time_ms)
+            if len(page) < codec.TRADES_PAGE or latest >= end_ms:
+                return out, latest
             if last <= since:
                 raise self._bad(path, ValueError(f"Trades 'last' {last} does not move past since {since}"))
             since = last
@@ -123,34 +124,36 @@ class KrakenHistory:
     async def candles(
         self, pair: str, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
     ) -> list[Candle]:
-        """Candles of ``timeframe`` with open time in [start_ms, end_ms], "closed" by the venue's clock:
-        what lies within OHLC's newest 720 rows comes from OHLC (one call, kept for the other pages
-        asked at the same venue time), what lies before them is built from trades."""
+        """Candles of ``timeframe`` with open time in [start_ms, end_ms]: what lies within OHLC's
+        newest 720 rows from OHLC (one call, kept for the other pages asked at the same ``now_ms``),
+        what lies before them built from trades. "Closed" is the venue's word: OHLC's ``last``, or
+        a trade after the candle's end; ``now_ms`` (our estimate of the venue's clock, None to ask
+        it) only places OHLC's window."""
         tf_ms = TIMEFRAMES[timeframe]
         now = now_ms if now_ms is not None else await self.server_time()
         start = start_ms - start_ms % tf_ms
-        end = min(end_ms - end_ms % tf_ms + tf_ms, now - now % tf_ms + tf_ms)  # exclusive
+        end = end_ms - end_ms % tf_ms + tf_ms  # exclusive
         out: list[Candle] = []
         split = start
         if timeframe in codec.OHLC_INTERVALS:
             # A margin of two rows: the venue's window may have moved on since our clock last heard it.
-            split = max(start, self.ohlc_from(timeframe, now) + 2 * tf_ms)
+            split = min(end, max(start, self.ohlc_from(timeframe, now) + 2 * tf_ms))
             if split < end:
-                rows = await self._ohlc_cached(pair, timeframe, now)
+                rows = await self._ohlc_cached(pair, timeframe, now_ms)
                 if rows and rows[0].open_time <= split:
                     out = [c for c in rows if split <= c.open_time < end]
                 else:
                     split = end  # the window moved more than expected: trades for all of it
             if split <= start:
                 return out
-        stop = min(split, end)
-        trades, _ = await self.trades(pair, start, min(stop, now))
-        return build_candles(trades, tf_ms, start, stop, now) + out
+        trades, latest = await self.trades(pair, start, split)
+        # Trades come in time order: a candle is whole once the venue has a trade after its end.
+        return build_candles(trades, tf_ms, start, split, latest) + out
 
-    async def _ohlc_cached(self, pair: str, timeframe: str, now_ms: int) -> list[Candle]:
-        key = (pair, timeframe, now_ms)
-        if self._ohlc_cache is None or self._ohlc_cache[0] != key:
-            self._ohlc_cache = (key, await self.ohlc(pair, timeframe, now_ms))
+    async def _ohlc_cached(self, pair: str, timeframe: str, now_ms: int | None) -> list[Candle]:
+        key = (pair, timeframe, now_ms if now_ms is not None else -1)
+        if now_ms is None or self._ohlc_cache is None or self._ohlc_cache[0] != key:
+            self._ohlc_cache = (key, await self.ohlc(pair, timeframe))
         return self._ohlc_cache[1]
 
     @staticmethod
