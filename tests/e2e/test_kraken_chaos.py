@@ -34,15 +34,18 @@ register(
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_kraken_final_candles_equal_the_tape_through_faults_and_a_kill(tmp_path: Path) -> None:
-    # 50 wall seconds at x120: 100 market minutes of streaming after 30 minutes of history. The fault
-    # seed is one whose schedule gives every kind at least two events in the first 48 s.
+    # 48 wall seconds at x120: 96 market minutes of streaming after 30 minutes of history. The fault
+    # seed is one whose schedule gives every kind at least two events in the first 48 s. Half a trade a
+    # market second is 60 a wall second: a short reconnect is covered by the 50-trade snapshot, a
+    # longer one (or a drop, a seqgap) is a hole repaired under Kraken's ~1 call/s public REST limit.
     r = await run_chaos(
         tmp_path,
         venue="kraken",
-        wall_s=50.0,
+        wall_s=48.0,
         speed=120.0,
         faults_per_minute=4.0,
-        kill_at_s=24.0,
+        kill_at_s=23.0,
+        rate=0.5,
         seed=7,
         faults_seed=6,
     )
@@ -58,7 +61,7 @@ async def test_kraken_final_candles_equal_the_tape_through_faults_and_a_kill(tmp
     assert sum(r.faults.values()) >= 30, r.faults
     assert not r.problems, "\n".join(r.problems[:20])
     assert r.final_mismatched == 0, "\n".join(r.mismatches[:20])
-    assert r.final_compared >= len(SYMBOLS) * (100 + 20)
+    assert r.final_compared >= len(SYMBOLS) * (90 + 18)
     assert r.provisional_left <= 3 * r.series, (r.provisional_left, r.series)
     # The faults were seen and dealt with: reconnects, holes repaired, repeats dropped, frames skipped.
     assert r.total("reconnects") >= 3

@@ -74,3 +74,37 @@ async def test_a_14_hour_bootstrap_takes_the_fewest_requests_and_is_never_thrott
                 ), (tf, c, w)  # fmt: skip
     finally:
         await cold.close()
+
+
+async def test_history_rolls_longer_candles_up_from_one_1m_answer_and_they_equal_kraken_s_own(tmp_path: Path) -> None:
+    """Repairs of a pair's 1m and 5m candles take one OHLC call (5m rolled up from the 1m rows), and
+    the rolled-up 5m candles equal the venue's own 5m rows; beyond the 720 rows, Trades rebuild them."""
+    venue = registry.get("kraken")
+    replica = venue.build_replica(
+        symbols=[SYMBOL], seed=3, rate=2.0, history_ms=14 * 3_600_000, tape=tmp_path / "t.csv"
+    )
+    await replica.start()
+    history = KrakenHistory(replica.url)
+    try:
+        now = replica.clock.now_ms()
+        first = now - now % 300_000 - 3_600_000
+        one = await history.candles("XBTUSD", "1m", first, first + 3_600_000, now)
+        five = await history.candles("XBTUSD", "5m", first, first + 3_600_000, now)
+        assert history.requests == 1  # one 1m answer served both
+        native = [c for c in await history.ohlc("XBTUSD", "5m") if first <= c.open_time <= first + 3_600_000]
+        deep = await history.candles("XBTUSD", "5m", now - 13 * 3_600_000, now - 12 * 3_600_000 - 300_000, now)
+    finally:
+        await history.close()
+        await replica.stop()
+    assert len(one) == 61 and len(five) == 13 and all(c.closed for c in five[:-1])
+    assert [(c.open_time, c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades, c.closed) for c in five] == [
+        (c.open_time, c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades, c.closed) for c in native
+    ]
+    rows = [r for r in read_venue_tape(tmp_path / "t.csv") if r.symbol == SYMBOL]
+    want = {c.open_time: c for c in candles_from_tape(rows, 300_000)}
+    assert len(deep) == 12
+    for c in deep:
+        w = want[c.open_time]
+        assert c.closed and (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades) == (
+            w.open, w.high, w.low, w.close, round(w.volume, 8), w.trades,
+        )  # fmt: skip

@@ -5,7 +5,9 @@ rate limit."""
 from __future__ import annotations
 
 import logging
+import time
 
+from deltafeed.candles.rollup import rollup
 from deltafeed.model import TIMEFRAMES, Candle, Trade
 from deltafeed.net.http import Response, RestClient, VenueError
 from deltafeed.net.ratelimit import WeightLimiter
@@ -15,6 +17,9 @@ log = logging.getLogger("deltafeed.kraken")
 
 #: Throttle answers in a row (HTTP 429 or a 200 whose error array says so) before a call fails.
 MAX_THROTTLED = 5
+#: Wall seconds an OHLC answer is reused for the next repairs of the same pair (Kraken's public
+#: limit is about one call a second, and one answer holds 720 rows).
+OHLC_REUSE_S = 1.0
 
 
 def _throttle(resp: Response, in_row: int) -> float | None:
@@ -38,9 +43,8 @@ class KrakenHistory:
         self.throttled = 0  # 200 answers with a rate-limit error (the client counts 429s itself)
         self.venue_errors: dict[str, int] = {}
         self.requests = 0
-        #: The last OHLC answer, by (pair, timeframe, venue time asked at): a bootstrap asks for
-        #: several pages at one venue time, and one answer holds all 720 rows.
-        self._ohlc_cache: tuple[tuple[str, str, int], list[Candle]] | None = None
+        #: The last OHLC answer per (pair, interval): the venue time it was asked for, when, the rows.
+        self._ohlc_cache: dict[tuple[str, str], tuple[int | None, float, list[Candle]]] = {}
 
     async def _result(self, path: str) -> bytes:
         """A 200 body whose error array is empty; rate-limit errors are waited out and retried."""
@@ -125,10 +129,12 @@ class KrakenHistory:
         self, pair: str, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
     ) -> list[Candle]:
         """Candles of ``timeframe`` with open time in [start_ms, end_ms]: what lies within OHLC's
-        newest 720 rows from OHLC (one call, kept for the other pages asked at the same ``now_ms``),
-        what lies before them built from trades. "Closed" is the venue's word: OHLC's ``last``, or
-        a trade after the candle's end; ``now_ms`` (our estimate of the venue's clock, None to ask
-        it) only places OHLC's window."""
+        newest 720 rows from OHLC, what lies before them built from trades. "Closed" is the venue's
+        word: OHLC's ``last``, or a trade after the candle's end; ``now_ms`` (our estimate of the
+        venue's clock, None to ask it) only places OHLC's window.
+
+        Longer candles inside the 1m window are rolled up from the 1m rows (the same trades), so
+        one OHLC answer, kept for ``OHLC_REUSE_S``, serves every timeframe of a pair's repairs."""
         tf_ms = TIMEFRAMES[timeframe]
         now = now_ms if now_ms is not None else await self.server_time()
         start = start_ms - start_ms % tf_ms
@@ -139,7 +145,10 @@ class KrakenHistory:
             # A margin of two rows: the venue's window may have moved on since our clock last heard it.
             split = min(end, max(start, self.ohlc_from(timeframe, now) + 2 * tf_ms))
             if split < end:
-                rows = await self._ohlc_cached(pair, timeframe, now_ms)
+                rolled = start >= self.ohlc_from("1m", now) + 2 * 60_000
+                rows = await self._ohlc_cached(pair, "1m" if rolled else timeframe, now_ms)
+                if rolled:
+                    rows = rollup([c for c in rows if c.open_time >= split], 60_000, tf_ms)
                 if rows and rows[0].open_time <= split:
                     out = [c for c in rows if split <= c.open_time < end]
                 else:
@@ -151,10 +160,15 @@ class KrakenHistory:
         return build_candles(trades, tf_ms, start, split, latest) + out
 
     async def _ohlc_cached(self, pair: str, timeframe: str, now_ms: int | None) -> list[Candle]:
-        key = (pair, timeframe, now_ms if now_ms is not None else -1)
-        if now_ms is None or self._ohlc_cache is None or self._ohlc_cache[0] != key:
-            self._ohlc_cache = (key, await self.ohlc(pair, timeframe))
-        return self._ohlc_cache[1]
+        """OHLC rows, reused for the pages of one bootstrap (the same ``now_ms``) and for
+        ``OHLC_REUSE_S`` wall seconds (what is closed stays the venue's word of that answer)."""
+        key = (pair, timeframe)
+        hit = self._ohlc_cache.get(key)
+        mono = time.monotonic()
+        if hit is None or not ((now_ms is not None and hit[0] == now_ms) or mono - hit[1] < OHLC_REUSE_S):
+            hit = (now_ms, mono, await self.ohlc(pair, timeframe))
+            self._ohlc_cache[key] = hit
+        return hit[2]
 
     @staticmethod
     def ohlc_from(timeframe: str, now_ms: int) -> int:
