@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from decimal import Decimal
 
 import aiohttp
 
@@ -78,3 +79,43 @@ async def test_ws_v2_acks_each_symbol_refuses_an_unlisted_pair_and_streams_seque
     assert first["type"] == "snapshot" and len(first["data"]) == 50
     ids = [t["trade_id"] for t in trades]
     assert ids == list(range(ids[0], ids[0] + len(ids)))
+
+
+async def test_book_updates_keep_a_client_book_whose_checksum_matches_every_message() -> None:
+    """A client that follows docs.kraken.com's book-checksum-v2 (Decimal parsing, qty 0 deletes,
+    truncation to the subscribed depth) agrees with every checksum the replica sends, as the price moves."""
+    r = KrakenReplica(symbols=["BTC/USD"], rate=5.0, speed=30.0, history_ms=600_000)
+    await r.start()
+    asks: dict[Decimal, Decimal] = {}
+    bids: dict[Decimal, Decimal] = {}
+    checked, moves, tops = 0, 0, set()
+    try:
+        async with aiohttp.ClientSession() as http, http.ws_connect(r.ws_url) as ws:
+            await ws.send_str(codec.subscribe("book", ["BTC/USD"], 1, depth=10).decode())
+            while checked < 60:
+                msg = json.loads((await asyncio.wait_for(ws.receive(), 5)).data, parse_float=Decimal)
+                if msg.get("channel") != "book":
+                    continue
+                [data] = msg["data"]
+                if msg["type"] == "snapshot":
+                    asks.clear()
+                    bids.clear()
+                for side, levels in ((asks, data["asks"]), (bids, data["bids"])):
+                    for lv in levels:
+                        if lv["qty"] == 0:
+                            side.pop(lv["price"], None)
+                        else:
+                            side[lv["price"]] = lv["qty"]
+                for side, best_first in ((asks, sorted(asks)), (bids, sorted(bids, reverse=True))):
+                    for p in best_first[10:]:
+                        del side[p]  # truncated to the depth: no qty 0 comes for these
+                a = [(str(p), str(asks[p])) for p in sorted(asks)]
+                b = [(str(p), str(bids[p])) for p in sorted(bids, reverse=True)]
+                assert len(a) == len(b) == 10 and a[0][0] > b[0][0]
+                assert codec.book_checksum(a, b) == data["checksum"], (msg["type"], checked)
+                checked += 1
+                tops.add(a[0][0])
+                moves = len(tops)
+    finally:
+        await r.stop()
+    assert moves >= 3  # the book followed the price through several moves

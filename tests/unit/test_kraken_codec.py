@@ -148,3 +148,14 @@ def test_candles_from_trades_fill_quiet_intervals_flat_and_close_by_the_venue_cl
         (60_000, 12.0, 12.0, 12.0, 12.0, 0.0, 0, True),
         (120_000, 12.0, 12.0, 12.0, 12.0, 0.0, 0, False),
     ]
+
+
+def test_book_checksum_follows_the_documented_steps() -> None:
+    # book-checksum-v2: "45285.2" -> "452852", "0.00100000" -> "100000": the level reads "452852100000".
+    import zlib
+
+    assert kraken.book_checksum([("45285.2", "0.00100000")], []) == zlib.crc32(b"452852100000")
+    asks = [(f"{100 + i}.10", "0.50000") for i in range(12)]  # only the top 10 count
+    bids = [(f"{99 - i}.90", "0.00100") for i in range(12)]
+    text = "".join(f"{100 + i}10" + "50000" for i in range(10)) + "".join(f"{99 - i}90" + "100" for i in range(10))
+    assert kraken.book_checksum(asks, bids) == zlib.crc32(text.encode()) & 0xFFFFFFFF

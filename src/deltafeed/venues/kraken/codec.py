@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import zlib
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -444,6 +445,25 @@ def ohlc_query(pair: str, interval_min: int, since_s: int | None = None) -> str:
 
 def trades_query(pair: str, since_ns: int, count: int = TRADES_PAGE) -> str:
     return "/0/public/Trades?" + urlencode({"pair": pair, "since": since_ns, "count": count})
+
+
+# --- the book channel's checksum -----------------------------------------------------------------
+
+
+#: Depths the ``book`` channel accepts.
+BOOK_DEPTHS = (10, 25, 100, 500, 1000)
+
+
+def book_checksum(asks: list[tuple[str, str]], bids: list[tuple[str, str]]) -> int:
+    """The ``book`` channel's CRC32 (docs.kraken.com ``book-checksum-v2``): over the top 10 asks low to
+    high, then the top 10 bids high to low, each level's price and qty as decimal text at the pair's
+    precisions, without the point and leading zeros, as an unsigned 32-bit integer."""
+
+    def level(price: str, qty: str) -> str:
+        return price.replace(".", "").lstrip("0") + qty.replace(".", "").lstrip("0")
+
+    text = "".join(level(p, q) for p, q in asks[:10]) + "".join(level(p, q) for p, q in bids[:10])
+    return zlib.crc32(text.encode()) & 0xFFFFFFFF
 
 
 # --- encoding (the replica) --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import time
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,13 @@ class _Trades:
         return out
 
 
+#: A book side: price in ticks -> quantity in lots.
+_Side = dict[int, int]
+_Book = tuple[_Side, _Side]  # asks, bids
+
+BOOK_EPOCH_MS = 5_000  # the simulated book's quantities change every 5 market seconds
+
+
 @dataclass(eq=False)
 class _Conn:
     ws: web.WebSocketResponse
@@ -98,6 +106,7 @@ class _Conn:
     peer: str
     trades: set[str] = field(default_factory=set)  # symbols
     ohlc: dict[tuple[str, int], int] = field(default_factory=dict)  # (symbol, minutes) -> open pushed
+    books: dict[str, tuple[int, _Book]] = field(default_factory=dict)  # symbol -> (depth, book last sent)
     closing: bool = False
     stalled: bool = False
     doomed: bool = False
@@ -334,7 +343,12 @@ class KrakenReplica(ReplicaBase):
                 if item is not None:
                     msgs.append(kraken.ohlc_message([item], now))
                 conn.ohlc[(v2, minutes)] = cur
-            if (conn.trades or conn.ohlc) and conn.heartbeats and wall >= conn.next_heartbeat:
+            for sym, (depth, old) in list(conn.books.items()):
+                book = self._book(sym, depth, now)
+                if book != old:
+                    conn.books[sym] = (depth, book)
+                    msgs.append(self._book_message(sym, book, *self._book_diff(old, book), "update", now))
+            if (conn.trades or conn.ohlc or conn.books) and conn.heartbeats and wall >= conn.next_heartbeat:
                 conn.next_heartbeat = wall + HEARTBEAT_S
                 msgs.append(b'{"channel":"heartbeat"}')
             if msgs:
@@ -481,7 +495,7 @@ class KrakenReplica(ReplicaBase):
         channel = params.get("channel") if isinstance(params, dict) else None
         symbols = params.get("symbol") if isinstance(params, dict) else None
         fail = {"method": method, "success": False}
-        if channel not in ("trade", "ohlc", "heartbeat", "status"):
+        if channel not in ("trade", "ohlc", "book", "heartbeat", "status"):
             self._reply(conn, fail | {"error": f"Channel {str(channel)[:40]} not found"}, time_in, req_id)
             return
         assert isinstance(params, dict)
@@ -495,6 +509,10 @@ class KrakenReplica(ReplicaBase):
         if channel == "ohlc" and interval not in kraken.ALL_INTERVALS:
             self._reply(conn, fail | {"error": "EGeneral:Invalid arguments:interval"}, time_in, req_id)
             return
+        depth = params.get("depth", 10)
+        if channel == "book" and depth not in kraken.BOOK_DEPTHS:
+            self._reply(conn, fail | {"error": "EGeneral:Invalid arguments:depth"}, time_in, req_id)
+            return
         snapshot = params.get("snapshot", True) is not False
         now = self._clock.now_ms()
         for sym in symbols:
@@ -505,16 +523,25 @@ class KrakenReplica(ReplicaBase):
             result: dict[str, Any] = {"channel": channel, "symbol": sym}
             if channel == "ohlc":
                 result["interval"] = interval
+            if channel == "book":
+                result["depth"] = depth
             if method == "subscribe":
                 result["snapshot"] = snapshot
             self._reply(conn, {"method": method, "result": result, "success": True}, time_in, req_id)
             if method == "unsubscribe":
                 if channel == "trade":
                     conn.trades.discard(sym)
+                elif channel == "book":
+                    conn.books.pop(sym, None)
                 else:
                     conn.ohlc.pop((sym, interval), None)
                 continue
-            if channel == "trade":
+            if channel == "book":
+                book = self._book(sym, depth, now)
+                conn.books[sym] = (depth, book)
+                if snapshot:
+                    conn.write([self._book_message(sym, book, book, ({}, {}), "snapshot", now)])
+            elif channel == "trade":
                 conn.trades.add(sym)
                 if snapshot:
                     conn.write([kraken.trade_message(self._snapshot(sym), snapshot=True)])
@@ -524,6 +551,59 @@ class KrakenReplica(ReplicaBase):
                 item = self._ohlc_item(sym, interval, cur, now) if snapshot else None
                 if item is not None:
                     conn.write([kraken.ohlc_message([item], now, snapshot=True)])
+
+    # -- the book --
+
+    def _book(self, sym: str, depth: int, now: int) -> _Book:
+        """A simulated book around the last trade: ``depth`` levels a side one tick apart, quantities
+        a pure function of (pair, side, price, 5-second epoch) so every subscriber sees the same book."""
+        _, last = self._sim.last_trade(self.symbols[sym])
+        spec = self._sim.specs[self.symbols[sym]]
+        mid = round(last * spec.price_scale)
+        epoch = now // BOOK_EPOCH_MS
+
+        def qty(side: str, price: int) -> int:
+            return 1 + zlib.crc32(f"{sym}:{side}:{price}:{epoch}".encode()) % 500_000
+
+        asks = {mid + i: qty("a", mid + i) for i in range(1, depth + 1)}
+        bids = {mid - i: qty("b", mid - i) for i in range(1, depth + 1) if mid - i > 0}
+        return asks, bids
+
+    @staticmethod
+    def _book_diff(old: _Book, new: _Book) -> tuple[_Book, _Book]:
+        """The levels an update carries: what changed or appeared, and what went (qty 0); levels
+        falling off the far end need nothing, since clients truncate to their depth."""
+        changed = tuple({p: q for p, q in n.items() if o.get(p) != q} for o, n in zip(old, new, strict=True))
+        gone = tuple({p: 0 for p in o if p not in n} for o, n in zip(old, new, strict=True))
+        return (changed[0], changed[1]), (gone[0], gone[1])
+
+    def _book_message(self, sym: str, book: _Book, changed: _Book, gone: _Book, kind: str, now: int) -> bytes:
+        spec = self._sim.specs[self.symbols[sym]]
+        dec, scale = spec.price_decimals, spec.price_scale
+
+        def px(ticks: int) -> str:
+            return f"{ticks / scale:.{dec}f}"
+
+        def qty(lots: int) -> str:
+            return f"{lots / 100_000:.{spec.lot_decimals}f}"
+
+        def levels(side: _Side, extra: _Side, descending: bool) -> bytes:
+            items = sorted({**side, **extra}.items(), reverse=descending)
+            return b",".join(b'{"price":%s,"qty":%s}' % (px(p).encode(), qty(q).encode()) for p, q in items)
+
+        asks, bids = book
+        checksum = kraken.book_checksum(
+            [(px(p), qty(asks[p])) for p in sorted(asks)], [(px(p), qty(bids[p])) for p in sorted(bids, reverse=True)]
+        )
+        stamp = b"" if kind == "snapshot" else b',"timestamp":"%s"' % kraken.ms_rfc3339(now).encode()
+        return b'{"channel":"book","type":"%s","data":[{"symbol":"%s","bids":[%s],"asks":[%s],"checksum":%d%s}]}' % (
+            kind.encode(),
+            sym.encode(),
+            levels(changed[1], gone[1], True),
+            levels(changed[0], gone[0], False),
+            checksum,
+            stamp,
+        )
 
     def _snapshot(self, sym: str) -> list[bytes]:
         ids, times, ticks, lots, maker = (c[-SNAPSHOT_TRADES:] for c in self._trades[sym].cols())
