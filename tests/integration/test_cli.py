@@ -116,7 +116,7 @@ def test_run_query_while_running_and_stop_within_two_seconds(replica: str, tmp_p
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["run", "--venue", "kraken"], "unknown venue"),
+        (["run", "--venue", "nosuchvenue"], "unknown venue"),
         (["run", "--timeframes", "2m"], "unknown timeframe"),
         (["run", "--history", "5x"], "cannot read duration"),
         (["run", "--rest-url", "http://127.0.0.1:9", "--ws-url", "ws://127.0.0.1:9", "--api", "off"], "cannot reach"),
