@@ -49,14 +49,16 @@ _LOT_SCALE = 10**LOT_DECIMALS
 VOL_PER_SECOND = 1e-4
 MEAN_NOTIONAL = 500.0  # mean trade size in quote currency at the start price
 
-#: Start price and number of price decimals (the tick is 10**-decimals) of the well-known symbols.
-KNOWN_SYMBOLS: dict[str, tuple[str, int]] = {
-    "BTCUSDT": ("60000.00", 2),
-    "ETHUSDT": ("3000.00", 2),
-    "SOLUSDT": ("150.000", 3),
+#: Start price in dollars and number of price decimals (the tick is 10**-decimals) of well-known base
+#: assets, for any dollar quote: BTCUSDT, BTCUSD (Coinbase's BTC-USD, Kraken's BTC/USD) alike.
+KNOWN_BASES: dict[str, tuple[str, int]] = {
+    "BTC": ("60000.00", 2),
+    "ETH": ("3000.00", 2),
+    "SOL": ("150.000", 3),
 }
 DEFAULT_SYMBOL = ("100.00", 2)
 _QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "BTC", "ETH", "BNB", "EUR", "TRY", "BRL", "JPY")
+_DOLLARS = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "USD")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +90,10 @@ class SymbolSpec:
         sym = symbol.strip().upper()
         if not sym.isalnum() or not 2 <= len(sym) <= 20:
             raise BadInput(f"symbol {symbol!r} is not valid for the simulator; use letters and digits, e.g. BTCUSDT")
-        price, decimals = KNOWN_SYMBOLS.get(sym, DEFAULT_SYMBOL)
         quote = next((q for q in _QUOTES if sym.endswith(q) and len(sym) > len(q)), sym[-3:])
-        return cls(sym, sym[: len(sym) - len(quote)], quote, decimals, int(price.replace(".", "")))
+        base = sym[: len(sym) - len(quote)]
+        price, decimals = KNOWN_BASES.get(base, DEFAULT_SYMBOL) if quote in _DOLLARS else DEFAULT_SYMBOL
+        return cls(sym, base, quote, decimals, int(price.replace(".", "")))
 
 
 class MarketClock:
