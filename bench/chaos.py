@@ -1,4 +1,5 @@
-"""The long chaos run: the engine against a fault-injecting Binance or OANDA replica for N wall minutes.
+"""The long chaos run: the engine against a fault-injecting venue replica for N wall minutes (any venue
+with a profile in tests/chaos.py).
 
 Runs tests/chaos.py's harness (a kill -9 at half time and a restart, then the faults stop, the
 engine settles and is stopped) and prints: faults injected by kind; over the whole stored window,
@@ -6,9 +7,9 @@ final candles compared with the tape and how many differ (must be 0), provisiona
 candles still forming; the engines' reconciled, corrected, repaired and gap counts; recovery time
 median/p99 (from a hole found to the candles repaired); and the engines' exit codes.
 
-    python bench/chaos.py [--venue binance|oanda] [--minutes 10] [--speed 120] [--faults-per-minute 6]
-                          [--faults close=1,drop=20] [--seed 1] [--faults-seed N] [--rate 2] [--workdir DIR]
-                          [--tiers]
+    python bench/chaos.py [--venue binance|oanda|coinbase|kraken|...] [--minutes 10] [--speed 120]
+                          [--faults-per-minute 6] [--faults close=1,drop=20] [--seed 1] [--faults-seed N]
+                          [--rate 2] [--workdir DIR] [--tiers]
 
 With ``--tiers`` the engine writes a private PostgreSQL and mirrors into a private Redis, and each
 of them is stopped for a tenth of the run (PostgreSQL from 20%, Redis from 60%) and started again.
@@ -30,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from chaos import FX_PRICES, SYMBOLS, VENUES, ChaosResult, run_chaos
+from chaos import FX_PRICES, PROFILES, SYMBOLS, VENUES, ChaosResult, run_chaos
 from deltafeed.replicas.faults import parse_faults
 from pg_server import PrivatePostgres
 from redis_server import PrivateRedis
@@ -61,7 +62,7 @@ def report(r: ChaosResult, args: argparse.Namespace) -> None:
     )
     sides = (
         ""
-        if args.venue == "binance"
+        if not PROFILES[args.venue].quotes
         else " (" + ", ".join(f"{p.upper()} {r.per_instrument_total('corrected', price=p)}" for p in FX_PRICES) + ")"
     )
     print(
@@ -76,7 +77,7 @@ def report(r: ChaosResult, args: argparse.Namespace) -> None:
     for s in r.statuses:
         skipped.update(s.get("skipped_frames", {}))
     print(
-        f"streamed {r.streamed()} of the tape's {r.tape_rows} {'trades' if args.venue == 'binance' else 'quotes'}"
+        f"streamed {r.streamed()} of the tape's {r.tape_rows} {'quotes' if PROFILES[args.venue].quotes else 'trades'}"
         f" (history and the time streams were down or behind are fetched over REST)"
     )
     print(

@@ -40,6 +40,10 @@ from deltafeed.replicas.server import ReplicaBase
 from deltafeed.store.base import open_cold
 from deltafeed.venues import registry
 from deltafeed.venues.binance.replica import BinanceReplica
+from deltafeed.venues.coinbase.replica import FAULT_KINDS as COINBASE_FAULT_KINDS
+from deltafeed.venues.coinbase.replica import CoinbaseReplica
+from deltafeed.venues.kraken import FAULT_KINDS as KRAKEN_FAULT_KINDS
+from deltafeed.venues.kraken.replica import KrakenReplica
 from deltafeed.venues.oanda.replica import DEFAULT_ACCOUNT, DEV_TOKEN, FAULT_KINDS, OandaReplica
 from reference import (
     RefCandle,
@@ -125,6 +129,31 @@ register(
         quotes=True,
         calendar=FxCalendar(),
         start_ms=WEDNESDAY_UTC,
+    )
+)
+
+
+def _rest_and_ws(r: ReplicaBase) -> list[str]:
+    """The config lines of a venue whose settings are a REST and a WebSocket address."""
+    return [f'rest_url = "{r.url}"', f'ws_url = "{r.ws_url}"']  # type: ignore[attr-defined]
+
+
+register(
+    ChaosVenue(
+        name="coinbase",
+        symbols=("BTC-USD", "ETH-USD", "SOL-USD"),
+        fault_kinds=COINBASE_FAULT_KINDS,  # the shared kinds, seqgap and noheartbeat
+        make_replica=lambda o: CoinbaseReplica(options=o, slow_s=1.0),
+        config_lines=_rest_and_ws,
+    )
+)
+register(
+    ChaosVenue(
+        name="kraken",
+        symbols=("BTC/USD", "ETH/USD", "SOL/USD"),
+        fault_kinds=KRAKEN_FAULT_KINDS,
+        make_replica=lambda o: KrakenReplica(options=o, slow_s=1.0),
+        config_lines=_rest_and_ws,
     )
 )
 #: Kept for the callers that index by venue name.

@@ -8,27 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from chaos import TIMEFRAMES_COMPARED, ChaosVenue, register, run_chaos
-from deltafeed.replicas.options import ReplicaOptions
-from deltafeed.replicas.server import ReplicaBase
-from deltafeed.venues.coinbase.replica import FAULT_KINDS, CoinbaseReplica
+from chaos import PROFILES, TIMEFRAMES_COMPARED, run_chaos
+from deltafeed.venues.coinbase.replica import FAULT_KINDS
 
-SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD")
-
-
-def _replica(o: ReplicaOptions) -> ReplicaBase:
-    return CoinbaseReplica(options=o, slow_s=1.0)
-
-
-register(
-    ChaosVenue(
-        name="coinbase",
-        symbols=SYMBOLS,
-        fault_kinds=FAULT_KINDS,
-        make_replica=_replica,
-        config_lines=lambda r: ['venue = "coinbase"', f'rest_url = "{r.url}"', f'ws_url = "{r.ws_url}"'],  # type: ignore[attr-defined]
-    )
-)
+SYMBOLS = PROFILES["coinbase"].symbols
 
 
 @pytest.mark.slow

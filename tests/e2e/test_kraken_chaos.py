@@ -7,28 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from chaos import ChaosVenue, register, run_chaos
-from deltafeed.replicas.options import ReplicaOptions
-from deltafeed.replicas.server import ReplicaBase
+from chaos import PROFILES, run_chaos
 from deltafeed.venues.kraken import FAULT_KINDS
-from deltafeed.venues.kraken.replica import KrakenReplica
 
-SYMBOLS = ("BTC/USD", "ETH/USD", "SOL/USD")
-
-
-def _replica(o: ReplicaOptions) -> ReplicaBase:
-    return KrakenReplica(options=o, slow_s=1.0)
-
-
-register(
-    ChaosVenue(
-        name="kraken",
-        symbols=SYMBOLS,
-        fault_kinds=FAULT_KINDS,
-        make_replica=_replica,
-        config_lines=lambda r: [f'rest_url = "{r.url}"', f'ws_url = "{r.ws_url}"'],  # type: ignore[attr-defined]
-    )
-)
+SYMBOLS = PROFILES["kraken"].symbols
 
 
 @pytest.mark.slow
