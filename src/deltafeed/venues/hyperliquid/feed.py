@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("deltafeed.hyperliquid")
 
 MAX_SKEW_MS = 15 * 60_000  # a trade time further than this from the venue's clock is impossible
+CLOCK_READ_EVERY_S = 2.0  # at most this often, the venue's time is read again over REST
 
 
 class HyperliquidFeed:
@@ -88,6 +89,9 @@ class HyperliquidFeed:
             budget=ConnectBudget(connect_budget, 300.0),
         )
         self._task: asyncio.Task[None] | None = None
+        self._clock_coin: str | None = None  # a coin whose trade looked too far ahead of our clock
+        self._clock_read = 0.0
+        self._clock_task: asyncio.Task[None] | None = None
 
     @property
     def errors(self) -> Counter[str]:
@@ -140,6 +144,8 @@ class HyperliquidFeed:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.ws.run(), name="hyperliquid-ws")
+        if self.states:  # the bootstrap took a while: read the venue's time again before trades come
+            self._spawn_clock_read(self.states[0].instrument.symbol)
 
     def connected(self) -> bool:
         return self.ws.connected.is_set()
@@ -167,10 +173,29 @@ class HyperliquidFeed:
             if st.last_trade_ms:
                 self.clock.observe(st.last_trade_ms)
         self._update_skew_bounds()
+        if self._clock_coin is not None and mono - self._clock_read >= CLOCK_READ_EVERY_S:
+            self._clock_read = mono
+            self._spawn_clock_read(self._clock_coin)
+            self._clock_coin = None
         if self.ws.connected.is_set() and mono - self._last_ping >= self.ping_every_s:
             self._last_ping = mono
             self.pings += 1
             self.ws.send(hl.PING)
+
+    def _spawn_clock_read(self, coin: str) -> None:
+        """Read the venue's time from ``coin``'s latest trade (Hyperliquid has no time request), in a
+        task: trades refused as too far ahead of our estimate are usually our estimate lagging (a
+        long start-up against a venue whose clock runs fast)."""
+
+        async def read() -> None:
+            with contextlib.suppress(VenueError, VenueUnreachable):
+                t = await self.history.last_trade_ms(coin)
+                if t is not None:
+                    self.clock.observe(t)
+                    self._update_skew_bounds()
+
+        if self._clock_task is None or self._clock_task.done():
+            self._clock_task = asyncio.create_task(read(), name="hyperliquid-clock")
 
     def control(self, subscribe: bool, states: list[Series]) -> None:
         if not self.ws.connected.is_set():
@@ -208,9 +233,14 @@ class HyperliquidFeed:
             )
         if end_ms < oldest:
             return []
-        return await self.history.candles(st.instrument.symbol, timeframe, max(start_ms, oldest), end_ms, now)
+        out = await self.history.candles(st.instrument.symbol, timeframe, max(start_ms, oldest), end_ms, now)
+        if out:
+            self.clock.observe(out[-1].open_time)  # the venue's time is at least that
+        return out
 
     async def stop(self) -> None:
+        if self._clock_task is not None:
+            self._clock_task.cancel()
         await self.ws.close()
         if self._task is not None:
             self._task.cancel()
@@ -240,6 +270,8 @@ class HyperliquidFeed:
             self.out_of_order += 1  # a repeat, or older than a trade already folded in
             return
         if not self._ts_low <= t.time_ms <= self._ts_high:
+            if t.time_ms > self._ts_high:
+                self._clock_coin = t.coin  # our estimate of the venue's time may lag: read it again
             self.decoder.errors["impossible_value"] += 1
             self.decoder.last_error = f"trade time far from the venue's clock: {t}"
             self._skips.report(self.decoder.errors, self.decoder.last_error)
@@ -258,6 +290,7 @@ class HyperliquidFeed:
         st = self.by_coin.get(ev.symbol)
         if st is None or not st.active or ev.timeframe not in st.builder.timeframes:
             return
+        self.clock.observe(ev.candle.open_time)
         key = (ev.symbol, ev.timeframe)
         prev = self._venue_candle.get(key)
         if prev is not None and ev.candle.open_time < prev.candle.open_time:

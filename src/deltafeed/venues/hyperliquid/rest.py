@@ -73,8 +73,10 @@ class HyperliquidHistory:
 
     @staticmethod
     def page_span_ms(timeframe: str) -> int:
-        """A time span whose candles of ``timeframe`` take one request."""
-        return codec.CANDLES_PAGE * TIMEFRAMES[timeframe]
+        """The span the engine asks for at once: twice the history the venue keeps, so a bootstrap
+        from further back costs one request per 5000 candles that exist, not one per span started
+        (:meth:`candles` pages inside it)."""
+        return 2 * codec.HISTORY_CANDLES * TIMEFRAMES[timeframe]
 
     async def close(self) -> None:
         await self.http.close()
