@@ -50,7 +50,7 @@ async def test_hyperliquid_final_candles_equal_the_tape_through_faults_and_a_kil
     print(
         f"\nhyperliquid chaos: {total} faults over {sum(1 for n in r.faults.values() if n)} kinds {r.faults}; "
         f"final candles {r.final_compared}, mismatches {r.final_mismatched}, provisional left {r.provisional_left}, "
-        f"forming {r.forming}, wall {wall:.1f} s"
+        f"forming {r.forming}, wall {wall:.1f} s (start-up {r.startup_s:.1f} s, settled in {r.settled_s:.1f} s)"
     )
     assert r.exit_codes == [-9, 0]
     assert r.caught_up, f"not streaming again {r.settled_s:.0f} s after the faults stopped"

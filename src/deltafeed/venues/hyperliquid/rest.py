@@ -21,7 +21,9 @@ class HyperliquidHistory:
         headroom: float = 0.8,
         window_s: float = 60.0,
     ) -> None:
-        self.limiter = WeightLimiter(weight_limit, window_s, headroom)
+        # The venue counts weight per minute only (no shorter window is documented): a quarter of the
+        # budget may go at once, so a start-up's few requests are not spread over seconds.
+        self.limiter = WeightLimiter(weight_limit, window_s, headroom, burst_fraction=0.25)
         self.http = RestClient(base_url, self.limiter)
         self.weight = 0  # weight spent, by the venue's own accounting
 
