@@ -51,13 +51,9 @@ def reference(path: Path, coin: str) -> dict[int, tuple[float, ...]]:
 
 
 def ccxt_for(replica: HyperliquidReplica) -> Any:
-    """ccxt.pro hyperliquid pointed at the replica: its two URLs, and perps only (no spot, no HIP-3 dexs)."""
+    """ccxt.pro hyperliquid pointed at the replica: its URLs only (its markets: perps, spot, HIP-3 dexs)."""
     return ccxtpro.hyperliquid(
-        {
-            "urls": {"api": {"public": replica.url, "private": replica.url, "ws": {"public": replica.ws_url}}},
-            "options": {"fetchMarkets": {"types": ["swap"]}, "tradesLimit": 100_000},
-            "enableRateLimit": False,
-        }
+        {"urls": {"api": {"public": replica.url, "private": replica.url, "ws": {"public": replica.ws_url}}}}
     )
 
 

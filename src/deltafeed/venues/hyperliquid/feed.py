@@ -143,9 +143,12 @@ class HyperliquidFeed:
         self._update_skew_bounds()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.ws.run(), name="hyperliquid-ws")
-        if self.states:  # the bootstrap took a while: read the venue's time again before trades come
-            self._spawn_clock_read(self.states[0].instrument.symbol)
+        async def run() -> None:
+            if self.states:  # the bootstrap took a while: read the venue's time again before trades come
+                await self._read_clock(self.states[0].instrument.symbol)
+            await self.ws.run()
+
+        self._task = asyncio.create_task(run(), name="hyperliquid-ws")
 
     def connected(self) -> bool:
         return self.ws.connected.is_set()
@@ -187,15 +190,15 @@ class HyperliquidFeed:
         task: trades refused as too far ahead of our estimate are usually our estimate lagging (a
         long start-up against a venue whose clock runs fast)."""
 
-        async def read() -> None:
-            with contextlib.suppress(VenueError, VenueUnreachable):
-                t = await self.history.last_trade_ms(coin)
-                if t is not None:
-                    self.clock.observe(t)
-                    self._update_skew_bounds()
-
         if self._clock_task is None or self._clock_task.done():
-            self._clock_task = asyncio.create_task(read(), name="hyperliquid-clock")
+            self._clock_task = asyncio.create_task(self._read_clock(coin), name="hyperliquid-clock")
+
+    async def _read_clock(self, coin: str) -> None:
+        with contextlib.suppress(VenueError, VenueUnreachable):
+            t = await self.history.last_trade_ms(coin)
+            if t is not None:
+                self.clock.observe(t)
+                self._update_skew_bounds()
 
     def control(self, subscribe: bool, states: list[Series]) -> None:
         if not self.ws.connected.is_set():

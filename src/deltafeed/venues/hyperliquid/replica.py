@@ -304,6 +304,8 @@ class HyperliquidReplica(ReplicaBase):
             return b'{"universe":[],"tokens":[]}', weight
         if kind == "spotMetaAndAssetCtxs":
             return b'[{"universe":[],"tokens":[]},[]]', weight
+        if kind == "perpDexs":
+            return b"[null]", weight  # the first dex is the main one, null; no builder-deployed (HIP-3) dexs
         if kind == "allMids":
             return msgspec.json.encode({c: hl.num(self._sim.last_trade(sim_symbol(c))[1]) for c in self.coins}), weight
         if kind == "recentTrades":
