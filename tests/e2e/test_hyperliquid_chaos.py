@@ -42,8 +42,17 @@ register(
 async def test_hyperliquid_final_candles_equal_the_tape_through_faults_and_a_kill(tmp_path: Path) -> None:
     started = time.monotonic()
     # 40 wall seconds at x120: 80 market minutes of streaming, plus 30 minutes of history.
+    # Connection faults a little rarer than the rest: each one grows the reconnect backoff (30 s at
+    # most), and the run should end streaming, not waiting out a backoff.
     r = await run_chaos(
-        tmp_path, venue="hyperliquid", wall_s=40.0, speed=120.0, faults_per_minute=5.0, kill_at_s=18.0, seed=7
+        tmp_path,
+        venue="hyperliquid",
+        wall_s=40.0,
+        speed=120.0,
+        faults_per_minute=6.0,
+        fault_rates={k: 3.0 for k in ("close", "reset", "stall", "silence")},
+        kill_at_s=18.0,
+        seed=7,
     )
     wall = time.monotonic() - started
     total = sum(r.faults.values())

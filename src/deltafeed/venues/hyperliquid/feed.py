@@ -204,6 +204,8 @@ class HyperliquidFeed:
         if not self.ws.connected.is_set():
             return  # the next connection subscribes what is active
         for st in states:
+            if subscribe:  # what traded while it was off is unknown: a hole, as after a reconnect
+                self._next_id[st.instrument.symbol] += 1
             for msg in self._subscriptions(st):
                 self.ws.send(msg if subscribe else msg.replace(b'"subscribe"', b'"unsubscribe"', 1))
 
