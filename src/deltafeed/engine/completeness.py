@@ -61,6 +61,7 @@ class Completeness:
         # answered with nothing: a quiet interval, not a loss, so later audits leave it alone.
         self._asked: set[tuple[str, str, int, int]] = set()
         self._quiet: set[tuple[str, str, int, int]] = set()
+        self._clipped: set[tuple[str, str]] = set()  # series whose repairs reached below the venue's history
 
     @property
     def pending(self) -> int:
@@ -159,6 +160,8 @@ class Completeness:
     async def _repair(self, job: Repair) -> Repair | None:
         """Repair what of ``job`` is ready; returns what is left to do (``job`` itself if nothing was)."""
         st = self.engine.states[job.key]
+        if not self._within_history(st, job):
+            return None
         limit = self.ready_until(job)
         if limit < job.first:
             return job
@@ -190,6 +193,28 @@ class Completeness:
         if not job.reconcile:
             self.recovery_s.append(self.engine.clock.monotonic() - job.found)
         return None
+
+    def _within_history(self, st: Series, job: Repair) -> bool:
+        """Clip ``job`` to the history the venue still serves (``FeedStatus.history_from``, for venues
+        that keep only their newest candles): nothing older can ever be fetched, so a repair waiting
+        for it would wait forever. False when none of the job is within it (dropped)."""
+        since = (st.feed.report().history_from or {}).get(job.timeframe)
+        if since is None or job.first >= since:
+            return True
+        tf_ms = TIMEFRAMES[job.timeframe]
+        since += -since % tf_ms
+        if (job.key, job.timeframe) not in self._clipped:
+            self._clipped.add((job.key, job.timeframe))
+            log.warning(
+                "%s %s: the venue's history starts at %d; candles before it cannot be repaired",
+                job.key,
+                job.timeframe,
+                since,
+            )
+        if job.last < since:
+            return False
+        job.first = since
+        return True
 
     def _apply_history(self, job: Repair, candles: list[Candle], limit: int) -> int:
         """Hand on the venue's candles for ``job`` up to ``limit``; returns the open time up to

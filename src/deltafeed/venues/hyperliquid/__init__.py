@@ -1,0 +1,92 @@
+"""Hyperliquid perpetuals market data: trades (and candles) over WebSocket, candles from ``POST /info``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from deltafeed.model import BadInput
+from deltafeed.venues.base import HTTP_SCHEMES, WS_SCHEMES, Venue, VenueSettings
+from deltafeed.venues.hyperliquid import codec
+
+if TYPE_CHECKING:
+    from deltafeed.config import Settings
+    from deltafeed.replicas.server import ReplicaBase
+    from deltafeed.venues.base import Feed, FuzzTarget, TradeSink
+
+
+class HyperliquidSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
+    """``[venues.hyperliquid]``: its public API by default, the REST weight budget and the ping period."""
+
+    rest_url: str | None = codec.DEFAULT_REST_URL
+    ws_url: str | None = codec.DEFAULT_WS_URL
+    weight_limit: int = codec.WEIGHT_LIMIT_1M  # REST weight per minute per IP
+    ping_every_s: float = codec.PING_EVERY_S  # the venue closes a connection silent for 60 s
+
+
+class Hyperliquid(Venue):
+    name = "hyperliquid"
+    description = "Hyperliquid perpetuals market data: POST /info and WebSocket"
+    settings_type = HyperliquidSettings
+    urls = {"rest_url": HTTP_SCHEMES, "ws_url": WS_SCHEMES}  # noqa: RUF012
+    timeframes = codec.TIMEFRAMES
+    omits_empty = False  # candleSnapshot has a candle for every interval, quiet ones too
+    # tids are unique across all coins, not a per-coin sequence: they cannot vouch for a candle, so
+    # the stream's candles stay provisional until the venue's own candle or its history confirms them.
+    sequenced = False
+    reconcile_every_s = 30.0
+    history_trades = True  # candles carry their trade count ``n``
+    replica_example = "BTC"
+
+    def make_feed(self, settings: Settings, on_trade: TradeSink) -> Feed:
+        from deltafeed.venues.hyperliquid.feed import HyperliquidFeed
+
+        vs = settings.venue_settings(self.name)
+        assert isinstance(vs, HyperliquidSettings)  # its settings_type
+        if vs.weight_limit < 1 or not vs.ping_every_s > 0:
+            raise BadInput("[venues.hyperliquid] weight_limit must be at least 1 and ping_every_s above 0")
+        return HyperliquidFeed(
+            vs,
+            venue_candles=settings.venue_klines,
+            stale_after_s=settings.seconds("stale_after"),
+            connect_budget=settings.connect_budget,
+            on_trade=on_trade,
+        )
+
+    replica_help = "Hyperliquid perps: POST /info and WebSocket /ws on one port"
+
+    def add_replica_args(self, parser: argparse.ArgumentParser) -> None:
+        from deltafeed.replicas.cli import add_common_args
+        from deltafeed.venues.hyperliquid.replica import FAULT_KINDS
+
+        add_common_args(
+            parser,
+            symbols="BTC,ETH,SOL",
+            rate=5.0,
+            rate_help="trades per second of market time, per coin",
+            start_help=None,
+            history="1h",
+            history_help="market history generated before start-up (the venue serves its newest 5000 candles)",
+            tape_help="write every trade to this CSV file (symbol,trade_id,time_ms,price,qty,side)",
+            fault_kinds=", ".join(FAULT_KINDS) + " (e.g. close=1,drop=10)",
+        )
+        parser.add_argument("--weight-limit", type=int, default=codec.WEIGHT_LIMIT_1M, help="REST weight per minute")
+
+    def replica_class(self) -> type[ReplicaBase]:
+        from deltafeed.venues.hyperliquid.replica import HyperliquidReplica
+
+        return HyperliquidReplica
+
+    def replica_extras(self, args: argparse.Namespace) -> dict[str, Any]:
+        if args.weight_limit < 1:
+            raise BadInput("--weight-limit must be at least 1")
+        return {"weight_limit": args.weight_limit}
+
+    def fuzz_targets(self) -> list[FuzzTarget]:
+        from deltafeed.venues.hyperliquid.samples import fuzz_targets
+
+        return fuzz_targets()
+
+
+VENUE = Hyperliquid()
+__all__ = ["VENUE", "Hyperliquid", "HyperliquidSettings"]
