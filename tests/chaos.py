@@ -42,6 +42,8 @@ from deltafeed.venues import registry
 from deltafeed.venues.binance.replica import BinanceReplica
 from deltafeed.venues.coinbase.replica import FAULT_KINDS as COINBASE_FAULT_KINDS
 from deltafeed.venues.coinbase.replica import CoinbaseReplica
+from deltafeed.venues.hyperliquid.replica import FAULT_KINDS as HYPERLIQUID_FAULT_KINDS
+from deltafeed.venues.hyperliquid.replica import HyperliquidReplica
 from deltafeed.venues.kraken import FAULT_KINDS as KRAKEN_FAULT_KINDS
 from deltafeed.venues.kraken.replica import KrakenReplica
 from deltafeed.venues.oanda.replica import DEFAULT_ACCOUNT, DEV_TOKEN, FAULT_KINDS, OandaReplica
@@ -153,6 +155,15 @@ register(
         symbols=("BTC/USD", "ETH/USD", "SOL/USD"),
         fault_kinds=KRAKEN_FAULT_KINDS,
         make_replica=lambda o: KrakenReplica(options=o, slow_s=1.0),
+        config_lines=_rest_and_ws,
+    )
+)
+register(
+    ChaosVenue(
+        name="hyperliquid",
+        symbols=("BTC", "ETH", "SOL"),
+        fault_kinds=HYPERLIQUID_FAULT_KINDS,  # the shared kinds but shutdown, and silence
+        make_replica=lambda o: HyperliquidReplica(options=o, slow_s=1.0),
         config_lines=_rest_and_ws,
     )
 )

@@ -13,28 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from chaos import ChaosVenue, register, run_chaos
-from deltafeed.replicas.options import ReplicaOptions
-from deltafeed.replicas.server import ReplicaBase
-from deltafeed.venues.hyperliquid.replica import FAULT_KINDS, HyperliquidReplica
+from chaos import PROFILES, run_chaos
+from deltafeed.venues.hyperliquid.replica import FAULT_KINDS
 
-SYMBOLS = ("BTC", "ETH", "SOL")
-
-
-def _replica(o: ReplicaOptions) -> ReplicaBase:
-    return HyperliquidReplica(options=o, slow_s=1.0)
-
-
-def _config(r: ReplicaBase) -> list[str]:
-    assert isinstance(r, HyperliquidReplica)
-    return [f'rest_url = "{r.url}"', f'ws_url = "{r.ws_url}"']
-
-
-register(
-    ChaosVenue(
-        name="hyperliquid", symbols=SYMBOLS, fault_kinds=FAULT_KINDS, make_replica=_replica, config_lines=_config
-    )
-)
+SYMBOLS = PROFILES["hyperliquid"].symbols
 
 
 @pytest.mark.slow
