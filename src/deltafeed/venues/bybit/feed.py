@@ -163,10 +163,13 @@ class BybitFeed:
                     if s.category == category and s.name not in names
                 ]
         except VenueUnreachable as exc:
+            await self.history.close()
             raise BadInput(f"{exc}; check --rest-url and that the venue (or replica) is running") from None
         except VenueError as exc:
+            await self.history.close()
             raise BadInput(f"the venue refused our first request ({exc}); check --rest-url") from None
         if unknown:
+            await self.history.close()  # the run ends here: leave no session open
             raise BadInput(unknown_symbols_message("bybit", self.rest_url, unknown, known))
         self._update_skew_bounds()
 

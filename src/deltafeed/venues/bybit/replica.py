@@ -138,7 +138,8 @@ class BybitReplica(ReplicaBase):
     simulator per category. ``requests_per_5s`` and ``ban_s`` are the IP limit and the length of its
     ban; a ``slow`` REST answer comes ``slow_s`` late; an ``http429`` fault answers one request with the
     venue's 403 "access too frequent" and a ``Retry-After: 1`` (a ban shortened for tests: Bybit itself
-    names no time)."""
+    names no time). ``refuse`` maps symbols (``BTCUSDT``, ``LINEAR:BTCUSDT``) to the ``ret_msg`` their
+    subscriptions are refused with, as Bybit refuses a topic it no longer serves."""
 
     venue = "bybit"
     tick_s = TICK_SECONDS
@@ -162,6 +163,7 @@ class BybitReplica(ReplicaBase):
         faults: str | Mapping[str, float] | None = None,
         faults_seed: int = 0,
         slow_s: float = 2.0,
+        refuse: Mapping[str, str] | None = None,
         options: ReplicaOptions | None = None,
     ) -> None:
         rates = parse_faults(faults) if isinstance(faults, str) else dict(faults or {})
@@ -195,6 +197,8 @@ class BybitReplica(ReplicaBase):
         self.stats: dict[str, int] = {"trades": 0, "connections": 0, "open_connections": 0, "requests": 0, "403": 0}
         self._setup_faults(dict(o.faults), o.faults_seed)
         self.slow_s = slow_s
+        #: Symbols (as the tape names them) whose subscriptions are refused, with the reason sent.
+        self.refuse = dict(refuse or {})
         self.limiter = _IpWindow(requests_per_5s, codec.WINDOW_S, ban_s)
         self._conns: dict[_Conn, None] = {}
         self._trade_subs: dict[tuple[str, str], dict[_Conn, None]] = {}
@@ -468,6 +472,11 @@ class BybitReplica(ReplicaBase):
         if bad:
             await conn.reply(self._ack(conn, op, False, f"Invalid symbol :[{bad[0]}]", rid))
             return
+        for a in args:
+            reason = self.refuse.get(codec.series_symbol(conn.category, a.rpartition(".")[2]))
+            if reason is not None and op == "subscribe":
+                await conn.reply(self._ack(conn, op, False, reason, rid))
+                return
         for a in args:
             (self._add_topic if op == "subscribe" else self._drop_topic)(conn, a)
         await conn.reply(self._ack(conn, op, True, op if conn.category == "spot" else "", rid))
