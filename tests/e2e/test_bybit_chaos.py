@@ -20,31 +20,38 @@ from deltafeed.venues.bybit.replica import FAULT_KINDS, BybitReplica
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 
 
-def _replica(o: ReplicaOptions) -> ReplicaBase:
-    return BybitReplica(options=o, slow_s=1.0, ban_s=5.0)
+def _profile(category: str) -> ChaosVenue:
+    """The chaos profile of one Bybit category: its symbols are bare, so the replica and the engine
+    both take ``category`` as the category of bare symbols (``[venues.bybit] category``)."""
+
+    def replica(o: ReplicaOptions) -> ReplicaBase:
+        return BybitReplica(options=o, slow_s=1.0, ban_s=5.0, category=category)
+
+    def config(r: ReplicaBase) -> list[str]:
+        ws = r.ws_url  # type: ignore[attr-defined]
+        return [f'venues = {{bybit = {{rest_url = "{r.url}", ws_url = "{ws}", category = "{category}"}}}}']
+
+    return ChaosVenue(name="bybit", symbols=SYMBOLS, fault_kinds=FAULT_KINDS, make_replica=replica, config_lines=config)
 
 
-PROFILE = register(
-    ChaosVenue(
-        name="bybit",
-        symbols=SYMBOLS,
-        fault_kinds=FAULT_KINDS,
-        make_replica=_replica,
-        config_lines=lambda r: [f'rest_url = "{r.url}"', f'ws_url = "{r.ws_url}"'],  # type: ignore[attr-defined]
-    )
-)
+PROFILE = register(_profile("spot"))
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(200)
-async def test_bybit_final_candles_equal_the_tape_through_faults_and_a_kill(tmp_path: Path) -> None:
+@pytest.mark.parametrize("category", ["spot", "linear"])
+async def test_bybit_final_candles_equal_the_tape_through_faults_and_a_kill(tmp_path: Path, category: str) -> None:
+    register(_profile(category))  # the harness keeps one profile per venue name: this category's
     # 60 wall seconds at x120: two market hours of streaming after 30 minutes of history.
-    r = await run_chaos(
-        tmp_path, venue="bybit", wall_s=60.0, speed=120.0, faults_per_minute=4.0, kill_at_s=28.0, seed=6
-    )
+    try:
+        r = await run_chaos(
+            tmp_path, venue="bybit", wall_s=60.0, speed=120.0, faults_per_minute=4.0, kill_at_s=28.0, seed=6
+        )
+    finally:
+        register(PROFILE)
     faults = sum(r.faults.values())
     print(
-        f"\nbybit chaos: faults {faults} over {len(r.faults)} kinds {r.faults}; final candles {r.final_compared}; "
+        f"\nbybit {category} chaos: faults {faults} over {len(r.faults)} kinds {r.faults}; final candles {r.final_compared}; "
         f"mismatches {r.final_mismatched}; provisional left {r.provisional_left}; forming {r.forming}; "
         f"problems {len(r.problems)}; startup {r.startup_s:.1f} s, settled {r.settled_s:.1f} s"
     )

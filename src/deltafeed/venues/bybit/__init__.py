@@ -22,6 +22,7 @@ class BybitSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
 
     rest_url: str | None = codec.DEFAULT_REST_URL
     ws_url: str | None = codec.DEFAULT_WS_URL  # /v5/public/<category> is appended
+    category: str = "spot"  # the category of symbols that name none (linear:BTCUSDT names its own)
     requests_per_5s: int = codec.REQUESTS_PER_WINDOW
     ban_wait_s: float = 600.0
 
@@ -61,7 +62,7 @@ class Bybit(Venue):
         add_common_args(
             parser,
             symbols="BTCUSDT,ETHUSDT,LINEAR:BTCUSDT",
-            symbols_help="spot symbols, and linear ones as LINEAR:SYMBOL",
+            symbols_help="symbols of --category, and of another category as CATEGORY:SYMBOL (e.g. LINEAR:BTCUSDT)",
             rate=10.0,
             rate_help="trades per second of market time, per symbol",
             start_help=None,
@@ -70,6 +71,7 @@ class Bybit(Venue):
             tape_help="write every trade to this CSV file (symbol as deltafeed names the market)",
             fault_kinds=", ".join(_fault_kinds()) + " (e.g. close=1,drop=10)",
         )
+        parser.add_argument("--category", default="spot", choices=codec.CATEGORIES, help="category of bare symbols")
         parser.add_argument("--requests-per-5s", type=int, default=600, help="REST requests per 5 s per IP")
         parser.add_argument("--ban", type=float, default=600.0, help="seconds an IP over the limit gets 403")
 
@@ -85,10 +87,14 @@ class Bybit(Venue):
             raise BadInput("--requests-per-5s must be at least 1")
         if not args.ban >= 0:
             raise BadInput("--ban must be 0 or more seconds")
-        return {"requests_per_5s": args.requests_per_5s, "ban_s": args.ban}
+        return {"requests_per_5s": args.requests_per_5s, "ban_s": args.ban, "category": args.category}
 
     def replica_settings(self, replica: ReplicaBase) -> dict[str, Any]:
-        return {"rest_url": replica.url, "ws_url": getattr(replica, "ws_url", replica.url)}
+        return {
+            "rest_url": replica.url,
+            "ws_url": getattr(replica, "ws_url", replica.url),
+            "category": getattr(replica, "category", "spot"),
+        }
 
     def fuzz_targets(self) -> list[FuzzTarget]:
         from deltafeed.venues.bybit.samples import fuzz_targets

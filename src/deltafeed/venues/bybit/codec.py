@@ -67,21 +67,19 @@ PING_EVERY_S = 20.0  # Bybit recommends a ping every 20 s
 MAX_TRADES_PER_MESSAGE = 1024
 
 
-def parse_symbol(symbol: str) -> tuple[str, str]:
-    """``BTCUSDT`` -> (spot, BTCUSDT); ``LINEAR:BTCUSDT`` -> (linear, BTCUSDT); the category in any case.
-    ValueError for a category deltafeed does not stream."""
+def parse_symbol(symbol: str, default: str = "spot") -> tuple[str, str]:
+    """``BTCUSDT`` -> (``default``, BTCUSDT); ``LINEAR:BTCUSDT`` -> (linear, BTCUSDT); the category in any
+    case. ValueError for a category deltafeed does not stream."""
     cat, sep, name = symbol.rpartition(":")
-    if not sep:
-        return "spot", symbol.upper()
-    cat = cat.lower()
+    cat = cat.lower() if sep else default
     if cat not in CATEGORIES:
         raise ValueError(f"Bybit category {cat!r} is not streamed; use {' or '.join(CATEGORIES)} (e.g. linear:BTCUSDT)")
     return cat, name.upper()
 
 
-def series_symbol(category: str, name: str) -> str:
+def series_symbol(category: str, name: str, default: str = "spot") -> str:
     """The inverse of :func:`parse_symbol`: how deltafeed (and the replica's tape) names the market."""
-    return name if category == "spot" else f"{category.upper()}:{name}"
+    return name if category == default else f"{category.upper()}:{name}"
 
 
 # --- WebSocket requests ----------------------------------------------------------------------------

@@ -80,6 +80,11 @@ class BybitFeed:
         connect_budget: int,
         on_trade: Callable[[Series, Trade], None],
     ) -> None:
+        if vs.category not in bybit.CATEGORIES:
+            raise BadInput(
+                f"[venues.bybit] category {vs.category!r} is not streamed; use {' or '.join(bybit.CATEGORIES)}"
+            )
+        self.category = vs.category
         self.rest_url = vs.rest_url or bybit.DEFAULT_REST_URL
         self.ws_url = (vs.ws_url or bybit.DEFAULT_WS_URL).rstrip("/")
         self.clock = VenueClock()
@@ -118,7 +123,7 @@ class BybitFeed:
 
     def add(self, st: Series) -> None:
         try:
-            category, name = bybit.parse_symbol(st.instrument.symbol)
+            category, name = bybit.parse_symbol(st.instrument.symbol, self.category)
         except ValueError as exc:
             raise BadInput(f"{st.instrument}: {exc}") from None
         s = _Series(st, category, name)
@@ -156,9 +161,9 @@ class BybitFeed:
             known: list[str] = []
             for category in self.streams:
                 names = await self.history.symbols(category)
-                known += [bybit.series_symbol(category, n) for n in names]
+                known += [bybit.series_symbol(category, n, self.category) for n in names]
                 unknown += [
-                    bybit.series_symbol(category, s.name)
+                    bybit.series_symbol(category, s.name, self.category)
                     for s in self._series.values()
                     if s.category == category and s.name not in names
                 ]

@@ -164,6 +164,7 @@ class BybitReplica(ReplicaBase):
         faults_seed: int = 0,
         slow_s: float = 2.0,
         refuse: Mapping[str, str] | None = None,
+        category: str = "spot",
         options: ReplicaOptions | None = None,
     ) -> None:
         rates = parse_faults(faults) if isinstance(faults, str) else dict(faults or {})
@@ -176,10 +177,12 @@ class BybitReplica(ReplicaBase):
         self.host, self.port = o.host, o.port
         self._clock = MarketClock(o.speed, o.start_ms)
         start = self._clock.start_ms
+        #: The category of symbols that name none (deltafeed's ``[venues.bybit] category``).
+        self.category = category
         by_cat: dict[str, list[str]] = {}
         for s in o.symbols:
             try:
-                cat, name = codec.parse_symbol(s)
+                cat, name = codec.parse_symbol(s, category)
             except ValueError as exc:
                 from deltafeed.model import BadInput
 
@@ -251,7 +254,7 @@ class BybitReplica(ReplicaBase):
                 if self._tape is not None:
                     ids = self._ids(cat, name, b)
                     self._tape.write(
-                        codec.series_symbol(cat, name),
+                        codec.series_symbol(cat, name, self.category),
                         ids,
                         b.times.tolist(),
                         [fmt(p) for p in b.prices().tolist()],
@@ -473,7 +476,7 @@ class BybitReplica(ReplicaBase):
             await conn.reply(self._ack(conn, op, False, f"Invalid symbol :[{bad[0]}]", rid))
             return
         for a in args:
-            reason = self.refuse.get(codec.series_symbol(conn.category, a.rpartition(".")[2]))
+            reason = self.refuse.get(codec.series_symbol(conn.category, a.rpartition(".")[2], self.category))
             if reason is not None and op == "subscribe":
                 await conn.reply(self._ack(conn, op, False, reason, rid))
                 return
