@@ -287,3 +287,29 @@ async def test_a_refused_subscription_is_one_line_and_the_others_stream(
     assert status["instruments"]["bybit:LINEAR:BTCUSDT"]["trades"] > 0
     lines = [r.getMessage() for r in caplog.records if "ETHUSDT" in r.getMessage()]
     assert len(lines) == 1 and reason in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    ("market", "symbol", "limit"), [("BTC/USDT", "BTCUSDT", 60), ("BTC/USDT:USDT", "LINEAR:BTCUSDT", 500)]
+)
+async def test_ccxt_fetch_trades_are_the_tapes_newest(
+    replica: BybitReplica, market: str, symbol: str, limit: int
+) -> None:
+    ex = bybit_for(replica)
+    try:
+        await ex.load_markets()
+        got = await ex.fetch_trades(market, limit=limit)
+    finally:
+        await ex.close()
+    tape = tape_ids(replica, symbol)
+    pos = {t[0]: i for i, t in enumerate(tape)}
+    at = [pos[t["id"]] for t in got]
+    # Consecutive trades of the tape (ccxt sorts by time: trades of one millisecond may swap).
+    assert len(at) == limit and sorted(at) == list(range(min(at), min(at) + limit))
+        range(min(at), min(at) + limit)
+    )
+    assert all(
+        (t["timestamp"], t["price"], t["amount"])
+        == (tape[pos[t["id"]]][1], float(tape[pos[t["id"]]][2]), float(tape[pos[t["id"]]][3]))
+        for t in got
+    )
