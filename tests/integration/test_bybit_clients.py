@@ -306,8 +306,6 @@ async def test_ccxt_fetch_trades_are_the_tapes_newest(
     at = [pos[t["id"]] for t in got]
     # Consecutive trades of the tape (ccxt sorts by time: trades of one millisecond may swap).
     assert len(at) == limit and sorted(at) == list(range(min(at), min(at) + limit))
-        range(min(at), min(at) + limit)
-    )
     assert all(
         (t["timestamp"], t["price"], t["amount"])
         == (tape[pos[t["id"]]][1], float(tape[pos[t["id"]]][2]), float(tape[pos[t["id"]]][3]))
