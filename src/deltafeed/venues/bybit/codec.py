@@ -12,8 +12,8 @@ Semantics chosen here, and why:
 - **One message, many trades**: ``publicTrade`` carries up to 1024 trades, ascending; a bad item loses
   that item only (counted), the others are kept.
 - **Klines**: ``confirm`` is the candle's ``closed``; their ``trades`` is 0 (Bybit gives no count).
-- **Replies** to ``subscribe``/``ping`` are :class:`Reply`; ``"success":false`` ones are also counted as
-  ``venue_error`` so a stream of refusals is visible in the status.
+- **Replies** to ``subscribe``/``ping`` are :class:`Reply`, refusals (``"success":false``) included: they
+  are well-formed frames, which the feed counts as the venue's errors (``venue_errors`` in its status).
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ _any_trade_items = msgspec.json.Decoder(list[Any])
 class StreamDecoder(Skips):
     """Turns Bybit public WebSocket frames into :class:`Trades`, lists of venue candles and
     :class:`Reply`; never raises. Skip kinds: ``malformed``, ``bad_field``, ``impossible_value``,
-    ``venue_error`` (a ``success:false`` reply, still returned), ``unknown_topic``, ``unknown_frame``
+    ``unknown_topic``, ``unknown_frame``
     and ``decoder_bug`` (see :mod:`deltafeed.venues.checks`)."""
 
     def decode(self, frame: bytes | memoryview | str) -> Trades | list[VenueCandle] | Reply | None:
@@ -198,10 +198,7 @@ class StreamDecoder(Skips):
                 self._skip(BAD_FIELD, f"reply with a mistyped op or success: {_text(frame)[:120]!r}")
                 return None
             rid = msg.get("req_id", "")
-            reply = Reply(op, ok, str(msg.get("ret_msg", ""))[:300], rid if isinstance(rid, str) else str(rid))
-            if not ok:
-                self._skip("venue_error", f"venue refused {op}: {reply.ret_msg[:200]}")
-            return reply
+            return Reply(op, ok, str(msg.get("ret_msg", ""))[:300], rid if isinstance(rid, str) else str(rid))
         if msg.get("op") == "pong":  # option/spread pong shape: nothing to do
             return None
         self._skip("unknown_frame", f"unrecognised frame {_text(frame)[:80]!r}")

@@ -108,6 +108,7 @@ class BybitFeed:
         self.refused_symbols: dict[str, str] = {}
         self.pings = 0
         self._skips = SkipLog(log, "frames")
+        self._kinds_logged = 0
         self._ts_low = 0
         self._ts_high = 2**62
 
@@ -254,6 +255,9 @@ class BybitFeed:
 
     def on_frame(self, category: str, frame: bytes | memoryview) -> None:
         ev = self.decoder.decode(frame)
+        if len(self.decoder.errors) > self._kinds_logged:  # a new kind, maybe from an item of a message
+            self._kinds_logged = len(self.decoder.errors)
+            self._log_errors()
         if type(ev) is bybit.Trades:
             s = self._series.get((category, ev.symbol))
             if s is None or not s.st.active:
@@ -288,11 +292,8 @@ class BybitFeed:
             for vc in ev:
                 self.clock.observe(vc.event_ms)
                 s.st.on_venue_candle(vc.timeframe, vc.candle, -1)
-        elif type(ev) is bybit.Reply:
-            if not ev.success:
-                self._refused(category, ev)
-        else:
-            self._log_errors()
+        elif type(ev) is bybit.Reply and not ev.success:
+            self._refused(category, ev)
 
     def _refused(self, category: str, r: bybit.Reply) -> None:
         kind = f"{r.op}_refused"
