@@ -311,3 +311,13 @@ async def test_ccxt_fetch_trades_are_the_tapes_newest(
         == (tape[pos[t["id"]]][1], float(tape[pos[t["id"]]][2]), float(tape[pos[t["id"]]][3]))
         for t in got
     )
+
+
+async def test_a_connection_without_ping_or_data_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    import deltafeed.venues.bybit.replica as replica_module
+
+    monkeypatch.setattr(replica_module, "IDLE_CUT_S", 0.5)  # Bybit: 10 minutes
+    r = BybitReplica(symbols=["BTCUSDT"], history_ms=60_000)
+    async with r, aiohttp.ClientSession() as s, s.ws_connect(f"{r.ws_url}/v5/public/spot") as ws:
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
