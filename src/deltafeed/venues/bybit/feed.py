@@ -5,7 +5,7 @@ instruments' candle builders.
 Bybit's trade ids are not a counter, so each series is fed synthetic consecutive ids, and every
 (re)connection skips one: whatever traded while a connection was down becomes a hole that the engine
 repairs from REST klines. A repeated trade (the same venue id) is dropped; a trade older than the
-series' last one is dropped and also skips an id, since the candle it belongs to is then known wrong.
+series' last one is dropped and the span from it to the last one is repaired from history.
 Closed candles are vouched for by the kline stream's ``confirm:true`` or by reconciliation.
 """
 
@@ -263,6 +263,7 @@ class BybitFeed:
             if s is None or not s.st.active:
                 return
             st = s.st
+            late = 0  # the oldest trade time dropped as out of order, 0 for none
             for t, vid in zip(ev.trades, ev.ids, strict=True):
                 if s.seen(vid):
                     self.duplicates += 1
@@ -273,15 +274,17 @@ class BybitFeed:
                     self._log_errors()
                     continue
                 if t.time_ms < st.last_trade_ms:
-                    # Its candle may be closed already: leave a hole there, to be repaired.
+                    # Its candle may be closed already: it is repaired from history instead.
                     self.out_of_order += 1
-                    s.next_id += 1
+                    late = t.time_ms if not late else min(late, t.time_ms)
                     continue
                 t.trade_id = s.next_id
                 s.next_id += 1
                 st.on_trade(t)
                 if st.publish_trades:
                     self._on_trade(st, t)
+            if late:
+                st.on_loss(late, st.last_trade_ms)
             self.clock.observe(ev.ts)
         elif type(ev) is list:
             if not self.venue_klines or not ev:
