@@ -164,16 +164,14 @@ async def test_pybit_websocket_trades_and_klines_equal_the_tape(replica: BybitRe
             klines.extend(msg["data"])
 
     LocalWebSocket.local_url = f"{replica.ws_url}/v5/public/linear"
-    ws = await asyncio.to_thread(
-        LocalWebSocket, testnet=False, channel_type="linear", ping_interval=1, ping_timeout=0.5
-    )
+    ws = await asyncio.to_thread(LocalWebSocket, testnet=False, channel_type="linear", ping_interval=3, ping_timeout=2)
     try:
         await asyncio.to_thread(ws.trade_stream, "BTCUSDT", on_trade)
         await asyncio.to_thread(ws.kline_stream, 1, "BTCUSDT", on_kline)
         async with asyncio.timeout(20):
             while len(trades) < 150 or not any(k["confirm"] for k in klines):
                 await asyncio.sleep(0.1)
-        await asyncio.sleep(2.5)  # pybit's own {"op":"ping"} (no req_id) went out and the socket lived on
+        await asyncio.sleep(4.0)  # pybit's own {"op":"ping"} (no req_id) went out and the socket lived on
         assert ws.is_connected()
     finally:
         await asyncio.to_thread(ws.exit)
