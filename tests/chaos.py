@@ -40,6 +40,8 @@ from deltafeed.replicas.server import ReplicaBase
 from deltafeed.store.base import open_cold
 from deltafeed.venues import registry
 from deltafeed.venues.binance.replica import BinanceReplica
+from deltafeed.venues.bybit.replica import FAULT_KINDS as BYBIT_FAULT_KINDS
+from deltafeed.venues.bybit.replica import BybitReplica
 from deltafeed.venues.coinbase.replica import FAULT_KINDS as COINBASE_FAULT_KINDS
 from deltafeed.venues.coinbase.replica import CoinbaseReplica
 from deltafeed.venues.hyperliquid.replica import FAULT_KINDS as HYPERLIQUID_FAULT_KINDS
@@ -167,6 +169,29 @@ register(
         config_lines=_rest_and_ws,
     )
 )
+
+
+def bybit_profile(category: str) -> ChaosVenue:
+    """The chaos profile of one Bybit category (``spot`` is the registered one): its symbols are bare,
+    so the replica and the engine both take ``category`` as the category of bare symbols."""
+
+    def replica(o: ReplicaOptions) -> ReplicaBase:
+        return BybitReplica(options=o, slow_s=1.0, ban_s=5.0, category=category)
+
+    def config(r: ReplicaBase) -> list[str]:
+        ws = r.ws_url  # type: ignore[attr-defined]
+        return [f'venues = {{bybit = {{rest_url = "{r.url}", ws_url = "{ws}", category = "{category}"}}}}']
+
+    return ChaosVenue(
+        name="bybit",
+        symbols=("BTCUSDT", "ETHUSDT", "SOLUSDT"),
+        fault_kinds=BYBIT_FAULT_KINDS,
+        make_replica=replica,
+        config_lines=config,
+    )
+
+
+register(bybit_profile("spot"))
 #: Kept for the callers that index by venue name.
 SYMBOLS = {name: p.symbols for name, p in PROFILES.items()}
 VENUE_FAULT_KINDS = {name: p.fault_kinds for name, p in PROFILES.items()}

@@ -12,36 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from chaos import ChaosVenue, register, run_chaos
-from deltafeed.replicas.options import ReplicaOptions
-from deltafeed.replicas.server import ReplicaBase
-from deltafeed.venues.bybit.replica import FAULT_KINDS, BybitReplica
+from chaos import PROFILES, bybit_profile, register, run_chaos
+from deltafeed.venues.bybit.replica import FAULT_KINDS
 
-SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+SYMBOLS = PROFILES["bybit"].symbols
 
 
-def _profile(category: str) -> ChaosVenue:
-    """The chaos profile of one Bybit category: its symbols are bare, so the replica and the engine
-    both take ``category`` as the category of bare symbols (``[venues.bybit] category``)."""
-
-    def replica(o: ReplicaOptions) -> ReplicaBase:
-        return BybitReplica(options=o, slow_s=1.0, ban_s=5.0, category=category)
-
-    def config(r: ReplicaBase) -> list[str]:
-        ws = r.ws_url  # type: ignore[attr-defined]
-        return [f'venues = {{bybit = {{rest_url = "{r.url}", ws_url = "{ws}", category = "{category}"}}}}']
-
-    return ChaosVenue(name="bybit", symbols=SYMBOLS, fault_kinds=FAULT_KINDS, make_replica=replica, config_lines=config)
-
-
-PROFILE = register(_profile("spot"))
+PROFILE = PROFILES["bybit"]
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize("category", ["spot", "linear"])
 async def test_bybit_final_candles_equal_the_tape_through_faults_and_a_kill(tmp_path: Path, category: str) -> None:
-    register(_profile(category))  # the harness keeps one profile per venue name: this category's
+    register(bybit_profile(category))  # the harness keeps one profile per venue name: this category's
     # 60 wall seconds at x120: two market hours of streaming after 30 minutes of history.
     try:
         r = await run_chaos(
