@@ -148,12 +148,6 @@ class ToyFeed:
     def errors(self) -> Counter[str]:
         return self._errors
 
-    def calendar_name(self, symbol: str) -> str:
-        return VENUE.calendar_name(symbol)
-
-    def sides(self, wanted: list[str]) -> list[str]:
-        return VENUE.sides(wanted)
-
     def add(self, st: Series) -> None:
         self.states.append(st)
 

@@ -186,13 +186,10 @@ def test_us_equity_holidays_are_closed_and_more_can_be_added() -> None:
     assert CALENDARS["us_equity"].is_open(utc("2026-11-27T15:00"))  # the shared one is untouched
 
 
-def test_finnhub_symbols_get_their_market_calendar(monkeypatch: pytest.MonkeyPatch) -> None:
-    from deltafeed.venues.finnhub import FinnhubSettings
-    from deltafeed.venues.finnhub.feed import FinnhubFeed
+def test_finnhub_symbols_get_their_market_calendar() -> None:
+    from deltafeed.venues.finnhub import VENUE
 
-    monkeypatch.setenv("FINNHUB_TOKEN", "k")
-    feed = FinnhubFeed(FinnhubSettings(), stale_after_s=10.0)
-    assert {s: feed.calendar_name(s) for s in ("OANDA:EUR_USD", "BINANCE:BTCUSDT", "AAPL", "BRK.B", "BMW.DE")} == {
+    assert {s: VENUE.calendar_name(s) for s in ("OANDA:EUR_USD", "BINANCE:BTCUSDT", "AAPL", "BRK.B", "BMW.DE")} == {
         "OANDA:EUR_USD": "fx",
         "BINANCE:BTCUSDT": "crypto",
         "AAPL": "us_equity",

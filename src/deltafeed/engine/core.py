@@ -36,6 +36,7 @@ from deltafeed.store.redis_hot import RedisHot
 from deltafeed.store.retention import parse_retention
 from deltafeed.store.spool import Spool
 from deltafeed.store.writer import BatchWriter
+from deltafeed.venues import registry
 from deltafeed.venues.base import Feed
 from deltafeed.venues.registry import make_feed
 
@@ -100,12 +101,13 @@ class Engine:
             if feed is None:
                 feed = self.feeds[inst.venue] = make_feed(inst.venue, settings, self.publisher.trade)
             vs = settings.venue_settings(inst.venue)
-            cal_name = feed.calendar_name(inst.symbol)
+            venue = registry.get(inst.venue)
+            cal_name = venue.calendar_name(inst.symbol)
             calendar = calendar_for(cal_name, holidays=(vs.holidays or None) if cal_name != "crypto" else None)
             base = settings.rollup_base(inst)
             derived = [tf for tf in self.timeframes if base is not None and TIMEFRAMES[tf] > TIMEFRAMES[base]]
             built = [tf for tf in self.timeframes if tf not in derived]
-            for side in feed.sides(settings.prices_for(inst)):
+            for side in venue.sides(settings.prices_for(inst)):
                 key = series_key(str(inst), side)
                 closed = self.publisher.closed_sink(key)
                 repair = self.completeness.repair_sink(key)

@@ -87,14 +87,6 @@ class Feed(Protocol):
         """Frames or lines skipped, by kind."""
         ...
 
-    def calendar_name(self, symbol: str) -> str:
-        """The market calendar ``symbol`` follows on this venue (its :class:`Venue` answers)."""
-        ...
-
-    def sides(self, wanted: list[str]) -> list[str]:
-        """The price sides to build for an instrument whose settings ask for ``wanted`` (its :class:`Venue` answers)."""
-        ...
-
     def add(self, st: Series) -> None:
         """Take a series to stream (before :meth:`check`)."""
         ...

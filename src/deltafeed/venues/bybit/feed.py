@@ -116,12 +116,6 @@ class BybitFeed:
     def errors(self) -> Counter[str]:
         return self.decoder.errors
 
-    def calendar_name(self, symbol: str) -> str:
-        return VENUE.calendar_name(symbol)
-
-    def sides(self, wanted: list[str]) -> list[str]:
-        return VENUE.sides(wanted)
-
     def add(self, st: Series) -> None:
         try:
             category, name = bybit.parse_symbol(st.instrument.symbol, self.category)

@@ -91,12 +91,6 @@ class CoinbaseFeed:
     def errors(self) -> Counter[str]:
         return self.decoder.errors
 
-    def calendar_name(self, symbol: str) -> str:
-        return VENUE.calendar_name(symbol)
-
-    def sides(self, wanted: list[str]) -> list[str]:
-        return VENUE.sides(wanted)
-
     def add(self, st: Series) -> None:
         self.states.append(st)
         self.by_symbol[st.instrument.symbol] = st

@@ -77,12 +77,6 @@ class FinnhubFeed:
     def errors(self) -> Counter[str]:
         return self.decoder.errors
 
-    def sides(self, wanted: list[str]) -> list[str]:
-        return VENUE.sides(wanted)
-
-    def calendar_name(self, symbol: str) -> str:
-        return VENUE.calendar_name(symbol)
-
     def add(self, st: Series) -> None:
         if len(self.states) >= finnhub.MAX_SYMBOLS:
             raise BadInput(f"Finnhub streams at most {finnhub.MAX_SYMBOLS} symbols per key; collect fewer")

@@ -97,12 +97,6 @@ class HyperliquidFeed:
     def errors(self) -> Counter[str]:
         return self.decoder.errors
 
-    def calendar_name(self, symbol: str) -> str:
-        return VENUE.calendar_name(symbol)
-
-    def sides(self, wanted: list[str]) -> list[str]:
-        return VENUE.sides(wanted)
-
     def add(self, st: Series) -> None:
         bad = [tf for tf in st.builder.timeframes if tf not in hl.TIMEFRAMES]
         if bad:

@@ -83,12 +83,6 @@ class IGFeed:
             return self.decoder.errors
         return self.decoder.errors + self.pool.skipped_lines
 
-    def calendar_name(self, symbol: str) -> str:
-        return VENUE.calendar_name(symbol)
-
-    def sides(self, wanted: list[str]) -> list[str]:
-        return VENUE.sides(wanted)
-
     def add(self, st: Series) -> None:
         bad = [tf for tf in st.builder.timeframes if tf not in ("1m", "5m", "15m", "1h", "4h", "1d")]
         if bad:

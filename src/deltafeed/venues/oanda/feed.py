@@ -68,12 +68,6 @@ class OandaFeed:
     def errors(self) -> Counter[str]:
         return self.decoder.errors
 
-    def calendar_name(self, symbol: str) -> str:
-        return VENUE.calendar_name(symbol)
-
-    def sides(self, wanted: list[str]) -> list[str]:
-        return VENUE.sides(wanted)
-
     def add(self, st: Series) -> None:
         if "1s" in st.builder.timeframes:
             raise BadInput("OANDA's finest candles are 5 seconds: drop 1s from --timeframes for OANDA instruments")
