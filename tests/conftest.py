@@ -59,11 +59,16 @@ def _import_everything() -> None:
             importlib.import_module(mod.name)
 
 
+#: Modules that are end-to-end in all but folder: a venue's bootstrap measured against its request
+#: floor, and third-party clients judging a replica (each runs the venue's market for seconds).
+SLOW_MODULE_SUFFIXES = ("_bootstrap", "_clients")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Everything under ``tests/e2e`` (an engine against replicas over compressed time, chaos,
-    outages) is marked ``slow``, so ``pytest -m "not slow"`` (``make test-fast``) is the everyday subset."""
+    outages) is marked ``slow``, and so are the modules named in :data:`SLOW_MODULE_SUFFIXES`, so ``pytest -m "not slow"`` (``make test-fast``) is the everyday subset."""
     for item in items:
-        if "e2e" in item.path.parts:
+        if "e2e" in item.path.parts or item.path.stem.endswith(SLOW_MODULE_SUFFIXES):
             item.add_marker(pytest.mark.slow)
 
 

@@ -37,6 +37,7 @@ async def test_an_unknown_product_is_refused_with_near_matches(tmp_path: Path) -
         await engine.feeds["coinbase"].stop()
 
 
+@pytest.mark.slow  # the engine runs against the replica for ~15 s
 async def test_a_refused_subscription_is_one_line_and_the_others_stream(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
