@@ -32,6 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import logging
+import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any
@@ -66,6 +67,11 @@ class ApiError(Exception):
 #: Candle messages, subscription replies and errors; other types (heartbeats, prices, trades) fail to
 #: decode as these and are skipped, so a newer server with new message types does not break a watch.
 _decode_ws = msgspec.json.Decoder(CandleMsg | Subscribed | ErrorMsg).decode
+
+
+def _segment(instrument: str) -> str:
+    """``instrument`` as one URL path segment: a ``/`` in a symbol (``kraken:BTC/USD``) is escaped."""
+    return urllib.parse.quote(instrument, safe=":")
 
 
 def _ms(value: _WHEN | None, name: str) -> int | None:
@@ -194,7 +200,7 @@ class Client:
                 params[key] = str(value)
         if final:
             params["final"] = "true"
-        doc = await self._request("GET", f"/candles/{instrument}/{timeframe}", params=params)
+        doc = await self._request("GET", f"/candles/{_segment(instrument)}/{timeframe}", params=params)
         forming = set(doc.get("forming", ()))
         return [
             Candle(
@@ -230,7 +236,7 @@ class Client:
     async def fetch_switches(self, instrument: str) -> list[dict[str, Any]]:
         """Failover switches of a logical instrument, oldest first: ``{"since_ms", "at_ms", "from",
         "to", "spanning": {timeframe: open time of the candle that spans the switch}}``."""
-        doc = await self._request("GET", f"/switches/{instrument}")
+        doc = await self._request("GET", f"/switches/{_segment(instrument)}")
         return list(doc["switches"])
 
     async def status(self) -> dict[str, Any]:

@@ -408,8 +408,8 @@ def add_http_routes(app: web.Application, engine: EngineView, body_timeout_s: fl
     app.router.add_post("/streaming/start", r.start)
     app.router.add_post("/streaming/stop", r.stop)
     app.router.add_get("/instruments", r.instruments)
-    app.router.add_get("/candles/{instrument}/{timeframe}", r.candles)
-    app.router.add_get("/switches/{instrument}", r.switches)
+    app.router.add_get("/candles/{instrument:.+}/{timeframe}", r.candles)
+    app.router.add_get("/switches/{instrument:.+}", r.switches)
     app.router.add_get("/openapi.json", r.openapi)
     app.router.add_get("/docs", r.docs)
 
@@ -683,6 +683,8 @@ def openapi_spec() -> dict[str, Any]:
                             "required": True,
                             "schema": {"type": "string"},
                             "example": "binance:BTCUSDT",
+                            "description": "VENUE:SYMBOL; a slash in the symbol (kraken:BTC/USD) may be sent"
+                            " as is or escaped as %2F",
                         },
                         {
                             "name": "timeframe",

@@ -277,8 +277,8 @@ def add_ws_routes(
     """
     ep = _Endpoints(hub, max_msg_size, send_buffer, close_grace_s)
     app.router.add_get("/ws", ep.ops)
-    app.router.add_get("/ws/multi/{instruments}", ep.multi)
-    app.router.add_get("/ws/{instrument}", ep.one)
+    app.router.add_get("/ws/multi/{instruments:.+}", ep.multi)
+    app.router.add_get("/ws/{instrument:.+}", ep.one)
 
     async def close_clients(app: web.Application) -> None:
         await hub.close()
