@@ -33,6 +33,14 @@ QUIET_SETTLE_MS = 300_000  # how old a hole must be for an empty answer to make 
 MARK_EVERY_S = 2.0  # how often the "final until" marks are written (after the candles they cover)
 
 
+def settle_ms(feed: Feed) -> int:
+    """How long after a candle's end the venue's history of it is settled: the feed's
+    ``history_settle_ms`` when it has one (a venue whose bars still change after they close,
+    from late trades), else :data:`REPAIR_SETTLE_MS`. Repairs and reconciliations
+    never take a candle from history earlier, so they never finalise one that can still change."""
+    return int(getattr(feed, "history_settle_ms", REPAIR_SETTLE_MS))
+
+
 @dataclass
 class Repair:
     """Candles of one series to fetch again over REST, once the venue has closed them."""
@@ -149,7 +157,7 @@ class Completeness:
         past its end and our builder has moved on from it (below ``job.first`` when none can)."""
         tf_ms = TIMEFRAMES[job.timeframe]
         st = self.engine.states[job.key]
-        ready_until = st.feed.clock.now_ms() - REPAIR_SETTLE_MS
+        ready_until = st.feed.clock.now_ms() - settle_ms(st.feed)
         ready_until -= ready_until % tf_ms
         open_c = st.open_candle(job.timeframe)
         limit = min(job.last, ready_until - tf_ms)
@@ -267,7 +275,7 @@ class Completeness:
         """Queue a reconciliation with the venue's history for each series of ``feed`` holding closed
         provisional candles the venue has settled: one request per series and timeframe covers them
         all, under the feed's rate limiter like every repair. Returns how many were queued."""
-        now = feed.clock.now_ms() - REPAIR_SETTLE_MS
+        now = feed.clock.now_ms() - settle_ms(feed)
         queued = 0
         for key, st in self.engine.states.items():
             if st.feed is not feed:
@@ -395,7 +403,7 @@ class Completeness:
         during an outage, or forgotten past PROVISIONAL_MAX) are fetched from the venue's history."""
         ms = TIMEFRAMES[tf]
         live = st.provisional.get(tf, {})
-        for first, last in await self.engine.cold.provisional(st.key, tf, since, now - ms - REPAIR_SETTLE_MS):
+        for first, last in await self.engine.cold.provisional(st.key, tf, since, now - ms - settle_ms(st.feed)):
             if first in live or (tf, first) in st.unconfirmed_at or self.repairing(st.key, tf, first, last):
                 continue
             self.repairs.append(Repair(st.key, tf, first, last, self.engine.clock.monotonic(), reconcile=True))

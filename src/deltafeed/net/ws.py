@@ -95,6 +95,10 @@ class WsStream:
         self.attempts = 0
         self.stale_drops = 0
         self.close_code: object = None
+        #: The next reconnect waits at least this long (then it is cleared): an owner sets it when
+        #: the venue refused the session in a way an immediate retry cannot fix (a second connection
+        #: of one account, a refused key), so the venue is not hammered.
+        self.retry_after_s = 0.0
         self.connected_at = 0.0  # monotonic time of the current connection, 0 when down
         self.connected = asyncio.Event()
         self._transport: picows.WSTransport | None = None
@@ -163,7 +167,8 @@ class WsStream:
                 await self._disconnected.wait()
                 if self._stopping:
                     break
-                delay = backoff.dropped()
+                delay = backoff.dropped(self.retry_after_s)
+                self.retry_after_s = 0.0
                 log.warning(
                     "%s: connection closed (code %s); reconnecting in %.2f s", self.name, self.close_code, delay
                 )

@@ -81,6 +81,8 @@ class Feed(Protocol):
     #: How often (wall seconds) closed provisional candles are reconciled with the venue's history;
     #: 0 for a sequenced venue.
     reconcile_every_s: float
+    # Optional: ``history_settle_ms`` (int), how long after a candle's end the venue's history of
+    # it stops changing (see Venue.history_settle_ms); read by the engine with a default of 1 s.
 
     @property
     def errors(self) -> Counter[str]:
@@ -264,6 +266,10 @@ class Venue:
     #: stays provisional until reconciled with the venue's history, every ``reconcile_every_s``.
     sequenced: bool = False
     reconcile_every_s: float = 0.0
+    #: How long (venue ms) after a candle's end its history candle stops changing; repairs and
+    #: reconciliation wait this long before they take a candle from history as final. 1 s for most
+    #: venues; longer for one whose bars take late trades after they close.
+    history_settle_ms: int = 1_000
     #: Whether its history's candles carry their number of trades. False (Finnhub, and venues whose
     #: REST candles have no count): a candle from history, or corrected by it, has ``trades`` 0, so a
     #: comparison with the venue's tape leaves the count out.

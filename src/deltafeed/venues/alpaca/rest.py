@@ -1,0 +1,102 @@
+"""Alpaca historical bars over REST: stocks and crypto, one symbol or many per request, paged by
+``page_token``, paced under the plan's requests per minute (200 on the free plan)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from deltafeed.model import TIMEFRAMES, BadInput, Candle
+from deltafeed.net.http import Response, RestClient, VenueError, header_auth, http_date_ms
+from deltafeed.net.ratelimit import WeightLimiter
+from deltafeed.venues.alpaca import codec
+
+KEY_HEADER = "APCA-API-KEY-ID"
+SECRET_HEADER = "APCA-API-SECRET-KEY"
+#: Longest pause a 429 may ask for: the venue's window is a minute.
+MAX_PAUSE_S = 60.0
+
+
+def throttle(resp: Response, in_row: int) -> float | None:
+    """Alpaca's 429 says when the minute's budget comes back in ``X-RateLimit-Reset`` (epoch seconds)."""
+    if resp.status != 429:
+        return None
+    reset = resp.headers.get("X-RateLimit-Reset", "")
+    try:
+        wait = float(reset) - time.time()
+    except ValueError:
+        wait = float(resp.headers.get("Retry-After", "1") or 1)
+    return min(MAX_PAUSE_S, max(1.0, wait))
+
+
+class AlpacaHistory:
+    """Reads bars (from the venue or its replica) through one :class:`RestClient` with the account's
+    key headers, spending at most ``headroom`` of ``requests_per_min`` so normal use draws no 429."""
+
+    def __init__(
+        self,
+        base_url: str,
+        key: str,
+        secret: str,
+        *,
+        requests_per_min: int = codec.REQUESTS_PER_MIN,
+        headroom: float = 0.9,
+        feed: str | None = None,
+    ) -> None:
+        self.limiter = WeightLimiter(requests_per_min, window_s=60.0, headroom=headroom, burst_fraction=0.05)
+        self.http = RestClient(
+            base_url,
+            self.limiter,
+            auth=header_auth({KEY_HEADER: key, SECRET_HEADER: secret}),
+            throttle=throttle,
+            on_response=self._seen,
+        )
+        self.feed = feed
+        self.last_date_ms: int | None = None  # the venue's clock, from its last answer's Date header
+
+    def __repr__(self) -> str:  # the client holds the key
+        return f"<AlpacaHistory {self.http.base_url}>"
+
+    def _seen(self, resp: Response) -> None:
+        ms = http_date_ms(resp.headers.get("Date"))
+        if ms is not None:
+            self.last_date_ms = ms
+
+    async def bars(
+        self, symbols: Iterable[str], timeframe: str, start_ms: int, end_ms: int | None, now_ms: int
+    ) -> dict[str, list[Candle]]:
+        """Bars of ``symbols`` (all stocks or all crypto) with open time in [start_ms, end_ms], every page,
+        one request per page for all of them; ``closed`` marks the settled ones (by ``now_ms``)."""
+        tf = codec.TIMEFRAME.get(timeframe)
+        if tf is None:
+            raise BadInput(f"Alpaca has no {timeframe} bars deltafeed can use; use {', '.join(codec.TIMEFRAME)}")
+        syms = list(symbols)
+        iv = TIMEFRAMES[timeframe]
+        out: dict[str, list[Candle]] = {s: [] for s in syms}
+        token: str | None = None
+        while True:
+            path = codec.bars_path(syms, timeframe, start_ms, end_ms, page_token=token, feed=self.feed)
+            body = await self.http.get(path)
+            try:
+                page, token = codec.decode_bars(body, iv, now_ms)
+            except codec.BadAnswer as exc:  # a failed request: the caller retries it later
+                raise VenueError(200, str(exc).encode(), self.http.base_url + path) from None
+            for sym, cs in page.items():
+                if sym in out:
+                    out[sym] += cs
+            if not token:
+                return out
+
+    async def candles(self, symbol: str, timeframe: str, start_ms: int, end_ms: int, now_ms: int) -> list[Candle]:
+        start = start_ms + (-start_ms) % TIMEFRAMES[timeframe]
+        if end_ms < start:
+            return []
+        return (await self.bars([symbol], timeframe, start, end_ms, now_ms))[symbol]
+
+    @staticmethod
+    def page_span_ms(timeframe: str) -> int:
+        """The span whose bars of ``timeframe`` take one request."""
+        return codec.PAGE_LIMIT * TIMEFRAMES[timeframe]
+
+    async def close(self) -> None:
+        await self.http.close()
