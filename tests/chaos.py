@@ -39,6 +39,9 @@ from deltafeed.replicas.options import ReplicaOptions
 from deltafeed.replicas.server import ReplicaBase
 from deltafeed.store.base import open_cold
 from deltafeed.venues import registry
+from deltafeed.venues.alpaca import DEV_KEY, DEV_SECRET, KEY_ENV, SECRET_ENV
+from deltafeed.venues.alpaca.replica import FAULT_KINDS as ALPACA_FAULT_KINDS
+from deltafeed.venues.alpaca.replica import AlpacaReplica
 from deltafeed.venues.binance.replica import BinanceReplica
 from deltafeed.venues.bybit.replica import FAULT_KINDS as BYBIT_FAULT_KINDS
 from deltafeed.venues.bybit.replica import BybitReplica
@@ -192,6 +195,19 @@ def bybit_profile(category: str) -> ChaosVenue:
 
 
 register(bybit_profile("spot"))
+#: Alpaca: a stock and a crypto pair (two WebSockets), from 10:00 New York on a Wednesday so the
+#: stock's run lies in the regular session; late trades make updated (corrected) minute bars.
+register(
+    ChaosVenue(
+        name="alpaca",
+        symbols=("AAPL", "BTC/USD"),
+        fault_kinds=ALPACA_FAULT_KINDS,  # the shared kinds but shutdown and poison
+        make_replica=lambda o: AlpacaReplica(options=o, slow_s=1.0),
+        config_lines=_rest_and_ws,
+        env={KEY_ENV: DEV_KEY, SECRET_ENV: DEV_SECRET},
+        start_ms=WEDNESDAY_UTC + 15 * 3_600_000,
+    )
+)
 #: Kept for the callers that index by venue name.
 SYMBOLS = {name: p.symbols for name, p in PROFILES.items()}
 VENUE_FAULT_KINDS = {name: p.fault_kinds for name, p in PROFILES.items()}

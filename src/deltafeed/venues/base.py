@@ -61,6 +61,8 @@ class FeedStatus(msgspec.Struct, omit_defaults=True):
     venue_errors: dict[str, int] | None = None
     #: Subscriptions the venue refused: symbol -> its reason (the other symbols keep streaming).
     refused_symbols: dict[str, str] | None = None
+    #: The venue's corrections of candles it had already closed (late-trade updates of a bar), applied.
+    venue_corrections: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (what a feed's ``status()`` gives)."""

@@ -6,7 +6,8 @@ message, subscribed to ``trades``, ``bars`` and ``updatedBars``. Alpaca's trade 
 per-symbol sequence, so each symbol's builder gets synthetic consecutive ids (a reconnect skips one,
 so the candles around it are repaired), repeats are recognised by the venue's id, and nothing the
 stream builds is final by itself: it is reconciled with the REST bars once they have settled. A
-trade older than the last one applied (a late trade) is not folded in: its candles are repaired. An
+trade older than the last one applied (a late trade) is not folded in: the reconciliation corrects
+its candles (no extra request: the budget is 200 a minute). An
 ``updatedBars`` message, which comes after the half-minute mark when the bar settles, replaces the
 stored minute candle as the venue's own closed one (published again, a correction). A ``bars``
 minute bar whose trade count differs from ours says trades were lost: its minute is repaired.
@@ -260,9 +261,9 @@ class AlpacaFeed:
             seen.discard(order.popleft())
         if t.time_ms < st.last_trade_ms:
             # A late trade (or a reordered one): candles already built from later trades cannot
-            # take it in time order; they are repaired from the bars once settled.
+            # take it in time order. They stay provisional like every candle the stream builds, and
+            # the reconciliation with the settled bars (or the minute's updated bar) corrects them.
             self.out_of_order += 1
-            st.on_loss(t.time_ms, st.last_trade_ms)
             return
         tid = self._next_id[t.symbol]
         self._next_id[t.symbol] = tid + 1
@@ -354,11 +355,11 @@ class AlpacaFeed:
             out_of_order=self.out_of_order,
             venue_errors=dict(self.venue_errors) or None,
             refused_symbols=refused or None,
+            venue_corrections=self.updated_bars,
         )
 
     def status(self) -> dict[str, Any]:
         d = self.report().as_dict()
-        d["updated_bars"] = self.updated_bars
         d["bar_mismatches"] = self.bar_mismatches
         d["duplicates"] = self.duplicates
         return d
@@ -388,17 +389,25 @@ async def check_symbols(history: AlpacaHistory, states: list[Series], clock: Ven
             clock.observe(history.last_date_ms)
 
 
+def _per_batch(timeframes: list[str], every_s: float) -> float:
+    """Requests per minute one batch of symbols costs: the shortest timeframe every poll, each
+    longer one at most once per its length."""
+    tfs = sorted(timeframes, key=TIMEFRAMES.__getitem__)
+    if not tfs:
+        return 0.0
+    return 60.0 / every_s + sum(60.0 / max(every_s, TIMEFRAMES[tf] / 1000) for tf in tfs[1:])
+
+
 def poll_capacity(timeframes: list[str], every_s: float, budget_per_min: float) -> int:
-    """How many instruments of one kind polling affords: each poll costs one request per timeframe
-    per :data:`POLL_SYMBOLS_PER_CALL` symbols, and a timeframe is polled at most once per its length."""
-    per_batch = sum(60.0 / max(every_s, TIMEFRAMES[tf] / 1000) for tf in timeframes)
+    """How many instruments of one kind polling affords within ``budget_per_min`` (a batch of
+    :data:`POLL_SYMBOLS_PER_CALL` symbols takes one request per timeframe polled)."""
+    per_batch = _per_batch(timeframes, every_s)
     return int(budget_per_min // per_batch) * POLL_SYMBOLS_PER_CALL if per_batch > 0 else 0
 
 
 def poll_cost(n_symbols: list[int], timeframes: list[str], every_s: float) -> float:
     """Requests per minute polling ``n_symbols`` (a count per kind) costs."""
-    per_batch = sum(60.0 / max(every_s, TIMEFRAMES[tf] / 1000) for tf in timeframes)
-    return sum(math.ceil(n / POLL_SYMBOLS_PER_CALL) for n in n_symbols if n) * per_batch
+    return sum(math.ceil(n / POLL_SYMBOLS_PER_CALL) for n in n_symbols if n) * _per_batch(timeframes, every_s)
 
 
 class AlpacaPollFeed:
@@ -508,21 +517,23 @@ class AlpacaPollFeed:
             await asyncio.sleep(max(0.0, self.every_s - (loop.time() - started)))
 
     async def poll(self) -> None:
-        """One poll: for each batch and timeframe with a bar settled since the last poll, one request."""
-        if self.history.last_date_ms is not None:
-            self.clock.observe(self.history.last_date_ms)
+        """One poll: per batch, one request for the latest bars of the shortest timeframe (its answer
+        also reads the venue's clock), and one per longer timeframe with a bar settled since."""
         self.polls += 1
         for batch in self._groups():
-            for tf in batch[0].builder.timeframes:
+            tfs = sorted(batch[0].builder.timeframes, key=TIMEFRAMES.__getitem__)
+            for k, tf in enumerate(tfs):
                 iv = TIMEFRAMES[tf]
                 now = self.clock.now_ms()
                 settled = now - alpaca.SETTLE_MS - iv  # open time of the newest bar that may have settled
-                want = [st for st in batch if st.active and self._next[(st.instrument.symbol, tf)] <= settled]
+                want = [
+                    st for st in batch if st.active and (k == 0 or self._next[(st.instrument.symbol, tf)] <= settled)
+                ]
                 if not want:
                     continue
                 start = min(self._next[(st.instrument.symbol, tf)] for st in want)
                 self.poll_requests += 1
-                got = await self.history.bars([st.instrument.symbol for st in want], tf, start, settled, now)
+                got = await self.history.bars([st.instrument.symbol for st in want], tf, start, None, now)
                 if self.history.last_date_ms is not None:
                     self.clock.observe(self.history.last_date_ms)
                 for st in want:
@@ -531,8 +542,9 @@ class AlpacaPollFeed:
                         if c.closed and c.open_time >= self._next[(sym, tf)]:
                             st.on_venue_candle(tf, c, -1)
                             self.bars += 1
+                            self._next[(sym, tf)] = c.open_time + iv
                     # Settled and answered: a bar absent up to here is a quiet interval.
-                    self._next[(sym, tf)] = settled - settled % iv + iv
+                    self._next[(sym, tf)] = max(self._next[(sym, tf)], settled - settled % iv + iv)
 
     async def tick(self, mono: float) -> None:
         return None
