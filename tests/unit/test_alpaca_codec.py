@@ -1,0 +1,75 @@
+"""Alpaca's codec against the verbatim frames of its docs (PROTOCOLS-wave2.md section 6), in JSON and
+msgpack, and the REST bars bodies."""
+
+from __future__ import annotations
+
+import msgspec
+
+from deltafeed.model import Trade
+from deltafeed.venues.alpaca import codec, samples
+from deltafeed.venues.alpaca.feed import poll_capacity, poll_cost
+
+
+def test_trade_frame_decodes_to_a_trade_at_its_event_time() -> None:
+    dec = codec.StreamDecoder()
+    [t] = dec.decode(samples.TRADE) or []
+    assert t == Trade("AAPL", 96921, codec.iso_ms("2021-02-22T15:51:44.208Z"), 126.55, 1.0, False)
+    assert not dec.errors
+
+
+def test_msgpack_trade_with_a_timestamp_extension_equals_the_json_one() -> None:
+    dec = codec.StreamDecoder()
+    assert dec.decode(samples.TRADE_MSGPACK, binary=True) == dec.decode(samples.TRADE)
+    assert not dec.errors
+
+
+def test_bars_updated_bars_and_control_messages() -> None:
+    dec = codec.StreamDecoder()
+    [b] = dec.decode(samples.BAR) or []
+    [u] = dec.decode(samples.UPDATED_BAR) or []
+    assert isinstance(b, codec.BarEvent) and isinstance(u, codec.BarEvent)
+    assert (b.kind, u.kind) == ("b", "u")
+    assert b.candle.open_time == codec.iso_ms("2024-07-24T07:56:00Z")
+    assert (b.candle.high, b.candle.trades, b.candle.final) == (136.0, 16, False)
+    [err] = dec.decode(samples.ERROR_406) or []
+    assert err == codec.Control("error", msg="connection limit exceeded", code=406)
+    [sub] = dec.decode(samples.SUBSCRIPTION) or []
+    assert isinstance(sub, codec.Control) and sub.subs is not None and sub.subs["trades"] == ["AAPL"]
+    assert dec.decode(samples.QUOTE) == []  # quotes are passed over, not counted
+    assert not dec.errors
+
+
+def test_a_bad_message_is_counted_and_the_rest_of_the_frame_kept() -> None:
+    dec = codec.StreamDecoder()
+    frame = b'[{"T":"t","i":1,"S":"AAPL","p":-1,"s":1,"t":"2021-02-22T15:51:44Z"},' + samples.BAR[1:]
+    out = dec.decode(frame) or []
+    assert [type(e) for e in out] == [codec.BarEvent]
+    assert dec.errors["impossible_value"] == 1
+    assert dec.decode(b"<html>502</html>") is None and dec.errors["malformed"] == 1
+    assert dec.decode(b'[{"T":"zz"}]') == [] and dec.errors["unknown_message"] == 1
+
+
+def test_encoded_frames_decode_back_in_both_encodings() -> None:
+    msgs = [codec.trade_msg("BTC/USD", 7, 1_700_000_000_123, 60000.5, 0.25, True, True)]
+    for mp in (False, True):
+        [t] = codec.StreamDecoder().decode(codec.encode_frame(msgs, mp), binary=mp) or []
+        assert t == Trade("BTC/USD", 7, 1_700_000_000_123, 60000.5, 0.25, True)
+
+
+def test_rest_bars_multi_and_single_and_settling() -> None:
+    bars, token = codec.decode_bars(samples.REST_BARS, 60_000, 2**50)
+    assert token is None and [c.trades for c in bars["AAPL"]] == [105] and bars["AAPL"][0].closed
+    t = codec.iso_ms("2021-02-01T16:01:00Z")
+    # Not settled until 30 s (and a margin) after the next minute mark.
+    unsettled, token = codec.decode_bars(samples.REST_BARS_SINGLE, 60_000, t + 60_000 + 30_000)
+    assert token and not unsettled["AAPL"][0].closed
+    path = codec.bars_path(["BTC/USD"], "1m", t, None)
+    assert path.startswith("/v1beta3/crypto/us/bars?symbols=BTC%2FUSD&timeframe=1Min&start=2021-02-01T16:01:00Z")
+    assert msgspec.json.decode(codec.error_body("x"))["message"] == "x"
+
+
+def test_poll_budget_arithmetic() -> None:
+    # At 60 s, 1m and 5m cost 1 + 1/5 requests a minute per batch of 100 symbols.
+    assert poll_cost([10, 1], ["1m", "5m"], 60.0) == 2 * 1.2
+    assert poll_capacity(["1m", "5m"], 60.0, 100.0) == 83 * 100
+    assert poll_capacity(["1m"], 1.0, 59.0) == 0
