@@ -344,7 +344,7 @@ class StreamDecoder(Skips):
                 self._skip(MALFORMED, f"a message that is not an object: {str(m)[:80]!r}")
                 continue
             kind = m.get("T")
-            if kind in IGNORED:
+            if isinstance(kind, str) and kind in IGNORED:
                 continue
             if not isinstance(kind, str) or kind not in ("t", "b", "u", "d", "success", "error", "subscription"):
                 self._skip("unknown_message", f"unknown message type {str(kind)[:30]!r}")
