@@ -266,8 +266,30 @@ class UsEquityCalendar(WeeklyCalendar):
         super().__init__("us_equity", [((d, 9, 30), (d, 16, 0)) for d in (MON, TUE, WED, THU, FRI)], holidays)
 
 
-_WEEKLY: dict[str, type[FxCalendar] | type[UsEquityCalendar]] = {"fx": FxCalendar, "us_equity": UsEquityCalendar}
-CALENDARS: dict[str, Calendar] = {"crypto": AlwaysOpen(), "fx": FxCalendar(), "us_equity": UsEquityCalendar()}
+class CmeGlobexCalendar(WeeklyCalendar):
+    """CME Globex futures (equity index, rates, FX, energy, metals): Sunday 18:00 to Friday 17:00
+    America/New_York with a daily break from 17:00 to 18:00, minus holidays (by default the days the
+    FX calendar closes). Products with other hours (grains, livestock) and the exchange's early
+    closes are not modelled: give their closed days in ``holidays``."""
+
+    default_holidays = DEFAULT_FX_HOLIDAYS
+
+    def __init__(self, holidays: Iterable[str | dt.date] = DEFAULT_FX_HOLIDAYS) -> None:
+        days = (SUN, MON, TUE, WED, THU)
+        super().__init__("cme_globex", [((d, 18, 0), (nxt, 17, 0)) for d, nxt in zip(days, (*days[1:], FRI), strict=True)], holidays)
+
+
+_WEEKLY: dict[str, type[FxCalendar] | type[UsEquityCalendar] | type[CmeGlobexCalendar]] = {
+    "fx": FxCalendar,
+    "us_equity": UsEquityCalendar,
+    "cme_globex": CmeGlobexCalendar,
+}
+CALENDARS: dict[str, Calendar] = {
+    "crypto": AlwaysOpen(),
+    "fx": FxCalendar(),
+    "us_equity": UsEquityCalendar(),
+    "cme_globex": CmeGlobexCalendar(),
+}
 
 
 def calendar_for(name: str, holidays: Iterable[str | dt.date] | None = None) -> Calendar:

@@ -107,7 +107,7 @@ class Engine:
             base = settings.rollup_base(inst)
             derived = [tf for tf in self.timeframes if base is not None and TIMEFRAMES[tf] > TIMEFRAMES[base]]
             built = [tf for tf in self.timeframes if tf not in derived]
-            for side in venue.sides(settings.prices_for(inst)):
+            for side in venue.sides(settings.prices_for(inst), inst.symbol):
                 key = series_key(str(inst), side)
                 closed = self.publisher.closed_sink(key)
                 repair = self.completeness.repair_sink(key)

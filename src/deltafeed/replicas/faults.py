@@ -41,6 +41,7 @@ VENUE_KINDS: dict[str, str] = {
     "seqgap": "a sequence number skipped on a sequenced channel, nothing else lost",
     "noheartbeat": "heartbeats stop while the connection stays up",
     "silence": "the connection stays open and answers pings but sends no data",
+    "connectivity": "the venue's own link drops and comes back on a live connection (IB's 1100, then 1101/1102)",
 }
 #: Every kind a fault spec may name.
 ALL_KINDS: tuple[str, ...] = (*KINDS, *VENUE_KINDS)

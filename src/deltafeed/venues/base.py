@@ -281,10 +281,16 @@ class Venue:
         """The market calendar ``symbol`` follows on this venue (see ``candles/calendar.py``)."""
         return "crypto"
 
-    def sides(self, wanted: list[str]) -> list[str]:
-        """The price sides to build for an instrument whose settings ask for ``wanted``: ["trade"]
-        for a trade-built venue, else ``wanted`` (some of mid, bid, ask) in the usual order."""
-        if not self.quotes:
+    def quoted(self, symbol: str) -> bool:
+        """Whether ``symbol`` is quote-built here: :attr:`quotes`, unless the venue has both kinds
+        (IB: forex pairs quote, stocks and futures trade) and says so per symbol."""
+        return self.quotes
+
+    def sides(self, wanted: list[str], symbol: str | None = None) -> list[str]:
+        """The price sides to build for an instrument (``symbol``, or any when None) whose settings
+        ask for ``wanted``: ["trade"] for a trade-built one, else ``wanted`` (some of mid, bid, ask)
+        in the usual order."""
+        if not (self.quotes if symbol is None else self.quoted(symbol)):
             return ["trade"]
         return [p for p in ("mid", "bid", "ask") if p in wanted]
 
