@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deltafeed.candles.calendar import AlwaysOpen, Calendar, FxCalendar
+from deltafeed.candles.calendar import AlwaysOpen, Calendar, FxCalendar, calendar_for
 from deltafeed.model import TIMEFRAMES, Candle, series_key
 from deltafeed.replicas.faults import KINDS
 from deltafeed.replicas.options import ReplicaOptions
@@ -51,6 +51,9 @@ from deltafeed.venues.hyperliquid.replica import FAULT_KINDS as HYPERLIQUID_FAUL
 from deltafeed.venues.hyperliquid.replica import HyperliquidReplica
 from deltafeed.venues.kraken import FAULT_KINDS as KRAKEN_FAULT_KINDS
 from deltafeed.venues.kraken.replica import KrakenReplica
+from deltafeed.venues.ib.replica import FAULT_KINDS as IB_FAULT_KINDS
+from deltafeed.venues.ib.replica import IbReplica
+from deltafeed.venues.ib.replica import quote_tape_path as ib_quote_tape
 from deltafeed.venues.oanda.replica import DEFAULT_ACCOUNT, DEV_TOKEN, FAULT_KINDS, OandaReplica
 from reference import (
     RefCandle,
@@ -82,6 +85,15 @@ class ChaosVenue:
     start_ms: int | None = None  # the market's start time (None: now)
     #: Reads its tape (a trade venue's): any venue's shared columns by default.
     read_tape: Callable[[Path], list[TapeRow]] = read_venue_tape
+    #: A venue with both kinds (IB): the symbols that quote, whose MID and BID candles come from the
+    #: quote tape ``quote_tape(tape)`` while the others' come from the trade tape.
+    quote_symbols: tuple[str, ...] = ()
+    quote_tape: Callable[[Path], Path] | None = None
+    #: Each symbol's calendar where they differ (None: ``calendar`` for every symbol).
+    calendar_of: Callable[[str], Calendar] | None = None
+    #: Whether quote candles' volume and count are compared: False where the venue's history has
+    #: none (IB's MIDPOINT and BID bars), so a candle reconciled with it holds none either.
+    quote_volume: bool = True
 
 
 PROFILES: dict[str, ChaosVenue] = {}
@@ -208,6 +220,28 @@ register(
         start_ms=WEDNESDAY_UTC + 15 * 3_600_000,
     )
 )
+
+
+def _ib_config(r: ReplicaBase) -> list[str]:
+    prices = json.dumps(list(FX_PRICES))
+    return [f'venues = {{ib = {{tws_url = "tws://{r.netloc}", prices = {prices}, tick_by_tick_lines = 5}}}}']
+
+
+register(
+    ChaosVenue(
+        name="ib",
+        # A stock (trades, the us_equity session) and a forex pair (quotes: MID and BID, the FX week).
+        symbols=("AAPL", "EUR.USD"),
+        fault_kinds=IB_FAULT_KINDS,  # close, reset, stall, garbage and a connectivity lost/restored episode
+        make_replica=lambda o: IbReplica(options=o, stall_s=2.0, outage_s=1.5),
+        config_lines=_ib_config,
+        quote_symbols=("EUR.USD",),
+        quote_tape=ib_quote_tape,
+        calendar_of=lambda sym: calendar_for(registry.get("ib").calendar_name(sym)),
+        quote_volume=False,
+        start_ms=WEDNESDAY_UTC + 15 * 3_600_000,  # 10:00 New York: the stock session has run 30 minutes
+    )
+)
 #: Kept for the callers that index by venue name.
 SYMBOLS = {name: p.symbols for name, p in PROFILES.items()}
 VENUE_FAULT_KINDS = {name: p.fault_kinds for name, p in PROFILES.items()}
@@ -235,6 +269,7 @@ class ChaosResult:
     settled_s: float = 0.0  # wall seconds from the faults' end to the SIGTERM
     caught_up: bool = False  # the engine streamed again before the SIGTERM (else max_settle_s ran out)
     workdir: Path | None = None  # where the tape, the store and engine.log are
+    replica_stats: dict[str, int] = field(default_factory=dict)  # the replica's own counters at the end
 
     def total(self, key: str) -> int:
         """A top-level status counter, summed over the engine processes."""
@@ -336,9 +371,13 @@ async def _settle(status: Path, min_s: float, max_s: float) -> tuple[float, bool
     return time.monotonic() - started, False
 
 
-def candle_fields(venue: str, c: Candle | RefCandle) -> tuple[float, ...]:
+def candle_fields(venue: str, c: Candle | RefCandle, key: str = "") -> tuple[float, ...]:
     """What is compared of a candle: open, high, low, close, volume to 8 decimals, and the number of
-    trades where the venue's history gives it (``Venue.history_trades``)."""
+    trades where the venue's history gives it (``Venue.history_trades``); prices alone for a series
+    ``key`` of a quote symbol of a profile whose ``quote_volume`` is False."""
+    profile = PROFILES.get(venue)
+    if profile is not None and not profile.quote_volume and key.partition(":")[2].partition("@")[0] in profile.quote_symbols:
+        return (c.open, c.high, c.low, c.close)
     ohlcv = (c.open, c.high, c.low, c.close, round(c.volume, 8))
     return (*ohlcv, c.trades) if registry.get(venue).history_trades else ohlcv
 
@@ -461,6 +500,7 @@ async def run_chaos(
         exit_codes.append(await _wait_exit(proc, 20))  # within the stop grace (10 s) and the write-out
         collect(status)
         end_ms = replica.clock.now_ms()
+        replica_stats = dict(replica.stats)
     finally:
         if scheduled is not None and not scheduled.done():
             scheduled.cancel()
@@ -475,6 +515,7 @@ async def run_chaos(
         startup_s=startup_s,
         settled_s=settled_s,
         caught_up=caught_up,
+        replica_stats=replica_stats,
     )
     # The first engine asked for its history at a venue time between its launch and its first
     # status file (written once it has started): its series must start `history` before that.
@@ -491,10 +532,26 @@ def _references(venue: str, tape: Path) -> tuple[dict[tuple[str, str], tuple[lis
     if not profile.quotes:
         trades = profile.read_tape(tape)
         for sym in profile.symbols:
+            if sym in profile.quote_symbols:
+                continue
             rows = [r for r in trades if r.symbol == sym]
+            cal = profile.calendar_of(sym) if profile.calendar_of else profile.calendar
             for tf in TIMEFRAMES_COMPARED:
-                out[(f"{venue}:{sym}", tf)] = (candles_from_tape(rows, TIMEFRAMES[tf]), profile.calendar)
-        return out, len(trades)
+                out[(f"{venue}:{sym}", tf)] = (candles_from_tape(rows, TIMEFRAMES[tf]), cal)
+        if not profile.quote_symbols:
+            return out, len(trades)
+        assert profile.quote_tape is not None, f"{venue}: quote_symbols need a quote_tape"
+        quotes = read_quote_tape(profile.quote_tape(tape))
+        for sym in profile.quote_symbols:
+            qrows = [r for r in quotes if r.symbol == sym]
+            cal = profile.calendar_of(sym) if profile.calendar_of else profile.calendar
+            for side in FX_PRICES:
+                for tf in TIMEFRAMES_COMPARED:
+                    out[(series_key(f"{venue}:{sym}", side), tf)] = (
+                        quote_candles_from_tape(qrows, TIMEFRAMES[tf], side, cal),
+                        cal,
+                    )
+        return out, len(trades) + len(quotes)
     quotes = read_quote_tape(tape)
     cal = profile.calendar
     for sym in profile.symbols:
@@ -545,7 +602,7 @@ async def compare_window(result: ChaosResult, db: str, tape: Path, end_ms: int, 
             result.market_ms = max(result.market_ms, keys[-1] + tf_ms - keys[0])
             for c in stored:
                 w = want.get(c.open_time)
-                same = w is not None and candle_fields(result.venue, c) == candle_fields(result.venue, w)
+                same = w is not None and candle_fields(result.venue, c, key) == candle_fields(result.venue, w, key)
                 if not c.closed:
                     result.forming += 1
                 elif not c.final:
@@ -556,7 +613,7 @@ async def compare_window(result: ChaosResult, db: str, tape: Path, end_ms: int, 
                     if not same:
                         result.final_mismatched += 1
                         result.mismatches.append(
-                            f"{key} {tf} {c.open_time}: final {candle_fields(result.venue, c)} != tape {None if w is None else candle_fields(result.venue, w)}"
+                            f"{key} {tf} {c.open_time}: final {candle_fields(result.venue, c, key)} != tape {None if w is None else candle_fields(result.venue, w, key)}"
                         )
     finally:
         await store.close()

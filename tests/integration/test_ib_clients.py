@@ -81,7 +81,9 @@ async def test_ib_async_connects_and_gets_history_ticks_and_bars_equal_to_the_ta
         ib.reqTickByTickData(aapl, "AllLast")
         ib.reqTickByTickData(eur, "BidAsk")
         rtb = ib.reqRealTimeBars(aapl, 5, "TRADES", False)
-        live = await ib.reqHistoricalDataAsync(aapl, "", "300 S", "1 min", "TRADES", False, formatDate=2, keepUpToDate=True)
+        live = await ib.reqHistoricalDataAsync(
+            aapl, "", "300 S", "1 min", "TRADES", False, formatDate=2, keepUpToDate=True
+        )
         await asyncio.sleep(4.0)  # 80 market seconds: a minute ends
         ib.cancelTickByTickData(aapl, "AllLast")
         ib.cancelTickByTickData(eur, "BidAsk")
@@ -105,8 +107,13 @@ async def test_ib_async_connects_and_gets_history_ticks_and_bars_equal_to_the_ta
     for b in closed:
         c = ref[int(b.date.timestamp() * 1000)]
         assert (b.open, b.high, b.low, b.close, b.volume, b.barCount) == (
-            c.open, c.high, c.low, c.close, c.volume, c.trades
-        )  # fmt: skip
+            c.open,
+            c.high,
+            c.low,
+            c.close,
+            c.volume,
+            c.trades,
+        )
     fref = {c.open_time: c for c in quote_candles_from_tape(fxq, 60_000, "mid", FxCalendar())}
     fclosed = [b for b in fx if int(b.date.timestamp() * 1000) + 60_000 <= now_ms]
     assert len(fclosed) >= 28
@@ -125,17 +132,28 @@ async def test_ib_async_connects_and_gets_history_ticks_and_bars_equal_to_the_ta
     for b in rtb:
         c = ref5[int(b.time.timestamp() * 1000)]
         assert (b.open_, b.high, b.low, b.close, b.volume, b.count) == (
-            c.open, c.high, c.low, c.close, c.volume, c.trades
-        )  # fmt: skip
+            c.open,
+            c.high,
+            c.low,
+            c.close,
+            c.volume,
+            c.trades,
+        )
 
     # keepUpToDate: updates (msg 90, its own field order) made the bars of the minutes that passed,
     # and the newest ended one equals the tape's.
     assert r.stats["updates_sent"] > 0 and len(live_opens) == len(set(live_opens))
-    assert int(live[-1].date.timestamp() * 1000) > max(ref_open for ref_open in [int(b.date.timestamp() * 1000) for b in hist])
+    assert int(live[-1].date.timestamp() * 1000) > max(
+        ref_open for ref_open in [int(b.date.timestamp() * 1000) for b in hist]
+    )
     c = ref[int(last_live.date.timestamp() * 1000)]
     assert (last_live.open, last_live.high, last_live.low, last_live.close, last_live.volume) == (
-        c.open, c.high, c.low, c.close, c.volume
-    )  # fmt: skip
+        c.open,
+        c.high,
+        c.low,
+        c.close,
+        c.volume,
+    )
 
 
 @pytest.mark.timeout(60)
@@ -151,7 +169,9 @@ async def test_breaking_ibs_pacing_rules_gets_error_162(tmp_path: Path) -> None:
         first = await ib.reqHistoricalDataAsync(aapl, "", "60 S", "1 secs", "TRADES", False, formatDate=2)
         again = await ib.reqHistoricalDataAsync(aapl, "", "60 S", "1 secs", "TRADES", False, formatDate=2, timeout=5)
         # Large bars have no published limit: identical requests are served.
-        big = [await ib.reqHistoricalDataAsync(aapl, "", "600 S", "1 min", "TRADES", False, formatDate=2) for _ in range(3)]
+        big = [
+            await ib.reqHistoricalDataAsync(aapl, "", "600 S", "1 min", "TRADES", False, formatDate=2) for _ in range(3)
+        ]
     finally:
         ib.disconnect()
         await r.stop()

@@ -276,7 +276,9 @@ class CmeGlobexCalendar(WeeklyCalendar):
 
     def __init__(self, holidays: Iterable[str | dt.date] = DEFAULT_FX_HOLIDAYS) -> None:
         days = (SUN, MON, TUE, WED, THU)
-        super().__init__("cme_globex", [((d, 18, 0), (nxt, 17, 0)) for d, nxt in zip(days, (*days[1:], FRI), strict=True)], holidays)
+        super().__init__(
+            "cme_globex", [((d, 18, 0), (nxt, 17, 0)) for d, nxt in zip(days, (*days[1:], FRI), strict=True)], holidays
+        )
 
 
 _WEEKLY: dict[str, type[FxCalendar] | type[UsEquityCalendar] | type[CmeGlobexCalendar]] = {

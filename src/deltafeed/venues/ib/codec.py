@@ -197,7 +197,9 @@ class Contract:
         ]
 
 
-def contract_for(name: str, exchange: Mapping[str, str] | None = None, currency: Mapping[str, str] | None = None) -> Contract:
+def contract_for(
+    name: str, exchange: Mapping[str, str] | None = None, currency: Mapping[str, str] | None = None
+) -> Contract:
     """The contract deltafeed's name stands for: ``EUR.USD`` (IDEALPRO forex), ``ES.202703`` (a future,
     its exchange from :data:`FUTURE_EXCHANGES`), anything else a stock on SMART in USD. ``exchange`` and
     ``currency`` (the settings' tables, by name) override the defaults; :class:`BadInput` names the fix."""
@@ -210,7 +212,7 @@ def contract_for(name: str, exchange: Mapping[str, str] | None = None, currency:
         exch = exchange.get(name) or FUTURE_EXCHANGES.get(root)
         if exch is None:
             raise BadInput(
-                f"ib:{name}: no known exchange for futures on {root}; set [venues.ib] exchange = {{\"{name}\" = \"CME\"}}"
+                f'ib:{name}: no known exchange for futures on {root}; set [venues.ib] exchange = {{"{name}" = "CME"}}'
             )
         return Contract(root, "FUT", exch, currency.get(name, "USD"), last_trade=m[2])
     if _STK_RE.match(name):
@@ -350,7 +352,9 @@ def req_historical_data(
     """``reqHistoricalData`` with all hours (useRTH 0) and epoch-second dates (formatDate 2).
     With ``keep_up_to_date`` the end must be empty (IB's rule): the bars run up to now and go on."""
     end = "" if keep_up_to_date else end_datetime(end_ms)
-    return frame([REQ_HISTORICAL_DATA, req_id, *c.fields(), False, end, bar_size, duration, 0, what, 2, keep_up_to_date, ""])
+    return frame(
+        [REQ_HISTORICAL_DATA, req_id, *c.fields(), False, end, bar_size, duration, 0, what, 2, keep_up_to_date, ""]
+    )
 
 
 def cancel_historical_data(req_id: int) -> bytes:
@@ -538,18 +542,31 @@ class Decoder(Skips):
         if msg == MANAGED_ACCOUNTS:
             return ManagedAccounts([a for a in f[2].split(",") if a])
         if msg == CURRENT_TIME:
-            t = int(f[2])
-            if not id_ok(t):
-                raise ValueError(f"time {t}")
-            return CurrentTime(t * 1000)
+            secs = int(f[2])
+            if not id_ok(secs):
+                raise ValueError(f"time {secs}")
+            return CurrentTime(secs * 1000)
         if msg == CONTRACT_DATA:
-            c = Contract(symbol=f[2], sec_type=f[3], last_trade=f[4].split("-")[0].split(" ")[0], exchange=f[7],
-                         currency=f[8], con_id=int(f[12] or 0), primary_exchange=f[20])  # fmt: skip
-            return ContractDetails(int(f[1]), c, float(f[13] or 0), f[25])
+            cd = Contract(
+                symbol=f[2],
+                sec_type=f[3],
+                last_trade=f[4].split("-")[0].split(" ")[0],
+                exchange=f[7],
+                currency=f[8],
+                con_id=int(f[12] or 0),
+                primary_exchange=f[20],
+            )
+            return ContractDetails(int(f[1]), cd, float(f[13] or 0), f[25])
         if msg == CONTRACT_DATA_END:
             return ContractDetailsEnd(int(f[2]))
-        if msg in (POSITION_END, OPEN_ORDER_END, COMPLETED_ORDERS_END, ACCOUNT_DOWNLOAD_END, EXECUTION_DATA_END,
-                   ACCOUNT_UPDATE_MULTI_END):  # fmt: skip
+        if msg in (
+            POSITION_END,
+            OPEN_ORDER_END,
+            COMPLETED_ORDERS_END,
+            ACCOUNT_DOWNLOAD_END,
+            EXECUTION_DATA_END,
+            ACCOUNT_UPDATE_MULTI_END,
+        ):
             return Other(msg)
         self.errors["unknown_message"] += 1
         self.last_error = f"message {msg} is not one deltafeed reads"
@@ -636,8 +653,18 @@ def update_fields(req_id: int, c: Candle, wap: float, quotes: bool) -> list[obje
     """Msg 90: reqId, barCount, date, open, close, high, low, average, volume."""
     vol: object = -1 if quotes else _num(c.volume)
     count: object = -1 if quotes else c.trades
-    return [HISTORICAL_DATA_UPDATE, req_id, count, c.open_time // 1000, _num(c.open), _num(c.close), _num(c.high),
-            _num(c.low), _num(wap), vol]  # fmt: skip
+    return [
+        HISTORICAL_DATA_UPDATE,
+        req_id,
+        count,
+        c.open_time // 1000,
+        _num(c.open),
+        _num(c.close),
+        _num(c.high),
+        _num(c.low),
+        _num(wap),
+        vol,
+    ]
 
 
 def _num(x: float) -> str:

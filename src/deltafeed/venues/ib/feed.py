@@ -133,18 +133,42 @@ class IbFeed:
                 "'ActiveX and Socket Clients', check the socket port and trusted IPs, or set [venues.ib] tws_url"
             ) from None
         for sym, c in self.contracts.items():
-            _, req = self._request(lambda i, c=c: ib.req_contract_details(i, c))  # type: ignore[misc]
+            details = await self._details(sym, c)
+            self.contracts[sym] = ib.Contract(
+                c.symbol,
+                c.sec_type,
+                c.exchange,
+                c.currency,
+                c.last_trade,
+                details.contract.primary_exchange,
+                details.contract.con_id,
+            )
+
+    async def _details(self, sym: str, c: ib.Contract) -> ib.ContractDetails:
+        """The contract details of ``sym``, asked again while the socket drops under the request;
+        :class:`BadInput` when IB knows no such contract."""
+        why: Exception = VenueUnreachable("no answer")
+        for _attempt in range(5):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT_S)
+            _, req = self._request(lambda i: ib.req_contract_details(i, c))
             try:
-                await asyncio.wait_for(req.done, HISTORY_TIMEOUT_S)
-            except (TimeoutError, VenueError, VenueUnreachable) as exc:
-                raise BadInput(
-                    f"IB knows no contract ib:{sym} ({c.sec_type} {c.symbol} on {c.exchange} in {c.currency}): {exc}; "
-                    "check the name, or set its exchange/currency in [venues.ib]"
-                ) from None
+                await asyncio.wait_for(asyncio.shield(req.done), HISTORY_TIMEOUT_S)
+            except (TimeoutError, VenueUnreachable) as exc:
+                why = exc
+                continue
+            except VenueError as exc:
+                why = exc
+                break
             if req.items:
-                d: ib.ContractDetails = req.items[0]
-                self.contracts[sym] = ib.Contract(c.symbol, c.sec_type, c.exchange, c.currency, c.last_trade,
-                                                  d.contract.primary_exchange, d.contract.con_id)  # fmt: skip
+                found: ib.ContractDetails = req.items[0]
+                return found
+            why = VenueError(200, b"no contract details", f"tws://{self.host}:{self.port}")
+            break
+        raise BadInput(
+            f"IB gave no contract for ib:{sym} ({c.sec_type} {c.symbol} on {c.exchange} in {c.currency}): {why}; "
+            "check the name, or set its exchange/currency in [venues.ib]"
+        )
 
     def start(self) -> None:
         self._streaming = True
@@ -161,13 +185,13 @@ class IbFeed:
         while True:
             try:
                 await self._session()
-                failures = 0
             except (OSError, asyncio.IncompleteReadError, ib.ProtocolError, TimeoutError) as exc:
                 log.info("IB socket %s:%d: %s", self.host, self.port, exc or type(exc).__name__)
-                failures += 1
             finally:
+                # A session that got as far as ready starts the backoff again from its first step.
+                failures = 1 if self._ready.is_set() else failures + 1
                 self._lost()
-            await asyncio.sleep(self._backoff.delay(max(1, failures)))
+            await asyncio.sleep(self._backoff.delay(failures))
 
     async def _session(self) -> None:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 5.0)
@@ -446,7 +470,11 @@ class IbFeed:
         duration = ib.duration_str(seconds)
         key = f"{c.name}|{what}|{bar}|{end_ms}|{duration}"
         contract_key = f"{c.name}|{what}"
-        for _attempt in range(5):
+        for _attempt in range(6):
+            if not self._ready.is_set():
+                # Lost meanwhile (a TWS restart, a dropped socket): ask again once it is back.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT_S)
             while (wait := self.pacer.delay(time.monotonic(), key, contract_key, small)) > 0:
                 self.pacer.waits += 1
                 await asyncio.sleep(wait)
@@ -459,13 +487,16 @@ class IbFeed:
                 self._pending.pop(req_id, None)
                 self._send(ib.cancel_historical_data(req_id))
                 raise VenueUnreachable(f"TWS did not answer a history request in {HISTORY_TIMEOUT_S:.0f} s") from None
+            except VenueUnreachable:
+                continue  # the socket went down under the request
             except VenueError as exc:
                 if exc.status == ib.PACING_VIOLATION:
                     await asyncio.sleep(15.0)  # someone else spent the budget: IB's identical-request wait
                     continue
                 raise
             return list(req.items)
-        raise VenueError(ib.PACING_VIOLATION, b"history requests keep being paced", f"tws://{self.host}:{self.port}")
+        # A VenueError: the bootstrap defers the range to a repair instead of failing the start.
+        raise VenueError(0, b"TWS lost or paced every try of a history request", f"tws://{self.host}:{self.port}")
 
     # --- the engine's other calls -----------------------------------------------------------------
 

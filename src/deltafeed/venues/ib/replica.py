@@ -57,10 +57,11 @@ log = logging.getLogger("deltafeed.ib.replica")
 FAULT_KINDS = ("close", "reset", "stall", "garbage", "connectivity")
 DEFAULT_SYMBOLS = ("AAPL", "EUR.USD", "ES.202703")
 ACCOUNT = "DU1234567"
+_HTTP_BODY = b"this port speaks the TWS API socket protocol; connect with an IB client\n"
 _HTTP_404 = (
-    b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 70\r\nConnection: close\r\n\r\n"
-    b"this port speaks the TWS API socket protocol; connect with an IB client"
-)
+    b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+    % len(_HTTP_BODY)
+) + _HTTP_BODY
 
 
 def quote_tape_path(tape: Path) -> Path:
@@ -188,9 +189,14 @@ class IbReplica(ReplicaBase):
             except BadInput as exc:
                 raise BadInput(f"--symbols: {exc}") from None
             self.contracts[c.name] = Contract(
-                c.symbol, c.sec_type, c.exchange, c.currency, c.last_trade, "NASDAQ" if c.sec_type == "STK" else "",
+                c.symbol,
+                c.sec_type,
+                c.exchange,
+                c.currency,
+                c.last_trade,
+                "NASDAQ" if c.sec_type == "STK" else "",
                 con_id=265598 + i,
-            )  # fmt: skip
+            )
         self._clock = MarketClock(o.speed, o.start_ms)
         start = self._clock.start_ms
         self.series = {n: _Series(c) for n, c in self.contracts.items()}
@@ -261,12 +267,12 @@ class IbReplica(ReplicaBase):
                     self._tape.write(name, ids, times, prices, sizes)
         if self._quote_sim is not None:
             for name, spec in self._pairs.items():
-                batch = self._quote_sim.batch(spec.symbol, self._released, until_ms)
-                if not len(batch):
+                qb = self._quote_sim.batch(spec.symbol, self._released, until_ms)
+                if not len(qb):
                     continue
                 s = self.series[name]
-                times = [t - t % 1000 for t in batch.times.tolist()]
-                bids, asks = spec.prices(batch.bid), spec.prices(batch.ask)
+                times = [t - t % 1000 for t in qb.times.tolist()]
+                bids, asks = spec.prices(qb.bid), spec.prices(qb.ask)
                 s.times += times
                 s.a += [float(x) for x in bids]
                 s.b += [float(x) for x in asks]
@@ -318,7 +324,7 @@ class IbReplica(ReplicaBase):
         try:
             head = await reader.readexactly(4)
             if head != codec.HANDSHAKE_PREFIX:
-                await self._http(reader, writer)
+                await self._answer_http(reader, writer)
                 return
             n = int.from_bytes(await reader.readexactly(4), "big")
             lo, hi = codec.parse_client_versions(await reader.readexactly(min(n, 256)))
@@ -344,7 +350,7 @@ class IbReplica(ReplicaBase):
                 self.sessions.remove(session)
             writer.close()
 
-    async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _answer_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Answer a plain HTTP request (a health check, the venue contract's probe) with a 404."""
         self.stats["http_requests"] += 1
         with contextlib.suppress(asyncio.TimeoutError, asyncio.LimitOverrunError, ValueError):
@@ -372,8 +378,16 @@ class IbReplica(ReplicaBase):
             s.ready = True
             s.send(codec.frame([codec.NEXT_VALID_ID, 1, 1]))
             s.send(codec.frame([codec.MANAGED_ACCOUNTS, 1, ACCOUNT]))
+            if self._outage_until:  # connected in the middle of an outage: TWS says so first
+                s.send(
+                    codec.error_msg(
+                        -1, codec.CONNECTIVITY_LOST, "Connectivity between IB and Trader Workstation has been lost."
+                    )
+                )
             for code, farm in ((2104, "usfarm"), (2106, "ushmds"), (2158, "secdefnj")):
-                status = "Market data farm" if code == 2104 else "HMDS data farm" if code == 2106 else "Sec-def data farm"
+                status = (
+                    "Market data farm" if code == 2104 else "HMDS data farm" if code == 2106 else "Sec-def data farm"
+                )
                 s.send(codec.error_msg(-1, code, f"{status} connection is OK:{farm}"))
         elif msg == codec.REQ_POSITIONS:
             s.send(codec.frame([codec.POSITION_END, 1]))
@@ -427,14 +441,51 @@ class IbReplica(ReplicaBase):
         tick = "0.00005" if c.quotes else "0.25" if c.sec_type == "FUT" else "0.01"
         zone = "US/Eastern"
         s.send(
-            codec.frame([
-                codec.CONTRACT_DATA, req_id, c.symbol, c.sec_type, c.last_trade, 0, "", c.exchange, c.currency,
-                c.name.replace(".", " ") if c.quotes else c.symbol, c.symbol, c.symbol, c.con_id, tick,
-                "50" if c.sec_type == "FUT" else "", "LMT,MKT", f"{c.exchange},{c.primary_exchange}".strip(","), 1, 0,
-                f"{c.name} (deltafeed replica)", c.primary_exchange, c.last_trade[:6], "", "", "", zone, "", "", "",
-                "", 0, 1, "", "", "26", c.last_trade, "COMMON" if c.sec_type == "STK" else "", "1", "1", "1",
-            ])
-        )  # fmt: skip
+            codec.frame(
+                [
+                    codec.CONTRACT_DATA,
+                    req_id,
+                    c.symbol,
+                    c.sec_type,
+                    c.last_trade,
+                    0,
+                    "",
+                    c.exchange,
+                    c.currency,
+                    c.name.replace(".", " ") if c.quotes else c.symbol,
+                    c.symbol,
+                    c.symbol,
+                    c.con_id,
+                    tick,
+                    "50" if c.sec_type == "FUT" else "",
+                    "LMT,MKT",
+                    f"{c.exchange},{c.primary_exchange}".strip(","),
+                    1,
+                    0,
+                    f"{c.name} (deltafeed replica)",
+                    c.primary_exchange,
+                    c.last_trade[:6],
+                    "",
+                    "",
+                    "",
+                    zone,
+                    "",
+                    "",
+                    "",
+                    "",
+                    0,
+                    1,
+                    "",
+                    "",
+                    "26",
+                    c.last_trade,
+                    "COMMON" if c.sec_type == "STK" else "",
+                    "1",
+                    "1",
+                    "1",
+                ]
+            )
+        )
         s.send(codec.frame([codec.CONTRACT_DATA_END, 1, req_id]))
 
     def _history(self, s: _Session, req_id: int, f: list[str]) -> None:
@@ -451,7 +502,7 @@ class IbReplica(ReplicaBase):
             s.send(codec.error_msg(req_id, 321, f"Error validating request:-'whatToShow' {what} for this contract"))
             return
         self.stats["history_requests"] += 1
-        if tf_ms <= codec.SMALL_BAR_MS and not self._paced(series.contract.name + what, "\0".join(f[1:])):
+        if tf_ms <= codec.SMALL_BAR_MS and not self._paced(series.contract.name + what, "\0".join(f[2:])):
             self.stats["pacing_violations"] += 1
             s.send(
                 codec.error_msg(
@@ -463,7 +514,9 @@ class IbReplica(ReplicaBase):
             return
         now = self.now_ms()
         if keep and end_text.strip():
-            s.send(codec.error_msg(req_id, 321, "Error validating request:-'endDateTime' must be empty with keepUpToDate"))
+            s.send(
+                codec.error_msg(req_id, 321, "Error validating request:-'endDateTime' must be empty with keepUpToDate")
+            )
             return
         try:
             end = min(codec.parse_end_datetime(end_text, now), now)
@@ -473,8 +526,13 @@ class IbReplica(ReplicaBase):
             return
         self._release(now)
         bars = series.bars(what, tf_ms, end - span_ms, end)
-        fields: list[object] = [codec.HISTORICAL_DATA, req_id, codec.end_datetime(end - span_ms),
-                                codec.end_datetime(end), len(bars)]  # fmt: skip
+        fields: list[object] = [
+            codec.HISTORICAL_DATA,
+            req_id,
+            codec.end_datetime(end - span_ms),
+            codec.end_datetime(end),
+            len(bars),
+        ]
         for c, wap in bars:
             fields += codec.bar_fields(c, wap, series.contract.quotes)
         s.send(codec.frame(fields))
@@ -499,11 +557,17 @@ class IbReplica(ReplicaBase):
         self.stats["tick_by_tick_requests"] += 1
         want = ("BidAsk", "MidPoint") if series.contract.quotes else ("AllLast", "Last")
         if tick_type not in want:
-            s.send(codec.error_msg(req_id, 10189, f"Failed to request tick-by-tick data: {tick_type} for this contract"))
+            s.send(
+                codec.error_msg(req_id, 10189, f"Failed to request tick-by-tick data: {tick_type} for this contract")
+            )
             return
         if sum(1 for x in s.subs.values() if x.kind == "ticks") >= self.max_tick_by_tick:
             self.stats["tick_by_tick_refused"] += 1
-            s.send(codec.error_msg(req_id, codec.TICK_BY_TICK_LIMIT, "Max number of tick-by-tick requests has been reached."))
+            s.send(
+                codec.error_msg(
+                    req_id, codec.TICK_BY_TICK_LIMIT, "Max number of tick-by-tick requests has been reached."
+                )
+            )
             return
         self._release(self.now_ms())
         s.subs[req_id] = _Sub("ticks", req_id, series, tick_type, cursor=len(series.times))
@@ -542,11 +606,33 @@ class IbReplica(ReplicaBase):
                 for i in range(sub.cursor, end):
                     t = series.times[i] // 1000
                     if series.contract.quotes:
-                        out += codec.frame([codec.TICK_BY_TICK, sub.req_id, 3, t, series.a_text[i], series.b_text[i],
-                                            "1000000", "1000000", 0])  # fmt: skip
+                        out += codec.frame(
+                            [
+                                codec.TICK_BY_TICK,
+                                sub.req_id,
+                                3,
+                                t,
+                                series.a_text[i],
+                                series.b_text[i],
+                                "1000000",
+                                "1000000",
+                                0,
+                            ]
+                        )
                     else:
-                        out += codec.frame([codec.TICK_BY_TICK, sub.req_id, 2 if sub.what == "AllLast" else 1, t,
-                                            series.a_text[i], series.b_text[i], 0, series.contract.exchange, ""])  # fmt: skip
+                        out += codec.frame(
+                            [
+                                codec.TICK_BY_TICK,
+                                sub.req_id,
+                                2 if sub.what == "AllLast" else 1,
+                                t,
+                                series.a_text[i],
+                                series.b_text[i],
+                                0,
+                                series.contract.exchange,
+                                "",
+                            ]
+                        )
                 self.stats["ticks_sent"] += end - sub.cursor
                 s.send(bytes(out))
             sub.cursor = end  # what a silent connection missed is lost, as with IB
@@ -557,9 +643,23 @@ class IbReplica(ReplicaBase):
                 if bars and not quiet:
                     c, wap = bars[0]
                     q = series.contract.quotes
-                    s.send(codec.frame([codec.REAL_TIME_BARS, 3, sub.req_id, c.open_time // 1000, codec.num(c.open),
-                                        codec.num(c.high), codec.num(c.low), codec.num(c.close),
-                                        -1 if q else codec.num(c.volume), codec.num(wap), -1 if q else c.trades]))  # fmt: skip
+                    s.send(
+                        codec.frame(
+                            [
+                                codec.REAL_TIME_BARS,
+                                3,
+                                sub.req_id,
+                                c.open_time // 1000,
+                                codec.num(c.open),
+                                codec.num(c.high),
+                                codec.num(c.low),
+                                codec.num(c.close),
+                                -1 if q else codec.num(c.volume),
+                                codec.num(wap),
+                                -1 if q else c.trades,
+                            ]
+                        )
+                    )
                     self.stats["bars_sent"] += 1
                 sub.cursor += 5_000
         elif sub.kind == "update" and not quiet:
@@ -605,7 +705,11 @@ class IbReplica(ReplicaBase):
             self._outage_lost = self._outages % 2 == 1  # alternately 1101 (data lost) and 1102 (maintained)
             self._outage_until = time.monotonic() + self.outage_s
             for s in self.sessions:
-                s.send(codec.error_msg(-1, codec.CONNECTIVITY_LOST, "Connectivity between IB and Trader Workstation has been lost."))
+                s.send(
+                    codec.error_msg(
+                        -1, codec.CONNECTIVITY_LOST, "Connectivity between IB and Trader Workstation has been lost."
+                    )
+                )
                 s.send(codec.error_msg(-1, 2103, "Market data farm connection is broken:usfarm"))
             self._injected("connectivity")
 
@@ -614,11 +718,21 @@ class IbReplica(ReplicaBase):
         for s in self.sessions:
             if self._outage_lost:
                 s.subs = {k: v for k, v in s.subs.items() if v.kind == "update"}  # market data is gone
-                s.send(codec.error_msg(-1, codec.RESTORED_DATA_LOST,
-                                       "Connectivity between IB and Trader Workstation has been restored - data lost."))  # fmt: skip
+                s.send(
+                    codec.error_msg(
+                        -1,
+                        codec.RESTORED_DATA_LOST,
+                        "Connectivity between IB and Trader Workstation has been restored - data lost.",
+                    )
+                )
             else:
-                s.send(codec.error_msg(-1, codec.RESTORED_DATA_KEPT,
-                                       "Connectivity between IB and Trader Workstation has been restored - data maintained."))  # fmt: skip
+                s.send(
+                    codec.error_msg(
+                        -1,
+                        codec.RESTORED_DATA_KEPT,
+                        "Connectivity between IB and Trader Workstation has been restored - data maintained.",
+                    )
+                )
             s.send(codec.error_msg(-1, 2104, "Market data farm connection is OK:usfarm"))
 
     def _unstall(self, s: _Session) -> None:
