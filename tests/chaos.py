@@ -49,11 +49,11 @@ from deltafeed.venues.coinbase.replica import FAULT_KINDS as COINBASE_FAULT_KIND
 from deltafeed.venues.coinbase.replica import CoinbaseReplica
 from deltafeed.venues.hyperliquid.replica import FAULT_KINDS as HYPERLIQUID_FAULT_KINDS
 from deltafeed.venues.hyperliquid.replica import HyperliquidReplica
-from deltafeed.venues.kraken import FAULT_KINDS as KRAKEN_FAULT_KINDS
-from deltafeed.venues.kraken.replica import KrakenReplica
 from deltafeed.venues.ib.replica import FAULT_KINDS as IB_FAULT_KINDS
 from deltafeed.venues.ib.replica import IbReplica
 from deltafeed.venues.ib.replica import quote_tape_path as ib_quote_tape
+from deltafeed.venues.kraken import FAULT_KINDS as KRAKEN_FAULT_KINDS
+from deltafeed.venues.kraken.replica import KrakenReplica
 from deltafeed.venues.oanda.replica import DEFAULT_ACCOUNT, DEV_TOKEN, FAULT_KINDS, OandaReplica
 from reference import (
     RefCandle,
@@ -376,7 +376,11 @@ def candle_fields(venue: str, c: Candle | RefCandle, key: str = "") -> tuple[flo
     trades where the venue's history gives it (``Venue.history_trades``); prices alone for a series
     ``key`` of a quote symbol of a profile whose ``quote_volume`` is False."""
     profile = PROFILES.get(venue)
-    if profile is not None and not profile.quote_volume and key.partition(":")[2].partition("@")[0] in profile.quote_symbols:
+    if (
+        profile is not None
+        and not profile.quote_volume
+        and key.partition(":")[2].partition("@")[0] in profile.quote_symbols
+    ):
         return (c.open, c.high, c.low, c.close)
     ohlcv = (c.open, c.high, c.low, c.close, round(c.volume, 8))
     return (*ohlcv, c.trades) if registry.get(venue).history_trades else ohlcv

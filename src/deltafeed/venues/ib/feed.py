@@ -124,6 +124,14 @@ class IbFeed:
 
     async def check(self) -> None:
         if self._task is None:
+            try:  # a port nobody listens on is named at once, not after READY_TIMEOUT_S
+                _, probe = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 5.0)
+                probe.close()
+            except (OSError, TimeoutError) as exc:
+                raise BadInput(
+                    f"cannot reach TWS / IB Gateway at {self.host}:{self.port} ({exc.strerror if isinstance(exc, OSError) and exc.strerror else 'no answer'}); "
+                    "start it with the API socket enabled on that port, or set [venues.ib] tws_url"
+                ) from None
             self._task = asyncio.create_task(self._run(), name="ib-socket")
         try:
             await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT_S)
