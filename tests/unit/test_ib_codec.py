@@ -118,7 +118,7 @@ def test_exchange_and_currency_come_from_the_settings() -> None:
     with pytest.raises(BadInput, match="write a stock as AAPL"):
         codec.contract_for("a b!")
     assert tws_address("tws://10.0.0.2:4002") == ("10.0.0.2", 4002)
-    with pytest.raises(BadInput, match="tws://127.0.0.1:7497"):
+    with pytest.raises(BadInput, match=r"tws://127\.0\.0\.1:7497"):
         tws_address("http://x:1")
 
 

@@ -128,8 +128,9 @@ class IbFeed:
                 _, probe = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 5.0)
                 probe.close()
             except (OSError, TimeoutError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no answer"
                 raise BadInput(
-                    f"cannot reach TWS / IB Gateway at {self.host}:{self.port} ({exc.strerror if isinstance(exc, OSError) and exc.strerror else 'no answer'}); "
+                    f"cannot reach TWS / IB Gateway at {self.host}:{self.port} ({why}); "
                     "start it with the API socket enabled on that port, or set [venues.ib] tws_url"
                 ) from None
             self._task = asyncio.create_task(self._run(), name="ib-socket")
