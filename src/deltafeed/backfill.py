@@ -380,6 +380,9 @@ class _Side:
         self.trades += 1
         self.last_trade_ms = trade.time_ms
 
+    def on_quote(self, seq: int, time_ms: int, bid: float, ask: float) -> None:
+        """Raw quotes are not kept by a backfill (it rebuilds candles only)."""
+
     def _on_closed(self, timeframe: str, candle: Candle) -> None:
         self._closed(self.price, timeframe, candle, self.builder.last_trade_ms)
 

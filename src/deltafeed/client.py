@@ -96,6 +96,11 @@ def _flags(state: object, closed: bool) -> tuple[bool, bool]:
     return closed, closed
 
 
+def _iso8601(t: int) -> str:
+    """ccxt's ``datetime``: ISO-8601 UTC with milliseconds, e.g. ``2026-01-01T00:00:00.250Z``."""
+    return dt.datetime.fromtimestamp(t / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{t % 1000:03d}Z"
+
+
 def ohlcv(c: Candle) -> list[float]:
     """A candle as a ccxt row ``[open_time_ms, open, high, low, close, volume]``."""
     return [c.open_time, c.open, c.high, c.low, c.close, c.volume]
@@ -232,6 +237,53 @@ class Client:
         ``final=True``: only final candles (no provisional one, no forming one).
         """
         return [ohlcv(c) for c in await self.fetch_candles(instrument, timeframe, since, until, limit, final=final)]
+
+    async def fetch_trades(
+        self, symbol: str, since: _WHEN | None = None, limit: int | None = None, params: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Like ccxt's ``fetch_trades``: the stored raw trades of ``symbol``, oldest first, as ccxt's
+        trade dicts (``id, timestamp, datetime, symbol, side, price, amount, cost, ...``).
+
+        With ``since``, the first ``limit`` trades from it; without, the newest ``limit``.
+        ``params`` may hold ``until`` (inclusive). Spans the server lacks are not filled in: read
+        them with :meth:`fetch_ticks`.
+        """
+        extra = dict(params or {})
+        page = await self.fetch_ticks(symbol, since, extra.pop("until", None), limit)
+        name = page["instrument"]
+        out: list[dict[str, Any]] = []
+        for t, i, price, amount, side in page["trades"]:
+            out.append(
+                {
+                    "info": {"time": t, "id": i, "price": price, "amount": amount, "side": side},
+                    "id": str(i),
+                    "timestamp": t,
+                    "datetime": _iso8601(t),
+                    "symbol": name,
+                    "order": None,
+                    "type": None,
+                    "side": side,
+                    "takerOrMaker": "taker",
+                    "price": price,
+                    "amount": amount,
+                    "cost": price * amount,
+                    "fee": None,
+                    "fees": [],
+                }
+            )
+        return out
+
+    async def fetch_ticks(
+        self, instrument: str, since: _WHEN | None = None, until: _WHEN | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        """``GET /trades/{instrument}`` as sent: ``trades`` and ``quotes`` rows, the ``missing`` spans,
+        ``kept_from`` and ``next_since``."""
+        query: dict[str, str] = {}
+        for key, value in (("since", _ms(since, "since")), ("until", _ms(until, "until")), ("limit", limit)):
+            if value is not None:
+                query[key] = str(value)
+        doc: dict[str, Any] = await self._request("GET", f"/trades/{_segment(instrument)}", params=query)
+        return doc
 
     async def fetch_switches(self, instrument: str) -> list[dict[str, Any]]:
         """Failover switches of a logical instrument, oldest first: ``{"since_ms", "at_ms", "from",

@@ -11,6 +11,7 @@ import msgspec
 
 from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Instrument, parse_duration_ms, parse_timeframes
 from deltafeed.store.base import check_db, is_postgres, missing_dir, redact
+from deltafeed.store.ticks import parse_tick_retention
 from deltafeed.venues import registry
 from deltafeed.venues.base import VenueSettings
 
@@ -74,6 +75,12 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # start-up). Off, candles come from trades alone and REST repairs.
     venue_klines: bool = True
     retention: dict[str, str] = msgspec.field(default_factory=dict)
+    # Keep the raw trades and quotes the stream delivers in the cold tier (GET /trades, `deltafeed
+    # trades`, export), for ``tick_retention``. On by default: a candle can then be rebuilt and a
+    # second studied; it costs ~10-20 bytes per tick on disk (see bench/ticks.py), so turn it off
+    # for a run that only needs candles.
+    ticks: bool = True
+    tick_retention: str = "7d"
     # Keeping the stream alive and complete (durations as in "10s", "5m", "23h").
     stale_after: str = "10s"  # drop a connection that delivered nothing for this long
     rotate_after: str = "23h"  # replace a connection before the venue's 24 h cut-off
@@ -248,6 +255,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 raise BadInput(f"failover {name}: primary and standby are the same instrument")
         if self.seconds("failover_after") <= 0:
             raise BadInput('failover_after must be longer than 0, e.g. failover_after = "5s"')
+        parse_tick_retention(self.tick_retention)
         for tf, text in self.retention.items():
             parse_timeframes([tf])
             if text != "forever":

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from deltafeed.candles.aggregator import CandleBuilder
     from deltafeed.candles.calendar import Calendar
     from deltafeed.candles.rollup import RollupBuilder
+    from deltafeed.store.ticks import TickRecorder
     from deltafeed.venues.base import Feed
 
 
@@ -54,6 +55,11 @@ class Series:
     active: bool = True  # streaming; POST /streaming/stop turns it off
     publish_trades: bool = False  # a consumer wants this instrument's trades
     messages_per_s: float = 0.0  # trades and venue candles, smoothed over ~5 s
+    # Where this series' raw ticks wait for the tick recorder (None: ticks are not kept): its trades
+    # when trade-built; the instrument's quotes on its first price side when quote-built.
+    tick_buffer: list[Trade] | None = None
+    quote_buffer: list[tuple[int, int, float, float]] | None = None
+    tick_recorder: TickRecorder | None = None
     _seen: int = 0
     _published: dict[str, tuple[int, float, float]] = field(default_factory=dict)
     _published_price_ms: int = 0
@@ -72,11 +78,23 @@ class Series:
         self.builder.on_trade(trade)
         self.trades += 1
         self.last_trade_ms = trade.time_ms
+        buf = self.tick_buffer
+        if buf is not None:
+            buf.append(trade)  # the recorder swaps the list out and writes it off the hot path
+
+    def on_quote(self, seq: int, time_ms: int, bid: float, ask: float) -> None:
+        """A quote of this series' instrument (``seq``: the router's running number), once per quote
+        whatever the price sides: kept as a raw tick when ticks are recorded."""
+        buf = self.quote_buffer
+        if buf is not None:
+            buf.append((seq, time_ms, bid, ask))
 
     def on_loss(self, since_ms: int, until_ms: int) -> None:
         """The feed may have lost data of this series between ``since_ms`` and ``until_ms`` (venue
         times) without a trade id showing it: the builder has those candles repaired from history."""
         self.builder.suspect(since_ms, until_ms)
+        if self.tick_recorder is not None:
+            self.tick_recorder.lost(self.key, since_ms, until_ms, "the feed reported a loss")
 
     def on_venue_candle(self, timeframe: str, candle: Candle, last_trade_id: int) -> None:
         """The venue's own closed candle (a kline, IG's minute chart), merged by the builder;

@@ -44,6 +44,9 @@ class Side:
         self.trades += 1
         self.last_trade_ms = trade.time_ms
 
+    def on_quote(self, seq: int, time_ms: int, bid: float, ask: float) -> None:
+        """Raw quotes are the engine's tick recorder's business; not kept here."""
+
 
 class Fx:
     """A QuoteRouter over EUR_USD's price sides, one CandleBuilder each; records what every side closes

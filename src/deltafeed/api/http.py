@@ -54,6 +54,11 @@ SWITCH_HEADER = "Deltafeed-Switch"
 
 _CANDLE_PARAMS = ("since", "until", "limit", "format", "price", "final", "token")
 _JSON = "application/json"
+PARQUET = "application/vnd.apache.parquet"
+_TRADE_PARAMS = ("since", "until", "limit", "token")
+#: Columns of a trade row and a quote row in ``GET /trades`` (side: the taker's, as ccxt gives it).
+TRADE_COLUMNS = ("time", "id", "price", "amount", "side")
+QUOTE_COLUMNS = ("time", "seq", "bid", "ask")
 
 # --- errors -------------------------------------------------------------------------------------
 
@@ -311,8 +316,10 @@ class _Routes:
             raise http_error(web.HTTPBadRequest, f"since ({iso(since)}) is after until ({iso(until)}); swap them")
         limit = parse_limit(q["limit"]) if "limit" in q else None
         fmt = q.get("format", "json")
-        if fmt not in ("json", "csv"):
-            raise http_error(web.HTTPBadRequest, f"format={fmt!r} is not served; use format=json or format=csv")
+        if fmt not in ("json", "csv", "parquet"):
+            raise http_error(
+                web.HTTPBadRequest, f"format={fmt!r} is not served; use format=json, format=csv or format=parquet"
+            )
         final_only = parse_bool(q["final"], "final") if "final" in q else False
         rows = await self.engine.candles(
             instrument, timeframe, since, until, MAX_CANDLES + 1 if limit is None else limit, final_only=final_only
@@ -332,6 +339,11 @@ class _Routes:
             headers[SWITCH_HEADER] = ",".join(str(w["open_time"]) for w in switches)
         if fmt == "csv":
             return web.Response(text=candles_csv(rows), content_type="text/csv", charset="utf-8", headers=headers)
+        if fmt == "parquet":
+            from deltafeed.store.export import candles_parquet
+
+            body = await asyncio.to_thread(candles_parquet, rows, instrument, timeframe)
+            return web.Response(body=body, content_type=PARQUET, headers=headers)
         return _json(
             {
                 "instrument": instrument,
@@ -361,6 +373,37 @@ class _Routes:
             }
             for w in found
         ]
+
+    async def trades(self, request: web.Request) -> web.Response:
+        q = request.query
+        instrument = parse_instrument(request.match_info["instrument"], self.engine.instrument_names())
+        unknown = sorted(set(q) - set(_TRADE_PARAMS))
+        if unknown:
+            raise http_error(
+                web.HTTPBadRequest, f"unknown parameter(s) {', '.join(unknown)}; use since, until and limit"
+            )
+        since = parse_time(q["since"], "since") if "since" in q else None
+        until = parse_time(q["until"], "until") if "until" in q else None
+        if since is not None and until is not None and since > until:
+            raise http_error(web.HTTPBadRequest, f"since ({iso(since)}) is after until ({iso(until)}); swap them")
+        limit = parse_limit(q["limit"]) if "limit" in q else MAX_CANDLES
+        page = await self.engine.trades(instrument.partition("@")[0], since, until, limit)
+        if page is None:
+            raise http_error(
+                web.HTTPNotFound, "this collector keeps no ticks; set ticks = true in its config (and restart it)"
+            )
+        return _json(
+            {
+                "instrument": page.instrument,
+                "trade_columns": TRADE_COLUMNS,
+                "trades": [[t, i, p, a, "sell" if m else "buy"] for t, i, p, a, m in page.trades],
+                "quote_columns": QUOTE_COLUMNS,
+                "quotes": page.quotes,
+                "missing": [{"since": g.since_ms, "until": g.until_ms, "why": g.why} for g in page.missing],
+                "kept_from": page.kept_from,
+                "next_since": page.next_since,
+            }
+        )
 
     async def switches(self, request: web.Request) -> web.Response:
         instrument = parse_instrument(request.match_info["instrument"], self.engine.instrument_names())
@@ -410,6 +453,7 @@ def add_http_routes(app: web.Application, engine: EngineView, body_timeout_s: fl
     app.router.add_get("/instruments", r.instruments)
     app.router.add_get("/candles/{instrument:.+}/{timeframe}", r.candles)
     app.router.add_get("/switches/{instrument:.+}", r.switches)
+    app.router.add_get("/trades/{instrument:.+}", r.trades)
     app.router.add_get("/openapi.json", r.openapi)
     app.router.add_get("/docs", r.docs)
 
@@ -726,7 +770,8 @@ def openapi_spec() -> dict[str, Any]:
                             "name": "format",
                             "in": "query",
                             "required": False,
-                            "schema": {"enum": ["json", "csv"], "default": "json"},
+                            "schema": {"enum": ["json", "csv", "parquet"], "default": "json"},
+                            "description": "parquet: the plain export layout (see `deltafeed export`), UTC timestamps",
                         },
                     ],
                     "responses": {
@@ -749,6 +794,7 @@ def openapi_spec() -> dict[str, Any]:
                                     "example": "open_time,open,high,low,close,volume,trades,state\n"
                                     "2026-01-01T00:00:00Z,100.5,101,100,100.75,12.5,42,final\n",
                                 },
+                                PARQUET: {"schema": {"type": "string", "format": "binary"}},
                             },
                         },
                         **_READ_ERRORS,
@@ -809,6 +855,71 @@ def openapi_spec() -> dict[str, Any]:
                         },
                         **_READ_ERRORS,
                         "404": _err("Not a logical instrument of this collector"),
+                    },
+                }
+            },
+            "/trades/{instrument}": {
+                "get": {
+                    "summary": "Raw trades (or quotes) the stream delivered, oldest first, and the spans missing",
+                    "description": "Ticks are what the stream delivered; a span the stream lost is repaired in the "
+                    "candles from the venue's candle history, which holds no trades, so it is listed in "
+                    "missing. kept_from is the oldest tick kept (retention, or when recording began). "
+                    "With since, the first limit ticks from it (continue from next_since; ticks at that "
+                    "very millisecond repeat, tell them by id); without, the newest limit.",
+                    "security": secured,
+                    "parameters": [
+                        {
+                            "name": "instrument",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                            "example": "binance:BTCUSDT",
+                        },
+                        {"name": "since", "in": "query", "required": False, "schema": {"type": "string"}},
+                        {"name": "until", "in": "query", "required": False, "schema": {"type": "string"}},
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_CANDLES},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "Ticks",
+                            "content": {
+                                _JSON: {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["instrument", "trades", "quotes", "missing", "kept_from"],
+                                        "properties": {
+                                            "instrument": {"type": "string"},
+                                            "trade_columns": {"type": "array", "items": {"type": "string"}},
+                                            "trades": {"type": "array", "items": {"type": "array"}},
+                                            "quote_columns": {"type": "array", "items": {"type": "string"}},
+                                            "quotes": {"type": "array", "items": {"type": "array"}},
+                                            "missing": {
+                                                "type": "array",
+                                                "items": {
+                                                    "type": "object",
+                                                    "properties": {
+                                                        "since": {"type": "integer"},
+                                                        "until": {"type": "integer"},
+                                                        "why": {"type": "string"},
+                                                    },
+                                                },
+                                            },
+                                            "kept_from": {"type": ["integer", "null"]},
+                                            "next_since": {"type": ["integer", "null"]},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **_READ_ERRORS,
+                        "400": _err("A bad parameter"),
+                        "404": _err("An instrument not collected here, or a run that keeps no ticks"),
+                        "503": _err("The database cannot answer now; retry"),
                     },
                 }
             },

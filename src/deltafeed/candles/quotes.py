@@ -42,6 +42,10 @@ class QuoteSide(Protocol):
         """Fold one quote, as a trade of this side's price, into the side's candles."""
         ...
 
+    def on_quote(self, seq: int, time_ms: int, bid: float, ask: float) -> None:
+        """The quote itself, once per quote (on the instrument's first active side): to keep it raw."""
+        ...
+
 
 class _Series:
     """The price sides of one instrument, and where its quotes stand."""
@@ -98,9 +102,13 @@ class QuoteRouter:
         series.last = line
         tid = series.next_id
         series.next_id = tid + 1
+        first = True
         for st in series.states:
             if not st.active:
                 continue
+            if first:
+                st.on_quote(tid, time_ms, bid, ask)
+                first = False
             side = st.price
             # Rounded to 10 decimals: the mid of two decimal prices has at most one digit more than
             # they do, so this is the double nearest the venue's own mid (1.222415, not

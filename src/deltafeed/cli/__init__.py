@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 Subcommands: TypeAlias = "argparse._SubParsersAction[_Parser]"
 
 #: The sub-commands, in the order ``--help`` lists them; each names a module of this package.
-COMMANDS = ("run", "candles", "backfill", "replica", "status", "demo")
+COMMANDS = ("run", "candles", "trades", "export", "backfill", "replica", "status", "demo")
 
 
 def _modules() -> dict[str, Any]:

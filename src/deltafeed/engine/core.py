@@ -35,6 +35,7 @@ from deltafeed.store.reader import MemoryHot, read_candles
 from deltafeed.store.redis_hot import RedisHot
 from deltafeed.store.retention import parse_retention
 from deltafeed.store.spool import Spool
+from deltafeed.store.ticks import TickPage, TickRecorder, parse_tick_retention, tick_tier
 from deltafeed.store.writer import BatchWriter
 from deltafeed.venues import registry
 from deltafeed.venues.base import Feed
@@ -82,6 +83,9 @@ class Engine:
         spool_path = settings.spool_path()
         self.spool = Spool(spool_path) if spool_path else None
         self.writer = BatchWriter(self.cold, spool=self.spool, on_written=self.publisher.written)
+        #: Records raw ticks into the cold tier (None: ``ticks = false``, or a tier without tick tables).
+        self.ticks: TickRecorder | None = None
+        self.tick_retention_ms = parse_tick_retention(settings.tick_retention)
         self.redis: RedisHot | None = None
         if settings.hot:
             self.redis = RedisHot(
@@ -182,6 +186,7 @@ class Engine:
             await self.redis.open()
             self._tasks.append(asyncio.create_task(self.redis.run(), name="redis"))
         self._tasks.append(asyncio.create_task(self.writer.run(), name="writer"))
+        await self._start_ticks()
         if self.writer.spooled_pending:
             log.info(
                 "replaying %d candles spooled by an earlier run into %s", self.writer.spooled_pending, self.cold.name
@@ -216,6 +221,33 @@ class Engine:
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
         if self.settings.status_file:
             self._tasks.append(asyncio.create_task(self._status_file_loop(), name="status-file"))
+
+    async def _start_ticks(self) -> None:
+        """Record every series' ticks when ``ticks`` is on and the cold tier keeps them."""
+        tier = tick_tier(self.cold)
+        if not self.settings.ticks or tier is None:
+            return
+        rec = TickRecorder(tier, clock=self.clock)
+        try:
+            rec.previous = await tier.last_tick_ms()
+        except StoreError as exc:  # the span since the last run is then simply not reported
+            log.warning("cannot read where the stored ticks end: %s", exc)
+        for st in self.states.values():
+            rec.attach(st)
+        self.ticks = rec
+        self._tasks.append(asyncio.create_task(rec.run(), name="ticks"))
+
+    async def trades(
+        self, instrument: str, since_ms: int | None = None, until_ms: int | None = None, limit: int | None = None
+    ) -> TickPage | None:
+        """Stored raw ticks of an instrument (see :meth:`TickTier.read_ticks`), the ones still
+        buffered included; None when this run keeps no ticks."""
+        tier = tick_tier(self.cold)
+        if self.ticks is None or tier is None:
+            return None
+        with contextlib.suppress(StoreError):
+            await self.ticks.flush()  # what the stream delivered up to now
+        return await tier.read_ticks(instrument, since_ms, until_ms, limit)
 
     async def _tick(self) -> None:
         """Every TICK_S: settle held trades, close quiet candles, publish open candles, rotate."""
@@ -370,6 +402,12 @@ class Engine:
             removed["cold"] = await self.cold.apply_retention(now_ms)
         except StoreError as exc:
             log.warning("retention in the cold store postponed: %s", exc)
+        tier = tick_tier(self.cold)
+        if self.ticks is not None and tier is not None:
+            try:
+                removed["ticks"] = await tier.apply_tick_retention(now_ms - self.tick_retention_ms)
+            except StoreError as exc:
+                log.warning("tick retention postponed: %s", exc)
         if self.redis is not None:
             try:
                 removed["redis"] = await self.redis.apply_retention(now_ms)
@@ -411,13 +449,15 @@ class Engine:
         # The engine's own tasks end first: a tick running during a feed's stop could open a new
         # connection (a rotation), whose frames would then reach a closed writer.
         for t in self._tasks:
-            if t.get_name() != "writer":
+            if t.get_name() not in ("writer", "ticks"):
                 t.cancel()
         await asyncio.gather(*(feed.stop() for feed in self.feeds.values()))
         for st in self.states.values():
             self.publisher.open(st)
         if self.hub is not None:
             await self.hub.close()
+        if self.ticks is not None:
+            await self.ticks.close()
         marks = self.final_marks()
         # With a spool, what the store still refuses after a second waits on disk for the next run.
         lost: StoreError | None = None

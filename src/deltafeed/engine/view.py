@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from deltafeed.model import Candle, Switch
     from deltafeed.series import Series
     from deltafeed.stats import EngineMetrics
+    from deltafeed.store.ticks import TickPage
 
 
 class EngineView(Protocol):
@@ -70,6 +71,12 @@ class EngineView(Protocol):
         final_only: bool = False,
     ) -> list[Candle]:
         """Candles of a series, oldest first, the forming one included (unless ``final_only``)."""
+        ...
+
+    async def trades(
+        self, instrument: str, since_ms: int | None = None, until_ms: int | None = None, limit: int | None = None
+    ) -> TickPage | None:
+        """Stored raw ticks of an instrument, or None when the run keeps none."""
         ...
 
     async def switches(self, instrument: str, since_ms: int | None = None, until_ms: int | None = None) -> list[Switch]:

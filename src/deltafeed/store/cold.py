@@ -34,10 +34,11 @@ from msgspec.structs import astuple
 from deltafeed.model import BadInput, Candle, Switch
 from deltafeed.store.base import Row, StoreBusy, StoreError, gaps_from_rows, missing_dir
 from deltafeed.store.retention import DEFAULT_RETENTION_MS
+from deltafeed.store.ticks import TickBatch, TickGap, TickPage, page_rows
 
 #: Version of the table layout this code writes. Bump it and add a step to ``_MIGRATIONS`` when the
 #: layout changes; a file with a newer version is refused rather than misread.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Name under which the file is attached to the store's private in-memory DuckDB instance.
 _DB = "deltafeed_cold"
@@ -86,9 +87,43 @@ _ADD_FINAL = (
           AND c.open_time < m.final_until""",
 )
 
+# Version 5: raw ticks (see ``deltafeed.store.ticks``). No primary keys: an index would cost more than
+# the ticks themselves; writes skip stored ticks by an anti-join over the batch's time range, which the
+# tables' zone maps (ticks arrive in time order) narrow to a few row groups.
+_CREATE_TICKS = (
+    f"""CREATE TABLE {_DB}.trades (
+        instrument VARCHAR NOT NULL,
+        trade_id BIGINT NOT NULL,
+        time_ms BIGINT NOT NULL,
+        price DOUBLE NOT NULL,
+        qty DOUBLE NOT NULL,
+        buyer_maker BOOLEAN NOT NULL
+    )""",
+    f"""CREATE TABLE {_DB}.quotes (
+        instrument VARCHAR NOT NULL,
+        seq BIGINT NOT NULL,
+        time_ms BIGINT NOT NULL,
+        bid DOUBLE NOT NULL,
+        ask DOUBLE NOT NULL
+    )""",
+    f"""CREATE TABLE {_DB}.tick_gaps (
+        instrument VARCHAR NOT NULL,
+        since_ms BIGINT NOT NULL,
+        until_ms BIGINT NOT NULL,
+        why VARCHAR NOT NULL,
+        PRIMARY KEY (instrument, since_ms, until_ms)
+    )""",
+)
+_CREATE = (*_CREATE, *_CREATE_TICKS)
+
 #: ``_MIGRATIONS[v]`` lists the statements that take a file from version ``v - 1`` to ``v`` (tables
 #: qualified with ``_DB``).
-_MIGRATIONS: dict[int, tuple[str, ...]] = {2: (_CREATE_MARKS,), 3: (_CREATE_SWITCHES,), 4: _ADD_FINAL}
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (_CREATE_MARKS,),
+    3: (_CREATE_SWITCHES,),
+    4: _ADD_FINAL,
+    5: _CREATE_TICKS,
+}
 
 _CANDLE_COLS = "open_time, open, high, low, close, volume, trades, closed, final"
 _ALL_COLS = f"instrument, timeframe, {_CANDLE_COLS}"
@@ -119,6 +154,23 @@ _PROVISIONAL = f"""SELECT min(open_time), max(open_time) FROM (
         WHERE instrument = ? AND timeframe = ? AND open_time BETWEEN ? AND ?) AS s
     WHERE prov GROUP BY run ORDER BY 1"""
 _UPSERT = f"INSERT OR REPLACE INTO {_DB}.candles ({_ALL_COLS}) SELECT {_ALL_COLS} FROM "
+
+#: The tick tables' columns in table order (as the store's rows hold them) with their numpy types.
+_TRADE_DTYPES: tuple[tuple[str, Any], ...] = (
+    ("instrument", object),
+    ("trade_id", np.int64),
+    ("time_ms", np.int64),
+    ("price", np.float64),
+    ("qty", np.float64),
+    ("buyer_maker", np.bool_),
+)
+_QUOTE_DTYPES: tuple[tuple[str, Any], ...] = (
+    ("instrument", object),
+    ("seq", np.int64),
+    ("time_ms", np.int64),
+    ("bid", np.float64),
+    ("ask", np.float64),
+)
 
 _PID_RE = re.compile(r"\(PID (\d+)\)")
 #: How the OS words a write refused for want of room (ENOSPC; EFBIG past a file-size limit).
@@ -593,6 +645,156 @@ class ColdStore:
             ).fetchall()
         return [(str(i), str(t), int(n)) for i, t, n in rows]
 
+    # -- ticks ------------------------------------------------------------------------------------
+
+    def write_ticks(self, batch: TickBatch) -> None:
+        """Store a batch of ticks and gaps in one transaction, skipping ticks already stored (a
+        batch written twice leaves the tables as after the first time)."""
+        if self.read_only:
+            raise StoreError(f"the candle store for {self.path} was opened read-only; it cannot write")
+        if not len(batch) and not batch.gaps:
+            return
+        with self._connection() as con:
+            self._check_schema(con)
+            with self._transaction(con):
+                if batch.trades:
+                    self._insert_ticks(con, "trades", _TRADE_DTYPES, batch.trades)
+                if batch.quotes:
+                    self._insert_ticks(con, "quotes", _QUOTE_DTYPES, batch.quotes)
+                if batch.gaps:
+                    con.executemany(
+                        f"INSERT OR REPLACE INTO {_DB}.tick_gaps VALUES (?, ?, ?, ?)",
+                        [[g.instrument, g.since_ms, g.until_ms, g.why] for g in batch.gaps],
+                    )
+
+    def _insert_ticks(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        table: str,
+        dtypes: tuple[tuple[str, Any], ...],
+        rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        columns = {
+            col: np.array(values, dtype=dt) for (col, dt), values in zip(dtypes, zip(*rows, strict=True), strict=True)
+        }
+        times = columns["time_ms"]
+        lo, hi = int(times.min()), int(times.max())
+        cols = ", ".join(c for c, _ in dtypes)
+        key = dtypes[1][0]  # trade_id or seq
+        name = f"_deltafeed_ticks_{id(self):x}"
+        con.register(name, columns)
+        try:
+            con.execute(
+                f"""INSERT INTO {_DB}.{table} ({cols})
+                    SELECT {cols} FROM (SELECT DISTINCT ON (instrument, time_ms, {key}) {cols} FROM {name}) AS b
+                    WHERE NOT EXISTS (SELECT 1 FROM {_DB}.{table} AS t
+                        WHERE t.time_ms BETWEEN {lo} AND {hi} AND t.time_ms = b.time_ms
+                          AND t.{key} = b.{key} AND t.instrument = b.instrument)"""
+            ).fetchall()
+        finally:
+            con.unregister(name)
+
+    def read_ticks(self, instrument: str, since_ms: int | None, until_ms: int | None, limit: int | None) -> TickPage:
+        """See :meth:`deltafeed.store.ticks.TickTier.read_ticks`."""
+        lo = -(2**62) if since_ms is None else since_ms
+        hi = 2**62 if until_ms is None else until_ms
+        newest = since_ms is None and limit is not None
+        order = "DESC" if newest else ""
+        tail = "" if limit is None else f" LIMIT {int(limit)}"
+        with self._connection() as con:
+            self._check_schema(con)
+            trades = con.execute(
+                f"SELECT time_ms, trade_id, price, qty, buyer_maker FROM {_DB}.trades"
+                f" WHERE instrument = ? AND time_ms BETWEEN ? AND ? ORDER BY time_ms {order}, trade_id {order}{tail}",
+                [instrument, lo, hi],
+            ).fetchall()
+            quotes = con.execute(
+                f"SELECT time_ms, seq, bid, ask FROM {_DB}.quotes"
+                f" WHERE instrument = ? AND time_ms BETWEEN ? AND ? ORDER BY time_ms {order}, seq {order}{tail}",
+                [instrument, lo, hi],
+            ).fetchall()
+            gaps = con.execute(
+                f"SELECT since_ms, until_ms, why FROM {_DB}.tick_gaps"
+                " WHERE instrument = ? AND until_ms > ? AND since_ms < ? ORDER BY since_ms, until_ms",
+                [instrument, lo, hi],
+            ).fetchall()
+            first = con.execute(
+                f"SELECT min(t) FROM (SELECT min(time_ms) AS t FROM {_DB}.trades WHERE instrument = ?"
+                f" UNION ALL SELECT min(time_ms) FROM {_DB}.quotes WHERE instrument = ?)",
+                [instrument, instrument],
+            ).fetchall()[0][0]
+        if newest:
+            trades.reverse()
+            quotes.reverse()
+        t_rows = [(int(t), int(i), float(p), float(q), bool(m)) for t, i, p, q, m in trades]
+        q_rows = [(int(t), int(i), float(b), float(a)) for t, i, b, a in quotes]
+        return TickPage(
+            instrument,
+            t_rows,
+            q_rows,
+            [TickGap(instrument, int(a), int(b), str(w)) for a, b, w in gaps],
+            None if first is None else int(first),
+            page_rows(t_rows, q_rows, limit, since_ms),
+        )
+
+    def last_tick_ms(self) -> dict[str, int]:
+        """Per instrument, the time of its newest stored tick."""
+        with self._connection() as con:
+            self._check_schema(con)
+            rows = con.execute(
+                f"SELECT instrument, max(time_ms) FROM {_DB}.trades GROUP BY 1"
+                f" UNION ALL SELECT instrument, max(time_ms) FROM {_DB}.quotes GROUP BY 1"
+            ).fetchall()
+        out: dict[str, int] = {}
+        for i, t in rows:
+            out[str(i)] = max(int(t), out.get(str(i), int(t)))
+        return out
+
+    def tick_instruments(self) -> list[tuple[str, int, int, int]]:
+        """(instrument, ticks stored, oldest time, newest time) of every instrument with ticks."""
+        with self._connection() as con:
+            self._check_schema(con)
+            rows = con.execute(
+                f"""SELECT instrument, sum(n), min(lo), max(hi) FROM (
+                        SELECT instrument, count(*) AS n, min(time_ms) AS lo, max(time_ms) AS hi
+                        FROM {_DB}.trades GROUP BY 1
+                        UNION ALL SELECT instrument, count(*), min(time_ms), max(time_ms) FROM {_DB}.quotes GROUP BY 1)
+                    GROUP BY 1 ORDER BY 1"""
+            ).fetchall()
+        return [(str(i), int(n), int(a), int(b)) for i, n, a, b in rows]
+
+    def apply_tick_retention(self, cutoff_ms: int) -> int:
+        """Delete ticks before ``cutoff_ms`` and the gaps that end before it; returns ticks deleted."""
+        if self.read_only:
+            raise StoreError(f"the candle store for {self.path} was opened read-only; it cannot delete")
+        deleted = 0
+        with self._connection() as con:
+            self._check_schema(con)
+            with self._transaction(con):
+                for table in ("trades", "quotes"):
+                    res = con.execute(f"DELETE FROM {_DB}.{table} WHERE time_ms < ?", [cutoff_ms]).fetchall()
+                    deleted += int(res[0][0])
+                con.execute(f"DELETE FROM {_DB}.tick_gaps WHERE until_ms < ?", [cutoff_ms]).fetchall()
+        return deleted
+
+    # -- export -----------------------------------------------------------------------------------
+
+    def copy_to(self, table: str, columns: str, where: str, order: str, target: str, options: str) -> int:
+        """``COPY (SELECT columns FROM table WHERE where ORDER BY order) TO target (options)`` run by
+        DuckDB straight from the file, without the rows passing through Python; returns the row count.
+        ``table`` is ``candles``, ``trades`` or ``quotes``; the caller builds the SQL fragments from
+        checked values (:mod:`deltafeed.store.export`)."""
+        if table not in ("candles", "trades", "quotes"):
+            raise ValueError(f"no table {table!r} to export")
+        quoted = target.replace("'", "''")
+        with self._connection() as con:
+            self._check_schema(con)
+            con.execute("SET TimeZone = 'UTC'")  # timestamps in CSV are written in the session's zone
+            res = con.execute(
+                f"COPY (SELECT {columns} FROM {_DB}.{table} WHERE {where} ORDER BY {order}) TO '{quoted}' ({options})"
+            ).fetchall()
+        return int(res[0][0]) if res else 0
+
     # -- lifecycle --------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -681,6 +883,23 @@ class DuckDBTier:
 
     async def instruments(self) -> list[tuple[str, str, int]]:
         return await asyncio.to_thread(self.store.instruments)
+
+    async def write_ticks(self, batch: TickBatch) -> None:
+        await asyncio.to_thread(self.store.write_ticks, batch)
+
+    async def read_ticks(
+        self, instrument: str, since_ms: int | None, until_ms: int | None, limit: int | None
+    ) -> TickPage:
+        return await asyncio.to_thread(self.store.read_ticks, instrument, since_ms, until_ms, limit)
+
+    async def last_tick_ms(self) -> dict[str, int]:
+        return await asyncio.to_thread(self.store.last_tick_ms)
+
+    async def tick_instruments(self) -> list[tuple[str, int, int, int]]:
+        return await asyncio.to_thread(self.store.tick_instruments)
+
+    async def apply_tick_retention(self, cutoff_ms: int) -> int:
+        return await asyncio.to_thread(self.store.apply_tick_retention, cutoff_ms)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.store.close)

@@ -1,0 +1,226 @@
+"""Candles and ticks to files for backtesting tools: Parquet, CSV or feather, in a plain layout or the
+one freqtrade's data loader reads.
+
+DuckDB writes every file with ``COPY ... TO``: straight from a DuckDB cold tier's file (the rows
+never pass through Python), or from rows handed over (a PostgreSQL tier, the HTTP API). Parquet and
+CSV are DuckDB's own writers; feather (Arrow IPC) goes through pyarrow, an optional dependency
+(``pip install 'deltafeed[export]'``).
+
+Layouts:
+
+* ``plain``: ``instrument, timeframe, open_time (UTC timestamp), open, high, low, close, volume,
+  trades, state`` (state: final, provisional or forming), one file at the path given.
+* ``freqtrade``: ``date, open, high, low, close, volume`` of closed candles (freqtrade drops the
+  forming one too) in ``<dir>/<PAIR>-<timeframe>.<ext>``, the name and columns of freqtrade's
+  feather/parquet data handlers (``BTC/USDT`` becomes ``BTC_USDT``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from deltafeed.model import BadInput, Candle
+
+FORMATS = ("parquet", "csv", "feather")
+LAYOUTS = ("plain", "freqtrade")
+
+#: What each layout selects from a relation with the candle table's columns.
+_STATE = "CASE WHEN final THEN 'final' WHEN closed THEN 'provisional' ELSE 'forming' END"
+_TS = "epoch_ms(open_time)::TIMESTAMPTZ"
+_PROJECTIONS = {
+    "plain": f"instrument, timeframe, {_TS} AS open_time, open, high, low, close, volume, trades, {_STATE} AS state",
+    "freqtrade": f"{_TS} AS date, open, high, low, close, volume",
+}
+_CANDLE_COLS = ("open_time", "open", "high", "low", "close", "volume", "trades", "closed", "final")
+
+#: Quote assets tried, longest first, to split a symbol without a separator (BTCUSDT -> BTC/USDT).
+_QUOTES = ("FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USD", "EUR", "GBP", "JPY", "BTC", "ETH", "BNB", "TRY", "BRL")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where an export goes and how: the file, DuckDB's COPY options, and whether pyarrow writes it."""
+
+    path: str
+    fmt: str
+    layout: str
+
+    @property
+    def options(self) -> str:
+        if self.fmt == "csv":
+            return "FORMAT csv, HEADER"
+        return "FORMAT parquet, COMPRESSION zstd"
+
+
+def check_format(fmt: str, layout: str) -> None:
+    """One line naming a format or layout we do not write (:class:`BadInput`)."""
+    if fmt not in FORMATS:
+        raise BadInput(f"--format {fmt!r} is not written; use one of {', '.join(FORMATS)}")
+    if layout not in LAYOUTS:
+        raise BadInput(f"--layout {layout!r} is not written; use one of {', '.join(LAYOUTS)}")
+    if layout == "freqtrade" and fmt == "csv":
+        raise BadInput("freqtrade reads feather or parquet candles, not CSV; pass --format feather or parquet")
+    if fmt == "feather":
+        _pyarrow()
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow.feather as feather  # type: ignore[import-not-found, import-untyped, unused-ignore]
+    except ImportError:
+        raise BadInput(
+            "--format feather needs pyarrow; pip install 'deltafeed[export]' (or pyarrow), or use --format parquet"
+        ) from None
+    return feather
+
+
+def freqtrade_pair(instrument: str) -> str:
+    """freqtrade's pair for a series key: ``binance:BTCUSDT`` -> ``BTC/USDT``, ``kraken:BTC/USD`` and
+    ``coinbase:BTC-USD`` as written; a symbol with no known quote asset is kept whole."""
+    symbol = instrument.partition(":")[2].partition("@")[0] or instrument
+    for sep in ("/", "-", "_"):
+        if sep in symbol:
+            base, _, quote = symbol.partition(sep)
+            return f"{base}/{quote}"
+    for q in _QUOTES:
+        if symbol.upper().endswith(q) and len(symbol) > len(q):
+            return f"{symbol[: -len(q)]}/{symbol[-len(q) :]}"
+    return symbol
+
+
+def target(out: str, instrument: str, timeframe: str, fmt: str, layout: str, pair: str | None = None) -> Target:
+    """Where the export goes: ``out`` itself, or for freqtrade the file named as freqtrade names it
+    inside the directory ``out`` (created when missing, like freqtrade's own datadir)."""
+    check_format(fmt, layout)
+    if layout == "freqtrade":
+        name = re.sub(r"[/ .@$+:]", "_", pair or freqtrade_pair(instrument))
+        os.makedirs(out, exist_ok=True)
+        return Target(os.path.join(out, f"{name}-{timeframe}.{fmt}"), fmt, layout)
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise BadInput(
+            f"cannot write {out}: the directory {parent} does not exist; create it first (mkdir -p {parent})"
+        )
+    if os.path.isdir(out):
+        raise BadInput(f"{out} is a directory; pass a file path such as {os.path.join(out, f'candles.{fmt}')}")
+    return Target(out, fmt, layout)
+
+
+def _where(instrument: str, timeframe: str, since: int | None, until: int | None, final_only: bool, layout: str) -> str:
+    parts = [f"instrument = {_lit(instrument)}", f"timeframe = {_lit(timeframe)}"]
+    if since is not None:
+        parts.append(f"open_time >= {int(since)}")
+    if until is not None:
+        parts.append(f"open_time <= {int(until)}")
+    if final_only:
+        parts.append("final")
+    elif layout != "plain":
+        parts.append("closed")  # a backtest never sees the forming candle
+    return " AND ".join(parts)
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def copy_from_duckdb(
+    store: Any,
+    instrument: str,
+    timeframe: str,
+    since: int | None,
+    until: int | None,
+    final_only: bool,
+    to: Target,
+) -> int:
+    """Export from a DuckDB cold tier's :class:`~deltafeed.store.cold.ColdStore` by ``COPY`` straight
+    from its file; returns the number of candles written."""
+    where = _where(instrument, timeframe, since, until, final_only, to.layout)
+    cols = _PROJECTIONS[to.layout]
+    if to.fmt != "feather":
+        n: int = store.copy_to("candles", cols, where, "open_time", to.path, to.options)
+        return n
+    # Arrow IPC: DuckDB writes Parquet, pyarrow turns it into feather.
+    with tempfile.TemporaryDirectory() as tmp:
+        part = os.path.join(tmp, "part.parquet")
+        n = store.copy_to("candles", cols, where, "open_time", part, "FORMAT parquet")
+        _parquet_to_feather(part, to.path)
+    return n
+
+
+def write_candles_file(rows: Sequence[Candle], instrument: str, timeframe: str, to: Target) -> int:
+    """Export candles held in memory (from any tier) with an in-memory DuckDB's ``COPY``."""
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        columns: dict[str, Any] = {
+            "instrument": np.array([instrument] * len(rows), dtype=object),
+            "timeframe": np.array([timeframe] * len(rows), dtype=object),
+        }
+        types = (np.int64, np.float64, np.float64, np.float64, np.float64, np.float64, np.int64, np.bool_, np.bool_)
+        for col, dt in zip(_CANDLE_COLS, types, strict=True):
+            columns[col] = np.array([getattr(c, col) for c in rows], dtype=dt)
+        con.register("candles", columns)
+        where = _where(instrument, timeframe, None, None, False, to.layout)
+        sql = f"SELECT {_PROJECTIONS[to.layout]} FROM candles WHERE {where} ORDER BY candles.open_time"
+        if to.fmt == "feather":
+            _pyarrow().write_feather(con.sql(sql).to_arrow_table(), to.path, compression="lz4")
+        else:
+            con.execute(f"COPY ({sql}) TO {_lit(to.path)} ({to.options})").fetchall()
+        n = con.execute(f"SELECT count(*) FROM candles WHERE {where}").fetchall()[0][0]
+        return int(n)
+    finally:
+        con.close()
+
+
+def candles_parquet(rows: Sequence[Candle], instrument: str, timeframe: str) -> bytes:
+    """The plain layout as Parquet bytes (``GET /candles/...?format=parquet``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "candles.parquet")
+        write_candles_file(rows, instrument, timeframe, Target(path, "parquet", "plain"))
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def _parquet_to_feather(src: str, dst: str) -> None:
+    feather = _pyarrow()
+    import pyarrow.parquet as pq  # type: ignore[import-not-found, import-untyped, unused-ignore]
+
+    feather.write_feather(pq.read_table(src), dst, compression="lz4")
+
+
+# -- ticks ---------------------------------------------------------------------------------------------
+
+_TICK_PROJECTIONS = {
+    "trades": "instrument, epoch_ms(time_ms)::TIMESTAMPTZ AS time, trade_id AS id, price, qty AS amount,"
+    " CASE WHEN buyer_maker THEN 'sell' ELSE 'buy' END AS side",
+    "quotes": "instrument, epoch_ms(time_ms)::TIMESTAMPTZ AS time, seq, bid, ask",
+}
+
+
+def copy_ticks_from_duckdb(
+    store: Any, kind: str, instrument: str, since: int | None, until: int | None, to: Target
+) -> int:
+    """Export an instrument's stored trades or quotes (plain layout) straight from a DuckDB file."""
+    parts = [f"instrument = {_lit(instrument)}"]
+    if since is not None:
+        parts.append(f"time_ms >= {int(since)}")
+    if until is not None:
+        parts.append(f"time_ms <= {int(until)}")
+    order = "time_ms, trade_id" if kind == "trades" else "time_ms, seq"
+    cols = _TICK_PROJECTIONS[kind]
+    if to.fmt != "feather":
+        n: int = store.copy_to(kind, cols, " AND ".join(parts), order, to.path, to.options)
+        return n
+    with tempfile.TemporaryDirectory() as tmp:
+        part = os.path.join(tmp, "part.parquet")
+        n = store.copy_to(kind, cols, " AND ".join(parts), order, part, "FORMAT parquet")
+        _parquet_to_feather(part, to.path)
+    return n
