@@ -5,7 +5,9 @@ engine runs here on the other core with five timeframes. Printed: trades/s inges
 (median of several windows), latency from frame received to candle updated (p50/p99, sampled),
 and peak RSS.
 
-    python bench/throughput.py [--seconds 20] [--rate 400000] [--windows 5]
+    python bench/throughput.py [--seconds 20] [--rate 400000] [--windows 5] [--ticks on|off]
+
+``--ticks off`` measures without raw ticks recorded (the engine as it was before ticks existed).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ async def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="total measuring time")
     ap.add_argument("--windows", type=int, default=5, help="windows to take the median over")
     ap.add_argument("--rate", type=float, default=400_000, help="replica trades per second (one symbol)")
+    ap.add_argument("--ticks", choices=("on", "off"), default="on", help="record raw ticks (the default) or not")
     args = ap.parse_args()
 
     replica = subprocess.Popen(
@@ -65,6 +68,7 @@ async def main() -> None:
         db=str(Path(tmp.name) / "bench.duckdb"),
         rest_url=url,
         ws_url=url.replace("http://", "ws://"),
+        ticks=args.ticks == "on",
     ).validate()
     engine = Engine(settings)
     feed = engine.feeds["binance"]
@@ -108,6 +112,8 @@ async def main() -> None:
     assert isinstance(inst, dict)
     s = inst["binance:BTCUSDT"]
     print(f"timeframes            {','.join(TIMEFRAMES)} (one symbol, replica rate {args.rate:,.0f}/s)")
+    rec = engine.ticks
+    print(f"raw ticks             {args.ticks}" + (f" ({rec.written:,} written, {rec.dropped} dropped)" if rec else ""))
     print(
         f"trades/s into candles median {statistics.median(rates):,.0f}  "
         f"(windows: {', '.join(f'{r:,.0f}' for r in rates)})"

@@ -354,7 +354,7 @@ async def test_candle_states_and_final_only(served: Served) -> None:
         (f"/candles/{BTC}/1m?limit=0", 400, "limit='0'"),
         (f"/candles/{BTC}/1m?limit=ten", 400, "limit='ten'"),
         (f"/candles/{BTC}/1m?limit=100001", 400, "from 1 to 100000"),
-        (f"/candles/{BTC}/1m?format=xml", 400, "format=json or format=csv"),
+        (f"/candles/{BTC}/1m?format=xml", 400, "format=json, format=csv or format=parquet"),
         (f"/candles/{BTC}/1m?limt=5", 400, "unknown parameter(s) limt"),
         ("/candles/binance:XRPUSDT/1m", 404, "not collected here"),
         ("/candles/BTCUSDT/1m", 400, "has no venue"),

@@ -141,6 +141,61 @@ async def _v3_final(con: Any, layout: Layout) -> None:
         )
 
 
+async def _v4_ticks(con: Any, layout: Layout) -> None:
+    """Raw ticks (see :mod:`deltafeed.store.ticks`): trades and quotes keyed by (instrument, time_ms,
+    id) so a write can skip stored ones (ON CONFLICT DO NOTHING), and the gaps among them. On
+    TimescaleDB the tick tables are hypertables of one-day chunks, compressed (segmented by
+    instrument) once two days old; on plain PostgreSQL they are ordinary heap tables."""
+    s = layout.schema
+    await con.execute(
+        f"""CREATE TABLE {s}.trades (
+            instrument text NOT NULL,
+            trade_id bigint NOT NULL,
+            time_ms bigint NOT NULL,
+            price double precision NOT NULL,
+            qty double precision NOT NULL,
+            buyer_maker boolean NOT NULL,
+            PRIMARY KEY (instrument, time_ms, trade_id))"""
+    )
+    await con.execute(
+        f"""CREATE TABLE {s}.quotes (
+            instrument text NOT NULL,
+            seq bigint NOT NULL,
+            time_ms bigint NOT NULL,
+            bid double precision NOT NULL,
+            ask double precision NOT NULL,
+            PRIMARY KEY (instrument, time_ms, seq))"""
+    )
+    await con.execute(
+        f"""CREATE TABLE {s}.tick_gaps (
+            instrument text NOT NULL,
+            since_ms bigint NOT NULL,
+            until_ms bigint NOT NULL,
+            why text NOT NULL,
+            PRIMARY KEY (instrument, since_ms, until_ms))"""
+    )
+    if not layout.timescale:
+        return
+    ts = layout.ts_schema
+    for table, key in ((f"{s}.trades", "trade_id"), (f"{s}.quotes", "seq")):
+        await con.execute(
+            f"SELECT {ts}.create_hypertable($1::regclass, 'time_ms', chunk_time_interval => $2::bigint,"
+            " if_not_exists => true)",
+            table,
+            _DAY_MS,
+        )
+        await con.execute(f"SELECT {ts}.set_integer_now_func($1::regclass, $2::regproc)", table, f"{s}.now_ms")
+        await con.execute(
+            f"ALTER TABLE {table} SET (timescaledb.compress, timescaledb.compress_segmentby = 'instrument',"
+            f" timescaledb.compress_orderby = 'time_ms, {key}')"
+        )
+        await con.execute(
+            f"SELECT {ts}.add_compression_policy($1::regclass, compress_after => $2::bigint, if_not_exists => true)",
+            table,
+            2 * _DAY_MS,
+        )
+
+
 #: The layout's history, oldest first; versions count up from 1. Append a step (for instance with
 #: :func:`sql_migration`) to change the layout: every database is brought up to the last version at open,
 #: and a database at a newer version than the last one here is refused.
@@ -160,6 +215,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         3, "final on candles_<tf>: closed candles behind the final mark are final, the rest provisional", _v3_final
     ),
+    Migration(4, "trades, quotes and tick_gaps: raw ticks", _v4_ticks),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 if [m.version for m in MIGRATIONS] != list(range(1, len(MIGRATIONS) + 1)):  # pragma: no cover

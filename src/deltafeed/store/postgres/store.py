@@ -33,6 +33,7 @@ from deltafeed.store.postgres.schema import (
     timescale_set_retention,
 )
 from deltafeed.store.retention import DEFAULT_RETENTION_MS
+from deltafeed.store.ticks import TickBatch, TickGap, TickPage, page_rows
 
 log = logging.getLogger("deltafeed.store.postgres")
 
@@ -665,6 +666,139 @@ class PostgresStore:
         return sorted((str(i), str(tf), int(n)) for i, tf, n in rows)
 
     # -- lifecycle ------------------------------------------------------------------------------
+
+    # -- ticks --------------------------------------------------------------------------------------
+
+    async def write_ticks(self, batch: TickBatch) -> None:
+        """Store a batch of ticks and gaps in one transaction, skipping those already stored."""
+        if not len(batch) and not batch.gaps:
+            return
+        s = self.schema
+
+        async def run() -> None:
+            async with self._pool.acquire(timeout=self._command_timeout_s) as con, con.transaction():
+                if batch.trades:
+                    cols = list(zip(*batch.trades, strict=True))
+                    await con.execute(
+                        f"INSERT INTO {s}.trades SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[],"
+                        " $4::float8[], $5::float8[], $6::bool[]) ON CONFLICT DO NOTHING",
+                        *cols,
+                    )
+                if batch.quotes:
+                    cols = list(zip(*batch.quotes, strict=True))
+                    await con.execute(
+                        f"INSERT INTO {s}.quotes SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[],"
+                        " $4::float8[], $5::float8[]) ON CONFLICT DO NOTHING",
+                        *cols,
+                    )
+                if batch.gaps:
+                    await con.executemany(
+                        f"INSERT INTO {s}.tick_gaps VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                        [(g.instrument, g.since_ms, g.until_ms, g.why) for g in batch.gaps],
+                    )
+
+        await self._call("write ticks", run)
+
+    async def read_ticks(
+        self, instrument: str, since_ms: int | None, until_ms: int | None, limit: int | None
+    ) -> TickPage:
+        """See :meth:`deltafeed.store.ticks.TickTier.read_ticks`."""
+        s = self.schema
+        lo = -(2**62) if since_ms is None else since_ms
+        hi = 2**62 if until_ms is None else until_ms
+        newest = since_ms is None and limit is not None
+        order = "DESC" if newest else "ASC"
+        tail = "" if limit is None else f" LIMIT {int(limit)}"
+
+        async def run() -> TickPage:
+            async with self._pool.acquire(timeout=self._command_timeout_s) as con:
+                trades = await con.fetch(
+                    f"SELECT time_ms, trade_id, price, qty, buyer_maker FROM {s}.trades WHERE instrument = $1"
+                    f" AND time_ms BETWEEN $2 AND $3 ORDER BY time_ms {order}, trade_id {order}{tail}",
+                    instrument,
+                    lo,
+                    hi,
+                )
+                quotes = await con.fetch(
+                    f"SELECT time_ms, seq, bid, ask FROM {s}.quotes WHERE instrument = $1"
+                    f" AND time_ms BETWEEN $2 AND $3 ORDER BY time_ms {order}, seq {order}{tail}",
+                    instrument,
+                    lo,
+                    hi,
+                )
+                gaps = await con.fetch(
+                    f"SELECT since_ms, until_ms, why FROM {s}.tick_gaps WHERE instrument = $1"
+                    " AND until_ms > $2 AND since_ms < $3 ORDER BY since_ms, until_ms",
+                    instrument,
+                    lo,
+                    hi,
+                )
+                first = await con.fetchval(
+                    f"SELECT least((SELECT min(time_ms) FROM {s}.trades WHERE instrument = $1),"
+                    f" (SELECT min(time_ms) FROM {s}.quotes WHERE instrument = $1))",
+                    instrument,
+                )
+            t_rows = [(int(r[0]), int(r[1]), float(r[2]), float(r[3]), bool(r[4])) for r in trades]
+            q_rows = [(int(r[0]), int(r[1]), float(r[2]), float(r[3])) for r in quotes]
+            if newest:
+                t_rows.reverse()
+                q_rows.reverse()
+            return TickPage(
+                instrument,
+                t_rows,
+                q_rows,
+                [TickGap(instrument, int(a), int(b), str(w)) for a, b, w in gaps],
+                None if first is None else int(first),
+                page_rows(t_rows, q_rows, limit, since_ms),
+            )
+
+        return await self._call("read ticks", run)
+
+    async def last_tick_ms(self) -> dict[str, int]:
+        """Per instrument, the time of its newest stored tick."""
+        s = self.schema
+        sql = (
+            f"SELECT instrument, max(t) FROM (SELECT instrument, max(time_ms) AS t FROM {s}.trades GROUP BY 1"
+            f" UNION ALL SELECT instrument, max(time_ms) FROM {s}.quotes GROUP BY 1) x GROUP BY 1"
+        )
+        rows = await self._call("last tick", lambda: self._pool.fetch(sql))
+        return {str(i): int(t) for i, t in rows}
+
+    async def tick_instruments(self) -> list[tuple[str, int, int, int]]:
+        """(instrument, ticks stored, oldest time, newest time) of every instrument with ticks."""
+        s = self.schema
+        sql = f"""SELECT instrument, sum(n), min(lo), max(hi) FROM (
+                    SELECT instrument, count(*) AS n, min(time_ms) AS lo, max(time_ms) AS hi FROM {s}.trades GROUP BY 1
+                    UNION ALL SELECT instrument, count(*), min(time_ms), max(time_ms) FROM {s}.quotes GROUP BY 1) x
+                  GROUP BY 1 ORDER BY 1"""
+        rows = await self._call("tick instruments", lambda: self._pool.fetch(sql))
+        return [(str(i), int(n), int(a), int(b)) for i, n, a, b in rows]
+
+    async def apply_tick_retention(self, cutoff_ms: int) -> int:
+        """Delete ticks before ``cutoff_ms`` and the gaps ending before it; returns ticks deleted."""
+        s = self.schema
+
+        async def run() -> int:
+            async with self._pool.acquire(timeout=self._command_timeout_s) as con, con.transaction():
+                n = 0
+                for table in ("trades", "quotes"):
+                    done = await con.execute(f"DELETE FROM {s}.{table} WHERE time_ms < $1", cutoff_ms)
+                    n += int(done.split()[-1])
+                await con.execute(f"DELETE FROM {s}.tick_gaps WHERE until_ms < $1", cutoff_ms)
+                return n
+
+        return await self._call("tick retention", run)
+
+    async def tick_bytes(self) -> int:
+        """Bytes the tick tables take on disk, indexes and TOAST included (for bench/ticks.py)."""
+        s = self.schema
+        sql = f"SELECT pg_total_relation_size('{s}.trades') + pg_total_relation_size('{s}.quotes')"
+        if self.timescale:
+            sql = (
+                f"SELECT {self._layout.ts_schema}.hypertable_size('{s}.trades')"
+                f" + {self._layout.ts_schema}.hypertable_size('{s}.quotes')"
+            )
+        return int(await self._call("tick size", lambda: self._pool.fetchval(sql)))
 
     async def close(self) -> None:
         """Close the pool's connections (waiting a moment for operations in flight); safe twice."""
