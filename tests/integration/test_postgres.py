@@ -737,5 +737,5 @@ async def test_migration_3_makes_candles_behind_the_mark_final_and_the_rest_prov
     finally:
         await st.close()
     again = await PostgresStore.open(PG_URL, schema=schema)  # reopening applies nothing twice
-    assert len(await again._pool.fetch(f"SELECT version FROM {schema}.schema_migrations")) == 3
+    assert len(await again._pool.fetch(f"SELECT version FROM {schema}.schema_migrations")) == SCHEMA_VERSION
     await again.close()
