@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import io
 import json
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,6 @@ from deltafeed.client import Client
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
 from deltafeed.venues.binance.replica import BinanceReplica
-
 from reference import TapeRow, candles_from_tape, read_tape, rows_by_symbol
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
@@ -269,3 +270,98 @@ async def test_export_bad_input(served: Served) -> None:
     assert not (served.tmp / "e.parquet").exists()
     code, _, err = await _cli("export", BTC, "1m", str(served.tmp / "nodir" / "x.parquet"), "--db", str(served.db))
     assert code == 2 and "mkdir -p" in err
+
+
+# --- the consuming programs themselves (each in its own venv: `make consumers`) --------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _consumer(name: str) -> str:
+    """The python of ``name``'s venv (``$DELTAFEED_<NAME>_PYTHON`` or ``.venv-<name>``), or skip."""
+    path = os.environ.get(f"DELTAFEED_{name.upper()}_PYTHON") or str(REPO / f".venv-{name}" / "bin" / "python")
+    if not os.path.exists(path):
+        pytest.skip(f"{name} is not installed beside the project (make consumers builds .venv-{name})")
+    return path
+
+
+async def _run(python: str, script: str, *argv: str) -> Any:
+    proc = await asyncio.create_subprocess_exec(
+        python, "-c", script, *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+FREQTRADE_LOAD = """
+import json, sys
+from pathlib import Path
+from freqtrade.data.history.datahandlers import get_datahandler
+from freqtrade.enums import CandleType
+out = {}
+for fmt in ("feather", "parquet"):
+    dh = get_datahandler(Path(sys.argv[1]), fmt)
+    df = dh.ohlcv_load(sys.argv[2], sys.argv[3], CandleType.SPOT, fill_missing=False, drop_incomplete=False)
+    out[fmt] = [[round(r.date.timestamp() * 1000), r.open, r.high, r.low, r.close, r.volume] for r in df.itertuples()]
+print(json.dumps(out))
+"""
+
+
+async def test_freqtrade_loads_the_export(served: Served) -> None:
+    """freqtrade's own data handlers (feather and parquet) load the freqtrade layout: every candle
+    equals the tape's, none missing between the first and the last."""
+    python = _consumer("freqtrade")
+    await served.engine.writer.flush()
+    datadir = served.tmp / "ft-data"
+    for fmt in ("feather", "parquet"):
+        code, _, err = await _cli(
+            "export", BTC, "5m", str(datadir), "--db", str(served.db), "--layout", "freqtrade", "--format", fmt
+        )
+        assert code == 0, err
+    want = {c.open_time: c for c in candles_from_tape(_tape(served), 300_000)}  # the tape is ahead of the store
+    loaded = await _run(python, FREQTRADE_LOAD, str(datadir), "BTC/USDT", "5m")
+    for fmt, rows in loaded.items():
+        assert len(rows) >= 10, fmt
+        assert [r[0] for r in rows] == list(range(rows[0][0], rows[-1][0] + 1, 300_000))
+        for t, o, h, lo, c, v in rows:
+            w = want[t]
+            assert (o, h, lo, c, round(v, 8)) == (w.open, w.high, w.low, w.close, round(w.volume, 8)), (fmt, t)
+
+
+NAUTILUS_LOAD = """
+import json, sys
+from nautilus_trader.persistence.catalog import ParquetDataCatalog
+bars = ParquetDataCatalog(sys.argv[1]).bars()
+print(json.dumps([[str(b.bar_type), b.ts_event, str(b.open), str(b.high), str(b.low), str(b.close), str(b.volume)]
+                  for b in bars]))
+"""
+
+
+async def test_nautilus_catalog_loads_the_export(served: Served) -> None:
+    """Nautilus Trader's ParquetDataCatalog reads the nautilus layout back as Bars of the right bar
+    type, stamped at their close, with the tape's prices and volumes."""
+    python = _consumer("nautilus")
+    await served.engine.writer.flush()
+    catalog = served.tmp / "catalog"
+    code, _, err = await _cli("export", BTC, "1m", str(catalog), "--db", str(served.db), "--layout", "nautilus")
+    assert code == 0, err
+    bars = await _run(python, NAUTILUS_LOAD, str(catalog))
+    last = bars[-1][1] // 1_000_000 - 60_000
+    closed = [c for c in await served.engine.cold.query(BTC, "1m", None, last) if c.closed]
+    assert [b[1] // 1_000_000 - 60_000 for b in bars] == [c.open_time for c in closed]
+    assert len(bars) >= 30
+    want = {c.open_time: c for c in candles_from_tape(_tape(served), 60_000)}
+    for bar_type, ts, o, h, lo, c, v in bars:
+        assert bar_type == "BTCUSDT.BINANCE-1-MINUTE-LAST-EXTERNAL"
+        w = want[ts // 1_000_000 - 60_000]
+        assert (float(o), float(h), float(lo), float(c)) == (w.open, w.high, w.low, w.close)
+        assert abs(float(v) - float(w.exact_volume)) < 1e-8
+    # A second, shorter export into the same catalog would overlap the first file: refused (exit 2),
+    # the first file left alone.
+    half = dt.datetime.fromtimestamp(closed[len(closed) // 2].open_time / 1000, dt.UTC).isoformat()
+    code, _, err = await _cli(
+        "export", BTC, "1m", str(catalog), "--db", str(served.db), "--layout", "nautilus", "--until", half
+    )
+    assert code == 2 and "already holds bars" in err and err.count("\n") == 1
+    assert len(await _run(python, NAUTILUS_LOAD, str(catalog))) == len(bars)

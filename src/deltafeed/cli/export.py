@@ -11,7 +11,7 @@ import sys
 
 from deltafeed.cli import Subcommands, _parse_time
 from deltafeed.fmt import iso
-from deltafeed.model import TIMEFRAMES, BadInput, canonical_series, parse_timeframes
+from deltafeed.model import TIMEFRAMES, BadInput, canonical_series, parse_timeframes, timeframe_ms
 
 _TICK_KINDS = ("trades", "quotes")
 
@@ -21,15 +21,15 @@ def add_parser(sub: Subcommands) -> None:
     e = sub.add_parser("export", help="write stored candles or ticks to a parquet, csv or feather file")
     e.add_argument("instrument", help="VENUE:SYMBOL, e.g. binance:BTCUSDT (NAME@bid for a forex side)")
     e.add_argument("timeframe", help="a stored timeframe (1m, 1h, ...), or trades / quotes for the raw ticks")
-    e.add_argument("out", help="the file to write; with --layout freqtrade, the data directory")
+    e.add_argument("out", help="the file to write; with --layout freqtrade the data directory, nautilus the catalog")
     e.add_argument("--since", help="ISO-8601 time, UTC unless it says otherwise")
     e.add_argument("--until", help="ISO-8601 time, UTC unless it says otherwise")
     e.add_argument("--format", default="parquet", help="parquet (default), csv or feather (feather needs pyarrow)")
     e.add_argument(
         "--layout",
         default="plain",
-        help="plain (default: every column and the state) or freqtrade (<dir>/<PAIR>-<tf>.<format>,"
-        " date,open,high,low,close,volume)",
+        help="plain (default: every column and the state), freqtrade (<dir>/<PAIR>-<tf>.<format>,"
+        " date,open,high,low,close,volume) or nautilus (bars in the ParquetDataCatalog rooted at OUT)",
     )
     e.add_argument("--pair", help="freqtrade pair name (default from the symbol, e.g. BTCUSDT -> BTC/USDT)")
     e.add_argument("--final-only", action="store_true", help="only final (verified) candles")
@@ -68,10 +68,16 @@ def command(args: argparse.Namespace) -> int:
             names = [f"{i} {t} ({n} candles)" for i, t, n in await cold.instruments()]
         return ", ".join(names) if names else "nothing yet (run `deltafeed run` first)"
 
+    written: list[str] = []
+
     async def run() -> int:
         cold = await open_cold(db, read_only=True, schema=args.db_schema)
         try:
-            if isinstance(cold, DuckDBTier):
+            if args.layout == "nautilus":
+                rows = await read_candles(None, cold, inst, tf, since, until, final_only=args.final_only)
+                path, n = await asyncio.to_thread(export.write_nautilus, rows, inst, tf, timeframe_ms(tf), args.out)
+                written.append(path)
+            elif isinstance(cold, DuckDBTier):
                 if ticks:
                     n = await asyncio.to_thread(export.copy_ticks_from_duckdb, cold.store, tf, inst, since, until, to)
                 else:
@@ -98,7 +104,7 @@ def command(args: argparse.Namespace) -> int:
     except StoreError as exc:
         raise BadInput(f"cannot export: {exc}") from None
     unit = "ticks" if ticks else "candles"
-    print(f"wrote {n} {unit} of {inst} {tf} to {to.path}", file=sys.stderr)
+    print(f"wrote {n} {unit} of {inst} {tf} to {written[0] if written else to.path}", file=sys.stderr)
     return 0
 
 

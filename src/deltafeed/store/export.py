@@ -13,6 +13,11 @@ Layouts:
 * ``freqtrade``: ``date, open, high, low, close, volume`` of closed candles (freqtrade drops the
   forming one too) in ``<dir>/<PAIR>-<timeframe>.<ext>``, the name and columns of freqtrade's
   feather/parquet data handlers (``BTC/USDT`` becomes ``BTC_USDT``).
+* ``nautilus``: bars as Nautilus Trader's ``ParquetDataCatalog`` stores them (checked against
+  nautilus_trader 1.221, whose catalog reads them back): ``<catalog>/data/bar/<BAR_TYPE>/<first>_<last>.parquet``
+  with ``open, high, low, close, volume`` as 16-byte little-endian fixed-point integers (value x 10^16,
+  its high-precision layout), ``ts_event`` and ``ts_init`` (the bar's close, ns), and the schema
+  metadata ``bar_type, instrument_id, price_precision, size_precision``. Written with pyarrow.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import duckdb
@@ -30,7 +36,7 @@ import numpy as np
 from deltafeed.model import BadInput, Candle
 
 FORMATS = ("parquet", "csv", "feather")
-LAYOUTS = ("plain", "freqtrade")
+LAYOUTS = ("plain", "freqtrade", "nautilus")
 
 #: What each layout selects from a relation with the candle table's columns.
 _STATE = "CASE WHEN final THEN 'final' WHEN closed THEN 'provisional' ELSE 'forming' END"
@@ -68,7 +74,9 @@ def check_format(fmt: str, layout: str) -> None:
         raise BadInput(f"--layout {layout!r} is not written; use one of {', '.join(LAYOUTS)}")
     if layout == "freqtrade" and fmt == "csv":
         raise BadInput("freqtrade reads feather or parquet candles, not CSV; pass --format feather or parquet")
-    if fmt == "feather":
+    if layout == "nautilus" and fmt != "parquet":
+        raise BadInput("Nautilus's catalog holds parquet files; pass --format parquet with --layout nautilus")
+    if fmt == "feather" or layout == "nautilus":
         _pyarrow()
 
 
@@ -100,6 +108,8 @@ def target(out: str, instrument: str, timeframe: str, fmt: str, layout: str, pai
     """Where the export goes: ``out`` itself, or for freqtrade the file named as freqtrade names it
     inside the directory ``out`` (created when missing, like freqtrade's own datadir)."""
     check_format(fmt, layout)
+    if layout == "nautilus":
+        return Target(out, fmt, layout)  # the catalog's root; the file is named by its bars
     if layout == "freqtrade":
         name = re.sub(r"[/ .@$+:]", "_", pair or freqtrade_pair(instrument))
         os.makedirs(out, exist_ok=True)
@@ -187,6 +197,86 @@ def candles_parquet(rows: Sequence[Candle], instrument: str, timeframe: str) -> 
         write_candles_file(rows, instrument, timeframe, Target(path, "parquet", "plain"))
         with open(path, "rb") as f:
             return f.read()
+
+
+#: Nautilus's fixed-point scale in its high-precision build: a value is stored as value x 10^16.
+NAUTILUS_SCALE = 10**16
+_NAUTILUS_UNITS = {"s": "SECOND", "m": "MINUTE", "h": "HOUR", "d": "DAY", "w": "WEEK", "M": "MONTH"}
+_NAUTILUS_PRICE = {"trade": "LAST", "mid": "MID", "bid": "BID", "ask": "ASK"}
+
+
+def nautilus_bar_type(instrument: str, timeframe: str) -> str:
+    """``binance:BTCUSDT`` 1m -> ``BTCUSDT.BINANCE-1-MINUTE-LAST-EXTERNAL`` (``@bid`` -> ``BID``)."""
+    name, _, side = instrument.partition("@")
+    venue, _, symbol = name.partition(":")
+    m = re.fullmatch(r"(\d+)([smhdwM])", timeframe)
+    if m is None:
+        raise BadInput(f"timeframe {timeframe!r} has no Nautilus bar specification")
+    price = _NAUTILUS_PRICE[side or "trade"]
+    return f"{symbol}.{venue.upper()}-{m.group(1)}-{_NAUTILUS_UNITS[m.group(2)]}-{price}-EXTERNAL"
+
+
+def _precision(values: Sequence[float], most: int) -> int:
+    """The fewest decimals (up to ``most``) that write every value exactly."""
+    for p in range(most + 1):
+        if all(round(v, p) == v for v in values):
+            return p
+    return most
+
+
+def _fixed(v: float, precision: int) -> bytes:
+    exact = Decimal(f"{v:.{precision}f}") * NAUTILUS_SCALE
+    return int(exact).to_bytes(16, "little", signed=True)
+
+
+def _nautilus_ts(ns: int) -> str:
+    """A file-name time as Nautilus writes it: ``1970-01-01T00-01-00-000000000Z``."""
+    import datetime as dt
+
+    s, rest = divmod(ns, 1_000_000_000)
+    return dt.datetime.fromtimestamp(s, dt.UTC).strftime("%Y-%m-%dT%H-%M-%S-") + f"{rest:09d}Z"
+
+
+def write_nautilus(rows: Sequence[Candle], instrument: str, timeframe: str, tf_ms: int, out: str) -> tuple[str, int]:
+    """Closed candles as Nautilus bars in the catalog rooted at ``out``; (file written, bars)."""
+    import pyarrow as pa  # type: ignore[import-not-found, import-untyped, unused-ignore]
+    import pyarrow.parquet as pq  # type: ignore[import-not-found, import-untyped, unused-ignore]
+
+    bars = [c for c in rows if c.closed]
+    if not bars:
+        return "", 0
+    bar_type = nautilus_bar_type(instrument, timeframe)
+    prices = [x for c in bars for x in (c.open, c.high, c.low, c.close)]
+    price_p = _precision(prices, 9)
+    size_p = _precision([round(c.volume, 8) for c in bars], 8)
+    ts = [(c.open_time + tf_ms) * 1_000_000 for c in bars]  # a bar is stamped at its close
+    columns = {
+        name: pa.array([_fixed(getattr(c, name), price_p) for c in bars], type=pa.binary(16))
+        for name in ("open", "high", "low", "close")
+    }
+    columns["volume"] = pa.array([_fixed(round(c.volume, 8), size_p) for c in bars], type=pa.binary(16))
+    columns["ts_event"] = pa.array(ts, type=pa.uint64())
+    columns["ts_init"] = pa.array(ts, type=pa.uint64())
+    fields = [pa.field(name, arr.type, nullable=False) for name, arr in columns.items()]
+    meta = {
+        "bar_type": bar_type,
+        "instrument_id": bar_type.split("-", 1)[0],
+        "price_precision": str(price_p),
+        "size_precision": str(size_p),
+    }
+    table = pa.Table.from_arrays(list(columns.values()), schema=pa.schema(fields, metadata=meta))
+    directory = os.path.join(out, "data", "bar", bar_type)
+    path = os.path.join(directory, f"{_nautilus_ts(ts[0])}_{_nautilus_ts(ts[-1])}.parquet")
+    others = [f for f in os.listdir(directory) if f != os.path.basename(path)] if os.path.isdir(directory) else []
+    if others:
+        # The catalog refuses overlapping files of one bar type; never delete a user's data to avoid it.
+        raise BadInput(
+            f"{directory} already holds bars of {bar_type} ({others[0]}); remove them, or export into a new"
+            " catalog directory"
+        )
+    os.makedirs(directory, exist_ok=True)
+    pq.write_table(table, path)
+    return path, len(bars)
 
 
 def _parquet_to_feather(src: str, dst: str) -> None:
