@@ -97,7 +97,8 @@ class WsStream:
         self.close_code: object = None
         #: The next reconnect waits at least this long (then it is cleared): an owner sets it when
         #: the venue refused the session in a way an immediate retry cannot fix (a second connection
-        #: of one account, a refused key), so the venue is not hammered.
+        #: of one account, a refused key), so the venue is not hammered. The owner has logged why and
+        #: how long, so that drop and reconnect are logged at debug level only: one line per refusal.
         self.retry_after_s = 0.0
         self.connected_at = 0.0  # monotonic time of the current connection, 0 when down
         self.connected = asyncio.Event()
@@ -128,7 +129,8 @@ class WsStream:
         """Abandon the current connection (no close handshake); :meth:`run` reconnects."""
         t = self._transport
         if t is not None:
-            log.warning("%s: dropping the connection: %s", self.name, why)
+            level = logging.DEBUG if self.retry_after_s else logging.WARNING
+            log.log(level, "%s: dropping the connection: %s", self.name, why)
             t.disconnect()
 
     def _stale(self, quiet_s: float) -> None:
@@ -167,10 +169,11 @@ class WsStream:
                 await self._disconnected.wait()
                 if self._stopping:
                     break
+                level = logging.DEBUG if self.retry_after_s else logging.WARNING
                 delay = backoff.dropped(self.retry_after_s)
                 self.retry_after_s = 0.0
-                log.warning(
-                    "%s: connection closed (code %s); reconnecting in %.2f s", self.name, self.close_code, delay
+                log.log(
+                    level, "%s: connection closed (code %s); reconnecting in %.2f s", self.name, self.close_code, delay
                 )
                 await backoff.sleep(delay)
         finally:
