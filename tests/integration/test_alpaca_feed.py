@@ -79,9 +79,12 @@ async def test_a_second_connection_is_refused_406_once_and_the_first_keeps_strea
     assert al["venue_errors"] == {"406 connection limit exceeded": 1}
     # One line (an error) says it all, and no retry within the wait: the venue saw one refused attempt.
     lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(lines) == 1 and lines[0].levelno == logging.ERROR and "406" in lines[0].getMessage() and "retrying in 60 s" in lines[0].getMessage(), [
-        r.getMessage() for r in lines
-    ]
+    assert (
+        len(lines) == 1
+        and lines[0].levelno == logging.ERROR
+        and "406" in lines[0].getMessage()
+        and "retrying in 60 s" in lines[0].getMessage()
+    ), [r.getMessage() for r in lines]
     assert stock_attempts == 1 and stats["refused_406"] == 1 and stats["connections"] == 3, stats
     # The first connection never noticed, and kept streaming; the engine's crypto stream ran.
     assert trades_now > trades_then > 0
