@@ -43,6 +43,20 @@ async def test_an_unknown_contract_is_refused_at_start_up(tmp_path: Path) -> Non
         await replica.stop()
 
 
+async def test_more_instruments_than_market_data_lines_are_refused(tmp_path: Path) -> None:
+    settings = Settings(
+        symbols=["ib:AAPL", "ib:MSFT", "ib:EUR.USD"],
+        timeframes=["1m"],
+        db=str(tmp_path / "x.duckdb"),
+        venues={"ib": {"tws_url": "tws://127.0.0.1:9", "tick_by_tick_lines": 1, "market_data_lines": 4}},
+    ).validate()
+    engine = Engine(settings)
+    # AAPL streams tick by tick (1 line); MSFT on bars takes 1, EUR.USD on bars 3 (MID, BID, ASK).
+    with pytest.raises(BadInput, match=r"need 5 market-data lines, more than the 4 of \[venues.ib\] market_data_lines"):
+        await engine.start()
+    await engine.stop()
+
+
 def test_no_tws_on_the_port_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text(
@@ -63,6 +77,7 @@ def test_no_tws_on_the_port_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     assert lines[0].startswith("deltafeed run: cannot reach TWS / IB Gateway at 127.0.0.1:9") and "tws_url" in lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 async def test_a_refused_tick_by_tick_line_streams_real_time_bars_equal_to_the_tape(tmp_path: Path) -> None:
     venue = registry.get("ib")

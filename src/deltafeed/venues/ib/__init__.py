@@ -46,6 +46,9 @@ class IbSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
     #: Instruments streamed tick by tick; the others stream 5-second real-time bars. IB allows at
     #: least 3 tick-by-tick subscriptions (more with market-depth lines).
     tick_by_tick_lines: int = 3
+    #: The account's concurrent market-data lines (IB's floor is 100): every instrument streamed takes
+    #: one (a forex pair on real-time bars three, one per price), and a run needing more is refused.
+    market_data_lines: int = 100
     exchange: dict[str, str] = msgspec.field(default_factory=dict)
     currency: dict[str, str] = msgspec.field(default_factory=dict)
 

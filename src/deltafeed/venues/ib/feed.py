@@ -68,6 +68,7 @@ class IbFeed:
         self.host, self.port = tws_address(vs.tws_url)
         self.client_id = vs.client_id
         self.tick_lines = vs.tick_by_tick_lines
+        self.market_data_lines = vs.market_data_lines
         self.exchange, self.currency = dict(vs.exchange), dict(vs.currency)
         self.stale_after_s = max(1.0, stale_after_s)
         self.clock = VenueClock()
@@ -122,7 +123,18 @@ class IbFeed:
 
     # --- connection -------------------------------------------------------------------------------
 
+    def lines_needed(self) -> int:
+        """Market-data lines the instruments take: one each on tick-by-tick, one per price on bars."""
+        ticks = list(self.contracts)[: self.tick_lines]  # as _subscribe_all picks them
+        return sum(1 if s in ticks else 3 if c.quotes else 1 for s, c in self.contracts.items())
+
     async def check(self) -> None:
+        if self.lines_needed() > self.market_data_lines:
+            raise BadInput(
+                f"the IB instruments need {self.lines_needed()} market-data lines, more than the "
+                f"{self.market_data_lines} of [venues.ib] market_data_lines; collect fewer instruments, or raise "
+                "it if your account has more lines (Quote Booster packs)"
+            )
         if self._task is None:
             try:  # a port nobody listens on is named at once, not after READY_TIMEOUT_S
                 _, probe = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 5.0)
