@@ -113,7 +113,7 @@ class IbFeed:
         c = self.contracts.get(sym) or ib.contract_for(sym, self.exchange, self.currency)
         for tf in st.builder.timeframes:
             if tf not in ib.BAR_SIZES:
-                raise BadInput(f"IB history has no {tf} bars aligned to UTC; roll {tf} up from 1h (rollup settings)")
+                raise BadInput(f'IB history has no {tf} bars aligned to UTC days; roll {tf} up with rollup_from = "1h"')
         self.contracts[sym] = c
         self.states.append(st)
         self._by_symbol.setdefault(sym, []).append(st)
