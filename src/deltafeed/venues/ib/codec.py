@@ -118,15 +118,19 @@ class Framer:
         beyond :data:`MAX_MESSAGE` (the stream cannot be resynchronised after that)."""
         buf = self._buf
         buf += data
-        while len(buf) >= 4:
-            (n,) = struct.unpack_from(">I", buf)
-            if n > MAX_MESSAGE:
-                raise ProtocolError(f"message length {n} is beyond {MAX_MESSAGE}")
-            if len(buf) < 4 + n:
-                break
-            body = bytes(buf[4 : 4 + n])
-            del buf[: 4 + n]
-            yield split_fields(body)
+        pos, end = 0, len(buf)
+        try:
+            while end - pos >= 4:
+                (n,) = struct.unpack_from(">I", buf, pos)
+                if n > MAX_MESSAGE:
+                    raise ProtocolError(f"message length {n} is beyond {MAX_MESSAGE}")
+                if end - pos < 4 + n:
+                    break
+                body = bytes(buf[pos + 4 : pos + 4 + n])
+                pos += 4 + n
+                yield split_fields(body)
+        finally:
+            del buf[:pos]  # once per call: cutting each message off the front would be quadratic
 
 
 def split_fields(body: bytes) -> list[str]:
