@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ib_async import IB, Forex, Stock
+from ib_async import IB, Forex, Future, Stock
 
 from deltafeed.candles.calendar import FxCalendar
 from deltafeed.replicas.options import ReplicaOptions
@@ -26,7 +26,7 @@ START_MS = 1_794_355_200_000 + 15 * 3_600_000
 async def _replica(tmp_path: Path, **kw: object) -> IbReplica:
     r = IbReplica(
         options=ReplicaOptions(
-            symbols=("AAPL", "EUR.USD"),
+            symbols=("AAPL", "EUR.USD", "ES.202703"),
             seed=3,
             rate=4.0,
             speed=20.0,
@@ -66,6 +66,10 @@ async def test_ib_async_connects_and_gets_history_ticks_and_bars_equal_to_the_ta
         assert await ib.reqContractDetailsAsync(Stock("NOSUCH", "SMART", "USD")) == []
 
         hist = await ib.reqHistoricalDataAsync(aapl, "", "1800 S", "1 min", "TRADES", False, formatDate=2)
+        es = Future("ES", "202703", "CME")
+        await ib.qualifyContractsAsync(es)
+        # ib_async's default formatDate=1: dates as text with their zone.
+        fut = await ib.reqHistoricalDataAsync(es, "", "1800 S", "5 mins", "TRADES", False)
         fx = await ib.reqHistoricalDataAsync(eur, "", "1800 S", "1 min", "MIDPOINT", False, formatDate=2)
         now_ms = r.now_ms()
 
@@ -106,6 +110,20 @@ async def test_ib_async_connects_and_gets_history_ticks_and_bars_equal_to_the_ta
     assert len(closed) >= 28
     for b in closed:
         c = ref[int(b.date.timestamp() * 1000)]
+        assert (b.open, b.high, b.low, b.close, b.volume, b.barCount) == (
+            c.open,
+            c.high,
+            c.low,
+            c.close,
+            c.volume,
+            c.trades,
+        )
+    futures = [t for t in read_venue_tape(tmp_path / "tape.csv") if t.symbol == "ES.202703"]
+    ref_es = {c.open_time: c for c in candles_from_tape(futures, 300_000)}
+    fut_closed = [b for b in fut if int(b.date.timestamp() * 1000) + 300_000 <= now_ms]
+    assert es.conId and len(fut_closed) >= 5
+    for b in fut_closed:
+        c = ref_es[int(b.date.timestamp() * 1000)]
         assert (b.open, b.high, b.low, b.close, b.volume, b.barCount) == (
             c.open,
             c.high,

@@ -327,12 +327,15 @@ def parse_end_datetime(text: str, now_ms: int) -> int:
 
 
 def bar_time_ms(text: str) -> int:
-    """A bar's date with ``formatDate=2`` (epoch seconds) or ``YYYYmmdd  HH:MM:SS`` (taken as UTC)."""
+    """A bar's date with ``formatDate=2`` (epoch seconds) or ``YYYYmmdd HH:MM:SS [zone]`` (UTC when
+    no zone is given); ValueError (or a ZoneInfo error, a KeyError) for anything else."""
     text = text.strip()
     if text.isdigit():
         return int(text) * 1000
-    t = dt.datetime.strptime(text.replace(" ", "")[:16], "%Y%m%d%H:%M:%S").replace(tzinfo=dt.UTC)
-    return int(t.timestamp() * 1000)
+    parts = text.split()
+    t = dt.datetime.strptime("".join(parts[:2])[:16], "%Y%m%d%H:%M:%S")
+    zone = ZoneInfo(parts[2]) if len(parts) > 2 else dt.UTC
+    return int(t.replace(tzinfo=zone).timestamp() * 1000)
 
 
 # --- requests (client -> server) -------------------------------------------------------------------
@@ -508,7 +511,7 @@ class Decoder(Skips):
     def decode(self, fields: list[str]) -> Event | None:
         try:
             return self._decode(fields)
-        except (ValueError, IndexError, OverflowError) as exc:
+        except (ValueError, IndexError, OverflowError, ZoneInfoNotFoundError) as exc:
             self._skip(BAD_FIELD, f"{type(exc).__name__}: {str(exc)[:80]} in {fields[:6]!r}")
             return None
         except Exception as exc:  # a bug must not end the stream
@@ -646,11 +649,16 @@ def error_msg(req_id: int, code: int, text: str) -> bytes:
     return frame([ERR_MSG, 2, req_id, code, text, ""])
 
 
-def bar_fields(c: Candle, wap: float, quotes: bool) -> list[object]:
-    """date, open, high, low, close, volume, WAP, count of msg 17 (volume and count -1 for quotes)."""
+def bar_fields(c: Candle, wap: float, quotes: bool, format_date: int = 2) -> list[object]:
+    """date, open, high, low, close, volume, WAP, count of msg 17 (volume and count -1 for quotes).
+    The date is epoch seconds with ``formatDate=2``, else ``YYYYmmdd HH:MM:SS UTC`` (the zone is
+    TWS's login zone; the replica's is UTC)."""
     vol: object = -1 if quotes else _num(c.volume)
     count: object = -1 if quotes else c.trades
-    return [c.open_time // 1000, _num(c.open), _num(c.high), _num(c.low), _num(c.close), vol, _num(wap), count]
+    date: object = c.open_time // 1000
+    if format_date != 2:
+        date = dt.datetime.fromtimestamp(c.open_time / 1000, dt.UTC).strftime("%Y%m%d %H:%M:%S UTC")
+    return [date, _num(c.open), _num(c.high), _num(c.low), _num(c.close), vol, _num(wap), count]
 
 
 def update_fields(req_id: int, c: Candle, wap: float, quotes: bool) -> list[object]:

@@ -534,7 +534,7 @@ class IbReplica(ReplicaBase):
             len(bars),
         ]
         for c, wap in bars:
-            fields += codec.bar_fields(c, wap, series.contract.quotes)
+            fields += codec.bar_fields(c, wap, series.contract.quotes, 2 if f[20] == "2" else 1)
         s.send(codec.frame(fields))
         if keep:
             s.subs[req_id] = _Sub("update", req_id, series, what, cursor=now - now % tf_ms, tf_ms=tf_ms)
