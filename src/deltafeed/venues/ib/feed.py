@@ -24,8 +24,8 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from deltafeed.candles.quotes import QuoteRouter
 from deltafeed.clock import VenueClock
@@ -41,11 +41,20 @@ if TYPE_CHECKING:
     from deltafeed.series import Series
 
 log = logging.getLogger("deltafeed.ib")
+T = TypeVar("T")
 
 #: Wall seconds a history request may take before it is given up (and retried by the engine).
 HISTORY_TIMEOUT_S = 30.0
 #: Wall seconds to wait for TWS to accept the API connection (handshake, nextValidId, accounts).
 READY_TIMEOUT_S = 10.0
+
+
+async def _within(aw: Awaitable[T], seconds: float) -> T:
+    """``aw`` or TimeoutError after ``seconds``. Not ``asyncio.wait_for``: in Python 3.11 it can
+    swallow a cancellation that arrives as ``aw`` completes, and a socket task reading busily
+    would then ignore the stop forever."""
+    async with asyncio.timeout(seconds):
+        return await aw
 
 
 class _Request:
@@ -89,6 +98,7 @@ class IbFeed:
         self.connected_event = asyncio.Event()
         self._streaming = False
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._backoff = Backoff(base_s=0.5, cap_s=10.0)
         self._skips = SkipLog(log, "messages")
         self._farm_broken: set[int] = set()
@@ -137,7 +147,7 @@ class IbFeed:
             )
         if self._task is None:
             try:  # a port nobody listens on is named at once, not after READY_TIMEOUT_S
-                _, probe = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 5.0)
+                _, probe = await _within(asyncio.open_connection(self.host, self.port), 5.0)
                 probe.close()
             except (OSError, TimeoutError) as exc:
                 why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no answer"
@@ -147,7 +157,7 @@ class IbFeed:
                 ) from None
             self._task = asyncio.create_task(self._run(), name="ib-socket")
         try:
-            await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT_S)
+            await _within(self._ready.wait(), READY_TIMEOUT_S)
         except TimeoutError:
             raise BadInput(
                 f"no TWS / IB Gateway API at {self.host}:{self.port} (client id {self.client_id}); start it, enable "
@@ -171,10 +181,10 @@ class IbFeed:
         why: Exception = VenueUnreachable("no answer")
         for _attempt in range(5):
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT_S)
+                await _within(self._ready.wait(), READY_TIMEOUT_S)
             _, req = self._request(lambda i: ib.req_contract_details(i, c))
             try:
-                await asyncio.wait_for(asyncio.shield(req.done), HISTORY_TIMEOUT_S)
+                await _within(asyncio.shield(req.done), HISTORY_TIMEOUT_S)
             except (TimeoutError, VenueUnreachable) as exc:
                 why = exc
                 continue
@@ -203,7 +213,7 @@ class IbFeed:
 
     async def _run(self) -> None:
         failures = 0
-        while True:
+        while not self._stopping:
             try:
                 await self._session()
             except (OSError, asyncio.IncompleteReadError, ib.ProtocolError, TimeoutError) as exc:
@@ -215,7 +225,7 @@ class IbFeed:
             await asyncio.sleep(self._backoff.delay(failures))
 
     async def _session(self) -> None:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 5.0)
+        reader, writer = await _within(asyncio.open_connection(self.host, self.port), 5.0)
         self._writer = writer
         self.decoder.reset()
         framer = ib.Framer()
@@ -224,8 +234,8 @@ class IbFeed:
         self._last_rx = time.monotonic()
         ping = asyncio.create_task(self._keepalive(writer))
         try:
-            while True:
-                data = await asyncio.wait_for(reader.read(65536), self.stale_after_s)
+            while not self._stopping:
+                data = await _within(reader.read(65536), self.stale_after_s)
                 if not data:
                     raise ConnectionResetError("TWS closed the connection")
                 self._last_rx = time.monotonic()
@@ -495,7 +505,7 @@ class IbFeed:
             if not self._ready.is_set():
                 # Lost meanwhile (a TWS restart, a dropped socket): ask again once it is back.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT_S)
+                    await _within(self._ready.wait(), READY_TIMEOUT_S)
             while (wait := self.pacer.delay(time.monotonic(), key, contract_key, small)) > 0:
                 self.pacer.waits += 1
                 await asyncio.sleep(wait)
@@ -503,7 +513,7 @@ class IbFeed:
             self.history_requests += 1
             req_id, req = self._request(lambda i: ib.req_historical_data(i, c, end_ms, duration, bar, what))
             try:
-                await asyncio.wait_for(asyncio.shield(req.done), HISTORY_TIMEOUT_S)
+                await _within(asyncio.shield(req.done), HISTORY_TIMEOUT_S)
             except TimeoutError:
                 self._pending.pop(req_id, None)
                 self._send(ib.cancel_historical_data(req_id))
@@ -535,12 +545,13 @@ class IbFeed:
             self._subscribe_all()
 
     async def stop(self) -> None:
+        self._stopping = True  # the socket task ends at its next step even if a cancel were lost
+        if self._writer is not None:
+            self._writer.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        if self._writer is not None:
-            self._writer.close()
 
     def report(self) -> FeedStatus:
         up = self._ready.is_set()
