@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import tomllib
 from pathlib import Path
@@ -10,12 +11,15 @@ from typing import Any
 import msgspec
 
 from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Instrument, parse_duration_ms, parse_timeframes
+from deltafeed.names import native
 from deltafeed.store.base import check_db, is_postgres, missing_dir, redact
 from deltafeed.store.ticks import parse_tick_retention
 from deltafeed.venues import registry
 from deltafeed.venues.base import VenueSettings
 
 __all__ = ["FailoverSettings", "Settings", "VenueSettings", "load"]
+
+log = logging.getLogger("deltafeed.config")
 
 _SCHEMA_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -68,6 +72,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # the active source is silent for ``failover_after`` while its market is open and the other
     # is live, candles continue from the other one.
     failover: dict[str, FailoverSettings] = msgspec.field(default_factory=dict)
+    # Other names for collected instruments, usable wherever one is named (symbols, the API, the
+    # CLI): ``aliases = { "ETH-PERP" = "hyperliquid:ETH" }``. Case does not matter.
+    aliases: dict[str, str] = msgspec.field(default_factory=dict)
     failover_after: str = "5s"
     hot_capacity: int = 1000
     weight_limit: int | None = None  # the default venue's REST budget, where it has one (Binance: 6000)
@@ -148,6 +155,28 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         """A duration setting in seconds."""
         return parse_duration_ms(str(getattr(self, name))) / 1000
 
+    def _distinct_symbols(self) -> list[str]:
+        """The symbols, each an instrument's own name: an alias or a unified symbol (``BTC/USDT``)
+        becomes the venue's spelling, and names of one instrument (any case) are collected once."""
+        aliases = {k.strip().upper(): v for k, v in self.aliases.items()}
+        for alias, target in aliases.items():
+            if not alias or ":" in alias:
+                raise BadInput(f"alias {alias!r} must be a plain name without a venue, e.g. ETH-PERP")
+            native(target, self.venue)  # BadInput for a malformed target
+        out: dict[str, str] = {}  # canonical -> the name as written
+        for raw in self.symbols:
+            if not raw.strip():
+                raise BadInput("an empty symbol among the symbols; write them like BTCUSDT,ETHUSDT")
+            name = native(aliases.get(raw.strip().upper(), raw), self.venue)
+            if name in out:
+                log.info("%s and %s are the same instrument, %s; collecting it once", out[name], raw.strip(), name)
+                continue
+            out[name] = raw.strip()
+        for alias, target in aliases.items():
+            if native(target, self.venue) not in out:
+                raise BadInput(f"alias {alias} names {target}, which this run does not collect; add it to the symbols")
+        return list(out)
+
     def instruments(self) -> list[Instrument]:
         return [Instrument.parse(s, default_venue=self.venue) for s in self.symbols]
 
@@ -160,6 +189,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         registry.get(self.venue)  # BadInput naming the known venues
         if not self.symbols:
             raise BadInput("no symbols to collect; pass --symbols BTCUSDT,ETHUSDT or set symbols in the config")
+        self.symbols = self._distinct_symbols()
         for venue in [*self.venues, *self.venues_used()]:
             registry.get(venue)
         self.timeframes = parse_timeframes(self.timeframes)

@@ -125,7 +125,7 @@ def test_run_query_while_running_and_stop_within_two_seconds(replica: str, tmp_p
         (["status", "--api", "http://127.0.0.1:9"], "cannot reach"),
         (["run", "--config", "/nonexistent.toml"], "does not exist"),
         (["candles", "binance:BTCUSDT", "1m", "--db", "/nonexistent/x.duckdb"], "no candle database"),
-        (["candles", "BTCUSDT", "1m"], "VENUE:SYMBOL"),
+        (["candles", "binance:", "1m"], "VENUE:SYMBOL"),
         (["candles", "binance:BTCUSDT", "7m"], "unknown timeframe"),
         (["replica", "binance", "--port", "70000"], "not a TCP port"),
         (["frobnicate"], "invalid choice"),
@@ -384,8 +384,12 @@ def test_demo_runs_offline_for_a_fixed_duration(tmp_path: Path) -> None:
             timeout=30,
             cwd=tmp_path,
         )
-        assert r.returncode == 0, r.stderr
-        assert len(r.stdout.splitlines()) >= (7 if price == "mid" else 1)
+        if price == "mid":
+            assert r.returncode == 0, r.stderr
+            assert len(r.stdout.splitlines()) >= 7
+        else:  # a series that was not collected: one line listing those that were, exit 2
+            assert r.returncode == 2 and "no oanda:USD_JPY@bid 1h candles" in r.stderr, r.stderr
+            assert "oanda:USD_JPY 1h" in r.stderr and len(r.stderr.splitlines()) == 1
 
 
 def test_candles_show_each_state_and_final_only(tmp_path: Path) -> None:

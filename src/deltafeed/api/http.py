@@ -29,7 +29,8 @@ from aiohttp.typedefs import Handler
 
 from deltafeed.api.guard import HEADER_TIMEOUT_S
 from deltafeed.fmt import iso, num
-from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle, Instrument, canonical_series, time_ms
+from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle, Instrument, time_ms
+from deltafeed.names import UnknownName, resolve
 from deltafeed.store.base import StoreError
 
 if TYPE_CHECKING:
@@ -196,19 +197,16 @@ def parse_bool(text: str, name: str) -> bool:
     raise http_error(web.HTTPBadRequest, f"{name}={text!r} is not a boolean; write {name}=true or {name}=false")
 
 
-def parse_instrument(name: str, known: list[str]) -> str:
-    """A configured instrument's canonical name: 400 when ``name`` is malformed, 404 when not collected."""
+def parse_instrument(name: str, engine: EngineView) -> str:
+    """A collected series' stored name for any name of it (see :mod:`deltafeed.names`): 400 when
+    ``name`` is malformed, 404 when nothing collected answers to it."""
+    settings = engine.settings
     try:
-        canonical = canonical_series(name)
+        return resolve(name, engine.instrument_names(), aliases=settings.aliases, default_venue=settings.venue)
+    except UnknownName as exc:
+        raise http_error(web.HTTPNotFound, f"{exc}; GET /instruments lists them") from None
     except BadInput as exc:
         raise http_error(web.HTTPBadRequest, str(exc)) from None
-    if canonical not in known:
-        raise http_error(
-            web.HTTPNotFound,
-            f"instrument {canonical} is not collected here; GET /instruments lists"
-            f" the ones that are ({', '.join(known)})",
-        )
-    return canonical
 
 
 def parse_timeframe(name: str, collected: list[str]) -> str:
@@ -291,8 +289,7 @@ class _Routes:
             return None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise http_error(web.HTTPBadRequest, f"instruments must be a list of names; {usage}")
-        known = self.engine.instrument_names()
-        return [parse_instrument(n, known) for n in names]
+        return [parse_instrument(n, self.engine) for n in names]
 
     async def candles(self, request: web.Request) -> web.Response:
         # Names first, before anything is looked up with them.
@@ -302,7 +299,7 @@ class _Routes:
             if q["price"] not in PRICE_SIDES:
                 raise http_error(web.HTTPBadRequest, f"price={q['price']!r}; use one of {', '.join(PRICE_SIDES)}")
             name = f"{name.partition('@')[0]}@{q['price']}"
-        instrument = parse_instrument(name, self.engine.instrument_names())
+        instrument = parse_instrument(name, self.engine)
         timeframe = parse_timeframe(request.match_info["timeframe"], list(self.engine.timeframes))
         unknown = sorted(set(q) - set(_CANDLE_PARAMS))
         if unknown:
@@ -406,7 +403,7 @@ class _Routes:
         )
 
     async def switches(self, request: web.Request) -> web.Response:
-        instrument = parse_instrument(request.match_info["instrument"], self.engine.instrument_names())
+        instrument = parse_instrument(request.match_info["instrument"], self.engine)
         if instrument not in self.engine.failovers:
             raise http_error(
                 web.HTTPNotFound,

@@ -70,7 +70,8 @@ from deltafeed.api.protocol import (
     Unsubscribed,
 )
 from deltafeed.clock import Clock, LiveClock
-from deltafeed.model import TIMEFRAMES, BadInput, Candle, Trade, canonical_series
+from deltafeed.model import TIMEFRAMES, BadInput, Candle, Trade
+from deltafeed.names import UnknownName, resolve
 from deltafeed.net.frames import text_frame
 
 log = logging.getLogger("deltafeed.api.hub")
@@ -197,8 +198,8 @@ class HubFull(BadInput):
     """No room for another client (``max_clients``), or the hub is shutting down."""
 
 
-class UnknownInstrument(BadInput, LookupError):
-    """A well-formed instrument name that is not served here."""
+#: A well-formed instrument name that is not served here.
+UnknownInstrument = UnknownName
 
 
 class Hub:
@@ -224,12 +225,17 @@ class Hub:
         max_lag_s: float = 10.0,
         timeframes: Callable[[], list[str]] | None = None,
         clock: Clock | None = None,
+        aliases: dict[str, str] | None = None,
+        default_venue: str | None = None,
     ) -> None:
         if queue_max < 2:
             raise ValueError(f"queue_max must be at least 2, got {queue_max}")
         if heartbeat_s <= 0 or max_lag_s <= 0:
             raise ValueError("heartbeat_s and max_lag_s must be positive")
         self._snapshot = snapshot
+        #: Other names of instruments, and the venue of bare symbols (see :mod:`deltafeed.names`).
+        self.aliases = aliases or {}
+        self.default_venue = default_venue
         self._instruments = instruments
         self._timeframes = timeframes
         self.queue_max = queue_max
@@ -375,12 +381,7 @@ class Hub:
 
         The error is a :class:`LookupError` too when the name is well formed but not served.
         """
-        canonical = canonical_series(name)
-        active = self._instruments()
-        if canonical not in active:
-            some = ", ".join(active[:10]) + (f" ({len(active)} in all)" if len(active) > 10 else "")
-            raise UnknownInstrument(f"instrument {name!r} is not served here; choose one of {some or '(none yet)'}")
-        return canonical
+        return resolve(name, self._instruments(), aliases=self.aliases, default_venue=self.default_venue)
 
     def check_timeframe(self, name: str) -> str:
         """``name`` if it is a timeframe (and collected, when the hub was given ``timeframes``)."""

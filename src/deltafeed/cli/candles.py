@@ -10,6 +10,7 @@ import os
 from deltafeed.cli import Subcommands, _parse_time
 from deltafeed.fmt import write_candles
 from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle, Switch, canonical_series, parse_timeframes
+from deltafeed.names import UnknownName, resolve
 
 log = logging.getLogger("deltafeed")
 
@@ -41,7 +42,9 @@ def command(args: argparse.Namespace) -> int:
     from deltafeed.store.reader import read_candles
     from deltafeed.store.redis_hot import RedisHot
 
-    inst = canonical_series(args.instrument if args.price is None else f"{args.instrument}@{args.price}")
+    asked = args.instrument if args.price is None else f"{args.instrument}@{args.price}"
+    if ":" in asked:
+        canonical_series(asked)  # a malformed VENUE:SYMBOL is refused before the store is opened
     tf = parse_timeframes([args.timeframe])[0]
     since = _parse_time(args.since, "--since")
     until = _parse_time(args.until, "--until")
@@ -52,7 +55,23 @@ def command(args: argparse.Namespace) -> int:
     if hot_url is not None and not hot_url.startswith(("redis://", "rediss://", "unix://")):
         raise BadInput("--hot is not a Redis URL; write it like redis://127.0.0.1:6379/0")
 
-    async def rows_of(hot: RedisHot | None, cold: ColdTier) -> list[Candle]:
+    async def series_of(cold: ColdTier) -> str:
+        """The stored series ``asked`` names (any of its names); BadInput listing the stored ones."""
+        stored = await cold.instruments()
+        names = sorted({i for i, _, _ in stored})
+        # The asked instrument's own series first: the likely fix is among them.
+        near = asked.partition("@")[0].upper()
+        have = [f"{i} {t}" for i, t, n in sorted(stored, key=lambda r: near not in r[0].upper()) if n]
+        listing = ", ".join(have[:12]) + (f" ({len(have)} in all)" if len(have) > 12 else "") or "none"
+        try:
+            inst = resolve(asked, names)
+        except UnknownName:
+            raise BadInput(f"no {asked} {tf} candles in {cold.name}; the series stored there: {listing}") from None
+        if not any(i == inst and t == tf and n for i, t, n in stored):
+            raise BadInput(f"no {inst} {tf} candles in {cold.name}; the series stored there: {listing}")
+        return inst
+
+    async def rows_of(inst: str, hot: RedisHot | None, cold: ColdTier) -> list[Candle]:
         if hot is not None:
             try:
                 if hot.degraded is None:
@@ -62,16 +81,17 @@ def command(args: argparse.Namespace) -> int:
                 log.warning("Redis unavailable (%s); reading %s alone", exc, cold.name)
         return await read_candles(None, cold, inst, tf, since, until, args.last, final_only=args.final_only)
 
-    async def read() -> tuple[list[Candle], list[Switch]]:
+    async def read() -> tuple[str, list[Candle], list[Switch]]:
         cold = await open_cold(db, read_only=True, schema=args.db_schema)
         hot = None
         try:
+            inst = await series_of(cold)
             if hot_url is not None:
                 hot = RedisHot(hot_url, prefix=args.hot_prefix)
                 await hot.open(warn=False)
-            rows = await rows_of(hot, cold)
+            rows = await rows_of(inst, hot, cold)
             switches = await cold.switches(inst, rows[0].open_time, rows[-1].open_time + tf_ms - 1) if rows else []
-            return rows, switches
+            return inst, rows, switches
         finally:
             if hot is not None:
                 await hot.close()
@@ -79,7 +99,7 @@ def command(args: argparse.Namespace) -> int:
 
     tf_ms = TIMEFRAMES[tf]
     try:
-        rows, switches = asyncio.run(read())
+        inst, rows, switches = asyncio.run(read())
     except StoreError as exc:
         raise BadInput(f"cannot read candles: {exc}") from None
     write_candles(rows, args.format, f"{inst} {tf}", {w.spanning(tf_ms): w for w in switches})

@@ -56,7 +56,7 @@ def command(args: argparse.Namespace) -> int:
         args.config,
         {
             "venue": args.venue,
-            "symbols": args.symbols.split(",") if args.symbols else None,
+            "symbols": args.symbols.split(",") if args.symbols is not None else None,
             "timeframes": args.timeframes.split(",") if args.timeframes else None,
             "history": args.history,
             "db": args.db or os.environ.get("DELTAFEED_DB"),
@@ -113,7 +113,12 @@ def command(args: argparse.Namespace) -> int:
                 from deltafeed.api.hub import Hub
                 from deltafeed.api.server import api_url, start_api
 
-                engine.hub = Hub(snapshot=engine.snapshot, instruments=engine.instrument_names)
+                engine.hub = Hub(
+                    snapshot=engine.snapshot,
+                    instruments=engine.instrument_names,
+                    aliases=settings.aliases,
+                    default_venue=settings.venue,
+                )
                 try:
                     runner = await start_api(engine, engine.hub, api[0], api[1], token, limits)
                 except OSError as exc:

@@ -231,6 +231,35 @@ class VenueSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     holidays: list[str] = msgspec.field(default_factory=list)  # extra closed days (YYYY-MM-DD, New York)
 
 
+#: Quote assets of pairs spelled without a separator (BTCUSDT), longest first: USDT before USD.
+QUOTE_ASSETS = (
+    "FDUSD",
+    "USDT",
+    "USDC",
+    "BUSD",
+    "TUSD",
+    "USDE",
+    "EUR",
+    "GBP",
+    "JPY",
+    "TRY",
+    "BRL",
+    "DAI",
+    "USD",
+    "BTC",
+    "ETH",
+    "BNB",
+)
+
+
+def joined_pair(symbol: str) -> str | None:
+    """``BTCUSDT`` as ``BTC/USDT``: a pair spelled without a separator, split at a known quote asset."""
+    for quote in QUOTE_ASSETS:
+        if symbol.endswith(quote) and len(symbol) > len(quote):
+            return f"{symbol[: -len(quote)]}/{quote}"
+    return None
+
+
 #: The URL schemes a setting of each kind of address accepts.
 HTTP_SCHEMES = ("http://", "https://")
 WS_SCHEMES = ("ws://", "wss://")
@@ -277,9 +306,33 @@ class Venue:
     #: comparison with the venue's tape leaves the count out.
     history_trades: bool = True
 
+    #: How the venue spells a pair, for ccxt-style unified names (``BTC/USDT``): ``"{base}{quote}"``
+    #: (Binance's BTCUSDT), ``"{base}-{quote}"`` (Coinbase), ``"{base}/{quote}"`` (Kraken),
+    #: ``"{base}_{quote}"`` (OANDA), or None when its symbols are no pairs (IG's epics).
+    pair_form: str | None = "{base}/{quote}"
+
     def calendar_name(self, symbol: str) -> str:
         """The market calendar ``symbol`` follows on this venue (see ``candles/calendar.py``)."""
         return "crypto"
+
+    def unified_symbol(self, symbol: str) -> str | None:
+        """ccxt's unified name of the venue's ``symbol`` (``BTCUSDT`` -> ``BTC/USDT``; a derivative
+        adds its settlement asset, ``BTC/USDT:USDT``), or None when it names no pair."""
+        if self.pair_form is None:
+            return None
+        sep = self.pair_form[len("{base}") : -len("{quote}")]
+        if sep:
+            base, found, quote = symbol.partition(sep)
+            return f"{base}/{quote}" if found and base and quote and sep not in quote else None
+        return joined_pair(symbol)
+
+    def native_symbol(self, unified: str) -> str | None:
+        """The venue's symbol for ccxt's unified name ``BASE/QUOTE`` (the inverse of
+        :meth:`unified_symbol`), or None when it has no such spelling."""
+        base, found, quote = unified.upper().partition("/")
+        if self.pair_form is None or not found or not base or not quote or ":" in quote:
+            return None
+        return self.pair_form.format(base=base, quote=quote)
 
     def quoted(self, symbol: str) -> bool:
         """Whether ``symbol`` is quote-built here: :attr:`quotes`, unless the venue has both kinds

@@ -62,6 +62,17 @@ def get(name: str) -> Venue:
         raise BadInput(f"unknown venue {name!r}; this version supports: {', '.join(names())}") from None
 
 
+def find(name: str) -> Venue | None:
+    """The venue ``name``, or None when there is none by that name."""
+    _load()
+    return _venues.get(name)
+
+
+def known(name: str) -> bool:
+    """Whether a venue is called ``name``."""
+    return find(name) is not None
+
+
 def names() -> list[str]:
     """Every known venue's name, sorted."""
     _load()

@@ -25,6 +25,7 @@ class BinanceSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
 
 class Binance(Venue):
     name = "binance"
+    pair_form = "{base}{quote}"
     description = "Binance spot market data: REST and WebSocket"
     default = True  # the venue of symbols that name none
     settings_type = BinanceSettings

@@ -29,6 +29,23 @@ class BybitSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
 
 class Bybit(Venue):
     name = "bybit"
+    pair_form = "{base}{quote}"
+
+    def unified_symbol(self, symbol: str) -> str | None:
+        """Spot ``BTCUSDT`` is ``BTC/USDT``; linear ``LINEAR:BTCUSDT`` settles in its quote, ``BTC/USDT:USDT``."""
+        category, _, name = symbol.rpartition(":")
+        pair = super().unified_symbol(name)
+        if pair is None or category.lower() not in ("", "spot", "linear"):
+            return None
+        return f"{pair}:{pair.partition('/')[2]}" if category.lower() == "linear" else pair
+
+    def native_symbol(self, unified: str) -> str | None:
+        pair, _, settle = unified.upper().partition(":")
+        name = super().native_symbol(pair)
+        if name is None or (settle and settle != pair.partition("/")[2]):
+            return None
+        return f"LINEAR:{name}" if settle else name
+
     description = "Bybit v5 public market data (spot, and linear as linear:SYMBOL): REST and WebSocket"
     settings_type = BybitSettings
     urls = {"rest_url": HTTP_SCHEMES, "ws_url": WS_SCHEMES}  # noqa: RUF012

@@ -25,6 +25,7 @@ class CoinbaseSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
 
 class Coinbase(Venue):
     name = "coinbase"
+    pair_form = "{base}-{quote}"
     description = "Coinbase Advanced Trade public market data: REST and WebSocket"
     settings_type = CoinbaseSettings
     urls = {"rest_url": HTTP_SCHEMES, "ws_url": WS_SCHEMES}  # noqa: RUF012

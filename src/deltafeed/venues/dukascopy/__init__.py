@@ -39,6 +39,7 @@ class _Ticks:
 
 class Dukascopy(Venue):
     name = "dukascopy"
+    pair_form = None
     description = "Dukascopy tick history: .bi5 hour files (forex), a history source for backfill"
     settings_type = DukascopySettings
     urls = {"rest_url": HTTP_SCHEMES}  # noqa: RUF012

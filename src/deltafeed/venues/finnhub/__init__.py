@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from deltafeed.model import BadInput
-from deltafeed.venues.base import HTTP_SCHEMES, WS_SCHEMES, Venue, VenueSettings
+from deltafeed.venues.base import HTTP_SCHEMES, WS_SCHEMES, Venue, VenueSettings, joined_pair
 from deltafeed.venues.finnhub import codec
 
 if TYPE_CHECKING:
@@ -24,6 +24,20 @@ class FinnhubSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
 
 class Finnhub(Venue):
     name = "finnhub"
+    pair_form = None
+
+    def unified_symbol(self, symbol: str) -> str | None:
+        """``OANDA:EUR_USD`` is ``EUR/USD`` and ``BINANCE:BTCUSDT`` ``BTC/USDT`` (the pair as its
+        source exchange spells it); a stock has none."""
+        _, found, name = symbol.partition(":")
+        if not found:
+            return None
+        for sep in ("_", "-", "/"):
+            base, hit, quote = name.partition(sep)
+            if hit and base and quote:
+                return f"{base}/{quote}"
+        return joined_pair(name)
+
     description = "Finnhub: trades WebSocket and REST candles (forex, crypto, US stocks)"
     settings_type = FinnhubSettings
     urls = {"rest_url": HTTP_SCHEMES, "ws_url": WS_SCHEMES}  # noqa: RUF012

@@ -26,6 +26,16 @@ class HyperliquidSettings(VenueSettings, forbid_unknown_fields=True, kw_only=Tru
 
 class Hyperliquid(Venue):
     name = "hyperliquid"
+    pair_form = None
+
+    def unified_symbol(self, symbol: str) -> str | None:
+        """A perpetual ``BTC`` quotes and settles in USDC: ``BTC/USDC:USDC``, as ccxt names it."""
+        return f"{symbol}/USDC:USDC" if symbol.isalnum() else None
+
+    def native_symbol(self, unified: str) -> str | None:
+        base, _, rest = unified.upper().partition("/")
+        return base if rest == "USDC:USDC" and base.isalnum() else None
+
     description = "Hyperliquid perpetuals market data: POST /info and WebSocket"
     settings_type = HyperliquidSettings
     urls = {"rest_url": HTTP_SCHEMES, "ws_url": WS_SCHEMES}  # noqa: RUF012

@@ -23,6 +23,14 @@ class IGSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
 
 class IG(Venue):
     name = "ig"
+    pair_form = None
+
+    def unified_symbol(self, symbol: str) -> str | None:
+        """A currency epic (``CS.D.EURUSD.MINI.IP``) names its pair in its third part: ``EUR/USD``."""
+        parts = symbol.split(".")
+        pair = parts[2] if len(parts) >= 3 and parts[0] == "CS" else ""
+        return f"{pair[:3]}/{pair[3:]}" if len(pair) == 6 and pair.isalpha() else None
+
     description = "IG Markets: REST prices and Lightstreamer streaming (forex)"
     settings_type = IGSettings
     urls = {"rest_url": HTTP_SCHEMES, "stream_url": HTTP_SCHEMES}  # noqa: RUF012

@@ -24,6 +24,7 @@ class OandaSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
 
 class Oanda(Venue):
     name = "oanda"
+    pair_form = "{base}_{quote}"
     description = "OANDA v20: REST candles and the HTTP pricing stream (forex)"
     settings_type = OandaSettings
     urls = {"rest_url": HTTP_SCHEMES, "stream_url": HTTP_SCHEMES}  # noqa: RUF012
