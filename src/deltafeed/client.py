@@ -29,11 +29,13 @@ final after newer ones came.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import importlib
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -116,7 +118,13 @@ class Client:
     """
 
     def __init__(
-        self, base_url: str, token: str | None = None, *, timeout_s: float = 30.0, reconnect_max_s: float = 5.0
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        timeout_s: float = 30.0,
+        reconnect_max_s: float = 5.0,
+        default_venue: str | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url {base_url!r} must start with http:// or https://, e.g. http://127.0.0.1:8080")
@@ -124,11 +132,14 @@ class Client:
         self.token = token or None
         self.timeout_s = timeout_s
         self.reconnect_max_s = reconnect_max_s
+        #: The venue of symbols that name none (``BTC/USDT``); None leaves them to the server's default.
+        self.default_venue = default_venue
         #: Times a watch lost its connection and subscribed again.
         self.reconnects = 0
         #: Candles resumed watches fetched over HTTP, where the snapshot could not reach back.
         self.resumed_over_http = 0
         self._session: aiohttp.ClientSession | None = None
+        self._batches = _Batches()
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -142,6 +153,7 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
+        await self._batches.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -151,6 +163,12 @@ class Client:
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
             self._session = aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout_s))
         return self._session
+
+    def _name(self, symbol: str) -> str:
+        """``symbol`` with the client's default venue when it names none."""
+        if self.default_venue is None or ":" in symbol.partition("/")[0]:
+            return symbol
+        return f"{self.default_venue}:{symbol}"
 
     # --- HTTP -----------------------------------------------------------------------------------
 
@@ -205,7 +223,7 @@ class Client:
                 params[key] = str(value)
         if final:
             params["final"] = "true"
-        doc = await self._request("GET", f"/candles/{_segment(instrument)}/{timeframe}", params=params)
+        doc = await self._request("GET", f"/candles/{_segment(self._name(instrument))}/{timeframe}", params=params)
         forming = set(doc.get("forming", ()))
         return [
             Candle(
@@ -223,20 +241,29 @@ class Client:
 
     async def fetch_ohlcv(
         self,
-        instrument: str,
-        timeframe: str,
+        symbol: str,
+        timeframe: str = "1m",
         since: _WHEN | None = None,
-        until: _WHEN | None = None,
         limit: int | None = None,
+        params: dict[str, Any] | None = None,
         *,
+        until: _WHEN | None = None,
         final: bool = False,
     ) -> list[list[float]]:
-        """Like ccxt's ``fetch_ohlcv``: ``[[open_time_ms, open, high, low, close, volume], ...]``.
+        """ccxt's ``fetch_ohlcv(symbol, timeframe, since, limit, params)``: ``[[open_time_ms, open,
+        high, low, close, volume], ...]``, oldest first, the forming candle included (last).
 
-        Oldest first, the forming candle included (last); see :meth:`fetch_candles` for the bounds.
-        ``final=True``: only final candles (no provisional one, no forming one).
+        ``symbol`` is any name of an instrument (``binance:BTCUSDT``, ``binance:BTC/USDT``, or
+        ``BTC/USDT`` on the client's ``default_venue``, else the server's). ``params`` takes ccxt's
+        ``until`` and deltafeed's ``final`` (only final candles: no provisional one, no forming
+        one), also accepted as keywords. See :meth:`fetch_candles` for the bounds.
         """
-        return [ohlcv(c) for c in await self.fetch_candles(instrument, timeframe, since, until, limit, final=final)]
+        extra = dict(params or {})
+        until = extra.pop("until", until)
+        final = bool(extra.pop("final", final))
+        if extra:
+            raise ValueError(f"params {sorted(extra)} are not understood; fetch_ohlcv takes until and final")
+        return [ohlcv(c) for c in await self.fetch_candles(symbol, timeframe, since, until, limit, final=final)]
 
     async def fetch_trades(
         self, symbol: str, since: _WHEN | None = None, limit: int | None = None, params: dict[str, Any] | None = None
@@ -288,7 +315,7 @@ class Client:
     async def fetch_switches(self, instrument: str) -> list[dict[str, Any]]:
         """Failover switches of a logical instrument, oldest first: ``{"since_ms", "at_ms", "from",
         "to", "spanning": {timeframe: open time of the candle that spans the switch}}``."""
-        doc = await self._request("GET", f"/switches/{_segment(instrument)}")
+        doc = await self._request("GET", f"/switches/{_segment(self._name(instrument))}")
         return list(doc["switches"])
 
     async def status(self) -> dict[str, Any]:
@@ -306,6 +333,40 @@ class Client:
         doc: dict[str, Any] = await self._request("GET", "/instruments")
         return doc
 
+    async def load_markets(self) -> dict[str, dict[str, Any]]:
+        """The instruments served, in the spirit of ccxt's ``load_markets``: keyed by instrument name
+        and by unified symbol (``BTC/USDT``, when the venue's symbol names a pair and it is served
+        on one venue only), each ``{"id", "symbol", "base", "quote", "venue", "instrument",
+        "aliases", "active", "precision", "info"}``. Prices and sizes are served at up to 8
+        decimals (``precision`` says so, in ccxt's decimal-places mode)."""
+        doc = await self.instruments()
+        markets: dict[str, dict[str, Any]] = {}
+        unified_seen: dict[str, int] = {}
+        for row in doc["instruments"]:
+            unified = row.get("unified")
+            pair = (unified or "").partition(":")[0]
+            base, _, quote = pair.partition("/")
+            market = {
+                "id": row["symbol"],
+                "symbol": unified or row["name"],
+                "base": base or None,
+                "quote": quote or None,
+                "venue": row["venue"],
+                "instrument": row["name"],
+                "aliases": row.get("aliases", []),
+                "active": row["streaming"],
+                "precision": {"price": 8, "amount": 8},
+                "info": row,
+            }
+            markets[row["name"]] = market
+            if unified and "@" not in row["name"]:
+                unified_seen[unified] = unified_seen.get(unified, 0) + 1
+                markets.setdefault(unified, market)
+        for unified, count in unified_seen.items():
+            if count > 1:  # on several venues: only the instrument names say which
+                del markets[unified]
+        return markets
+
     async def start_streaming(self, instruments: list[str] | None = None) -> list[str]:
         """Start streaming ``instruments`` (all when None); returns those streaming now. Needs the token."""
         body = None if instruments is None else {"instruments": instruments}
@@ -320,19 +381,39 @@ class Client:
 
     # --- WebSocket ------------------------------------------------------------------------------
 
-    async def watch_ohlcv(
-        self, instrument: str, timeframe: str, *, snapshot: int = 1, final_only: bool = False
-    ) -> AsyncIterator[list[float]]:
-        """Every update of the series as a ccxt row ``[open_time_ms, open, high, low, close, volume]``.
+    def watch_ohlcv(
+        self,
+        symbol: str,
+        timeframe: str = "1m",
+        since: _WHEN | None = None,
+        limit: int | None = None,
+        params: dict[str, Any] | None = None,
+        *,
+        snapshot: int = 1,
+        final_only: bool = False,
+    ) -> OhlcvWatch:
+        """Every update of the series as a ccxt row ``[open_time_ms, open, high, low, close, volume]``,
+        two ways:
+
+        - as ccxt.pro does, ``rows = await df.watch_ohlcv(symbol, "1m")`` in a loop: each call
+          returns the rows that came since the previous call with the same arguments (at least one;
+          the newest ``limit`` when given), from one subscription the client keeps until
+          :meth:`close`;
+        - as an async iterator, ``async for row in df.watch_ohlcv(symbol, "1m")``: one row at a time.
 
         The forming candle comes again each time it changes; a row with a newer open time means the
         previous candle's interval is over (its last row was its closing state; a row for it may
-        still come if it is corrected). The first ``snapshot`` rows are the newest
-        candles the server holds (default 1: the forming one). ``final_only``: rows of final candles
-        only (see :meth:`watch_candles`). Reconnects by itself; see the module docstring.
+        still come if it is corrected). The first ``snapshot`` rows are the newest candles the
+        server holds (default 1: the forming one). ``final_only`` (or ``params={"final": True}``):
+        rows of final candles only (see :meth:`watch_candles`). ``since`` is accepted for ccxt's
+        signature; a watch starts from the snapshot. Reconnects by itself; see the module docstring.
         """
-        async for c in self.watch_candles(instrument, timeframe, snapshot=snapshot, final_only=final_only):
-            yield ohlcv(c)
+        extra = dict(params or {})
+        final_only = bool(extra.pop("final", final_only))
+        snapshot = int(extra.pop("snapshot", snapshot))
+        if extra:
+            raise ValueError(f"params {sorted(extra)} are not understood; watch_ohlcv takes final and snapshot")
+        return OhlcvWatch(self, symbol, timeframe, limit, snapshot, final_only)
 
     async def watch_candles(
         self, instrument: str, timeframe: str, *, snapshot: int = 1, closed_only: bool = False, final_only: bool = False
@@ -376,7 +457,7 @@ class Client:
                 ) as ws:
                     op: dict[str, Any] = {
                         "op": "subscribe",
-                        "instrument": instrument,
+                        "instrument": self._name(instrument),
                         "timeframe": timeframe,
                         "snapshot": want,
                     }
@@ -448,6 +529,81 @@ class Client:
     def to_dataframe(rows: Sequence[Sequence[float] | Candle]) -> Any:
         """See :func:`to_dataframe`."""
         return to_dataframe(rows)
+
+
+class OhlcvWatch:
+    """What :meth:`Client.watch_ohlcv` returns: awaitable (ccxt's style: the rows since the last
+    await of the same watch) and async-iterable (one row at a time)."""
+
+    def __init__(
+        self, client: Client, symbol: str, timeframe: str, limit: int | None, snapshot: int, final_only: bool
+    ) -> None:
+        self._client = client
+        self._args = (symbol, timeframe, snapshot, final_only)
+        self._limit = limit
+
+    async def _rows(self) -> AsyncIterator[list[float]]:
+        symbol, timeframe, snapshot, final_only = self._args
+        async for c in self._client.watch_candles(symbol, timeframe, snapshot=snapshot, final_only=final_only):
+            yield ohlcv(c)
+
+    def __aiter__(self) -> AsyncIterator[list[float]]:
+        return self._rows()
+
+    def __await__(self) -> Generator[Any, None, list[list[float]]]:
+        return self._client._batches.next(self._args, self._rows, self._limit).__await__()
+
+
+class _Batches:
+    """The subscriptions behind ccxt-style ``await watch_ohlcv(...)`` calls: one background task
+    per distinct watch, collecting rows until the next call takes them (bounded: the newest
+    ``KEEP`` rows are kept, as ccxt's cache keeps its newest candles)."""
+
+    KEEP = 1000
+
+    def __init__(self) -> None:
+        self._tasks: dict[object, asyncio.Task[None]] = {}
+        self._rows: dict[object, list[list[float]]] = {}
+        self._ready: dict[object, asyncio.Event] = {}
+
+    async def next(
+        self, key: object, rows: Callable[[], AsyncIterator[list[float]]], limit: int | None
+    ) -> list[list[float]]:
+        task = self._tasks.get(key)
+        if task is None or task.done():
+            if task is not None and task.exception() is not None:
+                del self._tasks[key]
+                raise task.exception()  # type: ignore[misc]
+            self._rows[key] = []
+            self._ready[key] = asyncio.Event()
+            self._tasks[key] = asyncio.create_task(self._collect(key, rows))
+        ready = self._ready[key]
+        waiter = asyncio.ensure_future(ready.wait())
+        done, _ = await asyncio.wait({waiter, self._tasks[key]}, return_when=asyncio.FIRST_COMPLETED)
+        if waiter not in done:
+            waiter.cancel()
+            failed = self._tasks.pop(key)
+            exc = failed.exception()
+            raise exc if exc is not None else ApiError(0, "the watch ended")
+        got, self._rows[key] = self._rows[key], []
+        ready.clear()
+        return got if limit is None else got[-limit:]
+
+    async def _collect(self, key: object, rows: Callable[[], AsyncIterator[list[float]]]) -> None:
+        async for row in rows():
+            buf = self._rows[key]
+            buf.append(row)
+            if len(buf) > self.KEEP:
+                del buf[: len(buf) - self.KEEP]
+            self._ready[key].set()
+
+    async def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        for task in self._tasks.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
 
 
 class _Progress:

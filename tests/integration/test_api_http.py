@@ -168,7 +168,15 @@ async def test_instruments(served: Served) -> None:
     assert status == 200
     assert body == {
         "instruments": [
-            {"name": f"binance:{s}", "venue": "binance", "symbol": s, "price": "trade", "streaming": True}
+            {
+                "name": f"binance:{s}",
+                "venue": "binance",
+                "symbol": s,
+                "unified": s.replace("USDT", "/USDT"),
+                "aliases": [],
+                "price": "trade",
+                "streaming": True,
+            }
             for s in SYMBOLS
         ],
         "timeframes": ["15s", "1m", "5m"],
@@ -197,10 +205,10 @@ async def test_stop_and_start_streaming(served: Served) -> None:
         (b'["binance:BTCUSDT"]', 400, "unexpected request body"),
         (b'{"instruments": ["binance:BTCUSDT"], "extra": 1}', 400, "unexpected request body"),
         (b'{"instruments": "binance:BTCUSDT"}', 400, "must be a list"),
-        (b'{"instruments": ["BTCUSDT"]}', 400, "VENUE:SYMBOL"),
+        (b'{"instruments": ["binance:BTC$USDT"]}', 400, "is not a valid name"),
         (b'{"instruments": ["binance:XRPUSDT"]}', 404, "not collected here"),
     ],
-    ids=["not-json", "not-object", "extra-key", "not-list", "no-venue", "unknown"],
+    ids=["not-json", "not-object", "extra-key", "not-list", "malformed", "unknown"],
 )
 async def test_control_bad_bodies(served: Served, body: bytes, status: int, needle: str) -> None:
     got, doc, _ = await call("POST", served.url + "/streaming/stop", token=TOKEN, data=body)
@@ -357,7 +365,7 @@ async def test_candle_states_and_final_only(served: Served) -> None:
         (f"/candles/{BTC}/1m?format=xml", 400, "format=json, format=csv or format=parquet"),
         (f"/candles/{BTC}/1m?limt=5", 400, "unknown parameter(s) limt"),
         ("/candles/binance:XRPUSDT/1m", 404, "not collected here"),
-        ("/candles/BTCUSDT/1m", 400, "has no venue"),
+        ("/candles/BTC$USDT/1m", 400, "is not a valid name"),
         ("/candles/binance:BTC$USDT/1m", 400, "is not a valid name"),
         (f"/candles/{BTC}/7m", 400, "unknown timeframe '7m'"),
         (f"/candles/{BTC}/1h", 404, "timeframe 1h is not collected here"),

@@ -116,12 +116,13 @@ async def test_instrument_endpoint_sends_trades_prices_and_candles_in_the_docume
 
     first = await ws.receive(timeout=3)
     assert first.data == (
-        '{"type":"trade","instrument":"binance:BTCUSDT","timestamp":1700000040123,'
+        '{"type":"trade","instrument":"binance:BTCUSDT","symbol":"binance:btcusdt","timestamp":1700000040123,'
         '"data":{"id":7,"price":42000.5,"qty":0.25,"buyer_maker":true}}'
     )
     assert await recv(ws) == {
         "type": "price_update",
         "instrument": BTC,
+        "symbol": "binance:btcusdt",  # the name this client used
         "timestamp": T0 + 200,
         "data": {"price": 42001.0},
     }
@@ -137,12 +138,19 @@ async def test_instrument_endpoint_sends_trades_prices_and_candles_in_the_docume
         "closed": False,
         "state": "forming",
     }
-    assert await recv(ws) == {"type": "candle", "instrument": BTC, "timestamp": T0, "data": candle_data}
+    assert await recv(ws) == {
+        "type": "candle",
+        "instrument": BTC,
+        "symbol": "binance:btcusdt",
+        "timestamp": T0,
+        "data": candle_data,
+    }
     hour = await recv(ws)
     assert hour["timestamp"] == T0 - 40_000 and hour["data"]["timeframe"] == "1h" and hour["data"]["trades"] == 300
     assert await recv(ws) == {
         "type": "candle",
         "instrument": BTC,
+        "symbol": "binance:btcusdt",
         "timestamp": T0,
         "data": {**candle_data, "closed": True, "state": "provisional"},
     }
@@ -281,8 +289,8 @@ async def test_bad_paths_and_a_full_server_are_refused_before_the_upgrade(
     hub = market.hub(max_clients=2, max_subscriptions=1)
     url = await serve(hub)
     cases = [
-        ("/ws/binance:NOPEUSDT", 404, "not served here"),
-        ("/ws/BTCUSDT", 400, "VENUE:SYMBOL"),
+        ("/ws/binance:NOPEUSDT", 404, "not collected here"),
+        ("/ws/BTC$USDT", 400, "is not a valid name"),
         ("/ws/multi/binance:BTCUSDT,kraken:XBTUSD", 404, "kraken:XBTUSD"),
         ("/ws/multi/binance:BTCUSDT,binance:ETHUSDT", 400, "split them"),
         ("/ws/multi/,", 400, "no instruments"),
@@ -338,7 +346,7 @@ async def test_bad_ops_get_error_replies_and_the_connection_survives(
     assert "send JSON like" in await error_for("[1, 2, 3]")
     assert "unknown op 'subscribed'" in await error_for('{"op": "subscribed", "instrument": "binance:BTCUSDT"}')
     assert "needs an instrument" in await error_for('{"op": "subscribe"}')
-    assert "not served here" in await error_for('{"op": "subscribe", "instrument": "binance:DOGEUSDT"}')
+    assert "not collected here" in await error_for('{"op": "subscribe", "instrument": "binance:DOGEUSDT"}')
     assert "VENUE:SYMBOL" in await error_for('{"op": "subscribe", "instrument": "BTC USDT"}')
     assert "not collected here; use one of 1m 5m" in await error_for(
         '{"op": "subscribe", "instrument": "binance:BTCUSDT", "timeframe": "1h"}'

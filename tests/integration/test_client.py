@@ -204,7 +204,7 @@ async def test_watch_ohlcv_receives_updates(served: Collector) -> None:
 
 async def test_watch_errors_are_raised_not_retried(served: Collector) -> None:
     async with Client(served.url, token=TOKEN, reconnect_max_s=0.1) as df:
-        with pytest.raises(ApiError, match="not served here"):
+        with pytest.raises(ApiError, match="not collected here"):
             async with asyncio.timeout(10):
                 async for _ in df.watch_candles("binance:XRPUSDT", "1m"):
                     pass

@@ -28,10 +28,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from deltafeed.api.guard import HEADER_TIMEOUT_S
-from deltafeed.fmt import iso, num
+from deltafeed.fmt import clean, iso, num
 from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle, Instrument, time_ms
-from deltafeed.names import UnknownName, resolve
+from deltafeed.names import UnknownName, native, resolve
 from deltafeed.store.base import StoreError
+from deltafeed.venues import registry
 
 if TYPE_CHECKING:
     from deltafeed.engine.status import EngineStatus
@@ -241,16 +242,22 @@ class _Routes:
 
     async def instruments(self, request: web.Request) -> web.Response:
         per = self.engine.report().instruments
+        settings = self.engine.settings
+        aliases = {a: native(t, settings.venue) for a, t in settings.aliases.items()}
         out = []
         for name in self.engine.instrument_names():
             base, _, price = name.partition("@")
             inst = Instrument.parse(base)
             st = per.get(name)  # None for a logical (failover) series
+            venue = registry.find(inst.venue)
             out.append(
                 {
                     "name": name,
                     "venue": inst.venue,
                     "symbol": inst.symbol,
+                    # ccxt's unified symbol (BTC/USDT), None when the venue's symbol names no pair
+                    "unified": venue.unified_symbol(inst.symbol) if venue is not None else None,
+                    "aliases": sorted(a for a, target in aliases.items() if target == base),
                     "price": st.price if st is not None else price or None,
                     "streaming": st.streaming if st is not None else True,
                 }
@@ -975,6 +982,6 @@ def docs_html(spec: dict[str, Any]) -> str:
 
 
 def _json_row(c: Candle) -> list[float | int | str]:
-    """``[open_time_ms, o, h, l, c, volume, trades, state]``, volume at the venue's 8 decimals (sums of
-    floats carry noise past that, as in ``deltafeed candles --format json``)."""
-    return [c.open_time, c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades, c.state]
+    """``[open_time_ms, o, h, l, c, volume, trades, state]``, prices and volume without float noise
+    (:func:`deltafeed.fmt.clean`, as in ``deltafeed candles --format json``)."""
+    return [c.open_time, clean(c.open), clean(c.high), clean(c.low), clean(c.close), clean(c.volume), c.trades, c.state]

@@ -70,6 +70,7 @@ from deltafeed.api.protocol import (
     Unsubscribed,
 )
 from deltafeed.clock import Clock, LiveClock
+from deltafeed.fmt import clean
 from deltafeed.model import TIMEFRAMES, BadInput, Candle, Trade
 from deltafeed.names import UnknownName, resolve
 from deltafeed.net.frames import text_frame
@@ -96,7 +97,18 @@ def encode_frame(msg: msgspec.Struct) -> bytes:
 
 
 def _candle_frame(instrument: str, timeframe: str, c: Candle) -> bytes:
-    data = CandleData(timeframe, c.open_time, c.open, c.high, c.low, c.close, c.volume, c.trades, c.closed, c.state)
+    data = CandleData(
+        timeframe,
+        c.open_time,
+        clean(c.open),
+        clean(c.high),
+        clean(c.low),
+        clean(c.close),
+        clean(c.volume),
+        c.trades,
+        c.closed,
+        c.state,
+    )
     return text_frame(_encode(CandleMsg(instrument, c.open_time, data)))
 
 
@@ -307,7 +319,7 @@ class Hub:
         clients = self._trade_routes.get(instrument)
         if clients is None:
             return
-        data = TradeData(trade.trade_id, trade.price, trade.qty, trade.buyer_maker)
+        data = TradeData(trade.trade_id, clean(trade.price), clean(trade.qty), trade.buyer_maker)
         self._fanout(clients, text_frame(_encode(TradeMsg(instrument, trade.time_ms, data))), None)
 
     def price(self, instrument: str, time_ms: int, price: float) -> None:
@@ -315,7 +327,7 @@ class Hub:
         clients = self._price_routes.get(instrument)
         if clients is None:
             return
-        frame = text_frame(_encode(PriceMsg(instrument, time_ms, PriceData(price))))
+        frame = text_frame(_encode(PriceMsg(instrument, time_ms, PriceData(clean(price)))))
         self._fanout(clients, frame, ("p", instrument))
 
     def wants_trades(self, instrument: str) -> bool:

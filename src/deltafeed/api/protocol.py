@@ -115,8 +115,16 @@ class ErrorMsg(msgspec.Struct, tag_field="type", tag="error"):
     message: str
 
 
+class PongMsg(msgspec.Struct, tag_field="type", tag="pong"):
+    """The answer to a client's ``{"type":"ping"}``; ``timestamp`` is the server's wall clock."""
+
+    timestamp: int
+
+
 #: Everything a consumer may receive, for ``msgspec.json.Decoder(ServerMessage)``.
-ServerMessage = CandleMsg | TradeMsg | PriceMsg | HeartbeatMsg | SwitchMsg | Subscribed | Unsubscribed | ErrorMsg
+ServerMessage = (
+    CandleMsg | TradeMsg | PriceMsg | HeartbeatMsg | SwitchMsg | Subscribed | Unsubscribed | ErrorMsg | PongMsg
+)
 
 
 class LiveSink(Protocol):

@@ -3,6 +3,12 @@
 - ``/ws/{instrument}``: everything for that instrument: trades, price updates, candles of every
   timeframe.
 - ``/ws/multi/{i1},{i2},...``: the same for several instruments.
+
+  Any name of an instrument works (``binance:BTC/USDT``, an alias such as ``ETH-PERP``, a bare
+  symbol on the default venue; see :mod:`deltafeed.names`). Messages on these two endpoints carry
+  ``symbol``, the name the client used, beside ``instrument``; with ``?compat=seed`` their
+  ``timestamp`` is in float seconds rather than integer milliseconds (the shape some consumers
+  already read).
 - ``/ws``: nothing until the client sends ops (JSON text frames):
 
   - ``{"op":"subscribe","instrument":"binance:BTCUSDT","timeframe":"1m","snapshot":100}``: a
@@ -16,6 +22,8 @@
   - ``{"op":"subscribe_trades","instrument":...}``: that instrument's trades.
   - ``{"op":"unsubscribe","instrument":...,"timeframe":...}`` and
     ``{"op":"unsubscribe_trades","instrument":...}`` undo them (``unsubscribed`` reply).
+
+  - ``{"type":"ping"}`` is answered with ``{"type":"pong","timestamp":...}``.
 
   Ops work on the path endpoints too. A bad op, whatever its bytes, gets
   ``{"type":"error","message":...}`` naming the problem and the fix, is counted (``hub.bad_ops``,
@@ -38,6 +46,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
+from typing import Any
 
 import msgspec
 from aiohttp import WSMsgType, web
@@ -45,8 +55,9 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_protocol import RequestHandler
 
 from deltafeed.api.hub import Client, Hub, HubFull, UnknownInstrument
-from deltafeed.api.protocol import ErrorMsg
+from deltafeed.api.protocol import ErrorMsg, PongMsg
 from deltafeed.model import BadInput
+from deltafeed.net.frames import split_text_frames, text_frame
 
 log = logging.getLogger("deltafeed.api.ws")
 
@@ -109,6 +120,49 @@ class WsSink:
             asyncio.get_running_loop().call_later(self._grace_s, transport.abort)
 
 
+class NamingSink(WsSink):
+    """A path endpoint's connection: every message gets ``symbol`` (the name the client used for
+    its instrument) after ``instrument``, and with ``seconds`` a float-seconds ``timestamp``.
+
+    The hub writes the same pre-encoded frames to every client; this sink decodes each frame it is
+    given and encodes it again with the client's names (a few microseconds a message, paid only by
+    clients of these endpoints)."""
+
+    __slots__ = ("_names", "_seconds", "_single")
+
+    def __init__(self, *args: Any, names: dict[str, str], seconds: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._names = names
+        self._single = next(iter(names.values())) if len(names) == 1 else None
+        self._seconds = seconds
+
+    def write(self, data: bytes) -> None:
+        out = bytearray()
+        for payload in split_text_frames(data):
+            out += text_frame(self._rename(payload))
+        super().write(bytes(out))
+
+    def _rename(self, payload: bytes) -> bytes:
+        try:
+            msg = _decode_any(payload)
+        except msgspec.DecodeError:
+            return payload
+        if not isinstance(msg, dict):
+            return payload
+        renamed: dict[str, Any] = {}
+        for key, value in msg.items():
+            if key == "timestamp" and self._seconds and isinstance(value, int):
+                value = value / 1000
+            renamed[key] = value
+            if key == "instrument":
+                renamed["symbol"] = self._names.get(value, value) if isinstance(value, str) else self._single
+        return _encode_any(renamed)
+
+
+_decode_any = msgspec.json.Decoder().decode
+_encode_any = msgspec.json.Encoder().encode
+
+
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
@@ -126,18 +180,22 @@ class _Endpoints:
         self.close_grace_s = close_grace_s
 
     async def one(self, request: web.Request) -> web.StreamResponse:
+        used = request.match_info["instrument"]
         try:
-            name = self.hub.check_instrument(request.match_info["instrument"])
+            name = self.hub.check_instrument(used)
+            seconds = _compat(request)
         except BadInput as exc:
             return _refusal(exc)
-        return await self._serve(request, [name])
+        return await self._serve(request, [name], names={name: used}, seconds=seconds)
 
     async def multi(self, request: web.Request) -> web.StreamResponse:
         raw = [n.strip() for n in request.match_info["instruments"].split(",") if n.strip()]
         if not raw:
             return _error(400, "no instruments given; write them as /ws/multi/binance:BTCUSDT,binance:ETHUSDT")
         try:
+            used = {self.hub.check_instrument(n): n for n in reversed(raw)}  # the first name of each wins
             names = list(dict.fromkeys(self.hub.check_instrument(n) for n in raw))
+            seconds = _compat(request)
         except BadInput as exc:
             return _refusal(exc)
         if len(names) > self.hub.max_subscriptions:
@@ -146,12 +204,19 @@ class _Endpoints:
                 f"{len(names)} instruments exceed the {self.hub.max_subscriptions} subscriptions "
                 "one connection may hold; split them over several connections",
             )
-        return await self._serve(request, names)
+        return await self._serve(request, names, names=used, seconds=seconds)
 
     async def ops(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, [])
 
-    async def _serve(self, request: web.Request, instruments: list[str]) -> web.StreamResponse:
+    async def _serve(
+        self,
+        request: web.Request,
+        instruments: list[str],
+        *,
+        names: dict[str, str] | None = None,
+        seconds: bool = False,
+    ) -> web.StreamResponse:
         hub = self.hub
         ws = web.WebSocketResponse(
             compress=False, max_msg_size=self.max_msg_size, heartbeat=PING_EVERY_S, timeout=self.close_grace_s
@@ -175,7 +240,14 @@ class _Endpoints:
                 sock = transport.get_extra_info("socket")
                 if sock is not None:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
-            hub.start(client, WsSink(ws, writer, transport, request.protocol, self.close_grace_s))
+            sink = (
+                WsSink(ws, writer, transport, request.protocol, self.close_grace_s)
+                if names is None
+                else NamingSink(
+                    ws, writer, transport, request.protocol, self.close_grace_s, names=names, seconds=seconds
+                )
+            )
+            hub.start(client, sink)
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
                     self._on_text(client, msg.data)
@@ -220,6 +292,9 @@ class _Endpoints:
         """Apply the op in ``text``; None when applied, else the problem and its fix."""
         if not isinstance(text, str):
             return f"cannot read this message; send JSON text like {EXAMPLE}"
+        if '"ping"' in text and _is_ping(text):
+            self.hub.send(c, PongMsg(int(time.time() * 1000)))
+            return None
         try:
             op = _decode_op(text)
         except msgspec.DecodeError as exc:
@@ -251,6 +326,25 @@ class _Endpoints:
         except BadInput as exc:
             return str(exc)
         return None
+
+
+def _is_ping(text: str) -> bool:
+    """``{"type":"ping"}`` (other fields allowed): a client checking the connection."""
+    try:
+        msg = _decode_any(text)
+    except msgspec.DecodeError:
+        return False
+    return isinstance(msg, dict) and msg.get("type") == "ping" and "op" not in msg
+
+
+def _compat(request: web.Request) -> bool:
+    """Whether ``?compat=`` asks for float-seconds timestamps (``seed``); BadInput for another value."""
+    compat = request.query.get("compat")
+    if compat is None:
+        return False
+    if compat != "seed":
+        raise BadInput(f"compat={compat!r} is not known; use compat=seed (timestamps in float seconds) or leave it out")
+    return True
 
 
 def _clip(text: object, most: int = 80) -> str:

@@ -26,3 +26,24 @@ def text_header(n: int) -> bytes:
 def text_frame(payload: bytes) -> bytes:
     """``payload`` as one unmasked, final text frame."""
     return text_header(len(payload)) + payload
+
+
+def split_text_frames(data: bytes) -> list[bytes]:
+    """The payloads of the unmasked frames ``data`` holds back to back (as :func:`text_frame` makes
+    them); ValueError when ``data`` does not end on a frame boundary."""
+    out = []
+    i, n = 0, len(data)
+    while i < n:
+        if i + 2 > n:
+            raise ValueError("a frame header is cut")
+        length = data[i + 1] & 0x7F
+        i += 2
+        if length == 126:
+            length, i = int.from_bytes(data[i : i + 2], "big"), i + 2
+        elif length == 127:
+            length, i = int.from_bytes(data[i : i + 8], "big"), i + 8
+        if i + length > n:
+            raise ValueError("a frame's payload is cut")
+        out.append(data[i : i + length])
+        i += length
+    return out
