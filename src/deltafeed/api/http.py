@@ -380,7 +380,7 @@ class _Routes:
 
     async def trades(self, request: web.Request) -> web.Response:
         q = request.query
-        instrument = parse_instrument(request.match_info["instrument"], self.engine.instrument_names())
+        instrument = parse_instrument(request.match_info["instrument"], self.engine)
         unknown = sorted(set(q) - set(_TRADE_PARAMS))
         if unknown:
             raise http_error(
