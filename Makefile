@@ -30,12 +30,17 @@ consumers:
 	@test -x .venv-freqtrade/bin/freqtrade || ($(PYTHON) -m venv .venv-freqtrade && .venv-freqtrade/bin/pip install -q freqtrade) || echo "freqtrade did not install; its export test will be skipped"
 	@.venv-nautilus/bin/python -c 'import nautilus_trader' 2>/dev/null || ($(PYTHON) -m venv .venv-nautilus && .venv-nautilus/bin/pip install -q nautilus_trader) || echo "nautilus_trader did not install; its export test will be skipped"
 
+# Test modules run on one worker per core (at most 4), a module's tests together on one worker
+# (its replica and engine fixtures are set up once); PYTEST_WORKERS=0 runs them in this process.
+PYTEST_WORKERS ?= auto
+XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadfile)
+
 test: lint services consumers
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # The everyday subset (under 3 minutes): everything but the end-to-end runs marked slow.
 test-fast: lint services
-	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/throughput.py
