@@ -49,6 +49,10 @@ def resolve(
         canonical = None
     if canonical is not None and canonical in index.known:
         return canonical
+    if _own_prefix(base, default_venue):
+        own = canonical_series(f"{default_venue}:{text}")
+        if own in index.known:
+            return own
     venue, colon, symbol = base.partition(":")
     venue = venue.strip().lower()
     if colon and registry.known(venue):
@@ -77,6 +81,8 @@ def native(name: str, default_venue: str | None = None) -> str:
     a unified symbol (``binance:BTC/USDT``) in the venue's own spelling. The price side, if any, is
     kept. :class:`BadInput` when it is malformed or names no venue."""
     base, at, side = name.strip().partition("@")
+    if _own_prefix(base, default_venue):
+        base = f"{default_venue}:{base}"
     inst = Instrument.parse(base, default_venue=default_venue)
     if "/" in inst.symbol:
         venue = registry.get(inst.venue)
@@ -84,6 +90,17 @@ def native(name: str, default_venue: str | None = None) -> str:
         if spelled is not None and venue.unified_symbol(spelled) is not None:
             inst = Instrument(inst.venue, spelled.upper())
     return str(inst) + (f"@{side.strip().lower()}" if at else "")
+
+
+def _own_prefix(base: str, default_venue: str | None) -> bool:
+    """Whether the prefix of ``EXCHANGE:SYMBOL`` belongs to a symbol of the default venue rather
+    than naming a venue: the default venue spells symbols that way (Finnhub's ``BINANCE:BTCUSDT``,
+    Bybit's ``LINEAR:BTCUSDT``) and the prefix is no venue's name (venue names are lower case)."""
+    prefix, colon, _ = base.strip().partition(":")
+    if not colon or default_venue is None:
+        return False
+    venue = registry.find(default_venue)
+    return venue is not None and venue.prefixed_symbols and (prefix != prefix.lower() or not registry.known(prefix))
 
 
 class _Index:

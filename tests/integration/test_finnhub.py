@@ -516,3 +516,30 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 0 and "finnhub replica stopped: items=" in out and "requests=1 " in out
+
+
+async def test_a_rest_base_without_api_v1_is_refused_at_start_naming_the_fix(
+    make: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--venue finnhub --symbols BINANCE:BTCUSDT`` is Finnhub's BINANCE exchange (not our Binance
+    venue), and a REST base missing ``/api/v1`` is one line at start-up, not a stream of 404 repairs."""
+    from deltafeed.config import Settings
+    from deltafeed.engine import Engine
+
+    r = await make(symbols=["BINANCE:BTCUSDT"])
+    monkeypatch.setenv("FINNHUB_TOKEN", "deltafeed-dev-key")
+    settings = Settings(
+        venue="finnhub",
+        symbols=["BINANCE:BTCUSDT"],
+        history="1h",
+        rest_url=r.url,  # the replica's root, without /api/v1
+        ws_url=r.ws_url,
+        db=str(tmp_path / "f.duckdb"),
+    ).validate()
+    assert settings.symbols == ["finnhub:BINANCE:BTCUSDT"]
+    engine = Engine(settings)
+    try:
+        with pytest.raises(BadInput, match=r"has no Finnhub candle endpoint \(404\); the REST base ends in /api/v1"):
+            await engine.start()
+    finally:
+        await engine.stop()

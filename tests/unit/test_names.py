@@ -100,3 +100,18 @@ def test_settings_merge_one_instrument_named_twice_and_resolve_aliases() -> None
 def test_bad_symbols_and_aliases_are_one_line(symbols: list[str], aliases: dict[str, str], needle: str) -> None:
     with pytest.raises(BadInput, match=needle):
         Settings(symbols=symbols, aliases=aliases, db=":memory:").validate()
+
+
+@pytest.mark.parametrize(
+    ("name", "default", "stored"),
+    [
+        ("BINANCE:BTCUSDT", "finnhub", "finnhub:BINANCE:BTCUSDT"),  # Finnhub's exchange, not our venue
+        ("OANDA:EUR_USD", "finnhub", "finnhub:OANDA:EUR_USD"),
+        ("binance:BTCUSDT", "finnhub", "binance:BTCUSDT"),  # a venue's name is lower case
+        ("linear:BTCUSDT", "bybit", "bybit:LINEAR:BTCUSDT"),  # no venue is called linear
+        ("BINANCE:BTCUSDT", "binance", "binance:BTCUSDT"),  # Binance's symbols have no prefix
+    ],
+)
+def test_a_default_venue_with_prefixed_symbols_keeps_the_prefix(name: str, default: str, stored: str) -> None:
+    assert native(name, default_venue=default) == stored
+    assert resolve(name, [stored], default_venue=default) == stored

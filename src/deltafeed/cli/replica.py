@@ -25,7 +25,8 @@ def command(args: argparse.Namespace) -> int:
 
     async def body(stop: asyncio.Event) -> int:
         # The venue's serve_replica owns SIGINT/SIGTERM while it runs and prints its summary on the way out.
-        await venue.serve_replica(replica)
+        symbols = [x.strip() for x in str(getattr(args, "symbols", "") or "").split(",") if x.strip()]
+        await venue.serve_replica(replica, symbols)
         return 0
 
     return _asyncio_run(body)

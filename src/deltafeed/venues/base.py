@@ -310,6 +310,10 @@ class Venue:
     #: (Binance's BTCUSDT), ``"{base}-{quote}"`` (Coinbase), ``"{base}/{quote}"`` (Kraken),
     #: ``"{base}_{quote}"`` (OANDA), or None when its symbols are no pairs (IG's epics).
     pair_form: str | None = "{base}/{quote}"
+    #: Whether its symbols carry a prefix of their own before a colon (Finnhub's ``BINANCE:BTCUSDT``,
+    #: Bybit's ``LINEAR:BTCUSDT``): with this venue as the default, an upper-case prefix, or one that
+    #: names no venue, is read as part of the symbol, not as a venue.
+    prefixed_symbols: bool = False
 
     def calendar_name(self, symbol: str) -> str:
         """The market calendar ``symbol`` follows on this venue (see ``candles/calendar.py``)."""
@@ -405,11 +409,30 @@ class Venue:
         make: Callable[..., ReplicaBase] = cls
         return make(options=ReplicaOptions(**opts).check(self.replica_example), **options)
 
-    async def serve_replica(self, replica: Any) -> None:
-        """Run ``replica`` until SIGINT/SIGTERM, printing its summary on the way out."""
+    async def serve_replica(self, replica: Any, symbols: list[str] | None = None) -> None:
+        """Run ``replica`` until SIGINT/SIGTERM: print where it listens and the ``deltafeed run``
+        line that collects ``symbols`` from it, and its summary on the way out."""
         from deltafeed.replicas.server import serve
 
-        await serve(replica)
+        await serve(replica, banner=lambda url: [f"listening on {url}", *self.run_lines(replica, symbols)])
+
+    def run_lines(self, replica: ReplicaBase, symbols: list[str] | None = None) -> list[str]:
+        """How to collect from the started ``replica``: the environment to export, the config
+        lines for settings without a flag, and the ``deltafeed run`` command."""
+        flags = {"rest_url": "--rest-url", "ws_url": "--ws-url", "stream_url": "--stream-url"}
+        command = f"deltafeed run --venue {self.name}" + (f" --symbols {','.join(symbols)}" if symbols else "")
+        config = []
+        for key, value in self.replica_settings(replica).items():
+            if key in flags:
+                command += f" {flags[key]} {value}"
+            else:
+                config.append(f'  {key} = "{value}"')
+        lines = ["collect from it with:"]
+        lines += [f"  export {k}={v}" for k, v in self.replica_env(replica).items()]
+        if config:
+            lines += ["  cat > replica.toml <<'EOF'", f"  [venues.{self.name}]", *config, "  EOF"]
+            command += " --config replica.toml"
+        return [*lines, f"  {command}"]
 
     def fuzz_targets(self) -> list[FuzzTarget]:
         """Its decoders with their samples (fresh decoders on every call), for ``bench/fuzz.py`` and

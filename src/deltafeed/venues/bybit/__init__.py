@@ -29,6 +29,7 @@ class BybitSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
 
 class Bybit(Venue):
     name = "bybit"
+    prefixed_symbols = True
     pair_form = "{base}{quote}"
 
     def unified_symbol(self, symbol: str) -> str | None:

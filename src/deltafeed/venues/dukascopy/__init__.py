@@ -75,7 +75,7 @@ class Dukascopy(Venue):
 
         return DukascopyReplica
 
-    async def serve_replica(self, replica: ReplicaBase) -> None:
+    async def serve_replica(self, replica: ReplicaBase, symbols: list[str] | None = None) -> None:
         from deltafeed.venues.dukascopy.replica import DukascopyReplica, serve
 
         assert isinstance(replica, DukascopyReplica)

@@ -24,6 +24,7 @@ class FinnhubSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
 
 class Finnhub(Venue):
     name = "finnhub"
+    prefixed_symbols = True
     pair_form = None
 
     def unified_symbol(self, symbol: str) -> str | None:

@@ -103,6 +103,11 @@ class FinnhubFeed:
         except VenueError as exc:
             if exc.status in (401, 403):
                 raise BadInput(f"Finnhub refused the key ({exc.status}); check {TOKEN_ENV}") from None
+            if exc.status == 404:
+                raise BadInput(
+                    f"{self.history.http.base_url} has no Finnhub candle endpoint (404); the REST base ends in"
+                    f" /api/v1, e.g. --rest-url {finnhub.DEFAULT_REST_URL}"
+                ) from None
 
     def _on_connect(self, ws: WsStream) -> None:
         # Whatever traded while we were away is unknown: skip an id so each symbol's next trade
