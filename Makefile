@@ -5,13 +5,18 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test test-fast lint services consumers bench clean
 
-$(BIN)/.installed: pyproject.toml
+# The base install (what `make demo` needs), then the test extras on top (what `make test` needs).
+$(BIN)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(BIN)/.installed: $(BIN)/.base
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-demo: $(BIN)/.installed
+demo: $(BIN)/.base
 	$(BIN)/deltafeed demo $(DEMO_ARGS)
 
 lint: $(BIN)/.installed

@@ -44,6 +44,8 @@ DEMO_VENUES: tuple[tuple[str, tuple[str, ...], float], ...] = (
 )
 DEFAULT_DB = "deltafeed-demo.duckdb"
 TIMEFRAMES = ["1m", "5m", "15m", "1h"]
+#: Seconds between two snapshots of the view when stdout is no terminal (a pipe, a CI log).
+PIPE_SNAPSHOT_S = 5.0
 
 
 def _view(engine: Engine, started: float, trades_before: int) -> Group:
@@ -111,6 +113,8 @@ async def run_demo(stop: asyncio.Event, duration: float | None, speed: float, db
     logging.getLogger("deltafeed").setLevel(logging.WARNING)
     # A pipe or CI log gets a table wide enough to read, not one squeezed into 80 columns.
     console = Console() if sys.stdout.isatty() else Console(width=160)
+    console.print(f"deltafeed demo: starting replicas of {', '.join(name for name, _, _ in DEMO_VENUES)} ...")
+    console.file.flush()
     db_path = db or DEFAULT_DB
     if db is None:
         # Each demo has its own simulated market: its own file starts afresh rather than mix two
@@ -147,15 +151,29 @@ async def run_demo(stop: asyncio.Event, duration: float | None, speed: float, db
     ).validate()
     engine = Engine(settings)
     try:
+        console.print(
+            f"bootstrapping {len(symbols)} instruments ({', '.join(TIMEFRAMES)}) from the replicas' history ..."
+        )
         await engine.start()
         started = time.monotonic()
         before = sum(st.trades for st in engine.states.values())
         deadline = None if duration is None else started + duration
-        with Live(_view(engine, started, before), console=console, refresh_per_second=4) as live:
-            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+        if console.is_terminal:
+            with Live(_view(engine, started, before), console=console, refresh_per_second=4) as live:
+                while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 0.25)
+                    live.update(_view(engine, started, before))
+        else:
+            # A pipe or a CI log cannot redraw in place: a plain snapshot now and every few seconds.
+            while True:
+                console.print(_view(engine, started, before))
+                console.file.flush()
+                wait = PIPE_SNAPSHOT_S if deadline is None else min(PIPE_SNAPSHOT_S, deadline - time.monotonic())
+                if stop.is_set() or wait <= 0:
+                    break
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.25)
-                live.update(_view(engine, started, before))
+                    await asyncio.wait_for(stop.wait(), wait)
     finally:
         await engine.stop()
         for replica in replicas.values():

@@ -350,9 +350,24 @@ def test_unknown_symbol_is_refused(replica: str, tmp_path: Path) -> None:
 @pytest.mark.slow  # over 3 s: not in the everyday subset
 def test_demo_runs_offline_for_a_fixed_duration(tmp_path: Path) -> None:
     env = {**os.environ, "COLUMNS": "160"}
-    p = subprocess.run(
-        [*CLI, "demo", "--duration", "4"], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env
+    # Into a pipe, as `make demo | tee log` or a CI log: the first line within 10 s, then plain
+    # snapshots of the table while it runs (not only at exit).
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [*CLI, "demo", "--duration", "6"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=env,
     )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    first_s = time.monotonic() - started
+    rest, err = proc.communicate(timeout=90)
+    p = subprocess.CompletedProcess(proc.args, proc.returncode, first + rest, err)
+    assert first.startswith("deltafeed demo: starting") and first_s < 10, (first, first_s)
+    assert p.stdout.count("deltafeed demo: crypto from trades") >= 2, p.stdout  # snapshots, title once each
     assert p.returncode == 0, p.stderr
     assert "replicas: binance on http://127.0.0.1:" in p.stdout and "oanda on http://127.0.0.1:" in p.stdout
     assert "binance:SOLUSDT" in p.stdout and "oanda:EUR_USD" in p.stdout and "stopped;" in p.stdout
