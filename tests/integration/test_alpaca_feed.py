@@ -1,7 +1,11 @@
-"""Alpaca's connection limit end to end: while another program streams stocks with the key, the
-engine's stock connection is refused with 406. The feed says so in one error line and in its status
+"""Alpaca's feed against the replica, end to end.
+
+The connection limit: while another program streams stocks with the key, the engine's stock
+connection is refused with 406. The feed says so in one error line and in its status
 (``refused_symbols``, ``venue_errors``), waits before trying again instead of hammering the venue,
-and its crypto stream (another endpoint, its own limit) runs; the first program keeps streaming."""
+and its crypto stream (another endpoint, its own limit) runs; the first program keeps streaming.
+
+The msgpack encoding: the stream in binary frames builds the same candles as the venue's bars."""
 
 from __future__ import annotations
 
@@ -17,9 +21,12 @@ import pytest
 
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
+from deltafeed.model import TIMEFRAMES
+from deltafeed.store.base import open_cold
 from deltafeed.venues import registry
 from deltafeed.venues.alpaca import DEV_KEY, DEV_SECRET, KEY_ENV, SECRET_ENV
 from deltafeed.venues.alpaca.replica import AlpacaReplica
+from reference import candles_from_tape, read_venue_tape, rows_by_symbol
 
 
 @pytest.mark.slow  # the engine runs against the replica for ~8 s
@@ -92,3 +99,57 @@ async def test_a_second_connection_is_refused_406_once_and_the_first_keeps_strea
     assert st["instruments"]["alpaca:AAPL"]["trades"] == 0
     assert st["instruments"]["alpaca:BTC/USD"]["trades"] > 50
     print(f"\nalpaca 406: {lines[0].getMessage()!r}; replica {stats}")
+
+
+@pytest.mark.slow  # the engine runs against the replica for ~10 s
+async def test_the_msgpack_encoding_streams_the_same_candles_as_the_venue_s_bars(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``encoding = "msgpack"``: binary frames with Timestamp extensions, actions sent as msgpack. With
+    no late trades, every candle built from the stream equals the venue's bar when reconciled (no
+    correction), no frame is skipped, and the final candles equal the tape."""
+    monkeypatch.setitem(os.environ, KEY_ENV, DEV_KEY)
+    monkeypatch.setitem(os.environ, SECRET_ENV, DEV_SECRET)
+    symbols = ["AAPL", "BTC/USD"]
+    async with AlpacaReplica(
+        symbols=symbols, seed=4, rate=2.0, speed=30.0, history_ms=600_000, late_every=0, tape=tmp_path / "t.csv"
+    ) as replica:
+        settings = Settings(
+            symbols=[f"alpaca:{s}" for s in symbols],
+            timeframes=["1m", "5m"],
+            history="10m",
+            db=str(tmp_path / "m.duckdb"),
+            reconcile_every="2s",
+            venues={"alpaca": registry.get("alpaca").replica_settings(replica) | {"encoding": "msgpack"}},
+        ).validate()
+        engine = Engine(settings)
+        await engine.start()
+        try:
+            await asyncio.sleep(10.0)
+            st = engine.status()
+        finally:
+            await engine.stop()
+        stats = dict(replica.stats)
+    al = st["venues"]["alpaca"]
+    assert stats["msgpack_connections"] == stats["connections"] == 2 and al["connects"] == 2, (stats, al)
+    assert not al["skipped_frames"] and not al.get("venue_errors"), al
+    print(f"\nalpaca msgpack: {stats}")
+    for s in symbols:
+        ins = st["instruments"][f"alpaca:{s}"]
+        assert ins["trades"] > 100 and ins["reconciled"] >= 2 and ins["corrected"] == 0, ins
+    assert replica.tape_path is not None
+    tape = rows_by_symbol(read_venue_tape(replica.tape_path))
+    cold = await open_cold(settings.db, read_only=True)
+    try:
+        for s in symbols:
+            for tf in ("1m", "5m"):
+                want = {c.open_time: c for c in candles_from_tape(tape[s], TIMEFRAMES[tf])}
+                finals = [c for c in await cold.query(f"alpaca:{s}", tf) if c.final]
+                assert finals
+                for c in finals:
+                    w = want[c.open_time]
+                    assert (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades) == (
+                        w.open, w.high, w.low, w.close, round(w.volume, 8), w.trades,
+                    ), (s, tf, c, w.row())  # fmt: skip
+    finally:
+        await cold.close()

@@ -4,9 +4,10 @@ msgpack, and the REST bars bodies."""
 from __future__ import annotations
 
 import msgspec
+import pytest
 
-from deltafeed.model import Trade
-from deltafeed.venues.alpaca import codec, samples
+from deltafeed.model import BadInput, Trade
+from deltafeed.venues.alpaca import AlpacaSettings, check_settings, codec, samples
 from deltafeed.venues.alpaca.feed import poll_capacity, poll_cost
 
 
@@ -73,3 +74,15 @@ def test_poll_budget_arithmetic() -> None:
     assert poll_cost([10, 1], ["1m", "5m"], 60.0) == 2 * 1.2
     assert poll_capacity(["1m", "5m"], 60.0, 100.0) == 83 * 100
     assert poll_capacity(["1m"], 1.0, 59.0) == 0
+
+
+def test_actions_in_both_encodings_and_the_encoding_setting() -> None:
+    # The docs' auth message; alpaca-py sends the same map msgpack-packed on a msgpack connection.
+    want = {"action": "auth", "key": "{KEY_ID}", "secret": "{SECRET_KEY}"}
+    assert msgspec.json.decode(codec.auth("{KEY_ID}", "{SECRET_KEY}")) == want
+    assert msgspec.msgpack.decode(codec.auth("{KEY_ID}", "{SECRET_KEY}", msgpack=True)) == want
+    sub = codec.subscribe(trades=["AAPL"], bars=["AAPL"], msgpack=True)
+    assert codec.decode_action(sub, msgpack=True) == {"action": "subscribe", "trades": ["AAPL"], "bars": ["AAPL"]}
+    check_settings(AlpacaSettings(encoding="msgpack"))
+    with pytest.raises(BadInput, match=r'encoding = \'xml\'; use "json" or "msgpack"'):
+        check_settings(AlpacaSettings(encoding="xml"))

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import picows
 
@@ -19,11 +19,13 @@ FrameSink = Callable[[bytes | memoryview], None]
 
 
 class _Listener(picows.WSListener):
-    """picows calls this for every frame; text payloads go straight to the sink, no copy."""
+    """picows calls this for every frame; text payloads go straight to the sink, no copy. Binary
+    messages go to the owner's binary sink when it has one (else they are ignored)."""
 
     def __init__(self, owner: WsStream) -> None:
         self._owner = owner
         self._parts: list[bytes] = []
+        self._binary = False  # the type of the fragmented message in ``_parts``
 
     def on_ws_connected(self, transport: picows.WSTransport) -> None:
         self._owner._on_connected(transport)
@@ -33,12 +35,21 @@ class _Listener(picows.WSListener):
         if mt == picows.WSMsgType.TEXT and frame.fin and not self._parts:
             self._owner.frames += 1
             self._owner.on_frame(frame.get_payload_as_memoryview())
-        elif mt in (picows.WSMsgType.TEXT, picows.WSMsgType.CONTINUATION):
+        elif mt == picows.WSMsgType.BINARY and frame.fin and not self._parts:
+            if self._owner.on_binary is not None:
+                self._owner.frames += 1
+                self._owner.on_binary(frame.get_payload_as_memoryview())
+        elif mt in (picows.WSMsgType.TEXT, picows.WSMsgType.BINARY, picows.WSMsgType.CONTINUATION):
             # A fragmented message: rare for market data, so reassemble the simple way.
+            if mt != picows.WSMsgType.CONTINUATION:
+                self._parts.clear()
+                self._binary = mt == picows.WSMsgType.BINARY
             self._parts.append(frame.get_payload_as_bytes())
             if frame.fin:
-                self._owner.frames += 1
-                self._owner.on_frame(b"".join(self._parts))
+                sink = self._owner.on_binary if self._binary else self._owner.on_frame
+                if sink is not None:
+                    self._owner.frames += 1
+                    sink(b"".join(self._parts))
                 self._parts.clear()
         elif mt == picows.WSMsgType.CLOSE:
             self._owner.close_code = frame.get_close_code()
@@ -50,7 +61,9 @@ class _Listener(picows.WSListener):
 
 
 class WsStream:
-    """Keeps one WebSocket connection to ``url()`` open and feeds its text frames to ``on_frame``.
+    """Keeps one WebSocket connection to ``url()`` open and feeds its text frames to ``on_frame`` (and
+    its binary ones to ``on_binary``, when given: venues that can speak msgpack or another binary
+    encoding; ``headers`` are sent with the handshake, e.g. the ``Content-Type`` that asks for it).
 
     Keeping alive:
     - the server's pings are answered by picows; when the line is idle we ping too, and a missing
@@ -76,11 +89,15 @@ class WsStream:
         stable_after_s: float = 30.0,
         budget: ConnectBudget | None = None,
         *,
+        on_binary: FrameSink | None = None,
+        headers: Mapping[str, str] | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.url = url
         self.on_frame = on_frame
+        self.on_binary = on_binary
+        self.headers = dict(headers) if headers else None
         self.on_connect = on_connect
         self.name = name
         self.stale_after_s = stale_after_s
@@ -125,6 +142,10 @@ class WsStream:
         if self._transport is not None:
             self._transport.send(picows.WSMsgType.TEXT, text)
 
+    def send_binary(self, payload: bytes) -> None:
+        if self._transport is not None:
+            self._transport.send(picows.WSMsgType.BINARY, payload)
+
     def drop(self, why: str) -> None:
         """Abandon the current connection (no close handshake); :meth:`run` reconnects."""
         t = self._transport
@@ -159,6 +180,7 @@ class WsStream:
                         enable_auto_ping=True,
                         auto_ping_idle_timeout=self.stale_after_s / 2,
                         auto_ping_reply_timeout=self.stale_after_s / 2,
+                        extra_headers=self.headers,
                     )
                 except (TimeoutError, OSError, picows.WSError) as exc:
                     delay = backoff.failed()

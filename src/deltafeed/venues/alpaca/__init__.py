@@ -20,6 +20,7 @@ SECRET_ENV = "APCA_API_SECRET_KEY"
 DEV_KEY = "PKDEVELOPMENTKEY0001"
 DEV_SECRET = "development-secret-not-for-production"
 MODES = ("stream", "poll")
+ENCODINGS = ("json", "msgpack")
 
 
 class AlpacaSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
@@ -29,6 +30,7 @@ class AlpacaSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
     ws_url: str | None = codec.DEFAULT_WS_URL
     feed: str = "iex"  # stocks: "iex" (free plan) or "sip"
     mode: str = "stream"  # "poll": REST bars only, for accounts or networks without the stream
+    encoding: str = "json"  # stream frames: "json" text, or "msgpack" binary (what alpaca-py asks for)
     poll_every_s: float = 60.0  # poll mode: seconds between two polls of the latest bars
     poll_share: float = 0.5  # poll mode: the share of the REST budget polling may spend (repairs get the rest)
     requests_per_min: int = codec.REQUESTS_PER_MIN  # historical API calls per minute of the plan
@@ -125,6 +127,8 @@ def check_settings(vs: AlpacaSettings) -> None:
         raise BadInput(
             f"[venues.alpaca] feed = {vs.feed!r} is not a stock feed; use one of {', '.join(codec.STOCK_FEEDS)}"
         )
+    if vs.encoding not in ENCODINGS:
+        raise BadInput(f'[venues.alpaca] encoding = {vs.encoding!r}; use "json" or "msgpack"')
     if vs.mode not in MODES:
         raise BadInput(f'[venues.alpaca] mode = {vs.mode!r}; use "stream" or "poll"')
     if not vs.poll_every_s >= 1.0:

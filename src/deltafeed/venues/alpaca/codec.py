@@ -91,26 +91,35 @@ def stock_stream_path(feed: str) -> str:
 # --- control messages -----------------------------------------------------------------------------
 
 
-def auth(key: str, secret: str) -> bytes:
-    return msgspec.json.encode({"action": "auth", "key": key, "secret": secret})
+def auth(key: str, secret: str, msgpack: bool = False) -> bytes:
+    """The ``auth`` action: JSON, or msgpack (a binary frame) on a msgpack connection, as alpaca-py sends it."""
+    return _encode({"action": "auth", "key": key, "secret": secret}, msgpack)
 
 
-def subscribe(trades: Iterable[str] = (), bars: Iterable[str] = (), updated_bars: Iterable[str] = ()) -> bytes:
+def subscribe(
+    trades: Iterable[str] = (), bars: Iterable[str] = (), updated_bars: Iterable[str] = (), msgpack: bool = False
+) -> bytes:
     """A ``subscribe`` action (additive: the venue adds these to what the connection has)."""
-    return _action("subscribe", trades, bars, updated_bars)
+    return _action("subscribe", trades, bars, updated_bars, msgpack)
 
 
-def unsubscribe(trades: Iterable[str] = (), bars: Iterable[str] = (), updated_bars: Iterable[str] = ()) -> bytes:
-    return _action("unsubscribe", trades, bars, updated_bars)
+def unsubscribe(
+    trades: Iterable[str] = (), bars: Iterable[str] = (), updated_bars: Iterable[str] = (), msgpack: bool = False
+) -> bytes:
+    return _action("unsubscribe", trades, bars, updated_bars, msgpack)
 
 
-def _action(action: str, trades: Iterable[str], bars: Iterable[str], updated: Iterable[str]) -> bytes:
+def _action(action: str, trades: Iterable[str], bars: Iterable[str], updated: Iterable[str], msgpack: bool) -> bytes:
     msg: dict[str, Any] = {"action": action}
     for name, syms in (("trades", trades), ("bars", bars), ("updatedBars", updated)):
         lst = list(syms)
         if lst:
             msg[name] = lst
-    return msgspec.json.encode(msg)
+    return _encode(msg, msgpack)
+
+
+def _encode(msg: dict[str, Any], msgpack: bool) -> bytes:
+    return msgspec.msgpack.encode(msg) if msgpack else msgspec.json.encode(msg)
 
 
 # --- times -----------------------------------------------------------------------------------------

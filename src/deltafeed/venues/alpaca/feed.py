@@ -67,6 +67,7 @@ class _Stream:
         self.feed = feed
         self.kind = kind
         self.url = url
+        self.msgpack = feed.msgpack
         self.states: list[Series] = []
         self.authenticated = False
         self.subs: dict[str, list[str]] = {}
@@ -79,22 +80,34 @@ class _Stream:
             stale_after_s=stale_after_s,
             backoff_cap_s=15.0,
             budget=ConnectBudget(budget, 300.0),
+            # msgpack: the handshake asks for binary frames, and actions go out as msgpack too.
+            on_binary=self.on_binary if self.msgpack else None,
+            headers={"Content-Type": "application/msgpack"} if self.msgpack else None,
         )
+
+    def send(self, payload: bytes) -> None:
+        if self.msgpack:
+            self.ws.send_binary(payload)
+        else:
+            self.ws.send(payload)
 
     def on_connect(self, ws: WsStream) -> None:
         self.authenticated = False
         self.feed.reconnected(self)
-        ws.send(alpaca.auth(self.feed.key, self.feed.secret))
+        self.send(alpaca.auth(self.feed.key, self.feed.secret, self.msgpack))
 
     def on_frame(self, frame: bytes | memoryview) -> None:
         self.feed.on_frame(self, frame)
+
+    def on_binary(self, frame: bytes | memoryview) -> None:
+        self.feed.on_frame(self, frame, binary=True)
 
     def subscribe(self, subscribe: bool, states: list[Series]) -> None:
         syms = [st.instrument.symbol for st in states]
         if not syms or not self.authenticated:
             return
         make = alpaca.subscribe if subscribe else alpaca.unsubscribe
-        self.ws.send(make(trades=syms, bars=syms, updated_bars=syms))
+        self.send(make(trades=syms, bars=syms, updated_bars=syms, msgpack=self.msgpack))
 
 
 class AlpacaFeed:
@@ -120,6 +133,7 @@ class AlpacaFeed:
         self.ws_url = (vs.ws_url or alpaca.DEFAULT_WS_URL).rstrip("/")
         self.key = key
         self.secret = secret
+        self.msgpack = vs.encoding == "msgpack"
         self.clock = VenueClock()
         self.history = AlpacaHistory(self.rest_url, key, secret, requests_per_min=vs.requests_per_min, feed=vs.feed)
         self.decoder = alpaca.StreamDecoder()
@@ -224,8 +238,8 @@ class AlpacaFeed:
 
     # --- frames ---------------------------------------------------------------------------------
 
-    def on_frame(self, s: _Stream, frame: bytes | memoryview) -> None:
-        events = self.decoder.decode(frame)
+    def on_frame(self, s: _Stream, frame: bytes | memoryview, binary: bool = False) -> None:
+        events = self.decoder.decode(frame, binary)
         if events is None:
             self._skips.report(self.decoder.errors, self.decoder.last_error)
             return

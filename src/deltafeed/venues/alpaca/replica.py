@@ -262,8 +262,8 @@ class AlpacaReplica(ReplicaBase):
         self.limit_close_s = limit_close_s
         self.slow_s = slow_s
         self.stats: dict[str, int] = {
-            "connections": 0, "open_connections": 0, "requests": 0, "429": 0, "frames": 0, "refused_406": 0,
-            "bars": 0, "updated_bars": 0, "late_trades": 0,
+            "connections": 0, "msgpack_connections": 0, "open_connections": 0, "requests": 0, "429": 0, "frames": 0,
+            "refused_406": 0, "bars": 0, "updated_bars": 0, "late_trades": 0,
         }  # fmt: skip
         self._setup_faults(dict(o.faults), o.faults_seed)
         self._conns: dict[_Conn, None] = {}
@@ -431,6 +431,7 @@ class AlpacaReplica(ReplicaBase):
         conn = _Conn(ws, transport, f"{request.remote}:{id(ws) % 100000}", crypto, msgpack, path, time.monotonic())
         self._conns[conn] = None
         self.stats["connections"] += 1
+        self.stats["msgpack_connections"] += msgpack
         self.stats["open_connections"] += 1
         conn.write([codec.control_frame("success", msgpack, msg="connected")])
         key, secret = request.headers.get("APCA-API-KEY-ID"), request.headers.get("APCA-API-SECRET-KEY")
