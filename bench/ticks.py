@@ -1,4 +1,5 @@
-"""Tick storage: bytes per stored tick and ticks/s written, for the DuckDB file and PostgreSQL.
+"""Tick storage: bytes per stored tick and ticks/s written, for the DuckDB file and PostgreSQL; and
+what recording costs the engine per trade.
 
 Writes ``--ticks`` simulated trades (a random walk of prices on a 0.01 grid, sizes of 1 to 5
 significant digits, ids consecutive, a few trades per millisecond: what a busy Binance symbol
@@ -6,6 +7,11 @@ sends) in batches of ``--batch`` through the store's own ``write_ticks`` (the en
 recorder writes one batch per second), then measures the file (DuckDB, after a CHECKPOINT) or the
 table's total relation size (PostgreSQL). Prints medians over ``--repeat`` runs, and the cost of
 re-writing a batch already stored (a replayed or overlapping batch: skipped, not doubled).
+
+The recorder figures feed ``--ticks`` trades through a real series (an unstarted engine's, five
+timeframes) with ticks off and on: the extra cost of the hot path (one list append), then of
+the recorder's batch (swap the lists, turn the objects into columns, find gaps: off the loop, in a
+worker thread) and of the store write, per trade.
 
     python bench/ticks.py [--ticks 1000000] [--batch 20000] [--repeat 3] [--pg postgresql://...]
 """
@@ -40,13 +46,17 @@ def trades(n: int, seed: int, instrument: str = "binance:BTCUSDT") -> list[Trade
 
 
 async def write_all(tier: TickTier, rows: list[TradeRow], batch: int) -> tuple[float, float]:
-    """Seconds to write every row in batches, and seconds to write the last batch once more."""
+    """Seconds to write every row in batches, and seconds to write the last batch once more. The
+    batches are columns, as the engine's recorder hands them over (its cost is measured apart)."""
+    batches = [
+        TickBatch(trade_arrays=TickBatch(trades=rows[i : i + batch]).arrays()[0]) for i in range(0, len(rows), batch)
+    ]
     t0 = time.perf_counter()
-    for i in range(0, len(rows), batch):
-        await tier.write_ticks(TickBatch(trades=rows[i : i + batch]))
+    for b in batches:
+        await tier.write_ticks(b)
     took = time.perf_counter() - t0
     t1 = time.perf_counter()
-    await tier.write_ticks(TickBatch(trades=rows[-batch:]))
+    await tier.write_ticks(batches[-1])
     return took, time.perf_counter() - t1
 
 
@@ -79,13 +89,57 @@ async def pg_run(url: str, rows: list[TradeRow], batch: int) -> tuple[float, flo
     return len(rows) / took, size / len(rows), again
 
 
+async def recorder_costs(n: int, repeat: int) -> None:
+    from deltafeed.config import Settings
+    from deltafeed.engine import Engine
+    from deltafeed.model import Trade
+    from deltafeed.store.ticks import TickRecorder
+
+    rows = trades(n, 11)
+    objs = [Trade("BTCUSDT", i, t, p, q, m) for _, i, t, p, q, m in rows]
+    with tempfile.TemporaryDirectory() as tmp:
+        per: dict[str, list[float]] = {}
+        for k in range(2 * repeat):
+            on = k % 2 == 1
+            settings = Settings(
+                symbols=["BTCUSDT"],
+                timeframes=["1s", "1m", "5m", "15m", "1h"],
+                db=os.path.join(tmp, "e.duckdb"),
+                spool="off",
+            ).validate()
+            st = Engine(settings).states["binance:BTCUSDT"]
+            rec = None
+            if on:
+                rec = TickRecorder(DuckDBTier(ColdStore(os.path.join(tmp, f"r{k}.duckdb"))))
+                rec.attach(st)
+            t0 = time.perf_counter()
+            for t in objs:
+                st.on_trade(t)
+            per.setdefault("on_trade, ticks " + ("on" if on else "off"), []).append((time.perf_counter() - t0) / n)
+            if rec is not None:
+                t1 = time.perf_counter()
+                taken = rec._swap()
+                batch = await asyncio.to_thread(rec._convert, taken, [])
+                t2 = time.perf_counter()
+                await rec.tier.write_ticks(batch)
+                t3 = time.perf_counter()
+                per.setdefault("recorder batch (swap, columns, gaps)", []).append((t2 - t1) / n)
+                per.setdefault("store write (DuckDB)", []).append((t3 - t2) / n)
+                await rec.tier.close()  # type: ignore[attr-defined]
+    for name, values in per.items():
+        print(f"{name:40s} median {statistics.median(values) * 1e9:7.0f} ns per trade")
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ticks", type=int, default=1_000_000)
     ap.add_argument("--batch", type=int, default=20_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--pg", help="also measure PostgreSQL at this URL")
+    ap.add_argument("--no-recorder", action="store_true", help="skip the per-trade recorder figures")
     args = ap.parse_args()
+    if not args.no_recorder:
+        await recorder_costs(min(args.ticks, 300_000), args.repeat)
     rows = trades(args.ticks, 7)
     raw = 8 + 8 + 8 + 8 + 1  # id, time, price, qty, side as fixed-width binary, without the name
     print(f"{args.ticks:,} trades in batches of {args.batch:,}; raw fixed-width size {raw} bytes per trade")

@@ -155,23 +155,6 @@ _PROVISIONAL = f"""SELECT min(open_time), max(open_time) FROM (
     WHERE prov GROUP BY run ORDER BY 1"""
 _UPSERT = f"INSERT OR REPLACE INTO {_DB}.candles ({_ALL_COLS}) SELECT {_ALL_COLS} FROM "
 
-#: The tick tables' columns in table order (as the store's rows hold them) with their numpy types.
-_TRADE_DTYPES: tuple[tuple[str, Any], ...] = (
-    ("instrument", object),
-    ("trade_id", np.int64),
-    ("time_ms", np.int64),
-    ("price", np.float64),
-    ("qty", np.float64),
-    ("buyer_maker", np.bool_),
-)
-_QUOTE_DTYPES: tuple[tuple[str, Any], ...] = (
-    ("instrument", object),
-    ("seq", np.int64),
-    ("time_ms", np.int64),
-    ("bid", np.float64),
-    ("ask", np.float64),
-)
-
 _PID_RE = re.compile(r"\(PID (\d+)\)")
 #: How the OS words a write refused for want of room (ENOSPC; EFBIG past a file-size limit).
 _DISK_FULL = (os.strerror(errno.ENOSPC), os.strerror(errno.EFBIG), os.strerror(errno.EDQUOT))
@@ -654,42 +637,41 @@ class ColdStore:
             raise StoreError(f"the candle store for {self.path} was opened read-only; it cannot write")
         if not len(batch) and not batch.gaps:
             return
+        trades, quotes = batch.arrays()
         with self._connection() as con:
             self._check_schema(con)
             with self._transaction(con):
-                if batch.trades:
-                    self._insert_ticks(con, "trades", _TRADE_DTYPES, batch.trades)
-                if batch.quotes:
-                    self._insert_ticks(con, "quotes", _QUOTE_DTYPES, batch.quotes)
+                for inst, a in trades:
+                    self._insert_ticks(con, "trades", inst, a)
+                for inst, a in quotes:
+                    self._insert_ticks(con, "quotes", inst, a)
                 if batch.gaps:
                     con.executemany(
                         f"INSERT OR REPLACE INTO {_DB}.tick_gaps VALUES (?, ?, ?, ?)",
                         [[g.instrument, g.since_ms, g.until_ms, g.why] for g in batch.gaps],
                     )
 
-    def _insert_ticks(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        table: str,
-        dtypes: tuple[tuple[str, Any], ...],
-        rows: Sequence[tuple[Any, ...]],
-    ) -> None:
-        columns = {
-            col: np.array(values, dtype=dt) for (col, dt), values in zip(dtypes, zip(*rows, strict=True), strict=True)
-        }
-        times = columns["time_ms"]
-        lo, hi = int(times.min()), int(times.max())
-        cols = ", ".join(c for c, _ in dtypes)
-        key = dtypes[1][0]  # trade_id or seq
+    def _insert_ticks(self, con: duckdb.DuckDBPyConnection, table: str, instrument: str, a: Any) -> None:
+        """One instrument's ticks (a structured array) into ``table``, minus those already stored:
+        an anti-join over the batch's time range, which the table's zone maps narrow to a few row
+        groups (ticks arrive in time order)."""
+        if not len(a):
+            return
+        names = a.dtype.names
+        columns = {n: np.ascontiguousarray(a[n]) for n in names}
+        lo, hi = int(columns["time_ms"].min()), int(columns["time_ms"].max())
+        key = names[0]  # trade_id or seq
+        cols = ", ".join(names)
         name = f"_deltafeed_ticks_{id(self):x}"
         con.register(name, columns)
         try:
             con.execute(
-                f"""INSERT INTO {_DB}.{table} ({cols})
-                    SELECT {cols} FROM (SELECT DISTINCT ON (instrument, time_ms, {key}) {cols} FROM {name}) AS b
+                f"""INSERT INTO {_DB}.{table} (instrument, {cols})
+                    SELECT ?, {cols} FROM (SELECT DISTINCT ON (time_ms, {key}) {cols} FROM {name}) AS b
                     WHERE NOT EXISTS (SELECT 1 FROM {_DB}.{table} AS t
                         WHERE t.time_ms BETWEEN {lo} AND {hi} AND t.time_ms = b.time_ms
-                          AND t.{key} = b.{key} AND t.instrument = b.instrument)"""
+                          AND t.{key} = b.{key} AND t.instrument = ?)""",
+                [instrument, instrument],
             ).fetchall()
         finally:
             con.unregister(name)

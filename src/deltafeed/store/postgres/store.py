@@ -674,22 +674,23 @@ class PostgresStore:
         if not len(batch) and not batch.gaps:
             return
         s = self.schema
+        trades, quotes = batch.arrays()
 
         async def run() -> None:
             async with self._pool.acquire(timeout=self._command_timeout_s) as con, con.transaction():
-                if batch.trades:
-                    cols = list(zip(*batch.trades, strict=True))
+                for inst, a in trades:
                     await con.execute(
-                        f"INSERT INTO {s}.trades SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[],"
+                        f"INSERT INTO {s}.trades SELECT $1, * FROM unnest($2::bigint[], $3::bigint[],"
                         " $4::float8[], $5::float8[], $6::bool[]) ON CONFLICT DO NOTHING",
-                        *cols,
+                        inst,
+                        *(a[n].tolist() for n in a.dtype.names),
                     )
-                if batch.quotes:
-                    cols = list(zip(*batch.quotes, strict=True))
+                for inst, a in quotes:
                     await con.execute(
-                        f"INSERT INTO {s}.quotes SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[],"
+                        f"INSERT INTO {s}.quotes SELECT $1, * FROM unnest($2::bigint[], $3::bigint[],"
                         " $4::float8[], $5::float8[]) ON CONFLICT DO NOTHING",
-                        *cols,
+                        inst,
+                        *(a[n].tolist() for n in a.dtype.names),
                     )
                 if batch.gaps:
                     await con.executemany(
