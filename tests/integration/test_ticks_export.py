@@ -365,3 +365,54 @@ async def test_nautilus_catalog_loads_the_export(served: Served) -> None:
     )
     assert code == 2 and "already holds bars" in err and err.count("\n") == 1
     assert len(await _run(python, NAUTILUS_LOAD, str(catalog))) == len(bars)
+
+
+async def test_quotes_of_a_quote_built_venue_equal_the_tape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quote-built venue (the OANDA replica, MID and BID candles kept): every quote the stream
+    delivered is stored once (not once per price side), equal to the quote tape for the window,
+    nothing missing; ``GET /trades`` serves them as ``quotes``."""
+    from deltafeed.venues.oanda.replica import DEFAULT_ACCOUNT, DEV_TOKEN, OandaReplica
+    from helpers import ms
+    from reference import read_quote_tape
+
+    monkeypatch.setenv("OANDA_TOKEN", DEV_TOKEN)
+    monkeypatch.setenv("OANDA_ACCOUNT", DEFAULT_ACCOUNT)
+    tape = tmp_path / "quotes.csv"
+    wednesday = ms("2026-03-04T10:00")  # markets open
+    replica = OandaReplica(
+        symbols=["EUR_USD"], seed=4, rate=8.0, speed=60.0, history_ms=3_600_000, tape=str(tape), start_ms=wednesday
+    )
+    await replica.start()
+    settings = Settings(
+        venue="oanda",
+        symbols=["EUR_USD"],
+        timeframes=["1m"],
+        prices=["mid", "bid"],
+        history="1h",
+        db=str(tmp_path / "fx.duckdb"),
+        rest_url=replica.url,
+        stream_url=replica.url,
+    ).validate()
+    engine = Engine(settings)
+    runner = None
+    try:
+        await engine.start()
+        runner = await start_api(engine, None, "127.0.0.1", 0, None)
+        async with asyncio.timeout(30):
+            while engine.states["oanda:EUR_USD"].trades < 300:
+                await asyncio.sleep(0.05)
+        status, doc = await _get(f"{api_url(runner)}/trades/oanda:EUR_USD@bid?limit=100000")
+    finally:
+        if runner is not None:
+            await stop_api(runner)
+        await engine.stop()
+        await replica.stop()
+    assert status == 200 and doc["trades"] == [] and doc["missing"] == []
+    quotes = [tuple(q) for q in doc["quotes"]]
+    assert len(quotes) >= 300
+    lo, hi = quotes[0][0], quotes[-1][0] - 1
+    got = [(t, b, a) for t, _, b, a in quotes if t <= hi]
+    want = [(r.time_ms, float(r.bid), float(r.ask)) for r in read_quote_tape(tape) if lo <= r.time_ms <= hi]
+    assert got == want
+    seqs = [q[1] for q in quotes]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # one row per quote, none repeated
