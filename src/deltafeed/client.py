@@ -276,7 +276,10 @@ class Client:
         them with :meth:`fetch_ticks`.
         """
         extra = dict(params or {})
-        page = await self.fetch_ticks(symbol, since, extra.pop("until", None), limit)
+        until = extra.pop("until", None)
+        if extra:
+            raise ValueError(f"params {sorted(extra)} are not understood; fetch_trades takes until")
+        page = await self.fetch_ticks(symbol, since, until, limit)
         name = page["instrument"]
         out: list[dict[str, Any]] = []
         for t, i, price, amount, side in page["trades"]:

@@ -85,6 +85,12 @@ class SyncClient:
 
         return self._run(batch())
 
+    def fetch_trades(
+        self, symbol: str, since: _WHEN | None = None, limit: int | None = None, params: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """See :meth:`Client.fetch_trades` (ccxt's shape: stored raw trades, oldest first)."""
+        return self._run(self._client.fetch_trades(symbol, since, limit, params))
+
     def load_markets(self) -> dict[str, dict[str, Any]]:
         """See :meth:`Client.load_markets`."""
         return self._run(self._client.load_markets())

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import pytest_asyncio
 
+from deltafeed import SyncClient
 from deltafeed.api.server import api_url, start_api, stop_api
 from deltafeed.cli import main
 from deltafeed.client import Client
@@ -133,6 +134,15 @@ async def test_trades_paging_and_the_client(served: Served) -> None:
     assert trades[0]["datetime"].endswith("Z") and len(newest) == 5
     assert [int(t["id"]) for t in newest] == sorted(int(t["id"]) for t in newest)
     assert int(newest[-1]["id"]) >= int(whole["trades"][-1][1])
+    with pytest.raises(ValueError, match="fetch_trades takes until"):
+        async with Client(served.url) as client:
+            await client.fetch_trades(BTC, params={"page": 2})
+
+    def sync_fetch() -> list[dict[str, Any]]:
+        with SyncClient(served.url) as sync:
+            return sync.fetch_trades(BTC, since=lo, limit=50)
+
+    assert await asyncio.to_thread(sync_fetch) == trades
 
 
 async def test_trades_errors(served: Served) -> None:
