@@ -36,7 +36,6 @@ from deltafeed.candles.calendar import Calendar, calendar_for
 from deltafeed.candles.quotes import QuoteRouter
 from deltafeed.model import (
     PRICE_SIDES,
-    TIMEFRAMES,
     BadInput,
     Candle,
     Instrument,
@@ -44,6 +43,7 @@ from deltafeed.model import (
     Trade,
     parse_timeframes,
     series_key,
+    timeframe,
 )
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.store.base import ColdTier, Row, StoreBusy, open_cold
@@ -170,8 +170,8 @@ def plan_backfill(
     sides = _parse_prices(prices)
     if since_ms >= until_ms:
         raise BadInput(f"since ({_iso(since_ms)}) must be before until ({_iso(until_ms)})")
-    longest = TIMEFRAMES[tfs[-1]]
-    since_r, until_r = since_ms - since_ms % longest, until_ms - until_ms % longest
+    longest = timeframe(tfs[-1])
+    since_r, until_r = longest.start(since_ms), longest.start(until_ms)
     if until_r <= since_r:
         raise BadInput(
             f"{_iso(since_ms)}..{_iso(until_ms)} holds no whole {tfs[-1]} candle (both ends are rounded down to "
@@ -215,7 +215,7 @@ async def backfill(
     t0 = time.monotonic()
     result = BackfillResult(plan, candles={(s, tf): 0 for s in plan.sides for tf in plan.timeframes})
     keys = {s: plan.key(s) for s in plan.sides}
-    tf_ms = {tf: TIMEFRAMES[tf] for tf in plan.timeframes}
+    grids = {tf: timeframe(tf) for tf in plan.timeframes}
     missing: list[int] = result.missing_hours  # sorted: hours are reported in order
     rows: list[Row] = []
     counts: list[tuple[str, str]] = []  # (side, tf) of each row, for the per-series counts
@@ -227,7 +227,7 @@ async def backfill(
 
     def closed(side: str, timeframe: str, candle: Candle, last_quote_ms: int) -> None:
         start = candle.open_time
-        end = start + tf_ms[timeframe]
+        end = grids[timeframe].next(start)
         if candle.trades == 0:
             # A flat candle after a missing hour that no quote followed yet: a silent stream, not a
             # quiet market (the builder learns of the break only from the next quote), so not made.

@@ -10,7 +10,17 @@ from typing import Any
 
 import msgspec
 
-from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Instrument, parse_duration_ms, parse_timeframes
+from deltafeed.model import (
+    PRICE_SIDES,
+    TIMEFRAME_FORMS,
+    TIMEFRAMES,
+    BadInput,
+    Instrument,
+    parse_duration_ms,
+    parse_timeframes,
+    set_week_start,
+    timeframe,
+)
 from deltafeed.names import native
 from deltafeed.store.base import check_db, is_postgres, missing_dir, redact
 from deltafeed.store.ticks import parse_tick_retention
@@ -40,6 +50,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     symbols: list[str] = msgspec.field(default_factory=lambda: ["BTCUSDT", "ETHUSDT"])
     timeframes: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_TIMEFRAMES))
     history: str = "1d"
+    # Where ``1w`` candles start: a weekday and a UTC time. Monday 00:00 UTC (ISO weeks) by default;
+    # a forex-only run may prefer its venues' weekly open, "sun 21:00" (Sunday 17:00 New York in
+    # summer; in winter the market opens an hour after it, still inside the same week candle).
+    # It applies to the whole process, and a store must keep one grid: pick it before collecting.
+    week_start: str = "mon 00:00"
     # The cold tier: a DuckDB file (embedded, the default) or a postgresql:// URL. A password is
     # better given by PGPASSWORD or ~/.pgpass than in the URL; it is never logged either way.
     db: str = "deltafeed.duckdb"
@@ -149,7 +164,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         base = self.rollups.get(str(instrument), self.rollups.get(instrument.symbol, self.rollup_from))
         if base is None or base.strip().lower() == "off":
             return None
-        return base.strip()
+        try:
+            return timeframe(base.strip()).name
+        except BadInput:
+            return base.strip()  # validate() words the error
 
     def seconds(self, name: str) -> float:
         """A duration setting in seconds."""
@@ -192,7 +210,15 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         self.symbols = self._distinct_symbols()
         for venue in [*self.venues, *self.venues_used()]:
             registry.get(venue)
+        set_week_start(self.week_start)
         self.timeframes = parse_timeframes(self.timeframes)
+        if is_postgres(self.db):
+            other = [tf for tf in self.timeframes if tf not in TIMEFRAMES]
+            if other:
+                raise BadInput(
+                    f"the PostgreSQL tier stores only {' '.join(TIMEFRAMES)}, not {' '.join(other)}; "
+                    "collect those into a DuckDB file (--db candles.duckdb) or leave them out"
+                )
         self.history_ms  # noqa: B018 - parses, raising BadInput
         for venue in self.venues_used():
             vs = self.venue_settings(venue)
@@ -263,8 +289,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             base = self.rollup_base(inst)
             if base is None:
                 continue
-            if base not in TIMEFRAMES:
-                raise BadInput(f"rollup base {base!r} for {inst} is not a timeframe; use one of {' '.join(TIMEFRAMES)}")
+            try:
+                timeframe(base)
+            except BadInput:
+                raise BadInput(f"rollup base {base!r} for {inst} is not a timeframe; use {TIMEFRAME_FORMS}") from None
             if base not in self.timeframes:
                 raise BadInput(
                     f"rollups from {base} for {inst} need {base} among the timeframes; add it to --timeframes"

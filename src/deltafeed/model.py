@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import msgspec
 
-#: Timeframes deltafeed builds, with their length in milliseconds. Each one divides the next,
-#: so any configured subset can be rolled up from its smallest member.
+#: The standard timeframes, with their length in milliseconds: the ones every venue's history and
+#: every store serve, and the choices offered first. Any other name of the forms ``Ns``, ``Nm``,
+#: ``Nh``, ``Nd``, ``1w`` and ``1M`` is a timeframe too (see :class:`Timeframe`).
 TIMEFRAMES: dict[str, int] = {
     "1s": 1_000,
     "5s": 5_000,
@@ -22,28 +23,168 @@ TIMEFRAMES: dict[str, int] = {
     "1d": 86_400_000,
 }
 
+#: What a timeframe name may look like, for error messages (and as a regular expression, for schemas).
+TIMEFRAME_FORMS = "Ns, Nm, Nh or Nd (N a whole number, e.g. 30s, 45s, 3m, 30m, 2h, 12h, 3d), 1w or 1M"
+TIMEFRAME_PATTERN = r"^([1-9][0-9]{0,6}[smhd]|1w|1M)$"
+
+_DAY_MS = 86_400_000
+_WEEK_MS = 7 * _DAY_MS
+#: 1970-01-05 00:00 UTC, the first Monday after the epoch (a Thursday): the default week grid's origin.
+MONDAY_MS = 4 * _DAY_MS
+_TF_RE = re.compile(r"^([1-9][0-9]{0,6})([smhd])$")
+_TF_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": _DAY_MS}
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_EPOCH_DAY = dt.date(1970, 1, 1).toordinal()
+
 
 class BadInput(ValueError):
     """A user-facing mistake (bad name, bad flag, bad file); its message names the problem and the fix."""
 
 
+@dataclass(frozen=True, slots=True)
+class Timeframe:
+    """A candle length and the grid its candles open on, all in UTC epoch milliseconds.
+
+    ``Ns``, ``Nm``, ``Nh`` and ``Nd`` are fixed lengths on the grid that starts at the epoch (so
+    ``45s`` candles open at every multiple of 45 s since 1970, as ``5m`` ones do at multiples of 5
+    minutes). ``1w`` is 7 days on a grid anchored at :data:`week_start` (Monday 00:00 UTC unless
+    set otherwise): the epoch was a Thursday, so weeks are *not* epoch aligned. ``1M`` is the
+    calendar month, with no fixed length: code that needs the candle after one asks :meth:`next`,
+    never adds a length.
+    """
+
+    name: str
+    #: Length in ms; for ``1M`` the longest month (31 days), an upper bound only.
+    ms: int
+    #: The grid's offset from the epoch in ms (0 but for weeks).
+    anchor: int = 0
+    monthly: bool = False
+
+    def start(self, t: int) -> int:
+        """Open time of the candle that holds time ``t``."""
+        if self.monthly:
+            d = dt.date.fromordinal(_EPOCH_DAY + t // _DAY_MS)
+            return (dt.date(d.year, d.month, 1).toordinal() - _EPOCH_DAY) * _DAY_MS
+        return t - (t - self.anchor) % self.ms
+
+    def next(self, open_time: int) -> int:
+        """Open time of the candle after the one opening at ``open_time`` (its exclusive end)."""
+        if self.monthly:
+            d = dt.date.fromordinal(_EPOCH_DAY + open_time // _DAY_MS)
+            y, m = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
+            return (dt.date(y, m, 1).toordinal() - _EPOCH_DAY) * _DAY_MS
+        return open_time + self.ms
+
+    def end(self, t: int) -> int:
+        """Exclusive end of the candle that holds time ``t``."""
+        return self.next(self.start(t))
+
+    def prev(self, open_time: int) -> int:
+        """Open time of the candle before the one opening at ``open_time``."""
+        return self.start(open_time - 1) if self.monthly else open_time - self.ms
+
+    @property
+    def shortest_ms(self) -> int:
+        """The shortest a candle of it lasts (28 days for ``1M``)."""
+        return 28 * _DAY_MS if self.monthly else self.ms
+
+    def ceil(self, t: int) -> int:
+        """The first open time at or after ``t``."""
+        b = self.start(t)
+        return b if b == t else self.next(b)
+
+    def aligned(self, t: int) -> bool:
+        """Whether ``t`` is an open time of this timeframe."""
+        return self.start(t) == t
+
+    def opens(self, first: int, last: int) -> list[int]:
+        """Open times of the candles from the one holding ``first`` to the one holding ``last``."""
+        out: list[int] = []
+        t = self.start(first)
+        while t <= last:
+            out.append(t)
+            t = self.next(t)
+        return out
+
+    def divides(self, other: Timeframe) -> bool:
+        """Whether every candle of ``other`` is a whole run of candles of this one (so ``other`` can
+        be rolled up from it): a fixed grid divides another when its length divides the other's
+        length and its grid holds the other's origin; it divides the month when it divides a day."""
+        if self.monthly:
+            return other.monthly
+        if other.monthly:
+            return _DAY_MS % self.ms == 0 and self.anchor % self.ms == 0
+        return other.ms % self.ms == 0 and (other.anchor - self.anchor) % self.ms == 0
+
+    def __str__(self) -> str:
+        return self.name
+
+
+#: The week grid's origin (ms after the epoch, within the first week): Monday 00:00 UTC by default.
+#: Set it with :func:`set_week_start` (the ``week_start`` setting).
+_week_anchor = MONDAY_MS
+_parsed: dict[str, Timeframe] = {}
+
+
+def _canonical(n: int, unit: str) -> tuple[int, str]:
+    """``60s`` is ``1m``, ``120m`` is ``2h``, ``24h`` is ``1d``: one name per length, one series."""
+    for small, big, k in (("s", "m", 60), ("m", "h", 60), ("h", "d", 24)):
+        if unit == small and n % k == 0:
+            n, unit = n // k, big
+    return n, unit
+
+
+def timeframe(name: str) -> Timeframe:
+    """The :class:`Timeframe` called ``name`` (``60s`` is given as ``1m``: one name per length),
+    or :class:`BadInput` listing the accepted forms."""
+    tf = _parsed.get(name)
+    if tf is not None:
+        return tf
+    text = name.strip() if isinstance(name, str) else ""
+    if text == "1w":
+        tf = Timeframe("1w", _WEEK_MS, _week_anchor)
+    elif text == "1M":
+        tf = Timeframe("1M", 31 * _DAY_MS, 0, True)
+    else:
+        m = _TF_RE.match(text)
+        if m is None:
+            raise BadInput(f"unknown timeframe {name!r}; use {TIMEFRAME_FORMS}")
+        n, unit = _canonical(int(m.group(1)), m.group(2))
+        tf = Timeframe(f"{n}{unit}", n * _TF_UNIT_MS[unit])
+    _parsed[name] = tf
+    return tf
+
+
 def timeframe_ms(name: str) -> int:
-    """Length of timeframe ``name`` in ms, or :class:`BadInput` naming the valid choices."""
-    try:
-        return TIMEFRAMES[name]
-    except KeyError:
-        raise BadInput(f"unknown timeframe {name!r}; use one of {' '.join(TIMEFRAMES)}") from None
+    """Length of timeframe ``name`` in ms (for ``1M`` the longest month), or :class:`BadInput`."""
+    return timeframe(name).ms
 
 
 def parse_timeframes(spec: str | list[str]) -> list[str]:
-    """Parse ``"1m,5m"`` (or a list) into timeframe names sorted from shortest to longest."""
+    """Parse ``"1m,5m"`` (or a list) into canonical timeframe names sorted from shortest to longest."""
     names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
     names = [n for n in names if n]
     if not names:
         raise BadInput("no timeframes given; use for example --timeframes 1m,5m")
-    for n in names:
-        timeframe_ms(n)
-    return sorted(set(names), key=TIMEFRAMES.__getitem__)
+    return sorted({timeframe(n).name for n in names}, key=timeframe_ms)
+
+
+def set_week_start(spec: str) -> int:
+    """Anchor the ``1w`` grid at ``spec`` (``"mon 00:00"``, the default; ``"sun 21:00"`` for FX's
+    weekly open), a weekday and a UTC time of day; returns the anchor in ms. It applies to the
+    whole process: every week candle of a run (and of a store) must share one grid."""
+    global _week_anchor
+    m = re.fullmatch(r"\s*([a-z]{3})[a-z]*\s+(\d{1,2}):(\d{2})\s*", spec.lower())
+    if m is None or m.group(1) not in _WEEKDAYS or int(m.group(2)) > 23 or int(m.group(3)) > 59:
+        raise BadInput(f"week_start {spec!r} is not a weekday and a UTC time; write e.g. 'mon 00:00' or 'sun 21:00'")
+    day = _WEEKDAYS.index(m.group(1))
+    anchor = MONDAY_MS + day * _DAY_MS + int(m.group(2)) * 3_600_000 + int(m.group(3)) * 60_000
+    anchor %= _WEEK_MS
+    if anchor != _week_anchor:
+        _week_anchor = anchor
+        for key in [k for k, v in _parsed.items() if v.name == "1w"]:
+            del _parsed[key]
+    return anchor
 
 
 def time_ms(value: str | dt.datetime) -> int:
@@ -151,9 +292,9 @@ class Switch(msgspec.Struct, frozen=True):
     source_from: str
     source_to: str
 
-    def spanning(self, tf_ms: int) -> int:
-        """Open time of the candle of a ``tf_ms`` timeframe that spans the switch."""
-        return self.since_ms - self.since_ms % tf_ms
+    def spanning(self, tf: Timeframe) -> int:
+        """Open time of the candle of timeframe ``tf`` that spans the switch."""
+        return tf.start(self.since_ms)
 
 
 #: The three states of a candle, as every read path names them (see :attr:`Candle.state`).

@@ -367,7 +367,7 @@ async def test_candle_states_and_final_only(served: Served) -> None:
         ("/candles/binance:XRPUSDT/1m", 404, "not collected here"),
         ("/candles/BTC$USDT/1m", 400, "is not a valid name"),
         ("/candles/binance:BTC$USDT/1m", 400, "is not a valid name"),
-        (f"/candles/{BTC}/7m", 400, "unknown timeframe '7m'"),
+        (f"/candles/{BTC}/7x", 400, "unknown timeframe '7x'"),
         (f"/candles/{BTC}/1h", 404, "timeframe 1h is not collected here"),
         ("/nowhere", 404, "no endpoint GET /nowhere"),
         (f"/candles/{BTC}", 404, "no endpoint"),

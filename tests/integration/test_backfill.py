@@ -283,7 +283,7 @@ async def test_cli_backfills_and_prints_one_summary_line(tmp_path: Path) -> None
         (["--source", "truefx"], "unknown source 'truefx'"),
         (["--since", "2026-01-09T02:00Z", "--until", "2026-01-09T01:00Z"], "must be before until"),
         (["--since", "last friday"], "--since 'last friday' is not an ISO-8601 time"),
-        (["--timeframes", "1m,3m"], "unknown timeframe '3m'"),
+        (["--timeframes", "1m,7x"], "unknown timeframe '7x'"),
         (["--prices", "mid,last"], "unknown price 'last'"),
         (["--since", "2026-01-09T00:10Z", "--until", "2026-01-09T00:50Z"], "holds no whole 1h candle"),
         (["--instrument", "EUR_USD"], "has no venue"),

@@ -209,7 +209,7 @@ async def test_watch_errors_are_raised_not_retried(served: Collector) -> None:
                 async for _ in df.watch_candles("binance:XRPUSDT", "1m"):
                     pass
         with pytest.raises(ValueError, match="unknown timeframe"):
-            async for _ in df.watch_candles(BTC, "7m"):
+            async for _ in df.watch_candles(BTC, "7x"):
                 pass
     # Without the token the WebSocket handshake is refused (here served beyond loopback).
     runner = await start_api(served.engine, None, "0.0.0.0", 0, TOKEN)

@@ -55,7 +55,7 @@ def test_parse_retention_overrides_defaults() -> None:
 @pytest.mark.parametrize(
     ("spec", "words"),
     [
-        ({"2m": "1d"}, ["2m", "1s 5s 15s 1m"]),
+        ({"7x": "1d"}, ["7x", "Ns, Nm, Nh or Nd", "1w or 1M"]),
         ({"1m": "thirty days"}, ["1m", "thirty days", "forever"]),
         ({"1h": "30m"}, ["1h", "shorter"]),
         ({"1m": "0"}, ["1m", "shorter"]),

@@ -336,7 +336,7 @@ def test_any_subset_of_sides_works_and_an_inactive_side_gets_nothing() -> None:
     with pytest.raises(BadInput, match="no prices given"):
         plan_backfill("oanda:EUR_USD", since, until, prices="")
     with pytest.raises(BadInput, match="unknown timeframe"):
-        plan_backfill("oanda:EUR_USD", since, until, timeframes="1m,1w")
+        plan_backfill("oanda:EUR_USD", since, until, timeframes="1m,7x")
 
 
 def test_flats_stop_at_a_midweek_holiday_and_resume_after_a_quote() -> None:

@@ -29,7 +29,8 @@ from aiohttp.typedefs import Handler
 
 from deltafeed.api.guard import HEADER_TIMEOUT_S
 from deltafeed.fmt import clean, iso, num
-from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle, Instrument, time_ms
+from deltafeed.model import PRICE_SIDES, TIMEFRAME_PATTERN, BadInput, Candle, Instrument, time_ms
+from deltafeed.model import timeframe as timeframe_of
 from deltafeed.names import UnknownName, native, resolve
 from deltafeed.store.base import StoreError
 from deltafeed.venues import registry
@@ -212,8 +213,12 @@ def parse_instrument(name: str, engine: EngineView) -> str:
 
 def parse_timeframe(name: str, collected: list[str]) -> str:
     """A collected timeframe: 400 when ``name`` is no timeframe at all, 404 when not collected."""
-    if name not in TIMEFRAMES:
-        raise http_error(web.HTTPBadRequest, f"unknown timeframe {name!r}; use one of {' '.join(collected)}")
+    try:
+        name = timeframe_of(name).name  # 60s is 1m
+    except BadInput:
+        raise http_error(
+            web.HTTPBadRequest, f"unknown timeframe {name!r}; use one of {' '.join(collected)} (collected here)"
+        ) from None
     if name not in collected:
         raise http_error(web.HTTPNotFound, f"timeframe {name} is not collected here; use one of {' '.join(collected)}")
     return name
@@ -365,11 +370,11 @@ class _Routes:
         """The candles of ``rows`` that span a failover switch, with the switch."""
         if not rows:
             return []
-        tf_ms = TIMEFRAMES[timeframe]
-        found = await self.engine.switches(instrument, rows[0].open_time, rows[-1].open_time + tf_ms - 1)
+        grid = timeframe_of(timeframe)
+        found = await self.engine.switches(instrument, rows[0].open_time, grid.next(rows[-1].open_time) - 1)
         return [
             {
-                "open_time": w.spanning(tf_ms),
+                "open_time": w.spanning(grid),
                 "since_ms": w.since_ms,
                 "at_ms": w.at_ms,
                 "from": w.source_from,
@@ -738,7 +743,7 @@ def openapi_spec() -> dict[str, Any]:
                             "name": "timeframe",
                             "in": "path",
                             "required": True,
-                            "schema": {"enum": list(TIMEFRAMES)},
+                            "schema": {"type": "string", "pattern": TIMEFRAME_PATTERN},
                             "example": "1m",
                         },
                         {

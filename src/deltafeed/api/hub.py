@@ -71,7 +71,7 @@ from deltafeed.api.protocol import (
 )
 from deltafeed.clock import Clock, LiveClock
 from deltafeed.fmt import clean
-from deltafeed.model import TIMEFRAMES, BadInput, Candle, Trade
+from deltafeed.model import TIMEFRAMES, BadInput, Candle, Trade, timeframe
 from deltafeed.names import UnknownName, resolve
 from deltafeed.net.frames import text_frame
 
@@ -397,12 +397,18 @@ class Hub:
 
     def check_timeframe(self, name: str) -> str:
         """``name`` if it is a timeframe (and collected, when the hub was given ``timeframes``)."""
-        collected = self._timeframes() if self._timeframes is not None else list(TIMEFRAMES)
-        if name not in TIMEFRAMES:
-            raise BadInput(f"unknown timeframe {name!r}; use one of {' '.join(collected)}")
+        collected = self._collected()
+        try:
+            name = timeframe(name).name  # 60s is 1m
+        except BadInput:
+            raise BadInput(f"unknown timeframe {name!r}; use one of {' '.join(collected)} (collected here)") from None
         if name not in collected:
             raise BadInput(f"timeframe {name} is not collected here; use one of {' '.join(collected)}")
         return name
+
+    def _collected(self) -> list[str]:
+        """The timeframes collected here (the standard ones when the hub was not told)."""
+        return self._timeframes() if self._timeframes is not None else list(TIMEFRAMES)
 
     def open_client(self, name: str = "?") -> Client:
         """Reserve a place for a new client (before its connection is upgraded)."""
@@ -465,7 +471,7 @@ class Hub:
             raise BadInput("the previous snapshot is still waiting to be sent; read it, then ask for another")
         frames: list[bytes] = []
         if snapshot:
-            for tf in TIMEFRAMES if timeframe is None else (timeframe,):
+            for tf in self._collected() if timeframe is None else (timeframe,):
                 candles = (
                     self._final_snapshot(instrument, tf, snapshot)
                     if final
@@ -543,7 +549,7 @@ class Hub:
                     continue
                 if kind != "trades":
                     if tf is None:
-                        new.update(("c", inst, t) for t in TIMEFRAMES)
+                        new.update(("c", inst, t) for t in self._collected())
                         new.add(("p", inst))
                     else:
                         new.add(("c", inst, tf))
@@ -551,7 +557,7 @@ class Hub:
                     new.add(("t", inst))
             for kind, inst, tf in c.subs:
                 if kind == "final":  # unless every update of that series comes anyway
-                    tfs = TIMEFRAMES if tf is None else (tf,)
+                    tfs = self._collected() if tf is None else (tf,)
                     new.update(("f", inst, t) for t in tfs if ("c", inst, t) not in new)
         for r in new - c.routes:
             self._route(r, c, add=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from deltafeed.candles.calendar import AlwaysOpen, Calendar
-from deltafeed.model import TIMEFRAMES, Candle, Trade
+from deltafeed.model import Candle, Trade, timeframe, timeframe_ms
 
 ClosedSink = Callable[[str, Candle], None]
 """Receives ``(timeframe, candle)`` for every candle that closed (``final`` when the builder can
@@ -17,11 +17,11 @@ RepairSink = Callable[[str, int, int], None]
 class _Series:
     """State of one timeframe: the open candle and what the next candle follows on from."""
 
-    __slots__ = ("cur", "end", "last_close", "ms", "name", "next_open", "start")
+    __slots__ = ("cur", "end", "last_close", "name", "next_open", "start", "tf")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.ms = TIMEFRAMES[name]
+        self.tf = timeframe(name)  # its grid: weeks and months are not epoch-aligned multiples
         self.cur: Candle | None = None
         # [start, end) of ``cur``. With no open candle start == end == next_open (or 0): every
         # trade then rolls, and one older than next_open is recognised as late.
@@ -77,7 +77,7 @@ class CandleBuilder:
         confirm_jump: int = 3,
         unvouched_max: int = 100_000,
     ) -> None:
-        self._series = [_Series(tf) for tf in sorted(timeframes, key=TIMEFRAMES.__getitem__)]
+        self._series = [_Series(tf) for tf in sorted(timeframes, key=timeframe_ms)]
         self._by_name = {s.name: s for s in self._series}
         self._on_closed = on_closed
         self._on_repair = on_repair
@@ -112,8 +112,9 @@ class CandleBuilder:
     def seed(self, timeframe: str, last_closed: Candle) -> None:
         """Continue after ``last_closed`` (from the store or REST history)."""
         s = self._by_name[timeframe]
-        if s.cur is None and (s.next_open is None or last_closed.open_time + s.ms > s.next_open):
-            _idle(s, last_closed.open_time + s.ms, last_closed.close)
+        after = s.tf.next(last_closed.open_time)
+        if s.cur is None and (s.next_open is None or after > s.next_open):
+            _idle(s, after, last_closed.close)
 
     @property
     def timeframes(self) -> list[str]:
@@ -211,7 +212,7 @@ class CandleBuilder:
 
     def _roll(self, s: _Series, ts: int, price: float) -> bool:
         """Move ``s`` to the candle holding ``ts``; False when ``ts`` is older than the open candle."""
-        b = ts - ts % s.ms
+        b = s.tf.start(ts)
         if b < s.start:
             # The venue's clock went back past a candle we already moved on from: it is final here,
             # so the venue's own record of it is fetched instead.
@@ -223,7 +224,7 @@ class CandleBuilder:
         self._close_until(s, b, self.vouch)
         s.cur = Candle(b, price, price, price, price, 0.0, 0, False)
         s.start = b
-        s.end = b + s.ms
+        s.end = s.tf.next(b)
         return True
 
     def _close_until(self, s: _Series, b: int, vouched: bool) -> None:
@@ -232,15 +233,15 @@ class CandleBuilder:
         c = s.cur
         if c is not None:
             c.closed = True
-            _idle(s, c.open_time + s.ms, c.close)
+            _idle(s, s.tf.next(c.open_time), c.close)
             self._emit(s, c, vouched)
         if s.next_open is not None and s.last_close is not None:
             px = s.last_close
             t = s.next_open
-            limit = self._flat_limit() - s.ms
-            while t < b and t <= limit:
+            limit = self._flat_limit()
+            while t < b and (after := s.tf.next(t)) <= limit:
                 self._emit(s, Candle(t, px, px, px, px, 0.0, 0, True), vouched)
-                t += s.ms
+                t = after
             _idle(s, max(t, s.next_open), px)
 
     def _emit(self, s: _Series, c: Candle, vouched: bool) -> None:
@@ -261,7 +262,7 @@ class CandleBuilder:
         trade (a later trade inside one of them is late, and gets it repaired instead)."""
         keep: list[tuple[_Series, Candle]] = []
         for s, c in self._unvouched:
-            if c.open_time + s.ms <= ts:
+            if s.tf.next(c.open_time) <= ts:
                 self.vouched_late += 1
                 self._on_closed(
                     s.name, Candle(c.open_time, c.open, c.high, c.low, c.close, c.volume, c.trades, True, True)
@@ -291,12 +292,12 @@ class CandleBuilder:
         self._unvouched.clear()
         self._hole_ms = ts
         for s in self._series:
-            b = ts - ts % s.ms
+            b = s.tf.start(ts)
             # The lost trades lie between the last trade seen and this one, so the candles from the
             # one holding the last trade (even if it was closed by the timer since) up to this one
             # are suspect. Before any trade, everything since the last known candle is.
             if self.last_trade_ms >= 0:
-                first: int | None = self.last_trade_ms - self.last_trade_ms % s.ms
+                first: int | None = s.tf.start(self.last_trade_ms)
             else:
                 first = s.cur.open_time if s.cur is not None else s.next_open
             if first is None or first > b:
@@ -315,11 +316,11 @@ class CandleBuilder:
         """Trades between ``since_ms`` and ``until_ms`` may have been lost without a gap in the ids
         showing it yet (the venue's message sequence broke): the candles of that span, up to the one
         forming, are reported for repair and never vouched for by the builder."""
-        self._unvouched = [(s, c) for s, c in self._unvouched if c.open_time + s.ms <= since_ms]
+        self._unvouched = [(s, c) for s, c in self._unvouched if s.tf.next(c.open_time) <= since_ms]
         self._hole_ms = max(self._hole_ms, until_ms)
         for s in self._series:
-            first = since_ms - since_ms % s.ms
-            last = max(first, until_ms - until_ms % s.ms)
+            first = s.tf.start(since_ms)
+            last = max(first, s.tf.start(until_ms))
             if s.cur is not None:
                 last = max(last, s.cur.open_time)
             self._on_repair(s.name, first, last)
@@ -338,7 +339,7 @@ class CandleBuilder:
             if c is not None and c.open_time == b:
                 _assign(c, venue)
                 c.closed = c.final = True  # the venue's own closed candle
-                _idle(s, b + s.ms, c.close)
+                _idle(s, s.tf.next(b), c.close)
                 self._on_closed(s.name, c)
                 return
             behind = c.open_time > b if c is not None else (s.next_open is not None and s.next_open > b)
@@ -348,8 +349,8 @@ class CandleBuilder:
                 elif s.next_open is not None and s.next_open < b:
                     # No trade seen yet: what lies between the last known candle and this one is
                     # unknown (a long start-up); moving past it must not hide it.
-                    self._on_repair(s.name, s.next_open, b - s.ms)
-                _idle(s, b + s.ms, venue.close)
+                    self._on_repair(s.name, s.next_open, s.tf.prev(b))
+                _idle(s, s.tf.next(b), venue.close)
             final = Candle(b, 0.0, 0.0, 0.0, 0.0, 0.0, 0, True, True)
             _assign(final, venue)
             self._on_closed(s.name, final)
@@ -360,7 +361,7 @@ class CandleBuilder:
             self._close_until(s, b, False)
             s.cur = c = Candle(b, 0.0, 0.0, 0.0, 0.0, 0.0, 0, False)
             s.start = b
-            s.end = b + s.ms
+            s.end = s.tf.next(b)
         _assign(c, venue)
 
     # --- time -----------------------------------------------------------------------------------
@@ -373,8 +374,8 @@ class CandleBuilder:
         for s in self._series:
             if s.cur is not None and s.end <= now_ms:
                 self._close_until(s, s.end, False)
-            if s.cur is None and s.next_open is not None and s.next_open + s.ms <= now_ms:
-                self._close_until(s, now_ms - now_ms % s.ms, False)
+            if s.cur is None and s.next_open is not None and s.tf.next(s.next_open) <= now_ms:
+                self._close_until(s, s.tf.start(now_ms), False)
 
     def open_candles(self) -> list[tuple[str, Candle]]:
         """The candles still forming, one per timeframe at most (live objects: copy to keep)."""

@@ -11,10 +11,10 @@ from the trades. :func:`rollup` does this for a finished list; :class:`RollupBui
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 
 from deltafeed.candles.aggregator import ClosedSink
-from deltafeed.model import TIMEFRAMES, BadInput, Candle
+from deltafeed.model import Candle, Timeframe, timeframe
 
 StaleSink = Callable[[str, int], None]
 """Receives ``(timeframe, bucket_open_time)``: a derived candle that can no longer be derived here
@@ -45,42 +45,53 @@ def _start(open_time: int, p: Candle) -> Candle:
     return Candle(open_time, p.open, p.high, p.low, p.close, p.volume, p.trades, False)
 
 
-def rollup(parts: Iterable[Candle], part_ms: int, tf_ms: int) -> list[Candle]:
-    """Fold ``parts`` (sorted by open time, each ``part_ms`` long) into ``tf_ms`` candles.
+def _grid(tf: Timeframe | str | int) -> Timeframe:
+    """A timeframe given by name, as a :class:`Timeframe`, or as a length in ms (epoch aligned)."""
+    if isinstance(tf, Timeframe):
+        return tf
+    if isinstance(tf, str):
+        return timeframe(tf)
+    return Timeframe(f"{tf}ms", tf)
+
+
+def rollup(
+    parts: Iterable[Candle], part: Timeframe | str | int, tf: Timeframe | str | int, until_ms: int | None = None
+) -> list[Candle]:
+    """Fold ``parts`` (sorted by open time, each one candle of timeframe ``part``) into candles of
+    ``tf`` (each a :class:`Timeframe`, a name, or a length in ms on the epoch grid).
 
     Parts without trades are flat placeholders at the previous close: they add nothing to the
     open, high or low of a candle that has trades, exactly as if it were built from the trades.
-    A derived candle is closed only when its last part is closed and ends where it ends, and final
-    only when it is closed and every part of it is final.
+    A derived candle is closed only when its last part is closed and ends where it ends -- or, with
+    ``until_ms`` (the venue's history is complete up to then, and it leaves out intervals without
+    prices), when every part it has is closed and it ends by ``until_ms`` -- and final only when it
+    is closed and every part of it is final.
     """
-    if tf_ms % part_ms:
-        raise ValueError(f"{tf_ms} ms candles cannot be built from {part_ms} ms ones")
+    part_tf, tf_tf = _grid(part), _grid(tf)
+    if not part_tf.divides(tf_tf):
+        raise ValueError(f"{tf_tf} candles cannot be built from {part_tf} ones: {part_tf} does not divide {tf_tf}")
     out: list[Candle] = []
     cur: Candle | None = None
+    end = 0
     complete = verified = True
     for p in parts:
-        b = p.open_time - p.open_time % tf_ms
+        b = tf_tf.start(p.open_time)
         if cur is None or b != cur.open_time:
             if cur is not None:
                 out.append(cur)
             cur = _start(b, p)
+            end = tf_tf.next(b)
             complete, verified = p.closed, p.final
         else:
             _append(cur, p)
             complete = complete and p.closed
             verified = verified and p.final
-        cur.closed = complete and p.open_time + part_ms == b + tf_ms
+        ends = part_tf.next(p.open_time) == end or (until_ms is not None and end <= until_ms)
+        cur.closed = complete and ends
         cur.final = cur.closed and verified
     if cur is not None:
         out.append(cur)
     return out
-
-
-def _length(name: str, lengths: Mapping[str, int]) -> int:
-    try:
-        return lengths[name]
-    except KeyError:
-        raise BadInput(f"unknown timeframe {name!r}; use one of {' '.join(lengths)}") from None
 
 
 class _Bucket:
@@ -93,10 +104,23 @@ class _Bucket:
     folded in on demand: it changes every few hundred ms and must never force a refold.
     """
 
-    __slots__ = ("agg", "dirty", "emitted", "finals", "forming", "forming_i", "hi", "open_time", "parts", "verified")
+    __slots__ = (
+        "agg",
+        "dirty",
+        "emitted",
+        "finals",
+        "forming",
+        "forming_i",
+        "hi",
+        "n",
+        "open_time",
+        "parts",
+        "verified",
+    )
 
     def __init__(self, open_time: int, n: int) -> None:
         self.open_time = open_time
+        self.n = n  # base parts in it (a month's count depends on the month)
         self.parts: list[Candle | None] = [None] * n  # closed parts only (final or provisional)
         self.finals = 0  # parts not None
         self.verified = 0  # parts that are final (the derived candle is final when all n are)
@@ -111,15 +135,19 @@ class _Bucket:
 class _Series:
     """One derived timeframe: the bucket the base is in and the one before it, nothing older."""
 
-    __slots__ = ("cur", "ms", "n", "name", "prev", "reported")
+    __slots__ = ("base_ms", "cur", "name", "prev", "reported", "tf")
 
-    def __init__(self, name: str, ms: int, n: int) -> None:
-        self.name = name
-        self.ms = ms
-        self.n = n  # base parts per bucket
+    def __init__(self, tf: Timeframe, base_ms: int) -> None:
+        self.name = tf.name
+        self.tf = tf
+        self.base_ms = base_ms
         self.cur: _Bucket | None = None
-        self.prev: _Bucket | None = None  # always cur.open_time - ms when set
+        self.prev: _Bucket | None = None  # always the bucket before cur when set
         self.reported: int | None = None  # the last bucket handed to on_stale (no repeats in a row)
+
+    def bucket(self, b: int) -> _Bucket:
+        """A new, empty bucket opening at ``b``."""
+        return _Bucket(b, (self.tf.next(b) - b) // self.base_ms)
 
 
 class RollupBuilder:
@@ -128,7 +156,9 @@ class RollupBuilder:
     Feed it what :class:`CandleBuilder` produces for the base timeframe, in the order it produces it:
     the forming candle from ``open_candles()`` every tick, and every final candle from ``on_closed``
     (closed ones, flat ones, and corrections of earlier ones, e.g. from a repair). Buckets are epoch
-    aligned (``open_time - open_time % tf_ms``), as :data:`TIMEFRAMES` are.
+    on each timeframe's grid (:meth:`Timeframe.start`), and the base must divide every derived
+    timeframe (:meth:`Timeframe.divides`): ``1m`` makes ``45m``, ``1w`` and ``1M``; ``15s`` makes
+    ``45s``; ``1h`` makes ``1w``; ``45s`` makes no ``1m`` (a minute is not a whole number of them).
 
     - A derived candle is closed once every one of its parts is closed; that implies the base has
       moved past its end. It goes to ``on_final`` then, and again whenever a closed part of it is
@@ -149,32 +179,29 @@ class RollupBuilder:
         derived: Iterable[str],
         on_final: ClosedSink,
         on_stale: StaleSink | None = None,
-        lengths: Mapping[str, int] = TIMEFRAMES,
     ) -> None:
-        """``lengths`` maps timeframe names to ms (the deltafeed timeframes unless given).
-
-        Raises ValueError (a :class:`~deltafeed.model.BadInput` for an unknown name) when a derived
-        timeframe is not longer than the base or not a whole multiple of it.
-        """
-        base_ms = _length(base, lengths)
-        if base_ms <= 0:
-            raise ValueError(f"base timeframe {base} must have a positive length, got {base_ms} ms")
-        self.base = base
-        self._base_ms = base_ms
+        """Raises ValueError (a :class:`~deltafeed.model.BadInput` for an unknown name) when a
+        derived timeframe is not longer than the base or the base does not divide it."""
+        base_tf = timeframe(base)
+        if base_tf.monthly:
+            raise ValueError(f"base timeframe {base} has no fixed length; derive from a fixed one, e.g. 1d")
+        self.base = base_tf.name
+        self._base_tf = base_tf
+        self._base_ms = base_ms = base_tf.ms
         series: list[_Series] = []
         for name in derived:
-            ms = _length(name, lengths)
-            if ms <= base_ms:
+            tf = timeframe(name)
+            if tf.ms <= base_ms:
                 raise ValueError(f"cannot derive {name} from {base}: it must be longer than the base timeframe")
-            if ms % base_ms:
+            if not base_tf.divides(tf):
                 raise ValueError(
-                    f"cannot derive {name} ({ms} ms) from {base} ({base_ms} ms): "
-                    "it is not a whole multiple of the base timeframe"
+                    f"cannot derive {name} from {base}: the base does not divide it "
+                    "(its candles are not whole runs of base candles)"
                 )
-            if any(s.name == name for s in series):
+            if any(s.name == tf.name for s in series):
                 raise ValueError(f"timeframe {name} is given twice")
-            series.append(_Series(name, ms, ms // base_ms))
-        self._series = sorted(series, key=lambda s: s.ms)
+            series.append(_Series(tf, base_ms))
+        self._series = sorted(series, key=lambda s: s.tf.ms)
         self._by_name = {s.name: s for s in self._series}
         self._on_final = on_final
         self._on_stale = on_stale
@@ -223,7 +250,7 @@ class RollupBuilder:
         """
         t = candle.open_time
         base_ms = self._base_ms
-        if t % base_ms:
+        if not self._base_tf.aligned(t):
             raise ValueError(f"base candle open time {t} is not aligned to {self.base}")
         p = Candle(
             t,
@@ -238,14 +265,14 @@ class RollupBuilder:
         )
         final = p.closed  # a part that will not change any more (until corrected or vouched for)
         for s in self._series:
-            b = t - t % s.ms
+            b = s.tf.start(t)
             bk = s.cur
             if bk is None or b > bk.open_time:
                 if vouched_only:
                     continue
                 bk = self._move(s, b)
             elif b != bk.open_time:
-                if b != bk.open_time - s.ms:
+                if b != s.tf.prev(bk.open_time):
                     if final and not vouched_only:  # a forming update this old carries no news
                         self._stale_part(s, b)
                     continue
@@ -253,7 +280,7 @@ class RollupBuilder:
                 if bk is None:
                     if vouched_only:
                         continue
-                    bk = s.prev = _Bucket(b, s.n)
+                    bk = s.prev = s.bucket(b)
             i = (t - b) // base_ms
             if final:
                 self._final_part(s, bk, i, p)
@@ -264,14 +291,14 @@ class RollupBuilder:
     def _move(self, s: _Series, b: int) -> _Bucket:
         """The base reached bucket ``b`` (later than the current one): keep the one before it only."""
         cur = s.cur
-        if cur is not None and b == cur.open_time + s.ms:
+        if cur is not None and b == s.tf.next(cur.open_time):
             self._drop(s, s.prev)
             s.prev = cur
         else:
             self._drop(s, s.prev)
             self._drop(s, cur)
             s.prev = None
-        bk = s.cur = _Bucket(b, s.n)
+        bk = s.cur = s.bucket(b)
         return bk
 
     def _drop(self, s: _Series, bk: _Bucket | None) -> None:
@@ -299,7 +326,7 @@ class RollupBuilder:
         bk.verified += p.final - (old is not None and old.final)
         if old is not None and old.row() == p.row():
             # Only its state changed (a provisional part vouched for): same fold, maybe a new state.
-            if bk.finals == s.n and bk.verified == s.n and bk.emitted and not self._seeding:
+            if bk.finals == bk.n and bk.verified == bk.n and bk.emitted and not self._seeding:
                 self._emit(s, bk)  # its last provisional part: the derived candle is final now
             return
         if bk.forming is not None and bk.forming_i <= i:
@@ -316,7 +343,7 @@ class RollupBuilder:
                 bk.dirty = True  # landed before parts already folded: the order of the fold changes
         else:
             bk.dirty = True  # a correction of a part already folded
-        if bk.finals == s.n:
+        if bk.finals == bk.n:
             if bk.emitted and not self._seeding:
                 self.corrections += 1
             self._emit(s, bk)
@@ -331,7 +358,7 @@ class RollupBuilder:
         if not self._seeding:
             self._on_final(
                 s.name,
-                Candle(bk.open_time, a.open, a.high, a.low, a.close, a.volume, a.trades, True, bk.verified == s.n),
+                Candle(bk.open_time, a.open, a.high, a.low, a.close, a.volume, a.trades, True, bk.verified == bk.n),
             )
 
     def _refold(self, bk: _Bucket) -> None:
@@ -359,7 +386,7 @@ class RollupBuilder:
         out: list[tuple[str, Candle]] = []
         for s in self._series:
             bk = s.cur
-            if bk is None or bk.finals == s.n:
+            if bk is None or bk.finals == bk.n:
                 continue
             c = self._forming(bk)
             if c is not None and (c.trades or bk.forming is not None):
@@ -370,7 +397,7 @@ class RollupBuilder:
         """The forming candle of ``timeframe``, as listed by :meth:`open_candles`, or None."""
         s = self._by_name[timeframe]
         bk = s.cur
-        if bk is None or bk.finals == s.n:
+        if bk is None or bk.finals == bk.n:
             return None
         c = self._forming(bk)
         return c if c is not None and (c.trades or bk.forming is not None) else None

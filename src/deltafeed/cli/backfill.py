@@ -35,7 +35,9 @@ def add_parser(sub: Subcommands) -> None:
         help="ISO-8601 end (exclusive), rounded down to the longest timeframe: only whole candles",
     )
     bf.add_argument(
-        "--timeframes", default="1m,5m,15m,1h", help="comma list of 1s 5s 15s 1m 5m 15m 1h 4h 1d (default 1m,5m,15m,1h)"
+        "--timeframes",
+        default="1m,5m,15m,1h",
+        help="comma list of Ns Nm Nh Nd 1w 1M, e.g. 1m,30m,1h (default 1m,5m,15m,1h)",
     )
     bf.add_argument(
         "--prices", default="mid", help="which price candles to build, comma list of mid,bid,ask (default mid)"

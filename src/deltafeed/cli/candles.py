@@ -9,7 +9,7 @@ import os
 
 from deltafeed.cli import Subcommands, _parse_time
 from deltafeed.fmt import write_candles
-from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Candle, Switch, canonical_series, parse_timeframes
+from deltafeed.model import PRICE_SIDES, BadInput, Candle, Switch, canonical_series, parse_timeframes, timeframe
 from deltafeed.names import UnknownName, resolve
 
 log = logging.getLogger("deltafeed")
@@ -90,17 +90,17 @@ def command(args: argparse.Namespace) -> int:
                 hot = RedisHot(hot_url, prefix=args.hot_prefix)
                 await hot.open(warn=False)
             rows = await rows_of(inst, hot, cold)
-            switches = await cold.switches(inst, rows[0].open_time, rows[-1].open_time + tf_ms - 1) if rows else []
+            switches = await cold.switches(inst, rows[0].open_time, grid.next(rows[-1].open_time) - 1) if rows else []
             return inst, rows, switches
         finally:
             if hot is not None:
                 await hot.close()
             await cold.close()
 
-    tf_ms = TIMEFRAMES[tf]
+    grid = timeframe(tf)
     try:
         inst, rows, switches = asyncio.run(read())
     except StoreError as exc:
         raise BadInput(f"cannot read candles: {exc}") from None
-    write_candles(rows, args.format, f"{inst} {tf}", {w.spanning(tf_ms): w for w in switches})
+    write_candles(rows, args.format, f"{inst} {tf}", {w.spanning(grid): w for w in switches})
     return 0

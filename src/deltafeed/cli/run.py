@@ -18,7 +18,14 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML file with settings; flags override it")
     p.add_argument("--venue", help="default venue of the symbols: binance or oanda (symbols may say VENUE:SYMBOL)")
     p.add_argument("--symbols", help="comma list, e.g. BTCUSDT,ETHUSDT (or binance:BTCUSDT)")
-    p.add_argument("--timeframes", help="comma list of 1s 5s 15s 1m 5m 15m 1h 4h 1d (default 1m,5m,15m,1h)")
+    p.add_argument(
+        "--timeframes",
+        help="comma list of Ns Nm Nh Nd 1w 1M, e.g. 30s,1m,3m,1h,1w (default 1m,5m,15m,1h)",
+    )
+    p.add_argument(
+        "--week-start",
+        help="where 1w candles start: a weekday and a UTC time (default 'mon 00:00'; FX: 'sun 21:00')",
+    )
     p.add_argument("--history", help="how far back to bootstrap when nothing is stored (default 1d)")
     p.add_argument(
         "--db",
@@ -28,7 +35,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db-schema", help="PostgreSQL schema for deltafeed's tables (default deltafeed)")
     p.add_argument("--hot", help="mirror the hot tier into Redis, e.g. redis://127.0.0.1:6379/0 (or DELTAFEED_HOT)")
     p.add_argument("--spool", help="file where batches wait while the cold store is down (default: auto; 'off')")
-    p.add_argument("--rollup-from", help="derive longer timeframes from this one (e.g. 1m) instead of from trades")
+    p.add_argument(
+        "--rollup-from", help="derive the timeframes it divides from this one (e.g. 1m) instead of from trades"
+    )
     p.add_argument("--rest-url", help="REST base address (default Binance's market-data host)")
     p.add_argument("--ws-url", help="WebSocket base address (default Binance's market-data host)")
     p.add_argument(
@@ -59,6 +68,7 @@ def command(args: argparse.Namespace) -> int:
             "symbols": args.symbols.split(",") if args.symbols is not None else None,
             "timeframes": args.timeframes.split(",") if args.timeframes else None,
             "history": args.history,
+            "week_start": args.week_start,
             "db": args.db or os.environ.get("DELTAFEED_DB"),
             "db_schema": args.db_schema,
             "hot": args.hot or os.environ.get("DELTAFEED_HOT"),

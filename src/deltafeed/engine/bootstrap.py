@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
-from deltafeed.model import TIMEFRAMES
+from deltafeed.engine.history import history, page_span_ms
+from deltafeed.model import timeframe
 from deltafeed.net.http import VenueError
 from deltafeed.net.reconnect import Backoff
 from deltafeed.store.base import StoreError
@@ -39,7 +40,7 @@ class Bootstrap:
         now = st.feed.clock.now_ms()
         key = st.key
         for tf in self.engine.timeframes:
-            ms = TIMEFRAMES[tf]
+            grid = timeframe(tf)
             # Warm the hot tier from the store, so readers see history from the first second.
             recent = partial(self.engine.cold.query, key, tf, None, None, self.engine.settings.hot_capacity)
             for c in await self.patiently(f"read {key} {tf}", recent):
@@ -47,7 +48,7 @@ class Bootstrap:
                 if self.engine.redis is not None:
                     self.engine.redis.put(key, tf, c)
             last = await self.patiently(f"read {key} {tf}", partial(self.engine.cold.last_closed, key, tf))
-            start = last.open_time + ms if last else now - self.engine.settings.history_ms
+            start = grid.next(last.open_time) if last else now - self.engine.settings.history_ms
             mark = marks.get((key, tf))
             if last is not None and mark is None:
                 # Candles but no mark: the run that stored them died before vouching for any (a
@@ -57,28 +58,32 @@ class Bootstrap:
             elif last is not None and mark is not None and mark < start:
                 # The previous run ended without vouching for these (a kill -9, a crash, a store
                 # outage): fetch them again rather than trust them.
-                log.info("%s %s: re-fetching %d candles the last run did not confirm", key, tf, (start - mark) // ms)
+                log.info(
+                    "%s %s: re-fetching %d candles the last run did not confirm", key, tf, (start - mark) // grid.ms
+                )
                 start = mark
-            start -= start % ms
+            start = grid.start(start)
             built = tf in st.builder.timeframes
             if last is not None and built:
                 st.builder.seed(tf, last)
             st.bootstrap_marks[tf] = start
             # Page by page, handing each to the store, so a deep history (30 days of 1s candles)
             # never sits in memory whole.
-            span = st.feed.page_span_ms(tf)
+            span = page_span_ms(st, tf)
             count = 0
             # Up to the last closed candle: the forming one comes from the stream. (Every price side
             # of an instrument then asks for the same ranges, which a feed may answer once.)
-            last_open = now - now % ms - ms
-            for t in range(start, last_open + 1, span):
+            last_open = grid.prev(grid.start(now))
+            t = start
+            while t <= last_open:
+                page_end = min(grid.next(last_open) - 1, max(t + span, grid.next(t)) - 1)
                 try:
-                    candles = await st.feed.candles(st, tf, t, min(last_open + ms - 1, t + span - 1), now)
+                    candles = await history(st, tf, t, page_end, now)
                 except VenueError as exc:
                     # E.g. IG's weekly allowance is spent: stream now, fetch the rest when it can be.
                     log.warning("%s %s: history from %d deferred (%s); it is fetched as a repair", key, tf, t, exc)
-                    if t <= now - now % ms - ms:
-                        self.engine.completeness.repair_sink(key)(tf, t, now - now % ms - ms)
+                    if t <= last_open:
+                        self.engine.completeness.repair_sink(key)(tf, t, last_open)
                     break
                 closed = [c for c in candles if c.closed]
                 for c in closed:
@@ -86,17 +91,17 @@ class Bootstrap:
                     self.engine.publisher.final(key, tf, c)
                 if closed and built:
                     st.builder.seed(tf, closed[-1])
-                    st.bootstrap_marks[tf] = closed[-1].open_time + ms
+                    st.bootstrap_marks[tf] = grid.next(closed[-1].open_time)
                 count += len(closed)
+                t = grid.ceil(page_end + 1)
                 await self._make_room()
             st.bootstrapped += count
             log.info("%s %s: %d candles from REST history", key, tf, count)
         if st.rollup is not None:
             # The derived candles forming now start before the stream: give the rollup the final
             # base candles of their current and previous buckets, so they are whole at once.
-            longest = max(TIMEFRAMES[tf] for tf in st.rollup.timeframes)
             await self.patiently("write the bootstrap's candles", self.engine.writer.flush)
-            since = now - now % longest - longest
+            since = min(timeframe(tf).prev(timeframe(tf).start(now)) for tf in st.rollup.timeframes)
             base = partial(self.engine.cold.query, key, st.rollup.base, since, None)
             st.rollup.seed(await self.patiently(f"read {key} {st.rollup.base}", base))
             st.rolling = True

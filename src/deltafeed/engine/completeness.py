@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from deltafeed.candles.aggregator import RepairSink
-from deltafeed.model import TIMEFRAMES, Candle
+from deltafeed.engine.history import history, source
+from deltafeed.model import Candle, timeframe
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.store.base import StoreError
 
@@ -155,14 +156,13 @@ class Completeness:
     def ready_until(self, job: Repair) -> int:
         """Open time of the last candle of ``job`` that can be fetched now: the venue's clock is
         past its end and our builder has moved on from it (below ``job.first`` when none can)."""
-        tf_ms = TIMEFRAMES[job.timeframe]
+        grid = timeframe(job.timeframe)
         st = self.engine.states[job.key]
-        ready_until = st.feed.clock.now_ms() - settle_ms(st.feed)
-        ready_until -= ready_until % tf_ms
+        ready_until = grid.start(st.feed.clock.now_ms() - settle_ms(st.feed))
         open_c = st.open_candle(job.timeframe)
-        limit = min(job.last, ready_until - tf_ms)
+        limit = min(job.last, grid.prev(ready_until))
         if open_c is not None:
-            limit = min(limit, open_c.open_time - tf_ms)
+            limit = min(limit, grid.prev(open_c.open_time))
         return limit
 
     async def _repair(self, job: Repair) -> Repair | None:
@@ -174,7 +174,7 @@ class Completeness:
         if limit < job.first:
             return job
         try:
-            candles = await st.feed.candles(st, job.timeframe, job.first, limit)
+            candles = await history(st, job.timeframe, job.first, limit)
         except (VenueError, VenueUnreachable) as exc:
             if job.reconcile:  # asked again at the next reconciliation or audit, not in a loop
                 log.debug("reconciliation of %s %s failed (%s)", job.key, job.timeframe, exc)
@@ -206,11 +206,11 @@ class Completeness:
         """Clip ``job`` to the history the venue still serves (``FeedStatus.history_from``, for venues
         that keep only their newest candles): nothing older can ever be fetched, so a repair waiting
         for it would wait forever. False when none of the job is within it (dropped)."""
-        since = (st.feed.report().history_from or {}).get(job.timeframe)
+        parts = source(st.instrument.venue, job.timeframe) or job.timeframe  # what is fetched for it
+        since = (st.feed.report().history_from or {}).get(parts)
         if since is None or job.first >= since:
             return True
-        tf_ms = TIMEFRAMES[job.timeframe]
-        since += -since % tf_ms
+        since = timeframe(job.timeframe).ceil(since)
         if (job.key, job.timeframe) not in self._clipped:
             self._clipped.add((job.key, job.timeframe))
             log.warning(
@@ -228,7 +228,7 @@ class Completeness:
         """Hand on the venue's candles for ``job`` up to ``limit``; returns the open time up to
         which the job is done."""
         st = self.engine.states[job.key]
-        tf_ms = TIMEFRAMES[job.timeframe]
+        grid = timeframe(job.timeframe)
         done = job.first
         prov = st.provisional.get(job.timeframe, {})
         for c in candles:
@@ -243,11 +243,11 @@ class Completeness:
             self.engine.publisher.final(job.key, job.timeframe, c)
             if old is None or not job.reconcile:
                 st.repaired += 1
-            done = c.open_time + tf_ms
+            done = grid.next(c.open_time)
         if (
             st.feed.omits_empty
             and (not candles or candles[-1].closed)
-            and limit + tf_ms <= st.feed.clock.now_ms() - EMPTY_SETTLE_MS
+            and grid.next(limit) <= st.feed.clock.now_ms() - EMPTY_SETTLE_MS
         ):
             # The venue has no candle for an interval without prices: once the range is well over
             # by its clock (ours may run a little ahead of it), its answer covers the range. Our
@@ -263,7 +263,7 @@ class Completeness:
                     st.unconfirmed += 1
                     st.unconfirmed_at.add((job.timeframe, t))
                     del prov[t]
-            done = max(done, limit + tf_ms)
+            done = max(done, grid.next(limit))
         return done
 
     async def reconcile_loop(self, feed: Feed, every_s: float) -> None:
@@ -284,8 +284,8 @@ class Completeness:
             for tf, prov in st.provisional.items():
                 if not prov or tf in derived:  # a derived candle is final once its parts are
                     continue
-                ms = TIMEFRAMES[tf]
-                due = [t for t in prov if t + ms <= now]
+                grid = timeframe(tf)
+                due = [t for t in prov if grid.next(t) <= now]
                 if not due:
                     continue
                 first, last = min(due), max(due)
@@ -323,9 +323,8 @@ class Completeness:
         for key, st in self.engine.states.items():
             b = st.builder
             for tf in self.engine.timeframes:
-                ms = TIMEFRAMES[tf]
                 if b.last_trade_ms >= 0:
-                    marks[(key, tf)] = b.last_trade_ms - b.last_trade_ms % ms
+                    marks[(key, tf)] = timeframe(tf).start(b.last_trade_ms)
                 elif tf in st.bootstrap_marks:
                     marks[(key, tf)] = st.bootstrap_marks[tf]
                 prov = st.provisional.get(tf)
@@ -343,7 +342,7 @@ class Completeness:
             for tf in pulled:
                 k = (key, tf)
                 if k in marks:
-                    marks[k] = min(marks[k], job.first - job.first % TIMEFRAMES[tf])
+                    marks[k] = min(marks[k], timeframe(tf).start(job.first))
         return marks
 
     async def write_marks(self) -> None:
@@ -376,9 +375,9 @@ class Completeness:
             since = now - int(self.engine.settings.seconds("audit_window") * 1000)
             holes: set[tuple[str, str, int, int]] = set()
             for tf in self.engine.timeframes:
-                ms = TIMEFRAMES[tf]
-                for first, last in await self.engine.cold.find_gaps(key, tf, ms, since, now):
-                    if not st.calendar.open_between(first, last + ms):
+                grid = timeframe(tf)
+                for first, last in await self.engine.cold.find_gaps(key, tf, grid, since, now):
+                    if not st.calendar.open_between(first, grid.next(last)):
                         continue
                     hole = (key, tf, first, last)
                     holes.add(hole)
@@ -391,7 +390,7 @@ class Completeness:
                     self.audit_gaps += 1
                     log.warning("audit: %s %s has a hole from %d to %d; fetching it", key, tf, first, last)
                     self.repair_sink(key)(tf, first, last)
-                    if st.feed.omits_empty and last + ms <= now - QUIET_SETTLE_MS:
+                    if st.feed.omits_empty and grid.next(last) <= now - QUIET_SETTLE_MS:
                         self._asked.add(hole)
                 await self._audit_provisional(st, tf, since, now)
             # Only what is still a hole is remembered (one filled since, or out of the window, is not).
@@ -401,9 +400,9 @@ class Completeness:
     async def _audit_provisional(self, st: Series, tf: str, since: int, now: int) -> None:
         """Stored provisional candles this run is not following (left by an earlier run, by a stop
         during an outage, or forgotten past PROVISIONAL_MAX) are fetched from the venue's history."""
-        ms = TIMEFRAMES[tf]
         live = st.provisional.get(tf, {})
-        for first, last in await self.engine.cold.provisional(st.key, tf, since, now - ms - settle_ms(st.feed)):
+        before = timeframe(tf).prev(timeframe(tf).start(now - settle_ms(st.feed)))
+        for first, last in await self.engine.cold.provisional(st.key, tf, since, before):
             if first in live or (tf, first) in st.unconfirmed_at or self.repairing(st.key, tf, first, last):
                 continue
             self.repairs.append(Repair(st.key, tf, first, last, self.engine.clock.monotonic(), reconcile=True))

@@ -25,7 +25,7 @@ from deltafeed.engine.completeness import Completeness
 from deltafeed.engine.failover import FailoverPair, Failovers
 from deltafeed.engine.publish import Publisher
 from deltafeed.engine.status import EngineStatus, SwitchDoc
-from deltafeed.model import TIMEFRAMES, BadInput, Candle, Switch, series_key
+from deltafeed.model import BadInput, Candle, Switch, series_key, timeframe
 from deltafeed.series import Series
 from deltafeed.stats import EngineMetrics
 from deltafeed.store.base import ColdTier, StoreError, Unopened, redact
@@ -72,7 +72,7 @@ class Engine:
         self.clock = clock
         self.instruments = settings.instruments()
         self.timeframes = settings.timeframes
-        self.retention = parse_retention(settings.retention)
+        self.retention = parse_retention(settings.retention, timeframes=settings.timeframes)
         self.hot = HotStore(settings.hot_capacity)
         self.started = clock.monotonic()
         self.publisher = Publisher(self)
@@ -109,7 +109,9 @@ class Engine:
             cal_name = venue.calendar_name(inst.symbol)
             calendar = calendar_for(cal_name, holidays=(vs.holidays or None) if cal_name != "crypto" else None)
             base = settings.rollup_base(inst)
-            derived = [tf for tf in self.timeframes if base is not None and TIMEFRAMES[tf] > TIMEFRAMES[base]]
+            # Derived: what the base divides (its candles are whole runs of base candles); the rest
+            # (e.g. 45s beside a 1m base) are built from the trades.
+            derived = [tf for tf in self.timeframes if base is not None and _derivable(base, tf)]
             built = [tf for tf in self.timeframes if tf not in derived]
             for side in venue.sides(settings.prices_for(inst), inst.symbol):
                 key = series_key(str(inst), side)
@@ -498,3 +500,9 @@ class Engine:
         """:meth:`report` as plain JSON-ready values (what ``GET /streaming/status`` sends)."""
         out: dict[str, Any] = msgspec.to_builtins(self.report())
         return out
+
+
+def _derivable(base: str, tf: str) -> bool:
+    """Whether ``tf`` can be rolled up from ``base``: longer, and the base divides it."""
+    b, t = timeframe(base), timeframe(tf)
+    return t.ms > b.ms and not b.monthly and b.divides(t)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from deltafeed.api.protocol import SwitchData
 from deltafeed.engine.status import SwitchDoc, switch_doc
-from deltafeed.model import PRICE_SIDES, TIMEFRAMES, BadInput, Instrument, Switch, series_key
+from deltafeed.model import PRICE_SIDES, BadInput, Instrument, Switch, series_key, timeframe
 from deltafeed.store.base import StoreError
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ class Failovers:
         # (and everything after) come whole from the new source, so there is no hole and nothing
         # the silent source made up (flat candles by the timer) stays.
         since = act.last_trade_ms or other.feed.clock.now_ms()
-        spanning = {tf: since - since % TIMEFRAMES[tf] for tf in e.timeframes}
+        spanning = {tf: timeframe(tf).start(since) for tf in e.timeframes}
         f.active = 1 - f.active
         for tf, first in spanning.items():
             held = e.hot.range(other.key, tf, first, 2**62)

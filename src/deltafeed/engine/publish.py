@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from deltafeed.candles.aggregator import ClosedSink
-from deltafeed.model import TIMEFRAMES, Candle, Trade
+from deltafeed.model import Candle, Trade, timeframe
 from deltafeed.store.writer import BacklogFull
 
 if TYPE_CHECKING:
@@ -92,10 +92,11 @@ class Publisher:
         assert rollup is not None
         base = st.provisional.get(rollup.base, {})
         for tf in rollup.timeframes:
-            ms = TIMEFRAMES[tf]
-            b = base_open - base_open % ms
+            grid = timeframe(tf)
+            b = grid.start(base_open)
+            end = grid.next(b)
             c = st.provisional.get(tf, {}).get(b)
-            if c is not None and not any(b <= t < b + ms for t in base):
+            if c is not None and not any(b <= t < end for t in base):
                 self.final(st.key, tf, msgspec.structs.replace(c, final=True))
 
     def put(self, key: str, timeframe: str, candle: Candle, *, publish: bool = True) -> None:
@@ -159,4 +160,4 @@ class Publisher:
         now = e.now_ms()
         for _, tf, c in rows:
             if c.closed:
-                e.metrics.candle_latency.observe(max(0.0, (now - c.open_time - TIMEFRAMES[tf]) / 1000))
+                e.metrics.candle_latency.observe(max(0.0, (now - timeframe(tf).next(c.open_time)) / 1000))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from deltafeed.model import TIMEFRAMES, Switch
+from deltafeed.model import Switch, timeframe
 from deltafeed.venues.base import FeedStatus
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ class StatusFile(EngineStatus):
 
 def switch_doc(w: Switch, timeframes: list[str], silent_s: float | None = None) -> SwitchDoc:
     """A switch as the status and the API show it, with each timeframe's spanning candle."""
-    spanning = {tf: w.spanning(TIMEFRAMES[tf]) for tf in timeframes}
+    spanning = {tf: w.spanning(timeframe(tf)) for tf in timeframes}
     return SwitchDoc(w.since_ms, w.at_ms, w.source_from, w.source_to, spanning, silent_s)
 
 

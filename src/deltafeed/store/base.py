@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from deltafeed.model import BadInput, Candle, Switch
+from deltafeed.model import BadInput, Candle, Switch, Timeframe
 
 Row = tuple[str, str, Candle]
 """One candle to store: (instrument, timeframe, candle)."""
@@ -76,7 +76,7 @@ class ColdTier(Protocol):
         ...
 
     async def find_gaps(
-        self, instrument: str, timeframe: str, tf_ms: int, since_ms: int, until_ms: int
+        self, instrument: str, timeframe: str, tf_ms: int | Timeframe, since_ms: int, until_ms: int
     ) -> list[tuple[int, int]]:
         """(first, last) open times of holes between stored candles in [since, until], and of
         candles still open although a later one exists; merged and in order."""
@@ -144,7 +144,7 @@ class Unopened:
         raise self._fail()
 
     async def find_gaps(
-        self, instrument: str, timeframe: str, tf_ms: int, since_ms: int, until_ms: int
+        self, instrument: str, timeframe: str, tf_ms: int | Timeframe, since_ms: int, until_ms: int
     ) -> list[tuple[int, int]]:
         raise self._fail()
 
@@ -170,19 +170,25 @@ class Unopened:
         return None
 
 
-def gaps_from_rows(rows: Iterable[Sequence[Any]], tf_ms: int) -> list[tuple[int, int]]:
+def grid_of(tf: int | Timeframe) -> Timeframe:
+    """A timeframe given as a :class:`Timeframe` or as a fixed length in ms (epoch aligned)."""
+    return tf if isinstance(tf, Timeframe) else Timeframe(f"{tf}ms", tf)
+
+
+def gaps_from_rows(rows: Iterable[Sequence[Any]], tf: int | Timeframe) -> list[tuple[int, int]]:
     """Turn the rows of a tier's gap query, (open_time, closed, previous open_time, next open_time)
-    for every candle after a hole or still open before a later one, into merged (first, last)
-    stretches of open times to fetch again."""
+    for every candle after a hole (any step longer than the timeframe's shortest candle) or still
+    open before a later one, into merged (first, last) stretches of open times to fetch again."""
+    grid = grid_of(tf)
     gaps: list[tuple[int, int]] = []
     for open_time, closed, prev, nxt in rows:
-        if prev is not None and open_time - prev > tf_ms:
-            gaps.append((prev + tf_ms, open_time - tf_ms))
+        if prev is not None and open_time > grid.next(prev):
+            gaps.append((grid.next(prev), grid.prev(open_time)))
         if not closed and nxt is not None:
             gaps.append((open_time, open_time))
     merged: list[tuple[int, int]] = []
     for a, b in sorted(gaps):
-        if merged and a <= merged[-1][1] + tf_ms:
+        if merged and a <= grid.next(merged[-1][1]):
             merged[-1] = (merged[-1][0], max(merged[-1][1], b))
         else:
             merged.append((a, b))

@@ -31,8 +31,8 @@ import duckdb
 import numpy as np
 from msgspec.structs import astuple
 
-from deltafeed.model import BadInput, Candle, Switch
-from deltafeed.store.base import Row, StoreBusy, StoreError, gaps_from_rows, missing_dir
+from deltafeed.model import BadInput, Candle, Switch, Timeframe
+from deltafeed.store.base import Row, StoreBusy, StoreError, gaps_from_rows, grid_of, missing_dir
 from deltafeed.store.retention import DEFAULT_RETENTION_MS
 from deltafeed.store.ticks import TickBatch, TickGap, TickPage, page_rows
 
@@ -542,7 +542,7 @@ class ColdStore:
         return {(str(i), str(tf)): int(t) for i, tf, t in rows}
 
     def find_gaps(
-        self, instrument: str, timeframe: str, tf_ms: int, since_ms: int, until_ms: int
+        self, instrument: str, timeframe: str, tf_ms: int | Timeframe, since_ms: int, until_ms: int
     ) -> list[tuple[int, int]]:
         """Stretches of [since_ms, until_ms] whose candles are missing or not final.
 
@@ -559,7 +559,7 @@ class ColdStore:
                     WHERE instrument = ? AND timeframe = ? AND open_time BETWEEN ? AND ?
                     QUALIFY (prev IS NOT NULL AND open_time - prev > ?) OR (NOT closed AND next IS NOT NULL)
                     ORDER BY open_time""",
-                [instrument, timeframe, since_ms, until_ms, tf_ms],
+                [instrument, timeframe, since_ms, until_ms, grid_of(tf_ms).shortest_ms],
             ).fetchall()
         return gaps_from_rows(rows, tf_ms)
 
@@ -844,7 +844,7 @@ class DuckDBTier:
         return await asyncio.to_thread(self.store.last_closed, instrument, timeframe)
 
     async def find_gaps(
-        self, instrument: str, timeframe: str, tf_ms: int, since_ms: int, until_ms: int
+        self, instrument: str, timeframe: str, tf_ms: int | Timeframe, since_ms: int, until_ms: int
     ) -> list[tuple[int, int]]:
         return await asyncio.to_thread(self.store.find_gaps, instrument, timeframe, tf_ms, since_ms, until_ms)
 

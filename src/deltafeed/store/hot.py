@@ -6,7 +6,8 @@ from bisect import bisect_left, bisect_right
 
 from msgspec.structs import replace as _copy
 
-from deltafeed.model import TIMEFRAMES, Candle
+from deltafeed.model import BadInput, Candle
+from deltafeed.model import timeframe as timeframe_of
 
 
 class _Ring:
@@ -125,8 +126,7 @@ class HotStore:
         ring = self._rings.get((instrument, timeframe))
         if ring is None or not len(ring):
             return None
-        tf = TIMEFRAMES.get(timeframe)
-        first_needed = since_ms if tf is None else -(-since_ms // tf) * tf  # first boundary >= since
+        first_needed = _first_boundary(timeframe, since_ms)
         if ring.oldest() > first_needed:
             return None
         if until_ms < since_ms:
@@ -155,3 +155,11 @@ class HotStore:
     def __len__(self) -> int:
         """Total number of candles held."""
         return sum(len(r) for r in self._rings.values())
+
+
+def _first_boundary(timeframe: str, since_ms: int) -> int:
+    """The first candle open time at or after ``since_ms`` (``since_ms`` itself for an unknown name)."""
+    try:
+        return timeframe_of(timeframe).ceil(since_ms)
+    except BadInput:
+        return since_ms

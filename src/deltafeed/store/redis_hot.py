@@ -61,7 +61,8 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from deltafeed.clock import LIVE, Clock
-from deltafeed.model import TIMEFRAMES, BadInput, Candle
+from deltafeed.model import BadInput, Candle
+from deltafeed.model import timeframe as timeframe_of
 from deltafeed.net.reconnect import Backoff, sleep_unless
 from deltafeed.store.base import StoreError, StoreUnavailable, redact
 from deltafeed.store.retention import DEFAULT_RETENTION_MS
@@ -511,8 +512,7 @@ class RedisHot:
             raise self._store_error(f"reading {key}", exc) from None
         if not oldest:
             return None
-        tf = TIMEFRAMES.get(timeframe)
-        first_needed = since_ms if tf is None else -(-since_ms // tf) * tf
+        first_needed = _first_boundary(timeframe, since_ms)
         if oldest[0][1] > first_needed:
             return None
         if until_ms < since_ms:
@@ -572,3 +572,11 @@ class RedisHot:
         self._dirty.clear()
         with contextlib.suppress(Exception):  # a dead connection may fail to close; nothing to do
             await self._client.aclose()
+
+
+def _first_boundary(timeframe: str, since_ms: int) -> int:
+    """The first candle open time at or after ``since_ms`` (``since_ms`` itself for an unknown name)."""
+    try:
+        return timeframe_of(timeframe).ceil(since_ms)
+    except BadInput:
+        return since_ms

@@ -16,8 +16,8 @@ from urllib.parse import parse_qsl, urlsplit
 import asyncpg  # type: ignore[import-untyped]
 from msgspec.structs import astuple
 
-from deltafeed.model import TIMEFRAMES, BadInput, Candle, Switch
-from deltafeed.store.base import Row, StoreError, StoreUnavailable, gaps_from_rows, redact
+from deltafeed.model import TIMEFRAMES, BadInput, Candle, Switch, Timeframe
+from deltafeed.store.base import Row, StoreError, StoreUnavailable, gaps_from_rows, grid_of, redact
 from deltafeed.store.postgres.copy import CopyReader, sql_literal
 from deltafeed.store.postgres.schema import (
     CANDLE_COLS,
@@ -593,7 +593,7 @@ class PostgresStore:
         return [(int(a), int(b)) for a, b in rows]
 
     async def find_gaps(
-        self, instrument: str, timeframe: str, tf_ms: int, since_ms: int, until_ms: int
+        self, instrument: str, timeframe: str, tf_ms: int | Timeframe, since_ms: int, until_ms: int
     ) -> list[tuple[int, int]]:
         """Stretches of [since_ms, until_ms] whose candles are missing or not final, exactly as the DuckDB
         tier computes them: (first, last) open times of holes between stored candles, and of candles
@@ -608,7 +608,9 @@ class PostgresStore:
                     WINDOW w AS (ORDER BY open_time)) s
                   WHERE (prev IS NOT NULL AND open_time - prev > $4::bigint) OR (NOT closed AND next IS NOT NULL)
                   ORDER BY open_time"""
-        rows = await self._call("find_gaps", lambda: self._pool.fetch(sql, instrument, since_ms, until_ms, tf_ms))
+        rows = await self._call(
+            "find_gaps", lambda: self._pool.fetch(sql, instrument, since_ms, until_ms, grid_of(tf_ms).shortest_ms)
+        )
         return gaps_from_rows(rows, tf_ms)
 
     async def record_switches(self, switches: Sequence[Switch]) -> None:
