@@ -11,6 +11,7 @@ candles quote by quote in Decimal, asking the market calendar only when flat can
 from __future__ import annotations
 
 import csv
+import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -146,8 +147,41 @@ def rows_by_symbol(rows: list[TapeRow]) -> dict[str, list[TapeRow]]:
     return out
 
 
-def candles_from_tape(rows: list[TapeRow], tf_ms: int, until_ms: int | None = None) -> list[RefCandle]:
-    """Candles of length ``tf_ms`` (epoch aligned) for one symbol's ``rows``.
+def _utc(ms: int) -> dt.datetime:
+    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ms)
+
+
+def _ms(t: dt.datetime) -> int:
+    return (t - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(milliseconds=1)
+
+
+def open_of(time_ms: int, tf: int | str) -> int:
+    """Open time of the candle holding ``time_ms``: a length in ms is epoch aligned; ``"1w"`` is the
+    ISO week (from Monday 00:00 UTC); ``"1M"`` the calendar month (from the 1st, 00:00 UTC). Worked
+    out with :mod:`datetime` calendar fields, not deltafeed's arithmetic."""
+    if isinstance(tf, int):
+        return time_ms // tf * tf
+    t = _utc(time_ms)
+    if tf == "1w":
+        monday = t.date() - dt.timedelta(days=t.isocalendar().weekday - 1)
+        return _ms(dt.datetime(monday.year, monday.month, monday.day, tzinfo=dt.UTC))
+    assert tf == "1M", tf
+    return _ms(dt.datetime(t.year, t.month, 1, tzinfo=dt.UTC))
+
+
+def next_open(open_ms: int, tf: int | str) -> int:
+    """Open time of the candle after the one opening at ``open_ms`` (see :func:`open_of`)."""
+    if isinstance(tf, int):
+        return open_ms + tf
+    t = _utc(open_ms)
+    if tf == "1w":
+        return _ms(t + dt.timedelta(weeks=1))
+    return _ms(dt.datetime(t.year + t.month // 12, t.month % 12 + 1, 1, tzinfo=dt.UTC))
+
+
+def candles_from_tape(rows: list[TapeRow], tf_ms: int | str, until_ms: int | None = None) -> list[RefCandle]:
+    """Candles of length ``tf_ms`` (epoch aligned), or of ``"1w"`` or ``"1M"`` (see :func:`open_of`),
+    for one symbol's ``rows``.
 
     They run from the candle holding the first trade to the one holding the last trade, or to the one
     holding ``until_ms`` if that is later.
@@ -158,11 +192,11 @@ def candles_from_tape(rows: list[TapeRow], tf_ms: int, until_ms: int | None = No
     rows = sorted(rows, key=lambda r: r.trade_id)
     by_open: dict[int, list[TapeRow]] = {}
     for r in rows:
-        by_open.setdefault(r.time_ms // tf_ms * tf_ms, []).append(r)
-    first = rows[0].time_ms // tf_ms * tf_ms
-    last = rows[-1].time_ms // tf_ms * tf_ms
+        by_open.setdefault(open_of(r.time_ms, tf_ms), []).append(r)
+    first = open_of(rows[0].time_ms, tf_ms)
+    last = open_of(rows[-1].time_ms, tf_ms)
     if until_ms is not None:
-        last = max(last, until_ms // tf_ms * tf_ms)
+        last = max(last, open_of(until_ms, tf_ms))
     out: list[RefCandle] = []
     t = first
     prev_close = rows[0].price
@@ -184,7 +218,7 @@ def candles_from_tape(rows: list[TapeRow], tf_ms: int, until_ms: int | None = No
             c.first_id, c.last_id = trades[0].trade_id, trades[-1].trade_id
             prev_close = c.exact_close
             out.append(c)
-        t += tf_ms
+        t = next_open(t, tf_ms)
     return out
 
 

@@ -292,9 +292,10 @@ class Switch(msgspec.Struct, frozen=True):
     source_from: str
     source_to: str
 
-    def spanning(self, tf: Timeframe) -> int:
-        """Open time of the candle of timeframe ``tf`` that spans the switch."""
-        return tf.start(self.since_ms)
+    def spanning(self, tf: Timeframe | int) -> int:
+        """Open time of the candle of timeframe ``tf`` (or a length in ms, epoch aligned) that spans
+        the switch."""
+        return tf.start(self.since_ms) if isinstance(tf, Timeframe) else self.since_ms - self.since_ms % tf
 
 
 #: The three states of a candle, as every read path names them (see :attr:`Candle.state`).

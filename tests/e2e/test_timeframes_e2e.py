@@ -1,0 +1,108 @@
+"""End to end: timeframes beyond the standard nine (30s, 45s, 3m, 2h, 1w, 1M) from a Binance replica
+whose market opens on Sunday 2026-05-31 23:00 UTC and streams into Monday 2026-06-01 -- a new week
+and a new month at once -- equal the candles computed from the replica's tape by tests/reference.py
+(weeks from Monday 00:00 UTC, months from the 1st, worked out there with datetime, not deltafeed).
+
+The closed week and month of May hold the one hour of market there was; they come from the venue's
+history (1d klines rolled up). The week and month of June are forming: they must hold every trade of
+the tape so far (rolled up from 1m candles, seeded from the bootstrap's history) and must not be final.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from pathlib import Path
+
+from deltafeed.config import Settings
+from deltafeed.model import Candle
+from deltafeed.store.cold import ColdStore
+from deltafeed.venues.binance.replica import BinanceReplica
+from helpers import run_engine
+from reference import RefCandle, candles_from_tape, next_open, open_of, read_tape
+
+SYMBOL = "BTCUSDT"
+KEY = f"binance:{SYMBOL}"
+JUNE_1 = int(dt.datetime(2026, 6, 1, tzinfo=dt.UTC).timestamp() * 1000)  # a Monday and the 1st
+MIN = 60_000
+#: Each timeframe and its grid for the reference: a length in ms (epoch aligned) or "1w" / "1M".
+GRIDS: dict[str, int | str] = {"30s": 30_000, "45s": 45_000, "3m": 180_000, "2h": 7_200_000, "1w": "1w", "1M": "1M"}
+
+
+def _same(c: Candle, w: RefCandle) -> bool:
+    return (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades) == (
+        w.open,
+        w.high,
+        w.low,
+        w.close,
+        round(w.volume, 8),
+        w.trades,
+    )
+
+
+async def test_any_timeframe_equals_the_tape_across_a_week_and_a_month_boundary(tmp_path: Path) -> None:
+    tape = tmp_path / "tape.csv"
+    # The market opened an hour before June; start-up is 20 minutes into June, then 6 minutes stream.
+    replica = BinanceReplica(
+        symbols=[SYMBOL], seed=5, rate=2.0, speed=60.0, start_ms=JUNE_1 + 20 * MIN, history_ms=80 * MIN, tape=str(tape)
+    )
+    await replica.start()
+    db = str(tmp_path / "tf.duckdb")
+    settings = Settings(
+        symbols=[SYMBOL],
+        # 30s and 45s are built from trades (1m does not divide them); 3m, 2h, 1w and 1M are rolled
+        # up from 1m; all of them but 1m are new timeframes.
+        timeframes=["30s", "45s", "1m", "3m", "2h", "1w", "1M"],
+        rollup_from="1m",
+        history="3h",
+        db=db,
+        rest_url=replica.url,
+        ws_url=replica.ws_url,
+    ).validate()
+    try:
+        engine = await run_engine(settings, 6.0)
+    finally:
+        await replica.stop()
+    assert engine.timeframes == ["30s", "45s", "1m", "3m", "2h", "1w", "1M"]
+    st = engine.states[KEY]
+    assert st.rollup is not None and st.rollup.timeframes == ["3m", "2h", "1w", "1M"]
+    assert sorted(st.builder.timeframes) == ["1m", "30s", "45s"]
+    assert st.trades > 100 and not engine.status()["skipped_frames"]
+
+    rows = [r for r in read_tape(str(tape)) if r.symbol == SYMBOL]
+    assert rows[0].time_ms < JUNE_1 <= rows[-1].time_ms  # the tape spans the boundary
+    store = ColdStore.open_reader(db)
+    try:
+        for tf, grid in GRIDS.items():
+            want = {c.open_time: c for c in candles_from_tape(rows, grid)}
+            stored = store.query(KEY, tf)
+            closed = [c for c in stored if c.closed]
+            assert closed, tf
+            keys = [c.open_time for c in closed]
+            # None missing, none repeated: each closed candle opens where the one before it ends.
+            assert all(next_open(a, grid) == b for a, b in itertools.pairwise(keys)), tf
+            # From the candle of the market's first trade on (the history), to near the run's end.
+            assert keys[0] == open_of(rows[0].time_ms, grid), tf
+            for c in closed:
+                assert c.final, (tf, c.open_time)  # history, or vouched for by the trade ids
+                assert _same(c, want[c.open_time]), (tf, c.open_time, c, want[c.open_time])
+            if isinstance(grid, int):
+                assert keys[-1] >= open_of(rows[-1].time_ms, grid) - 3 * max(grid, MIN), tf
+        # The week and the month of May: closed, one hour of market, and the boundary is exact.
+        for tf in ("1w", "1M"):
+            (may,) = [c for c in store.query(KEY, tf) if c.closed]
+            assert may.open_time == open_of(JUNE_1 - 1, tf) and next_open(may.open_time, tf) == JUNE_1
+            assert may.trades == sum(1 for r in rows if r.time_ms < JUNE_1)
+            # June's candle is forming: it is not final, and it holds every trade of June on the tape
+            # up to the last one stored in its 1m parts.
+            forming = [c for c in store.query(KEY, tf) if not c.closed]
+            hot = [c for c in engine.hot.last(KEY, tf, 10) if c.open_time == JUNE_1]
+            assert len(hot) == 1 and not hot[0].final and not hot[0].closed, tf
+            june = hot[0]
+            assert forming == [] or forming[0].open_time == JUNE_1
+            covered = sorted((r for r in rows if r.time_ms >= JUNE_1), key=lambda r: r.trade_id)[: june.trades]
+            assert len(covered) == june.trades > 100
+            ref = candles_from_tape(covered, tf)
+            assert len(ref) == 1 and _same(june, ref[0]), (tf, june, ref)
+    finally:
+        store.close()
