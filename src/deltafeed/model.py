@@ -126,6 +126,11 @@ _week_anchor = MONDAY_MS
 _parsed: dict[str, Timeframe] = {}
 
 
+def monday_weeks() -> bool:
+    """Whether ``1w`` candles start Monday 00:00 UTC (as the venues' own weekly candles do)."""
+    return _week_anchor == MONDAY_MS
+
+
 def _canonical(n: int, unit: str) -> tuple[int, str]:
     """``60s`` is ``1m``, ``120m`` is ``2h``, ``24h`` is ``1d``: one name per length, one series."""
     for small, big, k in (("s", "m", 60), ("m", "h", 60), ("h", "d", 24)):

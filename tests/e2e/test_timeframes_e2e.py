@@ -14,6 +14,8 @@ import datetime as dt
 import itertools
 from pathlib import Path
 
+import pytest
+
 from deltafeed.config import Settings
 from deltafeed.model import Candle
 from deltafeed.store.cold import ColdStore
@@ -40,7 +42,13 @@ def _same(c: Candle, w: RefCandle) -> bool:
     )
 
 
-async def test_any_timeframe_equals_the_tape_across_a_week_and_a_month_boundary(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rollup_from", ["1m", None], ids=["rolled-up-from-1m", "from-trades-and-klines"])
+async def test_any_timeframe_equals_the_tape_across_a_week_and_a_month_boundary(
+    tmp_path: Path, rollup_from: str | None
+) -> None:
+    """Rolled up: 3m, 2h, 1w and 1M are derived from 1m (30s and 45s, which 1m does not divide, from
+    trades). From trades: every timeframe is built from the trades, Binance's own klines of 3m, 2h and
+    1w merged in, their history from Binance's klines (30s and 45s from 15s, 1M from 1d, rolled up)."""
     tape = tmp_path / "tape.csv"
     # The market opened an hour before June; start-up is 20 minutes into June, then 6 minutes stream.
     replica = BinanceReplica(
@@ -50,10 +58,8 @@ async def test_any_timeframe_equals_the_tape_across_a_week_and_a_month_boundary(
     db = str(tmp_path / "tf.duckdb")
     settings = Settings(
         symbols=[SYMBOL],
-        # 30s and 45s are built from trades (1m does not divide them); 3m, 2h, 1w and 1M are rolled
-        # up from 1m; all of them but 1m are new timeframes.
-        timeframes=["30s", "45s", "1m", "3m", "2h", "1w", "1M"],
-        rollup_from="1m",
+        timeframes=["30s", "45s", "1m", "3m", "2h", "1w", "1M"],  # all new but 1m
+        rollup_from=rollup_from,
         history="3h",
         db=db,
         rest_url=replica.url,
@@ -65,8 +71,11 @@ async def test_any_timeframe_equals_the_tape_across_a_week_and_a_month_boundary(
         await replica.stop()
     assert engine.timeframes == ["30s", "45s", "1m", "3m", "2h", "1w", "1M"]
     st = engine.states[KEY]
-    assert st.rollup is not None and st.rollup.timeframes == ["3m", "2h", "1w", "1M"]
-    assert sorted(st.builder.timeframes) == ["1m", "30s", "45s"]
+    if rollup_from is not None:
+        assert st.rollup is not None and st.rollup.timeframes == ["3m", "2h", "1w", "1M"]
+        assert st.builder.timeframes == ["30s", "45s", "1m"]
+    else:
+        assert st.rollup is None and st.builder.timeframes == engine.timeframes
     assert st.trades > 100 and not engine.status()["skipped_frames"]
 
     rows = [r for r in read_tape(str(tape)) if r.symbol == SYMBOL]
@@ -93,16 +102,20 @@ async def test_any_timeframe_equals_the_tape_across_a_week_and_a_month_boundary(
             (may,) = [c for c in store.query(KEY, tf) if c.closed]
             assert may.open_time == open_of(JUNE_1 - 1, tf) and next_open(may.open_time, tf) == JUNE_1
             assert may.trades == sum(1 for r in rows if r.time_ms < JUNE_1)
-            # June's candle is forming: it is not final, and it holds every trade of June on the tape
-            # up to the last one stored in its 1m parts.
+            # June's candle is forming and not final. Rolled up, it holds every trade of June so far
+            # (its 1m parts were seeded from the history); built from the trades, those since the
+            # stream started (what came before is a repair for when the candle has closed), unless
+            # Binance's own forming kline, holding every trade of the week, was merged in.
             forming = [c for c in store.query(KEY, tf) if not c.closed]
             hot = [c for c in engine.hot.last(KEY, tf, 10) if c.open_time == JUNE_1]
             assert len(hot) == 1 and not hot[0].final and not hot[0].closed, tf
-            june = hot[0]
             assert forming == [] or forming[0].open_time == JUNE_1
-            covered = sorted((r for r in rows if r.time_ms >= JUNE_1), key=lambda r: r.trade_id)[: june.trades]
-            assert len(covered) == june.trades > 100
+            live = st.open_candle(tf)
+            assert live is not None and live.open_time == JUNE_1 and not live.closed, tf
+            june = [r for r in rows if r.time_ms >= JUNE_1 and r.trade_id <= st.builder.last_trade_id]
+            covered = june[len(june) - live.trades :]
+            assert live.trades > 100 and (rollup_from is None or len(covered) == len(june))
             ref = candles_from_tape(covered, tf)
-            assert len(ref) == 1 and _same(june, ref[0]), (tf, june, ref)
+            assert len(ref) == 1 and _same(live, ref[0]), (tf, live, ref)
     finally:
         store.close()

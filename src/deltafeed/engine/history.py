@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from deltafeed.candles.rollup import rollup
-from deltafeed.model import TIMEFRAMES, BadInput, Candle, timeframe, timeframe_ms
+from deltafeed.model import TIMEFRAMES, BadInput, Candle, monday_weeks, timeframe, timeframe_ms
 from deltafeed.venues import registry
 
 if TYPE_CHECKING:
@@ -17,7 +17,10 @@ if TYPE_CHECKING:
 def served(venue: str) -> tuple[str, ...]:
     """The timeframes ``venue``'s history client serves itself (the standard ones unless it says)."""
     own = registry.get(venue).timeframes
-    return tuple(TIMEFRAMES) if own is None else own
+    own = tuple(TIMEFRAMES) if own is None else own
+    if not monday_weeks():  # the venues' own weeks start on Monday; ours do not: roll them up
+        own = tuple(tf for tf in own if tf != "1w")
+    return own
 
 
 def source(venue: str, tf: str) -> str | None:

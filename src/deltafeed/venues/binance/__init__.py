@@ -31,6 +31,7 @@ class Binance(Venue):
     settings_type = BinanceSettings
     urls = {"rest_url": HTTP_SCHEMES, "ws_url": WS_SCHEMES}  # noqa: RUF012
     omits_empty = False  # its klines cover every interval, quiet ones too
+    timeframes = codec.TIMEFRAMES
     sequenced = True  # trade ids are the venue's consecutive sequence
     reconcile_every_s = 0.0  # never needed: ids, closed klines and repairs make candles final
 

@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 import msgspec
 
-from deltafeed.model import Candle, Event, ServerShutdown, Trade, VenueCandle, fmt
+from deltafeed.model import Candle, Event, ServerShutdown, Trade, VenueCandle, fmt, monday_weeks
 from deltafeed.venues.checks import (
     ANY_JSON,
     BAD_FIELD,
@@ -32,8 +32,12 @@ VENUE = "binance"
 DEFAULT_REST_URL = "https://data-api.binance.vision"
 DEFAULT_WS_URL = "wss://data-stream.binance.vision:443"
 
-#: Kline intervals Binance serves, among deltafeed's timeframes. 5s and 15s are rolled up from 1s.
-NATIVE_INTERVALS = ("1s", "1m", "5m", "15m", "1h", "4h", "1d")
+#: Kline intervals Binance serves, among deltafeed's timeframes (its weeks start Monday 00:00 UTC,
+#: deltafeed's default). 5s and 15s are rolled up from 1s; 3d and 1M (its 3d grid is not documented,
+#: its months have no fixed length) are rolled up from 1d by the engine, like any other timeframe.
+NATIVE_INTERVALS = ("1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "1w")
+#: The timeframes Binance's history serves: the native intervals and those rolled up from 1s here.
+TIMEFRAMES = (*NATIVE_INTERVALS, "5s", "15s")
 #: All intervals Binance accepts on ``/api/v3/klines`` and kline streams, with their length in ms.
 INTERVAL_MS = {
     "1s": 1_000, "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
@@ -61,7 +65,7 @@ def kline_stream(symbol: str, interval: str) -> str:
 def streams_for(symbol: str, timeframes: list[str], trades: bool = True) -> list[str]:
     """The streams that feed candles of ``timeframes`` for ``symbol``: trades plus native klines."""
     out = [trade_stream(symbol)] if trades else []
-    out += [kline_stream(symbol, tf) for tf in timeframes if tf in NATIVE_INTERVALS]
+    out += [kline_stream(symbol, tf) for tf in timeframes if tf in NATIVE_INTERVALS and (tf != "1w" or monday_weeks())]
     return out
 
 

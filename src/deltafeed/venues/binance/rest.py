@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deltafeed.candles.rollup import rollup
-from deltafeed.model import TIMEFRAMES, Candle
+from deltafeed.model import Candle, timeframe_ms
 from deltafeed.net.http import RestClient, VenueError
 from deltafeed.net.ratelimit import WeightLimiter
 from deltafeed.venues.binance import codec as codec
@@ -70,7 +70,7 @@ class BinanceHistory:
         """Candles of any deltafeed timeframe; 5s and 15s are rolled up from 1s klines."""
         if timeframe in codec.NATIVE_INTERVALS:
             return await self.klines(symbol, timeframe, start_ms, end_ms, now_ms)
-        tf_ms = TIMEFRAMES[timeframe]
+        tf_ms = timeframe_ms(timeframe)
         start = start_ms - start_ms % tf_ms
         parts = await self.klines(symbol, "1s", start, end_ms - end_ms % tf_ms + tf_ms - 1000, now_ms)
         return rollup(parts, 1000, tf_ms)
@@ -78,7 +78,7 @@ class BinanceHistory:
     @staticmethod
     def page_span_ms(timeframe: str) -> int:
         """A time span whose candles of ``timeframe`` take one request (whole candles only)."""
-        tf_ms = TIMEFRAMES[timeframe]
+        tf_ms = timeframe_ms(timeframe)
         page_ms = codec.KLINES_PAGE * (tf_ms if timeframe in codec.NATIVE_INTERVALS else 1000)
         return page_ms - page_ms % tf_ms
 
