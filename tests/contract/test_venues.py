@@ -26,7 +26,7 @@ import msgspec
 import pytest
 
 from deltafeed.candles.calendar import CALENDARS
-from deltafeed.model import TIMEFRAMES
+from deltafeed.model import timeframe
 from deltafeed.venues import registry
 from deltafeed.venues.base import FuzzTarget, Venue, VenueSettings
 
@@ -74,7 +74,9 @@ def test_declaration_is_consistent(venue: Venue) -> None:
     assert venue.calendar_name("EUR_USD") in CALENDARS
     sides = venue.sides(["mid", "bid", "ask"])
     assert sides == (["mid", "bid", "ask"] if venue.quotes else ["trade"])
-    assert venue.timeframes is None or set(venue.timeframes) <= set(TIMEFRAMES)
+    # The timeframes its history serves are canonical timeframe names (the engine rolls any other
+    # up from the longest of them that divides it).
+    assert venue.timeframes is None or all(timeframe(tf).name == tf for tf in venue.timeframes)
     if venue in LIVE:  # how its candles become final is declared one way or the other
         assert venue.sequenced == (venue.reconcile_every_s == 0), (venue.sequenced, venue.reconcile_every_s)
 

@@ -276,3 +276,15 @@ def test_retention_defaults_extend_by_length_and_overrides_take_any_name() -> No
     assert r["45s"] == 2 * DAY and r["1m"] == 10 * DAY and r["3m"] == 30 * DAY and r["1w"] is None
     with pytest.raises(BadInput, match="shorter than one 1w candle"):
         parse_retention({"1w": "3d"})
+
+
+def test_a_timeframe_a_venue_cannot_make_is_refused_before_anything_runs(tmp_path: object) -> None:
+    from deltafeed.config import Settings
+    from deltafeed.engine import Engine
+
+    ok = Settings(symbols=["coinbase:BTC-USD"], timeframes=["3m", "1w", "1M"], db=f"{tmp_path}/x.duckdb").validate()
+    assert Engine(ok).timeframes == ["3m", "1w", "1M"]  # rolled up from its 1m and 1d history
+    bad = Settings(symbols=["coinbase:BTC-USD"], timeframes=["45s", "1m"], db=f"{tmp_path}/y.duckdb").validate()
+    with pytest.raises(BadInput, match="coinbase has no history that makes 45s candles") as info:
+        Engine(bad)
+    assert "\n" not in str(info.value)

@@ -23,6 +23,7 @@ from deltafeed.engine import status as status_view
 from deltafeed.engine.bootstrap import Bootstrap
 from deltafeed.engine.completeness import Completeness
 from deltafeed.engine.failover import FailoverPair, Failovers
+from deltafeed.engine.history import source
 from deltafeed.engine.publish import Publisher
 from deltafeed.engine.status import EngineStatus, SwitchDoc
 from deltafeed.model import BadInput, Candle, Switch, series_key, timeframe
@@ -128,6 +129,8 @@ class Engine:
                     st.rollup = RollupBuilder(base, derived, closed, on_stale=self.completeness.stale_sink(key))
                 self.states[key] = st
                 feed.add(st)
+            for tf in self.timeframes:  # after the feed's own check, which words it for its venue
+                source(inst.venue, tf)  # BadInput when the venue's history cannot make it at all
         self.failover = Failovers(self)
         self._tasks: list[asyncio.Task[None]] = []
 

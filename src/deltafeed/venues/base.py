@@ -11,14 +11,14 @@ from __future__ import annotations
 import argparse
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
 from deltafeed.clock import VenueClock
-from deltafeed.model import BadInput, Candle, Quote, Trade
+from deltafeed.model import BadInput, Candle, Quote, Trade, timeframe
 
 if TYPE_CHECKING:
     from deltafeed.config import Settings
@@ -445,3 +445,10 @@ class Venue:
 
     def __repr__(self) -> str:
         return f"<Venue {self.name}>"
+
+
+def unmade(timeframes: Iterable[str], served: Iterable[str]) -> list[str]:
+    """The ``timeframes`` no timeframe of ``served`` (a venue's history) divides: the ones whose
+    history cannot be had from the venue at all, not even rolled up (e.g. ``45s`` from minutes)."""
+    grids = [timeframe(s) for s in served]
+    return [tf for tf in timeframes if not any(g.divides(timeframe(tf)) for g in grids)]

@@ -22,7 +22,7 @@ from deltafeed.model import BadInput, Candle, Trade
 from deltafeed.net.http import VenueError, VenueUnreachable, http_date_ms
 from deltafeed.net.reconnect import ConnectBudget
 from deltafeed.net.ws import WsStream
-from deltafeed.venues.base import FeedStatus, SkipLog
+from deltafeed.venues.base import FeedStatus, SkipLog, unmade
 from deltafeed.venues.finnhub import VENUE
 from deltafeed.venues.finnhub import codec as finnhub
 from deltafeed.venues.finnhub.rest import FinnhubHistory
@@ -80,9 +80,12 @@ class FinnhubFeed:
     def add(self, st: Series) -> None:
         if len(self.states) >= finnhub.MAX_SYMBOLS:
             raise BadInput(f"Finnhub streams at most {finnhub.MAX_SYMBOLS} symbols per key; collect fewer")
-        bad = [tf for tf in st.builder.timeframes if tf not in finnhub.RESOLUTION]
+        bad = unmade(st.builder.timeframes, tuple(finnhub.RESOLUTION))
         if bad:
-            raise BadInput(f"Finnhub has no {', '.join(bad)} candles; use 1m 5m 15m 1h 1d for Finnhub instruments")
+            raise BadInput(
+                f"Finnhub has no {', '.join(bad)} candles; use 1m 5m 15m 1h 1d (or a timeframe one of them"
+                " divides, e.g. 3m, 2h, 1w) for Finnhub instruments"
+            )
         self.states.append(st)
         self._by_symbol[st.instrument.symbol] = st
         self._next_id[st.instrument.symbol] = 1

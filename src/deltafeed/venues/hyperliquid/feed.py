@@ -15,7 +15,7 @@ from deltafeed.model import BadInput, Candle, Trade, VenueCandle
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.net.reconnect import ConnectBudget
 from deltafeed.net.ws import WsStream
-from deltafeed.venues.base import FeedStatus, SkipLog
+from deltafeed.venues.base import FeedStatus, SkipLog, unmade
 from deltafeed.venues.checks import unknown_symbols_message
 from deltafeed.venues.hyperliquid import VENUE, HyperliquidSettings
 from deltafeed.venues.hyperliquid import codec as hl
@@ -98,10 +98,11 @@ class HyperliquidFeed:
         return self.decoder.errors
 
     def add(self, st: Series) -> None:
-        bad = [tf for tf in st.builder.timeframes if tf not in hl.TIMEFRAMES]
+        bad = unmade(st.builder.timeframes, hl.TIMEFRAMES)
         if bad:
             raise BadInput(
-                f"Hyperliquid has no {', '.join(bad)} candles; use {' '.join(hl.TIMEFRAMES)} for Hyperliquid coins"
+                f"Hyperliquid has no {', '.join(bad)} candles; use {' '.join(hl.TIMEFRAMES)} (or a timeframe one"
+                " of them divides, e.g. 3m, 2h, 1w) for Hyperliquid coins"
             )
         self.states.append(st)
         coin = st.instrument.symbol
@@ -115,7 +116,7 @@ class HyperliquidFeed:
         coin = st.instrument.symbol
         out = [hl.subscribe("trades", coin)]
         if self.venue_candles:
-            out += [hl.subscribe("candle", coin, tf) for tf in st.builder.timeframes]
+            out += [hl.subscribe("candle", coin, tf) for tf in st.builder.timeframes if tf in hl.TIMEFRAMES]
         return out
 
     async def check(self) -> None:

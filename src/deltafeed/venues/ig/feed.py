@@ -22,7 +22,7 @@ from deltafeed.candles.quotes import QuoteRouter
 from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle
 from deltafeed.net.http import VenueError, VenueUnreachable, http_date_ms
-from deltafeed.venues.base import FeedStatus, SkipLog
+from deltafeed.venues.base import FeedStatus, SkipLog, unmade
 from deltafeed.venues.ig import VENUE
 from deltafeed.venues.ig import codec as ig
 from deltafeed.venues.ig.pool import TlcpPool, TlcpSession
@@ -84,9 +84,12 @@ class IGFeed:
         return self.decoder.errors + self.pool.skipped_lines
 
     def add(self, st: Series) -> None:
-        bad = [tf for tf in st.builder.timeframes if tf not in ("1m", "5m", "15m", "1h", "4h", "1d")]
+        bad = unmade(st.builder.timeframes, ("1m", "5m", "15m", "1h", "4h", "1d"))
         if bad:
-            raise BadInput(f"IG has no {', '.join(bad)} price history; use 1m 5m 15m 1h 4h 1d for IG epics")
+            raise BadInput(
+                f"IG has no {', '.join(bad)} price history; use 1m 5m 15m 1h 4h 1d (or a timeframe one of them"
+                " divides, e.g. 3m, 2h, 1w) for IG epics"
+            )
         ig.check_epic(st.instrument.symbol)
         self.states.append(st)
         self.router.add(st)
