@@ -29,7 +29,7 @@ from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 from deltafeed.clock import VenueClock
-from deltafeed.model import TIMEFRAMES, BadInput, Candle, Trade
+from deltafeed.model import BadInput, Candle, Trade, timeframe, timeframe_ms
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.net.reconnect import ConnectBudget
 from deltafeed.net.ws import WsStream
@@ -406,10 +406,10 @@ async def check_symbols(history: AlpacaHistory, states: list[Series], clock: Ven
 def _per_batch(timeframes: list[str], every_s: float) -> float:
     """Requests per minute one batch of symbols costs: the shortest timeframe every poll, each
     longer one at most once per its length."""
-    tfs = sorted(timeframes, key=TIMEFRAMES.__getitem__)
+    tfs = sorted(timeframes, key=timeframe_ms)
     if not tfs:
         return 0.0
-    return 60.0 / every_s + sum(60.0 / max(every_s, TIMEFRAMES[tf] / 1000) for tf in tfs[1:])
+    return 60.0 / every_s + sum(60.0 / max(every_s, timeframe_ms(tf) / 1000) for tf in tfs[1:])
 
 
 def poll_capacity(timeframes: list[str], every_s: float, budget_per_min: float) -> int:
@@ -458,6 +458,12 @@ class AlpacaPollFeed:
         return self._errors
 
     def add(self, st: Series) -> None:
+        other = [tf for tf in st.builder.timeframes if tf not in alpaca.TIMEFRAME]
+        if other:
+            raise BadInput(
+                f"Alpaca's poll mode reads bars of {' '.join(alpaca.TIMEFRAME)} only, not {' '.join(other)};"
+                " leave those out, or stream (which builds any timeframe from the trades)"
+            )
         self.states.append(st)
 
     def page_span_ms(self, timeframe: str) -> int:
@@ -510,7 +516,7 @@ class AlpacaPollFeed:
                 nxt = st.bootstrap_marks.get(tf)
                 if nxt is None:
                     now = self.clock.now_ms()
-                    nxt = now - now % TIMEFRAMES[tf]
+                    nxt = timeframe(tf).start(now)
                 self._next[(st.instrument.symbol, tf)] = nxt
         self._task = asyncio.create_task(self._run(), name="alpaca-poll")
 
@@ -535,9 +541,9 @@ class AlpacaPollFeed:
         also reads the venue's clock), and one per longer timeframe with a bar settled since."""
         self.polls += 1
         for batch in self._groups():
-            tfs = sorted(batch[0].builder.timeframes, key=TIMEFRAMES.__getitem__)
+            tfs = sorted(batch[0].builder.timeframes, key=timeframe_ms)
             for k, tf in enumerate(tfs):
-                iv = TIMEFRAMES[tf]
+                iv = timeframe_ms(tf)
                 now = self.clock.now_ms()
                 settled = now - alpaca.SETTLE_MS - iv  # open time of the newest bar that may have settled
                 want = [
