@@ -10,10 +10,13 @@ the tape so far (rolled up from 1m candles, seeded from the bootstrap's history)
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
+import json
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from deltafeed.config import Settings
@@ -119,3 +122,77 @@ async def test_any_timeframe_equals_the_tape_across_a_week_and_a_month_boundary(
             assert len(ref) == 1 and _same(live, ref[0]), (tf, live, ref)
     finally:
         store.close()
+
+
+async def test_http_and_websocket_serve_the_new_timeframes_as_the_tape_has_them(tmp_path: Path) -> None:
+    """The API takes the new names (and 60s as 1m): HTTP candles of 45s and 1w equal the tape, a
+    WebSocket subscription to 45s gets 45s candles, and a name no timeframe has is a 400."""
+    from deltafeed.api.hub import Hub
+    from deltafeed.api.server import api_url, start_api
+    from deltafeed.engine import Engine
+
+    tape = tmp_path / "tape.csv"
+    replica = BinanceReplica(symbols=[SYMBOL], seed=8, rate=2.0, speed=60.0, history_ms=30 * MIN, tape=str(tape))
+    await replica.start()
+    settings = Settings(
+        symbols=[SYMBOL],
+        timeframes=["45s", "1m", "1w"],
+        history="1h",
+        db=str(tmp_path / "api.duckdb"),
+        rest_url=replica.url,
+        ws_url=replica.ws_url,
+    ).validate()
+    engine = Engine(settings)
+    await engine.start()
+    hub = Hub(
+        snapshot=engine.snapshot, instruments=engine.instrument_names, timeframes=lambda: list(engine.timeframes)
+    )  # as `deltafeed run` makes it
+    runner = await start_api(engine, hub, "127.0.0.1", 0, None)
+    url = api_url(runner)
+    try:
+        await asyncio.sleep(3.0)  # three market minutes stream
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{url}/candles/{KEY}/45s") as r:
+                assert r.status == 200, await r.text()
+                doc45 = await r.json()
+            async with session.get(f"{url}/candles/{KEY}/1w") as r:
+                assert r.status == 200, await r.text()
+                doc1w = await r.json()
+            async with session.get(f"{url}/candles/{KEY}/60s") as r:
+                assert r.status == 200 and (await r.json())["timeframe"] == "1m"
+            async with session.get(f"{url}/candles/{KEY}/7x") as r:
+                assert r.status == 400 and "unknown timeframe '7x'" in await r.text()
+            async with session.get(f"{url}/candles/{KEY}/3m") as r:
+                assert r.status == 404 and "not collected" in await r.text()
+            ws = await session.ws_connect(f"{url}/ws")
+            await ws.send_str(json.dumps({"op": "subscribe", "instrument": KEY, "timeframe": "45s", "snapshot": 3}))
+            reply = json.loads((await ws.receive(timeout=10)).data)
+            assert reply["type"] == "subscribed" and reply["timeframe"] == "45s", reply
+            snap = [json.loads((await ws.receive(timeout=10)).data) for _ in range(3)]
+            assert all(m["type"] == "candle" and m["data"]["timeframe"] == "45s" for m in snap), snap
+            assert [m["timestamp"] % 45_000 for m in snap] == [0, 0, 0]
+            await ws.close()
+    finally:
+        await runner.cleanup()
+        await engine.stop()
+        await replica.stop()
+
+    rows = [r for r in read_tape(str(tape)) if r.symbol == SYMBOL]
+    cols = doc45["columns"]
+    got = [dict(zip(cols, row, strict=True)) for row in doc45["candles"]]
+    want = {c.open_time: c for c in candles_from_tape(rows, 45_000)}
+    final = [g for g in got if g["state"] == "final"]
+    assert len(final) >= 30
+    for g in final:
+        w = want[g["open_time"]]
+        assert (g["open"], g["high"], g["low"], g["close"], round(g["volume"], 8), g["trades"]) == (
+            w.open,
+            w.high,
+            w.low,
+            w.close,
+            round(w.volume, 8),
+            w.trades,
+        ), g
+    # The week is forming (streamed since start-up; what came before is fetched once it closes).
+    (week,) = [dict(zip(doc1w["columns"], row, strict=True)) for row in doc1w["candles"]]
+    assert week["open_time"] == open_of(rows[-1].time_ms, "1w") and week["state"] == "forming"

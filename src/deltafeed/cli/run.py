@@ -128,6 +128,7 @@ def command(args: argparse.Namespace) -> int:
                     instruments=engine.instrument_names,
                     aliases=settings.aliases,
                     default_venue=settings.venue,
+                    timeframes=lambda: list(engine.timeframes),  # 45s, 1w, ... when collected
                 )
                 try:
                     runner = await start_api(engine, engine.hub, api[0], api[1], token, limits)

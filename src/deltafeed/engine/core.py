@@ -505,7 +505,13 @@ class Engine:
         return out
 
 
+#: The most base candles one derived candle may hold: a rollup keeps two derived candles' parts in
+#: memory, so a longer one (a week of seconds) is built from the trades instead. A day of 1s parts
+#: (86 400) and a month of 1m parts (44 640) fit.
+MAX_ROLLUP_PARTS = 100_000
+
+
 def _derivable(base: str, tf: str) -> bool:
-    """Whether ``tf`` can be rolled up from ``base``: longer, and the base divides it."""
+    """Whether ``tf`` is rolled up from ``base``: longer, the base divides it, and not too many parts."""
     b, t = timeframe(base), timeframe(tf)
-    return t.ms > b.ms and not b.monthly and b.divides(t)
+    return t.ms > b.ms and not b.monthly and b.divides(t) and t.ms // b.ms <= MAX_ROLLUP_PARTS
