@@ -44,6 +44,7 @@ import msgspec
 
 from deltafeed.api.protocol import CandleMsg, ErrorMsg, Subscribed  # the server's own message types
 from deltafeed.model import FINAL, FORMING, PROVISIONAL, Candle, time_ms, timeframe_ms
+from deltafeed.model import timeframe as timeframe_of
 from deltafeed.net.reconnect import Backoff
 
 log = logging.getLogger("deltafeed.client")
@@ -441,6 +442,7 @@ class Client:
         token).
         """
         tf_ms = timeframe_ms(timeframe)
+        grid = timeframe_of(timeframe)  # months have no fixed length: the next open comes from the grid
         if not 0 <= snapshot <= MAX_SNAPSHOT:
             raise ValueError(f"snapshot must be between 0 and {MAX_SNAPSHOT}, got {snapshot}")
         seen = _Progress()  # the newest candle yielded, and the closed ones (to recognise corrections)
@@ -494,7 +496,9 @@ class Client:
                             first = False
                             # The snapshot should reach back to `last`; when the outage outlasted
                             # what the server keeps in memory, the rest comes over HTTP.
-                            need = None if last is None else last.open_time + (tf_ms if last.closed else 0)
+                            need = (
+                                None if last is None else grid.next(last.open_time) if last.closed else last.open_time
+                            )
                             if need is not None and c.open_time > need:
                                 missed = await self.fetch_candles(
                                     instrument, timeframe, need, c.open_time - 1, final=final_only

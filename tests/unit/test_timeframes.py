@@ -288,3 +288,17 @@ def test_a_timeframe_a_venue_cannot_make_is_refused_before_anything_runs(tmp_pat
     with pytest.raises(BadInput, match="coinbase has no history that makes 45s candles") as info:
         Engine(bad)
     assert "\n" not in str(info.value)
+
+
+def test_rollups_take_what_the_base_divides_and_leave_the_rest_to_the_trades(tmp_path: object) -> None:
+    from deltafeed.config import Settings
+    from deltafeed.engine import Engine
+
+    tfs = ["1s", "15s", "45s", "1m", "3m", "1d", "1w", "1M"]
+    e = Engine(Settings(symbols=["BTCUSDT"], timeframes=tfs, rollup_from="15s", db=f"{tmp_path}/r.duckdb").validate())
+    st = e.states["binance:BTCUSDT"]
+    assert st.rollup is not None
+    # 15s divides 45s, 1m, 3m and 1d (5 760 parts); a week (40 320) fits too; a month (178 560) does
+    # not, and 1s is shorter than the base: those come from the trades.
+    assert st.rollup.timeframes == ["45s", "1m", "3m", "1d", "1w"]
+    assert st.builder.timeframes == ["1s", "15s", "1M"]

@@ -135,11 +135,14 @@ class _Bucket:
 class _Series:
     """One derived timeframe: the bucket the base is in and the one before it, nothing older."""
 
-    __slots__ = ("base_ms", "cur", "name", "prev", "reported", "tf")
+    __slots__ = ("anchor", "base_ms", "cur", "fixed_ms", "name", "prev", "reported", "tf")
 
     def __init__(self, tf: Timeframe, base_ms: int) -> None:
         self.name = tf.name
         self.tf = tf
+        # The fixed grid inlined on the hot path (0 for months, which ask ``tf``).
+        self.fixed_ms = 0 if tf.monthly else tf.ms
+        self.anchor = tf.anchor
         self.base_ms = base_ms
         self.cur: _Bucket | None = None
         self.prev: _Bucket | None = None  # always the bucket before cur when set
@@ -250,7 +253,7 @@ class RollupBuilder:
         """
         t = candle.open_time
         base_ms = self._base_ms
-        if not self._base_tf.aligned(t):
+        if (t - self._base_tf.anchor) % base_ms:
             raise ValueError(f"base candle open time {t} is not aligned to {self.base}")
         p = Candle(
             t,
@@ -265,7 +268,7 @@ class RollupBuilder:
         )
         final = p.closed  # a part that will not change any more (until corrected or vouched for)
         for s in self._series:
-            b = s.tf.start(t)
+            b = t - (t - s.anchor) % s.fixed_ms if s.fixed_ms else s.tf.start(t)
             bk = s.cur
             if bk is None or b > bk.open_time:
                 if vouched_only:
