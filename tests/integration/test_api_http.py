@@ -512,8 +512,8 @@ ROUTES = [
     ("GET", f"/candles/{BTC}/1m?limit=1", 200),
     ("GET", "/metrics", 200),
     ("GET", "/openapi.json", 200),
-    ("GET", "/docs", 200),
     ("GET", "/nowhere", 404),
+    ("GET", "/staticx/page.js", 404),
     ("POST", "/streaming/start", 200),
     ("POST", "/streaming/stop", 200),
     ("DELETE", "/health", 405),
@@ -584,8 +584,9 @@ async def test_beyond_loopback_every_endpoint_needs_the_token(served: Served, ca
             "/ws",
             "/health",
             "/openapi.json",
-            "/docs",
             "/nowhere",
+            "/chart/x",
+            "/docsx",
         ):
             status, doc, _ = await call("GET", url + path, token=None)
             assert status == 401, path

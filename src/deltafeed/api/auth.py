@@ -3,9 +3,11 @@
 The rules:
 
 - With a token configured, every request needs it: reads, ``POST``, WebSocket handshakes,
-  ``/health``, ``/metrics``, ``/openapi.json`` and ``/docs`` alike, on loopback as anywhere else,
-  and unknown paths too (a 401 tells nothing about which paths exist). A probe sends it like any
-  client (Kubernetes: ``httpHeaders``; Docker: ``curl -H``).
+  ``/health``, ``/metrics`` and ``/openapi.json`` alike, on loopback as anywhere else, and unknown
+  paths too (a 401 tells nothing about which paths exist). A probe sends it like any client
+  (Kubernetes: ``httpHeaders``; Docker: ``curl -H``). The one exception is what holds no data: the
+  pages' shells and their static assets (:func:`is_public`), read without it, so that a browser
+  opening one without the token is told how to supply it rather than shown a JSON 401.
 - Without a token only loopback may be served (:func:`check_bind`); reads are open there, and a
   request that changes the collector (any method but GET, HEAD and OPTIONS: the ``POST
   /streaming/...`` endpoints) is refused with 403 telling how to configure one.
@@ -37,6 +39,9 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 QUERY_TOKEN_METHODS = frozenset({"GET", "HEAD"})
 #: Environment variable holding the token (read by the command line, named in error messages).
 TOKEN_ENV = "DELTAFEED_API_TOKEN"
+#: Paths read without the token: pages and assets holding no data (they fetch the data with the token).
+PUBLIC_PATHS = frozenset({"/", "/chart", "/docs", "/docs/websocket"})
+PUBLIC_PREFIX = "/static/"
 _HOW = "send the header 'Authorization: Bearer TOKEN' (or ?token=TOKEN on a GET, e.g. a browser's WebSocket)"
 
 
@@ -74,6 +79,12 @@ def presented_token(request: web.Request) -> str | None:
     return request.query.get("token")
 
 
+def is_public(request: web.Request) -> bool:
+    """A read of a page or an asset (:data:`PUBLIC_PATHS`, :data:`PUBLIC_PREFIX`): no token needed."""
+    path = request.path
+    return request.method in READ_METHODS and (path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIX))
+
+
 def token_matches(presented: str, token: str) -> bool:
     """Constant-time comparison (bytes, so that non-ASCII input cannot raise)."""
     return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), token.encode("utf-8"))
@@ -99,6 +110,8 @@ def token_middleware(token: str | None) -> Middleware:
                     f" configured; start deltafeed with --api-token TOKEN or set {TOKEN_ENV}",
                 )
             return await handler(request)  # reads on loopback without a token: open
+        if is_public(request):
+            return await handler(request)
         if "token" in request.query and request.method not in QUERY_TOKEN_METHODS:
             return _refuse(
                 401,

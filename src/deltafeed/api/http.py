@@ -1,4 +1,4 @@
-"""The HTTP endpoints: health, streaming status and control, instruments, candles, the OpenAPI document.
+"""The HTTP endpoints: health, streaming status and control, instruments, candles, ticks, switches.
 
 Every error is JSON, ``{"error": "..."}``, with a message that names the problem and the fix, and
 the status that fits: 400 for a bad parameter, 404 for an unknown instrument, timeframe or path,
@@ -21,15 +21,16 @@ import asyncio
 import csv
 import io
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from deltafeed.api import schema
 from deltafeed.api.guard import HEADER_TIMEOUT_S
 from deltafeed.fmt import clean, iso, num
-from deltafeed.model import PRICE_SIDES, TIMEFRAME_PATTERN, BadInput, Candle, Instrument, time_ms
+from deltafeed.model import PRICE_SIDES, BadInput, Candle, Instrument, time_ms
 from deltafeed.model import timeframe as timeframe_of
 from deltafeed.names import UnknownName, native, resolve
 from deltafeed.store.base import StoreError
@@ -239,8 +240,8 @@ class _Routes:
     async def health(self, request: web.Request) -> web.Response:
         reasons = self.engine.health()
         if reasons:
-            return _json({"status": "degraded", "reasons": reasons}, status=503)
-        return _json({"status": "ok"})
+            return _json(schema.Health("degraded", reasons), status=503)
+        return _json(schema.Health("ok"))
 
     async def status(self, request: web.Request) -> web.Response:
         return _json(streaming_status(self.engine))
@@ -256,26 +257,26 @@ class _Routes:
             st = per.get(name)  # None for a logical (failover) series
             venue = registry.find(inst.venue)
             out.append(
-                {
-                    "name": name,
-                    "venue": inst.venue,
-                    "symbol": inst.symbol,
+                schema.InstrumentInfo(
+                    name=name,
+                    venue=inst.venue,
+                    symbol=inst.symbol,
                     # ccxt's unified symbol (BTC/USDT), None when the venue's symbol names no pair
-                    "unified": venue.unified_symbol(inst.symbol) if venue is not None else None,
-                    "aliases": sorted(a for a, target in aliases.items() if target == base),
-                    "price": st.price if st is not None else price or None,
-                    "streaming": st.streaming if st is not None else True,
-                }
+                    unified=venue.unified_symbol(inst.symbol) if venue is not None else None,
+                    aliases=sorted(a for a, target in aliases.items() if target == base),
+                    price=st.price if st is not None else price or None,
+                    streaming=st.streaming if st is not None else True,
+                )
             )
-        return _json({"instruments": out, "timeframes": list(self.engine.timeframes)})
+        return _json(schema.Instruments(out, list(self.engine.timeframes)))
 
     async def start(self, request: web.Request) -> web.Response:
         names = await self._control_body(request)
-        return _json({"streaming": await self.engine.start_streaming(names)})
+        return _json(schema.Streaming(await self.engine.start_streaming(names)))
 
     async def stop(self, request: web.Request) -> web.Response:
         names = await self._control_body(request)
-        return _json({"streaming": await self.engine.stop_streaming(names)})
+        return _json(schema.Streaming(await self.engine.stop_streaming(names)))
 
     async def _control_body(self, request: web.Request) -> list[str] | None:
         """``{"instruments": [...]}`` (optional; absent or null = every instrument), validated."""
@@ -345,7 +346,7 @@ class _Routes:
         headers = {FORMING_HEADER: ",".join(map(str, forming))} if forming else {}
         switches = await self._spanning(instrument, timeframe, rows)
         if switches:
-            headers[SWITCH_HEADER] = ",".join(str(w["open_time"]) for w in switches)
+            headers[SWITCH_HEADER] = ",".join(str(w.open_time) for w in switches)
         if fmt == "csv":
             return web.Response(text=candles_csv(rows), content_type="text/csv", charset="utf-8", headers=headers)
         if fmt == "parquet":
@@ -354,34 +355,19 @@ class _Routes:
             body = await asyncio.to_thread(candles_parquet, rows, instrument, timeframe)
             return web.Response(body=body, content_type=PARQUET, headers=headers)
         return _json(
-            {
-                "instrument": instrument,
-                "timeframe": timeframe,
-                "columns": COLUMNS,
-                "candles": [_json_row(c) for c in rows],
-                "forming": forming,
-                "provisional": provisional,
-                "switches": switches,
-            },
+            schema.Candles(
+                instrument, timeframe, list(COLUMNS), [_json_row(c) for c in rows], forming, provisional, switches
+            ),
             headers=headers,
         )
 
-    async def _spanning(self, instrument: str, timeframe: str, rows: list[Candle]) -> list[dict[str, Any]]:
+    async def _spanning(self, instrument: str, timeframe: str, rows: list[Candle]) -> list[schema.SpanningCandle]:
         """The candles of ``rows`` that span a failover switch, with the switch."""
         if not rows:
             return []
         grid = timeframe_of(timeframe)
         found = await self.engine.switches(instrument, rows[0].open_time, grid.next(rows[-1].open_time) - 1)
-        return [
-            {
-                "open_time": w.spanning(grid),
-                "since_ms": w.since_ms,
-                "at_ms": w.at_ms,
-                "from": w.source_from,
-                "to": w.source_to,
-            }
-            for w in found
-        ]
+        return [schema.SpanningCandle(w.spanning(grid), w.since_ms, w.at_ms, w.source_from, w.source_to) for w in found]
 
     async def trades(self, request: web.Request) -> web.Response:
         q = request.query
@@ -402,16 +388,16 @@ class _Routes:
                 web.HTTPNotFound, "this collector keeps no ticks; set ticks = true in its config (and restart it)"
             )
         return _json(
-            {
-                "instrument": page.instrument,
-                "trade_columns": TRADE_COLUMNS,
-                "trades": [[t, i, p, a, "sell" if m else "buy"] for t, i, p, a, m in page.trades],
-                "quote_columns": QUOTE_COLUMNS,
-                "quotes": page.quotes,
-                "missing": [{"since": g.since_ms, "until": g.until_ms, "why": g.why} for g in page.missing],
-                "kept_from": page.kept_from,
-                "next_since": page.next_since,
-            }
+            schema.Trades(
+                instrument=page.instrument,
+                trade_columns=list(TRADE_COLUMNS),
+                trades=[(t, i, p, a, "sell" if m else "buy") for t, i, p, a, m in page.trades],
+                quote_columns=list(QUOTE_COLUMNS),
+                quotes=page.quotes,
+                missing=[schema.MissingTicks(g.since_ms, g.until_ms, g.why) for g in page.missing],
+                kept_from=page.kept_from,
+                next_since=page.next_since,
+            )
         )
 
     async def switches(self, request: web.Request) -> web.Response:
@@ -423,13 +409,7 @@ class _Routes:
                 " sources); switches exist only for those under [failover]",
             )
         found = await self.engine.switches(instrument)
-        return _json({"instrument": instrument, "switches": [self.engine.switch_doc(w) for w in found]})
-
-    async def openapi(self, request: web.Request) -> web.Response:
-        return _json(openapi_spec())
-
-    async def docs(self, request: web.Request) -> web.Response:
-        return web.Response(text=docs_html(openapi_spec()), content_type="text/html")
+        return _json(schema.Switches(instrument, [self.engine.switch_doc(w) for w in found]))
 
 
 def candles_csv(rows: list[Candle]) -> str:
@@ -450,7 +430,7 @@ def streaming_status(engine: EngineView) -> EngineStatus:
 
 
 def add_http_routes(app: web.Application, engine: EngineView, body_timeout_s: float = HEADER_TIMEOUT_S) -> None:
-    """Add the HTTP endpoints (see :func:`openapi_spec`) serving ``engine`` to ``app``.
+    """Add the HTTP endpoints (see :data:`deltafeed.api.openapi.ENDPOINTS`) serving ``engine`` to ``app``.
 
     ``body_timeout_s`` bounds the wait for a POST's body: a client trickling it holds a connection.
     """
@@ -463,530 +443,10 @@ def add_http_routes(app: web.Application, engine: EngineView, body_timeout_s: fl
     app.router.add_get("/candles/{instrument:.+}/{timeframe}", r.candles)
     app.router.add_get("/switches/{instrument:.+}", r.switches)
     app.router.add_get("/trades/{instrument:.+}", r.trades)
-    app.router.add_get("/openapi.json", r.openapi)
-    app.router.add_get("/docs", r.docs)
 
 
-# --- OpenAPI ------------------------------------------------------------------------------------
-
-
-def _err(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
-
-
-_READ_ERRORS = {
-    "400": _err("A query parameter given twice, a malformed name, or a request too long to parse"),
-    "401": _err("Token missing or wrong (every request needs it when one is configured)"),
-}
-_WRITE_ERRORS = {
-    "400": _err('Bad body: not JSON, or not {"instruments": [...]}, or a malformed name'),
-    "401": _err("Token missing or wrong, or sent as ?token= (POST takes it only as a header)"),
-    "403": _err("No token is configured: start with --api-token or DELTAFEED_API_TOKEN"),
-    "404": _err("An instrument this run does not collect"),
-    "408": _err("The body did not arrive in time"),
-    "413": _err(f"Body larger than {MAX_BODY_BYTES} bytes"),
-}
-_INSTRUMENT_LIST = {"type": "array", "items": {"type": "string"}, "examples": [["binance:BTCUSDT"]]}
-
-
-def openapi_spec() -> dict[str, Any]:
-    """The OpenAPI 3.1 description of every HTTP endpoint (the WebSocket ``/ws`` is described in text)."""
-    control_body = {
-        "required": False,
-        "description": "Instruments to act on; no body, or instruments absent or null, means all.",
-        "content": {
-            _JSON: {
-                "schema": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {"instruments": {**_INSTRUMENT_LIST, "type": ["array", "null"]}},
-                }
-            }
-        },
-    }
-    control_ok = {
-        "description": "The instruments streaming now",
-        "content": {
-            _JSON: {
-                "schema": {"type": "object", "required": ["streaming"], "properties": {"streaming": _INSTRUMENT_LIST}}
-            }
-        },
-    }
-    secured: list[dict[str, list[str]]] = [{"bearer": []}, {"query": []}]
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "deltafeed",
-            "version": "0.1.0",
-            "description": (
-                "Candles a deltafeed collector keeps: live and complete. Errors are JSON "
-                '{"error": message} naming the problem and the fix. Authentication: a bearer token '
-                "(Authorization: Bearer TOKEN, or ?token=TOKEN on a GET such as a browser's WebSocket). With a "
-                "token configured every endpoint needs it; without one only loopback is served, reads are open "
-                "and POST endpoints are refused (403). "
-                "Live candles stream over the WebSocket at /ws (see the README)."
-            ),
-        },
-        "components": {
-            "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer"},
-                "query": {"type": "apiKey", "in": "query", "name": "token"},
-            },
-            "schemas": {
-                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
-                "Candles": {
-                    "type": "object",
-                    "required": ["instrument", "timeframe", "columns", "candles", "forming", "provisional", "switches"],
-                    "properties": {
-                        "instrument": {"type": "string", "examples": ["binance:BTCUSDT"]},
-                        "timeframe": {"type": "string", "examples": ["1m"]},
-                        "columns": {"type": "array", "items": {"type": "string"}, "const": list(COLUMNS)},
-                        "candles": {
-                            "description": "Oldest first: [open_time epoch ms, open, high, low, close, volume, "
-                            "trades, state]. Values are the stored ones, unrounded (volume at 8 "
-                            "decimals). state is forming (its interval is not over), provisional "
-                            "(closed, but not yet verified: it may still be repaired and is then "
-                            "published again) or final (deltafeed vouches for it).",
-                            "type": "array",
-                            "items": {
-                                "type": "array",
-                                "minItems": 8,
-                                "maxItems": 8,
-                                "prefixItems": [
-                                    {"type": "integer"},
-                                    *[{"type": "number"}] * 5,
-                                    {"type": "integer"},
-                                    {"$ref": "#/components/schemas/State"},
-                                ],
-                            },
-                        },
-                        "forming": {
-                            "description": "Open times of the candles in this response still forming (their "
-                            "interval is not over): the newest one, last, when the range reaches "
-                            "now; and, rarely, one the venue never closed, waiting for a repair.",
-                            "type": "array",
-                            "items": {"type": "integer"},
-                        },
-                        "provisional": {
-                            "description": "Open times of the provisional candles in this response (closed but "
-                            "not verified yet). Empty with final=true.",
-                            "type": "array",
-                            "items": {"type": "integer"},
-                        },
-                        "switches": {
-                            "description": "For a logical instrument (one with a primary and a standby source): "
-                            "the candles in this response that span a failover switch, i.e. hold "
-                            "the old source's last data; from them on the series comes from the "
-                            "new source. Empty otherwise.",
-                            "type": "array",
-                            "items": {"$ref": "#/components/schemas/SpanningCandle"},
-                        },
-                    },
-                },
-                "State": {
-                    "enum": ["forming", "provisional", "final"],
-                    "description": "forming: the interval is not over; provisional: closed, not verified "
-                    "yet (built while the stream was down or behind a hole, or waiting for "
-                    "a repair); final: deltafeed vouches for it.",
-                },
-                "SpanningCandle": {
-                    "type": "object",
-                    "required": ["open_time", "since_ms", "at_ms", "from", "to"],
-                    "properties": {
-                        "open_time": {"type": "integer", "description": "The spanning candle's open time (ms)"},
-                        "since_ms": {"type": "integer", "description": "The old source's last data (ms)"},
-                        "at_ms": {"type": "integer", "description": "When the switch was made (ms)"},
-                        "from": {"type": "string", "examples": ["oanda:EUR_USD"]},
-                        "to": {"type": "string", "examples": ["ig:CS.D.EURUSD.CFD.IP"]},
-                    },
-                },
-            },
-        },
-        "paths": {
-            "/health": {
-                "get": {
-                    "summary": "Health of the collector",
-                    "security": secured,
-                    "responses": {
-                        "200": {
-                            "description": "Healthy",
-                            "content": {
-                                _JSON: {"schema": {"type": "object", "properties": {"status": {"const": "ok"}}}}
-                            },
-                        },
-                        "503": {
-                            "description": "Degraded, with the reasons",
-                            "content": {
-                                _JSON: {
-                                    "schema": {
-                                        "type": "object",
-                                        "properties": {
-                                            "status": {"const": "degraded"},
-                                            "reasons": {"type": "array", "items": {"type": "string"}},
-                                        },
-                                    }
-                                }
-                            },
-                        },
-                        **_READ_ERRORS,
-                    },
-                }
-            },
-            "/streaming/status": {
-                "get": {
-                    "summary": "Counters of the collector",
-                    "description": "Per instrument: streaming, connected, last_message_age_s, messages_per_s, "
-                    "trades, gaps, bootstrapped and repaired (candles fetched over REST to fill "
-                    "holes), ... Per venue (under venues): connected, connections, connects, "
-                    "reconnects, ... Plus the store's and the REST client's counters.",
-                    "security": secured,
-                    "responses": {
-                        "200": {
-                            "description": "Status",
-                            "content": {
-                                _JSON: {
-                                    "schema": {
-                                        "type": "object",
-                                        "required": ["instruments", "venues"],
-                                        "properties": {
-                                            "instruments": {
-                                                "type": "object",
-                                                "additionalProperties": {"type": "object"},
-                                            },
-                                            "venues": {"type": "object", "additionalProperties": {"type": "object"}},
-                                        },
-                                    }
-                                }
-                            },
-                        },
-                        **_READ_ERRORS,
-                    },
-                }
-            },
-            "/streaming/start": {
-                "post": {
-                    "summary": "Start (resume) streaming instruments",
-                    "security": secured,
-                    "requestBody": control_body,
-                    "responses": {"200": control_ok, **_WRITE_ERRORS},
-                }
-            },
-            "/streaming/stop": {
-                "post": {
-                    "summary": "Stop streaming instruments (whatever is missed meanwhile is repaired after a start)",
-                    "security": secured,
-                    "requestBody": control_body,
-                    "responses": {"200": control_ok, **_WRITE_ERRORS},
-                }
-            },
-            "/instruments": {
-                "get": {
-                    "summary": "The instruments and timeframes this collector serves",
-                    "security": secured,
-                    "responses": {
-                        "200": {
-                            "description": "Instruments",
-                            "content": {
-                                _JSON: {
-                                    "schema": {
-                                        "type": "object",
-                                        "required": ["instruments", "timeframes"],
-                                        "properties": {
-                                            "instruments": {
-                                                "type": "array",
-                                                "items": {
-                                                    "type": "object",
-                                                    "required": ["name", "venue", "symbol", "streaming"],
-                                                    "properties": {
-                                                        "name": {"type": "string"},
-                                                        "venue": {"type": "string"},
-                                                        "symbol": {"type": "string"},
-                                                        "streaming": {"type": "boolean"},
-                                                        "price": {
-                                                            "type": ["string", "null"],
-                                                            "description": "trade, or mid/bid/ask for forex",
-                                                        },
-                                                    },
-                                                },
-                                            },
-                                            "timeframes": {"type": "array", "items": {"type": "string"}},
-                                        },
-                                    }
-                                }
-                            },
-                        },
-                        **_READ_ERRORS,
-                    },
-                }
-            },
-            "/candles/{instrument}/{timeframe}": {
-                "get": {
-                    "summary": "Candles of one series, oldest first, the forming one included (last), each with its "
-                    "state",
-                    "description": "From memory when the recent candles cover the range, else from the database. "
-                    "Each candle's state is forming, provisional or final; final=true returns only "
-                    f"final ones. The {FORMING_HEADER} header lists the open times of the candles "
-                    f"still forming. At most {MAX_CANDLES} candles: a wider range without limit is "
-                    "refused (400).",
-                    "security": secured,
-                    "parameters": [
-                        {
-                            "name": "instrument",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                            "example": "binance:BTCUSDT",
-                            "description": "VENUE:SYMBOL; a slash in the symbol (kraken:BTC/USD) may be sent"
-                            " as is or escaped as %2F",
-                        },
-                        {
-                            "name": "timeframe",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string", "pattern": TIMEFRAME_PATTERN},
-                            "example": "1m",
-                        },
-                        {
-                            "name": "since",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "string"},
-                            "description": "Earliest open time: epoch ms or ISO-8601 (UTC unless an offset is given)",
-                        },
-                        {
-                            "name": "until",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "string"},
-                            "description": "Latest open time (inclusive): epoch ms or ISO-8601",
-                        },
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_CANDLES},
-                            "description": "Only the newest N candles of the range (with final=true, the newest N "
-                            "final ones)",
-                        },
-                        {
-                            "name": "final",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "boolean", "default": False},
-                            "description": "true: only final (verified) candles, neither provisional nor forming ones",
-                        },
-                        {
-                            "name": "format",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"enum": ["json", "csv", "parquet"], "default": "json"},
-                            "description": "parquet: the plain export layout (see `deltafeed export`), UTC timestamps",
-                        },
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "Candles",
-                            "headers": {
-                                FORMING_HEADER: {
-                                    "schema": {"type": "string"},
-                                    "description": "Open times (ms) of the candles not final yet",
-                                },
-                                SWITCH_HEADER: {
-                                    "schema": {"type": "string"},
-                                    "description": "Open times (ms) of the candles that span a failover switch",
-                                },
-                            },
-                            "content": {
-                                _JSON: {"schema": {"$ref": "#/components/schemas/Candles"}},
-                                "text/csv": {
-                                    "schema": {"type": "string"},
-                                    "example": "open_time,open,high,low,close,volume,trades,state\n"
-                                    "2026-01-01T00:00:00Z,100.5,101,100,100.75,12.5,42,final\n",
-                                },
-                                PARQUET: {"schema": {"type": "string", "format": "binary"}},
-                            },
-                        },
-                        **_READ_ERRORS,
-                        "400": _err("A bad parameter (time, limit, format, final, malformed name, range too wide)"),
-                        "404": _err("An instrument or timeframe this collector does not serve"),
-                        "503": _err("The database cannot answer now; retry"),
-                    },
-                }
-            },
-            "/switches/{instrument}": {
-                "get": {
-                    "summary": "Failover switches of a logical instrument, oldest first",
-                    "description": "Each switch names the source the series left and the one it continues from, the "
-                    "old source's last data (since_ms), and per timeframe the open time of the "
-                    "candle that spans the switch.",
-                    "security": secured,
-                    "parameters": [
-                        {
-                            "name": "instrument",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                            "example": "fx:EUR_USD",
-                        }
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "Switches",
-                            "content": {
-                                _JSON: {
-                                    "schema": {
-                                        "type": "object",
-                                        "required": ["instrument", "switches"],
-                                        "properties": {
-                                            "instrument": {"type": "string"},
-                                            "switches": {
-                                                "type": "array",
-                                                "items": {
-                                                    "type": "object",
-                                                    "required": ["since_ms", "at_ms", "from", "to", "spanning"],
-                                                    "properties": {
-                                                        "since_ms": {"type": "integer"},
-                                                        "at_ms": {"type": "integer"},
-                                                        "from": {"type": "string"},
-                                                        "to": {"type": "string"},
-                                                        "spanning": {
-                                                            "type": "object",
-                                                            "additionalProperties": {"type": "integer"},
-                                                            "description": "timeframe -> its spanning candle",
-                                                        },
-                                                    },
-                                                },
-                                            },
-                                        },
-                                    }
-                                }
-                            },
-                        },
-                        **_READ_ERRORS,
-                        "404": _err("Not a logical instrument of this collector"),
-                    },
-                }
-            },
-            "/trades/{instrument}": {
-                "get": {
-                    "summary": "Raw trades (or quotes) the stream delivered, oldest first, and the spans missing",
-                    "description": "Ticks are what the stream delivered; a span the stream lost is repaired in the "
-                    "candles from the venue's candle history, which holds no trades, so it is listed in "
-                    "missing. kept_from is the oldest tick kept (retention, or when recording began). "
-                    "With since, the first limit ticks from it (continue from next_since; ticks at that "
-                    "very millisecond repeat, tell them by id); without, the newest limit.",
-                    "security": secured,
-                    "parameters": [
-                        {
-                            "name": "instrument",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                            "example": "binance:BTCUSDT",
-                        },
-                        {"name": "since", "in": "query", "required": False, "schema": {"type": "string"}},
-                        {"name": "until", "in": "query", "required": False, "schema": {"type": "string"}},
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_CANDLES},
-                        },
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "Ticks",
-                            "content": {
-                                _JSON: {
-                                    "schema": {
-                                        "type": "object",
-                                        "required": ["instrument", "trades", "quotes", "missing", "kept_from"],
-                                        "properties": {
-                                            "instrument": {"type": "string"},
-                                            "trade_columns": {"type": "array", "items": {"type": "string"}},
-                                            "trades": {"type": "array", "items": {"type": "array"}},
-                                            "quote_columns": {"type": "array", "items": {"type": "string"}},
-                                            "quotes": {"type": "array", "items": {"type": "array"}},
-                                            "missing": {
-                                                "type": "array",
-                                                "items": {
-                                                    "type": "object",
-                                                    "properties": {
-                                                        "since": {"type": "integer"},
-                                                        "until": {"type": "integer"},
-                                                        "why": {"type": "string"},
-                                                    },
-                                                },
-                                            },
-                                            "kept_from": {"type": ["integer", "null"]},
-                                            "next_since": {"type": ["integer", "null"]},
-                                        },
-                                    }
-                                }
-                            },
-                        },
-                        **_READ_ERRORS,
-                        "400": _err("A bad parameter"),
-                        "404": _err("An instrument not collected here, or a run that keeps no ticks"),
-                        "503": _err("The database cannot answer now; retry"),
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics (text exposition format)",
-                    "security": secured,
-                    "responses": {
-                        "200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
-                        **_READ_ERRORS,
-                    },
-                }
-            },
-            "/openapi.json": {
-                "get": {
-                    "summary": "This document",
-                    "security": secured,
-                    "responses": {
-                        "200": {"description": "OpenAPI 3.1", "content": {_JSON: {"schema": {"type": "object"}}}},
-                        **_READ_ERRORS,
-                    },
-                }
-            },
-            "/docs": {
-                "get": {
-                    "summary": "This document as a readable page",
-                    "security": secured,
-                    "responses": {
-                        "200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}},
-                        **_READ_ERRORS,
-                    },
-                }
-            },
-        },
-    }
-
-
-def docs_html(spec: dict[str, Any]) -> str:
-    """A plain page listing the endpoints (no external scripts: it works offline)."""
-    from html import escape
-
-    items = []
-    for path, ops in spec["paths"].items():
-        for method, op in ops.items():
-            params = ", ".join(p["name"] for p in op.get("parameters", []) if p["in"] == "query")
-            extra = f" <small>?{escape(params)}</small>" if params else ""
-            desc = f"<br><small>{escape(op['description'])}</small>" if "description" in op else ""
-            items.append(
-                f"<li><code>{method.upper()} {escape(path)}</code>{extra} — {escape(op['summary'])}{desc}</li>"
-            )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>deltafeed API</title></head><body>"
-        f"<h1>deltafeed API</h1><p>{escape(spec['info']['description'])}</p><ul>{''.join(items)}</ul>"
-        "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a></p></body></html>"
-    )
-
-
-def _json_row(c: Candle) -> list[float | int | str]:
+def _json_row(c: Candle) -> schema.CandleRow:
     """``[open_time_ms, o, h, l, c, volume, trades, state]``, prices and volume without float noise
     (:func:`deltafeed.fmt.clean`, as in ``deltafeed candles --format json``)."""
-    return [c.open_time, clean(c.open), clean(c.high), clean(c.low), clean(c.close), clean(c.volume), c.trades, c.state]
+    state = cast("schema.StateName", c.state)
+    return (c.open_time, clean(c.open), clean(c.high), clean(c.low), clean(c.close), clean(c.volume), c.trades, state)

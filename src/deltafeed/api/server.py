@@ -25,6 +25,8 @@ from deltafeed.api.auth import RedactingAccessLogger, check_bind, check_token, t
 from deltafeed.api.guard import BACKLOG, ApiLimits, ConnectionGuard
 from deltafeed.api.http import MAX_BODY_BYTES, add_http_routes, error_middleware
 from deltafeed.api.metrics import add_metrics_route
+from deltafeed.api.openapi import add_docs_routes
+from deltafeed.api.page import add_page_routes
 
 if TYPE_CHECKING:
     from deltafeed.api.hub import Hub
@@ -43,7 +45,7 @@ def build_app(
     engine: EngineView, hub: Hub | None, token: str | None, limits: ApiLimits | None = None
 ) -> web.Application:
     """The application: the connection guard's bookkeeping, JSON errors, the token check, HTTP
-    routes, ``/metrics`` and (with a hub) ``/ws``.
+    routes, ``/metrics``, the docs, the live page and (with a hub) ``/ws``.
 
     With ``hub`` None there is no WebSocket endpoint. The hub is attached to the engine when the
     application starts, so that the engine hands it candles, trades and prices. The guard
@@ -56,6 +58,8 @@ def build_app(
     app[GUARD] = guard
     add_http_routes(app, engine, body_timeout_s=guard.limits.header_timeout_s)
     add_metrics_route(app, engine, hub, guard)
+    add_docs_routes(app)
+    add_page_routes(app)
     if hub is not None:
         from deltafeed.api.ws import add_ws_routes  # the fan-out's endpoints
 
