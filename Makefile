@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast lint services consumers bench clean
+.PHONY: demo test test-fast lint services consumers browser bench clean
 
 # The base install (what `make demo` needs), then the test extras on top (what `make test` needs).
 $(BIN)/.base: pyproject.toml
@@ -35,12 +35,22 @@ consumers:
 	@test -x .venv-freqtrade/bin/freqtrade || ($(PYTHON) -m venv .venv-freqtrade && .venv-freqtrade/bin/pip install -q freqtrade) || echo "freqtrade did not install; its export test will be skipped"
 	@.venv-nautilus/bin/python -c 'import nautilus_trader' 2>/dev/null || ($(PYTHON) -m venv .venv-nautilus && .venv-nautilus/bin/pip install -q nautilus_trader) || echo "nautilus_trader did not install; its export test will be skipped"
 
+# Chromium for the live page's browser test (tests/e2e/test_page_e2e.py): Debian's package, installed
+# when missing and possible (root with apt-get). Best effort: where it cannot be had, that test is
+# skipped, saying why. DELTAFEED_CHROMIUM names another Chromium or Chrome executable.
+browser:
+	@test -n "$$DELTAFEED_CHROMIUM" || command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	       && { apt-get install -y -q chromium >/dev/null 2>&1 \
+	            || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } \
+	  || echo "Chromium is not installed and could not be installed here; the page's browser test will be skipped"
+
 # Test modules run on one worker per core (at most 4), a module's tests together on one worker
 # (its replica and engine fixtures are set up once); PYTEST_WORKERS=0 runs them in this process.
 PYTEST_WORKERS ?= auto
 XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadfile)
 
-test: lint services consumers
+test: lint services consumers browser
 	$(BIN)/pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # The everyday subset (under 3 minutes): everything but the end-to-end runs marked slow.

@@ -8,10 +8,11 @@ import csv
 import importlib.util
 import io
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import aiohttp
 import msgspec
@@ -20,13 +21,19 @@ import pytest_asyncio
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from deltafeed.api.auth import check_bind, is_loopback
-from deltafeed.api.http import FORMING_HEADER, MAX_BODY_BYTES
+from deltafeed.api import page as page_module
+from deltafeed.api import schema
+from deltafeed.api import ws as ws_module
+from deltafeed.api.auth import PUBLIC_PATHS, PUBLIC_PREFIX, check_bind, is_loopback
+from deltafeed.api.http import _CANDLE_PARAMS, _TRADE_PARAMS, COLUMNS, FORMING_HEADER, MAX_BODY_BYTES, MAX_CANDLES
+from deltafeed.api.openapi import ENDPOINTS
+from deltafeed.api.protocol import ServerMessage
 from deltafeed.api.server import api_url, build_app, start_api, stop_api
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
 from deltafeed.fmt import iso, num
-from deltafeed.model import BadInput, Candle
+from deltafeed.model import CANDLE_STATES, PRICE_SIDES, BadInput, Candle
+from deltafeed.venues.base import FeedStatus
 from deltafeed.venues.binance.replica import BinanceReplica
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -392,10 +399,12 @@ async def test_method_not_allowed(served: Served) -> None:
 # --- OpenAPI ------------------------------------------------------------------------------------
 
 
-async def test_openapi_describes_every_http_endpoint(served: Served) -> None:
+async def test_openapi_lists_every_route_and_every_parameter(served: Served) -> None:
+    """Every route the application registers (WebSockets, pages and assets included) is in the
+    document, every documented path is registered, every handler's query parameters are documented."""
     status, spec, _ = await call("GET", served.url + "/openapi.json")
     assert status == 200 and spec["openapi"] == "3.1.0"
-    app = build_app(served.engine, None, TOKEN)
+    app = build_app(served.engine, make_hub(served.engine), TOKEN)
     routes = {
         (r.resource.canonical, r.method.lower())
         for r in app.router.routes()
@@ -403,14 +412,115 @@ async def test_openapi_describes_every_http_endpoint(served: Served) -> None:
     }
     documented = {(p, m) for p, ops in spec["paths"].items() for m in ops}
     assert routes == documented
-    for ops in spec["paths"].values():
-        for op in ops.values():
-            assert op["summary"] and "200" in op["responses"]
-            for ref in [v for r in op["responses"].values() for v in _refs(r)]:
-                assert ref.removeprefix("#/components/schemas/") in spec["components"]["schemas"]
-    status, html, headers = await call("GET", served.url + "/docs")
+    schemas = spec["components"]["schemas"]
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            assert op["summary"] and {"200", "101"} & set(op["responses"]), (method, path)
+            for ref in _refs(op):
+                assert ref.removeprefix("#/components/schemas/") in schemas, ref
+            named = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+            assert named == set(re.findall(r"{(\w+)}", path)), path
+            public = op["security"] == []
+            assert public == (path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIX)), path
+            assert public or "401" in op["responses"], path
+    candles = spec["paths"]["/candles/{instrument}/{timeframe}"]["get"]
+    query = {p["name"]: p for p in candles["parameters"] if p["in"] == "query"}
+    assert set(query) == set(_CANDLE_PARAMS) - {"token"}  # the token is a security scheme
+    assert {"price", "final", "format", "since", "until", "limit"} <= set(query)
+    assert query["price"]["schema"]["enum"] == list(PRICE_SIDES)
+    assert sorted(query["format"]["schema"]["enum"]) == ["csv", "json", "parquet"]
+    assert query["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": MAX_CANDLES}
+    trades = spec["paths"]["/trades/{instrument}"]["get"]
+    assert {p["name"] for p in trades["parameters"] if p["in"] == "query"} == set(_TRADE_PARAMS) - {"token"}
+    # Derived from the types: the candle row's columns, the state names, the status' venue counters.
+    row = schemas["Candles"]["properties"]["candles"]["items"]
+    assert len(row["prefixItems"]) == len(COLUMNS) and sorted(row["prefixItems"][-1]["enum"]) == sorted(CANDLE_STATES)
+    assert set(schemas["FeedStatus"]["properties"]) == set(FeedStatus.__struct_encode_fields__)
+
+
+async def test_documented_bodies_are_what_is_served(served: Served) -> None:
+    """Each JSON answer decodes strictly into the type its schema was derived from (so a field added to
+    a response without its type, or a type changed without the handler, fails here)."""
+    samples = {
+        "/health": "/health",
+        "/streaming/status": "/streaming/status",
+        "/instruments": "/instruments",
+        "/candles/{instrument}/{timeframe}": f"/candles/{BTC}/1m?limit=50",
+        "/switches/{instrument}": f"/switches/{BTC}",  # not a logical instrument: 404, an Error
+        "/trades/{instrument}": f"/trades/{BTC}?limit=5",
+        "/streaming/start": "/streaming/start",
+        "/streaming/stop": "/streaming/stop",  # names no instrument: stops nothing
+    }
+    checked = 0
+    for ep in ENDPOINTS:
+        if ep.path not in samples:
+            assert not any(r.body for s, r in ep.replies.items() if s < 300), f"no sample for {ep.path}"
+            continue
+        kw: dict[str, Any] = (
+            {"json": {"instruments": [BTC] if "start" in ep.path else []}} if ep.method == "post" else {}
+        )
+        async with (
+            aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as s,
+            s.request(ep.method.upper(), served.url + samples[ep.path], **kw) as r,
+        ):
+            raw = await r.read()
+            status = r.status
+        assert status in ep.replies, (ep.path, status, raw[:200])
+        body_type = ep.replies[status].body
+        assert body_type is not None, ep.path
+        msgspec.json.decode(raw, type=body_type, strict=True)  # raises when the answer is not the type
+        checked += 1
+        if ep.path.startswith("/candles/"):
+            doc = msgspec.json.decode(raw, type=schema.Candles)
+            assert len(doc.candles) == 50 and doc.candles[-1][7] == "forming"
+    assert checked == len(samples)
+
+
+async def test_docs_pages_and_their_assets_are_served_offline(served: Served) -> None:
+    """/docs (Swagger UI), /docs/websocket and the chart page: served without the token, every asset
+    they name served from the package (the very bytes), nothing loaded from another host."""
+    static = Path(page_module.__file__).parent / "static"
+    seen = set()
+    for path, needles in {
+        "/docs": ("swagger-ui-bundle.js", "docs.js"),
+        "/": ("lightweight-charts.standalone.production.js", "page.js"),
+        "/chart": ("page.js",),
+    }.items():
+        status, html, headers = await call("GET", served.url + path, token=None)
+        assert status == 200 and headers["Content-Type"].startswith("text/html"), path
+        refs = re.findall(r'(?:src|href)="([^"#]+)"', html)
+        assert all(not ref.startswith(("http:", "https:", "//")) for ref in refs), refs  # offline
+        for needle in needles:
+            assert f'src="/static/{needle}"' in html, (path, needle)
+        for ref in [r for r in refs if r.startswith("/static/")]:
+            async with aiohttp.ClientSession() as s, s.get(served.url + ref) as r:
+                assert r.status == 200, ref
+                assert await r.read() == (static / ref.removeprefix("/static/")).read_bytes()
+                etag = r.headers["ETag"]
+            async with aiohttp.ClientSession() as s, s.get(served.url + ref, headers={"If-None-Match": etag}) as r:
+                assert r.status == 304
+            seen.add(ref)
+    assert {"/static/swagger-ui.css", "/static/page.css"} <= seen
+    for name in ("LICENSE-lightweight-charts.txt", "LICENSE-swagger-ui.txt"):
+        status, text, _ = await call("GET", served.url + "/static/" + name, token=None)
+        assert status == 200 and "Apache License" in text
+    for bad in ("/static/nope.js", "/static/..%2Fauth.py", "/static/../http.py", "/static/"):
+        status, doc, _ = await call("GET", served.url + bad, token=None)
+        assert status in (401, 404) and "error" in doc, bad  # 401: normalised out of /static/
+
+
+async def test_websocket_page_describes_every_message_and_op(served: Served) -> None:
+    status, html, headers = await call("GET", served.url + "/docs/websocket", token=None)
     assert status == 200 and headers["Content-Type"].startswith("text/html")
-    assert "/candles/{instrument}/{timeframe}" in html
+    for t in get_args(ServerMessage):
+        tag = t.__struct_config__.tag
+        row = re.search(rf"<tr id='msg-{tag}'>(.*?)</tr>", html, re.S)
+        assert row, tag
+        for name in t.__struct_encode_fields__:
+            assert f"<code>{name}</code>" in row.group(1), (tag, name)
+        assert f"&quot;{t.__name__}&quot;" in html  # its JSON schema
+    for op in ws_module.OPS:
+        assert f"<code>{op}</code>" in html
 
 
 def _refs(node: Any) -> list[str]:

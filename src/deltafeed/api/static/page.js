@@ -81,6 +81,10 @@
   volume.priceScale().applyOptions({ scaleMargins: { top: 0.8, bottom: 0 } });
   candles.priceScale().applyOptions({ scaleMargins: { top: 0.08, bottom: 0.25 } });
   var markers = LC.createSeriesMarkers(candles, []);
+  // For tests and the console: the candles held (oldest first), what the chart series draws, the markers.
+  page.snapshot = function () { return sortedTimes().map(function (t) { return bars.get(t); }); };
+  page.drawn = function () { return candles.data(); };
+  page.markers = function () { return markers.markers(); };
 
   var bars = new Map(); // open time (s) -> {time, open, high, low, close, volume, trades, state}
   var switchTimes = new Map(); // spanning candle's open time (s) -> "from → to"
