@@ -25,6 +25,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any, Literal, get_args
 
 import msgspec
+import msgspec.inspect
 from aiohttp import web
 from msgspec import Meta
 
@@ -446,11 +447,19 @@ def websocket_html() -> str:
     _, components = msgspec.json.schema_components([*members, ws._Op], ref_template="#/components/schemas/{name}")
     rows = []
     for t in members:
-        fields = ", ".join(f"<code>{html.escape(n)}</code>" for n in ("type", *t.__struct_encode_fields__))
-        rows.append(
-            f"<tr id='msg-{html.escape(_struct_tag(t))}'><td><code>{html.escape(_struct_tag(t))}</code></td>"
-            f"<td>{fields}</td><td>{html.escape(inspect.getdoc(t) or '')}</td></tr>"
-        )
+        info = msgspec.inspect.type_info(t)
+        assert isinstance(info, msgspec.inspect.StructType)
+        names = ["<code>type</code>"]
+        for f in info.fields:
+            inner = f.type
+            if isinstance(inner, msgspec.inspect.StructType):  # data: list its fields too
+                sub = ", ".join(f"<code>{html.escape(g.encode_name)}</code>" for g in inner.fields)
+                names.append(f"<code>{html.escape(f.encode_name)}</code>: {{{sub}}}")
+            else:
+                names.append(f"<code>{html.escape(f.encode_name)}</code>")
+        meaning = html.escape((inspect.getdoc(t) or "").replace("``", ""))
+        tag = html.escape(_struct_tag(t))
+        rows.append(f"<tr id='msg-{tag}'><td><code>{tag}</code></td><td>{', '.join(names)}</td><td>{meaning}</td></tr>")
     ops = "".join(f"<li><code>{html.escape(op)}</code></li>" for op in ws.OPS)
     doc = html.escape(inspect.getdoc(ws) or "")
     schema_json = html.escape(msgspec.json.format(msgspec.json.encode({"$defs": components}), indent=2).decode())
