@@ -403,7 +403,7 @@ async def test_requests_aiohttp_cannot_parse_get_json_errors(
         ("limit=1_0", "limit='1_0' is not a whole number"),
         ("limit=99999999999999999999", "is not a whole number from 1 to 100000"),
         ("limit=", "limit='' is not a whole number"),
-        ("format=%FF", "is not served; use format=json or format=csv"),
+        ("format=%FF", "is not served; use format=json, format=csv or format=parquet"),
         ("price=%FF", "use one of"),
     ],
     ids=lambda v: str(v)[:30],
