@@ -57,6 +57,32 @@ async def test_more_instruments_than_market_data_lines_are_refused(tmp_path: Pat
     await engine.stop()
 
 
+async def test_a_client_id_in_use_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    from ib_async import IB
+
+    venue = registry.get("ib")
+    replica = venue.build_replica(symbols=["AAPL"], history_ms=600_000, start_ms=START_MS)
+    await replica.start()
+    other = IB()
+    try:
+        await other.connectAsync(replica.host, replica.port, clientId=17, timeout=5)  # deltafeed's default id
+        settings = Settings(
+            symbols=["ib:AAPL"],
+            timeframes=["1m"],
+            db=str(tmp_path / "x.duckdb"),
+            venues={"ib": venue.replica_settings(replica)},
+        ).validate()
+        engine = Engine(settings)
+        with pytest.raises(
+            BadInput, match=r"refused client id 17 \(error 326: .*\); set another \[venues.ib\] client_id"
+        ):
+            await engine.start()
+        await engine.stop()
+    finally:
+        other.disconnect()
+        await replica.stop()
+
+
 def test_no_tws_on_the_port_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text(

@@ -76,6 +76,7 @@ FARM_OK = (2104, 2106, 2158)
 FARM_INACTIVE = (2107, 2108)  # inactive but available on demand: nothing lost
 PACING_VIOLATION = 162
 NO_SECURITY = 200
+CLIENT_ID_IN_USE = 326
 TICK_BY_TICK_LIMIT = 10190  # max number of tick-by-tick requests reached (IB's message code)
 #: Codes that are news, not problems (farm status, connectivity info): counted, logged at info.
 INFO_CODES = frozenset((*FARM_OK, *FARM_INACTIVE, 2119, 2150, 2158, RESTORED_DATA_KEPT))

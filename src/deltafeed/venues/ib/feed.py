@@ -95,10 +95,11 @@ class IbFeed:
         self._req_id = 1000
         self._writer: asyncio.StreamWriter | None = None
         self._ready = asyncio.Event()
-        self.connected_event = asyncio.Event()
         self._streaming = False
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._refused = asyncio.Event()  # TWS refused our client id (326) before we were ready
+        self._refused_why = ""
         self._backoff = Backoff(base_s=0.5, cap_s=10.0)
         self._skips = SkipLog(log, "messages")
         self._farm_broken: set[int] = set()
@@ -156,13 +157,20 @@ class IbFeed:
                     "start it with the API socket enabled on that port, or set [venues.ib] tws_url"
                 ) from None
             self._task = asyncio.create_task(self._run(), name="ib-socket")
-        try:
-            await _within(self._ready.wait(), READY_TIMEOUT_S)
-        except TimeoutError:
+        waits = [asyncio.ensure_future(self._ready.wait()), asyncio.ensure_future(self._refused.wait())]
+        await asyncio.wait(waits, timeout=READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
+        if not self._ready.is_set() and self._refused.is_set():
+            raise BadInput(
+                f"TWS at {self.host}:{self.port} refused client id {self.client_id} ({self._refused_why}); "
+                "set another [venues.ib] client_id (every API client of one TWS needs its own)"
+            )
+        if not self._ready.is_set():
             raise BadInput(
                 f"no TWS / IB Gateway API at {self.host}:{self.port} (client id {self.client_id}); start it, enable "
                 "'ActiveX and Socket Clients', check the socket port and trusted IPs, or set [venues.ib] tws_url"
-            ) from None
+            )
         for sym, c in self.contracts.items():
             details = await self._details(sym, c)
             self.contracts[sym] = ib.Contract(
@@ -441,7 +449,10 @@ class IbFeed:
             self._pending.pop(ev.req_id, None)
             if not req.done.done():
                 req.done.set_exception(VenueError(code, ev.text.encode(), f"tws://{self.host}:{self.port}"))
-        if code == ib.PACING_VIOLATION:
+        if code == ib.CLIENT_ID_IN_USE and not self._ready.is_set():
+            self._refused_why = f"error {code}: {ev.text}"
+            self._refused.set()
+        elif code == ib.PACING_VIOLATION:
             self.pacing_violations += 1
         elif code == ib.TICK_BY_TICK_LIMIT and ev.req_id in self._live:
             sym, _ = self._live.pop(ev.req_id)

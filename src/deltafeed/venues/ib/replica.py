@@ -374,7 +374,18 @@ class IbReplica(ReplicaBase):
 
     def _handle(self, s: _Session, msg: int, f: list[str]) -> None:
         if msg == codec.START_API:
-            s.client_id = int(f[2])
+            client_id = int(f[2])
+            if any(x.client_id == client_id for x in self.sessions if x is not s):
+                s.send(
+                    codec.error_msg(
+                        -1,
+                        codec.CLIENT_ID_IN_USE,
+                        "Unable to connect as the client id is already in use. Retry with a unique client id.",
+                    )
+                )
+                s.transport.close()
+                return
+            s.client_id = client_id
             s.ready = True
             s.send(codec.frame([codec.NEXT_VALID_ID, 1, 1]))
             s.send(codec.frame([codec.MANAGED_ACCOUNTS, 1, ACCOUNT]))
