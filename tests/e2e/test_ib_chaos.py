@@ -35,8 +35,8 @@ async def test_ib_final_candles_equal_the_tape_through_faults_and_a_kill(tmp_pat
     print(
         f"\nib chaos: faults {sum(r.faults.values())} {r.faults}; final candles {r.final_compared}; "
         f"mismatches {r.final_mismatched}; provisional left {r.provisional_left}; problems {len(r.problems)}; "
-        f"pacing violations seen {pacing}; startup {r.startup_s:.1f} s, settled {r.settled_s:.1f} s"
-        + "".join(f"\n  {m}" for m in r.mismatches[:12])
+        f"pacing violations seen {pacing}, replica {r.replica_stats.get('pacing_violations')}; "
+        f"startup {r.startup_s:.1f} s, settled {r.settled_s:.1f} s"
     )
     assert r.exit_codes == [-9, 0]
     assert r.caught_up, f"not streaming again {r.settled_s:.0f} s after the faults stopped"
@@ -48,6 +48,10 @@ async def test_ib_final_candles_equal_the_tape_through_faults_and_a_kill(tmp_pat
     assert r.final_compared >= 3 * (60 + 12)
     assert r.provisional_left <= 3 * r.series, (r.provisional_left, r.series)
     assert r.total("reconnects") >= 2
+    # The connectivity episodes reached the engines as IB's codes, counted in the status.
+    codes = [s.get("venues", {}).get("ib", {}).get("venue_errors", {}) for s in r.statuses]
+    assert sum(c.get("1100", 0) for c in codes) >= 1
+    assert sum(c.get("1101", 0) + c.get("1102", 0) for c in codes) >= 1
     assert sum(sum(s["skipped_frames"].values()) for s in r.statuses) >= 1
     # deltafeed never broke IB's pacing rules: the replica refused nothing, the feeds saw no 162.
     assert r.replica_stats["history_requests"] > 0
