@@ -1,10 +1,25 @@
-"""Settings of a deltafeed run: defaults, the TOML config file, and command-line overrides."""
+"""Settings of a deltafeed run: defaults, the TOML config file, ``DELTAFEED_*`` environment
+variables, and command-line overrides, in rising precedence (flags > environment > file > defaults).
+
+Every setting has a variable: ``DELTAFEED_`` and the field's name in capitals (``DELTAFEED_SYMBOLS``,
+``DELTAFEED_HOT_CAPACITY``), and a venue's own table ``DELTAFEED_VENUES__<VENUE>__<SETTING>``
+(``DELTAFEED_VENUES__BINANCE__REST_URL``). Values convert by the field's type: a list is a comma
+list (``BTCUSDT,ETHUSDT``), a whole number or a bool (``true``/``false``, ``1``/``0``, ``yes``/``no``,
+``on``/``off``) is spelled as usual, and a table (``retention``, ``aliases``, ``failover``...) is a
+TOML inline table (``{ "1m" = "30d" }``). An empty variable counts as unset. A value that does not
+convert is a one-line :class:`BadInput` naming the variable. Containers and services set these
+instead of writing a file; the file, when there is one, is ``--config`` or ``DELTAFEED_CONFIG``.
+"""
 
 from __future__ import annotations
 
+import difflib
 import logging
+import os
 import re
 import tomllib
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +42,7 @@ from deltafeed.store.ticks import parse_tick_retention
 from deltafeed.venues import registry
 from deltafeed.venues.base import VenueSettings
 
-__all__ = ["FailoverSettings", "Settings", "VenueSettings", "load"]
+__all__ = ["ENV_PREFIX", "FailoverSettings", "Settings", "VenueSettings", "env_settings", "env_variables", "load"]
 
 log = logging.getLogger("deltafeed.config")
 
@@ -321,8 +336,140 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return self
 
 
-def load(path: str | None, overrides: dict[str, object]) -> Settings:
-    """Defaults, then the TOML file at ``path``, then every override that is not None."""
+#: The prefix of deltafeed's environment variables.
+ENV_PREFIX = "DELTAFEED_"
+#: ``DELTAFEED_*`` variables that are not settings: the command line reads them itself.
+ENV_NOT_SETTINGS = frozenset({"DELTAFEED_CONFIG", "DELTAFEED_LOG_FORMAT", "DELTAFEED_LOG_LEVEL"})
+#: Variables of the test and bench scripts, never settings (no warning for them).
+_ENV_OTHER_PREFIXES = ("DELTAFEED_TEST_", "DELTAFEED_BENCH_")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+#: Settings whose values are secrets: never repeated in an error message.
+_SECRET_WORDS = ("token", "password", "secret", "key")
+
+
+def _field_types(struct: type[msgspec.Struct]) -> dict[str, Any]:
+    """A settings struct's fields and their (resolved) types."""
+    hints = typing.get_type_hints(struct)
+    return {name: hints[name] for name in struct.__struct_fields__}
+
+
+def env_variables() -> dict[str, str]:
+    """Every setting's variable name and what it holds, for the documentation and ``--help``:
+    ``{"DELTAFEED_SYMBOLS": "list of str (comma list)", ...}``; venue tables are one pattern."""
+    out: dict[str, str] = {}
+    for name, tp in _field_types(Settings).items():
+        if name == "venues":
+            out[f"{ENV_PREFIX}VENUES__<VENUE>__<SETTING>"] = "a venue's own setting, e.g. its rest_url"
+            continue
+        out[f"{ENV_PREFIX}{name.upper()}"] = _describe(tp)
+    return out
+
+
+def _describe(tp: Any) -> str:
+    info = _unoptional(msgspec.inspect.type_info(tp))
+    if isinstance(info, msgspec.inspect.ListType) and isinstance(info.item_type, msgspec.inspect.StrType):
+        return "comma list"
+    if isinstance(info, msgspec.inspect.IntType):
+        return "whole number"
+    if isinstance(info, msgspec.inspect.BoolType):
+        return "true or false"
+    if isinstance(info, msgspec.inspect.StrType):
+        return "text"
+    return "TOML inline table"
+
+
+def _unoptional(info: msgspec.inspect.Type) -> msgspec.inspect.Type:
+    """``X | None`` as ``X`` (an empty variable is how to leave a setting unset)."""
+    if isinstance(info, msgspec.inspect.UnionType):
+        rest = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
+        if len(rest) == 1:
+            return rest[0]
+    return info
+
+
+def _env_value(var: str, raw: str, tp: Any) -> Any:
+    """The text of variable ``var`` as a value of type ``tp``; :class:`BadInput` naming ``var``."""
+    secret = any(w in var.lower() for w in _SECRET_WORDS)
+    shown = "(its value)" if secret else repr(raw)
+    info = _unoptional(msgspec.inspect.type_info(tp))
+    text = raw.strip()
+    value: Any
+    if isinstance(info, msgspec.inspect.StrType):
+        value = text
+    elif isinstance(info, msgspec.inspect.ListType) and isinstance(info.item_type, msgspec.inspect.StrType):
+        value = [item.strip() for item in text.split(",")]
+    elif isinstance(info, msgspec.inspect.IntType):
+        try:
+            value = int(text)
+        except ValueError:
+            raise BadInput(f"{var}={shown} is not a whole number; write e.g. {var}=1000") from None
+    elif isinstance(info, msgspec.inspect.FloatType):
+        try:
+            value = float(text)
+        except ValueError:
+            raise BadInput(f"{var}={shown} is not a number; write e.g. {var}=2.5") from None
+    elif isinstance(info, msgspec.inspect.BoolType):
+        if text.lower() not in _TRUE | _FALSE:
+            raise BadInput(f"{var}={shown} is not true or false; write {var}=true or {var}=false")
+        value = text.lower() in _TRUE
+    else:  # a table, or a list of something other than text: a TOML value
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError as exc:
+            raise BadInput(
+                f'{var} is not a TOML value ({exc}); write a table like {var}=\'{{ "1m" = "30d" }}\''
+            ) from None
+    try:
+        return msgspec.convert(value, tp)
+    except msgspec.ValidationError as exc:
+        raise BadInput(f"{var}={shown}: {exc}; see the README's configuration section") from None
+
+
+def env_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The settings ``DELTAFEED_*`` variables give (``os.environ`` by default), converted to their
+    fields' types, as a partial config: ``{"symbols": [...], "venues": {"binance": {...}}}``.
+
+    An unknown variable close to a setting's name is warned about (a typo would otherwise be
+    silently ignored); others are left alone, since tools may keep their own ``DELTAFEED_*``.
+    """
+    env = os.environ if environ is None else environ
+    fields = _field_types(Settings)
+    out: dict[str, Any] = {}
+    for var in sorted(env):
+        raw = env[var]
+        if not var.startswith(ENV_PREFIX) or var in ENV_NOT_SETTINGS or var.startswith(_ENV_OTHER_PREFIXES):
+            continue
+        if not raw.strip():
+            continue  # empty: unset (compose's `VAR=`, a unit's `Environment=VAR=`)
+        name = var[len(ENV_PREFIX) :].lower()
+        if name.startswith("venues__"):
+            venue, _, key = name.removeprefix("venues__").partition("__")
+            if not venue or not key or "__" in key:
+                raise BadInput(
+                    f"{var}: a venue's setting is DELTAFEED_VENUES__<VENUE>__<SETTING>,"
+                    " e.g. DELTAFEED_VENUES__BINANCE__REST_URL"
+                )
+            try:
+                own = _field_types(registry.get(venue).settings_type)
+            except BadInput as exc:
+                raise BadInput(f"{var}: {exc}") from None
+            if key not in own:
+                raise BadInput(f"{var}: {venue} has no setting {key}; its settings are {', '.join(sorted(own))}")
+            out.setdefault("venues", {}).setdefault(venue, {})[key] = _env_value(var, raw, own[key])
+        elif name in fields and name != "venues":
+            out[name] = _env_value(var, raw, fields[name])
+        else:
+            known = [f"{ENV_PREFIX}{f.upper()}" for f in fields if f != "venues"]
+            close = difflib.get_close_matches(var, known, n=1, cutoff=0.85)
+            if close:
+                log.warning("%s is not a setting and is ignored; did you mean %s?", var, close[0])
+    return out
+
+
+def load(path: str | None, overrides: dict[str, object], environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, then the TOML file at ``path``, then the ``DELTAFEED_*`` variables of ``environ``
+    (``os.environ`` by default; see the module's docstring), then every override that is not None."""
     data: dict[str, object] = {}
     if path is not None:
         p = Path(path)
@@ -334,6 +481,17 @@ def load(path: str | None, overrides: dict[str, object]) -> Settings:
             raise BadInput(f"cannot read config file {path}: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise BadInput(f"config file {path} is not valid TOML ({exc}); fix that line") from None
+    env = env_settings(environ)
+    venues_env: dict[str, dict[str, Any]] = env.pop("venues", {})
+    data.update(env)
+    if venues_env:
+        # One variable sets one key of a venue's table: the file's other keys stay.
+        tables = data.get("venues")
+        merged: dict[str, Any] = dict(tables) if isinstance(tables, dict) else {}
+        for venue, keys in venues_env.items():
+            own = merged.get(venue)
+            merged[venue] = {**(own if isinstance(own, dict) else {}), **keys}
+        data["venues"] = merged
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         settings = msgspec.convert(data, Settings)

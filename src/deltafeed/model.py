@@ -160,6 +160,13 @@ def timeframe(name: str) -> Timeframe:
     return tf
 
 
+class Unavailable(BadInput):
+    """A venue or store the run needs cannot be reached now (refused, timed out, starting up): the
+    settings may well be right, so the command exits 69 (``EX_UNAVAILABLE``), which a supervisor
+    retries, rather than 2, which means "fix the command or the config". A :class:`BadInput`, so
+    every handler of user-facing errors still shows its one line."""
+
+
 def timeframe_ms(name: str) -> int:
     """Length of timeframe ``name`` in ms (for ``1M`` the longest month), or :class:`BadInput`."""
     return timeframe(name).ms

@@ -37,9 +37,19 @@ class Histogram:
 
 @dataclass
 class EngineMetrics:
-    """Latency histograms the engine records as things happen (counters live in ``status()``)."""
+    """Latency histograms the engine records as things happen (counters live in ``status()``).
 
-    #: From a candle's end on the venue's clock to its write into the cold store, in seconds.
+    The candle histograms count live candles only: those the stream's builders close. History
+    fetched over REST (the bootstrap, repairs) is minutes to days old by nature and would bury the
+    live figures in the top bucket."""
+
+    #: Live candles: from a candle's end on the venue's clock to its write into the cold store, in
+    #: seconds (``candle_close`` and ``candle_store`` together).
     candle_latency: Histogram = field(default_factory=Histogram)
+    #: Live candles: from a candle's end on the venue's clock to the engine closing it (the venue's
+    #: closed candle arriving, or the grace for late trades running out), in seconds.
+    candle_close: Histogram = field(default_factory=Histogram)
+    #: Live candles: from the engine closing a candle to its write into the cold store, in seconds.
+    candle_store: Histogram = field(default_factory=Histogram)
     #: Duration of one cold-store batch write, in seconds.
     store_write: Histogram = field(default_factory=Histogram)

@@ -17,11 +17,19 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client import utils as _prom_utils
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from deltafeed.buildinfo import python_version, version
 from deltafeed.stats import Histogram
 
 if TYPE_CHECKING:
@@ -197,10 +205,21 @@ class EngineCollector(Collector):
                 gauge.add_metric([], v)
             yield gauge
 
+        metrics = engine.metrics
         yield histogram_family(
             "deltafeed_candle_latency_seconds",
-            "From a candle's end (venue clock) to its write into the cold store",
-            engine.metrics.candle_latency,
+            "Live candles (REST history excluded): from a candle's end (venue clock) to its write into the cold store",
+            metrics.candle_latency,
+        )
+        yield histogram_family(
+            "deltafeed_candle_close_seconds",
+            "Live candles: from a candle's end (venue clock) to the engine closing it",
+            metrics.candle_close,
+        )
+        yield histogram_family(
+            "deltafeed_candle_store_seconds",
+            "Live candles: from the engine closing a candle to its write into the cold store",
+            metrics.candle_store,
         )
         yield histogram_family(
             "deltafeed_store_write_seconds", "Duration of one cold store batch write", engine.metrics.store_write
@@ -273,10 +292,29 @@ class EngineCollector(Collector):
             yield fam
 
 
+class BuildCollector(Collector):
+    """``deltafeed_build_info{version, python}`` 1: which build answers (join it onto other series
+    with ``* on(instance) group_left(version)``)."""
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        info = InfoMetricFamily("deltafeed_build", "The running deltafeed's version, from its package metadata")
+        info.add_metric([], {"version": version(), "python": python_version()})
+        yield info
+
+
 def make_registry(engine: EngineView, hub: Any = None, guard: ConnectionGuard | None = None) -> CollectorRegistry:
-    """A private registry holding only the engine's collector."""
+    """A private registry: the engine's collector, the build's, and the process' own (memory, CPU,
+    open files: ``process_*``; the interpreter: ``python_info``, ``python_gc_*``), which
+    prometheus-client registers only on its global registry unless asked."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(EngineCollector(engine, hub, guard))
+    registry.register(BuildCollector())
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
     return registry
 
 

@@ -60,6 +60,7 @@ def build_app(
     add_metrics_route(app, engine, hub, guard)
     add_docs_routes(app)
     add_page_routes(app)
+    add_probe_routes(app, engine)
     if hub is not None:
         from deltafeed.api.ws import add_ws_routes  # the fan-out's endpoints
 
@@ -70,6 +71,30 @@ def build_app(
 
         app.on_startup.append(attach)
     return app
+
+
+def add_probe_routes(app: web.Application, engine: EngineView) -> None:
+    """``GET /livez`` and ``GET /readyz``, for supervisors (Docker's HEALTHCHECK, Kubernetes' probes).
+
+    ``/livez`` answers 200 whenever the process can answer at all: a supervisor restarts the
+    process when it does not (a blocked event loop). ``/readyz`` answers 200 once history is
+    bootstrapped, every venue is connected and the cold store takes writes, else 503 with the
+    reasons: a load balancer sends clients elsewhere meanwhile; nothing needs restarting.
+    ``/health`` (the broader check, quiet instruments included) stays as it was. Like every path,
+    they need the token when one is configured (a probe sends it like any client).
+    """
+
+    async def livez(request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        reasons = engine.readiness()
+        if reasons:
+            return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
+        return web.json_response({"status": "ready"})
+
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
 
 
 class GuardedSite(web.BaseSite):

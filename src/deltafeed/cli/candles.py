@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from deltafeed.cli import Subcommands, _parse_time
+from deltafeed.extras import require
 from deltafeed.fmt import write_candles
 from deltafeed.model import PRICE_SIDES, BadInput, Candle, Switch, canonical_series, parse_timeframes, timeframe
 from deltafeed.names import UnknownName, resolve
@@ -40,7 +42,9 @@ def command(args: argparse.Namespace) -> int:
     from deltafeed.store.base import ColdTier, StoreError
     from deltafeed.store.open import open_cold
     from deltafeed.store.reader import read_candles
-    from deltafeed.store.redis_hot import RedisHot
+
+    if TYPE_CHECKING:
+        from deltafeed.store.redis_hot import RedisHot
 
     asked = args.instrument if args.price is None else f"{args.instrument}@{args.price}"
     if ":" in asked:
@@ -87,7 +91,8 @@ def command(args: argparse.Namespace) -> int:
         try:
             inst = await series_of(cold)
             if hot_url is not None:
-                hot = RedisHot(hot_url, prefix=args.hot_prefix)
+                redis_hot = require("deltafeed.store.redis_hot", "redis", "--hot (reading the Redis hot tier)")
+                hot = redis_hot.RedisHot(hot_url, prefix=args.hot_prefix)
                 await hot.open(warn=False)
             rows = await rows_of(inst, hot, cold)
             switches = await cold.switches(inst, rows[0].open_time, grid.next(rows[-1].open_time) - 1) if rows else []

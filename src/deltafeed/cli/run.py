@@ -9,13 +9,16 @@ import os
 
 from deltafeed import config
 from deltafeed.cli import Subcommands, _asyncio_run
-from deltafeed.model import BadInput
+from deltafeed.model import BadInput, Unavailable
 
 log = logging.getLogger("deltafeed")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML file with settings; flags override it")
+    p.add_argument(
+        "--config",
+        help="TOML file with settings (or DELTAFEED_CONFIG); DELTAFEED_* variables override it, flags override both",
+    )
     p.add_argument("--venue", help="default venue of the symbols: binance or oanda (symbols may say VENUE:SYMBOL)")
     p.add_argument("--symbols", help="comma list, e.g. BTCUSDT,ETHUSDT (or binance:BTCUSDT)")
     p.add_argument(
@@ -62,16 +65,16 @@ def add_parser(sub: Subcommands) -> None:
 
 def command(args: argparse.Namespace) -> int:
     settings = config.load(
-        args.config,
+        args.config or os.environ.get("DELTAFEED_CONFIG") or None,
         {
             "venue": args.venue,
             "symbols": args.symbols.split(",") if args.symbols is not None else None,
             "timeframes": args.timeframes.split(",") if args.timeframes else None,
             "history": args.history,
             "week_start": args.week_start,
-            "db": args.db or os.environ.get("DELTAFEED_DB"),
+            "db": args.db,
             "db_schema": args.db_schema,
-            "hot": args.hot or os.environ.get("DELTAFEED_HOT"),
+            "hot": args.hot,
             "spool": args.spool,
             "rollup_from": args.rollup_from,
             "rest_url": args.rest_url,
@@ -98,7 +101,7 @@ def command(args: argparse.Namespace) -> int:
 
     async def body(stop: asyncio.Event) -> int:
         from deltafeed.engine import Engine
-        from deltafeed.store.base import StoreError
+        from deltafeed.store.base import StoreError, StoreUnavailable
 
         try:
             engine = Engine(settings)  # opens the spool
@@ -157,6 +160,8 @@ def command(args: argparse.Namespace) -> int:
                 return code
             try:
                 starting.result()
+            except StoreUnavailable as exc:  # exit 69: a supervisor retries
+                raise Unavailable(f"cannot start: {exc}") from None
             except StoreError as exc:
                 raise BadInput(f"cannot start: {exc}") from None
         except BaseException:

@@ -22,6 +22,40 @@ def add_parser(sub: Subcommands) -> None:
     )
     stat.add_argument("--api-token", help="token, if the API needs one (or DELTAFEED_API_TOKEN)")
     stat.add_argument("--format", choices=("table", "json"), default="table")
+    stat.add_argument(
+        "--probe",
+        choices=("live", "ready"),
+        help="only ask GET /livez or /readyz: exit 0 when it answers 200, else 1 with the reasons"
+        " (a container's HEALTHCHECK, a script waiting for start-up)",
+    )
+
+
+def probe(base: str, which: str, headers: dict[str, str]) -> int:
+    """``GET /livez`` or ``/readyz``: 0 and one line on stdout when it answers 200, else 1 and one
+    line on stderr saying why. Never 2: Docker reserves it in a HEALTHCHECK, where anything but 0
+    or 1 is an error of the check itself."""
+    import aiohttp
+
+    url = f"{base}/{which}z"
+
+    async def fetch() -> tuple[int, dict[str, Any]]:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5), headers=headers) as http,
+            http.get(url) as resp,
+        ):
+            return resp.status, await resp.json(content_type=None)
+
+    try:
+        status, body = asyncio.run(fetch())
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+        print(f"deltafeed status: cannot reach {url} ({exc or type(exc).__name__})", file=sys.stderr)
+        return 1
+    if status == 200:
+        print(f"{url}: {body.get('status', 'ok')}")
+        return 0
+    why = "; ".join(body.get("reasons", [])) or body.get("error") or f"HTTP {status}"
+    print(f"deltafeed status: {url} answered {status}: {why}", file=sys.stderr)
+    return 1
 
 
 def command(args: argparse.Namespace) -> int:
@@ -30,6 +64,8 @@ def command(args: argparse.Namespace) -> int:
     token = api_token(args.api_token)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     base = args.api.rstrip("/")
+    if args.probe is not None:
+        return probe(base, args.probe, headers)
 
     async def fetch() -> tuple[dict[str, Any], dict[str, Any]]:
         timeout = aiohttp.ClientTimeout(total=5)

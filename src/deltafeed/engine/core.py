@@ -9,7 +9,7 @@ import contextlib
 import logging
 import os
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -26,14 +26,15 @@ from deltafeed.engine.failover import FailoverPair, Failovers
 from deltafeed.engine.history import source
 from deltafeed.engine.publish import Publisher
 from deltafeed.engine.status import EngineStatus, SwitchDoc
-from deltafeed.model import BadInput, Candle, Switch, series_key, timeframe
+from deltafeed.extras import require
+from deltafeed.model import BadInput, Candle, Switch, Unavailable, series_key, timeframe
+from deltafeed.net.http import VenueUnreachable
 from deltafeed.series import Series
 from deltafeed.stats import EngineMetrics
 from deltafeed.store.base import ColdTier, StoreError, Unopened, redact
 from deltafeed.store.hot import HotStore
 from deltafeed.store.open import open_cold
 from deltafeed.store.reader import MemoryHot, read_candles
-from deltafeed.store.redis_hot import RedisHot
 from deltafeed.store.retention import parse_retention
 from deltafeed.store.spool import Spool
 from deltafeed.store.ticks import TickPage, TickRecorder, parse_tick_retention, tick_tier
@@ -41,6 +42,9 @@ from deltafeed.store.writer import BatchWriter
 from deltafeed.venues import registry
 from deltafeed.venues.base import Feed
 from deltafeed.venues.registry import make_feed
+
+if TYPE_CHECKING:
+    from deltafeed.store.redis_hot import RedisHot
 
 log = logging.getLogger("deltafeed.engine")
 
@@ -89,7 +93,8 @@ class Engine:
         self.tick_retention_ms = parse_tick_retention(settings.tick_retention)
         self.redis: RedisHot | None = None
         if settings.hot:
-            self.redis = RedisHot(
+            redis_hot = require("deltafeed.store.redis_hot", "redis", "--hot (the Redis hot tier)")
+            self.redis = redis_hot.RedisHot(
                 settings.hot,
                 capacity=settings.hot_capacity,
                 retention=self.retention,
@@ -133,6 +138,8 @@ class Engine:
                 source(inst.venue, tf)  # BadInput when the venue's history cannot make it at all
         self.failover = Failovers(self)
         self._tasks: list[asyncio.Task[None]] = []
+        #: Monotonic time start() finished (history bootstrapped, streams started); None before.
+        self.streaming_since: float | None = None
 
     def now_ms(self) -> int:
         """The latest of the venues' clocks (retention and latency figures)."""
@@ -182,9 +189,17 @@ class Engine:
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Check the venues and the symbols, bootstrap and audit history, then start streaming."""
+        """Check the venues and the symbols, bootstrap and audit history, then start streaming.
+
+        A venue that cannot be reached is :class:`Unavailable` (retry later), unlike a venue that
+        refuses a symbol (:class:`BadInput`: fix the settings)."""
         for feed in self.feeds.values():
-            await feed.check()
+            try:
+                await feed.check()
+            except BadInput as exc:
+                if not isinstance(exc, Unavailable) and _unreachable(exc):
+                    raise Unavailable(str(exc)) from None
+                raise
         self.cold = await open_cold(self.settings.db, self.retention, schema=self.settings.db_schema)
         self.writer.cold = self.cold
         if self.redis is not None:
@@ -226,6 +241,7 @@ class Engine:
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
         if self.settings.status_file:
             self._tasks.append(asyncio.create_task(self._status_file_loop(), name="status-file"))
+        self.streaming_since = self.clock.monotonic()
 
     async def _start_ticks(self) -> None:
         """Record every series' ticks when ``ticks`` is on and the cold tier keeps them."""
@@ -495,6 +511,10 @@ class Engine:
         """Reasons the collector is not healthy; empty when it is."""
         return status_view.health(self)
 
+    def readiness(self) -> list[str]:
+        """Reasons the collector is not ready to serve (see :func:`status.readiness`); empty when it is."""
+        return status_view.readiness(self)
+
     def report(self) -> EngineStatus:
         """A snapshot of counters for the terminal view, the API, the metrics and the status file."""
         return status_view.engine_status(self)
@@ -515,3 +535,17 @@ def _derivable(base: str, tf: str) -> bool:
     """Whether ``tf`` is rolled up from ``base``: longer, the base divides it, and not too many parts."""
     b, t = timeframe(base), timeframe(tf)
     return t.ms > b.ms and not b.monthly and b.divides(t) and t.ms // b.ms <= MAX_ROLLUP_PARTS
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether a venue's check failed because the venue could not be reached: the feeds turn
+    :class:`VenueUnreachable` (or a socket error) into a :class:`BadInput` naming the fix, raised
+    while handling it, so it is the error's context."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a short chain; never a cycle
+        seen = seen.__cause__ or seen.__context__ if seen is not None else None
+        if seen is None:
+            return False
+        if isinstance(seen, VenueUnreachable | ConnectionError | TimeoutError):
+            return True
+    return False

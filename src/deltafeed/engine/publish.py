@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("deltafeed.engine")
 
 PROVISIONAL_MAX = 50_000  # provisional candles remembered per series and timeframe (the store keeps all)
+LIVE_PENDING_MAX = 100_000  # live candles closed and not yet stored, timed for the latency figures
 
 
 class Publisher:
@@ -29,14 +30,33 @@ class Publisher:
         self.engine = engine
         #: Candle updates the store's backlog had no room for (memory's bound was reached).
         self.store_dropped = 0
+        #: Live candles closed and not yet stored: (series, timeframe, open time) -> (monotonic
+        #: time closed, seconds from the candle's end to its close). Only the stream's closes are
+        #: here, so the latency figures leave history from REST out.
+        self._live: dict[tuple[str, str, int], tuple[float, float]] = {}
 
     def closed_sink(self, key: str) -> ClosedSink:
         """What the builders of series ``key`` call with each candle they close."""
 
-        def closed(timeframe: str, candle: Candle) -> None:
-            self.final(key, timeframe, candle)
+        def closed(tf: str, candle: Candle) -> None:
+            self._closed_live(key, tf, candle)
+            self.final(key, tf, candle)
 
         return closed
+
+    def _closed_live(self, key: str, tf: str, candle: Candle) -> None:
+        """Time a candle the stream closed: how long after its end (venue clock, in the venue's
+        seconds scaled to wall time when a replica's clock runs fast), and when, for its store."""
+        e = self.engine
+        if e.streaming_since is None:
+            return  # the bootstrap seeding a rollup with history: not live
+        clock = e.states[key].feed.clock
+        late_s = max(0.0, (clock.now_ms() - timeframe(tf).next(candle.open_time)) / 1000 / clock.rate)
+        e.metrics.candle_close.observe(late_s)
+        live = self._live
+        if len(live) >= LIVE_PENDING_MAX:
+            del live[next(iter(live))]  # the store is far behind: forget the oldest timing
+        live[(key, tf, candle.open_time)] = (e.clock.monotonic(), late_s)
 
     def trade(self, st: Series, trade: Trade) -> None:
         """A trade of a series some consumer wants (the feeds call this)."""
@@ -153,11 +173,18 @@ class Publisher:
                 hub.price(key, st.last_trade_ms, first[0][1].close)
 
     def written(self, rows: Sequence[tuple[str, str, Candle]], seconds: float) -> None:
-        """The writer stored a batch: record how long it took, and how long after its end each
-        final candle reached the store (by the venue's clock)."""
+        """The writer stored a batch: record how long it took, and for each live candle closed by
+        the stream, how long it took from its close to the store and from its end to the store."""
         e = self.engine
         e.metrics.store_write.observe(seconds)
-        now = e.now_ms()
-        for _, tf, c in rows:
-            if c.closed:
-                e.metrics.candle_latency.observe(max(0.0, (now - timeframe(tf).next(c.open_time)) / 1000))
+        live = self._live
+        if not live:
+            return
+        mono = e.clock.monotonic()
+        for key, tf, c in rows:
+            timing = live.pop((key, tf, c.open_time), None) if c.closed else None
+            if timing is not None:
+                closed_at, late_s = timing
+                store_s = max(0.0, mono - closed_at)
+                e.metrics.candle_store.observe(store_s)
+                e.metrics.candle_latency.observe(late_s + store_s)

@@ -28,6 +28,7 @@ __all__ = [
     "SwitchDoc",
     "engine_status",
     "health",
+    "readiness",
     "switch_doc",
 ]
 
@@ -280,4 +281,23 @@ def health(e: Engine) -> list[str]:
         silent = mono - (st.last_message or e.started)
         if st.active and silent > limit and st.calendar.is_open(now):
             reasons.append(f"{key} stale: no data for {silent:.0f} s while its market is open")
+    return reasons
+
+
+def readiness(e: Engine) -> list[str]:
+    """Reasons the collector ``e`` is not ready (``GET /readyz`` answers 503 with them): history
+    not bootstrapped yet, a venue not connected, or the cold store not taking writes. Narrower than
+    :func:`health`: a quiet instrument or a full backlog makes the collector unhealthy, yet what it
+    serves is still worth serving."""
+    reasons: list[str] = []
+    if e.streaming_since is None:
+        waiting = e.bootstrap.waiting_for
+        reasons.append(
+            "starting: bootstrapping history"
+            + (f" (waiting for the cold store {e.cold.name} to {waiting})" if waiting is not None else "")
+        )
+    else:
+        reasons += [f"{venue} disconnected" for venue, feed in e.feeds.items() if not feed.connected()]
+    if e.writer.store_error is not None:
+        reasons.append(f"cold store {e.cold.name} not writable: {e.writer.store_error}")
     return reasons

@@ -52,6 +52,10 @@ class EngineView(Protocol):
         """Reasons the collector is not healthy; empty when it is."""
         ...
 
+    def readiness(self) -> list[str]:
+        """Reasons the collector is not ready to serve (bootstrapping, a venue down, the store failing)."""
+        ...
+
     def report(self) -> EngineStatus:
         """The status now (see :mod:`deltafeed.engine.status`)."""
         ...

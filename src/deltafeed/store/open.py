@@ -180,9 +180,11 @@ async def _open_duckdb(
 async def _open_postgres(
     target: str, retention: dict[str, int | None] | None, *, read_only: bool, schema: str
 ) -> ColdTier:
-    from deltafeed.store.postgres import PostgresStore
+    from deltafeed.extras import require
 
-    return await PostgresStore.open(target, retention, schema=schema)
+    postgres = require("deltafeed.store.postgres", "postgres", "--db postgresql://... (the PostgreSQL cold tier)")
+    store: ColdTier = await postgres.PostgresStore.open(target, retention, schema=schema)
+    return store
 
 
 register_scheme(("postgresql://", "postgres://"), _open_postgres)

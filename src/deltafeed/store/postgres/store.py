@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 import asyncpg  # type: ignore[import-untyped]
 from msgspec.structs import astuple
 
-from deltafeed.model import TIMEFRAMES, BadInput, Candle, Switch, Timeframe
+from deltafeed.model import TIMEFRAMES, BadInput, Candle, Switch, Timeframe, Unavailable
 from deltafeed.store.base import Row, StoreError, StoreUnavailable, gaps_from_rows, grid_of, redact
 from deltafeed.store.postgres.copy import CopyReader, sql_literal
 from deltafeed.store.postgres.schema import (
@@ -120,6 +120,8 @@ def _why_unreachable(e: BaseException, timeout_s: float, secrets: Iterable[str] 
 
 
 def _open_error(e: BaseException, target: str, url: str, timeout_s: float) -> BadInput:
+    # A server down or starting is Unavailable (exit 69, retried by a supervisor); the rest are
+    # mistakes to fix (exit 2).
     """One line naming why ``open`` failed and what to do about it (never the password)."""
     secrets = _secrets(url)
     msg = _first_line(e, secrets)
@@ -134,7 +136,7 @@ def _open_error(e: BaseException, target: str, url: str, timeout_s: float) -> Ba
             " as the owner of the deltafeed schema"
         )
     if isinstance(e, asyncpg.CannotConnectNowError):
-        return BadInput(f"PostgreSQL at {target} is starting up or shutting down ({msg}); retry in a moment")
+        return Unavailable(f"PostgreSQL at {target} is starting up or shutting down ({msg}); retry in a moment")
     if isinstance(e, asyncpg.TooManyConnectionsError):
         return BadInput(f"PostgreSQL at {target}: {msg}; raise max_connections or stop idle clients")
     if isinstance(e, ValueError):  # asyncpg's ClientConfigurationError, or an unparseable URL
@@ -145,7 +147,7 @@ def _open_error(e: BaseException, target: str, url: str, timeout_s: float) -> Ba
     if isinstance(e, socket.gaierror):
         return BadInput(f"cannot reach PostgreSQL at {target}: unknown host; fix the host in --db")
     if isinstance(e, _UNAVAILABLE):
-        return BadInput(
+        return Unavailable(
             f"cannot reach PostgreSQL at {target}: {_why_unreachable(e, timeout_s, secrets)};"
             " start the server or fix --db"
         )
