@@ -17,7 +17,7 @@ def require(module: str, extra: str, what: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        missing = exc.name or module
+        missing = (exc.name or module).partition(".")[0]  # the package to install: redis, not redis.asyncio
         raise BadInput(
             f"{what} needs {missing}, which is not installed; install the {extra} extra:"
             f" pip install 'deltafeed[{extra}]'"

@@ -155,6 +155,20 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         "get",
+        "/livez",
+        "Liveness: the process answers (a supervisor restarts it when it does not)",
+        {200: Reply("Alive", schema.Liveness), **_READ},
+        tag="operations",
+    ),
+    Endpoint(
+        "get",
+        "/readyz",
+        "Readiness: history bootstrapped, every venue connected, the cold store writable",
+        {200: Reply("Ready", schema.Readiness), 503: Reply("Not ready, with the reasons", schema.Readiness), **_READ},
+        tag="operations",
+    ),
+    Endpoint(
+        "get",
         "/streaming/status",
         "Counters of the collector",
         {200: Reply("Status", EngineStatus), **_READ},

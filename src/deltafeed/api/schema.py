@@ -45,6 +45,20 @@ class Health(msgspec.Struct, omit_defaults=True):
     reasons: list[str] = msgspec.field(default_factory=list)
 
 
+class Liveness(msgspec.Struct):
+    """``alive`` (200): the process answers (``GET /livez``)."""
+
+    status: Literal["alive"] = "alive"
+
+
+class Readiness(msgspec.Struct, omit_defaults=True):
+    """``ready`` (200), or ``not ready`` (503) with the reasons: bootstrapping, a venue disconnected,
+    the cold store not writable (``GET /readyz``)."""
+
+    status: Literal["ready", "not ready"]
+    reasons: list[str] = msgspec.field(default_factory=list)
+
+
 class SpanningCandle(msgspec.Struct):
     """A candle that spans a failover switch of a logical instrument: it holds the old source's last
     data; from it on the series comes from the new source."""

@@ -19,6 +19,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+import msgspec
 from aiohttp import web
 
 from deltafeed.api.auth import RedactingAccessLogger, check_bind, check_token, token_middleware
@@ -84,14 +85,17 @@ def add_probe_routes(app: web.Application, engine: EngineView) -> None:
     they need the token when one is configured (a probe sends it like any client).
     """
 
+    from deltafeed.api.schema import Liveness, Readiness
+
     async def livez(request: web.Request) -> web.Response:
-        return web.json_response({"status": "alive"})
+        return web.Response(body=msgspec.json.encode(Liveness()), content_type="application/json")
 
     async def readyz(request: web.Request) -> web.Response:
         reasons = engine.readiness()
-        if reasons:
-            return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
-        return web.json_response({"status": "ready"})
+        doc = Readiness("not ready", reasons) if reasons else Readiness("ready")
+        return web.Response(
+            body=msgspec.json.encode(doc), status=503 if reasons else 200, content_type="application/json"
+        )
 
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
