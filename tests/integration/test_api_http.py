@@ -443,6 +443,8 @@ async def test_documented_bodies_are_what_is_served(served: Served) -> None:
     a response without its type, or a type changed without the handler, fails here)."""
     samples = {
         "/health": "/health",
+        "/livez": "/livez",
+        "/readyz": "/readyz",
         "/streaming/status": "/streaming/status",
         "/instruments": "/instruments",
         "/candles/{instrument}/{timeframe}": f"/candles/{BTC}/1m?limit=50",
