@@ -302,3 +302,34 @@ def test_rollups_take_what_the_base_divides_and_leave_the_rest_to_the_trades(tmp
     # not, and 1s is shorter than the base: those come from the trades.
     assert st.rollup.timeframes == ["45s", "1m", "3m", "1d", "1w"]
     assert st.builder.timeframes == ["1s", "15s", "1M"]
+
+
+@pytest.mark.parametrize(("start", "weeks"), [("mon 00:00", 4), ("sun 21:00", 3)])
+def test_fx_weeks_hold_one_trading_week_from_the_weekly_open(week_start: None, start: str, weeks: int) -> None:
+    """Three FX trading weeks (Sunday 17:00 to Friday 17:00 New York), one trade an hour while the
+    market is open: with weeks from Monday 00:00 UTC each Sunday evening's trades fall into the week
+    before (four candles, the first and last made of Sunday evenings); from the weekly open, three
+    candles, one per trading week, and nothing is made over a weekend."""
+    from deltafeed.candles.calendar import calendar_for
+
+    set_week_start(start)
+    fx = calendar_for("fx")
+    trades, tid, t = [], 1, ms(2026, 6, 7, 21)  # Sunday 17:00 EDT: the market opens
+    while t < ms(2026, 6, 26, 21):  # Friday 17:00 EDT, three weeks on
+        if fx.is_open(t):
+            trades.append(Trade("EUR_USD", tid, t, 1.1 + tid * 1e-5, 1.0, False))
+            tid += 1
+        t += 3_600_000
+    out: list[Candle] = []
+    b = CandleBuilder(["1w"], lambda tf, c: out.append(c), lambda *a: None, calendar=fx)
+    for tr in trades:
+        b.on_trade(tr)
+    b.advance(ms(2026, 6, 29))
+    got = [*out, *([b.open_candle("1w")] if b.open_candle("1w") else [])]
+    assert len(got) == weeks and sum(c.trades for c in got) == len(trades) == 3 * 120
+    assert all(c.volume == c.trades for c in got) and all(c.trades for c in got)  # no flat weekend candle
+    if start == "sun 21:00":
+        assert [c.open_time for c in got] == [ms(2026, 6, 7, 21), ms(2026, 6, 14, 21), ms(2026, 6, 21, 21)]
+        assert [c.trades for c in got] == [120, 120, 120]
+    else:
+        assert [c.trades for c in got] == [3, 120, 120, 117]  # Sunday 21:00-24:00 UTC goes to the week before
