@@ -217,5 +217,7 @@ async def test_realtime_market_data_helper(served: Served) -> None:
         assert md.get_current_price() is not None and md.instrument == "binance:ETHUSDT"
         history = await md.get_candle_history("1m", 5)
         assert len(history) == 5 and {tf for tf, _ in updates} <= {"1m", "5m"}
-        frame = await md.to_dataframe("1m", 5)
-        assert list(frame["open"]) == [c.open for c in history]
+        assert [c.open_time for c in history] == [history[0].open_time + i * MINUTE for i in range(5)]
+        frame = await md.to_dataframe("1m", 5)  # a fresh read: the market has moved on meanwhile
+        assert len(frame) == 5 and list(frame.columns[:5]) == ["open", "high", "low", "close", "volume"]
+        assert frame.index.is_monotonic_increasing and frame.index[0].value // 1_000_000 >= history[0].open_time
