@@ -409,7 +409,9 @@ class _Routes:
                 " sources); switches exist only for those under [failover]",
             )
         found = await self.engine.switches(instrument)
-        return _json(schema.Switches(instrument, [self.engine.switch_doc(w) for w in found]))
+        docs = [self.engine.switch_doc(w) for w in found]
+        switches = [schema.SwitchInfo(d.since_ms, d.at_ms, d.source_from, d.source_to, d.spanning) for d in docs]
+        return _json(schema.Switches(instrument, switches))
 
 
 def candles_csv(rows: list[Candle]) -> str:

@@ -22,7 +22,7 @@ import inspect
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 import msgspec
 import msgspec.inspect
@@ -32,8 +32,10 @@ from msgspec import Meta
 from deltafeed.api import schema
 from deltafeed.api.http import FORMING_HEADER, MAX_BODY_BYTES, MAX_CANDLES, PARQUET, SWITCH_HEADER
 from deltafeed.api.protocol import ServerMessage
-from deltafeed.engine.status import EngineStatus
 from deltafeed.model import PRICE_SIDES, TIMEFRAME_PATTERN
+
+if TYPE_CHECKING:
+    from deltafeed.engine.view import EngineView
 
 _JSON = "application/json"
 _HTML = "text/html"
@@ -82,6 +84,12 @@ Format = Annotated[
 ]
 Instruments = Annotated[str, Meta(description="Instrument names separated by commas", examples=["binance:BTCUSDT"])]
 AssetName = Annotated[str, Meta(examples=["page.js"])]
+
+
+class EngineStatusType:
+    """Stands for the engine's status struct (``deltafeed.engine.status.EngineStatus``) in
+    :data:`ENDPOINTS`: the API may not import the engine (the engine imports the API's protocol), so
+    :func:`openapi_spec` is given the type, taken from the running engine's ``report()``."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +179,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "get",
         "/streaming/status",
         "Counters of the collector",
-        {200: Reply("Status", EngineStatus), **_READ},
+        {200: Reply("Status", EngineStatusType), **_READ},
         description="Per instrument (instruments), per venue (venues), the store's and the REST client's counters.",
         tag="operations",
     ),
@@ -366,13 +374,14 @@ _DESCRIPTION = (
 
 
 @functools.cache
-def openapi_spec() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of :data:`ENDPOINTS` (built once; treat it as read-only)."""
+def openapi_spec(status_type: type[msgspec.Struct]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of :data:`ENDPOINTS`, ``status_type`` the engine's status struct
+    (built once per type; treat it as read-only)."""
     # Every type the document names, parameters included: one call derives them all, sharing components.
     types: list[Any] = []
     for ep in ENDPOINTS:
         types += [p.type for p in ep.params]
-        types += [r.body for r in ep.replies.values() if r.body is not None]
+        types += [status_type if r.body is EngineStatusType else r.body for r in ep.replies.values() if r.body]
         if ep.body is not None:
             types.append(ep.body)
     schemas, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
@@ -502,17 +511,17 @@ With a token configured, the handshake carries it as <code>Authorization: Bearer
 # --- routes -------------------------------------------------------------------------------------
 
 
-async def _openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_spec(), dumps=lambda d: msgspec.json.encode(d).decode())
-
-
 async def _websocket(request: web.Request) -> web.Response:
     return web.Response(text=websocket_html(), content_type=_HTML)
 
 
-def add_docs_routes(app: web.Application) -> None:
+def add_docs_routes(app: web.Application, engine: EngineView) -> None:
     """``/openapi.json``, ``/docs`` (Swagger UI, from :mod:`deltafeed.api.page`'s assets) and ``/docs/websocket``."""
     from deltafeed.api.page import asset_page
+
+    async def _openapi(request: web.Request) -> web.Response:
+        spec = openapi_spec(type(engine.report()))
+        return web.Response(body=msgspec.json.encode(spec), content_type=_JSON)
 
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/docs", asset_page("docs.html"))

@@ -13,8 +13,6 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from deltafeed.engine.status import SwitchDoc
-
 StateName = Literal["forming", "provisional", "final"]
 State = Annotated[
     StateName,
@@ -142,12 +140,24 @@ class Streaming(msgspec.Struct):
     streaming: list[str]
 
 
+class SwitchInfo(msgspec.Struct):
+    """A failover switch of a logical instrument (the engine's ``SwitchDoc`` as the API sends it)."""
+
+    since_ms: Annotated[int, Meta(description="The old source's last data (ms)")]
+    at_ms: Annotated[int, Meta(description="When the switch was made (ms)")]
+    source_from: Annotated[str, Meta(examples=["oanda:EUR_USD"])] = msgspec.field(name="from")
+    source_to: Annotated[str, Meta(examples=["ig:CS.D.EURUSD.CFD.IP"])] = msgspec.field(name="to")
+    spanning: Annotated[dict[str, int], Meta(description="timeframe -> open time of its spanning candle")] = (
+        msgspec.field(default_factory=dict)
+    )
+
+
 class Switches(msgspec.Struct):
     """Failover switches of a logical instrument, oldest first: the source left and the one continued
     from, the old source's last data (since_ms), and per timeframe the candle spanning the switch."""
 
     instrument: str
-    switches: list[SwitchDoc]
+    switches: list[SwitchInfo]
 
 
 class MissingTicks(msgspec.Struct):

@@ -59,7 +59,7 @@ def build_app(
     app[GUARD] = guard
     add_http_routes(app, engine, body_timeout_s=guard.limits.header_timeout_s)
     add_metrics_route(app, engine, hub, guard)
-    add_docs_routes(app)
+    add_docs_routes(app, engine)
     add_page_routes(app)
     add_probe_routes(app, engine)
     if hub is not None:
