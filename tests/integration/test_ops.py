@@ -220,6 +220,9 @@ async def test_metrics_have_the_process_the_build_and_live_only_latency(running:
     m = engine.metrics
     # Every live candle stored was closed first; the latency of each is its two stages together.
     assert m.candle_store.count == m.candle_latency.count <= m.candle_close.count
+    # Each live candle is timed once, at its first close (not again when vouched final or corrected):
+    # every one closed is stored or still on its way.
+    assert m.candle_close.count == m.candle_store.count + len(engine.publisher._live)
     assert m.candle_store.sum <= m.candle_latency.sum <= m.candle_store.sum + m.candle_close.sum + 1e-9
 
 

@@ -61,7 +61,13 @@ def probe(base: str, which: str, headers: dict[str, str]) -> int:
 def command(args: argparse.Namespace) -> int:
     import aiohttp
 
-    token = api_token(args.api_token)
+    try:
+        token = api_token(args.api_token)
+    except BadInput as exc:
+        if args.probe is None:
+            raise
+        print(f"deltafeed status: {exc}", file=sys.stderr)
+        return 1  # a probe answers 0 or 1 only
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     base = args.api.rstrip("/")
     if args.probe is not None:

@@ -34,6 +34,9 @@ class Publisher:
         #: time closed, seconds from the candle's end to its close). Only the stream's closes are
         #: here, so the latency figures leave history from REST out.
         self._live: dict[tuple[str, str, int], tuple[float, float]] = {}
+        #: The latest open time the stream closed per (series, timeframe): a candle closed again
+        #: (vouched final after a provisional close, corrected) is timed at its first close only.
+        self._last_closed: dict[tuple[str, str], int] = {}
 
     def closed_sink(self, key: str) -> ClosedSink:
         """What the builders of series ``key`` call with each candle they close."""
@@ -50,6 +53,10 @@ class Publisher:
         e = self.engine
         if e.streaming_since is None:
             return  # the bootstrap seeding a rollup with history: not live
+        last = self._last_closed.get((key, tf))
+        if last is not None and candle.open_time <= last:
+            return  # closed before: its first close was timed
+        self._last_closed[(key, tf)] = candle.open_time
         clock = e.states[key].feed.clock
         late_s = max(0.0, (clock.now_ms() - timeframe(tf).next(candle.open_time)) / 1000 / clock.rate)
         e.metrics.candle_close.observe(late_s)
