@@ -439,6 +439,11 @@ class Venue:
         the contract suite; a live venue and a tick-history source have at least one."""
         return []
 
+    def catalog(self) -> list[str] | None:
+        """Lines ``deltafeed venues NAME`` prints about what the venue offers (a bridge venue's
+        exchanges), or None when it has nothing to list beyond its description."""
+        return None
+
     def tick_source(self) -> TickSource | None:
         """Where ``deltafeed backfill --source NAME`` reads this venue's tick history, or None."""
         return None
