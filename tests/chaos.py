@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from deltafeed.candles.calendar import AlwaysOpen, Calendar, FxCalendar, calendar_for
-from deltafeed.model import TIMEFRAMES, Candle, series_key
+from deltafeed.model import TIMEFRAMES, Candle, Instrument, series_key
 from deltafeed.replicas.faults import KINDS
 from deltafeed.replicas.options import ReplicaOptions
 from deltafeed.replicas.server import ReplicaBase
@@ -94,6 +94,19 @@ class ChaosVenue:
     #: Whether quote candles' volume and count are compared: False where the venue's history has
     #: none (IB's MIDPOINT and BID bars), so a candle reconciled with it holds none either.
     quote_volume: bool = True
+    #: The venue the engine collects from, when it is not ``name`` (a bridge: ccxt's profiles).
+    venue: str = ""
+    #: The instrument the engine collects for a tape symbol, when it is not ``VENUE:SYMBOL``.
+    instrument: Callable[[str], str] | None = None
+
+    @property
+    def engine_venue(self) -> str:
+        return self.venue or self.name
+
+    def instrument_of(self, symbol: str) -> str:
+        """The series name (``str(Instrument)``) the engine stores ``symbol``'s candles under."""
+        name = self.instrument(symbol) if self.instrument is not None else f"{self.engine_venue}:{symbol}"
+        return str(Instrument.parse(name))
 
 
 PROFILES: dict[str, ChaosVenue] = {}
@@ -383,7 +396,8 @@ def candle_fields(venue: str, c: Candle | RefCandle, key: str = "") -> tuple[flo
     ):
         return (c.open, c.high, c.low, c.close)
     ohlcv = (c.open, c.high, c.low, c.close, round(c.volume, 8))
-    return (*ohlcv, c.trades) if registry.get(venue).history_trades else ohlcv
+    name = PROFILES[venue].engine_venue if venue in PROFILES else venue
+    return (*ohlcv, c.trades) if registry.get(name).history_trades else ohlcv
 
 
 async def run_chaos(
@@ -453,7 +467,7 @@ async def run_chaos(
         lines = [
             *([] if any(v.startswith("venue =") for v in venue_lines) else [f'venue = "{venue}"']),
             *venue_lines,
-            f"symbols = {json.dumps(list(symbols))}",
+            f"symbols = {json.dumps([profile.instrument(s) for s in symbols] if profile.instrument else list(symbols))}",
             f"timeframes = {json.dumps(list(TIMEFRAMES_COMPARED))}",
             'history = "30m"',
             f'db = "{db}"',
@@ -541,7 +555,7 @@ def _references(venue: str, tape: Path) -> tuple[dict[tuple[str, str], tuple[lis
             rows = [r for r in trades if r.symbol == sym]
             cal = profile.calendar_of(sym) if profile.calendar_of else profile.calendar
             for tf in TIMEFRAMES_COMPARED:
-                out[(f"{venue}:{sym}", tf)] = (candles_from_tape(rows, TIMEFRAMES[tf]), cal)
+                out[(profile.instrument_of(sym), tf)] = (candles_from_tape(rows, TIMEFRAMES[tf]), cal)
         if not profile.quote_symbols:
             return out, len(trades)
         assert profile.quote_tape is not None, f"{venue}: quote_symbols need a quote_tape"
@@ -621,3 +635,40 @@ async def compare_window(result: ChaosResult, db: str, tape: Path, end_ms: int, 
                         )
     finally:
         await store.close()
+
+
+def ccxt_profile(exchange: str, unified: Callable[[str], str]) -> ChaosVenue:
+    """The chaos profile of the ``ccxt`` venue reading ``exchange``'s replica (registered as
+    ``ccxt_<exchange>``): the exchange's own profile (replica, symbols, faults), with the engine
+    collecting ``ccxt:<exchange>:<unified symbol>`` instruments pointed at the replica."""
+    base = PROFILES[exchange]
+
+    def config(r: ReplicaBase) -> list[str]:
+        from deltafeed.venues.ccxt import toml_inline
+
+        s = registry.get("ccxt").replica_settings(r)
+        table = ", ".join(f"{k} = {toml_inline(v)}" for k, v in s.items() if v)
+        return ['venue = "ccxt"', f"venues = {{ ccxt = {{ {table}, reconcile_every = 10, symbol_silence = 5 }} }}"]
+
+    return ChaosVenue(
+        name=f"ccxt_{exchange}",
+        symbols=base.symbols,
+        fault_kinds=base.fault_kinds,
+        make_replica=base.make_replica,
+        config_lines=config,
+        read_tape=base.read_tape,
+        venue="ccxt",
+        instrument=lambda sym: f"ccxt:{exchange}:{unified(sym)}",
+    )
+
+
+#: ccxt's unified symbol of each replica's symbols (base/quote, and Hyperliquid's perpetual's settle).
+CCXT_UNIFIED: dict[str, Callable[[str], str]] = {
+    "binance": lambda s: f"{s[:-4]}/{s[-4:]}",
+    "bybit": lambda s: f"{s[:-4]}/{s[-4:]}",
+    "coinbase": lambda s: s.replace("-", "/"),
+    "hyperliquid": lambda s: f"{s}/USDC:USDC",
+    "kraken": lambda s: s,
+}
+for _exchange, _unified in CCXT_UNIFIED.items():
+    register(ccxt_profile(_exchange, _unified))

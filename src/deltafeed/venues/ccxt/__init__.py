@@ -27,7 +27,9 @@ INSTALL_HINT = "pip install 'deltafeed[ccxt]'"
 #: The deltafeed venues whose replicas ccxt consumes with only its addresses (and a few options)
 #: changed, with what each exchange needs besides the addresses.
 REPLICA_EXCHANGES: dict[str, dict[str, Any]] = {
-    "binance": {"options": {"fetchMarkets": {"types": ["spot"]}}},
+    # ccxt appends a connection number to the address (``/ws/0``), which the replica takes only on
+    # its combined-stream path: the address is given whole.
+    "binance": {"options": {"fetchMarkets": {"types": ["spot"]}}, "ws_path": "/stream"},
     "bybit": {"options": {"fetchMarkets": {"types": ["spot", "linear"]}}},
     "coinbase": {"config": {"rateLimit": 150}},  # the replica enforces the venue's 10 public requests/s
     "hyperliquid": {},
@@ -48,7 +50,13 @@ class CcxtSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
     options: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)  # ccxt ``options``, deep-merged
     config: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)  # e.g. { kraken = { rateLimit = 2000 } }
     trades_limit: int = TRADES_LIMIT  # ccxt's trade cache per symbol (its default 1000 drops bursts)
-    watch: str = "auto"  # auto: watch_trades_for_symbols where the exchange has it; single: one watch per symbol
+    # single: one watch_trades loop per symbol (ccxt's advice against its multi-symbol caches; measured
+    # here, the batch form lost a symbol for good after a reconnect); batch: one
+    # watch_trades_for_symbols loop per exchange where it has the form.
+    watch: str = "single"
+    # Seconds one symbol may go without trades while others of its exchange trade before its
+    # subscription is presumed lost and the exchange's connections are renewed (a hole each).
+    symbol_silence: float = 120.0
     sequential_ids: list[str] = msgspec.field(default_factory=list)  # more exchanges with consecutive trade ids
     reconcile_every: float = 20.0  # seconds between reconciliations of provisional candles with fetch_ohlcv
 
@@ -141,6 +149,7 @@ class Ccxt(Venue):
         if extra is None:
             raise BadInput(f"ccxt reads replicas of {', '.join(sorted(REPLICA_EXCHANGES))}, not {exchange!r}")
         ws = getattr(replica, "ws_url", None) or replica.url.replace("http://", "ws://", 1)
+        ws += extra.get("ws_path", "")
         out: dict[str, Any] = {"urls": {exchange: {"rest": replica.url, "ws": ws}}, "options": {}, "config": {}}
         for key in ("options", "config"):
             if extra.get(key):

@@ -205,8 +205,8 @@ class Continuity:
 
         A repeated id is dropped. A trade older than the last one taken is dropped and its span
         becomes a hole (its candle may be closed already). With consecutive ids, one that skips ids
-        makes the span since the last trade a hole. A batch as long as ccxt's cache (``limit``)
-        may have been overwritten in part: a hole before it.
+        makes the span since the last trade a hole (and is taken: time order decides). A batch as
+        long as ccxt's cache (``limit``) may have been overwritten in part: a hole before it.
         """
         out: list[Trade] = []
         lo = hi = 0
@@ -227,12 +227,11 @@ class Continuity:
                 hole(t.time_ms, self.last_ms)
                 continue
             if self.sequential:
+                # Ids only reveal holes here, they never drop a trade: one outlier id (a poisoned
+                # frame) must not make every later trade look like a repeat.
                 n = _int(vid)
                 if n is not None:
                     if self.last_vid is not None and n != self.last_vid + 1:
-                        if n <= self.last_vid:  # an older id not remembered any more: a repeat
-                            self.duplicates += 1
-                            continue
                         self.id_gaps += 1
                         hole(self.last_ms or t.time_ms, t.time_ms)
                     self.last_vid = n

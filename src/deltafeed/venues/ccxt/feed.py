@@ -49,6 +49,7 @@ MAX_SKEW_MS = 15 * 60_000  # a trade time further than this from the venue's clo
 BACKOFF_S = (0.2, 5.0)  # first and longest wait before a failed watch is called again
 REST_TRIES = 5  # attempts of one fetch_ohlcv page before the engine is told it failed
 DEFAULT_PAGE = 500  # rows per fetch_ohlcv call when ccxt's features do not say
+CLOCK_READ_EVERY_S = 5.0  # at most this often, the venue's time is read again
 
 
 def import_ccxt_pro() -> Any:
@@ -110,7 +111,11 @@ class _Exchange:
         self.tasks: list[asyncio.Task[None]] = []
         self.clients: list[Any] = []  # the WebSocket clients seen: a new one is a reconnect
         self.live: dict[str, bool] = {}  # per watch loop: took a batch since its last failure
-        self.last_batch: dict[str, float] = {}  # per watch loop: monotonic time of its last batch
+        self.last_batch = 0.0  # monotonic time of the exchange's last batch (or of its start)
+        self.last_seen: dict[str, float] = {}  # per symbol: monotonic time it last took a new trade
+        self.restart: asyncio.Task[None] | None = None
+        self.clock_read_at = 0.0
+        self.aux: set[asyncio.Task[None]] = set()  # clock reads under way
 
 
 class CcxtFeed:
@@ -121,8 +126,8 @@ class CcxtFeed:
     sequenced = VENUE.sequenced
 
     def __init__(self, vs: CcxtSettings, *, stale_after_s: float, on_trade: TradeSink) -> None:
-        if vs.watch not in ("auto", "single"):
-            raise BadInput(f"[venues.ccxt] watch = {vs.watch!r}; use auto or single")
+        if vs.watch not in ("single", "batch"):
+            raise BadInput(f"[venues.ccxt] watch = {vs.watch!r}; use single or batch")
         if vs.trades_limit < 1000:
             raise BadInput("[venues.ccxt] trades_limit must be at least 1000 (ccxt's own default drops bursts)")
         if vs.reconcile_every <= 0:
@@ -134,6 +139,9 @@ class CcxtFeed:
         # A watch without a batch for this long is dropped and called again (a hole): ccxt's own
         # keep-alive takes minutes to notice a stalled connection.
         self.stale_s = max(3.0, 2 * stale_after_s)
+        # One symbol silent this long while others of its exchange trade: its subscription is
+        # presumed lost (measured against the Binance replica after reconnects) and renewed.
+        self.silence_s = max(self.stale_s, float(vs.symbol_silence))
         self.exchanges: dict[str, _Exchange] = {}
         self.states: list[Series] = []
         self.decode_errors: Counter[str] = Counter()
@@ -182,6 +190,19 @@ class CcxtFeed:
         config = {"enableRateLimit": True, **self.vs.config.get(ex_id, {}), "options": options}
         client = cls(config)
         client.urls = exchange_urls(ex_id, client.urls, self.vs.urls.get(ex_id))
+        # A frame ccxt's handler chokes on would end the connection's receive loop (its exception
+        # goes to the event loop's handler, the stream stalls): count it and go on with the next.
+        handle = client.handle_message
+
+        def guarded(ws_client: Any, message: Any) -> Any:
+            try:
+                return handle(ws_client, message)
+            except Exception as exc:
+                self.decode_errors["unhandled_frame"] += 1
+                self._skips.report(self.decode_errors, f"{type(exc).__name__}: {str(message)[:120]}")
+                return None
+
+        client.handle_message = guarded
         return client
 
     async def check(self) -> None:
@@ -201,11 +222,20 @@ class CcxtFeed:
                 f"ccxt's {ex.id} has no {' and no '.join(missing)}; pick an exchange `deltafeed venues ccxt` lists"
             )
         where = self._where(ex)
-        try:
-            markets = await c.load_markets()
-        except Exception as exc:
+        markets: Any = None
+        failure: Exception | None = None
+        for attempt in range(REST_TRIES):
+            try:
+                markets = await c.load_markets()
+                break
+            except Exception as exc:  # a passing failure (a 5xx, a timeout) is tried again
+                failure = exc
+                if attempt + 1 < REST_TRIES:
+                    await asyncio.sleep(0.5 * 2**attempt)
+        if markets is None:
+            why = f"{type(failure).__name__}: {str(failure)[:160]}"
             raise BadInput(
-                f"ccxt could not load {ex.id}'s markets from {where} ({type(exc).__name__}: {str(exc)[:160]}); "
+                f"ccxt could not load {ex.id}'s markets from {where} ({why}); "
                 f"check [venues.ccxt] urls.{ex.id} and that the exchange (or replica) is running"
             ) from None
         unknown = []
@@ -232,9 +262,8 @@ class CcxtFeed:
                     f"{' '.join(ex.timeframes) or 'none deltafeed knows'}); choose --timeframes among those "
                     "or ones they divide"
                 )
-        ex.batch = self.vs.watch == "auto" and c.has.get("watchTradesForSymbols") is True and len(ex.series) > 1
+        ex.batch = self.vs.watch == "batch" and c.has.get("watchTradesForSymbols") is True and len(ex.series) > 1
         await self._read_clock(ex, next(iter(ex.series)))
-        self._update_skew_bounds()
 
     def _where(self, ex: _Exchange) -> str:
         api = (ex.client.urls or {}).get("api")
@@ -247,30 +276,70 @@ class CcxtFeed:
                 for v in node.values():
                     walk(v)
 
+        if isinstance(api, dict) and isinstance(api.get("public"), str):
+            return str(api["public"])
         walk(api)
         return found[0] if found else ex.id
 
-    async def _read_clock(self, ex: _Exchange, symbol: str) -> None:
-        """The venue's time: ``fetch_time`` where ccxt has it, else the newest OHLCV row."""
+    async def _read_clock(self, ex: _Exchange, symbol: str, hint_ms: int = 0) -> None:
+        """The venue's time from its newest OHLCV row (every exchange here has fetchOHLCV; the row is
+        at most one interval old), paging forward from where a default request (which some
+        exchanges size by the local clock) stops; ``fetch_time`` only where it agrees with the rows
+        (some time requests are not the market's clock: a replica's runs fast). ``hint_ms``, a
+        trade time refused as far ahead, is looked for in the rows first."""
         c = ex.client
-        with contextlib.suppress(Exception):
-            if c.has.get("fetchTime"):
+        tf = "1m" if "1m" in ex.timeframes else ex.timeframes[0]
+        tf_ms = TIMEFRAMES[tf]
+        newest = 0
+        since: int | None = hint_ms - 2 * tf_ms if hint_ms else None
+        for _ in range(4):
+            try:
+                rows = await c.fetch_ohlcv(symbol, tf, since, 1000 if since else 2)
+            except Exception:
+                break
+            last = int(rows[-1][0]) if rows and isinstance(rows[-1][0], int) else 0
+            if last <= newest:
+                break
+            newest = since = last
+        told = 0
+        if c.has.get("fetchTime"):
+            with contextlib.suppress(Exception):
                 t = await c.fetch_time()
-                if isinstance(t, int) and t > 0:
-                    self.clock.observe(t)
-                    return
-        with contextlib.suppress(Exception):
-            rows = await c.fetch_ohlcv(symbol, "1m" if "1m" in ex.timeframes else ex.timeframes[0], None, 2)
-            if rows:
-                self.clock.observe(int(rows[-1][0]))
+                told = t if isinstance(t, int) else 0
+        if newest and newest <= told <= newest + 2 * tf_ms:
+            self.clock.observe(told)
+        elif newest:
+            self.clock.observe(newest)
+        elif told:
+            self.clock.observe(told)
+        self._update_skew_bounds()
+
+    def _spawn_clock_read(self, ex: _Exchange, hint_ms: int) -> None:
+        """Read the venue's time again, in a task, at most every few seconds: trades refused as far
+        from our estimate are usually our estimate lagging (a long start-up, a fast replica)."""
+        now = time.monotonic()
+        if now - ex.clock_read_at < CLOCK_READ_EVERY_S or not ex.series:
+            return
+        ex.clock_read_at = now
+        read = self._read_clock(ex, next(iter(ex.series)), hint_ms)
+        task = asyncio.create_task(read, name=f"ccxt-{ex.id}-clock")
+        ex.aux.add(task)
+        task.add_done_callback(ex.aux.discard)
+
+    def _start_loops(self, ex: _Exchange) -> None:
+        now = time.monotonic()
+        ex.last_batch = now
+        loops = [list(ex.series)] if ex.batch else [[s] for s in ex.series]
+        for sym in ex.series:
+            ex.last_seen[sym] = now
+        for symbols in loops:
+            name = f"ccxt-{ex.id}-{'+'.join(symbols)}"
+            ex.tasks.append(asyncio.create_task(self._watch(ex, symbols), name=name))
 
     def start(self) -> None:
         self._started = True
         for ex in self.exchanges.values():
-            loops = [list(ex.series)] if ex.batch else [[s] for s in ex.series]
-            for symbols in loops:
-                name = f"ccxt-{ex.id}-{'+'.join(symbols)}"
-                ex.tasks.append(asyncio.create_task(self._watch(ex, symbols), name=name))
+            self._start_loops(ex)
 
     def connected(self) -> bool:
         loops = [v for ex in self.exchanges.values() for v in ex.live.values()]
@@ -285,27 +354,17 @@ class CcxtFeed:
         backoff = BACKOFF_S[0]
         c = ex.client
         while True:
-            call = c.watch_trades_for_symbols(symbols) if len(symbols) > 1 else c.watch_trades(symbols[0])
-            fut = asyncio.ensure_future(call)
             try:
-                done, _ = await asyncio.wait({fut}, timeout=self.stale_s)
-                if not done:
-                    self.stale_drops += 1
-                    await self._drop_clients(ex)
-                    fut.cancel()
-                    with contextlib.suppress(BaseException):
-                        await fut
-                    raise TimeoutError(f"no trades for {self.stale_s:.0f} s")
-                batch = fut.result()
+                if len(symbols) > 1:
+                    batch = await c.watch_trades_for_symbols(symbols)
+                else:
+                    batch = await c.watch_trades(symbols[0])
             except asyncio.CancelledError:
-                fut.cancel()
                 raise
             except Exception as exc:
                 self.watch_errors[type(exc).__name__] += 1
                 if ex.live.get(key):
-                    log.info(
-                        "ccxt %s watch of %s failed (%s: %s); the gap is repaired", ex.id, key, type(exc).__name__, exc
-                    )
+                    log.info("ccxt %s watch of %s failed (%s: %s); repairing", ex.id, key, type(exc).__name__, exc)
                 ex.live[key] = False
                 self._lost(ex, symbols)
                 await asyncio.sleep(backoff)
@@ -314,16 +373,29 @@ class CcxtFeed:
             backoff = BACKOFF_S[0]
             self._new_clients(ex)
             ex.live[key] = True
-            ex.last_batch[key] = time.monotonic()
+            ex.last_batch = time.monotonic()
             self.on_batch(ex, symbols, batch)
 
-    async def _drop_clients(self, ex: _Exchange) -> None:
-        """Close the exchange's WebSocket clients and forget them: the next watch connects anew."""
+    async def _restart(self, ex: _Exchange, why: str) -> None:
+        """Start the exchange's watching over: stop its loops, close and forget its WebSocket clients
+        (a pending watch of a closed client may never be rejected), repair since each series' last
+        trade, and start new loops, which connect and subscribe anew."""
+        self.stale_drops += 1
+        log.info("ccxt %s: %s; reconnecting", ex.id, why)
+        loops, ex.tasks = ex.tasks, []
+        for task in loops:
+            task.cancel()
+        for task in loops:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         clients = dict(getattr(ex.client, "clients", {}) or {})
         for url, client in clients.items():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.close(), 2.0)
             ex.client.clients.pop(url, None)
+        self._lost(ex, list(ex.series))
+        ex.live.clear()
+        self._start_loops(ex)
 
     def _new_clients(self, ex: _Exchange) -> None:
         """A WebSocket client that was not there at the last batch is a new connection: after the
@@ -360,6 +432,8 @@ class CcxtFeed:
             sym, vid, t = got
             if not self._ts_low <= t.time_ms <= self._ts_high:
                 self.decode_errors["impossible_value"] += 1
+                if t.time_ms > self._ts_high:
+                    self._spawn_clock_read(ex, t.time_ms)
                 continue
             if sym not in watched:
                 self.foreign += 1  # ccxt's multi-symbol caches mixing symbols (ccxt#22125)
@@ -374,6 +448,8 @@ class CcxtFeed:
             if not st.active:
                 continue
             trades, loss = ex.cont[sym].take(items, limit)
+            if trades:
+                ex.last_seen[sym] = time.monotonic()
             for t in trades:
                 t.symbol = st.instrument.symbol
                 st.on_trade(t)
@@ -401,13 +477,35 @@ class CcxtFeed:
         self._ts_low, self._ts_high = now - MAX_SKEW_MS, now + MAX_SKEW_MS
 
     async def tick(self, mono: float) -> None:
+        """Learn the venue's time from the trades; drop an exchange's connections when none of its
+        watches has had a batch for ``stale_s`` (a stalled connection: ccxt's own keep-alive takes
+        minutes to notice)."""
         for st in self.states:
             if st.last_trade_ms:
                 self.clock.observe(st.last_trade_ms)
         self._update_skew_bounds()
+        now = time.monotonic()
+        for ex in self.exchanges.values():
+            if not self._started or (ex.restart is not None and not ex.restart.done()):
+                continue
+            why = None
+            if now - ex.last_batch > self.stale_s:
+                why = f"no trades for {now - ex.last_batch:.0f} s"
+            else:
+                silent = [k for k, t in ex.last_seen.items() if now - t > self.silence_s]
+                if silent:  # the others trade: this subscription was lost (ccxt keeps no watch on it)
+                    why = f"no trades of {', '.join(silent)} for {self.silence_s:.0f} s while others trade"
+            if why is not None:
+                ex.restart = asyncio.create_task(self._restart(ex, why), name=f"ccxt-{ex.id}-restart")
 
     async def stop(self) -> None:
         for ex in self.exchanges.values():
+            for aux in list(ex.aux):
+                aux.cancel()
+            if ex.restart is not None:
+                ex.restart.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await ex.restart
             for task in ex.tasks:
                 task.cancel()
             for task in ex.tasks:

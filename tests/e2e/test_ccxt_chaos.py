@@ -1,0 +1,47 @@
+"""The ``ccxt`` venue through the faults of each replica ccxt reads (Binance, Coinbase, Bybit,
+Hyperliquid, Kraken), a kill -9 and a restart: every stored final 1m and 5m candle equals the tape's
+candle field by field (OHLCV; ccxt's rows carry no trade count), with no hole and no duplicate over
+the whole stored window. Only provisional candles may differ. Short, fast runs: CI time is tight."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chaos import CCXT_UNIFIED, PROFILES, TIMEFRAMES_COMPARED, run_chaos
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("exchange", list(CCXT_UNIFIED))
+async def test_ccxt_final_candles_equal_the_tape_through_faults_and_a_kill(exchange: str, tmp_path: Path) -> None:
+    name = f"ccxt_{exchange}"
+    # 24 wall seconds at x120: 48 market minutes of streaming after 30 minutes of history.
+    r = await run_chaos(
+        tmp_path,
+        venue=name,
+        wall_s=24.0,
+        speed=120.0,
+        faults_per_minute=6.0,
+        kill_at_s=10.0,
+        seed=11,
+        max_settle_s=40.0,
+    )
+    ccxt = [s.get("venues", {}).get("ccxt", {}) for s in r.statuses]
+    print(
+        f"\n{name} chaos: faults {sum(r.faults.values())} {r.faults}; final candles {r.final_compared}; "
+        f"mismatches {r.final_mismatched}; provisional left {r.provisional_left} (differ {r.provisional_differ}); "
+        f"forming {r.forming}; reconciled {r.total('reconciled')}; corrected {r.per_instrument_total('corrected')}; "
+        f"reconnects {sum(int(v.get('reconnects', 0)) for v in ccxt)}; watch errors {[v.get('venue_errors') for v in ccxt]}; "
+        f"settled {r.settled_s:.0f} s"
+    )
+    symbols = PROFILES[name].symbols
+    assert r.exit_codes == [-9, 0]
+    assert r.caught_up, f"not streaming again {r.settled_s:.0f} s after the faults stopped"
+    assert sum(r.faults.values()) >= 10, r.faults
+    assert not r.problems, "\n".join(r.problems[:20])
+    assert r.final_mismatched == 0, "\n".join(r.mismatches[:20])
+    assert r.series == len(symbols) * len(TIMEFRAMES_COMPARED)
+    assert r.final_compared >= len(symbols) * (30 + 40), r.final_compared
+    assert r.provisional_left <= 3 * r.series, (r.provisional_left, r.series)
