@@ -637,7 +637,7 @@ async def compare_window(result: ChaosResult, db: str, tape: Path, end_ms: int, 
         await store.close()
 
 
-def ccxt_profile(exchange: str, unified: Callable[[str], str]) -> ChaosVenue:
+def ccxt_profile(exchange: str, unified: Callable[[str], str], reconcile_s: int = 10) -> ChaosVenue:
     """The chaos profile of the ``ccxt`` venue reading ``exchange``'s replica (registered as
     ``ccxt_<exchange>``): the exchange's own profile (replica, symbols, faults), with the engine
     collecting ``ccxt:<exchange>:<unified symbol>`` instruments pointed at the replica."""
@@ -648,7 +648,10 @@ def ccxt_profile(exchange: str, unified: Callable[[str], str]) -> ChaosVenue:
 
         s = registry.get("ccxt").replica_settings(r)
         table = ", ".join(f"{k} = {toml_inline(v)}" for k, v in s.items() if v)
-        return ['venue = "ccxt"', f"venues = {{ ccxt = {{ {table}, reconcile_every = 10, symbol_silence = 5 }} }}"]
+        return [
+            'venue = "ccxt"',
+            f"venues = {{ ccxt = {{ {table}, reconcile_every = {reconcile_s}, symbol_silence = 5 }} }}",
+        ]
 
     return ChaosVenue(
         name=f"ccxt_{exchange}",
@@ -671,4 +674,6 @@ CCXT_UNIFIED: dict[str, Callable[[str], str]] = {
     "kraken": lambda s: s,
 }
 for _exchange, _unified in CCXT_UNIFIED.items():
-    register(ccxt_profile(_exchange, _unified))
+    # Kraken's public REST (and ccxt's pace for it) is one request a second, Hyperliquid's weight
+    # about as slow: reconciling six series takes longer than 10 s there.
+    register(ccxt_profile(_exchange, _unified, 20 if _exchange in ("kraken", "hyperliquid") else 10))

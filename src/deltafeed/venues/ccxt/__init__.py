@@ -32,7 +32,9 @@ REPLICA_EXCHANGES: dict[str, dict[str, Any]] = {
     "binance": {"options": {"fetchMarkets": {"types": ["spot"]}}, "ws_path": "/stream"},
     "bybit": {"options": {"fetchMarkets": {"types": ["spot", "linear"]}}},
     "coinbase": {"config": {"rateLimit": 150}},  # the replica enforces the venue's 10 public requests/s
-    "hyperliquid": {},
+    # ccxt charges an info request 20 of the venue's 1200 weight a minute at its 50 ms pace, but a
+    # candleSnapshot weighs one more per 60 candles answered: a slower pace keeps it under the limit.
+    "hyperliquid": {"config": {"rateLimit": 70}},
     "kraken": {},
 }
 

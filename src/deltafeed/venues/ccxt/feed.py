@@ -95,6 +95,18 @@ def _page_limit(ex: Any, market: dict[str, Any]) -> int:
     return max(1, min(n or DEFAULT_PAGE, 1000))
 
 
+def _takes_until(client: Any) -> bool:
+    """Whether the exchange's ``fetch_ohlcv`` reads ccxt's unified ``until`` parameter (from its
+    source: ccxt declares it per method only in docstrings). Without it, an ``until`` could reach
+    the exchange's API as an unknown query parameter."""
+    import inspect
+
+    try:
+        return "until" in inspect.getsource(type(client).fetch_ohlcv)
+    except (OSError, TypeError):
+        return False
+
+
 class _Exchange:
     """One exchange of a run: its ccxt.pro client, its series by unified symbol, what they remember."""
 
@@ -108,6 +120,9 @@ class _Exchange:
         self.batch = False
         self.limits: dict[str, int] = {}  # rows per fetch_ohlcv call, by unified symbol
         self.timeframes: list[str] = []
+        # Whether its fetch_ohlcv takes ccxt's unified ``until``: then every page names its end
+        # (some size a request without one by the local clock, not the venue's).
+        self.until = False
         self.tasks: list[asyncio.Task[None]] = []
         self.clients: list[Any] = []  # the WebSocket clients seen: a new one is a reconnect
         self.live: dict[str, bool] = {}  # per watch loop: took a batch since its last failure
@@ -224,13 +239,13 @@ class CcxtFeed:
         where = self._where(ex)
         markets: Any = None
         failure: Exception | None = None
-        for attempt in range(REST_TRIES):
+        for attempt in range(REST_TRIES + 2):  # up to half a minute: a rate limit's window may have to pass
             try:
                 markets = await c.load_markets()
                 break
             except Exception as exc:  # a passing failure (a 5xx, a timeout) is tried again
                 failure = exc
-                if attempt + 1 < REST_TRIES:
+                if attempt + 1 < REST_TRIES + 2:
                     await asyncio.sleep(0.5 * 2**attempt)
         if markets is None:
             why = f"{type(failure).__name__}: {str(failure)[:160]}"
@@ -254,6 +269,7 @@ class CcxtFeed:
                 )
             )
         ex.timeframes = [tf for tf in (c.timeframes or {}) if tf in TIMEFRAMES]
+        ex.until = _takes_until(c)
         for st in ex.series.values():
             lacking = [tf for tf in st.builder.timeframes if base_timeframe(tf, ex.timeframes) is None]
             if lacking:
@@ -282,36 +298,35 @@ class CcxtFeed:
         return found[0] if found else ex.id
 
     async def _read_clock(self, ex: _Exchange, symbol: str, hint_ms: int = 0) -> None:
-        """The venue's time from its newest OHLCV row (every exchange here has fetchOHLCV; the row is
-        at most one interval old), paging forward from where a default request (which some
-        exchanges size by the local clock) stops; ``fetch_time`` only where it agrees with the rows
-        (some time requests are not the market's clock: a replica's runs fast). ``hint_ms``, a
-        trade time refused as far ahead, is looked for in the rows first."""
+        """The venue's time: its newest OHLCV row (every exchange here has fetchOHLCV; the row is at
+        most one interval old), paging forward from where a default request stops (some exchanges
+        size it by the local clock, not theirs), and ``fetch_time`` where it has one; the later of
+        the two. ``hint_ms``, a trade time refused as far ahead, is where the rows are looked for."""
         c = ex.client
         tf = "1m" if "1m" in ex.timeframes else ex.timeframes[0]
         tf_ms = TIMEFRAMES[tf]
+        limit = ex.limits.get(symbol, DEFAULT_PAGE)
         newest = 0
         since: int | None = hint_ms - 2 * tf_ms if hint_ms else None
         for _ in range(4):
+            params = {"until": since + limit * tf_ms - 1} if since and ex.until else {}
             try:
-                rows = await c.fetch_ohlcv(symbol, tf, since, 1000 if since else 2)
+                self.rest_requests += 1
+                rows = await c.fetch_ohlcv(symbol, tf, since, limit if since else 2, params)
             except Exception:
                 break
             last = int(rows[-1][0]) if rows and isinstance(rows[-1][0], int) else 0
             if last <= newest:
                 break
             newest = since = last
-        told = 0
+        if newest:
+            self.clock.observe(newest)
         if c.has.get("fetchTime"):
             with contextlib.suppress(Exception):
+                self.rest_requests += 1
                 t = await c.fetch_time()
-                told = t if isinstance(t, int) else 0
-        if newest and newest <= told <= newest + 2 * tf_ms:
-            self.clock.observe(told)
-        elif newest:
-            self.clock.observe(newest)
-        elif told:
-            self.clock.observe(told)
+                if isinstance(t, int) and t > 0:
+                    self.clock.observe(t)
         self._update_skew_bounds()
 
     def _spawn_clock_read(self, ex: _Exchange, hint_ms: int) -> None:
@@ -557,7 +572,7 @@ class CcxtFeed:
         out: list[Candle] = []
         t = start
         while t <= end:
-            rows = await self._page(ex, sym, tf, t, limit)
+            rows = await self._page(ex, sym, tf, t, limit, min(end, t + limit * tf_ms - 1))
             page = [c for c in candles_from_rows(rows, tf_ms, now, self.decode_errors) if t <= c.open_time <= end]
             out += page
             if page:
@@ -566,14 +581,14 @@ class CcxtFeed:
                 t += limit * tf_ms
         return out
 
-    async def _page(self, ex: _Exchange, sym: str, tf: str, since: int, limit: int) -> Any:
+    async def _page(self, ex: _Exchange, sym: str, tf: str, since: int, limit: int, until: int) -> Any:
         import ccxt
 
         delay = 0.5
         for attempt in range(REST_TRIES):
             self.rest_requests += 1
             try:
-                return await ex.client.fetch_ohlcv(sym, tf, since, limit)
+                return await ex.client.fetch_ohlcv(sym, tf, since, limit, {"until": until} if ex.until else {})
             except (ccxt.BadSymbol, ccxt.BadRequest, ccxt.NotSupported) as exc:
                 self.rest_errors += 1
                 raise VenueError(400, str(exc).encode(), f"{ex.id} fetch_ohlcv {sym} {tf}") from None
