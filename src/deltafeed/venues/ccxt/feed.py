@@ -400,9 +400,8 @@ class CcxtFeed:
         loops, ex.tasks = ex.tasks, []
         for task in loops:
             task.cancel()
-        for task in loops:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if loops:  # (not suppressing CancelledError: a stop cancelling this restart must end it)
+            await asyncio.wait(loops)
         clients = dict(getattr(ex.client, "clients", {}) or {})
         for url, client in clients.items():
             with contextlib.suppress(Exception):
@@ -528,7 +527,7 @@ class CcxtFeed:
                     await task
             if ex.client is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ex.client.close(), 5.0)
+                    await asyncio.wait_for(ex.client.close(), 2.0)
 
     # --- history --------------------------------------------------------------------------------
 

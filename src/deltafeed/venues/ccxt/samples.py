@@ -18,7 +18,7 @@ from deltafeed.venues.ccxt.bridge import Continuity, candles_from_rows, trade_fr
 def _trade(tid: str, ms: int, price: float, amount: float, side: str, symbol: str = "BTC/USDT") -> dict[str, Any]:
     """A trade as ccxt's unified structure has it (``info`` holds the exchange's raw item)."""
     return {
-        "info": {"e": "trade", "s": symbol.replace("/", ""), "t": int(tid), "p": str(price), "q": str(amount)},
+        "info": {"e": "trade", "s": symbol.replace("/", ""), "t": tid, "p": str(price), "q": str(amount)},
         "timestamp": ms,
         "datetime": None,
         "symbol": symbol,
@@ -67,7 +67,7 @@ def fuzz_targets() -> list[FuzzTarget]:
     def run_trades(data: bytes) -> object:
         try:
             batch = msgspec.json.decode(data)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # the JSON around the sample, not the bridge
             trade_errors["bad_batch"] += 1
             return None
         if not isinstance(batch, list):
@@ -85,7 +85,7 @@ def fuzz_targets() -> list[FuzzTarget]:
     def run_ohlcv(data: bytes) -> object:
         try:
             rows = msgspec.json.decode(data)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # the JSON around the sample, not the bridge
             ohlcv_errors["bad_ohlcv"] += 1
             return None
         return candles_from_rows(rows, 60_000, T0 + 3_600_000, ohlcv_errors)
