@@ -1,5 +1,5 @@
-"""The ``ccxt`` venue through the faults of each replica ccxt reads (Binance, Coinbase, Bybit,
-Hyperliquid, Kraken), a kill -9 and a restart: every stored final 1m and 5m candle equals the tape's
+"""The ``ccxt`` venue through the faults of the Binance, Bybit and Hyperliquid replicas, read through
+ccxt.pro, a kill -9 and a restart: every stored final 1m and 5m candle equals the tape's
 candle field by field (OHLCV; ccxt's rows carry no trade count), with no hole and no duplicate over
 the whole stored window. Only provisional candles may differ. Short, fast runs: CI time is tight."""
 
@@ -9,17 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from chaos import CCXT_UNIFIED, PROFILES, TIMEFRAMES_COMPARED, run_chaos
+from chaos import PROFILES, TIMEFRAMES_COMPARED, run_chaos
 
-#: Exchanges whose run also catches up in time (streaming again with no repair waiting, stopped
-#: cleanly, little left provisional). Through ccxt, Coinbase's and Kraken's replicas do not yet:
-#: their repairs and reconciliations fall behind under the REST faults (see docs/venues/ccxt.md).
+#: The replicas run here. Through ccxt, Coinbase's and Kraken's replicas kept every final candle
+#: equal to the tape in every run so far, but do not yet catch up in time under their REST faults
+#: (repairs and reconciliations fall behind; Kraken's ccxt pace is one request a second): they are
+#: left out until they do (see docs/venues/ccxt.md), rather than asserted loosely.
 LIVELY = ("binance", "bybit", "hyperliquid")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize("exchange", list(CCXT_UNIFIED))
+@pytest.mark.parametrize("exchange", LIVELY)
 async def test_ccxt_final_candles_equal_the_tape_through_faults_and_a_kill(exchange: str, tmp_path: Path) -> None:
     name = f"ccxt_{exchange}"
     # 20 wall seconds at x120: 40 market minutes of streaming after 30 minutes of history.
@@ -31,7 +32,7 @@ async def test_ccxt_final_candles_equal_the_tape_through_faults_and_a_kill(excha
         faults_per_minute=6.0,
         kill_at_s=8.0,
         seed=11,
-        max_settle_s=25.0 if exchange in LIVELY else 12.0,
+        max_settle_s=30.0,
     )
     ccxt = [s.get("venues", {}).get("ccxt", {}) for s in r.statuses]
     print(
@@ -48,8 +49,6 @@ async def test_ccxt_final_candles_equal_the_tape_through_faults_and_a_kill(excha
     assert r.final_mismatched == 0, "\n".join(r.mismatches[:20])
     assert r.series == len(symbols) * len(TIMEFRAMES_COMPARED)
     assert r.final_compared >= len(symbols) * (30 + 30), r.final_compared
-    assert r.exit_codes[0] == -9
-    if exchange in LIVELY:
-        assert r.exit_codes == [-9, 0]
-        assert r.caught_up, f"not streaming again {r.settled_s:.0f} s after the faults stopped"
-        assert r.provisional_left <= 5 * r.series, (r.provisional_left, r.series)
+    assert r.exit_codes == [-9, 0]
+    assert r.caught_up, f"not streaming again {r.settled_s:.0f} s after the faults stopped"
+    assert r.provisional_left <= 5 * r.series, (r.provisional_left, r.series)
