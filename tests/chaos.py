@@ -105,8 +105,9 @@ class ChaosVenue:
 
     def instrument_of(self, symbol: str) -> str:
         """The series name (``str(Instrument)``) the engine stores ``symbol``'s candles under."""
-        name = self.instrument(symbol) if self.instrument is not None else f"{self.engine_venue}:{symbol}"
-        return str(Instrument.parse(name))
+        if self.instrument is None:
+            return f"{self.engine_venue}:{symbol}"
+        return str(Instrument.parse(self.instrument(symbol)))
 
 
 PROFILES: dict[str, ChaosVenue] = {}

@@ -130,18 +130,15 @@ class Ccxt(Venue):
                 setattr(ns, key, value)
         return target.make_replica(ns)
 
-    async def serve_replica(self, replica: Any) -> None:
-        """Serve ``replica``, printing first the ``[venues.ccxt]`` settings that point ccxt at it."""
-        from deltafeed.replicas.server import serve
-
-        def banner(url: str) -> list[str]:
-            s = self.replica_settings(replica)
-            lines = [f"listening on {url}", f"# ccxt:{replica.venue}:<unified symbol> instruments read it with:"]
-            lines.append("[venues.ccxt]")
-            lines += [f"{key} = {toml_inline(s[key])}" for key in ("urls", "options", "config") if s[key]]
-            return lines
-
-        await serve(replica, banner)
+    def run_lines(self, replica: ReplicaBase, symbols: list[str] | None = None) -> list[str]:
+        """How to collect from the started ``replica`` through ccxt: the ``[venues.ccxt]`` table that
+        points ccxt at it and the ``deltafeed run`` command (ccxt's unified symbols, not the replica's)."""
+        exchange = replica.venue
+        s = self.replica_settings(replica)
+        lines = ["collect from it through ccxt with:", "  cat > replica.toml <<'EOF'", "  [venues.ccxt]"]
+        lines += [f"  {key} = {toml_inline(s[key])}" for key in ("urls", "options", "config") if s[key]]
+        lines += ["  EOF", f"  deltafeed run --symbols ccxt:{exchange}:<unified symbol> --config replica.toml"]
+        return lines
 
     def replica_settings(self, replica: ReplicaBase) -> dict[str, Any]:
         """The ``[venues.ccxt]`` settings that point ccxt at the started deltafeed ``replica`` of one
