@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import ClassVar, Protocol, Self
@@ -30,11 +31,17 @@ def netloc(host: str, port: int) -> str:
 
 
 async def listen(
-    handler: Handler, host: str, port: int, *, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, method: str = "GET"
+    handler: Handler,
+    host: str,
+    port: int,
+    *,
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+    method: str = "GET",
+    ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Serve every ``method`` request (``"*"``: any) with ``handler`` on ``host:port`` (0 = a free
-    port); returns the runner and the bound port. A port that cannot be bound is :class:`BadInput`
-    naming the fix."""
+    port), over TLS with ``ssl_context``; returns the runner and the bound port. A port that cannot be
+    bound is :class:`BadInput` naming the fix."""
     app = web.Application()
     app.router.add_route(method, "/{tail:.*}", handler)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
@@ -51,7 +58,7 @@ async def listen(
             " (port 0 picks a free one)"
         ) from None
     bound: int = sock.getsockname()[1]
-    await web.SockSite(runner, sock).start()
+    await web.SockSite(runner, sock, ssl_context=ssl_context).start()
     return runner, bound
 
 

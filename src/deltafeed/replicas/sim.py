@@ -313,13 +313,14 @@ class Grid:
         return cls(interval_ms, 345_600_000 if interval_ms == 604_800_000 else 0)
 
     @classmethod
-    def month(cls) -> Grid:
-        return cls(0, months=True)
+    def month(cls, tz_ms: int = 0) -> Grid:
+        """Calendar months, in a time zone ``tz_ms`` east of UTC (0: UTC months)."""
+        return cls(0, tz_ms, months=True)
 
     def floor(self, t: int) -> int:
         if self.months:
-            d = datetime.fromtimestamp(t // 1000, UTC)
-            return calendar.timegm((d.year, d.month, 1, 0, 0, 0)) * 1000
+            d = datetime.fromtimestamp((t + self.offset) // 1000, UTC)
+            return calendar.timegm((d.year, d.month, 1, 0, 0, 0)) * 1000 - self.offset
         return t - (t - self.offset) % self.length
 
     def ceil(self, t: int) -> int:
@@ -329,9 +330,9 @@ class Grid:
     def step(self, open_ms: int, k: int) -> int:
         """The open time ``k`` candles after (or before, for negative ``k``) ``open_ms``."""
         if self.months:
-            d = datetime.fromtimestamp(open_ms // 1000, UTC)
+            d = datetime.fromtimestamp((open_ms + self.offset) // 1000, UTC)
             m = d.year * 12 + d.month - 1 + k
-            return calendar.timegm((m // 12, m % 12 + 1, 1, 0, 0, 0)) * 1000
+            return calendar.timegm((m // 12, m % 12 + 1, 1, 0, 0, 0)) * 1000 - self.offset
         return open_ms + k * self.length
 
     def opens(self, first: int, last: int, limit: int, from_start: bool) -> I64:

@@ -52,8 +52,9 @@ from deltafeed.replicas.faults import (
     reset_transport,
 )
 from deltafeed.replicas.options import ReplicaOptions, options_from
-from deltafeed.replicas.server import ReplicaBase, close_ws
+from deltafeed.replicas.server import ReplicaBase, close_ws, listen
 from deltafeed.replicas.sim import Grid, KlineTable, MarketClock, MarketSim, TradeBatch
+from deltafeed.replicas.tls import server_context, write_certificates
 from deltafeed.venues.binance.codec import (
     INTERVAL_MS,
     KLINES_PAGE,
@@ -66,6 +67,7 @@ from deltafeed.venues.binance.codec import (
     kline_row,
     wrap_combined,
 )
+from deltafeed.venues.binance.market import DEPTH_LEVELS, Book, TradeLog, Window, agg_payloads, window
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +223,63 @@ class _TradeTemplate:
 # --- streams -------------------------------------------------------------------------------------
 
 
-def _interval_grid(interval: str) -> Grid:
-    return Grid.month() if interval == "1M" else Grid.for_ms(INTERVAL_MS[interval])
+def _interval_grid(interval: str, tz_ms: int = 0) -> Grid:
+    """The open times of ``interval`` klines in a time zone ``tz_ms`` east of UTC (Binance's ``timeZone``)."""
+    if interval == "1M":
+        return Grid.month(tz_ms)
+    base = Grid.for_ms(INTERVAL_MS[interval])
+    return Grid(base.length, (base.offset - tz_ms) % base.length)
+
+
+_TZ = re.compile(r"^([+-]?)(\d{1,2})(?::(\d{2}))?$")
+
+
+def parse_time_zone(text: str) -> int | None:
+    """Binance's ``timeZone`` (``-1:00``, ``05:45``, ``+8``; -12:00 to +14:00) in ms east of UTC, or None."""
+    m = _TZ.match(text)
+    if m is None:
+        return None
+    hours, minutes = int(m.group(2)), int(m.group(3) or 0)
+    if minutes >= 60:
+        return None
+    ms = (hours * 60 + minutes) * 60_000 * (-1 if m.group(1) == "-" else 1)
+    return ms if -12 * 3_600_000 <= ms <= 14 * 3_600_000 else None
+
+
+#: Stream kinds Binance has that this replica does not serve: refused by name, never silently idle.
+_UNSERVED_ALL = re.compile(r"^!(miniTicker@arr|ticker@arr|bookTicker|ticker_(1h|4h|1d)@arr)(@\d+ms)?$")
+_SYMBOL = re.compile(r"^[A-Za-z0-9]{1,30}$")
+_ROLLING = {"1h": 3_600_000, "4h": 4 * 3_600_000, "1d": 86_400_000}
+
+
+def parse_stream(name: str) -> tuple[str, str, str] | None:
+    """(kind, symbol as written, argument) of a stream name in Binance's syntax, or None when it is not one.
+
+    Kinds: ``trade``, ``aggTrade``, ``kline`` (argument ``<interval>`` or ``<interval>@<tz>``),
+    ``bookTicker``, ``depth`` (argument: push period ``100``/``1000`` ms), ``partial`` (``<levels>@<ms>``),
+    ``miniTicker``, ``ticker``, ``rolling`` (window ``1h``/``4h``/``1d``), ``avgPrice``, and ``all`` (the
+    ``!`` all-market streams, which the replica does not serve)."""
+    if name.startswith("!"):
+        return ("all", "", name) if _UNSERVED_ALL.match(name) else None
+    sym, sep, rest = name.partition("@")
+    if not sep or not _SYMBOL.match(sym):
+        return None
+    if rest in ("trade", "aggTrade", "bookTicker", "miniTicker", "ticker", "avgPrice"):
+        return rest, sym, ""
+    if rest.startswith("ticker_") and rest[7:] in _ROLLING:
+        return "rolling", sym, rest[7:]
+    if rest.startswith("kline_"):
+        iv, _, tz = rest[6:].partition("@")
+        if iv in INTERVALS and (not tz or (tz[:1] in "+-" and parse_time_zone(tz) is not None)):
+            return "kline", sym, rest[6:]
+        return None
+    if rest.startswith("depth"):
+        levels, _, speed = rest[5:].partition("@")
+        if levels not in ("", "5", "10", "20") or speed not in ("", "100ms", "1000ms"):
+            return None
+        ms = "100" if speed == "100ms" else "1000"
+        return ("depth", sym, ms) if not levels else ("partial", sym, f"{levels}@{ms}")
+    return None
 
 
 def _kline_payload(
@@ -314,6 +371,9 @@ class _Stream:
     next_push: float = 0.0  # kline streams: monotonic time of the next periodic push
     raw: _TradeTemplate | None = None
     combined: _TradeTemplate | None = None
+    levels: int = 0  # partial depth streams: levels per side
+    last_u: int = 0  # diff depth streams: the last update id sent
+    window_ms: int = 0  # ticker streams: the rolling window
 
 
 # --- request weight ---------------------------------------------------------------------------
@@ -406,6 +466,37 @@ def _ws_error(code: int, msg: str, request_id: Any) -> bytes:
     return b'{"error":%s,"id":%s}' % (error_body(code, msg), msgspec.json.encode(request_id))
 
 
+class _LoggedSim(MarketSim):
+    """A :class:`MarketSim` that also logs raw and aggregate trades per symbol (:class:`TradeLog`), the
+    history its constructor releases included; :attr:`last_aggs` holds the last release's aggregates."""
+
+    def __init__(self, symbols: Iterable[str], **kwargs: Any) -> None:
+        self.logs: dict[str, TradeLog] = {}
+        self.last_aggs: dict[str, Any] = {}
+        super().__init__(symbols, **kwargs)
+
+    def advance_to(self, market_ms: int) -> dict[str, TradeBatch]:
+        out = super().advance_to(market_ms)
+        self.last_aggs = {}
+        for sym, b in out.items():
+            log_ = self.logs.get(sym)
+            if log_ is None:
+                log_ = self.logs[sym] = TradeLog(b.spec)
+            self.last_aggs[sym] = log_.add(b)
+        return out
+
+    def last_maker(self, symbol: str) -> bool:
+        log_ = self.logs.get(symbol)
+        if log_ is None:
+            return False
+        m = log_.trades.cols()["m"]
+        return bool(m[-1]) if len(m) else False
+
+
+class _BadStream(Exception):
+    pass
+
+
 class BinanceReplica(ReplicaBase):
     """A Binance spot market-data server on ``host:port`` (0 = any free port), driven by a seeded
     simulator. ``rate`` is trades per market second per symbol; ``speed`` is market seconds per
@@ -444,6 +535,7 @@ class BinanceReplica(ReplicaBase):
         faults_seed: int = 0,
         shutdown_grace_s: float = 3.0,
         slow_s: float = 2.0,
+        tls: bool | str | Path = False,
         options: ReplicaOptions | None = None,
     ) -> None:
         rates = parse_faults(faults) if isinstance(faults, str) else dict(faults or {})
@@ -459,9 +551,18 @@ class BinanceReplica(ReplicaBase):
         self.pong_timeout = pong_timeout
         self.max_send_buffer = max_send_buffer
         self._clock = MarketClock(o.speed, o.start_ms)
-        self._sim = MarketSim(
+        self._sim = _LoggedSim(
             o.symbols, seed=o.seed, rate=o.rate, start_ms=self._clock.start_ms, history_ms=o.history_ms, tape=o.tape
         )
+        #: With ``tls``: the CA certificate clients must trust (the replica writes it with its own
+        #: certificate and key, into the directory ``tls`` names or a new temporary one).
+        self.ca_file: Path | None = None
+        self._ssl = None
+        if tls:
+            certs = write_certificates(None if tls is True else Path(tls), self.host)
+            self.ca_file = certs.ca_file
+            self._ssl = server_context(certs)
+        self._books: dict[str, Book] = {}
         self.limiter = WeightLimiter(weight_limit, window_s=weight_window_s)
         self.stats: dict[str, int] = {
             "trades": self._sim.trades_released,
@@ -474,6 +575,7 @@ class BinanceReplica(ReplicaBase):
             "frames_dropped": 0,
             "bytes_sent": 0,
             "slow_skips": 0,
+            "idle_streams": 0,
         }
         self._setup_faults(dict(o.faults), o.faults_seed)
         self.shutdown_grace_s = shutdown_grace_s
@@ -490,6 +592,14 @@ class BinanceReplica(ReplicaBase):
             "/api/v3/exchangeInfo": (self._exchange_info, lambda q: 20),
             "/api/v3/klines": (self._klines, lambda q: KLINES_WEIGHT),
             "/api/v3/depth": (self._depth, _depth_weight),
+            "/api/v3/uiKlines": (self._klines, lambda q: KLINES_WEIGHT),
+            "/api/v3/trades": (self._trades, lambda q: 25),
+            "/api/v3/historicalTrades": (self._historical_trades, lambda q: 25),
+            "/api/v3/aggTrades": (self._agg_trades, lambda q: 4),
+            "/api/v3/ticker/24hr": (self._ticker_24hr, _ticker_weight(2, 40, 80)),
+            "/api/v3/ticker/price": (self._ticker_price, _ticker_weight(2, 4, 4)),
+            "/api/v3/ticker/bookTicker": (self._ticker_book, _ticker_weight(2, 4, 4)),
+            "/api/v3/avgPrice": (self._avg_price, lambda q: 2),
         }
 
     # -- public surface --
@@ -499,9 +609,24 @@ class BinanceReplica(ReplicaBase):
         return self._sim
 
     @property
+    def url(self) -> str:
+        """``http://HOST:PORT``, or ``https://`` with TLS (the real port once started)."""
+        return f"{'https' if self._ssl else 'http'}://{self.netloc}"
+
+    @property
     def ws_url(self) -> str:
-        """``ws://HOST:PORT``; append ``/ws/<stream>`` or ``/stream?streams=...``."""
-        return f"ws://{self.netloc}"
+        """``ws://HOST:PORT`` (``wss://`` with TLS); append ``/ws/<stream>`` or ``/stream?streams=...``."""
+        return f"{'wss' if self._ssl else 'ws'}://{self.netloc}"
+
+    async def start(self) -> str:
+        """Bind (with TLS when configured), start serving and pumping; returns :attr:`url`."""
+        self._runner, self.port = await listen(
+            self._http, self.host, self.port, shutdown_timeout=self.shutdown_timeout, ssl_context=self._ssl
+        )
+        if self.faults is not None:
+            self.faults.start()
+        self._pump_task = asyncio.create_task(self._pump(), name=f"{self.venue}-replica-pump")
+        return self.url
 
     async def stop(self) -> None:
         """Close every connection (1001 going away), stop the server and close the tape."""
@@ -543,7 +668,10 @@ class BinanceReplica(ReplicaBase):
                 return fault
         route = self._routes.get(path)
         if route is None:
-            return self._respond(404, b"", self.limiter.used(ip))
+            # Never an empty body: Binance's error shape, naming what is not served [the code for an
+            # unknown path is not documented; -1000 UNKNOWN is the generic one in errors.md].
+            body = error_body(-1000, f"Unknown path {path}: this replica does not serve it (see docs/venues/binance.md).")
+            return self._respond(404, body, self.limiter.used(ip))
         handler, weight = route
         try:
             w = weight(request.query)
@@ -757,64 +885,220 @@ class BinanceReplica(ReplicaBase):
             raise _BadRequest(-1130, "Data sent for parameter 'limit' is not valid.")
         if start is not None and end is not None and start > end:
             raise _BadRequest(-1023, "Start time is greater than end time.")
-        tz = q.get("timeZone", "0")
-        if tz not in ("0", "+0", "-0", "00:00", "+00:00", "-00:00", "0:00", "+0:00"):
-            # Only UTC klines are simulated.
+        tz = parse_time_zone(q.get("timeZone", "0") or "0")
+        if tz is None:
+            # rest-api.md: "Supported values range strictly from -12:00 to +14:00".
             raise _BadRequest(-1130, "Data sent for parameter 'timeZone' is not valid.")
-        table = self._sim.kline_table(symbol, _interval_grid(interval), start, end, limit, self._clock.now_ms())
+        # Intervals are interpreted in the time zone; startTime and endTime stay UTC (rest-api.md).
+        table = self._sim.kline_table(symbol, _interval_grid(interval, tz), start, end, limit, self._clock.now_ms())
         rows = [kline_row(c, ex[5], ex[0], ex[1], ex[2]) for c, ex in zip(table.candles(), table.extras(), strict=True)]
         return self._ok(msgspec.json.encode(rows))
 
     def _depth(self, request: web.Request) -> web.Response:
-        """A synthetic book around the last trade price: ``limit`` levels a tick apart on each side."""
+        """The synthetic book (:class:`~deltafeed.venues.binance.market.Book`): ``lastUpdateId`` is the
+        update id the ``@depth`` events continue from."""
+        q = request.query
+        book = self._book(self._symbol(q))
+        bids, asks = book.levels(min(_depth_limit(q), DEPTH_LEVELS))
+        return self._ok(msgspec.json.encode({"lastUpdateId": book.u, "bids": bids, "asks": asks}))
+
+    def _book(self, symbol: str) -> Book:
+        """The symbol's book, started at its last trade on first use; :meth:`_tick` steps it after."""
+        book = self._books.get(symbol)
+        if book is None:
+            last_id, price = self._sim.last_trade(symbol)
+            ticks = round(price * self._sim.specs[symbol].price_scale)
+            book = self._books[symbol] = Book(
+                self._sim.specs[symbol], ticks, self._sim.last_maker(symbol), 3 * max(last_id, 0) + 1
+            )
+        return book
+
+    def _limit(self, q: Mapping[str, str], default: int = 500, top: int = 1000) -> int:
+        limit = _int_param(q, "limit")
+        if limit is None:
+            return default
+        if not 1 <= limit <= top:
+            raise _BadRequest(-1130, "Data sent for parameter 'limit' is not valid.")
+        return limit
+
+    def _log(self, symbol: str) -> TradeLog:
+        log_ = self._sim.logs.get(symbol)
+        if log_ is None:
+            log_ = self._sim.logs[symbol] = TradeLog(self._sim.specs[symbol])
+        return log_
+
+    def _trades(self, request: web.Request) -> web.Response:
         q = request.query
         symbol = self._symbol(q)
-        limit = _depth_limit(q)
-        spec = self._sim.specs[symbol]
-        last_id, price = self._sim.last_trade(symbol)
-        ticks = round(price * spec.price_scale)
-        k = np.arange(1, limit + 1, dtype=np.int64)
-        bid_t = ticks - k
-        bid_t = bid_t[bid_t > 0]
-        ask_t = ticks + k - 1 if last_id % 2 else ticks + k  # the last trade sat on either side
+        return self._ok(msgspec.json.encode(self._log(symbol).trade_rows(None, self._limit(q))))
 
-        def qty(t: Any) -> list[str]:
-            lots = (t * 2654435761 + last_id * 40503) % 500_000 + 1
-            return [fmt(x) for x in (lots / 10**spec.lot_decimals).tolist()]
+    def _historical_trades(self, request: web.Request) -> web.Response:
+        q = request.query
+        symbol = self._symbol(q)
+        limit = self._limit(q)
+        return self._ok(msgspec.json.encode(self._log(symbol).trade_rows(_int_param(q, "fromId"), limit)))
 
-        book = {
-            "lastUpdateId": max(last_id, 0),
-            "bids": [[fmt(p), s] for p, s in zip((bid_t / spec.price_scale).tolist(), qty(bid_t), strict=True)],
-            "asks": [[fmt(p), s] for p, s in zip((ask_t / spec.price_scale).tolist(), qty(ask_t), strict=True)],
-        }
-        return self._ok(msgspec.json.encode(book))
+    def _agg_trades(self, request: web.Request) -> web.Response:
+        q = request.query
+        symbol = self._symbol(q)
+        limit = self._limit(q)
+        from_id = _int_param(q, "fromId")
+        start, end = _int_param(q, "startTime"), _int_param(q, "endTime")
+        if start is not None and end is not None:
+            if start > end:
+                raise _BadRequest(-1023, "Start time is greater than end time.")
+            if end - start > 3_600_000:
+                # rest-api.md: "If both startTime and endTime are sent, time between startTime and endTime
+                # must be less than 1 hour."; errors.md -1127 MORE_THAN_XX_HOURS.
+                raise _BadRequest(-1127, "More than 1 hours between startTime and endTime.")
+        if from_id is not None and (start is not None or end is not None):
+            raise _BadRequest(-1128, "Combination of optional parameters invalid.")
+        return self._ok(msgspec.json.encode(self._log(symbol).agg_rows(from_id, start, end, limit)))
+
+    def _ticker_symbols(self, q: Mapping[str, str]) -> tuple[list[str], bool]:
+        """The symbols a ticker request names (``symbol``, ``symbols`` JSON list, or none: all) and whether
+        the answer is a list."""
+        if "symbol" in q and "symbols" in q:
+            raise _BadRequest(-1128, "Combination of optional parameters invalid.")
+        if "symbol" in q:
+            return [self._symbol(q)], False
+        if "symbols" in q:
+            try:
+                wanted = json.loads(q["symbols"])
+            except ValueError:
+                wanted = None
+            if not isinstance(wanted, list) or not wanted or not all(isinstance(x, str) for x in wanted):
+                raise _BadRequest(-1100, "Illegal characters found in parameter 'symbols'.")
+            for x in wanted:
+                if x not in self._sim.specs:
+                    raise _BadRequest(-1121, "Invalid symbol.")
+            return list(dict.fromkeys(wanted)), True
+        return list(self._sim.symbols), True
+
+    def _window(self, symbol: str, length_ms: int = 86_400_000) -> Window:
+        return window(self._sim, self._sim.logs.get(symbol), symbol, self._clock.now_ms(), length_ms)
+
+    def _ticker_24hr(self, request: web.Request) -> web.Response:
+        q = request.query
+        kind = q.get("type", "FULL")
+        if kind not in ("FULL", "MINI"):
+            raise _BadRequest(-1139, "Invalid ticker type.")
+        names, many = self._ticker_symbols(q)
+        out = []
+        for sym in names:
+            w = self._window(sym)
+            row: dict[str, Any] = {"symbol": sym}
+            if kind == "FULL":
+                book = self._book(sym)
+                bids, asks = book.levels(1)
+                row.update(
+                    priceChange=w.change,
+                    priceChangePercent=w.change_pct,
+                    weightedAvgPrice=w.weighted,
+                    prevClosePrice=w.prev_close,
+                    lastPrice=w.last,
+                    lastQty=w.last_qty,
+                    bidPrice=bids[0][0],
+                    bidQty=bids[0][1],
+                    askPrice=asks[0][0],
+                    askQty=asks[0][1],
+                )
+            else:
+                row["lastPrice"] = w.last
+            row.update(
+                openPrice=w.open,
+                highPrice=w.high,
+                lowPrice=w.low,
+                volume=w.volume,
+                quoteVolume=w.quote_volume,
+                openTime=w.open_ms,
+                closeTime=w.close_ms,
+                firstId=w.first_id,
+                lastId=w.last_id,
+                count=w.count,
+            )
+            out.append(row)
+        return self._ok(msgspec.json.encode(out if many else out[0]))
+
+    def _ticker_price(self, request: web.Request) -> web.Response:
+        names, many = self._ticker_symbols(request.query)
+        out = [{"symbol": s, "price": fmt(self._sim.last_trade(s)[1])} for s in names]
+        return self._ok(msgspec.json.encode(out if many else out[0]))
+
+    def _ticker_book(self, request: web.Request) -> web.Response:
+        names, many = self._ticker_symbols(request.query)
+        out = []
+        for s in names:
+            bids, asks = self._book(s).levels(1)
+            out.append({"symbol": s, "bidPrice": bids[0][0], "bidQty": bids[0][1], "askPrice": asks[0][0],
+                        "askQty": asks[0][1]})  # fmt: skip
+        return self._ok(msgspec.json.encode(out if many else out[0]))
+
+    def _avg_price(self, request: web.Request) -> web.Response:
+        symbol = self._symbol(request.query)
+        price, close = self._avg(symbol)
+        return self._ok(msgspec.json.encode({"mins": 5, "price": price, "closeTime": close}))
+
+    def _avg(self, symbol: str) -> tuple[str, int]:
+        """Binance's current average price: the volume-weighted price of the last 5 minutes, and the
+        time of the last trade in them (rest-api.md ``GET /api/v3/avgPrice``)."""
+        w = self._window(symbol, 300_000)
+        rows = self._log(symbol).trade_rows(None, 1)
+        close = int(str(rows[0]["time"])) if rows else w.close_ms
+        return (w.weighted if w.count else w.last), close
 
     # -- WebSocket --
 
-    def _valid_stream(self, name: str) -> bool:
-        return name in self._streams or self._stream_kind(name) is not None
+    def _stream_error(self, name: str) -> str | None:
+        """Why ``name`` is refused, or None when it is accepted.
 
-    def _stream_kind(self, name: str) -> tuple[str, str, str] | None:
-        """(kind, symbol, interval) of a stream the replica serves, or None. Symbols must be lower case."""
-        sym_l, sep, kind = name.partition("@")
-        symbol = self._lower.get(sym_l)
-        if not sep or symbol is None:
+        As at Binance: a name that is not in Binance's stream syntax is ``Invalid request: invalid
+        stream`` (ccxt/ccxt#19833 shows that reply to ``SUBSCRIBE ["not asdfads"]``), while a well-formed
+        name for a symbol that does not exist is accepted and stays silent (JKorf/Binance.Net#620:
+        ``xrpxrp@miniTicker`` connects without error); the replica counts those in
+        ``stats["idle_streams"]`` and logs a warning. Streams Binance has but this replica does not
+        serve (the ``!`` all-market ones) are refused with a message that says so."""
+        if name in self._streams:
             return None
-        if kind == "trade":
-            return "trade", symbol, ""
-        if kind.startswith("kline_") and kind[6:] in INTERVALS:
-            return "kline", symbol, kind[6:]
+        k = parse_stream(name)
+        if k is None:
+            return "Invalid request: invalid stream"
+        if k[0] == "all":
+            return f"Invalid request: stream {name} is not served by this replica"
         return None
 
     def _new_stream(self, name: str) -> _Stream | None:
-        k = self._stream_kind(name)
-        if k is None:
+        """The state of a stream this replica serves; None for a well-formed name of an unknown symbol."""
+        k = parse_stream(name)
+        if k is None or k[0] == "all":
             return None
-        kind, symbol, iv = k
+        kind, sym_l, arg = k
+        symbol = self._lower.get(sym_l)
+        if symbol is None:
+            return None
         if kind == "trade":
             return _Stream(name, kind, symbol, raw=self._template(symbol, None), combined=self._template(symbol, name))
-        # Binance pushes kline updates every 1000 ms for 1s klines, every 2000 ms otherwise.
-        return _Stream(name, kind, symbol, iv, _interval_grid(iv), 1.0 if iv == "1s" else 2.0)
+        if kind == "kline":
+            iv, _, tz = arg.partition("@")
+            grid = _interval_grid(iv, parse_time_zone(tz) or 0 if tz else 0)
+            # Binance pushes kline updates every 1000 ms for 1s klines, every 2000 ms otherwise.
+            return _Stream(name, kind, symbol, iv, grid, 1.0 if iv == "1s" else 2.0)
+        if kind in ("aggTrade", "bookTicker"):
+            if kind == "bookTicker":
+                self._book(symbol)
+            return _Stream(name, kind, symbol)
+        if kind == "depth":
+            book = self._book(symbol)
+            return _Stream(name, kind, symbol, push_every=int(arg) / 1000, last_u=book.u)
+        if kind == "partial":
+            levels, _, ms = arg.partition("@")
+            self._book(symbol)
+            return _Stream(name, kind, symbol, push_every=int(ms) / 1000, levels=int(levels))
+        # miniTicker, ticker, rolling windows and avgPrice: every 1000 ms (web-socket-streams.md).
+        if kind == "ticker":
+            self._book(symbol)
+        length = _ROLLING[arg] if kind == "rolling" else 300_000 if kind == "avgPrice" else 86_400_000
+        return _Stream(name, kind, symbol, arg, push_every=1.0, window_ms=length)
 
     def _template(self, symbol: str, stream: str | None) -> _TradeTemplate:
         t = self._templates.get((symbol, stream))
@@ -833,9 +1117,14 @@ class BinanceReplica(ReplicaBase):
         peer = request.remote or "?"
         if request.query.get("timeUnit", "millisecond").lower() != "millisecond":
             return self._respond(400, error_body(-1100, "The replica sends millisecond timestamps only."), 0)
-        # What Binance answers to a bad stream in the URL is not documented; refuse the upgrade [UNVERIFIED].
-        if len(names) > MAX_STREAMS_PER_CONNECTION or not all(map(self._valid_stream, names)):
-            return self._respond(400, error_body(2, "Invalid request: invalid stream"), 0)
+        # What Binance answers to a bad stream in the URL is not documented; refuse the upgrade with the
+        # SUBSCRIBE error's body [UNVERIFIED]. Well-formed names of unknown symbols are accepted (idle).
+        if len(names) > MAX_STREAMS_PER_CONNECTION:
+            return self._respond(400, error_body(2, "Invalid request: too many streams"), 0)
+        for n in names:
+            why = self._stream_error(n)
+            if why is not None:
+                return self._respond(400, error_body(2, why), 0)
         ws = web.WebSocketResponse(compress=False, autoping=False, timeout=_WS_CLOSE_TIMEOUT)
         if not ws.can_prepare(request).ok:
             return self._respond(400, error_body(-1, "WebSocket upgrade expected."), 0)
@@ -947,8 +1236,9 @@ class BinanceReplica(ReplicaBase):
         if method in ("SUBSCRIBE", "UNSUBSCRIBE"):
             if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
                 reply = _ws_error(2, "Invalid request: invalid type: expected a sequence of strings", rid)
-            elif not all(map(self._valid_stream, params)):
-                reply = _ws_error(2, "Invalid request: invalid stream", rid)
+            elif any(self._stream_error(p) for p in params):
+                why = next(w for w in map(self._stream_error, params) if w is not None)
+                reply = _ws_error(2, why, rid)
             elif method == "SUBSCRIBE" and len(set(conn.streams) | set(params)) > MAX_STREAMS_PER_CONNECTION:
                 # Binance's message for the 1024-stream cap is not documented [UNVERIFIED].
                 reply = _ws_error(2, "Invalid request: too many streams", rid)
@@ -983,6 +1273,10 @@ class BinanceReplica(ReplicaBase):
         if st is None:
             st = self._new_stream(name)
             if st is None:
+                # Binance accepts a well-formed stream of a symbol it does not list and sends nothing.
+                conn.streams[name] = None
+                self.stats["idle_streams"] += 1
+                log.warning("binance replica: stream %s names no simulated symbol; it stays silent", name)
                 return
             self._streams[name] = st
         st.subs[conn] = None
@@ -1005,7 +1299,13 @@ class BinanceReplica(ReplicaBase):
         now = self._clock.now_ms()
         batches = self._sim.advance_to(now)
         self.stats["trades"] = self._sim.trades_released
+        for sym, b in batches.items():
+            book = self._books.get(sym)
+            if book is not None:
+                book.step(int(b.ticks[-1]), bool(b.maker[-1]))
         if not self._streams:
+            for book in self._books.values():
+                book.events.clear()
             return
         wall = time.monotonic()
         out: dict[_Conn, tuple[list[bytes], list[int]]] = {}
@@ -1013,8 +1313,10 @@ class BinanceReplica(ReplicaBase):
             if st.kind == "trade":
                 b = batches.get(st.symbol)
                 blobs = None if b is None else self._trade_blobs(st, b, now)
-            else:
+            elif st.kind == "kline":
                 blobs = self._kline_blobs(st, now, wall)
+            else:
+                blobs = self._blobs(st, self._payloads(st, batches, now, wall))
             if blobs is None:
                 continue
             for conn in st.subs:
@@ -1023,6 +1325,7 @@ class BinanceReplica(ReplicaBase):
                     parts, counts = out.setdefault(conn, ([], [0]))
                     parts.append(blob)
                     counts[0] += n
+        self._trim_books()
         faults = self.faults
         if faults is not None:
             self._faults_before_send(faults, out, now)
@@ -1147,6 +1450,83 @@ class BinanceReplica(ReplicaBase):
             out[True] = (text_frames([wrap_combined(st.name, p) for p in payloads]), len(payloads))
         return out
 
+    def _blobs(self, st: _Stream, payloads: list[bytes]) -> dict[bool, tuple[bytes, int]] | None:
+        """``payloads`` framed for the stream's raw and combined subscribers (None if there are none)."""
+        if not payloads:
+            return None
+        raw, comb = self._forms(st)
+        out: dict[bool, tuple[bytes, int]] = {}
+        if raw:
+            out[False] = (text_frames(payloads), len(payloads))
+        if comb:
+            out[True] = (text_frames([wrap_combined(st.name, p) for p in payloads]), len(payloads))
+        return out
+
+    def _payloads(self, st: _Stream, batches: Mapping[str, TradeBatch], now: int, wall: float) -> list[bytes]:
+        """This tick's raw payloads of an aggTrade, book, depth or ticker stream."""
+        sym = st.symbol
+        if st.kind == "aggTrade":
+            aggs = self._sim.last_aggs.get(sym)
+            return [] if aggs is None else agg_payloads(sym, self._sim.specs[sym], aggs, now)
+        if st.kind == "bookTicker":
+            if sym not in batches:
+                return []
+            book = self._books[sym]
+            (bid,), (ask,) = book.levels(1)
+            return [
+                b'{"u":%d,"s":"%s","b":"%s","B":"%s","a":"%s","A":"%s"}'
+                % (book.u, sym.encode(), bid[0].encode(), bid[1].encode(), ask[0].encode(), ask[1].encode())
+            ]
+        if wall < st.next_push:
+            return []
+        st.next_push = wall + st.push_every
+        if st.kind == "depth":
+            book = self._books[sym]
+            ev = book.merged(st.last_u)
+            if ev is None:
+                return []
+            st.last_u = ev.last
+            return [
+                msgspec.json.encode(
+                    {"e": "depthUpdate", "E": now, "s": sym, "U": ev.first, "u": ev.last,
+                     "b": book.changes(ev.bids, True), "a": book.changes(ev.asks, False)}
+                )
+            ]  # fmt: skip
+        if st.kind == "partial":
+            book = self._books[sym]
+            bids, asks = book.levels(st.levels)
+            return [msgspec.json.encode({"lastUpdateId": book.u, "bids": bids, "asks": asks})]
+        if st.kind == "avgPrice":
+            price, close = self._avg(sym)
+            return [msgspec.json.encode({"e": "avgPrice", "E": now, "s": sym, "i": "5m", "w": price, "T": close})]
+        w = self._window(sym, st.window_ms)
+        if st.kind == "miniTicker":
+            msg: dict[str, Any] = {"e": "24hrMiniTicker", "E": now, "s": sym, "c": w.last, "o": w.open, "h": w.high,
+                                   "l": w.low, "v": w.volume, "q": w.quote_volume}  # fmt: skip
+            return [msgspec.json.encode(msg)]
+        head = {"e": "24hrTicker" if st.kind == "ticker" else f"{st.interval}Ticker", "E": now, "s": sym,
+                "p": w.change, "P": w.change_pct}  # fmt: skip
+        if st.kind == "ticker":
+            (bid,), (ask,) = self._books[sym].levels(1)
+            head.update(w=w.weighted, x=w.prev_close, c=w.last, Q=w.last_qty, b=bid[0], B=bid[1], a=ask[0], A=ask[1])
+        else:
+            head.update(w=w.weighted, c=w.last)
+        head.update(o=w.open, h=w.high, l=w.low, v=w.volume, q=w.quote_volume, O=w.open_ms, C=w.close_ms,
+                    F=w.first_id, L=w.last_id, n=w.count)  # fmt: skip
+        return [msgspec.json.encode(head)]
+
+    def _trim_books(self) -> None:
+        """Drop book events every diff-depth stream of the symbol has sent (all of them without one)."""
+        sent: dict[str, int] = {}
+        for st in self._streams.values():
+            if st.kind == "depth":
+                sent[st.symbol] = min(sent.get(st.symbol, st.last_u), st.last_u)
+        for sym, book in self._books.items():
+            if sym in sent:
+                book.trim(sent[sym])
+            else:
+                book.events.clear()
+
     def _kline_payloads(self, st: _Stream, table: KlineTable, now: int) -> list[bytes]:
         if not len(table):
             return []
@@ -1168,3 +1548,18 @@ def _depth_limit(q: Mapping[str, str]) -> int:
 def _depth_weight(q: Mapping[str, str]) -> int:
     limit = _depth_limit(q)
     return 5 if limit <= 100 else 25 if limit <= 500 else 50 if limit <= 1000 else 250
+
+
+def _ticker_weight(one: int, few: int, everything: int) -> Callable[[Mapping[str, str]], int]:
+    """A ticker endpoint's weight: ``one`` for a ``symbol``; for ``symbols``, ``one`` per symbol up to
+    ``few`` (rest-api.md gives 1-20 symbols 2 each... capped at the all-symbols weight); ``everything``
+    without either."""
+
+    def weight(q: Mapping[str, str]) -> int:
+        if "symbol" in q:
+            return one
+        if "symbols" in q:
+            return min(few, everything)
+        return everything
+
+    return weight
