@@ -300,3 +300,31 @@ def quote_candles_from_tape(
             out.append(RefCandle(t, prev_close, prev_close, prev_close, prev_close))
         t += tf_ms
     return out
+
+
+# --- aggregate trades (Binance) ------------------------------------------------------------------
+
+
+class RefAggTrade(NamedTuple):
+    """An aggregate trade computed from a tape: consecutive trades of one symbol with the same
+    millisecond, side and price (the replica's stand-in for Binance's "same taker order, same price")."""
+
+    agg_id: int
+    price: Decimal
+    qty: Decimal
+    first_id: int
+    last_id: int
+    time_ms: int
+    buyer_maker: bool
+
+
+def agg_trades_from_tape(rows: list[TapeRow]) -> list[RefAggTrade]:
+    """The aggregate trades of one symbol's tape rows (all of them, from trade id 1), ids from 1."""
+    rows = sorted(rows, key=lambda r: r.trade_id)
+    out: list[RefAggTrade] = []
+    for r in rows:
+        if out and (p := out[-1]).time_ms == r.time_ms and p.price == r.price and p.buyer_maker == r.buyer_maker:
+            out[-1] = p._replace(qty=p.qty + r.qty, last_id=r.trade_id)
+        else:
+            out.append(RefAggTrade(len(out) + 1, r.price, r.qty, r.trade_id, r.trade_id, r.time_ms, r.buyer_maker))
+    return out
