@@ -38,7 +38,8 @@ from reference import read_trade_tape
 M1, M5, H1, D1 = 60_000, 300_000, 3_600_000, 86_400_000
 # Wednesday 2026-03-04 15:00 UTC = 10:00 in New York (EST): US stocks in session, FX market open.
 START = int(dt.datetime(2026, 3, 4, 15, tzinfo=dt.UTC).timestamp() * 1000)
-ITEM = re.compile(r'\{"p":([^,]+),"s":"([^"]+)","t":(\d+),"v":([^}]+)\}')
+# An item's conditions come first: ["1"] for stocks, null otherwise (the replica's choice).
+ITEM = re.compile(r'\{"c":(?:null|\["1"\]),"p":([^,]+),"s":"([^"]+)","t":(\d+),"v":([^}]+)\}')
 SAMPLE = b'{"data":[{"p":7296.89,"s":"BINANCE:BTCUSDT","t":1575526691134,"v":0.011467}],"type":"trade"}'
 NY = ZoneInfo("America/New_York")
 

@@ -64,6 +64,7 @@ import email.utils
 import json
 import logging
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
@@ -247,7 +248,11 @@ class _Instrument:
         self.price_scale = price_scale
         self.volume_scale = volume_scale
         self.minutes = _Minutes()
-        self.item = '{"p":%s,"s":' + json.dumps(name) + ',"t":%d,"v":%s}'
+        # ``c``, the trade conditions (PROTOCOLS.md section 3: a list of condition strings, optional):
+        # US stock trades carry codes (here "1", a regular sale, for every trade); crypto and forex
+        # items carry null, as seen on the live stream [UNVERIFIED: the docs' sample has no c].
+        cond = '["1"]' if kind == "stock" else "null"
+        self.item = '{"c":' + cond + ',"p":%s,"s":' + json.dumps(name) + ',"t":%d,"v":%s}'
 
     def strings(self, items: _Items) -> tuple[list[str], list[str]]:
         """Price and volume texts exactly as the stream and the tape write them (shortest round-trip floats)."""
@@ -641,7 +646,10 @@ class FinnhubReplica(ReplicaBase):
             fault = await self._rest_fault()
             if fault is not None:
                 return fault
-        parts = path.split("/")
+        # Finnhub answers /api/v1//forex/candle like /api/v1/forex/candle (finnhub-python has always sent
+        # the double slash: its _request joins API_URL and a path that starts with "/"): runs of slashes
+        # are one.
+        parts = re.sub("/+", "/", path).split("/")
         if len(parts) != 5 or parts[:3] != ["", "api", "v1"] or parts[4] != "candle" or parts[3] not in codec.KINDS:
             return self._respond(404, _rest_error("Not found"))
         self._tick()  # so that every price up to now is in the minute rows
