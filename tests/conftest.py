@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
@@ -70,6 +71,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "e2e" in item.path.parts or item.path.stem.endswith(SLOW_MODULE_SUFFIXES):
             item.add_marker(pytest.mark.slow)
+        if "thirdparty" in item.path.parts:
+            # The venues' own clients judging the replicas (issue 19): each runs a market for seconds.
+            item.add_marker(pytest.mark.thirdparty)
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
@@ -88,6 +93,22 @@ async def replicas(tmp_path: Any) -> AsyncIterator[StartReplica]:
     yield start
     for replica in started:
         await replica.stop()
+
+
+@pytest.fixture
+async def tls_binance(tmp_path: Path) -> AsyncIterator[BinanceReplica]:
+    """A Binance replica over TLS (``https://``/``wss://``, its CA in ``ca_file``) with a tape, for the
+    third-party clients (tests/thirdparty): BTCUSDT, and XYZUSDT at 100.00, whose per-trade price step is
+    a fraction of a tick, so consecutive trades often share a price and multi-trade aggregates occur."""
+    r = BinanceReplica(
+        symbols=("BTCUSDT", "XYZUSDT"), seed=7, rate=50.0, speed=5.0, history_ms=10 * 60_000,
+        tape=tmp_path / "tape.csv", tls=tmp_path / "tls",
+    )  # fmt: skip
+    await r.start()
+    try:
+        yield r
+    finally:
+        await r.stop()
 
 
 @pytest.fixture

@@ -401,9 +401,14 @@ async def test_ws_control_messages(make_replica: MakeReplica, http: aiohttp.Clie
         assert await collect(ws, 0.3) == []  # and nothing after
         await ws.send_str('{"method":"LIST_SUBSCRIPTIONS","id":10}')
         assert await recv_reply(ws, 10) == {"result": [], "id": 10}
-    # A bad stream in the URL refuses the upgrade.
+    # A stream name outside Binance's syntax in the URL refuses the upgrade; a well-formed one of a symbol
+    # that does not exist is accepted and stays silent, as at Binance (counted in idle_streams).
     with pytest.raises(aiohttp.WSServerHandshakeError):
-        await http.ws_connect(replica.ws_url + "/stream?streams=btcusdt@depth")
+        await http.ws_connect(replica.ws_url + "/stream?streams=btcusdt@depthy")
+    idle = replica.stats["idle_streams"]
+    async with http.ws_connect(replica.ws_url + "/ws/nopeusdt@trade") as ws:
+        assert await collect(ws, 0.3) == []
+    assert replica.stats["idle_streams"] == idle + 1
     # ccxt appends /<n> to the combined URL.
     async with http.ws_connect(replica.ws_url + "/stream/3") as ws:
         await ws.send_str('{"method":"SUBSCRIBE","params":["ethusdt@trade"],"id":1}')

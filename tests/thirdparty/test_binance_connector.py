@@ -14,17 +14,23 @@ from typing import Any
 import pytest
 
 pytest.importorskip("binance.spot", reason="binance-connector does not install here")
-from binance.spot import Spot  # noqa: E402
-from binance.websocket.spot.websocket_stream import SpotWebsocketStreamClient  # noqa: E402
+from binance.spot import Spot
+from binance.websocket.spot.websocket_stream import SpotWebsocketStreamClient
 
-from deltafeed.venues.binance.replica import BinanceReplica  # noqa: E402
-from reference import TapeRow, agg_trades_from_tape, read_tape, rows_by_symbol  # noqa: E402
+from deltafeed.venues.binance.replica import BinanceReplica
+from reference import TapeRow, agg_trades_from_tape, read_tape, rows_by_symbol
 
 HOUR = 3_600_000
 
 
 def _ohlcv(rows: list[TapeRow]) -> list[Decimal]:
-    return [rows[0].price, max(r.price for r in rows), min(r.price for r in rows), rows[-1].price, sum(r.qty for r in rows)]
+    return [
+        rows[0].price,
+        max(r.price for r in rows),
+        min(r.price for r in rows),
+        rows[-1].price,
+        sum(r.qty for r in rows),
+    ]
 
 
 def _rest(r: BinanceReplica) -> dict[str, Any]:
@@ -54,7 +60,13 @@ async def test_rest_time_zone_aggs_and_tickers(tls_binance: BinanceReplica, monk
     assert len(got["aggs"]) == 1000
     for a in got["aggs"]:  # the most recent 1000, oldest first
         x = ref[a["a"]]
-        assert (Decimal(a["p"]), Decimal(a["q"]), a["f"], a["l"], a["T"]) == (x.price, x.qty, x.first_id, x.last_id, x.time_ms)
+        assert (Decimal(a["p"]), Decimal(a["q"]), a["f"], a["l"], a["T"]) == (
+            x.price,
+            x.qty,
+            x.first_id,
+            x.last_id,
+            x.time_ms,
+        )
     assert [t["symbol"] for t in got["t24"]] == ["BTCUSDT", "XYZUSDT"]
     for t in got["t24"]:
         rows = [row for row in tape[t["symbol"]] if t["firstId"] <= row.trade_id <= t["lastId"]]

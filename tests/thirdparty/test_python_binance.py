@@ -5,6 +5,7 @@ aggTrade, diff-depth and bookTicker streams through ``BinanceSocketManager``; al
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import ssl
 from decimal import Decimal
@@ -13,13 +14,13 @@ from typing import Any
 import pytest
 
 pytest.importorskip("binance.client", reason="python-binance does not install here")
-from binance.async_client import AsyncClient  # noqa: E402
-from binance.client import Client  # noqa: E402
-from binance.exceptions import BinanceAPIException  # noqa: E402
-from binance.ws.streams import BinanceSocketManager  # noqa: E402
+from binance.async_client import AsyncClient
+from binance.client import Client
+from binance.exceptions import BinanceAPIException
+from binance.ws.streams import BinanceSocketManager
 
-from deltafeed.venues.binance.replica import BinanceReplica  # noqa: E402
-from reference import agg_trades_from_tape, candles_from_tape, read_tape, rows_by_symbol  # noqa: E402
+from deltafeed.venues.binance.replica import BinanceReplica
+from reference import agg_trades_from_tape, candles_from_tape, read_tape, rows_by_symbol
 
 MINUTE = 60_000
 
@@ -133,7 +134,7 @@ async def test_streams_equal_the_tape_and_the_book_syncs(tls_binance: BinanceRep
     diffs = [m["data"] for m in msgs if m["stream"] == "btcusdt@depth@100ms"]
     tickers = {m["data"]["u"]: m["data"] for m in msgs if m["stream"] == "btcusdt@bookTicker"}
     assert len(diffs) > 5 and len(tickers) > 5
-    for prev, ev in zip(diffs, diffs[1:], strict=False):
+    for prev, ev in itertools.pairwise(diffs):
         assert ev["U"] == prev["u"] + 1
     book: dict[str, dict[Decimal, Decimal]] = {"b": {}, "a": {}}
     checked = 0

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 tick_vault = pytest.importorskip("tick_vault", reason="tick-vault does not install here")
-import tick_vault.chunk  # noqa: E402
+tick_vault_chunk = pytest.importorskip("tick_vault.chunk", reason="tick-vault does not install here")
 
 from deltafeed.venues.dukascopy.replica import DukascopyReplica  # noqa: E402
 from reference import read_quote_tape  # noqa: E402
@@ -29,7 +29,7 @@ async def test_download_and_read_equal_the_tape(tmp_path: Path, monkeypatch: pyt
     )  # fmt: skip
     await r.start()
     try:
-        monkeypatch.setattr(tick_vault.chunk, "DUKASCOPY_DATA_FEED_BASE", r.url + "/")  # r.url ends in /datafeed
+        monkeypatch.setattr(tick_vault_chunk, "DUKASCOPY_DATA_FEED_BASE", r.url + "/")  # r.url ends in /datafeed
         monkeypatch.chdir(tmp_path)  # tick-vault keeps its files under ./tick_vault_data
         first = START - dt.timedelta(hours=2)
         await tick_vault.download_range("EURUSD", start=first, end=START)
@@ -41,7 +41,12 @@ async def test_download_and_read_equal_the_tape(tmp_path: Path, monkeypatch: pyt
     assert len(tape) > 1000 and len(df) == len(tape)
     got = [
         (int(t.value // 1_000_000), float(b), float(a))
-        for t, b, a in zip(df["time"].dt.tz_localize(None) if df["time"].dt.tz is not None else df["time"], df["bid"], df["ask"], strict=True)
+        for t, b, a in zip(
+            df["time"].dt.tz_localize(None) if df["time"].dt.tz is not None else df["time"],
+            df["bid"],
+            df["ask"],
+            strict=True,
+        )
     ]
     want = sorted((q.time_ms, float(q.bid), float(q.ask)) for q in tape)
     assert sorted((t, round(b, 5), round(a, 5)) for t, b, a in got) == want  # quotes of one ms: any order

@@ -113,10 +113,7 @@ class TradeLog:
         """``/api/v3/trades`` (``from_id`` None: the most recent) and ``/historicalTrades`` rows, oldest first."""
         c = self.trades.cols()
         ids = c["id"]
-        if from_id is None:
-            lo = max(0, len(ids) - limit)
-        else:
-            lo = int(np.searchsorted(ids, from_id, side="left"))
+        lo = max(0, len(ids) - limit) if from_id is None else int(np.searchsorted(ids, from_id, side="left"))
         sl = slice(lo, lo + limit)
         ticks, lots = c["p"][sl].tolist(), c["q"][sl].tolist()
         ps, qs = float(self.spec.price_scale), float(_LOT_SCALE)

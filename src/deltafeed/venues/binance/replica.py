@@ -670,7 +670,9 @@ class BinanceReplica(ReplicaBase):
         if route is None:
             # Never an empty body: Binance's error shape, naming what is not served [the code for an
             # unknown path is not documented; -1000 UNKNOWN is the generic one in errors.md].
-            body = error_body(-1000, f"Unknown path {path}: this replica does not serve it (see docs/venues/binance.md).")
+            body = error_body(
+                -1000, f"Unknown path {path}: this replica does not serve it (see docs/venues/binance.md)."
+            )
             return self._respond(404, body, self.limiter.used(ip))
         handler, weight = route
         try:
@@ -921,7 +923,7 @@ class BinanceReplica(ReplicaBase):
             raise _BadRequest(-1130, "Data sent for parameter 'limit' is not valid.")
         return limit
 
-    def _log(self, symbol: str) -> TradeLog:
+    def _trade_log(self, symbol: str) -> TradeLog:
         log_ = self._sim.logs.get(symbol)
         if log_ is None:
             log_ = self._sim.logs[symbol] = TradeLog(self._sim.specs[symbol])
@@ -930,13 +932,13 @@ class BinanceReplica(ReplicaBase):
     def _trades(self, request: web.Request) -> web.Response:
         q = request.query
         symbol = self._symbol(q)
-        return self._ok(msgspec.json.encode(self._log(symbol).trade_rows(None, self._limit(q))))
+        return self._ok(msgspec.json.encode(self._trade_log(symbol).trade_rows(None, self._limit(q))))
 
     def _historical_trades(self, request: web.Request) -> web.Response:
         q = request.query
         symbol = self._symbol(q)
         limit = self._limit(q)
-        return self._ok(msgspec.json.encode(self._log(symbol).trade_rows(_int_param(q, "fromId"), limit)))
+        return self._ok(msgspec.json.encode(self._trade_log(symbol).trade_rows(_int_param(q, "fromId"), limit)))
 
     def _agg_trades(self, request: web.Request) -> web.Response:
         q = request.query
@@ -953,7 +955,7 @@ class BinanceReplica(ReplicaBase):
                 raise _BadRequest(-1127, "More than 1 hours between startTime and endTime.")
         if from_id is not None and (start is not None or end is not None):
             raise _BadRequest(-1128, "Combination of optional parameters invalid.")
-        return self._ok(msgspec.json.encode(self._log(symbol).agg_rows(from_id, start, end, limit)))
+        return self._ok(msgspec.json.encode(self._trade_log(symbol).agg_rows(from_id, start, end, limit)))
 
     def _ticker_symbols(self, q: Mapping[str, str]) -> tuple[list[str], bool]:
         """The symbols a ticker request names (``symbol``, ``symbols`` JSON list, or none: all) and whether
@@ -1043,7 +1045,7 @@ class BinanceReplica(ReplicaBase):
         """Binance's current average price: the volume-weighted price of the last 5 minutes, and the
         time of the last trade in them (rest-api.md ``GET /api/v3/avgPrice``)."""
         w = self._window(symbol, 300_000)
-        rows = self._log(symbol).trade_rows(None, 1)
+        rows = self._trade_log(symbol).trade_rows(None, 1)
         close = int(str(rows[0]["time"])) if rows else w.close_ms
         return (w.weighted if w.count else w.last), close
 
@@ -1310,9 +1312,10 @@ class BinanceReplica(ReplicaBase):
         wall = time.monotonic()
         out: dict[_Conn, tuple[list[bytes], list[int]]] = {}
         for st in list(self._streams.values()):
+            blobs: dict[bool, tuple[bytes, int]] | None
             if st.kind == "trade":
-                b = batches.get(st.symbol)
-                blobs = None if b is None else self._trade_blobs(st, b, now)
+                tb = batches.get(st.symbol)
+                blobs = None if tb is None else self._trade_blobs(st, tb, now)
             elif st.kind == "kline":
                 blobs = self._kline_blobs(st, now, wall)
             else:
