@@ -106,7 +106,7 @@ async def test_streams_equal_the_tape_and_the_book_syncs(tls_binance: BinanceRep
     r = tls_binance
     assert r.ca_file is not None
     client = AsyncClient()
-    bsm = BinanceSocketManager(client)
+    bsm = BinanceSocketManager(client, max_queue_size=100_000)  # its default of 100 overflows at this rate
     bsm.STREAM_URL = r.ws_url + "/"
     bsm.ws_kwargs = {"ssl": ssl.create_default_context(cafile=str(r.ca_file))}
     msgs: list[dict[str, Any]] = []
@@ -115,7 +115,9 @@ async def test_streams_equal_the_tape_and_the_book_syncs(tls_binance: BinanceRep
             loop = asyncio.get_running_loop()
             end = loop.time() + 3.0
             while loop.time() < end:
-                msgs.append(await asyncio.wait_for(sock.recv(), 5))
+                m = await asyncio.wait_for(sock.recv(), 5)
+                assert m.get("e") != "error", m  # the client reports its own failures as messages
+                msgs.append(m)
     finally:
         await client.close_connection()
     snapshot = await asyncio.to_thread(_depth_snapshot, r)

@@ -978,7 +978,8 @@ class BinanceReplica(ReplicaBase):
         return list(self._sim.symbols), True
 
     def _window(self, symbol: str, length_ms: int = 86_400_000) -> Window:
-        return window(self._sim, self._sim.logs.get(symbol), symbol, self._clock.now_ms(), length_ms)
+        """The rolling window up to the market time released so far (the clock may already be ahead)."""
+        return window(self._sim, self._sim.logs.get(symbol), symbol, self._sim.released_ms, length_ms)
 
     def _ticker_24hr(self, request: web.Request) -> web.Response:
         q = request.query
