@@ -31,6 +31,8 @@ services:
 # The programs that read `deltafeed export` files, each in its own venv (their pins clash with ours
 # and with each other): the export tests load the files with them, and skip (saying so) when a venv
 # is missing. Best effort: a registry that cannot serve them leaves the tests skipped, not failing.
+# Not a prerequisite of `test`: the two venvs take 1.4 GB and 3-8 minutes to install; run
+# `make consumers test` to include those checks.
 consumers:
 	@test -x .venv-freqtrade/bin/freqtrade || ($(PYTHON) -m venv .venv-freqtrade && .venv-freqtrade/bin/pip install -q freqtrade) || echo "freqtrade did not install; its export test will be skipped"
 	@.venv-nautilus/bin/python -c 'import nautilus_trader' 2>/dev/null || ($(PYTHON) -m venv .venv-nautilus && .venv-nautilus/bin/pip install -q nautilus_trader) || echo "nautilus_trader did not install; its export test will be skipped"
@@ -50,7 +52,7 @@ browser:
 PYTEST_WORKERS ?= auto
 XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadfile)
 
-test: lint services consumers browser
+test: lint services browser
 	$(BIN)/pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # The everyday subset (under 3 minutes): everything but the end-to-end runs marked slow.
