@@ -115,3 +115,11 @@ def test_bad_symbols_and_aliases_are_one_line(symbols: list[str], aliases: dict[
 def test_a_default_venue_with_prefixed_symbols_keeps_the_prefix(name: str, default: str, stored: str) -> None:
     assert native(name, default_venue=default) == stored
     assert resolve(name, [stored], default_venue=default) == stored
+
+
+def test_ccxt_instruments_answer_to_their_unified_symbol() -> None:
+    known = ["ccxt:OKX:BTC/USDT:USDT", "ccxt:KRAKEN:ETH/USD"]
+    assert resolve("ccxt:okx:BTC/USDT:USDT", known) == "ccxt:OKX:BTC/USDT:USDT"
+    assert resolve("BTC/USDT:USDT", known) == "ccxt:OKX:BTC/USDT:USDT"  # the only venue collecting it
+    assert resolve("ETH/USD", known) == "ccxt:KRAKEN:ETH/USD"
+    assert native("ccxt:okx:BTC/USDT") == "ccxt:OKX:BTC/USDT"

@@ -65,6 +65,15 @@ class CcxtSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
 
 class Ccxt(Venue):
     name = "ccxt"
+    prefixed_symbols = True  # EXCHANGE:SYMBOL
+
+    def unified_symbol(self, symbol: str) -> str | None:
+        """``OKX:BTC/USDT:USDT`` is ccxt's ``BTC/USDT:USDT`` on OKX: the symbol after the exchange."""
+        _, found, unified = symbol.partition(":")
+        return unified if found and "/" in unified else None
+
+    def native_symbol(self, unified: str) -> str | None:
+        return None  # a unified symbol names no exchange
     description = "any exchange ccxt.pro streams: trades over its WebSocket, candles from fetch_ohlcv, reconciled"
     settings_type = CcxtSettings
     # Each exchange offers its own timeframes; one it lacks is rolled up from a shorter one it has,
