@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from deltafeed.candles.calendar import FxCalendar
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
 from deltafeed.model import BadInput
 from deltafeed.venues import registry
-from reference import candles_from_tape, read_venue_tape
+from deltafeed.venues.ib.replica import quote_tape_path
+from reference import candles_from_tape, quote_candles_from_tape, read_quote_tape, read_venue_tape
 
 #: Wednesday 2026-11-11 15:00 UTC: 10:00 in New York, the stock session is open.
 START_MS = 1_794_355_200_000 + 15 * 3_600_000
@@ -157,3 +159,36 @@ async def test_a_refused_tick_by_tick_line_streams_real_time_bars_equal_to_the_t
                 w.volume,
                 w.trades,
             ), (sym, c.open_time)
+
+
+async def test_timeframes_ib_has_no_bars_for_are_rolled_up_from_its_own(tmp_path: Path) -> None:
+    """2m is an IB bar size; 4h is not (IB's hour bars follow sessions): the engine builds 4h from 1h."""
+    venue = registry.get("ib")
+    tape = tmp_path / "tape.csv"
+    replica = venue.build_replica(symbols=["EUR.USD"], rate=0.5, history_ms=9 * 3_600_000, start_ms=START_MS, tape=tape)
+    await replica.start()
+    try:
+        settings = Settings(
+            symbols=["ib:EUR.USD"],
+            timeframes=["2m", "4h"],
+            history="8h",
+            db=str(tmp_path / "x.duckdb"),
+            venues={"ib": venue.replica_settings(replica)},
+        ).validate()
+        engine = Engine(settings)
+        await engine.start()
+        try:
+            await engine.writer.flush()
+            stored = {tf: await engine.cold.query("ib:EUR.USD", tf) for tf in ("2m", "4h")}
+        finally:
+            await engine.stop()
+    finally:
+        await replica.stop()
+    quotes = read_quote_tape(quote_tape_path(tape))
+    for tf, ms in (("2m", 120_000), ("4h", 14_400_000)):
+        ref = {c.open_time: c for c in quote_candles_from_tape(quotes, ms, "mid", FxCalendar())}
+        final = [c for c in stored[tf] if c.final]
+        assert len(final) >= (200 if tf == "2m" else 1), (tf, len(final))
+        for c in final:
+            w = ref[c.open_time]
+            assert (c.open, c.high, c.low, c.close) == (w.open, w.high, w.low, w.close), (tf, c.open_time)

@@ -372,3 +372,27 @@ def test_bad_timeframes_and_candles_are_refused() -> None:
     roll = RollupBuilder("1m", ["5m"], sink)
     with pytest.raises(ValueError, match="not aligned"):
         roll.on_base(Candle(30_000, 1, 1, 1, 1, 0.0, 0, True))
+
+
+def test_history_without_trade_counts_rolls_up_every_parts_prices() -> None:
+    """Parts with a count of 0 are flat placeholders by default; from a history that has none (it
+    leaves out empty intervals) but no trade counts either (IB's quote bars, Coinbase), each part's
+    prices count."""
+    from deltafeed.candles.rollup import rollup
+
+    parts = [
+        Candle(0, 1.0, 1.5, 0.9, 1.2, 0.0, 0, True, True),
+        Candle(H, 1.2, 2.0, 1.1, 1.3, 0.0, 0, True, True),
+        Candle(2 * H, 1.3, 1.4, 0.5, 0.8, 0.0, 0, True, True),
+    ]
+    [priced] = rollup(parts, "1h", "4h", until_ms=4 * H, placeholders=False)
+    assert (priced.open, priced.high, priced.low, priced.close, priced.closed, priced.final) == (
+        1.0,
+        2.0,
+        0.5,
+        0.8,
+        True,
+        True,
+    )
+    [flat] = rollup(parts, "1h", "4h", until_ms=4 * H)  # the default reads them as placeholders
+    assert (flat.high, flat.low) == (1.5, 0.9)

@@ -40,6 +40,18 @@ def _append(c: Candle, p: Candle) -> None:
     c.trades += p.trades
 
 
+def _append_priced(c: Candle, p: Candle) -> None:
+    """Fold part ``p`` into ``c`` when every part holds real prices (no flat placeholders), even
+    with a count of 0: a venue whose history gives no trade count (IB's MIDPOINT/BID/ASK bars)."""
+    if p.high > c.high:
+        c.high = p.high
+    if p.low < c.low:
+        c.low = p.low
+    c.close = p.close
+    c.volume += p.volume
+    c.trades += p.trades
+
+
 def _start(open_time: int, p: Candle) -> Candle:
     """A new (not closed) candle opening at ``open_time`` holding just part ``p``."""
     return Candle(open_time, p.open, p.high, p.low, p.close, p.volume, p.trades, False)
@@ -55,7 +67,12 @@ def _grid(tf: Timeframe | str | int) -> Timeframe:
 
 
 def rollup(
-    parts: Iterable[Candle], part: Timeframe | str | int, tf: Timeframe | str | int, until_ms: int | None = None
+    parts: Iterable[Candle],
+    part: Timeframe | str | int,
+    tf: Timeframe | str | int,
+    until_ms: int | None = None,
+    *,
+    placeholders: bool = True,
 ) -> list[Candle]:
     """Fold ``parts`` (sorted by open time, each one candle of timeframe ``part``) into candles of
     ``tf`` (each a :class:`Timeframe`, a name, or a length in ms on the epoch grid).
@@ -66,8 +83,13 @@ def rollup(
     ``until_ms`` (the venue's history is complete up to then, and it leaves out intervals without
     prices), when every part it has is closed and it ends by ``until_ms`` -- and final only when it
     is closed and every part of it is final.
+
+    ``placeholders=False`` says there are none (the parts come from a history that leaves out
+    intervals without prices): every part's prices count, whatever its number of trades, which a
+    history without trade counts (IB's quote bars, count 0) needs.
     """
     part_tf, tf_tf = _grid(part), _grid(tf)
+    fold = _append if placeholders else _append_priced
     if not part_tf.divides(tf_tf):
         raise ValueError(f"{tf_tf} candles cannot be built from {part_tf} ones: {part_tf} does not divide {tf_tf}")
     out: list[Candle] = []
@@ -83,7 +105,7 @@ def rollup(
             end = tf_tf.next(b)
             complete, verified = p.closed, p.final
         else:
-            _append(cur, p)
+            fold(cur, p)
             complete = complete and p.closed
             verified = verified and p.final
         ends = part_tf.next(p.open_time) == end or (until_ms is not None and end <= until_ms)

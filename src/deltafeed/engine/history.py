@@ -66,4 +66,7 @@ async def history(st: Series, tf: str, start_ms: int, end_ms: int, now_ms: int |
     parts = await st.feed.candles(st, base, first, stop - 1, now_ms)
     now = now_ms if now_ms is not None else st.feed.clock.now_ms()
     until = now if st.feed.omits_empty else None
-    return [c for c in rollup(parts, base, grid, until_ms=until) if c.open_time <= end_ms]
+    # A venue that leaves out intervals without prices sends no flat placeholders: every part counts,
+    # even one without a trade count (IB's quote bars).
+    rolled = rollup(parts, base, grid, until_ms=until, placeholders=not st.feed.omits_empty)
+    return [c for c in rolled if c.open_time <= end_ms]

@@ -240,15 +240,22 @@ def contract_from_fields(f: list[str]) -> Contract:
 
 # --- times, durations, bar sizes ----------------------------------------------------------------------
 
-#: deltafeed timeframe -> IB bar size (IB's own daily and weekly bars follow the exchange's sessions,
-#: not UTC days, so longer candles are rolled up from these).
+#: deltafeed timeframe -> IB bar size, the venue's declared timeframes: the engine rolls any other
+#: one up from the longest of these that divides it (IB's multi-hour, daily and weekly bars follow
+#: the exchange's sessions, not UTC, so they are not used).
 BAR_SIZES: dict[str, str] = {
     "1s": "1 secs",
     "5s": "5 secs",
     "15s": "15 secs",
+    "30s": "30 secs",
     "1m": "1 min",
+    "2m": "2 mins",
+    "3m": "3 mins",
     "5m": "5 mins",
+    "10m": "10 mins",
     "15m": "15 mins",
+    "20m": "20 mins",
+    "30m": "30 mins",
     "1h": "1 hour",
 }
 BAR_SIZE_MS: dict[str, int] = {
@@ -276,9 +283,15 @@ MAX_DURATION_S: dict[str, int] = {
     "1 secs": 1_800,
     "5 secs": 3_600,
     "15 secs": 14_400,
+    "30 secs": 28_800,
     "1 min": 86_400,
+    "2 mins": 2 * 86_400,
+    "3 mins": 7 * 86_400,
     "5 mins": 7 * 86_400,
+    "10 mins": 7 * 86_400,
     "15 mins": 7 * 86_400,
+    "20 mins": 7 * 86_400,
+    "30 mins": 30 * 86_400,
     "1 hour": 30 * 86_400,
 }
 #: Bars this short are under IB's historical pacing rules (60 per 10 min, ...).

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from deltafeed.candles.quotes import QuoteRouter
 from deltafeed.clock import VenueClock
-from deltafeed.model import TIMEFRAMES, BadInput, Candle, Trade
+from deltafeed.model import BadInput, Candle, Trade
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.net.reconnect import Backoff
 from deltafeed.venues.base import FeedStatus, SkipLog
@@ -122,9 +122,6 @@ class IbFeed:
     def add(self, st: Series) -> None:
         sym = st.instrument.symbol
         c = self.contracts.get(sym) or ib.contract_for(sym, self.exchange, self.currency)
-        for tf in st.builder.timeframes:
-            if tf not in ib.BAR_SIZES:
-                raise BadInput(f'IB history has no {tf} bars aligned to UTC days; roll {tf} up with rollup_from = "1h"')
         self.contracts[sym] = c
         self.states.append(st)
         self._by_symbol.setdefault(sym, []).append(st)
@@ -492,7 +489,7 @@ class IbFeed:
         c = self.contracts[st.instrument.symbol]
         what = {"trade": "TRADES", "mid": "MIDPOINT", "bid": "BID", "ask": "ASK"}[st.price]
         bar = ib.BAR_SIZES[timeframe]
-        tf = TIMEFRAMES[timeframe]
+        tf = ib.BAR_SIZE_MS[bar]
         now = now_ms if now_ms is not None else self.clock.now_ms()
         page = self.page_span_ms(timeframe)
         out: list[Candle] = []
