@@ -113,10 +113,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     venue_klines: bool = True
     retention: dict[str, str] = msgspec.field(default_factory=dict)
     # Keep the raw trades and quotes the stream delivers in the cold tier (GET /trades, `deltafeed
-    # trades`, export), for ``tick_retention``. On by default: a candle can then be rebuilt and a
-    # second studied; it costs ~10-20 bytes per tick on disk (see bench/ticks.py), so turn it off
-    # for a run that only needs candles.
-    ticks: bool = True
+    # trades`, export), for ``tick_retention``, so a candle can be rebuilt and a second studied. Off
+    # by default: it costs ~13 bytes a tick on disk (see bench/ticks.py) and a DuckDB file write a
+    # second, which delays readers of the same file (`deltafeed candles` while a run writes); turn
+    # it on where ticks are wanted.
+    ticks: bool = False
     tick_retention: str = "7d"
     # Keeping the stream alive and complete (durations as in "10s", "5m", "23h").
     stale_after: str = "10s"  # drop a connection that delivered nothing for this long

@@ -59,8 +59,8 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
         db=str(db),
         rest_url=replica.url,
         ws_url=replica.ws_url,
+        ticks=True,
     ).validate()
-    assert settings.ticks, "ticks are recorded by default"
     engine = Engine(settings)
     await engine.start()
     runner = await start_api(engine, None, "127.0.0.1", 0, None)
@@ -402,6 +402,7 @@ async def test_quotes_of_a_quote_built_venue_equal_the_tape(tmp_path: Path, monk
         db=str(tmp_path / "fx.duckdb"),
         rest_url=replica.url,
         stream_url=replica.url,
+        ticks=True,
     ).validate()
     engine = Engine(settings)
     runner = None
