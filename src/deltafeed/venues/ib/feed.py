@@ -158,12 +158,14 @@ class IbFeed:
         await asyncio.wait(waits, timeout=READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
         for w in waits:
             w.cancel()
-        if not self._ready.is_set() and self._refused.is_set():
+        # Ready once is enough here: a socket dropped since then is taken up again by the contract
+        # requests below, which wait for the reconnection.
+        if not self.connects and self._refused.is_set():
             raise BadInput(
                 f"TWS at {self.host}:{self.port} refused client id {self.client_id} ({self._refused_why}); "
                 "set another [venues.ib] client_id (every API client of one TWS needs its own)"
             )
-        if not self._ready.is_set():
+        if not self.connects:
             raise BadInput(
                 f"no TWS / IB Gateway API at {self.host}:{self.port} (client id {self.client_id}); start it, enable "
                 "'ActiveX and Socket Clients', check the socket port and trusted IPs, or set [venues.ib] tws_url"
