@@ -74,6 +74,7 @@ class Ccxt(Venue):
 
     def native_symbol(self, unified: str) -> str | None:
         return None  # a unified symbol names no exchange
+
     description = "any exchange ccxt.pro streams: trades over its WebSocket, candles from fetch_ohlcv, reconciled"
     settings_type = CcxtSettings
     # Each exchange offers its own timeframes; one it lacks is rolled up from a shorter one it has,
