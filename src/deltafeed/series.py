@@ -61,7 +61,7 @@ class Series:
     quote_buffer: list[tuple[int, int, float, float]] | None = None
     tick_recorder: TickRecorder | None = None
     _seen: int = 0
-    _published: dict[str, tuple[int, float, float]] = field(default_factory=dict)
+    _published: dict[str, tuple[object, ...]] = field(default_factory=dict)  # what publisher.open last put
     _published_price_ms: int = 0
 
     @property

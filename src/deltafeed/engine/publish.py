@@ -153,8 +153,9 @@ class Publisher:
             yield key, tf, e.hot.last(key, tf, e.settings.hot_capacity)
 
     def open(self, st: Series) -> None:
-        """The forming candles of a series (as of this tick) to every tier, to consumers when they
-        changed since the last tick, and its latest price."""
+        """The forming candles of a series that changed since the last tick to every tier and to
+        consumers, and its latest price. An unchanged candle is not put again: the work per tick
+        follows the trades, not the number of instruments."""
         e = self.engine
         key = st.key
         hub = e.hub
@@ -166,13 +167,14 @@ class Publisher:
         logical = e.failover.logical_of(key)
         keys = (key, logical) if logical is not None else (key,)
         for tf, c in st.open_candles():
-            # Consumers hear of a forming candle only when it changed since the last tick.
-            seen = (c.open_time, c.close, c.volume)
-            fresh = st._published.get(tf) != seen
-            if fresh:
-                st._published[tf] = seen
+            # A trade moves the volume or the trade count; a venue's candle may move any field; a
+            # failover moves the logical series to another source.
+            seen = (c.open_time, c.open, c.high, c.low, c.close, c.volume, c.trades, logical)
+            if st._published.get(tf) == seen:
+                continue
+            st._published[tf] = seen
             for k in keys:
-                self.put(k, tf, c, publish=fresh)
+                self.put(k, tf, c)
         if hub is not None and st.last_trade_ms != st._published_price_ms:
             st._published_price_ms = st.last_trade_ms
             first = st.open_candles()

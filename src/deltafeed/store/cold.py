@@ -504,9 +504,12 @@ class ColdStore:
         with self._connection() as con:
             self._check_schema(con)
             with self._transaction(con):
-                con.executemany(
-                    f"INSERT OR REPLACE INTO {_DB}.final_marks VALUES (?, ?, ?)",
-                    [[i, tf, t] for (i, tf), t in marks.items()],
+                # One set-based statement (executemany would run one INSERT per mark).
+                keys = list(marks)
+                con.execute(
+                    f"INSERT OR REPLACE INTO {_DB}.final_marks"
+                    " SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::BIGINT[])",
+                    [[k[0] for k in keys], [k[1] for k in keys], [marks[k] for k in keys]],
                 )
 
     def record_switches(self, switches: Sequence[Switch]) -> None:

@@ -1,5 +1,6 @@
-"""Binance's live side for the engine: one combined WebSocket stream of trades and klines for every
-Binance instrument of a run, kept alive, rotated before the 24 h cut-off, decoded into the
+"""Binance's live side for the engine: combined WebSocket streams of trades and klines for the
+Binance instruments of a run, split over as many connections as Binance's per-connection limits
+need, each kept alive and rotated before the 24 h cut-off on its own, decoded into the
 instruments' candle builders."""
 
 from __future__ import annotations
@@ -28,14 +29,94 @@ if TYPE_CHECKING:
 log = logging.getLogger("deltafeed.binance")
 
 MAX_SKEW_MS = 15 * 60_000  # a trade time further than this from the venue's clock is impossible
+#: Longest combined-stream URL we open. Binance documents no URL limit, but a 16 KB URL is refused
+#: with a 400 and common servers stop at 8 KB request lines; 4 KB keeps a wide margin and still
+#: carries ~200 streams per connection.
+MAX_URL_BYTES = 4096
+
+
+class _Link:
+    """One connection slot: the instruments it carries, its stream, and the stream replacing it
+    during a rotation. Each link has its own watchdog (in :class:`WsStream`) and its own rotation."""
+
+    def __init__(self, feed: BinanceFeed, index: int) -> None:
+        self.feed = feed
+        self.index = index
+        self.states: list[Series] = []
+        self.n_streams = 0  # streams of every instrument of the link, active or not
+        self.url_bytes = 0  # length of the URL carrying all of them
+        self.ws = self.new_stream()
+        self.task: asyncio.Task[None] | None = None
+        self.next: WsStream | None = None
+        self.next_task: asyncio.Task[None] | None = None
+
+    def url(self) -> str:
+        """The combined-stream URL of this link's instruments streaming now (a reconnect resubscribes them)."""
+        feed = self.feed
+        streams = feed._streams(st for st in self.states if st.active)
+        if not streams:
+            return feed.ws_url.rstrip("/") + "/stream"
+        return binance.combined_url(feed.ws_url, streams)
+
+    def new_stream(self) -> WsStream:
+        f = self.feed
+        name = f.venue if self.index == 0 else f"{f.venue}#{self.index}"
+        return WsStream(self.url, f.on_frame, name=name, stale_after_s=f.stale_after_s, budget=f.budget)
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.ws.run(), name=f"binance-ws-{self.index}")
+
+    def rotate(self) -> None:
+        """Open a second connection; the first is closed once the second delivers (see tick)."""
+        if self.next is not None:
+            return
+        self.next = self.new_stream()
+        self.next_task = asyncio.create_task(self.next.run(), name=f"binance-ws-{self.index}-next")
+
+    async def tick(self, mono: float) -> None:
+        if self.next is not None and self.next.frames > 0:
+            await self.finish_rotation()
+        elif self.next is None and self.ws.connected_at and mono - self.ws.connected_at > self.feed.rotate_after_s:
+            age = mono - self.ws.connected_at
+            log.info("%s: connection is %.0f s old; rotating before the venue cuts it", self.ws.name, age)
+            self.rotate()
+
+    async def finish_rotation(self) -> None:
+        assert self.next is not None and self.next_task is not None
+        old, old_task = self.ws, self.task
+        self.ws, self.task = self.next, self.next_task
+        self.next = self.next_task = None
+        self.feed.rotations += 1
+        self.feed.past_connects += old.connects
+        self.feed.past_frames += old.frames
+        await old.close()
+        if old_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await old_task
+        log.info("%s: rotated to a new connection without a gap", self.ws.name)
+
+    def streams(self) -> list[WsStream]:
+        return [self.ws] if self.next is None else [self.ws, self.next]
+
+    async def stop(self) -> None:
+        pairs = [(self.ws, self.task), (self.next, self.next_task)]
+        await asyncio.gather(*(s.close() for s, _ in pairs if s is not None))
+        for _, task in pairs:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
 
 class BinanceFeed:
     """Streams trades (and, with ``venue_klines``, klines) of its instruments into their builders.
 
     ``on_trade(state, trade)`` is called after a trade went into the builder, so the engine can
-    publish it. Reconnects are handled by :class:`WsStream`; a ``serverShutdown`` or a connection
-    older than ``rotate_after`` is replaced by a second one that takes over once it delivers.
+    publish it. The instruments are spread over as many connections ("links") as Binance's limits
+    need: at most 1024 streams and :data:`MAX_URL_BYTES` of URL per connection; every connection
+    attempt goes through one :class:`ConnectBudget` (Binance: 300 attempts per 5 minutes per IP).
+    Reconnects are handled by :class:`WsStream`; a ``serverShutdown`` or a connection older than
+    ``rotate_after`` is replaced by a second one that takes over once it delivers.
     """
 
     venue = VENUE.name
@@ -61,19 +142,19 @@ class BinanceFeed:
         self.decoder = binance.StreamDecoder()
         self.states: list[Series] = []
         self.by_symbol: dict[str, Series] = {}
+        self.link_of: dict[str, _Link] = {}  # instrument key -> the link carrying it
         self.venue_klines = venue_klines
         self.rotate_after_s = rotate_after_s
         self.stale_after_s = stale_after_s
         self._on_trade = on_trade
         self._request_id = 0
         self.budget = ConnectBudget(connect_budget, 300.0)
-        self.ws = self._new_stream()
-        self._ws_task: asyncio.Task[None] | None = None
-        self._next: WsStream | None = None  # the replacement during a rotation
-        self._next_task: asyncio.Task[None] | None = None
         self.rotations = 0
         self.past_connects = 0  # connections made by streams already rotated away
+        self.past_frames = 0  # frames delivered by streams already rotated away
         self.shutdown_notices = 0
+        self.links: list[_Link] = [_Link(self, 0)]
+        self._started = False
         self._skips = SkipLog(log, "frames")
         self._ts_low = 0
         self._ts_high = 2**62
@@ -82,15 +163,36 @@ class BinanceFeed:
     def errors(self) -> Counter[str]:
         return self.decoder.errors
 
+    @property
+    def ws(self) -> WsStream:
+        """The first link's current connection (the only one for runs of up to ~30 instruments)."""
+        return self.links[0].ws
+
     def add(self, st: Series) -> None:
-        self.states.append(st)
-        self.by_symbol[st.instrument.symbol] = st
-        streams = self._streams(self.states)
+        """Put an instrument on the last link, or on a new one when that would pass a limit."""
+        streams = self._streams([st])
         if len(streams) > binance.MAX_STREAMS_PER_CONNECTION:
             raise BadInput(
-                f"{len(streams)} streams exceed Binance's {binance.MAX_STREAMS_PER_CONNECTION} "
-                "per connection; collect fewer symbols or timeframes per run"
+                f"{len(streams)} streams of {st.instrument.symbol} exceed Binance's "
+                f"{binance.MAX_STREAMS_PER_CONNECTION} per connection; collect fewer timeframes"
             )
+        url_bytes = sum(len(s) + 1 for s in streams)
+        link = self.links[-1]
+        base = len(binance.combined_url(self.ws_url, []))
+        if link.states and (
+            link.n_streams + len(streams) > binance.MAX_STREAMS_PER_CONNECTION
+            or base + link.url_bytes + url_bytes > MAX_URL_BYTES
+        ):
+            link = _Link(self, len(self.links))
+            self.links.append(link)
+            if self._started:
+                link.start()
+        link.states.append(st)
+        link.n_streams += len(streams)
+        link.url_bytes += url_bytes
+        self.link_of[st.key] = link
+        self.states.append(st)
+        self.by_symbol[st.instrument.symbol] = st
 
     def page_span_ms(self, timeframe: str) -> int:
         return self.history.page_span_ms(timeframe)
@@ -110,16 +212,6 @@ class BinanceFeed:
             for s in binance.streams_for(st.instrument.symbol, st.builder.timeframes if self.venue_klines else [])
         ]
 
-    def _url(self) -> str:
-        """The combined-stream URL of the instruments streaming now (a reconnect resubscribes them)."""
-        streams = self._streams(st for st in self.states if st.active)
-        if not streams:
-            return self.ws_url.rstrip("/") + "/stream"
-        return binance.combined_url(self.ws_url, streams)
-
-    def _new_stream(self) -> WsStream:
-        return WsStream(self._url, self.on_frame, name=self.venue, stale_after_s=self.stale_after_s, budget=self.budget)
-
     async def check(self) -> None:
         """Read the venue's time and check every symbol exists; :class:`BadInput` naming the fix."""
         try:
@@ -135,10 +227,12 @@ class BinanceFeed:
         self.update_skew_bounds()
 
     def connected(self) -> bool:
-        return self.ws.connected.is_set()
+        return all(link.ws.connected.is_set() for link in self.links)
 
     def start(self) -> None:
-        self._ws_task = asyncio.create_task(self.ws.run(), name="binance-ws")
+        self._started = True
+        for link in self.links:
+            link.start()
 
     def update_skew_bounds(self) -> None:
         """Trades further than MAX_SKEW_MS from the venue's clock are refused as impossible."""
@@ -146,31 +240,35 @@ class BinanceFeed:
         self._ts_low, self._ts_high = now - MAX_SKEW_MS, now + MAX_SKEW_MS
 
     async def tick(self, mono: float) -> None:
-        """Learn the venue's time from the trades, and rotate the connection when it is due."""
+        """Learn the venue's time from the trades, and rotate connections when due."""
         for st in self.states:
             if st.last_trade_ms:
                 self.clock.observe(st.last_trade_ms)
         self.update_skew_bounds()
-        if self._next is not None and self._next.frames > 0:
-            await self._finish_rotation()
-        elif self._next is None and self.ws.connected_at and mono - self.ws.connected_at > self.rotate_after_s:
-            log.info("connection is %.0f s old; rotating before the venue cuts it", mono - self.ws.connected_at)
-            self._rotate()
+        for link in self.links:
+            await link.tick(mono)
 
     def control(self, subscribe: bool, states: list[Series]) -> None:
-        """Subscribe or unsubscribe ``states`` on the live connection(s)."""
-        streams = self._streams(states)
-        if not streams:
-            return
-        for ws in (self.ws, self._next):
-            if ws is not None and ws.connected.is_set():
-                self._request_id += 1
-                body = (
-                    binance.subscribe(streams, self._request_id)
-                    if subscribe
-                    else binance.unsubscribe(streams, self._request_id)
-                )
-                ws.send(body)
+        """Subscribe or unsubscribe ``states`` on the live connection(s) of their links: one control
+        message per link and connection (Binance allows 5 inbound messages per second each)."""
+        by_link: dict[int, list[Series]] = {}
+        for st in states:
+            link = self.link_of.get(st.key)
+            if link is not None:
+                by_link.setdefault(link.index, []).append(st)
+        for index, group in by_link.items():
+            streams = self._streams(group)
+            if not streams:
+                continue
+            for ws in self.links[index].streams():
+                if ws.connected.is_set():
+                    self._request_id += 1
+                    body = (
+                        binance.subscribe(streams, self._request_id)
+                        if subscribe
+                        else binance.unsubscribe(streams, self._request_id)
+                    )
+                    ws.send(body)
 
     def activate(self, st: Series, active: bool) -> None:
         if active:
@@ -179,13 +277,7 @@ class BinanceFeed:
             self.by_symbol.pop(st.instrument.symbol, None)
 
     async def stop(self) -> None:
-        streams = [(self.ws, self._ws_task), (self._next, self._next_task)]
-        await asyncio.gather(*(s.close() for s, _ in streams if s is not None))
-        for _, task in streams:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await asyncio.gather(*(link.stop() for link in self.links))
         await self.history.close()
 
     # --- frames ---------------------------------------------------------------------------------
@@ -217,47 +309,29 @@ class BinanceFeed:
                 st.on_venue_candle(ev.timeframe, ev.candle, ev.last_trade_id)
         elif type(ev) is ServerShutdown:
             self.shutdown_notices += 1
-            log.warning("binance announced a server shutdown; moving to a new connection")
-            self._rotate()
+            log.warning("binance announced a server shutdown; moving to new connections")
+            # The frame does not say which connection it came on: a shutdown takes the server
+            # down, so every link moves (each waits for its replacement to deliver first).
+            for link in self.links:
+                link.rotate()
 
     def _log_decode_errors(self) -> None:
         self._skips.report(self.decoder.errors, self.decoder.last_error)
 
-    # --- rotation -------------------------------------------------------------------------------
-
-    def _rotate(self) -> None:
-        """Open a second connection; the first is closed once the second delivers (see tick)."""
-        if self._next is not None:
-            return
-        self._next = self._new_stream()
-        self._next_task = asyncio.create_task(self._next.run(), name="binance-ws-next")
-
-    async def _finish_rotation(self) -> None:
-        assert self._next is not None and self._next_task is not None
-        old, old_task = self.ws, self._ws_task
-        self.ws, self._ws_task = self._next, self._next_task
-        self._next = self._next_task = None
-        self.rotations += 1
-        self.past_connects += old.connects
-        await old.close()
-        if old_task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await old_task
-        log.info("rotated to a new binance connection without a gap")
-
     # --- visibility -----------------------------------------------------------------------------
 
     def report(self) -> FeedStatus:
-        connects = self.past_connects + self.ws.connects + (self._next.connects if self._next else 0)
+        streams = [ws for link in self.links for ws in link.streams()]
+        connects = self.past_connects + sum(ws.connects for ws in streams)
         return FeedStatus(
-            connected=self.ws.connected.is_set(),
-            connections=1 + (self._next is not None and self._next.connected.is_set()),
+            connected=self.connected(),
+            connections=sum(ws.connected.is_set() for ws in streams),
             connects=connects,
-            reconnects=max(0, connects - 1 - self.rotations),
+            reconnects=max(0, connects - len(self.links) - self.rotations),
             rotations=self.rotations,
-            stale_drops=self.ws.stale_drops + (self._next.stale_drops if self._next else 0),
+            stale_drops=sum(ws.stale_drops for ws in streams),
             connect_budget_waits=self.budget.waits,
-            frames=self.ws.frames,
+            frames=self.past_frames + sum(link.ws.frames for link in self.links),
             skipped_frames=dict(self.decoder.errors),
             rest_requests=self.history.http.requests,
             rest_throttled=self.history.http.throttled,

@@ -32,6 +32,7 @@ import logging
 import math
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,11 @@ DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 #: does not list, because its length varies.
 INTERVALS: tuple[str, ...] = (*INTERVAL_MS, "1M")
 TICK_SECONDS = 0.015  # pump period (wall)
+#: Client messages per second per connection (PING, PONG and control messages all count).
+MAX_INBOUND_PER_S = 5
+#: The longest request URL the replica accepts (see ``_ws``).
+MAX_URL_BYTES = 8192
+_INBOUND = (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.PING, WSMsgType.PONG)
 MAX_SEND_BUFFER = 8 * 1024 * 1024  # bytes queued on one connection's transport before it is skipped
 BAN_SECONDS = 120  # first auto-ban; doubles on each repeat, up to 3 days [V PROTOCOLS.md: 2 min to 3 days]
 MAX_BAN_SECONDS = 3 * 24 * 3600
@@ -305,6 +311,7 @@ class _Conn:
         "doomed",
         "frames_dropped",
         "frames_sent",
+        "inbound",
         "peer",
         "pings",
         "stalled",
@@ -320,6 +327,7 @@ class _Conn:
         self.peer = peer
         self.streams: dict[str, None] = {}  # in subscription order
         self.pings: dict[bytes, float] = {}  # unanswered ping payload -> monotonic time sent
+        self.inbound: deque[float] = deque()  # monotonic times of the client's messages in the last second
         self.frames_sent = 0
         self.frames_dropped = 0
         self.bytes_sent = 0
@@ -536,6 +544,7 @@ class BinanceReplica(ReplicaBase):
         shutdown_grace_s: float = 3.0,
         slow_s: float = 2.0,
         tls: bool | str | Path = False,
+        inbound_limit: int = MAX_INBOUND_PER_S,
         options: ReplicaOptions | None = None,
     ) -> None:
         rates = parse_faults(faults) if isinstance(faults, str) else dict(faults or {})
@@ -550,6 +559,7 @@ class BinanceReplica(ReplicaBase):
         self.ping_interval = ping_interval
         self.pong_timeout = pong_timeout
         self.max_send_buffer = max_send_buffer
+        self.inbound_limit = inbound_limit  # client messages per second per connection; 0: no limit
         self._clock = MarketClock(o.speed, o.start_ms)
         self._sim = _LoggedSim(
             o.symbols, seed=o.seed, rate=o.rate, start_ms=self._clock.start_ms, history_ms=o.history_ms, tape=o.tape
@@ -576,6 +586,8 @@ class BinanceReplica(ReplicaBase):
             "bytes_sent": 0,
             "slow_skips": 0,
             "idle_streams": 0,
+            "inbound_limit_closes": 0,
+            "long_urls": 0,
         }
         self._setup_faults(dict(o.faults), o.faults_seed)
         self.shutdown_grace_s = shutdown_grace_s
@@ -1120,6 +1132,11 @@ class BinanceReplica(ReplicaBase):
         peer = request.remote or "?"
         if request.query.get("timeUnit", "millisecond").lower() != "millisecond":
             return self._respond(400, error_body(-1100, "The replica sends millisecond timestamps only."), 0)
+        if len(request.raw_path) > MAX_URL_BYTES:
+            # Binance documents no URL limit; a 16 KB combined-stream URL is answered with a 400
+            # [UNVERIFIED which length is the cut-off]. The replica refuses past 8 KB.
+            self.stats["long_urls"] += 1
+            return self._respond(400, error_body(-1, "Request URL too long."), 0)
         # What Binance answers to a bad stream in the URL is not documented; refuse the upgrade with the
         # SUBSCRIBE error's body [UNVERIFIED]. Well-formed names of unknown symbols are accepted (idle).
         if len(names) > MAX_STREAMS_PER_CONNECTION:
@@ -1146,6 +1163,12 @@ class BinanceReplica(ReplicaBase):
         keepalive.add_done_callback(self._tasks.discard)
         try:
             async for msg in ws:
+                if msg.type in _INBOUND and self._over_inbound_limit(conn):
+                    # Binance disconnects a client past 5 messages/s (pings, pongs and control
+                    # messages all count); the close code is not documented [UNVERIFIED] (1008).
+                    self.stats["inbound_limit_closes"] += 1
+                    await self._close_ws(conn, 1008, b"Too many requests")
+                    break
                 if msg.type == WSMsgType.TEXT:
                     await self._control(conn, msg.data)
                 elif msg.type == WSMsgType.BINARY:
@@ -1173,6 +1196,17 @@ class BinanceReplica(ReplicaBase):
             self._stalled.discard(conn)
             self.stats["open_connections"] -= 1
         return ws
+
+    def _over_inbound_limit(self, conn: _Conn) -> bool:
+        """Count one client message; True when the connection passed ``inbound_limit`` in a second."""
+        if not self.inbound_limit:
+            return False
+        now = time.monotonic()
+        q = conn.inbound
+        q.append(now)
+        while q and q[0] <= now - 1.0:
+            q.popleft()
+        return len(q) > self.inbound_limit
 
     async def _close_ws(self, conn: _Conn, code: int, message: bytes) -> None:
         await close_ws(conn, code, message, _WS_CLOSE_TIMEOUT + 1)

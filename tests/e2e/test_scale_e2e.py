@@ -1,0 +1,155 @@
+"""A thousand instruments on one engine against the Binance replica (issue 18).
+
+One run, shared by the tests of this module (it is the expensive part): 1000 symbols at ~10 trades
+per wall second each, 1m candles with Binance's kline streams on (two streams per symbol: the
+combined-stream URL of all of them would be ~45 KB, past what the replica, like Binance, accepts).
+The replica enforces Binance's per-connection limits: 1024 streams, the URL length, and 5 inbound
+messages per second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deltafeed.config import Settings
+from deltafeed.engine import Engine
+from deltafeed.model import TIMEFRAMES
+from deltafeed.store.cold import ColdStore
+from deltafeed.venues.binance import codec
+from deltafeed.venues.binance.feed import MAX_URL_BYTES, BinanceFeed
+from deltafeed.venues.binance.replica import MAX_INBOUND_PER_S, BinanceReplica
+from helpers import until
+from reference import candles_from_tape, read_tape, rows_by_symbol
+
+N = 1000
+SYMBOLS = [f"Z{i:04d}USDT" for i in range(N)]
+SPEED = 10.0  # market seconds per wall second
+RATE = 1.0  # trades per market second per symbol: ~10 trades per wall second per symbol
+STREAM_S = 12.0  # wall seconds of streaming after start-up
+
+
+def _scenario(tmp: Path) -> dict[str, Any]:
+    async def run() -> dict[str, Any]:
+        tape = tmp / "tape.csv"
+        replica = BinanceReplica(symbols=SYMBOLS, seed=5, rate=RATE, speed=SPEED, history_ms=120_000, tape=str(tape))
+        await replica.start()
+        db = str(tmp / "scale.duckdb")
+        settings = Settings(
+            symbols=SYMBOLS, timeframes=["1m"], history="2m", db=db, rest_url=replica.url, ws_url=replica.ws_url
+        ).validate()
+        engine = Engine(settings)
+        backlog: list[int] = []
+        t0 = time.monotonic()
+        try:
+            await engine.start()
+            startup_s = time.monotonic() - t0
+            feed = engine.feeds["binance"]
+            assert isinstance(feed, BinanceFeed)
+            await until(lambda: all(st.trades > 0 for st in engine.states.values()), 30.0, "every instrument trading")
+            end = time.monotonic() + STREAM_S
+            while time.monotonic() < end:
+                await asyncio.sleep(0.5)
+                backlog.append(engine.writer.in_memory)
+            links = [(len(link.url()), len(feed._streams(link.states))) for link in feed.links]
+            trades = {st.instrument.symbol: st.trades for st in engine.states.values()}
+            status = engine.status()
+        finally:
+            await engine.stop()
+            await replica.stop()
+        return {
+            "startup_s": startup_s,
+            "backlog": backlog,
+            "links": links,
+            "trades": trades,
+            "status": status,
+            "stats": dict(replica.stats),
+            "tape": tape,
+            "db": db,
+        }
+
+    return asyncio.run(run())
+
+
+@pytest.fixture(scope="module")
+def scale(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _scenario(tmp_path_factory.mktemp("scale"))
+
+
+def test_a_thousand_instruments_stream_split_over_connections(scale: dict[str, Any]) -> None:
+    links = scale["links"]
+    # Split: more than one connection, each within Binance's limits, and one connection per link.
+    assert len(links) > 1
+    for url_len, n_streams in links:
+        assert url_len <= MAX_URL_BYTES and 0 < n_streams <= codec.MAX_STREAMS_PER_CONNECTION
+    assert sum(n for _, n in links) == 2 * N  # a trade and a 1m kline stream per symbol, none twice
+    stats = scale["stats"]
+    assert stats["connections"] == len(links), stats
+    assert stats["inbound_limit_closes"] == 0 and stats["long_urls"] == 0, stats
+    assert stats["429"] == 0 and stats["418"] == 0
+    status = scale["status"]
+    assert status["connects"] == len(links) and status["reconnects"] == 0
+    assert not status["skipped_frames"]
+    # Every instrument received trades.
+    assert sorted(scale["trades"]) == sorted(SYMBOLS)
+    assert min(scale["trades"].values()) > 0
+
+
+def test_stored_candles_of_every_instrument_equal_the_tape(scale: dict[str, Any]) -> None:
+    by_symbol = rows_by_symbol(read_tape(str(scale["tape"])))
+    tf_ms = TIMEFRAMES["1m"]
+    store = ColdStore.open_reader(scale["db"])
+    try:
+        for sym in SYMBOLS:
+            stored = [c for c in store.query(f"binance:{sym}", "1m") if c.closed]
+            want = {c.open_time: c for c in candles_from_tape(by_symbol[sym], tf_ms)}
+            assert stored, sym
+            keys = [c.open_time for c in stored]
+            assert keys == list(range(keys[0], keys[-1] + tf_ms, tf_ms)), sym
+            for c in stored:
+                w = want[c.open_time]
+                got = (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades)
+                assert got == (w.open, w.high, w.low, w.close, round(w.volume, 8), w.trades), (sym, c.open_time)
+    finally:
+        store.close()
+
+
+def test_writer_backlog_stays_bounded(scale: dict[str, Any]) -> None:
+    """At 1000 instruments x ~10 trades/s the writer keeps up: its backlog does not grow over the
+    run (it grew without bound when every open candle was re-put every 0.2 s)."""
+    backlog = scale["backlog"]
+    assert len(backlog) >= 10
+    half = len(backlog) // 2
+    # The second half of the run holds no more than the first half's peak, plus one tick's worth of
+    # open candles (one per instrument): bounded, not growing.
+    assert max(backlog[half:]) <= max(backlog[:half]) + N, backlog
+
+
+def test_the_replica_enforces_binances_inbound_limit() -> None:
+    """Six control messages within a second close the connection (Binance: 5 messages/s)."""
+
+    async def run() -> tuple[int, int]:
+        import aiohttp
+
+        replica = BinanceReplica(symbols=["BTCUSDT"], seed=1, rate=1.0)
+        await replica.start()
+        try:
+            async with aiohttp.ClientSession() as http, http.ws_connect(replica.ws_url + "/ws") as ws:
+                for i in range(MAX_INBOUND_PER_S + 1):
+                    await ws.send_str(f'{{"method":"LIST_SUBSCRIPTIONS","id":{i}}}')
+                replies = 0
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    replies += 1
+                code = ws.close_code or 0
+        finally:
+            await replica.stop()
+        return replies, code
+
+    replies, code = asyncio.run(run())
+    assert replies == MAX_INBOUND_PER_S and code == 1008
