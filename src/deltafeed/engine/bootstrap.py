@@ -12,7 +12,7 @@ from deltafeed.engine.history import history, page_span_ms
 from deltafeed.model import timeframe
 from deltafeed.net.http import VenueError
 from deltafeed.net.reconnect import Backoff
-from deltafeed.store.base import StoreError
+from deltafeed.store.base import StartupRead, StoreError
 
 if TYPE_CHECKING:
     from deltafeed.engine.core import Engine
@@ -34,6 +34,22 @@ class Bootstrap:
         #: down), e.g. "read the final marks"; None while it is not waiting.
         self.waiting_for: str | None = None
         self.wait_error: StoreError | None = None
+        self._read: dict[tuple[str, str], StartupRead] = {}  # (series, timeframe) -> what prefetch read
+
+    async def prefetch(self) -> None:
+        """Read every series' newest candles with one query per timeframe, where the cold tier can
+        (``recent_many``); :meth:`series` falls back to reads of its own for the others."""
+        cold = self.engine.cold
+        many = getattr(cold, "recent_many", None)
+        if many is None:
+            return
+        keys = list(self.engine.states)
+        for tf in self.engine.timeframes:
+            got: dict[str, StartupRead] = await self.patiently(
+                f"read the newest {tf} candles", partial(many, tf, keys, self.engine.settings.hot_capacity)
+            )
+            for key, read in got.items():
+                self._read[(key, tf)] = read
 
     async def series(self, st: Series, marks: dict[tuple[str, str], int]) -> None:
         """Fill each timeframe from where stored candles stop being known final, up to now."""
@@ -42,12 +58,18 @@ class Bootstrap:
         for tf in self.engine.timeframes:
             grid = timeframe(tf)
             # Warm the hot tier from the store, so readers see history from the first second.
-            recent = partial(self.engine.cold.query, key, tf, None, None, self.engine.settings.hot_capacity)
-            for c in await self.patiently(f"read {key} {tf}", recent):
+            read = self._read.pop((key, tf), None)
+            if read is None:
+                recent = partial(self.engine.cold.query, key, tf, None, None, self.engine.settings.hot_capacity)
+                read = StartupRead(await self.patiently(f"read {key} {tf}", recent), None)
+                read.last_closed = await self.patiently(
+                    f"read {key} {tf}", partial(self.engine.cold.last_closed, key, tf)
+                )
+            for c in read.recent:
                 self.engine.hot.put(key, tf, c)
                 if self.engine.redis is not None:
                     self.engine.redis.put(key, tf, c)
-            last = await self.patiently(f"read {key} {tf}", partial(self.engine.cold.last_closed, key, tf))
+            last = read.last_closed
             start = grid.next(last.open_time) if last else now - self.engine.settings.history_ms
             mark = marks.get((key, tf))
             if last is not None and mark is None:

@@ -217,6 +217,7 @@ class Engine:
                 # They are safe in the spool, and the writer replays it before anything newer.
                 log.warning("spool replay postponed, the cold store fails: %s", exc)
         marks = await self.bootstrap.patiently("read the final marks", self.cold.final_marks)
+        await self.bootstrap.prefetch()
         await asyncio.gather(*(self.bootstrap.series(st, marks) for st in self.states.values()))
         self.failover.seed()
         try:

@@ -12,6 +12,7 @@ import os
 import re
 import stat
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,6 +20,16 @@ from deltafeed.model import BadInput, Candle, Switch, Timeframe
 
 Row = tuple[str, str, Candle]
 """One candle to store: (instrument, timeframe, candle)."""
+
+
+@dataclass(slots=True)
+class StartupRead:
+    """What start-up reads of one series: its newest candles (oldest first, to warm the hot tier)
+    and its newest closed candle (where the history fetch resumes). A tier that can read these for
+    many series at once has ``recent_many(timeframe, instruments, last) -> dict[str, StartupRead]``."""
+
+    recent: list[Candle]
+    last_closed: Candle | None
 
 
 class StoreError(Exception):

@@ -32,7 +32,7 @@ import numpy as np
 from msgspec.structs import astuple
 
 from deltafeed.model import BadInput, Candle, Switch, Timeframe
-from deltafeed.store.base import Row, StoreBusy, StoreError, gaps_from_rows, grid_of, missing_dir
+from deltafeed.store.base import Row, StartupRead, StoreBusy, StoreError, gaps_from_rows, grid_of, missing_dir
 from deltafeed.store.retention import DEFAULT_RETENTION_MS
 from deltafeed.store.ticks import TickBatch, TickGap, TickPage, page_rows
 
@@ -623,6 +623,34 @@ class ColdStore:
             rows.reverse()
         return [Candle(*r) for r in rows]
 
+    def recent_many(self, timeframe: str, instruments: Sequence[str], last: int) -> dict[str, StartupRead]:
+        """For each of ``instruments``: its newest ``last`` candles of ``timeframe`` (oldest first)
+        and its newest closed candle, read with two statements for all of them (start-up reads every
+        series; one query per series took minutes at a thousand instruments)."""
+        out = {i: StartupRead([], None) for i in instruments}
+        if not instruments or last <= 0:
+            return out
+        keys = list(out)
+        with self._connection() as con:
+            rows = con.execute(
+                f"SELECT instrument, {_CANDLE_COLS} FROM {_DB}.candles"
+                " WHERE timeframe = ? AND instrument IN (SELECT unnest(?::VARCHAR[]))"
+                " QUALIFY row_number() OVER (PARTITION BY instrument ORDER BY open_time DESC) <= ?"
+                " ORDER BY instrument, open_time",
+                [timeframe, keys, last],
+            ).fetchall()
+            closed = con.execute(
+                f"SELECT instrument, {_CANDLE_COLS} FROM {_DB}.candles"
+                " WHERE timeframe = ? AND closed AND instrument IN (SELECT unnest(?::VARCHAR[]))"
+                " QUALIFY row_number() OVER (PARTITION BY instrument ORDER BY open_time DESC) = 1",
+                [timeframe, keys],
+            ).fetchall()
+        for r in rows:
+            out[r[0]].recent.append(Candle(*r[1:]))
+        for r in closed:
+            out[r[0]].last_closed = Candle(*r[1:])
+        return out
+
     def instruments(self) -> list[tuple[str, str, int]]:
         """(instrument, timeframe, number of candles) for every stored series, sorted."""
         with self._connection() as con:
@@ -845,6 +873,9 @@ class DuckDBTier:
 
     async def last_closed(self, instrument: str, timeframe: str) -> Candle | None:
         return await asyncio.to_thread(self.store.last_closed, instrument, timeframe)
+
+    async def recent_many(self, timeframe: str, instruments: Sequence[str], last: int) -> dict[str, StartupRead]:
+        return await asyncio.to_thread(self.store.recent_many, timeframe, instruments, last)
 
     async def find_gaps(
         self, instrument: str, timeframe: str, tf_ms: int | Timeframe, since_ms: int, until_ms: int
