@@ -358,7 +358,11 @@ async def test_ws_combined_trades_equal_the_tape(make_replica: MakeReplica, http
 
 
 async def test_ws_control_messages(make_replica: MakeReplica, http: aiohttp.ClientSession) -> None:
-    replica = await make_replica(symbols=["BTCUSDT", "ETHUSDT"], rate=20.0, speed=5.0, history_ms=60_000)
+    # Eleven control messages in quick succession: past Binance's 5 per second, which the replica
+    # enforces by default (tests/e2e/test_scale_e2e.py checks that); off here, the replies are tested.
+    replica = await make_replica(
+        symbols=["BTCUSDT", "ETHUSDT"], rate=20.0, speed=5.0, history_ms=60_000, inbound_limit=0
+    )
     async with http.ws_connect(replica.ws_url + "/ws") as ws:
         await ws.send_str('{"method":"SUBSCRIBE","params":["btcusdt@trade","ethusdt@kline_1m"],"id":1}')
         assert await recv_reply(ws, 1) == {"result": None, "id": 1}

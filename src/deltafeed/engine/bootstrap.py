@@ -35,6 +35,7 @@ class Bootstrap:
         self.waiting_for: str | None = None
         self.wait_error: StoreError | None = None
         self._read: dict[tuple[str, str], StartupRead] = {}  # (series, timeframe) -> what prefetch read
+        self._now: dict[str, int] = {}  # series -> the venue's time when prefetch began
 
     async def prefetch(self) -> None:
         """Read every series' newest candles with one query per timeframe, where the cold tier can
@@ -43,6 +44,8 @@ class Bootstrap:
         many = getattr(cold, "recent_many", None)
         if many is None:
             return
+        # The history window is measured from now, before the reads (as when each series read its own).
+        self._now = {key: st.feed.clock.now_ms() for key, st in self.engine.states.items()}
         keys = list(self.engine.states)
         for tf in self.engine.timeframes:
             got: dict[str, StartupRead] = await self.patiently(
@@ -53,8 +56,8 @@ class Bootstrap:
 
     async def series(self, st: Series, marks: dict[tuple[str, str], int]) -> None:
         """Fill each timeframe from where stored candles stop being known final, up to now."""
-        now = st.feed.clock.now_ms()
         key = st.key
+        now = self._now.pop(key, None) or st.feed.clock.now_ms()
         for tf in self.engine.timeframes:
             grid = timeframe(tf)
             # Warm the hot tier from the store, so readers see history from the first second.
