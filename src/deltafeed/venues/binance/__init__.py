@@ -67,6 +67,15 @@ class Binance(Venue):
             "(e.g. close=1,drop=10)",
         )
         parser.add_argument("--weight-limit", type=int, default=6000, help="REST weight per minute")
+        parser.add_argument(
+            "--tls",
+            nargs="?",
+            const=True,
+            default=False,
+            metavar="DIR",
+            help="serve https:// and wss:// with a certificate from a CA the replica makes (in DIR, default a "
+            "temporary directory) and prints the path of; clients trust that CA file",
+        )
 
     replica_example = "BTCUSDT"
 
@@ -78,7 +87,24 @@ class Binance(Venue):
     def replica_extras(self, args: argparse.Namespace) -> dict[str, Any]:
         if args.weight_limit < 1:
             raise BadInput("--weight-limit must be at least 1")
-        return {"weight_limit": args.weight_limit}
+        return {"weight_limit": args.weight_limit, "tls": getattr(args, "tls", False)}
+
+    async def serve_replica(self, replica: Any, symbols: list[str] | None = None) -> None:
+        """As every venue's, plus where the CA certificate is when the replica serves TLS."""
+        from deltafeed.replicas.server import serve
+
+        def banner(url: str) -> list[str]:
+            ca = getattr(replica, "ca_file", None)
+            lines = self.run_lines(replica, symbols)
+            if ca is None:
+                return [f"listening on {url}", *lines]
+            # deltafeed (aiohttp, picows) and most Python clients build their TLS context from the
+            # default verify paths, which SSL_CERT_FILE names.
+            env = f"SSL_CERT_FILE={ca} "
+            run = [ln.replace("deltafeed run", env + "deltafeed run", 1) for ln in lines]
+            return [f"listening on {url}", f"TLS CA certificate: {ca} (trust it, e.g. SSL_CERT_FILE={ca})", *run]
+
+        await serve(replica, banner=banner)
 
     def fuzz_targets(self) -> list[FuzzTarget]:
         from deltafeed.venues.binance.samples import fuzz_targets
