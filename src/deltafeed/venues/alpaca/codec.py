@@ -33,6 +33,7 @@ from deltafeed.venues.checks import (
     price_ok,
     size_ok,
 )
+from deltafeed.venues.rfc3339 import iso_ms
 
 VENUE = "alpaca"
 
@@ -123,33 +124,6 @@ def _encode(msg: dict[str, Any], msgpack: bool) -> bytes:
 
 
 # --- times -----------------------------------------------------------------------------------------
-
-_DAYS: dict[str, int] = {}
-
-
-def iso_ms(s: str) -> int:
-    """Epoch ms of an RFC 3339 UTC time (``2021-02-22T15:51:44.208Z``, up to nanoseconds, or without a
-    fraction); ValueError for anything else."""
-    if len(s) < 20 or s[10] != "T" or s[-1] != "Z" or s[13] != ":" or s[16] != ":" or s[4] != "-" or s[7] != "-":
-        raise ValueError(f"not an RFC 3339 UTC time: {s[:40]!r}")
-    day = s[:10]
-    base = _DAYS.get(day)
-    if base is None:
-        y, mo, d = int(day[:4]), int(day[5:7]), int(day[8:10])
-        if not (1 <= mo <= 12 and 1 <= d <= 31):
-            raise ValueError(f"not an RFC 3339 date: {day!r}")
-        base = calendar.timegm((y, mo, d, 0, 0, 0)) * 1000
-        if len(_DAYS) < 4096:
-            _DAYS[day] = base
-    h, mi, sec = int(s[11:13]), int(s[14:16]), int(s[17:19])
-    if not (h < 24 and mi < 60 and sec < 61):
-        raise ValueError(f"not an RFC 3339 time: {s[:40]!r}")
-    ms = 0
-    if len(s) > 20:
-        if s[19] != "." or not s[20:-1].isdigit():
-            raise ValueError(f"not an RFC 3339 fraction: {s[:40]!r}")
-        ms = int((s[20:23] + "00")[:3])
-    return base + ((h * 60 + mi) * 60 + sec) * 1000 + ms
 
 
 def ms_iso(ms: int, digits: int = 0) -> str:

@@ -10,6 +10,7 @@ import msgspec
 
 from deltafeed.venues.alpaca import codec
 from deltafeed.venues.base import SAMPLE_NOW_MS, FuzzTarget
+from deltafeed.venues.rfc3339 import iso_ms
 
 CONNECTED = b'[{"T":"success","msg":"connected"}]'
 AUTHENTICATED = b'[{"T":"success","msg":"authenticated"}]'
@@ -37,7 +38,7 @@ NAN_PRICE = TRADE.replace(b'"p":126.55', b'"p":NaN')
 BATCH = TRADE[:-1] + b"," + BAR[1:]
 #: The trade as alpaca-py receives it: msgpack, ``t`` a Timestamp extension.
 TRADE_MSGPACK = msgspec.msgpack.encode(
-    [dict(msgspec.json.decode(TRADE)[0], t=codec.ms_datetime(codec.iso_ms("2021-02-22T15:51:44.208Z")))]
+    [dict(msgspec.json.decode(TRADE)[0], t=codec.ms_datetime(iso_ms("2021-02-22T15:51:44.208Z")))]
 )
 
 REST_BARS = (

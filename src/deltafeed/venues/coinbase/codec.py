@@ -7,7 +7,6 @@ Coinbase's ``websocket-channels`` and ``get-public-product-candles`` pages; see
 
 from __future__ import annotations
 
-import calendar
 import time as _time
 from collections.abc import Iterable
 from typing import Annotated, Any
@@ -26,6 +25,7 @@ from deltafeed.venues.checks import (
     price_ok,
     size_ok,
 )
+from deltafeed.venues.rfc3339 import iso_ms
 
 VENUE = "coinbase"
 
@@ -79,33 +79,6 @@ def unsubscribe(channel: str, product_ids: Iterable[str] = ()) -> bytes:
 
 
 # --- times -----------------------------------------------------------------------------------------
-
-_DAYS: dict[str, int] = {}  # "YYYY-MM-DD" -> epoch ms of its midnight
-
-
-def iso_ms(s: str) -> int:
-    """Epoch ms of an RFC 3339 UTC time as Coinbase writes it (``2019-08-14T20:42:27.265Z``, up to
-    nanoseconds, or without a fraction); ValueError for anything else."""
-    if len(s) < 20 or s[10] != "T" or s[-1] != "Z" or s[13] != ":" or s[16] != ":":
-        raise ValueError(f"not an RFC 3339 UTC time: {s[:40]!r}")
-    day = s[:10]
-    base = _DAYS.get(day)
-    if base is None:
-        y, mo, d = int(day[:4]), int(day[5:7]), int(day[8:10])
-        if day[4] != "-" or day[7] != "-" or not (1 <= mo <= 12 and 1 <= d <= 31):
-            raise ValueError(f"not an RFC 3339 date: {day!r}")
-        base = calendar.timegm((y, mo, d, 0, 0, 0)) * 1000
-        if len(_DAYS) < 4096:
-            _DAYS[day] = base
-    h, mi, sec = int(s[11:13]), int(s[14:16]), int(s[17:19])
-    if not (h < 24 and mi < 60 and sec < 61):
-        raise ValueError(f"not an RFC 3339 time: {s[:40]!r}")
-    ms = 0
-    if len(s) > 20:
-        if s[19] != "." or not s[20:-1].isdigit():
-            raise ValueError(f"not an RFC 3339 fraction: {s[:40]!r}")
-        ms = int((s[20:23] + "00")[:3])
-    return base + ((h * 60 + mi) * 60 + sec) * 1000 + ms
 
 
 def ms_iso(ms: int, digits: int = 3) -> str:
