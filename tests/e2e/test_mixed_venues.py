@@ -51,15 +51,25 @@ async def served_by_path(engine: Engine, instrument: str) -> list[Candle]:
     runner = await start_api(engine, None, "127.0.0.1", 0, None)
     try:
         url = api_url(runner)
+        # The engine keeps finalising candles while we read, so the three reads share an `until`
+        # taken from a first read: otherwise a candle finalised between them makes them differ.
         async with aiohttp.ClientSession() as http:
-            bodies = []
-            for path in (instrument, urllib.parse.quote(instrument, safe=":")):
-                async with http.get(f"{url}/candles/{path}/1m?final=true&format=json") as r:
+
+            async def final_rows(path: str, query: str = "") -> list[list[object]]:
+                async with http.get(f"{url}/candles/{path}/1m?final=true&format=json{query}") as r:
                     assert r.status == 200, (path, r.status, await r.text())
-                    bodies.append((await r.json())["candles"])
-            assert bodies[0] == bodies[1]
+                    return (await r.json())["candles"]
+
+            first = await final_rows(instrument)
+            assert first, instrument
+            until = int(first[-1][0])  # type: ignore[call-overload]
+            bodies = [
+                await final_rows(path, f"&until={until}")
+                for path in (instrument, urllib.parse.quote(instrument, safe=":"))
+            ]
+            assert bodies[0] == bodies[1] == first
         async with Client(url) as df:
-            got = await df.fetch_candles(instrument, "1m", final=True)
+            got = await df.fetch_candles(instrument, "1m", until=until, final=True)
         assert [c.open_time for c in got] == [row[0] for row in bodies[0]]
         return got
     finally:
