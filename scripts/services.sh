@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Make sure the local PostgreSQL (127.0.0.1:5432, database "test") and Redis (127.0.0.1:6379) that the
-# storage tests and the README's examples use are running; start whichever is down. Idempotent.
+# Make sure the local PostgreSQL (127.0.0.1:5432, database "test"), Redis (127.0.0.1:6379) and NATS with
+# JetStream (127.0.0.1:4222) that the storage and cluster tests and the README's examples use are running;
+# start whichever is down. Idempotent.
 # On a machine without them installed, use compose.yaml instead (see the README).
 set -euo pipefail
 
@@ -27,4 +28,17 @@ if ! redis_up; then
     for _ in $(seq 1 40); do redis_up && break; sleep 0.25; done
     redis_up || { echo "services: Redis is not running on 127.0.0.1:6379 and could not be started" >&2; exit 1; }
 fi
-echo "services: PostgreSQL and Redis are up"
+nats_up() { (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; }
+if ! nats_up; then
+    if ! command -v nats-server >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get install -y -q nats-server >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q nats-server >/dev/null 2>&1; } || true
+    fi
+    if command -v nats-server >/dev/null; then
+        echo "services: starting NATS (JetStream)"
+        mkdir -p /var/lib/nats-server 2>/dev/null || true
+        nohup nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log >/dev/null 2>&1 &
+    fi
+    for _ in $(seq 1 40); do nats_up && break; sleep 0.25; done
+    nats_up || { echo "services: NATS is not running on 127.0.0.1:4222 and could not be started" >&2; exit 1; }
+fi
+echo "services: PostgreSQL, Redis and NATS are up"

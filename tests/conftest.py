@@ -125,3 +125,31 @@ def make_replica(replicas: StartReplica) -> MakeReplica:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+#: The NATS server with JetStream the cluster tests use (scripts/services.sh starts it when down).
+NATS_URL = "nats://127.0.0.1:4222"
+
+
+@pytest.fixture
+async def nats_cluster() -> AsyncIterator[str]:
+    """A fresh cluster name on the shared NATS (:data:`NATS_URL`); its stream and key-value buckets
+    are deleted after the test, so tests (and xdist workers) never see each other's."""
+    import contextlib
+    import uuid
+
+    import nats
+    from nats.js.errors import NotFoundError
+
+    from deltafeed.cluster import subjects
+
+    name = f"t{uuid.uuid4().hex[:12]}"
+    yield name
+    nc = await nats.connect(NATS_URL)
+    try:
+        js = nc.jetstream()
+        for stream in (subjects.stream_name(name), *(f"KV_{subjects.bucket_name(name, b)}" for b in subjects.BUCKETS)):
+            with contextlib.suppress(NotFoundError):
+                await js.delete_stream(stream)
+    finally:
+        await nc.close()
