@@ -8,6 +8,7 @@ import pytest
 from deltafeed.model import Candle, Trade, VenueCandle
 from deltafeed.venues.bybit import codec as b
 from deltafeed.venues.bybit import samples as s
+from deltafeed.venues.bookmsg import BookMsg
 
 
 def test_trade_message() -> None:
@@ -61,7 +62,7 @@ def test_refusal_is_a_reply() -> None:
         (b"not json", "malformed"),
         (b"[1,2]", "malformed"),
         (s.DOC_TRADE[: len(s.DOC_TRADE) // 2], "malformed"),
-        (b'{"topic":"orderbook.1.BTCUSDT","data":[],"ts":1}', "unknown_topic"),
+        (b'{"topic":"spread.1.BTCUSDT","data":[],"ts":1}', "unknown_topic"),
         (b'{"topic":"kline.7.BTCUSDT","data":[],"ts":1}', "unknown_topic"),
         (b'{"topic":"publicTrade.BTCUSDT","data":{},"ts":1}', "bad_field"),
         (s.NAN_TRADE, "impossible_value"),
@@ -124,3 +125,36 @@ def test_encoders_round_trip() -> None:
     c = Candle(60_000, 1.5, 2.0, 1.0, 1.25, 3.0, 0, True)
     k = b.StreamDecoder().decode(b.kline_message("BTCUSDT", "1", 120_001, c, 60_000, 4.0, True, 119_000))
     assert k == [VenueCandle("BTCUSDT", "1m", 120_001, c)]
+
+
+def test_orderbook_messages_decode_to_the_neutral_form() -> None:
+    d = b.StreamDecoder()
+    snap = d.decode(s.DOC_BOOK_SNAPSHOT)
+    assert snap == BookMsg(
+        "BTCUSDT", True, [(16493.5, 0.006), (16493.0, 0.1)], [(16611.0, 0.029), (16612.0, 0.213)],
+        7961638724, 1672304484978, 18521288,
+    )  # fmt: skip
+    delta = d.decode(s.DOC_BOOK_DELTA)
+    assert isinstance(delta, BookMsg) and not delta.snapshot and not delta.broken
+    assert (delta.bids, delta.asks[-1], delta.update_id, delta.key) == ([], (16611.0, 0.0), 18521289, 7961638725)
+    assert not d.errors
+
+
+@pytest.mark.parametrize(
+    ("frame", "kind"),
+    [
+        (s.NAN_BOOK, "impossible_value"),
+        (s.DOC_BOOK_DELTA.replace(b'"u":18521289', b'"u":"x"'), "bad_field"),
+        (s.DOC_BOOK_DELTA.replace(b'"s":"BTCUSDT"', b'"s":"ETHUSDT"'), "bad_field"),
+    ],
+)
+def test_an_unusable_orderbook_message_breaks_its_book(frame: bytes, kind: str) -> None:
+    d = b.StreamDecoder()
+    ev = d.decode(frame)
+    assert isinstance(ev, BookMsg) and ev.broken and ev.symbol == "BTCUSDT"
+    assert d.errors == {kind: 1}
+
+
+def test_book_message_round_trips() -> None:
+    raw = b.book_message("BTCUSDT", 50, False, 5, 4, [("100.5", "0")], [("101", "2.5")], 9, 77)
+    assert b.StreamDecoder().decode(raw) == BookMsg("BTCUSDT", False, [(100.5, 0.0)], [(101.0, 2.5)], 77, 5, 9)

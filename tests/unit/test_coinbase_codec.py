@@ -8,6 +8,7 @@ import pytest
 
 from deltafeed.model import Candle, Trade
 from deltafeed.venues.coinbase import codec
+from deltafeed.venues.bookmsg import BookMsg
 from deltafeed.venues.coinbase import samples as s
 
 
@@ -47,9 +48,45 @@ def test_heartbeats_counter_as_string_or_integer_candles_and_subscriptions() -> 
         "level2": ["BTC-USD"],
         "market_trades": ["BTC-USD", "ETH-USD"],
     }
-    l2 = dec.decode(s.L2_DATA)  # a channel deltafeed does not use: its sequence still counts
-    assert isinstance(l2, codec.Message) and l2.channel == "l2_data" and not l2.trades
     assert not dec.errors
+
+
+def test_l2_data_events_are_book_messages_keyed_by_the_frame_time() -> None:
+    dec = codec.StreamDecoder()
+    l2 = dec.decode(s.L2_DATA)
+    assert isinstance(l2, codec.Message) and l2.channel == "l2_data" and l2.seq == 0 and not l2.trades
+    key = codec.iso_ms("2023-02-09T20:32:50.714Z") * 1000 + 964  # the frame's time in microseconds
+    assert l2.books == [
+        BookMsg("BTC-USD", True, [(21921.73, 0.06317902), (21921.3, 0.02)], [], key, key // 1000)
+    ]
+    up = dec.decode(s.L2_UPDATE)
+    assert isinstance(up, codec.Message) and len(up.books) == 1
+    b = up.books[0]
+    assert (b.snapshot, b.bids, b.asks) == (False, [(21921.73, 0.0)], [(21922.5, 1.25)])
+    assert not dec.errors
+
+
+@pytest.mark.parametrize(
+    ("frame", "kind"),
+    [
+        (s.L2_UPDATE.replace(b'"new_quantity":"1.25"', b'"new_quantity":"NaN"'), "impossible_value"),
+        (s.L2_UPDATE.replace(b'"side":"offer"', b'"side":"ask"'), "bad_field"),
+        (s.L2_UPDATE.replace(b'"price_level":"21922.5"', b'"price_level":[]'), "bad_field"),
+    ],
+)
+def test_an_unusable_l2_event_breaks_its_book(frame: bytes, kind: str) -> None:
+    dec = codec.StreamDecoder()
+    m = dec.decode(frame)
+    assert isinstance(m, codec.Message) and m.seq == 7
+    assert [(b.symbol, b.broken) for b in m.books] == [("BTC-USD", True)]
+    assert dec.errors == {kind: 1}
+
+
+def test_l2_encoders_round_trip() -> None:
+    ev = codec.l2_event("update", "ETH-USD", 1_700_000_000_123, [("99.5", "0")], [("100", "2")])
+    m = codec.StreamDecoder().decode(codec.envelope_us("l2_data", 3, 1_700_000_000_123_456, b"[%s]" % ev))
+    assert isinstance(m, codec.Message) and m.seq == 3
+    assert m.books == [BookMsg("ETH-USD", False, [(99.5, 0.0)], [(100.0, 2.0)], 1_700_000_000_123_456, 1_700_000_000_123)]
 
 
 def test_error_frame_is_counted_and_returned() -> None:

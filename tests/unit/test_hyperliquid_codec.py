@@ -8,7 +8,8 @@ import pytest
 
 from deltafeed.model import VenueCandle
 from deltafeed.venues.hyperliquid import codec as hl
-from deltafeed.venues.hyperliquid.samples import CANDLE, CANDLES, ERROR, META, PONG, SUB_ACK, TRADES
+from deltafeed.venues.bookmsg import BookMsg
+from deltafeed.venues.hyperliquid.samples import CANDLE, CANDLES, ERROR, L2_BOOK, META, PONG, SUB_ACK, TRADES
 
 
 def test_a_trades_frame_is_a_list_of_trades_with_the_venue_wide_tid() -> None:
@@ -54,7 +55,7 @@ def test_an_error_frame_is_counted_with_its_text() -> None:
         (TRADES.replace(b'"tid":981894269203506', b'"tid":-5'), "bad_field"),
         (CANDLE.replace(b'"i":"1m"', b'"i":"7m"'), "bad_field"),
         (CANDLE[:60], "malformed"),
-        (b'{"channel":"l2Book","data":{}}', "unknown_channel"),
+        (b'{"channel":"l2Bok","data":{}}', "unknown_channel"),
         (b"[1,2]", "unknown_frame"),
     ],
 )
@@ -106,3 +107,31 @@ def test_the_encoders_round_trip_through_the_decoder() -> None:
     assert dec.decode(frame) == [hl.HlTrade("ETH", 7, 1000, 3000.5, 0.25, "B")]
     assert hl.num(68517.0) == "68517.0" and hl.num(0.005) == "0.005"
     assert dec.decode(hl.error_frame("Already subscribed")) is None and dec.errors == {"venue_error": 1}
+
+
+def test_an_l2book_frame_is_a_snapshot_keyed_by_its_time() -> None:
+    dec = hl.StreamDecoder()
+    assert dec.decode(L2_BOOK) == BookMsg(
+        "BTC", True, [(68674.0, 0.97139), (68673.0, 0.00033)], [(68675.0, 0.0147)], 1710131872708, 1710131872708
+    )
+    assert not dec.errors
+
+
+@pytest.mark.parametrize(
+    ("frame", "kind"),
+    [
+        (L2_BOOK.replace(b'"sz":"0.0147"', b'"sz":"NaN"'), "impossible_value"),
+        (L2_BOOK.replace(b'"sz":"0.0147"', b'"sz":1e400'), "impossible_value"),
+        (L2_BOOK.replace(b'"time":1710131872708', b'"time":"x"'), "bad_field"),
+    ],
+)
+def test_an_unusable_l2book_breaks_its_book(frame: bytes, kind: str) -> None:
+    dec = hl.StreamDecoder()
+    got = dec.decode(frame)
+    assert isinstance(got, BookMsg) and got.broken and got.symbol == "BTC"
+    assert dec.errors == {kind: 1}
+
+
+def test_book_frame_round_trips() -> None:
+    raw = hl.book_frame("ETH", 5, [("100.5", "1.25", 2)], [("101", "3", 1)])
+    assert hl.StreamDecoder().decode(raw) == BookMsg("ETH", True, [(100.5, 1.25)], [(101.0, 3.0)], 5, 5)

@@ -7,6 +7,7 @@ import msgspec
 import pytest
 
 from deltafeed.model import Trade
+from deltafeed.venues.bookmsg import BookMsg
 from deltafeed.venues.kraken import codec as kraken
 from deltafeed.venues.kraken import samples
 from deltafeed.venues.kraken.rest import build_candles
@@ -159,3 +160,45 @@ def test_book_checksum_follows_the_documented_steps() -> None:
     bids = [(f"{99 - i}.90", "0.00100") for i in range(12)]
     text = "".join(f"{100 + i}10" + "50000" for i in range(10)) + "".join(f"{99 - i}90" + "100" for i in range(10))
     assert kraken.book_checksum(asks, bids) == zlib.crc32(text.encode()) & 0xFFFFFFFF
+
+
+def test_book_snapshot_of_the_checksum_guide_decodes_and_checks() -> None:
+    d = kraken.StreamDecoder()
+    [snap] = d.decode(samples.DOC_BOOK_SNAPSHOT)
+    assert isinstance(snap, BookMsg) and snap.snapshot and snap.symbol == "BTC/USD"
+    assert (snap.key, snap.checksum) == (-1, samples.DOC_BOOK_CHECKSUM)  # no timestamp on this snapshot
+    assert snap.bids[0] == (45283.5, 0.1) and snap.asks[-1] == (45299.5, 0.18772827)
+    # The guide's value, from the levels written at the pair's precisions (price 1, qty 8 decimals).
+    asks = [(f"{p:.1f}", f"{q:.8f}") for p, q in snap.asks]
+    bids = [(f"{p:.1f}", f"{q:.8f}") for p, q in snap.bids]
+    assert kraken.book_checksum(asks, bids) == samples.DOC_BOOK_CHECKSUM
+    assert not d.errors
+
+
+def test_book_update_is_keyed_by_its_timestamp() -> None:
+    [up] = kraken.StreamDecoder().decode(samples.DOC_BOOK_UPDATE)
+    assert up == BookMsg(
+        "MATIC/USD", False, [(0.5657, 1098.3947558)], [], 1696613755440295, 1696613755440, -1, 2114181697
+    )
+
+
+@pytest.mark.parametrize(
+    ("frame", "kind"),
+    [
+        (samples.NAN_BOOK, "impossible_value"),
+        (samples.DOC_BOOK_UPDATE.replace(b'"checksum":2114181697', b'"checksum":"x"'), "bad_field"),
+        (samples.DOC_BOOK_UPDATE.replace(b"55.440295Z", b"55.4402x5Z"), "bad_field"),
+    ],
+)
+def test_an_unusable_book_message_breaks_its_book(frame: bytes, kind: str) -> None:
+    d = kraken.StreamDecoder()
+    out = d.decode(frame)
+    assert [(b.symbol, b.broken) for b in out if isinstance(b, BookMsg)] == [("MATIC/USD", True)]
+    assert d.errors == {kind: 1}
+
+
+def test_book_message_round_trips() -> None:
+    raw = kraken.book_message("BTC/USD", False, [("100.5", "0.00000000")], [("101.0", "2.50000000")], 7, 1_700_000_000_000_001)
+    assert kraken.StreamDecoder().decode(raw) == [
+        BookMsg("BTC/USD", False, [(100.5, 0.0)], [(101.0, 2.5)], 1_700_000_000_000_001, 1_700_000_000_000, -1, 7)
+    ]

@@ -25,6 +25,7 @@ from urllib.parse import urlencode
 import msgspec
 
 from deltafeed.model import TIMEFRAMES, Candle, Trade, VenueCandle, fmt
+from deltafeed.venues.bookmsg import BookMsg, Level, broken, levels_ok
 from deltafeed.venues.checks import (
     ANY_JSON,
     BAD_FIELD,
@@ -97,6 +98,14 @@ def kline_topic(name: str, timeframe: str) -> str:
     return f"kline.{INTERVAL_OF[timeframe]}.{name}"
 
 
+#: ``orderbook.{depth}`` depths of spot and linear (1 is snapshot-only, re-sent every 3 s unchanged).
+BOOK_DEPTHS = (1, 50, 200, 1000)
+
+
+def book_topic(name: str, depth: int) -> str:
+    return f"orderbook.{depth}.{name}"
+
+
 def subscribe(args: list[str], req_id: str) -> bytes:
     return msgspec.json.encode({"req_id": req_id, "op": "subscribe", "args": args})
 
@@ -136,6 +145,20 @@ class _KlineItem(msgspec.Struct):
     timestamp: _N = 0
 
 
+class _BookData(msgspec.Struct):
+    s: str
+    b: list[Level]
+    a: list[Level]
+    u: _N
+    seq: _N
+
+
+class _BookMsg(msgspec.Struct):
+    type: str
+    ts: _N
+    data: _BookData
+
+
 class Trades(msgspec.Struct, gc=False):
     """The trades of one ``publicTrade`` message, in the venue's order, with the venue's ids."""
 
@@ -159,18 +182,19 @@ _any_trade_items = msgspec.json.Decoder(list[Any])
 
 class StreamDecoder(Skips):
     """Turns Bybit public WebSocket frames into :class:`Trades`, lists of venue candles and
-    :class:`Reply`; never raises. Skip kinds: ``malformed``, ``bad_field``, ``impossible_value``,
+    :class:`Reply`, and ``orderbook`` messages into :class:`~deltafeed.venues.bookmsg.BookMsg`
+    (``key`` = ``seq``, ``update_id`` = ``u``); never raises. Skip kinds: ``malformed``, ``bad_field``, ``impossible_value``,
     ``unknown_topic``, ``unknown_frame``
     and ``decoder_bug`` (see :mod:`deltafeed.venues.checks`)."""
 
-    def decode(self, frame: bytes | memoryview | str) -> Trades | list[VenueCandle] | Reply | None:
+    def decode(self, frame: bytes | memoryview | str) -> Trades | list[VenueCandle] | Reply | BookMsg | None:
         try:
             return self._decode(frame)
         except Exception as exc:  # never let a frame end the stream: see checks.DECODER_BUG
             self._bug(exc, frame)
         return None
 
-    def _decode(self, frame: bytes | memoryview | str) -> Trades | list[VenueCandle] | Reply | None:
+    def _decode(self, frame: bytes | memoryview | str) -> Trades | list[VenueCandle] | Reply | BookMsg | None:
         try:
             msg = ANY_JSON.decode(frame)
         except JSON_ERRORS as exc:
@@ -180,6 +204,8 @@ class StreamDecoder(Skips):
             self._skip(MALFORMED, f"not a JSON object: {_text(frame)[:80]!r}")
             return None
         topic = msg.get("topic")
+        if isinstance(topic, str) and topic.startswith("orderbook."):
+            return self._book(topic, msg)
         if isinstance(topic, str):
             data = msg.get("data")
             ts = msg.get("ts", 0)
@@ -225,6 +251,25 @@ class StreamDecoder(Skips):
         if not trades:
             return None
         return Trades(symbol, ts, trades, ids)
+
+    def _book(self, topic: str, msg: dict[str, Any]) -> BookMsg | None:
+        """An ``orderbook`` message: ``key`` is ``seq``, ``update_id`` is ``u``. A message that
+        cannot be used is returned :func:`~deltafeed.venues.bookmsg.broken` (counted), since the
+        book it changed can no longer be trusted."""
+        name = topic.rpartition(".")[2]
+        try:
+            m = msgspec.convert(msg, _BookMsg, strict=False)
+        except msgspec.ValidationError as exc:
+            self._skip(BAD_FIELD, f"orderbook message of {name[:20]} with a missing or mistyped field ({exc})")
+            return broken(name)
+        d = m.data
+        if d.s != name or m.type not in ("snapshot", "delta"):
+            self._skip(BAD_FIELD, f"orderbook message of {d.s[:20]} ({m.type[:20]}) on the topic {topic[:40]!r}")
+            return broken(name)
+        if not (levels_ok(d.b) and levels_ok(d.a)):
+            self._skip(IMPOSSIBLE, f"orderbook message {d.u} of {name[:20]} with an impossible price or size")
+            return broken(name, m.ts)
+        return BookMsg(name, m.type == "snapshot", d.b, d.a, d.seq, m.ts, d.u)
 
     def _klines(self, topic: str, ts: int, data: list[Any]) -> list[VenueCandle] | None:
         parts = topic.split(".")
@@ -439,4 +484,35 @@ def kline_message(
             "ts": ts,
             "type": "snapshot",
         }
+    )
+
+
+def book_message(
+    name: str,
+    depth: int,
+    snapshot: bool,
+    ts: int,
+    cts: int,
+    bids: list[tuple[str, str]],
+    asks: list[tuple[str, str]],
+    u: int,
+    seq: int,
+) -> bytes:
+    """An ``orderbook.{depth}.{name}`` message as Bybit pushes it (levels as decimal text; a snapshot's
+    bids best first, asks best first)."""
+
+    def side(levels: list[tuple[str, str]]) -> bytes:
+        return b",".join(b'["%s","%s"]' % (p.encode(), q.encode()) for p, q in levels)
+
+    return b'{"topic":"orderbook.%d.%s","type":"%s","ts":%d,"data":{"s":"%s","b":[%s],"a":[%s],"u":%d,"seq":%d},"cts":%d}' % (
+        depth,
+        name.encode(),
+        b"snapshot" if snapshot else b"delta",
+        ts,
+        name.encode(),
+        side(bids),
+        side(asks),
+        u,
+        seq,
+        cts,
     )

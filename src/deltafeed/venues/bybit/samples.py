@@ -32,6 +32,19 @@ REFUSED = (
     b'{"success":false,"ret_msg":"Invalid symbol :[publicTrade.BTCUSDX]","conn_id":"cf71c4d6-2bd5-4a4b-8bd6-'
     b'a4f0e7e4e0e1","req_id":"df7","op":"subscribe"}'
 )
+#: ``orderbook.md``'s snapshot example with its elided levels left out (v5 docs), and the delta of the
+#: v3 docs' example (its levels verbatim, ``u``/``seq`` continuing the snapshot's).
+DOC_BOOK_SNAPSHOT = (
+    b'{"topic":"orderbook.50.BTCUSDT","type":"snapshot","ts":1672304484978,"data":{"s":"BTCUSDT","b":'
+    b'[["16493.50","0.006"],["16493.00","0.100"]],"a":[["16611.00","0.029"],["16612.00","0.213"]],'
+    b'"u":18521288,"seq":7961638724}}'
+)
+DOC_BOOK_DELTA = (
+    b'{"topic":"orderbook.50.BTCUSDT","type":"delta","ts":1672304484998,"data":{"s":"BTCUSDT","b":[],'
+    b'"a":[["17440.50","78.857"],["17442.00","1.510"],["16611.00","0"]],"u":18521289,"seq":7961638725},'
+    b'"cts":1672304484990}'
+)
+NAN_BOOK = DOC_BOOK_DELTA.replace(b'"78.857"', b'"NaN"')
 NAN_TRADE = DOC_TRADE.replace(b'"p":"16578.50"', b'"p":"NaN"')
 
 DOC_KLINE_BODY = (
@@ -71,8 +84,11 @@ def _stream() -> FuzzTarget:
             DOC_PONG_OPTION,
             REFUSED,
             NAN_TRADE,
+            DOC_BOOK_SNAPSHOT,
+            DOC_BOOK_DELTA,
+            NAN_BOOK,
         ],
-        bad_seeds=[NAN_TRADE],  # a refusal is a well-formed reply: the feed counts it
+        bad_seeds=[NAN_TRADE, NAN_BOOK],  # a refusal is a well-formed reply: the feed counts it
         run=dec.decode,
         skips=lambda: dec.errors,
     )

@@ -25,7 +25,8 @@ from deltafeed.venues.checks import (
     price_ok,
     size_ok,
 )
-from deltafeed.venues.rfc3339 import iso_ms
+from deltafeed.venues.bookmsg import BookMsg, broken, levels_ok
+from deltafeed.venues.rfc3339 import iso_ms, iso_us, us_iso
 
 VENUE = "coinbase"
 
@@ -135,6 +136,19 @@ class _HeartbeatEvent(msgspec.Struct):
     heartbeat_counter: int | str = 0
 
 
+class _L2Update(msgspec.Struct):
+    side: str
+    price_level: float
+    new_quantity: float
+    event_time: str = ""
+
+
+class _L2Event(msgspec.Struct):
+    type: str
+    product_id: str
+    updates: list[_L2Update]
+
+
 class _SubscriptionsEvent(msgspec.Struct):
     subscriptions: dict[str, list[str]] = {}
 
@@ -144,6 +158,7 @@ _envelope = msgspec.json.Decoder(_Envelope)
 _trades_ev = msgspec.json.Decoder(_TradesEvent, strict=False)
 _candles_ev = msgspec.json.Decoder(_CandlesEvent, strict=False)
 _heartbeat_ev = msgspec.json.Decoder(_HeartbeatEvent)
+_l2_ev = msgspec.json.Decoder(_L2Event, strict=False)
 _subs_ev = msgspec.json.Decoder(_SubscriptionsEvent)
 
 
@@ -152,7 +167,9 @@ class Message(msgspec.Struct):
 
     ``trades`` are in trade id order (the venue sends each event newest first); ``candles`` are
     ``(product, candle)`` pairs of the 5-minute ``candles`` channel (never ``closed``: the venue
-    does not say); ``snapshot`` is True for the first message of a subscription."""
+    does not say); ``snapshot`` is True for the first message of a subscription. ``books`` are the
+    ``l2_data`` events, one :class:`~deltafeed.venues.bookmsg.BookMsg` each, keyed by the frame's
+    ``timestamp`` in microseconds (Coinbase's book carries no sequence of its own)."""
 
     channel: str
     seq: int
@@ -162,6 +179,7 @@ class Message(msgspec.Struct):
     snapshot: bool = False
     subscriptions: dict[str, list[str]] | None = None
     heartbeat: int | None = None
+    books: list[BookMsg] = []
 
 
 class VenueErrorFrame(msgspec.Struct):
@@ -220,7 +238,9 @@ class StreamDecoder(Skips):
         except (*JSON_ERRORS, ValueError) as exc:
             self._skip(BAD_FIELD, f"{ch[:20]} frame with a missing, mistyped or out-of-range field ({exc})")
             return None
-        if ch in ("l2_data", "ticker", "ticker_batch", "status"):
+        if ch == "l2_data":
+            return self._books(env, t)
+        if ch in ("ticker", "ticker_batch", "status"):
             return Message(ch, env.sequence_num, t)  # channels deltafeed does not use: only the sequence counts
         self._skip("unknown_channel", f"unknown channel {ch[:40]!r}")
         return Message("unknown", env.sequence_num, t)  # still a frame of the connection's sequence
@@ -246,6 +266,35 @@ class StreamDecoder(Skips):
                 out.append(Trade(x.product_id, tid, ts, price, size, x.side == "BUY"))
         out.sort(key=lambda tr: tr.trade_id)
         return Message("market_trades", env.sequence_num, t, trades=out, snapshot=snapshot)
+
+    def _books(self, env: _Envelope, t: int) -> Message:
+        """An ``l2_data`` frame: each event one book message. An event that cannot be used is a
+        :func:`~deltafeed.venues.bookmsg.broken` message of its product (of "" when unreadable)."""
+        key = iso_us(env.timestamp)
+        out: list[BookMsg] = []
+        for raw in env.events:
+            try:
+                ev = _l2_ev.decode(raw)
+                if ev.type not in ("snapshot", "update") or any(u.side not in ("bid", "offer") for u in ev.updates):
+                    raise ValueError(f"l2_data event type {ev.type[:20]!r} or a side not bid/offer")
+            except (*JSON_ERRORS, ValueError) as exc:
+                self._skip(BAD_FIELD, f"l2_data event with a missing, mistyped or out-of-range field ({exc})")
+                try:
+                    obj = ANY_JSON.decode(raw)
+                except JSON_ERRORS:
+                    obj = None  # not even JSON (bad UTF-8 inside the event): no product to name
+                product = obj.get("product_id") if isinstance(obj, dict) else None
+                # "" when the product cannot be read: every book of the connection is then suspect.
+                out.append(broken(product if isinstance(product, str) else "", t))
+                continue
+            bids = [(u.price_level, u.new_quantity) for u in ev.updates if u.side == "bid"]
+            asks = [(u.price_level, u.new_quantity) for u in ev.updates if u.side == "offer"]
+            if not (levels_ok(bids) and levels_ok(asks)):
+                self._skip(IMPOSSIBLE, f"l2_data event of {ev.product_id[:20]} with an impossible price or size")
+                out.append(broken(ev.product_id, t))
+                continue
+            out.append(BookMsg(ev.product_id, ev.type == "snapshot", bids, asks, key, t))
+        return Message("l2_data", env.sequence_num, t, books=out)
 
     def _candles(self, env: _Envelope, t: int) -> Message:
         out: list[tuple[str, Candle]] = []
@@ -410,6 +459,28 @@ def envelope(channel: str, seq: int, time_ms: int, events: bytes) -> bytes:
         seq,
         events,
     )
+
+
+def envelope_us(channel: str, seq: int, time_us: int, events: bytes) -> bytes:
+    """:func:`envelope` with a time in microseconds (``l2_data`` frames: their time is the book's key)."""
+    return b'{"channel":"%s","client_id":"","timestamp":"%s","sequence_num":%d,"events":%s}' % (
+        channel.encode(),
+        us_iso(time_us).encode(),
+        seq,
+        events,
+    )
+
+
+def l2_event(kind: str, product: str, time_ms: int, bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> bytes:
+    """An ``l2_data`` event (``snapshot`` or ``update``) of levels as decimal text; a snapshot's updates
+    carry the epoch as ``event_time``, as the docs' example does."""
+    when = (b"1970-01-01T00:00:00Z" if kind == "snapshot" else ms_iso(time_ms, 6).encode())
+    items = [
+        b'{"side":"%s","event_time":"%s","price_level":"%s","new_quantity":"%s"}' % (side, when, p.encode(), q.encode())
+        for side, levels in ((b"bid", bids), (b"offer", asks))
+        for p, q in levels
+    ]
+    return b'{"type":"%s","product_id":"%s","updates":[%s]}' % (kind.encode(), product.encode(), b",".join(items))
 
 
 def trades_event(kind: str, trades: list[tuple[int, str, int, float, float, bool]]) -> bytes:

@@ -29,6 +29,16 @@ L2_DATA = (
     b'{"side":"bid","event_time":"1970-01-01T00:00:00Z","price_level":"21921.73","new_quantity":"0.06317902"},'
     b'{"side":"bid","event_time":"1970-01-01T00:00:00Z","price_level":"21921.3","new_quantity":"0.02"}]}]}'
 )
+#: An ``update`` of the same book in the documented shape (values continue the snapshot's): the bid
+#: removed, an offer level set.
+L2_UPDATE = (
+    b'{"channel":"l2_data","client_id":"","timestamp":"2023-02-09T20:32:50.815964855Z","sequence_num":7,'
+    b'"events":[{"type":"update","product_id":"BTC-USD","updates":['
+    b'{"side":"bid","event_time":"2023-02-09T20:32:50.714964855Z","price_level":"21921.73","new_quantity":"0"},'
+    b'{"side":"offer","event_time":"2023-02-09T20:32:50.714964855Z","price_level":"21922.5","new_quantity":"1.25"}'
+    b"]}]}"
+)
+NAN_L2 = L2_UPDATE.replace(b'"new_quantity":"1.25"', b'"new_quantity":"NaN"')
 #: The nautilus fixture quoted in PROTOCOLS.md section 2a (an update with a numeric heartbeat counter).
 TRADES_UPDATE = (
     b'{"channel":"market_trades","client_id":"","timestamp":"2026-04-07T14:30:02.789012Z","sequence_num":5,'
@@ -77,13 +87,15 @@ def _stream() -> FuzzTarget:
             CANDLES,
             MARKET_TRADES,
             L2_DATA,
+            L2_UPDATE,
+            NAN_L2,
             TRADES_UPDATE,
             HEARTBEAT_INT,
             SUBSCRIPTIONS,
             ERROR,
             NAN_PRICE,
         ],
-        bad_seeds=[ERROR, NAN_PRICE],
+        bad_seeds=[ERROR, NAN_PRICE, NAN_L2],
         run=dec.decode,
         skips=lambda: dec.errors,
     )

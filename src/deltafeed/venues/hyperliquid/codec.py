@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import msgspec
 
 from deltafeed.model import Candle, VenueCandle
+from deltafeed.venues.bookmsg import BookMsg, broken, levels_ok
 from deltafeed.venues.checks import (
     ANY_JSON,
     BAD_FIELD,
@@ -123,7 +124,23 @@ class _CandleMsg(msgspec.Struct, tag="candle", tag_field="channel"):
     data: _WsCandle
 
 
-_Frame = _Trades | _CandleMsg
+class _WsLevel(msgspec.Struct):
+    px: float
+    sz: float
+    n: _N = 0
+
+
+class _WsBook(msgspec.Struct):
+    coin: str
+    time: _N
+    levels: tuple[list[_WsLevel], list[_WsLevel]]
+
+
+class _BookFrame(msgspec.Struct, tag="l2Book", tag_field="channel"):
+    data: _WsBook
+
+
+_Frame = _Trades | _CandleMsg | _BookFrame
 # strict=False reads Hyperliquid's decimal strings ("68517.0") straight into floats.
 _frames = msgspec.json.Decoder(_Frame, strict=False)
 
@@ -145,7 +162,9 @@ class StreamDecoder(Skips):
 
     ``decode`` returns a list of :class:`HlTrade` for a ``trades`` frame (impossible ones left out and
     counted), a :class:`VenueCandle` (never closed: Hyperliquid's candle message is the current state
-    of a forming candle) for a ``candle`` frame, or None. Skip kinds: ``malformed``, ``bad_field``,
+    of a forming candle) for a ``candle`` frame, a :class:`~deltafeed.venues.bookmsg.BookMsg` snapshot
+    keyed by its ``time`` for an ``l2Book`` frame (a :func:`~deltafeed.venues.bookmsg.broken` one when
+    unusable), or None. Skip kinds: ``malformed``, ``bad_field``,
     ``impossible_value``, ``venue_error`` (an ``error`` channel frame: the venue refused a message;
     ``last_venue_error`` keeps its text), ``unknown_channel``, ``unknown_frame``, ``decoder_bug``.
     Replies that carry nothing (the greeting, ``subscriptionResponse``, ``pong``) are counted in
@@ -157,15 +176,16 @@ class StreamDecoder(Skips):
         self.acks: dict[str, int] = {}
         self.venue_errors: list[str] = []  # the latest error texts (for refused subscriptions)
 
-    def decode(self, frame: bytes | memoryview | str) -> list[HlTrade] | VenueCandle | None:
+    def decode(self, frame: bytes | memoryview | str) -> list[HlTrade] | VenueCandle | BookMsg | None:
         try:
             try:
                 msg = _frames.decode(frame)
             except JSON_ERRORS:
-                self._slow_path(frame)
-                return None
+                return self._slow_path(frame)
             if type(msg) is _Trades:
                 return self._trades(msg.data)
+            if type(msg) is _BookFrame:
+                return self._book(msg.data)
             assert type(msg) is _CandleMsg
             return self._candle(msg.data)
         except Exception as exc:  # never let a frame end the stream: see checks.DECODER_BUG
@@ -192,23 +212,40 @@ class StreamDecoder(Skips):
             return None
         return VenueCandle(k.s, k.i, k.t, Candle(k.t, k.o, k.h, k.l, k.c, k.v, k.n, False))
 
+    def _book(self, b: _WsBook) -> BookMsg:
+        """An ``l2Book`` frame: always a full snapshot (bids best first, then asks), keyed by ``time``."""
+        bids = [(lv.px, lv.sz) for lv in b.levels[0]]
+        asks = [(lv.px, lv.sz) for lv in b.levels[1]]
+        if not (levels_ok(bids) and levels_ok(asks)):
+            self._skip(IMPOSSIBLE, f"l2Book of {b.coin[:20]} at {b.time} with an impossible px or sz")
+            return broken(b.coin, b.time)
+        return BookMsg(b.coin, True, bids, asks, b.time, b.time)
+
     def _ack(self, kind: str) -> None:
         self.acks[kind] = self.acks.get(kind, 0) + 1
 
-    def _slow_path(self, frame: bytes | memoryview | str) -> None:
+    def _slow_path(self, frame: bytes | memoryview | str) -> BookMsg | None:
         raw = frame.encode() if isinstance(frame, str) else bytes(frame)
         if raw == GREETING:
             self._ack("greeting")
-            return
+            return None
         try:
             msg = ANY_JSON.decode(raw)
         except JSON_ERRORS as exc:
             self._skip(MALFORMED, f"not JSON ({exc}): {raw[:80]!r}")
-            return
+            return None
         if not isinstance(msg, dict) or not isinstance(msg.get("channel"), str):
             self._skip("unknown_frame", f"unrecognised frame {raw[:80]!r}")
-            return
+            return None
         ch = msg["channel"]
+        if ch == "l2Book":
+            data = msg.get("data")
+            try:  # 1e400 is an infinity here: the snapshot is refused as impossible
+                return self._book(msgspec.convert(data, _WsBook, strict=False))
+            except msgspec.ValidationError as exc:
+                self._skip(BAD_FIELD, f"l2Book frame with a missing, mistyped or out-of-range field ({exc})")
+                coin = data.get("coin") if isinstance(data, dict) else None
+                return broken(coin) if isinstance(coin, str) else None
         if ch in ("subscriptionResponse", "pong"):
             self._ack(ch)
         elif ch == "error":
@@ -225,11 +262,12 @@ class StreamDecoder(Skips):
                     got = self._candle(msgspec.convert(msg.get("data"), _WsCandle, strict=False))
             except msgspec.ValidationError as exc:
                 self._skip(BAD_FIELD, f"{ch} frame with a missing, mistyped or out-of-range field ({exc})")
-                return
+                return None
             if sum(self.errors.values()) == n:  # the typed decoder should have taken it
                 self._skip(BAD_FIELD, f"{ch} frame that decodes only loosely ({got!r:.80})")
         else:
             self._skip("unknown_channel", f"unknown channel {ch[:40]!r}")
+        return None
 
 
 def refused_coin(error_text: str, coins: list[str]) -> str | None:
@@ -376,3 +414,17 @@ def subscription_response(method: str, subscription: Any) -> bytes:
 
 
 PONG = b'{"channel":"pong"}'
+
+
+def book_frame(coin: str, time_ms: int, bids: list[tuple[str, str, int]], asks: list[tuple[str, str, int]]) -> bytes:
+    """An ``l2Book`` frame: ``levels`` = [bids best first, asks best first] of (px, sz, n)."""
+
+    def side(levels: list[tuple[str, str, int]]) -> bytes:
+        return b",".join(b'{"px":"%s","sz":"%s","n":%d}' % (p.encode(), q.encode(), n) for p, q, n in levels)
+
+    return b'{"channel":"l2Book","data":{"coin":"%s","time":%d,"levels":[[%s],[%s]]}}' % (
+        coin.encode(),
+        time_ms,
+        side(bids),
+        side(asks),
+    )

@@ -23,6 +23,11 @@ SUB_ACK = (
 )
 PONG = b'{"channel":"pong"}'
 ERROR = b'{"channel":"error","data":"Invalid subscription {\\"type\\":\\"trades\\",\\"coin\\":\\"NOPE\\"}"}'
+#: An ``l2Book`` frame in the docs' ``WsBook`` shape (``levels`` = [bids, asks] of ``WsLevel``).
+L2_BOOK = (
+    b'{"channel":"l2Book","data":{"coin":"BTC","time":1710131872708,"levels":[[{"px":"68674.0","sz":"0.97139",'
+    b'"n":4},{"px":"68673.0","sz":"0.00033","n":1}],[{"px":"68675.0","sz":"0.0147","n":3}]]}}'
+)
 #: A ``candleSnapshot`` answer [V info-endpoint].
 CANDLES = (
     b'[{"T":1681924499999,"c":"29258.0","h":"29309.0","i":"15m","l":"29250.0","n":189,"o":"29295.0",'
@@ -39,10 +44,11 @@ def _stream() -> FuzzTarget:
     dec = hl.StreamDecoder()
     nan_trade = TRADES.replace(b'"px":"68517.0"', b'"px":"NaN"')
     cut = CANDLE[:70]
+    nan_book = L2_BOOK.replace(b'"sz":"0.0147"', b'"sz":"NaN"')
     return FuzzTarget(
         name="hyperliquid_stream",
-        seeds=[TRADES, CANDLE, SUB_ACK, PONG, hl.GREETING, ERROR, nan_trade, cut],
-        bad_seeds=[ERROR, nan_trade, cut],
+        seeds=[TRADES, CANDLE, SUB_ACK, PONG, hl.GREETING, ERROR, nan_trade, cut, L2_BOOK, nan_book],
+        bad_seeds=[ERROR, nan_trade, cut, nan_book],
         run=dec.decode,
         skips=lambda: dec.errors,
     )

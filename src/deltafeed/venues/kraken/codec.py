@@ -19,6 +19,8 @@ from urllib.parse import urlencode
 import msgspec
 
 from deltafeed.model import Candle, Event, Trade, VenueCandle, fmt
+from deltafeed.venues.bookmsg import BookMsg, broken, levels_ok
+from deltafeed.venues.rfc3339 import iso_us, us_iso
 from deltafeed.venues.checks import (
     ANY_JSON,
     BAD_FIELD,
@@ -153,7 +155,25 @@ class _Heartbeat(msgspec.Struct, tag="heartbeat", tag_field="channel"):
     pass
 
 
-_Channel = _TradeMsg | _OhlcMsg | _Heartbeat
+class _Level(msgspec.Struct, array_like=False):
+    price: float
+    qty: float
+
+
+class _BookItem(msgspec.Struct):
+    symbol: str
+    bids: list[_Level]
+    asks: list[_Level]
+    checksum: Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]
+    timestamp: str = ""
+
+
+class _BookMsg(msgspec.Struct, tag="book", tag_field="channel"):
+    type: str
+    data: list[_BookItem]
+
+
+_Channel = _TradeMsg | _OhlcMsg | _Heartbeat | _BookMsg
 _channel = msgspec.json.Decoder(_Channel)
 
 _MINUTES_TF = {v: k for k, v in OHLC_INTERVALS.items()}
@@ -188,7 +208,7 @@ class StreamDecoder(Skips):
         #: The venue's time of its latest answer (``time_out`` of an ack or a pong), ms; 0 before one.
         self.server_ms = 0
 
-    def decode(self, frame: bytes | memoryview | str) -> list[Event]:
+    def decode(self, frame: bytes | memoryview | str) -> list[Event | BookMsg]:
         try:
             try:
                 msg = _channel.decode(frame)
@@ -198,13 +218,39 @@ class StreamDecoder(Skips):
                 return self._trades(msg)
             if type(msg) is _OhlcMsg:
                 return self._ohlc(msg)
+            if type(msg) is _BookMsg:
+                return self._book(msg)
             self.heartbeats += 1
         except Exception as exc:  # never let a frame end the stream
             self._bug(exc, frame)
         return []
 
-    def _trades(self, msg: _TradeMsg) -> list[Event]:
-        out: list[Event] = []
+    def _book(self, msg: _BookMsg) -> list[Event | BookMsg]:
+        """``book`` items: ``key`` is the item's ``timestamp`` in microseconds (-1 when it has none, as
+        a snapshot may), ``checksum`` Kraken's CRC32 of the top 10 levels after the item."""
+        out: list[Event | BookMsg] = []
+        for d in msg.data:
+            bids = [(lv.price, lv.qty) for lv in d.bids]
+            asks = [(lv.price, lv.qty) for lv in d.asks]
+            try:
+                key = iso_us(d.timestamp) if d.timestamp else -1
+            except ValueError as exc:
+                self._skip(BAD_FIELD, f"book item of {d.symbol[:20]}: {exc}")
+                out.append(broken(d.symbol))
+                continue
+            if msg.type not in ("snapshot", "update"):
+                self._skip(BAD_FIELD, f"book message of type {msg.type[:20]!r}")
+                out.append(broken(d.symbol))
+                continue
+            if not (levels_ok(bids) and levels_ok(asks)):
+                self._skip(IMPOSSIBLE, f"book item of {d.symbol[:20]} with an impossible price or qty")
+                out.append(broken(d.symbol))
+                continue
+            out.append(BookMsg(d.symbol, msg.type == "snapshot", bids, asks, key, max(key, 0) // 1000, -1, d.checksum))
+        return out
+
+    def _trades(self, msg: _TradeMsg) -> list[Event | BookMsg]:
+        out: list[Event | BookMsg] = []
         for t in msg.data:
             if not (price_ok(t.price) and 0.0 < t.qty < float("inf")):
                 self._skip(IMPOSSIBLE, f"trade {t.trade_id} of {t.symbol[:20]} with price {t.price!r} qty {t.qty!r}")
@@ -224,8 +270,8 @@ class StreamDecoder(Skips):
             with contextlib.suppress(ValueError):
                 self.server_ms = rfc3339_ms(t)
 
-    def _ohlc(self, msg: _OhlcMsg) -> list[Event]:
-        out: list[Event] = []
+    def _ohlc(self, msg: _OhlcMsg) -> list[Event | BookMsg]:
+        out: list[Event | BookMsg] = []
         for c in msg.data:
             tf = _MINUTES_TF.get(c.interval)
             if tf is None:
@@ -244,7 +290,7 @@ class StreamDecoder(Skips):
             out.append(VenueCandle(c.symbol, tf, begin, candle))
         return out
 
-    def _slow_path(self, frame: bytes | memoryview | str) -> list[Event]:
+    def _slow_path(self, frame: bytes | memoryview | str) -> list[Event | BookMsg]:
         """Classify a frame the typed decoder refused: an ack, a refusal, another channel, or a bad frame."""
         try:
             msg = ANY_JSON.decode(frame)
@@ -272,21 +318,23 @@ class StreamDecoder(Skips):
             self._server_time(msg)
             return []
         channel = msg.get("channel")
-        if channel in ("status", "instrument", "book"):
+        if channel in ("status", "instrument"):
             self.acks += 1  # known channels deltafeed does not use
             return []
-        if channel in ("trade", "ohlc", "heartbeat"):
+        if channel in ("trade", "ohlc", "heartbeat", "book"):
             # A number beyond float range (1e400) fails the typed decoder but is read as an infinity
             # here: the item holding it is refused as impossible, the others are kept.
             try:
                 m = msgspec.convert(msg, _Channel)
             except msgspec.ValidationError as exc:
                 self._skip(BAD_FIELD, f"{channel} message with a missing, mistyped or out-of-range field ({exc})")
-                return []
+                return self._broken_books(msg) if channel == "book" else []
             if type(m) is _TradeMsg:
                 return self._trades(m)
             if type(m) is _OhlcMsg:
                 return self._ohlc(m)
+            if type(m) is _BookMsg:
+                return self._book(m)
             self.heartbeats += 1
             return []
         if isinstance(channel, str):
@@ -294,6 +342,14 @@ class StreamDecoder(Skips):
             return []
         self._skip("unknown_frame", f"unrecognised frame {str(msg)[:80]!r}")
         return []
+
+
+    @staticmethod
+    def _broken_books(msg: dict[str, Any]) -> list[Event | BookMsg]:
+        """The books an unusable ``book`` message names, each :func:`~deltafeed.venues.bookmsg.broken`."""
+        data = msg.get("data")
+        items = data if isinstance(data, list) else []
+        return [broken(d["symbol"]) for d in items if isinstance(d, dict) and isinstance(d.get("symbol"), str)]
 
 
 # --- REST ------------------------------------------------------------------------------------------
@@ -467,6 +523,30 @@ def book_checksum(asks: list[tuple[str, str]], bids: list[tuple[str, str]]) -> i
 
 
 # --- encoding (the replica) --------------------------------------------------------------------------
+
+
+def book_message(
+    symbol: str,
+    snapshot: bool,
+    bids: list[tuple[str, str]],
+    asks: list[tuple[str, str]],
+    checksum: int,
+    time_us: int,
+) -> bytes:
+    """A ``book`` message with one item, levels as JSON numbers written at the pair's precisions
+    (``bids`` best first, then ``asks`` best first, as Kraken lists them)."""
+
+    def side(levels: list[tuple[str, str]]) -> bytes:
+        return b",".join(b'{"price":%s,"qty":%s}' % (p.encode(), q.encode()) for p, q in levels)
+
+    return b'{"channel":"book","type":"%s","data":[{"symbol":"%s","bids":[%s],"asks":[%s],"checksum":%d,"timestamp":"%s"}]}' % (
+        b"snapshot" if snapshot else b"update",
+        symbol.encode(),
+        side(bids),
+        side(asks),
+        checksum,
+        us_iso(time_us).encode(),
+    )
 
 
 def _num(x: float) -> str:

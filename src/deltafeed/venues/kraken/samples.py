@@ -58,6 +58,27 @@ PAIRS_BODY = (
 )
 ERROR_BODY = b'{"error":["EQuery:Unknown asset pair"]}'
 
+#: The worked example of docs.kraken.com ``book-checksum-v2`` (BTC/USD, price precision 1, qty
+#: precision 8): its book as a snapshot, and the checksum the guide gives for it.
+DOC_BOOK_CHECKSUM = 3310070434
+DOC_BOOK_SNAPSHOT = (
+    b'{"channel":"book","type":"snapshot","data":[{"symbol":"BTC/USD","bids":['
+    b'{"price":45283.5,"qty":0.10000000},{"price":45283.4,"qty":1.54582015},{"price":45282.1,"qty":0.10000000},'
+    b'{"price":45281.0,"qty":0.10000000},{"price":45280.3,"qty":1.54592586},{"price":45279.0,"qty":0.07990000},'
+    b'{"price":45277.6,"qty":0.03310103},{"price":45277.5,"qty":0.30000000},{"price":45277.3,"qty":1.54602737},'
+    b'{"price":45276.6,"qty":0.15445238}],"asks":['
+    b'{"price":45285.2,"qty":0.00100000},{"price":45286.4,"qty":1.54571953},{"price":45286.6,"qty":1.54571109},'
+    b'{"price":45289.6,"qty":1.54560911},{"price":45290.2,"qty":0.15890660},{"price":45291.8,"qty":1.54553491},'
+    b'{"price":45294.7,"qty":0.04454749},{"price":45296.1,"qty":0.35380000},{"price":45297.5,"qty":0.09945542},'
+    b'{"price":45299.5,"qty":0.18772827}],"checksum":3310070434}]}'
+)
+#: The ``websocket-v2/book`` page's update example (MATIC/USD).
+DOC_BOOK_UPDATE = (
+    b'{"channel":"book","type":"update","data":[{"symbol":"MATIC/USD","bids":[{"price":0.5657,"qty":1098.3947558}],'
+    b'"asks":[],"checksum":2114181697,"timestamp":"2023-10-06T17:35:55.440295Z"}]}'
+)
+NAN_BOOK = DOC_BOOK_UPDATE.replace(b'"qty":1098.3947558', b'"qty":1e400')
+
 
 def fuzz_targets() -> list[FuzzTarget]:
     return [_stream(), _rest()]
@@ -68,8 +89,8 @@ def _stream() -> FuzzTarget:
     dec = kraken.StreamDecoder()
     return FuzzTarget(
         name="kraken_stream",
-        seeds=[TRADE, OHLC, ACK, REFUSED, HEARTBEAT, STATUS, PONG, nan_price],
-        bad_seeds=[REFUSED, nan_price],
+        seeds=[TRADE, OHLC, ACK, REFUSED, HEARTBEAT, STATUS, PONG, nan_price, DOC_BOOK_SNAPSHOT, DOC_BOOK_UPDATE, NAN_BOOK],
+        bad_seeds=[REFUSED, nan_price, NAN_BOOK],
         run=dec.decode,
         skips=lambda: dec.errors,
     )
