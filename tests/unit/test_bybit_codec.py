@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from deltafeed.model import Candle, Trade, VenueCandle
+from deltafeed.venues.bookmsg import BookMsg
 from deltafeed.venues.bybit import codec as b
 from deltafeed.venues.bybit import samples as s
-from deltafeed.venues.bookmsg import BookMsg
 
 
 def test_trade_message() -> None:

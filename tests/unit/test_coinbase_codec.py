@@ -7,8 +7,8 @@ import msgspec
 import pytest
 
 from deltafeed.model import Candle, Trade
-from deltafeed.venues.coinbase import codec
 from deltafeed.venues.bookmsg import BookMsg
+from deltafeed.venues.coinbase import codec
 from deltafeed.venues.coinbase import samples as s
 
 
@@ -56,9 +56,7 @@ def test_l2_data_events_are_book_messages_keyed_by_the_frame_time() -> None:
     l2 = dec.decode(s.L2_DATA)
     assert isinstance(l2, codec.Message) and l2.channel == "l2_data" and l2.seq == 0 and not l2.trades
     key = codec.iso_ms("2023-02-09T20:32:50.714Z") * 1000 + 964  # the frame's time in microseconds
-    assert l2.books == [
-        BookMsg("BTC-USD", True, [(21921.73, 0.06317902), (21921.3, 0.02)], [], key, key // 1000)
-    ]
+    assert l2.books == [BookMsg("BTC-USD", True, [(21921.73, 0.06317902), (21921.3, 0.02)], [], key, key // 1000)]
     up = dec.decode(s.L2_UPDATE)
     assert isinstance(up, codec.Message) and len(up.books) == 1
     b = up.books[0]
@@ -86,7 +84,9 @@ def test_l2_encoders_round_trip() -> None:
     ev = codec.l2_event("update", "ETH-USD", 1_700_000_000_123, [("99.5", "0")], [("100", "2")])
     m = codec.StreamDecoder().decode(codec.envelope_us("l2_data", 3, 1_700_000_000_123_456, b"[%s]" % ev))
     assert isinstance(m, codec.Message) and m.seq == 3
-    assert m.books == [BookMsg("ETH-USD", False, [(99.5, 0.0)], [(100.0, 2.0)], 1_700_000_000_123_456, 1_700_000_000_123)]
+    assert m.books == [
+        BookMsg("ETH-USD", False, [(99.5, 0.0)], [(100.0, 2.0)], 1_700_000_000_123_456, 1_700_000_000_123)
+    ]
 
 
 def test_error_frame_is_counted_and_returned() -> None:

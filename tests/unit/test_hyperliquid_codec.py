@@ -7,8 +7,8 @@ import msgspec
 import pytest
 
 from deltafeed.model import VenueCandle
-from deltafeed.venues.hyperliquid import codec as hl
 from deltafeed.venues.bookmsg import BookMsg
+from deltafeed.venues.hyperliquid import codec as hl
 from deltafeed.venues.hyperliquid.samples import CANDLE, CANDLES, ERROR, L2_BOOK, META, PONG, SUB_ACK, TRADES
 
 

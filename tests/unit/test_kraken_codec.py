@@ -198,7 +198,9 @@ def test_an_unusable_book_message_breaks_its_book(frame: bytes, kind: str) -> No
 
 
 def test_book_message_round_trips() -> None:
-    raw = kraken.book_message("BTC/USD", False, [("100.5", "0.00000000")], [("101.0", "2.50000000")], 7, 1_700_000_000_000_001)
+    raw = kraken.book_message(
+        "BTC/USD", False, [("100.5", "0.00000000")], [("101.0", "2.50000000")], 7, 1_700_000_000_000_001
+    )
     assert kraken.StreamDecoder().decode(raw) == [
         BookMsg("BTC/USD", False, [(100.5, 0.0)], [(101.0, 2.5)], 1_700_000_000_000_001, 1_700_000_000_000, -1, 7)
     ]

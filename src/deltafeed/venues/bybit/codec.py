@@ -183,9 +183,9 @@ _any_trade_items = msgspec.json.Decoder(list[Any])
 class StreamDecoder(Skips):
     """Turns Bybit public WebSocket frames into :class:`Trades`, lists of venue candles and
     :class:`Reply`, and ``orderbook`` messages into :class:`~deltafeed.venues.bookmsg.BookMsg`
-    (``key`` = ``seq``, ``update_id`` = ``u``); never raises. Skip kinds: ``malformed``, ``bad_field``, ``impossible_value``,
-    ``unknown_topic``, ``unknown_frame``
-    and ``decoder_bug`` (see :mod:`deltafeed.venues.checks`)."""
+    (``key`` = ``seq``, ``update_id`` = ``u``); never raises. Skip kinds: ``malformed``, ``bad_field``,
+    ``impossible_value``, ``unknown_topic``, ``unknown_frame`` and ``decoder_bug``
+    (see :mod:`deltafeed.venues.checks`)."""
 
     def decode(self, frame: bytes | memoryview | str) -> Trades | list[VenueCandle] | Reply | BookMsg | None:
         try:
@@ -504,15 +504,18 @@ def book_message(
     def side(levels: list[tuple[str, str]]) -> bytes:
         return b",".join(b'["%s","%s"]' % (p.encode(), q.encode()) for p, q in levels)
 
-    return b'{"topic":"orderbook.%d.%s","type":"%s","ts":%d,"data":{"s":"%s","b":[%s],"a":[%s],"u":%d,"seq":%d},"cts":%d}' % (
-        depth,
-        name.encode(),
-        b"snapshot" if snapshot else b"delta",
-        ts,
-        name.encode(),
-        side(bids),
-        side(asks),
-        u,
-        seq,
-        cts,
+    return (
+        b'{"topic":"orderbook.%d.%s","type":"%s","ts":%d,"data":{"s":"%s","b":[%s],"a":[%s],"u":%d,"seq":%d},"cts":%d}'
+        % (
+            depth,
+            name.encode(),
+            b"snapshot" if snapshot else b"delta",
+            ts,
+            name.encode(),
+            side(bids),
+            side(asks),
+            u,
+            seq,
+            cts,
+        )
     )

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import msgspec
 
 from deltafeed.model import Candle, Trade, fmt
+from deltafeed.venues.bookmsg import BookMsg, broken, levels_ok
 from deltafeed.venues.checks import (
     ANY_JSON,
     BAD_FIELD,
@@ -25,7 +26,6 @@ from deltafeed.venues.checks import (
     price_ok,
     size_ok,
 )
-from deltafeed.venues.bookmsg import BookMsg, broken, levels_ok
 from deltafeed.venues.rfc3339 import iso_ms, iso_us, us_iso
 
 VENUE = "coinbase"
@@ -474,7 +474,7 @@ def envelope_us(channel: str, seq: int, time_us: int, events: bytes) -> bytes:
 def l2_event(kind: str, product: str, time_ms: int, bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> bytes:
     """An ``l2_data`` event (``snapshot`` or ``update``) of levels as decimal text; a snapshot's updates
     carry the epoch as ``event_time``, as the docs' example does."""
-    when = (b"1970-01-01T00:00:00Z" if kind == "snapshot" else ms_iso(time_ms, 6).encode())
+    when = b"1970-01-01T00:00:00Z" if kind == "snapshot" else ms_iso(time_ms, 6).encode()
     items = [
         b'{"side":"%s","event_time":"%s","price_level":"%s","new_quantity":"%s"}' % (side, when, p.encode(), q.encode())
         for side, levels in ((b"bid", bids), (b"offer", asks))

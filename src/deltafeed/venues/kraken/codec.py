@@ -20,7 +20,6 @@ import msgspec
 
 from deltafeed.model import Candle, Event, Trade, VenueCandle, fmt
 from deltafeed.venues.bookmsg import BookMsg, broken, levels_ok
-from deltafeed.venues.rfc3339 import iso_us, us_iso
 from deltafeed.venues.checks import (
     ANY_JSON,
     BAD_FIELD,
@@ -32,6 +31,7 @@ from deltafeed.venues.checks import (
     price_ok,
     size_ok,
 )
+from deltafeed.venues.rfc3339 import iso_us, us_iso
 
 VENUE = "kraken"
 
@@ -343,7 +343,6 @@ class StreamDecoder(Skips):
         self._skip("unknown_frame", f"unrecognised frame {str(msg)[:80]!r}")
         return []
 
-
     @staticmethod
     def _broken_books(msg: dict[str, Any]) -> list[Event | BookMsg]:
         """The books an unusable ``book`` message names, each :func:`~deltafeed.venues.bookmsg.broken`."""
@@ -539,13 +538,16 @@ def book_message(
     def side(levels: list[tuple[str, str]]) -> bytes:
         return b",".join(b'{"price":%s,"qty":%s}' % (p.encode(), q.encode()) for p, q in levels)
 
-    return b'{"channel":"book","type":"%s","data":[{"symbol":"%s","bids":[%s],"asks":[%s],"checksum":%d,"timestamp":"%s"}]}' % (
-        b"snapshot" if snapshot else b"update",
-        symbol.encode(),
-        side(bids),
-        side(asks),
-        checksum,
-        us_iso(time_us).encode(),
+    return (
+        b'{"channel":"book","type":"%s","data":[{"symbol":"%s","bids":[%s],"asks":[%s],"checksum":%d,"timestamp":"%s"}]}'
+        % (
+            b"snapshot" if snapshot else b"update",
+            symbol.encode(),
+            side(bids),
+            side(asks),
+            checksum,
+            us_iso(time_us).encode(),
+        )
     )
 
 

@@ -89,7 +89,19 @@ def _stream() -> FuzzTarget:
     dec = kraken.StreamDecoder()
     return FuzzTarget(
         name="kraken_stream",
-        seeds=[TRADE, OHLC, ACK, REFUSED, HEARTBEAT, STATUS, PONG, nan_price, DOC_BOOK_SNAPSHOT, DOC_BOOK_UPDATE, NAN_BOOK],
+        seeds=[
+            TRADE,
+            OHLC,
+            ACK,
+            REFUSED,
+            HEARTBEAT,
+            STATUS,
+            PONG,
+            nan_price,
+            DOC_BOOK_SNAPSHOT,
+            DOC_BOOK_UPDATE,
+            NAN_BOOK,
+        ],
         bad_seeds=[REFUSED, nan_price, NAN_BOOK],
         run=dec.decode,
         skips=lambda: dec.errors,
