@@ -119,6 +119,12 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # it on where ticks are wanted.
     ticks: bool = False
     tick_retention: str = "7d"
+    # Level-2 order books kept in sync from the venue's snapshots and deltas (docs/books.md):
+    # ``books = ["binance:BTCUSDT"]`` (or --books), served to ``book_depth`` levels per side
+    # (``book_depths`` per instrument, e.g. ``{"binance:BTCUSDT" = 1000}``).
+    books: list[str] = msgspec.field(default_factory=list)
+    book_depth: int = 100
+    book_depths: dict[str, int] = msgspec.field(default_factory=dict)
     # Keeping the stream alive and complete (durations as in "10s", "5m", "23h").
     stale_after: str = "10s"  # drop a connection that delivered nothing for this long
     rotate_after: str = "23h"  # replace a connection before the venue's 24 h cut-off
@@ -211,6 +217,27 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 raise BadInput(f"alias {alias} names {target}, which this run does not collect; add it to the symbols")
         return list(out)
 
+    def _check_books(self) -> None:
+        """``books`` as ``venue:SYMBOL`` names (each once), ``book_depth(s)`` between 1 and 5000."""
+        out: list[str] = []
+        for raw in self.books:
+            if not raw.strip():
+                raise BadInput('an empty name among books; write them like books = ["binance:BTCUSDT"]')
+            name = native(raw, self.venue)
+            if "@" in name:
+                raise BadInput(f"books names {raw!r}: an order book has no price side; write it like binance:BTCUSDT")
+            if name not in out:
+                out.append(name)
+        self.books = out
+        depths = {native(k, self.venue): v for k, v in self.book_depths.items()}
+        for who, d in [("book_depth", self.book_depth), *((f"book_depths[{k}]", v) for k, v in depths.items())]:
+            if not 1 <= d <= 5000:
+                raise BadInput(f"{who} = {d}: give a depth between 1 and 5000 levels per side")
+        for k in depths:
+            if k not in out:
+                raise BadInput(f"book_depths names {k}, which is not in books; add it to books or leave it out")
+        self.book_depths = depths
+
     def instruments(self) -> list[Instrument]:
         return [Instrument.parse(s, default_venue=self.venue) for s in self.symbols]
 
@@ -259,6 +286,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 raise BadInput(f"instrument_prices for {who}: {', '.join(bad)}; use some of {', '.join(PRICE_SIDES)}")
         if self.hot_capacity < 1:
             raise BadInput("hot_capacity must be at least 1")
+        self._check_books()
         for name in (
             "stale_after",
             "rotate_after",

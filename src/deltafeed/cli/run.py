@@ -21,6 +21,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--venue", help="default venue of the symbols: binance or oanda (symbols may say VENUE:SYMBOL)")
     p.add_argument("--symbols", help="comma list, e.g. BTCUSDT,ETHUSDT (or binance:BTCUSDT)")
+    p.add_argument("--books", help="keep level-2 order books of these instruments, comma list, e.g. binance:BTCUSDT")
     p.add_argument(
         "--timeframes",
         help="comma list of Ns Nm Nh Nd 1w 1M, e.g. 30s,1m,3m,1h,1w (default 1m,5m,15m,1h)",
@@ -82,6 +83,7 @@ def command(args: argparse.Namespace) -> int:
             "prices": args.prices.split(",") if args.prices else None,
             "ws_url": args.ws_url,
             "api": args.api,
+            "books": [b for b in args.books.split(",") if b.strip()] if args.books is not None else None,
         },
     )
     token = api_token(args.api_token, settings.api_token)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from deltafeed.api.protocol import LiveSink
+from deltafeed.books import Books
 from deltafeed.candles.aggregator import CandleBuilder
 from deltafeed.candles.calendar import calendar_for
 from deltafeed.candles.rollup import RollupBuilder
@@ -137,6 +138,8 @@ class Engine:
             for tf in self.timeframes:  # after the feed's own check, which words it for its venue
                 source(inst.venue, tf)  # BadInput when the venue's history cannot make it at all
         self.failover = Failovers(self)
+        #: The run's order books (``books`` setting); started with the streams.
+        self.books = Books(settings)
         self._tasks: list[asyncio.Task[None]] = []
         #: Monotonic time start() finished (history bootstrapped, streams started); None before.
         self.streaming_since: float | None = None
@@ -227,6 +230,7 @@ class Engine:
             log.warning("store audit postponed: %s", exc)
         for feed in self.feeds.values():
             feed.start()
+        self.books.start()
         self._tasks.append(asyncio.create_task(self._tick(), name="tick"))
         self._tasks.append(asyncio.create_task(self.completeness.repair_loop(), name="repairs"))
         for feed in self.feeds.values():
@@ -473,7 +477,7 @@ class Engine:
         for t in self._tasks:
             if t.get_name() not in ("writer", "ticks"):
                 t.cancel()
-        await asyncio.gather(*(feed.stop() for feed in self.feeds.values()))
+        await asyncio.gather(self.books.stop(), *(feed.stop() for feed in self.feeds.values()))
         for st in self.states.values():
             self.publisher.open(st)
         if self.hub is not None:

@@ -42,6 +42,12 @@ VENUE_KINDS: dict[str, str] = {
     "noheartbeat": "heartbeats stop while the connection stays up",
     "silence": "the connection stays open and answers pings but sends no data",
     "connectivity": "the venue's own link drops and comes back on a live connection (IB's 1100, then 1101/1102)",
+    # Order books (deltafeed.replicas.books).
+    "bookdrop": "one order-book delta message lost",
+    "bookdup": "one order-book delta message sent twice",
+    "bookreorder": "one order-book delta message sent after the next one",
+    "stalebook": "an order-book snapshot from an older state of the book (with its own, older, sequence)",
+    "badchecksum": "an order-book message whose checksum is wrong (venues with book checksums)",
 }
 #: Every kind a fault spec may name.
 ALL_KINDS: tuple[str, ...] = (*KINDS, *VENUE_KINDS)

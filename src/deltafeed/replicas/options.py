@@ -30,6 +30,8 @@ class ReplicaOptions:
     wall second, ``start_ms`` the market time at start-up (None: now), ``history_ms`` the market
     generated before it. ``faults`` are parsed rates (kind -> events per wall minute) on a schedule
     seeded by ``faults_seed``; which kinds apply is each replica's check. None: the venue's default.
+    ``book_tape`` is where a replica with order books writes its book tape (None: beside ``tape``, see
+    :func:`deltafeed.replicas.books.book_tape_path`, or nowhere without a tape).
     """
 
     host: str = "127.0.0.1"
@@ -43,6 +45,7 @@ class ReplicaOptions:
     tape: Path | None = None
     faults: Mapping[str, float] = field(default_factory=lambda: _frozen({}))
     faults_seed: int = 0
+    book_tape: Path | None = None
 
     def __post_init__(self) -> None:
         # Normalise what callers naturally pass (a list of symbols, a str path, a plain dict) so the
@@ -51,6 +54,8 @@ class ReplicaOptions:
             object.__setattr__(self, "symbols", tuple(self.symbols))
         if self.tape is not None and not isinstance(self.tape, Path):
             object.__setattr__(self, "tape", Path(self.tape))
+        if self.book_tape is not None and not isinstance(self.book_tape, Path):
+            object.__setattr__(self, "book_tape", Path(self.book_tape))
         if not isinstance(self.faults, MappingProxyType):
             object.__setattr__(self, "faults", _frozen(self.faults))
 
@@ -69,6 +74,14 @@ class ReplicaOptions:
         if self.history_ms is not None and self.history_ms < 0:
             raise BadInput(f"history must not be negative, got {self.history_ms} ms")
         return self
+
+    def book_tape_path(self) -> Path | None:
+        """Where the book tape goes: :attr:`book_tape`, else beside :attr:`tape`, else None."""
+        from deltafeed.replicas.books import book_tape_path
+
+        if self.book_tape is not None:
+            return self.book_tape
+        return None if self.tape is None else book_tape_path(self.tape)
 
     def resolve(self, defaults: ReplicaOptions) -> ReplicaOptions:
         """These options with every field left at None taken from ``defaults`` (the venue's)."""
@@ -113,6 +126,7 @@ class ReplicaOptions:
             tape=Path(tape) if tape else None,
             faults=parse_faults(spec) if spec else {},
             faults_seed=getattr(args, "faults_seed", 0),
+            book_tape=Path(book_tape) if (book_tape := getattr(args, "book_tape", None)) else None,
         ).check(example)
 
 

@@ -21,6 +21,7 @@ from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle, Quote, Trade, timeframe
 
 if TYPE_CHECKING:
+    from deltafeed.books import BookFeed, BookKeeper
     from deltafeed.config import Settings
     from deltafeed.replicas.server import ReplicaBase
     from deltafeed.series import Series
@@ -354,6 +355,11 @@ class Venue:
     def make_feed(self, settings: Settings, on_trade: TradeSink) -> Feed:
         """Its live side, with the run's settings; :class:`BadInput` when it has none."""
         raise BadInput(f"{self.name} is a history source, not a live venue; collect from another venue")
+
+    def make_book_feed(self, settings: Settings, keepers: dict[str, BookKeeper]) -> BookFeed | None:
+        """Its live order books for ``keepers`` (its symbol -> keeper; see :mod:`deltafeed.books`), or
+        None when the venue keeps no books."""
+        return None
 
     # The replica: ``deltafeed replica NAME`` is generated from these.
     replica_help: str | None = None  # None: the venue has no replica

@@ -10,6 +10,7 @@ from deltafeed.venues.base import HTTP_SCHEMES, WS_SCHEMES, Venue, VenueSettings
 from deltafeed.venues.binance import codec
 
 if TYPE_CHECKING:
+    from deltafeed.books import BookFeed, BookKeeper
     from deltafeed.config import Settings
     from deltafeed.replicas.server import ReplicaBase
     from deltafeed.venues.base import Feed, FuzzTarget, TradeSink
@@ -49,6 +50,13 @@ class Binance(Venue):
             on_trade=on_trade,
         )
 
+    def make_book_feed(self, settings: Settings, keepers: dict[str, BookKeeper]) -> BookFeed:
+        from deltafeed.venues.binance.book import BinanceBookFeed
+
+        vs = settings.venue_settings(self.name)
+        assert isinstance(vs, BinanceSettings)  # its settings_type
+        return BinanceBookFeed(vs, keepers, stale_after_s=settings.seconds("stale_after"))
+
     replica_help = "Binance spot market data: REST and WebSocket on one port"
 
     def add_replica_args(self, parser: argparse.ArgumentParser) -> None:
@@ -63,8 +71,8 @@ class Binance(Venue):
             history="1h",
             history_help="market history generated before start-up",
             tape_help="write every trade to this CSV file",
-            fault_kinds="close, reset, stall, shutdown, drop, dup, reorder, garbage, http500, http429, slow "
-            "(e.g. close=1,drop=10)",
+            fault_kinds="close, reset, stall, shutdown, drop, dup, reorder, garbage, http500, http429, slow, "
+            "bookdrop, bookdup, bookreorder, stalebook (e.g. close=1,drop=10)",
         )
         parser.add_argument("--weight-limit", type=int, default=6000, help="REST weight per minute")
         parser.add_argument(

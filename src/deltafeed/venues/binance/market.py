@@ -1,5 +1,5 @@
 """What the Binance replica derives from its simulated trades beyond klines: the raw trade log with
-aggregate trades, a synthetic order book with diff-depth events, and rolling-window tickers.
+aggregate trades and rolling-window tickers.
 
 Sans-I/O: no sockets, no clock; the replica calls these with the market time it reads.
 
@@ -11,14 +11,8 @@ simulator releases every trade of a millisecond together, so aggregate ids are a
 order, from the first trade of the market: ``a`` counts from 1, ``f``/``l`` are the first and last
 trade ids, ``T`` the time, ``p`` the price, ``q`` the summed quantity (exact: integer lots).
 
-**Order book.** A deterministic ladder around the last trade: ``DEPTH_LEVELS`` levels a tick apart on
-each side, the best bid at the last price when the buyer was the maker (a sell hit the bid), else one
-tick below it. After each step the book moves to the new last trade: levels that leave the ladder go
-to quantity 0, levels that enter get a quantity, and the ``TOUCHED`` best levels of each side get a new
-quantity (trading consumed them). Every changed level is one update: a step's event has ``U`` = the
-previous ``u`` + 1 and ``u`` = ``U`` + changes - 1, so ``GET /api/v3/depth``'s ``lastUpdateId`` and the
-``@depth`` events follow Binance's local-book rule exactly (web-socket-streams.md, "How to manage a
-local order book correctly").
+**Order book.** The synthetic book is :class:`deltafeed.replicas.books.SimBook` (shared by every
+replica with books); its update ids are Binance's ``U``/``u`` directly.
 """
 
 from __future__ import annotations
@@ -38,8 +32,6 @@ B8 = npt.NDArray[np.bool_]
 #: Raw trades kept per symbol for /trades, /historicalTrades and /aggTrades (older ones are forgotten:
 #: a query reaching before them starts at the oldest kept).
 KEEP_TRADES = 2_000_000
-DEPTH_LEVELS = 1000  # levels per side of the synthetic book (a larger depth limit gets these)
-TOUCHED = 5  # best levels per side whose quantity changes at each book step
 _LOT_SCALE = 10**LOT_DECIMALS
 
 
@@ -180,124 +172,6 @@ def agg_payloads(
             zip(t.tolist(), p.tolist(), q.tolist(), f.tolist(), la.tolist(), m.tolist(), strict=True)
         )
     ]
-
-
-# --- order book ----------------------------------------------------------------------------------------
-
-
-def _qty_lots(tick: int, salt: int) -> int:
-    """A level's quantity in lots: a fixed hash of its price and the update that set it."""
-    return (tick * 2654435761 + salt * 40503 + 12345) % 500_000 + 1
-
-
-@dataclass(slots=True)
-class DepthEvent:
-    """One book step: update ids ``first..last`` and the changed levels (ticks -> lots; 0 removes)."""
-
-    first: int
-    last: int
-    bids: dict[int, int]
-    asks: dict[int, int]
-
-
-class Book:
-    """A symbol's synthetic order book (see the module docstring) and the events of its recent steps."""
-
-    def __init__(self, spec: SymbolSpec, last_ticks: int, buyer_maker: bool, update_id: int) -> None:
-        self.spec = spec
-        self.u = update_id
-        bb, ba = self._best(last_ticks, buyer_maker)
-        self.best_bid, self.best_ask = bb, ba
-        self.bids = {t: _qty_lots(t, self.u) for t in range(bb, max(0, bb - DEPTH_LEVELS), -1)}
-        self.asks = {t: _qty_lots(t, self.u) for t in range(ba, ba + DEPTH_LEVELS)}
-        #: Events not yet taken by every diff-depth stream (trimmed by :meth:`trim`).
-        self.events: list[DepthEvent] = []
-
-    @staticmethod
-    def _best(ticks: int, buyer_maker: bool) -> tuple[int, int]:
-        return (ticks, ticks + 1) if buyer_maker else (max(1, ticks - 1), max(2, ticks))
-
-    def step(self, last_ticks: int, buyer_maker: bool) -> DepthEvent:
-        """Move the book to a new last trade; returns (and logs) the event."""
-        bb, ba = self._best(last_ticks, buyer_maker)
-        salt = self.u + 1
-        bid_ch = _shift(self.bids, self.best_bid, bb, -1, salt)
-        ask_ch = _shift(self.asks, self.best_ask, ba, 1, salt)
-        self.best_bid, self.best_ask = bb, ba
-        n = len(bid_ch) + len(ask_ch)
-        ev = DepthEvent(self.u + 1, self.u + n, bid_ch, ask_ch)
-        self.u += n
-        self.events.append(ev)
-        return ev
-
-    def trim(self, upto: int) -> None:
-        """Forget events whose last update is ``<= upto`` (every diff stream has sent them)."""
-        k = 0
-        while k < len(self.events) and self.events[k].last <= upto:
-            k += 1
-        del self.events[:k]
-
-    def merged(self, after: int) -> DepthEvent | None:
-        """Every event after update ``after`` as one (later quantities win), or None."""
-        evs = [e for e in self.events if e.last > after]
-        if not evs:
-            return None
-        bids: dict[int, int] = {}
-        asks: dict[int, int] = {}
-        for e in evs:
-            bids.update(e.bids)
-            asks.update(e.asks)
-        return DepthEvent(evs[0].first, evs[-1].last, bids, asks)
-
-    def levels(self, limit: int) -> tuple[list[list[str]], list[list[str]]]:
-        """The best ``limit`` bids (descending) and asks (ascending) as ``[price, qty]`` texts."""
-        return self._side(self.bids, True, limit), self._side(self.asks, False, limit)
-
-    def _side(self, side: dict[int, int], desc: bool, limit: int) -> list[list[str]]:
-        keys = sorted(side, reverse=desc)[:limit]
-        return [[self.price(t), self.qty(side[t])] for t in keys]
-
-    def price(self, ticks: int) -> str:
-        return fmt(ticks / self.spec.price_scale)
-
-    @staticmethod
-    def qty(lots: int) -> str:
-        return fmt(lots / _LOT_SCALE)
-
-    def changes(self, levels: dict[int, int], desc: bool) -> list[list[str]]:
-        return [[self.price(t), self.qty(levels[t])] for t in sorted(levels, reverse=desc)]
-
-
-def _ladder(best: int, direction: int) -> tuple[int, int]:
-    """The tick range ``[lo, hi]`` of a side whose best level is ``best`` (-1: bids, +1: asks)."""
-    if direction > 0:
-        return best, best + DEPTH_LEVELS - 1
-    return max(1, best - DEPTH_LEVELS + 1), best
-
-
-def _outside(lo: int, hi: int, cut_lo: int, cut_hi: int) -> list[int]:
-    """The ticks of ``[lo, hi]`` outside ``[cut_lo, cut_hi]``."""
-    return [*range(lo, min(hi, cut_lo - 1) + 1), *range(max(lo, cut_hi + 1), hi + 1)]
-
-
-def _shift(side: dict[int, int], old_best: int, new_best: int, direction: int, salt: int) -> dict[int, int]:
-    """Move one side's ladder from ``old_best`` to ``new_best`` in place; returns the changed levels.
-
-    ``direction`` is -1 for bids (the ladder runs down from the best) and +1 for asks. Only the ends of
-    the ladder are touched, so a step costs the size of the move, not the depth."""
-    old_lo, old_hi = _ladder(old_best, direction)
-    new_lo, new_hi = _ladder(new_best, direction)
-    ch: dict[int, int] = {}
-    for t in _outside(old_lo, old_hi, new_lo, new_hi):
-        if side.pop(t, None) is not None:
-            ch[t] = 0
-    for t in _outside(new_lo, new_hi, old_lo, old_hi):
-        side[t] = ch[t] = _qty_lots(t, salt)
-    for k in range(TOUCHED):
-        t = new_best + direction * k
-        if t in side:
-            side[t] = ch[t] = _qty_lots(t, salt + k + 1)
-    return ch
 
 
 # --- tickers ---------------------------------------------------------------------------------------------

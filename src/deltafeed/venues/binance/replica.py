@@ -44,7 +44,9 @@ from aiohttp import WSMsgType, web
 
 from deltafeed.model import Candle, fmt
 from deltafeed.net.frames import text_header
+from deltafeed.replicas.books import BOOK_FAULTS, DEPTH_LEVELS, BookTape, DeltaFaults, SimBook
 from deltafeed.replicas.faults import (
+    KINDS,
     MESSAGE_KINDS,
     FaultSchedule,
     apply_message_fault,
@@ -68,7 +70,7 @@ from deltafeed.venues.binance.codec import (
     kline_row,
     wrap_combined,
 )
-from deltafeed.venues.binance.market import DEPTH_LEVELS, Book, TradeLog, Window, agg_payloads, window
+from deltafeed.venues.binance.market import TradeLog, Window, agg_payloads, window
 
 log = logging.getLogger(__name__)
 
@@ -521,6 +523,7 @@ class BinanceReplica(ReplicaBase):
     venue = "binance"
     tick_s = TICK_SECONDS
     _log = log
+    fault_kinds = (*KINDS, *(k for k in BOOK_FAULTS if k != "badchecksum"))
 
     def __init__(
         self,
@@ -572,7 +575,9 @@ class BinanceReplica(ReplicaBase):
             certs = write_certificates(None if tls is True else Path(tls), self.host)
             self.ca_file = certs.ca_file
             self._ssl = server_context(certs)
-        self._books: dict[str, Book] = {}
+        self._books: dict[str, SimBook] = {}
+        book_tape = o.book_tape_path()
+        self.book_tape = BookTape(book_tape) if book_tape is not None else None
         self.limiter = WeightLimiter(weight_limit, window_s=weight_window_s)
         self.stats: dict[str, int] = {
             "trades": self._sim.trades_released,
@@ -590,6 +595,7 @@ class BinanceReplica(ReplicaBase):
             "long_urls": 0,
         }
         self._setup_faults(dict(o.faults), o.faults_seed)
+        self._book_faults = DeltaFaults(self.faults, self._injected)
         self.shutdown_grace_s = shutdown_grace_s
         self.slow_s = slow_s
         self._lower = {s.lower(): s for s in self._sim.symbols}
@@ -656,6 +662,8 @@ class BinanceReplica(ReplicaBase):
             t.cancel()
         await self._stop_server()
         self._sim.close()
+        if self.book_tape is not None:
+            self.book_tape.close()
 
     def summary(self) -> str:
         s = self.stats
@@ -909,22 +917,30 @@ class BinanceReplica(ReplicaBase):
         return self._ok(msgspec.json.encode(rows))
 
     def _depth(self, request: web.Request) -> web.Response:
-        """The synthetic book (:class:`~deltafeed.venues.binance.market.Book`): ``lastUpdateId`` is the
-        update id the ``@depth`` events continue from."""
+        """The synthetic book (:class:`~deltafeed.replicas.books.SimBook`): ``lastUpdateId`` is the
+        update id the ``@depth`` events continue from (an older one, with the book as it was then, for
+        a ``stalebook`` fault)."""
         q = request.query
         book = self._book(self._symbol(q))
-        bids, asks = book.levels(min(_depth_limit(q), DEPTH_LEVELS))
-        return self._ok(msgspec.json.encode({"lastUpdateId": book.u, "bids": bids, "asks": asks}))
+        limit = min(_depth_limit(q), DEPTH_LEVELS)
+        if self._book_faults.stale():
+            u, bids, asks = book.stale_levels(limit)
+        else:
+            u, (bids, asks) = book.u, book.levels(limit)
+        return self._ok(msgspec.json.encode({"lastUpdateId": u, "bids": bids, "asks": asks}))
 
-    def _book(self, symbol: str) -> Book:
-        """The symbol's book, started at its last trade on first use; :meth:`_tick` steps it after."""
+    def _book(self, symbol: str) -> SimBook:
+        """The symbol's book, started at its last trade on first use (and taped whole); :meth:`_tick`
+        steps it after."""
         book = self._books.get(symbol)
         if book is None:
             last_id, price = self._sim.last_trade(symbol)
             ticks = round(price * self._sim.specs[symbol].price_scale)
-            book = self._books[symbol] = Book(
+            book = self._books[symbol] = SimBook(
                 self._sim.specs[symbol], ticks, self._sim.last_maker(symbol), 3 * max(last_id, 0) + 1
             )
+            if self.book_tape is not None:
+                self.book_tape.write_book(symbol, book.u, self._clock.now_ms(), book)
         return book
 
     def _limit(self, q: Mapping[str, str], default: int = 500, top: int = 1000) -> int:
@@ -1339,7 +1355,9 @@ class BinanceReplica(ReplicaBase):
         for sym, b in batches.items():
             book = self._books.get(sym)
             if book is not None:
-                book.step(int(b.ticks[-1]), bool(b.maker[-1]))
+                ev = book.step(int(b.ticks[-1]), bool(b.maker[-1]))
+                if self.book_tape is not None:
+                    self.book_tape.write(sym, ev.last, now, book, ev.bids, ev.asks)
         if not self._streams:
             for book in self._books.values():
                 book.events.clear()
@@ -1524,12 +1542,12 @@ class BinanceReplica(ReplicaBase):
             if ev is None:
                 return []
             st.last_u = ev.last
-            return [
+            return self._book_faults.deltas(st.name, [
                 msgspec.json.encode(
                     {"e": "depthUpdate", "E": now, "s": sym, "U": ev.first, "u": ev.last,
                      "b": book.changes(ev.bids, True), "a": book.changes(ev.asks, False)}
                 )
-            ]  # fmt: skip
+            ])  # fmt: skip
         if st.kind == "partial":
             book = self._books[sym]
             bids, asks = book.levels(st.levels)
