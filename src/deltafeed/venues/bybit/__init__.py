@@ -11,6 +11,7 @@ from deltafeed.venues.base import HTTP_SCHEMES, WS_SCHEMES, Venue, VenueSettings
 from deltafeed.venues.bybit import codec
 
 if TYPE_CHECKING:
+    from deltafeed.books import BookFeed, BookKeeper
     from deltafeed.config import Settings
     from deltafeed.replicas.server import ReplicaBase
     from deltafeed.venues.base import Feed, FuzzTarget, TradeSink
@@ -71,6 +72,13 @@ class Bybit(Venue):
             connect_budget=settings.connect_budget,
             on_trade=on_trade,
         )
+
+    def make_book_feed(self, settings: Settings, keepers: dict[str, BookKeeper]) -> BookFeed:
+        from deltafeed.venues.bybit.book import BybitBookFeed
+
+        vs = settings.venue_settings(self.name)
+        assert isinstance(vs, BybitSettings)  # its settings_type
+        return BybitBookFeed(vs, keepers, stale_after_s=settings.seconds("stale_after"))
 
     replica_help = "Bybit v5 public market data (spot and linear): REST and WebSocket on one port"
 

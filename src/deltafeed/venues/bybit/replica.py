@@ -3,14 +3,25 @@
 Speaks what ``api.bybit.com`` and ``stream.bybit.com`` speak for public data (../shared/PROTOCOLS-wave2.md
 section 2): ``/v5/market/{time,instruments-info,kline,recent-trade}`` with the 600-requests-per-5-s IP
 limit (403 "access too frequent" beyond, and a ban), and ``/v5/public/{spot,linear}`` WebSockets with
-``op`` subscribe / unsubscribe / ping, ``publicTrade.<symbol>`` and ``kline.<interval>.<symbol>`` topics,
-spot's 10-args cap, and the 10-minute cut of a connection without ping or data. Third-party clients
+``op`` subscribe / unsubscribe / ping, ``publicTrade.<symbol>``, ``kline.<interval>.<symbol>`` and
+``orderbook.<depth>.<symbol>`` topics, spot's 10-args cap, and the 10-minute cut of a connection without
+ping or data. Third-party clients
 (ccxt.pro, pybit) work against it with only their URLs changed.
 
 Each category is its own seeded market (:class:`~deltafeed.replicas.sim.MarketSim`); a symbol names its
 category as deltafeed does (``BTCUSDT`` spot, ``LINEAR:BTCUSDT`` linear), and so does the tape's
 ``symbol`` column (the only way two markets of one Bybit name can be told apart there). The tape's
 ``trade_id`` is the id the replica sends: a large decimal on spot, a UUID on linear, neither a counter.
+
+**Order books.** Each market's book is a :class:`~deltafeed.replicas.books.SimBook`, stepped at every
+tick with trades and written to the book tape with ``seq`` = the book's update id after the step, which
+is the ``seq`` (cross sequence) of the messages. An ``orderbook.<depth>`` topic (depths 1, 50, 200, 1000)
+starts with a ``snapshot`` of the top ``depth`` levels, then sends a ``delta`` per tick in which its top
+levels changed (a level leaving the top ``depth`` goes with size 0); its ``u`` grows by one per message
+of the topic, as Bybit's does. Depth 1 sends snapshots only, and the unchanged one again every 3 s
+with the same ``u``. Book faults: ``bookdrop``, ``bookdup``, ``bookreorder`` (on a topic's deltas) and
+``stalebook`` (a snapshot of the book as it was at least 50 steps ago, with that state's ``seq`` and an
+older ``u``).
 """
 
 from __future__ import annotations
@@ -31,6 +42,8 @@ from aiohttp import WSMsgType, web
 
 from deltafeed.model import fmt
 from deltafeed.net.frames import text_header
+from deltafeed.replicas.books import BOOK_FAULTS, BookTape, DeltaFaults, SimBook
+from deltafeed.replicas.bookviews import View
 from deltafeed.replicas.faults import (
     MESSAGE_KINDS,
     REST_KINDS,
@@ -51,13 +64,17 @@ DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "LINEAR:BTCUSDT")
 #: What this replica injects: no ``shutdown`` (Bybit announces none) nor ``seqgap``/``noheartbeat``
 #: (no per-connection sequence, and the server sends no heartbeat); ``silence`` keeps a connection
 #: open and answering pings with no data.
-FAULT_KINDS: tuple[str, ...] = ("close", "reset", "stall", "silence", *MESSAGE_KINDS, *REST_KINDS)
+FAULT_KINDS: tuple[str, ...] = (
+    "close", "reset", "stall", "silence", *MESSAGE_KINDS, *REST_KINDS, *(k for k in BOOK_FAULTS if k != "badchecksum")
+)  # fmt: skip
 TICK_SECONDS = 0.02
 IDLE_CUT_S = 600.0  # "no ping-pong and no stream data ... cut off after 10 minutes"
 KLINE_PUSH_S = 1.0  # wall seconds between pushes of an open kline
 RECENT_TRADES_MAX = 1000  # /v5/market/recent-trade's largest limit (linear)
 SPOT_ID_BASE = 2_100_000_000_000_000_000  # spot ids look like "2100000000007764263"
 _WS_CLOSE_TIMEOUT = 2.0
+LEVEL1_RESEND_S = 3.0  # orderbook.1: the unchanged snapshot again after 3 s
+STALE_U_BACK = 10  # a stale snapshot's ``u``: this much older than the topic's
 TOO_FREQUENT = b"403 Forbidden: access too frequent"  # Bybit's HTTP 403 text [UNVERIFIED beyond the words]
 
 
@@ -86,6 +103,7 @@ class _Conn:
         self.silent = False  # no data; replies and pongs still
         self.doomed = False
         self.last_active = time.monotonic()
+        self.snapshots: list[bytes] = []  # book snapshots to send after the subscribe's ack
 
     def write(self, payloads: list[bytes]) -> None:
         tr = self.transport
@@ -110,6 +128,19 @@ class _Kline:
     subs: dict[_Conn, None] = field(default_factory=dict)
     open_time: int | None = None
     next_push: float = 0.0
+
+
+@dataclass(eq=False)
+class _BookTopic:
+    """An ``orderbook`` topic with subscribers: the view of the book it last sent and its ``u``."""
+
+    category: str
+    name: str
+    depth: int
+    view: View
+    u: int
+    subs: dict[_Conn, None] = field(default_factory=dict)
+    next_resend: float = 0.0
 
 
 class _IpWindow:
@@ -199,8 +230,14 @@ class BybitReplica(ReplicaBase):
             for i, (cat, names) in enumerate(by_cat.items())
         }
         self._tape = TapeWriter.trades(o.tape, extra=("side",)) if o.tape is not None else None
+        book_tape = o.book_tape_path()
+        #: Every change of every book, keyed by the ``seq`` its messages carry (see the module docstring).
+        self.book_tape = BookTape(book_tape) if book_tape is not None else None
+        self._books: dict[tuple[str, str], SimBook] = {}
+        self._book_topics: dict[tuple[str, str, int], _BookTopic] = {}
         self.stats: dict[str, int] = {"trades": 0, "connections": 0, "open_connections": 0, "requests": 0, "403": 0}
         self._setup_faults(dict(o.faults), o.faults_seed)
+        self._book_faults = DeltaFaults(self.faults, self._injected)
         self.slow_s = slow_s
         #: Symbols (as the tape names them) whose subscriptions are refused, with the reason sent.
         self.refuse = dict(refuse or {})
@@ -238,6 +275,8 @@ class BybitReplica(ReplicaBase):
         await self._stop_server()
         if self._tape is not None:
             self._tape.close()
+        if self.book_tape is not None:
+            self.book_tape.close()
 
     def summary(self) -> str:
         s = self.stats
@@ -511,6 +550,9 @@ class BybitReplica(ReplicaBase):
         for a in args:
             (self._add_topic if op == "subscribe" else self._drop_topic)(conn, a)
         await conn.reply(self._ack(conn, op, True, op if conn.category == "spot" else "", rid))
+        if conn.snapshots:  # a book topic starts with its snapshot, after the ack
+            conn.write(conn.snapshots)
+            conn.snapshots = []
 
     def _topic(self, cat: str, topic: str) -> tuple[str, str, str] | None:
         """(kind, name, interval) of a topic this replica serves on ``cat``, else None."""
@@ -522,6 +564,8 @@ class BybitReplica(ReplicaBase):
             return "trade", parts[1], ""
         if len(parts) == 3 and parts[0] == "kline" and parts[1] in codec.INTERVAL_MS:
             return "kline", parts[2], parts[1]
+        if len(parts) == 3 and parts[0] == "orderbook" and parts[1] in {str(d) for d in codec.BOOK_DEPTHS}:
+            return "book", parts[2], parts[1]
         return None
 
     def _add_topic(self, conn: _Conn, topic: str) -> None:
@@ -531,6 +575,8 @@ class BybitReplica(ReplicaBase):
         conn.topics[topic] = None
         if kind == "trade":
             self._trade_subs.setdefault((conn.category, name), {})[conn] = None
+        elif kind == "book":
+            self._add_book(conn, name, int(interval))
         else:
             key = (conn.category, name, interval)
             k = self._klines.get(key)
@@ -546,6 +592,12 @@ class BybitReplica(ReplicaBase):
         kind, name, interval = self._topic(conn.category, topic) or ("", "", "")
         if kind == "trade":
             self._trade_subs.get((conn.category, name), {}).pop(conn, None)
+        elif kind == "book":
+            bt = self._book_topics.get((conn.category, name, int(interval)))
+            if bt is not None:
+                bt.subs.pop(conn, None)
+                if not bt.subs:
+                    del self._book_topics[(conn.category, name, int(interval))]
         elif kind == "kline":
             k = self._klines.get((conn.category, name, interval))
             if k is not None:
@@ -558,10 +610,15 @@ class BybitReplica(ReplicaBase):
     def _tick(self) -> None:
         now = self._clock.now_ms()
         batches = self._release(now)
+        self._step_books(batches, now)
         if not self._conns:
             return
         wall = time.monotonic()
         out: dict[_Conn, list[bytes]] = {}
+        for bt in list(self._book_topics.values()):
+            msgs = self._book_messages(bt, now, wall)
+            for c in bt.subs:
+                out.setdefault(c, []).extend(msgs)
         for key, b in batches.items():
             subs = self._trade_subs.get(key)
             if subs:
@@ -614,6 +671,80 @@ class BybitReplica(ReplicaBase):
         for c, ex in zip(table.candles(), table.extras(), strict=True):
             out.append(codec.kline_message(k.name, k.interval, now, c, iv, ex[0], False, now))
         return out
+
+    # -- order books --
+
+    def _book(self, cat: str, name: str) -> SimBook:
+        """The market's book, started at its last trade on first use (and taped whole)."""
+        book = self._books.get((cat, name))
+        if book is None:
+            sim = self._sims[cat]
+            last_id, price = sim.last_trade(name)
+            spec = sim.specs[name]
+            book = self._books[(cat, name)] = SimBook(
+                spec, round(price * spec.price_scale), False, 3 * max(last_id, 0) + 1
+            )
+            if self.book_tape is not None:
+                self.book_tape.write_book(
+                    codec.series_symbol(cat, name, self.category), book.u, self._clock.now_ms(), book
+                )
+        return book
+
+    def _step_books(self, batches: dict[tuple[str, str], TradeBatch], now: int) -> None:
+        for key, b in batches.items():
+            book = self._books.get(key)
+            if book is None:
+                continue
+            ev = book.step(int(b.ticks[-1]), bool(b.maker[-1]))
+            book.events.clear()  # the topics diff views, not steps
+            if self.book_tape is not None:
+                self.book_tape.write(codec.series_symbol(*key, self.category), ev.last, now, book, ev.bids, ev.asks)
+
+    def _add_book(self, conn: _Conn, name: str, depth: int) -> None:
+        key = (conn.category, name, depth)
+        bt = self._book_topics.get(key)
+        book = self._book(conn.category, name)
+        if bt is None:
+            bt = self._book_topics[key] = _BookTopic(conn.category, name, depth, View(book, depth), 1000 + book.steps)
+        bt.subs[conn] = None
+        now = self._clock.now_ms()
+        if self._book_faults.stale():
+            seq, bids, asks = book.stale_levels(depth)
+            u = max(1, bt.u - STALE_U_BACK)
+            conn.snapshots.append(
+                codec.book_message(
+                    name, depth, True, now, now, [(p, q) for p, q in bids], [(p, q) for p, q in asks], u, seq
+                )
+            )
+            return
+        v = bt.view
+        conn.snapshots.append(
+            codec.book_message(name, depth, True, now, now, v.texts(v.bids, True), v.texts(v.asks, False), bt.u, book.u)
+        )
+
+    def _book_messages(self, bt: _BookTopic, now: int, wall: float) -> list[bytes]:
+        """The topic's message of this tick: a delta of what changed in its top levels (a snapshot at
+        depth 1, and the unchanged one again every 3 s), with the book faults due."""
+        ch = bt.view.advance()
+        v, book = bt.view, bt.view.book
+        if bt.depth == 1:
+            if ch is None and wall < bt.next_resend:
+                return []
+            if ch is not None:
+                bt.u += 1
+            bt.next_resend = wall + LEVEL1_RESEND_S
+            return [
+                codec.book_message(
+                    bt.name, 1, True, now, now, v.texts(v.bids, True), v.texts(v.asks, False), bt.u, book.u
+                )
+            ]
+        if ch is None:
+            return []
+        bt.u += 1
+        msg = codec.book_message(
+            bt.name, bt.depth, False, now, now, v.texts(ch[0], True), v.texts(ch[1], False), bt.u, book.u
+        )
+        return self._book_faults.deltas((bt.category, bt.name, bt.depth), [msg])
 
     # -- faults --
 
