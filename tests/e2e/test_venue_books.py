@@ -12,7 +12,6 @@ and noticed (resyncs), and the periods out of sync must be short.
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +36,7 @@ CASES = {
     "bybit": Case(
         ("BTCUSDT", "LINEAR:BTCUSDT"),
         50,
-        os.environ.get("BF", "bookdrop=12,bookdup=12,bookreorder=12,stalebook=20,drop=4"),
-        float(os.environ.get("BW", "20")),
+        "bookdrop=12,bookdup=12,bookreorder=12,stalebook=20,drop=4",
     ),
 }
 
