@@ -41,6 +41,7 @@ from deltafeed.model import (
     Instrument,
     Quote,
     Trade,
+    Unavailable,
     parse_timeframes,
     series_key,
     timeframe,
@@ -75,6 +76,10 @@ def tick_source(name: str | None) -> tuple[str, TickSource]:
 
 class SourceError(BadInput):
     """The tick source failed: unreachable, refusing, or serving something that is not tick data."""
+
+
+class SourceUnreachable(SourceError, Unavailable):
+    """The tick source cannot be reached now: the command may work later (exit 69, not 2)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,7 +323,7 @@ async def backfill(
                     report()
                     await flush(False)
         except VenueUnreachable as e:
-            raise SourceError(f"{e}; check --url and the network") from None
+            raise SourceUnreachable(f"{e}; check --url and the network") from None
         except VenueError as e:
             if e.status == 404:
                 raise SourceError(

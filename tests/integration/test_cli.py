@@ -123,7 +123,6 @@ def test_run_query_while_running_and_stop_within_two_seconds(replica: str, tmp_p
         # An unreachable venue is not bad usage: exit 69 (tests/integration/test_ops.py).
         (["run", "--api", "0.0.0.0:8080"], "token"),
         (["run", "--api", "nonsense"], "HOST:PORT"),
-        (["status", "--api", "http://127.0.0.1:9"], "cannot reach"),
         (["run", "--config", "/nonexistent.toml"], "does not exist"),
         (["candles", "binance:BTCUSDT", "1m", "--db", "/nonexistent/x.duckdb"], "no candle database"),
         (["candles", "binance:", "1m"], "VENUE:SYMBOL"),

@@ -85,6 +85,38 @@ def test_an_unreachable_venue_exits_69_not_2(tmp_path: Path) -> None:
     assert lines[0].startswith(f"deltafeed run: cannot reach http://127.0.0.1:{port}") and "--rest-url" in lines[0]
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status", "--api", "http://127.0.0.1:{port}"],
+        [
+            "backfill",
+            "oanda:EUR_USD",
+            "--since",
+            "2026-11-02",
+            "--until",
+            "2026-11-03",
+            "--url",
+            "http://127.0.0.1:{port}/datafeed",
+            "--retries",
+            "0",
+            "--db",
+            "{tmp}/fx.duckdb",
+        ],
+    ],
+    ids=["status", "backfill"],
+)
+def test_an_unreachable_api_or_tick_source_exits_69_not_2(args: list[str], tmp_path: Path) -> None:
+    """Nothing listens: ``status`` (the run may be starting) and ``backfill`` (the source may be
+    down) may work later, so they exit 69 with one line, as ``run`` does for a venue."""
+    port = free_port()
+    p = cli(*[a.format(port=port, tmp=tmp_path) for a in args])
+    assert p.returncode == 69, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "cannot reach" in lines[0] and f"127.0.0.1:{port}" in lines[0], lines
+
+
 #: Runs the CLI with the optional extras' packages unimportable: the base install.
 BASE_ONLY = (
     "import sys\n"

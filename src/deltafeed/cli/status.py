@@ -11,7 +11,7 @@ import msgspec
 
 from deltafeed.cli import Subcommands
 from deltafeed.cli.run import api_token
-from deltafeed.model import BadInput
+from deltafeed.model import BadInput, Unavailable
 
 
 def add_parser(sub: Subcommands) -> None:
@@ -93,7 +93,7 @@ def command(args: argparse.Namespace) -> int:
     try:
         status, health = asyncio.run(fetch())
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise BadInput(
+        raise Unavailable(  # exit 69: it may be starting; the same command may work later
             f"cannot reach deltafeed at {base} ({exc or type(exc).__name__}); is `deltafeed run` "
             "running with its API on? Pass --api URL"
         ) from None
