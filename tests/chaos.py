@@ -34,6 +34,7 @@ from typing import Any
 
 from deltafeed.candles.calendar import AlwaysOpen, Calendar, FxCalendar, calendar_for
 from deltafeed.model import TIMEFRAMES, Candle, Instrument, series_key
+from deltafeed.replicas.books import BOOK_FAULTS
 from deltafeed.replicas.faults import KINDS
 from deltafeed.replicas.options import ReplicaOptions
 from deltafeed.replicas.server import ReplicaBase
@@ -118,6 +119,12 @@ def register(profile: ChaosVenue) -> ChaosVenue:
     return profile
 
 
+def candle_kinds(kinds: tuple[str, ...]) -> tuple[str, ...]:
+    """A replica's fault kinds without the order-book ones: the chaos runs keep no books, so a book
+    fault would never fall on anything (tests/e2e/test_venue_books.py runs those)."""
+    return tuple(k for k in kinds if k not in BOOK_FAULTS)
+
+
 def _binance_replica(o: ReplicaOptions) -> ReplicaBase:
     return BinanceReplica(options=o, shutdown_grace_s=1.0, slow_s=1.0)
 
@@ -175,7 +182,7 @@ register(
     ChaosVenue(
         name="coinbase",
         symbols=("BTC-USD", "ETH-USD", "SOL-USD"),
-        fault_kinds=COINBASE_FAULT_KINDS,  # the shared kinds, seqgap and noheartbeat
+        fault_kinds=candle_kinds(COINBASE_FAULT_KINDS),  # the shared kinds, seqgap and noheartbeat
         make_replica=lambda o: CoinbaseReplica(options=o, slow_s=1.0),
         config_lines=_rest_and_ws,
     )
@@ -184,7 +191,7 @@ register(
     ChaosVenue(
         name="kraken",
         symbols=("BTC/USD", "ETH/USD", "SOL/USD"),
-        fault_kinds=KRAKEN_FAULT_KINDS,
+        fault_kinds=candle_kinds(KRAKEN_FAULT_KINDS),
         make_replica=lambda o: KrakenReplica(options=o, slow_s=1.0),
         config_lines=_rest_and_ws,
     )
@@ -193,7 +200,7 @@ register(
     ChaosVenue(
         name="hyperliquid",
         symbols=("BTC", "ETH", "SOL"),
-        fault_kinds=HYPERLIQUID_FAULT_KINDS,  # the shared kinds but shutdown, and silence
+        fault_kinds=candle_kinds(HYPERLIQUID_FAULT_KINDS),  # the shared kinds but shutdown, and silence
         make_replica=lambda o: HyperliquidReplica(options=o, slow_s=1.0),
         config_lines=_rest_and_ws,
     )
@@ -214,7 +221,7 @@ def bybit_profile(category: str) -> ChaosVenue:
     return ChaosVenue(
         name="bybit",
         symbols=("BTCUSDT", "ETHUSDT", "SOLUSDT"),
-        fault_kinds=BYBIT_FAULT_KINDS,
+        fault_kinds=candle_kinds(BYBIT_FAULT_KINDS),
         make_replica=replica,
         config_lines=config,
     )

@@ -9,7 +9,11 @@ for what breaks it. The base does the rest, the same way for every venue:
 - one connection per *group* (a URL: Bybit has one per category), kept open by
   :class:`~deltafeed.net.ws.WsStream` (watchdog, backoff, budget);
 - on every (re)connection each book of the group is out of sync (``disconnect``) until its venue
-  sends a new snapshot, and the group's books are subscribed;
+  sends a new snapshot, and the group's books are subscribed (after :meth:`WsBookFeed.on_open`'s
+  messages, such as a heartbeat subscription);
+- each keeper keeps as many levels as the venue's stream maintains (:meth:`WsBookFeed.levels_kept`),
+  no fewer (a full-book stream never resends a level that a shorter book dropped) and, for a venue
+  whose clients truncate (Kraken), no more;
 - :meth:`WsBookFeed.resync` marks one instrument out of sync (counted per kind by its keeper) and
   re-subscribes that instrument alone, which makes the venue send a fresh snapshot; the other books
   of the connection keep streaming. A resync is re-sent at most every ``RESUBSCRIBE_S``.
@@ -24,6 +28,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from deltafeed.books import L2Book
 from deltafeed.net.reconnect import ConnectBudget
 from deltafeed.net.ws import WsStream
 
@@ -50,6 +55,10 @@ class WsBookFeed:
         log: logging.Logger | None = None,
     ) -> None:
         self.keepers = dict(keepers)
+        for sym, k in self.keepers.items():
+            n = self.levels_kept(sym)
+            if k.book.max_levels != n and not len(k.book):
+                k.book = L2Book(n)
         self.groups = {g: list(syms) for g, syms in groups.items()}
         self.group_of = {s: g for g, syms in self.groups.items() for s in syms}
         self.log = log or logging.getLogger(f"deltafeed.{self.name}.books")
@@ -83,6 +92,14 @@ class WsBookFeed:
     def on_frame(self, group: str, frame: bytes | memoryview) -> None:
         raise NotImplementedError
 
+    def levels_kept(self, symbol: str) -> int:
+        """Levels per side the keeper of ``symbol`` keeps: what the venue's stream maintains."""
+        return self.keepers[symbol].book.max_levels
+
+    def on_open(self, group: str) -> list[bytes]:
+        """Messages to send on every (re)connection of ``group`` before the books' subscriptions."""
+        return []
+
     def forget(self, symbol: str) -> None:
         """Drop the rule's state of ``symbol`` (its book is being resynchronised); override as needed."""
 
@@ -106,7 +123,7 @@ class WsBookFeed:
                 k.lost("disconnect", "the connection was re-established")
             self.forget(s)
             self.waiting[s] = now
-        self._send(group, self.subscribe(group, syms, True))
+        self._send(group, self.on_open(group) + self.subscribe(group, syms, True))
 
     def resync(self, symbol: str, kind: str, detail: str = "") -> None:
         """``symbol``'s book broke (``kind``): out of sync until the venue's next snapshot, which a

@@ -70,6 +70,9 @@ class BybitBookFeed(WsBookFeed):
             )
         return out
 
+    def levels_kept(self, symbol: str) -> int:
+        return self.depths[symbol]  # the topic's depth: it sends a level leaving it with size 0
+
     def forget(self, symbol: str) -> None:
         self.last_u.pop(symbol, None)
 

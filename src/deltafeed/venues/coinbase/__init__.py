@@ -10,6 +10,7 @@ from deltafeed.venues.base import HTTP_SCHEMES, WS_SCHEMES, Venue, VenueSettings
 from deltafeed.venues.coinbase import codec
 
 if TYPE_CHECKING:
+    from deltafeed.books import BookFeed, BookKeeper
     from deltafeed.config import Settings
     from deltafeed.replicas.server import ReplicaBase
     from deltafeed.venues.base import Feed, FuzzTarget, TradeSink
@@ -50,6 +51,13 @@ class Coinbase(Venue):
             connect_budget=settings.connect_budget,
             on_trade=on_trade,
         )
+
+    def make_book_feed(self, settings: Settings, keepers: dict[str, BookKeeper]) -> BookFeed:
+        from deltafeed.venues.coinbase.book import CoinbaseBookFeed
+
+        vs = settings.venue_settings(self.name)
+        assert isinstance(vs, CoinbaseSettings)  # its settings_type
+        return CoinbaseBookFeed(vs, keepers, stale_after_s=settings.seconds("stale_after"))
 
     replica_help = "Coinbase Advanced Trade public market data: REST and WebSocket on one port"
 

@@ -15,6 +15,16 @@ and the ``/v2`` currency endpoints ccxt reads) and ``advanced-trade-ws.coinbase.
 - REST candles newest first, intervals without trades left out, a span of more than 349 candles rejected
   with the venue's 400; 10 requests a second per IP (burst 15), then 429.
 
+Order books: ``level2`` (sent on channel ``l2_data``) starts with a ``snapshot`` of the whole book of
+a product, then an ``update`` per 20 ms tick in which the book changed, each level's ``new_quantity``
+the level's size ("0" removes it). Each product's book is a :class:`~deltafeed.replicas.books.SimBook`
+stepped with the trades; the frames' ``timestamp`` (microseconds) is the book's key, strictly growing per
+product, and keys the book tape (``<tape>.book.csv``). Coinbase's book carries no sequence of its own:
+a client finds a lost frame only by the connection's ``sequence_num``. So the book faults ``bookdrop``,
+``bookdup`` and ``bookreorder`` apply to a connection's ``l2_data`` frames after they are numbered; no
+``stalebook`` (a stale snapshot would be undetectable on Coinbase: its updates carry absolute sizes and
+no sequence that ties them to the snapshot).
+
 Market data comes from :class:`~deltafeed.replicas.sim.MarketSim` (product ``BTC-USD`` simulated as
 ``BTCUSD``); the tape (``tape=``) is ``symbol,trade_id,time_ms,price,qty,side`` with the product id as
 the symbol and ``side`` the maker's, as sent.
@@ -37,6 +47,7 @@ from aiohttp import WSMsgType, web
 
 from deltafeed.model import BadInput, Candle, fmt
 from deltafeed.net.frames import text_frame
+from deltafeed.replicas.books import BookTape, DeltaFaults, SimBook
 from deltafeed.replicas.faults import (
     MESSAGE_KINDS,
     FaultSchedule,
@@ -56,7 +67,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SYMBOLS = ("BTC-USD", "ETH-USD", "SOL-USD")
 FAULT_KINDS = (
     "close", "reset", "stall", "drop", "dup", "reorder", "garbage", "seqgap", "noheartbeat", "http500", "http429",
-    "slow",
+    "slow", "bookdrop", "bookdup", "bookreorder",
 )  # fmt: skip
 SNAPSHOT_TRADES = 50  # trades in a market_trades snapshot [UNVERIFIED: the venue's count]
 CANDLE_MS = 300_000  # the candles channel's only bucket
@@ -145,6 +156,12 @@ class _Conn:
 
     def frame(self, channel: str, now_ms: int, events: bytes) -> bytes:
         body = codec.envelope(channel, self.seq, now_ms, events)
+        self.seq += 1
+        return body
+
+    def l2_frame(self, key_us: int, events: bytes) -> bytes:
+        """An ``l2_data`` frame timed by the book's key (microseconds)."""
+        body = codec.envelope_us("l2_data", self.seq, key_us, events)
         self.seq += 1
         return body
 
@@ -239,6 +256,13 @@ class CoinbaseReplica(ReplicaBase):
         self.refuse = set(refuse)  # products listed over REST whose subscriptions are refused (delisted)
         self.stats: dict[str, int] = {"connections": 0, "open_connections": 0, "requests": 0, "429": 0, "frames": 0}
         self._setup_faults(dict(o.faults), o.faults_seed)
+        self._book_faults = DeltaFaults(self.faults, self._injected)
+        book_tape = o.book_tape_path()
+        self.book_tape = BookTape(book_tape) if book_tape is not None else None
+        self._books: dict[str, SimBook] = {}  # product -> its book, from the first level2 subscription
+        self._book_key: dict[str, int] = {}  # product -> the key (us) of its book as it is now
+        #: Changed levels not yet sent, per product (bids, asks: ticks -> lots, 0 removed).
+        self._book_pending: dict[str, tuple[dict[int, int], dict[int, int]]] = {}
         self._conns: dict[_Conn, None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._next_batch = 0.0
@@ -272,6 +296,8 @@ class CoinbaseReplica(ReplicaBase):
             t.cancel()
         await self._stop_server()
         self._sim.close()
+        if self.book_tape is not None:
+            self.book_tape.close()
 
     def summary(self) -> str:
         s = self.stats
@@ -485,7 +511,10 @@ class CoinbaseReplica(ReplicaBase):
         out.append(conn.frame("subscriptions", now, b"[%s]" % codec.subscriptions_event(listed)))
         if kind == "subscribe" and new:
             self._advance()
-            if channel == "market_trades":
+            if channel == "l2_data":
+                for p in new:
+                    out.append(self._l2_snapshot(conn, p))
+            elif channel == "market_trades":
                 for p in new:
                     rows = list(self._sim.recent[p])
                     rows = [r for r in rows if r[0] <= self._sent_id(p)]
@@ -514,7 +543,65 @@ class CoinbaseReplica(ReplicaBase):
     # -- the pump --
 
     def _advance(self) -> None:
-        self._sim.advance_to(self._clock.now_ms())
+        now = self._clock.now_ms()
+        batches = self._sim.advance_to(now)
+        for sym, b in batches.items():
+            product = self._sim.products[sym]
+            book = self._books.get(product)
+            if book is None:
+                continue
+            ev = book.step(int(b.ticks[-1]), bool(b.maker[-1]))
+            book.events.clear()
+            key = self._next_key(product, now)
+            bids, asks = self._book_pending.setdefault(product, ({}, {}))
+            bids.update(ev.bids)
+            asks.update(ev.asks)
+            if self.book_tape is not None:
+                self.book_tape.write(product, key, now, book, ev.bids, ev.asks)
+
+    # -- order books --
+
+    def _next_key(self, product: str, now_ms: int) -> int:
+        """A new key (us) for ``product``'s book: its time, one more than the last when that is later."""
+        key = max(now_ms * 1000, self._book_key.get(product, 0) + 1)
+        self._book_key[product] = key
+        return key
+
+    def _book(self, product: str) -> SimBook:
+        """The product's book, started at its last trade on first use (and taped whole)."""
+        book = self._books.get(product)
+        if book is None:
+            sym = sim_symbol(product)
+            last_id, price = self._sim.last_trade(sym)
+            spec = self._sim.specs[sym]
+            book = self._books[product] = SimBook(spec, round(price * spec.price_scale), False, max(last_id, 0) + 1)
+            now = self._clock.now_ms()
+            key = self._next_key(product, now)
+            if self.book_tape is not None:
+                self.book_tape.write_book(product, key, now, book)
+        return book
+
+    def _l2_snapshot(self, conn: _Conn, product: str) -> bytes:
+        book = self._book(product)
+        bids = [(book.price(t), book.qty(q)) for t, q in sorted(book.bids.items(), reverse=True)]
+        asks = [(book.price(t), book.qty(q)) for t, q in sorted(book.asks.items())]
+        key = self._book_key[product]
+        return conn.l2_frame(key, b"[%s]" % codec.l2_event("snapshot", product, key // 1000, bids, asks))
+
+    def _l2_frames(self, out: dict[_Conn, list[bytes]]) -> None:
+        """Each product's changes since the last tick, to its level2 subscribers, with the book faults
+        due applied to each connection's numbered frames."""
+        pending, self._book_pending = self._book_pending, {}
+        for product, (bids, asks) in pending.items():
+            book = self._books[product]
+            key = self._book_key[product]
+            b = [(book.price(t), book.qty(bids[t])) for t in sorted(bids, reverse=True)]
+            a = [(book.price(t), book.qty(asks[t])) for t in sorted(asks)]
+            events = b"[%s]" % codec.l2_event("update", product, key // 1000, b, a)
+            for c in self._conns:
+                if not c.closing and not c.stalled and product in c.subs.get("l2_data", ()):
+                    frames = self._book_faults.deltas((id(c), product), [c.l2_frame(key, events)])
+                    out.setdefault(c, []).extend(frames)
 
     def _tick(self) -> None:
         self._advance()
@@ -522,6 +609,8 @@ class CoinbaseReplica(ReplicaBase):
         now = self._clock.now_ms()
         out: dict[_Conn, list[bytes]] = {}
         send_batch = wall >= self._next_batch
+        if self._book_pending:
+            self._l2_frames(out)
         if send_batch:
             self._next_batch = wall + self.batch_s
             self._batch_frames(out, now)
