@@ -67,6 +67,11 @@ class _Ring:
     def oldest(self) -> int:
         return self.times[self._off()]
 
+    def get(self, open_time: int) -> Candle | None:
+        off = self._off()
+        i = bisect_left(self.times, open_time, off)
+        return self.candles[i] if i < len(self.times) and self.times[i] == open_time else None
+
     def between(self, since_ms: int, until_ms: int) -> list[Candle]:
         lo = bisect_left(self.times, since_ms, self._off())
         hi = bisect_right(self.times, until_ms, lo)
@@ -115,6 +120,11 @@ class HotStore:
         """The newest ``n`` candles (fewer if the ring holds fewer), oldest first."""
         ring = self._rings.get((instrument, timeframe))
         return [] if ring is None else ring.last(n)
+
+    def get(self, instrument: str, timeframe: str, open_time: int) -> Candle | None:
+        """The held candle opening at ``open_time``, if any."""
+        ring = self._rings.get((instrument, timeframe))
+        return None if ring is None else ring.get(open_time)
 
     def range(self, instrument: str, timeframe: str, since_ms: int, until_ms: int) -> list[Candle] | None:
         """Candles with ``since_ms <= open_time <= until_ms``, oldest first.

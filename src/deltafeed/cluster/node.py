@@ -1,0 +1,411 @@
+"""The serving node: an :class:`~deltafeed.engine.view.EngineView` fed by a cluster's JetStream
+stream and the shared cold store, so the HTTP/WebSocket API runs on any machine without a venue.
+
+:class:`ClusterView` keeps the stream's candles in memory rings (the same
+:class:`~deltafeed.store.hot.HotStore` an engine keeps), hands each one to the API's hub as it
+arrives, and reads older candles from the cold store through the one read path
+(:func:`~deltafeed.store.reader.read_candles`). :class:`StreamFeed` fills it: one ordered consumer
+replays the cluster's candles and switches from the start of the stream (a replayable hot tier,
+bounded per subject) and then follows them live; trades are followed from now on, never replayed.
+A message that cannot be read is counted and skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import msgspec
+
+from deltafeed.cluster import subjects
+from deltafeed.engine.status import EngineStatus, SwitchDoc, switch_doc
+from deltafeed.model import BadInput, Candle, Switch, timeframe
+from deltafeed.stats import EngineMetrics
+from deltafeed.store.base import StoreError
+from deltafeed.store.hot import HotStore
+from deltafeed.store.reader import MemoryHot, read_candles
+
+if TYPE_CHECKING:
+    from deltafeed.api.protocol import LiveSink
+    from deltafeed.config import Settings
+    from deltafeed.engine.failover import FailoverPair
+    from deltafeed.series import Series
+    from deltafeed.store.base import ColdTier
+    from deltafeed.store.ticks import TickPage
+
+log = logging.getLogger("deltafeed.cluster.node")
+
+
+class StreamCounters(msgspec.Struct):
+    """What a serving node has read from its cluster's stream."""
+
+    cluster: str
+    nats_connected: bool
+    caught_up: bool  # the replay of the stream reached its end once
+    candles: int  # candle messages applied
+    switches: int
+    trades: int
+    bad_messages: int  # counted and skipped
+    stale_skipped: int  # a non-final version after a final one of the same candle (kept final)
+    replay_pending: int  # messages left to replay before caught_up
+    last_message_age_s: float | None
+    #: publication (collector's clock) to arrival here, of the latest candle message, in seconds
+    last_latency_s: float | None
+
+
+class NodeStatus(EngineStatus):
+    """A serving node's status: the engine's shape (its venue and store counters stay zero: the
+    node collects and writes nothing) plus what it read from the cluster."""
+
+    stream: StreamCounters
+
+
+class ClusterView:
+    """The API's view of a cluster: candles from the stream (recent) and the cold store (older).
+
+    It collects nothing: starting or stopping streaming is refused with a line saying where that
+    is done. Instruments and timeframes are those the stream and the cold store hold.
+    """
+
+    def __init__(self, settings: Settings, cluster: str, cold: ColdTier | None, *, hot_capacity: int = 1000) -> None:
+        self.hub: LiveSink | None = None
+        self._settings = settings
+        self.cluster = subjects.cluster_name(cluster)
+        self.cold = cold
+        self.hot = HotStore(hot_capacity)
+        self.metrics_ = EngineMetrics()
+        self._series: dict[str, None] = {}  # every series seen, in arrival order
+        self._tfs: dict[str, None] = {}
+        self._switches: dict[str, dict[int, Switch]] = {}
+        self._price_ms: dict[str, int] = {}
+        self.nats_connected = False
+        self.caught_up = False
+        self.replay_pending = 0
+        self.candles_in = 0
+        self.switches_in = 0
+        self.trades_in = 0
+        self.bad = 0
+        self.stale = 0
+        self.last_latency_s: float | None = None
+        self._last_mono: float | None = None
+
+    # --- fed by the stream ------------------------------------------------------------------------
+
+    def known(self, series: str, tf: str | None = None) -> None:
+        """Record a series (and timeframe) the cluster holds, e.g. found in the cold store."""
+        self._series.setdefault(series, None)
+        if tf is not None:
+            self._tfs.setdefault(tf, None)
+
+    def on_candle(self, m: subjects.CandleMsg) -> None:
+        """One published version of a candle: into the rings and to the hub (a non-final version
+        arriving after the final one is skipped, as :func:`~deltafeed.cluster.subjects.newer` says)."""
+        self._last_mono = time.monotonic()
+        c = m.candle()
+        old = self.hot.get(m.series, m.tf, m.open_time)
+        if old is not None and old.final and not c.final:
+            self.stale += 1
+            return
+        self.candles_in += 1
+        if m.sent_ms:
+            self.last_latency_s = max(0.0, time.time() - m.sent_ms / 1000)
+        self.known(m.series, m.tf)
+        self.hot.put(m.series, m.tf, c)
+        hub = self.hub
+        if hub is not None:
+            hub.candle(m.series, m.tf, c)
+            if not c.closed and m.sent_ms > self._price_ms.get(m.series, 0):
+                self._price_ms[m.series] = m.sent_ms
+                hub.price(m.series, m.sent_ms, c.close)
+
+    def on_switch(self, m: subjects.SwitchMsg) -> None:
+        self._last_mono = time.monotonic()
+        w = m.switch
+        self.switches_in += 1
+        self.known(w.instrument)
+        seen = self._switches.setdefault(w.instrument, {})
+        if w.since_ms in seen:
+            return
+        seen[w.since_ms] = w
+        if self.hub is not None:
+            from deltafeed.api.protocol import SwitchData
+
+            spanning = self.switch_doc(w).spanning
+            self.hub.switch(w.instrument, w.at_ms, SwitchData(w.since_ms, w.source_from, w.source_to, spanning))
+
+    def on_trade(self, m: subjects.TradeMsg) -> None:
+        self._last_mono = time.monotonic()
+        self.trades_in += 1
+        hub = self.hub
+        if hub is not None and hub.wants_trades(m.series):
+            hub.trade(m.series, m.trade)
+
+    # --- EngineView -------------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
+    def timeframes(self) -> list[str]:
+        return sorted(self._tfs, key=lambda tf: timeframe(tf).ms)
+
+    @property
+    def states(self) -> Mapping[str, Series]:
+        return {}
+
+    @property
+    def failovers(self) -> Mapping[str, FailoverPair]:
+        return {}
+
+    @property
+    def metrics(self) -> EngineMetrics:
+        return self.metrics_
+
+    def instrument_names(self) -> list[str]:
+        return sorted(self._series)
+
+    def health(self) -> list[str]:
+        reasons = []
+        if not self.nats_connected:
+            reasons.append(f"not connected to NATS (cluster {self.cluster})")
+        if not self.caught_up:
+            reasons.append(f"replaying the cluster's stream ({self.replay_pending} messages to go)")
+        return reasons
+
+    def readiness(self) -> list[str]:
+        return self.health()
+
+    def report(self) -> NodeStatus:
+        age = None if self._last_mono is None else round(time.monotonic() - self._last_mono, 3)
+        stream = StreamCounters(
+            self.cluster,
+            self.nats_connected,
+            self.caught_up,
+            self.candles_in,
+            self.switches_in,
+            self.trades_in,
+            self.bad,
+            self.stale,
+            self.replay_pending,
+            age,
+            None if self.last_latency_s is None else round(self.last_latency_s, 4),
+        )
+        return NodeStatus(
+            venue_time_ms=int(time.time() * 1000),
+            connected=self.nats_connected,
+            connections=0,
+            connects=0,
+            reconnects=0,
+            rotations=0,
+            stale_drops=0,
+            connect_budget_waits=0,
+            frames=0,
+            rest_requests=0,
+            rest_throttled=0,
+            rest_server_errors=0,
+            rest_limiter_waits=0,
+            skipped_frames={},
+            venues={},
+            store_pending=0,
+            store_written=0,
+            store_failures=0,
+            store_dropped=0,
+            store=self.cold.name if self.cold is not None else "none",
+            store_spooled=0,
+            store_spool_pending=0,
+            store_replayed=0,
+            store_up=True,
+            hot_up=None,
+            hot_written=None,
+            hot_failures=None,
+            hot_refills=None,
+            hot=None,
+            pending_repairs=0,
+            provisional=0,
+            reconciled=0,
+            corrected=0,
+            audits=0,
+            audit_gaps=0,
+            quiet_holes=0,
+            healthy=not self.health(),
+            failover={},
+            instruments={},
+            stream=stream,
+        )
+
+    def snapshot(self, instrument: str, timeframe: str, n: int) -> list[Candle]:
+        return self.hot.last(instrument, timeframe, n) if n > 0 else []
+
+    async def candles(
+        self,
+        instrument: str,
+        timeframe: str,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        limit: int | None = None,
+        *,
+        final_only: bool = False,
+    ) -> list[Candle]:
+        return await read_candles(
+            MemoryHot(self.hot), self.cold, instrument, timeframe, since_ms, until_ms, limit, final_only=final_only
+        )
+
+    async def trades(
+        self, instrument: str, since_ms: int | None = None, until_ms: int | None = None, limit: int | None = None
+    ) -> TickPage | None:
+        return None  # a serving node keeps no raw ticks (collectors' stores do)
+
+    async def switches(self, instrument: str, since_ms: int | None = None, until_ms: int | None = None) -> list[Switch]:
+        lo, hi = since_ms if since_ms is not None else -(2**62), until_ms if until_ms is not None else 2**62
+        found = {k: w for k, w in self._switches.get(instrument, {}).items() if lo <= k <= hi}
+        if self.cold is not None:
+            with contextlib.suppress(StoreError):
+                for w in await self.cold.switches(instrument, since_ms, until_ms):
+                    found.setdefault(w.since_ms, w)
+        return [found[k] for k in sorted(found)]
+
+    def switch_doc(self, w: Switch, silent_s: float | None = None) -> SwitchDoc:
+        return switch_doc(w, self.timeframes, silent_s)
+
+    async def start_streaming(self, instruments: list[str] | None = None) -> list[str]:
+        raise BadInput("this is a serving node of a cluster: it collects nothing; start streaming on a collector")
+
+    async def stop_streaming(self, instruments: list[str] | None = None) -> list[str]:
+        raise BadInput("this is a serving node of a cluster: it collects nothing; stop streaming on a collector")
+
+
+class StreamFeed:
+    """Feeds a :class:`ClusterView` from JetStream: candles and switches replayed from the start of
+    the stream then followed, trades followed from now on.
+
+    Each kind has its own ordered consumer (nats-py recreates one that loses its place). The replay
+    is over once a message says nothing is pending after it, or at once when the stream holds no
+    candles.
+    """
+
+    def __init__(self, view: ClusterView, nc: Any) -> None:
+        self.view = view
+        self.nc = nc
+        self._subs: list[Any] = []
+
+    async def start(self) -> None:
+        from nats.js.api import DeliverPolicy
+
+        view = self.view
+        js = self.nc.jetstream()
+        await subjects.ensure_stream(js, view.cluster)
+        view.nats_connected = self.nc.is_connected
+        info = await js.stream_info(
+            subjects.stream_name(view.cluster), subjects_filter=subjects.filter_subject(view.cluster, subjects.CANDLES)
+        )
+        pending = sum((info.state.subjects or {}).values())
+        view.replay_pending = pending
+        if pending == 0:
+            view.caught_up = True
+
+        def handler(kind: str, apply: Any, decode: Any) -> Any:
+            async def cb(msg: Any) -> None:
+                try:
+                    m = decode(msg.data)
+                except ValueError as exc:
+                    view.bad += 1
+                    log.warning("skipped a %s message on %s: %s", kind, msg.subject, exc)
+                else:
+                    apply(m)
+                if kind == subjects.CANDLES and not view.caught_up:
+                    try:
+                        left = msg.metadata.num_pending
+                    except Exception:  # a message without JetStream metadata: nothing to tell
+                        return
+                    view.replay_pending = left
+                    if left == 0:
+                        view.caught_up = True
+                        log.info("replayed the cluster's stream; following it live")
+
+            return cb
+
+        for kind, apply, decode, policy in (
+            (subjects.CANDLES, view.on_candle, subjects.decode_candle, DeliverPolicy.ALL),
+            (subjects.SWITCHES, view.on_switch, subjects.decode_switch, DeliverPolicy.ALL),
+            (subjects.TRADES, view.on_trade, subjects.decode_trade, DeliverPolicy.NEW),
+        ):
+            self._subs.append(
+                await js.subscribe(
+                    subjects.filter_subject(view.cluster, kind),
+                    cb=handler(kind, apply, decode),
+                    ordered_consumer=True,
+                    deliver_policy=policy,
+                    pending_msgs_limit=1_000_000,
+                )
+            )
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs.clear()
+
+
+async def load_cold_series(view: ClusterView) -> None:
+    """Make the series and timeframes the cold store holds known to ``view`` (a series may have
+    aged out of the stream and still be served from the store)."""
+    if view.cold is None:
+        return
+    try:
+        for inst, tf, n in await view.cold.instruments():
+            if n:
+                view.known(inst, tf)
+    except StoreError as exc:
+        log.warning("cannot list the series in %s (%s); serving those the stream holds", view.cold.name, exc)
+
+
+async def connect(url: str, name: str, view: ClusterView | None = None) -> Any:
+    """A NATS connection to ``url`` (Unavailable when nothing answers), reconnecting for ever; with
+    ``view``, its ``nats_connected`` follows the connection."""
+    import nats
+
+    from deltafeed.model import Unavailable
+
+    async def disconnected() -> None:
+        if view is not None:
+            view.nats_connected = False
+        if not nc.is_closed:
+            log.warning("disconnected from NATS %s; reconnecting", url)
+
+    async def reconnected() -> None:
+        if view is not None:
+            view.nats_connected = True
+        log.info("reconnected to NATS %s", url)
+
+    async def error(exc: Exception) -> None:
+        log.debug("NATS: %s", exc)
+
+    nc = nats.NATS()
+    try:
+        # nats-py retries a first connection as long as later ones: a server that is not there at
+        # all is told by one TCP connection instead, and the command exits 69.
+        parts = urlsplit(url)
+        _, w = await asyncio.wait_for(asyncio.open_connection(parts.hostname, parts.port or 4222), 5)
+        w.close()
+        await nc.connect(
+            url,
+            name=name,
+            connect_timeout=5,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+            error_cb=error,
+        )
+        return nc
+    except Exception as exc:  # nats-py raises its own errors (no servers, timeouts) and OSError
+        raise Unavailable(
+            f"cannot reach NATS at {url} ({exc or type(exc).__name__}); is nats-server running?"
+        ) from None
