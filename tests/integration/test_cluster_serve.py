@@ -95,7 +95,7 @@ def truth(published: list[subjects.CandleMsg]) -> dict[tuple[str, str], list[tup
             best[key] = m
     out: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
     for (s, tf, _), m in sorted(best.items()):
-        out.setdefault((s, tf), []).append((m.open_time, m.open, m.high, m.low, m.close, m.volume, m.trades, m.state))
+        out.setdefault((s, tf), []).append((*m.candle.row(), m.state))
     return out
 
 
@@ -261,6 +261,7 @@ def _start(args: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise AssertionError(f"deltafeed {' '.join(args)} did not start: {log.read_text()}")
 
 
+@pytest.mark.slow
 async def test_serve_command_and_candles_cluster(cluster: tuple[str, Any], pg_schema: str, tmp_path: Path) -> None:
     """``deltafeed serve --writer`` as its own process serves what is published and writes it to
     PostgreSQL; ``deltafeed candles --cluster`` reads stream and store; bad usage is one line, exit 2."""

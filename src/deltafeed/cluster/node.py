@@ -106,7 +106,7 @@ class ClusterView:
         """One published version of a candle: into the rings and to the hub (a non-final version
         arriving after the final one is skipped, as :func:`~deltafeed.cluster.subjects.newer` says)."""
         self._last_mono = time.monotonic()
-        c = m.candle()
+        c = m.candle
         old = self.hot.get(m.series, m.tf, m.open_time)
         if old is not None and old.final and not c.final:
             self.stale += 1
@@ -368,7 +368,7 @@ async def load_cold_series(view: ClusterView) -> None:
 async def connect(url: str, name: str, view: ClusterView | None = None) -> Any:
     """A NATS connection to ``url`` (Unavailable when nothing answers), reconnecting for ever; with
     ``view``, its ``nats_connected`` follows the connection."""
-    import nats
+    from nats.aio.client import Client as NATS
 
     from deltafeed.model import Unavailable
 
@@ -386,7 +386,7 @@ async def connect(url: str, name: str, view: ClusterView | None = None) -> Any:
     async def error(exc: Exception) -> None:
         log.debug("NATS: %s", exc)
 
-    nc = nats.NATS()
+    nc = NATS()
     try:
         # nats-py retries a first connection as long as later ones: a server that is not there at
         # all is told by one TCP connection instead, and the command exits 69.

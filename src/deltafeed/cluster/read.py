@@ -69,4 +69,4 @@ async def read_series(js: Any, cluster: str, series: str, tf: str) -> tuple[list
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
-    return [latest[t].candle() for t in sorted(latest)], bad
+    return [latest[t].candle for t in sorted(latest)], bad

@@ -10,8 +10,8 @@ told the messages are in progress meanwhile; a writer killed before its acknowle
 batch again, and writing it twice changes nothing. Forming candles are skipped: the store keeps
 closed candles (the stream and the serving nodes have the forming ones).
 
-Lag, the messages the consumer has yet to deliver, is read from JetStream every
-:data:`LAG_EVERY_S` and logged when it grows; ``deltafeed cluster status`` shows it too.
+Lag, the messages the consumer has yet to deliver, comes with every fetched message (:attr:`lag`;
+logged past :data:`LAG_WARN`); ``deltafeed cluster status`` reads it from JetStream.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ DURABLE = "cold-writer"
 BATCH = 2000
 #: How long JetStream waits for an acknowledgement before delivering a batch again, in seconds.
 ACK_WAIT_S = 30.0
-#: How often the lag is read, in seconds.
-LAG_EVERY_S = 5.0
+#: A lag (messages) worth a warning, and how often at most it is logged, in seconds.
+LAG_WARN = 10_000
+LAG_EVERY_S = 10.0
 #: Final candles remembered, so that a non-final version arriving later never replaces one.
 REMEMBER_FINAL = 1_000_000
 
@@ -104,30 +105,25 @@ class ColdWriter:
     async def _run(self) -> None:
         from nats.errors import TimeoutError as NatsTimeout
 
-        next_lag = 0.0
+        warned = 0.0
         while True:
-            now = time.monotonic()
-            if now >= next_lag:
-                next_lag = now + LAG_EVERY_S
-                await self._read_lag()
             try:
                 msgs = await self._sub.fetch(self.batch, timeout=1.0)
             except (TimeoutError, NatsTimeout):
+                self.lag = 0  # nothing was left to deliver
                 continue
             except Exception as exc:  # NATS reconnecting: the durable consumer keeps our place
                 log.warning("cannot fetch from the cluster's stream (%s); retrying", exc)
                 await asyncio.sleep(1.0)
                 continue
-            if msgs:
-                await self._write(msgs)
-
-    async def _read_lag(self) -> None:
-        with contextlib.suppress(Exception):
-            info = await self._sub.consumer_info()
-            lag = int(info.num_pending)
-            if lag > max(10_000, 2 * (self.lag or 0)):
-                log.warning("the cold-store writer is %d messages behind the stream", lag)
-            self.lag = lag
+            if not msgs:
+                continue
+            await self._write(msgs)
+            with contextlib.suppress(Exception):  # a message without JetStream metadata
+                self.lag = int(msgs[-1].metadata.num_pending)
+            if self.lag and self.lag > LAG_WARN and time.monotonic() - warned > LAG_EVERY_S:
+                warned = time.monotonic()
+                log.warning("the cold-store writer is %d messages behind the stream", self.lag)
 
     def rows(self, msgs: list[Any]) -> tuple[list[Row], list[Switch]]:
         """The rows and switches a batch of messages stands for (latest version per candle)."""
@@ -155,7 +151,7 @@ class ColdWriter:
                 self.stale_skipped += 1
                 continue
             latest[key] = m
-        return [(m.series, m.tf, m.candle()) for m in latest.values()], switches
+        return [(m.series, m.tf, m.candle) for m in latest.values()], switches
 
     async def _write(self, msgs: list[Any]) -> None:
         rows, switches = self.rows(msgs)
