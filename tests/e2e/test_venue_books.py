@@ -40,6 +40,8 @@ CASES = {
     ),
     # No stalebook: Coinbase's book has no sequence to tell a stale snapshot by (its replica has none).
     "coinbase": Case(("BTC-USD", "ETH-USD"), 50, "bookdrop=12,bookdup=12,bookreorder=12,seqgap=4"),
+    # Depth 10: Kraken's checksum covers the top 10 levels, all that is served and compared here.
+    "kraken": Case(("BTC/USD", "ETH/USD"), 10, "bookdrop=12,bookdup=12,bookreorder=12,stalebook=20,badchecksum=12"),
 }
 
 

@@ -10,15 +10,16 @@ from deltafeed.venues.base import HTTP_SCHEMES, WS_SCHEMES, Venue, VenueSettings
 from deltafeed.venues.kraken import codec
 
 if TYPE_CHECKING:
+    from deltafeed.books import BookFeed, BookKeeper
     from deltafeed.config import Settings
     from deltafeed.replicas.server import ReplicaBase
     from deltafeed.venues.base import Feed, FuzzTarget, TradeSink
 
 #: The fault kinds the replica injects: every shared kind but ``shutdown`` (Kraken announces none),
-#: plus ``seqgap`` (a trade_id skipped, nothing else lost) and ``noheartbeat``.
+#: plus ``seqgap`` (a trade_id skipped, nothing else lost) and ``noheartbeat``, and the book faults.
 FAULT_KINDS = (
     "close", "reset", "stall", "drop", "dup", "reorder", "garbage", "poison", "http500", "http429", "slow",
-    "seqgap", "noheartbeat",
+    "seqgap", "noheartbeat", "bookdrop", "bookdup", "bookreorder", "stalebook", "badchecksum",
 )  # fmt: skip
 
 
@@ -53,6 +54,13 @@ class Kraken(Venue):
             connect_budget=settings.connect_budget,
             on_trade=on_trade,
         )
+
+    def make_book_feed(self, settings: Settings, keepers: dict[str, BookKeeper]) -> BookFeed:
+        from deltafeed.venues.kraken.book import KrakenBookFeed
+
+        vs = settings.venue_settings(self.name)
+        assert isinstance(vs, KrakenSettings)  # its settings_type
+        return KrakenBookFeed(vs, keepers, stale_after_s=settings.seconds("stale_after"))
 
     replica_help = "Kraken spot: WebSocket v2 and REST (/0/public) on one port"
 

@@ -413,6 +413,8 @@ class _Pair(msgspec.Struct):
     altname: str
     wsname: str = ""
     status: str = "online"
+    pair_decimals: Annotated[int, msgspec.Meta(ge=0, le=18)] = 0
+    lot_decimals: Annotated[int, msgspec.Meta(ge=0, le=18)] = 0
 
 
 def decode_asset_pairs(body: bytes) -> dict[str, str]:
@@ -422,6 +424,16 @@ def decode_asset_pairs(body: bytes) -> dict[str, str]:
     except JSON_ERRORS as exc:
         raise BadAnswer(f"not a Kraken AssetPairs result ({exc})") from None
     return {v2_name(p.wsname): p.altname for p in pairs.values() if p.wsname and p.status == "online"}
+
+
+def decode_pair_precisions(body: bytes) -> dict[str, tuple[int, int]]:
+    """``/0/public/AssetPairs`` -> {WS v2 symbol: (price decimals, qty decimals)}: the precisions the
+    ``book`` checksum writes prices and quantities at (``pair_decimals``, ``lot_decimals``)."""
+    try:
+        pairs = msgspec.json.decode(_result(body), type=dict[str, _Pair])
+    except JSON_ERRORS as exc:
+        raise BadAnswer(f"not a Kraken AssetPairs result ({exc})") from None
+    return {v2_name(p.wsname): (p.pair_decimals, p.lot_decimals) for p in pairs.values() if p.wsname}
 
 
 _OhlcRow = tuple[int, float, float, float, float, float, float, _N]

@@ -13,6 +13,16 @@ in Kraken's ``{"error":[...],"result":...}`` envelope, under a public call limit
 Market data comes from :class:`~deltafeed.replicas.sim.MarketSim` (spelled without the slash
 inside); the replica keeps every released trade for ``Trades`` and writes the tape itself, with
 Kraken's trade ids (which a ``seqgap`` fault makes skip a number without losing a trade).
+
+**Order books.** Each pair's book is a :class:`~deltafeed.replicas.books.SimBook` stepped with the
+trades, prices and quantities written at the pair's precisions (``pair_decimals``, ``lot_decimals`` of
+``AssetPairs``) as Kraken's checksum needs. ``book`` at depth 10, 25, 100, 500 or 1000: a ``snapshot`` of
+the top ``depth`` levels, then an ``update`` per tick in which they changed: changed and new levels, and
+qty 0 only for a level gone from the book (a level pushed below the depth is left to the client, which
+truncates, as Kraken's guide says). Each message carries the CRC32 of the top 10 levels after it and a
+``timestamp``, in microseconds strictly growing per pair, which keys the book tape (``<tape>.book.csv``).
+Book faults: ``bookdrop``, ``bookdup``, ``bookreorder``, ``stalebook`` (a snapshot at least 50 steps old,
+with its own timestamp and checksum) and ``badchecksum`` (an update whose checksum is off by one).
 """
 
 from __future__ import annotations
@@ -21,7 +31,6 @@ import asyncio
 import json
 import logging
 import time
-import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +43,8 @@ from aiohttp import WSMsgType, web
 
 from deltafeed.model import BadInput, fmt
 from deltafeed.net.frames import text_frame
+from deltafeed.replicas.books import BookTape, DeltaFaults, SimBook
+from deltafeed.replicas.bookviews import KeyLog, View
 from deltafeed.replicas.faults import (
     MESSAGE_KINDS,
     apply_message_fault,
@@ -43,7 +54,7 @@ from deltafeed.replicas.faults import (
 )
 from deltafeed.replicas.options import ReplicaOptions, options_from
 from deltafeed.replicas.server import ReplicaBase, close_ws
-from deltafeed.replicas.sim import MarketClock, MarketSim, TradeBatch
+from deltafeed.replicas.sim import LOT_DECIMALS, MarketClock, MarketSim, TradeBatch
 from deltafeed.replicas.tape import TapeWriter
 from deltafeed.venues.kraken import FAULT_KINDS
 from deltafeed.venues.kraken import codec as kraken
@@ -92,11 +103,14 @@ class _Trades:
         return out
 
 
-#: A book side: price in ticks -> quantity in lots.
-_Side = dict[int, int]
-_Book = tuple[_Side, _Side]  # asks, bids
+class _KrakenBook(SimBook):
+    """A pair's book with prices and quantities written at the pair's precisions (the checksum's)."""
 
-BOOK_EPOCH_MS = 5_000  # the simulated book's quantities change every 5 market seconds
+    def price(self, ticks: int) -> str:
+        return f"{ticks / self.spec.price_scale:.{self.spec.price_decimals}f}"
+
+    def qty(self, lots: int) -> str:
+        return f"{lots / 10**LOT_DECIMALS:.{self.spec.lot_decimals}f}"
 
 
 @dataclass(eq=False)
@@ -106,7 +120,7 @@ class _Conn:
     peer: str
     trades: set[str] = field(default_factory=set)  # symbols
     ohlc: dict[tuple[str, int], int] = field(default_factory=dict)  # (symbol, minutes) -> open pushed
-    books: dict[str, tuple[int, _Book]] = field(default_factory=dict)  # symbol -> (depth, book last sent)
+    books: dict[str, int] = field(default_factory=dict)  # symbol -> the depth subscribed
     closing: bool = False
     stalled: bool = False
     doomed: bool = False
@@ -221,6 +235,13 @@ class KrakenReplica(ReplicaBase):
             "trades": 0, "connections": 0, "open_connections": 0, "requests": 0, "throttled": 0,
         }  # fmt: skip
         self._setup_faults(dict(o.faults), o.faults_seed)
+        self._book_faults = DeltaFaults(self.faults, self._injected)
+        book_tape = o.book_tape_path()
+        self.book_tape = BookTape(book_tape) if book_tape is not None else None
+        self._books: dict[str, SimBook] = {}  # v2 symbol -> its book, from the first book subscription
+        self._book_key: dict[str, int] = {}  # v2 symbol -> the key (us) of its book as it is now
+        self._book_keys = KeyLog()  # a recent book state's key, by its update id (stale snapshots)
+        self._book_views: dict[tuple[str, int], View] = {}  # (v2 symbol, depth) -> what was last sent
         self._conns: dict[_Conn, None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._store(self._sim.advance_to(self._clock.start_ms))
@@ -317,6 +338,8 @@ class KrakenReplica(ReplicaBase):
     def _tick(self) -> None:
         now = self._clock.now_ms()
         batches = self._sim.advance_to(now)
+        self._step_books(batches, now)
+        book_msgs = self._book_updates()  # every view follows its book, subscribers or not
         if batches:
             self._seqgap(batches)
         new = self._store(batches)
@@ -343,11 +366,8 @@ class KrakenReplica(ReplicaBase):
                 if item is not None:
                     msgs.append(kraken.ohlc_message([item], now))
                 conn.ohlc[(v2, minutes)] = cur
-            for sym, (depth, old) in list(conn.books.items()):
-                book = self._book(sym, depth, now)
-                if book != old:
-                    conn.books[sym] = (depth, book)
-                    msgs.append(self._book_message(sym, book, *self._book_diff(old, book), "update", now))
+            for sym, depth in conn.books.items():
+                msgs += book_msgs.get((sym, depth), ())
             if (conn.trades or conn.ohlc or conn.books) and conn.heartbeats and wall >= conn.next_heartbeat:
                 conn.next_heartbeat = wall + HEARTBEAT_S
                 msgs.append(b'{"channel":"heartbeat"}')
@@ -462,6 +482,7 @@ class KrakenReplica(ReplicaBase):
             conn.closing = True
             self._conns.pop(conn, None)
             self.stats["open_connections"] -= 1
+            self._drop_unused_views()
         return ws
 
     def _now_text(self) -> str:
@@ -533,14 +554,17 @@ class KrakenReplica(ReplicaBase):
                     conn.trades.discard(sym)
                 elif channel == "book":
                     conn.books.pop(sym, None)
+                    self._drop_unused_views()
                 else:
                     conn.ohlc.pop((sym, interval), None)
                 continue
             if channel == "book":
-                book = self._book(sym, depth, now)
-                conn.books[sym] = (depth, book)
+                conn.books[sym] = depth
+                view = self._book_views.get((sym, depth))
+                if view is None:
+                    view = self._book_views[(sym, depth)] = View(self._book(sym), depth, prune=False)
                 if snapshot:
-                    conn.write([self._book_message(sym, book, book, ({}, {}), "snapshot", now)])
+                    conn.write([self._book_snapshot(sym, view)])
             elif channel == "trade":
                 conn.trades.add(sym)
                 if snapshot:
@@ -554,56 +578,80 @@ class KrakenReplica(ReplicaBase):
 
     # -- the book --
 
-    def _book(self, sym: str, depth: int, now: int) -> _Book:
-        """A simulated book around the last trade: ``depth`` levels a side one tick apart, quantities
-        a pure function of (pair, side, price, 5-second epoch) so every subscriber sees the same book."""
-        _, last = self._sim.last_trade(self.symbols[sym])
-        spec = self._sim.specs[self.symbols[sym]]
-        mid = round(last * spec.price_scale)
-        epoch = now // BOOK_EPOCH_MS
+    def _book(self, sym: str) -> SimBook:
+        """The pair's book, started at its last trade on first use (and taped whole)."""
+        book = self._books.get(sym)
+        if book is None:
+            name = self.symbols[sym]
+            last_id, price = self._sim.last_trade(name)
+            spec = self._sim.specs[name]
+            book = self._books[sym] = _KrakenBook(spec, round(price * spec.price_scale), False, max(last_id, 0) + 1)
+            now = self._clock.now_ms()
+            self._book_keys.add(book.u, self._next_key(sym, now))
+            if self.book_tape is not None:
+                self.book_tape.write_book(sym, self._book_key[sym], now, book)
+        return book
 
-        def qty(side: str, price: int) -> int:
-            return 1 + zlib.crc32(f"{sym}:{side}:{price}:{epoch}".encode()) % 500_000
+    def _next_key(self, sym: str, now_ms: int) -> int:
+        """A new key (us) for the pair's book: its time, one more than the last when that is later."""
+        key = max(now_ms * 1000, self._book_key.get(sym, 0) + 1)
+        self._book_key[sym] = key
+        return key
 
-        asks = {mid + i: qty("a", mid + i) for i in range(1, depth + 1)}
-        bids = {mid - i: qty("b", mid - i) for i in range(1, depth + 1) if mid - i > 0}
-        return asks, bids
+    def _step_books(self, batches: Mapping[str, TradeBatch], now: int) -> None:
+        for name, b in batches.items():
+            sym = self._by_sim[name]
+            book = self._books.get(sym)
+            if book is None:
+                continue
+            ev = book.step(int(b.ticks[-1]), bool(b.maker[-1]))
+            book.events.clear()
+            key = self._next_key(sym, now)
+            self._book_keys.add(book.u, key)
+            if self.book_tape is not None:
+                self.book_tape.write(sym, key, now, book, ev.bids, ev.asks)
+
+    def _drop_unused_views(self) -> None:
+        used = {(sym, d) for c in self._conns for sym, d in c.books.items()}
+        for k in [k for k in self._book_views if k not in used]:
+            del self._book_views[k]
 
     @staticmethod
-    def _book_diff(old: _Book, new: _Book) -> tuple[_Book, _Book]:
-        """The levels an update carries: what changed or appeared, and what went (qty 0); levels
-        falling off the far end need nothing, since clients truncate to their depth."""
-        changed = tuple({p: q for p, q in n.items() if o.get(p) != q} for o, n in zip(old, new, strict=True))
-        gone = tuple({p: 0 for p in o if p not in n} for o, n in zip(old, new, strict=True))
-        return (changed[0], changed[1]), (gone[0], gone[1])
+    def _checksum(view: View, bids: dict[int, int], asks: dict[int, int]) -> int:
+        top_a = view.texts(dict(sorted(asks.items())[:10]), False)
+        top_b = view.texts(dict(sorted(bids.items(), reverse=True)[:10]), True)
+        return kraken.book_checksum(top_a, top_b)
 
-    def _book_message(self, sym: str, book: _Book, changed: _Book, gone: _Book, kind: str, now: int) -> bytes:
-        spec = self._sim.specs[self.symbols[sym]]
-        dec, scale = spec.price_decimals, spec.price_scale
+    def _book_snapshot(self, sym: str, view: View) -> bytes:
+        """A ``book`` snapshot of the view (or, for a ``stalebook`` fault, of the book as it was at least
+        50 steps ago, with that state's key and checksum)."""
+        book = view.book
+        if self._book_faults.stale():
+            u, bids_t, asks_t = book.stale_levels(view.depth)
+            key = self._book_keys.get(u)
+            if key is not None:
+                b = [(p, q) for p, q in bids_t]
+                a = [(p, q) for p, q in asks_t]
+                crc = kraken.book_checksum(a[:10], b[:10])
+                return kraken.book_message(sym, True, b, a, crc, key)
+        crc = self._checksum(view, view.bids, view.asks)
+        bids, asks = view.texts(view.bids, True), view.texts(view.asks, False)
+        return kraken.book_message(sym, True, bids, asks, crc, self._book_key[sym])
 
-        def px(ticks: int) -> str:
-            return f"{ticks / scale:.{dec}f}"
-
-        def qty(lots: int) -> str:
-            return f"{lots / 100_000:.{spec.lot_decimals}f}"
-
-        def levels(side: _Side, extra: _Side, descending: bool) -> bytes:
-            items = sorted({**side, **extra}.items(), reverse=descending)
-            return b",".join(b'{"price":%s,"qty":%s}' % (px(p).encode(), qty(q).encode()) for p, q in items)
-
-        asks, bids = book
-        checksum = kraken.book_checksum(
-            [(px(p), qty(asks[p])) for p in sorted(asks)], [(px(p), qty(bids[p])) for p in sorted(bids, reverse=True)]
-        )
-        stamp = b"" if kind == "snapshot" else b',"timestamp":"%s"' % kraken.ms_rfc3339(now).encode()
-        return b'{"channel":"book","type":"%s","data":[{"symbol":"%s","bids":[%s],"asks":[%s],"checksum":%d%s}]}' % (
-            kind.encode(),
-            sym.encode(),
-            levels(changed[1], gone[1], True),
-            levels(changed[0], gone[0], False),
-            checksum,
-            stamp,
-        )
+    def _book_updates(self) -> dict[tuple[str, int], list[bytes]]:
+        """Each subscribed (pair, depth)'s update of this tick, with the book faults due."""
+        out: dict[tuple[str, int], list[bytes]] = {}
+        for (sym, depth), view in self._book_views.items():
+            ch = view.advance()
+            if ch is None:
+                continue
+            crc = self._checksum(view, view.bids, view.asks)
+            if self._book_faults.bad_checksum():
+                crc = (crc + 1) & 0xFFFFFFFF
+            bids, asks = view.texts(ch[0], True), view.texts(ch[1], False)
+            msg = kraken.book_message(sym, False, bids, asks, crc, self._book_key[sym])
+            out[(sym, depth)] = self._book_faults.deltas((sym, depth), [msg])
+        return out
 
     def _snapshot(self, sym: str) -> list[bytes]:
         ids, times, ticks, lots, maker = (c[-SNAPSHOT_TRADES:] for c in self._trades[sym].cols())

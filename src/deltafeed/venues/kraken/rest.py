@@ -94,6 +94,15 @@ class KrakenHistory:
         except (codec.BadAnswer, codec.KrakenError) as exc:
             raise self._bad(path, exc) from None
 
+    async def precisions(self) -> dict[str, tuple[int, int]]:
+        """{WS v2 symbol: (price decimals, qty decimals)} of every pair (the book checksum's)."""
+        path = "/0/public/AssetPairs"
+        body = await self._result(path)
+        try:
+            return codec.decode_pair_precisions(body)
+        except (codec.BadAnswer, codec.KrakenError) as exc:
+            raise self._bad(path, exc) from None
+
     async def ohlc(self, pair: str, timeframe: str) -> list[Candle]:
         """The newest rows (at most 720) of a native interval, closed as the venue's ``last`` says."""
         path = codec.ohlc_query(pair, codec.OHLC_INTERVALS[timeframe])
