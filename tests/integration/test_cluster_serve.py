@@ -276,10 +276,12 @@ async def test_serve_command_and_candles_cluster(cluster: tuple[str, Any], pg_sc
     )
     try:
         want = truth(published)[(BTC, "1m")]
-        async with Client(base) as df:
+        async with aiohttp.ClientSession() as http:  # ready: the stream is replayed
             deadline = time.monotonic() + 20
-            while rows(await df.fetch_candles(BTC, "1m", limit=1000)) != want and time.monotonic() < deadline:
+            while (await http.get(f"{base}/readyz")).status != 200:
+                assert time.monotonic() < deadline, "the node never became ready"
                 await asyncio.sleep(0.1)
+        async with Client(base) as df:
             assert rows(await df.fetch_candles(BTC, "1m", limit=1000)) == want
         # the writer has caught up when the durable consumer has nothing left
         deadline = time.monotonic() + 20
