@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast lint services consumers browser bench clean
+.PHONY: demo test test-fast lint services consumers clients browser bench clean
 
 # The base install (what `make demo` needs), then the test extras on top (what `make test` needs).
 $(BIN)/.base: pyproject.toml
@@ -37,6 +37,12 @@ consumers:
 	@test -x .venv-freqtrade/bin/freqtrade || ($(PYTHON) -m venv .venv-freqtrade && .venv-freqtrade/bin/pip install -q freqtrade) || echo "freqtrade did not install; its export test will be skipped"
 	@.venv-nautilus/bin/python -c 'import nautilus_trader' 2>/dev/null || ($(PYTHON) -m venv .venv-nautilus && .venv-nautilus/bin/pip install -q nautilus_trader) || echo "nautilus_trader did not install; its export test will be skipped"
 
+# Third-party clients whose pins clash with ours, each in its own venv, for tests/thirdparty (which
+# runs them in a subprocess against a replica). Small and quick, so a prerequisite of `test`; best
+# effort: a client that does not install leaves its test skipped, saying so.
+clients:
+	@.venv-cryptofeed/bin/python -c 'import cryptofeed' 2>/dev/null || ($(PYTHON) -m venv .venv-cryptofeed && .venv-cryptofeed/bin/pip install -q 'cryptofeed==2.4.1') || echo "cryptofeed did not install; its test will be skipped"
+
 # Chromium for the live page's browser test (tests/e2e/test_page_e2e.py): Debian's package, installed
 # when missing and possible (root with apt-get). Best effort: where it cannot be had, that test is
 # skipped, saying why. DELTAFEED_CHROMIUM names another Chromium or Chrome executable.
@@ -52,7 +58,7 @@ browser:
 PYTEST_WORKERS ?= auto
 XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadfile)
 
-test: lint services browser
+test: lint services browser clients
 	$(BIN)/pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # The everyday subset (under 3 minutes): everything but the end-to-end runs marked slow.
@@ -63,4 +69,4 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/throughput.py
 
 clean:
-	rm -rf $(VENV) .venv-freqtrade .venv-nautilus build *.egg-info src/*.egg-info
+	rm -rf $(VENV) .venv-freqtrade .venv-nautilus .venv-cryptofeed build *.egg-info src/*.egg-info
