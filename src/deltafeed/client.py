@@ -42,7 +42,8 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from deltafeed.api.protocol import CandleMsg, ErrorMsg, Subscribed  # the server's own message types
+# the server's own message types
+from deltafeed.api.protocol import BookDeltaMsg, BookSnapshotMsg, CandleMsg, ErrorMsg, Subscribed
 from deltafeed.model import FINAL, FORMING, PROVISIONAL, Candle, time_ms, timeframe_ms
 from deltafeed.model import timeframe as timeframe_of
 from deltafeed.net.reconnect import Backoff
@@ -70,6 +71,7 @@ class ApiError(Exception):
 #: Candle messages, subscription replies and errors; other types (heartbeats, prices, trades) fail to
 #: decode as these and are skipped, so a newer server with new message types does not break a watch.
 _decode_ws = msgspec.json.Decoder(CandleMsg | Subscribed | ErrorMsg).decode
+_decode_book_ws = msgspec.json.Decoder(BookSnapshotMsg | BookDeltaMsg | Subscribed | ErrorMsg).decode
 
 
 def _segment(instrument: str) -> str:
@@ -521,6 +523,90 @@ class Client:
             # Exponential backoff with full jitter, reset once a subscription succeeds.
             await backoff.sleep(backoff.failed())
 
+    # --- order books ----------------------------------------------------------------------------
+
+    async def fetch_order_book(
+        self, symbol: str, limit: int | None = None, params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The order book as ccxt's ``fetch_order_book`` gives it: ``{"symbol", "bids": [[price,
+        amount], ...], "asks", "timestamp", "datetime", "nonce"}``, best first, ``limit`` levels per
+        side (default: the server's depth), plus ``in_sync``: False while the server's book is out of
+        sync, with no levels then. ``params={"at": time}`` reads the book stored at that time."""
+        query = {k: str(_ms(v, k) if k == "at" else v) for k, v in (params or {}).items()}
+        if set(query) - {"at"}:
+            raise ValueError(f"params {sorted(set(query) - {'at'})} are not understood; fetch_order_book takes at")
+        if limit is not None:
+            query["depth"] = str(limit)
+        doc = await self._request("GET", f"/book/{_segment(self._name(symbol))}", params=query)
+        return _ccxt_book(doc["instrument"], doc["bids"], doc["asks"], doc["time"], doc["sequence"], doc["in_sync"])
+
+    async def watch_order_book(
+        self, symbol: str, limit: int | None = None, params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """As ccxt.pro's ``watch_order_book``: the book (:meth:`fetch_order_book`'s shape) after its next
+        change, from one subscription the client keeps until :meth:`close`; only books in sync."""
+        if params:
+            raise ValueError(f"params {sorted(params)} are not understood; watch_order_book takes none")
+        books = await self._batches.next(("book", symbol, limit), lambda: self.watch_books(symbol, limit), 1)
+        return dict(books[-1])
+
+    async def watch_books(self, symbol: str, depth: int | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Every change of the book as :meth:`fetch_order_book`'s dict, while the server's book is in
+        sync. The deltas are checked: each must follow the previous message (``prev``); otherwise,
+        or after a lost connection, the client subscribes again and starts from a fresh snapshot."""
+        backoff = Backoff(0.05, self.reconnect_max_s)
+        while True:
+            try:
+                async with self._http().ws_connect(
+                    self.base_url + "/ws", heartbeat=10.0, timeout=aiohttp.ClientWSTimeout(ws_close=2.0)
+                ) as ws:
+                    op: dict[str, Any] = {"op": "subscribe_book", "instrument": self._name(symbol)}
+                    if depth is not None:
+                        op["depth"] = depth
+                    await ws.send_str(msgspec.json.encode(op).decode())
+                    bids: dict[float, float] = {}
+                    asks: dict[float, float] = {}
+                    seq: int | None = None
+                    in_sync = False
+                    while True:
+                        msg = await ws.receive(timeout=30.0)
+                        if msg.type != aiohttp.WSMsgType.TEXT:
+                            break
+                        try:
+                            m = _decode_book_ws(msg.data)
+                        except msgspec.ValidationError:
+                            continue  # heartbeats
+                        if type(m) is ErrorMsg:
+                            raise ApiError(0, m.message)
+                        if type(m) is Subscribed:
+                            backoff.reset()
+                            continue
+                        if type(m) is BookSnapshotMsg:
+                            d = m.data
+                            bids, asks, seq, in_sync = dict(d.bids), dict(d.asks), d.sequence, d.in_sync
+                        elif type(m) is BookDeltaMsg:
+                            if m.data.prev != seq:
+                                log.info("%s: book delta after %s, not %s; subscribing again", symbol, m.data.prev, seq)
+                                self.reconnects += 1
+                                break
+                            _apply_levels(bids, m.data.bids)
+                            _apply_levels(asks, m.data.asks)
+                            seq = m.data.sequence
+                        else:
+                            continue
+                        if in_sync and seq is not None:
+                            b = sorted(bids.items(), reverse=True)
+                            a = sorted(asks.items())
+                            yield _ccxt_book(m.instrument, b, a, m.timestamp, seq, True)
+            except ApiError:
+                raise
+            except aiohttp.WSServerHandshakeError as exc:
+                if exc.status in (400, 401, 403, 404):
+                    raise ApiError(exc.status, f"the server refused the WebSocket: {exc.message}") from None
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                log.info("lost %s (%s); reconnecting", self.base_url, exc or type(exc).__name__)
+            await backoff.sleep(backoff.failed())
+
     async def _resume_depth(self, last: Candle, tf_ms: int) -> int:
         """How many candles a snapshot needs to reach back to ``last``: the candles between it and
         the venue's clock now, plus two for the one forming and rounding."""
@@ -561,21 +647,42 @@ class OhlcvWatch:
         return self._client._batches.next(self._args, self._rows, self._limit).__await__()
 
 
+def _apply_levels(side: dict[float, float], changes: list[tuple[float, float]]) -> None:
+    for p, q in changes:
+        if q:
+            side[p] = q
+        else:
+            side.pop(p, None)
+
+
+def _ccxt_book(
+    instrument: str, bids: Sequence[Sequence[float]], asks: Sequence[Sequence[float]], t: int, seq: int, in_sync: bool
+) -> dict[str, Any]:
+    """ccxt's order-book dict (``nonce`` is deltafeed's sequence), with ``in_sync``."""
+    return {
+        "symbol": instrument,
+        "bids": [[float(p), float(q)] for p, q in bids],
+        "asks": [[float(p), float(q)] for p, q in asks],
+        "timestamp": t,
+        "datetime": _iso8601(t),
+        "nonce": seq,
+        "in_sync": in_sync,
+    }
+
+
 class _Batches:
-    """The subscriptions behind ccxt-style ``await watch_ohlcv(...)`` calls: one background task
-    per distinct watch, collecting rows until the next call takes them (bounded: the newest
+    """The subscriptions behind ccxt-style ``await watch_ohlcv(...)`` (and ``watch_order_book``) calls:
+    one background task per distinct watch, collecting rows (books) until the next call takes them (bounded: the newest
     ``KEEP`` rows are kept, as ccxt's cache keeps its newest candles)."""
 
     KEEP = 1000
 
     def __init__(self) -> None:
         self._tasks: dict[object, asyncio.Task[None]] = {}
-        self._rows: dict[object, list[list[float]]] = {}
+        self._rows: dict[object, list[Any]] = {}
         self._ready: dict[object, asyncio.Event] = {}
 
-    async def next(
-        self, key: object, rows: Callable[[], AsyncIterator[list[float]]], limit: int | None
-    ) -> list[list[float]]:
+    async def next(self, key: object, rows: Callable[[], AsyncIterator[Any]], limit: int | None) -> list[Any]:
         task = self._tasks.get(key)
         if task is None or task.done():
             if task is not None and task.exception() is not None:
@@ -596,7 +703,7 @@ class _Batches:
         ready.clear()
         return got if limit is None else got[-limit:]
 
-    async def _collect(self, key: object, rows: Callable[[], AsyncIterator[list[float]]]) -> None:
+    async def _collect(self, key: object, rows: Callable[[], AsyncIterator[Any]]) -> None:
         async for row in rows():
             buf = self._rows[key]
             buf.append(row)

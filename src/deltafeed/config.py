@@ -125,6 +125,14 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     books: list[str] = msgspec.field(default_factory=list)
     book_depth: int = 100
     book_depths: dict[str, int] = msgspec.field(default_factory=dict)
+    # Book history in the cold tier (GET /book/...?at=): a snapshot of every book every
+    # ``book_snapshot_every`` ("off": none) to ``book_history_depth`` levels (default: book_depth),
+    # every change too with ``book_deltas``, each kept for its retention.
+    book_snapshot_every: str = "10s"
+    book_history_depth: int | None = None
+    book_deltas: bool = False
+    book_snapshot_retention: str = "3h"
+    book_delta_retention: str = "1h"
     # Keeping the stream alive and complete (durations as in "10s", "5m", "23h").
     stale_after: str = "10s"  # drop a connection that delivered nothing for this long
     rotate_after: str = "23h"  # replace a connection before the venue's 24 h cut-off
@@ -237,6 +245,13 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             if k not in out:
                 raise BadInput(f"book_depths names {k}, which is not in books; add it to books or leave it out")
         self.book_depths = depths
+        if self.book_history_depth is not None and not 1 <= self.book_history_depth <= 5000:
+            raise BadInput(f"book_history_depth = {self.book_history_depth}: give 1 to 5000 levels per side")
+        if self.book_snapshot_every != "off" and self.seconds("book_snapshot_every") <= 0:
+            raise BadInput('book_snapshot_every must be longer than 0, e.g. "10s" (or "off")')
+        for name in ("book_snapshot_retention", "book_delta_retention"):
+            if self.seconds(name) < 60:
+                raise BadInput(f'{name} must be at least a minute, e.g. {name} = "3h"')
 
     def instruments(self) -> list[Instrument]:
         return [Instrument.parse(s, default_venue=self.venue) for s in self.symbols]

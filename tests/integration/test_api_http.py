@@ -472,6 +472,7 @@ async def test_documented_bodies_are_what_is_served(served: Served) -> None:
         "/candles/{instrument}/{timeframe}": f"/candles/{BTC}/1m?limit=50",
         "/switches/{instrument}": f"/switches/{BTC}",  # not a logical instrument: 404, an Error
         "/trades/{instrument}": f"/trades/{BTC}?limit=5",
+        "/book/{instrument}": f"/book/{BTC}",  # no books kept here: 404, an Error (tests/e2e/test_books_e2e.py: 200s)
         "/streaming/start": "/streaming/start",
         "/streaming/stop": "/streaming/stop",  # names no instrument: stops nothing
     }

@@ -9,8 +9,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from tests.books import true_books
 
+from books import true_books
 from deltafeed.books import BookKeeper
 from deltafeed.replicas.books import book_tape_path
 from deltafeed.venues.binance import BinanceSettings

@@ -714,7 +714,7 @@ async def test_migration_3_makes_candles_behind_the_mark_final_and_the_rest_prov
     st = await PostgresStore.open(PG_URL, schema=schema)
     try:
         versions = await st._pool.fetch(f"SELECT version FROM {schema}.schema_migrations ORDER BY 1")
-        assert [v[0] for v in versions] == [1, 2, 3, 4] and SCHEMA_VERSION == 4
+        assert [v[0] for v in versions] == [1, 2, 3, 4, 5] and SCHEMA_VERSION == 5
         assert [c.state for c in await st.query(BTC, "1m")] == ["final"] * 5 + ["provisional"] * 3 + ["forming"]
         assert [c.state for c in await st.query(ETH, "5m")] == ["final", "forming", "provisional", "provisional"]
         assert [c.state for c in await st.query(ETH, "1m")] == ["provisional"] * 3

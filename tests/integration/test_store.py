@@ -930,12 +930,15 @@ def test_an_older_file_is_migrated_final_behind_the_mark_provisional_after(tmp_p
     )
     cold.close()
     con = duckdb.connect(str(path), read_only=True)
-    assert con.execute("SELECT max(version) FROM schema_version").fetchall() == [(SCHEMA_VERSION,)] == [(5,)]
-    # Version 5 added the (empty) tick tables.
-    assert con.execute("SELECT count(*) FROM trades UNION ALL SELECT count(*) FROM tick_gaps").fetchall() == [
-        (0,),
-        (0,),
-    ]
+    assert con.execute("SELECT max(version) FROM schema_version").fetchall() == [(SCHEMA_VERSION,)] == [(6,)]
+    # Version 5 added the (empty) tick tables, version 6 the book-history tables.
+    assert (
+        con.execute(
+            "SELECT count(*) FROM trades UNION ALL SELECT count(*) FROM tick_gaps"
+            " UNION ALL SELECT count(*) FROM book_snapshots UNION ALL SELECT count(*) FROM book_deltas"
+        ).fetchall()
+        == [(0,)] * 4
+    )
     con.close()
     reader = ColdStore.open_reader(path)
     assert len(reader.query(BTC, "1m", final_only=True)) == (6 if version >= 2 else 1)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from tests.books import tape_keys, true_book
-
+from books import tape_keys, true_book
 from deltafeed.books import BookEvent, BookKeeper, L2Book
 from deltafeed.replicas.books import STALE_STEPS, BookTape, DeltaFaults, SimBook, book_tape_path
 from deltafeed.replicas.faults import FaultSchedule

@@ -60,6 +60,7 @@ _CANDLE_PARAMS = ("since", "until", "limit", "format", "price", "final", "token"
 _JSON = "application/json"
 PARQUET = "application/vnd.apache.parquet"
 _TRADE_PARAMS = ("since", "until", "limit", "token")
+_BOOK_PARAMS = ("depth", "at", "token")
 #: Columns of a trade row and a quote row in ``GET /trades`` (side: the taker's, as ccxt gives it).
 TRADE_COLUMNS = ("time", "id", "price", "amount", "side")
 QUOTE_COLUMNS = ("time", "seq", "bid", "ask")
@@ -400,6 +401,37 @@ class _Routes:
             )
         )
 
+    async def book(self, request: web.Request) -> web.Response:
+        q = request.query
+        unknown = sorted(set(q) - set(_BOOK_PARAMS))
+        if unknown:
+            raise http_error(web.HTTPBadRequest, f"unknown parameter(s) {', '.join(unknown)}; use depth and at")
+        books = self.engine.books
+        settings = self.engine.settings
+        if not books.keepers:
+            raise http_error(web.HTTPNotFound, "this collector keeps no order books; set books = [...] in its config")
+        try:
+            raw = request.match_info["instrument"]
+            name = resolve(raw, list(books.keepers), aliases=settings.aliases, default_venue=settings.venue)
+        except UnknownName as exc:
+            raise http_error(web.HTTPNotFound, f"{exc}; books are kept of {', '.join(books.keepers)}") from None
+        keeper = books.keepers[name]
+        text = q.get("depth", str(keeper.depth))
+        depth = int(text) if text.isascii() and text.isdigit() and len(text) <= 6 else 0
+        if not 1 <= depth <= keeper.depth:
+            raise http_error(
+                web.HTTPBadRequest, f"depth={text!r}: give a whole number from 1 to {keeper.depth} (its book_depth)"
+            )
+        if "at" not in q:
+            return _json(msgspec.convert(keeper.view(depth), schema.Book))
+        at = parse_time(q["at"], "at")
+        doc = await books.at(name, at, depth)
+        if doc is None:
+            raise http_error(
+                web.HTTPNotFound, f"no stored book of {name} at or before {iso(at)}; {await books.history_span(name)}"
+            )
+        return _json(msgspec.convert(doc, schema.Book))
+
     async def switches(self, request: web.Request) -> web.Response:
         instrument = parse_instrument(request.match_info["instrument"], self.engine)
         if instrument not in self.engine.failovers:
@@ -445,6 +477,7 @@ def add_http_routes(app: web.Application, engine: EngineView, body_timeout_s: fl
     app.router.add_get("/candles/{instrument:.+}/{timeframe}", r.candles)
     app.router.add_get("/switches/{instrument:.+}", r.switches)
     app.router.add_get("/trades/{instrument:.+}", r.trades)
+    app.router.add_get("/book/{instrument:.+}", r.book)
 
 
 def _json_row(c: Candle) -> schema.CandleRow:

@@ -51,10 +51,11 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
+from deltafeed.api.books import BookView
 from deltafeed.api.protocol import (
     CandleData,
     CandleMsg,
@@ -74,6 +75,9 @@ from deltafeed.fmt import clean
 from deltafeed.model import TIMEFRAMES, BadInput, Candle, Trade, timeframe
 from deltafeed.names import UnknownName, resolve
 from deltafeed.net.frames import text_frame
+
+if TYPE_CHECKING:
+    from deltafeed.books import BookEvent, Books
 
 log = logging.getLogger("deltafeed.api.hub")
 
@@ -160,6 +164,7 @@ class Client:
 
     __slots__ = (
         "blocked",
+        "book_stale",
         "close_code",
         "close_reason",
         "closing",
@@ -201,6 +206,7 @@ class Client:
         self.sent = 0  # queue entries written to the socket
         self.conflated = 0  # updates replaced by newer ones while the queue was full
         self.snapshot_until = 0  # the value of ``sent`` once the latest snapshot has been written
+        self.book_stale: set[tuple[str, int]] = set()  # book streams it was too slow for: a fresh snapshot is due
 
     def __repr__(self) -> str:
         return f"<Client {self.name} subs={len(self.subs)} queued={len(self.queue)}>"
@@ -265,6 +271,11 @@ class Hub:
         self._final_routes: dict[str, dict[str, tuple[Client, ...]]] = {}
         self._price_routes: dict[str, tuple[Client, ...]] = {}
         self._trade_routes: dict[str, tuple[Client, ...]] = {}
+        # Order books (see attach_books): instrument -> depth -> clients, and the view of each stream.
+        self._book_routes: dict[str, dict[str, tuple[Client, ...]]] = {}
+        self._book_views: dict[tuple[str, int], BookView] = {}
+        self._books: Books | None = None
+        self.book_resnapshots = 0  # fresh snapshots sent to clients too slow for a book's deltas
         self._clients: dict[Client, None] = {}
         self._dirty: list[Client] = []  # clients with new messages, written by the next _flush
         self._flush_handle: asyncio.Handle | None = None
@@ -547,6 +558,9 @@ class Hub:
             for kind, inst, tf in c.subs:
                 if kind == "final":
                     continue
+                if kind == "book":
+                    new.add(("b", inst, str(tf)))
+                    continue
                 if kind != "trades":
                     if tf is None:
                         new.update(("c", inst, t) for t in self._collected())
@@ -567,8 +581,8 @@ class Hub:
 
     def _route(self, r: Route, c: Client, *, add: bool) -> None:
         table: dict[str, tuple[Client, ...]]
-        by_instrument = self._candle_routes if r[0] == "c" else self._final_routes
-        if r[0] in ("c", "f"):
+        by_instrument = {"c": self._candle_routes, "f": self._final_routes, "b": self._book_routes}.get(r[0], {})
+        if r[0] in ("c", "f", "b"):
             table = by_instrument.setdefault(r[1], {})
             key = r[2]
         else:
@@ -580,8 +594,114 @@ class Hub:
             table[key] = now
         else:
             table.pop(key, None)
-        if r[0] in ("c", "f") and not table:
+        if r[0] in ("c", "f", "b") and not table:
             del by_instrument[r[1]]
+
+    # --- order books ------------------------------------------------------------------------------
+
+    def attach_books(self, books: Books) -> None:
+        """Serve ``books``: every keeper's changes reach the clients subscribed to its book."""
+        self._books = books
+        for k in books.keepers.values():
+            if self._book_event not in k.listeners:
+                k.listeners.append(self._book_event)
+
+    def detach_books(self) -> None:
+        if self._books is not None:
+            for k in self._books.keepers.values():
+                with contextlib.suppress(ValueError):
+                    k.listeners.remove(self._book_event)
+
+    def check_book(self, name: str) -> str:
+        """The canonical name of a kept book's instrument; :class:`BadInput` (a LookupError when
+        well formed but without a book here) otherwise."""
+        kept = [] if self._books is None else list(self._books.keepers)
+        if not kept:
+            raise UnknownName(f"no order books are kept here (books = [...] in the settings); {name!r} has none")
+        return resolve(name, kept, aliases=self.aliases, default_venue=self.default_venue)
+
+    def subscribe_book(self, c: Client, instrument: str, depth: int | None) -> int:
+        """The book of ``instrument`` to ``depth`` levels (at most, and by default, its served depth):
+        the ``subscribed`` reply and a snapshot now, then deltas; returns the depth."""
+        assert self._books is not None  # check_book passed
+        keeper = self._books.keepers[instrument]
+        d = keeper.depth if depth is None else depth
+        if not 1 <= d <= keeper.depth:
+            raise BadInput(f"depth {d} for {instrument}: give 1 to {keeper.depth} (its book_depth)")
+        sub: Sub = ("book", instrument, str(d))
+        self._check_new_sub(c, sub)
+        view = self._book_views.get((instrument, d))
+        if view is None or str(d) not in self._book_routes.get(instrument, {}):
+            view = self._book_views[(instrument, d)] = BookView(keeper, d)
+            view.reset()
+        self.send(c, Subscribed("subscribe_book", instrument, None, 1))
+        self._push(c, view.snapshot())
+        self._add_sub(c, sub)
+        return d
+
+    def unsubscribe_book(self, c: Client, instrument: str) -> None:
+        subs = [s for s in c.subs if s[0] == "book" and s[1] == instrument]
+        if not subs:
+            raise BadInput(f"not subscribed to the {instrument} book; subscriptions: {self.describe(c) or 'none'}")
+        c.subs.difference_update(subs)
+        c.book_stale = {k for k in c.book_stale if k[0] != instrument}
+        self._reroute(c)
+        self.send(c, Unsubscribed("unsubscribe_book", instrument))
+
+    def _book_event(self, ev: BookEvent) -> None:
+        """A keeper's change: one frame per subscribed depth, to its clients."""
+        by_depth = self._book_routes.get(ev.instrument)
+        if by_depth is None:
+            return
+        for ds, clients in by_depth.items():
+            view = self._book_views[(ev.instrument, int(ds))]
+            if ev.kind == "delta":
+                frame = view.delta()
+                if frame is None:
+                    continue
+                self._book_fanout(clients, frame, view, False)
+            else:  # a new snapshot, or the book went out of sync: everyone starts over
+                self._book_fanout(clients, view.reset(), view, True)
+
+    def _book_catch_up(self, c: Client) -> None:
+        """``c`` has room again: a fresh snapshot of every book stream it was too slow for."""
+        now = self._mono()
+        for key in list(c.book_stale):
+            view = self._book_views.get(key)
+            if view is not None:
+                c.queue.append(Entry(view.snapshot(), None, now))
+                self.book_resnapshots += 1
+        c.book_stale.clear()
+
+    def _book_fanout(self, clients: tuple[Client, ...], frame: bytes, view: BookView, snapshot: bool) -> None:
+        """Queue a book frame; a client whose queue is full skips the deltas from there on and gets a
+        fresh snapshot once it has room again (never a delta stream with a hole)."""
+        now = self._mono()
+        qmax = self.queue_max
+        key = view.key
+        for c in clients:
+            if c.closing:
+                continue
+            q = c.queue
+            if key in c.book_stale:
+                if len(q) < qmax // 2 or (snapshot and len(q) < qmax):
+                    q.append(Entry(view.snapshot(), None, now))
+                    c.book_stale.discard(key)
+                    self.book_resnapshots += 1
+                else:
+                    self.dropped += 1
+                    continue
+            elif len(q) < qmax:
+                q.append(Entry(frame, None, now))
+            else:
+                c.book_stale.add(key)
+                self.dropped += 1
+                continue
+            if not (c.dirty or c.blocked):
+                c.dirty = True
+                self._dirty.append(c)
+        if self._dirty and self._flush_handle is None and self._loop is not None:
+            self._flush_handle = self._loop.call_soon(self._flush)
 
     # --- disconnecting --------------------------------------------------------------------------
 
@@ -679,6 +799,8 @@ class Hub:
         sink.write(parts[0] if len(parts) == 1 else b"".join(parts))
         c.sent += len(parts)
         self.delivered += len(parts)
+        if c.book_stale and len(q) < self.queue_max // 2:
+            self._book_catch_up(c)
 
     def _gone(self, c: Client, exc: BaseException) -> None:
         """``c``'s connection failed under a write: drop it without a close frame."""

@@ -51,6 +51,7 @@ Instrument = Annotated[
         examples=["binance:BTCUSDT"],
     ),
 ]
+BookDepth = Annotated[int, Meta(ge=1, le=5000, examples=[20])]
 Timeframe = Annotated[
     str,
     Meta(
@@ -268,6 +269,26 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             _SINCE,
             _UNTIL,
             Param("limit", "query", Limit, "At most this many ticks"),
+        ),
+    ),
+    Endpoint(
+        "get",
+        "/book/{instrument}",
+        "An order book kept here (books setting), best levels first; as of a past time with at",
+        {
+            200: Reply("The book", schema.Book),
+            400: _err("A bad parameter"),
+            404: _err("No book kept of that instrument, or none stored at that time"),
+            503: _err("The database cannot answer now; retry"),
+        },
+        description="in_sync false means the book is being resynchronised with the venue: no levels are "
+        "shown then. sequence grows by one with every change applied; venue_seq is the venue's own key "
+        "of the last message applied. With at, the book recorded at that time (periodic snapshots, and "
+        "every change with book_deltas), kept for book_snapshot_retention (book_delta_retention).",
+        params=(
+            Param("instrument", "path", Instrument),
+            Param("depth", "query", BookDepth, "Levels per side (default and most: the book's book_depth)"),
+            Param("at", "query", Time, "The book as it was at this time (from the stored history)"),
         ),
     ),
     Endpoint(

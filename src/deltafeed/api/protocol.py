@@ -94,6 +94,44 @@ class SwitchMsg(msgspec.Struct, tag_field="type", tag="switch"):
     data: SwitchData
 
 
+class BookSnapshotData(msgspec.Struct, gc=False):
+    """A whole book to ``depth`` levels per side, best first; empty and ``in_sync`` false while the
+    book is out of sync (never shown as valid then). Deltas that follow name this ``sequence`` as ``prev``."""
+
+    sequence: int
+    in_sync: bool
+    depth: int
+    bids: list[tuple[float, float]]
+    asks: list[tuple[float, float]]
+
+
+class BookDeltaData(msgspec.Struct, gc=False):
+    """Levels of the book's top ``depth`` that changed (size 0: gone), after the message whose
+    ``sequence`` is ``prev`` on this subscription (a consumer that saw another one resubscribes)."""
+
+    sequence: int
+    prev: int
+    bids: list[tuple[float, float]]
+    asks: list[tuple[float, float]]
+
+
+class BookSnapshotMsg(msgspec.Struct, tag_field="type", tag="book_snapshot", gc=False):
+    """A book subscription's first message, and again whenever the book was resynchronised or the
+    client was too slow for the deltas; ``timestamp`` is the book's time (venue ms)."""
+
+    instrument: str
+    timestamp: int
+    data: BookSnapshotData
+
+
+class BookDeltaMsg(msgspec.Struct, tag_field="type", tag="book_delta", gc=False):
+    """Changes to a subscribed book; ``timestamp`` is the book's time (venue ms)."""
+
+    instrument: str
+    timestamp: int
+    data: BookDeltaData
+
+
 class Subscribed(msgspec.Struct, tag_field="type", tag="subscribed", omit_defaults=True):
     """The answer to a subscribe op; ``snapshot`` candle messages follow it, then live data.
     ``final`` is sent (true) only for a final-only subscription."""
@@ -123,7 +161,17 @@ class PongMsg(msgspec.Struct, tag_field="type", tag="pong"):
 
 #: Everything a consumer may receive, for ``msgspec.json.Decoder(ServerMessage)``.
 ServerMessage = (
-    CandleMsg | TradeMsg | PriceMsg | HeartbeatMsg | SwitchMsg | Subscribed | Unsubscribed | ErrorMsg | PongMsg
+    CandleMsg
+    | TradeMsg
+    | PriceMsg
+    | HeartbeatMsg
+    | SwitchMsg
+    | BookSnapshotMsg
+    | BookDeltaMsg
+    | Subscribed
+    | Unsubscribed
+    | ErrorMsg
+    | PongMsg
 )
 
 

@@ -179,3 +179,21 @@ class Trades(msgspec.Struct):
     missing: list[MissingTicks]
     kept_from: Annotated[int | None, Meta(description="The oldest tick kept (retention, or when recording began)")]
     next_since: Annotated[int | None, Meta(description="Where to continue when limit cut the answer short")]
+
+
+BookLevel = tuple[Annotated[float, Meta(description="price")], Annotated[float, Meta(description="size")]]
+
+
+class Book(msgspec.Struct):
+    """An order book, best levels first; empty with ``in_sync`` false while it is out of sync (never
+    shown as valid then)."""
+
+    instrument: str
+    bids: list[BookLevel]
+    asks: list[BookLevel]
+    in_sync: bool
+    sequence: Annotated[int, Meta(description="deltafeed's number of the book's state: +1 per change applied")]
+    venue_seq: Annotated[
+        int | None, Meta(description="The venue's sequence key of the last message applied (its update id, ...)")
+    ]
+    time: Annotated[EpochMs, Meta(description="The book's time: the venue's time of the last message applied")]

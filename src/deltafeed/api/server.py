@@ -69,8 +69,13 @@ def build_app(
 
         async def attach(app: web.Application) -> None:
             engine.hub = hub
+            hub.attach_books(engine.books)
+
+        async def detach(app: web.Application) -> None:
+            hub.detach_books()
 
         app.on_startup.append(attach)
+        app.on_cleanup.append(detach)
     return app
 
 

@@ -20,8 +20,15 @@
     while forming or provisional; no price updates. Each candle message's ``data`` has ``closed``
     (its interval is over) and ``state`` (``forming``, ``provisional`` or ``final``).
   - ``{"op":"subscribe_trades","instrument":...}``: that instrument's trades.
-  - ``{"op":"unsubscribe","instrument":...,"timeframe":...}`` and
-    ``{"op":"unsubscribe_trades","instrument":...}`` undo them (``unsubscribed`` reply).
+  - ``{"op":"subscribe_book","instrument":"binance:BTCUSDT","depth":20}``: the instrument's order
+    book (one of ``books``) to ``depth`` levels per side (default and most: its ``book_depth``): a
+    ``subscribed`` reply, a ``book_snapshot``, then ``book_delta`` messages, each naming the
+    ``sequence`` it follows as ``prev``. A new ``book_snapshot`` starts over after a resync of the
+    book (``in_sync`` false and no levels while it is out of sync) or when the client was too slow
+    for the deltas (see :mod:`deltafeed.api.hub`).
+  - ``{"op":"unsubscribe","instrument":...,"timeframe":...}``,
+    ``{"op":"unsubscribe_trades","instrument":...}`` and ``{"op":"unsubscribe_book","instrument":...}``
+    undo them (``unsubscribed`` reply).
 
   - ``{"type":"ping"}`` is answered with ``{"type":"pong","timestamp":...}``.
 
@@ -65,7 +72,7 @@ MAX_MSG_SIZE = 4096  # bytes of one inbound message; ops are tiny
 PING_EVERY_S = 20.0  # a client that answers no ping within half of this is dropped
 CLOSE_GRACE_S = 5.0  # how long a closed connection may take to flush before its socket is dropped
 EXAMPLE = '{"op":"subscribe","instrument":"binance:BTCUSDT","timeframe":"1m","snapshot":100}'
-OPS = ("subscribe", "unsubscribe", "subscribe_trades", "unsubscribe_trades")
+OPS = ("subscribe", "unsubscribe", "subscribe_trades", "unsubscribe_trades", "subscribe_book", "unsubscribe_book")
 
 
 class _Op(msgspec.Struct, forbid_unknown_fields=True):
@@ -74,6 +81,7 @@ class _Op(msgspec.Struct, forbid_unknown_fields=True):
     timeframe: str | None = None
     snapshot: int = 0
     final: bool = False
+    depth: int | None = None
 
 
 _decode_op = msgspec.json.Decoder(_Op).decode
@@ -305,6 +313,17 @@ class _Endpoints:
                 raise BadInput(f"unknown op {_clip(op.op)}; use one of {', '.join(OPS)}, e.g. {EXAMPLE}")
             if op.instrument is None:
                 raise BadInput(f"{op.op} needs an instrument, e.g. {EXAMPLE}")
+            if op.op.endswith("_book"):
+                if op.timeframe is not None or op.snapshot or op.final:
+                    raise BadInput(f"{op.op} takes an instrument and a depth only")
+                book = hub.check_book(op.instrument)
+                if op.op == "subscribe_book":
+                    hub.subscribe_book(c, book, op.depth)
+                else:
+                    hub.unsubscribe_book(c, book)
+                return None
+            if op.depth is not None:
+                raise BadInput(f"depth only goes with subscribe_book, not {op.op}")
             name = hub.check_instrument(op.instrument)
             timeframe = None if op.timeframe is None else hub.check_timeframe(op.timeframe)
             if op.op == "subscribe":

@@ -21,11 +21,18 @@ import contextlib
 from typing import TYPE_CHECKING, Any, Protocol
 
 from deltafeed.books.book import L2Book, Level
+from deltafeed.books.history import BookHistory, book_tier
 from deltafeed.books.keeper import BookEvent, BookKeeper, BookListener
+from deltafeed.fmt import iso
 from deltafeed.model import BadInput, Instrument
 
 if TYPE_CHECKING:
     from deltafeed.config import Settings
+
+#: Levels kept per side of every book (more when its served depth is larger): deeper than served, so a
+#: level removed near the top uncovers the venue's next one rather than a hole. A venue whose book is
+#: shallower by its own rules (a fixed-depth channel) sets ``keeper.book.max_levels`` itself.
+KEEP_LEVELS = 1000
 
 __all__ = ["BookEvent", "BookFeed", "BookKeeper", "BookListener", "Books", "L2Book", "Level"]
 
@@ -52,7 +59,9 @@ class Books:
         for name in settings.books:
             inst = Instrument.parse(native(name, settings.venue))
             depth = settings.book_depths.get(str(inst), settings.book_depth)
-            self.keepers[str(inst)] = BookKeeper(str(inst), depth)
+            self.keepers[str(inst)] = BookKeeper(str(inst), depth, keep=max(depth, KEEP_LEVELS))
+        self.settings = settings
+        self.history: BookHistory | None = None
         self.feeds: dict[str, BookFeed] = {}
         for venue in sorted({k.partition(":")[0] for k in self.keepers}):
             mine = {k.partition(":")[2]: v for k, v in self.keepers.items() if k.startswith(venue + ":")}
@@ -62,7 +71,22 @@ class Books:
             self.feeds[venue] = feed
         self._tasks: list[asyncio.Task[None]] = []
 
-    def start(self) -> None:
+    def start(self, cold: object = None) -> None:
+        """Run the feeds, and record the books' history into ``cold`` when it keeps one (see
+        :mod:`deltafeed.books.history`) and ``book_snapshot_every`` is not off."""
+        s = self.settings
+        tier = book_tier(cold)
+        if self.keepers and tier is not None and s.book_snapshot_every != "off":
+            self.history = BookHistory(
+                self.keepers,
+                tier,
+                every_s=s.seconds("book_snapshot_every"),
+                depth=s.book_history_depth,
+                deltas=s.book_deltas,
+                snapshot_retention_ms=round(s.seconds("book_snapshot_retention") * 1000),
+                delta_retention_ms=round(s.seconds("book_delta_retention") * 1000),
+            )
+            self._tasks.append(asyncio.create_task(self.history.run(), name="book-history"))
         for venue, feed in self.feeds.items():
             self._tasks.append(asyncio.create_task(feed.run(), name=f"books-{venue}"))
 
@@ -73,6 +97,21 @@ class Books:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
+        if self.history is not None:
+            await self.history.close()
+
+    async def at(self, instrument: str, at_ms: int, depth: int) -> dict[str, Any] | None:
+        """The book as recorded at ``at_ms`` (None: nothing stored then); :class:`BadInput` without history."""
+        if self.history is None:
+            raise BadInput("this collector keeps no book history (book_snapshot_every is off, or the store keeps none)")
+        return await self.history.at(instrument, at_ms, depth)
+
+    async def history_span(self, instrument: str) -> str:
+        """What book history of ``instrument`` is stored, in words (for a 404)."""
+        span = None if self.history is None else await self.history.span(instrument)
+        if span is None:
+            return "none is stored yet"
+        return f"snapshots are stored from {iso(span[0])} to {iso(span[1])}"
 
     def get(self, instrument: str) -> BookKeeper | None:
         return self.keepers.get(instrument)

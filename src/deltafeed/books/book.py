@@ -4,7 +4,7 @@ Each side is a dict (price -> size) beside a sorted list of its keys maintained 
 (bids keyed by the negated price, so both lists run best first). At the depths books are kept
 (<= a few thousand levels) an insertion into a Python list is one ``memmove`` of a few KB, as fast
 as a balanced structure (see bench/books.py, which measures it against sortedcontainers). A side
-never holds more than ``max_levels``: the worst levels beyond it are dropped after each change.
+never holds more than ``max_levels`` after a change: the worst levels beyond it are then dropped.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class _Side:
         self.levels: dict[float, float] = {}
         self.keys: list[float] = []  # sign * price, ascending: best first
 
-    def set(self, price: float, size: float, max_levels: int) -> None:
+    def set(self, price: float, size: float) -> None:
         levels = self.levels
         if size <= 0.0:
             if levels.pop(price, None) is not None:
@@ -32,12 +32,16 @@ class _Side:
             return
         if price not in levels:
             insort(self.keys, self.sign * price)
-            if len(self.keys) > max_levels:
-                worst = self.keys.pop()
-                if worst == self.sign * price:
-                    return  # the new level is the worst: not kept
-                del levels[self.sign * worst]
         levels[price] = size
+
+    def trim(self, max_levels: int) -> None:
+        """Drop the worst levels beyond ``max_levels``."""
+        keys = self.keys
+        if len(keys) > max_levels:
+            s, levels = self.sign, self.levels
+            for k in keys[max_levels:]:
+                del levels[s * k]
+            del keys[max_levels:]
 
     def top(self, depth: int) -> list[Level]:
         s, lv = self.sign, self.levels
@@ -66,16 +70,21 @@ class L2Book:
 
     def set(self, bid: bool, price: float, size: float) -> None:
         """Set one level (``size`` 0 removes it)."""
-        (self.bids if bid else self.asks).set(price, size, self.max_levels)
+        side = self.bids if bid else self.asks
+        side.set(price, size)
+        side.trim(self.max_levels)
 
     def update(self, bids: Iterable[Level], asks: Iterable[Level]) -> None:
-        """Set many levels."""
-        m = self.max_levels
+        """Set many levels, in order (a price changed twice ends at its later size), then drop the
+        worst beyond the bound: a level removed and one added in one message never crowd each other out."""
         b, a = self.bids, self.asks
+        bset, aset = b.set, a.set
         for p, s in bids:
-            b.set(p, s, m)
+            bset(p, s)
         for p, s in asks:
-            a.set(p, s, m)
+            aset(p, s)
+        b.trim(self.max_levels)
+        a.trim(self.max_levels)
 
     def top(self, depth: int) -> tuple[list[Level], list[Level]]:
         """The best ``depth`` bids (highest first) and asks (lowest first)."""

@@ -230,7 +230,7 @@ class Engine:
             log.warning("store audit postponed: %s", exc)
         for feed in self.feeds.values():
             feed.start()
-        self.books.start()
+        self.books.start(self.cold)
         self._tasks.append(asyncio.create_task(self._tick(), name="tick"))
         self._tasks.append(asyncio.create_task(self.completeness.repair_loop(), name="repairs"))
         for feed in self.feeds.values():

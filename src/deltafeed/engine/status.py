@@ -92,6 +92,24 @@ class SeriesStatus(msgspec.Struct):
     unconfirmed: int
 
 
+class BookStatus(msgspec.Struct, omit_defaults=True):
+    """One kept order book: best bid and ask and the spread (only while in sync), and how well it keeps
+    up: our ``sequence``, the venue's key, snapshots and deltas applied, resyncs per kind and the
+    time spent out of sync (in all, and the longest recent period)."""
+
+    in_sync: bool
+    sequence: int
+    venue_seq: int | None
+    snapshots: int
+    deltas: int
+    resyncs: dict[str, int]
+    out_of_sync_s: float
+    longest_out_of_sync_s: float
+    best_bid: float | None = None
+    best_ask: float | None = None
+    spread: float | None = None
+
+
 class EngineStatus(msgspec.Struct):
     """A snapshot of the engine's counters. The venue counters (``connections`` to
     ``rest_limiter_waits``, ``skipped_frames``) are the sums over ``venues``."""
@@ -135,6 +153,8 @@ class EngineStatus(msgspec.Struct):
     healthy: bool
     failover: dict[str, FailoverStatus]
     instruments: dict[str, SeriesStatus]
+    #: The kept order books (``books`` setting), by instrument.
+    books: dict[str, BookStatus]
 
 
 class StatusFile(EngineStatus):
@@ -216,6 +236,7 @@ def engine_status(e: Engine) -> EngineStatus:
             )
             for f in e.failover.pairs.values()
         },
+        books={k: msgspec.convert(b.status(), BookStatus) for k, b in e.books.keepers.items()},
         instruments={
             k: SeriesStatus(
                 streaming=st.active,

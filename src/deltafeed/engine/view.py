@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from deltafeed.api.protocol import LiveSink
+    from deltafeed.books import Books
     from deltafeed.config import Settings
     from deltafeed.engine.failover import FailoverPair
     from deltafeed.engine.status import EngineStatus, SwitchDoc
@@ -22,6 +23,8 @@ class EngineView(Protocol):
 
     #: Where the engine publishes live data; the API server sets it to its hub when it starts.
     hub: LiveSink | None
+    #: The run's order books (``books`` setting; none kept when it is empty).
+    books: Books
 
     @property
     def settings(self) -> Settings: ...

@@ -31,6 +31,7 @@ import duckdb
 import numpy as np
 from msgspec.structs import astuple
 
+from deltafeed.books.history import BookRow
 from deltafeed.model import BadInput, Candle, Switch, Timeframe
 from deltafeed.store.base import Row, StartupRead, StoreBusy, StoreError, gaps_from_rows, grid_of, missing_dir
 from deltafeed.store.retention import DEFAULT_RETENTION_MS
@@ -38,7 +39,7 @@ from deltafeed.store.ticks import TickBatch, TickGap, TickPage, page_rows
 
 #: Version of the table layout this code writes. Bump it and add a step to ``_MIGRATIONS`` when the
 #: layout changes; a file with a newer version is refused rather than misread.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: Name under which the file is attached to the store's private in-memory DuckDB instance.
 _DB = "deltafeed_cold"
@@ -116,6 +117,23 @@ _CREATE_TICKS = (
 )
 _CREATE = (*_CREATE, *_CREATE_TICKS)
 
+# Version 6: order-book history (see ``deltafeed.books.history``): snapshots and deltas, levels as JSON.
+_BOOK_COLS = "instrument, time_ms, sequence, prev, in_sync, book_ms, bids, asks"
+_CREATE_BOOKS = tuple(
+    f"""CREATE TABLE {_DB}.{table} (
+        instrument VARCHAR NOT NULL,
+        time_ms BIGINT NOT NULL,
+        sequence BIGINT NOT NULL,
+        prev BIGINT NOT NULL,
+        in_sync BOOLEAN NOT NULL,
+        book_ms BIGINT NOT NULL,
+        bids VARCHAR NOT NULL,
+        asks VARCHAR NOT NULL
+    )"""
+    for table in ("book_snapshots", "book_deltas")
+)
+_CREATE = (*_CREATE, *_CREATE_BOOKS)
+
 #: ``_MIGRATIONS[v]`` lists the statements that take a file from version ``v - 1`` to ``v`` (tables
 #: qualified with ``_DB``).
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -123,6 +141,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     3: (_CREATE_SWITCHES,),
     4: _ADD_FINAL,
     5: _CREATE_TICKS,
+    6: _CREATE_BOOKS,
 }
 
 _CANDLE_COLS = "open_time, open, high, low, close, volume, trades, closed, final"
@@ -778,17 +797,73 @@ class ColdStore:
 
     def apply_tick_retention(self, cutoff_ms: int) -> int:
         """Delete ticks before ``cutoff_ms`` and the gaps that end before it; returns ticks deleted."""
+        return self._delete_before(
+            {"trades": cutoff_ms, "quotes": cutoff_ms}, f"DELETE FROM {_DB}.tick_gaps WHERE until_ms < {int(cutoff_ms)}"
+        )
+
+    def _delete_before(self, cutoffs: dict[str, int], *also: str) -> int:
+        """In one transaction, delete the rows of each table with ``time_ms`` before its cut-off and run
+        ``also``; returns the rows deleted from the tables."""
         if self.read_only:
             raise StoreError(f"the candle store for {self.path} was opened read-only; it cannot delete")
         deleted = 0
         with self._connection() as con:
             self._check_schema(con)
             with self._transaction(con):
-                for table in ("trades", "quotes"):
-                    res = con.execute(f"DELETE FROM {_DB}.{table} WHERE time_ms < ?", [cutoff_ms]).fetchall()
+                for table, cutoff in cutoffs.items():
+                    res = con.execute(f"DELETE FROM {_DB}.{table} WHERE time_ms < ?", [cutoff]).fetchall()
                     deleted += int(res[0][0])
-                con.execute(f"DELETE FROM {_DB}.tick_gaps WHERE until_ms < ?", [cutoff_ms]).fetchall()
+                for stmt in also:
+                    con.execute(stmt).fetchall()
         return deleted
+
+    # -- book history -----------------------------------------------------------------------------
+
+    def write_books(self, snapshots: list[BookRow], deltas: list[BookRow]) -> None:
+        """See :meth:`deltafeed.books.history.BookTier.write_books`."""
+        if self.read_only:
+            raise StoreError(f"the candle store for {self.path} was opened read-only; it cannot write")
+        with self._connection() as con:
+            self._check_schema(con)
+            with self._transaction(con):
+                for table, rows in (("book_snapshots", snapshots), ("book_deltas", deltas)):
+                    if rows:
+                        con.executemany(
+                            f"INSERT INTO {_DB}.{table} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            [astuple(r) for r in rows],
+                        )
+
+    def read_book(self, instrument: str, at_ms: int) -> tuple[BookRow | None, list[BookRow]]:
+        """See :meth:`deltafeed.books.history.BookTier.read_book`."""
+        with self._connection() as con:
+            self._check_schema(con)
+            snap = con.execute(
+                f"SELECT {_BOOK_COLS} FROM {_DB}.book_snapshots WHERE instrument = ? AND time_ms <= ?"
+                " ORDER BY time_ms DESC, sequence DESC LIMIT 1",
+                [instrument, at_ms],
+            ).fetchall()
+            if not snap:
+                return None, []
+            first = BookRow(*snap[0])
+            deltas = con.execute(
+                f"SELECT {_BOOK_COLS} FROM {_DB}.book_deltas WHERE instrument = ? AND time_ms BETWEEN ? AND ?"
+                " ORDER BY time_ms, sequence",
+                [instrument, first.time_ms, at_ms],
+            ).fetchall()
+        return first, [BookRow(*r) for r in deltas]
+
+    def book_span(self, instrument: str) -> tuple[int, int] | None:
+        """See :meth:`deltafeed.books.history.BookTier.book_span`."""
+        with self._connection() as con:
+            self._check_schema(con)
+            lo, hi = con.execute(
+                f"SELECT min(time_ms), max(time_ms) FROM {_DB}.book_snapshots WHERE instrument = ?", [instrument]
+            ).fetchall()[0]
+        return None if lo is None else (int(lo), int(hi))
+
+    def apply_book_retention(self, snapshots_before_ms: int, deltas_before_ms: int) -> int:
+        """See :meth:`deltafeed.books.history.BookTier.apply_book_retention`."""
+        return self._delete_before({"book_snapshots": snapshots_before_ms, "book_deltas": deltas_before_ms})
 
     # -- export -----------------------------------------------------------------------------------
 
@@ -916,6 +991,18 @@ class DuckDBTier:
 
     async def apply_tick_retention(self, cutoff_ms: int) -> int:
         return await asyncio.to_thread(self.store.apply_tick_retention, cutoff_ms)
+
+    async def write_books(self, snapshots: list[BookRow], deltas: list[BookRow]) -> None:
+        await asyncio.to_thread(self.store.write_books, snapshots, deltas)
+
+    async def read_book(self, instrument: str, at_ms: int) -> tuple[BookRow | None, list[BookRow]]:
+        return await asyncio.to_thread(self.store.read_book, instrument, at_ms)
+
+    async def book_span(self, instrument: str) -> tuple[int, int] | None:
+        return await asyncio.to_thread(self.store.book_span, instrument)
+
+    async def apply_book_retention(self, snapshots_before_ms: int, deltas_before_ms: int) -> int:
+        return await asyncio.to_thread(self.store.apply_book_retention, snapshots_before_ms, deltas_before_ms)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.store.close)

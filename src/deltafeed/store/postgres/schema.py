@@ -216,6 +216,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         3, "final on candles_<tf>: closed candles behind the final mark are final, the rest provisional", _v3_final
     ),
     Migration(4, "trades, quotes and tick_gaps: raw ticks", _v4_ticks),
+    sql_migration(
+        5,
+        "book_snapshots and book_deltas: order-book history",
+        *(
+            f"""CREATE TABLE {{schema}}.{table} (
+                      instrument text NOT NULL,
+                      time_ms bigint NOT NULL,
+                      sequence bigint NOT NULL,
+                      prev bigint NOT NULL,
+                      in_sync boolean NOT NULL,
+                      book_ms bigint NOT NULL,
+                      bids text NOT NULL,
+                      asks text NOT NULL)"""
+            for table in ("book_snapshots", "book_deltas")
+        ),
+        *(f"CREATE INDEX ON {{schema}}.{table} (instrument, time_ms)" for table in ("book_snapshots", "book_deltas")),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 if [m.version for m in MIGRATIONS] != list(range(1, len(MIGRATIONS) + 1)):  # pragma: no cover

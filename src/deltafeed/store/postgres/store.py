@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 import asyncpg  # type: ignore[import-untyped]
 from msgspec.structs import astuple
 
+from deltafeed.books.history import BookRow
 from deltafeed.model import TIMEFRAMES, BadInput, Candle, Switch, Timeframe, Unavailable
 from deltafeed.store.base import Row, StoreError, StoreUnavailable, gaps_from_rows, grid_of, redact
 from deltafeed.store.postgres.copy import CopyReader, sql_literal
@@ -793,6 +794,70 @@ class PostgresStore:
                 return n
 
         return await self._call("tick retention", run)
+
+    # -- book history -------------------------------------------------------------------------------
+
+    async def write_books(self, snapshots: list[BookRow], deltas: list[BookRow]) -> None:
+        """See :meth:`deltafeed.books.history.BookTier.write_books`."""
+        s = self.schema
+
+        async def run() -> None:
+            async with self._pool.acquire(timeout=self._command_timeout_s) as con, con.transaction():
+                for table, rows in (("book_snapshots", snapshots), ("book_deltas", deltas)):
+                    if rows:
+                        await con.executemany(
+                            f"INSERT INTO {s}.{table} VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                            [astuple(r) for r in rows],
+                        )
+
+        await self._call("write book history", run)
+
+    async def read_book(self, instrument: str, at_ms: int) -> tuple[BookRow | None, list[BookRow]]:
+        """See :meth:`deltafeed.books.history.BookTier.read_book`."""
+        s = self.schema
+        cols = "instrument, time_ms, sequence, prev, in_sync, book_ms, bids, asks"
+
+        async def run() -> tuple[BookRow | None, list[BookRow]]:
+            async with self._pool.acquire(timeout=self._command_timeout_s) as con:
+                snap = await con.fetchrow(
+                    f"SELECT {cols} FROM {s}.book_snapshots WHERE instrument = $1 AND time_ms <= $2"
+                    " ORDER BY time_ms DESC, sequence DESC LIMIT 1",
+                    instrument,
+                    at_ms,
+                )
+                if snap is None:
+                    return None, []
+                first = BookRow(*snap)
+                rows = await con.fetch(
+                    f"SELECT {cols} FROM {s}.book_deltas WHERE instrument = $1 AND time_ms BETWEEN $2 AND $3"
+                    " ORDER BY time_ms, sequence",
+                    instrument,
+                    first.time_ms,
+                    at_ms,
+                )
+            return first, [BookRow(*r) for r in rows]
+
+        return await self._call("read book history", run)
+
+    async def book_span(self, instrument: str) -> tuple[int, int] | None:
+        """See :meth:`deltafeed.books.history.BookTier.book_span`."""
+        sql = f"SELECT min(time_ms), max(time_ms) FROM {self.schema}.book_snapshots WHERE instrument = $1"
+        row = await self._call("book span", lambda: self._pool.fetchrow(sql, instrument))
+        return None if row is None or row[0] is None else (int(row[0]), int(row[1]))
+
+    async def apply_book_retention(self, snapshots_before_ms: int, deltas_before_ms: int) -> int:
+        """See :meth:`deltafeed.books.history.BookTier.apply_book_retention`."""
+        s = self.schema
+
+        async def run() -> int:
+            async with self._pool.acquire(timeout=self._command_timeout_s) as con, con.transaction():
+                n = 0
+                for table, cutoff in (("book_snapshots", snapshots_before_ms), ("book_deltas", deltas_before_ms)):
+                    done = await con.execute(f"DELETE FROM {s}.{table} WHERE time_ms < $1", cutoff)
+                    n += int(done.split()[-1])
+                return n
+
+        return await self._call("book retention", run)
 
     async def tick_bytes(self) -> int:
         """Bytes the tick tables take on disk, indexes and TOAST included (for bench/ticks.py)."""
