@@ -48,15 +48,16 @@ class BookFeed(Protocol):
 
 
 class Books:
-    """The run's books: one :class:`BookKeeper` per instrument of ``settings.books`` (by ``venue:SYMBOL``)
+    """The run's books: one :class:`BookKeeper` per instrument of ``names`` (default ``settings.books``;
+    by ``venue:SYMBOL``)
     and one :class:`BookFeed` per venue, run by :meth:`start` until :meth:`stop`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, names: list[str] | None = None) -> None:
         from deltafeed.names import native
         from deltafeed.venues import registry
 
         self.keepers: dict[str, BookKeeper] = {}
-        for name in settings.books:
+        for name in settings.books if names is None else names:
             inst = Instrument.parse(native(name, settings.venue))
             depth = settings.book_depths.get(str(inst), settings.book_depth)
             self.keepers[str(inst)] = BookKeeper(str(inst), depth, keep=max(depth, KEEP_LEVELS))

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from deltafeed.books import Books
 from deltafeed.cluster import subjects
 from deltafeed.engine.status import EngineStatus, SwitchDoc, switch_doc
 from deltafeed.model import BadInput, Candle, Switch, timeframe
@@ -74,6 +75,7 @@ class ClusterView:
 
     def __init__(self, settings: Settings, cluster: str, cold: ColdTier | None, *, hot_capacity: int = 1000) -> None:
         self.hub: LiveSink | None = None
+        self.books = Books(settings, names=[])  # a serving node keeps no order books
         self._settings = settings
         self.cluster = subjects.cluster_name(cluster)
         self.cold = cold
@@ -212,6 +214,7 @@ class ClusterView:
             rest_limiter_waits=0,
             skipped_frames={},
             venues={},
+            books={},
             store_pending=0,
             store_written=0,
             store_failures=0,
