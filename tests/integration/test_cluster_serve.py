@@ -186,6 +186,10 @@ async def test_serving_node_serves_what_collectors_publish(cluster: tuple[str, A
                 assert status["stream"]["caught_up"] is True and status["stream"]["bad_messages"] == 1
                 ready = await http.get(f"{base}/readyz")
                 assert ready.status == 200
+                metrics = await (await http.get(f"{base}/metrics")).text()
+                assert f'deltafeed_cluster_messages_total{{kind="candles"}} {float(view.candles_in)}' in metrics
+                assert "deltafeed_cluster_bad_messages_total 1.0" in metrics
+                assert "deltafeed_cluster_caught_up 1.0" in metrics
 
             # Live: a WebSocket subscriber gets the snapshot, then the candles published after it.
             got: list[Candle] = []
@@ -283,6 +287,8 @@ async def test_serve_command_and_candles_cluster(cluster: tuple[str, Any], pg_sc
                 await asyncio.sleep(0.1)
         async with Client(base) as df:
             assert rows(await df.fetch_candles(BTC, "1m", limit=1000)) == want
+            metrics = await (await df._http().get(f"{base}/metrics")).text()
+            assert "deltafeed_cluster_writer_candles_total" in metrics
         # the writer has caught up when the durable consumer has nothing left
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

@@ -248,6 +248,10 @@ class EngineCollector(Collector):
         yield slow
         yield bad_ops
         yield from self._guard_metrics()
+        # A view's own families (a cluster's serving node: its stream and its writer).
+        extra: Callable[[], Iterable[Metric]] | None = getattr(engine, "extra_metrics", None)
+        if extra is not None:
+            yield from extra()
 
     def _guard_metrics(self) -> Iterator[Metric]:
         """The API's connections: how many, and those refused, evicted, timed out or unparseable."""

@@ -108,7 +108,7 @@ def command(args: argparse.Namespace) -> int:
             nc = await connect(url, f"deltafeed-serve-{name}", view)
             view.nats_connected = True
             if args.writer and cold is not None:
-                writer = ColdWriter(nc, name, cold)
+                view.writer = writer = ColdWriter(nc, name, cold)
                 await writer.start()
                 log.info("writing cluster %s's candles into %s", name, cold.name)
             if api is not None:

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -32,7 +32,10 @@ from deltafeed.store.hot import HotStore
 from deltafeed.store.reader import MemoryHot, read_candles
 
 if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
     from deltafeed.api.protocol import LiveSink
+    from deltafeed.cluster.writer import ColdWriter
     from deltafeed.config import Settings
     from deltafeed.engine.failover import FailoverPair
     from deltafeed.series import Series
@@ -95,6 +98,8 @@ class ClusterView:
         self.stale = 0
         self.last_latency_s: float | None = None
         self._last_mono: float | None = None
+        #: The cold-store writer running in the same process, if any (its counters go to /metrics).
+        self.writer: ColdWriter | None = None
 
     # --- fed by the stream ------------------------------------------------------------------------
 
@@ -146,6 +151,54 @@ class ClusterView:
         hub = self.hub
         if hub is not None and hub.wants_trades(m.series):
             hub.trade(m.series, m.trade)
+
+    def extra_metrics(self) -> Iterator[Metric]:
+        """The node's and its writer's Prometheus families (``/metrics`` adds them)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        msgs = CounterMetricFamily(
+            "deltafeed_cluster_messages", "Messages applied from the cluster's stream, by kind", labels=["kind"]
+        )
+        for kind, n in (("candles", self.candles_in), ("switches", self.switches_in), ("trades", self.trades_in)):
+            msgs.add_metric([kind], float(n))
+        yield msgs
+        for name, doc, value in (
+            ("deltafeed_cluster_bad_messages", "Unreadable messages of the stream, counted and skipped", self.bad),
+            ("deltafeed_cluster_stale_versions", "Non-final versions of candles already final, skipped", self.stale),
+        ):
+            fam = CounterMetricFamily(name, doc)
+            fam.add_metric([], float(value))
+            yield fam
+        gauges: list[tuple[str, str, float | None]] = [
+            ("deltafeed_cluster_nats_connected", "1 while connected to the cluster's NATS", float(self.nats_connected)),
+            ("deltafeed_cluster_caught_up", "1 once the stream's replay reached its end", float(self.caught_up)),
+            (
+                "deltafeed_cluster_replay_pending",
+                "Messages left to replay before caught up",
+                float(self.replay_pending),
+            ),
+            (
+                "deltafeed_cluster_last_latency_seconds",
+                "Publication on a collector to arrival here, of the latest candle message",
+                self.last_latency_s,
+            ),
+        ]
+        w = self.writer
+        if w is not None:
+            gauges.append(("deltafeed_cluster_writer_lag", "Messages the cold-store writer has yet to receive", w.lag))
+            for name, doc, value in (
+                ("deltafeed_cluster_writer_candles", "Candles the writer upserted into the cold store", w.written),
+                ("deltafeed_cluster_writer_failures", "Writes the cold store refused (retried)", w.failures),
+                ("deltafeed_cluster_writer_bad_messages", "Unreadable messages the writer skipped", w.bad),
+            ):
+                fam = CounterMetricFamily(name, doc)
+                fam.add_metric([], float(value))
+                yield fam
+        for name, doc, v in gauges:
+            gauge = GaugeMetricFamily(name, doc)
+            if v is not None:
+                gauge.add_metric([], float(v))
+            yield gauge
 
     # --- EngineView -------------------------------------------------------------------------------
 
