@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import NamedTuple, Protocol
+from zoneinfo import ZoneInfo
 
 #: The leading columns of every trade venue's tape (``deltafeed.replicas.tape.TRADE_COLUMNS``, written
 #: out here so a change there shows up as a test failure).
@@ -299,6 +301,63 @@ def quote_candles_from_tape(
         elif t + tf_ms <= calendar.next_close(prev_time):
             out.append(RefCandle(t, prev_close, prev_close, prev_close, prev_close))
         t += tf_ms
+    return out
+
+
+def oanda_candle_open(
+    time_ms: int, granularity: str, hour: int = 17, tz: str = "America/New_York", weekday: int = 4
+) -> int:
+    """The open time of the OANDA candle holding ``time_ms``, worked out on the wall clock of ``tz``.
+
+    S5 to H1 are on the epoch grid. The trading day starts at ``hour`` o'clock (``dailyAlignment`` in
+    ``alignmentTimezone``); H2 to H12 count from it, D is that day, W starts on ``weekday`` (0 =
+    Monday, ``weeklyAlignment``) and M on the 1st of the month, both at the day's start.
+    """
+    fixed = {"S": 1_000, "M": 60_000, "H": 3_600_000}
+    if granularity[1:].isdigit() and not (granularity[0] == "H" and int(granularity[1:]) > 1):
+        g = int(granularity[1:]) * fixed[granularity[0]]
+        return time_ms - time_ms % g
+    zone = ZoneInfo(tz)
+    wall = dt.datetime.fromtimestamp(time_ms / 1000, zone).replace(tzinfo=None)
+    day = wall.replace(hour=hour, minute=0, second=0, microsecond=0)
+    if wall < day:
+        day -= dt.timedelta(days=1)
+    if granularity == "D":
+        start = day
+    elif granularity == "W":
+        start = day - dt.timedelta(days=(day.weekday() - weekday) % 7)
+    elif granularity == "M":
+        start = day.replace(day=1)
+    else:
+        hours = int(granularity[1:])
+        start = day + dt.timedelta(hours=(wall - day) // dt.timedelta(hours=hours) * hours)
+    return int(start.replace(tzinfo=zone).timestamp() * 1000)
+
+
+@dataclass(slots=True)
+class RefQuoteCandle:
+    """An OANDA candle from a quote tape: open, high, low, close per side and the number of quotes."""
+
+    open_time: int
+    ohlc: dict[str, list[Decimal]]  # "mid" | "bid" | "ask" -> [o, h, l, c]
+    volume: int
+
+
+def oanda_candles_from_tape(rows: list[QuoteRow], open_of: Callable[[int], int]) -> dict[int, RefQuoteCandle]:
+    """OANDA's candles of one symbol's quotes by open time, ``open_of`` giving each quote's candle (see
+    :func:`oanda_candle_open`): no candle without quotes; mid = (bid + ask) / 2, exact."""
+    out: dict[int, RefQuoteCandle] = {}
+    for r in rows:
+        t = open_of(r.time_ms)
+        prices = {"mid": (r.bid + r.ask) / 2, "bid": r.bid, "ask": r.ask}
+        c = out.get(t)
+        if c is None:
+            out[t] = RefQuoteCandle(t, {k: [p, p, p, p] for k, p in prices.items()}, 1)
+            continue
+        c.volume += 1
+        for k, p in prices.items():
+            o = c.ohlc[k]
+            o[1], o[2], o[3] = max(o[1], p), min(o[2], p), p
     return out
 
 

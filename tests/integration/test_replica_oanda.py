@@ -451,7 +451,7 @@ async def test_every_request_needs_the_token(make: Make) -> None:
         ({"count": "ten"}, "'count'"),
         ({"count": 10, "from": "2026-03-04T09:00:00Z", "to": "2026-03-04T10:00:00Z"}, "'count'"),
         ({"granularity": "S5", "from": "2026-03-04T00:00:00Z", "to": "2026-03-04T10:00:00Z"}, "'count' exceeded"),
-        ({"granularity": "W"}, "'granularity'"),
+        ({"granularity": "W1"}, "'granularity'"),
         ({"granularity": "M3"}, "'granularity'"),
         ({"price": "MX"}, "'price'"),
         ({"price": "MM"}, "'price'"),
@@ -459,8 +459,12 @@ async def test_every_request_needs_the_token(make: Make) -> None:
         ({"from": "2026-03-04T11:00:00Z"}, "future"),
         ({"to": "2026-03-04T11:00:00Z"}, "future"),
         ({"from": "2026-03-04T10:00:00Z", "to": "2026-03-04T09:00:00Z"}, "'to'"),
-        ({"dailyAlignment": 17}, "dailyAlignment"),
-        ({"smooth": "true"}, "smooth"),
+        ({"dailyAlignment": 24}, "'dailyAlignment'"),
+        ({"dailyAlignment": "-1"}, "'dailyAlignment'"),
+        ({"alignmentTimezone": "Mars/Olympus_Mons"}, "'alignmentTimezone'"),
+        ({"alignmentTimezone": "../../etc/passwd"}, "'alignmentTimezone'"),
+        ({"weeklyAlignment": "Fri"}, "'weeklyAlignment'"),
+        ({"smooth": "yes"}, "'smooth'"),
     ],
 )
 async def test_bad_candle_requests_get_400(make: Make, params: dict[str, Any], needle: str) -> None:

@@ -584,27 +584,45 @@ class QuoteMarket:
         count: int,
         from_start: bool,
         now_ms: int,
+        *,
+        edges: I64 | None = None,
+        smooth: bool = False,
     ) -> QuoteCandles:
         """Candles of ``granularity_ms`` (a multiple of 5 s, aligned to the epoch) whose open time is in
         ``[lo_ms, hi_ms)``: the first ``count`` of them if ``from_start``, else the last ``count``.
 
+        ``edges`` (sorted open times, each a multiple of 5 s, spanning every released quote) replaces the
+        epoch grid, for candles of uneven length (days in a time zone, weeks, months); ``granularity_ms``
+        is then ignored. ``smooth``: each candle opens at the close of the quote before it, if any.
         Only intervals with quotes have a candle, as on OANDA. A candle is complete once its end is
         at or before ``now_ms``.
         """
         g = granularity_ms
-        if g <= 0 or g % ROW_MS:
+        if edges is None and (g <= 0 or g % ROW_MS):
             raise ValueError(f"granularity must be a positive multiple of {ROW_MS} ms, got {g}")
         spec = self.sim.specs[symbol]
         rows = self._rows[symbol].view()
         t = rows["t"]
+
+        def ceil(x: int) -> int:  # the first open time at or after x
+            if edges is None:
+                return x + (-x % g)
+            i = int(np.searchsorted(edges, x, "left"))
+            return int(edges[i]) if i < len(edges) else x
+
+        def opens_of(times: I64) -> I64:
+            if edges is None:
+                return times - times % g
+            return edges[np.searchsorted(edges, times, "right") - 1]
+
         # A candle opens at or after x exactly when its rows are at or after x rounded up to the grid.
-        i0 = 0 if lo_ms is None else int(np.searchsorted(t, lo_ms + (-lo_ms % g), "left"))
-        i1 = len(t) if hi_ms is None else int(np.searchsorted(t, hi_ms + (-hi_ms % g), "left"))
+        i0 = 0 if lo_ms is None else int(np.searchsorted(t, ceil(lo_ms), "left"))
+        i1 = len(t) if hi_ms is None else int(np.searchsorted(t, ceil(hi_ms), "left"))
         seg = rows[i0:i1]
         if not len(seg) or count <= 0:
             e = np.empty(0, np.int64)
             return QuoteCandles(spec, e, e, np.empty(0, np.bool_), {s: (e, e, e, e) for s in _SIDES.values()})
-        ot = seg["t"] - seg["t"] % g
+        ot = opens_of(seg["t"])
         starts = np.concatenate([[0], np.flatnonzero(np.diff(ot)) + 1]).astype(np.int64)
         if len(starts) > count:
             if from_start:
@@ -613,18 +631,28 @@ class QuoteMarket:
             else:
                 first = starts[-count]
                 seg = seg[first:]
+                i0 += int(first)
                 starts = starts[-count:] - first
-            ot = seg["t"] - seg["t"] % g
+            ot = opens_of(seg["t"])
         ends = np.append(starts[1:], len(seg))
         opens = ot[starts]
+        # The row before each candle's first row, in the whole history (-1: none).
+        before = starts + i0 - 1
         ohlc: dict[str, tuple[I64, I64, I64, I64]] = {}
         for p, side in _SIDES.items():
             o, h = seg[p + "o"][starts], np.maximum.reduceat(seg[p + "h"], starts)
             lo, c = np.minimum.reduceat(seg[p + "l"], starts), seg[p + "c"][ends - 1]
+            if smooth:
+                o = np.where(before >= 0, rows[p + "c"][np.maximum(before, 0)], o)
             # "m" keeps bid + ask (twice the mid): the mid is served exactly, see PairSpec.mid_prices.
             ohlc[side] = (o, h, lo, c)
         volume = np.add.reduceat(seg["n"], starts)
-        return QuoteCandles(spec, opens, volume, opens + g <= now_ms, ohlc)
+        if edges is None:
+            closes = opens + g
+        else:
+            nxt = np.searchsorted(edges, opens, "right")
+            closes = np.where(nxt < len(edges), edges[np.minimum(nxt, len(edges) - 1)], np.iinfo(np.int64).max)
+        return QuoteCandles(spec, opens, volume, closes <= now_ms, ohlc)
 
     def close(self) -> None:
         if self.tape is not None:

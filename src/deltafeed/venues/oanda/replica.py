@@ -9,21 +9,28 @@ Speaks what ``api-fxtrade.oanda.com`` and ``stream-fxtrade.oanda.com`` speak for
   ``heartbeat_s`` (5) wall seconds. While the FX market is closed there are no PRICE lines; the
   heartbeats go on. Every quote is sent: there is no conflation to OANDA's 4 prices/s/instrument, so
   a ``rate`` above 4 sends more than OANDA would.
-* ``GET /v3/instruments/{instrument}/candles``: candles built from the same quotes (volume = number of
-  quotes, no candle for an interval without quotes, ``complete`` false for the candle still forming
-  by the market clock), with ``price``, ``granularity``, ``count``, ``from``, ``to``, ``includeFirst``.
+* ``GET /v3/instruments/{instrument}/candles`` (and the same under ``/v3/accounts/{accountID}/``):
+  candles built from the same quotes (volume = number of quotes, no candle for an interval without
+  quotes, ``complete`` false for the candle still forming by the market clock), with ``price``,
+  ``granularity`` (S5 to D, W and M), ``count``, ``from``, ``to``, ``includeFirst``, ``smooth`` (each
+  candle opens at the previous candle's close) and OANDA's alignment: S5 to H1 on the epoch grid in
+  UTC; H2 to H12 and D from the trading day's start, ``dailyAlignment`` (17) o'clock wall time in
+  ``alignmentTimezone`` (America/New_York); W from ``weeklyAlignment`` (Friday) and M from the 1st
+  of the month, at that hour (:class:`Alignment`).
+* ``GET /v3/accounts/{accountID}/pricing?instruments=A,B[&since=T]``: the last price of each
+  instrument, ``{"prices": [...], "time": ...}``.
 * ``GET /v3/accounts`` and ``GET /v3/accounts/{accountID}/instruments``, enough to check names.
 
-Every request needs ``Authorization: Bearer <token>``; errors are OANDA's ``{"errorMessage": ...}``.
-``Accept-Datetime-Format: UNIX`` switches every time to unix seconds, as on OANDA. The ``Date``
-header carries the market clock (OANDA has no time endpoint; clients may read the venue's time there).
+Every request needs ``Authorization: Bearer <token>``; errors are OANDA's ``{"errorMessage": ...}``
+(an unserved path 404, another method than GET 405). ``Accept-Datetime-Format: UNIX`` switches every
+time to unix seconds, as on OANDA. The ``Date`` header carries the market clock (OANDA has no time
+endpoint; clients may read the venue's time there).
 
-Deviations, all documented where they are made: candles are aligned to the epoch in UTC, so D opens
-at 00:00 UTC and H2 to H12 on multiples of their length, not at OANDA's default 17:00
-America/New_York (``dailyAlignment=0&alignmentTimezone=UTC`` asks for exactly that; other
-alignments, ``smooth=true`` and the W and M granularities are refused with 400); mid prices are
-``(bid + ask) / 2`` per quote, exact, so with one decimal more than bid and ask; any account ID
-is accepted; candles exist only from the start of the replica's ``history``.
+Deviations, all documented where they are made: mid prices are ``(bid + ask) / 2`` per quote,
+exact, so with one decimal more than bid and ask; a smoothed candle's high and low are those of its
+own quotes (whether OANDA widens them to the smoothed open is not documented [UNVERIFIED]); across a
+daylight-saving change one day-aligned candle is an hour longer or shorter [UNVERIFIED]; any account
+ID is accepted; candles exist only from the start of the replica's ``history``.
 
 Limits, per client IP, as on OANDA: 120 REST requests per sliding second (more → 429), 20 open
 streams (the 21st → 429; OANDA only says "rejected" [UNVERIFIED]), 2 new TCP connections per sliding
@@ -50,8 +57,10 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 import numpy as np
@@ -86,7 +95,7 @@ DEFAULT_SYMBOLS = ("EUR_USD", "USD_JPY", "GBP_USD")
 #: The token every request must carry unless another is configured (a local replica's, not a secret).
 DEV_TOKEN = "deltafeed-oanda-dev-token"
 DEFAULT_ACCOUNT = "101-001-0000000-001"
-#: OANDA's fixed-length granularities; all are multiples of 5 s and aligned to the epoch here.
+#: OANDA's fixed-length granularities (multiples of 5 s); those up to H1 are aligned to the epoch, see DAY_ALIGNED.
 GRANULARITIES: dict[str, int] = {
     "S5": 5_000, "S10": 10_000, "S15": 15_000, "S30": 30_000,
     "M1": 60_000, "M2": 120_000, "M4": 240_000, "M5": 300_000, "M10": 600_000, "M15": 900_000, "M30": 1_800_000,
@@ -104,8 +113,17 @@ MAX_SEND_BUFFER = 8 * 1024 * 1024
 #: Fault kinds that mean something here: ``shutdown`` (a Binance serverShutdown event) does not.
 FAULT_KINDS = tuple(k for k in (*CONNECTION_KINDS, *MESSAGE_KINDS, "http500", "http429", "slow") if k != "shutdown")
 
+#: Granularities aligned to the trading day, which starts at ``dailyAlignment`` o'clock in
+#: ``alignmentTimezone`` (OANDA's granularity table: S5 to M1 "minute alignment", M2 to H1 "hour
+#: alignment", H2 to D "day alignment"); W starts on ``weeklyAlignment`` and M on the 1st, both at
+#: that hour.
+DAY_ALIGNED = frozenset({"H2", "H3", "H4", "H6", "H8", "H12", "D"})
+CALENDAR_GRANULARITIES = ("W", "M")
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
 _STREAM_RE = re.compile(r"^/v3/accounts/([^/]+)/pricing/stream$")
-_CANDLES_RE = re.compile(r"^/v3/instruments/([^/]+)/candles$")
+_PRICING_RE = re.compile(r"^/v3/accounts/([^/]+)/pricing$")
+_CANDLES_RE = re.compile(r"^/v3/(?:accounts/[^/]+/)?instruments/([^/]+)/candles$")
 _INSTRUMENTS_RE = re.compile(r"^/v3/accounts/([^/]+)/instruments$")
 #: OANDA's 429 wording is not documented [UNVERIFIED].
 _RATE_ERROR = "Rate limit violation. Allowed: %d requests per second."
@@ -148,6 +166,57 @@ def parse_time(text: str) -> int:
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.UTC)
     return int(t.timestamp() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Alignment:
+    """Where OANDA's day-, week- and month-aligned candles start: ``hour`` o'clock (wall time) in
+    ``tz``, weeks on ``weekday`` (0 = Monday). The defaults are OANDA's: 17:00 America/New_York, Friday."""
+
+    hour: int = 17
+    tz: str = "America/New_York"
+    weekday: int = 4
+
+    @classmethod
+    def from_query(cls, q: Mapping[str, str]) -> Alignment:
+        """The alignment a candles request asks for; a bad value is OANDA's 400."""
+        hour = q.get("dailyAlignment", "17")
+        if not (hour.isascii() and hour.isdigit() and len(hour) <= 2 and int(hour) <= 23):
+            raise _invalid("dailyAlignment", "Use an hour from 0 to 23")
+        tz = q.get("alignmentTimezone", "America/New_York")
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise _invalid("alignmentTimezone") from None
+        day = q.get("weeklyAlignment", "Friday")
+        if day not in WEEKDAYS:
+            raise _invalid("weeklyAlignment", f"Use one of {', '.join(WEEKDAYS)}")
+        return cls(int(hour), tz, WEEKDAYS.index(day))
+
+    def edges(self, granularity: str, lo_ms: int, hi_ms: int) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """Open times (epoch ms, sorted) of every ``granularity`` candle that overlaps ``[lo_ms, hi_ms]``,
+        plus the next one, for a day-aligned granularity or W or M.
+
+        Boundaries are wall-clock times in ``tz``: the trading day starts at ``hour`` and day-aligned
+        candles every ``length`` wall hours from there, so across a daylight-saving change one candle
+        is an hour longer or shorter (OANDA does not document this case [UNVERIFIED]).
+        """
+        zone = ZoneInfo(self.tz)
+        first = dt.datetime.fromtimestamp(lo_ms / 1000, zone).date() - dt.timedelta(days=40)
+        last = dt.datetime.fromtimestamp(hi_ms / 1000, zone).date() + dt.timedelta(days=40)
+        step_h = 24 if granularity in CALENDAR_GRANULARITIES else GRANULARITIES[granularity] // 3_600_000
+        out: list[int] = []
+        day = first
+        while day <= last:
+            if (granularity == "W" and day.weekday() != self.weekday) or (granularity == "M" and day.day != 1):
+                day += dt.timedelta(days=1)
+                continue
+            start = dt.datetime(day.year, day.month, day.day, self.hour)
+            for k in range(24 // step_h):
+                wall = start + dt.timedelta(hours=k * step_h)
+                out.append(int(wall.replace(tzinfo=zone).timestamp()) * 1000)
+            day += dt.timedelta(days=1)
+        return np.unique(np.array(out, dtype=np.int64))
 
 
 # --- encoding -------------------------------------------------------------------------------------
@@ -323,6 +392,7 @@ class OandaReplica(ReplicaBase):
     fault_kinds = FAULT_KINDS
 
     venue = "oanda"
+    http_method = "*"  # every method, so that one OANDA does not serve here gets OANDA's error shape
     tick_s = TICK_SECONDS
     _log = log
     shutdown_timeout = 2.0
@@ -490,7 +560,7 @@ class OandaReplica(ReplicaBase):
         if request.headers.get("Authorization", "") != f"Bearer {self.token}":
             return self._respond(401, _error("Insufficient authorization to perform request."))
         m = _STREAM_RE.match(path)
-        if m:
+        if m and request.method == "GET":
             self.stats["stream_requests"] += 1
             return await self._stream(request, ip)
         self.stats["requests"] += 1
@@ -503,8 +573,13 @@ class OandaReplica(ReplicaBase):
         self._tick()  # so that "now" and the forming candle include every quote up to this instant
         unix = request.headers.get("Accept-Datetime-Format", "RFC3339").upper() == "UNIX"
         try:
+            if request.method != "GET":
+                # OANDA's wording for a method it does not serve on a path is not documented [UNVERIFIED].
+                raise _Reject(405, f"The replica serves market data only: {request.method} is not allowed here")
             if (m := _CANDLES_RE.match(path)) is not None:
                 body = self._candles(m.group(1), request.query, _TimeFormat(unix))
+            elif _PRICING_RE.match(path) is not None:
+                body = self._pricing(request.query, _TimeFormat(unix))
             elif (m := _INSTRUMENTS_RE.match(path)) is not None:
                 body = self._instruments(request.query)
             elif path == "/v3/accounts":
@@ -567,19 +642,12 @@ class OandaReplica(ReplicaBase):
         if not price or any(c not in "MBA" for c in price) or len(set(price)) != len(price):
             raise _invalid("price", "Use any of M, B, A, e.g. MBA")
         gran = q.get("granularity", "S5")
-        if gran in ("W", "M"):
-            raise _invalid("granularity", "The replica serves fixed-length granularities only, not W or M")
-        g = GRANULARITIES.get(gran)
-        if g is None:
+        if gran not in GRANULARITIES and gran not in CALENDAR_GRANULARITIES:
             raise _invalid("granularity")
-        if q.get("smooth", "false").lower() != "false":
-            raise _invalid("smooth", "The replica does not serve smoothed candles")
-        # Candles are aligned to UTC midnight; say so rather than serve another alignment silently.
-        if q.get("dailyAlignment", "0") != "0" or q.get("alignmentTimezone", "UTC") not in ("UTC", "Etc/UTC"):
-            raise _invalid(
-                "dailyAlignment",
-                "The replica aligns candles to 00:00 UTC only (dailyAlignment=0, alignmentTimezone=UTC)",
-            )
+        smooth = q.get("smooth", "false").lower()
+        if smooth not in ("true", "false"):
+            raise _invalid("smooth")
+        alignment = Alignment.from_query(q)  # validated whatever the granularity, as OANDA does [UNVERIFIED]
         include_first = q.get("includeFirst", "true").lower()
         if include_first not in ("true", "false"):
             raise _invalid("includeFirst")
@@ -594,6 +662,26 @@ class OandaReplica(ReplicaBase):
         start = self._time_param(q, "from")
         end = self._time_param(q, "to")
         now = self._clock.now_ms()
+        edges = None
+        g = GRANULARITIES.get(gran, 0)
+        if gran in CALENDAR_GRANULARITIES or (
+            gran in DAY_ALIGNED and (alignment.hour, alignment.tz) not in ((0, "UTC"), (0, "Etc/UTC"))
+        ):
+            # Candles of uneven length, or not on the epoch grid: their open times, over all of history.
+            edges = alignment.edges(gran, self._market.origin_ms, max(now, end or now))
+
+        def floor(x: int) -> int:  # the open time of the candle covering x (x itself before all history)
+            if edges is None:
+                return x - x % g
+            i = int(np.searchsorted(edges, x, "right")) - 1
+            return int(edges[i]) if i >= 0 else x
+
+        def following(x: int) -> int:  # the open time after the one at x
+            if edges is None:
+                return x + g
+            i = int(np.searchsorted(edges, x, "right"))
+            return int(edges[i]) if i < len(edges) else x + 1
+
         for name, t in (("from", start), ("to", end)):
             if t is not None and t > now:
                 raise _invalid(name, "Time is in the future")
@@ -604,13 +692,18 @@ class OandaReplica(ReplicaBase):
                 raise _invalid("to", "Time must be after 'from'")
             # Whether OANDA counts intervals or returned candles here is not documented [UNVERIFIED];
             # intervals is the stricter reading, so a client tested here works there.
-            if -(-end // g) - start // g > MAX_COUNT:
+            intervals = (
+                -(-end // g) - start // g
+                if edges is None
+                else int(np.searchsorted(edges, end, "left") - np.searchsorted(edges, start, "right") + 1)
+            )
+            if intervals > MAX_COUNT:
                 raise _Reject(400, "Maximum value for 'count' exceeded")
         lo = None
         if start is not None:
-            lo = start - start % g  # includeFirst: the candle covering ``from`` is included
+            lo = floor(start)  # includeFirst: the candle covering ``from`` is included
             if include_first == "false":
-                lo += g
+                lo = following(lo)
         # Complete only up to what the market has released: quotes due by the clock but not yet out
         # (the pump runs in ticks) would otherwise be missing from a candle called complete.
         table = self._market.candles(
@@ -621,10 +714,40 @@ class OandaReplica(ReplicaBase):
             MAX_COUNT if end is not None and start is not None else count or DEFAULT_COUNT,
             start is not None,
             min(now, self._market.released_ms + 1),
+            edges=edges,
+            smooth=smooth == "true",
         )
         return msgspec.json.encode(
             {"instrument": symbol, "granularity": gran, "candles": _candle_objects(table, price, fmt_time)}
         )
+
+    def _pricing(self, q: Mapping[str, str], fmt_time: _TimeFormat) -> bytes:
+        """``GET /v3/accounts/{id}/pricing``: the last price of each instrument (those priced after
+        ``since`` only, if given) and the current time, as ``{"prices": [...], "time": ...}``."""
+        names = [n for n in q.get("instruments", "").split(",") if n]
+        if not names:
+            raise _invalid("instruments")
+        instruments = list(dict.fromkeys(self._instrument(n, "instruments") for n in names))
+        since = self._time_param(q, "since")
+        for flag in ("includeUnitsAvailable", "includeHomeConversions"):
+            if q.get(flag, "false").lower() not in ("true", "false"):
+                raise _invalid(flag)
+        tradeable = self._sim.calendar.is_open(self._clock.now_ms())
+        prices = [line for line, t in self._last_prices(instruments, fmt_time, tradeable) if since is None or t > since]
+        return b'{"prices":[%s],"time":"%s"}' % (b",".join(prices), fmt_time(self._clock.now_ms()).encode())
+
+    def _last_prices(
+        self, instruments: list[str], fmt_time: Callable[[int], str], tradeable: bool
+    ) -> list[tuple[bytes, int]]:
+        """The last released price of each instrument that has one, encoded, with its time."""
+        out: list[tuple[bytes, int]] = []
+        for sym in instruments:
+            last = self._market.last_quote(sym)
+            if last is not None:
+                t, b, a = last
+                batch = QuoteBatch(self._sim.specs[sym], np.array([t]), np.array([b]), np.array([a]))
+                out += [(line, t) for line in price_lines(batch, fmt_time, tradeable)]
+        return out
 
     @staticmethod
     def _time_param(q: Mapping[str, str], name: str) -> int | None:
@@ -685,14 +808,7 @@ class OandaReplica(ReplicaBase):
     def _snapshot(self, conn: _Stream) -> list[bytes]:
         """The last price of each instrument; ``non-tradeable`` while the market is closed."""
         tradeable = self._sim.calendar.is_open(self._clock.now_ms())
-        out: list[bytes] = []
-        for sym in conn.instruments:
-            last = self._market.last_quote(sym)
-            if last is not None:
-                t, b, a = last
-                batch = QuoteBatch(self._sim.specs[sym], np.array([t]), np.array([b]), np.array([a]))
-                out += price_lines(batch, conn.fmt, tradeable)
-        return out
+        return [line for line, _ in self._last_prices(conn.instruments, conn.fmt, tradeable)]
 
     # -- the pump --
 
