@@ -330,7 +330,10 @@ async def test_candles_equal_candles_built_from_the_tape(make: Make) -> None:
         for sym in ("EUR_USD", "USD_JPY"):
             rows = by_symbol(tape, sym)
             for gran, g in (("S5", S5), ("M1", M1), ("M5", M5), ("H1", H1), ("D", 86_400_000)):
-                status, body = await candles(http, r, sym, price="MBA", granularity=gran, count=5000)
+                # Aligned to 00:00 UTC, as the reference is (OANDA's default, 17:00 New York, is below).
+                status, body = await candles(
+                    http, r, sym, price="MBA", granularity=gran, count=5000, dailyAlignment=0, alignmentTimezone="UTC"
+                )
                 assert status == 200, body
                 assert body["instrument"] == sym and body["granularity"] == gran
                 assert body["candles"] == ref_candles(rows, g, now, DECIMALS[sym]), gran
@@ -474,6 +477,55 @@ async def test_bad_candle_requests_get_400(make: Make, params: dict[str, Any], n
         assert status == 400 and needle in body["errorMessage"], body
         status, body = await candles(http, r, "EUR_USD", count=5000, granularity="S5")
         assert status == 200 and len(body["candles"]) > 500
+
+
+async def test_alignment_follows_new_york_daylight_saving(make: Make) -> None:
+    # Across the US switch to summer time (Sunday 2026-03-08): D candles open at 17:00 New York, 22:00
+    # UTC before and 21:00 after; weeks open on Friday 17:00 New York (EST). History from Friday noon.
+    r = await make(start_ms=ms("2026-03-11T12:00"), history_ms=5 * 86_400_000, rate=0.02, tape=None)
+    async with aiohttp.ClientSession(headers=r.headers) as http:
+        _, body = await candles(http, r, "EUR_USD", granularity="D")
+        assert [c["time"][:16] for c in body["candles"]] == [
+            "2026-03-05T22:00", "2026-03-08T21:00", "2026-03-09T21:00", "2026-03-10T21:00"
+        ]  # fmt: skip
+        _, body = await candles(http, r, "EUR_USD", granularity="W")
+        assert [c["time"][:16] for c in body["candles"]] == ["2026-02-27T22:00", "2026-03-06T22:00"]
+        _, body = await candles(http, r, "EUR_USD", granularity="H12", dailyAlignment=5, alignmentTimezone="Asia/Tokyo")
+        assert {c["time"][11:16] for c in body["candles"]} == {"08:00", "20:00"}
+        # The account-scoped path serves the same candles.
+        _, same = await get(
+            http, f"{r.url}/v3/accounts/{r.account_id}/instruments/EUR_USD/candles",
+            granularity="H12", dailyAlignment=5, alignmentTimezone="Asia/Tokyo",
+        )  # fmt: skip
+        assert same == body
+
+
+async def test_pricing_info_and_error_shapes(make: Make) -> None:
+    r = await make(start_ms=WEDNESDAY, history_ms=M1, tape=None)
+    url = f"{r.url}/v3/accounts/{r.account_id}/pricing"
+    async with aiohttp.ClientSession(headers=r.headers) as http:
+        status, body = await get(http, url, instruments="EUR_USD,USD_JPY")
+        assert status == 200 and oanda_ms(body["time"]) >= WEDNESDAY
+        last = {p["instrument"]: p for p in body["prices"]}
+        assert set(last) == {"EUR_USD", "USD_JPY"}
+        for sym, p in last.items():
+            t, b, a = r.market.last_quote(sym)  # type: ignore[misc]
+            assert oanda_ms(p["time"]) == t and p["tradeable"] is True
+            assert Decimal(p["bids"][0]["price"]) == Decimal(b) / 10 ** DECIMALS[sym]
+            assert Decimal(p["asks"][0]["price"]) == Decimal(a) / 10 ** DECIMALS[sym]
+        # since: only instruments priced after it.
+        newest = max(last.values(), key=lambda p: p["time"])
+        status, body = await get(http, url, instruments="EUR_USD,USD_JPY", since=newest["time"])
+        assert status == 200 and body["prices"] == []
+        for params in ({}, {"instruments": "EUR_XXX"}, {"instruments": "EUR_USD", "since": "soon"}):
+            status, body = await get(http, url, **params)
+            assert status == 400 and "errorMessage" in body, params
+        # Unserved paths and methods answer in OANDA's error shape.
+        for path in ("/v3/instruments/EUR_USD/orderBook", f"/v3/accounts/{r.account_id}/candles/latest", "/v2/x"):
+            status, body = await get(http, r.url + path)
+            assert status == 404 and set(body) == {"errorMessage"}, path
+        async with http.post(f"{r.url}/v3/accounts/{r.account_id}/orders", json={}) as resp:
+            assert resp.status == 405 and set(await resp.json()) == {"errorMessage"}
 
 
 async def test_unknown_instruments_get_400(make: Make) -> None:
