@@ -25,6 +25,7 @@ from typing import Any
 
 import msgspec
 
+from deltafeed.cluster.subjects import cluster_name
 from deltafeed.model import (
     PRICE_SIDES,
     TIMEFRAME_FORMS,
@@ -151,6 +152,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     api_header_timeout: str = "5s"  # a request's headers (and a POST's body) must arrive within this
     api_idle_timeout: str = "75s"  # a kept-alive connection with no request for this long is closed
     api_max_connections: int | None = None  # default 1000, or half of `ulimit -n` when that is smaller
+    # Scale-out (docs/cluster.md): the NATS (JetStream) server of a cluster of collectors, and its
+    # name; with them, `run` collects its share of the instruments and publishes to the cluster.
+    cluster: str | None = None
+    cluster_name: str = "default"
+    cluster_trades: bool = False  # publish trades too (on deltafeed.<cluster>.trades.<venue>.<symbol>)
 
     def venue_settings(self, venue: str) -> VenueSettings:
         """``venue``'s settings, of its own type: its ``[venues.NAME]`` table, with the top-level keys
@@ -377,6 +383,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             parse_timeframes([tf])
             if text != "forever":
                 parse_duration_ms(text)
+        if self.cluster is not None:
+            if not self.cluster.startswith(("nats://", "tls://")):
+                raise BadInput(f"cluster {self.cluster!r} is not a NATS address; write e.g. nats://127.0.0.1:4222")
+            cluster_name(self.cluster_name)
         return self
 
 

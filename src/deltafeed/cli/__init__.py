@@ -54,7 +54,7 @@ class _Parser(argparse.ArgumentParser):
 Subcommands: TypeAlias = "argparse._SubParsersAction[_Parser]"
 
 #: The sub-commands, in the order ``--help`` lists them; each names a module of this package.
-COMMANDS = ("run", "serve", "candles", "trades", "export", "backfill", "replica", "status", "venues", "demo")
+COMMANDS = ("run", "serve", "candles", "trades", "export", "backfill", "replica", "status", "cluster", "venues", "demo")
 
 
 def _modules() -> dict[str, Any]:

@@ -50,6 +50,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         "token comes from OANDA_TOKEN, the account from OANDA_ACCOUNT",
     )
     p.add_argument("--prices", help="forex: which price candles to keep, comma list of mid,bid,ask (default mid)")
+    p.add_argument(
+        "--cluster",
+        help="collect as one of a cluster on this NATS JetStream server, e.g. nats://127.0.0.1:4222"
+        " (its share of the instruments, published there; see docs/cluster.md)",
+    )
+    p.add_argument("--cluster-name", help="the cluster's name (default 'default'); several share one NATS")
     p.add_argument("--api", help="serve the HTTP/WebSocket API on HOST:PORT (default 127.0.0.1:8080; 'off' to disable)")
     p.add_argument(
         "--api-token",
@@ -84,8 +90,12 @@ def command(args: argparse.Namespace) -> int:
             "ws_url": args.ws_url,
             "api": args.api,
             "books": [b for b in args.books.split(",") if b.strip()] if args.books is not None else None,
+            "cluster": args.cluster,
+            "cluster_name": args.cluster_name,
         },
     )
+    if settings.cluster is not None:
+        return collect(settings)
     token = api_token(args.api_token, settings.api_token)
     api = parse_api_address(settings.api)
     limits = None
@@ -187,6 +197,26 @@ def command(args: argparse.Namespace) -> int:
         elif code == 0:
             log.info("stopped; everything written to %s", engine.cold.name)
         return code
+
+    return _asyncio_run(body)
+
+
+def collect(settings: config.Settings) -> int:
+    """``run --cluster``: one collector of the cluster, until SIGINT/SIGTERM."""
+    from deltafeed.cluster.collector import Collector
+
+    assert settings.cluster is not None
+    collector = Collector(settings, settings.cluster, settings.cluster_name)
+
+    async def body(stop: asyncio.Event) -> int:
+        try:
+            await collector.start()
+        except BaseException:
+            await collector.close()
+            raise
+        await collector.run(stop)
+        log.info("collector %s left cluster %s", collector.id, collector.cluster)
+        return 0
 
     return _asyncio_run(body)
 

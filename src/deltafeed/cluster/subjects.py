@@ -193,13 +193,14 @@ class TradeMsg(msgspec.Struct, frozen=True):
         return f"{self.series}|trade|{self.trade.trade_id}|{self.trade.time_ms}"
 
 
+Message = CandleMsg | SwitchMsg | TradeMsg
 _encoder = msgspec.json.Encoder()
 _candle_decoder = msgspec.json.Decoder(CandleMsg)
 _switch_decoder = msgspec.json.Decoder(SwitchMsg)
 _trade_decoder = msgspec.json.Decoder(TradeMsg)
 
 
-def encode(msg: CandleMsg | SwitchMsg | TradeMsg) -> tuple[bytes, dict[str, str]]:
+def encode(msg: Message) -> tuple[bytes, dict[str, str]]:
     """The payload and headers (``Nats-Msg-Id``) to publish ``msg`` with."""
     return _encoder.encode(msg), {MSG_ID: msg.msg_id}
 
