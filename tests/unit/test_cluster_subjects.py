@@ -3,6 +3,8 @@ character NATS gives meaning, subjects parse back, and message ids follow a cand
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from deltafeed.cluster import subjects as s
@@ -54,6 +56,7 @@ def test_subject_parses_back(symbol: str) -> None:
     for kind in (s.TRADES, s.BOOKS, s.SWITCHES):
         assert s.parse_subject(s.subject("c", kind, series)) == ("c", kind, series, None)
     assert s.series_of_key(s.kv_key(series)) == series
+    assert re.fullmatch(r"[-/_=.a-zA-Z0-9]+", s.kv_key(series))  # what JetStream allows in a key
 
 
 def test_subject_refuses_what_it_cannot_name() -> None:

@@ -121,15 +121,16 @@ def bucket_name(cluster: str, what: str) -> str:
 
 
 def kv_key(series: str) -> str:
-    """A series key as a key-value key (``binance.BTCUSDT``); KV keys allow ``.``-separated tokens."""
+    """A series key as a key-value key (``binance.BTCUSDT``, ``binance.BTC=2FUSDT``): the symbol's
+    token with ``=`` for ``%``, which keys do not allow."""
     venue, _, symbol = series.partition(":")
-    return f"{venue}.{token(symbol)}"
+    return f"{venue}.{token(symbol).replace('%', '=')}"
 
 
 def series_of_key(key: str) -> str:
     """The series key :func:`kv_key` wrote as ``key``."""
     venue, _, tok = key.partition(".")
-    return f"{venue}:{untoken(tok)}"
+    return f"{venue}:{untoken(tok.replace('=', '%'))}"
 
 
 class CandleMsg(msgspec.Struct, frozen=True):
