@@ -275,6 +275,7 @@ class Collector:
         budget = self.budgets[inst.venue]
         changes: dict[str, Any] = {
             "symbols": [str(inst)],
+            "books": [b for b in s.books if b == str(inst)],
             "history": f"{history_ms}ms",
             "db": s.db if is_postgres(s.db) else ":memory:",
             "spool": "off" if not is_postgres(s.db) else s.spool,
