@@ -582,7 +582,7 @@ async def test_subscription_errors_and_distinct_ticks(make: Make) -> None:
         await c.subscribe(1, 1, "MERGE", [f"MARKET:{EUR}", "MARKET:CS.D.EURCHF.CFD.IP"], ("BID",))
         await c.subscribe(2, 2, "MERGE", [f"MARKET:{EUR}"], ("BID", "VOLUME"))
         await c.subscribe(3, 3, "DISTINCT", [f"MARKET:{EUR}"], ("BID",))
-        await c.subscribe(4, 4, "MERGE", [f"CHART:{EUR}:5MINUTE"], ("BID",))
+        await c.subscribe(4, 4, "MERGE", [f"CHART:{EUR}:2MINUTE"], ("BID_OPEN",))  # no 2MINUTE scale
         errs = await c.collect(2.0, lambda ls: len([x for x in ls if x.startswith("REQERR")]) >= 4)
         codes = [x.split(",")[1:3] for x in errs if x.startswith("REQERR")]
         assert codes == [["1", "21"], ["2", "23"], ["3", "24"], ["4", "21"]]

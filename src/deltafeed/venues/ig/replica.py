@@ -100,6 +100,7 @@ The tape (``tape=``) is :class:`~deltafeed.replicas.quotes.QuoteTapeWriter`'s CS
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import email.utils
@@ -123,6 +124,7 @@ from deltafeed.replicas.faults import inject_connection_faults, parse_faults, re
 from deltafeed.replicas.options import ReplicaOptions, options_from
 from deltafeed.replicas.quotes import (
     ORIGIN_MS,
+    ROW_MS,
     PairSpec,
     QuoteBatch,
     QuoteMarket,
@@ -139,6 +141,16 @@ log = logging.getLogger(__name__)
 DEFAULT_EPICS = ("CS.D.EURUSD.CFD.IP", "CS.D.USDJPY.CFD.IP", "CS.D.GBPUSD.CFD.IP")
 DEFAULT_ACCOUNT = "ABC123"
 TLCP_PROTOCOL = "TLCP-2.5.0.lightstreamer.com"
+#: The TLCP versions served, over WebSocket (``TLCP-x.y.z.lightstreamer.com``) and HTTP (``LS_protocol=TLCP-x.y.z``):
+#: 2.4.0 is what lightstreamer-client-lib 1.x speaks (trading-ig pins it), 2.5.0 what 2.x speaks.
+TLCP_VERSIONS = ("TLCP-2.5.0", "TLCP-2.4.0")
+TLCP_PROTOCOLS = tuple(f"{v}.lightstreamer.com" for v in TLCP_VERSIONS)
+#: How long (wall) a session whose transport was lost waits for a ``bind_session`` (recovery) before it ends.
+RECOVERY_S = 20.0
+#: Bytes of a session's last data notifications kept for a recovery (``LS_recovery_from``).
+RECOVERY_BYTES = 4 * 1024 * 1024
+#: The HTTP streaming content length when the client gives none (``LS_content_length``).
+CONTENT_LENGTH = 50_000_000
 #: The request limit announced in CONOK (bytes of one client request); the replica does not enforce it.
 REQUEST_LIMIT = 50_000
 KEEPALIVE_MS = 5_000
@@ -162,7 +174,6 @@ RATE_ERROR = "error.public-api.exceeded-api-key-allowance"
 #: Fault kinds with an IG meaning (see the module docstring for the refused ones).
 FAULT_KINDS = ("close", "reset", "stall", "overflow", "poison", "http500", "http429", "slow")
 OVERFLOW_S = 0.5  # how long (wall) an ``overflow`` fault withholds one MARKET item's updates from a session
-_MINUTE = 60_000
 
 #: Item fields as IG names them (PROTOCOLS.md section 4); the ones the replica does not simulate are null.
 MARKET_FIELDS = (
@@ -214,11 +225,15 @@ TICK_FIELDS = (
     "DAY_HIGH",
     "DAY_LOW",
 )
-_KIND_FIELDS = {"MARKET": MARKET_FIELDS, "1MINUTE": CHART_FIELDS, "TICK": TICK_FIELDS}
-_KIND_MODE = {"MARKET": "MERGE", "1MINUTE": "MERGE", "TICK": "DISTINCT"}
+#: The CHART candle scales IG streams, and their lengths.
+CHART_SCALES = {"SECOND": 1_000, "1MINUTE": 60_000, "5MINUTE": 300_000, "HOUR": 3_600_000}
+_KIND_FIELDS = {"MARKET": MARKET_FIELDS, "TICK": TICK_FIELDS, **dict.fromkeys(CHART_SCALES, CHART_FIELDS)}
+_KIND_MODE = {"MARKET": "MERGE", "TICK": "DISTINCT", **dict.fromkeys(CHART_SCALES, "MERGE")}
+_DAY = 86_400_000
 
 _EPIC_RE = re.compile(r"^CS\.D\.([A-Z]{3})([A-Z]{3})\.[A-Z0-9_]+\.IP$")
-_PRICES_RE = re.compile(r"^/prices/([^/]+)$")
+_PRICES_RE = re.compile(r"^/prices/([^/]+)(/.*)?$")
+_TLCP_HTTP_RE = re.compile(r"^/lightstreamer/(create_session|bind_session|control|heartbeat|msg)\.txt$")
 
 
 # --- names and encoding -----------------------------------------------------------------------------
@@ -278,10 +293,17 @@ def _tlcp_message(msg: str) -> str:
     return quote(msg, safe="")
 
 
+_V1_TIME_RE = re.compile(r"^(\d{4})[:/](\d{2})[:/](\d{2})[-T ](\d{2}:\d{2}:\d{2})$")
+
+
 def parse_time(text: str) -> int:
-    """Epoch ms of an IG date parameter, ``yyyy-MM-ddTHH:mm:ss`` (UTC when no offset is given).
-    ValueError if it is not an ISO-8601 time."""
-    t = dt.datetime.fromisoformat(text.strip())
+    """Epoch ms of an IG date parameter: ``yyyy-MM-ddTHH:mm:ss`` (v3), ``yyyy-MM-dd HH:mm:ss`` (v2 paths)
+    or ``yyyy:MM:dd-HH:mm:ss`` (v1), UTC when no offset is given. ValueError if it is none of them."""
+    text = text.strip()
+    m = _V1_TIME_RE.match(text)
+    if m is not None:
+        text = f"{m.group(1)}-{m.group(2)}-{m.group(3)}T{m.group(4)}"
+    t = dt.datetime.fromisoformat(text)
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.UTC)
     return int(t.timestamp() * 1000)
@@ -328,11 +350,13 @@ class _Item:
     __slots__ = (
         "ask",
         "bid",
+        "day",
         "epic",
         "fields",
         "final",
         "fresh",
         "kind",
+        "length",
         "minute",
         "n",
         "name",
@@ -344,7 +368,8 @@ class _Item:
 
     def __init__(self, name: str, kind: str, epic: str, spec: PairSpec) -> None:
         self.name = name
-        self.kind = kind  # "MARKET" | "1MINUTE" | "TICK"
+        self.kind = kind  # "MARKET" | "TICK" | a CHART_SCALES key
+        self.length = CHART_SCALES.get(kind, 0)  # a chart's candle length
         self.epic = epic
         self.spec = spec
         self.symbol = spec.symbol
@@ -358,6 +383,31 @@ class _Item:
         self.bid = [0, 0, 0, 0]
         self.ask = [0, 0, 0, 0]
         self.n = 0
+        # The UTC day so far, as bid + ask sums (mid x 2): its start, open, high, low (MARKET and DAY_* fields).
+        self.day: list[int] | None = None
+
+    def day_quote(self, t: int, b: int, a: int) -> None:
+        """Take quote (t, bid, ask) into the day's mid statistics (a new UTC day starts them over)."""
+        m, d, day = b + a, t - t % _DAY, self.day
+        if day is None or day[0] != d:
+            self.day = [d, m, m, m, m]
+        else:
+            day[2], day[3], day[4] = max(day[2], m), min(day[3], m), m
+
+    def day_values(self) -> dict[str, str | None]:
+        """MARKET's MID_OPEN/HIGH/LOW/CHANGE/CHANGE_PCT, or a chart's DAY_* fields, from the day so far."""
+        day = self.day
+        if day is None:
+            return {}
+        # As PairSpec.mid_prices writes them (the same float steps), one decimal more than the pair's.
+        div, f = float(self.spec.scale * 10), f"%.{self.spec.decimals + 1}f"
+        o, h, lo, chg = (f % (x * 5 / div) for x in (day[1], day[2], day[3], day[4] - day[1]))
+        pct = f"{(day[4] - day[1]) * 100 / day[1]:.2f}"
+        if self.kind == "MARKET":
+            return {"MID_OPEN": o, "HIGH": h, "LOW": lo, "CHANGE": chg, "CHANGE_PCT": pct}
+        if self.kind == "TICK" or self.length:
+            return {"DAY_OPEN_MID": o, "DAY_HIGH": h, "DAY_LOW": lo, "DAY_NET_CHG_MID": chg, "DAY_PERC_CHG_MID": pct}
+        return {}
 
     def candle_values(self) -> dict[str, str | None]:
         p = self.spec.price
@@ -384,17 +434,118 @@ class _Sub:
         self.primed = [False] * len(items)  # a complete update went out for item i (snapshot or first)
 
 
-class _Conn:
-    """One WebSocket and the TLCP session created on it (at most one). Frames go through ``outbox``
-    to a writer task, so the pump never waits for a slow client; ``None`` in the outbox closes."""
+#: Lines that are TLCP "data notifications": the ones a session counts (its progressive) and a recovery replays.
+_DATA_PREFIXES = ("U,", "SUBOK,", "SUBCMD,", "UNSUB,", "EOS,", "CS,", "OV,", "CONF,", "MSGDONE,", "MSGFAIL,")
+#: An outbox marker: end the current HTTP response with ``LOOP`` (content length reached, or a poll done).
+_LOOP = "\x00loop"
 
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None, ip: str) -> None:
-        self.ws = ws
+
+class _Sink:
+    """Where a session's lines go now: a WebSocket, or an HTTP streaming or polling response.
+
+    Its :meth:`run` drains the attached session's outbox into the transport until the session moves to
+    another sink, ends, or (HTTP) the response is done: ``content_length`` bytes written (streaming) or,
+    polling, the first data written or ``idle_s`` gone by; either ends with ``LOOP`` and the session
+    waits, detached, for the client's next ``bind_session``. A transport error detaches it the same way
+    (``broken``), and the session is kept for a recovery."""
+
+    def __init__(
+        self,
+        transport: asyncio.BaseTransport | None,
+        ws: web.WebSocketResponse | None = None,
+        resp: web.StreamResponse | None = None,
+        *,
+        content_length: int = 0,
+        polling_ms: int | None = None,
+        idle_s: float = 0.0,
+    ) -> None:
         self.transport = transport
+        self.ws = ws
+        self.resp = resp
+        self.conn: _Conn | None = None
+        self.wake = asyncio.Event()
+        self.content_length = content_length
+        self.polling_ms = polling_ms
+        self.idle_deadline = time.monotonic() + idle_s
+        self.written = 0
+        self.prog0 = 0  # the session's progressive when attached (a poll ends once data went out)
+        self.broken = False
+        self.done = asyncio.Event()
+
+    async def _write(self, frame: str) -> None:
+        if self.ws is not None:
+            await self.ws.send_str(frame)
+        else:
+            assert self.resp is not None
+            data = frame.encode()
+            await self.resp.write(data)
+            self.written += len(data)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                conn = self.conn
+                if conn is None or conn.sink is not self:
+                    return
+                if not conn.outbox:
+                    if self.polling_ms is not None and (
+                        conn.prog > self.prog0 or time.monotonic() >= self.idle_deadline
+                    ):
+                        conn.outbox.append(_LOOP)
+                        continue
+                    self.wake.clear()
+                    timeout = None if self.polling_ms is None else max(0.0, self.idle_deadline - time.monotonic())
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), timeout)
+                    continue
+                frame = conn.outbox.popleft()
+                if frame is None:  # the session ended (END, CONERR, destroy): close the transport
+                    conn.detach(self)
+                    return
+                if frame == _LOOP:
+                    await self._write(f"LOOP,{self.polling_ms or 0}\r\n")
+                    conn.detach(self)
+                    return
+                conn.pending -= len(frame)
+                await self._write(frame)
+                if self.content_length and self.written >= self.content_length:
+                    conn.outbox.appendleft(_LOOP)
+        except (ConnectionError, RuntimeError, asyncio.CancelledError):  # the socket went away
+            self.broken = True
+        except Exception:
+            log.exception("ig replica: TLCP writer failed")
+            self.broken = True
+        finally:
+            conn = self.conn
+            if conn is not None and conn.sink is self:
+                conn.detach(self)
+            await self.finish()
+            self.done.set()
+
+    async def finish(self) -> None:
+        """Close the WebSocket or end the HTTP response (quietly if the peer is gone)."""
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            if self.ws is not None:
+                await self.ws.close()
+            elif self.resp is not None and not self.broken:
+                await self.resp.write_eof()
+
+
+class _Conn:
+    """One TLCP session (or a WebSocket that has none yet), and the sink it is attached to, if any.
+
+    Lines go through ``outbox`` to the sink's writer, so the pump never waits for a slow client; ``None``
+    in the outbox closes. A session outlives its sink: detached (an HTTP response ended with LOOP, or a
+    transport lost), it keeps queueing lines for the next ``bind_session``, and its last data
+    notifications are kept (``recent``) so a bind with ``LS_recovery_from`` can replay what was lost."""
+
+    def __init__(self, ip: str, on_end: Callable[[_Conn], None]) -> None:
         self.ip = ip
+        self.on_end = on_end
+        self.sink: _Sink | None = None
+        self.detached_at: float | None = None
         self.outbox: deque[str | None] = deque()
         self.pending = 0  # bytes queued
-        self.wake = asyncio.Event()
         self.session_id: str | None = None
         self.account: str | None = None
         self.keepalive_s = KEEPALIVE_MS / 1000.0
@@ -403,10 +554,43 @@ class _Conn:
         self.stalled = False  # a stall fault: nothing more goes out
         self.closing = False  # a close is queued or done
         self.lines_sent = 0
+        self.prog = 0  # data notifications sent in this session so far
+        self.recent: deque[str] = deque()  # the last of them (prog - len(recent) is the first one's)
+        self.recent_bytes = 0
+        self.replies: list[str] | None = None  # an HTTP control request collecting its answers
+
+    @property
+    def transport(self) -> asyncio.BaseTransport | None:
+        return None if self.sink is None else self.sink.transport
 
     @property
     def live(self) -> bool:
-        return self.session_id is not None and not self.closing and not self.ws.closed
+        """A session attached to a transport and not closing."""
+        return self.session_id is not None and not self.closing and self.sink is not None
+
+    def attach(self, sink: _Sink) -> None:
+        old = self.sink
+        self.sink = sink
+        self.detached_at = None
+        sink.conn = self
+        sink.prog0 = self.prog
+        sink.wake.set()
+        if old is not None and old is not sink:
+            old.wake.set()  # its writer sees it was replaced and stops
+
+    def detach(self, sink: _Sink) -> None:
+        if self.sink is sink:
+            self.sink = None
+            self.detached_at = time.monotonic()
+        if self.closing and self.sink is None:
+            self.on_end(self)
+
+    def respond(self, lines: list[str], stats: dict[str, int], limit: int) -> None:
+        """Answers to a request (REQOK, REQERR): in the HTTP control response if there is one, else streamed."""
+        if self.replies is not None:
+            self.replies.extend(lines)
+        else:
+            self.send(lines, stats, limit)
 
     def send(self, lines: list[str], stats: dict[str, int], limit: int) -> None:
         """Queue ``lines`` as one frame (CRLF after each); a client ``limit`` bytes behind is cut off."""
@@ -417,45 +601,56 @@ class _Conn:
             stats["slow_disconnects"] += 1
             self.abort()
             return
+        if self.session_id is not None:
+            for line in lines:
+                if line.startswith(_DATA_PREFIXES):
+                    self.prog += 1
+                    self.recent.append(line)
+                    self.recent_bytes += len(line)
+            while self.recent_bytes > RECOVERY_BYTES:
+                self.recent_bytes -= len(self.recent.popleft())
         self.outbox.append(frame)
         self.pending += len(frame)
         self.lines_sent += len(lines)
         stats["lines"] += len(lines)
         stats["bytes_sent"] += len(frame)
         self.last_sent = time.monotonic()
-        self.wake.set()
+        if self.sink is not None:
+            self.sink.wake.set()
 
     def close_after(self, lines: list[str], stats: dict[str, int]) -> None:
-        """Send ``lines`` (e.g. CONERR or END), then close the WebSocket."""
+        """Send ``lines`` (e.g. CONERR or END), then close the transport and end the session."""
         if self.closing:
             return
         self.send(lines, stats, 2**62)
         self.closing = True
         self.outbox.append(None)
-        self.wake.set()
+        if self.sink is not None:
+            self.sink.wake.set()
+        else:
+            self.on_end(self)
 
-    def abort(self, reset: bool = False) -> None:
-        """Drop the connection now; with ``reset`` the peer gets a TCP RST."""
-        self.closing = True
+    def drop(self, reset: bool = False) -> None:
+        """Drop the transport now (with ``reset``, the peer gets a TCP RST); the session stays for a recovery."""
         tr = self.transport
         if tr is None or tr.is_closing():
             return
         if reset:
-            reset_transport(tr)
+            reset_transport(tr)  # type: ignore[arg-type]
         else:
-            tr.abort()
+            tr.abort()  # type: ignore[attr-defined]
 
-    async def writer(self) -> None:
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            while self.outbox:
-                frame = self.outbox.popleft()
-                if frame is None:
-                    await self.ws.close()
-                    return
-                self.pending -= len(frame)
-                await self.ws.send_str(frame)
+    def abort(self) -> None:
+        """End the session and drop its transport."""
+        if self.closing:
+            return
+        self.closing = True
+        self.outbox.append(None)
+        self.drop()
+        if self.sink is None:
+            self.on_end(self)
+        else:
+            self.sink.wake.set()
 
 
 class _Login:
@@ -577,7 +772,8 @@ class IGReplica(ReplicaBase):
         # An ``overflow`` fault under way: (subscription, item index, wall time it ends, updates withheld).
         self._overflow: tuple[_Sub, int, float, int] | None = None
         self._logins: dict[str, _Login] = {}  # cst -> login
-        self._conns: dict[_Conn, None] = {}
+        self._conns: dict[_Conn, None] = {}  # every session, and every WebSocket without one yet
+        self._by_id: dict[str, _Conn] = {}  # session id -> session
         self._sessions: Counter[str] = Counter()  # account -> live TLCP sessions
         self._allowance_used = 0
         self._allowance_t0: float | None = None
@@ -604,6 +800,9 @@ class IGReplica(ReplicaBase):
             "lines": 0,
             "bytes_sent": 0,
             "slow_disconnects": 0,
+            "binds": 0,  # bind_session requests that attached a session to a new transport
+            "recoveries": 0,  # of them, with LS_recovery_from
+            "expired_sessions": 0,  # sessions that lost their transport and were not bound again in time
         }
         rates = dict(o.faults)
         bad = [k for k, v in rates.items() if v > 0 and k not in FAULT_KINDS]
@@ -683,6 +882,9 @@ class IGReplica(ReplicaBase):
             path = path[len(REST_PREFIX) :]
         if path == "/lightstreamer" and request.method == "GET":
             return await self._lightstreamer(request)
+        m = _TLCP_HTTP_RE.match(path)
+        if m is not None and request.method == "POST":
+            return await self._http_tlcp(request, m.group(1))
         self.stats["requests"] += 1
         if self.faults is not None:
             fault = await self._rest_fault()
@@ -702,7 +904,17 @@ class IGReplica(ReplicaBase):
             m = _PRICES_RE.match(path)
             if m is not None and request.method == "GET":
                 self._authorized(request)
-                return self._respond(200, self._prices(m.group(1), request.query))
+                rest = tuple(x for x in (m.group(2) or "").split("/") if x)
+                if len(rest) > 3:
+                    raise _Reject(404, "error.public-api.failure.not-found")  # [UNVERIFIED]
+                version = request.headers.get("VERSION", "3" if not rest else "2")
+                return self._respond(200, self._prices(m.group(1), request.query, rest, version))
+            if request.method == "GET" and path.startswith("/markets/") and path.count("/") == 2:
+                self._authorized(request)
+                return self._respond(200, self._market_details(path.removeprefix("/markets/")))
+            if request.method == "GET" and path == "/accounts":
+                self._authorized(request)
+                return self._respond(200, self._accounts())
             raise _Reject(404, "error.public-api.failure.not-found")  # [UNVERIFIED]
         except _Reject as e:
             return self._respond(e.status, {"errorCode": e.code})
@@ -785,11 +997,25 @@ class IGReplica(ReplicaBase):
             self._allowance_used = 0
         return self._allowance_t0 + self.allowance_period_s - now
 
-    def _prices(self, epic: str, q: Mapping[str, str]) -> dict[str, Any]:
+    def _prices(
+        self, epic: str, q: Mapping[str, str], path: tuple[str, ...] = (), version: str = "3"
+    ) -> dict[str, Any]:
+        """Historical prices. v3: ``/prices/{epic}?resolution=&from=&to=&max=&pageSize=&pageNumber=``; v1/v2
+        (``path`` = the segments after the epic): ``/{resolution}/{numPoints}``, ``/{resolution}/{start}/{end}``
+        or ``/{resolution}?startdate=&enddate=``, in v1's or v2's row shape (``VERSION`` 1 or 2)."""
         symbol = self.epics.get(epic)
         if symbol is None:
             raise _Reject(404, "error.service.marketdata.instrument.epic.unavailable")  # [UNVERIFIED]
         self.stats["price_requests"] += 1
+        if path:  # v1/v2: everything in one answer, no paging
+            q = {"resolution": path[0], "from": q.get("startdate", ""), "to": q.get("enddate", ""), "pageSize": "0"}
+            if len(path) == 2:
+                q["max"] = path[1]
+            elif len(path) == 3:
+                q["from"], q["to"] = path[1], path[2]
+            version = "1" if version == "1" else "2"
+        else:
+            version = "3"
         resolution = q.get("resolution", "MINUTE")
         g = RESOLUTIONS.get(resolution)
         if g is None:
@@ -827,20 +1053,92 @@ class IGReplica(ReplicaBase):
             table.open_time[lo_i:hi_i],
             table.volume[lo_i:hi_i],
             {s: tuple(x[lo_i:hi_i] for x in table.ohlc[s]) for s in ("bid", "ask")},
+            version,
         )
+        allowance = {
+            "remainingAllowance": self.allowance - self._allowance_used,
+            "totalAllowance": self.allowance,
+            "allowanceExpiry": int(expiry),
+        }
+        if path:
+            return {"prices": rows, "instrumentType": "CURRENCIES", "allowance": allowance}
         return {
             "prices": rows,
             "instrumentType": "CURRENCIES",
             "metadata": {
-                "allowance": {
-                    "remainingAllowance": self.allowance - self._allowance_used,
-                    "totalAllowance": self.allowance,
-                    "allowanceExpiry": int(expiry),
-                },
+                "allowance": allowance,
                 "size": n,
                 "pageData": {"pageSize": page_size, "pageNumber": page_number, "totalPages": pages},
             },
         }
+
+    def _day(self, symbol: str) -> tuple[tuple[int, int, int] | None, list[int] | None]:
+        """The last quote released, and its UTC day so far as :attr:`_Item.day` holds it (start, open,
+        high, low, last as bid + ask sums)."""
+        last = self._market.last_quote(symbol)
+        if last is None:
+            return None, None
+        d = last[0] - last[0] % _DAY
+        done = self._market.released_ms + 1
+        mid = self._market.candles(symbol, _DAY, d, d + _DAY, 1, True, done).ohlc["mid"]  # bid + ask sums
+        return last, [d, *(int(x[0]) for x in mid)]  # start, open, high, low, last
+
+    def _market_details(self, epic: str) -> dict[str, Any]:
+        """``GET /markets/{epic}`` (v3 shape): the instrument, its dealing rules and a snapshot of the
+        market from the simulator (bid/offer the last quote; high, low and the change of the UTC day's mid)."""
+        symbol = self.epics.get(epic)
+        if symbol is None:
+            raise _Reject(404, "error.service.marketdata.instrument.epic.unavailable")  # [UNVERIFIED]
+        self._tick()
+        spec = self._sim.specs[symbol]
+        last, day = self._day(symbol)
+        item = _Item(f"MARKET:{epic}", "MARKET", epic, spec)
+        item.day = day
+        v = item.day_values()
+
+        def num(x: str | None) -> float | None:
+            return None if x is None else float(x)
+
+        base, quote_ccy = symbol.split("_")
+        return {
+            "instrument": {
+                "epic": epic, "name": f"{base}/{quote_ccy}", "type": "CURRENCIES", "expiry": "-",
+                "marketId": f"{base}{quote_ccy}", "lotSize": 1.0, "unit": "CONTRACTS",
+                "currencies": [{"code": quote_ccy, "symbol": quote_ccy, "baseExchangeRate": 1.0, "exchangeRate": 1.0,
+                                "isDefault": True}],
+                "onePipMeans": f"{10 ** -(spec.decimals - 1):g} {base}/{quote_ccy}", "valueOfOnePip": "1.00",
+                "streamingPricesAvailable": True, "forceOpenAllowed": True, "stopsLimitsAllowed": True,
+                "controlledRiskAllowed": True, "marketStatus": None,
+            },
+            "dealingRules": {
+                "minDealSize": {"unit": "POINTS", "value": 0.5},
+                "minNormalStopOrLimitDistance": {"unit": "POINTS", "value": 2.0},
+                "marketOrderPreference": "AVAILABLE_DEFAULT_ON",
+                "trailingStopsPreference": "AVAILABLE",
+            },
+            "snapshot": {
+                "marketStatus": "TRADEABLE" if self._open else "CLOSED",
+                "netChange": num(v.get("CHANGE")), "percentageChange": num(v.get("CHANGE_PCT")),
+                "updateTime": None if last is None else self._update_time(last[0]), "delayTime": 0,
+                "bid": None if last is None else float(spec.price(last[1])),
+                "offer": None if last is None else float(spec.price(last[2])),
+                "high": num(v.get("HIGH")), "low": num(v.get("LOW")), "binaryOdds": None,
+                "decimalPlacesFactor": spec.decimals, "scalingFactor": 1, "controlledRiskExtraSpread": 0,
+            },
+        }  # fmt: skip
+
+    def _accounts(self) -> dict[str, Any]:
+        """``GET /accounts``: the one account, with a balance that never moves (no dealing here)."""
+        return {
+            "accounts": [
+                {
+                    "accountId": self.account_id, "accountName": "CFD", "accountAlias": None, "status": "ENABLED",
+                    "accountType": "CFD", "preferred": True, "currency": "GBP", "canTransferFrom": True,
+                    "canTransferTo": True,
+                    "balance": {"balance": 10_000.0, "deposit": 0.0, "profitLoss": 0.0, "available": 10_000.0},
+                }
+            ]
+        }  # fmt: skip
 
     @staticmethod
     def _date_param(q: Mapping[str, str], name: str) -> int | None:
@@ -863,15 +1161,21 @@ class IGReplica(ReplicaBase):
 
     # -- TLCP --
 
+    def _new_conn(self, request: web.Request) -> _Conn:
+        conn = _Conn(request.remote or "?", self._end_session)
+        self._conns[conn] = None
+        return conn
+
     async def _lightstreamer(self, request: web.Request) -> web.StreamResponse:
         offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
-        if TLCP_PROTOCOL not in offered:
-            return web.Response(status=400, text=f"offer the WebSocket subprotocol {TLCP_PROTOCOL}\n")
-        ws = web.WebSocketResponse(protocols=(TLCP_PROTOCOL,), autoping=True)
+        protocol = next((p for p in offered if p in TLCP_PROTOCOLS), None)
+        if protocol is None:
+            return web.Response(status=400, text=f"offer a WebSocket subprotocol of {', '.join(TLCP_PROTOCOLS)}\n")
+        ws = web.WebSocketResponse(protocols=(protocol,), autoping=True)
         await ws.prepare(request)
-        conn = _Conn(ws, request.transport, request.remote or "?")
-        self._conns[conn] = None
-        writer = asyncio.create_task(self._write(conn), name="ig-replica-ws-writer")
+        sink = _Sink(request.transport, ws=ws)
+        self._new_conn(request).attach(sink)
+        writer = asyncio.create_task(sink.run(), name="ig-replica-ws-writer")
         self._tasks.add(writer)
         writer.add_done_callback(self._tasks.discard)
         try:
@@ -879,29 +1183,79 @@ class IGReplica(ReplicaBase):
                 if msg.type != WSMsgType.TEXT:
                     continue
                 try:
-                    self._on_frame(conn, msg.data)
+                    self._on_frame(sink, msg.data)
                 except Exception:  # a bug must not kill the server; the client gets ERROR
                     log.exception("ig replica: TLCP request failed: %r", msg.data[:200])
-                    conn.send([f"ERROR,66,{_tlcp_message('unexpected error')}"], self.stats, self.max_send_buffer)
+                    if sink.conn is not None:
+                        sink.conn.send(
+                            [f"ERROR,66,{_tlcp_message('unexpected error')}"], self.stats, self.max_send_buffer
+                        )
         finally:
-            self._end_session(conn)
-            self._conns.pop(conn, None)
-            conn.closing = True
+            conn = sink.conn
+            if conn is not None and conn.sink is sink:
+                # A client that closed its WebSocket cleanly is gone; a lost one may bind again (recovery).
+                if ws.close_code not in (None, 1006) or conn.session_id is None:
+                    conn.abort()
+                else:
+                    conn.detach(sink)
             if not writer.done():
                 writer.cancel()
         return ws
 
-    async def _write(self, conn: _Conn) -> None:
-        try:
-            await conn.writer()
-        except (ConnectionError, RuntimeError, asyncio.CancelledError):  # the socket went away
-            pass
-        except Exception:
-            log.exception("ig replica: WebSocket writer failed")
-        finally:
-            conn.closing = True
+    async def _http_tlcp(self, request: web.Request, name: str) -> web.StreamResponse:
+        """TLCP over HTTP: ``create_session.txt`` and ``bind_session.txt`` stream (or poll) the session's
+        lines in the response; ``control.txt``, ``heartbeat.txt`` and ``msg.txt`` answer in their own."""
+        version = request.query.get("LS_protocol", "")
+        text_headers = {"Content-Type": "text/enriched; charset=UTF-8", "Cache-Control": "no-store"}
+        if version not in TLCP_VERSIONS:
+            msg = f"LS_protocol must be one of {', '.join(TLCP_VERSIONS)}"
+            return web.Response(status=200, text=f"ERROR,61,{_tlcp_message(msg)}\r\n", headers=text_headers)
+        body = (await request.read()).decode("utf-8", "replace")
+        lines = [ln for ln in body.split("\r\n") if ln] or [""]
+        if name in ("control", "heartbeat", "msg"):
+            conn = self._by_id.get(request.query.get("LS_session", ""))
+            if conn is None:
+                return web.Response(
+                    status=200, text=f"ERROR,20,{_tlcp_message('session not found')}\r\n", headers=text_headers
+                )
+            conn.replies = []
+            try:
+                for line in lines:
+                    p = dict(parse_qsl(line, keep_blank_values=True))
+                    if name == "control":
+                        self._control(conn, p)
+                    elif name == "heartbeat":
+                        conn.replies.append(f"REQOK,{p['LS_reqId']}" if "LS_reqId" in p else "REQOK")
+                    else:
+                        conn.replies.append(
+                            f"REQERR,{p.get('LS_reqId', '0')},{65},{_tlcp_message('messages are not served')}"
+                        )
+                out = conn.replies
+            finally:
+                conn.replies = None
+            return web.Response(status=200, text="".join(f"{x}\r\n" for x in out), headers=text_headers)
+        p = dict(parse_qsl(lines[0], keep_blank_values=True))
+        polling = p.get("LS_polling") == "true"
+        resp = web.StreamResponse(status=200, headers=text_headers)
+        await resp.prepare(request)
+        sink = _Sink(
+            request.transport,
+            resp=resp,
+            content_length=_int_or(p.get("LS_content_length"), CONTENT_LENGTH),
+            polling_ms=_int_or(p.get("LS_polling_millis"), 0) if polling else None,
+            idle_s=_int_or(p.get("LS_idle_millis"), 0) / 1000.0,
+        )
+        if name == "create_session":
+            conn = self._new_conn(request)
+            conn.attach(sink)
+            self._create_session(conn, p)
+        else:
+            self._bind_session(sink, p)
+        await sink.run()
+        return resp
 
     def _end_session(self, conn: _Conn) -> None:
+        self._conns.pop(conn, None)
         if conn.session_id is None:
             return
         for sub in conn.subs.values():
@@ -910,24 +1264,26 @@ class IGReplica(ReplicaBase):
         assert conn.account is not None
         self._sessions[conn.account] -= 1
         self.stats["open_sessions"] -= 1
+        self._by_id.pop(conn.session_id, None)
         conn.session_id = None
 
-    def _on_frame(self, conn: _Conn, text: str) -> None:
+    def _on_frame(self, sink: _Sink, text: str) -> None:
         """A client frame: a request name, then one query line per request (the client may batch)."""
         lines = [ln for ln in text.split("\r\n") if ln]
         if not lines:
             return
         name, queries = lines[0], lines[1:] or [""]
         for query in queries:
+            conn = sink.conn
+            if conn is None:
+                return
             params = dict(parse_qsl(query, keep_blank_values=True))
             if name == "wsok":
                 conn.send(["WSOK"], self.stats, self.max_send_buffer)
             elif name == "create_session":
                 self._create_session(conn, params)
             elif name == "bind_session":
-                conn.close_after(
-                    [f"CONERR,20,{_tlcp_message('session not found: the replica has no recovery')}"], self.stats
-                )
+                self._bind_session(sink, params)
             elif name == "control":
                 self._control(conn, params)
             elif name == "heartbeat":
@@ -937,6 +1293,14 @@ class IGReplica(ReplicaBase):
                 conn.send(
                     [f"ERROR,65,{_tlcp_message(f'unsupported request {name}')}"], self.stats, self.max_send_buffer
                 )
+
+    def _keepalive(self, conn: _Conn, p: Mapping[str, str]) -> int:
+        keepalive = self.keepalive_ms
+        req = p.get("LS_keepalive_millis", "")
+        if req.isascii() and req.isdigit():
+            keepalive = max(MIN_KEEPALIVE_MS, int(req))
+        conn.keepalive_s = keepalive / 1000.0
+        return keepalive
 
     def _create_session(self, conn: _Conn, p: Mapping[str, str]) -> None:
         if conn.session_id is not None:
@@ -956,16 +1320,21 @@ class IGReplica(ReplicaBase):
             return
         account = self.account_id
         if self._sessions[account] >= self.max_connections:
+            # Sessions waiting for a recovery make room first, oldest first.
+            waiting = sorted(
+                (c for c in self._by_id.values() if c.account == account and c.sink is None),
+                key=lambda c: c.detached_at or 0.0,
+            )
+            for c in waiting[: self._sessions[account] - self.max_connections + 1]:
+                c.abort()
+        if self._sessions[account] >= self.max_connections:
             self.stats["rejected_sessions"] += 1
             msg = f"Too many concurrent sessions for account {account} (at most {self.max_connections})"
             conn.close_after([f"CONERR,8,{_tlcp_message(msg)}"], self.stats)
             return
-        keepalive = self.keepalive_ms
-        req = p.get("LS_keepalive_millis", "")
-        if req.isascii() and req.isdigit():
-            keepalive = max(MIN_KEEPALIVE_MS, int(req))
-        conn.keepalive_s = keepalive / 1000.0
+        keepalive = self._keepalive(conn, p)
         conn.session_id = "S" + secrets.token_hex(12)
+        self._by_id[conn.session_id] = conn
         conn.account = account
         self._sessions[account] += 1
         self.stats["sessions"] += 1
@@ -982,15 +1351,61 @@ class IGReplica(ReplicaBase):
             self.max_send_buffer,
         )
 
+    def _bind_session(self, sink: _Sink, p: Mapping[str, str]) -> None:
+        """Attach the session ``LS_session`` to this transport: ``CONOK`` first, then what it queued while
+        detached; with ``LS_recovery_from=N``, ``PROG,N`` and every data notification from the N-th on
+        (what the client never received), when they are still kept, else ``CONERR,4``."""
+        here = sink.conn  # a WebSocket's own (session-less) connection, or None for an HTTP bind
+        conn = self._by_id.get(p.get("LS_session", ""))
+        refuse = here if here is not None else _Conn("?", self._end_session)
+        if here is None:
+            refuse.attach(sink)
+        if conn is None or conn.closing:
+            refuse.close_after([f"CONERR,20,{_tlcp_message('session not found')}"], self.stats)
+            return
+        if here is conn:
+            conn.send(
+                [f"ERROR,65,{_tlcp_message('this connection is bound already')}"], self.stats, self.max_send_buffer
+            )
+            return
+        recover = p.get("LS_recovery_from")
+        first = conn.prog - len(conn.recent)
+        if recover is not None and not (recover.isdigit() and first <= int(recover) <= conn.prog):
+            refuse.close_after(
+                [f"CONERR,4,{_tlcp_message(f'cannot recover from {recover}')}"], self.stats
+            )  # [UNVERIFIED] code
+            return
+        if here is not None:  # the WebSocket's own connection had no session: it goes, its lines go first
+            self._conns.pop(here, None)
+            conn.outbox.extendleft(reversed([x for x in here.outbox if x is not None]))
+        keepalive = self._keepalive(conn, p)
+        head = [f"CONOK,{conn.session_id},{REQUEST_LIMIT},{keepalive},*", "SERVNAME,deltafeed IG replica",
+                f"CLIENTIP,{conn.ip}", "CONS,unlimited"]  # fmt: skip
+        if recover is not None:
+            self.stats["recoveries"] += 1
+            n = int(recover)
+            conn.outbox.clear()
+            conn.pending = 0
+            replay = [*head, f"PROG,{n}", *list(conn.recent)[n - first :]]
+            frame = "\r\n".join(replay) + "\r\n"
+            conn.outbox.append(frame)
+            conn.pending += len(frame)
+        else:
+            frame = "\r\n".join(head) + "\r\n"
+            conn.outbox.appendleft(frame)
+            conn.pending += len(frame)
+        self.stats["binds"] += 1
+        conn.attach(sink)
+
     def _control(self, conn: _Conn, p: Mapping[str, str]) -> None:
         req_id = p.get("LS_reqId", "")
         op = p.get("LS_op", "")
         ack = p.get("LS_ack", "true") != "false"
         if not req_id.isdigit():
-            conn.send([f"ERROR,65,{_tlcp_message('LS_reqId missing')}"], self.stats, self.max_send_buffer)
+            conn.respond([f"ERROR,65,{_tlcp_message('LS_reqId missing')}"], self.stats, self.max_send_buffer)
             return
         if conn.session_id is None:
-            conn.send(
+            conn.respond(
                 [f"REQERR,{req_id},20,{_tlcp_message('no session on this connection')}"],
                 self.stats,
                 self.max_send_buffer,
@@ -1002,20 +1417,25 @@ class IGReplica(ReplicaBase):
             sid = p.get("LS_subId", "")
             sub = conn.subs.pop(int(sid), None) if sid.isdigit() else None
             if sub is None:
-                conn.send(
+                conn.respond(
                     [f"REQERR,{req_id},19,{_tlcp_message('subscription not found')}"], self.stats, self.max_send_buffer
                 )
                 return
             self._unsubscribe(sub)
-            conn.send([f"REQOK,{req_id}"] * ack + [f"UNSUB,{sub.id}"], self.stats, self.max_send_buffer)
+            conn.respond([f"REQOK,{req_id}"] * ack, self.stats, self.max_send_buffer)
+            conn.send([f"UNSUB,{sub.id}"], self.stats, self.max_send_buffer)
         elif op == "destroy":
             self._end_session(conn)
-            conn.close_after([f"REQOK,{req_id}"] * ack, self.stats)
+            if conn.replies is not None:  # over HTTP: the answer is the control response's; the stream ends
+                conn.replies.extend([f"REQOK,{req_id}"] * ack)
+                conn.close_after([f"END,31,{_tlcp_message('destroyed by the client')}"], self.stats)
+            else:
+                conn.close_after([f"REQOK,{req_id}"] * ack, self.stats)
         elif op in ("reconf", "constrain"):
             if ack:
-                conn.send([f"REQOK,{req_id}"], self.stats, self.max_send_buffer)
+                conn.respond([f"REQOK,{req_id}"], self.stats, self.max_send_buffer)
         else:
-            conn.send(
+            conn.respond(
                 [f"REQERR,{req_id},32,{_tlcp_message(f'unsupported LS_op {op!r}')}"], self.stats, self.max_send_buffer
             )
 
@@ -1026,7 +1446,7 @@ class IGReplica(ReplicaBase):
         parts = name.split(":")
         if parts[0] == "MARKET" and len(parts) == 2:
             kind = "MARKET"
-        elif parts[0] == "CHART" and len(parts) == 3 and parts[2] in ("1MINUTE", "TICK"):
+        elif parts[0] == "CHART" and len(parts) == 3 and (parts[2] in CHART_SCALES or parts[2] == "TICK"):
             kind = parts[2]
         else:
             return None
@@ -1038,7 +1458,7 @@ class IGReplica(ReplicaBase):
 
     def _add(self, conn: _Conn, req_id: str, ack: bool, p: Mapping[str, str]) -> None:
         def refuse(code: int, msg: str) -> None:
-            conn.send([f"REQERR,{req_id},{code},{_tlcp_message(msg)}"], self.stats, self.max_send_buffer)
+            conn.respond([f"REQERR,{req_id},{code},{_tlcp_message(msg)}"], self.stats, self.max_send_buffer)
 
         sid = p.get("LS_subId", "")
         if not sid.isdigit():
@@ -1059,8 +1479,8 @@ class IGReplica(ReplicaBase):
             if item is None:
                 return refuse(
                     21,
-                    f"unknown item {n} (served: MARKET:<epic>, CHART:<epic>:1MINUTE, "
-                    f"CHART:<epic>:TICK for {', '.join(self.epics)})",
+                    f"unknown item {n} (served: MARKET:<epic>, CHART:<epic>:<{'|'.join(CHART_SCALES)}|TICK> "
+                    f"for {', '.join(self.epics)})",
                 )
             items.append(item)
         for item in items:
@@ -1073,7 +1493,8 @@ class IGReplica(ReplicaBase):
         sub = _Sub(conn, sub_id, mode, items, fields)
         conn.subs[sub_id] = sub
         self.stats["subscriptions"] += 1
-        out = [f"REQOK,{req_id}"] * ack + [f"SUBOK,{sub_id},{len(items)},{len(fields)}"]
+        conn.respond([f"REQOK,{req_id}"] * ack, self.stats, self.max_send_buffer)
+        out = [f"SUBOK,{sub_id},{len(items)},{len(fields)}"]
         snap = p.get("LS_snapshot", "false")
         for i, item in enumerate(items):
             if not item.fresh:
@@ -1107,7 +1528,9 @@ class IGReplica(ReplicaBase):
         """Set a (so far unmaintained) item's values from the market as released so far."""
         v: dict[str, str | None] = dict.fromkeys(item.fields)
         spec = item.spec
-        last = self._market.last_quote(item.symbol)
+        done = self._market.released_ms + 1
+        last, item.day = self._day(item.symbol)
+        v.update(item.day_values())
         if item.kind == "MARKET":
             v["MARKET_DELAY"] = "0"
             v["MARKET_STATE"] = "TRADEABLE" if self._open else "CLOSED"
@@ -1118,15 +1541,22 @@ class IGReplica(ReplicaBase):
             if last is not None:
                 v["BID"], v["OFR"], v["UTM"] = spec.price(last[1]), spec.price(last[2]), str(last[0])
         else:
-            # Complete (CONS_END 1) once every quote of the minute is out, as in _events.
-            table = self._market.candles(item.symbol, _MINUTE, None, None, 1, False, self._market.released_ms + 1)
+            # The candle of the last quote; complete (CONS_END 1) once every quote of it is out, as in _events.
             item.minute = None
-            if len(table):
-                item.minute = int(table.open_time[0])
-                item.final = bool(table.complete[0])
-                item.n = int(table.volume[0])
-                item.bid = [int(x[0]) for x in table.ohlc["bid"]]
-                item.ask = [int(x[0]) for x in table.ohlc["ask"]]
+            if last is not None:
+                g = item.length
+                m = last[0] - last[0] % g
+                item.minute, item.final = m, m + g <= done
+                if g % ROW_MS == 0:  # from the market's rows
+                    table = self._market.candles(item.symbol, g, m, m + g, 1, True, done)
+                    item.n = int(table.volume[0])
+                    item.bid = [int(x[0]) for x in table.ohlc["bid"]]
+                    item.ask = [int(x[0]) for x in table.ohlc["ask"]]
+                else:  # shorter than a row: from the quotes
+                    q = self._sim.batch(item.symbol, m, done)
+                    item.n = len(q.bid)
+                    item.bid = [int(q.bid[0]), int(q.bid.max()), int(q.bid.min()), int(q.bid[-1])]
+                    item.ask = [int(q.ask[0]), int(q.ask.max()), int(q.ask.min()), int(q.ask[-1])]
                 v.update(item.candle_values())
         item.values = v
         item.fresh = True
@@ -1161,19 +1591,23 @@ class IGReplica(ReplicaBase):
                 while k < len(transitions) and transitions[k][0] <= t:
                     events.append(_state_event(transitions[k]))
                     k += 1
-                events.append((t, {"BID": price(b), "OFFER": price(a), "UPDATE_TIME": self._update_time(t)}))
+                item.day_quote(t, b, a)
+                events.append(
+                    (t, {"BID": price(b), "OFFER": price(a), "UPDATE_TIME": self._update_time(t), **item.day_values()})
+                )
             events += [_state_event(tr) for tr in transitions[k:]]
         elif item.kind == "TICK":
-            events = [
-                (t, {"BID": price(b), "OFR": price(a), "UTM": str(t)})
-                for t, b, a in zip(times, bids, asks, strict=True)
-            ]
-        else:
             for t, b, a in zip(times, bids, asks, strict=True):
-                m = t - t % _MINUTE
+                item.day_quote(t, b, a)
+                events.append((t, {"BID": price(b), "OFR": price(a), "UTM": str(t), **item.day_values()}))
+        else:
+            length = item.length
+            for t, b, a in zip(times, bids, asks, strict=True):
+                item.day_quote(t, b, a)
+                m = t - t % length
                 if item.minute is not None and m != item.minute and not item.final:
                     item.final = True
-                    events.append((item.minute + _MINUTE, {"CONS_END": "1"}))
+                    events.append((item.minute + length, {"CONS_END": "1"}))
                 if m != item.minute:
                     item.minute, item.final, item.n = m, False, 1
                     item.bid, item.ask = [b, b, b, b], [a, a, a, a]
@@ -1182,10 +1616,10 @@ class IGReplica(ReplicaBase):
                     bb, aa = item.bid, item.ask
                     bb[1], bb[2], bb[3] = max(bb[1], b), min(bb[2], b), b
                     aa[1], aa[2], aa[3] = max(aa[1], a), min(aa[2], a), a
-                events.append((t, item.candle_values()))
-            if item.minute is not None and not item.final and item.minute + _MINUTE <= now + 1:
+                events.append((t, {**item.candle_values(), **item.day_values()}))
+            if item.minute is not None and not item.final and item.minute + length <= now + 1:
                 item.final = True
-                events.append((item.minute + _MINUTE, {"CONS_END": "1"}))
+                events.append((item.minute + length, {"CONS_END": "1"}))
         return events
 
     # -- the pump --
@@ -1252,8 +1686,11 @@ class IGReplica(ReplicaBase):
     def _housekeeping(self) -> None:
         """PROBEs for silent sessions, and the session faults due now."""
         wall = time.monotonic()
-        for conn in self._conns:
-            if conn.live and not conn.stalled and wall - conn.last_sent >= conn.keepalive_s:
+        for conn in list(self._conns):
+            if conn.sink is None and conn.detached_at is not None and wall - conn.detached_at > RECOVERY_S:
+                self.stats["expired_sessions"] += 1
+                conn.abort()
+            elif conn.live and not conn.stalled and wall - conn.last_sent >= conn.keepalive_s:
                 conn.send(["PROBE"], self.stats, self.max_send_buffer)
                 self.stats["probes"] += 1
         f = self.faults
@@ -1271,7 +1708,7 @@ class IGReplica(ReplicaBase):
         inject_connection_faults(
             f,
             lambda: [c for c in self._conns if c.live and not c.stalled],
-            {"close": close, "reset": lambda c: c.abort(reset=True), "stall": stall},
+            {"close": close, "reset": lambda c: c.drop(reset=True), "stall": stall},
             lambda k, _: self._injected(k),
         )
         if f.pending("poison"):
@@ -1309,22 +1746,33 @@ def poison_line(sub_id: int, pick: Callable[[int], int]) -> str:
     return "SUBCMD,1" if pick(2) == 0 else f"SUBOK,{sub_id},1,60000000"
 
 
+def _int_or(text: str | None, default: int) -> int:
+    """A non-negative integer request parameter, or ``default`` when absent or not one."""
+    return int(text) if text is not None and text.isascii() and text.isdigit() and len(text) <= 12 else default
+
+
 def _state_event(tr: tuple[int, bool]) -> tuple[int, dict[str, str | None]]:
     return tr[0], {"MARKET_STATE": "TRADEABLE" if tr[1] else "CLOSED"}
 
 
-def _price_rows(spec: PairSpec, opens: Any, volume: Any, ohlc: Mapping[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
-    """IG v3 price rows: ``snapshotTime`` (written in UTC here), ``snapshotTimeUTC``, the four prices
-    as ``{bid, ask, lastTraded: null}`` numbers, and the quote count as ``lastTradedVolume``."""
+#: How each version of /prices writes ``snapshotTime`` (the forms trading-ig parses them with).
+_SNAPSHOT_FORMATS = {"1": "%Y:%m:%d-%H:%M:%S", "2": "%Y/%m/%d %H:%M:%S", "3": "%Y/%m/%d %H:%M:%S"}
+
+
+def _price_rows(
+    spec: PairSpec, opens: Any, volume: Any, ohlc: Mapping[str, tuple[Any, ...]], version: str = "3"
+) -> list[dict[str, Any]]:
+    """IG price rows: ``snapshotTime`` (written in UTC here, in ``version``'s form), and in v3
+    ``snapshotTimeUTC``, the four prices as ``{bid, ask, lastTraded: null}`` numbers, and the quote
+    count as ``lastTradedVolume``."""
     scale = float(spec.scale)
     cols = {s: [(np.asarray(x) / scale).tolist() for x in ohlc[s]] for s in ("bid", "ask")}
     rows: list[dict[str, Any]] = []
     for i, (t, n) in enumerate(zip(np.asarray(opens).tolist(), np.asarray(volume).tolist(), strict=True)):
         g = time.gmtime(t // 1000)
-        row: dict[str, Any] = {
-            "snapshotTime": time.strftime("%Y/%m/%d %H:%M:%S", g),
-            "snapshotTimeUTC": time.strftime("%Y-%m-%dT%H:%M:%S", g),
-        }
+        row: dict[str, Any] = {"snapshotTime": time.strftime(_SNAPSHOT_FORMATS[version], g)}
+        if version == "3":
+            row["snapshotTimeUTC"] = time.strftime("%Y-%m-%dT%H:%M:%S", g)
         for key, j in (("openPrice", 0), ("closePrice", 3), ("highPrice", 1), ("lowPrice", 2)):
             row[key] = {"bid": cols["bid"][j][i], "ask": cols["ask"][j][i], "lastTraded": None}
         row["lastTradedVolume"] = n
