@@ -1375,25 +1375,22 @@ class IGReplica(ReplicaBase):
                 [f"CONERR,4,{_tlcp_message(f'cannot recover from {recover}')}"], self.stats
             )  # [UNVERIFIED] code
             return
-        if here is not None:  # the WebSocket's own connection had no session: it goes, its lines go first
-            self._conns.pop(here, None)
-            conn.outbox.extendleft(reversed([x for x in here.outbox if x is not None]))
         keepalive = self._keepalive(conn, p)
         head = [f"CONOK,{conn.session_id},{REQUEST_LIMIT},{keepalive},*", "SERVNAME,deltafeed IG replica",
                 f"CLIENTIP,{conn.ip}", "CONS,unlimited"]  # fmt: skip
-        if recover is not None:
+        if recover is not None:  # what was queued is in ``recent`` (data) or stale (PROBE, REQOK): replaced
             self.stats["recoveries"] += 1
             n = int(recover)
             conn.outbox.clear()
             conn.pending = 0
-            replay = [*head, f"PROG,{n}", *list(conn.recent)[n - first :]]
-            frame = "\r\n".join(replay) + "\r\n"
-            conn.outbox.append(frame)
-            conn.pending += len(frame)
-        else:
-            frame = "\r\n".join(head) + "\r\n"
-            conn.outbox.appendleft(frame)
-            conn.pending += len(frame)
+            head += [f"PROG,{n}", *list(conn.recent)[n - first :]]
+        # First what this WebSocket queued before (WSOK), then CONOK, then what the session queued.
+        frames = [x for x in (here.outbox if here is not None else ()) if x is not None]
+        frames.append("\r\n".join(head) + "\r\n")
+        if here is not None:
+            self._conns.pop(here, None)
+        conn.outbox.extendleft(reversed(frames))
+        conn.pending += sum(map(len, frames))
         self.stats["binds"] += 1
         conn.attach(sink)
 
