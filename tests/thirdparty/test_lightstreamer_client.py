@@ -62,10 +62,10 @@ class _Listener(ls.SubscriptionListener):  # type: ignore[misc]
         self.updates: list[dict[str, str | None]] = []
         self.errors: list[tuple[int, str]] = []
 
-    def onItemUpdate(self, update: Any) -> None:  # noqa: N802 (the client's names)
+    def onItemUpdate(self, update: Any) -> None:
         self.updates.append({f: update.getValue(f) for f in self.fields})
 
-    def onSubscriptionError(self, code: int, message: str) -> None:  # noqa: N802
+    def onSubscriptionError(self, code: int, message: str) -> None:
         self.errors.append((code, message))
 
 
@@ -73,7 +73,7 @@ class _Status(ls.ClientListener):  # type: ignore[misc]
     def __init__(self) -> None:
         self.seen: list[str] = []
 
-    def onStatusChange(self, status: str) -> None:  # noqa: N802
+    def onStatusChange(self, status: str) -> None:
         self.seen.append(status)
 
 
@@ -155,6 +155,7 @@ async def test_streams_equal_the_tape(replica: IGReplica, tmp_path: Path, transp
     seen, market, chart = await asyncio.to_thread(_run, replica, password, transport, 4.0)
     assert f"CONNECTED:{transport}" in seen, seen
     assert not market.errors and not chart.errors
+    assert replica.stats["connections_TLCP-2.5.0"] >= 1 and replica.stats["connections_TLCP-2.4.0"] == 0
     rows = _tape(tmp_path)
     _check_market(rows, market.updates)
     _check_chart(rows, chart.updates)

@@ -803,6 +803,8 @@ class IGReplica(ReplicaBase):
             "binds": 0,  # bind_session requests that attached a session to a new transport
             "recoveries": 0,  # of them, with LS_recovery_from
             "expired_sessions": 0,  # sessions that lost their transport and were not bound again in time
+            # WebSockets and HTTP create/bind requests, per TLCP version
+            **{f"connections_{v}": 0 for v in TLCP_VERSIONS},
         }
         rates = dict(o.faults)
         bad = [k for k, v in rates.items() if v > 0 and k not in FAULT_KINDS]
@@ -1171,6 +1173,7 @@ class IGReplica(ReplicaBase):
         protocol = next((p for p in offered if p in TLCP_PROTOCOLS), None)
         if protocol is None:
             return web.Response(status=400, text=f"offer a WebSocket subprotocol of {', '.join(TLCP_PROTOCOLS)}\n")
+        self.stats[f"connections_{protocol.removesuffix('.lightstreamer.com')}"] += 1
         ws = web.WebSocketResponse(protocols=(protocol,), autoping=True)
         await ws.prepare(request)
         sink = _Sink(request.transport, ws=ws)
@@ -1234,6 +1237,7 @@ class IGReplica(ReplicaBase):
             finally:
                 conn.replies = None
             return web.Response(status=200, text="".join(f"{x}\r\n" for x in out), headers=text_headers)
+        self.stats[f"connections_{version}"] += 1
         p = dict(parse_qsl(lines[0], keep_blank_values=True))
         polling = p.get("LS_polling") == "true"
         resp = web.StreamResponse(status=200, headers=text_headers)
@@ -1672,7 +1676,8 @@ class IGReplica(ReplicaBase):
         ov = self._overflow
         if ov is not None and time.monotonic() >= ov[2]:
             self._overflow = None
-            if ov[3] and not (ov[0].conn.stalled or ov[0].conn.closing):
+            # Said (and counted) only to a session still on its transport: a client that lost it gets a new session.
+            if ov[3] and ov[0].conn.live and not ov[0].conn.stalled:
                 out.setdefault(ov[0].conn, []).append((now, seq, f"OV,{ov[0].id},{ov[1]},{ov[3]}"))
                 self.stats["overflow_lost"] += ov[3]
         for conn, lines in out.items():
