@@ -42,6 +42,8 @@ consumers:
 # effort: a client that does not install leaves its test skipped, saying so.
 clients:
 	@.venv-cryptofeed/bin/python -c 'import cryptofeed' 2>/dev/null || ($(PYTHON) -m venv .venv-cryptofeed && .venv-cryptofeed/bin/pip install -q 'cryptofeed==2.4.1') || echo "cryptofeed did not install; its test will be skipped"
+	@# trading-ig pins lightstreamer-client-lib 1.0.3 (TLCP-2.4.0); .venv has 2.x
+	@.venv-trading-ig/bin/python -c 'import trading_ig' 2>/dev/null || ($(PYTHON) -m venv .venv-trading-ig && .venv-trading-ig/bin/pip install -q 'trading-ig==0.0.25') || echo "trading-ig did not install; its test will be skipped"
 
 # Chromium for the live page's browser test (tests/e2e/test_page_e2e.py): Debian's package, installed
 # when missing and possible (root with apt-get). Best effort: where it cannot be had, that test is
@@ -69,4 +71,4 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/throughput.py
 
 clean:
-	rm -rf $(VENV) .venv-freqtrade .venv-nautilus .venv-cryptofeed build *.egg-info src/*.egg-info
+	rm -rf $(VENV) .venv-freqtrade .venv-nautilus .venv-cryptofeed .venv-trading-ig build *.egg-info src/*.egg-info

@@ -3,7 +3,7 @@ details, historical prices over the v1, v2 and v3 paths, and streaming through t
 1.0.3 it pins (TLCP-2.4.0): MARKET quotes and CHART TICKs. Everything it received is compared with the tape.
 
 trading-ig's pin clashes with the lightstreamer-client-lib 2.x of the project's venv, so it runs in a venv of
-its own (``.venv-trading-ig``, which ``make test`` builds when it can, or ``$DELTAFEED_TRADING_IG_PYTHON``)
+its own (``.venv-trading-ig``, which ``make clients`` builds when it can, or ``$DELTAFEED_TRADING_IG_PYTHON``)
 as a subprocess; without it the test is skipped, saying so."""
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ print(json.dumps(out, default=str))
 def _python() -> str:
     path = os.environ.get("DELTAFEED_TRADING_IG_PYTHON") or str(REPO / ".venv-trading-ig" / "bin" / "python")
     if not os.path.exists(path):
-        pytest.skip("trading-ig is not installed beside the project (make test builds .venv-trading-ig)")
+        pytest.skip("trading-ig is not installed beside the project (make clients builds .venv-trading-ig)")
     return path
 
 

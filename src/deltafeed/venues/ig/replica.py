@@ -1,11 +1,12 @@
-"""A local IG Markets server: the REST login and price history, and Lightstreamer TLCP over WebSocket, on one port.
+"""A local IG Markets server: REST login, markets and price history, and Lightstreamer TLCP over WebSocket and HTTP.
 
 Speaks what ``api.ig.com/gateway/deal`` and IG's Lightstreamer endpoint speak for market data (see
 ../shared/PROTOCOLS.md section 4), driven by the seeded FX quotes of
 :class:`~deltafeed.replicas.quotes.QuoteSim`, so a client can log in, backfill candles and stream
 quotes and minute candles against it with only the base URL changed. :attr:`IGReplica.url` is both
 the REST base (the ``/gateway/deal`` prefix is optional) and the ``lightstreamerEndpoint`` that
-``POST /session`` hands out; the WebSocket lives at :attr:`IGReplica.ws_url` (``.../lightstreamer``).
+``POST /session`` hands out; the WebSocket lives at :attr:`IGReplica.ws_url` (``.../lightstreamer``), the
+HTTP transport at ``.../lightstreamer/<request>.txt``.
 
 **Epics.** An epic ``CS.D.<BASE><QUOTE>.<anything>.IP`` (e.g. ``CS.D.EURUSD.CFD.IP``, or the
 ``MINI``/``TODAY`` variants) is the simulator's pair ``<BASE>_<QUOTE>`` (``EUR_USD``); see
@@ -34,15 +35,31 @@ either; the replica picks the unscaled price so stored candles compare with the 
   in ``[from, to]``, both inclusive [UNVERIFIED]; without them the last ``max`` (default 10) rows.
   Pages of ``pageSize`` rows (default 20, 0 = one page). ``snapshotTime`` is written in UTC like
   ``snapshotTimeUTC`` (IG writes it in the account's zone; the session says ``timezoneOffset`` 0).
+* The v1/v2 paths (``VERSION`` 1 or 2; the path decides): ``/prices/{epic}/{resolution}/{numPoints}``,
+  ``/prices/{epic}/{resolution}/{start}/{end}`` (``yyyy-MM-dd HH:mm:ss``) and ``/prices/{epic}/{resolution}
+  ?startdate=&enddate=`` (v1, ``yyyy:MM:dd-HH:mm:ss``): the same rows, unpaged, ``snapshotTime`` only
+  (v1 writes it ``yyyy:MM:dd-HH:mm:ss``), and the allowance at the top level (``allowance``).
+* ``GET /markets/{epic}`` (v3 shape): instrument, dealing rules, and a snapshot whose bid/offer are the last
+  quote and high/low/netChange/percentageChange the UTC day's mid, as the MARKET item has them.
+  ``GET /accounts``: the one account. Any other path is 404 ``error.public-api.failure.not-found``.
 * **Allowance**: ``allowance`` points (default 10,000) per account per ``allowance_period_s`` of wall
   time (default a week, from the first priced request); each row returned costs one point. A request
   whose page would cost more than remains is refused whole with 403
   ``error.public-api.exceeded-account-historical-data-allowance`` and costs nothing.
   ``metadata.allowance`` reports what remains after the request.
 
-**TLCP** (WebSocket subprotocol ``TLCP-2.5.0.lightstreamer.com``, WS-STREAMING only: no HTTP
-transports, no ``bind_session``/recovery, which answer ``CONERR,20``; a transport fault therefore
-makes a client open a new session):
+**TLCP** 2.4.0 and 2.5.0 (served alike: what the official clients 1.x and 2.x speak), over a WebSocket
+(subprotocol ``TLCP-2.x.0.lightstreamer.com``) or HTTP (``POST /lightstreamer/create_session.txt``,
+``bind_session.txt``, ``control.txt``, ``heartbeat.txt`` with ``?LS_protocol=TLCP-2.x.0``; the body is the
+request's query lines). A session outlives its transport: HTTP streaming ends its response with ``LOOP,0``
+after ``LS_content_length`` bytes, HTTP polling (``LS_polling=true``) after the first data or
+``LS_idle_millis``, with ``LOOP,<LS_polling_millis>``; the client binds again (``bind_session`` on a new
+WebSocket or request: ``CONOK`` then what was queued meanwhile). A session whose transport was lost waits
+:data:`RECOVERY_S` for a bind; ``LS_recovery_from=N`` answers ``PROG,N`` and replays every data
+notification (U, SUBOK, EOS, OV, UNSUB, ...) from the N-th, from the last :data:`RECOVERY_BYTES` kept, else
+``CONERR,4`` [UNVERIFIED code]; an unknown session is ``CONERR,20``. A WebSocket closed cleanly by the client
+ends its session. Over HTTP, ``REQOK``/``REQERR`` are in the control response, the rest in the stream.
+Detached sessions still count towards ``max_connections`` but make room, oldest first, for a new one.
 
 * ``wsok`` → ``WSOK``; ``create_session`` → ``CONOK,<sid>,50000,<keepalive ms>,*`` then
   ``SERVNAME``, ``CLIENTIP`` and ``CONS,unlimited``. ``LS_password`` must be ``CST-<cst>|XST-<xst>``
@@ -62,12 +79,15 @@ makes a client open a new session):
   CHART:TICK is DISTINCT); malformed requests get ``ERROR,<code>,<msg>``.
 * Items: ``MARKET:<epic>`` (BID, OFFER, UPDATE_TIME as ``HH:mm:ss`` UK local time, per IG's reference,
   MARKET_STATE ``TRADEABLE`` while the FX calendar is open and ``CLOSED`` otherwise, with no price
-  updates while closed, MARKET_DELAY ``0``; MID_OPEN, HIGH, LOW, CHANGE, CHANGE_PCT are null):
-  one update per quote and one per open/close. ``CHART:<epic>:1MINUTE``: the forming minute's bid
+  updates while closed, MARKET_DELAY ``0``; MID_OPEN, HIGH, LOW, CHANGE, CHANGE_PCT from the mid
+  (bid + ask) / 2 of the UTC day of the last quote, one decimal more than the pair, CHANGE_PCT to 2 places
+  [UNVERIFIED: IG's day and which price its HIGH/LOW take]): one update per quote and one per open/close.
+  ``CHART:<epic>:<SECOND|1MINUTE|5MINUTE|HOUR>``, described here for 1MINUTE: the forming minute's bid
   and offer OHLC, ``CONS_TICK_COUNT`` and ``LTV`` (both the quote count), ``UTM`` (the minute's
   start, epoch ms), ``CONS_END`` 0, on every quote; then, when the market clock passes the minute's
   end, one more update with only ``CONS_END`` 1 changed (a minute without quotes has no candle;
-  LTP_*, TTV and DAY_* are null). ``CHART:<epic>:TICK`` (DISTINCT): BID, OFR, UTM per quote.
+  LTP_* and TTV are null; DAY_* are the day's mid as in MARKET). ``CHART:<epic>:TICK`` (DISTINCT): BID,
+  OFR, UTM and DAY_* per quote.
 * ``U`` lines use TLCP compression against the previous update of the same item and subscription:
   empty = unchanged, ``^N`` = N unchanged (used for runs of 3 or more), ``#`` null, ``$`` empty;
   values percent-encode ``%``, ``|``, ``+``, CR and LF anywhere and ``#``, ``$``, ``^`` at their
