@@ -11,6 +11,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -25,6 +26,7 @@ from deltafeed.net.reconnect import ConnectBudget
 from deltafeed.venues.oanda import codec as o
 from deltafeed.venues.oanda.rest import OandaHistory
 from helpers import ms, serve_app, until
+from reference import oanda_candles_from_tape, read_quote_tape
 
 # Verbatim from PROTOCOLS.md section 5 (oandapyV20 fixtures); the PRICE line joined onto one line.
 DOC_PRICE = (
@@ -719,13 +721,14 @@ async def test_server_time_symbols_and_page_span() -> None:
 
 
 @pytest.mark.slow  # over 3 s: not in the everyday subset
-async def test_history_and_stream_against_the_oanda_replica() -> None:
+async def test_history_and_stream_against_the_oanda_replica(tmp_path: Path) -> None:
     from deltafeed.venues.oanda.replica import DEFAULT_ACCOUNT, DEV_TOKEN, OandaReplica
 
     start = ms(2024, 3, 13, 12)  # a Wednesday noon: the FX market is open
     replica = OandaReplica(
-        ["EUR_USD", "USD_JPY"], seed=7, rate=2.0, speed=30.0, history_ms=8 * 3_600_000, start_ms=start, heartbeat_s=0.3
-    )
+        ["EUR_USD", "USD_JPY"], seed=7, rate=2.0, speed=30.0, history_ms=8 * 3_600_000, start_ms=start, heartbeat_s=0.3,
+        tape=tmp_path / "tape.csv",
+    )  # fmt: skip
     await replica.start()
     h = OandaHistory(replica.url, DEV_TOKEN, DEFAULT_ACCOUNT)
     dec = o.PriceDecoder()
@@ -762,6 +765,23 @@ async def test_history_and_stream_against_the_oanda_replica() -> None:
             b.close < a.close and b.trades == m.trades == a.trades
             for b, m, a in zip(sides["bid"], sides["mid"], sides["ask"], strict=True)
         )
+
+        # 4h and 1d: OANDA aligns them to 17:00 New York unless asked; the client asks for 00:00 UTC,
+        # and gets the candles of the tape on deltafeed's UTC grid (4h: 04:00, 08:00, 12:00 forming,
+        # with the quotes released when it was asked for: the first ``trades`` of its interval).
+        grids = {"4h": 4 * 3_600_000, "1d": 86_400_000}
+        got_tf = {tf: await h.candles("EUR_USD", tf, start - start % 86_400_000, start, now) for tf in grids}
+        assert replica.options.tape is not None  # read after the requests: it has every quote they saw
+        rows = [r for r in read_quote_tape(replica.options.tape) if r.symbol == "EUR_USD"]
+        for tf, g in grids.items():
+            assert [c.open_time for c in got_tf[tf]] == sorted(
+                {r.time_ms - r.time_ms % g for r in rows if r.time_ms <= now}
+            )
+            for c in got_tf[tf]:
+                head = [r for r in rows if r.time_ms - r.time_ms % g == c.open_time][: c.trades]
+                x = oanda_candles_from_tape(head, lambda t, g=g: t - t % g)[c.open_time]
+                assert (c.open, c.high, c.low, c.close) == tuple(float(v) for v in x.ohlc["mid"]), (tf, c)
+                assert c.trades == x.volume and c.closed == (c.open_time + g <= now), (tf, c)
 
         task = asyncio.create_task(stream.run())
         await asyncio.wait_for(stream.connected.wait(), 5)
