@@ -10,6 +10,7 @@ from deltafeed.venues.base import HTTP_SCHEMES, WS_SCHEMES, Venue, VenueSettings
 from deltafeed.venues.hyperliquid import codec
 
 if TYPE_CHECKING:
+    from deltafeed.books import BookFeed, BookKeeper
     from deltafeed.config import Settings
     from deltafeed.replicas.server import ReplicaBase
     from deltafeed.venues.base import Feed, FuzzTarget, TradeSink
@@ -62,6 +63,13 @@ class Hyperliquid(Venue):
             connect_budget=settings.connect_budget,
             on_trade=on_trade,
         )
+
+    def make_book_feed(self, settings: Settings, keepers: dict[str, BookKeeper]) -> BookFeed:
+        from deltafeed.venues.hyperliquid.book import HyperliquidBookFeed
+
+        vs = settings.venue_settings(self.name)
+        assert isinstance(vs, HyperliquidSettings)  # its settings_type
+        return HyperliquidBookFeed(vs, keepers, stale_after_s=settings.seconds("stale_after"))
 
     replica_help = "Hyperliquid perps: POST /info and WebSocket /ws on one port"
 

@@ -11,8 +11,16 @@ drops a connection it has sent nothing on for 60 s. A trade's ``tid`` is unique 
 contiguous, as on the venue. Third-party clients (ccxt, hyperliquid-python-sdk) work with only their
 URLs changed.
 
+Order books: ``{"type":"l2Book","coin":...}`` (no ``nSigFigs`` aggregation) sends the coin's book at once,
+then again every ``book_push_s`` (Hyperliquid: "on each block that is at least 0.5 since last push"), each
+frame a full snapshot of the best ``BOOK_LEVELS`` levels a side with ``time`` = the book's key (ms,
+strictly growing per coin), which keys the book tape (``<tape>.book.csv``). The book is a
+:class:`~deltafeed.replicas.books.SimBook` stepped with the trades.
+
 Faults (``faults=``): ``close``, ``reset``, ``stall``, ``silence`` on a connection; ``drop``, ``dup``,
-``reorder``, ``garbage``, ``poison`` on its data frames; ``http500``, ``http429``, ``slow`` on ``/info``.
+``reorder``, ``garbage``, ``poison`` on its data frames; ``http500``, ``http429``, ``slow`` on ``/info``;
+``bookdrop``, ``bookdup``, ``bookreorder`` on a coin's ``l2Book`` frames and ``stalebook`` (a frame of
+the book as it was at least 50 steps ago, with its own older ``time``).
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ import msgspec
 from aiohttp import WSMsgType, web
 
 from deltafeed.net.frames import text_header
+from deltafeed.replicas.books import BookTape, DeltaFaults, SimBook
+from deltafeed.replicas.bookviews import KeyLog, top
 from deltafeed.replicas.faults import (
     MESSAGE_KINDS,
     apply_message_fault,
@@ -48,7 +58,10 @@ log = logging.getLogger(__name__)
 DEFAULT_SYMBOLS = ("BTC", "ETH", "SOL")
 FAULT_KINDS: tuple[str, ...] = (
     "close", "reset", "stall", "silence", "drop", "dup", "reorder", "garbage", "poison", "http500", "http429", "slow",
+    "bookdrop", "bookdup", "bookreorder", "stalebook",
 )  # fmt: skip
+BOOK_LEVELS = 20  # levels a side of an l2Book frame
+BOOK_PUSH_S = 0.5  # "pushed on each block that is at least 0.5 since last push"
 TICK_SECONDS = 0.02
 TID_BASE = 300_000_000_000_000  # tids look like the venue's (15 digits)
 TID_STRIDE = 1024  # tid = base + per-coin sequence * stride + coin index: unique across coins
@@ -120,6 +133,7 @@ class _Conn:
         self.peer = peer
         self.trades: set[str] = set()
         self.candles: set[tuple[str, str]] = set()
+        self.books: set[str] = set()
         self.closing = False
         self.stalled = False  # nothing more is sent, pongs included
         self.silent = False  # pongs and replies still, no data
@@ -179,6 +193,7 @@ class HyperliquidReplica(ReplicaBase):
         slow_s: float = 2.0,
         idle_close_s: float = hl.IDLE_CLOSE_S,
         weight_window_s: float = 60.0,
+        book_push_s: float = BOOK_PUSH_S,
         options: ReplicaOptions | None = None,
     ) -> None:
         rates = parse_faults(faults) if isinstance(faults, str) else dict(faults or {})
@@ -203,6 +218,14 @@ class HyperliquidReplica(ReplicaBase):
             "429": 0, "weight": 0, "frames_sent": 0, "idle_closes": 0,
         }  # fmt: skip
         self._setup_faults(dict(o.faults), o.faults_seed)
+        self._book_faults = DeltaFaults(self.faults, self._injected)
+        book_tape = o.book_tape_path()
+        self.book_tape = BookTape(book_tape) if book_tape is not None else None
+        self.book_push_s = book_push_s
+        self._books: dict[str, SimBook] = {}  # coin -> its book, from the first l2Book subscription
+        self._book_key: dict[str, int] = {}  # coin -> the key (ms) of its book as it is now
+        self._book_keys = KeyLog()  # a recent book state's key, by its update id (stale snapshots)
+        self._next_push: dict[str, float] = {}  # coin -> when its next l2Book frame is due (wall)
         self.slow_s = slow_s
         self.idle_close_s = idle_close_s
         self._conns: dict[_Conn, None] = {}
@@ -411,15 +434,18 @@ class HyperliquidReplica(ReplicaBase):
         coin = sub.get("coin") if isinstance(sub, dict) else None
         interval = sub.get("interval") if isinstance(sub, dict) else None
         shown = json.dumps(sub, separators=(",", ":"))
-        if kind not in ("trades", "candle") or (kind == "candle" and interval not in hl.INTERVAL_MS):
+        if kind not in ("trades", "candle", "l2Book") or (kind == "candle" and interval not in hl.INTERVAL_MS):
             self._reply(conn, hl.error_frame(f"Invalid subscription {shown}"))
             return
         if coin not in self._sim.index:
             self._reply(conn, hl.error_frame(f"Invalid subscription {shown}: unknown coin"))
             return
         key = (str(coin), str(interval))
-        have = coin in conn.trades if kind == "trades" else key in conn.candles
-        subs = len(conn.trades) + len(conn.candles)
+        if kind == "l2Book" and (sub.get("nSigFigs") is not None or sub.get("mantissa") is not None):
+            self._reply(conn, hl.error_frame(f"Invalid subscription {shown}: this replica does not aggregate"))
+            return
+        have = {"trades": coin in conn.trades, "l2Book": coin in conn.books}.get(kind, key in conn.candles)
+        subs = len(conn.trades) + len(conn.candles) + len(conn.books)
         if method == "subscribe" and have:
             self._reply(conn, hl.error_frame(f"Already subscribed: {shown}"))
             return
@@ -431,6 +457,12 @@ class HyperliquidReplica(ReplicaBase):
             return
         if kind == "trades":
             (conn.trades.add if method == "subscribe" else conn.trades.discard)(str(coin))
+        elif kind == "l2Book":
+            (conn.books.add if method == "subscribe" else conn.books.discard)(str(coin))
+            if method == "subscribe":
+                self._reply(conn, hl.subscription_response(method, sub))
+                self._reply(conn, self._book_frame(str(coin)))  # the book at once, then every push
+                return
         else:
             (conn.candles.add if method == "subscribe" else conn.candles.discard)(key)
             cf = self._candle_feeds.get(key)
@@ -445,8 +477,10 @@ class HyperliquidReplica(ReplicaBase):
         now = self._clock.now_ms()
         batches = self._sim.advance_to(now)
         self.stats["trades"] = self._sim.trades_released
+        self._step_books(batches, now)
         if not self._conns:
             return
+        book_frames = self._book_pushes()
         trade_frames: dict[str, bytes] = {}
         for sym, b in batches.items():
             coin = self._sim.coin_of[sym]
@@ -471,6 +505,7 @@ class HyperliquidReplica(ReplicaBase):
                 continue
             parts = [trade_frames[c] for c in conn.trades if c in trade_frames]
             parts += [p for k in conn.candles for p in candle_frames.get(k, [])]
+            parts += [p for c in conn.books for p in book_frames.get(c, [])]
             if parts:
                 out[conn] = parts
         if self.faults is not None:
@@ -481,6 +516,69 @@ class HyperliquidReplica(ReplicaBase):
         if self.faults is not None:
             self._connection_faults(out)
         self._idle_closes()
+
+    # -- order books --
+
+    def _book(self, coin: str) -> SimBook:
+        """The coin's book, started at its last trade on first use (and taped whole)."""
+        book = self._books.get(coin)
+        if book is None:
+            sym = sim_symbol(coin)
+            last_id, price = self._sim.last_trade(sym)
+            spec = self._sim.specs[sym]
+            book = self._books[coin] = SimBook(spec, round(price * spec.price_scale), False, max(last_id, 0) + 1)
+            now = self._clock.now_ms()
+            self._book_keys.add(book.u, self._next_key(coin, now))
+            if self.book_tape is not None:
+                self.book_tape.write_book(coin, self._book_key[coin], now, book)
+        return book
+
+    def _next_key(self, coin: str, now_ms: int) -> int:
+        key = max(now_ms, self._book_key.get(coin, 0) + 1)
+        self._book_key[coin] = key
+        return key
+
+    def _step_books(self, batches: Mapping[str, TradeBatch], now: int) -> None:
+        for sym, b in batches.items():
+            coin = self._sim.coin_of[sym]
+            book = self._books.get(coin)
+            if book is None:
+                continue
+            ev = book.step(int(b.ticks[-1]), bool(b.maker[-1]))
+            book.events.clear()
+            key = self._next_key(coin, now)
+            self._book_keys.add(book.u, key)
+            if self.book_tape is not None:
+                self.book_tape.write(coin, key, now, book, ev.bids, ev.asks)
+
+    def _book_frame(self, coin: str, stale: bool = False) -> bytes:
+        """An ``l2Book`` frame of the coin's book as it is now (``stale``: as it was at least 50 steps ago,
+        with that state's key, when the key is still known)."""
+        book = self._book(coin)
+        if stale:
+            u, bids_t, asks_t = book.stale_levels(BOOK_LEVELS)
+            key = self._book_keys.get(u)
+            if key is not None:
+                return hl.book_frame(coin, key, [(p, q, 1) for p, q in bids_t], [(p, q, 1) for p, q in asks_t])
+        bids = top(book.bids, BOOK_LEVELS, True)
+        asks = top(book.asks, BOOK_LEVELS, False)
+
+        def side(levels: dict[int, int]) -> list[tuple[str, str, int]]:
+            return [(book.price(t), book.qty(q), 1 + q % 7) for t, q in levels.items()]
+
+        return hl.book_frame(coin, self._book_key[coin], side(bids), side(asks))
+
+    def _book_pushes(self) -> dict[str, list[bytes]]:
+        """The l2Book frames due this tick, per coin with subscribers, with the book faults due."""
+        wall = time.monotonic()
+        out: dict[str, list[bytes]] = {}
+        for coin in {c for conn in self._conns for c in conn.books}:
+            if wall < self._next_push.get(coin, 0.0):
+                continue
+            self._next_push[coin] = wall + self.book_push_s
+            frame = self._book_frame(coin, stale=self._book_faults.stale())
+            out[coin] = self._book_faults.deltas(coin, [frame])
+        return out
 
     def _candle_updates(self, cf: _CandleFeed, now: int, traded: bool) -> list[bytes]:
         """Candle frames for one (coin, interval): on a roll-over the last state of every candle passed
