@@ -28,7 +28,6 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from deltafeed.books import L2Book
 from deltafeed.net.reconnect import ConnectBudget
 from deltafeed.net.ws import WsStream
 
@@ -56,9 +55,7 @@ class WsBookFeed:
     ) -> None:
         self.keepers = dict(keepers)
         for sym, k in self.keepers.items():
-            n = self.levels_kept(sym)
-            if k.book.max_levels != n and not len(k.book):
-                k.book = L2Book(n)
+            k.book.max_levels = self.levels_kept(sym)
         self.groups = {g: list(syms) for g, syms in groups.items()}
         self.group_of = {s: g for g, syms in self.groups.items() for s in syms}
         self.log = log or logging.getLogger(f"deltafeed.{self.name}.books")
