@@ -68,10 +68,7 @@ class Leases:
         if seen is None or seen[0] != entry.revision:
             self._seen[key] = (entry.revision, now)
             return entry, False
-        if now - seen[1] < self.ttl_s:
-            return entry, False
-        log.info("taking over %s from %s (no renewal for %.1f s)", key, lease.holder, now - seen[1])
-        return entry, True
+        return entry, now - seen[1] >= self.ttl_s
 
     async def watch(self, key: str) -> None:
         """Look at ``key`` without taking it, so its staleness is known when we want it."""
@@ -94,6 +91,8 @@ class Leases:
                 rev = await self.kv.update(key, self._value(self.me), last=entry.revision)
         except KeyWrongLastSequenceError:
             return False  # another collector was faster
+        if entry is not None and (old := read_lease(entry.value).holder) and old != self.me:
+            log.info("took %s over from %s (no renewal for %.1f s)", key, old, self.monotonic() - self._seen[key][1])
         self._seen.pop(key, None)
         self.held[key] = (rev, self.monotonic())
         return True
