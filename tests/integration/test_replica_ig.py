@@ -690,3 +690,81 @@ def test_cli_serves_until_sigterm_and_prints_a_summary(tmp_path: Path) -> None:
     assert proc.returncode == 0
     assert "ig replica stopped: quotes=" in out and "logins=1 " in out and "rows=3 " in out
     assert read_tape(tape, JPY)
+
+
+# --- v1/v2 prices, markets, accounts ------------------------------------------------------------------------
+
+
+async def test_v1_v2_price_paths_markets_and_accounts(make: Make) -> None:
+    r = await make(start_ms=WEDNESDAY, history_ms=2 * H1 + 10 * M1, rate=1)
+    async with aiohttp.ClientSession() as http:
+        _, h, _ = await login(http, r)
+
+        async def get(path: str, version: str, **params: str) -> tuple[int, Any]:
+            async with http.get(r.rest_url + path, params=params, headers={**h, "VERSION": version}) as resp:
+                return resp.status, json.loads(await resp.text(), parse_float=Decimal)
+
+        _, v3 = await get(f"/prices/{EUR}", "3", resolution="MINUTE", max="5")
+        status, v2 = await get(f"/prices/{EUR}/MINUTE/5", "2")
+        assert status == 200 and "allowance" in v2 and "metadata" not in v2
+        assert [x["snapshotTime"] for x in v2["prices"]] == [x["snapshotTime"] for x in v3["prices"]]
+        strip = [{k: v for k, v in x.items() if k != "snapshotTimeUTC"} for x in v3["prices"]]
+        assert v2["prices"] == strip  # the same rows, without snapshotTimeUTC
+        _, rng = await get(f"/prices/{EUR}/MINUTE_5/2026-03-04 09:00:00/2026-03-04 09:30:00", "2")
+        assert [x["snapshotTime"] for x in rng["prices"]] == [f"2026/03/04 09:{m:02d}:00" for m in range(0, 31, 5)]
+        _, v1 = await get(f"/prices/{EUR}/HOUR", "1", startdate="2026:03:04-08:00:00", enddate="2026:03:04-09:00:00")
+        assert [x["snapshotTime"] for x in v1["prices"]] == ["2026:03:04-08:00:00", "2026:03:04-09:00:00"]
+        tape = tape_of(r, EUR)
+        ref = ref_rows(tape, H1)
+        assert {k: v1["prices"][0][k] for k in ref[ms("2026-03-04T08:00")]} == ref[ms("2026-03-04T08:00")]
+
+        status, m = await get(f"/markets/{EUR}", "3")
+        assert status == 200 and m["instrument"]["epic"] == EUR and m["snapshot"]["marketStatus"] == "TRADEABLE"
+        _, b, a = tape[-1]
+        assert (m["snapshot"]["bid"], m["snapshot"]["offer"]) == (Decimal(b), Decimal(a))
+        mids = [(Decimal(b) + Decimal(a)) / 2 for t, b, a in tape if t >= WEDNESDAY - WEDNESDAY % 86_400_000]
+        assert (m["snapshot"]["high"], m["snapshot"]["low"]) == (max(mids), min(mids))
+        assert m["snapshot"]["netChange"] == mids[-1] - mids[0]
+        status, acc = await get("/accounts", "1")
+        assert status == 200 and [x["accountId"] for x in acc["accounts"]] == [r.account_id]
+        status, err = await get("/positions", "2")
+        assert status == 404 and set(err) == {"errorCode"}
+        async with http.get(r.rest_url + f"/markets/{EUR}") as resp:  # no tokens
+            assert resp.status == 401 and set(await resp.json()) == {"errorCode"}
+
+
+# --- TLCP over HTTP --------------------------------------------------------------------------------------
+
+
+async def test_http_transport_polls_controls_binds_and_recovers(make: Make) -> None:
+    r = await make(speed=10, rate=4, start_ms=WEDNESDAY, history_ms=M1)
+    async with aiohttp.ClientSession() as http:
+        _, h, _ = await login(http, r)
+        password = f"CST-{h['CST']}|XST-{h['X-SECURITY-TOKEN']}"
+
+        async def post(name: str, body: str, **query: str) -> list[str]:
+            q = {"LS_protocol": "TLCP-2.4.0", **query}
+            async with http.post(f"{r.url}/lightstreamer/{name}.txt", params=q, data=body) as resp:
+                assert resp.status == 200
+                return [x for x in (await resp.text()).split("\r\n") if x]
+
+        poll = "LS_polling=true&LS_polling_millis=0&LS_idle_millis=0"
+        first = await post("create_session", f"LS_user={r.account_id}&LS_password={quote(password)}&{poll}")
+        assert first[0].startswith("CONOK,") and first[-1] == "LOOP,0"
+        sid = first[0].split(",")[1]
+        add = f"LS_reqId=1&LS_op=add&LS_subId=1&LS_mode=MERGE&LS_group=MARKET:{EUR}&LS_schema=BID%20OFFER&LS_snapshot=true"
+        assert await post("control", add, LS_session=sid) == ["REQOK,1"]
+        await asyncio.sleep(0.5)
+        got = await post("bind_session", f"LS_session={sid}&{poll}")
+        assert got[0].startswith(f"CONOK,{sid},") and got[-1] == "LOOP,0"
+        data = [x for x in got if x.startswith(("SUBOK", "U,"))]
+        assert data[0] == "SUBOK,1,1,2" and len(data) > 5
+        # The client lost that answer: it recovers from the first data notification, and gets them all again.
+        again = await post("bind_session", f"LS_session={sid}&LS_recovery_from=0&{poll}")
+        assert again[4] == "PROG,0" and again[5 : 5 + len(data)] == data
+        refused = await post("bind_session", f"LS_session={sid}&LS_recovery_from=99999&{poll}")
+        assert refused[0].startswith("CONERR,4,")
+        assert (await post("bind_session", f"LS_session=nope&{poll}"))[0].startswith("CONERR,20,")
+        assert (await post("control", "LS_reqId=2&LS_op=destroy", LS_session=sid)) == ["REQOK,2"]
+        assert (await post("create_session", "x", LS_protocol="TLCP-2.3.0"))[0].startswith("ERROR,")
+    assert r.stats["recoveries"] == 1 and r.stats["open_sessions"] == 0 and r.stats["connections_TLCP-2.4.0"] >= 5
