@@ -204,3 +204,18 @@ def test_book_message_round_trips() -> None:
     assert kraken.StreamDecoder().decode(raw) == [
         BookMsg("BTC/USD", False, [(100.5, 0.0)], [(101.0, 2.5)], 1_700_000_000_000_001, 1_700_000_000_000, -1, 7)
     ]
+
+
+def test_pair_precisions_and_the_feed_checksum_of_the_guide_book() -> None:
+    from deltafeed.books import L2Book
+    from deltafeed.venues.kraken.book import book_depth, checksum
+
+    assert kraken.decode_pair_precisions(samples.PAIRS_BODY) == {"BTC/USD": (1, 8)}
+    [snap] = kraken.StreamDecoder().decode(samples.DOC_BOOK_SNAPSHOT)
+    assert isinstance(snap, BookMsg)
+    book = L2Book(10)
+    book.update(snap.bids, snap.asks)
+    assert checksum(book, 1, 8) == samples.DOC_BOOK_CHECKSUM
+    book.update([(45283.5, 0.2)], [])  # one qty changed: another checksum
+    assert checksum(book, 1, 8) != samples.DOC_BOOK_CHECKSUM
+    assert [book_depth(n) for n in (1, 10, 11, 100, 101, 5000)] == [10, 10, 25, 100, 500, 1000]

@@ -118,6 +118,7 @@ def _rest() -> FuzzTarget:
             ("trades", lambda: kraken.decode_trades(data)),
             ("time", lambda: kraken.decode_time(data)),
             ("pairs", lambda: kraken.decode_asset_pairs(data)),
+            ("precisions", lambda: kraken.decode_pair_precisions(data)),
         ):
             try:
                 decode()
