@@ -8,6 +8,7 @@ revision it read, so of two collectors taking the same lease at once exactly one
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -106,7 +107,7 @@ class Leases:
         lost = []
         for key, (rev, at) in list(self.held.items()):
             try:
-                new = await self.kv.update(key, self._value(self.me), last=rev)
+                new = await asyncio.wait_for(self.kv.update(key, self._value(self.me), last=rev), self.ttl_s / 5)
             except KeyWrongLastSequenceError:
                 log.warning("lease %s was taken by another collector", key)
                 lost.append(key)
