@@ -1,5 +1,5 @@
-"""The ``ccxt`` venue through the faults of the Binance, Bybit and Hyperliquid replicas, read through
-ccxt.pro, a kill -9 and a restart: every stored final 1m and 5m candle equals the tape's
+"""The ``ccxt`` venue through the faults of the Binance, Bybit, Coinbase, Hyperliquid and Kraken
+replicas, read through ccxt.pro, a kill -9 and a restart: every stored final 1m and 5m candle equals the tape's
 candle field by field (OHLCV; ccxt's rows carry no trade count), with no hole and no duplicate over
 the whole stored window. Only provisional candles may differ. Short, fast runs: CI time is tight."""
 
@@ -11,15 +11,17 @@ import pytest
 
 from chaos import PROFILES, TIMEFRAMES_COMPARED, run_chaos
 
-#: The replicas run here. Through ccxt, Coinbase's and Kraken's replicas kept every final candle
-#: equal to the tape in every run so far, but do not yet catch up in time under their REST faults
-#: (repairs and reconciliations fall behind; Kraken's ccxt pace is one request a second): they are
-#: left out until they do (see docs/venues/ccxt.md), rather than asserted loosely.
-LIVELY = ("binance", "bybit", "hyperliquid")
-#: Seconds each may take to stream again and settle after the faults stop. Hyperliquid's history
-#: goes at ccxt's slowed pace (70 ms a request, under its 1200 weight a minute), so its
-#: reconciliations take longer to catch up than the others' (one CI run needed more than 30 s).
-SETTLE_S = {"binance": 30.0, "bybit": 30.0, "hyperliquid": 75.0}
+#: The replicas run here: every one ccxt reads (through ccxt, with only the addresses changed).
+LIVELY = ("binance", "bybit", "hyperliquid", "coinbase", "kraken")
+#: Seconds each may take to stream again and settle after the faults stop. Hyperliquid's and
+#: Kraken's history go at ccxt's slowed pace (Hyperliquid 70 ms a request under its 1200 weight a
+#: minute; Kraken 1.2 s an OHLC call), so their repairs and reconciliations take longer to catch up.
+SETTLE_S = {"binance": 30.0, "bybit": 30.0, "coinbase": 30.0, "hyperliquid": 75.0, "kraken": 60.0}
+#: Closed candles each series may hold still provisional at the stop (the rest are final and equal
+#: the tape). The stop grace reconciles what has closed, one request per series and timeframe; what
+#: closes while it runs stays provisional in the store for the next run. Kraken's round of six calls
+#: takes about 7 s at 1.2 s a call, 14 market minutes at x120: that many 1m candles close meanwhile.
+PROVISIONAL_PER_SERIES = {"kraken": 20}
 
 
 @pytest.mark.slow
@@ -55,4 +57,4 @@ async def test_ccxt_final_candles_equal_the_tape_through_faults_and_a_kill(excha
     assert r.final_compared >= len(symbols) * (30 + 30), r.final_compared
     assert r.exit_codes == [-9, 0]
     assert r.caught_up, f"not streaming again {r.settled_s:.0f} s after the faults stopped"
-    assert r.provisional_left <= 5 * r.series, (r.provisional_left, r.series)
+    assert r.provisional_left <= PROVISIONAL_PER_SERIES.get(exchange, 5) * r.series, (r.provisional_left, r.series)

@@ -6,6 +6,7 @@ one-line refusals (unknown exchange, unknown symbol, a timeframe the exchange ca
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from deltafeed.engine import Engine
 from deltafeed.model import TIMEFRAMES, BadInput
 from deltafeed.store.base import open_cold
 from deltafeed.venues import registry
+from deltafeed.venues.ccxt.bridge import base_timeframe
 from reference import candles_from_tape, read_venue_tape
 
 #: Per replica: (its symbol on the tape, ccxt's unified symbol).
@@ -36,19 +38,21 @@ def throttled(replica: Any) -> int:
     return sum(int(stats.get(k, 0)) for k in ("429", "throttled", "403"))
 
 
-async def start_replica(exchange: str, tmp_path: Path, **kw: Any) -> Any:
+async def start_replica(exchange: str, tmp_path: Path, history_ms: int = HISTORY_MS, **kw: Any) -> Any:
     replica = registry.get(exchange).build_replica(
-        symbols=[MARKETS[exchange][0]], seed=5, rate=1.0, history_ms=HISTORY_MS, tape=tmp_path / "tape.csv", **kw
+        symbols=[MARKETS[exchange][0]], seed=5, rate=1.0, history_ms=history_ms, tape=tmp_path / "tape.csv", **kw
     )
     await replica.start()
     return replica
 
 
-def ccxt_settings(replica: Any, tmp_path: Path, symbols: list[str], timeframes: list[str], **kw: Any) -> Settings:
+def ccxt_settings(
+    replica: Any, tmp_path: Path, symbols: list[str], timeframes: list[str], history: str = "2h", **kw: Any
+) -> Settings:
     return Settings(
         symbols=symbols,
         timeframes=timeframes,
-        history="2h",
+        history=history,
         db=str(tmp_path / "boot.duckdb"),
         venues={"ccxt": registry.get("ccxt").replica_settings(replica)},
         **kw,
@@ -118,3 +122,85 @@ async def test_check_refuses_what_ccxt_cannot_serve_in_one_line(tmp_path: Path) 
             assert says in text and "\n" not in text, text
     finally:
         await replica.stop()
+
+
+async def _bootstrap(
+    exchange: str, tmp_path: Path, tfs: list[str], history: str, history_ms: int
+) -> tuple[Engine, int, Any]:
+    """Bootstrap one ``ccxt:<exchange>`` instrument from a replica holding ``history_ms`` of
+    history; the engine (stopped), the venue's time after the bootstrap and the feed's report then."""
+    replica = await start_replica(exchange, tmp_path, history_ms=history_ms)
+    try:
+        engine = Engine(ccxt_settings(replica, tmp_path, [f"ccxt:{exchange}:{MARKETS[exchange][1]}"], tfs, history))
+        await engine.start()
+        try:
+            now = engine.feeds["ccxt"].clock.now_ms()
+            report = engine.feeds["ccxt"].report()
+            await engine.writer.flush()
+        finally:
+            await engine.stop()
+    finally:
+        await replica.stop()
+    assert throttled(replica) == 0, replica.stats
+    return engine, now, report
+
+
+async def _stored_against_tape(exchange: str, tmp_path: Path, key: str, tf: str) -> list[Any]:
+    """The stored candles of ``tf``, each final one asserted equal to the tape's, field by field."""
+    rows = [r for r in read_venue_tape(tmp_path / "tape.csv") if r.symbol == MARKETS[exchange][0]]
+    want = {c.open_time: c for c in candles_from_tape(rows, TIMEFRAMES[tf])}
+    store = await open_cold(str(tmp_path / "boot.duckdb"), read_only=True)
+    try:
+        stored = await store.query(key, tf)
+    finally:
+        await store.close()
+    for c in stored:
+        w = want.get(c.open_time)
+        if c.final:
+            assert w is not None, (tf, c)
+            got = (c.open, c.high, c.low, c.close, round(c.volume, 8))
+            assert got == (w.open, w.high, w.low, w.close, round(w.volume, 8)), (tf, c, w)
+    return stored
+
+
+@pytest.mark.timeout(90)
+async def test_a_timeframe_the_exchange_lacks_is_rolled_up_equal_to_the_tape(tmp_path: Path) -> None:
+    """Coinbase serves no 4h candles: ccxt's 1h rows are rolled up, and equal the tape's 4h candles."""
+    import ccxt
+
+    assert base_timeframe("4h", ccxt.coinbase().timeframes) == "1h"  # rolled up, not fetched
+    engine, _, _ = await _bootstrap("coinbase", tmp_path, ["1h", "4h"], "13h", 14 * 3_600_000)
+    key = str(next(iter(engine.states)))
+    stored = await _stored_against_tape("coinbase", tmp_path, key, "4h")
+    final = [c for c in stored if c.final]
+    # 13 hours back: the three 4h candles wholly within them and closed are final.
+    assert len(final) >= 2, stored
+    print(f"coinbase 4h rolled up from 1h: {len(final)} final candles equal the tape")
+
+
+@pytest.mark.timeout(90)
+async def test_a_history_cap_is_reported_once_and_nothing_older_is_final(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Kraken's OHLC serves its newest 720 rows: asked for 13 hours of 1m candles, the feed says so
+    once (log and status ``history_from``), stores from the cap on, and a repair older than the cap
+    is dropped rather than waited for: no candle before the cap is final."""
+    caplog.set_level(logging.WARNING)
+    engine, now, report = await _bootstrap("kraken", tmp_path, ["1m"], "13h", 14 * 3_600_000)
+    capped = report.history_from
+    assert capped is not None and "kraken:1m" in capped, capped
+    since = capped["kraken:1m"]
+    assert now - since <= 720 * 60_000, (now, since)
+    said = [r.getMessage() for r in caplog.records if "serves only its newest 720 1m rows" in r.getMessage()]
+    assert len(said) == 1, said
+    key = str(next(iter(engine.states)))
+    stored = await _stored_against_tape("kraken", tmp_path, key, "1m")
+    # (The cap moves on with the venue's clock: the bootstrap's, a little earlier, is the bound.)
+    assert stored and min(c.open_time for c in stored) >= since - 2 * 60_000, (stored[0], since)
+    assert sum(c.final for c in stored) >= 700
+    # What the cap hides is never asked for again: a repair before it is dropped, not queued forever.
+    st = engine.states[key]
+    from deltafeed.engine.completeness import Repair
+
+    old = Repair(key, "1m", since - 3_600_000, since - 1_800_000, 0.0)
+    assert engine.completeness._within_history(st, old) is False

@@ -66,6 +66,7 @@ class Completeness:
         self.recovery_s: deque[float] = deque(maxlen=10_000)  # hole found -> candles repaired
         self.audits = 0
         self.audit_gaps = 0
+        self.merged = 0  # repairs that widened a waiting one instead of queueing their own
         self._written_marks: dict[tuple[str, str], int] = {}  # what write_marks last stored
         # Holes an audit asked a venue without empty candles (``omits_empty``) to fill, and those it
         # answered with nothing: a quiet interval, not a loss, so later audits leave it alone.
@@ -92,10 +93,31 @@ class Completeness:
 
         def repair(timeframe: str, first: int, last: int) -> None:
             log.debug("repair queued: %s %s %d..%d", key, timeframe, first, last)
-            self.repairs.append(Repair(key, timeframe, first, last, self.engine.clock.monotonic()))
+            if not self._merge(key, timeframe, first, last):
+                self.repairs.append(Repair(key, timeframe, first, last, self.engine.clock.monotonic()))
             self._wakeup.set()
 
         return repair
+
+    def _merge(self, key: str, tf: str, first: int, last: int) -> bool:
+        """Widen a waiting repair of the series that ``[first, last]`` overlaps or adjoins to cover
+        it too; False when there is none. Every loss a feed reports (each reconnect of a flaky
+        connection, each gap) queues a repair: merged, they take one request where they would take
+        one each, which is what keeps repairs abreast of the faults on a venue whose REST is slow
+        (Kraken's one call a second through ccxt)."""
+        grid = timeframe(tf)
+        for job in self.repairs:
+            if (
+                job.key == key
+                and job.timeframe == tf
+                and not job.reconcile
+                and first <= grid.next(job.last)
+                and job.first <= grid.next(last)
+            ):
+                job.first, job.last = min(job.first, first), max(job.last, last)
+                self.merged += 1
+                return True
+        return False
 
     def stale_sink(self, key: str) -> Callable[[str, int], None]:
         """A derived candle the rollup cannot vouch for (a part it never saw whole): fetch it."""
@@ -207,8 +229,12 @@ class Completeness:
         """Clip ``job`` to the history the venue still serves (``FeedStatus.history_from``, for venues
         that keep only their newest candles): nothing older can ever be fetched, so a repair waiting
         for it would wait forever. False when none of the job is within it (dropped)."""
-        parts = source(st.instrument.venue, job.timeframe) or job.timeframe  # what is fetched for it
-        since = (st.feed.report().history_from or {}).get(parts)
+        own = getattr(st.feed, "series_history_from", None)  # a bridge's exchanges differ (ccxt)
+        if own is not None:
+            since = own(st, job.timeframe)
+        else:
+            parts = source(st.instrument.venue, job.timeframe) or job.timeframe  # what is fetched for it
+            since = (st.feed.report().history_from or {}).get(parts)
         if since is None or job.first >= since:
             return True
         since = timeframe(job.timeframe).ceil(since)
@@ -286,12 +312,13 @@ class Completeness:
                 if not prov or tf in derived:  # a derived candle is final once its parts are
                     continue
                 grid = timeframe(tf)
-                due = [t for t in prov if grid.next(t) <= now]
+                # What a waiting or running job of the series already covers is not asked twice; what
+                # closed after it is (a slow round must not leave the newest candles to the next one).
+                spans = self.spans(key, tf)
+                due = [t for t in prov if grid.next(t) <= now and not any(a <= t <= b for a, b in spans)]
                 if not due:
                     continue
                 first, last = min(due), max(due)
-                if self.repairing(key, tf, first, last):
-                    continue
                 self.repairs.append(Repair(key, tf, first, last, self.engine.clock.monotonic(), reconcile=True))
                 queued += 1
         if queued:
@@ -415,10 +442,14 @@ class Completeness:
             self.repairs.append(Repair(st.key, tf, first, last, self.engine.clock.monotonic(), reconcile=True))
             self._wakeup.set()
 
+    def spans(self, key: str, timeframe: str) -> list[tuple[int, int]]:
+        """The [first, last] open times of the series' waiting and running jobs."""
+        jobs = [*self.repairs, *([self.inflight] if self.inflight is not None else [])]
+        return [(j.first, j.last) for j in jobs if j.key == key and j.timeframe == timeframe]
+
     def repairing(self, key: str, timeframe: str, first: int, last: int) -> bool:
         """Whether a repair waiting or under way touches [first, last] of the series."""
-        jobs = [*self.repairs, *([self.inflight] if self.inflight is not None else [])]
-        return any(j.key == key and j.timeframe == timeframe and j.first <= last and first <= j.last for j in jobs)
+        return any(a <= last and first <= b for a, b in self.spans(key, timeframe))
 
     async def audit_loop(self) -> None:
         every = self.engine.settings.seconds("audit_every")

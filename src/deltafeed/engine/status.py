@@ -144,6 +144,7 @@ class EngineStatus(msgspec.Struct):
     hot_refills: int | None
     hot: HotStatus | None
     pending_repairs: int
+    repairs_merged: int  # reported losses that widened a waiting repair instead of queueing one
     provisional: int
     reconciled: int
     corrected: int
@@ -215,6 +216,7 @@ def engine_status(e: Engine) -> EngineStatus:
         if redis is None
         else HotStatus(redis.name, redis.degraded, redis.written, redis.failures, redis.refills, redis.pending),
         pending_repairs=e.completeness.pending,
+        repairs_merged=e.completeness.merged,
         provisional=sum(len(p) for st in states.values() for p in st.provisional.values()),
         reconciled=sum(st.reconciled for st in states.values()),
         corrected=sum(st.corrected for st in states.values()),

@@ -56,7 +56,8 @@ class FeedStatus(msgspec.Struct, omit_defaults=True):
     lost_quotes: int | None = None  # IG
     sequence_gaps: int | None = None  # venues with a per-connection message sequence (Coinbase)
     #: Per timeframe, the oldest candle open time (ms) the venue's history still serves, for venues
-    #: whose history is capped (Hyperliquid's newest 5000 candles, Kraken's 720 OHLC rows).
+    #: whose history is capped (Hyperliquid's newest 5000 candles, Kraken's 720 OHLC rows); keyed
+    #: ``exchange:timeframe`` for a bridge of several exchanges (ccxt).
     history_from: dict[str, int] | None = None
     #: The venue's error frames, by kind (Coinbase ``error``, Bybit ``success:false``, Kraken ``error``).
     venue_errors: dict[str, int] | None = None

@@ -565,6 +565,10 @@ class AlpacaPollFeed:
                             self._next[(sym, tf)] = c.open_time + iv
                     # Settled and answered: a bar absent up to here is a quiet interval.
                     self._next[(sym, tf)] = max(self._next[(sym, tf)], settled - settled % iv + iv)
+                    # Everything before it is the venue's own final bars: that is how far the store
+                    # is vouched for (a series without trades is marked where its bootstrap got to),
+                    # so a restart resumes here instead of fetching again from the first start.
+                    st.bootstrap_marks[tf] = max(st.bootstrap_marks.get(tf, 0), self._next[(sym, tf)])
 
     async def tick(self, mono: float) -> None:
         return None

@@ -31,7 +31,9 @@ REPLICA_EXCHANGES: dict[str, dict[str, Any]] = {
     # its combined-stream path: the address is given whole.
     "binance": {"options": {"fetchMarkets": {"types": ["spot"]}}, "ws_path": "/stream"},
     "bybit": {"options": {"fetchMarkets": {"types": ["spot", "linear"]}}},
-    "coinbase": {"config": {"rateLimit": 150}},  # the replica enforces the venue's 10 public requests/s
+    # ccxt charges a candles call 3 x rateLimit: 40 ms is 8.3 calls a second, under the 10 public
+    # requests/s the replica (and the venue) enforce (150 ms was 2.2 a second, which left repairs behind).
+    "coinbase": {"config": {"rateLimit": 40}},
     # ccxt charges an info request 20 of the venue's 1200 weight a minute at its 50 ms pace, but a
     # candleSnapshot weighs one more per 60 candles answered: a slower pace keeps it under the limit.
     "hyperliquid": {"config": {"rateLimit": 70}},
@@ -60,6 +62,9 @@ class CcxtSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
     # subscription is presumed lost and the exchange's connections are renewed (a hole each).
     symbol_silence: float = 120.0
     sequential_ids: list[str] = msgspec.field(default_factory=list)  # more exchanges with consecutive trade ids
+    # Per exchange, the newest OHLCV rows it serves (Kraken 720 and Hyperliquid 5000 built in): history
+    # older than that is reported once and its candles are never marked final.
+    history_rows: dict[str, int] = msgspec.field(default_factory=dict)
     reconcile_every: float = 20.0  # seconds between reconciliations of provisional candles with fetch_ohlcv
 
 

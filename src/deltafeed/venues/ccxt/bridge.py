@@ -21,6 +21,10 @@ from deltafeed.model import TIMEFRAMES, BadInput, Candle, Trade
 #: replicas; ``sequential_ids`` in the settings adds others): a batch that does not continue the
 #: previous one by id is a hole. Elsewhere only time order is checked.
 SEQUENTIAL_IDS = frozenset({"binance", "binanceus", "kraken"})
+#: The newest OHLCV rows an exchange serves per symbol and timeframe, whatever ``since`` asks for
+#: (PROTOCOLS-wave2.md 3.2 and 4.2; ``history_rows`` in the settings adds others): nothing older can
+#: be fetched, so nothing older can be verified.
+HISTORY_ROWS = {"kraken": 720, "hyperliquid": 5000}
 #: ccxt's trade cache size we ask for (its default, 1000, silently overwrites trades under a burst).
 TRADES_LIMIT = 100_000
 #: Venue trade ids remembered per series, to drop the repeats ccxt hands out again.

@@ -27,6 +27,7 @@ from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.venues.base import FeedStatus, SkipLog, TradeSink
 from deltafeed.venues.ccxt import INSTALL_HINT, VENUE, CcxtSettings
 from deltafeed.venues.ccxt.bridge import (
+    HISTORY_ROWS,
     SEQUENTIAL_IDS,
     Continuity,
     Market,
@@ -50,6 +51,11 @@ BACKOFF_S = (0.2, 5.0)  # first and longest wait before a failed watch is called
 REST_TRIES = 5  # attempts of one fetch_ohlcv page before the engine is told it failed
 DEFAULT_PAGE = 500  # rows per fetch_ohlcv call when ccxt's features do not say
 CLOCK_READ_EVERY_S = 5.0  # at most this often, the venue's time is read again
+#: Seconds of observations before the venue clock's pace is measured (the clock's default is 10 s).
+#: Through ccxt a bootstrap at a slow exchange's pace (Kraken: 1.2 s a call) reads the clock only
+#: from its first seconds of history rows: with the pace not measured by the end of it, a replica
+#: running its market fast left the estimate so far behind that every first trade was refused.
+CLOCK_BASELINE_S = 3.0
 
 
 def import_ccxt_pro() -> Any:
@@ -110,8 +116,11 @@ def _takes_until(client: Any) -> bool:
 class _Exchange:
     """One exchange of a run: its ccxt.pro client, its series by unified symbol, what they remember."""
 
-    def __init__(self, ex_id: str, sequential: bool) -> None:
+    def __init__(self, ex_id: str, sequential: bool, history_rows: int | None) -> None:
         self.id = ex_id
+        self.history_rows = history_rows  # the newest OHLCV rows it serves, when capped
+        self.capped: set[str] = set()  # timeframes whose cap was reported (once each)
+        self.history_tfs: set[str] = set()  # timeframes asked for: their history depth is in the status
         self.client: Any = None
         self.series: dict[str, Series] = {}  # unified symbol (as ccxt spells it) -> series
         self.wanted: dict[str, Series] = {}  # as the instrument spells it, before check()
@@ -145,11 +154,13 @@ class CcxtFeed:
             raise BadInput(f"[venues.ccxt] watch = {vs.watch!r}; use single or batch")
         if vs.trades_limit < 1000:
             raise BadInput("[venues.ccxt] trades_limit must be at least 1000 (ccxt's own default drops bursts)")
+        if any(not isinstance(n, int) or n < 2 for n in vs.history_rows.values()):
+            raise BadInput("[venues.ccxt] history_rows are rows per exchange, at least 2, e.g. { kraken = 720 }")
         if vs.reconcile_every <= 0:
             raise BadInput("[venues.ccxt] reconcile_every must be more than 0 seconds, e.g. 20")
         self.vs = vs
         self.reconcile_every_s = float(vs.reconcile_every)
-        self.clock = VenueClock()
+        self.clock = VenueClock(baseline_s=CLOCK_BASELINE_S)
         self._on_trade = on_trade
         # A watch without a batch for this long is dropped and called again (a hole): ccxt's own
         # keep-alive takes minutes to notice a stalled connection.
@@ -183,7 +194,8 @@ class CcxtFeed:
         ex = self.exchanges.get(m.exchange)
         if ex is None:
             seq = m.exchange in SEQUENTIAL_IDS or m.exchange in {s.lower() for s in self.vs.sequential_ids}
-            ex = self.exchanges[m.exchange] = _Exchange(m.exchange, seq)
+            rows = (HISTORY_ROWS | {k.lower(): v for k, v in self.vs.history_rows.items()}).get(m.exchange)
+            ex = self.exchanges[m.exchange] = _Exchange(m.exchange, seq, rows)
         ex.wanted[m.symbol] = st
         self.states.append(st)
 
@@ -552,7 +564,23 @@ class CcxtFeed:
             raise BadInput(f"ccxt's {ex.id} cannot serve {timeframe} candles")
         start = start_ms - start_ms % tf_ms
         end = end_ms - end_ms % tf_ms + tf_ms - 1  # the whole of the last candle's interval
-        parts = await self._fetch(ex, sym, base, start, end, now)
+        oldest = self._history_start(ex, timeframe, now)
+        if oldest is not None and start < oldest:
+            if timeframe not in ex.capped:
+                ex.capped.add(timeframe)
+                log.warning(
+                    "ccxt's %s serves only its newest %d %s rows: %s %s history asked from %d starts at %d; "
+                    "candles before it cannot be verified and are never marked final",
+                    ex.id,
+                    ex.history_rows,
+                    base,
+                    st.instrument.symbol,
+                    timeframe,
+                    start,
+                    oldest,
+                )
+            start = oldest  # nothing older is served: not asked for
+        parts = await self._fetch(ex, sym, base, start, end, now) if start <= end else []
         out = parts if base == timeframe else roll_up(parts, tf_ms, now)
         out = [c for c in out if start_ms - start_ms % tf_ms <= c.open_time <= end_ms]
         # The exchange's rows carry no trade count: one equal to the candle the stream built keeps its count.
@@ -564,6 +592,24 @@ class CcxtFeed:
                 c.trades = b.trades
         return out
 
+    def _history_start(self, ex: _Exchange, timeframe: str, now_ms: int) -> int | None:
+        """Open time of the oldest ``timeframe`` candle whose parts the exchange still serves (its
+        newest ``history_rows`` rows end with the forming one), or None when its history is not capped."""
+        ex.history_tfs.add(timeframe)
+        base = base_timeframe(timeframe, ex.timeframes)
+        if ex.history_rows is None or base is None:
+            return None
+        b_ms, tf_ms = TIMEFRAMES[base], TIMEFRAMES[timeframe]
+        # Two rows of margin: our estimate of the venue's clock may run a little ahead of it.
+        oldest = now_ms - now_ms % b_ms - max(0, ex.history_rows - 3) * b_ms
+        return -(-oldest // tf_ms) * tf_ms  # the first whole candle of ``timeframe`` from there
+
+    def series_history_from(self, st: Series, timeframe: str) -> int | None:
+        """The oldest ``timeframe`` candle of ``st`` the exchange's history still serves, or None
+        (not capped): the engine drops repairs of anything older rather than wait for them forever."""
+        ex, _ = self._series_of(st)
+        return self._history_start(ex, timeframe, self.clock.now_ms())
+
     async def _fetch(self, ex: _Exchange, sym: str, tf: str, start: int, end: int, now: int) -> list[Candle]:
         """Rows of ``tf`` with open time in [start, end], oldest first, a page at a time."""
         tf_ms = TIMEFRAMES[tf]
@@ -572,7 +618,13 @@ class CcxtFeed:
         t = start
         while t <= end:
             rows = await self._page(ex, sym, tf, t, limit, min(end, t + limit * tf_ms - 1))
-            page = [c for c in candles_from_rows(rows, tf_ms, now, self.decode_errors) if t <= c.open_time <= end]
+            got = candles_from_rows(rows, tf_ms, now, self.decode_errors)
+            if got:
+                # The newest row is a reading of the venue's clock (at most one interval old): it
+                # keeps our estimate abreast during a long bootstrap, when no trade is taken yet
+                # and trades ahead of a lagging estimate would be refused as impossible.
+                self.clock.observe(got[-1].open_time)
+            page = [c for c in got if t <= c.open_time <= end]
             out += page
             if page:
                 t = page[-1].open_time + tf_ms
@@ -611,6 +663,13 @@ class CcxtFeed:
         loops = [v for ex in self.exchanges.values() for v in ex.live.values()]
         out_of_order = sum(c.out_of_order for ex in self.exchanges.values() for c in ex.cont.values())
         gaps = sum(c.id_gaps for ex in self.exchanges.values() for c in ex.cont.values())
+        now = self.clock.now_ms()
+        history_from = {
+            f"{ex.id}:{tf}": start
+            for ex in self.exchanges.values()
+            for tf in sorted(ex.history_tfs)
+            if (start := self._history_start(ex, tf, now)) is not None
+        }
         venue_errors = dict(self.watch_errors)
         if self.foreign:
             venue_errors["foreign_symbol_trades"] = self.foreign
@@ -630,6 +689,7 @@ class CcxtFeed:
             rest_limiter_waits=0,
             out_of_order=out_of_order,
             sequence_gaps=gaps,
+            history_from=history_from or None,
             venue_errors=venue_errors or None,
         )
 
