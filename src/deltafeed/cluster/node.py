@@ -283,6 +283,7 @@ class ClusterView:
             hot_refills=None,
             hot=None,
             pending_repairs=0,
+            repairs_merged=0,
             provisional=0,
             reconciled=0,
             corrected=0,
