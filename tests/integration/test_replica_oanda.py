@@ -482,7 +482,9 @@ async def test_bad_candle_requests_get_400(make: Make, params: dict[str, Any], n
 async def test_alignment_follows_new_york_daylight_saving(make: Make) -> None:
     # Across the US switch to summer time (Sunday 2026-03-08): D candles open at 17:00 New York, 22:00
     # UTC before and 21:00 after; weeks open on Friday 17:00 New York (EST). History from Friday noon.
-    r = await make(symbols=["EUR_USD"], start_ms=ms("2026-03-10T12:00"), history_ms=4 * 86_400_000, tape=None)
+    # The market clock stands still (a hand-moved monotonic clock), so two requests see the same candles.
+    clock = MarketClock(1.0, ms("2026-03-10T12:00"), monotonic=Mono())
+    r = await make(symbols=["EUR_USD"], clock=clock, history_ms=4 * 86_400_000, tape=None)
     async with aiohttp.ClientSession(headers=r.headers) as http:
         _, body = await candles(http, r, "EUR_USD", granularity="D")
         assert [c["time"][:16] for c in body["candles"]] == [

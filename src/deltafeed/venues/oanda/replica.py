@@ -734,7 +734,8 @@ class OandaReplica(ReplicaBase):
                 raise _invalid(flag)
         tradeable = self._sim.calendar.is_open(self._clock.now_ms())
         prices = [line for line, t in self._last_prices(instruments, fmt_time, tradeable) if since is None or t > since]
-        return b'{"prices":[%s],"time":"%s"}' % (b",".join(prices), fmt_time(self._clock.now_ms()).encode())
+        # The answer's time is the instant up to which quotes were released (the clock may have moved on).
+        return b'{"prices":[%s],"time":"%s"}' % (b",".join(prices), fmt_time(self._market.released_ms).encode())
 
     def _last_prices(
         self, instruments: list[str], fmt_time: Callable[[int], str], tradeable: bool
