@@ -51,9 +51,7 @@ async def test_ccxt_watch_order_book_equals_the_tape(tmp_path: Path, venue: str)
         await ex.load_markets()
         for _ in range(25):
             ob = await asyncio.wait_for(ex.watch_order_book(unified, depth), 10)
-            seen.append(
-                ([(b[0], b[1]) for b in ob["bids"][:depth]], [(a[0], a[1]) for a in ob["asks"][:depth]])
-            )
+            seen.append(([(b[0], b[1]) for b in ob["bids"][:depth]], [(a[0], a[1]) for a in ob["asks"][:depth]]))
     finally:
         await ex.close()
         await r.stop()
