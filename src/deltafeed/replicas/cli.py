@@ -27,9 +27,11 @@ def add_common_args(
     history_help: str = "market history generated before --start",
     tape_help: str | None,
     fault_kinds: str,
+    books: bool = False,
 ) -> None:
     """The options every replica has, with its own defaults and help texts; a help of None leaves
-    out --start or --tape (a replica without it). ``fault_kinds`` lists the kinds it injects."""
+    out --start or --tape (a replica without it). ``fault_kinds`` lists the kinds it injects;
+    ``books``: it serves order books (``--book-tape``)."""
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--symbols", default=symbols, metavar=symbols_metavar, help=symbols_help)
@@ -41,6 +43,12 @@ def add_common_args(
     p.add_argument("--history", default=history, help=history_help)
     if tape_help is not None:
         p.add_argument("--tape", help=tape_help)
+    if books:
+        p.add_argument(
+            "--book-tape",
+            metavar="CSV",
+            help="write every order-book change to this CSV (default: beside --tape, X.csv -> X.book.csv)",
+        )
     p.add_argument(
         "--faults",
         metavar="SPEC",

@@ -73,6 +73,7 @@ class Binance(Venue):
             tape_help="write every trade to this CSV file",
             fault_kinds="close, reset, stall, shutdown, drop, dup, reorder, garbage, http500, http429, slow, "
             "bookdrop, bookdup, bookreorder, stalebook (e.g. close=1,drop=10)",
+            books=True,
         )
         parser.add_argument("--weight-limit", type=int, default=6000, help="REST weight per minute")
         parser.add_argument(
