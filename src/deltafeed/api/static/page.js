@@ -265,6 +265,7 @@
       wsRetry = 500;
       setWs("open");
       if (sub) send({ op: "subscribe", instrument: sub.instrument, timeframe: sub.timeframe, snapshot: 3 });
+      if (book.name) send({ op: "subscribe_book", instrument: book.name, depth: BOOK_DEPTH });
     };
     ws.onclose = function () {
       setWs("closed");
@@ -284,6 +285,7 @@
   }
 
   function onMessage(msg) {
+    if (msg.type === "book_snapshot" || msg.type === "book_delta") return onBook(msg);
     if (!sub) return;
     if (msg.type === "subscribed" && msg.timeframe === sub.timeframe) {
       sub.name = msg.instrument;
@@ -415,6 +417,66 @@
     }).catch(failed);
   }
 
+  // --- the depth view: the instrument's order book, when the server keeps one -----------------------
+  // Snapshot, then deltas that must each follow the previous message (prev); otherwise subscribe again.
+  // Nothing is shown as valid while the server's book is out of sync.
+
+  var BOOK_DEPTH = 10;
+  var book = { name: null, bids: new Map(), asks: new Map(), seq: null, inSync: false };
+  page.book = book;
+
+  function followBook(name) {
+    if (book.name === name) return;
+    if (book.name) send({ op: "unsubscribe_book", instrument: book.name });
+    book.name = name;
+    book.seq = null;
+    book.inSync = false;
+    $("depth").hidden = !name;
+    if (name) send({ op: "subscribe_book", instrument: name, depth: BOOK_DEPTH });
+    drawBook();
+  }
+
+  function onBook(msg) {
+    if (msg.instrument !== book.name) return;
+    var d = msg.data;
+    if (msg.type === "book_snapshot") {
+      book.bids = new Map(d.bids);
+      book.asks = new Map(d.asks);
+      book.inSync = d.in_sync;
+    } else if (d.prev !== book.seq) {
+      send({ op: "unsubscribe_book", instrument: book.name });
+      send({ op: "subscribe_book", instrument: book.name, depth: BOOK_DEPTH });
+      return;
+    } else {
+      [[book.bids, d.bids], [book.asks, d.asks]].forEach(function (pair) {
+        pair[1].forEach(function (lv) { if (lv[1]) pair[0].set(lv[0], lv[1]); else pair[0].delete(lv[0]); });
+      });
+    }
+    book.seq = d.sequence;
+    drawBook();
+  }
+
+  function drawBook() {
+    var bids = Array.from(book.bids.entries()).sort(function (a, b) { return b[0] - a[0]; });
+    var asks = Array.from(book.asks.entries()).sort(function (a, b) { return a[0] - b[0]; });
+    var most = Math.max.apply(null, bids.concat(asks).map(function (l) { return l[1]; }).concat([0]));
+    var row = function (l, side) {
+      var w = most ? Math.round(100 * l[1] / most) : 0;
+      return '<tr class="' + side + '"><td>' + l[0] + "</td><td>" + l[1] +
+        '</td><td class="bar"><span style="width:' + w + '%"></span></td></tr>';
+    };
+    var valid = book.inSync && bids.length && asks.length;
+    $("depth-state").textContent = !book.name ? "" : valid
+      ? book.name + " · spread " + (asks[0][0] - bids[0][0]).toPrecision(6) + " · #" + book.seq
+      : book.name + " · out of sync, resynchronising";
+    $("depth-levels").innerHTML = valid
+      ? asks.slice().reverse().map(function (l) { return row(l, "ask"); }).join("") +
+        bids.map(function (l) { return row(l, "bid"); }).join("")
+      : "";
+    $("depth").dataset.inSync = String(!!valid);
+    $("depth").dataset.sequence = String(book.seq);
+  }
+
   // --- the status strip ---------------------------------------------------------------------------
 
   function pollStatus() {
@@ -422,6 +484,8 @@
       var st = got[0].body;
       var health = got[1].body;
       Object.keys(st.failover || {}).forEach(function (name) { logical.add(name); });
+      var base = selection().base;
+      followBook(base && (st.books || {})[base] ? base : null);
       var venues = Object.keys(st.venues || {}).map(function (v) {
         return (st.venues[v].connected ? "● " : "○ ") + v;
       });
