@@ -11,8 +11,9 @@
 2. **Memory** of one book (the keeper's :class:`~deltafeed.books.book.L2Book`) holding 100 and 1000
    levels a side (``tracemalloc``, bytes allocated by filling it).
 3. **Latency** from a delta applied to the keeper to a WebSocket consumer holding it: the Binance
-   replica -> the book feed -> the hub -> a ``subscribe_book`` client over loopback, all in this one
-   process and event loop (so the figure includes the loop's scheduling), for ``--seconds``.
+   replica (its own process, three symbols) -> the book feed -> the hub -> a ``subscribe_book``
+   client over loopback, the feed, hub and client in this one process and event loop (so the figure
+   includes the loop's scheduling), for ``--seconds``.
 
 Each figure is the median of ``--repeat`` runs.
 
@@ -28,6 +29,7 @@ import os
 import random
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -181,11 +183,15 @@ async def latency(seconds: float) -> tuple[float, float, int]:
     from deltafeed.api.ws import add_ws_routes
     from deltafeed.books import BookEvent
     from deltafeed.venues.binance import BinanceSettings
-    from deltafeed.venues.binance.replica import BinanceReplica
 
     symbols = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]  # a delta of each every 100 ms
-    replica = BinanceReplica(symbols=symbols, rate=50.0, history_ms=60_000)
-    await replica.start()
+    # The replica in a process of its own: its market simulation does not share this event loop.
+    replica = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "deltafeed", "replica", "binance", "--symbols", ",".join(symbols),
+        "--rate", "50", "--history", "1m", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert replica.stdout is not None
+    url = (await replica.stdout.readline()).decode().split()[-1]  # "listening on http://127.0.0.1:PORT"
     keepers = {f"binance:{s}": BookKeeper(f"binance:{s}", depth=20, keep=1000) for s in symbols}
     applied: dict[tuple[str, int], float] = {}
 
@@ -194,7 +200,7 @@ async def latency(seconds: float) -> tuple[float, float, int]:
 
     for k in keepers.values():
         k.listeners.append(stamp)
-    vs = BinanceSettings(rest_url=replica.url, ws_url=replica.ws_url)
+    vs = BinanceSettings(rest_url=url, ws_url=url.replace("http://", "ws://"))
     feed = binance_book.BinanceBookFeed(vs, {k.partition(":")[2]: v for k, v in keepers.items()})
     feed_task = asyncio.create_task(feed.run())
 
@@ -230,7 +236,8 @@ async def latency(seconds: float) -> tuple[float, float, int]:
         feed_task.cancel()
         await asyncio.gather(feed_task, return_exceptions=True)
         await runner.cleanup()
-        await replica.stop()
+        replica.terminate()
+        await replica.wait()
     lat.sort()
     return lat[len(lat) // 2], lat[int(len(lat) * 0.99)], len(lat)
 

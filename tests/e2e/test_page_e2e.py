@@ -21,14 +21,17 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from books import true_books
 from cdp import Browser, find_chromium
 from deltafeed.api.hub import Hub
 from deltafeed.api.openapi import openapi_spec
 from deltafeed.api.server import api_url, start_api, stop_api
+from deltafeed.books import BookEvent
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
 from deltafeed.engine.status import EngineStatus
 from deltafeed.model import TIMEFRAMES
+from deltafeed.replicas.books import book_tape_path
 from deltafeed.venues.binance.replica import BinanceReplica
 from reference import candles_from_tape, read_tape, rows_by_symbol
 
@@ -48,11 +51,14 @@ TF = "15s"
 
 
 class Served:
-    def __init__(self, replica: BinanceReplica, engine: Engine, url: str, tape: Path) -> None:
+    def __init__(
+        self, replica: BinanceReplica, engine: Engine, url: str, tape: Path, venue_seq: dict[int, int]
+    ) -> None:
         self.replica = replica
         self.engine = engine
         self.url = url
         self.tape = tape
+        self.venue_seq = venue_seq  # the book's sequence -> the venue's key of that state
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -68,8 +74,17 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
         db=str(tmp / "page.duckdb"),
         rest_url=replica.url,
         ws_url=replica.ws_url,
+        books=[BTC],
+        book_depth=20,
     ).validate()
     engine = Engine(settings)
+    venue_seq: dict[int, int] = {}
+
+    def remember(ev: BookEvent) -> None:
+        if ev.venue_seq is not None:
+            venue_seq[ev.sequence] = ev.venue_seq
+
+    engine.books.keepers[BTC].listeners.append(remember)
     await engine.start()
     hub = Hub(snapshot=engine.snapshot, instruments=engine.instrument_names)
     runner = await start_api(engine, hub, "127.0.0.1", 0, TOKEN)
@@ -77,7 +92,7 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
         async with asyncio.timeout(20):
             while engine.states[BTC].trades < 5:
                 await asyncio.sleep(0.05)
-        yield Served(replica, engine, api_url(runner), tape)
+        yield Served(replica, engine, api_url(runner), tape, venue_seq)
     finally:
         await stop_api(runner)
         await engine.stop()
@@ -144,6 +159,24 @@ async def test_the_page_draws_the_tape_and_follows_it_live(served: Served, brows
     assert bars[-1]["state"] == "forming"
     assert browser.errors == []
     _keep(await browser.screenshot(tmp_path / "page.png"), "DELTAFEED_PAGE_SCREENSHOT")
+
+
+async def test_the_depth_view_shows_the_book_the_tape_says(served: Served, browser: Browser) -> None:
+    await browser.goto(f"{served.url}/?token={TOKEN}&instrument={BTC}&timeframe={TF}")
+    await browser.wait_for("document.getElementById('depth').dataset.inSync === 'true'", timeout=20)
+    await browser.wait_for("deltafeedPage.book.seq > 3")  # followed live: deltas after the snapshot
+    shown = await browser.evaluate(
+        "({seq: deltafeedPage.book.seq,"
+        " bids: Array.from(deltafeedPage.book.bids.entries()).sort((a, b) => b[0] - a[0]),"
+        " asks: Array.from(deltafeedPage.book.asks.entries()).sort((a, b) => a[0] - b[0]),"
+        " rows: document.querySelectorAll('#depth-levels tr').length,"
+        " state: document.getElementById('depth-state').innerText})"
+    )
+    assert shown["rows"] == 20 and "spread" in shown["state"], shown
+    seq = served.venue_seq[shown["seq"]]
+    bids, asks = true_books(book_tape_path(served.tape), "BTCUSDT", [seq], 10)[seq]
+    assert [tuple(x) for x in shown["bids"]] == bids and [tuple(x) for x in shown["asks"]] == asks
+    assert browser.errors == []
 
 
 async def test_without_the_token_the_page_says_how_to_supply_it(served: Served, browser: Browser) -> None:
