@@ -113,3 +113,44 @@ async def test_book_as_of_each_moment(tier: BookTier, deltas: bool) -> None:
     assert snap is not None and rest == [] and (deleted > 0) is deltas
     assert await tier.apply_book_retention(now[0] + 1, now[0] + 1) > 0
     assert await tier.read_book(k.instrument, now[0]) == (None, [])
+
+
+def test_book_history_exports(tmp_path: Path) -> None:
+    """``deltafeed export INSTRUMENT book_snapshots|book_deltas OUT``: the stored rows, levels as lists."""
+    import asyncio
+    import subprocess
+    import sys
+
+    import duckdb
+
+    db = tmp_path / "x.duckdb"
+
+    async def record() -> None:
+        tier = DuckDBTier(ColdStore(db))
+        k = BookKeeper("binance:BTCUSDT", depth=3, keep=10)
+        h = BookHistory(
+            {k.instrument: k}, tier, every_s=10, depth=None, deltas=True,
+            snapshot_retention_ms=3_600_000, delta_retention_ms=600_000, wall_ms=lambda: 1_780_000_000_000,
+        )  # fmt: skip
+        k.snapshot([(100.0, 1.0), (99.5, 2.0)], [(101.0, 3.0)], 5, 1_779_999_999_000)
+        k.apply([(100.0, 0.0)], [(100.5, 4.0)], 6, 1_779_999_999_100)
+        await h.close()
+        await tier.close()
+
+    asyncio.run(record())
+    for kind, want in (("book_snapshots", [[[100.0, 1.0], [99.5, 2.0]]]), ("book_deltas", [[[100.0, 0.0]]])):
+        out = tmp_path / f"{kind}.parquet"
+        done = subprocess.run(
+            [sys.executable, "-m", "deltafeed", "export", "binance:BTCUSDT", kind, str(out), "--db", str(db)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "wrote 1 rows" in done.stderr
+        rows = duckdb.connect().execute(f"SELECT bids, sequence FROM '{out}'").fetchall()
+        assert [r[0] for r in rows] == want and rows[0][1] == (1 if kind == "book_snapshots" else 2)
+    done = subprocess.run(
+        [sys.executable, "-m", "deltafeed", "export", "binance:ETHUSDT", "book_deltas", str(tmp_path / "n.csv"),
+         "--db", str(db), "--format", "csv"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and "no such rows" in done.stderr and "Traceback" not in done.stderr

@@ -13,14 +13,18 @@ from deltafeed.cli import Subcommands, _parse_time
 from deltafeed.fmt import iso
 from deltafeed.model import TIMEFRAMES, BadInput, canonical_series, parse_timeframes, timeframe_ms
 
-_TICK_KINDS = ("trades", "quotes")
+_TICK_KINDS = ("trades", "quotes", "book_snapshots", "book_deltas")
 
 
 def add_parser(sub: Subcommands) -> None:
     """The ``export`` sub-command and its options."""
     e = sub.add_parser("export", help="write stored candles or ticks to a parquet, csv or feather file")
     e.add_argument("instrument", help="VENUE:SYMBOL, e.g. binance:BTCUSDT (NAME@bid for a forex side)")
-    e.add_argument("timeframe", help="a stored timeframe (1m, 1h, ...), or trades / quotes for the raw ticks")
+    e.add_argument(
+        "timeframe",
+        help="a stored timeframe (1m, 1h, ...), trades / quotes for the raw ticks,"
+        " or book_snapshots / book_deltas for the order-book history",
+    )
     e.add_argument("out", help="the file to write; with --layout freqtrade the data directory, nautilus the catalog")
     e.add_argument("--since", help="ISO-8601 time, UTC unless it says otherwise")
     e.add_argument("--until", help="ISO-8601 time, UTC unless it says otherwise")
@@ -60,6 +64,8 @@ def command(args: argparse.Namespace) -> int:
     to = export.target(args.out, inst, tf, args.format, args.layout, args.pair)
 
     async def existing(cold: ColdTier) -> str:
+        if kind.startswith("book_"):
+            return "no such rows (order books are kept with books = [...], their history with book_snapshot_every)"
         if ticks:
             tier = tick_tier(cold)
             held = await tier.tick_instruments() if tier is not None else []
@@ -85,7 +91,9 @@ def command(args: argparse.Namespace) -> int:
                         export.copy_from_duckdb, cold.store, inst, tf, since, until, args.final_only, to
                     )
             elif ticks:
-                raise BadInput(f"exporting ticks reads a DuckDB file; {cold.name} is not one (use GET /trades)")
+                raise BadInput(
+                    f"exporting {tf} reads a DuckDB file; {cold.name} is not one (use GET /trades or GET /book?at=)"
+                )
             else:
                 rows = await read_candles(None, cold, inst, tf, since, until, final_only=args.final_only)
                 n = await asyncio.to_thread(export.write_candles_file, rows, inst, tf, to)
@@ -103,7 +111,7 @@ def command(args: argparse.Namespace) -> int:
         n = asyncio.run(run())
     except StoreError as exc:
         raise BadInput(f"cannot export: {exc}") from None
-    unit = "ticks" if ticks else "candles"
+    unit = "rows" if kind.startswith("book_") else "ticks" if ticks else "candles"
     print(f"wrote {n} {unit} of {inst} {tf} to {written[0] if written else to.path}", file=sys.stderr)
     return 0
 

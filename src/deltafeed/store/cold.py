@@ -870,9 +870,9 @@ class ColdStore:
     def copy_to(self, table: str, columns: str, where: str, order: str, target: str, options: str) -> int:
         """``COPY (SELECT columns FROM table WHERE where ORDER BY order) TO target (options)`` run by
         DuckDB straight from the file, without the rows passing through Python; returns the row count.
-        ``table`` is ``candles``, ``trades`` or ``quotes``; the caller builds the SQL fragments from
-        checked values (:mod:`deltafeed.store.export`)."""
-        if table not in ("candles", "trades", "quotes"):
+        ``table`` is ``candles``, ``trades``, ``quotes``, ``book_snapshots`` or ``book_deltas``; the caller
+        builds the SQL fragments from checked values (:mod:`deltafeed.store.export`)."""
+        if table not in ("candles", "trades", "quotes", "book_snapshots", "book_deltas"):
             raise ValueError(f"no table {table!r} to export")
         quoted = target.replace("'", "''")
         with self._connection() as con:

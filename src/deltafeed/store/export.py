@@ -288,23 +288,38 @@ def _parquet_to_feather(src: str, dst: str) -> None:
 
 # -- ticks ---------------------------------------------------------------------------------------------
 
+_BOOK = (
+    "instrument, epoch_ms(time_ms)::TIMESTAMPTZ AS time, sequence, prev, in_sync,"
+    " epoch_ms(book_ms)::TIMESTAMPTZ AS book_time, CAST(bids::JSON AS DOUBLE[][]) AS bids,"
+    " CAST(asks::JSON AS DOUBLE[][]) AS asks"
+)
+#: What each kind of stored rows (ticks, order-book history) exports, and in which order.
 _TICK_PROJECTIONS = {
     "trades": "instrument, epoch_ms(time_ms)::TIMESTAMPTZ AS time, trade_id AS id, price, qty AS amount,"
     " CASE WHEN buyer_maker THEN 'sell' ELSE 'buy' END AS side",
     "quotes": "instrument, epoch_ms(time_ms)::TIMESTAMPTZ AS time, seq, bid, ask",
+    "book_snapshots": _BOOK,
+    "book_deltas": _BOOK,
+}
+_TICK_ORDER = {
+    "trades": "time_ms, trade_id",
+    "quotes": "time_ms, seq",
+    "book_snapshots": "time_ms, sequence",
+    "book_deltas": "time_ms, sequence",
 }
 
 
 def copy_ticks_from_duckdb(
     store: Any, kind: str, instrument: str, since: int | None, until: int | None, to: Target
 ) -> int:
-    """Export an instrument's stored trades or quotes (plain layout) straight from a DuckDB file."""
+    """Export an instrument's stored trades, quotes or order-book history (``book_snapshots``,
+    ``book_deltas``: levels as lists of ``[price, size]``), plain layout, straight from a DuckDB file."""
     parts = [f"instrument = {_lit(instrument)}"]
     if since is not None:
         parts.append(f"time_ms >= {int(since)}")
     if until is not None:
         parts.append(f"time_ms <= {int(until)}")
-    order = "time_ms, trade_id" if kind == "trades" else "time_ms, seq"
+    order = _TICK_ORDER[kind]
     cols = _TICK_PROJECTIONS[kind]
     if to.fmt != "feather":
         n: int = store.copy_to(kind, cols, " AND ".join(parts), order, to.path, to.options)
