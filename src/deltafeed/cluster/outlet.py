@@ -17,6 +17,8 @@ log = logging.getLogger("deltafeed.cluster")
 
 #: Acknowledgements awaited at once (JetStream here: ~5.8k msgs/s one at a time, ~26k/s with 500).
 IN_FLIGHT = 500
+#: How long a flush waits for its acknowledgements, in seconds (the rest are sent again).
+ACK_WAIT_S = 10.0
 #: How often pending messages are sent, in seconds (the engine ticks every 0.25 s).
 FLUSH_S = 0.05
 #: Messages kept waiting while NATS is unreachable (the oldest candles are then dropped: a
@@ -101,22 +103,23 @@ class Outlet:
         async with self._lock:
             batch, self._pending = self._pending, {}
             retry: dict[tuple[str, str], tuple[str, bytes, dict[str, str]]] = {}
-            futures = []
+            futures: dict[tuple[str, str], asyncio.Future[Any]] = {}
             try:
                 for key, (subj, data, headers) in batch.items():
-                    futures.append((key, await self.js.publish_async(subj, data, headers=dict(headers))))
+                    futures[key] = await self.js.publish_async(subj, data, headers=headers)
             finally:
-                done = {k for k, _ in futures}
-                retry.update((k, v) for k, v in batch.items() if k not in done)
-                for key, fut in futures:
-                    try:
-                        ack = await asyncio.wait_for(fut, 10.0)
-                    except Exception:
+                retry.update((k, v) for k, v in batch.items() if k not in futures)
+                if futures:
+                    await asyncio.wait(futures.values(), timeout=ACK_WAIT_S)
+                for key, fut in futures.items():
+                    if not fut.done() or fut.cancelled() or fut.exception() is not None:
+                        if not fut.done():
+                            fut.cancel()
                         self.failed += 1
                         retry[key] = batch[key]
                         continue
                     self.published += 1
-                    if ack.duplicate:
+                    if fut.result().duplicate:
                         self.duplicates += 1
                 # Older than anything put since: first in line, unless a newer version replaced it.
                 self._pending = {**{k: v for k, v in retry.items() if k not in self._pending}, **self._pending}
