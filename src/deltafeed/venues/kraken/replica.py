@@ -103,7 +103,7 @@ class _Trades:
         return out
 
 
-class _KrakenBook(SimBook):
+class KrakenBook(SimBook):
     """A pair's book with prices and quantities written at the pair's precisions (the checksum's)."""
 
     def price(self, ticks: int) -> str:
@@ -585,7 +585,7 @@ class KrakenReplica(ReplicaBase):
             name = self.symbols[sym]
             last_id, price = self._sim.last_trade(name)
             spec = self._sim.specs[name]
-            book = self._books[sym] = _KrakenBook(spec, round(price * spec.price_scale), False, max(last_id, 0) + 1)
+            book = self._books[sym] = KrakenBook(spec, round(price * spec.price_scale), False, max(last_id, 0) + 1)
             now = self._clock.now_ms()
             self._book_keys.add(book.u, self._next_key(sym, now))
             if self.book_tape is not None:
