@@ -122,7 +122,7 @@ def register(profile: ChaosVenue) -> ChaosVenue:
 def candle_kinds(kinds: tuple[str, ...]) -> tuple[str, ...]:
     """A replica's fault kinds without the order-book ones: the chaos runs keep no books, so a book
     fault would never fall on anything (tests/e2e/test_venue_books.py runs those)."""
-    return tuple(k for k in kinds if k not in BOOK_FAULTS)
+    return tuple(k for k in kinds if k not in (*BOOK_FAULTS, "bookrestart"))
 
 
 def _binance_replica(o: ReplicaOptions) -> ReplicaBase:

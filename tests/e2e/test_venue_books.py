@@ -40,7 +40,7 @@ CASES = {
     "bybit": Case(
         ("BTCUSDT", "LINEAR:BTCUSDT"),
         50,
-        "bookdrop=12,bookdup=12,bookreorder=12,stalebook=20,drop=4",
+        "bookdrop=12,bookdup=12,bookreorder=12,stalebook=20,bookrestart=9,drop=4",
     ),
     # No stalebook: Coinbase's book has no sequence to tell a stale snapshot by (its replica has none).
     "coinbase": Case(("BTC-USD", "ETH-USD"), 50, "bookdrop=12,bookdup=12,bookreorder=12,seqgap=4", monotonic=True),

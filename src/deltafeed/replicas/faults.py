@@ -48,6 +48,7 @@ VENUE_KINDS: dict[str, str] = {
     "bookreorder": "one order-book delta message sent after the next one",
     "stalebook": "an order-book snapshot from an older state of the book (with its own, older, sequence)",
     "badchecksum": "an order-book message whose checksum is wrong (venues with book checksums)",
+    "bookrestart": "the venue's book service restarts: a book stream starts over with a snapshot (Bybit: u = 1)",
 }
 #: Every kind a fault spec may name.
 ALL_KINDS: tuple[str, ...] = (*KINDS, *VENUE_KINDS)

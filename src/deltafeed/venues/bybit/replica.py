@@ -21,7 +21,9 @@ levels changed (a level leaving the top ``depth`` goes with size 0); its ``u`` g
 of the topic, as Bybit's does. Depth 1 sends snapshots only, and the unchanged one again every 3 s
 with the same ``u``. Book faults: ``bookdrop``, ``bookdup``, ``bookreorder`` (on a topic's deltas) and
 ``stalebook`` (a snapshot of the book as it was at least 50 steps ago, with that state's ``seq`` and an
-older ``u``).
+older ``u``), and ``bookrestart``: a topic starts over as after a restart of Bybit's service, with a
+snapshot whose ``u`` is 1 ("Occasionally, you'll receive "u"=1, which is a snapshot data due to the
+restart of the service").
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT", "LINEAR:BTCUSDT")
 #: (no per-connection sequence, and the server sends no heartbeat); ``silence`` keeps a connection
 #: open and answering pings with no data.
 FAULT_KINDS: tuple[str, ...] = (
-    "close", "reset", "stall", "silence", *MESSAGE_KINDS, *REST_KINDS, *(k for k in BOOK_FAULTS if k != "badchecksum")
+    "close", "reset", "stall", "silence", *MESSAGE_KINDS, *REST_KINDS, *(k for k in BOOK_FAULTS if k != "badchecksum"),
+    "bookrestart",
 )  # fmt: skip
 TICK_SECONDS = 0.02
 IDLE_CUT_S = 600.0  # "no ping-pong and no stream data ... cut off after 10 minutes"
@@ -738,6 +741,13 @@ class BybitReplica(ReplicaBase):
                     bt.name, 1, True, now, now, v.texts(v.bids, True), v.texts(v.asks, False), bt.u, book.u
                 )
             ]
+        f = self.faults
+        if f is not None and f.pending("bookrestart"):
+            f.due("bookrestart")
+            self._injected("bookrestart")
+            bt.u = 1
+            bids, asks = v.texts(v.bids, True), v.texts(v.asks, False)
+            return [codec.book_message(bt.name, bt.depth, True, now, now, bids, asks, bt.u, book.u)]
         if ch is None:
             return []
         bt.u += 1
