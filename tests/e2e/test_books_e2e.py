@@ -91,6 +91,8 @@ async def test_books_served_equal_the_tape(tmp_path: Path) -> None:
                 await asyncio.sleep(0.2)
             async with http.get(f"{url}/streaming/status") as r:
                 status = (await r.json())["books"][BTC]
+            async with http.get(f"{url}/metrics") as r:
+                metrics = await r.text()
             async with http.get(f"{url}/book/binance:NOPE") as r:
                 assert r.status == 404
             async with http.get(f"{url}/book/{BTC}", params={"depth": "21"}) as r:
@@ -135,6 +137,10 @@ async def test_books_served_equal_the_tape(tmp_path: Path) -> None:
     truth = true_books(path, "BTCUSDT", [venue_seq[d["sequence"]] for d in kept], DEPTH)
     for d in kept:
         assert (_levels(d["bids"]), _levels(d["asks"])) == truth[venue_seq[d["sequence"]]]
+
+    assert f'deltafeed_book_in_sync{{instrument="{BTC}"}}' in metrics
+    assert f'deltafeed_book_messages_total{{instrument="{BTC}",kind="delta"}}' in metrics
+    assert "deltafeed_book_resyncs_total{" in metrics
 
     # Status: best bid/ask and spread of the book in sync, how often it resynchronised and for how long.
     assert status["resyncs"] and status["longest_out_of_sync_s"] < 3.0, status

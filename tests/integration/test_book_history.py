@@ -115,6 +115,7 @@ async def test_book_as_of_each_moment(tier: BookTier, deltas: bool) -> None:
     assert await tier.read_book(k.instrument, now[0]) == (None, [])
 
 
+@pytest.mark.slow  # three CLI processes
 def test_book_history_exports(tmp_path: Path) -> None:
     """``deltafeed export INSTRUMENT book_snapshots|book_deltas OUT``: the stored rows, levels as lists."""
     import asyncio

@@ -34,7 +34,7 @@ from deltafeed.stats import Histogram
 
 if TYPE_CHECKING:
     from deltafeed.api.guard import ConnectionGuard
-    from deltafeed.engine.status import FeedStatus
+    from deltafeed.engine.status import BookStatus, FeedStatus
     from deltafeed.engine.view import EngineView
 
 #: How Prometheus writes a bucket bound (``le``): "0.005", "1.0", "+Inf".
@@ -107,6 +107,28 @@ def _count(value: Any) -> float:
         return 0.0
 
 
+def _book_metrics(books: dict[str, BookStatus]) -> Iterator[Metric]:
+    """Per kept order book: in sync or not, resyncs by kind, seconds out of sync, changes applied."""
+    in_sync = GaugeMetricFamily("deltafeed_book_in_sync", "1 while the order book is in sync", labels=["instrument"])
+    out = CounterMetricFamily(
+        "deltafeed_book_out_of_sync_seconds", "Seconds the order book was out of sync", labels=["instrument"]
+    )
+    applied = CounterMetricFamily(
+        "deltafeed_book_messages", "Book snapshots and deltas applied", labels=["instrument", "kind"]
+    )
+    resyncs = CounterMetricFamily(
+        "deltafeed_book_resyncs", "Order-book resynchronisations, by what broke the book", labels=["instrument", "kind"]
+    )
+    for inst, b in books.items():
+        in_sync.add_metric([inst], float(b.in_sync))
+        out.add_metric([inst], b.out_of_sync_s)
+        applied.add_metric([inst, "snapshot"], float(b.snapshots))
+        applied.add_metric([inst, "delta"], float(b.deltas))
+        for kind, n in b.resyncs.items():
+            resyncs.add_metric([inst, kind], float(n))
+    yield from (in_sync, out, applied, resyncs)
+
+
 def histogram_family(name: str, documentation: str, hist: Histogram) -> HistogramMetricFamily:
     """A Prometheus histogram from a :class:`deltafeed.stats.Histogram` (cumulated here, at scrape)."""
     buckets = [(_go_float(bound), float(n)) for bound, n in hist.cumulative()]
@@ -172,6 +194,8 @@ class EngineCollector(Collector):
             standby.add_metric([name], float(fo.on_standby))
         yield switches
         yield standby
+
+        yield from _book_metrics(status.books)
 
         venues: dict[str, FeedStatus] = status.venues
         connected = GaugeMetricFamily("deltafeed_connected", "1 when the venue's stream is connected", labels=["venue"])
