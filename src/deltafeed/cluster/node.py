@@ -363,6 +363,7 @@ class StreamFeed:
         )
         pending = sum((info.state.subjects or {}).values())
         view.replay_pending = pending
+        started = time.perf_counter()
         if pending == 0:
             view.caught_up = True
 
@@ -383,7 +384,11 @@ class StreamFeed:
                     view.replay_pending = left
                     if left == 0:
                         view.caught_up = True
-                        log.info("replayed the cluster's stream; following it live")
+                        log.info(
+                            "replayed the cluster's stream (%d messages in %.3f s); following it live",
+                            view.candles_in + view.stale + view.bad,
+                            time.perf_counter() - started,
+                        )
 
             return cb
 
