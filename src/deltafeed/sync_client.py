@@ -91,6 +91,16 @@ class SyncClient:
         """See :meth:`Client.fetch_trades` (ccxt's shape: stored raw trades, oldest first)."""
         return self._run(self._client.fetch_trades(symbol, since, limit, params))
 
+    def fetch_order_book(
+        self, symbol: str, limit: int | None = None, params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """See :meth:`Client.fetch_order_book` (ccxt's shape, plus ``in_sync``)."""
+        return self._run(self._client.fetch_order_book(symbol, limit, params))
+
+    def watch_order_book(self, symbol: str, limit: int | None = None) -> dict[str, Any]:
+        """See :meth:`Client.watch_order_book`: blocks until the book changes, then returns it."""
+        return self._run(self._client.watch_order_book(symbol, limit))
+
     def load_markets(self) -> dict[str, dict[str, Any]]:
         """See :meth:`Client.load_markets`."""
         return self._run(self._client.load_markets())

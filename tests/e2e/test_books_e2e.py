@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from books import true_books
-from deltafeed import Client
+from deltafeed import Client, SyncClient
 from deltafeed.api.hub import Hub
 from deltafeed.api.server import api_url, start_api, stop_api
 from deltafeed.books import BookEvent
@@ -97,6 +97,13 @@ async def test_books_served_equal_the_tape(tmp_path: Path) -> None:
                 assert r.status == 404
             async with http.get(f"{url}/book/{BTC}", params={"depth": "21"}) as r:
                 assert r.status == 400 and "1 to 20" in (await r.json())["error"]
+            # The blocking client (its own loop in a thread): ccxt's fetch_order_book and watch_order_book.
+            sync = SyncClient(url)
+            try:
+                fetched = await asyncio.to_thread(sync.fetch_order_book, "BTC/USDT", 5)
+                watched = [await asyncio.to_thread(sync.watch_order_book, BTC, 5) for _ in range(3)]
+            finally:
+                await asyncio.to_thread(sync.close)
             await engine.books.history.flush() if engine.books.history else None
             at_docs = []
             for t in at_times:
@@ -129,6 +136,16 @@ async def test_books_served_equal_the_tape(tmp_path: Path) -> None:
     truth = true_books(path, "BTCUSDT", [venue_seq[b["nonce"]] for b in ws_books], 10)
     for b in ws_books:
         assert (_levels(b["bids"]), _levels(b["asks"])) == truth[venue_seq[b["nonce"]]], b["nonce"]
+
+    # ccxt's shapes: fetch_order_book (5 levels, nonce = our sequence), watch_order_book (the next change each call).
+    assert set(fetched) >= {"symbol", "bids", "asks", "timestamp", "datetime", "nonce"} and fetched["symbol"] == BTC
+    assert len(fetched["bids"]) == 5 or not fetched["in_sync"]
+    nonces = [w["nonce"] for w in watched]
+    assert nonces == sorted(set(nonces)), nonces
+    for b in [fetched, *watched]:
+        if b["in_sync"]:
+            seq = venue_seq[b["nonce"]]
+            assert (_levels(b["bids"]), _levels(b["asks"])) == true_books(path, "BTCUSDT", [seq], 5)[seq]
 
     # History: the book as of a past moment is the tape's at the state it names.
     assert all(d["in_sync"] for d in at_docs) or len(at_docs) > 1
