@@ -53,13 +53,15 @@ either; the replica picks the unscaled price so stored candles compare with the 
 ``bind_session.txt``, ``control.txt``, ``heartbeat.txt`` with ``?LS_protocol=TLCP-2.x.0``; the body is the
 request's query lines). A session outlives its transport: HTTP streaming ends its response with ``LOOP,0``
 after ``LS_content_length`` bytes, HTTP polling (``LS_polling=true``) after the first data or
-``LS_idle_millis``, with ``LOOP,<LS_polling_millis>``; the client binds again (``bind_session`` on a new
-WebSocket or request: ``CONOK`` then what was queued meanwhile). A session whose transport was lost waits
-:data:`RECOVERY_S` for a bind; ``LS_recovery_from=N`` answers ``PROG,N`` and replays every data
-notification (U, SUBOK, EOS, OV, UNSUB, ...) from the N-th, from the last :data:`RECOVERY_BYTES` kept, else
-``CONERR,4`` [UNVERIFIED code]; an unknown session is ``CONERR,20``. A WebSocket closed cleanly by the client
-ends its session. Over HTTP, ``REQOK``/``REQERR`` are in the control response, the rest in the stream.
-Detached sessions still count towards ``max_connections`` but make room, oldest first, for a new one.
+``LS_idle_millis``, with ``LOOP,<LS_polling_millis>``, and so does a WebSocket bound with ``LS_polling=true``
+(which stays open for the next poll, a ``bind_session`` naming no session); the client binds again
+(``bind_session`` on a new WebSocket or request: ``CONOK`` then what was queued meanwhile). A session
+whose transport was lost waits :data:`RECOVERY_S` for a bind; ``LS_recovery_from=N`` answers ``PROG,N``
+and replays every data notification (U, SUBOK, EOS, OV, UNSUB, ...) from the N-th, from the last
+:data:`RECOVERY_BYTES` kept, else ``CONERR,4`` [UNVERIFIED code]; an unknown session is ``CONERR,20``. A
+WebSocket closed cleanly by the client ends its session. Over HTTP, ``REQOK``/``REQERR`` are in the control
+response, the rest in the stream. Detached sessions still count towards ``max_connections`` but make room,
+oldest first, for a new one.
 
 * ``wsok`` → ``WSOK``; ``create_session`` → ``CONOK,<sid>,50000,<keepalive ms>,*`` then
   ``SERVNAME``, ``CLIENTIP`` and ``CONS,unlimited``. ``LS_password`` must be ``CST-<cst>|XST-<xst>``
@@ -490,7 +492,13 @@ class _Sink:
         self.written = 0
         self.prog0 = 0  # the session's progressive when attached (a poll ends once data went out)
         self.broken = False
+        self.looped = False  # the last thing written was a LOOP (a WebSocket stays open for the next poll)
         self.done = asyncio.Event()
+
+    def poll(self, p: Mapping[str, str]) -> None:
+        """Take a bind's polling parameters: ``LS_polling=true`` with ``LS_polling_millis``, ``LS_idle_millis``."""
+        self.polling_ms = _int_or(p.get("LS_polling_millis"), 0) if p.get("LS_polling") == "true" else None
+        self.idle_deadline = time.monotonic() + _int_or(p.get("LS_idle_millis"), 0) / 1000.0
 
     async def _write(self, frame: str) -> None:
         if self.ws is not None:
@@ -524,6 +532,7 @@ class _Sink:
                     return
                 if frame == _LOOP:
                     await self._write(f"LOOP,{self.polling_ms or 0}\r\n")
+                    self.looped = True
                     conn.detach(self)
                     return
                 conn.pending -= len(frame)
@@ -539,7 +548,8 @@ class _Sink:
             conn = self.conn
             if conn is not None and conn.sink is self:
                 conn.detach(self)
-            await self.finish()
+            if not (self.looped and self.ws is not None):  # a polling WebSocket waits for the next bind
+                await self.finish()
             self.done.set()
 
     async def finish(self) -> None:
@@ -594,6 +604,7 @@ class _Conn:
         self.detached_at = None
         sink.conn = self
         sink.prog0 = self.prog
+        sink.looped = False
         sink.wake.set()
         if old is not None and old is not sink:
             old.wake.set()  # its writer sees it was replaced and stops
@@ -1207,6 +1218,10 @@ class IGReplica(ReplicaBase):
                     continue
                 try:
                     self._on_frame(sink, msg.data)
+                    if writer.done() and sink.conn is not None and sink.conn.sink is sink:  # polled again
+                        writer = asyncio.create_task(sink.run(), name="ig-replica-ws-writer")
+                        self._tasks.add(writer)
+                        writer.add_done_callback(self._tasks.discard)
                 except Exception:  # a bug must not kill the server; the client gets ERROR
                     log.exception("ig replica: TLCP request failed: %r", msg.data[:200])
                     if sink.conn is not None:
@@ -1215,7 +1230,7 @@ class IGReplica(ReplicaBase):
                         )
         finally:
             conn = sink.conn
-            if conn is not None and conn.sink is sink:
+            if conn is not None and (conn.sink is sink or (conn.sink is None and sink.looped)):
                 # A client that closed its WebSocket cleanly is gone; a lost one may bind again (recovery).
                 if ws.close_code not in (None, 1006) or conn.session_id is None:
                     conn.abort()
@@ -1380,13 +1395,18 @@ class IGReplica(ReplicaBase):
         detached; with ``LS_recovery_from=N``, ``PROG,N`` and every data notification from the N-th on
         (what the client never received), when they are still kept, else ``CONERR,4``."""
         here = sink.conn  # a WebSocket's own (session-less) connection, or None for an HTTP bind
-        conn = self._by_id.get(p.get("LS_session", ""))
+        sid = p.get("LS_session", "")
+        if not sid and here is not None and sink.looped:  # the next poll on a WebSocket names no session
+            sid = here.session_id or ""
+        conn = self._by_id.get(sid)
         refuse = here if here is not None else _Conn("?", self._end_session)
         if here is None:
             refuse.attach(sink)
         if conn is None or conn.closing:
             refuse.close_after([f"CONERR,20,{_tlcp_message('session not found')}"], self.stats)
             return
+        if here is conn and conn.sink is None and sink.looped:  # WS-POLLING: the next poll on the same WebSocket
+            here = None
         if here is conn:
             conn.send(
                 [f"ERROR,65,{_tlcp_message('this connection is bound already')}"], self.stats, self.max_send_buffer
@@ -1416,6 +1436,8 @@ class IGReplica(ReplicaBase):
         conn.outbox.extendleft(reversed(frames))
         conn.pending += sum(map(len, frames))
         self.stats["binds"] += 1
+        if sink.ws is not None:
+            sink.poll(p)
         conn.attach(sink)
 
     def _control(self, conn: _Conn, p: Mapping[str, str]) -> None:
