@@ -109,3 +109,31 @@ def test_delta_faults_drop_dup_reorder() -> None:
     now[0] = 30.0
     assert g.deltas("s", [b"a"]) == []
     assert g.deltas("s", [b"b"]) == [b"b", b"a"]
+
+
+def test_binance_depth_rule_on_crafted_events() -> None:
+    """The documented recipe, case by case: buffered events before the snapshot, a stale snapshot, the
+    first event straddling lastUpdateId, an old copy skipped, a gap resynchronising."""
+    from deltafeed.venues.binance.book import DepthSync, Diff, Snapshot
+
+    def diff(first: int, last: int, bid: float = 0.0) -> Diff:
+        return Diff(E=last, s="BTCUSDT", U=first, u=last, b=[(100.0, bid)] if bid else [], a=[])
+
+    k = BookKeeper("binance:BTCUSDT", depth=5, keep=10)
+    sync = DepthSync(k)
+    for ev in (diff(90, 95, 1.0), diff(96, 101, 2.0), diff(102, 104, 3.0)):
+        sync.on_diff(ev)  # buffered: no snapshot yet
+    assert not k.in_sync and len(sync.buffer) == 3
+    # A snapshot from before the first buffered event: stale, fetched again.
+    assert sync.on_snapshot(Snapshot(80, [(99.0, 1.0)], [(101.0, 1.0)]), 0) is False
+    assert k.resyncs["stale_snapshot"] == 1 and not k.in_sync
+    # lastUpdateId 98 falls inside 96..101: that event applies first, then 102..104.
+    assert sync.on_snapshot(Snapshot(98, [(99.0, 1.0)], [(101.0, 1.0)]), 0) is True
+    assert k.in_sync and k.venue_seq == 104 and k.view()["bids"] == [[100.0, 3.0], [99.0, 1.0]]
+    sync.on_diff(diff(103, 104, 9.0))  # an old copy (a duplicate): skipped
+    assert k.venue_seq == 104 and sync.old == 1 and k.in_sync
+    sync.on_diff(diff(105, 110, 4.0))
+    assert k.view()["bids"][0] == [100.0, 4.0]
+    sync.on_diff(diff(112, 115, 5.0))  # 111 missing: a gap
+    assert not k.in_sync and k.resyncs["gap"] == 1 and k.view()["bids"] == []
+    assert [(d.U, d.u) for d in sync.buffer] == [(112, 115)]  # buffered for the next snapshot
