@@ -80,8 +80,8 @@ def fill(path: Path, leave: int) -> None:
         f.write(b"\0" * (free - leave))
 
 
-async def health(http: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, Any]]:
-    async with http.get(url + "/health") as resp:
+async def health(http: aiohttp.ClientSession, url: str, path: str = "/health") -> tuple[int, dict[str, Any]]:
+    async with http.get(url + path) as resp:
         return resp.status, await resp.json()
 
 
@@ -148,6 +148,11 @@ async def test_a_disk_that_fills_during_the_bootstrap_degrades_then_catches_up(
             waits = [r for r in reasons if r.startswith(f"start-up waits for the cold store {db} to ")]
             assert len(waits) == 1 and waits[0].endswith("; streaming starts once it works again"), reasons
             assert all("\n" not in r for r in reasons)
+            # Not ready either (a supervisor holds traffic back), and /readyz names the store too.
+            status, ready = await health(http, url, "/readyz")
+            assert status == 503 and ready["status"] == "not ready", ready
+            assert any(r.startswith(f"cold store {db} not writable: ") for r in ready["reasons"]), ready
+            assert f"starting: bootstrapping history (waiting for the cold store {db} to " in ready["reasons"][0]
             assert engine.writer.written > 0  # the disk really filled part of the way through
             # Memory stays bounded while the disk is full: each series' bootstrap stops fetching at
             # the back-pressure point (one page past it at most), and nothing is dropped. With room
@@ -180,6 +185,7 @@ async def test_a_disk_that_fills_during_the_bootstrap_degrades_then_catches_up(
             status, doc = await health(http, url)
             assert status == 200, doc
             assert engine.store_wait is None and engine.writer.last_error is None
+            assert await health(http, url, "/readyz") == (200, {"status": "ready"})
     except BaseException:
         starting.cancel()
         await asyncio.gather(starting, return_exceptions=True)
