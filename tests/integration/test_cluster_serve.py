@@ -313,8 +313,8 @@ async def test_serve_command_and_candles_cluster(cluster: tuple[str, Any], pg_sc
     assert printed(last.stdout) == want[-3:]
 
     for args, words in (
-        (["serve", "--cluster-name", name], "--cluster is missing"),
-        (["serve", "--cluster", "http://x", "--cluster-name", name], "is not a NATS URL"),
+        (["serve", "--cluster-name", name], "no cluster given"),
+        (["serve", "--cluster", "http://x", "--cluster-name", name], "is not a NATS address"),
         (["serve", "--cluster", NATS_URL, "--cluster-name", "a.b"], "is not valid"),
         (["serve", "--cluster", NATS_URL, "--cluster-name", name, "--writer"], "--writer needs --db"),
         (["candles", "binance:NOPE", "1m", "--cluster", NATS_URL, "--cluster-name", name], "no binance:NOPE 1m"),

@@ -9,7 +9,7 @@ import os
 from typing import Any
 
 from deltafeed.cli import Subcommands, _parse_time
-from deltafeed.cli.serve import add_cluster_args
+from deltafeed.cli.cluster import add_cluster_args
 from deltafeed.extras import require
 from deltafeed.fmt import write_candles
 from deltafeed.model import PRICE_SIDES, BadInput, Candle, Switch, canonical_series, parse_timeframes, timeframe
@@ -55,7 +55,7 @@ def command(args: argparse.Namespace) -> int:
         raise BadInput("--last must be at least 1")
     cluster = None
     if args.cluster is not None or args.cluster_name is not None:
-        from deltafeed.cli.serve import cluster_of
+        from deltafeed.cli.cluster import cluster_of
 
         cluster = cluster_of(args)
         require("nats", "cluster", "--cluster (NATS JetStream)")

@@ -11,35 +11,12 @@ import os
 
 from deltafeed import config
 from deltafeed.cli import Subcommands, _asyncio_run
+from deltafeed.cli.cluster import add_cluster_args, cluster_of
 from deltafeed.cli.run import api_token, parse_api_address, raise_fd_limit
 from deltafeed.extras import require
 from deltafeed.model import BadInput
 
 log = logging.getLogger("deltafeed")
-
-
-def add_cluster_args(p: argparse.ArgumentParser) -> None:
-    """``--cluster`` and ``--cluster-name``, as every role of a cluster takes them."""
-    p.add_argument("--cluster", help="the cluster's NATS server, e.g. nats://127.0.0.1:4222 (or DELTAFEED_CLUSTER)")
-    p.add_argument(
-        "--cluster-name", help="which cluster on that NATS (letters, digits, _ and -; or DELTAFEED_CLUSTER_NAME)"
-    )
-
-
-def cluster_of(args: argparse.Namespace, settings: config.Settings | None = None) -> tuple[str, str]:
-    """The NATS URL and cluster name from the flags, else the environment, else the config file;
-    :class:`BadInput` when either is missing or malformed."""
-    from deltafeed.cluster.subjects import cluster_name
-
-    url = args.cluster or os.environ.get("DELTAFEED_CLUSTER") or getattr(settings, "cluster", None)
-    name = args.cluster_name or os.environ.get("DELTAFEED_CLUSTER_NAME") or getattr(settings, "cluster_name", None)
-    if not url:
-        raise BadInput("--cluster is missing; pass the cluster's NATS server, e.g. --cluster nats://127.0.0.1:4222")
-    if not str(url).startswith(("nats://", "tls://")):
-        raise BadInput(f"--cluster {url!r} is not a NATS URL; write it like nats://127.0.0.1:4222")
-    if not name:
-        raise BadInput("--cluster-name is missing; pass the name the collectors were given, e.g. --cluster-name prod")
-    return str(url), cluster_name(str(name))
 
 
 def add_parser(sub: Subcommands) -> None:
