@@ -137,3 +137,16 @@ def test_binance_depth_rule_on_crafted_events() -> None:
     sync.on_diff(diff(112, 115, 5.0))  # 111 missing: a gap
     assert not k.in_sync and k.resyncs["gap"] == 1 and k.view()["bids"] == []
     assert [(d.U, d.u) for d in sync.buffer] == [(112, 115)]  # buffered for the next snapshot
+
+
+def test_binance_book_symbols_are_split_within_the_url_limit() -> None:
+    from deltafeed.venues.binance import codec
+    from deltafeed.venues.binance.book import _groups, _stream
+    from deltafeed.venues.binance.feed import MAX_URL_BYTES
+
+    symbols = [f"SYM{i:04d}USDT" for i in range(500)]
+    groups = _groups("ws://127.0.0.1:9", symbols)
+    assert [s for g in groups for s in g] == symbols and len(groups) > 1
+    for g in groups:
+        assert len(codec.combined_url("ws://127.0.0.1:9", [_stream(s) for s in g])) <= MAX_URL_BYTES
+    assert _groups("ws://127.0.0.1:9", ["BTCUSDT"]) == [["BTCUSDT"]]

@@ -11,15 +11,17 @@ Per symbol (web-socket-streams.md, "How to manage a local order book correctly")
    any other break is a gap: that symbol alone goes out of sync, buffers again and refetches.
 
 The keeper's ``venue_seq`` is the ``u`` of the last applied event (``lastUpdateId`` after a
-snapshot): the replica's book tape key. :class:`BinanceBookFeed` carries every book symbol on one
-combined-stream connection (a drop resyncs all of them: ``disconnect``), fetches snapshots as
-needed, and skips and counts a malformed frame, never ending the stream.
+snapshot): the replica's book tape key. :class:`BinanceBookFeed` carries the book symbols on
+combined-stream connections, as many as the candle feed's URL limit needs (a drop resyncs that
+connection's books: ``disconnect``), fetches snapshots as needed, and skips and counts a malformed
+frame, never ending the stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
@@ -34,6 +36,7 @@ from deltafeed.net.ws import WsStream
 from deltafeed.venues.base import SkipLog
 from deltafeed.venues.binance import BinanceSettings
 from deltafeed.venues.binance import codec as binance
+from deltafeed.venues.binance.feed import MAX_URL_BYTES
 from deltafeed.venues.binance.rest import BinanceHistory
 
 log = logging.getLogger("deltafeed.binance.books")
@@ -144,24 +147,30 @@ class BinanceBookFeed:
         self.syncs = {sym: DepthSync(k) for sym, k in keepers.items()}
         self.limit = {sym: snapshot_limit(k.book.max_levels) for sym, k in keepers.items()}
         self.history = BinanceHistory(self.rest_url, vs.weight_limit)
-        self.ws = WsStream(
-            self._url,
-            self._on_frame,
-            on_connect=self._on_connect,
-            name="binance-books",
-            stale_after_s=stale_after_s,
-            budget=ConnectBudget(300, 300.0),
-        )
+        budget = ConnectBudget(300, 300.0)
+        #: One connection per group of symbols whose combined-stream URL stays within MAX_URL_BYTES.
+        self.links: list[tuple[list[str], WsStream]] = []
+        for i, group in enumerate(_groups(self.ws_url, list(self.syncs))):
+            ws = WsStream(
+                functools.partial(self._url, group),
+                self._on_frame,
+                on_connect=functools.partial(self._on_connect, group),
+                name="binance-books" + (f"#{i}" if i else ""),
+                stale_after_s=stale_after_s,
+                budget=budget,
+            )
+            self.links.append((group, ws))
+        self.link_of = {sym: ws for group, ws in self.links for sym in group}
         self.errors: Counter[str] = Counter()
         self._skips = SkipLog(log, "book frames")
         self._wake = asyncio.Event()
         self.snapshots = 0
 
-    def _url(self) -> str:
-        return binance.combined_url(self.ws_url, [f"{s.lower()}@depth@100ms" for s in self.syncs])
+    def _url(self, group: list[str]) -> str:
+        return binance.combined_url(self.ws_url, [_stream(s) for s in group])
 
-    def _on_connect(self, ws: WsStream) -> None:
-        for sync in self.syncs.values():
+    def _on_connect(self, group: list[str], ws: WsStream) -> None:
+        for sync in (self.syncs[s] for s in group):
             if sync.synced:
                 sync.lose("disconnect", "the connection was replaced")
             else:
@@ -188,24 +197,24 @@ class BinanceBookFeed:
 
     async def run(self) -> None:
         """Stream and resync until cancelled: one task per symbol fetching its snapshot when out of sync."""
-        ws_task = asyncio.create_task(self.ws.run(), name="binance-books-ws")
+        ws_tasks = [asyncio.create_task(ws.run(), name=f"{ws.name}-ws") for _, ws in self.links]
         fetching: dict[str, asyncio.Task[None]] = {}
         try:
             while True:
                 self._wake.clear()
                 for sym, sync in self.syncs.items():
                     t = fetching.get(sym)
-                    if not sync.synced and (t is None or t.done()) and self.ws.connected.is_set():
+                    if not sync.synced and (t is None or t.done()) and self.link_of[sym].connected.is_set():
                         fetching[sym] = asyncio.create_task(self._resync(sym), name=f"binance-book-{sym}")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 0.5)
         finally:
-            for t in [ws_task, *fetching.values()]:
+            for t in [*ws_tasks, *fetching.values()]:
                 t.cancel()
-            for t in [ws_task, *fetching.values()]:
+            for t in [*ws_tasks, *fetching.values()]:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
-            await self.ws.close()
+            await asyncio.gather(*(ws.close() for _, ws in self.links))
             await self.history.close()
 
     async def _resync(self, sym: str) -> None:
@@ -228,12 +237,33 @@ class BinanceBookFeed:
 
     def status(self) -> dict[str, Any]:
         return {
-            "connected": self.ws.connected.is_set(),
-            "connects": self.ws.connects,
+            "connections": len(self.links),
+            "connected": all(ws.connected.is_set() for _, ws in self.links),
+            "connects": sum(ws.connects for _, ws in self.links),
             "snapshots": self.snapshots,
             "old_events": sum(s.old for s in self.syncs.values()),
             "errors": dict(self.errors),
         }
+
+
+def _stream(symbol: str) -> str:
+    return f"{symbol.lower()}@depth@100ms"
+
+
+def _groups(ws_url: str, symbols: list[str]) -> list[list[str]]:
+    """``symbols`` split so that each group's combined-stream URL stays within the candle feed's
+    :data:`~deltafeed.venues.binance.feed.MAX_URL_BYTES` (and Binance's streams per connection)."""
+    base = len(binance.combined_url(ws_url, []))
+    groups: list[list[str]] = [[]]
+    size = base
+    for sym in symbols:
+        add = len(_stream(sym)) + 1
+        if groups[-1] and (size + add > MAX_URL_BYTES or len(groups[-1]) >= binance.MAX_STREAMS_PER_CONNECTION):
+            groups.append([])
+            size = base
+        groups[-1].append(sym)
+        size += add
+    return groups
 
 
 def _weight(limit: int) -> int:
