@@ -16,12 +16,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from conftest import NATS_URL
 from deltafeed.client import Client
 from deltafeed.cluster.status import cluster_status
 from deltafeed.venues.binance.replica import BinanceReplica
+from helpers import free_port
 from reference import candles_from_tape, read_tape
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "BNBUSDT", "ADAUSDT"]
@@ -30,8 +32,8 @@ WEIGHT_LIMIT = 1200  # REST weight per minute the replica allows, shared by the 
 MOVE_LIMIT_S = 10.0  # the stated time within which a dead collector's instruments move
 
 
-def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def _start(args: list[str], log: Path, **env_vars: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **env_vars}
     with log.open("wb") as out:
         return subprocess.Popen([sys.executable, "-m", "deltafeed", *args], stdout=out, stderr=out, env=env)
 
@@ -78,8 +80,15 @@ async def test_three_collectors_kill_one_and_the_served_candles_equal_the_tape(
         )
         procs: list[subprocess.Popen[bytes]] = []
         try:
+            metrics = [free_port() for _ in range(3)]  # each collector's /metrics
             for i in range(3):
-                procs.append(_start(["run", "--config", str(config)], tmp_path / f"collector{i}.log"))
+                procs.append(
+                    _start(
+                        ["run", "--config", str(config)],
+                        tmp_path / f"collector{i}.log",
+                        DELTAFEED_CLUSTER_METRICS=f"127.0.0.1:{metrics[i]}",
+                    )
+                )
             node_log = tmp_path / "node.log"
             node = _start(
                 ["serve", "--cluster", NATS_URL, "--cluster-name", nats_cluster, "--api", "127.0.0.1:0"], node_log
@@ -116,30 +125,37 @@ async def test_three_collectors_kill_one_and_the_served_candles_equal_the_tape(
             move_s = time.monotonic() - killed_at
             assert move_s <= MOVE_LIMIT_S, f"instruments moved after {move_s:.1f} s"
             print(f"instruments {sorted(moved)} moved {move_s:.1f} s after kill -9")
+            # The survivors' metrics say so: two leases taken over between them, six instruments held.
+            scraped = {"taken": 0.0, "held": 0.0}
+            async with aiohttp.ClientSession() as http:
+                for i, p in enumerate(procs[:3]):
+                    if p.pid == victim["pid"]:
+                        continue
+                    async with http.get(f"http://127.0.0.1:{metrics[i]}/metrics") as r:
+                        text = await r.text()
+                    for name, key in (("deltafeed_cluster_leases_taken_over_total", "taken"),
+                                      ("deltafeed_cluster_instruments", "held")):  # fmt: skip
+                        m = re.search(rf"^{name}{{[^}}]*}} (\S+)$", text, re.M)
+                        assert m, text
+                        scraped[key] += float(m.group(1))
+            assert scraped == {"taken": 2.0, "held": 6.0}, scraped
 
             await asyncio.sleep(15)  # 150 s of market time after the handover
             end = replica.clock.now_ms()
             # Candles closed 2 minutes of market time before the end are final by now (or soon).
             until = (end - 120_000) - (end - 120_000) % 60_000
-            rows = read_tape(str(tape))
 
-            async def served_equal_tape() -> bool:
+            async def served_until() -> dict[str, list[Any]] | None:
+                out = {}
                 async with Client(url) as df:
                     for sym in SYMBOLS:
-                        got = [c for c in await df.fetch_candles(f"binance:{sym}", "1m", final=True)]
-                        opens = [c.open_time for c in got]
-                        if not opens or opens[-1] < until:
-                            return False
-                        assert opens == list(range(opens[0], opens[-1] + 60_000, 60_000)), (sym, "hole or repeat")
-                        want = {c.open_time: c for c in candles_from_tape([r for r in rows if r[0] == sym], 60_000)}
-                        for c in got:
-                            w = want[c.open_time]
-                            assert (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades) == (
-                                w.open, w.high, w.low, w.close, round(w.volume, 8), w.trades,
-                            ), (sym, c.open_time)  # fmt: skip
-                return True
+                        got = await df.fetch_candles(f"binance:{sym}", "1m", final=True)
+                        if not got or got[-1].open_time < until:
+                            return None
+                        out[sym] = got
+                return out
 
-            await _wait_for("final candles up to the end", 30, served_equal_tape)
+            served = await _wait_for("final candles up to the end", 30, served_until)
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -149,8 +165,19 @@ async def test_three_collectors_kill_one_and_the_served_candles_equal_the_tape(
                     p.wait(15)
                 except subprocess.TimeoutExpired:
                     p.kill()
-        stats = replica.stats
-        assert stats["429"] == 0 and stats["418"] == 0, stats
-        # 6 instruments, one connection each, a few more after the handover: far below Binance's
-        # 300 connection attempts per 5 minutes, which the collectors split between them.
-        assert stats["connections"] <= 20, stats
+        stats = dict(replica.stats)
+    # The replica has stopped: its tape is complete (and flushed).
+    rows = read_tape(str(tape))
+    for sym, got in served.items():
+        opens = [c.open_time for c in got]
+        assert opens == list(range(opens[0], opens[-1] + 60_000, 60_000)), (sym, "hole or repeat")
+        want = {c.open_time: c for c in candles_from_tape([r for r in rows if r[0] == sym], 60_000)}
+        for c in got:
+            w = want[c.open_time]
+            assert (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades) == (
+                w.open, w.high, w.low, w.close, round(w.volume, 8), w.trades,
+            ), (sym, c.open_time)  # fmt: skip
+    assert stats["429"] == 0 and stats["418"] == 0, stats
+    # 6 instruments, one connection each, a few more after the handover: far below Binance's
+    # 300 connection attempts per 5 minutes, which the collectors split between them.
+    assert stats["connections"] <= 20, stats

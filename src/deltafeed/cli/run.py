@@ -207,14 +207,32 @@ def collect(settings: config.Settings) -> int:
 
     assert settings.cluster is not None
     collector = Collector(settings, settings.cluster, settings.cluster_name)
+    metrics_at = parse_api_address(settings.cluster_metrics)
 
     async def body(stop: asyncio.Event) -> int:
+        runner = None
         try:
             await collector.start()
+            if metrics_at is not None:
+                from deltafeed.api.server import api_url
+                from deltafeed.cluster.metrics import serve_metrics
+
+                try:
+                    runner = await serve_metrics(collector, *metrics_at)
+                except OSError as exc:
+                    raise BadInput(
+                        f"cannot serve metrics on {settings.cluster_metrics} ({exc.strerror or exc}); "
+                        "set cluster_metrics to a free HOST:PORT"
+                    ) from None
+                log.info("serving the collector's metrics on %s/metrics", api_url(runner))
         except BaseException:
             await collector.close()
             raise
-        await collector.run(stop)
+        try:
+            await collector.run(stop)
+        finally:
+            if runner is not None:
+                await runner.cleanup()
         log.info("collector %s left cluster %s", collector.id, collector.cluster)
         return 0
 

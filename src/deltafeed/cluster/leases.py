@@ -48,6 +48,9 @@ class Leases:
         self.held: dict[str, tuple[int, float]] = {}
         #: Keys others hold -> (revision seen, monotonic time it was first seen).
         self._seen: dict[str, tuple[int, float]] = {}
+        #: Leases taken from a silent holder, and leases lost, since the start.
+        self.taken_over = 0
+        self.lost = 0
 
     def _value(self, holder: str) -> bytes:
         return _encode(Lease(holder, int(time.time() * 1000)))
@@ -93,6 +96,7 @@ class Leases:
         except KeyWrongLastSequenceError:
             return False  # another collector was faster
         if entry is not None and (old := read_lease(entry.value).holder) and old != self.me:
+            self.taken_over += 1
             log.info("took %s over from %s (no renewal for %.1f s)", key, old, self.monotonic() - self._seen[key][1])
         self._seen.pop(key, None)
         self.held[key] = (rev, self.monotonic())
@@ -121,6 +125,7 @@ class Leases:
                     del self.held[key]
                 continue
             self.held[key] = (new, self.monotonic())
+        self.lost += len(lost)
         return lost
 
     async def release(self, key: str) -> None:

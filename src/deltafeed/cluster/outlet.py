@@ -46,6 +46,10 @@ class Outlet:
         #: Monotonic time of the last flush that published everything (for health).
         self.last_ok = time.monotonic()
 
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="cluster-outlet")
 
