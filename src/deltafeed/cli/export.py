@@ -11,7 +11,7 @@ import sys
 
 from deltafeed.cli import Subcommands, _parse_time
 from deltafeed.fmt import iso
-from deltafeed.model import TIMEFRAMES, BadInput, canonical_series, parse_timeframes, timeframe_ms
+from deltafeed.model import TIMEFRAMES, BadInput, canonical_series, parse_timeframes
 
 _TICK_KINDS = ("trades", "quotes", "book_snapshots", "book_deltas")
 
@@ -81,7 +81,7 @@ def command(args: argparse.Namespace) -> int:
         try:
             if args.layout == "nautilus":
                 rows = await read_candles(None, cold, inst, tf, since, until, final_only=args.final_only)
-                path, n = await asyncio.to_thread(export.write_nautilus, rows, inst, tf, timeframe_ms(tf), args.out)
+                path, n = await asyncio.to_thread(export.write_nautilus, rows, inst, tf, args.out)
                 written.append(path)
             elif isinstance(cold, DuckDBTier):
                 if ticks:

@@ -34,6 +34,7 @@ import duckdb
 import numpy as np
 
 from deltafeed.model import BadInput, Candle
+from deltafeed.model import timeframe as parse_timeframe
 
 FORMATS = ("parquet", "csv", "feather")
 LAYOUTS = ("plain", "freqtrade", "nautilus")
@@ -237,7 +238,7 @@ def _nautilus_ts(ns: int) -> str:
     return dt.datetime.fromtimestamp(s, dt.UTC).strftime("%Y-%m-%dT%H-%M-%S-") + f"{rest:09d}Z"
 
 
-def write_nautilus(rows: Sequence[Candle], instrument: str, timeframe: str, tf_ms: int, out: str) -> tuple[str, int]:
+def write_nautilus(rows: Sequence[Candle], instrument: str, timeframe: str, out: str) -> tuple[str, int]:
     """Closed candles as Nautilus bars in the catalog rooted at ``out``; (file written, bars)."""
     import pyarrow as pa  # type: ignore[import-not-found, import-untyped, unused-ignore]
     import pyarrow.parquet as pq  # type: ignore[import-not-found, import-untyped, unused-ignore]
@@ -249,7 +250,8 @@ def write_nautilus(rows: Sequence[Candle], instrument: str, timeframe: str, tf_m
     prices = [x for c in bars for x in (c.open, c.high, c.low, c.close)]
     price_p = _precision(prices, 9)
     size_p = _precision([round(c.volume, 8) for c in bars], 8)
-    ts = [(c.open_time + tf_ms) * 1_000_000 for c in bars]  # a bar is stamped at its close
+    frame = parse_timeframe(timeframe)  # a month's close is the next month's open, not 31 days on
+    ts = [frame.next(c.open_time) * 1_000_000 for c in bars]  # a bar is stamped at its close
     columns = {
         name: pa.array([_fixed(getattr(c, name), price_p) for c in bars], type=pa.binary(16))
         for name in ("open", "high", "low", "close")
