@@ -43,6 +43,7 @@ CLI = [sys.executable, "-m", "deltafeed"]
 M = 60_000
 T0 = 1_795_000_000_000 - 1_795_000_000_000 % M
 BTC = "binance:BTCUSDT"
+ETH = "binance:ETHUSDT"
 ODD = "ccxt:KRAKEN:BTC.D/USD"  # a dot, a slash and a colon in the symbol
 FX = "oanda:EUR_USD@bid"
 
@@ -324,3 +325,44 @@ async def test_serve_command_and_candles_cluster(cluster: tuple[str, Any], pg_sc
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     down = cli("serve", "--cluster", "nats://127.0.0.1:1", "--cluster-name", name, "--api", "127.0.0.1:0")
     assert down.returncode == 69 and "cannot reach NATS" in down.stderr, down.stderr
+
+
+@pytest.mark.slow
+async def test_writer_rides_out_a_cold_store_outage(cluster: tuple[str, Any]) -> None:
+    """A private PostgreSQL stopped while candles are published: the writer keeps its batch,
+    retries, and once the server is back the store holds exactly the published closed candles;
+    nothing was acknowledged before it was written (the consumer has nothing pending at the end)."""
+    from deltafeed.store.postgres import PostgresStore
+    from pg_server import PrivatePostgres, available
+
+    if not available():
+        pytest.skip("no PostgreSQL binaries to start a private server")
+    name, nc = cluster
+    js = nc.jetstream()
+    first, second = history(BTC, n=10), history(ETH, n=15)
+    with PrivatePostgres() as pg:
+        cold = await PostgresStore.open(pg.url, command_timeout_s=5, connect_timeout_s=2)
+        writer = ColdWriter(nc, name, cold)
+        try:
+            await writer.start()
+            await publish(js, name, first)
+            await wait_for(lambda: writer.written > 0 and writer.lag == 0, what="the first part written")
+            await asyncio.to_thread(pg.stop)
+            await publish(js, name, second)
+            await wait_for(lambda: writer.failures > 0, what="a refused write")
+            info = await js.consumer_info(subjects.stream_name(name), DURABLE)
+            assert info.num_ack_pending > 0  # the refused batch is not acknowledged
+            await asyncio.to_thread(pg.start)
+            deadline = time.monotonic() + 60
+            while True:  # everything delivered and acknowledged, which the writer does only once written
+                info = await js.consumer_info(subjects.stream_name(name), DURABLE)
+                if info.num_pending == 0 and info.num_ack_pending == 0:
+                    break
+                assert time.monotonic() < deadline, f"the writer did not catch up: {info}"
+                await asyncio.sleep(0.1)
+            assert writer.store_error is None
+            for (series, tf), want in truth(first + second).items():
+                assert rows(await cold.query(series, tf)) == [r for r in want if r[-1] != "forming"], series
+        finally:
+            await writer.stop()
+            await cold.close()
