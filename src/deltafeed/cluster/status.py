@@ -53,6 +53,7 @@ async def cluster_status(url: str, cluster: str) -> dict[str, Any]:
                     "host": info.host,
                     "pid": info.pid,
                     "instruments": info.instruments,
+                    "since_ms": info.since_ms,
                     "lease_age_s": round(age, 1),
                     "alive": age < info.ttl_s,
                     "up_s": round(max(0.0, now - info.started_ms / 1000), 1),
