@@ -696,7 +696,8 @@ def test_cli_serves_until_sigterm_and_prints_a_summary(tmp_path: Path) -> None:
 
 
 async def test_v1_v2_price_paths_markets_and_accounts(make: Make) -> None:
-    r = await make(start_ms=WEDNESDAY, history_ms=2 * H1 + 10 * M1, rate=1)
+    # The market clock stands still: every answer and the tape describe the same moment.
+    r = await make(clock=MarketClock(1.0, WEDNESDAY, monotonic=Mono()), history_ms=2 * H1 + 10 * M1, rate=1)
     async with aiohttp.ClientSession() as http:
         _, h, _ = await login(http, r)
 
