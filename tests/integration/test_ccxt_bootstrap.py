@@ -204,3 +204,33 @@ async def test_a_history_cap_is_reported_once_and_nothing_older_is_final(
 
     old = Repair(key, "1m", since - 3_600_000, since - 1_800_000, 0.0)
     assert engine.completeness._within_history(st, old) is False
+
+
+@pytest.mark.timeout(90)
+async def test_a_frame_ccxt_cannot_decode_is_counted_and_the_stream_goes_on(tmp_path: Path) -> None:
+    """The replica sends malformed frames (truncated copies) now and then: ccxt's JSON decoder
+    raises on them, which used to end the connection's receive loop until the watchdog renewed it
+    (a reconnect and a hole each). Each is counted and skipped; the connection streams on."""
+    import asyncio
+
+    replica = await start_replica("binance", tmp_path, faults={"garbage": 60.0}, speed=20.0)
+    try:
+        engine = Engine(ccxt_settings(replica, tmp_path, ["ccxt:binance:BTC/USDT"], ["1m"], "10m"))
+        await engine.start()
+        try:
+            feed = engine.feeds["ccxt"]
+            for _ in range(200):  # until three malformed frames went by, at most 20 s
+                if replica.faults_injected().get("garbage", 0) >= 3:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)
+            report = feed.report()
+            injected = replica.faults_injected().get("garbage", 0)
+        finally:
+            await engine.stop()
+    finally:
+        await replica.stop()
+    assert injected >= 3, injected
+    assert report.skipped_frames.get("unhandled_frame", 0) >= 1, report
+    assert report.connected and report.frames > 0, report
+    assert report.stale_drops == 0 and report.reconnects == 0, report

@@ -217,19 +217,30 @@ class CcxtFeed:
         config = {"enableRateLimit": True, **self.vs.config.get(ex_id, {}), "options": options}
         client = cls(config)
         client.urls = exchange_urls(ex_id, client.urls, self.vs.urls.get(ex_id))
-        # A frame ccxt's handler chokes on would end the connection's receive loop (its exception
-        # goes to the event loop's handler, the stream stalls): count it and go on with the next.
-        handle = client.handle_message
+        # A frame ccxt cannot decode (malformed JSON, a number beyond float range) or whose handler
+        # chokes on it would end the connection's receive loop (the exception goes to the event
+        # loop's handler, the stream stalls until the watchdog renews it): each WebSocket client
+        # ccxt makes decodes and handles its frames under a guard that counts such a frame and goes
+        # on with the next.
+        make_ws = client.client
 
-        def guarded(ws_client: Any, message: Any) -> Any:
-            try:
-                return handle(ws_client, message)
-            except Exception as exc:
-                self.decode_errors["unhandled_frame"] += 1
-                self._skips.report(self.decode_errors, f"{type(exc).__name__}: {str(message)[:120]}")
-                return None
+        def ws_client(url: str) -> Any:
+            ws = make_ws(url)
+            decode = getattr(ws, "handle_text_or_binary_message", None)
+            if decode is not None and not getattr(ws, "deltafeed_guarded", False):
 
-        client.handle_message = guarded
+                def guarded(data: Any) -> None:
+                    try:
+                        decode(data)
+                    except Exception as exc:
+                        self.decode_errors["unhandled_frame"] += 1
+                        self._skips.report(self.decode_errors, f"{type(exc).__name__}: {str(data)[:120]}")
+
+                ws.handle_text_or_binary_message = guarded
+                ws.deltafeed_guarded = True
+            return ws
+
+        client.client = ws_client
         return client
 
     async def check(self) -> None:
