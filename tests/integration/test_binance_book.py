@@ -1,7 +1,7 @@
 """Binance order books over real loopback sockets: deltafeed's book feed against the replica's
 ``@depth@100ms`` stream and ``/api/v3/depth`` snapshot, under dropped, duplicated and reordered
-deltas and stale snapshots; at every sampled moment a book in sync equals the true book rebuilt from
-the replica's book tape at the book's ``venue_seq``, level by level."""
+deltas, stale snapshots and dropped connections; at every sampled moment a book in sync equals the
+true book rebuilt from the replica's book tape at the book's ``venue_seq``, level by level."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ DEPTH = 50
 @pytest.mark.slow
 async def test_binance_books_equal_the_tape_under_book_faults(tmp_path: Path) -> None:
     tape = tmp_path / "trades.csv"
-    faults = {"bookdrop": 10.0, "bookdup": 10.0, "bookreorder": 10.0, "stalebook": 30.0}
+    faults = {"bookdrop": 10.0, "bookdup": 10.0, "bookreorder": 10.0, "stalebook": 30.0, "close": 5.0, "reset": 5.0}
     replica = BinanceReplica(symbols=SYMBOLS, rate=20.0, history_ms=60_000, tape=tape, faults=faults, faults_seed=5)
     samples: list[tuple[str, int, list[list[float]], list[list[float]]]] = []
     async with replica:
@@ -53,5 +53,7 @@ async def test_binance_books_equal_the_tape_under_book_faults(tmp_path: Path) ->
     for k in keepers.values():
         st = k.status()
         assert st["longest_out_of_sync_s"] < 3.0, st
+    if injected["close"] + injected["reset"]:  # a dropped connection resyncs its books, then they are right again
+        assert any(k.resyncs["disconnect"] for k in keepers.values()), [dict(k.resyncs) for k in keepers.values()]
     lost = sum(sum(k.resyncs.values()) for k in keepers.values())
     assert lost >= 1, "no fault broke a book: the test would not notice a feed that never resyncs"
