@@ -78,6 +78,11 @@ _STORE_COUNTERS = (
     ("hot_refills", "deltafeed_hot_redis_refills", "Times the Redis hot tier was re-filled from memory"),
     ("audits", "deltafeed_store_audits", "Store audits for holes"),
     ("audit_gaps", "deltafeed_store_audit_gaps", "Holes found by store audits"),
+    (
+        "repairs_merged",
+        "deltafeed_repairs_merged",
+        "Reported losses that widened a waiting repair instead of queueing one",
+    ),
 )
 _STORE_GAUGES = (
     ("store_pending", "deltafeed_store_pending_candles", "Candle rows waiting to be written to the cold store"),
