@@ -7,6 +7,7 @@ tape at the venue key of the state it shows, level by level."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,11 @@ async def test_books_served_equal_the_tape(tmp_path: Path) -> None:
                 await asyncio.sleep(0.2)
             async with http.get(f"{url}/streaming/status") as r:
                 status = (await r.json())["books"][BTC]
+            cli = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "deltafeed", "status", "--api", url,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            cli_out = (await cli.communicate())[0].decode()
             async with http.get(f"{url}/metrics") as r:
                 metrics = await r.text()
             async with http.get(f"{url}/book/binance:NOPE") as r:
@@ -155,6 +161,7 @@ async def test_books_served_equal_the_tape(tmp_path: Path) -> None:
     for d in kept:
         assert (_levels(d["bids"]), _levels(d["asks"])) == truth[venue_seq[d["sequence"]]]
 
+    assert f"{BTC} book: " in cli_out and "resyncs" in cli_out, cli_out  # deltafeed status
     assert f'deltafeed_book_in_sync{{instrument="{BTC}"}}' in metrics
     assert f'deltafeed_book_messages_total{{instrument="{BTC}",kind="delta"}}' in metrics
     assert "deltafeed_book_resyncs_total{" in metrics

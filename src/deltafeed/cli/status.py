@@ -124,6 +124,14 @@ def command(args: argparse.Namespace) -> int:
     console.print(table)
     for venue, v in report.venues.items():
         console.print(f"{venue}: {v.connections} connection(s), {v.reconnects} reconnects")
+    for name, b in report.books.items():
+        resyncs = " ".join(f"{k}={n}" for k, n in b.resyncs.items()) or "none"
+        state = (
+            f"in sync, bid {b.best_bid:g} ask {b.best_ask:g} spread {b.spread:g}"
+            if b.in_sync and b.best_bid is not None and b.best_ask is not None and b.spread is not None
+            else "[red]OUT OF SYNC[/red]"
+        )
+        console.print(f"{name} book: {state}; resyncs {resyncs}; {b.out_of_sync_s:.1f} s out of sync")
     for reason in health.get("reasons", []):
         console.print(f"[red]unhealthy:[/red] {reason}")
     return 0
