@@ -16,7 +16,9 @@ for what breaks it. The base does the rest, the same way for every venue:
   whose clients truncate (Kraken), no more;
 - :meth:`WsBookFeed.resync` marks one instrument out of sync (counted per kind by its keeper) and
   re-subscribes that instrument alone, which makes the venue send a fresh snapshot; the other books
-  of the connection keep streaming. A resync is re-sent at most every ``RESUBSCRIBE_S``.
+  of the connection keep streaming. A resync is re-sent at most every ``RESUBSCRIBE_S``; while no
+  snapshot comes, the subscription is sent again after 2 s, then twice as long each time (at most
+  ``RETRY_CAP_S``), so a venue that refuses it is not hammered.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 
 RESUBSCRIBE_S = 0.5  # a book still waiting for its snapshot is re-subscribed again after this long
 BACKOFF_CAP_S = 5.0
+RETRY_CAP_S = 60.0  # the longest wait between re-sent subscriptions of a book that gets no snapshot
 
 
 class WsBookFeed:
@@ -76,6 +79,7 @@ class WsBookFeed:
         #: Book messages not applied, by why (``duplicate``, ``before_snapshot``, ...).
         self.ignored: Counter[str] = Counter()
         self.resubscribes = 0
+        self._retry_s: dict[str, float] = {}  # symbol -> the wait before its subscription is sent again
 
     # -- what a venue provides --
 
@@ -139,6 +143,7 @@ class WsBookFeed:
     def synced(self, symbol: str) -> None:
         """``symbol`` took a snapshot: no longer waiting."""
         self.waiting.pop(symbol, None)
+        self._retry_s.pop(symbol, None)
 
     def snapshot(self, symbol: str, m: BookMsg) -> None:
         """Apply snapshot ``m`` to the keeper of ``symbol`` (the venue's key and time with it)."""
@@ -154,7 +159,9 @@ class WsBookFeed:
         for s, since in list(self.waiting.items()):
             ws = self.streams[self.group_of[s]]
             now = ws.clock.monotonic()
-            if ws.connected.is_set() and now - since >= 4 * RESUBSCRIBE_S:
+            wait = self._retry_s.get(s, 4 * RESUBSCRIBE_S)
+            if ws.connected.is_set() and now - since >= wait:
+                self._retry_s[s] = min(2 * wait, RETRY_CAP_S)
                 self.waiting[s] = now
                 self.resubscribes += 1
                 g = self.group_of[s]

@@ -93,11 +93,18 @@ class KrakenBookFeed(WsBookFeed):
         self.synced_books.discard(symbol)
 
     async def run(self) -> None:
+        failures = 0
         while not self.precisions:  # the checksum needs each pair's precisions before any book
             try:
                 self.precisions = await self.history.precisions()
             except (VenueError, VenueUnreachable) as exc:
-                log.warning("kraken AssetPairs unreadable (%s); books wait, retrying in %.0f s", exc, RETRY_S)
+                failures += 1
+                log.log(
+                    logging.WARNING if failures == 1 else logging.DEBUG,
+                    "kraken AssetPairs unreadable (%s); books wait, retrying every %.0f s",
+                    exc,
+                    RETRY_S,
+                )
                 await asyncio.sleep(RETRY_S)
         missing = [s for s in self.keepers if s not in self.precisions]
         if missing:
