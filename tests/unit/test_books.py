@@ -150,3 +150,21 @@ def test_binance_book_symbols_are_split_within_the_url_limit() -> None:
     for g in groups:
         assert len(codec.combined_url("ws://127.0.0.1:9", [_stream(s) for s in g])) <= MAX_URL_BYTES
     assert _groups("ws://127.0.0.1:9", ["BTCUSDT"]) == [["BTCUSDT"]]
+
+
+def test_binance_book_frames_with_impossible_levels_are_counted_and_skipped() -> None:
+    from deltafeed.venues.binance import BinanceSettings
+    from deltafeed.venues.binance.book import BinanceBookFeed, Snapshot
+
+    k = BookKeeper("binance:BTCUSDT", depth=5, keep=10)
+    feed = BinanceBookFeed(BinanceSettings(rest_url="http://127.0.0.1:9", ws_url="ws://127.0.0.1:9"), {"BTCUSDT": k})
+    feed.syncs["BTCUSDT"].on_snapshot(Snapshot(10, [(99.0, 1.0)], [(101.0, 1.0)]), 0)
+    frame = b'{"stream":"btcusdt@depth@100ms","data":{"E":1,"s":"BTCUSDT","U":11,"u":12,"b":[[%s,"1"]],"a":[]}}'
+    for bad in (b'"NaN"', b'"-5"', b'"0"', b'"inf"'):
+        feed._on_frame(frame % bad)
+    feed._on_frame(b"<html>502</html>")
+    feed._on_frame(frame[:40])
+    assert feed.errors == {"bad_level": 4, "malformed": 2}
+    assert k.view()["bids"] == [[99.0, 1.0]] and k.venue_seq == 10
+    feed._on_frame(frame % b'"100.5"')  # the stream goes on
+    assert k.view()["bids"][0] == [100.5, 1.0] and k.venue_seq == 12

@@ -38,6 +38,7 @@ from deltafeed.venues.binance import BinanceSettings
 from deltafeed.venues.binance import codec as binance
 from deltafeed.venues.binance.feed import MAX_URL_BYTES
 from deltafeed.venues.binance.rest import BinanceHistory
+from deltafeed.venues.bookmsg import levels_ok
 
 log = logging.getLogger("deltafeed.binance.books")
 
@@ -190,6 +191,10 @@ class BinanceBookFeed:
         if sync is None:
             self.errors["unknown_symbol"] += 1
             return
+        if not (levels_ok(d.b) and levels_ok(d.a)):  # NaN, 0 or negative: skipped; the next event shows the gap
+            self.errors["bad_level"] += 1
+            self._skips.report(self.errors, bytes(frame[:120]).decode("utf-8", "replace"))
+            return
         was = sync.synced
         sync.on_diff(d)
         if was and not sync.synced:
@@ -226,6 +231,8 @@ class BinanceBookFeed:
             try:
                 body = await self.history.http.get(f"/api/v3/depth?symbol={sym}&limit={limit}", weight=_weight(limit))
                 snap = _snapshot.decode(body)
+                if not (levels_ok(snap.bids) and levels_ok(snap.asks)):
+                    raise msgspec.ValidationError("a level with an impossible price or size")
             except (VenueError, VenueUnreachable, msgspec.DecodeError, msgspec.ValidationError) as exc:
                 self.errors["snapshot_failed"] += 1
                 log.debug("binance %s book snapshot failed: %s", sym, exc)
