@@ -109,7 +109,7 @@ async def test_three_collectors_kill_one_and_the_served_candles_equal_the_tape(
                 return doc if set(doc["held"]) == INSTRUMENTS and counts == [2, 2, 2] else None
 
             doc = await _wait_for("the instruments shared by three collectors", 40, shared)
-            await asyncio.sleep(8)  # some candles (80 s of market time) from the first assignment
+            await asyncio.sleep(4)  # some candles (40 s of market time) from the first assignment
 
             victim = next(c for c in doc["collectors"] if c["instruments"])
             moved = set(victim["instruments"])
@@ -143,7 +143,7 @@ async def test_three_collectors_kill_one_and_the_served_candles_equal_the_tape(
                         scraped[key] += float(m.group(1))
             assert scraped == {"taken": 2.0, "held": 6.0}, scraped
 
-            await asyncio.sleep(15)  # 150 s of market time after the handover
+            await asyncio.sleep(12)  # 120 s of market time after the handover
             end = replica.clock.now_ms()
             # Candles closed 2 minutes of market time before the end are final by now (or soon).
             until = (end - 120_000) - (end - 120_000) % 60_000
