@@ -10,7 +10,39 @@ from deltafeed.venues.binance import codec as binance
 
 
 def fuzz_targets() -> list[FuzzTarget]:
-    return [_stream(), _rest()]
+    return [_stream(), _rest(), _book()]
+
+
+def _book() -> FuzzTarget:
+    """The order-book feed's frame path (decode, level check, the U/u rule, the keeper) after a snapshot."""
+    from deltafeed.books import BookKeeper
+    from deltafeed.venues.binance import BinanceSettings
+    from deltafeed.venues.binance.book import BinanceBookFeed, Snapshot
+
+    depth = (
+        b'{"e":"depthUpdate","E":1672515782136,"s":"BNBBTC","U":157,"u":160,"b":[["0.0024","10"]],'
+        b'"a":[["0.0026","100"]]}'
+    )
+    keeper = BookKeeper("binance:BNBBTC", depth=20, keep=100)
+    feed = BinanceBookFeed(
+        BinanceSettings(rest_url="http://127.0.0.1:9", ws_url="ws://127.0.0.1:9"), {"BNBBTC": keeper}
+    )
+    feed.syncs["BNBBTC"].on_snapshot(Snapshot(156, [(0.0023, 5.0)], [(0.0027, 5.0)]), 0)
+    nan_level = binance.wrap_combined("bnbbtc@depth@100ms", depth.replace(b'"0.0024"', b'"NaN"'))
+    raw = depth  # a raw-stream frame on the combined connection the feed opens: not its shape
+    return FuzzTarget(
+        name="binance_book",
+        seeds=[
+            binance.wrap_combined("bnbbtc@depth@100ms", depth),
+            binance.wrap_combined("bnbbtc@depth@100ms", depth.replace(b'"U":157,"u":160', b'"U":161,"u":163')),
+            b'{"result":null,"id":1}',
+            nan_level,
+            raw,
+        ],
+        bad_seeds=[nan_level, raw],
+        run=feed._on_frame,
+        skips=lambda: feed.errors,
+    )
 
 
 def _stream() -> FuzzTarget:
