@@ -103,3 +103,16 @@ def test_hyperliquid_takes_only_later_snapshots() -> None:
     assert k.view(2)["bids"] == [[97.0, 1.0]] and k.venue_seq == 6
     f.on_frame("ws", frame(7, "NaN"))
     assert not k.in_sync and k.resyncs == {"malformed": 1}
+
+
+def test_a_refused_subscription_is_one_error_line_and_counted() -> None:
+    f = BybitBookFeed(BybitSettings(), {"BTCUSDT": BookKeeper("bybit:BTCUSDT", 50)})
+    refusal = b'{"success":false,"ret_msg":"Invalid symbol :[orderbook.50.BTCUSDT]","conn_id":"x","op":"subscribe"}'
+    f.on_frame("spot", refusal)
+    f.on_frame("spot", refusal)
+    h = HyperliquidBookFeed(HyperliquidSettings(), {"BTC": BookKeeper("hyperliquid:BTC", 20)})
+    h.on_frame(
+        "ws", b'{"channel":"error","data":"Invalid subscription {\\"type\\":\\"l2Book\\",\\"coin\\":\\"BTC\\"}"}'
+    )
+    assert f.status()["refusals"] == {"Invalid symbol :[orderbook.50.BTCUSDT]": 2}
+    assert list(h.status()["refusals"]) == ['Invalid subscription {"type":"l2Book","coin":"BTC"}']

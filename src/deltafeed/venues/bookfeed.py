@@ -80,6 +80,8 @@ class WsBookFeed:
         self.ignored: Counter[str] = Counter()
         self.resubscribes = 0
         self._retry_s: dict[str, float] = {}  # symbol -> the wait before its subscription is sent again
+        #: What the venue refused (a subscription), by its own words.
+        self.refusals: Counter[str] = Counter()
 
     # -- what a venue provides --
 
@@ -140,6 +142,13 @@ class WsBookFeed:
             self.resubscribes += 1
             self._send(group, self.subscribe(group, [symbol], False) + self.subscribe(group, [symbol], True))
 
+    def refused(self, text: str) -> None:
+        """The venue refused a request (a book subscription): one error line per distinct answer."""
+        text = text[:200]
+        if not self.refusals[text]:
+            self.log.error("%s refused a book request: %s (those books stay out of sync)", self.name, text)
+        self.refusals[text] += 1
+
     def synced(self, symbol: str) -> None:
         """``symbol`` took a snapshot: no longer waiting."""
         self.waiting.pop(symbol, None)
@@ -188,5 +197,6 @@ class WsBookFeed:
             "frames": sum(ws.frames for ws in self.streams.values()),
             "resubscribes": self.resubscribes,
             "ignored": dict(self.ignored),
+            "refusals": dict(self.refusals),
             **self.counters(),
         }

@@ -78,6 +78,8 @@ class BybitBookFeed(WsBookFeed):
 
     def on_frame(self, group: str, frame: bytes | memoryview) -> None:
         m = self.decoder.decode(frame)
+        if type(m) is bybit.Reply and not m.success:
+            self.refused(m.ret_msg)
         if type(m) is not BookMsg:
             return  # replies, pongs; what the decoder skipped is counted in its errors
         sym = self.ours.get((group, m.symbol))

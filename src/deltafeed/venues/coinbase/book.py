@@ -68,6 +68,8 @@ class CoinbaseBookFeed(WsBookFeed):
 
     def on_frame(self, group: str, frame: bytes | memoryview) -> None:
         m = self.decoder.decode(frame)
+        if type(m) is coinbase.VenueErrorFrame:
+            self.refused(f"{m.message} {m.reason}".strip())
         if type(m) is not coinbase.Message:
             return  # an error frame or a skipped one (counted by the decoder)
         if m.seq <= self.seq:

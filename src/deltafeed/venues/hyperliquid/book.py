@@ -58,7 +58,10 @@ class HyperliquidBookFeed(WsBookFeed):
         return [hl.subscribe("l2Book", coin, method=method) for coin in symbols]
 
     def on_frame(self, group: str, frame: bytes | memoryview) -> None:
+        errors = self.decoder.errors.get("venue_error", 0)
         m = self.decoder.decode(frame)
+        if self.decoder.errors.get("venue_error", 0) > errors:
+            self.refused(self.decoder.venue_errors[-1])
         if type(m) is not BookMsg:
             return
         sym = m.symbol

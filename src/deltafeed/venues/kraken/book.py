@@ -118,6 +118,10 @@ class KrakenBookFeed(WsBookFeed):
         for m in self.decoder.decode(frame):
             if type(m) is BookMsg:
                 self._book(m)
+        if self.decoder.refusals:
+            for r in self.decoder.refusals:
+                self.refused(f"{r.method} {r.symbol or ''}: {r.error}")
+            self.decoder.refusals.clear()
 
     def _book(self, m: BookMsg) -> None:
         sym = m.symbol
