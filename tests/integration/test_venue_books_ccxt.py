@@ -37,6 +37,7 @@ CASES: dict[str, tuple[str, str, int, Callable[[Any], Any], dict[str, Any]]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("venue", list(CASES))
 async def test_ccxt_watch_order_book_equals_the_tape(tmp_path: Path, venue: str) -> None:
