@@ -142,6 +142,20 @@ class TradeBatch:
     def ids(self) -> I64:
         return np.arange(self.first_id, self.first_id + len(self.times), dtype=np.int64)
 
+    @staticmethod
+    def join(batches: list[TradeBatch]) -> TradeBatch:
+        """Consecutive batches of one symbol as one."""
+        if len(batches) == 1:
+            return batches[0]
+        return TradeBatch(
+            batches[0].spec,
+            batches[0].first_id,
+            np.concatenate([b.times for b in batches]),
+            np.concatenate([b.ticks for b in batches]),
+            np.concatenate([b.lots for b in batches]),
+            np.concatenate([b.maker for b in batches]),
+        )
+
     def prices(self) -> F64:
         # Integer / power of ten gives the double nearest the decimal price, which fmt() prints exactly.
         return self.ticks / float(self.spec.price_scale)
@@ -208,9 +222,14 @@ class _Generator:
         self._pos = 0
         self.generated += CHUNK
 
+    def next_ms(self) -> int:
+        """The time of the next trade not yet released (generating the next chunk when needed)."""
+        if self._pos == len(self._times):
+            self._generate()
+        return int(self._times[self._pos])
+
     def release(self, until_ms: int) -> TradeBatch | None:
         """All not yet released trades with ``time_ms <= until_ms``, or None."""
-        parts: list[tuple[int, int]] = []
         pieces: list[tuple[I64, I64, I64, B8]] = []
         while True:
             if self._pos == len(self._times):
@@ -218,7 +237,6 @@ class _Generator:
             end = int(np.searchsorted(self._times, until_ms, side="right"))
             if end <= self._pos:
                 break
-            parts.append((self._pos, end))
             pieces.append(
                 (
                     self._times[self._pos : end],
@@ -232,19 +250,7 @@ class _Generator:
                 break
         if not pieces:
             return None
-        first = self._next_id
-        if len(pieces) == 1:
-            t, p, q, m = pieces[0]
-            batch = TradeBatch(self.spec, first, t, p, q, m)
-        else:
-            batch = TradeBatch(
-                self.spec,
-                first,
-                np.concatenate([x[0] for x in pieces]),
-                np.concatenate([x[1] for x in pieces]),
-                np.concatenate([x[2] for x in pieces]),
-                np.concatenate([x[3] for x in pieces]),
-            )
+        batch = TradeBatch.join([TradeBatch(self.spec, self._next_id, *x) for x in pieces])
         self._next_id += len(batch)
         return batch
 
@@ -269,12 +275,37 @@ def _merge_second(last: Any, first: Any) -> None:
 
 class _Seconds(GrowableTable):
     """One row per second that has trades (a :class:`GrowableTable`). Quote volumes are in ticks x lots,
-    so every field is an exact integer and merging a second split across two batches changes nothing."""
+    so every field is an exact integer and merging a second split across two batches changes nothing.
+
+    Batches are folded lazily: :meth:`append` only queues a batch, and the queue is folded (as one
+    batch: the result is the same) when the rows are read or the queue reaches ``PENDING`` batches. A
+    symbol nobody asks about then costs no numpy work per release, which is what lets one replica
+    serve a thousand symbols."""
+
+    PENDING = 64
 
     def __init__(self) -> None:
         super().__init__(_SEC_DTYPE)
+        self._pending: list[TradeBatch] = []
 
     def append(self, b: TradeBatch) -> None:
+        self._pending.append(b)
+        if len(self._pending) >= self.PENDING:
+            self._fold()
+
+    def view(self) -> npt.NDArray[Any]:
+        self._fold()
+        return super().view()
+
+    def first_t(self) -> int | None:
+        self._fold()
+        return super().first_t()
+
+    def _fold(self) -> None:
+        if not self._pending:
+            return
+        b = TradeBatch.join(self._pending)
+        self._pending = []
         sec = b.times - b.times % 1000
         starts, ends = bucket_starts(sec)
         notional = b.ticks * b.lots  # exact: at most ~1e11 per trade
@@ -439,15 +470,20 @@ class TradeTape:
     def write(self, batches: Iterable[TradeBatch]) -> None:
         if self._w.closed:
             return
-        for b in batches:
-            self._w.write(
-                b.symbol,
+        # One write (and flush) for every batch of a release: a release may carry a thousand symbols.
+        lines = [
+            f"{b.symbol},{i},{t},{fmt(p)},{fmt(q)},{'true' if m else 'false'}\n"
+            for b in batches
+            for i, t, p, q, m in zip(
                 range(b.first_id, b.last_id + 1),
                 b.times.tolist(),
-                [fmt(p) for p in b.prices().tolist()],
-                [fmt(q) for q in b.qtys().tolist()],
-                ["true" if m else "false" for m in b.maker.tolist()],
+                b.prices().tolist(),
+                b.qtys().tolist(),
+                b.maker.tolist(),
+                strict=True,
             )
+        ]
+        self._w.write_text("".join(lines), len(lines))
 
     def close(self) -> None:
         self._w.close()
@@ -487,6 +523,10 @@ class MarketSim:
         self.start_ms = int(start_ms) if start_ms is not None else time.time_ns() // 1_000_000
         self.origin_ms = self.start_ms - history_ms
         self._gens = {s: _Generator(spec, seed, self.rate, self.origin_ms) for s, spec in self.specs.items()}
+        # The time of each symbol's next unreleased trade, in symbol order: an advance touches only the
+        # symbols with a trade due (one vectorised comparison), so an idle tick costs ~nothing per symbol.
+        self._order = list(self._gens.items())
+        self._next_ms = np.array([g.next_ms() for g in self._gens.values()], np.int64)
         self._secs = {s: _Seconds() for s in self.specs}
         self._last = {s: -1 for s in self.specs}  # last released trade id, and its price
         self._last_ticks = {s: spec.start_ticks for s, spec in self.specs.items()}
@@ -504,8 +544,11 @@ class MarketSim:
         out: dict[str, TradeBatch] = {}
         if market_ms <= self.released_ms:
             return out
-        for sym, gen in self._gens.items():
+        nxt = self._next_ms
+        for i in np.flatnonzero(nxt <= market_ms).tolist():
+            sym, gen = self._order[i]
             b = gen.release(market_ms)
+            nxt[i] = gen.next_ms()
             if b is not None:
                 out[sym] = b
                 self._secs[sym].append(b)

@@ -69,18 +69,50 @@ class _Columns:
         return self._joined
 
 
+Aggs = tuple[int, I64, I64, I64, I64, I64, B8]
+
+
 class TradeLog:
-    """One symbol's raw trades and aggregate trades, as released (the newest ``KEEP_TRADES`` of each)."""
+    """One symbol's raw trades and aggregate trades, as released (the newest ``KEEP_TRADES`` of each).
+
+    :meth:`add` queues a batch; the queue is logged (as one batch: aggregates never span two
+    releases, so the result is the same) when the columns are read, when :meth:`flush` asks for the
+    aggregates, or when it reaches ``PENDING`` batches, so a symbol nobody queries costs no numpy
+    work per release."""
+
+    PENDING = 64
 
     def __init__(self, spec: SymbolSpec) -> None:
         self.spec = spec
-        self.trades = _Columns(("id", "t", "p", "q", "m"))
-        self.aggs = _Columns(("a", "t", "p", "q", "f", "l", "m"))
+        self._trades = _Columns(("id", "t", "p", "q", "m"))
+        self._aggs = _Columns(("a", "t", "p", "q", "f", "l", "m"))
         self.next_agg = 1
+        self._pending: list[TradeBatch] = []
 
-    def add(self, b: TradeBatch) -> tuple[int, I64, I64, I64, I64, I64, B8]:
-        """Log a batch; returns its aggregates as (first agg id, times, ticks, lots, first ids, last ids, maker)."""
-        self.trades.add({"id": b.ids(), "t": b.times, "p": b.ticks, "q": b.lots, "m": b.maker})
+    @property
+    def trades(self) -> _Columns:
+        self.flush()
+        return self._trades
+
+    @property
+    def aggs(self) -> _Columns:
+        self.flush()
+        return self._aggs
+
+    def add(self, b: TradeBatch) -> None:
+        """Queue a released batch."""
+        self._pending.append(b)
+        if len(self._pending) >= self.PENDING:
+            self.flush()
+
+    def flush(self) -> Aggs | None:
+        """Log the queued batches; returns their aggregates as (first agg id, times, ticks, lots, first
+        ids, last ids, maker), or None if none were queued."""
+        if not self._pending:
+            return None
+        b = TradeBatch.join(self._pending)
+        self._pending = []
+        self._trades.add({"id": b.ids(), "t": b.times, "p": b.ticks, "q": b.lots, "m": b.maker})
         n = len(b)
         new = np.ones(n, np.bool_)
         if n > 1:
@@ -94,7 +126,7 @@ class TradeLog:
         ids = np.arange(a0, a0 + len(starts), dtype=np.int64)
         self.next_agg += len(starts)
         t, p, m = b.times[starts], b.ticks[starts], b.maker[starts]
-        self.aggs.add({"a": ids, "t": t, "p": p, "q": lots, "f": first, "l": last, "m": m})
+        self._aggs.add({"a": ids, "t": t, "p": p, "q": lots, "f": first, "l": last, "m": m})
         return a0, t, p, lots, first, last, m
 
     def _price(self, ticks: Iterable[int]) -> list[str]:
@@ -158,10 +190,8 @@ class TradeLog:
         ]
 
 
-def agg_payloads(
-    symbol: str, spec: SymbolSpec, aggs: tuple[int, I64, I64, I64, I64, I64, B8], event_ms: int
-) -> list[bytes]:
-    """Raw ``aggTrade`` payloads of one batch's aggregates (:meth:`TradeLog.add`'s result)."""
+def agg_payloads(symbol: str, spec: SymbolSpec, aggs: Aggs, event_ms: int) -> list[bytes]:
+    """Raw ``aggTrade`` payloads of one release's aggregates (:meth:`TradeLog.flush`'s result)."""
     a0, t, p, q, f, la, m = aggs
     ps, qs = float(spec.price_scale), float(_LOT_SCALE)
     sym = symbol.encode()

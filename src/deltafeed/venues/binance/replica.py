@@ -478,22 +478,38 @@ def _ws_error(code: int, msg: str, request_id: Any) -> bytes:
 
 class _LoggedSim(MarketSim):
     """A :class:`MarketSim` that also logs raw and aggregate trades per symbol (:class:`TradeLog`), the
-    history its constructor releases included; :attr:`last_aggs` holds the last release's aggregates."""
+    history its constructor releases included; :attr:`last_aggs` holds the last release's aggregates
+    of the symbols in :attr:`agg_symbols` (those with an aggTrade stream; the other logs fold lazily)."""
 
     def __init__(self, symbols: Iterable[str], **kwargs: Any) -> None:
         self.logs: dict[str, TradeLog] = {}
         self.last_aggs: dict[str, Any] = {}
+        self.agg_symbols: set[str] = set()
         super().__init__(symbols, **kwargs)
 
     def advance_to(self, market_ms: int) -> dict[str, TradeBatch]:
         out = super().advance_to(market_ms)
         self.last_aggs = {}
         for sym, b in out.items():
-            log_ = self.logs.get(sym)
-            if log_ is None:
-                log_ = self.logs[sym] = TradeLog(b.spec)
-            self.last_aggs[sym] = log_.add(b)
+            log_ = self.log(sym)
+            log_.add(b)
+            if sym in self.agg_symbols:
+                self.last_aggs[sym] = log_.flush()
         return out
+
+    def log(self, symbol: str) -> TradeLog:
+        log_ = self.logs.get(symbol)
+        if log_ is None:
+            log_ = self.logs[symbol] = TradeLog(self.specs[symbol])
+        return log_
+
+    def want_aggs(self, symbol: str, on: bool) -> None:
+        """Start (or stop) computing ``symbol``'s aggregates at every release (an aggTrade stream)."""
+        if on:
+            self.log(symbol).flush()  # what was released before the stream is not the stream's
+            self.agg_symbols.add(symbol)
+        else:
+            self.agg_symbols.discard(symbol)
 
     def last_maker(self, symbol: str) -> bool:
         log_ = self.logs.get(symbol)
@@ -952,10 +968,7 @@ class BinanceReplica(ReplicaBase):
         return limit
 
     def _trade_log(self, symbol: str) -> TradeLog:
-        log_ = self._sim.logs.get(symbol)
-        if log_ is None:
-            log_ = self._sim.logs[symbol] = TradeLog(self._sim.specs[symbol])
-        return log_
+        return self._sim.log(symbol)
 
     def _trades(self, request: web.Request) -> web.Response:
         q = request.query
@@ -1117,6 +1130,8 @@ class BinanceReplica(ReplicaBase):
         if kind in ("aggTrade", "bookTicker"):
             if kind == "bookTicker":
                 self._book(symbol)
+            else:
+                self._sim.want_aggs(symbol, True)
             return _Stream(name, kind, symbol)
         if kind == "depth":
             book = self._book(symbol)
@@ -1344,6 +1359,8 @@ class BinanceReplica(ReplicaBase):
             st.subs.pop(conn, None)
             if not st.subs:
                 del self._streams[name]
+                if st.kind == "aggTrade":
+                    self._sim.want_aggs(st.symbol, False)
 
     # -- the data pump --
 
