@@ -17,7 +17,7 @@ import msgspec
 
 from deltafeed.candles.aggregator import RepairSink
 from deltafeed.engine.history import history, source
-from deltafeed.model import Candle, timeframe
+from deltafeed.model import Candle, Timeframe, timeframe
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.store.base import StoreError
 
@@ -402,41 +402,76 @@ class Completeness:
 
         A venue that has no candle for an interval without prices leaves holes in a quiet market:
         a hole it was asked to fill, whose repair is over, and that is still there is such a quiet
-        stretch, and is not asked about again."""
+        stretch, and is not asked about again. The series of one venue are read together, with
+        two queries per timeframe where the cold tier can (``find_gaps_many``, ``provisional_many``)."""
         self.audits += 1
-        for key, st in self.engine.states.items():
-            now = st.feed.clock.now_ms()
-            since = now - int(self.engine.settings.seconds("audit_window") * 1000)
+        window_ms = int(self.engine.settings.seconds("audit_window") * 1000)
+        by_feed: dict[int, list[Series]] = {}
+        for st in self.engine.states.values():
+            by_feed.setdefault(id(st.feed), []).append(st)
+        for states in by_feed.values():
+            feed = states[0].feed
+            now = feed.clock.now_ms()
+            since = now - window_ms
+            keys = [st.key for st in states]
             holes: set[tuple[str, str, int, int]] = set()
             for tf in self.engine.timeframes:
                 grid = timeframe(tf)
-                for first, last in await self.engine.cold.find_gaps(key, tf, grid, since, now):
-                    if not st.calendar.open_between(first, grid.next(last)):
-                        continue
-                    hole = (key, tf, first, last)
-                    holes.add(hole)
-                    if hole in self._quiet or self.repairing(key, tf, first, last):
-                        continue  # known quiet, or being fetched now
-                    if hole in self._asked:  # asked, answered, and still there: nothing to fetch
-                        self._asked.discard(hole)
-                        self._quiet.add(hole)
-                        continue
-                    self.audit_gaps += 1
-                    log.warning("audit: %s %s has a hole from %d to %d; fetching it", key, tf, first, last)
-                    self.repair_sink(key)(tf, first, last)
-                    if st.feed.omits_empty and grid.next(last) <= now - QUIET_SETTLE_MS:
-                        self._asked.add(hole)
-                await self._audit_provisional(st, tf, since, now)
+                gaps = await self._find_gaps(tf, grid, keys, since, now)
+                # Provisional candles this run is not following (left by an earlier run, by a stop
+                # during an outage, or forgotten past PROVISIONAL_MAX) are fetched from history.
+                before = grid.prev(grid.start(now - settle_ms(feed)))
+                provisional = await self._provisional(tf, keys, since, before)
+                for st in states:
+                    self._audit_gaps(st, tf, gaps[st.key], now, holes)
+                    self._audit_provisional(st, tf, provisional[st.key])
             # Only what is still a hole is remembered (one filled since, or out of the window, is not).
+            audited = set(keys)
             for known in (self._asked, self._quiet):
-                known.difference_update([h for h in known if h[0] == key and h not in holes])
+                known.difference_update([h for h in known if h[0] in audited and h not in holes])
 
-    async def _audit_provisional(self, st: Series, tf: str, since: int, now: int) -> None:
-        """Stored provisional candles this run is not following (left by an earlier run, by a stop
-        during an outage, or forgotten past PROVISIONAL_MAX) are fetched from the venue's history."""
+    async def _find_gaps(
+        self, tf: str, grid: Timeframe, keys: list[str], since: int, now: int
+    ) -> dict[str, list[tuple[int, int]]]:
+        cold = self.engine.cold
+        many = getattr(cold, "find_gaps_many", None)
+        if many is not None:
+            found: dict[str, list[tuple[int, int]]] = await many(tf, grid, keys, since, now)
+            return found
+        return {key: await cold.find_gaps(key, tf, grid, since, now) for key in keys}
+
+    async def _provisional(self, tf: str, keys: list[str], since: int, before: int) -> dict[str, list[tuple[int, int]]]:
+        cold = self.engine.cold
+        many = getattr(cold, "provisional_many", None)
+        if many is not None:
+            found: dict[str, list[tuple[int, int]]] = await many(tf, keys, since, before)
+            return found
+        return {key: await cold.provisional(key, tf, since, before) for key in keys}
+
+    def _audit_gaps(
+        self, st: Series, tf: str, gaps: list[tuple[int, int]], now: int, holes: set[tuple[str, str, int, int]]
+    ) -> None:
+        key, grid = st.key, timeframe(tf)
+        for first, last in gaps:
+            if not st.calendar.open_between(first, grid.next(last)):
+                continue
+            hole = (key, tf, first, last)
+            holes.add(hole)
+            if hole in self._quiet or self.repairing(key, tf, first, last):
+                continue  # known quiet, or being fetched now
+            if hole in self._asked:  # asked, answered, and still there: nothing to fetch
+                self._asked.discard(hole)
+                self._quiet.add(hole)
+                continue
+            self.audit_gaps += 1
+            log.warning("audit: %s %s has a hole from %d to %d; fetching it", key, tf, first, last)
+            self.repair_sink(key)(tf, first, last)
+            if st.feed.omits_empty and grid.next(last) <= now - QUIET_SETTLE_MS:
+                self._asked.add(hole)
+
+    def _audit_provisional(self, st: Series, tf: str, runs: list[tuple[int, int]]) -> None:
         live = st.provisional.get(tf, {})
-        before = timeframe(tf).prev(timeframe(tf).start(now - settle_ms(st.feed)))
-        for first, last in await self.engine.cold.provisional(st.key, tf, since, before):
+        for first, last in runs:
             if first in live or (tf, first) in st.unconfirmed_at or self.repairing(st.key, tf, first, last):
                 continue
             self.repairs.append(Repair(st.key, tf, first, last, self.engine.clock.monotonic(), reconcile=True))

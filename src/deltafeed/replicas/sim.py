@@ -526,6 +526,8 @@ class MarketSim:
         # The time of each symbol's next unreleased trade, in symbol order: an advance touches only the
         # symbols with a trade due (one vectorised comparison), so an idle tick costs ~nothing per symbol.
         self._order = list(self._gens.items())
+        self._index = {sym: i for i, (sym, _) in enumerate(self._order)}
+        self._released_at = np.full(len(self._order), self.origin_ms - 1, np.int64)
         self._next_ms = np.array([g.next_ms() for g in self._gens.values()], np.int64)
         self._secs = {s: _Seconds() for s in self.specs}
         self._last = {s: -1 for s in self.specs}  # last released trade id, and its price
@@ -539,13 +541,23 @@ class MarketSim:
     def symbols(self) -> list[str]:
         return list(self.specs)
 
-    def advance_to(self, market_ms: int) -> dict[str, TradeBatch]:
-        """Release every trade with ``time_ms <= market_ms``; returns the new ones per symbol."""
+    def advance_to(self, market_ms: int, symbols: Iterable[str] | None = None) -> dict[str, TradeBatch]:
+        """Release every trade with ``time_ms <= market_ms``; returns the new ones per symbol.
+
+        With ``symbols``, only theirs: a request about one symbol need not advance a thousand
+        (:attr:`released_ms`, the time up to which every symbol is out, then stays where it was)."""
         out: dict[str, TradeBatch] = {}
         if market_ms <= self.released_ms:
             return out
         nxt = self._next_ms
-        for i in np.flatnonzero(nxt <= market_ms).tolist():
+        if symbols is None:
+            due = np.flatnonzero(nxt <= market_ms)
+            self._released_at[:] = market_ms
+        else:
+            asked = np.unique(np.array([self._index[s] for s in symbols], np.int64))
+            due = asked[nxt[asked] <= market_ms]
+            self._released_at[asked] = np.maximum(self._released_at[asked], market_ms)
+        for i in due.tolist():
             sym, gen = self._order[i]
             b = gen.release(market_ms)
             nxt[i] = gen.next_ms()
@@ -555,10 +567,15 @@ class MarketSim:
                 self._last[sym] = b.last_id
                 self._last_ticks[sym] = int(b.ticks[-1])
                 self.trades_released += len(b)
-        self.released_ms = market_ms
+        if symbols is None:
+            self.released_ms = market_ms
         if out and self.tape is not None:
             self.tape.write(out.values())
         return out
+
+    def released_until(self, symbol: str) -> int:
+        """The market time up to which ``symbol``'s trades are out (:attr:`released_ms` or later)."""
+        return int(self._released_at[self._index[symbol]])
 
     def last_trade(self, symbol: str) -> tuple[int, float]:
         """Id and price of the symbol's last released trade (id -1 and the start price if none)."""

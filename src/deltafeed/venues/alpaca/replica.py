@@ -129,8 +129,8 @@ class _Sim(MarketSim):
     def tape_path(self) -> Path | None:
         return self._tape.path if self._tape is not None else None
 
-    def advance_to(self, market_ms: int) -> dict[str, TradeBatch]:
-        out = super().advance_to(market_ms)
+    def advance_to(self, market_ms: int, symbols: Iterable[str] | None = None) -> dict[str, TradeBatch]:
+        out = super().advance_to(market_ms, symbols)
         for name, b in out.items():
             sym = self.names[name]
             ids = [alpaca_id(i) for i in range(b.first_id, b.last_id + 1)]

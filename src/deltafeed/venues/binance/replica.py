@@ -487,8 +487,8 @@ class _LoggedSim(MarketSim):
         self.agg_symbols: set[str] = set()
         super().__init__(symbols, **kwargs)
 
-    def advance_to(self, market_ms: int) -> dict[str, TradeBatch]:
-        out = super().advance_to(market_ms)
+    def advance_to(self, market_ms: int, symbols: Iterable[str] | None = None) -> dict[str, TradeBatch]:
+        out = super().advance_to(market_ms, symbols)
         self.last_aggs = {}
         for sym, b in out.items():
             log_ = self.log(sym)
@@ -725,7 +725,10 @@ class BinanceReplica(ReplicaBase):
                 self.stats["418"] += 1
                 body = error_body(-1003, _ERR_BANNED % int(until * 1000))
             return self._respond(status, body, used, retry)
-        self._tick()  # so that "now" and the open kline include every trade up to this instant
+        # So that "now" and the open kline include every trade up to this instant: of the one symbol
+        # the request names (a thousand symbols need not advance for it), else of every symbol.
+        sym = request.query.get("symbol")
+        self._tick(None if sym is None or sym not in self._sim.specs else [sym])
         try:
             resp = handler(request)
         except _BadRequest as e:
@@ -1020,7 +1023,7 @@ class BinanceReplica(ReplicaBase):
 
     def _window(self, symbol: str, length_ms: int = 86_400_000) -> Window:
         """The rolling window up to the market time released so far (the clock may already be ahead)."""
-        return window(self._sim, self._sim.logs.get(symbol), symbol, self._sim.released_ms, length_ms)
+        return window(self._sim, self._sim.logs.get(symbol), symbol, self._sim.released_until(symbol), length_ms)
 
     def _ticker_24hr(self, request: web.Request) -> web.Response:
         q = request.query
@@ -1364,10 +1367,11 @@ class BinanceReplica(ReplicaBase):
 
     # -- the data pump --
 
-    def _tick(self) -> None:
-        """Advance the market to now and push what happened to every subscriber."""
+    def _tick(self, symbols: list[str] | None = None) -> None:
+        """Advance the market to now and push what happened to every subscriber (with ``symbols``:
+        only those symbols, and only to their streams)."""
         now = self._clock.now_ms()
-        batches = self._sim.advance_to(now)
+        batches = self._sim.advance_to(now, symbols)
         self.stats["trades"] = self._sim.trades_released
         for sym, b in batches.items():
             book = self._books.get(sym)
@@ -1381,7 +1385,10 @@ class BinanceReplica(ReplicaBase):
             return
         wall = time.monotonic()
         out: dict[_Conn, tuple[list[bytes], list[int]]] = {}
-        for st in list(self._streams.values()):
+        streams = list(self._streams.values())
+        if symbols is not None:
+            streams = [st for st in streams if st.symbol in symbols]
+        for st in streams:
             blobs: dict[bool, tuple[bytes, int]] | None
             if st.kind == "trade":
                 tb = batches.get(st.symbol)

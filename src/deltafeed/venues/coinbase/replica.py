@@ -101,8 +101,8 @@ class _Sim(MarketSim):
     def tape_path(self) -> Path | None:
         return self._tape.path if self._tape is not None else None
 
-    def advance_to(self, market_ms: int) -> dict[str, TradeBatch]:
-        out = super().advance_to(market_ms)
+    def advance_to(self, market_ms: int, symbols: Iterable[str] | None = None) -> dict[str, TradeBatch]:
+        out = super().advance_to(market_ms, symbols)
         for sym, b in out.items():
             product = self.products[sym]
             rows = list(

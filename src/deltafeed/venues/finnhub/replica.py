@@ -274,8 +274,8 @@ class _TradeSim(MarketSim):
         self.pending: list[TradeBatch] = []
         super().__init__(symbols, **kwargs)
 
-    def advance_to(self, market_ms: int) -> dict[str, TradeBatch]:
-        out = super().advance_to(market_ms)
+    def advance_to(self, market_ms: int, symbols: Iterable[str] | None = None) -> dict[str, TradeBatch]:
+        out = super().advance_to(market_ms, symbols)
         self.pending.extend(out.values())
         return out
 

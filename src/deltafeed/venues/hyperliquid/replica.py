@@ -88,8 +88,8 @@ class _Sim(MarketSim):
     def tid(self, coin: str, seq: int) -> int:
         return TID_BASE + seq * TID_STRIDE + self.index[coin]
 
-    def advance_to(self, market_ms: int) -> dict[str, TradeBatch]:
-        out = super().advance_to(market_ms)
+    def advance_to(self, market_ms: int, symbols: Iterable[str] | None = None) -> dict[str, TradeBatch]:
+        out = super().advance_to(market_ms, symbols)
         for b in out.values():
             coin = self.coin_of[b.symbol]
             self.last[coin] = hl.trade_obj(
