@@ -1,13 +1,11 @@
 """Instruments split over several Binance connections, against the replica (issue 18).
 
-One run, shared by the tests of this module (it is the expensive part): N symbols at ~10 trades
-per wall second each, 1m candles with Binance's kline streams on (two streams per symbol). The
-feed's URL cap is lowered for the run so that a few symbols already need several connections: at
-the real 4 KB cap that takes ~100 symbols, and at 1000 symbols the in-process replica spends
-minutes in its simulator (every REST request of the bootstrap advances all symbols), which a CI
-test cannot afford; bench/scale.py runs 1000 with the replica in its own process. The replica
-enforces Binance's per-connection limits: 1024 streams, the URL length, and 5 inbound messages
-per second.
+One run, shared by the tests of this module: N symbols at ~10 trades per wall second each, 1m
+candles with Binance's kline streams on (two streams per symbol). The run lowers the feed's URL cap
+so that 12 symbols already need several connections, and checks every stored candle against the
+replica's tape; bench/scale.py runs a thousand symbols at the real 4 KB cap. The replica
+enforces Binance's per-connection limits: 1024 streams, the URL length, and 5 inbound messages per
+second.
 """
 
 from __future__ import annotations
@@ -39,14 +37,14 @@ STREAM_S = 10.0  # wall seconds of streaming after start-up
 WEIGHT = 60_000  # REST weight per minute, at both ends: the bootstrap's pacing is not under test here
 
 
-def _scenario(tmp: Path) -> dict[str, Any]:
+def _scenario(tmp: Path, symbols: list[str], tape: bool) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
-        tape = tmp / "tape.csv"
-        replica = BinanceReplica(symbols=SYMBOLS, seed=5, rate=RATE, speed=SPEED, history_ms=120_000, tape=str(tape))
+        tape_path = tmp / "tape.csv" if tape else None
+        replica = BinanceReplica(symbols=symbols, seed=5, rate=RATE, speed=SPEED, history_ms=120_000, tape=tape_path)
         await replica.start()
         db = str(tmp / "scale.duckdb")
         settings = Settings(
-            symbols=SYMBOLS,
+            symbols=symbols,
             timeframes=["1m"],
             history="2m",
             db=db,
@@ -74,13 +72,14 @@ def _scenario(tmp: Path) -> dict[str, Any]:
             await engine.stop()
             await replica.stop()
         return {
+            "n": len(symbols),
             "startup_s": startup_s,
             "backlog": backlog,
             "links": links,
             "trades": trades,
             "status": status,
             "stats": dict(replica.stats),
-            "tape": tape,
+            "tape": tape_path,
             "db": db,
         }
 
@@ -91,26 +90,40 @@ def _scenario(tmp: Path) -> dict[str, Any]:
 def scale(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(binance_feed, "MAX_URL_BYTES", URL_CAP)
-        return _scenario(tmp_path_factory.mktemp("scale"))
+        return _scenario(tmp_path_factory.mktemp("scale"), SYMBOLS, tape=True)
+
+
+def _check_split(run: dict[str, Any], url_cap: int, min_links: int) -> None:
+    """Split over connections, each within Binance's limits and the URL cap; every instrument traded."""
+    links = run["links"]
+    n = run["n"]
+    assert len(links) >= min_links
+    for url_len, n_streams in links:
+        assert url_len <= url_cap and 0 < n_streams <= codec.MAX_STREAMS_PER_CONNECTION
+    assert sum(k for _, k in links) == 2 * n  # a trade and a 1m kline stream per symbol, none twice
+    stats = run["stats"]
+    assert stats["connections"] == len(links), stats
+    assert stats.get("inbound_limit_closes", 0) == 0 and stats.get("long_urls", 0) == 0, stats
+    assert stats["429"] == 0 and stats["418"] == 0, stats
+    status = run["status"]
+    assert status["connects"] == len(links) and status["reconnects"] == 0
+    assert not status["skipped_frames"]
+    assert len(run["trades"]) == n
+    assert min(run["trades"].values()) > 0
+
+
+def _check_backlog(run: dict[str, Any]) -> None:
+    """The second half of the run holds no more than the first half's peak, plus one tick's worth of
+    open candles (one per instrument): bounded, not growing."""
+    backlog = run["backlog"]
+    assert len(backlog) >= 10
+    half = len(backlog) // 2
+    assert max(backlog[half:]) <= max(backlog[:half]) + run["n"], backlog
 
 
 def test_instruments_stream_split_over_connections(scale: dict[str, Any]) -> None:
-    links = scale["links"]
-    # Split: more than one connection, each within Binance's limits, and one connection per link.
-    assert len(links) >= 3
-    for url_len, n_streams in links:
-        assert url_len <= URL_CAP and 0 < n_streams <= codec.MAX_STREAMS_PER_CONNECTION
-    assert sum(n for _, n in links) == 2 * N  # a trade and a 1m kline stream per symbol, none twice
-    stats = scale["stats"]
-    assert stats["connections"] == len(links), stats
-    assert stats["inbound_limit_closes"] == 0 and stats["long_urls"] == 0, stats
-    assert stats["429"] == 0 and stats["418"] == 0
-    status = scale["status"]
-    assert status["connects"] == len(links) and status["reconnects"] == 0
-    assert not status["skipped_frames"]
-    # Every instrument received trades.
+    _check_split(scale, URL_CAP, 3)
     assert sorted(scale["trades"]) == sorted(SYMBOLS)
-    assert min(scale["trades"].values()) > 0
 
 
 def test_stored_candles_of_every_instrument_equal_the_tape(scale: dict[str, Any]) -> None:
@@ -133,14 +146,8 @@ def test_stored_candles_of_every_instrument_equal_the_tape(scale: dict[str, Any]
 
 
 def test_writer_backlog_stays_bounded(scale: dict[str, Any]) -> None:
-    """At ~10 trades/s per instrument the writer keeps up: its backlog does not grow over the run
-    (bench/scale.py shows the same at 1000 instruments)."""
-    backlog = scale["backlog"]
-    assert len(backlog) >= 10
-    half = len(backlog) // 2
-    # The second half of the run holds no more than the first half's peak, plus one tick's worth of
-    # open candles (one per instrument): bounded, not growing.
-    assert max(backlog[half:]) <= max(backlog[:half]) + N, backlog
+    """At ~10 trades/s per instrument the writer keeps up: its backlog does not grow over the run."""
+    _check_backlog(scale)
 
 
 def test_the_replica_enforces_binances_inbound_limit() -> None:

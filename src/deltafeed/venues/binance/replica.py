@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 import numpy as np
@@ -148,6 +148,20 @@ def poison_trade(payload: bytes, pick: Callable[[int], int]) -> list[bytes] | No
 # --- fast trade encoding ----------------------------------------------------------------------
 
 
+def _samples(n: int) -> list[tuple[int, int, float, float, bool, int]]:
+    """Random trades (id, time, price, qty, maker, event time) to check a template against the codec."""
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        tid, t = int(rng.integers(1, 10**12)), int(rng.integers(0, 4 * 10**12))
+        p, q = float(rng.integers(1, 10**9)) / 100, float(rng.integers(1, 10**9)) / 10**5
+        out.append((tid, t, p, q, bool(rng.integers(0, 2)), t + int(rng.integers(0, 1000))))
+    return out
+
+
+_SAMPLES = _samples(50)
+
+
 class _TradeTemplate:
     """``encode_trade`` (optionally wrapped by ``wrap_combined``) as one bytes %-template.
 
@@ -157,6 +171,7 @@ class _TradeTemplate:
     """
 
     _E, _T_ID, _T = 1111111111111, 2222222222222, 3333333333333
+    _checked_forms: ClassVar[set[bool]] = set()
     _P, _Q = 4.25, 5.75  # exact in binary, so their 8-decimal forms are unique sentinels
 
     def __init__(self, symbol: str, stream: str | None) -> None:
@@ -199,13 +214,15 @@ class _TradeTemplate:
         if positions != sorted(positions):
             raise ValueError("unexpected field order")
         template = head + b"%s" + tail
-        rng = np.random.default_rng(0)
-        for _ in range(50):
-            tid, t = int(rng.integers(1, 10**12)), int(rng.integers(0, 4 * 10**12))
-            p, q = float(rng.integers(1, 10**9)) / 100, float(rng.integers(1, 10**9)) / 10**5
-            m, e = bool(rng.integers(0, 2)), t + int(rng.integers(0, 1000))
+        # The first template of each form (raw, combined) is checked on every sample; later ones, whose
+        # derivation differs only in the symbol and stream name, on a few (a thousand symbols
+        # subscribe in one handshake).
+        form = self.stream is not None
+        samples = _SAMPLES if form not in _TradeTemplate._checked_forms else _SAMPLES[:3]
+        for tid, t, p, q, m, e in samples:
             if template % (e, tid, p, q, t, self.maker[m]) != self._codec(tid, t, p, q, m, e):
                 raise ValueError("template differs from the codec")
+        _TradeTemplate._checked_forms.add(form)
         self.template = template
 
     def payloads(self, b: TradeBatch, event_ms: int) -> list[bytes]:
