@@ -25,13 +25,12 @@ from typing import Any
 
 import msgspec
 
-from deltafeed.cluster.subjects import cluster_name
 from deltafeed.model import (
     PRICE_SIDES,
     TIMEFRAME_FORMS,
-    TIMEFRAMES,
     BadInput,
     Instrument,
+    cluster_name,
     parse_duration_ms,
     parse_timeframes,
     set_week_start,
@@ -277,13 +276,6 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             registry.get(venue)
         set_week_start(self.week_start)
         self.timeframes = parse_timeframes(self.timeframes)
-        if is_postgres(self.db):
-            other = [tf for tf in self.timeframes if tf not in TIMEFRAMES]
-            if other:
-                raise BadInput(
-                    f"the PostgreSQL tier stores only {' '.join(TIMEFRAMES)}, not {' '.join(other)}; "
-                    "collect those into a DuckDB file (--db candles.duckdb) or leave them out"
-                )
         self.history_ms  # noqa: B018 - parses, raising BadInput
         for venue in self.venues_used():
             vs = self.venue_settings(venue)

@@ -396,3 +396,14 @@ def fmt(x: float) -> str:
     """A price or quantity as decimal text with 8 places, as Binance writes them: a replica's tape
     and its wire use this one function, so a trade's text on the tape is exactly its text on the wire."""
     return f"{x:.8f}"
+
+
+_CLUSTER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def cluster_name(name: str) -> str:
+    """``name`` if it can name a cluster (letters, digits, ``_`` and ``-``: it is a NATS subject token
+    and part of stream and bucket names, see :mod:`deltafeed.cluster.subjects`), else :class:`BadInput`."""
+    if not isinstance(name, str) or not _CLUSTER_RE.match(name):
+        raise BadInput(f"cluster name {name!r} is not valid; use letters, digits, '_' and '-' (e.g. prod-eu)")
+    return name

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
-from deltafeed.model import TIMEFRAMES, BadInput, Candle
+from deltafeed.model import TIMEFRAMES, BadInput, Candle, timeframe_ms
 from deltafeed.store.base import open_cold
 from deltafeed.store.redis_hot import RedisHot
 from deltafeed.venues.binance.feed import BinanceFeed
@@ -83,7 +83,7 @@ def assert_equal_to_tape(
     candles: list[Candle], tape: Path, symbol: str, timeframe: str, until_ms: int | None = None
 ) -> int:
     """Every closed candle equals the tape's, field by field; none missing or repeated inside."""
-    tf_ms = TIMEFRAMES[timeframe]
+    tf_ms = timeframe_ms(timeframe)
     rows = [r for r in read_tape(str(tape)) if r[0] == symbol]
     want = {c.open_time: c for c in candles_from_tape(rows, tf_ms)}
     closed = [c for c in candles if c.closed and (until_ms is None or c.open_time < until_ms)]
@@ -105,7 +105,7 @@ async def test_postgres_and_redis_equal_the_tape_across_a_restart(tmp_path: Path
     await replica.start()
     settings = Settings(
         symbols=SYMBOLS,
-        timeframes=["15s", "1m", "5m"],
+        timeframes=["15s", "45s", "1m", "3m", "5m"],  # 45s and 3m: tables made at their first write
         history="2h",
         db=PG,
         db_schema=schema,
@@ -129,7 +129,7 @@ async def test_postgres_and_redis_equal_the_tape_across_a_restart(tmp_path: Path
     await reader.open()
     try:
         for sym in SYMBOLS:
-            for tf in ("15s", "1m", "5m"):
+            for tf in ("15s", "45s", "1m", "3m", "5m"):
                 candles = await stored(PG, schema, f"binance:{sym}", tf)
                 assert_equal_to_tape(candles, tape, sym, tf)
                 # Redis holds the newest candles of the run, equal to PostgreSQL's (the forming

@@ -9,6 +9,7 @@ alongside other tests using that server.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import socket
 import time
@@ -188,9 +189,46 @@ async def test_a_failing_batch_writes_nothing(store: PostgresStore) -> None:
         await store.write([*series(10), (BTC, "5m", bad)])
     assert not isinstance(info.value, StoreUnavailable)
     assert await store.instruments() == []
-    with pytest.raises(StoreError, match="timeframe '2m'"):
-        await store.write([(BTC, "2m", candle(T0))])
-    assert await store.query(BTC, "2m") == [] and await store.last_closed(BTC, "2m") is None
+    with pytest.raises(StoreError, match="timeframe '2x'"):
+        await store.write([(BTC, "2x", candle(T0))])
+    assert await store.query(BTC, "2m") == [] and await store.last_closed(BTC, "2m") is None  # no table yet
+
+
+def month(year: int, m: int) -> int:
+    return int(dt.datetime(year, m, 1, tzinfo=dt.UTC).timestamp() * 1000)
+
+
+async def test_any_timeframe_gets_its_own_table_at_its_first_write(schema: str) -> None:
+    """45s, 2h, 1w and 1M are stored like the standard timeframes, each in a partitioned table created
+    at its first write (a month's is ``candles_1mo``: PostgreSQL folds ``candles_1M`` into
+    ``candles_1m``); another process opening the schema later finds them; retention applies to them."""
+    week0 = 1_700_438_400_000  # a Monday 00:00 UTC
+    months = [month(2023, m) for m in (1, 2, 3)]
+    rows = {
+        "45s": series(4, tf="45s", step=45 * S, start=T0 - T0 % (45 * S)),
+        "2h": series(3, tf="2h", step=2 * 3_600_000),
+        "1w": series(2, tf="1w", step=7 * DAY, start=week0),
+        "1M": [(BTC, "1M", candle(t)) for t in months],
+    }
+    a = await PostgresStore.open(PG_URL, schema=schema, retention={"45s": DAY, "1M": None})
+    try:
+        await a.write([r for rs in rows.values() for r in rs] + series(2))  # with 1m's: one transaction
+        for tf, rs in rows.items():
+            assert await a.query(BTC, tf) == [c for _, _, c in rs], tf
+        assert await partitions(a, "1mo") and await partitions(a, "45s")
+        assert [c.open_time for c in await a.query(BTC, "1m")] == [T0, T0 + M]  # 1M did not land in 1m
+    finally:
+        await a.close()
+    b = await PostgresStore.open(PG_URL, schema=schema, retention={"45s": DAY, "1M": None})
+    try:
+        assert await b.instruments() == sorted([(BTC, tf, len(rs)) for tf, rs in rows.items()] + [(BTC, "1m", 2)])
+        assert await b.last_closed(BTC, "1M") == rows["1M"][-1][2]
+        assert await b.apply_retention(T0 + 2 * DAY) == 4  # the 45s candles, older than a day
+        assert await b.query(BTC, "45s") == [] and len(await b.query(BTC, "1M")) == 3
+        await b.write(series(1, tf="45s", step=45 * S, start=T0 + 2 * DAY))  # a partition dropped: recreated
+        assert len(await b.query(BTC, "45s")) == 1
+    finally:
+        await b.close()
 
 
 async def test_partitions_are_created_on_demand(store: PostgresStore) -> None:

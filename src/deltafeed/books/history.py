@@ -27,25 +27,12 @@ import msgspec
 from deltafeed.books.book import L2Book, Level
 from deltafeed.books.keeper import BookEvent, BookKeeper
 from deltafeed.books.view import TopView
-from deltafeed.store.base import StoreError
+from deltafeed.store.base import BookRow, StoreError
 
 log = logging.getLogger("deltafeed.books.history")
 
 _levels = msgspec.json.Encoder()
 _read_levels = msgspec.json.Decoder(list[tuple[float, float]])
-
-
-class BookRow(msgspec.Struct, array_like=True, gc=False):
-    """One stored snapshot (``prev`` -1) or delta; ``bids``/``asks`` are JSON ``[[price, size], ...]``."""
-
-    instrument: str
-    time_ms: int
-    sequence: int
-    prev: int
-    in_sync: bool
-    book_ms: int
-    bids: str
-    asks: str
 
 
 @runtime_checkable

@@ -28,7 +28,7 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
 def cluster_of(args: argparse.Namespace, settings: Settings | None = None) -> tuple[str, str]:
     """The NATS URL and cluster name: the flags, else ``settings`` (which read the environment and the
     config file), else the environment; :class:`BadInput` when the URL is missing or either is malformed."""
-    from deltafeed.cluster.subjects import cluster_name
+    from deltafeed.model import cluster_name
 
     env = os.environ
     url = args.cluster or (settings.cluster if settings is not None else env.get("DELTAFEED_CLUSTER"))

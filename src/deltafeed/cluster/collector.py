@@ -35,7 +35,7 @@ from deltafeed.cluster import subjects
 from deltafeed.cluster.leases import Leases
 from deltafeed.cluster.outlet import IN_FLIGHT, EngineSink, Outlet
 from deltafeed.config import Settings
-from deltafeed.model import BadInput, Instrument, Unavailable, timeframe
+from deltafeed.model import BadInput, Instrument, Unavailable, cluster_name, timeframe
 from deltafeed.store.base import is_postgres
 
 log = logging.getLogger("deltafeed.cluster")
@@ -129,7 +129,7 @@ class Collector:
             raise BadInput("failover pairs are not supported with --cluster yet; run them on a collector of their own")
         self.settings = settings
         self.url = url
-        self.cluster = subjects.cluster_name(cluster)
+        self.cluster = cluster_name(cluster)
         self.ttl_s = ttl_s
         self.every_s = ttl_s / 5
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"

@@ -25,7 +25,7 @@ import msgspec
 from deltafeed.books import Books
 from deltafeed.cluster import subjects
 from deltafeed.engine.status import EngineStatus, SwitchDoc, switch_doc
-from deltafeed.model import BadInput, Candle, Switch, timeframe
+from deltafeed.model import BadInput, Candle, Switch, cluster_name, timeframe
 from deltafeed.stats import EngineMetrics
 from deltafeed.store.base import StoreError
 from deltafeed.store.hot import HotStore
@@ -80,7 +80,7 @@ class ClusterView:
         self.hub: LiveSink | None = None
         self.books = Books(settings, names=[])  # a serving node keeps no order books
         self._settings = settings
-        self.cluster = subjects.cluster_name(cluster)
+        self.cluster = cluster_name(cluster)
         self.cold = cold
         self.hot = HotStore(hot_capacity)
         self.metrics_ = EngineMetrics()

@@ -11,6 +11,7 @@ import msgspec
 from deltafeed.cluster import subjects
 from deltafeed.cluster.collector import CollectorInfo, connect
 from deltafeed.cluster.leases import read_lease
+from deltafeed.model import cluster_name
 
 
 async def _entries(js: Any, cluster: str, what: str) -> dict[str, bytes]:
@@ -35,7 +36,7 @@ async def cluster_status(url: str, cluster: str) -> dict[str, Any]:
     """The status document of ``cluster`` on the NATS at ``url``."""
     from nats.js.errors import NotFoundError
 
-    subjects.cluster_name(cluster)
+    cluster_name(cluster)
     nc = await connect(url, "deltafeed-status")
     try:
         js = nc.jetstream()

@@ -25,13 +25,12 @@ latest per open time, except that a candle that was final is replaced only by an
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Any
 from urllib.parse import unquote
 
 import msgspec
 
-from deltafeed.model import FINAL, BadInput, Candle, Switch, Trade
+from deltafeed.model import FINAL, Candle, Switch, Trade, cluster_name
 
 ROOT = "deltafeed"
 CANDLES, TRADES, BOOKS, SWITCHES = "candles", "trades", "books", "switches"
@@ -48,16 +47,7 @@ MAX_AGE_S = 2 * 86_400
 #: How long JetStream remembers a ``Nats-Msg-Id`` to drop a repeat, in seconds.
 DUPLICATE_WINDOW_S = 120
 
-_CLUSTER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
-
-
-def cluster_name(name: str) -> str:
-    """``name`` if it can name a cluster (letters, digits, ``_`` and ``-``; it is a subject token
-    and part of stream and bucket names), else :class:`BadInput`."""
-    if not isinstance(name, str) or not _CLUSTER_RE.match(name):
-        raise BadInput(f"cluster name {name!r} is not valid; use letters, digits, '_' and '-' (e.g. prod-eu)")
-    return name
 
 
 def token(text: str) -> str:

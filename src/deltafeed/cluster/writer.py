@@ -24,7 +24,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from deltafeed.cluster import subjects
-from deltafeed.model import Switch
+from deltafeed.model import Switch, cluster_name
 from deltafeed.net.reconnect import Backoff
 from deltafeed.store.base import Row, StoreError
 
@@ -53,7 +53,7 @@ class ColdWriter:
 
     def __init__(self, nc: Any, cluster: str, cold: ColdTier, *, batch: int = BATCH) -> None:
         self.nc = nc
-        self.cluster = subjects.cluster_name(cluster)
+        self.cluster = cluster_name(cluster)
         self.cold = cold
         self.batch = batch
         self.written = 0  # candles upserted

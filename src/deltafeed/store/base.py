@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+import msgspec
+
 from deltafeed.model import BadInput, Candle, Switch, Timeframe
 
 Row = tuple[str, str, Candle]
@@ -264,3 +266,17 @@ else:
 
             return getattr(opening, name)
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class BookRow(msgspec.Struct, array_like=True, gc=False):
+    """One stored order-book snapshot (``prev`` -1) or delta (see :mod:`deltafeed.books.history`);
+    ``bids``/``asks`` are JSON ``[[price, size], ...]``."""
+
+    instrument: str
+    time_ms: int
+    sequence: int
+    prev: int
+    in_sync: bool
+    book_ms: int
+    bids: str
+    asks: str

@@ -31,9 +31,8 @@ import duckdb
 import numpy as np
 from msgspec.structs import astuple
 
-from deltafeed.books.history import BookRow
 from deltafeed.model import BadInput, Candle, Switch, Timeframe
-from deltafeed.store.base import Row, StartupRead, StoreBusy, StoreError, gaps_from_rows, grid_of, missing_dir
+from deltafeed.store.base import BookRow, Row, StartupRead, StoreBusy, StoreError, gaps_from_rows, grid_of, missing_dir
 from deltafeed.store.retention import DEFAULT_RETENTION_MS
 from deltafeed.store.ticks import TickBatch, TickGap, TickPage, page_rows
 

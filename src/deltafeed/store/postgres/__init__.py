@@ -4,7 +4,9 @@ idempotent upsert over an asyncpg connection pool.
 Layout, inside one schema (``deltafeed`` unless ``--db``'s caller picks another), so the tables can be
 queried directly::
 
-    <schema>.candles_<tf>        one table per timeframe: candles_1s candles_5s ... candles_4h candles_1d
+    <schema>.candles_<tf>        one table per timeframe: candles_1s candles_5s ... candles_4h candles_1d,
+                                 and any other timeframe's (candles_45s, candles_1w, candles_1mo for 1M)
+                                 created at its first write
         instrument   text              'binance:BTCUSDT'
         open_time    bigint            candle start, epoch milliseconds (UTC)
         open, high, low, close, volume   double precision
@@ -29,6 +31,8 @@ created the first time a write needs them. Widths (:data:`PARTITION_MS`) keep a 
 thousand to ~100k candles per instrument and let the default retention drop whole partitions:
 
     1s 5s 15s: 1 day    1m: 7 days    5m 15m: 30 days    1h 4h: 365 days    1d: 3650 days
+
+and any other timeframe those of the longest standard one not longer than it (45s: 1 day; 1w: 3650 days).
 
 With TimescaleDB (detected at the first open of a schema, see :attr:`PostgresStore.timescale`) each
 ``candles_<tf>`` is instead a hypertable on the integer ``open_time`` with chunks of the same widths,

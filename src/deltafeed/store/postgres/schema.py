@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from deltafeed.model import TIMEFRAMES, BadInput, Candle
+from deltafeed.model import TIMEFRAMES, BadInput, Candle, timeframe
 
 log = logging.getLogger("deltafeed.store.postgres")
 
@@ -57,14 +57,72 @@ COLUMN_DDL = (
 SCHEMA_RE = re.compile(r"^(?!pg_)[a-z_][a-z0-9_]{0,62}$")
 
 
+def table_suffix(tf: str) -> str:
+    """``tf`` as it appears in table names: itself, but ``1M`` (a month) is ``1mo``, because
+    PostgreSQL folds unquoted names to lower case and ``candles_1M`` would be ``candles_1m``."""
+    return f"{tf[:-1]}mo" if tf.endswith("M") else tf
+
+
+#: A candle table's name (not its partitions'), and the timeframe in it.
+CANDLE_TABLE_RE = re.compile(r"^candles_([0-9]+(?:s|m|h|d|w|mo))$")
+
+
+def timeframe_of_table(name: str) -> str | None:
+    """The timeframe whose candle table is called ``name`` (``candles_1mo`` -> ``1M``), else None."""
+    m = CANDLE_TABLE_RE.match(name)
+    if m is None:
+        return None
+    suffix = m.group(1)
+    return f"{suffix[:-2]}M" if suffix.endswith("mo") else suffix
+
+
 def candle_table(schema: str, tf: str) -> str:
     """The qualified name of the candle table of timeframe ``tf``."""
-    return f"{schema}.candles_{tf}"
+    return f"{schema}.candles_{table_suffix(tf)}"
 
 
 def partition_name(tf: str, start: int) -> str:
     """The name of ``tf``'s native partition starting at ``start`` ms (``_n`` for before 1970)."""
-    return f"candles_{tf}_p{start}" if start >= 0 else f"candles_{tf}_n{-start}"
+    t = table_suffix(tf)
+    return f"candles_{t}_p{start}" if start >= 0 else f"candles_{t}_n{-start}"
+
+
+def partition_ms(tf: str) -> int:
+    """The partition (chunk) width of any timeframe: :data:`PARTITION_MS` for the standard ones, else
+    the width of the longest standard timeframe not longer than it (``45s`` as ``15s``, ``2h`` as
+    ``1h``, ``1w`` and ``1M`` as ``1d``), so a partition holds a similar number of candles."""
+    if tf in PARTITION_MS:
+        return PARTITION_MS[tf]
+    length = timeframe(tf).shortest_ms
+    return max((TIMEFRAMES[t], w) for t, w in PARTITION_MS.items() if TIMEFRAMES[t] <= length)[1]
+
+
+async def candle_timeframes(con: Any, schema: str) -> list[str]:
+    """The timeframes ``schema`` has candle tables for: the standard ones (migration 1) and those
+    created since for other timeframes (:func:`create_candle_table`)."""
+    rows = await con.fetch(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition",
+        schema,
+    )
+    found = {tf for r in rows if (tf := timeframe_of_table(str(r[0]))) is not None}
+    return sorted(found, key=lambda tf: (timeframe(tf).ms, tf))
+
+
+async def create_candle_table(con: Any, layout: Layout, tf: str) -> None:
+    """The candle table of a timeframe beyond the standard ones, at the current layout (columns as
+    :data:`COLUMN_DDL`; partitioned, or a hypertable on TimescaleDB), if it does not exist yet. Under
+    the migration lock, so two processes creating it together do not collide, and later migrations
+    (which see every candle table, :func:`candle_timeframes`) include it."""
+    table = candle_table(layout.schema, tf)
+    await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"deltafeed.migrate.{layout.schema}")
+    exists = await con.fetchval("SELECT to_regclass($1) IS NOT NULL", table)
+    if exists:
+        return
+    partitioned = "" if layout.timescale else " PARTITION BY RANGE (open_time)"
+    await con.execute(f"CREATE TABLE {table} ({COLUMN_DDL}, PRIMARY KEY (instrument, open_time)){partitioned}")
+    if layout.timescale:
+        await _timescale_hypertable(con, layout, tf)
 
 
 # -- migrations -------------------------------------------------------------------------------------
@@ -98,7 +156,8 @@ def sql_migration(version: int, description: str, *statements: str, per_timefram
     """
 
     async def apply(con: Any, layout: Layout) -> None:
-        tables = [candle_table(layout.schema, tf) for tf in TIMEFRAMES] if per_timeframe else [""]
+        tfs = await candle_timeframes(con, layout.schema) if per_timeframe else []
+        tables = [candle_table(layout.schema, tf) for tf in tfs] if per_timeframe else [""]
         for table in tables:
             for stmt in statements:
                 await con.execute(stmt.format(schema=layout.schema, table=table))
@@ -323,35 +382,41 @@ async def _timescale_try_enable(con: Any, target: str) -> str | None:
 
 
 async def _timescale_create(con: Any, layout: Layout) -> None:
-    s, ts = layout.schema, layout.ts_schema
+    s = layout.schema
     await con.execute(
         f"CREATE FUNCTION {s}.now_ms() RETURNS bigint LANGUAGE sql STABLE"
         " AS $$ SELECT (extract(epoch FROM now()) * 1000)::bigint $$"
     )
-    for tf, width in PARTITION_MS.items():
-        table = candle_table(s, tf)
-        await con.execute(
-            f"SELECT {ts}.create_hypertable($1::regclass, 'open_time', chunk_time_interval => $2::bigint,"
-            " if_not_exists => true)",
-            table,
-            width,
-        )
-        await con.execute(f"SELECT {ts}.set_integer_now_func($1::regclass, $2::regproc)", table, f"{s}.now_ms")
-        await con.execute(
-            f"ALTER TABLE {table} SET (timescaledb.compress, timescaledb.compress_segmentby = 'instrument',"
-            " timescaledb.compress_orderby = 'open_time')"
-        )
-        await con.execute(
-            f"SELECT {ts}.add_compression_policy($1::regclass, compress_after => $2::bigint, if_not_exists => true)",
-            table,
-            2 * width,
-        )
+    for tf in PARTITION_MS:
+        await _timescale_hypertable(con, layout, tf)
+
+
+async def _timescale_hypertable(con: Any, layout: Layout, tf: str) -> None:
+    """Make ``tf``'s (empty) candle table a compressed hypertable of :func:`partition_ms` chunks."""
+    s, ts = layout.schema, layout.ts_schema
+    table, width = candle_table(s, tf), partition_ms(tf)
+    await con.execute(
+        f"SELECT {ts}.create_hypertable($1::regclass, 'open_time', chunk_time_interval => $2::bigint,"
+        " if_not_exists => true)",
+        table,
+        width,
+    )
+    await con.execute(f"SELECT {ts}.set_integer_now_func($1::regclass, $2::regproc)", table, f"{s}.now_ms")
+    await con.execute(
+        f"ALTER TABLE {table} SET (timescaledb.compress, timescaledb.compress_segmentby = 'instrument',"
+        " timescaledb.compress_orderby = 'open_time')"
+    )
+    await con.execute(
+        f"SELECT {ts}.add_compression_policy($1::regclass, compress_after => $2::bigint, if_not_exists => true)",
+        table,
+        2 * width,
+    )
 
 
 async def timescale_set_retention(con: Any, layout: Layout, retention: dict[str, int | None]) -> None:
     """Make each hypertable's server-side retention policy match ``retention`` (the last opener's)."""
     ts = layout.ts_schema
-    for tf in TIMEFRAMES:
+    for tf in await candle_timeframes(con, layout.schema):
         table = candle_table(layout.schema, tf)
         await con.execute(f"SELECT {ts}.remove_retention_policy($1::regclass, if_exists => true)", table)
         ms = retention.get(tf)

@@ -16,20 +16,23 @@ from urllib.parse import parse_qsl, urlsplit
 import asyncpg  # type: ignore[import-untyped]
 from msgspec.structs import astuple
 
-from deltafeed.books.history import BookRow
 from deltafeed.model import TIMEFRAMES, BadInput, Candle, Switch, Timeframe, Unavailable
-from deltafeed.store.base import Row, StoreError, StoreUnavailable, gaps_from_rows, grid_of, redact
+from deltafeed.model import timeframe as parse_timeframe
+from deltafeed.store.base import BookRow, Row, StoreError, StoreUnavailable, gaps_from_rows, grid_of, redact
 from deltafeed.store.postgres.copy import CopyReader, sql_literal
 from deltafeed.store.postgres.schema import (
     CANDLE_COLS,
     COLS,
     COLUMN_DDL,
-    PARTITION_MS,
     SCHEMA_RE,
     Layout,
     candle_table,
+    candle_timeframes,
+    create_candle_table,
     migrate,
+    partition_ms,
     partition_name,
+    timeframe_of_table,
     timescale_expire,
     timescale_set_retention,
 )
@@ -204,19 +207,14 @@ class PostgresStore:
         self._layout = Layout(schema, False)
         self._command_timeout_s = command_timeout_s
         self._connect_timeout_s = connect_timeout_s
+        #: The timeframes with a candle table: the standard ones, and any other one written here or by
+        #: another process (its table is created at its first write, :func:`create_candle_table`).
+        self._tfs: set[str] = set(TIMEFRAMES)
         #: timeframe -> start (ms) of every partition known to exist.
         self._partitions: dict[str, set[int]] = {tf: set() for tf in TIMEFRAMES}
         self._closed = False
-        self._upsert_sql = {
-            tf: f"INSERT INTO {candle_table(schema, tf)} AS c ({', '.join(COLS)}) SELECT * FROM {_UNNEST} "
-            + _ON_CONFLICT
-            for tf in TIMEFRAMES
-        }
-        self._stage_sql = {
-            tf: f"INSERT INTO {candle_table(schema, tf)} AS c ({', '.join(COLS)}) SELECT * FROM {_STAGE} "
-            + _ON_CONFLICT
-            for tf in TIMEFRAMES
-        }
+        self._upsert_sql: dict[str, str] = {}
+        self._stage_sql: dict[str, str] = {}
         self._query_sql: dict[tuple[str, bool, bool, bool, bool], str] = {}
 
     @classmethod
@@ -287,6 +285,7 @@ class PostgresStore:
         async with self._pool.acquire(timeout=self._command_timeout_s) as con, con.transaction():
             self._layout = await migrate(con, self.schema, self.name)
             self.timescale = self._layout.timescale
+            self._tfs = set(await candle_timeframes(con, self.schema))
             if self.timescale:
                 await timescale_set_retention(con, self._layout, self.retention)
         if not self.timescale:
@@ -337,13 +336,14 @@ class PostgresStore:
                JOIN pg_namespace n ON n.oid = p.relnamespace
                WHERE n.nspname = $1 AND p.relname = ANY($2::text[])""",
             self.schema,
-            [f"candles_{t}" for t in TIMEFRAMES if tf is None or t == tf],
+            [candle_table(self.schema, t).split(".", 1)[1] for t in self._tfs if tf is None or t == tf],
         )
-        out: dict[str, list[_Partition]] = {t: [] for t in TIMEFRAMES}
+        out: dict[str, list[_Partition]] = {t: [] for t in self._tfs}
         for r in rows:
             m = _BOUND_RE.search(r["bound"] or "")
-            if m:
-                out[str(r["parent"])[len("candles_") :]].append(_Partition(str(r["name"]), int(m[1]), int(m[2])))
+            parent = timeframe_of_table(str(r["parent"]))
+            if m and parent is not None:
+                out[parent].append(_Partition(str(r["name"]), int(m[1]), int(m[2])))
         return out
 
     async def _load_partitions(self) -> None:
@@ -354,13 +354,15 @@ class PostgresStore:
     async def _ensure_partitions(self, needed: dict[str, set[int]]) -> None:
         """Create the partitions a write is about to need, each in its own short transaction (creating
         one locks its parent table exclusively for a moment), before the write's transaction."""
-        missing = sorted((tf, start) for tf, starts in needed.items() for start in starts - self._partitions[tf])
+        missing = sorted(
+            (tf, start) for tf, starts in needed.items() for start in starts - self._partitions.setdefault(tf, set())
+        )
         for tf, start in missing:
             name = partition_name(tf, start)
             # DDL takes no parameters: the bounds are integers computed here, the names fixed.
             sql = (
                 f"CREATE TABLE IF NOT EXISTS {self.schema}.{name} PARTITION OF {candle_table(self.schema, tf)}"
-                f" FOR VALUES FROM ({start:d}) TO ({start + PARTITION_MS[tf]:d})"
+                f" FOR VALUES FROM ({start:d}) TO ({start + partition_ms(tf):d})"
             )
             for attempt in range(2):
                 try:
@@ -384,15 +386,20 @@ class PostgresStore:
         groups: dict[str, list[Row]] = {}
         for r in latest.values() if len(latest) != len(rows) else rows:
             groups.setdefault(r[1], []).append(r)
-        unknown = [tf for tf in groups if tf not in TIMEFRAMES]
-        if unknown:
-            raise StoreError(f"cannot store timeframe {unknown[0]!r} at {self.name}; it stores {' '.join(TIMEFRAMES)}")
+        new = [tf for tf in groups if tf not in self._tfs]
+        for tf in new:
+            try:
+                parse_timeframe(tf)
+            except BadInput:
+                raise StoreError(f"cannot store timeframe {tf!r} at {self.name}: not a timeframe") from None
+        if new:
+            await self._call("create candle tables", lambda: self._create_tables(new))
         batches: list[tuple[str, list[str], list[tuple[Any, ...]]]] = []
         needed: dict[str, set[int]] = {}
         for tf, group in groups.items():
             fields = list(zip(*[astuple(r[2]) for r in group], strict=True))
             batches.append((tf, [r[0] for r in group], fields))
-            width = PARTITION_MS[tf]
+            width = partition_ms(tf)
             needed[tf] = {t - t % width for t in fields[0]}
 
         async def run() -> None:
@@ -410,12 +417,28 @@ class PostgresStore:
 
         await self._call("write", run)
 
+    async def _create_tables(self, tfs: list[str]) -> None:
+        async with self._pool.acquire(timeout=self._command_timeout_s) as con, con.transaction():
+            for tf in tfs:
+                await create_candle_table(con, self._layout, tf)
+        self._tfs.update(tfs)
+
+    def _sql(self, cache: dict[str, str], source: str, tf: str) -> str:
+        """The upsert of ``tf``'s rows from ``source`` (the unnest of parameters, or the staging table)."""
+        sql = cache.get(tf)
+        if sql is None:
+            sql = cache[tf] = (
+                f"INSERT INTO {candle_table(self.schema, tf)} AS c ({', '.join(COLS)}) SELECT * FROM {source} "
+                + _ON_CONFLICT
+            )
+        return sql
+
     async def _write_once(self, batches: list[tuple[str, list[str], list[tuple[Any, ...]]]]) -> None:
         async with self._pool.acquire(timeout=self._command_timeout_s) as con, con.transaction():
             staged = False
             for tf, instruments, fields in batches:
                 if len(instruments) < COPY_THRESHOLD:
-                    await con.execute(self._upsert_sql[tf], instruments, *fields)
+                    await con.execute(self._sql(self._upsert_sql, _UNNEST, tf), instruments, *fields)
                     continue
                 # COPY is the fastest way in but cannot upsert: copy into a temporary staging table,
                 # then upsert from it in one statement. ON COMMIT DELETE ROWS empties it for the next use.
@@ -425,7 +448,7 @@ class PostgresStore:
                     await con.execute(f"TRUNCATE {_STAGE}")
                 staged = True
                 await con.copy_records_to_table(_STAGE, records=zip(instruments, *fields, strict=True), columns=COLS)
-                await con.execute(self._stage_sql[tf])
+                await con.execute(self._sql(self._stage_sql, _STAGE, tf))
 
     async def set_final_marks(self, marks: dict[tuple[str, str], int]) -> None:
         """Record, per (instrument, timeframe), that every candle before ``final_until`` is final."""
@@ -450,7 +473,7 @@ class PostgresStore:
         of the partition straddling it are deleted, so exactly the expired candles go. Each timeframe is
         its own transaction, so the parent table is locked only for the drop of its partitions.
         """
-        cutoffs = [(tf, now_ms - ms) for tf, ms in self.retention.items() if ms is not None and tf in TIMEFRAMES]
+        cutoffs = [(tf, now_ms - ms) for tf, ms in self.retention.items() if ms is not None and tf in self._tfs]
 
         async def run() -> int:
             removed = 0
@@ -481,7 +504,7 @@ class PostgresStore:
                 qualified = f"{self.schema}.{_quote_ident(p.name)}"
                 removed += int(await con.fetchval(f"SELECT count(*) FROM {qualified}"))
                 await con.execute(f"DROP TABLE {qualified}")
-        self._partitions[tf] -= {p.lo for p in expired}
+        self._partitions.setdefault(tf, set()).difference_update(p.lo for p in expired)
         return removed
 
     # -- reads ----------------------------------------------------------------------------------
@@ -508,11 +531,12 @@ class PostgresStore:
         path's p99 to ~190 ms where the COPY path stays near its median (bench/storage_pg.py).
         ``array_agg`` column arrays were slower still (the server spends ~30 ms more building them).
         """
-        if timeframe not in TIMEFRAMES or (last is not None and last <= 0):
+        if timeframe not in self._tfs or (last is not None and last <= 0):
             return []
         most = last
         if since_ms is not None and until_ms is not None:
-            span = max(0, (until_ms - since_ms) // TIMEFRAMES[timeframe] + 1)  # candles are aligned to their tf
+            # The most candles the range can hold (they are aligned to their timeframe).
+            span = max(0, (until_ms - since_ms) // parse_timeframe(timeframe).shortest_ms + 1)
             most = span if most is None else min(most, span)
         if most is not None and most <= COPY_READ_ROWS:
             return await self._query_records(instrument, timeframe, since_ms, until_ms, last, final_only)
@@ -568,7 +592,7 @@ class PostgresStore:
 
     async def last_closed(self, instrument: str, timeframe: str) -> Candle | None:
         """The newest candle marked closed."""
-        if timeframe not in TIMEFRAMES:
+        if timeframe not in self._tfs:
             return None
         sql = (
             f"SELECT {_SELECT} FROM {candle_table(self.schema, timeframe)} WHERE instrument = $1 AND closed"
@@ -581,7 +605,7 @@ class PostgresStore:
         """Runs of provisional candles (closed, not final) in [since_ms, until_ms], exactly as the DuckDB
         tier computes them: (first, last) open times of each stretch of stored candles holding no final
         or forming candle, in order."""
-        if timeframe not in TIMEFRAMES:
+        if timeframe not in self._tfs:
             return []
         # Gaps and islands: a run of provisional candles keeps the difference between its row numbers
         # in the series and among the provisional candles.
@@ -602,7 +626,7 @@ class PostgresStore:
         tier computes them: (first, last) open times of holes between stored candles, and of candles
         still open although a later one exists; merged, in order. The stretch before the first stored
         candle and after the last one is not reported."""
-        if timeframe not in TIMEFRAMES:
+        if timeframe not in self._tfs:
             return []
         sql = f"""SELECT open_time, closed, prev, next FROM (
                     SELECT open_time, closed, lag(open_time) OVER w AS prev, lead(open_time) OVER w AS next
@@ -665,7 +689,7 @@ class PostgresStore:
         DuckDB tier sorts, whatever the database's collation)."""
         sql = " UNION ALL ".join(
             f"SELECT instrument, '{tf}' AS timeframe, count(*) FROM {candle_table(self.schema, tf)} GROUP BY instrument"
-            for tf in TIMEFRAMES
+            for tf in sorted(self._tfs)
         )
         rows = await self._call("instruments", lambda: self._pool.fetch(sql))
         return sorted((str(i), str(tf), int(n)) for i, tf, n in rows)
