@@ -106,7 +106,7 @@ async def test_postgres_and_redis_equal_the_tape_across_a_restart(tmp_path: Path
     settings = Settings(
         symbols=SYMBOLS,
         timeframes=["15s", "45s", "1m", "3m", "5m"],  # 45s and 3m: tables made at their first write
-        history="2h",
+        history="3h",  # more than the replica has: the tape's first candle is in reach however slow the start
         db=PG,
         db_schema=schema,
         hot=REDIS,
