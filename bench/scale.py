@@ -5,11 +5,12 @@ The Binance replica runs in its own process; the engine runs here with one timef
 size it prints:
 
 - start-up time (``Engine.start``: checks, bootstrap of the history, connecting);
-- the engine's CPU share while streaming (process CPU seconds over wall seconds, this process only);
+- the engine's CPU share while streaming (process CPU seconds over wall seconds, this process only),
+  and the replica process's beside it;
 - RSS per instrument (the RSS growth from before the engine started, over the instrument count);
 - the writer backlog (candles held in memory) sampled every second: it must stay bounded.
 
-    python bench/scale.py [--sizes 1,100,1000] [--seconds 20] [--rate 10] [--runs 1]
+    python bench/scale.py [--sizes 1,100,1000] [--seconds 20] [--rate 10] [--runs 3]
 
 ``--rate`` is trades per wall second per symbol. With ``--runs`` above one the figures are medians.
 The machine is shared: print the load average beside the figures and read them as noisy.
@@ -36,6 +37,13 @@ SPEED = 10.0  # market seconds per wall second at the replica
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_replica(symbols: list[str], rate: float) -> tuple[subprocess.Popen[str], str]:
@@ -70,12 +78,13 @@ async def one_run(n: int, seconds: float, rate: float) -> dict[str, float | list
         try:
             await asyncio.sleep(2.0)  # connections up, first trades in
             backlog: list[int] = []
-            cpu0, w0 = time.process_time(), time.perf_counter()
+            cpu0, w0, rcpu0 = time.process_time(), time.perf_counter(), proc_cpu_s(replica.pid)
             trades0 = sum(st.trades for st in engine.states.values())
             for _ in range(int(seconds)):
                 await asyncio.sleep(1.0)
                 backlog.append(engine.writer.in_memory)
             cpu_share = (time.process_time() - cpu0) / (time.perf_counter() - w0)
+            replica_share = (proc_cpu_s(replica.pid) - rcpu0) / (time.perf_counter() - w0)
             trades_s = (sum(st.trades for st in engine.states.values()) - trades0) / (time.perf_counter() - w0)
             rss_per = (rss_bytes() - rss0) / n
             silent = sum(1 for st in engine.states.values() if st.trades == 0)
@@ -88,6 +97,7 @@ async def one_run(n: int, seconds: float, rate: float) -> dict[str, float | list
     return {
         "startup_s": startup,
         "cpu_share": cpu_share,
+        "replica_cpu_share": replica_share,
         "rss_per_instrument_kb": rss_per / 1024,
         "trades_s": trades_s,
         "silent": silent,
@@ -100,7 +110,7 @@ async def main() -> None:
     ap.add_argument("--sizes", default="1,100,1000", help="instrument counts, comma separated")
     ap.add_argument("--seconds", type=float, default=20.0, help="measured streaming time per run")
     ap.add_argument("--rate", type=float, default=10.0, help="trades per wall second per symbol")
-    ap.add_argument("--runs", type=int, default=1, help="runs per size; medians are printed")
+    ap.add_argument("--runs", type=int, default=3, help="runs per size; medians are printed")
     args = ap.parse_args()
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores; figures are noisy)")
     for n in (int(s) for s in args.sizes.split(",")):
@@ -110,7 +120,8 @@ async def main() -> None:
             return statistics.median(float(r[key]) for r in runs)  # type: ignore[arg-type]
 
         print(
-            f"{n:>5} instruments: start-up {med('startup_s'):.2f} s, CPU share {100 * med('cpu_share'):.0f}%, "
+            f"{n:>5} instruments: start-up {med('startup_s'):.2f} s, CPU share {100 * med('cpu_share'):.0f}% "
+            f"(replica {100 * med('replica_cpu_share'):.0f}%), "
             f"RSS/instrument {med('rss_per_instrument_kb'):.0f} KB, trades {med('trades_s'):,.0f}/s, "
             f"silent instruments {med('silent'):.0f}"
         )

@@ -1,9 +1,10 @@
 """Instruments split over several Binance connections, against the replica (issue 18).
 
-One run, shared by the tests of this module: N symbols at ~10 trades per wall second each, 1m
-candles with Binance's kline streams on (two streams per symbol). The run lowers the feed's URL cap
-so that 12 symbols already need several connections, and checks every stored candle against the
-replica's tape; bench/scale.py runs a thousand symbols at the real 4 KB cap. The replica
+Two runs, each shared by the tests that read it: N symbols at ~10 trades per wall second each, 1m
+candles with Binance's kline streams on (two streams per symbol). The small run lowers the feed's
+URL cap so that 12 symbols already need several connections, and checks every stored candle against
+the replica's tape; the large run streams a thousand symbols at the real 4 KB cap (about nine
+connections) and checks that every instrument receives trades and the writer keeps up. The replica
 enforces Binance's per-connection limits: 1024 streams, the URL length, and 5 inbound messages per
 second.
 """
@@ -11,6 +12,9 @@ second.
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,10 +41,49 @@ STREAM_S = 10.0  # wall seconds of streaming after start-up
 WEIGHT = 60_000  # REST weight per minute, at both ends: the bootstrap's pacing is not under test here
 
 
+class _ReplicaProcess:
+    """``deltafeed replica binance`` in a process of its own (a thousand symbols keep a core busy)."""
+
+    def __init__(self, symbols: list[str]) -> None:
+        cmd = [
+            sys.executable, "-m", "deltafeed", "replica", "binance", "--port", "0", "--symbols", ",".join(symbols),
+            "--seed", "5", "--rate", str(RATE), "--speed", str(SPEED), "--history", "2m",
+            "--weight-limit", str(WEIGHT),
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line.startswith("listening on "), line
+        self.url = line.split()[-1]
+        self.ws_url = self.url.replace("http://", "ws://")
+        self.stats: dict[str, int] = {}
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        """Stop it; :attr:`stats` from the summary it prints (``connections=9 ... 429s=0``)."""
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.to_thread(self.proc.communicate, timeout=30)
+        for line in out.splitlines():
+            if line.startswith("binance replica stopped:"):
+                for word in line.split()[3:]:
+                    k, _, v = word.partition("=")
+                    self.stats[k.removesuffix("s") if k[:-1].isdigit() else k] = int(v)
+
+
 def _scenario(tmp: Path, symbols: list[str], tape: bool) -> dict[str, Any]:
+    """One run: the replica in this process with a tape, or (no tape) in a process of its own."""
+
     async def run() -> dict[str, Any]:
         tape_path = tmp / "tape.csv" if tape else None
-        replica = BinanceReplica(symbols=symbols, seed=5, rate=RATE, speed=SPEED, history_ms=120_000, tape=tape_path)
+        replica: BinanceReplica | _ReplicaProcess
+        if tape:
+            replica = BinanceReplica(
+                symbols=symbols, seed=5, rate=RATE, speed=SPEED, history_ms=120_000, tape=tape_path
+            )
+        else:
+            replica = _ReplicaProcess(symbols)
         await replica.start()
         db = str(tmp / "scale.duckdb")
         settings = Settings(
@@ -93,6 +136,11 @@ def scale(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         return _scenario(tmp_path_factory.mktemp("scale"), SYMBOLS, tape=True)
 
 
+@pytest.fixture(scope="module")
+def thousand(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _scenario(tmp_path_factory.mktemp("thousand"), [f"Z{i:04d}USDT" for i in range(1000)], tape=False)
+
+
 def _check_split(run: dict[str, Any], url_cap: int, min_links: int) -> None:
     """Split over connections, each within Binance's limits and the URL cap; every instrument traded."""
     links = run["links"]
@@ -124,6 +172,15 @@ def _check_backlog(run: dict[str, Any]) -> None:
 def test_instruments_stream_split_over_connections(scale: dict[str, Any]) -> None:
     _check_split(scale, URL_CAP, 3)
     assert sorted(scale["trades"]) == sorted(SYMBOLS)
+
+
+def test_a_thousand_instruments_stream_split_over_connections(thousand: dict[str, Any]) -> None:
+    # 2000 streams of ~17 bytes: at the real 4 KB cap, about nine connections.
+    _check_split(thousand, binance_feed.MAX_URL_BYTES, 8)
+
+
+def test_a_thousand_instruments_keep_the_writer_bounded(thousand: dict[str, Any]) -> None:
+    _check_backlog(thousand)
 
 
 def test_stored_candles_of_every_instrument_equal_the_tape(scale: dict[str, Any]) -> None:
