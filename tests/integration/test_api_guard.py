@@ -625,7 +625,9 @@ async def test_a_slowloris_starves_neither_the_store_nor_clients_with_whole_requ
     await until_no_connections(api)
     assert stats["opened"] >= 1000 and api.guard.evicted >= 900, (stats, api.guard.evicted)
     assert most_admitted <= 100 and most <= 100 + BACKLOG, (most_admitted, most)
-    assert len(latencies) >= 10 and max(latencies) < 1.0, latencies
+    # Not starved: a starved request would wait out the 5 s timeout. (Under 1 s on a quiet machine;
+    # 1.3 s was seen once with the suite's other workers busy.)
+    assert len(latencies) >= 10 and max(latencies) < 2.5, latencies
     # Candles kept being written all along: the store's row count rose in every 1.5 s of the
     # attack (the writer writes at least every second) ...
     per_window = [b - a for a, b in zip(written, written[15:], strict=False)]
