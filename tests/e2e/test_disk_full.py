@@ -122,15 +122,21 @@ async def test_a_disk_that_fills_during_the_bootstrap_degrades_then_catches_up(
     starting = asyncio.ensure_future(engine.start())
     try:
         async with aiohttp.ClientSession() as http:
-            # The disk fills during the bootstrap: start-up waits and /health says why.
+            # The disk fills during the bootstrap: start-up waits and /health says why. With room in
+            # the spool, start-up may instead finish through the spool (it goes on until it needs to
+            # read the store, and on a fast machine it may not need to before the end): then /health
+            # says the store is failing and where the candles wait.
             reasons: list[str] = []
             for _ in range(300):
                 await asyncio.sleep(0.1)
-                assert not starting.done(), "the bootstrap finished although the disk is full"
+                assert spool_room or not starting.done(), "the bootstrap finished although the disk is full"
                 status, doc = await health(http, url)
                 reasons = doc.get("reasons", [])
                 if any("start-up waits" in r for r in reasons):
                     break
+                if spool_room and starting.done() and any(r.startswith(f"cold store {db} failing") for r in reasons):
+                    break
+            finished = starting.done()  # through the spool (spool_room only)
             assert status == 503, doc
             store = [r for r in reasons if r.startswith(f"cold store {db} failing")]
             assert len(store) == 1, reasons
@@ -146,13 +152,16 @@ async def test_a_disk_that_fills_during_the_bootstrap_degrades_then_catches_up(
                 assert spool[0].endswith("candles wait in memory"), spool[0]
             # Start-up says what it waits for (the store's own reason above says why).
             waits = [r for r in reasons if r.startswith(f"start-up waits for the cold store {db} to ")]
-            assert len(waits) == 1 and waits[0].endswith("; streaming starts once it works again"), reasons
+            assert finished or (len(waits) == 1 and waits[0].endswith("; streaming starts once it works again")), (
+                reasons
+            )
             assert all("\n" not in r for r in reasons)
             # Not ready either (a supervisor holds traffic back), and /readyz names the store too.
             status, ready = await health(http, url, "/readyz")
             assert status == 503 and ready["status"] == "not ready", ready
             assert any(r.startswith(f"cold store {db} not writable: ") for r in ready["reasons"]), ready
-            assert f"starting: bootstrapping history (waiting for the cold store {db} to " in ready["reasons"][0]
+            if not finished:
+                assert f"starting: bootstrapping history (waiting for the cold store {db} to " in ready["reasons"][0]
             assert engine.writer.written > 0  # the disk really filled part of the way through
             # Memory stays bounded while the disk is full: each series' bootstrap stops fetching at
             # the back-pressure point (one page past it at most), and nothing is dropped. With room
@@ -162,12 +171,12 @@ async def test_a_disk_that_fills_during_the_bootstrap_degrades_then_catches_up(
             for _ in range(100):
                 w = engine.writer
                 seen.append((w.in_memory, w.spooled_pending, w.written))
-                if len(seen) > 15 and len(set(seen[-15:])) == 1:
-                    break  # settled for 1.5 s: waiting, not fetching
+                if finished or (len(seen) > 15 and len(set(seen[-15:])) == 1):
+                    break  # settled for 1.5 s: waiting, not fetching (or streaming through the spool)
                 await asyncio.sleep(0.1)
-            assert len(set(seen[-15:])) == 1, seen
+            assert finished or len(set(seen[-15:])) == 1, seen
             assert max(m for m, _, _ in seen) <= bound, seen
-            assert not starting.done()
+            assert finished or not starting.done()
             assert engine.writer.failures >= 2
             if spool_room:
                 # What the store refused waits in the spool, and health says where.
