@@ -16,11 +16,11 @@ import argparse
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from deltafeed.books import BookKeeper
 from deltafeed.replicas.books import SimBook
-from deltafeed.replicas.bookviews import View, top
+from deltafeed.replicas.bookviews import Side, View, top
 from deltafeed.replicas.sim import SymbolSpec
 from deltafeed.venues.bookfeed import WsBookFeed
 from deltafeed.venues.bybit import BybitSettings
@@ -56,16 +56,21 @@ def _book() -> SimBook:
     return SimBook(SPEC, 6_000_000, False, 1)
 
 
-def bybit_frames(steps: int) -> tuple[list[bytes], int]:
-    book, n = _book(), 0
-    v = View(book, 50)
-    out = [bybit.book_message("BTCUSDT", 50, True, T0, T0, v.texts(v.bids, True), v.texts(v.asks, False), 1, book.u)]
+def _view_changes(book: SimBook, v: View, steps: int) -> Iterator[tuple[int, tuple[Side, Side]]]:
+    """(step, the view's changed levels) for each step of the walk that changed the view."""
     for i, (t, m) in enumerate(_walk(steps, 1)):
         book.step(t, m)
         book.events.clear()
         ch = v.advance()
-        if ch is None:
-            continue
+        if ch is not None:
+            yield i, ch
+
+
+def bybit_frames(steps: int) -> tuple[list[bytes], int]:
+    book, n = _book(), 0
+    v = View(book, 50)
+    out = [bybit.book_message("BTCUSDT", 50, True, T0, T0, v.texts(v.bids, True), v.texts(v.asks, False), 1, book.u)]
+    for i, ch in _view_changes(book, v, steps):
         n += len(ch[0]) + len(ch[1])
         out.append(
             bybit.book_message(
@@ -101,12 +106,7 @@ def kraken_frames(steps: int) -> tuple[list[bytes], int]:
         return kraken.book_checksum(v.texts(v.asks, False), v.texts(v.bids, True))
 
     out = [kraken.book_message("BTC/USD", True, v.texts(v.bids, True), v.texts(v.asks, False), crc(), T0 * 1000)]
-    for i, (t, m) in enumerate(_walk(steps, 1)):
-        book.step(t, m)
-        book.events.clear()
-        ch = v.advance()
-        if ch is None:
-            continue
+    for i, ch in _view_changes(book, v, steps):
         n += len(ch[0]) + len(ch[1])
         out.append(
             kraken.book_message(
