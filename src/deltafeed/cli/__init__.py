@@ -108,6 +108,10 @@ def _log_choice(flag: str | None, env: str, choices: list[str] | tuple[str, ...]
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv) == ["--version"]:
+        # Answered before the sub-commands' modules (and their venues, stores, numpy) are imported.
+        print(f"deltafeed {version()}")
+        return 0
     args = build_parser().parse_args(argv)
     try:
         level = "debug" if args.verbose else _log_choice(args.log_level, "DELTAFEED_LOG_LEVEL", list(LEVELS), "info")
