@@ -34,7 +34,7 @@ from deltafeed.stats import Histogram
 
 if TYPE_CHECKING:
     from deltafeed.api.guard import ConnectionGuard
-    from deltafeed.engine.status import BookStatus, FeedStatus
+    from deltafeed.engine.status import BookStatus, FeedStatus, TickStatus
     from deltafeed.engine.view import EngineView
 
 #: How Prometheus writes a bucket bound (``le``): "0.005", "1.0", "+Inf".
@@ -132,6 +132,27 @@ def _book_metrics(books: dict[str, BookStatus]) -> Iterator[Metric]:
         for kind, n in b.resyncs.items():
             resyncs.add_metric([inst, kind], float(n))
     yield from (in_sync, out, applied, resyncs)
+
+
+def _tick_metrics(ticks: TickStatus | None) -> Iterator[Metric]:
+    """The raw tick recorder's counters (nothing when this run keeps no ticks)."""
+    if ticks is None:
+        return
+    for value, name, doc in (
+        (ticks.written, "deltafeed_ticks_written", "Raw ticks (trades or quotes) written to the cold tier"),
+        (ticks.dropped, "deltafeed_ticks_dropped", "Raw ticks dropped: the store failed longer than memory held them"),
+        (ticks.gaps, "deltafeed_tick_gaps", "Spans of raw ticks recorded as missing"),
+    ):
+        fam = CounterMetricFamily(name, doc)
+        fam.add_metric([], float(value))
+        yield fam
+    for value, name, doc in (
+        (ticks.pending, "deltafeed_ticks_pending", "Raw ticks in memory, not yet written"),
+        (int(ticks.up), "deltafeed_ticks_store_up", "1 when the last raw tick write succeeded, else 0"),
+    ):
+        gauge = GaugeMetricFamily(name, doc)
+        gauge.add_metric([], float(value))
+        yield gauge
 
 
 def histogram_family(name: str, documentation: str, hist: Histogram) -> HistogramMetricFamily:
@@ -233,6 +254,8 @@ class EngineCollector(Collector):
             if v is not None:
                 gauge.add_metric([], v)
             yield gauge
+
+        yield from _tick_metrics(status.ticks)
 
         metrics = engine.metrics
         yield histogram_family(

@@ -282,6 +282,7 @@ class ClusterView:
             hot_failures=None,
             hot_refills=None,
             hot=None,
+            ticks=None,
             pending_repairs=0,
             repairs_merged=0,
             provisional=0,

@@ -66,6 +66,16 @@ class HotStatus(msgspec.Struct):
     pending: int
 
 
+class TickStatus(msgspec.Struct):
+    """The raw tick recorder (absent with ``ticks = false`` or a cold tier without tick tables)."""
+
+    written: int  # ticks written to the cold tier
+    pending: int  # ticks in memory, not yet written
+    dropped: int  # ticks dropped because the store failed for longer than memory could hold them
+    gaps: int  # spans recorded as missing (a lost id, a reconnect, a store outage)
+    up: bool  # False while the last tick write failed
+
+
 class SeriesStatus(msgspec.Struct):
     """One series' counters."""
 
@@ -143,6 +153,7 @@ class EngineStatus(msgspec.Struct):
     hot_failures: int | None
     hot_refills: int | None
     hot: HotStatus | None
+    ticks: TickStatus | None
     pending_repairs: int
     repairs_merged: int  # reported losses that widened a waiting repair instead of queueing one
     provisional: int
@@ -215,6 +226,9 @@ def engine_status(e: Engine) -> EngineStatus:
         hot=None
         if redis is None
         else HotStatus(redis.name, redis.degraded, redis.written, redis.failures, redis.refills, redis.pending),
+        ticks=None
+        if e.ticks is None
+        else TickStatus(e.ticks.written, e.ticks.pending, e.ticks.dropped, e.ticks.gaps, e.ticks.last_error is None),
         pending_repairs=e.completeness.pending,
         repairs_merged=e.completeness.merged,
         provisional=sum(len(p) for st in states.values() for p in st.provisional.values()),
