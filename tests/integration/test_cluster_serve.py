@@ -11,6 +11,7 @@ final one replaced only by a final one), independently of the code under test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -366,3 +367,66 @@ async def test_writer_rides_out_a_cold_store_outage(cluster: tuple[str, Any]) ->
         finally:
             await writer.stop()
             await cold.close()
+
+
+async def test_writer_killed_and_restarted_never_downgrades_a_final_candle(
+    cluster: tuple[str, Any], pg_schema: str, tmp_path: Path
+) -> None:
+    """A writer process killed with SIGKILL mid-run and a new writer started: versions published
+    meanwhile that are not final (a late collector's, after a handover) never replace a final candle
+    the first writer stored, and the store ends equal to the published truth."""
+    import signal
+
+    from deltafeed.store.postgres import PostgresStore
+
+    name, nc = cluster
+    js = nc.jetstream()
+    first = history(BTC, n=60)
+    db = ["--db", PG_URL, "--db-schema", pg_schema]
+    with (tmp_path / "writer.log").open("wb") as f:
+        proc = subprocess.Popen(
+            [*CLI, "serve", "--cluster", NATS_URL, "--cluster-name", name, *db, "--writer", "--api", "off"],
+            stderr=f,
+            stdout=subprocess.DEVNULL,
+        )
+    cold = await PostgresStore.open(PG_URL, schema=pg_schema)
+    writer = None
+    try:
+        await publish(js, name, first[:100])
+        deadline = time.monotonic() + 30
+        while True:  # the first writer has acknowledged (so written) part of it
+            info = None
+            with contextlib.suppress(Exception):  # not created yet
+                info = await js.consumer_info(subjects.stream_name(name), DURABLE)
+            if info is not None and info.ack_floor.stream_seq > 0:
+                break
+            assert proc.poll() is None, (tmp_path / "writer.log").read_text()
+            assert time.monotonic() < deadline, "the first writer wrote nothing"
+            await asyncio.sleep(0.05)
+        await publish(js, name, first[100:])
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        stored_final = [c for c in await cold.query(BTC, "1m") if c.final]
+        assert stored_final, "the killed writer stored no final candle"
+        # After the kill: a late provisional (and a forming) version of every final candle stored.
+        late = [version(BTC, "1m", c.open_time, c.close - 3, "provisional") for c in stored_final]
+        late += [version(BTC, "1m", c.open_time, c.close - 4, "forming") for c in stored_final[:3]]
+        await publish(js, name, late)
+        writer = ColdWriter(nc, name, cold, batch=50)  # a new process's writer: it remembers nothing
+        await writer.start()
+        deadline = time.monotonic() + 30
+        while True:
+            info = await js.consumer_info(subjects.stream_name(name), DURABLE)
+            if info.num_pending == 0 and info.num_ack_pending == 0:
+                break
+            assert time.monotonic() < deadline, f"the new writer did not catch up: {info}"
+            await asyncio.sleep(0.1)
+        want = truth(first + late)[(BTC, "1m")]
+        assert rows(await cold.query(BTC, "1m")) == [r for r in want if r[-1] != "forming"]
+        assert writer.stale_skipped >= len(stored_final)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if writer is not None:
+            await writer.stop()
+        await cold.close()

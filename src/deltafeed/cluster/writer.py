@@ -10,6 +10,12 @@ told the messages are in progress meanwhile; a writer killed before its acknowle
 batch again, and writing it twice changes nothing. Forming candles are skipped: the store keeps
 closed candles (the stream and the serving nodes have the forming ones).
 
+Finality survives a restart: a non-final version of a candle is written only when the cold store
+does not hold that candle as final. The writer remembers the final candles it wrote and, the first
+time a series needs it (and again for older open times), reads the final candles the store already
+holds from that open time on, so a restarted writer never downgrades a final candle, whatever its
+durable consumer delivers again or a late collector publishes.
+
 Lag, the messages the consumer has yet to deliver, comes with every fetched message (:attr:`lag`;
 logged past :data:`LAG_WARN`); ``deltafeed cluster status`` reads it from JetStream.
 """
@@ -33,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("deltafeed.cluster.writer")
 
-#: The durable consumer's name (one per cluster; a second writer with it shares the work).
+#: The durable consumer's name (one per cluster, read by one writer at a time).
 DURABLE = "cold-writer"
 #: Messages fetched (and written) at most per batch.
 BATCH = 2000
@@ -46,6 +52,7 @@ LAG_EVERY_S = 10.0
 REMEMBER_FINAL = 1_000_000
 
 _Key = tuple[str, str, int]
+_Series = tuple[str, str]
 
 
 class ColdWriter:
@@ -62,21 +69,24 @@ class ColdWriter:
         self.stale_skipped = 0
         self.bad = 0
         self.failures = 0
+        self.resumed = 0  # times the consumer was rewound to the first message not acknowledged
         self.lag: int | None = None  # messages not yet delivered to the writer
         self.store_error: str | None = None
         self._final: OrderedDict[_Key, None] = OrderedDict()
+        #: Per series, the open time from which every final candle of the store is in ``_final``.
+        self._loaded: dict[_Series, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._sub: Any = None
 
-    async def start(self) -> None:
+    def _config(self, start_seq: int | None = None) -> Any:
+        """The durable consumer's configuration: from the stream's start, or from ``start_seq``."""
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-        js = self.nc.jetstream()
-        await subjects.ensure_stream(js, self.cluster)
-        config = ConsumerConfig(
+        return ConsumerConfig(
             durable_name=DURABLE,
             ack_policy=AckPolicy.ALL,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=DeliverPolicy.ALL if start_seq is None else DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start_seq,
             ack_wait=ACK_WAIT_S,
             max_ack_pending=-1,
             filter_subjects=[
@@ -84,13 +94,44 @@ class ColdWriter:
                 subjects.filter_subject(self.cluster, subjects.SWITCHES),
             ],
         )
-        self._sub = await self._bind(js, config)
+
+    async def start(self) -> None:
+        from nats.js.errors import NotFoundError
+
+        js = self.nc.jetstream()
+        await subjects.ensure_stream(js, self.cluster)
+        stream = subjects.stream_name(self.cluster)
+        try:
+            await js.consumer_info(stream, DURABLE)  # ours from before: it keeps our place
+        except NotFoundError:
+            await js.add_consumer(stream, self._config())
+        self._sub = await js.pull_subscribe_bind(DURABLE, stream=stream)
+        await self._resume()
         self._task = asyncio.create_task(self._run(), name="cold-writer")
 
-    async def _bind(self, js: Any, config: Any) -> Any:
+    async def _resume(self) -> None:
+        """Deliver again from the first message not acknowledged, if any was delivered and never
+        acknowledged (a writer killed mid-batch, a batch lost with the connection): with
+        ``AckPolicy.ALL`` the next batch's acknowledgement would otherwise acknowledge it unwritten,
+        and JetStream would redeliver it late, after newer versions. Called before every fetch (the
+        previous batch's acknowledgement was confirmed, so nothing of ours is outstanding then)."""
+        js = self.nc.jetstream()
         stream = subjects.stream_name(self.cluster)
-        await js.add_consumer(stream, config)  # creates it, or leaves an identical one as it is
-        return await js.pull_subscribe_bind(DURABLE, stream=stream)
+        info = await js.consumer_info(stream, DURABLE)
+        if not info.num_ack_pending:
+            return
+        start = info.ack_floor.stream_seq + 1
+        log.warning(
+            "%d messages were delivered to the writer and never acknowledged; reading again from stream sequence %d",
+            info.num_ack_pending,
+            start,
+        )
+        with contextlib.suppress(Exception):
+            await self._sub.unsubscribe()
+        await js.delete_consumer(stream, DURABLE)
+        await js.add_consumer(stream, self._config(start))
+        self._sub = await js.pull_subscribe_bind(DURABLE, stream=stream)
+        self.resumed += 1
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -107,6 +148,12 @@ class ColdWriter:
 
         warned = 0.0
         while True:
+            try:
+                await self._resume()
+            except Exception as exc:  # NATS reconnecting: the durable consumer keeps our place
+                log.warning("cannot read the writer's consumer (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+                continue
             try:
                 msgs = await self._sub.fetch(self.batch, timeout=1.0)
             except (TimeoutError, NatsTimeout):
@@ -153,11 +200,42 @@ class ColdWriter:
             latest[key] = m
         return [(m.series, m.tf, m.candle) for m in latest.values()], switches
 
+    async def _load_finals(self, series: str, tf: str, since_ms: int) -> None:
+        """Make ``_final`` hold every final candle the store has of (series, tf) from ``since_ms`` on."""
+        key = (series, tf)
+        loaded = self._loaded.get(key)
+        if loaded is not None and loaded <= since_ms:
+            return
+        until = None if loaded is None else loaded - 1
+        for c in await self.cold.query(series, tf, since_ms, until, final_only=True):
+            self._remember((series, tf, c.open_time))
+        self._loaded[key] = since_ms if loaded is None else min(loaded, since_ms)
+
+    def _remember(self, key: _Key) -> None:
+        self._final[key] = None
+        self._final.move_to_end(key)
+        while len(self._final) > REMEMBER_FINAL:
+            (series, tf, t), _ = self._final.popitem(last=False)
+            if (series, tf) in self._loaded:  # what the store holds before t + 1 is no longer all known
+                self._loaded[(series, tf)] = max(self._loaded[(series, tf)], t + 1)
+
+    async def _not_downgrading(self, rows: list[Row]) -> list[Row]:
+        """``rows`` without the non-final versions of candles the store holds as final."""
+        lows: dict[_Series, int] = {}
+        for series, tf, c in rows:
+            if not c.final:
+                lows[(series, tf)] = min(lows.get((series, tf), c.open_time), c.open_time)
+        for (series, tf), low in lows.items():
+            await self._load_finals(series, tf, low)
+        return [r for r in rows if r[2].final or (r[0], r[1], r[2].open_time) not in self._final]
+
     async def _write(self, msgs: list[Any]) -> None:
-        rows, switches = self.rows(msgs)
+        found, switches = self.rows(msgs)
+        rows = found
         backoff = Backoff(0.5, 10.0)
         while True:
             try:
+                rows = await self._not_downgrading(found)
                 if rows:
                     await self.cold.write(rows)
                 if switches:
@@ -166,16 +244,18 @@ class ColdWriter:
             except StoreError as exc:
                 self.failures += 1
                 self.store_error = str(exc)
-                log.warning("the cold store refused %d candles (%s); retrying", len(rows), exc)
+                log.warning("the cold store refused %d candles (%s); retrying", len(found), exc)
                 with contextlib.suppress(Exception):
                     await msgs[-1].in_progress()
                 await asyncio.sleep(backoff.failed())
         self.store_error = None
+        self.stale_skipped += len(found) - len(rows)
         for inst, tf, c in rows:
             if c.final:
-                self._final[(inst, tf, c.open_time)] = None
-        while len(self._final) > REMEMBER_FINAL:
-            self._final.popitem(last=False)
+                self._remember((inst, tf, c.open_time))
         self.written += len(rows)
         self.switches += len(switches)
-        await msgs[-1].ack()
+        try:
+            await msgs[-1].ack_sync(timeout=5.0)  # confirmed: nothing of ours is outstanding after it
+        except Exception as exc:  # lost: the next fetch reads the batch again (writing it twice changes nothing)
+            log.warning("the acknowledgement of a batch was lost (%s)", exc)
