@@ -48,6 +48,43 @@ def test_version_comes_from_the_package_metadata() -> None:
     assert p.returncode == 0 and p.stdout.strip() == f"deltafeed {metadata.version('deltafeed')}"
 
 
+async def test_a_venue_behind_a_private_ca_is_refused_with_the_fix_then_trusted_through_ssl_cert_file(
+    tls_binance: BinanceReplica, tmp_path: Path
+) -> None:
+    """A venue address whose certificate no trusted CA signed (here a replica over ``--tls``) stops
+    ``run`` with one line naming the fix (exit 2, not a retry loop); with ``SSL_CERT_FILE`` pointing at
+    that CA, the same run bootstraps over https, streams over wss and keeps candles."""
+    assert tls_binance.ca_file is not None
+    db = tmp_path / "tls.duckdb"
+    args = [
+        *CLI, "run", "--rest-url", tls_binance.url, "--ws-url", tls_binance.ws_url, "--symbols", "BTCUSDT",
+        "--timeframes", "1m", "--history", "5m", "--db", str(db), "--api", "127.0.0.1:0",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "SSL_CERT_FILE"}
+    p = await asyncio.create_subprocess_exec(*args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, err = await asyncio.wait_for(p.communicate(), 60)
+    errors = [line for line in err.decode().splitlines() if "deltafeed run:" in line]
+    assert p.returncode == 2, err.decode()
+    assert len(errors) == 1 and "is not trusted" in errors[0] and "SSL_CERT_FILE" in errors[0], err.decode()
+    assert "Traceback" not in err.decode()
+
+    env["SSL_CERT_FILE"] = str(tls_binance.ca_file)
+    p = await asyncio.create_subprocess_exec(*args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        async with asyncio.timeout(60):
+            while not tls_binance.stats["open_connections"]:  # the wss handshake trusted the CA
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(2)  # some trades over it
+    finally:
+        p.terminate()
+        _, err = await asyncio.wait_for(p.communicate(), 30)
+    assert p.returncode == 0, err.decode()
+    assert tls_binance.stats["connections"] >= 1 and "untrusted certificate" not in err.decode()
+    q = cli("candles", "binance:BTCUSDT", "1m", "--db", str(db), "--format", "csv")
+    assert q.returncode == 0, q.stderr
+    assert len(q.stdout.splitlines()) - 1 >= 5  # five minutes of history at least, fetched over https
+
+
 def test_json_logs_are_one_object_per_line_and_a_bad_level_is_bad_usage(tmp_path: Path) -> None:
     p = cli("run", "--log-format", "json", "--history", "5x")
     assert p.returncode == 2

@@ -31,6 +31,7 @@ from typing import Protocol
 import aiohttp
 
 from deltafeed.clock import LIVE, Clock
+from deltafeed.model import BadInput
 from deltafeed.net.reconnect import Backoff, retry_after_s
 
 log = logging.getLogger("deltafeed.http")
@@ -44,6 +45,12 @@ class VenueError(Exception):
         self.body = body
         self.url = url
         super().__init__(f"{url} answered {status}: {body[:200].decode(errors='replace')}")
+
+
+#: The fix for a certificate the venue's address presents that no trusted CA signed.
+TRUST_HINT = (
+    "if a private CA signs it (a TLS proxy, a replica run with --tls), point SSL_CERT_FILE at that CA's PEM file"
+)
 
 
 class VenueUnreachable(Exception):
@@ -193,6 +200,11 @@ class RestClient:
                     req.method, req.url, headers=req.headers, params=req.params or None, data=req.body
                 ) as r:
                     resp = Response(r.status, r.headers, await r.read(), url)
+            except aiohttp.ClientConnectorCertificateError as exc:
+                # Trying again cannot help: the certificate is as untrusted on the next attempt.
+                raise BadInput(
+                    f"the TLS certificate of {self.base_url} is not trusted ({exc.certificate_error}); {TRUST_HINT}"
+                ) from None
             except (TimeoutError, aiohttp.ClientError) as exc:
                 if backoff.failures >= self.retries:
                     # no ``from``: aiohttp's exception carries the request, headers included

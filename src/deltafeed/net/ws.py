@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 from collections.abc import Callable, Mapping
 
 import picows
 
 from deltafeed.clock import LIVE, Clock
+from deltafeed.net.http import TRUST_HINT
 from deltafeed.net.reconnect import Backoff, ConnectBudget, Watchdog
 
 log = logging.getLogger("deltafeed.ws")
@@ -184,7 +186,10 @@ class WsStream:
                     )
                 except (TimeoutError, OSError, picows.WSError) as exc:
                     delay = backoff.failed()
-                    log.warning("%s: cannot connect to %s (%s); retrying in %.1f s", self.name, url, exc, delay)
+                    if isinstance(exc, ssl.SSLCertVerificationError):
+                        log.error("%s: %s presents an untrusted certificate (%s); %s", self.name, url, exc, TRUST_HINT)
+                    else:
+                        log.warning("%s: cannot connect to %s (%s); retrying in %.1f s", self.name, url, exc, delay)
                     await backoff.sleep(delay)
                     continue
                 backoff.connected()
