@@ -153,3 +153,89 @@ async def test_the_msgpack_encoding_streams_the_same_candles_as_the_venue_s_bars
                     ), (s, tf, c, w.row())  # fmt: skip
     finally:
         await cold.close()
+
+
+@pytest.mark.slow  # the engine runs against the replica for ~15 s
+async def test_refused_406_waits_then_connects_and_catches_up_with_the_tape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection limit, from the other side: while another program streams stocks with the key,
+    the engine's stock stream is refused with 406 and waits ``refused_retry_s`` (2 s here) before each
+    attempt. Once the other program has gone, the next attempt connects and streams; the minutes
+    nobody streamed for us are repaired from the bars, so every stored candle from the history's
+    start to the end is there, and every final one equals the tape."""
+    monkeypatch.setitem(os.environ, KEY_ENV, DEV_KEY)
+    monkeypatch.setitem(os.environ, SECRET_ENV, DEV_SECRET)
+    async with (
+        AlpacaReplica(
+            symbols=["AAPL"], seed=5, rate=2.0, speed=30.0, history_ms=600_000, tape=tmp_path / "t.csv"
+        ) as replica,
+        aiohttp.ClientSession() as http,
+    ):
+        other = await http.ws_connect(replica.stock_stream_url("iex"))
+        await other.send_str(json.dumps({"action": "auth", "key": DEV_KEY, "secret": DEV_SECRET}))
+        async with asyncio.timeout(5):
+            while "authenticated" not in (await other.receive_str()):
+                pass
+        settings = Settings(
+            symbols=["alpaca:AAPL"],
+            timeframes=["1m", "5m"],
+            history="10m",
+            db=str(tmp_path / "r.duckdb"),
+            reconcile_every="2s",
+            venues={"alpaca": registry.get("alpaca").replica_settings(replica) | {"refused_retry_s": 2.0}},
+        ).validate()
+        engine = Engine(settings)
+        await engine.start()
+        feed = engine.feeds["alpaca"]
+        try:
+            async with asyncio.timeout(10):  # refused
+                while replica.stats["refused_406"] < 1:
+                    await asyncio.sleep(0.05)
+            refused_ms = replica.clock.now_ms()
+            await asyncio.sleep(2.5)  # at least one more attempt, refused again, 2 s after the first
+            await other.close()  # the other program stops: the next attempt may connect
+            async with asyncio.timeout(15):
+                while not engine.status()["instruments"]["alpaca:AAPL"]["trades"]:
+                    await asyncio.sleep(0.05)
+            streaming_ms = replica.clock.now_ms()
+            # Catching up: the minutes before the stream came back become final (repaired, then
+            # reconciled once the venue's bars have settled), so the final mark passes them.
+            async with asyncio.timeout(30):
+                while engine.final_marks().get(("alpaca:AAPL", "1m"), 0) < streaming_ms + 60_000:
+                    await asyncio.sleep(0.1)
+            st = engine.status()
+            attempts = feed.streams["stocks"].ws.attempts  # type: ignore[attr-defined]
+        finally:
+            await engine.stop()
+        stats = dict(replica.stats)
+    al = st["venues"]["alpaca"]
+    ins = st["instruments"]["alpaca:AAPL"]
+    print(f"\nalpaca 406 retry: attempts {attempts}, replica {stats}, AAPL {ins}")
+    assert stats["refused_406"] >= 2 and attempts == stats["refused_406"] + 1, (attempts, stats)
+    assert al["venue_errors"] == {"406 connection limit exceeded": stats["refused_406"]}, al
+    assert al["connected"] and not al.get("refused_symbols"), al
+    assert ins["trades"] > 20 and ins["repaired"] > 0, ins
+    assert streaming_ms - refused_ms >= 60_000  # more than a market minute went by without our stream
+    assert replica.tape_path is not None
+    tape = rows_by_symbol(read_venue_tape(replica.tape_path))["AAPL"]
+    cold = await open_cold(settings.db, read_only=True)
+    try:
+        for tf in ("1m", "5m"):
+            want = {c.open_time: c for c in candles_from_tape(tape, TIMEFRAMES[tf])}
+            stored = await cold.query("alpaca:AAPL", tf)
+            opens = [c.open_time for c in stored]
+            tf_ms = TIMEFRAMES[tf]
+            holes = [t for t in range(opens[0], opens[-1] + 1, tf_ms) if t in want and t not in set(opens)]
+            assert not holes, (tf, holes)
+            finals = [c for c in stored if c.final]
+            if tf == "1m":  # every minute from before the first refusal to the stream's return is final
+                across = [c for c in stored if refused_ms - tf_ms <= c.open_time <= streaming_ms - tf_ms]
+                assert len(across) >= 2 and all(c.final for c in across), across
+            for c in finals:
+                w = want[c.open_time]
+                assert (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades) == (
+                    w.open, w.high, w.low, w.close, round(w.volume, 8), w.trades,
+                ), (tf, c, w.row())  # fmt: skip
+    finally:
+        await cold.close()

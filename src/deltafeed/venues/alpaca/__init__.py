@@ -34,6 +34,9 @@ class AlpacaSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
     poll_every_s: float = 60.0  # poll mode: seconds between two polls of the latest bars
     poll_share: float = 0.5  # poll mode: the share of the REST budget polling may spend (repairs get the rest)
     requests_per_min: int = codec.REQUESTS_PER_MIN  # historical API calls per minute of the plan
+    #: Seconds before the next attempt after a refusal an immediate retry cannot fix (406: another
+    #: connection of the key streams; 402: the key is refused).
+    refused_retry_s: float = 60.0
 
 
 class Alpaca(Venue):
@@ -137,6 +140,8 @@ def check_settings(vs: AlpacaSettings) -> None:
         raise BadInput("[venues.alpaca] poll_share must be above 0 and below 1 (repairs need the rest of the budget)")
     if vs.requests_per_min < 1:
         raise BadInput("[venues.alpaca] requests_per_min must be at least 1 (200 on the free plan)")
+    if not vs.refused_retry_s >= 1.0:
+        raise BadInput("[venues.alpaca] refused_retry_s must be at least 1 (seconds to wait after a refusal)")
 
 
 VENUE = Alpaca()

@@ -45,9 +45,6 @@ log = logging.getLogger("deltafeed.alpaca")
 
 MAX_SKEW_MS = 15 * 60_000  # a trade time further than this from the venue's clock is impossible
 RECENT_IDS = 4096  # venue trade ids remembered per symbol, to drop repeats
-#: After a refusal an immediate retry cannot fix (406: another connection of the account streams;
-#: 402: the key is refused), the next attempt waits this long.
-REFUSED_RETRY_S = 60.0
 #: Symbols per multi-symbol poll request (the URL stays short; the page limit is 10 000 bars).
 POLL_SYMBOLS_PER_CALL = 100
 
@@ -134,6 +131,7 @@ class AlpacaFeed:
         self.key = key
         self.secret = secret
         self.msgpack = vs.encoding == "msgpack"
+        self.refused_retry_s = vs.refused_retry_s
         self.clock = VenueClock()
         self.history = AlpacaHistory(self.rest_url, key, secret, requests_per_min=vs.requests_per_min, feed=vs.feed)
         self.decoder = alpaca.StreamDecoder()
@@ -341,8 +339,8 @@ class AlpacaFeed:
             line = f"alpaca {s.kind} stream error: {ev.msg} ({ev.code})"
         if ev.code in alpaca.FATAL_ERRORS:
             s.refusal = line
-            s.ws.retry_after_s = REFUSED_RETRY_S
-            log.error("%s; retrying in %.0f s", line, REFUSED_RETRY_S)
+            s.ws.retry_after_s = self.refused_retry_s
+            log.error("%s; retrying in %.0f s", line, self.refused_retry_s)
             s.ws.drop(f"refused ({ev.code})")
         elif first:
             log.warning("%s; counted in status", line)
