@@ -318,7 +318,8 @@ class Collector:
         history_ms = await self._history_ms(inst)
         engine = Engine(self._settings_for(inst, history_ms))
         assert self.outlet is not None
-        engine.hub = EngineSink(self.outlet)
+        engine.hub = sink = EngineSink(self.outlet)
+        sink.attach_books(engine.books)  # its order books on the cluster's books subjects
 
         async def run() -> None:
             try:

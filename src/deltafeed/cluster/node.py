@@ -7,7 +7,11 @@ arrives, and reads older candles from the cold store through the one read path
 (:func:`~deltafeed.store.reader.read_candles`). :class:`StreamFeed` fills it: one ordered consumer
 replays the cluster's candles and switches from the start of the stream (a replayable hot tier,
 bounded per subject) and then follows them live; trades are followed from now on, never replayed.
-A message that cannot be read is counted and skipped.
+Order books are followed from now on too: each starts at its publisher's next snapshot (sent at
+every resynchronisation and every :data:`~deltafeed.cluster.outlet.BOOK_SNAPSHOT_S`), then takes
+the deltas that continue the state it holds; a break, a publisher that stops or falls silent makes
+the book out of sync (no levels) until the next snapshot. A message that cannot be read is counted
+and skipped.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from deltafeed.books import Books
+from deltafeed.books import BookKeeper, Books
 from deltafeed.cluster import subjects
-from deltafeed.engine.status import EngineStatus, SwitchDoc, switch_doc
+from deltafeed.cluster.outlet import BOOK_SNAPSHOT_S
+from deltafeed.engine.status import BookStatus, EngineStatus, SwitchDoc, switch_doc
 from deltafeed.model import BadInput, Candle, Switch, cluster_name, timeframe
 from deltafeed.stats import EngineMetrics
 from deltafeed.store.base import StoreError
@@ -44,6 +49,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("deltafeed.cluster.node")
 
+#: A book not heard of for this long (seconds; its publisher snapshots every BOOK_SNAPSHOT_S) is
+#: out of sync: its collector died or lost NATS.
+BOOK_SILENT_S = 3 * BOOK_SNAPSHOT_S
+
 
 class StreamCounters(msgspec.Struct):
     """What a serving node has read from its cluster's stream."""
@@ -54,6 +63,7 @@ class StreamCounters(msgspec.Struct):
     candles: int  # candle messages applied
     switches: int
     trades: int
+    books: int  # book messages applied
     bad_messages: int  # counted and skipped
     stale_skipped: int  # a non-final version after a final one of the same candle (kept final)
     replay_pending: int  # messages left to replay before caught_up
@@ -78,7 +88,11 @@ class ClusterView:
 
     def __init__(self, settings: Settings, cluster: str, cold: ColdTier | None, *, hot_capacity: int = 1000) -> None:
         self.hub: LiveSink | None = None
-        self.books = Books(settings, names=[])  # a serving node keeps no order books
+        #: The books published on the stream, each kept from its publisher's messages.
+        self.books = Books(settings, names=[])
+        #: Per book, (publisher, sequence) of the state held; None while out of sync.
+        self._book_at: dict[str, tuple[str, int] | None] = {}
+        self._book_heard: dict[str, float] = {}
         self._settings = settings
         self.cluster = cluster_name(cluster)
         self.cold = cold
@@ -94,6 +108,7 @@ class ClusterView:
         self.candles_in = 0
         self.switches_in = 0
         self.trades_in = 0
+        self.books_in = 0
         self.bad = 0
         self.stale = 0
         self.last_latency_s: float | None = None
@@ -152,6 +167,50 @@ class ClusterView:
         if hub is not None and hub.wants_trades(m.series):
             hub.trade(m.series, m.trade)
 
+    def on_book(self, m: subjects.BookUpdate) -> None:
+        """One book message: a snapshot starts the book over, a delta continues the state it follows
+        (else the book is out of sync until the next snapshot), ``lost`` from the book's publisher
+        takes it out of sync."""
+        self._last_mono = now = time.monotonic()
+        self.books_in += 1
+        keeper = self.books.keepers.get(m.series)
+        if keeper is None or keeper.depth != m.depth:
+            keeper = self.books.keepers[m.series] = BookKeeper(m.series, m.depth, keep=m.depth)
+            self._book_at[m.series] = None
+            attach = getattr(self.hub, "attach_books", None)  # the API's hub serves it over WebSocket
+            if attach is not None:
+                attach(self.books)
+        self._book_heard[m.series] = now
+        at = self._book_at.get(m.series)
+        if m.kind == "snapshot":
+            if at == (m.source, m.sequence) and keeper.in_sync:
+                return  # the periodic snapshot of the state held: a heartbeat
+            keeper.snapshot(m.bids, m.asks, m.venue_seq, m.time_ms)
+            self._book_at[m.series] = (m.source, m.sequence)
+        elif m.kind == "delta":
+            if at == (m.source, m.prev):
+                keeper.apply(m.bids, m.asks, m.venue_seq, m.time_ms)
+                self._book_at[m.series] = (m.source, m.sequence)
+            elif at is not None and at[0] == m.source and m.sequence <= at[1]:
+                pass  # a repeat of a change already held
+            else:
+                self._book_lost(m.series, "gap")
+        elif at is None or at[0] == m.source:  # lost: only its own publisher says so
+            self._book_lost(m.series, "publisher")
+
+    def _book_lost(self, series: str, kind: str) -> None:
+        self._book_at[series] = None
+        keeper = self.books.keepers[series]
+        if keeper.in_sync:
+            keeper.lost(kind)
+
+    def check_books(self) -> None:
+        """Books whose publisher fell silent go out of sync."""
+        now = time.monotonic()
+        for series, heard in self._book_heard.items():
+            if now - heard > BOOK_SILENT_S and self._book_at.get(series) is not None:
+                self._book_lost(series, "silent")
+
     def extra_metrics(self) -> Iterator[Metric]:
         """The node's and its writer's Prometheus families (``/metrics`` adds them)."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -159,7 +218,12 @@ class ClusterView:
         msgs = CounterMetricFamily(
             "deltafeed_cluster_messages", "Messages applied from the cluster's stream, by kind", labels=["kind"]
         )
-        for kind, n in (("candles", self.candles_in), ("switches", self.switches_in), ("trades", self.trades_in)):
+        for kind, n in (
+            ("candles", self.candles_in),
+            ("switches", self.switches_in),
+            ("trades", self.trades_in),
+            ("books", self.books_in),
+        ):
             msgs.add_metric([kind], float(n))
         yield msgs
         for name, doc, value in (
@@ -245,6 +309,7 @@ class ClusterView:
             self.candles_in,
             self.switches_in,
             self.trades_in,
+            self.books_in,
             self.bad,
             self.stale,
             self.replay_pending,
@@ -267,7 +332,7 @@ class ClusterView:
             rest_limiter_waits=0,
             skipped_frames={},
             venues={},
-            books={},
+            books={k: msgspec.convert(b.status(), BookStatus) for k, b in self.books.keepers.items()},
             store_pending=0,
             store_written=0,
             store_failures=0,
@@ -340,7 +405,7 @@ class ClusterView:
 
 class StreamFeed:
     """Feeds a :class:`ClusterView` from JetStream: candles and switches replayed from the start of
-    the stream then followed, trades followed from now on.
+    the stream then followed, trades and books followed from now on.
 
     Each kind has its own ordered consumer (nats-py recreates one that loses its place). The replay
     is over once a message says nothing is pending after it, or at once when the stream holds no
@@ -351,6 +416,7 @@ class StreamFeed:
         self.view = view
         self.nc = nc
         self._subs: list[Any] = []
+        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         from nats.js.api import DeliverPolicy
@@ -397,6 +463,7 @@ class StreamFeed:
             (subjects.CANDLES, view.on_candle, subjects.decode_candle, DeliverPolicy.ALL),
             (subjects.SWITCHES, view.on_switch, subjects.decode_switch, DeliverPolicy.ALL),
             (subjects.TRADES, view.on_trade, subjects.decode_trade, DeliverPolicy.NEW),
+            (subjects.BOOKS, view.on_book, subjects.decode_book, DeliverPolicy.NEW),
         ):
             self._subs.append(
                 await js.subscribe(
@@ -408,7 +475,18 @@ class StreamFeed:
                 )
             )
 
+        self._task = asyncio.create_task(self._watch_books(), name="cluster-books")
+
+    async def _watch_books(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.view.check_books()
+
     async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

@@ -1,17 +1,24 @@
 """What a collector's engines publish to JetStream: the candles that changed (each candle's latest
-version per flush, in order per candle), switches and, when asked, trades, with many
-acknowledgements in flight rather than one at a time."""
+version per flush, in order per candle), switches, order books (the top of each kept book: a
+snapshot at every resynchronisation and every :data:`BOOK_SNAPSHOT_S`, the changes in between)
+and, when asked, trades, with many acknowledgements in flight rather than one at a time."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deltafeed.api.protocol import SwitchData
+from deltafeed.books.view import TopView
 from deltafeed.cluster import subjects
 from deltafeed.model import Candle, Switch, Trade
+
+if TYPE_CHECKING:
+    from deltafeed.books import BookEvent, BookKeeper, Books
 
 log = logging.getLogger("deltafeed.cluster")
 
@@ -24,6 +31,49 @@ FLUSH_S = 0.05
 #: Messages kept waiting while NATS is unreachable (the oldest candles are then dropped: a
 #: collector that takes the series over, or this one on reconnection, republishes from history).
 PENDING_MAX = 200_000
+#: How often each published book is sent whole, in seconds: where a reader that starts late (or
+#: missed a change) starts from, and the heartbeat that tells it the book is still kept.
+BOOK_SNAPSHOT_S = 2.0
+
+
+class BookStream:
+    """One kept book's top ``depth`` levels as published: a listener of its keeper that turns each
+    change into a :class:`~deltafeed.cluster.subjects.BookUpdate` (the diff of the top, as the
+    WebSocket's book deltas are made), numbered by the keeper's ``sequence``. Each stream has a
+    source of its own, so a reader never chains one engine's deltas onto another's states."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, outlet: Outlet, keeper: BookKeeper) -> None:
+        self.outlet = outlet
+        self.keeper = keeper
+        self.view = TopView(keeper, keeper.depth)
+        self.view.reset()
+        self.source = f"{outlet.source}#{next(self._ids)}"
+        self.subject = subjects.subject(outlet.cluster, subjects.BOOKS, keeper.instrument)
+
+    def __call__(self, ev: BookEvent) -> None:
+        if ev.kind == "delta":
+            moved = self.view.diff()
+            if moved is not None:
+                prev, bids, asks = moved
+                self._send("delta", prev, bids, asks)
+        else:
+            self.whole()
+
+    def whole(self) -> None:
+        """Publish the top as it is now: a snapshot, or ``lost`` while out of sync."""
+        v = self.view
+        v.reset()
+        self._send("snapshot" if v.in_sync else "lost", 0, sorted(v.bids.items(), reverse=True), sorted(v.asks.items()))
+
+    def _send(self, kind: str, prev: int, bids: list[tuple[float, float]], asks: list[tuple[float, float]]) -> None:
+        v, k = self.view, self.keeper
+        msg = subjects.BookUpdate(
+            k.instrument, kind, v.sequence, prev, v.depth, k.venue_seq, v.time_ms, bids, asks,
+            self.source, int(time.time() * 1000),
+        )  # fmt: skip
+        self.outlet.put(self.subject, msg)
 
 
 class Outlet:
@@ -39,6 +89,9 @@ class Outlet:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._books_task: asyncio.Task[None] | None = None
+        #: The books published, by instrument.
+        self.books: dict[str, BookStream] = {}
         self.published = 0
         self.duplicates = 0
         self.failed = 0
@@ -52,13 +105,15 @@ class Outlet:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="cluster-outlet")
+        self._books_task = asyncio.create_task(self._whole_books(), name="cluster-books")
 
     async def close(self) -> None:
         """Publish what waits (for a few seconds at most), then stop."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        for task in (self._task, self._books_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._task = self._books_task = None
         try:
             await asyncio.wait_for(self.flush(), 5.0)
         except TimeoutError:
@@ -72,6 +127,31 @@ class Outlet:
             self.dropped += 1
         self._pending[key] = (subject, data, headers)
         self._wake.set()
+
+    def put(self, subject: str, msg: subjects.Message) -> None:
+        """Publish ``msg`` on ``subject`` (with the others waiting, in order)."""
+        self._put((subject, msg.msg_id), subject, msg)
+
+    def add_book(self, keeper: BookKeeper) -> None:
+        """Publish ``keeper``'s book from now on (whole at once, then its changes)."""
+        self.drop_book(keeper.instrument)
+        stream = self.books[keeper.instrument] = BookStream(self, keeper)
+        keeper.listeners.append(stream)
+        stream.whole()
+
+    def drop_book(self, instrument: str) -> None:
+        """Stop publishing the book of ``instrument`` (its engine stops; another collector's takes over)."""
+        stream = self.books.pop(instrument, None)
+        if stream is not None:
+            with contextlib.suppress(ValueError):
+                stream.keeper.listeners.remove(stream)
+            stream._send("lost", 0, [], [])  # readers holding this stream's book stop showing it
+
+    async def _whole_books(self) -> None:
+        while True:
+            await asyncio.sleep(BOOK_SNAPSHOT_S)
+            for stream in list(self.books.values()):
+                stream.whole()
 
     def candle(self, series: str, tf: str, candle: Candle) -> None:
         msg = subjects.candle_msg(series, tf, candle, source=self.source, sent_ms=int(time.time() * 1000))
@@ -135,10 +215,20 @@ class Outlet:
 
 class EngineSink:
     """One engine's :class:`~deltafeed.api.protocol.LiveSink`: its candles, trades and switches to
-    the collector's :class:`Outlet` (an engine that stops closes this, not the shared outlet)."""
+    the collector's :class:`Outlet` (an engine that stops closes this, not the shared outlet), and,
+    once :meth:`attach_books` is called, its order books."""
 
     def __init__(self, outlet: Outlet) -> None:
         self.outlet = outlet
+        self._books: list[str] = []
+
+    def attach_books(self, books: Books) -> None:
+        """Publish every book of ``books`` (an engine's) that is not published yet (call again after
+        the engine added books)."""
+        for name, keeper in books.keepers.items():
+            if name not in self._books:
+                self._books.append(name)
+                self.outlet.add_book(keeper)
 
     def candle(self, instrument: str, timeframe: str, candle: Candle) -> None:
         self.outlet.candle(instrument, timeframe, candle)
@@ -157,4 +247,7 @@ class EngineSink:
         return self.outlet.trades
 
     async def close(self) -> None:
+        for name in self._books:
+            self.outlet.drop_book(name)
+        self._books.clear()
         await self.outlet.flush()

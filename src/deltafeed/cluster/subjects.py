@@ -25,6 +25,7 @@ latest per open time, except that a candle that was final is replaced only by an
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 from urllib.parse import unquote
 
@@ -184,11 +185,41 @@ class TradeMsg(msgspec.Struct, frozen=True):
         return f"{self.series}|trade|{self.trade.trade_id}|{self.trade.time_ms}"
 
 
-Message = CandleMsg | SwitchMsg | TradeMsg
+class BookUpdate(msgspec.Struct, frozen=True):
+    """A change of an order book's top ``depth`` levels per side, as published on its ``books``
+    subject: ``snapshot`` (the whole top, ``in_sync``), ``delta`` (the levels that changed after the
+    state ``prev``, size 0 = gone from the top) or ``lost`` (out of sync: no levels until the next
+    snapshot). ``sequence`` numbers the publisher's states of the book; a reader applies a delta
+    only when it holds state ``prev`` of the same ``source``, and starts over at a snapshot, which
+    each publisher sends at every resynchronisation and every few seconds (a late reader's start)."""
+
+    series: str
+    kind: str
+    sequence: int
+    prev: int
+    depth: int
+    venue_seq: int | None
+    time_ms: int
+    bids: list[tuple[float, float]]
+    asks: list[tuple[float, float]]
+    source: str = ""
+    sent_ms: int = 0
+
+    @property
+    def msg_id(self) -> str:
+        # a periodic snapshot repeats a state: its publication time tells it apart
+        return f"{self.series}|book|{self.source}|{self.sequence}|{self.kind}|{self.sent_ms}"
+
+
+#: What :class:`BookUpdate.kind` may be.
+BOOK_KINDS = frozenset({"snapshot", "delta", "lost"})
+
+Message = CandleMsg | SwitchMsg | TradeMsg | BookUpdate
 _encoder = msgspec.json.Encoder()
 _candle_decoder = msgspec.json.Decoder(CandleMsg)
 _switch_decoder = msgspec.json.Decoder(SwitchMsg)
 _trade_decoder = msgspec.json.Decoder(TradeMsg)
+_book_decoder = msgspec.json.Decoder(BookUpdate)
 
 
 def encode(msg: Message) -> tuple[bytes, dict[str, str]]:
@@ -219,6 +250,20 @@ def decode_trade(data: bytes) -> TradeMsg:
         return _trade_decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise ValueError(f"not a trade message: {exc}") from None
+
+
+def decode_book(data: bytes) -> BookUpdate:
+    """A book message; ValueError when ``data`` is not one (count it and skip it)."""
+    try:
+        m = _book_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"not a book message: {exc}") from None
+    if m.kind not in BOOK_KINDS or m.depth < 1:
+        raise ValueError(f"not a book message: kind {m.kind!r}, depth {m.depth}")
+    for p, q in (*m.bids, *m.asks):
+        if not (0.0 < p < math.inf and 0.0 <= q < math.inf):
+            raise ValueError(f"not a book message: a level ({p}, {q})")
+    return m
 
 
 def newer(old: CandleMsg | None, new: CandleMsg) -> bool:

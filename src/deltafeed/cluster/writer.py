@@ -178,6 +178,8 @@ class ColdWriter:
         switches: list[Switch] = []
         for msg in msgs:
             kind = msg.subject.split(".", 3)[2] if msg.subject.count(".") >= 3 else ""
+            if kind in (subjects.TRADES, subjects.BOOKS):
+                continue  # a server without filter_subjects (NATS < 2.10) delivers every kind
             try:
                 if kind == subjects.SWITCHES:
                     switches.append(subjects.decode_switch(msg.data).switch)

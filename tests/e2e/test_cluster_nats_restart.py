@@ -1,0 +1,225 @@
+"""Issue 21: a cluster survives its NATS server going away and coming back. Two collectors and a
+serving node with the cold-store writer, each a process of its own, on a private ``nats-server``
+(its own port and store directory, so the shared one is not disturbed) against a Binance replica.
+The server is killed (SIGKILL) mid-run and started again on the same port and store after a few
+seconds: afterwards every final candle the node serves and every final candle the writer stored
+equals the candle computed from the replica's tape, with no hole and no duplicate; the order book
+the node serves is in sync again and equals the tape's true book at its venue key."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from books import true_books
+from deltafeed.client import ApiError, Client
+from deltafeed.replicas.books import book_tape_path
+from deltafeed.venues.binance.replica import BinanceReplica
+from helpers import free_port
+from reference import candles_from_tape, read_tape
+
+SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"]
+BTC = "binance:BTCUSDT"
+PG_URL = os.environ.get("DELTAFEED_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+OUTAGE_S = 6.0  # longer than a collector keeps collecting without renewing its leases (4 s)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("nats-server") is None, reason="no nats-server binary to start a private one"),
+]
+
+
+class PrivateNats:
+    """``nats-server -js`` on a free loopback port with its store in ``store``: stopped and started
+    again on the same port and store."""
+
+    def __init__(self, store: Path) -> None:
+        self.port = free_port()
+        self.store = store
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        args = ["nats-server", "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)]
+        with (self.store.parent / "nats.log").open("ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=log)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                assert self.proc.poll() is None, (self.store.parent / "nats.log").read_text()
+                assert time.monotonic() < deadline, "nats-server did not start"
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def private_nats(tmp_path: Path) -> Iterator[PrivateNats]:
+    server = PrivateNats(tmp_path / "jetstream")
+    server.store.mkdir()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "deltafeed", *args], stdout=out, stderr=out, env=env)
+
+
+async def _wait_for(what: str, timeout: float, check: Any) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.25)
+
+
+def _same(c: Any, w: Any) -> bool:
+    return (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades) == (
+        w.open, w.high, w.low, w.close, round(w.volume, 8), w.trades,
+    )  # fmt: skip
+
+
+@pytest.mark.timeout(240)
+async def test_cluster_survives_a_nats_restart(tmp_path: Path, private_nats: PrivateNats) -> None:
+    import asyncpg
+
+    from deltafeed.store.postgres import PostgresStore
+
+    cluster = "restart"
+    schema = f"deltafeed_t_{uuid.uuid4().hex}"
+    tape = tmp_path / "tape.csv"
+    async with BinanceReplica(symbols=SYMBOLS, rate=2.0, speed=10.0, history_ms=15 * 60_000, tape=str(tape)) as replica:
+        config = tmp_path / "cluster.toml"
+        config.write_text(
+            f'venue = "binance"\nsymbols = {SYMBOLS!r}\ntimeframes = ["1m"]\nhistory = "10m"\n'
+            f'rest_url = "{replica.url}"\nws_url = "{replica.ws_url}"\nbooks = ["{BTC}"]\nbook_depth = 10\n'
+            f'cluster = "{private_nats.url}"\ncluster_name = "{cluster}"\n'.replace("'", '"')
+        )
+        procs = [_start(["run", "--config", str(config)], tmp_path / f"collector{i}.log") for i in range(2)]
+        node_log = tmp_path / "node.log"
+        node = _start(
+            ["serve", "--cluster", private_nats.url, "--cluster-name", cluster, "--db", PG_URL,
+             "--db-schema", schema, "--writer", "--api", "127.0.0.1:0"],
+            node_log,
+        )  # fmt: skip
+        procs.append(node)
+        try:
+
+            async def node_url() -> str | None:
+                m = re.search(r"serving the API on (http://\S+)", node_log.read_text(errors="replace"))
+                assert node.poll() is None, node_log.read_text()
+                return m.group(1) if m else None
+
+            url = await _wait_for("the serving node", 40, node_url)
+
+            async def finals_after(t: int) -> dict[str, list[Any]] | None:
+                """Every symbol's final candles served, when each reaches open time ``t``."""
+                out = {}
+                async with Client(url) as df:
+                    for sym in SYMBOLS:
+                        try:
+                            got = await df.fetch_candles(f"binance:{sym}", "1m", final=True)
+                        except ApiError as e:  # 404 until the node has seen a candle of it: not yet
+                            if e.status != 404:
+                                raise
+                            return None
+                        if not got or got[-1].open_time < t:
+                            return None
+                        out[sym] = got
+                return out
+
+            async def book_in_sync() -> dict[str, Any] | None:
+                async with aiohttp.ClientSession() as http, http.get(f"{url}/book/{BTC}") as r:
+                    doc: dict[str, Any] = await r.json() if r.status == 200 else {}
+                return doc if doc.get("in_sync") else None
+
+            await _wait_for("final candles before the outage", 60, lambda: finals_after(0))
+            await _wait_for("the book in sync before the outage", 30, book_in_sync)
+            await asyncio.sleep(3)
+
+            private_nats.kill()
+            await asyncio.sleep(OUTAGE_S)
+            private_nats.start()
+            restarted = replica.clock.now_ms()
+
+            async with aiohttp.ClientSession() as http:
+
+                async def ready() -> bool:
+                    async with http.get(f"{url}/readyz") as r:
+                        return r.status == 200
+
+                await _wait_for("the node ready again", 60, ready)
+            # Candles closed 2 minutes of market time after the restart are final by now (or soon).
+            while replica.clock.now_ms() < restarted + 4 * 60_000:
+                await asyncio.sleep(0.5)
+            end = replica.clock.now_ms()
+            until = (end - 120_000) - (end - 120_000) % 60_000
+            assert until > restarted, "the run after the restart is too short to say anything"
+            served = await _wait_for("final candles after the restart", 60, lambda: finals_after(until))
+            book = await _wait_for("the book in sync after the restart", 30, book_in_sync)
+            # The writer has everything the stream holds.
+            await asyncio.sleep(3)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        for i in range(2):
+            log = (tmp_path / f"collector{i}.log").read_text(errors="replace")
+            assert "Traceback" not in log, log
+        node_text = node_log.read_text(errors="replace")
+        assert "Traceback" not in node_text and "skipped a" not in node_text, node_text
+    rows = read_tape(str(tape))
+    cold = await PostgresStore.open(PG_URL, schema=schema)
+    try:
+        for sym, got in served.items():
+            opens = [c.open_time for c in got]
+            assert opens == list(range(opens[0], opens[-1] + 60_000, 60_000)), (sym, "hole or repeat", opens)
+            assert opens[0] < restarted - 60_000 and opens[-1] >= until, (sym, "the outage is not covered")
+            want = {c.open_time: c for c in candles_from_tape([r for r in rows if r[0] == sym], 60_000)}
+            for c in got:
+                assert _same(c, want[c.open_time]), (sym, c.open_time)
+            stored = await cold.query(f"binance:{sym}", "1m", final_only=True)
+            assert [c.open_time for c in stored if c.open_time <= until] == [t for t in opens if t <= until], sym
+            for c in stored:
+                assert _same(c, want[c.open_time]), (sym, "stored", c.open_time)
+    finally:
+        await cold.close()
+        con = await asyncpg.connect(PG_URL)
+        try:
+            await con.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        finally:
+            await con.close()
+    bids, asks = true_books(book_tape_path(tape), "BTCUSDT", [book["venue_seq"]], 10)[book["venue_seq"]]
+    assert ([tuple(x) for x in book["bids"]], [tuple(x) for x in book["asks"]]) == (bids, asks)
