@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,48 +18,16 @@ from typing import Any
 import aiohttp
 import pytest
 
+from clustering import assert_equal_to_tape, final_candles_until, held, node_url, start, stop, wait_for
 from conftest import NATS_URL
-from deltafeed.client import ApiError, Client
-from deltafeed.cluster.status import cluster_status
 from deltafeed.venues.binance.replica import BinanceReplica
 from helpers import free_port
-from reference import candles_from_tape, read_tape
+from reference import read_tape
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "BNBUSDT", "ADAUSDT"]
 INSTRUMENTS = {f"binance:{s}" for s in SYMBOLS}
 WEIGHT_LIMIT = 1200  # REST weight per minute the replica allows, shared by the whole cluster
 MOVE_LIMIT_S = 10.0  # the stated time within which a dead collector's instruments move
-
-
-def _start(args: list[str], log: Path, **env_vars: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **env_vars}
-    with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "deltafeed", *args], stdout=out, stderr=out, env=env)
-
-
-async def _held(url: str, cluster: str) -> dict[str, Any]:
-    """The cluster's status, with the check that holds at every moment: no instrument is in two
-    live collectors' lists."""
-    doc = await cluster_status(url, cluster)
-    seen: dict[str, str] = {}
-    for c in doc["collectors"]:
-        if not c["alive"]:
-            continue
-        for inst in c["instruments"]:
-            assert inst not in seen, f"{inst} collected by {seen[inst]} and {c['id']}"
-            seen[inst] = c["id"]
-    doc["held"] = seen
-    return doc
-
-
-async def _wait_for(what: str, timeout: float, check: Any) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.25)
 
 
 @pytest.mark.slow
@@ -83,32 +50,26 @@ async def test_three_collectors_kill_one_and_the_served_candles_equal_the_tape(
             metrics = [free_port() for _ in range(3)]  # each collector's /metrics
             for i in range(3):
                 procs.append(
-                    _start(
+                    start(
                         ["run", "--config", str(config)],
                         tmp_path / f"collector{i}.log",
                         DELTAFEED_CLUSTER_METRICS=f"127.0.0.1:{metrics[i]}",
                     )
                 )
             node_log = tmp_path / "node.log"
-            node = _start(
+            node = start(
                 ["serve", "--cluster", NATS_URL, "--cluster-name", nats_cluster, "--api", "127.0.0.1:0"], node_log
             )
             procs.append(node)
-
-            async def node_url() -> str | None:
-                m = re.search(r"serving the API on (http://\S+)", node_log.read_text(errors="replace"))
-                assert node.poll() is None, node_log.read_text()
-                return m.group(1) if m else None
-
-            url = await _wait_for("the serving node", 30, node_url)
+            url = await node_url(node, node_log)
 
             # Every instrument held, by exactly one collector, and each collector its share (2).
             async def shared() -> dict[str, Any] | None:
-                doc = await _held(NATS_URL, nats_cluster)
+                doc = await held(NATS_URL, nats_cluster)
                 counts = sorted(len(c["instruments"]) for c in doc["collectors"] if c["alive"])
                 return doc if set(doc["held"]) == INSTRUMENTS and counts == [2, 2, 2] else None
 
-            doc = await _wait_for("the instruments shared by three collectors", 40, shared)
+            doc = await wait_for("the instruments shared by three collectors", 40, shared)
             await asyncio.sleep(4)  # some candles (40 s of market time) from the first assignment
 
             victim = next(c for c in doc["collectors"] if c["instruments"])
@@ -117,11 +78,11 @@ async def test_three_collectors_kill_one_and_the_served_candles_equal_the_tape(
             killed_ms = time.time() * 1000
 
             async def taken_over() -> dict[str, Any] | None:
-                d = await _held(NATS_URL, nats_cluster)
+                d = await held(NATS_URL, nats_cluster)
                 owners = {d["held"].get(i) for i in moved}
                 return d if None not in owners and victim["id"] not in owners else None
 
-            after = await _wait_for("the victim's instruments to move", 20, taken_over)
+            after = await wait_for("the victim's instruments to move", 20, taken_over)
             # When each was taken, by the taker's own record (the polls themselves take a while).
             taken_ms = [c["since_ms"][i] for c in after["collectors"] if c["alive"] for i in moved & set(c["since_ms"])]
             assert len(taken_ms) == len(moved), after
@@ -149,42 +110,14 @@ async def test_three_collectors_kill_one_and_the_served_candles_equal_the_tape(
             until = (end - 120_000) - (end - 120_000) % 60_000
 
             async def served_until() -> dict[str, list[Any]] | None:
-                out = {}
-                async with Client(url) as df:
-                    for sym in SYMBOLS:
-                        try:
-                            got = await df.fetch_candles(f"binance:{sym}", "1m", final=True)
-                        except ApiError as e:  # 404 until the node has seen a candle of it: not yet
-                            if e.status != 404:
-                                raise
-                            return None
-                        if not got or got[-1].open_time < until:
-                            return None
-                        out[sym] = got
-                return out
+                return await final_candles_until(url, sorted(INSTRUMENTS), until)
 
-            served = await _wait_for("final candles up to the end", 30, served_until)
+            served = await wait_for("final candles up to the end", 30, served_until)
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop(procs)
         stats = dict(replica.stats)
     # The replica has stopped: its tape is complete (and flushed).
-    rows = read_tape(str(tape))
-    for sym, got in served.items():
-        opens = [c.open_time for c in got]
-        assert opens == list(range(opens[0], opens[-1] + 60_000, 60_000)), (sym, "hole or repeat")
-        want = {c.open_time: c for c in candles_from_tape([r for r in rows if r[0] == sym], 60_000)}
-        for c in got:
-            w = want[c.open_time]
-            assert (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades) == (
-                w.open, w.high, w.low, w.close, round(w.volume, 8), w.trades,
-            ), (sym, c.open_time)  # fmt: skip
+    assert_equal_to_tape(served, read_tape(str(tape)))
     assert stats["429"] == 0 and stats["418"] == 0, stats
     # 6 instruments, one connection each, a few more after the handover: far below Binance's
     # 300 connection attempts per 5 minutes, which the collectors split between them.

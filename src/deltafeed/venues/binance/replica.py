@@ -32,7 +32,7 @@ import logging
 import math
 import re
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -448,6 +448,10 @@ class WeightLimiter:
     def now(self) -> float:
         return self._wall()
 
+    def ips(self) -> list[str]:
+        """Every address that has sent a request, in order of first request."""
+        return list(self._ips)
+
     def used(self, ip: str) -> int:
         st = self._ips.get(ip)
         return st.used if st is not None and st.window == int(self._wall() // self.window_s) else 0
@@ -634,6 +638,8 @@ class BinanceReplica(ReplicaBase):
         self._lower = {s.lower(): s for s in self._sim.symbols}
         self._conns: dict[_Conn, None] = {}
         self._stalled: set[_Conn] = set()  # stalled connections still open
+        #: WebSocket connections accepted, by the client's address (Binance's limits are per IP).
+        self.peer_connections: Counter[str] = Counter()
         self._streams: dict[str, _Stream] = {}
         self._templates: dict[tuple[str, str | None], _TradeTemplate] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -1207,6 +1213,7 @@ class BinanceReplica(ReplicaBase):
         self._conns[conn] = None
         self.stats["connections"] += 1
         self.stats["open_connections"] += 1
+        self.peer_connections[peer] += 1
         for n in names:
             self._subscribe(conn, n)
         keepalive = asyncio.create_task(self._keepalive(conn))
