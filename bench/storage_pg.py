@@ -1,8 +1,9 @@
-"""Measure the PostgreSQL cold tier: upsert rates of the unnest and COPY paths by batch size, and read
-latency for the newest 1000 candles and for 30 days of 1m candles (43,200).
+"""Measure the PostgreSQL cold tier: bulk insert rates (new keys, overlapping keys), upsert rates of the
+unnest and COPY paths by batch size, and read latency for the newest 1000 candles and for 30 days of 1m
+candles (43,200).
 
 Run: ``.venv/bin/python bench/storage_pg.py [--url postgresql://postgres@127.0.0.1:5432/test] [--uvloop]
-[--heap 2000000]``.
+[--heap 2000000] [--only bulk,sizes,reads]``.
 It works in a scratch schema (``deltafeed_bench_<pid>``) that it drops at the end.
 """
 
@@ -21,6 +22,7 @@ from deltafeed.store.postgres import PostgresStore
 
 M = 60_000
 Row = tuple[str, str, Candle]
+SECTIONS = ("bulk", "sizes", "reads")
 
 
 def rows_1m(n: int, instrument: str, start: int = 0, salt: float = 0.0) -> list[Row]:
@@ -43,68 +45,100 @@ async def timed(fn: Callable[[], Awaitable[object]], repeat: int) -> list[float]
     return out
 
 
-async def main(url: str, heap: int) -> None:
+async def bulk(store: PostgresStore, series: int = 50, per: int = 2000, repeat: int = 5) -> None:
+    """Batches of ``series`` x ``per`` 1m candles into series that already hold 100 candles each: 'new keys'
+    are all newer than every stored candle (a backfill, a writer catching up), 'overlapping keys' are the
+    same keys again with every row changed (corrections, a replayed spool)."""
+    n = series * per
+    print(f"\nbulk insert: batches of {n:,} 1m candles ({series} series x {per}), rows/s over {repeat} batches")
+    new, overlap = [], []
+    for k in range(repeat):
+        names = [f"bulk:{k}_{i}" for i in range(series)]
+        await store.write([r for name in names for r in rows_1m(100, name)])
+        batch = [r for name in names for r in rows_1m(per, name, 100 * M)]
+        new += await timed(lambda batch=batch: store.write(batch), 1)
+        again = [r for name in names for r in rows_1m(per, name, 100 * M, salt=1.0)]
+        overlap += await timed(lambda again=again: store.write(again), 1)
+    for label, ts in (("new keys", new), ("overlapping keys", overlap)):
+        rates = sorted(n / t for t in ts)
+        print(f"{label:>18}: median {statistics.median(rates):9,.0f}  min {rates[0]:9,.0f}  max {rates[-1]:9,.0f}")
+
+
+async def sizes(store: PostgresStore) -> None:
+    print("\nupsert rate by batch size (rows/s, median of 5; 'new' = fresh keys, 'upd' = every row changed)")
+    print(f"{'rows':>7} {'unnest new':>12} {'COPY new':>12} {'unnest upd':>12} {'COPY upd':>12}")
+    base = 10**12
+    threshold0 = pgmod.COPY_THRESHOLD
+    for n in (100, 500, 1000, 2000, 5000, 20000, 100000):
+        res = {}
+        for path, threshold in (("unnest", 10**9), ("COPY", 0)):
+            pgmod.COPY_THRESHOLD = threshold
+            new, upd = [], []
+            for k in range(5):
+                inst = f"bench:{path}{n}_{k}"
+                rows = rows_1m(n, inst, base)
+                new += await timed(lambda rows=rows: store.write(rows), 1)
+                rows2 = rows_1m(n, inst, base, salt=1.0)
+                upd += await timed(lambda rows2=rows2: store.write(rows2), 1)
+            res[path] = (n / statistics.median(new), n / statistics.median(upd))
+        print(
+            f"{n:>7} {res['unnest'][0]:>12,.0f} {res['COPY'][0]:>12,.0f} {res['unnest'][1]:>12,.0f}"
+            f" {res['COPY'][1]:>12,.0f}"
+        )
+    pgmod.COPY_THRESHOLD = threshold0
+
+
+async def reads(store: PostgresStore, schema: str, heap: int) -> None:
+    # 3 instruments x 60 days of 1m candles; read 30 days (43,200) of one of them.
+    for inst in ("read:A", "read:B", "read:C"):
+        await store.write(rows_1m(86_400, inst))
+    await store._pool.execute(f"VACUUM ANALYZE {schema}.candles_1m")
+    since, until = 30 * 1440 * M, 60 * 1440 * M - M
+    got = await store.query("read:B", "1m", since, until)
+    assert len(got) == 43_200, len(got)
+    hour = 60 * 1440 * M - 60 * M
+
+    async def records(since_ms: int, until_ms: int | None = None) -> list[Candle]:
+        """The same query forced onto the records path."""
+        pgmod.COPY_READ_ROWS = 10**9
+        try:
+            return await store.query("read:B", "1m", since_ms, until_ms)
+        finally:
+            pgmod.COPY_READ_ROWS = copy_read_rows
+
+    copy_read_rows = pgmod.COPY_READ_ROWS
+    junk = [[i] for i in range(heap)]  # objects the GC tracks, as in a running service
+    print(f"\nread latency (ms), with {len(junk):,} GC-tracked objects alive in the process")
+    for label, fn, repeat in (
+        ("last 1000", lambda: store.query("read:B", "1m", last=1000), 1000),
+        ("43,200 rows: COPY path", lambda: store.query("read:B", "1m", since, until), 200),
+        ("43,200 rows: records", lambda: records(since, until), 200),
+        ("since 1h ago: COPY path", lambda: store.query("read:B", "1m", hour), 500),
+        ("since 1h ago: records", lambda: records(hour), 500),
+        ("last_closed", lambda: store.last_closed("read:B", "1m"), 1000),
+        ("find_gaps 30 days", lambda: store.find_gaps("read:B", "1m", M, since, until), 100),
+    ):
+        await timed(fn, 5)  # warm the statement cache and the buffers
+        ts = [t * 1e3 for t in await timed(fn, repeat)]
+        print(
+            f"{label:>26}: p50 {statistics.median(ts):7.2f}  p99 {pct(ts, 0.99):7.2f}  max {max(ts):7.2f}"
+            f"  (n={repeat})"
+        )
+    del junk
+
+
+async def main(url: str, heap: int, only: set[str]) -> None:
     schema = f"deltafeed_bench_{os.getpid()}"
     store = await PostgresStore.open(url, schema=schema, retention={})
     try:
-        print(f"store {store.name}, timescale={store.timescale}")
-        print("\nupsert rate by batch size (rows/s, median of 5; 'new' = fresh keys, 'upd' = every row changed)")
-        print(f"{'rows':>7} {'unnest new':>12} {'COPY new':>12} {'unnest upd':>12} {'COPY upd':>12}")
-        base = 10**12
-        for n in (100, 500, 1000, 2000, 5000, 20000, 100000):
-            res = {}
-            for path, threshold in (("unnest", 10**9), ("COPY", 0)):
-                pgmod.COPY_THRESHOLD = threshold
-                new, upd = [], []
-                for k in range(5):
-                    inst = f"bench:{path}{n}_{k}"
-                    rows = rows_1m(n, inst, base)
-                    new += await timed(lambda rows=rows: store.write(rows), 1)
-                    rows2 = rows_1m(n, inst, base, salt=1.0)
-                    upd += await timed(lambda rows2=rows2: store.write(rows2), 1)
-                res[path] = (n / statistics.median(new), n / statistics.median(upd))
-            print(
-                f"{n:>7} {res['unnest'][0]:>12,.0f} {res['COPY'][0]:>12,.0f} {res['unnest'][1]:>12,.0f}"
-                f" {res['COPY'][1]:>12,.0f}"
-            )
-        pgmod.COPY_THRESHOLD = 2000
-
-        # Reads: 3 instruments x 60 days of 1m candles; read 30 days (43,200) of one of them.
-        for inst in ("read:A", "read:B", "read:C"):
-            await store.write(rows_1m(86_400, inst))
-        await store._pool.execute(f"VACUUM ANALYZE {schema}.candles_1m")
-        since, until = 30 * 1440 * M, 60 * 1440 * M - M
-        got = await store.query("read:B", "1m", since, until)
-        assert len(got) == 43_200, len(got)
-        hour = 60 * 1440 * M - 60 * M
-
-        async def records(since_ms: int, until_ms: int | None = None) -> list[Candle]:
-            """The same query forced onto the records path."""
-            pgmod.COPY_READ_ROWS = 10**9
-            try:
-                return await store.query("read:B", "1m", since_ms, until_ms)
-            finally:
-                pgmod.COPY_READ_ROWS = copy_read_rows
-
-        copy_read_rows = pgmod.COPY_READ_ROWS
-        junk = [[i] for i in range(heap)]  # objects the GC tracks, as in a running service
-        print(f"\nread latency (ms), with {len(junk):,} GC-tracked objects alive in the process")
-        for label, fn, repeat in (
-            ("last 1000", lambda: store.query("read:B", "1m", last=1000), 1000),
-            ("43,200 rows: COPY path", lambda: store.query("read:B", "1m", since, until), 200),
-            ("43,200 rows: records", lambda: records(since, until), 200),
-            ("since 1h ago: COPY path", lambda: store.query("read:B", "1m", hour), 500),
-            ("since 1h ago: records", lambda: records(hour), 500),
-            ("last_closed", lambda: store.last_closed("read:B", "1m"), 1000),
-            ("find_gaps 30 days", lambda: store.find_gaps("read:B", "1m", M, since, until), 100),
-        ):
-            await timed(fn, 5)  # warm the statement cache and the buffers
-            ts = [t * 1e3 for t in await timed(fn, repeat)]
-            print(
-                f"{label:>26}: p50 {statistics.median(ts):7.2f}  p99 {pct(ts, 0.99):7.2f}  max {max(ts):7.2f}"
-                f"  (n={repeat})"
-            )
-        del junk
+        print(f"store {store.name}, timescale={store.timescale}, load average {os.getloadavg()[0]:.2f}")
+        if "bulk" in only:
+            await bulk(store)
+        if "sizes" in only:
+            await sizes(store)
+        if "reads" in only:
+            await reads(store, schema, heap)
+        print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
     finally:
         await store._pool.execute(f"DROP SCHEMA {schema} CASCADE")
         await store.close()
@@ -120,10 +154,14 @@ if __name__ == "__main__":
         default=2_000_000,
         help="GC-tracked objects kept alive during the reads (a service's heap; 0 for none)",
     )
+    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}")
     args = ap.parse_args()
+    only = set(args.only.split(","))
+    if not only <= set(SECTIONS):
+        ap.exit(2, f"storage_pg.py: --only takes {', '.join(SECTIONS)}, not {args.only}; e.g. --only bulk,reads\n")
     if args.uvloop:
         import uvloop
 
-        uvloop.run(main(args.url, args.heap))
+        uvloop.run(main(args.url, args.heap, only))
     else:
-        asyncio.run(main(args.url, args.heap))
+        asyncio.run(main(args.url, args.heap, only))

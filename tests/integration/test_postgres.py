@@ -22,12 +22,13 @@ from urllib.parse import urlsplit
 import asyncpg
 import numpy as np
 import pytest
+from msgspec.structs import replace
 
 import deltafeed.store.postgres.copy as pgcopy
 import deltafeed.store.postgres.schema as pgschema
 import deltafeed.store.postgres.store as pgstore
 from deltafeed.model import BadInput, Candle, Switch, state_flags
-from deltafeed.store.base import StoreError, StoreUnavailable
+from deltafeed.store.base import StartupRead, StoreError, StoreUnavailable
 from deltafeed.store.cold import ColdStore
 from deltafeed.store.postgres import PARTITION_MS, SCHEMA_VERSION, PostgresStore
 from helpers import candle, free_port
@@ -40,6 +41,7 @@ H = 3_600_000
 DAY = 86_400_000
 BTC = "binance:BTCUSDT"
 ETH = "binance:ETHUSDT"
+SOL = "binance:SOLUSDT"
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % (7 * DAY)  # a 1m partition boundary
 
 
@@ -192,6 +194,133 @@ async def test_a_failing_batch_writes_nothing(store: PostgresStore) -> None:
     with pytest.raises(StoreError, match="timeframe '2x'"):
         await store.write([(BTC, "2x", candle(T0))])
     assert await store.query(BTC, "2m") == [] and await store.last_closed(BTC, "2m") is None  # no table yet
+
+
+# -- bulk writes: new keys copied straight into the table, the others upserted -------------------
+
+
+def bulk_history() -> list[tuple[str, str, Candle]]:
+    """What the store holds before a bulk write: BTC 1m final with a hole and a provisional tail, ETH 5m."""
+    rows = [(BTC, "1m", state_candle(T0 + k * M, "final", 100.0 + k)) for k in range(1500) if not 500 <= k < 600]
+    rows += [(BTC, "1m", state_candle(T0 + k * M, "provisional", 100.0 + k)) for k in range(1500, 1510)]
+    rows += [(ETH, "5m", state_candle(T0 + k * 5 * M, "final")) for k in range(100)]
+    return rows
+
+
+def bulk_batch() -> list[tuple[str, str, Candle]]:
+    """A bulk write over :func:`bulk_history`: corrections of stored candles, the provisional tail made
+    final, the hole filled (keys below the newest stored one), unchanged rewrites, new keys beyond the
+    newest, a series with no history, and a key repeated (the last one wins)."""
+    rows = [(BTC, "1m", state_candle(T0 + k * M, "final", 200.0 + k)) for k in range(1400, 4000)]
+    rows += [(BTC, "1m", state_candle(T0 + k * M, "final", 300.0 + k)) for k in range(500, 600)]
+    rows += [(BTC, "1m", state_candle(T0 + k * M, "final", 100.0 + k)) for k in range(50)]
+    rows += [(ETH, "1m", state_candle(T0 + k * M, "provisional", 10.0 + k)) for k in range(3000)]
+    rows += [(ETH, "5m", state_candle(T0 + k * 5 * M, "final", 50.0 + k)) for k in range(90, 2100)]
+    rows.append((BTC, "1m", state_candle(T0 + 3999 * M, "forming", 1.0)))
+    return rows
+
+
+@pytest.mark.parametrize("threshold", [10**9, pgstore.COPY_THRESHOLD], ids=["unnest", "copy"])
+async def test_bulk_write_of_new_and_overlapping_keys_matches_duckdb(
+    store: PostgresStore, tmp_path: Path, threshold: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pgstore, "COPY_THRESHOLD", threshold)
+    duck = ColdStore(tmp_path / "b.duckdb")
+    try:
+        for rows in (bulk_history(), bulk_batch(), bulk_batch()):  # the second time changes nothing
+            duck.write(rows)
+            await store.write(rows)
+        for inst, tf in ((BTC, "1m"), (ETH, "1m"), (ETH, "5m")):
+            assert await store.query(inst, tf) == duck.query(inst, tf), (inst, tf)
+        btc = await store.query(BTC, "1m")
+        assert [c.open_time for c in btc] == [T0 + k * M for k in range(4000)]
+        assert [c.close for c in btc[:50]] == [100.0 + k for k in range(50)]
+        assert [c.close for c in btc[500:600]] == [300.0 + k for k in range(500, 600)]
+        assert [c.close for c in btc[1400:3999]] == [200.0 + k for k in range(1400, 3999)]
+        assert [c.state for c in btc] == ["final"] * 3999 + ["forming"] and btc[-1].close == 1.0
+        assert len(await store.query(ETH, "5m")) == 2100 and len(await store.query(ETH, "1m")) == 3000
+    finally:
+        duck.close()
+
+
+async def test_a_bulk_write_of_new_keys_skips_the_staging_table(schema: str) -> None:
+    st = await PostgresStore.open(PG_URL, schema=schema, pool_size=1)  # one connection: its temp tables show
+    staged = "SELECT to_regclass('pg_temp.deltafeed_stage') IS NOT NULL"
+    try:
+        await st.write(series(100))
+        batch = series(5000, start=T0 + 100 * M) + series(3000, inst=ETH)
+        await st.write(batch)
+        assert await st._pool.fetchval(staged) is False
+        assert await st.query(BTC, "1m") == [c for _, _, c in series(100) + batch[:5000]]
+        assert await st.query(ETH, "1m") == [c for _, _, c in series(3000, inst=ETH)]
+        again = [(i, tf, candle(c.open_time, close=-c.close)) for i, tf, c in batch]
+        await st.write(again)
+        assert await st._pool.fetchval(staged) is True
+        assert await st.query(ETH, "1m") == [c for _, _, c in again[5000:]]
+    finally:
+        await st.close()
+
+
+async def test_new_keys_stored_meanwhile_by_another_writer_turn_the_batch_into_upserts(store: PostgresStore) -> None:
+    """A key the store took for new (newer than its series' newest) is written by another client between
+    the check and the COPY: the COPY fails on it, and the batch is written again as upserts."""
+    await store.write(series(10))
+    batch = series(3000, start=T0 + 10 * M)
+    other, watch = await asyncpg.connect(PG_URL), await asyncpg.connect(PG_URL)
+    try:
+        tx = other.transaction()
+        await tx.start()
+        await other.execute(
+            f"INSERT INTO {store.schema}.candles_1m VALUES ($1, $2, 1, 1, 1, 1, 1, 1, true, true)", BTC, T0 + 2000 * M
+        )
+        writing = asyncio.create_task(store.write(batch))
+        deadline = time.monotonic() + 60
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'COPY %'"
+            " AND position($1 in query) > 0"
+        )
+        while not await watch.fetchval(waiting, store.schema):  # the store's COPY waits for our key
+            assert time.monotonic() < deadline and not writing.done(), "the store never reached its COPY"
+            await asyncio.sleep(0.02)
+        await tx.commit()
+        await asyncio.wait_for(writing, 60)
+    finally:
+        await other.close()
+        await watch.close()
+    assert await store.query(BTC, "1m") == [c for _, _, c in series(10) + batch]
+
+
+# -- the audit's and start-up's reads of many series ----------------------------------------------
+
+
+async def test_many_series_reads_equal_duckdbs_per_series_answers(store: PostgresStore, tmp_path: Path) -> None:
+    duck = ColdStore(tmp_path / "m.duckdb")
+    # gappy_rows' 1m series stretched onto 15m, with holes, forming candles behind closed ones
+    rows = state_rows() + [(i, "15m", replace(c, open_time=T0 + (c.open_time - T0) * 15)) for i, _, c in gappy_rows()]
+    rows += [(SOL, "15m", candle(T0 + k * 15 * M, closed=k != 4)) for k in (0, 1, 4, 5, 9)]
+    try:
+        duck.write(rows)
+        await store.write(rows)
+        everyone = [BTC, ETH, SOL, "nobody"]
+        bounds = [T0 + k * M for k in (-5, 0, 3, 5, 9, 13, 21, 47, 60, 200, 330, 700)]
+        answered = 0
+        for tf, tf_ms in (("1m", M), ("5m", 5 * M), ("15m", 15 * M), ("2m", 2 * M)):
+            for since in bounds:
+                for until in (u for u in bounds if u >= since):
+                    gaps = await store.find_gaps_many(tf, tf_ms, everyone, since, until)
+                    assert gaps == {i: duck.find_gaps(i, tf, tf_ms, since, until) for i in everyone}
+                    prov = await store.provisional_many(tf, everyone, since, until)
+                    assert prov == {i: duck.provisional(i, tf, since, until) for i in everyone}
+                    answered += sum(map(bool, gaps.values())) + sum(map(bool, prov.values()))
+            for last in (1, 3, 1000):
+                got = await store.recent_many(tf, everyone, last)
+                assert got == {i: StartupRead(duck.query(i, tf, last=last), duck.last_closed(i, tf)) for i in everyone}
+                assert got == duck.recent_many(tf, everyone, last)
+        assert answered > 200  # the comparisons were not between empty answers
+        assert (await store.recent_many("1m", [BTC], 2))[BTC].last_closed == state_candle(T0 + 11 * M, "provisional", 111.0)
+        assert await store.find_gaps_many("1m", M, [], T0, T0 + DAY) == {}
+    finally:
+        duck.close()
 
 
 def month(year: int, m: int) -> int:

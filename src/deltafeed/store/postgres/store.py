@@ -10,6 +10,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import starmap
+from operator import attrgetter
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
@@ -18,7 +19,7 @@ from msgspec.structs import astuple
 
 from deltafeed.model import TIMEFRAMES, BadInput, Candle, Switch, Timeframe, Unavailable
 from deltafeed.model import timeframe as parse_timeframe
-from deltafeed.store.base import BookRow, Row, StoreError, StoreUnavailable, gaps_from_rows, grid_of, redact
+from deltafeed.store.base import BookRow, Row, StartupRead, StoreError, StoreUnavailable, gaps_from_rows, grid_of, redact
 from deltafeed.store.postgres.copy import CopyReader, sql_literal
 from deltafeed.store.postgres.schema import (
     CANDLE_COLS,
@@ -69,6 +70,7 @@ COPY_READ_ROWS = 2000
 _BOUND_RE = re.compile(r"FROM \('?(-?\d+)'?\) TO \('?(-?\d+)'?\)")
 
 T = TypeVar("T")
+_open_time = attrgetter("open_time")
 
 
 def _quote_ident(name: str) -> str:
@@ -403,15 +405,22 @@ class PostgresStore:
             needed[tf] = {t - t % width for t in fields[0]}
 
         async def run() -> None:
-            for attempt in range(2):
+            direct = True
+            for attempt in range(3):
                 if not self.timescale:
                     await self._ensure_partitions(needed)
                 try:
-                    await self._write_once(batches)
+                    await self._write_once(batches, direct)
                     return
+                except asyncpg.UniqueViolationError:
+                    # Another writer stored some of the keys this one took for new between its check and
+                    # its COPY: write the whole batch again, as upserts.
+                    if not direct:
+                        raise
+                    direct = False
                 except asyncpg.CheckViolationError as e:
                     # Another process's retention dropped a partition this one still had cached.
-                    if attempt or "no partition of relation" not in str(e):
+                    if attempt == 2 or "no partition of relation" not in str(e):
                         raise
                     await self._load_partitions()
 
@@ -433,22 +442,52 @@ class PostgresStore:
             )
         return sql
 
-    async def _write_once(self, batches: list[tuple[str, list[str], list[tuple[Any, ...]]]]) -> None:
+    async def _write_once(self, batches: list[tuple[str, list[str], list[tuple[Any, ...]]]], direct: bool) -> None:
+        """Upsert ``batches`` in one transaction: a small batch with one ``INSERT ... SELECT FROM unnest``,
+        a large one by COPY. COPY cannot upsert: with ``direct``, the rows newer than their series' newest
+        stored candle (new keys, most of a bulk write) are copied straight into the candle table, and only
+        the others go through a staging table and an upsert from it."""
         async with self._pool.acquire(timeout=self._command_timeout_s) as con, con.transaction():
             staged = False
             for tf, instruments, fields in batches:
                 if len(instruments) < COPY_THRESHOLD:
                     await con.execute(self._sql(self._upsert_sql, _UNNEST, tf), instruments, *fields)
                     continue
-                # COPY is the fastest way in but cannot upsert: copy into a temporary staging table,
-                # then upsert from it in one statement. ON COMMIT DELETE ROWS empties it for the next use.
+                records: list[tuple[Any, ...]] = list(zip(instruments, *fields, strict=True))
+                if direct:
+                    newest: dict[str, int | None] = dict(await con.fetch(self._newest_sql(tf), list(set(instruments))))
+                    fresh: list[tuple[Any, ...]] = []
+                    overlap: list[tuple[Any, ...]] = []
+                    for rec in records:
+                        known = newest[rec[0]]
+                        (fresh if known is None or rec[1] > known else overlap).append(rec)
+                    if fresh:
+                        await con.copy_records_to_table(
+                            candle_table(self.schema, tf).split(".", 1)[1],
+                            schema_name=self.schema,
+                            records=fresh,
+                            columns=COLS,
+                        )
+                    records = overlap
+                if not records:
+                    continue
+                # The staging table is temporary; ON COMMIT DELETE ROWS empties it for the next use.
                 if not staged:
                     await con.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ({COLUMN_DDL}) ON COMMIT DELETE ROWS")
                 else:
                     await con.execute(f"TRUNCATE {_STAGE}")
                 staged = True
-                await con.copy_records_to_table(_STAGE, records=zip(instruments, *fields, strict=True), columns=COLS)
+                await con.copy_records_to_table(_STAGE, records=records, columns=COLS)
                 await con.execute(self._sql(self._stage_sql, _STAGE, tf))
+
+    def _newest_sql(self, tf: str) -> str:
+        """(instrument, newest stored open_time or NULL) of each of $1's series: one backward step of the
+        primary key's index each."""
+        table = candle_table(self.schema, tf)
+        return (
+            f"SELECT s.i, (SELECT open_time FROM {table} WHERE instrument = s.i ORDER BY open_time DESC LIMIT 1)"
+            " FROM unnest($1::text[]) s(i)"
+        )
 
     async def set_final_marks(self, marks: dict[tuple[str, str], int]) -> None:
         """Record, per (instrument, timeframe), that every candle before ``final_until`` is final."""
@@ -601,23 +640,59 @@ class PostgresStore:
         row = await self._call("last_closed", lambda: self._pool.fetchrow(sql, instrument))
         return None if row is None else Candle(*row)
 
+    async def recent_many(self, timeframe: str, instruments: Sequence[str], last: int) -> dict[str, StartupRead]:
+        """For each of ``instruments``: its newest ``last`` candles of ``timeframe`` (oldest first) and its
+        newest closed candle, with one statement for all of them (start-up reads every series; one query
+        per series took most of a minute at a thousand instruments). Each series is read through the
+        primary key's index, newest first, so no more rows than asked for are touched."""
+        out = {i: StartupRead([], None) for i in instruments}
+        if timeframe not in self._tfs or not out or last <= 0:
+            return out
+        table = candle_table(self.schema, timeframe)
+        # kind 0: one of the newest candles; kind 1: the newest closed one.
+        sql = f"""SELECT s.i, 0, c.* FROM unnest($1::text[]) s(i) CROSS JOIN LATERAL (
+                    SELECT {_SELECT} FROM {table} WHERE instrument = s.i ORDER BY open_time DESC LIMIT $2) c
+                  UNION ALL
+                  SELECT s.i, 1, c.* FROM unnest($1::text[]) s(i) CROSS JOIN LATERAL (
+                    SELECT {_SELECT} FROM {table} WHERE instrument = s.i AND closed ORDER BY open_time DESC LIMIT 1) c"""
+        rows = await self._call("recent_many", lambda: self._pool.fetch(sql, list(out), last))
+        for r in rows:
+            read = out[r[0]]
+            if r[1]:
+                read.last_closed = Candle(*r[2:])
+            else:
+                read.recent.append(Candle(*r[2:]))
+        for read in out.values():
+            read.recent.sort(key=_open_time)  # each came newest first (a reversed run: linear to sort)
+        return out
+
     async def provisional(self, instrument: str, timeframe: str, since_ms: int, until_ms: int) -> list[tuple[int, int]]:
         """Runs of provisional candles (closed, not final) in [since_ms, until_ms], exactly as the DuckDB
         tier computes them: (first, last) open times of each stretch of stored candles holding no final
         or forming candle, in order."""
-        if timeframe not in self._tfs:
-            return []
+        return (await self.provisional_many(timeframe, [instrument], since_ms, until_ms))[instrument]
+
+    async def provisional_many(
+        self, timeframe: str, instruments: Sequence[str], since_ms: int, until_ms: int
+    ) -> dict[str, list[tuple[int, int]]]:
+        """:meth:`provisional` of every one of ``instruments``, with one statement (the audit asks about
+        every series of a venue)."""
+        out: dict[str, list[tuple[int, int]]] = {i: [] for i in instruments}
+        if timeframe not in self._tfs or not out:
+            return out
         # Gaps and islands: a run of provisional candles keeps the difference between its row numbers
         # in the series and among the provisional candles.
-        sql = f"""SELECT min(open_time), max(open_time) FROM (
-                    SELECT open_time, closed AND NOT final AS prov,
-                           row_number() OVER (ORDER BY open_time)
-                           - row_number() OVER (PARTITION BY closed AND NOT final ORDER BY open_time) AS run
+        sql = f"""SELECT instrument, min(open_time), max(open_time) FROM (
+                    SELECT instrument, open_time, closed AND NOT final AS prov,
+                           row_number() OVER (PARTITION BY instrument ORDER BY open_time)
+                           - row_number() OVER (PARTITION BY instrument, closed AND NOT final ORDER BY open_time) AS run
                     FROM {candle_table(self.schema, timeframe)}
-                    WHERE instrument = $1 AND open_time BETWEEN $2 AND $3) s
-                  WHERE prov GROUP BY run ORDER BY 1"""
-        rows = await self._call("provisional", lambda: self._pool.fetch(sql, instrument, since_ms, until_ms))
-        return [(int(a), int(b)) for a, b in rows]
+                    WHERE instrument = ANY($1::text[]) AND open_time BETWEEN $2 AND $3) s
+                  WHERE prov GROUP BY instrument, run ORDER BY 1, 2"""
+        rows = await self._call("provisional", lambda: self._pool.fetch(sql, list(out), since_ms, until_ms))
+        for i, a, b in rows:
+            out[i].append((int(a), int(b)))
+        return out
 
     async def find_gaps(
         self, instrument: str, timeframe: str, tf_ms: int | Timeframe, since_ms: int, until_ms: int
@@ -626,19 +701,27 @@ class PostgresStore:
         tier computes them: (first, last) open times of holes between stored candles, and of candles
         still open although a later one exists; merged, in order. The stretch before the first stored
         candle and after the last one is not reported."""
-        if timeframe not in self._tfs:
-            return []
-        sql = f"""SELECT open_time, closed, prev, next FROM (
-                    SELECT open_time, closed, lag(open_time) OVER w AS prev, lead(open_time) OVER w AS next
+        return (await self.find_gaps_many(timeframe, tf_ms, [instrument], since_ms, until_ms))[instrument]
+
+    async def find_gaps_many(
+        self, timeframe: str, tf_ms: int | Timeframe, instruments: Sequence[str], since_ms: int, until_ms: int
+    ) -> dict[str, list[tuple[int, int]]]:
+        """:meth:`find_gaps` of every one of ``instruments``, with one statement."""
+        found: dict[str, list[tuple[Any, ...]]] = {i: [] for i in instruments}
+        if timeframe not in self._tfs or not found:
+            return {i: [] for i in found}
+        sql = f"""SELECT instrument, open_time, closed, prev, next FROM (
+                    SELECT instrument, open_time, closed, lag(open_time) OVER w AS prev, lead(open_time) OVER w AS next
                     FROM {candle_table(self.schema, timeframe)}
-                    WHERE instrument = $1 AND open_time BETWEEN $2 AND $3
-                    WINDOW w AS (ORDER BY open_time)) s
+                    WHERE instrument = ANY($1::text[]) AND open_time BETWEEN $2 AND $3
+                    WINDOW w AS (PARTITION BY instrument ORDER BY open_time)) s
                   WHERE (prev IS NOT NULL AND open_time - prev > $4::bigint) OR (NOT closed AND next IS NOT NULL)
-                  ORDER BY open_time"""
-        rows = await self._call(
-            "find_gaps", lambda: self._pool.fetch(sql, instrument, since_ms, until_ms, grid_of(tf_ms).shortest_ms)
-        )
-        return gaps_from_rows(rows, tf_ms)
+                  ORDER BY instrument, open_time"""
+        step = grid_of(tf_ms).shortest_ms
+        rows = await self._call("find_gaps", lambda: self._pool.fetch(sql, list(found), since_ms, until_ms, step))
+        for r in rows:
+            found[r[0]].append(tuple(r)[1:])
+        return {i: gaps_from_rows(r, tf_ms) if r else [] for i, r in found.items()}
 
     async def record_switches(self, switches: Sequence[Switch]) -> None:
         """Keep failover switches; one per (instrument, since_ms), so recording twice changes nothing."""
