@@ -121,8 +121,7 @@ async def reads(store: PostgresStore, schema: str, heap: int) -> None:
         await timed(fn, 5)  # warm the statement cache and the buffers
         ts = [t * 1e3 for t in await timed(fn, repeat)]
         print(
-            f"{label:>26}: p50 {statistics.median(ts):7.2f}  p99 {pct(ts, 0.99):7.2f}  max {max(ts):7.2f}"
-            f"  (n={repeat})"
+            f"{label:>26}: p50 {statistics.median(ts):7.2f}  p99 {pct(ts, 0.99):7.2f}  max {max(ts):7.2f}  (n={repeat})"
         )
     del junk
 

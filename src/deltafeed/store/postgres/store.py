@@ -19,7 +19,16 @@ from msgspec.structs import astuple
 
 from deltafeed.model import TIMEFRAMES, BadInput, Candle, Switch, Timeframe, Unavailable
 from deltafeed.model import timeframe as parse_timeframe
-from deltafeed.store.base import BookRow, Row, StartupRead, StoreError, StoreUnavailable, gaps_from_rows, grid_of, redact
+from deltafeed.store.base import (
+    BookRow,
+    Row,
+    StartupRead,
+    StoreError,
+    StoreUnavailable,
+    gaps_from_rows,
+    grid_of,
+    redact,
+)
 from deltafeed.store.postgres.copy import CopyReader, sql_literal
 from deltafeed.store.postgres.schema import (
     CANDLE_COLS,
@@ -654,7 +663,8 @@ class PostgresStore:
                     SELECT {_SELECT} FROM {table} WHERE instrument = s.i ORDER BY open_time DESC LIMIT $2) c
                   UNION ALL
                   SELECT s.i, 1, c.* FROM unnest($1::text[]) s(i) CROSS JOIN LATERAL (
-                    SELECT {_SELECT} FROM {table} WHERE instrument = s.i AND closed ORDER BY open_time DESC LIMIT 1) c"""
+                    SELECT {_SELECT} FROM {table} WHERE instrument = s.i AND closed
+                    ORDER BY open_time DESC LIMIT 1) c"""
         rows = await self._call("recent_many", lambda: self._pool.fetch(sql, list(out), last))
         for r in rows:
             read = out[r[0]]
