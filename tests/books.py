@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 Levels = list[tuple[float, float]]
 
@@ -59,3 +60,36 @@ def tape_keys(book_tape_path: str | Path, symbol: str) -> list[int]:
                 if not keys or keys[-1] != k:
                     keys.append(k)
     return keys
+
+
+#: Every book fault of the Binance replica, at rates that break a book a few times a minute.
+BOOK_FAULTS = {"bookdrop": 6.0, "bookdup": 6.0, "bookreorder": 6.0, "stalebook": 20.0}
+
+
+def levels(rows: list[list[float]]) -> Levels:
+    """``[[price, size], ...]`` as served, as tuples of floats."""
+    return [(float(p), float(q)) for p, q in rows]
+
+
+def check_served(
+    book_tape_path: str | Path, symbol: str, docs: list[dict[str, Any]], depth: int
+) -> list[dict[str, Any]]:
+    """``GET /book`` answers of ``symbol`` at ``depth``: those out of sync have no levels, each in sync
+    has ``depth`` levels a side, equal to the tape's true book at its ``venue_seq``. Returns those in sync."""
+    assert all(d["bids"] == [] and d["asks"] == [] for d in docs if not d["in_sync"])
+    synced = [d for d in docs if d["in_sync"]]
+    truth = true_books(book_tape_path, symbol, [d["venue_seq"] for d in synced], depth)
+    for d in synced:
+        assert (levels(d["bids"]), levels(d["asks"])) == truth[d["venue_seq"]], d["sequence"]
+        assert len(d["bids"]) == depth and d["bids"][0][0] < d["asks"][0][0]
+    return synced
+
+
+def check_rebuilt(
+    book_tape_path: str | Path, symbol: str, books: list[dict[str, Any]], venue_seq: dict[int, int], depth: int
+) -> None:
+    """Books a client rebuilt from a server's snapshots and deltas (ccxt's shape, ``nonce`` = the
+    server's sequence) equal the tape's true book at the venue key of that sequence (``venue_seq``)."""
+    truth = true_books(book_tape_path, symbol, [venue_seq[b["nonce"]] for b in books], depth)
+    for b in books:
+        assert (levels(b["bids"]), levels(b["asks"])) == truth[venue_seq[b["nonce"]]], b["nonce"]

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from books import true_books
+from books import BOOK_FAULTS, check_rebuilt, check_served, levels, true_books
 from deltafeed import Client, SyncClient
 from deltafeed.api.hub import Hub
 from deltafeed.api.server import api_url, start_api, stop_api
@@ -32,15 +32,10 @@ BTC = "binance:BTCUSDT"
 DEPTH = 20
 
 
-def _levels(rows: list[list[float]]) -> list[tuple[float, float]]:
-    return [(float(p), float(q)) for p, q in rows]
-
-
 async def test_books_served_equal_the_tape(tmp_path: Path) -> None:
     tape = tmp_path / "trades.csv"
-    faults = {"bookdrop": 6.0, "bookdup": 6.0, "bookreorder": 6.0, "stalebook": 20.0}
     replica = BinanceReplica(
-        symbols=["BTCUSDT"], seed=3, rate=20.0, history_ms=600_000, tape=tape, faults=faults, faults_seed=2
+        symbols=["BTCUSDT"], seed=3, rate=20.0, history_ms=600_000, tape=tape, faults=BOOK_FAULTS, faults_seed=2
     )
     await replica.start()
     settings = Settings(
@@ -129,19 +124,12 @@ async def test_books_served_equal_the_tape(tmp_path: Path) -> None:
     path = book_tape_path(tape)
 
     # HTTP: every in-sync answer equals the tape at its venue_seq; out-of-sync answers show no levels.
-    synced = [d for d in http_books if d["in_sync"]]
+    synced = check_served(path, "BTCUSDT", http_books, 15)
     assert len(synced) >= 45, f"in sync in only {len(synced)} of {len(http_books)} answers"
-    assert all(d["bids"] == [] and d["asks"] == [] for d in http_books if not d["in_sync"])
-    truth = true_books(path, "BTCUSDT", [d["venue_seq"] for d in synced], 15)
-    for d in synced:
-        assert (_levels(d["bids"]), _levels(d["asks"])) == truth[d["venue_seq"]], d["sequence"]
-        assert len(d["bids"]) == 15 and d["bids"][0][0] < d["asks"][0][0]
 
     # WebSocket: every book the client rebuilt from snapshot + deltas equals the tape at that state.
     assert len(ws_books) >= 30, len(ws_books)
-    truth = true_books(path, "BTCUSDT", [venue_seq[b["nonce"]] for b in ws_books], 10)
-    for b in ws_books:
-        assert (_levels(b["bids"]), _levels(b["asks"])) == truth[venue_seq[b["nonce"]]], b["nonce"]
+    check_rebuilt(path, "BTCUSDT", ws_books, venue_seq, 10)
 
     # ccxt's shapes: fetch_order_book (5 levels, nonce = our sequence), watch_order_book (the next change each call).
     assert set(fetched) >= {"symbol", "bids", "asks", "timestamp", "datetime", "nonce"} and fetched["symbol"] == BTC
@@ -151,7 +139,7 @@ async def test_books_served_equal_the_tape(tmp_path: Path) -> None:
     for b in [fetched, *watched]:
         if b["in_sync"]:
             seq = venue_seq[b["nonce"]]
-            assert (_levels(b["bids"]), _levels(b["asks"])) == true_books(path, "BTCUSDT", [seq], 5)[seq]
+            assert (levels(b["bids"]), levels(b["asks"])) == true_books(path, "BTCUSDT", [seq], 5)[seq]
 
     # History: the book as of a past moment is the tape's at the state it names.
     assert all(d["in_sync"] for d in at_docs) or len(at_docs) > 1
@@ -159,7 +147,7 @@ async def test_books_served_equal_the_tape(tmp_path: Path) -> None:
     assert kept
     truth = true_books(path, "BTCUSDT", [venue_seq[d["sequence"]] for d in kept], DEPTH)
     for d in kept:
-        assert (_levels(d["bids"]), _levels(d["asks"])) == truth[venue_seq[d["sequence"]]]
+        assert (levels(d["bids"]), levels(d["asks"])) == truth[venue_seq[d["sequence"]]]
 
     assert f"{BTC} book: " in cli_out and "resyncs" in cli_out, cli_out  # deltafeed status
     assert f'deltafeed_book_in_sync{{instrument="{BTC}"}}' in metrics

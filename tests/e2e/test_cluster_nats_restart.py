@@ -1,7 +1,7 @@
 """Issue 21: a cluster survives its NATS server going away and coming back. Two collectors and a
 serving node with the cold-store writer, each a process of its own, on a private ``nats-server``
 (its own port and store directory, so the shared one is not disturbed) against a Binance replica.
-The server is killed (SIGKILL) mid-run and started again on the same port and store after a few
+The server is killed (SIGKILL) mid-run and started again on the same port and store after 2 or 6
 seconds: afterwards every final candle the node serves and every final candle the writer stored
 equals the candle computed from the replica's tape, with no hole and no duplicate; the order book
 the node serves is in sync again and equals the tape's true book at its venue key."""
@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,17 +23,16 @@ from typing import Any
 import aiohttp
 import pytest
 
-from books import true_books
-from deltafeed.client import ApiError, Client
+from books import check_served
+from clustering import assert_equal_to_tape, final_candles_until, node_url, start, stop, wait_for
 from deltafeed.replicas.books import book_tape_path
 from deltafeed.venues.binance.replica import BinanceReplica
 from helpers import free_port
-from reference import candles_from_tape, read_tape
+from reference import read_tape
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"]
 BTC = "binance:BTCUSDT"
 PG_URL = os.environ.get("DELTAFEED_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-OUTAGE_S = 6.0  # longer than a collector keeps collecting without renewing its leases (4 s)
 
 pytestmark = [
     pytest.mark.slow,
@@ -84,30 +81,12 @@ def private_nats(tmp_path: Path) -> Iterator[PrivateNats]:
         server.kill()
 
 
-def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "deltafeed", *args], stdout=out, stderr=out, env=env)
-
-
-async def _wait_for(what: str, timeout: float, check: Any) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.25)
-
-
-def _same(c: Any, w: Any) -> bool:
-    return (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades) == (
-        w.open, w.high, w.low, w.close, round(w.volume, 8), w.trades,
-    )  # fmt: skip
-
-
+#: 2 s: the collectors keep collecting and publish again what was not acknowledged; 6 s: longer than
+#: a collector collects without renewing its leases (4 s), so they stop, take the leases again when
+#: NATS is back and fill the outage from the venue's history.
+@pytest.mark.parametrize("outage_s", [2.0, 6.0], ids=["short", "past-the-leases"])
 @pytest.mark.timeout(240)
-async def test_cluster_survives_a_nats_restart(tmp_path: Path, private_nats: PrivateNats) -> None:
+async def test_cluster_survives_a_nats_restart(tmp_path: Path, private_nats: PrivateNats, outage_s: float) -> None:
     import asyncpg
 
     from deltafeed.store.postgres import PostgresStore
@@ -122,50 +101,31 @@ async def test_cluster_survives_a_nats_restart(tmp_path: Path, private_nats: Pri
             f'rest_url = "{replica.url}"\nws_url = "{replica.ws_url}"\nbooks = ["{BTC}"]\nbook_depth = 10\n'
             f'cluster = "{private_nats.url}"\ncluster_name = "{cluster}"\n'.replace("'", '"')
         )
-        procs = [_start(["run", "--config", str(config)], tmp_path / f"collector{i}.log") for i in range(2)]
+        procs = [start(["run", "--config", str(config)], tmp_path / f"collector{i}.log") for i in range(2)]
         node_log = tmp_path / "node.log"
-        node = _start(
+        node = start(
             ["serve", "--cluster", private_nats.url, "--cluster-name", cluster, "--db", PG_URL,
              "--db-schema", schema, "--writer", "--api", "127.0.0.1:0"],
             node_log,
         )  # fmt: skip
         procs.append(node)
         try:
+            url = await node_url(node, node_log)
 
-            async def node_url() -> str | None:
-                m = re.search(r"serving the API on (http://\S+)", node_log.read_text(errors="replace"))
-                assert node.poll() is None, node_log.read_text()
-                return m.group(1) if m else None
-
-            url = await _wait_for("the serving node", 40, node_url)
-
-            async def finals_after(t: int) -> dict[str, list[Any]] | None:
-                """Every symbol's final candles served, when each reaches open time ``t``."""
-                out = {}
-                async with Client(url) as df:
-                    for sym in SYMBOLS:
-                        try:
-                            got = await df.fetch_candles(f"binance:{sym}", "1m", final=True)
-                        except ApiError as e:  # 404 until the node has seen a candle of it: not yet
-                            if e.status != 404:
-                                raise
-                            return None
-                        if not got or got[-1].open_time < t:
-                            return None
-                        out[sym] = got
-                return out
+            def finals_after(t: int) -> Any:
+                return final_candles_until(url, [f"binance:{s}" for s in SYMBOLS], t)
 
             async def book_in_sync() -> dict[str, Any] | None:
                 async with aiohttp.ClientSession() as http, http.get(f"{url}/book/{BTC}") as r:
                     doc: dict[str, Any] = await r.json() if r.status == 200 else {}
                 return doc if doc.get("in_sync") else None
 
-            await _wait_for("final candles before the outage", 60, lambda: finals_after(0))
-            await _wait_for("the book in sync before the outage", 30, book_in_sync)
+            await wait_for("final candles before the outage", 60, lambda: finals_after(0))
+            await wait_for("the book in sync before the outage", 30, book_in_sync)
             await asyncio.sleep(3)
 
             private_nats.kill()
-            await asyncio.sleep(OUTAGE_S)
+            await asyncio.sleep(outage_s)
             private_nats.start()
             restarted = replica.clock.now_ms()
 
@@ -175,45 +135,34 @@ async def test_cluster_survives_a_nats_restart(tmp_path: Path, private_nats: Pri
                     async with http.get(f"{url}/readyz") as r:
                         return r.status == 200
 
-                await _wait_for("the node ready again", 60, ready)
+                await wait_for("the node ready again", 60, ready)
             # Candles closed 2 minutes of market time after the restart are final by now (or soon).
             while replica.clock.now_ms() < restarted + 4 * 60_000:
                 await asyncio.sleep(0.5)
             end = replica.clock.now_ms()
             until = (end - 120_000) - (end - 120_000) % 60_000
             assert until > restarted, "the run after the restart is too short to say anything"
-            served = await _wait_for("final candles after the restart", 60, lambda: finals_after(until))
-            book = await _wait_for("the book in sync after the restart", 30, book_in_sync)
+            served = await wait_for("final candles after the restart", 60, lambda: finals_after(until))
+            book = await wait_for("the book in sync after the restart", 30, book_in_sync)
             # The writer has everything the stream holds.
             await asyncio.sleep(3)
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop(procs)
         for i in range(2):
             log = (tmp_path / f"collector{i}.log").read_text(errors="replace")
             assert "Traceback" not in log, log
         node_text = node_log.read_text(errors="replace")
         assert "Traceback" not in node_text and "skipped a" not in node_text, node_text
     rows = read_tape(str(tape))
+    assert_equal_to_tape(served, rows)
     cold = await PostgresStore.open(PG_URL, schema=schema)
     try:
-        for sym, got in served.items():
+        for inst, got in served.items():
             opens = [c.open_time for c in got]
-            assert opens == list(range(opens[0], opens[-1] + 60_000, 60_000)), (sym, "hole or repeat", opens)
-            assert opens[0] < restarted - 60_000 and opens[-1] >= until, (sym, "the outage is not covered")
-            want = {c.open_time: c for c in candles_from_tape([r for r in rows if r[0] == sym], 60_000)}
-            for c in got:
-                assert _same(c, want[c.open_time]), (sym, c.open_time)
-            stored = await cold.query(f"binance:{sym}", "1m", final_only=True)
-            assert [c.open_time for c in stored if c.open_time <= until] == [t for t in opens if t <= until], sym
-            for c in stored:
-                assert _same(c, want[c.open_time]), (sym, "stored", c.open_time)
+            assert opens[0] < restarted - 60_000 and opens[-1] >= until, (inst, "the outage is not covered")
+            stored = await cold.query(inst, "1m", final_only=True)
+            assert [c.open_time for c in stored if c.open_time <= until] == [t for t in opens if t <= until], inst
+            assert_equal_to_tape({inst: stored}, rows)
     finally:
         await cold.close()
         con = await asyncpg.connect(PG_URL)
@@ -221,5 +170,4 @@ async def test_cluster_survives_a_nats_restart(tmp_path: Path, private_nats: Pri
             await con.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         finally:
             await con.close()
-    bids, asks = true_books(book_tape_path(tape), "BTCUSDT", [book["venue_seq"]], 10)[book["venue_seq"]]
-    assert ([tuple(x) for x in book["bids"]], [tuple(x) for x in book["asks"]]) == (bids, asks)
+    assert check_served(book_tape_path(tape), "BTCUSDT", [book], 10) == [book]

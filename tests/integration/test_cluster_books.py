@@ -15,7 +15,7 @@ import aiohttp
 import nats
 import pytest
 
-from books import true_books
+from books import BOOK_FAULTS, check_rebuilt, check_served
 from conftest import NATS_URL
 from deltafeed import Client
 from deltafeed.api.hub import Hub
@@ -36,16 +36,11 @@ BTC = "binance:BTCUSDT"
 DEPTH = 20
 
 
-def _levels(rows: list[list[float]]) -> list[tuple[float, float]]:
-    return [(float(p), float(q)) for p, q in rows]
-
-
 @pytest.mark.timeout(120)
 async def test_books_served_by_a_node_equal_the_tape(tmp_path: Path, nats_cluster: str) -> None:
     tape = tmp_path / "trades.csv"
-    faults = {"bookdrop": 6.0, "bookdup": 6.0, "bookreorder": 6.0, "stalebook": 20.0}
     replica = BinanceReplica(
-        symbols=["BTCUSDT"], seed=5, rate=20.0, history_ms=600_000, tape=tape, faults=faults, faults_seed=4
+        symbols=["BTCUSDT"], seed=5, rate=20.0, history_ms=600_000, tape=tape, faults=BOOK_FAULTS, faults_seed=4
     )
     await replica.start()
     settings = Settings(
@@ -130,19 +125,12 @@ async def test_books_served_by_a_node_equal_the_tape(tmp_path: Path, nats_cluste
     path = book_tape_path(tape)
 
     # HTTP: every in-sync answer equals the tape at its venue_seq; out-of-sync answers show no levels.
-    synced = [d for d in http_books if d["in_sync"]]
+    synced = check_served(path, "BTCUSDT", http_books, 15)
     assert len(synced) >= 40, f"in sync in only {len(synced)} of {len(http_books)} answers"
-    assert all(d["bids"] == [] and d["asks"] == [] for d in http_books if not d["in_sync"])
-    truth = true_books(path, "BTCUSDT", [d["venue_seq"] for d in synced], 15)
-    for d in synced:
-        assert (_levels(d["bids"]), _levels(d["asks"])) == truth[d["venue_seq"]], d["sequence"]
-        assert len(d["bids"]) == 15 and d["bids"][0][0] < d["asks"][0][0]
     assert len({d["venue_seq"] for d in synced}) >= 10, "the node's book did not move"
 
     # WebSocket: every book the client rebuilt from the node's snapshot + deltas equals the tape then.
     assert len(ws_books) >= 30, len(ws_books)
-    truth = true_books(path, "BTCUSDT", [venue_seq[b["nonce"]] for b in ws_books], 10)
-    for b in ws_books:
-        assert (_levels(b["bids"]), _levels(b["asks"])) == truth[venue_seq[b["nonce"]]], b["nonce"]
+    check_rebuilt(path, "BTCUSDT", ws_books, venue_seq, 10)
 
     assert status["stream"]["books"] > 0 and BTC in status["books"], status

@@ -434,8 +434,14 @@ class StreamFeed:
         if pending == 0:
             view.caught_up = True
 
+        # Trades and books are followed from now on: a consumer recreated before its first message
+        # (NATS restarted) starts at the stream's beginning again, whose old ones are skipped here.
+        live_from = info.state.last_seq + 1
+
         def handler(kind: str, apply: Any, decode: Any) -> Any:
             async def cb(msg: Any) -> None:
+                if kind in (subjects.TRADES, subjects.BOOKS) and _stream_seq(msg) < live_from:
+                    return
                 try:
                     m = decode(msg.data)
                 except ValueError as exc:
@@ -491,6 +497,14 @@ class StreamFeed:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self._subs.clear()
+
+
+def _stream_seq(msg: Any) -> int:
+    """A message's sequence in the stream (a large number when it has no JetStream metadata)."""
+    try:
+        return int(msg.metadata.sequence.stream)
+    except Exception:
+        return 2**63
 
 
 async def load_cold_series(view: ClusterView) -> None:
