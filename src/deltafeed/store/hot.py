@@ -2,100 +2,175 @@
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable
+from typing import Any
 
 from msgspec.structs import replace as _copy
 
 from deltafeed.model import BadInput, Candle
 from deltafeed.model import timeframe as timeframe_of
 
+#: The typecode of each field's array, in :class:`Candle`'s field order (58 bytes a candle).
+_TYPECODES = ("q", "d", "d", "d", "d", "d", "q", "b", "b")
+
 
 class _Ring:
-    """Candles of one series, ascending by open_time, holding at most ``capacity`` of them.
+    """Candles of one series, ascending by open_time, at most ``capacity`` of them, held as one typed
+    array per field and built into :class:`Candle` objects only when read.
 
-    Two parallel lists (candles and their open times, for ``bisect``). Appending is amortised O(1):
-    the lists may grow up to ``capacity + slack`` before the oldest surplus is cut in one ``del``,
-    and everything before ``_off()`` is treated as already gone.
+    The arrays grow to ``capacity`` and then keep that size as a circular buffer: ``head`` is the
+    slot of the oldest candle and ``tail`` that of the newest; a new candle overwrites the oldest.
+    ``head`` stays 0 while the arrays are not full, so a growing ring is plain ascending arrays. The
+    rare changes that move candles (a late candle inserted inside the covered span, :meth:`drop_before`)
+    first rotate the arrays back to ``head == 0``. Positions count from the oldest candle; slots are
+    indices into the arrays.
+
+    The forming candle is put again and again (every tick of every open candle). Writing eight array
+    items costs several times a struct copy, so a put that repeats the newest open_time only keeps a
+    copy in ``top``, which stands for the tail slot until :meth:`_settle` writes it there; every other
+    operation settles first.
     """
 
-    __slots__ = ("candles", "capacity", "slack", "times")
+    __slots__ = ("capacity", "close", "closed", "cols", "final", "head", "high", "low", "open", "tail", "times", "top", "trades", "volume")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.slack = max(16, capacity // 4)
-        self.times: list[int] = []
-        self.candles: list[Candle] = []
+        self.head = 0  # slot of the oldest candle
+        self.tail = -1  # slot of the newest candle
+        self.top: Candle | None = None  # the newest candle, when newer than what its slot holds
+        self.cols: tuple[array[Any], ...] = tuple(array(code) for code in _TYPECODES)
+        (self.times, self.open, self.high, self.low, self.close, self.volume, self.trades, self.closed, self.final) = self.cols
 
-    def _off(self) -> int:
-        return max(0, len(self.times) - self.capacity)
-
-    def _trim(self) -> None:
-        if len(self.times) >= self.capacity + self.slack:
-            cut = len(self.times) - self.capacity
-            del self.times[:cut]
-            del self.candles[:cut]
-
-    def put(self, candle: Candle) -> bool:
-        t = candle.open_time
+    def put(self, c: Candle) -> bool:
+        t = c.open_time
+        top = self.top
+        if top is not None and t == top.open_time:  # the forming candle again: the hot path
+            self.top = _copy(c)
+            return True
         times = self.times
-        if not times or t > times[-1]:
-            times.append(t)
-            self.candles.append(_copy(candle))
-            self._trim()
+        size = len(times)
+        if size and t == times[self.tail]:
+            self.top = _copy(c)
             return True
-        if t == times[-1]:
-            self.candles[-1] = _copy(candle)
+        self._settle()
+        if not size or t > times[self.tail]:
+            if size < self.capacity:  # still growing, so head == 0
+                for col, v in zip(self.cols, _values(c), strict=True):
+                    col.append(v)
+                self.tail = size
+            else:  # full: the newest takes the oldest's slot
+                self.tail = self.head
+                self.head = (self.head + 1) % size
+                self._write(self.tail, c)
             return True
-        off = self._off()
-        if len(times) - off >= self.capacity and t < times[off]:
+        if size >= self.capacity and t < times[self.head]:
             return False  # older than anything the full ring holds: that is the cold tier's business
-        i = bisect_left(times, t, off)
-        if times[i] == t:
-            self.candles[i] = _copy(candle)
+        k = self._find(bisect_left, t)
+        i = (self.head + k) % size
+        if times[i] == t:  # k < size: t is older than the newest
+            self._write(i, c)
             return True
         # A candle missing inside the covered span (e.g. a late backfill): insert it in order.
-        times.insert(i, t)
-        self.candles.insert(i, _copy(candle))
-        self._trim()
+        self._unwrap()
+        if size < self.capacity:
+            for col, v in zip(self.cols, _values(c), strict=True):
+                col.insert(k, v)
+            self.tail = size
+        else:  # full: the oldest falls off (k >= 1, as t is newer than the oldest)
+            for col, v in zip(self.cols, _values(c), strict=True):
+                col[0 : k - 1] = col[1:k]
+                col[k - 1] = v
         return True
 
-    def last(self, n: int) -> list[Candle]:
-        if n <= 0:
+    def _write(self, i: int, c: Candle) -> None:
+        for col, v in zip(self.cols, _values(c), strict=True):
+            col[i] = v
+
+    def _settle(self) -> None:
+        """Write ``top`` into the newest candle's slot."""
+        if self.top is not None:
+            self._write(self.tail, self.top)
+            self.top = None
+
+    def _find(self, search: Callable[..., int], t: int) -> int:
+        """``search`` (``bisect_left`` or ``bisect_right``) for ``t``, as a position from the oldest."""
+        times, head, size = self.times, self.head, len(self.times)
+        if head == 0:
+            return search(times, t, 0, size)
+        if t <= times[size - 1]:  # among the older run, slots head .. size-1
+            return search(times, t, head, size) - head
+        return search(times, t, 0, head) + size - head
+
+    def _unwrap(self) -> None:
+        """Rotate the arrays so that the oldest candle is in slot 0."""
+        h = self.head
+        if h:
+            for col in self.cols:
+                col[:] = col[h:] + col[:h]
+            self.head = 0
+            self.tail = len(self.times) - 1
+
+    def _candles(self, lo: int, hi: int) -> list[Candle]:
+        """The candles at positions ``lo`` to ``hi`` (exclusive), built anew."""
+        if hi <= lo:
             return []
-        return self.candles[max(self._off(), len(self.candles) - n) :]
+        self._settle()
+        size = len(self.times)
+        a, b = (self.head + lo) % size, (self.head + hi - 1) % size + 1
+        if a < b:
+            return _build(self.cols, a, b)
+        return _build(self.cols, a, size) + _build(self.cols, 0, b)
+
+    def last(self, n: int) -> list[Candle]:
+        size = len(self.times)
+        return self._candles(max(0, size - n), size)
 
     def oldest(self) -> int:
-        return self.times[self._off()]
+        return self.times[self.head]
 
     def get(self, open_time: int) -> Candle | None:
-        off = self._off()
-        i = bisect_left(self.times, open_time, off)
-        return self.candles[i] if i < len(self.times) and self.times[i] == open_time else None
+        size = len(self.times)
+        k = self._find(bisect_left, open_time)
+        if k == size or self.times[(self.head + k) % size] != open_time:
+            return None
+        return self._candles(k, k + 1)[0]
 
     def between(self, since_ms: int, until_ms: int) -> list[Candle]:
-        lo = bisect_left(self.times, since_ms, self._off())
-        hi = bisect_right(self.times, until_ms, lo)
-        return self.candles[lo:hi]
+        return self._candles(self._find(bisect_left, since_ms), self._find(bisect_right, until_ms))
 
     def drop_before(self, cutoff: int) -> int:
-        """Remove every candle with open_time < ``cutoff``; returns how many were in the ring."""
-        off = self._off()
-        i = bisect_left(self.times, cutoff, off)
-        if i > off:  # the stale prefix before ``off`` goes too
-            del self.times[:i]
-            del self.candles[:i]
-        return i - off
+        """Remove every candle with open_time < ``cutoff``; returns how many."""
+        k = self._find(bisect_left, cutoff)
+        if k:
+            self._settle()
+            self._unwrap()
+            for col in self.cols:
+                del col[:k]
+            self.tail = len(self.times) - 1
+        return k
 
     def __len__(self) -> int:
-        return len(self.times) - self._off()
+        return len(self.times)
+
+
+def _values(c: Candle) -> tuple[int, float, float, float, float, float, int, bool, bool]:
+    return (c.open_time, c.open, c.high, c.low, c.close, c.volume, c.trades, c.closed, c.final)
+
+
+def _build(cols: tuple[array[Any], ...], a: int, b: int) -> list[Candle]:
+    """Candles from slots ``a`` to ``b`` (exclusive) of the field arrays ``cols``."""
+    t, o, h, lo, c, v, n, closed, final = (col[a:b] for col in cols)
+    return list(map(Candle, t, o, h, lo, c, v, n, map(bool, closed), map(bool, final)))
 
 
 class HotStore:
     """Bounded rings of recent candles per (instrument, timeframe), for fast reads of "the latest N".
 
-    Every ``put`` is an upsert keyed by open_time and stores a copy, because the aggregator keeps
-    mutating the candle object it passed in. The store is meant for one thread (the event loop); it
-    does no locking. The candles it returns are its own copies: treat them as read-only.
+    Every ``put`` is an upsert keyed by open_time and stores the candle's values, because the
+    aggregator keeps mutating the candle object it passed in. The store is meant for one thread (the
+    event loop); it does no locking. Every read builds new :class:`Candle` objects: the caller owns them.
     """
 
     def __init__(self, capacity: int = 1000) -> None:
