@@ -96,6 +96,27 @@ def test_every_field_round_trips_and_reads_are_independent_copies() -> None:
     assert [c.state for c in hot.last(BTC, "1m", 3)] == ["final", "provisional", "forming"]
 
 
+def test_the_forming_candle_put_again_and_again_is_held_as_it_was_at_each_put() -> None:
+    hot = HotStore(capacity=2)
+    forming = Candle(1 * M, 10.0, 10.0, 10.0, 10.0, 0.0, 0)
+    for k in range(1, 6):  # the aggregator folds trades into one object and puts it every tick
+        forming.close = forming.high = 10.0 + k
+        forming.volume += 1.0
+        forming.trades += 1
+        hot.put(BTC, "1m", forming)
+        assert hot.last(BTC, "1m", 1) == [Candle(1 * M, 10.0, 10.0 + k, 10.0, 10.0 + k, float(k), k)]
+    forming.close = 99.0  # changed, not put
+    assert hot.get(BTC, "1m", 1 * M) == Candle(1 * M, 10.0, 15.0, 10.0, 15.0, 5.0, 5)
+    forming.closed = forming.final = True
+    hot.put(BTC, "1m", forming)
+    forming.open_time, forming.close, forming.closed, forming.final = 2 * M, 1.0, False, False
+    hot.put(BTC, "1m", forming)
+    forming.close = 2.0
+    hot.put(BTC, "1m", forming)
+    forming.close = 3.0
+    assert [(c.close, c.state) for c in hot.last(BTC, "1m", 5)] == [(99.0, "final"), (2.0, "forming")]
+
+
 def test_a_full_ring_takes_a_late_candle_in_order_and_drops_its_oldest() -> None:
     hot = HotStore(capacity=4)
     for k in (0, 2, 4, 6, 8, 10):  # wraps: holds 4, 6, 8, 10
