@@ -12,9 +12,6 @@ from msgspec.structs import replace as _copy
 from deltafeed.model import BadInput, Candle
 from deltafeed.model import timeframe as timeframe_of
 
-#: The typecode of each field's array, in :class:`Candle`'s field order (58 bytes a candle).
-_TYPECODES = ("q", "d", "d", "d", "d", "d", "q", "b", "b")
-
 
 class _Ring:
     """Candles of one series, ascending by open_time, at most ``capacity`` of them, held as one typed
@@ -33,15 +30,16 @@ class _Ring:
     operation settles first.
     """
 
-    __slots__ = ("capacity", "close", "closed", "cols", "final", "head", "high", "low", "open", "tail", "times", "top", "trades", "volume")
+    __slots__ = ("capacity", "cols", "head", "tail", "times", "top")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.head = 0  # slot of the oldest candle
         self.tail = -1  # slot of the newest candle
         self.top: Candle | None = None  # the newest candle, when newer than what its slot holds
-        self.cols: tuple[array[Any], ...] = tuple(array(code) for code in _TYPECODES)
-        (self.times, self.open, self.high, self.low, self.close, self.volume, self.trades, self.closed, self.final) = self.cols
+        #: One array per field of :class:`Candle`, in its order: 58 bytes a candle.
+        self.cols: tuple[array[Any], ...] = tuple(array(code) for code in "qdddddqbb")
+        self.times: array[int] = self.cols[0]
 
     def put(self, c: Candle) -> bool:
         t = c.open_time
