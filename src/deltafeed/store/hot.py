@@ -83,8 +83,16 @@ class _Ring:
         return True
 
     def _write(self, i: int, c: Candle) -> None:
-        for col, v in zip(self.cols, _values(c), strict=True):
-            col[i] = v
+        t, o, h, lo, cl, v, n, closed, final = self.cols
+        t[i] = c.open_time
+        o[i] = c.open
+        h[i] = c.high
+        lo[i] = c.low
+        cl[i] = c.close
+        v[i] = c.volume
+        n[i] = c.trades
+        closed[i] = c.closed
+        final[i] = c.final
 
     def _settle(self) -> None:
         """Write ``top`` into the newest candle's slot."""
@@ -131,9 +139,13 @@ class _Ring:
     def get(self, open_time: int) -> Candle | None:
         size = len(self.times)
         k = self._find(bisect_left, open_time)
-        if k == size or self.times[(self.head + k) % size] != open_time:
+        i = (self.head + k) % size if k < size else -1
+        if i < 0 or self.times[i] != open_time:
             return None
-        return self._candles(k, k + 1)[0]
+        if i == self.tail and self.top is not None:
+            return _copy(self.top)
+        t, o, h, lo, c, v, n, closed, final = (col[i] for col in self.cols)
+        return Candle(t, o, h, lo, c, v, n, _BOOL[closed], _BOOL[final])
 
     def between(self, since_ms: int, until_ms: int) -> list[Candle]:
         return self._candles(self._find(bisect_left, since_ms), self._find(bisect_right, until_ms))
@@ -160,7 +172,12 @@ def _values(c: Candle) -> tuple[int, float, float, float, float, float, int, boo
 def _build(cols: tuple[array[Any], ...], a: int, b: int) -> list[Candle]:
     """Candles from slots ``a`` to ``b`` (exclusive) of the field arrays ``cols``."""
     t, o, h, lo, c, v, n, closed, final = (col[a:b] for col in cols)
-    return list(map(Candle, t, o, h, lo, c, v, n, map(bool, closed), map(bool, final)))
+    flag = _BOOL.__getitem__
+    return list(map(Candle, t, o, h, lo, c, v, n, map(flag, closed), map(flag, final)))
+
+
+#: A flag as stored (0 or 1) to the bool a :class:`Candle` holds (so JSON says true, not 1).
+_BOOL = (False, True)
 
 
 class HotStore:
