@@ -110,7 +110,7 @@ def _scenario(tmp: Path, symbols: list[str], tape: bool) -> dict[str, Any]:
             while time.monotonic() < end:
                 await asyncio.sleep(0.5)
                 backlog.append(engine.writer.in_memory)
-            links = [(len(link.url()), len(feed._streams(link.states))) for link in feed.links]
+            links = [(len(feed.url(link)), len(feed._streams(link.members))) for link in feed.links]
             trades = {st.instrument.symbol: st.trades for st in engine.states.values()}
             status = engine.status()
         finally:

@@ -124,6 +124,10 @@ class LineStream:
 
     # --- control --------------------------------------------------------------------------------
 
+    def send(self, text: bytes) -> None:
+        """An HTTP stream takes no messages (its URL names what it carries): a bug to try."""
+        raise TypeError(f"{self.name}: an HTTP stream takes no messages")
+
     def drop(self, why: str) -> None:
         """Abandon the current connection; :meth:`run` reconnects (with backoff)."""
         self._drop_reason = why

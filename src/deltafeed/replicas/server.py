@@ -118,6 +118,9 @@ class ReplicaBase:
     _clock: MarketClock
     _runner: web.AppRunner | None = None
     _pump_task: asyncio.Task[None] | None = None
+    #: Subscriptions one WebSocket connection may hold, as the venue limits them (0: no limit); a
+    #: test lowers it to prove a feed splits its subscriptions over connections.
+    per_connection: int = 0
 
     def _setup_faults(self, faults: Mapping[str, float] | FaultSchedule, seed: int = 0) -> None:
         """Set :attr:`faults` from checked rates (a schedule seeded by ``seed``) or a ready schedule: None
@@ -204,6 +207,15 @@ class ReplicaBase:
     def faults_injected(self) -> dict[str, int]:
         """Faults injected so far, per configured kind (zeros included); empty without faults."""
         return {} if self.faults is None else self.faults.counts()
+
+    def _may_subscribe(self, held: int) -> bool:
+        """Whether a connection holding ``held`` subscriptions may take one more; counts the refusals
+        (``stats["limit_refusals"]``) and the most any connection held (``stats["most_subscriptions"]``)."""
+        if self.per_connection and held >= self.per_connection:
+            self.stats["limit_refusals"] = self.stats.get("limit_refusals", 0) + 1
+            return False
+        self.stats["most_subscriptions"] = max(self.stats.get("most_subscriptions", 0), held + 1)
+        return True
 
     def _injected(self, kind: str, peer: str | None = None) -> None:
         """Count an injected fault of ``kind`` (in the schedule and ``stats``) and log it, naming the ``peer`` hit."""

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from deltafeed.config import Settings
     from deltafeed.replicas.server import ReplicaBase
     from deltafeed.series import Series
+    from deltafeed.venues.links import StreamLimits
 
 
 class FeedStatus(msgspec.Struct, omit_defaults=True):
@@ -303,6 +304,10 @@ class Venue:
     #: reconciliation wait this long before they take a candle from history as final. 1 s for most
     #: venues; longer for one whose bars take late trades after they close.
     history_settle_ms: int = 1_000
+    #: What it allows its market-data connections (subscriptions per connection and per message,
+    #: message rates, connection attempts): its feed spreads subscriptions over as many connections
+    #: as these need (:mod:`deltafeed.venues.links`). None for venues that stream no WebSocket.
+    stream_limits: StreamLimits | None = None
     #: Whether its history's candles carry their number of trades. False (Finnhub, and venues whose
     #: REST candles have no count): a candle from history, or corrected by it, has ``trades`` 0, so a
     #: comparison with the venue's tape leaves the count out.

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from deltafeed.model import BadInput
 from deltafeed.venues.base import HTTP_SCHEMES, WS_SCHEMES, Venue, VenueSettings
 from deltafeed.venues.binance import codec
+from deltafeed.venues.links import StreamLimits
 
 if TYPE_CHECKING:
     from deltafeed.books import BookFeed, BookKeeper
@@ -35,6 +36,15 @@ class Binance(Venue):
     timeframes = codec.TIMEFRAMES
     sequenced = True  # trade ids are the venue's consecutive sequence
     reconcile_every_s = 0.0  # never needed: ids, closed klines and repairs make candles final
+    #: 1024 streams per connection, 5 inbound messages/s per connection (pings and pongs count: we
+    #: send 4), 300 connection attempts per 5 minutes per IP; the URL cap is the feed's MAX_URL_BYTES.
+    stream_limits = StreamLimits(
+        per_connection=codec.MAX_STREAMS_PER_CONNECTION,
+        messages_per_s=4.0,
+        connects=300,
+        connect_window_s=300.0,
+        source="Binance WebSocket Streams docs (limits section)",
+    )
 
     def make_feed(self, settings: Settings, on_trade: TradeSink) -> Feed:
         from deltafeed.venues.binance.feed import BinanceFeed

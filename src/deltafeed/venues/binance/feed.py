@@ -5,8 +5,7 @@ instruments' candle builders."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -15,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle, ServerShutdown, Trade, VenueCandle
 from deltafeed.net.http import VenueError, VenueUnreachable
-from deltafeed.net.reconnect import ConnectBudget
-from deltafeed.net.ws import WsStream
+from deltafeed.net.ws import FrameSink
 from deltafeed.venues.base import FeedStatus, SkipLog
 from deltafeed.venues.binance import VENUE, BinanceSettings
 from deltafeed.venues.binance import codec as binance
 from deltafeed.venues.binance.rest import BinanceHistory
 from deltafeed.venues.checks import unknown_symbols_message
+from deltafeed.venues.links import Link, LinkPool, Stream
 
 if TYPE_CHECKING:
     from deltafeed.series import Series
@@ -35,88 +34,16 @@ MAX_SKEW_MS = 15 * 60_000  # a trade time further than this from the venue's clo
 MAX_URL_BYTES = 4096
 
 
-class _Link:
-    """One connection slot: the instruments it carries, its stream, and the stream replacing it
-    during a rotation. Each link has its own watchdog (in :class:`WsStream`) and its own rotation."""
-
-    def __init__(self, feed: BinanceFeed, index: int) -> None:
-        self.feed = feed
-        self.index = index
-        self.states: list[Series] = []
-        self.n_streams = 0  # streams of every instrument of the link, active or not
-        self.url_bytes = 0  # length of the URL carrying all of them
-        self.ws = self.new_stream()
-        self.task: asyncio.Task[None] | None = None
-        self.next: WsStream | None = None
-        self.next_task: asyncio.Task[None] | None = None
-
-    def url(self) -> str:
-        """The combined-stream URL of this link's instruments streaming now (a reconnect resubscribes them)."""
-        feed = self.feed
-        streams = feed._streams(st for st in self.states if st.active)
-        if not streams:
-            return feed.ws_url.rstrip("/") + "/stream"
-        return binance.combined_url(feed.ws_url, streams)
-
-    def new_stream(self) -> WsStream:
-        f = self.feed
-        name = f.venue if self.index == 0 else f"{f.venue}#{self.index}"
-        return WsStream(self.url, f.on_frame, name=name, stale_after_s=f.stale_after_s, budget=f.budget)
-
-    def start(self) -> None:
-        self.task = asyncio.create_task(self.ws.run(), name=f"binance-ws-{self.index}")
-
-    def rotate(self) -> None:
-        """Open a second connection; the first is closed once the second delivers (see tick)."""
-        if self.next is not None:
-            return
-        self.next = self.new_stream()
-        self.next_task = asyncio.create_task(self.next.run(), name=f"binance-ws-{self.index}-next")
-
-    async def tick(self, mono: float) -> None:
-        if self.next is not None and self.next.frames > 0:
-            await self.finish_rotation()
-        elif self.next is None and self.ws.connected_at and mono - self.ws.connected_at > self.feed.rotate_after_s:
-            age = mono - self.ws.connected_at
-            log.info("%s: connection is %.0f s old; rotating before the venue cuts it", self.ws.name, age)
-            self.rotate()
-
-    async def finish_rotation(self) -> None:
-        assert self.next is not None and self.next_task is not None
-        old, old_task = self.ws, self.task
-        self.ws, self.task = self.next, self.next_task
-        self.next = self.next_task = None
-        self.feed.rotations += 1
-        self.feed.past_connects += old.connects
-        self.feed.past_frames += old.frames
-        await old.close()
-        if old_task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await old_task
-        log.info("%s: rotated to a new connection without a gap", self.ws.name)
-
-    def streams(self) -> list[WsStream]:
-        return [self.ws] if self.next is None else [self.ws, self.next]
-
-    async def stop(self) -> None:
-        pairs = [(self.ws, self.task), (self.next, self.next_task)]
-        await asyncio.gather(*(s.close() for s, _ in pairs if s is not None))
-        for _, task in pairs:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-
-
 class BinanceFeed:
     """Streams trades (and, with ``venue_klines``, klines) of its instruments into their builders.
 
     ``on_trade(state, trade)`` is called after a trade went into the builder, so the engine can
-    publish it. The instruments are spread over as many connections ("links") as Binance's limits
-    need: at most 1024 streams and :data:`MAX_URL_BYTES` of URL per connection; every connection
-    attempt goes through one :class:`ConnectBudget` (Binance: 300 attempts per 5 minutes per IP).
-    Reconnects are handled by :class:`WsStream`; a ``serverShutdown`` or a connection older than
-    ``rotate_after`` is replaced by a second one that takes over once it delivers.
+    publish it. The instruments are spread over as many connections ("links" of a
+    :class:`~deltafeed.venues.links.LinkPool`) as Binance's limits need: at most 1024 streams and
+    :data:`MAX_URL_BYTES` of URL per connection; every connection attempt goes through one budget
+    (Binance: 300 attempts per 5 minutes per IP) and control messages are paced (5 per second per
+    connection). Reconnects are handled by :class:`WsStream`; a ``serverShutdown`` or a connection
+    older than ``rotate_after`` is replaced by a second one that takes over once it delivers.
     """
 
     venue = VENUE.name
@@ -142,19 +69,23 @@ class BinanceFeed:
         self.decoder = binance.StreamDecoder()
         self.states: list[Series] = []
         self.by_symbol: dict[str, Series] = {}
-        self.link_of: dict[str, _Link] = {}  # instrument key -> the link carrying it
         self.venue_klines = venue_klines
         self.rotate_after_s = rotate_after_s
         self.stale_after_s = stale_after_s
         self._on_trade = on_trade
         self._request_id = 0
-        self.budget = ConnectBudget(connect_budget, 300.0)
-        self.rotations = 0
-        self.past_connects = 0  # connections made by streams already rotated away
-        self.past_frames = 0  # frames delivered by streams already rotated away
         self.shutdown_notices = 0
-        self.links: list[_Link] = [_Link(self, 0)]
-        self._started = False
+        base = len(binance.combined_url(self.ws_url, []))
+        limits = dataclasses.replace(VENUE.stream_limits, chars_per_connection=MAX_URL_BYTES - base)
+        self.pool: LinkPool[Series] = LinkPool(
+            self.venue,
+            limits,
+            url=self.url,
+            on_frame=self._sink,
+            connect_budget=connect_budget,
+            rotate_after_s=rotate_after_s,
+            stale_after_s=stale_after_s,
+        )
         self._skips = SkipLog(log, "frames")
         self._ts_low = 0
         self._ts_high = 2**62
@@ -164,33 +95,28 @@ class BinanceFeed:
         return self.decoder.errors
 
     @property
-    def ws(self) -> WsStream:
+    def links(self) -> list[Link[Series]]:
+        return self.pool.links
+
+    @property
+    def ws(self) -> Stream:
         """The first link's current connection (the only one for runs of up to ~30 instruments)."""
-        return self.links[0].ws
+        return self.pool.links[0].ws
+
+    def url(self, link: Link[Series]) -> str:
+        """The combined-stream URL of the link's instruments streaming now (a reconnect resubscribes them)."""
+        streams = self._streams(st for st in link.members if st.active)
+        if not streams:
+            return self.ws_url.rstrip("/") + "/stream"
+        return binance.combined_url(self.ws_url, streams)
+
+    def _sink(self, link: Link[Series]) -> FrameSink:
+        return self.on_frame
 
     def add(self, st: Series) -> None:
         """Put an instrument on the last link, or on a new one when that would pass a limit."""
         streams = self._streams([st])
-        if len(streams) > binance.MAX_STREAMS_PER_CONNECTION:
-            raise BadInput(
-                f"{len(streams)} streams of {st.instrument.symbol} exceed Binance's "
-                f"{binance.MAX_STREAMS_PER_CONNECTION} per connection; collect fewer timeframes"
-            )
-        url_bytes = sum(len(s) + 1 for s in streams)
-        link = self.links[-1]
-        base = len(binance.combined_url(self.ws_url, []))
-        if link.states and (
-            link.n_streams + len(streams) > binance.MAX_STREAMS_PER_CONNECTION
-            or base + link.url_bytes + url_bytes > MAX_URL_BYTES
-        ):
-            link = _Link(self, len(self.links))
-            self.links.append(link)
-            if self._started:
-                link.start()
-        link.states.append(st)
-        link.n_streams += len(streams)
-        link.url_bytes += url_bytes
-        self.link_of[st.key] = link
+        self.pool.place(st, len(streams), sum(len(s) + 1 for s in streams))
         self.states.append(st)
         self.by_symbol[st.instrument.symbol] = st
 
@@ -227,12 +153,10 @@ class BinanceFeed:
         self.update_skew_bounds()
 
     def connected(self) -> bool:
-        return all(link.ws.connected.is_set() for link in self.links)
+        return self.pool.connected()
 
     def start(self) -> None:
-        self._started = True
-        for link in self.links:
-            link.start()
+        self.pool.start()
 
     def update_skew_bounds(self) -> None:
         """Trades further than MAX_SKEW_MS from the venue's clock are refused as impossible."""
@@ -245,30 +169,17 @@ class BinanceFeed:
             if st.last_trade_ms:
                 self.clock.observe(st.last_trade_ms)
         self.update_skew_bounds()
-        for link in self.links:
-            await link.tick(mono)
+        await self.pool.tick(mono)
 
     def control(self, subscribe: bool, states: list[Series]) -> None:
         """Subscribe or unsubscribe ``states`` on the live connection(s) of their links: one control
-        message per link and connection (Binance allows 5 inbound messages per second each)."""
-        by_link: dict[int, list[Series]] = {}
-        for st in states:
-            link = self.link_of.get(st.key)
-            if link is not None:
-                by_link.setdefault(link.index, []).append(st)
-        for index, group in by_link.items():
+        message per link and connection, paced (Binance allows 5 inbound messages per second each)."""
+        for link, group in self.pool.by_link(states):
             streams = self._streams(group)
-            if not streams:
-                continue
-            for ws in self.links[index].streams():
-                if ws.connected.is_set():
-                    self._request_id += 1
-                    body = (
-                        binance.subscribe(streams, self._request_id)
-                        if subscribe
-                        else binance.unsubscribe(streams, self._request_id)
-                    )
-                    ws.send(body)
+            for part in self.pool.limits.chunks(streams) if streams else []:
+                self._request_id += 1
+                make = binance.subscribe if subscribe else binance.unsubscribe
+                link.broadcast(make(list(part), self._request_id))
 
     def activate(self, st: Series, active: bool) -> None:
         if active:
@@ -277,7 +188,7 @@ class BinanceFeed:
             self.by_symbol.pop(st.instrument.symbol, None)
 
     async def stop(self) -> None:
-        await asyncio.gather(*(link.stop() for link in self.links))
+        await self.pool.stop()
         await self.history.close()
 
     # --- frames ---------------------------------------------------------------------------------
@@ -312,8 +223,7 @@ class BinanceFeed:
             log.warning("binance announced a server shutdown; moving to new connections")
             # The frame does not say which connection it came on: a shutdown takes the server
             # down, so every link moves (each waits for its replacement to deliver first).
-            for link in self.links:
-                link.rotate()
+            self.pool.rotate_all()
 
     def _log_decode_errors(self) -> None:
         self._skips.report(self.decoder.errors, self.decoder.last_error)
@@ -321,17 +231,8 @@ class BinanceFeed:
     # --- visibility -----------------------------------------------------------------------------
 
     def report(self) -> FeedStatus:
-        streams = [ws for link in self.links for ws in link.streams()]
-        connects = self.past_connects + sum(ws.connects for ws in streams)
         return FeedStatus(
-            connected=self.connected(),
-            connections=sum(ws.connected.is_set() for ws in streams),
-            connects=connects,
-            reconnects=max(0, connects - len(self.links) - self.rotations),
-            rotations=self.rotations,
-            stale_drops=sum(ws.stale_drops for ws in streams),
-            connect_budget_waits=self.budget.waits,
-            frames=self.past_frames + sum(link.ws.frames for link in self.links),
+            **self.pool.counts(),
             skipped_frames=dict(self.decoder.errors),
             rest_requests=self.history.http.requests,
             rest_throttled=self.history.http.throttled,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from deltafeed.model import BadInput
 from deltafeed.venues.base import HTTP_SCHEMES, WS_SCHEMES, Venue, VenueSettings
 from deltafeed.venues.bybit import codec
+from deltafeed.venues.links import StreamLimits
 
 if TYPE_CHECKING:
     from deltafeed.books import BookFeed, BookKeeper
@@ -58,6 +59,18 @@ class Bybit(Venue):
     # reconciliation with REST klines; a reconnect skips a synthetic id so its hole is repaired.
     sequenced = False
     reconcile_every_s = 20.0
+    #: Per public connection, args of at most 21,000 characters; spot takes 10 args per request (used
+    #: for both categories); 500 connections per 5 minutes per domain. Chosen, as Bybit documents
+    #: none: 500 topics per connection, 10 control messages per second.
+    stream_limits = StreamLimits(
+        per_connection=codec.TOPICS_PER_CONNECTION,
+        chars_per_connection=codec.ARGS_CHARS_PER_CONNECTION,
+        per_message=codec.SPOT_MAX_ARGS,
+        messages_per_s=10.0,
+        connects=500,
+        connect_window_s=300.0,
+        source="Bybit v5 WebSocket connect and rate-limit docs; topics per connection chosen",
+    )
     history_trades = False  # Bybit's klines carry no trade count
 
     def make_feed(self, settings: Settings, on_trade: TradeSink) -> Feed:

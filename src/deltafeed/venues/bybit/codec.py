@@ -64,6 +64,10 @@ KLINES_PAGE = 1000  # max rows per /v5/market/kline request (default 200)
 REQUESTS_PER_WINDOW = 600  # HTTP requests per IP ...
 WINDOW_S = 5.0  # ... within this window; beyond: 403 "access too frequent"
 SPOT_MAX_ARGS = 10  # args per spot subscribe request
+ARGS_CHARS_PER_CONNECTION = 21_000  # "you cannot have length of args array over 21,000 characters"
+#: Topics one public connection carries: Bybit documents no count (only the 21,000 characters), so
+#: this one is chosen (docs/scaling.md); the replica refuses past either.
+TOPICS_PER_CONNECTION = 500
 PING_EVERY_S = 20.0  # Bybit recommends a ping every 20 s
 MAX_TRADES_PER_MESSAGE = 1024
 

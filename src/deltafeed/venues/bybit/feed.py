@@ -1,6 +1,6 @@
-"""Bybit's live side for the engine: one WebSocket per category (``/v5/public/spot``, ``/v5/public/linear``)
-carrying ``publicTrade`` and ``kline`` topics of its instruments, pinged every 20 s, decoded into the
-instruments' candle builders.
+"""Bybit's live side for the engine: WebSockets per category (``/v5/public/spot``, ``/v5/public/linear``),
+as many as Bybit's stream limits need, carrying ``publicTrade`` and ``kline`` topics of its
+instruments, each pinged every 20 s, decoded into the instruments' candle builders.
 
 Bybit's trade ids are not a counter, so each series is fed synthetic consecutive ids, and every
 (re)connection skips one: whatever traded while a connection was down becomes a hole that the engine
@@ -12,7 +12,6 @@ Closed candles are vouched for by the kline stream's ``confirm:true`` or by reco
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter, deque
 from collections.abc import Callable
@@ -22,12 +21,13 @@ from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle, Trade
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.net.reconnect import ConnectBudget
-from deltafeed.net.ws import WsStream
+from deltafeed.net.ws import FrameSink
 from deltafeed.venues.base import FeedStatus, SkipLog
 from deltafeed.venues.bybit import VENUE, BybitSettings
 from deltafeed.venues.bybit import codec as bybit
 from deltafeed.venues.bybit.rest import BybitHistory
 from deltafeed.venues.checks import unknown_symbols_message
+from deltafeed.venues.links import Link, LinkPool, Stream
 
 if TYPE_CHECKING:
     from deltafeed.series import Series
@@ -92,14 +92,14 @@ class BybitFeed:
         self.decoder = bybit.StreamDecoder()
         self.venue_klines = venue_klines
         self.stale_after_s = stale_after_s
-        self.budget = ConnectBudget(connect_budget, 300.0)
+        self.connect_budget = connect_budget
         self._on_trade = on_trade
         self.states: list[Series] = []
         self._series: dict[tuple[str, str], _Series] = {}  # (category, Bybit name)
         self._of: dict[int, _Series] = {}  # id(Series) -> its state
-        self.streams: dict[str, WsStream] = {}  # category -> its connection
-        self._tasks: list[asyncio.Task[None]] = []
-        self._last_ping: dict[str, float] = {}
+        self.pools: dict[str, LinkPool[_Series]] = {}  # category -> its connections
+        self._budget: ConnectBudget | None = None  # one for every category's connections
+        self._last_ping: dict[int, float] = {}  # id(link) -> when its connection was last pinged
         self._req = 0
         self._pending: dict[str, list[str]] = {}  # subscribe req_id -> the series symbols it asked for
         self.out_of_order = 0
@@ -122,19 +122,38 @@ class BybitFeed:
         except ValueError as exc:
             raise BadInput(f"{st.instrument}: {exc}") from None
         s = _Series(st, category, name)
+        pool = self.pools.get(category) or self._new_pool(category)
+        topics = self._topics(s)
+        pool.place(s, len(topics), sum(len(t) for t in topics))
         self.states.append(st)
         self._series[(category, name)] = s
         self._of[id(st)] = s
-        if category not in self.streams:
-            self.streams[category] = WsStream(
-                lambda c=category: self.ws_url + bybit.ws_path(c),  # type: ignore[misc]
-                lambda frame, c=category: self.on_frame(c, frame),  # type: ignore[misc]
-                on_connect=lambda ws, c=category: self._on_connect(c, ws),  # type: ignore[misc]
-                name=f"bybit-{category}",
-                stale_after_s=self.stale_after_s,
-                backoff_cap_s=BACKOFF_CAP_S,
-                budget=self.budget,
-            )
+
+    def _new_pool(self, category: str) -> LinkPool[_Series]:
+        assert VENUE.stream_limits is not None
+
+        def sink(link: Link[_Series]) -> FrameSink:
+            return lambda frame: self.on_frame(category, frame)
+
+        pool: LinkPool[_Series] = LinkPool(
+            f"bybit-{category}",
+            VENUE.stream_limits,
+            url=lambda link: self.ws_url + bybit.ws_path(category),
+            on_frame=sink,
+            on_connect=self._on_connect,
+            connect_budget=self.connect_budget,
+            stale_after_s=self.stale_after_s,
+            budget=self._budget,
+            backoff_cap_s=BACKOFF_CAP_S,
+        )
+        self._budget = pool.budget
+        self.pools[category] = pool
+        return pool
+
+    @property
+    def streams(self) -> dict[str, Stream]:
+        """Each category's first connection."""
+        return {c: pool.links[0].ws for c, pool in self.pools.items() if pool.links}
 
     def page_span_ms(self, timeframe: str) -> int:
         return self.history.page_span_ms(timeframe)
@@ -154,7 +173,7 @@ class BybitFeed:
             self.clock.observe(await self.history.server_time())
             unknown: list[str] = []
             known: list[str] = []
-            for category in self.streams:
+            for category in self.pools:
                 names = await self.history.symbols(category)
                 known += [bybit.series_symbol(category, n, self.category) for n in names]
                 unknown += [
@@ -179,36 +198,37 @@ class BybitFeed:
             topics += [bybit.kline_topic(s.name, tf) for tf in s.st.builder.timeframes if tf in bybit.INTERVAL_OF]
         return topics
 
-    def _send_subscribe(self, ws: WsStream, states: list[_Series], subscribe: bool) -> None:
+    def _send_subscribe(self, link: Link[_Series], ws: Stream, states: list[_Series], subscribe: bool) -> None:
         # One request per series: a refusal then names its symbol, and spot's 10-args cap holds.
         for s in states:
-            topics = self._topics(s)
-            for i in range(0, len(topics), bybit.SPOT_MAX_ARGS):
+            for part in link.pool.limits.chunks(self._topics(s)):
                 self._req += 1
                 rid = f"df{self._req}"
                 if subscribe:
                     self._pending[rid] = [s.st.instrument.symbol]
                     if len(self._pending) > 1024:
                         self._pending.pop(next(iter(self._pending)))
-                ws.send((bybit.subscribe if subscribe else bybit.unsubscribe)(topics[i : i + bybit.SPOT_MAX_ARGS], rid))
+                link.send(ws, (bybit.subscribe if subscribe else bybit.unsubscribe)(list(part), rid))
 
-    def _on_connect(self, category: str, ws: WsStream) -> None:
-        # Whatever traded while we were away is unknown: skip an id so each series' next trade
-        # reveals the hole; then subscribe (Bybit remembers nothing across connections).
-        mine = [s for s in self._series.values() if s.category == category]
-        for s in mine:
+    def _on_connect(self, link: Link[_Series], ws: Stream) -> None:
+        # Whatever traded while the link was away is unknown: skip an id so each of its series' next
+        # trade reveals the hole; then subscribe (Bybit remembers nothing across connections).
+        for s in link.members:
             s.next_id += 1
-        self._last_ping[category] = ws.connected_at
+        self._last_ping[id(link)] = ws.connected_at
         self._send_subscribe(
-            ws, [s for s in mine if s.st.active and s.st.instrument.symbol not in self.refused_symbols], True
+            link,
+            ws,
+            [s for s in link.members if s.st.active and s.st.instrument.symbol not in self.refused_symbols],
+            True,
         )
 
     def connected(self) -> bool:
-        return bool(self.streams) and all(ws.connected.is_set() for ws in self.streams.values())
+        return bool(self.pools) and all(pool.connected() for pool in self.pools.values())
 
     def start(self) -> None:
-        for category, ws in self.streams.items():
-            self._tasks.append(asyncio.create_task(ws.run(), name=f"bybit-{category}-ws"))
+        for pool in self.pools.values():
+            pool.start()
 
     def _update_skew_bounds(self) -> None:
         now = self.clock.now_ms()
@@ -220,29 +240,29 @@ class BybitFeed:
             if st.last_trade_ms:
                 self.clock.observe(st.last_trade_ms)
         self._update_skew_bounds()
-        for category, ws in self.streams.items():
-            if ws.connected.is_set() and mono - self._last_ping.get(category, 0.0) >= bybit.PING_EVERY_S:
-                self._last_ping[category] = mono
-                self._req += 1
-                self.pings += 1
-                ws.send(bybit.ping(f"df{self._req}"))
+        for pool in self.pools.values():
+            for link in pool.links:
+                ws = link.ws
+                if ws.connected.is_set() and mono - self._last_ping.get(id(link), 0.0) >= bybit.PING_EVERY_S:
+                    self._last_ping[id(link)] = mono
+                    self._req += 1
+                    self.pings += 1
+                    link.send(ws, bybit.ping(f"df{self._req}"))
+            await pool.tick(mono)
 
     def control(self, subscribe: bool, states: list[Series]) -> None:
-        """Subscribe or unsubscribe ``states`` on their categories' live connections."""
-        for category, ws in self.streams.items():
-            mine = [self._of[id(st)] for st in states if self._of[id(st)].category == category]
-            if mine and ws.connected.is_set():
-                self._send_subscribe(ws, mine, subscribe)
+        """Subscribe or unsubscribe ``states`` on the live connections of their links."""
+        mine = [self._of[id(st)] for st in states]
+        for pool in self.pools.values():
+            for link, group in pool.by_link(mine):
+                if link.ws.connected.is_set():
+                    self._send_subscribe(link, link.ws, group, subscribe)
 
     def activate(self, st: Series, active: bool) -> None:
         return None  # routing follows ``st.active``
 
     async def stop(self) -> None:
-        await asyncio.gather(*(ws.close() for ws in self.streams.values()))
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await asyncio.gather(*(pool.stop() for pool in self.pools.values()))
         await self.history.close()
 
     # --- frames ---------------------------------------------------------------------------------
@@ -315,20 +335,17 @@ class BybitFeed:
     # --- visibility -----------------------------------------------------------------------------
 
     def report(self) -> FeedStatus:
-        streams = list(self.streams.values())
-        connects = sum(ws.connects for ws in streams)
         skipped = dict(self.decoder.errors)
         if self.duplicates:
             skipped["duplicate_trade"] = self.duplicates
+        counts = [pool.counts() for pool in self.pools.values()]
+        keys = ("connections", "connects", "reconnects", "stale_drops", "frames")
+        total = {k: sum(c[k] for c in counts) for k in keys}
         return FeedStatus(
+            **total,
             connected=self.connected(),
-            connections=sum(ws.connected.is_set() for ws in streams),
-            connects=connects,
-            reconnects=max(0, connects - len(streams)),
             rotations=0,
-            stale_drops=sum(ws.stale_drops for ws in streams),
-            connect_budget_waits=self.budget.waits,
-            frames=sum(ws.frames for ws in streams),
+            connect_budget_waits=self._budget.waits if self._budget is not None else 0,
             skipped_frames=skipped,
             rest_requests=self.history.http.requests,
             rest_throttled=self.history.http.throttled,

@@ -178,6 +178,7 @@ class BybitReplica(ReplicaBase):
     subscriptions are refused with, as Bybit refuses a topic it no longer serves."""
 
     venue = "bybit"
+    per_connection = codec.TOPICS_PER_CONNECTION
     tick_s = TICK_SECONDS
     _log = log
     fault_kinds: ClassVar[tuple[str, ...]] = FAULT_KINDS
@@ -549,6 +550,15 @@ class BybitReplica(ReplicaBase):
             reason = self.refuse.get(codec.series_symbol(conn.category, a.rpartition(".")[2], self.category))
             if reason is not None and op == "subscribe":
                 await conn.reply(self._ack(conn, op, False, reason, rid))
+                return
+        if op == "subscribe":
+            new = [a for a in args if a not in conn.topics]
+            chars = sum(map(len, conn.topics)) + sum(map(len, new))
+            if chars > codec.ARGS_CHARS_PER_CONNECTION or not all(
+                self._may_subscribe(len(conn.topics) + i) for i in range(len(new))
+            ):
+                # Wording [UNVERIFIED]: Bybit documents the limits, not its answer past them.
+                await conn.reply(self._ack(conn, op, False, "error:topics exceed the connection's limit", rid))
                 return
         for a in args:
             (self._add_topic if op == "subscribe" else self._drop_topic)(conn, a)

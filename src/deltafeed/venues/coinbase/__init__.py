@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from deltafeed.model import BadInput
 from deltafeed.venues.base import HTTP_SCHEMES, WS_SCHEMES, Venue, VenueSettings
 from deltafeed.venues.coinbase import codec
+from deltafeed.venues.links import StreamLimits
 
 if TYPE_CHECKING:
     from deltafeed.books import BookFeed, BookKeeper
@@ -37,6 +38,16 @@ class Coinbase(Venue):
     # checked against the REST candles before it is final.
     sequenced = False
     reconcile_every_s = 30.0
+    #: Unauthenticated messages: 8 a second per IP (7 sent); connections: 8 a second per IP (one
+    #: page says 750; the smaller is used). Chosen, as Coinbase documents none: 100 product-channel
+    #: subscriptions per connection.
+    stream_limits = StreamLimits(
+        per_connection=codec.SUBSCRIPTIONS_PER_CONNECTION,
+        venue_messages_per_s=7.0,
+        connects=8,
+        connect_window_s=1.0,
+        source="Coinbase Advanced Trade WebSocket rate limits; per connection chosen",
+    )
     history_trades = False  # its REST candles carry no trade count
 
     def make_feed(self, settings: Settings, on_trade: TradeSink) -> Feed:

@@ -50,6 +50,9 @@ GRANULARITY = {"1m": "ONE_MINUTE", "5m": "FIVE_MINUTE", "15m": "FIFTEEN_MINUTE",
 #: 349); ccxt uses 300 too.
 CANDLES_PAGE = 300
 #: The span (in candles) past which the venue answers 400 instead of truncating.
+#: Product-channel subscriptions one connection carries (heartbeats aside). Coinbase documents no
+#: cap; this one is chosen (docs/scaling.md), and the replica refuses past it.
+SUBSCRIPTIONS_PER_CONNECTION = 100
 MAX_SPAN = 349
 #: Public REST requests per second per IP (the Exchange API's documented figure; Advanced Trade's
 #: public one is [UNVERIFIED]), and its burst.

@@ -1,5 +1,6 @@
-"""Coinbase's live side for the engine: one Advanced Trade WebSocket carrying ``heartbeats``,
-``market_trades`` (and the 5-minute ``candles`` as a cross-check) for every Coinbase product of a run.
+"""Coinbase's live side for the engine: Advanced Trade WebSockets, as many as Coinbase's stream
+limits need, each carrying ``heartbeats``, ``market_trades`` (and the 5-minute ``candles`` as a
+cross-check) for its share of the Coinbase products of a run.
 
 Every candle the stream builds stays provisional until reconciled with the REST candles (trade ids
 are only a hint on Coinbase). A break in the connection's ``sequence_num``, a reconnection, or a
@@ -9,8 +10,6 @@ point repaired at once rather than at the next reconciliation.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -18,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle
 from deltafeed.net.http import VenueError, VenueUnreachable
-from deltafeed.net.reconnect import ConnectBudget
-from deltafeed.net.ws import WsStream
+from deltafeed.net.ws import FrameSink
 from deltafeed.venues.base import FeedStatus, SkipLog, TradeSink
 from deltafeed.venues.checks import unknown_symbols_message
 from deltafeed.venues.coinbase import VENUE, CoinbaseSettings
 from deltafeed.venues.coinbase import codec as coinbase
 from deltafeed.venues.coinbase.rest import CoinbaseHistory
+from deltafeed.venues.links import Link, LinkPool, Stream
 
 if TYPE_CHECKING:
     from deltafeed.series import Series
@@ -35,6 +34,18 @@ MAX_SKEW_MS = 15 * 60_000  # a trade time further than this from the venue's clo
 #: Reconnect backoff cap: a channel left without updates closes within 60-90 s anyway, and a
 #: disconnected feed only accumulates repairs.
 BACKOFF_CAP_S = 10.0
+
+
+class _Conn:
+    """One link's sequence and heartbeat state (``sequence_num`` counts per connection)."""
+
+    __slots__ = ("good_ms", "heartbeat_at", "link", "seq")
+
+    def __init__(self, link: Link[Series]) -> None:
+        self.link = link
+        self.seq = -1  # the connection's last sequence_num (per connection, across channels)
+        self.good_ms = 0  # venue time of the last frame that followed on in sequence
+        self.heartbeat_at = 0.0  # monotonic time of the last heartbeat (or of the connection)
 
 
 class CoinbaseFeed:
@@ -65,19 +76,18 @@ class CoinbaseFeed:
         self._on_trade = on_trade
         # Heartbeats come every second; a connection without one for this long is replaced.
         self.heartbeat_timeout_s = max(3.0, 2 * stale_after_s)
-        self.ws = WsStream(
-            lambda: self.ws_url,
-            self.on_frame,
+        self._conns: dict[int, _Conn] = {}  # link index -> its state
+        assert VENUE.stream_limits is not None
+        self.pool: LinkPool[Series] = LinkPool(
+            self.venue,
+            VENUE.stream_limits,
+            url=lambda link: self.ws_url,
+            on_frame=self._sink,
             on_connect=self._on_connect,
-            name=self.venue,
+            connect_budget=connect_budget,
             stale_after_s=stale_after_s,
             backoff_cap_s=BACKOFF_CAP_S,
-            budget=ConnectBudget(connect_budget, 300.0),
         )
-        self._task: asyncio.Task[None] | None = None
-        self._seq = -1  # the connection's last sequence_num (per connection, across channels)
-        self._good_ms = 0  # venue time of the last frame that followed on in sequence
-        self._heartbeat_at = 0.0  # monotonic time of the last heartbeat (or of the connection)
         self.sequence_gaps = 0
         self.heartbeat_drops = 0
         self.heartbeats = 0
@@ -91,7 +101,21 @@ class CoinbaseFeed:
     def errors(self) -> Counter[str]:
         return self.decoder.errors
 
+    @property
+    def ws(self) -> Stream:
+        """The first connection (the only one for runs of up to 50 products)."""
+        return self.pool.links[0].ws
+
+    def _sink(self, link: Link[Series]) -> FrameSink:
+        c = self._conns.setdefault(link.index, _Conn(link))
+        return lambda frame: self.on_frame(frame, c)
+
+    def _channels(self, st: Series) -> list[str]:
+        with5m = self.venue_candles and "5m" in st.builder.timeframes
+        return ["market_trades", "candles"] if with5m else ["market_trades"]
+
     def add(self, st: Series) -> None:
+        self.pool.place(st, len(self._channels(st)))
         self.states.append(st)
         self.by_symbol[st.instrument.symbol] = st
 
@@ -130,36 +154,36 @@ class CoinbaseFeed:
         self._update_skew_bounds()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.ws.run(), name="coinbase-ws")
+        self.pool.start()
 
     def connected(self) -> bool:
-        return self.ws.connected.is_set()
+        return self.pool.connected()
 
-    def _on_connect(self, ws: WsStream) -> None:
-        # A new connection starts its own sequence; whatever traded while we were away may be lost.
+    def _on_connect(self, link: Link[Series], ws: Stream) -> None:
+        # A new connection starts its own sequence; whatever traded on it while it was away may be lost.
         now = self.clock.now_ms()
-        for st in self.states:
+        for st in link.members:
             if st.active and st.last_trade_ms:
                 st.on_loss(st.last_trade_ms, now)
-        self._seq = -1
-        self._heartbeat_at = self.ws.clock.monotonic()
-        ws.send(coinbase.subscribe("heartbeats"))
-        self._send(ws, True, [st for st in self.states if st.active])
+        c = self._conns[link.index]
+        c.seq = -1
+        c.heartbeat_at = self.pool.clock.monotonic()
+        link.send(ws, coinbase.subscribe("heartbeats"))
+        self._send(link, ws, True, [st for st in link.members if st.active])
 
-    def _send(self, ws: WsStream, subscribe: bool, states: list[Series]) -> None:
+    def _send(self, link: Link[Series], ws: Stream, subscribe: bool, states: list[Series]) -> None:
         """(Un)subscribe ``states``: one message per channel, all their products in it."""
         states = [st for st in states if st.instrument.symbol not in self.refused]
-        if not states:
-            return
         make = coinbase.subscribe if subscribe else coinbase.unsubscribe
-        ws.send(make("market_trades", [st.instrument.symbol for st in states]))
-        with5m = [st.instrument.symbol for st in states if "5m" in st.builder.timeframes]
-        if self.venue_candles and with5m:
-            ws.send(make("candles", with5m))
+        for channel in ("market_trades", "candles"):
+            products = [st.instrument.symbol for st in states if channel in self._channels(st)]
+            for part in self.pool.limits.chunks(products) if products else []:
+                link.send(ws, make(channel, list(part)))
 
     def control(self, subscribe: bool, states: list[Series]) -> None:
-        if self.ws.connected.is_set():
-            self._send(self.ws, subscribe, states)
+        for link, group in self.pool.by_link(states):
+            if link.ws.connected.is_set():
+                self._send(link, link.ws, subscribe, group)
 
     def activate(self, st: Series, active: bool) -> None:
         if active:
@@ -177,22 +201,24 @@ class CoinbaseFeed:
             if st.last_trade_ms:
                 self.clock.observe(st.last_trade_ms)
         self._update_skew_bounds()
-        if self.ws.connected.is_set() and mono - self._heartbeat_at > self.heartbeat_timeout_s:
-            self.heartbeat_drops += 1
-            self._heartbeat_at = mono
-            self.ws.drop(f"no heartbeat for {self.heartbeat_timeout_s:.0f} s")
+        for link in self.pool.links:
+            c = self._conns[link.index]
+            if link.ws.connected.is_set() and mono - c.heartbeat_at > self.heartbeat_timeout_s:
+                self.heartbeat_drops += 1
+                c.heartbeat_at = mono
+                link.ws.drop(f"no heartbeat for {self.heartbeat_timeout_s:.0f} s")
+        await self.pool.tick(mono)
 
     async def stop(self) -> None:
-        await self.ws.close()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await self.pool.stop()
         await self.history.close()
 
     # --- frames ---------------------------------------------------------------------------------
 
-    def on_frame(self, frame: bytes | memoryview) -> None:
+    def on_frame(self, frame: bytes | memoryview, c: _Conn | None = None) -> None:
+        """Decode one frame of the connection ``c`` (the first link's by default) and fold it in."""
+        if c is None:
+            c = self._conns[0]
         msg = self.decoder.decode(frame)
         if msg is None:
             self._skips.report(self.decoder.errors, self.decoder.last_error)
@@ -201,16 +227,16 @@ class CoinbaseFeed:
             self._venue_error(msg)
             return
         assert type(msg) is coinbase.Message
-        if self._seq >= 0 and msg.seq > self._seq + 1:
-            self._sequence_gap(msg)
-        if msg.seq > self._seq:
-            self._seq = msg.seq
-            self._good_ms = msg.time_ms
+        if c.seq >= 0 and msg.seq > c.seq + 1:
+            self._sequence_gap(msg, c)
+        if msg.seq > c.seq:
+            c.seq = msg.seq
+            c.good_ms = msg.time_ms
         if msg.trades:
             self._trades(msg)
         elif msg.channel == "heartbeats":
             self.heartbeats += 1
-            self._heartbeat_at = self.ws.clock.monotonic()
+            c.heartbeat_at = self.pool.clock.monotonic()
             self.clock.observe(msg.time_ms)
         elif msg.candles and not msg.snapshot:
             self._cross_check(msg.candles)
@@ -231,14 +257,14 @@ class CoinbaseFeed:
             if st.publish_trades:
                 self._on_trade(st, t)
 
-    def _sequence_gap(self, msg: coinbase.Message) -> None:
-        """Frames were lost on this connection: any product's data since the last good frame may be."""
+    def _sequence_gap(self, msg: coinbase.Message, c: _Conn) -> None:
+        """Frames were lost on this connection: any of its products' data since its last good frame may be."""
         self.sequence_gaps += 1
-        log.debug("sequence_num jumped from %d to %d; repairing since %d", self._seq, msg.seq, self._good_ms)
-        until = max(msg.time_ms, self._good_ms)
-        for st in self.states:
+        log.debug("sequence_num jumped from %d to %d; repairing since %d", c.seq, msg.seq, c.good_ms)
+        until = max(msg.time_ms, c.good_ms)
+        for st in c.link.members:
             if st.active:
-                st.on_loss(min(self._good_ms, st.last_trade_ms or self._good_ms), until)
+                st.on_loss(min(c.good_ms, st.last_trade_ms or c.good_ms), until)
 
     def _cross_check(self, candles: list[tuple[str, Candle]]) -> None:
         """A venue 5m candle with more volume than the one built from trades: trades were lost."""
@@ -268,16 +294,10 @@ class CoinbaseFeed:
     # --- visibility -----------------------------------------------------------------------------
 
     def report(self) -> FeedStatus:
-        s = self.ws
+        counts = self.pool.counts()
+        counts["stale_drops"] += self.heartbeat_drops
         return FeedStatus(
-            connected=s.connected.is_set(),
-            connections=int(s.connected.is_set()),
-            connects=s.connects,
-            reconnects=max(0, s.connects - 1),
-            rotations=0,
-            stale_drops=s.stale_drops + self.heartbeat_drops,
-            connect_budget_waits=s.budget.waits,
-            frames=s.frames,
+            **counts,
             skipped_frames=dict(self.decoder.errors),
             rest_requests=self.history.http.requests,
             rest_throttled=self.history.http.throttled,

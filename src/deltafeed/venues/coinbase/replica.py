@@ -203,6 +203,7 @@ class CoinbaseReplica(ReplicaBase):
     """
 
     venue = "coinbase"
+    per_connection = codec.SUBSCRIPTIONS_PER_CONNECTION
     tick_s = _TICK_S
     _log = log
     fault_kinds = FAULT_KINDS
@@ -492,10 +493,20 @@ class CoinbaseReplica(ReplicaBase):
             conn.write([codec.error_frame(f"Failure to subscribe: {channel} needs product_ids")])
             return
         bad = [p for p in ids if p not in self._sim.recent or p in self.refuse]
-        good = [p for p in ids if p not in bad]
         out: list[bytes] = []
         for p in bad:
             out.append(codec.error_frame(f"Failure to subscribe: {p[:40]} is not a valid product"))
+        if kind == "subscribe" and channel != "heartbeats":
+            held = sum(len(ps) for ch, ps in conn.subs.items() if ch != "heartbeats")
+            mine = conn.subs.get(channel, set())
+            for p in [p for p in ids if p not in bad and p not in mine]:
+                if not self._may_subscribe(held):
+                    # Wording [UNVERIFIED]: the product named, as for other refusals.
+                    out.append(codec.error_frame(f"Failure to subscribe: {p[:40]} exceeds the connection's limit"))
+                    bad.append(p)
+                else:
+                    held += 1
+        good = [p for p in ids if p not in bad]
         conn.subscribed = True
         have = conn.subs.setdefault(channel, set()) if kind == "subscribe" else conn.subs.get(channel, set())
         new = [p for p in good if p not in have]

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from deltafeed.model import BadInput
 from deltafeed.venues.base import HTTP_SCHEMES, WS_SCHEMES, Venue, VenueSettings
 from deltafeed.venues.hyperliquid import codec
+from deltafeed.venues.links import StreamLimits
 
 if TYPE_CHECKING:
     from deltafeed.books import BookFeed, BookKeeper
@@ -46,6 +47,17 @@ class Hyperliquid(Venue):
     # the stream's candles stay provisional until the venue's own candle or its history confirms them.
     sequenced = False
     reconcile_every_s = 30.0
+    #: Per IP: 1000 subscriptions, 100 connections (a 2026 client README says 10, and 30 new
+    #: connections a minute: the tighter figures are used), 2000 messages a minute across connections
+    #: (30 a second here); none per connection is documented, 100 subscriptions each is chosen.
+    stream_limits = StreamLimits(
+        per_connection=codec.SUBSCRIPTIONS_PER_CONNECTION,
+        venue_messages_per_s=30.0,
+        max_connections=10,
+        connects=30,
+        connect_window_s=60.0,
+        source="Hyperliquid rate-limits page; per connection chosen",
+    )
     history_trades = True  # candles carry their trade count ``n``
     replica_example = "BTC"
 

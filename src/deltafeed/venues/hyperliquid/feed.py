@@ -1,5 +1,6 @@
-"""Hyperliquid's live side for the engine: one WebSocket of ``trades`` (and ``candle``) subscriptions for
-every Hyperliquid coin of a run, kept alive with pings, folded into the coins' candle builders."""
+"""Hyperliquid's live side for the engine: WebSockets of ``trades`` (and ``candle``) subscriptions for
+the Hyperliquid coins of a run, as many as its stream limits need, each kept alive with pings,
+folded into the coins' candle builders."""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle, Trade, VenueCandle
 from deltafeed.net.http import VenueError, VenueUnreachable
-from deltafeed.net.reconnect import ConnectBudget
-from deltafeed.net.ws import WsStream
+from deltafeed.net.ws import FrameSink
 from deltafeed.venues.base import FeedStatus, SkipLog, unmade
 from deltafeed.venues.checks import unknown_symbols_message
 from deltafeed.venues.hyperliquid import VENUE, HyperliquidSettings
 from deltafeed.venues.hyperliquid import codec as hl
 from deltafeed.venues.hyperliquid.rest import HyperliquidHistory
+from deltafeed.venues.links import Link, LinkPool, Stream
 
 if TYPE_CHECKING:
     from deltafeed.series import Series
@@ -76,17 +77,19 @@ class HyperliquidFeed:
         self._history_tfs: set[str] = set()  # timeframes asked for: their history depth is in the status
         self._capped_logged: set[str] = set()
         self._skips = SkipLog(log, "frames")
-        self._last_ping = 0.0
+        self._last_ping: dict[int, float] = {}  # link index -> when its connection was last pinged
         self.pings = 0
         self._ts_low = 0
         self._ts_high = 2**62
-        self.ws = WsStream(
-            lambda: self.ws_url,
-            self.on_frame,
+        assert VENUE.stream_limits is not None
+        self.pool: LinkPool[Series] = LinkPool(
+            self.venue,
+            VENUE.stream_limits,
+            url=lambda link: self.ws_url,
+            on_frame=self._sink,
             on_connect=self._on_connect,
-            name=self.venue,
+            connect_budget=connect_budget,
             stale_after_s=stale_after_s,
-            budget=ConnectBudget(connect_budget, 300.0),
         )
         self._task: asyncio.Task[None] | None = None
         self._clock_coin: str | None = None  # a coin whose trade looked too far ahead of our clock
@@ -97,6 +100,14 @@ class HyperliquidFeed:
     def errors(self) -> Counter[str]:
         return self.decoder.errors
 
+    @property
+    def ws(self) -> Stream:
+        """The first connection (the only one for runs of up to ~50 coins)."""
+        return self.pool.links[0].ws
+
+    def _sink(self, link: Link[Series]) -> FrameSink:
+        return self.on_frame
+
     def add(self, st: Series) -> None:
         bad = unmade(st.builder.timeframes, hl.TIMEFRAMES)
         if bad:
@@ -104,6 +115,7 @@ class HyperliquidFeed:
                 f"Hyperliquid has no {', '.join(bad)} candles; use {' '.join(hl.TIMEFRAMES)} (or a timeframe one"
                 " of them divides, e.g. 3m, 2h, 1w) for Hyperliquid coins"
             )
+        self.pool.place(st, len(self._subscriptions(st)))
         self.states.append(st)
         coin = st.instrument.symbol
         self.by_coin[coin] = st
@@ -141,25 +153,27 @@ class HyperliquidFeed:
         async def run() -> None:
             if self.states:  # the bootstrap took a while: read the venue's time again before trades come
                 await self._read_clock(self.states[0].instrument.symbol)
-            await self.ws.run()
+            self.pool.start()
 
         self._task = asyncio.create_task(run(), name="hyperliquid-ws")
 
     def connected(self) -> bool:
-        return self.ws.connected.is_set()
+        return self.pool.connected()
 
-    def _on_connect(self, ws: WsStream) -> None:
-        # What traded while we were away is unknown: skip an id so each coin's next trade shows the
-        # hole. Then subscribe again: a subscription lives as long as its connection.
+    def _on_connect(self, link: Link[Series], ws: Stream) -> None:
+        # What traded while the link was away is unknown: skip an id so each of its coins' next
+        # trade shows the hole. Then subscribe again: a subscription lives as long as its connection.
+        coins = {st.instrument.symbol for st in link.members}
         if ws.connects > 1:
-            for coin in self._next_id:
+            for coin in coins:
                 self._next_id[coin] += 1
-        self._venue_candle.clear()
-        self._last_ping = ws.connected_at
-        for st in self.states:
+        for key in [k for k in self._venue_candle if k[0] in coins]:
+            del self._venue_candle[key]
+        self._last_ping[link.index] = ws.connected_at
+        for st in link.members:
             if st.active:
                 for msg in self._subscriptions(st):
-                    ws.send(msg)
+                    link.send(ws, msg)
 
     def _update_skew_bounds(self) -> None:
         now = self.clock.now_ms()
@@ -175,10 +189,12 @@ class HyperliquidFeed:
             self._clock_read = mono
             self._spawn_clock_read(self._clock_coin)
             self._clock_coin = None
-        if self.ws.connected.is_set() and mono - self._last_ping >= self.ping_every_s:
-            self._last_ping = mono
-            self.pings += 1
-            self.ws.send(hl.PING)
+        for link in self.pool.links:
+            if link.ws.connected.is_set() and mono - self._last_ping.get(link.index, 0.0) >= self.ping_every_s:
+                self._last_ping[link.index] = mono
+                self.pings += 1
+                link.send(link.ws, hl.PING)
+        await self.pool.tick(mono)
 
     def _spawn_clock_read(self, coin: str) -> None:
         """Read the venue's time from ``coin``'s latest trade (Hyperliquid has no time request), in a
@@ -196,13 +212,14 @@ class HyperliquidFeed:
                 self._update_skew_bounds()
 
     def control(self, subscribe: bool, states: list[Series]) -> None:
-        if not self.ws.connected.is_set():
-            return  # the next connection subscribes what is active
-        for st in states:
-            if subscribe:  # what traded while it was off is unknown: a hole, as after a reconnect
-                self._next_id[st.instrument.symbol] += 1
-            for msg in self._subscriptions(st):
-                self.ws.send(msg if subscribe else msg.replace(b'"subscribe"', b'"unsubscribe"', 1))
+        for link, group in self.pool.by_link(states):
+            if not link.ws.connected.is_set():
+                continue  # the next connection subscribes what is active
+            for st in group:
+                if subscribe:  # what traded while it was off is unknown: a hole, as after a reconnect
+                    self._next_id[st.instrument.symbol] += 1
+                for msg in self._subscriptions(st):
+                    link.send(link.ws, msg if subscribe else msg.replace(b'"subscribe"', b'"unsubscribe"', 1))
 
     def activate(self, st: Series, active: bool) -> None:
         return None  # routing follows ``st.active``
@@ -241,11 +258,11 @@ class HyperliquidFeed:
     async def stop(self) -> None:
         if self._clock_task is not None:
             self._clock_task.cancel()
-        await self.ws.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        await self.pool.stop()
         await self.history.close()
 
     # --- frames ---------------------------------------------------------------------------------
@@ -317,17 +334,9 @@ class HyperliquidFeed:
     # --- visibility -----------------------------------------------------------------------------
 
     def report(self) -> FeedStatus:
-        s = self.ws
         venue_errors = self.decoder.errors.get("venue_error", 0)
         return FeedStatus(
-            connected=s.connected.is_set(),
-            connections=int(s.connected.is_set()),
-            connects=s.connects,
-            reconnects=max(0, s.connects - 1),
-            rotations=0,
-            stale_drops=s.stale_drops,
-            connect_budget_waits=s.budget.waits,
-            frames=s.frames,
+            **self.pool.counts(),
             skipped_frames=dict(self.decoder.errors),
             rest_requests=self.history.http.requests,
             rest_throttled=self.history.http.throttled,

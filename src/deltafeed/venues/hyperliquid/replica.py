@@ -170,6 +170,7 @@ class HyperliquidReplica(ReplicaBase):
     ``idle_close_s`` is how long a connection the server sends nothing on stays open."""
 
     venue = "hyperliquid"
+    per_connection = hl.SUBSCRIPTIONS_PER_CONNECTION
     tick_s = TICK_SECONDS
     http_method = "*"
     fault_kinds = FAULT_KINDS
@@ -452,8 +453,10 @@ class HyperliquidReplica(ReplicaBase):
         if method == "unsubscribe" and not have:
             self._reply(conn, hl.error_frame(f"Already unsubscribed: {shown}"))
             return
-        if method == "subscribe" and subs >= hl.MAX_SUBSCRIPTIONS:
-            self._reply(conn, hl.error_frame(f"Cannot track more than {hl.MAX_SUBSCRIPTIONS} total subscriptions"))
+        total = sum(len(c.trades) + len(c.candles) + len(c.books) for c in self._conns)  # per IP
+        if method == "subscribe" and (total >= hl.MAX_SUBSCRIPTIONS or not self._may_subscribe(subs)):
+            cap = hl.MAX_SUBSCRIPTIONS if total >= hl.MAX_SUBSCRIPTIONS else self.per_connection
+            self._reply(conn, hl.error_frame(f"Cannot track more than {cap} total subscriptions"))
             return
         if kind == "trades":
             (conn.trades.add if method == "subscribe" else conn.trades.discard)(str(coin))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from deltafeed.model import BadInput
 from deltafeed.venues.base import HTTP_SCHEMES, WS_SCHEMES, Venue, VenueSettings
 from deltafeed.venues.kraken import codec
+from deltafeed.venues.links import StreamLimits
 
 if TYPE_CHECKING:
     from deltafeed.books import BookFeed, BookKeeper
@@ -41,6 +42,17 @@ class Kraken(Venue):
     sequenced = True  # trade_id is "a sequence number, unique per book": a jump is a hole
     reconcile_every_s = 0.0
     history_trades = True  # OHLC rows carry their count, and Trades rebuild it exactly
+    #: Kraken documents no per-connection cap for public WebSocket v2 subscriptions: these are
+    #: chosen conservatively (200 subscriptions and 5 control messages/s per connection, 50 pairs per
+    #: request, 100 connection attempts per 10 minutes).
+    stream_limits = StreamLimits(
+        per_connection=codec.SUBSCRIPTIONS_PER_CONNECTION,
+        per_message=50,
+        messages_per_s=5.0,
+        connects=100,
+        connect_window_s=600.0,
+        source="chosen: Kraken documents no limit",
+    )
 
     def make_feed(self, settings: Settings, on_trade: TradeSink) -> Feed:
         from deltafeed.venues.kraken.feed import KrakenFeed

@@ -46,6 +46,9 @@ OHLC_KEEP = 720  # REST OHLC serves only the most recent 720 entries, whatever `
 TRADES_PAGE = 1000  # max rows of one /0/public/Trades answer
 #: Public REST calls per second Kraken tolerates per IP (not published; ~1/s observed) [UNVERIFIED],
 #: and the burst its call counter allows before it answers ``EGeneral:Too many requests``.
+#: Subscriptions (pair-channel pairs) one WebSocket connection carries. Kraken documents no cap; this
+#: one is chosen (docs/scaling.md), and the replica refuses past it.
+SUBSCRIPTIONS_PER_CONNECTION = 200
 PUBLIC_RATE_PER_S = 1.0
 PUBLIC_BURST = 15
 RATE_LIMIT_ERRORS = ("EGeneral:Too many requests", "EAPI:Rate limit exceeded")

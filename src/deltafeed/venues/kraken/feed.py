@@ -1,11 +1,9 @@
-"""Kraken's live side for the engine: one WebSocket v2 connection subscribed to ``trade`` (and
-``ohlc`` for forming candles) of every Kraken pair of a run, decoded into the pairs' candle builders;
-history from REST OHLC or Trades."""
+"""Kraken's live side for the engine: WebSocket v2 connections subscribed to ``trade`` (and
+``ohlc`` for forming candles) of the Kraken pairs of a run, as many as Kraken's stream limits need,
+decoded into the pairs' candle builders; history from REST OHLC or Trades."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -14,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle, Trade, VenueCandle
 from deltafeed.net.http import VenueError, VenueUnreachable
-from deltafeed.net.reconnect import ConnectBudget
-from deltafeed.net.ws import WsStream
+from deltafeed.net.ws import FrameSink
 from deltafeed.venues.base import FeedStatus, SkipLog
 from deltafeed.venues.checks import unknown_symbols_message
 from deltafeed.venues.kraken import VENUE, KrakenSettings
 from deltafeed.venues.kraken import codec as kraken
 from deltafeed.venues.kraken.rest import KrakenHistory
+from deltafeed.venues.links import Link, LinkPool, Stream
 
 if TYPE_CHECKING:
     from deltafeed.series import Series
@@ -67,16 +65,16 @@ class KrakenFeed:
         self.stale_after_s = stale_after_s
         self._on_trade = on_trade
         self._req_id = 0
-        self.budget = ConnectBudget(connect_budget, 300.0)
-        self.ws = WsStream(
-            lambda: self.ws_url,
-            self.on_frame,
+        assert VENUE.stream_limits is not None
+        self.pool: LinkPool[Series] = LinkPool(
+            self.venue,
+            VENUE.stream_limits,
+            url=lambda link: self.ws_url,
+            on_frame=self._sink,
             on_connect=self._on_connect,
-            name=self.venue,
+            connect_budget=connect_budget,
             stale_after_s=stale_after_s,
-            budget=self.budget,
         )
-        self._ws_task: asyncio.Task[None] | None = None
         self._skips = SkipLog(log, "frames")
         self._last_id: dict[str, int] = {}
         self.refused_symbols: dict[str, str] = {}
@@ -88,7 +86,16 @@ class KrakenFeed:
     def errors(self) -> Counter[str]:
         return self.decoder.errors
 
+    @property
+    def ws(self) -> Stream:
+        """The first connection (the only one for runs of up to ~100 pairs)."""
+        return self.pool.links[0].ws
+
+    def _sink(self, link: Link[Series]) -> FrameSink:
+        return self.on_frame
+
     def add(self, st: Series) -> None:
+        self.pool.place(st, 1 + (len(self._native(st)) if self.venue_klines else 0))
         self.states.append(st)
         self.by_symbol[st.instrument.symbol] = st
 
@@ -121,10 +128,10 @@ class KrakenFeed:
         self.update_skew_bounds()
 
     def connected(self) -> bool:
-        return self.ws.connected.is_set()
+        return self.pool.connected()
 
     def start(self) -> None:
-        self._ws_task = asyncio.create_task(self.ws.run(), name="kraken-ws")
+        self.pool.start()
 
     def update_skew_bounds(self) -> None:
         now = self.clock.now_ms()
@@ -135,29 +142,42 @@ class KrakenFeed:
             if st.last_trade_ms:
                 self.clock.observe(st.last_trade_ms)
         self.update_skew_bounds()
+        await self.pool.tick(mono)
 
     # --- subscriptions ------------------------------------------------------------------------------
 
-    def _send(self, subscribe: bool, symbols: list[str]) -> None:
-        if not symbols or not self.ws.connected.is_set():
+    def _send(self, link: Link[Series], ws: Stream, subscribe: bool, states: list[Series]) -> None:
+        """Subscribe (or unsubscribe) ``states`` on ``ws``: ``trade`` of each, ``ohlc`` of its native
+        timeframes, as many pairs a request as Kraken's limits allow, paced."""
+        if not states or not ws.connected.is_set():
             return
         make = kraken.subscribe if subscribe else kraken.unsubscribe
-        self._req_id += 1
-        self.ws.send(make("trade", symbols, self._req_id, snapshot=True))
+        chunks = self.pool.limits.chunks
+        for part in chunks([st.instrument.symbol for st in states]):
+            self._req_id += 1
+            link.send(ws, make("trade", list(part), self._req_id, snapshot=True))
         if self.venue_klines:
-            for minutes in sorted({kraken.OHLC_INTERVALS[tf] for st in self.states for tf in self._native(st)}):
-                self._req_id += 1
-                self.ws.send(make("ohlc", symbols, self._req_id, interval=minutes, snapshot=False))
+            for minutes in sorted({kraken.OHLC_INTERVALS[tf] for st in states for tf in self._native(st)}):
+                symbols = [
+                    st.instrument.symbol
+                    for st in states
+                    if minutes in {kraken.OHLC_INTERVALS[tf] for tf in self._native(st)}
+                ]
+                for part in chunks(symbols):
+                    self._req_id += 1
+                    link.send(ws, make("ohlc", list(part), self._req_id, interval=minutes, snapshot=False))
 
     @staticmethod
     def _native(st: Series) -> list[str]:
         return [tf for tf in st.builder.timeframes if tf in kraken.OHLC_INTERVALS]
 
-    def _on_connect(self, ws: WsStream) -> None:
-        self._send(True, [st.instrument.symbol for st in self.states if st.active])
+    def _on_connect(self, link: Link[Series], ws: Stream) -> None:
+        self._send(link, ws, True, [st for st in link.members if st.active])
 
     def control(self, subscribe: bool, states: list[Series]) -> None:
-        self._send(subscribe, [st.instrument.symbol for st in states])
+        for link, group in self.pool.by_link(states):
+            for ws in link.streams():
+                self._send(link, ws, subscribe, group)
 
     def activate(self, st: Series, active: bool) -> None:
         if active:
@@ -166,11 +186,7 @@ class KrakenFeed:
             self.by_symbol.pop(st.instrument.symbol, None)
 
     async def stop(self) -> None:
-        await self.ws.close()
-        if self._ws_task is not None:
-            self._ws_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._ws_task
+        await self.pool.stop()
         await self.history.close()
 
     # --- frames -------------------------------------------------------------------------------------
@@ -234,14 +250,7 @@ class KrakenFeed:
         timeframes = {tf for st in self.states for tf in self._native(st)}
         errors = Counter(self.decoder.venue_errors) + Counter(self.history.venue_errors)
         return FeedStatus(
-            connected=self.ws.connected.is_set(),
-            connections=int(self.ws.connected.is_set()),
-            connects=self.ws.connects,
-            reconnects=max(0, self.ws.connects - 1),
-            rotations=0,
-            stale_drops=self.ws.stale_drops,
-            connect_budget_waits=self.budget.waits,
-            frames=self.ws.frames,
+            **self.pool.counts(),
             skipped_frames=dict(self.decoder.errors),
             rest_requests=self.history.http.requests,
             rest_throttled=self.history.http.throttled + self.history.throttled,

@@ -183,6 +183,8 @@ class KrakenReplica(ReplicaBase):
     tick_s = 0.02
     fault_kinds = FAULT_KINDS
 
+    per_connection = kraken.SUBSCRIPTIONS_PER_CONNECTION
+
     def __init__(
         self,
         symbols: Iterable[str] = DEFAULT_SYMBOLS,
@@ -540,6 +542,11 @@ class KrakenReplica(ReplicaBase):
             if sym not in self.symbols:
                 # Kraken's wording for an unlisted pair [UNVERIFIED]; the shape is v2's error answer.
                 self._reply(conn, fail | {"error": "Currency pair not supported", "symbol": sym}, time_in, req_id)
+                continue
+            held = len(conn.trades) + len(conn.ohlc) + len(conn.books)
+            if method == "subscribe" and not self._may_subscribe(held):
+                # The connection carries all it may: refused like a pair (wording [UNVERIFIED]).
+                self._reply(conn, fail | {"error": "Exceeded subscription limit", "symbol": sym}, time_in, req_id)
                 continue
             result: dict[str, Any] = {"channel": channel, "symbol": sym}
             if channel == "ohlc":

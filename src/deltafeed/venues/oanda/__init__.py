@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from deltafeed.venues.base import HTTP_SCHEMES, Venue, VenueSettings
+from deltafeed.venues.links import StreamLimits
 from deltafeed.venues.oanda import codec
 
 if TYPE_CHECKING:
@@ -33,6 +34,15 @@ class Oanda(Venue):
     omits_empty = True  # no candle for an interval without prices
     sequenced = False  # no ids: closed candles are provisional until reconciled with history
     reconcile_every_s = 5.0
+    #: Per IP: 20 active streams, 2 new connections a second [OANDA development guide]; a stream's
+    #: instruments are named in its URL, and OANDA documents no cap on them: 50 are chosen.
+    stream_limits = StreamLimits(
+        per_connection=codec.INSTRUMENTS_PER_STREAM,
+        max_connections=codec.MAX_STREAMS,
+        connects=2,
+        connect_window_s=1.0,
+        source="OANDA v20 development guide (limits); instruments per stream chosen",
+    )
 
     def calendar_name(self, symbol: str) -> str:
         return "fx"

@@ -54,6 +54,9 @@ PRACTICE_STREAM_URL = "https://stream-fxpractice.oanda.com"
 
 REST_LIMIT_PER_S = 120  # beyond it OANDA answers 429 (per IP)
 MAX_STREAMS = 20  # active streams per IP
+#: Instruments one pricing stream carries: OANDA documents no cap; this one is chosen (docs/scaling.md)
+#: and keeps the stream's URL short. The replica refuses a stream past it.
+INSTRUMENTS_PER_STREAM = 50
 NEW_CONNECTIONS_PER_S = 2  # excess connections are rejected
 CANDLES_PAGE = 5000  # max ``count`` of one candles request
 

@@ -1,22 +1,25 @@
-"""OANDA's live side for the engine: one chunked-HTTP pricing stream for every OANDA instrument of a
-run, whose quotes become BID, ASK and MID candles (volume = number of quotes, the FX convention);
-a reconnect is a hole the history repairs (see :mod:`deltafeed.candles.quotes`)."""
+"""OANDA's live side for the engine: chunked-HTTP pricing streams of the OANDA instruments of a run,
+as many as OANDA's stream limits need (instruments per stream, 20 streams per IP), whose quotes
+become BID, ASK and MID candles (volume = number of quotes, the FX convention); a reconnect is a hole
+the history repairs (see :mod:`deltafeed.candles.quotes`)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from deltafeed.candles.quotes import QuoteRouter
 from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle, Quote
 from deltafeed.net.http import VenueError, VenueUnreachable
-from deltafeed.net.lines import LineStream, StreamUnauthorized
+from deltafeed.net.lines import PROCESS_BUDGET, LineStream, StreamUnauthorized
+from deltafeed.net.reconnect import ConnectBudget
+from deltafeed.net.ws import FrameSink
 from deltafeed.venues.base import FeedStatus, SkipLog
+from deltafeed.venues.links import Link, LinkPool, Stream
 from deltafeed.venues.oanda import VENUE, OandaSettings
 from deltafeed.venues.oanda import codec as oanda
 from deltafeed.venues.oanda.rest import OandaHistory
@@ -54,33 +57,66 @@ class OandaFeed:
         self.router = QuoteRouter()
         self.heartbeats = 0
         self._skips = SkipLog(log, "lines")
-        self.stream = LineStream(
-            self._url,
-            self.on_line,
-            headers=oanda.auth_headers(token),
-            name="oanda",
-            stale_after_s=stale_after_s,
-            on_disconnect=self._on_disconnect,
+        self.stale_after_s = stale_after_s
+        self._headers = oanda.auth_headers(token)
+        assert VENUE.stream_limits is not None
+        self.pool: LinkPool[str] = LinkPool(  # members: instruments (each may have several price sides)
+            self.venue,
+            VENUE.stream_limits,
+            url=self._url,
+            on_frame=lambda link: lambda line: self.on_line(bytes(line)),  # lines are bytes: no copy
+            budget=PROCESS_BUDGET,  # OANDA's 2 new connections a second, REST's included
+            make_stream=self._new_stream,
         )
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def errors(self) -> Counter[str]:
         return self.decoder.errors
 
+    @property
+    def stream(self) -> Stream:
+        """The first stream (the only one for runs of up to 50 instruments)."""
+        return self.pool.links[0].ws
+
     def add(self, st: Series) -> None:
         if "1s" in st.builder.timeframes:
             raise BadInput("OANDA's finest candles are 5 seconds: drop 1s from --timeframes for OANDA instruments")
+        sym = st.instrument.symbol
+        if all(s.instrument.symbol != sym for s in self.states):
+            self.pool.place(sym, 1, len(sym) + 1)
         self.states.append(st)
         self.router.add(st)
 
-    def _url(self) -> str:
-        symbols = sorted({st.instrument.symbol for st in self.states if st.active})
+    def _new_stream(
+        self,
+        link: Link[Any],
+        url: Callable[[], str],
+        sink: FrameSink,
+        on_connect: Callable[[Any], None],
+        budget: ConnectBudget,
+    ) -> LineStream:
+        def on_line(line: bytes) -> None:
+            sink(line)
+
+        # Whatever was priced while a stream was away is unknown: the next quote of each of its
+        # instruments reveals the hole.
+        return LineStream(
+            url,
+            on_line,
+            headers=self._headers,
+            name=link.name,
+            stale_after_s=self.stale_after_s,
+            budget=budget,
+            on_connect=on_connect,
+            on_disconnect=lambda stream, why: self.router.gap(link.members),
+        )
+
+    def _url(self, link: Link[str]) -> str:
+        active = {st.instrument.symbol for st in self.states if st.active}
+        symbols = sorted(s for s in link.members if s in active)
         # No snapshot: after a reconnect the last price would come again, counted twice; what was
         # missed is repaired from the candle history anyway.
-        return oanda.stream_url(
-            self.stream_url, self.account, symbols or [self.states[0].instrument.symbol], snapshot=False
-        )
+        return oanda.stream_url(self.stream_url, self.account, symbols or link.members[:1], snapshot=False)
 
     async def check(self) -> None:
         try:
@@ -100,27 +136,32 @@ class OandaFeed:
             )
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="oanda-stream")
+        self.pool.start()
+        for link in self.pool.links:
+            if link.task is not None:
+                link.task.add_done_callback(self._ended)
 
-    async def _run(self) -> None:
-        try:
-            await self.stream.run()
-        except StreamUnauthorized as exc:
+    @staticmethod
+    def _ended(task: Any) -> None:
+        exc = None if task.cancelled() else task.exception()
+        if isinstance(exc, StreamUnauthorized):
             log.error("OANDA refused the pricing stream (%s); set a valid %s", exc, TOKEN_ENV)
 
     def connected(self) -> bool:
-        return self.stream.connected.is_set()
+        return self.pool.connected()
 
     async def tick(self, mono: float) -> None:
-        return None
+        await self.pool.tick(mono)
 
     def activate(self, st: Series, active: bool) -> None:
         return None  # routing follows ``st.active``; the stream's URL is rebuilt by control()
 
     def control(self, subscribe: bool, states: list[Series]) -> None:
-        # OANDA fixes the instruments per stream: reconnect with the new list (the hole is repaired).
-        if self.stream.connected.is_set():
-            self.stream.drop("instruments changed")
+        # OANDA fixes the instruments per stream: reconnect their streams with the new lists (the hole
+        # is repaired).
+        for link, _ in self.pool.by_link(list(dict.fromkeys(st.instrument.symbol for st in states))):
+            if link.ws.connected.is_set():
+                link.ws.drop("instruments changed")
 
     def page_span_ms(self, timeframe: str) -> int:
         return self.history.page_span_ms(timeframe)
@@ -131,19 +172,10 @@ class OandaFeed:
         return await self.history.candles(st.instrument.symbol, timeframe, start_ms, end_ms, now_ms, side=st.price)
 
     async def stop(self) -> None:
-        await self.stream.close()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await self.pool.stop()
         await self.history.close()
 
     # --- lines ----------------------------------------------------------------------------------
-
-    def _on_disconnect(self, stream: LineStream, why: str) -> None:
-        # Whatever was priced while we were away is unknown: the next quote of every instrument
-        # reveals the hole.
-        self.router.gap()
 
     def on_line(self, line: bytes) -> None:
         ev = self.decoder.decode(line)
@@ -162,16 +194,10 @@ class OandaFeed:
     # --- visibility -----------------------------------------------------------------------------
 
     def report(self) -> FeedStatus:
-        s = self.stream
+        counts = self.pool.counts()
+        counts["connect_budget_waits"] = 0  # the process's budget: REST's waits are not the stream's
         return FeedStatus(
-            connected=s.connected.is_set(),
-            connections=int(s.connected.is_set()),
-            connects=s.connects,
-            reconnects=max(0, s.connects - 1),
-            rotations=0,
-            stale_drops=s.stale_drops,
-            connect_budget_waits=0,
-            frames=s.frames,
+            **counts,
             heartbeats=self.heartbeats,
             out_of_order=self.router.out_of_order,
             repeated_quotes=self.router.repeated,

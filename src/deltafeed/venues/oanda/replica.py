@@ -106,6 +106,7 @@ DEFAULT_COUNT = 500
 MAX_COUNT = 5000
 REST_LIMIT_PER_S = 120
 MAX_STREAMS = 20
+INSTRUMENTS_PER_STREAM = 50  # chosen: OANDA documents no cap on a stream's instruments
 NEW_CONNECTIONS_PER_S = 2
 HEARTBEAT_S = 5.0  # [3P] per PROTOCOLS.md; officially unverified
 TICK_SECONDS = 0.02  # pump period (wall)
@@ -392,6 +393,7 @@ class OandaReplica(ReplicaBase):
     fault_kinds = FAULT_KINDS
 
     venue = "oanda"
+    per_connection = INSTRUMENTS_PER_STREAM
     http_method = "*"  # every method, so that one OANDA does not serve here gets OANDA's error shape
     tick_s = TICK_SECONDS
     _log = log
@@ -771,6 +773,9 @@ class OandaReplica(ReplicaBase):
             instruments = list(dict.fromkeys(self._instrument(n, "instruments") for n in names))
         except _Reject as e:
             return self._respond(e.status, _error(e.message))
+        if not all(self._may_subscribe(i) for i in range(len(instruments))):
+            # OANDA documents no cap on a stream's instruments: this one is chosen (docs/scaling.md).
+            return self._respond(400, _error(f"Too many instruments; at most {self.per_connection} per stream"))
         snapshot = q.get("snapshot", "true").lower()
         if snapshot not in ("true", "false"):
             return self._respond(400, _error("Invalid value specified for 'snapshot'"))

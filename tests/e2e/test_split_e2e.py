@@ -1,0 +1,110 @@
+"""Every streaming venue splits its subscriptions over connections (issue 18), against its replica.
+
+For each venue, one run with more instruments than one connection may carry: the venue's declared
+subscriptions per connection (``Venue.stream_limits``) is lowered so that six instruments need three
+connections, and the replica is given the same lowered cap, which it enforces as the venue does
+(refusing a subscription past it). The run must use several connections, each within the cap (the
+replica counts the most any connection held, and every refusal), every instrument must receive
+trades, and every stored final 1m and 5m candle of every instrument must equal the candle computed
+from the replica's tape, with no hole. Binance's split has its own test (tests/e2e/test_scale_e2e.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from chaos import candle_fields
+from deltafeed.config import Settings
+from deltafeed.engine import Engine
+from deltafeed.model import TIMEFRAMES, Instrument
+from deltafeed.store.base import open_cold
+from deltafeed.venues import registry
+from helpers import until
+from reference import candles_from_tape, read_venue_tape
+
+SYMBOLS = {
+    "kraken": ["BTC/USD", "ETH/USD", "SOL/USD", "XRP/USD", "ADA/USD", "DOT/USD"],
+    "hyperliquid": ["BTC", "ETH", "SOL", "XRP", "ADA", "DOT"],
+    "bybit": ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT", "DOTUSDT"],
+    "coinbase": ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "ADA-USD", "DOT-USD"],
+}
+#: Subscriptions of one instrument at 1m and 5m with the venue's candles on (the default): a trade
+#: channel and a candle channel per timeframe (Coinbase's candles are 5-minute only).
+SUBSCRIPTIONS = {"kraken": 3, "hyperliquid": 3, "bybit": 3, "coinbase": 2}
+PER_LINK = 2  # instruments one connection may carry in this run
+STREAM_S = 14.0  # wall seconds of streaming: 14 market minutes at x60
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("venue_name", sorted(SYMBOLS))
+async def test_subscriptions_split_over_connections_and_candles_equal_the_tape(
+    venue_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    venue = registry.get(venue_name)
+    limits = venue.stream_limits
+    assert limits is not None and limits.per_connection > 0, venue_name
+    symbols = SYMBOLS[venue_name]
+    tape = tmp_path / f"{venue_name}.csv"
+    replica = venue.build_replica(symbols=symbols, seed=11, rate=2.0, speed=60.0, history_ms=30 * 60_000, tape=tape)
+    await replica.start()
+    engine: Engine | None = None
+    try:
+        settings = Settings(
+            symbols=[f"{venue_name}:{s}" for s in symbols],
+            timeframes=["1m", "5m"],
+            history="30m",
+            db=str(tmp_path / "split.duckdb"),
+            venues={venue_name: venue.replica_settings(replica)},
+        ).validate()
+        for k, v in venue.replica_env(replica).items():
+            monkeypatch.setenv(k, v)
+        cap = PER_LINK * SUBSCRIPTIONS[venue_name]
+        monkeypatch.setattr(venue, "stream_limits", dataclasses.replace(limits, per_connection=cap))
+        replica.per_connection = cap
+        engine = Engine(settings)
+        await engine.start()
+        feed = engine.feeds[venue_name]
+        links = feed.pool.links
+        assert len(links) == len(symbols) // PER_LINK, [len(link.members) for link in links]
+        assert all(link.load == cap for link in links), [link.load for link in links]
+        await until(lambda: all(st.trades > 0 for st in engine.states.values()), 60.0, "every instrument trading")
+        await asyncio.sleep(STREAM_S)
+        status = engine.status()
+    finally:
+        if engine is not None:
+            await engine.stop()
+        await replica.stop()
+
+    vs = status["venues"][venue_name]
+    assert vs["connects"] >= len(links), vs
+    assert not vs.get("refused_symbols"), vs
+    assert replica.stats.get("limit_refusals", 0) == 0, replica.stats
+    assert 0 < replica.stats["most_subscriptions"] <= cap, replica.stats
+    assert replica.stats["connections"] >= len(links), replica.stats
+
+    cold = await open_cold(settings.db, read_only=True)
+    try:
+        rows = read_venue_tape(tape)
+        compared = 0
+        for sym in symbols:
+            inst = Instrument.parse(f"{venue_name}:{sym}")
+            mine = [r for r in rows if r.symbol == sym]
+            assert mine, f"{inst}: nothing on the tape"
+            for tf in ("1m", "5m"):
+                want = {c.open_time: c for c in candles_from_tape(mine, TIMEFRAMES[tf])}
+                stored = await cold.query(str(inst), tf)
+                keys = [c.open_time for c in stored]
+                assert keys == list(range(keys[0], keys[-1] + TIMEFRAMES[tf], TIMEFRAMES[tf])), (inst, tf, "a hole")
+                finals = [c for c in stored if c.final]
+                assert len(finals) >= (25 if tf == "1m" else 5), (inst, tf, len(finals))
+                for c in finals:
+                    assert c.open_time in want, (inst, tf, c)
+                    assert candle_fields(venue_name, c) == candle_fields(venue_name, want[c.open_time]), (inst, tf, c)
+                compared += len(finals)
+    finally:
+        await cold.close()
+    assert compared >= len(symbols) * 30
