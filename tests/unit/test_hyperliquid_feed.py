@@ -4,6 +4,7 @@ and its trade count equals ours."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from deltafeed.candles.aggregator import CandleBuilder
@@ -13,6 +14,7 @@ from deltafeed.series import Series
 from deltafeed.venues.hyperliquid import HyperliquidSettings
 from deltafeed.venues.hyperliquid import codec as hl
 from deltafeed.venues.hyperliquid.feed import HyperliquidFeed
+from helpers import until
 
 T0 = 1_794_582_000_000
 
@@ -21,6 +23,8 @@ class _Ws:
     def __init__(self, connects: int) -> None:
         self.connects = connects
         self.connected_at = 0.0
+        self.connected = asyncio.Event()
+        self.connected.set()
         self.sent: list[bytes] = []
 
     def send(self, body: bytes) -> None:
@@ -52,14 +56,15 @@ def candle(t: int, n: int, **kw: Any) -> bytes:
     return hl.candle_frame("BTC", "1m", c)
 
 
-def test_repeats_are_left_out_and_a_reconnect_is_a_hole() -> None:
+async def test_repeats_are_left_out_and_a_reconnect_is_a_hole() -> None:
     feed, st, _, repairs = setup()
     frame = trades((100, T0 + 1, 10.0), (340, T0 + 2, 11.0))
     feed.on_frame(frame)
     feed.on_frame(frame)  # a dup
     assert st.trades == 2 and feed.out_of_order == 2
     ws = _Ws(connects=2)
-    feed._on_connect(ws)  # type: ignore[arg-type]
+    feed._on_connect(feed.pool.links[0], ws)  # type: ignore[arg-type]
+    await until(lambda: len(ws.sent) == 2, 5.0, "both subscriptions sent (paced)")
     assert hl.subscribe("trades", "BTC") in ws.sent and hl.subscribe("candle", "BTC", "1m") in ws.sent
     repairs.clear()
     feed.on_frame(trades((900, T0 + 70_000, 12.0)))
