@@ -230,8 +230,9 @@ class LinkPool(Generic[M]):
     """A venue's connections: members placed onto links within ``limits``, links started, ticked
     (rotation), stopped and counted together.
 
-    ``url(link)`` is the address a link connects to (asked on every attempt, so it may name the
-    link's subscriptions); ``on_frame(link)`` the sink of a new stream's frames; ``on_connect(link,
+    ``url`` is the address every link connects to, or ``url(link)`` a link's (asked on every attempt,
+    so it may name the link's subscriptions); ``on_frame`` takes every stream's frames, or
+    ``frames_of(link)`` is the sink of a new stream of the link; ``on_connect(link,
     ws)`` runs on every (re)connection of one of the link's streams, after what was queued for its
     earlier connection is dropped, and subscribes the link's members (with :meth:`Link.send`).
     ``budget`` is another pool's, for a venue with several (one per address); ``stream_kw`` go to
@@ -244,8 +245,9 @@ class LinkPool(Generic[M]):
         name: str,
         limits: StreamLimits,
         *,
-        url: Callable[[Link[M]], str],
-        on_frame: Callable[[Link[M]], FrameSink],
+        url: str | Callable[[Link[M]], str],
+        on_frame: FrameSink | None = None,
+        frames_of: Callable[[Link[M]], FrameSink] | None = None,
         on_connect: Callable[[Link[M], Stream], None] | None = None,
         connect_budget: int = 300,
         rotate_after_s: float = 0.0,
@@ -257,8 +259,11 @@ class LinkPool(Generic[M]):
         self.name = name
         self.limits = limits
         self.clock: Clock = clock or LIVE
-        self._url = url
-        self._on_frame = on_frame
+        self._url = (lambda link: url) if isinstance(url, str) else url
+        if frames_of is None:
+            assert on_frame is not None, "a pool needs on_frame or frames_of"
+            frames_of = lambda link: on_frame  # noqa: E731
+        self._frames_of = frames_of
         self._on_connect = on_connect
         self._stream_kw = stream_kw
         self._make_stream = make_stream
@@ -286,10 +291,10 @@ class LinkPool(Generic[M]):
                 self._on_connect(link, ws)
 
         if self._make_stream is not None:
-            return self._make_stream(link, lambda: self._url(link), self._on_frame(link), connected, self.budget)
+            return self._make_stream(link, lambda: self._url(link), self._frames_of(link), connected, self.budget)
         return WsStream(
             lambda: self._url(link),
-            self._on_frame(link),
+            self._frames_of(link),
             on_connect=connected,
             name=link.name,
             budget=self.budget,

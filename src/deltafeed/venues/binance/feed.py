@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle, ServerShutdown, Trade, VenueCandle
 from deltafeed.net.http import VenueError, VenueUnreachable
-from deltafeed.net.ws import FrameSink
 from deltafeed.venues.base import FeedStatus, SkipLog
 from deltafeed.venues.binance import VENUE, BinanceSettings
 from deltafeed.venues.binance import codec as binance
@@ -81,7 +80,7 @@ class BinanceFeed:
             self.venue,
             limits,
             url=self.url,
-            on_frame=self._sink,
+            on_frame=self.on_frame,
             connect_budget=connect_budget,
             rotate_after_s=rotate_after_s,
             stale_after_s=stale_after_s,
@@ -109,9 +108,6 @@ class BinanceFeed:
         if not streams:
             return self.ws_url.rstrip("/") + "/stream"
         return binance.combined_url(self.ws_url, streams)
-
-    def _sink(self, link: Link[Series]) -> FrameSink:
-        return self.on_frame
 
     def add(self, st: Series) -> None:
         """Put an instrument on the last link, or on a new one when that would pass a limit."""

@@ -138,8 +138,8 @@ class BybitFeed:
         pool: LinkPool[_Series] = LinkPool(
             f"bybit-{category}",
             VENUE.stream_limits,
-            url=lambda link: self.ws_url + bybit.ws_path(category),
-            on_frame=sink,
+            url=self.ws_url + bybit.ws_path(category),
+            frames_of=sink,
             on_connect=self._on_connect,
             connect_budget=self.connect_budget,
             stale_after_s=self.stale_after_s,

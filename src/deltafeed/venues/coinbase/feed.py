@@ -81,8 +81,8 @@ class CoinbaseFeed:
         self.pool: LinkPool[Series] = LinkPool(
             self.venue,
             VENUE.stream_limits,
-            url=lambda link: self.ws_url,
-            on_frame=self._sink,
+            url=self.ws_url,
+            frames_of=self._sink,
             on_connect=self._on_connect,
             connect_budget=connect_budget,
             stale_after_s=stale_after_s,

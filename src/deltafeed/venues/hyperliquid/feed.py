@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle, Trade, VenueCandle
 from deltafeed.net.http import VenueError, VenueUnreachable
-from deltafeed.net.ws import FrameSink
 from deltafeed.venues.base import FeedStatus, SkipLog, unmade
 from deltafeed.venues.checks import unknown_symbols_message
 from deltafeed.venues.hyperliquid import VENUE, HyperliquidSettings
@@ -85,8 +84,8 @@ class HyperliquidFeed:
         self.pool: LinkPool[Series] = LinkPool(
             self.venue,
             VENUE.stream_limits,
-            url=lambda link: self.ws_url,
-            on_frame=self._sink,
+            url=self.ws_url,
+            on_frame=self.on_frame,
             on_connect=self._on_connect,
             connect_budget=connect_budget,
             stale_after_s=stale_after_s,
@@ -104,9 +103,6 @@ class HyperliquidFeed:
     def ws(self) -> Stream:
         """The first connection (the only one for runs of up to ~50 coins)."""
         return self.pool.links[0].ws
-
-    def _sink(self, link: Link[Series]) -> FrameSink:
-        return self.on_frame
 
     def add(self, st: Series) -> None:
         bad = unmade(st.builder.timeframes, hl.TIMEFRAMES)

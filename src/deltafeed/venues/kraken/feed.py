@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle, Trade, VenueCandle
 from deltafeed.net.http import VenueError, VenueUnreachable
-from deltafeed.net.ws import FrameSink
 from deltafeed.venues.base import FeedStatus, SkipLog
 from deltafeed.venues.checks import unknown_symbols_message
 from deltafeed.venues.kraken import VENUE, KrakenSettings
@@ -69,8 +68,8 @@ class KrakenFeed:
         self.pool: LinkPool[Series] = LinkPool(
             self.venue,
             VENUE.stream_limits,
-            url=lambda link: self.ws_url,
-            on_frame=self._sink,
+            url=self.ws_url,
+            on_frame=self.on_frame,
             on_connect=self._on_connect,
             connect_budget=connect_budget,
             stale_after_s=stale_after_s,
@@ -90,9 +89,6 @@ class KrakenFeed:
     def ws(self) -> Stream:
         """The first connection (the only one for runs of up to ~100 pairs)."""
         return self.pool.links[0].ws
-
-    def _sink(self, link: Link[Series]) -> FrameSink:
-        return self.on_frame
 
     def add(self, st: Series) -> None:
         self.pool.place(st, 1 + (len(self._native(st)) if self.venue_klines else 0))

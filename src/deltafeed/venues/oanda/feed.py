@@ -64,7 +64,7 @@ class OandaFeed:
             self.venue,
             VENUE.stream_limits,
             url=self._url,
-            on_frame=lambda link: lambda line: self.on_line(bytes(line)),  # lines are bytes: no copy
+            on_frame=lambda line: self.on_line(bytes(line)),  # lines are bytes: no copy
             budget=PROCESS_BUDGET,  # OANDA's 2 new connections a second, REST's included
             make_stream=self._new_stream,
         )
