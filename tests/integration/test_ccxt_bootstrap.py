@@ -182,28 +182,77 @@ async def test_a_timeframe_the_exchange_lacks_is_rolled_up_equal_to_the_tape(tmp
 async def test_a_history_cap_is_reported_once_and_nothing_older_is_final(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Kraken's OHLC serves its newest 720 rows: asked for 13 hours of 1m candles, the feed says so
-    once (log and status ``history_from``), stores from the cap on, and a repair older than the cap
-    is dropped rather than waited for: no candle before the cap is final."""
+    """An exchange that serves only its newest rows (``history_rows``; Hyperliquid's 5000 built in,
+    here Binance's replica said to keep 120): asked for 3 hours of 1m candles, the feed says so once
+    (log and status ``history_from``), stores from the cap on, and a repair older than the cap is
+    dropped rather than waited for: no candle before the cap is final."""
     caplog.set_level(logging.WARNING)
-    engine, now, report = await _bootstrap("kraken", tmp_path, ["1m"], "13h", 14 * 3_600_000)
+    replica = await start_replica("binance", tmp_path, history_ms=4 * 3_600_000)
+    try:
+        settings = Settings(
+            symbols=["ccxt:binance:BTC/USDT"],
+            timeframes=["1m"],
+            history="3h",
+            db=str(tmp_path / "boot.duckdb"),
+            venues={"ccxt": registry.get("ccxt").replica_settings(replica) | {"history_rows": {"binance": 120}}},
+        ).validate()
+        engine = Engine(settings)
+        await engine.start()
+        try:
+            now = engine.feeds["ccxt"].clock.now_ms()
+            report = engine.feeds["ccxt"].report()
+            await engine.writer.flush()
+        finally:
+            await engine.stop()
+    finally:
+        await replica.stop()
     capped = report.history_from
-    assert capped is not None and "kraken:1m" in capped, capped
-    since = capped["kraken:1m"]
-    assert now - since <= 720 * 60_000, (now, since)
-    said = [r.getMessage() for r in caplog.records if "serves only its newest 720 1m rows" in r.getMessage()]
+    assert capped is not None and "binance:1m" in capped, capped
+    since = capped["binance:1m"]
+    assert now - since <= 120 * 60_000, (now, since)
+    said = [r.getMessage() for r in caplog.records if "serves only its newest 120 1m rows" in r.getMessage()]
     assert len(said) == 1, said
     key = str(next(iter(engine.states)))
-    stored = await _stored_against_tape("kraken", tmp_path, key, "1m")
+    stored = await _stored_against_tape("binance", tmp_path, key, "1m")
     # (The cap moves on with the venue's clock: the bootstrap's, a little earlier, is the bound.)
     assert stored and min(c.open_time for c in stored) >= since - 2 * 60_000, (stored[0], since)
-    assert sum(c.final for c in stored) >= 700
+    assert sum(c.final for c in stored) >= 110
     # What the cap hides is never asked for again: a repair before it is dropped, not queued forever.
     st = engine.states[key]
     from deltafeed.engine.completeness import Repair
 
     old = Repair(key, "1m", since - 3_600_000, since - 1_800_000, 0.0)
     assert engine.completeness._within_history(st, old) is False
+
+
+@pytest.mark.timeout(120)
+async def test_kraken_history_older_than_its_720_ohlc_rows_is_built_from_its_trades(tmp_path: Path) -> None:
+    """Kraken's OHLC serves only its newest 720 rows: asked for 13 hours of 1m candles through ccxt,
+    the hour before them is built from ``fetch_trades`` paged by ``since``. Every candle of the 13
+    hours is stored final and equals the tape's, trade counts included where built from trades; no
+    cap is reported, and a repair that old is fetched, not dropped."""
+    engine, now, report = await _bootstrap("kraken", tmp_path, ["1m"], "13h", 14 * 3_600_000)
+    assert not report.history_from, report.history_from
+    key = str(next(iter(engine.states)))
+    stored = await _stored_against_tape("kraken", tmp_path, key, "1m")
+    rows = [r for r in read_venue_tape(tmp_path / "tape.csv") if r.symbol == MARKETS["kraken"][0]]
+    want = {c.open_time: c for c in candles_from_tape(rows, 60_000)}
+    first = now - 13 * 3_600_000
+    first -= first % 60_000
+    cap = now - now % 60_000 - 719 * 60_000  # the oldest OHLC row at the end of the bootstrap
+    final = {c.open_time: c for c in stored if c.final}
+    expected = [t for t in want if first + 60_000 <= t < now - 120_000]
+    assert set(expected) <= set(final), sorted(set(expected) - set(final))[:5]
+    older = [final[t] for t in expected if t < cap - 2 * 60_000]
+    assert len(older) >= 55, len(older)  # about an hour from trades
+    assert all(c.trades == want[c.open_time].trades for c in older), [
+        (c.open_time, c.trades, want[c.open_time].trades) for c in older if c.trades != want[c.open_time].trades
+    ][:5]
+    st = engine.states[key]
+    from deltafeed.engine.completeness import Repair
+
+    assert engine.completeness._within_history(st, Repair(key, "1m", first, first + 600_000, 0.0)) is True
+    print(f"kraken 1m: {len(final)} final candles equal the tape, {len(older)} of them built from trades")
 
 
 @pytest.mark.timeout(90)

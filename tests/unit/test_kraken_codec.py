@@ -6,11 +6,11 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from deltafeed.candles.fromtrades import build_candles
 from deltafeed.model import Trade
 from deltafeed.venues.bookmsg import BookMsg
 from deltafeed.venues.kraken import codec as kraken
 from deltafeed.venues.kraken import samples
-from deltafeed.venues.kraken.rest import build_candles
 
 
 def test_trade_message_batches_trades_with_their_sequential_ids() -> None:

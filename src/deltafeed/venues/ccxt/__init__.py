@@ -65,6 +65,9 @@ class CcxtSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
     # Per exchange, the newest OHLCV rows it serves (Kraken 720 and Hyperliquid 5000 built in): history
     # older than that is reported once and its candles are never marked final.
     history_rows: dict[str, int] = msgspec.field(default_factory=dict)
+    # More exchanges (Kraken built in) whose fetch_trades pages by since through their whole history:
+    # candles older than their history rows are built from trades.
+    trade_history: list[str] = msgspec.field(default_factory=list)
     reconcile_every: float = 20.0  # seconds between reconciliations of provisional candles with fetch_ohlcv
 
 

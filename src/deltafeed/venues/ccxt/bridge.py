@@ -25,6 +25,10 @@ SEQUENTIAL_IDS = frozenset({"binance", "binanceus", "kraken"})
 #: (PROTOCOLS-wave2.md 3.2 and 4.2; ``history_rows`` in the settings adds others): nothing older can
 #: be fetched, so nothing older can be verified.
 HISTORY_ROWS = {"kraken": 720, "hyperliquid": 5000}
+#: Exchanges whose ``fetch_trades`` pages by ``since`` through their whole history (checked against
+#: their replicas; ``trade_history`` in the settings adds others): candles older than their OHLCV
+#: rows are built from their trades instead of being left unverified.
+TRADE_HISTORY = frozenset({"kraken"})
 #: ccxt's trade cache size we ask for (its default, 1000, silently overwrites trades under a burst).
 TRADES_LIMIT = 100_000
 #: Venue trade ids remembered per series, to drop the repeats ccxt hands out again.

@@ -21,14 +21,16 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from deltafeed.candles.fromtrades import build_candles
 from deltafeed.clock import VenueClock
-from deltafeed.model import TIMEFRAMES, BadInput, Candle
+from deltafeed.model import TIMEFRAMES, BadInput, Candle, Trade
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.venues.base import FeedStatus, SkipLog, TradeSink
 from deltafeed.venues.ccxt import INSTALL_HINT, VENUE, CcxtSettings
 from deltafeed.venues.ccxt.bridge import (
     HISTORY_ROWS,
     SEQUENTIAL_IDS,
+    TRADE_HISTORY,
     Continuity,
     Market,
     base_timeframe,
@@ -50,6 +52,7 @@ MAX_SKEW_MS = 15 * 60_000  # a trade time further than this from the venue's clo
 BACKOFF_S = (0.2, 5.0)  # first and longest wait before a failed watch is called again
 REST_TRIES = 5  # attempts of one fetch_ohlcv page before the engine is told it failed
 DEFAULT_PAGE = 500  # rows per fetch_ohlcv call when ccxt's features do not say
+TRADES_PAGE = 1000  # trades per fetch_trades call (Kraken's most)
 CLOCK_READ_EVERY_S = 5.0  # at most this often, the venue's time is read again
 #: Seconds of observations before the venue clock's pace is measured (the clock's default is 10 s).
 #: Through ccxt a bootstrap at a slow exchange's pace (Kraken: 1.2 s a call) reads the clock only
@@ -116,9 +119,10 @@ def _takes_until(client: Any) -> bool:
 class _Exchange:
     """One exchange of a run: its ccxt.pro client, its series by unified symbol, what they remember."""
 
-    def __init__(self, ex_id: str, sequential: bool, history_rows: int | None) -> None:
+    def __init__(self, ex_id: str, sequential: bool, history_rows: int | None, trade_history: bool) -> None:
         self.id = ex_id
         self.history_rows = history_rows  # the newest OHLCV rows it serves, when capped
+        self.trade_history = trade_history  # older candles are built from fetch_trades
         self.capped: set[str] = set()  # timeframes whose cap was reported (once each)
         self.history_tfs: set[str] = set()  # timeframes asked for: their history depth is in the status
         self.client: Any = None
@@ -195,7 +199,8 @@ class CcxtFeed:
         if ex is None:
             seq = m.exchange in SEQUENTIAL_IDS or m.exchange in {s.lower() for s in self.vs.sequential_ids}
             rows = (HISTORY_ROWS | {k.lower(): v for k, v in self.vs.history_rows.items()}).get(m.exchange)
-            ex = self.exchanges[m.exchange] = _Exchange(m.exchange, seq, rows)
+            trades = m.exchange in TRADE_HISTORY or m.exchange in {s.lower() for s in self.vs.trade_history}
+            ex = self.exchanges[m.exchange] = _Exchange(m.exchange, seq, rows, trades)
         ex.wanted[m.symbol] = st
         self.states.append(st)
 
@@ -576,7 +581,12 @@ class CcxtFeed:
         start = start_ms - start_ms % tf_ms
         end = end_ms - end_ms % tf_ms + tf_ms - 1  # the whole of the last candle's interval
         oldest = self._history_start(ex, timeframe, now)
-        if oldest is not None and start < oldest:
+        older: list[Candle] = []
+        if oldest is not None and start < oldest and ex.trade_history:
+            # Before the newest rows the exchange serves: built from its trades (paged by since).
+            older = await self._trade_candles(ex, sym, tf_ms, start, min(oldest, end + 1))
+            start = oldest
+        elif oldest is not None and start < oldest:
             if timeframe not in ex.capped:
                 ex.capped.add(timeframe)
                 log.warning(
@@ -592,7 +602,7 @@ class CcxtFeed:
                 )
             start = oldest  # nothing older is served: not asked for
         parts = await self._fetch(ex, sym, base, start, end, now) if start <= end else []
-        out = parts if base == timeframe else roll_up(parts, tf_ms, now)
+        out = older + (parts if base == timeframe else roll_up(parts, tf_ms, now))
         out = [c for c in out if start_ms - start_ms % tf_ms <= c.open_time <= end_ms]
         # The exchange's rows carry no trade count: one equal to the candle the stream built keeps its count.
         built = st.provisional.get(timeframe, {})
@@ -619,7 +629,7 @@ class CcxtFeed:
         """The oldest ``timeframe`` candle of ``st`` the exchange's history still serves, or None
         (not capped): the engine drops repairs of anything older rather than wait for them forever."""
         ex, _ = self._series_of(st)
-        return self._history_start(ex, timeframe, self.clock.now_ms())
+        return None if ex.trade_history else self._history_start(ex, timeframe, self.clock.now_ms())
 
     async def _fetch(self, ex: _Exchange, sym: str, tf: str, start: int, end: int, now: int) -> list[Candle]:
         """Rows of ``tf`` with open time in [start, end], oldest first, a page at a time."""
@@ -643,17 +653,51 @@ class CcxtFeed:
                 t += limit * tf_ms
         return out
 
+    async def _trade_candles(self, ex: _Exchange, sym: str, tf_ms: int, start: int, end: int) -> list[Candle]:
+        """Candles of ``tf_ms`` with open time in [start, end) built from ``fetch_trades`` paged by
+        ``since`` (repeats at a page's edge dropped by id); closed once a trade after its end was seen."""
+        seen: set[str] = set()
+        trades: list[Trade] = []
+        latest = -1
+        since = start
+        while True:
+            page = await self._call(ex, f"fetch_trades {sym}", ex.client.fetch_trades, sym, since, TRADES_PAGE)
+            fresh = 0
+            for item in page if isinstance(page, list) else []:
+                got = trade_from(item, self.decode_errors)
+                if got is None or (got[1] and got[1] in seen):
+                    continue
+                seen.add(got[1])
+                fresh += 1
+                t = got[2]
+                latest = max(latest, t.time_ms)
+                if start <= t.time_ms < end:
+                    trades.append(t)
+            if latest >= end or not isinstance(page, list) or len(page) < TRADES_PAGE:
+                break
+            if not fresh:  # a page of one instant's repeats: since cannot move past it
+                raise VenueError(503, b"fetch_trades does not move past since", f"{ex.id} fetch_trades {sym}")
+            since = latest
+        trades.sort(key=lambda t: t.time_ms)  # (stable: the exchange's order within one instant)
+        return build_candles(trades, tf_ms, start, end, latest)
+
     async def _page(self, ex: _Exchange, sym: str, tf: str, since: int, limit: int, until: int) -> Any:
+        params = {"until": until} if ex.until else {}
+        return await self._call(ex, f"fetch_ohlcv {sym} {tf}", ex.client.fetch_ohlcv, sym, tf, since, limit, params)
+
+    async def _call(self, ex: _Exchange, what: str, method: Any, *args: Any) -> Any:
+        """One REST call of ccxt's, tried again on a passing failure (a 5xx, a timeout, a throttle);
+        :class:`VenueError` or :class:`VenueUnreachable` when it keeps failing or cannot succeed."""
         import ccxt
 
         delay = 0.5
         for attempt in range(REST_TRIES):
             self.rest_requests += 1
             try:
-                return await ex.client.fetch_ohlcv(sym, tf, since, limit, {"until": until} if ex.until else {})
+                return await method(*args)
             except (ccxt.BadSymbol, ccxt.BadRequest, ccxt.NotSupported) as exc:
                 self.rest_errors += 1
-                raise VenueError(400, str(exc).encode(), f"{ex.id} fetch_ohlcv {sym} {tf}") from None
+                raise VenueError(400, str(exc).encode(), f"{ex.id} {what}") from None
             except (ccxt.RateLimitExceeded, ccxt.DDoSProtection) as exc:
                 self.rest_throttled += 1
                 last: Exception = exc
@@ -665,8 +709,8 @@ class CcxtFeed:
                 delay = min(8.0, delay * 2)
         msg = f"{type(last).__name__}: {str(last)[:200]}".encode()
         if isinstance(last, ccxt.NetworkError) and not isinstance(last, ccxt.DDoSProtection):
-            raise VenueUnreachable(f"ccxt {ex.id} fetch_ohlcv {sym} {tf}: {msg.decode()}")
-        raise VenueError(503, msg, f"{ex.id} fetch_ohlcv {sym} {tf}")
+            raise VenueUnreachable(f"ccxt {ex.id} {what}: {msg.decode()}")
+        raise VenueError(503, msg, f"{ex.id} {what}")
 
     # --- visibility -----------------------------------------------------------------------------
 
@@ -679,7 +723,7 @@ class CcxtFeed:
             f"{ex.id}:{tf}": start
             for ex in self.exchanges.values()
             for tf in sorted(ex.history_tfs)
-            if (start := self._history_start(ex, tf, now)) is not None
+            if not ex.trade_history and (start := self._history_start(ex, tf, now)) is not None
         }
         venue_errors = dict(self.watch_errors)
         if self.foreign:
