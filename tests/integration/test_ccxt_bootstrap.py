@@ -47,14 +47,21 @@ async def start_replica(exchange: str, tmp_path: Path, history_ms: int = HISTORY
 
 
 def ccxt_settings(
-    replica: Any, tmp_path: Path, symbols: list[str], timeframes: list[str], history: str = "2h", **kw: Any
+    replica: Any,
+    tmp_path: Path,
+    symbols: list[str],
+    timeframes: list[str],
+    history: str = "2h",
+    ccxt: dict[str, Any] | None = None,
+    **kw: Any,
 ) -> Settings:
+    """Settings collecting ``symbols`` through ccxt from ``replica``; ``ccxt``: more ``[venues.ccxt]`` keys."""
     return Settings(
         symbols=symbols,
         timeframes=timeframes,
         history=history,
         db=str(tmp_path / "boot.duckdb"),
-        venues={"ccxt": registry.get("ccxt").replica_settings(replica)},
+        venues={"ccxt": registry.get("ccxt").replica_settings(replica) | (ccxt or {})},
         **kw,
     ).validate()
 
@@ -125,13 +132,14 @@ async def test_check_refuses_what_ccxt_cannot_serve_in_one_line(tmp_path: Path) 
 
 
 async def _bootstrap(
-    exchange: str, tmp_path: Path, tfs: list[str], history: str, history_ms: int
+    exchange: str, tmp_path: Path, tfs: list[str], history: str, history_ms: int, ccxt: dict[str, Any] | None = None
 ) -> tuple[Engine, int, Any]:
     """Bootstrap one ``ccxt:<exchange>`` instrument from a replica holding ``history_ms`` of
     history; the engine (stopped), the venue's time after the bootstrap and the feed's report then."""
     replica = await start_replica(exchange, tmp_path, history_ms=history_ms)
     try:
-        engine = Engine(ccxt_settings(replica, tmp_path, [f"ccxt:{exchange}:{MARKETS[exchange][1]}"], tfs, history))
+        instrument = f"ccxt:{exchange}:{MARKETS[exchange][1]}"
+        engine = Engine(ccxt_settings(replica, tmp_path, [instrument], tfs, history, ccxt))
         await engine.start()
         try:
             now = engine.feeds["ccxt"].clock.now_ms()
@@ -187,25 +195,9 @@ async def test_a_history_cap_is_reported_once_and_nothing_older_is_final(
     (log and status ``history_from``), stores from the cap on, and a repair older than the cap is
     dropped rather than waited for: no candle before the cap is final."""
     caplog.set_level(logging.WARNING)
-    replica = await start_replica("binance", tmp_path, history_ms=4 * 3_600_000)
-    try:
-        settings = Settings(
-            symbols=["ccxt:binance:BTC/USDT"],
-            timeframes=["1m"],
-            history="3h",
-            db=str(tmp_path / "boot.duckdb"),
-            venues={"ccxt": registry.get("ccxt").replica_settings(replica) | {"history_rows": {"binance": 120}}},
-        ).validate()
-        engine = Engine(settings)
-        await engine.start()
-        try:
-            now = engine.feeds["ccxt"].clock.now_ms()
-            report = engine.feeds["ccxt"].report()
-            await engine.writer.flush()
-        finally:
-            await engine.stop()
-    finally:
-        await replica.stop()
+    engine, now, report = await _bootstrap(
+        "binance", tmp_path, ["1m"], "3h", 4 * 3_600_000, ccxt={"history_rows": {"binance": 120}}
+    )
     capped = report.history_from
     assert capped is not None and "binance:1m" in capped, capped
     since = capped["binance:1m"]
