@@ -6,9 +6,11 @@ instrument count, at the fullest the rings get (measured after every tenth of a 
 ``capacity`` // 4 candles a series, since a ring may hold more than its capacity between trims).
 
 Put latency is timed in batches of ``--batch`` puts (one put is too short for the clock) and given
-per put: the forming candle again (same open_time, the hot path), a new candle on a full ring,
-and a late candle inserted inside a full ring. Read latency is timed per call: ``last(1000)``,
-``range`` over the whole ring and ``get`` of one candle.
+per put: the forming candle again (same open_time, the hot path), a new candle into a growing
+ring (a start-up filling the tier from the store), a new candle on a full ring, and a late candle
+inserted inside a full ring. Read latency is timed per call: ``last(1000)`` (also in CPU time of
+this thread, which leaves out the time other processes had the core), ``range`` over the whole ring
+and ``get`` of one candle.
 
     python bench/hot.py [--runs 3] [--instruments 20] [--capacity 1000]
 
@@ -112,8 +114,18 @@ def put_latency(capacity: int, batch: int, batches: int) -> dict[str, list[float
         for c in late[(b * late_batch) % len(late) :][:late_batch]:
             late_hot.put(name, "1m", c)
 
+    grow_hot = HotStore(capacity)
+    grow = [candle(T0 + k * 60_000, k) for k in range(capacity)]
+    grow_batch = min(batch, capacity)
+
+    def growing(b: int) -> None:  # what a start-up does: fill empty rings from the store, oldest first
+        series = f"binance:G{b}"
+        for c in grow[:grow_batch]:
+            grow_hot.put(series, "1m", c)
+
     return {
         "put forming (same open_time)": per_put_ns(same, batch, batches),
+        "put new candle, growing ring (start-up)": per_put_ns(growing, grow_batch, batches),
         "put new candle, full ring": per_put_ns(new, batch, batches),
         "put late candle inside a full ring": per_put_ns(insert, late_batch, batches),
     }
@@ -125,10 +137,12 @@ def read_latency(capacity: int, calls: int) -> dict[str, list[float]]:
     fill(hot, name, capacity + capacity // 3)  # a ring that has wrapped
     first = hot.last(name, "1m", capacity)[0].open_time
     mid = first + (capacity // 2) * 60_000
-    out: dict[str, list[float]] = {f"last({capacity})": [], "range(whole ring)": [], "get(one)": []}
+    out: dict[str, list[float]] = {f"last({capacity})": [], f"last({capacity}) CPU": [], "range(whole ring)": []}
+    out["get(one)"] = []
     for _ in range(calls):
-        t = time.perf_counter_ns()
+        t, cpu = time.perf_counter_ns(), time.thread_time_ns()
         got = hot.last(name, "1m", capacity)
+        out[f"last({capacity}) CPU"].append(time.thread_time_ns() - cpu)
         out[f"last({capacity})"].append(time.perf_counter_ns() - t)
         assert len(got) == capacity
         t = time.perf_counter_ns()

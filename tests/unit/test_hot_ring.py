@@ -18,6 +18,7 @@ from deltafeed.store.hot import HotStore
 
 M = 60_000
 BTC = "binance:BTCUSDT"
+ETH = "binance:ETHUSDT"
 
 
 class Reference:
@@ -132,6 +133,16 @@ def test_a_full_ring_takes_a_late_candle_in_order_and_drops_its_oldest() -> None
     assert hot.range(BTC, "1m", 6 * M, 11 * M) is None  # 6 is no longer held: the cold tier must answer
 
 
+def test_put_many_fills_an_empty_ring_and_goes_on_one_by_one_past_its_room() -> None:
+    hot = HotStore(capacity=4)
+    hot.put(BTC, "1m", Candle(1 * M, 1.0, 1.0, 1.0, 1.0, 1.0, 1))
+    hot.put(BTC, "1m", Candle(1 * M, 1.5, 1.5, 1.5, 1.5, 1.0, 1))  # held as the forming candle
+    batch = [Candle(k * M, k, k, k, k, 1.0, k, True, k % 2 == 0) for k in (2, 3, 4, 5, 6, 0, 5)]
+    assert hot.put_many(BTC, "1m", batch) == 6  # 0 is older than the full ring
+    assert hot.last(BTC, "1m", 9) == [Candle(k * M, k, k, k, k, 1.0, k, True, k % 2 == 0) for k in (3, 4, 5, 6)]
+    assert hot.put_many(ETH, "1m", []) == 0 and hot.last(ETH, "1m", 1) == []
+
+
 def test_retention_empties_a_series_which_then_fills_again() -> None:
     hot = HotStore(capacity=3)
     for k in range(5):
@@ -182,7 +193,17 @@ def test_random_sequences_match_the_reference(seed: int) -> None:
             since = (newest - rng.randrange(-1, capacity + 4)) * M + rng.choice([0, 0, 1, -1])
             until = since + rng.randrange(-2, capacity + 2) * M + rng.choice([0, 1, -1])
             assert_same(hot.range(BTC, "1m", since, until), ref.range(since, until))
-        elif op < 0.95:
+        elif op < 0.93:
+            # several at once: mostly an ascending run from somewhere near the newest, as a start-up
+            # fills from the store; sometimes in any order
+            first = newest - rng.randrange(-2, 2 * capacity + 3)
+            ks = list(range(first, first + rng.randrange(0, 2 * capacity + 2)))
+            if rng.random() < 0.3:
+                rng.shuffle(ks)
+            newest = max([newest, *ks])
+            batch = [rand_candle(rng, k * M) for k in ks]
+            assert hot.put_many(BTC, "1m", batch) == sum(ref.put(c) for c in batch), f"step {step}: put_many {ks}"
+        elif op < 0.96:
             cutoff = (newest - rng.randrange(-1, capacity + 4)) * M
             now = cutoff + 5 * M
             assert hot.apply_retention(now, {"1m": 5 * M}) == ref.drop_before(cutoff)

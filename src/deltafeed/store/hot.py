@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Any
 
 from msgspec.structs import replace as _copy
@@ -55,8 +56,7 @@ class _Ring:
         self._settle()
         if not size or t > times[self.tail]:
             if size < self.capacity:  # still growing, so head == 0
-                for col, v in zip(self.cols, _values(c), strict=True):
-                    col.append(v)
+                self._append(c)
                 self.tail = size
             else:  # full: the newest takes the oldest's slot
                 self.tail = self.head
@@ -81,6 +81,37 @@ class _Ring:
                 col[0 : k - 1] = col[1:k]
                 col[k - 1] = v
         return True
+
+    def put_many(self, candles: Sequence[Candle]) -> int:
+        """:meth:`put` each of ``candles`` in turn; returns how many were kept. A run of ascending
+        candles newer than the newest that fits in a growing ring (a start-up's fill from the store)
+        goes in whole arrays at a time."""
+        self._settle()
+        times = self.times
+        prev = times[self.tail] if times else None
+        room = self.capacity - len(times)
+        k = 0
+        while k < room and k < len(candles) and (prev is None or candles[k].open_time > prev):
+            prev = candles[k].open_time
+            k += 1
+        if k:
+            run = candles[:k]
+            for col, field in zip(self.cols, _FIELDS, strict=True):
+                col.fromlist(list(map(field, run)))
+            self.tail = len(times) - 1
+        return k + sum(self.put(c) for c in candles[k:])
+
+    def _append(self, c: Candle) -> None:
+        t, o, h, lo, cl, v, n, closed, final = self.cols
+        t.append(c.open_time)
+        o.append(c.open)
+        h.append(c.high)
+        lo.append(c.low)
+        cl.append(c.close)
+        v.append(c.volume)
+        n.append(c.trades)
+        closed.append(c.closed)
+        final.append(c.final)
 
     def _write(self, i: int, c: Candle) -> None:
         t, o, h, lo, cl, v, n, closed, final = self.cols
@@ -165,6 +196,10 @@ class _Ring:
         return len(self.times)
 
 
+#: Readers of each field of a :class:`Candle`, in its order.
+_FIELDS = tuple(attrgetter(name) for name in Candle.__struct_fields__)
+
+
 def _values(c: Candle) -> tuple[int, float, float, float, float, float, int, bool, bool]:
     return (c.open_time, c.open, c.high, c.low, c.close, c.volume, c.trades, c.closed, c.final)
 
@@ -205,6 +240,15 @@ class HotStore:
         if ring is None:
             ring = self._rings[key] = _Ring(self.capacity)
         return ring.put(candle)
+
+    def put_many(self, instrument: str, timeframe: str, candles: Sequence[Candle]) -> int:
+        """:meth:`put` each of ``candles`` in turn (faster for an ascending run, such as a start-up's
+        fill from the store); returns how many were kept."""
+        key = (instrument, timeframe)
+        ring = self._rings.get(key)
+        if ring is None:
+            ring = self._rings[key] = _Ring(self.capacity)
+        return ring.put_many(candles)
 
     def last(self, instrument: str, timeframe: str, n: int) -> list[Candle]:
         """The newest ``n`` candles (fewer if the ring holds fewer), oldest first."""
