@@ -125,8 +125,7 @@ def command(args: argparse.Namespace) -> int:
                 if bad:
                     log.warning("skipped %d unreadable messages of %s %s in cluster %s", bad, inst, tf, cluster[1])
                 ring = HotStore(max(1, len(held)))
-                for c in held:
-                    ring.put(inst, tf, c)
+                ring.put_many(inst, tf, held)
                 hot = MemoryHot(ring)
             elif hot_url is not None:
                 redis_mod = require("deltafeed.store.redis_hot", "redis", "--hot (reading the Redis hot tier)")

@@ -68,9 +68,9 @@ class Bootstrap:
                 read.last_closed = await self.patiently(
                     f"read {key} {tf}", partial(self.engine.cold.last_closed, key, tf)
                 )
-            for c in read.recent:
-                self.engine.hot.put(key, tf, c)
-                if self.engine.redis is not None:
+            self.engine.hot.put_many(key, tf, read.recent)
+            if self.engine.redis is not None:
+                for c in read.recent:
                     self.engine.redis.put(key, tf, c)
             last = read.last_closed
             start = grid.next(last.open_time) if last else now - self.engine.settings.history_ms
