@@ -248,15 +248,19 @@ async def test_a_bulk_write_of_new_keys_skips_the_staging_table(schema: str) -> 
     staged = "SELECT to_regclass('pg_temp.deltafeed_stage') IS NOT NULL"
     try:
         await st.write(series(100))
-        batch = series(5000, start=T0 + 100 * M) + series(3000, inst=ETH)
+        euro = "kraken:XBT/€ü"  # names of other lengths, in bytes too, in the same COPY
+        batch = series(5000, start=T0 + 100 * M) + series(3000, inst=ETH) + series(40, inst=euro)
         await st.write(batch)
         assert await st._pool.fetchval(staged) is False
         assert await st.query(BTC, "1m") == [c for _, _, c in series(100) + batch[:5000]]
         assert await st.query(ETH, "1m") == [c for _, _, c in series(3000, inst=ETH)]
+        assert await st.query(euro, "1m") == [c for _, _, c in series(40, inst=euro)]
+        assert await st.instruments() == [(BTC, "1m", 5100), (ETH, "1m", 3000), (euro, "1m", 40)]
         again = [(i, tf, candle(c.open_time, close=-c.close)) for i, tf, c in batch]
         await st.write(again)
         assert await st._pool.fetchval(staged) is True
-        assert await st.query(ETH, "1m") == [c for _, _, c in again[5000:]]
+        assert await st.query(ETH, "1m") == [c for _, _, c in again[5000:8000]]
+        assert await st.query(euro, "1m") == [c for _, _, c in again[8000:]]
     finally:
         await st.close()
 

@@ -1,12 +1,19 @@
-"""PostgreSQL's binary COPY format for candles: the row layout of ``COPY (SELECT <Candle's fields>) TO
-STDOUT (FORMAT binary)`` and a reader that decodes such a stream with numpy while it arrives."""
+"""PostgreSQL's binary COPY format for candles, both ways and through numpy: :class:`CandleBatch` lays a
+batch of candles out for ``COPY ... FROM STDIN (FORMAT binary)``, :class:`CopyReader` decodes ``COPY
+(SELECT <Candle's fields>) TO STDOUT (FORMAT binary)`` while it arrives."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
+from functools import lru_cache
+from typing import Any
+
 import numpy as np
+from msgspec.structs import astuple
 
 from deltafeed.model import Candle
-from deltafeed.store.postgres.schema import CANDLE_COLS
+from deltafeed.store.base import Row
+from deltafeed.store.postgres.schema import CANDLE_COLS, COLS
 
 #: One row of ``COPY (SELECT <Candle's fields>) TO STDOUT (FORMAT binary)``: a field count, then each
 #: field's length and big-endian value. Fixed-width because every column is NOT NULL.
@@ -34,7 +41,88 @@ COPY_ROW = np.dtype(
     ]
 )
 _COPY_LENGTHS = (8, 8, 8, 8, 8, 8, 8, 1, 1)
+_COPY_ROW_FIELDS: list[Any] = COPY_ROW.descr
 COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+#: The signature, no flags, no header extension.
+_HEADER = COPY_SIGNATURE + bytes(8)
+_TRAILER = b"\xff\xff"
+#: Candle's fields in native byte order, one record per candle.
+VALUES = np.dtype([(c, COPY_ROW[c].newbyteorder("=")) for c in CANDLE_COLS])
+_NO_KEY = np.iinfo(np.int64).min
+
+
+@lru_cache(maxsize=64)
+def _copy_in_row(name_bytes: int) -> np.dtype[Any]:
+    """One row of ``COPY <table> (<COLS>) FROM STDIN (FORMAT binary)`` whose instrument is ``name_bytes``
+    long in UTF-8: COPY_ROW with the instrument's length and text in front."""
+    fields: list[tuple[str, Any]] = [("nfields", ">i2"), ("len_instrument", ">i4"), ("instrument", f"S{name_bytes}")]
+    return np.dtype(fields + _COPY_ROW_FIELDS[1:])
+
+
+class CandleBatch:
+    """One timeframe's candles to write, as arrays: each distinct instrument once (``names``), each
+    candle's instrument as an index into it (``codes``) and its fields (``values``, :data:`VALUES`), sorted
+    by (instrument, open_time) with a key repeated in the input kept at its last occurrence.
+
+    Raises OverflowError, TypeError or ValueError for a field that does not fit its column (a trade
+    count beyond bigint)."""
+
+    def __init__(self, rows: Sequence[Row]) -> None:
+        names = [r[0] for r in rows]
+        index = dict.fromkeys(names, 0)
+        for i, name in enumerate(index):
+            index[name] = i
+        codes = np.fromiter(map(index.__getitem__, names), dtype=np.int64, count=len(names))
+        values = np.array(list(map(astuple, [r[2] for r in rows])), dtype=VALUES)
+        order = np.lexsort((values["open_time"], codes))  # stable: a repeated key keeps the input's order
+        codes, values = codes[order], values[order]
+        times = values["open_time"]
+        last = np.ones(len(codes), dtype=bool)
+        last[:-1] = (codes[1:] != codes[:-1]) | (times[1:] != times[:-1])
+        self.names = list(index)
+        self.codes: np.ndarray[Any, np.dtype[np.int64]] = codes[last]
+        self.values: np.ndarray[Any, np.dtype[Any]] = values[last]
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def starts(self, width: int) -> set[int]:
+        """The start of every window of ``width`` ms (epoch aligned) holding one of the candles."""
+        times = self.values["open_time"]
+        return set(np.unique(times - times % width).tolist())
+
+    def columns(self) -> tuple[list[str], list[list[Any]]]:
+        """The instrument of every candle and each of Candle's fields as a list (for ``unnest``)."""
+        names = self.names
+        return [names[c] for c in self.codes.tolist()], [self.values[c].tolist() for c in CANDLE_COLS]
+
+    def newer(self, newest: dict[str, int | None]) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        """Which candles open after their instrument's ``newest`` stored open time (all, where None)."""
+        known = [newest.get(n) for n in self.names]
+        floor = np.array([_NO_KEY if t is None else t for t in known], dtype=np.int64)
+        result: np.ndarray[Any, np.dtype[np.bool_]] = self.values["open_time"] > floor[self.codes]
+        return result
+
+    async def copy_data(self, which: np.ndarray[Any, np.dtype[np.bool_]] | None = None) -> AsyncIterator[bytes]:
+        """The candles (those ``which`` selects) as binary COPY data for the columns :data:`COLS`, for
+        asyncpg's ``copy_to_table(source=...)``: rows of one instrument length at a time, laid out by numpy."""
+        codes, values = (self.codes, self.values) if which is None else (self.codes[which], self.values[which])
+        encoded = [n.encode() for n in self.names]
+        sizes = np.array([len(b) for b in encoded], dtype=np.int64)[codes]
+        yield _HEADER
+        for size in np.unique(sizes).tolist():
+            picked = sizes == size
+            out = np.empty(int(picked.sum()), dtype=_copy_in_row(size))
+            out["nfields"] = len(COLS)
+            out["len_instrument"] = size
+            out["instrument"] = np.array([b if len(b) == size else b"" for b in encoded], dtype=f"S{size}")[
+                codes[picked]
+            ]
+            for i, c in enumerate(CANDLE_COLS):
+                out[f"len{i}"] = _COPY_LENGTHS[i]
+                out[c] = values[c][picked]
+            yield out.tobytes()
+        yield _TRAILER
 
 
 def sql_literal(text: str) -> str:

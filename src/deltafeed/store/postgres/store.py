@@ -29,7 +29,7 @@ from deltafeed.store.base import (
     grid_of,
     redact,
 )
-from deltafeed.store.postgres.copy import CopyReader, sql_literal
+from deltafeed.store.postgres.copy import CandleBatch, CopyReader, sql_literal
 from deltafeed.store.postgres.schema import (
     CANDLE_COLS,
     COLS,
@@ -393,10 +393,11 @@ class PostgresStore:
         keeps its last occurrence, and writing a batch twice leaves the tables as after the first time."""
         if not rows:
             return
-        latest = {(r[0], r[1], r[2].open_time): r for r in rows}
-        groups: dict[str, list[Row]] = {}
-        for r in latest.values() if len(latest) != len(rows) else rows:
-            groups.setdefault(r[1], []).append(r)
+        tfs = {r[1] for r in rows}
+        groups: dict[str, Sequence[Row]] = {tf: [] for tf in tfs} if len(tfs) > 1 else {tfs.pop(): rows}
+        if len(groups) > 1:
+            for r in rows:
+                groups[r[1]].append(r)  # type: ignore[attr-defined]
         new = [tf for tf in groups if tf not in self._tfs]
         for tf in new:
             try:
@@ -405,13 +406,11 @@ class PostgresStore:
                 raise StoreError(f"cannot store timeframe {tf!r} at {self.name}: not a timeframe") from None
         if new:
             await self._call("create candle tables", lambda: self._create_tables(new))
-        batches: list[tuple[str, list[str], list[tuple[Any, ...]]]] = []
-        needed: dict[str, set[int]] = {}
-        for tf, group in groups.items():
-            fields = list(zip(*[astuple(r[2]) for r in group], strict=True))
-            batches.append((tf, [r[0] for r in group], fields))
-            width = partition_ms(tf)
-            needed[tf] = {t - t % width for t in fields[0]}
+        try:
+            batches = {tf: CandleBatch(group) for tf, group in groups.items()}
+        except (OverflowError, TypeError, ValueError) as e:
+            raise StoreError(f"write at {self.name}: a value was refused: {_first_line(e)}") from None
+        needed = {tf: batch.starts(partition_ms(tf)) for tf, batch in batches.items()}
 
         async def run() -> None:
             direct = True
@@ -451,42 +450,36 @@ class PostgresStore:
             )
         return sql
 
-    async def _write_once(self, batches: list[tuple[str, list[str], list[tuple[Any, ...]]]], direct: bool) -> None:
+    async def _write_once(self, batches: dict[str, CandleBatch], direct: bool) -> None:
         """Upsert ``batches`` in one transaction: a small batch with one ``INSERT ... SELECT FROM unnest``,
-        a large one by COPY. COPY cannot upsert: with ``direct``, the rows newer than their series' newest
-        stored candle (new keys, most of a bulk write) are copied straight into the candle table, and only
-        the others go through a staging table and an upsert from it."""
+        a large one by binary COPY. COPY cannot upsert: with ``direct``, the rows newer than their series'
+        newest stored candle (new keys, most of a bulk write) are copied straight into the candle table, and
+        only the others go through a staging table and an upsert from it."""
         async with self._pool.acquire(timeout=self._command_timeout_s) as con, con.transaction():
             staged = False
-            for tf, instruments, fields in batches:
-                if len(instruments) < COPY_THRESHOLD:
+            for tf, batch in batches.items():
+                if len(batch) < COPY_THRESHOLD:
+                    instruments, fields = batch.columns()
                     await con.execute(self._sql(self._upsert_sql, _UNNEST, tf), instruments, *fields)
                     continue
-                records: list[tuple[Any, ...]] = list(zip(instruments, *fields, strict=True))
+                rest = None
                 if direct:
-                    newest: dict[str, int | None] = dict(await con.fetch(self._newest_sql(tf), list(set(instruments))))
-                    fresh: list[tuple[Any, ...]] = []
-                    overlap: list[tuple[Any, ...]] = []
-                    for rec in records:
-                        known = newest[rec[0]]
-                        (fresh if known is None or rec[1] > known else overlap).append(rec)
-                    if fresh:
-                        await con.copy_records_to_table(
-                            candle_table(self.schema, tf).split(".", 1)[1],
-                            schema_name=self.schema,
-                            records=fresh,
-                            columns=COLS,
+                    fresh = batch.newer(dict(await con.fetch(self._newest_sql(tf), batch.names)))
+                    if fresh.any():
+                        table = candle_table(self.schema, tf).split(".", 1)[1]
+                        await con.copy_to_table(
+                            table, schema_name=self.schema, source=batch.copy_data(fresh), columns=COLS, format="binary"
                         )
-                    records = overlap
-                if not records:
-                    continue
+                    if fresh.all():
+                        continue
+                    rest = ~fresh
                 # The staging table is temporary; ON COMMIT DELETE ROWS empties it for the next use.
                 if not staged:
                     await con.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} ({COLUMN_DDL}) ON COMMIT DELETE ROWS")
                 else:
                     await con.execute(f"TRUNCATE {_STAGE}")
                 staged = True
-                await con.copy_records_to_table(_STAGE, records=records, columns=COLS)
+                await con.copy_to_table(_STAGE, source=batch.copy_data(rest), columns=COLS, format="binary")
                 await con.execute(self._sql(self._stage_sql, _STAGE, tf))
 
     def _newest_sql(self, tf: str) -> str:
