@@ -487,6 +487,13 @@ async def test_large_reads_use_binary_copy_with_the_same_result(
         monkeypatch.setattr(pgstore, "COPY_READ_ROWS", 10**9)
         assert await store.query(odd, "1m", since, until, last) == copied, (since, until, last)
         monkeypatch.undo()
+    # a bounded range read in pieces at once (bounds off the grid, pieces of uneven length) reads the same
+    for since, until in ((T0, T0 + 4999 * M), (T0 + 7 * M + 1, T0 + 4990 * M - 1), (T0 - DAY, T0 + DAY)):
+        whole = [c for _, _, c in rows[:5000] if since <= c.open_time <= until]
+        for parts in (1, 2, 3, 7):
+            monkeypatch.setattr(pgstore, "READ_PARTS", parts)
+            assert await store.query(odd, "1m", since, until) == whole, (since, until, parts)
+    monkeypatch.undo()
     everything = await store.query(odd, "1m")
     assert len(everything) == 5000 and everything[17] == rows[17][2]
     assert [c.open_time for c in everything] == [T0 + k * M for k in range(5000)]
