@@ -171,3 +171,98 @@ async def test_cluster_survives_a_nats_restart(tmp_path: Path, private_nats: Pri
         finally:
             await con.close()
     assert check_served(book_tape_path(tape), "BTCUSDT", [book], 10) == [book]
+
+
+@pytest.mark.timeout(120)
+async def test_outlet_writer_and_node_follow_a_nats_that_lost_its_store(
+    tmp_path: Path, private_nats: PrivateNats
+) -> None:
+    """NATS restarted with an empty store (its stream and the writer's consumer gone). An outlet
+    alone makes the stream again and publishes what was not acknowledged; then, with a writer and a
+    node running, the writer reads the new stream from its start and the node follows it: the store
+    and the node end with every candle published since the first restart, as published."""
+    import asyncpg
+
+    from deltafeed.cluster import collector, node, subjects
+    from deltafeed.cluster.node import ClusterView, StreamFeed
+    from deltafeed.cluster.outlet import Outlet
+    from deltafeed.cluster.writer import ColdWriter
+    from deltafeed.config import Settings
+    from deltafeed.model import Candle
+    from deltafeed.store.postgres import PostgresStore
+
+    cluster, series = "lost", "binance:BTCUSDT"
+    schema = f"deltafeed_t_{uuid.uuid4().hex}"
+    t0 = 1_795_000_000_000 - 1_795_000_000_000 % 60_000
+
+    def candle(i: int) -> Candle:
+        return Candle(t0 + i * 60_000, 100.0 + i, 102.0 + i, 99.0 + i, 101.0 + i, 1.0 + i, 3 + i, True, True)
+
+    pub = await collector.connect(private_nats.url, "collector")
+    outlet = Outlet(pub.jetstream(publish_async_max_pending=500), cluster, "collector")
+    await subjects.ensure_stream(pub.jetstream(), cluster)
+    outlet.start()
+    cold = await PostgresStore.open(PG_URL, schema=schema)
+    view = ClusterView(Settings(), cluster, None)
+    nc = await node.connect(private_nats.url, "node", view)
+    view.nats_connected = True
+    writer = ColdWriter(nc, cluster, cold, batch=20)
+    feed = StreamFeed(view, nc)
+
+    def lose_the_store() -> None:
+        private_nats.kill()
+        shutil.rmtree(private_nats.store)
+        private_nats.store.mkdir()
+        private_nats.start()
+
+    async def published(n: int) -> bool:
+        return outlet.published >= n
+
+    async def in_stream(n: int) -> bool:
+        """Whether the stream is there and holds ``n`` messages."""
+        try:
+            info = await nc.jetstream().stream_info(subjects.stream_name(cluster))
+        except Exception:  # not there (yet)
+            return False
+        return int(info.state.messages) == n
+
+    try:
+        for i in range(10):
+            outlet.candle(series, "1m", candle(i))
+        await wait_for("the first candles published", 30, lambda: published(10))
+        lose_the_store()
+        for i in range(10, 20):
+            outlet.candle(series, "1m", candle(i))
+        # Nothing else runs: the outlet makes the stream again and publishes the ten.
+        await wait_for("the outlet to make the stream again with the ten", 60, lambda: in_stream(10))
+
+        await writer.start()
+        await feed.start()
+        for i in range(20, 40):
+            outlet.candle(series, "1m", candle(i))
+
+        async def has(n: int) -> bool:
+            stored = await cold.query(series, "1m")
+            return len(stored) == n and len(view.hot.last(series, "1m", 1000)) == n
+
+        await wait_for("the candles stored and served", 30, lambda: has(30))
+        lose_the_store()
+        for i in range(40, 60):
+            outlet.candle(series, "1m", candle(i))
+        await wait_for("the later candles stored and served", 60, lambda: has(50))
+        want = [candle(i).row() for i in range(10, 60)]
+        assert [c.row() for c in await cold.query(series, "1m")] == want
+        assert [c.row() for c in await view.candles(series, "1m", limit=1000)] == want
+        assert writer.resumed >= 1
+    finally:
+        await feed.stop()
+        await writer.stop()
+        await outlet.close()
+        await pub.close()
+        await nc.close()
+        await cold.close()
+        con = await asyncpg.connect(PG_URL)
+        try:
+            await con.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        finally:
+            await con.close()

@@ -52,6 +52,8 @@ log = logging.getLogger("deltafeed.cluster.node")
 #: A book not heard of for this long (seconds; its publisher snapshots every BOOK_SNAPSHOT_S) is
 #: out of sync: its collector died or lost NATS.
 BOOK_SILENT_S = 3 * BOOK_SNAPSHOT_S
+#: How often a serving node checks that the stream it follows is still the cluster's, in seconds.
+STREAM_CHECK_S = 5
 
 
 class StreamCounters(msgspec.Struct):
@@ -417,22 +419,27 @@ class StreamFeed:
         self.nc = nc
         self._subs: list[Any] = []
         self._task: asyncio.Task[None] | None = None
+        self._created: Any = None  # when the stream followed was made (another one: start over)
 
     async def start(self) -> None:
+        self.view.nats_connected = self.nc.is_connected
+        await self._subscribe()
+        self._task = asyncio.create_task(self._watch(), name="cluster-feed")
+
+    async def _subscribe(self) -> None:
         from nats.js.api import DeliverPolicy
 
         view = self.view
         js = self.nc.jetstream()
         await subjects.ensure_stream(js, view.cluster)
-        view.nats_connected = self.nc.is_connected
         info = await js.stream_info(
             subjects.stream_name(view.cluster), subjects_filter=subjects.filter_subject(view.cluster, subjects.CANDLES)
         )
+        self._created = info.created
         pending = sum((info.state.subjects or {}).values())
         view.replay_pending = pending
         started = time.perf_counter()
-        if pending == 0:
-            view.caught_up = True
+        view.caught_up = pending == 0
 
         # Trades and books are followed from now on: a consumer recreated before its first message
         # (NATS restarted) starts at the stream's beginning again, whose old ones are skipped here.
@@ -481,22 +488,48 @@ class StreamFeed:
                 )
             )
 
-        self._task = asyncio.create_task(self._watch_books(), name="cluster-books")
+    async def _watch(self) -> None:
+        """Every second, books whose publisher fell silent go out of sync; every few seconds, the
+        stream is checked to be the one followed: a NATS server that came back without its store
+        (or a stream deleted and made again) starts the feed over on the new stream."""
+        from nats.js.errors import NotFoundError
 
-    async def _watch_books(self) -> None:
+        n = 0
         while True:
             await asyncio.sleep(1.0)
             self.view.check_books()
+            n += 1
+            if n % STREAM_CHECK_S or not self.nc.is_connected:
+                continue
+            try:
+                info = await self.nc.jetstream().stream_info(subjects.stream_name(self.view.cluster))
+                same = info.created == self._created
+            except NotFoundError:
+                same = False
+            except Exception:  # NATS away for a moment: the next check
+                continue
+            if not same:
+                log.warning(
+                    "the cluster's stream is not the one followed (NATS lost its store?); following the new one"
+                )
+                try:
+                    await self._unsubscribe()
+                    await self._subscribe()
+                except Exception as exc:
+                    log.warning("cannot follow the cluster's stream yet (%s); retrying", exc)
+
+    async def _unsubscribe(self) -> None:
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs.clear()
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        self._subs.clear()
+        await self._unsubscribe()
 
 
 def _stream_seq(msg: Any) -> int:

@@ -172,12 +172,17 @@ class Outlet:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            failed = self.failed
             try:
                 await self.flush()
             except Exception as exc:  # NATS away: keep what waits, try again
                 log.warning("publishing to the cluster failed: %s", exc)
                 await asyncio.sleep(1.0)
                 self._wake.set()
+            if self.failed > failed:  # not acknowledged: the stream may be gone (NATS lost its store)
+                with contextlib.suppress(Exception):
+                    await subjects.ensure_stream(self.js, self.cluster)
+                await asyncio.sleep(1.0)
             await asyncio.sleep(FLUSH_S)
 
     async def flush(self) -> None:

@@ -96,18 +96,26 @@ class ColdWriter:
         )
 
     async def start(self) -> None:
+        await self._bind()
+        await self._resume()
+        self._task = asyncio.create_task(self._run(), name="cold-writer")
+
+    async def _bind(self) -> None:
+        """Bind to the durable consumer, ours from before (it keeps our place), or a new one reading
+        the stream from its start (the stream made too when missing)."""
         from nats.js.errors import NotFoundError
 
         js = self.nc.jetstream()
         await subjects.ensure_stream(js, self.cluster)
         stream = subjects.stream_name(self.cluster)
         try:
-            await js.consumer_info(stream, DURABLE)  # ours from before: it keeps our place
+            await js.consumer_info(stream, DURABLE)
         except NotFoundError:
             await js.add_consumer(stream, self._config())
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
         self._sub = await js.pull_subscribe_bind(DURABLE, stream=stream)
-        await self._resume()
-        self._task = asyncio.create_task(self._run(), name="cold-writer")
 
     async def _resume(self) -> None:
         """Deliver again from the first message not acknowledged, if any was delivered and never
@@ -115,9 +123,17 @@ class ColdWriter:
         ``AckPolicy.ALL`` the next batch's acknowledgement would otherwise acknowledge it unwritten,
         and JetStream would redeliver it late, after newer versions. Called before every fetch (the
         previous batch's acknowledgement was confirmed, so nothing of ours is outstanding then)."""
+        from nats.js.errors import NotFoundError
+
         js = self.nc.jetstream()
         stream = subjects.stream_name(self.cluster)
-        info = await js.consumer_info(stream, DURABLE)
+        try:
+            info = await js.consumer_info(stream, DURABLE)
+        except NotFoundError:  # NATS came back without its store, or someone deleted it
+            log.warning("the writer's consumer is gone (NATS lost its store?); reading the stream from its start")
+            await self._bind()
+            self.resumed += 1
+            return
         if not info.num_ack_pending:
             return
         start = info.ack_floor.stream_seq + 1
