@@ -157,6 +157,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cluster_name: str = "default"
     cluster_trades: bool = False  # publish trades too (on deltafeed.<cluster>.trades.<venue>.<symbol>)
     cluster_metrics: str | None = None  # HOST:PORT where a collector serves /metrics and /livez (None: off)
+    # The outgoing address a collector's venue budgets are kept for (None: found per venue by a UDP
+    # connect to its REST host); collectors on one address share them.
+    cluster_address: str | None = None
 
     def venue_settings(self, venue: str) -> VenueSettings:
         """``venue``'s settings, of its own type: its ``[venues.NAME]`` table, with the top-level keys

@@ -1,5 +1,6 @@
 """The collector role: joins a cluster on NATS JetStream, takes its share of the configured
-instruments through leases, runs one engine per instrument it holds, and publishes their candles.
+instruments through leases, collects them with one engine (instruments added and dropped as leases
+come and go), and publishes their candles.
 
 Every ``ttl_s / 5`` a collector renews its leases, says it is alive (the collectors bucket), and
 moves towards its fair share, ceil(instruments / live collectors): it hands back one lease over the
@@ -9,10 +10,13 @@ share, or takes free and stale ones under it. A lease is stale when it has not m
 history back to before the newest candle the cluster has for that instrument, so the handover
 leaves no hole (repeats are dropped by ``Nats-Msg-Id``).
 
-Venue budgets are cluster-wide: the budgets bucket keeps each venue's REST weight per minute and
-connection attempts per 5 minutes (the first collector writes them from its settings), and each
-instrument's engine gets an equal part of them, so all collectors together stay within the
-venue's limits whatever the assignment.
+Venue budgets are per venue and outgoing address, as venues count them: the budgets bucket keeps
+each (venue, address)'s REST weight per minute and connection attempts per 5 minutes (the first
+collector on that address writes them from its settings), and the live collectors on one address
+split them equally: a part shrinks at once when another collector joins, and grows only once it has
+stood for the longest window of the limits (5 minutes), so together they stay within the venue's
+limits. Collectors on
+other addresses have budgets of their own.
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ log = logging.getLogger("deltafeed.cluster")
 LEASE_TTL_S = 5.0
 #: Seconds a collector leaves an instrument be after its engine failed to start.
 COOLDOWN_S = 30.0
+#: Seconds a larger part of an address's budget must stand before a collector takes it: the longest
+#: window of a venue's limits (connection attempts per 5 minutes), so that a collector that just
+#: died cannot have spent its part in the window the survivors then spend theirs in.
+GROW_AFTER_S = 300.0
 
 
 class CollectorInfo(msgspec.Struct):
@@ -61,20 +69,62 @@ class CollectorInfo(msgspec.Struct):
     duplicates: int = 0
     failed: int = 0
     at_ms: int = 0
+    #: Per venue, the outgoing address its budget is kept for.
+    addresses: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class Budget(msgspec.Struct):
-    """A venue's limits shared by the whole cluster (the budgets bucket, key = venue)."""
+    """A venue's limits on one outgoing address (the budgets bucket, key = :func:`budget_key`)."""
 
     weight_limit: int | None
     connect_budget: int
 
 
+def _least(a: tuple[int | None, int], b: tuple[int | None, int]) -> tuple[int | None, int]:
+    """The smaller of two parts in each limit (None, the venue's own limit, counts as the larger)."""
+    w = b[0] if a[0] is None else a[0] if b[0] is None else min(a[0], b[0])
+    return (w, min(a[1], b[1]))
+
+
+def budget_key(venue: str, address: str) -> str:
+    """The budgets bucket's key of ``venue`` seen from ``address`` (``binance.127=2E0=2E0=2E1``)."""
+    return subjects.kv_key(f"{venue}:{address}")
+
+
+def outgoing_address(url: str | None) -> str:
+    """The local address this machine reaches ``url``'s host from (a UDP connect sends nothing);
+    the default route's when the URL names no host or the host does not resolve."""
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname if url else None
+    for target in (host, "192.0.2.1"):  # TEST-NET-1: any routable address shows the default route
+        if not target:
+            continue
+        try:
+            family = socket.getaddrinfo(target, 9, type=socket.SOCK_DGRAM)[0]
+            with socket.socket(family[0], socket.SOCK_DGRAM) as sock:
+                sock.connect(family[4])
+                return str(sock.getsockname()[0])
+        except OSError:
+            continue
+    return "0.0.0.0"  # no route at all: one budget for every such collector
+
+
 @dataclass
 class _Held:
-    engine: Any
+    #: Adding the instrument to the engine (done once it streams).
     task: asyncio.Task[None]
     since_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+
+@dataclass
+class _Part:
+    """A collector's part of one venue's budget on its address."""
+
+    applied: tuple[int | None, int]
+    #: A larger part proposed, and since when (monotonic): applied once it stood for the windows.
+    larger: tuple[int | None, int] | None = None
+    since: float = 0.0
 
 
 async def open_bucket(js: Any, cluster: str, what: str, ttl_s: float | None = None) -> Any:
@@ -138,7 +188,18 @@ class Collector:
         salt = zlib.crc32(self.id.encode())
         self._order = sorted(self.instruments, key=lambda k: zlib.crc32(k.encode(), salt))
         self.held: dict[str, _Held] = {}
+        #: The one engine collecting every instrument held (made in :meth:`start`).
+        self.engine: Any = None
+        #: Per venue, the outgoing address (``cluster_address``, else found by a UDP connect to the
+        #: venue's REST host).
+        fixed = settings.cluster_address
+        self.addresses = {
+            v: fixed or outgoing_address(getattr(settings.venue_settings(v), "rest_url", None))
+            for v in settings.venues_used()
+        }
+        #: Per venue, the budget of its address, and this collector's part of it.
         self.budgets: dict[str, Budget] = {}
+        self.parts: dict[str, _Part] = {}
         self.started_ms = int(time.time() * 1000)
         self.nc: Any = None
         self.js: Any = None
@@ -163,6 +224,7 @@ class Collector:
             self.budgets[venue] = await self._budget(budgets_kv, venue)
         self.outlet = Outlet(self.js, self.cluster, self.id, trades=self.settings.cluster_trades)
         self.outlet.start()
+        await self._start_engine()
         log.info(
             "collector %s joined cluster %s at %s: %d instruments to share",
             self.id,
@@ -172,19 +234,46 @@ class Collector:
         )
 
     async def _budget(self, kv: Any, venue: str) -> Budget:
-        """The cluster's budget of ``venue``: the one in the bucket, or ours written there first."""
+        """The budget of ``venue`` on our address: the one in the bucket, or ours written there first."""
         from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
         vs = self.settings.venue_settings(venue)
         mine = Budget(getattr(vs, "weight_limit", None), self.settings.connect_budget)
+        key = budget_key(venue, self.addresses[venue])
         try:
-            await kv.create(venue, msgspec.json.encode(mine))
+            await kv.create(key, msgspec.json.encode(mine))
             return mine
         except KeyWrongLastSequenceError:
             pass
         with contextlib.suppress(KeyNotFoundError, msgspec.DecodeError):
-            return msgspec.json.decode((await kv.get(venue)).value or b"", type=Budget)
+            return msgspec.json.decode((await kv.get(key)).value or b"", type=Budget)
         return mine
+
+    async def _start_engine(self) -> None:
+        """The engine that collects every instrument this collector will hold: none yet, no API, an
+        in-memory store (or the shared PostgreSQL ``db``); until peers are seen, the whole budget."""
+        from deltafeed.engine import Engine
+
+        s = self.settings
+        engine = Engine(
+            msgspec.structs.replace(
+                s,
+                symbols=[],
+                books=[],  # books are per run, not added live yet: not collected in a cluster
+                db=s.db if is_postgres(s.db) else ":memory:",
+                spool="off" if not is_postgres(s.db) else s.spool,
+                api="off",
+                status_file=None,
+                stop_grace="1s",
+            )
+        )
+        assert self.outlet is not None
+        engine.hub = EngineSink(self.outlet)
+        for venue, budget in self.budgets.items():
+            self.parts[venue] = _Part((budget.weight_limit, budget.connect_budget))
+            engine.set_limits(venue, budget.weight_limit, budget.connect_budget)
+        await engine.start()
+        self.engine = engine
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep the leases, the share and the engines until ``stop`` is set; then hand back."""
@@ -205,14 +294,15 @@ class Collector:
         leases = self.leases
         assert leases is not None
         for key in await leases.renew():
-            await self._stop_engine(key)
+            await self._stop(key)
         await self._announce()
-        live = await self._live()
-        share = math.ceil(len(self.instruments) / max(1, live))
+        peers = await self._live()
+        self._share_budgets(peers)
+        share = math.ceil(len(self.instruments) / len(peers))
         if len(self.held) > share:
             key = max(self.held, key=lambda k: self.held[k].since_ms)
-            log.info("handing %s back: %d live collectors, a share of %d", self.instruments[key], live, share)
-            await self._stop_engine(key)
+            log.info("handing %s back: %d live collectors, a share of %d", self.instruments[key], len(peers), share)
+            await self._stop(key)
             await leases.release(key)
             return
         for key in self._order:
@@ -222,7 +312,7 @@ class Collector:
             if self._cooling.get(key, 0.0) > time.monotonic():
                 await leases.watch(key)
             elif len(self.held) < share and claim and await leases.claim(key):
-                await self._start_engine(key)
+                await self._start(key)
             elif not claim or len(self.held) >= share:
                 await leases.watch(key)
 
@@ -241,11 +331,12 @@ class Collector:
             outlet.duplicates,
             outlet.failed,
             int(time.time() * 1000),
+            self.addresses,
         )
         await self._collectors_kv.put(self.id, msgspec.json.encode(info))
 
-    async def _live(self) -> int:
-        """How many collectors are alive: entries that moved within ``ttl_s`` (by our clock)."""
+    async def _live(self) -> list[CollectorInfo]:
+        """The live collectors, this one included: entries that moved within ``ttl_s`` (by our clock)."""
         from nats.js.errors import NoKeysError
 
         try:
@@ -253,47 +344,53 @@ class Collector:
         except NoKeysError:
             keys = []
         now = time.monotonic()
-        live = 0
+        live = []
         for key in keys:
             try:
                 entry = await self._collectors_kv.get(key)
+                info = msgspec.json.decode(entry.value or b"", type=CollectorInfo)
             except Exception:
                 continue
             seen = self._peers.get(key)
             if seen is None or seen[0] != entry.revision:
                 self._peers[key] = (entry.revision, now)
-                live += 1
+                live.append(info)
             elif key == self.id or now - seen[1] < self.ttl_s:
-                live += 1
-        return max(1, live)
+                live.append(info)
+        if not any(i.id == self.id for i in live):
+            live.append(CollectorInfo(self.id, "", 0, 0, self.ttl_s, addresses=self.addresses))
+        return live
 
-    def _settings_for(self, inst: Instrument, history_ms: int) -> Settings:
-        """The settings of one instrument's engine: its part of the venue's budgets, no API, its
-        history back to before the cluster's newest candle of it."""
-        s = self.settings
-        n = sum(1 for i in self.instruments.values() if i.venue == inst.venue)
-        budget = self.budgets[inst.venue]
-        changes: dict[str, Any] = {
-            "symbols": [str(inst)],
-            "books": [b for b in s.books if b == str(inst)],
-            "history": f"{history_ms}ms",
-            "db": s.db if is_postgres(s.db) else ":memory:",
-            "spool": "off" if not is_postgres(s.db) else s.spool,
-            "api": "off",
-            "status_file": None,
-            "connect_budget": max(1, budget.connect_budget // n),
-            "stop_grace": "1s",
-        }
-        if budget.weight_limit is not None:
-            share = max(1, budget.weight_limit // n)
-            venues = dict(s.venues)
-            table = msgspec.to_builtins(s.venue_settings(inst.venue))
-            table["weight_limit"] = share
-            venues[inst.venue] = table
-            changes["venues"] = venues
-            if inst.venue == s.venue:
-                changes["weight_limit"] = share
-        return msgspec.structs.replace(s, **changes)
+    def _share_budgets(self, peers: list[CollectorInfo]) -> None:
+        """Split each venue's budget on our address equally among the live collectors there: a part
+        shrinks at once, and grows only once the larger part has stood for :data:`GROW_AFTER_S`."""
+        now = time.monotonic()
+        for venue, budget in self.budgets.items():
+            n = sum(1 for p in peers if p.addresses.get(venue) == self.addresses[venue])
+            weight = None if budget.weight_limit is None else max(1, budget.weight_limit // max(1, n))
+            want = (weight, max(1, budget.connect_budget // max(1, n)))
+            part = self.parts[venue]
+            applied = _least(want, part.applied)  # a limit that shrinks does so at once
+            if applied != want:  # one that grows waits until the larger part has stood
+                if part.larger != want:
+                    part.larger, part.since = want, now
+                elif now - part.since >= GROW_AFTER_S:
+                    applied = want
+            if applied == want:
+                part.larger = None
+            if applied == part.applied:
+                continue
+            part.applied = applied
+            log.info(
+                "%s: our part of the budget on %s is %s weight/min, %d connection attempts/5 min (%d collectors there)",
+                venue,
+                self.addresses[venue],
+                applied[0] if applied[0] is not None else "the venue's",
+                applied[1],
+                n,
+            )
+            if self.engine is not None:
+                self.engine.set_limits(venue, *applied)
 
     async def _history_ms(self, inst: Instrument) -> int:
         """How far back the engine of ``inst`` fetches history: to a margin before the newest
@@ -311,33 +408,30 @@ class Collector:
         margin = max(10 * tf_ms, 60_000)
         return max(0, int(time.time() * 1000) - last.sent_ms) + tf_ms + margin
 
-    async def _start_engine(self, key: str) -> None:
-        from deltafeed.engine import Engine
-
+    async def _start(self, key: str) -> None:
+        """Add the instrument of ``key`` to the engine (its history first, then its stream); one the
+        venue refuses is handed back and left be for :data:`COOLDOWN_S`."""
         inst = self.instruments[key]
         history_ms = await self._history_ms(inst)
-        engine = Engine(self._settings_for(inst, history_ms))
-        assert self.outlet is not None
-        engine.hub = sink = EngineSink(self.outlet)
-        sink.attach_books(engine.books)  # its order books on the cluster's books subjects
 
-        async def run() -> None:
+        async def add() -> None:
             try:
-                await engine.start()
+                await self.engine.add_instrument(inst, history_ms=history_ms)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the venue refuses or is away: hand the lease back, try later
                 log.error("cannot collect %s: %s", inst, exc)
                 self._cooling[key] = time.monotonic() + COOLDOWN_S
-                await self._stop_engine(key)
+                self.held.pop(key, None)
                 if self.leases is not None:
                     await self.leases.release(key)
                 return
             log.info("collecting %s (history from %.0f s back)", inst, history_ms / 1000)
 
-        self.held[key] = _Held(engine, asyncio.create_task(run(), name=f"engine-{key}"))
+        self.held[key] = _Held(asyncio.create_task(add(), name=f"add-{key}"))
 
-    async def _stop_engine(self, key: str) -> None:
+    async def _stop(self, key: str) -> None:
+        """Drop the instrument of ``key`` from the engine (an addition under way is cancelled)."""
         held = self.held.pop(key, None)
         if held is None:
             return
@@ -345,14 +439,22 @@ class Collector:
             held.task.cancel()
             await asyncio.gather(held.task, return_exceptions=True)
         try:
-            await held.engine.stop()
+            await self.engine.drop_instrument(self.instruments[key])
         except Exception as exc:
-            log.warning("stopping the engine of %s: %s", self.instruments[key], exc)
+            log.warning("dropping %s: %s", self.instruments[key], exc)
         log.info("stopped collecting %s", self.instruments[key])
 
     async def close(self) -> None:
-        """Stop every engine, publish what waits, hand every lease back, leave."""
-        await asyncio.gather(*(self._stop_engine(k) for k in list(self.held)))
+        """Stop the engine, publish what waits, hand every lease back, leave."""
+        for held in self.held.values():
+            held.task.cancel()
+        await asyncio.gather(*(h.task for h in self.held.values()), return_exceptions=True)
+        self.held.clear()
+        if self.engine is not None:
+            try:
+                await self.engine.stop()
+            except Exception as exc:
+                log.warning("stopping the engine: %s", exc)
         if self.outlet is not None:
             await self.outlet.close()
         if self.leases is not None:

@@ -59,9 +59,14 @@ class CollectorMetrics(Collector):
         trades = CounterMetricFamily(
             "deltafeed_cluster_trades", "Trades received per instrument held", labels=[*labels, "instrument"]
         )
-        for key, held in c.held.items():
-            n = sum(st.trades for st in held.engine.states.values())
-            trades.add_metric([*ids, str(c.instruments[key])], n)
+        counts: dict[str, int] = {}
+        if c.engine is not None:
+            for st in c.engine.states.values():
+                name = str(st.instrument)
+                counts[name] = counts.get(name, 0) + st.trades
+        for key in c.held:
+            name = str(c.instruments[key])
+            trades.add_metric([*ids, name], counts.get(name, 0))
         yield trades
 
 

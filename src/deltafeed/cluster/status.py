@@ -3,6 +3,7 @@ holds, every lease, the stream's size and each durable consumer's lag."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -61,6 +62,7 @@ async def cluster_status(url: str, cluster: str) -> dict[str, Any]:
                     "published": info.published,
                     "duplicates": info.duplicates,
                     "failed": info.failed,
+                    "addresses": info.addresses,
                 }
             )
         collectors.sort(key=lambda c: str(c["id"]))
@@ -71,7 +73,12 @@ async def cluster_status(url: str, cluster: str) -> dict[str, Any]:
                 "holder": lease.holder or None,
                 "age_s": round(max(0.0, now - lease.at_ms / 1000), 1),
             }
-        budgets = {k: msgspec.json.decode(v) for k, v in (await _entries(js, cluster, subjects.BUDGETS)).items()}
+        # Per venue, per outgoing address: {"binance": {"10.0.0.7": {"weight_limit": ..., ...}}}.
+        budgets: dict[str, dict[str, Any]] = {}
+        for key, raw in sorted((await _entries(js, cluster, subjects.BUDGETS)).items()):
+            venue, _, address = subjects.series_of_key(key).partition(":")
+            with contextlib.suppress(msgspec.DecodeError):
+                budgets.setdefault(venue, {})[address] = msgspec.json.decode(raw)
         stream: dict[str, Any] | None = None
         consumers = []
         name = subjects.stream_name(cluster)

@@ -54,9 +54,11 @@ class Bootstrap:
             for key, read in got.items():
                 self._read[(key, tf)] = read
 
-    async def series(self, st: Series, marks: dict[tuple[str, str], int]) -> None:
-        """Fill each timeframe from where stored candles stop being known final, up to now."""
+    async def series(self, st: Series, marks: dict[tuple[str, str], int], *, history_ms: int | None = None) -> None:
+        """Fill each timeframe from where stored candles stop being known final, up to now
+        (``history_ms`` back, default the ``history`` setting, where none are)."""
         key = st.key
+        back = self.engine.settings.history_ms if history_ms is None else history_ms
         now = self._now.pop(key, None) or st.feed.clock.now_ms()
         for tf in self.engine.timeframes:
             grid = timeframe(tf)
@@ -73,13 +75,13 @@ class Bootstrap:
                 for c in read.recent:
                     self.engine.redis.put(key, tf, c)
             last = read.last_closed
-            start = grid.next(last.open_time) if last else now - self.engine.settings.history_ms
+            start = grid.next(last.open_time) if last else now - back
             mark = marks.get((key, tf))
             if last is not None and mark is None:
                 # Candles but no mark: the run that stored them died before vouching for any (a
                 # kill -9 during its bootstrap, whose deferred history may never have come).
                 log.info("%s %s: stored candles were never confirmed; fetching the history again", key, tf)
-                start = now - self.engine.settings.history_ms
+                start = now - back
             elif last is not None and mark is not None and mark < start:
                 # The previous run ended without vouching for these (a kill -9, a crash, a store
                 # outage): fetch them again rather than trust them.

@@ -119,6 +119,13 @@ class Completeness:
                 return True
         return False
 
+    def forget(self, keys: list[str]) -> None:
+        """Series dropped from the engine: their waiting repairs go (one under way finds its
+        series gone and hands nothing on), and so does the record of their written marks."""
+        gone = set(keys)
+        self.repairs = deque(j for j in self.repairs if j.key not in gone)
+        self._written_marks = {k: v for k, v in self._written_marks.items() if k[0] not in gone}
+
     def stale_sink(self, key: str) -> Callable[[str, int], None]:
         """A derived candle the rollup cannot vouch for (a part it never saw whole): fetch it."""
         repair = self.repair_sink(key)
@@ -162,7 +169,9 @@ class Completeness:
     def release_held(self, key: str, timeframe: str) -> None:
         """A repair of the series made progress: the candles held behind its hole that no hole
         precedes any more are final now, and go out again as such."""
-        st = self.engine.states[key]
+        st = self.engine.states.get(key)
+        if st is None:
+            return  # dropped meanwhile
         held = st.held.get(timeframe)
         if not held:
             return
@@ -190,7 +199,9 @@ class Completeness:
 
     async def _repair(self, job: Repair) -> Repair | None:
         """Repair what of ``job`` is ready; returns what is left to do (``job`` itself if nothing was)."""
-        st = self.engine.states[job.key]
+        st = self.engine.states.get(job.key)
+        if st is None:
+            return None  # its series was dropped
         if not self._within_history(st, job):
             return None
         limit = self.ready_until(job)
@@ -205,6 +216,8 @@ class Completeness:
             log.warning("repair of %s %s failed (%s); will retry", job.key, job.timeframe, exc)
             await self.engine.clock.sleep(1.0)
             return job
+        if job.key not in self.engine.states:
+            return None  # dropped while its history was fetched
         log.debug(
             "repair %s %s %d..%d: %d candles from %d",
             job.key,
@@ -408,7 +421,8 @@ class Completeness:
         window_ms = int(self.engine.settings.seconds("audit_window") * 1000)
         by_feed: dict[int, list[Series]] = {}
         for st in self.engine.states.values():
-            by_feed.setdefault(id(st.feed), []).append(st)
+            if st.key not in self.engine.joining:  # an instrument being added audits once it streams
+                by_feed.setdefault(id(st.feed), []).append(st)
         for states in by_feed.values():
             feed = states[0].feed
             now = feed.clock.now_ms()

@@ -28,7 +28,7 @@ from deltafeed.engine.history import source
 from deltafeed.engine.publish import Publisher
 from deltafeed.engine.status import EngineStatus, SwitchDoc
 from deltafeed.extras import require
-from deltafeed.model import BadInput, Candle, Switch, Unavailable, series_key, timeframe
+from deltafeed.model import BadInput, Candle, Instrument, Switch, Unavailable, series_key, timeframe
 from deltafeed.net.http import VenueUnreachable
 from deltafeed.series import Series
 from deltafeed.stats import EngineMetrics
@@ -107,36 +107,15 @@ class Engine:
         # One feed per venue (its connection, decoder and REST history); one state per series.
         self.feeds: dict[str, Feed] = {}
         self.states: dict[str, Series] = {}
+        #: Keys of series added while the engine runs whose history is still being fetched: the tick
+        #: and the audit leave them alone until they stream (see :meth:`add_instrument`).
+        self.joining: set[str] = set()
+        #: Limits given by :meth:`set_limits`, per venue: (REST weight per minute, connection attempts).
+        self.limits: dict[str, tuple[int | None, int]] = {}
+        self._fixed_limits: set[str] = set()  # venues whose feed cannot change its limits (said once)
+        self._unstarted: set[str] = set()  # venues whose feed was made by add_instrument, not started yet
         for inst in self.instruments:
-            feed = self.feeds.get(inst.venue)
-            if feed is None:
-                feed = self.feeds[inst.venue] = make_feed(inst.venue, settings, self.publisher.trade)
-            vs = settings.venue_settings(inst.venue)
-            venue = registry.get(inst.venue)
-            cal_name = venue.calendar_name(inst.symbol)
-            calendar = calendar_for(cal_name, holidays=(vs.holidays or None) if cal_name != "crypto" else None)
-            base = settings.rollup_base(inst)
-            # Derived: what the base divides (its candles are whole runs of base candles); the rest
-            # (e.g. 45s beside a 1m base) are built from the trades.
-            derived = [tf for tf in self.timeframes if base is not None and _derivable(base, tf)]
-            built = [tf for tf in self.timeframes if tf not in derived]
-            for side in venue.sides(settings.prices_for(inst), inst.symbol):
-                key = series_key(str(inst), side)
-                closed = self.publisher.closed_sink(key)
-                repair = self.completeness.repair_sink(key)
-                st = Series(
-                    inst,
-                    CandleBuilder(built, closed, repair, calendar=calendar, vouch=feed.sequenced),
-                    calendar,
-                    feed,
-                    side,
-                )
-                if base is not None and derived:
-                    st.rollup = RollupBuilder(base, derived, closed, on_stale=self.completeness.stale_sink(key))
-                self.states[key] = st
-                feed.add(st)
-            for tf in self.timeframes:  # after the feed's own check, which words it for its venue
-                source(inst.venue, tf)  # BadInput when the venue's history cannot make it at all
+            self._make_series(inst)
         self.failover = Failovers(self)
         #: The run's order books (``books`` setting); started with the streams.
         self.books = Books(settings)
@@ -144,9 +123,48 @@ class Engine:
         #: Monotonic time start() finished (history bootstrapped, streams started); None before.
         self.streaming_since: float | None = None
 
+    def _make_series(self, inst: Instrument) -> list[Series]:
+        """The series of ``inst`` (one per price side), in :attr:`states` and on the venue's feed
+        (made when it is the venue's first instrument)."""
+        settings = self.settings
+        feed = self.feeds.get(inst.venue)
+        if feed is None:
+            feed = self.feeds[inst.venue] = make_feed(inst.venue, settings, self.publisher.trade)
+            if inst.venue in self.limits:
+                self._apply_limits(feed, *self.limits[inst.venue])
+        vs = settings.venue_settings(inst.venue)
+        venue = registry.get(inst.venue)
+        cal_name = venue.calendar_name(inst.symbol)
+        calendar = calendar_for(cal_name, holidays=(vs.holidays or None) if cal_name != "crypto" else None)
+        base = settings.rollup_base(inst)
+        # Derived: what the base divides (its candles are whole runs of base candles); the rest
+        # (e.g. 45s beside a 1m base) are built from the trades.
+        derived = [tf for tf in self.timeframes if base is not None and _derivable(base, tf)]
+        built = [tf for tf in self.timeframes if tf not in derived]
+        made = []
+        for side in venue.sides(settings.prices_for(inst), inst.symbol):
+            key = series_key(str(inst), side)
+            closed = self.publisher.closed_sink(key)
+            repair = self.completeness.repair_sink(key)
+            st = Series(
+                inst,
+                CandleBuilder(built, closed, repair, calendar=calendar, vouch=feed.sequenced),
+                calendar,
+                feed,
+                side,
+            )
+            if base is not None and derived:
+                st.rollup = RollupBuilder(base, derived, closed, on_stale=self.completeness.stale_sink(key))
+            self.states[key] = st
+            feed.add(st)
+            made.append(st)
+        for tf in self.timeframes:  # after the feed's own check, which words it for its venue
+            source(inst.venue, tf)  # BadInput when the venue's history cannot make it at all
+        return made
+
     def now_ms(self) -> int:
         """The latest of the venues' clocks (retention and latency figures)."""
-        return max(f.clock.now_ms() for f in self.feeds.values())
+        return max((f.clock.now_ms() for f in self.feeds.values()), default=self.clock.time_ms())
 
     @property
     def venue_clock(self) -> VenueClock:
@@ -234,19 +252,126 @@ class Engine:
         self._tasks.append(asyncio.create_task(self._tick(), name="tick"))
         self._tasks.append(asyncio.create_task(self.completeness.repair_loop(), name="repairs"))
         for feed in self.feeds.values():
-            every = (
-                self.settings.seconds("reconcile_every") if self.settings.reconcile_every else feed.reconcile_every_s
-            )
-            if not feed.sequenced and every > 0:
-                self._tasks.append(
-                    asyncio.create_task(self.completeness.reconcile_loop(feed, every), name=f"reconcile-{feed.venue}")
-                )
+            self._start_reconciling(feed)
         self._tasks.append(asyncio.create_task(self.completeness.mark_loop(), name="marks"))
         self._tasks.append(asyncio.create_task(self.completeness.audit_loop(), name="audit"))
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
         if self.settings.status_file:
             self._tasks.append(asyncio.create_task(self._status_file_loop(), name="status-file"))
         self.streaming_since = self.clock.monotonic()
+
+    async def add_instrument(self, inst: Instrument, *, history_ms: int | None = None) -> list[str]:
+        """Start collecting ``inst`` while the engine runs; returns its series' keys ([] when it is
+        collected already).
+
+        As at start-up, but for it alone: the venue checks the symbol, its history is fetched from
+        where its stored candles stop being known final (``history_ms`` back when none are, instead
+        of ``history``), and only then does it stream: subscribed on the venue's open connection
+        (the feed's :meth:`~deltafeed.venues.base.Feed.control`), or on a new one when it is the
+        venue's first instrument. The tick leaves it alone meanwhile. On failure (the venue refuses
+        the symbol, or the call is cancelled) it is dropped again and the error raised."""
+        if self.streaming_since is None:
+            raise RuntimeError("add_instrument() is for a running engine; start() it first")
+        name = str(inst)
+        if any(str(st.instrument) == name for st in self.states.values()):
+            return []
+        new_feed = inst.venue not in self.feeds
+        made: list[Series] = []
+        try:
+            made = self._make_series(inst)
+            self.instruments.append(inst)
+            if new_feed:
+                self._unstarted.add(inst.venue)
+            self.joining.update(st.key for st in made)
+            for st in made:  # routed nowhere until its history is in (a reconnect leaves it out too)
+                st.active = False
+                st.feed.activate(st, False)
+            feed = made[0].feed
+            await feed.check()
+            if self.ticks is not None:
+                for st in made:
+                    self.ticks.attach(st)
+            marks = await self.bootstrap.patiently("read the final marks", self.cold.final_marks)
+            await asyncio.gather(*(self.bootstrap.series(st, marks, history_ms=history_ms) for st in made))
+        except BaseException:
+            await self.drop_instrument(inst)
+            raise
+        self.joining.difference_update(st.key for st in made)
+        if new_feed:
+            for st in made:
+                feed.activate(st, True)
+                st.active = True
+            feed.start()
+            self._unstarted.discard(feed.venue)
+            self._start_reconciling(feed)
+        else:
+            self._control(True, made)
+        log.info("%s added: streaming", name)
+        return [st.key for st in made]
+
+    async def drop_instrument(self, inst: Instrument) -> list[str]:
+        """Stop collecting ``inst`` while the engine runs; returns the keys of the series dropped.
+
+        Unsubscribed on the open connection (the venue's last instrument closes the feed), its
+        forming candles handed on as they are (forming, never final), its waiting repairs
+        forgotten, and its final marks written as they stand: they vouch only for what this engine
+        verified, so whoever collects it next fetches the rest again."""
+        name = str(inst)
+        gone = [st for st in self.states.values() if str(st.instrument) == name]
+        self.instruments = [i for i in self.instruments if str(i) != name]
+        if not gone:
+            return []
+        self._control(False, [st for st in gone if st.active])
+        keys = [st.key for st in gone]
+        marks = {k: v for k, v in self.final_marks().items() if k[0] in keys}
+        for st in gone:
+            if st.key not in self.joining:
+                self.publisher.open(st)
+            del self.states[st.key]
+            self.joining.discard(st.key)
+            remove = getattr(st.feed, "remove", None)
+            if remove is not None:
+                remove(st)
+        self.completeness.forget(keys)
+        feed = gone[0].feed
+        if not any(st.feed is feed for st in self.states.values()):
+            del self.feeds[feed.venue]
+            self._unstarted.discard(feed.venue)
+            for t in [t for t in self._tasks if t.get_name() == f"reconcile-{feed.venue}"]:
+                t.cancel()
+                self._tasks.remove(t)
+            await feed.stop()
+        if marks:
+            with contextlib.suppress(StoreError):
+                await self.writer.flush(retry_for_s=0.0)
+                await self.cold.set_final_marks(marks)
+        log.info("%s dropped", name)
+        return keys
+
+    def set_limits(self, venue: str, weight_limit: int | None, connect_budget: int) -> None:
+        """Keep ``venue`` within a REST weight per minute (None: the venue's own) and connection
+        attempts per 5 minutes from now on, its feed made later included: e.g. a collector's part of
+        a budget it shares with others. A feed that cannot change them keeps its settings' (said once)."""
+        self.limits[venue] = (weight_limit, connect_budget)
+        feed = self.feeds.get(venue)
+        if feed is not None:
+            self._apply_limits(feed, weight_limit, connect_budget)
+
+    def _apply_limits(self, feed: Feed, weight_limit: int | None, connect_budget: int) -> None:
+        apply = getattr(feed, "set_limits", None)
+        if apply is not None:
+            apply(weight_limit, connect_budget)
+        elif feed.venue not in self._fixed_limits:
+            self._fixed_limits.add(feed.venue)
+            log.warning("%s keeps the limits of its settings: its feed cannot change them while it runs", feed.venue)
+
+    def _start_reconciling(self, feed: Feed) -> None:
+        """Reconcile ``feed``'s provisional candles with its history, when it is not sequenced."""
+        every = self.settings.seconds("reconcile_every") if self.settings.reconcile_every else feed.reconcile_every_s
+        if not feed.sequenced and every > 0:
+            self._tasks.append(
+                asyncio.create_task(self.completeness.reconcile_loop(feed, every), name=f"reconcile-{feed.venue}")
+            )
 
     async def _start_ticks(self) -> None:
         """Record every series' ticks when ``ticks`` is on and the cold tier keeps them."""
@@ -285,7 +410,10 @@ class Engine:
             if mono >= next_report:
                 next_report += REPORT_EVERY_S
                 self._report()
+            joining = self.joining
             for key, st in self.states.items():
+                if key in joining:
+                    continue
                 seen = st.trades + st.venue_candles
                 st.messages_per_s += ((seen - st._seen) / TICK_S - st.messages_per_s) * (TICK_S / 5.0)
                 if seen != st._seen:
@@ -301,10 +429,14 @@ class Engine:
                         held_last_tick.add(key)
                 else:
                     held_last_tick.discard(key)
-            for feed in self.feeds.values():
+            for feed in list(self.feeds.values()):
+                if feed.venue in self._unstarted:
+                    continue
                 await feed.tick(mono)  # learns the venue's time, rotates connections
             self.failover.check(mono)
-            for st in self.states.values():
+            for key, st in list(self.states.items()):
+                if key in joining:
+                    continue
                 clock = st.feed.clock
                 # At least a second of wall time for the last trades of a candle to arrive, however
                 # fast the venue's clock runs (a replica's may run 120 times as fast).

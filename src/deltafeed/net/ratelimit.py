@@ -31,11 +31,10 @@ class WeightLimiter:
     ) -> None:
         if limit <= 0:
             raise ValueError("limit must be positive")
-        self.limit = limit
         self.window_s = window_s
-        self.budget = max(1.0, limit * headroom)
-        self.rate = self.budget / window_s  # weight per second
-        self.capacity = max(1.0, self.budget * burst_fraction)
+        self.headroom = headroom
+        self.burst_fraction = burst_fraction
+        self.resize(limit)
         self._clock = clock or LiveClock()
         self._sleep = sleep or self._clock.sleep  # waits on the clock that measures the pace
         self._tokens = self.capacity
@@ -47,6 +46,17 @@ class WeightLimiter:
         self.waits = 0
         self.waited_s = 0.0
         self.penalties = 0
+
+    def resize(self, limit: int) -> None:
+        """Pace to ``limit`` from now on (a collector's part of a shared budget changed)."""
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        self.limit = limit
+        self.budget = max(1.0, limit * self.headroom)
+        self.rate = self.budget / self.window_s  # weight per second
+        self.capacity = max(1.0, self.budget * self.burst_fraction)
+        if hasattr(self, "_tokens"):
+            self._tokens = min(self._tokens, self.capacity)
 
     def _window(self) -> int:
         return int(self._clock.time_ms() // int(self.window_s * 1000))

@@ -335,6 +335,19 @@ class LinkPool(Generic[M]):
         self.link_of[id(member)] = link
         return link
 
+    def remove(self, member: M, subs: int, chars: int = 0) -> None:
+        """Take ``member`` (unsubscribed already) off its link, which has room for another again."""
+        link = self.link_of.pop(id(member), None)
+        if link is not None:
+            link.members = [m for m in link.members if m is not member]
+            link.load -= subs
+            link.chars -= chars
+
+    def set_connect_budget(self, attempts: int) -> None:
+        """Connection attempts allowed per window from now on (within the venue's own cap)."""
+        lim = self.limits
+        self.budget.limit = min(attempts, lim.connects) if lim.connects else attempts
+
     def start(self) -> None:
         self.started = True
         for link in self.links:

@@ -74,6 +74,7 @@ class BinanceFeed:
         self._on_trade = on_trade
         self._request_id = 0
         self.shutdown_notices = 0
+        self._in_url: dict[int, set[str]] = {}  # link index -> the streams its latest URL carried
         base = len(binance.combined_url(self.ws_url, []))
         limits = dataclasses.replace(VENUE.stream_limits, chars_per_connection=MAX_URL_BYTES - base)
         self.pool: LinkPool[Series] = LinkPool(
@@ -81,6 +82,7 @@ class BinanceFeed:
             limits,
             url=self.url,
             on_frame=self.on_frame,
+            on_connect=self.on_connect,
             connect_budget=connect_budget,
             rotate_after_s=rotate_after_s,
             stale_after_s=stale_after_s,
@@ -105,9 +107,20 @@ class BinanceFeed:
     def url(self, link: Link[Series]) -> str:
         """The combined-stream URL of the link's instruments streaming now (a reconnect resubscribes them)."""
         streams = self._streams(st for st in link.members if st.active)
+        self._in_url[link.index] = set(streams)
         if not streams:
             return self.ws_url.rstrip("/") + "/stream"
         return binance.combined_url(self.ws_url, streams)
+
+    def on_connect(self, link: Link[Series], ws: Stream) -> None:
+        """An instrument that started streaming while the connection was being made (after its URL
+        was written, before it was up) is subscribed now: its SUBSCRIBE had no connection to go on."""
+        missing = [
+            s for s in self._streams(st for st in link.members if st.active) if s not in self._in_url[link.index]
+        ]
+        for part in self.pool.limits.chunks(missing) if missing else []:
+            self._request_id += 1
+            link.send(ws, binance.subscribe(list(part), self._request_id))
 
     def add(self, st: Series) -> None:
         """Put an instrument on the last link, or on a new one when that would pass a limit."""
@@ -115,6 +128,20 @@ class BinanceFeed:
         self.pool.place(st, len(streams), sum(len(s) + 1 for s in streams))
         self.states.append(st)
         self.by_symbol[st.instrument.symbol] = st
+
+    def remove(self, st: Series) -> None:
+        """Forget an instrument the engine dropped (unsubscribed already): its link has room again."""
+        streams = self._streams([st])
+        self.pool.remove(st, len(streams), sum(len(s) + 1 for s in streams))
+        self.states = [s for s in self.states if s is not st]
+        if self.by_symbol.get(st.instrument.symbol) is st:
+            del self.by_symbol[st.instrument.symbol]
+
+    def set_limits(self, weight_limit: int | None, connect_budget: int) -> None:
+        """Keep to new limits from now on: REST weight per minute, connection attempts per 5 minutes."""
+        if weight_limit is not None:
+            self.history.limiter.resize(weight_limit)
+        self.pool.set_connect_budget(connect_budget)
 
     def page_span_ms(self, timeframe: str) -> int:
         return self.history.page_span_ms(timeframe)

@@ -1,0 +1,105 @@
+"""Instruments added to and dropped from a running engine (what a cluster's collector does as its
+leases come and go), against the Binance replica: the added one is bootstrapped from the history
+asked for and then subscribed on the open connection, the dropped one unsubscribed, with no
+connection beyond the first; every final candle of both equals the replica's tape, with no hole,
+and the dropped one's final mark vouches for nothing past what the engine verified."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from deltafeed.config import Settings
+from deltafeed.engine import Engine
+from deltafeed.model import TIMEFRAMES, Instrument
+from deltafeed.store.cold import ColdStore
+from deltafeed.venues.binance.replica import BinanceReplica
+from reference import candles_from_tape, read_tape
+
+M = TIMEFRAMES["1m"]
+
+
+async def _until(what: str, cond: object, timeout: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():  # type: ignore[operator]
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def test_add_and_drop_instruments_live_on_one_connection(tmp_path: Path) -> None:
+    tape = tmp_path / "tape.csv"
+    replica = BinanceReplica(
+        symbols=["BTCUSDT", "ETHUSDT", "SOLUSDT"],
+        seed=21,
+        rate=4.0,
+        speed=60.0,
+        history_ms=2 * 3_600_000,
+        tape=str(tape),
+    )
+    await replica.start()
+    db = str(tmp_path / "live.duckdb")
+    settings = Settings(
+        symbols=["BTCUSDT"],
+        timeframes=["1m", "5m"],
+        history="20m",
+        db=db,
+        rest_url=replica.url,
+        ws_url=replica.ws_url,
+        venue_klines=False,
+    ).validate()
+    engine = Engine(settings)
+    btc, eth, sol = (Instrument.parse(s, default_venue="binance") for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT"))
+    try:
+        await engine.start()
+        await _until("BTC trades", lambda: engine.states["binance:BTCUSDT"].trades > 200)
+        added_at = replica.clock.now_ms()
+        assert await engine.add_instrument(eth, history_ms=30 * M) == ["binance:ETHUSDT"]
+        assert await engine.add_instrument(eth) == []  # collected already
+        await _until("ETH trades", lambda: engine.states["binance:ETHUSDT"].trades > 200)
+        assert await engine.drop_instrument(btc) == ["binance:BTCUSDT"]
+        dropped_at = replica.clock.now_ms()
+        assert "binance:BTCUSDT" not in engine.states
+        # Added and dropped again at once: a cancelled addition leaves nothing behind.
+        adding = asyncio.create_task(engine.add_instrument(sol, history_ms=30 * M))
+        await asyncio.sleep(0.05)
+        adding.cancel()
+        await asyncio.gather(adding, return_exceptions=True)
+        assert "binance:SOLUSDT" not in engine.states and not engine.joining
+        await asyncio.sleep(3.0)  # three market minutes more of ETH alone
+        status = engine.status()
+        assert status["connects"] == 1, status
+        assert not status["skipped_frames"]
+    finally:
+        await engine.stop()
+        await replica.stop()
+    assert replica.stats["connections"] == 1
+    assert replica.stats["429"] == 0 and replica.stats["418"] == 0
+
+    rows = read_tape(str(tape))
+    store = ColdStore.open_reader(db)
+    try:
+        marks = store.final_marks()
+        for sym, since in (("ETHUSDT", added_at - 30 * M), ("BTCUSDT", None)):
+            for tf in ("1m", "5m"):
+                tf_ms = TIMEFRAMES[tf]
+                want = {c.open_time: c for c in candles_from_tape([r for r in rows if r[0] == sym], tf_ms)}
+                final = [c for c in store.query(f"binance:{sym}", tf) if c.final]
+                assert final, (sym, tf)
+                keys = [c.open_time for c in final]
+                assert keys == list(range(keys[0], keys[-1] + tf_ms, tf_ms)), (sym, tf)  # no hole
+                if since is not None:  # history from where it was asked for
+                    assert keys[0] <= since - since % tf_ms + tf_ms, (sym, tf)
+                for c in final:
+                    w = want[c.open_time]
+                    got = (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades)
+                    assert got == (w.open, w.high, w.low, w.close, round(w.volume, 8), w.trades), (sym, tf, c.open_time)
+                # The mark vouches for final candles only: every stored candle before it is final.
+                mark = marks[(f"binance:{sym}", tf)]
+                assert all(c.final for c in store.query(f"binance:{sym}", tf) if c.open_time < mark), (sym, tf)
+        # BTC stopped at the drop: nothing of it after, and its mark is not past the drop.
+        btc_rows = store.query("binance:BTCUSDT", "1m")
+        assert max(c.open_time for c in btc_rows) <= dropped_at
+        assert marks[("binance:BTCUSDT", "1m")] <= dropped_at
+        assert not store.query("binance:SOLUSDT", "1m")
+    finally:
+        store.close()
