@@ -21,8 +21,14 @@ on a fresh cluster and schema:
 
 Medians of ``--runs`` runs (default 3) are printed last.
 
+With ``--engines N`` it measures one collector's cost instead: a Binance replica with N symbols (its
+own process) and one collector (``deltafeed run --cluster``, run by ``--python``, e.g. an older
+install for a before/after) holding all N; printed per run: seconds until it streams all N, the
+connections the replica counted, and over ``--seconds`` the collector's CPU share and its RSS.
+
     python bench/cluster.py [--series 200] [--candles 50] [--seconds 5] [--runs 3] [--venue]
                             [--db postgresql://postgres@127.0.0.1:5432/test] [--nats nats://127.0.0.1:4222]
+    python bench/cluster.py --engines 50 [--seconds 20] [--runs 3] [--python PATH]
 """
 
 from __future__ import annotations
@@ -252,6 +258,80 @@ async def venue_latency(args: argparse.Namespace, cluster: str, base: str, tmp: 
         stop(replica)
 
 
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return kb / 1024
+
+
+async def collector_run(args: argparse.Namespace, run: int) -> dict[str, float]:
+    """One collector holding ``--engines`` instruments: time to stream them all, connections, CPU, RSS."""
+    from deltafeed.cluster.status import cluster_status
+
+    n = args.engines
+    symbols = [f"Z{i:04d}USDT" for i in range(n)]
+    cluster = f"bench{uuid.uuid4().hex[:10]}"
+    replica = subprocess.Popen(
+        [*CLI, "replica", "binance", "--symbols", ",".join(symbols), "--rate", "1", "--speed", "1", "--history", "10m"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert replica.stdout is not None and replica.stderr is not None
+    url = replica.stdout.readline().strip().removeprefix("listening on ")
+    with tempfile.TemporaryDirectory() as d:
+        log = Path(d) / "collector.log"
+        argv = [
+            args.python, "-m", "deltafeed", "run", "--cluster", args.nats, "--cluster-name", cluster,
+            "--symbols", ",".join(symbols), "--timeframes", "1m", "--history", "5m",
+            "--rest-url", url, "--ws-url", url.replace("http", "ws", 1), "--api", "off",
+        ]  # fmt: skip
+        with log.open("wb") as f:
+            t0 = time.perf_counter()
+            collector = subprocess.Popen(argv, stderr=f, stdout=subprocess.DEVNULL)
+        try:
+
+            async def streaming() -> bool:
+                assert collector.poll() is None, log.read_text()[-3000:]
+                return log.read_text(errors="replace").count("collecting binance:Z") >= n
+
+            ready = await poll(f"the collector streaming {n} instruments", streaming, timeout=600) - t0
+            doc = await cluster_status(args.nats, cluster)
+            held = sum(len(c["instruments"]) for c in doc["collectors"])
+            cpu0, w0 = proc_cpu_s(collector.pid), time.perf_counter()
+            await asyncio.sleep(args.seconds)
+            cpu = (proc_cpu_s(collector.pid) - cpu0) / (time.perf_counter() - w0)
+            rss = proc_rss_mb(collector.pid)
+        finally:
+            stop(collector)
+            replica.terminate()
+            _, err = replica.communicate(timeout=20)
+            nc = await nats.connect(args.nats)
+            with contextlib.suppress(Exception):
+                js = nc.jetstream()
+                await js.delete_stream(subjects.stream_name(cluster))
+                for b in subjects.BUCKETS:
+                    await js.delete_stream(f"KV_{subjects.bucket_name(cluster, b)}")
+            await nc.close()
+    found = re.search(r"connections=(\d+)", err)
+    out = {
+        "held": float(held),
+        "ready_s": ready,
+        "connections": float(found[1]) if found else float("nan"),
+        "cpu_pct": 100 * cpu,
+        "rss_mb": rss,
+    }
+    print(f"run {run}: " + "  ".join(f"{k} {v:,.1f}" for k, v in out.items()), flush=True)
+    return out
+
+
 async def one_run(args: argparse.Namespace, run: int) -> dict[str, float]:
     cluster = f"bench{uuid.uuid4().hex[:10]}"
     schema = f"deltafeed_bench_{uuid.uuid4().hex[:10]}"
@@ -316,6 +396,11 @@ async def one_run(args: argparse.Namespace, run: int) -> dict[str, float]:
 
 
 async def main(args: argparse.Namespace) -> None:
+    if args.engines:
+        print(f"one collector, {args.engines} instruments, {args.python}; {args.runs} runs; NATS {args.nats}")
+        rs = [await collector_run(args, i + 1) for i in range(args.runs)]
+        print("medians: " + "  ".join(f"{k} {statistics.median(r[k] for r in rs):,.1f}" for k in rs[0]))
+        return
     n = args.series * args.candles
     print(f"{args.series} series x {args.candles} final 1m candles = {n} per run; {args.runs} runs; NATS {args.nats}")
     results = [await one_run(args, i + 1) for i in range(args.runs)]
@@ -346,4 +431,6 @@ if __name__ == "__main__":
     ap.add_argument("--venue", action="store_true", help="also a replica and a collector: venue event -> consumer")
     ap.add_argument("--db", default=os.environ.get("DELTAFEED_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test"))
     ap.add_argument("--nats", default="nats://127.0.0.1:4222")
+    ap.add_argument("--engines", type=int, default=0, help="measure one collector holding this many instruments")
+    ap.add_argument("--python", default=sys.executable, help="the interpreter running the collector (--engines)")
     asyncio.run(main(ap.parse_args()))

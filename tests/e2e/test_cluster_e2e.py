@@ -119,6 +119,7 @@ async def test_three_collectors_kill_one_and_the_served_candles_equal_the_tape(
     # The replica has stopped: its tape is complete (and flushed).
     assert_equal_to_tape(served, read_tape(str(tape)))
     assert stats["429"] == 0 and stats["418"] == 0, stats
-    # 6 instruments, one connection each, a few more after the handover: far below Binance's
-    # 300 connection attempts per 5 minutes, which the collectors split between them.
-    assert stats["connections"] <= 20, stats
+    # One engine per collector: one connection each (the instruments taken over are subscribed on
+    # the taker's open connection), a reconnect or two at most on a loaded machine.
+    print(f"the replica counted {stats['connections']} connections")
+    assert stats["connections"] <= 6, stats
