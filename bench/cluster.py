@@ -23,8 +23,9 @@ Medians of ``--runs`` runs (default 3) are printed last.
 
 With ``--engines N`` it measures one collector's cost instead: a Binance replica with N symbols (its
 own process) and one collector (``deltafeed run --cluster``, run by ``--python``, e.g. an older
-install for a before/after) holding all N; printed per run: seconds until it streams all N, the
-connections the replica counted, and over ``--seconds`` the collector's CPU share and its RSS.
+install for a before/after) holding all N; printed per run: seconds until it streams all N, then
+the TCP connections open to the replica (WebSocket and REST), and over ``--seconds`` the
+collector's CPU share and its RSS.
 
     python bench/cluster.py [--series 200] [--candles 50] [--seconds 5] [--runs 3] [--venue]
                             [--db postgresql://postgres@127.0.0.1:5432/test] [--nats nats://127.0.0.1:4222]
@@ -265,6 +266,19 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def venue_connections(port: int) -> int:
+    """TCP connections established to ``port`` on this machine (/proc/net/tcp and tcp6), WebSocket and
+    REST alike: the collector is the only client of the replica."""
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if cols[3] == "01" and int(cols[2].rsplit(":", 1)[1], 16) == port:
+                    n += 1
+    return n
+
+
 def proc_rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
@@ -281,10 +295,9 @@ async def collector_run(args: argparse.Namespace, run: int) -> dict[str, float]:
     replica = subprocess.Popen(
         [*CLI, "replica", "binance", "--symbols", ",".join(symbols), "--rate", "1", "--speed", "1", "--history", "10m"],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
         text=True,
     )
-    assert replica.stdout is not None and replica.stderr is not None
+    assert replica.stdout is not None
     url = replica.stdout.readline().strip().removeprefix("listening on ")
     with tempfile.TemporaryDirectory() as d:
         log = Path(d) / "collector.log"
@@ -309,10 +322,11 @@ async def collector_run(args: argparse.Namespace, run: int) -> dict[str, float]:
             await asyncio.sleep(args.seconds)
             cpu = (proc_cpu_s(collector.pid) - cpu0) / (time.perf_counter() - w0)
             rss = proc_rss_mb(collector.pid)
+            conns = venue_connections(int(url.rsplit(":", 1)[1].split("/")[0]))
         finally:
             stop(collector)
             replica.terminate()
-            _, err = replica.communicate(timeout=20)
+            replica.wait(20)
             nc = await nats.connect(args.nats)
             with contextlib.suppress(Exception):
                 js = nc.jetstream()
@@ -320,11 +334,10 @@ async def collector_run(args: argparse.Namespace, run: int) -> dict[str, float]:
                 for b in subjects.BUCKETS:
                     await js.delete_stream(f"KV_{subjects.bucket_name(cluster, b)}")
             await nc.close()
-    found = re.search(r"connections=(\d+)", err)
     out = {
         "held": float(held),
         "ready_s": ready,
-        "connections": float(found[1]) if found else float("nan"),
+        "connections": float(conns),
         "cpu_pct": 100 * cpu,
         "rss_mb": rss,
     }

@@ -38,7 +38,7 @@ import msgspec
 from deltafeed.cluster import subjects
 from deltafeed.cluster.leases import Leases
 from deltafeed.cluster.outlet import IN_FLIGHT, EngineSink, Outlet
-from deltafeed.config import Settings
+from deltafeed.config import FailoverSettings, Settings
 from deltafeed.model import BadInput, Instrument, Unavailable, cluster_name, timeframe
 from deltafeed.store.base import is_postgres
 
@@ -110,6 +110,38 @@ def outgoing_address(url: str | None) -> str:
     return "0.0.0.0"  # no route at all: one budget for every such collector
 
 
+@dataclass(frozen=True)
+class Unit:
+    """What one lease covers: an instrument, or a failover pair (its logical series and both
+    sources, collected together so that the logical series can switch between them)."""
+
+    name: str
+    sources: tuple[Instrument, ...]
+    failover: FailoverSettings | None = None
+
+
+def units(settings: Settings) -> dict[str, Unit]:
+    """The leased units of ``settings`` by lease key: each failover pair, then each instrument
+    that is in none; :class:`BadInput` when an instrument is the source of two pairs."""
+    out: dict[str, Unit] = {}
+    paired: dict[str, str] = {}
+    for name, fo in settings.failover.items():
+        logical = str(Instrument.parse(name))
+        sources = tuple(Instrument.parse(s, default_venue=settings.venue) for s in (fo.primary, fo.standby))
+        for src in sources:
+            if str(src) in paired:
+                raise BadInput(
+                    f"{src} is a source of failovers {paired[str(src)]} and {logical}; with --cluster each "
+                    "instrument may feed one failover pair (a pair is leased as one unit)"
+                )
+            paired[str(src)] = logical
+        out[subjects.kv_key(logical)] = Unit(logical, sources, fo)
+    for inst in settings.instruments():
+        if str(inst) not in paired:
+            out[subjects.kv_key(str(inst))] = Unit(str(inst), (inst,))
+    return out
+
+
 @dataclass
 class _Held:
     #: Adding the instrument to the engine (done once it streams).
@@ -175,18 +207,16 @@ class Collector:
     """One collector process of cluster ``cluster`` on NATS at ``url``."""
 
     def __init__(self, settings: Settings, url: str, cluster: str, *, ttl_s: float = LEASE_TTL_S) -> None:
-        if settings.failover:
-            raise BadInput("failover pairs are not supported with --cluster yet; run them on a collector of their own")
         self.settings = settings
         self.url = url
         self.cluster = cluster_name(cluster)
         self.ttl_s = ttl_s
         self.every_s = ttl_s / 5
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.instruments = {subjects.kv_key(str(i)): i for i in settings.instruments()}
-        # Each collector tries the instruments in an order of its own, so they rarely race.
+        self.units = units(settings)
+        # Each collector tries the units in an order of its own, so they rarely race.
         salt = zlib.crc32(self.id.encode())
-        self._order = sorted(self.instruments, key=lambda k: zlib.crc32(k.encode(), salt))
+        self._order = sorted(self.units, key=lambda k: zlib.crc32(k.encode(), salt))
         self.held: dict[str, _Held] = {}
         #: The one engine collecting every instrument held (made in :meth:`start`).
         self.engine: Any = None
@@ -226,11 +256,11 @@ class Collector:
         self.outlet.start()
         await self._start_engine()
         log.info(
-            "collector %s joined cluster %s at %s: %d instruments to share",
+            "collector %s joined cluster %s at %s: %d instruments and failover pairs to share",
             self.id,
             self.cluster,
             self.url,
-            len(self.instruments),
+            len(self.units),
         )
 
     async def _budget(self, kv: Any, venue: str) -> Budget:
@@ -259,6 +289,7 @@ class Collector:
             msgspec.structs.replace(
                 s,
                 symbols=[],
+                failover={},  # pairs are added with their sources, as leased units
                 books=[],  # books are per run, not added live yet: not collected in a cluster
                 db=s.db if is_postgres(s.db) else ":memory:",
                 spool="off" if not is_postgres(s.db) else s.spool,
@@ -298,10 +329,10 @@ class Collector:
         await self._announce()
         peers = await self._live()
         self._share_budgets(peers)
-        share = math.ceil(len(self.instruments) / len(peers))
+        share = math.ceil(len(self.units) / len(peers))
         if len(self.held) > share:
             key = max(self.held, key=lambda k: self.held[k].since_ms)
-            log.info("handing %s back: %d live collectors, a share of %d", self.instruments[key], len(peers), share)
+            log.info("handing %s back: %d live collectors, a share of %d", self.units[key].name, len(peers), share)
             await self._stop(key)
             await leases.release(key)
             return
@@ -325,8 +356,8 @@ class Collector:
             os.getpid(),
             self.started_ms,
             self.ttl_s,
-            sorted(str(self.instruments[k]) for k in self.held),
-            {str(self.instruments[k]): h.since_ms for k, h in self.held.items()},
+            sorted(self.units[k].name for k in self.held),
+            {self.units[k].name: h.since_ms for k, h in self.held.items()},
             outlet.published,
             outlet.duplicates,
             outlet.failed,
@@ -392,13 +423,14 @@ class Collector:
             if self.engine is not None:
                 self.engine.set_limits(venue, *applied)
 
-    async def _history_ms(self, inst: Instrument) -> int:
-        """How far back the engine of ``inst`` fetches history: to a margin before the newest
-        candle the cluster has of it (the window a dead collector left), else ``history``."""
+    async def _history_ms(self, unit: Unit) -> int:
+        """How far back the engine fetches the history of ``unit``: to a margin before the newest
+        candle the cluster has of it (the window a dead collector left; of a failover pair, its
+        logical series'), else ``history``."""
         from nats.js.errors import NotFoundError
 
         tf = min(self.settings.timeframes, key=lambda t: timeframe(t).ms)
-        subj = subjects.subject(self.cluster, subjects.CANDLES, str(inst), tf)
+        subj = subjects.subject(self.cluster, subjects.CANDLES, unit.name, tf)
         try:
             raw = await self.js.get_last_msg(subjects.stream_name(self.cluster), subj)
             last = subjects.decode_candle(raw.data)
@@ -409,40 +441,47 @@ class Collector:
         return max(0, int(time.time() * 1000) - last.sent_ms) + tf_ms + margin
 
     async def _start(self, key: str) -> None:
-        """Add the instrument of ``key`` to the engine (its history first, then its stream); one the
+        """Add the unit of ``key`` to the engine (its history first, then its stream); one the
         venue refuses is handed back and left be for :data:`COOLDOWN_S`."""
-        inst = self.instruments[key]
-        history_ms = await self._history_ms(inst)
+        unit = self.units[key]
+        history_ms = await self._history_ms(unit)
 
         async def add() -> None:
             try:
-                await self.engine.add_instrument(inst, history_ms=history_ms)
+                if unit.failover is not None:
+                    await self.engine.add_failover(unit.name, unit.failover, history_ms=history_ms)
+                else:
+                    await self.engine.add_instrument(unit.sources[0], history_ms=history_ms)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the venue refuses or is away: hand the lease back, try later
-                log.error("cannot collect %s: %s", inst, exc)
+                log.error("cannot collect %s: %s", unit.name, exc)
                 self._cooling[key] = time.monotonic() + COOLDOWN_S
                 self.held.pop(key, None)
                 if self.leases is not None:
                     await self.leases.release(key)
                 return
-            log.info("collecting %s (history from %.0f s back)", inst, history_ms / 1000)
+            log.info("collecting %s (history from %.0f s back)", unit.name, history_ms / 1000)
 
         self.held[key] = _Held(asyncio.create_task(add(), name=f"add-{key}"))
 
     async def _stop(self, key: str) -> None:
-        """Drop the instrument of ``key`` from the engine (an addition under way is cancelled)."""
+        """Drop the unit of ``key`` from the engine (an addition under way is cancelled)."""
         held = self.held.pop(key, None)
         if held is None:
             return
         if not held.task.done() and held.task is not asyncio.current_task():
             held.task.cancel()
             await asyncio.gather(held.task, return_exceptions=True)
+        unit = self.units[key]
         try:
-            await self.engine.drop_instrument(self.instruments[key])
+            if unit.failover is not None:
+                await self.engine.drop_failover(unit.name, unit.failover)
+            else:
+                await self.engine.drop_instrument(unit.sources[0])
         except Exception as exc:
-            log.warning("dropping %s: %s", self.instruments[key], exc)
-        log.info("stopped collecting %s", self.instruments[key])
+            log.warning("dropping %s: %s", unit.name, exc)
+        log.info("stopped collecting %s", unit.name)
 
     async def close(self) -> None:
         """Stop the engine, publish what waits, hand every lease back, leave."""

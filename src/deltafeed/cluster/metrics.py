@@ -65,8 +65,8 @@ class CollectorMetrics(Collector):
                 name = str(st.instrument)
                 counts[name] = counts.get(name, 0) + st.trades
         for key in c.held:
-            name = str(c.instruments[key])
-            trades.add_metric([*ids, name], counts.get(name, 0))
+            unit = c.units[key]
+            trades.add_metric([*ids, unit.name], sum(counts.get(str(i), 0) for i in unit.sources))
         yield trades
 
 

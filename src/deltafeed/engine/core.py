@@ -45,6 +45,7 @@ from deltafeed.venues.base import Feed
 from deltafeed.venues.registry import make_feed
 
 if TYPE_CHECKING:
+    from deltafeed.config import FailoverSettings
     from deltafeed.store.redis_hot import RedisHot
 
 log = logging.getLogger("deltafeed.engine")
@@ -347,6 +348,34 @@ class Engine:
                 await self.cold.set_final_marks(marks)
         log.info("%s dropped", name)
         return keys
+
+    async def add_failover(self, name: str, fo: FailoverSettings, *, history_ms: int | None = None) -> list[str]:
+        """Start serving failover ``name`` while the engine runs: its two sources added (see
+        :meth:`add_instrument`), then its logical series, started as the primary's recent candles
+        and following the primary until it goes silent. Returns the logical series' keys."""
+        settings = self.settings
+        sources = [Instrument.parse(s, default_venue=settings.venue) for s in (fo.primary, fo.standby)]
+        try:
+            await asyncio.gather(*(self.add_instrument(i, history_ms=history_ms) for i in sources))
+            pairs = self.failover.add(name, fo)
+        except BaseException:
+            await self.drop_failover(name, fo)
+            raise
+        self.failover.seed(pairs)
+        log.info("failover %s added: %s", name, ", ".join(f.key for f in pairs))
+        return [f.key for f in pairs]
+
+    async def drop_failover(self, name: str, fo: FailoverSettings) -> list[str]:
+        """Stop serving failover ``name`` and drop its sources (see :meth:`drop_instrument`); its
+        switches not yet stored are stored first. Returns the logical series' keys."""
+        gone = self.failover.drop(name)
+        unsaved = [w for f in gone for w in f.unsaved]
+        if unsaved:
+            with contextlib.suppress(StoreError):
+                await self.cold.record_switches(unsaved)
+        for s in (fo.primary, fo.standby):
+            await self.drop_instrument(Instrument.parse(s, default_venue=self.settings.venue))
+        return [f.key for f in gone]
 
     def set_limits(self, venue: str, weight_limit: int | None, connect_budget: int) -> None:
         """Keep ``venue`` within a REST weight per minute (None: the venue's own) and connection

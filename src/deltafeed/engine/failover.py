@@ -14,6 +14,7 @@ from deltafeed.model import PRICE_SIDES, BadInput, Instrument, Switch, series_ke
 from deltafeed.store.base import StoreError
 
 if TYPE_CHECKING:
+    from deltafeed.config import FailoverSettings
     from deltafeed.engine.core import Engine
 
 log = logging.getLogger("deltafeed.engine")
@@ -36,32 +37,51 @@ class Failovers:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        settings = engine.settings
         self.pairs: dict[str, FailoverPair] = {}
         self._of: dict[str, FailoverPair] = {}  # source series key -> its failover
-        for name, fo in settings.failover.items():
-            logical = str(Instrument.parse(name))
-            primary = str(Instrument.parse(fo.primary, default_venue=settings.venue))
-            standby = str(Instrument.parse(fo.standby, default_venue=settings.venue))
-            for side in ("trade", *PRICE_SIDES):
-                pair = (series_key(primary, side), series_key(standby, side))
-                if all(k in engine.states for k in pair):
-                    f = self.pairs[series_key(logical, side)] = FailoverPair(series_key(logical, side), pair)
-                    self._of[pair[0]] = self._of[pair[1]] = f
-            if not any(f.sources[0].startswith(primary) for f in self.pairs.values()):
-                raise BadInput(
-                    f"failover {name}: {primary} and {standby} have no price side in common; give them the same prices"
-                )
+        for name, fo in engine.settings.failover.items():
+            self.add(name, fo)
+
+    def add(self, name: str, fo: FailoverSettings) -> list[FailoverPair]:
+        """The logical series of failover ``name`` (one per price side its sources share), whose
+        sources are among the engine's series; :class:`BadInput` when they share no price side."""
+        settings = self.engine.settings
+        logical = str(Instrument.parse(name))
+        primary = str(Instrument.parse(fo.primary, default_venue=settings.venue))
+        standby = str(Instrument.parse(fo.standby, default_venue=settings.venue))
+        made = []
+        for side in ("trade", *PRICE_SIDES):
+            pair = (series_key(primary, side), series_key(standby, side))
+            if all(k in self.engine.states for k in pair):
+                f = self.pairs[series_key(logical, side)] = FailoverPair(series_key(logical, side), pair)
+                self._of[pair[0]] = self._of[pair[1]] = f
+                made.append(f)
+        if not made:
+            raise BadInput(
+                f"failover {name}: {primary} and {standby} have no price side in common; give them the same prices"
+            )
+        return made
+
+    def drop(self, name: str) -> list[FailoverPair]:
+        """Forget the logical series of failover ``name`` (before its sources go); returns them."""
+        logical = str(Instrument.parse(name))
+        gone = [f for k, f in self.pairs.items() if k.split("@", 1)[0] == logical]
+        for f in gone:
+            del self.pairs[f.key]
+            for src in f.sources:
+                self._of.pop(src, None)
+        return gone
 
     def logical_of(self, key: str) -> str | None:
         """The logical series source series ``key`` feeds now (it is the active source), or None."""
         f = self._of.get(key)
         return f.key if f is not None and f.sources[f.active] == key else None
 
-    def seed(self) -> None:
-        """The logical series start as their primary's recent history (what the hot tier holds)."""
+    def seed(self, pairs: list[FailoverPair] | None = None) -> None:
+        """The logical series (``pairs``, default all) start as their primary's recent history (what
+        the hot tier holds)."""
         e = self.engine
-        for f in self.pairs.values():
+        for f in self.pairs.values() if pairs is None else pairs:
             for tf in e.timeframes:
                 for c in e.hot.last(f.sources[0], tf, e.settings.hot_capacity):
                     e.publisher.put(f.key, tf, c)
