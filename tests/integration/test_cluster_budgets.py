@@ -16,6 +16,7 @@ from deltafeed.cluster import subjects
 from deltafeed.cluster.collector import Budget, Collector, budget_key, outgoing_address
 from deltafeed.config import Settings
 from deltafeed.venues.binance.replica import BinanceReplica
+from helpers import until
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"]
 
@@ -33,13 +34,6 @@ def _settings(replica: BinanceReplica, cluster: str, address: str) -> Settings:
         cluster_name=cluster,
         cluster_address=address,
     ).validate()
-
-
-async def _until(what: str, cond: object, timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 def test_the_outgoing_address_is_found_by_a_udp_connect() -> None:
@@ -61,18 +55,19 @@ async def test_collectors_on_one_address_share_its_budget_and_another_has_its_ow
                 await x.start()
                 runs.append(asyncio.create_task(x.run(stops[id(x)])))
             # Shared on 10.0.0.1 (half each), whole on 10.0.0.2, once every collector has seen the others.
-            await _until(
-                "the budgets split",
+            await until(
                 lambda: (
                     a.parts["binance"].applied == b.parts["binance"].applied == (600, 150)
                     and c.parts["binance"].applied == (1200, 300)
                 ),
+                30.0,
+                "the budgets split",
             )
             # The collectors hold instruments: the split is what their engines' feeds keep to.
-            await _until("every instrument held", lambda: sum(len(x.held) for x in (a, b, c)) == len(SYMBOLS))
+            await until(lambda: sum(len(x.held) for x in (a, b, c)) == len(SYMBOLS), 30.0, "every instrument held")
             for x, want in ((a, (600, 150)), (b, (600, 150)), (c, (1200, 300))):
                 if x.held:
-                    await _until("a feed", lambda x=x: "binance" in x.engine.feeds)  # type: ignore[misc]
+                    await until(lambda x=x: "binance" in x.engine.feeds, 30.0, "a feed")
                     feed = x.engine.feeds["binance"]
                     assert (feed.history.limiter.limit, feed.budget.limit) == want
             # One budget per (venue, address) in the bucket.

@@ -20,6 +20,7 @@ from deltafeed.cluster.read import read_series
 from deltafeed.config import FailoverSettings, Settings
 from deltafeed.model import BadInput
 from deltafeed.venues.binance.replica import BinanceReplica
+from helpers import until
 from reference import candles_from_tape, read_tape
 
 M = 60_000
@@ -37,13 +38,6 @@ def _settings(replica: BinanceReplica, cluster: str) -> Settings:
         cluster=NATS_URL,
         cluster_name=cluster,
     ).validate()
-
-
-async def _until(what: str, cond: object, timeout: float = 45.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 def test_a_failover_pair_is_one_leased_unit() -> None:
@@ -81,13 +75,13 @@ async def test_a_failover_pair_switches_and_moves_whole(tmp_path: Path, nats_clu
         try:
             await a.start()
             runs.append(asyncio.create_task(a.run(stop_a)))
-            await _until("a holding both units", lambda: set(a.held) == {"x.LOGICAL", "binance.SOLUSDT"})
-            await _until("the pair streaming", lambda: "x:LOGICAL" in a.engine.failovers)
+            await until(lambda: set(a.held) == {"x.LOGICAL", "binance.SOLUSDT"}, 45.0, "a holding both units")
+            await until(lambda: "x:LOGICAL" in a.engine.failovers, 45.0, "the pair streaming")
             assert {"binance:BTCUSDT", "binance:ETHUSDT", "binance:SOLUSDT"} <= set(a.engine.states)
             await asyncio.sleep(3.0)  # 1.5 market minutes
             # The primary falls silent: the logical series continues from the standby, and says so.
             await a.engine.stop_streaming(["binance:BTCUSDT"])
-            await _until("the switch", lambda: a.engine.failovers["x:LOGICAL"].active == 1)
+            await until(lambda: a.engine.failovers["x:LOGICAL"].active == 1, 45.0, "the switch")
             await asyncio.sleep(3.0)
             subj = subjects.subject(nats_cluster, subjects.SWITCHES, "x:LOGICAL")
             sw = subjects.decode_switch((await js.get_last_msg(subjects.stream_name(nats_cluster), subj)).data)
@@ -102,8 +96,8 @@ async def test_a_failover_pair_switches_and_moves_whole(tmp_path: Path, nats_clu
             await asyncio.sleep(1.0)
             stop_a.set()
             await runs[0]
-            await _until("b holding both units", lambda: set(b.held) == {"x.LOGICAL", "binance.SOLUSDT"})
-            await _until("the pair streaming on b", lambda: "x:LOGICAL" in b.engine.failovers)
+            await until(lambda: set(b.held) == {"x.LOGICAL", "binance.SOLUSDT"}, 45.0, "b holding both units")
+            await until(lambda: "x:LOGICAL" in b.engine.failovers, 45.0, "the pair streaming on b")
             assert {"binance:BTCUSDT", "binance:ETHUSDT"} <= set(b.engine.states)
             await asyncio.sleep(4.0)  # two market minutes from b
             end = replica.clock.now_ms()

@@ -14,16 +14,10 @@ from deltafeed.engine import Engine
 from deltafeed.model import TIMEFRAMES, Instrument
 from deltafeed.store.cold import ColdStore
 from deltafeed.venues.binance.replica import BinanceReplica
+from helpers import until
 from reference import candles_from_tape, read_tape
 
 M = TIMEFRAMES["1m"]
-
-
-async def _until(what: str, cond: object, timeout: float = 60.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 async def test_add_and_drop_instruments_live_on_one_connection(tmp_path: Path) -> None:
@@ -51,11 +45,11 @@ async def test_add_and_drop_instruments_live_on_one_connection(tmp_path: Path) -
     btc, eth, sol = (Instrument.parse(s, default_venue="binance") for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT"))
     try:
         await engine.start()
-        await _until("BTC trades", lambda: engine.states["binance:BTCUSDT"].trades > 200)
+        await until(lambda: engine.states["binance:BTCUSDT"].trades > 200, 60.0, "BTC trades")
         added_at = replica.clock.now_ms()
         assert await engine.add_instrument(eth, history_ms=30 * M) == ["binance:ETHUSDT"]
         assert await engine.add_instrument(eth) == []  # collected already
-        await _until("ETH trades", lambda: engine.states["binance:ETHUSDT"].trades > 200)
+        await until(lambda: engine.states["binance:ETHUSDT"].trades > 200, 60.0, "ETH trades")
         assert await engine.drop_instrument(btc) == ["binance:BTCUSDT"]
         dropped_at = replica.clock.now_ms()
         assert "binance:BTCUSDT" not in engine.states
