@@ -276,13 +276,12 @@ class Engine:
         name = str(inst)
         if any(str(st.instrument) == name for st in self.states.values()):
             return []
-        new_feed = inst.venue not in self.feeds
         made: list[Series] = []
         try:
+            if inst.venue not in self.feeds:
+                self._unstarted.add(inst.venue)
             made = self._make_series(inst)
             self.instruments.append(inst)
-            if new_feed:
-                self._unstarted.add(inst.venue)
             self.joining.update(st.key for st in made)
             for st in made:  # routed nowhere until its history is in (a reconnect leaves it out too)
                 st.active = False
@@ -298,7 +297,7 @@ class Engine:
             await self.drop_instrument(inst)
             raise
         self.joining.difference_update(st.key for st in made)
-        if new_feed:
+        if feed.venue in self._unstarted:  # the venue's first instrument in (of those added at once)
             for st in made:
                 feed.activate(st, True)
                 st.active = True
