@@ -53,29 +53,75 @@ class Books:
     and one :class:`BookFeed` per venue, run by :meth:`start` until :meth:`stop`."""
 
     def __init__(self, settings: Settings, names: list[str] | None = None) -> None:
-        from deltafeed.names import native
-        from deltafeed.venues import registry
-
         self.keepers: dict[str, BookKeeper] = {}
-        for name in settings.books if names is None else names:
-            inst = Instrument.parse(native(name, settings.venue))
-            depth = settings.book_depths.get(str(inst), settings.book_depth)
-            self.keepers[str(inst)] = BookKeeper(str(inst), depth, keep=max(depth, KEEP_LEVELS))
         self.settings = settings
+        for name in settings.books if names is None else names:
+            self._keeper(name)
         self.history: BookHistory | None = None
         self.feeds: dict[str, BookFeed] = {}
         for venue in sorted({k.partition(":")[0] for k in self.keepers}):
-            mine = {k.partition(":")[2]: v for k, v in self.keepers.items() if k.startswith(venue + ":")}
-            feed = registry.get(venue).make_book_feed(settings, mine)
-            if feed is None:
-                raise BadInput(f"{venue} has no order books here; leave {', '.join(mine)} out of books")
-            self.feeds[venue] = feed
+            self._make_feed(venue)
         self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+
+    def _keeper(self, name: str) -> BookKeeper:
+        from deltafeed.names import native
+
+        inst = Instrument.parse(native(name, self.settings.venue))
+        depth = self.settings.book_depths.get(str(inst), self.settings.book_depth)
+        keeper = self.keepers[str(inst)] = BookKeeper(str(inst), depth, keep=max(depth, KEEP_LEVELS))
+        return keeper
+
+    def _make_feed(self, venue: str) -> None:
+        """The book feed of ``venue``'s keepers (none: its feed goes)."""
+        from deltafeed.venues import registry
+
+        mine = {k.partition(":")[2]: v for k, v in self.keepers.items() if k.startswith(venue + ":")}
+        if not mine:
+            self.feeds.pop(venue, None)
+            return
+        feed = registry.get(venue).make_book_feed(self.settings, mine)
+        if feed is None:
+            raise BadInput(f"{venue} has no order books here; leave {', '.join(mine)} out of books")
+        self.feeds[venue] = feed
+
+    async def add(self, name: str) -> BookKeeper:
+        """Keep the book of ``name`` from now on, while the books run: its venue's book feed is made
+        again with it (a new connection; every book of that venue resynchronises)."""
+        inst = str(Instrument.parse(name))
+        if inst in self.keepers:
+            return self.keepers[inst]
+        keeper = self._keeper(name)
+        try:
+            await self._refeed(inst.partition(":")[0])
+        except BaseException:
+            del self.keepers[inst]
+            raise
+        return keeper
+
+    async def drop(self, name: str) -> None:
+        """Stop keeping the book of ``name``: its venue's book feed is made again without it."""
+        inst = str(Instrument.parse(name))
+        if self.keepers.pop(inst, None) is not None:
+            await self._refeed(inst.partition(":")[0])
+
+    async def _refeed(self, venue: str) -> None:
+        task = next((t for t in self._tasks if t.get_name() == f"books-{venue}"), None)
+        if task is not None:
+            self._tasks.remove(task)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._make_feed(venue)
+        feed = self.feeds.get(venue)
+        if self._started and feed is not None:
+            self._tasks.append(asyncio.create_task(feed.run(), name=f"books-{venue}"))
 
     def start(self, cold: object = None) -> None:
         """Run the feeds, and record the books' history into ``cold`` when it keeps one (see
         :mod:`deltafeed.books.history`) and ``book_snapshot_every`` is not off."""
         s = self.settings
+        self._started = True
         tier = book_tier(cold)
         if self.keepers and tier is not None and s.book_snapshot_every != "off":
             self.history = BookHistory(

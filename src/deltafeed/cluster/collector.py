@@ -40,6 +40,7 @@ from deltafeed.cluster.leases import Leases
 from deltafeed.cluster.outlet import IN_FLIGHT, EngineSink, Outlet
 from deltafeed.config import FailoverSettings, Settings
 from deltafeed.model import BadInput, Instrument, Unavailable, cluster_name, timeframe
+from deltafeed.names import native
 from deltafeed.store.base import is_postgres
 
 log = logging.getLogger("deltafeed.cluster")
@@ -218,8 +219,12 @@ class Collector:
         salt = zlib.crc32(self.id.encode())
         self._order = sorted(self.units, key=lambda k: zlib.crc32(k.encode(), salt))
         self.held: dict[str, _Held] = {}
-        #: The one engine collecting every instrument held (made in :meth:`start`).
+        #: The one engine collecting every instrument held (made in :meth:`start`), and what it
+        #: publishes through.
         self.engine: Any = None
+        self.sink: EngineSink | None = None
+        #: The instruments whose order books are kept (and published) while they are held.
+        self.books = {str(Instrument.parse(native(b, settings.venue))) for b in settings.books}
         #: Per venue, the outgoing address (``cluster_address``, else found by a UDP connect to the
         #: venue's REST host).
         fixed = settings.cluster_address
@@ -290,7 +295,7 @@ class Collector:
                 s,
                 symbols=[],
                 failover={},  # pairs are added with their sources, as leased units
-                books=[],  # books are per run, not added live yet: not collected in a cluster
+                books=[],  # added with the instruments held
                 db=s.db if is_postgres(s.db) else ":memory:",
                 spool="off" if not is_postgres(s.db) else s.spool,
                 api="off",
@@ -299,7 +304,7 @@ class Collector:
             )
         )
         assert self.outlet is not None
-        engine.hub = EngineSink(self.outlet)
+        engine.hub = self.sink = EngineSink(self.outlet)
         for venue, budget in self.budgets.items():
             self.parts[venue] = _Part((budget.weight_limit, budget.connect_budget))
             engine.set_limits(venue, budget.weight_limit, budget.connect_budget)
@@ -449,9 +454,10 @@ class Collector:
         async def add() -> None:
             try:
                 if unit.failover is not None:
-                    await self.engine.add_failover(unit.name, unit.failover, history_ms=history_ms)
+                    await self.engine.add_failover(unit.name, unit.failover, history_ms=history_ms, books=self.books)
                 else:
-                    await self.engine.add_instrument(unit.sources[0], history_ms=history_ms)
+                    inst = unit.sources[0]
+                    await self.engine.add_instrument(inst, history_ms=history_ms, book=str(inst) in self.books)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the venue refuses or is away: hand the lease back, try later
@@ -461,6 +467,8 @@ class Collector:
                 if self.leases is not None:
                     await self.leases.release(key)
                 return
+            if self.sink is not None:
+                self.sink.attach_books(self.engine.books)  # its order books on the cluster's books subjects
             log.info("collecting %s (history from %.0f s back)", unit.name, history_ms / 1000)
 
         self.held[key] = _Held(asyncio.create_task(add(), name=f"add-{key}"))
@@ -474,6 +482,9 @@ class Collector:
             held.task.cancel()
             await asyncio.gather(held.task, return_exceptions=True)
         unit = self.units[key]
+        if self.sink is not None:
+            for inst in unit.sources:
+                self.sink.detach_book(str(inst))
         try:
             if unit.failover is not None:
                 await self.engine.drop_failover(unit.name, unit.failover)

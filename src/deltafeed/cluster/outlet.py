@@ -235,6 +235,12 @@ class EngineSink:
                 self._books.append(name)
                 self.outlet.add_book(keeper)
 
+    def detach_book(self, instrument: str) -> None:
+        """Stop publishing the book of ``instrument`` (the engine drops it; another collector's takes over)."""
+        if instrument in self._books:
+            self._books.remove(instrument)
+            self.outlet.drop_book(instrument)
+
     def candle(self, instrument: str, timeframe: str, candle: Candle) -> None:
         self.outlet.candle(instrument, timeframe, candle)
 

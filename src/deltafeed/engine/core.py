@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 from collections import deque
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -261,7 +262,7 @@ class Engine:
             self._tasks.append(asyncio.create_task(self._status_file_loop(), name="status-file"))
         self.streaming_since = self.clock.monotonic()
 
-    async def add_instrument(self, inst: Instrument, *, history_ms: int | None = None) -> list[str]:
+    async def add_instrument(self, inst: Instrument, *, history_ms: int | None = None, book: bool = False) -> list[str]:
         """Start collecting ``inst`` while the engine runs; returns its series' keys ([] when it is
         collected already).
 
@@ -269,8 +270,9 @@ class Engine:
         where its stored candles stop being known final (``history_ms`` back when none are, instead
         of ``history``), and only then does it stream: subscribed on the venue's open connection
         (the feed's :meth:`~deltafeed.venues.base.Feed.control`), or on a new one when it is the
-        venue's first instrument. The tick leaves it alone meanwhile. On failure (the venue refuses
-        the symbol, or the call is cancelled) it is dropped again and the error raised."""
+        venue's first instrument. The tick leaves it alone meanwhile. With ``book``, its order book
+        is kept too (see :meth:`Books.add`). On failure (the venue refuses the symbol, or the call
+        is cancelled) it is dropped again and the error raised."""
         if self.streaming_since is None:
             raise RuntimeError("add_instrument() is for a running engine; start() it first")
         name = str(inst)
@@ -293,6 +295,8 @@ class Engine:
                     self.ticks.attach(st)
             marks = await self.bootstrap.patiently("read the final marks", self.cold.final_marks)
             await asyncio.gather(*(self.bootstrap.series(st, marks, history_ms=history_ms) for st in made))
+            if book:
+                await self.books.add(name)
         except BaseException:
             await self.drop_instrument(inst)
             raise
@@ -312,16 +316,18 @@ class Engine:
     async def drop_instrument(self, inst: Instrument) -> list[str]:
         """Stop collecting ``inst`` while the engine runs; returns the keys of the series dropped.
 
-        Unsubscribed on the open connection (the venue's last instrument closes the feed), its
-        forming candles handed on as they are (forming, never final), its waiting repairs
+        Unsubscribed on the open connection (the venue's last instrument closes the feed), its book
+        no longer kept, its forming candles handed on as they are (forming, never final), its waiting repairs
         forgotten, and its final marks written as they stand: they vouch only for what this engine
         verified, so whoever collects it next fetches the rest again."""
         name = str(inst)
         gone = [st for st in self.states.values() if str(st.instrument) == name]
         self.instruments = [i for i in self.instruments if str(i) != name]
         if not gone:
+            await self.books.drop(name)
             return []
         self._control(False, [st for st in gone if st.active])
+        await self.books.drop(name)
         keys = [st.key for st in gone]
         marks = {k: v for k, v in self.final_marks().items() if k[0] in keys}
         for st in gone:
@@ -348,14 +354,19 @@ class Engine:
         log.info("%s dropped", name)
         return keys
 
-    async def add_failover(self, name: str, fo: FailoverSettings, *, history_ms: int | None = None) -> list[str]:
+    async def add_failover(
+        self, name: str, fo: FailoverSettings, *, history_ms: int | None = None, books: Collection[str] = ()
+    ) -> list[str]:
         """Start serving failover ``name`` while the engine runs: its two sources added (see
         :meth:`add_instrument`), then its logical series, started as the primary's recent candles
-        and following the primary until it goes silent. Returns the logical series' keys."""
+        and following the primary until it goes silent; the books of the sources named in ``books``
+        kept too. Returns the logical series' keys."""
         settings = self.settings
         sources = [Instrument.parse(s, default_venue=settings.venue) for s in (fo.primary, fo.standby)]
         try:
-            await asyncio.gather(*(self.add_instrument(i, history_ms=history_ms) for i in sources))
+            await asyncio.gather(
+                *(self.add_instrument(i, history_ms=history_ms, book=str(i) in books) for i in sources)
+            )
             pairs = self.failover.add(name, fo)
         except BaseException:
             await self.drop_failover(name, fo)
