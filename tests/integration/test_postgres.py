@@ -302,10 +302,14 @@ async def test_many_series_reads_equal_duckdbs_per_series_answers(store: Postgre
     # gappy_rows' 1m series stretched onto 15m, with holes, forming candles behind closed ones
     rows = state_rows() + [(i, "15m", replace(c, open_time=T0 + (c.open_time - T0) * 15)) for i, _, c in gappy_rows()]
     rows += [(SOL, "15m", candle(T0 + k * 15 * M, closed=k != 4)) for k in (0, 1, 4, 5, 9)]
+    odd = "we'ird\\x:€"  # inlined into recent_many's COPY
+    rows += [
+        (odd, "1m", state_candle(T0 + k * M, state)) for k, state in enumerate(["final", "provisional", "forming"])
+    ]
     try:
         duck.write(rows)
         await store.write(rows)
-        everyone = [BTC, ETH, SOL, "nobody"]
+        everyone = [BTC, ETH, SOL, odd, "nobody"]
         bounds = [T0 + k * M for k in (-5, 3, 5, 9, 21, 47, 200, 700)]
         answered = 0
         for tf, tf_ms in (("1m", M), ("5m", 5 * M), ("15m", 15 * M)):

@@ -42,6 +42,8 @@ COPY_ROW = np.dtype(
 )
 _COPY_LENGTHS = (8, 8, 8, 8, 8, 8, 8, 1, 1)
 _COPY_ROW_FIELDS: list[Any] = COPY_ROW.descr
+#: A row of ``COPY (SELECT <a bigint>, <Candle's fields>) TO STDOUT (FORMAT binary)``.
+KEYED_COPY_ROW = np.dtype([("nfields", ">i2"), ("len_key", ">i4"), ("key", ">i8"), *_COPY_ROW_FIELDS[1:]])
 COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 #: The signature, no flags, no header extension.
 _HEADER = COPY_SIGNATURE + bytes(8)
@@ -137,6 +139,9 @@ class CopyReader:
     saves most of the ~10 ms that numpy and Candle construction take). Rows go through numpy, so no
     per-row Python object other than the Candle itself is made.
 
+    With ``keyed``, each row starts with one more column, a bigint (:data:`KEYED_COPY_ROW`): reads of many
+    series say with it which series and what a candle is, and :attr:`keys` has it for every candle.
+
     Raises ValueError when the data is not laid out as expected (a column type changed without this
     reader being updated) rather than returning garbage.
     """
@@ -144,8 +149,14 @@ class CopyReader:
     #: Decode once this much has arrived (asyncpg hands over a few kB at a time).
     BATCH_BYTES = 64 * 1024
 
-    def __init__(self) -> None:
+    def __init__(self, keyed: bool = False) -> None:
         self.candles: list[Candle] = []
+        self.keys: list[int] = []
+        self._keyed = keyed
+        self._row = KEYED_COPY_ROW if keyed else COPY_ROW
+        #: Each length field of a row, and the length it must say.
+        names = [str(field[0]) for field in self._row.descr if str(field[0]).startswith("len")]
+        self._lengths = list(zip(names, (8,) * keyed + _COPY_LENGTHS, strict=True))
         self._buf = bytearray()
         self._header_done = False
 
@@ -174,13 +185,16 @@ class CopyReader:
                 return
             del buf[:start]
             self._header_done = True
-        n = len(buf) // COPY_ROW.itemsize  # a partial row or the 2-byte trailer stays in the buffer
+        size = self._row.itemsize
+        n = len(buf) // size  # a partial row or the 2-byte trailer stays in the buffer
         if not n:
             return
-        rows = np.frombuffer(bytes(buf[: n * COPY_ROW.itemsize]), dtype=COPY_ROW)
-        if not (rows["nfields"] == len(_COPY_LENGTHS)).all() or any(
-            not (rows[f"len{i}"] == size).all() for i, size in enumerate(_COPY_LENGTHS)
+        rows = np.frombuffer(bytes(buf[: n * size]), dtype=self._row)
+        if not (rows["nfields"] == len(self._lengths)).all() or any(
+            not (rows[name] == want).all() for name, want in self._lengths
         ):
             raise ValueError("binary COPY rows do not have Candle's column types")
+        if self._keyed:
+            self.keys.extend(rows["key"].tolist())
         self.candles.extend(map(Candle, *(rows[c].tolist() for c in CANDLE_COLS)))
-        del buf[: n * COPY_ROW.itemsize]
+        del buf[: n * size]
