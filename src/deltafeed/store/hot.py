@@ -25,10 +25,10 @@ class _Ring:
     first rotate the arrays back to ``head == 0``. Positions count from the oldest candle; slots are
     indices into the arrays.
 
-    The forming candle is put again and again (every tick of every open candle). Writing eight array
-    items costs several times a struct copy, so a put that repeats the newest open_time only keeps a
-    copy in ``top``, which stands for the tail slot until :meth:`_settle` writes it there; every other
-    operation settles first.
+    The forming candle is put again and again (every tick of every open candle). Writing nine array
+    items costs several times a struct copy, so the newest candle of a full ring, and any put that
+    repeats the newest open_time, only keeps a copy in ``top``: it stands for the tail slot (whose
+    open_time is always right) until :meth:`_settle` writes it there; every other operation settles first.
     """
 
     __slots__ = ("capacity", "cols", "head", "tail", "times", "top")
@@ -58,10 +58,11 @@ class _Ring:
             if size < self.capacity:  # still growing, so head == 0
                 self._append(c)
                 self.tail = size
-            else:  # full: the newest takes the oldest's slot
+            else:  # full: the newest takes the oldest's slot (written when it settles: it may change)
                 self.tail = self.head
                 self.head = (self.head + 1) % size
-                self._write(self.tail, c)
+                times[self.tail] = t
+                self.top = _copy(c)
             return True
         if size >= self.capacity and t < times[self.head]:
             return False  # older than anything the full ring holds: that is the cold tier's business
