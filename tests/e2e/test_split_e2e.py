@@ -110,3 +110,85 @@ async def test_subscriptions_split_over_connections_and_candles_equal_the_tape(
     finally:
         await cold.close()
     assert compared >= len(symbols) * 30
+
+
+@pytest.mark.timeout(180)
+async def test_oanda_instruments_split_over_pricing_streams_and_candles_equal_the_tape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OANDA names a stream's instruments in its URL: six instruments at two per stream are three
+    streams, none over the cap the replica enforces (it answers a longer list with 400), and every
+    stored final MID candle equals the quote tape's."""
+    from deltafeed.candles.calendar import FxCalendar
+    from deltafeed.model import series_key
+    from deltafeed.venues.oanda.replica import DEFAULT_ACCOUNT, DEV_TOKEN, OandaReplica
+    from reference import quote_candles_from_tape, read_quote_tape
+
+    venue = registry.get("oanda")
+    assert venue.stream_limits is not None
+    symbols = ["EUR_USD", "USD_JPY", "GBP_USD", "AUD_USD", "USD_CHF", "USD_CAD"]
+    monkeypatch.setenv("OANDA_TOKEN", DEV_TOKEN)
+    monkeypatch.setenv("OANDA_ACCOUNT", DEFAULT_ACCOUNT)
+    monkeypatch.setattr(venue, "stream_limits", dataclasses.replace(venue.stream_limits, per_connection=PER_LINK))
+    tape = tmp_path / "quotes.csv"
+    wednesday_noon_utc = 1_795_003_200_000  # 2026-11-18 12:00 UTC: the FX market is open throughout
+    replica = OandaReplica(
+        symbols=symbols,
+        seed=7,
+        rate=2.0,
+        speed=60.0,
+        history_ms=30 * 60_000,
+        tape=str(tape),
+        start_ms=wednesday_noon_utc,
+    )
+    replica.per_connection = PER_LINK
+    await replica.start()
+    settings = Settings(
+        venue="oanda",
+        symbols=symbols,
+        timeframes=["1m", "5m"],
+        history="30m",
+        db=str(tmp_path / "fx.duckdb"),
+        rest_url=replica.url,
+        stream_url=replica.url,
+    ).validate()
+    engine = Engine(settings)
+    try:
+        await engine.start()
+        feed = engine.feeds["oanda"]
+        links = feed.pool.links
+        assert [link.load for link in links] == [PER_LINK] * 3
+        await until(lambda: all(st.trades > 0 for st in engine.states.values()), 60.0, "every instrument quoting")
+        await asyncio.sleep(STREAM_S)
+        status = engine.status()
+    finally:
+        await engine.stop()
+        await replica.stop()
+
+    assert status["venues"]["oanda"]["connects"] >= 3, status["venues"]["oanda"]
+    assert replica.stats.get("limit_refusals", 0) == 0 and replica.stats["rejected_streams"] == 0, replica.stats
+    assert replica.stats["most_subscriptions"] == PER_LINK and replica.stats["streams"] >= 3, replica.stats
+    rows = read_quote_tape(tape)
+    calendar = FxCalendar()
+    cold = await open_cold(settings.db, read_only=True)
+    try:
+        compared = 0
+        for sym in symbols:
+            key = series_key(f"oanda:{sym}", "mid")
+            mine = [r for r in rows if r.symbol == sym]
+            for tf in ("1m", "5m"):
+                want = {c.open_time: c for c in quote_candles_from_tape(mine, TIMEFRAMES[tf], "mid", calendar)}
+                stored = await cold.query(key, tf)
+                keys = [c.open_time for c in stored]
+                assert keys == list(range(keys[0], keys[-1] + TIMEFRAMES[tf], TIMEFRAMES[tf])), (key, tf, "a hole")
+                finals = [c for c in stored if c.final]
+                assert len(finals) >= (25 if tf == "1m" else 5), (key, tf, len(finals))
+                for c in finals:
+                    w = want[c.open_time]
+                    assert (c.open, c.high, c.low, c.close, c.trades, c.volume) == pytest.approx(
+                        (w.open, w.high, w.low, w.close, w.trades, w.volume), rel=1e-12
+                    ), (key, tf, c.open_time)
+                compared += len(finals)
+    finally:
+        await cold.close()
+    assert compared >= len(symbols) * 30

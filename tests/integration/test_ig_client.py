@@ -1096,3 +1096,62 @@ async def test_history_and_streaming_against_the_ig_replica(tmp_path: Any) -> No
     assert all((q.time_ms // 1000, q.bid, q.ask) in seen for q in quotes)
     for c in charts:
         assert (c.open, c.high, c.low, c.close, c.trades) == expected(c.open_time)
+
+
+async def test_the_ig_replica_refuses_subscriptions_past_its_per_connection_cap() -> None:
+    """IG allows 40 subscriptions per connection; with the replica's cap lowered to 2, a pool packing
+    2 items per session subscribes all three items on two sessions, and one packing 3 per session has
+    its third item refused (REQERR), as IG refuses it."""
+    from deltafeed.venues.ig.replica import IGReplica
+
+    epics = ("CS.D.EURUSD.CFD.IP", "CS.D.USDJPY.CFD.IP", "CS.D.GBPUSD.CFD.IP")
+    items = [ig.market_item(e) for e in epics]
+    r = IGReplica(
+        epics=epics,
+        rate=5.0,
+        speed=60.0,
+        history_ms=600_000,
+        start_ms=ms(2026, 3, 4, 10, 2, 30),
+        api_key=API_KEY,
+        username=USER,
+        password=PASSWORD,
+        max_connections=4,
+        keepalive_ms=200,
+    )
+    r.per_connection = 2
+    await r.start()
+    session = IGSession(r.rest_url, API_KEY, USER, PASSWORD, rate_per_minute=6000)
+    try:
+        account, _ = await session.ls_credentials()
+        results = []
+        for per_session in (2, 3):
+            sink = Sink()
+            pool = TlcpPool(
+                session.lightstreamer_endpoint,
+                account,
+                session.ls_password_fresh,
+                max_connections=2,
+                items_per_session=per_session,
+                on_update=sink.on_update,
+                keepalive_ms=200,
+                budget=ConnectBudget(100, 1.0),
+                backoff_base_s=0.05,
+            )
+            try:
+                refused = r.stats.get("limit_refusals", 0)
+                await pool.subscribe(items, ig.MARKET_FIELDS)
+
+                def settled(sink: Sink = sink, refused: int = refused) -> bool:
+                    # every item either streaming or refused
+                    got = sum(sink.counts[i] > 0 for i in items)
+                    return got + r.stats.get("limit_refusals", 0) - refused == 3
+
+                await until(settled, 10.0)
+                results.append((len(pool.sessions), pool.stats["refused"], r.stats.get("limit_refusals", 0) - refused))
+            finally:
+                await pool.close()
+    finally:
+        await session.close()
+        await r.stop()
+    assert results == [(2, 0, 0), (1, 1, 1)], results
+    assert r.stats["most_subscriptions"] == 2

@@ -321,9 +321,10 @@ class LinkPool(Generic[M]):
             )
         ):
             if lim.max_connections and len(self.links) >= lim.max_connections:
+                each = f" of {lim.per_connection} subscriptions" if lim.per_connection else ""
                 raise BadInput(
-                    f"{self.name} allows {lim.max_connections} connections of {lim.per_connection or 'any number of'}"
-                    " subscriptions each; this run needs more: collect fewer instruments or timeframes"
+                    f"{self.name} allows {lim.max_connections} connection(s){each} at once and this run needs"
+                    " more; collect fewer instruments or timeframes"
                 )
             link = Link(self, len(self.links))
             self.links.append(link)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from deltafeed.model import BadInput
 from deltafeed.venues.base import HTTP_SCHEMES, WS_SCHEMES, Venue, VenueSettings, joined_pair
 from deltafeed.venues.finnhub import codec
+from deltafeed.venues.links import StreamLimits
 
 if TYPE_CHECKING:
     from deltafeed.config import Settings
@@ -46,6 +47,16 @@ class Finnhub(Venue):
     omits_empty = True  # no candle for an interval without prices
     sequenced = False  # no ids: closed candles are provisional until reconciled with history
     reconcile_every_s = 60.0
+    #: "1 API key can only open 1 connection at a time", 50 symbols on the free plan [3P]; one
+    #: subscribe message per symbol; connection attempts: 60 a minute (chosen).
+    stream_limits = StreamLimits(
+        per_connection=codec.MAX_SYMBOLS,
+        per_message=1,
+        max_connections=1,
+        connects=60,
+        connect_window_s=60.0,
+        source="Finnhub WebSocket trades docs (one connection per key); symbol cap from the pricing page [3P]",
+    )
     history_trades = False  # its REST candles have no trade count
 
     def calendar_name(self, symbol: str) -> str:

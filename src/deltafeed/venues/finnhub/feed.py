@@ -10,8 +10,6 @@ their volume.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 from collections import Counter
@@ -20,12 +18,11 @@ from typing import TYPE_CHECKING, Any
 from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle, Trade
 from deltafeed.net.http import VenueError, VenueUnreachable, http_date_ms
-from deltafeed.net.reconnect import ConnectBudget
-from deltafeed.net.ws import WsStream
 from deltafeed.venues.base import FeedStatus, SkipLog, unmade
 from deltafeed.venues.finnhub import VENUE
 from deltafeed.venues.finnhub import codec as finnhub
 from deltafeed.venues.finnhub.rest import FinnhubHistory
+from deltafeed.venues.links import Link, LinkPool, Stream
 
 if TYPE_CHECKING:
     from deltafeed.series import Series
@@ -59,16 +56,16 @@ class FinnhubFeed:
         self._next_id: dict[str, int] = {}
         self.out_of_order = 0
         self._skips = SkipLog(log, "messages")
-        # One connection per key is Finnhub's rule, so one stream (and a budget of one a second).
-        self.ws = WsStream(
-            lambda: finnhub.stream_url(self.ws_base, self._token),
-            self.on_frame,
+        # One connection per key is Finnhub's rule: the pool refuses more symbols than it carries.
+        assert VENUE.stream_limits is not None
+        self.pool: LinkPool[Series] = LinkPool(
+            self.venue,
+            VENUE.stream_limits,
+            url=lambda link: finnhub.stream_url(self.ws_base, self._token),
+            on_frame=self.on_frame,
             on_connect=self._on_connect,
-            name="finnhub",
             stale_after_s=stale_after_s,
-            budget=ConnectBudget(60, 60.0),
         )
-        self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:  # the stream URL carries the key
         return f"<FinnhubFeed {finnhub.redact(self.ws_base)} {len(self.states)} instruments>"
@@ -77,15 +74,19 @@ class FinnhubFeed:
     def errors(self) -> Counter[str]:
         return self.decoder.errors
 
+    @property
+    def ws(self) -> Stream:
+        """The one connection."""
+        return self.pool.links[0].ws
+
     def add(self, st: Series) -> None:
-        if len(self.states) >= finnhub.MAX_SYMBOLS:
-            raise BadInput(f"Finnhub streams at most {finnhub.MAX_SYMBOLS} symbols per key; collect fewer")
         bad = unmade(st.builder.timeframes, tuple(finnhub.RESOLUTION))
         if bad:
             raise BadInput(
                 f"Finnhub has no {', '.join(bad)} candles; use 1m 5m 15m 1h 1d (or a timeframe one of them"
                 " divides, e.g. 3m, 2h, 1w) for Finnhub instruments"
             )
+        self.pool.place(st, 1)
         self.states.append(st)
         self._by_symbol[st.instrument.symbol] = st
         self._next_id[st.instrument.symbol] = 1
@@ -112,32 +113,34 @@ class FinnhubFeed:
                     f" /api/v1, e.g. --rest-url {finnhub.DEFAULT_REST_URL}"
                 ) from None
 
-    def _on_connect(self, ws: WsStream) -> None:
+    def _on_connect(self, link: Link[Series], ws: Stream) -> None:
         # Whatever traded while we were away is unknown: skip an id so each symbol's next trade
         # reveals the hole; then subscribe (Finnhub remembers nothing across connections).
         for sym in self._next_id:
             self._next_id[sym] += 1
-        for st in self.states:
+        for st in link.members:
             if st.active:
-                ws.send(finnhub.subscribe(st.instrument.symbol))
+                link.send(ws, finnhub.subscribe(st.instrument.symbol))
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.ws.run(), name="finnhub-ws")
+        self.pool.start()
 
     def connected(self) -> bool:
-        return self.ws.connected.is_set()
+        return self.pool.connected()
 
     async def tick(self, mono: float) -> None:
         for st in self.states:
             if st.last_trade_ms:
                 self.clock.observe(st.last_trade_ms)
+        await self.pool.tick(mono)
 
     def activate(self, st: Series, active: bool) -> None:
         return None  # routing follows ``st.active``
 
     def control(self, subscribe: bool, states: list[Series]) -> None:
-        for st in states:
-            self.ws.send((finnhub.subscribe if subscribe else finnhub.unsubscribe)(st.instrument.symbol))
+        for link, group in self.pool.by_link(states):
+            for st in group:
+                link.broadcast((finnhub.subscribe if subscribe else finnhub.unsubscribe)(st.instrument.symbol))
 
     def page_span_ms(self, timeframe: str) -> int:
         return self.history.page_span_ms(timeframe)
@@ -150,11 +153,7 @@ class FinnhubFeed:
         )
 
     async def stop(self) -> None:
-        await self.ws.close()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await self.pool.stop()
         await self.history.close()
 
     # --- frames ---------------------------------------------------------------------------------
@@ -182,16 +181,8 @@ class FinnhubFeed:
     # --- visibility -----------------------------------------------------------------------------
 
     def report(self) -> FeedStatus:
-        s = self.ws
         return FeedStatus(
-            connected=s.connected.is_set(),
-            connections=int(s.connected.is_set()),
-            connects=s.connects,
-            reconnects=max(0, s.connects - 1),
-            rotations=0,
-            stale_drops=s.stale_drops,
-            connect_budget_waits=s.budget.waits,
-            frames=s.frames,
+            **self.pool.counts(),
             out_of_order=self.out_of_order,
             skipped_frames=dict(self.decoder.errors),
             rest_requests=int(self.history.stats.get("requests", 0)),

@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from deltafeed.venues.base import HTTP_SCHEMES, Venue, VenueSettings
+from deltafeed.venues.links import StreamLimits
 
 if TYPE_CHECKING:
     from deltafeed.config import Settings
@@ -39,6 +40,10 @@ class IG(Venue):
     omits_empty = True  # no price row for an interval without prices
     sequenced = False  # no ids: closed candles are provisional until reconciled with history
     reconcile_every_s = 60.0
+    #: "By default, up to 40 simultaneous subscriptions per connection" (IG's Streaming API Guide);
+    #: its sessions are packed by :class:`~deltafeed.venues.ig.pool.TlcpPool` (Lightstreamer, not
+    #: :mod:`deltafeed.venues.links`), which takes this figure.
+    stream_limits = StreamLimits(per_connection=40, source="IG Streaming API Guide")
 
     def calendar_name(self, symbol: str) -> str:
         return "fx"

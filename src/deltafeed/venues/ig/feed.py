@@ -114,6 +114,7 @@ class IGFeed:
             self.session.account_id,
             self.session.ls_password_fresh,
             max_connections=self.max_connections,
+            items_per_session=VENUE.stream_limits.per_connection if VENUE.stream_limits else 40,
             on_update=self.on_update,
             on_disconnect=self._on_disconnect,
             on_lost=self._on_lost,

@@ -178,6 +178,8 @@ REQUEST_LIMIT = 50_000
 KEEPALIVE_MS = 5_000
 MIN_KEEPALIVE_MS = 100
 MAX_CONNECTIONS = 40
+#: "By default, up to 40 simultaneous subscriptions per connection" (IG's Streaming API Guide).
+SUBSCRIPTIONS_PER_CONNECTION = 40
 ALLOWANCE = 10_000
 ALLOWANCE_PERIOD_S = 7 * 86_400.0
 TICK_SECONDS = 0.02  # pump period (wall)
@@ -713,6 +715,7 @@ class IGReplica(ReplicaBase):
     fault_kinds = FAULT_KINDS
 
     venue = "ig"
+    per_connection = SUBSCRIPTIONS_PER_CONNECTION
     _log = log
     shutdown_timeout = 2.0
     http_method = "*"  # every method, not only GET: IG logs in with POST and out with DELETE
@@ -1532,6 +1535,10 @@ class IGReplica(ReplicaBase):
                 return refuse(23, f"item {item.name} has no field {wrong[0]}")
             if _KIND_MODE[item.kind] != mode:
                 return refuse(24, f"item {item.name} is served in {_KIND_MODE[item.kind]} mode only")
+        held = sum(len(s.items) for s in conn.subs.values())
+        if not all(self._may_subscribe(held + i) for i in range(len(items))):
+            # A Metadata Adapter refusal (code <= 0); IG's code and wording are [UNVERIFIED].
+            return refuse(0, f"more than {self.per_connection} subscriptions on this connection")
         self._tick()  # everything up to now goes out first, so the snapshot is current and nothing repeats
         sub = _Sub(conn, sub_id, mode, items, fields)
         conn.subs[sub_id] = sub
