@@ -16,8 +16,9 @@ on a fresh cluster and schema:
   it was handed over. Printed: p50/p99 from the hand-over to the client's receipt (one wall clock:
   same machine);
 - latency, venue event to consumer (``--venue``): a Binance replica at real speed (its clock is the
-  wall clock), a collector (``deltafeed run --cluster``, publishing trades) as a third process, and
-  the same WebSocket client subscribed to the node's trades: from the trade's venue time to receipt.
+  wall clock), a collector (``deltafeed run --cluster``, publishing trades and the BTCUSDT book) as a
+  third process, and the same WebSocket client subscribed to the node's trades, then to its book (10
+  levels): from the trade's, or the book change's, venue time to receipt.
 
 Medians of ``--runs`` runs (default 3) are printed last.
 
@@ -191,18 +192,23 @@ class Versions:
         return self.sent.get(int(doc["data"]["close"]))
 
 
-class Trades:
-    """The venue's trades: each one's venue time is when it was made."""
+class VenueTimed:
+    """Messages of one ``kind`` (``trade``, ``book_delta``) whose timestamp is the venue's time of
+    the event: a replica at real speed, whose clock is the wall clock."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
 
     async def run(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
     def sent_of(self, doc: Any) -> float | None:
-        return doc["timestamp"] / 1000 if doc.get("type") == "trade" else None
+        return doc["timestamp"] / 1000 if doc.get("type") == self.kind else None
 
 
-async def venue_latency(args: argparse.Namespace, cluster: str, base: str, tmp: Path) -> list[float]:
-    """A replica at real speed and a collector publishing trades, as processes; latency of trades."""
+async def venue_latency(args: argparse.Namespace, cluster: str, base: str, tmp: Path) -> dict[str, list[float]]:
+    """A replica at real speed and a collector publishing trades and the book, as processes; latency
+    of trades and of book deltas (venue event -> the node's WebSocket consumer)."""
     replica = subprocess.Popen(
         [*CLI, "replica", "binance", "--symbols", "BTCUSDT", "--speed", "1", "--rate", "50", "--history", "10m"],
         stdout=subprocess.PIPE,
@@ -236,6 +242,8 @@ async def venue_latency(args: argparse.Namespace, cluster: str, base: str, tmp: 
                 str(tmp / "c.duckdb"),
                 "--api",
                 "off",
+                "--books",
+                "binance:BTCUSDT",
             ],
             stderr=f,
             stdout=subprocess.DEVNULL,
@@ -249,11 +257,21 @@ async def venue_latency(args: argparse.Namespace, cluster: str, base: str, tmp: 
                     return "binance:BTCUSDT" in {i["name"] for i in (await r.json())["instruments"]}
 
             await poll("the collector's first candle", collected, timeout=60)
-        op = {"op": "subscribe_trades", "instrument": "binance:BTCUSDT"}
-        got = await ws_latency(base, op, Trades(), args.seconds)
-        if not got:
-            print(f"no trades reached the consumer; the collector's log:\n{log.read_text()[-3000:]}")
-        return got
+
+            async def book() -> bool:
+                async with http.get(f"{base}/book/binance:BTCUSDT") as r:
+                    return r.status == 200 and bool((await r.json())["in_sync"])
+
+            await poll("the node's book in sync", book, timeout=60)
+        out = {}
+        for kind, op in (
+            ("trade", {"op": "subscribe_trades", "instrument": "binance:BTCUSDT"}),
+            ("book_delta", {"op": "subscribe_book", "instrument": "binance:BTCUSDT", "depth": 10}),
+        ):
+            out[kind] = got = await ws_latency(base, op, VenueTimed(kind), args.seconds)
+            if not got:
+                print(f"no {kind} reached the consumer; the collector's log:\n{log.read_text()[-3000:]}")
+        return out
     finally:
         stop(collector)
         stop(replica)
@@ -391,8 +409,10 @@ async def one_run(args: argparse.Namespace, run: int) -> dict[str, float]:
             await outlet.close()
             out |= {"pub_p50_ms": 1000 * pct(lat, 0.5), "pub_p99_ms": 1000 * pct(lat, 0.99), "pub_n": len(lat)}
             if args.venue:
-                vl = await venue_latency(args, cluster, base, tmp)
+                got = await venue_latency(args, cluster, base, tmp)
+                vl, bl = got["trade"], got["book_delta"]
                 out |= {"venue_p50_ms": 1000 * pct(vl, 0.5), "venue_p99_ms": 1000 * pct(vl, 0.99), "venue_n": len(vl)}
+                out |= {"book_p50_ms": 1000 * pct(bl, 0.5), "book_p99_ms": 1000 * pct(bl, 0.99), "book_n": len(bl)}
         finally:
             stop(node)
             with contextlib.suppress(Exception):
@@ -432,6 +452,10 @@ async def main(args: argparse.Namespace) -> None:
         print(
             f"  venue trade -> WS consumer          p50 {med['venue_p50_ms']:.1f} ms  p99 {med['venue_p99_ms']:.1f} ms"
             f"  ({med['venue_n']:.0f} trades per run)"
+        )
+        print(
+            f"  venue book change -> WS consumer    p50 {med['book_p50_ms']:.1f} ms  p99 {med['book_p99_ms']:.1f} ms"
+            f"  ({med['book_n']:.0f} book deltas per run)"
         )
 
 
