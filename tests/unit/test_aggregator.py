@@ -337,3 +337,42 @@ def test_suspect_span_is_repaired_and_never_vouched_for() -> None:
     assert ("1m", 120_000, 120_000) in repairs and ("5m", 0, 0) in repairs
     b.on_trade(Trade("X", 3, 190_000, 1.0, 1.0, False))  # follows on by id, but inside the suspect span
     assert not any(c.final and c.open_time >= 120_000 for tf, c in closed if tf == "1m")
+
+
+def test_open_candles_read_between_trades_equal_the_reference() -> None:
+    """Dense trades (many per second) fold into a partial candle between rolls: whenever the open
+    candles are read, they hold every trade so far, also for a timeframe whose grid does not nest
+    in the others (7s)."""
+    rng = random.Random(5)
+    tfs = {"1s": 1000, "7s": 7000, "1m": 60_000, "5m": 300_000, "1h": 3_600_000}
+    builder, rec = make(list(tfs))
+    seen: list[Trade] = []
+    t, px = 1_700_000_000_000, 100.0
+    for i in range(1, 20_001):
+        t += int(rng.expovariate(1 / 25))
+        px = round(max(1.0, px + rng.choice((-1, 1)) * rng.random() * 0.3), 2)
+        trade = Trade("X", i, t, px, rng.randint(1, 500) / 1000, False)
+        builder.on_trade(trade)
+        seen.append(trade)
+        if rng.random() < 0.01:
+            for tf, ms in tfs.items():
+                c = builder.open_candle(tf)
+                assert c is not None
+                want = reference([x for x in seen if x.time_ms // ms == t // ms], ms)[t // ms * ms]
+                assert (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades) == want, (i, tf)
+    builder.advance(t + 2 * 3_600_000)
+    for tf, ms in tfs.items():
+        got = as_tuples(rec.closed[tf])
+        want = reference(seen, ms)
+        assert {k: got[k] for k in want} == want, tf
+
+
+def test_a_trade_late_for_the_short_candle_still_counts_in_the_long_one() -> None:
+    builder, rec = make(["1s", "1m"])
+    for i, (ts, px) in enumerate([(60_100, 10.0), (61_100, 11.0), (61_200, 12.0)], start=1):
+        builder.on_trade(Trade("X", i, ts, px, 1.0, False))
+    builder.on_trade(Trade("X", 4, 60_900, 9.0, 1.0, False))  # the venue's clock went back 300 ms
+    builder.on_trade(Trade("X", 5, 61_300, 12.5, 1.0, False))
+    assert builder.late_trades == 1 and rec.repairs[-1] == ("1s", 60_000, 60_000)
+    assert builder.open_candle("1m") == Candle(60_000, 10.0, 12.5, 9.0, 12.5, 5.0, 5, False)
+    assert builder.open_candle("1s") == Candle(61_000, 11.0, 12.5, 11.0, 12.5, 3.0, 3, False)

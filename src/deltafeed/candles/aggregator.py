@@ -7,6 +7,8 @@ from collections.abc import Callable
 from deltafeed.candles.calendar import AlwaysOpen, Calendar
 from deltafeed.model import Candle, Trade, timeframe, timeframe_ms
 
+INF = float("inf")
+
 ClosedSink = Callable[[str, Candle], None]
 """Receives ``(timeframe, candle)`` for every candle that closed (``final`` when the builder can
 vouch for it, else provisional), and again for a provisional one the builder later vouches for."""
@@ -106,11 +108,21 @@ class CandleBuilder:
         self.confirm_jump = confirm_jump
         self._suspects: dict[int, Trade] = {}
         self.suspect_trades = 0
+        # The trades since the last fold, as one partial candle (see on_trade and _fold): while
+        # [_win_lo, _win_hi) lies inside every timeframe's open candle, a trade in it updates only
+        # these; _fold adds them to every open candle before anything else reads or changes one.
+        self._win_lo = self._win_hi = 0
+        self._p_high = -INF
+        self._p_low = INF
+        self._p_close = 0.0
+        self._p_vol = 0.0
+        self._p_n = 0
 
     # --- set-up ---------------------------------------------------------------------------------
 
     def seed(self, timeframe: str, last_closed: Candle) -> None:
         """Continue after ``last_closed`` (from the store or REST history)."""
+        self._fold()
         s = self._by_name[timeframe]
         after = s.tf.next(last_closed.open_time)
         if s.cur is None and (s.next_open is None or after > s.next_open):
@@ -123,7 +135,9 @@ class CandleBuilder:
     # --- trades ---------------------------------------------------------------------------------
 
     def on_trade(self, t: Trade) -> None:
-        """Fold one trade into every timeframe's open candle (the hot path: no allocation)."""
+        """Fold one trade in (the hot path: no allocation). A trade inside every open candle goes
+        into the partial candle only (five attribute writes, whatever the number of timeframes);
+        any other trade first folds that into the open candles, then rolls them as it needs."""
         tid = t.trade_id
         if tid != self.last_trade_id + 1 and not self._out_of_sequence(t):
             return
@@ -132,7 +146,25 @@ class CandleBuilder:
         if self._unvouched:
             self._vouch_until(ts)
         p = t.price
-        q = t.qty
+        if self._win_lo <= ts < self._win_hi:
+            if p > self._p_high:
+                self._p_high = p
+            if p < self._p_low:
+                self._p_low = p
+            self._p_close = p
+            self._p_vol += t.qty
+            self._p_n += 1
+        else:
+            self._fold()
+            self._apply(ts, p, t.qty)
+        # Only now: while the candles rolled above, the last trade was the one before (flat limit).
+        self.last_trade_ms = ts
+        if self._held and self.last_trade_id + 1 in self._held:
+            self.on_trade(self._held.pop(self.last_trade_id + 1))
+
+    def _apply(self, ts: int, p: float, q: float) -> None:
+        """Fold a trade into every timeframe's open candle, rolling those it lies past, then open
+        the window: the span inside every open candle (empty when a timeframe has none)."""
         for s in self._series:
             if not s.start <= ts < s.end and not self._roll(s, ts, p):
                 continue
@@ -145,10 +177,33 @@ class CandleBuilder:
             c.close = p
             c.volume += q
             c.trades += 1
-        # Only now: while the candles rolled above, the last trade was the one before (flat limit).
-        self.last_trade_ms = ts
-        if self._held and self.last_trade_id + 1 in self._held:
-            self.on_trade(self._held.pop(self.last_trade_id + 1))
+        lo, hi = 0, 2**63
+        for s in self._series:
+            if s.cur is None:
+                hi = 0
+            lo = max(lo, s.start)
+            hi = min(hi, s.end)
+        self._win_lo, self._win_hi = lo, hi
+
+    def _fold(self) -> None:
+        """Add the partial candle to every open candle and close the window: called before anything
+        reads or changes the open candles (every one of them held each trade of the window)."""
+        self._win_lo = self._win_hi = 0
+        n = self._p_n
+        if not n:
+            return
+        hi, lo, px, v = self._p_high, self._p_low, self._p_close, self._p_vol
+        for s in self._series:
+            c = s.cur
+            assert c is not None
+            if hi > c.high:
+                c.high = hi
+            if lo < c.low:
+                c.low = lo
+            c.close = px
+            c.volume += v
+            c.trades += n
+        self._p_high, self._p_low, self._p_vol, self._p_n = -INF, INF, 0.0, 0
 
     def _out_of_sequence(self, t: Trade) -> bool:
         """Decide about a trade whose id does not follow the last one; True to apply it now.
@@ -284,6 +339,7 @@ class CandleBuilder:
 
     def _resync(self, t: Trade) -> None:
         """Trades before ``t`` are missing: report the candles they may belong to for repair."""
+        self._fold()
         if self.last_trade_id >= 0:
             self.gaps += 1
             self.missed_trades += t.trade_id - self.last_trade_id - 1
@@ -316,6 +372,7 @@ class CandleBuilder:
         """Trades between ``since_ms`` and ``until_ms`` may have been lost without a gap in the ids
         showing it yet (the venue's message sequence broke): the candles of that span, up to the one
         forming, are reported for repair and never vouched for by the builder."""
+        self._fold()
         self._unvouched = [(s, c) for s, c in self._unvouched if s.tf.next(c.open_time) <= since_ms]
         self._hole_ms = max(self._hole_ms, until_ms)
         for s in self._series:
@@ -330,6 +387,7 @@ class CandleBuilder:
     def on_venue_candle(self, timeframe: str, venue: Candle, last_trade_id: int) -> None:
         """Merge a venue kline: a closed one is final; an open one is taken over when it holds
         exactly the trades seen so far (then it also covers any we missed before start-up)."""
+        self._fold()
         s = self._by_name.get(timeframe)
         if s is None:
             return
@@ -369,6 +427,7 @@ class CandleBuilder:
     def advance(self, now_ms: int) -> None:
         """The venue's clock reads ``now_ms``: close candles that ended, fill quiet intervals (only
         while the market stays open since the last trade; see the class notes)."""
+        self._fold()
         if self.last_trade_id < 0:
             return
         for s in self._series:
@@ -379,9 +438,11 @@ class CandleBuilder:
 
     def open_candles(self) -> list[tuple[str, Candle]]:
         """The candles still forming, one per timeframe at most (live objects: copy to keep)."""
+        self._fold()
         return [(s.name, s.cur) for s in self._series if s.cur is not None]
 
     def open_candle(self, timeframe: str) -> Candle | None:
+        self._fold()
         return self._by_name[timeframe].cur
 
 
