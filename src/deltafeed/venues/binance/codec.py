@@ -135,8 +135,7 @@ _Payload = _TradeMsg | _KlineMsg | _ShutdownMsg
 
 
 class _Combined(msgspec.Struct):
-    stream: str
-    data: _Payload
+    data: _Payload  # the stream's name is not read: the payload names its symbol
 
 
 # strict=False lets msgspec read Binance's decimal strings ("0.001") straight into floats.
@@ -168,9 +167,14 @@ class StreamDecoder(Skips):
     def decode(self, frame: bytes | memoryview | str) -> Event | None:
         try:
             try:
-                return self._checked(_combined.decode(frame).data, frame)
+                p = _combined.decode(frame).data
             except JSON_ERRORS:
                 pass
+            else:
+                # A trade, the hot path, in line: what _checked does for it, one call less.
+                if type(p) is _TradeMsg and 0.0 < p.p < INF and 0.0 < p.q < INF:
+                    return Trade(p.s, p.t, p.T, p.p, p.q, p.m)
+                return self._checked(p, frame)
             try:
                 return self._checked(_raw.decode(frame), frame)
             except JSON_ERRORS:
