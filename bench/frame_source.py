@@ -13,7 +13,7 @@ block) and hands the bytes to the socket, as fast as the client reads them.
 - Trade ids are consecutive per symbol and connection, from 100,000,000,000; the trade time is the
   wall clock when the block is made; prices are a fixed random walk, the same in every block.
 
-    python bench/frame_source.py [--port 0] [--frames 4096] [--tls DIR]
+    python bench/frame_source.py [--port 0] [--frames 4096] [--tls DIR] [--expect 1]
 
 prints ``listening on ws://127.0.0.1:PORT`` (``wss://`` with ``--tls``, then the CA's path, made
 like a replica's) and serves until stopped.
@@ -142,9 +142,18 @@ def _streams(names: list[str]) -> set[tuple[str, str]]:
 
 
 class Source:
-    def __init__(self, frames: int) -> None:
+    """Serves every connection its streams' blocks; with ``expect``, only once the connections open
+    carry that many symbols between them (a client that opens many connections gets them all up
+    before the flood starts: a handshake behind a saturated event loop would time out)."""
+
+    def __init__(self, frames: int, expect: int) -> None:
         self.frames = frames
+        self.expect = expect
         self.served = 0
+        self.live: dict[int, set[tuple[str, str]]] = {}
+
+    def ready(self) -> bool:
+        return len({sym for streams in self.live.values() for sym, _ in streams}) >= self.expect
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
@@ -175,12 +184,13 @@ class Source:
 
         reader = asyncio.create_task(control())
         blocks: Blocks | None = None
+        self.live[id(ws)] = streams
         try:
             while not reader.done() and not transport.is_closing():
                 if changed.is_set():
                     changed.clear()
                     blocks = Blocks(sorted(streams), combined, max(4, self.frames // len(streams))) if streams else None
-                if blocks is None:
+                if blocks is None or not self.ready():
                     await asyncio.sleep(0.01)
                     continue
                 data, n = blocks.next()
@@ -188,9 +198,11 @@ class Source:
                     break
                 transport.write(data)
                 self.served += n
+                await asyncio.sleep(0)  # the other connections, and new ones, take their turn
                 while transport.get_write_buffer_size() > HIGH_WATER and not transport.is_closing():
                     await asyncio.sleep(0.001)
         finally:
+            del self.live[id(ws)]
             reader.cancel()
         return ws
 
@@ -201,9 +213,10 @@ async def main() -> None:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--frames", type=int, default=4096, help="frames in a block (at least 4 per stream)")
     ap.add_argument("--tls", metavar="DIR", help="serve wss:// with a CA and certificate made in DIR")
+    ap.add_argument("--expect", type=int, default=1, help="send once the connections carry this many symbols")
     args = ap.parse_args()
     certs = write_certificates(Path(args.tls)) if args.tls else None
-    source = Source(args.frames)
+    source = Source(args.frames, args.expect)
     app = web.Application()
     app.router.add_get("/{tail:.*}", source.handle)
     runner = web.AppRunner(app, access_log=None)

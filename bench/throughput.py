@@ -190,7 +190,7 @@ async def main() -> None:
         "--rate", "0.01", "--history", "2m", "--port", "0", "--weight-limit", str(WEIGHT),
     ]  # fmt: skip
     replica, rest, ca1 = start(replica_cmd + (["--tls", f"{tmp.name}/replica"] if tls else []), tls)
-    source_cmd = [sys.executable, str(HERE / "frame_source.py"), "--port", "0"]
+    source_cmd = [sys.executable, str(HERE / "frame_source.py"), "--port", "0", "--expect", str(len(symbols))]
     source, ws, ca2 = start(source_cmd + (["--tls", f"{tmp.name}/source"] if tls else []), tls)
     if ca1 and ca2:  # every client here (and its subprocesses) trusts both CAs
         bundle = Path(tmp.name) / "cas.pem"
