@@ -168,15 +168,8 @@ class CandleBuilder:
         for s in self._series:
             if not s.start <= ts < s.end and not self._roll(s, ts, p):
                 continue
-            c = s.cur
-            assert c is not None
-            if p > c.high:
-                c.high = p
-            elif p < c.low:
-                c.low = p
-            c.close = p
-            c.volume += q
-            c.trades += 1
+            assert s.cur is not None
+            _add(s.cur, p, p, p, q, 1)
         lo, hi = 0, 2**63
         for s in self._series:
             if s.cur is None:
@@ -192,17 +185,9 @@ class CandleBuilder:
         n = self._p_n
         if not n:
             return
-        hi, lo, px, v = self._p_high, self._p_low, self._p_close, self._p_vol
         for s in self._series:
-            c = s.cur
-            assert c is not None
-            if hi > c.high:
-                c.high = hi
-            if lo < c.low:
-                c.low = lo
-            c.close = px
-            c.volume += v
-            c.trades += n
+            assert s.cur is not None
+            _add(s.cur, self._p_high, self._p_low, self._p_close, self._p_vol, n)
         self._p_high, self._p_low, self._p_vol, self._p_n = -INF, INF, 0.0, 0
 
     def _out_of_sequence(self, t: Trade) -> bool:
@@ -450,6 +435,17 @@ def _assign(c: Candle, v: Candle) -> None:
     """Give ``c`` the prices, volume and trade count of ``v`` (keeping its own ``closed``)."""
     c.open, c.high, c.low, c.close = v.open, v.high, v.low, v.close
     c.volume, c.trades = v.volume, v.trades
+
+
+def _add(c: Candle, high: float, low: float, close: float, volume: float, trades: int) -> None:
+    """Add trades that followed ``c``'s (their high, low, last price, volume and count) to ``c``."""
+    if high > c.high:
+        c.high = high
+    if low < c.low:
+        c.low = low
+    c.close = close
+    c.volume += volume
+    c.trades += trades
 
 
 def _idle(s: _Series, next_open: int | None, last_close: float | None) -> None:
