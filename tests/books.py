@@ -11,6 +11,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from deltafeed.config import Settings
+
 Levels = list[tuple[float, float]]
 
 
@@ -93,3 +95,17 @@ def check_rebuilt(
     truth = true_books(book_tape_path, symbol, [venue_seq[b["nonce"]] for b in books], depth)
     for b in books:
         assert (levels(b["bids"]), levels(b["asks"])) == truth[venue_seq[b["nonce"]]], b["nonce"]
+
+
+def book_settings(replica: Any, depth: int, **more: Any) -> Settings:
+    """Settings of an engine keeping the Binance replica's BTCUSDT candles (1m) and book to ``depth``."""
+    return Settings(
+        symbols=["BTCUSDT"],
+        timeframes=["1m"],
+        history="5m",
+        rest_url=replica.url,
+        ws_url=replica.ws_url,
+        books=["binance:BTCUSDT"],
+        book_depth=depth,
+        **more,
+    ).validate()

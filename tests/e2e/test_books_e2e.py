@@ -15,12 +15,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from books import BOOK_FAULTS, check_rebuilt, check_served, levels, true_books
+from books import BOOK_FAULTS, book_settings, check_rebuilt, check_served, levels, true_books
 from deltafeed import Client, SyncClient
 from deltafeed.api.hub import Hub
 from deltafeed.api.server import api_url, start_api, stop_api
 from deltafeed.books import BookEvent
-from deltafeed.config import Settings
 from deltafeed.engine import Engine
 from deltafeed.replicas.books import book_tape_path
 from deltafeed.venues.binance.replica import BinanceReplica
@@ -38,18 +37,7 @@ async def test_books_served_equal_the_tape(tmp_path: Path) -> None:
         symbols=["BTCUSDT"], seed=3, rate=20.0, history_ms=600_000, tape=tape, faults=BOOK_FAULTS, faults_seed=2
     )
     await replica.start()
-    settings = Settings(
-        symbols=["BTCUSDT"],
-        timeframes=["1m"],
-        history="5m",
-        db=str(tmp_path / "c.duckdb"),
-        rest_url=replica.url,
-        ws_url=replica.ws_url,
-        books=[BTC],
-        book_depth=DEPTH,
-        book_snapshot_every="1s",
-        book_deltas=True,
-    ).validate()
+    settings = book_settings(replica, DEPTH, db=str(tmp_path / "c.duckdb"), book_snapshot_every="1s", book_deltas=True)
     engine = Engine(settings)
     keeper = engine.books.keepers[BTC]
     venue_seq: dict[int, int] = {}  # our sequence -> the venue's key of that state

@@ -15,7 +15,7 @@ import aiohttp
 import nats
 import pytest
 
-from books import BOOK_FAULTS, check_rebuilt, check_served
+from books import BOOK_FAULTS, book_settings, check_rebuilt, check_served
 from conftest import NATS_URL
 from deltafeed import Client
 from deltafeed.api.hub import Hub
@@ -43,16 +43,7 @@ async def test_books_served_by_a_node_equal_the_tape(tmp_path: Path, nats_cluste
         symbols=["BTCUSDT"], seed=5, rate=20.0, history_ms=600_000, tape=tape, faults=BOOK_FAULTS, faults_seed=4
     )
     await replica.start()
-    settings = Settings(
-        symbols=["BTCUSDT"],
-        timeframes=["1m"],
-        history="5m",
-        db=":memory:",
-        rest_url=replica.url,
-        ws_url=replica.ws_url,
-        books=[BTC],
-        book_depth=DEPTH,
-    ).validate()
+    settings = book_settings(replica, DEPTH, db=":memory:")
     pub = await nats.connect(NATS_URL)
     sub = await nats.connect(NATS_URL)
     engine = Engine(settings)
