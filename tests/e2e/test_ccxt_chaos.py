@@ -23,26 +23,15 @@ SETTLE_S = {"binance": 30.0, "bybit": 30.0, "coinbase": 30.0, "hyperliquid": 75.
 #: takes about 7 s at 1.2 s a call, 14 market minutes at x120: that many 1m candles close meanwhile.
 #: Hyperliquid's history goes at ccxt's slowed pace too (see SETTLE_S): 14 a series were left once.
 PROVISIONAL_PER_SERIES = {"kraken": 20, "hyperliquid": 20}
+#: Where a repair may still wait at the stop (its REST at ccxt's slowed pace behind the faults'
+#: losses): the candles it covers may be missing from the store, behind the final marks (never
+#: vouched for) and with the repair pending in the last status, for the next run to fetch.
+UNREPAIRED_AT_STOP = {"hyperliquid"}
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(150)
-@pytest.mark.parametrize(
-    "exchange",
-    [
-        pytest.param(
-            x,
-            marks=pytest.mark.xfail(
-                reason="known gap (issue 14): through ccxt, Hyperliquid under faults once left a 20-candle hole"
-                " and once 84 provisional candles at the stop; no final candle differed from the tape",
-                strict=False,
-            ),
-        )
-        if x == "hyperliquid"
-        else x
-        for x in LIVELY
-    ],
-)
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("exchange", LIVELY)
 async def test_ccxt_final_candles_equal_the_tape_through_faults_and_a_kill(exchange: str, tmp_path: Path) -> None:
     name = f"ccxt_{exchange}"
     # 20 wall seconds at x120: 40 market minutes of streaming after 30 minutes of history.
@@ -62,12 +51,20 @@ async def test_ccxt_final_candles_equal_the_tape_through_faults_and_a_kill(excha
         f"mismatches {r.final_mismatched}; provisional left {r.provisional_left} (differ {r.provisional_differ}); "
         f"forming {r.forming}; reconciled {r.total('reconciled')}; corrected {r.per_instrument_total('corrected')}; "
         f"reconnects {sum(int(v.get('reconnects', 0)) for v in ccxt)}; watch errors {[v.get('venue_errors') for v in ccxt]}; "
-        f"settled {r.settled_s:.0f} s"
+        f"settled {r.settled_s:.0f} s; missing after the marks {r.missing_unvouched} (pending repairs at the stop "
+        f"{r.statuses[-1].get('pending_repairs')})"
     )
     symbols = PROFILES[name].symbols
-    # Closed means true, for every exchange: no final candle unlike the tape, no hole, no duplicate.
+    # Closed means true, for every exchange: no final candle unlike the tape, no hole the engine
+    # vouched past, no duplicate; a hole at all only where a repair may wait at the stop, and then
+    # behind the final marks with the repair still pending when the engine stopped (not silent).
     assert sum(r.faults.values()) >= 10, r.faults
-    assert not r.problems, "\n".join(r.problems[:20])
+    pending = r.statuses[-1].get("pending_repairs", 0)
+    holes = [p for p in r.problems if "candles missing" in p]
+    assert r.missing_vouched == 0, "\n".join(holes)
+    if exchange not in UNREPAIRED_AT_STOP or not pending:
+        assert not holes, (pending, holes)
+    assert not [p for p in r.problems if p not in holes], "\n".join(r.problems[:20])
     assert r.final_mismatched == 0, "\n".join(r.mismatches[:20])
     assert r.series == len(symbols) * len(TIMEFRAMES_COMPARED)
     assert r.final_compared >= len(symbols) * (30 + 30), r.final_compared

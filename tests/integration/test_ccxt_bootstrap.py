@@ -275,3 +275,36 @@ async def test_a_frame_ccxt_cannot_decode_is_counted_and_the_stream_goes_on(tmp_
     assert report.skipped_frames.get("unhandled_frame", 0) >= 1, report
     assert report.connected and report.frames > 0, report
     assert report.stale_drops == 0 and report.reconnects == 0, report
+
+
+@pytest.mark.timeout(90)
+async def test_hyperliquid_candle_requests_keep_within_its_weight_budget(tmp_path: Path) -> None:
+    """A burst of ``fetch_ohlcv`` calls through the ccxt client the feed builds for Hyperliquid: ccxt's
+    limiter charges each the venue's own weight (20, one more per 60 candles), so the replica, with
+    its budget of 1200 a minute scaled to 120 per 6 s windows, never answers 429. (ccxt's own table
+    charges a candleSnapshot 4 units of 50 ms: 200 ms a call, over five times that budget.)"""
+    from deltafeed.venues.ccxt import CcxtSettings
+    from deltafeed.venues.ccxt.feed import CcxtFeed
+
+    replica = registry.get("hyperliquid").build_replica(
+        symbols=["BTC"], seed=5, rate=1.0, history_ms=HISTORY_MS, weight_limit=120, weight_window_s=6.0
+    )
+    await replica.start()
+    try:
+        vs = CcxtSettings(**registry.get("ccxt").replica_settings(replica))
+        feed = CcxtFeed(vs, stale_after_s=5.0, on_trade=lambda st, t: None)
+        client = feed._client("hyperliquid")
+        try:
+            await client.load_markets()
+            now = replica.clock.now_ms()
+            start = now - now % 60_000 - 9_000_000
+            for i in range(8):  # 15 candles each: weight 20 apiece, 22 with the margin
+                since = start + i * 900_000
+                rows = await client.fetch_ohlcv("BTC/USDC:USDC", "1m", since, 15, {"until": since + 899_999})
+                assert len(rows) == 15, (i, len(rows))
+        finally:
+            await client.close()
+        stats = dict(replica.stats)
+    finally:
+        await replica.stop()
+    assert stats["429"] == 0 and stats["requests"] >= 8 + 3, stats

@@ -148,3 +148,24 @@ def test_ohlcv_rows_become_candles_and_roll_up_for_a_timeframe_the_exchange_lack
     assert len(five) == 1
     c = five[0]
     assert (c.open_time, c.open, c.high, c.low, c.close, c.volume) == (T0 - T0 % (5 * m), 10.0, 13.0, 9.0, 12.0, 3.5)
+
+
+def test_hyperliquid_requests_weigh_what_the_venue_charges() -> None:
+    """ccxt paces Hyperliquid at 50 ms a unit (1200 units a minute, the venue's weight budget), so
+    each request must cost its weight: 20, 2 for the light kinds, a candleSnapshot one more per 60
+    candles its span may answer (at most 5000), with a tenth of margin."""
+    from deltafeed.venues.ccxt.bridge import WEIGHT_MARGIN, hyperliquid_weight
+
+    def snapshot(start: int, end: int, interval: str = "1m") -> dict[str, object]:
+        return {
+            "type": "candleSnapshot",
+            "req": {"coin": "BTC", "interval": interval, "startTime": start, "endTime": end},
+        }
+
+    assert hyperliquid_weight(snapshot(0, 59 * 60_000)) == 21 * WEIGHT_MARGIN  # 60 candles
+    assert hyperliquid_weight(snapshot(0, 10 * 60_000)) == 20 * WEIGHT_MARGIN
+    assert hyperliquid_weight(snapshot(0, 10**12)) == (20 + 5000 // 60) * WEIGHT_MARGIN  # the page's most
+    assert hyperliquid_weight(snapshot(0, 599 * 300_000, "5m")) == 30 * WEIGHT_MARGIN
+    assert hyperliquid_weight({"type": "l2Book", "coin": "BTC"}) == 2 * WEIGHT_MARGIN
+    assert hyperliquid_weight({"type": "metaAndAssetCtxs"}) == 20 * WEIGHT_MARGIN
+    assert hyperliquid_weight({"coin": "BTC"}) is None and hyperliquid_weight(None) is None

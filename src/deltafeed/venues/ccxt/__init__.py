@@ -34,9 +34,8 @@ REPLICA_EXCHANGES: dict[str, dict[str, Any]] = {
     # ccxt charges a candles call 3 x rateLimit: 40 ms is 8.3 calls a second, under the 10 public
     # requests/s the replica (and the venue) enforce (150 ms was 2.2 a second, which left repairs behind).
     "coinbase": {"config": {"rateLimit": 40}},
-    # ccxt charges an info request 20 of the venue's 1200 weight a minute at its 50 ms pace, but a
-    # candleSnapshot weighs one more per 60 candles answered: a slower pace keeps it under the limit.
-    "hyperliquid": {"config": {"rateLimit": 70}},
+    # (Its pace is the venue's own weight of each request: see bridge.REQUEST_WEIGHTS.)
+    "hyperliquid": {},
     "kraken": {},
 }
 

@@ -29,6 +29,39 @@ HISTORY_ROWS = {"kraken": 720, "hyperliquid": 5000}
 #: their replicas; ``trade_history`` in the settings adds others): candles older than their OHLCV
 #: rows are built from their trades instead of being left unverified.
 TRADE_HISTORY = frozenset({"kraken"})
+#: Margin on an exchange's own weight of a request: ccxt's token bucket paces continuously, the
+#: venue counts per minute window, so a run at exactly its budget can still cross a window's.
+WEIGHT_MARGIN = 1.1
+
+
+#: Hyperliquid's REST weights (of 1200 a minute per IP, PROTOCOLS-wave2 §4): the light ``info``
+#: kinds weigh 2, the others 20, a ``candleSnapshot`` one more per 60 candles (at most 5000).
+HL_LIGHT_INFO = frozenset(
+    {"l2Book", "allMids", "clearinghouseState", "orderStatus", "spotClearinghouseState", "exchangeStatus"}
+)
+HL_INTERVAL_MS = {"1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000, "1h": 3_600_000}
+
+
+def hyperliquid_weight(params: Any) -> float | None:
+    """Hyperliquid's weight of an ``info`` request, with the margin; None for anything else. ccxt
+    4.5.90 charges a candleSnapshot 4 units (and other info 10) at 50 ms a unit: 200 ms a call, five
+    times the venue's budget, which then answers 429 until its minute is over."""
+    kind = params.get("type") if isinstance(params, dict) else None
+    if not isinstance(kind, str):
+        return None
+    weight = 2 if kind in HL_LIGHT_INFO else 20
+    req = params.get("req")
+    if kind == "candleSnapshot" and isinstance(req, dict):
+        iv = HL_INTERVAL_MS.get(str(req.get("interval")), 3_600_000)  # longer ones: few rows anyway
+        start, end = req.get("startTime"), req.get("endTime")
+        rows = (end - start) // iv + 1 if isinstance(start, int) and isinstance(end, int) else 5000
+        weight += max(0, min(rows, 5000)) // 60
+    return weight * WEIGHT_MARGIN
+
+
+#: Per exchange, its own weight of a REST request where ccxt's cost table misjudges it (ccxt then
+#: paces at ``rateLimit`` ms a unit, 50 ms for Hyperliquid: 1200 units a minute, its budget).
+REQUEST_WEIGHTS = {"hyperliquid": hyperliquid_weight}
 #: ccxt's trade cache size we ask for (its default, 1000, silently overwrites trades under a burst).
 TRADES_LIMIT = 100_000
 #: Venue trade ids remembered per series, to drop the repeats ccxt hands out again.

@@ -29,6 +29,7 @@ from deltafeed.venues.base import FeedStatus, SkipLog, TradeSink
 from deltafeed.venues.ccxt import INSTALL_HINT, VENUE, CcxtSettings
 from deltafeed.venues.ccxt.bridge import (
     HISTORY_ROWS,
+    REQUEST_WEIGHTS,
     SEQUENTIAL_IDS,
     TRADE_HISTORY,
     Continuity,
@@ -59,6 +60,10 @@ CLOCK_READ_EVERY_S = 5.0  # at most this often, the venue's time is read again
 #: from its first seconds of history rows: with the pace not measured by the end of it, a replica
 #: running its market fast left the estimate so far behind that every first trade was refused.
 CLOCK_BASELINE_S = 3.0
+#: Trades in a row refused as far ahead of our estimate of the venue's clock, within MAX_SKEW_MS of
+#: each other, that move the estimate to them: it lags (a bootstrap at a slow exchange's pace reads
+#: no clock from history pages bounded by ``until``), the trades are right. One outlier never does.
+AHEAD_CONFIRM = 10
 
 
 def import_ccxt_pro() -> Any:
@@ -187,6 +192,9 @@ class CcxtFeed:
         self._skips = SkipLog(log, "trades")
         self._ts_low = 0
         self._ts_high = 2**62
+        self._ahead: dict[str, int] = {}  # trades in a row refused as far ahead: symbol -> the newest one
+        self._ahead_n = 0
+        self._ahead_low = 0  # the oldest of them
         self._started = False
 
     @property
@@ -222,6 +230,15 @@ class CcxtFeed:
         config = {"enableRateLimit": True, **self.vs.config.get(ex_id, {}), "options": options}
         client = cls(config)
         client.urls = exchange_urls(ex_id, client.urls, self.vs.urls.get(ex_id))
+        weigh = REQUEST_WEIGHTS.get(ex_id)
+        if weigh is not None:  # ccxt's limiter charges each request the exchange's own weight
+            table_cost = client.calculate_rate_limiter_cost
+
+            def cost(api: Any, method: Any, path: Any, params: Any, config: Any = None) -> Any:
+                weight = weigh(params)
+                return weight if weight is not None else table_cost(api, method, path, params, config or {})
+
+            client.calculate_rate_limiter_cost = cost
         # A frame ccxt cannot decode (malformed JSON, a number beyond float range) or whose handler
         # chokes on it would end the connection's receive loop (the exception goes to the event
         # loop's handler, the stream stalls until the watchdog renews it): each WebSocket client
@@ -472,11 +489,14 @@ class CcxtFeed:
             if got is None:
                 continue
             sym, vid, t = got
-            if not self._ts_low <= t.time_ms <= self._ts_high:
+            if t.time_ms > self._ts_high and not self._ahead_of_clock(ex, sym, t.time_ms):
                 self.decode_errors["impossible_value"] += 1
-                if t.time_ms > self._ts_high:
-                    self._spawn_clock_read(ex, t.time_ms)
+                self._spawn_clock_read(ex, t.time_ms)
                 continue
+            if t.time_ms < self._ts_low:
+                self.decode_errors["impossible_value"] += 1
+                continue
+            self._ahead_n = 0
             if sym not in watched:
                 self.foreign += 1  # ccxt's multi-symbol caches mixing symbols (ccxt#22125)
                 if sym not in ex.series:
@@ -501,6 +521,33 @@ class CcxtFeed:
                 st.on_loss(loss[0], max(loss[1], st.last_trade_ms))
             if trades:
                 self.clock.observe(trades[-1].time_ms)
+
+    def _ahead_of_clock(self, ex: _Exchange, sym: str, time_ms: int) -> bool:
+        """Count a trade refused as far ahead of our clock; True once AHEAD_CONFIRM of them in a row,
+        within MAX_SKEW_MS of each other, have moved the clock to the oldest of them (the trades
+        refused meanwhile are a loss of their series, repaired from history)."""
+        if not self._ahead_n or abs(time_ms - self._ahead_low) > MAX_SKEW_MS:
+            self._ahead.clear()
+            self._ahead_n, self._ahead_low = 0, time_ms
+        self._ahead_n += 1
+        self._ahead_low = min(self._ahead_low, time_ms)
+        self._ahead[sym] = max(self._ahead.get(sym, 0), time_ms)
+        if self._ahead_n < AHEAD_CONFIRM:
+            return False
+        log.info(
+            "ccxt %s: trades run %d s ahead of our clock; the clock follows them",
+            ex.id,
+            (time_ms - self.clock.now_ms()) // 1000,
+        )
+        self.clock.observe(self._ahead_low)
+        self._update_skew_bounds()
+        for s, newest in self._ahead.items():
+            st = ex.series.get(s)
+            if st is not None and st.active and st.last_trade_ms:
+                st.on_loss(st.last_trade_ms, newest)
+        self._ahead.clear()
+        self._ahead_n = 0
+        return time_ms <= self._ts_high
 
     def control(self, subscribe: bool, states: list[Series]) -> None:
         # ccxt keeps its subscriptions; routing follows ``st.active``. What traded while a series
