@@ -82,7 +82,7 @@ class Engine:
         self.timeframes = settings.timeframes
         self.retention = parse_retention(settings.retention, timeframes=settings.timeframes)
         self.hot = HotStore(settings.hot_capacity)
-        self.started = clock.monotonic()
+        self.started = clock.monotonic()  # reset when streaming starts
         self.publisher = Publisher(self)
         self.completeness = Completeness(self)
         self.bootstrap = Bootstrap(self)
@@ -250,6 +250,8 @@ class Engine:
             log.warning("store audit postponed: %s", exc)
         for feed in self.feeds.values():
             feed.start()
+        # A series is silent (health, failover) from here: the bootstrap is not the venue's silence.
+        self.started = self.clock.monotonic()
         self.books.start(self.cold)
         self._tasks.append(asyncio.create_task(self._tick(), name="tick"))
         self._tasks.append(asyncio.create_task(self.completeness.repair_loop(), name="repairs"))

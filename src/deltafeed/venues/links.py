@@ -73,6 +73,10 @@ class StreamLimits:
     messages_per_s: float = 0.0
     #: Control messages per second across all of the venue's connections.
     venue_messages_per_s: float = 0.0
+    #: Control messages that may go at once before those rates apply (each pace's bucket): within
+    #: any second at most ``message_burst`` + the rate go out, so the two together stay within a
+    #: venue's per-second limit.
+    message_burst: int = 1
     #: Connections open at once (more instruments than they carry are refused at start-up).
     max_connections: int = 0
     #: Connection attempts per ``connect_window_s``, across the venue's connections (0: the run's
@@ -120,7 +124,7 @@ class Link(Generic[M]):
         self.chars = 0  # their characters
         self.name = pool.name if index == 0 else f"{pool.name}#{index}"
         lim = pool.limits
-        self._pace = Pace(lim.messages_per_s, clock=pool.clock) if lim.messages_per_s > 0 else None
+        self._pace = Pace(lim.messages_per_s, lim.message_burst, pool.clock) if lim.messages_per_s > 0 else None
         self._outbox: deque[tuple[Stream, bytes]] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self.sent = 0  # control messages sent
@@ -275,7 +279,7 @@ class LinkPool(Generic[M]):
         else:
             self.budget = ConnectBudget(connect_budget, 300.0, self.clock)
         rate = limits.venue_messages_per_s
-        self._pace = Pace(rate, clock=self.clock) if rate > 0 else None
+        self._pace = Pace(rate, limits.message_burst, self.clock) if rate > 0 else None
         self.rotations = 0
         self.past_connects = 0  # connections made by streams already rotated away
         self.past_frames = 0

@@ -38,12 +38,13 @@ class Coinbase(Venue):
     # checked against the REST candles before it is final.
     sequenced = False
     reconcile_every_s = 30.0
-    #: Unauthenticated messages: 8 a second per IP (7 sent); connections: 8 a second per IP (one
-    #: page says 750; the smaller is used). Chosen, as Coinbase documents none: 100 product-channel
-    #: subscriptions per connection.
+    #: Unauthenticated messages: 8 a second per IP (3 at once, then 5 a second); connections: 8 a
+    #: second per IP (one page says 750; the smaller is used). Chosen, as Coinbase documents none:
+    #: 100 product-channel subscriptions per connection.
     stream_limits = StreamLimits(
         per_connection=codec.SUBSCRIPTIONS_PER_CONNECTION,
-        venue_messages_per_s=7.0,
+        venue_messages_per_s=5.0,
+        message_burst=3,
         connects=8,
         connect_window_s=1.0,
         source="Coinbase Advanced Trade WebSocket rate limits; per connection chosen",

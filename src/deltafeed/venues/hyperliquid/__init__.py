@@ -49,10 +49,12 @@ class Hyperliquid(Venue):
     reconcile_every_s = 30.0
     #: Per IP: 1000 subscriptions, 100 connections (a 2026 client README says 10, and 30 new
     #: connections a minute: the tighter figures are used), 2000 messages a minute across connections
-    #: (30 a second here); none per connection is documented, 100 subscriptions each is chosen.
+    #: (30 at once, then 30 a second here: at most 1830 a minute); none per connection is documented,
+    #: 100 subscriptions each is chosen.
     stream_limits = StreamLimits(
         per_connection=codec.SUBSCRIPTIONS_PER_CONNECTION,
         venue_messages_per_s=30.0,
+        message_burst=30,
         max_connections=10,
         connects=30,
         connect_window_s=60.0,
