@@ -14,8 +14,8 @@ from chaos import PROFILES, TIMEFRAMES_COMPARED, run_chaos
 #: The replicas run here: every one ccxt reads (through ccxt, with only the addresses changed).
 LIVELY = ("binance", "bybit", "hyperliquid", "coinbase", "kraken")
 #: Seconds each may take to stream again and settle after the faults stop. Hyperliquid's and
-#: Kraken's history go at ccxt's slowed pace (Hyperliquid 70 ms a request under its 1200 weight a
-#: minute; Kraken 1.2 s an OHLC call), so their repairs and reconciliations take longer to catch up.
+#: Kraken's history go at their venues' pace (Hyperliquid ~1.3 s a candle request under its 1200
+#: weight a minute; Kraken 1.2 s an OHLC call), so their repairs and reconciliations take longer.
 SETTLE_S = {"binance": 30.0, "bybit": 30.0, "coinbase": 30.0, "hyperliquid": 75.0, "kraken": 60.0}
 #: Closed candles each series may hold still provisional at the stop (the rest are final and equal
 #: the tape). The stop grace reconciles what has closed, one request per series and timeframe; what
