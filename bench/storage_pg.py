@@ -23,6 +23,7 @@ from deltafeed.store.postgres import PostgresStore
 M = 60_000
 Row = tuple[str, str, Candle]
 SECTIONS = ("bulk", "sizes", "reads")
+POOL = 4  # the store's default pool size
 
 
 def rows_1m(n: int, instrument: str, start: int = 0, salt: float = 0.0) -> list[Row]:
@@ -45,23 +46,67 @@ async def timed(fn: Callable[[], Awaitable[object]], repeat: int) -> list[float]
     return out
 
 
-async def bulk(store: PostgresStore, series: int = 50, per: int = 2000, repeat: int = 5) -> None:
+class Cpu:
+    """CPU seconds used by this process and by the store's server processes (read from /proc when the
+    server runs on this machine): a busy machine distorts them far less than wall time."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = [p for p in pids if os.path.exists(f"/proc/{p}/stat")]
+
+    @classmethod
+    async def of(cls, store: PostgresStore, size: int) -> Cpu:
+        """Hold all ``size`` connections of the pool at once to learn their server processes."""
+        cons = [await store._pool.acquire() for _ in range(size)]
+        try:
+            return cls([con.get_server_pid() for con in cons])
+        finally:
+            for con in cons:
+                await store._pool.release(con)
+
+    def now(self) -> tuple[float, float]:
+        server = 0.0
+        for pid in self.pids:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            server += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return time.process_time(), server
+
+    async def timed(self, fn: Callable[[], Awaitable[object]], repeat: int) -> tuple[list[float], list[float]]:
+        """:func:`timed`, and the CPU seconds [client, server] the calls used in all."""
+        before = self.now()
+        ts = await timed(fn, repeat)
+        return ts, [b - a for a, b in zip(before, self.now(), strict=True)]
+
+    def per(self, spent: list[float], n: int, unit: str, scale: float = 1e6) -> str:
+        """``spent`` CPU per one of ``n`` (in µs, or ms with ``scale`` 1e3)."""
+        server = f"{spent[1] * scale / n:.2f}" if self.pids else "n/a"
+        return f"CPU client {spent[0] * scale / n:.2f}, server {server} {'us' if scale == 1e6 else 'ms'}/{unit}"
+
+
+async def bulk(store: PostgresStore, cpu: Cpu, series: int = 50, per: int = 2000, repeat: int = 5) -> None:
     """Batches of ``series`` x ``per`` 1m candles into series that already hold 100 candles each: 'new keys'
     are all newer than every stored candle (a backfill, a writer catching up), 'overlapping keys' are the
     same keys again with every row changed (corrections, a replayed spool)."""
     n = series * per
     print(f"\nbulk insert: batches of {n:,} 1m candles ({series} series x {per}), rows/s over {repeat} batches")
-    new, overlap = [], []
+    found: dict[str, tuple[list[float], list[float]]] = {
+        "new keys": ([], [0.0, 0.0]),
+        "overlapping keys": ([], [0.0, 0.0]),
+    }
     for k in range(repeat):
         names = [f"bulk:{k}_{i}" for i in range(series)]
         await store.write([r for name in names for r in rows_1m(100, name)])
-        batch = [r for name in names for r in rows_1m(per, name, 100 * M)]
-        new += await timed(lambda batch=batch: store.write(batch), 1)
-        again = [r for name in names for r in rows_1m(per, name, 100 * M, salt=1.0)]
-        overlap += await timed(lambda again=again: store.write(again), 1)
-    for label, ts in (("new keys", new), ("overlapping keys", overlap)):
+        for label, salt in (("new keys", 0.0), ("overlapping keys", 1.0)):
+            batch = [r for name in names for r in rows_1m(per, name, 100 * M, salt=salt)]
+            ts, used = await cpu.timed(lambda batch=batch: store.write(batch), 1)
+            found[label][0].extend(ts)
+            found[label][1][:] = [a + b for a, b in zip(found[label][1], used, strict=True)]
+    for label, (ts, spent) in found.items():
         rates = sorted(n / t for t in ts)
-        print(f"{label:>18}: median {statistics.median(rates):9,.0f}  min {rates[0]:9,.0f}  max {rates[-1]:9,.0f}")
+        print(
+            f"{label:>18}: median {statistics.median(rates):9,.0f}  min {rates[0]:9,.0f}  max {rates[-1]:9,.0f};"
+            f" {cpu.per(spent, n * repeat, 'row')}"
+        )
 
 
 async def sizes(store: PostgresStore) -> None:
@@ -88,7 +133,7 @@ async def sizes(store: PostgresStore) -> None:
     pgmod.COPY_THRESHOLD = threshold0
 
 
-async def reads(store: PostgresStore, schema: str, heap: int) -> None:
+async def reads(store: PostgresStore, cpu: Cpu, schema: str, heap: int) -> None:
     # 3 instruments x 60 days of 1m candles; read 30 days (43,200) of one of them.
     for inst in ("read:A", "read:B", "read:C"):
         await store.write(rows_1m(86_400, inst))
@@ -112,31 +157,34 @@ async def reads(store: PostgresStore, schema: str, heap: int) -> None:
     for label, fn, repeat in (
         ("last 1000", lambda: store.query("read:B", "1m", last=1000), 1000),
         ("43,200 rows: COPY path", lambda: store.query("read:B", "1m", since, until), 200),
-        ("43,200 rows: records", lambda: records(since, until), 200),
+        ("43,200 rows: records", lambda: records(since, until), 50),
         ("since 1h ago: COPY path", lambda: store.query("read:B", "1m", hour), 500),
         ("since 1h ago: records", lambda: records(hour), 500),
         ("last_closed", lambda: store.last_closed("read:B", "1m"), 1000),
         ("find_gaps 30 days", lambda: store.find_gaps("read:B", "1m", M, since, until), 100),
     ):
         await timed(fn, 5)  # warm the statement cache and the buffers
-        ts = [t * 1e3 for t in await timed(fn, repeat)]
+        raw, spent = await cpu.timed(fn, repeat)
+        ts = [t * 1e3 for t in raw]
         print(
-            f"{label:>26}: p50 {statistics.median(ts):7.2f}  p99 {pct(ts, 0.99):7.2f}  max {max(ts):7.2f}  (n={repeat})"
+            f"{label:>26}: p50 {statistics.median(ts):7.2f}  p99 {pct(ts, 0.99):7.2f}  max {max(ts):7.2f}"
+            f"  (n={repeat}); {cpu.per(spent, repeat, 'read', 1e3)}"
         )
     del junk
 
 
 async def main(url: str, heap: int, only: set[str]) -> None:
     schema = f"deltafeed_bench_{os.getpid()}"
-    store = await PostgresStore.open(url, schema=schema, retention={})
+    store = await PostgresStore.open(url, schema=schema, retention={}, pool_size=POOL)
     try:
         print(f"store {store.name}, timescale={store.timescale}, load average {os.getloadavg()[0]:.2f}")
+        cpu = await Cpu.of(store, POOL)
         if "bulk" in only:
-            await bulk(store)
+            await bulk(store, cpu)
         if "sizes" in only:
             await sizes(store)
         if "reads" in only:
-            await reads(store, schema, heap)
+            await reads(store, cpu, schema, heap)
         print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
     finally:
         await store._pool.execute(f"DROP SCHEMA {schema} CASCADE")
