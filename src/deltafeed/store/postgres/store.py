@@ -616,18 +616,22 @@ class PostgresStore:
         if until_ms is not None:
             conds += f" AND open_time <= {int(until_ms):d}"
         order = "ORDER BY open_time" if last is None else f"ORDER BY open_time DESC LIMIT {int(last):d}"
-        sql = f"SELECT {_SELECT} FROM {table} WHERE {conds} {order}"
+        return (await self._copy_out("query", f"SELECT {_SELECT} FROM {table} WHERE {conds} {order}")).candles
 
-        async def run() -> list[Candle]:
-            reader = CopyReader()  # a fresh one per attempt: a retry starts the stream over
+    async def _copy_out(self, what: str, sql: str, keyed: bool = False) -> CopyReader:
+        """The rows of ``sql`` through a binary ``COPY ... TO STDOUT``, decoded (see :class:`CopyReader`)."""
+
+        async def run() -> CopyReader:
+            reader = CopyReader(keyed)  # a fresh one per attempt: a retry starts the stream over
             async with self._pool.acquire(timeout=self._command_timeout_s) as con:
                 await con.copy_from_query(sql, output=reader.feed, format="binary")
             try:
-                return reader.finish()
+                reader.finish()
             except ValueError as e:
-                raise StoreError(f"query at {self.name}: {e}") from None
+                raise StoreError(f"{what} at {self.name}: {e}") from None
+            return reader
 
-        return await self._call("query", run)
+        return await self._call(what, run)
 
     async def _query_records(
         self,
@@ -676,36 +680,33 @@ class PostgresStore:
             return out
         table = candle_table(self.schema, timeframe)
         names = list(out)
-        # Up to a million candles at a thousand series: a binary COPY (no parameters, so the names are
-        # inlined), each row keyed with 2 x the series' number, + 1 for the newest closed candle.
+        # Up to a million candles at a thousand series: binary COPYs (no parameters, so the names are
+        # inlined), each row keyed with 2 x the series' number, + 1 for the newest closed candle; the
+        # series split over READ_PARTS statements at once, as big reads are (see query).
+        parts = [names[k::READ_PARTS] for k in range(min(READ_PARTS, len(names)))]
+        readers = await asyncio.gather(
+            *(self._copy_out("recent_many", self._recent_sql(table, part, last), keyed=True) for part in parts)
+        )
+        for part, reader in zip(parts, readers, strict=True):
+            for key, candle in zip(reader.keys, reader.candles, strict=True):
+                read = out[part[key // 2 - 1]]
+                if key % 2:
+                    read.last_closed = candle
+                else:
+                    read.recent.append(candle)
+        for read in out.values():
+            read.recent.sort(key=_open_time)  # each came newest first (a reversed run: linear to sort)
+        return out
+
+    @staticmethod
+    def _recent_sql(table: str, names: list[str], last: int) -> str:
         series = f"unnest(ARRAY[{', '.join(map(sql_literal, names))}]::text[]) WITH ORDINALITY s(i, k)"
-        sql = f"""SELECT 2 * s.k, c.* FROM {series} CROSS JOIN LATERAL (
+        return f"""SELECT 2 * s.k, c.* FROM {series} CROSS JOIN LATERAL (
                     SELECT {_SELECT} FROM {table} WHERE instrument = s.i ORDER BY open_time DESC LIMIT {int(last):d}) c
                   UNION ALL
                   SELECT 2 * s.k + 1, c.* FROM {series} CROSS JOIN LATERAL (
                     SELECT {_SELECT} FROM {table} WHERE instrument = s.i AND closed
                     ORDER BY open_time DESC LIMIT 1) c"""
-
-        async def run() -> CopyReader:
-            reader = CopyReader(keyed=True)  # a fresh one per attempt: a retry starts the stream over
-            async with self._pool.acquire(timeout=self._command_timeout_s) as con:
-                await con.copy_from_query(sql, output=reader.feed, format="binary")
-            try:
-                reader.finish()
-            except ValueError as e:
-                raise StoreError(f"recent_many at {self.name}: {e}") from None
-            return reader
-
-        reader = await self._call("recent_many", run)
-        for key, candle in zip(reader.keys, reader.candles, strict=True):
-            read = out[names[key // 2 - 1]]
-            if key % 2:
-                read.last_closed = candle
-            else:
-                read.recent.append(candle)
-        for read in out.values():
-            read.recent.sort(key=_open_time)  # each came newest first (a reversed run: linear to sort)
-        return out
 
     async def provisional(self, instrument: str, timeframe: str, since_ms: int, until_ms: int) -> list[tuple[int, int]]:
         """Runs of provisional candles (closed, not final) in [since_ms, until_ms], exactly as the DuckDB
