@@ -723,17 +723,21 @@ class PostgresStore:
         if timeframe not in self._tfs or not out:
             return out
         # Gaps and islands: a run of provisional candles keeps the difference between its row numbers
-        # in the series and among the provisional candles.
-        sql = f"""SELECT instrument, min(open_time), max(open_time) FROM (
-                    SELECT instrument, open_time, closed AND NOT final AS prov,
-                           row_number() OVER (PARTITION BY instrument ORDER BY open_time)
-                           - row_number() OVER (PARTITION BY instrument, closed AND NOT final ORDER BY open_time) AS run
-                    FROM {candle_table(self.schema, timeframe)}
-                    WHERE instrument = ANY($1::text[]) AND open_time BETWEEN $2 AND $3) s
-                  WHERE prov GROUP BY instrument, run ORDER BY 1, 2"""
+        # in the series and among the provisional candles. Each series on its own (a lateral join): its
+        # rows come ordered from the primary key's index, where a set of series would need a sort.
+        sql = f"""SELECT s.i, r.* FROM unnest($1::text[]) s(i) CROSS JOIN LATERAL (
+                    SELECT min(open_time), max(open_time) FROM (
+                      SELECT open_time, closed AND NOT final AS prov,
+                             row_number() OVER (ORDER BY open_time)
+                             - row_number() OVER (PARTITION BY closed AND NOT final ORDER BY open_time) AS run
+                      FROM {candle_table(self.schema, timeframe)}
+                      WHERE instrument = s.i AND open_time BETWEEN $2 AND $3) x
+                    WHERE prov GROUP BY run) r"""
         rows = await self._call("provisional", lambda: self._pool.fetch(sql, list(out), since_ms, until_ms))
         for i, a, b in rows:
             out[i].append((int(a), int(b)))
+        for runs in out.values():
+            runs.sort()
         return out
 
     async def find_gaps(
@@ -752,13 +756,14 @@ class PostgresStore:
         found: dict[str, list[tuple[Any, ...]]] = {i: [] for i in instruments}
         if timeframe not in self._tfs or not found:
             return {i: [] for i in found}
-        sql = f"""SELECT instrument, open_time, closed, prev, next FROM (
-                    SELECT instrument, open_time, closed, lag(open_time) OVER w AS prev, lead(open_time) OVER w AS next
-                    FROM {candle_table(self.schema, timeframe)}
-                    WHERE instrument = ANY($1::text[]) AND open_time BETWEEN $2 AND $3
-                    WINDOW w AS (PARTITION BY instrument ORDER BY open_time)) s
-                  WHERE (prev IS NOT NULL AND open_time - prev > $4::bigint) OR (NOT closed AND next IS NOT NULL)
-                  ORDER BY instrument, open_time"""
+        sql = f"""SELECT s.i, g.* FROM unnest($1::text[]) s(i) CROSS JOIN LATERAL (
+                    SELECT open_time, closed, prev, next FROM (
+                      SELECT open_time, closed, lag(open_time) OVER w AS prev, lead(open_time) OVER w AS next
+                      FROM {candle_table(self.schema, timeframe)}
+                      WHERE instrument = s.i AND open_time BETWEEN $2 AND $3
+                      WINDOW w AS (ORDER BY open_time)) x
+                    WHERE (prev IS NOT NULL AND open_time - prev > $4::bigint)
+                       OR (NOT closed AND next IS NOT NULL)) g"""
         step = grid_of(tf_ms).shortest_ms
         rows = await self._call("find_gaps", lambda: self._pool.fetch(sql, list(found), since_ms, until_ms, step))
         for r in rows:
