@@ -398,10 +398,12 @@ class PostgresStore:
         if not rows:
             return
         tfs = {r[1] for r in rows}
-        groups: dict[str, Sequence[Row]] = {tf: [] for tf in tfs} if len(tfs) > 1 else {tfs.pop(): rows}
-        if len(groups) > 1:
+        groups: dict[str, Sequence[Row]] = {tfs.pop(): rows} if len(tfs) == 1 else {}
+        if not groups:
+            by_tf: dict[str, list[Row]] = {tf: [] for tf in tfs}
             for r in rows:
-                groups[r[1]].append(r)  # type: ignore[attr-defined]
+                by_tf[r[1]].append(r)
+            groups.update(by_tf)
         new = [tf for tf in groups if tf not in self._tfs]
         for tf in new:
             try:
