@@ -30,7 +30,7 @@ async def test_stored_candles_equal_the_tape_across_a_restart(tmp_path: Path, ve
     settings = Settings(
         symbols=SYMBOLS,
         timeframes=["15s", "1m", "5m"],
-        history="2h",
+        history="3h",  # more than the replica has: the tape's first candle is in reach however slow the start
         db=db,
         rest_url=replica.url,
         ws_url=replica.ws_url,
