@@ -325,6 +325,7 @@ class Engine:
         name = str(inst)
         gone = [st for st in self.states.values() if str(st.instrument) == name]
         self.instruments = [i for i in self.instruments if str(i) != name]
+        self.joining = {k for k in self.joining if k.partition("@")[0] != name}
         if not gone:
             await self.books.drop(name)
             return []

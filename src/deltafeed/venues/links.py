@@ -287,6 +287,7 @@ class LinkPool(Generic[M]):
         self.started = False
         self.links: list[Link[M]] = []
         self.link_of: dict[int, Link[M]] = {}  # id(member) -> its link
+        self._size: dict[int, tuple[int, int]] = {}  # id(member) -> its subscriptions and characters
 
     def _new_stream(self, link: Link[M]) -> Stream:
         def connected(ws: Stream) -> None:
@@ -338,11 +339,13 @@ class LinkPool(Generic[M]):
         link.load += subs
         link.chars += chars
         self.link_of[id(member)] = link
+        self._size[id(member)] = (subs, chars)
         return link
 
-    def remove(self, member: M, subs: int, chars: int = 0) -> None:
+    def remove(self, member: M) -> None:
         """Take ``member`` (unsubscribed already) off its link, which has room for another again."""
         link = self.link_of.pop(id(member), None)
+        subs, chars = self._size.pop(id(member), (0, 0))
         if link is not None:
             link.members = [m for m in link.members if m is not member]
             link.load -= subs

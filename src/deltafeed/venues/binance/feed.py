@@ -131,8 +131,7 @@ class BinanceFeed:
 
     def remove(self, st: Series) -> None:
         """Forget an instrument the engine dropped (unsubscribed already): its link has room again."""
-        streams = self._streams([st])
-        self.pool.remove(st, len(streams), sum(len(s) + 1 for s in streams))
+        self.pool.remove(st)
         self.states = [s for s in self.states if s is not st]
         if self.by_symbol.get(st.instrument.symbol) is st:
             del self.by_symbol[st.instrument.symbol]

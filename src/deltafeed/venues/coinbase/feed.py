@@ -114,6 +114,17 @@ class CoinbaseFeed:
         with5m = self.venue_candles and "5m" in st.builder.timeframes
         return ["market_trades", "candles"] if with5m else ["market_trades"]
 
+    def remove(self, st: Series) -> None:
+        """Forget an instrument the engine dropped (unsubscribed already): its link has room again."""
+        self.pool.remove(st)
+        self.states = [s for s in self.states if s is not st]
+        if self.by_symbol.get(st.instrument.symbol) is st:
+            del self.by_symbol[st.instrument.symbol]
+
+    def set_limits(self, weight_limit: int | None, connect_budget: int) -> None:
+        """Connection attempts per 5 minutes from now on (its REST pacing is the venue's rate, not a weight)."""
+        self.pool.set_connect_budget(connect_budget)
+
     def add(self, st: Series) -> None:
         self.pool.place(st, len(self._channels(st)))
         self.states.append(st)

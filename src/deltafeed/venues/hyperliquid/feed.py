@@ -104,6 +104,19 @@ class HyperliquidFeed:
         """The first connection (the only one for runs of up to ~50 coins)."""
         return self.pool.links[0].ws
 
+    def remove(self, st: Series) -> None:
+        """Forget a coin the engine dropped (unsubscribed already): its link has room again."""
+        self.pool.remove(st)
+        self.states = [s for s in self.states if s is not st]
+        if self.by_coin.get(st.instrument.symbol) is st:
+            del self.by_coin[st.instrument.symbol]
+
+    def set_limits(self, weight_limit: int | None, connect_budget: int) -> None:
+        """Keep to new limits from now on: REST weight per minute, connection attempts per 5 minutes."""
+        if weight_limit is not None:
+            self.history.limiter.resize(weight_limit)
+        self.pool.set_connect_budget(connect_budget)
+
     def add(self, st: Series) -> None:
         bad = unmade(st.builder.timeframes, hl.TIMEFRAMES)
         if bad:

@@ -90,6 +90,17 @@ class KrakenFeed:
         """The first connection (the only one for runs of up to ~100 pairs)."""
         return self.pool.links[0].ws
 
+    def remove(self, st: Series) -> None:
+        """Forget an instrument the engine dropped (unsubscribed already): its link has room again."""
+        self.pool.remove(st)
+        self.states = [s for s in self.states if s is not st]
+        if self.by_symbol.get(st.instrument.symbol) is st:
+            del self.by_symbol[st.instrument.symbol]
+
+    def set_limits(self, weight_limit: int | None, connect_budget: int) -> None:
+        """Connection attempts per 5 minutes from now on (its REST pacing is the venue's rate, not a weight)."""
+        self.pool.set_connect_budget(connect_budget)
+
     def add(self, st: Series) -> None:
         self.pool.place(st, 1 + (len(self._native(st)) if self.venue_klines else 0))
         self.states.append(st)
