@@ -403,3 +403,12 @@ class LinkPool(Generic[M]):
             "connect_budget_waits": self.budget.waits,
             "frames": self.past_frames + sum(ws.frames for ws in streams),
         }
+
+
+def forget_member(pool: LinkPool[M], members: list[M], by_name: dict[str, M], name: str, member: M) -> None:
+    """A member the engine dropped (unsubscribed already) off ``pool`` (its link has room again),
+    ``members`` and ``by_name`` (under ``name``, unless another member took that name since)."""
+    pool.remove(member)
+    members[:] = [m for m in members if m is not member]
+    if by_name.get(name) is member:
+        del by_name[name]

@@ -19,7 +19,7 @@ from deltafeed.venues.binance import VENUE, BinanceSettings
 from deltafeed.venues.binance import codec as binance
 from deltafeed.venues.binance.rest import BinanceHistory
 from deltafeed.venues.checks import unknown_symbols_message
-from deltafeed.venues.links import Link, LinkPool, Stream
+from deltafeed.venues.links import Link, LinkPool, Stream, forget_member
 
 if TYPE_CHECKING:
     from deltafeed.series import Series
@@ -131,10 +131,7 @@ class BinanceFeed:
 
     def remove(self, st: Series) -> None:
         """Forget an instrument the engine dropped (unsubscribed already): its link has room again."""
-        self.pool.remove(st)
-        self.states = [s for s in self.states if s is not st]
-        if self.by_symbol.get(st.instrument.symbol) is st:
-            del self.by_symbol[st.instrument.symbol]
+        forget_member(self.pool, self.states, self.by_symbol, st.instrument.symbol, st)
 
     def set_limits(self, weight_limit: int | None, connect_budget: int) -> None:
         """Keep to new limits from now on: REST weight per minute, connection attempts per 5 minutes."""

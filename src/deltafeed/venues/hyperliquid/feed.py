@@ -19,7 +19,7 @@ from deltafeed.venues.checks import unknown_symbols_message
 from deltafeed.venues.hyperliquid import VENUE, HyperliquidSettings
 from deltafeed.venues.hyperliquid import codec as hl
 from deltafeed.venues.hyperliquid.rest import HyperliquidHistory
-from deltafeed.venues.links import Link, LinkPool, Stream
+from deltafeed.venues.links import Link, LinkPool, Stream, forget_member
 
 if TYPE_CHECKING:
     from deltafeed.series import Series
@@ -106,10 +106,7 @@ class HyperliquidFeed:
 
     def remove(self, st: Series) -> None:
         """Forget a coin the engine dropped (unsubscribed already): its link has room again."""
-        self.pool.remove(st)
-        self.states = [s for s in self.states if s is not st]
-        if self.by_coin.get(st.instrument.symbol) is st:
-            del self.by_coin[st.instrument.symbol]
+        forget_member(self.pool, self.states, self.by_coin, st.instrument.symbol, st)
 
     def set_limits(self, weight_limit: int | None, connect_budget: int) -> None:
         """Keep to new limits from now on: REST weight per minute, connection attempts per 5 minutes."""

@@ -17,7 +17,7 @@ from deltafeed.venues.checks import unknown_symbols_message
 from deltafeed.venues.kraken import VENUE, KrakenSettings
 from deltafeed.venues.kraken import codec as kraken
 from deltafeed.venues.kraken.rest import KrakenHistory
-from deltafeed.venues.links import Link, LinkPool, Stream
+from deltafeed.venues.links import Link, LinkPool, Stream, forget_member
 
 if TYPE_CHECKING:
     from deltafeed.series import Series
@@ -92,10 +92,7 @@ class KrakenFeed:
 
     def remove(self, st: Series) -> None:
         """Forget an instrument the engine dropped (unsubscribed already): its link has room again."""
-        self.pool.remove(st)
-        self.states = [s for s in self.states if s is not st]
-        if self.by_symbol.get(st.instrument.symbol) is st:
-            del self.by_symbol[st.instrument.symbol]
+        forget_member(self.pool, self.states, self.by_symbol, st.instrument.symbol, st)
 
     def set_limits(self, weight_limit: int | None, connect_budget: int) -> None:
         """Connection attempts per 5 minutes from now on (its REST pacing is the venue's rate, not a weight)."""
