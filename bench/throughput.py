@@ -104,8 +104,10 @@ async def run_engine(
             ticks=ticks,
         ).validate()
         engine = Engine(settings)
+        started = time.monotonic()
         try:
             await engine.start()
+            startup_s = time.monotonic() - started
             states = list(engine.states.values())
             await asyncio.sleep(WARMUP_S)
 
@@ -121,6 +123,7 @@ async def run_engine(
             served = samples[-1][0] - samples[0][0]
             status["source_us"] = (proc_cpu_s(source_pid) - source0) / served * 1e6 if served else 0.0
             status["silent"] = sum(1 for st in states if st.trades == 0)
+            status["startup_s"] = startup_s
         finally:
             await engine.stop()
     rate, cpu_us = figures(samples)
@@ -205,7 +208,8 @@ async def main() -> None:
             results["deltafeed"].append((rate, cpu_us))
             print(
                 f"run {run}  deltafeed  {rate:>10,.0f} trades/s  {cpu_us:5.2f} us CPU/trade  "
-                f"(source {status['source_us']:.2f} us CPU/trade; connections {status.get('connections', '?')}, "
+                f"(start-up {status['startup_s']:.1f} s; source {status['source_us']:.2f} us CPU/trade; "
+                f"connections {status.get('connections', '?')}, "
                 f"skipped frames {status.get('skipped_frames', {})}, instruments without trades {status['silent']})",
                 flush=True,
             )
