@@ -7,7 +7,8 @@ almost idle) answers the REST start-up (time, symbols, history). The engine runs
 timeframes per symbol, klines on (the source sends none), candles stored in DuckDB.
 
 Printed per run and as medians over runs: trades/s into candles (the median of the windows) and
-CPU µs per trade (this process's CPU time, every thread, over the trades of the same windows).
+CPU µs per trade (this process's CPU time, every thread, over the trades of the same windows; the
+event loop's thread alone is printed beside it).
 With ``--peers``, the same frames (the same source, the same symbols) also go through cryptofeed
 (``.venv-cryptofeed``, ``make clients``; it reads ``@aggTrade`` streams, one trade per aggregate)
 and ccxt.pro (``watch_trades``), whichever is installed, each in its own process with a callback
@@ -115,6 +116,7 @@ async def run_engine(
                 return sum(st.trades for st in states), time.process_time(), time.monotonic()
 
             samples = [sample()]
+            loop0 = time.thread_time()  # the event loop's thread alone
             source0 = proc_cpu_s(source_pid)
             for _ in range(windows):
                 await asyncio.sleep(seconds / windows)
@@ -122,6 +124,7 @@ async def run_engine(
             status = engine.status()
             served = samples[-1][0] - samples[0][0]
             status["source_us"] = (proc_cpu_s(source_pid) - source0) / served * 1e6 if served else 0.0
+            status["loop_us"] = (time.thread_time() - loop0) / served * 1e6 if served else 0.0
             status["silent"] = sum(1 for st in states if st.trades == 0)
             status["startup_s"] = startup_s
         finally:
@@ -208,7 +211,8 @@ async def main() -> None:
             results["deltafeed"].append((rate, cpu_us))
             print(
                 f"run {run}  deltafeed  {rate:>10,.0f} trades/s  {cpu_us:5.2f} us CPU/trade  "
-                f"(start-up {status['startup_s']:.1f} s; source {status['source_us']:.2f} us CPU/trade; "
+                f"(event loop thread {status['loop_us']:.2f} us; start-up {status['startup_s']:.1f} s; "
+                f"source {status['source_us']:.2f} us CPU/trade; "
                 f"connections {status.get('connections', '?')}, "
                 f"skipped frames {status.get('skipped_frames', {})}, instruments without trades {status['silent']})",
                 flush=True,
