@@ -42,6 +42,7 @@ from deltafeed.config import FailoverSettings, Settings
 from deltafeed.model import BadInput, Instrument, Unavailable, cluster_name, timeframe
 from deltafeed.names import native
 from deltafeed.store.base import is_postgres
+from deltafeed.tasks import cancel_and_wait
 
 log = logging.getLogger("deltafeed.cluster")
 
@@ -479,8 +480,7 @@ class Collector:
         if held is None:
             return
         if not held.task.done() and held.task is not asyncio.current_task():
-            held.task.cancel()
-            await asyncio.gather(held.task, return_exceptions=True)
+            await cancel_and_wait(held.task)
         unit = self.units[key]
         if self.sink is not None:
             for inst in unit.sources:
@@ -496,9 +496,7 @@ class Collector:
 
     async def close(self) -> None:
         """Stop the engine, publish what waits, hand every lease back, leave."""
-        for held in self.held.values():
-            held.task.cancel()
-        await asyncio.gather(*(h.task for h in self.held.values()), return_exceptions=True)
+        await cancel_and_wait(*(h.task for h in self.held.values()))
         self.held.clear()
         if self.engine is not None:
             try:

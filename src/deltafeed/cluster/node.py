@@ -35,6 +35,7 @@ from deltafeed.stats import EngineMetrics
 from deltafeed.store.base import StoreError
 from deltafeed.store.hot import HotStore
 from deltafeed.store.reader import MemoryHot, read_candles
+from deltafeed.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -526,8 +527,7 @@ class StreamFeed:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
             self._task = None
         await self._unsubscribe()
 

@@ -16,6 +16,7 @@ from deltafeed.api.protocol import SwitchData
 from deltafeed.books.view import TopView
 from deltafeed.cluster import subjects
 from deltafeed.model import Candle, Switch, Trade
+from deltafeed.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from deltafeed.books import BookEvent, BookKeeper, Books
@@ -109,10 +110,7 @@ class Outlet:
 
     async def close(self) -> None:
         """Publish what waits (for a few seconds at most), then stop."""
-        for task in (self._task, self._books_task):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(self._task, self._books_task)
         self._task = self._books_task = None
         try:
             await asyncio.wait_for(self.flush(), 5.0)

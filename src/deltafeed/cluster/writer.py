@@ -33,6 +33,7 @@ from deltafeed.cluster import subjects
 from deltafeed.model import Switch, cluster_name
 from deltafeed.net.reconnect import Backoff
 from deltafeed.store.base import Row, StoreError
+from deltafeed.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from deltafeed.store.base import ColdTier
@@ -151,8 +152,7 @@ class ColdWriter:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
             self._task = None
         if self._sub is not None:
             with contextlib.suppress(Exception):
