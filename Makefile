@@ -55,12 +55,10 @@ browser:
 	            || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } \
 	  || echo "Chromium is not installed and could not be installed here; the page's browser test will be skipped"
 
-# Test modules run on three workers, a module's tests together on one worker (its replica and
-# engine fixtures are set up once); PYTEST_WORKERS=0 runs them in this process. Three, not one per
-# core: the end-to-end modules mostly wait on market time (two workers kept 2 cores at load ~1 and
-# took 24 min), so a third shortens the run without starving the timing-sensitive tests.
-PYTEST_WORKERS ?= 3
-XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
+# Test modules run on one worker per core (at most 4), a module's tests together on one worker
+# (its replica and engine fixtures are set up once); PYTEST_WORKERS=0 runs them in this process.
+PYTEST_WORKERS ?= auto
+XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadfile)
 
 test: lint services browser clients
 	$(BIN)/pytest -q $(XDIST) $(PYTEST_ARGS)
