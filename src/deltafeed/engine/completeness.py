@@ -9,7 +9,7 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -54,12 +54,46 @@ class Repair:
     reconcile: bool = False  # a check of provisional candles, not a known hole
 
 
+class RepairQueue:
+    """Repairs waiting their turn, first in first out, with each series' waiting repairs at hand:
+    a thousand instruments queue thousands of repairs as they start streaming, and a scan of the
+    whole queue for every repair queued or hole asked about made that quadratic."""
+
+    def __init__(self, jobs: Iterable[Repair] = ()) -> None:
+        self._order: deque[Repair] = deque()
+        self._series: dict[tuple[str, str], list[Repair]] = {}
+        for job in jobs:
+            self.append(job)
+
+    def append(self, job: Repair) -> None:
+        self._order.append(job)
+        self._series.setdefault((job.key, job.timeframe), []).append(job)
+
+    def popleft(self) -> Repair:
+        job = self._order.popleft()
+        waiting = self._series[(job.key, job.timeframe)]
+        del waiting[next(i for i, j in enumerate(waiting) if j is job)]
+        if not waiting:
+            del self._series[(job.key, job.timeframe)]
+        return job
+
+    def of(self, key: str, timeframe: str) -> list[Repair]:
+        """The waiting repairs of one series, in queue order."""
+        return self._series.get((key, timeframe), [])
+
+    def __iter__(self) -> Iterator[Repair]:
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
 class Completeness:
     """The queue of repairs and reconciliations, the store audits and the final marks of one engine."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.repairs: deque[Repair] = deque()
+        self.repairs = RepairQueue()
         self.inflight: Repair | None = None  # the repair being fetched now
         self._applying: Repair | None = None  # the repair whose candles are being handed on
         self._wakeup = asyncio.Event()
@@ -106,11 +140,9 @@ class Completeness:
         one each, which is what keeps repairs abreast of the faults on a venue whose REST is slow
         (Kraken's one call a second through ccxt)."""
         grid = timeframe(tf)
-        for job in self.repairs:
+        for job in self.repairs.of(key, tf):
             if (
-                job.key == key
-                and job.timeframe == tf
-                and not job.reconcile
+                not job.reconcile
                 and first <= grid.next(job.last)
                 and job.first <= grid.next(last)
             ):
@@ -123,7 +155,7 @@ class Completeness:
         """Series dropped from the engine: their waiting repairs go (one under way finds its
         series gone and hands nothing on), and so does the record of their written marks."""
         gone = set(keys)
-        self.repairs = deque(j for j in self.repairs if j.key not in gone)
+        self.repairs = RepairQueue(j for j in self.repairs if j.key not in gone)
         self._written_marks = {k: v for k, v in self._written_marks.items() if k[0] not in gone}
 
     def stale_sink(self, key: str) -> Callable[[str, int], None]:
@@ -158,11 +190,10 @@ class Completeness:
     def hole_start(self, key: str, timeframe: str) -> int | None:
         """Open time of the first candle of a series still waiting for a hole's repair (not counting
         the repair whose candles are being handed on now), or None."""
-        jobs = [*self.repairs, *([self.inflight] if self.inflight is not None else [])]
         firsts = [
             j.first
-            for j in jobs
-            if j.key == key and j.timeframe == timeframe and not j.reconcile and j is not self._applying
+            for j in self._jobs_of(key, timeframe)
+            if not j.reconcile and j is not self._applying
         ]
         return min(firsts) if firsts else None
 
@@ -493,8 +524,15 @@ class Completeness:
 
     def spans(self, key: str, timeframe: str) -> list[tuple[int, int]]:
         """The [first, last] open times of the series' waiting and running jobs."""
-        jobs = [*self.repairs, *([self.inflight] if self.inflight is not None else [])]
-        return [(j.first, j.last) for j in jobs if j.key == key and j.timeframe == timeframe]
+        return [(j.first, j.last) for j in self._jobs_of(key, timeframe)]
+
+    def _jobs_of(self, key: str, timeframe: str) -> list[Repair]:
+        """The series' waiting jobs and the one under way, if it is the series'."""
+        jobs = self.repairs.of(key, timeframe)
+        run = self.inflight
+        if run is not None and run.key == key and run.timeframe == timeframe:
+            return [*jobs, run]
+        return jobs
 
     def repairing(self, key: str, timeframe: str, first: int, last: int) -> bool:
         """Whether a repair waiting or under way touches [first, last] of the series."""
