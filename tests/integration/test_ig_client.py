@@ -822,10 +822,13 @@ ITEMS = [ig.market_item(e) for e in EPICS]
 
 
 async def test_pool_packs_100_items_into_at_most_40_connections_and_survives_drops() -> None:
-    fake = FakeLS()
+    # A 2 s watchdog: this test counts connects and drops exactly, and 40 sessions on a loaded machine
+    # can go quiet for the default 0.3 s (the watchdog has tests of its own)
+    fake = FakeLS(keepalive_ms=1000)
     sink = Sink()
     async with serve_app(fake.app()) as url:
-        pool = _pool(url, sink, max_connections=40, items_per_session=2)  # 100 items would need 50 sessions
+        # 100 items would need 50 sessions
+        pool = _pool(url, sink, max_connections=40, items_per_session=2, keepalive_ms=1000)
         try:
             await pool.subscribe(ITEMS, ig.MARKET_FIELDS)
             await until(lambda: all(sink.counts[i] >= 3 for i in ITEMS), 10.0)
