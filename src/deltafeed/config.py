@@ -160,6 +160,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # The outgoing address a collector's venue budgets are kept for (None: found per venue by a UDP
     # connect to its REST host); collectors on one address share them.
     cluster_address: str | None = None
+    # How long a larger part of a shared venue budget must stand before a collector takes it (the
+    # longest window of the venues' limits; tests shorten it).
+    cluster_grow_after: str = "5m"
 
     def venue_settings(self, venue: str) -> VenueSettings:
         """``venue``'s settings, of its own type: its ``[venues.NAME]`` table, with the top-level keys
@@ -316,6 +319,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             if self.seconds(name) <= 0:
                 raise BadInput(f'{name} must be longer than 0, e.g. {name} = "10s"')
         self.seconds("stop_grace")  # "0" is allowed: exit without waiting for repairs
+        self.seconds("cluster_grow_after")
         if self.reconcile_every is not None and self.seconds("reconcile_every") <= 0:
             raise BadInput('reconcile_every must be longer than 0, e.g. reconcile_every = "30s"')
         if self.api_max_connections is not None and self.api_max_connections < 1:

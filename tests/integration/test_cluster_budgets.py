@@ -57,8 +57,8 @@ async def test_collectors_on_one_address_share_its_budget_and_another_has_its_ow
             # Shared on 10.0.0.1 (half each), whole on 10.0.0.2, once every collector has seen the others.
             await until(
                 lambda: (
-                    a.parts["binance"].applied == b.parts["binance"].applied == (600, 150)
-                    and c.parts["binance"].applied == (1200, 300)
+                    a.parts["binance"].applied == b.parts["binance"].applied == (0.5, 0.5)
+                    and c.parts["binance"].applied == (1.0, 1.0)
                 ),
                 30.0,
                 "the budgets split",
@@ -83,12 +83,12 @@ async def test_collectors_on_one_address_share_its_budget_and_another_has_its_ow
             stops[id(b)].set()
             await runs[1]
             # Once b is no longer counted (its entry gone), a proposes the whole budget, and waits.
-            await until(lambda: a.parts["binance"].larger == (1200, 300), 30.0, "a to propose the whole budget")
+            await until(lambda: a.parts["binance"].larger == (1.0, 1.0), 30.0, "a to propose the whole budget")
             await asyncio.sleep(2.0)
-            assert a.parts["binance"].applied == (600, 150)
+            assert a.parts["binance"].applied == (0.5, 0.5)
             if "binance" in a.engine.feeds:  # a holds instruments: its feed keeps to the smaller part
                 assert a.engine.feeds["binance"].history.limiter.limit == 600
-            assert c.parts["binance"].applied == (1200, 300)
+            assert c.parts["binance"].applied == (1.0, 1.0)
         finally:
             for x in (a, b, c):
                 stops[id(x)].set()

@@ -138,8 +138,11 @@ async def test_other_venues_add_and_drop_on_their_open_connection(
             await engine.drop_instrument(first)
             assert [len(link.members) for link in feed.pool.links] == [1]
             assert first.symbol not in getattr(feed, "by_coin", getattr(feed, "by_symbol", {}))
-            engine.set_limits(venue_name, 600, 7)
-            assert feed.pool.budget.limit == 7
+            # A part of the venue's limits (a collector's share): both change in place.
+            full_rest = feed.history.limiter.full
+            engine.set_share(venue_name, 0.5, 0.001)
+            assert feed.pool.budget.limit == 1
+            assert feed.history.limiter.limit == full_rest / 2
             seen = engine.states[str(second)].trades
             await until(lambda: engine.states[str(second)].trades > seen, 30.0, f"{second} still streaming")
             assert engine.status()["connects"] == 1

@@ -10,13 +10,17 @@ share, or takes free and stale ones under it. A lease is stale when it has not m
 history back to before the newest candle the cluster has for that instrument, so the handover
 leaves no hole (repeats are dropped by ``Nats-Msg-Id``).
 
-Venue budgets are per venue and outgoing address, as venues count them: the budgets bucket keeps
-each (venue, address)'s REST weight per minute and connection attempts per 5 minutes (the first
-collector on that address writes them from its settings), and the live collectors on one address
-split them equally: a part shrinks at once when another collector joins, and grows only once it has
-stood for the longest window of the limits (5 minutes), so together they stay within the venue's
-limits. Collectors on
-other addresses have budgets of their own.
+Venue budgets are per venue and what the venue counts its limits by: the outgoing address, or for
+a venue that counts per account, key or session (:meth:`Venue.budget_scope`) that. The budgets
+bucket keeps each (venue, scope)'s REST weight per minute (where the venue has one) and connection
+attempts per 5 minutes (the first collector there writes them from its settings), and the live
+collectors of one scope split them equally: each keeps a fraction of its feed's REST pace and
+connection attempts (``Engine.set_share``). A part shrinks at once when another collector joins,
+and grows only once it has stood for the longest window of the limits (``cluster_grow_after``, 5
+minutes), so together they stay within the venue's limits. Collectors of other scopes have budgets
+of their own.
+
+The buckets are made again when NATS comes back without its store (see :meth:`Collector._open_buckets`).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from deltafeed.model import BadInput, Instrument, Unavailable, cluster_name, tim
 from deltafeed.names import native
 from deltafeed.store.base import is_postgres
 from deltafeed.tasks import cancel_and_wait
+from deltafeed.venues import registry
 
 log = logging.getLogger("deltafeed.cluster")
 
@@ -50,10 +55,6 @@ log = logging.getLogger("deltafeed.cluster")
 LEASE_TTL_S = 5.0
 #: Seconds a collector leaves an instrument be after its engine failed to start.
 COOLDOWN_S = 30.0
-#: Seconds a larger part of an address's budget must stand before a collector takes it: the longest
-#: window of a venue's limits (connection attempts per 5 minutes), so that a collector that just
-#: died cannot have spent its part in the window the survivors then spend theirs in.
-GROW_AFTER_S = 300.0
 
 
 class CollectorInfo(msgspec.Struct):
@@ -82,15 +83,22 @@ class Budget(msgspec.Struct):
     connect_budget: int
 
 
-def _least(a: tuple[int | None, int], b: tuple[int | None, int]) -> tuple[int | None, int]:
-    """The smaller of two parts in each limit (None, the venue's own limit, counts as the larger)."""
-    w = b[0] if a[0] is None else a[0] if b[0] is None else min(a[0], b[0])
-    return (w, min(a[1], b[1]))
+def budget_key(venue: str, scope: str) -> str:
+    """The budgets bucket's key of ``venue`` seen from ``scope``, an address or an account
+    (``binance.127=2E0=2E0=2E1``)."""
+    return subjects.kv_key(f"{venue}:{scope}")
 
 
-def budget_key(venue: str, address: str) -> str:
-    """The budgets bucket's key of ``venue`` seen from ``address`` (``binance.127=2E0=2E0=2E1``)."""
-    return subjects.kv_key(f"{venue}:{address}")
+def part_of(budget: Budget, own: Budget, sharers: int) -> tuple[float, float]:
+    """The fractions of its own REST pace and connection attempts a collector keeps to: the
+    ``budget`` of its scope (written there by the first collector, perhaps with other settings than
+    its ``own``) split among ``sharers`` collectors."""
+    n = max(1, sharers)
+    rest = 1.0
+    if budget.weight_limit is not None and own.weight_limit:
+        rest = budget.weight_limit / own.weight_limit
+    connects = budget.connect_budget / own.connect_budget if own.connect_budget else 1.0
+    return (min(1.0, rest / n), min(1.0, connects / n))
 
 
 def outgoing_address(url: str | None) -> str:
@@ -153,16 +161,19 @@ class _Held:
 
 @dataclass
 class _Part:
-    """A collector's part of one venue's budget on its address."""
+    """A collector's part of one venue's budget in its scope: fractions of its REST pace and
+    connection attempts."""
 
-    applied: tuple[int | None, int]
+    applied: tuple[float, float]
     #: A larger part proposed, and since when (monotonic): applied once it stood for the windows.
-    larger: tuple[int | None, int] | None = None
+    larger: tuple[float, float] | None = None
     since: float = 0.0
 
 
-async def open_bucket(js: Any, cluster: str, what: str, ttl_s: float | None = None) -> Any:
-    """The key-value bucket ``what`` of ``cluster``, created when missing."""
+async def open_bucket(
+    js: Any, cluster: str, what: str, ttl_s: float | None = None, made: list[str] | None = None
+) -> Any:
+    """The key-value bucket ``what`` of ``cluster``, created when missing (its name then added to ``made``)."""
     from nats.js.api import KeyValueConfig
     from nats.js.errors import BucketNotFoundError
 
@@ -170,6 +181,8 @@ async def open_bucket(js: Any, cluster: str, what: str, ttl_s: float | None = No
     try:
         return await js.key_value(name)
     except BucketNotFoundError:
+        if made is not None:
+            made.append(name)
         return await js.create_key_value(KeyValueConfig(bucket=name, history=1, ttl=ttl_s))
 
 
@@ -226,22 +239,33 @@ class Collector:
         self.sink: EngineSink | None = None
         #: The instruments whose order books are kept (and published) while they are held.
         self.books = {str(Instrument.parse(native(b, settings.venue))) for b in settings.books}
-        #: Per venue, the outgoing address (``cluster_address``, else found by a UDP connect to the
-        #: venue's REST host).
+        #: Per venue, what its budget is kept for: the account, key or session the venue counts its
+        #: limits by, else the outgoing address (``cluster_address``, else found by a UDP connect to
+        #: the venue's REST host).
         fixed = settings.cluster_address
         self.addresses = {
-            v: fixed or outgoing_address(getattr(settings.venue_settings(v), "rest_url", None))
+            v: registry.get(v).budget_scope(settings.venue_settings(v))
+            or fixed
+            or outgoing_address(getattr(settings.venue_settings(v), "rest_url", None))
             for v in settings.venues_used()
         }
-        #: Per venue, the budget of its address, and this collector's part of it.
+        #: Per venue, the budget of its scope, the one our settings make, and our part of it.
         self.budgets: dict[str, Budget] = {}
+        self.own = {
+            v: Budget(getattr(settings.venue_settings(v), "weight_limit", None), settings.connect_budget)
+            for v in settings.venues_used()
+        }
         self.parts: dict[str, _Part] = {}
+        self.grow_after_s = settings.seconds("cluster_grow_after")
         self.started_ms = int(time.time() * 1000)
         self.nc: Any = None
         self.js: Any = None
         self.outlet: Outlet | None = None
         self.leases: Leases | None = None
         self._collectors_kv: Any = None
+        self._budgets_kv: Any = None
+        #: Times the buckets were found missing and made again (NATS lost its store).
+        self.buckets_made_again = 0
         #: Collector ids -> (revision, monotonic time first seen), to tell the live ones.
         self._peers: dict[str, tuple[int, float]] = {}
         #: Instruments whose engine failed to start -> monotonic time before which we leave them be.
@@ -252,12 +276,7 @@ class Collector:
         self.nc = await connect(self.url, self.id)
         self.js = self.nc.jetstream(publish_async_max_pending=IN_FLIGHT)
         await subjects.ensure_stream(self.js, self.cluster)
-        leases_kv = await open_bucket(self.js, self.cluster, subjects.LEASES)
-        self._collectors_kv = await open_bucket(self.js, self.cluster, subjects.COLLECTORS, ttl_s=3 * self.ttl_s)
-        budgets_kv = await open_bucket(self.js, self.cluster, subjects.BUDGETS)
-        self.leases = Leases(leases_kv, self.id, self.ttl_s)
-        for venue in self.settings.venues_used():
-            self.budgets[venue] = await self._budget(budgets_kv, venue)
+        await self._open_buckets()
         self.outlet = Outlet(self.js, self.cluster, self.id, trades=self.settings.cluster_trades)
         self.outlet.start()
         await self._start_engine()
@@ -269,12 +288,32 @@ class Collector:
             len(self.units),
         )
 
+    async def _open_buckets(self) -> None:
+        """Open the cluster's key-value buckets, each made when missing (:func:`open_bucket`), and
+        read (or write first) our venues' budgets. At the start, and again after a round failed:
+        a NATS server that came back without its store has lost the buckets, as the outlet finds
+        its stream gone, and they are made again the same way. The leases we held are then taken
+        again as they are renewed (see :meth:`Leases.renew`)."""
+        made: list[str] = []
+        leases_kv = await open_bucket(self.js, self.cluster, subjects.LEASES, made=made)
+        self._collectors_kv = await open_bucket(
+            self.js, self.cluster, subjects.COLLECTORS, ttl_s=3 * self.ttl_s, made=made
+        )
+        self._budgets_kv = await open_bucket(self.js, self.cluster, subjects.BUDGETS, made=made)
+        if made and self.leases is not None:
+            self.buckets_made_again += 1
+            log.warning("the cluster's buckets %s were gone (NATS lost its store?); made again", ", ".join(made))
+        if self.leases is None:
+            self.leases = Leases(leases_kv, self.id, self.ttl_s)
+        self.leases.kv = leases_kv
+        for venue in self.settings.venues_used():
+            self.budgets[venue] = await self._budget(self._budgets_kv, venue)
+
     async def _budget(self, kv: Any, venue: str) -> Budget:
-        """The budget of ``venue`` on our address: the one in the bucket, or ours written there first."""
+        """The budget of ``venue`` in our scope: the one in the bucket, or ours written there first."""
         from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-        vs = self.settings.venue_settings(venue)
-        mine = Budget(getattr(vs, "weight_limit", None), self.settings.connect_budget)
+        mine = self.own[venue]
         key = budget_key(venue, self.addresses[venue])
         try:
             await kv.create(key, msgspec.json.encode(mine))
@@ -307,8 +346,8 @@ class Collector:
         assert self.outlet is not None
         engine.hub = self.sink = EngineSink(self.outlet)
         for venue, budget in self.budgets.items():
-            self.parts[venue] = _Part((budget.weight_limit, budget.connect_budget))
-            engine.set_limits(venue, budget.weight_limit, budget.connect_budget)
+            self.parts[venue] = _Part(part_of(budget, self.own[venue], 1))
+            engine.set_share(venue, *self.parts[venue].applied)
         await engine.start()
         self.engine = engine
 
@@ -321,6 +360,8 @@ class Collector:
                     await self._round(claim=not first)
                 except Exception as exc:  # NATS away for a moment: the leases' own deadline decides
                     log.warning("cluster round failed: %s", exc)
+                    with contextlib.suppress(Exception):  # or back without its store: make them again
+                        await self._open_buckets()
                 first = False
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.every_s)
@@ -399,19 +440,18 @@ class Collector:
         return live
 
     def _share_budgets(self, peers: list[CollectorInfo]) -> None:
-        """Split each venue's budget on our address equally among the live collectors there: a part
-        shrinks at once, and grows only once the larger part has stood for :data:`GROW_AFTER_S`."""
+        """Split each venue's budget in our scope equally among the live collectors there: a part
+        shrinks at once, and grows only once the larger part has stood for ``cluster_grow_after``."""
         now = time.monotonic()
         for venue, budget in self.budgets.items():
             n = sum(1 for p in peers if p.addresses.get(venue) == self.addresses[venue])
-            weight = None if budget.weight_limit is None else max(1, budget.weight_limit // max(1, n))
-            want = (weight, max(1, budget.connect_budget // max(1, n)))
-            part = self.parts[venue]
-            applied = _least(want, part.applied)  # a limit that shrinks does so at once
-            if applied != want:  # one that grows waits until the larger part has stood
+            want = part_of(budget, self.own[venue], n)
+            part = self.parts.setdefault(venue, _Part(want))
+            applied = (min(want[0], part.applied[0]), min(want[1], part.applied[1]))  # shrinks at once
+            if applied != want:  # grows once the larger part has stood
                 if part.larger != want:
                     part.larger, part.since = want, now
-                elif now - part.since >= GROW_AFTER_S:
+                elif now - part.since >= self.grow_after_s:
                     applied = want
             if applied == want:
                 part.larger = None
@@ -419,15 +459,16 @@ class Collector:
                 continue
             part.applied = applied
             log.info(
-                "%s: our part of the budget on %s is %s weight/min, %d connection attempts/5 min (%d collectors there)",
+                "%s: our part of the budget of %s is %.3g of the REST pace and %.3g of the connection attempts"
+                " (%d collectors there)",
                 venue,
                 self.addresses[venue],
-                applied[0] if applied[0] is not None else "the venue's",
+                applied[0],
                 applied[1],
                 n,
             )
             if self.engine is not None:
-                self.engine.set_limits(venue, *applied)
+                self.engine.set_share(venue, *applied)
 
     async def _history_ms(self, unit: Unit) -> int:
         """How far back the engine fetches the history of ``unit``: to a margin before the newest

@@ -113,10 +113,14 @@ class Leases:
             try:
                 new = await asyncio.wait_for(self.kv.update(key, self._value(self.me), last=rev), self.ttl_s / 5)
             except KeyWrongLastSequenceError:
-                log.warning("lease %s was taken by another collector", key)
-                lost.append(key)
-                del self.held[key]
-                continue
+                try:  # gone with its bucket (NATS came back without its store): ours again if still free
+                    new = await asyncio.wait_for(self.kv.create(key, self._value(self.me)), self.ttl_s / 5)
+                except (KeyWrongLastSequenceError, NatsError, TimeoutError, OSError):
+                    log.warning("lease %s was taken by another collector", key)
+                    lost.append(key)
+                    del self.held[key]
+                    continue
+                log.warning("lease %s was gone from its bucket (NATS lost its store?); taken again", key)
             except (NatsError, TimeoutError, OSError) as exc:
                 # Not renewed: past most of the lease, another may take it any moment; stop first.
                 if self.monotonic() - at > 0.8 * self.ttl_s:

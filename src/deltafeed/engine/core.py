@@ -112,9 +112,8 @@ class Engine:
         #: Keys of series added while the engine runs whose history is still being fetched: the tick
         #: and the audit leave them alone until they stream (see :meth:`add_instrument`).
         self.joining: set[str] = set()
-        #: Limits given by :meth:`set_limits`, per venue: (REST weight per minute, connection attempts).
-        self.limits: dict[str, tuple[int | None, int]] = {}
-        self._fixed_limits: set[str] = set()  # venues whose feed cannot change its limits (said once)
+        #: Parts of the venues' limits given by :meth:`set_share`: (REST pace, connection attempts).
+        self.shares: dict[str, tuple[float, float]] = {}
         self._unstarted: set[str] = set()  # venues whose feed was made by add_instrument, not started yet
         for inst in self.instruments:
             self._make_series(inst)
@@ -131,9 +130,9 @@ class Engine:
         settings = self.settings
         feed = self.feeds.get(inst.venue)
         if feed is None:
-            # Made within the limits given so far (see set_limits), whether or not it can change them later.
-            made_with = self._within_limits(inst.venue)
-            feed = self.feeds[inst.venue] = make_feed(inst.venue, made_with, self.publisher.trade)
+            feed = self.feeds[inst.venue] = make_feed(inst.venue, settings, self.publisher.trade)
+            if inst.venue in self.shares:  # within the part of the venue's limits given so far
+                feed.set_share(*self.shares[inst.venue])
         vs = settings.venue_settings(inst.venue)
         venue = registry.get(inst.venue)
         cal_name = venue.calendar_name(inst.symbol)
@@ -390,38 +389,14 @@ class Engine:
             await self.drop_instrument(Instrument.parse(s, default_venue=self.settings.venue))
         return [f.key for f in gone]
 
-    def set_limits(self, venue: str, weight_limit: int | None, connect_budget: int) -> None:
-        """Keep ``venue`` within a REST weight per minute (None: the venue's own) and connection
-        attempts per 5 minutes from now on, its feed made later included: e.g. a collector's part of
-        a budget it shares with others. A feed made later is made within them; one that cannot
-        change them while it runs keeps those it was made with (said once)."""
-        self.limits[venue] = (weight_limit, connect_budget)
+    def set_share(self, venue: str, rest: float, connects: float) -> None:
+        """Keep ``venue`` to the fraction ``rest`` of its REST pace and ``connects`` of its connection
+        attempts from now on (its feed made later included): e.g. a collector's part of the budget it
+        shares with the other collectors on its address (see :class:`~deltafeed.venues.base.SharedLimits`)."""
+        self.shares[venue] = (rest, connects)
         feed = self.feeds.get(venue)
         if feed is not None:
-            self._apply_limits(feed, weight_limit, connect_budget)
-
-    def _within_limits(self, venue: str) -> Settings:
-        """The settings ``venue``'s feed is made with: the engine's, with the limits of :meth:`set_limits`."""
-        s = self.settings
-        if venue not in self.limits:
-            return s
-        weight, connects = self.limits[venue]
-        changes: dict[str, Any] = {"connect_budget": connects}
-        if weight is not None and hasattr(s.venue_settings(venue), "weight_limit"):
-            table = msgspec.to_builtins(s.venue_settings(venue))
-            table["weight_limit"] = weight
-            changes["venues"] = {**s.venues, venue: table}
-            if venue == s.venue:
-                changes["weight_limit"] = weight
-        return msgspec.structs.replace(s, **changes)
-
-    def _apply_limits(self, feed: Feed, weight_limit: int | None, connect_budget: int) -> None:
-        apply = getattr(feed, "set_limits", None)
-        if apply is not None:
-            apply(weight_limit, connect_budget)
-        elif feed.venue not in self._fixed_limits:
-            self._fixed_limits.add(feed.venue)
-            log.warning("%s keeps the limits it was made with: its feed cannot change them while it runs", feed.venue)
+            feed.set_share(rest, connects)
 
     def _start_reconciling(self, feed: Feed) -> None:
         """Reconcile ``feed``'s provisional candles with its history, when it is not sequenced."""

@@ -34,6 +34,8 @@ class WeightLimiter:
         self.window_s = window_s
         self.headroom = headroom
         self.burst_fraction = burst_fraction
+        #: The limit as made (the venue's, for one outgoing address or account): :meth:`share` scales it.
+        self.full = float(limit)
         self.resize(limit)
         self._clock = clock or LiveClock()
         self._sleep = sleep or self._clock.sleep  # waits on the clock that measures the pace
@@ -47,16 +49,24 @@ class WeightLimiter:
         self.waited_s = 0.0
         self.penalties = 0
 
-    def resize(self, limit: int) -> None:
-        """Pace to ``limit`` from now on (a collector's part of a shared budget changed)."""
+    def resize(self, limit: float) -> None:
+        """Pace to ``limit`` from now on."""
         if limit <= 0:
             raise ValueError("limit must be positive")
         self.limit = limit
-        self.budget = max(1.0, limit * self.headroom)
+        self.budget = limit * self.headroom
         self.rate = self.budget / self.window_s  # weight per second
         self.capacity = max(1.0, self.budget * self.burst_fraction)
         if hasattr(self, "_tokens"):
             self._tokens = min(self._tokens, self.capacity)
+
+    def share(self, fraction: float) -> None:
+        """Keep to ``fraction`` of the limit it was made with from now on (this process's part of a
+        limit it shares with others, e.g. collectors on one outgoing address); the burst shrinks
+        with it, so that the parts' bursts together stay within the venue's."""
+        if not 0 < fraction <= 1:
+            raise ValueError("a share is a fraction in (0, 1]")
+        self.resize(self.full * fraction)
 
     def _window(self) -> int:
         return int(self._clock.time_ms() // int(self.window_s * 1000))

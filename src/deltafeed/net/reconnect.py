@@ -118,10 +118,19 @@ class ConnectBudget:
 
     def __init__(self, limit: int, window_s: float, clock: Clock | None = None) -> None:
         self.limit = limit
+        #: The limit as made: :meth:`share` scales it.
+        self.full = limit
         self.window_s = window_s
         self.clock: Clock = clock or LIVE
         self._attempts: deque[float] = deque()
         self.waits = 0
+
+    def share(self, fraction: float) -> None:
+        """Allow ``fraction`` of the attempts it was made with from now on (at least one per window):
+        this process's part of a budget it shares with others."""
+        if not 0 < fraction <= 1:
+            raise ValueError("a share is a fraction in (0, 1]")
+        self.limit = max(1, int(self.full * fraction))
 
     async def acquire(self) -> None:
         """Wait until one more attempt fits in the window, then count it."""

@@ -9,6 +9,7 @@ else (stores, repairs, marks, audits, serving) is the engine's and is the same f
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -138,8 +139,52 @@ class Feed(Protocol):
         """:meth:`report` as plain values."""
         ...
 
+    def set_share(self, rest: float, connects: float) -> None:
+        """Keep to fractions of the REST pace and connection attempts (see :class:`SharedLimits`)."""
+        ...
+
 
 TradeSink = Callable[["Series", Trade], None]
+
+
+class Shareable(Protocol):
+    """A limit a process may keep only part of (:class:`~deltafeed.net.ratelimit.WeightLimiter`,
+    :class:`~deltafeed.net.reconnect.ConnectBudget`, IB's pacer...): ``share(f)`` keeps it to the
+    fraction ``f`` of the limit it was made with, from now on."""
+
+    def share(self, fraction: float) -> None: ...
+
+
+class SharedLimits:
+    """What lets a feed keep to a part of its venue's limits while it runs: every feed has it.
+
+    :meth:`set_share` scales every REST pacer of the feed (:meth:`rest_limits`) and every connection
+    budget (:meth:`connect_limits`) to a fraction of the limits it was made with (a collector's part
+    of a budget it shares with the other collectors on one outgoing address or account). The
+    defaults find the usual layout, a ``history`` with a ``limiter`` and a
+    :class:`~deltafeed.venues.links.LinkPool` ``pool``; a feed laid out otherwise names its own.
+    A pacer or budget made after the call (a connection's, made later) is scaled when it is made,
+    through :attr:`shares`."""
+
+    #: The fractions of the REST pace and of the connection attempts kept, as last set.
+    shares: tuple[float, float] = (1.0, 1.0)
+
+    def rest_limits(self) -> Iterable[Shareable]:
+        limiter = getattr(getattr(self, "history", None), "limiter", None)
+        return [limiter] if limiter is not None else []
+
+    def connect_limits(self) -> Iterable[Shareable]:
+        pool = getattr(self, "pool", None)
+        return [pool.budget] if pool is not None else []
+
+    def set_share(self, rest: float, connects: float) -> None:
+        """Keep to ``rest`` of the REST pace and ``connects`` of the connection attempts (fractions
+        in (0, 1]) from now on."""
+        self.shares = (rest, connects)
+        for lim in self.rest_limits():
+            lim.share(rest)
+        for budget in self.connect_limits():
+            budget.share(connects)
 
 
 class SkipLog:
@@ -268,6 +313,15 @@ HTTP_SCHEMES = ("http://", "https://")
 WS_SCHEMES = ("ws://", "wss://")
 
 
+def account_scope(*credentials: str) -> str | None:
+    """A budget scope naming an account by a digest of its credentials (the same for every
+    collector holding them, revealing none); None when there are none."""
+    if not any(credentials):
+        return None
+    digest = hashlib.sha256("\x00".join(credentials).encode()).hexdigest()[:12]
+    return f"account-{digest}"
+
+
 class Venue:
     """One venue, declared once in its package's ``__init__.py`` as ``VENUE``: what the rest of
     deltafeed (config, CLI, engine, calendars, backfill, docs) needs to know about it. Everything it
@@ -357,6 +411,12 @@ class Venue:
         if not (self.quotes if symbol is None else self.quoted(symbol)):
             return ["trade"]
         return [p for p in ("mid", "bid", "ask") if p in wanted]
+
+    def budget_scope(self, vs: VenueSettings) -> str | None:
+        """What the venue counts its limits by, when it is not the outgoing IP address: a token
+        naming the account, key or session (never a secret: see :func:`account_scope`), so that the
+        collectors of a cluster split the budget of what they share. None: per outgoing address."""
+        return None
 
     def make_feed(self, settings: Settings, on_trade: TradeSink) -> Feed:
         """Its live side, with the run's settings; :class:`BadInput` when it has none."""

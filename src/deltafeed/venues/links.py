@@ -18,12 +18,15 @@ import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from deltafeed.clock import LIVE, Clock
 from deltafeed.model import BadInput
 from deltafeed.net.reconnect import ConnectBudget
 from deltafeed.net.ws import FrameSink, WsStream
+
+if TYPE_CHECKING:
+    from deltafeed.venues.base import Venue
 
 log = logging.getLogger("deltafeed.links")
 
@@ -289,6 +292,13 @@ class LinkPool(Generic[M]):
         self.link_of: dict[int, Link[M]] = {}  # id(member) -> its link
         self._size: dict[int, tuple[int, int]] = {}  # id(member) -> its subscriptions and characters
 
+    @classmethod
+    def for_venue(cls, venue: Venue, **kw: Any) -> LinkPool[Any]:
+        """The pool of ``venue``'s connections within its declared ``stream_limits``, named after it
+        (``kw`` as for the constructor: ``url``, ``on_frame``, ``connect_budget``...)."""
+        assert venue.stream_limits is not None, f"{venue.name} declares no stream limits"
+        return cls(venue.name, venue.stream_limits, **kw)
+
     def _new_stream(self, link: Link[M]) -> Stream:
         def connected(ws: Stream) -> None:
             link.forget(ws)
@@ -350,11 +360,6 @@ class LinkPool(Generic[M]):
             link.members = [m for m in link.members if m is not member]
             link.load -= subs
             link.chars -= chars
-
-    def set_connect_budget(self, attempts: int) -> None:
-        """Connection attempts allowed per window from now on (within the venue's own cap)."""
-        lim = self.limits
-        self.budget.limit = min(attempts, lim.connects) if lim.connects else attempts
 
     def start(self) -> None:
         self.started = True

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import TYPE_CHECKING, Any
 
 from deltafeed.model import BadInput
 from deltafeed.venues.alpaca import codec
-from deltafeed.venues.base import HTTP_SCHEMES, WS_SCHEMES, Venue, VenueSettings
+from deltafeed.venues.base import HTTP_SCHEMES, WS_SCHEMES, Venue, VenueSettings, account_scope
 
 if TYPE_CHECKING:
     from deltafeed.config import Settings
@@ -58,6 +59,10 @@ class Alpaca(Venue):
         # Extended-hours trades still make candles; the calendar only says where a quiet stretch
         # is a closed market rather than a hole (pre-market silence is not a loss).
         return "crypto" if codec.is_crypto(symbol) else "us_equity"
+
+    def budget_scope(self, vs: VenueSettings) -> str | None:
+        """Per account (its key): one connection per account and feed, 200 calls a minute per key."""
+        return account_scope(os.environ.get(KEY_ENV, "").strip())
 
     def make_feed(self, settings: Settings, on_trade: TradeSink) -> Feed:
         from deltafeed.venues.alpaca.feed import AlpacaFeed, AlpacaPollFeed, credentials

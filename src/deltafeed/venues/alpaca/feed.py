@@ -36,7 +36,7 @@ from deltafeed.net.ws import WsStream
 from deltafeed.venues.alpaca import KEY_ENV, SECRET_ENV, VENUE, AlpacaSettings
 from deltafeed.venues.alpaca import codec as alpaca
 from deltafeed.venues.alpaca.rest import AlpacaHistory
-from deltafeed.venues.base import FeedStatus, SkipLog, TradeSink
+from deltafeed.venues.base import FeedStatus, Shareable, SharedLimits, SkipLog, TradeSink
 
 if TYPE_CHECKING:
     from deltafeed.series import Series
@@ -107,7 +107,7 @@ class _Stream:
         self.send(make(trades=syms, bars=syms, updated_bars=syms, msgpack=self.msgpack))
 
 
-class AlpacaFeed:
+class AlpacaFeed(SharedLimits):
     """Streams Alpaca trades and bars into the series' builders; see the module docstring."""
 
     venue = VENUE.name
@@ -347,6 +347,9 @@ class AlpacaFeed:
 
     # --- visibility -----------------------------------------------------------------------------
 
+    def connect_limits(self) -> list[Shareable]:
+        return [s.ws.budget for s in self.streams.values()]  # one stream per kind, each with its budget
+
     def report(self) -> FeedStatus:
         used = [s for s in self.streams.values() if s.states]
         refused = {s.kind: s.refusal for s in used if s.refusal}
@@ -422,7 +425,7 @@ def poll_cost(n_symbols: list[int], timeframes: list[str], every_s: float) -> fl
     return sum(math.ceil(n / POLL_SYMBOLS_PER_CALL) for n in n_symbols if n) * _per_batch(timeframes, every_s)
 
 
-class AlpacaPollFeed:
+class AlpacaPollFeed(SharedLimits):
     """Polls the latest settled bars over REST instead of streaming; see the module docstring."""
 
     venue = VENUE.name

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle, ServerShutdown, Trade, VenueCandle
 from deltafeed.net.http import VenueError, VenueUnreachable
-from deltafeed.venues.base import FeedStatus, SkipLog
+from deltafeed.venues.base import FeedStatus, SharedLimits, SkipLog
 from deltafeed.venues.binance import VENUE, BinanceSettings
 from deltafeed.venues.binance import codec as binance
 from deltafeed.venues.binance.rest import BinanceHistory
@@ -33,7 +33,7 @@ MAX_SKEW_MS = 15 * 60_000  # a trade time further than this from the venue's clo
 MAX_URL_BYTES = 4096
 
 
-class BinanceFeed:
+class BinanceFeed(SharedLimits):
     """Streams trades (and, with ``venue_klines``, klines) of its instruments into their builders.
 
     ``on_trade(state, trade)`` is called after a trade went into the builder, so the engine can
@@ -132,12 +132,6 @@ class BinanceFeed:
     def remove(self, st: Series) -> None:
         """Forget an instrument the engine dropped (unsubscribed already): its link has room again."""
         forget_member(self.pool, self.states, self.by_symbol, st.instrument.symbol, st)
-
-    def set_limits(self, weight_limit: int | None, connect_budget: int) -> None:
-        """Keep to new limits from now on: REST weight per minute, connection attempts per 5 minutes."""
-        if weight_limit is not None:
-            self.history.limiter.resize(weight_limit)
-        self.pool.set_connect_budget(connect_budget)
 
     def page_span_ms(self, timeframe: str) -> int:
         return self.history.page_span_ms(timeframe)

@@ -22,7 +22,7 @@ from deltafeed.model import BadInput, Candle, Trade
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.net.reconnect import ConnectBudget
 from deltafeed.net.ws import FrameSink
-from deltafeed.venues.base import FeedStatus, SkipLog
+from deltafeed.venues.base import FeedStatus, Shareable, SharedLimits, SkipLog
 from deltafeed.venues.bybit import VENUE, BybitSettings
 from deltafeed.venues.bybit import codec as bybit
 from deltafeed.venues.bybit.rest import BybitHistory
@@ -63,7 +63,7 @@ class _Series:
         return False
 
 
-class BybitFeed:
+class BybitFeed(SharedLimits):
     """Streams Bybit trades (and, with ``venue_klines``, klines) of its instruments into their builders."""
 
     venue = VENUE.name
@@ -146,6 +146,8 @@ class BybitFeed:
             budget=self._budget,
             backoff_cap_s=BACKOFF_CAP_S,
         )
+        if self._budget is None:  # made now: within the part of the venue's budget kept so far
+            pool.budget.share(self.shares[1])
         self._budget = pool.budget
         self.pools[category] = pool
         return pool
@@ -333,6 +335,9 @@ class BybitFeed:
         self._skips.report(self.decoder.errors, self.decoder.last_error)
 
     # --- visibility -----------------------------------------------------------------------------
+
+    def connect_limits(self) -> list[Shareable]:
+        return [self._budget] if self._budget is not None else []  # one for every category's connections
 
     def report(self) -> FeedStatus:
         skipped = dict(self.decoder.errors)

@@ -25,7 +25,7 @@ from deltafeed.candles.fromtrades import build_candles
 from deltafeed.clock import VenueClock
 from deltafeed.model import TIMEFRAMES, BadInput, Candle, Trade
 from deltafeed.net.http import VenueError, VenueUnreachable
-from deltafeed.venues.base import FeedStatus, SkipLog, TradeSink
+from deltafeed.venues.base import FeedStatus, Shareable, SharedLimits, SkipLog, TradeSink
 from deltafeed.venues.ccxt import INSTALL_HINT, VENUE, CcxtSettings
 from deltafeed.venues.ccxt.bridge import (
     HISTORY_ROWS,
@@ -121,6 +121,19 @@ def _takes_until(client: Any) -> bool:
         return False
 
 
+class _ClientPace:
+    """ccxt's own REST limiter of one client (``enableRateLimit``: a token bucket refilled at
+    ``throttle.config["refillRate"]``, read on every request) kept to a fraction of its rate."""
+
+    def __init__(self, client: Any) -> None:
+        self.config = getattr(getattr(client, "throttle", None), "config", None)
+        self.full = self.config.get("refillRate") if isinstance(self.config, dict) else None
+
+    def share(self, fraction: float) -> None:
+        if self.config is not None and isinstance(self.full, int | float) and self.full > 0:
+            self.config["refillRate"] = self.full * fraction
+
+
 class _Exchange:
     """One exchange of a run: its ccxt.pro client, its series by unified symbol, what they remember."""
 
@@ -131,6 +144,7 @@ class _Exchange:
         self.capped: set[str] = set()  # timeframes whose cap was reported (once each)
         self.history_tfs: set[str] = set()  # timeframes asked for: their history depth is in the status
         self.client: Any = None
+        self.pace: _ClientPace | None = None  # ccxt's own REST limiter of the client, as a shareable limit
         self.series: dict[str, Series] = {}  # unified symbol (as ccxt spells it) -> series
         self.wanted: dict[str, Series] = {}  # as the instrument spells it, before check()
         self.cont: dict[str, Continuity] = {}
@@ -151,7 +165,7 @@ class _Exchange:
         self.aux: set[asyncio.Task[None]] = set()  # clock reads under way
 
 
-class CcxtFeed:
+class CcxtFeed(SharedLimits):
     """Streams trades of its ``ccxt:`` instruments through ccxt.pro; see the module docstring."""
 
     venue = VENUE.name
@@ -272,6 +286,8 @@ class CcxtFeed:
             log.info("[venues.ccxt] urls of exchanges this run does not use: %s", ", ".join(sorted(unknown_urls)))
         for ex in self.exchanges.values():
             ex.client = self._client(ex.id)
+            ex.pace = _ClientPace(ex.client)
+            ex.pace.share(self.shares[0])  # made now: within the part of the budget kept so far
             await self._check(ex)
 
     async def _check(self, ex: _Exchange) -> None:
@@ -760,6 +776,9 @@ class CcxtFeed:
         raise VenueError(503, msg, f"{ex.id} {what}")
 
     # --- visibility -----------------------------------------------------------------------------
+
+    def rest_limits(self) -> list[Shareable]:
+        return [ex.pace for ex in self.exchanges.values() if ex.pace is not None]
 
     def report(self) -> FeedStatus:
         loops = [v for ex in self.exchanges.values() for v in ex.live.values()]

@@ -18,7 +18,7 @@ from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.net.ws import FrameSink
-from deltafeed.venues.base import FeedStatus, SkipLog, TradeSink
+from deltafeed.venues.base import FeedStatus, SharedLimits, SkipLog, TradeSink
 from deltafeed.venues.checks import unknown_symbols_message
 from deltafeed.venues.coinbase import VENUE, CoinbaseSettings
 from deltafeed.venues.coinbase import codec as coinbase
@@ -48,7 +48,7 @@ class _Conn:
         self.heartbeat_at = 0.0  # monotonic time of the last heartbeat (or of the connection)
 
 
-class CoinbaseFeed:
+class CoinbaseFeed(SharedLimits):
     """Streams trades of its products into their builders; see the module docstring."""
 
     venue = VENUE.name
@@ -77,10 +77,8 @@ class CoinbaseFeed:
         # Heartbeats come every second; a connection without one for this long is replaced.
         self.heartbeat_timeout_s = max(3.0, 2 * stale_after_s)
         self._conns: dict[int, _Conn] = {}  # link index -> its state
-        assert VENUE.stream_limits is not None
-        self.pool: LinkPool[Series] = LinkPool(
-            self.venue,
-            VENUE.stream_limits,
+        self.pool: LinkPool[Series] = LinkPool.for_venue(
+            VENUE,
             url=self.ws_url,
             frames_of=self._sink,
             on_connect=self._on_connect,
@@ -117,10 +115,6 @@ class CoinbaseFeed:
     def remove(self, st: Series) -> None:
         """Forget an instrument the engine dropped (unsubscribed already): its link has room again."""
         forget_member(self.pool, self.states, self.by_symbol, st.instrument.symbol, st)
-
-    def set_limits(self, weight_limit: int | None, connect_budget: int) -> None:
-        """Connection attempts per 5 minutes from now on (its REST pacing is the venue's rate, not a weight)."""
-        self.pool.set_connect_budget(connect_budget)
 
     def add(self, st: Series) -> None:
         self.pool.place(st, len(self._channels(st)))

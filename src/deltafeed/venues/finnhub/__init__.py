@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import TYPE_CHECKING, Any
 
 from deltafeed.model import BadInput
-from deltafeed.venues.base import HTTP_SCHEMES, WS_SCHEMES, Venue, VenueSettings, joined_pair
+from deltafeed.venues.base import HTTP_SCHEMES, WS_SCHEMES, Venue, VenueSettings, account_scope, joined_pair
 from deltafeed.venues.finnhub import codec
 from deltafeed.venues.links import StreamLimits
 
@@ -66,6 +67,12 @@ class Finnhub(Venue):
         if kind == "stock" and len(suffix) >= 2:  # BRK.B is a US share class; BMW.DE, 7203.T are not US
             return "crypto"  # no calendar for other countries' exchanges yet: always expected
         return {"forex": "fx", "stock": "us_equity"}.get(kind, "crypto")
+
+    def budget_scope(self, vs: VenueSettings) -> str | None:
+        """Per API key: one connection and the plan's calls a minute per key."""
+        from deltafeed.venues.finnhub.feed import TOKEN_ENV
+
+        return account_scope(os.environ.get(TOKEN_ENV, "").strip())
 
     def make_feed(self, settings: Settings, on_trade: TradeSink) -> Feed:
         from deltafeed.venues.finnhub.feed import FinnhubFeed

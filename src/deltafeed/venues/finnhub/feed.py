@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle, Trade
 from deltafeed.net.http import VenueError, VenueUnreachable, http_date_ms
-from deltafeed.venues.base import FeedStatus, SkipLog, unmade
+from deltafeed.venues.base import FeedStatus, Shareable, SharedLimits, SkipLog, unmade
 from deltafeed.venues.finnhub import VENUE
 from deltafeed.venues.finnhub import codec as finnhub
 from deltafeed.venues.finnhub.rest import FinnhubHistory
@@ -33,7 +33,7 @@ log = logging.getLogger("deltafeed.finnhub")
 TOKEN_ENV = "FINNHUB_TOKEN"
 
 
-class FinnhubFeed:
+class FinnhubFeed(SharedLimits):
     """Streams Finnhub trades and price updates of its instruments into their builders."""
 
     venue = VENUE.name
@@ -57,10 +57,8 @@ class FinnhubFeed:
         self.out_of_order = 0
         self._skips = SkipLog(log, "messages")
         # One connection per key is Finnhub's rule: the pool refuses more symbols than it carries.
-        assert VENUE.stream_limits is not None
-        self.pool: LinkPool[Series] = LinkPool(
-            self.venue,
-            VENUE.stream_limits,
+        self.pool: LinkPool[Series] = LinkPool.for_venue(
+            VENUE,
             url=lambda link: finnhub.stream_url(self.ws_base, self._token),
             on_frame=self.on_frame,
             on_connect=self._on_connect,
@@ -179,6 +177,9 @@ class FinnhubFeed:
         self._skips.report(self.decoder.errors, self.decoder.last_error)
 
     # --- visibility -----------------------------------------------------------------------------
+
+    def rest_limits(self) -> list[Shareable]:
+        return [self.history.minute, self.history.second]  # the key's plan and Finnhub's cap per second
 
     def report(self) -> FeedStatus:
         return FeedStatus(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle, Trade, VenueCandle
 from deltafeed.net.http import VenueError, VenueUnreachable
-from deltafeed.venues.base import FeedStatus, SkipLog, unmade
+from deltafeed.venues.base import FeedStatus, SharedLimits, SkipLog, unmade
 from deltafeed.venues.checks import unknown_symbols_message
 from deltafeed.venues.hyperliquid import VENUE, HyperliquidSettings
 from deltafeed.venues.hyperliquid import codec as hl
@@ -30,7 +30,7 @@ MAX_SKEW_MS = 15 * 60_000  # a trade time further than this from the venue's clo
 CLOCK_READ_EVERY_S = 2.0  # at most this often, the venue's time is read again over REST
 
 
-class HyperliquidFeed:
+class HyperliquidFeed(SharedLimits):
     """Streams the trades of its coins into their builders.
 
     Hyperliquid's ``tid`` is unique across all coins and not contiguous, so it cannot show a lost
@@ -80,10 +80,8 @@ class HyperliquidFeed:
         self.pings = 0
         self._ts_low = 0
         self._ts_high = 2**62
-        assert VENUE.stream_limits is not None
-        self.pool: LinkPool[Series] = LinkPool(
-            self.venue,
-            VENUE.stream_limits,
+        self.pool: LinkPool[Series] = LinkPool.for_venue(
+            VENUE,
             url=self.ws_url,
             on_frame=self.on_frame,
             on_connect=self._on_connect,
@@ -107,12 +105,6 @@ class HyperliquidFeed:
     def remove(self, st: Series) -> None:
         """Forget a coin the engine dropped (unsubscribed already): its link has room again."""
         forget_member(self.pool, self.states, self.by_coin, st.instrument.symbol, st)
-
-    def set_limits(self, weight_limit: int | None, connect_budget: int) -> None:
-        """Keep to new limits from now on: REST weight per minute, connection attempts per 5 minutes."""
-        if weight_limit is not None:
-            self.history.limiter.resize(weight_limit)
-        self.pool.set_connect_budget(connect_budget)
 
     def add(self, st: Series) -> None:
         bad = unmade(st.builder.timeframes, hl.TIMEFRAMES)

@@ -77,6 +77,22 @@ class Ib(Venue):
             return "us_equity"
         return {"CASH": "fx", "FUT": "cme_globex"}.get(kind, "us_equity")
 
+    def budget_scope(self, vs: VenueSettings) -> str | None:
+        """Per TWS / IB Gateway session (its pacing rules are the session's): the ``tws_url``'s host
+        and port, with this machine's name when the host is a loopback address (each machine's own)."""
+        import ipaddress
+        import socket
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(getattr(vs, "tws_url", None) or DEFAULT_TWS_URL)
+        host = parts.hostname or "127.0.0.1"
+        try:
+            local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            local = False
+        where = f"{socket.gethostname()}/{host}" if local else host
+        return f"tws-{where}:{parts.port or 7497}"
+
     def make_feed(self, settings: Settings, on_trade: TradeSink) -> Feed:
         from deltafeed.venues.ib.feed import IbFeed
 

@@ -32,7 +32,7 @@ from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle, Trade
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.net.reconnect import Backoff
-from deltafeed.venues.base import FeedStatus, SkipLog
+from deltafeed.venues.base import FeedStatus, Shareable, SharedLimits, SkipLog
 from deltafeed.venues.ib import VENUE, IbSettings, tws_address
 from deltafeed.venues.ib import codec as ib
 from deltafeed.venues.ib.pacing import Pacer
@@ -65,7 +65,7 @@ class _Request:
         self.items: list[Any] = []
 
 
-class IbFeed:
+class IbFeed(SharedLimits):
     """Streams IB ticks into the builders of its series and answers history requests."""
 
     venue = VENUE.name
@@ -562,6 +562,9 @@ class IbFeed:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+
+    def rest_limits(self) -> list[Shareable]:
+        return [self.pacer]  # the TWS session's history requests
 
     def report(self) -> FeedStatus:
         up = self._ready.is_set()

@@ -23,9 +23,20 @@ class Pacer:
         self.max_per_10min = max_per_10min
         self.max_per_contract_2s = max_per_contract_2s
         self.min_gap_s = min_gap_s
+        self._full = (max_per_10min, max_per_contract_2s, min_gap_s)
         self._small: deque[tuple[float, str, str]] = deque()  # (time s, request key, contract key)
         self._last = -1e18
         self.waits = 0
+
+    def share(self, fraction: float) -> None:
+        """Keep to ``fraction`` of the pace it was made with from now on (this process's part of a
+        TWS session it shares with others): fewer requests per window, wider gaps."""
+        if not 0 < fraction <= 1:
+            raise ValueError("a share is a fraction in (0, 1]")
+        per_10min, per_contract, gap = self._full
+        self.max_per_10min = max(1, int(per_10min * fraction))
+        self.max_per_contract_2s = max(1, int(per_contract * fraction))
+        self.min_gap_s = gap / fraction
 
     def delay(self, now_s: float, request_key: str, contract_key: str, small: bool) -> float:
         """Seconds to wait before sending the request (0: now)."""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import TYPE_CHECKING, Any
 
-from deltafeed.venues.base import HTTP_SCHEMES, Venue, VenueSettings
+from deltafeed.venues.base import HTTP_SCHEMES, Venue, VenueSettings, account_scope
 from deltafeed.venues.links import StreamLimits
 
 if TYPE_CHECKING:
@@ -47,6 +48,13 @@ class IG(Venue):
 
     def calendar_name(self, symbol: str) -> str:
         return "fx"
+
+    def budget_scope(self, vs: VenueSettings) -> str | None:
+        """Per account (API key and user name): IG's request allowances and Lightstreamer sessions are the account's."""
+        from deltafeed.venues.ig.feed import CREDENTIAL_ENVS
+
+        key, user, _password = (os.environ.get(name, "").strip() for name in CREDENTIAL_ENVS)
+        return account_scope(key, user)
 
     def make_feed(self, settings: Settings, on_trade: TradeSink) -> Feed:
         from deltafeed.venues.ig.feed import IGFeed

@@ -22,7 +22,7 @@ from deltafeed.candles.quotes import QuoteRouter
 from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle
 from deltafeed.net.http import VenueError, VenueUnreachable, http_date_ms
-from deltafeed.venues.base import FeedStatus, SkipLog, unmade
+from deltafeed.venues.base import FeedStatus, Shareable, SharedLimits, SkipLog, unmade
 from deltafeed.venues.ig import VENUE
 from deltafeed.venues.ig import codec as ig
 from deltafeed.venues.ig.pool import TlcpPool, TlcpSession
@@ -42,7 +42,7 @@ SHARED_ANSWER_S = 10.0
 DEFAULT_REST_URL = "https://demo-api.ig.com/gateway/deal"
 
 
-class IGFeed:
+class IGFeed(SharedLimits):
     """Streams IG prices and one-minute charts of its epics into their price sides' builders."""
 
     venue = VENUE.name
@@ -122,6 +122,7 @@ class IGFeed:
             # A session silent for two keepalives is dropped: stale_after in all.
             keepalive_ms=max(500, int(self.stale_after_s * 500)),
         )
+        self.pool.budget.share(self.shares[1])  # made now: within the part of the budget kept so far
         epics = list(self._epics)
         asyncio.get_running_loop().create_task(self._subscribe(epics), name="ig-subscribe")
 
@@ -215,6 +216,9 @@ class IGFeed:
         self._skips.report(self.decoder.errors, self.decoder.last_error)
 
     # --- visibility -----------------------------------------------------------------------------
+
+    def rest_limits(self) -> list[Shareable]:
+        return [self.session.limiter]
 
     def report(self) -> FeedStatus:
         pool = dict(self.pool.stats) if self.pool is not None else {}

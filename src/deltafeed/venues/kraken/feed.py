@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from deltafeed.clock import VenueClock
 from deltafeed.model import BadInput, Candle, Trade, VenueCandle
 from deltafeed.net.http import VenueError, VenueUnreachable
-from deltafeed.venues.base import FeedStatus, SkipLog
+from deltafeed.venues.base import FeedStatus, SharedLimits, SkipLog
 from deltafeed.venues.checks import unknown_symbols_message
 from deltafeed.venues.kraken import VENUE, KrakenSettings
 from deltafeed.venues.kraken import codec as kraken
@@ -27,7 +27,7 @@ log = logging.getLogger("deltafeed.kraken")
 MAX_SKEW_MS = 15 * 60_000  # a trade time further than this from the venue's clock is impossible
 
 
-class KrakenFeed:
+class KrakenFeed(SharedLimits):
     """Streams trades of its pairs into their builders; ``on_trade(series, trade)`` is called after.
 
     Continuity comes from ``trade_id`` (sequential per pair): a reconnect resubscribes with a
@@ -64,10 +64,8 @@ class KrakenFeed:
         self.stale_after_s = stale_after_s
         self._on_trade = on_trade
         self._req_id = 0
-        assert VENUE.stream_limits is not None
-        self.pool: LinkPool[Series] = LinkPool(
-            self.venue,
-            VENUE.stream_limits,
+        self.pool: LinkPool[Series] = LinkPool.for_venue(
+            VENUE,
             url=self.ws_url,
             on_frame=self.on_frame,
             on_connect=self._on_connect,
@@ -93,10 +91,6 @@ class KrakenFeed:
     def remove(self, st: Series) -> None:
         """Forget an instrument the engine dropped (unsubscribed already): its link has room again."""
         forget_member(self.pool, self.states, self.by_symbol, st.instrument.symbol, st)
-
-    def set_limits(self, weight_limit: int | None, connect_budget: int) -> None:
-        """Connection attempts per 5 minutes from now on (its REST pacing is the venue's rate, not a weight)."""
-        self.pool.set_connect_budget(connect_budget)
 
     def add(self, st: Series) -> None:
         self.pool.place(st, 1 + (len(self._native(st)) if self.venue_klines else 0))

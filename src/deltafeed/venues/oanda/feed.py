@@ -18,7 +18,7 @@ from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.net.lines import PROCESS_BUDGET, LineStream, StreamUnauthorized
 from deltafeed.net.reconnect import ConnectBudget
 from deltafeed.net.ws import FrameSink
-from deltafeed.venues.base import FeedStatus, SkipLog
+from deltafeed.venues.base import FeedStatus, SharedLimits, SkipLog
 from deltafeed.venues.links import Link, LinkPool, Stream
 from deltafeed.venues.oanda import VENUE, OandaSettings
 from deltafeed.venues.oanda import codec as oanda
@@ -33,7 +33,7 @@ TOKEN_ENV = "OANDA_TOKEN"
 ACCOUNT_ENV = "OANDA_ACCOUNT"
 
 
-class OandaFeed:
+class OandaFeed(SharedLimits):
     """Streams OANDA prices of its instruments into their price sides' builders."""
 
     venue = VENUE.name
@@ -59,10 +59,8 @@ class OandaFeed:
         self._skips = SkipLog(log, "lines")
         self.stale_after_s = stale_after_s
         self._headers = oanda.auth_headers(token)
-        assert VENUE.stream_limits is not None
-        self.pool: LinkPool[str] = LinkPool(  # members: instruments (each may have several price sides)
-            self.venue,
-            VENUE.stream_limits,
+        self.pool: LinkPool[str] = LinkPool.for_venue(  # members: instruments (each may have several price sides)
+            VENUE,
             url=self._url,
             on_frame=lambda line: self.on_line(bytes(line)),  # lines are bytes: no copy
             budget=PROCESS_BUDGET,  # OANDA's 2 new connections a second, REST's included
