@@ -9,6 +9,7 @@ the node serves is in sync again and equals the tape's true book at its venue ke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -266,3 +267,82 @@ async def test_outlet_writer_and_node_follow_a_nats_that_lost_its_store(
             await con.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         finally:
             await con.close()
+
+
+@pytest.mark.timeout(120)
+async def test_collectors_make_their_buckets_again_after_nats_lost_its_store(
+    tmp_path: Path, private_nats: PrivateNats
+) -> None:
+    """NATS restarted with an empty store: the leases, collectors and budgets buckets are gone.
+    The collector makes them again, holds its instruments again and goes on publishing; a second
+    collector joining afterwards finds them and takes its fair share, each instrument held by one."""
+    from clustering import held
+    from deltafeed.cluster.collector import Collector
+    from deltafeed.cluster.status import cluster_status
+    from deltafeed.config import Settings
+
+    cluster = "kvlost"
+
+    def lose_the_store() -> None:
+        private_nats.kill()
+        shutil.rmtree(private_nats.store)
+        private_nats.store.mkdir()
+        private_nats.start()
+
+    async with BinanceReplica(symbols=SYMBOLS, rate=4.0, speed=20.0, history_ms=30 * 60_000) as replica:
+        settings = Settings(
+            symbols=SYMBOLS,
+            timeframes=["1m"],
+            history="10m",
+            rest_url=replica.url,
+            ws_url=replica.ws_url,
+            cluster=private_nats.url,
+            cluster_name=cluster,
+        ).validate()
+        a, b = (Collector(settings, private_nats.url, cluster, ttl_s=2.0) for _ in range(2))
+        stops = {id(x): asyncio.Event() for x in (a, b)}
+        runs: list[asyncio.Task[None]] = []
+        try:
+            await a.start()
+            runs.append(asyncio.create_task(a.run(stops[id(a)])))
+
+            async def holds(x: Collector, n: int) -> bool:
+                doc = await held(private_nats.url, cluster)
+                return sum(1 for who in doc["held"].values() if who == x.id) == n and len(doc["held"]) == len(SYMBOLS)
+
+            await wait_for("a to hold every instrument", 30, lambda: holds(a, len(SYMBOLS)))
+            lose_the_store()
+            before = a.outlet.published if a.outlet else 0
+
+            async def recovered() -> bool:
+                try:
+                    doc = await cluster_status(private_nats.url, cluster)
+                except Exception:  # not there yet
+                    return False
+                return (
+                    a.buckets_made_again >= 1
+                    and {c["id"] for c in doc["collectors"]} == {a.id}
+                    and sorted(doc["leases"]) == sorted(f"binance:{s}" for s in SYMBOLS)
+                    and all(v["holder"] == a.id for v in doc["leases"].values())
+                    and "127.0.0.1" in doc["budgets"].get("binance", {})
+                    and a.outlet is not None
+                    and a.outlet.published > before
+                )
+
+            await wait_for("the buckets made again, the leases held and candles published", 40, recovered)
+            # A collector joining now takes its fair share through the new buckets, and the budget's half.
+            await b.start()
+            runs.append(asyncio.create_task(b.run(stops[id(b)])))
+
+            async def shared() -> bool:
+                half = len(SYMBOLS) // 2
+                split = a.parts["binance"].applied == b.parts["binance"].applied == (0.5, 0.5)
+                return split and await holds(a, half) and await holds(b, half)
+
+            await wait_for("the instruments and the budget shared", 40, shared)
+        finally:
+            for x in (a, b):
+                stops[id(x)].set()
+            for t in runs:
+                with contextlib.suppress(Exception):
+                    await t

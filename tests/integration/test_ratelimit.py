@@ -99,3 +99,29 @@ async def test_limiter_waits_for_the_next_window_when_the_venue_says_it_is_spent
     t = clock.monotonic()
     await lim.acquire(1)
     assert clock.monotonic() - t >= 30.0
+
+
+async def test_a_share_of_the_limit_paces_to_that_fraction_and_back() -> None:
+    """Two processes each keeping half of one limit spend at most the limit together in any window;
+    the whole share again paces at the whole limit."""
+    clock = TestClock(start_ms=0)
+
+    async def sleep(seconds: float) -> None:
+        clock.advance(seconds)
+
+    lim = WeightLimiter(100, 60.0, headroom=0.8, clock=clock, sleep=sleep)
+    lim.share(0.5)
+    assert (lim.limit, lim.full) == (50, 100)
+    start = clock.monotonic()
+    for _ in range(100):
+        await lim.acquire(1)
+    # 100 weight at 40 a minute (half of 80) takes about 2.5 minutes, less the burst.
+    took = clock.monotonic() - start
+    assert (100 - lim.capacity) / 40 * 60 - 1 <= took <= 100 / 40 * 60 + 1
+    lim.share(1.0)
+    start = clock.monotonic()
+    for _ in range(80):
+        await lim.acquire(1)
+    assert clock.monotonic() - start <= 80 / 80 * 60 + 1
+    with pytest.raises(ValueError):
+        lim.share(0)

@@ -155,6 +155,18 @@ def test_pacer_keeps_ibs_three_small_bar_rules() -> None:
     assert Pacer(min_gap_s=0.05).delay(0.0, "k", "c", False) == 0
 
 
+def test_a_share_of_the_pacer_keeps_that_fraction_of_ibs_rules() -> None:
+    """Two collectors sharing one TWS session, each with half: 30 in ten minutes each, 60 together."""
+    q = Pacer(max_per_10min=60, max_per_contract_2s=5, min_gap_s=0.1)
+    q.share(0.5)
+    assert (q.max_per_10min, q.max_per_contract_2s, q.min_gap_s) == (30, 2, 0.2)
+    for i in range(30):
+        q.record(i * 3.0, f"r{i}", f"c{i}", True)
+    assert q.delay(90.0, "new", "cn", True) == pytest.approx(510.0)
+    q.share(1.0)
+    assert q.delay(90.0, "new", "cn", True) == 0
+
+
 def test_cme_globex_week_with_its_daily_break() -> None:
     cal = CALENDARS["cme_globex"]
     # November 2026 is EST (UTC-5): 17:00 New York is 22:00 UTC.

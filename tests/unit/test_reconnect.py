@@ -123,3 +123,23 @@ async def test_sleep_unless_is_cut_short_by_the_event() -> None:
     other = asyncio.create_task(sleep_unless(clock, 3.0, asyncio.Event()))
     await clock.advance_async(3.0)
     assert await other is False
+
+
+async def test_a_share_of_the_connect_budget_allows_that_fraction_of_the_attempts() -> None:
+    clock = TestClock()
+    budget = ConnectBudget(10, 1.0, clock=clock)
+    budget.share(0.25)
+    assert budget.limit == 2
+    await budget.acquire()
+    await budget.acquire()
+    third = asyncio.create_task(budget.acquire())
+    await asyncio.sleep(0)
+    assert not third.done()  # the third waits for the window, as with a budget of 2
+    budget.share(0.01)
+    assert budget.limit == 1  # at least one attempt a window
+    budget.share(1.0)
+    await asyncio.sleep(0)
+    await clock.advance_async(0.0)
+    assert budget.limit == 10
+    await clock.advance_async(1.0)
+    assert third.done()
