@@ -2,8 +2,8 @@
 collectors on one outgoing address (both reach the replicas from 127.0.0.1), on the real NATS,
 collect Kraken and Bybit instruments from replicas that enforce their per-IP REST limits. Each
 collector's feeds keep half of every limit (REST pace and connection attempts), so together they
-stay within the venue's: the Kraken replica, whose public call counter allows a burst of 4 and
-0.5 calls a second, answers no 429 although each collector alone is set to spend almost all of
+stay within the venue's: the Kraken replica, whose public call counter allows a burst of 6 and
+one call a second, answers no 429 although each collector alone is set to spend almost all of
 it; Bybit's answers no 403. When one collector leaves, the other takes its instruments at its half
 pace and grows back to the whole budget only once ``cluster_grow_after`` (3 s here) has passed."""
 
@@ -36,9 +36,9 @@ def _settings(kraken: KrakenReplica, bybit: BybitReplica, cluster: str) -> Setti
         history="10m",
         connect_budget=300,
         venues={
-            # Each collector alone would pace Kraken at 0.4 calls/s with a burst of 4: two at that
-            # pace pass the replica's counter (a burst of 4, 0.5 a second) at once.
-            "kraken": {"rest_url": kraken.url, "ws_url": kraken.ws_url, "rest_rate_per_s": 0.4, "rest_burst": 4},
+            # Each collector alone would pace Kraken at 0.8 calls/s with a burst of 6: two at that
+            # pace pass the replica's counter (a burst of 6, 1 a second) at once.
+            "kraken": {"rest_url": kraken.url, "ws_url": kraken.ws_url, "rest_rate_per_s": 0.8, "rest_burst": 6},
             "bybit": {"rest_url": bybit.url, "ws_url": bybit.ws_url, "requests_per_5s": 10, "ban_wait_s": 5.0},
         },
         cluster=NATS_URL,
@@ -57,7 +57,7 @@ def _limits(x: Collector, venue: str) -> tuple[float, int, float, int]:
 
 @pytest.mark.timeout(120)
 async def test_two_collectors_on_one_address_keep_kraken_and_bybit_within_their_limits(nats_cluster: str) -> None:
-    kraken = KrakenReplica(symbols=KRAKEN, rate=2.0, speed=20.0, history_ms=30 * 60_000, rest_rate=0.5, rest_burst=4)
+    kraken = KrakenReplica(symbols=KRAKEN, rate=2.0, speed=20.0, history_ms=30 * 60_000, rest_rate=1.0, rest_burst=6)
     bybit = BybitReplica(symbols=BYBIT, rate=2.0, speed=20.0, history_ms=30 * 60_000, requests_per_5s=10, ban_s=5.0)
     async with kraken, bybit:
         settings = _settings(kraken, bybit, nats_cluster)
