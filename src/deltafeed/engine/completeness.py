@@ -141,11 +141,7 @@ class Completeness:
         (Kraken's one call a second through ccxt)."""
         grid = timeframe(tf)
         for job in self.repairs.of(key, tf):
-            if (
-                not job.reconcile
-                and first <= grid.next(job.last)
-                and job.first <= grid.next(last)
-            ):
+            if not job.reconcile and first <= grid.next(job.last) and job.first <= grid.next(last):
                 job.first, job.last = min(job.first, first), max(job.last, last)
                 self.merged += 1
                 return True
@@ -190,11 +186,7 @@ class Completeness:
     def hole_start(self, key: str, timeframe: str) -> int | None:
         """Open time of the first candle of a series still waiting for a hole's repair (not counting
         the repair whose candles are being handed on now), or None."""
-        firsts = [
-            j.first
-            for j in self._jobs_of(key, timeframe)
-            if not j.reconcile and j is not self._applying
-        ]
+        firsts = [j.first for j in self._jobs_of(key, timeframe) if not j.reconcile and j is not self._applying]
         return min(firsts) if firsts else None
 
     def release_held(self, key: str, timeframe: str) -> None:
