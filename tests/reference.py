@@ -157,12 +157,21 @@ def _ms(t: dt.datetime) -> int:
     return (t - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(milliseconds=1)
 
 
+#: The zoned days the tests build, by their deltafeed name.
+DAY_ZONES = {"1d": "UTC", "1d-new_york": "America/New_York"}
+
+
 def open_of(time_ms: int, tf: int | str) -> int:
     """Open time of the candle holding ``time_ms``: a length in ms is epoch aligned; ``"1w"`` is the
-    ISO week (from Monday 00:00 UTC); ``"1M"`` the calendar month (from the 1st, 00:00 UTC). Worked
-    out with :mod:`datetime` calendar fields, not deltafeed's arithmetic."""
+    ISO week (from Monday 00:00 UTC); ``"1M"`` the calendar month (from the 1st, 00:00 UTC); a name of
+    :data:`DAY_ZONES` the local day of its zone (from local midnight). Worked out with
+    :mod:`datetime` calendar fields, not deltafeed's arithmetic."""
     if isinstance(tf, int):
         return time_ms // tf * tf
+    if tf in DAY_ZONES:
+        zone = ZoneInfo(DAY_ZONES[tf])
+        d = _utc(time_ms).astimezone(zone).date()
+        return _ms(dt.datetime(d.year, d.month, d.day, tzinfo=zone))
     t = _utc(time_ms)
     if tf == "1w":
         monday = t.date() - dt.timedelta(days=t.isocalendar().weekday - 1)
@@ -175,6 +184,10 @@ def next_open(open_ms: int, tf: int | str) -> int:
     """Open time of the candle after the one opening at ``open_ms`` (see :func:`open_of`)."""
     if isinstance(tf, int):
         return open_ms + tf
+    if tf in DAY_ZONES:
+        zone = ZoneInfo(DAY_ZONES[tf])
+        d = _utc(open_ms).astimezone(zone).date() + dt.timedelta(days=1)
+        return _ms(dt.datetime(d.year, d.month, d.day, tzinfo=zone))
     t = _utc(open_ms)
     if tf == "1w":
         return _ms(t + dt.timedelta(weeks=1))
@@ -182,7 +195,7 @@ def next_open(open_ms: int, tf: int | str) -> int:
 
 
 def candles_from_tape(rows: list[TapeRow], tf_ms: int | str, until_ms: int | None = None) -> list[RefCandle]:
-    """Candles of length ``tf_ms`` (epoch aligned), or of ``"1w"`` or ``"1M"`` (see :func:`open_of`),
+    """Candles of length ``tf_ms`` (epoch aligned), or of ``"1w"``, ``"1M"`` or a zoned day (see :func:`open_of`),
     for one symbol's ``rows``.
 
     They run from the candle holding the first trade to the one holding the last trade, or to the one

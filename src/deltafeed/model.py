@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
+import zoneinfo
 from dataclasses import dataclass
 
 import msgspec
@@ -24,14 +26,18 @@ TIMEFRAMES: dict[str, int] = {
 }
 
 #: What a timeframe name may look like, for error messages (and as a regular expression, for schemas).
-TIMEFRAME_FORMS = "Ns, Nm, Nh or Nd (N a whole number, e.g. 30s, 45s, 3m, 30m, 2h, 12h, 3d), 1w or 1M"
-TIMEFRAME_PATTERN = r"^([1-9][0-9]{0,6}[smhd]|1w|1M)$"
+TIMEFRAME_FORMS = (
+    "Ns, Nm, Nh or Nd (N a whole number, e.g. 30s, 45s, 3m, 30m, 2h, 12h, 3d), 1w or 1M, "
+    "and 1d-CITY for the day of a time zone (e.g. 1d-new_york)"
+)
+TIMEFRAME_PATTERN = r"^([1-9][0-9]{0,6}[smhd]|1w|1M|1d-[a-z][a-z_]{1,40})$"
 
 _DAY_MS = 86_400_000
 _WEEK_MS = 7 * _DAY_MS
 #: 1970-01-05 00:00 UTC, the first Monday after the epoch (a Thursday): the default week grid's origin.
 MONDAY_MS = 4 * _DAY_MS
 _TF_RE = re.compile(r"^([1-9][0-9]{0,6})([smhd])$")
+_ZONED_DAY_RE = re.compile(r"^1d-([a-z][a-z_]{1,40})$")
 _TF_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": _DAY_MS}
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _EPOCH_DAY = dt.date(1970, 1, 1).toordinal()
@@ -50,7 +56,9 @@ class Timeframe:
     minutes). ``1w`` is 7 days on a grid anchored at :data:`week_start` (Monday 00:00 UTC unless
     set otherwise): the epoch was a Thursday, so weeks are *not* epoch aligned. ``1M`` is the
     calendar month, with no fixed length: code that needs the candle after one asks :meth:`next`,
-    never adds a length.
+    never adds a length. ``1d-CITY`` is the local day of a time zone (``1d-new_york``: midnight to
+    midnight in America/New_York): 24 hours but 23 or 25 across a daylight-saving change, so it too
+    has no fixed length (``ms`` is 24 h, nominal).
     """
 
     name: str
@@ -59,9 +67,18 @@ class Timeframe:
     #: The grid's offset from the epoch in ms (0 but for weeks).
     anchor: int = 0
     monthly: bool = False
+    #: For a zoned day, the IANA time zone whose midnights open the candles ("" for a fixed grid).
+    zone: str = ""
+
+    @property
+    def fixed(self) -> bool:
+        """Whether every candle lasts ``ms`` on a grid offset ``anchor`` from the epoch."""
+        return not self.monthly and not self.zone
 
     def start(self, t: int) -> int:
         """Open time of the candle that holds time ``t``."""
+        if self.zone:
+            return _zone_midnight(self.zone, _local_date(self.zone, t))
         if self.monthly:
             d = dt.date.fromordinal(_EPOCH_DAY + t // _DAY_MS)
             return (dt.date(d.year, d.month, 1).toordinal() - _EPOCH_DAY) * _DAY_MS
@@ -69,6 +86,8 @@ class Timeframe:
 
     def next(self, open_time: int) -> int:
         """Open time of the candle after the one opening at ``open_time`` (its exclusive end)."""
+        if self.zone:
+            return _zone_midnight(self.zone, _local_date(self.zone, open_time) + dt.timedelta(days=1))
         if self.monthly:
             d = dt.date.fromordinal(_EPOCH_DAY + open_time // _DAY_MS)
             y, m = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
@@ -81,12 +100,14 @@ class Timeframe:
 
     def prev(self, open_time: int) -> int:
         """Open time of the candle before the one opening at ``open_time``."""
-        return self.start(open_time - 1) if self.monthly else open_time - self.ms
+        return open_time - self.ms if self.fixed else self.start(open_time - 1)
 
     @property
     def shortest_ms(self) -> int:
-        """The shortest a candle of it lasts (28 days for ``1M``)."""
-        return 28 * _DAY_MS if self.monthly else self.ms
+        """The shortest a candle of it lasts (28 days for ``1M``, 23 hours for a zoned day)."""
+        if self.monthly:
+            return 28 * _DAY_MS
+        return self.ms - 3_600_000 if self.zone else self.ms
 
     def ceil(self, t: int) -> int:
         """The first open time at or after ``t``."""
@@ -109,15 +130,80 @@ class Timeframe:
     def divides(self, other: Timeframe) -> bool:
         """Whether every candle of ``other`` is a whole run of candles of this one (so ``other`` can
         be rolled up from it): a fixed grid divides another when its length divides the other's
-        length and its grid holds the other's origin; it divides the month when it divides a day."""
+        length and its grid holds the other's origin; it divides the month when it divides a day, and
+        a zoned day when it divides a day and every UTC offset of the zone."""
         if self.monthly:
             return other.monthly
+        if self.zone:
+            return self.name == other.name
+        if other.zone:
+            return (
+                _DAY_MS % self.ms == 0
+                and self.anchor % self.ms == 0
+                and all(off % self.ms == 0 for off in _zone_offsets(other.zone))
+            )
         if other.monthly:
             return _DAY_MS % self.ms == 0 and self.anchor % self.ms == 0
         return other.ms % self.ms == 0 and (other.anchor - self.anchor) % self.ms == 0
 
     def __str__(self) -> str:
         return self.name
+
+
+@functools.lru_cache(maxsize=64)
+def _zone(name: str) -> zoneinfo.ZoneInfo:
+    return zoneinfo.ZoneInfo(name)
+
+
+def _local_date(zone: str, t: int) -> dt.date:
+    """The date in ``zone`` at epoch ms ``t``."""
+    return dt.datetime.fromtimestamp(t // 1000, _zone(zone)).date()
+
+
+def _zone_midnight(zone: str, day: dt.date) -> int:
+    """Epoch ms of the first moment of ``day`` in ``zone`` (00:00, or the first valid time after
+    it where a daylight-saving change skips midnight)."""
+    local = dt.datetime(day.year, day.month, day.day, tzinfo=_zone(zone))
+    t = int(local.timestamp()) * 1000
+    # A skipped midnight resolves to a time of the day before in some zones: step to the day itself.
+    while _local_date(zone, t) < day:
+        t += 1_800_000
+    return t
+
+
+@functools.lru_cache(maxsize=64)
+def _zone_offsets(zone: str) -> frozenset[int]:
+    """The UTC offsets (ms) ``zone`` has used at midnights since 1970, and will by its rules."""
+    out = set()
+    for year in range(1970, 2040):
+        for month in (1, 4, 7, 10):
+            off = dt.datetime(year, month, 1, tzinfo=_zone(zone)).utcoffset()
+            if off is not None:
+                out.add(int(off.total_seconds() * 1000))
+    return frozenset(out)
+
+
+@functools.lru_cache(maxsize=64)
+def zone_of(city: str) -> str:
+    """The IANA time zone whose city is ``city`` (``new_york`` is America/New_York), or
+    :class:`BadInput` naming the form."""
+    found = sorted(
+        (z for z in zoneinfo.available_timezones() if z.rsplit("/", 1)[-1].lower() == city and "/" in z),
+        key=lambda z: (z.count("/"), z),
+    )
+    if not found:
+        raise BadInput(f"no time zone for the city {city!r} in 1d-{city}; write e.g. 1d-new_york, 1d-london, 1d-tokyo")
+    return found[0]
+
+
+def day_timeframe(zone: str) -> str:
+    """The name of the daily timeframe of IANA zone ``zone`` (``1d`` for UTC, else ``1d-CITY``)."""
+    if zone in ("UTC", "Etc/UTC", ""):
+        return "1d"
+    name = f"1d-{zone.rsplit('/', 1)[-1].lower()}"
+    if zone_of(name[3:]) != zone:
+        raise BadInput(f"time zone {zone!r} is not the first of its city; choose another zone")
+    return name
 
 
 #: The week grid's origin (ms after the epoch, within the first week): Monday 00:00 UTC by default.
@@ -150,6 +236,8 @@ def timeframe(name: str) -> Timeframe:
         tf = Timeframe("1w", _WEEK_MS, _week_anchor)
     elif text == "1M":
         tf = Timeframe("1M", 31 * _DAY_MS, 0, True)
+    elif (z := _ZONED_DAY_RE.match(text)) is not None:
+        tf = Timeframe(text, _DAY_MS, 0, False, zone_of(z.group(1)))
     else:
         m = _TF_RE.match(text)
         if m is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from deltafeed.model import BadInput, Trade
+from deltafeed.model import BadInput, Trade, timeframe
 from deltafeed.venues.alpaca import AlpacaSettings, check_settings, codec, samples
 from deltafeed.venues.alpaca.feed import poll_capacity, poll_cost
 
@@ -58,11 +58,11 @@ def test_encoded_frames_decode_back_in_both_encodings() -> None:
 
 
 def test_rest_bars_multi_and_single_and_settling() -> None:
-    bars, token = codec.decode_bars(samples.REST_BARS, 60_000, 2**50)
+    bars, token = codec.decode_bars(samples.REST_BARS, timeframe("1m"), 2**50)
     assert token is None and [c.trades for c in bars["AAPL"]] == [105] and bars["AAPL"][0].closed
     t = codec.iso_ms("2021-02-01T16:01:00Z")
     # Not settled until 30 s (and a margin) after the next minute mark.
-    unsettled, token = codec.decode_bars(samples.REST_BARS_SINGLE, 60_000, t + 60_000 + 30_000)
+    unsettled, token = codec.decode_bars(samples.REST_BARS_SINGLE, timeframe("1m"), t + 60_000 + 30_000)
     assert token and not unsettled["AAPL"][0].closed
     path = codec.bars_path(["BTC/USD"], "1m", t, None)
     assert path.startswith("/v1beta3/crypto/us/bars?symbols=BTC%2FUSD&timeframe=1Min&start=2021-02-01T16:01:00Z")

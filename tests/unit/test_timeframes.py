@@ -15,6 +15,7 @@ from deltafeed.candles.aggregator import CandleBuilder
 from deltafeed.candles.rollup import RollupBuilder, rollup
 from deltafeed.model import TIMEFRAMES, BadInput, Candle, Trade, parse_timeframes, set_week_start, timeframe
 from deltafeed.store.base import gaps_from_rows
+from deltafeed.store.postgres.schema import table_suffix, timeframe_of_table
 from deltafeed.store.retention import DEFAULT_RETENTION_MS, default_retention, parse_retention
 from reference import TapeRow, candles_from_tape, next_open, open_of
 
@@ -135,6 +136,55 @@ def test_the_week_start_is_settable_and_checked(week_start: None) -> None:
             set_week_start(bad)
 
 
+def test_zoned_days_open_at_local_midnight_across_both_dst_changes() -> None:
+    ny = timeframe("1d-new_york")
+    assert (ny.name, ny.zone) == ("1d-new_york", "America/New_York") and not ny.fixed
+    hour = 3_600_000
+    # Spring forward (Sunday 2026-03-08): the day opens at 05:00Z (EST) and lasts 23 hours.
+    spring = ms(2026, 3, 8, 5)
+    assert ny.start(ms(2026, 3, 8, 12)) == spring and ny.start(ms(2026, 3, 9, 3, 59)) == spring
+    assert ny.next(spring) == ms(2026, 3, 9, 4) and ny.next(spring) - spring == 23 * hour
+    assert ny.prev(ms(2026, 3, 9, 4)) == spring and ny.prev(spring) == ms(2026, 3, 7, 5)
+    # Fall back (Sunday 2026-11-01): the day opens at 04:00Z (EDT) and lasts 25 hours.
+    fall = ms(2026, 11, 1, 4)
+    assert ny.start(ms(2026, 11, 2, 4, 59)) == fall and ny.next(fall) == ms(2026, 11, 2, 5)
+    assert ny.next(fall) - fall == 25 * hour and ny.shortest_ms == 23 * hour
+    assert ny.opens(ms(2026, 3, 7, 12), ms(2026, 3, 9, 12)) == [ms(2026, 3, 7, 5), spring, ms(2026, 3, 9, 4)]
+    assert ny.ceil(spring + 1) == ms(2026, 3, 9, 4) and ny.aligned(spring) and not ny.aligned(ms(2026, 3, 8))
+    rnd = random.Random(5)
+    for _ in range(3000):
+        t = rnd.randrange(0, 70 * 365 * DAY)
+        assert ny.start(t) == open_of(t, "1d-new_york"), t
+        assert ny.end(t) == next_open(open_of(t, "1d-new_york"), "1d-new_york"), t
+    assert timeframe("1d-london").zone == "Europe/London" and timeframe("1d-tokyo").next(ms(2026, 3, 7, 15)) == ms(
+        2026, 3, 8, 15
+    )
+    with pytest.raises(BadInput, match="1d-new_york"):
+        timeframe("1d-atlantis")
+    # Its PostgreSQL table needs no quoting, and is recognised again.
+    assert table_suffix("1d-new_york") == "1d_new_york" and timeframe_of_table("candles_1d_new_york") == "1d-new_york"
+    assert timeframe_of_table("candles_1d_new_york_p1772946000000") is None  # a partition
+
+
+def test_the_trade_builder_and_the_rollup_make_new_york_days_equal_to_the_reference() -> None:
+    start = ms(2026, 3, 5, 9)  # a week across the spring change
+    trades = _trades(start, start + 7 * DAY, 6, 1_200_000)
+    out: list[Candle] = []
+    b = CandleBuilder(["1h", "1d-new_york"], lambda name, c: out.append(c) if name == "1d-new_york" else None,
+                      lambda *a: None)  # fmt: skip
+    hours: list[Candle] = []
+    hb = CandleBuilder(["1h"], lambda name, c: hours.append(c), lambda *a: None)
+    for t in trades:
+        b.on_trade(t)
+        hb.on_trade(t)
+    ref = candles_from_tape(_tape(trades), "1d-new_york")
+    want = [(w.open_time, w.open, w.high, w.low, w.close, round(w.volume, 6), w.trades) for w in ref]
+    assert [_row(c) for c in out] == want[:-1] and len(out) >= 6
+    assert ms(2026, 3, 8, 5) in [c.open_time for c in out]  # the 23-hour day
+    rolled = rollup(hours, "1h", "1d-new_york")
+    assert [_row(c) for c in rolled[1:-1]] == want[1 : len(rolled) - 1]
+
+
 @pytest.mark.parametrize(
     ("base", "target", "divides"),
     [
@@ -155,6 +205,16 @@ def test_the_week_start_is_settable_and_checked(week_start: None) -> None:
         ("7h", "1M", False),  # 7 h does not divide a day, so not every month either
         ("1M", "1M", True),
         ("1M", "1d", False),
+        ("1h", "1d-new_york", True),  # New York is always a whole number of hours from UTC
+        ("1m", "1d-new_york", True),
+        ("3h", "1d-new_york", False),
+        ("1d", "1d-new_york", False),
+        ("1d-new_york", "1d", False),
+        ("1d-new_york", "1d-new_york", True),
+        ("1d-new_york", "1w", False),
+        ("1d-new_york", "1M", False),
+        ("30m", "1d-kolkata", True),  # India is 5:30 from UTC
+        ("1h", "1d-kolkata", False),
     ],
 )
 def test_the_base_divides_the_target(base: str, target: str, divides: bool) -> None:

@@ -163,7 +163,7 @@ class _Series:
         self.name = tf.name
         self.tf = tf
         # The fixed grid inlined on the hot path (0 for months, which ask ``tf``).
-        self.fixed_ms = 0 if tf.monthly else tf.ms
+        self.fixed_ms = tf.ms if tf.fixed else 0
         self.anchor = tf.anchor
         self.base_ms = base_ms
         self.cur: _Bucket | None = None
@@ -208,7 +208,7 @@ class RollupBuilder:
         """Raises ValueError (a :class:`~deltafeed.model.BadInput` for an unknown name) when a
         derived timeframe is not longer than the base or the base does not divide it."""
         base_tf = timeframe(base)
-        if base_tf.monthly:
+        if not base_tf.fixed:
             raise ValueError(f"base timeframe {base} has no fixed length; derive from a fixed one, e.g. 1d")
         self.base = base_tf.name
         self._base_tf = base_tf

@@ -704,7 +704,7 @@ MAX_ROLLUP_PARTS = 100_000
 def _derivable(base: str, tf: str) -> bool:
     """Whether ``tf`` is rolled up from ``base``: longer, the base divides it, and not too many parts."""
     b, t = timeframe(base), timeframe(tf)
-    return t.ms > b.ms and not b.monthly and b.divides(t) and t.ms // b.ms <= MAX_ROLLUP_PARTS
+    return t.ms > b.ms and b.fixed and b.divides(t) and t.ms // b.ms <= MAX_ROLLUP_PARTS
 
 
 def _unreachable(exc: BaseException) -> bool:

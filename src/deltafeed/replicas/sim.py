@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from deltafeed.model import BadInput, Candle, Trade, fmt
+from deltafeed.model import BadInput, Candle, Timeframe, Trade, fmt
 from deltafeed.replicas.table import GrowableTable, bucket_starts
 from deltafeed.replicas.tape import TRADE_COLUMNS, TapeWriter
 
@@ -386,6 +386,28 @@ class Grid:
         if not self.months:
             return opens + self.length
         return np.array([self.step(int(t), 1) for t in opens], dtype=np.int64)
+
+
+class TimeframeGrid(Grid):
+    """The grid of any :class:`~deltafeed.model.Timeframe` with no fixed length (a month, the day of
+    a time zone), stepping with its ``start``/``next``."""
+
+    def __init__(self, tf: Timeframe) -> None:
+        super().__init__(0, 0, months=True)  # "months": the stepping, not fixed-length, code paths
+        self.tf = tf
+
+    def floor(self, t: int) -> int:
+        return self.tf.start(t)
+
+    def step(self, open_ms: int, k: int) -> int:
+        for _ in range(abs(k)):
+            open_ms = self.tf.next(open_ms) if k > 0 else self.tf.prev(open_ms)
+        return open_ms
+
+
+def grid_of(tf: Timeframe) -> Grid:
+    """The kline grid of a deltafeed timeframe."""
+    return Grid(tf.ms, tf.anchor) if tf.fixed else TimeframeGrid(tf)
 
 
 @dataclass(slots=True)

@@ -59,12 +59,13 @@ SCHEMA_RE = re.compile(r"^(?!pg_)[a-z_][a-z0-9_]{0,62}$")
 
 def table_suffix(tf: str) -> str:
     """``tf`` as it appears in table names: itself, but ``1M`` (a month) is ``1mo``, because
-    PostgreSQL folds unquoted names to lower case and ``candles_1M`` would be ``candles_1m``."""
-    return f"{tf[:-1]}mo" if tf.endswith("M") else tf
+    PostgreSQL folds unquoted names to lower case and ``candles_1M`` would be ``candles_1m``, and a
+    zoned day's ``-`` is ``_`` (``candles_1d_new_york``), so the name needs no quoting."""
+    return f"{tf[:-1]}mo" if tf.endswith("M") else tf.replace("-", "_")
 
 
 #: A candle table's name (not its partitions'), and the timeframe in it.
-CANDLE_TABLE_RE = re.compile(r"^candles_([0-9]+(?:s|m|h|d|w|mo))$")
+CANDLE_TABLE_RE = re.compile(r"^candles_([0-9]+(?:s|m|h|d|w|mo)|1d_[a-z_]+)$")
 
 
 def timeframe_of_table(name: str) -> str | None:
@@ -73,6 +74,8 @@ def timeframe_of_table(name: str) -> str | None:
     if m is None:
         return None
     suffix = m.group(1)
+    if suffix.startswith("1d_"):
+        return "1d-" + suffix[3:]
     return f"{suffix[:-2]}M" if suffix.endswith("mo") else suffix
 
 

@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from deltafeed.model import Candle, Trade
+from deltafeed.model import Candle, Timeframe, Trade
 from deltafeed.venues.checks import (
     ANY_JSON,
     BAD_FIELD,
@@ -49,11 +49,18 @@ CRYPTO_BARS_PATH = "/v1beta3/crypto/us/bars"
 REQUESTS_PER_MIN = 200
 #: The largest ``limit`` of a bars request (the total over every symbol of a multi-symbol one).
 PAGE_LIMIT = 10_000
-#: deltafeed timeframes and Alpaca's names for them. Daily and longer bars follow the New York
-#: trading day for stocks, not UTC midnight, so they are not offered.
-TIMEFRAME = {"1m": "1Min", "5m": "5Min", "15m": "15Min", "1h": "1Hour"}
-#: Alpaca's accepted spellings of those, for the replica: ``1Min``/``1T``, ``1Hour``/``1H``.
-TIMEFRAME_MS = {"Min": 60_000, "T": 60_000, "Hour": 3_600_000, "H": 3_600_000}
+#: The day of a stock's daily bar (REST ``1Day`` and the stream's ``d``): midnight to midnight New
+#: York time, extended hours included ("The daily bars' starting timestamp is midnight in New York",
+#: forum.alpaca.markets/t/15637), so 04:00Z in summer and 05:00Z in winter.
+STOCK_DAY = "1d-new_york"
+#: The day of a crypto daily bar: the UTC day since Alpaca's change of July 2025 (it was midnight
+#: Chicago time before; see docs/venues/alpaca.md).
+CRYPTO_DAY = "1d"
+#: deltafeed timeframes and Alpaca's names for them; a daily bar is served for the kind whose day
+#: it is (:func:`serves`).
+TIMEFRAME = {"1m": "1Min", "5m": "5Min", "15m": "15Min", "1h": "1Hour", STOCK_DAY: "1Day", CRYPTO_DAY: "1Day"}
+#: Alpaca's accepted spellings of those, for the replica: ``1Min``/``1T``, ``1Hour``/``1H``, ``1Day``/``1D``.
+TIMEFRAME_MS = {"Min": 60_000, "T": 60_000, "Hour": 3_600_000, "H": 3_600_000, "Day": 86_400_000, "D": 86_400_000}
 #: A minute bar can still change until its "updated bar" goes out, after the half-minute mark past
 #: the next minute mark ("Updated bars are emitted after each half-minute mark if a late trade
 #: arrived after the previous minute mark"): a bar ending at E is settled at E + 30 s. The
@@ -85,6 +92,16 @@ def is_crypto(symbol: str) -> bool:
     return "/" in symbol
 
 
+def day_of(symbol: str) -> str:
+    """The timeframe of ``symbol``'s daily bars: :data:`STOCK_DAY` or :data:`CRYPTO_DAY`."""
+    return CRYPTO_DAY if is_crypto(symbol) else STOCK_DAY
+
+
+def serves(symbol: str, tf: str) -> bool:
+    """Whether Alpaca's bars of ``symbol`` are ``tf`` candles (a daily bar only in the symbol's own day)."""
+    return tf in TIMEFRAME and (TIMEFRAME[tf] != "1Day" or tf == day_of(symbol))
+
+
 def stock_stream_path(feed: str) -> str:
     return f"/v2/{feed}"
 
@@ -98,21 +115,31 @@ def auth(key: str, secret: str, msgpack: bool = False) -> bytes:
 
 
 def subscribe(
-    trades: Iterable[str] = (), bars: Iterable[str] = (), updated_bars: Iterable[str] = (), msgpack: bool = False
+    trades: Iterable[str] = (),
+    bars: Iterable[str] = (),
+    updated_bars: Iterable[str] = (),
+    msgpack: bool = False,
+    daily_bars: Iterable[str] = (),
 ) -> bytes:
     """A ``subscribe`` action (additive: the venue adds these to what the connection has)."""
-    return _action("subscribe", trades, bars, updated_bars, msgpack)
+    return _action("subscribe", trades, bars, updated_bars, daily_bars, msgpack)
 
 
 def unsubscribe(
-    trades: Iterable[str] = (), bars: Iterable[str] = (), updated_bars: Iterable[str] = (), msgpack: bool = False
+    trades: Iterable[str] = (),
+    bars: Iterable[str] = (),
+    updated_bars: Iterable[str] = (),
+    msgpack: bool = False,
+    daily_bars: Iterable[str] = (),
 ) -> bytes:
-    return _action("unsubscribe", trades, bars, updated_bars, msgpack)
+    return _action("unsubscribe", trades, bars, updated_bars, daily_bars, msgpack)
 
 
-def _action(action: str, trades: Iterable[str], bars: Iterable[str], updated: Iterable[str], msgpack: bool) -> bytes:
+def _action(
+    action: str, trades: Iterable[str], bars: Iterable[str], updated: Iterable[str], daily: Iterable[str], msgpack: bool
+) -> bytes:
     msg: dict[str, Any] = {"action": action}
-    for name, syms in (("trades", trades), ("bars", bars), ("updatedBars", updated)):
+    for name, syms in (("trades", trades), ("bars", bars), ("updatedBars", updated), ("dailyBars", daily)):
         lst = list(syms)
         if lst:
             msg[name] = lst
@@ -456,9 +483,9 @@ _multi = msgspec.json.Decoder(_MultiBars)
 _single = msgspec.json.Decoder(_SingleBars)
 
 
-def decode_bars(body: bytes, interval_ms: int, settled_before_ms: int) -> tuple[dict[str, list[Candle]], str | None]:
+def decode_bars(body: bytes, grid: Timeframe, settled_before_ms: int) -> tuple[dict[str, list[Candle]], str | None]:
     """A bars body (multi-symbol, or single-symbol under its ``symbol``): candles per symbol, oldest
-    first, and the next page token. A bar is ``closed`` when it has settled: it ended at least
+    first, on ``grid``, and the next page token. A bar is ``closed`` when it has settled: it ended at least
     :data:`SETTLE_MS` before the venue's ``settled_before_ms`` (a late trade can still change it
     until then). :class:`BadAnswer` for anything else: a page is taken whole or not at all."""
     try:
@@ -478,11 +505,11 @@ def decode_bars(body: bytes, interval_ms: int, settled_before_ms: int) -> tuple[
                 t = iso_ms(b.t)
             except ValueError as exc:
                 raise BadAnswer(f"bar of {sym[:20]} with a bad time ({exc})") from None
-            if t % interval_ms:
-                raise BadAnswer(f"bar of {sym[:20]} at {b.t[:30]} is not on the {interval_ms // 1000} s grid")
+            if not grid.aligned(t):
+                raise BadAnswer(f"bar of {sym[:20]} at {b.t[:30]} is not on the {grid.name} grid")
             if not (price_ok(b.o) and price_ok(b.h) and price_ok(b.l) and price_ok(b.c) and size_ok(b.v)) or b.n < 0:
                 raise BadAnswer(f"bar of {sym[:20]} at {b.t[:30]} has an impossible value")
-            cs.append(Candle(t, b.o, b.h, b.l, b.c, b.v, b.n, t + interval_ms + SETTLE_MS <= settled_before_ms))
+            cs.append(Candle(t, b.o, b.h, b.l, b.c, b.v, b.n, grid.next(t) + SETTLE_MS <= settled_before_ms))
         cs.sort(key=lambda c: c.open_time)
         out[sym] = cs
     return out, token

@@ -2,7 +2,9 @@
 
 ``stream`` (:class:`AlpacaFeed`): one WebSocket per kind of instrument (stocks on ``/v2/{feed}``,
 crypto on ``/v1beta3/crypto/us``; an account may hold one of each), authenticated by the ``auth``
-message, subscribed to ``trades``, ``bars`` and ``updatedBars``. Alpaca's trade ids are not a
+message, subscribed to ``trades``, ``bars`` and ``updatedBars``, and to ``dailyBars`` for a symbol
+whose daily timeframe (:func:`~deltafeed.venues.alpaca.codec.day_of`: the New York day for stocks,
+the UTC day for crypto) is collected. Alpaca's trade ids are not a
 per-symbol sequence, so each symbol's builder gets synthetic consecutive ids (a reconnect skips one,
 so the candles around it are repaired), repeats are recognised by the venue's id, and nothing the
 stream builds is final by itself: it is reconciled with the REST bars once they have settled. A
@@ -10,7 +12,10 @@ trade older than the last one applied (a late trade) is not folded in: the recon
 its candles (no extra request: the budget is 200 a minute). An
 ``updatedBars`` message, which comes after the half-minute mark when the bar settles, replaces the
 stored minute candle as the venue's own closed one (published again, a correction). A ``bars``
-minute bar whose trade count differs from ours says trades were lost: its minute is repaired.
+minute bar whose trade count differs from ours says trades were lost: its minute is repaired. A
+``dailyBars`` message is the day's running bar (every trade until it was sent), never final: the
+first one sent after the day ended is checked like a minute bar (another trade count: the day is
+repaired), and the day's candle is final once it equals the settled REST ``1Day`` bar.
 
 ``poll`` (:class:`AlpacaPollFeed`): no WebSocket; every ``poll_every_s`` one multi-symbol bars
 request per kind and timeframe fetches what settled since the last poll, and each bar becomes
@@ -104,7 +109,13 @@ class _Stream:
         if not syms or not self.authenticated:
             return
         make = alpaca.subscribe if subscribe else alpaca.unsubscribe
-        self.send(make(trades=syms, bars=syms, updated_bars=syms, msgpack=self.msgpack))
+        daily = [st.instrument.symbol for st in states if collects(st, alpaca.day_of(st.instrument.symbol))]
+        self.send(make(trades=syms, bars=syms, updated_bars=syms, msgpack=self.msgpack, daily_bars=daily))
+
+
+def collects(st: Series, tf: str) -> bool:
+    """Whether ``st`` makes candles of ``tf`` (from its trades or rolled up)."""
+    return tf in st.builder.timeframes or (st.rollup is not None and tf in st.rollup.timeframes)
 
 
 class AlpacaFeed(SharedLimits):
@@ -151,6 +162,7 @@ class AlpacaFeed(SharedLimits):
         self.duplicates = 0
         self.bars = 0
         self.updated_bars = 0
+        self.daily_bars = 0
         self.bar_mismatches = 0
         self.venue_errors: Counter[str] = Counter()
         self._skips = SkipLog(log, "messages")
@@ -286,7 +298,12 @@ class AlpacaFeed(SharedLimits):
 
     def _bar(self, b: alpaca.BarEvent) -> None:
         st = self.by_symbol.get(b.symbol)
-        if st is None or not st.active or "1m" not in st.builder.timeframes:
+        if st is None or not st.active:
+            return
+        if b.kind == "d":
+            self._daily(st, b.candle)
+            return
+        if "1m" not in st.builder.timeframes:
             return
         c = b.candle
         self.clock.observe(c.open_time + 60_000)
@@ -302,9 +319,24 @@ class AlpacaFeed(SharedLimits):
                 self.bar_mismatches += 1
                 st.on_loss(c.open_time, c.open_time + 59_999)
 
+    def _daily(self, st: Series, c: Candle) -> None:
+        """The day's running bar: checked against ours once the day is over (it then holds every
+        trade of the day but late ones, as ours does)."""
+        tf = alpaca.day_of(st.instrument.symbol)
+        if not collects(st, tf):
+            return
+        self.daily_bars += 1
+        grid = timeframe(tf)
+        if not grid.aligned(c.open_time) or grid.next(c.open_time) > self.clock.now_ms():
+            return
+        ours = self._built(tf, st, c.open_time)
+        if ours is not None and not ours.final and ours.trades != c.trades and st.trades:
+            self.bar_mismatches += 1
+            st.on_loss(c.open_time, grid.next(c.open_time) - 1)
+
     @staticmethod
     def _built(tf: str, st: Series, open_time: int) -> Candle | None:
-        cur = st.builder.open_candle(tf)
+        cur = st.open_candle(tf)
         if cur is not None and cur.open_time == open_time:
             return cur
         return st.provisional.get(tf, {}).get(open_time)
@@ -376,6 +408,7 @@ class AlpacaFeed(SharedLimits):
     def status(self) -> dict[str, Any]:
         d = self.report().as_dict()
         d["bar_mismatches"] = self.bar_mismatches
+        d["daily_bars"] = self.daily_bars
         d["duplicates"] = self.duplicates
         return d
 
@@ -459,10 +492,12 @@ class AlpacaPollFeed(SharedLimits):
         return self._errors
 
     def add(self, st: Series) -> None:
-        other = [tf for tf in st.builder.timeframes if tf not in alpaca.TIMEFRAME]
+        sym = st.instrument.symbol
+        other = [tf for tf in st.builder.timeframes if not alpaca.serves(sym, tf)]
         if other:
+            own = [tf for tf in alpaca.TIMEFRAME if alpaca.serves(sym, tf)]
             raise BadInput(
-                f"Alpaca's poll mode reads bars of {' '.join(alpaca.TIMEFRAME)} only, not {' '.join(other)};"
+                f"Alpaca's poll mode reads bars of {sym} in {' '.join(own)} only, not {' '.join(other)};"
                 " leave those out, or stream (which builds any timeframe from the trades)"
             )
         self.states.append(st)
@@ -544,11 +579,11 @@ class AlpacaPollFeed(SharedLimits):
         for batch in self._groups():
             tfs = sorted(batch[0].builder.timeframes, key=timeframe_ms)
             for k, tf in enumerate(tfs):
-                iv = timeframe_ms(tf)
+                grid = timeframe(tf)
                 now = self.clock.now_ms()
-                settled = now - alpaca.SETTLE_MS - iv  # open time of the newest bar that may have settled
+                unsettled = grid.start(now - alpaca.SETTLE_MS)  # open time of the oldest bar not settled yet
                 want = [
-                    st for st in batch if st.active and (k == 0 or self._next[(st.instrument.symbol, tf)] <= settled)
+                    st for st in batch if st.active and (k == 0 or self._next[(st.instrument.symbol, tf)] < unsettled)
                 ]
                 if not want:
                     continue
@@ -563,9 +598,9 @@ class AlpacaPollFeed(SharedLimits):
                         if c.closed and c.open_time >= self._next[(sym, tf)]:
                             st.on_venue_candle(tf, c, -1)
                             self.bars += 1
-                            self._next[(sym, tf)] = c.open_time + iv
+                            self._next[(sym, tf)] = grid.next(c.open_time)
                     # Settled and answered: a bar absent up to here is a quiet interval.
-                    self._next[(sym, tf)] = max(self._next[(sym, tf)], settled - settled % iv + iv)
+                    self._next[(sym, tf)] = max(self._next[(sym, tf)], unsettled)
                     # Everything before it is the venue's own final bars: that is how far the store
                     # is vouched for (a series without trades is marked where its bootstrap got to),
                     # so a restart resumes here instead of fetching again from the first start.

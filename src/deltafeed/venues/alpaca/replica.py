@@ -13,10 +13,14 @@ Speaks what ``data.alpaca.markets`` and ``stream.data.alpaca.markets`` speak (se
 - Minute bars ``b`` right after each minute mark, holding the trades delivered by then; late trades:
   one in ``late_every`` of the trades in a minute's last second is held back and delivered just after
   the mark (after the ``b`` bar), and an ``updatedBars`` ``u`` bar with the whole minute follows after
-  the next half-minute mark.
+  the next half-minute mark. Daily bars ``d`` (``dailyBars``) after each minute mark: the running bar
+  of the symbol's day (:func:`codec.day_of`: midnight to midnight New York time for stocks, the UTC
+  day for crypto) with every trade delivered before the mark; the one after the day's last minute
+  is the whole day but the late trades of its last second.
 - REST ``GET /v2/stocks/bars`` and ``/v1beta3/crypto/us/bars`` (multi-symbol, sorted by symbol then
   time, ``limit`` over all symbols), ``GET /v2/stocks/{symbol}/bars``; ``page_token``/``next_page_token``;
   bars hold every trade at its event time (late ones included) and intervals without trades are absent;
+  ``1Day``/``1D`` bars are the symbol's days, served once the day is over;
   ``requests_per_min`` per key (200), then 429 with ``X-RateLimit-*`` headers; a ``Date`` header on the
   market clock.
 
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import logging
 import re
 import time
@@ -41,7 +46,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from deltafeed.model import BadInput, Candle, fmt
+from deltafeed.model import BadInput, Candle, fmt, timeframe
 from deltafeed.net.frames import text_frame, text_header
 from deltafeed.replicas.faults import (
     MESSAGE_KINDS,
@@ -53,7 +58,7 @@ from deltafeed.replicas.faults import (
 )
 from deltafeed.replicas.options import ReplicaOptions, options_from
 from deltafeed.replicas.server import ReplicaBase, close_ws
-from deltafeed.replicas.sim import MarketClock, MarketSim, TradeBatch
+from deltafeed.replicas.sim import Grid, MarketClock, MarketSim, TradeBatch, grid_of
 from deltafeed.replicas.tape import TapeWriter
 from deltafeed.venues.alpaca import DEV_KEY, DEV_SECRET, codec
 
@@ -63,7 +68,7 @@ DEFAULT_SYMBOLS = ("AAPL", "MSFT", "BTC/USD")
 FAULT_KINDS = ("close", "reset", "stall", "drop", "dup", "reorder", "garbage", "http500", "http429", "slow")
 AUTH_TIMEOUT_S = 10.0
 _WS_CLOSE_TIMEOUT = 2.0
-_TIMEFRAME = re.compile(r"^([1-9][0-9]?)(Min|T|Hour|H)$")
+_TIMEFRAME = re.compile(r"^([1-9][0-9]?)(Min|T|Hour|H|Day|D)$")
 _MINUTE = 60_000
 
 _Row = tuple[int, int, float, float, bool]  # alpaca id, time_ms, price, size, taker sells
@@ -107,6 +112,19 @@ class _Minute:
         self.n += 1
         self.notional += p * q
 
+    def merge(self, m: _Minute) -> None:
+        """Take in the trades of ``m``, which came after these."""
+        self.h = max(self.h, m.h)
+        self.l = min(self.l, m.l)
+        self.c = m.c
+        self.v += m.v
+        self.n += m.n
+        self.notional += m.notional
+
+    def bar(self, kind: str, symbol: str, open_time: int) -> dict[str, Any]:
+        c = Candle(open_time, self.o, self.h, self.l, self.c, self.v, self.n, True)
+        return codec.bar_msg(kind, symbol, c, self.notional / self.v if self.v else self.c)
+
 
 class _Sim(MarketSim):
     """The market under Alpaca's symbols; splits released trades into on-time and late ones."""
@@ -118,6 +136,8 @@ class _Sim(MarketSim):
         self.pending: dict[str, list[_Row]] = {s: [] for s in self.names.values()}  # on time, to send
         self.late: dict[str, list[_Row]] = {s: [] for s in self.names.values()}  # held past their minute
         self.minutes: dict[str, dict[int, _Minute]] = {s: {} for s in self.names.values()}
+        #: Per symbol, its day so far: the trades delivered on time and the late ones delivered since.
+        self.days: dict[str, dict[int, _Minute]] = {s: {} for s in self.names.values()}
         self.late_trades = 0
         super().__init__(list(self.names), tape=None, **kw)
         for s in self.names.values():  # the history is served over REST, not streamed
@@ -263,13 +283,14 @@ class AlpacaReplica(ReplicaBase):
         self.slow_s = slow_s
         self.stats: dict[str, int] = {
             "connections": 0, "msgpack_connections": 0, "open_connections": 0, "requests": 0, "429": 0, "frames": 0,
-            "refused_406": 0, "bars": 0, "updated_bars": 0, "late_trades": 0,
+            "refused_406": 0, "bars": 0, "daily_bars": 0, "updated_bars": 0, "late_trades": 0,
         }  # fmt: skip
         self._setup_faults(dict(o.faults), o.faults_seed)
         self._conns: dict[_Conn, None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         now = self._clock.now_ms()
         self._mark = now - now % _MINUTE  # the last minute mark whose bars went out
+        self._seed_days(now)
         self._updates: list[tuple[int, str]] = []  # (minute open, symbol) whose u bar is due at +90 s
 
     # -- public surface --
@@ -358,6 +379,10 @@ class AlpacaReplica(ReplicaBase):
         if tfm is None:
             raise _Refused(400, f"invalid timeframe: {q.get('timeframe', '')[:20]}")
         iv = int(tfm.group(1)) * codec.TIMEFRAME_MS[tfm.group(2)]
+        if iv > 86_400_000:
+            raise _Refused(400, f"invalid timeframe: {q.get('timeframe', '')[:20]}")
+        # A daily bar is the symbol's day (New York for stocks); every other bar is on the epoch grid.
+        grid = grid_of(timeframe(codec.CRYPTO_DAY if crypto else codec.STOCK_DAY)) if iv == 86_400_000 else Grid(iv)
         now = self._clock.now_ms()
         try:
             start = codec.parse_time_param(q["start"]) if q.get("start") else now - now % 86_400_000
@@ -379,7 +404,7 @@ class AlpacaReplica(ReplicaBase):
                 raise _Refused(400, "invalid page token") from None
         rows: list[tuple[str, Candle, float]] = []
         for s in sorted(set(syms)):
-            table = self._sim.kline_table(sim_symbol(s), iv, start, min(end, now - iv), 10**9, now)
+            table = self._sim.kline_table(sim_symbol(s), grid, start, end, 10**9, now)
             for c, ex in zip(table.candles(), table.extras(), strict=True):
                 if c.trades > 0 and c.closed:
                     rows.append((s, c, ex[0] / c.volume if c.volume else c.close))
@@ -533,6 +558,8 @@ class AlpacaReplica(ReplicaBase):
         self._mark = mark
         for sym in self.symbols:
             crypto = codec.is_crypto(sym)
+            day = timeframe(codec.day_of(sym))
+            days = self._sim.days[sym]
             rows = self._sim.pending[sym]
             self._sim.pending[sym] = []
             msgs = out.setdefault(sym, [])
@@ -542,11 +569,23 @@ class AlpacaReplica(ReplicaBase):
                 msgs += [codec.trade_msg(sym, *r[:4], crypto, r[4]) for r in rows if r[1] < nxt]
                 rows = [r for r in rows if r[1] >= nxt]
                 acc = self._sim.minutes[sym].pop(minute, None)
+                day_open = day.start(minute)
                 if acc is not None:
-                    bc = Candle(minute, acc.o, acc.h, acc.l, acc.c, acc.v, acc.n, True)
-                    vw = acc.notional / acc.v if acc.v else acc.c
-                    bars.setdefault(sym, []).append(codec.bar_msg("b", sym, bc, vw))
+                    bars.setdefault(sym, []).append(acc.bar("b", sym, minute))
+                    today = days.get(day_open)
+                    if today is None:
+                        days[day_open] = copy.copy(acc)
+                    else:
+                        today.merge(acc)
+                if day_open in days:
+                    bars.setdefault(sym, []).append(days[day_open].bar("d", sym, day_open))
+                for old in [d for d in days if day.next(d) <= nxt]:
+                    del days[old]  # its last bar went out: late trades delivered now belong to no bar
                 late = [r for r in self._sim.late[sym] if r[1] < nxt]
+                for r in late:
+                    late_day = days.get(day.start(r[1]))
+                    if late_day is not None:
+                        late_day.add(r[2], r[3])
                 if late:
                     self._sim.late[sym] = [r for r in self._sim.late[sym] if r[1] >= nxt]
                     held += late
@@ -572,13 +611,15 @@ class AlpacaReplica(ReplicaBase):
                 if codec.is_crypto(sym) != c.crypto:
                     continue
                 trades = c.wants("trades", sym)
-                first = (out.get(sym, []) if trades else []) + (bars.get(sym, []) if c.wants("bars", sym) else [])
+                wanted = [m for m in bars.get(sym, []) if c.wants("bars" if m["T"] == "b" else "dailyBars", sym)]
+                first = (out.get(sym, []) if trades else []) + wanted
                 second = after.get(sym, []) if trades else []
                 second = second + (updated.get(sym, []) if c.wants("updatedBars", sym) else [])
                 parts += [codec.encode_frame(msgs, c.msgpack) for msgs in (first, second) if msgs]
             if parts:
                 frames[c] = parts
-        self.stats["bars"] += sum(len(v) for v in bars.values())
+        self.stats["bars"] += sum(m["T"] == "b" for v in bars.values() for m in v)
+        self.stats["daily_bars"] += sum(m["T"] == "d" for v in bars.values() for m in v)
         self.stats["updated_bars"] += sum(len(v) for v in updated.values())
         f = self.faults
         if f is not None:
@@ -588,6 +629,17 @@ class AlpacaReplica(ReplicaBase):
             self.stats["frames"] += len(fr)
         if f is not None:
             self._faults_after_send(f, frames)
+
+    def _seed_days(self, now: int) -> None:
+        """Each symbol's day so far, from the history before the replica streams: a daily bar holds
+        those trades too."""
+        for sym in self.symbols:
+            day = timeframe(codec.day_of(sym))
+            t = self._sim.kline_table(sim_symbol(sym), grid_of(day), day.start(now), day.start(now), 1, now)
+            for c, ex in zip(t.candles(), t.extras(), strict=True):
+                if c.trades:
+                    m = self._sim.days[sym][c.open_time] = _Minute(c.open)
+                    m.h, m.l, m.c, m.v, m.n, m.notional = c.high, c.low, c.close, c.volume, c.trades, ex[0]
 
     # -- faults --
 

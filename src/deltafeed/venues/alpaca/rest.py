@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from deltafeed.model import TIMEFRAMES, BadInput, Candle
+from deltafeed.candles.rollup import rollup
+from deltafeed.model import BadInput, Candle, timeframe
 from deltafeed.net.http import Response, RestClient, VenueError, header_auth, http_date_ms
 from deltafeed.net.ratelimit import WeightLimiter
 from deltafeed.venues.alpaca import codec
@@ -27,6 +28,9 @@ def throttle(resp: Response, in_row: int) -> float | None:
     except ValueError:
         wait = float(resp.headers.get("Retry-After", "1") or 1)
     return min(MAX_PAUSE_S, max(1.0, wait))
+
+
+timeframe_of = timeframe  # the parameters below are called ``timeframe``
 
 
 class AlpacaHistory:
@@ -67,18 +71,17 @@ class AlpacaHistory:
     ) -> dict[str, list[Candle]]:
         """Bars of ``symbols`` (all stocks or all crypto) with open time in [start_ms, end_ms], every page,
         one request per page for all of them; ``closed`` marks the settled ones (by ``now_ms``)."""
-        tf = codec.TIMEFRAME.get(timeframe)
-        if tf is None:
-            raise BadInput(f"Alpaca has no {timeframe} bars deltafeed can use; use {', '.join(codec.TIMEFRAME)}")
         syms = list(symbols)
-        iv = TIMEFRAMES[timeframe]
+        if not all(codec.serves(s, timeframe) for s in syms):
+            raise BadInput(f"Alpaca has no {timeframe} bars of {' '.join(syms)[:60]}; use {', '.join(codec.TIMEFRAME)}")
+        grid = timeframe_of(timeframe)
         out: dict[str, list[Candle]] = {s: [] for s in syms}
         token: str | None = None
         while True:
             path = codec.bars_path(syms, timeframe, start_ms, end_ms, page_token=token, feed=self.feed)
             body = await self.http.get(path)
             try:
-                page, token = codec.decode_bars(body, iv, now_ms)
+                page, token = codec.decode_bars(body, grid, now_ms)
             except codec.BadAnswer as exc:  # a failed request: the caller retries it later
                 raise VenueError(200, str(exc).encode(), self.http.base_url + path) from None
             for sym, cs in page.items():
@@ -88,15 +91,22 @@ class AlpacaHistory:
                 return out
 
     async def candles(self, symbol: str, timeframe: str, start_ms: int, end_ms: int, now_ms: int) -> list[Candle]:
-        start = start_ms + (-start_ms) % TIMEFRAMES[timeframe]
+        """``symbol``'s candles of ``timeframe`` opening in [start_ms, end_ms]; a day that is not the
+        symbol's own (a UTC day of a stock) is rolled up from its hours."""
+        grid = timeframe_of(timeframe)
+        start = grid.ceil(start_ms)
         if end_ms < start:
             return []
-        return (await self.bars([symbol], timeframe, start, end_ms, now_ms))[symbol]
+        if codec.serves(symbol, timeframe):
+            return (await self.bars([symbol], timeframe, start, end_ms, now_ms))[symbol]
+        parts = await self.bars([symbol], "1h", start, grid.end(end_ms) - 1, now_ms)
+        rolled = rollup(parts[symbol], "1h", grid, until_ms=now_ms - codec.SETTLE_MS, placeholders=False)
+        return [c for c in rolled if c.open_time <= end_ms]
 
     @staticmethod
     def page_span_ms(timeframe: str) -> int:
         """The span whose bars of ``timeframe`` take one request."""
-        return codec.PAGE_LIMIT * TIMEFRAMES[timeframe]
+        return codec.PAGE_LIMIT * timeframe_of(timeframe).ms
 
     async def close(self) -> None:
         await self.http.close()

@@ -8,6 +8,7 @@ from collections import Counter
 
 import msgspec
 
+from deltafeed.model import timeframe
 from deltafeed.venues.alpaca import codec
 from deltafeed.venues.base import SAMPLE_NOW_MS, FuzzTarget
 from deltafeed.venues.rfc3339 import iso_ms
@@ -82,7 +83,7 @@ def _rest() -> FuzzTarget:
 
     def run(data: bytes) -> None:
         try:
-            codec.decode_bars(data, 60_000, SAMPLE_NOW_MS)
+            codec.decode_bars(data, timeframe("1m"), SAMPLE_NOW_MS)
         except codec.BadAnswer:
             refused["refused_bars"] += 1
         codec.decode_error(data)

@@ -1,0 +1,114 @@
+"""Alpaca's daily bars end to end: the engine collects New York days (a stock's own ``1Day`` bars and
+``dailyBars``), UTC days (a crypto pair's own) and the other day of each (rolled up from hours) from
+the Alpaca replica, with its faults on, across the night clocks went forward in New York (a 23-hour
+day). Every stored final daily candle equals the day computed independently from the replica's tape
+(local midnights worked out with :mod:`zoneinfo`), field by field, over the whole stored window, and
+the windows have no hole."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from chaos import _engine, _first_status_ms, _settle, _wait_exit
+from deltafeed.store.base import open_cold
+from deltafeed.venues.alpaca import DEV_KEY, DEV_SECRET, KEY_ENV, SECRET_ENV
+from deltafeed.venues.alpaca.replica import FAULT_KINDS, AlpacaReplica
+from reference import candles_from_tape, next_open, read_venue_tape, rows_by_symbol
+
+HOUR = 3_600_000
+#: 2026-03-08 18:00 New York (22:00Z), the day clocks went forward: that day ends 23 hours after it began.
+START_MS = int(dt.datetime(2026, 3, 8, 22, tzinfo=dt.UTC).timestamp() * 1000)
+DST_DAY = int(dt.datetime(2026, 3, 8, 5, tzinfo=dt.UTC).timestamp() * 1000)  # its New York midnight
+DAYS = ("1d", "1d-new_york")
+SYMBOLS = ("AAPL", "BTC/USD")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_daily_candles_equal_the_tape_across_a_dst_change_through_faults(tmp_path: Path) -> None:
+    tape, db, status = tmp_path / "tape.csv", str(tmp_path / "daily.duckdb"), tmp_path / "status.json"
+    # 30 market minutes a wall second: the run passes the New York midnight (6 h in) and the UTC one.
+    replica = AlpacaReplica(
+        symbols=SYMBOLS, seed=11, rate=0.05, speed=1800.0, history_ms=3 * 24 * HOUR, tape=tape,
+        start_ms=START_MS, faults={k: 12.0 for k in FAULT_KINDS}, faults_seed=3, slow_s=1.0,
+    )  # fmt: skip
+    await replica.start()
+    config = tmp_path / "engine.toml"
+    config.write_text(
+        "\n".join(
+            [
+                'venue = "alpaca"',
+                f'rest_url = "{replica.url}"',
+                f'ws_url = "{replica.ws_url}"',
+                f"symbols = {json.dumps(list(SYMBOLS))}",
+                f"timeframes = {json.dumps(['1h', *DAYS])}",
+                'history = "3d"',
+                f'db = "{db}"',
+                f'spool = "{tmp_path / "spool"}"',
+                'stale_after = "1.5s"',
+                f'status_file = "{status}"',
+                'api = "127.0.0.1:0"',
+            ]
+        )
+        + "\n"
+    )
+    env = dict(os.environ) | {KEY_ENV: DEV_KEY, SECRET_ENV: DEV_SECRET}
+    try:
+        proc = _engine(config, tmp_path / "engine.log", env)
+        assert await _first_status_ms(status, proc, replica.clock.now_ms, 60.0) is not None, "the engine never started"
+        t0 = time.monotonic()
+        while replica.clock.now_ms() < DST_DAY + 23 * HOUR + 6 * HOUR and time.monotonic() - t0 < 90:
+            await asyncio.sleep(0.5)
+        faults = replica.faults_injected()
+        replica.faults = None  # the storm is over: the engine reconciles the days with the settled bars
+        await _settle(status, 35.0, 60.0)
+        proc.send_signal(signal.SIGTERM)
+        assert await _wait_exit(proc, 20) == 0
+        end_ms = replica.clock.now_ms()
+        daily_sent = replica.stats["daily_bars"]
+    finally:
+        await replica.stop()
+
+    tape_rows = rows_by_symbol(read_venue_tape(tape))
+    store = await open_cold(db, read_only=True)
+    compared = 0
+    try:
+        for sym in SYMBOLS:
+            for tf in DAYS:
+                want = {c.open_time: c for c in candles_from_tape(tape_rows[sym], tf)}
+                stored = await store.query(f"alpaca:{sym}", tf)
+                assert stored, (sym, tf)
+                opens = [c.open_time for c in stored]
+                # No hole, no duplicate: each stored day opens where the previous one (by the tape's grid) ends.
+                assert all(next_open(a, tf) == b for a, b in itertools.pairwise(opens)), (sym, tf, opens)
+                for c in stored:
+                    assert c.open_time in want, (sym, tf, c)
+                    if not c.final:
+                        continue
+                    w = want[c.open_time]
+                    got = (c.open, c.high, c.low, c.close, round(c.volume, 8), c.trades)
+                    assert got == (w.open, w.high, w.low, w.close, round(w.volume, 8), w.trades), (sym, tf, c, w.row())
+                    compared += 1
+                finals = [c.open_time for c in stored if c.final]
+                # The days before the run, and the one that ended while it streamed, are final.
+                assert len(finals) >= 3, (sym, tf, finals)
+                if tf == "1d-new_york":
+                    assert DST_DAY in finals and next_open(DST_DAY, tf) - DST_DAY == 23 * HOUR, (sym, finals)
+    finally:
+        await store.close()
+    print(
+        f"\nalpaca daily: {compared} final daily candles equal the tape over {len(SYMBOLS)} symbols x {DAYS}; "
+        f"faults {sum(faults.values())} {faults}; daily bars sent {daily_sent}; "
+        f"market {(end_ms - START_MS) / HOUR:.1f} h"
+    )
+    assert set(faults) == set(FAULT_KINDS), faults
+    assert daily_sent >= 1  # the engine subscribed dailyBars (the replica sends them to subscribers only)
