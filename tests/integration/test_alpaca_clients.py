@@ -26,7 +26,7 @@ from alpaca.data.timeframe import TimeFrame, TimeFrameUnit
 
 from deltafeed.venues.alpaca import DEV_KEY, DEV_SECRET
 from deltafeed.venues.alpaca.replica import AlpacaReplica
-from reference import RefCandle, candles_from_tape, read_venue_tape, rows_by_symbol
+from reference import RefCandle, candles_from_tape, next_open, open_of, read_venue_tape, rows_by_symbol
 
 MINUTE = 60_000
 STOCKS = ["AAPL", "MSFT"]
@@ -78,7 +78,7 @@ async def live(tmp_path: Path) -> AsyncIterator[AlpacaReplica]:
 class _Run:
     """An alpaca-py stream in its own thread; every trade, bar and updated bar in arrival order."""
 
-    def __init__(self, stream: StockDataStream | CryptoDataStream, symbols: list[str]) -> None:
+    def __init__(self, stream: StockDataStream | CryptoDataStream, symbols: list[str], kinds: str = "tbu") -> None:
         self.stream = stream
         self.got: list[tuple[str, Any]] = []
 
@@ -88,9 +88,10 @@ class _Run:
 
             return on
 
-        stream.subscribe_trades(handler("t"), *symbols)
-        stream.subscribe_bars(handler("b"), *symbols)
-        stream.subscribe_updated_bars(handler("u"), *symbols)
+        subscribe = {"t": stream.subscribe_trades, "b": stream.subscribe_bars, "u": stream.subscribe_updated_bars,
+                     "d": stream.subscribe_daily_bars}  # fmt: skip
+        for kind in kinds:
+            subscribe[kind](handler(kind), *symbols)
         self.thread = threading.Thread(target=stream.run, name="alpaca-py", daemon=True)
         self.thread.start()
 
@@ -174,6 +175,46 @@ async def test_stock_and_crypto_streams_equal_the_tape(live: AlpacaReplica) -> N
     assert st[1] >= 2 and cr[1] >= 2 and st[2] + cr[2] >= 1
 
 
+@pytest.mark.timeout(90)
+async def test_daily_bar_streams_equal_the_tape_so_far(tmp_path: Path) -> None:
+    """``subscribe_daily_bars``: each ``d`` bar opens at the symbol's midnight (New York for a stock,
+    UTC for crypto, worked out with zoneinfo from the tape) and equals the tape's day up to a minute
+    mark: its first ``trade_count`` trades, the next one (if any) in a later minute."""
+    r = AlpacaReplica(symbols=STOCKS + CRYPTO, seed=9, rate=2.0, speed=60.0, history_ms=30 * MINUTE,
+                      tape=tmp_path / "d.csv", late_every=0)  # fmt: skip
+    await r.start()
+    try:
+        stocks = _Run(StockDataStream(DEV_KEY, DEV_SECRET, url_override=r.stock_stream_url("iex")), STOCKS, "d")
+        crypto = _Run(CryptoDataStream(DEV_KEY, DEV_SECRET, url_override=r.crypto_stream_url), CRYPTO, "d")
+        try:
+            async with asyncio.timeout(40):
+                while not all(run.count("d") >= 2 * 3 for run in (stocks, crypto)):
+                    await asyncio.sleep(0.2)
+        finally:
+            await asyncio.gather(asyncio.to_thread(stocks.stop), asyncio.to_thread(crypto.stop))
+    finally:
+        await r.stop()
+    assert r.tape_path is not None
+    tape = rows_by_symbol(read_venue_tape(r.tape_path))
+    checked = 0
+    for run, day in ((stocks, "1d-new_york"), (crypto, "1d")):
+        for kind, b in run.got:
+            assert kind == "d" and isinstance(b, Bar)
+            t = _ms(b.timestamp)
+            rows = sorted((row for row in tape[b.symbol] if open_of(row.time_ms, day) == t), key=lambda x: x.trade_id)
+            assert rows and open_of(t, day) == t, (b, day)  # a midnight of the symbol's day, with trades
+            assert b.trade_count is not None
+            n = int(b.trade_count)
+            assert 0 < n <= len(rows), (b, len(rows))
+            assert n == len(rows) or rows[n - 1].time_ms // MINUTE < rows[n].time_ms // MINUTE, "not cut at a mark"
+            ref = candles_from_tape(rows[:n], 86_400_000 * 365 * 100)[0]  # one candle of exactly those trades
+            ref.open_time = t
+            _bar_matches(b, ref)
+            checked += 1
+    print(f"\nalpaca-py daily bars: {checked} d bars equal the tape's day so far")
+    assert checked >= 12
+
+
 # --- historical bars ------------------------------------------------------------------------------
 
 
@@ -208,6 +249,11 @@ async def test_historical_clients_page_through_bars_equal_to_the_tape(tmp_path: 
                 assert ms != MINUTE or pages >= 2, (tf, pages, total)
                 for sym, lst in bars.data.items():
                     got[(sym, ms)] = lst
+        # Daily bars: New York days for the stocks, UTC days for crypto, every whole one since start.
+        day_req = {"stock": StockBarsRequest(symbol_or_symbols=STOCKS, timeframe=TimeFrame.Day, start=_utc(start)),
+                   "crypto": CryptoBarsRequest(symbol_or_symbols=CRYPTO, timeframe=TimeFrame.Day, start=_utc(start))}  # fmt: skip
+        days = (await asyncio.to_thread(stock.get_stock_bars, day_req["stock"])).data
+        days |= (await asyncio.to_thread(crypto.get_crypto_bars, day_req["crypto"])).data
         requests, throttled = r.stats["requests"], r.stats["429"]
     finally:
         await r.stop()
@@ -224,4 +270,12 @@ async def test_historical_clients_page_through_bars_equal_to_the_tape(tmp_path: 
                 _bar_matches(b, c)
         bars_1m += len(got[(sym, MINUTE)])
     assert bars_1m > 2 * 10_000, "the 1m requests span several pages for each kind"
+    for sym in STOCKS + CRYPTO:
+        day = "1d" if "/" in sym else "1d-new_york"
+        ref = [
+            c for c in candles_from_tape(tape[sym], day) if c.open_time >= start and next_open(c.open_time, day) <= now
+        ]
+        assert [_ms(b.timestamp) for b in days[sym]] == [c.open_time for c in ref] and len(ref) >= 3, (sym, day)
+        for b, c in zip(days[sym], ref, strict=True):
+            _bar_matches(b, c)
     print(f"\nalpaca-py historical: {requests} requests, {bars_1m} 1m bars equal the tape")
