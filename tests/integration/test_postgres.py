@@ -519,9 +519,12 @@ async def test_large_reads_use_binary_copy_with_the_same_result(
             await read(header + row.tobytes() * 3 + b"\xff\xff", step)
             == [Candle(T0, 1.0, 2.0, 0.5, 1.5, 9.0, 4, True, True)] * 3
         )
-    row["nfields"] = 7
-    with pytest.raises(ValueError, match="column types"):
-        await read(header + row.tobytes() + b"\xff\xff", 10**6)
+    for field, wrong in (("nfields", 7), ("len0", 4), ("len5", 4), ("len8", 8)):  # a column's type changed
+        bad = row.copy()
+        bad[field] = wrong
+        for step in (5, 10**6):
+            with pytest.raises(ValueError, match="column types"):
+                await read(header + row.tobytes() * 2 + bad.tobytes() + b"\xff\xff", step)
     with pytest.raises(ValueError, match="header"):
         await read(b"COPY" + bytes(40), 10**6)
     with pytest.raises(ValueError, match="partial row"):
