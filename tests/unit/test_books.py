@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 from books import tape_keys, true_book
 from deltafeed.books import BookEvent, BookKeeper, L2Book
@@ -168,3 +169,24 @@ def test_binance_book_frames_with_impossible_levels_are_counted_and_skipped() ->
     assert k.view()["bids"] == [[99.0, 1.0]] and k.venue_seq == 10
     feed._on_frame(frame % b'"100.5"')  # the stream goes on
     assert k.view()["bids"][0] == [100.5, 1.0] and k.venue_seq == 12
+
+
+def test_book_feeds_keep_to_a_share_of_their_venues_limits_made_again_too() -> None:
+    """The order books' connections (and Binance's REST snapshots) keep a collector's part of the
+    venue's limits, also when the book feed is made again for a book added later."""
+    from deltafeed.books import Books
+    from deltafeed.config import Settings
+
+    books = Books(Settings(books=["binance:BTCUSDT", "kraken:BTC/USD"]).validate())
+    binance: Any = books.feeds["binance"]
+    full = (binance.history.limiter.limit, binance.budget.limit)
+    books.set_share("binance", 0.5, 0.1)
+    books.set_share("kraken", 1.0, 0.5)
+    assert (binance.history.limiter.limit, binance.budget.limit) == (full[0] / 2, full[1] // 10)
+    kraken: Any = books.feeds["kraken"]
+    assert kraken.budget.limit == kraken.budget.full // 2
+    books.keepers.clear()
+    books._keeper("binance:ETHUSDT")
+    books._make_feed("binance")  # made again (a book added while running): still within the part
+    again: Any = books.feeds["binance"]
+    assert again is not binance and (again.history.limiter.limit, again.budget.limit) == (full[0] / 2, full[1] // 10)

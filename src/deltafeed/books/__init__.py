@@ -42,6 +42,11 @@ class BookFeed(Protocol):
 
     async def run(self) -> None:
         """Keep every instrument's book in sync until cancelled (reconnecting and resyncing itself)."""
+        ...
+
+    def set_share(self, rest: float, connects: float) -> None:
+        """Keep to fractions of its REST pace and connection attempts (see ``SharedLimits``)."""
+        ...
 
     def status(self) -> dict[str, Any]:
         """The feed's own counters (connections, malformed messages skipped, ...)."""
@@ -59,6 +64,8 @@ class Books:
             self._keeper(name)
         self.history: BookHistory | None = None
         self.feeds: dict[str, BookFeed] = {}
+        #: Parts of the venues' limits the book feeds keep to (see :meth:`set_share`).
+        self.shares: dict[str, tuple[float, float]] = {}
         for venue in sorted({k.partition(":")[0] for k in self.keepers}):
             self._make_feed(venue)
         self._tasks: list[asyncio.Task[None]] = []
@@ -83,7 +90,17 @@ class Books:
         feed = registry.get(venue).make_book_feed(self.settings, mine)
         if feed is None:
             raise BadInput(f"{venue} has no order books here; leave {', '.join(mine)} out of books")
+        if venue in self.shares:  # within the part of the venue's limits given so far
+            feed.set_share(*self.shares[venue])
         self.feeds[venue] = feed
+
+    def set_share(self, venue: str, rest: float, connects: float) -> None:
+        """Keep ``venue``'s book feed (and those made later) to fractions of its REST pace and
+        connection attempts (see :class:`~deltafeed.venues.base.SharedLimits`)."""
+        self.shares[venue] = (rest, connects)
+        feed = self.feeds.get(venue)
+        if feed is not None:
+            feed.set_share(rest, connects)
 
     async def add(self, name: str) -> BookKeeper:
         """Keep the book of ``name`` from now on, while the books run: its venue's book feed is made

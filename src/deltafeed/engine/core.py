@@ -397,6 +397,7 @@ class Engine:
         feed = self.feeds.get(venue)
         if feed is not None:
             feed.set_share(rest, connects)
+        self.books.set_share(venue, rest, connects)  # its order books' connections and snapshots too
 
     def _start_reconciling(self, feed: Feed) -> None:
         """Reconcile ``feed``'s provisional candles with its history, when it is not sequenced."""

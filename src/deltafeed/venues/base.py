@@ -162,7 +162,8 @@ class SharedLimits:
     budget (:meth:`connect_limits`) to a fraction of the limits it was made with (a collector's part
     of a budget it shares with the other collectors on one outgoing address or account). The
     defaults find the usual layout, a ``history`` with a ``limiter`` and a
-    :class:`~deltafeed.venues.links.LinkPool` ``pool``; a feed laid out otherwise names its own.
+    :class:`~deltafeed.venues.links.LinkPool` ``pool`` (or a ``budget`` of its own, as the book
+    feeds have); a feed laid out otherwise names its own.
     A pacer or budget made after the call (a connection's, made later) is scaled when it is made,
     through :attr:`shares`."""
 
@@ -175,7 +176,8 @@ class SharedLimits:
 
     def connect_limits(self) -> Iterable[Shareable]:
         pool = getattr(self, "pool", None)
-        return [pool.budget] if pool is not None else []
+        budget = pool.budget if pool is not None else getattr(self, "budget", None)
+        return [budget] if budget is not None else []
 
     def set_share(self, rest: float, connects: float) -> None:
         """Keep to ``rest`` of the REST pace and ``connects`` of the connection attempts (fractions

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from deltafeed.net.reconnect import ConnectBudget
 from deltafeed.net.ws import WsStream
+from deltafeed.venues.base import SharedLimits
 
 if TYPE_CHECKING:
     from deltafeed.books import BookKeeper
@@ -42,7 +43,7 @@ BACKOFF_CAP_S = 5.0
 RETRY_CAP_S = 60.0  # the longest wait between re-sent subscriptions of a book that gets no snapshot
 
 
-class WsBookFeed:
+class WsBookFeed(SharedLimits):
     """Books of ``keepers`` (venue symbol -> keeper) over one WebSocket per group (``groups``: group ->
     its symbols); see the module docstring. ``name`` names the venue in logs and task names."""
 
@@ -63,7 +64,7 @@ class WsBookFeed:
         self.group_of = {s: g for g, syms in self.groups.items() for s in syms}
         self.log = log or logging.getLogger(f"deltafeed.{self.name}.books")
         self.streams: dict[str, WsStream] = {}
-        budget = ConnectBudget(300, 300.0)
+        self.budget = budget = ConnectBudget(300, 300.0)
         for g in self.groups:
             self.streams[g] = WsStream(
                 lambda g=g: self.url(g),  # type: ignore[misc]

@@ -33,7 +33,7 @@ from deltafeed.books import BookKeeper
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.net.reconnect import ConnectBudget
 from deltafeed.net.ws import WsStream
-from deltafeed.venues.base import SkipLog
+from deltafeed.venues.base import SharedLimits, SkipLog
 from deltafeed.venues.binance import BinanceSettings
 from deltafeed.venues.binance import codec as binance
 from deltafeed.venues.binance.feed import MAX_URL_BYTES
@@ -139,7 +139,7 @@ class DepthSync:
         return True
 
 
-class BinanceBookFeed:
+class BinanceBookFeed(SharedLimits):
     """The order books of some Binance symbols (``keepers``: symbol -> keeper), see the module docstring."""
 
     def __init__(self, vs: BinanceSettings, keepers: dict[str, BookKeeper], stale_after_s: float = 10.0) -> None:
@@ -148,7 +148,7 @@ class BinanceBookFeed:
         self.syncs = {sym: DepthSync(k) for sym, k in keepers.items()}
         self.limit = {sym: snapshot_limit(k.book.max_levels) for sym, k in keepers.items()}
         self.history = BinanceHistory(self.rest_url, vs.weight_limit)
-        budget = ConnectBudget(300, 300.0)
+        self.budget = budget = ConnectBudget(300, 300.0)
         #: One connection per group of symbols whose combined-stream URL stays within MAX_URL_BYTES.
         self.links: list[tuple[list[str], WsStream]] = []
         for i, group in enumerate(_groups(self.ws_url, list(self.syncs))):
