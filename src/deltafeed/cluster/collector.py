@@ -280,6 +280,7 @@ class Collector:
         self.outlet = Outlet(self.js, self.cluster, self.id, trades=self.settings.cluster_trades)
         self.outlet.start()
         await self._start_engine()
+        await self._announce()  # seen by the others from now on: they count us before we take anything
         log.info(
             "collector %s joined cluster %s at %s: %d instruments and failover pairs to share",
             self.id,
@@ -423,7 +424,8 @@ class Collector:
             keys = []
         now = time.monotonic()
         live = []
-        for key in keys:
+        # A key rewritten while the bucket is listed comes twice (its value, then its update): each once.
+        for key in dict.fromkeys(keys):
             try:
                 entry = await self._collectors_kv.get(key)
                 info = msgspec.json.decode(entry.value or b"", type=CollectorInfo)
