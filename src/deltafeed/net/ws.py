@@ -19,6 +19,13 @@ log = logging.getLogger("deltafeed.ws")
 
 FrameSink = Callable[[bytes | memoryview], None]
 
+# The message types, read once: an enum member looked up through its class costs more than the rest
+# of a frame's way to the sink.
+_TEXT = picows.WSMsgType.TEXT
+_BINARY = picows.WSMsgType.BINARY
+_CONTINUATION = picows.WSMsgType.CONTINUATION
+_CLOSE = picows.WSMsgType.CLOSE
+
 
 class _Listener(picows.WSListener):
     """picows calls this for every frame; text payloads go straight to the sink, no copy. Binary
@@ -34,18 +41,19 @@ class _Listener(picows.WSListener):
 
     def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
         mt = frame.msg_type
-        if mt == picows.WSMsgType.TEXT and frame.fin and not self._parts:
-            self._owner.frames += 1
-            self._owner.on_frame(frame.get_payload_as_memoryview())
-        elif mt == picows.WSMsgType.BINARY and frame.fin and not self._parts:
+        if mt is _TEXT and frame.fin and not self._parts:
+            owner = self._owner
+            owner.frames += 1
+            owner.on_frame(frame.get_payload_as_memoryview())
+        elif mt is _BINARY and frame.fin and not self._parts:
             if self._owner.on_binary is not None:
                 self._owner.frames += 1
                 self._owner.on_binary(frame.get_payload_as_memoryview())
-        elif mt in (picows.WSMsgType.TEXT, picows.WSMsgType.BINARY, picows.WSMsgType.CONTINUATION):
+        elif mt is _TEXT or mt is _BINARY or mt is _CONTINUATION:
             # A fragmented message: rare for market data, so reassemble the simple way.
-            if mt != picows.WSMsgType.CONTINUATION:
+            if mt is not _CONTINUATION:
                 self._parts.clear()
-                self._binary = mt == picows.WSMsgType.BINARY
+                self._binary = mt is _BINARY
             self._parts.append(frame.get_payload_as_bytes())
             if frame.fin:
                 sink = self._owner.on_binary if self._binary else self._owner.on_frame
@@ -53,7 +61,7 @@ class _Listener(picows.WSListener):
                     self._owner.frames += 1
                     sink(b"".join(self._parts))
                 self._parts.clear()
-        elif mt == picows.WSMsgType.CLOSE:
+        elif mt is _CLOSE:
             self._owner.close_code = frame.get_close_code()
             transport.send_close(frame.get_close_code())
             transport.disconnect()

@@ -6,6 +6,7 @@ Binance's ``web-socket-streams.md`` and ``rest-api.md``; see ../shared/PROTOCOLS
 
 from __future__ import annotations
 
+import operator
 from collections import deque
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -95,14 +96,41 @@ _N = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT64)]
 _TradeId = Annotated[int, msgspec.Meta(ge=-1, le=MAX_INT64)]
 
 
-class _TradeMsg(msgspec.Struct, tag="trade", tag_field="e"):
+class BinanceTrade(
+    Trade,
+    tag="trade",
+    tag_field="e",
+    rename={"symbol": "s", "trade_id": "t", "time_ms": "T", "price": "p", "qty": "q", "buyer_maker": "m"},
+    gc=False,
+):
+    """A ``trade`` payload decoded straight into the model's event: a :class:`Trade` (equal to the
+    Trade of the same six fields) that also carries the event time ``E``. The frame makes this and
+    the combined-stream wrapper, nothing else, on its way into the candle builder."""
+
+    symbol: str
+    trade_id: _N
+    time_ms: _N
+    price: float
+    qty: float
+    buyer_maker: bool
     E: _N
-    s: str
-    t: _N
-    p: float
-    q: float
-    T: _N
-    m: bool
+
+    def plain(self) -> Trade:
+        """The same trade as a plain :class:`Trade`: what consumers are sent (encoded, this one
+        would carry Binance's field names)."""
+        return Trade(self.symbol, self.trade_id, self.time_ms, self.price, self.qty, self.buyer_maker)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Trade):
+            return NotImplemented
+        return _trade_fields(self) == _trade_fields(other)
+
+    def __ne__(self, other: object) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+
+_trade_fields = operator.attrgetter("symbol", "trade_id", "time_ms", "price", "qty", "buyer_maker")
 
 
 class _K(msgspec.Struct):
@@ -131,10 +159,10 @@ class _ShutdownMsg(msgspec.Struct, tag="serverShutdown", tag_field="e"):
     E: _N
 
 
-_Payload = _TradeMsg | _KlineMsg | _ShutdownMsg
+_Payload = BinanceTrade | _KlineMsg | _ShutdownMsg
 
 
-class _Combined(msgspec.Struct):
+class _Combined(msgspec.Struct, gc=False):
     data: _Payload  # the stream's name is not read: the payload names its symbol
 
 
@@ -172,8 +200,8 @@ class StreamDecoder(Skips):
                 pass
             else:
                 # A trade, the hot path, in line: what _checked does for it, one call less.
-                if type(p) is _TradeMsg and 0.0 < p.p < INF and 0.0 < p.q < INF:
-                    return Trade(p.s, p.t, p.T, p.p, p.q, p.m)
+                if type(p) is BinanceTrade and 0.0 < p.price < INF and 0.0 < p.qty < INF:
+                    return p
                 return self._checked(p, frame)
             try:
                 return self._checked(_raw.decode(frame), frame)
@@ -186,10 +214,12 @@ class StreamDecoder(Skips):
 
     def _checked(self, p: _Payload, frame: bytes | memoryview | str) -> Event | None:
         """The event of a typed payload, or None (counted) when a value in it is impossible."""
-        if type(p) is _TradeMsg:
-            if price_ok(p.p) and 0.0 < p.q < INF:
-                return Trade(p.s, p.t, p.T, p.p, p.q, p.m)
-            self._skip(IMPOSSIBLE, f"trade {p.t} of {p.s[:20]} with price {p.p!r} and quantity {p.q!r}")
+        if type(p) is BinanceTrade:
+            if price_ok(p.price) and 0.0 < p.qty < INF:
+                return p
+            self._skip(
+                IMPOSSIBLE, f"trade {p.trade_id} of {p.symbol[:20]} with price {p.price!r} and quantity {p.qty!r}"
+            )
             return None
         if type(p) is _KlineMsg:
             k = p.k

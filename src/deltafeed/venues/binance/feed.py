@@ -17,6 +17,7 @@ from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.venues.base import FeedStatus, SharedLimits, SkipLog
 from deltafeed.venues.binance import VENUE, BinanceSettings
 from deltafeed.venues.binance import codec as binance
+from deltafeed.venues.binance.codec import BinanceTrade
 from deltafeed.venues.binance.rest import BinanceHistory
 from deltafeed.venues.checks import unknown_symbols_message
 from deltafeed.venues.links import Link, LinkPool, Stream, forget_member
@@ -209,7 +210,7 @@ class BinanceFeed(SharedLimits):
     def on_frame(self, frame: bytes | memoryview) -> None:
         """Decode one frame and fold it in (the hot path: no await, no log, no allocation to spare)."""
         ev = self.decoder.decode(frame)
-        if type(ev) is Trade:
+        if type(ev) is BinanceTrade:
             st = self.by_symbol.get(ev.symbol)
             if st is None:
                 return
@@ -222,7 +223,7 @@ class BinanceFeed(SharedLimits):
                 return
             st.on_trade(ev)
             if st.publish_trades:
-                self._on_trade(st, ev)
+                self._on_trade(st, ev.plain())
             return
         if ev is None:
             self._log_decode_errors()
