@@ -25,8 +25,9 @@ from deltafeed.venues.alpaca.replica import FAULT_KINDS, AlpacaReplica
 from reference import candles_from_tape, next_open, read_venue_tape, rows_by_symbol
 
 HOUR = 3_600_000
-#: 2026-03-08 18:00 New York (22:00Z), the day clocks went forward: that day ends 23 hours after it began.
-START_MS = int(dt.datetime(2026, 3, 8, 22, tzinfo=dt.UTC).timestamp() * 1000)
+#: 2026-03-08 22:00 New York (2026-03-09 02:00Z), the day clocks went forward: that day ends 23 hours
+#: after it began, two hours after the start.
+START_MS = int(dt.datetime(2026, 3, 9, 2, tzinfo=dt.UTC).timestamp() * 1000)
 DST_DAY = int(dt.datetime(2026, 3, 8, 5, tzinfo=dt.UTC).timestamp() * 1000)  # its New York midnight
 DAYS = ("1d", "1d-new_york")
 SYMBOLS = ("AAPL", "BTC/USD")
@@ -36,9 +37,9 @@ SYMBOLS = ("AAPL", "BTC/USD")
 @pytest.mark.timeout(240)
 async def test_daily_candles_equal_the_tape_across_a_dst_change_through_faults(tmp_path: Path) -> None:
     tape, db, status = tmp_path / "tape.csv", str(tmp_path / "daily.duckdb"), tmp_path / "status.json"
-    # 30 market minutes a wall second: the run passes the New York midnight (6 h in) and the UTC one.
+    # 10 market minutes a wall second: the run passes the New York midnight 12 s in.
     replica = AlpacaReplica(
-        symbols=SYMBOLS, seed=11, rate=0.05, speed=1800.0, history_ms=3 * 24 * HOUR, tape=tape,
+        symbols=SYMBOLS, seed=11, rate=0.1, speed=600.0, history_ms=3 * 24 * HOUR, tape=tape,
         start_ms=START_MS, faults={k: 12.0 for k in FAULT_KINDS}, faults_seed=3, slow_s=1.0,
     )  # fmt: skip
     await replica.start()
@@ -66,7 +67,7 @@ async def test_daily_candles_equal_the_tape_across_a_dst_change_through_faults(t
         proc = _engine(config, tmp_path / "engine.log", env)
         assert await _first_status_ms(status, proc, replica.clock.now_ms, 60.0) is not None, "the engine never started"
         t0 = time.monotonic()
-        while replica.clock.now_ms() < DST_DAY + 23 * HOUR + 6 * HOUR and time.monotonic() - t0 < 90:
+        while replica.clock.now_ms() < DST_DAY + 23 * HOUR + 3 * HOUR and time.monotonic() - t0 < 90:
             await asyncio.sleep(0.5)
         faults = replica.faults_injected()
         replica.faults = None  # the storm is over: the engine reconciles the days with the settled bars

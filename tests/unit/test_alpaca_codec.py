@@ -6,7 +6,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from deltafeed.model import BadInput, Trade, timeframe
+from deltafeed.model import BadInput, Candle, Trade, timeframe
 from deltafeed.venues.alpaca import AlpacaSettings, check_settings, codec, samples
 from deltafeed.venues.alpaca.feed import poll_capacity, poll_cost
 
@@ -55,6 +55,27 @@ def test_encoded_frames_decode_back_in_both_encodings() -> None:
     for mp in (False, True):
         [t] = codec.StreamDecoder().decode(codec.encode_frame(msgs, mp), binary=mp) or []
         assert t == Trade("BTC/USD", 7, 1_700_000_000_123, 60000.5, 0.25, True)
+
+
+def test_daily_bars_in_both_encodings_and_each_kinds_day() -> None:
+    # 2026-03-08 05:00Z is midnight in New York; clocks go forward that night: a 23-hour stock day.
+    day = Candle(1772946000000, 101.5, 103.0, 99.25, 102.0, 1234.5, 321, True)
+    for mp in (False, True):
+        [d] = (
+            codec.StreamDecoder().decode(codec.encode_frame([codec.bar_msg("d", "AAPL", day, 101.7)], mp), binary=mp)
+            or []
+        )
+        assert isinstance(d, codec.BarEvent) and (d.kind, d.symbol, d.candle, d.vwap) == ("d", "AAPL", day, 101.7)
+    assert (codec.day_of("AAPL"), codec.day_of("BTC/USD")) == ("1d-new_york", "1d")
+    assert codec.serves("AAPL", "1d-new_york") and not codec.serves("AAPL", "1d") and codec.serves("AAPL", "1h")
+    assert codec.serves("BTC/USD", "1d") and not codec.serves("BTC/USD", "1d-new_york")
+    body = codec.bars_body({"AAPL": [(day, 101.7)]}, None)
+    bars, _ = codec.decode_bars(body, timeframe("1d-new_york"), day.open_time + 23 * 3_600_000 + codec.SETTLE_MS)
+    assert bars["AAPL"][0].closed  # the day lasted 23 h (a 24 h grid would still wait)
+    with pytest.raises(codec.BadAnswer, match="1d grid"):
+        codec.decode_bars(body, timeframe("1d"), 2**50)  # 05:00Z is no UTC midnight
+    sub = codec.decode_action(codec.subscribe(trades=["AAPL"], daily_bars=["AAPL"], msgpack=True), msgpack=True)
+    assert sub == {"action": "subscribe", "trades": ["AAPL"], "dailyBars": ["AAPL"]}
 
 
 def test_rest_bars_multi_and_single_and_settling() -> None:

@@ -303,10 +303,10 @@ class AlpacaFeed(SharedLimits):
         if b.kind == "d":
             self._daily(st, b.candle)
             return
+        c = b.candle
+        self.clock.observe(c.open_time + 60_000)  # a minute bar goes out at its end: the venue's time
         if "1m" not in st.builder.timeframes:
             return
-        c = b.candle
-        self.clock.observe(c.open_time + 60_000)
         if b.kind == "u":
             # The venue's corrected minute, sent once it has settled: its own closed candle.
             self.updated_bars += 1
