@@ -612,6 +612,7 @@ class AlpacaReplica(ReplicaBase):
                     continue
                 trades = c.wants("trades", sym)
                 wanted = [m for m in bars.get(sym, []) if c.wants("bars" if m["T"] == "b" else "dailyBars", sym)]
+                self.stats["daily_bars"] += sum(m["T"] == "d" for m in wanted)  # sent to a subscriber
                 first = (out.get(sym, []) if trades else []) + wanted
                 second = after.get(sym, []) if trades else []
                 second = second + (updated.get(sym, []) if c.wants("updatedBars", sym) else [])
@@ -619,7 +620,6 @@ class AlpacaReplica(ReplicaBase):
             if parts:
                 frames[c] = parts
         self.stats["bars"] += sum(m["T"] == "b" for v in bars.values() for m in v)
-        self.stats["daily_bars"] += sum(m["T"] == "d" for v in bars.values() for m in v)
         self.stats["updated_bars"] += sum(len(v) for v in updated.values())
         f = self.faults
         if f is not None:
