@@ -1,6 +1,8 @@
 """Measure the PostgreSQL cold tier: bulk insert rates (new keys, overlapping keys), upsert rates of the
 unnest and COPY paths by batch size, and read latency for the newest 1000 candles and for 30 days of 1m
-candles (43,200).
+candles (43,200): of a series written alone (its candles together on the heap pages), and of one of 50
+series written minute by minute as the engine writes them, before and after its partitions are covered
+(:meth:`PostgresStore.cover_closed_partitions`).
 
 Run: ``.venv/bin/python bench/storage_pg.py [--url postgresql://postgres@127.0.0.1:5432/test] [--uvloop]
 [--heap 2000000] [--only bulk,sizes,reads]``.
@@ -170,7 +172,60 @@ async def reads(store: PostgresStore, cpu: Cpu, schema: str, heap: int) -> None:
             f"{label:>26}: p50 {statistics.median(ts):7.2f}  p99 {pct(ts, 0.99):7.2f}  max {max(ts):7.2f}"
             f"  (n={repeat}); {cpu.per(spent, repeat, 'read', 1e3)}"
         )
+    await interleaved(store, cpu, schema)
     del junk
+
+
+async def interleaved(store: PostgresStore, cpu: Cpu, schema: str, series: int = 50, days: int = 30) -> None:
+    """The 43,200-candle read where the writer put it: ``series`` series written minute by minute (a day
+    of all of them per batch, as a running engine stores them), so one series' candles are spread over
+    the heap pages; read before and after :meth:`PostgresStore.cover_closed_partitions`."""
+    start = 70 * 1440 * M  # after the reads above, in partitions of its own
+    names = [f"mix:{k:02d}" for k in range(series)]
+    t0 = time.perf_counter()
+    for day in range(days):
+        base = start + day * 1440 * M
+        await store.write(
+            [
+                (name, "1m", Candle(base + i * M, 100.0 + k, 101.0, 99.0, 100.5, 3.0 + i, 7, True, True))
+                for i in range(1440)
+                for k, name in enumerate(names)
+            ]
+        )
+    await store._pool.execute(f"VACUUM ANALYZE {schema}.candles_1m")
+    n = series * days * 1440
+    print(
+        f"\n{series} series x {days} days of 1m candles written minute by minute ({n:,} rows in"
+        f" {time.perf_counter() - t0:.1f} s); read 43,200 of one series (COPY path):"
+    )
+    since, until = start, start + days * 1440 * M - M
+    assert len(await store.query(names[7], "1m", since, until)) == days * 1440
+    for label, repeat in (("heap order", 50), ("covered", 200)):
+        if label == "covered":
+            size = await table_mb(store, schema)
+            t0 = time.perf_counter()
+            covered = await store.cover_closed_partitions(int(time.time() * 1000))
+            print(
+                f"  cover_closed_partitions: {len(covered)} partitions in {time.perf_counter() - t0:.1f} s;"
+                f" candles_1m {size:.0f} -> {await table_mb(store, schema):.0f} MB (heap and indexes)"
+            )
+        fn = lambda: store.query(names[7], "1m", since, until)  # noqa: E731
+        await timed(fn, 3)
+        raw, spent = await cpu.timed(fn, repeat)
+        ts = [t * 1e3 for t in raw]
+        print(
+            f"{label:>26}: p50 {statistics.median(ts):7.2f}  p99 {pct(ts, 0.99):7.2f}  max {max(ts):7.2f}"
+            f"  (n={repeat}); {cpu.per(spent, repeat, 'read', 1e3)}"
+        )
+
+
+async def table_mb(store: PostgresStore, schema: str) -> float:
+    """The size of every partition of candles_1m, indexes included, in MB."""
+    sql = (
+        "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits"
+        f" WHERE inhparent = '{schema}.candles_1m'::regclass"
+    )
+    return float(await store._pool.fetchval(sql)) / 1e6
 
 
 async def main(url: str, heap: int, only: set[str]) -> None:

@@ -581,6 +581,57 @@ async def test_switches_round_trip_and_idempotent(store: PostgresStore) -> None:
     assert await store.switches("fx:EUR_USD", None, T0 + 5 * S) == [a]
 
 
+async def test_closed_partitions_get_a_covering_index_and_read_the_same(store: PostgresStore) -> None:
+    # 20 series written minute by minute (as the writer stores them) across the partitions [T0-7d, T0)
+    # and [T0, T0+7d); at T0 only the first one has ended.
+    names = [f"cov:{k:02d}" for k in range(20)]
+    rows = [(n, "1m", candle(T0 + i * M, close=100.0 + i + k)) for i in range(-2000, 1000) for k, n in enumerate(names)]
+    await store.write(rows)
+    spans = [(None, None, None), (T0 - 1500 * M, T0 + 500 * M, None), (T0 - 2000 * M, T0 - M, None), (None, None, 2500)]
+    before = {(n, span): await store.query(n, "1m", *span) for n in names[::7] for span in spans}
+    assert sum(map(len, before.values())) > 3 * 3000
+    closed, current = f"candles_1m_p{T0 - 7 * DAY}", f"candles_1m_p{T0}"
+
+    async def covers() -> dict[str, bool]:
+        found = await store._pool.fetch(
+            "SELECT t.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace s ON s.oid = c.relnamespace"
+            " WHERE s.nspname = $1 AND c.relname LIKE '%\\_cover'",
+            store.schema,
+        )
+        return {str(r[0]): bool(r[1]) for r in found}
+
+    assert await covers() == {}
+    assert await store.cover_closed_partitions(T0) == [closed]
+    assert await covers() == {closed: True}
+    assert await store.cover_closed_partitions(T0) == []  # once
+    plan = "\n".join(
+        r[0]
+        for r in await store._pool.fetch(
+            f"EXPLAIN SELECT open_time, close FROM {store.schema}.candles_1m WHERE instrument = $1"
+            " AND open_time BETWEEN $2 AND $3 ORDER BY open_time",
+            names[3],
+            T0 - 1500 * M,
+            T0 + 500 * M,
+        )
+    )
+    assert f"Index Only Scan using {closed}_cover" in plan, plan
+    for (n, span), candles in before.items():
+        assert await store.query(n, "1m", *span) == candles, (n, span)
+    # a write into the covered partition (a correction) still upserts, and reads back
+    fixed = candle(T0 - 10 * M, close=1.5)
+    await store.write([(names[0], "1m", fixed)])
+    assert await store.query(names[0], "1m", T0 - 10 * M, T0 - 10 * M) == [fixed]
+    # a build that failed half-way (an invalid index of that name) is dropped and built again
+    await store._pool.execute(f"DROP INDEX {store.schema}.{closed}_cover")
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await store._pool.execute(f"CREATE UNIQUE INDEX CONCURRENTLY {closed}_cover ON {store.schema}.{closed} (open)")
+    assert await covers() == {closed: False}
+    assert await store.cover_closed_partitions(T0 + 7 * DAY) == [closed, current]
+    assert await covers() == {closed: True, current: True}
+    assert await store.query(names[7], "1m") == before[(names[7], (None, None, None))]
+
+
 # -- retention ----------------------------------------------------------------------------------
 
 

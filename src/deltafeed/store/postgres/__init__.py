@@ -33,6 +33,11 @@ thousand to ~100k candles per instrument and let the default retention drop whol
     1s 5s 15s: 1 day    1m: 7 days    5m 15m: 30 days    1h 4h: 365 days    1d: 3650 days
 
 and any other timeframe those of the longest standard one not longer than it (45s: 1 day; 1w: 3650 days).
+Once a partition's window has ended it gets a covering index, ``<partition>_cover`` on (instrument,
+open_time) INCLUDE (every other column), built concurrently by the store's hourly maintenance
+(:meth:`PostgresStore.cover_closed_partitions`, called from ``apply_retention``): the writer stores all
+series' candles of a minute together, so a long read of one series would otherwise visit a heap page per
+candle; with it that read is an index-only scan in key order. It about doubles a closed partition's size.
 
 With TimescaleDB (detected at the first open of a schema, see :attr:`PostgresStore.timescale`) each
 ``candles_<tf>`` is instead a hypertable on the integer ``open_time`` with chunks of the same widths,
