@@ -213,13 +213,16 @@ class Client:
         alone (or with ``until``) means the newest ``limit``. ``final=True`` gives only final
         candles (``limit`` then counts those).
         """
-        tf_ms = timeframe_ms(timeframe)
         lo, hi = _ms(since, "since"), _ms(until, "until")
         if limit is not None and lo is not None and hi is None:
             # The server keeps the newest `limit` of a range; a range of exactly `limit` candle
-            # slots starting at `since` makes that the first `limit` from `since`.
-            first = -(-lo // tf_ms) * tf_ms
-            hi = first + limit * tf_ms - 1
+            # slots starting at `since` makes that the first `limit` from `since` (on the grid:
+            # months and the days of a time zone have no fixed length).
+            grid = timeframe_of(timeframe)
+            end = grid.ceil(lo)
+            for _ in range(limit):
+                end = grid.next(end)
+            hi = end - 1
         params = {"format": "json"}
         for key, value in (("since", lo), ("until", hi), ("limit", limit)):
             if value is not None:
