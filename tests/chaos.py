@@ -38,7 +38,7 @@ from deltafeed.replicas.books import BOOK_FAULTS
 from deltafeed.replicas.faults import KINDS
 from deltafeed.replicas.options import ReplicaOptions
 from deltafeed.replicas.server import ReplicaBase
-from deltafeed.store.base import open_cold
+from deltafeed.store.base import ColdTier, open_cold
 from deltafeed.venues import registry
 from deltafeed.venues.alpaca import DEV_KEY, DEV_SECRET, KEY_ENV, SECRET_ENV
 from deltafeed.venues.alpaca.replica import FAULT_KINDS as ALPACA_FAULT_KINDS
@@ -410,6 +410,29 @@ def candle_fields(venue: str, c: Candle | RefCandle, key: str = "") -> tuple[flo
     ohlcv = (c.open, c.high, c.low, c.close, round(c.volume, 8))
     name = PROFILES[venue].engine_venue if venue in PROFILES else venue
     return (*ohlcv, c.trades) if registry.get(name).history_trades else ohlcv
+
+
+async def compare_finals_with_tape(
+    cold: ColdTier, inst: Instrument, rows: list[TapeRow], timeframes: tuple[str, ...] = ("1m", "5m")
+) -> int:
+    """Check one instrument's stored series against candles computed from its tape ``rows``: no hole
+    in the stored window, at least 25 final 1m (5 of longer) candles, and every final candle equal to
+    the tape's field by field. Returns how many final candles were compared."""
+    assert rows, f"{inst}: nothing on the tape"
+    compared = 0
+    for tf in timeframes:
+        step = TIMEFRAMES[tf]
+        want = {c.open_time: c for c in candles_from_tape(rows, step)}
+        stored = await cold.query(str(inst), tf)
+        keys = [c.open_time for c in stored]
+        assert keys and keys == list(range(keys[0], keys[-1] + step, step)), (inst, tf, "a hole")
+        finals = [c for c in stored if c.final]
+        assert len(finals) >= (25 if tf == "1m" else 5), (inst, tf, len(finals))
+        for c in finals:
+            assert c.open_time in want, (inst, tf, c)
+            assert candle_fields(inst.venue, c) == candle_fields(inst.venue, want[c.open_time]), (inst, tf, c)
+        compared += len(finals)
+    return compared
 
 
 async def run_chaos(

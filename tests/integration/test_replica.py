@@ -427,10 +427,11 @@ async def test_ws_closed_klines_equal_tape_candles(make_replica: MakeReplica, ht
     async with http.ws_connect(replica.ws_url + "/stream?streams=btcusdt@kline_1s/btcusdt@kline_1m") as ws:
         msgs = await collect(ws, 1.5)
     tape = read_tape(replica.sim.tape.path)  # type: ignore[union-attr]
-    ref_1s = {c.open_time: c for c in candles_from_tape(tape, 1000)}
     closed = [m["data"] for m in msgs if m["stream"] == "btcusdt@kline_1s" and m["data"]["k"]["x"]]
     assert len(closed) >= 15
     opens = [k["k"]["t"] for k in closed]
+    # up to the last closed kline: the seconds after the tape's last trade are flat ones too
+    ref_1s = {c.open_time: c for c in candles_from_tape(tape, 1000, until_ms=opens[-1])}
     assert opens == list(range(opens[0], opens[-1] + 1000, 1000)), "one closed kline per second, in order"
     flat = 0
     for ev in closed:
