@@ -532,7 +532,9 @@ class PostgresStore:
 
         Whole partitions below the cutoff are dropped (their rows counted first), then the expired rows
         of the partition straddling it are deleted, so exactly the expired candles go. Each timeframe is
-        its own transaction, so the parent table is locked only for the drop of its partitions.
+        its own transaction, so the parent table is locked only for the drop of its partitions. Then the
+        partitions that have ended since the last call get their covering index
+        (:meth:`cover_closed_partitions`).
         """
         cutoffs = [(tf, now_ms - ms) for tf, ms in self.retention.items() if ms is not None and tf in self._tfs]
 
