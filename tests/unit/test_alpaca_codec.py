@@ -74,7 +74,9 @@ def test_daily_bars_in_both_encodings_and_each_kinds_day() -> None:
     assert bars["AAPL"][0].closed  # the day lasted 23 h (a 24 h grid would still wait)
     with pytest.raises(codec.BadAnswer, match="1d grid"):
         codec.decode_bars(body, timeframe("1d"), 2**50)  # 05:00Z is no UTC midnight
-    sub = codec.decode_action(codec.subscribe(trades=["AAPL"], daily_bars=["AAPL"], msgpack=True), msgpack=True)
+    sub = codec.decode_action(
+        codec.action("subscribe", {"trades": ["AAPL"], "dailyBars": ["AAPL"], "bars": []}, msgpack=True), msgpack=True
+    )
     assert sub == {"action": "subscribe", "trades": ["AAPL"], "dailyBars": ["AAPL"]}
 
 
@@ -102,7 +104,7 @@ def test_actions_in_both_encodings_and_the_encoding_setting() -> None:
     want = {"action": "auth", "key": "{KEY_ID}", "secret": "{SECRET_KEY}"}
     assert msgspec.json.decode(codec.auth("{KEY_ID}", "{SECRET_KEY}")) == want
     assert msgspec.msgpack.decode(codec.auth("{KEY_ID}", "{SECRET_KEY}", msgpack=True)) == want
-    sub = codec.subscribe(trades=["AAPL"], bars=["AAPL"], msgpack=True)
+    sub = codec.action("subscribe", {"trades": ["AAPL"], "bars": ["AAPL"]}, msgpack=True)
     assert codec.decode_action(sub, msgpack=True) == {"action": "subscribe", "trades": ["AAPL"], "bars": ["AAPL"]}
     check_settings(AlpacaSettings(encoding="msgpack"))
     with pytest.raises(BadInput, match=r'encoding = \'xml\'; use "json" or "msgpack"'):

@@ -114,35 +114,15 @@ def auth(key: str, secret: str, msgpack: bool = False) -> bytes:
     return _encode({"action": "auth", "key": key, "secret": secret}, msgpack)
 
 
-def subscribe(
-    trades: Iterable[str] = (),
-    bars: Iterable[str] = (),
-    updated_bars: Iterable[str] = (),
-    msgpack: bool = False,
-    daily_bars: Iterable[str] = (),
-) -> bytes:
-    """A ``subscribe`` action (additive: the venue adds these to what the connection has)."""
-    return _action("subscribe", trades, bars, updated_bars, daily_bars, msgpack)
-
-
-def unsubscribe(
-    trades: Iterable[str] = (),
-    bars: Iterable[str] = (),
-    updated_bars: Iterable[str] = (),
-    msgpack: bool = False,
-    daily_bars: Iterable[str] = (),
-) -> bytes:
-    return _action("unsubscribe", trades, bars, updated_bars, daily_bars, msgpack)
-
-
-def _action(
-    action: str, trades: Iterable[str], bars: Iterable[str], updated: Iterable[str], daily: Iterable[str], msgpack: bool
-) -> bytes:
-    msg: dict[str, Any] = {"action": action}
-    for name, syms in (("trades", trades), ("bars", bars), ("updatedBars", updated), ("dailyBars", daily)):
+def action(name: str, channels: Mapping[str, Iterable[str]], msgpack: bool = False) -> bytes:
+    """A ``subscribe`` or ``unsubscribe`` action for ``channels`` (Alpaca's channel names, e.g.
+    ``trades``, ``bars``, ``updatedBars``, ``dailyBars``, each with its symbols; an empty one is left
+    out). Subscriptions add up: the venue adds these to what the connection has."""
+    msg: dict[str, Any] = {"action": name}
+    for channel, syms in channels.items():
         lst = list(syms)
         if lst:
-            msg[name] = lst
+            msg[channel] = lst
     return _encode(msg, msgpack)
 
 

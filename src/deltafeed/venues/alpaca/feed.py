@@ -108,9 +108,9 @@ class _Stream:
         syms = [st.instrument.symbol for st in states]
         if not syms or not self.authenticated:
             return
-        make = alpaca.subscribe if subscribe else alpaca.unsubscribe
         daily = [st.instrument.symbol for st in states if collects(st, alpaca.day_of(st.instrument.symbol))]
-        self.send(make(trades=syms, bars=syms, updated_bars=syms, msgpack=self.msgpack, daily_bars=daily))
+        channels = {"trades": syms, "bars": syms, "updatedBars": syms, "dailyBars": daily}
+        self.send(alpaca.action("subscribe" if subscribe else "unsubscribe", channels, self.msgpack))
 
 
 def collects(st: Series, tf: str) -> bool:
@@ -118,14 +118,30 @@ def collects(st: Series, tf: str) -> bool:
     return tf in st.builder.timeframes or (st.rollup is not None and tf in st.rollup.timeframes)
 
 
-class AlpacaFeed(SharedLimits):
-    """Streams Alpaca trades and bars into the series' builders; see the module docstring."""
+class _AlpacaBase(SharedLimits):
+    """What both modes share: what the venue says of itself, and its REST history."""
+
+    history: AlpacaHistory
+    clock: VenueClock
 
     venue = VENUE.name
     omits_empty = VENUE.omits_empty
     sequenced = VENUE.sequenced
     reconcile_every_s = VENUE.reconcile_every_s
     history_settle_ms = VENUE.history_settle_ms
+
+    def page_span_ms(self, timeframe: str) -> int:
+        return self.history.page_span_ms(timeframe)
+
+    async def candles(
+        self, st: Series, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
+    ) -> list[Candle]:
+        now = now_ms if now_ms is not None else self.clock.now_ms()
+        return await self.history.candles(st.instrument.symbol, timeframe, start_ms, end_ms, now)
+
+
+class AlpacaFeed(_AlpacaBase):
+    """Streams Alpaca trades and bars into the series' builders; see the module docstring."""
 
     def __init__(
         self,
@@ -186,15 +202,6 @@ class AlpacaFeed(SharedLimits):
         self._stream_of(sym).states.append(st)
         self._next_id.setdefault(sym, 1)
         self._seen_ids.setdefault(sym, (set(), deque()))
-
-    def page_span_ms(self, timeframe: str) -> int:
-        return self.history.page_span_ms(timeframe)
-
-    async def candles(
-        self, st: Series, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
-    ) -> list[Candle]:
-        now = now_ms if now_ms is not None else self.clock.now_ms()
-        return await self.history.candles(st.instrument.symbol, timeframe, start_ms, end_ms, now)
 
     # --- connection -----------------------------------------------------------------------------
 
@@ -458,14 +465,8 @@ def poll_cost(n_symbols: list[int], timeframes: list[str], every_s: float) -> fl
     return sum(math.ceil(n / POLL_SYMBOLS_PER_CALL) for n in n_symbols if n) * _per_batch(timeframes, every_s)
 
 
-class AlpacaPollFeed(SharedLimits):
+class AlpacaPollFeed(_AlpacaBase):
     """Polls the latest settled bars over REST instead of streaming; see the module docstring."""
-
-    venue = VENUE.name
-    omits_empty = VENUE.omits_empty
-    sequenced = VENUE.sequenced
-    reconcile_every_s = VENUE.reconcile_every_s
-    history_settle_ms = VENUE.history_settle_ms
 
     def __init__(self, vs: AlpacaSettings, key: str, secret: str) -> None:
         self.rest_url = vs.rest_url or alpaca.DEFAULT_REST_URL
@@ -501,15 +502,6 @@ class AlpacaPollFeed(SharedLimits):
                 " leave those out, or stream (which builds any timeframe from the trades)"
             )
         self.states.append(st)
-
-    def page_span_ms(self, timeframe: str) -> int:
-        return self.history.page_span_ms(timeframe)
-
-    async def candles(
-        self, st: Series, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
-    ) -> list[Candle]:
-        now = now_ms if now_ms is not None else self.clock.now_ms()
-        return await self.history.candles(st.instrument.symbol, timeframe, start_ms, end_ms, now)
 
     def _groups(self) -> list[list[Series]]:
         """The series of one kind (stocks, crypto), in batches of one request's symbols."""

@@ -60,15 +60,26 @@ BAD_OHLCV_PAGES: list[bytes] = [
 ]
 
 
+_UNREADABLE = object()
+
+
+def _decoded(data: bytes, errors: Counter[str], kind: str) -> Any:
+    """A sample's JSON, or :data:`_UNREADABLE` counted as ``kind`` (the JSON around the sample is
+    the harness's, not the bridge's: ccxt hands the bridge Python objects)."""
+    try:
+        return msgspec.json.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        errors[kind] += 1
+        return _UNREADABLE
+
+
 def fuzz_targets() -> list[FuzzTarget]:
     trade_errors: Counter[str] = Counter()
     cont = Continuity(sequential=True)
 
     def run_trades(data: bytes) -> object:
-        try:
-            batch = msgspec.json.decode(data)
-        except (msgspec.DecodeError, RecursionError):  # the JSON around the sample, not the bridge
-            trade_errors["bad_batch"] += 1
+        batch = _decoded(data, trade_errors, "bad_batch")
+        if batch is _UNREADABLE:
             return None
         if not isinstance(batch, list):
             trade_errors["bad_batch"] += 1
@@ -83,10 +94,8 @@ def fuzz_targets() -> list[FuzzTarget]:
     ohlcv_errors: Counter[str] = Counter()
 
     def run_ohlcv(data: bytes) -> object:
-        try:
-            rows = msgspec.json.decode(data)
-        except (msgspec.DecodeError, RecursionError):  # the JSON around the sample, not the bridge
-            ohlcv_errors["bad_ohlcv"] += 1
+        rows = _decoded(data, ohlcv_errors, "bad_ohlcv")
+        if rows is _UNREADABLE:
             return None
         return candles_from_rows(rows, 60_000, T0 + 3_600_000, ohlcv_errors)
 
