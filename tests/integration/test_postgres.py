@@ -351,9 +351,10 @@ def month(year: int, m: int) -> int:
 
 
 async def test_any_timeframe_gets_its_own_table_at_its_first_write(schema: str) -> None:
-    """45s, 2h, 1w and 1M are stored like the standard timeframes, each in a partitioned table created
-    at its first write (a month's is ``candles_1mo``: PostgreSQL folds ``candles_1M`` into
-    ``candles_1m``); another process opening the schema later finds them; retention applies to them."""
+    """45s, 2h, 1w, 1M and 1d-new_york are stored like the standard timeframes, each in a partitioned
+    table created at its first write (a month's is ``candles_1mo``: PostgreSQL folds ``candles_1M`` into
+    ``candles_1m``; a New York day's ``candles_1d_new_york``); another process opening the schema
+    later finds them; retention applies to them."""
     week0 = 1_700_438_400_000  # a Monday 00:00 UTC
     months = [month(2023, m) for m in (1, 2, 3)]
     rows = {
@@ -361,13 +362,15 @@ async def test_any_timeframe_gets_its_own_table_at_its_first_write(schema: str) 
         "2h": series(3, tf="2h", step=2 * 3_600_000),
         "1w": series(2, tf="1w", step=7 * DAY, start=week0),
         "1M": [(BTC, "1M", candle(t)) for t in months],
+        # 2026-03-08, 23 hours long in New York, and the day after it.
+        "1d-new_york": [(BTC, "1d-new_york", candle(t)) for t in (1_772_946_000_000, 1_773_028_800_000)],
     }
     a = await PostgresStore.open(PG_URL, schema=schema, retention={"45s": DAY, "1M": None})
     try:
         await a.write([r for rs in rows.values() for r in rs] + series(2))  # with 1m's: one transaction
         for tf, rs in rows.items():
             assert await a.query(BTC, tf) == [c for _, _, c in rs], tf
-        assert await partitions(a, "1mo") and await partitions(a, "45s")
+        assert await partitions(a, "1mo") and await partitions(a, "45s") and await partitions(a, "1d_new_york")
         assert [c.open_time for c in await a.query(BTC, "1m")] == [T0, T0 + M]  # 1M did not land in 1m
     finally:
         await a.close()
