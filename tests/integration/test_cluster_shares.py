@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -55,6 +56,31 @@ def _limits(x: Collector, venue: str) -> tuple[float, int, float, int]:
     return rest.limit, budget.limit, rest.full, budget.full
 
 
+@contextlib.asynccontextmanager
+async def _running(*collectors: Collector) -> AsyncIterator[Callable[[Collector], Awaitable[None]]]:
+    """The collectors started (each announced before any runs its rounds) and running; yields
+    ``leave(x)``, which stops one; every one still running is stopped at the end."""
+    stops = {id(x): asyncio.Event() for x in collectors}
+    runs: dict[int, asyncio.Task[None]] = {}
+
+    async def leave(x: Collector) -> None:
+        stops[id(x)].set()
+        await runs.pop(id(x))
+
+    try:
+        for x in collectors:
+            await x.start()
+        for x in collectors:
+            runs[id(x)] = asyncio.create_task(x.run(stops[id(x)]))
+        yield leave
+    finally:
+        for ev in stops.values():
+            ev.set()
+        for t in runs.values():
+            with contextlib.suppress(Exception):
+                await t
+
+
 @pytest.mark.timeout(120)
 async def test_two_collectors_on_one_address_keep_kraken_and_bybit_within_their_limits(nats_cluster: str) -> None:
     kraken = KrakenReplica(symbols=KRAKEN, rate=2.0, speed=20.0, history_ms=30 * 60_000, rest_rate=1.0, rest_burst=6)
@@ -63,13 +89,7 @@ async def test_two_collectors_on_one_address_keep_kraken_and_bybit_within_their_
         settings = _settings(kraken, bybit, nats_cluster)
         a, b = (Collector(settings, NATS_URL, nats_cluster, ttl_s=2.0) for _ in range(2))
         assert a.addresses == b.addresses == {"kraken": "127.0.0.1", "bybit": "127.0.0.1"}
-        stops = {id(x): asyncio.Event() for x in (a, b)}
-        runs: dict[int, asyncio.Task[None]] = {}
-        try:
-            for x in (a, b):
-                await x.start()
-            for x in (a, b):
-                runs[id(x)] = asyncio.create_task(x.run(stops[id(x)]))
+        async with _running(a, b) as leave:
             await until(lambda: all(x.parts[v].applied == (0.5, 0.5) for x in (a, b) for v in ("kraken", "bybit")),
                         20.0, "the budgets split")  # fmt: skip
             await until(lambda: sorted(k for x in (a, b) for k in x.held) == sorted(a.units), 30.0, "all held")
@@ -89,8 +109,7 @@ async def test_two_collectors_on_one_address_keep_kraken_and_bybit_within_their_
                 assert sum(g[0] for g in got) <= rest_full and sum(g[1] for g in got) <= connects_full
 
             # b leaves: a takes its instruments within its half, and grows back after GROW_AFTER_S.
-            stops[id(b)].set()
-            await runs.pop(id(b))
+            await leave(b)
             await until(lambda: a.parts["kraken"].larger == (1.0, 1.0), 20.0, "a to propose the whole budget")
             proposed = time.monotonic()
             assert a.parts["kraken"].applied == (0.5, 0.5)
@@ -103,9 +122,60 @@ async def test_two_collectors_on_one_address_keep_kraken_and_bybit_within_their_
                 assert (rest, connects) == (rest_full, connects_full), venue
             assert kraken.stats["throttled"] == 0, kraken.stats
             assert bybit.stats["403"] == 0, bybit.stats
-        finally:
-            for x in (a, b):
-                stops[id(x)].set()
-            for t in runs.values():
-                with contextlib.suppress(Exception):
-                    await t
+
+
+@pytest.mark.timeout(120)
+async def test_a_venue_with_one_connection_per_key_is_held_by_one_collector(
+    nats_cluster: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finnhub allows one WebSocket per API key, and both collectors have the same key: its
+    instruments are leased as one unit (``finnhub:*``), so one collector holds that connection and
+    the replica refuses none; when that collector leaves, the other takes the unit whole."""
+    from clustering import held, wait_for
+    from deltafeed.venues import registry
+
+    finnhub = registry.get("finnhub").build_replica(
+        symbols=["BINANCE:BTCUSDT", "BINANCE:ETHUSDT", "BINANCE:SOLUSDT"], rate=2.0, speed=20.0, history_ms=30 * 60_000
+    )
+    kraken = KrakenReplica(symbols=KRAKEN[:2], rate=2.0, speed=20.0, history_ms=30 * 60_000)
+    async with finnhub, kraken:
+        for k, v in registry.get("finnhub").replica_env(finnhub).items():
+            monkeypatch.setenv(k, v)
+        settings = Settings(
+            symbols=[f"finnhub:{s}" for s in ("BINANCE:BTCUSDT", "BINANCE:ETHUSDT", "BINANCE:SOLUSDT")]
+            + [f"kraken:{s}" for s in KRAKEN[:2]],
+            timeframes=["1m"],
+            history="10m",
+            venues={
+                "finnhub": registry.get("finnhub").replica_settings(finnhub),
+                "kraken": {"rest_url": kraken.url, "ws_url": kraken.ws_url},
+            },
+            cluster=NATS_URL,
+            cluster_name=nats_cluster,
+        ).validate()
+        a, b = (Collector(settings, NATS_URL, nats_cluster, ttl_s=2.0) for _ in range(2))
+        assert sorted(u.name for u in a.units.values()) == ["finnhub:*", "kraken:BTC/USD", "kraken:ETH/USD"]
+        assert a.addresses["finnhub"].startswith("account-") and a.addresses["kraken"] == "127.0.0.1"
+        finnhub_names = [f"finnhub:{s}" for s in ("BINANCE:BTCUSDT", "BINANCE:ETHUSDT", "BINANCE:SOLUSDT")]
+
+        async def one_holder() -> str | None:
+            doc = await held(NATS_URL, nats_cluster)  # also: no instrument in two collectors' lists
+            holders = {doc["held"].get(n) for n in finnhub_names}
+            return holders.pop() if len(holders) == 1 and None not in holders else None
+
+        def streaming(x: Collector) -> bool:
+            return all(x.engine.states[n].trades > 0 for n in finnhub_names if n in x.engine.states)
+
+        async with _running(a, b) as leave:
+            holder_id = await wait_for("one collector holding every Finnhub instrument", 30, one_holder)
+            holder, other = (a, b) if holder_id == a.id else (b, a)
+            await until(lambda: all(n in holder.engine.states for n in finnhub_names), 30.0, "Finnhub added")
+            await until(lambda: streaming(holder), 60.0, "Finnhub streaming")
+            assert not any(n in other.engine.states for n in finnhub_names)
+            assert finnhub.stats["refused_connections"] == 0 and finnhub.stats["open_connections"] == 1
+            # The holder leaves: the other takes the unit whole, on its own single connection.
+            await leave(holder)
+            assert await wait_for("the other to hold Finnhub", 30, one_holder) == other.id
+            await until(lambda: all(n in other.engine.states for n in finnhub_names), 30.0, "Finnhub added again")
+            await until(lambda: streaming(other), 60.0, "Finnhub streaming again")
+            assert finnhub.stats["refused_connections"] == 0 and finnhub.stats["open_connections"] == 1

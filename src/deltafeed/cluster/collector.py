@@ -122,12 +122,19 @@ def outgoing_address(url: str | None) -> str:
 
 @dataclass(frozen=True)
 class Unit:
-    """What one lease covers: an instrument, or a failover pair (its logical series and both
-    sources, collected together so that the logical series can switch between them)."""
+    """What one lease covers: an instrument; a failover pair (its logical series and both sources,
+    collected together so that the logical series can switch between them); or every instrument of
+    a venue that streams on one connection per account or key (``venue:*``, see
+    :meth:`Venue.held_together`), so that one collector holds that connection."""
 
     name: str
     sources: tuple[Instrument, ...]
     failover: FailoverSettings | None = None
+
+    @property
+    def instruments(self) -> list[str]:
+        """What its holder collects, as the status lists it: a pair's logical series, else its sources."""
+        return [self.name] if self.failover is not None else [str(s) for s in self.sources]
 
 
 def units(settings: Settings) -> dict[str, Unit]:
@@ -146,9 +153,16 @@ def units(settings: Settings) -> dict[str, Unit]:
                 )
             paired[str(src)] = logical
         out[subjects.kv_key(logical)] = Unit(logical, sources, fo)
+    together: dict[str, list[Instrument]] = {}
     for inst in settings.instruments():
-        if str(inst) not in paired:
+        if str(inst) in paired:
+            continue
+        if registry.get(inst.venue).held_together(settings.venue_settings(inst.venue)):
+            together.setdefault(inst.venue, []).append(inst)
+        else:
             out[subjects.kv_key(str(inst))] = Unit(str(inst), (inst,))
+    for venue, insts in together.items():
+        out[subjects.kv_key(f"{venue}:*")] = Unit(f"{venue}:*", tuple(insts))
     return out
 
 
@@ -404,8 +418,8 @@ class Collector:
             os.getpid(),
             self.started_ms,
             self.ttl_s,
-            sorted(self.units[k].name for k in self.held),
-            {self.units[k].name: h.since_ms for k, h in self.held.items()},
+            sorted(name for k in self.held for name in self.units[k].instruments),
+            {name: h.since_ms for k, h in self.held.items() for name in self.units[k].instruments},
             outlet.published,
             outlet.duplicates,
             outlet.failed,
@@ -475,11 +489,14 @@ class Collector:
     async def _history_ms(self, unit: Unit) -> int:
         """How far back the engine fetches the history of ``unit``: to a margin before the newest
         candle the cluster has of it (the window a dead collector left; of a failover pair, its
-        logical series'), else ``history``."""
+        logical series'; of several instruments, the furthest back), else ``history``."""
+        return max([await self._history_of(name) for name in unit.instruments])
+
+    async def _history_of(self, series: str) -> int:
         from nats.js.errors import NotFoundError
 
         tf = min(self.settings.timeframes, key=lambda t: timeframe(t).ms)
-        subj = subjects.subject(self.cluster, subjects.CANDLES, unit.name, tf)
+        subj = subjects.subject(self.cluster, subjects.CANDLES, series, tf)
         try:
             raw = await self.js.get_last_msg(subjects.stream_name(self.cluster), subj)
             last = subjects.decode_candle(raw.data)
@@ -500,8 +517,15 @@ class Collector:
                 if unit.failover is not None:
                     await self.engine.add_failover(unit.name, unit.failover, history_ms=history_ms, books=self.books)
                 else:
-                    inst = unit.sources[0]
-                    await self.engine.add_instrument(inst, history_ms=history_ms, book=str(inst) in self.books)
+                    added = []
+                    try:
+                        for inst in unit.sources:
+                            await self.engine.add_instrument(inst, history_ms=history_ms, book=str(inst) in self.books)
+                            added.append(inst)
+                    except Exception:  # all or none: those added already go again
+                        for inst in added:
+                            await self.engine.drop_instrument(inst)
+                        raise
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the venue refuses or is away: hand the lease back, try later
@@ -532,7 +556,8 @@ class Collector:
             if unit.failover is not None:
                 await self.engine.drop_failover(unit.name, unit.failover)
             else:
-                await self.engine.drop_instrument(unit.sources[0])
+                for inst in unit.sources:
+                    await self.engine.drop_instrument(inst)
         except Exception as exc:
             log.warning("dropping %s: %s", unit.name, exc)
         log.info("stopped collecting %s", unit.name)

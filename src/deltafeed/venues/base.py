@@ -420,6 +420,12 @@ class Venue:
         collectors of a cluster split the budget of what they share. None: per outgoing address."""
         return None
 
+    def held_together(self, vs: VenueSettings) -> bool:
+        """Whether a cluster leases all of the venue's instruments as one unit: True for a venue
+        that streams on one connection per account or key (:meth:`budget_scope`), so that one
+        collector holds that connection rather than each opening one the venue refuses."""
+        return False
+
     def make_feed(self, settings: Settings, on_trade: TradeSink) -> Feed:
         """Its live side, with the run's settings; :class:`BadInput` when it has none."""
         raise BadInput(f"{self.name} is a history source, not a live venue; collect from another venue")

@@ -60,6 +60,10 @@ class Alpaca(Venue):
         # is a closed market rather than a hole (pre-market silence is not a loss).
         return "crypto" if codec.is_crypto(symbol) else "us_equity"
 
+    def held_together(self, vs: VenueSettings) -> bool:
+        """Streaming: one connection per account and feed, so one collector holds them all (not when polling)."""
+        return getattr(vs, "mode", "stream") == "stream"
+
     def budget_scope(self, vs: VenueSettings) -> str | None:
         """Per account (its key): one connection per account and feed, 200 calls a minute per key."""
         return account_scope(os.environ.get(KEY_ENV, "").strip())

@@ -68,6 +68,10 @@ class Finnhub(Venue):
             return "crypto"  # no calendar for other countries' exchanges yet: always expected
         return {"forex": "fx", "stock": "us_equity"}.get(kind, "crypto")
 
+    def held_together(self, vs: VenueSettings) -> bool:
+        """One WebSocket per API key: one collector holds every Finnhub instrument."""
+        return True
+
     def budget_scope(self, vs: VenueSettings) -> str | None:
         """Per API key: one connection and the plan's calls a minute per key."""
         from deltafeed.venues.finnhub.feed import TOKEN_ENV
