@@ -169,6 +169,10 @@ class _Combined(msgspec.Struct, gc=False):
 # strict=False lets msgspec read Binance's decimal strings ("0.001") straight into floats.
 _combined = msgspec.json.Decoder(_Combined, strict=False)
 _raw = msgspec.json.Decoder(_Payload, strict=False)
+#: A combined-stream frame to its wrapper (``.data``: a BinanceTrade, or another payload), raising
+#: msgspec's errors for anything else: the feed's hot path, which hands every frame but a sound
+#: trade to :meth:`StreamDecoder.decode`.
+decode_combined = _combined.decode
 
 
 class StreamDecoder(Skips):

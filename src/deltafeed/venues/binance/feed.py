@@ -12,20 +12,22 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from deltafeed.clock import VenueClock
-from deltafeed.model import BadInput, Candle, ServerShutdown, Trade, VenueCandle
+from deltafeed.model import BadInput, Candle, Event, ServerShutdown, Trade, VenueCandle
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.venues.base import FeedStatus, SharedLimits, SkipLog
 from deltafeed.venues.binance import VENUE, BinanceSettings
 from deltafeed.venues.binance import codec as binance
 from deltafeed.venues.binance.codec import BinanceTrade
 from deltafeed.venues.binance.rest import BinanceHistory
-from deltafeed.venues.checks import unknown_symbols_message
+from deltafeed.venues.checks import INF, unknown_symbols_message
 from deltafeed.venues.links import Link, LinkPool, Stream, forget_member
 
 if TYPE_CHECKING:
     from deltafeed.series import Series
 
 log = logging.getLogger("deltafeed.binance")
+
+_decode_combined = binance.decode_combined
 
 MAX_SKEW_MS = 15 * 60_000  # a trade time further than this from the venue's clock is impossible
 #: Longest combined-stream URL we open. Binance documents no URL limit, but a 16 KB URL is refused
@@ -208,23 +210,34 @@ class BinanceFeed(SharedLimits):
     # --- frames ---------------------------------------------------------------------------------
 
     def on_frame(self, frame: bytes | memoryview) -> None:
-        """Decode one frame and fold it in (the hot path: no await, no log, no allocation to spare)."""
-        ev = self.decoder.decode(frame)
-        if type(ev) is BinanceTrade:
-            st = self.by_symbol.get(ev.symbol)
-            if st is None:
+        """Decode one frame and fold it in (the hot path: no await, no log, no allocation or call to
+        spare). A combined-stream trade with a possible price and quantity is decoded and checked
+        here, in line; any other frame goes to the decoder, which classifies it (and counts it when
+        it is skipped)."""
+        try:
+            ev: object = _decode_combined(frame).data
+        except Exception:  # not a combined payload of ours: the decoder says what it is
+            ev = None
+        if type(ev) is not BinanceTrade or not 0.0 < ev.price < INF or not 0.0 < ev.qty < INF:
+            ev = self.decoder.decode(frame)
+            if type(ev) is not BinanceTrade:
+                self._on_event(ev)
                 return
-            # Prices and quantities were checked by the decoder (finite, above zero); the time
-            # needs the venue's clock.
-            if not self._ts_low <= ev.time_ms <= self._ts_high:
-                self.decoder.errors["impossible_value"] += 1
-                self.decoder.last_error = f"trade time far from the venue's clock: {ev}"
-                self._log_decode_errors()
-                return
-            st.on_trade(ev)
-            if st.publish_trades:
-                self._on_trade(st, ev.plain())
+        st = self.by_symbol.get(ev.symbol)
+        if st is None:
             return
+        # The price and quantity are checked (finite, above zero); the time needs the venue's clock.
+        if not self._ts_low <= ev.time_ms <= self._ts_high:
+            self.decoder.errors["impossible_value"] += 1
+            self.decoder.last_error = f"trade time far from the venue's clock: {ev}"
+            self._log_decode_errors()
+            return
+        st.on_trade(ev)
+        if st.publish_trades:
+            self._on_trade(st, ev.plain())
+
+    def _on_event(self, ev: Event | None) -> None:
+        """A frame's event other than a trade (None: nothing to use, perhaps counted as skipped)."""
         if ev is None:
             self._log_decode_errors()
         elif type(ev) is VenueCandle:
