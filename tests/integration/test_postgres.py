@@ -605,8 +605,21 @@ async def test_closed_partitions_get_a_covering_index_and_read_the_same(store: P
         return {str(r[0]): bool(r[1]) for r in found}
 
     assert await covers() == {}
+    # another process covering this schema (holding the lock): this one skips, and covers once it is free
+    other = await asyncpg.connect(PG_URL)
+    try:
+        assert await other.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", f"deltafeed.cover.{store.schema}")
+        assert await store.cover_closed_partitions(T0) == []
+        assert await covers() == {}
+    finally:
+        await other.close()
     assert await store.cover_closed_partitions(T0) == [closed]
     assert await covers() == {closed: True}
+    other = await asyncpg.connect(PG_URL)
+    try:  # the store let go of the lock
+        assert await other.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", f"deltafeed.cover.{store.schema}")
+    finally:
+        await other.close()
     assert await store.cover_closed_partitions(T0) == []  # once
     plan = "\n".join(
         r[0]

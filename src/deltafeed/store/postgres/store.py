@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import re
@@ -570,37 +571,51 @@ class PostgresStore:
         (a correction, a backfill) updates one more index; the partition being written is never covered.
 
         A build that failed half-way leaves an invalid index, which the next call drops and builds again.
+        Processes sharing the schema take turns (a session advisory lock; one that finds it taken skips).
         Failures are logged, not raised: reads are correct either way."""
         if self.timescale:
             return []
-        done: list[str] = []
+        lock = f"deltafeed.cover.{self.schema}"
         try:
             async with self._pool.acquire(timeout=self._command_timeout_s) as con:
-                found = await self._list_partitions(con)
-                closed = [p.name for parts in found.values() for p in sorted(parts, key=_lo) if p.hi <= now_ms]
-                if not closed:
-                    return []
-                names = {_cover_name(p): p for p in closed}
-                have = dict(
-                    await con.fetch(
-                        "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-                        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = ANY($2)",
-                        self.schema,
-                        list(names),
-                    )
-                )
-                for name, part in names.items():
-                    if have.get(name):
-                        continue
-                    index, table = f"{self.schema}.{_quote_ident(name)}", f"{self.schema}.{_quote_ident(part)}"
-                    if name in have:  # invalid: a build that did not finish
-                        await con.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index}", timeout=_BUILD_TIMEOUT_S)
-                    await con.execute(COVER_SQL.format(index=_quote_ident(name), table=table), timeout=_BUILD_TIMEOUT_S)
-                    # Index-only scans skip the heap only for pages the visibility map marks all-visible.
-                    await con.execute(f"VACUUM (ANALYZE) {table}", timeout=_BUILD_TIMEOUT_S)
-                    done.append(part)
+                if not await con.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", lock):
+                    return []  # another process is covering them
+                try:
+                    return await self._cover(con, now_ms)
+                finally:
+                    # A connection broken meanwhile ended its session, and the lock with it.
+                    with contextlib.suppress(Exception):
+                        await con.execute("SELECT pg_advisory_unlock(hashtext($1))", lock)
         except (asyncpg.PostgresError, *_UNAVAILABLE) as e:
             log.warning("covering closed partitions at %s postponed: %s", self.name, _first_line(e, self._secrets))
+        return []
+
+    async def _cover(self, con: Any, now_ms: int) -> list[str]:
+        """:meth:`cover_closed_partitions` on ``con``, under its lock."""
+        done: list[str] = []
+        found = await self._list_partitions(con)
+        closed = [p.name for parts in found.values() for p in sorted(parts, key=_lo) if p.hi <= now_ms]
+        if not closed:
+            return []
+        names = {_cover_name(p): p for p in closed}
+        have = dict(
+            await con.fetch(
+                "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = ANY($2)",
+                self.schema,
+                list(names),
+            )
+        )
+        for name, part in names.items():
+            if have.get(name):
+                continue
+            index, table = f"{self.schema}.{_quote_ident(name)}", f"{self.schema}.{_quote_ident(part)}"
+            if name in have:  # invalid: a build that did not finish
+                await con.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index}", timeout=_BUILD_TIMEOUT_S)
+            await con.execute(COVER_SQL.format(index=_quote_ident(name), table=table), timeout=_BUILD_TIMEOUT_S)
+            # Index-only scans skip the heap only for pages the visibility map marks all-visible.
+            await con.execute(f"VACUUM (ANALYZE) {table}", timeout=_BUILD_TIMEOUT_S)
+            done.append(part)
         return done
 
     async def _drop_expired_partitions(self, con: Any, tf: str, cutoff: int) -> int:
