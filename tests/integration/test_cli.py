@@ -407,6 +407,7 @@ def test_demo_runs_offline_for_a_fixed_duration(tmp_path: Path) -> None:
             assert "oanda:USD_JPY 1h" in r.stderr and len(r.stderr.splitlines()) == 1
 
 
+@pytest.mark.slow  # over 10 s: not in the everyday subset
 def test_candles_show_each_state_and_final_only(tmp_path: Path) -> None:
     """A DuckDB file with candles in every state (and, with --hot, newer ones in Redis): each read
     format shows the state; --final-only keeps the final ones, --last then counting those."""

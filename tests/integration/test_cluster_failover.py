@@ -61,6 +61,7 @@ def test_a_failover_pair_is_one_leased_unit() -> None:
         units(two)
 
 
+@pytest.mark.slow  # over 10 s: not in the everyday subset
 async def test_a_failover_pair_switches_and_moves_whole(tmp_path: Path, nats_cluster: str) -> None:
     tape = tmp_path / "tape.csv"
     async with BinanceReplica(

@@ -81,6 +81,7 @@ async def _running(*collectors: Collector) -> AsyncIterator[Callable[[Collector]
                 await t
 
 
+@pytest.mark.slow  # 20-50 s: not in the everyday subset
 @pytest.mark.timeout(120)
 async def test_two_collectors_on_one_address_keep_kraken_and_bybit_within_their_limits(nats_cluster: str) -> None:
     kraken = KrakenReplica(symbols=KRAKEN, rate=2.0, speed=20.0, history_ms=30 * 60_000, rest_rate=1.0, rest_burst=6)
@@ -124,6 +125,7 @@ async def test_two_collectors_on_one_address_keep_kraken_and_bybit_within_their_
             assert bybit.stats["403"] == 0, bybit.stats
 
 
+@pytest.mark.slow  # 20-50 s: not in the everyday subset
 @pytest.mark.timeout(120)
 async def test_a_venue_with_one_connection_per_key_is_held_by_one_collector(
     nats_cluster: str, monkeypatch: pytest.MonkeyPatch

@@ -319,6 +319,7 @@ def version(k: int) -> Candle:
     return Candle(T0, 1000.0 + k, 1000.0 + 2 * k, 1000.0 - k, 1000.0 + k / 2, k * 0.25, k, False)
 
 
+@pytest.mark.slow  # over 10 s: not in the everyday subset
 async def test_no_torn_reads(make_hot: MakeHot, raw: Redis, prefix: str) -> None:
     writer = await make_hot(retention=FOREVER)
     reader = await make_hot(retention=FOREVER, run=False)  # its own connection pool

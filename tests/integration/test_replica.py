@@ -128,6 +128,7 @@ def assert_trade_equals(data: dict[str, Any], row: TapeRow) -> None:
 # --- the simulator -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over 10 s: not in the everyday subset
 def test_sim_sequence_does_not_depend_on_how_it_is_advanced(tmp_path: Any) -> None:
     start = 1_700_000_000_000
     one = MarketSim(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import msgspec
+import pytest
 
 from deltafeed.candles.aggregator import CandleBuilder
 from deltafeed.candles.rollup import rollup
@@ -339,6 +340,7 @@ def test_suspect_span_is_repaired_and_never_vouched_for() -> None:
     assert not any(c.final and c.open_time >= 120_000 for tf, c in closed if tf == "1m")
 
 
+@pytest.mark.slow  # over 10 s: not in the everyday subset
 def test_open_candles_read_between_trades_equal_the_reference() -> None:
     """Dense trades (many per second) fold into a partial candle between rolls: whenever the open
     candles are read, they hold every trade so far, also for a timeframe whose grid does not nest

@@ -32,6 +32,7 @@ import math
 import os
 import socket
 import time
+import urllib.parse
 import uuid
 import zlib
 from dataclasses import dataclass, field
@@ -211,6 +212,7 @@ async def connect(url: str, name: str) -> Any:
         if connected:  # before, the one line below says it
             log.warning("NATS at %s: %s", url, exc or type(exc).__name__)
 
+    await _reachable(url)
     try:
         nc = await asyncio.wait_for(
             nats.connect(
@@ -230,6 +232,22 @@ async def connect(url: str, name: str) -> Any:
         raise Unavailable(f"cannot reach NATS at {url}: no answer within 8 s") from None
     except Exception as exc:
         raise Unavailable(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from None
+
+
+async def _reachable(url: str) -> None:
+    """:class:`Unavailable` at once when no server of ``url`` (one or a comma-separated list) takes a
+    TCP connection: the client would otherwise retry a refused one until its 8 s are up."""
+    refusals: list[str] = []
+    for one in url.split(","):
+        parts = urllib.parse.urlsplit(one.strip() if "://" in one else f"nats://{one.strip()}")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, parts.port or 4222), 3.0)
+        except (OSError, TimeoutError, ValueError) as exc:
+            refusals.append(str(exc) or type(exc).__name__)
+            continue
+        writer.close()
+        return
+    raise Unavailable(f"cannot reach NATS at {url}: {refusals[-1]}")
 
 
 class Collector:
