@@ -235,6 +235,8 @@ class Engine:
                     raise Unavailable(str(exc)) from None
                 raise
         self.cold = await open_cold(self.settings.db, self.retention, schema=self.settings.db_schema)
+        if hasattr(self.cold, "cover_closed"):  # PostgreSQL's
+            self.cold.cover_closed = self.settings.postgres_cover_closed
         self.writer.cold = self.cold
         if self.redis is not None:
             await self.redis.open()

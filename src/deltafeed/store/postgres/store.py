@@ -243,6 +243,8 @@ class PostgresStore:
         #: timeframe -> start (ms) of every partition known to exist.
         self._partitions: dict[str, set[int]] = {tf: set() for tf in TIMEFRAMES}
         self._closed = False
+        #: Whether apply_retention covers ended partitions (the ``postgres_cover_closed`` setting).
+        self.cover_closed = True
         self._upsert_sql: dict[str, str] = {}
         self._stage_sql: dict[str, str] = {}
         self._query_sql: dict[tuple[str, bool, bool, bool, bool], str] = {}
@@ -554,7 +556,8 @@ class PostgresStore:
             return removed
 
         removed = await self._call("apply_retention", run)
-        await self.cover_closed_partitions(now_ms)  # after the drops: an expired partition is not worth covering
+        if self.cover_closed:  # after the drops: an expired partition is not worth covering
+            await self.cover_closed_partitions(now_ms)
         return removed
 
     async def cover_closed_partitions(self, now_ms: int) -> list[str]:
