@@ -28,7 +28,7 @@ _CLOSE = picows.WSMsgType.CLOSE
 
 
 class _Listener(picows.WSListener):
-    """picows calls this for every frame; text payloads go straight to the sink, no copy. Binary
+    """picows calls this for every frame; text payloads go straight to the sink (as bytes). Binary
     messages go to the owner's binary sink when it has one (else they are ignored)."""
 
     def __init__(self, owner: WsStream) -> None:
@@ -44,7 +44,9 @@ class _Listener(picows.WSListener):
         if mt is _TEXT and frame.fin and not self._parts:
             owner = self._owner
             owner.frames += 1
-            owner.on_frame(frame.get_payload_as_memoryview())
+            # A copy, not a view: a view costs more to make than copying a market-data frame, and
+            # decoders read bytes faster (~4% fewer instructions a trade in bench/trade_path.py).
+            owner.on_frame(frame.get_payload_as_bytes())
         elif mt is _BINARY and frame.fin and not self._parts:
             if self._owner.on_binary is not None:
                 self._owner.frames += 1
