@@ -99,8 +99,9 @@ def callgrind_total(args: argparse.Namespace, count: int) -> int:
             sys.executable, __file__, "--symbols", str(args.symbols), "--trades", str(count),
             "--encode", str(2 * args.trades), "--rate", str(args.rate), "--runs", "1", "--quiet",
         ]  # fmt: skip
-        # A fixed hash seed: string hashing (and so the dicts' work) the same in both runs.
-        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        # A fixed hash seed: string hashing (and so the dicts' work) the same in both runs. One BLAS
+        # thread: numpy's OpenBLAS threads spin while idle, and their spinning counted as instructions.
+        env = {**os.environ, "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         m = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.M)
         assert m, "no instruction total in callgrind's output"
