@@ -327,6 +327,31 @@ class ChaosResult:
         return not self.mismatches and not self.problems
 
 
+def alpaca_engine(
+    tmp_path: Path, replica: Any, symbols: list[str], timeframes: list[str], history: str, venue: str = ""
+) -> subprocess.Popen[bytes]:
+    """The engine collecting ``symbols`` from an Alpaca replica with its development key (``venue``:
+    more of the ``[venues.alpaca]`` table, e.g. ``, mode = "poll"``), storing into
+    ``tmp_path/engine.duckdb`` and writing ``tmp_path/status.json``; its log is ``engine.log``."""
+    from deltafeed.venues.alpaca import DEV_KEY, DEV_SECRET, KEY_ENV, SECRET_ENV
+
+    config = tmp_path / "engine.toml"
+    lines = [
+        'venue = "alpaca"',
+        f'venues = {{alpaca = {{rest_url = "{replica.url}", ws_url = "{replica.ws_url}"{venue}}}}}',
+        f"symbols = {json.dumps(symbols)}",
+        f"timeframes = {json.dumps(timeframes)}",
+        f'history = "{history}"',
+        f'db = "{tmp_path / "engine.duckdb"}"',
+        f'spool = "{tmp_path / "spool"}"',
+        'stale_after = "1.5s"',
+        f'status_file = "{tmp_path / "status.json"}"',
+        'api = "127.0.0.1:0"',
+    ]
+    config.write_text("\n".join(lines) + "\n")
+    return _engine(config, tmp_path / "engine.log", dict(os.environ) | {KEY_ENV: DEV_KEY, SECRET_ENV: DEV_SECRET})
+
+
 def _engine(config: Path, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     out = open(log, "ab")  # noqa: SIM115 - handed to the child, closed with it
     return subprocess.Popen(

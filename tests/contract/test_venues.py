@@ -73,7 +73,8 @@ def test_declaration_is_consistent(venue: Venue) -> None:
     assert msgspec.convert(msgspec.to_builtins(defaults), venue.settings_type) == defaults
     assert venue.calendar_name("EUR_USD") in CALENDARS
     sides = venue.sides(["mid", "bid", "ask"])
-    assert sides == (["mid", "bid", "ask"] if venue.quotes else ["trade"])
+    assert sides == (["mid", "bid", "ask"] if venue.quotes else ["trade", *venue.quote_sides])
+    assert venue.sides(["mid"]) == (["mid"] if venue.quotes else ["trade"])  # the default adds no quote side
     # The timeframes its history serves are canonical timeframe names (the engine rolls any other
     # up from the longest of them that divides it).
     assert venue.timeframes is None or all(timeframe(tf).name == tf for tf in venue.timeframes)

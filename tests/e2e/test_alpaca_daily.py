@@ -11,17 +11,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
-import json
-import os
 import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from chaos import _engine, _first_status_ms, _settle, _wait_exit
+from chaos import _first_status_ms, _settle, _wait_exit, alpaca_engine
 from deltafeed.store.base import open_cold
-from deltafeed.venues.alpaca import DEV_KEY, DEV_SECRET, KEY_ENV, SECRET_ENV
 from deltafeed.venues.alpaca.replica import FAULT_KINDS, AlpacaReplica
 from reference import candles_from_tape, next_open, read_venue_tape, rows_by_symbol
 
@@ -40,35 +37,17 @@ RUNS = {"stream": (("AAPL", "BTC/USD"), ("1d", "1d-new_york")), "poll": (("AAPL"
 @pytest.mark.parametrize("mode", list(RUNS))
 async def test_daily_candles_equal_the_tape_across_a_dst_change_through_faults(tmp_path: Path, mode: str) -> None:
     symbols, days = RUNS[mode]
-    tape, db, status = tmp_path / "tape.csv", str(tmp_path / "daily.duckdb"), tmp_path / "status.json"
+    tape, db, status = tmp_path / "tape.csv", str(tmp_path / "engine.duckdb"), tmp_path / "status.json"
     # 10 market minutes a wall second: the run passes the New York midnight 12 s in.
     replica = AlpacaReplica(
         symbols=symbols, seed=11, rate=0.1, speed=600.0, history_ms=3 * 24 * HOUR, tape=tape,
         start_ms=START_MS, faults={k: 12.0 for k in FAULT_KINDS}, faults_seed=3, slow_s=1.0,
     )  # fmt: skip
     await replica.start()
-    config = tmp_path / "engine.toml"
-    config.write_text(
-        "\n".join(
-            [
-                'venue = "alpaca"',
-                f'venues = {{alpaca = {{rest_url = "{replica.url}", ws_url = "{replica.ws_url}", mode = "{mode}", '
-                "poll_every_s = 1}}",
-                f"symbols = {json.dumps(list(symbols))}",
-                f"timeframes = {json.dumps(['1h', *days])}",
-                'history = "3d"',
-                f'db = "{db}"',
-                f'spool = "{tmp_path / "spool"}"',
-                'stale_after = "1.5s"',
-                f'status_file = "{status}"',
-                'api = "127.0.0.1:0"',
-            ]
-        )
-        + "\n"
-    )
-    env = dict(os.environ) | {KEY_ENV: DEV_KEY, SECRET_ENV: DEV_SECRET}
     try:
-        proc = _engine(config, tmp_path / "engine.log", env)
+        proc = alpaca_engine(
+            tmp_path, replica, list(symbols), ["1h", *days], "3d", f', mode = "{mode}", poll_every_s = 1'
+        )
         assert await _first_status_ms(status, proc, replica.clock.now_ms, 60.0) is not None, "the engine never started"
         t0 = time.monotonic()
         while replica.clock.now_ms() < DST_DAY + 23 * HOUR + 3 * HOUR and time.monotonic() - t0 < 90:

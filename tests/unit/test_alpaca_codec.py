@@ -6,7 +6,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from deltafeed.model import BadInput, Candle, Trade, timeframe
+from deltafeed.candles.quotes import candles_from_quotes
+from deltafeed.model import BadInput, Candle, Quote, Trade, timeframe
 from deltafeed.venues.alpaca import AlpacaSettings, check_settings, codec, samples
 from deltafeed.venues.alpaca.feed import poll_capacity, poll_cost
 
@@ -36,8 +37,52 @@ def test_bars_updated_bars_and_control_messages() -> None:
     assert err == codec.Control("error", msg="connection limit exceeded", code=406)
     [sub] = dec.decode(samples.SUBSCRIPTION) or []
     assert isinstance(sub, codec.Control) and sub.subs is not None and sub.subs["trades"] == ["AAPL"]
-    assert dec.decode(samples.QUOTE) == []  # quotes are passed over, not counted
     assert not dec.errors
+
+
+def test_quotes_in_json_and_msgpack_and_a_bad_one_counted() -> None:
+    dec = codec.StreamDecoder()
+    # The documented stock quote (real-time-stock-pricing-data): exchange, sizes and conditions beside bid and ask.
+    [q] = dec.decode(samples.QUOTE) or []
+    assert q == Quote("AMD", codec.iso_ms("2021-02-22T15:51:45.335689322Z"), 87.66, 87.68, 1.0, 4.0)
+    for crypto in (False, True):
+        sym = "BTC/USD" if crypto else "AAPL"
+        msgs = [codec.quote_msg(sym, 1_700_000_000_123, 101.25, 101.27, 3.5, crypto)]
+        for mp in (False, True):
+            assert codec.StreamDecoder().decode(codec.encode_frame(msgs, mp), binary=mp) == [
+                Quote(sym, 1_700_000_000_123, 101.25, 101.27, 3.5, 3.5)
+            ]
+    bad = [
+        b'[{"T":"q","S":"AAPL","bp":0,"ap":1.5,"t":"2021-02-22T15:51:45Z"}]',  # no bid: impossible
+        b'[{"T":"q","S":"AAPL","bp":"x","ap":1.5,"t":"2021-02-22T15:51:45Z"}]',  # mistyped
+        b'[{"T":"q","S":"AAPL","ap":1.5,"t":"2021-02-22T15:51:45Z"}]',  # missing
+    ]
+    for frame in bad:
+        assert dec.decode(frame) == []
+    assert (dec.errors["impossible_value"], dec.errors["bad_field"]) == (1, 2)
+    assert codec.StreamDecoder().decode(msgspec.msgpack.encode([{"T": "q", "S": "AAPL", "bp": 2.0}]), binary=True) == []
+
+
+def test_rest_quotes_body_and_candles_from_it() -> None:
+    t0 = 1_700_000_040_000  # a minute mark
+    rows = [(t0 + 5, 10.0, 10.02), (t0 + 9, 10.01, 10.03), (t0 + 8, 9.0, 9.1), (t0 + 61_000, 10.05, 10.04),
+            (t0 + 62_000, 10.04, 10.06)]  # fmt: skip
+    body = codec.quotes_body({"AAPL": [codec.quote_msg("AAPL", t, b, a, 100.0, False) for t, b, a in rows]}, "tok")
+    got, token = codec.decode_quotes(body)
+    assert token == "tok" and [(q.time_ms, q.bid, q.ask) for q in got["AAPL"]] == rows
+    # The older quote and the crossed one are left out, as the stream's router leaves them out.
+    bid = candles_from_quotes(got["AAPL"], "bid", timeframe("1m"), t0 + 60_000)
+    assert bid == [
+        Candle(t0, 10.0, 10.01, 10.0, 10.01, 2.0, 2, True),
+        Candle(t0 + 60_000, 10.04, 10.04, 10.04, 10.04, 1.0, 1, False),
+    ]
+    ask = candles_from_quotes(got["AAPL"], "ask", timeframe("1m"), t0 + 120_000)
+    assert [(c.open, c.high, c.close, c.closed) for c in ask] == [
+        (10.02, 10.03, 10.03, True),
+        (10.06, 10.06, 10.06, True),
+    ]
+    with pytest.raises(codec.BadAnswer):
+        codec.decode_quotes(b'{"quotes": {"AAPL": [{"t": "yesterday", "bp": 1, "ap": 2}]}}')
 
 
 def test_a_bad_message_is_counted_and_the_rest_of_the_frame_kept() -> None:

@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
-from deltafeed.model import Trade
+from deltafeed.model import Candle, Trade
 
 if TYPE_CHECKING:
-    from deltafeed.model import Instrument
+    from deltafeed.model import Instrument, Quote, Timeframe
 
 
 class QuoteSide(Protocol):
@@ -60,6 +60,41 @@ class _Series:
 
 
 _INF = float("inf")
+
+
+def side_price(side: str, bid: float, ask: float) -> float:
+    """A quote's price on ``side`` (mid, bid or ask)."""
+    # Rounded to 10 decimals: the mid of two decimal prices has at most one digit more than
+    # they do, so this is the double nearest the venue's own mid (1.222415, not
+    # 1.2224149999999998), and candles compare equal with the venue's history.
+    return round((bid + ask) * 0.5, 10) if side == "mid" else bid if side == "bid" else ask
+
+
+def candles_from_quotes(quotes: Iterable[Quote], side: str, grid: Timeframe, closed_before_ms: int) -> list[Candle]:
+    """Candles of ``side`` on ``grid`` from a venue's historical quotes in time order, by the rules
+    :class:`QuoteRouter` applies to streamed ones (an impossible quote, or one older than the last
+    taken, is left out; volume = trades = the number of quotes), so both give the same candle from
+    the same quotes. Only intervals with quotes have a candle; one is closed when it ends by
+    ``closed_before_ms``."""
+    out: list[Candle] = []
+    cur: Candle | None = None
+    end = last = -1
+    for q in quotes:
+        if not 0 < q.bid <= q.ask < _INF or q.time_ms < last:
+            continue
+        last = q.time_ms
+        p = side_price(side, q.bid, q.ask)
+        if cur is None or q.time_ms >= end:
+            start = grid.start(q.time_ms)
+            end = grid.next(start)
+            cur = Candle(start, p, p, p, p, 0.0, 0, end <= closed_before_ms)
+            out.append(cur)
+        cur.high = max(cur.high, p)
+        cur.low = min(cur.low, p)
+        cur.close = p
+        cur.trades += 1
+        cur.volume += 1.0
+    return out
 
 
 class QuoteRouter:
@@ -109,10 +144,5 @@ class QuoteRouter:
             if first:
                 st.on_quote(tid, time_ms, bid, ask)
                 first = False
-            side = st.price
-            # Rounded to 10 decimals: the mid of two decimal prices has at most one digit more than
-            # they do, so this is the double nearest the venue's own mid (1.222415, not
-            # 1.2224149999999998), and candles compare equal with the venue's history.
-            price = round((bid + ask) * 0.5, 10) if side == "mid" else bid if side == "bid" else ask
-            st.on_trade(Trade(symbol, tid, time_ms, price, 1.0, False))
+            st.on_trade(Trade(symbol, tid, time_ms, side_price(st.price, bid, ask), 1.0, False))
         return True

@@ -270,7 +270,8 @@ class _SymbolState:
 
 
 class QuoteSim:
-    """Seeded bid/ask quotes for FX ``symbols`` (OANDA names, e.g. ``EUR_USD``).
+    """Seeded bid/ask quotes for FX ``symbols`` (OANDA names, e.g. ``EUR_USD``), or for instruments
+    of any kind given as their :class:`PairSpec` (a stock's price steps and spread).
 
     ``rate`` is the mean number of quotes per second per symbol while the market is open;
     ``calendar`` says when it is (default :func:`fx_calendar`: Sunday 17:00 to Friday 17:00
@@ -281,13 +282,17 @@ class QuoteSim:
     """
 
     def __init__(
-        self, symbols: Iterable[str], seed: int = 1, rate: float = 2.0, calendar: SessionCalendar | None = None
+        self,
+        symbols: Iterable[str | PairSpec],
+        seed: int = 1,
+        rate: float = 2.0,
+        calendar: SessionCalendar | None = None,
     ) -> None:
         if not (math.isfinite(rate) and rate > 0):
             raise BadInput(f"quote rate must be a positive number of quotes per second, got {rate}")
         self.specs: dict[str, PairSpec] = {}
-        for s in symbols:
-            spec = PairSpec.for_symbol(s)
+        for s in symbols:  # an FX pair's name, or the spec of any other instrument
+            spec = s if isinstance(s, PairSpec) else PairSpec.for_symbol(s)
             self.specs[spec.symbol] = spec
         if not self.specs:
             raise BadInput("no instruments to simulate; give at least one, e.g. EUR_USD")

@@ -346,6 +346,10 @@ class Venue:
     urls: dict[str, tuple[str, ...]] = {}  # noqa: RUF012 - read-only by convention
     #: Quote-built (bid/ask, candles per price side) rather than trade-built.
     quotes: bool = False
+    #: A trade-built venue that streams quotes too: the price sides it can build from them beside
+    #: the trades' candles, when ``prices`` asks for them (Alpaca: bid and ask, as ``NAME@bid``; not
+    #: mid, whose series would be the plain name, the trades').
+    quote_sides: tuple[str, ...] = ()
     #: The timeframes its history can serve (None: every deltafeed timeframe).
     timeframes: tuple[str, ...] | None = None
     #: True when its history has no candle for an interval without prices: a REST answer then covers
@@ -408,10 +412,10 @@ class Venue:
 
     def sides(self, wanted: list[str], symbol: str | None = None) -> list[str]:
         """The price sides to build for an instrument (``symbol``, or any when None) whose settings
-        ask for ``wanted``: ["trade"] for a trade-built one, else ``wanted`` (some of mid, bid, ask)
-        in the usual order."""
+        ask for ``wanted``: for a trade-built one "trade", and those of its :attr:`quote_sides` in
+        ``wanted``; else ``wanted`` (some of mid, bid, ask) in the usual order."""
         if not (self.quotes if symbol is None else self.quoted(symbol)):
-            return ["trade"]
+            return ["trade", *(p for p in self.quote_sides if p in wanted)]
         return [p for p in ("mid", "bid", "ask") if p in wanted]
 
     def budget_scope(self, vs: VenueSettings) -> str | None:

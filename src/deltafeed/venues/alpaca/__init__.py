@@ -55,6 +55,10 @@ class Alpaca(Venue):
     #: A minute bar can change until the "updated bar" after the next half-minute mark.
     history_settle_ms = codec.SETTLE_MS
 
+    #: BID and ASK candles from the ``quotes`` channel beside the trades' (``prices = ["bid", "ask"]``):
+    #: the series ``alpaca:AAPL@bid`` and ``@ask``. No MID: the plain name is the trades' candles.
+    quote_sides = ("bid", "ask")
+
     def calendar_name(self, symbol: str) -> str:
         # Extended-hours trades still make candles; the calendar only says where a quiet stretch
         # is a closed market rather than a hole (pre-market silence is not a loss).

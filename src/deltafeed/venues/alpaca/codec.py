@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from deltafeed.model import Candle, Timeframe, Trade
+from deltafeed.model import Candle, Quote, Timeframe, Trade
 from deltafeed.venues.checks import (
     ANY_JSON,
     BAD_FIELD,
@@ -44,6 +44,10 @@ STOCK_FEEDS = ("iex", "sip", "delayed_sip", "test")
 CRYPTO_STREAM_PATH = "/v1beta3/crypto/us"
 STOCK_BARS_PATH = "/v2/stocks/bars"
 CRYPTO_BARS_PATH = "/v1beta3/crypto/us/bars"
+#: Historical quotes, multi-symbol (what alpaca-py's ``get_stock_quotes``/``get_crypto_quotes`` ask):
+#: ``symbols``, ``start``, ``end``, ``limit`` (up to 10 000 over all symbols), ``page_token``.
+STOCK_QUOTES_PATH = "/v2/stocks/quotes"
+CRYPTO_QUOTES_PATH = "/v1beta3/crypto/us/quotes"
 
 #: Historical API calls per minute on the free (Basic) plan; Algo Trader Plus has 10 000.
 REQUESTS_PER_MIN = 200
@@ -212,6 +216,11 @@ class _D(_B, tag="d"):
 
 class _Q(msgspec.Struct, tag_field="T", tag="q"):
     S: str
+    bp: float
+    ap: float
+    t: str
+    bs: float = 0.0
+    as_: float = msgspec.field(default=0.0, name="as")
 
 
 class _Success(msgspec.Struct, tag_field="T", tag="success"):
@@ -236,9 +245,9 @@ _frame = msgspec.json.Decoder(list[_Item])
 _MSGPACK = msgspec.msgpack.Decoder()
 SUB_CHANNELS = ("trades", "quotes", "bars", "updatedBars", "dailyBars")
 #: Message types deltafeed does not use; passed over without a count.
-IGNORED = {"q", "s", "l", "c", "x", "o", "n"}
+IGNORED = {"s", "l", "c", "x", "o", "n"}
 
-Event = Trade | BarEvent | Control
+Event = Trade | Quote | BarEvent | Control
 
 
 class StreamDecoder(Skips):
@@ -283,6 +292,12 @@ class StreamDecoder(Skips):
                     self._skip(IMPOSSIBLE, f"trade {m.i} of {m.S[:20]} with price {m.p!r} size {m.s!r}")
                     return None
                 return Trade(m.S, m.i, ts, m.p, m.s, m.tks == "S")
+            if tm is _Q:
+                ts = iso_ms(m.t)
+                if not (price_ok(m.bp) and price_ok(m.ap) and size_ok(m.bs) and size_ok(m.as_)):
+                    self._skip(IMPOSSIBLE, f"quote {m.t[:30]} of {m.S[:20]} with bid {m.bp!r} ask {m.ap!r}")
+                    return None
+                return Quote(m.S, ts, m.bp, m.ap, m.bs, m.as_)
             if tm is _B or tm is _U or tm is _D:
                 ts = iso_ms(m.t)
                 if not (price_ok(m.o) and price_ok(m.h) and price_ok(m.l) and price_ok(m.c)):
@@ -302,7 +317,7 @@ class StreamDecoder(Skips):
             return Control("error", msg=m.msg[:300], code=m.code)
         if tm is _Subscription:
             return Control("subscription", subs={ch: list(getattr(m, ch)) for ch in SUB_CHANNELS})
-        return None  # a quote
+        return None
 
     def _slow(self, frame: bytes | memoryview | str) -> list[Event] | None:
         """A frame the typed decoder refused: judge each message alone."""
@@ -336,7 +351,7 @@ class StreamDecoder(Skips):
             kind = m.get("T")
             if isinstance(kind, str) and kind in IGNORED:
                 continue
-            if not isinstance(kind, str) or kind not in ("t", "b", "u", "d", "success", "error", "subscription"):
+            if not isinstance(kind, str) or kind not in ("t", "q", "b", "u", "d", "success", "error", "subscription"):
                 self._skip("unknown_message", f"unknown message type {str(kind)[:30]!r}")
                 continue
             if isinstance(m.get("t"), dt.datetime):  # msgpack's Timestamp extension
@@ -374,6 +389,14 @@ def trade_msg(
     return {"T": "t", "i": tid, "S": symbol, "x": "V", "p": price, "s": size, "t": time_ms, "c": ["@"], "z": "C"}
 
 
+def quote_msg(symbol: str, time_ms: int, bid: float, ask: float, size: float, crypto: bool) -> dict[str, Any]:
+    """One quote message (``t`` as in :func:`trade_msg`); stocks name the exchange and conditions."""
+    if crypto:
+        return {"T": "q", "S": symbol, "bp": bid, "bs": size, "ap": ask, "as": size, "t": time_ms}
+    return {"T": "q", "S": symbol, "bx": "V", "bp": bid, "bs": size, "ax": "V", "ap": ask, "as": size,
+            "t": time_ms, "c": ["R"], "z": "C"}  # fmt: skip
+
+
 def bar_msg(kind: str, symbol: str, c: Candle, vwap: float) -> dict[str, Any]:
     return {"T": kind, "S": symbol, "o": c.open, "h": c.high, "l": c.low, "c": c.close, "v": c.volume,
             "t": c.open_time, "n": c.trades, "vw": vwap}  # fmt: skip
@@ -386,7 +409,7 @@ def encode_frame(msgs: list[dict[str, Any]], msgpack: bool) -> bytes:
     for m in msgs:
         t = m.get("t")
         if isinstance(t, int):
-            m = dict(m, t=ms_datetime(t) if msgpack else ms_iso(t, 9 if m["T"] == "t" else 0))
+            m = dict(m, t=ms_datetime(t) if msgpack else ms_iso(t, 9 if m["T"] in ("t", "q") else 0))
         out.append(m)
     return msgspec.msgpack.encode(out) if msgpack else msgspec.json.encode(out)
 
@@ -426,10 +449,16 @@ def bars_path(symbols: Iterable[str], timeframe: str, start_ms: int, end_ms: int
     ``end_ms`` is inclusive, as the venue reads it."""
     syms = list(symbols)
     path = CRYPTO_BARS_PATH if is_crypto(syms[0]) else STOCK_BARS_PATH
-    q = [f"symbols={quote(','.join(syms), safe=',')}", f"timeframe={TIMEFRAME[timeframe]}", f"start={ms_iso(start_ms)}"]
-    if end_ms is not None:
-        q.append(f"end={ms_iso(end_ms)}")
-    q.append(f"limit={limit}")
+    end = [] if end_ms is None else [f"end={ms_iso(end_ms)}"]
+    return _history_path(path, syms, [f"timeframe={TIMEFRAME[timeframe]}", f"start={ms_iso(start_ms)}", *end],
+                         limit, page_token, feed)  # fmt: skip
+
+
+def _history_path(path: str, syms: list[str], params: list[str], limit: int, page_token: str | None,
+                  feed: str | None) -> str:  # fmt: skip
+    """A multi-symbol history request: ``symbols``, then ``params``, ``limit``, the stock ``feed``
+    and the page token."""
+    q = [f"symbols={quote(','.join(syms), safe=',')}", *params, f"limit={limit}"]
     if feed is not None and not is_crypto(syms[0]):
         q.append(f"feed={feed}")
     if page_token:
@@ -508,6 +537,56 @@ def bars_body(bars: Mapping[str, list[tuple[Candle, float]]], token: str | None,
     return msgspec.json.encode(
         {"bars": {s: [row(c, vw) for c, vw in rows] for s, rows in bars.items()}, "next_page_token": token}
     )
+
+
+def quotes_path(symbols: Iterable[str], start_ms: int, end_ms: int, limit: int = PAGE_LIMIT,
+                page_token: str | None = None, feed: str | None = None) -> str:  # fmt: skip
+    """Path and query of a multi-symbol historical quotes request; ``end_ms`` inclusive."""
+    syms = list(symbols)
+    path = CRYPTO_QUOTES_PATH if is_crypto(syms[0]) else STOCK_QUOTES_PATH
+    return _history_path(path, syms, [f"start={ms_iso(start_ms, 3)}", f"end={ms_iso(end_ms, 3)}"], limit,
+                         page_token, feed)  # fmt: skip
+
+
+class _RestQuote(msgspec.Struct):
+    t: str
+    bp: float
+    ap: float
+    bs: float = 0.0
+    as_: float = msgspec.field(default=0.0, name="as")
+
+
+class _MultiQuotes(msgspec.Struct):
+    quotes: dict[str, list[_RestQuote]] | None = None
+    next_page_token: str | None = None
+
+
+_multi_quotes = msgspec.json.Decoder(_MultiQuotes)
+
+
+def decode_quotes(body: bytes) -> tuple[dict[str, list[Quote]], str | None]:
+    """A historical quotes body: quotes per symbol in the answer's order, and the next page token.
+    :class:`BadAnswer` for a body of another shape or a quote with a bad time (a page is taken whole
+    or not at all); a quote with an impossible price is kept, for the candle builder to refuse as it
+    refuses the stream's."""
+    try:
+        m = _multi_quotes.decode(body)
+    except JSON_ERRORS as exc:
+        raise BadAnswer(f"not an Alpaca quotes body ({exc}): {body[:120]!r}") from None
+    out: dict[str, list[Quote]] = {}
+    for sym, rows in (m.quotes or {}).items():
+        try:
+            out[sym] = [Quote(sym, iso_ms(r.t), r.bp, r.ap, r.bs, r.as_) for r in rows]
+        except ValueError as exc:
+            raise BadAnswer(f"quote of {sym[:20]} with a bad time ({exc})") from None
+    return out, m.next_page_token
+
+
+def quotes_body(quotes: Mapping[str, list[dict[str, Any]]], token: str | None) -> bytes:
+    """A historical quotes body from quote messages (:func:`quote_msg`, ``t`` in epoch ms)."""
+    rows = {s: [{k: (ms_iso(v, 9) if k == "t" else v) for k, v in q.items() if k not in ("T", "S")} for q in qs]
+            for s, qs in quotes.items()}  # fmt: skip
+    return msgspec.json.encode({"quotes": rows, "next_page_token": token})
 
 
 def error_body(message: str, code: int | None = None) -> bytes:

@@ -33,8 +33,9 @@ import os
 from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
+from deltafeed.candles.quotes import QuoteRouter
 from deltafeed.clock import VenueClock
-from deltafeed.model import BadInput, Candle, Trade, timeframe, timeframe_ms
+from deltafeed.model import BadInput, Candle, Quote, Trade, timeframe, timeframe_ms
 from deltafeed.net.http import VenueError, VenueUnreachable
 from deltafeed.net.reconnect import ConnectBudget
 from deltafeed.net.ws import WsStream
@@ -105,11 +106,13 @@ class _Stream:
         self.feed.on_frame(self, frame, binary=True)
 
     def subscribe(self, subscribe: bool, states: list[Series]) -> None:
-        syms = [st.instrument.symbol for st in states]
-        if not syms or not self.authenticated:
+        if not states or not self.authenticated:
             return
-        daily = [st.instrument.symbol for st in states if collects(st, alpaca.day_of(st.instrument.symbol))]
-        channels = {"trades": syms, "bars": syms, "updatedBars": syms, "dailyBars": daily}
+        traded = [st for st in states if st.price == "trade"]
+        syms = [st.instrument.symbol for st in traded]
+        daily = [st.instrument.symbol for st in traded if collects(st, alpaca.day_of(st.instrument.symbol))]
+        quoted = list(dict.fromkeys(st.instrument.symbol for st in states if st.price != "trade"))
+        channels = {"trades": syms, "quotes": quoted, "bars": syms, "updatedBars": syms, "dailyBars": daily}
         self.send(alpaca.action("subscribe" if subscribe else "unsubscribe", channels, self.msgpack))
 
 
@@ -137,7 +140,7 @@ class _AlpacaBase(SharedLimits):
         self, st: Series, timeframe: str, start_ms: int, end_ms: int, now_ms: int | None = None
     ) -> list[Candle]:
         now = now_ms if now_ms is not None else self.clock.now_ms()
-        return await self.history.candles(st.instrument.symbol, timeframe, start_ms, end_ms, now)
+        return await self.history.candles(st.instrument.symbol, timeframe, start_ms, end_ms, now, st.price)
 
 
 class AlpacaFeed(_AlpacaBase):
@@ -163,7 +166,8 @@ class AlpacaFeed(_AlpacaBase):
         self.history = AlpacaHistory(self.rest_url, key, secret, requests_per_min=vs.requests_per_min, feed=vs.feed)
         self.decoder = alpaca.StreamDecoder()
         self.states: list[Series] = []
-        self.by_symbol: dict[str, Series] = {}
+        self.by_symbol: dict[str, Series] = {}  # the trades' series
+        self.quotes = QuoteRouter()  # BID and ASK series
         self._on_trade = on_trade
         self.streams = {
             "stocks": _Stream(
@@ -198,8 +202,11 @@ class AlpacaFeed(_AlpacaBase):
     def add(self, st: Series) -> None:
         sym = st.instrument.symbol
         self.states.append(st)
-        self.by_symbol[sym] = st
         self._stream_of(sym).states.append(st)
+        if st.price != "trade":
+            self.quotes.add(st)
+            return
+        self.by_symbol[sym] = st
         self._next_id.setdefault(sym, 1)
         self._seen_ids.setdefault(sym, (set(), deque()))
 
@@ -222,13 +229,17 @@ class AlpacaFeed(_AlpacaBase):
         # Whatever traded while we were away is unknown: skip an id so each symbol's next trade
         # shows the builder a hole, and the candles around it are repaired.
         for st in s.states:
-            self._next_id[st.instrument.symbol] += 1
+            if st.price == "trade":
+                self._next_id[st.instrument.symbol] += 1
+        self.quotes.gap({st.instrument.symbol for st in s.states if st.price != "trade"})
 
     def control(self, subscribe: bool, states: list[Series]) -> None:
         for s in self.streams.values():
             s.subscribe(subscribe, [st for st in states if st in s.states])
 
     def activate(self, st: Series, active: bool) -> None:
+        if st.price != "trade":
+            return  # the quote router follows ``st.active``
         if active:
             self.by_symbol[st.instrument.symbol] = st
         else:
@@ -265,6 +276,9 @@ class AlpacaFeed(_AlpacaBase):
             if te is Trade:
                 assert isinstance(ev, Trade)
                 self._trade(ev)
+            elif te is Quote:
+                assert isinstance(ev, Quote)
+                self._quote(ev)
             elif te is alpaca.BarEvent:
                 assert isinstance(ev, alpaca.BarEvent)
                 self._bar(ev)
@@ -302,6 +316,13 @@ class AlpacaFeed(_AlpacaBase):
         st.on_trade(trade)
         if st.publish_trades:
             self._on_trade(st, trade)
+
+    def _quote(self, q: Quote) -> None:
+        if not self._ts_low <= q.time_ms <= self._ts_high:
+            self.decoder.errors["impossible_value"] += 1
+            self.decoder.last_error = f"quote time far from the venue's clock: {q}"
+            return
+        self.quotes.quote(q.symbol, q.time_ms, q.bid, q.ask)
 
     def _bar(self, b: alpaca.BarEvent) -> None:
         st = self.by_symbol.get(b.symbol)
@@ -406,7 +427,8 @@ class AlpacaFeed(_AlpacaBase):
             rest_throttled=self.history.http.throttled,
             rest_server_errors=self.history.http.server_errors,
             rest_limiter_waits=self.history.limiter.waits,
-            out_of_order=self.out_of_order,
+            out_of_order=self.out_of_order + self.quotes.out_of_order,
+            refused=self.quotes.refused,
             venue_errors=dict(self.venue_errors) or None,
             refused_symbols=refused or None,
             venue_corrections=self.updated_bars,
@@ -417,6 +439,7 @@ class AlpacaFeed(_AlpacaBase):
         d["bar_mismatches"] = self.bar_mismatches
         d["daily_bars"] = self.daily_bars
         d["duplicates"] = self.duplicates
+        d["repeated_quotes"] = self.quotes.repeated
         return d
 
 
@@ -424,10 +447,10 @@ async def check_symbols(history: AlpacaHistory, states: list[Series], clock: Ven
     """One bars request per kind (stocks, crypto) over the last quarter hour: proves the address and
     the key, sets the venue's clock from the answer's Date, and finds symbols the venue does not
     know (they answer no bars and, for stocks, a 400/422 naming them)."""
-    kinds: dict[bool, list[str]] = {}
+    kinds: dict[bool, dict[str, None]] = {}  # a symbol once, whatever its price sides
     for st in states:
-        kinds.setdefault(alpaca.is_crypto(st.instrument.symbol), []).append(st.instrument.symbol)
-    for syms in kinds.values():
+        kinds.setdefault(alpaca.is_crypto(st.instrument.symbol), {})[st.instrument.symbol] = None
+    for syms in map(list, kinds.values()):
         now = history.last_date_ms or clock.now_ms()
         try:
             await history.bars(syms, "1m", now - 15 * 60_000, None, now)
@@ -494,6 +517,11 @@ class AlpacaPollFeed(_AlpacaBase):
 
     def add(self, st: Series) -> None:
         sym = st.instrument.symbol
+        if st.price != "trade":
+            raise BadInput(
+                f"Alpaca's poll mode reads bars, not quotes, so it makes no {st.price} candles of {sym};"
+                " leave bid and ask out of prices, or stream"
+            )
         other = [tf for tf in st.builder.timeframes if not alpaca.serves(sym, tf)]
         if other:
             own = [tf for tf in alpaca.TIMEFRAME if alpaca.serves(sym, tf)]

@@ -46,6 +46,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from deltafeed.candles.calendar import AlwaysOpen
 from deltafeed.model import BadInput, Candle, fmt, timeframe
 from deltafeed.net.frames import text_frame, text_header
 from deltafeed.replicas.faults import (
@@ -57,6 +58,7 @@ from deltafeed.replicas.faults import (
     reset_transport,
 )
 from deltafeed.replicas.options import ReplicaOptions, options_from
+from deltafeed.replicas.quotes import PairSpec, QuoteMarket, QuoteSim
 from deltafeed.replicas.server import ReplicaBase, close_ws
 from deltafeed.replicas.sim import Grid, MarketClock, MarketSim, TradeBatch, grid_of
 from deltafeed.replicas.tape import TapeWriter
@@ -72,6 +74,16 @@ _TIMEFRAME = re.compile(r"^([1-9][0-9]?)(Min|T|Hour|H|Day|D)$")
 _MINUTE = 60_000
 
 _Row = tuple[int, int, float, float, bool]  # alpaca id, time_ms, price, size, taker sells
+#: The quoted size of each side (the simulated book's top level).
+QUOTE_SIZE = {False: 100.0, True: 0.5}
+
+
+def quote_spec(symbol: str, start_price: float) -> PairSpec:
+    """The quote simulation of one Alpaca symbol: cents, a spread of one to a few cents about
+    ``start_price`` (the trades' start), 0.5 % an hour of volatility."""
+    base, _, quote = symbol.partition("/")
+    points = max(100, round(start_price * 100))
+    return PairSpec(symbol, base, quote or "USD", 2, points, 1, 1.5, 0.005)
 
 
 def binary_frame(payload: bytes) -> bytes:
@@ -259,6 +271,8 @@ class AlpacaReplica(ReplicaBase):
         faults_seed: int = 0,
         requests_per_min: int = codec.REQUESTS_PER_MIN,
         late_every: int = 7,
+        quote_rate: float | None = None,
+        quote_tape: str | Path | None = None,
         limit_close_s: float = 1.0,
         slow_s: float = 1.0,
         options: ReplicaOptions | None = None,
@@ -278,12 +292,18 @@ class AlpacaReplica(ReplicaBase):
             history_ms=o.history_ms,
         )  # fmt: skip
         self.symbols = list(self._sim.names.values())
+        # Quotes: their own seeded simulation per symbol (``quote_rate`` a market second, default
+        # ``rate``), around the clock like the trades, taped as ``symbol,time_ms,bid,ask``.
+        specs = [quote_spec(s, self._sim.specs[sim_symbol(s)].start_ticks / self._sim.specs[sim_symbol(s)].price_scale)
+                 for s in self.symbols]  # fmt: skip
+        qsim = QuoteSim(specs, seed=o.seed, rate=quote_rate or o.rate, calendar=AlwaysOpen())
+        self._quotes = QuoteMarket(qsim, self._clock.start_ms, o.history_ms, quote_tape)
         self.window = _Window(requests_per_min)
         self.limit_close_s = limit_close_s
         self.slow_s = slow_s
         self.stats: dict[str, int] = {
             "connections": 0, "msgpack_connections": 0, "open_connections": 0, "requests": 0, "429": 0, "frames": 0,
-            "refused_406": 0, "bars": 0, "daily_bars": 0, "updated_bars": 0, "late_trades": 0,
+            "refused_406": 0, "bars": 0, "daily_bars": 0, "updated_bars": 0, "late_trades": 0, "quotes": 0,
         }  # fmt: skip
         self._setup_faults(dict(o.faults), o.faults_seed)
         self._conns: dict[_Conn, None] = {}
@@ -302,6 +322,10 @@ class AlpacaReplica(ReplicaBase):
     @property
     def tape_path(self) -> Path | None:
         return self._sim.tape_path
+
+    @property
+    def quote_tape_path(self) -> Path | None:
+        return self._quotes.tape.path if self._quotes.tape is not None else None
 
     @property
     def ws_url(self) -> str:
@@ -328,6 +352,8 @@ class AlpacaReplica(ReplicaBase):
             t.cancel()
         await self._stop_server()
         self._sim.close()
+        if self._quotes.tape is not None:
+            self._quotes.tape.close()
 
     def summary(self) -> str:
         s = self.stats
@@ -360,7 +386,11 @@ class AlpacaReplica(ReplicaBase):
             self.stats["429"] += 1
             return self._error(429, "too many requests.", headers)
         self._sim.advance_to(self._clock.now_ms())
+        self._quotes.advance_to(self._clock.now_ms())
         try:
+            if path in (codec.STOCK_QUOTES_PATH, codec.CRYPTO_QUOTES_PATH):
+                syms = [s for s in request.query.get("symbols", "").split(",") if s]
+                return self._historical_quotes(syms, request.query, crypto, headers)
             if path in (codec.STOCK_BARS_PATH, codec.CRYPTO_BARS_PATH):
                 syms = [s for s in request.query.get("symbols", "").split(",") if s]
                 return self._bars(syms, request.query, None, crypto, headers)
@@ -384,6 +414,22 @@ class AlpacaReplica(ReplicaBase):
         # A daily bar is the symbol's day (New York for stocks); every other bar is on the epoch grid.
         grid = grid_of(timeframe(codec.CRYPTO_DAY if crypto else codec.STOCK_DAY)) if iv == 86_400_000 else Grid(iv)
         now = self._clock.now_ms()
+        start, end, limit, offset = self._query(syms, q, crypto, now)
+        rows: list[tuple[str, Candle, float]] = []
+        for s in sorted(set(syms)):
+            table = self._sim.kline_table(sim_symbol(s), grid, start, end, 10**9, now)
+            for c, ex in zip(table.candles(), table.extras(), strict=True):
+                if c.trades > 0 and c.closed:
+                    rows.append((s, c, ex[0] / c.volume if c.volume else c.close))
+        page, next_token = _page(rows, offset, limit)
+        out: dict[str, list[tuple[Candle, float]]] = {} if single is None else {single: []}
+        for s, c, vw in page:
+            out.setdefault(s, []).append((c, vw))
+        body = codec.bars_body(out, next_token, single)
+        return web.Response(status=200, body=body, content_type="application/json", headers=self._date(headers))
+
+    def _query(self, syms: list[str], q: Mapping[str, str], crypto: bool, now: int) -> tuple[int, int, int, int]:
+        """``start``, ``end`` (inclusive), ``limit`` and the page's offset of a history request."""
         try:
             start = codec.parse_time_param(q["start"]) if q.get("start") else now - now % 86_400_000
             end = codec.parse_time_param(q["end"]) if q.get("end") else now
@@ -402,19 +448,27 @@ class AlpacaReplica(ReplicaBase):
                 offset = int(base64.urlsafe_b64decode(token.encode()).decode().removeprefix("o:"))
             except ValueError:
                 raise _Refused(400, "invalid page token") from None
-        rows: list[tuple[str, Candle, float]] = []
+        return start, end, limit, offset
+
+    def _historical_quotes(self, syms: list[str], q: Mapping[str, str], crypto: bool,
+                           headers: dict[str, str]) -> web.Response:  # fmt: skip
+        """``GET /v2/stocks/quotes`` and ``/v1beta3/crypto/us/quotes``: the released quotes of the
+        symbols with time in [start, end], sorted by symbol then time, ``limit`` over all of them."""
+        if not syms:
+            raise _Refused(400, "missing symbols")
+        now = self._clock.now_ms()
+        start, end, limit, offset = self._query(syms, q, crypto, now)
+        end = min(end, self._quotes.released_ms)
+        rows: list[tuple[str, dict[str, Any]]] = []
         for s in sorted(set(syms)):
-            table = self._sim.kline_table(sim_symbol(s), grid, start, end, 10**9, now)
-            for c, ex in zip(table.candles(), table.extras(), strict=True):
-                if c.trades > 0 and c.closed:
-                    rows.append((s, c, ex[0] / c.volume if c.volume else c.close))
-        page = rows[offset : offset + limit]
-        nxt = offset + limit
-        next_token = base64.urlsafe_b64encode(f"o:{nxt}".encode()).decode() if nxt < len(rows) else None
-        out: dict[str, list[tuple[Candle, float]]] = {} if single is None else {single: []}
-        for s, c, vw in page:
-            out.setdefault(s, []).append((c, vw))
-        body = codec.bars_body(out, next_token, single)
+            size = QUOTE_SIZE[crypto]
+            rows += [(s, codec.quote_msg(s, x.time_ms, x.bid, x.ask, size, crypto))
+                     for x in self._quotes.sim.quotes(s, start, end + 1)]  # fmt: skip
+        page, next_token = _page(rows, offset, limit)
+        out: dict[str, list[dict[str, Any]]] = {}
+        for s, m in page:
+            out.setdefault(s, []).append(m)
+        body = codec.quotes_body(out, next_token)
         return web.Response(status=200, body=body, content_type="application/json", headers=self._date(headers))
 
     def _date(self, headers: dict[str, str]) -> dict[str, str]:
@@ -548,6 +602,11 @@ class AlpacaReplica(ReplicaBase):
     def _tick(self) -> None:
         now = self._clock.now_ms()
         self._sim.advance_to(now)
+        quotes = {
+            s: [codec.quote_msg(s, x.time_ms, x.bid, x.ask, QUOTE_SIZE[codec.is_crypto(s)], codec.is_crypto(s))
+                for x in b.quotes()]
+            for s, b in self._quotes.advance_to(now).items()
+        }  # fmt: skip
         mark = now - now % _MINUTE
         # Per symbol, the messages of this tick in delivery order.
         out: dict[str, list[dict[str, Any]]] = {}
@@ -613,7 +672,9 @@ class AlpacaReplica(ReplicaBase):
                 trades = c.wants("trades", sym)
                 wanted = [m for m in bars.get(sym, []) if c.wants("bars" if m["T"] == "b" else "dailyBars", sym)]
                 self.stats["daily_bars"] += sum(m["T"] == "d" for m in wanted)  # sent to a subscriber
-                first = (out.get(sym, []) if trades else []) + wanted
+                quoted = quotes.get(sym, []) if c.wants("quotes", sym) else []
+                self.stats["quotes"] += len(quoted)
+                first = (out.get(sym, []) if trades else []) + quoted + wanted
                 second = after.get(sym, []) if trades else []
                 second = second + (updated.get(sym, []) if c.wants("updatedBars", sym) else [])
                 parts += [codec.encode_frame(msgs, c.msgpack) for msgs in (first, second) if msgs]
@@ -679,6 +740,12 @@ class AlpacaReplica(ReplicaBase):
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _page(rows: list[Any], offset: int, limit: int) -> tuple[list[Any], str | None]:
+    """The page of ``rows`` at ``offset``, and the token of the next one (None: the last)."""
+    nxt = offset + limit
+    return rows[offset:nxt], base64.urlsafe_b64encode(f"o:{nxt}".encode()).decode() if nxt < len(rows) else None
 
 
 class _Refused(Exception):

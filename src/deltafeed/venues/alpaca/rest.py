@@ -1,13 +1,16 @@
-"""Alpaca historical bars over REST: stocks and crypto, one symbol or many per request, paged by
-``page_token``, paced under the plan's requests per minute (200 on the free plan)."""
+"""Alpaca history over REST: bars, and quotes (for BID and ASK candles), of stocks and crypto, one
+symbol or many per request, paged by ``page_token``, paced under the plan's requests per minute (200
+on the free plan), which bars and quotes share."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
+from deltafeed.candles.quotes import candles_from_quotes
 from deltafeed.candles.rollup import rollup
-from deltafeed.model import BadInput, Candle, timeframe
+from deltafeed.model import BadInput, Candle, Quote, timeframe
 from deltafeed.net.http import Response, RestClient, VenueError, header_auth, http_date_ms
 from deltafeed.net.ratelimit import WeightLimiter
 from deltafeed.venues.alpaca import codec
@@ -31,6 +34,7 @@ def throttle(resp: Response, in_row: int) -> float | None:
 
 
 timeframe_of = timeframe  # the parameters below are called ``timeframe``
+_Row = TypeVar("_Row", Candle, Quote)
 
 
 class AlpacaHistory:
@@ -75,28 +79,57 @@ class AlpacaHistory:
         if not all(codec.serves(s, timeframe) for s in syms):
             raise BadInput(f"Alpaca has no {timeframe} bars of {' '.join(syms)[:60]}; use {', '.join(codec.TIMEFRAME)}")
         grid = timeframe_of(timeframe)
-        out: dict[str, list[Candle]] = {s: [] for s in syms}
+        return await self._pages(
+            syms,
+            lambda token: codec.bars_path(syms, timeframe, start_ms, end_ms, page_token=token, feed=self.feed),
+            lambda body: codec.decode_bars(body, grid, now_ms),
+        )
+
+    async def _pages(
+        self,
+        syms: list[str],
+        path_of: Callable[[str | None], str],
+        decode: Callable[[bytes], tuple[dict[str, list[_Row]], str | None]],
+    ) -> dict[str, list[_Row]]:
+        """Every page of a multi-symbol request (``path_of`` a page token), one request per page."""
+        out: dict[str, list[_Row]] = {s: [] for s in syms}
         token: str | None = None
         while True:
-            path = codec.bars_path(syms, timeframe, start_ms, end_ms, page_token=token, feed=self.feed)
+            path = path_of(token)
             body = await self.http.get(path)
             try:
-                page, token = codec.decode_bars(body, grid, now_ms)
+                page, token = decode(body)
             except codec.BadAnswer as exc:  # a failed request: the caller retries it later
                 raise VenueError(200, str(exc).encode(), self.http.base_url + path) from None
-            for sym, cs in page.items():
+            for sym, rows in page.items():
                 if sym in out:
-                    out[sym] += cs
+                    out[sym] += rows
             if not token:
                 return out
 
-    async def candles(self, symbol: str, timeframe: str, start_ms: int, end_ms: int, now_ms: int) -> list[Candle]:
-        """``symbol``'s candles of ``timeframe`` opening in [start_ms, end_ms]; a day that is not the
-        symbol's own (a UTC day of a stock) is rolled up from its hours."""
+    async def quotes(self, symbols: Iterable[str], start_ms: int, end_ms: int) -> dict[str, list[Quote]]:
+        """Quotes of ``symbols`` (all stocks or all crypto) with time in [start_ms, end_ms], every page."""
+        syms = list(symbols)
+        return await self._pages(
+            syms,
+            lambda token: codec.quotes_path(syms, start_ms, end_ms, page_token=token, feed=self.feed),
+            codec.decode_quotes,
+        )
+
+    async def candles(
+        self, symbol: str, timeframe: str, start_ms: int, end_ms: int, now_ms: int, price: str = "trade"
+    ) -> list[Candle]:
+        """``symbol``'s candles of ``timeframe`` opening in [start_ms, end_ms]: of its trades (the
+        bars; a day that is not the symbol's own, a UTC day of a stock, is rolled up from its hours),
+        or for ``price`` bid or ask built from its historical quotes."""
         grid = timeframe_of(timeframe)
         start = grid.ceil(start_ms)
         if end_ms < start:
             return []
+        if price != "trade":
+            # Quotes have no correction documented; a candle is taken as settled as a bar is.
+            got = await self.quotes([symbol], start, grid.next(grid.start(end_ms)) - 1)
+            return candles_from_quotes(got[symbol], price, grid, now_ms - codec.SETTLE_MS)
         if codec.serves(symbol, timeframe):
             return (await self.bars([symbol], timeframe, start, end_ms, now_ms))[symbol]
         parts = await self.bars([symbol], "1h", start, grid.end(end_ms) - 1, now_ms)
