@@ -7,6 +7,7 @@ Binance's ``web-socket-streams.md`` and ``rest-api.md``; see ../shared/PROTOCOLS
 from __future__ import annotations
 
 import operator
+import sys
 from collections import deque
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -130,6 +131,19 @@ class BinanceTrade(
         return eq if eq is NotImplemented else not eq
 
 
+#: A price or quantity that can be: finite and above zero.
+_Positive = Annotated[float, msgspec.Meta(gt=0.0, le=sys.float_info.max)]
+
+
+class SoundTrade(BinanceTrade, tag="trade", tag_field="e", gc=False):
+    """A :class:`BinanceTrade` whose price and quantity msgspec has checked (finite, above zero)
+    while decoding: the feed's hot path takes these without a comparison of its own. A frame with
+    an impossible value fails that decode and goes to :class:`StreamDecoder`, which counts it."""
+
+    price: _Positive
+    qty: _Positive
+
+
 _trade_fields = operator.attrgetter("symbol", "trade_id", "time_ms", "price", "qty", "buyer_maker")
 
 
@@ -166,13 +180,18 @@ class _Combined(msgspec.Struct, gc=False):
     data: _Payload  # the stream's name is not read: the payload names its symbol
 
 
+class _SoundCombined(msgspec.Struct, gc=False):
+    data: SoundTrade | _KlineMsg | _ShutdownMsg
+
+
 # strict=False lets msgspec read Binance's decimal strings ("0.001") straight into floats.
 _combined = msgspec.json.Decoder(_Combined, strict=False)
 _raw = msgspec.json.Decoder(_Payload, strict=False)
-#: A combined-stream frame to its wrapper (``.data``: a BinanceTrade, or another payload), raising
-#: msgspec's errors for anything else: the feed's hot path, which hands every frame but a sound
-#: trade to :meth:`StreamDecoder.decode`.
 decode_combined = _combined.decode
+#: A combined-stream frame to its wrapper (``.data``: a :class:`SoundTrade`, or another payload),
+#: raising msgspec's errors for anything else, an impossible price or quantity among them: the
+#: feed's hot path, which hands every frame but a sound trade to :meth:`StreamDecoder.decode`.
+decode_sound = msgspec.json.Decoder(_SoundCombined, strict=False).decode
 
 
 class StreamDecoder(Skips):
