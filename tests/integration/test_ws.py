@@ -75,3 +75,51 @@ async def test_an_unreachable_venue_is_retried_with_backoff_not_hammered() -> No
         await task
     # Full jitter averages half the capped delay (0.2 s here): about ten attempts, never hundreds.
     assert 3 <= stream.attempts <= 40, stream.attempts
+
+
+async def test_frames_reach_the_right_sink_whatever_their_type_and_first_byte() -> None:
+    """The listener's shortcut (a payload starting with ``{`` is taken as text without asking the
+    frame's type) routes nothing wrongly: text of any first byte, binary (msgpack, and bytes that
+    look like JSON), a message in fragments and a close frame each reach what they should, in order."""
+    import picows
+
+    msgpack_frame = bytes([0x91, 0x81, 0xA1, 0x54, 0x01])  # [{"T": 1}] in msgpack
+    T, B, C = picows.WSMsgType.TEXT, picows.WSMsgType.BINARY, picows.WSMsgType.CONTINUATION
+    script = [
+        (T, b'{"a":1}', True), (T, b'[{"b":2}]', True), (B, msgpack_frame, True), (B, b'{"bin":3}', True),
+        (T, b'{"frag', False), (C, b'ment":', False), (C, b"4}", True),  # one message in three frames
+        (T, b" {}", True), (T, b"x", True),
+    ]  # fmt: skip
+
+    connections: list[int] = []
+
+    class Server(picows.WSListener):  # type: ignore[misc]
+        def on_ws_connected(self, transport: picows.WSTransport) -> None:
+            connections.append(1)
+            for kind, payload, fin in script if len(connections) == 1 else []:  # a reconnect gets nothing
+                transport.send(kind, payload, fin)
+            transport.send_close(picows.WSCloseCode(4001))
+
+    server = await picows.ws_create_server(lambda _request: Server(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    texts: list[bytes] = []
+    binaries: list[bytes] = []
+    stream = WsStream(
+        lambda: f"ws://127.0.0.1:{port}/ws",
+        lambda f: texts.append(bytes(f)),
+        on_binary=lambda f: binaries.append(bytes(f)),
+        backoff_base_s=0.05,
+    )
+    task = asyncio.create_task(stream.run())
+    try:
+        deadline = time.monotonic() + 10
+        while stream.close_code is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+    finally:
+        await stream.close()
+        await task
+        server.close()
+    assert texts == [b'{"a":1}', b'[{"b":2}]', b'{"fragment":4}', b" {}", b"x"]
+    assert binaries == [msgpack_frame, b'{"bin":3}']
+    assert stream.close_code == 4001
+    assert stream.frames == 7
