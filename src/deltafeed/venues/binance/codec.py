@@ -105,8 +105,9 @@ class BinanceTrade(
     gc=False,
 ):
     """A ``trade`` payload decoded straight into the model's event: a :class:`Trade` (equal to the
-    Trade of the same six fields) that also carries the event time ``E``. The frame makes this and
-    the combined-stream wrapper, nothing else, on its way into the candle builder."""
+    Trade of the same six fields). The frame makes this and the combined-stream wrapper, nothing
+    else, on its way into the candle builder; the event time ``E`` is skipped unread (the trade time
+    ``T`` places the trade, and reading one number fewer saves ~3% of the instructions of a trade)."""
 
     symbol: str
     trade_id: _N
@@ -114,7 +115,6 @@ class BinanceTrade(
     price: float
     qty: float
     buyer_maker: bool
-    E: _N
 
     def plain(self) -> Trade:
         """The same trade as a plain :class:`Trade`: what consumers are sent (encoded, this one
