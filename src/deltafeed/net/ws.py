@@ -62,7 +62,7 @@ class _Listener(picows.WSListener):
                 # starts so (a close frame's payload starts with its code, the pongs to our pings
                 # are empty), and where there is no binary sink, JSON in a binary frame is read as
                 # text rather than dropped. Anything else is asked.
-                if (sniff and payload[:1] == b"{") or frame.msg_type is text:
+                if (sniff and payload and payload[0] == 123) or frame.msg_type is text:  # 123: "{"
                     owner.frames += 1
                     sink(payload)
                     return

@@ -223,8 +223,9 @@ class BinanceFeed(SharedLimits):
             if not isinstance(ev, BinanceTrade):
                 self._on_event(ev)
                 return
-        st = self.by_symbol.get(ev.symbol)
-        if st is None:
+        try:
+            st = self.by_symbol[ev.symbol]  # a subscript costs less than a call of get()
+        except KeyError:  # an instrument no longer streaming
             return
         # The price and quantity are checked (finite, above zero); the time needs the venue's clock.
         if not self._ts_low <= ev.time_ms <= self._ts_high:
