@@ -5,7 +5,9 @@ collector's feeds keep half of every limit (REST pace and connection attempts), 
 stay within the venue's: the Kraken replica, whose public call counter allows a burst of 6 and
 one call a second, answers no 429 although each collector alone is set to spend almost all of
 it; Bybit's answers no 403. When one collector leaves, the other takes its instruments at its half
-pace and grows back to the whole budget only once ``cluster_grow_after`` (3 s here) has passed."""
+pace and grows back to the whole budget only once ``cluster_grow_after`` (3 s here) has passed.
+The ccxt venue keeps its share in ccxt's own limiter (``enableRateLimit``): with two collectors on
+ccxt:binance each client's pace is half of ccxt's ``rateLimit``, measured at the Binance replica."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ import pytest
 from conftest import NATS_URL
 from deltafeed.cluster.collector import Collector
 from deltafeed.config import Settings
+from deltafeed.venues import registry
+from deltafeed.venues.binance.replica import BinanceReplica
 from deltafeed.venues.bybit.replica import BybitReplica
 from deltafeed.venues.kraken.replica import KrakenReplica
 from helpers import until
@@ -181,3 +185,78 @@ async def test_a_venue_with_one_connection_per_key_is_held_by_one_collector(
             await until(lambda: all(n in other.engine.states for n in finnhub_names), 30.0, "Finnhub added again")
             await until(lambda: streaming(other), 60.0, "Finnhub streaming again")
             assert finnhub.stats["refused_connections"] == 0 and finnhub.stats["open_connections"] == 1
+
+
+BINANCE = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"]
+CCXT = [f"ccxt:binance:{s.removesuffix('USDT')}/USDT" for s in BINANCE]
+#: The REST call measured: a Binance book of 100 levels, which ccxt's limiter charges one unit of
+#: cost (its ``rateLimit``, 50 ms, at the whole pace).
+BOOK = ("BTC/USDT", 100)
+BURST = 20  # calls per client in a burst
+
+
+def _ccxt_binance(x: Collector) -> Any:
+    """The ccxt.pro client of ``x``'s ccxt feed for Binance (the one its REST calls go through)."""
+    return x.engine.feeds["ccxt"].exchanges["binance"].client
+
+
+def _ms_per_unit(client: Any) -> float:
+    """The ms ccxt's own limiter of ``client`` takes per unit of cost (``rateLimit`` when whole)."""
+    return 1 / float(client.throttler.config["refillRate"])
+
+
+async def _burst(replica: BinanceReplica, *collectors: Collector) -> tuple[float, int]:
+    """``BURST`` ``fetch_order_book`` calls on each collector's client at once, all through ccxt's
+    limiter; (seconds until the last is answered, requests the replica saw meanwhile)."""
+    before = replica.stats["requests"]
+    t0 = time.monotonic()
+    await asyncio.gather(*(_ccxt_binance(x).fetch_order_book(*BOOK) for x in collectors for _ in range(BURST)))
+    return time.monotonic() - t0, replica.stats["requests"] - before
+
+
+@pytest.mark.timeout(60)
+async def test_two_collectors_on_one_address_split_ccxts_own_rate_limit(nats_cluster: str) -> None:
+    """Two collectors of ccxt:binance instruments on one address: ccxt's limiter of each one's
+    Binance client takes twice ``rateLimit`` per unit of cost, and the replica sees the two at once
+    at no more than one client's whole pace; once one has left, the other's limiter is back to
+    ``rateLimit`` (after ``cluster_grow_after``) and its calls go twice as fast."""
+    async with BinanceReplica(symbols=BINANCE, rate=2.0, speed=10.0, history_ms=30 * 60_000) as replica:
+        settings = Settings(
+            symbols=CCXT,
+            timeframes=["1m"],
+            history="10m",
+            venues={"ccxt": registry.get("ccxt").replica_settings(replica)},
+            cluster=NATS_URL,
+            cluster_name=nats_cluster,
+            cluster_grow_after=f"{GROW_AFTER_S:g}s",
+        ).validate()
+        a, b = (Collector(settings, NATS_URL, nats_cluster, ttl_s=2.0) for _ in range(2))
+        assert a.addresses["ccxt"] == b.addresses["ccxt"]
+
+        def added(x: Collector) -> bool:  # every instrument held is in its engine, its history fetched
+            return len(x.engine.states) == len(x.held) > 0 and not x.engine.joining
+
+        async with _running(a, b) as leave:
+            await until(lambda: all(x.parts["ccxt"].applied == (0.5, 0.5) for x in (a, b)), 20.0, "the budget split")
+            await until(lambda: sorted(k for x in (a, b) for k in x.held) == sorted(a.units), 20.0, "all held")
+            await until(lambda: added(a) and added(b), 20.0, "every instrument added")
+            call_ms = float(_ccxt_binance(a).rateLimit)  # ms per call at the whole pace: 50 (one unit)
+            assert [BOOK[1], 1] in _ccxt_binance(a).api["public"]["get"]["depth"]["byLimit"]
+            assert [_ms_per_unit(_ccxt_binance(x)) for x in (a, b)] == [2 * call_ms] * 2
+
+            # Both at once, each at half the pace: the bursts take twice as long as one client's
+            # would alone, and the replica sees together no more than one client's whole pace
+            # (ccxt's bucket lets a client that owes nothing send one call at once).
+            shared_s, shared_n = await _burst(replica, a, b)
+            assert shared_n >= 2 * BURST and shared_s >= 0.9 * (BURST - 1) * 2 * call_ms / 1000, (shared_s, shared_n)
+            assert shared_n <= 1.1 * shared_s * 1000 / call_ms + 2, (shared_s, shared_n)
+
+            # b leaves: a's limiter goes back to ccxt's whole pace once its part has grown back.
+            await leave(b)
+            await until(lambda: a.parts["ccxt"].applied == (1.0, 1.0), 20.0, "a's part to grow back")
+            await until(lambda: len(a.held) == len(a.units) and added(a), 20.0, "a to hold every instrument")
+            assert _ms_per_unit(_ccxt_binance(a)) == call_ms
+            solo_s, solo_n = await _burst(replica, a)
+            assert solo_n >= BURST and solo_s < 0.75 * (BURST - 1) * 2 * call_ms / 1000, (solo_s, solo_n)
+            assert solo_n <= 1.1 * solo_s * 1000 / call_ms + 1, (solo_s, solo_n)
+            assert replica.stats["429"] == 0, replica.stats

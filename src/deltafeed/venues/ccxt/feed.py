@@ -123,10 +123,13 @@ def _takes_until(client: Any) -> bool:
 
 class _ClientPace:
     """ccxt's own REST limiter of one client (``enableRateLimit``: a token bucket refilled at
-    ``throttle.config["refillRate"]``, read on every request) kept to a fraction of its rate."""
+    ``throttler.config["refillRate"]``, read on every request) kept to a fraction of its rate.
+    ccxt 4.5.90 keeps it in ``throttler`` (``throttle`` is the method that awaits it); 4.4 had it
+    in ``throttle``, and looking only there left every share silently ignored."""
 
     def __init__(self, client: Any) -> None:
-        self.config = getattr(getattr(client, "throttle", None), "config", None)
+        limiter = getattr(client, "throttler", None) or getattr(client, "throttle", None)
+        self.config = getattr(limiter, "config", None)
         self.full = self.config.get("refillRate") if isinstance(self.config, dict) else None
 
     def share(self, fraction: float) -> None:
