@@ -6,18 +6,21 @@ one-line refusals (unknown exchange, unknown symbol, a timeframe the exchange ca
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from chaos import compare_finals_with_tape
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
-from deltafeed.model import TIMEFRAMES, BadInput
+from deltafeed.model import TIMEFRAMES, BadInput, Instrument
 from deltafeed.store.base import open_cold
 from deltafeed.venues import registry
 from deltafeed.venues.ccxt.bridge import base_timeframe
+from helpers import until
 from reference import candles_from_tape, read_venue_tape
 
 #: Per replica: (its symbol on the tape, ccxt's unified symbol).
@@ -39,9 +42,8 @@ def throttled(replica: Any) -> int:
 
 
 async def start_replica(exchange: str, tmp_path: Path, history_ms: int = HISTORY_MS, **kw: Any) -> Any:
-    replica = registry.get(exchange).build_replica(
-        symbols=[MARKETS[exchange][0]], seed=5, rate=1.0, history_ms=history_ms, tape=tmp_path / "tape.csv", **kw
-    )
+    kw = {"symbols": [MARKETS[exchange][0]], "rate": 1.0} | kw
+    replica = registry.get(exchange).build_replica(seed=5, history_ms=history_ms, tape=tmp_path / "tape.csv", **kw)
     await replica.start()
     return replica
 
@@ -252,8 +254,6 @@ async def test_a_frame_ccxt_cannot_decode_is_counted_and_the_stream_goes_on(tmp_
     """The replica sends malformed frames (truncated copies) now and then: ccxt's JSON decoder
     raises on them, which used to end the connection's receive loop until the watchdog renewed it
     (a reconnect and a hole each). Each is counted and skipped; the connection streams on."""
-    import asyncio
-
     replica = await start_replica("binance", tmp_path, faults={"garbage": 60.0}, speed=20.0)
     try:
         engine = Engine(ccxt_settings(replica, tmp_path, ["ccxt:binance:BTC/USDT"], ["1m"], "10m"))
@@ -308,3 +308,54 @@ async def test_hyperliquid_candle_requests_keep_within_its_weight_budget(tmp_pat
     finally:
         await replica.stop()
     assert stats["429"] == 0 and stats["requests"] >= 8 + 3, stats
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("watch", ["single", "batch"])
+async def test_an_instrument_added_to_a_running_engine_streams_on_the_exchanges_client(
+    watch: str, tmp_path: Path
+) -> None:
+    """What a cluster's collector does: ``ccxt:binance:ETH/USDT`` added while BTC/USDT streams. It
+    streams within seconds through the client BTC's watch runs on (its own watch, or the batch
+    watch started anew with both; a new client per addition used to leave the new symbol unwatched
+    and the old client unclosed), its final candles equal the tape, and dropping it stops its
+    watch while BTC streams on."""
+    replica = await start_replica(
+        "binance", tmp_path, history_ms=3_600_000, symbols=["BTCUSDT", "ETHUSDT"], rate=3.0, speed=60.0
+    )
+    btc, eth = (Instrument.parse(f"ccxt:binance:{s}") for s in ("BTC/USDT", "ETH/USDT"))
+    settings = ccxt_settings(replica, tmp_path, [str(btc)], ["1m", "5m"], "30m", {"reconcile_every": 2, "watch": watch})
+    engine = Engine(settings)
+    try:
+        await engine.start()
+        try:
+            feed: Any = engine.feeds["ccxt"]
+            client = feed.exchanges["binance"].client
+            await until(lambda: engine.states[str(btc)].trades > 10, 10.0, "BTC trades")
+            assert await engine.add_instrument(eth, history_ms=30 * TIMEFRAMES["1m"]) == [str(eth)]
+            await until(lambda: engine.states[str(eth)].trades > 10, 5.0, "ETH trades")
+            assert feed.exchanges["binance"].client is client  # reused: no client left to close
+            await asyncio.sleep(4.0)  # four market minutes more, reconciled every 2 s
+            assert list(feed.exchanges["binance"].tasks) == (
+                ["BTC/USDT", "ETH/USDT"] if watch == "single" else ["BTC/USDT,ETH/USDT"]
+            )
+            await engine.drop_instrument(eth)
+            btc_trades = engine.states[str(btc)].trades
+            await until(lambda: engine.states[str(btc)].trades > btc_trades + 10, 5.0, "BTC trades after the drop")
+            assert [t.get_name() for t in feed.exchanges["binance"].tasks.values()] == ["ccxt-binance-BTC/USDT"]
+            report = feed.report()
+            await engine.writer.flush()
+        finally:
+            await engine.stop()
+        assert client.session is None  # closed at the stop
+    finally:
+        await replica.stop()
+    assert report.connected and not report.skipped_frames, report
+    rows = read_venue_tape(tmp_path / "tape.csv")
+    store = await open_cold(settings.db, read_only=True)
+    try:
+        for inst, sym in ((btc, "BTCUSDT"), (eth, "ETHUSDT")):
+            n = await compare_finals_with_tape(store, inst, [r for r in rows if r.symbol == sym])
+            print(f"{inst}: {n} final candles equal the tape")
+    finally:
+        await store.close()

@@ -1,7 +1,7 @@
-"""The ccxt venue's live side: one ccxt.pro client per exchange of a run, one task per watch loop
-(``watch_trades_for_symbols`` for all of an exchange's symbols where it has the batch form, else
-``watch_trades`` per symbol), history from ``fetch_ohlcv`` paged by ``since`` under ccxt's own rate
-limiter.
+"""The ccxt venue's live side: one ccxt.pro client per exchange of a run (kept as instruments come
+and go), one task per watch loop (``watch_trades_for_symbols`` for all of an exchange's symbols
+where it has the batch form, started anew when they change, else ``watch_trades`` per symbol),
+history from ``fetch_ohlcv`` paged by ``since`` under ccxt's own rate limiter.
 
 ccxt.pro hides losses, so the feed assumes them (PROTOCOLS-wave2.md 7-8): every exception of a
 watch, every new WebSocket client (a reconnect never backfills), a watch silent for too long (it is
@@ -152,13 +152,12 @@ class _Exchange:
         self.wanted: dict[str, Series] = {}  # as the instrument spells it, before check()
         self.cont: dict[str, Continuity] = {}
         self.sequential = sequential
-        self.batch = False
         self.limits: dict[str, int] = {}  # rows per fetch_ohlcv call, by unified symbol
         self.timeframes: list[str] = []
         # Whether its fetch_ohlcv takes ccxt's unified ``until``: then every page names its end
         # (some size a request without one by the local clock, not the venue's).
         self.until = False
-        self.tasks: list[asyncio.Task[None]] = []
+        self.tasks: dict[str, asyncio.Task[None]] = {}  # watch loops by their symbols, comma-joined
         self.clients: list[Any] = []  # the WebSocket clients seen: a new one is a reconnect
         self.live: dict[str, bool] = {}  # per watch loop: took a batch since its last failure
         self.last_batch = 0.0  # monotonic time of the exchange's last batch (or of its start)
@@ -229,6 +228,18 @@ class CcxtFeed(SharedLimits):
         ex.wanted[m.symbol] = st
         self.states.append(st)
 
+    def remove(self, st: Series) -> None:
+        """Forget a series the engine dropped: no longer routed, checked nor watched (its watch loop
+        stops; a batch watch starts anew without it)."""
+        ex, sym = self._series_of(st)
+        self.states = [s for s in self.states if s is not st]
+        ex.wanted = {k: s for k, s in ex.wanted.items() if s is not st}
+        if ex.series.get(sym) is st:
+            for known in (ex.series, ex.cont, ex.limits, ex.last_seen):
+                known.pop(sym, None)
+        if self._started and ex.client is not None:
+            self._start_loops(ex)
+
     def page_span_ms(self, timeframe: str) -> int:
         return DEFAULT_PAGE * TIMEFRAMES[timeframe]
 
@@ -283,14 +294,19 @@ class CcxtFeed(SharedLimits):
         return client
 
     async def check(self) -> None:
-        """Build each exchange's client, load its markets and check what the run asks of it."""
+        """Build each exchange's client, load its markets and check what the run asks of it; again
+        for each instrument added to a running engine, where only exchanges with symbols not checked
+        yet are, on the client their watch loops run on."""
         unknown_urls = set(self.vs.urls) - set(self.exchanges)
-        if unknown_urls and self.exchanges:
+        if unknown_urls and self.exchanges and not self._started:
             log.info("[venues.ccxt] urls of exchanges this run does not use: %s", ", ".join(sorted(unknown_urls)))
         for ex in self.exchanges.values():
-            ex.client = self._client(ex.id)
-            ex.pace = _ClientPace(ex.client)
-            ex.pace.share(self.shares[0])  # made now: within the part of the budget kept so far
+            if ex.client is None:
+                ex.client = self._client(ex.id)
+                ex.pace = _ClientPace(ex.client)
+                ex.pace.share(self.shares[0])  # made now: within the part of the budget kept so far
+            elif {id(st) for st in ex.wanted.values()} <= {id(st) for st in ex.series.values()}:
+                continue
             await self._check(ex)
 
     async def _check(self, ex: _Exchange) -> None:
@@ -324,7 +340,8 @@ class CcxtFeed(SharedLimits):
                 unknown.append(wanted)
                 continue
             ex.series[sym] = st
-            ex.cont[sym] = Continuity(ex.sequential)
+            if sym not in ex.cont:  # (a series streaming already keeps what it remembers)
+                ex.cont[sym] = Continuity(ex.sequential)
             ex.limits[sym] = _page_limit(c, markets[sym])
         if unknown:
             raise BadInput(
@@ -342,7 +359,6 @@ class CcxtFeed(SharedLimits):
                     f"{' '.join(ex.timeframes) or 'none deltafeed knows'}); choose --timeframes among those "
                     "or ones they divide"
                 )
-        ex.batch = self.vs.watch == "batch" and c.has.get("watchTradesForSymbols") is True and len(ex.series) > 1
         await self._read_clock(ex, next(iter(ex.series)))
 
     def _where(self, ex: _Exchange) -> str:
@@ -406,14 +422,23 @@ class CcxtFeed(SharedLimits):
         task.add_done_callback(ex.aux.discard)
 
     def _start_loops(self, ex: _Exchange) -> None:
+        """Make the exchange's watch loops those its series need: stop the loops of symbols no longer
+        collected (or of a batch of other symbols), start those missing (their symbols silent from now)."""
+        batch = self.vs.watch == "batch" and ex.client.has.get("watchTradesForSymbols") is True
+        loops = [list(ex.series)] if batch and len(ex.series) > 1 else [[s] for s in ex.series]
+        wanted = {",".join(symbols): symbols for symbols in loops}
+        for key in [k for k in ex.tasks if k not in wanted]:
+            ex.tasks.pop(key).cancel()
+            ex.live.pop(key, None)
         now = time.monotonic()
-        ex.last_batch = now
-        loops = [list(ex.series)] if ex.batch else [[s] for s in ex.series]
-        for sym in ex.series:
-            ex.last_seen[sym] = now
-        for symbols in loops:
+        for key, symbols in wanted.items():
+            if key in ex.tasks:
+                continue
+            ex.last_batch = now
+            for sym in symbols:
+                ex.last_seen[sym] = now
             name = f"ccxt-{ex.id}-{'+'.join(symbols)}"
-            ex.tasks.append(asyncio.create_task(self._watch(ex, symbols), name=name))
+            ex.tasks[key] = asyncio.create_task(self._watch(ex, symbols), name=name)
 
     def start(self) -> None:
         self._started = True
@@ -461,7 +486,8 @@ class CcxtFeed(SharedLimits):
         trade, and start new loops, which connect and subscribe anew."""
         self.stale_drops += 1
         log.info("ccxt %s: %s; reconnecting", ex.id, why)
-        loops, ex.tasks = ex.tasks, []
+        loops = list(ex.tasks.values())
+        ex.tasks.clear()
         for task in loops:
             task.cancel()
         if loops:  # (not suppressing CancelledError: a stop cancelling this restart must end it)
@@ -518,8 +544,8 @@ class CcxtFeed(SharedLimits):
             self._ahead_n = 0
             if sym not in watched:
                 self.foreign += 1  # ccxt's multi-symbol caches mixing symbols (ccxt#22125)
-                if sym not in ex.series:
-                    continue
+            if sym not in ex.series:  # (or a symbol dropped)
+                continue
             by_symbol.setdefault(sym, []).append((vid, t))
         if self.decode_errors:
             self._skips.report(self.decode_errors, str(batch[:1])[:200])
@@ -570,12 +596,16 @@ class CcxtFeed(SharedLimits):
 
     def control(self, subscribe: bool, states: list[Series]) -> None:
         # ccxt keeps its subscriptions; routing follows ``st.active``. What traded while a series
-        # was off is unknown: a hole from its last trade when it comes back.
+        # was off is unknown: a hole from its last trade when it comes back. A series added to the
+        # running feed is watched from here (its exchange's watch loops follow its series).
         if subscribe:
             now = self.clock.now_ms()
             for st in states:
                 if st.last_trade_ms:
                     st.on_loss(st.last_trade_ms, max(now, st.last_trade_ms))
+            if self._started:
+                for ex in {id(ex): ex for ex in (self._series_of(st)[0] for st in states)}.values():
+                    self._start_loops(ex)
 
     def activate(self, st: Series, active: bool) -> None:
         return None  # routing follows ``st.active``
@@ -594,7 +624,7 @@ class CcxtFeed(SharedLimits):
         self._update_skew_bounds()
         now = time.monotonic()
         for ex in self.exchanges.values():
-            if not self._started or (ex.restart is not None and not ex.restart.done()):
+            if not self._started or not ex.tasks or (ex.restart is not None and not ex.restart.done()):
                 continue
             why = None
             if now - ex.last_batch > self.stale_s:
@@ -614,9 +644,9 @@ class CcxtFeed(SharedLimits):
                 ex.restart.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await ex.restart
-            for task in ex.tasks:
+            for task in ex.tasks.values():
                 task.cancel()
-            for task in ex.tasks:
+            for task in ex.tasks.values():
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             if ex.client is not None:
