@@ -59,6 +59,14 @@ def test_a_failover_pair_is_one_leased_unit() -> None:
     ).validate()
     with pytest.raises(BadInput, match="binance:ETHUSDT is a source of failovers x:A and x:B"):
         units(two)
+    # A source on a venue streaming on one connection per account (Alpaca: its instruments are one
+    # unit) would open a second connection in another collector: refused, naming what to do.
+    alpaca = Settings(
+        symbols=["binance:BTCUSDT", "alpaca:AAPL", "alpaca:MSFT"],
+        failover={"x:A": FailoverSettings(primary="binance:BTCUSDT", standby="alpaca:AAPL")},
+    ).validate()
+    with pytest.raises(BadInput, match="x:A: with --cluster a pair cannot have a source on alpaca"):
+        units(alpaca)
 
 
 @pytest.mark.slow  # over 10 s: not in the everyday subset

@@ -153,6 +153,14 @@ def units(settings: Settings) -> dict[str, Unit]:
                     "instrument may feed one failover pair (a pair is leased as one unit)"
                 )
             paired[str(src)] = logical
+            if registry.get(src.venue).held_together(settings.venue_settings(src.venue)):
+                # Its venue's instruments are one unit (one connection per account or key): a pair
+                # leased apart from it would open a second connection, which the venue refuses.
+                raise BadInput(
+                    f"failover {logical}: with --cluster a pair cannot have a source on {src.venue}, whose "
+                    f"instruments stream on one connection and are leased together ({src.venue}:*); "
+                    "collect this pair without --cluster"
+                )
         out[subjects.kv_key(logical)] = Unit(logical, sources, fo)
     together: dict[str, list[Instrument]] = {}
     for inst in settings.instruments():
