@@ -309,7 +309,12 @@ class AlpacaReplica(ReplicaBase):
         self._conns: dict[_Conn, None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         now = self._clock.now_ms()
-        self._mark = now - now % _MINUTE  # the last minute mark whose bars went out
+        # The last minute mark whose bars went out: the history's, not the clock's. Trades after the
+        # history (the simulator released it up to a moment ago) gather per minute from there on, and
+        # a minute mark between the two would leave that minute's later trades out of every bar (and
+        # out of the daily bar, which then misses them: found by test_alpaca_clients' daily bars).
+        released = self._sim.released_ms
+        self._mark = released - released % _MINUTE
         self._seed_days(now)
         self._updates: list[tuple[int, str]] = []  # (minute open, symbol) whose u bar is due at +90 s
 
