@@ -77,8 +77,12 @@ class _Status(ls.ClientListener):  # type: ignore[misc]
         self.seen.append(status)
 
 
-def _run(r: IGReplica, password: str, transport: str, seconds: float, fast_stall: bool = False) -> Any:
-    """Connect the official client with ``transport`` forced, subscribe MARKET and CHART:SECOND, listen."""
+def _run(
+    r: IGReplica, password: str, transport: str, seconds: float, fast_stall: bool = False, recovered: bool = False
+) -> Any:
+    """Connect the official client with ``transport`` forced, subscribe MARKET and CHART:SECOND, listen
+    for ``seconds`` (with ``recovered``, and then until the client says it is connected again after
+    its last recovery, for at most 10 s more: a loaded machine can leave one under way at the end)."""
     client = ls.LightstreamerClient(r.url, None)  # the lightstreamerEndpoint IG's login hands out
     client.connectionDetails.setUser(r.account_id)
     client.connectionDetails.setPassword(password)
@@ -99,6 +103,9 @@ def _run(r: IGReplica, password: str, transport: str, seconds: float, fast_stall
         client.subscribe(sub)
     client.connect()
     time.sleep(seconds)
+    deadline = time.monotonic() + 10.0
+    while recovered and status.seen[-1:] != [f"CONNECTED:{transport}"] and time.monotonic() < deadline:
+        time.sleep(0.05)
     client.disconnect()
     done = threading.Event()
     threading.Timer(0.3, done.set).start()
@@ -168,7 +175,7 @@ async def test_a_reset_connection_is_recovered_without_losing_an_update(tmp_path
     r = await _replica(tmp_path, keepalive_ms=500, faults={"reset": 20.0}, faults_seed=3)
     try:
         password = await _password(r)
-        seen, market, chart = await asyncio.to_thread(_run, r, password, transport, 7.0, True)
+        seen, market, chart = await asyncio.to_thread(_run, r, password, transport, 7.0, True, True)
     finally:
         await r.stop()
     assert r.stats["fault_reset"] >= 1 and r.stats["recoveries"] >= 1, r.stats
