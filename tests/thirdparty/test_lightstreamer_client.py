@@ -87,9 +87,11 @@ def _run(
     client.connectionDetails.setUser(r.account_id)
     client.connectionDetails.setPassword(password)
     client.connectionOptions.setForcedTransport(transport)
-    if fast_stall:  # notice a dead connection in about a second rather than seven (the defaults)
-        client.connectionOptions.setStalledTimeout(500)
-        client.connectionOptions.setReconnectTimeout(1000)
+    if fast_stall:  # notice a dead connection in a second or two rather than seven (the defaults)
+        client.connectionOptions.setStalledTimeout(1000)
+        # An attempt (a recovery's too) may take 3 s: with 1 s, a loaded machine's replica answered
+        # after the client had given each recovery up (CI, 2 of 3 runs: recovering for 10 s and more).
+        client.connectionOptions.setReconnectTimeout(3000)
     status = _Status()
     client.addListener(status)
     market, chart = _Listener(MARKET), _Listener(CHART)
