@@ -29,7 +29,8 @@ _CLOSE = picows.WSMsgType.CLOSE
 
 class _Listener(picows.WSListener):
     """picows calls this for every frame; text payloads go straight to the sink (as bytes). Binary
-    messages go to the owner's binary sink when it has one (else they are ignored).
+    messages go to the owner's binary sink when it has one (else they are ignored, but for a whole
+    one holding a JSON object, which goes to the text sink: see below).
 
     A whole text frame, nearly every frame of market data, takes the shortest way: the instance's
     own ``on_ws_frame`` (a closure over the owner and its sink, made once per connection) hands its

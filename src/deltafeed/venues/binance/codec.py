@@ -187,7 +187,6 @@ class _SoundCombined(msgspec.Struct, gc=False):
 # strict=False lets msgspec read Binance's decimal strings ("0.001") straight into floats.
 _combined = msgspec.json.Decoder(_Combined, strict=False)
 _raw = msgspec.json.Decoder(_Payload, strict=False)
-decode_combined = _combined.decode
 #: A combined-stream frame to its wrapper (``.data``: a :class:`SoundTrade`, or another payload),
 #: raising msgspec's errors for anything else, an impossible price or quantity among them: the
 #: feed's hot path, which hands every frame but a sound trade to :meth:`StreamDecoder.decode`.
