@@ -146,7 +146,7 @@ async def reads(store: PostgresStore, cpu: Cpu, schema: str, heap: int) -> None:
     hour = 60 * 1440 * M - 60 * M
 
     async def records(since_ms: int, until_ms: int | None = None) -> list[Candle]:
-        """The same query forced onto the records path."""
+        """The same query forced onto the asyncpg records path."""
         pgmod.COPY_READ_ROWS = 10**9
         try:
             return await store.query("read:B", "1m", since_ms, until_ms)
@@ -159,9 +159,10 @@ async def reads(store: PostgresStore, cpu: Cpu, schema: str, heap: int) -> None:
     for label, fn, repeat in (
         ("last 1000", lambda: store.query("read:B", "1m", last=1000), 1000),
         ("43,200 rows: COPY path", lambda: store.query("read:B", "1m", since, until), 200),
-        ("43,200 rows: records", lambda: records(since, until), 50),
+        ("43,200 rows: COPY to arrays", lambda: store.query_records("read:B", "1m", since, until), 200),
+        ("43,200 rows: asyncpg records", lambda: records(since, until), 50),
         ("since 1h ago: COPY path", lambda: store.query("read:B", "1m", hour), 500),
-        ("since 1h ago: records", lambda: records(hour), 500),
+        ("since 1h ago: asyncpg records", lambda: records(hour), 500),
         ("last_closed", lambda: store.last_closed("read:B", "1m"), 1000),
         ("find_gaps 30 days", lambda: store.find_gaps("read:B", "1m", M, since, until), 100),
     ):
@@ -169,7 +170,7 @@ async def reads(store: PostgresStore, cpu: Cpu, schema: str, heap: int) -> None:
         raw, spent = await cpu.timed(fn, repeat)
         ts = [t * 1e3 for t in raw]
         print(
-            f"{label:>26}: p50 {statistics.median(ts):7.2f}  p99 {pct(ts, 0.99):7.2f}  max {max(ts):7.2f}"
+            f"{label:>29}: p50 {statistics.median(ts):7.2f}  p99 {pct(ts, 0.99):7.2f}  max {max(ts):7.2f}"
             f"  (n={repeat}); {cpu.per(spent, repeat, 'read', 1e3)}"
         )
     await interleaved(store, cpu, schema)
@@ -214,7 +215,7 @@ async def interleaved(store: PostgresStore, cpu: Cpu, schema: str, series: int =
         raw, spent = await cpu.timed(fn, repeat)
         ts = [t * 1e3 for t in raw]
         print(
-            f"{label:>26}: p50 {statistics.median(ts):7.2f}  p99 {pct(ts, 0.99):7.2f}  max {max(ts):7.2f}"
+            f"{label:>29}: p50 {statistics.median(ts):7.2f}  p99 {pct(ts, 0.99):7.2f}  max {max(ts):7.2f}"
             f"  (n={repeat}); {cpu.per(spent, repeat, 'read', 1e3)}"
         )
 

@@ -27,9 +27,11 @@ from msgspec.structs import replace
 import deltafeed.store.postgres.copy as pgcopy
 import deltafeed.store.postgres.schema as pgschema
 import deltafeed.store.postgres.store as pgstore
+from deltafeed.cli import main
 from deltafeed.model import BadInput, Candle, Switch, state_flags
 from deltafeed.store.base import StartupRead, StoreError, StoreUnavailable
 from deltafeed.store.cold import ColdStore
+from deltafeed.store.columns import CANDLE_RECORD, to_candles
 from deltafeed.store.postgres import PARTITION_MS, SCHEMA_VERSION, PostgresStore
 from helpers import candle, free_port
 from pg_server import PrivatePostgres, available
@@ -479,6 +481,7 @@ async def test_large_reads_use_binary_copy_with_the_same_result(
 ) -> None:
     odd = "we'ird\\x:B$1'--"  # quotes and a backslash must survive the inlined literal of the COPY path
     rows = series(5000, inst=odd) + series(3000, inst=BTC)
+    rows = [(i, tf, replace(c, final=True) if k % 3 else c) for k, (i, tf, c) in enumerate(rows)]  # some final
     rows[17] = (odd, "1m", Candle(T0 + 17 * M, 0.1 + 0.2, 1e300, -5e-324, 1.0, 1e-9, 2**62, False))
     await store.write(rows)
     cases = [
@@ -494,13 +497,22 @@ async def test_large_reads_use_binary_copy_with_the_same_result(
         monkeypatch.setattr(pgstore, "COPY_READ_ROWS", 10**9)
         assert await store.query(odd, "1m", since, until, last) == copied, (since, until, last)
         monkeypatch.undo()
+        if last is None:  # the same candles as records, field by field
+            assert to_candles(await store.query_records(odd, "1m", since, until)) == copied, (since, until)
     # a bounded range read in pieces at once (bounds off the grid, pieces of uneven length) reads the same
     for since, until in ((T0, T0 + 4999 * M), (T0 + 7 * M + 1, T0 + 4990 * M - 1), (T0 - DAY, T0 + DAY)):
         whole = [c for _, _, c in rows[:5000] if since <= c.open_time <= until]
         for parts in (1, 2, 3, 7):
             monkeypatch.setattr(pgstore, "READ_PARTS", parts)
             assert await store.query(odd, "1m", since, until) == whole, (since, until, parts)
+            records = await store.query_records(odd, "1m", since, until)
+            assert records.dtype == CANDLE_RECORD and to_candles(records) == whole, (since, until, parts)
     monkeypatch.undo()
+    final = [c for _, _, c in rows[:5000] if c.final]
+    assert 3000 < len(final) < 5000 and to_candles(await store.query_records(odd, "1m", final_only=True)) == final
+    assert to_candles(await store.query_records(odd, "1m", T0, T0 + 4999 * M, final_only=True)) == final
+    assert len(await store.query_records("nobody", "1m", T0, T0 + DAY)) == 0
+    assert len(await store.query_records(odd, "1w")) == 0  # a timeframe the store does not keep
     everything = await store.query(odd, "1m")
     assert len(everything) == 5000 and everything[17] == rows[17][2]
     assert [c.open_time for c in everything] == [T0 + k * M for k in range(5000)]
@@ -522,6 +534,11 @@ async def test_large_reads_use_binary_copy_with_the_same_result(
             await read(header + row.tobytes() * 3 + b"\xff\xff", step)
             == [Candle(T0, 1.0, 2.0, 0.5, 1.5, 9.0, 4, True, True)] * 3
         )
+        as_records = pgcopy.CopyReader(records=True)
+        for k in range(0, len(header) + 3 * row.itemsize + 2, step):
+            await as_records.feed((header + row.tobytes() * 3 + b"\xff\xff")[k : k + step])
+        assert as_records.finish() == [], "records mode makes no Candle"
+        assert to_candles(as_records.records()) == [Candle(T0, 1.0, 2.0, 0.5, 1.5, 9.0, 4, True, True)] * 3
     for field, wrong in (("nfields", 7), ("len0", 4), ("len5", 4), ("len8", 8)):  # a column's type changed
         bad = row.copy()
         bad[field] = wrong
@@ -532,6 +549,50 @@ async def test_large_reads_use_binary_copy_with_the_same_result(
         await read(b"COPY" + bytes(40), 10**6)
     with pytest.raises(ValueError, match="partial row"):
         await read(header + row.tobytes()[:50], 10**6)
+
+
+async def test_export_from_postgres_writes_every_stored_field(store: PostgresStore, tmp_path: Path) -> None:
+    """``deltafeed export --db postgresql://...`` reads the series as records (no Candle per row) and
+    writes what the store holds, field by field and state by state, whole or bounded, in every format."""
+    import pandas as pd
+
+    rows = series(6000, inst=ETH)  # past 2 x COPY_READ_ROWS: a bounded read comes in READ_PARTS pieces
+    rows = [(i, tf, replace(c, final=True) if k % 4 else c) for k, (i, tf, c) in enumerate(rows)]
+    rows[9] = (ETH, "1m", Candle(T0 + 9 * M, 0.1 + 0.2, 1e300, -5e-324, 1.0, 1e-9, 2**62, False))
+    rows[-1] = (ETH, "1m", replace(rows[-1][2], closed=False, final=False))  # the forming one
+    await store.write([*rows, *series(50, inst=BTC)])
+    db = ["--db", PG_URL, "--db-schema", store.schema]
+    cases: list[tuple[list[str], int | None, int | None, bool]] = [
+        ([], None, None, False),
+        (["--since", "2023-11-09T00:20:00Z", "--until", "2023-11-11T00:00:00Z"], T0 + 20 * M, T0 + 2 * DAY, False),
+        (["--final-only"], None, None, True),
+    ]
+    assert int(dt.datetime(2023, 11, 9, tzinfo=dt.UTC).timestamp() * 1000) == T0  # the dates above
+    for argv, since, until, final_only in cases:
+        want = await store.query(ETH, "1m", since, until, final_only=final_only)
+        assert len(want) > 2000, argv
+        for fmt in ("parquet", "csv"):
+            out = tmp_path / f"eth.{fmt}"
+            code = await asyncio.to_thread(main, ["export", ETH, "1m", str(out), *db, "--format", fmt, *argv])
+            assert code == 0, (argv, fmt)
+            frame = pd.read_parquet(out) if fmt == "parquet" else pd.read_csv(out)
+            got = [
+                (
+                    int(pd.Timestamp(r["open_time"]).value // 1_000_000),
+                    r["open"],
+                    r["high"],
+                    r["low"],
+                    r["close"],
+                    r["volume"],
+                    int(r["trades"]),
+                    r["state"],
+                    r["instrument"],
+                    r["timeframe"],
+                )
+                for r in frame.to_dict("records")
+            ]
+            expect = [(*c.row(), c.state, ETH, "1m") for c in want]
+            assert got == expect, (argv, fmt)
 
 
 @pytest.mark.slow  # over 3 s: not in the everyday subset

@@ -95,7 +95,12 @@ def command(args: argparse.Namespace) -> int:
                     f"exporting {tf} reads a DuckDB file; {cold.name} is not one (use GET /trades or GET /book?at=)"
                 )
             else:
-                rows = await read_candles(None, cold, inst, tf, since, until, final_only=args.final_only)
+                # A tier with query_records (PostgreSQL) hands the rows over as arrays, no Candle each.
+                by_records = getattr(cold, "query_records", None)
+                if by_records is not None:
+                    rows = await by_records(inst, tf, since, until, final_only=args.final_only)
+                else:
+                    rows = await read_candles(None, cold, inst, tf, since, until, final_only=args.final_only)
                 n = await asyncio.to_thread(export.write_candles_file, rows, inst, tf, to)
             if n == 0:
                 with contextlib.suppress(OSError):

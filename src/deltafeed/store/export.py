@@ -35,6 +35,7 @@ import numpy as np
 
 from deltafeed.model import BadInput, Candle
 from deltafeed.model import timeframe as parse_timeframe
+from deltafeed.store.columns import Records, to_records
 
 FORMATS = ("parquet", "csv", "feather")
 LAYOUTS = ("plain", "freqtrade", "nautilus")
@@ -46,7 +47,6 @@ _PROJECTIONS = {
     "plain": f"instrument, timeframe, {_TS} AS open_time, open, high, low, close, volume, trades, {_STATE} AS state",
     "freqtrade": f"{_TS} AS date, open, high, low, close, volume",
 }
-_CANDLE_COLS = ("open_time", "open", "high", "low", "close", "volume", "trades", "closed", "final")
 
 #: Quote assets tried, longest first, to split a symbol without a separator (BTCUSDT -> BTC/USDT).
 _QUOTES = ("FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USD", "EUR", "GBP", "JPY", "BTC", "ETH", "BNB", "TRY", "BRL")
@@ -166,18 +166,19 @@ def copy_from_duckdb(
     return n
 
 
-def write_candles_file(rows: Sequence[Candle], instrument: str, timeframe: str, to: Target) -> int:
-    """Export candles held in memory (from any tier) with an in-memory DuckDB's ``COPY``."""
+def write_candles_file(rows: Sequence[Candle] | Records, instrument: str, timeframe: str, to: Target) -> int:
+    """Export candles held in memory (from any tier), as Candles or as records (a PostgreSQL tier's
+    :meth:`~deltafeed.store.postgres.PostgresStore.query_records`), with an in-memory DuckDB's ``COPY``."""
+    records = rows if isinstance(rows, np.ndarray) else to_records(rows)
     con = duckdb.connect(":memory:")
     try:
         con.execute("SET TimeZone = 'UTC'")
         columns: dict[str, Any] = {
-            "instrument": np.array([instrument] * len(rows), dtype=object),
-            "timeframe": np.array([timeframe] * len(rows), dtype=object),
+            "instrument": np.full(len(records), instrument, dtype=object),
+            "timeframe": np.full(len(records), timeframe, dtype=object),
         }
-        types = (np.int64, np.float64, np.float64, np.float64, np.float64, np.float64, np.int64, np.bool_, np.bool_)
-        for col, dt in zip(_CANDLE_COLS, types, strict=True):
-            columns[col] = np.array([getattr(c, col) for c in rows], dtype=dt)
+        for col in Candle.__struct_fields__:
+            columns[col] = np.ascontiguousarray(records[col])
         con.register("candles", columns)
         where = _where(instrument, timeframe, None, None, False, to.layout)
         sql = f"SELECT {_PROJECTIONS[to.layout]} FROM candles WHERE {where} ORDER BY candles.open_time"

@@ -9,10 +9,10 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from msgspec.structs import astuple
 
 from deltafeed.model import Candle
 from deltafeed.store.base import Row
+from deltafeed.store.columns import CANDLE_RECORD, Records, to_records
 from deltafeed.store.postgres.schema import CANDLE_COLS, COLS
 
 #: One row of ``COPY (SELECT <Candle's fields>) TO STDOUT (FORMAT binary)``: a field count, then each
@@ -48,8 +48,6 @@ COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 #: The signature, no flags, no header extension.
 _HEADER = COPY_SIGNATURE + bytes(8)
 _TRAILER = b"\xff\xff"
-#: Candle's fields in native byte order, one record per candle.
-VALUES = np.dtype([(c, COPY_ROW[c].newbyteorder("=")) for c in CANDLE_COLS])
 _NO_KEY = np.iinfo(np.int64).min
 
 
@@ -63,8 +61,9 @@ def _copy_in_row(name_bytes: int) -> np.dtype[Any]:
 
 class CandleBatch:
     """One timeframe's candles to write, as arrays: each distinct instrument once (``names``), each
-    candle's instrument as an index into it (``codes``) and its fields (``values``, :data:`VALUES`), sorted
-    by (instrument, open_time) with a key repeated in the input kept at its last occurrence.
+    candle's instrument as an index into it (``codes``) and its fields (``values``, records of
+    :data:`~deltafeed.store.columns.CANDLE_RECORD`), sorted by (instrument, open_time) with a key
+    repeated in the input kept at its last occurrence.
 
     Raises OverflowError, TypeError or ValueError for a field that does not fit its column (a trade
     count beyond bigint)."""
@@ -75,7 +74,7 @@ class CandleBatch:
         for i, name in enumerate(index):
             index[name] = i
         codes = np.fromiter(map(index.__getitem__, names), dtype=np.int64, count=len(names))
-        values = np.array(list(map(astuple, [r[2] for r in rows])), dtype=VALUES)
+        values = to_records([r[2] for r in rows])
         order = np.lexsort((values["open_time"], codes))  # stable: a repeated key keeps the input's order
         codes, values = codes[order], values[order]
         times = values["open_time"]
@@ -83,7 +82,7 @@ class CandleBatch:
         last[:-1] = (codes[1:] != codes[:-1]) | (times[1:] != times[:-1])
         self.names = list(index)
         self.codes: np.ndarray[Any, np.dtype[np.int64]] = codes[last]
-        self.values: np.ndarray[Any, np.dtype[Any]] = values[last]
+        self.values: Records = values[last]
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -144,6 +143,9 @@ class CopyReader:
     length) is checked with one comparison of those bytes against the expected ones, so a batch costs a
     few numpy calls besides one ``tolist`` per field.
 
+    With ``records``, the candles are kept as :data:`~deltafeed.store.columns.CANDLE_RECORD` arrays
+    instead (:meth:`records`), for readers that pass them on without a Candle each (exports).
+
     With ``keyed``, each row starts with one more column, a bigint (:data:`KEYED_COPY_ROW`): reads of many
     series say with it which series and what a candle is, and :attr:`keys` has it for every candle.
 
@@ -154,10 +156,12 @@ class CopyReader:
     #: Decode once this much has arrived (asyncpg hands over what one socket read brought, often less).
     BATCH_BYTES = 128 * 1024
 
-    def __init__(self, keyed: bool = False) -> None:
+    def __init__(self, keyed: bool = False, *, records: bool = False) -> None:
         self.candles: list[Candle] = []
         self.keys: list[int] = []
         self._keyed = keyed
+        self._records = records
+        self._parts: list[Records] = []
         self._row = KEYED_COPY_ROW if keyed else COPY_ROW
         self._at, self._want = _layout_bytes(keyed)
         self._chunks: list[bytes] = []
@@ -172,11 +176,18 @@ class CopyReader:
             self._decode()
 
     def finish(self) -> list[Candle]:
-        """Decode what is left, check the trailer, and return every candle in stream order."""
+        """Decode what is left, check the trailer, and return every candle in stream order (none
+        with ``records``: see :meth:`records`)."""
         self._decode()
         if not self._header_done or b"".join(self._chunks) != _TRAILER:
             raise ValueError("binary COPY data without its header or trailer, or with a partial row")
         return self.candles
+
+    def records(self) -> Records:
+        """With ``records``, every candle in stream order as one array, after :meth:`finish`."""
+        if len(self._parts) != 1:
+            self._parts = [np.concatenate(self._parts) if self._parts else np.empty(0, dtype=CANDLE_RECORD)]
+        return self._parts[0]
 
     def _decode(self) -> None:
         chunks = self._chunks
@@ -202,7 +213,13 @@ class CopyReader:
             rows = np.frombuffer(data, dtype=self._row, count=n, offset=start)
             if self._keyed:
                 self.keys.extend(rows["key"].tolist())
-            self.candles.extend(map(Candle, *(rows[c].tolist() for c in CANDLE_COLS)))
+            if self._records:
+                out = np.empty(n, dtype=CANDLE_RECORD)
+                for c in CANDLE_COLS:
+                    out[c] = rows[c]
+                self._parts.append(out)
+            else:  # each field in native byte order first: tolist then reads it ~1/4 faster
+                self.candles.extend(map(Candle, *(rows[c].astype(CANDLE_RECORD[c]).tolist() for c in CANDLE_COLS)))
         self._keep(data, start + n * size)
 
     def _keep(self, data: bytes, done: int) -> None:

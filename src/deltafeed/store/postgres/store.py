@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg  # type: ignore[import-untyped]
+import numpy as np
 from msgspec.structs import astuple
 
 from deltafeed.model import TIMEFRAMES, BadInput, Candle, Switch, Timeframe, Unavailable
@@ -31,6 +32,7 @@ from deltafeed.store.base import (
     grid_of,
     redact,
 )
+from deltafeed.store.columns import CANDLE_RECORD, Records
 from deltafeed.store.postgres.copy import CandleBatch, CopyReader, sql_literal
 from deltafeed.store.postgres.schema import (
     CANDLE_COLS,
@@ -94,6 +96,25 @@ _BOUND_RE = re.compile(r"FROM \('?(-?\d+)'?\) TO \('?(-?\d+)'?\)")
 T = TypeVar("T")
 _open_time = attrgetter("open_time")
 _lo = attrgetter("lo")
+
+
+def _span(timeframe: str, since_ms: int | None, until_ms: int | None) -> int | None:
+    """The most candles of ``timeframe`` ``[since_ms, until_ms]`` can hold (they are aligned to their
+    timeframe); None when a bound is missing."""
+    if since_ms is None or until_ms is None:
+        return None
+    return max(0, (until_ms - since_ms) // parse_timeframe(timeframe).shortest_ms + 1)
+
+
+def _pieces(since_ms: int | None, until_ms: int | None, most: int | None) -> list[tuple[int | None, int | None]]:
+    """The ranges a read of ``[since_ms, until_ms]`` (at most ``most`` candles) is made of: a bounded
+    range of at least twice COPY_READ_ROWS candles is cut into READ_PARTS consecutive ones, read at once
+    over as many connections, so the server's work (most of the time) runs on as many cores; any other
+    read is one range."""
+    if since_ms is None or until_ms is None or most is None or most < 2 * COPY_READ_ROWS:
+        return [(since_ms, until_ms)]
+    cuts = [since_ms + (until_ms - since_ms) * k // READ_PARTS for k in range(READ_PARTS)] + [until_ms + 1]
+    return [(lo, hi - 1) for lo, hi in itertools.pairwise(cuts) if hi > lo]
 
 
 def _quote_ident(name: str) -> str:
@@ -670,47 +691,72 @@ class PostgresStore:
         if timeframe not in self._tfs or (last is not None and last <= 0):
             return []
         most = last
-        if since_ms is not None and until_ms is not None:
-            # The most candles the range can hold (they are aligned to their timeframe).
-            span = max(0, (until_ms - since_ms) // parse_timeframe(timeframe).shortest_ms + 1)
+        span = _span(timeframe, since_ms, until_ms)
+        if span is not None:
             most = span if most is None else min(most, span)
         if most is not None and most <= COPY_READ_ROWS:
-            return await self._query_records(instrument, timeframe, since_ms, until_ms, last, final_only)
+            return await self._query_prepared(instrument, timeframe, since_ms, until_ms, last, final_only)
         table = candle_table(self.schema, timeframe)
         conds = f"instrument = {sql_literal(instrument)}" + (" AND final" if final_only else "")
-        if last is not None or since_ms is None or until_ms is None or most is None or most < 2 * COPY_READ_ROWS:
-            candles = await self._copy_read(table, conds, since_ms, until_ms, last)
-            if last is not None:
-                candles.reverse()
+        if last is not None:
+            candles = (await self._copy_read(table, conds, since_ms, until_ms, last)).candles
+            candles.reverse()
             return candles
-        # A bounded range is read in READ_PARTS pieces at once, each over its own connection, so the
-        # server's work (most of the time) runs on as many cores.
-        cuts = [since_ms + (until_ms - since_ms) * k // READ_PARTS for k in range(READ_PARTS)] + [until_ms + 1]
-        parts = await asyncio.gather(
-            *(self._copy_read(table, conds, lo, hi - 1, None) for lo, hi in itertools.pairwise(cuts) if hi > lo)
+        readers = await asyncio.gather(
+            *(self._copy_read(table, conds, lo, hi, None) for lo, hi in _pieces(since_ms, until_ms, most))
         )
-        candles = parts[0]
-        for part in parts[1:]:
-            candles += part  # one copy of the pointers, where a comprehension visits every candle
+        candles = readers[0].candles
+        for r in readers[1:]:
+            candles += r.candles  # one copy of the pointers, where a comprehension visits every candle
         return candles
 
+    async def query_records(
+        self,
+        instrument: str,
+        timeframe: str,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        *,
+        final_only: bool = False,
+    ) -> Records:
+        """:meth:`query`'s candles (without ``last``) as :data:`~deltafeed.store.columns.CANDLE_RECORD`
+        records, with no Python object per candle: for readers that pass many candles on (exports).
+        For 43,200 candles the client's share drops from ~17 to ~7 ms of CPU (bench/storage_pg.py)."""
+        if timeframe not in self._tfs:
+            return np.empty(0, dtype=CANDLE_RECORD)
+        most = _span(timeframe, since_ms, until_ms)
+        table = candle_table(self.schema, timeframe)
+        conds = f"instrument = {sql_literal(instrument)}" + (" AND final" if final_only else "")
+        readers = await asyncio.gather(
+            *(self._copy_read(table, conds, lo, hi, None, records=True) for lo, hi in _pieces(since_ms, until_ms, most))
+        )
+        parts = [r.records() for r in readers]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
     async def _copy_read(
-        self, table: str, conds: str, since_ms: int | None, until_ms: int | None, last: int | None
-    ) -> list[Candle]:
+        self,
+        table: str,
+        conds: str,
+        since_ms: int | None,
+        until_ms: int | None,
+        last: int | None,
+        *,
+        records: bool = False,
+    ) -> CopyReader:
         """The candles of ``table`` meeting ``conds`` and the bounds through a binary COPY, oldest first
-        (newest first with ``last``)."""
+        (newest first with ``last``), decoded by a :class:`CopyReader` (``records`` says how)."""
         if since_ms is not None:
             conds += f" AND open_time >= {int(since_ms):d}"
         if until_ms is not None:
             conds += f" AND open_time <= {int(until_ms):d}"
         order = "ORDER BY open_time" if last is None else f"ORDER BY open_time DESC LIMIT {int(last):d}"
-        return (await self._copy_out("query", f"SELECT {_SELECT} FROM {table} WHERE {conds} {order}")).candles
+        return await self._copy_out("query", f"SELECT {_SELECT} FROM {table} WHERE {conds} {order}", records=records)
 
-    async def _copy_out(self, what: str, sql: str, keyed: bool = False) -> CopyReader:
+    async def _copy_out(self, what: str, sql: str, keyed: bool = False, *, records: bool = False) -> CopyReader:
         """The rows of ``sql`` through a binary ``COPY ... TO STDOUT``, decoded (see :class:`CopyReader`)."""
 
         async def run() -> CopyReader:
-            reader = CopyReader(keyed)  # a fresh one per attempt: a retry starts the stream over
+            reader = CopyReader(keyed, records=records)  # a fresh one per attempt: a retry starts the stream over
             async with self._pool.acquire(timeout=self._command_timeout_s) as con:
                 await con.copy_from_query(sql, output=reader.feed, format="binary")
             try:
@@ -721,7 +767,7 @@ class PostgresStore:
 
         return await self._call(what, run)
 
-    async def _query_records(
+    async def _query_prepared(
         self,
         instrument: str,
         timeframe: str,
