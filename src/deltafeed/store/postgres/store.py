@@ -686,7 +686,8 @@ class PostgresStore:
         sending each value; fewer or packed columns saved little), so a bounded range of at least twice
         COPY_READ_ROWS is read as :data:`READ_PARTS` consecutive ranges at once, each on its own pool
         connection (and server process). The pieces are separate statements: a write committed between
-        them may show in one piece and not in the other, as between two reads.
+        them may show in one piece and not in the other, as between two reads. :meth:`query_records`
+        reads the same candles as numpy records, without the ~10 ms of making 43,200 Candles.
         """
         if timeframe not in self._tfs or (last is not None and last <= 0):
             return []
