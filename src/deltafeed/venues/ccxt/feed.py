@@ -158,7 +158,7 @@ class _Exchange:
         # (some size a request without one by the local clock, not the venue's).
         self.until = False
         self.tasks: dict[str, asyncio.Task[None]] = {}  # watch loops by their symbols, comma-joined
-        self.clients: list[Any] = []  # the WebSocket clients seen: a new one is a reconnect
+        self.clients: dict[str, Any] = {}  # the WebSocket clients seen, by URL (see CcxtFeed._new_clients)
         self.live: dict[str, bool] = {}  # per watch loop: took a batch since its last failure
         self.last_batch = 0.0  # monotonic time of the exchange's last batch (or of its start)
         self.last_seen: dict[str, float] = {}  # per symbol: monotonic time it last took a new trade
@@ -502,15 +502,20 @@ class CcxtFeed(SharedLimits):
         self._start_loops(ex)
 
     def _new_clients(self, ex: _Exchange) -> None:
-        """A WebSocket client that was not there at the last batch is a new connection: after the
-        first one, what traded while there was none is unknown (ccxt never backfills)."""
-        now = list((getattr(ex.client, "clients", {}) or {}).values())
-        fresh = [c for c in now if not any(c is k for k in ex.clients)]
+        """A WebSocket client that was not there at the last new one is a new connection. It is a
+        reconnect when a client seen then is gone or replaced (ccxt drops a client whose connection
+        closed and makes a new one at the next watch, at the same URL or, where the URL carries a
+        session token, another): what traded while there was none is unknown (ccxt never backfills),
+        so every series of the exchange is repaired from its last trade. A new client beside all
+        the old ones is another connection, not a loss: ccxt's Binance opens one for each symbol
+        watched alone, so an engine adding N symbols one by one repaired ~N²/2 series before."""
+        now = dict(getattr(ex.client, "clients", {}) or {})
+        fresh = [url for url, c in now.items() if ex.clients.get(url) is not c]
         if not fresh:
             return
         self.connects += len(fresh)
-        if ex.clients:
-            self.reconnects += len(fresh)
+        if any(now.get(url) is not c for url, c in ex.clients.items()):
+            self.reconnects += 1
             self._lost(ex, list(ex.series))
         ex.clients = now
 
