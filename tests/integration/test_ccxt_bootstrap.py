@@ -340,6 +340,13 @@ async def test_an_instrument_added_to_a_running_engine_streams_on_the_exchanges_
                 ["BTC/USDT", "ETH/USDT"] if watch == "single" else ["BTC/USDT,ETH/USDT"]
             )
             await engine.drop_instrument(eth)
+            if watch == "single":
+                # Added again at once (a lease moving back): it subscribes once its unsubscribe is through.
+                assert await engine.add_instrument(eth, history_ms=30 * TIMEFRAMES["1m"]) == [str(eth)]
+                await until(lambda: engine.states[str(eth)].trades > 10, 10.0, "ETH trades once added again")
+                await engine.drop_instrument(eth)
+                # Watched alone, a dropped symbol is unsubscribed (ccxt's unWatchTrades).
+                await until(lambda: "ethusdt@trade" not in replica.open_streams(), 5.0, "ETH unsubscribed")
             btc_trades = engine.states[str(btc)].trades
             await until(lambda: engine.states[str(btc)].trades > btc_trades + 10, 5.0, "BTC trades after the drop")
             assert [t.get_name() for t in feed.exchanges["binance"].tasks.values()] == ["ccxt-binance-BTC/USDT"]

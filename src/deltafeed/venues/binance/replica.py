@@ -685,6 +685,10 @@ class BinanceReplica(ReplicaBase):
         self._pump_task = asyncio.create_task(self._pump(), name=f"{self.venue}-replica-pump")
         return self.url
 
+    def open_streams(self) -> Counter[str]:
+        """The streams subscribed on the open connections, each with how many connections carry it."""
+        return Counter(name for c in self._conns if not c.closing for name in c.streams)
+
     async def stop(self) -> None:
         """Close every connection (1001 going away), stop the server and close the tape."""
         await self._stop_pump()

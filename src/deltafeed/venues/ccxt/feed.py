@@ -164,7 +164,8 @@ class _Exchange:
         self.last_seen: dict[str, float] = {}  # per symbol: monotonic time it last took a new trade
         self.restart: asyncio.Task[None] | None = None
         self.clock_read_at = 0.0
-        self.aux: set[asyncio.Task[None]] = set()  # clock reads under way
+        self.aux: set[asyncio.Task[None]] = set()  # clock reads and unsubscribes under way
+        self.unwatching: dict[str, asyncio.Task[None]] = {}  # unsubscribes under way, by symbol
 
 
 class CcxtFeed(SharedLimits):
@@ -430,6 +431,8 @@ class CcxtFeed(SharedLimits):
         for key in [k for k in ex.tasks if k not in wanted]:
             ex.tasks.pop(key).cancel()
             ex.live.pop(key, None)
+            if key not in ex.series and "," not in key:  # a symbol watched alone and dropped
+                self._unwatch(ex, key)
         now = time.monotonic()
         for key, symbols in wanted.items():
             if key in ex.tasks:
@@ -439,6 +442,30 @@ class CcxtFeed(SharedLimits):
                 ex.last_seen[sym] = now
             name = f"ccxt-{ex.id}-{'+'.join(symbols)}"
             ex.tasks[key] = asyncio.create_task(self._watch(ex, symbols), name=name)
+
+    def _unwatch(self, ex: _Exchange, symbol: str) -> None:
+        """Unsubscribe a dropped symbol's trades where ccxt can (``unWatchTrades``), so the venue stops
+        sending them. A batch watch is not unsubscribed symbol by symbol: ccxt's un-watch of a batch
+        clears the trade cache its symbols share."""
+        if ex.client.has.get("unWatchTrades") is not True:
+            return
+
+        async def unwatch() -> None:
+            try:
+                await asyncio.wait_for(ex.client.un_watch_trades(symbol), 10.0)
+            except Exception as exc:  # the subscription stays; its trades are ignored as before
+                log.info("ccxt %s: could not unsubscribe %s (%s: %s)", ex.id, symbol, type(exc).__name__, exc)
+
+        task = asyncio.create_task(unwatch(), name=f"ccxt-{ex.id}-unwatch-{symbol}")
+        ex.aux.add(task)
+        ex.unwatching[symbol] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            ex.aux.discard(t)
+            if ex.unwatching.get(symbol) is t:
+                del ex.unwatching[symbol]
+
+        task.add_done_callback(done)
 
     def start(self) -> None:
         self._started = True
@@ -457,6 +484,9 @@ class CcxtFeed(SharedLimits):
         ex.live[key] = False
         backoff = BACKOFF_S[0]
         c = ex.client
+        pending = [ex.unwatching[s] for s in symbols if s in ex.unwatching]
+        if pending:  # a symbol dropped and added again: subscribe once its unsubscribe is through
+            await asyncio.wait(pending)
         while True:
             try:
                 if len(symbols) > 1:
