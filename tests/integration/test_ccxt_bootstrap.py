@@ -369,3 +369,40 @@ async def test_an_instrument_added_to_a_running_engine_streams_on_the_exchanges_
             print(f"{inst}: {n} final candles equal the tape")
     finally:
         await store.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_batch_watch_takes_at_most_batch_symbols(tmp_path: Path) -> None:
+    """``watch = "batch"`` with ``batch_symbols = 2``: three symbols stream over two batch loops (ccxt's
+    Binance refuses a watch_trades_for_symbols of more than 200), and every final candle equals the tape."""
+    syms = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+    replica = await start_replica("binance", tmp_path, history_ms=3_600_000, symbols=syms, rate=3.0, speed=60.0)
+    insts = [Instrument.parse(f"ccxt:binance:{s[:3]}/USDT") for s in syms]
+    settings = ccxt_settings(
+        replica, tmp_path, [str(i) for i in insts], ["1m"], "30m", {"watch": "batch", "batch_symbols": 2}
+    )
+    engine = Engine(settings)
+    try:
+        await engine.start()
+        try:
+            feed: Any = engine.feeds["ccxt"]
+            for inst in insts:
+                await until(lambda inst=inst: engine.states[str(inst)].trades > 10, 10.0, f"{inst} trades")
+            assert sorted(feed.exchanges["binance"].tasks) == ["BTC/USDT,ETH/USDT", "SOL/USDT"]
+            await asyncio.sleep(2.0)  # two market minutes more
+            report = feed.report()
+            await engine.writer.flush()
+        finally:
+            await engine.stop()
+    finally:
+        await replica.stop()
+    assert report.connected and report.reconnects == 0 and not report.skipped_frames, report
+    rows = read_venue_tape(tmp_path / "tape.csv")
+    store = await open_cold(settings.db, read_only=True)
+    try:
+        for inst, sym in zip(insts, syms, strict=True):
+            assert await compare_finals_with_tape(store, inst, [r for r in rows if r.symbol == sym], ("1m",)) > 0
+    finally:
+        await store.close()
+    with pytest.raises(BadInput, match="batch_symbols"):
+        Engine(ccxt_settings(replica, tmp_path, [str(insts[0])], ["1m"], "30m", {"batch_symbols": 0}))

@@ -57,6 +57,9 @@ class CcxtSettings(VenueSettings, forbid_unknown_fields=True, kw_only=True):
     # here, the batch form lost a symbol for good after a reconnect); batch: one
     # watch_trades_for_symbols loop per exchange where it has the form.
     watch: str = "single"
+    # With watch = "batch", the most symbols one watch_trades_for_symbols loop takes (ccxt's Binance
+    # refuses more than 200); more symbols are split over as many loops.
+    batch_symbols: int = 200
     # Seconds one symbol may go without trades while others of its exchange trade before its
     # subscription is presumed lost and the exchange's connections are renewed (a hole each).
     symbol_silence: float = 120.0

@@ -178,6 +178,8 @@ class CcxtFeed(SharedLimits):
     def __init__(self, vs: CcxtSettings, *, stale_after_s: float, on_trade: TradeSink) -> None:
         if vs.watch not in ("single", "batch"):
             raise BadInput(f"[venues.ccxt] watch = {vs.watch!r}; use single or batch")
+        if vs.batch_symbols < 1:
+            raise BadInput("[venues.ccxt] batch_symbols is the most symbols per batch watch, at least 1, e.g. 200")
         if vs.trades_limit < 1000:
             raise BadInput("[venues.ccxt] trades_limit must be at least 1000 (ccxt's own default drops bursts)")
         if any(not isinstance(n, int) or n < 2 for n in vs.history_rows.values()):
@@ -426,7 +428,8 @@ class CcxtFeed(SharedLimits):
         """Make the exchange's watch loops those its series need: stop the loops of symbols no longer
         collected (or of a batch of other symbols), start those missing (their symbols silent from now)."""
         batch = self.vs.watch == "batch" and ex.client.has.get("watchTradesForSymbols") is True
-        loops = [list(ex.series)] if batch and len(ex.series) > 1 else [[s] for s in ex.series]
+        names, most = list(ex.series), self.vs.batch_symbols if batch else 1
+        loops = [names[k : k + most] for k in range(0, len(names), most)]
         wanted = {",".join(symbols): symbols for symbols in loops}
         for key in [k for k in ex.tasks if k not in wanted]:
             ex.tasks.pop(key).cancel()
