@@ -96,9 +96,11 @@ class ToyReplica:
     async def _candles(self, request: web.Request) -> web.Response:
         tf_ms = TIMEFRAMES[request.query["tf"]]
         start, end, now = int(request.query["start"]), int(request.query["end"]), wall_ms()
+        # Candles opening in [start, end), each whole (as venues' kline endpoints answer): a candle
+        # cut at ``end`` would be marked closed while it lacks its last trades.
         buckets: dict[int, list[Trade]] = {}
         for t in self.market.due(now):
-            if start <= t.time_ms < end:
+            if start <= t.time_ms // tf_ms * tf_ms < end:
                 buckets.setdefault(t.time_ms // tf_ms * tf_ms, []).append(t)
         rows = [
             [o, ts[0].price, max(t.price for t in ts), min(t.price for t in ts), ts[-1].price,
