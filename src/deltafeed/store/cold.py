@@ -33,6 +33,7 @@ from msgspec.structs import astuple
 
 from deltafeed.model import BadInput, Candle, Switch, Timeframe
 from deltafeed.store.base import BookRow, Row, StartupRead, StoreBusy, StoreError, gaps_from_rows, grid_of, missing_dir
+from deltafeed.store.columns import CANDLE_RECORD
 from deltafeed.store.retention import DEFAULT_RETENTION_MS
 from deltafeed.store.ticks import TickBatch, TickGap, TickPage, page_rows
 
@@ -145,23 +146,6 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 
 _CANDLE_COLS = "open_time, open, high, low, close, volume, trades, closed, final"
 _ALL_COLS = f"instrument, timeframe, {_CANDLE_COLS}"
-#: Candle's fields in declaration order (as ``astuple`` yields them) with their numpy types.
-_CANDLE_DTYPES: tuple[tuple[str, type[Any]], ...] = (
-    ("open_time", np.int64),
-    ("open", np.float64),
-    ("high", np.float64),
-    ("low", np.float64),
-    ("close", np.float64),
-    ("volume", np.float64),
-    ("trades", np.int64),
-    ("closed", np.bool_),
-    ("final", np.bool_),
-)
-if tuple(c for c, _ in _CANDLE_DTYPES) != Candle.__struct_fields__:  # pragma: no cover - a guard for editors
-    raise RuntimeError(
-        "Candle's fields changed; update _CANDLE_DTYPES and the candles table in store/cold.py"
-        " (with a schema migration)"
-    )
 # Gaps and islands: among a series' candles in open-time order, a run of provisional ones keeps the
 # difference between its row number in the series and its row number among the provisional ones.
 # Both take (timeframe, instruments, since, until[, longest step]) and answer for many series at once.
@@ -486,8 +470,8 @@ class ColdStore:
             "instrument": np.array([r[0] for r in batch], dtype=object),
             "timeframe": np.array([r[1] for r in batch], dtype=object),
         }
-        for (col, dtype), values in zip(_CANDLE_DTYPES, fields, strict=True):
-            columns[col] = np.array(values, dtype=dtype)
+        for col, values in zip(Candle.__struct_fields__, fields, strict=True):
+            columns[col] = np.array(values, dtype=CANDLE_RECORD[col])
         name = f"_deltafeed_batch_{id(self):x}"
         with self._connection() as con:
             self._check_schema(con)

@@ -26,7 +26,10 @@ CANDLE_RECORD = np.dtype(
     ]
 )
 if CANDLE_RECORD.names != Candle.__struct_fields__:  # pragma: no cover - a guard for editors
-    raise RuntimeError("Candle's fields changed; update CANDLE_RECORD (store/columns.py)")
+    raise RuntimeError(
+        "Candle's fields changed; update CANDLE_RECORD (store/columns.py) and the tables of every cold tier"
+        " (with a schema migration)"
+    )
 
 Records = np.ndarray[Any, np.dtype[Any]]
 """An array of :data:`CANDLE_RECORD`."""
