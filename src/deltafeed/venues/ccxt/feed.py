@@ -547,8 +547,9 @@ class CcxtFeed(SharedLimits):
         if not fresh:
             return
         self.connects += len(fresh)
-        if any(now.get(url) is not c for url, c in ex.clients.items()):
-            self.reconnects += 1
+        gone = [url for url, c in ex.clients.items() if now.get(url) is not c]
+        if gone:
+            self.reconnects += len(gone)
             self._lost(ex, list(ex.series))
         ex.clients = now
 
