@@ -15,9 +15,9 @@ import csv
 import datetime as dt
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, overload
+from typing import TYPE_CHECKING, TypeVar, overload
 
 from aiohttp import web
 
@@ -57,6 +57,24 @@ def ms(
     else:
         t = dt.datetime(when, month, day, hour, minute, second, milli * 1000, tzinfo=dt.UTC)
     return (t - EPOCH) // dt.timedelta(milliseconds=1)
+
+
+T = TypeVar("T")
+
+
+async def answered(
+    fetch: Callable[[], Awaitable[T]], ok: Callable[[T], bool], what: str, tries: int = 50, interval: float = 0.05
+) -> T:
+    """``await fetch()`` again until ``ok`` holds for its answer, and return that answer; fail the
+    test naming ``what`` after ``tries`` answers. For a moment that comes and goes: right after a
+    candle closes there is no forming candle until the next trade, so a test that wants the forming
+    one asks again."""
+    for _ in range(tries):
+        got = await fetch()
+        if ok(got):
+            return got
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{what}: not in {tries} answers")
 
 
 async def until(

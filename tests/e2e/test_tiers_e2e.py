@@ -25,7 +25,7 @@ from deltafeed.store.base import open_cold
 from deltafeed.store.redis_hot import RedisHot
 from deltafeed.venues.binance.feed import BinanceFeed
 from deltafeed.venues.binance.replica import BinanceReplica
-from helpers import run_engine
+from helpers import answered, run_engine
 from pg_server import PrivatePostgres
 from redis_server import PrivateRedis
 from reference import candles_from_tape, read_tape
@@ -464,7 +464,9 @@ async def test_engine_reads_across_the_hot_and_cold_boundary(tmp_path: Path) -> 
             ring = engine.hot.last("binance:BTCUSDT", "1m", 1000)
             assert len(ring) == 20
             since = now - 90 * 60_000
-            rows = await engine.candles("binance:BTCUSDT", "1m", since_ms=since)
+            rows = await answered(  # no candle forms between a minute's end and its first trade
+                lambda: engine.candles("binance:BTCUSDT", "1m", since_ms=since), lambda g: not g[-1].closed, "forming"
+            )
             last = await engine.candles("binance:BTCUSDT", "1m", limit=50)
         finally:
             await engine.stop()

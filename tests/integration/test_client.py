@@ -24,7 +24,7 @@ from deltafeed.config import Settings
 from deltafeed.engine import Engine
 from deltafeed.model import Candle, state_flags
 from deltafeed.venues.binance.replica import BinanceReplica
-from helpers import until
+from helpers import answered, until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -101,8 +101,14 @@ async def stored(engine: Engine, instrument: str, timeframe: str) -> dict[int, C
 
 async def test_fetch_ohlcv_equals_the_store(served: Collector) -> None:
     async with Client(served.url, token=TOKEN) as df:
-        rows = await df.fetch_ohlcv(BTC, "1m")
-        candles = await df.fetch_candles(BTC, "1m")
+
+        async def both() -> tuple[list[list[float]], list[Any]]:
+            return await df.fetch_ohlcv(BTC, "1m"), await df.fetch_candles(BTC, "1m")
+
+        # No candle forms between a minute's end and its first trade: ask until one does.
+        rows, candles = await answered(
+            both, lambda g: not g[1][-1].closed and g[0][-1][0] == g[1][-1].open_time, "a forming candle"
+        )
     db = await stored(served.engine, BTC, "1m")
     assert len(rows) >= 30 and all(len(r) == 6 for r in rows)
     times = [r[0] for r in rows]
@@ -158,7 +164,7 @@ async def test_to_dataframe(served: Collector, monkeypatch: pytest.MonkeyPatch) 
 
     async with Client(served.url, token=TOKEN) as df:
         rows = await df.fetch_ohlcv(BTC, "1m", limit=10)
-        candles = await df.fetch_candles(BTC, "1m", limit=10)
+        candles = await answered(lambda: df.fetch_candles(BTC, "1m", limit=10), lambda g: not g[-1].closed, "forming")
     frame = Client.to_dataframe(rows)
     assert list(frame.columns) == ["open", "high", "low", "close", "volume"]
     assert frame.index.name == "open_time" and str(frame.index.tz) == "UTC"
@@ -305,7 +311,7 @@ async def test_fetch_states_and_final_only(served: Collector) -> None:
         finals = await df.fetch_candles(ETH, "1m", since=old[0], until=old[-1], final=True)
         newest = await df.fetch_candles(ETH, "1m", until=old[-1], limit=4, final=True)
         rows = await df.fetch_ohlcv(ETH, "1m", since=old[0], until=old[-1], final=True)
-        everything = await df.fetch_candles(ETH, "1m")
+        everything = await answered(lambda: df.fetch_candles(ETH, "1m"), lambda g: not g[-1].closed, "forming")
     assert [c.state for c in candles] == ["provisional" if k % 4 == 1 else "final" for k in range(12)]
     assert all(same(c, r) for c, r in zip(candles, restated, strict=True))
     assert finals == [c for c in candles if c.final] and len(finals) == 9

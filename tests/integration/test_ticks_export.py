@@ -22,12 +22,14 @@ import pytest
 import pytest_asyncio
 
 from deltafeed import SyncClient
+from deltafeed.api.http import FORMING_HEADER
 from deltafeed.api.server import api_url, start_api, stop_api
 from deltafeed.cli import main
 from deltafeed.client import Client
 from deltafeed.config import Settings
 from deltafeed.engine import Engine
 from deltafeed.venues.binance.replica import BinanceReplica
+from helpers import answered
 from reference import TapeRow, candles_from_tape, read_tape, rows_by_symbol
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
@@ -261,15 +263,23 @@ async def test_export_freqtrade_layout(served: Served) -> None:
 
 
 async def test_candles_parquet_over_http(served: Served) -> None:
-    async with aiohttp.ClientSession() as s, s.get(f"{served.url}/candles/{BTC}/1m?format=parquet") as r:
-        assert r.status == 200
-        assert r.content_type == "application/vnd.apache.parquet"
-        body = await r.read()
+    async with aiohttp.ClientSession() as s:
+
+        async def get() -> tuple[str | None, bytes]:
+            async with s.get(f"{served.url}/candles/{BTC}/1m?format=parquet") as r:
+                assert r.status == 200
+                assert r.content_type == "application/vnd.apache.parquet"
+                return r.headers.get(FORMING_HEADER), await r.read()
+
+        # No candle forms between a minute's end and its first trade (the header is then left out).
+        forming, body = await answered(get, lambda got: got[0] is not None, "a forming candle")
+    assert forming is not None
     frame = pd.read_parquet(io.BytesIO(body))
     final = frame[frame["state"] == "final"]
     assert len(final) > 30
     _check_candles(final, _tape(served), 60_000, "open_time")
-    assert frame["state"].iloc[-1] == "forming"
+    assert frame["state"].iloc[-1] == "forming" and (frame["state"] == "forming").sum() == 1
+    assert int(pd.Timestamp(frame["open_time"].iloc[-1]).value // 1_000_000) == int(forming)
 
 
 async def test_export_ticks_and_trades_cli(served: Served) -> None:
