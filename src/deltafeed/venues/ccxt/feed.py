@@ -541,7 +541,8 @@ class CcxtFeed(SharedLimits):
         session token, another): what traded while there was none is unknown (ccxt never backfills),
         so every series of the exchange is repaired from its last trade. A new client beside all
         the old ones is another connection, not a loss: ccxt's Binance opens one for each symbol
-        watched alone, so an engine adding N symbols one by one repaired ~N²/2 series before."""
+        watched alone (up to its 50 streams), so an engine adding N symbols one by one repaired ~N²/2
+        series before."""
         now = dict(getattr(ex.client, "clients", {}) or {})
         fresh = [url for url, c in now.items() if ex.clients.get(url) is not c]
         if not fresh:
