@@ -32,7 +32,17 @@ SYMBOLS = ["BTCUSDT", "ETHUSDT", "LINEAR:BTCUSDT"]
 
 @pytest.fixture
 async def replica(tmp_path: Path) -> Any:
-    r = BybitReplica(symbols=SYMBOLS, seed=4, rate=5.0, speed=20.0, history_ms=3 * 3_600_000, tape=tmp_path / "t.csv")
+    # pybit records a subscription after sending it: an ack faster than that (loopback, a busy machine)
+    # fails its receive thread, which then closes the connection (see BybitReplica.ack_delay_s).
+    r = BybitReplica(
+        symbols=SYMBOLS,
+        seed=4,
+        rate=5.0,
+        speed=20.0,
+        history_ms=3 * 3_600_000,
+        tape=tmp_path / "t.csv",
+        ack_delay_s=0.05,
+    )
     await r.start()
     yield r
     await r.stop()

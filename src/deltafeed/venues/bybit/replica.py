@@ -202,6 +202,7 @@ class BybitReplica(ReplicaBase):
         slow_s: float = 2.0,
         refuse: Mapping[str, str] | None = None,
         category: str = "spot",
+        ack_delay_s: float = 0.0,
         options: ReplicaOptions | None = None,
     ) -> None:
         rates = parse_faults(faults) if isinstance(faults, str) else dict(faults or {})
@@ -243,6 +244,11 @@ class BybitReplica(ReplicaBase):
         self._setup_faults(dict(o.faults), o.faults_seed)
         self._book_faults = DeltaFaults(self.faults, self._injected)
         self.slow_s = slow_s
+        #: Seconds before a subscribe or unsubscribe is answered: Bybit's ack comes a network round trip
+        #: later, and pybit 5.x records a subscription only after sending it (its receive thread fails
+        #: with a KeyError on an ack that comes first, and closes the connection), so a test driving
+        #: pybit gives it a few tens of milliseconds, as any real network does.
+        self.ack_delay_s = ack_delay_s
         #: Symbols (as the tape names them) whose subscriptions are refused, with the reason sent.
         self.refuse = dict(refuse or {})
         self.limiter = _IpWindow(requests_per_5s, codec.WINDOW_S, ban_s)
@@ -536,6 +542,8 @@ class BybitReplica(ReplicaBase):
         if op not in ("subscribe", "unsubscribe"):
             await conn.reply(self._ack(conn, str(op)[:40], False, f"error:handler not found, op:{str(op)[:40]}", rid))
             return
+        if self.ack_delay_s > 0:
+            await asyncio.sleep(self.ack_delay_s)
         if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
             await conn.reply(self._ack(conn, op, False, "error:args is empty or not a list of topics", rid))
             return
