@@ -12,7 +12,7 @@ import numpy as np
 
 from deltafeed.model import Candle
 from deltafeed.store.base import Row
-from deltafeed.store.columns import CANDLE_RECORD, Records, to_records
+from deltafeed.store.columns import CANDLE_RECORD, Records, to_candles, to_records
 from deltafeed.store.postgres.schema import CANDLE_COLS, COLS
 
 #: One row of ``COPY (SELECT <Candle's fields>) TO STDOUT (FORMAT binary)``: a field count, then each
@@ -218,8 +218,8 @@ class CopyReader:
                 for c in CANDLE_COLS:
                     out[c] = rows[c]
                 self._parts.append(out)
-            else:  # each field in native byte order first: ~1 ms less for 43,200 than tolist of big-endian
-                self.candles.extend(map(Candle, *(rows[c].astype(CANDLE_RECORD[c]).tolist() for c in CANDLE_COLS)))
+            else:
+                self.candles.extend(to_candles(rows))
         self._keep(data, start + n * size)
 
     def _keep(self, data: bytes, done: int) -> None:

@@ -106,6 +106,11 @@ def _span(timeframe: str, since_ms: int | None, until_ms: int | None) -> int | N
     return max(0, (until_ms - since_ms) // parse_timeframe(timeframe).shortest_ms + 1)
 
 
+def _series_conds(instrument: str, final_only: bool) -> str:
+    """The WHERE conditions of one series' candles (its name inlined: COPY takes no parameters)."""
+    return f"instrument = {sql_literal(instrument)}" + (" AND final" if final_only else "")
+
+
 def _pieces(since_ms: int | None, until_ms: int | None, most: int | None) -> list[tuple[int | None, int | None]]:
     """The ranges a read of ``[since_ms, until_ms]`` (at most ``most`` candles) is made of: a bounded
     range of at least twice COPY_READ_ROWS candles is cut into READ_PARTS consecutive ones, read at once
@@ -697,15 +702,12 @@ class PostgresStore:
             most = span if most is None else min(most, span)
         if most is not None and most <= COPY_READ_ROWS:
             return await self._query_prepared(instrument, timeframe, since_ms, until_ms, last, final_only)
-        table = candle_table(self.schema, timeframe)
-        conds = f"instrument = {sql_literal(instrument)}" + (" AND final" if final_only else "")
         if last is not None:
+            table, conds = candle_table(self.schema, timeframe), _series_conds(instrument, final_only)
             candles = (await self._copy_read(table, conds, since_ms, until_ms, last)).candles
             candles.reverse()
             return candles
-        readers = await asyncio.gather(
-            *(self._copy_read(table, conds, lo, hi, None) for lo, hi in _pieces(since_ms, until_ms, most))
-        )
+        readers = await self._copy_pieces(instrument, timeframe, since_ms, until_ms, most, final_only)
         candles = readers[0].candles
         for r in readers[1:]:
             candles += r.candles  # one copy of the pointers, where a comprehension visits every candle
@@ -726,13 +728,28 @@ class PostgresStore:
         if timeframe not in self._tfs:
             return np.empty(0, dtype=CANDLE_RECORD)
         most = _span(timeframe, since_ms, until_ms)
-        table = candle_table(self.schema, timeframe)
-        conds = f"instrument = {sql_literal(instrument)}" + (" AND final" if final_only else "")
-        readers = await asyncio.gather(
-            *(self._copy_read(table, conds, lo, hi, None, records=True) for lo, hi in _pieces(since_ms, until_ms, most))
-        )
+        readers = await self._copy_pieces(instrument, timeframe, since_ms, until_ms, most, final_only, records=True)
         parts = [r.records() for r in readers]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    async def _copy_pieces(
+        self,
+        instrument: str,
+        timeframe: str,
+        since_ms: int | None,
+        until_ms: int | None,
+        most: int | None,
+        final_only: bool,
+        *,
+        records: bool = False,
+    ) -> list[CopyReader]:
+        """A series' candles in the bounds, oldest first, through one binary COPY per range of
+        :func:`_pieces` (all at once), a :class:`CopyReader` each, in order."""
+        table, conds = candle_table(self.schema, timeframe), _series_conds(instrument, final_only)
+        ranges = _pieces(since_ms, until_ms, most)
+        return list(
+            await asyncio.gather(*(self._copy_read(table, conds, lo, hi, None, records=records) for lo, hi in ranges))
+        )
 
     async def _copy_read(
         self,
